@@ -1,0 +1,141 @@
+//! Builders for objects, to keep tests and benchmarks short.
+//!
+//! ```
+//! use edgemesh_core::build;
+//! let svc = build::service("default", "web").port("http", 80, 8080).object();
+//! let eps = build::slice("default", "web-abc", "web").endpoint("10.0.0.1", "node-a").port("http", 8080).object();
+//! ```
+
+use std::net::IpAddr;
+
+use crate::object::{
+    EndpointPortSpec, EndpointSet, EndpointSpec, EndpointSubset, Object, ObjectKind, ObjectMeta, ServiceObject,
+    ServicePortSpec,
+};
+use crate::service::{Protocol, TargetPort};
+
+/// Starts a ClusterIP service with no ports.
+pub fn service(namespace: &str, name: &str) -> ServiceBuilder {
+    ServiceBuilder(ServiceObject {
+        meta: ObjectMeta { namespace: namespace.into(), name: name.into(), ..Default::default() },
+        cluster_ips: Vec::new(),
+        headless: false,
+        ports: Vec::new(),
+        service_type: "ClusterIP".into(),
+    })
+}
+
+pub struct ServiceBuilder(pub ServiceObject);
+
+impl ServiceBuilder {
+    /// A TCP port with a numeric target port.
+    pub fn port(mut self, name: &str, port: u16, target: u16) -> Self {
+        self.0.ports.push(ServicePortSpec {
+            name: name.into(),
+            protocol: Protocol::Tcp,
+            port,
+            target_port: TargetPort::Number(target),
+            node_port: None,
+        });
+        self
+    }
+
+    /// A TCP port whose target is a named container port.
+    pub fn named_target(mut self, name: &str, port: u16, target: &str) -> Self {
+        self.0.ports.push(ServicePortSpec {
+            name: name.into(),
+            protocol: Protocol::Tcp,
+            port,
+            target_port: TargetPort::Name(target.into()),
+            node_port: None,
+        });
+        self
+    }
+
+    pub fn udp_port(mut self, name: &str, port: u16, target: u16) -> Self {
+        self.0.ports.push(ServicePortSpec {
+            name: name.into(),
+            protocol: Protocol::Udp,
+            port,
+            target_port: TargetPort::Number(target),
+            node_port: None,
+        });
+        self
+    }
+
+    pub fn headless(mut self) -> Self {
+        self.0.headless = true;
+        self
+    }
+
+    pub fn annotation(mut self, k: &str, v: &str) -> Self {
+        self.0.meta.annotations.insert(k.into(), v.into());
+        self
+    }
+
+    pub fn cluster_ip(mut self, ip: &str) -> Self {
+        self.0.cluster_ips.push(ip.parse().expect("valid IP"));
+        self
+    }
+
+    pub fn object(self) -> Object {
+        Object::Service(self.0)
+    }
+}
+
+/// Starts an EndpointSlice for `service` with no endpoints.
+pub fn slice(namespace: &str, name: &str, service: &str) -> EndpointSetBuilder {
+    EndpointSetBuilder(EndpointSet {
+        meta: ObjectMeta { namespace: namespace.into(), name: name.into(), ..Default::default() },
+        kind: ObjectKind::EndpointSlice,
+        service_name: service.into(),
+        subsets: vec![EndpointSubset::default()],
+    })
+}
+
+pub struct EndpointSetBuilder(pub EndpointSet);
+
+impl EndpointSetBuilder {
+    fn subset(&mut self) -> &mut EndpointSubset {
+        self.0.subsets.last_mut().expect("one subset")
+    }
+
+    pub fn endpoint(mut self, addr: &str, node: &str) -> Self {
+        self.push(addr, node, true, None);
+        self
+    }
+
+    pub fn not_ready(mut self, addr: &str, node: &str) -> Self {
+        self.push(addr, node, false, None);
+        self
+    }
+
+    pub fn hostname(mut self, addr: &str, node: &str, hostname: &str) -> Self {
+        self.push(addr, node, true, Some(hostname));
+        self
+    }
+
+    fn push(&mut self, addr: &str, node: &str, ready: bool, hostname: Option<&str>) {
+        let addr: IpAddr = addr.parse().expect("valid IP");
+        self.subset().endpoints.push(EndpointSpec {
+            addresses: vec![addr],
+            ready,
+            node_name: Some(node.into()),
+            hostname: hostname.map(Into::into),
+        });
+    }
+
+    pub fn port(mut self, name: &str, port: u16) -> Self {
+        self.subset().ports.push(EndpointPortSpec { name: name.into(), port, protocol: Protocol::Tcp });
+        self
+    }
+
+    pub fn udp_port(mut self, name: &str, port: u16) -> Self {
+        self.subset().ports.push(EndpointPortSpec { name: name.into(), port, protocol: Protocol::Udp });
+        self
+    }
+
+    pub fn object(self) -> Object {
+        Object::Endpoints(self.0)
+    }
+}

@@ -1,0 +1,26 @@
+//! The service model shared by every part of the agent.
+//!
+//! Data flows one way: a *source* (manifests directory, Kubernetes API)
+//! emits [`SourceEvent`]s about [`Object`]s; the [`registry`] is the single
+//! owner of service state and turns those events into immutable
+//! [`Snapshot`]s; consumers (DNS, proxy, admin) read snapshots and never
+//! mutate anything.
+//!
+//! - [`object`]: what sources produce (Service, EndpointSlice / Endpoints).
+//! - [`service`]: small value types (keys, ports, protocols, strategies).
+//! - [`snapshot`]: the immutable view consumers read.
+//! - [`vip`]: virtual IP allocation from a CIDR.
+//! - [`registry`]: the task that owns state and publishes snapshots.
+#![forbid(unsafe_code)]
+
+pub mod build;
+pub mod object;
+pub mod registry;
+pub mod service;
+pub mod snapshot;
+pub mod vip;
+
+pub use object::{EndpointSet, EndpointSubset, Object, ObjectKey, ObjectKind, ServiceObject, SourceEvent};
+pub use registry::{Registry, RegistryConfig, RegistryHandle};
+pub use service::{LbStrategy, Protocol, ServiceKey, TargetPort};
+pub use snapshot::{Backend, EndpointInfo, ResolvedPort, ServiceEntry, Snapshot};

@@ -1,0 +1,142 @@
+//! What sources produce: source-neutral, already validated copies of the
+//! Kubernetes objects the agent cares about.
+//!
+//! Sources (manifests, the Kubernetes API) parse and validate their own wire
+//! format and convert into these types, so the registry never sees invalid
+//! input and every source has exactly the same semantics.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::service::{Protocol, ServiceKey, TargetPort};
+
+/// The kinds of object a source can emit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum ObjectKind {
+    Service,
+    /// `discovery.k8s.io/v1` EndpointSlice.
+    EndpointSlice,
+    /// Legacy `v1` Endpoints.
+    Endpoints,
+}
+
+/// Identity of a source object: kind, namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ObjectKey {
+    pub kind: ObjectKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Namespace, name, labels and annotations of an object.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ObjectMeta {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A `v1/Service`, reduced to what the data plane needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceObject {
+    pub meta: ObjectMeta,
+    /// `spec.clusterIPs` (or `spec.clusterIP`); empty when unset.
+    pub cluster_ips: Vec<IpAddr>,
+    /// `clusterIP: None`: no virtual IP, DNS answers with the endpoints.
+    pub headless: bool,
+    pub ports: Vec<ServicePortSpec>,
+    /// `spec.type` as written (`ClusterIP`, `NodePort`, `LoadBalancer`, `ExternalName`).
+    pub service_type: String,
+}
+
+/// One entry of `spec.ports`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServicePortSpec {
+    /// Empty when the service has a single unnamed port.
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub target_port: TargetPort,
+    pub node_port: Option<u16>,
+}
+
+/// Endpoints of a service: one EndpointSlice (one subset) or one legacy
+/// Endpoints object (one subset per `subsets[]` entry).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EndpointSet {
+    pub meta: ObjectMeta,
+    /// Kind of the object this came from; decides the [`ObjectKey`].
+    pub kind: ObjectKind,
+    /// The service these endpoints belong to: the `kubernetes.io/service-name`
+    /// label of a slice, the object name of a legacy Endpoints.
+    pub service_name: String,
+    pub subsets: Vec<EndpointSubset>,
+}
+
+/// Endpoints that share one port list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Default)]
+pub struct EndpointSubset {
+    pub endpoints: Vec<EndpointSpec>,
+    pub ports: Vec<EndpointPortSpec>,
+}
+
+/// One endpoint (a pod): its addresses and conditions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EndpointSpec {
+    pub addresses: Vec<IpAddr>,
+    /// `conditions.ready`; Kubernetes treats an unset condition as ready.
+    pub ready: bool,
+    pub node_name: Option<String>,
+    pub hostname: Option<String>,
+}
+
+/// A port of an endpoint set; `name` matches the service port's name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EndpointPortSpec {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// Any object a source can emit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum Object {
+    Service(ServiceObject),
+    Endpoints(EndpointSet),
+}
+
+impl Object {
+    pub fn key(&self) -> ObjectKey {
+        match self {
+            Object::Service(s) => {
+                ObjectKey { kind: ObjectKind::Service, namespace: s.meta.namespace.clone(), name: s.meta.name.clone() }
+            }
+            Object::Endpoints(e) => {
+                ObjectKey { kind: e.kind, namespace: e.meta.namespace.clone(), name: e.meta.name.clone() }
+            }
+        }
+    }
+
+    /// The service this object belongs to.
+    pub fn service_key(&self) -> ServiceKey {
+        match self {
+            Object::Service(s) => ServiceKey::new(&s.meta.namespace, &s.meta.name),
+            Object::Endpoints(e) => ServiceKey::new(&e.meta.namespace, &e.service_name),
+        }
+    }
+}
+
+/// What a source tells the registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceEvent {
+    /// The object was created or changed (the whole new object).
+    Apply(Object),
+    /// The object is gone.
+    Delete(ObjectKey),
+    /// The source has delivered its first complete view; the agent may
+    /// report ready once this is applied.
+    Synced,
+}

@@ -1,0 +1,334 @@
+//! The registry: sole owner of service state.
+//!
+//! Sources send [`SourceEvent`]s through an [`EventSink`]; the registry task
+//! applies them in batches, rebuilds only the services they touch, and
+//! publishes a new [`Snapshot`] on a `watch` channel. Per-event work depends
+//! on the size of the touched service, never on the number of services.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use tokio::sync::{mpsc, watch};
+
+use crate::object::{EndpointSet, Object, ObjectKey, ObjectKind, ServiceObject, SourceEvent};
+use crate::service::{LbStrategy, ServiceKey, TargetPort};
+use crate::snapshot::{Backend, EndpointInfo, ResolvedPort, ServiceEntry, Snapshot};
+use crate::vip::VipAllocator;
+
+/// Settings the registry needs to turn objects into entries.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// Where service VIPs come from.
+    pub vip_cidr: IpNet,
+    /// Strategy for services without the `edgemesh.io/lb-strategy` annotation.
+    pub default_strategy: LbStrategy,
+}
+
+/// Where a source sends its events. Cheap to clone; each source gets its own
+/// from [`Registry::source`] so the registry knows when all have synced.
+#[derive(Clone, Debug)]
+pub struct EventSink {
+    source: usize,
+    tx: mpsc::Sender<(usize, SourceEvent)>,
+}
+
+impl EventSink {
+    /// Sends one event; fails only when the registry has stopped.
+    pub async fn send(&self, event: SourceEvent) -> Result<(), RegistryClosed> {
+        self.tx.send((self.source, event)).await.map_err(|_| RegistryClosed)
+    }
+}
+
+/// The registry task is gone (the agent is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the registry has stopped")]
+pub struct RegistryClosed;
+
+/// Read side of the registry: the latest snapshot and its changes.
+pub type RegistryHandle = watch::Receiver<Arc<Snapshot>>;
+
+/// Owns service state; see the module docs.
+pub struct Registry {
+    config: RegistryConfig,
+    state: RegistryState,
+    publish: watch::Sender<Arc<Snapshot>>,
+    tx: mpsc::Sender<(usize, SourceEvent)>,
+    rx: mpsc::Receiver<(usize, SourceEvent)>,
+    sources: usize,
+    synced_sources: HashSet<usize>,
+}
+
+impl Registry {
+    pub fn new(config: RegistryConfig) -> Self {
+        let (tx, rx) = mpsc::channel(4096);
+        let (publish, _) = watch::channel(Arc::new(Snapshot::default()));
+        Self { state: RegistryState::new(&config), config, publish, tx, rx, sources: 0, synced_sources: HashSet::new() }
+    }
+
+    /// Registers a source and returns the sink it sends events to.
+    pub fn source(&mut self) -> EventSink {
+        self.sources += 1;
+        EventSink { source: self.sources - 1, tx: self.tx.clone() }
+    }
+
+    /// A receiver of published snapshots.
+    pub fn subscribe(&self) -> RegistryHandle {
+        self.publish.subscribe()
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    /// Applies events until every source has dropped its sink.
+    pub async fn run(mut self) {
+        drop(self.tx);
+        let mut batch = Vec::with_capacity(1024);
+        while self.rx.recv_many(&mut batch, 4096).await > 0 {
+            let mut changed = false;
+            for (source, event) in batch.drain(..) {
+                match event {
+                    SourceEvent::Synced => {
+                        if self.synced_sources.insert(source) {
+                            changed = true;
+                        }
+                    }
+                    event => changed |= self.state.apply(event),
+                }
+            }
+            let synced = self.synced_sources.len() >= self.sources;
+            if changed || synced != self.state.snapshot.synced {
+                self.state.snapshot.synced = synced;
+                self.publish.send_replace(Arc::new(self.state.take_generation()));
+            }
+        }
+    }
+}
+
+/// The mutable state behind the registry, separate from the task so it can
+/// be driven synchronously (tests, benchmarks).
+pub struct RegistryState {
+    default_strategy: LbStrategy,
+    vips: VipAllocator,
+    services: HashMap<ServiceKey, ServiceObject>,
+    endpoint_sets: HashMap<ServiceKey, BTreeMap<ObjectKey, EndpointSet>>,
+    /// Which service each endpoint object belongs to (its label may change).
+    endpoint_owner: HashMap<ObjectKey, ServiceKey>,
+    /// Services that want a VIP but the pool was full.
+    awaiting_vip: BTreeSet<ServiceKey>,
+    /// Changes since the last published generation.
+    pending: BTreeSet<ServiceKey>,
+    snapshot: Snapshot,
+}
+
+impl RegistryState {
+    pub fn new(config: &RegistryConfig) -> Self {
+        Self {
+            default_strategy: config.default_strategy,
+            vips: VipAllocator::new(config.vip_cidr),
+            services: HashMap::new(),
+            endpoint_sets: HashMap::new(),
+            endpoint_owner: HashMap::new(),
+            awaiting_vip: BTreeSet::new(),
+            pending: BTreeSet::new(),
+            snapshot: Snapshot::default(),
+        }
+    }
+
+    /// Applies one event; returns whether any service may have changed.
+    pub fn apply(&mut self, event: SourceEvent) -> bool {
+        match event {
+            SourceEvent::Apply(Object::Service(svc)) => {
+                let key = ServiceKey::new(&svc.meta.namespace, &svc.meta.name);
+                if self.services.get(&key) == Some(&svc) {
+                    return false;
+                }
+                self.services.insert(key.clone(), svc);
+                self.pending.insert(key);
+            }
+            SourceEvent::Apply(Object::Endpoints(set)) => {
+                let okey =
+                    ObjectKey { kind: set.kind, namespace: set.meta.namespace.clone(), name: set.meta.name.clone() };
+                let owner = ServiceKey::new(&set.meta.namespace, &set.service_name);
+                if let Some(old_owner) = self.endpoint_owner.insert(okey.clone(), owner.clone())
+                    && old_owner != owner
+                {
+                    self.remove_endpoint_set(&old_owner, &okey);
+                }
+                let sets = self.endpoint_sets.entry(owner.clone()).or_default();
+                if sets.get(&okey) == Some(&set) {
+                    return false;
+                }
+                sets.insert(okey, set);
+                self.pending.insert(owner);
+            }
+            SourceEvent::Delete(okey) => match okey.kind {
+                ObjectKind::Service => {
+                    let key = ServiceKey::new(&okey.namespace, &okey.name);
+                    if self.services.remove(&key).is_none() {
+                        return false;
+                    }
+                    self.pending.insert(key);
+                }
+                ObjectKind::EndpointSlice | ObjectKind::Endpoints => {
+                    let Some(owner) = self.endpoint_owner.remove(&okey) else { return false };
+                    self.remove_endpoint_set(&owner, &okey);
+                }
+            },
+            SourceEvent::Synced => return false,
+        }
+        true
+    }
+
+    fn remove_endpoint_set(&mut self, owner: &ServiceKey, okey: &ObjectKey) {
+        if let Some(sets) = self.endpoint_sets.get_mut(owner) {
+            sets.remove(okey);
+            if sets.is_empty() {
+                self.endpoint_sets.remove(owner);
+            }
+        }
+        self.pending.insert(owner.clone());
+    }
+
+    /// Rebuilds every pending service and returns the new snapshot.
+    pub fn take_generation(&mut self) -> Snapshot {
+        self.snapshot.begin_generation();
+        let mut released = false;
+        for key in std::mem::take(&mut self.pending) {
+            released |= self.rebuild(&key);
+        }
+        if released {
+            // Addresses came free: services waiting for one get a chance.
+            for key in std::mem::take(&mut self.awaiting_vip) {
+                self.rebuild(&key);
+            }
+        }
+        self.snapshot.clone()
+    }
+
+    /// The current snapshot (without publishing pending changes).
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Recomputes one service's entry; returns true if a VIP was released.
+    fn rebuild(&mut self, key: &ServiceKey) -> bool {
+        let Some(svc) = self.services.get(key) else {
+            self.awaiting_vip.remove(key);
+            let released = self.vips.release(key);
+            self.snapshot.remove(key);
+            return released;
+        };
+        let mut released = false;
+        let mut problem = None;
+        let vip = if svc.headless {
+            released = self.vips.release(key);
+            None
+        } else {
+            match self.vips.allocate(key) {
+                Ok(ip) => {
+                    self.awaiting_vip.remove(key);
+                    Some(ip)
+                }
+                Err(e) => {
+                    tracing::error!(service = %key, error = %e, "no virtual IP for service; it is not proxied");
+                    self.awaiting_vip.insert(key.clone());
+                    problem = Some(e.to_string());
+                    None
+                }
+            }
+        };
+        let strategy = match svc.meta.annotations.get(LbStrategy::ANNOTATION) {
+            None => self.default_strategy,
+            Some(value) => value.parse().unwrap_or_else(|e: String| {
+                tracing::warn!(service = %key, annotation = LbStrategy::ANNOTATION, error = %e, "ignoring annotation; using the default strategy");
+                self.default_strategy
+            }),
+        };
+        let entry = build_entry(key, svc, vip, strategy, problem, self.endpoint_sets.get(key));
+        if self.snapshot.service(key).is_some_and(|old| **old == entry) {
+            return released;
+        }
+        self.snapshot.insert(Arc::new(entry));
+        released
+    }
+}
+
+/// Joins a service with its endpoint sets.
+fn build_entry(
+    key: &ServiceKey,
+    svc: &ServiceObject,
+    vip: Option<IpAddr>,
+    strategy: LbStrategy,
+    problem: Option<String>,
+    sets: Option<&BTreeMap<ObjectKey, EndpointSet>>,
+) -> ServiceEntry {
+    // EndpointSlices win over legacy Endpoints when both exist (Kubernetes
+    // mirrors one into the other).
+    let sets: Vec<&EndpointSet> = sets.map(|s| s.values().collect()).unwrap_or_default();
+    let has_slices = sets.iter().any(|s| s.kind == ObjectKind::EndpointSlice);
+    let sets: Vec<&EndpointSet> =
+        sets.into_iter().filter(|s| !has_slices || s.kind == ObjectKind::EndpointSlice).collect();
+
+    let ports = svc
+        .ports
+        .iter()
+        .map(|sp| {
+            let mut backends: Vec<Backend> = Vec::new();
+            for subset in sets.iter().flat_map(|s| &s.subsets) {
+                let matched = subset.ports.iter().find(|p| p.name == sp.name && p.protocol == sp.protocol);
+                let port = match (matched, &sp.target_port) {
+                    (Some(p), _) => p.port,
+                    (None, TargetPort::Number(n)) if subset.ports.is_empty() => *n,
+                    _ => continue,
+                };
+                for ep in subset.endpoints.iter().filter(|e| e.ready) {
+                    let node: Option<Arc<str>> = ep.node_name.as_deref().map(Arc::from);
+                    for addr in &ep.addresses {
+                        backends.push(Backend { addr: SocketAddr::new(*addr, port), node_name: node.clone() });
+                    }
+                }
+            }
+            backends.sort_by(|a, b| a.addr.cmp(&b.addr));
+            backends.dedup_by(|a, b| a.addr == b.addr);
+            ResolvedPort {
+                name: sp.name.clone(),
+                protocol: sp.protocol,
+                port: sp.port,
+                target_port: sp.target_port.clone(),
+                backends: backends.into(),
+            }
+        })
+        .collect();
+
+    let mut endpoints: BTreeMap<IpAddr, EndpointInfo> = BTreeMap::new();
+    for ep in sets.iter().flat_map(|s| &s.subsets).flat_map(|s| &s.endpoints) {
+        for addr in &ep.addresses {
+            let info = endpoints.entry(*addr).or_insert_with(|| EndpointInfo {
+                address: *addr,
+                ready: false,
+                node_name: ep.node_name.clone(),
+                hostname: ep.hostname.clone(),
+            });
+            info.ready |= ep.ready;
+        }
+    }
+
+    ServiceEntry {
+        key: key.clone(),
+        vip,
+        cluster_ips: svc.cluster_ips.clone(),
+        headless: svc.headless,
+        service_type: svc.service_type.clone(),
+        strategy,
+        ports,
+        endpoints: endpoints.into_values().collect(),
+        meta: svc.meta.clone(),
+        problem,
+    }
+}
+
+#[cfg(test)]
+mod tests;

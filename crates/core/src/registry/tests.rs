@@ -1,0 +1,204 @@
+use std::net::{IpAddr, SocketAddr};
+
+use super::*;
+use crate::build::{service, slice};
+
+fn state() -> RegistryState {
+    RegistryState::new(&RegistryConfig {
+        vip_cidr: "127.251.0.0/16".parse().unwrap(),
+        default_strategy: LbStrategy::RoundRobin,
+    })
+}
+
+fn key(name: &str) -> ServiceKey {
+    ServiceKey::new("default", name)
+}
+
+fn backends(snap: &Snapshot, name: &str) -> Vec<SocketAddr> {
+    snap.service(&key(name)).unwrap().ports[0].backends.iter().map(|b| b.addr).collect()
+}
+
+fn apply(st: &mut RegistryState, obj: crate::Object) -> bool {
+    st.apply(SourceEvent::Apply(obj))
+}
+
+#[test]
+fn service_joins_its_slices_and_gets_a_vip() {
+    let mut st = state();
+    apply(&mut st, service("default", "web").port("http", 80, 8080).object());
+    apply(
+        &mut st,
+        slice("default", "web-1", "web")
+            .endpoint("10.0.0.2", "n1")
+            .endpoint("10.0.0.1", "n1")
+            .port("http", 8080)
+            .object(),
+    );
+    apply(&mut st, slice("default", "web-2", "web").not_ready("10.0.0.3", "n2").port("http", 8080).object());
+    let snap = st.take_generation();
+    let entry = snap.service(&key("web")).unwrap();
+    let vip = entry.vip.unwrap();
+    assert!("127.251.0.0/16".parse::<IpNet>().unwrap().contains(&vip));
+    assert_eq!(
+        backends(&snap, "web"),
+        vec!["10.0.0.1:8080".parse().unwrap(), "10.0.0.2:8080".parse::<SocketAddr>().unwrap()]
+    );
+    assert_eq!(entry.endpoints.len(), 3, "not-ready endpoints are listed but not used");
+    assert_eq!(snap.service_by_ip(&vip).unwrap().key, key("web"));
+}
+
+#[test]
+fn endpoints_without_service_wait_for_it() {
+    let mut st = state();
+    apply(&mut st, slice("default", "web-1", "web").endpoint("10.0.0.1", "n1").port("", 80).object());
+    assert!(st.take_generation().service(&key("web")).is_none());
+    apply(&mut st, service("default", "web").port("", 80, 80).object());
+    assert_eq!(backends(&st.take_generation(), "web"), vec!["10.0.0.1:80".parse().unwrap()]);
+}
+
+#[test]
+fn named_target_ports_resolve_through_endpoint_ports() {
+    let mut st = state();
+    apply(
+        &mut st,
+        service("default", "web").named_target("http", 80, "web-port").named_target("metrics", 9000, "m").object(),
+    );
+    apply(
+        &mut st,
+        slice("default", "web-1", "web").endpoint("10.0.0.1", "n1").port("http", 8080).port("metrics", 9100).object(),
+    );
+    let snap = st.take_generation();
+    let e = snap.service(&key("web")).unwrap();
+    assert_eq!(e.ports[0].backends[0].addr, "10.0.0.1:8080".parse().unwrap());
+    assert_eq!(e.ports[1].backends[0].addr, "10.0.0.1:9100".parse().unwrap());
+}
+
+#[test]
+fn vip_is_kept_across_updates_and_released_on_delete() {
+    let mut st = state();
+    apply(&mut st, service("default", "web").port("http", 80, 8080).object());
+    let vip = st.take_generation().service(&key("web")).unwrap().vip;
+    apply(&mut st, service("default", "web").port("http", 81, 8080).object());
+    let snap = st.take_generation();
+    assert_eq!(snap.service(&key("web")).unwrap().vip, vip);
+    assert_eq!(snap.service(&key("web")).unwrap().ports[0].port, 81);
+    st.apply(SourceEvent::Delete(ObjectKey {
+        kind: ObjectKind::Service,
+        namespace: "default".into(),
+        name: "web".into(),
+    }));
+    let snap = st.take_generation();
+    assert!(snap.service(&key("web")).is_none());
+    assert!(snap.service_by_ip(&vip.unwrap()).is_none());
+    assert_eq!(st.vips.in_use(), 0);
+}
+
+#[test]
+fn headless_services_have_no_vip() {
+    let mut st = state();
+    apply(&mut st, service("default", "db").headless().port("", 5432, 5432).object());
+    let snap = st.take_generation();
+    let e = snap.service(&key("db")).unwrap();
+    assert!(e.vip.is_none() && e.headless);
+}
+
+#[test]
+fn exhausted_pool_hurts_only_the_late_service_and_heals() {
+    let mut st = RegistryState::new(&RegistryConfig {
+        vip_cidr: "10.1.0.0/30".parse().unwrap(),
+        default_strategy: LbStrategy::RoundRobin,
+    });
+    for n in ["a", "b", "c"] {
+        apply(&mut st, service("default", n).port("", 80, 80).object());
+    }
+    let snap = st.take_generation();
+    let with_vip = ["a", "b", "c"].iter().filter(|n| snap.service(&key(n)).unwrap().vip.is_some()).count();
+    assert_eq!(with_vip, 2);
+    let starving = ["a", "b", "c"].into_iter().find(|n| snap.service(&key(n)).unwrap().vip.is_none()).unwrap();
+    assert!(snap.service(&key(starving)).unwrap().problem.as_ref().unwrap().contains("exhausted"));
+    let other = ["a", "b", "c"].into_iter().find(|n| *n != starving).unwrap();
+    st.apply(SourceEvent::Delete(ObjectKey {
+        kind: ObjectKind::Service,
+        namespace: "default".into(),
+        name: other.into(),
+    }));
+    let snap = st.take_generation();
+    assert!(snap.service(&key(starving)).unwrap().vip.is_some(), "freed address goes to the waiting service");
+}
+
+#[test]
+fn strategy_annotation_and_bad_value_fall_back() {
+    let mut st = state();
+    apply(&mut st, service("default", "r").annotation(LbStrategy::ANNOTATION, "Random").object());
+    apply(&mut st, service("default", "bad").annotation(LbStrategy::ANNOTATION, "Fastest").object());
+    let snap = st.take_generation();
+    assert_eq!(snap.service(&key("r")).unwrap().strategy, LbStrategy::Random);
+    assert_eq!(snap.service(&key("bad")).unwrap().strategy, LbStrategy::RoundRobin);
+}
+
+#[test]
+fn slices_win_over_legacy_endpoints() {
+    let mut st = state();
+    apply(&mut st, service("default", "web").port("", 80, 80).object());
+    let mut legacy = slice("default", "web", "web").endpoint("10.0.0.9", "n1").port("", 80);
+    legacy.0.kind = ObjectKind::Endpoints;
+    apply(&mut st, legacy.object());
+    assert_eq!(backends(&st.take_generation(), "web"), vec!["10.0.0.9:80".parse().unwrap()]);
+    apply(&mut st, slice("default", "web-x", "web").endpoint("10.0.0.1", "n1").port("", 80).object());
+    assert_eq!(backends(&st.take_generation(), "web"), vec!["10.0.0.1:80".parse().unwrap()]);
+}
+
+#[test]
+fn reapplying_the_same_object_changes_nothing() {
+    let mut st = state();
+    let obj = service("default", "web").port("", 80, 80).object();
+    assert!(apply(&mut st, obj.clone()));
+    let g1 = st.take_generation();
+    assert!(!apply(&mut st, obj));
+    let g2 = st.take_generation();
+    assert_eq!(g2.changes_since(g1.generation), Some(vec![]));
+}
+
+#[test]
+fn changelog_names_exactly_the_changed_services() {
+    let mut st = state();
+    for i in 0..100 {
+        apply(&mut st, service("default", &format!("s{i}")).port("", 80, 80).object());
+    }
+    let g1 = st.take_generation().generation;
+    apply(&mut st, slice("default", "s7-x", "s7").endpoint("10.0.0.1", "n").port("", 80).object());
+    let snap = st.take_generation();
+    assert_eq!(snap.changes_since(g1), Some(vec![key("s7")]));
+    assert_eq!(snap.changes_since(0).map(|c| c.len()), Some(101));
+}
+
+#[test]
+fn slice_moving_to_another_service_leaves_the_first() {
+    let mut st = state();
+    apply(&mut st, service("default", "a").port("", 80, 80).object());
+    apply(&mut st, service("default", "b").port("", 80, 80).object());
+    apply(&mut st, slice("default", "x", "a").endpoint("10.0.0.1", "n").port("", 80).object());
+    st.take_generation();
+    apply(&mut st, slice("default", "x", "b").endpoint("10.0.0.1", "n").port("", 80).object());
+    let snap = st.take_generation();
+    assert!(backends(&snap, "a").is_empty());
+    assert_eq!(backends(&snap, "b").len(), 1);
+}
+
+#[tokio::test]
+async fn registry_task_publishes_and_reports_synced() {
+    let mut reg = Registry::new(RegistryConfig {
+        vip_cidr: "127.251.0.0/16".parse().unwrap(),
+        default_strategy: LbStrategy::RoundRobin,
+    });
+    let sink = reg.source();
+    let mut rx = reg.subscribe();
+    let task = tokio::spawn(reg.run());
+    sink.send(SourceEvent::Apply(service("default", "web").port("", 80, 80).object())).await.unwrap();
+    sink.send(SourceEvent::Synced).await.unwrap();
+    let snap = rx.wait_for(|s| s.synced).await.unwrap().clone();
+    assert!(snap.service(&key("web")).is_some());
+    let _: Option<IpAddr> = snap.service(&key("web")).unwrap().vip;
+    drop(sink);
+    task.await.unwrap();
+}

@@ -1,0 +1,183 @@
+//! The immutable view of all services that consumers read.
+//!
+//! A [`Snapshot`] is built by the registry and published whole; it is made of
+//! persistent maps (`imbl`), so publishing a change to one service among
+//! 100,000 copies nothing but the path to that service. Consumers that keep
+//! per-service state (proxy listeners) follow [`Snapshot::changes_since`]
+//! instead of diffing everything.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use imbl::{HashMap, OrdMap, Vector};
+use serde::Serialize;
+
+use crate::object::ObjectMeta;
+use crate::service::{LbStrategy, Protocol, ServiceKey, TargetPort};
+
+/// Everything the data plane knows, at one generation.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Increases by one with every published change.
+    pub generation: u64,
+    /// True once every source has delivered its first full view.
+    pub synced: bool,
+    services: OrdMap<ServiceKey, Arc<ServiceEntry>>,
+    /// Every VIP and cluster IP -> its service.
+    by_ip: HashMap<IpAddr, ServiceKey>,
+    /// Keys changed at each generation, oldest first, bounded.
+    changelog: Vector<(u64, ServiceKey)>,
+    /// Oldest generation whose changes are all still in the changelog.
+    changelog_complete_from: u64,
+}
+
+/// How many changed keys the changelog keeps; a consumer further behind
+/// than this reconciles against the whole snapshot.
+const CHANGELOG_LEN: usize = 8192;
+
+impl Snapshot {
+    /// The service with this namespace and name.
+    pub fn service(&self, key: &ServiceKey) -> Option<&Arc<ServiceEntry>> {
+        self.services.get(key)
+    }
+
+    /// The service whose VIP or cluster IP is `ip`.
+    pub fn service_by_ip(&self, ip: &IpAddr) -> Option<&Arc<ServiceEntry>> {
+        self.by_ip.get(ip).and_then(|k| self.services.get(k))
+    }
+
+    /// All services, ordered by namespace then name.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceEntry>> {
+        self.services.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// Keys of services that changed (added, updated or removed) after
+    /// generation `since`, possibly with repeats; `None` when the changelog
+    /// no longer reaches back that far and the caller must look at every
+    /// service.
+    pub fn changes_since(&self, since: u64) -> Option<Vec<ServiceKey>> {
+        if since >= self.generation {
+            return Some(Vec::new());
+        }
+        if self.changelog_complete_from > since + 1 {
+            return None;
+        }
+        Some(self.changelog.iter().filter(|(g, _)| *g > since).map(|(_, k)| k.clone()).collect())
+    }
+
+    // Mutation is for the registry only.
+
+    pub(crate) fn insert(&mut self, entry: Arc<ServiceEntry>) {
+        let key = entry.key.clone();
+        if let Some(old) = self.services.get(&key).cloned() {
+            for ip in old.ips() {
+                self.by_ip.remove(&ip);
+            }
+        }
+        for ip in entry.ips() {
+            self.by_ip.insert(ip, key.clone());
+        }
+        self.services.insert(key.clone(), entry);
+        self.log_change(key);
+    }
+
+    pub(crate) fn remove(&mut self, key: &ServiceKey) -> Option<Arc<ServiceEntry>> {
+        let old = self.services.remove(key)?;
+        for ip in old.ips() {
+            if self.by_ip.get(&ip) == Some(key) {
+                self.by_ip.remove(&ip);
+            }
+        }
+        self.log_change(key.clone());
+        Some(old)
+    }
+
+    /// Called by the registry before a batch of changes.
+    pub(crate) fn begin_generation(&mut self) {
+        self.generation += 1;
+    }
+
+    fn log_change(&mut self, key: ServiceKey) {
+        self.changelog.push_back((self.generation, key));
+        while self.changelog.len() > CHANGELOG_LEN {
+            if let Some((g, _)) = self.changelog.pop_front() {
+                self.changelog_complete_from = g + 1;
+            }
+        }
+    }
+}
+
+/// One service as the data plane sees it: its addresses, ports with their
+/// ready backends, and the endpoints for DNS.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceEntry {
+    pub key: ServiceKey,
+    /// Virtual IP allocated by the agent; `None` for headless services and
+    /// when the pool is exhausted.
+    pub vip: Option<IpAddr>,
+    /// `spec.clusterIPs` from the source.
+    pub cluster_ips: Vec<IpAddr>,
+    pub headless: bool,
+    pub service_type: String,
+    pub strategy: LbStrategy,
+    pub ports: Vec<ResolvedPort>,
+    /// Every endpoint, ready or not, deduplicated by address.
+    pub endpoints: Vec<EndpointInfo>,
+    #[serde(skip)]
+    pub meta: ObjectMeta,
+    /// Why this service is not fully served (e.g. VIP pool exhausted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl ServiceEntry {
+    /// The VIP and cluster IPs: every address the service answers on.
+    pub fn ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.vip.into_iter().chain(self.cluster_ips.iter().copied())
+    }
+
+    /// The port with this service port number and protocol.
+    pub fn port(&self, port: u16, protocol: Protocol) -> Option<&ResolvedPort> {
+        self.ports.iter().find(|p| p.port == port && p.protocol == protocol)
+    }
+
+    /// Addresses of ready endpoints (what a headless service resolves to).
+    pub fn ready_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.endpoints.iter().filter(|e| e.ready).map(|e| e.address)
+    }
+}
+
+/// A service port with the backends it forwards to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ResolvedPort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub target_port: TargetPort,
+    /// Ready backends, in a stable order (sorted by address).
+    pub backends: Arc<[Backend]>,
+}
+
+/// A concrete place to send a connection.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub node_name: Option<Arc<str>>,
+}
+
+/// One endpoint address, for DNS and the admin dump.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EndpointInfo {
+    pub address: IpAddr,
+    pub ready: bool,
+    pub node_name: Option<String>,
+    pub hostname: Option<String>,
+}
