@@ -118,7 +118,9 @@ impl Snapshot {
 /// One service as the data plane sees it: its addresses, ports with their
 /// ready backends, and the endpoints for DNS.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceEntry {
+    #[serde(flatten)]
     pub key: ServiceKey,
     /// Virtual IP allocated by the agent; `None` for headless services and
     /// when the pool is exhausted.
@@ -157,6 +159,7 @@ impl ServiceEntry {
 
 /// A service port with the backends it forwards to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ResolvedPort {
     pub name: String,
     pub protocol: Protocol,
@@ -168,6 +171,7 @@ pub struct ResolvedPort {
 
 /// A concrete place to send a connection.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Backend {
     pub addr: SocketAddr,
     pub node_name: Option<Arc<str>>,
@@ -175,6 +179,7 @@ pub struct Backend {
 
 /// One endpoint address, for DNS and the admin dump.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct EndpointInfo {
     pub address: IpAddr,
     pub ready: bool,
