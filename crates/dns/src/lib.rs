@@ -1,1 +1,73 @@
+//! Node-local DNS for the edgemesh agent.
+//!
+//! Answers `<svc>.<ns>.svc.<cluster domain>` (A/AAAA, SRV, PTR, headless
+//! endpoints) from the newest registry [`Snapshot`](edgemesh_core::Snapshot)
+//! and forwards every other name to the node's upstream resolvers, with a
+//! bounded, TTL-honouring cache.
+//!
+//! Module map (data flows top to bottom):
+//!
+//! - [`server`]: binding the UDP sockets (one per core, `SO_REUSEPORT`) and
+//!   the TCP listener, the receive loops, shutdown. The only module that
+//!   touches sockets of clients.
+//! - [`handler`]: one request in, one response out: parses the wire message,
+//!   reads the snapshot, asks [`cluster`] or the forwarder, encodes the answer
+//!   within the client's payload size (TC over UDP when it does not fit).
+//! - [`cluster`]: the pure part: snapshot + question -> records, NODATA,
+//!   NXDOMAIN or "not ours". Table-tested without I/O.
+//! - [`forward`]: asks the upstreams (UDP, TCP on truncation, next upstream
+//!   on failure, one deadline for all) and fills the cache.
+//! - [`cache`]: bounded cache of upstream answers keyed by (name, type,
+//!   class), case-insensitive, with TTL decrement and RFC 2308 negative
+//!   caching.
+//! - [`error`]: [`DnsError`].
+//!
+//! The wire format is hickory-proto's. The serving loops are our own rather
+//! than hickory-server's `Server`: that one funnels every UDP reply through
+//! one channel and task and logs every request at `info`, which costs more
+//! than the whole answer on this hot path.
 #![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub mod cache;
+pub mod cluster;
+pub mod error;
+pub mod forward;
+pub mod handler;
+pub mod server;
+
+pub use error::DnsError;
+pub use server::DnsServer;
+
+/// Settings of the DNS server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// UDP and TCP on the same address.
+    pub listen: SocketAddr,
+    /// Forwarders for names outside the cluster domain, tried in order.
+    pub upstreams: Vec<SocketAddr>,
+    /// The cluster domain, `cluster.local` by default.
+    pub cluster_domain: String,
+    /// TTL of answers for services, also the negative TTL (SOA minimum) of
+    /// the cluster zone.
+    pub service_ttl: u32,
+    /// Total time for one forwarded query, over all upstreams, before SERVFAIL.
+    pub upstream_timeout: Duration,
+    /// Most upstream answers kept in the cache (0 disables caching).
+    pub cache_size: usize,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 53)),
+            upstreams: Vec::new(),
+            cluster_domain: "cluster.local".into(),
+            service_ttl: 5,
+            upstream_timeout: Duration::from_secs(2),
+            cache_size: 10_000,
+        }
+    }
+}

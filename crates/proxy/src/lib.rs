@@ -1,1 +1,187 @@
+//! The intra-node TCP proxy: one listener per service VIP and TCP port,
+//! each accepted connection forwarded to one ready backend.
+//!
+//! # Layout
+//!
+//! - [`balance`]: pure endpoint choice (round robin, random) and the order in
+//!   which a connection tries endpoints; no I/O, property-tested.
+//! - [`listeners`]: follows registry snapshots through
+//!   `Snapshot::changes_since`, binds and closes listening sockets, swaps
+//!   backend lists in place.
+//! - [`connection`]: accept -> admission (connection limit) -> pick ->
+//!   connect with retry on the next endpoint -> forward.
+//! - [`splice`]: zero-copy forwarding with `splice(2)` through one lazily
+//!   created pipe per direction; half-close passes through; small copy
+//!   fallback when splice is unavailable.
+//! - [`error`]: operator-facing error messages.
+//!
+//! # Data flow
+//!
+//! ```text
+//! watch<Snapshot> -> Proxy::run -> listeners::Reconciler -> accept loop (per VIP:port)
+//!                                                              |
+//!                    connection::serve <-----------------------+
+//!                      balance::Balancer::pick, connect (timeout, retry)
+//!                      splice::forward (client <-> backend)
+//! ```
+//!
+//! Per-connection state is deliberately small: two sockets, two optional
+//! pipes (created on first data), and a future whose size a test bounds.
+#![forbid(unsafe_code)]
 
+pub mod balance;
+pub mod connection;
+pub mod error;
+pub mod listeners;
+pub mod splice;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use edgemesh_core::Snapshot;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use error::ProxyError;
+
+/// File descriptors one proxied connection may hold: two sockets and, while
+/// data flows, two pipes (two descriptors each).
+pub const FDS_PER_CONNECTION: u64 = 6;
+
+/// Descriptors kept aside for listeners, DNS, admin, logs, etc. when the
+/// connection limit is derived from the open-files limit.
+const RESERVED_FDS: u64 = 512;
+
+/// Proxy settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// How long to wait for one endpoint to accept before trying the next.
+    pub connect_timeout: Duration,
+    /// Established (or connecting) connections allowed at once; beyond it,
+    /// new connections are reset at once instead of exhausting descriptors.
+    pub max_connections: usize,
+}
+
+impl ProxyConfig {
+    /// The connection limit that fits in `open_files` descriptors, leaving
+    /// some for everything else the agent does.
+    pub fn max_connections_for_fd_limit(open_files: u64) -> usize {
+        let usable = open_files.saturating_sub(RESERVED_FDS).max(FDS_PER_CONNECTION);
+        usize::try_from(usable / FDS_PER_CONNECTION).unwrap_or(usize::MAX)
+    }
+}
+
+impl Default for ProxyConfig {
+    /// A 2 s connect timeout and a connection limit derived from the
+    /// process' current soft open-files limit (call after raising it).
+    fn default() -> Self {
+        let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20);
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            max_connections: Self::max_connections_for_fd_limit(open_files),
+        }
+    }
+}
+
+/// Live counters, read by `/readyz` and metrics.
+#[derive(Debug, Default)]
+pub struct ProxyStatus {
+    /// Generation of the last snapshot whose listeners are reconciled.
+    pub applied_generation: AtomicU64,
+    /// Listening sockets currently bound.
+    pub listeners: AtomicUsize,
+    /// Connections being connected or forwarded.
+    pub active_connections: AtomicUsize,
+    /// Connections accepted since start (including failed ones).
+    pub total_connections: AtomicU64,
+    /// Accepted connections that could not be forwarded (no ready endpoint,
+    /// every endpoint failed, or over the connection limit).
+    pub failed_connections: AtomicU64,
+    /// Of the failed connections, those reset because `max_connections` was
+    /// reached.
+    pub rejected_connections: AtomicU64,
+    /// Listeners that could not be bound and are being retried.
+    pub bind_failures: AtomicUsize,
+}
+
+impl ProxyStatus {
+    /// Ready once the proxy has applied `generation` (e.g. the first synced
+    /// snapshot).
+    pub fn has_applied(&self, generation: u64) -> bool {
+        self.applied_generation.load(Ordering::Acquire) >= generation
+    }
+}
+
+/// The proxy: owns listeners; see the crate docs.
+pub struct Proxy {
+    config: ProxyConfig,
+    status: Arc<ProxyStatus>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+}
+
+/// How often listeners that failed to bind are retried when no new snapshot
+/// arrives.
+const BIND_RETRY: Duration = Duration::from_secs(2);
+
+impl Proxy {
+    pub fn new(config: ProxyConfig, snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
+        Self { config, status: Arc::new(ProxyStatus::default()), snapshots }
+    }
+
+    pub fn status(&self) -> Arc<ProxyStatus> {
+        self.status.clone()
+    }
+
+    /// Reconciles listeners against every new snapshot until shutdown;
+    /// established connections are left to finish (listener and backend
+    /// changes never touch them) and are dropped at shutdown, before this
+    /// returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Proxy { config, status, mut snapshots } = self;
+        tracing::debug!(?config, "proxy starting");
+        let shared = Arc::new(connection::Shared {
+            config,
+            status: status.clone(),
+            tracker: TaskTracker::new(),
+            stop: shutdown.child_token(),
+        });
+        let mut reconciler = listeners::Reconciler::new(shared.clone());
+        let mut registry_open = true;
+        loop {
+            let snapshot = snapshots.borrow_and_update().clone();
+            let since = status.applied_generation.load(Ordering::Acquire);
+            reconciler.reconcile(&snapshot, since);
+            status.applied_generation.store(snapshot.generation, Ordering::Release);
+            loop {
+                let retry = reconciler.has_failed_binds();
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => {
+                        Self::stop(reconciler, &shared).await;
+                        return;
+                    }
+                    changed = snapshots.changed(), if registry_open => {
+                        if changed.is_err() {
+                            // The registry is gone (agent shutting down): keep
+                            // serving the last snapshot until told to stop.
+                            registry_open = false;
+                            continue;
+                        }
+                        break;
+                    }
+                    _ = tokio::time::sleep(BIND_RETRY), if retry => reconciler.retry_failed_binds(),
+                }
+            }
+        }
+    }
+
+    async fn stop(reconciler: listeners::Reconciler, shared: &connection::Shared) {
+        reconciler.close_all().await;
+        shared.stop.cancel();
+        shared.tracker.close();
+        shared.tracker.wait().await;
+        tracing::debug!("proxy stopped");
+    }
+}

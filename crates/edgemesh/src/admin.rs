@@ -1,0 +1,148 @@
+//! The admin endpoint: health, readiness and a dump of what the agent serves.
+//!
+//! - `/healthz`: 200 while the process runs.
+//! - `/readyz`: 200 once every source has been read in full and the proxy has
+//!   applied that state; 503 with the reason otherwise.
+//! - `/services`: the current snapshot as JSON.
+//! - `/config`: the effective configuration as JSON.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use edgemesh_core::{RegistryHandle, ServiceEntry};
+use edgemesh_proxy::ProxyStatus;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// What the admin endpoint reads; it owns none of it.
+#[derive(Clone)]
+pub struct AdminState {
+    pub config: Arc<Config>,
+    pub snapshots: RegistryHandle,
+    pub proxy: Arc<ProxyStatus>,
+}
+
+impl AdminState {
+    /// `None` when ready, else why not.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        let snap = self.snapshots.borrow();
+        if !snap.synced {
+            return Some("waiting for the first full read of the service source".into());
+        }
+        let applied = self.proxy.applied_generation.load(Ordering::Acquire);
+        if applied < snap.generation {
+            return Some(format!("proxy has applied generation {applied} of {}", snap.generation));
+        }
+        None
+    }
+}
+
+pub struct AdminServer {
+    listener: TcpListener,
+    state: AdminState,
+}
+
+impl AdminServer {
+    pub async fn bind(addr: SocketAddr, state: AdminState) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let state = self.state.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(route(&state, req)) }
+                });
+                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    res = conn => if let Err(e) = res { tracing::debug!(error = %e, "admin connection ended") },
+                }
+            });
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ServicesDump<'a> {
+    generation: u64,
+    synced: bool,
+    count: usize,
+    services: Vec<&'a ServiceEntry>,
+}
+
+fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => match state.not_ready_reason() {
+            None => text(StatusCode::OK, "ready\n"),
+            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: {why}\n")),
+        },
+        "/services" => {
+            let snap = state.snapshots.borrow().clone();
+            let dump = ServicesDump {
+                generation: snap.generation,
+                synced: snap.synced,
+                count: snap.len(),
+                services: snap.services().map(|s| &**s).collect(),
+            };
+            json(&dump)
+        }
+        "/config" => json(&*state.config),
+        _ => text(StatusCode::NOT_FOUND, "not found; try /healthz, /readyz, /services, /config\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("static header"));
+    resp
+}
+
+fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            resp.headers_mut().insert(CONTENT_TYPE, "application/json".parse().expect("static header"));
+            resp
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot encode JSON: {e}\n")),
+    }
+}

@@ -1,0 +1,139 @@
+//! `edgemesh agent`: wires the source, the registry and its consumers
+//! together, and stops them cleanly on SIGTERM or Ctrl-C.
+//!
+//! ```text
+//! manifests dir -> ManifestSource -> Registry -> snapshots -> DnsServer
+//!                                                         -> Proxy
+//!                                                         -> AdminServer
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use edgemesh_core::{Registry, RegistryConfig};
+use edgemesh_dns::{DnsConfig, DnsServer};
+use edgemesh_manifests::ManifestSource;
+use edgemesh_proxy::{Proxy, ProxyConfig};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{AdminServer, AdminState};
+use crate::config::Config;
+use crate::limits;
+
+/// How long components get to finish after a stop signal.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let nofile = limits::raise_nofile_limit();
+    let max_connections = match config.proxy.max_connections {
+        0 => limits::connections_for(nofile),
+        n => n,
+    };
+    tracing::info!(
+        node = %config.node_name,
+        manifests = %config.manifests.dir.display(),
+        dns = %config.dns.listen,
+        admin = %config.admin.listen,
+        vip_cidr = %config.vip_cidr,
+        upstreams = ?config.dns.upstreams,
+        max_connections,
+        "starting edgemesh agent"
+    );
+    tracing::debug!(config = ?config, "effective configuration");
+
+    let mut registry = Registry::new(RegistryConfig {
+        vip_cidr: config.vip_cidr,
+        default_strategy: config.proxy.default_strategy,
+    });
+    let manifest_sink = registry.source();
+    let snapshots = registry.subscribe();
+
+    // Bind everything before starting anything, so a taken port is a clear
+    // start-up error rather than a half-running agent.
+    let dns = DnsServer::bind(
+        DnsConfig {
+            listen: config.dns.listen,
+            upstreams: config.dns.upstreams.clone(),
+            cluster_domain: config.dns.cluster_domain.clone(),
+            service_ttl: config.dns.service_ttl,
+            upstream_timeout: config.dns.upstream_timeout,
+            cache_size: config.dns.cache_size,
+        },
+        snapshots.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot start DNS on {}", config.dns.listen))?;
+    let proxy = Proxy::new(
+        ProxyConfig { connect_timeout: config.proxy.connect_timeout, max_connections },
+        snapshots.clone(),
+    );
+    let config = Arc::new(config);
+    let admin = AdminServer::bind(
+        config.admin.listen,
+        AdminState { config: config.clone(), snapshots: snapshots.clone(), proxy: proxy.status() },
+    )
+    .await
+    .with_context(|| format!("cannot listen for the admin endpoint on {}; is another agent running?", config.admin.listen))?;
+
+    let shutdown = CancellationToken::new();
+    let registry_task = tokio::spawn(registry.run());
+    let mut tasks = JoinSet::new();
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            dns.run(shutdown).await.context("DNS server failed")
+        });
+    }
+    tasks.spawn(proxy.run(shutdown.clone()).map_ok());
+    tasks.spawn(admin.run(shutdown.clone()).map_ok());
+    let source = ManifestSource::new(config.manifests.dir.clone(), config.manifests.poll_interval);
+    tasks.spawn(source.run(manifest_sink, shutdown.clone()).map_ok());
+
+    let outcome = tokio::select! {
+        signal = stop_signal() => {
+            tracing::info!(signal, "stopping");
+            Ok(())
+        }
+        Some(done) = tasks.join_next() => match done {
+            Ok(Ok(())) => Err(anyhow::anyhow!("a component stopped unexpectedly")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("a component panicked: {e}")),
+        },
+    };
+
+    shutdown.cancel();
+    let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+        while tasks.join_next().await.is_some() {}
+        let _ = registry_task.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("components did not stop within {DRAIN_DEADLINE:?}; exiting anyway");
+    }
+    outcome
+}
+
+/// Lets unit-returning component futures share the JoinSet with fallible ones.
+trait MapOk: std::future::Future<Output = ()> + Sized {
+    fn map_ok(self) -> impl std::future::Future<Output = anyhow::Result<()>> {
+        async move {
+            self.await;
+            Ok(())
+        }
+    }
+}
+
+impl<F: std::future::Future<Output = ()>> MapOk for F {}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C) with the signal's name.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

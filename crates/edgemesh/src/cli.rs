@@ -1,0 +1,180 @@
+//! Command line: `edgemesh <subcommand>`. Flags override the config file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use edgemesh_core::LbStrategy;
+use ipnet::IpNet;
+
+use crate::config::{Config, ConfigError, parse_duration, resolv_conf_nameservers};
+
+/// edgemesh: a service mesh data plane for edge nodes.
+///
+/// One agent per node gives the applications on that node service discovery
+/// (node-local DNS) and service-to-service traffic (a TCP proxy with load
+/// balancing), from Kubernetes Service and EndpointSlice objects.
+#[derive(Debug, Parser)]
+#[command(name = "edgemesh", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent: watch services, answer DNS, proxy connections.
+    Agent(AgentArgs),
+}
+
+/// Flags of `edgemesh agent`. Each one overrides the same setting of the
+/// config file.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// YAML config file; every key is optional (see the README for the reference).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// This node's name. Default: $NODE_NAME, else the host name.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// Directory of Kubernetes manifests (Service, EndpointSlice, Endpoints) to serve; watched for changes.
+    #[arg(long, value_name = "DIR")]
+    pub manifest_dir: Option<PathBuf>,
+
+    /// Address of the node-local DNS server, UDP and TCP. Default: 127.0.0.1:5353.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub dns_listen: Option<SocketAddr>,
+
+    /// Upstream resolver for names outside the cluster domain (repeatable). Default: the nameservers of /etc/resolv.conf.
+    #[arg(long = "dns-upstream", value_name = "ADDR:PORT")]
+    pub dns_upstreams: Vec<SocketAddr>,
+
+    /// Kubernetes cluster domain. Default: cluster.local.
+    #[arg(long, value_name = "DOMAIN")]
+    pub cluster_domain: Option<String>,
+
+    /// Address of the admin endpoint (/healthz, /readyz, /services, /config). Default: 127.0.0.1:15020.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Range that service VIPs are allocated from. Default: 127.251.0.0/16 (no root needed).
+    #[arg(long, value_name = "CIDR")]
+    pub vip_cidr: Option<IpNet>,
+
+    /// Load-balancing strategy for services without the edgemesh.io/lb-strategy annotation.
+    #[arg(long, value_name = "STRATEGY", value_parser = parse_strategy)]
+    pub lb_strategy: Option<LbStrategy>,
+
+    /// Time allowed to connect to one endpoint before trying the next, e.g. 500ms or 2s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+
+    /// Log level or tracing filter (error, warn, info, debug, trace). RUST_LOG takes precedence.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Print the effective configuration as YAML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+fn parse_strategy(s: &str) -> Result<LbStrategy, String> {
+    s.parse()
+}
+
+impl AgentArgs {
+    /// The config file (or defaults) with every given flag applied, and
+    /// upstreams defaulted from /etc/resolv.conf.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = &self.node_name {
+            c.node_name = v.clone();
+        }
+        if let Some(v) = &self.manifest_dir {
+            c.manifests.dir = v.clone();
+        }
+        if let Some(v) = self.dns_listen {
+            c.dns.listen = v;
+        }
+        if !self.dns_upstreams.is_empty() {
+            c.dns.upstreams = self.dns_upstreams.clone();
+        }
+        if let Some(v) = &self.cluster_domain {
+            c.dns.cluster_domain = v.clone();
+        }
+        if let Some(v) = self.admin_listen {
+            c.admin.listen = v;
+        }
+        if let Some(v) = self.vip_cidr {
+            c.vip_cidr = v;
+        }
+        if let Some(v) = self.lb_strategy {
+            c.proxy.default_strategy = v;
+        }
+        if let Some(v) = self.connect_timeout {
+            c.proxy.connect_timeout = v;
+        }
+        if let Some(v) = &self.log_level {
+            c.log_level = v.clone();
+        }
+        if c.dns.upstreams.is_empty() {
+            c.dns.upstreams = resolv_conf_nameservers(std::path::Path::new("/etc/resolv.conf"))
+                .into_iter()
+                // Never forward to ourselves.
+                .filter(|u| *u != c.dns.listen)
+                .collect();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "nodeName: from-file\ndns:\n  listen: 127.0.0.1:1053\n  upstreams: [127.0.0.1:53]\n")
+            .unwrap();
+        let cli = Cli::try_parse_from([
+            "edgemesh",
+            "agent",
+            "--config",
+            file.to_str().unwrap(),
+            "--node-name",
+            "from-flag",
+            "--dns-upstream",
+            "127.0.0.2:53",
+            "--dns-upstream",
+            "127.0.0.3:53",
+            "--lb-strategy",
+            "Random",
+        ])
+        .unwrap();
+        let Command::Agent(args) = cli.command;
+        let c = args.resolve().unwrap();
+        assert_eq!(c.node_name, "from-flag");
+        assert_eq!(c.dns.listen, "127.0.0.1:1053".parse().unwrap(), "unset flags keep the file's value");
+        assert_eq!(c.dns.upstreams.len(), 2);
+        assert_eq!(c.proxy.default_strategy, LbStrategy::Random);
+    }
+
+    #[test]
+    fn help_mentions_every_flag() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let help = cmd.find_subcommand_mut("agent").unwrap().render_long_help().to_string();
+        for flag in ["--node-name", "--manifest-dir", "--dns-listen", "--dns-upstream", "--admin-listen", "--vip-cidr"] {
+            assert!(help.contains(flag), "{flag} missing from help");
+        }
+    }
+}

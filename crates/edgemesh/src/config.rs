@@ -1,0 +1,335 @@
+//! The agent's configuration: one serialisable struct, read from a YAML file,
+//! overridden by command-line flags, validated as a whole, logged at start
+//! and shown by the admin endpoint (`/config`).
+//!
+//! Every key has a default, so an empty file (or none) is a valid config.
+//! Unknown keys are an error that names the key and its line.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edgemesh_core::LbStrategy;
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Default VIP range: inside 127.0.0.0/8, so VIPs can be bound without root.
+pub const DEFAULT_VIP_CIDR: &str = "127.251.0.0/16";
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    /// This node's name (endpoints with this `nodeName` are local).
+    /// Default: the host name.
+    pub node_name: String,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a
+    /// `tracing` directive such as `edgemesh_dns=debug`). `RUST_LOG` wins.
+    pub log_level: String,
+    /// Virtual IPs for services come from this range.
+    pub vip_cidr: IpNet,
+    pub manifests: ManifestsConfig,
+    pub dns: DnsSection,
+    pub proxy: ProxySection,
+    pub admin: AdminSection,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ManifestsConfig {
+    /// Directory of Kubernetes manifests (`*.yaml`, `*.yml`) to serve.
+    pub dir: PathBuf,
+    /// How often the directory is checked for changes.
+    #[serde(with = "duration")]
+    pub poll_interval: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct DnsSection {
+    /// Address of the node-local DNS server (UDP and TCP).
+    pub listen: SocketAddr,
+    /// Resolvers for names outside the cluster domain. Empty: the
+    /// nameservers of `/etc/resolv.conf`.
+    pub upstreams: Vec<SocketAddr>,
+    /// Kubernetes cluster domain.
+    pub cluster_domain: String,
+    /// TTL of answers for services, in seconds.
+    pub service_ttl: u32,
+    /// How long to wait for upstreams before answering SERVFAIL.
+    #[serde(with = "duration")]
+    pub upstream_timeout: Duration,
+    /// Maximum number of cached upstream answers.
+    pub cache_size: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProxySection {
+    /// Strategy for services without the `edgemesh.io/lb-strategy` annotation.
+    pub default_strategy: LbStrategy,
+    /// Time allowed to connect to one endpoint before trying the next.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Concurrent proxied connections; 0 derives it from the open-files limit.
+    pub max_connections: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdminSection {
+    /// Address of the admin endpoint (`/healthz`, `/readyz`, `/services`, `/config`).
+    pub listen: SocketAddr,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_name: default_node_name(),
+            log_level: "info".into(),
+            vip_cidr: DEFAULT_VIP_CIDR.parse().expect("valid default CIDR"),
+            manifests: ManifestsConfig::default(),
+            dns: DnsSection::default(),
+            proxy: ProxySection::default(),
+            admin: AdminSection::default(),
+        }
+    }
+}
+
+impl Default for ManifestsConfig {
+    fn default() -> Self {
+        Self { dir: PathBuf::from("/etc/edgemesh/manifests"), poll_interval: Duration::from_millis(200) }
+    }
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5353)),
+            upstreams: Vec::new(),
+            cluster_domain: "cluster.local".into(),
+            service_ttl: 5,
+            upstream_timeout: Duration::from_secs(2),
+            cache_size: 10_000,
+        }
+    }
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        Self { default_strategy: LbStrategy::RoundRobin, connect_timeout: Duration::from_secs(2), max_connections: 0 }
+    }
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 15020)) }
+    }
+}
+
+/// A config that could not be used; the message says where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Reads a config file; an empty file is the default config.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut config =
+            Self::from_yaml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
+        // A relative manifests directory is relative to the config file, so
+        // a config and its manifests can move together.
+        if config.manifests.dir.is_relative()
+            && let Some(base) = path.parent()
+        {
+            config.manifests.dir = base.join(&config.manifests.dir);
+        }
+        Ok(config)
+    }
+
+    /// Parses YAML text; the error names the line and the offending key.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+            return Ok(Self::default());
+        }
+        serde_saphyr::from_str::<Config>(text).map_err(|e| describe_yaml_error(&e))
+    }
+
+    /// Checks the settings together and reports every problem at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.node_name.trim().is_empty() {
+            problems.push("nodeName is empty and the host name is unknown; set --node-name".to_string());
+        }
+        let host_bits = self.vip_cidr.max_prefix_len() - self.vip_cidr.prefix_len();
+        if host_bits < 2 {
+            problems.push(format!("vipCidr {} is too small to hold service VIPs; use at least a /30", self.vip_cidr));
+        }
+        if self.dns.cluster_domain.trim_matches('.').is_empty() {
+            problems.push("dns.clusterDomain is empty".into());
+        }
+        if self.manifests.poll_interval.is_zero() {
+            problems.push("manifests.pollInterval must be greater than zero".into());
+        }
+        if self.dns.upstream_timeout.is_zero() {
+            problems.push("dns.upstreamTimeout must be greater than zero".into());
+        }
+        if self.proxy.connect_timeout.is_zero() {
+            problems.push("proxy.connectTimeout must be greater than zero".into());
+        }
+        if self.dns.listen == self.admin.listen {
+            problems.push(format!("dns.listen and admin.listen are the same address {}", self.dns.listen));
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+}
+
+/// serde-saphyr errors carry a location; put the line first so the operator
+/// sees where before why.
+fn describe_yaml_error(e: &serde_saphyr::Error) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+    match e.location() {
+        Some(loc) if !first.contains("line") => format!("line {}: {first}", loc.line()),
+        _ => first,
+    }
+}
+
+fn default_node_name() -> String {
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
+        .unwrap_or_default()
+}
+
+/// Reads `nameserver` lines of a resolv.conf; a missing file yields none.
+pub fn resolv_conf_nameservers(path: &Path) -> Vec<SocketAddr> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver")).then(|| words.next()).flatten()
+        })
+        .filter_map(|w| w.split('%').next()?.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// Durations as `250ms`, `2s`, `1m`, `1h` (a bare number is seconds).
+mod duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&Human(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Seconds(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num.parse().map_err(|_| format!("invalid duration {text:?} (expected e.g. 250ms, 2s, 1m)"))?;
+        let secs = match unit.trim() {
+            "ms" => n / 1000.0,
+            "" | "s" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            _ => return Err(format!("invalid duration unit in {text:?} (use ms, s, m or h)")),
+        };
+        Ok(Duration::from_secs_f64(secs))
+    }
+
+    struct Human(Duration);
+
+    impl fmt::Display for Human {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let ms = self.0.as_millis();
+            if ms % 1000 == 0 { write!(f, "{}s", ms / 1000) } else { write!(f, "{ms}ms") }
+        }
+    }
+}
+
+pub use duration::parse as parse_duration;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(Config::from_yaml("# nothing\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn every_section_parses() {
+        let c = Config::from_yaml(
+            "nodeName: n1\nvipCidr: 127.9.0.0/16\nmanifests:\n  dir: /tmp/m\n  pollInterval: 100ms\n\
+             dns:\n  listen: 127.0.0.1:1053\n  upstreams: [127.0.0.1:53]\n  upstreamTimeout: 1s\n\
+             proxy:\n  defaultStrategy: Random\n  connectTimeout: 500ms\nadmin:\n  listen: 127.0.0.1:9000\n",
+        )
+        .unwrap();
+        assert_eq!(c.node_name, "n1");
+        assert_eq!(c.manifests.poll_interval, Duration::from_millis(100));
+        assert_eq!(c.proxy.default_strategy, LbStrategy::Random);
+        assert_eq!(c.proxy.connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.dns.upstreams, vec!["127.0.0.1:53".parse().unwrap()]);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = Config::from_yaml("nodeName: n1\ndns:\n  listen: 127.0.0.1:1053\n  upstream: 1.1.1.1:53\n").unwrap_err();
+        assert!(err.contains("upstream"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_reported() {
+        let err = Config::from_yaml("proxy:\n  defaultStrategy: Fastest\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+        let err = Config::from_yaml("proxy:\n  connectTimeout: 2 fortnights\n").unwrap_err();
+        assert!(err.contains("duration"), "{err}");
+    }
+
+    #[test]
+    fn validation_reports_all_problems() {
+        let mut c = Config::default();
+        c.vip_cidr = "10.0.0.0/32".parse().unwrap();
+        c.proxy.connect_timeout = Duration::ZERO;
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("vipCidr") && msg.contains("connectTimeout"), "{msg}");
+    }
+
+    #[test]
+    fn resolv_conf_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("resolv.conf");
+        std::fs::write(&p, "# c\nsearch x\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\noptions edns0\n").unwrap();
+        assert_eq!(
+            resolv_conf_nameservers(&p),
+            vec!["127.0.0.53:53".parse().unwrap(), "[fe80::1]:53".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(resolv_conf_nameservers(&dir.path().join("missing")).is_empty());
+    }
+}

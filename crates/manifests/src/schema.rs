@@ -1,0 +1,260 @@
+//! The wire format: serde structs for the parts of Kubernetes objects the
+//! agent reads, spelled exactly as `kubectl` writes them (camelCase).
+//!
+//! Every field is optional here, so that a missing field is reported by
+//! [`crate::convert`] with a clear message instead of a serde one; unknown
+//! fields are ignored because real manifests carry many (status, managed
+//! fields, selectors). Values that validation may reject are wrapped in
+//! [`Spanned`] so the error can point at their line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_saphyr::Spanned;
+
+/// The kinds this crate converts; everything else is skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Service,
+    EndpointSlice,
+    Endpoints,
+    List,
+    Other,
+}
+
+impl Kind {
+    pub(crate) fn of(kind: &str) -> Kind {
+        match kind {
+            "Service" => Kind::Service,
+            "EndpointSlice" => Kind::EndpointSlice,
+            "Endpoints" => Kind::Endpoints,
+            "List" => Kind::List,
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// One top-level document or one `items[]` entry of a `List`: the union of
+/// the top-level fields of every supported kind.
+///
+/// Deserialized by hand so that, once `kind` has been read (kubectl writes
+/// `apiVersion` and `kind` before `spec`), the fields of other kinds are
+/// skipped without being typed: a Deployment's `spec` is never mistaken for
+/// a Service's.
+#[derive(Default)]
+pub(crate) struct Document {
+    pub api_version: Option<Spanned<String>>,
+    pub kind: Option<Spanned<String>>,
+    pub metadata: Option<Metadata>,
+    /// Service.
+    pub spec: Option<ServiceSpec>,
+    /// EndpointSlice.
+    pub address_type: Option<Spanned<String>>,
+    pub endpoints: Option<Vec<Spanned<SliceEndpoint>>>,
+    pub ports: Option<Vec<Spanned<EndpointPort>>>,
+    /// Endpoints.
+    pub subsets: Option<Vec<Subset>>,
+    /// List.
+    pub items: Option<Vec<Spanned<Document>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Metadata {
+    pub name: Option<Spanned<String>>,
+    pub namespace: Option<Spanned<String>>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct ServiceSpec {
+    #[serde(rename = "type")]
+    pub service_type: Option<Spanned<String>>,
+    #[serde(rename = "clusterIP")]
+    pub cluster_ip: Option<Spanned<String>>,
+    #[serde(rename = "clusterIPs")]
+    pub cluster_ips: Option<Vec<Spanned<String>>>,
+    pub ports: Option<Vec<Spanned<ServicePort>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ServicePort {
+    pub name: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
+    pub port: Option<Spanned<i64>>,
+    pub target_port: Option<Spanned<IntOrString>>,
+    pub node_port: Option<Spanned<i64>>,
+}
+
+/// `targetPort`: a number or a container port name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum IntOrString {
+    Int(i64),
+    Str(String),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SliceEndpoint {
+    pub addresses: Option<Vec<Spanned<String>>>,
+    pub conditions: Option<Conditions>,
+    pub node_name: Option<String>,
+    pub hostname: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Conditions {
+    pub ready: Option<bool>,
+}
+
+/// A port of an EndpointSlice or of an Endpoints subset (same shape).
+#[derive(Deserialize)]
+pub(crate) struct EndpointPort {
+    pub name: Option<Spanned<String>>,
+    pub port: Option<Spanned<i64>>,
+    pub protocol: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Subset {
+    pub addresses: Option<Vec<Spanned<EndpointAddress>>>,
+    pub not_ready_addresses: Option<Vec<Spanned<EndpointAddress>>>,
+    pub ports: Option<Vec<Spanned<EndpointPort>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct EndpointAddress {
+    pub ip: Option<Spanned<String>>,
+    pub hostname: Option<String>,
+    pub node_name: Option<String>,
+}
+
+/// Just `apiVersion` and `kind`: used to tell whether a document that failed
+/// to deserialize is one of ours at all.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Header {
+    pub kind: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Hand-written deserializers.
+
+impl<'de> Deserialize<'de> for IntOrString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = IntOrString;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port number or a port name")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<IntOrString, E> {
+                Ok(IntOrString::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<IntOrString, E> {
+                Ok(IntOrString::Int(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IntOrString, E> {
+                Ok(IntOrString::Str(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Top-level keys we look at; everything else is `Ignored`.
+enum Key {
+    ApiVersion,
+    Kind,
+    Metadata,
+    Spec,
+    AddressType,
+    Endpoints,
+    Ports,
+    Subsets,
+    Items,
+    Ignored,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(match v {
+                    "apiVersion" => Key::ApiVersion,
+                    "kind" => Key::Kind,
+                    "metadata" => Key::Metadata,
+                    "spec" => Key::Spec,
+                    "addressType" => Key::AddressType,
+                    "endpoints" => Key::Endpoints,
+                    "ports" => Key::Ports,
+                    "subsets" => Key::Subsets,
+                    "items" => Key::Items,
+                    _ => Key::Ignored,
+                })
+            }
+            // Non-string keys (`1: x`) are legal YAML; they are not ours.
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Key, E> {
+                Ok(Key::Ignored)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Key, E> {
+                Ok(Key::Ignored)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Key, E> {
+                Ok(Key::Ignored)
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Document {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Document;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a Kubernetes object (a mapping with apiVersion and kind)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Document, A::Error> {
+                let mut doc = Document::default();
+                // Once the kind is known, fields of other kinds are skipped untyped.
+                let mut kind: Option<Kind> = None;
+                let wants = |kind: Option<Kind>, k: Kind| kind.is_none_or(|have| have == k);
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::ApiVersion => doc.api_version = map.next_value()?,
+                        Key::Kind => {
+                            let k: Option<Spanned<String>> = map.next_value()?;
+                            kind = k.as_ref().map(|k| Kind::of(&k.value));
+                            doc.kind = k;
+                        }
+                        Key::Metadata => doc.metadata = map.next_value()?,
+                        Key::Spec if wants(kind, Kind::Service) => doc.spec = map.next_value()?,
+                        Key::AddressType if wants(kind, Kind::EndpointSlice) => doc.address_type = map.next_value()?,
+                        Key::Endpoints if wants(kind, Kind::EndpointSlice) => doc.endpoints = map.next_value()?,
+                        Key::Ports if wants(kind, Kind::EndpointSlice) => doc.ports = map.next_value()?,
+                        Key::Subsets if wants(kind, Kind::Endpoints) => doc.subsets = map.next_value()?,
+                        Key::Items if wants(kind, Kind::List) => doc.items = map.next_value()?,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(doc)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}

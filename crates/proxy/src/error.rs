@@ -1,0 +1,67 @@
+//! Errors, worded for the operator: what failed, where, and what to check.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use edgemesh_core::ServiceKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(
+        "cannot listen on {addr} for service {service}: {source}; is another process (or another agent) \
+         using this address, and is the VIP range local to this node?"
+    )]
+    Bind { service: ServiceKey, addr: SocketAddr, source: io::Error },
+
+    #[error("endpoint {addr} refused the connection; is the pod listening on its targetPort?")]
+    Refused { addr: SocketAddr },
+
+    #[error(
+        "endpoint {addr} did not accept the connection within {timeout:?}; is the pod running and its \
+         network reachable from this node?"
+    )]
+    TimedOut { addr: SocketAddr, timeout: Duration },
+
+    #[error("cannot connect to endpoint {addr}: {source}; check the route from this node to the pod network")]
+    Connect { addr: SocketAddr, source: io::Error },
+
+    #[error(
+        "service {service} port {port} has no ready endpoints; are its pods Ready and does its selector \
+         match them?"
+    )]
+    NoBackends { service: ServiceKey, port: u16 },
+
+    #[error("all {tried} endpoints of service {service} port {port} failed; the last one: {last}")]
+    AllBackendsFailed { service: ServiceKey, port: u16, tried: usize, last: Box<ProxyError> },
+
+    #[error(
+        "connection to {addr} reset: the proxy is at its limit of {max} connections; raise the limit \
+         (and the open-files limit) or find the client opening so many"
+    )]
+    OverLimit { addr: SocketAddr, max: usize },
+}
+
+impl ProxyError {
+    /// Classifies a failed connect to `addr`.
+    pub fn connect(addr: SocketAddr, source: io::Error) -> Self {
+        match source.kind() {
+            io::ErrorKind::ConnectionRefused => ProxyError::Refused { addr },
+            io::ErrorKind::TimedOut => ProxyError::TimedOut { addr, timeout: Duration::ZERO },
+            _ => ProxyError::Connect { addr, source },
+        }
+    }
+
+    /// A short label for metrics and structured logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::Bind { .. } => "bind",
+            ProxyError::Refused { .. } => "refused",
+            ProxyError::TimedOut { .. } => "timeout",
+            ProxyError::Connect { .. } => "connect",
+            ProxyError::NoBackends { .. } => "no_backends",
+            ProxyError::AllBackendsFailed { .. } => "all_backends_failed",
+            ProxyError::OverLimit { .. } => "over_limit",
+        }
+    }
+}
