@@ -227,7 +227,10 @@ impl RegistryState {
             released = self.vips.release(key);
             None
         } else {
-            match self.vips.allocate(key) {
+            // A cluster IP inside the VIP range is honoured as the VIP, the way
+            // Kubernetes honours a requested clusterIP.
+            let preferred = svc.cluster_ips.iter().copied().find(|ip| self.vips.contains(ip));
+            match self.vips.allocate_preferring(key, preferred) {
                 Ok(ip) => {
                     self.awaiting_vip.remove(key);
                     Some(ip)

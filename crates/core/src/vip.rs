@@ -52,6 +52,27 @@ impl VipAllocator {
 
     /// The VIP of `key`, allocating one if it has none.
     pub fn allocate(&mut self, key: &ServiceKey) -> Result<IpAddr, VipError> {
+        self.allocate_preferring(key, None)
+    }
+
+    /// Like [`allocate`](Self::allocate), but takes `preferred` (a cluster IP
+    /// the service asks for) when it lies in the range and is free; a service
+    /// holding another address moves to it.
+    pub fn allocate_preferring(&mut self, key: &ServiceKey, preferred: Option<IpAddr>) -> Result<IpAddr, VipError> {
+        if let Some(want) = preferred.filter(|ip| self.contains(ip)) {
+            match self.by_ip.get(&want) {
+                Some(owner) if owner == key => return Ok(want),
+                Some(owner) => {
+                    tracing::warn!(service = %key, ip = %want, owner = %owner, "requested VIP is taken; allocating another");
+                }
+                None => {
+                    self.release(key);
+                    self.by_ip.insert(want, key.clone());
+                    self.by_key.insert(key.clone(), want);
+                    return Ok(want);
+                }
+            }
+        }
         if let Some(ip) = self.by_key.get(key) {
             return Ok(*ip);
         }
@@ -80,6 +101,19 @@ impl VipAllocator {
             }
             None => false,
         }
+    }
+
+    /// Whether `ip` is a usable address of the range.
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        if !self.cidr.contains(ip) {
+            return false;
+        }
+        let offset = match (ip, self.cidr) {
+            (IpAddr::V4(ip), IpNet::V4(net)) => u128::from(u32::from(*ip) - u32::from(net.network())),
+            (IpAddr::V6(ip), IpNet::V6(net)) => u128::from(*ip) - u128::from(net.network()),
+            _ => return false,
+        };
+        offset >= self.first && offset - self.first < u128::from(self.size)
     }
 
     pub fn get(&self, key: &ServiceKey) -> Option<IpAddr> {
@@ -146,6 +180,22 @@ mod tests {
         assert!(err.to_string().contains("exhausted"), "{err}");
         assert!(a.release(&key("a")));
         assert_eq!(a.allocate(&key("c")).unwrap(), x, "released address is reused");
+    }
+
+    #[test]
+    fn requested_address_in_range_is_honoured() {
+        let mut a = VipAllocator::new("127.60.0.0/24".parse().unwrap());
+        let want: IpAddr = "127.60.0.7".parse().unwrap();
+        let first = a.allocate(&key("web")).unwrap();
+        assert_eq!(a.allocate_preferring(&key("web"), Some(want)).unwrap(), want, "moves to the requested address");
+        assert!(!a.by_ip.contains_key(&first) || first == want, "old address released");
+        // Taken by another service: falls back to a hashed address.
+        let other = a.allocate_preferring(&key("db"), Some(want)).unwrap();
+        assert_ne!(other, want);
+        // Outside the range, or the network address: ignored.
+        let outside = a.allocate_preferring(&key("x"), Some("10.0.0.1".parse().unwrap())).unwrap();
+        assert!(a.cidr().contains(&outside));
+        assert!(!a.contains(&"127.60.0.0".parse().unwrap()) && !a.contains(&"127.60.0.255".parse().unwrap()));
     }
 
     #[test]

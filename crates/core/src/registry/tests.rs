@@ -202,3 +202,14 @@ async fn registry_task_publishes_and_reports_synced() {
     drop(sink);
     task.await.unwrap();
 }
+
+#[test]
+fn cluster_ip_inside_the_vip_range_becomes_the_vip() {
+    let mut st = state();
+    apply(&mut st, service("default", "web").cluster_ip("127.251.3.4").port("", 80, 80).object());
+    apply(&mut st, service("default", "db").cluster_ip("10.96.0.10").port("", 80, 80).object());
+    let snap = st.take_generation();
+    assert_eq!(snap.service(&key("web")).unwrap().vip, Some("127.251.3.4".parse().unwrap()));
+    let db_vip = snap.service(&key("db")).unwrap().vip.unwrap();
+    assert!("127.251.0.0/16".parse::<IpNet>().unwrap().contains(&db_vip));
+}
