@@ -294,7 +294,7 @@ fn build_entry(
                     }
                 }
             }
-            backends.sort_by(|a, b| a.addr.cmp(&b.addr));
+            backends.sort_by_key(|b| b.addr);
             backends.dedup_by(|a, b| a.addr == b.addr);
             ResolvedPort {
                 name: sp.name.clone(),

@@ -83,8 +83,8 @@ impl VipAllocator {
         // The pool is not full, so this finds a free address.
         for i in 0..self.size {
             let ip = self.nth((start + i) % self.size);
-            if !self.by_ip.contains_key(&ip) {
-                self.by_ip.insert(ip, key.clone());
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.by_ip.entry(ip) {
+                slot.insert(key.clone());
                 self.by_key.insert(key.clone(), ip);
                 return Ok(ip);
             }
