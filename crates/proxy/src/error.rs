@@ -43,11 +43,11 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// Classifies a failed connect to `addr`.
-    pub fn connect(addr: SocketAddr, source: io::Error) -> Self {
+    /// Classifies a failed connect to `addr` (after waiting up to `timeout`).
+    pub fn connect(addr: SocketAddr, source: io::Error, timeout: Duration) -> Self {
         match source.kind() {
             io::ErrorKind::ConnectionRefused => ProxyError::Refused { addr },
-            io::ErrorKind::TimedOut => ProxyError::TimedOut { addr, timeout: Duration::ZERO },
+            io::ErrorKind::TimedOut => ProxyError::TimedOut { addr, timeout },
             _ => ProxyError::Connect { addr, source },
         }
     }

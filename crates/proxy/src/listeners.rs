@@ -1,0 +1,271 @@
+//! Listening sockets that follow the registry.
+//!
+//! The [`Reconciler`] keeps one listener per service VIP and TCP port. For
+//! each new snapshot it visits only the services named by
+//! `Snapshot::changes_since` (every service when the changelog no longer
+//! reaches back far enough), so the work per update depends on what changed.
+//!
+//! - New VIP:port: bind (`SO_REUSEADDR`, `IP_FREEBIND` so the VIP need not
+//!   be on a device yet) and spawn an accept loop.
+//! - Same VIP:port, new endpoints or strategy: swap the listener's targets in
+//!   place; no re-bind, established connections untouched.
+//! - Gone VIP:port: `shutdown(SHUT_RD)` on the listening socket, which on
+//!   Linux stops listening at once (queued and new connects are refused),
+//!   then stop the accept loop. Established connections are separate tasks
+//!   and carry on.
+//! - A bind failure is logged once (warn) and retried on every later
+//!   reconcile and on a timer; success after failures is logged at info.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use edgemesh_core::{Protocol, ResolvedPort, ServiceEntry, ServiceKey, Snapshot};
+use socket2::{Domain, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::connection::{self, LogLimiter, Pool, Shared};
+use crate::error::ProxyError;
+
+/// Backlog of each listening socket (the kernel caps it at `somaxconn`).
+const BACKLOG: i32 = 1024;
+
+/// Pause after an accept error (e.g. out of descriptors) so the loop does not
+/// spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// One VIP:port of a service.
+struct Listener {
+    addr: SocketAddr,
+    pool: Arc<Pool>,
+    bound: Option<Bound>,
+    /// Consecutive failed binds (0 while bound).
+    bind_failures: u32,
+}
+
+struct Bound {
+    socket: Arc<TcpListener>,
+    task: JoinHandle<()>,
+}
+
+impl Bound {
+    /// Stops listening now; the accept loop ends shortly after.
+    fn close(self) -> JoinHandle<()> {
+        // On Linux, SHUT_RD on a listening socket moves it out of LISTEN
+        // synchronously, so new connects are refused before this returns.
+        let _ = rustix::net::shutdown(&*self.socket, rustix::net::Shutdown::Read);
+        self.task.abort();
+        self.task
+    }
+}
+
+/// Owns every listener; driven by [`crate::Proxy::run`].
+pub(crate) struct Reconciler {
+    shared: Arc<Shared>,
+    services: HashMap<ServiceKey, Vec<Listener>>,
+    /// Services with at least one listener waiting to be bound.
+    unbound: HashSet<ServiceKey>,
+}
+
+impl Reconciler {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared, services: HashMap::new(), unbound: HashSet::new() }
+    }
+
+    /// Brings listeners in line with `snapshot`, given that everything up to
+    /// generation `since` is already applied.
+    pub(crate) fn reconcile(&mut self, snapshot: &Snapshot, since: u64) {
+        let keys: Vec<ServiceKey> = match snapshot.changes_since(since) {
+            Some(mut keys) => {
+                keys.sort_unstable();
+                keys.dedup();
+                keys
+            }
+            None => {
+                tracing::debug!(since, generation = snapshot.generation, "changelog too short; full reconcile");
+                let mut keys: Vec<ServiceKey> = self.services.keys().cloned().collect();
+                keys.extend(snapshot.services().map(|s| s.key.clone()));
+                keys.sort_unstable();
+                keys.dedup();
+                keys
+            }
+        };
+        // Earlier failures first, so a bind that fails below is not retried
+        // (and logged) twice in one pass.
+        self.retry_failed_binds();
+        for key in &keys {
+            self.reconcile_service(key, snapshot.service(key).map(|e| &**e));
+        }
+        self.publish_counts();
+        tracing::trace!(generation = snapshot.generation, changed = keys.len(), "listeners reconciled");
+    }
+
+    pub(crate) fn has_failed_binds(&self) -> bool {
+        !self.unbound.is_empty()
+    }
+
+    /// Tries again to bind every listener whose bind failed.
+    pub(crate) fn retry_failed_binds(&mut self) {
+        if self.unbound.is_empty() {
+            return;
+        }
+        for key in std::mem::take(&mut self.unbound) {
+            let Some(listeners) = self.services.get_mut(&key) else { continue };
+            let mut still_unbound = false;
+            for l in listeners.iter_mut().filter(|l| l.bound.is_none()) {
+                still_unbound |= !try_bind(&self.shared, l);
+            }
+            if still_unbound {
+                self.unbound.insert(key);
+            }
+        }
+        self.publish_counts();
+    }
+
+    /// Closes every listener and waits for the accept loops to end.
+    pub(crate) async fn close_all(mut self) {
+        let tasks: Vec<JoinHandle<()>> = self
+            .services
+            .drain()
+            .flat_map(|(_, listeners)| listeners)
+            .filter_map(|l| l.bound.map(Bound::close))
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+        self.unbound.clear();
+        self.shared.status.listeners.store(0, Ordering::Relaxed);
+        self.publish_counts();
+    }
+
+    fn reconcile_service(&mut self, key: &ServiceKey, entry: Option<&ServiceEntry>) {
+        let desired = desired_listeners(entry);
+        let current = self.services.remove(key).unwrap_or_default();
+        let mut next: Vec<Listener> = Vec::with_capacity(desired.len());
+        for listener in current {
+            if desired.iter().any(|(addr, _)| *addr == listener.addr) {
+                next.push(listener);
+            } else if let Some(bound) = listener.bound {
+                tracing::debug!(service = %key, listener = %listener.addr, "service port gone; closing listener");
+                drop(bound.close());
+                self.shared.status.listeners.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let strategy = entry.map(|e| e.strategy).unwrap_or_default();
+        let mut unbound = false;
+        for (addr, port) in desired {
+            if let Some(existing) = next.iter().find(|l| l.addr == addr) {
+                if existing.pool.update(strategy, &port.backends) {
+                    tracing::debug!(service = %key, listener = %addr, backends = port.backends.len(), "endpoints updated");
+                }
+                unbound |= existing.bound.is_none();
+                continue;
+            }
+            let pool = Arc::new(Pool::new(key.clone(), addr, strategy, port.backends.clone()));
+            let mut listener = Listener { addr, pool, bound: None, bind_failures: 0 };
+            unbound |= !try_bind(&self.shared, &mut listener);
+            next.push(listener);
+        }
+        if unbound {
+            self.unbound.insert(key.clone());
+        } else {
+            self.unbound.remove(key);
+        }
+        if !next.is_empty() {
+            self.services.insert(key.clone(), next);
+        }
+    }
+
+    /// Publishes the number of listeners waiting for a bind (the number
+    /// bound is counted as sockets are bound and closed).
+    fn publish_counts(&self) {
+        let failed: usize = self
+            .unbound
+            .iter()
+            .filter_map(|key| self.services.get(key))
+            .map(|ls| ls.iter().filter(|l| l.bound.is_none()).count())
+            .sum();
+        self.shared.status.bind_failures.store(failed, Ordering::Relaxed);
+    }
+}
+
+/// The VIP:port pairs a service should listen on, with their ports.
+fn desired_listeners(entry: Option<&ServiceEntry>) -> Vec<(SocketAddr, &ResolvedPort)> {
+    let Some(entry) = entry else { return Vec::new() };
+    let Some(vip) = entry.vip else { return Vec::new() };
+    let mut out: Vec<(SocketAddr, &ResolvedPort)> = Vec::with_capacity(entry.ports.len());
+    for port in entry.ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
+        let addr = SocketAddr::new(vip, port.port);
+        if !out.iter().any(|(a, _)| *a == addr) {
+            out.push((addr, port));
+        }
+    }
+    out
+}
+
+/// Binds `listener` and starts its accept loop; false if the bind failed.
+fn try_bind(shared: &Arc<Shared>, listener: &mut Listener) -> bool {
+    match bind(listener.addr) {
+        Ok(socket) => {
+            if listener.bind_failures > 0 {
+                tracing::info!(service = %listener.pool.service, listener = %listener.addr,
+                    "listening after {} failed attempts", listener.bind_failures);
+            } else {
+                tracing::debug!(service = %listener.pool.service, listener = %listener.addr, "listening");
+            }
+            listener.bind_failures = 0;
+            let socket = Arc::new(socket);
+            let task = tokio::spawn(accept_loop(socket.clone(), listener.pool.clone(), shared.clone()));
+            listener.bound = Some(Bound { socket, task });
+            shared.status.listeners.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(source) => {
+            let error = ProxyError::Bind { service: listener.pool.service.clone(), addr: listener.addr, source };
+            if listener.bind_failures == 0 {
+                tracing::warn!("{error}; retrying");
+            } else {
+                tracing::debug!("{error}; retrying");
+            }
+            listener.bind_failures = listener.bind_failures.saturating_add(1);
+            false
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+        let _ = socket.set_freebind_v6(true);
+    } else {
+        let _ = socket.set_freebind_v4(true);
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(socket: Arc<TcpListener>, pool: Arc<Pool>, shared: Arc<Shared>) {
+    let errors = LogLimiter::default();
+    loop {
+        match socket.accept().await {
+            Ok((stream, _peer)) => connection::admit(&shared, &pool, stream),
+            // The listener was shut down (see `Bound::close`).
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => return,
+            Err(e) => {
+                if errors.allow() {
+                    tracing::warn!(service = %pool.service, listener = %pool.addr, error = %e,
+                        "accept failed (out of file descriptors? raise the open-files limit or lower max connections)");
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Forwarding between two TCP sockets.
+//!
+//! Each direction moves data socket -> pipe -> socket with `splice(2)`, so
+//! the bytes never enter userspace. The pipe is created when the first data
+//! arrives (idle connections hold no pipe) and closed as soon as its
+//! direction ends. A direction drains its pipe completely before reading
+//! again, so a `WouldBlock` from a read always means "the socket has no
+//! data", never "the pipe is full", and tokio's readiness stays accurate.
+//!
+//! When splice or a pipe is unavailable (old kernel, a socket type splice
+//! does not support, or no descriptor left for a pipe) the direction falls
+//! back to copying through a small userspace buffer.
+//!
+//! EOF on one side becomes `shutdown(Write)` on the other, and the other
+//! direction keeps flowing (half-close). Any error ends both directions;
+//! dropping the sockets closes them.
+
+use std::future::Future;
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use rustix::io::Errno;
+use rustix::pipe::{PipeFlags, SpliceFlags};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// How much one splice call may move: no limit in practice, the pipe's
+/// capacity (64 KiB by default) bounds it.
+const SPLICE_CHUNK: usize = 1 << 30;
+
+/// Buffer size of the copy fallback, per direction.
+const COPY_BUF: usize = 8 * 1024;
+
+/// Bytes moved in each direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transferred {
+    pub a_to_b: u64,
+    pub b_to_a: u64,
+}
+
+/// Forwards `a` <-> `b` until both directions reach EOF or one fails.
+pub fn forward<'a>(a: &'a TcpStream, b: &'a TcpStream) -> Forward<'a> {
+    Forward { a, b, a_to_b: Half::default(), b_to_a: Half::default() }
+}
+
+/// Forwards like [`forward`] but always through the copy fallback; for
+/// tests and comparisons.
+pub fn forward_copy<'a>(a: &'a TcpStream, b: &'a TcpStream) -> Forward<'a> {
+    Forward { a, b, a_to_b: Half::copying(), b_to_a: Half::copying() }
+}
+
+/// The future returned by [`forward`]: a plain struct rather than an
+/// `async fn`, so its size is exactly its state (two references and two
+/// [`Half`]s).
+#[derive(Debug)]
+pub struct Forward<'a> {
+    a: &'a TcpStream,
+    b: &'a TcpStream,
+    a_to_b: Half,
+    b_to_a: Half,
+}
+
+impl Future for Forward<'_> {
+    type Output = io::Result<Transferred>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if !this.a_to_b.done
+            && let Poll::Ready(Err(e)) = this.a_to_b.poll(cx, this.a, this.b)
+        {
+            return Poll::Ready(Err(e));
+        }
+        if !this.b_to_a.done
+            && let Poll::Ready(Err(e)) = this.b_to_a.poll(cx, this.b, this.a)
+        {
+            return Poll::Ready(Err(e));
+        }
+        if this.a_to_b.done && this.b_to_a.done {
+            Poll::Ready(Ok(Transferred { a_to_b: this.a_to_b.moved, b_to_a: this.b_to_a.moved }))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// How a direction moves its bytes.
+#[derive(Debug, Default)]
+enum Stage {
+    /// No data seen yet: no pipe allocated.
+    #[default]
+    Idle,
+    /// Zero-copy through a pipe (read end, write end).
+    Pipe { read: OwnedFd, write: OwnedFd },
+    /// Userspace copy; `pending` bytes wait at `buf[start..]`.
+    Copy { buf: Box<[u8; COPY_BUF]>, start: u32 },
+}
+
+impl Stage {
+    fn copy() -> Self {
+        Stage::Copy { buf: Box::new([0; COPY_BUF]), start: 0 }
+    }
+
+    fn pipe() -> Self {
+        match rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) {
+            Ok((read, write)) => Stage::Pipe { read, write },
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot create a pipe for splice; copying through a buffer instead");
+                Stage::copy()
+            }
+        }
+    }
+}
+
+/// One direction of a connection.
+#[derive(Debug, Default)]
+struct Half {
+    stage: Stage,
+    /// Bytes read but not yet written (in the pipe or the buffer); at most
+    /// a pipe's capacity.
+    pending: u32,
+    /// The source reached EOF.
+    eof: bool,
+    /// EOF was passed on; nothing more to do.
+    done: bool,
+    moved: u64,
+}
+
+const SPLICE_FLAGS: SpliceFlags = SpliceFlags::NONBLOCK.union(SpliceFlags::MOVE);
+
+/// Splice cannot be used on this pair of descriptors.
+fn splice_unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(code) if code == Errno::INVAL.raw_os_error()
+        || code == Errno::NOSYS.raw_os_error()
+        || code == Errno::OPNOTSUPP.raw_os_error())
+}
+
+impl Half {
+    fn copying() -> Self {
+        Half { stage: Stage::copy(), ..Half::default() }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>, from: &TcpStream, to: &TcpStream) -> Poll<io::Result<()>> {
+        loop {
+            // Drain first: never read while the pipe holds data.
+            while self.pending > 0 {
+                ready!(to.poll_write_ready(cx))?;
+                let written = match &mut self.stage {
+                    Stage::Pipe { read, .. } => to.try_io(Interest::WRITABLE, || {
+                        rustix::pipe::splice(&*read, None, to.as_fd(), None, self.pending as usize, SPLICE_FLAGS)
+                            .map_err(io::Error::from)
+                    }),
+                    Stage::Copy { buf, start } => {
+                        let start = *start as usize;
+                        to.try_write(&buf[start..start + self.pending as usize])
+                    }
+                    Stage::Idle => unreachable!("pending data without a pipe or buffer"),
+                };
+                match written {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => {
+                        // n <= pending, which fits in u32.
+                        self.pending -= n as u32;
+                        self.moved += n as u64;
+                        if let Stage::Copy { start, .. } = &mut self.stage {
+                            *start += n as u32;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            if self.eof {
+                // Pass the half-close on; the peer may already be gone.
+                let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                self.stage = Stage::Idle;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            ready!(from.poll_read_ready(cx))?;
+            if matches!(self.stage, Stage::Idle) {
+                self.stage = Stage::pipe();
+            }
+            let read = match &mut self.stage {
+                Stage::Pipe { write, .. } => from.try_io(Interest::READABLE, || {
+                    rustix::pipe::splice(from.as_fd(), None, &*write, None, SPLICE_CHUNK, SPLICE_FLAGS)
+                        .map_err(io::Error::from)
+                }),
+                Stage::Copy { buf, start } => {
+                    *start = 0;
+                    from.try_read(&mut buf[..])
+                }
+                Stage::Idle => unreachable!("stage set above"),
+            };
+            match read {
+                Ok(0) => self.eof = true,
+                // A splice moves at most a pipe's capacity (<= 1 MiB by
+                // default, `/proc/sys/fs/pipe-max-size`), a read COPY_BUF.
+                Ok(n) => self.pending = u32::try_from(n).unwrap_or(u32::MAX),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if matches!(self.stage, Stage::Pipe { .. }) && splice_unsupported(&e) => {
+                    // The pipe is empty here, so switching loses nothing.
+                    tracing::debug!(error = %e, "splice unsupported on this socket; copying through a buffer");
+                    self.stage = Stage::copy();
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
