@@ -1,0 +1,171 @@
+//! Forwarding to the upstream resolvers.
+//!
+//! Each question goes out in a fresh query (random ID, random source port,
+//! RD, EDNS 1232) on a *connected* UDP socket, so an ICMP port unreachable
+//! surfaces at once as "connection refused" instead of a timeout. A
+//! truncated reply is asked again over TCP. On any failure (refused,
+//! silence, SERVFAIL/REFUSED from the upstream, garbage) the next upstream
+//! gets the rest of the time; the whole exchange never exceeds the
+//! configured timeout.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::timeout_at;
+
+/// EDNS payload size we advertise upstream (the DNS flag day 2020 value).
+pub const UPSTREAM_PAYLOAD: u16 = 1232;
+
+/// Why one upstream did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no answer within the time left ({0:?}); is the resolver reachable from this node?")]
+    Timeout(Duration),
+    #[error("{0}; is a resolver listening there?")]
+    Io(#[from] io::Error),
+    #[error("answered {0}")]
+    Rcode(ResponseCode),
+    #[error("sent an unreadable or mismatched reply over TCP")]
+    BadReply,
+}
+
+/// The upstream side: a list of resolvers and a time budget.
+#[derive(Debug)]
+pub struct Forwarder {
+    upstreams: Vec<SocketAddr>,
+    timeout: Duration,
+    /// Seconds since `epoch` of the last warning, to log failures at warn
+    /// at most once per [`WARN_EVERY`].
+    last_warn: AtomicU64,
+    epoch: Instant,
+}
+
+const WARN_EVERY: Duration = Duration::from_secs(30);
+
+impl Forwarder {
+    pub fn new(upstreams: Vec<SocketAddr>, timeout: Duration) -> Self {
+        Self { upstreams, timeout, last_warn: AtomicU64::new(u64::MAX), epoch: Instant::now() }
+    }
+
+    pub fn upstreams(&self) -> &[SocketAddr] {
+        &self.upstreams
+    }
+
+    /// Asks the upstreams in order; `None` when none answered usefully in
+    /// time (the caller answers SERVFAIL).
+    pub async fn resolve(&self, query: &Query) -> Option<Message> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut last_rcode = None;
+        for (i, upstream) in self.upstreams.iter().enumerate() {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            // Share what is left among the upstreams not yet tried, so one
+            // silent resolver cannot eat the whole budget.
+            let left = u32::try_from(self.upstreams.len() - i).unwrap_or(u32::MAX);
+            let attempt_deadline = now + (deadline - now) / left;
+            match exchange(*upstream, query, attempt_deadline).await {
+                Ok(msg) => match msg.metadata.response_code {
+                    code @ (ResponseCode::ServFail | ResponseCode::Refused | ResponseCode::NotImp) => {
+                        self.failed(*upstream, query, &UpstreamError::Rcode(code));
+                        last_rcode = Some(msg);
+                    }
+                    _ => return Some(msg),
+                },
+                Err(error) => self.failed(*upstream, query, &error),
+            }
+        }
+        // An upstream's own REFUSED/NOTIMP is more telling than SERVFAIL.
+        last_rcode.filter(|m| m.metadata.response_code != ResponseCode::ServFail)
+    }
+
+    fn failed(&self, upstream: SocketAddr, query: &Query, error: &UpstreamError) {
+        let now = self.epoch.elapsed().as_secs();
+        let last = self.last_warn.load(Ordering::Relaxed);
+        if (last == u64::MAX || now >= last + WARN_EVERY.as_secs())
+            && self.last_warn.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::warn!(%upstream, name = %query.name(), %error, "upstream DNS server failed (further failures logged at debug for 30 s)");
+        } else {
+            tracing::debug!(%upstream, name = %query.name(), %error, "upstream DNS server failed");
+        }
+    }
+}
+
+/// One question to one upstream: UDP, then TCP if truncated.
+pub async fn exchange(
+    upstream: SocketAddr,
+    query: &Query,
+    deadline: tokio::time::Instant,
+) -> Result<Message, UpstreamError> {
+    let id: u16 = rand::random();
+    let mut request = Message::new(id, MessageType::Query, OpCode::Query);
+    request.metadata.recursion_desired = true;
+    request.add_query(query.clone());
+    let mut edns = Edns::new();
+    edns.set_max_payload(UPSTREAM_PAYLOAD);
+    request.set_edns(edns);
+    let bytes = request.to_vec().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+
+    let budget = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let udp = match timeout_at(deadline, exchange_udp(upstream, &bytes, id, query)).await {
+        Ok(result) => result?,
+        Err(_) => return Err(UpstreamError::Timeout(budget)),
+    };
+    if !udp.metadata.truncation {
+        return Ok(udp);
+    }
+    match timeout_at(deadline, exchange_tcp(upstream, &bytes, id, query)).await {
+        Ok(result) => result,
+        Err(_) => Err(UpstreamError::Timeout(budget)),
+    }
+}
+
+async fn exchange_udp(upstream: SocketAddr, bytes: &[u8], id: u16, query: &Query) -> Result<Message, UpstreamError> {
+    let local: SocketAddr = match upstream {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(upstream).await?;
+    socket.send(bytes).await?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // A refused port shows up here as ECONNREFUSED, right away.
+        let n = socket.recv(&mut buf).await?;
+        // Anything else (late replies, spoofing attempts, garbage) is ignored.
+        if let Some(msg) = matching_reply(&buf[..n], id, query) {
+            return Ok(msg);
+        }
+    }
+}
+
+async fn exchange_tcp(upstream: SocketAddr, bytes: &[u8], id: u16, query: &Query) -> Result<Message, UpstreamError> {
+    let mut stream = TcpStream::connect(upstream).await?;
+    stream.set_nodelay(true)?;
+    let len = u16::try_from(bytes.len()).map_err(|_| UpstreamError::BadReply)?;
+    let mut framed = Vec::with_capacity(bytes.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(bytes);
+    stream.write_all(&framed).await?;
+    let len = stream.read_u16().await?;
+    let mut buf = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut buf).await?;
+    matching_reply(&buf, id, query).ok_or(UpstreamError::BadReply)
+}
+
+/// `bytes` parsed, if it is the reply to our query `id` for `query`.
+fn matching_reply(bytes: &[u8], id: u16, query: &Query) -> Option<Message> {
+    let msg = Message::from_vec(bytes).ok()?;
+    let same_question = match msg.queries.as_slice() {
+        [q] => q.name() == query.name() && q.query_type() == query.query_type() && q.query_class() == query.query_class(),
+        _ => false,
+    };
+    (msg.metadata.id == id && msg.metadata.message_type == MessageType::Response && same_question).then_some(msg)
+}

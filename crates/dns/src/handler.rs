@@ -1,0 +1,203 @@
+//! One request in, one response out.
+//!
+//! [`Handler::handle`] is synchronous and answers everything that needs no
+//! upstream (cluster names, cache hits, errors) right in the receive loop;
+//! only cache misses for outside names come back as [`Step::Forward`] for
+//! [`Handler::forward`] to finish in a task of their own.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use edgemesh_core::Snapshot;
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use tokio::sync::watch;
+
+use crate::cache::{Cache, CacheKey, CachedAnswer};
+use crate::cluster::{Outcome, Zone};
+use crate::forward::Forwarder;
+
+/// Largest UDP response we send, whatever the client's EDNS says.
+pub const MAX_UDP_PAYLOAD: u16 = 4096;
+/// The EDNS payload size we advertise to clients.
+const OUR_PAYLOAD: u16 = 1232;
+
+/// How the request arrived; decides the response size limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// What to do with a packet.
+#[derive(Debug)]
+pub enum Step {
+    /// Send these bytes back.
+    Reply(Vec<u8>),
+    /// Not a query we can answer (garbage, a response): say nothing.
+    Drop,
+    /// Needs the upstreams; finish with [`Handler::forward`].
+    Forward(Pending),
+}
+
+/// A parsed request waiting for the upstreams.
+#[derive(Debug)]
+pub struct Pending {
+    request: Message,
+    key: CacheKey,
+    max_size: usize,
+}
+
+/// Everything needed to answer: the zone, the snapshots, the upstreams.
+#[derive(Debug)]
+pub struct Handler {
+    zone: Zone,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    forwarder: Option<Forwarder>,
+    cache: Cache,
+}
+
+impl Handler {
+    pub fn new(
+        zone: Zone,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        forwarder: Option<Forwarder>,
+        cache: Cache,
+    ) -> Self {
+        Self { zone, snapshots, forwarder, cache }
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// Answers `packet` if that needs no upstream.
+    pub fn handle(&self, packet: &[u8], transport: Transport) -> Step {
+        let Ok(request) = Message::from_vec(packet) else {
+            tracing::trace!(len = packet.len(), "dropping unparsable packet");
+            return Step::Drop;
+        };
+        if request.metadata.message_type != MessageType::Query {
+            return Step::Drop;
+        }
+        let max_size = match transport {
+            Transport::Tcp => usize::from(u16::MAX),
+            Transport::Udp => {
+                let asked = request.edns.as_ref().map_or(512, Edns::max_payload);
+                usize::from(asked.clamp(512, MAX_UDP_PAYLOAD))
+            }
+        };
+        if request.metadata.op_code != OpCode::Query {
+            return Step::Reply(self.error(request, ResponseCode::NotImp, max_size));
+        }
+        if request.queries.len() != 1 {
+            return Step::Reply(self.error(request, ResponseCode::FormErr, max_size));
+        }
+        let query = &request.queries[0];
+        let snapshot = self.snapshots.borrow().clone();
+        let outcome = self.zone.resolve(&snapshot, query.name(), query.query_type());
+        tracing::trace!(name = %query.name(), qtype = %query.query_type(), ?transport, ?outcome, "query");
+        let (rcode, answers, additionals) = match outcome {
+            Outcome::Answer { answers, additionals } => (ResponseCode::NoError, answers, additionals),
+            Outcome::NoData => (ResponseCode::NoError, Vec::new(), Vec::new()),
+            Outcome::NxDomain => (ResponseCode::NXDomain, Vec::new(), Vec::new()),
+            Outcome::Forward => return self.outside(request, max_size),
+        };
+        let authorities = if answers.is_empty() { vec![self.zone.soa(snapshot.generation as u32)] } else { Vec::new() };
+        let mut response = self.response(request, rcode);
+        response.metadata.authoritative = true;
+        response.answers = answers;
+        response.authorities = authorities;
+        response.additionals = additionals;
+        Step::Reply(encode(&response, max_size))
+    }
+
+    /// A name outside the cluster: from the cache, or [`Step::Forward`].
+    fn outside(&self, request: Message, max_size: usize) -> Step {
+        if self.forwarder.is_none() {
+            return Step::Reply(self.error(request, ResponseCode::Refused, max_size));
+        }
+        let query = &request.queries[0];
+        let key = CacheKey { name: query.name().clone(), qtype: query.query_type(), qclass: query.query_class() };
+        if let Some(hit) = self.cache.get(&key, Instant::now()) {
+            return Step::Reply(self.from_answer(request, &hit, max_size));
+        }
+        Step::Forward(Pending { request, key, max_size })
+    }
+
+    /// Asks the upstreams for `pending` and returns the response bytes
+    /// (SERVFAIL when none answered in time).
+    pub async fn forward(&self, pending: Pending) -> Vec<u8> {
+        let Pending { request, key, max_size } = pending;
+        let Some(forwarder) = &self.forwarder else {
+            return self.error(request, ResponseCode::Refused, max_size);
+        };
+        let query: &Query = &request.queries[0];
+        match forwarder.resolve(query).await {
+            Some(msg) => {
+                let answer = self.cache.insert(key, msg, Instant::now());
+                self.from_answer(request, &answer, max_size)
+            }
+            None => self.error(request, ResponseCode::ServFail, max_size),
+        }
+    }
+
+    /// A SERVFAIL for a request we had to give up on (overload).
+    pub fn servfail(&self, pending: Pending) -> Vec<u8> {
+        self.error(pending.request, ResponseCode::ServFail, pending.max_size)
+    }
+
+    fn from_answer(&self, request: Message, answer: &CachedAnswer, max_size: usize) -> Vec<u8> {
+        let [answers, authorities, additionals] = answer.sections_at(Instant::now());
+        let mut response = self.response(request, answer.rcode);
+        response.answers = answers;
+        response.authorities = authorities;
+        response.additionals = additionals;
+        encode(&response, max_size)
+    }
+
+    fn error(&self, request: Message, rcode: ResponseCode, max_size: usize) -> Vec<u8> {
+        encode(&self.response(request, rcode), max_size)
+    }
+
+    /// The response skeleton: the request's ID, flags and question.
+    fn response(&self, request: Message, rcode: ResponseCode) -> Message {
+        let mut response = Message::new(request.metadata.id, MessageType::Response, request.metadata.op_code);
+        response.metadata.recursion_desired = request.metadata.recursion_desired;
+        response.metadata.recursion_available = self.forwarder.is_some();
+        response.metadata.checking_disabled = request.metadata.checking_disabled;
+        response.metadata.response_code = rcode;
+        response.queries = request.queries;
+        if request.edns.is_some() {
+            let mut edns = Edns::new();
+            edns.set_max_payload(OUR_PAYLOAD);
+            response.edns = Some(edns);
+        }
+        response
+    }
+}
+
+/// The wire form of `response`; if it exceeds `max_size`, the header and
+/// question alone with TC set, so the client retries over TCP.
+pub fn encode(response: &Message, max_size: usize) -> Vec<u8> {
+    match response.to_vec() {
+        Ok(bytes) if bytes.len() <= max_size => bytes,
+        Ok(_) => {
+            let mut truncated = Message::new(response.metadata.id, MessageType::Response, response.metadata.op_code);
+            truncated.metadata = response.metadata;
+            truncated.metadata.truncation = true;
+            truncated.queries = response.queries.clone();
+            truncated.edns = response.edns.clone();
+            truncated.to_vec().unwrap_or_else(|_| servfail_bytes(response))
+        }
+        Err(error) => {
+            tracing::debug!(%error, "cannot encode a response; answering SERVFAIL");
+            servfail_bytes(response)
+        }
+    }
+}
+
+fn servfail_bytes(response: &Message) -> Vec<u8> {
+    let mut m = Message::new(response.metadata.id, MessageType::Response, response.metadata.op_code);
+    m.metadata.response_code = ResponseCode::ServFail;
+    m.to_vec().unwrap_or_default()
+}
