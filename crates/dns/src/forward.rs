@@ -164,7 +164,9 @@ async fn exchange_tcp(upstream: SocketAddr, bytes: &[u8], id: u16, query: &Query
 fn matching_reply(bytes: &[u8], id: u16, query: &Query) -> Option<Message> {
     let msg = Message::from_vec(bytes).ok()?;
     let same_question = match msg.queries.as_slice() {
-        [q] => q.name() == query.name() && q.query_type() == query.query_type() && q.query_class() == query.query_class(),
+        [q] => {
+            q.name() == query.name() && q.query_type() == query.query_type() && q.query_class() == query.query_class()
+        }
         _ => false,
     };
     (msg.metadata.id == id && msg.metadata.message_type == MessageType::Response && same_question).then_some(msg)

@@ -36,7 +36,7 @@ pub enum Step {
     /// Not a query we can answer (garbage, a response): say nothing.
     Drop,
     /// Needs the upstreams; finish with [`Handler::forward`].
-    Forward(Pending),
+    Forward(Box<Pending>),
 }
 
 /// A parsed request waiting for the upstreams.
@@ -119,15 +119,15 @@ impl Handler {
         let query = &request.queries[0];
         let key = CacheKey { name: query.name().clone(), qtype: query.query_type(), qclass: query.query_class() };
         if let Some(hit) = self.cache.get(&key, Instant::now()) {
-            return Step::Reply(self.from_answer(request, &hit, max_size));
+            return Step::Reply(self.answer_from(request, &hit, max_size));
         }
-        Step::Forward(Pending { request, key, max_size })
+        Step::Forward(Box::new(Pending { request, key, max_size }))
     }
 
     /// Asks the upstreams for `pending` and returns the response bytes
     /// (SERVFAIL when none answered in time).
-    pub async fn forward(&self, pending: Pending) -> Vec<u8> {
-        let Pending { request, key, max_size } = pending;
+    pub async fn forward(&self, pending: Box<Pending>) -> Vec<u8> {
+        let Pending { request, key, max_size } = *pending;
         let Some(forwarder) = &self.forwarder else {
             return self.error(request, ResponseCode::Refused, max_size);
         };
@@ -135,18 +135,18 @@ impl Handler {
         match forwarder.resolve(query).await {
             Some(msg) => {
                 let answer = self.cache.insert(key, msg, Instant::now());
-                self.from_answer(request, &answer, max_size)
+                self.answer_from(request, &answer, max_size)
             }
             None => self.error(request, ResponseCode::ServFail, max_size),
         }
     }
 
     /// A SERVFAIL for a request we had to give up on (overload).
-    pub fn servfail(&self, pending: Pending) -> Vec<u8> {
+    pub fn servfail(&self, pending: Box<Pending>) -> Vec<u8> {
         self.error(pending.request, ResponseCode::ServFail, pending.max_size)
     }
 
-    fn from_answer(&self, request: Message, answer: &CachedAnswer, max_size: usize) -> Vec<u8> {
+    fn answer_from(&self, request: Message, answer: &CachedAnswer, max_size: usize) -> Vec<u8> {
         let [answers, authorities, additionals] = answer.sections_at(Instant::now());
         let mut response = self.response(request, answer.rcode);
         response.answers = answers;

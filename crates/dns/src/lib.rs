@@ -20,7 +20,7 @@
 //! - [`cache`]: bounded cache of upstream answers keyed by (name, type,
 //!   class), case-insensitive, with TTL decrement and RFC 2308 negative
 //!   caching.
-//! - [`error`]: [`DnsError`].
+//! - [`error`]: the [`DnsError`] enum.
 //!
 //! The wire format is hickory-proto's. The serving loops are our own rather
 //! than hickory-server's `Server`: that one funnels every UDP reply through

@@ -23,12 +23,12 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::DnsConfig;
 use crate::cache::Cache;
 use crate::cluster::Zone;
 use crate::error::DnsError;
 use crate::forward::Forwarder;
 use crate::handler::{Handler, MAX_UDP_PAYLOAD, Step, Transport};
-use crate::DnsConfig;
 
 /// Most upstream lookups in flight at once; beyond, clients get SERVFAIL.
 const MAX_FORWARDS: usize = 2048;
@@ -58,7 +58,8 @@ impl DnsServer {
         let zone = Zone::new(&config.cluster_domain, config.service_ttl)?;
         let sockets = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_UDP_SOCKETS);
         let (tcp, udp) = bind_all(config.listen, sockets)?;
-        let local_addr = tcp.local_addr().map_err(|source| DnsError::Bind { proto: "TCP", addr: config.listen, source })?;
+        let local_addr =
+            tcp.local_addr().map_err(|source| DnsError::Bind { proto: "TCP", addr: config.listen, source })?;
         let forwarder =
             (!config.upstreams.is_empty()).then(|| Forwarder::new(config.upstreams.clone(), config.upstream_timeout));
         let handler = Arc::new(Handler::new(zone, snapshots, forwarder, Cache::new(config.cache_size)));
