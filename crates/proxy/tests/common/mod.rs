@@ -1,0 +1,243 @@
+//! Test harness: a real registry fed through its source sink, the proxy on a
+//! VIP range of the test's own, and real TCP backends on 127.0.0.1.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use edgemesh_core::registry::EventSink;
+use edgemesh_core::{LbStrategy, Object, ObjectKey, ObjectKind, Registry, RegistryConfig, ServiceKey, Snapshot, SourceEvent};
+use edgemesh_proxy::{Proxy, ProxyConfig, ProxyStatus};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const NS: &str = "default";
+/// Service port used by the tests (unprivileged).
+pub const PORT: u16 = 8080;
+
+pub struct Harness {
+    pub sink: EventSink,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub status: Arc<ProxyStatus>,
+    pub shutdown: CancellationToken,
+    pub proxy: Option<JoinHandle<()>>,
+    /// Kept so the registry outlives the proxy's receiver.
+    _registry_rx: watch::Receiver<Arc<Snapshot>>,
+}
+
+/// A registry on `127.77.<net>.0/24` and a proxy following it.
+pub async fn start(net: u8, strategy: LbStrategy) -> Harness {
+    start_with(net, strategy, ProxyConfig { connect_timeout: Duration::from_secs(2), max_connections: 1000 }).await
+}
+
+pub async fn start_with(net: u8, strategy: LbStrategy, config: ProxyConfig) -> Harness {
+    let mut h = start_registry(net, strategy);
+    h.start_proxy(config);
+    h
+}
+
+/// A registry without a proxy yet (see [`Harness::start_proxy`]).
+pub fn start_registry(net: u8, strategy: LbStrategy) -> Harness {
+    let mut registry = Registry::new(RegistryConfig {
+        vip_cidr: format!("127.77.{net}.0/24").parse().unwrap(),
+        default_strategy: strategy,
+    });
+    let sink = registry.source();
+    let snapshots = registry.subscribe();
+    let keep = registry.subscribe();
+    tokio::spawn(registry.run());
+    Harness {
+        sink,
+        snapshots,
+        status: Arc::new(ProxyStatus::default()),
+        shutdown: CancellationToken::new(),
+        proxy: None,
+        _registry_rx: keep,
+    }
+}
+
+impl Harness {
+    pub fn start_proxy(&mut self, config: ProxyConfig) {
+        let proxy = Proxy::new(config, self.snapshots.clone());
+        self.status = proxy.status();
+        self.proxy = Some(tokio::spawn(proxy.run(self.shutdown.clone())));
+    }
+
+    /// Sends `object` and waits until the proxy has applied a snapshot in
+    /// which `done` holds.
+    pub async fn apply(&mut self, object: Object, done: impl Fn(&Snapshot) -> bool) {
+        self.sink.send(SourceEvent::Apply(object)).await.unwrap();
+        self.settle(done).await;
+    }
+
+    pub async fn delete(&mut self, kind: ObjectKind, name: &str, done: impl Fn(&Snapshot) -> bool) {
+        self.sink.send(SourceEvent::Delete(ObjectKey { kind, namespace: NS.into(), name: name.into() })).await.unwrap();
+        self.settle(done).await;
+    }
+
+    /// Waits until the registry published a snapshot where `done` holds and
+    /// the proxy applied it.
+    pub async fn settle(&mut self, done: impl Fn(&Snapshot) -> bool) {
+        let generation = tokio::time::timeout(Duration::from_secs(5), self.snapshots.wait_for(|s| done(s)))
+            .await
+            .expect("registry publishes the change")
+            .unwrap()
+            .generation;
+        self.wait_applied(generation).await;
+    }
+
+    pub async fn wait_applied(&self, generation: u64) {
+        let status = self.status.clone();
+        eventually("proxy applies the snapshot", || {
+            let status = status.clone();
+            async move { status.has_applied(generation) }
+        })
+        .await;
+    }
+
+    pub fn vip(&self, name: &str) -> IpAddr {
+        self.snapshots.borrow().service(&ServiceKey::new(NS, name)).and_then(|s| s.vip).expect("service has a VIP")
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        SocketAddr::new(self.vip(name), PORT)
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.proxy.take() {
+            tokio::time::timeout(Duration::from_secs(5), task).await.expect("proxy stops").unwrap();
+        }
+    }
+}
+
+/// Whether `name` has `n` backends in `snapshot`.
+pub fn has_backends(name: &str, n: usize) -> impl Fn(&Snapshot) -> bool {
+    let key = ServiceKey::new(NS, name);
+    move |s| s.service(&key).is_some_and(|e| e.vip.is_some() && e.ports.first().is_some_and(|p| p.backends.len() == n))
+}
+
+pub fn exists(name: &str) -> impl Fn(&Snapshot) -> bool {
+    let key = ServiceKey::new(NS, name);
+    move |s| s.service(&key).is_some_and(|e| e.vip.is_some())
+}
+
+pub fn gone(name: &str) -> impl Fn(&Snapshot) -> bool {
+    let key = ServiceKey::new(NS, name);
+    move |s| s.service(&key).is_none()
+}
+
+/// Retries `check` until it holds, failing after 5 s.
+pub async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The service object with one TCP port named `http`.
+pub fn service(name: &str) -> Object {
+    edgemesh_core::build::service(NS, name).port("http", PORT, 80).object()
+}
+
+/// One EndpointSlice per backend (each has its own port on 127.0.0.1).
+pub fn slice_for(service: &str, index: usize, backend: SocketAddr) -> Object {
+    edgemesh_core::build::slice(NS, &format!("{service}-{index}"), service)
+        .endpoint(&backend.ip().to_string(), "node-a")
+        .port("http", backend.port())
+        .object()
+}
+
+/// Service and its slices, waiting until the proxy serves them.
+pub async fn add_service(h: &mut Harness, name: &str, backends: &[SocketAddr]) {
+    h.apply(service(name), exists(name)).await;
+    for (i, b) in backends.iter().enumerate() {
+        h.sink.send(SourceEvent::Apply(slice_for(name, i, *b))).await.unwrap();
+    }
+    h.settle(has_backends(name, backends.len())).await;
+}
+
+/// A backend that writes its identity, half-closes, and drains the client.
+pub async fn identity_backend(id: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let _ = s.write_all(id.as_bytes()).await;
+                let _ = s.shutdown().await;
+                let mut sink = [0u8; 256];
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+/// A backend that reads until EOF, then replies `<id>:<bytes read>` and
+/// closes.
+pub async fn reply_after_eof_backend(id: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if s.read_to_end(&mut got).await.is_ok() {
+                    let _ = s.write_all(format!("{id}:{}", got.len()).as_bytes()).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A backend that echoes every byte back and half-closes after EOF.
+pub async fn echo_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// An address on 127.0.0.1 where nothing listens (connects are refused).
+pub fn refusing_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Connects and returns everything the backend sent before closing.
+pub async fn ask(addr: SocketAddr) -> io::Result<String> {
+    let mut s = TcpStream::connect(addr).await?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await??;
+    Ok(out)
+}
+
+pub fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
