@@ -1,1 +1,40 @@
+//! A service source that reads a directory of Kubernetes manifests and
+//! follows its changes, emitting [`SourceEvent`](edgemesh_core::SourceEvent)s
+//! to the registry.
+//!
+//! ```text
+//!  dir/*.yaml ──poll──> watch ──text──> parse ──documents──> schema (serde)
+//!                         │                                     │
+//!                         │            convert (validate) <─────┘
+//!                         │                 │ objects with lines
+//!                         └──> index (per-file diff, duplicates) ──> EventSink
+//! ```
+//!
+//! - [`watch`]: [`ManifestSource`], the polling loop: stat, read changed
+//!   files, hash, parse, report problems once.
+//! - `index`: which file holds which object; turns one file's new objects
+//!   into exactly the Apply/Delete events that changed.
+//! - [`parse`]: [`parse_manifest`]: splits a file into YAML documents with
+//!   their start lines and parses them (in parallel for large files).
+//! - `schema`: serde structs for the wire format, as `kubectl` writes it.
+//! - `convert`: validation (names, ports, addresses, protocols) and
+//!   conversion into `edgemesh_core` objects.
+//! - `validate`: Kubernetes' name and port rules.
+//! - [`error`]: [`ManifestError`], always with a line and a reason.
+//!
+//! Supported kinds: `v1/Service`, `discovery.k8s.io/v1/EndpointSlice`,
+//! `v1/Endpoints` and `v1/List` of those; other kinds are skipped.
 #![forbid(unsafe_code)]
+
+mod convert;
+pub mod error;
+mod index;
+pub mod parse;
+mod schema;
+mod validate;
+pub mod watch;
+
+pub use convert::SERVICE_NAME_LABEL;
+pub use error::{ManifestError, Problem};
+pub use parse::{ParsedObject, parse_manifest};
+pub use watch::ManifestSource;

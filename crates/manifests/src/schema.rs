@@ -140,6 +140,7 @@ pub(crate) struct EndpointAddress {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Header {
+    pub api_version: Option<String>,
     pub kind: Option<String>,
 }
 

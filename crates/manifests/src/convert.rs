@@ -1,0 +1,421 @@
+//! Validation of wire objects and conversion into `edgemesh_core` objects.
+//!
+//! Line numbers: spans from the YAML parser are relative to the document's
+//! text; `base` (the number of lines before the document) turns them into
+//! lines of the file.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use edgemesh_core::object::{
+    EndpointPortSpec, EndpointSet, EndpointSpec, EndpointSubset, ObjectMeta, ServiceObject, ServicePortSpec,
+};
+use edgemesh_core::{Object, ObjectKind, Protocol, TargetPort};
+use serde_saphyr::Spanned;
+
+use crate::error::{ManifestError, Problem};
+use crate::parse::ParsedObject;
+use crate::schema::{Document, EndpointAddress, EndpointPort, IntOrString, Kind, Metadata, ServicePort};
+use crate::validate;
+
+/// The label that links an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The `apiVersion` each supported kind must have; other pairs (a Knative
+/// `serving.knative.dev/v1` Service, say) are someone else's and skipped.
+pub(crate) fn api_version_of(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::Service | Kind::Endpoints | Kind::List => Some("v1"),
+        Kind::EndpointSlice => Some("discovery.k8s.io/v1"),
+        Kind::Other => None,
+    }
+}
+
+/// Converts one document (or `List` item) that starts on file line `line`,
+/// appending its objects to `out`.
+pub(crate) fn document(
+    doc: Document,
+    base: usize,
+    line: usize,
+    out: &mut Vec<ParsedObject>,
+) -> Result<(), ManifestError> {
+    let cx = Cx { base, line, object: String::new() };
+    let Some(kind_field) = &doc.kind else {
+        return Err(cx.err(Problem::MissingKind));
+    };
+    let kind = Kind::of(&kind_field.value);
+    let Some(expected) = api_version_of(kind) else {
+        tracing::debug!(line, kind = %kind_field.value, "skipping object of a kind the agent does not use");
+        return Ok(());
+    };
+    let cx = Cx { object: kind_field.value.clone(), ..cx };
+    match &doc.api_version {
+        None => return Err(cx.err(Problem::MissingApiVersion { expected })),
+        Some(v) if v.value != expected => {
+            tracing::debug!(line, kind = %kind_field.value, api_version = %v.value, "skipping object of another API group");
+            return Ok(());
+        }
+        Some(_) => {}
+    }
+    let object = match kind {
+        Kind::Service => Object::Service(service(doc, cx)?),
+        Kind::EndpointSlice => match endpoint_slice(doc, cx)? {
+            Some(set) => Object::Endpoints(set),
+            None => return Ok(()),
+        },
+        Kind::Endpoints => Object::Endpoints(endpoints(doc, cx)?),
+        Kind::List => {
+            for item in doc.items.unwrap_or_default() {
+                let line = base + span_line(&item);
+                document(item.value, base, line, out)?;
+            }
+            return Ok(());
+        }
+        Kind::Other => return Ok(()),
+    };
+    out.push(ParsedObject { line, object });
+    Ok(())
+}
+
+/// What the errors of one object need: where it is and what it is called.
+struct Cx {
+    base: usize,
+    /// File line of the object's start.
+    line: usize,
+    /// `Kind namespace/name` once known.
+    object: String,
+}
+
+impl Cx {
+    /// An error at the object's start.
+    fn err(&self, problem: Problem) -> ManifestError {
+        ManifestError::Invalid { line: self.line, object: self.object.clone(), problem }
+    }
+
+    /// An error at `at`, a value of the document (at the object's start if
+    /// the parser did not know where the value was).
+    fn err_at<T>(&self, at: &Spanned<T>, problem: Problem) -> ManifestError {
+        let line = Some(span_line(at)).filter(|&l| l > 0).map_or(self.line, |l| self.base + l);
+        ManifestError::Invalid { line, object: self.object.clone(), problem }
+    }
+}
+
+fn span_line<T>(s: &Spanned<T>) -> usize {
+    usize::try_from(s.referenced.line()).unwrap_or(0)
+}
+
+/// Which rule `metadata.name` follows.
+#[derive(Clone, Copy)]
+enum NameRule {
+    Dns1035Label,
+    Dns1123Subdomain,
+}
+
+/// Validates and converts `metadata`, and names the object in `cx`.
+fn meta(m: Option<Metadata>, rule: NameRule, cx: &mut Cx) -> Result<ObjectMeta, ManifestError> {
+    let m = m.unwrap_or_default();
+    let name = match m.name {
+        Some(n) if !n.value.is_empty() => n,
+        _ => return Err(cx.err(Problem::MissingName)),
+    };
+    let namespace = match m.namespace {
+        Some(ns) if !ns.value.is_empty() => {
+            if let Err(why) = validate::dns1123_label(&ns.value) {
+                let problem = Problem::InvalidName {
+                    field: "metadata.namespace".into(),
+                    value: ns.value.clone(),
+                    rule: "namespace (RFC 1123 label)",
+                    why,
+                };
+                return Err(cx.err_at(&ns, problem));
+            }
+            ns.value
+        }
+        _ => "default".to_owned(),
+    };
+    cx.object = format!("{} {}/{}", cx.object, namespace, name.value);
+    let (checked, rule_name) = match rule {
+        NameRule::Dns1035Label => (validate::dns1035_label(&name.value), "name (RFC 1035 label)"),
+        NameRule::Dns1123Subdomain => (validate::dns1123_subdomain(&name.value), "name (RFC 1123 subdomain)"),
+    };
+    if let Err(why) = checked {
+        let problem =
+            Problem::InvalidName { field: "metadata.name".into(), value: name.value.clone(), rule: rule_name, why };
+        return Err(cx.err_at(&name, problem));
+    }
+    Ok(ObjectMeta {
+        namespace,
+        name: name.value,
+        labels: m.labels.unwrap_or_default(),
+        annotations: m.annotations.unwrap_or_default(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Service
+
+const SERVICE_TYPES: [&str; 4] = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
+
+fn service(doc: Document, mut cx: Cx) -> Result<ServiceObject, ManifestError> {
+    let meta = meta(doc.metadata, NameRule::Dns1035Label, &mut cx)?;
+    let spec = doc.spec.unwrap_or_default();
+
+    let service_type = match spec.service_type {
+        None => "ClusterIP".to_owned(),
+        Some(t) if SERVICE_TYPES.contains(&t.value.as_str()) => t.value,
+        Some(t) => return Err(cx.err_at(&t, Problem::UnknownServiceType { value: t.value.clone() })),
+    };
+
+    // `clusterIPs` wins; `clusterIP`, when also set, must be its first entry.
+    let single = spec.cluster_ip.filter(|ip| !ip.value.is_empty());
+    let ips = spec.cluster_ips.unwrap_or_default();
+    let (ips, field) = match (single, ips.is_empty()) {
+        (Some(ip), true) => (vec![ip], "spec.clusterIP"),
+        (Some(ip), false) if ips[0].value != ip.value => {
+            let problem = Problem::ClusterIpMismatch { ip: ip.value.clone(), ips: ips[0].value.clone() };
+            return Err(cx.err_at(&ip, problem));
+        }
+        _ => (ips, "spec.clusterIPs"),
+    };
+    let headless = ips.first().is_some_and(|ip| ip.value == "None");
+    let mut cluster_ips = Vec::with_capacity(ips.len());
+    for (i, ip) in ips.iter().enumerate() {
+        if headless {
+            if i > 0 {
+                return Err(cx.err_at(ip, Problem::HeadlessWithIps));
+            }
+            continue;
+        }
+        if ip.value == "None" {
+            return Err(cx.err_at(ip, Problem::HeadlessWithIps));
+        }
+        let field = if field == "spec.clusterIP" { field.to_owned() } else { format!("{field}[{i}]") };
+        cluster_ips.push(ip_addr(ip, field, &cx)?);
+    }
+
+    let raw = spec.ports.unwrap_or_default();
+    let mut ports = Vec::with_capacity(raw.len());
+    let mut names = HashSet::with_capacity(raw.len());
+    let mut numbers = HashSet::with_capacity(raw.len());
+    let several = raw.len() > 1;
+    for (i, sp) in raw.iter().enumerate() {
+        let field = format!("spec.ports[{i}]");
+        let port = service_port(sp, &field, &cx)?;
+        if port.name.is_empty() && several {
+            return Err(cx.err_at(sp, Problem::UnnamedPort { field }));
+        }
+        if !names.insert(port.name.clone()) {
+            return Err(cx.err_at(sp, Problem::DuplicatePortName { field, name: port.name }));
+        }
+        if !numbers.insert((port.port, port.protocol)) {
+            let problem = Problem::DuplicatePort { field, port: port.port, protocol: protocol_name(port.protocol) };
+            return Err(cx.err_at(sp, problem));
+        }
+        ports.push(port);
+    }
+
+    Ok(ServiceObject { meta, cluster_ips, headless, ports, service_type })
+}
+
+fn service_port(sp: &Spanned<ServicePort>, field: &str, cx: &Cx) -> Result<ServicePortSpec, ManifestError> {
+    let p = &sp.value;
+    let name = port_name(p.name.as_ref(), field, cx)?;
+    let protocol = protocol(p.protocol.as_ref(), field, cx)?;
+    let port = port_number(p.port.as_ref(), format!("{field}.port"), sp, cx)?;
+    let target_port = match &p.target_port {
+        None => TargetPort::Number(port),
+        Some(t) => match &t.value {
+            IntOrString::Int(n) => match validate::port(*n) {
+                Some(n) => TargetPort::Number(n),
+                None => {
+                    let problem = Problem::PortOutOfRange { field: format!("{field}.targetPort"), value: *n };
+                    return Err(cx.err_at(t, problem));
+                }
+            },
+            IntOrString::Str(s) => {
+                if let Err(why) = validate::iana_svc_name(s) {
+                    let problem =
+                        Problem::InvalidPortName { field: format!("{field}.targetPort"), value: s.clone(), why };
+                    return Err(cx.err_at(t, problem));
+                }
+                TargetPort::Name(s.clone())
+            }
+        },
+    };
+    // 0 asks Kubernetes to allocate one: no node port as far as we know.
+    let node_port = match &p.node_port {
+        Some(n) if n.value != 0 => match validate::port(n.value) {
+            Some(n) => Some(n),
+            None => {
+                let problem = Problem::PortOutOfRange { field: format!("{field}.nodePort"), value: n.value };
+                return Err(cx.err_at(n, problem));
+            }
+        },
+        _ => None,
+    };
+    Ok(ServicePortSpec { name, protocol, port, target_port, node_port })
+}
+
+// ---------------------------------------------------------------------------
+// EndpointSlice
+
+/// `None` for slices the agent cannot use (FQDN).
+fn endpoint_slice(doc: Document, mut cx: Cx) -> Result<Option<EndpointSet>, ManifestError> {
+    let meta = meta(doc.metadata, NameRule::Dns1123Subdomain, &mut cx)?;
+    let Some(service_name) = meta.labels.get(SERVICE_NAME_LABEL).cloned() else {
+        return Err(cx.err(Problem::MissingServiceName));
+    };
+    if let Err(why) = validate::dns1035_label(&service_name) {
+        let problem = Problem::InvalidName {
+            field: format!("metadata.labels[{SERVICE_NAME_LABEL}]"),
+            value: service_name,
+            rule: "Service name (RFC 1035 label)",
+            why,
+        };
+        return Err(cx.err(problem));
+    }
+    let ipv6 = match &doc.address_type {
+        None => return Err(cx.err(Problem::MissingField { field: "addressType".into() })),
+        Some(t) if t.value == "IPv4" => false,
+        Some(t) if t.value == "IPv6" => true,
+        Some(t) if t.value == "FQDN" => {
+            tracing::warn!(line = cx.line, object = %cx.object, "skipping EndpointSlice with addressType FQDN: the agent forwards to IP addresses only");
+            return Ok(None);
+        }
+        Some(t) => return Err(cx.err_at(t, Problem::UnknownAddressType { value: t.value.clone() })),
+    };
+
+    let raw = doc.endpoints.unwrap_or_default();
+    let mut endpoints = Vec::with_capacity(raw.len());
+    for (i, ep) in raw.iter().enumerate() {
+        let field = format!("endpoints[{i}].addresses");
+        let addrs = ep.value.addresses.as_deref().unwrap_or_default();
+        if addrs.is_empty() {
+            return Err(cx.err_at(ep, Problem::NoAddresses { field }));
+        }
+        let mut addresses = Vec::with_capacity(addrs.len());
+        for (j, a) in addrs.iter().enumerate() {
+            let field = format!("{field}[{j}]");
+            let ip = ip_addr(a, field.clone(), &cx)?;
+            if ip.is_ipv6() != ipv6 {
+                let family = if ipv6 { "IPv6" } else { "IPv4" };
+                return Err(cx.err_at(a, Problem::WrongFamily { field, value: a.value.clone(), family }));
+            }
+            addresses.push(ip);
+        }
+        endpoints.push(EndpointSpec {
+            addresses,
+            // Kubernetes: an unknown readiness is interpreted as ready.
+            ready: ep.value.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+            node_name: ep.value.node_name.clone(),
+            hostname: ep.value.hostname.clone(),
+        });
+    }
+    let ports = endpoint_ports(doc.ports.as_deref().unwrap_or_default(), "ports", &cx)?;
+    Ok(Some(EndpointSet {
+        meta,
+        kind: ObjectKind::EndpointSlice,
+        service_name,
+        subsets: vec![EndpointSubset { endpoints, ports }],
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// Endpoints (legacy)
+
+fn endpoints(doc: Document, mut cx: Cx) -> Result<EndpointSet, ManifestError> {
+    let meta = meta(doc.metadata, NameRule::Dns1123Subdomain, &mut cx)?;
+    let raw = doc.subsets.unwrap_or_default();
+    let mut subsets = Vec::with_capacity(raw.len());
+    for (i, s) in raw.iter().enumerate() {
+        let mut endpoints = Vec::new();
+        for (list, ready, name) in
+            [(&s.addresses, true, "addresses"), (&s.not_ready_addresses, false, "notReadyAddresses")]
+        {
+            for (j, a) in list.as_deref().unwrap_or_default().iter().enumerate() {
+                endpoints.push(endpoint_address(a, ready, &format!("subsets[{i}].{name}[{j}]"), &cx)?);
+            }
+        }
+        let ports = endpoint_ports(s.ports.as_deref().unwrap_or_default(), &format!("subsets[{i}].ports"), &cx)?;
+        subsets.push(EndpointSubset { endpoints, ports });
+    }
+    let service_name = meta.name.clone();
+    Ok(EndpointSet { meta, kind: ObjectKind::Endpoints, service_name, subsets })
+}
+
+fn endpoint_address(
+    a: &Spanned<EndpointAddress>,
+    ready: bool,
+    field: &str,
+    cx: &Cx,
+) -> Result<EndpointSpec, ManifestError> {
+    let Some(ip) = &a.value.ip else {
+        return Err(cx.err_at(a, Problem::MissingField { field: format!("{field}.ip") }));
+    };
+    Ok(EndpointSpec {
+        addresses: vec![ip_addr(ip, format!("{field}.ip"), cx)?],
+        ready,
+        node_name: a.value.node_name.clone(),
+        hostname: a.value.hostname.clone(),
+    })
+}
+
+/// Ports of a slice or subset: optional names, unique, named when several.
+fn endpoint_ports(raw: &[Spanned<EndpointPort>], field: &str, cx: &Cx) -> Result<Vec<EndpointPortSpec>, ManifestError> {
+    let mut ports = Vec::with_capacity(raw.len());
+    let mut names = HashSet::with_capacity(raw.len());
+    for (i, p) in raw.iter().enumerate() {
+        let field = format!("{field}[{i}]");
+        let name = port_name(p.value.name.as_ref(), &field, cx)?;
+        if name.is_empty() && raw.len() > 1 {
+            return Err(cx.err_at(p, Problem::UnnamedPort { field }));
+        }
+        if !names.insert(name.clone()) {
+            return Err(cx.err_at(p, Problem::DuplicatePortName { field, name }));
+        }
+        let protocol = protocol(p.value.protocol.as_ref(), &field, cx)?;
+        let port = port_number(p.value.port.as_ref(), format!("{field}.port"), p, cx)?;
+        ports.push(EndpointPortSpec { name, port, protocol });
+    }
+    Ok(ports)
+}
+
+// ---------------------------------------------------------------------------
+// Fields
+
+fn port_name(name: Option<&Spanned<String>>, field: &str, cx: &Cx) -> Result<String, ManifestError> {
+    let Some(name) = name.filter(|n| !n.value.is_empty()) else { return Ok(String::new()) };
+    if let Err(why) = validate::dns1123_label(&name.value) {
+        let problem =
+            Problem::InvalidName { field: format!("{field}.name"), value: name.value.clone(), rule: "port name", why };
+        return Err(cx.err_at(name, problem));
+    }
+    Ok(name.value.clone())
+}
+
+fn protocol(p: Option<&Spanned<String>>, field: &str, cx: &Cx) -> Result<Protocol, ManifestError> {
+    match p {
+        None => Ok(Protocol::Tcp),
+        Some(p) => p.value.parse().map_err(|_| {
+            cx.err_at(p, Problem::UnknownProtocol { field: format!("{field}.protocol"), value: p.value.clone() })
+        }),
+    }
+}
+
+/// A required port number; a missing one is reported at `owner`.
+fn port_number<T>(n: Option<&Spanned<i64>>, field: String, owner: &Spanned<T>, cx: &Cx) -> Result<u16, ManifestError> {
+    let Some(n) = n else { return Err(cx.err_at(owner, Problem::MissingField { field })) };
+    validate::port(n.value).ok_or_else(|| cx.err_at(n, Problem::PortOutOfRange { field, value: n.value }))
+}
+
+fn ip_addr(s: &Spanned<String>, field: String, cx: &Cx) -> Result<IpAddr, ManifestError> {
+    s.value.parse().map_err(|_| cx.err_at(s, Problem::BadIp { field, value: s.value.clone() }))
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+        Protocol::Sctp => "SCTP",
+    }
+}

@@ -1,0 +1,105 @@
+use edgemesh_core::build::{service, slice};
+use edgemesh_core::{ObjectKind, ServiceKey};
+
+use super::*;
+
+fn file(name: &str) -> FileId {
+    FileId::from(Path::new(name))
+}
+
+fn objs(objects: Vec<Object>) -> Vec<ParsedObject> {
+    objects.into_iter().enumerate().map(|(i, object)| ParsedObject { line: i + 1, object }).collect()
+}
+
+fn set(ix: &mut Index, f: &str, objects: Vec<Object>) -> Vec<SourceEvent> {
+    let mut out = Vec::new();
+    ix.set_file(&file(f), objs(objects), &mut out);
+    out
+}
+
+fn key(name: &str) -> ObjectKey {
+    ObjectKey { kind: ObjectKind::Service, namespace: "default".into(), name: name.into() }
+}
+
+fn applied(events: &[SourceEvent]) -> Vec<ServiceKey> {
+    let mut keys: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            SourceEvent::Apply(o) => Some(o.service_key()),
+            _ => None,
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn only_changed_objects_produce_events() {
+    let mut ix = Index::default();
+    let a = service("default", "a").port("", 80, 80).object();
+    let b = service("default", "b").port("", 80, 80).object();
+    let c = service("default", "c").port("", 80, 80).object();
+    let ev = set(&mut ix, "x.yaml", vec![a.clone(), b.clone(), c.clone()]);
+    assert_eq!(ev.len(), 3);
+
+    let b2 = service("default", "b").port("", 81, 81).object();
+    let ev = set(&mut ix, "x.yaml", vec![a.clone(), b2.clone(), c.clone()]);
+    assert_eq!(ev, vec![SourceEvent::Apply(b2.clone())]);
+
+    let ev = set(&mut ix, "x.yaml", vec![a.clone(), b2.clone()]);
+    assert_eq!(ev, vec![SourceEvent::Delete(key("c"))]);
+
+    let ev = set(&mut ix, "x.yaml", vec![a.clone(), b2]);
+    assert!(ev.is_empty());
+
+    let mut out = Vec::new();
+    ix.remove_file(&file("x.yaml"), &mut out);
+    out.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(out, vec![SourceEvent::Delete(key("a")), SourceEvent::Delete(key("b"))]);
+    assert_eq!(ix.len(), 0);
+    assert_eq!(ix.files(), 0);
+}
+
+#[test]
+fn duplicates_across_files_fall_back_instead_of_deleting() {
+    let mut ix = Index::default();
+    let in_a = service("default", "web").port("", 80, 1).object();
+    let in_b = service("default", "web").port("", 80, 2).object();
+    assert_eq!(set(&mut ix, "a.yaml", vec![in_a.clone()]), vec![SourceEvent::Apply(in_a.clone())]);
+    // b.yaml sorts last: its definition wins.
+    assert_eq!(set(&mut ix, "b.yaml", vec![in_b.clone()]), vec![SourceEvent::Apply(in_b.clone())]);
+    // Changing the losing definition changes nothing.
+    let in_a2 = service("default", "web").port("", 80, 3).object();
+    assert!(set(&mut ix, "a.yaml", vec![in_a2.clone()]).is_empty());
+    // Removing the winner re-applies the other file's version.
+    assert_eq!(set(&mut ix, "b.yaml", vec![]), vec![SourceEvent::Apply(in_a2.clone())]);
+    // Only when the last holder goes is the object deleted.
+    let mut out = Vec::new();
+    ix.remove_file(&file("a.yaml"), &mut out);
+    assert_eq!(out, vec![SourceEvent::Delete(key("web"))]);
+}
+
+#[test]
+fn a_losing_file_that_is_removed_changes_nothing() {
+    let mut ix = Index::default();
+    let in_a = service("default", "web").port("", 80, 1).object();
+    let in_b = service("default", "web").port("", 80, 2).object();
+    set(&mut ix, "b.yaml", vec![in_b.clone()]);
+    // a.yaml sorts first: it loses, so no event.
+    assert!(set(&mut ix, "a.yaml", vec![in_a]).is_empty());
+    let mut out = Vec::new();
+    ix.remove_file(&file("a.yaml"), &mut out);
+    assert!(out.is_empty());
+    assert_eq!(ix.len(), 1);
+}
+
+#[test]
+fn endpoint_objects_are_tracked_by_their_own_key() {
+    let mut ix = Index::default();
+    let svc = service("default", "web").port("http", 80, 8080).object();
+    let eps = slice("default", "web-1", "web").endpoint("10.0.0.1", "n1").port("http", 8080).object();
+    let ev = set(&mut ix, "x.yaml", vec![svc.clone(), eps.clone()]);
+    assert_eq!(applied(&ev), vec![ServiceKey::new("default", "web"); 2]);
+    let ev = set(&mut ix, "x.yaml", vec![svc]);
+    assert_eq!(ev, vec![SourceEvent::Delete(eps.key())]);
+}

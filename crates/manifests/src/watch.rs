@@ -1,0 +1,409 @@
+//! The polling source: scans the directory, re-reads changed files, and
+//! turns each file's change into events through the [`Index`].
+//!
+//! Per poll the cost is one `readdir` plus one `stat` per manifest file;
+//! only files whose stat changed are read, only files whose content hash
+//! changed are parsed, and only objects that changed produce events.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use edgemesh_core::SourceEvent;
+use edgemesh_core::registry::EventSink;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ManifestError;
+use crate::index::{FileId, Index};
+use crate::parse::{self, ParsedObject};
+
+/// Reads a directory of Kubernetes manifests and follows its changes.
+///
+/// The directory is **polled**, not watched with inotify: a ConfigMap
+/// volume is updated by atomically swapping its `..data` symlink to a new
+/// directory, which inotify watches on the visible files never see (and
+/// which editors' rename-on-save also defeats). Polling stats every
+/// `*.yaml`/`*.yml` file (following symlinks) each `poll_interval` and reads
+/// only the ones whose modification time, size or inode changed, which is
+/// cheap even with thousands of files.
+///
+/// Files whose modification time is within [`RACY_WINDOW`] of the scan are
+/// re-read (and hashed) on the next poll too: file systems stamp times from
+/// a coarse clock, so two writes of the same size in quick succession can
+/// leave identical stat data.
+#[derive(Clone, Debug)]
+pub struct ManifestSource {
+    dir: PathBuf,
+    poll_interval: Duration,
+}
+
+/// How recent a modification time must be for the stat data not to be
+/// trusted yet (see [`ManifestSource`]).
+pub const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+impl ManifestSource {
+    pub fn new(dir: impl Into<PathBuf>, poll_interval: Duration) -> Self {
+        Self { dir: dir.into(), poll_interval }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
+    /// Scans, sends every object then `SourceEvent::Synced` after the first
+    /// full scan (also when the dir is empty or missing), then follows
+    /// changes until `shutdown` is cancelled or the sink's registry is gone.
+    ///
+    /// File system work and parsing run on tokio's blocking pool. The
+    /// registry being gone is noticed at the next event sent.
+    pub async fn run(self, sink: EventSink, shutdown: CancellationToken) {
+        // Blocking threads do not inherit the task's subscriber; hand it over.
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let mut scanner = Some(Scanner::new(self.dir.clone()));
+        let mut synced = false;
+        loop {
+            let mut s = scanner.take().expect("put back after every poll");
+            let d = dispatch.clone();
+            let poll = tokio::task::spawn_blocking(move || {
+                let events = tracing::dispatcher::with_default(&d, || s.poll());
+                (s, events)
+            });
+            let (s, mut events) = tokio::select! {
+                joined = poll => match joined {
+                    Ok(r) => r,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => return, // the runtime is shutting down
+                },
+                () = shutdown.cancelled() => return,
+            };
+            scanner = Some(s);
+            if !synced {
+                events.push(SourceEvent::Synced);
+                synced = true;
+            }
+            let send_all = async {
+                for event in events {
+                    sink.send(event).await?;
+                }
+                Ok::<_, edgemesh_core::registry::RegistryClosed>(())
+            };
+            tokio::select! {
+                sent = send_all => if sent.is_err() {
+                    tracing::debug!(dir = %self.dir.display(), "registry stopped; manifest source exits");
+                    return;
+                },
+                () = shutdown.cancelled() => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.poll_interval) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Identity and version of a file as `stat` sees it (symlinks followed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stat {
+    mtime: Option<SystemTime>,
+    size: u64,
+    ino: u64,
+    dev: u64,
+}
+
+impl Stat {
+    fn of(m: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        let (ino, dev) = {
+            use std::os::unix::fs::MetadataExt;
+            (m.ino(), m.dev())
+        };
+        #[cfg(not(unix))]
+        let (ino, dev) = (0, 0);
+        Stat { mtime: m.modified().ok(), size: m.len(), ino, dev }
+    }
+
+    /// Whether the stat data may not change on a further write (see
+    /// [`RACY_WINDOW`]).
+    fn racy(&self, now: SystemTime) -> bool {
+        self.mtime.is_none_or(|t| t + RACY_WINDOW > now)
+    }
+}
+
+/// What the scanner remembers of one file.
+#[derive(Default)]
+struct FileState {
+    /// Stat at the last read; `None` forces a read at the next poll.
+    stat: Option<Stat>,
+    /// Hash of the content last read, good or bad.
+    hash: Option<u64>,
+    /// The read and parse problems last reported, so each is reported once.
+    read_problem: Option<String>,
+    parse_problem: Option<String>,
+}
+
+/// What the directory looked like at the last poll, to log changes once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum DirState {
+    Unknown,
+    Missing,
+    Empty,
+    Unreadable(String),
+    Ok,
+}
+
+/// The synchronous half of the source: one [`Scanner::poll`] per interval.
+pub(crate) struct Scanner {
+    dir: PathBuf,
+    files: HashMap<FileId, FileState>,
+    index: Index,
+    dir_state: DirState,
+    first: bool,
+}
+
+/// A file whose content must be parsed this poll.
+struct Changed {
+    file: FileId,
+    text: Result<String, String>,
+}
+
+impl Scanner {
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        Self { dir, files: HashMap::new(), index: Index::default(), dir_state: DirState::Unknown, first: true }
+    }
+
+    /// One scan: the events that bring the registry up to date.
+    pub(crate) fn poll(&mut self) -> Vec<SourceEvent> {
+        let now = SystemTime::now();
+        let mut out = Vec::new();
+        let Some(listing) = self.list() else { return out };
+
+        // Files that are gone: their objects go too.
+        if listing.len() < self.files.len() || self.files.keys().any(|f| !listing.contains_key(f)) {
+            let gone: Vec<FileId> = self.files.keys().filter(|f| !listing.contains_key(*f)).cloned().collect();
+            for file in gone {
+                tracing::debug!(file = %file.display(), "manifest file removed");
+                self.files.remove(&file);
+                self.index.remove_file(&file, &mut out);
+            }
+        }
+
+        // Files whose stat changed: read them, keep those whose content did.
+        let mut changed = Vec::new();
+        let mut paths: Vec<_> = listing.into_iter().collect();
+        paths.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (file, stat) in paths {
+            let state = self.files.entry(file.clone()).or_default();
+            let stat = match stat {
+                Ok(stat) if state.stat == Some(stat) => continue,
+                Ok(stat) => stat,
+                Err(e) => {
+                    report(&file, &mut state.read_problem, None, format!("cannot stat file: {e}"));
+                    continue;
+                }
+            };
+            let bytes = match std::fs::read(&*file) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // gone since the listing; next poll
+                Err(e) => {
+                    // Permissions change the ctime only: keep trying.
+                    state.stat = None;
+                    report(&file, &mut state.read_problem, None, format!("cannot read file: {e}"));
+                    continue;
+                }
+            };
+            if state.read_problem.take().is_some() {
+                tracing::info!(file = %file.display(), "manifest file is readable again");
+            }
+            state.stat = (!stat.racy(now)).then_some(stat);
+            let hash = content_hash(&bytes);
+            if state.hash == Some(hash) {
+                continue;
+            }
+            state.hash = Some(hash);
+            let text = String::from_utf8(bytes).map_err(|e| format!("file is not UTF-8: {e}"));
+            changed.push(Changed { file, text });
+        }
+
+        let results = parse_all(&changed);
+        for (Changed { file, .. }, result) in changed.into_iter().zip(results) {
+            let state = self.files.get_mut(&file).expect("listed above");
+            match result {
+                Ok(objects) => {
+                    let before = out.len();
+                    self.index.set_file(&file, objects, &mut out);
+                    tracing::debug!(file = %file.display(), events = out.len() - before, "manifest file loaded");
+                    if state.parse_problem.take().is_some() {
+                        tracing::info!(file = %file.display(), "manifest file is valid again");
+                    }
+                }
+                // A new content (its hash changed), so always reported.
+                Err(Problem::Manifest(e)) => {
+                    state.parse_problem = None;
+                    report(&file, &mut state.parse_problem, Some(e.line()), e.reason());
+                }
+                Err(Problem::Other(reason)) => {
+                    state.parse_problem = None;
+                    report(&file, &mut state.parse_problem, None, reason);
+                }
+            }
+        }
+
+        if self.first {
+            self.first = false;
+            if self.dir_state == DirState::Ok {
+                tracing::info!(
+                    dir = %self.dir.display(),
+                    files = self.files.len(),
+                    objects = self.index.len(),
+                    "loaded manifests; watching for changes"
+                );
+            }
+        }
+        out
+    }
+
+    /// Manifest files in the directory with their stat; `None` when the
+    /// directory cannot be read (state is kept as it was).
+    fn list(&mut self) -> Option<HashMap<FileId, io::Result<Stat>>> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.set_dir_state(DirState::Missing);
+                return Some(HashMap::new());
+            }
+            Err(e) => {
+                self.set_dir_state(DirState::Unreadable(e.to_string()));
+                return None;
+            }
+        };
+        let mut listing = HashMap::with_capacity(self.files.len());
+        for entry in entries {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            // Dotfiles are skipped: ConfigMap volumes keep `..data` and
+            // `..<timestamp>` there, and editors their swap files.
+            if name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+                continue;
+            }
+            let path = entry.path();
+            let stat = match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => Ok(Stat::of(&m)),
+                Ok(_) => continue,                                         // a directory
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // a dangling symlink
+                Err(e) => Err(e),
+            };
+            let file = match self.files.get_key_value(path.as_path()) {
+                Some((file, _)) => file.clone(),
+                None => FileId::from(path),
+            };
+            listing.insert(file, stat);
+        }
+        self.set_dir_state(if listing.is_empty() { DirState::Empty } else { DirState::Ok });
+        Some(listing)
+    }
+
+    fn set_dir_state(&mut self, state: DirState) {
+        if self.dir_state == state {
+            return;
+        }
+        let dir = self.dir.display();
+        match &state {
+            DirState::Missing => tracing::info!(%dir, "manifest directory does not exist (yet); waiting for it"),
+            DirState::Empty => tracing::info!(%dir, "no manifest files (*.yaml, *.yml) in the directory; waiting"),
+            DirState::Unreadable(e) => {
+                tracing::warn!(%dir, reason = %e, "cannot read the manifest directory; keeping the objects loaded so far")
+            }
+            DirState::Ok if self.dir_state != DirState::Unknown => tracing::info!(%dir, "manifest files found"),
+            DirState::Ok | DirState::Unknown => {}
+        }
+        self.dir_state = state;
+    }
+}
+
+/// Logs a file's problem unless it is the one already reported.
+fn report(file: &Path, reported: &mut Option<String>, line: Option<usize>, reason: String) {
+    if reported.as_ref() == Some(&reason) {
+        return;
+    }
+    match line {
+        Some(line) => tracing::warn!(
+            file = %file.display(),
+            line,
+            reason = %reason,
+            "ignoring invalid manifest file; the objects it held before stay as they were"
+        ),
+        None => tracing::warn!(
+            file = %file.display(),
+            reason = %reason,
+            "ignoring unreadable manifest file; the objects it held before stay as they were"
+        ),
+    }
+    *reported = Some(reason);
+}
+
+fn content_hash(bytes: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+enum Problem {
+    Manifest(ManifestError),
+    Other(String),
+}
+
+/// Parses changed files: one large file on several threads, many files
+/// spread over threads; results in input order.
+fn parse_all(changed: &[Changed]) -> Vec<Result<Vec<ParsedObject>, Problem>> {
+    let one = |c: &Changed, threads: usize| {
+        let _span = tracing::info_span!("manifest", file = %c.file.display()).entered();
+        match &c.text {
+            Ok(text) => parse::parse_with_threads(text, threads).map_err(Problem::Manifest),
+            Err(e) => Err(Problem::Other(e.clone())),
+        }
+    };
+    let threads = parse::available_threads();
+    let bytes: usize = changed.iter().map(|c| c.text.as_ref().map_or(0, String::len)).sum();
+    if changed.len() == 1 {
+        let threads = if bytes >= parse::PARALLEL_MIN_BYTES { threads } else { 1 };
+        return vec![one(&changed[0], threads)];
+    }
+    if threads <= 1 || bytes < parse::PARALLEL_MIN_BYTES {
+        return changed.iter().map(|c| one(c, 1)).collect();
+    }
+    // Work stealing over files, one file per step.
+    let next = AtomicUsize::new(0);
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
+    let mut results: Vec<Option<_>> = (0..changed.len()).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    tracing::dispatcher::with_default(&dispatch, || {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(c) = changed.get(i) else { break mine };
+                            mine.push((i, one(c, 1)));
+                        }
+                    })
+                })
+            })
+            .collect();
+        for w in workers {
+            for (i, r) in w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
+                results[i] = Some(r);
+            }
+        }
+    });
+    results.into_iter().map(|r| r.expect("every file parsed")).collect()
+}
