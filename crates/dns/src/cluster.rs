@@ -268,14 +268,13 @@ fn serial(snap: &Snapshot) -> u32 {
 
 /// What a service name resolves to: the VIP (cluster IPs while it has
 /// none); for headless services the ready endpoints.
-fn service_addresses(entry: &ServiceEntry) -> Box<dyn Iterator<Item = IpAddr> + '_> {
-    if entry.headless {
-        Box::new(entry.ready_addresses())
-    } else if let Some(vip) = entry.vip {
-        Box::new(std::iter::once(vip))
-    } else {
-        Box::new(entry.cluster_ips.iter().copied())
-    }
+pub(crate) fn service_addresses(entry: &ServiceEntry) -> impl Iterator<Item = IpAddr> + '_ {
+    // One iterator type for all three cases, without boxing: this is on the
+    // fast path.
+    let endpoints = if entry.headless { &entry.endpoints[..] } else { &[] };
+    let vip = entry.vip.filter(|_| !entry.headless);
+    let cluster_ips = if entry.headless || entry.vip.is_some() { &[] } else { &entry.cluster_ips[..] };
+    endpoints.iter().filter(|e| e.ready).map(|e| e.address).chain(vip).chain(cluster_ips.iter().copied())
 }
 
 /// `10.0.0.7` -> `10-0-0-7`, `fd00::7` -> `fd00--7`: the label Kubernetes DNS
@@ -301,7 +300,7 @@ thread_local! {
 }
 
 /// The service `ns/name`, case-insensitively.
-fn lookup(snap: &Snapshot, ns: &[u8], name: &[u8]) -> Option<Arc<ServiceEntry>> {
+pub(crate) fn lookup(snap: &Snapshot, ns: &[u8], name: &[u8]) -> Option<Arc<ServiceEntry>> {
     if !ns.is_ascii() || !name.is_ascii() {
         return None;
     }

@@ -13,13 +13,14 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode}
 use tokio::sync::watch;
 
 use crate::cache::{Cache, CacheKey, CachedAnswer};
-use crate::cluster::{Outcome, Zone};
+use crate::cluster::{self, Outcome, Zone};
 use crate::forward::Forwarder;
+use crate::wire::Question;
 
 /// Largest UDP response we send, whatever the client's EDNS says.
 pub const MAX_UDP_PAYLOAD: u16 = 4096;
 /// The EDNS payload size we advertise to clients.
-const OUR_PAYLOAD: u16 = 1232;
+pub const OUR_PAYLOAD: u16 = 1232;
 
 /// How the request arrived; decides the response size limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,12 +32,24 @@ pub enum Transport {
 /// What to do with a packet.
 #[derive(Debug)]
 pub enum Step {
-    /// Send these bytes back.
-    Reply(Vec<u8>),
+    /// Send the bytes now in the output buffer back.
+    Reply,
     /// Not a query we can answer (garbage, a response): say nothing.
     Drop,
     /// Needs the upstreams; finish with [`Handler::forward`].
     Forward(Box<Pending>),
+}
+
+/// What the general path decided.
+enum Reply {
+    Bytes(Vec<u8>),
+    Drop,
+    Forward(Box<Pending>),
+}
+
+/// Largest UDP response for a client that sent this EDNS payload size (or none).
+fn udp_limit(edns_payload: Option<u16>) -> usize {
+    usize::from(edns_payload.unwrap_or(512).clamp(512, MAX_UDP_PAYLOAD))
 }
 
 /// A parsed request waiting for the upstreams.
@@ -54,6 +67,8 @@ pub struct Handler {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     forwarder: Option<Forwarder>,
     cache: Cache,
+    /// Labels in the zone's origin (2 for `cluster.local`).
+    origin_labels: usize,
 }
 
 impl Handler {
@@ -63,34 +78,85 @@ impl Handler {
         forwarder: Option<Forwarder>,
         cache: Cache,
     ) -> Self {
-        Self { zone, snapshots, forwarder, cache }
+        let origin_labels = zone.origin().iter().len();
+        Self { zone, snapshots, forwarder, cache, origin_labels }
     }
 
     pub fn cache(&self) -> &Cache {
         &self.cache
     }
 
-    /// Answers `packet` if that needs no upstream.
-    pub fn handle(&self, packet: &[u8], transport: Transport) -> Step {
+    /// Answers `packet` into `out` if that needs no upstream.
+    pub fn handle(&self, packet: &[u8], transport: Transport, out: &mut Vec<u8>) -> Step {
+        if let Some(question) = Question::parse(packet)
+            && self.fast_answer(&question, transport, out)
+        {
+            return Step::Reply;
+        }
+        match self.general(packet, transport) {
+            Reply::Bytes(bytes) => {
+                *out = bytes;
+                Step::Reply
+            }
+            Reply::Drop => Step::Drop,
+            Reply::Forward(pending) => Step::Forward(pending),
+        }
+    }
+
+    /// A/AAAA of a service with addresses, written straight into `out`;
+    /// `false` for anything else.
+    fn fast_answer(&self, question: &Question<'_>, transport: Transport, out: &mut Vec<u8>) -> bool {
+        if !question.is_address_query() {
+            return false;
+        }
+        let mut labels = question.labels();
+        if labels.len() != self.origin_labels + 3 {
+            return false;
+        }
+        for origin_label in self.zone.origin().iter().rev() {
+            if !labels.next_back().is_some_and(|l| l.eq_ignore_ascii_case(origin_label)) {
+                return false;
+            }
+        }
+        let (Some(svc_label), Some(ns), Some(name)) = (labels.next_back(), labels.next_back(), labels.next_back())
+        else {
+            return false;
+        };
+        if !svc_label.eq_ignore_ascii_case(b"svc") {
+            return false;
+        }
+        let snapshot = self.snapshots.borrow().clone();
+        let Some(entry) = cluster::lookup(&snapshot, ns, name) else { return false };
+        let max_size = match transport {
+            Transport::Tcp => usize::from(u16::MAX),
+            Transport::Udp => udp_limit(question.edns_payload),
+        };
+        let addrs = cluster::service_addresses(&entry).filter(|ip| question.wants(ip));
+        let written = question.write_answer(out, addrs, self.zone.ttl(), self.forwarder.is_some(), max_size);
+        if written {
+            tracing::trace!(?transport, qtype = question.qtype, "answered on the fast path");
+        }
+        written
+    }
+
+    /// Every request the fast path does not take.
+    fn general(&self, packet: &[u8], transport: Transport) -> Reply {
         let Ok(request) = Message::from_vec(packet) else {
             tracing::trace!(len = packet.len(), "dropping unparsable packet");
-            return Step::Drop;
+            return Reply::Drop;
         };
         if request.metadata.message_type != MessageType::Query {
-            return Step::Drop;
+            return Reply::Drop;
         }
         let max_size = match transport {
             Transport::Tcp => usize::from(u16::MAX),
-            Transport::Udp => {
-                let asked = request.edns.as_ref().map_or(512, Edns::max_payload);
-                usize::from(asked.clamp(512, MAX_UDP_PAYLOAD))
-            }
+            Transport::Udp => udp_limit(request.edns.as_ref().map(Edns::max_payload)),
         };
         if request.metadata.op_code != OpCode::Query {
-            return Step::Reply(self.error(request, ResponseCode::NotImp, max_size));
+            return Reply::Bytes(self.error(request, ResponseCode::NotImp, max_size));
         }
         if request.queries.len() != 1 {
-            return Step::Reply(self.error(request, ResponseCode::FormErr, max_size));
+            return Reply::Bytes(self.error(request, ResponseCode::FormErr, max_size));
         }
         let query = &request.queries[0];
         let snapshot = self.snapshots.borrow().clone();
@@ -108,20 +174,20 @@ impl Handler {
         response.answers = answers;
         response.authorities = authorities;
         response.additionals = additionals;
-        Step::Reply(encode(&response, max_size))
+        Reply::Bytes(encode(&response, max_size))
     }
 
     /// A name outside the cluster: from the cache, or [`Step::Forward`].
-    fn outside(&self, request: Message, max_size: usize) -> Step {
+    fn outside(&self, request: Message, max_size: usize) -> Reply {
         if self.forwarder.is_none() {
-            return Step::Reply(self.error(request, ResponseCode::Refused, max_size));
+            return Reply::Bytes(self.error(request, ResponseCode::Refused, max_size));
         }
         let query = &request.queries[0];
         let key = CacheKey { name: query.name().clone(), qtype: query.query_type(), qclass: query.query_class() };
         if let Some(hit) = self.cache.get(&key, Instant::now()) {
-            return Step::Reply(self.answer_from(request, &hit, max_size));
+            return Reply::Bytes(self.answer_from(request, &hit, max_size));
         }
-        Step::Forward(Box::new(Pending { request, key, max_size }))
+        Reply::Forward(Box::new(Pending { request, key, max_size }))
     }
 
     /// Asks the upstreams for `pending` and returns the response bytes
@@ -201,3 +267,6 @@ fn servfail_bytes(response: &Message) -> Vec<u8> {
     m.metadata.response_code = ResponseCode::ServFail;
     m.to_vec().unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests;

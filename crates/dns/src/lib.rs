@@ -13,6 +13,8 @@
 //! - [`handler`]: one request in, one response out: parses the wire message,
 //!   reads the snapshot, asks [`cluster`] or the forwarder, encodes the answer
 //!   within the client's payload size (TC over UDP when it does not fit).
+//! - [`wire`]: the allocation-free fast path for the commonest query (A/AAAA
+//!   of a service): parses the question and writes the answer in place.
 //! - [`cluster`]: the pure part: snapshot + question -> records, NODATA,
 //!   NXDOMAIN or "not ours". Table-tested without I/O.
 //! - [`forward`]: asks the upstreams (UDP, TCP on truncation, next upstream
@@ -37,6 +39,7 @@ pub mod error;
 pub mod forward;
 pub mod handler;
 pub mod server;
+pub mod wire;
 
 pub use error::DnsError;
 pub use server::DnsServer;

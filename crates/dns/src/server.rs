@@ -154,6 +154,7 @@ async fn udp_loop(
     shutdown: CancellationToken,
 ) {
     let mut buf = vec![0u8; usize::from(MAX_UDP_PAYLOAD)];
+    let mut out = Vec::with_capacity(512);
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {
             Ok(received) => received,
@@ -164,8 +165,8 @@ async fn udp_loop(
                 continue;
             }
         };
-        match handler.handle(&buf[..len], Transport::Udp) {
-            Step::Reply(bytes) => send(&socket, &bytes, peer).await,
+        match handler.handle(&buf[..len], Transport::Udp, &mut out) {
+            Step::Reply => send(&socket, &out, peer).await,
             Step::Drop => {}
             Step::Forward(pending) => match forwards.clone().try_acquire_owned() {
                 Ok(permit) => {
@@ -240,6 +241,7 @@ async fn tcp_loop(
 async fn tcp_connection(mut stream: TcpStream, handler: &Handler) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut buf = Vec::new();
+    let mut out = Vec::new();
     loop {
         let len = match timeout(TCP_IDLE, stream.read_u16()).await {
             Ok(Ok(len)) => usize::from(len),
@@ -249,8 +251,8 @@ async fn tcp_connection(mut stream: TcpStream, handler: &Handler) -> io::Result<
         };
         buf.resize(len, 0);
         timeout(TCP_IDLE, stream.read_exact(&mut buf)).await.map_err(|_| io::ErrorKind::TimedOut)??;
-        let response = match handler.handle(&buf, Transport::Tcp) {
-            Step::Reply(bytes) => bytes,
+        let response = match handler.handle(&buf, Transport::Tcp, &mut out) {
+            Step::Reply => std::mem::take(&mut out),
             Step::Drop => return Ok(()),
             Step::Forward(pending) => handler.forward(pending).await,
         };
