@@ -137,7 +137,10 @@ async fn no_ready_endpoint_resets_the_client_at_once() {
     }
     assert_eq!(load(&h.status.failed_connections), 3);
     // All endpoints refusing is the same to the client.
-    let slice = edgemesh_core::build::slice(NS, "web-0", "web").endpoint("127.0.0.1", "n").port("http", refusing_addr().port()).object();
+    let slice = edgemesh_core::build::slice(NS, "web-0", "web")
+        .endpoint("127.0.0.1", "n")
+        .port("http", refusing_addr().port())
+        .object();
     h.apply(slice, has_backends("web", 1)).await;
     let r = connect_and_read(h.addr("web")).await;
     assert!(is_reset_or_eof(&r), "{r:?}");
@@ -263,7 +266,8 @@ async fn backend_change_keeps_established_connections() {
     // Replace the only endpoint.
     let new = identity_backend("new").await;
     h.apply(slice_for("web", 0, new), |s| {
-        s.service(&ServiceKey::new(NS, "web")).is_some_and(|e| e.ports[0].backends.first().is_some_and(|b| b.addr == new))
+        s.service(&ServiceKey::new(NS, "web"))
+            .is_some_and(|e| e.ports[0].backends.first().is_some_and(|b| b.addr == new))
     })
     .await;
     assert_eq!(ask(h.addr("web")).await.unwrap(), "new", "new connections use the new endpoint");
@@ -381,7 +385,10 @@ async fn bind_failure_is_retried_until_the_address_frees_up() {
 async fn add_service_without_proxy(h: &mut Harness, name: &str, backend: std::net::SocketAddr) {
     h.sink.send(edgemesh_core::SourceEvent::Apply(service(name))).await.unwrap();
     h.sink.send(edgemesh_core::SourceEvent::Apply(slice_for(name, 0, backend))).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), h.snapshots.wait_for(|s| has_backends(name, 1)(s))).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), h.snapshots.wait_for(|s| has_backends(name, 1)(s)))
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,12 @@ async fn connection_future_stays_small() {
     let (client, _server) = pair().await;
     let (a, b) = pair().await;
     let shared = shared();
-    let pool = Arc::new(Pool::new(ServiceKey::new("default", "web"), "127.0.0.1:80".parse().unwrap(), LbStrategy::RoundRobin, Arc::from(Vec::new())));
+    let pool = Arc::new(Pool::new(
+        ServiceKey::new("default", "web"),
+        "127.0.0.1:80".parse().unwrap(),
+        LbStrategy::RoundRobin,
+        Arc::from(Vec::new()),
+    ));
     shared.status.active_connections.fetch_add(1, Ordering::Relaxed);
     let fut = serve(client, pool.clone(), Active(shared.clone()));
     let serve_size = std::mem::size_of_val(&fut);
@@ -49,7 +54,8 @@ fn log_limiter_lets_one_through_per_interval() {
 #[test]
 fn pool_update_reports_changes_only() {
     let b1: Arc<[Backend]> = Arc::from(vec![Backend { addr: "10.0.0.1:80".parse().unwrap(), node_name: None }]);
-    let pool = Pool::new(ServiceKey::new("d", "w"), "127.0.0.1:80".parse().unwrap(), LbStrategy::RoundRobin, b1.clone());
+    let pool =
+        Pool::new(ServiceKey::new("d", "w"), "127.0.0.1:80".parse().unwrap(), LbStrategy::RoundRobin, b1.clone());
     assert!(!pool.update(LbStrategy::RoundRobin, &b1));
     let same_contents: Arc<[Backend]> = Arc::from(b1.to_vec());
     assert!(!pool.update(LbStrategy::RoundRobin, &same_contents), "equal lists are not a change");

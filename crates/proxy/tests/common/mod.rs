@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use edgemesh_core::registry::EventSink;
-use edgemesh_core::{LbStrategy, Object, ObjectKey, ObjectKind, Registry, RegistryConfig, ServiceKey, Snapshot, SourceEvent};
+use edgemesh_core::{
+    LbStrategy, Object, ObjectKey, ObjectKind, Registry, RegistryConfig, ServiceKey, Snapshot, SourceEvent,
+};
 use edgemesh_proxy::{Proxy, ProxyConfig, ProxyStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
