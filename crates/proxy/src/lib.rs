@@ -10,9 +10,9 @@
 //!   backend lists in place.
 //! - [`connection`]: accept -> admission (connection limit) -> pick ->
 //!   connect with retry on the next endpoint -> forward.
-//! - [`splice`]: zero-copy forwarding with `splice(2)` through one lazily
-//!   created pipe per direction; half-close passes through; small copy
-//!   fallback when splice is unavailable.
+//! - [`splice`]: zero-copy forwarding with `splice(2)` through a pipe per
+//!   direction, taken from a small pool only while data moves; half-close
+//!   passes through; small copy fallback when splice is unavailable.
 //! - [`error`]: operator-facing error messages.
 //!
 //! # Data flow
@@ -25,8 +25,10 @@
 //!                      splice::forward (client <-> backend)
 //! ```
 //!
-//! Per-connection state is deliberately small: two sockets, two optional
-//! pipes (created on first data), and a future whose size a test bounds.
+//! Per-connection state is deliberately small: two sockets, pipes only while
+//! bytes are in flight, and a future whose size a test bounds (about 1.5 KiB
+//! of resident memory per established connection, measured with
+//! `examples/measure.rs`).
 #![forbid(unsafe_code)]
 
 pub mod balance;
@@ -47,7 +49,7 @@ use tokio_util::task::TaskTracker;
 pub use error::ProxyError;
 
 /// File descriptors one proxied connection may hold: two sockets and, while
-/// data flows, two pipes (two descriptors each).
+/// data flows, two pipes (two descriptors each). Idle connections hold two.
 pub const FDS_PER_CONNECTION: u64 = 6;
 
 /// Descriptors kept aside for listeners, DNS, admin, logs, etc. when the
