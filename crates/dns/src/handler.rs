@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use edgemesh_core::Snapshot;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::DNSClass;
 use tokio::sync::watch;
 
 use crate::cache::{Cache, CacheKey, CachedAnswer};
@@ -160,7 +161,12 @@ impl Handler {
         }
         let query = &request.queries[0];
         let snapshot = self.snapshots.borrow().clone();
-        let outcome = self.zone.resolve(&snapshot, query.name(), query.query_type());
+        // The cluster zone is class IN only; CHAOS and friends go upstream.
+        let outcome = if query.query_class() == DNSClass::IN {
+            self.zone.resolve(&snapshot, query.name(), query.query_type())
+        } else {
+            Outcome::Forward
+        };
         tracing::trace!(name = %query.name(), qtype = %query.query_type(), ?transport, ?outcome, "query");
         let (rcode, answers, additionals) = match outcome {
             Outcome::Answer { answers, additionals } => (ResponseCode::NoError, answers, additionals),

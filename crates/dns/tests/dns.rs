@@ -302,3 +302,42 @@ async fn bind_errors_name_the_address() {
     assert!(err.contains("bad..domain"), "{err}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_answer_pipelined_queries_in_order() {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+    use hickory_proto::rr::{Name, RecordType};
+    use std::io::Read;
+
+    let h = Harness::start(web(), vec![]).await;
+    let vip = h.vip("default", "web");
+    let addr = h.addr;
+    tokio::task::spawn_blocking(move || {
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut framed = Vec::new();
+        for (id, name) in [(1u16, "web.default.svc.cluster.local."), (2, "nope.default.svc.cluster.local.")] {
+            let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+            m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+            let bytes = m.to_vec().unwrap();
+            framed.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+            framed.extend_from_slice(&bytes);
+        }
+        tcp.write_all(&framed).unwrap();
+        let mut read = || {
+            let mut len = [0u8; 2];
+            tcp.read_exact(&mut len).unwrap();
+            let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            tcp.read_exact(&mut buf).unwrap();
+            Message::from_vec(&buf).unwrap()
+        };
+        let (first, second) = (read(), read());
+        assert_eq!(first.metadata.id, 1);
+        assert_eq!(first.answers[0].data.to_string(), vip);
+        assert_eq!(second.metadata.id, 2);
+        assert_eq!(second.metadata.response_code, ResponseCode::NXDomain);
+    })
+    .await
+    .unwrap();
+    h.stop().await;
+}

@@ -104,6 +104,12 @@ fn garbage_and_non_queries_are_dropped_or_refused() {
     let outside = query("example.com.", RecordType::A, false, false);
     assert!(matches!(handler.handle(&outside, Transport::Udp, &mut out), Step::Reply));
     assert_eq!(Message::from_vec(&out).unwrap().metadata.response_code, ResponseCode::Refused);
+    // Class CHAOS is not the cluster zone's: forwarded (here REFUSED).
+    let mut chaos = query("web.default.svc.cluster.local.", RecordType::A, false, false);
+    let len = chaos.len();
+    chaos[len - 1] = 3;
+    assert!(matches!(handler.handle(&chaos, Transport::Udp, &mut out), Step::Reply));
+    assert_eq!(Message::from_vec(&out).unwrap().metadata.response_code, ResponseCode::Refused);
     // Another opcode: NOTIMP.
     let mut notify = outside.clone();
     notify[2] = 4 << 3;
