@@ -5,11 +5,12 @@
 //! only cache misses for outside names come back as [`Step::Forward`] for
 //! [`Handler::forward`] to finish in a task of their own.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use edgemesh_core::Snapshot;
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::DNSClass;
 use tokio::sync::watch;
 
@@ -70,6 +71,27 @@ pub struct Handler {
     cache: Cache,
     /// Labels in the zone's origin (2 for `cluster.local`).
     origin_labels: usize,
+    /// Upstream exchanges in progress, by question; `None` until done, then
+    /// the answer (`None` inside: SERVFAIL).
+    inflight: Mutex<HashMap<CacheKey, InflightRx>>,
+}
+
+type InflightRx = watch::Receiver<Option<Option<Arc<CachedAnswer>>>>;
+
+/// Removes the leader's in-flight entry however its exchange ends.
+struct InflightGuard<'a> {
+    map: &'a Mutex<HashMap<CacheKey, InflightRx>>,
+    key: &'a CacheKey,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.map).remove(self.key);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Handler {
@@ -80,7 +102,7 @@ impl Handler {
         cache: Cache,
     ) -> Self {
         let origin_labels = zone.origin().iter().len();
-        Self { zone, snapshots, forwarder, cache, origin_labels }
+        Self { zone, snapshots, forwarder, cache, origin_labels, inflight: Mutex::default() }
     }
 
     pub fn cache(&self) -> &Cache {
@@ -203,12 +225,34 @@ impl Handler {
         let Some(forwarder) = &self.forwarder else {
             return self.error(request, ResponseCode::Refused, max_size);
         };
-        let query: &Query = &request.queries[0];
-        match forwarder.resolve(query).await {
-            Some(msg) => {
-                let answer = self.cache.insert(key, msg, Instant::now());
-                self.answer_from(request, &answer, max_size)
+        // Identical questions in flight share one upstream exchange, so a
+        // popular name expiring does not send a burst upstream.
+        let joined = {
+            let mut inflight = lock(&self.inflight);
+            match inflight.get(&key) {
+                Some(rx) => Err(rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    inflight.insert(key.clone(), rx);
+                    Ok(tx)
+                }
             }
+        };
+        let answer = match joined {
+            Ok(tx) => {
+                let _leader = InflightGuard { map: &self.inflight, key: &key };
+                let answer = forwarder
+                    .resolve(&request.queries[0])
+                    .await
+                    .map(|msg| self.cache.insert(key.clone(), msg, Instant::now()));
+                tx.send_replace(Some(answer.clone()));
+                answer
+            }
+            // The leader gone without a result (shut down): SERVFAIL.
+            Err(mut rx) => rx.wait_for(Option::is_some).await.ok().and_then(|r| r.clone().flatten()),
+        };
+        match answer {
+            Some(answer) => self.answer_from(request, &answer, max_size),
             None => self.error(request, ResponseCode::ServFail, max_size),
         }
     }

@@ -12,7 +12,8 @@
 //!   touches sockets of clients.
 //! - [`handler`]: one request in, one response out: parses the wire message,
 //!   reads the snapshot, asks [`cluster`] or the forwarder, encodes the answer
-//!   within the client's payload size (TC over UDP when it does not fit).
+//!   within the client's payload size (TC over UDP when it does not fit);
+//!   identical questions waiting for the upstreams share one exchange.
 //! - [`wire`]: the allocation-free fast path for the commonest query (A/AAAA
 //!   of a service): parses the question and writes the answer in place.
 //! - [`cluster`]: the pure part: snapshot + question -> records, NODATA,

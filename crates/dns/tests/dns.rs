@@ -341,3 +341,28 @@ async fn tcp_connections_answer_pipelined_queries_in_order() {
     .unwrap();
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_identical_questions_share_one_upstream_query() {
+    let upstream = FakeUpstream::start(30).await;
+    let h = Harness::start(vec![], vec![upstream.addr]).await;
+    let digs: Vec<_> = (0..5).map(|_| common::dig(h.addr, &["slow.example.com"])).collect();
+    for out in futures_join_all(digs).await {
+        assert_eq!(out.answers("A"), vec!["192.0.2.1"], "{}", out.raw);
+    }
+    assert_eq!(upstream.queries(), 1);
+    h.stop().await;
+}
+
+/// Runs the futures concurrently (no `futures` dependency for one call).
+async fn futures_join_all<F: std::future::Future + Send + 'static>(futures: Vec<F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}

@@ -199,6 +199,7 @@ fn parse_dig(raw: String) -> Dig {
 /// A tiny authoritative server on 127.0.0.1 (UDP and TCP, same port):
 /// - `big.example.`: 80 A records; over UDP only a TC reply;
 /// - names starting with `nx.`: NXDOMAIN with an SOA whose minimum is `ttl`;
+/// - names starting with `slow.`: answered after 300 ms (UDP);
 /// - anything else: one A record `192.0.2.1` with `ttl`.
 ///
 /// Counts queries per transport.
@@ -222,14 +223,24 @@ impl FakeUpstream {
         let udp_queries = Arc::new(AtomicUsize::new(0));
         let tcp_queries = Arc::new(AtomicUsize::new(0));
         let counter = udp_queries.clone();
+        let udp = Arc::new(udp);
         let udp_task = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
                 let Ok((n, peer)) = udp.recv_from(&mut buf).await else { continue };
                 counter.fetch_add(1, Ordering::SeqCst);
-                if let Some(reply) = upstream_reply(&buf[..n], ttl, true) {
+                let slow = Message::from_vec(&buf[..n])
+                    .ok()
+                    .and_then(|m| m.queries.first().map(|q| q.name().to_ascii().to_lowercase().starts_with("slow.")))
+                    .unwrap_or(false);
+                let Some(reply) = upstream_reply(&buf[..n], ttl, true) else { continue };
+                let udp = udp.clone();
+                tokio::spawn(async move {
+                    if slow {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
                     let _ = udp.send_to(&reply, peer).await;
-                }
+                });
             }
         });
         let counter = tcp_queries.clone();
