@@ -28,7 +28,10 @@ use crate::parse::{self, ParsedObject};
 /// which editors' rename-on-save also defeats). Polling stats every
 /// `*.yaml`/`*.yml` file (following symlinks) each `poll_interval` and reads
 /// only the ones whose modification time, size or inode changed, which is
-/// cheap even with thousands of files.
+/// cheap even with thousands of files. A changed file is read once two
+/// consecutive polls see the same stat, so a file being written in place is
+/// not loaded half-written; changes therefore show up within about two
+/// intervals. A ConfigMap swap is atomic and is picked up the same way.
 ///
 /// Files whose modification time is within [`RACY_WINDOW`] of the scan are
 /// re-read (and hashed) on the next poll too: file systems stamp times from
@@ -142,6 +145,8 @@ impl Stat {
 struct FileState {
     /// Stat at the last read; `None` forces a read at the next poll.
     stat: Option<Stat>,
+    /// Stat at the last poll, to tell a settled change from one in progress.
+    seen: Option<Stat>,
     /// Hash of the content last read, good or bad.
     hash: Option<u64>,
     /// The read and parse problems last reported, so each is reported once.
@@ -203,6 +208,13 @@ impl Scanner {
             let state = self.files.entry(file.clone()).or_default();
             let stat = match stat {
                 Ok(stat) if state.stat == Some(stat) => continue,
+                // Changed: read it once two polls agree, so a file being
+                // written in place is not read half-written. Not on the first
+                // scan, which should load without delay.
+                Ok(stat) if !self.first && state.seen != Some(stat) => {
+                    state.seen = Some(stat);
+                    continue;
+                }
                 Ok(stat) => stat,
                 Err(e) => {
                     report(&file, &mut state.read_problem, None, format!("cannot stat file: {e}"));
@@ -222,6 +234,7 @@ impl Scanner {
             if state.read_problem.take().is_some() {
                 tracing::info!(file = %file.display(), "manifest file is readable again");
             }
+            state.seen = Some(stat);
             state.stat = (!stat.racy(now)).then_some(stat);
             let hash = content_hash(&bytes);
             if state.hash == Some(hash) {
