@@ -61,10 +61,6 @@ impl AdminServer {
         Ok(Self { listener, state })
     }
 
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             let (stream, _) = tokio::select! {

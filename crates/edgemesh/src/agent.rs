@@ -28,7 +28,7 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let nofile = limits::raise_nofile_limit();
     let max_connections = match config.proxy.max_connections {
-        0 => limits::connections_for(nofile),
+        0 => ProxyConfig::max_connections_for_fd_limit(nofile),
         n => n,
     };
     tracing::info!(
@@ -43,10 +43,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     tracing::debug!(config = ?config, "effective configuration");
 
-    let mut registry = Registry::new(RegistryConfig {
-        vip_cidr: config.vip_cidr,
-        default_strategy: config.proxy.default_strategy,
-    });
+    let mut registry =
+        Registry::new(RegistryConfig { vip_cidr: config.vip_cidr, default_strategy: config.proxy.default_strategy });
     let manifest_sink = registry.source();
     let snapshots = registry.subscribe();
 
@@ -65,26 +63,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("cannot start DNS on {}", config.dns.listen))?;
-    let proxy = Proxy::new(
-        ProxyConfig { connect_timeout: config.proxy.connect_timeout, max_connections },
-        snapshots.clone(),
-    );
+    let proxy =
+        Proxy::new(ProxyConfig { connect_timeout: config.proxy.connect_timeout, max_connections }, snapshots.clone());
     let config = Arc::new(config);
     let admin = AdminServer::bind(
         config.admin.listen,
         AdminState { config: config.clone(), snapshots: snapshots.clone(), proxy: proxy.status() },
     )
     .await
-    .with_context(|| format!("cannot listen for the admin endpoint on {}; is another agent running?", config.admin.listen))?;
+    .with_context(|| {
+        format!("cannot listen for the admin endpoint on {}; is another agent running?", config.admin.listen)
+    })?;
 
     let shutdown = CancellationToken::new();
     let registry_task = tokio::spawn(registry.run());
     let mut tasks = JoinSet::new();
     {
         let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            dns.run(shutdown).await.context("DNS server failed")
-        });
+        tasks.spawn(async move { dns.run(shutdown).await.context("DNS server failed") });
     }
     tasks.spawn(proxy.run(shutdown.clone()).map_ok());
     tasks.spawn(admin.run(shutdown.clone()).map_ok());

@@ -173,7 +173,8 @@ mod tests {
         use clap::CommandFactory;
         let mut cmd = Cli::command();
         let help = cmd.find_subcommand_mut("agent").unwrap().render_long_help().to_string();
-        for flag in ["--node-name", "--manifest-dir", "--dns-listen", "--dns-upstream", "--admin-listen", "--vip-cidr"] {
+        for flag in ["--node-name", "--manifest-dir", "--dns-listen", "--dns-upstream", "--admin-listen", "--vip-cidr"]
+        {
             assert!(help.contains(flag), "{flag} missing from help");
         }
     }

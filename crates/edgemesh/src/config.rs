@@ -299,7 +299,8 @@ mod tests {
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        let err = Config::from_yaml("nodeName: n1\ndns:\n  listen: 127.0.0.1:1053\n  upstream: 1.1.1.1:53\n").unwrap_err();
+        let err =
+            Config::from_yaml("nodeName: n1\ndns:\n  listen: 127.0.0.1:1053\n  upstream: 1.1.1.1:53\n").unwrap_err();
         assert!(err.contains("upstream"), "{err}");
         assert!(err.contains("line 4"), "{err}");
     }

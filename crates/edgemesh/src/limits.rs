@@ -16,11 +16,3 @@ pub fn raise_nofile_limit() -> u64 {
     }
     lim.maximum.unwrap_or(u64::MAX)
 }
-
-/// Proxied connections the agent can hold with `nofile` descriptors: each
-/// uses two sockets and two pipes (four descriptors) for splicing, and some
-/// descriptors stay free for listeners, DNS and the admin endpoint.
-pub fn connections_for(nofile: u64) -> usize {
-    let spare = 256;
-    (nofile.saturating_sub(spare) / 6).clamp(64, 1 << 20) as usize
-}

@@ -65,11 +65,9 @@ fn main() -> ExitCode {
 
 /// Logs to stderr; `RUST_LOG` wins over the configured level.
 fn init_logging(level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|e| {
-            eprintln!("edgemesh: invalid log level {level:?} ({e}); using info");
-            EnvFilter::new("info")
-        });
+    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(level)).unwrap_or_else(|e| {
+        eprintln!("edgemesh: invalid log level {level:?} ({e}); using info");
+        EnvFilter::new("info")
+    });
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }

@@ -105,7 +105,9 @@ fn manifest_changes_apply_live() {
         agent.dig(&["web.default.svc.cluster.local"]).contains("NXDOMAIN").then_some(())
     });
     eventually(Duration::from_secs(2), "web's VIP to refuse connections", || {
-        TcpStream::connect_timeout(&format!("{vip}:80").parse().unwrap(), Duration::from_millis(300)).is_err().then_some(())
+        TcpStream::connect_timeout(&format!("{vip}:80").parse().unwrap(), Duration::from_millis(300))
+            .is_err()
+            .then_some(())
     });
     assert!(agent.vip("default", "api").is_some(), "other services stay");
 }
@@ -141,7 +143,10 @@ fn outside_names_are_forwarded_to_the_upstream() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start_with(
         dir.path(),
-        AgentOptions { upstreams: vec![format!("127.0.0.1:{}", upstream.dns_port).parse().unwrap()], ..Default::default() },
+        AgentOptions {
+            upstreams: vec![format!("127.0.0.1:{}", upstream.dns_port).parse().unwrap()],
+            ..Default::default()
+        },
     );
     assert_eq!(agent.dig(&["+short", "api.remote.svc.upstream.test"]).trim(), up_vip);
     let nx = agent.dig(&["nothing.remote.svc.upstream.test"]);

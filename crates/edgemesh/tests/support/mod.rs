@@ -227,9 +227,7 @@ impl Nginx {
             .expect("nginx is installed (apt-get install nginx)");
         let n = Nginx { child, ports, _dir: dir };
         for port in &n.ports {
-            eventually(Duration::from_secs(10), "nginx to listen", || {
-                TcpStream::connect(("127.0.0.1", *port)).ok()
-            });
+            eventually(Duration::from_secs(10), "nginx to listen", || TcpStream::connect(("127.0.0.1", *port)).ok());
         }
         n
     }
