@@ -265,7 +265,7 @@ mod duration {
     impl fmt::Display for Human {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             let ms = self.0.as_millis();
-            if ms % 1000 == 0 { write!(f, "{}s", ms / 1000) } else { write!(f, "{ms}ms") }
+            if ms.is_multiple_of(1000) { write!(f, "{}s", ms / 1000) } else { write!(f, "{ms}ms") }
         }
     }
 }
@@ -315,9 +315,11 @@ mod tests {
 
     #[test]
     fn validation_reports_all_problems() {
-        let mut c = Config::default();
-        c.vip_cidr = "10.0.0.0/32".parse().unwrap();
-        c.proxy.connect_timeout = Duration::ZERO;
+        let c = Config {
+            vip_cidr: "10.0.0.0/32".parse().unwrap(),
+            proxy: ProxySection { connect_timeout: Duration::ZERO, ..Default::default() },
+            ..Default::default()
+        };
         let msg = c.validate().unwrap_err().to_string();
         assert!(msg.contains("vipCidr") && msg.contains("connectTimeout"), "{msg}");
     }
