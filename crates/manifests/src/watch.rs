@@ -191,20 +191,16 @@ impl Scanner {
         let Some(listing) = self.list() else { return out };
 
         // Files that are gone: their objects go too.
-        if listing.len() < self.files.len() || self.files.keys().any(|f| !listing.contains_key(f)) {
-            let gone: Vec<FileId> = self.files.keys().filter(|f| !listing.contains_key(*f)).cloned().collect();
-            for file in gone {
-                tracing::debug!(file = %file.display(), "manifest file removed");
-                self.files.remove(&file);
-                self.index.remove_file(&file, &mut out);
-            }
+        let gone: Vec<FileId> = self.files.keys().filter(|f| !listing.contains_key(*f)).cloned().collect();
+        for file in gone {
+            tracing::debug!(file = %file.display(), "manifest file removed");
+            self.files.remove(&file);
+            self.index.remove_file(&file, &mut out);
         }
 
         // Files whose stat changed: read them, keep those whose content did.
         let mut changed = Vec::new();
-        let mut paths: Vec<_> = listing.into_iter().collect();
-        paths.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (file, stat) in paths {
+        for (file, stat) in listing {
             let state = self.files.entry(file.clone()).or_default();
             let stat = match stat {
                 Ok(stat) if state.stat == Some(stat) => continue,
@@ -245,6 +241,8 @@ impl Scanner {
             changed.push(Changed { file, text });
         }
 
+        // Events in file order, whatever order the directory listed.
+        changed.sort_unstable_by(|a: &Changed, b| a.file.cmp(&b.file));
         let results = parse_all(&changed);
         for (Changed { file, .. }, result) in changed.into_iter().zip(results) {
             let state = self.files.get_mut(&file).expect("listed above");
@@ -258,11 +256,11 @@ impl Scanner {
                     }
                 }
                 // A new content (its hash changed), so always reported.
-                Err(Problem::Manifest(e)) => {
+                Err(Failure::Manifest(e)) => {
                     state.parse_problem = None;
                     report(&file, &mut state.parse_problem, Some(e.line()), e.reason());
                 }
-                Err(Problem::Other(reason)) => {
+                Err(Failure::Other(reason)) => {
                     state.parse_problem = None;
                     report(&file, &mut state.parse_problem, None, reason);
                 }
@@ -369,19 +367,20 @@ fn content_hash(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-enum Problem {
+/// Why a changed file could not be used.
+enum Failure {
     Manifest(ManifestError),
     Other(String),
 }
 
 /// Parses changed files: one large file on several threads, many files
 /// spread over threads; results in input order.
-fn parse_all(changed: &[Changed]) -> Vec<Result<Vec<ParsedObject>, Problem>> {
+fn parse_all(changed: &[Changed]) -> Vec<Result<Vec<ParsedObject>, Failure>> {
     let one = |c: &Changed, threads: usize| {
         let _span = tracing::info_span!("manifest", file = %c.file.display()).entered();
         match &c.text {
-            Ok(text) => parse::parse_with_threads(text, threads).map_err(Problem::Manifest),
-            Err(e) => Err(Problem::Other(e.clone())),
+            Ok(text) => parse::parse_with_threads(text, threads).map_err(Failure::Manifest),
+            Err(e) => Err(Failure::Other(e.clone())),
         }
     };
     let threads = parse::available_threads();
