@@ -39,8 +39,9 @@ pub struct ObjectMeta {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// A `v1/Service`, reduced to what the data plane needs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// A `v1/Service`, reduced to what the data plane needs. Construct with
+/// `..Default::default()` so that new fields do not break sources.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ServiceObject {
     pub meta: ObjectMeta,
     /// `spec.clusterIPs` (or `spec.clusterIP`); empty when unset.
