@@ -126,6 +126,19 @@ impl Handler {
         }
     }
 
+    /// The whole exchange for one request: [`handle`](Self::handle), then
+    /// [`forward`](Self::forward) if it needs the upstreams. `None` for
+    /// packets we do not answer. For the stream transports, which answer one
+    /// query of a connection after the other anyway.
+    pub async fn answer(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        match self.handle(packet, transport, &mut out) {
+            Step::Reply => Some(out),
+            Step::Drop => None,
+            Step::Forward(pending) => Some(self.forward(pending).await),
+        }
+    }
+
     /// A/AAAA of a service with addresses, written straight into `out`;
     /// `false` for anything else.
     fn fast_answer(&self, question: &Question<'_>, transport: Transport, out: &mut Vec<u8>) -> bool {

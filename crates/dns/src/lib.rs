@@ -8,8 +8,11 @@
 //! Module map (data flows top to bottom):
 //!
 //! - [`server`]: binding the UDP sockets (one per core, `SO_REUSEPORT`) and
-//!   the TCP listener, the receive loops, shutdown. The only module that
-//!   touches sockets of clients.
+//!   the TCP listener, our UDP receive loops, hickory-server's `Server` for
+//!   TCP, shutdown. The only module that touches sockets of clients.
+//! - [`hickory`]: the [`Handler`](handler::Handler) as a hickory-server
+//!   `RequestHandler`, so any hickory-server transport (TCP here) serves the
+//!   same answers as our UDP loops.
 //! - [`handler`]: one request in, one response out: parses the wire message,
 //!   reads the snapshot, asks [`cluster`] or the forwarder, encodes the answer
 //!   within the client's payload size (TC over UDP when it does not fit);
@@ -25,10 +28,16 @@
 //!   caching.
 //! - [`error`]: the [`DnsError`] enum.
 //!
-//! The wire format is hickory-proto's. The serving loops are our own rather
-//! than hickory-server's `Server`: that one funnels every UDP reply through
-//! one channel and task and logs every request at `info`, which costs more
-//! than the whole answer on this hot path.
+//! Built on hickory-proto (wire format) and hickory-server 0.26: TCP is
+//! served by hickory-server's `Server` through [`hickory::HickoryHandler`].
+//! UDP is served by our own loops rather than by that `Server`: it reads
+//! each socket in one task, spawns a task per packet, funnels every reply
+//! through one channel and task, and logs every request at `info`, which
+//! costs more than the whole answer on this hot path (see [`server`]).
+//!
+//! Logging: hickory-server 0.26 logs every request it serves (here: every
+//! TCP query) at `info` under the `hickory_server` target; the agent's
+//! default log filter should include `hickory_server=warn`.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -39,6 +48,7 @@ pub mod cluster;
 pub mod error;
 pub mod forward;
 pub mod handler;
+pub mod hickory;
 pub mod server;
 pub mod wire;
 

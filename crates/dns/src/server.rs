@@ -1,13 +1,26 @@
 //! Sockets and serving loops.
 //!
-//! UDP: one socket per core on the same address (`SO_REUSEPORT`), each with
-//! its own receive loop that answers cluster names and cache hits inline;
-//! only upstream lookups get a task. TCP: one listener, a task per
-//! connection, queries answered in order, idle connections closed.
+//! UDP: our own loops. One socket per core on the same address
+//! (`SO_REUSEPORT`), each with its own receive loop that answers cluster
+//! names and cache hits inline, in place, without allocating (see
+//! [`wire`](crate::wire)); only upstream lookups get a task. hickory-server's
+//! `Server` would instead read each socket in one task, spawn a task per
+//! packet and funnel every reply through one channel to one sending task,
+//! and log every request at `info`: more than the whole answer costs on this
+//! hot path, and it cannot spread one address over several sockets.
 //!
-//! The TCP listener is bound first and without `SO_REUSEPORT`, so a second
-//! agent (or any other DNS server) on the same address is a start-up error
-//! rather than a silent split of the UDP traffic.
+//! TCP: hickory-server's [`Server`], with our [`HickoryHandler`]: a task per
+//! connection, queries answered in order, a connection closed when no
+//! complete query arrived for `TCP_IDLE` (10 s) after the previous one was
+//! answered, and a graceful stop on shutdown. TCP carries few queries (large
+//! answers, retries after TC), so there the standard server is worth more
+//! than the last microsecond.
+//!
+//! Both sockets are bound in [`DnsServer::bind`], so a taken address fails
+//! at start, naming it. The TCP listener is bound first and without
+//! `SO_REUSEPORT`, so a second agent (or any other DNS server) on the same
+//! address is a start-up error rather than a silent split of the UDP
+//! traffic.
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,11 +28,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgemesh_core::Snapshot;
+use hickory_server::Server;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, watch};
-use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -29,13 +41,16 @@ use crate::cluster::Zone;
 use crate::error::DnsError;
 use crate::forward::Forwarder;
 use crate::handler::{Handler, MAX_UDP_PAYLOAD, Step, Transport};
+use crate::hickory::HickoryHandler;
 
 /// Most upstream lookups in flight at once; beyond, clients get SERVFAIL.
 const MAX_FORWARDS: usize = 2048;
-/// Most open TCP connections; beyond, new ones are closed at once.
-const MAX_TCP_CONNECTIONS: usize = 512;
-/// A TCP connection with no complete query for this long is closed.
+/// A TCP connection with no complete query for this long (after the
+/// previous answer) is closed.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Responses queued per TCP connection; hickory-server answers the queries
+/// of a connection one after the other, so one at a time is queued.
+const TCP_RESPONSE_BUFFER: usize = 4;
 /// Most UDP sockets (receive loops), whatever the core count.
 const MAX_UDP_SOCKETS: usize = 8;
 
@@ -46,6 +61,8 @@ pub struct DnsServer {
     tcp: TcpListener,
     local_addr: SocketAddr,
     handler: Arc<Handler>,
+    /// hickory-server's TCP timeout (see [`DnsServer::run`]).
+    tcp_timeout: Duration,
 }
 
 impl DnsServer {
@@ -70,7 +87,11 @@ impl DnsServer {
             upstreams = ?config.upstreams,
             "DNS listening on UDP and TCP"
         );
-        Ok(Self { udp, tcp, local_addr, handler })
+        // hickory-server's timeout runs from one query read to the next
+        // complete one, so it includes the time spent answering: allow for
+        // the slowest upstream lookup on top of the idle time.
+        let tcp_timeout = TCP_IDLE + config.upstream_timeout;
+        Ok(Self { udp, tcp, local_addr, handler, tcp_timeout })
     }
 
     /// The bound address (the real port when the configured one was 0).
@@ -79,31 +100,42 @@ impl DnsServer {
     }
 
     /// Serves until `shutdown` is cancelled, then stops every loop and
-    /// in-flight lookup.
+    /// in-flight lookup. Returns early with an error if hickory-server's TCP
+    /// listener task gives up (it stops on some accept errors), so the agent
+    /// fails loudly instead of silently serving UDP only.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), DnsError> {
+        let stop = shutdown.child_token();
         let tracker = TaskTracker::new();
         let forwards = Arc::new(Semaphore::new(MAX_FORWARDS));
         for socket in self.udp {
             let (handler, forwards, tracker2) = (self.handler.clone(), forwards.clone(), tracker.clone());
-            let shutdown = shutdown.clone();
+            let stop = stop.clone();
             tracker.spawn(async move {
                 tokio::select! {
-                    () = udp_loop(Arc::new(socket), handler, forwards, tracker2, shutdown.clone()) => {}
-                    () = shutdown.cancelled() => {}
+                    () = udp_loop(Arc::new(socket), handler, forwards, tracker2, stop.clone()) => {}
+                    () = stop.cancelled() => {}
                 }
             });
         }
-        let tcp_task = {
-            let (handler, tracker2, shutdown) = (self.handler.clone(), tracker.clone(), shutdown.clone());
-            tracker.spawn(tcp_loop(self.tcp, handler, tracker2, shutdown))
+        let mut tcp = Server::new(HickoryHandler::new(self.handler.clone()));
+        tcp.register_listener(self.tcp, self.tcp_timeout, TCP_RESPONSE_BUFFER);
+        let tcp_result = tokio::select! {
+            // Stops accepting, then drops the listener and aborts the
+            // connections (and their lookups) once the accept task has ended.
+            () = stop.cancelled() => tcp.shutdown_gracefully().await,
+            ended = tcp.block_until_done() => {
+                tracing::error!(addr = %self.local_addr, result = ?ended, "DNS over TCP stopped; stopping DNS");
+                ended.and(Err("the TCP listener task ended".into()))
+            }
         };
-        shutdown.cancelled().await;
+        stop.cancel();
         tracker.close();
         tracker.wait().await;
-        match tcp_task.await {
-            Ok(Err(source)) => Err(DnsError::Socket { proto: "TCP", addr: self.local_addr, source }),
-            _ => Ok(()),
-        }
+        tcp_result.map_err(|error| DnsError::Socket {
+            proto: "TCP",
+            addr: self.local_addr,
+            source: io::Error::other(error),
+        })
     }
 }
 
@@ -191,75 +223,5 @@ async fn udp_loop(
 async fn send(socket: &UdpSocket, bytes: &[u8], peer: SocketAddr) {
     if let Err(error) = socket.send_to(bytes, peer).await {
         tracing::debug!(%peer, %error, "cannot send DNS response");
-    }
-}
-
-// ---- TCP ----
-
-async fn tcp_loop(
-    listener: TcpListener,
-    handler: Arc<Handler>,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
-) -> io::Result<()> {
-    let connections = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shutdown.cancelled() => return Ok(()),
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(%error, "cannot accept a DNS TCP connection; is the open-files limit too low?");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "too many DNS TCP connections; closing the new one");
-            continue;
-        };
-        let (handler, shutdown) = (handler.clone(), shutdown.clone());
-        tracker.spawn(async move {
-            let _permit = permit;
-            tokio::select! {
-                result = tcp_connection(stream, &handler) => {
-                    if let Err(error) = result {
-                        tracing::trace!(%peer, %error, "DNS TCP connection ended");
-                    }
-                }
-                () = shutdown.cancelled() => {}
-            }
-        });
-    }
-}
-
-/// Answers length-prefixed queries in order until the client closes, goes
-/// idle, or sends garbage.
-async fn tcp_connection(mut stream: TcpStream, handler: &Handler) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    loop {
-        let len = match timeout(TCP_IDLE, stream.read_u16()).await {
-            Ok(Ok(len)) => usize::from(len),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Ok(()),
-        };
-        buf.resize(len, 0);
-        timeout(TCP_IDLE, stream.read_exact(&mut buf)).await.map_err(|_| io::ErrorKind::TimedOut)??;
-        let response = match handler.handle(&buf, Transport::Tcp, &mut out) {
-            Step::Reply => std::mem::take(&mut out),
-            Step::Drop => return Ok(()),
-            Step::Forward(pending) => handler.forward(pending).await,
-        };
-        let Ok(len) = u16::try_from(response.len()) else { return Ok(()) };
-        let mut framed = Vec::with_capacity(response.len() + 2);
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(&response);
-        stream.write_all(&framed).await?;
     }
 }

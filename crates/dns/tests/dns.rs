@@ -366,3 +366,28 @@ where
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_tcp_connections_and_frees_the_address() {
+    use std::io::Read;
+
+    let h = Harness::start(web(), vec![]).await;
+    let addr = h.addr;
+    // An idle TCP client must not hold the shutdown up, and must be hung up on.
+    let mut idle = std::net::TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let a = h.dig(&["+tcp", "web.default.svc.cluster.local"]).await;
+    assert_eq!(a.status, "NOERROR", "{}", a.raw);
+    let snapshots = h.snapshots.clone();
+    h.stop().await;
+    let closed = tokio::task::spawn_blocking(move || idle.read(&mut [0u8; 1])).await.unwrap();
+    // EOF or a reset; a read timeout (WouldBlock/TimedOut) means still open.
+    match closed {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("idle TCP connection left open: {other:?}"),
+    }
+    // Both protocols are free again for the next agent.
+    let again = DnsServer::bind(DnsConfig { listen: addr, ..common::config() }, snapshots).await;
+    assert!(again.is_ok(), "{:?}", again.err());
+}
