@@ -185,7 +185,8 @@ impl Config {
         if self.proxy.connect_timeout.is_zero() {
             problems.push("proxy.connectTimeout must be greater than zero".into());
         }
-        if self.dns.listen == self.admin.listen {
+        // Port 0 asks the kernel for any free port, so only fixed ports clash.
+        if self.dns.listen == self.admin.listen && self.dns.listen.port() != 0 {
             problems.push(format!("dns.listen and admin.listen are the same address {}", self.dns.listen));
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
