@@ -65,10 +65,13 @@ fn main() -> ExitCode {
 
 /// Logs to stderr; `RUST_LOG` wins over the configured level.
 fn init_logging(level: &str) {
-    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(level)).unwrap_or_else(|e| {
-        eprintln!("edgemesh: invalid log level {level:?} ({e}); using info");
-        EnvFilter::new("info")
-    });
+    let filter = EnvFilter::try_from_default_env()
+        // hickory-server logs every TCP query at info; keep info quiet.
+        .or_else(|_| EnvFilter::try_new(format!("{level},hickory_server=warn")))
+        .unwrap_or_else(|e| {
+            eprintln!("edgemesh: invalid log level {level:?} ({e}); using info");
+            EnvFilter::new("info")
+        });
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
