@@ -19,7 +19,7 @@
 //! - `schema`: serde structs for the wire format, as `kubectl` writes it.
 //! - `convert`: validation (names, ports, addresses, protocols) and
 //!   conversion into `edgemesh_core` objects.
-//! - `validate`: Kubernetes' name and port rules.
+//! - [`validate`]: Kubernetes' name and port rules (shared with the Kubernetes source).
 //! - [`error`]: [`ManifestError`], always with a line and a reason.
 //!
 //! Supported kinds: `v1/Service`, `discovery.k8s.io/v1/EndpointSlice`,
@@ -31,7 +31,7 @@ pub mod error;
 mod index;
 pub mod parse;
 mod schema;
-mod validate;
+pub mod validate;
 pub mod watch;
 
 pub use convert::SERVICE_NAME_LABEL;

@@ -26,7 +26,7 @@ fn label_body(s: &str) -> bool {
 }
 
 /// An RFC 1123 label: namespaces, port names.
-pub(crate) fn dns1123_label(s: &str) -> Result<(), &'static str> {
+pub fn dns1123_label(s: &str) -> Result<(), &'static str> {
     if s.len() > LABEL_MAX {
         return Err("must be no more than 63 characters");
     }
@@ -37,7 +37,7 @@ pub(crate) fn dns1123_label(s: &str) -> Result<(), &'static str> {
 }
 
 /// An RFC 1035 label: Service names (they become DNS names and env vars).
-pub(crate) fn dns1035_label(s: &str) -> Result<(), &'static str> {
+pub fn dns1035_label(s: &str) -> Result<(), &'static str> {
     if s.len() > LABEL_MAX {
         return Err("must be no more than 63 characters");
     }
@@ -48,7 +48,7 @@ pub(crate) fn dns1035_label(s: &str) -> Result<(), &'static str> {
 }
 
 /// An RFC 1123 subdomain: EndpointSlice and Endpoints names.
-pub(crate) fn dns1123_subdomain(s: &str) -> Result<(), &'static str> {
+pub fn dns1123_subdomain(s: &str) -> Result<(), &'static str> {
     if s.len() > SUBDOMAIN_MAX {
         return Err("must be no more than 253 characters");
     }
@@ -59,7 +59,7 @@ pub(crate) fn dns1123_subdomain(s: &str) -> Result<(), &'static str> {
 }
 
 /// An IANA service name (RFC 6335): a container port name in `targetPort`.
-pub(crate) fn iana_svc_name(s: &str) -> Result<(), &'static str> {
+pub fn iana_svc_name(s: &str) -> Result<(), &'static str> {
     if s.is_empty() || s.len() > IANA_SVC_MAX {
         return Err("must be 1 to 15 characters");
     }
@@ -79,7 +79,7 @@ pub(crate) fn iana_svc_name(s: &str) -> Result<(), &'static str> {
 }
 
 /// A TCP/UDP port number, 1-65535.
-pub(crate) fn port(n: i64) -> Option<u16> {
+pub fn port(n: i64) -> Option<u16> {
     u16::try_from(n).ok().filter(|&p| p != 0)
 }
 

@@ -1,0 +1,2 @@
+//! Persistent cache of the last applied service objects (work in progress).
+#![forbid(unsafe_code)]

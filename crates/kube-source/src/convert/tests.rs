@@ -1,0 +1,89 @@
+use serde_json::json;
+
+use super::*;
+
+fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn service_like_the_manifests_source() {
+    let svc: core_v1::Service = from(json!({
+        "metadata": {"name": "web", "namespace": "shop", "annotations": {"edgemesh.io/lb-strategy": "Random"}},
+        "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "ports": [
+            {"name": "http", "port": 80, "targetPort": "web"},
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353},
+        ]},
+    }));
+    let s = service(&svc).unwrap();
+    assert_eq!(s.meta.namespace, "shop");
+    assert_eq!(s.cluster_ips, vec!["10.96.0.10".parse::<IpAddr>().unwrap()]);
+    assert_eq!(s.service_type, "ClusterIP");
+    assert_eq!(s.ports[0].target_port, TargetPort::Name("web".into()));
+    assert_eq!(s.ports[1].protocol, Protocol::Udp);
+    assert_eq!(s.ports[1].target_port, TargetPort::Number(5353));
+
+    let headless: core_v1::Service =
+        from(json!({"metadata": {"name": "db", "namespace": "shop"}, "spec": {"clusterIP": "None"}}));
+    assert!(service(&headless).unwrap().headless);
+}
+
+#[test]
+fn invalid_objects_name_the_object_and_the_rule() {
+    let svc: core_v1::Service = from(json!({
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"ports": [{"port": 80}, {"port": 81}]},
+    }));
+    let e = service(&svc).unwrap_err().to_string();
+    assert!(e.contains("Service shop/web") && e.contains("spec.ports[0] has no name"), "{e}");
+
+    let slice: discovery_v1::EndpointSlice = from(json!({
+        "metadata": {"name": "web-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["fd00::1"]}],
+    }));
+    let e = endpoint_slice(&slice).unwrap_err().to_string();
+    assert!(e.contains("not an IPv4 address"), "{e}");
+}
+
+#[test]
+fn slices_and_legacy_endpoints() {
+    let slice: discovery_v1::EndpointSlice = from(json!({
+        "metadata": {"name": "web-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}],
+        "endpoints": [
+            {"addresses": ["10.0.0.1"], "nodeName": "n1"},
+            {"addresses": ["10.0.0.2"], "conditions": {"ready": false}},
+        ],
+    }));
+    let set = endpoint_slice(&slice).unwrap().unwrap();
+    assert_eq!(set.service_name, "web");
+    assert!(set.subsets[0].endpoints[0].ready, "unset readiness is ready");
+    assert!(!set.subsets[0].endpoints[1].ready);
+    assert_eq!(set.subsets[0].ports[0].port, 8080);
+
+    let fqdn: discovery_v1::EndpointSlice = from(json!({
+        "metadata": {"name": "x", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "FQDN", "endpoints": [],
+    }));
+    assert!(endpoint_slice(&fqdn).unwrap().is_none());
+
+    let eps: core_v1::Endpoints = from(json!({
+        "metadata": {"name": "web", "namespace": "shop"},
+        "subsets": [{"addresses": [{"ip": "10.0.0.1"}], "notReadyAddresses": [{"ip": "10.0.0.2"}],
+                     "ports": [{"name": "http", "port": 8080}]}],
+    }));
+    let set = endpoints(&eps).unwrap();
+    assert_eq!(set.kind, ObjectKind::Endpoints);
+    assert_eq!(set.subsets[0].endpoints.len(), 2);
+    assert!(!set.subsets[0].endpoints[1].ready);
+}
+
+#[test]
+fn the_proxy_name_label_excludes() {
+    let svc: core_v1::Service = from(json!({
+        "metadata": {"name": "web", "namespace": "shop", "labels": {SERVICE_PROXY_NAME_LABEL: "other"}},
+    }));
+    assert!(excluded(&svc));
+}

@@ -1,0 +1,33 @@
+//! A service source that lists and watches the Kubernetes API, or KubeEdge's
+//! metaServer (a Kubernetes-compatible API on each edge node), and emits the
+//! same [`SourceEvent`](edgemesh_core::SourceEvent)s as the manifests source.
+//!
+//! ```text
+//!  API server / metaServer ──list+watch──> watchers (kube-runtime, back-off)
+//!        Services, EndpointSlices | Endpoints, Nodes        │ events
+//!                                        convert (validate) <┘
+//!                                              │ objects
+//!                      diff against what was sent ──> EventSink
+//! ```
+//!
+//! - [`client`]: which API (URL, kubeconfig, in-cluster) and the client;
+//!   installs the ring TLS provider.
+//! - [`source`]: [`KubeSource`], the watch loop and the diff that deletes
+//!   what vanished across a re-list.
+//! - `convert`: API objects into `edgemesh_core` objects, with the manifests
+//!   source's rules and messages; services labelled
+//!   [`SERVICE_PROXY_NAME_LABEL`] are excluded, as EdgeMesh does.
+//! - `backoff`: exponential back-off with jitter that really grows.
+//! - [`error`]: the error type, [`KubeError`], whose messages say what to check.
+#![forbid(unsafe_code)]
+
+mod backoff;
+pub mod client;
+mod convert;
+pub mod error;
+pub mod source;
+
+pub use client::{ApiEndpoint, install_crypto_provider};
+pub use convert::{ConvertError, SERVICE_PROXY_NAME_LABEL};
+pub use error::KubeError;
+pub use source::{KubeSource, KubeSourceConfig};

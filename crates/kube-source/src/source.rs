@@ -1,0 +1,385 @@
+//! The watch loop: one kube-runtime watcher per resource, merged, turned
+//! into exactly the Apply/Delete events that changed.
+//!
+//! kube-runtime does list-then-watch, resumes from the last resourceVersion
+//! (bookmarks included), re-lists after `410 Gone`; [`JitteredBackoff`]
+//! spaces retries. On every (re-)list this module diffs the listing against
+//! what it sent before and deletes what vanished, so nothing deleted during
+//! an outage survives the reconnection.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt::Debug;
+use std::time::Duration;
+
+use edgemesh_core::registry::EventSink;
+use edgemesh_core::{Object, ObjectKey, ObjectKind, SourceEvent};
+use futures_util::stream::{BoxStream, StreamExt};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, watcher as watch_stream};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::JitteredBackoff;
+use crate::client::{ApiEndpoint, client};
+use crate::convert;
+use crate::error::KubeError;
+
+/// Settings of the Kubernetes source.
+#[derive(Clone, Debug)]
+pub struct KubeSourceConfig {
+    pub endpoint: ApiEndpoint,
+    /// First retry delay after an error; doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl KubeSourceConfig {
+    pub fn new(endpoint: ApiEndpoint) -> Self {
+        Self { endpoint, backoff_min: Duration::from_millis(200), backoff_max: Duration::from_secs(30) }
+    }
+}
+
+/// Lists and watches Services, EndpointSlices (or legacy Endpoints) and
+/// Nodes, and sends the agent's objects to the registry.
+pub struct KubeSource {
+    client: Client,
+    config: KubeSourceConfig,
+}
+
+/// The resources the source follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Watched {
+    Services,
+    EndpointSlices,
+    Endpoints,
+    Nodes,
+}
+
+impl Watched {
+    fn name(self) -> &'static str {
+        match self {
+            Watched::Services => "services",
+            Watched::EndpointSlices => "endpointslices",
+            Watched::Endpoints => "endpoints",
+            Watched::Nodes => "nodes",
+        }
+    }
+}
+
+/// One item of the merged streams.
+enum Update {
+    // Boxed: API objects are large and the variants' sizes differ a lot.
+    Service(Box<Event<Service>>),
+    Slice(Box<Event<EndpointSlice>>),
+    Endpoints(Box<Event<Endpoints>>),
+    Node(Box<Event<Node>>),
+    Error(Watched, watcher::Error),
+}
+
+impl KubeSource {
+    /// Builds the client (no request is made yet).
+    pub async fn new(config: KubeSourceConfig) -> Result<Self, KubeError> {
+        let client = client(&config.endpoint).await?;
+        Ok(Self { client, config })
+    }
+
+    fn backoff(&self) -> JitteredBackoff {
+        JitteredBackoff::new(self.config.backoff_min, self.config.backoff_max)
+    }
+
+    /// Follows the API until `shutdown` or until the registry is gone. Sends
+    /// `Synced` once services and endpoints have both been listed in full.
+    pub async fn run(self, sink: EventSink, shutdown: CancellationToken) {
+        let slices = tokio::select! {
+            s = self.probe_endpoint_slices() => s,
+            () = shutdown.cancelled() => return,
+        };
+        let endpoints = if slices { Watched::EndpointSlices } else { Watched::Endpoints };
+        let mut state = State::new(endpoints);
+        let streams: Vec<BoxStream<'static, Update>> = vec![
+            self.stream::<Service>(Watched::Services, Update::Service),
+            if slices {
+                self.stream::<EndpointSlice>(Watched::EndpointSlices, Update::Slice)
+            } else {
+                self.stream::<Endpoints>(Watched::Endpoints, Update::Endpoints)
+            },
+            self.stream::<Node>(Watched::Nodes, Update::Node),
+        ];
+        let mut merged = futures_util::stream::select_all(streams);
+        loop {
+            let update = tokio::select! {
+                u = merged.next() => match u {
+                    Some(u) => u,
+                    None => return, // watchers never end on their own
+                },
+                () = shutdown.cancelled() => return,
+            };
+            let events = state.handle(update);
+            for event in events {
+                let sent = tokio::select! {
+                    r = sink.send(event) => r,
+                    () = shutdown.cancelled() => return,
+                };
+                if sent.is_err() {
+                    tracing::debug!("registry stopped; Kubernetes source exits");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether the API serves `discovery.k8s.io/v1` EndpointSlices (else the
+    /// source falls back to v1 Endpoints). Retries with back-off until the
+    /// API answers either way.
+    async fn probe_endpoint_slices(&self) -> bool {
+        let api: Api<EndpointSlice> = Api::all(self.client.clone());
+        let mut backoff = self.backoff();
+        let mut warned = false;
+        loop {
+            match api.list(&ListParams::default().limit(1)).await {
+                Ok(_) => return true,
+                Err(kube::Error::Api(status)) if status.code == 404 => {
+                    tracing::info!("the API has no discovery.k8s.io/v1 EndpointSlices; using v1 Endpoints");
+                    return false;
+                }
+                Err(e) => {
+                    let delay = backoff.next().unwrap_or(self.config.backoff_max);
+                    if warned {
+                        tracing::debug!(error = %e, retry_in = ?delay, "Kubernetes API still unreachable");
+                    } else {
+                        tracing::warn!(
+                            error = %e,
+                            retry_in = ?delay,
+                            "cannot reach the Kubernetes API; retrying with back-off (check --kube-api / --kubeconfig \
+                             and that metaServer or the API server is up)"
+                        );
+                        warned = true;
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    fn stream<K>(&self, which: Watched, wrap: fn(Box<Event<K>>) -> Update) -> BoxStream<'static, Update>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        watch_stream(api, watcher::Config::default())
+            .backoff(self.backoff())
+            .map(move |r| match r {
+                Ok(event) => wrap(Box::new(event)),
+                Err(e) => Update::Error(which, e),
+            })
+            .boxed()
+    }
+}
+
+/// What the source has sent and is listing, to send only changes.
+struct State {
+    endpoints: Watched,
+    /// Objects sent to the registry, by key (for diffs and no-op updates).
+    sent: HashMap<ObjectKey, Object>,
+    /// During a (re-)list of a resource: the keys listed so far.
+    listing: HashMap<Watched, HashSet<ObjectKey>>,
+    /// Resources listed in full at least once.
+    listed: HashSet<Watched>,
+    synced: bool,
+    /// Resources currently failing (to log the failure and recovery once).
+    failing: HashSet<Watched>,
+    nodes: BTreeSet<String>,
+}
+
+impl State {
+    fn new(endpoints: Watched) -> Self {
+        Self {
+            endpoints,
+            sent: HashMap::new(),
+            listing: HashMap::new(),
+            listed: HashSet::new(),
+            synced: false,
+            failing: HashSet::new(),
+            nodes: BTreeSet::new(),
+        }
+    }
+
+    fn handle(&mut self, update: Update) -> Vec<SourceEvent> {
+        let mut out = Vec::new();
+        match update {
+            Update::Error(which, e) => {
+                if self.failing.insert(which) {
+                    tracing::warn!(
+                        resource = which.name(),
+                        error = %e,
+                        "Kubernetes watch failed; retrying with back-off and serving the last known state"
+                    );
+                } else {
+                    tracing::debug!(resource = which.name(), error = %e, "Kubernetes watch still failing");
+                }
+                return out;
+            }
+            Update::Service(ev) => self.event(Watched::Services, *ev, &mut out, service_key, |s| {
+                if convert::excluded(s) {
+                    return Ok(None);
+                }
+                convert::service(s).map(|s| Some(Object::Service(s)))
+            }),
+            Update::Slice(ev) => self.event(Watched::EndpointSlices, *ev, &mut out, slice_key, |s| {
+                convert::endpoint_slice(s).map(|s| s.map(Object::Endpoints))
+            }),
+            Update::Endpoints(ev) => self.event(Watched::Endpoints, *ev, &mut out, endpoints_key, |e| {
+                convert::endpoints(e).map(|e| Some(Object::Endpoints(e)))
+            }),
+            Update::Node(ev) => self.node(*ev),
+        }
+        if !self.synced && self.listed.contains(&Watched::Services) && self.listed.contains(&self.endpoints) {
+            self.synced = true;
+            let services = self.sent.keys().filter(|k| k.kind == ObjectKind::Service).count();
+            tracing::info!(
+                services,
+                objects = self.sent.len(),
+                endpoints = self.endpoints.name(),
+                "listed services from the Kubernetes API; watching for changes"
+            );
+            out.push(SourceEvent::Synced);
+        }
+        out
+    }
+
+    /// One watcher event of a resource that becomes objects.
+    fn event<K: ResourceExt>(
+        &mut self,
+        which: Watched,
+        ev: Event<K>,
+        out: &mut Vec<SourceEvent>,
+        key_of: fn(&K) -> ObjectKey,
+        convert: impl Fn(&K) -> Result<Option<Object>, convert::ConvertError>,
+    ) {
+        if self.failing.remove(&which) {
+            tracing::info!(resource = which.name(), "Kubernetes watch recovered");
+        }
+        match ev {
+            Event::Init => {
+                self.listing.insert(which, HashSet::new());
+            }
+            Event::InitApply(obj) | Event::Apply(obj) => {
+                let key = key_of(&obj);
+                if let Some(listing) = self.listing.get_mut(&which) {
+                    listing.insert(key.clone());
+                }
+                match convert(&obj) {
+                    Ok(Some(object)) => {
+                        if self.sent.get(&key) != Some(&object) {
+                            self.sent.insert(key, object.clone());
+                            out.push(SourceEvent::Apply(object));
+                        }
+                    }
+                    Ok(None) => {
+                        if self.sent.remove(&key).is_some() {
+                            out.push(SourceEvent::Delete(key));
+                        }
+                    }
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "ignoring invalid object from the Kubernetes API; its previous version (if any) stays in force"
+                    ),
+                }
+            }
+            Event::Delete(obj) => {
+                let key = key_of(&obj);
+                if self.sent.remove(&key).is_some() {
+                    out.push(SourceEvent::Delete(key));
+                }
+            }
+            Event::InitDone => {
+                let listed = self.listing.remove(&which).unwrap_or_default();
+                let kind = key_kind(which);
+                let gone: Vec<ObjectKey> =
+                    self.sent.keys().filter(|k| k.kind == kind && !listed.contains(k)).cloned().collect();
+                if !gone.is_empty() {
+                    tracing::info!(
+                        resource = which.name(),
+                        deleted = gone.len(),
+                        "objects deleted while the watch was down are removed"
+                    );
+                }
+                for key in gone {
+                    self.sent.remove(&key);
+                    out.push(SourceEvent::Delete(key));
+                }
+                self.listed.insert(which);
+            }
+        }
+    }
+
+    /// Nodes are only counted for now (the tunnel will need them).
+    fn node(&mut self, ev: Event<Node>) {
+        if self.failing.remove(&Watched::Nodes) {
+            tracing::info!(resource = "nodes", "Kubernetes watch recovered");
+        }
+        match ev {
+            Event::Init => {
+                self.listing.insert(Watched::Nodes, HashSet::new());
+            }
+            Event::InitApply(n) | Event::Apply(n) => {
+                let name = n.name_any();
+                if let Some(listing) = self.listing.get_mut(&Watched::Nodes) {
+                    listing.insert(ObjectKey {
+                        kind: ObjectKind::Service,
+                        namespace: String::new(),
+                        name: name.clone(),
+                    });
+                }
+                if self.nodes.insert(name.clone()) && self.listed.contains(&Watched::Nodes) {
+                    tracing::debug!(node = %name, nodes = self.nodes.len(), "node added");
+                }
+            }
+            Event::Delete(n) => {
+                let name = n.name_any();
+                if self.nodes.remove(&name) {
+                    tracing::debug!(node = %name, nodes = self.nodes.len(), "node removed");
+                }
+            }
+            Event::InitDone => {
+                let listed: BTreeSet<String> =
+                    self.listing.remove(&Watched::Nodes).unwrap_or_default().into_iter().map(|k| k.name).collect();
+                self.nodes = listed;
+                self.listed.insert(Watched::Nodes);
+                tracing::debug!(nodes = self.nodes.len(), "listed nodes");
+            }
+        }
+    }
+}
+
+fn key_kind(which: Watched) -> ObjectKind {
+    match which {
+        Watched::EndpointSlices => ObjectKind::EndpointSlice,
+        Watched::Endpoints => ObjectKind::Endpoints,
+        Watched::Services | Watched::Nodes => ObjectKind::Service,
+    }
+}
+
+fn key<K: ResourceExt>(kind: ObjectKind, obj: &K) -> ObjectKey {
+    ObjectKey {
+        kind,
+        namespace: obj.namespace().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".to_owned()),
+        name: obj.name_any(),
+    }
+}
+
+fn service_key(s: &Service) -> ObjectKey {
+    key(ObjectKind::Service, s)
+}
+
+fn slice_key(s: &EndpointSlice) -> ObjectKey {
+    key(ObjectKind::EndpointSlice, s)
+}
+
+fn endpoints_key(e: &Endpoints) -> ObjectKey {
+    key(ObjectKind::Endpoints, e)
+}

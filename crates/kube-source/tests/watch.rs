@@ -1,0 +1,268 @@
+//! The Kubernetes source through the real kube client against a fake API
+//! server speaking the list/watch wire protocol, into the real registry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgemesh_core::{LbStrategy, Registry, RegistryConfig, RegistryHandle, ServiceKey, Snapshot};
+use edgemesh_fake_apiserver::{FakeApiServer, Resource};
+use edgemesh_kube::{ApiEndpoint, KubeSource, KubeSourceConfig, SERVICE_PROXY_NAME_LABEL};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+fn service(ns: &str, name: &str, port: u16) -> Value {
+    json!({
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"ports": [{"name": "http", "port": port, "targetPort": 8080}]},
+    })
+}
+
+fn slice(ns: &str, svc: &str, name: &str, ips: &[&str]) -> Value {
+    json!({
+        "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}],
+        "endpoints": ips.iter().map(|ip| json!({"addresses": [ip], "nodeName": "n1"})).collect::<Vec<_>>(),
+    })
+}
+
+/// The source feeding a real registry; stopped on drop.
+struct Running {
+    snapshots: RegistryHandle,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn run_source(api: &FakeApiServer) -> Running {
+    let mut registry = Registry::new(RegistryConfig {
+        vip_cidr: "127.240.0.0/16".parse().unwrap(),
+        default_strategy: LbStrategy::RoundRobin,
+    });
+    let sink = registry.source();
+    let snapshots = registry.subscribe();
+    tokio::spawn(registry.run());
+    let config = KubeSourceConfig {
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+        ..KubeSourceConfig::new(ApiEndpoint::Url(api.url()))
+    };
+    let source = KubeSource::new(config).await.expect("client");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(source.run(sink, shutdown.clone()));
+    Running { snapshots, shutdown }
+}
+
+impl Running {
+    /// Waits (on snapshot changes, not a timer) until `pred` holds.
+    async fn until(&mut self, limit: Duration, what: &str, pred: impl Fn(&Snapshot) -> bool) -> Arc<Snapshot> {
+        let waited =
+            tokio::time::timeout(limit, self.snapshots.wait_for(|s| pred(s))).await.map(|r| r.map(|s| s.clone()));
+        match waited {
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) => panic!("registry stopped while waiting for {what}"),
+            Err(_) => panic!("timed out after {limit:?} waiting for {what}; last snapshot: {:?}", self.describe()),
+        }
+    }
+
+    fn describe(&self) -> Vec<String> {
+        let s = self.snapshots.borrow();
+        s.services()
+            .map(|e| {
+                let backends: Vec<String> =
+                    e.ports.iter().flat_map(|p| p.backends.iter().map(|b| b.addr.to_string())).collect();
+                format!("{} {:?}", e.key, backends)
+            })
+            .collect()
+    }
+}
+
+fn backends(s: &Snapshot, ns: &str, name: &str) -> Option<Vec<String>> {
+    let e = s.service(&ServiceKey::new(ns, name))?;
+    let mut b: Vec<String> = e.ports.iter().flat_map(|p| p.backends.iter().map(|b| b.addr.ip().to_string())).collect();
+    b.sort();
+    Some(b)
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_changed_and_deleted_services_show_up_within_a_second() {
+    let api = FakeApiServer::start();
+    api.apply(Resource::Services, service("shop", "web", 80));
+    api.apply(Resource::EndpointSlices, slice("shop", "web", "web-1", &["10.0.0.1"]));
+    let mut src = run_source(&api).await;
+    src.until(5 * SECOND, "first sync", |s| s.synced && backends(s, "shop", "web") == Some(vec!["10.0.0.1".into()]))
+        .await;
+
+    api.apply(Resource::Services, service("shop", "cart", 81));
+    src.until(SECOND, "created service", |s| backends(s, "shop", "cart") == Some(vec![])).await;
+
+    api.apply(Resource::EndpointSlices, slice("shop", "web", "web-1", &["10.0.0.1", "10.0.0.2"]));
+    src.until(SECOND, "changed endpoints", |s| {
+        backends(s, "shop", "web") == Some(vec!["10.0.0.1".into(), "10.0.0.2".into()])
+    })
+    .await;
+
+    let mut changed = service("shop", "web", 8000);
+    changed["metadata"]["annotations"] = json!({"edgemesh.io/lb-strategy": "Random"});
+    api.apply(Resource::Services, changed);
+    src.until(SECOND, "changed service", |s| {
+        s.service(&ServiceKey::new("shop", "web"))
+            .is_some_and(|e| e.ports[0].port == 8000 && e.strategy == LbStrategy::Random)
+    })
+    .await;
+
+    api.delete(Resource::Services, "shop", "cart");
+    src.until(SECOND, "deleted service", |s| backends(s, "shop", "cart").is_none()).await;
+    api.delete(Resource::EndpointSlices, "shop", "web-1");
+    src.until(SECOND, "deleted endpoints", |s| backends(s, "shop", "web") == Some(vec![])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_down_at_start_is_waited_for() {
+    let api = FakeApiServer::reserve();
+    let mut src = run_source(&api).await;
+    api.apply(Resource::Services, service("shop", "web", 80));
+    // Nothing listens yet: the source retries with back-off.
+    assert!(!src.snapshots.borrow().synced);
+    api.restart();
+    src.until(3 * SECOND, "sync once the API is up", |s| s.synced && backends(s, "shop", "web").is_some()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_loses_nothing_and_does_not_busy_loop() {
+    let api = FakeApiServer::start();
+    api.apply(Resource::Services, service("shop", "web", 80));
+    api.apply(Resource::Services, service("shop", "old", 80));
+    api.apply(Resource::EndpointSlices, slice("shop", "web", "web-1", &["10.0.0.1"]));
+    let mut src = run_source(&api).await;
+    src.until(5 * SECOND, "first sync", |s| s.synced && s.len() == 2).await;
+
+    // The API answers 503 to everything and open watches break.
+    api.set_unavailable(true);
+    api.drop_connections();
+    // Changes made meanwhile (by other clients, through the real store).
+    api.apply(Resource::Services, service("shop", "new", 80));
+    api.delete(Resource::Services, "shop", "old");
+    api.apply(Resource::EndpointSlices, slice("shop", "web", "web-1", &["10.0.0.1", "10.0.0.3"]));
+
+    let before = api.requests();
+    // Measuring a rate needs a window of time: this sleep is the window.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = api.requests() - before;
+    // Three watchers with back-off from 50 ms to 500 ms: about six attempts
+    // each in two seconds. A busy loop makes thousands.
+    assert!(during <= 40, "{during} requests in 2 s of outage: busy loop?");
+    assert!(during >= 3, "only {during} requests in 2 s: the source stopped retrying");
+    let snap = src.snapshots.borrow().clone();
+    assert_eq!(snap.len(), 2, "the last known state is kept during the outage");
+
+    api.set_unavailable(false);
+    src.until(2 * SECOND, "every change made during the outage", |s| {
+        backends(s, "shop", "new").is_some()
+            && backends(s, "shop", "old").is_none()
+            && backends(s, "shop", "web") == Some(vec!["10.0.0.1".into(), "10.0.0.3".into()])
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_410_relists_and_deletes_what_vanished() {
+    let api = FakeApiServer::start();
+    api.apply(Resource::Services, service("shop", "a", 80));
+    api.apply(Resource::Services, service("shop", "b", 80));
+    let mut src = run_source(&api).await;
+    src.until(5 * SECOND, "first sync", |s| s.synced && s.len() == 2).await;
+
+    api.set_unavailable(true);
+    api.drop_connections();
+    api.delete(Resource::Services, "shop", "b");
+    api.apply(Resource::Services, service("shop", "c", 80));
+    // The history of those changes is gone: resuming from the old
+    // resourceVersion gets 410 and the client must list again.
+    api.compact();
+    let mark = api.requests();
+    api.set_unavailable(false);
+
+    src.until(3 * SECOND, "the re-list", |s| {
+        backends(s, "shop", "b").is_none() && backends(s, "shop", "c").is_some() && backends(s, "shop", "a").is_some()
+    })
+    .await;
+    let log = api.request_log();
+    let services: Vec<&String> = log[mark..].iter().filter(|r| r.starts_with("/api/v1/services")).collect();
+    assert!(services.iter().any(|r| !r.contains("watch=true")), "a list follows the 410: {services:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_resume_from_the_last_resource_version_and_bookmarks() {
+    let api = FakeApiServer::start();
+    api.apply(Resource::Services, service("shop", "web", 80));
+    let mut src = run_source(&api).await;
+    src.until(5 * SECOND, "first sync", |s| s.synced).await;
+    let rv = api.apply(Resource::Services, service("shop", "web", 81));
+    src.until(SECOND, "the change", |s| {
+        s.service(&ServiceKey::new("shop", "web")).is_some_and(|e| e.ports[0].port == 81)
+    })
+    .await;
+    // Other resources move the resourceVersion on; a bookmark tells the
+    // services watch, so it resumes from there rather than from `rv`.
+    let later = api.apply(Resource::Nodes, json!({"metadata": {"name": "n1"}}));
+    assert!(later > rv);
+    api.bookmark();
+    let mark = api.requests();
+    api.end_watches();
+    let resumed = api
+        .wait_request(mark, 3 * SECOND, |r| r.starts_with("/api/v1/services?") && r.contains("watch=true"))
+        .expect("the services watch resumes");
+    assert!(resumed.contains(&format!("resourceVersion={later}")), "resumed from the bookmark: {resumed}");
+    let log = api.request_log();
+    assert!(
+        !log[mark..].iter().any(|r| r.starts_with("/api/v1/services?") && !r.contains("watch=true")),
+        "no re-list after a clean end: {:?}",
+        &log[mark..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_endpoints_when_the_api_has_no_endpoint_slices() {
+    let api = FakeApiServer::start();
+    api.without_endpoint_slices();
+    api.apply(Resource::Services, service("shop", "web", 80));
+    api.apply(
+        Resource::Endpoints,
+        json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "subsets": [{"addresses": [{"ip": "10.0.0.7"}], "ports": [{"name": "http", "port": 8080}]}],
+        }),
+    );
+    let mut src = run_source(&api).await;
+    src.until(5 * SECOND, "sync from Endpoints", |s| {
+        s.synced && backends(s, "shop", "web") == Some(vec!["10.0.0.7".into()])
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_labelled_for_another_proxy_are_excluded() {
+    let api = FakeApiServer::start();
+    let mut other = service("shop", "other", 80);
+    other["metadata"]["labels"] = json!({SERVICE_PROXY_NAME_LABEL: "istio"});
+    api.apply(Resource::Services, other);
+    api.apply(Resource::Services, service("shop", "web", 80));
+    let mut src = run_source(&api).await;
+    src.until(5 * SECOND, "first sync", |s| s.synced && backends(s, "shop", "web").is_some()).await;
+    assert!(backends(&src.snapshots.borrow(), "shop", "other").is_none());
+
+    // Taking the label off brings it in; putting it back takes it out.
+    api.apply(Resource::Services, service("shop", "other", 80));
+    src.until(SECOND, "unlabelled service", |s| backends(s, "shop", "other").is_some()).await;
+    let mut other = service("shop", "other", 80);
+    other["metadata"]["labels"] = json!({SERVICE_PROXY_NAME_LABEL: "istio"});
+    api.apply(Resource::Services, other);
+    src.until(SECOND, "relabelled service", |s| backends(s, "shop", "other").is_none()).await;
+}
