@@ -21,6 +21,6 @@ pub mod snapshot;
 pub mod vip;
 
 pub use object::{EndpointSet, EndpointSubset, Object, ObjectKey, ObjectKind, ServiceObject, SourceEvent};
-pub use registry::{Registry, RegistryConfig, RegistryHandle};
+pub use registry::{EventSink, EventStream, Registry, RegistryConfig, RegistryHandle};
 pub use service::{LbStrategy, Protocol, ServiceKey, TargetPort};
 pub use snapshot::{Backend, EndpointInfo, ResolvedPort, ServiceEntry, Snapshot};

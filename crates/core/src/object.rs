@@ -8,12 +8,12 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::service::{Protocol, ServiceKey, TargetPort};
 
 /// The kinds of object a source can emit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ObjectKind {
     Service,
     /// `discovery.k8s.io/v1` EndpointSlice.
@@ -23,7 +23,7 @@ pub enum ObjectKind {
 }
 
 /// Identity of a source object: kind, namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ObjectKey {
     pub kind: ObjectKind,
     pub namespace: String,
@@ -31,7 +31,7 @@ pub struct ObjectKey {
 }
 
 /// Namespace, name, labels and annotations of an object.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectMeta {
     pub namespace: String,
     pub name: String,
@@ -41,7 +41,10 @@ pub struct ObjectMeta {
 
 /// A `v1/Service`, reduced to what the data plane needs. Construct with
 /// `..Default::default()` so that new fields do not break sources.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+/// Deserialized with defaults for missing fields, so a persisted copy
+/// written before a field existed still loads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ServiceObject {
     pub meta: ObjectMeta,
     /// `spec.clusterIPs` (or `spec.clusterIP`); empty when unset.
@@ -54,7 +57,7 @@ pub struct ServiceObject {
 }
 
 /// One entry of `spec.ports`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServicePortSpec {
     /// Empty when the service has a single unnamed port.
     pub name: String,
@@ -66,7 +69,7 @@ pub struct ServicePortSpec {
 
 /// Endpoints of a service: one EndpointSlice (one subset) or one legacy
 /// Endpoints object (one subset per `subsets[]` entry).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointSet {
     pub meta: ObjectMeta,
     /// Kind of the object this came from; decides the [`ObjectKey`].
@@ -78,14 +81,14 @@ pub struct EndpointSet {
 }
 
 /// Endpoints that share one port list.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct EndpointSubset {
     pub endpoints: Vec<EndpointSpec>,
     pub ports: Vec<EndpointPortSpec>,
 }
 
 /// One endpoint (a pod): its addresses and conditions.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointSpec {
     pub addresses: Vec<IpAddr>,
     /// `conditions.ready`; Kubernetes treats an unset condition as ready.
@@ -95,7 +98,7 @@ pub struct EndpointSpec {
 }
 
 /// A port of an endpoint set; `name` matches the service port's name.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointPortSpec {
     pub name: String,
     pub port: u16,
@@ -103,7 +106,7 @@ pub struct EndpointPortSpec {
 }
 
 /// Any object a source can emit.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Object {
     Service(ServiceObject),
     Endpoints(EndpointSet),

@@ -41,6 +41,32 @@ impl EventSink {
     }
 }
 
+impl EventSink {
+    /// A sink that feeds an [`EventStream`] instead of the registry, for a
+    /// layer between a source and the registry (the persistent cache).
+    pub fn detached(capacity: usize) -> (EventSink, EventStream) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (EventSink { source: 0, tx }, EventStream { rx })
+    }
+}
+
+/// What a [`EventSink::detached`] sink sends; ends when every sink is dropped.
+#[derive(Debug)]
+pub struct EventStream {
+    rx: mpsc::Receiver<(usize, SourceEvent)>,
+}
+
+impl EventStream {
+    /// Waits for events and appends up to `limit` of them to `out`;
+    /// returns 0 once every sink is gone.
+    pub async fn recv_many(&mut self, out: &mut Vec<SourceEvent>, limit: usize) -> usize {
+        let mut batch = Vec::with_capacity(limit.min(1024));
+        let n = self.rx.recv_many(&mut batch, limit).await;
+        out.extend(batch.into_iter().map(|(_, e)| e));
+        n
+    }
+}
+
 /// The registry task is gone (the agent is shutting down).
 #[derive(Debug, thiserror::Error)]
 #[error("the registry has stopped")]

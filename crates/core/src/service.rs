@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Identity of a service: namespace and name, both lowercase DNS labels as
 /// Kubernetes requires.
@@ -26,7 +26,7 @@ impl fmt::Display for ServiceKey {
 }
 
 /// L4 protocol of a port, as Kubernetes spells it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub enum Protocol {
     #[default]
     #[serde(rename = "TCP")]
@@ -62,7 +62,7 @@ impl FromStr for Protocol {
 
 /// A Service port's `targetPort`: a number, or the name of a container port
 /// that the endpoints resolve.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum TargetPort {
     Number(u16),

@@ -1,0 +1,154 @@
+//! The redb file: one table of objects (key `Kind/namespace/name`, value
+//! the object as JSON) and one of metadata (format version, time of the
+//! last write). Every batch of changes is one write transaction, so a kill
+//! at any moment leaves the previous or the new state, never a torn one.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use edgemesh_core::{Object, ObjectKey, SourceEvent};
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::error::CacheError;
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Bumped when the stored encoding changes incompatibly; a file of another
+/// version is moved aside and rebuilt.
+pub const FORMAT: u64 = 1;
+/// The file's name inside the state directory.
+pub const FILE_NAME: &str = "cache.redb";
+
+/// What the cache held at start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub objects: Vec<Object>,
+    /// When a source last changed the cache.
+    pub saved_at: Option<SystemTime>,
+}
+
+/// An open cache file.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) `dir/cache.redb` and reads it. A file that cannot
+    /// be read (corrupt, truncated, another format) is moved aside to
+    /// `cache.redb.broken-<unix time>` and replaced by an empty one; the
+    /// returned message says so, for the log and the admin endpoint.
+    pub fn open(dir: &Path) -> Result<(Store, Loaded, Option<String>), CacheError> {
+        std::fs::create_dir_all(dir).map_err(|source| CacheError::Dir { dir: dir.to_owned(), source })?;
+        let path = dir.join(FILE_NAME);
+        match Self::try_open(&path) {
+            Ok((store, loaded)) => Ok((store, loaded, None)),
+            Err(e @ CacheError::Locked { .. }) => Err(e),
+            Err(e) if path.exists() => {
+                let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+                let aside = dir.join(format!("{FILE_NAME}.broken-{unix}"));
+                std::fs::rename(&path, &aside)
+                    .map_err(|source| CacheError::MoveAside { path: path.clone(), source })?;
+                let note = format!("{e}; moved it to {} and started an empty cache", aside.display());
+                let (store, loaded) = Self::try_open(&path)?;
+                Ok((store, loaded, Some(note)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn try_open(path: &Path) -> Result<(Store, Loaded), CacheError> {
+        let bad = |reason: String| CacheError::Unreadable { path: path.to_owned(), reason };
+        let db = Database::create(path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+                CacheError::Locked { path: path.to_owned() }
+            }
+            other => bad(other.to_string()),
+        })?;
+        let store = Store { db, path: path.to_owned() };
+        // Make sure both tables exist and the format is ours.
+        let txn = store.db.begin_write().map_err(|e| bad(e.to_string()))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| bad(e.to_string()))?;
+            let format = meta.get("format").map_err(|e| bad(e.to_string()))?.map(|v| v.value());
+            match format {
+                None => {
+                    meta.insert("format", FORMAT).map_err(|e| bad(e.to_string()))?;
+                }
+                Some(FORMAT) => {}
+                Some(other) => return Err(bad(format!("cache format {other}, this agent writes format {FORMAT}"))),
+            }
+            txn.open_table(OBJECTS).map_err(|e| bad(e.to_string()))?;
+        }
+        txn.commit().map_err(|e| bad(e.to_string()))?;
+
+        let read = store.db.begin_read().map_err(|e| bad(e.to_string()))?;
+        let meta = read.open_table(META).map_err(|e| bad(e.to_string()))?;
+        let saved_at = meta
+            .get("saved_at")
+            .map_err(|e| bad(e.to_string()))?
+            .map(|v| UNIX_EPOCH + Duration::from_millis(v.value()));
+        let table = read.open_table(OBJECTS).map_err(|e| bad(e.to_string()))?;
+        let mut objects = Vec::new();
+        for entry in table.iter().map_err(|e| bad(e.to_string()))? {
+            let (key, value) = entry.map_err(|e| bad(e.to_string()))?;
+            let object: Object = serde_json::from_slice(value.value())
+                .map_err(|e| bad(format!("entry {:?} does not decode: {e}", key.value())))?;
+            if key_string(&object.key()) != key.value() {
+                return Err(bad(format!("entry {:?} holds another object", key.value())));
+            }
+            objects.push(object);
+        }
+        drop((table, meta, read));
+        Ok((store, Loaded { objects, saved_at }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Applies a batch of events in one transaction and stamps the time.
+    pub fn write(&self, events: &[SourceEvent]) -> Result<SystemTime, CacheError> {
+        let failed = |e: String| CacheError::Write { path: self.path.clone(), reason: e };
+        let now = SystemTime::now();
+        let txn = self.db.begin_write().map_err(|e| failed(e.to_string()))?;
+        {
+            let mut table = txn.open_table(OBJECTS).map_err(|e| failed(e.to_string()))?;
+            // The last event for a key wins within a batch.
+            let mut last: HashMap<ObjectKey, Option<&Object>> = HashMap::with_capacity(events.len());
+            for event in events {
+                match event {
+                    SourceEvent::Apply(o) => {
+                        last.insert(o.key(), Some(o));
+                    }
+                    SourceEvent::Delete(k) => {
+                        last.insert(k.clone(), None);
+                    }
+                    SourceEvent::Synced => {}
+                }
+            }
+            for (key, object) in last {
+                let key = key_string(&key);
+                match object {
+                    Some(o) => {
+                        let bytes = serde_json::to_vec(o).map_err(|e| failed(e.to_string()))?;
+                        table.insert(key.as_str(), bytes.as_slice()).map_err(|e| failed(e.to_string()))?;
+                    }
+                    None => {
+                        table.remove(key.as_str()).map_err(|e| failed(e.to_string()))?;
+                    }
+                }
+            }
+            let mut meta = txn.open_table(META).map_err(|e| failed(e.to_string()))?;
+            let millis = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+            meta.insert("saved_at", millis).map_err(|e| failed(e.to_string()))?;
+        }
+        txn.commit().map_err(|e| failed(e.to_string()))?;
+        Ok(now)
+    }
+}
+
+fn key_string(k: &ObjectKey) -> String {
+    format!("{:?}/{}/{}", k.kind, k.namespace, k.name)
+}

@@ -1,0 +1,166 @@
+//! The cache between a source and the real registry, on real files.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgemesh_cache::{CacheStatus, Origin, Store, relay};
+use edgemesh_core::object::{ObjectMeta, ServicePortSpec};
+use edgemesh_core::{
+    EventSink, LbStrategy, Object, Protocol, Registry, RegistryConfig, RegistryHandle, ServiceKey, ServiceObject,
+    Snapshot, SourceEvent, TargetPort,
+};
+use tokio_util::sync::CancellationToken;
+
+fn service(name: &str, port: u16) -> Object {
+    Object::Service(ServiceObject {
+        meta: ObjectMeta { namespace: "shop".into(), name: name.into(), ..Default::default() },
+        ports: vec![ServicePortSpec {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port,
+            target_port: TargetPort::Number(8080),
+            node_port: None,
+        }],
+        service_type: "ClusterIP".into(),
+        ..Default::default()
+    })
+}
+
+/// A registry fed through the cache relay by a source the test drives.
+struct Agent {
+    source: EventSink,
+    snapshots: RegistryHandle,
+    status: Arc<CacheStatus>,
+    shutdown: CancellationToken,
+    relay: tokio::task::JoinHandle<()>,
+}
+
+fn start(dir: &Path) -> Agent {
+    let mut registry = Registry::new(RegistryConfig {
+        vip_cidr: "127.241.0.0/16".parse().unwrap(),
+        default_strategy: LbStrategy::RoundRobin,
+    });
+    let sink = registry.source();
+    let snapshots = registry.subscribe();
+    tokio::spawn(registry.run());
+    let (source, upstream) = EventSink::detached(64);
+    let status = CacheStatus::new();
+    let shutdown = CancellationToken::new();
+    let relay = tokio::spawn({
+        let (dir, status, shutdown) = (dir.to_owned(), status.clone(), shutdown.clone());
+        async move { relay(&dir, upstream, sink, status, shutdown).await }
+    });
+    Agent { source, snapshots, status, shutdown, relay }
+}
+
+impl Agent {
+    async fn until(&mut self, what: &str, pred: impl Fn(&Snapshot) -> bool) {
+        let r = tokio::time::timeout(Duration::from_secs(1), self.snapshots.wait_for(|s| pred(s))).await;
+        assert!(matches!(r, Ok(Ok(_))), "within a second: {what}");
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.relay.await.unwrap();
+    }
+}
+
+fn has(s: &Snapshot, name: &str) -> bool {
+    s.service(&ServiceKey::new("shop", name)).is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_restart_without_the_source_and_is_reconciled_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = start(dir.path());
+    for name in ["web", "db"] {
+        a.source.send(SourceEvent::Apply(service(name, 80))).await.unwrap();
+    }
+    a.source.send(SourceEvent::Synced).await.unwrap();
+    a.until("live state", |s| s.synced && has(s, "web") && has(s, "db")).await;
+    assert_eq!(a.status.report().origin, Origin::Live);
+    a.source.send(SourceEvent::Apply(service("web", 81))).await.unwrap();
+    a.until("a change", |s| s.service(&ServiceKey::new("shop", "web")).is_some_and(|e| e.ports[0].port == 81)).await;
+    a.stop().await;
+
+    // Restart; the source never answers: the cache is served at once.
+    let mut b = start(dir.path());
+    b.until("cached state, synced", |s| s.synced && has(s, "db")).await;
+    assert_eq!(b.snapshots.borrow().service(&ServiceKey::new("shop", "web")).unwrap().ports[0].port, 81);
+    let report = b.status.report();
+    assert_eq!(report.origin, Origin::Cache);
+    assert!(report.age_seconds.is_some() && report.describe().contains("from cache"), "{report:?}");
+
+    // The source answers without `db`: it goes, and the state is live.
+    b.source.send(SourceEvent::Apply(service("web", 81))).await.unwrap();
+    b.source.send(SourceEvent::Apply(service("cart", 82))).await.unwrap();
+    b.source.send(SourceEvent::Synced).await.unwrap();
+    b.until("reconciled", |s| !has(s, "db") && has(s, "cart") && has(s, "web")).await;
+    assert_eq!(b.status.report().origin, Origin::Live);
+    b.stop().await;
+
+    let (_, loaded, note) = Store::open(dir.path()).unwrap();
+    assert!(note.is_none());
+    let mut names: Vec<String> = loaded.objects.iter().map(|o| o.key().name).collect();
+    names.sort();
+    assert_eq!(names, ["cart", "web"], "the reconciliation was written through");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_cache_file_is_moved_aside_and_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _, _) = Store::open(dir.path()).unwrap();
+        let events: Vec<SourceEvent> = (0..200).map(|i| SourceEvent::Apply(service(&format!("s{i}"), 80))).collect();
+        store.write(&events).unwrap();
+    }
+    let file = dir.path().join("cache.redb");
+    let len = std::fs::metadata(&file).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    f.set_len(len / 3).unwrap();
+    drop(f);
+
+    let mut a = start(dir.path());
+    a.source.send(SourceEvent::Apply(service("web", 80))).await.unwrap();
+    a.source.send(SourceEvent::Synced).await.unwrap();
+    a.until("the agent works on", |s| s.synced && has(s, "web")).await;
+    let report = a.status.report();
+    a.stop().await;
+    let aside: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("cache.redb.broken-"))
+        .collect();
+    let problem = report.cache_problem.expect("the truncation is reported");
+    assert!(problem.contains("truncated") && problem.contains("moved it to"), "{problem}");
+    assert_eq!(aside.len(), 1, "the broken file is kept for inspection");
+    let (_, loaded, note) = Store::open(dir.path()).unwrap();
+    assert!(note.is_none(), "the rebuilt file is healthy: {note:?}");
+    assert!(loaded.objects.iter().any(|o| o.key().name == "web"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_is_not_a_cache_is_reported_and_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cache.redb"), b"this is not a database, just text".repeat(100)).unwrap();
+    let (store, loaded, note) = Store::open(dir.path()).unwrap();
+    let note = note.expect("reported");
+    assert!(note.contains("unreadable") && note.contains("moved it to"), "{note}");
+    assert!(loaded.objects.is_empty());
+    store.write(&[SourceEvent::Apply(service("web", 80))]).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_state_dir_disables_the_cache_not_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "x").unwrap();
+    let mut a = start(&blocker.join("state"));
+    a.source.send(SourceEvent::Apply(service("web", 80))).await.unwrap();
+    a.source.send(SourceEvent::Synced).await.unwrap();
+    a.until("served without a cache", |s| s.synced && has(s, "web")).await;
+    let problem = a.status.report().cache_problem.expect("reported");
+    assert!(problem.contains("state directory"), "{problem}");
+    a.stop().await;
+}
