@@ -1,9 +1,11 @@
 //! The admin endpoint: health, readiness and a dump of what the agent serves.
 //!
 //! - `/healthz`: 200 while the process runs.
-//! - `/readyz`: 200 once every source has been read in full and the proxy has
-//!   applied that state; 503 with the reason otherwise.
-//! - `/services`: the current snapshot as JSON.
+//! - `/readyz`: 200 once every source has been read in full (or the cached
+//!   state replayed) and the proxy has applied that state; 503 with the
+//!   reason otherwise. The body says whether the state is live or from the
+//!   cache, and how old.
+//! - `/services`: the current snapshot as JSON, with the state's origin.
 //! - `/config`: the effective configuration as JSON.
 
 use std::convert::Infallible;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use edgemesh_cache::{CacheStatus, StateReport};
 use edgemesh_core::{RegistryHandle, ServiceEntry};
 use edgemesh_proxy::ProxyStatus;
 use http_body_util::Full;
@@ -33,6 +36,8 @@ pub struct AdminState {
     pub config: Arc<Config>,
     pub snapshots: RegistryHandle,
     pub proxy: Arc<ProxyStatus>,
+    /// Whether the state is live or from the persistent cache.
+    pub cache: Arc<CacheStatus>,
 }
 
 impl AdminState {
@@ -93,6 +98,8 @@ impl AdminServer {
 
 #[derive(Serialize)]
 struct ServicesDump<'a> {
+    /// Live or from cache, and how old.
+    state: StateReport,
     generation: u64,
     synced: bool,
     count: usize,
@@ -106,12 +113,13 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => match state.not_ready_reason() {
-            None => text(StatusCode::OK, "ready\n"),
+            None => text(StatusCode::OK, &format!("ready ({})\n", state.cache.report().describe())),
             Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: {why}\n")),
         },
         "/services" => {
             let snap = state.snapshots.borrow().clone();
             let dump = ServicesDump {
+                state: state.cache.report(),
                 generation: snap.generation,
                 synced: snap.synced,
                 count: snap.len(),

@@ -2,30 +2,35 @@
 //! together, and stops them cleanly on SIGTERM or Ctrl-C.
 //!
 //! ```text
-//! manifests dir -> ManifestSource -> Registry -> snapshots -> DnsServer
-//!                                                         -> Proxy
-//!                                                         -> AdminServer
+//! manifests dir -> ManifestSource ┐
+//! Kubernetes API -> KubeSource ───┴> cache relay -> Registry -> snapshots -> DnsServer
+//!                                      (state-dir)                        -> Proxy
+//!                                                                         -> AdminServer
 //! ```
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use edgemesh_core::{Registry, RegistryConfig};
+use edgemesh_cache::CacheStatus;
+use edgemesh_core::{EventSink, Registry, RegistryConfig};
 use edgemesh_dns::{DnsConfig, DnsServer};
+use edgemesh_kube::{ApiEndpoint, KubeSource, KubeSourceConfig};
 use edgemesh_manifests::ManifestSource;
 use edgemesh_proxy::{Proxy, ProxyConfig};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminServer, AdminState};
-use crate::config::Config;
+use crate::config::{Config, SourceKind};
 use crate::limits;
 
 /// How long components get to finish after a stop signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Both rustls providers may be compiled in; kube panics unless one is the default.
+    edgemesh_kube::install_crypto_provider();
     let nofile = limits::raise_nofile_limit();
     let max_connections = match config.proxy.max_connections {
         0 => ProxyConfig::max_connections_for_fd_limit(nofile),
@@ -33,7 +38,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     tracing::info!(
         node = %config.node_name,
+        source = ?config.source,
         manifests = %config.manifests.dir.display(),
+        state_dir = %config.state_dir.display(),
         dns = %config.dns.listen,
         admin = %config.admin.listen,
         vip_cidr = %config.vip_cidr,
@@ -45,7 +52,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut registry =
         Registry::new(RegistryConfig { vip_cidr: config.vip_cidr, default_strategy: config.proxy.default_strategy });
-    let manifest_sink = registry.source();
+    // source -> cache relay (write-through, replay at start) -> registry
+    let registry_sink = registry.source();
+    let (source_sink, upstream) = EventSink::detached(1024);
+    let cache = CacheStatus::new();
     let snapshots = registry.subscribe();
 
     // Bind everything before starting anything, so a taken port is a clear
@@ -68,7 +78,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let admin = AdminServer::bind(
         config.admin.listen,
-        AdminState { config: config.clone(), snapshots: snapshots.clone(), proxy: proxy.status() },
+        AdminState {
+            config: config.clone(),
+            snapshots: snapshots.clone(),
+            proxy: proxy.status(),
+            cache: cache.clone(),
+        },
     )
     .await
     .with_context(|| {
@@ -84,8 +99,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tasks.spawn(proxy.run(shutdown.clone()).map_ok());
     tasks.spawn(admin.run(shutdown.clone()).map_ok());
-    let source = ManifestSource::new(config.manifests.dir.clone(), config.manifests.poll_interval);
-    tasks.spawn(source.run(manifest_sink, shutdown.clone()).map_ok());
+    {
+        let (dir, shutdown) = (config.state_dir.clone(), shutdown.clone());
+        tasks
+            .spawn(async move { edgemesh_cache::relay(&dir, upstream, registry_sink, cache, shutdown).await }.map_ok());
+    }
+    match config.source {
+        SourceKind::Manifests => {
+            let source = ManifestSource::new(config.manifests.dir.clone(), config.manifests.poll_interval);
+            tasks.spawn(source.run(source_sink, shutdown.clone()).map_ok());
+        }
+        SourceKind::Kube => {
+            let endpoint = match (&config.kube.api, &config.kube.kubeconfig) {
+                (Some(url), _) => ApiEndpoint::Url(url.clone()),
+                (None, Some(path)) => ApiEndpoint::Kubeconfig(path.clone()),
+                (None, None) => ApiEndpoint::Infer,
+            };
+            let source = KubeSource::new(KubeSourceConfig::new(endpoint))
+                .await
+                .context("cannot set up the Kubernetes source")?;
+            tasks.spawn(source.run(source_sink, shutdown.clone()).map_ok());
+        }
+    }
 
     let outcome = tokio::select! {
         signal = stop_signal() => {

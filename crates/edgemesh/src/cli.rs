@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use edgemesh_core::LbStrategy;
 use ipnet::IpNet;
 
-use crate::config::{Config, ConfigError, parse_duration, resolv_conf_nameservers};
+use crate::config::{Config, ConfigError, SourceKind, parse_duration, resolv_conf_nameservers};
 
 /// edgemesh: a service mesh data plane for edge nodes.
 ///
@@ -43,6 +43,22 @@ pub struct AgentArgs {
     /// Directory of Kubernetes manifests (Service, EndpointSlice, Endpoints) to serve; watched for changes.
     #[arg(long, value_name = "DIR")]
     pub manifest_dir: Option<PathBuf>,
+
+    /// Where services come from: manifests (a directory) or kube (the Kubernetes API / KubeEdge metaServer).
+    #[arg(long, value_name = "SOURCE", value_enum)]
+    pub source: Option<SourceKind>,
+
+    /// Kubernetes API URL, e.g. KubeEdge metaServer http://127.0.0.1:10550 (plain HTTP, no auth). Implies --source kube.
+    #[arg(long, value_name = "URL")]
+    pub kube_api: Option<String>,
+
+    /// Kubeconfig file for the Kubernetes API. Implies --source kube.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Directory of the persistent cache that lets a restarted agent serve while the source is unreachable. Default: /var/lib/edgemesh.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 
     /// Address of the node-local DNS server, UDP and TCP. Default: 127.0.0.1:5353.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -98,6 +114,20 @@ impl AgentArgs {
         }
         if let Some(v) = &self.manifest_dir {
             c.manifests.dir = v.clone();
+        }
+        if let Some(v) = self.source {
+            c.source = v;
+        }
+        if let Some(v) = &self.kube_api {
+            c.kube.api = Some(v.clone());
+            c.source = SourceKind::Kube;
+        }
+        if let Some(v) = &self.kubeconfig {
+            c.kube.kubeconfig = Some(v.clone());
+            c.source = SourceKind::Kube;
+        }
+        if let Some(v) = &self.state_dir {
+            c.state_dir = v.clone();
         }
         if let Some(v) = self.dns_listen {
             c.dns.listen = v;
@@ -169,12 +199,37 @@ mod tests {
     }
 
     #[test]
+    fn kube_flags_select_the_kube_source() {
+        let cli =
+            Cli::try_parse_from(["edgemesh", "agent", "--kube-api", "http://127.0.0.1:10550", "--state-dir", "/tmp/s"])
+                .unwrap();
+        let Command::Agent(args) = cli.command;
+        let c = args.resolve().unwrap();
+        assert_eq!(c.source, SourceKind::Kube);
+        assert_eq!(c.kube.api.as_deref(), Some("http://127.0.0.1:10550"));
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/s"));
+        let c = Config::from_yaml("source: kube\nkube:\n  kubeconfig: /etc/kube.conf\n").unwrap();
+        assert_eq!(c.source, SourceKind::Kube);
+        assert_eq!(Config::default().source, SourceKind::Manifests);
+    }
+
+    #[test]
     fn help_mentions_every_flag() {
         use clap::CommandFactory;
         let mut cmd = Cli::command();
         let help = cmd.find_subcommand_mut("agent").unwrap().render_long_help().to_string();
-        for flag in ["--node-name", "--manifest-dir", "--dns-listen", "--dns-upstream", "--admin-listen", "--vip-cidr"]
-        {
+        for flag in [
+            "--node-name",
+            "--manifest-dir",
+            "--kube-api",
+            "--kubeconfig",
+            "--state-dir",
+            "--source",
+            "--dns-listen",
+            "--dns-upstream",
+            "--admin-listen",
+            "--vip-cidr",
+        ] {
             assert!(help.contains(flag), "{flag} missing from help");
         }
     }

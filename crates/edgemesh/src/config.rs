@@ -28,7 +28,14 @@ pub struct Config {
     pub log_level: String,
     /// Virtual IPs for services come from this range.
     pub vip_cidr: IpNet,
+    /// Where services come from: `manifests` (a directory) or `kube` (the
+    /// Kubernetes API or KubeEdge metaServer).
+    pub source: SourceKind,
+    /// Directory for the persistent cache (`cache.redb`), which lets the
+    /// agent serve its last known state when restarted offline.
+    pub state_dir: PathBuf,
     pub manifests: ManifestsConfig,
+    pub kube: KubeSection,
     pub dns: DnsSection,
     pub proxy: ProxySection,
     pub admin: AdminSection,
@@ -42,6 +49,26 @@ pub struct ManifestsConfig {
     /// How often the directory is checked for changes.
     #[serde(with = "duration")]
     pub poll_interval: Duration,
+}
+
+/// Where services come from.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    #[default]
+    Manifests,
+    Kube,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubeSection {
+    /// API URL, e.g. KubeEdge metaServer `http://127.0.0.1:10550` (plain
+    /// HTTP, no authentication). Wins over `kubeconfig`.
+    pub api: Option<String>,
+    /// Kubeconfig file. With neither set: the pod's service account, else
+    /// `$KUBECONFIG` or `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -88,7 +115,10 @@ impl Default for Config {
             node_name: default_node_name(),
             log_level: "info".into(),
             vip_cidr: DEFAULT_VIP_CIDR.parse().expect("valid default CIDR"),
+            source: SourceKind::Manifests,
+            state_dir: PathBuf::from("/var/lib/edgemesh"),
             manifests: ManifestsConfig::default(),
+            kube: KubeSection::default(),
             dns: DnsSection::default(),
             proxy: ProxySection::default(),
             admin: AdminSection::default(),

@@ -54,12 +54,15 @@ pub struct Agent {
 pub struct AgentOptions {
     pub upstreams: Vec<SocketAddr>,
     pub extra: Vec<String>,
+    /// `--state-dir`; default: a directory of the agent's own, so parallel
+    /// agents never share a cache.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
         // A closed port: nothing is forwarded unless a test asks for it.
-        Self { upstreams: vec![SocketAddr::from(([127, 0, 0, 1], free_port()))], extra: Vec::new() }
+        Self { upstreams: vec![SocketAddr::from(([127, 0, 0, 1], free_port()))], extra: Vec::new(), state_dir: None }
     }
 }
 
@@ -80,7 +83,9 @@ impl Agent {
             .arg(manifests)
             .args(["--dns-listen", &format!("127.0.0.1:{dns_port}")])
             .args(["--admin-listen", &admin.to_string()])
-            .args(["--vip-cidr", &unique_vip_cidr()]);
+            .args(["--vip-cidr", &unique_vip_cidr()])
+            .arg("--state-dir")
+            .arg(opts.state_dir.clone().unwrap_or_else(|| dir.path().join("state")));
         for u in &opts.upstreams {
             cmd.args(["--dns-upstream", &u.to_string()]);
         }
@@ -134,6 +139,12 @@ impl Agent {
 
     pub fn dig(&self, args: &[&str]) -> String {
         dig(self.dns_port, args)
+    }
+
+    /// Kills the agent with SIGKILL (no chance to clean up) and waits for it.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// Sends SIGTERM and waits for the exit status.

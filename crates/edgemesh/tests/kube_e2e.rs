@@ -1,0 +1,135 @@
+//! The agent with `--kube-api` against a fake API server that speaks the
+//! Kubernetes list/watch protocol: the real binary, queried with `dig`,
+//! reached with `curl`, serving real nginx backends; and its persistent
+//! cache across a `kill -9` while the API is down.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use edgemesh_fake_apiserver::{FakeApiServer, Resource};
+use serde_json::{Value, json};
+use support::*;
+
+fn service(ns: &str, name: &str) -> Value {
+    json!({
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "web"}]},
+    })
+}
+
+fn slice(ns: &str, svc: &str, ports: &[u16]) -> Value {
+    // Every backend is on 127.0.0.1 with its own port, and a slice has one
+    // port list: one slice per backend.
+    json!({
+        "metadata": {"name": format!("{svc}-{}", ports[0]), "namespace": ns,
+                     "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": ports[0]}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "nodeName": "test-node"}],
+    })
+}
+
+fn kube_agent(api: &FakeApiServer, state_dir: Option<std::path::PathBuf>) -> Agent {
+    let empty = tempfile::tempdir().unwrap();
+    let opts = AgentOptions { extra: vec!["--kube-api".into(), api.url()], state_dir, ..Default::default() };
+    Agent::start_with(empty.path(), opts)
+}
+
+fn backend_count(agent: &Agent, ns: &str, name: &str) -> Option<usize> {
+    let dump = agent.services();
+    let svc = dump["services"].as_array()?.iter().find(|s| s["namespace"] == ns && s["name"] == name)?.clone();
+    Some(svc["ports"][0]["backends"].as_array().map_or(0, Vec::len))
+}
+
+#[test]
+fn services_from_the_api_reach_dns_and_the_proxy_within_a_second() {
+    let nginx = Nginx::start(2);
+    let api = FakeApiServer::start();
+    api.apply(Resource::Services, service("shop", "web"));
+    api.apply(Resource::EndpointSlices, slice("shop", "web", &[nginx.ports[0]]));
+    let agent = kube_agent(&api, None);
+
+    let vip = agent.vip("shop", "web").expect("web has a VIP");
+    assert_eq!(agent.dig(&["+short", "web.shop.svc.cluster.local"]).trim(), vip);
+    assert_eq!(curl(&format!("http://{vip}/")).as_deref(), Some("backend-0\n"));
+    let (_, ready) = agent.try_get("/readyz").unwrap();
+    assert!(ready.contains("live"), "{ready}");
+
+    // A second endpoint: within a second the proxy uses both.
+    api.apply(Resource::EndpointSlices, slice("shop", "web", &[nginx.ports[1]]));
+    eventually(Duration::from_secs(1), "the new endpoint", || {
+        (backend_count(&agent, "shop", "web") == Some(2)).then_some(())
+    });
+    let mut seen: Vec<String> = (0..4).filter_map(|_| curl(&format!("http://{vip}/"))).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, ["backend-0\n", "backend-1\n"]);
+
+    // A new service answers in DNS within a second; a deleted one is gone.
+    api.apply(Resource::Services, service("shop", "cart"));
+    eventually(Duration::from_secs(1), "cart in DNS", || {
+        let a = agent.dig(&["+short", "cart.shop.svc.cluster.local"]);
+        (!a.trim().is_empty()).then_some(())
+    });
+    api.delete(Resource::Services, "shop", "web");
+    eventually(Duration::from_secs(1), "web gone from DNS", || {
+        agent.dig(&["web.shop.svc.cluster.local"]).contains("status: NXDOMAIN").then_some(())
+    });
+    assert!(curl(&format!("http://{vip}/")).is_none(), "the VIP no longer proxies");
+}
+
+#[test]
+fn killed_and_restarted_while_the_api_is_down_serves_from_the_cache() {
+    let nginx = Nginx::start(1);
+    let api = FakeApiServer::start();
+    api.apply(Resource::Services, service("shop", "web"));
+    api.apply(Resource::EndpointSlices, slice("shop", "web", &[nginx.ports[0]]));
+    let state = tempfile::tempdir().unwrap();
+    let agent = kube_agent(&api, Some(state.path().to_owned()));
+    assert!(agent.vip("shop", "web").is_some());
+    agent.kill9();
+
+    api.stop();
+    let started = Instant::now();
+    let agent = kube_agent(&api, Some(state.path().to_owned()));
+    let ready_after = started.elapsed();
+    assert!(ready_after < Duration::from_secs(1), "ready from the cache after {ready_after:?}");
+    let (status, ready) = agent.try_get("/readyz").unwrap();
+    assert_eq!(status, 200);
+    assert!(ready.contains("from cache"), "{ready}");
+    assert_eq!(agent.services()["state"]["origin"], "cache");
+
+    let vip = agent.vip("shop", "web").expect("web from the cache");
+    assert_eq!(agent.dig(&["+short", "web.shop.svc.cluster.local"]).trim(), vip);
+    assert_eq!(curl(&format!("http://{vip}/")).as_deref(), Some("backend-0\n"));
+
+    // The API comes back without `web`: the agent goes live and drops it.
+    api.delete(Resource::Services, "shop", "web");
+    api.apply(Resource::Services, service("shop", "cart"));
+    api.restart();
+    eventually(Duration::from_secs(5), "live state from the API", || {
+        let dump = agent.services();
+        (dump["state"]["origin"] == "live" && agent.vip("shop", "web").is_none() && agent.vip("shop", "cart").is_some())
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_truncated_cache_file_is_survived() {
+    let api = FakeApiServer::start();
+    api.apply(Resource::Services, service("shop", "web"));
+    let state = tempfile::tempdir().unwrap();
+    let agent = kube_agent(&api, Some(state.path().to_owned()));
+    assert!(agent.vip("shop", "web").is_some());
+    agent.kill9();
+    let file = state.path().join("cache.redb");
+    let len = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(len / 2).unwrap();
+
+    let agent = kube_agent(&api, Some(state.path().to_owned()));
+    assert!(agent.vip("shop", "web").is_some(), "served from the API");
+    let problem = agent.services()["state"]["cacheProblem"].as_str().unwrap_or_default().to_owned();
+    assert!(problem.contains("moved it to"), "reported: {problem:?}");
+    assert!(agent.log().contains("cache file was unusable"), "logged");
+}
