@@ -175,12 +175,19 @@ impl Config {
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let mut config =
             Self::from_yaml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
-        // A relative manifests directory is relative to the config file, so
-        // a config and its manifests can move together.
-        if config.manifests.dir.is_relative()
-            && let Some(base) = path.parent()
-        {
-            config.manifests.dir = base.join(&config.manifests.dir);
+        // Relative paths are relative to the config file, so a config and
+        // the files it names can move together.
+        if let Some(base) = path.parent() {
+            let anchor = |p: &mut PathBuf| {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            };
+            anchor(&mut config.manifests.dir);
+            anchor(&mut config.state_dir);
+            if let Some(kubeconfig) = config.kube.kubeconfig.as_mut() {
+                anchor(kubeconfig);
+            }
         }
         Ok(config)
     }
