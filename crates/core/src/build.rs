@@ -12,7 +12,7 @@ use crate::object::{
     EndpointPortSpec, EndpointSet, EndpointSpec, EndpointSubset, Object, ObjectKind, ObjectMeta, ServiceObject,
     ServicePortSpec,
 };
-use crate::service::{Protocol, TargetPort};
+use crate::service::{InternalTrafficPolicy, Protocol, SessionAffinity, TargetPort, TrafficDistribution};
 
 /// Starts a ClusterIP service with no ports.
 pub fn service(namespace: &str, name: &str) -> ServiceBuilder {
@@ -22,6 +22,7 @@ pub fn service(namespace: &str, name: &str) -> ServiceBuilder {
         headless: false,
         ports: Vec::new(),
         service_type: "ClusterIP".into(),
+        ..Default::default()
     })
 }
 
@@ -75,6 +76,22 @@ impl ServiceBuilder {
 
     pub fn cluster_ip(mut self, ip: &str) -> Self {
         self.0.cluster_ips.push(ip.parse().expect("valid IP"));
+        self
+    }
+
+    /// `sessionAffinity: ClientIP` with this timeout.
+    pub fn client_ip_affinity(mut self, timeout_seconds: u32) -> Self {
+        self.0.session_affinity = SessionAffinity::ClientIp { timeout_seconds };
+        self
+    }
+
+    pub fn internal_traffic_policy(mut self, policy: InternalTrafficPolicy) -> Self {
+        self.0.internal_traffic_policy = policy;
+        self
+    }
+
+    pub fn traffic_distribution(mut self, d: TrafficDistribution) -> Self {
+        self.0.traffic_distribution = Some(d);
         self
     }
 

@@ -22,5 +22,8 @@ pub mod vip;
 
 pub use object::{EndpointSet, EndpointSubset, Object, ObjectKey, ObjectKind, ServiceObject, SourceEvent};
 pub use registry::{EventSink, EventStream, Registry, RegistryConfig, RegistryHandle};
-pub use service::{LbStrategy, Protocol, ServiceKey, TargetPort};
+pub use service::{
+    DEFAULT_UDP_IDLE_TIMEOUT, HashKey, InternalTrafficPolicy, IpFamily, IpFamilyPolicy, LbStrategy, Protocol,
+    ServiceKey, SessionAffinity, TargetPort, TrafficDistribution, UDP_IDLE_TIMEOUT_ANNOTATION,
+};
 pub use snapshot::{Backend, EndpointInfo, ResolvedPort, ServiceEntry, Snapshot};

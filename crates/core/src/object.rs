@@ -10,7 +10,10 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::service::{Protocol, ServiceKey, TargetPort};
+use crate::service::{
+    InternalTrafficPolicy, IpFamily, IpFamilyPolicy, Protocol, ServiceKey, SessionAffinity, TargetPort,
+    TrafficDistribution,
+};
 
 /// The kinds of object a source can emit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -54,6 +57,17 @@ pub struct ServiceObject {
     pub ports: Vec<ServicePortSpec>,
     /// `spec.type` as written (`ClusterIP`, `NodePort`, `LoadBalancer`, `ExternalName`).
     pub service_type: String,
+    /// `spec.sessionAffinity` and its timeout.
+    pub session_affinity: SessionAffinity,
+    /// `spec.internalTrafficPolicy` (Kubernetes' default: `Cluster`).
+    pub internal_traffic_policy: InternalTrafficPolicy,
+    /// `spec.trafficDistribution`, when set.
+    pub traffic_distribution: Option<TrafficDistribution>,
+    /// `spec.ipFamilies` as written (empty when unset). Carried for the
+    /// admin dump and for dual-stack VIPs later; VIPs are IPv4 today.
+    pub ip_families: Vec<IpFamily>,
+    /// `spec.ipFamilyPolicy`, when set.
+    pub ip_family_policy: Option<IpFamilyPolicy>,
 }
 
 /// One entry of `spec.ports`.

@@ -8,12 +8,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use tokio::sync::{mpsc, watch};
 
 use crate::object::{EndpointSet, Object, ObjectKey, ObjectKind, ServiceObject, SourceEvent};
-use crate::service::{LbStrategy, ServiceKey, TargetPort};
+use crate::service::{
+    DEFAULT_UDP_IDLE_TIMEOUT, HashKey, LbStrategy, ServiceKey, TargetPort, UDP_IDLE_TIMEOUT_ANNOTATION, parse_duration,
+};
 use crate::snapshot::{Backend, EndpointInfo, ResolvedPort, ServiceEntry, Snapshot};
 use crate::vip::VipAllocator;
 
@@ -269,14 +272,12 @@ impl RegistryState {
                 }
             }
         };
-        let strategy = match svc.meta.annotations.get(LbStrategy::ANNOTATION) {
-            None => self.default_strategy,
-            Some(value) => value.parse().unwrap_or_else(|e: String| {
-                tracing::warn!(service = %key, annotation = LbStrategy::ANNOTATION, error = %e, "ignoring annotation; using the default strategy");
-                self.default_strategy
-            }),
-        };
-        let entry = build_entry(key, svc, vip, strategy, problem, self.endpoint_sets.get(key));
+        let strategy = annotation(key, svc, LbStrategy::ANNOTATION, self.default_strategy, str::parse);
+        let hash_key = annotation(key, svc, HashKey::ANNOTATION, HashKey::SourceIp, str::parse);
+        let udp_idle_timeout =
+            annotation(key, svc, UDP_IDLE_TIMEOUT_ANNOTATION, DEFAULT_UDP_IDLE_TIMEOUT, parse_duration);
+        let policy = Policy { strategy, hash_key, udp_idle_timeout };
+        let entry = build_entry(key, svc, vip, policy, problem, self.endpoint_sets.get(key));
         if self.snapshot.service(key).is_some_and(|old| **old == entry) {
             return released;
         }
@@ -285,12 +286,38 @@ impl RegistryState {
     }
 }
 
+/// An annotation's value parsed by `parse`; absent gives `default`, and an
+/// invalid value is logged and gives `default` too: an annotation is a hint,
+/// never a reason to stop serving the service.
+fn annotation<T>(
+    key: &ServiceKey,
+    svc: &ServiceObject,
+    name: &'static str,
+    default: T,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> T {
+    match svc.meta.annotations.get(name) {
+        None => default,
+        Some(value) => parse(value).unwrap_or_else(|e| {
+            tracing::warn!(service = %key, annotation = name, error = %e, "ignoring invalid annotation; using the default");
+            default
+        }),
+    }
+}
+
+/// What the annotations ask of the proxy.
+struct Policy {
+    strategy: LbStrategy,
+    hash_key: HashKey,
+    udp_idle_timeout: Duration,
+}
+
 /// Joins a service with its endpoint sets.
 fn build_entry(
     key: &ServiceKey,
     svc: &ServiceObject,
     vip: Option<IpAddr>,
-    strategy: LbStrategy,
+    policy: Policy,
     problem: Option<String>,
     sets: Option<&BTreeMap<ObjectKey, EndpointSet>>,
 ) -> ServiceEntry {
@@ -351,7 +378,14 @@ fn build_entry(
         cluster_ips: svc.cluster_ips.clone(),
         headless: svc.headless,
         service_type: svc.service_type.clone(),
-        strategy,
+        strategy: policy.strategy,
+        hash_key: policy.hash_key,
+        session_affinity: svc.session_affinity,
+        internal_traffic_policy: svc.internal_traffic_policy,
+        traffic_distribution: svc.traffic_distribution,
+        ip_families: svc.ip_families.clone(),
+        ip_family_policy: svc.ip_family_policy,
+        udp_idle_timeout: policy.udp_idle_timeout,
         ports,
         endpoints: endpoints.into_values().collect(),
         meta: svc.meta.clone(),

@@ -75,6 +75,9 @@ pub enum LbStrategy {
     #[default]
     RoundRobin,
     Random,
+    /// A consistent-hash ring keyed by [`HashKey`]: the same key goes to the
+    /// same endpoint, and endpoint changes move as few keys as possible.
+    ConsistentHash,
 }
 
 impl LbStrategy {
@@ -88,7 +91,10 @@ impl FromStr for LbStrategy {
         match s {
             "RoundRobin" => Ok(LbStrategy::RoundRobin),
             "Random" => Ok(LbStrategy::Random),
-            other => Err(format!("unknown load-balancing strategy {other:?} (expected RoundRobin or Random)")),
+            "ConsistentHash" => Ok(LbStrategy::ConsistentHash),
+            other => Err(format!(
+                "unknown load-balancing strategy {other:?} (expected RoundRobin, Random or ConsistentHash)"
+            )),
         }
     }
 }
@@ -98,6 +104,212 @@ impl fmt::Display for LbStrategy {
         f.write_str(match self {
             LbStrategy::RoundRobin => "RoundRobin",
             LbStrategy::Random => "Random",
+            LbStrategy::ConsistentHash => "ConsistentHash",
         })
+    }
+}
+
+/// What a `ConsistentHash` service hashes to choose an endpoint
+/// (annotation `edgemesh.io/hash-key`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub enum HashKey {
+    /// The client's source IP address (`source-ip`, the default).
+    #[default]
+    SourceIp,
+    /// The value of this HTTP request header, read from the first request on
+    /// the connection without consuming it (`header:<Name>`); connections
+    /// without it (or not HTTP) fall back to the source IP.
+    Header(String),
+}
+
+impl HashKey {
+    pub const ANNOTATION: &'static str = "edgemesh.io/hash-key";
+}
+
+impl FromStr for HashKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "source-ip" {
+            return Ok(HashKey::SourceIp);
+        }
+        if let Some(name) = s.strip_prefix("header:") {
+            // RFC 9110 field names are tokens.
+            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if !name.is_empty() && name.chars().all(token) {
+                return Ok(HashKey::Header(name.to_owned()));
+            }
+            return Err(format!("invalid header name {name:?} in hash key {s:?}"));
+        }
+        Err(format!("unknown hash key {s:?} (expected source-ip or header:<Name>)"))
+    }
+}
+
+impl fmt::Display for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashKey::SourceIp => f.write_str("source-ip"),
+            HashKey::Header(name) => write!(f, "header:{name}"),
+        }
+    }
+}
+
+impl Serialize for HashKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// `spec.sessionAffinity` with `sessionAffinityConfig.clientIP.timeoutSeconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum SessionAffinity {
+    #[default]
+    None,
+    /// Connections from one client IP go to the endpoint it last used, until
+    /// `timeout_seconds` pass without a connection from it.
+    #[serde(rename = "ClientIP")]
+    ClientIp { timeout_seconds: u32 },
+}
+
+impl SessionAffinity {
+    /// Kubernetes' default `timeoutSeconds` (3 hours).
+    pub const DEFAULT_TIMEOUT_SECONDS: u32 = 10_800;
+    /// Kubernetes' upper bound for `timeoutSeconds` (one day).
+    pub const MAX_TIMEOUT_SECONDS: u32 = 86_400;
+}
+
+/// `spec.internalTrafficPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum InternalTrafficPolicy {
+    /// Every ready endpoint.
+    #[default]
+    Cluster,
+    /// Only endpoints on this node; none means the connection is closed.
+    Local,
+}
+
+impl FromStr for InternalTrafficPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "Cluster" => Ok(Self::Cluster),
+            "Local" => Ok(Self::Local),
+            other => Err(format!("unknown internalTrafficPolicy {other:?} (expected Cluster or Local)")),
+        }
+    }
+}
+
+/// `spec.trafficDistribution`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TrafficDistribution {
+    /// Endpoints on this node while any is ready and healthy, others after.
+    PreferClose,
+}
+
+impl FromStr for TrafficDistribution {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "PreferClose" => Ok(Self::PreferClose),
+            other => Err(format!("unknown trafficDistribution {other:?} (expected PreferClose)")),
+        }
+    }
+}
+
+/// One entry of `spec.ipFamilies`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum IpFamily {
+    IPv4,
+    IPv6,
+}
+
+impl FromStr for IpFamily {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "IPv4" => Ok(Self::IPv4),
+            "IPv6" => Ok(Self::IPv6),
+            other => Err(format!("unknown IP family {other:?} (expected IPv4 or IPv6)")),
+        }
+    }
+}
+
+/// `spec.ipFamilyPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum IpFamilyPolicy {
+    SingleStack,
+    PreferDualStack,
+    RequireDualStack,
+}
+
+impl FromStr for IpFamilyPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "SingleStack" => Ok(Self::SingleStack),
+            "PreferDualStack" => Ok(Self::PreferDualStack),
+            "RequireDualStack" => Ok(Self::RequireDualStack),
+            other => Err(format!(
+                "unknown ipFamilyPolicy {other:?} (expected SingleStack, PreferDualStack or RequireDualStack)"
+            )),
+        }
+    }
+}
+
+/// Annotation: how long a UDP session may stay idle before it is closed.
+pub const UDP_IDLE_TIMEOUT_ANNOTATION: &str = "edgemesh.io/udp-idle-timeout";
+
+/// Default idle timeout of a UDP session.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Parses a duration written `250ms`, `2s`, `1m` or `1h` (a bare number is
+/// seconds); zero is refused.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {text:?} (expected e.g. 250ms, 30s, 2m)"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("invalid duration unit in {text:?} (use ms, s, m or h)")),
+    };
+    match ms {
+        Some(0) => Err(format!("duration {text:?} must be greater than zero")),
+        Some(ms) => Ok(std::time::Duration::from_millis(ms)),
+        None => Err(format!("duration {text:?} is too long")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_keys() {
+        assert_eq!("source-ip".parse::<HashKey>(), Ok(HashKey::SourceIp));
+        assert_eq!("header:X-User".parse::<HashKey>(), Ok(HashKey::Header("X-User".into())));
+        for bad in ["", "header:", "header:a b", "cookie:x", "Source-IP"] {
+            assert!(bad.parse::<HashKey>().is_err(), "{bad}");
+        }
+        assert_eq!(HashKey::Header("X-User".into()).to_string(), "header:X-User");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(std::time::Duration::from_millis(250)));
+        assert_eq!(parse_duration("90"), Ok(std::time::Duration::from_secs(90)));
+        assert_eq!(parse_duration("2m"), Ok(std::time::Duration::from_secs(120)));
+        for bad in ["", "0s", "1.5s", "-1s", "3d", "s", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn strategies_round_trip() {
+        for s in [LbStrategy::RoundRobin, LbStrategy::Random, LbStrategy::ConsistentHash] {
+            assert_eq!(s.to_string().parse::<LbStrategy>(), Ok(s));
+        }
     }
 }

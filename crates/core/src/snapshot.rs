@@ -13,7 +13,12 @@ use imbl::{HashMap, OrdMap, Vector};
 use serde::Serialize;
 
 use crate::object::ObjectMeta;
-use crate::service::{LbStrategy, Protocol, ServiceKey, TargetPort};
+use std::time::Duration;
+
+use crate::service::{
+    HashKey, InternalTrafficPolicy, IpFamily, IpFamilyPolicy, LbStrategy, Protocol, ServiceKey, SessionAffinity,
+    TargetPort, TrafficDistribution,
+};
 
 /// Everything the data plane knows, at one generation.
 #[derive(Clone, Debug, Default)]
@@ -130,6 +135,20 @@ pub struct ServiceEntry {
     pub headless: bool,
     pub service_type: String,
     pub strategy: LbStrategy,
+    /// What `ConsistentHash` hashes (annotation `edgemesh.io/hash-key`).
+    pub hash_key: HashKey,
+    pub session_affinity: SessionAffinity,
+    pub internal_traffic_policy: InternalTrafficPolicy,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_distribution: Option<TrafficDistribution>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ip_families: Vec<IpFamily>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_family_policy: Option<IpFamilyPolicy>,
+    /// Idle time after which a UDP session ends (annotation
+    /// `edgemesh.io/udp-idle-timeout`, default 60 s).
+    #[serde(rename = "udpIdleTimeoutMs", serialize_with = "as_millis")]
+    pub udp_idle_timeout: Duration,
     pub ports: Vec<ResolvedPort>,
     /// Every endpoint, ready or not, deduplicated by address.
     pub endpoints: Vec<EndpointInfo>,
@@ -155,6 +174,10 @@ impl ServiceEntry {
     pub fn ready_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.endpoints.iter().filter(|e| e.ready).map(|e| e.address)
     }
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A service port with the backends it forwards to.

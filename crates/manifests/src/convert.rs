@@ -10,12 +10,14 @@ use std::net::IpAddr;
 use edgemesh_core::object::{
     EndpointPortSpec, EndpointSet, EndpointSpec, EndpointSubset, ObjectMeta, ServiceObject, ServicePortSpec,
 };
-use edgemesh_core::{Object, ObjectKind, Protocol, TargetPort};
+use edgemesh_core::{
+    InternalTrafficPolicy, IpFamily, IpFamilyPolicy, Object, ObjectKind, Protocol, SessionAffinity, TargetPort,
+};
 use serde_saphyr::Spanned;
 
 use crate::error::{ManifestError, Problem};
 use crate::parse::ParsedObject;
-use crate::schema::{Document, EndpointAddress, EndpointPort, IntOrString, Kind, Metadata, ServicePort};
+use crate::schema::{Document, EndpointAddress, EndpointPort, IntOrString, Kind, Metadata, ServicePort, ServiceSpec};
 use crate::validate;
 
 /// The label that links an EndpointSlice to its Service.
@@ -158,17 +160,17 @@ const SERVICE_TYPES: [&str; 4] = ["ClusterIP", "NodePort", "LoadBalancer", "Exte
 
 fn service(doc: Document, mut cx: Cx) -> Result<ServiceObject, ManifestError> {
     let meta = meta(doc.metadata, NameRule::Dns1035Label, &mut cx)?;
-    let spec = doc.spec.unwrap_or_default();
+    let mut spec = doc.spec.unwrap_or_default();
 
-    let service_type = match spec.service_type {
+    let service_type = match spec.service_type.take() {
         None => "ClusterIP".to_owned(),
         Some(t) if SERVICE_TYPES.contains(&t.value.as_str()) => t.value,
         Some(t) => return Err(cx.err_at(&t, Problem::UnknownServiceType { value: t.value.clone() })),
     };
 
     // `clusterIPs` wins; `clusterIP`, when also set, must be its first entry.
-    let single = spec.cluster_ip.filter(|ip| !ip.value.is_empty());
-    let ips = spec.cluster_ips.unwrap_or_default();
+    let single = spec.cluster_ip.take().filter(|ip| !ip.value.is_empty());
+    let ips = spec.cluster_ips.take().unwrap_or_default();
     let (ips, field) = match (single, ips.is_empty()) {
         (Some(ip), true) => (vec![ip], "spec.clusterIP"),
         (Some(ip), false) if ips[0].value != ip.value => {
@@ -193,7 +195,7 @@ fn service(doc: Document, mut cx: Cx) -> Result<ServiceObject, ManifestError> {
         cluster_ips.push(ip_addr(ip, field, &cx)?);
     }
 
-    let raw = spec.ports.unwrap_or_default();
+    let raw = spec.ports.take().unwrap_or_default();
     let mut ports = Vec::with_capacity(raw.len());
     let mut names = HashSet::with_capacity(raw.len());
     let mut numbers = HashSet::with_capacity(raw.len());
@@ -214,7 +216,128 @@ fn service(doc: Document, mut cx: Cx) -> Result<ServiceObject, ManifestError> {
         ports.push(port);
     }
 
-    Ok(ServiceObject { meta, cluster_ips, headless, ports, service_type })
+    let session_affinity = session_affinity(&spec, &cx)?;
+    let internal_traffic_policy = match &spec.internal_traffic_policy {
+        None => InternalTrafficPolicy::Cluster,
+        Some(p) => p.value.parse().map_err(|_| {
+            cx.err_at(
+                p,
+                Problem::UnknownValue {
+                    field: "spec.internalTrafficPolicy".into(),
+                    value: p.value.clone(),
+                    expected: "Cluster or Local",
+                },
+            )
+        })?,
+    };
+    let traffic_distribution = match &spec.traffic_distribution {
+        None => None,
+        Some(d) => Some(d.value.parse().map_err(|_| {
+            cx.err_at(
+                d,
+                Problem::UnknownValue {
+                    field: "spec.trafficDistribution".into(),
+                    value: d.value.clone(),
+                    expected: "PreferClose",
+                },
+            )
+        })?),
+    };
+    let ip_family_policy = match &spec.ip_family_policy {
+        None => None,
+        Some(p) => Some(p.value.parse().map_err(|_| {
+            cx.err_at(
+                p,
+                Problem::UnknownValue {
+                    field: "spec.ipFamilyPolicy".into(),
+                    value: p.value.clone(),
+                    expected: "SingleStack, PreferDualStack or RequireDualStack",
+                },
+            )
+        })?),
+    };
+    let raw_families = spec.ip_families.as_deref().unwrap_or_default();
+    let mut ip_families: Vec<IpFamily> = Vec::with_capacity(raw_families.len());
+    for (i, f) in raw_families.iter().enumerate() {
+        let family: IpFamily = f.value.parse().map_err(|_| {
+            cx.err_at(
+                f,
+                Problem::UnknownValue {
+                    field: format!("spec.ipFamilies[{i}]"),
+                    value: f.value.clone(),
+                    expected: "IPv4 or IPv6",
+                },
+            )
+        })?;
+        if ip_families.contains(&family) {
+            return Err(cx.err_at(f, Problem::DuplicateIpFamily { family: f.value.clone() }));
+        }
+        ip_families.push(family);
+    }
+    if raw_families.len() > 2 {
+        return Err(cx.err_at(&raw_families[2], Problem::TooManyIpFamilies { count: raw_families.len() }));
+    }
+    if let (Some(p), 2) = (&spec.ip_family_policy, ip_families.len())
+        && ip_family_policy == Some(IpFamilyPolicy::SingleStack)
+    {
+        return Err(cx.err_at(p, Problem::SingleStackWithTwoFamilies { count: 2 }));
+    }
+
+    Ok(ServiceObject {
+        meta,
+        cluster_ips,
+        headless,
+        ports,
+        service_type,
+        session_affinity,
+        internal_traffic_policy,
+        traffic_distribution,
+        ip_families,
+        ip_family_policy,
+    })
+}
+
+/// `spec.sessionAffinity` and `spec.sessionAffinityConfig.clientIP.timeoutSeconds`
+/// (default 10800, 1-86400 as Kubernetes validates it). The timeout is
+/// ignored when affinity is `None`.
+fn session_affinity(spec: &ServiceSpec, cx: &Cx) -> Result<SessionAffinity, ManifestError> {
+    match &spec.session_affinity {
+        None => Ok(SessionAffinity::None),
+        Some(a) if a.value == "None" => Ok(SessionAffinity::None),
+        Some(a) if a.value == "ClientIP" => {
+            let timeout = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds.as_ref());
+            let timeout_seconds = match timeout {
+                None => SessionAffinity::DEFAULT_TIMEOUT_SECONDS,
+                Some(t) => {
+                    let max = SessionAffinity::MAX_TIMEOUT_SECONDS;
+                    u32::try_from(t.value).ok().filter(|s| (1..=max).contains(s)).ok_or_else(|| {
+                        cx.err_at(
+                            t,
+                            Problem::OutOfRange {
+                                field: "spec.sessionAffinityConfig.clientIP.timeoutSeconds".into(),
+                                value: t.value,
+                                min: 1,
+                                max: i64::from(max),
+                            },
+                        )
+                    })?
+                }
+            };
+            Ok(SessionAffinity::ClientIp { timeout_seconds })
+        }
+        Some(a) => Err(cx.err_at(
+            a,
+            Problem::UnknownValue {
+                field: "spec.sessionAffinity".into(),
+                value: a.value.clone(),
+                expected: "None or ClientIP",
+            },
+        )),
+    }
 }
 
 fn service_port(sp: &Spanned<ServicePort>, field: &str, cx: &Cx) -> Result<ServicePortSpec, ManifestError> {

@@ -80,4 +80,14 @@ pub enum Problem {
     MissingServiceName,
     #[error("{field} has no addresses")]
     NoAddresses { field: String },
+    #[error("{field} {value:?} is unknown (expected {expected})")]
+    UnknownValue { field: String, value: String, expected: &'static str },
+    #[error("{field} {value} is out of range ({min}-{max})")]
+    OutOfRange { field: String, value: i64, min: i64, max: i64 },
+    #[error("spec.ipFamilies lists {family} twice")]
+    DuplicateIpFamily { family: String },
+    #[error("spec.ipFamilies has {count} entries; a service has at most two (one per family)")]
+    TooManyIpFamilies { count: usize },
+    #[error("spec.ipFamilyPolicy SingleStack allows one entry in spec.ipFamilies, not {count}")]
+    SingleStackWithTwoFamilies { count: usize },
 }

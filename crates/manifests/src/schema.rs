@@ -70,6 +70,7 @@ pub(crate) struct Metadata {
 }
 
 #[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct ServiceSpec {
     #[serde(rename = "type")]
     pub service_type: Option<Spanned<String>>,
@@ -78,6 +79,24 @@ pub(crate) struct ServiceSpec {
     #[serde(rename = "clusterIPs")]
     pub cluster_ips: Option<Vec<Spanned<String>>>,
     pub ports: Option<Vec<Spanned<ServicePort>>>,
+    pub session_affinity: Option<Spanned<String>>,
+    pub session_affinity_config: Option<SessionAffinityConfig>,
+    pub internal_traffic_policy: Option<Spanned<String>>,
+    pub traffic_distribution: Option<Spanned<String>>,
+    pub ip_families: Option<Vec<Spanned<String>>>,
+    pub ip_family_policy: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct SessionAffinityConfig {
+    #[serde(rename = "clientIP")]
+    pub client_ip: Option<ClientIpConfig>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ClientIpConfig {
+    pub timeout_seconds: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -5,7 +5,10 @@ use std::net::IpAddr;
 
 use edgemesh_core::build::{service, slice};
 use edgemesh_core::object::{EndpointPortSpec, EndpointSpec, ServiceObject};
-use edgemesh_core::{Object, ObjectKind, Protocol, TargetPort};
+use edgemesh_core::{
+    InternalTrafficPolicy, IpFamily, IpFamilyPolicy, Object, ObjectKind, Protocol, SessionAffinity, TargetPort,
+    TrafficDistribution,
+};
 use edgemesh_manifests::{ManifestError, ParsedObject, parse_manifest};
 
 fn parse(text: &str) -> Vec<ParsedObject> {
@@ -377,6 +380,76 @@ fn validation_errors_name_the_field_and_line() {
     );
     fails(&eps("- addresses: [{hostname: x}]\n"), 5, "subsets[0].addresses[0].ip is required");
     fails(&eps("- ports: [{port: 1}, {port: 2}]\n"), 5, "subsets[0].ports[0] has no name");
+}
+
+#[test]
+fn node_mode_fields() {
+    let text = r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  annotations:
+    edgemesh.io/lb-strategy: ConsistentHash
+    edgemesh.io/hash-key: header:X-User
+spec:
+  sessionAffinity: ClientIP
+  sessionAffinityConfig:
+    clientIP:
+      timeoutSeconds: 60
+  internalTrafficPolicy: Local
+  trafficDistribution: PreferClose
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: PreferDualStack
+  ports:
+  - port: 80
+"#;
+    let got = objects(text);
+    let s = svc(&got[0]);
+    assert_eq!(s.session_affinity, SessionAffinity::ClientIp { timeout_seconds: 60 });
+    assert_eq!(s.internal_traffic_policy, InternalTrafficPolicy::Local);
+    assert_eq!(s.traffic_distribution, Some(TrafficDistribution::PreferClose));
+    assert_eq!(s.ip_families, vec![IpFamily::IPv4, IpFamily::IPv6]);
+    assert_eq!(s.ip_family_policy, Some(IpFamilyPolicy::PreferDualStack));
+    // Annotations are carried as written; the registry interprets them.
+    assert_eq!(s.meta.annotations["edgemesh.io/hash-key"], "header:X-User");
+
+    // Kubernetes' defaults.
+    let got = objects("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  sessionAffinity: ClientIP\n");
+    let s = svc(&got[0]);
+    assert_eq!(s.session_affinity, SessionAffinity::ClientIp { timeout_seconds: 10_800 });
+    assert_eq!(s.internal_traffic_policy, InternalTrafficPolicy::Cluster);
+    assert_eq!(s.traffic_distribution, None);
+    let got = objects("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  sessionAffinity: None\n");
+    assert_eq!(svc(&got[0]).session_affinity, SessionAffinity::None);
+}
+
+#[test]
+fn node_mode_field_errors_point_at_the_field() {
+    let svc = |spec: &str| format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n{spec}");
+    fails(
+        &svc("  sessionAffinity: Cookie\n"),
+        6,
+        "spec.sessionAffinity \"Cookie\" is unknown (expected None or ClientIP)",
+    );
+    let affinity = |t: &str| {
+        svc(&format!(
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: {t}\n"
+        ))
+    };
+    fails(&affinity("0"), 9, "spec.sessionAffinityConfig.clientIP.timeoutSeconds 0 is out of range (1-86400)");
+    fails(&affinity("86401"), 9, "out of range (1-86400)");
+    fails(&affinity("-5"), 9, "out of range");
+    assert_eq!(svc_of(&affinity("86400")).session_affinity, SessionAffinity::ClientIp { timeout_seconds: 86_400 });
+    fails(&svc("  internalTrafficPolicy: Node\n"), 6, "spec.internalTrafficPolicy \"Node\" is unknown");
+    fails(&svc("  trafficDistribution: Nearby\n"), 6, "spec.trafficDistribution \"Nearby\" is unknown");
+    fails(&svc("  ipFamilyPolicy: DualStack\n"), 6, "spec.ipFamilyPolicy \"DualStack\"");
+    fails(&svc("  ipFamilies:\n  - IPv4\n  - IPv5\n"), 8, "spec.ipFamilies[1] \"IPv5\" is unknown");
+    fails(&svc("  ipFamilies:\n  - IPv4\n  - IPv4\n"), 8, "lists IPv4 twice");
+    fails(&svc("  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv4, IPv6]\n"), 6, "SingleStack allows one entry");
+}
+
+fn svc_of(text: &str) -> ServiceObject {
+    svc(&objects(text)[0]).clone()
 }
 
 #[test]

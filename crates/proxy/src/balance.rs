@@ -39,7 +39,9 @@ impl Balancer {
     pub fn pick(&self, strategy: LbStrategy, n: usize) -> usize {
         debug_assert!(n > 0);
         match strategy {
-            LbStrategy::RoundRobin => round_robin(self.counter.fetch_add(1, Ordering::Relaxed), n),
+            LbStrategy::RoundRobin | LbStrategy::ConsistentHash => {
+                round_robin(self.counter.fetch_add(1, Ordering::Relaxed), n)
+            }
             LbStrategy::Random => {
                 let state = self.rng.fetch_add(GOLDEN_GAMMA, Ordering::Relaxed).wrapping_add(GOLDEN_GAMMA);
                 scale(mix(state), n)

@@ -213,3 +213,39 @@ fn cluster_ip_inside_the_vip_range_becomes_the_vip() {
     let db_vip = snap.service(&key("db")).unwrap().vip.unwrap();
     assert!("127.251.0.0/16".parse::<IpNet>().unwrap().contains(&db_vip));
 }
+
+#[test]
+fn node_mode_annotations_and_fields_reach_the_entry() {
+    let mut st = state();
+    apply(
+        &mut st,
+        service("default", "h")
+            .port("", 80, 80)
+            .annotation(LbStrategy::ANNOTATION, "ConsistentHash")
+            .annotation(HashKey::ANNOTATION, "header:X-User")
+            .annotation(UDP_IDLE_TIMEOUT_ANNOTATION, "500ms")
+            .client_ip_affinity(30)
+            .internal_traffic_policy(crate::InternalTrafficPolicy::Local)
+            .traffic_distribution(crate::TrafficDistribution::PreferClose)
+            .object(),
+    );
+    apply(
+        &mut st,
+        service("default", "bad")
+            .port("", 80, 80)
+            .annotation(HashKey::ANNOTATION, "cookie:x")
+            .annotation(UDP_IDLE_TIMEOUT_ANNOTATION, "soon")
+            .object(),
+    );
+    let snap = st.take_generation();
+    let h = snap.service(&key("h")).unwrap();
+    assert_eq!(h.strategy, LbStrategy::ConsistentHash);
+    assert_eq!(h.hash_key, HashKey::Header("X-User".into()));
+    assert_eq!(h.udp_idle_timeout, Duration::from_millis(500));
+    assert_eq!(h.session_affinity, crate::SessionAffinity::ClientIp { timeout_seconds: 30 });
+    assert_eq!(h.internal_traffic_policy, crate::InternalTrafficPolicy::Local);
+    assert_eq!(h.traffic_distribution, Some(crate::TrafficDistribution::PreferClose));
+    let bad = snap.service(&key("bad")).unwrap();
+    assert_eq!(bad.hash_key, HashKey::SourceIp, "invalid annotations fall back to the default");
+    assert_eq!(bad.udp_idle_timeout, DEFAULT_UDP_IDLE_TIMEOUT);
+}
