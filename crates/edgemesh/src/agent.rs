@@ -73,8 +73,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("cannot start DNS on {}", config.dns.listen))?;
-    let proxy =
-        Proxy::new(ProxyConfig { connect_timeout: config.proxy.connect_timeout, max_connections }, snapshots.clone());
+    let proxy = Proxy::new(
+        ProxyConfig {
+            connect_timeout: config.proxy.connect_timeout,
+            max_connections,
+            node_name: config.node_name.clone(),
+            max_udp_sessions: config.proxy.max_udp_sessions,
+        },
+        snapshots.clone(),
+    );
     let config = Arc::new(config);
     let admin = AdminServer::bind(
         config.admin.listen,

@@ -100,6 +100,9 @@ pub struct ProxySection {
     pub connect_timeout: Duration,
     /// Concurrent proxied connections; 0 derives it from the open-files limit.
     pub max_connections: usize,
+    /// Concurrent UDP sessions (one socket each); at the limit a new client
+    /// replaces the longest-idle session of its service port.
+    pub max_udp_sessions: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -147,7 +150,12 @@ impl Default for DnsSection {
 
 impl Default for ProxySection {
     fn default() -> Self {
-        Self { default_strategy: LbStrategy::RoundRobin, connect_timeout: Duration::from_secs(2), max_connections: 0 }
+        Self {
+            default_strategy: LbStrategy::RoundRobin,
+            connect_timeout: Duration::from_secs(2),
+            max_connections: 0,
+            max_udp_sessions: edgemesh_proxy::DEFAULT_MAX_UDP_SESSIONS,
+        }
     }
 }
 
@@ -221,6 +229,9 @@ impl Config {
         }
         if self.proxy.connect_timeout.is_zero() {
             problems.push("proxy.connectTimeout must be greater than zero".into());
+        }
+        if self.proxy.max_udp_sessions == 0 {
+            problems.push("proxy.maxUdpSessions must be greater than zero".into());
         }
         // Port 0 asks the kernel for any free port, so only fixed ports clash.
         if self.dns.listen == self.admin.listen && self.dns.listen.port() != 0 {
@@ -324,13 +335,14 @@ mod tests {
         let c = Config::from_yaml(
             "nodeName: n1\nvipCidr: 127.9.0.0/16\nmanifests:\n  dir: /tmp/m\n  pollInterval: 100ms\n\
              dns:\n  listen: 127.0.0.1:1053\n  upstreams: [127.0.0.1:53]\n  upstreamTimeout: 1s\n\
-             proxy:\n  defaultStrategy: Random\n  connectTimeout: 500ms\nadmin:\n  listen: 127.0.0.1:9000\n",
+             proxy:\n  defaultStrategy: Random\n  connectTimeout: 500ms\n  maxUdpSessions: 100\nadmin:\n  listen: 127.0.0.1:9000\n",
         )
         .unwrap();
         assert_eq!(c.node_name, "n1");
         assert_eq!(c.manifests.poll_interval, Duration::from_millis(100));
         assert_eq!(c.proxy.default_strategy, LbStrategy::Random);
         assert_eq!(c.proxy.connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.proxy.max_udp_sessions, 100);
         assert_eq!(c.dns.upstreams, vec!["127.0.0.1:53".parse().unwrap()]);
         c.validate().unwrap();
     }

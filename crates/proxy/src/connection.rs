@@ -6,23 +6,28 @@
 //! client sees a reset at once, as it would from a closed port, rather than
 //! an orderly EOF that looks like an empty reply.
 //!
+//! For `ConsistentHash` services keyed by an HTTP header, the first request
+//! is read with `MSG_PEEK` (never consumed) for at most
+//! [`HEADER_PEEK_WAIT`] and [`HEADER_PEEK_MAX`] bytes; a connection without
+//! the header, or not speaking HTTP, is hashed by its source IP.
+//!
 //! The steady state of a connection is the future returned by [`serve`]:
 //! the connect phase is boxed (its timer and retry state are freed once
 //! connected) and forwarding holds only the two sockets and two small
 //! direction states; `tests::connection_future_stays_small` bounds it.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use edgemesh_core::{Backend, LbStrategy, ServiceKey};
+use edgemesh_core::{Backend, HashKey, LbStrategy, ResolvedPort, ServiceEntry, ServiceKey, SessionAffinity};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::balance::{Balancer, attempt_order};
+use crate::balance::{self, AFFINITY_CAPACITY, Affinity, Balancer, Health, Lead, Ring};
 use crate::error::ProxyError;
 use crate::{ProxyConfig, ProxyStatus, splice};
 
@@ -41,7 +46,73 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub struct Targets {
     pub strategy: LbStrategy,
+    pub hash_key: HashKey,
+    /// `sessionAffinity: ClientIP` timeout, if set.
+    pub affinity: Option<Duration>,
+    /// Idle timeout of UDP sessions.
+    pub udp_idle_timeout: Duration,
+    /// The endpoints in use after topology, preferred first.
     pub backends: Arc<[Backend]>,
+    /// `backends[..preferred]` are preferred (on this node).
+    pub preferred: usize,
+    /// The hash ring, for `ConsistentHash`.
+    pub ring: Option<Ring>,
+    /// The registry's endpoint list and topology fields, to tell changes.
+    source: (Arc<[Backend]>, edgemesh_core::InternalTrafficPolicy, Option<edgemesh_core::TrafficDistribution>),
+}
+
+impl Targets {
+    /// Every endpoint, no topology, no affinity: the plain strategies.
+    pub fn new(strategy: LbStrategy, backends: Arc<[Backend]>) -> Self {
+        let preferred = backends.len();
+        let source = (backends.clone(), Default::default(), None);
+        let ring = (strategy == LbStrategy::ConsistentHash).then(|| ring_of(&backends));
+        Self {
+            strategy,
+            hash_key: HashKey::SourceIp,
+            affinity: None,
+            udp_idle_timeout: edgemesh_core::DEFAULT_UDP_IDLE_TIMEOUT,
+            backends,
+            preferred,
+            ring,
+            source,
+        }
+    }
+
+    /// What a service port forwards to, as seen from node `node`.
+    pub fn for_port(entry: &ServiceEntry, port: &ResolvedPort, node: &str) -> Self {
+        let (backends, preferred) =
+            balance::topology(&port.backends, entry.internal_traffic_policy, entry.traffic_distribution, node);
+        let ring = (entry.strategy == LbStrategy::ConsistentHash).then(|| ring_of(&backends));
+        Self {
+            strategy: entry.strategy,
+            hash_key: entry.hash_key.clone(),
+            affinity: match entry.session_affinity {
+                SessionAffinity::None => None,
+                SessionAffinity::ClientIp { timeout_seconds } => Some(Duration::from_secs(timeout_seconds.into())),
+            },
+            udp_idle_timeout: entry.udp_idle_timeout,
+            backends,
+            preferred,
+            ring,
+            source: (port.backends.clone(), entry.internal_traffic_policy, entry.traffic_distribution),
+        }
+    }
+
+    /// Whether `other` forwards the same way (the ring follows the rest).
+    fn same_as(&self, other: &Targets) -> bool {
+        self.strategy == other.strategy
+            && self.hash_key == other.hash_key
+            && self.affinity == other.affinity
+            && self.udp_idle_timeout == other.udp_idle_timeout
+            && self.source.1 == other.source.1
+            && self.source.2 == other.source.2
+            && (Arc::ptr_eq(&self.source.0, &other.source.0) || self.source.0 == other.source.0)
+    }
+}
+
+fn ring_of(backends: &[Backend]) -> Ring {
+    Ring::new(&backends.iter().map(|b| b.addr).collect::<Vec<_>>())
 }
 
 /// A listener's view of its service port, shared with its connections.
@@ -54,30 +125,48 @@ pub struct Pool {
     pub addr: SocketAddr,
     targets: ArcSwap<Targets>,
     balancer: Balancer,
+    /// Passive health of this port's endpoints. A std mutex: held for a
+    /// few map operations, never across an await.
+    health: Mutex<Health>,
+    /// `sessionAffinity: ClientIP` entries (empty unless the service asks).
+    affinity: Mutex<Affinity>,
     warnings: LogLimiter,
 }
 
 impl Pool {
-    pub fn new(service: ServiceKey, addr: SocketAddr, strategy: LbStrategy, backends: Arc<[Backend]>) -> Self {
+    pub fn new(service: ServiceKey, addr: SocketAddr, targets: Targets) -> Self {
         Self {
             service,
             port: addr.port(),
             addr,
-            targets: ArcSwap::from_pointee(Targets { strategy, backends }),
+            targets: ArcSwap::from_pointee(targets),
             balancer: Balancer::new(),
+            health: Mutex::new(Health::default()),
+            affinity: Mutex::new(Affinity::new(AFFINITY_CAPACITY)),
             warnings: LogLimiter::default(),
         }
     }
 
-    /// Points new connections at `backends`; established ones keep theirs.
+    /// Points new connections at `next`; established ones keep theirs.
     /// Returns whether anything changed.
-    pub fn update(&self, strategy: LbStrategy, backends: &Arc<[Backend]>) -> bool {
+    pub fn update(&self, next: Targets) -> bool {
         let current = self.targets.load();
-        let same_backends = Arc::ptr_eq(&current.backends, backends) || current.backends == *backends;
-        if current.strategy == strategy && same_backends {
+        if current.same_as(&next) {
             return false;
         }
-        self.targets.store(Arc::new(Targets { strategy, backends: backends.clone() }));
+        {
+            let mut health = lock(&self.health);
+            if !health.is_empty() {
+                health.retain(|a| next.backends.iter().any(|b| b.addr == *a));
+            }
+        }
+        if next.affinity.is_none() {
+            let mut affinity = lock(&self.affinity);
+            if !affinity.is_empty() {
+                *affinity = Affinity::new(AFFINITY_CAPACITY);
+            }
+        }
+        self.targets.store(Arc::new(next));
         true
     }
 
@@ -85,15 +174,70 @@ impl Pool {
         self.targets.load_full()
     }
 
+    /// The order in which a new connection from `client` tries `targets`'
+    /// endpoints; `key` is the consistent-hash key (ignored otherwise).
+    pub fn plan(&self, targets: &Targets, client: IpAddr, key: u64) -> Vec<usize> {
+        let now = tokio::time::Instant::now();
+        let n = targets.backends.len();
+        let sticky = targets.affinity.and_then(|timeout| {
+            let addr = lock(&self.affinity).get(client, timeout, now)?;
+            targets.backends.iter().position(|b| b.addr == addr)
+        });
+        let pick = |k: usize| self.balancer.pick(targets.strategy, k);
+        let lead = match (&targets.ring, targets.strategy) {
+            (Some(ring), LbStrategy::ConsistentHash) => Lead::Hash(ring, key),
+            _ => Lead::Spread(&pick),
+        };
+        let health = lock(&self.health);
+        if health.is_empty() {
+            return balance::plan(n, targets.preferred, lead, sticky, |_| false);
+        }
+        balance::plan(n, targets.preferred, lead, sticky, |i| health.is_ejected(&targets.backends[i].addr, now))
+    }
+
+    /// `client` reached `backend`: it is healthy, and the client sticks to
+    /// it when the service asks for affinity.
+    pub fn connected(&self, targets: &Targets, client: IpAddr, backend: SocketAddr) {
+        {
+            let mut health = lock(&self.health);
+            if !health.is_empty() {
+                health.success(&backend);
+            }
+        }
+        if let Some(timeout) = targets.affinity {
+            lock(&self.affinity).record(client, backend, timeout, tokio::time::Instant::now());
+        }
+    }
+
+    /// `backend` answered (a UDP reply): it is healthy.
+    pub fn healthy(&self, backend: &SocketAddr) {
+        let mut health = lock(&self.health);
+        if !health.is_empty() {
+            health.success(backend);
+        }
+    }
+
+    /// A connect to `backend` failed: eject it for a while.
+    pub fn failed(&self, backend: SocketAddr) {
+        let backoff = lock(&self.health).failure(backend, tokio::time::Instant::now());
+        tracing::debug!(service = %self.service, endpoint = %backend, ?backoff, "endpoint ejected");
+    }
+
     /// Logs a connection problem at warn, at most once per interval per
     /// listener, and at debug otherwise.
-    fn report(&self, error: &ProxyError) {
+    pub(crate) fn report(&self, error: &ProxyError) {
         if self.warnings.allow() {
             tracing::warn!(service = %self.service, listener = %self.addr, kind = error.kind(), "{error}");
         } else {
             tracing::debug!(service = %self.service, listener = %self.addr, kind = error.kind(), "{error}");
         }
     }
+}
+
+/// Locks a mutex, recovering from poisoning: the guarded tables stay
+/// consistent after any panic (each operation is a few map updates).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Lets one message through per [`LogLimiter::INTERVAL`].
@@ -133,7 +277,7 @@ impl Drop for Active {
 
 /// Takes a freshly accepted connection: resets it at once when over the
 /// limit, otherwise spawns its task.
-pub(crate) fn admit(shared: &Arc<Shared>, pool: &Arc<Pool>, client: TcpStream) {
+pub(crate) fn admit(shared: &Arc<Shared>, pool: &Arc<Pool>, client: TcpStream, peer: SocketAddr) {
     let status = &shared.status;
     status.total_connections.fetch_add(1, Ordering::Relaxed);
     let max = shared.config.max_connections;
@@ -146,7 +290,7 @@ pub(crate) fn admit(shared: &Arc<Shared>, pool: &Arc<Pool>, client: TcpStream) {
         return;
     }
     let active = Active(shared.clone());
-    shared.tracker.spawn(serve(client, pool.clone(), active));
+    shared.tracker.spawn(serve(client, peer.ip(), pool.clone(), active));
 }
 
 /// Closes `stream` with a reset (`SO_LINGER 0`).
@@ -156,20 +300,20 @@ fn reset(stream: TcpStream) {
 }
 
 /// The whole life of one connection; ends early at shutdown.
-async fn serve(client: TcpStream, pool: Arc<Pool>, active: Active) {
+async fn serve(client: TcpStream, peer: IpAddr, pool: Arc<Pool>, active: Active) {
     let shared = &active.0;
     tokio::select! {
         biased;
         () = shared.stop.cancelled() => {}
-        () = proxy(client, &pool, shared) => {}
+        () = proxy(client, peer, &pool, shared) => {}
     }
 }
 
-async fn proxy(client: TcpStream, pool: &Pool, shared: &Shared) {
+async fn proxy(client: TcpStream, peer: IpAddr, pool: &Pool, shared: &Shared) {
     let _ = client.set_nodelay(true);
-    // Boxed: the connect phase (timer, retry loop) is larger than the
-    // forwarding phase and is over in a moment.
-    let backend = match Box::pin(connect(pool, shared.config.connect_timeout)).await {
+    // Boxed: the connect phase (header peek, timer, retry loop) is larger
+    // than the forwarding phase and is over in a moment.
+    let backend = match Box::pin(connect(pool, &client, peer, shared.config.connect_timeout)).await {
         Ok(backend) => backend,
         Err(error) => {
             shared.status.failed_connections.fetch_add(1, Ordering::Relaxed);
@@ -187,28 +331,117 @@ async fn proxy(client: TcpStream, pool: &Pool, shared: &Shared) {
     }
 }
 
-/// Connects to the chosen endpoint, or to the next ones in turn when it
-/// refuses or times out; each endpoint is tried at most once.
-async fn connect(pool: &Pool, timeout: Duration) -> Result<TcpStream, ProxyError> {
+/// Connects to the chosen endpoint, or to the next ones in the plan when it
+/// refuses or times out; each endpoint is tried at most once, and each
+/// failure ejects the endpoint for a while (see [`balance::Health`]).
+async fn connect(pool: &Pool, client: &TcpStream, peer: IpAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
     let targets = pool.targets.load_full();
     let n = targets.backends.len();
     if n == 0 {
         return Err(ProxyError::NoBackends { service: pool.service.clone(), port: pool.port });
     }
-    let start = pool.balancer.pick(targets.strategy, n);
+    let key = match (&targets.strategy, &targets.hash_key) {
+        (LbStrategy::ConsistentHash, HashKey::Header(name)) => match peek_header(client, name).await {
+            Some(value) => balance::hash_bytes(&value),
+            None => balance::hash_ip(peer),
+        },
+        (LbStrategy::ConsistentHash, HashKey::SourceIp) => balance::hash_ip(peer),
+        _ => 0,
+    };
     let mut last = None;
-    for i in attempt_order(start, n) {
+    for i in pool.plan(&targets, peer, key) {
         let addr = targets.backends[i].addr;
         let error = match tokio::time::timeout(timeout, connect_one(addr)).await {
-            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Ok(stream)) => {
+                pool.connected(&targets, peer, addr);
+                return Ok(stream);
+            }
             Ok(Err(e)) => ProxyError::connect(addr, e, timeout),
             Err(_) => ProxyError::TimedOut { addr, timeout },
         };
+        if matches!(error, ProxyError::Refused { .. } | ProxyError::TimedOut { .. }) {
+            pool.failed(addr);
+        }
         pool.report(&error);
         last = Some(error);
     }
     let last = Box::new(last.expect("at least one endpoint was tried"));
     Err(ProxyError::AllBackendsFailed { service: pool.service.clone(), port: pool.port, tried: n, last })
+}
+
+/// How long a connection may take to send the request headers that a
+/// header-keyed hash needs.
+pub const HEADER_PEEK_WAIT: Duration = Duration::from_millis(200);
+/// How much of the request is looked at for the header.
+pub const HEADER_PEEK_MAX: usize = 8192;
+
+/// The value of header `name` in the first HTTP/1 request on `stream`, read
+/// with `MSG_PEEK` so the backend still receives every byte.
+async fn peek_header(stream: &TcpStream, name: &str) -> Option<Vec<u8>> {
+    let deadline = tokio::time::Instant::now() + HEADER_PEEK_WAIT;
+    let mut buf = vec![0u8; HEADER_PEEK_MAX];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        match find_header(&buf[..n], name) {
+            Header::Found(v) => return Some(v.to_vec()),
+            Header::Absent => return None,
+            Header::Incomplete if n == buf.len() => return None,
+            Header::Incomplete => {}
+        }
+        // More of the request is on its way: peek again shortly (peek
+        // returns at once while any byte is queued, so wait rather than spin).
+        let next = tokio::time::Instant::now() + Duration::from_millis(2);
+        if next >= deadline {
+            return None;
+        }
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+/// What the start of a byte stream says about one request header.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Header<'a> {
+    /// The header's value (first occurrence, surrounding blanks trimmed).
+    Found(&'a [u8]),
+    /// The request's headers end without it, or this is not HTTP/1.
+    Absent,
+    /// The headers have not all arrived yet.
+    Incomplete,
+}
+
+/// Looks for header `name` (case-insensitive) in an HTTP/1 request head.
+pub(crate) fn find_header<'a>(data: &'a [u8], name: &str) -> Header<'a> {
+    let mut start = 0;
+    let mut request_line = true;
+    loop {
+        let Some(nl) = data[start..].iter().position(|&b| b == b'\n') else {
+            // No whole line yet: wait only while the request line could
+            // still be HTTP.
+            let looks_http = !request_line || data.iter().take(16).all(|b| b.is_ascii_graphic() || *b == b' ');
+            return if looks_http { Header::Incomplete } else { Header::Absent };
+        };
+        let line = &data[start..start + nl];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        start += nl + 1;
+        if request_line {
+            if !line.windows(7).any(|w| w == b" HTTP/1") {
+                return Header::Absent;
+            }
+            request_line = false;
+            continue;
+        }
+        if line.is_empty() {
+            return Header::Absent;
+        }
+        if let Some(colon) = line.iter().position(|&b| b == b':')
+            && line[..colon].eq_ignore_ascii_case(name.as_bytes())
+        {
+            return Header::Found(line[colon + 1..].trim_ascii());
+        }
+    }
 }
 
 async fn connect_one(addr: SocketAddr) -> std::io::Result<TcpStream> {

@@ -40,6 +40,12 @@ pub enum ProxyError {
          (and the open-files limit) or find the client opening so many"
     )]
     OverLimit { addr: SocketAddr, max: usize },
+
+    #[error(
+        "UDP datagram dropped: the proxy is at its limit of {max} UDP sessions and this port has none to \
+         close; raise proxy.maxUdpSessions or shorten edgemesh.io/udp-idle-timeout"
+    )]
+    UdpSessionLimit { max: usize },
 }
 
 impl ProxyError {
@@ -62,6 +68,7 @@ impl ProxyError {
             ProxyError::NoBackends { .. } => "no_backends",
             ProxyError::AllBackendsFailed { .. } => "all_backends_failed",
             ProxyError::OverLimit { .. } => "over_limit",
+            ProxyError::UdpSessionLimit { .. } => "udp_session_limit",
         }
     }
 }

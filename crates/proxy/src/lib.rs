@@ -1,15 +1,19 @@
-//! The intra-node TCP proxy: one listener per service VIP and TCP port,
-//! each accepted connection forwarded to one ready backend.
+//! The intra-node proxy: one listener per service VIP and port; each TCP
+//! connection, and each UDP client, forwarded to one ready backend.
 //!
 //! # Layout
 //!
-//! - [`balance`]: pure endpoint choice (round robin, random) and the order in
+//! - [`balance`]: pure endpoint choice (round robin, random, consistent
+//!   hash, ClientIP affinity, topology, passive health) and the order in
 //!   which a connection tries endpoints; no I/O, property-tested.
 //! - [`listeners`]: follows registry snapshots through
 //!   `Snapshot::changes_since`, binds and closes listening sockets, swaps
 //!   backend lists in place.
 //! - [`connection`]: accept -> admission (connection limit) -> pick ->
 //!   connect with retry on the next endpoint -> forward.
+//! - [`udp`]: UDP service ports: a session per client address, each with a
+//!   connected socket to its endpoint, replies sent from the service
+//!   address, idle expiry, a bound on sessions.
 //! - [`splice`]: zero-copy forwarding with `splice(2)` through a pipe per
 //!   direction, taken from a small pool only while data moves; half-close
 //!   passes through; small copy fallback when splice is unavailable.
@@ -36,6 +40,7 @@ pub mod connection;
 pub mod error;
 pub mod listeners;
 pub mod splice;
+pub mod udp;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -52,6 +57,9 @@ pub use error::ProxyError;
 /// data flows, two pipes (two descriptors each). Idle connections hold two.
 pub const FDS_PER_CONNECTION: u64 = 6;
 
+/// Default bound on UDP sessions.
+pub const DEFAULT_MAX_UDP_SESSIONS: usize = 4096;
+
 /// Descriptors kept aside for listeners, DNS, admin, logs, etc. when the
 /// connection limit is derived from the open-files limit.
 const RESERVED_FDS: u64 = 512;
@@ -64,6 +72,20 @@ pub struct ProxyConfig {
     /// Established (or connecting) connections allowed at once; beyond it,
     /// new connections are reset at once instead of exhausting descriptors.
     pub max_connections: usize,
+    /// This node's name: endpoints whose `nodeName` is this one are local
+    /// (`internalTrafficPolicy: Local`, `trafficDistribution: PreferClose`).
+    ///
+    /// Topology is applied here, in the proxy, rather than in the registry:
+    /// the snapshot stays one node-independent description of the services
+    /// that every consumer reads the same way (DNS lists every endpoint of a
+    /// headless service, a cross-node tunnel needs remote endpoints), and
+    /// the proxy, which alone knows endpoint health, needs the local/remote
+    /// split anyway for `PreferClose`. It is computed once per endpoint
+    /// change (see `balance::topology`), never per connection.
+    pub node_name: String,
+    /// UDP sessions allowed at once (each holds one socket); past it, the
+    /// oldest idle session of the port is closed for a new client.
+    pub max_udp_sessions: usize,
 }
 
 impl ProxyConfig {
@@ -83,6 +105,8 @@ impl Default for ProxyConfig {
         Self {
             connect_timeout: Duration::from_secs(2),
             max_connections: Self::max_connections_for_fd_limit(open_files),
+            node_name: String::new(),
+            max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,
         }
     }
 }
@@ -106,6 +130,12 @@ pub struct ProxyStatus {
     pub rejected_connections: AtomicU64,
     /// Listeners that could not be bound and are being retried.
     pub bind_failures: AtomicUsize,
+    /// UDP sessions open now.
+    pub udp_sessions: AtomicUsize,
+    /// UDP sessions opened since start.
+    pub total_udp_sessions: AtomicU64,
+    /// UDP datagrams dropped (no endpoint, session limit, full buffers).
+    pub dropped_datagrams: AtomicU64,
 }
 
 impl ProxyStatus {

@@ -1,6 +1,7 @@
 //! Listening sockets that follow the registry.
 //!
-//! The [`Reconciler`] keeps one listener per service VIP and TCP port. For
+//! The [`Reconciler`] keeps one listener per service VIP, port and protocol
+//! (a TCP listening socket, or a UDP socket served by [`crate::udp`]). For
 //! each new snapshot it visits only the services named by
 //! `Snapshot::changes_since` (every service when the changelog no longer
 //! reaches back far enough), so the work per update depends on what changed.
@@ -12,7 +13,7 @@
 //! - Gone VIP:port: `shutdown(SHUT_RD)` on the listening socket, which on
 //!   Linux stops listening at once (queued and new connects are refused),
 //!   then stop the accept loop. Established connections are separate tasks
-//!   and carry on.
+//!   and carry on. A UDP port's task owns its sessions: they end with it.
 //! - A bind failure is logged once (warn) and retried on every later
 //!   reconcile and on a timer; success after failures is logged at info.
 
@@ -25,10 +26,10 @@ use std::time::Duration;
 
 use edgemesh_core::{Protocol, ResolvedPort, ServiceEntry, ServiceKey, Snapshot};
 use socket2::{Domain, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
-use crate::connection::{self, LogLimiter, Pool, Shared};
+use crate::connection::{self, LogLimiter, Pool, Shared, Targets};
 use crate::error::ProxyError;
 
 /// Backlog of each listening socket (the kernel caps it at `somaxconn`).
@@ -38,9 +39,10 @@ const BACKLOG: i32 = 1024;
 /// spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// One VIP:port of a service.
+/// One VIP:port/protocol of a service.
 struct Listener {
     addr: SocketAddr,
+    protocol: Protocol,
     pool: Arc<Pool>,
     bound: Option<Bound>,
     /// Consecutive failed binds (0 while bound).
@@ -48,16 +50,20 @@ struct Listener {
 }
 
 struct Bound {
-    socket: Arc<TcpListener>,
+    /// The TCP listening socket (`None` for UDP).
+    socket: Option<Arc<TcpListener>>,
     task: JoinHandle<()>,
 }
 
 impl Bound {
-    /// Stops listening now; the accept loop ends shortly after.
+    /// Stops listening now; the accept loop (or UDP task, with its
+    /// sessions) ends shortly after.
     fn close(self) -> JoinHandle<()> {
         // On Linux, SHUT_RD on a listening socket moves it out of LISTEN
         // synchronously, so new connects are refused before this returns.
-        let _ = rustix::net::shutdown(&*self.socket, rustix::net::Shutdown::Read);
+        if let Some(socket) = &self.socket {
+            let _ = rustix::net::shutdown(&**socket, rustix::net::Shutdown::Read);
+        }
         self.task.abort();
         self.task
     }
@@ -147,26 +153,30 @@ impl Reconciler {
         let current = self.services.remove(key).unwrap_or_default();
         let mut next: Vec<Listener> = Vec::with_capacity(desired.len());
         for listener in current {
-            if desired.iter().any(|(addr, _)| *addr == listener.addr) {
+            if desired.iter().any(|(addr, protocol, _)| *addr == listener.addr && *protocol == listener.protocol) {
                 next.push(listener);
             } else if let Some(bound) = listener.bound {
-                tracing::debug!(service = %key, listener = %listener.addr, "service port gone; closing listener");
+                tracing::debug!(service = %key, listener = %listener.addr, protocol = ?listener.protocol,
+                    "service port gone; closing listener");
                 drop(bound.close());
                 self.shared.status.listeners.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        let strategy = entry.map(|e| e.strategy).unwrap_or_default();
+        let node = &self.shared.config.node_name;
         let mut unbound = false;
-        for (addr, port) in desired {
-            if let Some(existing) = next.iter().find(|l| l.addr == addr) {
-                if existing.pool.update(strategy, &port.backends) {
-                    tracing::debug!(service = %key, listener = %addr, backends = port.backends.len(), "endpoints updated");
+        for (addr, protocol, port) in desired {
+            let entry = entry.expect("desired listeners come from an entry");
+            let targets = Targets::for_port(entry, port, node);
+            if let Some(existing) = next.iter().find(|l| l.addr == addr && l.protocol == protocol) {
+                let backends = targets.backends.len();
+                if existing.pool.update(targets) {
+                    tracing::debug!(service = %key, listener = %addr, backends, "endpoints updated");
                 }
                 unbound |= existing.bound.is_none();
                 continue;
             }
-            let pool = Arc::new(Pool::new(key.clone(), addr, strategy, port.backends.clone()));
-            let mut listener = Listener { addr, pool, bound: None, bind_failures: 0 };
+            let pool = Arc::new(Pool::new(key.clone(), addr, targets));
+            let mut listener = Listener { addr, protocol, pool, bound: None, bind_failures: 0 };
             unbound |= !try_bind(&self.shared, &mut listener);
             next.push(listener);
         }
@@ -193,15 +203,16 @@ impl Reconciler {
     }
 }
 
-/// The VIP:port pairs a service should listen on, with their ports.
-fn desired_listeners(entry: Option<&ServiceEntry>) -> Vec<(SocketAddr, &ResolvedPort)> {
+/// The VIP:port/protocol triples a service should listen on, with their
+/// ports (TCP and UDP; SCTP is not proxied).
+fn desired_listeners(entry: Option<&ServiceEntry>) -> Vec<(SocketAddr, Protocol, &ResolvedPort)> {
     let Some(entry) = entry else { return Vec::new() };
     let Some(vip) = entry.vip else { return Vec::new() };
-    let mut out: Vec<(SocketAddr, &ResolvedPort)> = Vec::with_capacity(entry.ports.len());
-    for port in entry.ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
+    let mut out: Vec<(SocketAddr, Protocol, &ResolvedPort)> = Vec::with_capacity(entry.ports.len());
+    for port in entry.ports.iter().filter(|p| matches!(p.protocol, Protocol::Tcp | Protocol::Udp)) {
         let addr = SocketAddr::new(vip, port.port);
-        if !out.iter().any(|(a, _)| *a == addr) {
-            out.push((addr, port));
+        if !out.iter().any(|(a, p, _)| *a == addr && *p == port.protocol) {
+            out.push((addr, port.protocol, port));
         }
     }
     out
@@ -209,18 +220,27 @@ fn desired_listeners(entry: Option<&ServiceEntry>) -> Vec<(SocketAddr, &Resolved
 
 /// Binds `listener` and starts its accept loop; false if the bind failed.
 fn try_bind(shared: &Arc<Shared>, listener: &mut Listener) -> bool {
-    match bind(listener.addr) {
-        Ok(socket) => {
-            if listener.bind_failures > 0 {
-                tracing::info!(service = %listener.pool.service, listener = %listener.addr,
-                    "listening after {} failed attempts", listener.bind_failures);
-            } else {
-                tracing::debug!(service = %listener.pool.service, listener = %listener.addr, "listening");
-            }
-            listener.bind_failures = 0;
+    let bound = match listener.protocol {
+        Protocol::Udp => bind_udp(listener.addr).map(|socket| {
+            let task = tokio::spawn(crate::udp::serve(Arc::new(socket), listener.pool.clone(), shared.clone()));
+            Bound { socket: None, task }
+        }),
+        _ => bind(listener.addr).map(|socket| {
             let socket = Arc::new(socket);
             let task = tokio::spawn(accept_loop(socket.clone(), listener.pool.clone(), shared.clone()));
-            listener.bound = Some(Bound { socket, task });
+            Bound { socket: Some(socket), task }
+        }),
+    };
+    match bound {
+        Ok(bound) => {
+            if listener.bind_failures > 0 {
+                tracing::info!(service = %listener.pool.service, listener = %listener.addr, protocol = ?listener.protocol,
+                    "listening after {} failed attempts", listener.bind_failures);
+            } else {
+                tracing::debug!(service = %listener.pool.service, listener = %listener.addr, protocol = ?listener.protocol, "listening");
+            }
+            listener.bind_failures = 0;
+            listener.bound = Some(bound);
             shared.status.listeners.fetch_add(1, Ordering::Relaxed);
             true
         }
@@ -252,11 +272,30 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Receive buffer asked for on UDP service sockets (the kernel caps it at
+/// `net.core.rmem_max`): room for bursts from many clients.
+const UDP_RECV_BUFFER: usize = 4 << 20;
+
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+        let _ = socket.set_freebind_v6(true);
+    } else {
+        let _ = socket.set_freebind_v4(true);
+    }
+    let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 async fn accept_loop(socket: Arc<TcpListener>, pool: Arc<Pool>, shared: Arc<Shared>) {
     let errors = LogLimiter::default();
     loop {
         match socket.accept().await {
-            Ok((stream, _peer)) => connection::admit(&shared, &pool, stream),
+            Ok((stream, peer)) => connection::admit(&shared, &pool, stream, peer),
             // The listener was shut down (see `Bound::close`).
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => return,
             Err(e) => {

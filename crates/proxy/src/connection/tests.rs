@@ -9,7 +9,7 @@ async fn pair() -> (TcpStream, TcpStream) {
 
 fn shared() -> Arc<Shared> {
     Arc::new(Shared {
-        config: ProxyConfig { connect_timeout: Duration::from_secs(1), max_connections: 10 },
+        config: ProxyConfig { connect_timeout: Duration::from_secs(1), max_connections: 10, ..ProxyConfig::default() },
         status: Arc::new(ProxyStatus::default()),
         tracker: TaskTracker::new(),
         stop: CancellationToken::new(),
@@ -26,15 +26,16 @@ async fn connection_future_stays_small() {
     let pool = Arc::new(Pool::new(
         ServiceKey::new("default", "web"),
         "127.0.0.1:80".parse().unwrap(),
-        LbStrategy::RoundRobin,
-        Arc::from(Vec::new()),
+        Targets::new(LbStrategy::RoundRobin, Arc::from(Vec::new())),
     ));
     shared.status.active_connections.fetch_add(1, Ordering::Relaxed);
-    let fut = serve(client, pool.clone(), Active(shared.clone()));
+    let peer: IpAddr = "127.0.0.1".parse().unwrap();
+    let probe = pair().await.0;
+    let fut = serve(client, peer, pool.clone(), Active(shared.clone()));
     let serve_size = std::mem::size_of_val(&fut);
     let forward = splice::forward(&a, &b);
     let forward_size = std::mem::size_of_val(&forward);
-    let connect = connect(&pool, Duration::from_secs(1));
+    let connect = connect(&pool, &probe, peer, Duration::from_secs(1));
     let connect_size = std::mem::size_of_val(&connect);
     eprintln!("serve future: {serve_size} B, forward: {forward_size} B, connect (boxed): {connect_size} B");
     assert!(serve_size <= 512, "connection future grew to {serve_size} bytes");
@@ -54,14 +55,19 @@ fn log_limiter_lets_one_through_per_interval() {
 #[test]
 fn pool_update_reports_changes_only() {
     let b1: Arc<[Backend]> = Arc::from(vec![Backend { addr: "10.0.0.1:80".parse().unwrap(), node_name: None }]);
-    let pool =
-        Pool::new(ServiceKey::new("d", "w"), "127.0.0.1:80".parse().unwrap(), LbStrategy::RoundRobin, b1.clone());
-    assert!(!pool.update(LbStrategy::RoundRobin, &b1));
+    let pool = Pool::new(
+        ServiceKey::new("d", "w"),
+        "127.0.0.1:80".parse().unwrap(),
+        Targets::new(LbStrategy::RoundRobin, b1.clone()),
+    );
+    assert!(!pool.update(Targets::new(LbStrategy::RoundRobin, b1.clone())));
     let same_contents: Arc<[Backend]> = Arc::from(b1.to_vec());
-    assert!(!pool.update(LbStrategy::RoundRobin, &same_contents), "equal lists are not a change");
-    assert!(pool.update(LbStrategy::Random, &b1));
-    assert!(pool.update(LbStrategy::Random, &Arc::from(Vec::new())));
+    assert!(!pool.update(Targets::new(LbStrategy::RoundRobin, same_contents)), "equal lists are not a change");
+    assert!(pool.update(Targets::new(LbStrategy::Random, b1.clone())));
+    assert!(pool.update(Targets::new(LbStrategy::Random, Arc::from(Vec::new()))));
     assert!(pool.targets().backends.is_empty());
+    assert!(pool.update(Targets::new(LbStrategy::ConsistentHash, b1)));
+    assert!(pool.targets().ring.is_some(), "a consistent-hash port has its ring");
 }
 
 #[test]
@@ -76,4 +82,50 @@ fn error_messages_tell_the_operator_what_to_check() {
     assert!(timeout.to_string().contains("within 2s"), "{timeout}");
     let none = ProxyError::NoBackends { service: ServiceKey::new("default", "web"), port: 80 };
     assert!(none.to_string().contains("default/web port 80 has no ready endpoints"), "{none}");
+}
+
+#[test]
+fn header_lookup_in_a_request_head() {
+    let req = b"GET / HTTP/1.1\r\nHost: x\r\nX-User:  alice \r\nAccept: */*\r\n\r\nbody";
+    assert_eq!(find_header(req, "x-user"), Header::Found(b"alice"));
+    assert_eq!(find_header(req, "X-USER"), Header::Found(b"alice"));
+    assert_eq!(find_header(req, "Cookie"), Header::Absent, "the head ended without it");
+    // Cut anywhere before the header's line ends: wait for more.
+    let at = req.windows(7).position(|w| w == b"X-User:").unwrap() + 12;
+    for cut in [0, 3, 10, 17, at] {
+        assert_eq!(find_header(&req[..cut], "X-User"), Header::Incomplete, "cut at {cut}");
+    }
+    // Bare LF line ends are tolerated.
+    assert_eq!(find_header(b"GET / HTTP/1.0\nX-User: bob\n\n", "x-user"), Header::Found(b"bob"));
+    // Not HTTP: no waiting.
+    assert_eq!(find_header(b"\x16\x03\x01\x02\x00\x01", "X-User"), Header::Absent, "a TLS hello");
+    assert_eq!(find_header(b"SSH-2.0-OpenSSH\r\n", "X-User"), Header::Absent);
+    assert_eq!(find_header(b"GET / HTTP/2\r\nX-User: a\r\n\r\n", "X-User"), Header::Absent);
+    // A name that is a prefix of another header is not that header.
+    assert_eq!(find_header(b"GET / HTTP/1.1\r\nX-Users: a\r\n\r\n", "X-User"), Header::Absent);
+}
+
+#[tokio::test]
+async fn header_peek_does_not_consume_and_gives_up_on_silence() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client, server) = pair().await;
+    client.write_all(b"GET / HTTP/1.1\r\nX-Key: k1\r\n").await.unwrap();
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        client.write_all(b"\r\n").await.unwrap();
+        client
+    });
+    assert_eq!(peek_header(&server, "x-key").await.as_deref(), Some(&b"k1"[..]));
+    let _client = late.await.unwrap();
+    let mut server = server;
+    let mut got = vec![0u8; 29];
+    server.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"GET / HTTP/1.1\r\nX-Key: k1\r\n\r\n", "every byte is still there for the backend");
+
+    // A client that says nothing: give up after the bounded wait.
+    let (_quiet, server) = pair().await;
+    let started = std::time::Instant::now();
+    assert_eq!(peek_header(&server, "x-key").await, None);
+    let waited = started.elapsed();
+    assert!(waited >= HEADER_PEEK_WAIT && waited < HEADER_PEEK_WAIT * 3, "{waited:?}");
 }

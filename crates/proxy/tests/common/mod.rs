@@ -37,7 +37,12 @@ pub struct Harness {
 
 /// A registry on `127.77.<net>.0/24` and a proxy following it.
 pub async fn start(net: u8, strategy: LbStrategy) -> Harness {
-    start_with(net, strategy, ProxyConfig { connect_timeout: Duration::from_secs(2), max_connections: 1000 }).await
+    start_with(
+        net,
+        strategy,
+        ProxyConfig { connect_timeout: Duration::from_secs(2), max_connections: 1000, ..ProxyConfig::default() },
+    )
+    .await
 }
 
 pub async fn start_with(net: u8, strategy: LbStrategy, config: ProxyConfig) -> Harness {
