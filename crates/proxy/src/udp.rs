@@ -140,7 +140,7 @@ impl Port {
     fn datagram(&mut self, data: &[u8], client: SocketAddr) {
         if let Some(session) = self.sessions.get(&client) {
             session.last.store(self.clock.now_ms(), Ordering::Relaxed);
-            match session.socket.try_send(data) {
+            match send(&session.socket, data) {
                 Ok(_) => return,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                     // The endpoint went away since the last datagram: eject it
@@ -158,7 +158,7 @@ impl Port {
             self.drop_datagram();
             return;
         };
-        if session.socket.try_send(data).is_err() {
+        if send(&session.socket, data).is_err() {
             self.drop_datagram();
         }
     }
@@ -229,6 +229,19 @@ impl Port {
     fn drop_datagram(&self) {
         self.shared.status.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Sends one datagram now, or fails (`WouldBlock` when the socket buffer is
+/// full). A plain non-blocking `send(2)`: tokio's `try_send` would refuse
+/// until the reactor has reported the socket writable once, which a fresh
+/// session socket has not.
+fn send(socket: &UdpSocket, data: &[u8]) -> io::Result<usize> {
+    socket2::SockRef::from(socket).send(data)
+}
+
+/// [`send`] to `to`, on an unconnected socket.
+fn send_to(socket: &UdpSocket, data: &[u8], to: SocketAddr) -> io::Result<usize> {
+    socket2::SockRef::from(socket).send_to(data, &to.into())
 }
 
 /// A UDP socket connected to `backend`, on an ephemeral port.
@@ -310,7 +323,7 @@ impl Relay {
                 match self.backend_socket.try_recv(buf) {
                     Ok(n) => {
                         moved += 1;
-                        if self.service_socket.try_send_to(&buf[..n], self.client).is_err() {
+                        if send_to(&self.service_socket, &buf[..n], self.client).is_err() {
                             self.shared.status.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
                         }
                     }
