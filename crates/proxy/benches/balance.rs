@@ -1,0 +1,35 @@
+//! The per-connection balancing decision: the attempt plan for round robin
+//! and for consistent hashing, with 3 and 100 endpoints.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use edgemesh_core::LbStrategy;
+use edgemesh_proxy::balance::{Balancer, Lead, Ring, hash_ip, plan};
+
+fn addrs(n: usize) -> Vec<SocketAddr> {
+    (0..n).map(|i| SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 8080))).collect()
+}
+
+fn pick(c: &mut Criterion) {
+    for n in [3usize, 100] {
+        let balancer = Balancer::with_seed(7);
+        let spread = |k: usize| balancer.pick(LbStrategy::RoundRobin, k);
+        c.bench_function(&format!("balance/plan/round_robin/{n}"), |b| {
+            b.iter(|| black_box(plan(n, n, Lead::Spread(&spread), None, |_| false)))
+        });
+        let ring = Ring::new(&addrs(n));
+        let mut client = 0u32;
+        c.bench_function(&format!("balance/plan/consistent_hash/{n}"), |b| {
+            b.iter(|| {
+                client = client.wrapping_add(1);
+                let key = hash_ip(std::net::IpAddr::from(client.to_be_bytes()));
+                black_box(plan(n, n, Lead::Hash(&ring, key), None, |_| false))
+            })
+        });
+    }
+}
+
+criterion_group!(benches, pick);
+criterion_main!(benches);
