@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use edgemesh_cache::{CacheStatus, StateReport};
 use edgemesh_core::{RegistryHandle, ServiceEntry};
+use edgemesh_intercept::InterceptStatus;
 use edgemesh_proxy::ProxyStatus;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -36,6 +37,8 @@ pub struct AdminState {
     pub config: Arc<Config>,
     pub snapshots: RegistryHandle,
     pub proxy: Arc<ProxyStatus>,
+    /// The nftables interceptor, when interception is on.
+    pub intercept: Option<Arc<InterceptStatus>>,
     /// Whether the state is live or from the persistent cache.
     pub cache: Arc<CacheStatus>,
 }
@@ -50,6 +53,16 @@ impl AdminState {
         let applied = self.proxy.applied_generation.load(Ordering::Acquire);
         if applied < snap.generation {
             return Some(format!("proxy has applied generation {applied} of {}", snap.generation));
+        }
+        if let Some(intercept) = &self.intercept {
+            let applied = intercept.applied_generation.load(Ordering::Acquire);
+            if applied < snap.generation {
+                let failures = intercept.failures.load(Ordering::Relaxed);
+                return Some(format!(
+                    "nftables table has generation {applied} of {} ({failures} failed transactions; see the log)",
+                    snap.generation
+                ));
+            }
         }
         None
     }

@@ -13,16 +13,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use edgemesh_cache::CacheStatus;
-use edgemesh_core::{EventSink, Registry, RegistryConfig};
+use edgemesh_core::{EventSink, Registry, RegistryConfig, RegistryHandle, Snapshot};
 use edgemesh_dns::{DnsConfig, DnsServer};
+use edgemesh_intercept::{InterceptConfig, Interceptor, Nft, TableSpec};
 use edgemesh_kube::{ApiEndpoint, KubeSource, KubeSourceConfig};
 use edgemesh_manifests::ManifestSource;
-use edgemesh_proxy::{Proxy, ProxyConfig};
+use edgemesh_proxy::{Proxy, ProxyConfig, ProxyStatus};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminServer, AdminState};
-use crate::config::{Config, SourceKind};
+use crate::config::{Config, InterceptMode, SourceKind};
 use crate::limits;
 
 /// How long components get to finish after a stop signal.
@@ -73,15 +75,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("cannot start DNS on {}", config.dns.listen))?;
-    let proxy = Proxy::new(
+    let intercepting = config.intercept.mode == InterceptMode::Nftables;
+    let mut proxy = Proxy::new(
         ProxyConfig {
             connect_timeout: config.proxy.connect_timeout,
             max_connections,
             node_name: config.node_name.clone(),
             max_udp_sessions: config.proxy.max_udp_sessions,
+            transparent: intercepting,
+            upstream_mark: intercepting.then_some(config.intercept.mark),
         },
         snapshots.clone(),
     );
+    let interceptor = if intercepting {
+        let port = config.intercept.port;
+        let addrs = proxy.bind_transparent(port).with_context(|| {
+            format!("cannot listen on the transparent port {port} (intercept.port); is another agent running?")
+        })?;
+        let interceptor = Interceptor::start(InterceptConfig {
+            table: TableSpec { name: config.intercept.table.clone(), port, mark: config.intercept.mark },
+            nft: Nft::default(),
+        })
+        .await
+        .context("cannot set up interception with nftables")?;
+        tracing::info!(listen = ?addrs, table = %config.intercept.table, "intercepting service addresses with nftables");
+        Some(interceptor)
+    } else {
+        None
+    };
+    let intercept_status = interceptor.as_ref().map(Interceptor::status);
     let config = Arc::new(config);
     let admin = AdminServer::bind(
         config.admin.listen,
@@ -89,6 +111,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config: config.clone(),
             snapshots: snapshots.clone(),
             proxy: proxy.status(),
+            intercept: intercept_status,
             cache: cache.clone(),
         },
     )
@@ -103,6 +126,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         let shutdown = shutdown.clone();
         tasks.spawn(async move { dns.run(shutdown).await.context("DNS server failed") });
+    }
+    if let Some(interceptor) = interceptor {
+        let (gated_tx, gated) = watch::channel(Arc::new(Snapshot::default()));
+        let (source, proxy_status, stop) = (snapshots.clone(), proxy.status(), shutdown.clone());
+        tasks.spawn(gate_on_proxy(source, proxy_status, gated_tx, stop).map_ok());
+        tasks.spawn(interceptor.run(gated, shutdown.clone()).map_ok());
     }
     tasks.spawn(proxy.run(shutdown.clone()).map_ok());
     tasks.spawn(admin.run(shutdown.clone()).map_ok());
@@ -151,6 +180,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("components did not stop within {DRAIN_DEADLINE:?}; exiting anyway");
     }
     outcome
+}
+
+/// Passes each snapshot on once the proxy has applied it.
+async fn gate_on_proxy(
+    mut source: RegistryHandle,
+    proxy: Arc<ProxyStatus>,
+    gated: watch::Sender<Arc<Snapshot>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let snapshot = source.borrow_and_update().clone();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = proxy.wait_applied(snapshot.generation) => {}
+        }
+        gated.send_replace(snapshot);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = source.changed() => if changed.is_err() {
+                // The registry is gone: the agent is stopping.
+                shutdown.cancelled().await;
+                return;
+            },
+        }
+    }
 }
 
 /// Lets unit-returning component futures share the JoinSet with fallible ones.

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use edgemesh_core::LbStrategy;
 use ipnet::IpNet;
 
-use crate::config::{Config, ConfigError, SourceKind, parse_duration, resolv_conf_nameservers};
+use crate::config::{Config, ConfigError, InterceptMode, SourceKind, parse_duration, resolv_conf_nameservers};
 
 /// edgemesh: a service mesh data plane for edge nodes.
 ///
@@ -88,6 +88,18 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub connect_timeout: Option<Duration>,
 
+    /// Interception of service addresses: none (clients use the VIPs) or nftables (connections to cluster IPs and VIPs are redirected to the agent; needs root or CAP_NET_ADMIN and nft).
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub intercept: Option<InterceptMode>,
+
+    /// Port of the transparent listener that intercepted connections are redirected to. Default: 15006.
+    #[arg(long, value_name = "PORT")]
+    pub intercept_port: Option<u16>,
+
+    /// Name of the agent's own nftables table (family inet). Default: edgemesh.
+    #[arg(long, value_name = "NAME")]
+    pub intercept_table: Option<String>,
+
     /// Log level or tracing filter (error, warn, info, debug, trace). RUST_LOG takes precedence.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -150,6 +162,15 @@ impl AgentArgs {
         if let Some(v) = self.connect_timeout {
             c.proxy.connect_timeout = v;
         }
+        if let Some(v) = self.intercept {
+            c.intercept.mode = v;
+        }
+        if let Some(v) = self.intercept_port {
+            c.intercept.port = v;
+        }
+        if let Some(v) = &self.intercept_table {
+            c.intercept.table = v.clone();
+        }
         if let Some(v) = &self.log_level {
             c.log_level = v.clone();
         }
@@ -188,6 +209,10 @@ mod tests {
             "127.0.0.3:53",
             "--lb-strategy",
             "Random",
+            "--intercept",
+            "nftables",
+            "--intercept-table",
+            "em_flag",
         ])
         .unwrap();
         let Command::Agent(args) = cli.command;
@@ -196,6 +221,9 @@ mod tests {
         assert_eq!(c.dns.listen, "127.0.0.1:1053".parse().unwrap(), "unset flags keep the file's value");
         assert_eq!(c.dns.upstreams.len(), 2);
         assert_eq!(c.proxy.default_strategy, LbStrategy::Random);
+        assert_eq!(c.intercept.mode, InterceptMode::Nftables);
+        assert_eq!(c.intercept.table, "em_flag");
+        assert_eq!(c.intercept.port, 15006, "the default port");
     }
 
     #[test]
@@ -229,6 +257,9 @@ mod tests {
             "--dns-upstream",
             "--admin-listen",
             "--vip-cidr",
+            "--intercept",
+            "--intercept-port",
+            "--intercept-table",
         ] {
             assert!(help.contains(flag), "{flag} missing from help");
         }

@@ -39,6 +39,7 @@ pub struct Config {
     pub dns: DnsSection,
     pub proxy: ProxySection,
     pub admin: AdminSection,
+    pub intercept: InterceptSection,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -105,6 +106,45 @@ pub struct ProxySection {
     pub max_udp_sessions: usize,
 }
 
+/// How connections to service addresses reach the proxy.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum InterceptMode {
+    /// A listener per service VIP and port; clients use the VIPs (from DNS).
+    #[default]
+    None,
+    /// An nftables table redirects connections to cluster IPs and VIPs to
+    /// one transparent port (needs root or CAP_NET_ADMIN, and `nft`).
+    Nftables,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct InterceptSection {
+    /// `none` or `nftables`.
+    pub mode: InterceptMode,
+    /// Port of the transparent listener (all addresses) that intercepted
+    /// connections are redirected to.
+    pub port: u16,
+    /// Name of the agent's nftables table (family `inet`); the agent
+    /// replaces it at start and deletes it at stop.
+    pub table: String,
+    /// Mark of the agent's own upstream connections, which the table lets
+    /// pass (must not be used by other software on the node).
+    pub mark: u32,
+}
+
+impl Default for InterceptSection {
+    fn default() -> Self {
+        Self {
+            mode: InterceptMode::None,
+            port: edgemesh_intercept::DEFAULT_PORT,
+            table: edgemesh_intercept::DEFAULT_TABLE.into(),
+            mark: edgemesh_intercept::DEFAULT_MARK,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct AdminSection {
@@ -125,6 +165,7 @@ impl Default for Config {
             dns: DnsSection::default(),
             proxy: ProxySection::default(),
             admin: AdminSection::default(),
+            intercept: InterceptSection::default(),
         }
     }
 }
@@ -232,6 +273,24 @@ impl Config {
         }
         if self.proxy.max_udp_sessions == 0 {
             problems.push("proxy.maxUdpSessions must be greater than zero".into());
+        }
+        let table = &self.intercept.table;
+        if table.is_empty()
+            || table.len() > 64
+            || !table.starts_with(|c: char| c.is_ascii_alphabetic())
+            || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            problems.push(format!(
+                "intercept.table {table:?} is not a valid nftables table name (a letter, then letters, digits, _ or -)"
+            ));
+        }
+        if self.intercept.mode == InterceptMode::Nftables {
+            if self.intercept.port == 0 {
+                problems.push("intercept.port must be a fixed port (not 0) with intercept.mode nftables".into());
+            }
+            if self.intercept.mark == 0 {
+                problems.push("intercept.mark must not be 0 (unmarked traffic is everyone's)".into());
+            }
         }
         // Port 0 asks the kernel for any free port, so only fixed ports clash.
         if self.dns.listen == self.admin.listen && self.dns.listen.port() != 0 {
@@ -372,6 +431,19 @@ mod tests {
         };
         let msg = c.validate().unwrap_err().to_string();
         assert!(msg.contains("vipCidr") && msg.contains("connectTimeout"), "{msg}");
+    }
+
+    #[test]
+    fn intercept_section() {
+        assert_eq!(Config::default().intercept.mode, InterceptMode::None);
+        let c = Config::from_yaml("intercept:\n  mode: nftables\n  port: 15001\n  table: em_test\n").unwrap();
+        assert_eq!(c.intercept.mode, InterceptMode::Nftables);
+        assert_eq!((c.intercept.port, c.intercept.table.as_str()), (15001, "em_test"));
+        c.validate().unwrap();
+        let bad = Config::from_yaml("intercept:\n  mode: nftables\n  port: 0\n  table: 'x y'\n").unwrap();
+        let msg = bad.validate().unwrap_err().to_string();
+        assert!(msg.contains("intercept.port") && msg.contains("intercept.table"), "{msg}");
+        assert!(Config::from_yaml("intercept:\n  mode: iptables\n").is_err());
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
     /// Cancelled at shutdown: connections close.
     pub(crate) stop: CancellationToken,
+    /// Service addresses served through the transparent listener.
+    pub(crate) routes: crate::transparent::Routes,
 }
 
 /// What one listener forwards to; replaced in place when endpoints change.
@@ -313,7 +315,7 @@ async fn proxy(client: TcpStream, peer: IpAddr, pool: &Pool, shared: &Shared) {
     let _ = client.set_nodelay(true);
     // Boxed: the connect phase (header peek, timer, retry loop) is larger
     // than the forwarding phase and is over in a moment.
-    let backend = match Box::pin(connect(pool, &client, peer, shared.config.connect_timeout)).await {
+    let backend = match Box::pin(connect(pool, &client, peer, &shared.config)).await {
         Ok(backend) => backend,
         Err(error) => {
             shared.status.failed_connections.fetch_add(1, Ordering::Relaxed);
@@ -334,7 +336,8 @@ async fn proxy(client: TcpStream, peer: IpAddr, pool: &Pool, shared: &Shared) {
 /// Connects to the chosen endpoint, or to the next ones in the plan when it
 /// refuses or times out; each endpoint is tried at most once, and each
 /// failure ejects the endpoint for a while (see [`balance::Health`]).
-async fn connect(pool: &Pool, client: &TcpStream, peer: IpAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
+async fn connect(pool: &Pool, client: &TcpStream, peer: IpAddr, config: &ProxyConfig) -> Result<TcpStream, ProxyError> {
+    let timeout = config.connect_timeout;
     let targets = pool.targets.load_full();
     let n = targets.backends.len();
     if n == 0 {
@@ -351,7 +354,7 @@ async fn connect(pool: &Pool, client: &TcpStream, peer: IpAddr, timeout: Duratio
     let mut last = None;
     for i in pool.plan(&targets, peer, key) {
         let addr = targets.backends[i].addr;
-        let error = match tokio::time::timeout(timeout, connect_one(addr)).await {
+        let error = match tokio::time::timeout(timeout, connect_one(addr, config.upstream_mark)).await {
             Ok(Ok(stream)) => {
                 pool.connected(&targets, peer, addr);
                 return Ok(stream);
@@ -444,8 +447,13 @@ pub(crate) fn find_header<'a>(data: &'a [u8], name: &str) -> Header<'a> {
     }
 }
 
-async fn connect_one(addr: SocketAddr) -> std::io::Result<TcpStream> {
+async fn connect_one(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpStream> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(mark) = mark {
+        // Interception rules let marked packets pass: the agent's own
+        // connections are never redirected back to it.
+        socket2::SockRef::from(&socket).set_mark(mark)?;
+    }
     socket.set_nodelay(true)?;
     socket.connect(addr).await
 }

@@ -14,6 +14,10 @@
 //! - [`udp`]: UDP service ports: a session per client address, each with a
 //!   connected socket to its endpoint, replies sent from the service
 //!   address, idle expiry, a bound on sessions.
+//! - [`transparent`]: with interception on, one listener for every
+//!   intercepted service address: the original destination
+//!   (`SO_ORIGINAL_DST`) picks the service port's pool; TCP VIP listeners
+//!   are then not bound (nftables redirects VIPs too).
 //! - [`splice`]: zero-copy forwarding with `splice(2)` through a pipe per
 //!   direction, taken from a small pool only while data moves; half-close
 //!   passes through; small copy fallback when splice is unavailable.
@@ -40,6 +44,7 @@ pub mod connection;
 pub mod error;
 pub mod listeners;
 pub mod splice;
+pub mod transparent;
 pub mod udp;
 
 use std::sync::Arc;
@@ -52,6 +57,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::ProxyError;
+pub use transparent::TransparentListeners;
 
 /// File descriptors one proxied connection may hold: two sockets and, while
 /// data flows, two pipes (two descriptors each). Idle connections hold two.
@@ -86,6 +92,13 @@ pub struct ProxyConfig {
     /// UDP sessions allowed at once (each holds one socket); past it, the
     /// oldest idle session of the port is closed for a new client.
     pub max_udp_sessions: usize,
+    /// Interception: TCP service ports are served through the transparent
+    /// listener (see [`Proxy::bind_transparent`]) instead of a listener per
+    /// VIP and port.
+    pub transparent: bool,
+    /// Mark (`SO_MARK`, needs CAP_NET_ADMIN) set on upstream connections,
+    /// so that interception rules let them pass.
+    pub upstream_mark: Option<u32>,
 }
 
 impl ProxyConfig {
@@ -107,6 +120,8 @@ impl Default for ProxyConfig {
             max_connections: Self::max_connections_for_fd_limit(open_files),
             node_name: String::new(),
             max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,
+            transparent: false,
+            upstream_mark: None,
         }
     }
 }
@@ -136,6 +151,11 @@ pub struct ProxyStatus {
     pub total_udp_sessions: AtomicU64,
     /// UDP datagrams dropped (no endpoint, session limit, full buffers).
     pub dropped_datagrams: AtomicU64,
+    /// Intercepted connections whose original destination was no service
+    /// port (reset).
+    pub unrouted_connections: AtomicU64,
+    /// Signalled whenever `applied_generation` moves.
+    applied: tokio::sync::Notify,
 }
 
 impl ProxyStatus {
@@ -144,6 +164,26 @@ impl ProxyStatus {
     pub fn has_applied(&self, generation: u64) -> bool {
         self.applied_generation.load(Ordering::Acquire) >= generation
     }
+
+    /// Waits until the proxy has applied `generation` (so that, say,
+    /// interception rules for a new service are installed only once the
+    /// proxy knows the service).
+    pub async fn wait_applied(&self, generation: u64) {
+        loop {
+            let notified = self.applied.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.has_applied(generation) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn set_applied(&self, generation: u64) {
+        self.applied_generation.store(generation, Ordering::Release);
+        self.applied.notify_waiters();
+    }
 }
 
 /// The proxy: owns listeners; see the crate docs.
@@ -151,6 +191,7 @@ pub struct Proxy {
     config: ProxyConfig,
     status: Arc<ProxyStatus>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    transparent: Option<TransparentListeners>,
 }
 
 /// How often listeners that failed to bind are retried when no new snapshot
@@ -159,7 +200,17 @@ const BIND_RETRY: Duration = Duration::from_secs(2);
 
 impl Proxy {
     pub fn new(config: ProxyConfig, snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
-        Self { config, status: Arc::new(ProxyStatus::default()), snapshots }
+        Self { config, status: Arc::new(ProxyStatus::default()), snapshots, transparent: None }
+    }
+
+    /// Binds the transparent listener on `port` (all addresses, IPv4 and,
+    /// when available, IPv6); call before [`Proxy::run`] with
+    /// `config.transparent` set. Returns the bound addresses.
+    pub fn bind_transparent(&mut self, port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        let listeners = TransparentListeners::bind(port)?;
+        let addrs = listeners.local_addrs();
+        self.transparent = Some(listeners);
+        Ok(addrs)
     }
 
     pub fn status(&self) -> Arc<ProxyStatus> {
@@ -171,26 +222,35 @@ impl Proxy {
     /// changes never touch them) and are dropped at shutdown, before this
     /// returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Proxy { config, status, mut snapshots } = self;
+        let Proxy { config, status, mut snapshots, transparent } = self;
         tracing::debug!(?config, "proxy starting");
         let shared = Arc::new(connection::Shared {
             config,
             status: status.clone(),
             tracker: TaskTracker::new(),
             stop: shutdown.child_token(),
+            routes: transparent::Routes::default(),
         });
+        let accept_loops: Vec<_> = transparent
+            .into_iter()
+            .flat_map(|t| t.sockets)
+            .map(|socket| tokio::spawn(transparent::accept_loop(socket, shared.clone())))
+            .collect();
         let mut reconciler = listeners::Reconciler::new(shared.clone());
         let mut registry_open = true;
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
             let since = status.applied_generation.load(Ordering::Acquire);
             reconciler.reconcile(&snapshot, since);
-            status.applied_generation.store(snapshot.generation, Ordering::Release);
+            status.set_applied(snapshot.generation);
             loop {
                 let retry = reconciler.has_failed_binds();
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => {
+                        for task in &accept_loops {
+                            task.abort();
+                        }
                         Self::stop(reconciler, &shared).await;
                         return;
                     }

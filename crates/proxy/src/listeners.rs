@@ -14,6 +14,10 @@
 //!   Linux stops listening at once (queued and new connects are refused),
 //!   then stop the accept loop. Established connections are separate tasks
 //!   and carry on. A UDP port's task owns its sessions: they end with it.
+//! - With interception on (`ProxyConfig::transparent`), TCP ports are not
+//!   bound: their pools are reached through [`crate::transparent`], under
+//!   every address of the service (VIP and cluster IPs). UDP ports keep
+//!   their VIP listeners.
 //! - A bind failure is logged once (warn) and retried on every later
 //!   reconcile and on a timer; success after failures is logged at info.
 
@@ -47,6 +51,16 @@ struct Listener {
     bound: Option<Bound>,
     /// Consecutive failed binds (0 while bound).
     bind_failures: u32,
+    /// False for TCP ports served by the transparent listener.
+    listen: bool,
+    /// Addresses under which the transparent listener finds this pool.
+    routes: Vec<SocketAddr>,
+}
+
+impl Listener {
+    fn waiting_for_bind(&self) -> bool {
+        self.listen && self.bound.is_none()
+    }
 }
 
 struct Bound {
@@ -107,7 +121,12 @@ impl Reconciler {
             self.reconcile_service(key, snapshot.service(key).map(|e| &**e));
         }
         self.publish_counts();
-        tracing::trace!(generation = snapshot.generation, changed = keys.len(), "listeners reconciled");
+        tracing::trace!(
+            generation = snapshot.generation,
+            changed = keys.len(),
+            routes = self.shared.routes.len(),
+            "listeners reconciled"
+        );
     }
 
     pub(crate) fn has_failed_binds(&self) -> bool {
@@ -122,7 +141,7 @@ impl Reconciler {
         for key in std::mem::take(&mut self.unbound) {
             let Some(listeners) = self.services.get_mut(&key) else { continue };
             let mut still_unbound = false;
-            for l in listeners.iter_mut().filter(|l| l.bound.is_none()) {
+            for l in listeners.iter_mut().filter(|l| l.waiting_for_bind()) {
                 still_unbound |= !try_bind(&self.shared, l);
             }
             if still_unbound {
@@ -149,8 +168,10 @@ impl Reconciler {
     }
 
     fn reconcile_service(&mut self, key: &ServiceKey, entry: Option<&ServiceEntry>) {
-        let desired = desired_listeners(entry);
+        let transparent = self.shared.config.transparent;
+        let desired = desired_listeners(entry, transparent);
         let current = self.services.remove(key).unwrap_or_default();
+        let old_routes: Vec<SocketAddr> = current.iter().flat_map(|l| l.routes.iter().copied()).collect();
         let mut next: Vec<Listener> = Vec::with_capacity(desired.len());
         for listener in current {
             if desired.iter().any(|(addr, protocol, _)| *addr == listener.addr && *protocol == listener.protocol) {
@@ -167,19 +188,31 @@ impl Reconciler {
         for (addr, protocol, port) in desired {
             let entry = entry.expect("desired listeners come from an entry");
             let targets = Targets::for_port(entry, port, node);
-            if let Some(existing) = next.iter().find(|l| l.addr == addr && l.protocol == protocol) {
+            let routed = transparent && protocol == Protocol::Tcp;
+            let routes: Vec<SocketAddr> =
+                if routed { entry.ips().map(|ip| SocketAddr::new(ip, port.port)).collect() } else { Vec::new() };
+            if let Some(existing) = next.iter_mut().find(|l| l.addr == addr && l.protocol == protocol) {
                 let backends = targets.backends.len();
                 if existing.pool.update(targets) {
                     tracing::debug!(service = %key, listener = %addr, backends, "endpoints updated");
                 }
-                unbound |= existing.bound.is_none();
+                existing.routes = routes;
+                unbound |= existing.waiting_for_bind();
                 continue;
             }
             let pool = Arc::new(Pool::new(key.clone(), addr, targets));
-            let mut listener = Listener { addr, protocol, pool, bound: None, bind_failures: 0 };
-            unbound |= !try_bind(&self.shared, &mut listener);
+            let mut listener =
+                Listener { addr, protocol, pool, bound: None, bind_failures: 0, listen: !routed, routes };
+            if listener.listen {
+                unbound |= !try_bind(&self.shared, &mut listener);
+            } else {
+                tracing::debug!(service = %key, addresses = ?listener.routes, "served through the transparent listener");
+            }
             next.push(listener);
         }
+        let new_routes: Vec<(SocketAddr, Arc<Pool>)> =
+            next.iter().flat_map(|l| l.routes.iter().map(|a| (*a, l.pool.clone()))).collect();
+        self.shared.routes.replace(&old_routes, &new_routes);
         if unbound {
             self.unbound.insert(key.clone());
         } else {
@@ -197,19 +230,23 @@ impl Reconciler {
             .unbound
             .iter()
             .filter_map(|key| self.services.get(key))
-            .map(|ls| ls.iter().filter(|l| l.bound.is_none()).count())
+            .map(|ls| ls.iter().filter(|l| l.waiting_for_bind()).count())
             .sum();
         self.shared.status.bind_failures.store(failed, Ordering::Relaxed);
     }
 }
 
 /// The VIP:port/protocol triples a service should listen on, with their
-/// ports (TCP and UDP; SCTP is not proxied).
-fn desired_listeners(entry: Option<&ServiceEntry>) -> Vec<(SocketAddr, Protocol, &ResolvedPort)> {
+/// ports (TCP and UDP; SCTP is not proxied). With interception, a service
+/// without a VIP is still served (by its cluster IP) for TCP.
+fn desired_listeners(entry: Option<&ServiceEntry>, transparent: bool) -> Vec<(SocketAddr, Protocol, &ResolvedPort)> {
     let Some(entry) = entry else { return Vec::new() };
-    let Some(vip) = entry.vip else { return Vec::new() };
+    let Some(vip) = entry.vip.or_else(|| entry.cluster_ips.first().copied().filter(|_| transparent)) else {
+        return Vec::new();
+    };
     let mut out: Vec<(SocketAddr, Protocol, &ResolvedPort)> = Vec::with_capacity(entry.ports.len());
-    for port in entry.ports.iter().filter(|p| matches!(p.protocol, Protocol::Tcp | Protocol::Udp)) {
+    let udp_ok = entry.vip.is_some();
+    for port in entry.ports.iter().filter(|p| p.protocol == Protocol::Tcp || (p.protocol == Protocol::Udp && udp_ok)) {
         let addr = SocketAddr::new(vip, port.port);
         if !out.iter().any(|(a, p, _)| *a == addr && *p == port.protocol) {
             out.push((addr, port.protocol, port));

@@ -25,6 +25,7 @@ fn config() -> ProxyConfig {
         max_connections: 1000,
         node_name: "node-a".into(),
         max_udp_sessions: 1000,
+        ..ProxyConfig::default()
     }
 }
 

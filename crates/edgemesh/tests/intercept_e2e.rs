@@ -1,0 +1,442 @@
+//! Interception with nftables, as an operator runs it: as root, the real
+//! agent in a network namespace made for the test, a real nginx in a "pod"
+//! namespace behind a veth, and real clients (curl) connecting to the
+//! Service's cluster IP, which exists nowhere: from the node itself (the
+//! `output` hook) and from a second pod routed through the node
+//! (`prerouting`), over IPv4 and IPv6.
+//!
+//! ```text
+//!  client ns                 node ns (agent, nft table)              pod ns (nginx)
+//!  10.244.2.2 ── veth ── 10.244.2.1 │ 10.244.1.1 ── veth ── 10.244.1.2, fd00:244:1::2
+//!                                   │ fd00:244:1::1
+//! ```
+//!
+//! These tests need root (CAP_NET_ADMIN for namespaces and nftables); CI
+//! runs as root. Without it they fail and say so.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{eventually, free_port};
+
+fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test creates network namespaces and nftables tables: run it as root (CI does)"
+    );
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace of this test's own, removed on drop (also when the
+/// test fails).
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(role: &str) -> Netns {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!("em-ic-{}-{}-{role}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        ok(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n NS args...`
+    fn ip(&self, args: &[&str]) {
+        let mut full = vec!["ip", "-n", &self.name];
+        full.extend_from_slice(args);
+        ok(&full);
+    }
+
+    /// A command inside the namespace.
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    fn exec(&self, args: &[&str]) -> Output {
+        self.cmd(args[0]).args(&args[1..]).output().unwrap()
+    }
+
+    /// `curl` inside the namespace: the body, or None.
+    fn curl(&self, url: &str) -> Option<String> {
+        let out = self.exec(&["curl", "-sS", "-g", "--max-time", "5", "--connect-timeout", "2", url]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn nft(&self, args: &[&str]) -> Output {
+        let mut full = vec!["nft"];
+        full.extend_from_slice(args);
+        self.exec(&full)
+    }
+
+    /// The elements of `set` in table `inet table`, as `addr . port`
+    /// strings, sorted; None if the table does not exist.
+    fn set_elements(&self, table: &str, set: &str) -> Option<Vec<String>> {
+        let out = self.nft(&["-j", "list", "set", "inet", table, set]);
+        if !out.status.success() {
+            return None;
+        }
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut elements: Vec<String> = json["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o["set"]["elem"].as_array())
+            .flatten()
+            .map(|e| {
+                let c = e["concat"].as_array().unwrap();
+                format!("{} . {}", c[0].as_str().unwrap(), c[1])
+            })
+            .collect();
+        elements.sort();
+        Some(elements)
+    }
+
+    fn tables(&self) -> String {
+        String::from_utf8_lossy(&self.nft(&["list", "tables"]).stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A veth pair between two namespaces.
+fn link(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+    ok(&["ip", "-n", &a.name, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name]);
+    a.ip(&["link", "set", a_if, "up"]);
+    b.ip(&["link", "set", b_if, "up"]);
+}
+
+/// node, a pod with nginx at 10.244.1.2 and fd00:244:1::2, a client pod at
+/// 10.244.2.2 routed through the node.
+struct Topology {
+    node: Netns,
+    _pod: Netns,
+    client: Netns,
+    _nginx: NsNginx,
+}
+
+impl Topology {
+    fn new() -> Topology {
+        let (node, pod, client) = (Netns::new("node"), Netns::new("pod"), Netns::new("client"));
+        link(&node, "eth-pod", &pod, "eth0");
+        node.ip(&["addr", "add", "10.244.1.1/24", "dev", "eth-pod"]);
+        node.ip(&["-6", "addr", "add", "fd00:244:1::1/64", "dev", "eth-pod", "nodad"]);
+        pod.ip(&["addr", "add", "10.244.1.2/24", "dev", "eth0"]);
+        pod.ip(&["-6", "addr", "add", "fd00:244:1::2/64", "dev", "eth0", "nodad"]);
+        pod.ip(&["route", "add", "default", "via", "10.244.1.1"]);
+        pod.ip(&["-6", "route", "add", "default", "via", "fd00:244:1::1"]);
+        // The node's way out (and so to the cluster IP ranges, which exist
+        // nowhere) is the pod link, as a default route would be.
+        node.ip(&["route", "add", "default", "via", "10.244.1.2"]);
+        node.ip(&["-6", "route", "add", "default", "via", "fd00:244:1::2"]);
+        link(&node, "eth-client", &client, "eth0");
+        node.ip(&["addr", "add", "10.244.2.1/24", "dev", "eth-client"]);
+        client.ip(&["addr", "add", "10.244.2.2/24", "dev", "eth0"]);
+        client.ip(&["route", "add", "default", "via", "10.244.2.1"]);
+        let nginx = NsNginx::start(&pod, &["10.244.1.2:80", "[fd00:244:1::2]:80"]);
+        assert_eq!(node.curl("http://10.244.1.2/").as_deref(), Some("pod-nginx\n"), "the pod is reachable directly");
+        Topology { node, _pod: pod, client, _nginx: nginx }
+    }
+}
+
+/// nginx inside a namespace, answering `pod-nginx` on each address.
+struct NsNginx {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl NsNginx {
+    fn start(ns: &Netns, listen: &[&str]) -> NsNginx {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().display().to_string();
+        let listens: String = listen.iter().map(|l| format!("listen {l}; ")).collect();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {p}/cb;\n  proxy_temp_path {p}/px;\n  \
+             fastcgi_temp_path {p}/fc;\n  uwsgi_temp_path {p}/uw;\n  scgi_temp_path {p}/sc;\n  \
+             server {{ {listens} location / {{ return 200 \"pod-nginx\\n\"; }} }}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let nginx = ["/usr/sbin/nginx", "nginx"].into_iter().find(|c| Path::new(c).exists()).unwrap_or("nginx");
+        let child = ns
+            .cmd(nginx)
+            .args(["-p", &p, "-c", &format!("{p}/nginx.conf")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx is installed (apt-get install nginx)");
+        let n = NsNginx { child, _dir: dir };
+        eventually(Duration::from_secs(10), "nginx in the pod namespace", || {
+            ns.exec(&["curl", "-s", "-o", "/dev/null", "http://10.244.1.2/"]).status.success().then_some(())
+        });
+        n
+    }
+}
+
+impl Drop for NsNginx {
+    fn drop(&mut self) {
+        // `ip netns exec` execs nginx: this is nginx's pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real agent inside a namespace.
+struct NsAgent {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl NsAgent {
+    fn start(ns: &Netns, manifests: &Path, state: &Path, extra: &[&str]) -> NsAgent {
+        let log = state.with_extension(format!("log-{}", free_port()));
+        let child = ns
+            .cmd(env!("CARGO_BIN_EXE_edgemesh"))
+            .arg("agent")
+            .args(["--node-name", "test-node", "--intercept", "nftables", "--dns-upstream", "127.0.0.1:9"])
+            .arg("--manifest-dir")
+            .arg(manifests)
+            .arg("--state-dir")
+            .arg(state)
+            .args(extra)
+            .env("RUST_LOG", "info,edgemesh=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start edgemesh");
+        let mut agent = NsAgent { child: Some(child), log };
+        let start = Instant::now();
+        loop {
+            let out = ns.exec(&["curl", "-s", "--max-time", "1", "http://127.0.0.1:15020/readyz"]);
+            if out.status.success() && out.stdout.starts_with(b"ready") {
+                return agent;
+            }
+            if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent exited with {status}; log:\n{}", agent.log());
+            }
+            assert!(start.elapsed() < Duration::from_secs(15), "agent not ready after 15 s; log:\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        ok(&["kill", "-TERM", &child.id().to_string()]);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "agent ignored SIGTERM; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for NsAgent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- agent log ---\n{}", self.log());
+        }
+    }
+}
+
+fn write_manifest(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// A Service with these cluster IPs on `port`, served by the pod's nginx.
+fn service(name: &str, cluster_ips: &[&str], port: u16) -> String {
+    let families: Vec<&str> = cluster_ips.iter().map(|ip| if ip.contains(':') { "IPv6" } else { "IPv4" }).collect();
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  \
+         clusterIP: {}\n  clusterIPs: [{}]\n  ipFamilies: [{}]\n  ipFamilyPolicy: {}\n  \
+         ports:\n  - name: http\n    port: {port}\n    targetPort: 80\n",
+        cluster_ips[0],
+        cluster_ips.join(", "),
+        families.join(", "),
+        if cluster_ips.len() > 1 { "RequireDualStack" } else { "SingleStack" },
+    );
+    for (family, addr) in [("IPv4", "10.244.1.2"), ("IPv6", "fd00:244:1::2")] {
+        y += &format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-{}\n  \
+             namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: {family}\n\
+             ports:\n- name: http\n  port: 80\nendpoints:\n- addresses: [\"{addr}\"]\n  nodeName: test-node\n",
+            family.to_lowercase()
+        );
+    }
+    y
+}
+
+fn updates_logged(agent: &NsAgent) -> Vec<String> {
+    agent.log().lines().filter(|l| l.contains("nftables elements updated")).map(str::to_owned).collect()
+}
+
+#[test]
+fn cluster_ips_are_intercepted_with_nftables() {
+    require_root();
+    let t = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    write_manifest(&manifests, "web.yaml", &service("web", &["10.96.0.10", "fd00:96::10"], 80));
+    let agent = NsAgent::start(&t.node, &manifests, &dir.path().join("state"), &[]);
+
+    // From the node itself (output hook), over IPv4 and IPv6.
+    assert_eq!(t.node.curl("http://10.96.0.10/").as_deref(), Some("pod-nginx\n"), "IPv4 cluster IP");
+    assert_eq!(t.node.curl("http://[fd00:96::10]/").as_deref(), Some("pod-nginx\n"), "IPv6 cluster IP");
+    // From another pod routed through the node (prerouting hook).
+    assert_eq!(t.client.curl("http://10.96.0.10/").as_deref(), Some("pod-nginx\n"), "from a pod");
+    // A port the service does not have is not intercepted (and leads nowhere).
+    assert_eq!(t.node.curl("http://10.96.0.10:81/"), None);
+
+    // The table: the agent's own, with the service addresses as elements.
+    let listing = String::from_utf8_lossy(&t.node.nft(&["list", "table", "inet", "edgemesh"]).stdout).into_owned();
+    assert!(listing.contains("redirect to :15006"), "{listing}");
+    assert!(listing.contains("hook prerouting") && listing.contains("hook output"), "{listing}");
+    let tcp4 = t.node.set_elements("edgemesh", "tcp4").unwrap();
+    assert!(tcp4.contains(&"10.96.0.10 . 80".to_owned()), "{tcp4:?}");
+    assert_eq!(tcp4.len(), 2, "the cluster IP and the VIP: {tcp4:?}");
+    assert_eq!(t.node.set_elements("edgemesh", "tcp6").unwrap(), vec!["fd00:96::10 . 80".to_owned()]);
+
+    // Adding a service is one small transaction: the sets gain exactly its
+    // addresses, nothing else is rewritten.
+    let before = updates_logged(&agent);
+    write_manifest(&manifests, "api.yaml", &service("api", &["10.96.0.20"], 8080));
+    let tcp4_after = eventually(Duration::from_secs(5), "the new service's elements", || {
+        let now = t.node.set_elements("edgemesh", "tcp4").unwrap();
+        (now.len() > tcp4.len()).then_some(now)
+    });
+    let added: Vec<&String> = tcp4_after.iter().filter(|e| !tcp4.contains(e)).collect();
+    assert_eq!(added.len(), 2, "the new cluster IP and VIP only: {added:?}");
+    assert!(added.contains(&&"10.96.0.20 . 8080".to_owned()), "{added:?}");
+    assert!(tcp4.iter().all(|e| tcp4_after.contains(e)), "existing elements stay");
+    let after = updates_logged(&agent);
+    assert_eq!(after.len(), before.len() + 1, "one transaction: {:?}", &after[before.len()..]);
+    assert!(after.last().unwrap().contains("added=2 removed=0"), "{after:?}");
+    assert_eq!(t.node.curl("http://10.96.0.20:8080/").as_deref(), Some("pod-nginx\n"));
+
+    // Removing it deletes its elements, and its address is no longer served.
+    std::fs::remove_file(manifests.join("api.yaml")).unwrap();
+    eventually(Duration::from_secs(5), "the service's elements to go", || {
+        (t.node.set_elements("edgemesh", "tcp4").unwrap() == tcp4).then_some(())
+    });
+    assert_eq!(t.node.curl("http://10.96.0.20:8080/"), None);
+
+    // A clean stop removes the table and nothing else.
+    assert_eq!(agent.terminate().code(), Some(0));
+    assert!(!t.node.tables().contains("edgemesh"), "table left after SIGTERM: {}", t.node.tables());
+}
+
+#[test]
+fn a_restarted_agent_replaces_the_table_left_by_a_crash() {
+    require_root();
+    let t = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    write_manifest(&manifests, "web.yaml", &service("web", &["10.96.0.10"], 80));
+    write_manifest(&manifests, "old.yaml", &service("old", &["10.96.0.30"], 80));
+    // Another table in the namespace, which the agent must leave alone.
+    ok(&["ip", "netns", "exec", &t.node.name, "nft", "add", "table", "ip", "someone_else"]);
+    let state = dir.path().join("state");
+    let agent = NsAgent::start(&t.node, &manifests, &state, &[]);
+    assert_eq!(t.node.curl("http://10.96.0.30/").as_deref(), Some("pod-nginx\n"));
+    agent.kill9();
+    // The crash left the table behind, with the old service in it.
+    let left = t.node.set_elements("edgemesh", "tcp4").expect("table left after kill -9");
+    assert!(left.contains(&"10.96.0.30 . 80".to_owned()), "{left:?}");
+
+    // While the agent is down the service goes; the restarted agent
+    // replaces the table: the stale element is gone and the rest works.
+    std::fs::remove_file(manifests.join("old.yaml")).unwrap();
+    let agent = NsAgent::start(&t.node, &manifests, &state, &[]);
+    eventually(Duration::from_secs(5), "the stale element to go", || {
+        let now = t.node.set_elements("edgemesh", "tcp4").unwrap();
+        (!now.contains(&"10.96.0.30 . 80".to_owned()) && now.contains(&"10.96.0.10 . 80".to_owned())).then_some(())
+    });
+    assert_eq!(t.node.curl("http://10.96.0.10/").as_deref(), Some("pod-nginx\n"));
+    assert_eq!(t.client.curl("http://10.96.0.10/").as_deref(), Some("pod-nginx\n"));
+    assert!(agent.log().contains("nftables table inet edgemesh in place"), "{}", agent.log());
+    assert_eq!(agent.terminate().code(), Some(0));
+    let tables = t.node.tables();
+    assert!(!tables.contains("edgemesh") && tables.contains("someone_else"), "{tables}");
+}
+
+#[test]
+fn missing_nft_and_missing_permission_are_clear_start_errors() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    let base = |cmd: &mut Command| {
+        cmd.arg("agent")
+            .args(["--intercept", "nftables", "--dns-upstream", "127.0.0.1:9"])
+            .args(["--intercept-port", &free_port().to_string()])
+            .args(["--dns-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--manifest-dir")
+            .arg(&manifests)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"));
+    };
+    // No nft on PATH (nothing is touched: nft never runs).
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgemesh"));
+    base(&mut cmd);
+    let out = cmd.env("PATH", "/nonexistent").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("apt-get install nftables"), "{stderr}");
+
+    // As an unprivileged user, in a namespace of the test's own.
+    let ns = Netns::new("noperm");
+    let mut cmd = ns.cmd("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]);
+    cmd.arg(env!("CARGO_BIN_EXE_edgemesh"));
+    base(&mut cmd);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("CAP_NET_ADMIN"), "{stderr}");
+    assert!(!ns.tables().contains("edgemesh"), "nothing created");
+}

@@ -1,0 +1,135 @@
+//! The interceptor against real nftables, in a network namespace made for
+//! each test (as root; CI runs as root): 10,000 services are set elements,
+//! one more service is one transaction of its own elements, a failed
+//! transaction is repaired by a rebuild, and the table goes at stop.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use edgemesh_core::object::{ObjectMeta, ServicePortSpec};
+use edgemesh_core::registry::RegistryState;
+use edgemesh_core::{
+    LbStrategy, Object, ObjectKey, ObjectKind, Protocol, RegistryConfig, ServiceObject, SourceEvent, TargetPort,
+};
+use edgemesh_intercept::{InterceptConfig, Interceptor, Nft, TableSpec};
+
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        assert!(
+            Command::new("id").arg("-u").output().unwrap().stdout == b"0\n",
+            "this test creates network namespaces and nftables tables: run it as root (CI does)"
+        );
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!("em-ic-{}-{}-t", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success());
+        Netns(name)
+    }
+
+    fn nft(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip").args(["netns", "exec", &self.0, "nft"]).args(args).output().unwrap()
+    }
+
+    fn element_count(&self, table: &str, set: &str) -> usize {
+        let out = self.nft(&["-j", "list", "set", "inet", table, set]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["nftables"].as_array().unwrap().iter().filter_map(|o| o["set"]["elem"].as_array()).map(Vec::len).sum()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn service(i: u32) -> Object {
+    let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i + 1);
+    Object::Service(ServiceObject {
+        meta: ObjectMeta { namespace: "default".into(), name: format!("svc-{i}"), ..Default::default() },
+        cluster_ips: vec![IpAddr::V4(ip)],
+        ports: vec![ServicePortSpec {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            target_port: TargetPort::Number(8080),
+            node_port: None,
+        }],
+        service_type: "ClusterIP".into(),
+        ..Default::default()
+    })
+}
+
+fn config(ns: &Netns) -> InterceptConfig {
+    InterceptConfig {
+        table: TableSpec { name: "em_test".into(), port: 15006, mark: 0x454d },
+        nft: Nft::in_netns(&ns.0),
+    }
+}
+
+#[tokio::test]
+async fn ten_thousand_services_then_one_more_is_one_small_transaction() {
+    let ns = Netns::new();
+    let mut state = RegistryState::new(&RegistryConfig {
+        vip_cidr: "127.240.0.0/14".parse().unwrap(),
+        default_strategy: LbStrategy::RoundRobin,
+    });
+    for i in 0..10_000 {
+        state.apply(SourceEvent::Apply(service(i)));
+    }
+    let snapshot = state.take_generation();
+    let mut interceptor = Interceptor::start(config(&ns)).await.unwrap();
+    let status = interceptor.status();
+    let start = Instant::now();
+    interceptor.reconcile(&snapshot).await.unwrap();
+    eprintln!("10,000 services (20,000 elements) installed in {:?}", start.elapsed());
+    assert_eq!(ns.element_count("em_test", "tcp4"), 20_000, "cluster IP and VIP of each service");
+
+    state.apply(SourceEvent::Apply(service(10_000)));
+    let snapshot = state.take_generation();
+    let transactions = status.transactions.load(Ordering::Relaxed);
+    let start = Instant::now();
+    interceptor.reconcile(&snapshot).await.unwrap();
+    let took = start.elapsed();
+    eprintln!("one more service in {took:?}");
+    assert_eq!(status.transactions.load(Ordering::Relaxed), transactions + 1, "one transaction");
+    assert_eq!(ns.element_count("em_test", "tcp4"), 20_002);
+    assert!(took < Duration::from_secs(2), "adding one service took {took:?}");
+
+    state.apply(SourceEvent::Delete(ObjectKey {
+        kind: ObjectKind::Service,
+        namespace: "default".into(),
+        name: "svc-17".into(),
+    }));
+    interceptor.reconcile(&state.take_generation()).await.unwrap();
+    assert_eq!(ns.element_count("em_test", "tcp4"), 20_000);
+    assert_eq!(status.elements.load(Ordering::Relaxed), 20_000);
+
+    interceptor.remove().await.unwrap();
+    assert!(!ns.nft(&["list", "tables"]).stdout.windows(7).any(|w| w == b"em_test"), "table removed");
+}
+
+#[tokio::test]
+async fn a_table_deleted_behind_the_agents_back_is_rebuilt() {
+    let ns = Netns::new();
+    let mut state = RegistryState::new(&RegistryConfig {
+        vip_cidr: "127.240.0.0/14".parse().unwrap(),
+        default_strategy: LbStrategy::RoundRobin,
+    });
+    state.apply(SourceEvent::Apply(service(1)));
+    let mut interceptor = Interceptor::start(config(&ns)).await.unwrap();
+    interceptor.reconcile(&state.take_generation()).await.unwrap();
+    assert!(ns.nft(&["delete", "table", "inet", "em_test"]).status.success());
+    state.apply(SourceEvent::Apply(service(2)));
+    let next = state.take_generation();
+    let err = interceptor.reconcile(&next).await.unwrap_err();
+    assert!(err.to_string().contains("nft failed"), "{err}");
+    // The next attempt rebuilds the whole table from the snapshot.
+    interceptor.reconcile(&next).await.unwrap();
+    assert_eq!(ns.element_count("em_test", "tcp4"), 4);
+    assert_eq!(interceptor.status().failures.load(Ordering::Relaxed), 1);
+}

@@ -1,0 +1,194 @@
+//! The transparent listener: one port for every intercepted service
+//! address.
+//!
+//! With interception on, nftables (crate `edgemesh-intercept`) redirects
+//! every TCP connection to a service's cluster IP or VIP and port to this
+//! listener. The original destination (`SO_ORIGINAL_DST`, or
+//! `IP6T_SO_ORIGINAL_DST` on the IPv6 socket) names the service port; the
+//! connection then takes the same path as one accepted on a VIP listener
+//! (admission, balancing, retries, splice).
+//!
+//! [`Routes`] maps each service address to its port's pool. The listener
+//! reconciler keeps it in step with the snapshots: one write lock per
+//! changed service, held for a few map operations, so a resync never
+//! stalls accepts for long.
+//!
+//! A connection whose original destination is no known service (a race
+//! with a removal, or a client connecting to the listener's port itself)
+//! is reset: it is never forwarded to the listener again.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use socket2::{Domain, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::connection::{self, LogLimiter, Pool, Shared};
+
+/// Service address (cluster IP or VIP, and port) -> the pool serving it.
+#[derive(Debug, Default)]
+pub(crate) struct Routes {
+    map: RwLock<HashMap<SocketAddr, Arc<Pool>>>,
+}
+
+impl Routes {
+    /// The pool for a connection originally sent to `dst`.
+    pub(crate) fn lookup(&self, dst: &SocketAddr) -> Option<Arc<Pool>> {
+        let dst = normalize(*dst);
+        self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&dst).cloned()
+    }
+
+    /// Removes `old` and inserts `new` in one step (no moment where a
+    /// kept address is missing).
+    pub(crate) fn replace(&self, old: &[SocketAddr], new: &[(SocketAddr, Arc<Pool>)]) {
+        if old.is_empty() && new.is_empty() {
+            return;
+        }
+        let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for addr in old {
+            map.remove(addr);
+        }
+        for (addr, pool) in new {
+            map.insert(*addr, pool.clone());
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+}
+
+/// An IPv4-mapped IPv6 address is the IPv4 address.
+fn normalize(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// The bound transparent listening sockets (IPv4, and IPv6 when the host
+/// has it).
+#[derive(Debug)]
+pub struct TransparentListeners {
+    pub(crate) sockets: Vec<TcpListener>,
+}
+
+impl TransparentListeners {
+    /// Binds `0.0.0.0:port` and `[::]:port` (all addresses: connections
+    /// from containers are redirected to the address of the interface they
+    /// came in on). IPv6 being unavailable is not an error.
+    pub fn bind(port: u16) -> io::Result<Self> {
+        let mut sockets = vec![bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?];
+        match bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
+            Ok(s) => sockets.push(s),
+            Err(e) => {
+                tracing::warn!(port, error = %e, "no IPv6 transparent listener; IPv6 services are not intercepted")
+            }
+        }
+        Ok(Self { sockets })
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets.iter().filter_map(|s| s.local_addr().ok()).collect()
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The destination a redirected connection was sent to.
+fn original_dst(stream: &TcpStream, ipv6: bool) -> io::Result<SocketAddr> {
+    let sock = SockRef::from(stream);
+    let addr = if ipv6 { sock.original_dst_v6()? } else { sock.original_dst_v4()? };
+    addr.as_socket().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "original destination is not IP"))
+}
+
+/// Pause after an accept error so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let ipv6 = listener.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+    let errors = LogLimiter::default();
+    let misses = LogLimiter::default();
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                if errors.allow() {
+                    tracing::warn!(error = %e, "transparent accept failed (out of file descriptors?)");
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let dst = original_dst(&stream, ipv6);
+        match dst.as_ref().ok().and_then(|d| shared.routes.lookup(d)) {
+            Some(pool) => connection::admit(&shared, &pool, stream, peer),
+            None => {
+                shared.status.total_connections.fetch_add(1, Ordering::Relaxed);
+                shared.status.failed_connections.fetch_add(1, Ordering::Relaxed);
+                shared.status.unrouted_connections.fetch_add(1, Ordering::Relaxed);
+                let message = match &dst {
+                    Ok(d) => format!("intercepted connection from {peer} to {d}, which is no service port; reset"),
+                    Err(e) => format!("connection from {peer} to the transparent port was not redirected ({e}); reset"),
+                };
+                if misses.allow() {
+                    tracing::warn!("{message}");
+                } else {
+                    tracing::debug!("{message}");
+                }
+                let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::Targets;
+    use edgemesh_core::{LbStrategy, ServiceKey};
+
+    fn pool(addr: &str) -> Arc<Pool> {
+        Arc::new(Pool::new(
+            ServiceKey::new("default", "web"),
+            addr.parse().unwrap(),
+            Targets::new(LbStrategy::RoundRobin, Arc::from(Vec::new())),
+        ))
+    }
+
+    #[test]
+    fn routes_follow_replacements() {
+        let routes = Routes::default();
+        let vip: SocketAddr = "127.251.0.1:80".parse().unwrap();
+        let cluster: SocketAddr = "10.96.0.10:80".parse().unwrap();
+        let p = pool("127.251.0.1:80");
+        routes.replace(&[], &[(vip, p.clone()), (cluster, p.clone())]);
+        assert!(Arc::ptr_eq(&routes.lookup(&cluster).unwrap(), &p));
+        assert!(routes.lookup(&"10.96.0.10:81".parse().unwrap()).is_none(), "another port is another service port");
+        // The cluster IP changes: the old address goes, the kept one stays.
+        let moved: SocketAddr = "10.96.0.11:80".parse().unwrap();
+        routes.replace(&[vip, cluster], &[(vip, p.clone()), (moved, p.clone())]);
+        assert!(routes.lookup(&cluster).is_none());
+        assert!(routes.lookup(&moved).is_some() && routes.lookup(&vip).is_some());
+        assert_eq!(routes.len(), 2);
+        // An IPv4-mapped destination is the IPv4 one.
+        assert!(routes.lookup(&"[::ffff:10.96.0.11]:80".parse().unwrap()).is_some());
+    }
+}
