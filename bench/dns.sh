@@ -51,10 +51,12 @@ server_cmd() {
   esac
 }
 
-ready() {  # answers a known name within 60 s (the agent may load 100k services first)
-  local i
-  for ((i = 0; i < 300; i++)); do
-    [[ -n $(dig +short +time=1 +tries=1 @$ADDR -p $PORT svc-000042.bench.svc.cluster.local A 2>/dev/null) ]] && return 0
+ready() {  # answers the first and the last name it holds within 120 s (the agent may load 100k services first)
+  local i held=$N last; [[ $1 == edgemesh ]] && held=$TOTAL
+  printf -v last 'svc-%06d' $((held - 1))
+  for ((i = 0; i < 600; i++)); do
+    [[ -n $(dig +short +time=1 +tries=1 @$ADDR -p $PORT svc-000042.bench.svc.cluster.local A 2>/dev/null) ]] &&
+      [[ -n $(dig +short +time=1 +tries=1 @$ADDR -p $PORT $last.bench.svc.cluster.local A 2>/dev/null) ]] && return 0
     sleep 0.2
   done
   return 1
@@ -64,7 +66,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
   for server in edgemesh dnsmasq unbound unbound-2t; do
     wait_quiet || exit 1
     svc_start "$server" "" "$WORK/$server.log" "$(server_cmd $server)"; CUR_CG=$SVC_CG CUR_PID=$SVC_PID
-    ready || { log "$server does not answer"; cat "$WORK/$server.log" >&2; exit 1; }
+    ready "$server" || { log "$server does not answer"; cat "$WORK/$server.log" >&2; exit 1; }
     cpu0=$(svc_cpu_ns "$CUR_CG")
     # shellcheck disable=SC2086
     res=$(dnsperf -s $ADDR -p $PORT -d "$WORK/queries.txt" -l "$DUR" $DNSPERF_ARGS 2>&1 | awk '

@@ -30,7 +30,9 @@ fn handler(services: usize) -> (Handler, watch::Sender<Arc<edgemesh_core::Snapsh
             slice("bench", &format!("{name}-x"), &name).endpoint("10.0.0.1", "n1").port("http", 8080).object(),
         ));
     }
-    let (tx, rx) = watch::channel(Arc::new(st.take_generation()));
+    let mut snap = st.take_generation();
+    snap.synced = true;
+    let (tx, rx) = watch::channel(Arc::new(snap));
     (Handler::new(Zone::new("cluster.local", 5).unwrap(), rx, None, Cache::new(0)), tx)
 }
 

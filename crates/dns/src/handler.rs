@@ -206,6 +206,12 @@ impl Handler {
         let (rcode, answers, additionals) = match outcome {
             Outcome::Answer { answers, additionals } => (ResponseCode::NoError, answers, additionals),
             Outcome::NoData => (ResponseCode::NoError, Vec::new(), Vec::new()),
+            // Before the first full read of the source, a missing name may
+            // just not be loaded yet: SERVFAIL makes clients retry, where an
+            // NXDOMAIN would be cached as the truth.
+            Outcome::NxDomain if !snapshot.synced => {
+                return Reply::Bytes(self.error(request, ResponseCode::ServFail, max_size));
+            }
             Outcome::NxDomain => (ResponseCode::NXDomain, Vec::new(), Vec::new()),
             Outcome::Forward => return self.outside(request, max_size),
         };

@@ -24,8 +24,16 @@ fn handler() -> (Handler, watch::Sender<Arc<edgemesh_core::Snapshot>>) {
     ] {
         state.apply(SourceEvent::Apply(object));
     }
-    let (tx, rx) = watch::channel(Arc::new(state.take_generation()));
+    let (tx, rx) = watch::channel(synced(&mut state));
     (Handler::new(Zone::new("cluster.local", 5).unwrap(), rx, None, Cache::new(10)), tx)
+}
+
+/// The next generation of `state`, as the registry publishes it once every
+/// source has been read in full.
+fn synced(state: &mut RegistryState) -> Arc<edgemesh_core::Snapshot> {
+    let mut snap = state.take_generation();
+    snap.synced = true;
+    Arc::new(snap)
 }
 
 fn query(name: &str, qtype: RecordType, edns: bool, cd: bool) -> Vec<u8> {
@@ -85,7 +93,7 @@ fn snapshot_updates_are_seen_by_the_next_query() {
     let config = RegistryConfig { vip_cidr: "9.251.0.0/16".parse().unwrap(), default_strategy: LbStrategy::RoundRobin };
     let mut state = RegistryState::new(&config);
     state.apply(SourceEvent::Apply(build::service("default", "new").object()));
-    tx.send_replace(Arc::new(state.take_generation()));
+    tx.send_replace(synced(&mut state));
     handler.handle(&packet, Transport::Udp, &mut out);
     let m = Message::from_vec(&out).unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
@@ -115,4 +123,19 @@ fn garbage_and_non_queries_are_dropped_or_refused() {
     notify[2] = 4 << 3;
     assert!(matches!(handler.handle(&notify, Transport::Udp, &mut out), Step::Reply));
     assert_eq!(Message::from_vec(&out).unwrap().metadata.response_code, ResponseCode::NotImp);
+}
+
+#[test]
+fn unknown_names_are_servfail_until_the_source_is_read_in_full() {
+    let (handler, tx) = handler();
+    let packet = query("later.default.svc.cluster.local.", RecordType::A, false, false);
+    let config = RegistryConfig { vip_cidr: "9.251.0.0/16".parse().unwrap(), default_strategy: LbStrategy::RoundRobin };
+    let mut state = RegistryState::new(&config);
+    tx.send_replace(Arc::new(state.take_generation()));
+    let mut out = Vec::new();
+    handler.handle(&packet, Transport::Udp, &mut out);
+    assert_eq!(Message::from_vec(&out).unwrap().metadata.response_code, ResponseCode::ServFail);
+    tx.send_replace(synced(&mut state));
+    handler.handle(&packet, Transport::Udp, &mut out);
+    assert_eq!(Message::from_vec(&out).unwrap().metadata.response_code, ResponseCode::NXDomain);
 }

@@ -51,6 +51,8 @@ impl Harness {
         let server = tokio::spawn(async move { server.run(token).await.expect("DNS run") });
         let harness = Self { addr, sink, snapshots, shutdown, server: Some(server) };
         harness.apply_all(objects).await;
+        harness.sink.send(SourceEvent::Synced).await.unwrap();
+        harness.wait_for(|s| s.synced).await;
         harness
     }
 
