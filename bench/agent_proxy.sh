@@ -30,4 +30,5 @@ ports: [{name: tcp, port: $upstream_port}]
 endpoints: [{addresses: [$upstream_ip], nodeName: bench}]
 YAML
 exec "$bin" agent --node-name bench --manifest-dir "$work/manifests" --vip-cidr "$listen_ip/24" \
-  --dns-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --dns-upstream 127.0.0.1:9 --log-level warn
+  --dns-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --dns-upstream 127.0.0.1:9 --log-level warn \
+  --state-dir "$work/state"

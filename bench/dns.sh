@@ -37,7 +37,8 @@ shuf --random-source=<(yes) "$WORK/names" > "$WORK/queries.txt"
 server_cmd() {
   case $1 in
   edgemesh) echo "$BIN agent --node-name bench --manifest-dir $WORK/manifests --vip-cidr 127.64.0.0/10 \
---dns-listen $ADDR:$PORT --admin-listen 127.0.0.1:0 --dns-upstream 127.0.0.1:9 --log-level error" ;;
+--dns-listen $ADDR:$PORT --admin-listen 127.0.0.1:0 --dns-upstream 127.0.0.1:9 --log-level error \
+--state-dir $WORK/state" ;;
   dnsmasq) echo "dnsmasq -k --port=$PORT --listen-address=$ADDR --bind-interfaces --no-resolv --no-hosts \
 --no-poll --local=/cluster.local/ --log-facility=- --conf-file=$WORK/dnsmasq.conf --pid-file=" ;;
   unbound|unbound-2t)

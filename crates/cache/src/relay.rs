@@ -98,17 +98,21 @@ impl CacheStatus {
 /// `upstream` to `sink` until the source ends or `shutdown`.
 pub async fn relay(
     dir: &Path,
+    source: &str,
     mut upstream: EventStream,
     sink: EventSink,
     status: Arc<CacheStatus>,
     shutdown: CancellationToken,
 ) {
     let opened = {
-        let dir = dir.to_owned();
-        tokio::task::spawn_blocking(move || Store::open(&dir)).await
+        let (dir, source) = (dir.to_owned(), source.to_owned());
+        tokio::task::spawn_blocking(move || Store::open(&dir, &source)).await
     };
     let (store, loaded) = match opened {
         Ok(Ok((store, loaded, note))) => {
+            if let Some(other) = &loaded.replaced_source {
+                tracing::info!(previous = %other, current = %source, "the cache held another source's state; starting empty");
+            }
             if let Some(note) = &note {
                 tracing::warn!(problem = %note, "the cache file was unusable and has been rebuilt");
             }

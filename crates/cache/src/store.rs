@@ -14,6 +14,8 @@ use crate::error::CacheError;
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Which source wrote the objects (e.g. `manifests:/etc/edgemesh/manifests`).
+const SOURCE: TableDefinition<&str, &str> = TableDefinition::new("source");
 /// Bumped when the stored encoding changes incompatibly; a file of another
 /// version is moved aside and rebuilt.
 pub const FORMAT: u64 = 1;
@@ -26,6 +28,9 @@ pub struct Loaded {
     pub objects: Vec<Object>,
     /// When a source last changed the cache.
     pub saved_at: Option<SystemTime>,
+    /// The file held another source's state, which was dropped: serving it
+    /// would answer for services this source never had.
+    pub replaced_source: Option<String>,
 }
 
 /// An open cache file.
@@ -39,10 +44,13 @@ impl Store {
     /// be read (corrupt, truncated, another format) is moved aside to
     /// `cache.redb.broken-<unix time>` and replaced by an empty one; the
     /// returned message says so, for the log and the admin endpoint.
-    pub fn open(dir: &Path) -> Result<(Store, Loaded, Option<String>), CacheError> {
+    ///
+    /// `source` names the source feeding the agent; state another source
+    /// wrote is dropped rather than served.
+    pub fn open(dir: &Path, source: &str) -> Result<(Store, Loaded, Option<String>), CacheError> {
         std::fs::create_dir_all(dir).map_err(|source| CacheError::Dir { dir: dir.to_owned(), source })?;
         let path = dir.join(FILE_NAME);
-        match Self::try_open(&path) {
+        match Self::try_open(&path, source) {
             Ok((store, loaded)) => Ok((store, loaded, None)),
             Err(e @ CacheError::Locked { .. }) => Err(e),
             Err(e) if path.exists() => {
@@ -51,14 +59,14 @@ impl Store {
                 std::fs::rename(&path, &aside)
                     .map_err(|source| CacheError::MoveAside { path: path.clone(), source })?;
                 let note = format!("{e}; moved it to {} and started an empty cache", aside.display());
-                let (store, loaded) = Self::try_open(&path)?;
+                let (store, loaded) = Self::try_open(&path, source)?;
                 Ok((store, loaded, Some(note)))
             }
             Err(e) => Err(e),
         }
     }
 
-    fn try_open(path: &Path) -> Result<(Store, Loaded), CacheError> {
+    fn try_open(path: &Path, source: &str) -> Result<(Store, Loaded), CacheError> {
         let bad = |reason: String| CacheError::Unreadable { path: path.to_owned(), reason };
         let db = Database::create(path).map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
@@ -81,6 +89,19 @@ impl Store {
             }
             txn.open_table(OBJECTS).map_err(|e| bad(e.to_string()))?;
         }
+        let replaced_source = {
+            let mut owner = txn.open_table(SOURCE).map_err(|e| bad(e.to_string()))?;
+            let previous = owner.get("id").map_err(|e| bad(e.to_string()))?.map(|v| v.value().to_owned());
+            if previous.as_deref() != Some(source) {
+                owner.insert("id", source).map_err(|e| bad(e.to_string()))?;
+            }
+            previous.filter(|p| p != source)
+        };
+        if replaced_source.is_some() {
+            txn.delete_table(OBJECTS).map_err(|e| bad(e.to_string()))?;
+            txn.open_table(OBJECTS).map_err(|e| bad(e.to_string()))?;
+            txn.open_table(META).map_err(|e| bad(e.to_string()))?.remove("saved_at").map_err(|e| bad(e.to_string()))?;
+        }
         txn.commit().map_err(|e| bad(e.to_string()))?;
 
         let read = store.db.begin_read().map_err(|e| bad(e.to_string()))?;
@@ -101,7 +122,7 @@ impl Store {
             objects.push(object);
         }
         drop((table, meta, read));
-        Ok((store, Loaded { objects, saved_at }))
+        Ok((store, Loaded { objects, saved_at, replaced_source }))
     }
 
     pub fn path(&self) -> &Path {

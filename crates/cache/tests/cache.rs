@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgemesh_cache::{CacheStatus, Origin, Store, relay};
+use edgemesh_core::build;
 use edgemesh_core::object::{ObjectMeta, ServicePortSpec};
 use edgemesh_core::{
     EventSink, LbStrategy, Object, Protocol, Registry, RegistryConfig, RegistryHandle, ServiceKey, ServiceObject,
@@ -37,6 +38,10 @@ struct Agent {
 }
 
 fn start(dir: &Path) -> Agent {
+    start_as(dir, "manifests:/test")
+}
+
+fn start_as(dir: &Path, source_id: &str) -> Agent {
     let mut registry = Registry::new(RegistryConfig {
         vip_cidr: "127.241.0.0/16".parse().unwrap(),
         default_strategy: LbStrategy::RoundRobin,
@@ -48,8 +53,8 @@ fn start(dir: &Path) -> Agent {
     let status = CacheStatus::new();
     let shutdown = CancellationToken::new();
     let relay = tokio::spawn({
-        let (dir, status, shutdown) = (dir.to_owned(), status.clone(), shutdown.clone());
-        async move { relay(&dir, upstream, sink, status, shutdown).await }
+        let (dir, id, status, shutdown) = (dir.to_owned(), source_id.to_owned(), status.clone(), shutdown.clone());
+        async move { relay(&dir, &id, upstream, sink, status, shutdown).await }
     });
     Agent { source, snapshots, status, shutdown, relay }
 }
@@ -100,7 +105,7 @@ async fn state_survives_a_restart_without_the_source_and_is_reconciled_later() {
     assert_eq!(b.status.report().origin, Origin::Live);
     b.stop().await;
 
-    let (_, loaded, note) = Store::open(dir.path()).unwrap();
+    let (_, loaded, note) = Store::open(dir.path(), "manifests:/test").unwrap();
     assert!(note.is_none());
     let mut names: Vec<String> = loaded.objects.iter().map(|o| o.key().name).collect();
     names.sort();
@@ -111,7 +116,7 @@ async fn state_survives_a_restart_without_the_source_and_is_reconciled_later() {
 async fn a_truncated_cache_file_is_moved_aside_and_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let (store, _, _) = Store::open(dir.path()).unwrap();
+        let (store, _, _) = Store::open(dir.path(), "manifests:/test").unwrap();
         let events: Vec<SourceEvent> = (0..200).map(|i| SourceEvent::Apply(service(&format!("s{i}"), 80))).collect();
         store.write(&events).unwrap();
     }
@@ -135,7 +140,7 @@ async fn a_truncated_cache_file_is_moved_aside_and_rebuilt() {
     let problem = report.cache_problem.expect("the truncation is reported");
     assert!(problem.contains("truncated") && problem.contains("moved it to"), "{problem}");
     assert_eq!(aside.len(), 1, "the broken file is kept for inspection");
-    let (_, loaded, note) = Store::open(dir.path()).unwrap();
+    let (_, loaded, note) = Store::open(dir.path(), "manifests:/test").unwrap();
     assert!(note.is_none(), "the rebuilt file is healthy: {note:?}");
     assert!(loaded.objects.iter().any(|o| o.key().name == "web"));
 }
@@ -144,7 +149,7 @@ async fn a_truncated_cache_file_is_moved_aside_and_rebuilt() {
 async fn a_file_that_is_not_a_cache_is_reported_and_replaced() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cache.redb"), b"this is not a database, just text".repeat(100)).unwrap();
-    let (store, loaded, note) = Store::open(dir.path()).unwrap();
+    let (store, loaded, note) = Store::open(dir.path(), "manifests:/test").unwrap();
     let note = note.expect("reported");
     assert!(note.contains("unreadable") && note.contains("moved it to"), "{note}");
     assert!(loaded.objects.is_empty());
@@ -163,4 +168,19 @@ async fn an_unusable_state_dir_disables_the_cache_not_the_agent() {
     let problem = a.status.report().cache_problem.expect("reported");
     assert!(problem.contains("state directory"), "{problem}");
     a.stop().await;
+}
+
+#[test]
+fn another_sources_state_is_dropped_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _, _) = Store::open(dir.path(), "manifests:/a").unwrap();
+        store.write(&[SourceEvent::Apply(build::service("default", "from-a").port("", 80, 80).object())]).unwrap();
+    }
+    let (_, loaded, _) = Store::open(dir.path(), "manifests:/a").unwrap();
+    assert_eq!(loaded.objects.len(), 1, "the same source gets its state back");
+    let (_, loaded, note) = Store::open(dir.path(), "kube:http://127.0.0.1:10550").unwrap();
+    assert!(loaded.objects.is_empty(), "another source starts empty");
+    assert_eq!(loaded.replaced_source.as_deref(), Some("manifests:/a"));
+    assert!(note.is_none(), "not a broken file");
 }

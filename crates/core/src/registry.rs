@@ -145,7 +145,8 @@ pub struct RegistryState {
     endpoint_sets: HashMap<ServiceKey, BTreeMap<ObjectKey, EndpointSet>>,
     /// Which service each endpoint object belongs to (its label may change).
     endpoint_owner: HashMap<ObjectKey, ServiceKey>,
-    /// Services that want a VIP but the pool was full.
+    /// Services that want a VIP they do not have: the pool was full, or
+    /// the cluster IP they ask for was taken.
     awaiting_vip: BTreeSet<ServiceKey>,
     /// Changes since the last published generation.
     pending: BTreeSet<ServiceKey>,
@@ -261,7 +262,13 @@ impl RegistryState {
             let preferred = svc.cluster_ips.iter().copied().find(|ip| self.vips.contains(ip));
             match self.vips.allocate_preferring(key, preferred) {
                 Ok(ip) => {
-                    self.awaiting_vip.remove(key);
+                    // Holding a stand-in for a requested address that was
+                    // taken: wait for it like a service without a VIP.
+                    if preferred.is_some_and(|want| want != ip) {
+                        self.awaiting_vip.insert(key.clone());
+                    } else {
+                        self.awaiting_vip.remove(key);
+                    }
                     Some(ip)
                 }
                 Err(e) => {

@@ -136,9 +136,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tasks.spawn(proxy.run(shutdown.clone()).map_ok());
     tasks.spawn(admin.run(shutdown.clone()).map_ok());
     {
-        let (dir, shutdown) = (config.state_dir.clone(), shutdown.clone());
-        tasks
-            .spawn(async move { edgemesh_cache::relay(&dir, upstream, registry_sink, cache, shutdown).await }.map_ok());
+        let (dir, source, shutdown) = (config.state_dir.clone(), source_identity(&config), shutdown.clone());
+        tasks.spawn(
+            async move { edgemesh_cache::relay(&dir, &source, upstream, registry_sink, cache, shutdown).await }
+                .map_ok(),
+        );
     }
     match config.source {
         SourceKind::Manifests => {
@@ -204,6 +206,22 @@ async fn gate_on_proxy(
                 return;
             },
         }
+    }
+}
+
+/// Names the source feeding this agent, so the cache never serves state
+/// that another source (another manifests directory, another API) wrote.
+fn source_identity(config: &Config) -> String {
+    match config.source {
+        SourceKind::Manifests => {
+            let dir = std::path::absolute(&config.manifests.dir).unwrap_or_else(|_| config.manifests.dir.clone());
+            format!("manifests:{}", dir.display())
+        }
+        SourceKind::Kube => match (&config.kube.api, &config.kube.kubeconfig) {
+            (Some(url), _) => format!("kube:{url}"),
+            (None, Some(path)) => format!("kube:kubeconfig:{}", path.display()),
+            (None, None) => "kube:in-cluster".to_string(),
+        },
     }
 }
 

@@ -249,3 +249,21 @@ fn node_mode_annotations_and_fields_reach_the_entry() {
     assert_eq!(bad.hash_key, HashKey::SourceIp, "invalid annotations fall back to the default");
     assert_eq!(bad.udp_idle_timeout, DEFAULT_UDP_IDLE_TIMEOUT);
 }
+
+#[test]
+fn a_requested_vip_taken_by_another_service_is_handed_over_when_freed() {
+    let mut st = state();
+    // "old" holds 127.251.3.4 as its requested address.
+    apply(&mut st, service("default", "old").cluster_ip("127.251.3.4").port("", 80, 80).object());
+    st.take_generation();
+    apply(&mut st, service("default", "web").cluster_ip("127.251.3.4").port("", 80, 80).object());
+    let snap = st.take_generation();
+    assert_ne!(snap.service(&key("web")).unwrap().vip, Some("127.251.3.4".parse().unwrap()), "taken: a stand-in");
+    st.apply(SourceEvent::Delete(ObjectKey {
+        kind: ObjectKind::Service,
+        namespace: "default".into(),
+        name: "old".into(),
+    }));
+    let snap = st.take_generation();
+    assert_eq!(snap.service(&key("web")).unwrap().vip, Some("127.251.3.4".parse().unwrap()), "moves once it is free");
+}
