@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use edgemesh_core::{EventSink, EventStream, ObjectKey, SourceEvent};
+use edgemesh_core::{Connection, EventSink, EventStream, ObjectKey, SourceEvent, SourceReport};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +35,8 @@ struct Inner {
     origin: Origin,
     /// When the cached state was written (by a live source).
     cached_at: Option<SystemTime>,
+    /// When the state last changed: the source's last batch, or the cache's time.
+    updated_at: Option<SystemTime>,
     file: Option<String>,
     problem: Option<String>,
 }
@@ -50,6 +52,16 @@ pub struct StateReport {
     /// Unix time of the cached state, while serving from the cache.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cached_at: Option<u64>,
+    /// Seconds since the source last changed the state (from the cache: since
+    /// the cached state was written).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_seconds: Option<u64>,
+    /// Whether the state served is not kept up to date: from the cache, or
+    /// live once but the source has been disconnected since.
+    pub stale: bool,
+    /// The source's connection, when the source reports one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_file: Option<String>,
     /// Why the cache is disabled, or what was wrong with it at start.
@@ -58,13 +70,34 @@ pub struct StateReport {
 }
 
 impl StateReport {
-    /// One line for `/readyz`: `live`, or `from cache, 42s old`.
+    /// Adds the source's connection (and whether that makes the state stale).
+    pub fn with_source(mut self, source: SourceReport) -> Self {
+        self.stale |= self.origin == Origin::Live && source.connection == Connection::Disconnected;
+        self.source = Some(source);
+        self
+    }
+
+    /// One line for `/readyz`: `live`, `stale: source disconnected for 42s:
+    /// <error>; serving state last updated 43s ago`, or `from cache, 42s old`.
     pub fn describe(&self) -> String {
-        match (self.origin, self.age_seconds) {
-            (Origin::Live, _) => "live".into(),
-            (Origin::Cache, Some(age)) => format!("from cache, {age}s old; the source has not answered yet"),
-            (Origin::Cache, None) => "from cache; the source has not answered yet".into(),
-            (Origin::Starting, _) => "starting".into(),
+        let outage = self.source.as_ref().and_then(SourceReport::describe_outage);
+        match (self.origin, self.age_seconds, outage) {
+            (Origin::Live, _, None) => "live".into(),
+            (Origin::Live, _, Some(outage)) => match self.updated_seconds {
+                Some(age) => format!("stale: {outage}; serving state last updated {age}s ago"),
+                None => format!("stale: {outage}"),
+            },
+            (Origin::Cache, age, outage) => {
+                let mut s = match age {
+                    Some(age) => format!("from cache, {age}s old; the source has not answered yet"),
+                    None => "from cache; the source has not answered yet".into(),
+                };
+                if let Some(outage) = outage {
+                    s = format!("{s} ({outage})");
+                }
+                s
+            }
+            (Origin::Starting, _, _) => "starting".into(),
         }
     }
 }
@@ -72,14 +105,24 @@ impl StateReport {
 impl CacheStatus {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
-            inner: Mutex::new(Inner { origin: Origin::Starting, cached_at: None, file: None, problem: None }),
+            inner: Mutex::new(Inner {
+                origin: Origin::Starting,
+                cached_at: None,
+                updated_at: None,
+                file: None,
+                problem: None,
+            }),
         })
     }
 
     pub fn report(&self) -> StateReport {
         let i = self.inner.lock().expect("cache status lock").clone();
         let cached = if i.origin == Origin::Cache { i.cached_at } else { None };
+        let now = SystemTime::now();
         StateReport {
+            updated_seconds: i.updated_at.map(|t| now.duration_since(t).unwrap_or_default().as_secs()),
+            stale: i.origin == Origin::Cache,
+            source: None,
             origin: i.origin,
             age_seconds: cached.map(|t| SystemTime::now().duration_since(t).unwrap_or_default().as_secs()),
             cached_at: cached.map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()),
@@ -141,6 +184,7 @@ pub async fn relay(
         status.update(|i| {
             i.origin = Origin::Cache;
             i.cached_at = loaded.saved_at;
+            i.updated_at = loaded.saved_at;
         });
         for object in loaded.objects {
             unconfirmed.insert(object.key());
@@ -202,9 +246,15 @@ pub async fn relay(
                 status.update(|i| i.problem = Some(e.to_string()));
             }
         }
-        if !live && batch.contains(&SourceEvent::Synced) {
+        let now_live = !live && batch.contains(&SourceEvent::Synced);
+        status.update(|i| {
+            i.updated_at = Some(SystemTime::now());
+            if now_live {
+                i.origin = Origin::Live;
+            }
+        });
+        if now_live {
             live = true;
-            status.update(|i| i.origin = Origin::Live);
             tracing::info!("the source has answered; serving live state");
         }
         for event in batch.drain(..) {
@@ -212,5 +262,88 @@ pub async fn relay(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(origin: Origin) -> StateReport {
+        StateReport {
+            origin,
+            age_seconds: (origin == Origin::Cache).then_some(42),
+            cached_at: None,
+            updated_seconds: Some(43),
+            stale: origin == Origin::Cache,
+            source: None,
+            cache_file: None,
+            cache_problem: None,
+        }
+    }
+
+    fn source(connection: Connection) -> SourceReport {
+        let down = connection == Connection::Disconnected;
+        SourceReport {
+            connection,
+            disconnected_seconds: down.then_some(42),
+            disconnected_since: down.then_some(1_700_000_000),
+            last_error: down.then(|| "connection refused to http://127.0.0.1:10550".to_owned()),
+        }
+    }
+
+    #[test]
+    fn live_with_a_connected_source_is_live() {
+        let r = report(Origin::Live).with_source(source(Connection::Connected));
+        assert!(!r.stale);
+        assert_eq!(r.describe(), "live");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["origin"], "live");
+        assert_eq!(json["stale"], false);
+        assert_eq!(json["source"]["connection"], "connected");
+        assert!(json["source"].get("lastError").is_none());
+    }
+
+    #[test]
+    fn live_with_a_disconnected_source_is_stale() {
+        let r = report(Origin::Live).with_source(source(Connection::Disconnected));
+        assert!(r.stale);
+        assert_eq!(
+            r.describe(),
+            "stale: source disconnected for 42s: connection refused to http://127.0.0.1:10550; \
+             serving state last updated 43s ago"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["stale"], true);
+        assert_eq!(json["updatedSeconds"], 43);
+        assert_eq!(json["source"]["connection"], "disconnected");
+        assert_eq!(json["source"]["disconnectedSeconds"], 42);
+        assert_eq!(json["source"]["lastError"], "connection refused to http://127.0.0.1:10550");
+    }
+
+    #[test]
+    fn from_the_cache_says_why_the_source_has_not_answered() {
+        let r = report(Origin::Cache).with_source(source(Connection::Disconnected));
+        assert!(r.stale);
+        assert_eq!(
+            r.describe(),
+            "from cache, 42s old; the source has not answered yet \
+             (source disconnected for 42s: connection refused to http://127.0.0.1:10550)"
+        );
+        assert_eq!(report(Origin::Cache).describe(), "from cache, 42s old; the source has not answered yet");
+        assert_eq!(report(Origin::Starting).with_source(source(Connection::Connecting)).describe(), "starting");
+    }
+
+    #[test]
+    fn status_reports_when_the_state_last_changed() {
+        let status = CacheStatus::new();
+        assert_eq!(status.report().updated_seconds, None);
+        status.update(|i| {
+            i.origin = Origin::Live;
+            i.updated_at = Some(SystemTime::now() - std::time::Duration::from_secs(5));
+        });
+        let r = status.report();
+        assert!(!r.stale);
+        assert!(matches!(r.updated_seconds, Some(5..=6)), "{r:?}");
     }
 }

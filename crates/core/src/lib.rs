@@ -11,15 +11,18 @@
 //! - [`snapshot`]: the immutable view consumers read.
 //! - [`vip`]: virtual IP allocation from a CIDR.
 //! - [`registry`]: the task that owns state and publishes snapshots.
+//! - [`health`]: whether a source is connected, for the admin endpoint.
 #![forbid(unsafe_code)]
 
 pub mod build;
+pub mod health;
 pub mod object;
 pub mod registry;
 pub mod service;
 pub mod snapshot;
 pub mod vip;
 
+pub use health::{Connection, SourceHealth, SourceReport};
 pub use object::{EndpointSet, EndpointSubset, Object, ObjectKey, ObjectKind, ServiceObject, SourceEvent};
 pub use registry::{EventSink, EventStream, Registry, RegistryConfig, RegistryHandle};
 pub use service::{

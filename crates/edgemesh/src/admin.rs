@@ -4,8 +4,10 @@
 //! - `/readyz`: 200 once every source has been read in full (or the cached
 //!   state replayed) and the proxy has applied that state; 503 with the
 //!   reason otherwise. The body says whether the state is live or from the
-//!   cache, and how old.
-//! - `/services`: the current snapshot as JSON, with the state's origin.
+//!   cache, and how old; and `stale` when the source has lost its API since
+//!   (still 200: serving the last known state is the point of autonomy).
+//! - `/services`: the current snapshot as JSON, with the state's origin and
+//!   the source's connection.
 //! - `/config`: the effective configuration as JSON.
 
 use std::convert::Infallible;
@@ -15,7 +17,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use edgemesh_cache::{CacheStatus, StateReport};
-use edgemesh_core::{RegistryHandle, ServiceEntry};
+use edgemesh_core::{RegistryHandle, ServiceEntry, SourceHealth};
 use edgemesh_intercept::InterceptStatus;
 use edgemesh_proxy::ProxyStatus;
 use http_body_util::Full;
@@ -41,9 +43,20 @@ pub struct AdminState {
     pub intercept: Option<Arc<InterceptStatus>>,
     /// Whether the state is live or from the persistent cache.
     pub cache: Arc<CacheStatus>,
+    /// Whether the source is connected, when it reports it.
+    pub source: Option<Arc<SourceHealth>>,
 }
 
 impl AdminState {
+    /// The state's origin, age and the source's connection.
+    pub fn state_report(&self) -> StateReport {
+        let report = self.cache.report();
+        match &self.source {
+            Some(source) => report.with_source(source.report()),
+            None => report,
+        }
+    }
+
     /// `None` when ready, else why not.
     pub fn not_ready_reason(&self) -> Option<String> {
         let snap = self.snapshots.borrow();
@@ -126,13 +139,13 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => match state.not_ready_reason() {
-            None => text(StatusCode::OK, &format!("ready ({})\n", state.cache.report().describe())),
+            None => text(StatusCode::OK, &format!("ready ({})\n", state.state_report().describe())),
             Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: {why}\n")),
         },
         "/services" => {
             let snap = state.snapshots.borrow().clone();
             let dump = ServicesDump {
-                state: state.cache.report(),
+                state: state.state_report(),
                 generation: snap.generation,
                 synced: snap.synced,
                 count: snap.len(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use edgemesh_cache::CacheStatus;
-use edgemesh_core::{EventSink, Registry, RegistryConfig, RegistryHandle, Snapshot};
+use edgemesh_core::{EventSink, Registry, RegistryConfig, RegistryHandle, Snapshot, SourceHealth};
 use edgemesh_dns::{DnsConfig, DnsServer};
 use edgemesh_intercept::{InterceptConfig, Interceptor, Nft, TableSpec};
 use edgemesh_kube::{ApiEndpoint, KubeSource, KubeSourceConfig};
@@ -58,6 +58,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let registry_sink = registry.source();
     let (source_sink, upstream) = EventSink::detached(1024);
     let cache = CacheStatus::new();
+    // The kube source reports whether it is connected; the manifests source does not.
+    let source_health = (config.source == SourceKind::Kube).then(SourceHealth::new);
     let snapshots = registry.subscribe();
 
     // Bind everything before starting anything, so a taken port is a clear
@@ -113,6 +115,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             proxy: proxy.status(),
             intercept: intercept_status,
             cache: cache.clone(),
+            source: source_health.clone(),
         },
     )
     .await
@@ -153,9 +156,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 (None, Some(path)) => ApiEndpoint::Kubeconfig(path.clone()),
                 (None, None) => ApiEndpoint::Infer,
             };
-            let source = KubeSource::new(KubeSourceConfig::new(endpoint))
-                .await
-                .context("cannot set up the Kubernetes source")?;
+            let mut kube = KubeSourceConfig::new(endpoint);
+            if let Some(health) = source_health {
+                kube.health = health;
+            }
+            let source = KubeSource::new(kube).await.context("cannot set up the Kubernetes source")?;
             tasks.spawn(source.run(source_sink, shutdown.clone()).map_ok());
         }
     }

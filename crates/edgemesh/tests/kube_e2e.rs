@@ -133,3 +133,45 @@ fn a_truncated_cache_file_is_survived() {
     assert!(problem.contains("moved it to"), "reported: {problem:?}");
     assert!(agent.log().contains("cache file was unusable"), "logged");
 }
+
+#[test]
+fn an_api_outage_after_sync_is_reported_stale_and_live_again_after() {
+    let api = FakeApiServer::start();
+    api.apply(Resource::Services, service("shop", "web"));
+    let agent = kube_agent(&api, None);
+    eventually(Duration::from_secs(5), "live and connected", || {
+        let (status, body) = agent.try_get("/readyz")?;
+        (status == 200 && body == "ready (live)\n").then_some(())
+    });
+    let state = agent.services()["state"].clone();
+    assert_eq!((&state["stale"], &state["source"]["connection"]), (&json!(false), &json!("connected")), "{state}");
+
+    // The API goes away: still ready (autonomy), but the state is stale.
+    api.stop();
+    let ready = eventually(Duration::from_secs(5), "/readyz to say stale", || {
+        let (status, body) = agent.try_get("/readyz")?;
+        assert_eq!(status, 200, "serving stale state is still ready: {body}");
+        body.starts_with("ready (stale: source disconnected for ").then_some(body)
+    });
+    assert!(ready.contains(&api.url()) && ready.contains("; serving state last updated "), "{ready}");
+    let state = agent.services()["state"].clone();
+    assert_eq!(state["origin"], "live", "{state}");
+    assert_eq!(state["stale"], true, "{state}");
+    assert_eq!(state["source"]["connection"], "disconnected", "{state}");
+    assert!(state["source"]["disconnectedSeconds"].is_u64(), "{state}");
+    assert!(state["source"]["lastError"].as_str().is_some_and(|e| e.contains(&api.url())), "{state}");
+    assert!(agent.vip("shop", "web").is_some(), "the last known state is still served");
+
+    // Back: live again, and the outage was logged once each way.
+    api.restart();
+    eventually(Duration::from_secs(20), "live again", || {
+        let (status, body) = agent.try_get("/readyz")?;
+        (status == 200 && body == "ready (live)\n").then_some(())
+    });
+    let state = agent.services()["state"].clone();
+    assert_eq!((&state["stale"], &state["source"]["connection"]), (&json!(false), &json!("connected")), "{state}");
+    assert!(state["source"].get("lastError").is_none(), "{state}");
+    let log = agent.log();
+    assert_eq!(log.matches("lost the Kubernetes API").count(), 1, "one warning:\n{log}");
+    assert_eq!(log.matches("the Kubernetes API answers again").count(), 1, "one recovery:\n{log}");
+}

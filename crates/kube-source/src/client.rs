@@ -33,6 +33,21 @@ pub fn install_crypto_provider() {
 
 /// A client for `endpoint`; no request is made yet.
 pub async fn client(endpoint: &ApiEndpoint) -> Result<kube::Client, KubeError> {
+    kube::Client::try_from(config(endpoint).await?).map_err(|e| KubeError::Client(e.to_string()))
+}
+
+/// A client whose answers are reported to the source's health, and the API's URL.
+pub(crate) async fn observed_client(
+    endpoint: &ApiEndpoint,
+    health: std::sync::Arc<edgemesh_core::SourceHealth>,
+) -> Result<(kube::Client, std::sync::Arc<crate::health::Link>), KubeError> {
+    let config = config(endpoint).await?;
+    let link = std::sync::Arc::new(crate::health::Link::new(config.cluster_url.to_string(), health));
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(|e| KubeError::Client(e.to_string()))?;
+    Ok((builder.with_layer(&crate::health::Observe(link.clone())).build(), link))
+}
+
+async fn config(endpoint: &ApiEndpoint) -> Result<kube::Config, KubeError> {
     install_crypto_provider();
     let mut config = match endpoint {
         ApiEndpoint::Url(url) => {
@@ -58,5 +73,5 @@ pub async fn client(endpoint: &ApiEndpoint) -> Result<kube::Client, KubeError> {
     // A watch is idle for minutes; a request that gets no answer is not.
     config.connect_timeout = Some(Duration::from_secs(5));
     config.read_timeout = None;
-    kube::Client::try_from(config).map_err(|e| KubeError::Client(e.to_string()))
+    Ok(config)
 }

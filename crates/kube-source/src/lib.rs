@@ -17,6 +17,9 @@
 //! - `convert`: API objects into `edgemesh_core` objects, with the manifests
 //!   source's rules and messages; services labelled
 //!   [`SERVICE_PROXY_NAME_LABEL`] are excluded, as EdgeMesh does.
+//! - `health`: which watches fail, published as the shared
+//!   [`SourceHealth`](edgemesh_core::SourceHealth) (connected, or
+//!   disconnected since when and why) for `/readyz` and `/services`.
 //! - `backoff`: exponential back-off with jitter that really grows.
 //! - [`error`]: the error type, [`KubeError`], whose messages say what to check.
 #![forbid(unsafe_code)]
@@ -25,6 +28,7 @@ mod backoff;
 pub mod client;
 mod convert;
 pub mod error;
+mod health;
 pub mod source;
 
 pub use client::{ApiEndpoint, install_crypto_provider};

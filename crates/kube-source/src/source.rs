@@ -9,10 +9,11 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
+use std::sync::Arc;
 use std::time::Duration;
 
 use edgemesh_core::registry::EventSink;
-use edgemesh_core::{Object, ObjectKey, ObjectKind, SourceEvent};
+use edgemesh_core::{Object, ObjectKey, ObjectKind, SourceEvent, SourceHealth};
 use futures_util::stream::{BoxStream, StreamExt};
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -24,9 +25,10 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::JitteredBackoff;
-use crate::client::{ApiEndpoint, client};
+use crate::client::{ApiEndpoint, observed_client};
 use crate::convert;
 use crate::error::KubeError;
+use crate::health::Link;
 
 /// Settings of the Kubernetes source.
 #[derive(Clone, Debug)]
@@ -35,11 +37,18 @@ pub struct KubeSourceConfig {
     /// First retry delay after an error; doubles up to `backoff_max`.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Where the source reports whether it is connected (for `/readyz`).
+    pub health: Arc<SourceHealth>,
 }
 
 impl KubeSourceConfig {
     pub fn new(endpoint: ApiEndpoint) -> Self {
-        Self { endpoint, backoff_min: Duration::from_millis(200), backoff_max: Duration::from_secs(30) }
+        Self {
+            endpoint,
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            health: SourceHealth::new(),
+        }
     }
 }
 
@@ -48,6 +57,7 @@ impl KubeSourceConfig {
 pub struct KubeSource {
     client: Client,
     config: KubeSourceConfig,
+    link: Arc<Link>,
 }
 
 /// The resources the source follows.
@@ -83,8 +93,8 @@ enum Update {
 impl KubeSource {
     /// Builds the client (no request is made yet).
     pub async fn new(config: KubeSourceConfig) -> Result<Self, KubeError> {
-        let client = client(&config.endpoint).await?;
-        Ok(Self { client, config })
+        let (client, link) = observed_client(&config.endpoint, config.health.clone()).await?;
+        Ok(Self { client, config, link })
     }
 
     fn backoff(&self) -> JitteredBackoff {
@@ -118,6 +128,12 @@ impl KubeSource {
                 },
                 () = shutdown.cancelled() => return,
             };
+            // `410 Gone` only means "list again"; anything else is an outage.
+            if let Update::Error(which, e) = &update
+                && !matches!(e, watcher::Error::WatchError(status) if status.code == 410)
+            {
+                self.link.failed(which.name(), e);
+            }
             let events = state.handle(update);
             for event in events {
                 let sent = tokio::select! {
@@ -138,27 +154,19 @@ impl KubeSource {
     async fn probe_endpoint_slices(&self) -> bool {
         let api: Api<EndpointSlice> = Api::all(self.client.clone());
         let mut backoff = self.backoff();
-        let mut warned = false;
         loop {
             match api.list(&ListParams::default().limit(1)).await {
                 Ok(_) => return true,
                 Err(kube::Error::Api(status)) if status.code == 404 => {
+                    self.link.answered(Watched::EndpointSlices.name());
                     tracing::info!("the API has no discovery.k8s.io/v1 EndpointSlices; using v1 Endpoints");
                     return false;
                 }
                 Err(e) => {
                     let delay = backoff.next().unwrap_or(self.config.backoff_max);
-                    if warned {
-                        tracing::debug!(error = %e, retry_in = ?delay, "Kubernetes API still unreachable");
-                    } else {
-                        tracing::warn!(
-                            error = %e,
-                            retry_in = ?delay,
-                            "cannot reach the Kubernetes API; retrying with back-off (check --kube-api / --kubeconfig \
-                             and that metaServer or the API server is up)"
-                        );
-                        warned = true;
-                    }
+                    // Warns once per outage (the link); each retry at debug.
+                    self.link.failed(Watched::EndpointSlices.name(), &e);
+                    tracing::debug!(error = %e, retry_in = ?delay, "Kubernetes API unreachable");
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -190,8 +198,6 @@ struct State {
     /// Resources listed in full at least once.
     listed: HashSet<Watched>,
     synced: bool,
-    /// Resources currently failing (to log the failure and recovery once).
-    failing: HashSet<Watched>,
     nodes: BTreeSet<String>,
 }
 
@@ -203,7 +209,6 @@ impl State {
             listing: HashMap::new(),
             listed: HashSet::new(),
             synced: false,
-            failing: HashSet::new(),
             nodes: BTreeSet::new(),
         }
     }
@@ -212,15 +217,8 @@ impl State {
         let mut out = Vec::new();
         match update {
             Update::Error(which, e) => {
-                if self.failing.insert(which) {
-                    tracing::warn!(
-                        resource = which.name(),
-                        error = %e,
-                        "Kubernetes watch failed; retrying with back-off and serving the last known state"
-                    );
-                } else {
-                    tracing::debug!(resource = which.name(), error = %e, "Kubernetes watch still failing");
-                }
+                // The outage is logged once, and published, by the link.
+                tracing::debug!(resource = which.name(), error = %e, "Kubernetes watch failed; retrying with back-off");
                 return out;
             }
             Update::Service(ev) => self.event(Watched::Services, *ev, &mut out, service_key, |s| {
@@ -260,9 +258,6 @@ impl State {
         key_of: fn(&K) -> ObjectKey,
         convert: impl Fn(&K) -> Result<Option<Object>, convert::ConvertError>,
     ) {
-        if self.failing.remove(&which) {
-            tracing::info!(resource = which.name(), "Kubernetes watch recovered");
-        }
         match ev {
             Event::Init => {
                 self.listing.insert(which, HashSet::new());
@@ -319,9 +314,6 @@ impl State {
 
     /// Nodes are only counted for now (the tunnel will need them).
     fn node(&mut self, ev: Event<Node>) {
-        if self.failing.remove(&Watched::Nodes) {
-            tracing::info!(resource = "nodes", "Kubernetes watch recovered");
-        }
         match ev {
             Event::Init => {
                 self.listing.insert(Watched::Nodes, HashSet::new());
