@@ -319,6 +319,11 @@ struct Policy {
     udp_idle_timeout: Duration,
 }
 
+/// Whether a service of this `spec.type` is served on node ports.
+fn has_node_ports(service_type: &str) -> bool {
+    matches!(service_type, "NodePort" | "LoadBalancer")
+}
+
 /// Joins a service with its endpoint sets.
 fn build_entry(
     key: &ServiceKey,
@@ -361,6 +366,7 @@ fn build_entry(
                 protocol: sp.protocol,
                 port: sp.port,
                 target_port: sp.target_port.clone(),
+                node_port: sp.node_port.filter(|_| has_node_ports(&svc.service_type)),
                 backends: backends.into(),
             }
         })

@@ -188,6 +188,10 @@ pub struct ResolvedPort {
     pub protocol: Protocol,
     pub port: u16,
     pub target_port: TargetPort,
+    /// The node port (`spec.ports[].nodePort`) of a `NodePort` or
+    /// `LoadBalancer` service; served on the node's own addresses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
     /// Ready backends, in a stable order (sorted by address).
     pub backends: Arc<[Backend]>,
 }

@@ -15,7 +15,7 @@ use anyhow::Context;
 use edgemesh_cache::CacheStatus;
 use edgemesh_core::{EventSink, Registry, RegistryConfig, RegistryHandle, Snapshot, SourceHealth};
 use edgemesh_dns::{DnsConfig, DnsServer};
-use edgemesh_intercept::{InterceptConfig, Interceptor, Nft, TableSpec};
+use edgemesh_intercept::{InterceptConfig, Interceptor, Ip, Nft, Range, TableSpec, VipDevice};
 use edgemesh_kube::{ApiEndpoint, KubeSource, KubeSourceConfig};
 use edgemesh_manifests::ManifestSource;
 use edgemesh_proxy::{Proxy, ProxyConfig, ProxyStatus};
@@ -105,6 +105,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    // The VIP device: VIPs outside 127.0.0.0/8 become this node's addresses.
+    let vip_range = Range { addr: config.vip_cidr.network(), prefix: config.vip_cidr.prefix_len() };
+    let device = if intercepting && !config.intercept.vip_device.is_empty() {
+        let name = &config.intercept.vip_device;
+        let device = VipDevice::create(name, &[vip_range], Ip::default())
+            .await
+            .with_context(|| format!("cannot set up the VIP device {name} (intercept.vipDevice)"))?;
+        Some(device)
+    } else {
+        if intercepting && !vip_range.is_loopback() {
+            tracing::warn!(vip_cidr = %config.vip_cidr,
+                "no VIP device (intercept.vipDevice is empty): VIPs outside 127.0.0.0/8 are reachable only if something routes them here");
+        }
+        None
+    };
+    if intercepting && vip_range.is_loopback() {
+        tracing::info!(vip_cidr = %config.vip_cidr,
+            "UDP to cluster IPs is intercepted for local processes only: pods need a vipCidr outside 127.0.0.0/8 (e.g. 9.251.0.0/16)");
+    }
     let intercept_status = interceptor.as_ref().map(Interceptor::status);
     let config = Arc::new(config);
     let admin = AdminServer::bind(
@@ -185,6 +204,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await;
     if drained.is_err() {
         tracing::warn!("components did not stop within {DRAIN_DEADLINE:?}; exiting anyway");
+    }
+    // After the table (removed by the interceptor as it stops): nothing is
+    // redirected to the VIPs any more.
+    if let Some(device) = device
+        && let Err(error) = device.remove().await
+    {
+        tracing::warn!(%error, "cannot remove the VIP device");
     }
     outcome
 }

@@ -100,6 +100,10 @@ pub struct AgentArgs {
     #[arg(long, value_name = "NAME")]
     pub intercept_table: Option<String>,
 
+    /// Name of the VIP device made in nftables mode, which routes a vipCidr outside 127.0.0.0/8 to this node; "" for none. Default: edge0.
+    #[arg(long, value_name = "NAME")]
+    pub vip_device: Option<String>,
+
     /// Log level or tracing filter (error, warn, info, debug, trace). RUST_LOG takes precedence.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -170,6 +174,9 @@ impl AgentArgs {
         }
         if let Some(v) = &self.intercept_table {
             c.intercept.table = v.clone();
+        }
+        if let Some(v) = &self.vip_device {
+            c.intercept.vip_device = v.clone();
         }
         if let Some(v) = &self.log_level {
             c.log_level = v.clone();
@@ -260,6 +267,7 @@ mod tests {
             "--intercept",
             "--intercept-port",
             "--intercept-table",
+            "--vip-device",
         ] {
             assert!(help.contains(flag), "{flag} missing from help");
         }

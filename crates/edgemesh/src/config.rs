@@ -132,6 +132,10 @@ pub struct InterceptSection {
     /// Mark of the agent's own upstream connections, which the table lets
     /// pass (must not be used by other software on the node).
     pub mark: u32,
+    /// Name of the agent's VIP device, which holds a local route for a
+    /// `vipCidr` outside 127.0.0.0/8 (made at start in nftables mode,
+    /// removed at stop); empty for none.
+    pub vip_device: String,
 }
 
 impl Default for InterceptSection {
@@ -141,6 +145,7 @@ impl Default for InterceptSection {
             port: edgemesh_intercept::DEFAULT_PORT,
             table: edgemesh_intercept::DEFAULT_TABLE.into(),
             mark: edgemesh_intercept::DEFAULT_MARK,
+            vip_device: edgemesh_intercept::DEFAULT_VIP_DEVICE.into(),
         }
     }
 }
@@ -290,6 +295,12 @@ impl Config {
             }
             if self.intercept.mark == 0 {
                 problems.push("intercept.mark must not be 0 (unmarked traffic is everyone's)".into());
+            }
+            let dev = &self.intercept.vip_device;
+            if dev.len() > 15 || dev == "." || dev == ".." || dev.chars().any(|c| c == '/' || c.is_whitespace()) {
+                problems.push(format!(
+                    "intercept.vipDevice {dev:?} is not a valid device name (at most 15 characters, no '/' or spaces)"
+                ));
             }
         }
         // Port 0 asks the kernel for any free port, so only fixed ports clash.

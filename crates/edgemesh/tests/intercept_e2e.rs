@@ -212,6 +212,10 @@ struct NsAgent {
 
 impl NsAgent {
     fn start(ns: &Netns, manifests: &Path, state: &Path, extra: &[&str]) -> NsAgent {
+        Self::start_within(ns, manifests, state, extra, Duration::from_secs(15))
+    }
+
+    fn start_within(ns: &Netns, manifests: &Path, state: &Path, extra: &[&str], limit: Duration) -> NsAgent {
         let log = state.with_extension(format!("log-{}", free_port()));
         let child = ns
             .cmd(env!("CARGO_BIN_EXE_edgemesh"))
@@ -238,7 +242,7 @@ impl NsAgent {
             if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("agent exited with {status}; log:\n{}", agent.log());
             }
-            assert!(start.elapsed() < Duration::from_secs(15), "agent not ready after 15 s; log:\n{}", agent.log());
+            assert!(start.elapsed() < limit, "agent not ready after {limit:?}; log:\n{}", agent.log());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -439,4 +443,378 @@ fn missing_nft_and_missing_permission_are_clear_start_errors() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("CAP_NET_ADMIN"), "{stderr}");
     assert!(!ns.tables().contains("edgemesh"), "nothing created");
+}
+
+// ---------------------------------------------------------------------------
+// UDP, the VIP device, NodePort, scale.
+
+/// Runs `f` on a thread inside namespace `ns` (sockets it makes belong to
+/// that namespace for good) and returns what it returns.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&file),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .expect("setns into the test namespace");
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// A UDP echo server in a namespace answering `echo:<datagram>`; stops on
+/// drop.
+struct UdpEcho {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    served: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl UdpEcho {
+    fn start(ns: &Netns, addr: &str) -> UdpEcho {
+        let socket = {
+            let addr = addr.to_owned();
+            in_netns(&ns.name, move || std::net::UdpSocket::bind(addr).expect("bind the echo server"))
+        };
+        socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let served = std::sync::Arc::new(AtomicU32::new(0));
+        let (s, n) = (stop.clone(), served.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((len, from)) = socket.recv_from(&mut buf) {
+                    let mut reply = b"echo:".to_vec();
+                    reply.extend_from_slice(&buf[..len]);
+                    let _ = socket.send_to(&reply, from);
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        UdpEcho { stop, served }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sends `count` datagrams to `to` from one socket inside `ns`, one at a
+/// time, each answered before the next; returns (answers right, the
+/// address answers came from, or the first problem).
+fn udp_stream(ns: &Netns, to: &str, count: u32) -> Result<u32, String> {
+    let to: std::net::SocketAddr = to.parse().unwrap();
+    in_netns(&ns.name, move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 2048];
+        for i in 0..count {
+            let msg = format!("datagram {i} {}", "x".repeat((i % 700) as usize));
+            socket.send_to(msg.as_bytes(), to).map_err(|e| format!("send {i}: {e}"))?;
+            let (n, from) = socket.recv_from(&mut buf).map_err(|e| format!("no answer to datagram {i}: {e}"))?;
+            if from != to {
+                return Err(format!("answer {i} came from {from}, not {to}"));
+            }
+            if buf[..n] != *format!("echo:{msg}").as_bytes() {
+                return Err(format!("answer {i} is wrong: {:?}", String::from_utf8_lossy(&buf[..n.min(40)])));
+            }
+        }
+        Ok(count)
+    })
+}
+
+/// A UDP Service on `port` with cluster IP `cluster_ip`, whose endpoint is
+/// the echo server at 10.244.1.2:7007.
+fn udp_service(name: &str, cluster_ip: &str, port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  \
+         clusterIP: {cluster_ip}\n  ports:\n  - name: echo\n    protocol: UDP\n    port: {port}\n    \
+         targetPort: 7007\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  \
+         name: {name}-1\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\n\
+         addressType: IPv4\nports:\n- name: echo\n  protocol: UDP\n  port: 7007\nendpoints:\n\
+         - addresses: [\"10.244.1.2\"]\n  nodeName: test-node\n"
+    )
+}
+
+/// The entries of map `udp4`, as `addr . port : addr . port` strings.
+fn udp_map(ns: &Netns, table: &str) -> Vec<String> {
+    let out = ns.nft(&["-j", "list", "map", "inet", table, "udp4"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let concat = |v: &serde_json::Value| {
+        let c = v["concat"].as_array().unwrap();
+        format!("{} . {}", c[0].as_str().unwrap(), c[1])
+    };
+    let mut entries: Vec<String> = json["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["map"]["elem"].as_array())
+        .flatten()
+        .map(|e| format!("{} : {}", concat(&e[0]), concat(&e[1])))
+        .collect();
+    entries.sort();
+    entries
+}
+
+/// `dig` against the agent's DNS inside `ns`: the A records of `name`.
+fn dig_a(ns: &Netns, name: &str) -> Vec<String> {
+    let out = ns.exec(&["dig", "@127.0.0.1", "-p", "5353", "+short", "+time=2", "+tries=1", name, "A"]);
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+fn links(ns: &Netns) -> String {
+    String::from_utf8_lossy(&ns.exec(&["ip", "-o", "link", "show"]).stdout).into_owned()
+}
+
+#[test]
+fn udp_to_cluster_ips_reaches_the_agent_and_answers_come_from_the_cluster_ip() {
+    require_root();
+    let t = Topology::new();
+    let echo = UdpEcho::start(&t._pod, "10.244.1.2:7007");
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    write_manifest(&manifests, "echo.yaml", &udp_service("echo", "10.96.0.53", 53));
+    // A DNS service whose endpoint is the agent's own DNS server (on the
+    // node's loopback), for `dig`.
+    write_manifest(
+        &manifests,
+        "dns.yaml",
+        &udp_service("dns", "10.96.0.10", 53).replace("7007", "5353").replace("10.244.1.2", "127.0.0.1"),
+    );
+    // VIPs outside 127.0.0.0/8 (on edge0), so that pods' datagrams can be
+    // DNATed to them too.
+    let agent = NsAgent::start(&t.node, &manifests, &dir.path().join("state"), &["--vip-cidr", "9.251.0.0/16"]);
+    let vip = dig_a(&t.node, "echo.default.svc.cluster.local");
+    assert_eq!(vip.len(), 1, "{vip:?}");
+    assert!(vip[0].starts_with("9.251."), "{vip:?}");
+    let map = udp_map(&t.node, "edgemesh");
+    assert!(map.contains(&format!("10.96.0.53 . 53 : {} . 53", vip[0])), "{map:?}");
+    assert_eq!(map.len(), 2, "{map:?}");
+
+    // dig through the DNS service's cluster IP (dig checks that the answer
+    // comes from the address it asked), from the node and from a pod.
+    for ns in [&t.node, &t.client] {
+        let out = ns.exec(&["dig", "@10.96.0.10", "+short", "+time=2", "+tries=1", "echo.default.svc.cluster.local"]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), vip[0], "dig from {}", ns.name);
+    }
+
+    // From the node (output hook) and from another pod (prerouting): a
+    // long stream each, every answer from the cluster IP and port.
+    assert_eq!(udp_stream(&t.node, "10.96.0.53:53", 1200), Ok(1200), "from the node");
+    assert_eq!(udp_stream(&t.client, "10.96.0.53:53", 1200), Ok(1200), "from a pod");
+    // Many short flows, DNS-style: one datagram per client socket.
+    for _ in 0..50 {
+        assert_eq!(udp_stream(&t.client, "10.96.0.53:53", 1), Ok(1));
+    }
+    assert!(echo.served.load(Ordering::Relaxed) >= 2450, "the endpoint saw them all");
+    // The VIP itself still answers as before.
+    assert_eq!(udp_stream(&t.client, &format!("{}:53", vip[0]), 10), Ok(10), "through the VIP");
+    // A port the service does not have is not intercepted.
+    assert!(udp_stream(&t.node, "10.96.0.53:54", 1).is_err());
+
+    // A second UDP service is one small transaction of its own element.
+    let before = updates_logged(&agent);
+    write_manifest(&manifests, "echo2.yaml", &udp_service("echo2", "10.96.0.54", 5353));
+    let map = eventually(Duration::from_secs(5), "the second service's element", || {
+        let m = udp_map(&t.node, "edgemesh");
+        (m.len() == 3).then_some(m)
+    });
+    assert!(map.iter().any(|e| e.starts_with("10.96.0.54 . 5353 : 9.251.")), "{map:?}");
+    let after = updates_logged(&agent);
+    assert_eq!(after.len(), before.len() + 1, "one transaction: {:?}", &after[before.len()..]);
+    assert!(after.last().unwrap().contains("added=1 removed=0"), "{after:?}");
+    assert_eq!(udp_stream(&t.client, "10.96.0.54:5353", 100), Ok(100));
+
+    // Removing it deletes its element and its cluster IP no longer answers.
+    std::fs::remove_file(manifests.join("echo2.yaml")).unwrap();
+    eventually(Duration::from_secs(5), "the element to go", || (udp_map(&t.node, "edgemesh").len() == 2).then_some(()));
+    assert!(udp_stream(&t.client, "10.96.0.54:5353", 1).is_err());
+
+    assert_eq!(agent.terminate().code(), Some(0));
+    assert!(!t.node.tables().contains("edgemesh"), "table left after SIGTERM: {}", t.node.tables());
+    assert!(!links(&t.node).contains("edge0"), "edge0 left after SIGTERM: {}", links(&t.node));
+}
+
+#[test]
+fn vips_outside_loopback_live_on_the_edge0_device() {
+    require_root();
+    let t = Topology::new();
+    // No way out of the node: only edge0 makes the VIPs reachable.
+    t.node.ip(&["route", "del", "default"]);
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    write_manifest(&manifests, "web.yaml", &service("web", &["10.96.0.10"], 80));
+    // A device left by an earlier run (a crash): replaced.
+    t.node.ip(&["link", "add", "edge0", "type", "bridge"]);
+    t.node.ip(&["route", "add", "local", "9.250.0.0/16", "dev", "edge0"]);
+    let state = dir.path().join("state");
+    let agent = NsAgent::start(&t.node, &manifests, &state, &["--vip-cidr", "9.251.0.0/16"]);
+    assert!(agent.log().contains("replacing the VIP device left by an earlier run"), "{}", agent.log());
+    let routes =
+        String::from_utf8_lossy(&t.node.exec(&["ip", "route", "show", "table", "local", "dev", "edge0"]).stdout)
+            .into_owned();
+    assert!(routes.contains("local 9.251.0.0/16"), "{routes}");
+    assert!(!routes.contains("9.250.0.0"), "the leftover's routes went with it: {routes}");
+
+    let vip = dig_a(&t.node, "web.default.svc.cluster.local");
+    assert_eq!(vip.len(), 1, "{vip:?}");
+    assert!(vip[0].starts_with("9.251."), "DNS answers the VIP: {vip:?}");
+    assert_eq!(t.node.curl(&format!("http://{}/", vip[0])).as_deref(), Some("pod-nginx\n"), "from the node");
+    assert_eq!(t.client.curl(&format!("http://{}/", vip[0])).as_deref(), Some("pod-nginx\n"), "from a pod");
+
+    // SIGTERM: neither the table nor the device is left, and every other
+    // device is.
+    let others: Vec<String> = ["lo", "eth-pod", "eth-client"].map(String::from).to_vec();
+    assert_eq!(agent.terminate().code(), Some(0));
+    assert!(!t.node.tables().contains("edgemesh"), "table left: {}", t.node.tables());
+    let after = links(&t.node);
+    assert!(!after.contains("edge0"), "edge0 left: {after}");
+    assert!(others.iter().all(|d| after.contains(&format!(": {d}"))), "{after}");
+    assert_eq!(t.node.curl(&format!("http://{}/", vip[0])), None, "the VIP is gone with the agent");
+
+    // A device of that name that is not the agent's is left alone: a clear
+    // start-up error.
+    t.node.ip(&["link", "add", "edge0", "type", "veth", "peer", "name", "edge0-peer"]);
+    let out = t
+        .node
+        .cmd(env!("CARGO_BIN_EXE_edgemesh"))
+        .args(["agent", "--intercept", "nftables", "--dns-upstream", "127.0.0.1:9", "--vip-cidr", "9.251.0.0/16"])
+        .arg("--manifest-dir")
+        .arg(&manifests)
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("edge0") && stderr.contains("veth") && stderr.contains("--vip-device"), "{stderr}");
+    assert!(links(&t.node).contains("edge0@edge0-peer"), "the foreign device is untouched: {}", links(&t.node));
+}
+
+/// A NodePort Service `name` with `port` (nodePort `node_port`) served by
+/// the pod's nginx.
+fn node_port_service(name: &str, cluster_ip: &str, port: u16, node_port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  \
+         type: NodePort\n  clusterIP: {cluster_ip}\n  ports:\n  - name: http\n    port: {port}\n    \
+         targetPort: 80\n    nodePort: {node_port}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata:\n  name: {name}-1\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\n\
+         addressType: IPv4\nports:\n- name: http\n  port: 80\nendpoints:\n- addresses: [\"10.244.1.2\"]\n  \
+         nodeName: test-node\n"
+    )
+}
+
+fn node_ports(ns: &Netns) -> Vec<String> {
+    let out = ns.nft(&["-j", "list", "set", "inet", "edgemesh", "nodeport_tcp"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["set"]["elem"].as_array())
+        .flatten()
+        .map(|e| e.to_string())
+        .collect()
+}
+
+#[test]
+fn node_ports_are_served_on_the_nodes_addresses() {
+    require_root();
+    let t = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    write_manifest(&manifests, "np.yaml", &node_port_service("np", "10.96.0.70", 8080, 30080));
+    // A ClusterIP service's nodePort (none in Kubernetes, but a manifest may
+    // say it) is not served.
+    write_manifest(
+        &manifests,
+        "plain.yaml",
+        &node_port_service("plain", "10.96.0.71", 8080, 30081).replace("type: NodePort", "type: ClusterIP"),
+    );
+    let agent = NsAgent::start(&t.node, &manifests, &dir.path().join("state"), &[]);
+    assert_eq!(node_ports(&t.node), vec!["30080".to_owned()]);
+
+    // From another namespace, to the node's address on its link.
+    assert_eq!(t.client.curl("http://10.244.2.1:30080/").as_deref(), Some("pod-nginx\n"), "from a pod");
+    // The node's other address too, and from the node itself.
+    assert_eq!(t.client.curl("http://10.244.1.1:30080/").as_deref(), Some("pod-nginx\n"), "another node address");
+    assert_eq!(t.node.curl("http://10.244.2.1:30080/").as_deref(), Some("pod-nginx\n"), "from the node");
+    assert_eq!(t.node.curl("http://127.0.0.1:30080/").as_deref(), Some("pod-nginx\n"), "on loopback");
+    // The cluster IP keeps working, the ClusterIP service's nodePort is not
+    // open, and a node port is served on the node's addresses only.
+    assert_eq!(t.client.curl("http://10.96.0.70:8080/").as_deref(), Some("pod-nginx\n"));
+    assert_eq!(t.client.curl("http://10.244.2.1:30081/"), None);
+    assert_eq!(t.client.curl("http://10.96.0.71:30080/"), None);
+
+    // Turning it into a ClusterIP service closes the node port.
+    write_manifest(
+        &manifests,
+        "np.yaml",
+        &node_port_service("np", "10.96.0.70", 8080, 30080).replace("type: NodePort", "type: ClusterIP"),
+    );
+    eventually(Duration::from_secs(5), "the node port to close", || node_ports(&t.node).is_empty().then_some(()));
+    assert_eq!(t.client.curl("http://10.244.2.1:30080/"), None);
+    assert_eq!(agent.terminate().code(), Some(0));
+}
+
+#[test]
+fn ten_thousand_services_from_manifests_are_reachable_through_their_cluster_ips() {
+    require_root();
+    let t = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    const N: u32 = 10_000;
+    let cluster_ip = |i: u32| std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 100, 0, 0)) + i + 1);
+    // 10 files of 1,000 services, each with its endpoint slice.
+    for file in 0..10 {
+        let mut y = String::new();
+        for i in file * 1000..(file + 1) * 1000 {
+            if !y.is_empty() {
+                y += "---\n";
+            }
+            y += &service(&format!("svc-{i}"), &[&cluster_ip(i).to_string()], 80)
+                .split("---\n")
+                .take(2)
+                .collect::<Vec<_>>()
+                .join("---\n");
+        }
+        write_manifest(&manifests, &format!("svc-{file}.yaml"), &y);
+    }
+    let start = Instant::now();
+    let agent = NsAgent::start_within(&t.node, &manifests, &dir.path().join("state"), &[], Duration::from_secs(120));
+    eprintln!("10,000 services ready in {:?}", start.elapsed());
+    assert_eq!(t.node.set_elements("edgemesh", "tcp4").unwrap().len(), 2 * N as usize, "cluster IP and VIP each");
+
+    // A sample, spread by a fixed-seed generator, from the node and a pod.
+    let mut x: u32 = 0x9e37_79b9;
+    for k in 0..20 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let ip = cluster_ip(x % N);
+        let from = if k % 2 == 0 { &t.node } else { &t.client };
+        assert_eq!(from.curl(&format!("http://{ip}/")).as_deref(), Some("pod-nginx\n"), "service at {ip}");
+    }
+
+    // One more service: one transaction with its two elements.
+    let before = updates_logged(&agent);
+    write_manifest(&manifests, "one-more.yaml", &service("one-more", &["10.99.0.1"], 80));
+    eventually(Duration::from_secs(20), "the new service's elements", || {
+        (updates_logged(&agent).len() > before.len()).then_some(())
+    });
+    let after = updates_logged(&agent);
+    assert_eq!(after.len(), before.len() + 1, "one transaction: {:?}", &after[before.len()..]);
+    assert!(after.last().unwrap().contains("added=2 removed=0"), "{after:?}");
+    assert_eq!(t.client.curl("http://10.99.0.1/").as_deref(), Some("pod-nginx\n"));
+    assert_eq!(t.node.set_elements("edgemesh", "tcp4").unwrap().len(), 2 * N as usize + 2);
+    assert_eq!(agent.terminate().code(), Some(0));
 }

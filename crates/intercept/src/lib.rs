@@ -1,16 +1,22 @@
 //! Transparent interception of service addresses with nftables.
 //!
 //! The agent owns exactly one nftables table (`inet edgemesh` by default)
-//! and touches nothing else. The table redirects TCP connections to a
-//! service's cluster IP or VIP and port, from local processes (`output`
-//! hook) and from containers routed through the node (`prerouting`), to
-//! the proxy's transparent listener, which recovers the original
-//! destination with `SO_ORIGINAL_DST`.
+//! and, when asked, one VIP device (`edge0`, [`device`]), and touches
+//! nothing else. The table redirects TCP connections to a service's
+//! cluster IP or VIP and port, or to a node port on any of the node's
+//! addresses, from local processes (`output` hook) and from containers
+//! routed through the node (`prerouting`), to the proxy's transparent
+//! listener, which recovers the original destination with
+//! `SO_ORIGINAL_DST`; it DNATs UDP datagrams to a cluster IP and port to
+//! the service's VIP and port, where the proxy's UDP listener serves them
+//! (see [`rules`] for why DNAT rather than TPROXY).
 //!
 //! # Layout
 //!
 //! - [`rules`]: pure: the elements of a service, the script that creates
 //!   the table, the script of one change.
+//! - [`device`]: the VIP device (`edge0`): a local route for the VIP range
+//!   so that VIPs outside `127.0.0.0/8` are addresses of this node.
 //! - [`nft`]: runs `nft -f -` (one script = one atomic transaction) and
 //!   words its failures for the operator (not installed, no permission).
 //! - [`Interceptor`]: follows snapshots through `Snapshot::changes_since`;
@@ -23,6 +29,7 @@
 //! retried every [`RETRY`] until it succeeds.
 #![forbid(unsafe_code)]
 
+pub mod device;
 pub mod nft;
 pub mod rules;
 
@@ -35,11 +42,14 @@ use edgemesh_core::{ServiceKey, Snapshot};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use device::{DeviceError, Ip, Range, VipDevice};
 pub use nft::{InterceptError, Nft};
 pub use rules::{Element, L4, TableSpec};
 
 /// Default table name (family `inet`).
 pub const DEFAULT_TABLE: &str = "edgemesh";
+/// Default name of the VIP device.
+pub const DEFAULT_VIP_DEVICE: &str = "edge0";
 /// Default port of the transparent listener.
 pub const DEFAULT_PORT: u16 = 15006;
 /// Default mark of the agent's own upstream connections ("EM").

@@ -1,5 +1,5 @@
-//! What the table holds, as pure functions: the set elements of a service,
-//! the script that (re)creates the table, and the script of one change.
+//! What the table holds, as pure functions: the elements of a service, the
+//! script that (re)creates the table, and the script of one change.
 //!
 //! Scripts are nftables' text syntax with one statement per line (nftables
 //! 1.0.6 fails to parse some rule sets written on one line), fed to
@@ -9,24 +9,58 @@
 //! table inet edgemesh {
 //!     set tcp4 { type ipv4_addr . inet_service; elements = { 10.96.0.10 . 80, ... } }
 //!     set tcp6 { type ipv6_addr . inet_service; ... }
+//!     map udp4 { type ipv4_addr . inet_service : ipv4_addr . inet_service;
+//!                elements = { 10.96.0.53 . 53 : 9.251.0.7 . 53, ... } }
+//!     set nodeport_tcp { type inet_service; elements = { 30080, ... } }
 //!     chain output {       # local processes
 //!         type nat hook output priority -100; policy accept;
 //!         meta mark 0x454d return                        # the agent's own upstream connections
 //!         ip daddr . tcp dport @tcp4 redirect to :15006
 //!         ip6 daddr . tcp dport @tcp6 redirect to :15006
+//!         dnat ip to ip daddr . udp dport map @udp4      # UDP: cluster IP -> the service's VIP
+//!         fib daddr type local tcp dport @nodeport_tcp redirect to :15006
 //!     }
 //!     chain prerouting {   # containers and pods routed through this node
 //!         type nat hook prerouting priority dstnat; policy accept;
-//!         ip daddr . tcp dport @tcp4 redirect to :15006
-//!         ip6 daddr . tcp dport @tcp6 redirect to :15006
+//!         (the same four rules)
 //!     }
 //! }
 //! ```
 //!
-//! Each service address is one element of a hashed set, so a packet costs
-//! one lookup whatever the number of services, and adding or removing a
-//! service adds or deletes only its elements.
+//! Each service address is one element of a hashed set or map, so a packet
+//! costs one lookup whatever the number of services, and adding or removing
+//! a service adds or deletes only its elements.
+//!
+//! # UDP: DNAT to the VIP, not TPROXY
+//!
+//! A UDP datagram to `clusterIP:port` is DNATed to `VIP:port`, where the
+//! proxy's UDP listener for that service port already runs (sessions,
+//! balancing, idle expiry: `edgemesh-proxy`'s `udp` module). Conntrack
+//! reverses the translation on the replies the listener sends from the VIP,
+//! so the client sees them come from the `clusterIP:port` it sent to. This
+//! was chosen over TPROXY because it needs nothing outside the agent's own
+//! table: TPROXY needs a policy-routing rule and route table (`ip rule
+//! fwmark ... lookup N`, a `local 0.0.0.0/0` route), and for the `output`
+//! hook a re-route mark as well, all of them shared host state the agent
+//! would have to own and clean up; and every reply would need a transparent
+//! socket bound to the cluster IP. With DNAT the map is the whole state and
+//! each change is one map element.
+//!
+//! Limits that follow: a DNATed packet from a pod (`prerouting`) may only go
+//! to a VIP that is not in `127.0.0.0/8` (the kernel drops packets routed
+//! in to loopback addresses), so pods need a `vipCidr` outside it, such as
+//! `9.251.0.0/16` on the `edge0` device ([`crate::device`]); local processes
+//! work with either. VIPs are IPv4, so UDP to an IPv6 cluster IP is not
+//! intercepted (NAT cannot change the family).
+//!
+//! # NodePort
+//!
+//! `fib daddr type local` matches any address of the node (every device,
+//! loopback included), so one set keyed by port serves a `NodePort`
+//! service on all the node's addresses, including ones added later; the
+//! transparent listener finds the service by the port. TCP only.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
@@ -36,45 +70,90 @@ use edgemesh_core::{Protocol, ServiceEntry};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Element {
     pub protocol: L4,
+    /// The address to intercept (for a node port, only the port counts).
     pub addr: SocketAddr,
+    /// Where a UDP datagram to `addr` is DNATed (the service's VIP and
+    /// port); `None` for redirected TCP.
+    pub to: Option<SocketAddr>,
 }
 
-/// The protocols with sets of their own.
+/// The kinds of element, each with sets or maps of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum L4 {
+    /// TCP to an address and port: redirected to the transparent listener.
     Tcp,
+    /// UDP to a cluster IP and port: DNATed to the VIP and port.
+    Udp,
+    /// TCP to any local address on a node port: redirected.
+    NodePortTcp,
 }
 
 impl Element {
     pub fn tcp(addr: SocketAddr) -> Self {
-        Self { protocol: L4::Tcp, addr }
+        Self { protocol: L4::Tcp, addr, to: None }
     }
 
-    /// The set this element belongs to.
+    /// UDP to `addr`, DNATed to `to`.
+    pub fn udp(addr: SocketAddr, to: SocketAddr) -> Self {
+        Self { protocol: L4::Udp, addr, to: Some(to) }
+    }
+
+    /// TCP to node port `port` on any address of the node.
+    pub fn node_port_tcp(port: u16) -> Self {
+        Self { protocol: L4::NodePortTcp, addr: SocketAddr::from(([0, 0, 0, 0], port)), to: None }
+    }
+
+    /// The set (or map) this element belongs to.
     pub fn set(&self) -> &'static str {
         match (self.protocol, self.addr.is_ipv4()) {
             (L4::Tcp, true) => "tcp4",
             (L4::Tcp, false) => "tcp6",
+            (L4::Udp, _) => "udp4",
+            (L4::NodePortTcp, _) => "nodeport_tcp",
         }
     }
 
-    /// The element as nftables writes it: `10.96.0.10 . 80`.
+    /// The element as nftables writes it: `10.96.0.10 . 80`,
+    /// `10.96.0.53 . 53 : 9.251.0.7 . 53` or `30080`.
     fn literal(&self) -> String {
-        format!("{} . {}", self.addr.ip(), self.addr.port())
+        match (self.protocol, self.to) {
+            (L4::NodePortTcp, _) => self.addr.port().to_string(),
+            (_, Some(to)) => format!("{} . {} : {} . {}", self.addr.ip(), self.addr.port(), to.ip(), to.port()),
+            (_, None) => format!("{} . {}", self.addr.ip(), self.addr.port()),
+        }
     }
 }
 
-/// The addresses of `entry` to intercept: every VIP and cluster IP with
-/// every TCP port (UDP service ports are served on their VIP listeners).
+/// The elements of `entry`: every VIP and cluster IP with every TCP port
+/// (redirected); every IPv4 cluster IP with every UDP port, DNATed to the
+/// VIP, where the UDP listener of that port runs (nothing without a VIP,
+/// or for IPv6, see the module docs); every TCP node port.
 pub fn service_elements(entry: &ServiceEntry) -> Vec<Element> {
     let ips: Vec<IpAddr> = entry.ips().collect();
     let mut out = Vec::with_capacity(ips.len() * entry.ports.len());
-    for port in entry.ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
-        for ip in &ips {
-            let e = Element::tcp(SocketAddr::new(*ip, port.port));
-            if !out.contains(&e) {
-                out.push(e);
+    let mut push = |e: Element| {
+        if !out.contains(&e) {
+            out.push(e);
+        }
+    };
+    for port in &entry.ports {
+        match port.protocol {
+            Protocol::Tcp => {
+                for ip in &ips {
+                    push(Element::tcp(SocketAddr::new(*ip, port.port)));
+                }
+                if let Some(node_port) = port.node_port {
+                    push(Element::node_port_tcp(node_port));
+                }
             }
+            Protocol::Udp => {
+                let Some(vip @ IpAddr::V4(_)) = entry.vip else { continue };
+                let to = SocketAddr::new(vip, port.port);
+                for ip in entry.cluster_ips.iter().filter(|ip| ip.is_ipv4() && **ip != vip) {
+                    push(Element::udp(SocketAddr::new(*ip, port.port), to));
+                }
+            }
+            _ => {}
         }
     }
     out
@@ -97,7 +176,13 @@ pub struct TableSpec {
 /// enormous line.
 const ELEMENTS_PER_LINE: usize = 512;
 
-const SETS: [(&str, &str); 2] = [("tcp4", "ipv4_addr"), ("tcp6", "ipv6_addr")];
+/// Sets and maps, with their nftables type.
+const SETS: [(&str, &str, &str); 4] = [
+    ("tcp4", "set", "ipv4_addr . inet_service"),
+    ("tcp6", "set", "ipv6_addr . inet_service"),
+    ("udp4", "map", "ipv4_addr . inet_service : ipv4_addr . inet_service"),
+    ("nodeport_tcp", "set", "inet_service"),
+];
 
 impl TableSpec {
     /// Replaces the table atomically with one holding `elements`: a table
@@ -109,16 +194,22 @@ impl TableSpec {
         let _ = writeln!(s, "add table inet {t}");
         let _ = writeln!(s, "delete table inet {t}");
         let _ = writeln!(s, "add table inet {t}");
-        for (set, addr_type) in SETS {
-            let _ = writeln!(s, "add set inet {t} {set} {{ type {addr_type} . inet_service; }}");
+        for (set, kind, key_type) in SETS {
+            let _ = writeln!(s, "add {kind} inet {t} {set} {{ type {key_type}; }}");
         }
         let _ = writeln!(s, "add chain inet {t} output {{ type nat hook output priority -100; policy accept; }}");
         let _ =
             writeln!(s, "add chain inet {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}");
         let _ = writeln!(s, "add rule inet {t} output meta mark {:#x} return", self.mark);
+        let port = self.port;
         for chain in ["output", "prerouting"] {
-            let _ = writeln!(s, "add rule inet {t} {chain} ip daddr . tcp dport @tcp4 redirect to :{}", self.port);
-            let _ = writeln!(s, "add rule inet {t} {chain} ip6 daddr . tcp dport @tcp6 redirect to :{}", self.port);
+            let _ = writeln!(s, "add rule inet {t} {chain} ip daddr . tcp dport @tcp4 redirect to :{port}");
+            let _ = writeln!(s, "add rule inet {t} {chain} ip6 daddr . tcp dport @tcp6 redirect to :{port}");
+            let _ = writeln!(s, "add rule inet {t} {chain} dnat ip to ip daddr . udp dport map @udp4");
+            let _ = writeln!(
+                s,
+                "add rule inet {t} {chain} fib daddr type local tcp dport @nodeport_tcp redirect to :{port}"
+            );
         }
         self.element_lines(&mut s, "add", elements);
         s
@@ -142,9 +233,17 @@ impl TableSpec {
         s
     }
 
+    /// `verb element` lines, grouped by set. A map key given twice with
+    /// different targets (two services claiming one cluster IP and port,
+    /// an invalid state) is written once, the first target winning, so
+    /// that a rebuild always succeeds.
     fn element_lines<'a>(&self, out: &mut String, verb: &str, elements: impl IntoIterator<Item = &'a Element>) {
         let mut by_set: Vec<(&str, Vec<String>)> = Vec::new();
+        let mut keys: HashSet<(L4, SocketAddr)> = HashSet::new();
         for e in elements {
+            if e.to.is_some() && !keys.insert((e.protocol, e.addr)) {
+                continue;
+            }
             let set = e.set();
             match by_set.iter_mut().find(|(s, _)| *s == set) {
                 Some((_, list)) => list.push(e.literal()),
@@ -177,6 +276,11 @@ mod tests {
         assert!(s.contains("add rule inet edgemesh prerouting ip daddr . tcp dport @tcp4 redirect to :15006\n"), "{s}");
         assert!(s.contains("add element inet edgemesh tcp4 { 10.96.0.10 . 80 }\n"), "{s}");
         assert!(s.contains("add element inet edgemesh tcp6 { fd00::a . 443 }\n"), "{s}");
+        assert!(
+            s.contains("add map inet edgemesh udp4 { type ipv4_addr . inet_service : ipv4_addr . inet_service; }\n")
+        );
+        assert!(s.contains("add rule inet edgemesh prerouting dnat ip to ip daddr . udp dport map @udp4\n"), "{s}");
+        assert!(s.contains("output fib daddr type local tcp dport @nodeport_tcp redirect to :15006\n"), "{s}");
         // The mark exclusion comes before any redirect of the output chain.
         let mark = s.find("meta mark").unwrap();
         assert!(s.find("output ip daddr").unwrap() > mark);
@@ -192,6 +296,19 @@ mod tests {
              add element inet edgemesh tcp4 { 10.96.0.12 . 80, 10.96.0.12 . 81 }\n"
         );
         assert_eq!(spec().change_script(&[], &[]), "");
+    }
+
+    #[test]
+    fn udp_and_node_port_elements() {
+        let e = [
+            Element::udp("10.96.0.53:53".parse().unwrap(), "9.251.0.7:53".parse().unwrap()),
+            Element::node_port_tcp(30080),
+        ];
+        assert_eq!(
+            spec().change_script(&[], &e),
+            "add element inet edgemesh udp4 { 10.96.0.53 . 53 : 9.251.0.7 . 53 }\n\
+             add element inet edgemesh nodeport_tcp { 30080 }\n"
+        );
     }
 
     #[test]

@@ -133,3 +133,44 @@ async fn a_table_deleted_behind_the_agents_back_is_rebuilt() {
     assert_eq!(ns.element_count("em_test", "tcp4"), 4);
     assert_eq!(interceptor.status().failures.load(Ordering::Relaxed), 1);
 }
+
+#[tokio::test]
+async fn udp_cluster_ips_map_to_the_vip_and_node_ports_are_a_set_of_ports() {
+    let ns = Netns::new();
+    let mut state = RegistryState::new(&RegistryConfig {
+        vip_cidr: "9.251.0.0/16".parse().unwrap(),
+        default_strategy: LbStrategy::RoundRobin,
+    });
+    let Object::Service(mut svc) = service(1) else { unreachable!() };
+    svc.service_type = "NodePort".into();
+    svc.ports[0].node_port = Some(30080);
+    svc.ports.push(ServicePortSpec {
+        name: "dns".into(),
+        protocol: Protocol::Udp,
+        port: 53,
+        target_port: TargetPort::Number(5353),
+        node_port: Some(30053),
+    });
+    state.apply(SourceEvent::Apply(Object::Service(svc)));
+    let snapshot = state.take_generation();
+    let vip = snapshot.services().next().unwrap().vip.unwrap();
+    let mut interceptor = Interceptor::start(config(&ns)).await.unwrap();
+    interceptor.reconcile(&snapshot).await.unwrap();
+    let listing = String::from_utf8_lossy(&ns.nft(&["list", "table", "inet", "em_test"]).stdout).into_owned();
+    assert!(listing.contains(&format!("10.96.0.2 . 53 : {vip} . 53")), "{listing}");
+    assert!(listing.contains("elements = { 30080 }"), "TCP node ports only: {listing}");
+    assert_eq!(ns.element_count("em_test", "tcp4"), 2);
+
+    // The service goes: one transaction deletes its elements from the set,
+    // the map and the node ports.
+    let transactions = interceptor.status().transactions.load(Ordering::Relaxed);
+    state.apply(SourceEvent::Delete(ObjectKey {
+        kind: ObjectKind::Service,
+        namespace: "default".into(),
+        name: "svc-1".into(),
+    }));
+    interceptor.reconcile(&state.take_generation()).await.unwrap();
+    assert_eq!(interceptor.status().transactions.load(Ordering::Relaxed), transactions + 1);
+    let listing = String::from_utf8_lossy(&ns.nft(&["list", "table", "inet", "em_test"]).stdout).into_owned();
+    assert!(!listing.contains("elements"), "{listing}");
+}

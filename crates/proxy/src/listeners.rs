@@ -16,8 +16,9 @@
 //!   and carry on. A UDP port's task owns its sessions: they end with it.
 //! - With interception on (`ProxyConfig::transparent`), TCP ports are not
 //!   bound: their pools are reached through [`crate::transparent`], under
-//!   every address of the service (VIP and cluster IPs). UDP ports keep
-//!   their VIP listeners.
+//!   every address of the service (VIP and cluster IPs), and under its node
+//!   port on any of the node's addresses. UDP ports keep their VIP
+//!   listeners (nftables DNATs UDP to a cluster IP to them).
 //! - A bind failure is logged once (warn) and retried on every later
 //!   reconcile and on a timer; success after failures is logged at info.
 
@@ -189,8 +190,12 @@ impl Reconciler {
             let entry = entry.expect("desired listeners come from an entry");
             let targets = Targets::for_port(entry, port, node);
             let routed = transparent && protocol == Protocol::Tcp;
-            let routes: Vec<SocketAddr> =
-                if routed { entry.ips().map(|ip| SocketAddr::new(ip, port.port)).collect() } else { Vec::new() };
+            let routes: Vec<SocketAddr> = if routed {
+                let node_port = port.node_port.map(crate::transparent::node_port_route);
+                entry.ips().map(|ip| SocketAddr::new(ip, port.port)).chain(node_port).collect()
+            } else {
+                Vec::new()
+            };
             if let Some(existing) = next.iter_mut().find(|l| l.addr == addr && l.protocol == protocol) {
                 let backends = targets.backends.len();
                 if existing.pool.update(targets) {

@@ -13,6 +13,9 @@
 //! changed service, held for a few map operations, so a resync never
 //! stalls accepts for long.
 //!
+//! A node port is found by its port alone: nftables redirects it only when
+//! sent to one of the node's own addresses (`fib daddr type local`).
+//!
 //! A connection whose original destination is no known service (a race
 //! with a removal, or a client connecting to the listener's port itself)
 //! is reset: it is never forwarded to the listener again.
@@ -36,10 +39,14 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
-    /// The pool for a connection originally sent to `dst`.
+    /// The pool for a connection originally sent to `dst`: the service
+    /// address itself, else a node port (nftables redirects a node port
+    /// only when sent to one of the node's own addresses, which are no
+    /// service addresses).
     pub(crate) fn lookup(&self, dst: &SocketAddr) -> Option<Arc<Pool>> {
         let dst = normalize(*dst);
-        self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&dst).cloned()
+        let map = self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(&dst).or_else(|| map.get(&node_port_route(dst.port()))).cloned()
     }
 
     /// Removes `old` and inserts `new` in one step (no moment where a
@@ -60,6 +67,12 @@ impl Routes {
     pub(crate) fn len(&self) -> usize {
         self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
     }
+}
+
+/// The key under which the pool of a node port is found: the port on the
+/// unspecified address (any address of the node).
+pub(crate) fn node_port_route(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
 }
 
 /// An IPv4-mapped IPv6 address is the IPv4 address.
@@ -190,5 +203,12 @@ mod tests {
         assert_eq!(routes.len(), 2);
         // An IPv4-mapped destination is the IPv4 one.
         assert!(routes.lookup(&"[::ffff:10.96.0.11]:80".parse().unwrap()).is_some());
+        // A node port is found on any (node) address, IPv4 or IPv6; the
+        // service's own addresses win.
+        let np = pool("127.251.0.2:80");
+        routes.replace(&[], &[(node_port_route(30080), np.clone())]);
+        assert!(Arc::ptr_eq(&routes.lookup(&"192.0.2.1:30080".parse().unwrap()).unwrap(), &np));
+        assert!(Arc::ptr_eq(&routes.lookup(&"[2001:db8::1]:30080".parse().unwrap()).unwrap(), &np));
+        assert!(routes.lookup(&"192.0.2.1:30081".parse().unwrap()).is_none());
     }
 }
