@@ -108,6 +108,16 @@ impl ProxyConfig {
         let usable = open_files.saturating_sub(RESERVED_FDS).max(FDS_PER_CONNECTION);
         usize::try_from(usable / FDS_PER_CONNECTION).unwrap_or(usize::MAX)
     }
+
+    /// How many per-service listening sockets fit in `open_files`
+    /// descriptors: three quarters of what is left after the reserve, so
+    /// that a node with more service ports than descriptors keeps a quarter
+    /// for proxied connections, and DNS and the admin endpoint keep theirs
+    /// (beyond the budget, listeners wait and are logged once per pass).
+    pub fn max_listeners_for_fd_limit(open_files: u64) -> usize {
+        let usable = open_files.saturating_sub(RESERVED_FDS);
+        usize::try_from(usable / 4 * 3).unwrap_or(usize::MAX)
+    }
 }
 
 impl Default for ProxyConfig {

@@ -19,8 +19,17 @@
 //!   every address of the service (VIP and cluster IPs), and under its node
 //!   port on any of the node's addresses. UDP ports keep their VIP
 //!   listeners (nftables DNATs UDP to a cluster IP to them).
-//! - A bind failure is logged once (warn) and retried on every later
-//!   reconcile and on a timer; success after failures is logged at info.
+//! - A bind failure is retried on every later reconcile and on a timer;
+//!   success after failures is logged at info. Failures are reported as one
+//!   warning per reconcile pass with their count and the first error, at
+//!   most once a minute (not one line per listener: 100,000 services would
+//!   log 80,000 lines).
+//! - Listening sockets are capped by a budget derived from the open-files
+//!   limit ([`crate::ProxyConfig::max_listeners_for_fd_limit`]): beyond it a
+//!   listener waits without trying `socket(2)`, so DNS, the admin endpoint,
+//!   manifest reads and proxied connections keep their descriptors. Its
+//!   service still resolves in DNS; interception (`--intercept nftables`)
+//!   serves any number of services through one socket.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -90,11 +99,101 @@ pub(crate) struct Reconciler {
     services: HashMap<ServiceKey, Vec<Listener>>,
     /// Services with at least one listener waiting to be bound.
     unbound: HashSet<ServiceKey>,
+    /// Listeners waiting to be bound (kept as a count, so publishing it
+    /// costs nothing per event however many are waiting).
+    waiting: usize,
+    /// Listening sockets allowed at once.
+    max_listeners: usize,
+    /// New bind failures of the current pass, reported once at its end.
+    report: BindReport,
+    /// When bind failures were last logged at warn: a load of 100,000
+    /// services reconciles in many passes, and one warning says it all.
+    last_warned: Option<std::time::Instant>,
+}
+
+/// How often bind failures are logged at warn at most (debug otherwise).
+const BIND_WARN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Bind failures of one reconcile pass, reported as a single warning.
+#[derive(Default)]
+struct BindReport {
+    /// Listeners that failed for the first time.
+    failed: usize,
+    /// Of those, listeners that were over the budget (no socket tried).
+    over_budget: usize,
+    first: Option<String>,
 }
 
 impl Reconciler {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared, services: HashMap::new(), unbound: HashSet::new() }
+        let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20);
+        Self::with_max_listeners(shared, crate::ProxyConfig::max_listeners_for_fd_limit(open_files))
+    }
+
+    pub(crate) fn with_max_listeners(shared: Arc<Shared>, max_listeners: usize) -> Self {
+        Self {
+            shared,
+            services: HashMap::new(),
+            unbound: HashSet::new(),
+            waiting: 0,
+            max_listeners,
+            report: BindReport::default(),
+            last_warned: None,
+        }
+    }
+
+    /// Binds one listener within the budget, noting a failure for the report.
+    fn bind_one(&mut self, listener: &mut Listener) -> bool {
+        let first_failure = listener.bind_failures == 0;
+        let over_budget = self.shared.status.listeners.load(Ordering::Relaxed) >= self.max_listeners;
+        let error = if over_budget { None } else { try_bind(&self.shared, listener) };
+        let Some(error) = error.or_else(|| over_budget.then(String::new)) else { return true };
+        listener.bind_failures = listener.bind_failures.saturating_add(1);
+        if first_failure {
+            self.report.failed += 1;
+            if over_budget {
+                self.report.over_budget += 1;
+            } else if self.report.first.is_none() {
+                self.report.first = Some(error);
+            }
+        }
+        false
+    }
+
+    /// Logs the bind failures of the pass that just ended, once.
+    fn flush_report(&mut self) {
+        let report = std::mem::take(&mut self.report);
+        if report.failed == 0 {
+            return;
+        }
+        let budget = self.max_listeners;
+        if self.last_warned.is_some_and(|t| t.elapsed() < BIND_WARN_INTERVAL) {
+            tracing::debug!(failed = report.failed, waiting = self.waiting, budget, first = ?report.first,
+                "more service listeners could not be bound; retrying");
+            return;
+        }
+        self.last_warned = Some(std::time::Instant::now());
+        match report.first {
+            Some(first) => tracing::warn!(
+                failed = report.failed,
+                over_budget = report.over_budget,
+                waiting = self.waiting,
+                budget,
+                "{} service listeners could not be bound (first: {first}); their services still resolve in DNS; \
+                 retrying (further failures are logged at most once a minute)",
+                report.failed
+            ),
+            None => tracing::warn!(
+                failed = report.failed,
+                waiting = self.waiting,
+                budget,
+                "{} service listeners wait for a socket: the budget of {budget} listening sockets (from the \
+                 open-files limit) is used up; their services still resolve in DNS but are not proxied. Raise the \
+                 open-files limit or use --intercept nftables (one socket for all services); further failures are \
+                 logged at most once a minute",
+                report.failed
+            ),
+        }
     }
 
     /// Brings listeners in line with `snapshot`, given that everything up to
@@ -122,6 +221,7 @@ impl Reconciler {
             self.reconcile_service(key, snapshot.service(key).map(|e| &**e));
         }
         self.publish_counts();
+        self.flush_report();
         tracing::trace!(
             generation = snapshot.generation,
             changed = keys.len(),
@@ -134,22 +234,29 @@ impl Reconciler {
         !self.unbound.is_empty()
     }
 
-    /// Tries again to bind every listener whose bind failed.
+    /// Tries again to bind every listener whose bind failed (none while the
+    /// listener budget is used up: that costs nothing per waiting listener).
     pub(crate) fn retry_failed_binds(&mut self) {
-        if self.unbound.is_empty() {
+        if self.unbound.is_empty() || self.shared.status.listeners.load(Ordering::Relaxed) >= self.max_listeners {
             return;
         }
         for key in std::mem::take(&mut self.unbound) {
-            let Some(listeners) = self.services.get_mut(&key) else { continue };
+            let Some(mut listeners) = self.services.remove(&key) else { continue };
             let mut still_unbound = false;
             for l in listeners.iter_mut().filter(|l| l.waiting_for_bind()) {
-                still_unbound |= !try_bind(&self.shared, l);
+                if self.bind_one(l) {
+                    self.waiting = self.waiting.saturating_sub(1);
+                } else {
+                    still_unbound = true;
+                }
             }
+            self.services.insert(key.clone(), listeners);
             if still_unbound {
                 self.unbound.insert(key);
             }
         }
         self.publish_counts();
+        self.flush_report();
     }
 
     /// Closes every listener and waits for the accept loops to end.
@@ -164,6 +271,7 @@ impl Reconciler {
             let _ = task.await;
         }
         self.unbound.clear();
+        self.waiting = 0;
         self.shared.status.listeners.store(0, Ordering::Relaxed);
         self.publish_counts();
     }
@@ -172,6 +280,7 @@ impl Reconciler {
         let transparent = self.shared.config.transparent;
         let desired = desired_listeners(entry, transparent);
         let current = self.services.remove(key).unwrap_or_default();
+        self.waiting = self.waiting.saturating_sub(current.iter().filter(|l| l.waiting_for_bind()).count());
         let old_routes: Vec<SocketAddr> = current.iter().flat_map(|l| l.routes.iter().copied()).collect();
         let mut next: Vec<Listener> = Vec::with_capacity(desired.len());
         for listener in current {
@@ -184,7 +293,8 @@ impl Reconciler {
                 self.shared.status.listeners.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        let node = &self.shared.config.node_name;
+        let shared = self.shared.clone();
+        let node = &shared.config.node_name;
         let mut unbound = false;
         for (addr, protocol, port) in desired {
             let entry = entry.expect("desired listeners come from an entry");
@@ -209,7 +319,7 @@ impl Reconciler {
             let mut listener =
                 Listener { addr, protocol, pool, bound: None, bind_failures: 0, listen: !routed, routes };
             if listener.listen {
-                unbound |= !try_bind(&self.shared, &mut listener);
+                unbound |= !self.bind_one(&mut listener);
             } else {
                 tracing::debug!(service = %key, addresses = ?listener.routes, "served through the transparent listener");
             }
@@ -218,6 +328,7 @@ impl Reconciler {
         let new_routes: Vec<(SocketAddr, Arc<Pool>)> =
             next.iter().flat_map(|l| l.routes.iter().map(|a| (*a, l.pool.clone()))).collect();
         self.shared.routes.replace(&old_routes, &new_routes);
+        self.waiting += next.iter().filter(|l| l.waiting_for_bind()).count();
         if unbound {
             self.unbound.insert(key.clone());
         } else {
@@ -231,13 +342,7 @@ impl Reconciler {
     /// Publishes the number of listeners waiting for a bind (the number
     /// bound is counted as sockets are bound and closed).
     fn publish_counts(&self) {
-        let failed: usize = self
-            .unbound
-            .iter()
-            .filter_map(|key| self.services.get(key))
-            .map(|ls| ls.iter().filter(|l| l.waiting_for_bind()).count())
-            .sum();
-        self.shared.status.bind_failures.store(failed, Ordering::Relaxed);
+        self.shared.status.bind_failures.store(self.waiting, Ordering::Relaxed);
     }
 }
 
@@ -260,8 +365,9 @@ fn desired_listeners(entry: Option<&ServiceEntry>, transparent: bool) -> Vec<(So
     out
 }
 
-/// Binds `listener` and starts its accept loop; false if the bind failed.
-fn try_bind(shared: &Arc<Shared>, listener: &mut Listener) -> bool {
+/// Binds `listener` and starts its accept loop; the error (for the pass's
+/// report) if the bind failed.
+fn try_bind(shared: &Arc<Shared>, listener: &mut Listener) -> Option<String> {
     let bound = match listener.protocol {
         Protocol::Udp => bind_udp(listener.addr).map(|socket| {
             let task = tokio::spawn(crate::udp::serve(Arc::new(socket), listener.pool.clone(), shared.clone()));
@@ -284,17 +390,12 @@ fn try_bind(shared: &Arc<Shared>, listener: &mut Listener) -> bool {
             listener.bind_failures = 0;
             listener.bound = Some(bound);
             shared.status.listeners.fetch_add(1, Ordering::Relaxed);
-            true
+            None
         }
         Err(source) => {
             let error = ProxyError::Bind { service: listener.pool.service.clone(), addr: listener.addr, source };
-            if listener.bind_failures == 0 {
-                tracing::warn!("{error}; retrying");
-            } else {
-                tracing::debug!("{error}; retrying");
-            }
-            listener.bind_failures = listener.bind_failures.saturating_add(1);
-            false
+            tracing::debug!("{error}; retrying");
+            Some(error.to_string())
         }
     }
 }
