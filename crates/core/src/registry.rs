@@ -142,7 +142,10 @@ pub struct RegistryState {
     default_strategy: LbStrategy,
     vips: VipAllocator,
     services: HashMap<ServiceKey, ServiceObject>,
-    endpoint_sets: HashMap<ServiceKey, BTreeMap<ObjectKey, EndpointSet>>,
+    /// Endpoint objects of each service, sorted by key. Almost always one:
+    /// a `Vec` costs a few words where a `BTreeMap` allocates a node with
+    /// room for eleven (about 2 KiB per service).
+    endpoint_sets: HashMap<ServiceKey, EndpointSets>,
     /// Which service each endpoint object belongs to (its label may change).
     endpoint_owner: HashMap<ObjectKey, ServiceKey>,
     /// Services that want a VIP they do not have: the pool was full, or
@@ -170,7 +173,8 @@ impl RegistryState {
     /// Applies one event; returns whether any service may have changed.
     pub fn apply(&mut self, event: SourceEvent) -> bool {
         match event {
-            SourceEvent::Apply(Object::Service(svc)) => {
+            SourceEvent::Apply(Object::Service(mut svc)) => {
+                retain_data_plane_meta(&mut svc.meta);
                 let key = ServiceKey::new(&svc.meta.namespace, &svc.meta.name);
                 if self.services.get(&key) == Some(&svc) {
                     return false;
@@ -178,7 +182,11 @@ impl RegistryState {
                 self.services.insert(key.clone(), svc);
                 self.pending.insert(key);
             }
-            SourceEvent::Apply(Object::Endpoints(set)) => {
+            SourceEvent::Apply(Object::Endpoints(mut set)) => {
+                // Nothing reads an endpoint object's labels or annotations
+                // once its service name is known.
+                set.meta.labels = Default::default();
+                set.meta.annotations = Default::default();
                 let okey =
                     ObjectKey { kind: set.kind, namespace: set.meta.namespace.clone(), name: set.meta.name.clone() };
                 let owner = ServiceKey::new(&set.meta.namespace, &set.service_name);
@@ -188,10 +196,11 @@ impl RegistryState {
                     self.remove_endpoint_set(&old_owner, &okey);
                 }
                 let sets = self.endpoint_sets.entry(owner.clone()).or_default();
-                if sets.get(&okey) == Some(&set) {
-                    return false;
+                match sets.binary_search_by(|(k, _)| k.cmp(&okey)) {
+                    Ok(i) if sets[i].1 == set => return false,
+                    Ok(i) => sets[i].1 = set,
+                    Err(i) => sets.insert(i, (okey, set)),
                 }
-                sets.insert(okey, set);
                 self.pending.insert(owner);
             }
             SourceEvent::Delete(okey) => match okey.kind {
@@ -214,7 +223,9 @@ impl RegistryState {
 
     fn remove_endpoint_set(&mut self, owner: &ServiceKey, okey: &ObjectKey) {
         if let Some(sets) = self.endpoint_sets.get_mut(owner) {
-            sets.remove(okey);
+            if let Ok(i) = sets.binary_search_by(|(k, _)| k.cmp(okey)) {
+                sets.remove(i);
+            }
             if sets.is_empty() {
                 self.endpoint_sets.remove(owner);
             }
@@ -312,6 +323,22 @@ fn annotation<T>(
     }
 }
 
+/// A service's endpoint objects, sorted by key.
+type EndpointSets = Vec<(ObjectKey, EndpointSet)>;
+
+/// Annotations the data plane reads: `edgemesh.io/...`.
+const DATA_PLANE_ANNOTATIONS: &str = "edgemesh.io/";
+
+/// Drops the annotations nothing downstream reads, before the object is
+/// stored and copied into the snapshot: `kubectl apply` leaves a copy of the
+/// whole object in `kubectl.kubernetes.io/last-applied-configuration`, often
+/// larger than everything else the agent keeps for the service.
+fn retain_data_plane_meta(meta: &mut crate::object::ObjectMeta) {
+    if meta.annotations.keys().any(|k| !k.starts_with(DATA_PLANE_ANNOTATIONS)) {
+        meta.annotations.retain(|k, _| k.starts_with(DATA_PLANE_ANNOTATIONS));
+    }
+}
+
 /// What the annotations ask of the proxy.
 struct Policy {
     strategy: LbStrategy,
@@ -331,11 +358,11 @@ fn build_entry(
     vip: Option<IpAddr>,
     policy: Policy,
     problem: Option<String>,
-    sets: Option<&BTreeMap<ObjectKey, EndpointSet>>,
+    sets: Option<&EndpointSets>,
 ) -> ServiceEntry {
     // EndpointSlices win over legacy Endpoints when both exist (Kubernetes
     // mirrors one into the other).
-    let sets: Vec<&EndpointSet> = sets.map(|s| s.values().collect()).unwrap_or_default();
+    let sets: Vec<&EndpointSet> = sets.map(|s| s.iter().map(|(_, set)| set).collect()).unwrap_or_default();
     let has_slices = sets.iter().any(|s| s.kind == ObjectKind::EndpointSlice);
     let sets: Vec<&EndpointSet> =
         sets.into_iter().filter(|s| !has_slices || s.kind == ObjectKind::EndpointSlice).collect();

@@ -152,6 +152,8 @@ pub struct ServiceEntry {
     pub ports: Vec<ResolvedPort>,
     /// Every endpoint, ready or not, deduplicated by address.
     pub endpoints: Vec<EndpointInfo>,
+    /// The service's metadata, with only the `edgemesh.io/` annotations
+    /// (the registry drops the others, e.g. kubectl's last-applied copy).
     #[serde(skip)]
     pub meta: ObjectMeta,
     /// Why this service is not fully served (e.g. VIP pool exhausted).
