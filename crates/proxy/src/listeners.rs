@@ -400,8 +400,10 @@ fn try_bind(shared: &Arc<Shared>, listener: &mut Listener) -> Option<String> {
     }
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP))?;
+/// A socket for a service address: reusable, one family only, and bindable
+/// before the VIP is on a device (freebind, best effort).
+fn service_socket(addr: SocketAddr, ty: Type, protocol: socket2::Protocol) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), ty, Some(protocol))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -409,6 +411,11 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     } else {
         let _ = socket.set_freebind_v4(true);
     }
+    Ok(socket)
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = service_socket(addr, Type::STREAM, socket2::Protocol::TCP)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
@@ -420,14 +427,7 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 const UDP_RECV_BUFFER: usize = 4 << 20;
 
 fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-        let _ = socket.set_freebind_v6(true);
-    } else {
-        let _ = socket.set_freebind_v4(true);
-    }
+    let socket = service_socket(addr, Type::DGRAM, socket2::Protocol::UDP)?;
     let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER);
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
