@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::balance::{self, AFFINITY_CAPACITY, Affinity, Balancer, Health, Lead, Ring};
 use crate::error::ProxyError;
+use crate::remote::{Reach, RemoteStream};
 use crate::{ProxyConfig, ProxyStatus, splice};
 
 /// State shared by the proxy task, listeners and connections.
@@ -42,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) stop: CancellationToken,
     /// Service addresses served through the transparent listener.
     pub(crate) routes: crate::transparent::Routes,
+    /// Which endpoints are dialled directly and which through the tunnel.
+    pub(crate) reach: Reach,
 }
 
 /// What one listener forwards to; replaced in place when endpoints change.
@@ -315,8 +318,8 @@ async fn proxy(client: TcpStream, peer: IpAddr, pool: &Pool, shared: &Shared) {
     let _ = client.set_nodelay(true);
     // Boxed: the connect phase (header peek, timer, retry loop) is larger
     // than the forwarding phase and is over in a moment.
-    let backend = match Box::pin(connect(pool, &client, peer, &shared.config)).await {
-        Ok(backend) => backend,
+    let upstream = match Box::pin(connect(pool, &client, peer, shared)).await {
+        Ok(upstream) => upstream,
         Err(error) => {
             shared.status.failed_connections.fetch_add(1, Ordering::Relaxed);
             if !matches!(error, ProxyError::AllBackendsFailed { .. }) {
@@ -327,16 +330,43 @@ async fn proxy(client: TcpStream, peer: IpAddr, pool: &Pool, shared: &Shared) {
             return;
         }
     };
-    match splice::forward(&client, &backend).await {
+    let result = match upstream {
+        Upstream::Local(backend) => splice::forward(&client, &backend).await,
+        // Boxed: copying to the tunnel needs buffers and a larger future;
+        // keep the common, local connection's future small.
+        Upstream::Remote(stream) => Box::pin(forward_remote(client, stream)).await,
+    };
+    match result {
         Ok(moved) => tracing::trace!(service = %pool.service, ?moved, "connection closed"),
         Err(error) => tracing::debug!(service = %pool.service, %error, "connection ended with an error"),
     }
 }
 
+/// Where a connection goes once connected.
+enum Upstream {
+    /// An endpoint dialled directly: forwarded with `splice(2)`.
+    Local(TcpStream),
+    /// An endpoint on another node, through the tunnel.
+    Remote(RemoteStream),
+}
+
+/// Buffer per direction when copying to and from the tunnel.
+const REMOTE_COPY_BUF: usize = 16 * 1024;
+
+/// Copies between the client and a tunnel stream; EOF on either side
+/// half-closes the other.
+async fn forward_remote(mut client: TcpStream, mut stream: RemoteStream) -> std::io::Result<splice::Transferred> {
+    let (a_to_b, b_to_a) =
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut stream, REMOTE_COPY_BUF, REMOTE_COPY_BUF).await?;
+    Ok(splice::Transferred { a_to_b, b_to_a })
+}
+
 /// Connects to the chosen endpoint, or to the next ones in the plan when it
 /// refuses or times out; each endpoint is tried at most once, and each
 /// failure ejects the endpoint for a while (see [`balance::Health`]).
-async fn connect(pool: &Pool, client: &TcpStream, peer: IpAddr, config: &ProxyConfig) -> Result<TcpStream, ProxyError> {
+/// Endpoints on other nodes are opened through the tunnel, if there is one.
+async fn connect(pool: &Pool, client: &TcpStream, peer: IpAddr, shared: &Shared) -> Result<Upstream, ProxyError> {
+    let config = &shared.config;
     let timeout = config.connect_timeout;
     let targets = pool.targets.load_full();
     let n = targets.backends.len();
@@ -353,16 +383,28 @@ async fn connect(pool: &Pool, client: &TcpStream, peer: IpAddr, config: &ProxyCo
     };
     let mut last = None;
     for i in pool.plan(&targets, peer, key) {
-        let addr = targets.backends[i].addr;
-        let error = match tokio::time::timeout(timeout, connect_one(addr, config.upstream_mark)).await {
-            Ok(Ok(stream)) => {
-                pool.connected(&targets, peer, addr);
-                return Ok(stream);
+        let backend = &targets.backends[i];
+        let addr = backend.addr;
+        let error = if let Some((node, remote)) = shared.reach.remote_for(backend) {
+            match tokio::time::timeout(timeout, remote.open_tcp(node, addr, &pool.service)).await {
+                Ok(Ok(stream)) => {
+                    pool.connected(&targets, peer, addr);
+                    return Ok(Upstream::Remote(stream));
+                }
+                Ok(Err(e)) => ProxyError::remote(node, addr, e),
+                Err(_) => ProxyError::RemoteTimedOut { node: node.to_owned(), addr, timeout },
             }
-            Ok(Err(e)) => ProxyError::connect(addr, e, timeout),
-            Err(_) => ProxyError::TimedOut { addr, timeout },
+        } else {
+            match tokio::time::timeout(timeout, connect_one(addr, config.upstream_mark)).await {
+                Ok(Ok(stream)) => {
+                    pool.connected(&targets, peer, addr);
+                    return Ok(Upstream::Local(stream));
+                }
+                Ok(Err(e)) => ProxyError::connect(addr, e, timeout),
+                Err(_) => ProxyError::TimedOut { addr, timeout },
+            }
         };
-        if matches!(error, ProxyError::Refused { .. } | ProxyError::TimedOut { .. }) {
+        if error.ejects() {
             pool.failed(addr);
         }
         pool.report(&error);

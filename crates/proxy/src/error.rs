@@ -27,6 +27,21 @@ pub enum ProxyError {
     Connect { addr: SocketAddr, source: io::Error },
 
     #[error(
+        "endpoint {addr} on node {node} refused the connection through the tunnel; is the pod listening on \
+         its targetPort?"
+    )]
+    RemoteRefused { node: String, addr: SocketAddr },
+
+    #[error("cannot reach endpoint {addr} on node {node} through the tunnel: {source}; see /peers for that node")]
+    Remote { node: String, addr: SocketAddr, source: io::Error },
+
+    #[error(
+        "endpoint {addr} on node {node} was not connected through the tunnel within {timeout:?}; is the node \
+         up and its agent reachable (see /peers)?"
+    )]
+    RemoteTimedOut { node: String, addr: SocketAddr, timeout: Duration },
+
+    #[error(
         "service {service} port {port} has no ready endpoints; are its pods Ready and does its selector \
          match them?"
     )]
@@ -58,6 +73,29 @@ impl ProxyError {
         }
     }
 
+    /// Classifies a failed tunnel open to `addr` on `node`.
+    pub fn remote(node: &str, addr: SocketAddr, source: io::Error) -> Self {
+        match source.kind() {
+            io::ErrorKind::ConnectionRefused => ProxyError::RemoteRefused { node: node.to_owned(), addr },
+            _ => ProxyError::Remote { node: node.to_owned(), addr, source },
+        }
+    }
+
+    /// Whether this failure ejects the endpoint for a while: it refused or
+    /// did not answer, or its node cannot be reached (skipped, retried
+    /// later). Other local errors (no route, no descriptors) say nothing
+    /// about the endpoint.
+    pub fn ejects(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Refused { .. }
+                | ProxyError::TimedOut { .. }
+                | ProxyError::RemoteRefused { .. }
+                | ProxyError::Remote { .. }
+                | ProxyError::RemoteTimedOut { .. }
+        )
+    }
+
     /// A short label for metrics and structured logs.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -65,6 +103,9 @@ impl ProxyError {
             ProxyError::Refused { .. } => "refused",
             ProxyError::TimedOut { .. } => "timeout",
             ProxyError::Connect { .. } => "connect",
+            ProxyError::RemoteRefused { .. } => "remote_refused",
+            ProxyError::Remote { .. } => "remote",
+            ProxyError::RemoteTimedOut { .. } => "remote_timeout",
             ProxyError::NoBackends { .. } => "no_backends",
             ProxyError::AllBackendsFailed { .. } => "all_backends_failed",
             ProxyError::OverLimit { .. } => "over_limit",

@@ -18,6 +18,8 @@
 //!   intercepted service address: the original destination
 //!   (`SO_ORIGINAL_DST`) picks the service port's pool; TCP VIP listeners
 //!   are then not bound (nftables redirects VIPs too).
+//! - [`remote`]: endpoints on other nodes, opened through the tunnel the
+//!   agent hands in (the proxy knows nothing of its transport).
 //! - [`splice`]: zero-copy forwarding with `splice(2)` through a pipe per
 //!   direction, taken from a small pool only while data moves; half-close
 //!   passes through; small copy fallback when splice is unavailable.
@@ -43,6 +45,7 @@ pub mod balance;
 pub mod connection;
 pub mod error;
 pub mod listeners;
+pub mod remote;
 pub mod splice;
 pub mod transparent;
 pub mod udp;
@@ -57,6 +60,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::ProxyError;
+pub use remote::{Reach, Remote, RemoteDatagrams, RemoteFuture, RemoteStream};
 pub use transparent::TransparentListeners;
 
 /// File descriptors one proxied connection may hold: two sockets and, while
@@ -202,6 +206,7 @@ pub struct Proxy {
     status: Arc<ProxyStatus>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     transparent: Option<TransparentListeners>,
+    reach: Reach,
 }
 
 /// How often listeners that failed to bind are retried when no new snapshot
@@ -210,7 +215,7 @@ const BIND_RETRY: Duration = Duration::from_secs(2);
 
 impl Proxy {
     pub fn new(config: ProxyConfig, snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
-        Self { config, status: Arc::new(ProxyStatus::default()), snapshots, transparent: None }
+        Self { config, status: Arc::new(ProxyStatus::default()), snapshots, transparent: None, reach: Reach::direct() }
     }
 
     /// Binds the transparent listener on `port` (all addresses, IPv4 and,
@@ -223,6 +228,13 @@ impl Proxy {
         Ok(addrs)
     }
 
+    /// Sends connections to endpoints on other nodes through `remote` (the
+    /// tunnel) instead of dialling them directly.
+    pub fn with_remote(mut self, remote: Arc<dyn Remote>) -> Self {
+        self.reach = Reach::through(&self.config.node_name, remote);
+        self
+    }
+
     pub fn status(&self) -> Arc<ProxyStatus> {
         self.status.clone()
     }
@@ -232,7 +244,7 @@ impl Proxy {
     /// changes never touch them) and are dropped at shutdown, before this
     /// returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Proxy { config, status, mut snapshots, transparent } = self;
+        let Proxy { config, status, mut snapshots, transparent, reach } = self;
         tracing::debug!(?config, "proxy starting");
         let shared = Arc::new(connection::Shared {
             config,
@@ -240,6 +252,7 @@ impl Proxy {
             tracker: TaskTracker::new(),
             stop: shutdown.child_token(),
             routes: transparent::Routes::default(),
+            reach,
         });
         let accept_loops: Vec<_> = transparent
             .into_iter()

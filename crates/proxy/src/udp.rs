@@ -21,6 +21,13 @@
 //!   every send is non-blocking: when a kernel buffer is full the datagram
 //!   is dropped, as the network itself would.
 //!
+//! - An endpoint on another node is reached through the tunnel (see
+//!   [`crate::remote`]): the session's datagrams go, in order, to a task
+//!   that opens the tunnel's datagram session (one stream for the whole
+//!   session, never one per datagram) and relays both ways; if the tunnel
+//!   cannot reach the endpoint, it is ejected and the client's next datagram
+//!   opens a session elsewhere.
+//!
 //! The port's task owns its session table (no lock); each session has a
 //! small task that waits for replies and for its idle deadline, and reports
 //! its end on a channel.
@@ -53,15 +60,41 @@ thread_local! {
     static BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; MAX_DATAGRAM].into_boxed_slice());
 }
 
+/// Datagrams queued for a session to another node while its tunnel opens
+/// or is busy; beyond this they are dropped.
+const REMOTE_QUEUE: usize = 256;
+
 /// One client's session.
 struct Session {
     id: u64,
     backend: SocketAddr,
-    socket: Arc<UdpSocket>,
+    link: Link,
     /// Milliseconds since the port's epoch of the last datagram either way.
     last: Arc<AtomicU64>,
     task: AbortHandle,
     shared: Arc<Shared>,
+}
+
+/// How a session's datagrams reach its endpoint.
+enum Link {
+    /// A socket connected to an endpoint on this node (or one routed to).
+    Local(Arc<UdpSocket>),
+    /// The queue of the task that relays through the tunnel.
+    Remote(mpsc::Sender<Vec<u8>>),
+}
+
+impl Link {
+    /// Sends now or fails: `WouldBlock` when full, `BrokenPipe` when the
+    /// tunnel session has ended.
+    fn send(&self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Link::Local(socket) => send(socket, data).map(drop),
+            Link::Remote(queue) => queue.try_send(data.to_vec()).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => io::ErrorKind::WouldBlock.into(),
+                mpsc::error::TrySendError::Closed(_) => io::ErrorKind::BrokenPipe.into(),
+            }),
+        }
+    }
 }
 
 impl Drop for Session {
@@ -140,12 +173,16 @@ impl Port {
     fn datagram(&mut self, data: &[u8], client: SocketAddr) {
         if let Some(session) = self.sessions.get(&client) {
             session.last.store(self.clock.now_ms(), Ordering::Relaxed);
-            match send(&session.socket, data) {
-                Ok(_) => return,
+            match session.link.send(data) {
+                Ok(()) => return,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                     // The endpoint went away since the last datagram: eject it
                     // and open a session elsewhere for this one.
                     self.pool.failed(session.backend);
+                    self.sessions.remove(&client);
+                }
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    // The tunnel session ended (its task has reported why).
                     self.sessions.remove(&client);
                 }
                 Err(_) => {
@@ -158,7 +195,7 @@ impl Port {
             self.drop_datagram();
             return;
         };
-        if send(&session.socket, data).is_err() {
+        if session.link.send(data).is_err() {
             self.drop_datagram();
         }
     }
@@ -189,19 +226,21 @@ impl Port {
         let mut last_error = None;
         for i in self.pool.plan(&targets, client.ip(), key) {
             let backend = targets.backends[i].addr;
-            let socket = match connect(backend) {
-                Ok(s) => Arc::new(s),
-                Err(source) => {
-                    last_error = Some(ProxyError::Connect { addr: backend, source });
-                    continue;
-                }
+            let remote = self.shared.reach.remote_for(&targets.backends[i]);
+            let local = match remote {
+                Some(_) => None,
+                None => match connect(backend) {
+                    Ok(s) => Some(Arc::new(s)),
+                    Err(source) => {
+                        last_error = Some(ProxyError::Connect { addr: backend, source });
+                        continue;
+                    }
+                },
             };
-            self.pool.connected(&targets, client.ip(), backend);
             self.next_id += 1;
             let id = self.next_id;
             let last = Arc::new(AtomicU64::new(self.clock.now_ms()));
-            let task = tokio::spawn(relay_replies(Relay {
-                backend_socket: socket.clone(),
+            let ends = SessionEnds {
                 service_socket: self.socket.clone(),
                 client,
                 backend,
@@ -211,12 +250,28 @@ impl Port {
                 pool: self.pool.clone(),
                 shared: self.shared.clone(),
                 ended: (self.ended_tx.clone(), id),
-            }))
-            .abort_handle();
+            };
+            let (link, task) = match (local, remote) {
+                (Some(socket), _) => {
+                    // A local endpoint's socket is connected: the session counts
+                    // as reaching it (a refusal surfaces on a later send).
+                    self.pool.connected(&targets, client.ip(), backend);
+                    let task = tokio::spawn(relay_replies(Relay { backend_socket: socket.clone(), ends }));
+                    (Link::Local(socket), task)
+                }
+                (None, Some((node, remote))) => {
+                    let (queue, queued) = mpsc::channel(REMOTE_QUEUE);
+                    let open = remote.open_udp(node, backend, &self.pool.service);
+                    let node: Arc<str> = Arc::from(node);
+                    let affinity = (targets.clone(), client.ip());
+                    (Link::Remote(queue), tokio::spawn(relay_remote(open, node, queued, affinity, ends)))
+                }
+                (None, None) => unreachable!("a local endpoint has its socket"),
+            };
             status.udp_sessions.fetch_add(1, Ordering::Relaxed);
             status.total_udp_sessions.fetch_add(1, Ordering::Relaxed);
             tracing::trace!(service = %self.pool.service, %client, %backend, "UDP session opened");
-            let session = Session { id, backend, socket, last, task, shared: self.shared.clone() };
+            let session = Session { id, backend, link, last, task: task.abort_handle(), shared: self.shared.clone() };
             self.sessions.insert(client, session);
             return self.sessions.get(&client);
         }
@@ -256,9 +311,8 @@ fn connect(backend: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket)
 }
 
-/// What a session's reply task needs.
-struct Relay {
-    backend_socket: Arc<UdpSocket>,
+/// What every session's task needs to relay replies and to end.
+struct SessionEnds {
     service_socket: Arc<UdpSocket>,
     client: SocketAddr,
     backend: SocketAddr,
@@ -270,12 +324,40 @@ struct Relay {
     ended: (mpsc::UnboundedSender<(SocketAddr, u64)>, u64),
 }
 
+impl SessionEnds {
+    /// When the session expires unless a datagram moves.
+    fn deadline(&self) -> Instant {
+        self.clock.at(self.last.load(Ordering::Relaxed)) + self.idle
+    }
+
+    /// Whether the session has been idle for its whole timeout (the client
+    /// may have sent since a deadline was computed).
+    fn expired(&self) -> bool {
+        Instant::now() >= self.deadline()
+    }
+
+    fn touch(&self) {
+        self.last.store(self.clock.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Tells the port the session is over.
+    fn end(&self) {
+        let _ = self.ended.0.send((self.client, self.ended.1));
+    }
+}
+
+/// What a local session's reply task needs.
+struct Relay {
+    backend_socket: Arc<UdpSocket>,
+    ends: SessionEnds,
+}
+
 /// Relays the endpoint's datagrams to the client until the session has
 /// been idle for `idle` or the endpoint refuses; then reports its end.
 async fn relay_replies(r: Relay) {
+    let e = &r.ends;
     let mut answered = false;
     loop {
-        let deadline = r.clock.at(r.last.load(Ordering::Relaxed)) + r.idle;
         tokio::select! {
             ready = r.backend_socket.readable() => {
                 if ready.is_err() {
@@ -286,32 +368,86 @@ async fn relay_replies(r: Relay) {
                     Ok(_) => {
                         if !answered {
                             answered = true;
-                            r.pool.healthy(&r.backend);
+                            e.pool.healthy(&e.backend);
                         }
-                        r.last.store(r.clock.now_ms(), Ordering::Relaxed);
+                        e.touch();
                     }
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                        r.pool.failed(r.backend);
-                        r.pool.report(&ProxyError::Refused { addr: r.backend });
+                    Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
+                        e.pool.failed(e.backend);
+                        e.pool.report(&ProxyError::Refused { addr: e.backend });
                         break;
                     }
-                    Err(e) => {
-                        tracing::debug!(service = %r.pool.service, backend = %r.backend, error = %e, "UDP session ended");
+                    Err(err) => {
+                        tracing::debug!(service = %e.pool.service, backend = %e.backend, error = %err, "UDP session ended");
                         break;
                     }
                 }
             }
-            () = tokio::time::sleep_until(deadline) => {
-                // The client may have sent since the deadline was computed.
-                let last = r.clock.at(r.last.load(Ordering::Relaxed));
-                if Instant::now() >= last + r.idle {
-                    tracing::trace!(service = %r.pool.service, client = %r.client, "UDP session idle; closing");
+            () = tokio::time::sleep_until(e.deadline()) => {
+                if e.expired() {
+                    tracing::trace!(service = %e.pool.service, client = %e.client, "UDP session idle; closing");
                     break;
                 }
             }
         }
     }
-    let _ = r.ended.0.send((r.client, r.ended.1));
+    e.end();
+}
+
+/// A session to an endpoint on another node: opens the tunnel's datagram
+/// session, then relays queued datagrams out and replies back until idle.
+/// A failed open ejects the endpoint.
+async fn relay_remote(
+    open: crate::remote::RemoteFuture<crate::remote::RemoteDatagrams>,
+    node: Arc<str>,
+    mut queued: mpsc::Receiver<Vec<u8>>,
+    (targets, client_ip): (Arc<crate::connection::Targets>, IpAddr),
+    e: SessionEnds,
+) {
+    let timeout = e.shared.config.connect_timeout;
+    let opened = match tokio::time::timeout(timeout, open).await {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(err)) => return e.fail(ProxyError::remote(&node, e.backend, err)),
+        Err(_) => return e.fail(ProxyError::RemoteTimedOut { node: node.to_string(), addr: e.backend, timeout }),
+    };
+    e.pool.connected(&targets, client_ip, e.backend);
+    let crate::remote::RemoteDatagrams { to_remote, mut from_remote } = opened;
+    loop {
+        tokio::select! {
+            datagram = queued.recv() => {
+                let Some(datagram) = datagram else { break };
+                if to_remote.try_send(datagram).is_err() {
+                    e.shared.status.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            reply = from_remote.recv() => {
+                let Some(reply) = reply else {
+                    tracing::debug!(service = %e.pool.service, backend = %e.backend, %node, "tunnel UDP session ended by the remote side");
+                    break;
+                };
+                e.touch();
+                if send_to(&e.service_socket, &reply, e.client).is_err() {
+                    e.shared.status.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            () = tokio::time::sleep_until(e.deadline()) => {
+                if e.expired() {
+                    tracing::trace!(service = %e.pool.service, client = %e.client, "UDP session idle; closing");
+                    break;
+                }
+            }
+        }
+    }
+    e.end();
+}
+
+impl SessionEnds {
+    /// The session could not be opened: eject the endpoint, say why, end.
+    fn fail(&self, error: ProxyError) {
+        self.pool.failed(self.backend);
+        self.pool.report(&error);
+        self.end();
+    }
 }
 
 impl Relay {
@@ -323,8 +459,8 @@ impl Relay {
                 match self.backend_socket.try_recv(buf) {
                     Ok(n) => {
                         moved += 1;
-                        if send_to(&self.service_socket, &buf[..n], self.client).is_err() {
-                            self.shared.status.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
+                        if send_to(&self.ends.service_socket, &buf[..n], self.ends.client).is_err() {
+                            self.ends.shared.status.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

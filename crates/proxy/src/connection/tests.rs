@@ -14,6 +14,7 @@ fn shared() -> Arc<Shared> {
         tracker: TaskTracker::new(),
         stop: CancellationToken::new(),
         routes: Default::default(),
+        reach: Default::default(),
     })
 }
 
@@ -36,7 +37,7 @@ async fn connection_future_stays_small() {
     let serve_size = std::mem::size_of_val(&fut);
     let forward = splice::forward(&a, &b);
     let forward_size = std::mem::size_of_val(&forward);
-    let connect = connect(&pool, &probe, peer, &shared.config);
+    let connect = connect(&pool, &probe, peer, &shared);
     let connect_size = std::mem::size_of_val(&connect);
     eprintln!("serve future: {serve_size} B, forward: {forward_size} B, connect (boxed): {connect_size} B");
     assert!(serve_size <= 512, "connection future grew to {serve_size} bytes");

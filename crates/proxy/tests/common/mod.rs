@@ -73,7 +73,17 @@ pub fn start_registry(net: u8, strategy: LbStrategy) -> Harness {
 
 impl Harness {
     pub fn start_proxy(&mut self, config: ProxyConfig) {
+        self.start_proxy_through(config, None);
+    }
+
+    /// Starts the proxy with `remote` carrying connections to endpoints on
+    /// other nodes.
+    pub fn start_proxy_through(&mut self, config: ProxyConfig, remote: Option<Arc<dyn edgemesh_proxy::Remote>>) {
         let proxy = Proxy::new(config, self.snapshots.clone());
+        let proxy = match remote {
+            Some(remote) => proxy.with_remote(remote),
+            None => proxy,
+        };
         self.status = proxy.status();
         self.proxy = Some(tokio::spawn(proxy.run(self.shutdown.clone())));
     }

@@ -1,0 +1,195 @@
+//! Endpoints on other nodes go through the `Remote` the agent hands in (the
+//! tunnel); endpoints on this node are dialled directly. The `Remote` here
+//! is a loopback stand-in that connects to the target itself and records
+//! what it was asked, so the proxy's side of the contract (which endpoints,
+//! which node, failures ejecting, half-close, one datagram session per
+//! client) is checked on real sockets. The tunnel itself is tested in
+//! `crates/tunnel` and end to end in network namespaces.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use edgemesh_core::build::{service as svc_builder, slice};
+use edgemesh_core::{LbStrategy, Object, ServiceKey, SourceEvent};
+use edgemesh_proxy::{ProxyConfig, Remote, RemoteDatagrams, RemoteFuture, RemoteStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+/// What the stand-in tunnel was asked: (protocol, node, target).
+type Calls = Arc<Mutex<Vec<(&'static str, String, SocketAddr)>>>;
+
+/// Connects to the target over loopback for any node but `node-down`.
+struct LoopbackTunnel {
+    calls: Calls,
+}
+
+impl LoopbackTunnel {
+    fn record(&self, proto: &'static str, node: &str, target: SocketAddr) -> io::Result<()> {
+        self.calls.lock().unwrap().push((proto, node.to_owned(), target));
+        if node == "node-down" {
+            Err(io::Error::new(io::ErrorKind::NotConnected, "node-down has no peer"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Remote for LoopbackTunnel {
+    fn open_tcp(&self, node: &str, target: SocketAddr, _: &ServiceKey) -> RemoteFuture<RemoteStream> {
+        let allowed = self.record("tcp", node, target);
+        Box::pin(async move {
+            allowed?;
+            Ok(Box::new(TcpStream::connect(target).await?) as RemoteStream)
+        })
+    }
+
+    fn open_udp(&self, node: &str, target: SocketAddr, _: &ServiceKey) -> RemoteFuture<RemoteDatagrams> {
+        let allowed = self.record("udp", node, target);
+        Box::pin(async move {
+            allowed?;
+            let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+            socket.connect(target).await?;
+            let (to_remote, mut outbound) = mpsc::channel::<Vec<u8>>(1024);
+            let (inbound, from_remote) = mpsc::channel(1024);
+            let out = socket.clone();
+            tokio::spawn(async move {
+                while let Some(d) = outbound.recv().await {
+                    let _ = out.send(&d).await;
+                }
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok(n) = socket.recv(&mut buf).await {
+                    if inbound.send(buf[..n].to_vec()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(RemoteDatagrams { to_remote, from_remote })
+        })
+    }
+}
+
+fn config() -> ProxyConfig {
+    ProxyConfig {
+        connect_timeout: Duration::from_secs(2),
+        max_connections: 1000,
+        node_name: "node-a".into(),
+        max_udp_sessions: 1000,
+        ..ProxyConfig::default()
+    }
+}
+
+async fn start_through_tunnel(net: u8) -> (Harness, Calls) {
+    let mut h = start_registry(net, LbStrategy::RoundRobin);
+    let calls = Calls::default();
+    h.start_proxy_through(config(), Some(Arc::new(LoopbackTunnel { calls: calls.clone() })));
+    (h, calls)
+}
+
+/// The service `name` and one slice per (backend, node).
+async fn add(h: &mut Harness, service: Object, name: &str, backends: &[(SocketAddr, &str)], udp: bool) {
+    h.apply(service, exists(name)).await;
+    for (i, (b, node)) in backends.iter().enumerate() {
+        let s = slice(NS, &format!("{name}-{i}"), name).endpoint(&b.ip().to_string(), node);
+        let s = if udp { s.udp_port("p", b.port()) } else { s.port("http", b.port()) };
+        h.sink.send(SourceEvent::Apply(s.object())).await.unwrap();
+    }
+    h.settle(has_backends(name, backends.len())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_on_other_nodes_go_through_the_tunnel() {
+    let (mut h, calls) = start_through_tunnel(60).await;
+    let (local, remote) = (identity_backend("local").await, identity_backend("remote").await);
+    add(&mut h, service("web"), "web", &[(local, "node-a"), (remote, "node-b")], false).await;
+    let mut seen = HashMap::new();
+    for _ in 0..10 {
+        *seen.entry(ask(h.addr("web")).await.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(seen, HashMap::from([("local".to_owned(), 5), ("remote".to_owned(), 5)]));
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 5, "only the other node's endpoint is opened through the tunnel: {calls:?}");
+    assert!(calls.iter().all(|c| *c == ("tcp", "node-b".to_owned(), remote)), "{calls:?}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_passes_through_the_tunnel() {
+    let (mut h, _calls) = start_through_tunnel(61).await;
+    let backend = reply_after_eof_backend("far").await;
+    add(&mut h, service("web"), "web", &[(backend, "node-b")], false).await;
+    let mut s = TcpStream::connect(h.addr("web")).await.unwrap();
+    s.write_all(&[1u8; 100_000]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut reply)).await.unwrap().unwrap();
+    assert_eq!(reply, "far:100000", "the backend saw EOF after every byte, and its reply came back");
+    h.stop().await;
+}
+
+/// A node the tunnel cannot reach is skipped: its endpoint is ejected and
+/// retried later, and no client connection fails meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_node_is_skipped_and_no_client_fails() {
+    let (mut h, calls) = start_through_tunnel(62).await;
+    let up = identity_backend("up").await;
+    let down = identity_backend("down").await;
+    add(&mut h, service("web"), "web", &[(up, "node-b"), (down, "node-down")], false).await;
+    for _ in 0..20 {
+        assert_eq!(ask(h.addr("web")).await.unwrap(), "up");
+    }
+    let tries_down = calls.lock().unwrap().iter().filter(|c| c.1 == "node-down").count();
+    assert_eq!(tries_down, 1, "ejected after one failure, not retried on every connection");
+    assert_eq!(h.status.failed_connections.load(std::sync::atomic::Ordering::Relaxed), 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_sessions_to_other_nodes_ride_one_tunnel_session_each() {
+    let (mut h, calls) = start_through_tunnel(63).await;
+    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..n], from).await;
+        }
+    });
+    let svc = svc_builder(NS, "dns").udp_port("p", PORT, 53).object();
+    add(&mut h, svc, "dns", &[(echo_addr, "node-b")], true).await;
+    let vip = h.addr("dns");
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.connect(vip).await.unwrap();
+    // A paced stream: every datagram answered, in one session.
+    const TOTAL: u32 = 20_000;
+    const WINDOW: u32 = 32;
+    let (mut sent, mut received) = (0u32, 0u32);
+    let mut buf = [0u8; 16];
+    while received < TOTAL {
+        while sent < TOTAL && sent - received < WINDOW {
+            client.send(&sent.to_be_bytes()).await.unwrap();
+            sent += 1;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(2), client.recv(&mut buf)).await.expect("a reply").unwrap();
+        assert_eq!(n, 4);
+        received += 1;
+    }
+    let (_, from) = {
+        let c2 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c2.send_to(b"hi", vip).await.unwrap();
+        let mut b = [0u8; 8];
+        tokio::time::timeout(Duration::from_secs(2), c2.recv_from(&mut b)).await.unwrap().unwrap()
+    };
+    assert_eq!(from, vip, "replies come from the service address");
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls, vec![("udp", "node-b".to_owned(), echo_addr); 2], "one tunnel session per client");
+    h.stop().await;
+}
