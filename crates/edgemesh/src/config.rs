@@ -14,6 +14,9 @@ use edgemesh_core::LbStrategy;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod tunnel;
+pub use tunnel::TunnelSection;
+
 /// Default VIP range: inside 127.0.0.0/8, so VIPs can be bound without root.
 pub const DEFAULT_VIP_CIDR: &str = "127.251.0.0/16";
 
@@ -40,6 +43,7 @@ pub struct Config {
     pub proxy: ProxySection,
     pub admin: AdminSection,
     pub intercept: InterceptSection,
+    pub tunnel: TunnelSection,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -171,6 +175,7 @@ impl Default for Config {
             proxy: ProxySection::default(),
             admin: AdminSection::default(),
             intercept: InterceptSection::default(),
+            tunnel: TunnelSection::default(),
         }
     }
 }
@@ -239,8 +244,10 @@ impl Config {
             };
             anchor(&mut config.manifests.dir);
             anchor(&mut config.state_dir);
-            if let Some(kubeconfig) = config.kube.kubeconfig.as_mut() {
-                anchor(kubeconfig);
+            for file in [&mut config.kube.kubeconfig, &mut config.tunnel.key_file, &mut config.tunnel.psk_file] {
+                if let Some(file) = file.as_mut() {
+                    anchor(file);
+                }
             }
         }
         Ok(config)
@@ -303,6 +310,7 @@ impl Config {
                 ));
             }
         }
+        problems.extend(self.tunnel.problems());
         // Port 0 asks the kernel for any free port, so only fixed ports clash.
         if self.dns.listen == self.admin.listen && self.dns.listen.port() != 0 {
             problems.push(format!("dns.listen and admin.listen are the same address {}", self.dns.listen));

@@ -14,6 +14,19 @@
 //! per-user pipe accounting (`fs.pipe-user-pages-soft`, past which
 //! unprivileged pipes shrink to two pages) proportional to active transfers.
 //!
+//! Small messages take a shorter path. Request/response traffic moves a few
+//! hundred bytes per wake-up, and for those a pipe costs a third system
+//! call (the empty splice that proves the socket drained) and two pool
+//! operations. So each wake-up first reads into a per-thread scratch buffer
+//! and writes it straight on: a read shorter than the buffer proves the
+//! socket drained (the kernel's `read(2)` returns early only when the queue
+//! is empty, which is also how tokio's own reads clear readiness), so a
+//! message costs one read and one write. A read that fills the buffer means
+//! bulk: the rest of that wake-up goes through the pipe. Bytes the peer
+//! could not take at once wait in a buffer of the connection's own, freed
+//! once written. (A short *splice* proves nothing, as a pipe can run out
+//! of slots first, so the pipe path always reads until `WouldBlock`.)
+//!
 //! When splice or a pipe is unavailable (old kernel, a socket type splice
 //! does not support, or no descriptor left for a pipe) the direction falls
 //! back to copying through a small userspace buffer.
@@ -49,8 +62,14 @@ const POOL_MAX: usize = 64;
 
 static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
 
-/// Buffer size of the copy fallback, per direction.
-const COPY_BUF: usize = 8 * 1024;
+/// Buffer size of the copy fallback, per direction, and of the per-thread
+/// scratch buffer of the small-message path.
+const COPY_BUF: usize = 16 * 1024;
+
+thread_local! {
+    /// Where the small-message path reads; used only in synchronous code.
+    static SCRATCH: std::cell::RefCell<Box<[u8; COPY_BUF]>> = std::cell::RefCell::new(Box::new([0; COPY_BUF]));
+}
 
 /// Bytes moved in each direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -144,6 +163,18 @@ enum Stage {
     Copy { buf: Box<[u8; COPY_BUF]>, start: u32 },
 }
 
+/// How a direction reads at its next wake-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Mode {
+    /// Scratch read first; the pipe only if the read fills the buffer.
+    #[default]
+    Small,
+    /// This wake-up brought bulk data: splice until the socket drains.
+    Bulk,
+    /// Splice is unavailable: always copy through the direction's buffer.
+    CopyOnly,
+}
+
 impl Stage {
     fn copy() -> Self {
         Stage::Copy { buf: Box::new([0; COPY_BUF]), start: 0 }
@@ -164,6 +195,7 @@ impl Stage {
 #[derive(Debug, Default)]
 struct Half {
     stage: Stage,
+    mode: Mode,
     /// Bytes read but not yet written (in the pipe or the buffer); at most
     /// a pipe's capacity.
     pending: u32,
@@ -185,17 +217,67 @@ fn splice_unsupported(e: &io::Error) -> bool {
 
 impl Half {
     fn copying() -> Self {
-        Half { stage: Stage::copy(), ..Half::default() }
+        Half { stage: Stage::copy(), mode: Mode::CopyOnly, ..Half::default() }
     }
 
-    /// Gives the (empty) pipe back; the copy buffer, if any, is kept.
-    fn release_pipe(&mut self) {
+    /// Nothing in flight: gives the (empty) pipe back, and frees a buffer
+    /// that only held leftovers of the small-message path.
+    fn go_idle(&mut self) {
         debug_assert_eq!(self.pending, 0);
-        if matches!(self.stage, Stage::Pipe(_))
-            && let Stage::Pipe(pipe) = std::mem::take(&mut self.stage)
-        {
-            pipe.give_back();
+        match std::mem::take(&mut self.stage) {
+            Stage::Pipe(pipe) => pipe.give_back(),
+            Stage::Copy { buf, .. } if self.mode == Mode::CopyOnly => self.stage = Stage::Copy { buf, start: 0 },
+            _ => {}
         }
+        if self.mode == Mode::Bulk {
+            self.mode = Mode::Small;
+        }
+    }
+
+    /// The small-message path: one read into the thread's scratch buffer,
+    /// written on at once. Returns the bytes read (0 at EOF), or
+    /// `WouldBlock` when there was nothing to read. Bytes `to` cannot take
+    /// now are kept in a buffer of this direction's (`pending`).
+    fn read_small(&mut self, from: &TcpStream, to: &TcpStream) -> io::Result<usize> {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut drained = None;
+            let read = from.try_io(Interest::READABLE, || {
+                let n = rustix::io::read(from.as_fd(), &mut scratch[..]).map_err(io::Error::from)?;
+                if n > 0 && n < scratch.len() {
+                    // Short: the socket is drained. Report WouldBlock so that
+                    // tokio clears its readiness (unless an event came since)
+                    // and no second read is needed to learn it.
+                    drained = Some(n);
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            let n = match (read, drained) {
+                (_, Some(n)) => n,
+                (Ok(n), None) => n,
+                (Err(e), None) => return Err(e),
+            };
+            if n == 0 {
+                return Ok(0);
+            }
+            let written = match to.try_write(&scratch[..n]) {
+                Ok(w) => w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e),
+            };
+            self.moved += written as u64;
+            if written < n {
+                let mut buf = Box::new([0; COPY_BUF]);
+                buf[..n - written].copy_from_slice(&scratch[written..n]);
+                self.stage = Stage::Copy { buf, start: 0 };
+                // n <= COPY_BUF, which fits in u32.
+                self.pending = (n - written) as u32;
+            }
+            if n == scratch.len() {
+                self.mode = Mode::Bulk;
+            }
+            Ok(n)
+        })
     }
 
     fn poll(&mut self, cx: &mut Context<'_>, from: &TcpStream, to: &TcpStream) -> Poll<io::Result<()>> {
@@ -231,11 +313,24 @@ impl Half {
             if self.eof {
                 // Pass the half-close on; the peer may already be gone.
                 let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
-                self.release_pipe();
+                self.go_idle();
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
+            if matches!(self.stage, Stage::Copy { .. }) && self.mode != Mode::CopyOnly {
+                // Leftovers of the small-message path are written.
+                self.go_idle();
+            }
             ready!(from.poll_read_ready(cx))?;
+            if self.mode == Mode::Small {
+                match self.read_small(from, to) {
+                    Ok(0) => self.eof = true,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                continue;
+            }
             if matches!(self.stage, Stage::Idle) {
                 self.stage = Stage::pipe();
             }
@@ -256,11 +351,12 @@ impl Half {
                 // default, `/proc/sys/fs/pipe-max-size`), a read COPY_BUF.
                 Ok(n) => self.pending = u32::try_from(n).unwrap_or(u32::MAX),
                 // Nothing to read and the pipe is empty: go idle.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.release_pipe(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.go_idle(),
                 Err(e) if matches!(self.stage, Stage::Pipe(_)) && splice_unsupported(&e) => {
                     // The pipe is empty here, so switching loses nothing.
                     tracing::debug!(error = %e, "splice unsupported on this socket; copying through a buffer");
                     self.stage = Stage::copy();
+                    self.mode = Mode::CopyOnly;
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }
