@@ -16,117 +16,13 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use support::netns::{Netns, NsAgent, NsNginx, UdpEcho, link, ok, require_root, udp_stream};
 use support::{eventually, free_port};
-
-fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "this test creates network namespaces and nftables tables: run it as root (CI does)"
-    );
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-/// Runs a command that must succeed; returns its stdout.
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace of this test's own, removed on drop (also when the
-/// test fails).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(role: &str) -> Netns {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!("em-ic-{}-{}-{role}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        ok(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// `ip -n NS args...`
-    fn ip(&self, args: &[&str]) {
-        let mut full = vec!["ip", "-n", &self.name];
-        full.extend_from_slice(args);
-        ok(&full);
-    }
-
-    /// A command inside the namespace.
-    fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
-    }
-
-    fn exec(&self, args: &[&str]) -> Output {
-        self.cmd(args[0]).args(&args[1..]).output().unwrap()
-    }
-
-    /// `curl` inside the namespace: the body, or None.
-    fn curl(&self, url: &str) -> Option<String> {
-        let out = self.exec(&["curl", "-sS", "-g", "--max-time", "5", "--connect-timeout", "2", url]);
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn nft(&self, args: &[&str]) -> Output {
-        let mut full = vec!["nft"];
-        full.extend_from_slice(args);
-        self.exec(&full)
-    }
-
-    /// The elements of `set` in table `inet table`, as `addr . port`
-    /// strings, sorted; None if the table does not exist.
-    fn set_elements(&self, table: &str, set: &str) -> Option<Vec<String>> {
-        let out = self.nft(&["-j", "list", "set", "inet", table, set]);
-        if !out.status.success() {
-            return None;
-        }
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let mut elements: Vec<String> = json["nftables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|o| o["set"]["elem"].as_array())
-            .flatten()
-            .map(|e| {
-                let c = e["concat"].as_array().unwrap();
-                format!("{} . {}", c[0].as_str().unwrap(), c[1])
-            })
-            .collect();
-        elements.sort();
-        Some(elements)
-    }
-
-    fn tables(&self) -> String {
-        String::from_utf8_lossy(&self.nft(&["list", "tables"]).stdout).into_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
-/// A veth pair between two namespaces.
-fn link(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
-    ok(&["ip", "-n", &a.name, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name]);
-    a.ip(&["link", "set", a_if, "up"]);
-    b.ip(&["link", "set", b_if, "up"]);
-}
 
 /// node, a pod with nginx at 10.244.1.2 and fd00:244:1::2, a client pod at
 /// 10.244.2.2 routed through the node.
@@ -155,132 +51,22 @@ impl Topology {
         node.ip(&["addr", "add", "10.244.2.1/24", "dev", "eth-client"]);
         client.ip(&["addr", "add", "10.244.2.2/24", "dev", "eth0"]);
         client.ip(&["route", "add", "default", "via", "10.244.2.1"]);
-        let nginx = NsNginx::start(&pod, &["10.244.1.2:80", "[fd00:244:1::2]:80"]);
+        let nginx = NsNginx::start(&pod, &["10.244.1.2:80", "[fd00:244:1::2]:80"], "pod-nginx");
         assert_eq!(node.curl("http://10.244.1.2/").as_deref(), Some("pod-nginx\n"), "the pod is reachable directly");
         Topology { node, _pod: pod, client, _nginx: nginx }
     }
 }
 
-/// nginx inside a namespace, answering `pod-nginx` on each address.
-struct NsNginx {
-    child: Child,
-    _dir: tempfile::TempDir,
+/// The agent in nftables mode inside `ns`, serving `manifests`.
+fn start_agent(ns: &Netns, manifests: &Path, state: &Path, extra: &[&str]) -> NsAgent {
+    start_agent_within(ns, manifests, state, extra, Duration::from_secs(15))
 }
 
-impl NsNginx {
-    fn start(ns: &Netns, listen: &[&str]) -> NsNginx {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().display().to_string();
-        let listens: String = listen.iter().map(|l| format!("listen {l}; ")).collect();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {p}/cb;\n  proxy_temp_path {p}/px;\n  \
-             fastcgi_temp_path {p}/fc;\n  uwsgi_temp_path {p}/uw;\n  scgi_temp_path {p}/sc;\n  \
-             server {{ {listens} location / {{ return 200 \"pod-nginx\\n\"; }} }}\n}}\n"
-        );
-        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let nginx = ["/usr/sbin/nginx", "nginx"].into_iter().find(|c| Path::new(c).exists()).unwrap_or("nginx");
-        let child = ns
-            .cmd(nginx)
-            .args(["-p", &p, "-c", &format!("{p}/nginx.conf")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx is installed (apt-get install nginx)");
-        let n = NsNginx { child, _dir: dir };
-        eventually(Duration::from_secs(10), "nginx in the pod namespace", || {
-            ns.exec(&["curl", "-s", "-o", "/dev/null", "http://10.244.1.2/"]).status.success().then_some(())
-        });
-        n
-    }
-}
-
-impl Drop for NsNginx {
-    fn drop(&mut self) {
-        // `ip netns exec` execs nginx: this is nginx's pid.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The real agent inside a namespace.
-struct NsAgent {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl NsAgent {
-    fn start(ns: &Netns, manifests: &Path, state: &Path, extra: &[&str]) -> NsAgent {
-        Self::start_within(ns, manifests, state, extra, Duration::from_secs(15))
-    }
-
-    fn start_within(ns: &Netns, manifests: &Path, state: &Path, extra: &[&str], limit: Duration) -> NsAgent {
-        let log = state.with_extension(format!("log-{}", free_port()));
-        let child = ns
-            .cmd(env!("CARGO_BIN_EXE_edgemesh"))
-            .arg("agent")
-            .args(["--node-name", "test-node", "--intercept", "nftables", "--dns-upstream", "127.0.0.1:9"])
-            .arg("--manifest-dir")
-            .arg(manifests)
-            .arg("--state-dir")
-            .arg(state)
-            .args(extra)
-            .env("RUST_LOG", "info,edgemesh=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start edgemesh");
-        let mut agent = NsAgent { child: Some(child), log };
-        let start = Instant::now();
-        loop {
-            let out = ns.exec(&["curl", "-s", "--max-time", "1", "http://127.0.0.1:15020/readyz"]);
-            if out.status.success() && out.stdout.starts_with(b"ready") {
-                return agent;
-            }
-            if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("agent exited with {status}; log:\n{}", agent.log());
-            }
-            assert!(start.elapsed() < limit, "agent not ready after {limit:?}; log:\n{}", agent.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        ok(&["kill", "-TERM", &child.id().to_string()]);
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(start.elapsed() < Duration::from_secs(10), "agent ignored SIGTERM; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill9(mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-}
-
-impl Drop for NsAgent {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- agent log ---\n{}", self.log());
-        }
-    }
+fn start_agent_within(ns: &Netns, manifests: &Path, state: &Path, extra: &[&str], limit: Duration) -> NsAgent {
+    let mut args = vec!["--node-name", "test-node", "--intercept", "nftables", "--dns-upstream", "127.0.0.1:9"];
+    args.extend(["--manifest-dir", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    NsAgent::start(ns, &args, limit)
 }
 
 fn write_manifest(dir: &Path, name: &str, text: &str) {
@@ -324,7 +110,7 @@ fn cluster_ips_are_intercepted_with_nftables() {
     let manifests = dir.path().join("manifests");
     std::fs::create_dir(&manifests).unwrap();
     write_manifest(&manifests, "web.yaml", &service("web", &["10.96.0.10", "fd00:96::10"], 80));
-    let agent = NsAgent::start(&t.node, &manifests, &dir.path().join("state"), &[]);
+    let agent = start_agent(&t.node, &manifests, &dir.path().join("state"), &[]);
 
     // From the node itself (output hook), over IPv4 and IPv6.
     assert_eq!(t.node.curl("http://10.96.0.10/").as_deref(), Some("pod-nginx\n"), "IPv4 cluster IP");
@@ -384,7 +170,7 @@ fn a_restarted_agent_replaces_the_table_left_by_a_crash() {
     // Another table in the namespace, which the agent must leave alone.
     ok(&["ip", "netns", "exec", &t.node.name, "nft", "add", "table", "ip", "someone_else"]);
     let state = dir.path().join("state");
-    let agent = NsAgent::start(&t.node, &manifests, &state, &[]);
+    let agent = start_agent(&t.node, &manifests, &state, &[]);
     assert_eq!(t.node.curl("http://10.96.0.30/").as_deref(), Some("pod-nginx\n"));
     agent.kill9();
     // The crash left the table behind, with the old service in it.
@@ -394,7 +180,7 @@ fn a_restarted_agent_replaces_the_table_left_by_a_crash() {
     // While the agent is down the service goes; the restarted agent
     // replaces the table: the stale element is gone and the rest works.
     std::fs::remove_file(manifests.join("old.yaml")).unwrap();
-    let agent = NsAgent::start(&t.node, &manifests, &state, &[]);
+    let agent = start_agent(&t.node, &manifests, &state, &[]);
     eventually(Duration::from_secs(5), "the stale element to go", || {
         let now = t.node.set_elements("edgemesh", "tcp4").unwrap();
         (!now.contains(&"10.96.0.30 . 80".to_owned()) && now.contains(&"10.96.0.10 . 80".to_owned())).then_some(())
@@ -448,85 +234,6 @@ fn missing_nft_and_missing_permission_are_clear_start_errors() {
 // ---------------------------------------------------------------------------
 // UDP, the VIP device, NodePort, scale.
 
-/// Runs `f` on a thread inside namespace `ns` (sockets it makes belong to
-/// that namespace for good) and returns what it returns.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        rustix::thread::move_into_link_name_space(
-            std::os::fd::AsFd::as_fd(&file),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .expect("setns into the test namespace");
-        f()
-    })
-    .join()
-    .expect("namespace thread")
-}
-
-/// A UDP echo server in a namespace answering `echo:<datagram>`; stops on
-/// drop.
-struct UdpEcho {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    served: std::sync::Arc<std::sync::atomic::AtomicU32>,
-}
-
-impl UdpEcho {
-    fn start(ns: &Netns, addr: &str) -> UdpEcho {
-        let socket = {
-            let addr = addr.to_owned();
-            in_netns(&ns.name, move || std::net::UdpSocket::bind(addr).expect("bind the echo server"))
-        };
-        socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let served = std::sync::Arc::new(AtomicU32::new(0));
-        let (s, n) = (stop.clone(), served.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !s.load(Ordering::Relaxed) {
-                if let Ok((len, from)) = socket.recv_from(&mut buf) {
-                    let mut reply = b"echo:".to_vec();
-                    reply.extend_from_slice(&buf[..len]);
-                    let _ = socket.send_to(&reply, from);
-                    n.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-        UdpEcho { stop, served }
-    }
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Sends `count` datagrams to `to` from one socket inside `ns`, one at a
-/// time, each answered before the next; returns (answers right, the
-/// address answers came from, or the first problem).
-fn udp_stream(ns: &Netns, to: &str, count: u32) -> Result<u32, String> {
-    let to: std::net::SocketAddr = to.parse().unwrap();
-    in_netns(&ns.name, move || {
-        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut buf = [0u8; 2048];
-        for i in 0..count {
-            let msg = format!("datagram {i} {}", "x".repeat((i % 700) as usize));
-            socket.send_to(msg.as_bytes(), to).map_err(|e| format!("send {i}: {e}"))?;
-            let (n, from) = socket.recv_from(&mut buf).map_err(|e| format!("no answer to datagram {i}: {e}"))?;
-            if from != to {
-                return Err(format!("answer {i} came from {from}, not {to}"));
-            }
-            if buf[..n] != *format!("echo:{msg}").as_bytes() {
-                return Err(format!("answer {i} is wrong: {:?}", String::from_utf8_lossy(&buf[..n.min(40)])));
-            }
-        }
-        Ok(count)
-    })
-}
-
 /// A UDP Service on `port` with cluster IP `cluster_ip`, whose endpoint is
 /// the echo server at 10.244.1.2:7007.
 fn udp_service(name: &str, cluster_ip: &str, port: u16) -> String {
@@ -567,10 +274,6 @@ fn dig_a(ns: &Netns, name: &str) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
 }
 
-fn links(ns: &Netns) -> String {
-    String::from_utf8_lossy(&ns.exec(&["ip", "-o", "link", "show"]).stdout).into_owned()
-}
-
 #[test]
 fn udp_to_cluster_ips_reaches_the_agent_and_answers_come_from_the_cluster_ip() {
     require_root();
@@ -589,7 +292,7 @@ fn udp_to_cluster_ips_reaches_the_agent_and_answers_come_from_the_cluster_ip() {
     );
     // VIPs outside 127.0.0.0/8 (on edge0), so that pods' datagrams can be
     // DNATed to them too.
-    let agent = NsAgent::start(&t.node, &manifests, &dir.path().join("state"), &["--vip-cidr", "9.251.0.0/16"]);
+    let agent = start_agent(&t.node, &manifests, &dir.path().join("state"), &["--vip-cidr", "9.251.0.0/16"]);
     let vip = dig_a(&t.node, "echo.default.svc.cluster.local");
     assert_eq!(vip.len(), 1, "{vip:?}");
     assert!(vip[0].starts_with("9.251."), "{vip:?}");
@@ -638,7 +341,7 @@ fn udp_to_cluster_ips_reaches_the_agent_and_answers_come_from_the_cluster_ip() {
 
     assert_eq!(agent.terminate().code(), Some(0));
     assert!(!t.node.tables().contains("edgemesh"), "table left after SIGTERM: {}", t.node.tables());
-    assert!(!links(&t.node).contains("edge0"), "edge0 left after SIGTERM: {}", links(&t.node));
+    assert!(!t.node.links().contains("edge0"), "edge0 left after SIGTERM: {}", t.node.links());
 }
 
 #[test]
@@ -655,7 +358,7 @@ fn vips_outside_loopback_live_on_the_edge0_device() {
     t.node.ip(&["link", "add", "edge0", "type", "bridge"]);
     t.node.ip(&["route", "add", "local", "9.250.0.0/16", "dev", "edge0"]);
     let state = dir.path().join("state");
-    let agent = NsAgent::start(&t.node, &manifests, &state, &["--vip-cidr", "9.251.0.0/16"]);
+    let agent = start_agent(&t.node, &manifests, &state, &["--vip-cidr", "9.251.0.0/16"]);
     assert!(agent.log().contains("replacing the VIP device left by an earlier run"), "{}", agent.log());
     let routes =
         String::from_utf8_lossy(&t.node.exec(&["ip", "route", "show", "table", "local", "dev", "edge0"]).stdout)
@@ -674,7 +377,7 @@ fn vips_outside_loopback_live_on_the_edge0_device() {
     let others: Vec<String> = ["lo", "eth-pod", "eth-client"].map(String::from).to_vec();
     assert_eq!(agent.terminate().code(), Some(0));
     assert!(!t.node.tables().contains("edgemesh"), "table left: {}", t.node.tables());
-    let after = links(&t.node);
+    let after = t.node.links();
     assert!(!after.contains("edge0"), "edge0 left: {after}");
     assert!(others.iter().all(|d| after.contains(&format!(": {d}"))), "{after}");
     assert_eq!(t.node.curl(&format!("http://{}/", vip[0])), None, "the VIP is gone with the agent");
@@ -695,7 +398,7 @@ fn vips_outside_loopback_live_on_the_edge0_device() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("edge0") && stderr.contains("veth") && stderr.contains("--vip-device"), "{stderr}");
-    assert!(links(&t.node).contains("edge0@edge0-peer"), "the foreign device is untouched: {}", links(&t.node));
+    assert!(t.node.links().contains("edge0@edge0-peer"), "the foreign device is untouched: {}", t.node.links());
 }
 
 /// A NodePort Service `name` with `port` (nodePort `node_port`) served by
@@ -739,7 +442,7 @@ fn node_ports_are_served_on_the_nodes_addresses() {
         "plain.yaml",
         &node_port_service("plain", "10.96.0.71", 8080, 30081).replace("type: NodePort", "type: ClusterIP"),
     );
-    let agent = NsAgent::start(&t.node, &manifests, &dir.path().join("state"), &[]);
+    let agent = start_agent(&t.node, &manifests, &dir.path().join("state"), &[]);
     assert_eq!(node_ports(&t.node), vec!["30080".to_owned()]);
 
     // From another namespace, to the node's address on its link.
@@ -790,7 +493,7 @@ fn ten_thousand_services_from_manifests_are_reachable_through_their_cluster_ips(
         write_manifest(&manifests, &format!("svc-{file}.yaml"), &y);
     }
     let start = Instant::now();
-    let agent = NsAgent::start_within(&t.node, &manifests, &dir.path().join("state"), &[], Duration::from_secs(120));
+    let agent = start_agent_within(&t.node, &manifests, &dir.path().join("state"), &[], Duration::from_secs(120));
     eprintln!("10,000 services ready in {:?}", start.elapsed());
     assert_eq!(t.node.set_elements("edgemesh", "tcp4").unwrap().len(), 2 * N as usize, "cluster IP and VIP each");
 

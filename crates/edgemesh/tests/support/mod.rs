@@ -1,6 +1,9 @@
 //! Helpers for end-to-end tests: the real `edgemesh` binary, real backends
-//! (nginx), real clients (dig, curl), all on loopback.
+//! (nginx), real clients (dig, curl), all on loopback; [`netns`]: the same
+//! inside network namespaces made for the test (as root).
 #![allow(dead_code)]
+
+pub mod netns;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
