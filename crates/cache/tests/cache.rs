@@ -45,6 +45,7 @@ fn start_as(dir: &Path, source_id: &str) -> Agent {
     let mut registry = Registry::new(RegistryConfig {
         vip_cidr: "127.241.0.0/16".parse().unwrap(),
         default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
     });
     let sink = registry.source();
     let snapshots = registry.subscribe();
@@ -110,6 +111,39 @@ async fn state_survives_a_restart_without_the_source_and_is_reconciled_later() {
     let mut names: Vec<String> = loaded.objects.iter().map(|o| o.key().name).collect();
     names.sort();
     assert_eq!(names, ["cart", "web"], "the reconciliation was written through");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_and_their_peer_ids_survive_a_restart_without_the_source() {
+    const PEER: &str = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = start(dir.path());
+    a.source.send(SourceEvent::Apply(service("web", 80))).await.unwrap();
+    for (name, ip) in [("edge-1", "192.168.1.1"), ("edge-2", "192.168.1.2")] {
+        let node = build::node(name).peer_id(PEER).address(ip).object();
+        a.source.send(SourceEvent::Apply(node)).await.unwrap();
+    }
+    a.source.send(SourceEvent::Synced).await.unwrap();
+    a.until("live nodes", |s| s.synced && s.node("edge-1").is_some() && s.node("edge-2").is_some()).await;
+    a.source.send(SourceEvent::Delete(build::node("edge-2").object().key())).await.unwrap();
+    a.until("a deleted node", |s| s.node("edge-2").is_none()).await;
+    a.stop().await;
+
+    // Restart; the source never answers: the cached node is served at once.
+    let mut b = start(dir.path());
+    b.until("cached state, synced", |s| s.synced && has(s, "web")).await;
+    let snap = b.snapshots.borrow().clone();
+    let node = snap.node("edge-1").expect("the node comes back from the cache");
+    assert_eq!(node.peer_id.as_deref(), Some(PEER));
+    assert_eq!(node.addresses, vec!["192.168.1.1".parse::<std::net::IpAddr>().unwrap()]);
+    assert!(snap.node("edge-2").is_none(), "the deletion was written through");
+    assert_eq!(b.status.report().origin, Origin::Cache);
+
+    // The source answers without the node: it goes.
+    b.source.send(SourceEvent::Apply(service("web", 80))).await.unwrap();
+    b.source.send(SourceEvent::Synced).await.unwrap();
+    b.until("reconciled", |s| s.node("edge-1").is_none() && has(s, "web")).await;
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,13 +4,15 @@
 //! use edgemesh_core::build;
 //! let svc = build::service("default", "web").port("http", 80, 8080).object();
 //! let eps = build::slice("default", "web-abc", "web").endpoint("10.0.0.1", "node-a").port("http", 8080).object();
+//! let node = build::node("node-a").peer_id("12D3KooW...").address("192.168.1.10").object();
 //! ```
 
 use std::net::IpAddr;
 
+use crate::node::PEER_ID_ANNOTATION;
 use crate::object::{
-    EndpointPortSpec, EndpointSet, EndpointSpec, EndpointSubset, Object, ObjectKind, ObjectMeta, ServiceObject,
-    ServicePortSpec,
+    EndpointPortSpec, EndpointSet, EndpointSpec, EndpointSubset, NodeObject, Object, ObjectKind, ObjectMeta,
+    ServiceObject, ServicePortSpec,
 };
 use crate::service::{InternalTrafficPolicy, Protocol, SessionAffinity, TargetPort, TrafficDistribution};
 
@@ -154,5 +156,33 @@ impl EndpointSetBuilder {
 
     pub fn object(self) -> Object {
         Object::Endpoints(self.0)
+    }
+}
+
+/// Starts a Node with no annotations and no addresses.
+pub fn node(name: &str) -> NodeBuilder {
+    NodeBuilder(NodeObject { meta: ObjectMeta { name: name.into(), ..Default::default() }, addresses: Vec::new() })
+}
+
+pub struct NodeBuilder(pub NodeObject);
+
+impl NodeBuilder {
+    /// The peer ID annotation, written as given (untrimmed).
+    pub fn peer_id(self, peer_id: &str) -> Self {
+        self.annotation(PEER_ID_ANNOTATION, peer_id)
+    }
+
+    pub fn annotation(mut self, k: &str, v: &str) -> Self {
+        self.0.meta.annotations.insert(k.into(), v.into());
+        self
+    }
+
+    pub fn address(mut self, addr: &str) -> Self {
+        self.0.addresses.push(addr.parse().expect("valid IP"));
+        self
+    }
+
+    pub fn object(self) -> Object {
+        Object::Node(self.0)
     }
 }

@@ -6,9 +6,10 @@
 //! [`Snapshot`]s; consumers (DNS, proxy, admin) read snapshots and never
 //! mutate anything.
 //!
-//! - [`object`]: what sources produce (Service, EndpointSlice / Endpoints).
+//! - [`object`]: what sources produce (Service, EndpointSlice / Endpoints, Node).
 //! - [`service`]: small value types (keys, ports, protocols, strategies).
 //! - [`snapshot`]: the immutable view consumers read.
+//! - [`node`]: nodes in the snapshot (peer ID, addresses), for the tunnel.
 //! - [`vip`]: virtual IP allocation from a CIDR.
 //! - [`registry`]: the task that owns state and publishes snapshots.
 //! - [`health`]: whether a source is connected, for the admin endpoint.
@@ -16,6 +17,7 @@
 
 pub mod build;
 pub mod health;
+pub mod node;
 pub mod object;
 pub mod registry;
 pub mod service;
@@ -23,7 +25,8 @@ pub mod snapshot;
 pub mod vip;
 
 pub use health::{Connection, SourceHealth, SourceReport};
-pub use object::{EndpointSet, EndpointSubset, Object, ObjectKey, ObjectKind, ServiceObject, SourceEvent};
+pub use node::{NodeEntry, PEER_ID_ANNOTATION};
+pub use object::{EndpointSet, EndpointSubset, NodeObject, Object, ObjectKey, ObjectKind, ServiceObject, SourceEvent};
 pub use registry::{EventSink, EventStream, Registry, RegistryConfig, RegistryHandle};
 pub use service::{
     DEFAULT_UDP_IDLE_TIMEOUT, HashKey, InternalTrafficPolicy, IpFamily, IpFamilyPolicy, LbStrategy, Protocol,

@@ -23,6 +23,8 @@ pub enum ObjectKind {
     EndpointSlice,
     /// Legacy `v1` Endpoints.
     Endpoints,
+    /// `v1` Node (cluster-scoped: its key has an empty namespace).
+    Node,
 }
 
 /// Identity of a source object: kind, namespace and name.
@@ -119,11 +121,24 @@ pub struct EndpointPortSpec {
     pub protocol: Protocol,
 }
 
+/// A `v1/Node`, reduced to what the tunnel needs: its name, annotations
+/// (the peer ID, [`crate::PEER_ID_ANNOTATION`]) and addresses. Deserialized
+/// with defaults, like [`ServiceObject`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeObject {
+    /// `namespace` is empty: nodes are cluster-scoped.
+    pub meta: ObjectMeta,
+    /// `status.addresses` of type `InternalIP` or `ExternalIP`, in order.
+    pub addresses: Vec<IpAddr>,
+}
+
 /// Any object a source can emit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Object {
     Service(ServiceObject),
     Endpoints(EndpointSet),
+    Node(NodeObject),
 }
 
 impl Object {
@@ -135,14 +150,18 @@ impl Object {
             Object::Endpoints(e) => {
                 ObjectKey { kind: e.kind, namespace: e.meta.namespace.clone(), name: e.meta.name.clone() }
             }
+            Object::Node(n) => {
+                ObjectKey { kind: ObjectKind::Node, namespace: String::new(), name: n.meta.name.clone() }
+            }
         }
     }
 
-    /// The service this object belongs to.
-    pub fn service_key(&self) -> ServiceKey {
+    /// The service this object belongs to; `None` for a Node.
+    pub fn service_key(&self) -> Option<ServiceKey> {
         match self {
-            Object::Service(s) => ServiceKey::new(&s.meta.namespace, &s.meta.name),
-            Object::Endpoints(e) => ServiceKey::new(&e.meta.namespace, &e.service_name),
+            Object::Service(s) => Some(ServiceKey::new(&s.meta.namespace, &s.meta.name)),
+            Object::Endpoints(e) => Some(ServiceKey::new(&e.meta.namespace, &e.service_name)),
+            Object::Node(_) => None,
         }
     }
 }

@@ -4,6 +4,8 @@
 //! applies them in batches, rebuilds only the services they touch, and
 //! publishes a new [`Snapshot`] on a `watch` channel. Per-event work depends
 //! on the size of the touched service, never on the number of services.
+//! Nodes go straight into the snapshot as [`NodeEntry`]s (name, peer ID,
+//! addresses): nothing else of a Node object is kept.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -13,6 +15,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use tokio::sync::{mpsc, watch};
 
+use crate::node::NodeEntry;
 use crate::object::{EndpointSet, Object, ObjectKey, ObjectKind, ServiceObject, SourceEvent};
 use crate::service::{
     DEFAULT_UDP_IDLE_TIMEOUT, HashKey, LbStrategy, ServiceKey, TargetPort, UDP_IDLE_TIMEOUT_ANNOTATION, parse_duration,
@@ -20,13 +23,28 @@ use crate::service::{
 use crate::snapshot::{Backend, EndpointInfo, ResolvedPort, ServiceEntry, Snapshot};
 use crate::vip::VipAllocator;
 
-/// Settings the registry needs to turn objects into entries.
+/// Settings the registry needs to turn objects into entries. Construct
+/// with `..Default::default()` so that new fields do not break callers.
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
     /// Where service VIPs come from.
     pub vip_cidr: IpNet,
     /// Strategy for services without the `edgemesh.io/lb-strategy` annotation.
     pub default_strategy: LbStrategy,
+    /// This node's name: endpoints with this `nodeName` are local
+    /// ([`Snapshot::serves_endpoint`]). Empty: no endpoint is local.
+    pub node_name: String,
+}
+
+impl Default for RegistryConfig {
+    /// The agent's default VIP range (`127.251.0.0/16`), round robin, no node name.
+    fn default() -> Self {
+        Self {
+            vip_cidr: "127.251.0.0/16".parse().expect("valid CIDR"),
+            default_strategy: LbStrategy::default(),
+            node_name: String::new(),
+        }
+    }
 }
 
 /// Where a source sends its events. Cheap to clone; each source gets its own
@@ -166,11 +184,11 @@ impl RegistryState {
             endpoint_owner: HashMap::new(),
             awaiting_vip: BTreeSet::new(),
             pending: BTreeSet::new(),
-            snapshot: Snapshot::default(),
+            snapshot: Snapshot::for_node(&config.node_name),
         }
     }
 
-    /// Applies one event; returns whether any service may have changed.
+    /// Applies one event; returns whether any service or node may have changed.
     pub fn apply(&mut self, event: SourceEvent) -> bool {
         match event {
             SourceEvent::Apply(Object::Service(mut svc)) => {
@@ -203,6 +221,7 @@ impl RegistryState {
                 }
                 self.pending.insert(owner);
             }
+            SourceEvent::Apply(Object::Node(node)) => return self.snapshot.set_node(NodeEntry::from(&node)),
             SourceEvent::Delete(okey) => match okey.kind {
                 ObjectKind::Service => {
                     let key = ServiceKey::new(&okey.namespace, &okey.name);
@@ -215,6 +234,7 @@ impl RegistryState {
                     let Some(owner) = self.endpoint_owner.remove(&okey) else { return false };
                     self.remove_endpoint_set(&owner, &okey);
                 }
+                ObjectKind::Node => return self.snapshot.remove_node(&okey.name),
             },
             SourceEvent::Synced => return false,
         }
@@ -433,5 +453,7 @@ fn build_entry(
     }
 }
 
+#[cfg(test)]
+mod node_tests;
 #[cfg(test)]
 mod tests;

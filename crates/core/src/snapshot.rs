@@ -5,6 +5,9 @@
 //! 100,000 copies nothing but the path to that service. Consumers that keep
 //! per-service state (proxy listeners) follow [`Snapshot::changes_since`]
 //! instead of diffing everything.
+//!
+//! Nodes ([`NodeEntry`]) are in the snapshot too, for the tunnel; a change
+//! to a node publishes a generation with no service in its changelog.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -12,6 +15,7 @@ use std::sync::Arc;
 use imbl::{HashMap, OrdMap, Vector};
 use serde::Serialize;
 
+use crate::node::NodeEntry;
 use crate::object::ObjectMeta;
 use std::time::Duration;
 
@@ -34,7 +38,14 @@ pub struct Snapshot {
     changelog: Vector<(u64, ServiceKey)>,
     /// Oldest generation whose changes are all still in the changelog.
     changelog_complete_from: u64,
+    /// This node's name (the registry's `node_name`).
+    node_name: Arc<str>,
+    nodes: OrdMap<Arc<str>, Arc<NodeEntry>>,
+    /// Backends on this node, for [`Snapshot::serves_endpoint`].
+    local: local::LocalBackends,
 }
+
+mod local;
 
 /// How many changed keys the changelog keeps; a consumer further behind
 /// than this reconciles against the whole snapshot.
@@ -64,6 +75,34 @@ impl Snapshot {
         self.services.is_empty()
     }
 
+    /// The name of the node this agent runs on (empty if not configured).
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// Whether `addr` is a ready backend, on this node, of a service port of
+    /// `protocol`: the only addresses this agent opens connections to on
+    /// behalf of other nodes. An indexed lookup, cheap enough per connection.
+    pub fn serves_endpoint(&self, addr: SocketAddr, protocol: Protocol) -> bool {
+        // Backends carry no IPv6 flow label or scope; neither may the query.
+        self.local.contains(SocketAddr::new(addr.ip(), addr.port()), protocol)
+    }
+
+    /// How many distinct (address, protocol) pairs [`Snapshot::serves_endpoint`] accepts.
+    pub fn local_backends(&self) -> usize {
+        self.local.len()
+    }
+
+    /// The node with this name.
+    pub fn node(&self, name: &str) -> Option<&Arc<NodeEntry>> {
+        self.nodes.get(name)
+    }
+
+    /// All nodes, ordered by name.
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<NodeEntry>> {
+        self.nodes.values()
+    }
+
     /// Keys of services that changed (added, updated or removed) after
     /// generation `since`, possibly with repeats; `None` when the changelog
     /// no longer reaches back that far and the caller must look at every
@@ -80,13 +119,20 @@ impl Snapshot {
 
     // Mutation is for the registry only.
 
+    /// An empty snapshot for the agent on node `node_name`.
+    pub(crate) fn for_node(node_name: &str) -> Self {
+        Self { node_name: Arc::from(node_name), ..Self::default() }
+    }
+
     pub(crate) fn insert(&mut self, entry: Arc<ServiceEntry>) {
         let key = entry.key.clone();
-        if let Some(old) = self.services.get(&key).cloned() {
+        let old = self.services.get(&key).cloned();
+        if let Some(old) = &old {
             for ip in old.ips() {
                 self.by_ip.remove(&ip);
             }
         }
+        self.local.replace(&self.node_name, old.as_deref(), Some(&entry));
         for ip in entry.ips() {
             self.by_ip.insert(ip, key.clone());
         }
@@ -101,8 +147,23 @@ impl Snapshot {
                 self.by_ip.remove(&ip);
             }
         }
+        self.local.replace(&self.node_name, Some(&old), None);
         self.log_change(key.clone());
         Some(old)
+    }
+
+    /// Adds or replaces a node; returns whether anything changed.
+    pub(crate) fn set_node(&mut self, entry: NodeEntry) -> bool {
+        if self.nodes.get(&*entry.name).is_some_and(|old| **old == entry) {
+            return false;
+        }
+        self.nodes.insert(entry.name.clone(), Arc::new(entry));
+        true
+    }
+
+    /// Removes a node; returns whether it was there.
+    pub(crate) fn remove_node(&mut self, name: &str) -> bool {
+        self.nodes.remove(name).is_some()
     }
 
     /// Called by the registry before a batch of changes.

@@ -22,6 +22,7 @@ fn handler(services: usize) -> (Handler, watch::Sender<Arc<edgemesh_core::Snapsh
     let mut st = RegistryState::new(&RegistryConfig {
         vip_cidr: "10.128.0.0/9".parse().unwrap(),
         default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
     });
     for i in 0..services {
         let name = format!("svc-{i}");

@@ -23,6 +23,7 @@ async fn main() {
     let mut registry = Registry::new(RegistryConfig {
         vip_cidr: "9.251.0.0/16".parse().unwrap(),
         default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
     });
     let sink = registry.source();
     let mut snapshots = registry.subscribe();

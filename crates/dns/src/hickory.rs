@@ -136,8 +136,11 @@ mod tests {
     }
 
     fn handler() -> (Arc<Handler>, watch::Sender<Arc<edgemesh_core::Snapshot>>) {
-        let config =
-            RegistryConfig { vip_cidr: "9.251.0.0/16".parse().unwrap(), default_strategy: LbStrategy::RoundRobin };
+        let config = RegistryConfig {
+            vip_cidr: "9.251.0.0/16".parse().unwrap(),
+            default_strategy: LbStrategy::RoundRobin,
+            ..Default::default()
+        };
         let mut state = RegistryState::new(&config);
         let mut slice = build::slice("default", "big-1", "big");
         for i in 0..100 {

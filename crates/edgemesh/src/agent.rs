@@ -52,8 +52,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     tracing::debug!(config = ?config, "effective configuration");
 
-    let mut registry =
-        Registry::new(RegistryConfig { vip_cidr: config.vip_cidr, default_strategy: config.proxy.default_strategy });
+    let mut registry = Registry::new(RegistryConfig {
+        vip_cidr: config.vip_cidr,
+        default_strategy: config.proxy.default_strategy,
+        node_name: config.node_name.clone(),
+    });
     // source -> cache relay (write-through, replay at start) -> registry
     let registry_sink = registry.source();
     let (source_sink, upstream) = EventSink::detached(1024);

@@ -77,6 +77,7 @@ async fn ten_thousand_services_then_one_more_is_one_small_transaction() {
     let mut state = RegistryState::new(&RegistryConfig {
         vip_cidr: "127.240.0.0/14".parse().unwrap(),
         default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
     });
     for i in 0..10_000 {
         state.apply(SourceEvent::Apply(service(i)));
@@ -119,6 +120,7 @@ async fn a_table_deleted_behind_the_agents_back_is_rebuilt() {
     let mut state = RegistryState::new(&RegistryConfig {
         vip_cidr: "127.240.0.0/14".parse().unwrap(),
         default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
     });
     state.apply(SourceEvent::Apply(service(1)));
     let mut interceptor = Interceptor::start(config(&ns)).await.unwrap();
@@ -140,6 +142,7 @@ async fn udp_cluster_ips_map_to_the_vip_and_node_ports_are_a_set_of_ports() {
     let mut state = RegistryState::new(&RegistryConfig {
         vip_cidr: "9.251.0.0/16".parse().unwrap(),
         default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
     });
     let Object::Service(mut svc) = service(1) else { unreachable!() };
     svc.service_type = "NodePort".into();

@@ -237,6 +237,7 @@ async fn requests_of_the_source(api: &FakeApiServer, resources: &[&str]) -> Gran
     let mut registry = Registry::new(RegistryConfig {
         vip_cidr: "127.240.0.0/16".parse().unwrap(),
         default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
     });
     let sink = registry.source();
     tokio::spawn(registry.run());

@@ -42,6 +42,7 @@ async fn run_source(api: &FakeApiServer) -> Running {
     let mut registry = Registry::new(RegistryConfig {
         vip_cidr: "127.240.0.0/16".parse().unwrap(),
         default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
     });
     let sink = registry.source();
     let snapshots = registry.subscribe();

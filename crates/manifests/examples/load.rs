@@ -49,6 +49,7 @@ fn main() {
         let mut registry = Registry::new(RegistryConfig {
             vip_cidr: "10.128.0.0/10".parse().unwrap(),
             default_strategy: LbStrategy::RoundRobin,
+            ..Default::default()
         });
         let sink = registry.source();
         let mut snapshots = registry.subscribe();

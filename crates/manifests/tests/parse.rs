@@ -270,7 +270,7 @@ metadata:
     let got = parse(text);
     assert_eq!(got.iter().map(|p| p.line).collect::<Vec<_>>(), vec![3, 34]);
     assert_eq!(svc(&got[0].object).cluster_ips, vec![ip("10.96.0.20")]);
-    assert_eq!(got[1].object.service_key(), edgemesh_core::ServiceKey::new("default", "web"));
+    assert_eq!(got[1].object.service_key(), Some(edgemesh_core::ServiceKey::new("default", "web")));
     // Errors inside a List item point into the item.
     fails(&text.replace("port: 8080, protocol: TCP, name", "port: 0, protocol: TCP, name"), 42, "out of range");
 }

@@ -89,6 +89,7 @@ fn start(dir: &Path) -> Agent {
     let mut registry = Registry::new(RegistryConfig {
         vip_cidr: "127.251.0.0/16".parse().unwrap(),
         default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
     });
     let sink = registry.source();
     let snapshots = registry.subscribe();

@@ -29,6 +29,7 @@ async fn main() {
     let mut registry = Registry::new(RegistryConfig {
         vip_cidr: format!("{}/{prefix}", listen.ip()).parse().unwrap(),
         default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
     });
     let sink = registry.source();
     let proxy = Proxy::new(ProxyConfig::default(), registry.subscribe());

@@ -7,6 +7,7 @@ fn state() -> RegistryState {
     RegistryState::new(&RegistryConfig {
         vip_cidr: "127.251.0.0/16".parse().unwrap(),
         default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
     })
 }
 
@@ -107,6 +108,7 @@ fn exhausted_pool_hurts_only_the_late_service_and_heals() {
     let mut st = RegistryState::new(&RegistryConfig {
         vip_cidr: "10.1.0.0/30".parse().unwrap(),
         default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
     });
     for n in ["a", "b", "c"] {
         apply(&mut st, service("default", n).port("", 80, 80).object());
@@ -190,6 +192,7 @@ async fn registry_task_publishes_and_reports_synced() {
     let mut reg = Registry::new(RegistryConfig {
         vip_cidr: "127.251.0.0/16".parse().unwrap(),
         default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
     });
     let sink = reg.source();
     let mut rx = reg.subscribe();

@@ -9,7 +9,11 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use super::{Outcome, Zone, dashed};
 
 fn snapshot(objects: Vec<Object>) -> Snapshot {
-    let config = RegistryConfig { vip_cidr: "9.251.0.0/16".parse().unwrap(), default_strategy: LbStrategy::RoundRobin };
+    let config = RegistryConfig {
+        vip_cidr: "9.251.0.0/16".parse().unwrap(),
+        default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
+    };
     let mut state = RegistryState::new(&config);
     for object in objects {
         state.apply(SourceEvent::Apply(object));

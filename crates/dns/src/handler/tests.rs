@@ -15,7 +15,11 @@ use crate::cluster::Zone;
 use crate::wire::Question;
 
 fn handler() -> (Handler, watch::Sender<Arc<edgemesh_core::Snapshot>>) {
-    let config = RegistryConfig { vip_cidr: "9.251.0.0/16".parse().unwrap(), default_strategy: LbStrategy::RoundRobin };
+    let config = RegistryConfig {
+        vip_cidr: "9.251.0.0/16".parse().unwrap(),
+        default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
+    };
     let mut state = RegistryState::new(&config);
     for object in [
         build::service("default", "web").port("http", 80, 8080).object(),
@@ -90,7 +94,11 @@ fn snapshot_updates_are_seen_by_the_next_query() {
     handler.handle(&packet, Transport::Udp, &mut out);
     assert_eq!(Message::from_vec(&out).unwrap().metadata.response_code, ResponseCode::NXDomain);
 
-    let config = RegistryConfig { vip_cidr: "9.251.0.0/16".parse().unwrap(), default_strategy: LbStrategy::RoundRobin };
+    let config = RegistryConfig {
+        vip_cidr: "9.251.0.0/16".parse().unwrap(),
+        default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
+    };
     let mut state = RegistryState::new(&config);
     state.apply(SourceEvent::Apply(build::service("default", "new").object()));
     tx.send_replace(synced(&mut state));
@@ -129,7 +137,11 @@ fn garbage_and_non_queries_are_dropped_or_refused() {
 fn unknown_names_are_servfail_until_the_source_is_read_in_full() {
     let (handler, tx) = handler();
     let packet = query("later.default.svc.cluster.local.", RecordType::A, false, false);
-    let config = RegistryConfig { vip_cidr: "9.251.0.0/16".parse().unwrap(), default_strategy: LbStrategy::RoundRobin };
+    let config = RegistryConfig {
+        vip_cidr: "9.251.0.0/16".parse().unwrap(),
+        default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
+    };
     let mut state = RegistryState::new(&config);
     tx.send_replace(Arc::new(state.take_generation()));
     let mut out = Vec::new();

@@ -39,6 +39,7 @@ impl Harness {
         let mut registry = Registry::new(RegistryConfig {
             vip_cidr: "9.251.0.0/16".parse().unwrap(),
             default_strategy: LbStrategy::RoundRobin,
+            ..Default::default()
         });
         let sink = registry.source();
         let snapshots = registry.subscribe();

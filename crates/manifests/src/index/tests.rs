@@ -25,7 +25,7 @@ fn applied(events: &[SourceEvent]) -> Vec<ServiceKey> {
     let mut keys: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
-            SourceEvent::Apply(o) => Some(o.service_key()),
+            SourceEvent::Apply(o) => o.service_key(),
             _ => None,
         })
         .collect();

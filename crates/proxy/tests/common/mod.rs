@@ -56,6 +56,7 @@ pub fn start_registry(net: u8, strategy: LbStrategy) -> Harness {
     let mut registry = Registry::new(RegistryConfig {
         vip_cidr: format!("127.77.{net}.0/24").parse().unwrap(),
         default_strategy: strategy,
+        ..Default::default()
     });
     let sink = registry.source();
     let snapshots = registry.subscribe();
