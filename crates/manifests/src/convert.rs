@@ -20,6 +20,10 @@ use crate::parse::ParsedObject;
 use crate::schema::{Document, EndpointAddress, EndpointPort, IntOrString, Kind, Metadata, ServicePort, ServiceSpec};
 use crate::validate;
 
+mod node;
+
+pub use node::NODE_ADDRESS_TYPES;
+
 /// The label that links an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -27,7 +31,7 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// `serving.knative.dev/v1` Service, say) are someone else's and skipped.
 pub(crate) fn api_version_of(kind: Kind) -> Option<&'static str> {
     match kind {
-        Kind::Service | Kind::Endpoints | Kind::List => Some("v1"),
+        Kind::Service | Kind::Endpoints | Kind::Node | Kind::List => Some("v1"),
         Kind::EndpointSlice => Some("discovery.k8s.io/v1"),
         Kind::Other => None,
     }
@@ -66,6 +70,7 @@ pub(crate) fn document(
             None => return Ok(()),
         },
         Kind::Endpoints => Object::Endpoints(endpoints(doc, cx)?),
+        Kind::Node => Object::Node(node::node(doc, cx)?),
         Kind::List => {
             for item in doc.items.unwrap_or_default() {
                 let line = base + span_line(&item);
@@ -111,6 +116,9 @@ fn span_line<T>(s: &Spanned<T>) -> usize {
 enum NameRule {
     Dns1035Label,
     Dns1123Subdomain,
+    /// A cluster-scoped object (a Node): an RFC 1123 subdomain, and no
+    /// namespace (one written is ignored, as the API server does).
+    ClusterScoped,
 }
 
 /// Validates and converts `metadata`, and names the object in `cx`.
@@ -121,6 +129,7 @@ fn meta(m: Option<Metadata>, rule: NameRule, cx: &mut Cx) -> Result<ObjectMeta, 
         _ => return Err(cx.err(Problem::MissingName)),
     };
     let namespace = match m.namespace {
+        _ if matches!(rule, NameRule::ClusterScoped) => String::new(),
         Some(ns) if !ns.value.is_empty() => {
             if let Err(why) = validate::dns1123_label(&ns.value) {
                 let problem = Problem::InvalidName {
@@ -135,10 +144,15 @@ fn meta(m: Option<Metadata>, rule: NameRule, cx: &mut Cx) -> Result<ObjectMeta, 
         }
         _ => "default".to_owned(),
     };
-    cx.object = format!("{} {}/{}", cx.object, namespace, name.value);
+    cx.object = match rule {
+        NameRule::ClusterScoped => format!("{} {}", cx.object, name.value),
+        _ => format!("{} {}/{}", cx.object, namespace, name.value),
+    };
     let (checked, rule_name) = match rule {
         NameRule::Dns1035Label => (validate::dns1035_label(&name.value), "name (RFC 1035 label)"),
-        NameRule::Dns1123Subdomain => (validate::dns1123_subdomain(&name.value), "name (RFC 1123 subdomain)"),
+        NameRule::Dns1123Subdomain | NameRule::ClusterScoped => {
+            (validate::dns1123_subdomain(&name.value), "name (RFC 1123 subdomain)")
+        }
     };
     if let Err(why) = checked {
         let problem =

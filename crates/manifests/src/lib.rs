@@ -23,7 +23,7 @@
 //! - [`error`]: [`ManifestError`], always with a line and a reason.
 //!
 //! Supported kinds: `v1/Service`, `discovery.k8s.io/v1/EndpointSlice`,
-//! `v1/Endpoints` and `v1/List` of those; other kinds are skipped.
+//! `v1/Endpoints`, `v1/Node` and `v1/List` of those; other kinds are skipped.
 #![forbid(unsafe_code)]
 
 mod convert;
@@ -34,7 +34,7 @@ mod schema;
 pub mod validate;
 pub mod watch;
 
-pub use convert::SERVICE_NAME_LABEL;
+pub use convert::{NODE_ADDRESS_TYPES, SERVICE_NAME_LABEL};
 pub use error::{ManifestError, Problem};
 pub use parse::{ParsedObject, parse_manifest};
 pub use watch::ManifestSource;

@@ -29,8 +29,8 @@ const MAX_THREADS: usize = 4;
 /// on), or the first error with its line and reason.
 ///
 /// Multi-document files (`---`) and `v1/List` are supported; kinds other than
-/// `v1/Service`, `discovery.k8s.io/v1/EndpointSlice` and `v1/Endpoints` are
-/// skipped.
+/// `v1/Service`, `discovery.k8s.io/v1/EndpointSlice`, `v1/Endpoints` and
+/// `v1/Node` are skipped.
 pub fn parse_manifest(text: &str) -> Result<Vec<ParsedObject>, ManifestError> {
     let threads = if text.len() >= PARALLEL_MIN_BYTES { available_threads() } else { 1 };
     parse_with_threads(text, threads)

@@ -20,6 +20,7 @@ pub(crate) enum Kind {
     Service,
     EndpointSlice,
     Endpoints,
+    Node,
     List,
     Other,
 }
@@ -30,6 +31,7 @@ impl Kind {
             "Service" => Kind::Service,
             "EndpointSlice" => Kind::EndpointSlice,
             "Endpoints" => Kind::Endpoints,
+            "Node" => Kind::Node,
             "List" => Kind::List,
             _ => Kind::Other,
         }
@@ -56,6 +58,8 @@ pub(crate) struct Document {
     pub ports: Option<Vec<Spanned<EndpointPort>>>,
     /// Endpoints.
     pub subsets: Option<Vec<Subset>>,
+    /// Node.
+    pub status: Option<NodeStatus>,
     /// List.
     pub items: Option<Vec<Spanned<Document>>>,
 }
@@ -154,6 +158,19 @@ pub(crate) struct EndpointAddress {
     pub node_name: Option<String>,
 }
 
+#[derive(Deserialize, Default)]
+pub(crate) struct NodeStatus {
+    pub addresses: Option<Vec<Spanned<NodeAddress>>>,
+}
+
+/// One entry of a Node's `status.addresses`.
+#[derive(Deserialize)]
+pub(crate) struct NodeAddress {
+    #[serde(rename = "type")]
+    pub address_type: Option<Spanned<String>>,
+    pub address: Option<Spanned<String>>,
+}
+
 /// Just `apiVersion` and `kind`: used to tell whether a document that failed
 /// to deserialize is one of ours at all.
 #[derive(Deserialize)]
@@ -198,6 +215,7 @@ enum Key {
     Endpoints,
     Ports,
     Subsets,
+    Status,
     Items,
     Ignored,
 }
@@ -220,6 +238,7 @@ impl<'de> Deserialize<'de> for Key {
                     "endpoints" => Key::Endpoints,
                     "ports" => Key::Ports,
                     "subsets" => Key::Subsets,
+                    "status" => Key::Status,
                     "items" => Key::Items,
                     _ => Key::Ignored,
                 })
@@ -266,6 +285,7 @@ impl<'de> Deserialize<'de> for Document {
                         Key::Endpoints if wants(kind, Kind::EndpointSlice) => doc.endpoints = map.next_value()?,
                         Key::Ports if wants(kind, Kind::EndpointSlice) => doc.ports = map.next_value()?,
                         Key::Subsets if wants(kind, Kind::Endpoints) => doc.subsets = map.next_value()?,
+                        Key::Status if wants(kind, Kind::Node) => doc.status = map.next_value()?,
                         Key::Items if wants(kind, Kind::List) => doc.items = map.next_value()?,
                         _ => {
                             map.next_value::<IgnoredAny>()?;
