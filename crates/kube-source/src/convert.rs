@@ -11,10 +11,10 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use edgemesh_core::object::{
-    EndpointPortSpec, EndpointSet, EndpointSpec, EndpointSubset, ObjectMeta, ServiceObject, ServicePortSpec,
+    EndpointPortSpec, EndpointSet, EndpointSpec, EndpointSubset, NodeObject, ObjectMeta, ServiceObject, ServicePortSpec,
 };
 use edgemesh_core::{ObjectKind, Protocol, TargetPort};
-use edgemesh_manifests::{Problem, SERVICE_NAME_LABEL, validate};
+use edgemesh_manifests::{NODE_ADDRESS_TYPES, Problem, SERVICE_NAME_LABEL, validate};
 use k8s_openapi::api::core::v1 as core_v1;
 use k8s_openapi::api::discovery::v1 as discovery_v1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta as ApiMeta;
@@ -304,6 +304,40 @@ fn endpoint_ports(
         ports.push(EndpointPortSpec { name, port, protocol });
     }
     Ok(ports)
+}
+
+// ---------------------------------------------------------------------------
+// Node
+
+/// A Node: its name, annotations and its `InternalIP` / `ExternalIP`
+/// addresses (other address types, host names, are not dialable).
+pub fn node(n: &core_v1::Node) -> Result<NodeObject, ConvertError> {
+    let name = n.metadata.name.clone().filter(|n| !n.is_empty());
+    let name = name.ok_or_else(|| ConvertError { object: "Node".into(), problem: Problem::MissingName })?;
+    let err = |problem| ConvertError { object: format!("Node {name}"), problem };
+    validate::dns1123_subdomain(&name).map_err(|why| {
+        err(Problem::InvalidName {
+            field: "metadata.name".into(),
+            value: name.clone(),
+            rule: "name (RFC 1123 subdomain)",
+            why,
+        })
+    })?;
+    let mut addresses = Vec::new();
+    let listed = n.status.as_ref().and_then(|s| s.addresses.as_deref()).unwrap_or_default();
+    for (i, a) in listed.iter().enumerate().filter(|(_, a)| NODE_ADDRESS_TYPES.contains(&a.type_.as_str())) {
+        let ip = ip_addr(&a.address, format!("status.addresses[{i}].address")).map_err(err)?;
+        if !addresses.contains(&ip) {
+            addresses.push(ip);
+        }
+    }
+    let meta = ObjectMeta {
+        namespace: String::new(),
+        name: name.clone(),
+        labels: n.metadata.labels.clone().unwrap_or_default(),
+        annotations: n.metadata.annotations.clone().unwrap_or_default(),
+    };
+    Ok(NodeObject { meta, addresses })
 }
 
 // ---------------------------------------------------------------------------

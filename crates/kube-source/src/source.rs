@@ -7,7 +7,7 @@
 //! what it sent before and deletes what vanished, so nothing deleted during
 //! an outage survives the reconnection.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,7 +102,7 @@ impl KubeSource {
     }
 
     /// Follows the API until `shutdown` or until the registry is gone. Sends
-    /// `Synced` once services and endpoints have both been listed in full.
+    /// `Synced` once services, endpoints and nodes have been listed in full.
     pub async fn run(self, sink: EventSink, shutdown: CancellationToken) {
         let slices = tokio::select! {
             s = self.probe_endpoint_slices() => s,
@@ -198,19 +198,11 @@ struct State {
     /// Resources listed in full at least once.
     listed: HashSet<Watched>,
     synced: bool,
-    nodes: BTreeSet<String>,
 }
 
 impl State {
     fn new(endpoints: Watched) -> Self {
-        Self {
-            endpoints,
-            sent: HashMap::new(),
-            listing: HashMap::new(),
-            listed: HashSet::new(),
-            synced: false,
-            nodes: BTreeSet::new(),
-        }
+        Self { endpoints, sent: HashMap::new(), listing: HashMap::new(), listed: HashSet::new(), synced: false }
     }
 
     fn handle(&mut self, update: Update) -> Vec<SourceEvent> {
@@ -233,13 +225,19 @@ impl State {
             Update::Endpoints(ev) => self.event(Watched::Endpoints, *ev, &mut out, endpoints_key, |e| {
                 convert::endpoints(e).map(|e| Some(Object::Endpoints(e)))
             }),
-            Update::Node(ev) => self.node(*ev),
+            Update::Node(ev) => {
+                self.event(Watched::Nodes, *ev, &mut out, node_key, |n| convert::node(n).map(|n| Some(Object::Node(n))))
+            }
         }
-        if !self.synced && self.listed.contains(&Watched::Services) && self.listed.contains(&self.endpoints) {
+        // Nodes are part of the first full view: the tunnel needs them, and
+        // a cache replay would otherwise drop cached nodes until they are listed.
+        if !self.synced && [Watched::Services, self.endpoints, Watched::Nodes].iter().all(|w| self.listed.contains(w)) {
             self.synced = true;
             let services = self.sent.keys().filter(|k| k.kind == ObjectKind::Service).count();
+            let nodes = self.sent.keys().filter(|k| k.kind == ObjectKind::Node).count();
             tracing::info!(
                 services,
+                nodes,
                 objects = self.sent.len(),
                 endpoints = self.endpoints.name(),
                 "listed services from the Kubernetes API; watching for changes"
@@ -311,48 +309,14 @@ impl State {
             }
         }
     }
-
-    /// Nodes are only counted for now (the tunnel will need them).
-    fn node(&mut self, ev: Event<Node>) {
-        match ev {
-            Event::Init => {
-                self.listing.insert(Watched::Nodes, HashSet::new());
-            }
-            Event::InitApply(n) | Event::Apply(n) => {
-                let name = n.name_any();
-                if let Some(listing) = self.listing.get_mut(&Watched::Nodes) {
-                    listing.insert(ObjectKey {
-                        kind: ObjectKind::Service,
-                        namespace: String::new(),
-                        name: name.clone(),
-                    });
-                }
-                if self.nodes.insert(name.clone()) && self.listed.contains(&Watched::Nodes) {
-                    tracing::debug!(node = %name, nodes = self.nodes.len(), "node added");
-                }
-            }
-            Event::Delete(n) => {
-                let name = n.name_any();
-                if self.nodes.remove(&name) {
-                    tracing::debug!(node = %name, nodes = self.nodes.len(), "node removed");
-                }
-            }
-            Event::InitDone => {
-                let listed: BTreeSet<String> =
-                    self.listing.remove(&Watched::Nodes).unwrap_or_default().into_iter().map(|k| k.name).collect();
-                self.nodes = listed;
-                self.listed.insert(Watched::Nodes);
-                tracing::debug!(nodes = self.nodes.len(), "listed nodes");
-            }
-        }
-    }
 }
 
 fn key_kind(which: Watched) -> ObjectKind {
     match which {
         Watched::EndpointSlices => ObjectKind::EndpointSlice,
         Watched::Endpoints => ObjectKind::Endpoints,
-        Watched::Services | Watched::Nodes => ObjectKind::Service,
+        Watched::Services => ObjectKind::Service,
+        Watched::Nodes => ObjectKind::Node,
     }
 }
 
@@ -374,4 +338,9 @@ fn slice_key(s: &EndpointSlice) -> ObjectKey {
 
 fn endpoints_key(e: &Endpoints) -> ObjectKey {
     key(ObjectKind::Endpoints, e)
+}
+
+/// Nodes are cluster-scoped: no namespace.
+fn node_key(n: &Node) -> ObjectKey {
+    ObjectKey { kind: ObjectKind::Node, namespace: String::new(), name: n.name_any() }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgemesh_core::{LbStrategy, Registry, RegistryConfig, RegistryHandle, ServiceKey, Snapshot};
+use edgemesh_core::{LbStrategy, PEER_ID_ANNOTATION, Registry, RegistryConfig, RegistryHandle, ServiceKey, Snapshot};
 use edgemesh_fake_apiserver::{FakeApiServer, Resource};
 use edgemesh_kube::{ApiEndpoint, KubeSource, KubeSourceConfig, SERVICE_PROXY_NAME_LABEL};
 use serde_json::{Value, json};
@@ -269,4 +269,51 @@ async fn services_labelled_for_another_proxy_are_excluded() {
     other["metadata"]["labels"] = json!({SERVICE_PROXY_NAME_LABEL: "istio"});
     api.apply(Resource::Services, other);
     src.until(SECOND, "relabelled service", |s| backends(s, "shop", "other").is_none()).await;
+}
+
+fn node(name: &str, peer_id: &str, ip: &str) -> Value {
+    json!({
+        "metadata": {"name": name, "annotations": {PEER_ID_ANNOTATION: peer_id, "node.alpha.kubernetes.io/ttl": "0"}},
+        "status": {"addresses": [{"type": "Hostname", "address": name}, {"type": "InternalIP", "address": ip}]},
+    })
+}
+
+fn peer_of(s: &Snapshot, name: &str) -> Option<String> {
+    s.node(name).and_then(|n| n.peer_id.as_deref().map(str::to_owned))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_and_their_peer_ids_follow_the_api() {
+    let api = FakeApiServer::start();
+    api.apply(Resource::Services, service("shop", "web", 80));
+    api.apply(Resource::Nodes, node("edge-1", "12D3KooWPeerOne", "192.168.1.1"));
+    api.apply(Resource::Nodes, node("edge-2", " 12D3KooWPeerTwo ", "192.168.1.2"));
+    let mut src = run_source(&api).await;
+    let snap = src.until(5 * SECOND, "first sync", |s| s.synced).await;
+    // Part of the first full view, not a later update.
+    assert_eq!(peer_of(&snap, "edge-1").as_deref(), Some("12D3KooWPeerOne"));
+    assert_eq!(peer_of(&snap, "edge-2").as_deref(), Some("12D3KooWPeerTwo"), "trimmed");
+    assert_eq!(snap.node("edge-1").unwrap().addresses, vec!["192.168.1.1".parse::<std::net::IpAddr>().unwrap()]);
+
+    // A re-keyed node, a new one, a deleted one.
+    api.apply(Resource::Nodes, node("edge-1", "12D3KooWPeerOneNew", "192.168.1.1"));
+    api.apply(Resource::Nodes, node("edge-3", "12D3KooWPeerThree", "192.168.1.3"));
+    api.delete(Resource::Nodes, "", "edge-2");
+    src.until(SECOND, "node changes", |s| {
+        peer_of(s, "edge-1").as_deref() == Some("12D3KooWPeerOneNew")
+            && peer_of(s, "edge-3").is_some()
+            && s.node("edge-2").is_none()
+    })
+    .await;
+
+    // A node deleted while the watch was down goes at the re-list; the
+    // services (another kind in the same diff) stay.
+    api.set_unavailable(true);
+    api.drop_connections();
+    api.delete(Resource::Nodes, "", "edge-3");
+    api.compact();
+    api.set_unavailable(false);
+    let snap = src.until(3 * SECOND, "the re-list", |s| s.node("edge-3").is_none()).await;
+    assert!(snap.node("edge-1").is_some());
+    assert!(backends(&snap, "shop", "web").is_some());
 }

@@ -87,3 +87,35 @@ fn the_proxy_name_label_excludes() {
     }));
     assert!(excluded(&svc));
 }
+
+#[test]
+fn nodes_keep_their_annotations_and_dialable_addresses() {
+    let n: core_v1::Node = from(json!({
+        "metadata": {"name": "edge-1", "annotations": {"edgemesh.io/peer-id": "12D3KooWExample"}},
+        "status": {"addresses": [
+            {"type": "Hostname", "address": "edge-1"},
+            {"type": "InternalIP", "address": "192.168.1.10"},
+            {"type": "ExternalIP", "address": "2001:db8::10"},
+            {"type": "ExternalIP", "address": "192.168.1.10"},
+        ]},
+    }));
+    let edge1 = node(&n).unwrap();
+    assert_eq!(edge1.meta.name, "edge-1");
+    assert_eq!(edge1.meta.namespace, "", "cluster-scoped");
+    assert_eq!(edge1.meta.annotations["edgemesh.io/peer-id"], "12D3KooWExample");
+    let want: Vec<IpAddr> = vec!["192.168.1.10".parse().unwrap(), "2001:db8::10".parse().unwrap()];
+    assert_eq!(edge1.addresses, want, "host names skipped, duplicates once");
+
+    let bare: core_v1::Node = from(json!({"metadata": {"name": "edge-2"}}));
+    assert!(node(&bare).unwrap().addresses.is_empty());
+
+    let bad: core_v1::Node = from(json!({
+        "metadata": {"name": "edge-3"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.300"}]},
+    }));
+    let e = node(&bad).unwrap_err().to_string();
+    assert!(e.contains("Node edge-3: status.addresses[0].address \"10.0.0.300\" is not a valid IP"), "{e}");
+    let bad: core_v1::Node = from(json!({"metadata": {"name": "Edge_4"}}));
+    let e = node(&bad).unwrap_err().to_string();
+    assert!(e.contains("Node Edge_4: metadata.name"), "{e}");
+}
