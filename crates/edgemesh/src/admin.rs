@@ -8,6 +8,7 @@
 //!   (still 200: serving the last known state is the point of autonomy).
 //! - `/services`: the current snapshot as JSON, with the state's origin and
 //!   the source's connection.
+//! - `/nodes`: the nodes the source knows, with their peer IDs and addresses.
 //! - `/config`: the effective configuration as JSON.
 
 use std::convert::Infallible;
@@ -17,7 +18,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use edgemesh_cache::{CacheStatus, StateReport};
-use edgemesh_core::{RegistryHandle, ServiceEntry, SourceHealth};
+use edgemesh_core::{NodeEntry, RegistryHandle, ServiceEntry, SourceHealth};
 use edgemesh_intercept::InterceptStatus;
 use edgemesh_proxy::ProxyStatus;
 use http_body_util::Full;
@@ -132,6 +133,12 @@ struct ServicesDump<'a> {
     services: Vec<&'a ServiceEntry>,
 }
 
+#[derive(Serialize)]
+struct NodesDump<'a> {
+    generation: u64,
+    nodes: Vec<&'a NodeEntry>,
+}
+
 fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
@@ -153,8 +160,12 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             };
             json(&dump)
         }
+        "/nodes" => {
+            let snap = state.snapshots.borrow().clone();
+            json(&NodesDump { generation: snap.generation, nodes: snap.nodes().map(|n| &**n).collect() })
+        }
         "/config" => json(&*state.config),
-        _ => text(StatusCode::NOT_FOUND, "not found; try /healthz, /readyz, /services, /config\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found; try /healthz, /readyz, /services, /nodes, /config\n"),
     }
 }
 

@@ -199,3 +199,26 @@ fn bundled_example_config_is_valid() {
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains("nodeName: example-node"), "{printed}");
 }
+
+#[test]
+fn nodes_from_manifests_are_listed_with_their_peer_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: edge-2\n  annotations:\n    edgemesh.io/peer-id: \" 12D3KooWPeerTwo \"\n\
+                status:\n  addresses:\n  - {type: Hostname, address: edge-2}\n  - {type: InternalIP, address: 192.168.7.2}\n";
+    write_manifest(dir.path(), "nodes.yaml", node);
+    let agent = Agent::start(dir.path());
+    let (status, body) = agent.try_get("/nodes").expect("admin endpoint answers");
+    assert_eq!(status, 200, "{body}");
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        dump["nodes"],
+        serde_json::json!([{"name": "edge-2", "peerId": "12D3KooWPeerTwo", "addresses": ["192.168.7.2"]}])
+    );
+
+    write_manifest(dir.path(), "nodes.yaml", "");
+    eventually(Duration::from_secs(2), "the deleted node to leave /nodes", || {
+        let (_, body) = agent.try_get("/nodes")?;
+        let dump: serde_json::Value = serde_json::from_str(&body).ok()?;
+        dump["nodes"].as_array()?.is_empty().then_some(())
+    });
+}
