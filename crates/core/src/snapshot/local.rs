@@ -31,15 +31,16 @@ impl LocalBackends {
 
     /// Swaps what `old` contributed (if any) for what `new` contributes.
     pub(super) fn replace(&mut self, node: &str, old: Option<&ServiceEntry>, new: Option<&ServiceEntry>) {
-        if node.is_empty() {
+        // Most changes touch other nodes' endpoints: nothing to do, no allocation.
+        if node.is_empty() || on_node(node, old).eq(on_node(node, new)) {
             return;
         }
         // Allocates only when the service has backends on this node.
         let mut delta: std::collections::HashMap<(SocketAddr, Protocol), i64> = std::collections::HashMap::new();
-        for key in old.into_iter().flat_map(|e| on_node(node, e)) {
+        for key in on_node(node, old) {
             *delta.entry(key).or_default() -= 1;
         }
-        for key in new.into_iter().flat_map(|e| on_node(node, e)) {
+        for key in on_node(node, new) {
             *delta.entry(key).or_default() += 1;
         }
         for (key, d) in delta.into_iter().filter(|(_, d)| *d != 0) {
@@ -56,9 +57,9 @@ impl LocalBackends {
     }
 }
 
-/// The backends of `entry` on `node`, with their port's protocol.
-fn on_node<'a>(node: &'a str, entry: &'a ServiceEntry) -> impl Iterator<Item = (SocketAddr, Protocol)> + 'a {
-    entry.ports.iter().flat_map(move |port| {
+/// The backends of `entry` (if any) on `node`, with their port's protocol.
+fn on_node<'a>(node: &'a str, entry: Option<&'a ServiceEntry>) -> impl Iterator<Item = (SocketAddr, Protocol)> + 'a {
+    entry.into_iter().flat_map(|e| &e.ports).flat_map(move |port| {
         port.backends.iter().filter(move |b| b.node_name.as_deref() == Some(node)).map(move |b| (b.addr, port.protocol))
     })
 }
