@@ -68,7 +68,7 @@ use std::net::SocketAddr;
 pub use config::{DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_PORT, MAX_STREAMS_PER_CONNECTION, RelayLimits, TunnelConfig};
 pub use error::TunnelError;
 pub use identity::load_or_create_identity;
-pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
+pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr};
 pub use tokio_util::sync::CancellationToken;
 pub use tunnel::{
     ConnectionType, DatagramReceiver, DatagramSender, MAX_DATAGRAM, PeerStatus, Tunnel, TunnelStream, UDP_IDLE_TIMEOUT,

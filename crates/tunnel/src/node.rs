@@ -533,6 +533,7 @@ impl Task {
         let reserve = self.reserve;
         if let Some(r) = self.relays.iter_mut().find(|r| r.listener == Some(listener_id)) {
             r.listener = None;
+            self.inner.set_reserved(r.peer, false);
             if reserve {
                 tracing::warn!(relay = %r.addr, error = ?error.map(|e| e.to_string()), retry_in = ?r.backoff, "relay reservation lost");
                 r.retry_at = Some(Instant::now() + r.backoff);

@@ -88,7 +88,12 @@ pub(crate) struct Control {
 }
 
 impl Control {
-    fn send(&self, conn: Option<ConnectionId>, peer: PeerId, protocol: StreamProtocol) -> Option<oneshot::Receiver<OpenResult>> {
+    fn send(
+        &self,
+        conn: Option<ConnectionId>,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Option<(oneshot::Receiver<OpenResult>, bool)> {
         let shared = lock(&self.shared);
         let mut candidates: Vec<&Conn> = match conn {
             Some(c) => shared.conns.get(&c).into_iter().collect(),
@@ -101,21 +106,22 @@ impl Control {
         let mut request = OpenRequest { protocol, reply };
         for c in candidates {
             match c.requests.send(request) {
-                Ok(()) => return Some(rx),
+                Ok(()) => return Some((rx, c.relayed)),
                 Err(mpsc::error::SendError(r)) => request = r,
             }
         }
         None
     }
 
-    /// Opens a stream on the preferred connection to `peer`; `None` when not connected.
-    pub(crate) fn open(&self, peer: PeerId, protocol: StreamProtocol) -> Option<oneshot::Receiver<OpenResult>> {
+    /// Opens a stream on the preferred connection to `peer` (and tells whether that one is
+    /// relayed); `None` when not connected.
+    pub(crate) fn open(&self, peer: PeerId, protocol: StreamProtocol) -> Option<(oneshot::Receiver<OpenResult>, bool)> {
         self.send(None, peer, protocol)
     }
 
     /// Opens a stream on one given connection.
     pub(crate) fn open_on(&self, conn: ConnectionId, protocol: StreamProtocol) -> Option<oneshot::Receiver<OpenResult>> {
-        self.send(Some(conn), PeerId::random(), protocol)
+        self.send(Some(conn), PeerId::random(), protocol).map(|(rx, _)| rx)
     }
 
     /// The live connections to `peer`: (id, relayed).

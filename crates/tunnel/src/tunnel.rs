@@ -413,8 +413,8 @@ impl Tunnel {
     /// A byte stream to `target` on node `node`, through the agent on that node. Resolves after
     /// the remote agent's reply: Ok only when the remote connected to the endpoint.
     pub async fn open_tcp(&self, node: &str, target: SocketAddr, service: &str) -> Result<TunnelStream, TunnelError> {
-        let (peer, stream, guard) = self.open(node, target, service, TunnelProtocol::Tcp).await?;
-        Ok(TunnelStream { io: stream, peer, _guard: guard })
+        let (peer, stream, relayed, guard) = self.open(node, target, service, TunnelProtocol::Tcp).await?;
+        Ok(TunnelStream { io: stream, peer, relayed, _guard: guard })
     }
 
     /// A datagram session to `target` on node `node`: one stream carrying length-prefixed
@@ -425,7 +425,7 @@ impl Tunnel {
         target: SocketAddr,
         service: &str,
     ) -> Result<(DatagramSender, DatagramReceiver), TunnelError> {
-        let (_, stream, guard) = self.open(node, target, service, TunnelProtocol::Udp).await?;
+        let (_, stream, _, guard) = self.open(node, target, service, TunnelProtocol::Udp).await?;
         Ok(datagram_pair(stream, Some(guard)))
     }
 
@@ -513,7 +513,7 @@ impl Tunnel {
         target: SocketAddr,
         service: &str,
         protocol: TunnelProtocol,
-    ) -> Result<(PeerId, Compat<Stream>, StreamGuard), TunnelError> {
+    ) -> Result<(PeerId, Compat<Stream>, bool, StreamGuard), TunnelError> {
         let inner = &self.inner;
         if inner.stop.is_cancelled() {
             return Err(TunnelError::Stopped);
@@ -532,7 +532,7 @@ impl Tunnel {
             TunnelProtocol::Tcp => TCP,
             TunnelProtocol::Udp => UDP,
         };
-        let rx = inner.control.open(peer, proto).ok_or_else(|| TunnelError::PeerUnreachable {
+        let (rx, relayed) = inner.control.open(peer, proto).ok_or_else(|| TunnelError::PeerUnreachable {
             node: node.to_owned(),
             peer,
             reason: "connection closed".into(),
@@ -572,7 +572,7 @@ impl Tunnel {
             Ok(Ok(r)) => r,
         };
         match Reply::from_u8(reply) {
-            Some(Reply::Ok) => Ok((peer, stream, guard)),
+            Some(Reply::Ok) => Ok((peer, stream, relayed, guard)),
             Some(Reply::Refused) => Err(TunnelError::Refused { node: node.to_owned(), target }),
             Some(Reply::Unreachable) | Some(Reply::Error) => {
                 Err(TunnelError::Unreachable { node: node.to_owned(), target })
@@ -867,6 +867,7 @@ async fn serve_udp(inner: Arc<Inner>, s: Inbound) {
 pub struct TunnelStream {
     io: Compat<Stream>,
     peer: PeerId,
+    relayed: bool,
     _guard: StreamGuard,
 }
 
@@ -875,11 +876,17 @@ impl TunnelStream {
     pub fn peer_id(&self) -> PeerId {
         self.peer
     }
+
+    /// Whether this stream runs over a relayed connection (no direct one existed when it was
+    /// opened).
+    pub fn is_relayed(&self) -> bool {
+        self.relayed
+    }
 }
 
 impl std::fmt::Debug for TunnelStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TunnelStream").field("peer", &self.peer).finish_non_exhaustive()
+        f.debug_struct("TunnelStream").field("peer", &self.peer).field("relayed", &self.relayed).finish_non_exhaustive()
     }
 }
 
