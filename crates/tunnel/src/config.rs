@@ -7,16 +7,19 @@ use libp2p::Multiaddr;
 /// The default tunnel port (TCP and QUIC).
 pub const DEFAULT_PORT: u16 = 20006;
 
-/// Default yamux stream limit per connection.
+/// Default limit of proxy streams (TCP connections + UDP sessions) this agent opens on one
+/// connection to a peer.
 ///
-/// libp2p-yamux 0.48 exposes only `set_max_num_streams`, and yamux 0.14 keeps a fixed
-/// 1 GiB connection receive window that must be at least 256 KiB per stream, so 4096 is the
-/// largest value it accepts; larger configured values are clamped to it (with a warning).
-/// QUIC's concurrent stream limit is set to the same value.
+/// yamux counts the streams of both directions against one limit and fails the whole
+/// connection when a stream too many is opened, so the tunnel sizes yamux for twice this plus
+/// a margin and never opens more than this on one connection: an open beyond it waits (up to
+/// the connect timeout) for a stream to end. Use the same value on every node. QUIC's
+/// concurrent stream limit is set to match.
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 4096;
 
-/// The largest stream limit libp2p-yamux 0.48 accepts (see [`DEFAULT_MAX_STREAMS_PER_CONNECTION`]).
-pub const MAX_STREAMS_PER_CONNECTION: usize = 4096;
+/// The largest accepted `max_streams_per_connection` (yamux then allows 16,640 streams and a
+/// 4 GiB connection window; memory is only used by data actually in flight).
+pub const MAX_STREAMS_PER_CONNECTION: usize = 8192;
 
 /// Configuration of a [`Tunnel`](crate::Tunnel).
 #[derive(Debug, Clone)]
@@ -40,7 +43,7 @@ pub struct TunnelConfig {
     pub relay_server: Option<RelayLimits>,
     /// Discover peers on the LAN with mDNS.
     pub mdns: bool,
-    /// Concurrent streams per connection (yamux and QUIC); see
+    /// Proxy streams this agent opens on one connection (yamux and QUIC are sized for it); see
     /// [`DEFAULT_MAX_STREAMS_PER_CONNECTION`].
     pub max_streams_per_connection: usize,
     /// Bound on reaching a node (dial + hello) and, on the remote agent, on connecting to the

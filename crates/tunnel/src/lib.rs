@@ -58,6 +58,7 @@
 mod config;
 mod error;
 mod identity;
+mod muxer;
 mod node;
 mod streams;
 mod tunnel;

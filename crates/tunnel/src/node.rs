@@ -20,7 +20,7 @@ use libp2p::{
         ConnectionId, NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle,
         dial_opts::{DialOpts, PeerCondition},
     },
-    tcp, yamux,
+    tcp,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -98,8 +98,7 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
     let key = p.key;
     let local = key.public().to_peer_id();
     let noise = noise::Config::new(key).map_err(|e| TunnelError::Config(format!("noise: {e}")))?;
-    let mut yamux = yamux::Config::default();
-    yamux.set_max_num_streams(p.max_streams);
+    let yamux = crate::muxer::Config::new(p.max_streams);
 
     let tcp_base = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true).listen_backlog(1024));
     let tcp: BoxedTransport = match p.psk {
@@ -121,7 +120,7 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
     };
     let direct: BoxedTransport = if p.quic {
         let mut qc = quic::Config::new(key);
-        qc.max_concurrent_stream_limit = p.max_streams as u32;
+        qc.max_concurrent_stream_limit = (p.max_streams + 256) as u32;
         let quic = quic::tokio::Transport::new(qc).map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
         tcp.or_transport(quic)
             .map(|either, _| match either {
@@ -160,7 +159,7 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
     } else {
         None
     };
-    let (streams, control, inbound) = streams::Behaviour::new();
+    let (streams, control, inbound) = streams::Behaviour::new(p.max_streams);
     let behaviour = Behaviour {
         relay_client,
         relay_server: p.relay_server.map(|l| relay::Behaviour::new(local, relay_config(l))).into(),
@@ -385,7 +384,7 @@ impl Task {
                 }
                 Some(peer) => DialOpts::peer_id(peer)
                     .addresses(vec![b.addr.clone()])
-                    .condition(PeerCondition::Disconnected)
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
                     .build(),
                 None => DialOpts::unknown_peer_id().address(b.addr.clone()).build(),
             };

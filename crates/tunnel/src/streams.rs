@@ -16,7 +16,10 @@ use std::{
     convert::Infallible,
     future::{Ready, ready},
     io,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -33,11 +36,15 @@ use libp2p::{
         handler::{ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound},
     },
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 pub(crate) const HELLO: StreamProtocol = StreamProtocol::new("/edgemesh/hello/1.0.0");
 pub(crate) const TCP: StreamProtocol = StreamProtocol::new("/edgemesh/tcp/1.0.0");
 pub(crate) const UDP: StreamProtocol = StreamProtocol::new("/edgemesh/udp/1.0.0");
+
+/// Connections to one peer beyond this many are refused (a relayed one, a direct one after
+/// hole punching, simultaneous dials from both sides...).
+const MAX_CONNECTIONS_PER_PEER: usize = 8;
 
 /// How long the multistream negotiation of one stream may take.
 const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -64,13 +71,16 @@ struct Conn {
     /// Confirmed by `FromSwarm::ConnectionEstablished` (a handler may be created for a
     /// connection another behaviour then denies).
     established: bool,
+    /// Proxy streams we opened on this connection and that are still alive.
+    outbound: Arc<AtomicUsize>,
     requests: mpsc::UnboundedSender<OpenRequest>,
 }
 
-#[derive(Default)]
 struct Shared {
     conns: HashMap<ConnectionId, Conn>,
     seq: u64,
+    /// Proxy streams we open per connection (yamux is sized for this many each way).
+    limit: usize,
 }
 
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -81,47 +91,85 @@ pub(crate) fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| p == Protocol::P2pCircuit)
 }
 
+/// A proxy stream's place in its connection's budget; freed on drop.
+pub(crate) struct Slot {
+    count: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_waiters();
+    }
+}
+
+pub(crate) enum OpenError {
+    NotConnected,
+    /// Every connection to the peer carries its limit of streams.
+    Full,
+}
+
+pub(crate) struct Opening {
+    pub rx: oneshot::Receiver<OpenResult>,
+    pub relayed: bool,
+    pub slot: Option<Slot>,
+}
+
 /// Opens streams (cheap to clone).
 #[derive(Clone)]
 pub(crate) struct Control {
     shared: Arc<Mutex<Shared>>,
+    freed: Arc<Notify>,
 }
 
 impl Control {
-    fn send(
-        &self,
-        conn: Option<ConnectionId>,
-        peer: PeerId,
-        protocol: StreamProtocol,
-    ) -> Option<(oneshot::Receiver<OpenResult>, bool)> {
+    fn send(&self, conn: Option<ConnectionId>, peer: PeerId, protocol: StreamProtocol, counted: bool) -> Result<Opening, OpenError> {
         let shared = lock(&self.shared);
         let mut candidates: Vec<&Conn> = match conn {
             Some(c) => shared.conns.get(&c).into_iter().collect(),
             None => shared.conns.values().filter(|c| c.peer == peer && c.established).collect(),
         };
         candidates.retain(|c| !c.requests.is_closed());
+        if candidates.is_empty() {
+            return Err(OpenError::NotConnected);
+        }
         // Direct before relayed, newest first.
         candidates.sort_by_key(|c| (c.relayed, std::cmp::Reverse(c.seq)));
         let (reply, rx) = oneshot::channel();
         let mut request = OpenRequest { protocol, reply };
         for c in candidates {
+            let slot = if counted {
+                if c.outbound.fetch_add(1, Ordering::AcqRel) >= shared.limit {
+                    c.outbound.fetch_sub(1, Ordering::AcqRel);
+                    continue;
+                }
+                Some(Slot { count: c.outbound.clone(), freed: self.freed.clone() })
+            } else {
+                None
+            };
             match c.requests.send(request) {
-                Ok(()) => return Some((rx, c.relayed)),
+                Ok(()) => return Ok(Opening { rx, relayed: c.relayed, slot }),
                 Err(mpsc::error::SendError(r)) => request = r,
             }
         }
-        None
+        Err(OpenError::Full)
     }
 
-    /// Opens a stream on the preferred connection to `peer` (and tells whether that one is
-    /// relayed); `None` when not connected.
-    pub(crate) fn open(&self, peer: PeerId, protocol: StreamProtocol) -> Option<(oneshot::Receiver<OpenResult>, bool)> {
-        self.send(None, peer, protocol)
+    /// Opens a proxy stream on the preferred connection to `peer` with room for it: direct
+    /// before relayed, newest first.
+    pub(crate) fn open(&self, peer: PeerId, protocol: StreamProtocol) -> Result<Opening, OpenError> {
+        self.send(None, peer, protocol, true)
     }
 
-    /// Opens a stream on one given connection.
+    /// Resolves when a proxy stream slot was freed somewhere (create it before checking).
+    pub(crate) fn slot_freed(&self) -> Arc<Notify> {
+        self.freed.clone()
+    }
+
+    /// Opens an uncounted stream (hello) on one given connection.
     pub(crate) fn open_on(&self, conn: ConnectionId, protocol: StreamProtocol) -> Option<oneshot::Receiver<OpenResult>> {
-        self.send(Some(conn), PeerId::random(), protocol).map(|(rx, _)| rx)
+        self.send(Some(conn), PeerId::random(), protocol, false).ok().map(|o| o.rx)
     }
 
     /// The live connections to `peer`: (id, relayed).
@@ -148,12 +196,12 @@ pub(crate) struct Behaviour {
 }
 
 impl Behaviour {
-    pub(crate) fn new() -> (Behaviour, Control, mpsc::UnboundedReceiver<Inbound>) {
-        let shared = Arc::new(Mutex::new(Shared::default()));
+    pub(crate) fn new(limit: usize) -> (Behaviour, Control, mpsc::UnboundedReceiver<Inbound>) {
+        let shared = Arc::new(Mutex::new(Shared { conns: HashMap::new(), seq: 0, limit }));
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Behaviour { shared: shared.clone(), inbound: tx, keep_alive: HashSet::new(), events: VecDeque::new() },
-            Control { shared },
+            Control { shared, freed: Arc::new(Notify::new()) },
             rx,
         )
     }
@@ -170,18 +218,23 @@ impl Behaviour {
         }
     }
 
-    fn handler(&mut self, id: ConnectionId, peer: PeerId, relayed: bool) -> Handler {
+    fn handler(&mut self, id: ConnectionId, peer: PeerId, relayed: bool) -> Result<Handler, ConnectionDenied> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut shared = lock(&self.shared);
+        shared.conns.retain(|_, c| !c.requests.is_closed());
+        let existing = shared.conns.values().filter(|c| c.peer == peer).count();
+        if existing >= MAX_CONNECTIONS_PER_PEER {
+            return Err(ConnectionDenied::new(io::Error::other(format!(
+                "already {existing} connections to peer {peer}"
+            ))));
+        }
         shared.seq += 1;
         let seq = shared.seq;
-        shared.conns.insert(id, Conn { peer, relayed, seq, established: false, requests: tx });
-        Handler {
-            peer,
-            inbound: self.inbound.clone(),
-            requests: rx,
-            keep_alive: self.keep_alive.contains(&peer),
-        }
+        shared.conns.insert(
+            id,
+            Conn { peer, relayed, seq, established: false, outbound: Arc::new(AtomicUsize::new(0)), requests: tx },
+        );
+        Ok(Handler { peer, inbound: self.inbound.clone(), requests: rx, keep_alive: self.keep_alive.contains(&peer) })
     }
 }
 
@@ -196,7 +249,7 @@ impl NetworkBehaviour for Behaviour {
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.handler(id, peer, is_relayed(local_addr) || is_relayed(remote_addr)))
+        self.handler(id, peer, is_relayed(local_addr) || is_relayed(remote_addr))
     }
 
     fn handle_established_outbound_connection(
@@ -207,7 +260,7 @@ impl NetworkBehaviour for Behaviour {
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.handler(id, peer, is_relayed(addr)))
+        self.handler(id, peer, is_relayed(addr))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {

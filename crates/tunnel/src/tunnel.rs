@@ -31,7 +31,7 @@ use crate::{
     config::MAX_STREAMS_PER_CONNECTION,
     identity::{load_or_create_identity, load_psk},
     node::{self, Command, SwarmParams, Task},
-    streams::{self, Control, HELLO, Inbound, TCP, UDP},
+    streams::{self, Control, HELLO, Inbound, OpenError, Slot, TCP, UDP},
     wire::{self, Header, Hello, HelloStatus, Reply},
 };
 
@@ -95,6 +95,7 @@ pub(crate) struct Inner {
     /// Bumped on every change of `peers` that a waiter may care about.
     changed: watch::Sender<u64>,
     pub connect_timeout: Duration,
+    max_streams: usize,
     pub stop: CancellationToken,
     /// QUIC is usable (no PSK).
     pub quic: bool,
@@ -216,13 +217,13 @@ impl Inner {
     }
 }
 
-/// Counts a peer's open streams while alive.
-struct StreamGuard(Arc<AtomicUsize>);
+/// Counts a peer's open streams while alive, and holds the stream's slot in its connection.
+struct StreamGuard(Arc<AtomicUsize>, #[allow(dead_code)] Option<Slot>);
 
 impl StreamGuard {
-    fn new(counter: Arc<AtomicUsize>) -> Self {
+    fn new(counter: Arc<AtomicUsize>, slot: Option<Slot>) -> Self {
         counter.fetch_add(1, Ordering::Relaxed);
-        StreamGuard(counter)
+        StreamGuard(counter, slot)
     }
 }
 
@@ -312,7 +313,7 @@ impl Tunnel {
             tracing::warn!(
                 requested = max_streams,
                 used = MAX_STREAMS_PER_CONNECTION,
-                "libp2p-yamux allows at most {MAX_STREAMS_PER_CONNECTION} streams per connection; clamped"
+                "max_streams_per_connection is at most {MAX_STREAMS_PER_CONNECTION}; clamped"
             );
             max_streams = MAX_STREAMS_PER_CONNECTION;
         }
@@ -358,6 +359,7 @@ impl Tunnel {
             peers: Mutex::new(HashMap::new()),
             changed: watch::Sender::new(0),
             connect_timeout: config.connect_timeout,
+            max_streams,
             stop: stop.clone(),
             quic,
             relay_peers,
@@ -532,12 +534,28 @@ impl Tunnel {
             TunnelProtocol::Tcp => TCP,
             TunnelProtocol::Udp => UDP,
         };
-        let (rx, relayed) = inner.control.open(peer, proto).ok_or_else(|| TunnelError::PeerUnreachable {
-            node: node.to_owned(),
-            peer,
-            reason: "connection closed".into(),
-        })?;
-        let stream = match tokio::time::timeout_at(deadline, rx).await {
+        let opening = loop {
+            let freed = inner.control.slot_freed();
+            let notified = freed.notified();
+            match inner.control.open(peer, proto.clone()) {
+                Ok(o) => break o,
+                Err(OpenError::NotConnected) => {
+                    // Lost the connection since `ready`: try once more.
+                    self.ready(node, peer, deadline).await?;
+                }
+                Err(OpenError::Full) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return Err(TunnelError::PeerUnreachable {
+                            node: node.to_owned(),
+                            peer,
+                            reason: format!("{} streams already open on every connection", inner.max_streams),
+                        });
+                    }
+                }
+            }
+        };
+        let relayed = opening.relayed;
+        let stream = match tokio::time::timeout_at(deadline, opening.rx).await {
             Err(_) => return Err(timeout_err()),
             Ok(Err(_)) => {
                 return Err(TunnelError::PeerUnreachable { node: node.to_owned(), peer, reason: "connection closed".into() });
@@ -548,7 +566,7 @@ impl Tunnel {
             Ok(Ok(Err(e))) => return Err(protocol_err(format!("cannot open a stream: {e}"))),
             Ok(Ok(Ok(s))) => s,
         };
-        let guard = StreamGuard::new(inner.stream_counter(peer));
+        let guard = StreamGuard::new(inner.stream_counter(peer), opening.slot);
         let mut stream = stream.compat();
         let header = wire::encode_header(&Header { protocol, target, service: service.to_owned() });
         // The remote dials the endpoint within its connect timeout: allow for that and a bit.
@@ -779,7 +797,7 @@ async fn serve_tcp(inner: Arc<Inner>, s: Inbound) {
         }
     };
     let _ = tcp.set_nodelay(true);
-    let _guard = StreamGuard::new(inner.stream_counter(peer));
+    let _guard = StreamGuard::new(inner.stream_counter(peer), None);
     if stream.write_u8(Reply::Ok as u8).await.is_err() || stream.flush().await.is_err() {
         return;
     }
@@ -818,7 +836,7 @@ async fn serve_udp(inner: Arc<Inner>, s: Inbound) {
     if stream.write_u8(Reply::Ok as u8).await.is_err() || stream.flush().await.is_err() {
         return;
     }
-    let _guard = StreamGuard::new(inner.stream_counter(peer));
+    let _guard = StreamGuard::new(inner.stream_counter(peer), None);
     let (mut tx, mut rx) = datagram_pair(stream, None);
     let mut from_stream = vec![0u8; MAX_DATAGRAM];
     let mut from_socket = vec![0u8; MAX_DATAGRAM];

@@ -436,3 +436,54 @@ async fn udp_echo_sizes_truncation_and_end() {
     let e = tokio::time::timeout(Duration::from_secs(5), rx.recv(&mut buf)).await.expect("end").unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_limit_waits_instead_of_killing_the_connection() {
+    init_tracing();
+    let keys = Keys::new();
+    let dir = Arc::new(TestDirectory::default());
+    dir.bind("a", keys.peer("a"));
+    dir.bind("b", keys.peer("b"));
+    let mut cb = config(&keys, "b");
+    cb.max_streams_per_connection = 8;
+    let b = start(cb, dir.clone()).await;
+    let mut ca = config(&keys, "a");
+    ca.max_streams_per_connection = 8;
+    ca.bootstrap = vec![b.addr()];
+    let a = start(ca, dir.clone()).await;
+    let echo = echo_server().await;
+    dir.serve(echo, Tcp::Tcp);
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(a.tunnel.open_tcp("b", echo, "limit").await.unwrap());
+    }
+    // B opens its own 8 the other way on the same connection.
+    let mut back = Vec::new();
+    for _ in 0..8 {
+        back.push(b.tunnel.open_tcp("a", echo, "limit").await.unwrap());
+    }
+    let t = a.tunnel.clone();
+    let ninth = tokio::spawn(async move { t.open_tcp("b", echo, "limit").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if ninth.is_finished() {
+        panic!("the ninth stream should wait for a free slot: {:?}", ninth.await.unwrap().map(|s| s.is_relayed()));
+    }
+    held.pop();
+    let mut s = tokio::time::timeout(Duration::from_secs(3), ninth).await.expect("slot freed").unwrap().unwrap();
+    // Every stream still works: the connection survived.
+    held.push(s);
+    for s in held.iter_mut().chain(back.iter_mut()) {
+        s.write_all(b"ok").await.unwrap();
+        let mut two = [0u8; 2];
+        s.read_exact(&mut two).await.unwrap();
+    }
+    s = held.pop().unwrap();
+    drop(s);
+    // With every slot taken until the deadline, the open fails cleanly.
+    let e = {
+        let t = a.tunnel.clone();
+        held.push(t.open_tcp("b", echo, "limit").await.unwrap());
+        tokio::time::timeout(Duration::from_secs(10), t.open_tcp("b", echo, "limit")).await.expect("bounded").unwrap_err()
+    };
+    assert!(e.is_node_failure(), "{e}");
+}
