@@ -61,6 +61,8 @@ mod identity;
 mod muxer;
 mod node;
 mod streams;
+#[cfg(test)]
+mod tests;
 mod tunnel;
 mod wire;
 

@@ -36,7 +36,7 @@ use crate::{
 };
 
 /// Time limit on reading a hello or a proxy header, and on a hello reply.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = if cfg!(test) { Duration::from_secs(2) } else { Duration::from_secs(10) };
 /// How long an inbound proxy stream waits for the peer's hello to be verified.
 const AUTHORIZE_WAIT: Duration = Duration::from_secs(10);
 /// A UDP session (remote side) with no datagram either way for this long is closed.
@@ -265,7 +265,7 @@ pub struct PeerStatus {
 /// The cross-node tunnel (a cheap handle).
 #[derive(Clone)]
 pub struct Tunnel {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl Tunnel {
