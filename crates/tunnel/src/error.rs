@@ -2,9 +2,9 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use libp2p::{Multiaddr, PeerId};
+use libp2p::Multiaddr;
 
-/// Everything that can go wrong in the tunnel.
+/// Everything that can go wrong in the tunnel. (`peer` fields hold the peer ID as text.)
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
     /// The identity key file is missing and cannot be created, has loose permissions, or does
@@ -25,11 +25,11 @@ pub enum TunnelError {
     UnknownNode(String),
     /// The agent on the node could not be reached (no address worked, no relay had it).
     #[error("node {node:?} (peer {peer}) unreachable: {reason}")]
-    PeerUnreachable { node: String, peer: PeerId, reason: String },
+    PeerUnreachable { node: String, peer: String, reason: String },
     /// The agent on the node does not accept this node's name claim (its directory does not bind
     /// our name to our peer ID), or does not speak the edgemesh hello.
     #[error("node {node:?} (peer {peer}) does not trust this node: {reason}")]
-    Untrusted { node: String, peer: PeerId, reason: String },
+    Untrusted { node: String, peer: String, reason: String },
     /// The remote agent reached the endpoint's host but the endpoint refused the connection.
     #[error("node {node:?}: endpoint {target} refused the connection")]
     Refused { node: String, target: SocketAddr },
@@ -54,12 +54,7 @@ impl TunnelError {
     /// The endpoint failed (refused, unreachable from its node, not served there): eject the
     /// endpoint; the node itself is fine.
     pub fn is_endpoint_failure(&self) -> bool {
-        matches!(
-            self,
-            TunnelError::Refused { .. }
-                | TunnelError::Unreachable { .. }
-                | TunnelError::NotServed { .. }
-        )
+        matches!(self, TunnelError::Refused { .. } | TunnelError::Unreachable { .. } | TunnelError::NotServed { .. })
     }
 
     /// The node's agent could not be used (unknown, unreachable, untrusted, timed out,

@@ -65,9 +65,7 @@ fn create(path: &Path) -> Result<Keypair, TunnelError> {
             .map_err(|e| err(format!("cannot create directory {}: {e}", dir.display())))?;
     }
     let key = Keypair::generate_ed25519();
-    let bytes = key
-        .to_protobuf_encoding()
-        .map_err(|e| err(format!("cannot encode the new key: {e}")))?;
+    let bytes = key.to_protobuf_encoding().map_err(|e| err(format!("cannot encode the new key: {e}")))?;
     // Write a temporary file next to it and rename it into place: a crash never leaves a
     // half-written key behind, and a concurrent creator cannot be overwritten.
     let file_name = path.file_name().ok_or_else(|| err("not a file path".into()))?;
@@ -107,9 +105,7 @@ pub(crate) fn load_psk(path: &Path) -> Result<PreSharedKey, TunnelError> {
         }
     }
     text.trim_start().parse::<PreSharedKey>().map_err(|e| {
-        err(format!(
-            "not a swarm key ({e}); expected \"/key/swarm/psk/1.0.0/\\n/base16/\\n<64 hex digits>\""
-        ))
+        err(format!("not a swarm key ({e}); expected \"/key/swarm/psk/1.0.0/\\n/base16/\\n<64 hex digits>\""))
     })
 }
 

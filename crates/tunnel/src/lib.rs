@@ -68,7 +68,9 @@ mod wire;
 
 use std::net::SocketAddr;
 
-pub use config::{DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_PORT, MAX_STREAMS_PER_CONNECTION, RelayLimits, TunnelConfig};
+pub use config::{
+    DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_PORT, MAX_STREAMS_PER_CONNECTION, RelayLimits, TunnelConfig,
+};
 pub use error::TunnelError;
 pub use identity::load_or_create_identity;
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr};

@@ -9,15 +9,20 @@ use std::{
 
 use futures::StreamExt;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, Transport, autonat, dcutr,
+    Multiaddr, PeerId, Swarm, Transport, autonat,
     core::{
         muxing::StreamMuxerBox,
         transport::{Boxed, ListenerId},
         upgrade::Version,
     },
-    identify, identity::Keypair, mdns, multiaddr::Protocol, noise, ping, pnet, quic, relay,
+    dcutr, identify,
+    identity::Keypair,
+    mdns,
+    multiaddr::Protocol,
+    noise, ping, pnet, quic, relay,
     swarm::{
-        ConnectionId, NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle,
+        ConnectionId, NetworkBehaviour, SwarmEvent,
+        behaviour::toggle::Toggle,
         dial_opts::{DialOpts, PeerCondition},
     },
     tcp,
@@ -457,6 +462,7 @@ impl Task {
                         b.peer = Some(peer_id);
                         b.connected_since = Some(Instant::now());
                         self.swarm.behaviour_mut().streams.set_keep_alive(peer_id, true);
+                        self.inner.keep_alive.lock().unwrap_or_else(|e| e.into_inner()).insert(peer_id);
                     }
                 }
                 self.inner.connection_established(peer_id, connection_id, addr, relayed);
@@ -473,14 +479,15 @@ impl Task {
                 if num_established == 0 {
                     let now = Instant::now();
                     for b in &mut self.bootstrap {
-                        if b.peer == Some(peer_id) {
-                            if let Some(since) = b.connected_since.take() {
-                                if now - since >= STABLE {
-                                    b.backoff = BACKOFF_MIN;
-                                }
-                                b.retry_at = Some(now + b.backoff);
-                                b.backoff = next_backoff(b.backoff);
+                        if b.peer != Some(peer_id) {
+                            continue;
+                        }
+                        if let Some(since) = b.connected_since.take() {
+                            if now - since >= STABLE {
+                                b.backoff = BACKOFF_MIN;
                             }
+                            b.retry_at = Some(now + b.backoff);
+                            b.backoff = next_backoff(b.backoff);
                         }
                     }
                 }
@@ -496,10 +503,8 @@ impl Task {
                         b.backoff = next_backoff(b.backoff);
                     }
                 }
-                if let Some(peer) = peer_id {
-                    if !self.swarm.is_connected(&peer) {
-                        self.fail_connects(peer, error.to_string());
-                    }
+                if let Some(peer) = peer_id.filter(|p| !self.swarm.is_connected(p)) {
+                    self.fail_connects(peer, error.to_string());
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -519,7 +524,9 @@ impl Task {
                     self.swarm.remove_external_address(&address);
                 }
             }
-            SwarmEvent::ListenerClosed { listener_id, reason, .. } => self.relay_listener_gone(listener_id, reason.err()),
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                self.relay_listener_gone(listener_id, reason.err())
+            }
             SwarmEvent::ListenerError { listener_id, error } => {
                 tracing::debug!(?listener_id, %error, "listener error");
             }
@@ -543,7 +550,11 @@ impl Task {
 
     fn on_behaviour(&mut self, ev: BehaviourEvent) {
         match ev {
-            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted { relay_peer_id, renewal, .. }) => {
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
                 if !renewal {
                     tracing::info!(relay = %relay_peer_id, "relay slot reserved");
                 }

@@ -27,11 +27,15 @@ use std::{
 use futures::channel::oneshot;
 use libp2p::{
     Multiaddr, PeerId, Stream, StreamProtocol,
-    core::{Endpoint, UpgradeInfo, multiaddr::Protocol, transport::PortUse, upgrade::{InboundUpgrade, OutboundUpgrade}},
+    core::{
+        Endpoint, UpgradeInfo,
+        multiaddr::Protocol,
+        transport::PortUse,
+        upgrade::{InboundUpgrade, OutboundUpgrade},
+    },
     swarm::{
-        ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
-        NetworkBehaviour, NotifyHandler, StreamUpgradeError, SubstreamProtocol, THandler,
-        THandlerInEvent, THandlerOutEvent, ToSwarm,
+        ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm, NetworkBehaviour,
+        NotifyHandler, StreamUpgradeError, SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
         behaviour::{ConnectionClosed, ConnectionEstablished},
         handler::{ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound},
     },
@@ -124,7 +128,13 @@ pub(crate) struct Control {
 }
 
 impl Control {
-    fn send(&self, conn: Option<ConnectionId>, peer: PeerId, protocol: StreamProtocol, counted: bool) -> Result<Opening, OpenError> {
+    fn send(
+        &self,
+        conn: Option<ConnectionId>,
+        peer: PeerId,
+        protocol: StreamProtocol,
+        counted: bool,
+    ) -> Result<Opening, OpenError> {
         let shared = lock(&self.shared);
         let mut candidates: Vec<&Conn> = match conn {
             Some(c) => shared.conns.get(&c).into_iter().collect(),
@@ -168,7 +178,11 @@ impl Control {
     }
 
     /// Opens an uncounted stream (hello) on one given connection.
-    pub(crate) fn open_on(&self, conn: ConnectionId, protocol: StreamProtocol) -> Option<oneshot::Receiver<OpenResult>> {
+    pub(crate) fn open_on(
+        &self,
+        conn: ConnectionId,
+        protocol: StreamProtocol,
+    ) -> Option<oneshot::Receiver<OpenResult>> {
         self.send(Some(conn), PeerId::random(), protocol, false).ok().map(|o| o.rx)
     }
 
@@ -213,7 +227,11 @@ impl Behaviour {
             let conns: Vec<ConnectionId> =
                 lock(&self.shared).conns.iter().filter(|(_, c)| c.peer == peer).map(|(id, _)| *id).collect();
             for id in conns {
-                self.events.push_back(ToSwarm::NotifyHandler { peer_id: peer, handler: NotifyHandler::One(id), event: keep });
+                self.events.push_back(ToSwarm::NotifyHandler {
+                    peer_id: peer,
+                    handler: NotifyHandler::One(id),
+                    event: keep,
+                });
             }
         }
     }
@@ -312,10 +330,14 @@ impl ConnectionHandler for Handler {
         self.keep_alive
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ConnectionHandlerEvent<Upgrade, Self::OutboundOpenInfo, Infallible>> {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ConnectionHandlerEvent<Upgrade, Self::OutboundOpenInfo, Infallible>> {
         match self.requests.poll_recv(cx) {
             Poll::Ready(Some(req)) => Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
-                protocol: SubstreamProtocol::new(Upgrade(vec![req.protocol]), req.reply).with_timeout(NEGOTIATION_TIMEOUT),
+                protocol: SubstreamProtocol::new(Upgrade(vec![req.protocol]), req.reply)
+                    .with_timeout(NEGOTIATION_TIMEOUT),
             }),
             _ => Poll::Pending,
         }
@@ -327,7 +349,9 @@ impl ConnectionHandler for Handler {
 
     fn on_connection_event(&mut self, event: ConnectionEvent<Upgrade, Upgrade, (), Self::OutboundOpenInfo>) {
         match event {
-            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound { protocol: (stream, protocol), .. }) => {
+            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
+                protocol: (stream, protocol), ..
+            }) => {
                 let _ = self.inbound.send(Inbound { peer: self.peer, protocol, stream });
             }
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound { protocol: (stream, _), info }) => {
@@ -335,7 +359,9 @@ impl ConnectionHandler for Handler {
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { info, error }) => {
                 let e = match error {
-                    StreamUpgradeError::Timeout => io::Error::new(io::ErrorKind::TimedOut, "stream negotiation timed out"),
+                    StreamUpgradeError::Timeout => {
+                        io::Error::new(io::ErrorKind::TimedOut, "stream negotiation timed out")
+                    }
                     StreamUpgradeError::NegotiationFailed => {
                         io::Error::new(io::ErrorKind::Unsupported, "the peer does not support the edgemesh protocol")
                     }

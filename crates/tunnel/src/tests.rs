@@ -148,7 +148,7 @@ async fn untrusted_peers_raw_streams_get_nothing() {
     assert!(reached > 0, "no raw stream reached b: the test proves nothing");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(accepted.load(Ordering::SeqCst), 0, "the endpoint was dialed for an untrusted peer");
-    assert!(b.peers().iter().all(|p| p.trusted == false || p.node.as_deref() != Some("a")));
+    assert!(b.peers().iter().all(|p| !p.trusted || p.node.as_deref() != Some("a")));
 
     // A trusted peer whose binding is revoked afterwards loses access at once.
     let a = net.start("a", "a", dir.clone(), Some(&b)).await;
@@ -202,13 +202,14 @@ async fn hostile_headers_never_crash_or_stall_the_agent() {
     assert!(started.elapsed() < Duration::from_secs(1));
     for mut s in silent {
         let mut one = [0u8; 1];
-        let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut one)).await.expect("closed by the time limit");
+        let r =
+            tokio::time::timeout(Duration::from_secs(10), s.read(&mut one)).await.expect("closed by the time limit");
         assert!(matches!(r, Ok(0) | Ok(1) | Err(_)));
     }
     // A garbage hello gets "malformed" and the connection closed.
     let c = net.start("c", "c", dir.clone(), Some(&b)).await;
     let mut h = raw(&c, bp, HELLO).await.unwrap();
-    let r = reply_to(&mut h, b"EMH\x01\x00\x00").await;
+    let r = reply_to(&mut h, b"EMH\x01\x00\x00\x00").await;
     assert_eq!(r, Some(wire::HelloStatus::Malformed as u8));
     let cp = c.peer_id().to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -100,6 +100,8 @@ pub(crate) struct Inner {
     /// QUIC is usable (no PSK).
     pub quic: bool,
     relay_peers: HashSet<PeerId>,
+    /// Peers whose connections we keep open (relays, bootstrap peers).
+    pub keep_alive: Mutex<HashSet<PeerId>>,
     relay_server: bool,
     listen_addrs: Mutex<Vec<Multiaddr>>,
     warned: Mutex<HashMap<(PeerId, &'static str), Instant>>,
@@ -342,7 +344,7 @@ impl Tunnel {
         }
 
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-        let relay_peers = config
+        let relay_peers: HashSet<PeerId> = config
             .relays
             .iter()
             .filter_map(|a| match a.iter().last() {
@@ -362,6 +364,7 @@ impl Tunnel {
             max_streams,
             stop: stop.clone(),
             quic,
+            keep_alive: Mutex::new(relay_peers.clone()),
             relay_peers,
             relay_server: config.relay_server.is_some(),
             listen_addrs: Mutex::new(Vec::new()),
@@ -385,7 +388,9 @@ impl Tunnel {
                 libp2p::swarm::SwarmEvent::NewListenAddr { listener_id, .. } => {
                     listeners.remove(listener_id);
                 }
-                libp2p::swarm::SwarmEvent::ListenerClosed { listener_id, reason, .. } if listeners.contains(listener_id) => {
+                libp2p::swarm::SwarmEvent::ListenerClosed { listener_id, reason, .. }
+                    if listeners.contains(listener_id) =>
+                {
                     return Err(TunnelError::Listen {
                         addr: listen.first().cloned().unwrap_or_else(Multiaddr::empty),
                         message: format!("listener closed: {reason:?}"),
@@ -479,7 +484,7 @@ impl Tunnel {
                 match ours {
                     Some(Claim::Accepted(_)) => return Ok(()),
                     Some(Claim::Refused(reason)) => {
-                        return Err(TunnelError::Untrusted { node: node.to_owned(), peer, reason });
+                        return Err(TunnelError::Untrusted { node: node.to_owned(), peer: peer.to_string(), reason });
                     }
                     _ => {}
                 }
@@ -487,7 +492,7 @@ impl Tunnel {
                 if dials >= 3 {
                     return Err(TunnelError::PeerUnreachable {
                         node: node.to_owned(),
-                        peer,
+                        peer: peer.to_string(),
                         reason: "connection lost repeatedly".into(),
                     });
                 }
@@ -498,7 +503,11 @@ impl Tunnel {
                     Err(_) => return Err(timed_out()),
                     Ok(Err(_)) => return Err(TunnelError::Stopped),
                     Ok(Ok(Err(reason))) => {
-                        return Err(TunnelError::PeerUnreachable { node: node.to_owned(), peer, reason });
+                        return Err(TunnelError::PeerUnreachable {
+                            node: node.to_owned(),
+                            peer: peer.to_string(),
+                            reason,
+                        });
                     }
                     Ok(Ok(Ok(()))) => continue,
                 }
@@ -522,9 +531,7 @@ impl Tunnel {
         }
         let peer = inner.directory.peer_of(node).ok_or_else(|| TunnelError::UnknownNode(node.to_owned()))?;
         if peer == inner.local_peer {
-            return Err(TunnelError::Config(format!(
-                "node {node:?} is this node: connect to its endpoints directly"
-            )));
+            return Err(TunnelError::Config(format!("node {node:?} is this node: connect to its endpoints directly")));
         }
         let timeout_err = || TunnelError::Timeout { node: node.to_owned(), timeout: inner.connect_timeout };
         let protocol_err = |message: String| TunnelError::Protocol { node: node.to_owned(), message };
@@ -547,7 +554,7 @@ impl Tunnel {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
                         return Err(TunnelError::PeerUnreachable {
                             node: node.to_owned(),
-                            peer,
+                            peer: peer.to_string(),
                             reason: format!("{} streams already open on every connection", inner.max_streams),
                         });
                     }
@@ -558,10 +565,18 @@ impl Tunnel {
         let stream = match tokio::time::timeout_at(deadline, opening.rx).await {
             Err(_) => return Err(timeout_err()),
             Ok(Err(_)) => {
-                return Err(TunnelError::PeerUnreachable { node: node.to_owned(), peer, reason: "connection closed".into() });
+                return Err(TunnelError::PeerUnreachable {
+                    node: node.to_owned(),
+                    peer: peer.to_string(),
+                    reason: "connection closed".into(),
+                });
             }
             Ok(Ok(Err(e))) if e.kind() == io::ErrorKind::Unsupported => {
-                return Err(TunnelError::Untrusted { node: node.to_owned(), peer, reason: e.to_string() });
+                return Err(TunnelError::Untrusted {
+                    node: node.to_owned(),
+                    peer: peer.to_string(),
+                    reason: e.to_string(),
+                });
             }
             Ok(Ok(Err(e))) => return Err(protocol_err(format!("cannot open a stream: {e}"))),
             Ok(Ok(Ok(s))) => s,
@@ -582,7 +597,7 @@ impl Tunnel {
                 // Closed without a reply: the remote does not accept proxy streams from us.
                 return Err(TunnelError::Untrusted {
                     node: node.to_owned(),
-                    peer,
+                    peer: peer.to_string(),
                     reason: "the remote agent closed the stream without a reply".into(),
                 });
             }
@@ -605,7 +620,8 @@ impl Tunnel {
 /// Sends our hello on a new connection and records the peer's verdict.
 pub(crate) fn spawn_hello(inner: Arc<Inner>, peer: PeerId, conn: ConnectionId) {
     tokio::spawn(async move {
-        let result: io::Result<HelloStatus> = async {
+        let keep_open = lock(&inner.keep_alive).contains(&peer);
+        let result: io::Result<(HelloStatus, Compat<Stream>)> = async {
             let rx = inner
                 .control
                 .open_on(conn, HELLO)
@@ -615,7 +631,11 @@ pub(crate) fn spawn_hello(inner: Arc<Inner>, peer: PeerId, conn: ConnectionId) {
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "opening the hello stream timed out"))?
                 .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "connection closed"))??;
             let mut s = stream.compat();
-            let hello = Hello { node: inner.node_name.clone(), agent: format!("edgemesh/{}", env!("CARGO_PKG_VERSION")) };
+            let hello = Hello {
+                node: inner.node_name.clone(),
+                agent: format!("edgemesh/{}", env!("CARGO_PKG_VERSION")),
+                keep_open,
+            };
             let exchange = async {
                 s.write_all(&wire::encode_hello(&hello)).await?;
                 s.flush().await?;
@@ -624,22 +644,26 @@ pub(crate) fn spawn_hello(inner: Arc<Inner>, peer: PeerId, conn: ConnectionId) {
             let status = timeout(HEADER_TIMEOUT, exchange)
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no hello reply"))??;
-            let _ = s.shutdown().await;
-            HelloStatus::from_u8(status).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown hello reply"))
+            let status = HelloStatus::from_u8(status)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown hello reply"))?;
+            Ok((status, s))
         }
         .await;
-        match result {
-            Ok(HelloStatus::Accepted) => {
+        let mut stream = match result {
+            Ok((HelloStatus::Accepted, s)) => {
                 tracing::debug!(%peer, "the peer accepted our node name");
                 inner.set_ours(peer, Claim::Accepted(String::new()), true);
+                s
             }
-            Ok(status) => {
-                if inner.should_warn(peer, "refused-us") {
+            Ok((status, s)) => {
+                // Our relays do not know our name, and say so: expected.
+                if !inner.relay_peers.contains(&peer) && inner.should_warn(peer, "refused-us") {
                     tracing::warn!(%peer, node = %inner.node_name, reason = status.describe(), "the peer refuses this node's name claim");
                 }
                 inner.set_ours(peer, Claim::Refused(status.describe().into()), true);
+                s
             }
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "hello failed");
                 let reason = if e.kind() == io::ErrorKind::Unsupported {
@@ -650,7 +674,18 @@ pub(crate) fn spawn_hello(inner: Arc<Inner>, peer: PeerId, conn: ConnectionId) {
                 if inner.control.connections(&peer).iter().any(|(c, _)| *c == conn) {
                     inner.set_ours(peer, Claim::Refused(reason), false);
                 }
+                return;
             }
+        };
+        if keep_open {
+            // Hold the stream (and so the connection) until the peer or the connection ends it.
+            let mut one = [0u8; 1];
+            tokio::select! {
+                _ = stream.read(&mut one) => {}
+                _ = inner.stop.cancelled() => {}
+            }
+        } else {
+            let _ = stream.shutdown().await;
         }
     });
 }
@@ -692,27 +727,47 @@ async fn serve_hello(inner: Arc<Inner>, s: Inbound) {
         }
         Err(_) => (HelloStatus::Malformed, None),
     };
+    // A relay keeps serving peers it does not know (they only use the relay), and we keep
+    // our relays; a peer claiming another node's name is always cut off.
+    let keep = status == HelloStatus::Accepted
+        || (status == HelloStatus::UnknownNode && (inner.relay_server || inner.relay_peers.contains(&peer)));
+    let hold = keep && claimed.as_ref().is_some_and(|h| h.keep_open);
     let _ = timeout(HEADER_TIMEOUT, async {
         stream.write_u8(status as u8).await?;
-        stream.shutdown().await
+        stream.flush().await?;
+        if !hold {
+            stream.shutdown().await?;
+        }
+        Ok::<_, io::Error>(())
     })
     .await;
     let node = claimed.as_ref().map(|h| h.node.clone()).unwrap_or_default();
     if status == HelloStatus::Accepted {
-        let hello = claimed.expect("accepted hellos have a claim");
+        let agent = claimed.as_ref().map(|h| h.agent.clone()).unwrap_or_default();
         let first = lock(&inner.peers).get(&peer).map(|e| e.theirs != Claim::Accepted(node.clone())).unwrap_or(true);
         if first {
-            tracing::info!(%peer, node = %node, agent = %hello.agent, "peer identified");
+            tracing::info!(%peer, node = %node, agent = %agent, "peer identified");
         }
-        inner.set_theirs(peer, Claim::Accepted(node));
+        inner.set_theirs(peer, Claim::Accepted(node.clone()));
+    } else {
+        inner.set_theirs(peer, Claim::Refused(status.describe().into()));
+        if keep {
+            tracing::debug!(%peer, claimed = %node, "peer not in the directory (kept: relay)");
+        }
+    }
+    if hold {
+        // The opener keeps this connection (bootstrap peer, relay): hold the stream open so
+        // that neither side lets the connection idle out.
+        let mut buf = [0u8; 64];
+        loop {
+            tokio::select! {
+                r = stream.read(&mut buf) => if !matches!(r, Ok(n) if n > 0) { break },
+                _ = inner.stop.cancelled() => break,
+            }
+        }
         return;
     }
-    inner.set_theirs(peer, Claim::Refused(status.describe().into()));
-    // A relay keeps serving peers it does not know (they only use the relay), and we keep
-    // our relays; a peer claiming another node's name is always cut off.
-    let keep = status != HelloStatus::PeerMismatch && (inner.relay_server || inner.relay_peers.contains(&peer));
     if keep {
-        tracing::debug!(%peer, claimed = %node, "peer not in the directory (kept: relay)");
         return;
     }
     if inner.should_warn(peer, "refused") {
@@ -819,7 +874,8 @@ async fn serve_udp(inner: Arc<Inner>, s: Inbound) {
     let mut stream = s.stream.compat();
     let Some((node, header)) = accept_header(&inner, peer, &mut stream, TunnelProtocol::Udp).await else { return };
     let target = header.target;
-    let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse().expect("valid") } else { "[::]:0".parse().expect("valid") };
+    let bind: SocketAddr =
+        if target.is_ipv4() { "0.0.0.0:0".parse().expect("valid") } else { "[::]:0".parse().expect("valid") };
     let socket = match UdpSocket::bind(bind).await {
         Ok(s) => s,
         Err(e) => {

@@ -3,10 +3,14 @@
 //! Hello (`/edgemesh/hello/1.0.0`, one per connection and direction, opened by each side):
 //!
 //! ```text
-//! opener:   "EMH" | version u8 (1) | name_len u8 | name (1..=253 bytes, UTF-8)
+//! opener:   "EMH" | version u8 (1) | flags u8 | name_len u8 | name (1..=253 bytes, UTF-8)
 //!                 | agent_len u8 | agent (0..=64 bytes, UTF-8, for logs)
 //! acceptor: status u8 (0 accepted, 1 unknown node, 2 node bound to another peer, 3 malformed)
 //! ```
+//!
+//! Flag bit 0 (keep open): the opener wants the connection kept (a bootstrap peer or relay);
+//! both sides then hold the hello stream open until the connection ends, an open stream being
+//! what keeps a libp2p connection from idling out on *both* sides. Other bits are ignored.
 //!
 //! Proxy streams (`/edgemesh/tcp/1.0.0`, `/edgemesh/udp/1.0.0`, one per proxied TCP
 //! connection / UDP session):
@@ -42,7 +46,10 @@ pub(crate) const MAX_AGENT: usize = 64;
 pub(crate) struct Hello {
     pub node: String,
     pub agent: String,
+    pub keep_open: bool,
 }
+
+pub(crate) const FLAG_KEEP_OPEN: u8 = 1;
 
 /// The acceptor's verdict on a hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +141,7 @@ pub(crate) fn encode_hello(hello: &Hello) -> Vec<u8> {
     let mut out = Vec::with_capacity(6 + node.len() + agent.len());
     out.extend_from_slice(HELLO_MAGIC);
     out.push(HELLO_VERSION);
+    out.push(if hello.keep_open { FLAG_KEEP_OPEN } else { 0 });
     out.push(node.len() as u8);
     out.extend_from_slice(node.as_bytes());
     out.push(agent.len() as u8);
@@ -142,7 +150,7 @@ pub(crate) fn encode_hello(hello: &Hello) -> Vec<u8> {
 }
 
 pub(crate) async fn read_hello<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Hello> {
-    let mut head = [0u8; 5];
+    let mut head = [0u8; 6];
     r.read_exact(&mut head).await?;
     if &head[..3] != HELLO_MAGIC {
         return Err(bad("not an edgemesh hello"));
@@ -150,7 +158,8 @@ pub(crate) async fn read_hello<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<He
     if head[3] != HELLO_VERSION {
         return Err(bad(format!("unsupported hello version {}", head[3])));
     }
-    let len = head[4] as usize;
+    let keep_open = head[4] & FLAG_KEEP_OPEN != 0;
+    let len = head[5] as usize;
     if len == 0 || len > MAX_NODE_NAME {
         return Err(bad(format!("node name length {len} out of range")));
     }
@@ -164,7 +173,7 @@ pub(crate) async fn read_hello<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<He
     let mut agent = vec![0u8; alen];
     r.read_exact(&mut agent).await?;
     let agent = String::from_utf8_lossy(&agent).into_owned();
-    Ok(Hello { node, agent })
+    Ok(Hello { node, agent, keep_open })
 }
 
 pub(crate) fn encode_header(h: &Header) -> Vec<u8> {
@@ -219,11 +228,7 @@ pub(crate) async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<H
     let slen = r.read_u8().await? as usize;
     let mut service = vec![0u8; slen];
     r.read_exact(&mut service).await?;
-    Ok(Header {
-        protocol,
-        target: SocketAddr::new(ip, port),
-        service: String::from_utf8_lossy(&service).into_owned(),
-    })
+    Ok(Header { protocol, target: SocketAddr::new(ip, port), service: String::from_utf8_lossy(&service).into_owned() })
 }
 
 #[cfg(test)]
@@ -232,15 +237,24 @@ mod tests {
 
     #[tokio::test]
     async fn hello_round_trip_and_bounds() {
-        let h = Hello { node: "edge-1".into(), agent: "edgemesh/0.1".into() };
-        let bytes = encode_hello(&h);
-        assert_eq!(read_hello(&mut &bytes[..]).await.unwrap(), h);
+        for keep_open in [false, true] {
+            let h = Hello { node: "edge-1".into(), agent: "edgemesh/0.1".into(), keep_open };
+            let bytes = encode_hello(&h);
+            assert_eq!(read_hello(&mut &bytes[..]).await.unwrap(), h);
+        }
         // Long names are truncated on a char boundary, never overflow the length byte.
-        let long = Hello { node: "é".repeat(300), agent: "x".repeat(300) };
+        let long = Hello { node: "é".repeat(300), agent: "x".repeat(300), keep_open: false };
         let got = read_hello(&mut &encode_hello(&long)[..]).await.unwrap();
         assert!(got.node.len() <= MAX_NODE_NAME && got.agent.len() <= MAX_AGENT);
         // Garbage, truncation, bad lengths: errors, never panics.
-        for bad in [&b"XYZ\x01\x01a\x00"[..], b"EMH\x02\x01a\x00", b"EMH\x01\x00\x00", b"EMH\x01\xfe", b"EMH\x01\x05ab", b"EMH\x01\x01a\xff"] {
+        for bad in [
+            &b"XYZ\x01\x01a\x00"[..],
+            b"EMH\x02\x01a\x00",
+            b"EMH\x01\x00\x00",
+            b"EMH\x01\xfe",
+            b"EMH\x01\x05ab",
+            b"EMH\x01\x01a\xff",
+        ] {
             assert!(read_hello(&mut &bad[..]).await.is_err(), "{bad:?}");
         }
     }
@@ -253,10 +267,15 @@ mod tests {
                 assert_eq!(read_header(&mut &encode_header(&h)[..]).await.unwrap(), h);
             }
         }
-        let h = Header { protocol: TunnelProtocol::Tcp, target: "1.2.3.4:5".parse().unwrap(), service: "s".repeat(1000) };
+        let h =
+            Header { protocol: TunnelProtocol::Tcp, target: "1.2.3.4:5".parse().unwrap(), service: "s".repeat(1000) };
         assert_eq!(read_header(&mut &encode_header(&h)[..]).await.unwrap().service.len(), 255);
         // Every prefix of a valid header is an error (truncated), as are bad versions/families.
-        let full = encode_header(&Header { protocol: TunnelProtocol::Udp, target: "[::1]:9".parse().unwrap(), service: "x".into() });
+        let full = encode_header(&Header {
+            protocol: TunnelProtocol::Udp,
+            target: "[::1]:9".parse().unwrap(),
+            service: "x".into(),
+        });
         for n in 0..full.len() {
             assert!(read_header(&mut &full[..n]).await.is_err());
         }

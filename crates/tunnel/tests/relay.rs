@@ -93,9 +93,7 @@ async fn re_reserve_after_the_relay_restarts() {
     let relay = r.addr();
     let b = start(relayed_node(&keys, "b", &relay), dir.clone()).await;
     let rid = r.tunnel.peer_id().to_string();
-    let reserved = || async {
-        b.tunnel.peers().iter().find(|p| p.peer_id == rid && p.relay_reserved).map(|_| ())
-    };
+    let reserved = || async { b.tunnel.peers().iter().find(|p| p.peer_id == rid && p.relay_reserved).map(|_| ()) };
     eventually("b's reservation", Duration::from_secs(10), reserved).await;
 
     // Restart R on the same address with the same key.

@@ -310,17 +310,25 @@ async fn taken_port_is_a_start_error() {
     let port = l.local_addr().unwrap().port();
     let mut c = config(&keys, "a");
     c.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
-    let e = edgemesh_tunnel::Tunnel::start(c, Arc::new(TestDirectory::default()), edgemesh_tunnel::CancellationToken::new())
-        .await
-        .err()
-        .expect("port taken");
+    let e = edgemesh_tunnel::Tunnel::start(
+        c,
+        Arc::new(TestDirectory::default()),
+        edgemesh_tunnel::CancellationToken::new(),
+    )
+    .await
+    .err()
+    .expect("port taken");
     assert!(matches!(e, TunnelError::Listen { .. }), "{e}");
     let mut c = config(&keys, "a");
     c.relays = vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()];
-    let e = edgemesh_tunnel::Tunnel::start(c, Arc::new(TestDirectory::default()), edgemesh_tunnel::CancellationToken::new())
-        .await
-        .err()
-        .expect("relay without peer ID");
+    let e = edgemesh_tunnel::Tunnel::start(
+        c,
+        Arc::new(TestDirectory::default()),
+        edgemesh_tunnel::CancellationToken::new(),
+    )
+    .await
+    .err()
+    .expect("relay without peer ID");
     assert!(matches!(e, TunnelError::Config(_)), "{e}");
 }
 
@@ -483,7 +491,43 @@ async fn stream_limit_waits_instead_of_killing_the_connection() {
     let e = {
         let t = a.tunnel.clone();
         held.push(t.open_tcp("b", echo, "limit").await.unwrap());
-        tokio::time::timeout(Duration::from_secs(10), t.open_tcp("b", echo, "limit")).await.expect("bounded").unwrap_err()
+        tokio::time::timeout(Duration::from_secs(10), t.open_tcp("b", echo, "limit"))
+            .await
+            .expect("bounded")
+            .unwrap_err()
     };
     assert!(e.is_node_failure(), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_peer_redialed_with_backoff() {
+    init_tracing();
+    let keys = Keys::new();
+    let dir = Arc::new(TestDirectory::default());
+    dir.bind("a", keys.peer("a"));
+    dir.bind("b", keys.peer("b"));
+    let port = closed_port().await.port();
+    let b_addr: edgemesh_tunnel::Multiaddr =
+        format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", keys.peer("b")).parse().unwrap();
+    let mut ca = config(&keys, "a");
+    ca.bootstrap = vec![b_addr];
+    // Short idle timeout: the bootstrap connection must be kept regardless.
+    ca.idle_connection_timeout = Duration::from_millis(500);
+    let a = start(ca, dir.clone()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut cb = config(&keys, "b");
+    cb.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
+    cb.idle_connection_timeout = Duration::from_millis(500);
+    let b = start(cb.clone(), dir.clone()).await;
+    let connected =
+        || async { a.tunnel.peers().into_iter().find(|p| p.node.as_deref() == Some("b") && p.trusted).map(|_| ()) };
+    eventually("a to connect to its bootstrap peer", Duration::from_secs(15), connected).await;
+    // Kept open past the idle timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(connected().await.is_some(), "bootstrap connection kept alive");
+    // b restarts: a dials again.
+    drop(b);
+    eventually("a to notice", Duration::from_secs(10), || async { connected().await.is_none().then_some(()) }).await;
+    let _b = start(cb, dir.clone()).await;
+    eventually("a to reconnect", Duration::from_secs(15), connected).await;
 }
