@@ -1,0 +1,122 @@
+//! Tunnel configuration.
+
+use std::{path::PathBuf, time::Duration};
+
+use libp2p::Multiaddr;
+
+/// The default tunnel port (TCP and QUIC).
+pub const DEFAULT_PORT: u16 = 20006;
+
+/// Default limit of proxy streams (TCP connections + UDP sessions) this agent opens on one
+/// connection to a peer.
+///
+/// yamux counts the streams of both directions against one limit and fails the whole
+/// connection when a stream too many is opened, so the tunnel sizes yamux for twice this plus
+/// a margin and never opens more than this on one connection: an open beyond it waits (up to
+/// the connect timeout) for a stream to end. Use the same value on every node. QUIC's
+/// concurrent stream limit is set to match.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 4096;
+
+/// The largest accepted `max_streams_per_connection` (yamux then allows 16,640 streams and a
+/// 4 GiB connection window; memory is only used by data actually in flight).
+pub const MAX_STREAMS_PER_CONNECTION: usize = 8192;
+
+/// Configuration of a [`Tunnel`](crate::Tunnel).
+#[derive(Debug, Clone)]
+pub struct TunnelConfig {
+    /// This node's name (claimed in the hello sent to every peer).
+    pub node_name: String,
+    /// Ed25519 identity; created (mode 0600, parent dirs created) on first start when missing.
+    pub key_file: PathBuf,
+    /// libp2p private-network key file (the go-libp2p `swarm.key` format:
+    /// `/key/swarm/psk/1.0.0/\n/base16/\n<64 hex>`), if any.
+    pub psk_file: Option<PathBuf>,
+    /// Listen addresses; empty = the default: TCP and QUIC on port 20006 (0.0.0.0 and ::)
+    /// without a PSK, TCP only with a PSK.
+    pub listen: Vec<Multiaddr>,
+    /// Peers dialed at start and re-dialed with back-off whenever the connection is lost.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Relays (each address must end in `/p2p/<relay peer id>`) to reserve a slot on when this
+    /// node is not publicly reachable, and to reach peers through.
+    pub relays: Vec<Multiaddr>,
+    /// Offer circuit relay v2 with these limits (None: not a relay server).
+    pub relay_server: Option<RelayLimits>,
+    /// Discover peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// Proxy streams this agent opens on one connection (yamux and QUIC are sized for it); see
+    /// [`DEFAULT_MAX_STREAMS_PER_CONNECTION`].
+    pub max_streams_per_connection: usize,
+    /// Bound on reaching a node (dial + hello) and, on the remote agent, on connecting to the
+    /// endpoint.
+    pub connect_timeout: Duration,
+    /// A connection with no open stream is closed after this long (connections to bootstrap
+    /// peers and relays are kept regardless).
+    pub idle_connection_timeout: Duration,
+}
+
+impl TunnelConfig {
+    /// A configuration with the defaults and the given node name and key file.
+    pub fn new(node_name: impl Into<String>, key_file: impl Into<PathBuf>) -> Self {
+        TunnelConfig {
+            node_name: node_name.into(),
+            key_file: key_file.into(),
+            psk_file: None,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            relays: Vec::new(),
+            relay_server: None,
+            mdns: true,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            connect_timeout: Duration::from_secs(10),
+            idle_connection_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        TunnelConfig::new("", "/var/lib/edgemesh/tunnel.key")
+    }
+}
+
+/// Limits of the circuit relay v2 server.
+///
+/// libp2p's own defaults (16 circuits, 2 minutes and 128 KiB per circuit) are meant for a
+/// relay that only helps hole punching; they cut real traffic off. A relayed connection
+/// carries every proxied connection between two nodes (multiplexed), and falls back to the
+/// relay whenever hole punching fails, so these defaults carry real traffic while staying
+/// bounded:
+///
+/// | limit | default |
+/// |---|---|
+/// | reservations | 512 in all, 4 per peer, each valid 1 h (renewed by the client) |
+/// | circuits | 256 in all, 32 per peer |
+/// | per circuit | 1 h and 8 GiB (then the relayed connection closes; the next proxied connection re-opens one) |
+///
+/// Reservation and circuit requests are also rate limited per peer and per IP address
+/// (reservations: burst 30, then one per 30 s per peer / 15 s per IP; circuits: burst 120,
+/// then one per 5 s per peer / 2 s per IP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayLimits {
+    pub max_reservations: usize,
+    pub max_reservations_per_peer: usize,
+    pub reservation_duration: Duration,
+    pub max_circuits: usize,
+    pub max_circuits_per_peer: usize,
+    pub max_circuit_duration: Duration,
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            max_reservations: 512,
+            max_reservations_per_peer: 4,
+            reservation_duration: Duration::from_secs(3600),
+            max_circuits: 256,
+            max_circuits_per_peer: 32,
+            max_circuit_duration: Duration::from_secs(3600),
+            max_circuit_bytes: 8 << 30,
+        }
+    }
+}

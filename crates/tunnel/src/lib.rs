@@ -1,0 +1,99 @@
+//! The cross-node tunnel of edgemesh: an authenticated libp2p tunnel between agents, with
+//! relay, hole punching and LAN discovery.
+//!
+//! A connection to a service whose endpoint lives on another node is carried by the local
+//! agent over one libp2p stream to the agent on the endpoint's node, which opens the
+//! connection to the endpoint ([`Tunnel::open_tcp`]); UDP sessions ride one stream each, as
+//! length-prefixed datagrams ([`Tunnel::open_udp`]).
+//!
+//! # Security
+//!
+//! - **Identity.** Each node has its own random Ed25519 key ([`load_or_create_identity`]),
+//!   never derived from its name. Connections are always encrypted and authenticated with
+//!   Noise (TCP) or TLS 1.3 (QUIC), so a peer ID cannot be spoofed.
+//! - **Node names.** On every new connection each side sends a hello
+//!   (`/edgemesh/hello/1.0.0`) claiming its node name. The receiver accepts the claim only if
+//!   its [`Directory`] binds that name to the peer's ID (allow-list or Node annotation
+//!   `edgemesh.io/peer-id`); otherwise it logs a warning naming the peer and the claimed node
+//!   and closes the connection. Only peers with an accepted name may open proxy streams, and
+//!   the claim is checked against the directory again for every stream. Exceptions, which
+//!   still get no proxy streams: a relay server keeps connections of peers it does not know
+//!   (they use it as a relay), and a node keeps its configured relays. A peer claiming the name
+//!   of a node bound to another peer ID is always cut off.
+//! - **No open proxy.** The remote agent connects only to targets for which
+//!   [`Directory::serves`] is true.
+//! - **Private network.** With a pre-shared key (`psk_file`, go-libp2p's `swarm.key` format),
+//!   every TCP connection starts with libp2p's pnet handshake: a peer without the key cannot
+//!   complete a connection at all. **pnet covers TCP only: QUIC has no place for the PSK.** So
+//!   with a PSK the default listeners are TCP only, and an explicit QUIC listen, bootstrap or
+//!   relay address is a start-up error ([`TunnelError::Config`]). Relayed connections run
+//!   inside a connection to the relay, which itself needs the PSK. Without a PSK, TCP and QUIC
+//!   are both on (QUIC hole punches more NATs).
+//!
+//! # Discovery, relay and hole punching
+//!
+//! Addresses come from mDNS (if enabled; LAN peers are connected to as soon as they are
+//! discovered), identify, the bootstrap list (dialed at start and re-dialed with back-off,
+//! connections kept open) and the relays. To reach a node whose peer is not connected, the
+//! tunnel dials the peer's known addresses and, at the same time, `<relay>/p2p-circuit/p2p/<peer>`
+//! for every configured relay; the first connection wins. A node with `relays` configured
+//! reserves a slot on each (while AutoNAT has not found it publicly reachable), keeps the
+//! reservation renewed and re-reserves with back-off after losing it (e.g. the relay
+//! restarted), so a node behind NAT is reachable through the relay with nobody configuring its
+//! address. DCUtR then tries to upgrade each relayed connection to a direct one (hole
+//! punching); proxy streams use a direct connection when there is one and the relayed one
+//! otherwise, so traffic falls back to the relay when the direct path breaks.
+//!
+//! A relay server ([`TunnelConfig::relay_server`]) offers circuit relay v2 with the bounded
+//! [`RelayLimits`], and announces its listen addresses as external addresses (libp2p's relay
+//! only serves when it has some).
+//!
+//! # Wire protocol
+//!
+//! See the `wire` module: a versioned header (protocol, target address and port, service name
+//! for logs, bounded lengths) and a one-byte reply before bytes flow. Every read of a header
+//! is time limited and every length bounded; each inbound stream is served by its own task,
+//! never by the swarm task.
+
+mod config;
+mod error;
+mod identity;
+mod muxer;
+mod node;
+mod streams;
+#[cfg(test)]
+mod tests;
+mod tunnel;
+mod wire;
+
+use std::net::SocketAddr;
+
+pub use config::{
+    DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_PORT, MAX_STREAMS_PER_CONNECTION, RelayLimits, TunnelConfig,
+};
+pub use error::TunnelError;
+pub use identity::load_or_create_identity;
+pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr};
+pub use tokio_util::sync::CancellationToken;
+pub use tunnel::{
+    ConnectionType, DatagramReceiver, DatagramSender, MAX_DATAGRAM, PeerStatus, Tunnel, TunnelStream, UDP_IDLE_TIMEOUT,
+};
+
+/// The transport protocol of a proxied flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelProtocol {
+    Tcp,
+    Udp,
+}
+
+/// What the agent knows about nodes; implemented by the binary from its config allow-list and
+/// Node objects.
+pub trait Directory: Send + Sync + 'static {
+    /// The peer ID bound to node `node` (allow-list or Node annotation `edgemesh.io/peer-id`),
+    /// if any.
+    fn peer_of(&self, node: &str) -> Option<PeerId>;
+    /// Whether this node serves endpoint `target` for `protocol` (the tunnel dials nothing
+    /// else: no open proxy).
+    fn serves(&self, target: SocketAddr, protocol: TunnelProtocol) -> bool;
+}

@@ -1,0 +1,650 @@
+//! Building the swarm and running it: dialing, discovery, relay reservations, peer state.
+
+use std::{
+    collections::{HashMap, HashSet},
+    num::{NonZeroU32, NonZeroUsize},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, Swarm, Transport, autonat,
+    core::{
+        muxing::StreamMuxerBox,
+        transport::{Boxed, ListenerId},
+        upgrade::Version,
+    },
+    dcutr, identify,
+    identity::Keypair,
+    mdns,
+    multiaddr::Protocol,
+    noise, ping, pnet, quic, relay,
+    swarm::{
+        ConnectionId, NetworkBehaviour, SwarmEvent,
+        behaviour::toggle::Toggle,
+        dial_opts::{DialOpts, PeerCondition},
+    },
+    tcp,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    RelayLimits, TunnelError,
+    streams::{self, is_relayed},
+    tunnel::Inner,
+};
+
+pub(crate) const PROTOCOL_VERSION: &str = "/edgemesh/1.0.0";
+const MAX_ADDRS_PER_PEER: usize = 16;
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A bootstrap connection that lived at least this long resets the back-off.
+const STABLE: Duration = Duration::from_secs(30);
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    relay_client: relay::client::Behaviour,
+    relay_server: Toggle<relay::Behaviour>,
+    dcutr: dcutr::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    autonat: autonat::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(crate) streams: streams::Behaviour,
+}
+
+/// Requests from the handles to the swarm task.
+pub(crate) enum Command {
+    /// Connect to a peer (known addresses and every relay); replies when connected or failed.
+    Connect { peer: PeerId, reply: oneshot::Sender<Result<(), String>> },
+    /// Close every connection to a peer.
+    Disconnect { peer: PeerId },
+}
+
+pub(crate) struct Built {
+    pub swarm: Swarm<Behaviour>,
+    pub inbound: mpsc::UnboundedReceiver<streams::Inbound>,
+    pub control: streams::Control,
+}
+
+type BoxedTransport = Boxed<(PeerId, StreamMuxerBox)>;
+
+fn relay_config(l: &RelayLimits) -> relay::Config {
+    let n = |v: u32| NonZeroU32::new(v).expect("non-zero");
+    relay::Config {
+        max_reservations: l.max_reservations,
+        max_reservations_per_peer: l.max_reservations_per_peer,
+        reservation_duration: l.reservation_duration,
+        reservation_rate_limiters: Vec::new(),
+        max_circuits: l.max_circuits,
+        max_circuits_per_peer: l.max_circuits_per_peer,
+        max_circuit_duration: l.max_circuit_duration,
+        max_circuit_bytes: l.max_circuit_bytes,
+        circuit_src_rate_limiters: Vec::new(),
+    }
+    .reservation_rate_per_peer(n(30), Duration::from_secs(30))
+    .reservation_rate_per_ip(n(30), Duration::from_secs(15))
+    .circuit_src_per_peer(n(120), Duration::from_secs(5))
+    .circuit_src_per_ip(n(120), Duration::from_secs(2))
+}
+
+pub(crate) struct SwarmParams<'a> {
+    pub key: &'a Keypair,
+    pub psk: Option<pnet::PreSharedKey>,
+    pub quic: bool,
+    pub max_streams: usize,
+    pub relay_server: Option<&'a RelayLimits>,
+    pub mdns: bool,
+    pub idle_timeout: Duration,
+}
+
+pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
+    let key = p.key;
+    let local = key.public().to_peer_id();
+    let noise = noise::Config::new(key).map_err(|e| TunnelError::Config(format!("noise: {e}")))?;
+    let yamux = crate::muxer::Config::new(p.max_streams);
+
+    let tcp_base = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true).listen_backlog(1024));
+    let tcp: BoxedTransport = match p.psk {
+        Some(psk) => tcp_base
+            .and_then(move |socket, _| pnet::PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise.clone())
+            .multiplex(yamux.clone())
+            .timeout(Duration::from_secs(20))
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+        None => tcp_base
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise.clone())
+            .multiplex(yamux.clone())
+            .timeout(Duration::from_secs(20))
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+    };
+    let direct: BoxedTransport = if p.quic {
+        let mut qc = quic::Config::new(key);
+        qc.max_concurrent_stream_limit = (p.max_streams + 256) as u32;
+        let quic = quic::tokio::Transport::new(qc).map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+        tcp.or_transport(quic)
+            .map(|either, _| match either {
+                futures::future::Either::Left(o) | futures::future::Either::Right(o) => o,
+            })
+            .boxed()
+    } else {
+        tcp
+    };
+    let direct: BoxedTransport = match libp2p::dns::tokio::Transport::system(direct) {
+        Ok(t) => t.boxed(),
+        Err(e) => {
+            return Err(TunnelError::Config(format!("cannot read the system DNS configuration: {e}")));
+        }
+    };
+    let (relay_transport, relay_client) = relay::client::new(local);
+    let relayed: BoxedTransport = relay_transport
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux)
+        .timeout(Duration::from_secs(20))
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed();
+    let transport = relayed
+        .or_transport(direct)
+        .map(|either, _| match either {
+            futures::future::Either::Left(o) | futures::future::Either::Right(o) => o,
+        })
+        .boxed();
+
+    let mdns = if p.mdns {
+        Some(
+            mdns::tokio::Behaviour::new(mdns::Config::default(), local)
+                .map_err(|e| TunnelError::Config(format!("mDNS: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let (streams, control, inbound) = streams::Behaviour::new(p.max_streams);
+    let behaviour = Behaviour {
+        relay_client,
+        relay_server: p.relay_server.map(|l| relay::Behaviour::new(local, relay_config(l))).into(),
+        dcutr: dcutr::Behaviour::new(local),
+        identify: identify::Behaviour::new(
+            identify::Config::new(PROTOCOL_VERSION.into(), key.public())
+                .with_agent_version(format!("edgemesh/{}", env!("CARGO_PKG_VERSION")))
+                .with_interval(Duration::from_secs(300)),
+        ),
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
+        autonat: autonat::Behaviour::new(local, autonat::Config::default()),
+        mdns: mdns.into(),
+        streams,
+    };
+    let config = libp2p::swarm::Config::with_tokio_executor()
+        .with_idle_connection_timeout(p.idle_timeout)
+        // One round trip less per proxied connection: the header rides with the protocol
+        // proposal (we always propose exactly one protocol).
+        .with_substream_upgrade_protocol_override(Version::V1Lazy)
+        .with_max_negotiating_inbound_streams(1024)
+        .with_notify_handler_buffer_size(NonZeroUsize::new(256).expect("256 > 0"))
+        .with_per_connection_event_buffer_size(64);
+    let swarm = Swarm::new(transport, behaviour, local, config);
+    Ok(Built { swarm, inbound, control })
+}
+
+/// A relay we reserve a slot on.
+struct RelaySlot {
+    addr: Multiaddr,
+    peer: PeerId,
+    listener: Option<ListenerId>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+/// A bootstrap peer we keep a connection to.
+struct BootstrapSlot {
+    addr: Multiaddr,
+    peer: Option<PeerId>,
+    dialing: Option<ConnectionId>,
+    connected_since: Option<Instant>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+pub(crate) struct Task {
+    pub inner: Arc<Inner>,
+    pub swarm: Swarm<Behaviour>,
+    pub commands: mpsc::UnboundedReceiver<Command>,
+    relays: Vec<RelaySlot>,
+    bootstrap: Vec<BootstrapSlot>,
+    /// Dialable addresses learnt from mDNS, identify and the configuration.
+    addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    pending_connects: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
+    reserve: bool,
+    relay_server: bool,
+}
+
+fn next_backoff(b: Duration) -> Duration {
+    (b * 2).min(BACKOFF_MAX)
+}
+
+fn peer_of_addr(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(p)) => Some(p),
+        _ => None,
+    }
+}
+
+impl Task {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        relays: &[Multiaddr],
+        bootstrap: &[Multiaddr],
+        relay_server: bool,
+    ) -> Task {
+        let relays = relays
+            .iter()
+            .filter_map(|a| {
+                Some(RelaySlot {
+                    peer: peer_of_addr(a)?,
+                    addr: a.clone(),
+                    listener: None,
+                    retry_at: Some(Instant::now()),
+                    backoff: BACKOFF_MIN,
+                })
+            })
+            .collect();
+        let bootstrap = bootstrap
+            .iter()
+            .map(|a| BootstrapSlot {
+                addr: a.clone(),
+                peer: peer_of_addr(a),
+                dialing: None,
+                connected_since: None,
+                retry_at: Some(Instant::now()),
+                backoff: BACKOFF_MIN,
+            })
+            .collect();
+        let mut t = Task {
+            inner,
+            swarm,
+            commands,
+            relays,
+            bootstrap,
+            addresses: HashMap::new(),
+            pending_connects: HashMap::new(),
+            reserve: true,
+            relay_server,
+        };
+        let relay_peers: Vec<PeerId> = t.relays.iter().map(|r| r.peer).collect();
+        for (peer, addr) in t.relays.iter().map(|r| (r.peer, r.addr.clone())).collect::<Vec<_>>() {
+            t.learn(peer, addr);
+        }
+        for p in relay_peers {
+            t.swarm.behaviour_mut().streams.set_keep_alive(p, true);
+        }
+        for (peer, addr) in t.bootstrap.iter().filter_map(|b| Some((b.peer?, b.addr.clone()))).collect::<Vec<_>>() {
+            t.learn(peer, addr);
+        }
+        t
+    }
+
+    fn learn(&mut self, peer: PeerId, addr: Multiaddr) {
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        // Strip a trailing /p2p/<peer>: dial options carry the peer ID.
+        let mut addr = addr;
+        if let Some(Protocol::P2p(p)) = addr.iter().last() {
+            if p != peer {
+                return;
+            }
+            addr.pop();
+        }
+        // Unspecified addresses are not dialable.
+        if addr.iter().any(|p| match p {
+            Protocol::Ip4(ip) => ip.is_unspecified(),
+            Protocol::Ip6(ip) => ip.is_unspecified(),
+            _ => false,
+        }) {
+            return;
+        }
+        // With a PSK we cannot speak QUIC.
+        if !self.inner.quic && addr.iter().any(|p| matches!(p, Protocol::QuicV1)) {
+            return;
+        }
+        let list = self.addresses.entry(peer).or_default();
+        if let Some(pos) = list.iter().position(|a| a == &addr) {
+            let a = list.remove(pos);
+            list.insert(0, a);
+        } else {
+            list.insert(0, addr);
+            list.truncate(MAX_ADDRS_PER_PEER);
+        }
+    }
+
+    /// Addresses to reach `peer`: what we learnt, then through every relay.
+    fn dial_addresses(&self, peer: PeerId) -> Vec<Multiaddr> {
+        let mut out = self.addresses.get(&peer).cloned().unwrap_or_default();
+        for r in &self.relays {
+            if r.peer != peer {
+                out.push(r.addr.clone().with(Protocol::P2pCircuit).with(Protocol::P2p(peer)));
+            }
+        }
+        out
+    }
+
+    pub(crate) async fn run(mut self) {
+        let stop = self.inner.stop.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(cmd) = self.commands.recv() => self.on_command(cmd),
+                event = self.swarm.select_next_some() => self.on_event(event),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        for (_, waiters) in self.pending_connects.drain() {
+            for w in waiters {
+                let _ = w.send(Err("tunnel stopped".into()));
+            }
+        }
+        tracing::debug!("tunnel swarm task stopped");
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.relays.len() {
+            let r = &mut self.relays[i];
+            if !self.reserve || r.listener.is_some() || r.retry_at.is_none_or(|t| t > now) {
+                continue;
+            }
+            r.retry_at = None;
+            let addr = r.addr.clone().with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(addr.clone()) {
+                Ok(id) => {
+                    tracing::debug!(relay = %r.addr, "reserving a relay slot");
+                    r.listener = Some(id);
+                }
+                Err(e) => {
+                    tracing::warn!(relay = %r.addr, error = %e, "cannot reserve a relay slot");
+                    r.retry_at = Some(now + r.backoff);
+                    r.backoff = next_backoff(r.backoff);
+                }
+            }
+        }
+        for i in 0..self.bootstrap.len() {
+            let b = &mut self.bootstrap[i];
+            if b.dialing.is_some() || b.connected_since.is_some() || b.retry_at.is_none_or(|t| t > now) {
+                continue;
+            }
+            b.retry_at = None;
+            let opts = match b.peer {
+                Some(peer) if self.swarm.is_connected(&peer) => {
+                    b.connected_since = Some(now);
+                    continue;
+                }
+                Some(peer) => DialOpts::peer_id(peer)
+                    .addresses(vec![b.addr.clone()])
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build(),
+                None => DialOpts::unknown_peer_id().address(b.addr.clone()).build(),
+            };
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => b.dialing = Some(id),
+                Err(e) => {
+                    tracing::debug!(bootstrap = %b.addr, error = %e, "cannot dial bootstrap peer");
+                    b.retry_at = Some(now + b.backoff);
+                    b.backoff = next_backoff(b.backoff);
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Connect { peer, reply } => {
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                let first = !self.pending_connects.contains_key(&peer);
+                self.pending_connects.entry(peer).or_default().push(reply);
+                if !first {
+                    return;
+                }
+                let addrs = self.dial_addresses(peer);
+                if addrs.is_empty() {
+                    self.fail_connects(peer, "no known address and no relay configured".into());
+                    return;
+                }
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(addrs)
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {}
+                    // Another dial is under way: its outcome answers.
+                    Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
+                    Err(e) => self.fail_connects(peer, e.to_string()),
+                }
+            }
+            Command::Disconnect { peer } => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+        }
+    }
+
+    fn fail_connects(&mut self, peer: PeerId, reason: String) {
+        if let Some(waiters) = self.pending_connects.remove(&peer) {
+            for w in waiters {
+                let _ = w.send(Err(reason.clone()));
+            }
+        }
+    }
+
+    pub(crate) fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
+                let addr = endpoint.get_remote_address().clone();
+                let relayed = endpoint.is_relayed();
+                tracing::debug!(peer = %peer_id, %addr, relayed, n = num_established, "connection established");
+                if endpoint.is_dialer() && !relayed {
+                    self.learn(peer_id, addr.clone());
+                }
+                for b in &mut self.bootstrap {
+                    if b.dialing == Some(connection_id) || (b.peer == Some(peer_id) && b.connected_since.is_none()) {
+                        b.dialing = None;
+                        b.peer = Some(peer_id);
+                        b.connected_since = Some(Instant::now());
+                        self.swarm.behaviour_mut().streams.set_keep_alive(peer_id, true);
+                        self.inner.keep_alive.lock().unwrap_or_else(|e| e.into_inner()).insert(peer_id);
+                    }
+                }
+                self.inner.connection_established(peer_id, connection_id, addr, relayed);
+                if let Some(waiters) = self.pending_connects.remove(&peer_id) {
+                    for w in waiters {
+                        let _ = w.send(Ok(()));
+                    }
+                }
+                crate::tunnel::spawn_hello(self.inner.clone(), peer_id, connection_id);
+            }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
+                tracing::debug!(peer = %peer_id, remaining = num_established, cause = ?cause, "connection closed");
+                self.inner.connection_closed(peer_id, connection_id);
+                if num_established == 0 {
+                    let now = Instant::now();
+                    for b in &mut self.bootstrap {
+                        if b.peer != Some(peer_id) {
+                            continue;
+                        }
+                        if let Some(since) = b.connected_since.take() {
+                            if now - since >= STABLE {
+                                b.backoff = BACKOFF_MIN;
+                            }
+                            b.retry_at = Some(now + b.backoff);
+                            b.backoff = next_backoff(b.backoff);
+                        }
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                tracing::debug!(peer = ?peer_id, %error, "outgoing connection failed");
+                let now = Instant::now();
+                for b in &mut self.bootstrap {
+                    if b.dialing == Some(connection_id) {
+                        tracing::debug!(bootstrap = %b.addr, %error, retry_in = ?b.backoff, "cannot reach bootstrap peer");
+                        b.dialing = None;
+                        b.retry_at = Some(now + b.backoff);
+                        b.backoff = next_backoff(b.backoff);
+                    }
+                }
+                if let Some(peer) = peer_id.filter(|p| !self.swarm.is_connected(p)) {
+                    self.fail_connects(peer, error.to_string());
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "tunnel listening");
+                if !is_relayed(&address) {
+                    self.inner.add_listen_addr(address.clone());
+                    if self.relay_server {
+                        // A relay server must know its external addresses to accept
+                        // reservations; its listen addresses are what clients dial.
+                        self.swarm.add_external_address(address);
+                    }
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.inner.remove_listen_addr(&address);
+                if self.relay_server {
+                    self.swarm.remove_external_address(&address);
+                }
+            }
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                self.relay_listener_gone(listener_id, reason.err())
+            }
+            SwarmEvent::ListenerError { listener_id, error } => {
+                tracing::debug!(?listener_id, %error, "listener error");
+            }
+            SwarmEvent::Behaviour(ev) => self.on_behaviour(ev),
+            _ => {}
+        }
+    }
+
+    fn relay_listener_gone(&mut self, listener_id: ListenerId, error: Option<std::io::Error>) {
+        let reserve = self.reserve;
+        if let Some(r) = self.relays.iter_mut().find(|r| r.listener == Some(listener_id)) {
+            r.listener = None;
+            self.inner.set_reserved(r.peer, false);
+            if reserve {
+                tracing::warn!(relay = %r.addr, error = ?error.map(|e| e.to_string()), retry_in = ?r.backoff, "relay reservation lost");
+                r.retry_at = Some(Instant::now() + r.backoff);
+                r.backoff = next_backoff(r.backoff);
+            }
+        }
+    }
+
+    fn on_behaviour(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
+                if !renewal {
+                    tracing::info!(relay = %relay_peer_id, "relay slot reserved");
+                }
+                for r in &mut self.relays {
+                    if r.peer == relay_peer_id {
+                        r.backoff = BACKOFF_MIN;
+                    }
+                }
+                self.inner.set_reserved(relay_peer_id, true);
+            }
+            BehaviourEvent::RelayClient(e) => tracing::debug!(event = ?e, "relay client"),
+            BehaviourEvent::RelayServer(e) => tracing::debug!(event = ?e, "relay server"),
+            BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => match result {
+                Ok(_) => tracing::info!(peer = %remote_peer_id, "hole punching succeeded: direct connection"),
+                Err(e) => tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed: staying relayed"),
+            },
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                for a in info.listen_addrs {
+                    if !is_relayed(&a) {
+                        self.learn(peer_id, a);
+                    }
+                }
+            }
+            BehaviourEvent::Identify(_) => {}
+            BehaviourEvent::Ping(ping::Event { peer, connection, result }) => {
+                if let Ok(rtt) = result {
+                    self.inner.set_rtt(peer, connection, rtt);
+                }
+            }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
+                tracing::info!(?old, ?new, "AutoNAT status changed");
+                self.set_reserve(!new.is_public());
+            }
+            BehaviourEvent::Autonat(_) => {}
+            BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
+                let mut peers = HashSet::new();
+                for (peer, addr) in list {
+                    self.learn(peer, addr);
+                    peers.insert(peer);
+                }
+                // Connect to LAN peers so each side learns the other's node name.
+                for peer in peers {
+                    if !self.swarm.is_connected(&peer) {
+                        let opts = DialOpts::peer_id(peer)
+                            .addresses(self.addresses.get(&peer).cloned().unwrap_or_default())
+                            .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .build();
+                        let _ = self.swarm.dial(opts);
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
+            BehaviourEvent::Streams(e) => match e {},
+        }
+    }
+
+    fn set_reserve(&mut self, reserve: bool) {
+        if reserve == self.reserve {
+            return;
+        }
+        self.reserve = reserve;
+        for r in &mut self.relays {
+            if reserve {
+                r.retry_at = Some(Instant::now());
+                r.backoff = BACKOFF_MIN;
+            } else if let Some(id) = r.listener.take() {
+                tracing::info!(relay = %r.addr, "publicly reachable: releasing the relay slot");
+                self.swarm.remove_listener(id);
+            }
+        }
+    }
+}
+
+pub(crate) fn default_listen(quic: bool) -> Vec<Multiaddr> {
+    let port = crate::DEFAULT_PORT;
+    let mut out: Vec<Multiaddr> = vec![
+        format!("/ip4/0.0.0.0/tcp/{port}").parse().expect("valid"),
+        format!("/ip6/::/tcp/{port}").parse().expect("valid"),
+    ];
+    if quic {
+        out.push(format!("/ip4/0.0.0.0/udp/{port}/quic-v1").parse().expect("valid"));
+        out.push(format!("/ip6/::/udp/{port}/quic-v1").parse().expect("valid"));
+    }
+    out
+}
+
+pub(crate) fn is_quic(a: &Multiaddr) -> bool {
+    a.iter().any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic))
+}
+
+pub(crate) fn is_ipv6(a: &Multiaddr) -> bool {
+    matches!(a.iter().next(), Some(Protocol::Ip6(_)))
+}

@@ -1,0 +1,222 @@
+//! Hostile peers, with raw streams that skip the client-side checks of `Tunnel::open_*`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use libp2p::{PeerId, StreamProtocol, multiaddr::Protocol};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+
+use crate::{
+    CancellationToken, Directory, Tunnel, TunnelConfig, TunnelProtocol, load_or_create_identity,
+    streams::{HELLO, TCP, UDP},
+    wire::{self, Header, Reply},
+};
+
+#[derive(Default)]
+struct Dir {
+    peers: Mutex<HashMap<String, PeerId>>,
+    serves: Mutex<HashSet<(SocketAddr, TunnelProtocol)>>,
+}
+
+impl Directory for Dir {
+    fn peer_of(&self, node: &str) -> Option<PeerId> {
+        self.peers.lock().unwrap().get(node).copied()
+    }
+    fn serves(&self, target: SocketAddr, protocol: TunnelProtocol) -> bool {
+        self.serves.lock().unwrap().contains(&(target, protocol))
+    }
+}
+
+struct Net {
+    keys: tempfile::TempDir,
+    stop: CancellationToken,
+}
+
+impl Net {
+    fn new() -> Self {
+        Net { keys: tempfile::tempdir().unwrap(), stop: CancellationToken::new() }
+    }
+    fn peer(&self, key: &str) -> PeerId {
+        load_or_create_identity(&self.keys.path().join(key)).unwrap().public().to_peer_id()
+    }
+    async fn start(&self, name: &str, key: &str, dir: Arc<Dir>, bootstrap: Option<&Tunnel>) -> Tunnel {
+        let mut c = TunnelConfig::new(name, self.keys.path().join(key));
+        c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        c.mdns = false;
+        c.connect_timeout = Duration::from_secs(3);
+        if let Some(b) = bootstrap {
+            c.bootstrap = vec![b.listen_addrs()[0].clone().with(Protocol::P2p(b.peer_id()))];
+        }
+        Tunnel::start(c, dir, self.stop.child_token()).await.unwrap().0
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A TCP server counting the connections it accepted (echoes).
+async fn counted_echo() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = Arc::new(AtomicUsize::new(0));
+    let c = n.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (addr, n)
+}
+
+/// Opens a raw stream from `from` to `to`, skipping every check.
+async fn raw(from: &Tunnel, to: PeerId, protocol: StreamProtocol) -> Option<Compat<libp2p::Stream>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if from.inner.control.is_connected(&to) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let Ok(o) = from.inner.control.open(to, protocol) else {
+        eprintln!("raw: open refused");
+        return None;
+    };
+    match o.rx.await {
+        Ok(Ok(s)) => Some(s.compat()),
+        other => {
+            eprintln!("raw: {:?}", other.map(|r| r.map(|_| ())));
+            None
+        }
+    }
+}
+
+/// The reply byte to a header, or None when the stream ends without one.
+async fn reply_to(s: &mut Compat<libp2p::Stream>, bytes: &[u8]) -> Option<u8> {
+    let exchange = async {
+        s.write_all(bytes).await?;
+        s.flush().await?;
+        s.read_u8().await
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange).await.expect("bounded").ok()
+}
+
+fn header(target: SocketAddr, protocol: TunnelProtocol) -> Vec<u8> {
+    wire::encode_header(&Header { protocol, target, service: "steal".into() })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_peers_raw_streams_get_nothing() {
+    let net = Net::new();
+    let dir = Arc::new(Dir::default());
+    dir.peers.lock().unwrap().insert("a".into(), net.peer("a"));
+    dir.peers.lock().unwrap().insert("b".into(), net.peer("b"));
+    let (echo, accepted) = counted_echo().await;
+    dir.serves.lock().unwrap().insert((echo, TunnelProtocol::Tcp));
+    dir.serves.lock().unwrap().insert((echo, TunnelProtocol::Udp));
+    let b = net.start("b", "b", dir.clone(), None).await;
+
+    // An impersonator of "a" and a stranger; both rush a proxy stream before the verdict.
+    let mut reached = 0;
+    for (name, key) in [("a", "mallory"), ("stranger", "stranger")] {
+        let t = net.start(name, key, Arc::new(Dir::default()), Some(&b)).await;
+        for proto in [TCP, UDP] {
+            let p = if proto == TCP { TunnelProtocol::Tcp } else { TunnelProtocol::Udp };
+            if let Some(mut s) = raw(&t, b.peer_id(), proto).await {
+                assert_eq!(reply_to(&mut s, &header(echo, p)).await, None, "{name} got a reply");
+                reached += 1;
+            }
+        }
+    }
+    assert!(reached > 0, "no raw stream reached b: the test proves nothing");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "the endpoint was dialed for an untrusted peer");
+    assert!(b.peers().iter().all(|p| !p.trusted || p.node.as_deref() != Some("a")));
+
+    // A trusted peer whose binding is revoked afterwards loses access at once.
+    let a = net.start("a", "a", dir.clone(), Some(&b)).await;
+    let mut s = raw(&a, b.peer_id(), TCP).await.unwrap();
+    assert_eq!(reply_to(&mut s, &header(echo, TunnelProtocol::Tcp)).await, Some(Reply::Ok as u8));
+    dir.peers.lock().unwrap().remove("a");
+    let mut s = raw(&a, b.peer_id(), TCP).await.unwrap();
+    assert_eq!(reply_to(&mut s, &header(echo, TunnelProtocol::Tcp)).await, None);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_headers_never_crash_or_stall_the_agent() {
+    let net = Net::new();
+    let dir = Arc::new(Dir::default());
+    for n in ["a", "b", "c"] {
+        dir.peers.lock().unwrap().insert(n.into(), net.peer(n));
+    }
+    let (echo, accepted) = counted_echo().await;
+    dir.serves.lock().unwrap().insert((echo, TunnelProtocol::Tcp));
+    let b = net.start("b", "b", dir.clone(), None).await;
+    let a = net.start("a", "a", dir.clone(), Some(&b)).await;
+    let bp = b.peer_id();
+    // Make sure a is trusted first.
+    a.open_tcp("b", echo, "warm-up").await.unwrap();
+
+    // Garbage, wrong version, wrong protocol for the stream, truncated header.
+    let cases: Vec<(Vec<u8>, StreamProtocol)> = vec![
+        (b"GET / HTTP/1.1\r\n\r\n".to_vec(), TCP),
+        (vec![9, 1, 4, 127, 0, 0, 1, 0, 80, 0], TCP),
+        (header(echo, TunnelProtocol::Udp), TCP),
+        (header(echo, TunnelProtocol::Tcp), UDP),
+        (vec![1, 1, 6, 0, 0], TCP),
+    ];
+    for (bytes, proto) in cases {
+        let mut s = raw(&a, bp, proto).await.unwrap();
+        let r = reply_to(&mut s, &bytes).await;
+        assert!(r == Some(Reply::BadRequest as u8) || r.is_none(), "{bytes:?}: {r:?}");
+    }
+    // Streams that stop mid-header are closed after the header time limit; hundreds at once
+    // do not stall the agent. (yamux lets 256 opened streams wait for their first answer.)
+    let mut silent = Vec::new();
+    for i in 0..200 {
+        let mut s = raw(&a, bp, TCP).await.unwrap_or_else(|| panic!("silent stream {i}"));
+        s.write_all(&[1]).await.unwrap();
+        s.flush().await.unwrap();
+        silent.push(s);
+    }
+    let started = std::time::Instant::now();
+    a.open_tcp("b", echo, "meanwhile").await.expect("still served while others stall");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    for mut s in silent {
+        let mut one = [0u8; 1];
+        let r =
+            tokio::time::timeout(Duration::from_secs(10), s.read(&mut one)).await.expect("closed by the time limit");
+        assert!(matches!(r, Ok(0) | Ok(1) | Err(_)));
+    }
+    // A garbage hello gets "malformed" and the connection closed.
+    let c = net.start("c", "c", dir.clone(), Some(&b)).await;
+    let mut h = raw(&c, bp, HELLO).await.unwrap();
+    let r = reply_to(&mut h, b"EMH\x01\x00\x00\x00").await;
+    assert_eq!(r, Some(wire::HelloStatus::Malformed as u8));
+    let cp = c.peer_id().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while b.peers().iter().any(|p| p.peer_id == cp) {
+        assert!(tokio::time::Instant::now() < deadline, "c not disconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Only the legitimate opens reached the endpoint.
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}

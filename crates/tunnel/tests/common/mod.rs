@@ -1,0 +1,179 @@
+#![allow(dead_code)]
+//! Helpers: tunnels on loopback, a test directory, real servers.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use edgemesh_tunnel::{
+    CancellationToken, Directory, Multiaddr, PeerId, Tunnel, TunnelConfig, TunnelProtocol, load_or_create_identity,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, UdpSocket},
+    task::JoinHandle,
+};
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// Node name -> peer ID, and the endpoints this node serves.
+#[derive(Default)]
+pub struct TestDirectory {
+    pub peers: Mutex<HashMap<String, PeerId>>,
+    pub serves: Mutex<HashSet<(SocketAddr, TunnelProtocol)>>,
+}
+
+impl TestDirectory {
+    pub fn bind(&self, node: &str, peer: PeerId) {
+        self.peers.lock().unwrap().insert(node.into(), peer);
+    }
+    pub fn serve(&self, target: SocketAddr, p: TunnelProtocol) {
+        self.serves.lock().unwrap().insert((target, p));
+    }
+}
+
+impl Directory for TestDirectory {
+    fn peer_of(&self, node: &str) -> Option<PeerId> {
+        self.peers.lock().unwrap().get(node).copied()
+    }
+    fn serves(&self, target: SocketAddr, protocol: TunnelProtocol) -> bool {
+        self.serves.lock().unwrap().contains(&(target, protocol))
+    }
+}
+
+pub struct Node {
+    pub tunnel: Tunnel,
+    pub stop: CancellationToken,
+    pub task: JoinHandle<()>,
+    pub dir: Arc<TestDirectory>,
+    pub name: String,
+}
+
+impl Node {
+    /// The address others dial: the first TCP listen address with /p2p/<peer>.
+    pub fn addr(&self) -> Multiaddr {
+        let a = self
+            .tunnel
+            .listen_addrs()
+            .into_iter()
+            .find(|a| a.to_string().contains("/tcp/"))
+            .expect("a TCP listen address");
+        a.with(edgemesh_tunnel::multiaddr::Protocol::P2p(self.tunnel.peer_id()))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub struct Keys {
+    pub dir: tempfile::TempDir,
+}
+
+impl Keys {
+    pub fn new() -> Self {
+        Keys { dir: tempfile::tempdir().unwrap() }
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.key"))
+    }
+    pub fn peer(&self, name: &str) -> PeerId {
+        load_or_create_identity(&self.path(name)).unwrap().public().to_peer_id()
+    }
+}
+
+pub fn config(keys: &Keys, name: &str) -> TunnelConfig {
+    let mut c = TunnelConfig::new(name, keys.path(name));
+    c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    c.mdns = false;
+    c.connect_timeout = Duration::from_secs(5);
+    c
+}
+
+pub async fn start(config: TunnelConfig, dir: Arc<TestDirectory>) -> Node {
+    let stop = CancellationToken::new();
+    let name = config.node_name.clone();
+    let (tunnel, task) = Tunnel::start(config, dir.clone(), stop.clone()).await.expect("tunnel starts");
+    Node { tunnel, stop, task, dir, name }
+}
+
+/// A TCP echo server (half-close aware: shuts down its write side after echoing EOF).
+pub async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads until EOF, then answers with "got <n> bytes" and closes.
+pub async fn count_then_answer_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let n = s.read_to_end(&mut buf).await.unwrap_or(0);
+                let _ = s.write_all(format!("got {n} bytes").as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A UDP echo server.
+pub async fn udp_echo_server() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = s.recv_from(&mut buf).await {
+            let _ = s.send_to(&buf[..n], from).await;
+        }
+    });
+    addr
+}
+
+/// An address where nothing listens (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Retries `f` until it returns Some or the deadline passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,125 @@
+//! Relay on loopback: A and B only know the relay R; B reserves a slot; A reaches B through R.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::*;
+use edgemesh_tunnel::{ConnectionType, RelayLimits, Tunnel, TunnelProtocol, TunnelStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn open_eventually(t: &Tunnel, node: &str, target: std::net::SocketAddr) -> TunnelStream {
+    eventually(&format!("a stream to {node}"), Duration::from_secs(30), || async {
+        match t.open_tcp(node, target, "relayed").await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("not yet: {e}");
+                None
+            }
+        }
+    })
+    .await
+}
+
+async fn check_answer(mut s: TunnelStream, n: usize) {
+    s.write_all(&vec![5u8; n]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.unwrap();
+    assert_eq!(reply, format!("got {n} bytes"));
+}
+
+fn relayed_node(keys: &Keys, name: &str, relay: &edgemesh_tunnel::Multiaddr) -> edgemesh_tunnel::TunnelConfig {
+    let mut c = config(keys, name);
+    c.relays = vec![relay.clone()];
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reach_a_node_through_the_relay_then_hole_punch() {
+    init_tracing();
+    let keys = Keys::new();
+    // R is not a node in the directory: A and B keep it as their relay anyway.
+    let dir = Arc::new(TestDirectory::default());
+    dir.bind("a", keys.peer("a"));
+    dir.bind("b", keys.peer("b"));
+    let mut cr = config(&keys, "relay");
+    cr.relay_server = Some(RelayLimits::default());
+    let r = start(cr, dir.clone()).await;
+    let relay = r.addr();
+    let b = start(relayed_node(&keys, "b", &relay), dir.clone()).await;
+    let a = start(relayed_node(&keys, "a", &relay), dir.clone()).await;
+    let answer = count_then_answer_server().await;
+    dir.serve(answer, TunnelProtocol::Tcp);
+
+    // B holds a reservation on R (and says so).
+    let rid = r.tunnel.peer_id().to_string();
+    eventually("b's reservation", Duration::from_secs(10), || async {
+        b.tunnel.peers().iter().find(|p| p.peer_id == rid && p.relay_reserved).map(|_| ())
+    })
+    .await;
+
+    // Nobody told A where B is: the first connection goes through R.
+    let s = open_eventually(&a.tunnel, "b", answer).await;
+    assert!(s.is_relayed(), "the first stream rides the relayed connection");
+    let seen = a.tunnel.peers();
+    let to_b = seen.iter().find(|p| p.node.as_deref() == Some("b")).expect("a lists b");
+    assert!(to_b.addresses.iter().any(|a| a.contains("p2p-circuit")), "{to_b:?}");
+    check_answer(s, 300_000).await;
+
+    // DCUtR upgrades it to a direct connection (on loopback it always can), and new streams
+    // take the direct one.
+    eventually("hole punching", Duration::from_secs(20), || async {
+        let p = a.tunnel.peers();
+        (p.iter().find(|p| p.node.as_deref() == Some("b"))?.connection == ConnectionType::Direct).then_some(())
+    })
+    .await;
+    let s = a.tunnel.open_tcp("b", answer, "direct").await.unwrap();
+    assert!(!s.is_relayed());
+    check_answer(s, 1000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_reserve_after_the_relay_restarts() {
+    init_tracing();
+    let keys = Keys::new();
+    let dir = Arc::new(TestDirectory::default());
+    for n in ["a", "b", "c"] {
+        dir.bind(n, keys.peer(n));
+    }
+    let mut cr = config(&keys, "relay");
+    cr.relay_server = Some(RelayLimits::default());
+    let r = start(cr.clone(), dir.clone()).await;
+    let relay = r.addr();
+    let b = start(relayed_node(&keys, "b", &relay), dir.clone()).await;
+    let rid = r.tunnel.peer_id().to_string();
+    let reserved = || async { b.tunnel.peers().iter().find(|p| p.peer_id == rid && p.relay_reserved).map(|_| ()) };
+    eventually("b's reservation", Duration::from_secs(10), reserved).await;
+
+    // Restart R on the same address with the same key.
+    let port = relay.iter().find_map(|p| match p {
+        edgemesh_tunnel::multiaddr::Protocol::Tcp(p) => Some(p),
+        _ => None,
+    });
+    let mut task = {
+        let mut r = r;
+        r.stop.cancel();
+        std::mem::replace(&mut r.task, tokio::spawn(async {}))
+    };
+    tokio::time::timeout(Duration::from_secs(5), &mut task).await.unwrap().unwrap();
+    eventually("b to notice", Duration::from_secs(10), || async {
+        (!b.tunnel.peers().iter().any(|p| p.peer_id == rid)).then_some(())
+    })
+    .await;
+    cr.listen = vec![format!("/ip4/127.0.0.1/tcp/{}", port.unwrap()).parse().unwrap()];
+    let r2 = start(cr, dir.clone()).await;
+    assert_eq!(r2.tunnel.peer_id().to_string(), rid);
+    eventually("b's new reservation", Duration::from_secs(20), reserved).await;
+
+    // A newcomer that knows only R reaches B.
+    let a = start(relayed_node(&keys, "a", &relay), dir.clone()).await;
+    let answer = count_then_answer_server().await;
+    dir.serve(answer, TunnelProtocol::Tcp);
+    let s = open_eventually(&a.tunnel, "b", answer).await;
+    check_answer(s, 10).await;
+}
