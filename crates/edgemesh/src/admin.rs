@@ -9,6 +9,10 @@
 //! - `/services`: the current snapshot as JSON, with the state's origin and
 //!   the source's connection.
 //! - `/nodes`: the nodes the source knows, with their peer IDs and addresses.
+//! - `/nodes`: the Node objects known (name, peer ID, addresses).
+//! - `/peers`: with the tunnel on, this node's peer ID and the connected
+//!   agents: node name, peer ID, addresses, direct or relayed, RTT, open
+//!   streams.
 //! - `/config`: the effective configuration as JSON.
 
 use std::convert::Infallible;
@@ -46,6 +50,8 @@ pub struct AdminState {
     pub cache: Arc<CacheStatus>,
     /// Whether the source is connected, when it reports it.
     pub source: Option<Arc<SourceHealth>>,
+    /// The cross-node tunnel, when enabled.
+    pub tunnel: Option<edgemesh_tunnel::Tunnel>,
 }
 
 impl AdminState {
@@ -139,6 +145,14 @@ struct NodesDump<'a> {
     nodes: Vec<&'a NodeEntry>,
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PeersDump {
+    /// This node's own peer ID.
+    peer_id: String,
+    peers: Vec<edgemesh_tunnel::PeerStatus>,
+}
+
 fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
@@ -164,8 +178,12 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             let snap = state.snapshots.borrow().clone();
             json(&NodesDump { generation: snap.generation, nodes: snap.nodes().map(|n| &**n).collect() })
         }
+        "/peers" => match &state.tunnel {
+            Some(tunnel) => json(&PeersDump { peer_id: tunnel.peer_id().to_string(), peers: tunnel.peers() }),
+            None => text(StatusCode::NOT_FOUND, "the tunnel is off (tunnel.enabled)\n"),
+        },
         "/config" => json(&*state.config),
-        _ => text(StatusCode::NOT_FOUND, "not found; try /healthz, /readyz, /services, /nodes, /config\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found; try /healthz, /readyz, /services, /nodes, /peers, /config\n"),
     }
 }
 

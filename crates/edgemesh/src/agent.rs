@@ -4,7 +4,9 @@
 //! ```text
 //! manifests dir -> ManifestSource ┐
 //! Kubernetes API -> KubeSource ───┴> cache relay -> Registry -> snapshots -> DnsServer
-//!                                      (state-dir)                        -> Proxy
+//!                                      (state-dir)                        -> Proxy -> Tunnel (other nodes)
+//!                                                                         -> Tunnel (node bindings,
+//!                                                                              endpoints it serves)
 //!                                                                         -> AdminServer
 //! ```
 
@@ -80,6 +82,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("cannot start DNS on {}", config.dns.listen))?;
+    // Cancelled to stop every component; the tunnel's swarm task takes it
+    // as it starts.
+    let shutdown = CancellationToken::new();
+    let tunnel = if config.tunnel.enabled {
+        let (tunnel, task) = crate::tunnel::start(&config, snapshots.clone(), shutdown.clone()).await?;
+        Some((tunnel, task))
+    } else {
+        None
+    };
     let intercepting = config.intercept.mode == InterceptMode::Nftables;
     let mut proxy = Proxy::new(
         ProxyConfig {
@@ -92,6 +103,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         snapshots.clone(),
     );
+    if let Some((tunnel, _)) = &tunnel {
+        proxy = proxy.with_remote(Arc::new(crate::tunnel::TunnelRemote(tunnel.clone())), config.tunnel.connect_timeout);
+    }
     let interceptor = if intercepting {
         let port = config.intercept.port;
         let addrs = proxy.bind_transparent(port).with_context(|| {
@@ -138,6 +152,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             intercept: intercept_status,
             cache: cache.clone(),
             source: source_health.clone(),
+            tunnel: tunnel.as_ref().map(|(t, _)| t.clone()),
         },
     )
     .await
@@ -145,7 +160,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         format!("cannot listen for the admin endpoint on {}; is another agent running?", config.admin.listen)
     })?;
 
-    let shutdown = CancellationToken::new();
     let registry_task = tokio::spawn(registry.run());
     let mut tasks = JoinSet::new();
     {
@@ -159,6 +173,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tasks.spawn(interceptor.run(gated, shutdown.clone()).map_ok());
     }
     tasks.spawn(proxy.run(shutdown.clone()).map_ok());
+    if let Some((_, task)) = tunnel {
+        tasks.spawn(async move { task.await.context("the tunnel failed") });
+    }
     tasks.spawn(admin.run(shutdown.clone()).map_ok());
     {
         let (dir, source, shutdown) = (config.state_dir.clone(), source_identity(&config), shutdown.clone());

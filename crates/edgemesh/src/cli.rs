@@ -25,7 +25,43 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node agent: watch services, answer DNS, proxy connections.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
+    /// Print this node's tunnel peer ID (creating its identity key on first use), e.g. for the
+    /// edgemesh.io/peer-id annotation of its Node or the tunnel.peers allow-list of other nodes.
+    Id(IdArgs),
+}
+
+/// Flags of `edgemesh id`.
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// YAML config file (for stateDir and tunnel.keyFile).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Directory holding the identity key (tunnel.key). Default: /var/lib/edgemesh.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// The identity key file; overrides --state-dir.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl IdArgs {
+    /// The identity key file these flags name.
+    pub fn key_file(&self) -> Result<PathBuf, ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = &self.state_dir {
+            c.state_dir = v.clone();
+        }
+        if let Some(v) = &self.key_file {
+            c.tunnel.key_file = Some(v.clone());
+        }
+        Ok(crate::tunnel::key_file(&c))
+    }
 }
 
 /// Flags of `edgemesh agent`. Each one overrides the same setting of the
@@ -104,6 +140,42 @@ pub struct AgentArgs {
     #[arg(long, value_name = "NAME")]
     pub vip_device: Option<String>,
 
+    /// Carry connections to endpoints on other nodes through the libp2p tunnel.
+    #[arg(long)]
+    pub tunnel: bool,
+
+    /// Tunnel listen multiaddr (repeatable). Default: TCP and QUIC on port 20006 (TCP only with --psk-file). Implies --tunnel.
+    #[arg(long = "tunnel-listen", value_name = "MULTIADDR")]
+    pub tunnel_listen: Vec<String>,
+
+    /// Tunnel peer to dial at start, ending in /p2p/<peer id> (repeatable). Implies --tunnel.
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+
+    /// Relay to reserve a slot on when this node is not publicly reachable, ending in /p2p/<peer id> (repeatable). Implies --tunnel.
+    #[arg(long = "relay", value_name = "MULTIADDR")]
+    pub relays: Vec<String>,
+
+    /// Offer circuit relay v2 to other nodes (within tunnel.relayLimits). Implies --tunnel.
+    #[arg(long)]
+    pub relay_server: bool,
+
+    /// Pre-shared key of the tunnel's private network (go-libp2p swarm.key format); TCP only. Implies --tunnel.
+    #[arg(long, value_name = "FILE")]
+    pub psk_file: Option<PathBuf>,
+
+    /// The tunnel identity key file. Default: <state-dir>/tunnel.key.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Disable mDNS discovery of tunnel peers on the LAN.
+    #[arg(long)]
+    pub no_mdns: bool,
+
+    /// Print this node's tunnel peer ID (creating the key on first use) and exit.
+    #[arg(long)]
+    pub print_peer_id: bool,
+
     /// Log level or tracing filter (error, warn, info, debug, trace). RUST_LOG takes precedence.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -181,6 +253,7 @@ impl AgentArgs {
         if let Some(v) = &self.log_level {
             c.log_level = v.clone();
         }
+        self.apply_tunnel_flags(&mut c.tunnel);
         if c.dns.upstreams.is_empty() {
             c.dns.upstreams = resolv_conf_nameservers(std::path::Path::new("/etc/resolv.conf"))
                 .into_iter()
@@ -190,6 +263,37 @@ impl AgentArgs {
         }
         c.validate()?;
         Ok(c)
+    }
+}
+
+impl AgentArgs {
+    fn apply_tunnel_flags(&self, t: &mut crate::config::TunnelSection) {
+        let mut implied = false;
+        for (flag, setting) in
+            [(&self.tunnel_listen, &mut t.listen), (&self.bootstrap, &mut t.bootstrap), (&self.relays, &mut t.relays)]
+        {
+            if !flag.is_empty() {
+                setting.clone_from(flag);
+                implied = true;
+            }
+        }
+        if self.relay_server {
+            t.relay_server = true;
+            implied = true;
+        }
+        if let Some(v) = &self.psk_file {
+            t.psk_file = Some(v.clone());
+            implied = true;
+        }
+        if let Some(v) = &self.key_file {
+            t.key_file = Some(v.clone());
+        }
+        if self.no_mdns {
+            t.mdns = false;
+        }
+        if self.tunnel || implied {
+            t.enabled = true;
+        }
     }
 }
 
@@ -222,7 +326,7 @@ mod tests {
             "em_flag",
         ])
         .unwrap();
-        let Command::Agent(args) = cli.command;
+        let Command::Agent(args) = cli.command else { panic!("agent") };
         let c = args.resolve().unwrap();
         assert_eq!(c.node_name, "from-flag");
         assert_eq!(c.dns.listen, "127.0.0.1:1053".parse().unwrap(), "unset flags keep the file's value");
@@ -238,7 +342,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["edgemesh", "agent", "--kube-api", "http://127.0.0.1:10550", "--state-dir", "/tmp/s"])
                 .unwrap();
-        let Command::Agent(args) = cli.command;
+        let Command::Agent(args) = cli.command else { panic!("agent") };
         let c = args.resolve().unwrap();
         assert_eq!(c.source, SourceKind::Kube);
         assert_eq!(c.kube.api.as_deref(), Some("http://127.0.0.1:10550"));
@@ -246,6 +350,28 @@ mod tests {
         let c = Config::from_yaml("source: kube\nkube:\n  kubeconfig: /etc/kube.conf\n").unwrap();
         assert_eq!(c.source, SourceKind::Kube);
         assert_eq!(Config::default().source, SourceKind::Manifests);
+    }
+
+    #[test]
+    fn tunnel_flags_turn_the_tunnel_on() {
+        let cli = Cli::try_parse_from(["edgemesh", "agent", "--dns-upstream", "127.0.0.1:53"]).unwrap();
+        let Command::Agent(args) = cli.command else { panic!("agent") };
+        assert!(!args.resolve().unwrap().tunnel.enabled, "off by default");
+        let cli = Cli::try_parse_from([
+            "edgemesh",
+            "agent",
+            "--dns-upstream",
+            "127.0.0.1:53",
+            "--relay",
+            "/ip4/10.0.0.1/tcp/20006/p2p/12D3KooWAbc",
+            "--no-mdns",
+        ])
+        .unwrap();
+        let Command::Agent(args) = cli.command else { panic!("agent") };
+        let c = args.resolve().unwrap();
+        assert!(c.tunnel.enabled, "--relay implies --tunnel");
+        assert_eq!(c.tunnel.relays, ["/ip4/10.0.0.1/tcp/20006/p2p/12D3KooWAbc"]);
+        assert!(!c.tunnel.mdns);
     }
 
     #[test]
@@ -268,6 +394,14 @@ mod tests {
             "--intercept-port",
             "--intercept-table",
             "--vip-device",
+            "--tunnel",
+            "--tunnel-listen",
+            "--bootstrap",
+            "--relay",
+            "--relay-server",
+            "--psk-file",
+            "--key-file",
+            "--print-peer-id",
         ] {
             assert!(help.contains(flag), "{flag} missing from help");
         }

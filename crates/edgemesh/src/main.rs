@@ -5,6 +5,8 @@
 //! - [`agent`]: wiring of source, registry, DNS, proxy and admin.
 //! - [`admin`]: `/healthz`, `/readyz`, `/services`, `/config`.
 //! - [`limits`]: process limits (open files).
+//! - [`tunnel`]: the cross-node tunnel's settings, node directory, and the
+//!   proxy's way to endpoints on other nodes.
 #![forbid(unsafe_code)]
 
 mod admin;
@@ -12,6 +14,7 @@ mod agent;
 mod cli;
 mod config;
 mod limits;
+mod tunnel;
 
 use std::process::ExitCode;
 
@@ -31,6 +34,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if args.print_peer_id {
+                return print_peer_id(&crate::tunnel::key_file(&config));
+            }
             if args.print_config {
                 match serde_saphyr::to_string(&config) {
                     Ok(yaml) => {
@@ -60,14 +66,36 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Id(args) => match args.key_file() {
+            Ok(file) => print_peer_id(&file),
+            Err(e) => {
+                eprintln!("edgemesh: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+/// Prints the peer ID of the identity in `key_file`, creating it if missing.
+fn print_peer_id(key_file: &std::path::Path) -> ExitCode {
+    match edgemesh_tunnel::load_or_create_identity(key_file) {
+        Ok(key) => {
+            println!("{}", key.public().to_peer_id());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("edgemesh: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
 /// Logs to stderr; `RUST_LOG` wins over the configured level.
 fn init_logging(level: &str) {
     let filter = EnvFilter::try_from_default_env()
-        // hickory-server logs every TCP query at info; keep info quiet.
-        .or_else(|_| EnvFilter::try_new(format!("{level},hickory_server=warn")))
+        // hickory-server logs every TCP query at info, libp2p-swarm its
+        // peer ID (the tunnel logs it once); keep info quiet.
+        .or_else(|_| EnvFilter::try_new(format!("{level},hickory_server=warn,libp2p_swarm=warn")))
         .unwrap_or_else(|e| {
             eprintln!("edgemesh: invalid log level {level:?} ({e}); using info");
             EnvFilter::new("info")

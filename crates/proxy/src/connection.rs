@@ -386,6 +386,7 @@ async fn connect(pool: &Pool, client: &TcpStream, peer: IpAddr, shared: &Shared)
         let backend = &targets.backends[i];
         let addr = backend.addr;
         let error = if let Some((node, remote)) = shared.reach.remote_for(backend) {
+            let timeout = shared.reach.timeout();
             match tokio::time::timeout(timeout, remote.open_tcp(node, addr, &pool.service)).await {
                 Ok(Ok(stream)) => {
                     pool.connected(&targets, peer, addr);

@@ -229,9 +229,9 @@ impl Proxy {
     }
 
     /// Sends connections to endpoints on other nodes through `remote` (the
-    /// tunnel) instead of dialling them directly.
-    pub fn with_remote(mut self, remote: Arc<dyn Remote>) -> Self {
-        self.reach = Reach::through(&self.config.node_name, remote);
+    /// tunnel) instead of dialling them directly, each open allowed `timeout`.
+    pub fn with_remote(mut self, remote: Arc<dyn Remote>, timeout: Duration) -> Self {
+        self.reach = Reach::through(&self.config.node_name, remote, timeout);
         self
     }
 

@@ -55,11 +55,19 @@ pub trait Remote: Send + Sync + 'static {
 pub struct Reach {
     node_name: String,
     remote: Option<std::sync::Arc<dyn Remote>>,
+    /// How long reaching an endpoint through the tunnel may take: longer
+    /// than a direct connect, as the first connection to a node may dial
+    /// through a relay.
+    timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Reach {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reach").field("node_name", &self.node_name).field("remote", &self.remote.is_some()).finish()
+        f.debug_struct("Reach")
+            .field("node_name", &self.node_name)
+            .field("remote", &self.remote.is_some())
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -69,9 +77,15 @@ impl Reach {
         Self::default()
     }
 
-    /// Endpoints of nodes other than `node_name` through `remote`.
-    pub fn through(node_name: &str, remote: std::sync::Arc<dyn Remote>) -> Self {
-        Self { node_name: node_name.to_owned(), remote: Some(remote) }
+    /// Endpoints of nodes other than `node_name` through `remote`, each
+    /// open allowed `timeout`.
+    pub fn through(node_name: &str, remote: std::sync::Arc<dyn Remote>, timeout: std::time::Duration) -> Self {
+        Self { node_name: node_name.to_owned(), remote: Some(remote), timeout }
+    }
+
+    /// How long one open through the tunnel may take.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
     }
 
     /// The node and the tunnel through which `backend` is reached, or `None`
@@ -105,7 +119,7 @@ mod tests {
 
     #[test]
     fn only_endpoints_of_other_nodes_go_through_the_tunnel() {
-        let reach = Reach::through("a", Arc::new(Nowhere));
+        let reach = Reach::through("a", Arc::new(Nowhere), std::time::Duration::from_secs(1));
         assert!(reach.remote_for(&backend(Some("a"))).is_none(), "this node's endpoint is dialled directly");
         assert!(reach.remote_for(&backend(None)).is_none(), "an endpoint of no known node is dialled directly");
         assert_eq!(reach.remote_for(&backend(Some("b"))).map(|(n, _)| n), Some("b"));

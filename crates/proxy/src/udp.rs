@@ -404,7 +404,7 @@ async fn relay_remote(
     (targets, client_ip): (Arc<crate::connection::Targets>, IpAddr),
     e: SessionEnds,
 ) {
-    let timeout = e.shared.config.connect_timeout;
+    let timeout = e.shared.reach.timeout();
     let opened = match tokio::time::timeout(timeout, open).await {
         Ok(Ok(opened)) => opened,
         Ok(Err(err)) => return e.fail(ProxyError::remote(&node, e.backend, err)),

@@ -42,6 +42,10 @@ pub struct TunnelSection {
     /// Concurrent streams (proxied connections and UDP sessions) per
     /// connection between two agents.
     pub max_streams_per_connection: usize,
+    /// Bound on reaching a node (dial, relay, hello) and, on the node, on
+    /// connecting to the endpoint.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
     /// How long an idle connection to another agent (no streams) is kept.
     #[serde(with = "duration")]
     pub idle_connection_timeout: Duration,
@@ -53,6 +57,11 @@ pub struct TunnelSection {
 pub struct RelayLimitsSection {
     /// Reservations (nodes reachable through this relay) held at once.
     pub max_reservations: usize,
+    /// Reservations one node may hold.
+    pub max_reservations_per_peer: usize,
+    /// How long a reservation lasts (clients renew it).
+    #[serde(with = "duration")]
+    pub reservation_duration: Duration,
     /// Relayed connections at once, in all.
     pub max_circuits: usize,
     /// Relayed connections at once per node.
@@ -66,6 +75,7 @@ pub struct RelayLimitsSection {
 
 impl Default for TunnelSection {
     fn default() -> Self {
+        let defaults = edgemesh_tunnel::TunnelConfig::default();
         Self {
             enabled: false,
             key_file: None,
@@ -75,22 +85,26 @@ impl Default for TunnelSection {
             relays: Vec::new(),
             relay_server: false,
             relay_limits: RelayLimitsSection::default(),
-            mdns: true,
+            mdns: defaults.mdns,
             peers: BTreeMap::new(),
-            max_streams_per_connection: 8192,
-            idle_connection_timeout: Duration::from_secs(300),
+            max_streams_per_connection: defaults.max_streams_per_connection,
+            connect_timeout: defaults.connect_timeout,
+            idle_connection_timeout: defaults.idle_connection_timeout,
         }
     }
 }
 
 impl Default for RelayLimitsSection {
     fn default() -> Self {
+        let l = edgemesh_tunnel::RelayLimits::default();
         Self {
-            max_reservations: 128,
-            max_circuits: 1024,
-            max_circuits_per_peer: 256,
-            max_circuit_duration: Duration::from_secs(3600),
-            max_circuit_bytes: 8 << 30,
+            max_reservations: l.max_reservations,
+            max_reservations_per_peer: l.max_reservations_per_peer,
+            reservation_duration: l.reservation_duration,
+            max_circuits: l.max_circuits,
+            max_circuits_per_peer: l.max_circuits_per_peer,
+            max_circuit_duration: l.max_circuit_duration,
+            max_circuit_bytes: l.max_circuit_bytes,
         }
     }
 }
@@ -102,8 +116,12 @@ impl TunnelSection {
         if !self.enabled {
             return problems;
         }
-        if self.max_streams_per_connection == 0 {
-            problems.push("tunnel.maxStreamsPerConnection must be greater than zero".into());
+        let max = edgemesh_tunnel::MAX_STREAMS_PER_CONNECTION;
+        if !(1..=max).contains(&self.max_streams_per_connection) {
+            problems.push(format!("tunnel.maxStreamsPerConnection must be between 1 and {max}"));
+        }
+        if self.connect_timeout.is_zero() {
+            problems.push("tunnel.connectTimeout must be greater than zero".into());
         }
         let l = &self.relay_limits;
         if self.relay_server {

@@ -82,7 +82,7 @@ impl Harness {
     pub fn start_proxy_through(&mut self, config: ProxyConfig, remote: Option<Arc<dyn edgemesh_proxy::Remote>>) {
         let proxy = Proxy::new(config, self.snapshots.clone());
         let proxy = match remote {
-            Some(remote) => proxy.with_remote(remote),
+            Some(remote) => proxy.with_remote(remote, Duration::from_secs(2)),
             None => proxy,
         };
         self.status = proxy.status();

@@ -1,0 +1,194 @@
+//! Wires the cross-node tunnel (`edgemesh-tunnel`) into the agent: its
+//! settings from the config, the [`Directory`] it asks about nodes, and the
+//! proxy's [`Remote`] through which connections to endpoints on other nodes
+//! go.
+//!
+//! Node name -> peer ID bindings come from `tunnel.peers` in the config
+//! first (the operator's word wins), then from Node objects annotated
+//! `edgemesh.io/peer-id` in the current snapshot, so a binding added to or
+//! removed from a Node takes effect at once.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use edgemesh_core::{Protocol, RegistryHandle, ServiceKey};
+use edgemesh_proxy::{Remote, RemoteDatagrams, RemoteFuture, RemoteStream};
+use edgemesh_tunnel::{
+    CancellationToken, Directory, MAX_DATAGRAM, Multiaddr, PeerId, RelayLimits, Tunnel, TunnelConfig, TunnelError,
+    TunnelProtocol,
+};
+use tokio::sync::mpsc;
+
+use crate::config::{Config, TunnelSection};
+
+/// The identity key file: `tunnel.keyFile`, else `<stateDir>/tunnel.key`.
+pub fn key_file(config: &Config) -> PathBuf {
+    config.tunnel.key_file.clone().unwrap_or_else(|| config.state_dir.join("tunnel.key"))
+}
+
+/// The tunnel's settings from the agent's config; bad multiaddrs and peer
+/// IDs are reported with their key.
+pub fn tunnel_config(config: &Config) -> anyhow::Result<TunnelConfig> {
+    let t = &config.tunnel;
+    let mut c = TunnelConfig::new(config.node_name.clone(), key_file(config));
+    c.psk_file = t.psk_file.clone();
+    c.listen = multiaddrs("tunnel.listen", &t.listen)?;
+    c.bootstrap = multiaddrs("tunnel.bootstrap", &t.bootstrap)?;
+    c.relays = multiaddrs("tunnel.relays", &t.relays)?;
+    c.relay_server = t.relay_server.then(|| {
+        let l = &t.relay_limits;
+        RelayLimits {
+            max_reservations: l.max_reservations,
+            max_reservations_per_peer: l.max_reservations_per_peer,
+            reservation_duration: l.reservation_duration,
+            max_circuits: l.max_circuits,
+            max_circuits_per_peer: l.max_circuits_per_peer,
+            max_circuit_duration: l.max_circuit_duration,
+            max_circuit_bytes: l.max_circuit_bytes,
+        }
+    });
+    c.mdns = t.mdns;
+    c.max_streams_per_connection = t.max_streams_per_connection;
+    c.connect_timeout = t.connect_timeout;
+    c.idle_connection_timeout = t.idle_connection_timeout;
+    Ok(c)
+}
+
+fn multiaddrs(key: &str, texts: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
+    texts
+        .iter()
+        .map(|t| Multiaddr::from_str(t.trim()).with_context(|| format!("{key}: {t:?} is not a multiaddr")))
+        .collect()
+}
+
+/// `tunnel.peers` parsed; a bad peer ID names its node.
+pub fn allow_list(section: &TunnelSection) -> anyhow::Result<HashMap<String, PeerId>> {
+    section
+        .peers
+        .iter()
+        .map(|(node, peer)| {
+            let id = PeerId::from_str(peer.trim())
+                .with_context(|| format!("tunnel.peers.{node}: {peer:?} is not a libp2p peer ID"))?;
+            Ok((node.clone(), id))
+        })
+        .collect()
+}
+
+/// What the tunnel asks about nodes, answered from the config's allow-list
+/// and the current snapshot.
+pub struct AgentDirectory {
+    allow: HashMap<String, PeerId>,
+    snapshots: RegistryHandle,
+}
+
+impl AgentDirectory {
+    pub fn new(allow: HashMap<String, PeerId>, snapshots: RegistryHandle) -> Self {
+        Self { allow, snapshots }
+    }
+}
+
+impl Directory for AgentDirectory {
+    fn peer_of(&self, node: &str) -> Option<PeerId> {
+        if let Some(peer) = self.allow.get(node) {
+            return Some(*peer);
+        }
+        let snapshot = self.snapshots.borrow();
+        let text = snapshot.node(node)?.peer_id.clone()?;
+        match PeerId::from_str(&text) {
+            Ok(peer) => Some(peer),
+            Err(_) => {
+                tracing::debug!(node, peer_id = %text, "Node annotation edgemesh.io/peer-id is not a peer ID; ignored");
+                None
+            }
+        }
+    }
+
+    fn serves(&self, target: SocketAddr, protocol: TunnelProtocol) -> bool {
+        let protocol = match protocol {
+            TunnelProtocol::Tcp => Protocol::Tcp,
+            TunnelProtocol::Udp => Protocol::Udp,
+        };
+        self.snapshots.borrow().serves_endpoint(target, protocol)
+    }
+}
+
+/// The proxy's way to endpoints on other nodes.
+pub struct TunnelRemote(pub Tunnel);
+
+/// The proxy classifies failures by `io::ErrorKind`: a refusal is
+/// `ConnectionRefused`; everything else keeps the tunnel's message.
+fn to_io(error: TunnelError) -> io::Error {
+    let kind = match &error {
+        TunnelError::Refused { .. } => io::ErrorKind::ConnectionRefused,
+        TunnelError::Timeout { .. } => io::ErrorKind::TimedOut,
+        e if e.is_node_failure() => io::ErrorKind::NotConnected,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, error)
+}
+
+/// Datagrams buffered each way between the proxy and one tunnel session.
+const DATAGRAM_QUEUE: usize = 256;
+
+impl Remote for TunnelRemote {
+    fn open_tcp(&self, node: &str, target: SocketAddr, service: &ServiceKey) -> RemoteFuture<RemoteStream> {
+        let (tunnel, node, service) = (self.0.clone(), node.to_owned(), service.to_string());
+        Box::pin(async move {
+            let stream = tunnel.open_tcp(&node, target, &service).await.map_err(to_io)?;
+            Ok(Box::new(stream) as RemoteStream)
+        })
+    }
+
+    fn open_udp(&self, node: &str, target: SocketAddr, service: &ServiceKey) -> RemoteFuture<RemoteDatagrams> {
+        let (tunnel, node, service) = (self.0.clone(), node.to_owned(), service.to_string());
+        Box::pin(async move {
+            let (mut sender, mut receiver) = tunnel.open_udp(&node, target, &service).await.map_err(to_io)?;
+            let (to_remote, mut outbound) = mpsc::channel::<Vec<u8>>(DATAGRAM_QUEUE);
+            let (inbound, from_remote) = mpsc::channel(DATAGRAM_QUEUE);
+            // Each pump ends when its side closes; the proxy drops its
+            // sender when the session ends, which closes the stream.
+            tokio::spawn(async move {
+                while let Some(datagram) = outbound.recv().await {
+                    if sender.send(&datagram).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = sender.close().await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; MAX_DATAGRAM];
+                loop {
+                    let n = tokio::select! {
+                        r = receiver.recv(&mut buf) => match r {
+                            Ok(n) => n,
+                            Err(_) => return,
+                        },
+                        () = inbound.closed() => return,
+                    };
+                    if inbound.send(buf[..n].to_vec()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(RemoteDatagrams { to_remote, from_remote })
+        })
+    }
+}
+
+/// Starts the tunnel with the agent's settings; the returned task ends when
+/// `stop` is cancelled.
+pub async fn start(
+    config: &Config,
+    snapshots: RegistryHandle,
+    stop: CancellationToken,
+) -> anyhow::Result<(Tunnel, tokio::task::JoinHandle<()>)> {
+    let settings = tunnel_config(config)?;
+    let directory = Arc::new(AgentDirectory::new(allow_list(&config.tunnel)?, snapshots));
+    let started = Tunnel::start(settings, directory, stop).await.context("cannot start the tunnel")?;
+    Ok(started)
+}
