@@ -135,11 +135,14 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
     } else {
         tcp
     };
-    let direct: BoxedTransport = match libp2p::dns::tokio::Transport::system(direct) {
-        Ok(t) => t.boxed(),
-        Err(e) => {
-            return Err(TunnelError::Config(format!("cannot read the system DNS configuration: {e}")));
-        }
+    // /dns4, /dns6 and /dnsaddr addresses (bootstrap peers and relays by name).
+    let direct: BoxedTransport = if std::path::Path::new("/etc/resolv.conf").exists() {
+        libp2p::dns::tokio::Transport::system(direct)
+            .map_err(|e| TunnelError::Config(format!("cannot read the system DNS configuration: {e}")))?
+            .boxed()
+    } else {
+        tracing::warn!("no /etc/resolv.conf: /dns addresses will not resolve");
+        direct
     };
     let (relay_transport, relay_client) = relay::client::new(local);
     let relayed: BoxedTransport = relay_transport
