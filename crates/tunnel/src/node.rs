@@ -60,6 +60,9 @@ pub(crate) enum Command {
     Connect { peer: PeerId, reply: oneshot::Sender<Result<(), String>> },
     /// Close every connection to a peer.
     Disconnect { peer: PeerId },
+    /// Close one connection (tests: break the direct path).
+    #[cfg(test)]
+    Close { connection: ConnectionId },
 }
 
 pub(crate) struct Built {
@@ -438,6 +441,10 @@ impl Task {
             }
             Command::Disconnect { peer } => {
                 let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            #[cfg(test)]
+            Command::Close { connection } => {
+                self.swarm.close_connection(connection);
             }
         }
     }
