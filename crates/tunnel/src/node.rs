@@ -60,6 +60,9 @@ pub(crate) enum Command {
     Connect { peer: PeerId, reply: oneshot::Sender<Result<(), String>> },
     /// Close every connection to a peer.
     Disconnect { peer: PeerId },
+    /// Close one connection (tests: break the direct path).
+    #[cfg(test)]
+    Close { connection: ConnectionId },
 }
 
 pub(crate) struct Built {
@@ -135,11 +138,14 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
     } else {
         tcp
     };
-    let direct: BoxedTransport = match libp2p::dns::tokio::Transport::system(direct) {
-        Ok(t) => t.boxed(),
-        Err(e) => {
-            return Err(TunnelError::Config(format!("cannot read the system DNS configuration: {e}")));
-        }
+    // /dns4, /dns6 and /dnsaddr addresses (bootstrap peers and relays by name).
+    let direct: BoxedTransport = if std::path::Path::new("/etc/resolv.conf").exists() {
+        libp2p::dns::tokio::Transport::system(direct)
+            .map_err(|e| TunnelError::Config(format!("cannot read the system DNS configuration: {e}")))?
+            .boxed()
+    } else {
+        tracing::warn!("no /etc/resolv.conf: /dns addresses will not resolve");
+        direct
     };
     let (relay_transport, relay_client) = relay::client::new(local);
     let relayed: BoxedTransport = relay_transport
@@ -435,6 +441,10 @@ impl Task {
             }
             Command::Disconnect { peer } => {
                 let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            #[cfg(test)]
+            Command::Close { connection } => {
+                self.swarm.close_connection(connection);
             }
         }
     }

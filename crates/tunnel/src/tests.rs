@@ -48,6 +48,17 @@ impl Net {
         load_or_create_identity(&self.keys.path().join(key)).unwrap().public().to_peer_id()
     }
     async fn start(&self, name: &str, key: &str, dir: Arc<Dir>, bootstrap: Option<&Tunnel>) -> Tunnel {
+        self.start_with(name, key, dir, bootstrap, |_| {}).await
+    }
+
+    async fn start_with(
+        &self,
+        name: &str,
+        key: &str,
+        dir: Arc<Dir>,
+        bootstrap: Option<&Tunnel>,
+        tweak: impl FnOnce(&mut TunnelConfig),
+    ) -> Tunnel {
         let mut c = TunnelConfig::new(name, self.keys.path().join(key));
         c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
         c.mdns = false;
@@ -55,6 +66,7 @@ impl Net {
         if let Some(b) = bootstrap {
             c.bootstrap = vec![b.listen_addrs()[0].clone().with(Protocol::P2p(b.peer_id()))];
         }
+        tweak(&mut c);
         Tunnel::start(c, dir, self.stop.child_token()).await.unwrap().0
     }
 }
@@ -219,4 +231,61 @@ async fn hostile_headers_never_crash_or_stall_the_agent() {
     }
     // Only the legitimate opens reached the endpoint.
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+fn addr_of(t: &Tunnel) -> libp2p::Multiaddr {
+    t.listen_addrs()[0].clone().with(Protocol::P2p(t.peer_id()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_falls_back_to_the_relay_when_the_direct_path_breaks() {
+    let net = Net::new();
+    let dir = Arc::new(Dir::default());
+    dir.peers.lock().unwrap().insert("a".into(), net.peer("a"));
+    dir.peers.lock().unwrap().insert("b".into(), net.peer("b"));
+    let (echo, _) = counted_echo().await;
+    dir.serves.lock().unwrap().insert((echo, TunnelProtocol::Tcp));
+    let r = net.start_with("relay", "r", dir.clone(), None, |c| c.relay_server = Some(Default::default())).await;
+    let relay = addr_of(&r);
+    let b = net.start_with("b", "b", dir.clone(), None, |c| c.relays = vec![relay.clone()]).await;
+    let a = net.start_with("a", "a", dir.clone(), None, |c| c.relays = vec![relay.clone()]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        match a.open_tcp("b", echo, "x").await {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "never reached b: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(first.is_relayed());
+    // Wait for hole punching, then break the direct connection.
+    let direct = loop {
+        let conns = a.inner.control.connections(&b.peer_id());
+        if let Some((id, _)) = conns.iter().find(|(_, relayed)| !relayed) {
+            break *id;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no hole punching: {conns:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let s = a.open_tcp("b", echo, "x").await.unwrap();
+    assert!(!s.is_relayed(), "a direct connection is preferred");
+    drop(s);
+    a.inner.commands.send(crate::node::Command::Close { connection: direct }).unwrap();
+    while a.inner.control.connections(&b.peer_id()).iter().any(|(id, _)| *id == direct) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut s = a.open_tcp("b", echo, "x").await.expect("falls back to the relayed connection");
+    assert!(s.is_relayed());
+    s.write_all(b"still here").await.unwrap();
+    let mut buf = [0u8; 10];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"still here");
+    // The first (relayed) stream was never disturbed.
+    let mut first = first;
+    first.write_all(b"1").await.unwrap();
+    let mut one = [0u8; 1];
+    first.read_exact(&mut one).await.unwrap();
+    drop(r);
 }

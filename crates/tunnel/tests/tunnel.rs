@@ -319,6 +319,20 @@ async fn taken_port_is_a_start_error() {
     .err()
     .expect("port taken");
     assert!(matches!(e, TunnelError::Listen { .. }), "{e}");
+    // The same port for TCP and QUIC, on IPv4 and IPv6 (v6-only sockets), as the default does.
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        let port = closed_port().await.port();
+        let mut c = config(&keys, "a");
+        c.listen = ["/ip4/127.0.0.1/tcp", "/ip6/::1/tcp", "/ip4/127.0.0.1/udp", "/ip6/::1/udp"]
+            .iter()
+            .map(|p| {
+                let quic = if p.ends_with("udp") { "/quic-v1" } else { "" };
+                format!("{p}/{port}{quic}").parse().unwrap()
+            })
+            .collect();
+        let n = start(c, Arc::new(TestDirectory::default())).await;
+        assert_eq!(n.tunnel.listen_addrs().len(), 4, "{:?}", n.tunnel.listen_addrs());
+    }
     let mut c = config(&keys, "a");
     c.relays = vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()];
     let e = edgemesh_tunnel::Tunnel::start(
