@@ -115,6 +115,10 @@ impl Directory for AgentDirectory {
         };
         self.snapshots.borrow().serves_endpoint(target, protocol)
     }
+
+    fn is_ready(&self) -> bool {
+        self.snapshots.borrow().synced
+    }
 }
 
 /// The proxy's way to endpoints on other nodes.

@@ -96,4 +96,10 @@ pub trait Directory: Send + Sync + 'static {
     /// Whether this node serves endpoint `target` for `protocol` (the tunnel dials nothing
     /// else: no open proxy).
     fn serves(&self, target: SocketAddr, protocol: TunnelProtocol) -> bool;
+    /// Whether the directory has its first full view. A hello that arrives
+    /// before (an agent just started, its nodes not read yet) waits a moment
+    /// for it rather than refusing a peer the directory is about to know.
+    fn is_ready(&self) -> bool {
+        true
+    }
 }

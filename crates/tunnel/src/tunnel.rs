@@ -714,6 +714,12 @@ async fn serve_hello(inner: Arc<Inner>, s: Inbound) {
     let mut stream = s.stream.compat();
     let (status, claimed) = match timeout(HEADER_TIMEOUT, wire::read_hello(&mut stream)).await {
         Ok(Ok(hello)) => {
+            // Just started: give the directory a moment to read its nodes
+            // (within the peer's wait for our reply).
+            let ready_by = tokio::time::Instant::now() + HEADER_TIMEOUT / 2;
+            while !inner.directory.is_ready() && tokio::time::Instant::now() < ready_by {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             let status = match inner.directory.peer_of(&hello.node) {
                 Some(p) if p == peer => HelloStatus::Accepted,
                 Some(_) => HelloStatus::PeerMismatch,

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The cross-node tunnel against the direct path: two network namespaces
+# (nodes A and B) joined by one veth pair, an agent in each, an iperf3 server
+# and an nginx (100-byte file) in B; clients in A reach them directly (B's
+# address) and through the tunnel (a service VIP in A whose endpoint is on
+# node-b). Transports: TCP (Noise + yamux) and QUIC, one at a time.
+#
+# usage: bench/tunnel.sh [-r REPS] [-d SECS] [-o OUT.jsonl]
+# Prints one JSON line per measurement and a summary with ratios to direct
+# (paired within each repetition). Needs root, iperf3, wrk, nginx.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
+source "$SHARED/lib.sh"
+REPS=3 DUR=5 OUT=/dev/null
+while getopts r:d:o: o; do case $o in
+  r) REPS=$OPTARG ;; d) DUR=$OPTARG ;; o) OUT=$OPTARG ;; *) sed -n '2,11p' "$0" >&2; exit 2 ;;
+esac; done
+BIN=${EDGEMESH_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/edgemesh}
+[[ -x $BIN ]] || { echo "no release binary at $BIN (cargo build --release -p edgemesh)" >&2; exit 1; }
+
+A=em-bt-a-$$ B=em-bt-b-$$ W=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  ip netns del "$A" 2>/dev/null || true
+  ip netns del "$B" 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+for ns in $A $B; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+ip link add bta netns "$A" type veth peer name btb netns "$B"
+ip -n "$A" addr add 10.99.0.1/24 dev bta
+ip -n "$B" addr add 10.99.0.2/24 dev btb
+ip -n "$A" link set bta up
+ip -n "$B" link set btb up
+
+# Backends in B.
+ip netns exec "$B" iperf3 -s -D -B 10.99.0.2 -p 5201 --logfile "$W/iperf3.log"
+mkdir -p "$W/www" && head -c 100 /dev/zero | tr '\0' x > "$W/www/f"
+cat > "$W/nginx.conf" <<EOF
+worker_processes 1; daemon off; pid $W/nginx.pid; error_log $W/nginx.err;
+events { worker_connections 4096; }
+http { access_log off; server { listen 10.99.0.2:8080; root $W/www; keepalive_requests 1000000; } }
+EOF
+ip netns exec "$B" nginx -c "$W/nginx.conf" & PIDS+=($!)
+
+PA=$("$BIN" id --state-dir "$W/a") PB=$("$BIN" id --state-dir "$W/b")
+manifests() { # $1: dir
+  mkdir -p "$1"
+  cat > "$1/bench.yaml" <<EOF
+apiVersion: v1
+kind: Node
+metadata: {name: node-a, annotations: {edgemesh.io/peer-id: $PA}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-b, annotations: {edgemesh.io/peer-id: $PB}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bench, namespace: bench}
+spec:
+  clusterIP: 127.99.0.10
+  ports: [{name: iperf, port: 5201}, {name: http, port: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: bench-1, namespace: bench, labels: {kubernetes.io/service-name: bench}}
+addressType: IPv4
+ports: [{name: iperf, port: 5201}, {name: http, port: 8080}]
+endpoints: [{addresses: [10.99.0.2], nodeName: node-b}]
+EOF
+}
+manifests "$W/a/m"; manifests "$W/b/m"
+
+AGENTS=()
+start_agents() { # $1: tcp|quic
+  local la lb
+  if [[ $1 == quic ]]; then la=/ip4/10.99.0.1/udp/20006/quic-v1 lb=/ip4/10.99.0.2/udp/20006/quic-v1
+  else la=/ip4/10.99.0.1/tcp/20006 lb=/ip4/10.99.0.2/tcp/20006; fi
+  local common=(--dns-listen 127.0.0.1:0 --admin-listen 127.0.0.1:15020 --dns-upstream 127.0.0.1:9
+    --vip-cidr 127.99.0.0/24 --no-mdns --log-level warn)
+  ip netns exec "$B" "$BIN" agent --node-name node-b --manifest-dir "$W/b/m" --state-dir "$W/b" \
+    --tunnel-listen "$lb" "${common[@]}" 2>>"$W/b.log" & AGENTS+=($!)
+  ip netns exec "$A" "$BIN" agent --node-name node-a --manifest-dir "$W/a/m" --state-dir "$W/a" \
+    --tunnel-listen "$la" --bootstrap "$lb/p2p/$PB" "${common[@]}" 2>>"$W/a.log" & AGENTS+=($!)
+  for _ in $(seq 100); do
+    if ip netns exec "$A" curl -sf -o /dev/null http://127.99.0.10:8080/f; then return 0; fi
+    sleep 0.1
+  done
+  echo "the tunnel did not come up; logs:" >&2; cat "$W/a.log" "$W/b.log" >&2; exit 1
+}
+stop_agents() {
+  for p in "${AGENTS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  AGENTS=()
+}
+
+iperf() { # $1: target ip -> Gbit/s received
+  ip netns exec "$A" iperf3 -c "$1" -p 5201 -t "$DUR" -J | jq '.end.sum_received.bits_per_second / 1e9'
+}
+wrk_rr() { # $1: target ip -> wrk JSON line
+  ip netns exec "$A" wrk -t2 -c50 -d"${DUR}s" -s "$SHARED/wrk_report.lua" "http://$1:8080/f" | grep '^{'
+}
+RES=$W/results.jsonl
+emit() { echo "$1" | tee -a "$RES"; }
+
+for rep in $(seq "$REPS"); do
+  for transport in tcp quic; do
+    wait_quiet
+    emit "$(jq -nc --arg t direct --argjson r "$rep" --argjson g "$(iperf 10.99.0.2)" '{rep:$r,path:$t,test:"tput1",gbit_s:$g}')"
+    start_agents "$transport"
+    emit "$(jq -nc --arg t "tunnel-$transport" --argjson r "$rep" --argjson g "$(iperf 127.99.0.10)" '{rep:$r,path:$t,test:"tput1",gbit_s:$g}')"
+    emit "$(wrk_rr 127.99.0.10 | jq -c --arg t "tunnel-$transport" --argjson r "$rep" '{rep:$r,path:$t,test:"rr"} + .')"
+    stop_agents
+    emit "$(wrk_rr 10.99.0.2 | jq -c --arg t direct --argjson r "$rep" '{rep:$r,path:$t,test:"rr"} + .')"
+  done
+done
+
+[[ $OUT == /dev/null ]] || cp "$RES" "$OUT"
+python3 - "$RES" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def med(path, test, key):
+    v = [r[key] for r in rows if r["path"] == path and r["test"] == test]
+    return statistics.median(v) if v else float("nan")
+print("\n| path | Gbit/s (1 stream) | x direct | req/s keep-alive | x direct | p50 us | p99 us |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+dg, dr = med("direct", "tput1", "gbit_s"), med("direct", "rr", "req_s")
+for p in ["direct", "tunnel-tcp", "tunnel-quic"]:
+    g, r = med(p, "tput1", "gbit_s"), med(p, "rr", "req_s")
+    print(f"| {p} | {g:.2f} | {g/dg:.2f} | {r:,.0f} | {r/dr:.2f} | {med(p,'rr','p50_us'):.0f} | {med(p,'rr','p99_us'):.0f} |")
+PY
