@@ -22,6 +22,7 @@ fn loaded(n: usize) -> RegistryState {
         vip_cidr: "10.128.0.0/9".parse().unwrap(),
         default_strategy: LbStrategy::RoundRobin,
         node_name: "n1".into(),
+        ..Default::default()
     });
     for i in 0..n {
         let name = format!("svc-{i}");

@@ -34,15 +34,45 @@ pub struct RegistryConfig {
     /// This node's name: endpoints with this `nodeName` are local
     /// ([`Snapshot::serves_endpoint`]). Empty: no endpoint is local.
     pub node_name: String,
+    /// Which services get a VIP.
+    pub vips: VipPolicy,
 }
 
 impl Default for RegistryConfig {
-    /// The agent's default VIP range (`127.251.0.0/16`), round robin, no node name.
+    /// The agent's default VIP range (`127.251.0.0/16`) for every service,
+    /// round robin, no node name.
     fn default() -> Self {
         Self {
             vip_cidr: "127.251.0.0/16".parse().expect("valid CIDR"),
             default_strategy: LbStrategy::default(),
             node_name: String::new(),
+            vips: VipPolicy::Every,
+        }
+    }
+}
+
+/// Which services get a VIP (never a headless one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VipPolicy {
+    /// Every service: clients reach services through their VIPs only (no
+    /// interception).
+    #[default]
+    Every,
+    /// Only where the agent must receive traffic on an address of its own:
+    /// with interception, connections to a cluster IP are redirected where
+    /// they are, so a service needs a VIP only when it has no cluster IP,
+    /// or when it has UDP ports (datagrams to its cluster IP are DNATed to
+    /// the VIP). Keeps the pool and the VIP device small.
+    WhereNeeded,
+}
+
+impl VipPolicy {
+    fn wants_vip(self, svc: &ServiceObject) -> bool {
+        match self {
+            VipPolicy::Every => true,
+            VipPolicy::WhereNeeded => {
+                svc.cluster_ips.is_empty() || svc.ports.iter().any(|p| p.protocol == crate::service::Protocol::Udp)
+            }
         }
     }
 }
@@ -158,6 +188,7 @@ impl Registry {
 /// be driven synchronously (tests, benchmarks).
 pub struct RegistryState {
     default_strategy: LbStrategy,
+    vip_policy: VipPolicy,
     vips: VipAllocator,
     services: HashMap<ServiceKey, ServiceObject>,
     /// Endpoint objects of each service, sorted by key. Almost always one:
@@ -178,6 +209,7 @@ impl RegistryState {
     pub fn new(config: &RegistryConfig) -> Self {
         Self {
             default_strategy: config.default_strategy,
+            vip_policy: config.vips,
             vips: VipAllocator::new(config.vip_cidr),
             services: HashMap::new(),
             endpoint_sets: HashMap::new(),
@@ -284,8 +316,9 @@ impl RegistryState {
         };
         let mut released = false;
         let mut problem = None;
-        let vip = if svc.headless {
+        let vip = if svc.headless || !self.vip_policy.wants_vip(svc) {
             released = self.vips.release(key);
+            self.awaiting_vip.remove(key);
             None
         } else {
             // A cluster IP inside the VIP range is honoured as the VIP, the way

@@ -7,7 +7,7 @@
 //! | name | records |
 //! |---|---|
 //! | `<domain>` | SOA |
-//! | `<svc>.<ns>.svc.<domain>` | A/AAAA: the VIP; headless: the ready endpoints |
+//! | `<svc>.<ns>.svc.<domain>` | A/AAAA: the VIP (with interception: the cluster IPs, the VIP where there are none); headless: the ready endpoints |
 //! | `<host>.<svc>.<ns>.svc.<domain>` | headless only: the ready endpoint whose hostname (or dashed address `10-0-0-7`) is `<host>` |
 //! | `_<port>._<proto>.<svc>.<ns>.svc.<domain>` | SRV to the service (headless: one per ready endpoint), addresses in the additional section |
 //! | `<reversed ip>.in-addr.arpa` / `.ip6.arpa` | PTR to the service whose VIP or cluster IP that is; other addresses are forwarded |
@@ -59,6 +59,9 @@ pub struct Zone {
     ttl: u32,
     mname: Name,
     rname: Name,
+    /// Services answer with their cluster IPs rather than their VIPs:
+    /// interception makes cluster IPs reachable.
+    cluster_ips_first: bool,
 }
 
 impl Zone {
@@ -77,7 +80,19 @@ impl Zone {
         if origin.len() > Name::MAX_LENGTH - 150 {
             return Err(bad("it is too long to leave room for service names".into()));
         }
-        Ok(Self { origin, ttl, mname, rname })
+        Ok(Self { origin, ttl, mname, rname, cluster_ips_first: false })
+    }
+
+    /// With interception on: services answer with their cluster IPs, and
+    /// with a VIP only where they have none.
+    pub fn with_cluster_ips_first(mut self, on: bool) -> Self {
+        self.cluster_ips_first = on;
+        self
+    }
+
+    /// What a service name resolves to; see [`service_addresses`].
+    pub(crate) fn addresses<'a>(&self, entry: &'a ServiceEntry) -> impl Iterator<Item = IpAddr> + 'a {
+        service_addresses(entry, self.cluster_ips_first)
     }
 
     pub fn origin(&self) -> &Name {
@@ -151,7 +166,7 @@ impl Zone {
 
     /// `<svc>.<ns>.svc.<domain>`.
     fn service(&self, entry: &ServiceEntry, name: &Name, qtype: RecordType) -> Outcome {
-        let answers = service_addresses(entry).filter_map(|ip| self.address(name, ip, qtype)).collect();
+        let answers = self.addresses(entry).filter_map(|ip| self.address(name, ip, qtype)).collect();
         Outcome::records_or_nodata(answers, Vec::new())
     }
 
@@ -202,7 +217,7 @@ impl Zone {
         let mut additionals = Vec::new();
         if !entry.headless {
             let Some(target) = self.service_name(&entry.key, None) else { return Outcome::NoData };
-            additionals.extend(service_addresses(entry).filter_map(|ip| self.address(&target, ip, RecordType::ANY)));
+            additionals.extend(self.addresses(entry).filter_map(|ip| self.address(&target, ip, RecordType::ANY)));
             if !additionals.is_empty() {
                 let srv = SRV::new(0, 100, port.port, target);
                 answers.push(Record::from_rdata(name.clone(), self.ttl, RData::SRV(srv)));
@@ -267,14 +282,19 @@ fn serial(snap: &Snapshot) -> u32 {
 }
 
 /// What a service name resolves to: the VIP (cluster IPs while it has
-/// none); for headless services the ready endpoints.
-pub(crate) fn service_addresses(entry: &ServiceEntry) -> impl Iterator<Item = IpAddr> + '_ {
-    // One iterator type for all three cases, without boxing: this is on the
+/// none); with `cluster_ips_first` (interception on) the cluster IPs, and
+/// the VIP only where the service has no cluster IP of its family; for
+/// headless services the ready endpoints.
+pub(crate) fn service_addresses(entry: &ServiceEntry, cluster_ips_first: bool) -> impl Iterator<Item = IpAddr> + '_ {
+    // One iterator type for every case, without boxing: this is on the
     // fast path.
     let endpoints = if entry.headless { &entry.endpoints[..] } else { &[] };
-    let vip = entry.vip.filter(|_| !entry.headless);
-    let cluster_ips = if entry.headless || entry.vip.is_some() { &[] } else { &entry.cluster_ips[..] };
-    endpoints.iter().filter(|e| e.ready).map(|e| e.address).chain(vip).chain(cluster_ips.iter().copied())
+    let cluster_ips =
+        if entry.headless || (entry.vip.is_some() && !cluster_ips_first) { &[] } else { &entry.cluster_ips[..] };
+    // With interception a cluster IP of the VIP's family wins over it.
+    let shadowed = |vip: &IpAddr| cluster_ips_first && entry.cluster_ips.iter().any(|c| c.is_ipv4() == vip.is_ipv4());
+    let vip = entry.vip.filter(|vip| !entry.headless && !shadowed(vip));
+    endpoints.iter().filter(|e| e.ready).map(|e| e.address).chain(cluster_ips.iter().copied()).chain(vip)
 }
 
 /// `10.0.0.7` -> `10-0-0-7`, `fd00::7` -> `fd00--7`: the label Kubernetes DNS

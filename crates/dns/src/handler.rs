@@ -167,7 +167,7 @@ impl Handler {
             Transport::Tcp => usize::from(u16::MAX),
             Transport::Udp => udp_limit(question.edns_payload),
         };
-        let addrs = cluster::service_addresses(&entry).filter(|ip| question.wants(ip));
+        let addrs = self.zone.addresses(&entry).filter(|ip| question.wants(ip));
         let written = question.write_answer(out, addrs, self.zone.ttl(), self.forwarder.is_some(), max_size);
         if written {
             tracing::trace!(?transport, qtype = question.qtype, "answered on the fast path");

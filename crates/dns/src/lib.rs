@@ -71,6 +71,9 @@ pub struct DnsConfig {
     pub upstream_timeout: Duration,
     /// Most upstream answers kept in the cache (0 disables caching).
     pub cache_size: usize,
+    /// Answer services with their cluster IPs rather than their VIPs
+    /// (interception on: cluster IPs are reachable).
+    pub cluster_ips_first: bool,
 }
 
 impl Default for DnsConfig {
@@ -82,6 +85,7 @@ impl Default for DnsConfig {
             service_ttl: 5,
             upstream_timeout: Duration::from_secs(2),
             cache_size: 10_000,
+            cluster_ips_first: false,
         }
     }
 }

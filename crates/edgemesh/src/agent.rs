@@ -7,6 +7,8 @@
 //!                                      (state-dir)                        -> Proxy -> Tunnel (other nodes)
 //!                                                                         -> Tunnel (node bindings,
 //!                                                                              endpoints it serves)
+//!                                                                         -> Interceptor (node mode:
+//!                                                                            nftables table, VIP device)
 //!                                                                         -> AdminServer
 //! ```
 
@@ -15,9 +17,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use edgemesh_cache::CacheStatus;
-use edgemesh_core::{EventSink, Registry, RegistryConfig, RegistryHandle, Snapshot, SourceHealth};
+use edgemesh_core::{EventSink, Registry, RegistryConfig, RegistryHandle, Snapshot, SourceHealth, VipPolicy};
 use edgemesh_dns::{DnsConfig, DnsServer};
-use edgemesh_intercept::{InterceptConfig, Interceptor, Ip, Nft, Range, TableSpec, VipDevice};
+use edgemesh_intercept::{DeviceSpec, InterceptConfig, Interceptor, Nft, TableSpec};
 use edgemesh_kube::{ApiEndpoint, KubeSource, KubeSourceConfig};
 use edgemesh_manifests::ManifestSource;
 use edgemesh_proxy::{Proxy, ProxyConfig, ProxyStatus};
@@ -33,6 +35,19 @@ use crate::limits;
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Node mode's table and VIP device, from their creation until their
+    // task takes them: a start-up failure in between removes them.
+    let mut starting: Option<Interceptor> = None;
+    let result = serve(config, &mut starting).await;
+    if let Some(interceptor) = starting.take()
+        && let Err(error) = interceptor.remove().await
+    {
+        tracing::warn!(%error, "cannot remove the nftables table or the VIP device after a failed start");
+    }
+    result
+}
+
+async fn serve(config: Config, starting: &mut Option<Interceptor>) -> anyhow::Result<()> {
     // Both rustls providers may be compiled in; kube panics unless one is the default.
     edgemesh_kube::install_crypto_provider();
     let nofile = limits::raise_nofile_limit();
@@ -45,19 +60,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         source = ?config.source,
         manifests = %config.manifests.dir.display(),
         state_dir = %config.state_dir.display(),
-        dns = %config.dns.listen,
+        dns = %config.dns_listen(),
         admin = %config.admin.listen,
-        vip_cidr = %config.vip_cidr,
+        vip_cidr = %config.vip_cidr(),
         upstreams = ?config.dns.upstreams,
         max_connections,
         "starting edgemesh agent"
     );
     tracing::debug!(config = ?config, "effective configuration");
 
+    let intercepting = config.intercept.mode == InterceptMode::Nftables;
     let mut registry = Registry::new(RegistryConfig {
-        vip_cidr: config.vip_cidr,
+        vip_cidr: config.vip_cidr(),
         default_strategy: config.proxy.default_strategy,
         node_name: config.node_name.clone(),
+        // With interception cluster IPs are served where they are.
+        vips: if intercepting { VipPolicy::WhereNeeded } else { VipPolicy::Every },
     });
     // source -> cache relay (write-through, replay at start) -> registry
     let registry_sink = registry.source();
@@ -67,21 +85,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let source_health = (config.source == SourceKind::Kube).then(SourceHealth::new);
     let snapshots = registry.subscribe();
 
+    // Node mode: the table, and the VIP device with the DNS address on it,
+    // before the DNS server binds that address.
+    if intercepting {
+        *starting = Some(start_interception(&config).await?);
+    }
     // Bind everything before starting anything, so a taken port is a clear
     // start-up error rather than a half-running agent.
+    let dns_listen = config.dns_listen();
     let dns = DnsServer::bind(
         DnsConfig {
-            listen: config.dns.listen,
+            listen: dns_listen,
             upstreams: config.dns.upstreams.clone(),
             cluster_domain: config.dns.cluster_domain.clone(),
             service_ttl: config.dns.service_ttl,
             upstream_timeout: config.dns.upstream_timeout,
             cache_size: config.dns.cache_size,
+            cluster_ips_first: intercepting,
         },
         snapshots.clone(),
     )
     .await
-    .with_context(|| format!("cannot start DNS on {}", config.dns.listen))?;
+    .with_context(|| format!("cannot start DNS on {dns_listen}"))?;
     // Cancelled to stop every component; the tunnel's swarm task takes it
     // as it starts.
     let shutdown = CancellationToken::new();
@@ -91,7 +116,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let intercepting = config.intercept.mode == InterceptMode::Nftables;
     let mut proxy = Proxy::new(
         ProxyConfig {
             connect_timeout: config.proxy.connect_timeout,
@@ -106,42 +130,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some((tunnel, _)) = &tunnel {
         proxy = proxy.with_remote(Arc::new(crate::tunnel::TunnelRemote(tunnel.clone())), config.tunnel.connect_timeout);
     }
-    let interceptor = if intercepting {
+    if intercepting {
         let port = config.intercept.port;
         let addrs = proxy.bind_transparent(port).with_context(|| {
             format!("cannot listen on the transparent port {port} (intercept.port); is another agent running?")
         })?;
-        let interceptor = Interceptor::start(InterceptConfig {
-            table: TableSpec { name: config.intercept.table.clone(), port, mark: config.intercept.mark },
-            nft: Nft::default(),
-        })
-        .await
-        .context("cannot set up interception with nftables")?;
         tracing::info!(listen = ?addrs, table = %config.intercept.table, "intercepting service addresses with nftables");
-        Some(interceptor)
-    } else {
-        None
-    };
-    // The VIP device: VIPs outside 127.0.0.0/8 become this node's addresses.
-    let vip_range = Range { addr: config.vip_cidr.network(), prefix: config.vip_cidr.prefix_len() };
-    let device = if intercepting && !config.intercept.vip_device.is_empty() {
-        let name = &config.intercept.vip_device;
-        let device = VipDevice::create(name, &[vip_range], Ip::default())
-            .await
-            .with_context(|| format!("cannot set up the VIP device {name} (intercept.vipDevice)"))?;
-        Some(device)
-    } else {
-        if intercepting && !vip_range.is_loopback() {
-            tracing::warn!(vip_cidr = %config.vip_cidr,
-                "no VIP device (intercept.vipDevice is empty): VIPs outside 127.0.0.0/8 are reachable only if something routes them here");
-        }
-        None
-    };
-    if intercepting && vip_range.is_loopback() {
-        tracing::info!(vip_cidr = %config.vip_cidr,
-            "UDP to cluster IPs is intercepted for local processes only: pods need a vipCidr outside 127.0.0.0/8 (e.g. 9.251.0.0/16)");
     }
-    let intercept_status = interceptor.as_ref().map(Interceptor::status);
+    let intercept_status = starting.as_ref().map(Interceptor::status);
     let config = Arc::new(config);
     let admin = AdminServer::bind(
         config.admin.listen,
@@ -166,12 +162,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         tasks.spawn(async move { dns.run(shutdown).await.context("DNS server failed") });
     }
-    if let Some(interceptor) = interceptor {
-        let (gated_tx, gated) = watch::channel(Arc::new(Snapshot::default()));
-        let (source, proxy_status, stop) = (snapshots.clone(), proxy.status(), shutdown.clone());
-        tasks.spawn(gate_on_proxy(source, proxy_status, gated_tx, stop).map_ok());
-        tasks.spawn(interceptor.run(gated, shutdown.clone()).map_ok());
-    }
+    let proxy_status = proxy.status();
     tasks.spawn(proxy.run(shutdown.clone()).map_ok());
     if let Some((_, task)) = tunnel {
         tasks.spawn(async move { task.await.context("the tunnel failed") });
@@ -204,6 +195,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    // Last: until here a start-up failure leaves `starting` to remove it.
+    if let Some(interceptor) = starting.take() {
+        let (gated_tx, gated) = watch::channel(Arc::new(Snapshot::default()));
+        let (source, stop) = (snapshots.clone(), shutdown.clone());
+        tasks.spawn(gate_on_proxy(source, proxy_status, gated_tx, stop).map_ok());
+        tasks.spawn(interceptor.run(gated, shutdown.clone()).map_ok());
+    }
+
     let outcome = tokio::select! {
         signal = stop_signal() => {
             tracing::info!(signal, "stopping");
@@ -225,14 +224,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if drained.is_err() {
         tracing::warn!("components did not stop within {DRAIN_DEADLINE:?}; exiting anyway");
     }
-    // After the table (removed by the interceptor as it stops): nothing is
-    // redirected to the VIPs any more.
-    if let Some(device) = device
-        && let Err(error) = device.remove().await
-    {
-        tracing::warn!(%error, "cannot remove the VIP device");
-    }
     outcome
+}
+
+/// Makes node mode's nftables table and VIP device (holding the DNS
+/// address), or says why it cannot.
+async fn start_interception(config: &Config) -> anyhow::Result<Interceptor> {
+    let vip_cidr = config.vip_cidr();
+    let device = &config.intercept.vip_device;
+    if device.is_empty() && !vip_cidr.network().is_loopback() {
+        tracing::warn!(%vip_cidr,
+            "no VIP device (intercept.vipDevice is empty): VIPs outside 127.0.0.0/8 are reachable only if something routes them here");
+    }
+    if vip_cidr.network().is_loopback() {
+        tracing::info!(%vip_cidr,
+            "UDP to cluster IPs is intercepted for local processes only: pods need a vipCidr outside 127.0.0.0/8 (e.g. 9.251.0.0/16)");
+    }
+    let interceptor = Interceptor::start(InterceptConfig {
+        table: TableSpec {
+            name: config.intercept.table.clone(),
+            port: config.intercept.port,
+            mark: config.intercept.mark,
+        },
+        nft: Nft::default(),
+        device: (!device.is_empty())
+            .then(|| DeviceSpec { name: device.clone(), fixed: vec![config.dns_listen().ip()] }),
+    })
+    .await
+    .with_context(|| {
+        if device.is_empty() {
+            "cannot set up interception with nftables".to_owned()
+        } else {
+            format!("cannot set up interception with nftables and the VIP device {device} (intercept.vipDevice)")
+        }
+    })?;
+    Ok(interceptor)
 }
 
 /// Passes each snapshot on once the proxy has applied it.

@@ -112,7 +112,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub admin_listen: Option<SocketAddr>,
 
-    /// Range that service VIPs are allocated from. Default: 127.251.0.0/16 (no root needed).
+    /// Range that service VIPs are allocated from. Default: 9.251.0.0/16 with --intercept nftables (on the VIP device), 127.251.0.0/16 otherwise (no root needed).
     #[arg(long, value_name = "CIDR")]
     pub vip_cidr: Option<IpNet>,
 
@@ -136,7 +136,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "NAME")]
     pub intercept_table: Option<String>,
 
-    /// Name of the VIP device made in nftables mode, which routes a vipCidr outside 127.0.0.0/8 to this node; "" for none. Default: edge0.
+    /// Name of the VIP device made in nftables mode, which holds the node-local DNS address and the VIPs as this node's addresses; "" for none. Default: edge0.
     #[arg(long, value_name = "NAME")]
     pub vip_device: Option<String>,
 
@@ -218,7 +218,7 @@ impl AgentArgs {
             c.state_dir = v.clone();
         }
         if let Some(v) = self.dns_listen {
-            c.dns.listen = v;
+            c.dns.listen = Some(v);
         }
         if !self.dns_upstreams.is_empty() {
             c.dns.upstreams = self.dns_upstreams.clone();
@@ -230,7 +230,7 @@ impl AgentArgs {
             c.admin.listen = v;
         }
         if let Some(v) = self.vip_cidr {
-            c.vip_cidr = v;
+            c.vip_cidr = Some(v);
         }
         if let Some(v) = self.lb_strategy {
             c.proxy.default_strategy = v;
@@ -254,11 +254,12 @@ impl AgentArgs {
             c.log_level = v.clone();
         }
         self.apply_tunnel_flags(&mut c.tunnel);
+        c.fill_defaults();
         if c.dns.upstreams.is_empty() {
             c.dns.upstreams = resolv_conf_nameservers(std::path::Path::new("/etc/resolv.conf"))
                 .into_iter()
                 // Never forward to ourselves.
-                .filter(|u| *u != c.dns.listen)
+                .filter(|u| Some(*u) != c.dns.listen)
                 .collect();
         }
         c.validate()?;
@@ -329,7 +330,7 @@ mod tests {
         let Command::Agent(args) = cli.command else { panic!("agent") };
         let c = args.resolve().unwrap();
         assert_eq!(c.node_name, "from-flag");
-        assert_eq!(c.dns.listen, "127.0.0.1:1053".parse().unwrap(), "unset flags keep the file's value");
+        assert_eq!(c.dns.listen, Some("127.0.0.1:1053".parse().unwrap()), "unset flags keep the file's value");
         assert_eq!(c.dns.upstreams.len(), 2);
         assert_eq!(c.proxy.default_strategy, LbStrategy::Random);
         assert_eq!(c.intercept.mode, InterceptMode::Nftables);

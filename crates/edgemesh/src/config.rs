@@ -17,8 +17,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 mod tunnel;
 pub use tunnel::TunnelSection;
 
-/// Default VIP range: inside 127.0.0.0/8, so VIPs can be bound without root.
+/// Default VIP range without interception: inside 127.0.0.0/8, so VIPs can
+/// be bound without root.
 pub const DEFAULT_VIP_CIDR: &str = "127.251.0.0/16";
+/// Default VIP range in node mode (`intercept.mode: nftables`): EdgeMesh's
+/// original pool, whose addresses the VIP device makes this node's.
+pub const NODE_MODE_VIP_CIDR: &str = "9.251.0.0/16";
+/// Default DNS address without interception.
+pub const DEFAULT_DNS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5353);
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -29,8 +35,13 @@ pub struct Config {
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a
     /// `tracing` directive such as `edgemesh_dns=debug`). `RUST_LOG` wins.
     pub log_level: String,
-    /// Virtual IPs for services come from this range.
-    pub vip_cidr: IpNet,
+    /// Virtual IPs for services come from this range. Default:
+    /// `9.251.0.0/16` in node mode (`intercept.mode: nftables`), where only
+    /// services without a cluster IP (and UDP services, as the target their
+    /// cluster IP is DNATed to) get one; `127.251.0.0/16` otherwise, where
+    /// every service gets one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vip_cidr: Option<IpNet>,
     /// Where services come from: `manifests` (a directory) or `kube` (the
     /// Kubernetes API or KubeEdge metaServer).
     pub source: SourceKind,
@@ -79,8 +90,10 @@ pub struct KubeSection {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct DnsSection {
-    /// Address of the node-local DNS server (UDP and TCP).
-    pub listen: SocketAddr,
+    /// Address of the node-local DNS server (UDP and TCP). Default:
+    /// `127.0.0.1:5353`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
     /// Resolvers for names outside the cluster domain. Empty: the
     /// nameservers of `/etc/resolv.conf`.
     pub upstreams: Vec<SocketAddr>,
@@ -136,9 +149,9 @@ pub struct InterceptSection {
     /// Mark of the agent's own upstream connections, which the table lets
     /// pass (must not be used by other software on the node).
     pub mark: u32,
-    /// Name of the agent's VIP device, which holds a local route for a
-    /// `vipCidr` outside 127.0.0.0/8 (made at start in nftables mode,
-    /// removed at stop); empty for none.
+    /// Name of the agent's VIP device (made at start in nftables mode,
+    /// removed at stop), which holds the node-local DNS address and the
+    /// VIPs (outside 127.0.0.0/8) as addresses of this node; empty for none.
     pub vip_device: String,
 }
 
@@ -166,7 +179,7 @@ impl Default for Config {
         Self {
             node_name: default_node_name(),
             log_level: "info".into(),
-            vip_cidr: DEFAULT_VIP_CIDR.parse().expect("valid default CIDR"),
+            vip_cidr: None,
             source: SourceKind::Manifests,
             state_dir: PathBuf::from("/var/lib/edgemesh"),
             manifests: ManifestsConfig::default(),
@@ -189,7 +202,7 @@ impl Default for ManifestsConfig {
 impl Default for DnsSection {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 5353)),
+            listen: None,
             upstreams: Vec::new(),
             cluster_domain: "cluster.local".into(),
             service_ttl: 5,
@@ -261,15 +274,40 @@ impl Config {
         serde_saphyr::from_str::<Config>(text).map_err(|e| describe_yaml_error(&e))
     }
 
+    /// The VIP range (see [`Config::vip_cidr`] for the defaults).
+    pub fn vip_cidr(&self) -> IpNet {
+        self.vip_cidr.unwrap_or_else(|| {
+            let default = match self.intercept.mode {
+                InterceptMode::None => DEFAULT_VIP_CIDR,
+                InterceptMode::Nftables => NODE_MODE_VIP_CIDR,
+            };
+            default.parse().expect("valid default CIDR")
+        })
+    }
+
+    /// The DNS server's address (see [`DnsSection::listen`] for the
+    /// default).
+    pub fn dns_listen(&self) -> SocketAddr {
+        self.dns.listen.unwrap_or(DEFAULT_DNS_LISTEN)
+    }
+
+    /// Writes out the settings whose default depends on others (the mode),
+    /// so that `--print-config` and `/config` show what is in effect.
+    pub fn fill_defaults(&mut self) {
+        self.vip_cidr = Some(self.vip_cidr());
+        self.dns.listen = Some(self.dns_listen());
+    }
+
     /// Checks the settings together and reports every problem at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         if self.node_name.trim().is_empty() {
             problems.push("nodeName is empty and the host name is unknown; set --node-name".to_string());
         }
-        let host_bits = self.vip_cidr.max_prefix_len() - self.vip_cidr.prefix_len();
+        let vip_cidr = self.vip_cidr();
+        let host_bits = vip_cidr.max_prefix_len() - vip_cidr.prefix_len();
         if host_bits < 2 {
-            problems.push(format!("vipCidr {} is too small to hold service VIPs; use at least a /30", self.vip_cidr));
+            problems.push(format!("vipCidr {vip_cidr} is too small to hold service VIPs; use at least a /30"));
         }
         if self.dns.cluster_domain.trim_matches('.').is_empty() {
             problems.push("dns.clusterDomain is empty".into());
@@ -312,8 +350,9 @@ impl Config {
         }
         problems.extend(self.tunnel.problems());
         // Port 0 asks the kernel for any free port, so only fixed ports clash.
-        if self.dns.listen == self.admin.listen && self.dns.listen.port() != 0 {
-            problems.push(format!("dns.listen and admin.listen are the same address {}", self.dns.listen));
+        let dns = self.dns_listen();
+        if dns == self.admin.listen && dns.port() != 0 {
+            problems.push(format!("dns.listen and admin.listen are the same address {dns}"));
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
@@ -444,12 +483,23 @@ mod tests {
     #[test]
     fn validation_reports_all_problems() {
         let c = Config {
-            vip_cidr: "10.0.0.0/32".parse().unwrap(),
+            vip_cidr: Some("10.0.0.0/32".parse().unwrap()),
             proxy: ProxySection { connect_timeout: Duration::ZERO, ..Default::default() },
             ..Default::default()
         };
         let msg = c.validate().unwrap_err().to_string();
         assert!(msg.contains("vipCidr") && msg.contains("connectTimeout"), "{msg}");
+    }
+
+    #[test]
+    fn node_mode_changes_the_vip_default_and_an_explicit_range_wins() {
+        assert_eq!(Config::default().vip_cidr().to_string(), DEFAULT_VIP_CIDR);
+        let mut node = Config::from_yaml("intercept:\n  mode: nftables\n").unwrap();
+        assert_eq!(node.vip_cidr().to_string(), NODE_MODE_VIP_CIDR);
+        node.fill_defaults();
+        assert_eq!(node.vip_cidr, Some(NODE_MODE_VIP_CIDR.parse().unwrap()), "shown as in effect");
+        let explicit = Config::from_yaml("vipCidr: 10.9.0.0/16\nintercept:\n  mode: nftables\n").unwrap();
+        assert_eq!(explicit.vip_cidr().to_string(), "10.9.0.0/16");
     }
 
     #[test]

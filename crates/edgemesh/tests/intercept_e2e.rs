@@ -69,23 +69,47 @@ fn start_agent_within(ns: &Netns, manifests: &Path, state: &Path, extra: &[&str]
     NsAgent::start(ns, &args, limit)
 }
 
+/// Runs the agent in nftables mode in `ns`, which must fail to start (exit
+/// status 1); its error output.
+fn failed_start(ns: &Netns, manifests: &Path, state: &Path) -> String {
+    let out = ns
+        .cmd(env!("CARGO_BIN_EXE_edgemesh"))
+        .args(["agent", "--intercept", "nftables", "--dns-upstream", "127.0.0.1:9"])
+        .arg("--manifest-dir")
+        .arg(manifests)
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 fn write_manifest(dir: &Path, name: &str, text: &str) {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
-/// A Service with these cluster IPs on `port`, served by the pod's nginx.
+/// A Service with these cluster IPs (none: no `clusterIP`) on `port`,
+/// served by the pod's nginx.
 fn service(name: &str, cluster_ips: &[&str], port: u16) -> String {
     let families: Vec<&str> = cluster_ips.iter().map(|ip| if ip.contains(':') { "IPv6" } else { "IPv4" }).collect();
+    let addresses = if cluster_ips.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "  clusterIP: {}\n  clusterIPs: [{}]\n  ipFamilies: [{}]\n  ipFamilyPolicy: {}\n",
+            cluster_ips[0],
+            cluster_ips.join(", "),
+            families.join(", "),
+            if cluster_ips.len() > 1 { "RequireDualStack" } else { "SingleStack" },
+        )
+    };
     let mut y = format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  \
-         clusterIP: {}\n  clusterIPs: [{}]\n  ipFamilies: [{}]\n  ipFamilyPolicy: {}\n  \
-         ports:\n  - name: http\n    port: {port}\n    targetPort: 80\n",
-        cluster_ips[0],
-        cluster_ips.join(", "),
-        families.join(", "),
-        if cluster_ips.len() > 1 { "RequireDualStack" } else { "SingleStack" },
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n{addresses}  \
+         ports:\n  - name: http\n    port: {port}\n    targetPort: 80\n"
     );
     for (family, addr) in [("IPv4", "10.244.1.2"), ("IPv6", "fd00:244:1::2")] {
         y += &format!(
@@ -96,6 +120,33 @@ fn service(name: &str, cluster_ips: &[&str], port: u16) -> String {
         );
     }
     y
+}
+
+/// The VIP of service `default/name`, from the agent's admin endpoint in
+/// `ns`; None if it has none (or does not exist).
+fn vip_of(ns: &Netns, name: &str) -> Option<String> {
+    let body = ns.curl("http://127.0.0.1:15020/services")?;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    json["services"].as_array()?.iter().find(|s| s["name"] == name)?["vip"].as_str().map(str::to_owned)
+}
+
+/// The addresses on device `dev` in `ns` (the kernel's IPv6 link-local
+/// one left out), sorted; None if there is no such device.
+fn device_addresses(ns: &Netns, dev: &str) -> Option<Vec<String>> {
+    let out = ns.exec(&["ip", "-j", "addr", "show", "dev", dev]);
+    if !out.status.success() {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut addrs: Vec<String> = json[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["local"].as_str().unwrap().to_owned())
+        .filter(|a| !a.starts_with("fe80:"))
+        .collect();
+    addrs.sort();
+    Some(addrs)
 }
 
 fn updates_logged(agent: &NsAgent) -> Vec<String> {
@@ -126,7 +177,7 @@ fn cluster_ips_are_intercepted_with_nftables() {
     assert!(listing.contains("hook prerouting") && listing.contains("hook output"), "{listing}");
     let tcp4 = t.node.set_elements("edgemesh", "tcp4").unwrap();
     assert!(tcp4.contains(&"10.96.0.10 . 80".to_owned()), "{tcp4:?}");
-    assert_eq!(tcp4.len(), 2, "the cluster IP and the VIP: {tcp4:?}");
+    assert_eq!(tcp4.len(), 1, "the cluster IP (a service with one needs no VIP): {tcp4:?}");
     assert_eq!(t.node.set_elements("edgemesh", "tcp6").unwrap(), vec!["fd00:96::10 . 80".to_owned()]);
 
     // Adding a service is one small transaction: the sets gain exactly its
@@ -138,13 +189,15 @@ fn cluster_ips_are_intercepted_with_nftables() {
         (now.len() > tcp4.len()).then_some(now)
     });
     let added: Vec<&String> = tcp4_after.iter().filter(|e| !tcp4.contains(e)).collect();
-    assert_eq!(added.len(), 2, "the new cluster IP and VIP only: {added:?}");
+    assert_eq!(added.len(), 1, "the new cluster IP only: {added:?}");
     assert!(added.contains(&&"10.96.0.20 . 8080".to_owned()), "{added:?}");
     assert!(tcp4.iter().all(|e| tcp4_after.contains(e)), "existing elements stay");
     let after = updates_logged(&agent);
     assert_eq!(after.len(), before.len() + 1, "one transaction: {:?}", &after[before.len()..]);
-    assert!(after.last().unwrap().contains("added=2 removed=0"), "{after:?}");
+    assert!(after.last().unwrap().contains("added=1 removed=0"), "{after:?}");
     assert_eq!(t.node.curl("http://10.96.0.20:8080/").as_deref(), Some("pod-nginx\n"));
+    // DNS gives clients the cluster IP, which works everywhere on the node.
+    assert_eq!(dig_a(&t.node, "api.default.svc.cluster.local"), vec!["10.96.0.20".to_owned()]);
 
     // Removing it deletes its elements, and its address is no longer served.
     std::fs::remove_file(manifests.join("api.yaml")).unwrap();
@@ -290,21 +343,22 @@ fn udp_to_cluster_ips_reaches_the_agent_and_answers_come_from_the_cluster_ip() {
         "dns.yaml",
         &udp_service("dns", "10.96.0.10", 53).replace("7007", "5353").replace("10.244.1.2", "127.0.0.1"),
     );
-    // VIPs outside 127.0.0.0/8 (on edge0), so that pods' datagrams can be
-    // DNATed to them too.
-    let agent = start_agent(&t.node, &manifests, &dir.path().join("state"), &["--vip-cidr", "9.251.0.0/16"]);
-    let vip = dig_a(&t.node, "echo.default.svc.cluster.local");
-    assert_eq!(vip.len(), 1, "{vip:?}");
-    assert!(vip[0].starts_with("9.251."), "{vip:?}");
+    // The default VIP pool in node mode is outside 127.0.0.0/8 (on edge0),
+    // so that pods' datagrams can be DNATed to the VIPs too.
+    let agent = start_agent(&t.node, &manifests, &dir.path().join("state"), &[]);
+    let vip = vip_of(&t.node, "echo").expect("a UDP service has a VIP: its DNAT target");
+    assert!(vip.starts_with("9.251."), "{vip}");
     let map = udp_map(&t.node, "edgemesh");
-    assert!(map.contains(&format!("10.96.0.53 . 53 : {} . 53", vip[0])), "{map:?}");
+    assert!(map.contains(&format!("10.96.0.53 . 53 : {vip} . 53")), "{map:?}");
     assert_eq!(map.len(), 2, "{map:?}");
+    assert!(device_addresses(&t.node, "edge0").unwrap().contains(&vip), "the DNAT target is on edge0");
 
     // dig through the DNS service's cluster IP (dig checks that the answer
-    // comes from the address it asked), from the node and from a pod.
+    // comes from the address it asked), from the node and from a pod; the
+    // name resolves to the cluster IP.
     for ns in [&t.node, &t.client] {
         let out = ns.exec(&["dig", "@10.96.0.10", "+short", "+time=2", "+tries=1", "echo.default.svc.cluster.local"]);
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), vip[0], "dig from {}", ns.name);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.96.0.53", "dig from {}", ns.name);
     }
 
     // From the node (output hook) and from another pod (prerouting): a
@@ -316,8 +370,8 @@ fn udp_to_cluster_ips_reaches_the_agent_and_answers_come_from_the_cluster_ip() {
         assert_eq!(udp_stream(&t.client, "10.96.0.53:53", 1), Ok(1));
     }
     assert!(echo.served.load(Ordering::Relaxed) >= 2450, "the endpoint saw them all");
-    // The VIP itself still answers as before.
-    assert_eq!(udp_stream(&t.client, &format!("{}:53", vip[0]), 10), Ok(10), "through the VIP");
+    // The VIP itself answers as well.
+    assert_eq!(udp_stream(&t.client, &format!("{vip}:53"), 10), Ok(10), "through the VIP");
     // A port the service does not have is not intercepted.
     assert!(udp_stream(&t.node, "10.96.0.53:54", 1).is_err());
 
@@ -345,7 +399,7 @@ fn udp_to_cluster_ips_reaches_the_agent_and_answers_come_from_the_cluster_ip() {
 }
 
 #[test]
-fn vips_outside_loopback_live_on_the_edge0_device() {
+fn services_without_a_cluster_ip_get_a_vip_on_the_edge0_device() {
     require_root();
     let t = Topology::new();
     // No way out of the node: only edge0 makes the VIPs reachable.
@@ -354,23 +408,38 @@ fn vips_outside_loopback_live_on_the_edge0_device() {
     let manifests = dir.path().join("manifests");
     std::fs::create_dir(&manifests).unwrap();
     write_manifest(&manifests, "web.yaml", &service("web", &["10.96.0.10"], 80));
-    // A device left by an earlier run (a crash): replaced.
+    write_manifest(&manifests, "bare.yaml", &service("bare", &[], 80));
+    // A device left by an earlier run (a crash), with an address: replaced.
     t.node.ip(&["link", "add", "edge0", "type", "bridge"]);
-    t.node.ip(&["route", "add", "local", "9.250.0.0/16", "dev", "edge0"]);
+    t.node.ip(&["addr", "add", "9.250.0.1/32", "dev", "edge0"]);
     let state = dir.path().join("state");
-    let agent = start_agent(&t.node, &manifests, &state, &["--vip-cidr", "9.251.0.0/16"]);
+    let agent = start_agent(&t.node, &manifests, &state, &[]);
     assert!(agent.log().contains("replacing the VIP device left by an earlier run"), "{}", agent.log());
-    let routes =
-        String::from_utf8_lossy(&t.node.exec(&["ip", "route", "show", "table", "local", "dev", "edge0"]).stdout)
-            .into_owned();
-    assert!(routes.contains("local 9.251.0.0/16"), "{routes}");
-    assert!(!routes.contains("9.250.0.0"), "the leftover's routes went with it: {routes}");
 
-    let vip = dig_a(&t.node, "web.default.svc.cluster.local");
+    // DNS answers the VIP for the service without a cluster IP, the cluster
+    // IP for the other; only the VIP is on edge0.
+    let vip = dig_a(&t.node, "bare.default.svc.cluster.local");
     assert_eq!(vip.len(), 1, "{vip:?}");
     assert!(vip[0].starts_with("9.251."), "DNS answers the VIP: {vip:?}");
+    assert_eq!(dig_a(&t.node, "web.default.svc.cluster.local"), vec!["10.96.0.10".to_owned()]);
+    let on_device = device_addresses(&t.node, "edge0").unwrap();
+    assert_eq!(on_device, vec![vip[0].clone()], "exactly the VIP (the leftover's address went with it)");
     assert_eq!(t.node.curl(&format!("http://{}/", vip[0])).as_deref(), Some("pod-nginx\n"), "from the node");
     assert_eq!(t.client.curl(&format!("http://{}/", vip[0])).as_deref(), Some("pod-nginx\n"), "from a pod");
+
+    // Services come and go: their VIPs with them, one address each.
+    write_manifest(&manifests, "more.yaml", &service("more", &[], 8080));
+    let more = eventually(Duration::from_secs(5), "the new VIP", || vip_of(&t.node, "more"));
+    eventually(Duration::from_secs(5), "the new VIP on edge0", || {
+        (device_addresses(&t.node, "edge0").unwrap().len() == 2).then_some(())
+    });
+    assert!(device_addresses(&t.node, "edge0").unwrap().contains(&more));
+    assert_eq!(t.client.curl(&format!("http://{more}:8080/")).as_deref(), Some("pod-nginx\n"));
+    std::fs::remove_file(manifests.join("bare.yaml")).unwrap();
+    eventually(Duration::from_secs(5), "the VIP to leave edge0", || {
+        (device_addresses(&t.node, "edge0").unwrap() == vec![more.clone()]).then_some(())
+    });
+    assert_eq!(t.client.curl(&format!("http://{}/", vip[0])), None, "a removed service's VIP is gone");
 
     // SIGTERM: neither the table nor the device is left, and every other
     // device is.
@@ -380,25 +449,31 @@ fn vips_outside_loopback_live_on_the_edge0_device() {
     let after = t.node.links();
     assert!(!after.contains("edge0"), "edge0 left: {after}");
     assert!(others.iter().all(|d| after.contains(&format!(": {d}"))), "{after}");
-    assert_eq!(t.node.curl(&format!("http://{}/", vip[0])), None, "the VIP is gone with the agent");
+    assert_eq!(t.node.curl(&format!("http://{more}:8080/")), None, "the VIP is gone with the agent");
 
     // A device of that name that is not the agent's is left alone: a clear
-    // start-up error.
+    // start-up error, and nothing else is left behind either.
     t.node.ip(&["link", "add", "edge0", "type", "veth", "peer", "name", "edge0-peer"]);
-    let out = t
-        .node
-        .cmd(env!("CARGO_BIN_EXE_edgemesh"))
-        .args(["agent", "--intercept", "nftables", "--dns-upstream", "127.0.0.1:9", "--vip-cidr", "9.251.0.0/16"])
-        .arg("--manifest-dir")
-        .arg(&manifests)
-        .arg("--state-dir")
-        .arg(&state)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = failed_start(&t.node, &manifests, &state);
     assert!(stderr.contains("edge0") && stderr.contains("veth") && stderr.contains("--vip-device"), "{stderr}");
     assert!(t.node.links().contains("edge0@edge0-peer"), "the foreign device is untouched: {}", t.node.links());
+    assert!(!t.node.tables().contains("edgemesh"), "no table after a failed start: {}", t.node.tables());
+}
+
+#[test]
+fn a_failed_start_leaves_neither_table_nor_device() {
+    require_root();
+    let t = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    // The admin port is taken: the agent fails after making its table and
+    // device, and must take both away again.
+    let _taken = support::netns::in_netns(&t.node.name, || std::net::TcpListener::bind("127.0.0.1:15020").unwrap());
+    let stderr = failed_start(&t.node, &manifests, &dir.path().join("state"));
+    assert!(stderr.contains("admin endpoint"), "{stderr}");
+    assert!(!t.node.tables().contains("edgemesh"), "table left: {}", t.node.tables());
+    assert!(!t.node.links().contains("edge0"), "device left: {}", t.node.links());
 }
 
 /// A NodePort Service `name` with `port` (nodePort `node_port`) served by
@@ -495,7 +570,7 @@ fn ten_thousand_services_from_manifests_are_reachable_through_their_cluster_ips(
     let start = Instant::now();
     let agent = start_agent_within(&t.node, &manifests, &dir.path().join("state"), &[], Duration::from_secs(120));
     eprintln!("10,000 services ready in {:?}", start.elapsed());
-    assert_eq!(t.node.set_elements("edgemesh", "tcp4").unwrap().len(), 2 * N as usize, "cluster IP and VIP each");
+    assert_eq!(t.node.set_elements("edgemesh", "tcp4").unwrap().len(), N as usize, "each cluster IP");
 
     // A sample, spread by a fixed-seed generator, from the node and a pod.
     let mut x: u32 = 0x9e37_79b9;
@@ -508,7 +583,7 @@ fn ten_thousand_services_from_manifests_are_reachable_through_their_cluster_ips(
         assert_eq!(from.curl(&format!("http://{ip}/")).as_deref(), Some("pod-nginx\n"), "service at {ip}");
     }
 
-    // One more service: one transaction with its two elements.
+    // One more service: one transaction with its element.
     let before = updates_logged(&agent);
     write_manifest(&manifests, "one-more.yaml", &service("one-more", &["10.99.0.1"], 80));
     eventually(Duration::from_secs(20), "the new service's elements", || {
@@ -516,8 +591,8 @@ fn ten_thousand_services_from_manifests_are_reachable_through_their_cluster_ips(
     });
     let after = updates_logged(&agent);
     assert_eq!(after.len(), before.len() + 1, "one transaction: {:?}", &after[before.len()..]);
-    assert!(after.last().unwrap().contains("added=2 removed=0"), "{after:?}");
+    assert!(after.last().unwrap().contains("added=1 removed=0"), "{after:?}");
     assert_eq!(t.client.curl("http://10.99.0.1/").as_deref(), Some("pod-nginx\n"));
-    assert_eq!(t.node.set_elements("edgemesh", "tcp4").unwrap().len(), 2 * N as usize + 2);
+    assert_eq!(t.node.set_elements("edgemesh", "tcp4").unwrap().len(), N as usize + 1);
     assert_eq!(agent.terminate().code(), Some(0));
 }

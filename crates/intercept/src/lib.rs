@@ -15,25 +15,30 @@
 //!
 //! - [`rules`]: pure: the elements of a service, the script that creates
 //!   the table, the script of one change.
-//! - [`device`]: the VIP device (`edge0`): a local route for the VIP range
-//!   so that VIPs outside `127.0.0.0/8` are addresses of this node.
 //! - [`nft`]: runs `nft -f -` (one script = one atomic transaction) and
 //!   words its failures for the operator (not installed, no permission).
+//! - [`device`]: the VIP device (`edge0`) over rtnetlink: the node-local
+//!   DNS address and the VIPs as host addresses of this node.
+//! - `claims`: what is in the kernel per service (elements, addresses),
+//!   counted, so one change touches only what it changes.
 //! - [`Interceptor`]: follows snapshots through `Snapshot::changes_since`;
-//!   each new snapshot is one transaction adding and deleting only the
-//!   elements that changed. On start it replaces a table left behind by an
-//!   earlier run; on clean stop it deletes its table.
+//!   each new snapshot adds the device addresses that appeared, applies one
+//!   transaction adding and deleting only the elements that changed, then
+//!   deletes the addresses that went. On start it replaces a table and a
+//!   device left behind by an earlier run; on clean stop it deletes both.
 //!
-//! After a failed transaction (someone deleted the table, say) the next
-//! attempt rebuilds the whole table from the snapshot, atomically, and is
-//! retried every [`RETRY`] until it succeeds.
+//! After a failed step (someone deleted the table or the device, say) the
+//! next attempt rebuilds the whole table from the snapshot, atomically,
+//! resynchronises the device's addresses, and is retried every [`RETRY`]
+//! until it succeeds.
 #![forbid(unsafe_code)]
 
+mod claims;
 pub mod device;
 pub mod nft;
 pub mod rules;
 
-use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -42,7 +47,8 @@ use edgemesh_core::{ServiceKey, Snapshot};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use device::{DeviceError, Ip, Range, VipDevice};
+use crate::claims::Claims;
+pub use device::{DeviceError, VipDevice};
 pub use nft::{InterceptError, Nft};
 pub use rules::{Element, L4, TableSpec};
 
@@ -54,6 +60,8 @@ pub const DEFAULT_VIP_DEVICE: &str = "edge0";
 pub const DEFAULT_PORT: u16 = 15006;
 /// Default mark of the agent's own upstream connections ("EM").
 pub const DEFAULT_MARK: u32 = 0x454d;
+/// Default node-local DNS address, held by the VIP device in node mode.
+pub const DEFAULT_DNS_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 96, 16));
 /// Pause before retrying after a failed transaction.
 pub const RETRY: Duration = Duration::from_secs(2);
 
@@ -62,6 +70,18 @@ pub const RETRY: Duration = Duration::from_secs(2);
 pub struct InterceptConfig {
     pub table: TableSpec,
     pub nft: Nft,
+    /// The VIP device; `None` for none (VIPs outside the loopback range
+    /// are then reachable only if something else routes them here).
+    pub device: Option<DeviceSpec>,
+}
+
+/// The VIP device's settings.
+#[derive(Clone, Debug)]
+pub struct DeviceSpec {
+    pub name: String,
+    /// Addresses the device holds whatever the services (the node-local
+    /// DNS address), unless another device of the node has them.
+    pub fixed: Vec<IpAddr>,
 }
 
 /// Live counters for readiness and the admin endpoint.
@@ -71,47 +91,68 @@ pub struct InterceptStatus {
     pub applied_generation: AtomicU64,
     /// Elements in the table.
     pub elements: AtomicUsize,
+    /// Addresses on the VIP device.
+    pub addresses: AtomicUsize,
     /// Transactions applied since start.
     pub transactions: AtomicU64,
     /// Transactions that failed.
     pub failures: AtomicU64,
 }
 
-/// What is in the kernel table, per service, with a count per element (two
-/// services may claim one address for a moment; it stays until both let go).
-#[derive(Debug, Default)]
-struct Installed {
-    by_service: HashMap<ServiceKey, Vec<Element>>,
-    count: HashMap<Element, u32>,
-}
-
-/// Owns the table; see the crate docs.
+/// Owns the table and the VIP device; see the crate docs.
 pub struct Interceptor {
     config: InterceptConfig,
     status: Arc<InterceptStatus>,
-    installed: Installed,
-    /// The kernel table may differ from `installed`: rebuild it whole.
+    elements: Claims<Element>,
+    device: Option<Device>,
+    /// The kernel state may differ from what is recorded: rebuild it whole.
     dirty: bool,
+}
+
+/// The VIP device with what is on it.
+struct Device {
+    link: VipDevice,
+    /// The fixed addresses the device holds (those no other device had).
+    fixed: Vec<IpAddr>,
+    addresses: Claims<IpAddr>,
 }
 
 impl Interceptor {
     /// Replaces any table of this name (left by an earlier run) with an
-    /// empty one. An error here means interception cannot work at all
-    /// (nft missing, no permission, no nat support).
+    /// empty one, then makes the VIP device with its fixed addresses. An
+    /// error here means interception cannot work at all (nft missing, no
+    /// permission, no nat support, a foreign device of that name), and
+    /// leaves neither table nor device behind.
     pub async fn start(config: InterceptConfig) -> Result<Self, InterceptError> {
         config.nft.apply(&config.table.replace_script(&[])).await?;
         tracing::info!(table = %config.table.name, port = config.table.port, mark = format_args!("{:#x}", config.table.mark),
             "nftables table inet {} in place", config.table.name);
-        Ok(Self { config, status: Arc::new(InterceptStatus::default()), installed: Installed::default(), dirty: false })
+        let device = match &config.device {
+            None => None,
+            Some(spec) => match Device::create(spec).await {
+                Ok(device) => Some(device),
+                Err(e) => {
+                    if let Err(error) = config.nft.apply(&config.table.delete_script()).await {
+                        tracing::warn!(%error, "cannot remove the nftables table after a failed start");
+                    }
+                    return Err(e.into());
+                }
+            },
+        };
+        let status = Arc::new(InterceptStatus::default());
+        if let Some(d) = &device {
+            status.addresses.store(d.fixed.len(), Ordering::Relaxed);
+        }
+        Ok(Self { config, status, elements: Claims::default(), device, dirty: false })
     }
 
     pub fn status(&self) -> Arc<InterceptStatus> {
         self.status.clone()
     }
 
-    /// Brings the table in line with `snapshot`: one transaction with the
-    /// elements that changed since the last applied generation, or a full
-    /// atomic rebuild after a failure.
+    /// Brings the table and the device in line with `snapshot`: the
+    /// elements and addresses that changed since the last applied
+    /// generation, or a full rebuild after a failure.
     pub async fn reconcile(&mut self, snapshot: &Snapshot) -> Result<(), InterceptError> {
         let since = self.status.applied_generation.load(Ordering::Acquire);
         let keys = if self.dirty { None } else { snapshot.changes_since(since) };
@@ -123,7 +164,10 @@ impl Interceptor {
             Ok(()) => {
                 self.dirty = false;
                 self.status.applied_generation.store(snapshot.generation, Ordering::Release);
-                self.status.elements.store(self.installed.count.len(), Ordering::Relaxed);
+                self.status.elements.store(self.elements.len(), Ordering::Relaxed);
+                if let Some(d) = &self.device {
+                    self.status.addresses.store(d.fixed.len() + d.addresses.len(), Ordering::Relaxed);
+                }
             }
             Err(_) => {
                 self.dirty = true;
@@ -136,84 +180,79 @@ impl Interceptor {
     async fn apply_changes(&mut self, snapshot: &Snapshot, mut keys: Vec<ServiceKey>) -> Result<(), InterceptError> {
         keys.sort_unstable();
         keys.dedup();
-        let mut desired: Vec<(ServiceKey, Vec<Element>)> = Vec::with_capacity(keys.len());
-        let mut delta: HashMap<Element, i64> = HashMap::new();
-        for key in keys {
-            let new = snapshot.service(&key).map(|e| rules::service_elements(e)).unwrap_or_default();
-            for e in self.installed.by_service.get(&key).into_iter().flatten() {
-                *delta.entry(*e).or_default() -= 1;
-            }
-            for e in &new {
-                *delta.entry(*e).or_default() += 1;
-            }
-            desired.push((key, new));
-        }
-        let (mut removed, mut added) = (Vec::new(), Vec::new());
-        for (e, d) in &delta {
-            let before = i64::from(self.installed.count.get(e).copied().unwrap_or(0));
-            let after = before + d;
-            if before == 0 && after > 0 {
-                added.push(*e);
-            } else if before > 0 && after <= 0 {
-                removed.push(*e);
+        let service = |key: &ServiceKey| snapshot.service(key);
+        let elements = self.elements.plan(
+            keys.iter()
+                .map(|k| (k.clone(), service(k).map(|e| rules::service_elements(e)).unwrap_or_default()))
+                .collect(),
+        );
+        let addresses = self.device.as_ref().map(|d| {
+            d.addresses.plan(
+                keys.iter()
+                    .map(|k| (k.clone(), service(k).map(|e| device::service_addresses(e)).unwrap_or_default()))
+                    .collect(),
+            )
+        });
+        // New addresses first: a new element may DNAT to a new VIP.
+        if let (Some(d), Some(change)) = (&self.device, &addresses) {
+            for ip in &change.added {
+                d.link.add(*ip).await?;
             }
         }
-        removed.sort_unstable();
-        added.sort_unstable();
-        let script = self.config.table.change_script(&removed, &added);
+        let script = self.config.table.change_script(&elements.removed, &elements.added);
         if !script.is_empty() {
             self.config.nft.apply(&script).await?;
             self.status.transactions.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 generation = snapshot.generation,
-                added = added.len(),
-                removed = removed.len(),
+                added = elements.added.len(),
+                removed = elements.removed.len(),
                 "nftables elements updated"
             );
         }
-        for (e, d) in delta {
-            let count = self.installed.count.entry(e).or_default();
-            *count = u32::try_from(i64::from(*count) + d).unwrap_or(0);
-            if *count == 0 {
-                self.installed.count.remove(&e);
+        self.elements.commit(elements);
+        if let (Some(d), Some(change)) = (&mut self.device, addresses) {
+            for ip in &change.removed {
+                d.link.delete(*ip).await?;
             }
-        }
-        for (key, new) in desired {
-            if new.is_empty() {
-                self.installed.by_service.remove(&key);
-            } else {
-                self.installed.by_service.insert(key, new);
+            if !change.added.is_empty() || !change.removed.is_empty() {
+                tracing::debug!(device = d.link.name(), added = ?change.added, removed = ?change.removed,
+                    "VIP device addresses updated");
             }
+            d.addresses.commit(change);
         }
         Ok(())
     }
 
-    /// Replaces the table with one holding every element of `snapshot`.
+    /// Replaces the table with one holding every element of `snapshot`,
+    /// and puts exactly the addresses of `snapshot` on the device (making
+    /// it again if it went).
     async fn rebuild(&mut self, snapshot: &Snapshot) -> Result<(), InterceptError> {
-        let mut next = Installed::default();
-        for entry in snapshot.services() {
-            let elements = rules::service_elements(entry);
-            for e in &elements {
-                *next.count.entry(*e).or_default() += 1;
-            }
-            if !elements.is_empty() {
-                next.by_service.insert(entry.key.clone(), elements);
-            }
+        let elements = Claims::of_all(snapshot.services().map(|e| (e.key.clone(), rules::service_elements(e))));
+        if let Some(spec) = &self.config.device {
+            let addresses = Claims::of_all(snapshot.services().map(|e| (e.key.clone(), device::service_addresses(e))));
+            let d = self.device.as_mut().expect("a device spec means a device");
+            d.resync(spec, addresses).await?;
         }
-        let mut all: Vec<&Element> = next.count.keys().collect();
+        let mut all: Vec<&Element> = elements.items().collect();
         all.sort_unstable();
         self.config.nft.apply(&self.config.table.replace_script(all)).await?;
         self.status.transactions.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(generation = snapshot.generation, elements = next.count.len(), "nftables table rebuilt");
-        self.installed = next;
+        tracing::info!(generation = snapshot.generation, elements = elements.len(), "nftables table rebuilt");
+        self.elements = elements;
         Ok(())
     }
 
-    /// Deletes the table (clean stop).
+    /// Deletes the table, then the device (clean stop).
     pub async fn remove(self) -> Result<(), InterceptError> {
-        self.config.nft.apply(&self.config.table.delete_script()).await?;
-        tracing::info!(table = %self.config.table.name, "nftables table removed");
-        Ok(())
+        let table = self.config.nft.apply(&self.config.table.delete_script()).await;
+        if table.is_ok() {
+            tracing::info!(table = %self.config.table.name, "nftables table removed");
+        }
+        if let Some(d) = self.device {
+            d.link.remove().await?;
+        }
+        table
     }
 
     /// Follows `snapshots` until `shutdown`, then deletes the table.
@@ -229,7 +268,7 @@ impl Interceptor {
                     biased;
                     _ = shutdown.cancelled() => {
                         if let Err(error) = self.remove().await {
-                            tracing::warn!(%error, "cannot remove the nftables table");
+                            tracing::warn!(%error, "cannot remove the nftables table or the VIP device");
                         }
                         return;
                     }
@@ -244,5 +283,56 @@ impl Interceptor {
                 }
             }
         }
+    }
+}
+
+impl Device {
+    /// Makes the device and puts the fixed addresses on it; removes it
+    /// again if that fails.
+    async fn create(spec: &DeviceSpec) -> Result<Self, DeviceError> {
+        let link = VipDevice::create(&spec.name).await?;
+        let mut device = Device { link, fixed: Vec::new(), addresses: Claims::default() };
+        if let Err(e) = device.add_fixed(spec).await {
+            if let Err(error) = device.link.remove().await {
+                tracing::warn!(%error, "cannot remove the VIP device after a failed start");
+            }
+            return Err(e);
+        }
+        Ok(device)
+    }
+
+    async fn add_fixed(&mut self, spec: &DeviceSpec) -> Result<(), DeviceError> {
+        self.fixed.clear();
+        for ip in spec.fixed.iter().copied().filter(|ip| !device::needs_no_device(*ip)) {
+            if self.link.held_elsewhere(ip).await? {
+                tracing::info!(device = %spec.name, address = %ip, "another device holds the address already");
+                continue;
+            }
+            self.link.add(ip).await?;
+            self.fixed.push(ip);
+        }
+        Ok(())
+    }
+
+    /// Makes the device's addresses exactly the fixed ones and
+    /// `addresses`; makes the device again first if it is gone.
+    async fn resync(&mut self, spec: &DeviceSpec, addresses: Claims<IpAddr>) -> Result<(), DeviceError> {
+        if !self.link.is_present().await? {
+            tracing::warn!(device = %spec.name, "the VIP device went away; making it again");
+            self.link = VipDevice::create(&spec.name).await?;
+            self.add_fixed(spec).await?;
+        }
+        let want: std::collections::HashSet<IpAddr> = addresses.items().chain(&self.fixed).copied().collect();
+        let have: std::collections::HashSet<IpAddr> = self.link.addresses().await?.into_iter().collect();
+        for ip in want.difference(&have) {
+            self.link.add(*ip).await?;
+        }
+        for ip in have.difference(&want) {
+            self.link.delete(*ip).await?;
+        }
+        tracing::info!(device = %spec.name, addresses = want.len(), added = want.difference(&have).count(),
+            removed = have.difference(&want).count(), "VIP device addresses resynchronised");
+        self.addresses = addresses;
+        Ok(())
     }
 }

@@ -1,5 +1,5 @@
 //! Running `nft`: one script, one transaction, errors worded for the
-//! operator.
+//! operator (the crate's error type, which also carries the VIP device's).
 
 use std::io;
 use std::process::Stdio;
@@ -27,6 +27,9 @@ pub enum InterceptError {
 
     #[error("nft failed ({status}): {stderr}; first statement: {first}")]
     Nft { status: String, stderr: String, first: String },
+
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
 }
 
 /// The `nft` program (a path, or a name looked up in `PATH`).

@@ -68,6 +68,7 @@ fn config(ns: &Netns) -> InterceptConfig {
     InterceptConfig {
         table: TableSpec { name: "em_test".into(), port: 15006, mark: 0x454d },
         nft: Nft::in_netns(&ns.0),
+        device: None,
     }
 }
 

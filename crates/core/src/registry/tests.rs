@@ -270,3 +270,21 @@ fn a_requested_vip_taken_by_another_service_is_handed_over_when_freed() {
     let snap = st.take_generation();
     assert_eq!(snap.service(&key("web")).unwrap().vip, Some("127.251.3.4".parse().unwrap()), "moves once it is free");
 }
+
+#[test]
+fn with_interception_only_services_that_need_one_get_a_vip() {
+    let mut st = RegistryState::new(&RegistryConfig { vips: VipPolicy::WhereNeeded, ..Default::default() });
+    apply(&mut st, service("default", "tcp").cluster_ip("10.96.0.10").port("http", 80, 8080).object());
+    apply(&mut st, service("default", "udp").cluster_ip("10.96.0.53").udp_port("dns", 53, 5353).object());
+    apply(&mut st, service("default", "bare").port("http", 80, 8080).object());
+    let snap = st.take_generation();
+    let vip = |n: &str| snap.service(&key(n)).unwrap().vip;
+    assert_eq!(vip("tcp"), None, "its cluster IP is intercepted where it is");
+    assert!(vip("udp").is_some(), "datagrams to its cluster IP are DNATed to its VIP");
+    assert!(vip("bare").is_some(), "no cluster IP: the VIP is its address");
+    // Gaining a cluster IP gives the VIP back to the pool.
+    apply(&mut st, service("default", "bare").cluster_ip("10.96.0.11").port("http", 80, 8080).object());
+    let snap = st.take_generation();
+    assert_eq!(snap.service(&key("bare")).unwrap().vip, None);
+    assert_eq!(st.vips.in_use(), 1);
+}

@@ -253,3 +253,21 @@ fn dashed_labels() {
     assert_eq!(dashed("10.0.0.7".parse().unwrap()), "10-0-0-7");
     assert_eq!(dashed("fd00::7".parse().unwrap()), "fd00--7");
 }
+
+#[test]
+fn with_interception_services_answer_their_cluster_ips() {
+    // A UDP service with a cluster IP has a VIP as well (the target its
+    // datagrams are DNATed to); clients are still given the cluster IP.
+    let snap = snapshot(vec![
+        build::service("default", "dns").cluster_ip("10.96.0.10").udp_port("dns", 53, 53).object(),
+        build::service("default", "bare").port("http", 80, 80).object(),
+    ]);
+    let zone = zone().with_cluster_ips_first(true);
+    let out = zone.resolve(&snap, &name("dns.default.svc.cluster.local."), RecordType::A);
+    assert_eq!(answers(&out), vec!["10.96.0.10"]);
+    let out = zone.resolve(&snap, &name("bare.default.svc.cluster.local."), RecordType::A);
+    assert_eq!(answers(&out), vec![vip(&snap, "default", "bare").to_string()], "no cluster IP: the VIP");
+    // Without interception the VIP is the service's address.
+    let out = resolve(&snap, "dns.default.svc.cluster.local.", RecordType::A);
+    assert_eq!(answers(&out), vec![vip(&snap, "default", "dns").to_string()]);
+}

@@ -106,6 +106,7 @@ pub fn config() -> DnsConfig {
         service_ttl: 5,
         upstream_timeout: Duration::from_secs(1),
         cache_size: 1000,
+        ..DnsConfig::default()
     }
 }
 
