@@ -96,7 +96,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
-    /// Address of the node-local DNS server, UDP and TCP. Default: 127.0.0.1:5353.
+    /// Address of the node-local DNS server, UDP and TCP. Default: 169.254.96.16:53 with --intercept nftables (on the VIP device), 127.0.0.1:5353 otherwise.
     #[arg(long, value_name = "ADDR:PORT")]
     pub dns_listen: Option<SocketAddr>,
 

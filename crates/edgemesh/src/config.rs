@@ -25,6 +25,10 @@ pub const DEFAULT_VIP_CIDR: &str = "127.251.0.0/16";
 pub const NODE_MODE_VIP_CIDR: &str = "9.251.0.0/16";
 /// Default DNS address without interception.
 pub const DEFAULT_DNS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5353);
+/// Default DNS address in node mode: EdgeMesh's node-local DNS address
+/// (held by the VIP device), on the standard port, so that pods can be
+/// given it as their `clusterDNS`.
+pub const NODE_MODE_DNS_LISTEN: SocketAddr = SocketAddr::new(edgemesh_intercept::DEFAULT_DNS_ADDRESS, 53);
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -91,7 +95,8 @@ pub struct KubeSection {
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct DnsSection {
     /// Address of the node-local DNS server (UDP and TCP). Default:
-    /// `127.0.0.1:5353`.
+    /// `169.254.96.16:53` in node mode (`intercept.mode: nftables`; the
+    /// address is put on the VIP device), `127.0.0.1:5353` otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
     /// Resolvers for names outside the cluster domain. Empty: the
@@ -288,7 +293,10 @@ impl Config {
     /// The DNS server's address (see [`DnsSection::listen`] for the
     /// default).
     pub fn dns_listen(&self) -> SocketAddr {
-        self.dns.listen.unwrap_or(DEFAULT_DNS_LISTEN)
+        self.dns.listen.unwrap_or(match self.intercept.mode {
+            InterceptMode::None => DEFAULT_DNS_LISTEN,
+            InterceptMode::Nftables => NODE_MODE_DNS_LISTEN,
+        })
     }
 
     /// Writes out the settings whose default depends on others (the mode),
@@ -492,14 +500,20 @@ mod tests {
     }
 
     #[test]
-    fn node_mode_changes_the_vip_default_and_an_explicit_range_wins() {
-        assert_eq!(Config::default().vip_cidr().to_string(), DEFAULT_VIP_CIDR);
+    fn node_mode_changes_the_vip_and_dns_defaults_and_explicit_values_win() {
+        let plain = Config::default();
+        assert_eq!((plain.vip_cidr().to_string(), plain.dns_listen()), (DEFAULT_VIP_CIDR.into(), DEFAULT_DNS_LISTEN));
         let mut node = Config::from_yaml("intercept:\n  mode: nftables\n").unwrap();
         assert_eq!(node.vip_cidr().to_string(), NODE_MODE_VIP_CIDR);
+        assert_eq!(node.dns_listen(), "169.254.96.16:53".parse().unwrap());
         node.fill_defaults();
         assert_eq!(node.vip_cidr, Some(NODE_MODE_VIP_CIDR.parse().unwrap()), "shown as in effect");
-        let explicit = Config::from_yaml("vipCidr: 10.9.0.0/16\nintercept:\n  mode: nftables\n").unwrap();
+        assert_eq!(node.dns.listen, Some(NODE_MODE_DNS_LISTEN));
+        let explicit =
+            Config::from_yaml("vipCidr: 10.9.0.0/16\ndns:\n  listen: 127.0.0.1:1053\nintercept:\n  mode: nftables\n")
+                .unwrap();
         assert_eq!(explicit.vip_cidr().to_string(), "10.9.0.0/16");
+        assert_eq!(explicit.dns_listen(), "127.0.0.1:1053".parse().unwrap());
     }
 
     #[test]

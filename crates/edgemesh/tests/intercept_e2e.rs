@@ -170,6 +170,13 @@ fn cluster_ips_are_intercepted_with_nftables() {
     assert_eq!(t.client.curl("http://10.96.0.10/").as_deref(), Some("pod-nginx\n"), "from a pod");
     // A port the service does not have is not intercepted (and leads nowhere).
     assert_eq!(t.node.curl("http://10.96.0.10:81/"), None);
+    // By name, through the agent's DNS on its node-local address (port 53),
+    // from a pod whose resolver is the agent (as kubelet's clusterDNS).
+    t.client
+        .resolv_conf("search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver 169.254.96.16\n");
+    let hosts = t.client.ok(&["getent", "ahostsv4", "web.default.svc.cluster.local"]);
+    assert!(hosts.starts_with("10.96.0.10 "), "{hosts}");
+    assert_eq!(t.client.curl("http://web/").as_deref(), Some("pod-nginx\n"), "by its short name");
 
     // The table: the agent's own, with the service addresses as elements.
     let listing = String::from_utf8_lossy(&t.node.nft(&["list", "table", "inet", "edgemesh"]).stdout).into_owned();
@@ -321,9 +328,10 @@ fn udp_map(ns: &Netns, table: &str) -> Vec<String> {
     entries
 }
 
-/// `dig` against the agent's DNS inside `ns`: the A records of `name`.
+/// `dig` against the agent's DNS (its node-mode default address) from `ns`:
+/// the A records of `name`.
 fn dig_a(ns: &Netns, name: &str) -> Vec<String> {
-    let out = ns.exec(&["dig", "@127.0.0.1", "-p", "5353", "+short", "+time=2", "+tries=1", name, "A"]);
+    let out = ns.exec(&["dig", "@169.254.96.16", "+short", "+time=2", "+tries=1", name, "A"]);
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
 }
 
@@ -336,12 +344,12 @@ fn udp_to_cluster_ips_reaches_the_agent_and_answers_come_from_the_cluster_ip() {
     let manifests = dir.path().join("manifests");
     std::fs::create_dir(&manifests).unwrap();
     write_manifest(&manifests, "echo.yaml", &udp_service("echo", "10.96.0.53", 53));
-    // A DNS service whose endpoint is the agent's own DNS server (on the
-    // node's loopback), for `dig`.
+    // A DNS service whose endpoint is the agent's own DNS server (on its
+    // node-local address), for `dig`.
     write_manifest(
         &manifests,
         "dns.yaml",
-        &udp_service("dns", "10.96.0.10", 53).replace("7007", "5353").replace("10.244.1.2", "127.0.0.1"),
+        &udp_service("dns", "10.96.0.10", 53).replace("7007", "53").replace("10.244.1.2", "169.254.96.16"),
     );
     // The default VIP pool in node mode is outside 127.0.0.0/8 (on edge0),
     // so that pods' datagrams can be DNATed to the VIPs too.
@@ -423,7 +431,11 @@ fn services_without_a_cluster_ip_get_a_vip_on_the_edge0_device() {
     assert!(vip[0].starts_with("9.251."), "DNS answers the VIP: {vip:?}");
     assert_eq!(dig_a(&t.node, "web.default.svc.cluster.local"), vec!["10.96.0.10".to_owned()]);
     let on_device = device_addresses(&t.node, "edge0").unwrap();
-    assert_eq!(on_device, vec![vip[0].clone()], "exactly the VIP (the leftover's address went with it)");
+    assert_eq!(
+        on_device,
+        vec!["169.254.96.16".to_owned(), vip[0].clone()],
+        "exactly the DNS address and the VIP (the leftover's address went with it)"
+    );
     assert_eq!(t.node.curl(&format!("http://{}/", vip[0])).as_deref(), Some("pod-nginx\n"), "from the node");
     assert_eq!(t.client.curl(&format!("http://{}/", vip[0])).as_deref(), Some("pod-nginx\n"), "from a pod");
 
@@ -431,13 +443,13 @@ fn services_without_a_cluster_ip_get_a_vip_on_the_edge0_device() {
     write_manifest(&manifests, "more.yaml", &service("more", &[], 8080));
     let more = eventually(Duration::from_secs(5), "the new VIP", || vip_of(&t.node, "more"));
     eventually(Duration::from_secs(5), "the new VIP on edge0", || {
-        (device_addresses(&t.node, "edge0").unwrap().len() == 2).then_some(())
+        (device_addresses(&t.node, "edge0").unwrap().len() == 3).then_some(())
     });
     assert!(device_addresses(&t.node, "edge0").unwrap().contains(&more));
     assert_eq!(t.client.curl(&format!("http://{more}:8080/")).as_deref(), Some("pod-nginx\n"));
     std::fs::remove_file(manifests.join("bare.yaml")).unwrap();
     eventually(Duration::from_secs(5), "the VIP to leave edge0", || {
-        (device_addresses(&t.node, "edge0").unwrap() == vec![more.clone()]).then_some(())
+        (device_addresses(&t.node, "edge0").unwrap() == vec!["169.254.96.16".to_owned(), more.clone()]).then_some(())
     });
     assert_eq!(t.client.curl(&format!("http://{}/", vip[0])), None, "a removed service's VIP is gone");
 
