@@ -10,7 +10,8 @@
 //! - [`service`]: small value types (keys, ports, protocols, strategies).
 //! - [`snapshot`]: the immutable view consumers read.
 //! - [`node`]: nodes in the snapshot (peer ID, addresses), for the tunnel.
-//! - [`vip`]: virtual IP allocation from a CIDR.
+//! - [`vip`]: virtual IP allocation, a pool per family, and which services
+//!   get a VIP of which family.
 //! - [`registry`]: the task that owns state and publishes snapshots.
 //! - [`health`]: whether a source is connected, for the admin endpoint.
 #![forbid(unsafe_code)]

@@ -65,8 +65,9 @@ pub struct ServiceObject {
     pub internal_traffic_policy: InternalTrafficPolicy,
     /// `spec.trafficDistribution`, when set.
     pub traffic_distribution: Option<TrafficDistribution>,
-    /// `spec.ipFamilies` as written (empty when unset). Carried for the
-    /// admin dump and for dual-stack VIPs later; VIPs are IPv4 today.
+    /// `spec.ipFamilies` as written (empty when unset): with
+    /// `ipFamilyPolicy`, which families of VIP the service gets
+    /// (`vip::wanted_families`).
     pub ip_families: Vec<IpFamily>,
     /// `spec.ipFamilyPolicy`, when set.
     pub ip_family_policy: Option<IpFamilyPolicy>,

@@ -21,14 +21,17 @@ use crate::service::{
     DEFAULT_UDP_IDLE_TIMEOUT, HashKey, LbStrategy, ServiceKey, TargetPort, UDP_IDLE_TIMEOUT_ANNOTATION, parse_duration,
 };
 use crate::snapshot::{Backend, EndpointInfo, ResolvedPort, ServiceEntry, Snapshot};
-use crate::vip::VipAllocator;
+pub use crate::vip::VipPolicy;
+use crate::vip::{Assigned, VipPools};
 
 /// Settings the registry needs to turn objects into entries. Construct
 /// with `..Default::default()` so that new fields do not break callers.
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
-    /// Where service VIPs come from.
+    /// Where IPv4 service VIPs come from.
     pub vip_cidr: IpNet,
+    /// Where IPv6 service VIPs come from; `None`: services get no IPv6 VIP.
+    pub vip_cidr6: Option<IpNet>,
     /// Strategy for services without the `edgemesh.io/lb-strategy` annotation.
     pub default_strategy: LbStrategy,
     /// This node's name: endpoints with this `nodeName` are local
@@ -44,35 +47,10 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             vip_cidr: "127.251.0.0/16".parse().expect("valid CIDR"),
+            vip_cidr6: None,
             default_strategy: LbStrategy::default(),
             node_name: String::new(),
             vips: VipPolicy::Every,
-        }
-    }
-}
-
-/// Which services get a VIP (never a headless one).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum VipPolicy {
-    /// Every service: clients reach services through their VIPs only (no
-    /// interception).
-    #[default]
-    Every,
-    /// Only where the agent must receive traffic on an address of its own:
-    /// with interception, connections to a cluster IP are redirected where
-    /// they are, so a service needs a VIP only when it has no cluster IP,
-    /// or when it has UDP ports (datagrams to its cluster IP are DNATed to
-    /// the VIP). Keeps the pool and the VIP device small.
-    WhereNeeded,
-}
-
-impl VipPolicy {
-    fn wants_vip(self, svc: &ServiceObject) -> bool {
-        match self {
-            VipPolicy::Every => true,
-            VipPolicy::WhereNeeded => {
-                svc.cluster_ips.is_empty() || svc.ports.iter().any(|p| p.protocol == crate::service::Protocol::Udp)
-            }
         }
     }
 }
@@ -188,8 +166,7 @@ impl Registry {
 /// be driven synchronously (tests, benchmarks).
 pub struct RegistryState {
     default_strategy: LbStrategy,
-    vip_policy: VipPolicy,
-    vips: VipAllocator,
+    vips: VipPools,
     services: HashMap<ServiceKey, ServiceObject>,
     /// Endpoint objects of each service, sorted by key. Almost always one:
     /// a `Vec` costs a few words where a `BTreeMap` allocates a node with
@@ -209,8 +186,7 @@ impl RegistryState {
     pub fn new(config: &RegistryConfig) -> Self {
         Self {
             default_strategy: config.default_strategy,
-            vip_policy: config.vips,
-            vips: VipAllocator::new(config.vip_cidr),
+            vips: VipPools::new(config.vip_cidr, config.vip_cidr6, config.vips),
             services: HashMap::new(),
             endpoint_sets: HashMap::new(),
             endpoint_owner: HashMap::new(),
@@ -314,41 +290,19 @@ impl RegistryState {
             self.snapshot.remove(key);
             return released;
         };
-        let mut released = false;
-        let mut problem = None;
-        let vip = if svc.headless || !self.vip_policy.wants_vip(svc) {
-            released = self.vips.release(key);
-            self.awaiting_vip.remove(key);
-            None
+        let assigned = self.vips.assign(key, svc);
+        if assigned.waiting {
+            self.awaiting_vip.insert(key.clone());
         } else {
-            // A cluster IP inside the VIP range is honoured as the VIP, the way
-            // Kubernetes honours a requested clusterIP.
-            let preferred = svc.cluster_ips.iter().copied().find(|ip| self.vips.contains(ip));
-            match self.vips.allocate_preferring(key, preferred) {
-                Ok(ip) => {
-                    // Holding a stand-in for a requested address that was
-                    // taken: wait for it like a service without a VIP.
-                    if preferred.is_some_and(|want| want != ip) {
-                        self.awaiting_vip.insert(key.clone());
-                    } else {
-                        self.awaiting_vip.remove(key);
-                    }
-                    Some(ip)
-                }
-                Err(e) => {
-                    tracing::error!(service = %key, error = %e, "no virtual IP for service; it is not proxied");
-                    self.awaiting_vip.insert(key.clone());
-                    problem = Some(e.to_string());
-                    None
-                }
-            }
-        };
+            self.awaiting_vip.remove(key);
+        }
+        let released = assigned.released;
         let strategy = annotation(key, svc, LbStrategy::ANNOTATION, self.default_strategy, str::parse);
         let hash_key = annotation(key, svc, HashKey::ANNOTATION, HashKey::SourceIp, str::parse);
         let udp_idle_timeout =
             annotation(key, svc, UDP_IDLE_TIMEOUT_ANNOTATION, DEFAULT_UDP_IDLE_TIMEOUT, parse_duration);
         let policy = Policy { strategy, hash_key, udp_idle_timeout };
-        let entry = build_entry(key, svc, vip, policy, problem, self.endpoint_sets.get(key));
+        let entry = build_entry(key, svc, &assigned, policy, self.endpoint_sets.get(key));
         if self.snapshot.service(key).is_some_and(|old| **old == entry) {
             return released;
         }
@@ -408,9 +362,8 @@ fn has_node_ports(service_type: &str) -> bool {
 fn build_entry(
     key: &ServiceKey,
     svc: &ServiceObject,
-    vip: Option<IpAddr>,
+    vips: &Assigned,
     policy: Policy,
-    problem: Option<String>,
     sets: Option<&EndpointSets>,
 ) -> ServiceEntry {
     // EndpointSlices win over legacy Endpoints when both exist (Kubernetes
@@ -467,7 +420,8 @@ fn build_entry(
 
     ServiceEntry {
         key: key.clone(),
-        vip,
+        vip: vips.vip,
+        vip6: vips.vip6,
         cluster_ips: svc.cluster_ips.clone(),
         headless: svc.headless,
         service_type: svc.service_type.clone(),
@@ -482,7 +436,7 @@ fn build_entry(
         ports,
         endpoints: endpoints.into_values().collect(),
         meta: svc.meta.clone(),
-        problem,
+        problem: vips.problem.clone(),
     }
 }
 

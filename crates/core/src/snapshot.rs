@@ -188,9 +188,13 @@ impl Snapshot {
 pub struct ServiceEntry {
     #[serde(flatten)]
     pub key: ServiceKey,
-    /// Virtual IP allocated by the agent; `None` for headless services and
-    /// when the pool is exhausted.
+    /// IPv4 virtual IP allocated by the agent (from `vipCidr`); `None` for
+    /// headless services, services that ask for no IPv4 or need no VIP
+    /// (see `VipPolicy`), and when the pool is exhausted.
     pub vip: Option<IpAddr>,
+    /// IPv6 virtual IP (from `vipCidr6`), on the same terms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vip6: Option<IpAddr>,
     /// `spec.clusterIPs` from the source.
     pub cluster_ips: Vec<IpAddr>,
     pub headless: bool,
@@ -223,9 +227,19 @@ pub struct ServiceEntry {
 }
 
 impl ServiceEntry {
-    /// The VIP and cluster IPs: every address the service answers on.
+    /// The VIPs and cluster IPs: every address the service answers on.
     pub fn ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.vip.into_iter().chain(self.cluster_ips.iter().copied())
+        self.vips().chain(self.cluster_ips.iter().copied())
+    }
+
+    /// The VIPs (IPv4, then IPv6).
+    pub fn vips(&self) -> impl Iterator<Item = IpAddr> + use<> {
+        self.vip.into_iter().chain(self.vip6)
+    }
+
+    /// The VIP of `ip`'s family (where datagrams to cluster IP `ip` go).
+    pub fn vip_of_family(&self, ip: IpAddr) -> Option<IpAddr> {
+        if ip.is_ipv4() { self.vip } else { self.vip6 }
     }
 
     /// The port with this service port number and protocol.

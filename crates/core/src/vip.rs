@@ -4,6 +4,11 @@
 //! stays the same across updates and restarts; a collision probes forward to
 //! the next free address. Loading the same set of services in the same order
 //! therefore always yields the same VIPs.
+//!
+//! [`VipPools`] holds one pool per family (`vipCidr`, `vipCidr6`) and
+//! decides which services get a VIP of which family: one per family the
+//! service asks for (`spec.ipFamilies` / `ipFamilyPolicy`, else the
+//! families of its cluster IPs, else IPv4), as [`VipPolicy`] says.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -11,7 +16,137 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use thiserror::Error;
 
-use crate::service::ServiceKey;
+use crate::object::ServiceObject;
+use crate::service::{IpFamily, IpFamilyPolicy, Protocol, ServiceKey};
+
+/// Which services get a VIP (never a headless one), per family they ask
+/// for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VipPolicy {
+    /// Every service: clients reach services through their VIPs only (no
+    /// interception).
+    #[default]
+    Every,
+    /// Only where the agent must receive traffic on an address of its own:
+    /// with interception, connections to a cluster IP are redirected where
+    /// they are, so a service needs a VIP of a family only when it has no
+    /// cluster IP of that family, or when it has UDP ports (datagrams to its
+    /// cluster IP are DNATed to the VIP of the same family). Keeps the pools
+    /// and the VIP device small.
+    WhereNeeded,
+}
+
+/// The families a service asks for: `spec.ipFamilies` (else the families
+/// of its cluster IPs, else IPv4, the cluster's default), both with a
+/// dual-stack `ipFamilyPolicy`, the first only with `SingleStack`.
+pub fn wanted_families(svc: &ServiceObject) -> Vec<IpFamily> {
+    let family = |ip: &IpAddr| if ip.is_ipv4() { IpFamily::IPv4 } else { IpFamily::IPv6 };
+    let mut families: Vec<IpFamily> = Vec::with_capacity(2);
+    for f in svc.ip_families.iter().copied().chain(svc.cluster_ips.iter().map(family)) {
+        if !families.contains(&f) {
+            families.push(f);
+        }
+    }
+    if families.is_empty() {
+        families.push(IpFamily::IPv4);
+    }
+    match svc.ip_family_policy {
+        Some(IpFamilyPolicy::SingleStack) => families.truncate(1),
+        Some(IpFamilyPolicy::PreferDualStack | IpFamilyPolicy::RequireDualStack) => {
+            for f in [IpFamily::IPv4, IpFamily::IPv6] {
+                if !families.contains(&f) {
+                    families.push(f);
+                }
+            }
+        }
+        None => {}
+    }
+    families
+}
+
+/// The VIP pools of both families, and which service gets which VIPs.
+#[derive(Debug)]
+pub struct VipPools {
+    v4: VipAllocator,
+    v6: Option<VipAllocator>,
+    policy: VipPolicy,
+}
+
+/// A service's VIPs after [`VipPools::assign`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Assigned {
+    pub vip: Option<IpAddr>,
+    pub vip6: Option<IpAddr>,
+    /// An address went back to a pool (others may be waiting for one).
+    pub released: bool,
+    /// The service waits for an address: a pool was full, or a cluster IP
+    /// it asks for as its VIP is taken.
+    pub waiting: bool,
+    /// Why it has not every VIP it should (a pool exhausted).
+    pub problem: Option<String>,
+}
+
+impl VipPools {
+    /// `v4` must be an IPv4 range and `v6`, when given, an IPv6 one (the
+    /// configuration checks this).
+    pub fn new(v4: IpNet, v6: Option<IpNet>, policy: VipPolicy) -> Self {
+        Self { v4: VipAllocator::new(v4), v6: v6.map(VipAllocator::new), policy }
+    }
+
+    /// Gives `key` (service `svc`) the VIPs it should have now, keeping
+    /// those it has, releasing those it no longer needs.
+    pub fn assign(&mut self, key: &ServiceKey, svc: &ServiceObject) -> Assigned {
+        let families = if svc.headless { Vec::new() } else { wanted_families(svc) };
+        let has_udp = svc.ports.iter().any(|p| p.protocol == Protocol::Udp);
+        let policy = self.policy;
+        let mut out = Assigned::default();
+        let pools = [(IpFamily::IPv4, Some(&mut self.v4)), (IpFamily::IPv6, self.v6.as_mut())];
+        for (family, pool) in pools {
+            let Some(pool) = pool else { continue };
+            let of_family = |ip: &&IpAddr| ip.is_ipv4() == (family == IpFamily::IPv4);
+            let has_cluster_ip = svc.cluster_ips.iter().any(|ip| of_family(&ip));
+            let wanted = families.contains(&family) && (policy == VipPolicy::Every || !has_cluster_ip || has_udp);
+            if !wanted {
+                out.released |= pool.release(key);
+                continue;
+            }
+            // A cluster IP inside the VIP range is honoured as the VIP, the
+            // way Kubernetes honours a requested clusterIP.
+            let preferred = svc.cluster_ips.iter().filter(of_family).copied().find(|ip| pool.contains(ip));
+            let vip = match pool.allocate_preferring(key, preferred) {
+                Ok(ip) => {
+                    // Holding a stand-in for a requested address that was
+                    // taken: wait for it like a service without a VIP.
+                    out.waiting |= preferred.is_some_and(|want| want != ip);
+                    Some(ip)
+                }
+                Err(e) => {
+                    tracing::error!(service = %key, error = %e, "no virtual IP for service; it is not proxied");
+                    out.waiting = true;
+                    out.problem = Some(e.to_string());
+                    None
+                }
+            };
+            match family {
+                IpFamily::IPv4 => out.vip = vip,
+                IpFamily::IPv6 => out.vip6 = vip,
+            }
+        }
+        out
+    }
+
+    /// Gives `key`'s VIPs back; true if it had any.
+    pub fn release(&mut self, key: &ServiceKey) -> bool {
+        let v4 = self.v4.release(key);
+        let v6 = self.v6.as_mut().is_some_and(|p| p.release(key));
+        v4 || v6
+    }
+
+    /// VIPs handed out, both families.
+    pub fn in_use(&self) -> usize {
+        self.v4.in_use() + self.v6.as_ref().map_or(0, VipAllocator::in_use)
+    }
+}
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum VipError {
@@ -147,6 +282,68 @@ fn stable_hash(key: &ServiceKey) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build::service;
+    use crate::object::Object;
+
+    fn object(o: Object) -> ServiceObject {
+        match o {
+            Object::Service(s) => s,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn families_a_service_asks_for() {
+        use IpFamily::*;
+        let base = || service("default", "web");
+        assert_eq!(wanted_families(&object(base().object())), vec![IPv4], "the cluster default");
+        assert_eq!(wanted_families(&object(base().cluster_ip("fd00::10").object())), vec![IPv6]);
+        let mut dual = object(base().cluster_ip("10.96.0.10").object());
+        dual.ip_family_policy = Some(IpFamilyPolicy::PreferDualStack);
+        assert_eq!(wanted_families(&dual), vec![IPv4, IPv6], "dual-stack adds the other family");
+        let mut v6_first = object(base().object());
+        v6_first.ip_families = vec![IPv6, IPv4];
+        v6_first.ip_family_policy = Some(IpFamilyPolicy::RequireDualStack);
+        assert_eq!(wanted_families(&v6_first), vec![IPv6, IPv4]);
+        v6_first.ip_family_policy = Some(IpFamilyPolicy::SingleStack);
+        assert_eq!(wanted_families(&v6_first), vec![IPv6], "single stack: the first family");
+    }
+
+    #[test]
+    fn a_vip_per_family_as_the_policy_says() {
+        let key = ServiceKey::new("default", "web");
+        let v4: IpNet = "9.251.0.0/16".parse().unwrap();
+        let v6: IpNet = "fd00:9:251::/112".parse().unwrap();
+        let mut every = VipPools::new(v4, Some(v6), VipPolicy::Every);
+        let mut dual = object(service("default", "web").cluster_ip("10.96.0.10").port("http", 80, 80).object());
+        dual.ip_family_policy = Some(IpFamilyPolicy::RequireDualStack);
+        let a = every.assign(&key, &dual);
+        assert!(a.vip.is_some_and(|ip| v4.contains(&ip)) && a.vip6.is_some_and(|ip| v6.contains(&ip)), "{a:?}");
+
+        // With interception, the IPv4 cluster IP serves; IPv6 has none.
+        let mut needed = VipPools::new(v4, Some(v6), VipPolicy::WhereNeeded);
+        let a = needed.assign(&key, &dual);
+        assert_eq!(a.vip, None);
+        assert!(a.vip6.is_some());
+        // Given an IPv6 cluster IP too, the service needs no VIP at all ...
+        dual.cluster_ips.push("fd00:96::10".parse().unwrap());
+        let a = needed.assign(&key, &dual);
+        assert_eq!((a.vip, a.vip6, a.released), (None, None, true));
+        // ... unless it has UDP ports: then one per family, as DNAT targets.
+        let udp = object(service("default", "web").cluster_ip("10.96.0.10").udp_port("dns", 53, 53).object());
+        let mut udp = ServiceObject { ip_family_policy: Some(IpFamilyPolicy::PreferDualStack), ..udp };
+        udp.cluster_ips.push("fd00:96::53".parse().unwrap());
+        let a = needed.assign(&key, &udp);
+        assert!(a.vip.is_some() && a.vip6.is_some(), "{a:?}");
+        assert_eq!(needed.in_use(), 2);
+        assert!(needed.release(&key));
+        assert_eq!(needed.in_use(), 0);
+
+        // No IPv6 pool: no IPv6 VIP, and that is no problem.
+        let mut v4_only = VipPools::new(v4, None, VipPolicy::Every);
+        let a = v4_only.assign(&key, &dual);
+        assert!(a.vip.is_some() && a.vip6.is_none() && a.problem.is_none(), "{a:?}");
+    }
 
     fn key(n: &str) -> ServiceKey {
         ServiceKey::new("default", n)

@@ -281,20 +281,23 @@ fn serial(snap: &Snapshot) -> u32 {
     snap.generation as u32
 }
 
-/// What a service name resolves to: the VIP (cluster IPs while it has
-/// none); with `cluster_ips_first` (interception on) the cluster IPs, and
-/// the VIP only where the service has no cluster IP of its family; for
-/// headless services the ready endpoints.
+/// What a service name resolves to: its VIPs, one per family (cluster IPs
+/// while it has none); with `cluster_ips_first` (interception on) the
+/// cluster IPs, and a VIP only where the service has no cluster IP of its
+/// family; for headless services the ready endpoints. A and AAAA questions
+/// take the addresses of their family.
 pub(crate) fn service_addresses(entry: &ServiceEntry, cluster_ips_first: bool) -> impl Iterator<Item = IpAddr> + '_ {
     // One iterator type for every case, without boxing: this is on the
     // fast path.
     let endpoints = if entry.headless { &entry.endpoints[..] } else { &[] };
-    let cluster_ips =
-        if entry.headless || (entry.vip.is_some() && !cluster_ips_first) { &[] } else { &entry.cluster_ips[..] };
+    let has_vip = entry.vip.is_some() || entry.vip6.is_some();
+    let cluster_ips = if entry.headless || (has_vip && !cluster_ips_first) { &[] } else { &entry.cluster_ips[..] };
     // With interception a cluster IP of the VIP's family wins over it.
-    let shadowed = |vip: &IpAddr| cluster_ips_first && entry.cluster_ips.iter().any(|c| c.is_ipv4() == vip.is_ipv4());
-    let vip = entry.vip.filter(|vip| !entry.headless && !shadowed(vip));
-    endpoints.iter().filter(|e| e.ready).map(|e| e.address).chain(cluster_ips.iter().copied()).chain(vip)
+    let shadowed = move |vip: &IpAddr| {
+        entry.headless || (cluster_ips_first && entry.cluster_ips.iter().any(|c| c.is_ipv4() == vip.is_ipv4()))
+    };
+    let vips = entry.vips().filter(move |vip| !shadowed(vip));
+    endpoints.iter().filter(|e| e.ready).map(|e| e.address).chain(cluster_ips.iter().copied()).chain(vips)
 }
 
 /// `10.0.0.7` -> `10-0-0-7`, `fd00::7` -> `fd00--7`: the label Kubernetes DNS

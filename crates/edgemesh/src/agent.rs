@@ -63,6 +63,7 @@ async fn serve(config: Config, starting: &mut Option<Interceptor>) -> anyhow::Re
         dns = %config.dns_listen(),
         admin = %config.admin.listen,
         vip_cidr = %config.vip_cidr(),
+        vip_cidr6 = ?config.vip_cidr6(),
         upstreams = ?config.dns.upstreams,
         max_connections,
         "starting edgemesh agent"
@@ -72,6 +73,7 @@ async fn serve(config: Config, starting: &mut Option<Interceptor>) -> anyhow::Re
     let intercepting = config.intercept.mode == InterceptMode::Nftables;
     let mut registry = Registry::new(RegistryConfig {
         vip_cidr: config.vip_cidr(),
+        vip_cidr6: config.vip_cidr6(),
         default_strategy: config.proxy.default_strategy,
         node_name: config.node_name.clone(),
         // With interception cluster IPs are served where they are.

@@ -116,6 +116,10 @@ pub struct AgentArgs {
     #[arg(long, value_name = "CIDR")]
     pub vip_cidr: Option<IpNet>,
 
+    /// Range that IPv6 service VIPs are allocated from (services asking for IPv6). Default: fd00:9:251::/112 with --intercept nftables, none otherwise.
+    #[arg(long, value_name = "CIDR")]
+    pub vip_cidr6: Option<IpNet>,
+
     /// Load-balancing strategy for services without the edgemesh.io/lb-strategy annotation.
     #[arg(long, value_name = "STRATEGY", value_parser = parse_strategy)]
     pub lb_strategy: Option<LbStrategy>,
@@ -231,6 +235,9 @@ impl AgentArgs {
         }
         if let Some(v) = self.vip_cidr {
             c.vip_cidr = Some(v);
+        }
+        if let Some(v) = self.vip_cidr6 {
+            c.vip_cidr6 = Some(v);
         }
         if let Some(v) = self.lb_strategy {
             c.proxy.default_strategy = v;
@@ -391,6 +398,7 @@ mod tests {
             "--dns-upstream",
             "--admin-listen",
             "--vip-cidr",
+            "--vip-cidr6",
             "--intercept",
             "--intercept-port",
             "--intercept-table",

@@ -23,6 +23,9 @@ pub const DEFAULT_VIP_CIDR: &str = "127.251.0.0/16";
 /// Default VIP range in node mode (`intercept.mode: nftables`): EdgeMesh's
 /// original pool, whose addresses the VIP device makes this node's.
 pub const NODE_MODE_VIP_CIDR: &str = "9.251.0.0/16";
+/// Default IPv6 VIP range in node mode: a unique local range, on the VIP
+/// device like the IPv4 one.
+pub const NODE_MODE_VIP_CIDR6: &str = "fd00:9:251::/112";
 /// Default DNS address without interception.
 pub const DEFAULT_DNS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5353);
 /// Default DNS address in node mode: EdgeMesh's node-local DNS address
@@ -46,6 +49,12 @@ pub struct Config {
     /// every service gets one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vip_cidr: Option<IpNet>,
+    /// IPv6 virtual IPs come from this range, for services that ask for
+    /// IPv6 (`ipFamilies`, `ipFamilyPolicy`, IPv6 cluster IPs), on the same
+    /// terms as `vipCidr`. Default: `fd00:9:251::/112` in node mode; none
+    /// otherwise (IPv6 VIPs would need a route to this node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vip_cidr6: Option<IpNet>,
     /// Where services come from: `manifests` (a directory) or `kube` (the
     /// Kubernetes API or KubeEdge metaServer).
     pub source: SourceKind,
@@ -185,6 +194,7 @@ impl Default for Config {
             node_name: default_node_name(),
             log_level: "info".into(),
             vip_cidr: None,
+            vip_cidr6: None,
             source: SourceKind::Manifests,
             state_dir: PathBuf::from("/var/lib/edgemesh"),
             manifests: ManifestsConfig::default(),
@@ -290,6 +300,15 @@ impl Config {
         })
     }
 
+    /// The IPv6 VIP range, if any (see [`Config::vip_cidr6`] for the
+    /// default).
+    pub fn vip_cidr6(&self) -> Option<IpNet> {
+        self.vip_cidr6.or_else(|| match self.intercept.mode {
+            InterceptMode::None => None,
+            InterceptMode::Nftables => Some(NODE_MODE_VIP_CIDR6.parse().expect("valid default CIDR")),
+        })
+    }
+
     /// The DNS server's address (see [`DnsSection::listen`] for the
     /// default).
     pub fn dns_listen(&self) -> SocketAddr {
@@ -303,6 +322,7 @@ impl Config {
     /// so that `--print-config` and `/config` show what is in effect.
     pub fn fill_defaults(&mut self) {
         self.vip_cidr = Some(self.vip_cidr());
+        self.vip_cidr6 = self.vip_cidr6();
         self.dns.listen = Some(self.dns_listen());
     }
 
@@ -313,9 +333,17 @@ impl Config {
             problems.push("nodeName is empty and the host name is unknown; set --node-name".to_string());
         }
         let vip_cidr = self.vip_cidr();
-        let host_bits = vip_cidr.max_prefix_len() - vip_cidr.prefix_len();
-        if host_bits < 2 {
+        if !matches!(vip_cidr, IpNet::V4(_)) {
+            problems.push(format!("vipCidr {vip_cidr} is not an IPv4 range; IPv6 VIPs come from vipCidr6"));
+        } else if vip_cidr.max_prefix_len() - vip_cidr.prefix_len() < 2 {
             problems.push(format!("vipCidr {vip_cidr} is too small to hold service VIPs; use at least a /30"));
+        }
+        if let Some(v6) = self.vip_cidr6() {
+            if !matches!(v6, IpNet::V6(_)) {
+                problems.push(format!("vipCidr6 {v6} is not an IPv6 range"));
+            } else if v6.max_prefix_len() - v6.prefix_len() < 2 {
+                problems.push(format!("vipCidr6 {v6} is too small to hold service VIPs; use at least a /126"));
+            }
         }
         if self.dns.cluster_domain.trim_matches('.').is_empty() {
             problems.push("dns.clusterDomain is empty".into());
@@ -505,6 +533,8 @@ mod tests {
         assert_eq!((plain.vip_cidr().to_string(), plain.dns_listen()), (DEFAULT_VIP_CIDR.into(), DEFAULT_DNS_LISTEN));
         let mut node = Config::from_yaml("intercept:\n  mode: nftables\n").unwrap();
         assert_eq!(node.vip_cidr().to_string(), NODE_MODE_VIP_CIDR);
+        assert_eq!(node.vip_cidr6().map(|c| c.to_string()).as_deref(), Some(NODE_MODE_VIP_CIDR6));
+        assert_eq!(plain.vip_cidr6(), None, "no IPv6 VIPs without a device to put them on");
         assert_eq!(node.dns_listen(), "169.254.96.16:53".parse().unwrap());
         node.fill_defaults();
         assert_eq!(node.vip_cidr, Some(NODE_MODE_VIP_CIDR.parse().unwrap()), "shown as in effect");
@@ -514,6 +544,17 @@ mod tests {
                 .unwrap();
         assert_eq!(explicit.vip_cidr().to_string(), "10.9.0.0/16");
         assert_eq!(explicit.dns_listen(), "127.0.0.1:1053".parse().unwrap());
+    }
+
+    #[test]
+    fn vip_ranges_must_be_of_their_family() {
+        let c = Config::from_yaml("vipCidr: fd00::/112\nvipCidr6: 10.0.0.0/24\n").unwrap();
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("vipCidr fd00::/112 is not an IPv4 range"), "{msg}");
+        assert!(msg.contains("vipCidr6 10.0.0.0/24 is not an IPv6 range"), "{msg}");
+        let c = Config::from_yaml("vipCidr6: fd00:1::/127\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("/126"));
+        Config::from_yaml("vipCidr6: fd00:1::/112\n").unwrap().validate().unwrap();
     }
 
     #[test]

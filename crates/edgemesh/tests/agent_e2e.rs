@@ -12,12 +12,6 @@ use support::*;
 
 /// Writes a manifest atomically (a dotfile then a rename), as editors and
 /// ConfigMap updates do, so the agent never reads half a file.
-fn write_manifest(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
-
 fn hits(url: &str, n: usize) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for _ in 0..n {

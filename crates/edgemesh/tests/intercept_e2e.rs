@@ -5,153 +5,20 @@
 //! `output` hook) and from a second pod routed through the node
 //! (`prerouting`), over IPv4 and IPv6.
 //!
-//! ```text
-//!  client ns                 node ns (agent, nft table)              pod ns (nginx)
-//!  10.244.2.2 ── veth ── 10.244.2.1 │ 10.244.1.1 ── veth ── 10.244.1.2, fd00:244:1::2
-//!                                   │ fd00:244:1::1
-//! ```
+//! The topology is `support::node::Topology`.
 //!
 //! These tests need root (CAP_NET_ADMIN for namespaces and nftables); CI
 //! runs as root. Without it they fail and say so.
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use support::netns::{Netns, NsAgent, NsNginx, UdpEcho, link, ok, require_root, udp_stream};
-use support::{eventually, free_port};
-
-/// node, a pod with nginx at 10.244.1.2 and fd00:244:1::2, a client pod at
-/// 10.244.2.2 routed through the node.
-struct Topology {
-    node: Netns,
-    _pod: Netns,
-    client: Netns,
-    _nginx: NsNginx,
-}
-
-impl Topology {
-    fn new() -> Topology {
-        let (node, pod, client) = (Netns::new("node"), Netns::new("pod"), Netns::new("client"));
-        link(&node, "eth-pod", &pod, "eth0");
-        node.ip(&["addr", "add", "10.244.1.1/24", "dev", "eth-pod"]);
-        node.ip(&["-6", "addr", "add", "fd00:244:1::1/64", "dev", "eth-pod", "nodad"]);
-        pod.ip(&["addr", "add", "10.244.1.2/24", "dev", "eth0"]);
-        pod.ip(&["-6", "addr", "add", "fd00:244:1::2/64", "dev", "eth0", "nodad"]);
-        pod.ip(&["route", "add", "default", "via", "10.244.1.1"]);
-        pod.ip(&["-6", "route", "add", "default", "via", "fd00:244:1::1"]);
-        // The node's way out (and so to the cluster IP ranges, which exist
-        // nowhere) is the pod link, as a default route would be.
-        node.ip(&["route", "add", "default", "via", "10.244.1.2"]);
-        node.ip(&["-6", "route", "add", "default", "via", "fd00:244:1::2"]);
-        link(&node, "eth-client", &client, "eth0");
-        node.ip(&["addr", "add", "10.244.2.1/24", "dev", "eth-client"]);
-        client.ip(&["addr", "add", "10.244.2.2/24", "dev", "eth0"]);
-        client.ip(&["route", "add", "default", "via", "10.244.2.1"]);
-        let nginx = NsNginx::start(&pod, &["10.244.1.2:80", "[fd00:244:1::2]:80"], "pod-nginx");
-        assert_eq!(node.curl("http://10.244.1.2/").as_deref(), Some("pod-nginx\n"), "the pod is reachable directly");
-        Topology { node, _pod: pod, client, _nginx: nginx }
-    }
-}
-
-/// The agent in nftables mode inside `ns`, serving `manifests`.
-fn start_agent(ns: &Netns, manifests: &Path, state: &Path, extra: &[&str]) -> NsAgent {
-    start_agent_within(ns, manifests, state, extra, Duration::from_secs(15))
-}
-
-fn start_agent_within(ns: &Netns, manifests: &Path, state: &Path, extra: &[&str], limit: Duration) -> NsAgent {
-    let mut args = vec!["--node-name", "test-node", "--intercept", "nftables", "--dns-upstream", "127.0.0.1:9"];
-    args.extend(["--manifest-dir", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
-    args.extend_from_slice(extra);
-    NsAgent::start(ns, &args, limit)
-}
-
-/// Runs the agent in nftables mode in `ns`, which must fail to start (exit
-/// status 1); its error output.
-fn failed_start(ns: &Netns, manifests: &Path, state: &Path) -> String {
-    let out = ns
-        .cmd(env!("CARGO_BIN_EXE_edgemesh"))
-        .args(["agent", "--intercept", "nftables", "--dns-upstream", "127.0.0.1:9"])
-        .arg("--manifest-dir")
-        .arg(manifests)
-        .arg("--state-dir")
-        .arg(state)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    stderr
-}
-
-fn write_manifest(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
-
-/// A Service with these cluster IPs (none: no `clusterIP`) on `port`,
-/// served by the pod's nginx.
-fn service(name: &str, cluster_ips: &[&str], port: u16) -> String {
-    let families: Vec<&str> = cluster_ips.iter().map(|ip| if ip.contains(':') { "IPv6" } else { "IPv4" }).collect();
-    let addresses = if cluster_ips.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "  clusterIP: {}\n  clusterIPs: [{}]\n  ipFamilies: [{}]\n  ipFamilyPolicy: {}\n",
-            cluster_ips[0],
-            cluster_ips.join(", "),
-            families.join(", "),
-            if cluster_ips.len() > 1 { "RequireDualStack" } else { "SingleStack" },
-        )
-    };
-    let mut y = format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n{addresses}  \
-         ports:\n  - name: http\n    port: {port}\n    targetPort: 80\n"
-    );
-    for (family, addr) in [("IPv4", "10.244.1.2"), ("IPv6", "fd00:244:1::2")] {
-        y += &format!(
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-{}\n  \
-             namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: {family}\n\
-             ports:\n- name: http\n  port: 80\nendpoints:\n- addresses: [\"{addr}\"]\n  nodeName: test-node\n",
-            family.to_lowercase()
-        );
-    }
-    y
-}
-
-/// The VIP of service `default/name`, from the agent's admin endpoint in
-/// `ns`; None if it has none (or does not exist).
-fn vip_of(ns: &Netns, name: &str) -> Option<String> {
-    let body = ns.curl("http://127.0.0.1:15020/services")?;
-    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-    json["services"].as_array()?.iter().find(|s| s["name"] == name)?["vip"].as_str().map(str::to_owned)
-}
-
-/// The addresses on device `dev` in `ns` (the kernel's IPv6 link-local
-/// one left out), sorted; None if there is no such device.
-fn device_addresses(ns: &Netns, dev: &str) -> Option<Vec<String>> {
-    let out = ns.exec(&["ip", "-j", "addr", "show", "dev", dev]);
-    if !out.status.success() {
-        return None;
-    }
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut addrs: Vec<String> = json[0]["addr_info"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["local"].as_str().unwrap().to_owned())
-        .filter(|a| !a.starts_with("fe80:"))
-        .collect();
-    addrs.sort();
-    Some(addrs)
-}
-
-fn updates_logged(agent: &NsAgent) -> Vec<String> {
-    agent.log().lines().filter(|l| l.contains("nftables elements updated")).map(str::to_owned).collect()
-}
+use support::netns::{Netns, UdpEcho, ok, require_root, udp_stream};
+use support::node::*;
+use support::{eventually, free_port, write_manifest};
 
 #[test]
 fn cluster_ips_are_intercepted_with_nftables() {
@@ -294,69 +161,28 @@ fn missing_nft_and_missing_permission_are_clear_start_errors() {
 // ---------------------------------------------------------------------------
 // UDP, the VIP device, NodePort, scale.
 
-/// A UDP Service on `port` with cluster IP `cluster_ip`, whose endpoint is
-/// the echo server at 10.244.1.2:7007.
-fn udp_service(name: &str, cluster_ip: &str, port: u16) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  \
-         clusterIP: {cluster_ip}\n  ports:\n  - name: echo\n    protocol: UDP\n    port: {port}\n    \
-         targetPort: 7007\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  \
-         name: {name}-1\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\n\
-         addressType: IPv4\nports:\n- name: echo\n  protocol: UDP\n  port: 7007\nendpoints:\n\
-         - addresses: [\"10.244.1.2\"]\n  nodeName: test-node\n"
-    )
-}
-
-/// The entries of map `udp4`, as `addr . port : addr . port` strings.
-fn udp_map(ns: &Netns, table: &str) -> Vec<String> {
-    let out = ns.nft(&["-j", "list", "map", "inet", table, "udp4"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let concat = |v: &serde_json::Value| {
-        let c = v["concat"].as_array().unwrap();
-        format!("{} . {}", c[0].as_str().unwrap(), c[1])
-    };
-    let mut entries: Vec<String> = json["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|o| o["map"]["elem"].as_array())
-        .flatten()
-        .map(|e| format!("{} : {}", concat(&e[0]), concat(&e[1])))
-        .collect();
-    entries.sort();
-    entries
-}
-
-/// `dig` against the agent's DNS (its node-mode default address) from `ns`:
-/// the A records of `name`.
-fn dig_a(ns: &Netns, name: &str) -> Vec<String> {
-    let out = ns.exec(&["dig", "@169.254.96.16", "+short", "+time=2", "+tries=1", name, "A"]);
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
-}
-
 #[test]
 fn udp_to_cluster_ips_reaches_the_agent_and_answers_come_from_the_cluster_ip() {
     require_root();
     let t = Topology::new();
-    let echo = UdpEcho::start(&t._pod, "10.244.1.2:7007");
+    let echo = UdpEcho::start(&t.pod, "10.244.1.2:7007");
     let dir = tempfile::tempdir().unwrap();
     let manifests = dir.path().join("manifests");
     std::fs::create_dir(&manifests).unwrap();
-    write_manifest(&manifests, "echo.yaml", &udp_service("echo", "10.96.0.53", 53));
+    write_manifest(&manifests, "echo.yaml", &udp_service("echo", &["10.96.0.53"], 53, None));
     // A DNS service whose endpoint is the agent's own DNS server (on its
     // node-local address), for `dig`.
     write_manifest(
         &manifests,
         "dns.yaml",
-        &udp_service("dns", "10.96.0.10", 53).replace("7007", "53").replace("10.244.1.2", "169.254.96.16"),
+        &udp_service("dns", &["10.96.0.10"], 53, None).replace("7007", "53").replace("10.244.1.2", "169.254.96.16"),
     );
     // The default VIP pool in node mode is outside 127.0.0.0/8 (on edge0),
     // so that pods' datagrams can be DNATed to the VIPs too.
     let agent = start_agent(&t.node, &manifests, &dir.path().join("state"), &[]);
     let vip = vip_of(&t.node, "echo").expect("a UDP service has a VIP: its DNAT target");
     assert!(vip.starts_with("9.251."), "{vip}");
-    let map = udp_map(&t.node, "edgemesh");
+    let map = map_entries(&t.node, "udp4");
     assert!(map.contains(&format!("10.96.0.53 . 53 : {vip} . 53")), "{map:?}");
     assert_eq!(map.len(), 2, "{map:?}");
     assert!(device_addresses(&t.node, "edge0").unwrap().contains(&vip), "the DNAT target is on edge0");
@@ -385,9 +211,9 @@ fn udp_to_cluster_ips_reaches_the_agent_and_answers_come_from_the_cluster_ip() {
 
     // A second UDP service is one small transaction of its own element.
     let before = updates_logged(&agent);
-    write_manifest(&manifests, "echo2.yaml", &udp_service("echo2", "10.96.0.54", 5353));
+    write_manifest(&manifests, "echo2.yaml", &udp_service("echo2", &["10.96.0.54"], 5353, None));
     let map = eventually(Duration::from_secs(5), "the second service's element", || {
-        let m = udp_map(&t.node, "edgemesh");
+        let m = map_entries(&t.node, "udp4");
         (m.len() == 3).then_some(m)
     });
     assert!(map.iter().any(|e| e.starts_with("10.96.0.54 . 5353 : 9.251.")), "{map:?}");
@@ -398,7 +224,7 @@ fn udp_to_cluster_ips_reaches_the_agent_and_answers_come_from_the_cluster_ip() {
 
     // Removing it deletes its element and its cluster IP no longer answers.
     std::fs::remove_file(manifests.join("echo2.yaml")).unwrap();
-    eventually(Duration::from_secs(5), "the element to go", || (udp_map(&t.node, "edgemesh").len() == 2).then_some(()));
+    eventually(Duration::from_secs(5), "the element to go", || (map_entries(&t.node, "udp4").len() == 2).then_some(()));
     assert!(udp_stream(&t.client, "10.96.0.54:5353", 1).is_err());
 
     assert_eq!(agent.terminate().code(), Some(0));
@@ -488,32 +314,6 @@ fn a_failed_start_leaves_neither_table_nor_device() {
     assert!(!t.node.links().contains("edge0"), "device left: {}", t.node.links());
 }
 
-/// A NodePort Service `name` with `port` (nodePort `node_port`) served by
-/// the pod's nginx.
-fn node_port_service(name: &str, cluster_ip: &str, port: u16, node_port: u16) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  \
-         type: NodePort\n  clusterIP: {cluster_ip}\n  ports:\n  - name: http\n    port: {port}\n    \
-         targetPort: 80\n    nodePort: {node_port}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata:\n  name: {name}-1\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\n\
-         addressType: IPv4\nports:\n- name: http\n  port: 80\nendpoints:\n- addresses: [\"10.244.1.2\"]\n  \
-         nodeName: test-node\n"
-    )
-}
-
-fn node_ports(ns: &Netns) -> Vec<String> {
-    let out = ns.nft(&["-j", "list", "set", "inet", "edgemesh", "nodeport_tcp"]);
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    json["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|o| o["set"]["elem"].as_array())
-        .flatten()
-        .map(|e| e.to_string())
-        .collect()
-}
-
 #[test]
 fn node_ports_are_served_on_the_nodes_addresses() {
     require_root();
@@ -530,7 +330,7 @@ fn node_ports_are_served_on_the_nodes_addresses() {
         &node_port_service("plain", "10.96.0.71", 8080, 30081).replace("type: NodePort", "type: ClusterIP"),
     );
     let agent = start_agent(&t.node, &manifests, &dir.path().join("state"), &[]);
-    assert_eq!(node_ports(&t.node), vec!["30080".to_owned()]);
+    assert_eq!(t.node.set_elements("edgemesh", "nodeport_tcp").unwrap(), vec!["30080".to_owned()]);
 
     // From another namespace, to the node's address on its link.
     assert_eq!(t.client.curl("http://10.244.2.1:30080/").as_deref(), Some("pod-nginx\n"), "from a pod");
@@ -550,7 +350,9 @@ fn node_ports_are_served_on_the_nodes_addresses() {
         "np.yaml",
         &node_port_service("np", "10.96.0.70", 8080, 30080).replace("type: NodePort", "type: ClusterIP"),
     );
-    eventually(Duration::from_secs(5), "the node port to close", || node_ports(&t.node).is_empty().then_some(()));
+    eventually(Duration::from_secs(5), "the node port to close", || {
+        t.node.set_elements("edgemesh", "nodeport_tcp").unwrap().is_empty().then_some(())
+    });
     assert_eq!(t.client.curl("http://10.244.2.1:30080/"), None);
     assert_eq!(agent.terminate().code(), Some(0));
 }

@@ -6,17 +6,10 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::net::UdpSocket;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use support::*;
-
-fn write_manifest(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
 
 /// A UDP service `name` on `port` whose endpoints are these ports of 127.0.0.1.
 fn udp_service_yaml(name: &str, port: u16, backends: &[u16], annotations: &str) -> String {

@@ -91,6 +91,8 @@ pub struct VipDevice {
     name: String,
     index: u32,
     kind: &'static str,
+    /// IPv6 works on the device (not disabled on this node).
+    ipv6: bool,
     handle: Handle,
     /// The netlink connection's task; ends with the device handle.
     connection: JoinHandle<()>,
@@ -108,7 +110,7 @@ impl VipDevice {
     pub async fn create(name: &str) -> Result<Self, DeviceError> {
         let (connection, handle, _) = rtnetlink::new_connection().map_err(|source| DeviceError::Socket { source })?;
         let connection = tokio::spawn(connection);
-        let mut device = VipDevice { name: name.to_owned(), index: 0, kind: "", handle, connection };
+        let mut device = VipDevice { name: name.to_owned(), index: 0, kind: "", ipv6: false, handle, connection };
         if let Some(link) = device.link_by_name().await? {
             match device.owner(&link).await? {
                 Owner::Agent(kind) => {
@@ -146,6 +148,13 @@ impl VipDevice {
                 }));
             }
         }
+        // Adding an IPv6 address where IPv6 is disabled fails (EACCES): such
+        // a node gets no IPv6 addresses rather than failed updates.
+        let sysctl = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+        device.ipv6 = std::fs::read_to_string(&sysctl).is_ok_and(|v| v.trim() == "0");
+        if !device.ipv6 {
+            tracing::info!(device = name, "IPv6 is disabled on this node: IPv6 VIPs are not put on the device");
+        }
         tracing::info!(device = name, kind = device.kind, index = device.index, "VIP device in place");
         Ok(device)
     }
@@ -157,6 +166,11 @@ impl VipDevice {
     /// `dummy` or `bridge`.
     pub fn kind(&self) -> &'static str {
         self.kind
+    }
+
+    /// Whether the device can hold `ip` (IPv6 may be disabled).
+    pub fn can_hold(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() || self.ipv6
     }
 
     /// Adds `ip` as a host address (`/32`, `/128`); already there is fine.
@@ -321,10 +335,10 @@ fn is_link_local(ip: IpAddr) -> bool {
     }
 }
 
-/// The addresses a service needs on the device: its VIPs, except those in
-/// the loopback range.
+/// The addresses a service needs on the device: its VIPs (IPv4 and IPv6),
+/// except those in the loopback range.
 pub fn service_addresses(entry: &ServiceEntry) -> Vec<IpAddr> {
-    entry.vip.into_iter().filter(|ip| !needs_no_device(*ip)).collect()
+    entry.vips().filter(|ip| !needs_no_device(*ip)).collect()
 }
 
 /// Whether `ip` is local without any device of ours (loopback range) or

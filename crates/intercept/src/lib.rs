@@ -187,11 +187,8 @@ impl Interceptor {
                 .collect(),
         );
         let addresses = self.device.as_ref().map(|d| {
-            d.addresses.plan(
-                keys.iter()
-                    .map(|k| (k.clone(), service(k).map(|e| device::service_addresses(e)).unwrap_or_default()))
-                    .collect(),
-            )
+            d.addresses
+                .plan(keys.iter().map(|k| (k.clone(), service(k).map(|e| d.wants(e)).unwrap_or_default())).collect())
         });
         // New addresses first: a new element may DNAT to a new VIP.
         if let (Some(d), Some(change)) = (&self.device, &addresses) {
@@ -230,8 +227,8 @@ impl Interceptor {
     async fn rebuild(&mut self, snapshot: &Snapshot) -> Result<(), InterceptError> {
         let elements = Claims::of_all(snapshot.services().map(|e| (e.key.clone(), rules::service_elements(e))));
         if let Some(spec) = &self.config.device {
-            let addresses = Claims::of_all(snapshot.services().map(|e| (e.key.clone(), device::service_addresses(e))));
             let d = self.device.as_mut().expect("a device spec means a device");
+            let addresses = Claims::of_all(snapshot.services().map(|e| (e.key.clone(), d.wants(e))));
             d.resync(spec, addresses).await?;
         }
         let mut all: Vec<&Element> = elements.items().collect();
@@ -301,9 +298,18 @@ impl Device {
         Ok(device)
     }
 
+    /// The addresses of `entry` the device should hold.
+    fn wants(&self, entry: &edgemesh_core::ServiceEntry) -> Vec<IpAddr> {
+        let mut ips = device::service_addresses(entry);
+        ips.retain(|ip| self.link.can_hold(*ip));
+        ips
+    }
+
     async fn add_fixed(&mut self, spec: &DeviceSpec) -> Result<(), DeviceError> {
         self.fixed.clear();
-        for ip in spec.fixed.iter().copied().filter(|ip| !device::needs_no_device(*ip)) {
+        let fixed: Vec<IpAddr> =
+            spec.fixed.iter().copied().filter(|ip| !device::needs_no_device(*ip) && self.link.can_hold(*ip)).collect();
+        for ip in fixed {
             if self.link.held_elsewhere(ip).await? {
                 tracing::info!(device = %spec.name, address = %ip, "another device holds the address already");
                 continue;

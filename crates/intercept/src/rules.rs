@@ -11,18 +11,25 @@
 //!     set tcp6 { type ipv6_addr . inet_service; ... }
 //!     map udp4 { type ipv4_addr . inet_service : ipv4_addr . inet_service;
 //!                elements = { 10.96.0.53 . 53 : 9.251.0.7 . 53, ... } }
+//!     map udp6 { type ipv6_addr . inet_service : ipv6_addr . inet_service; ... }
 //!     set nodeport_tcp { type inet_service; elements = { 30080, ... } }
+//!     map nodeport_udp4 { type inet_service : ipv4_addr . inet_service;
+//!                         elements = { 30053 : 9.251.0.7 . 53, ... } }
+//!     map nodeport_udp6 { type inet_service : ipv6_addr . inet_service; ... }
 //!     chain output {       # local processes
 //!         type nat hook output priority -100; policy accept;
 //!         meta mark 0x454d return                        # the agent's own upstream connections
 //!         ip daddr . tcp dport @tcp4 redirect to :15006
 //!         ip6 daddr . tcp dport @tcp6 redirect to :15006
 //!         dnat ip to ip daddr . udp dport map @udp4      # UDP: cluster IP -> the service's VIP
+//!         dnat ip6 to ip6 daddr . udp dport map @udp6
 //!         fib daddr type local tcp dport @nodeport_tcp redirect to :15006
+//!         fib daddr type local dnat ip to udp dport map @nodeport_udp4
+//!         fib daddr type local dnat ip6 to udp dport map @nodeport_udp6
 //!     }
 //!     chain prerouting {   # containers and pods routed through this node
 //!         type nat hook prerouting priority dstnat; policy accept;
-//!         (the same four rules)
+//!         (the same rules)
 //!     }
 //! }
 //! ```
@@ -50,19 +57,22 @@
 //! to a VIP that is not in `127.0.0.0/8` (the kernel drops packets routed
 //! in to loopback addresses), so pods need a `vipCidr` outside it, such as
 //! `9.251.0.0/16` on the `edge0` device ([`crate::device`]); local processes
-//! work with either. VIPs are IPv4, so UDP to an IPv6 cluster IP is not
-//! intercepted (NAT cannot change the family).
+//! work with either. NAT cannot change the family: UDP to an IPv6 cluster IP
+//! goes to the service's IPv6 VIP (`vipCidr6`), through map `udp6`.
 //!
 //! # NodePort
 //!
 //! `fib daddr type local` matches any address of the node (every device,
 //! loopback included), so one set keyed by port serves a `NodePort`
 //! service on all the node's addresses, including ones added later; the
-//! transparent listener finds the service by the port. TCP only.
+//! transparent listener finds the service by the port. A UDP node port is
+//! DNATed, like a cluster IP, to the service's VIP of the packet's family
+//! and the service port (maps `nodeport_udp4`, `nodeport_udp6`), where the
+//! UDP listener runs; replies leave from the node address the client used.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use edgemesh_core::{Protocol, ServiceEntry};
 
@@ -86,6 +96,9 @@ pub enum L4 {
     Udp,
     /// TCP to any local address on a node port: redirected.
     NodePortTcp,
+    /// UDP to any local address of one family on a node port: DNATed to
+    /// the VIP and service port.
+    NodePortUdp,
 }
 
 impl Element {
@@ -103,21 +116,32 @@ impl Element {
         Self { protocol: L4::NodePortTcp, addr: SocketAddr::from(([0, 0, 0, 0], port)), to: None }
     }
 
+    /// UDP to node port `port` on any address of the node of `to`'s
+    /// family, DNATed to `to`.
+    pub fn node_port_udp(port: u16, to: SocketAddr) -> Self {
+        let any: IpAddr = if to.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+        Self { protocol: L4::NodePortUdp, addr: SocketAddr::new(any, port), to: Some(to) }
+    }
+
     /// The set (or map) this element belongs to.
     pub fn set(&self) -> &'static str {
         match (self.protocol, self.addr.is_ipv4()) {
             (L4::Tcp, true) => "tcp4",
             (L4::Tcp, false) => "tcp6",
-            (L4::Udp, _) => "udp4",
+            (L4::Udp, true) => "udp4",
+            (L4::Udp, false) => "udp6",
             (L4::NodePortTcp, _) => "nodeport_tcp",
+            (L4::NodePortUdp, true) => "nodeport_udp4",
+            (L4::NodePortUdp, false) => "nodeport_udp6",
         }
     }
 
     /// The element as nftables writes it: `10.96.0.10 . 80`,
-    /// `10.96.0.53 . 53 : 9.251.0.7 . 53` or `30080`.
+    /// `10.96.0.53 . 53 : 9.251.0.7 . 53`, `30080` or `30053 : 9.251.0.7 . 53`.
     fn literal(&self) -> String {
         match (self.protocol, self.to) {
             (L4::NodePortTcp, _) => self.addr.port().to_string(),
+            (L4::NodePortUdp, Some(to)) => format!("{} : {} . {}", self.addr.port(), to.ip(), to.port()),
             (_, Some(to)) => format!("{} . {} : {} . {}", self.addr.ip(), self.addr.port(), to.ip(), to.port()),
             (_, None) => format!("{} . {}", self.addr.ip(), self.addr.port()),
         }
@@ -125,9 +149,9 @@ impl Element {
 }
 
 /// The elements of `entry`: every VIP and cluster IP with every TCP port
-/// (redirected); every IPv4 cluster IP with every UDP port, DNATed to the
-/// VIP, where the UDP listener of that port runs (nothing without a VIP,
-/// or for IPv6, see the module docs); every TCP node port.
+/// (redirected); every cluster IP with every UDP port, DNATed to the VIP of
+/// its family, where the UDP listener of that port runs (nothing without
+/// one); every TCP node port; every UDP node port, DNATed to each VIP.
 pub fn service_elements(entry: &ServiceEntry) -> Vec<Element> {
     let ips: Vec<IpAddr> = entry.ips().collect();
     let mut out = Vec::with_capacity(ips.len() * entry.ports.len());
@@ -147,10 +171,14 @@ pub fn service_elements(entry: &ServiceEntry) -> Vec<Element> {
                 }
             }
             Protocol::Udp => {
-                let Some(vip @ IpAddr::V4(_)) = entry.vip else { continue };
-                let to = SocketAddr::new(vip, port.port);
-                for ip in entry.cluster_ips.iter().filter(|ip| ip.is_ipv4() && **ip != vip) {
-                    push(Element::udp(SocketAddr::new(*ip, port.port), to));
+                for ip in &entry.cluster_ips {
+                    let Some(vip) = entry.vip_of_family(*ip).filter(|vip| vip != ip) else { continue };
+                    push(Element::udp(SocketAddr::new(*ip, port.port), SocketAddr::new(vip, port.port)));
+                }
+                if let Some(node_port) = port.node_port {
+                    for vip in entry.vips() {
+                        push(Element::node_port_udp(node_port, SocketAddr::new(vip, port.port)));
+                    }
                 }
             }
             _ => {}
@@ -177,11 +205,14 @@ pub struct TableSpec {
 const ELEMENTS_PER_LINE: usize = 512;
 
 /// Sets and maps, with their nftables type.
-const SETS: [(&str, &str, &str); 4] = [
+const SETS: [(&str, &str, &str); 7] = [
     ("tcp4", "set", "ipv4_addr . inet_service"),
     ("tcp6", "set", "ipv6_addr . inet_service"),
     ("udp4", "map", "ipv4_addr . inet_service : ipv4_addr . inet_service"),
+    ("udp6", "map", "ipv6_addr . inet_service : ipv6_addr . inet_service"),
     ("nodeport_tcp", "set", "inet_service"),
+    ("nodeport_udp4", "map", "inet_service : ipv4_addr . inet_service"),
+    ("nodeport_udp6", "map", "inet_service : ipv6_addr . inet_service"),
 ];
 
 impl TableSpec {
@@ -206,10 +237,15 @@ impl TableSpec {
             let _ = writeln!(s, "add rule inet {t} {chain} ip daddr . tcp dport @tcp4 redirect to :{port}");
             let _ = writeln!(s, "add rule inet {t} {chain} ip6 daddr . tcp dport @tcp6 redirect to :{port}");
             let _ = writeln!(s, "add rule inet {t} {chain} dnat ip to ip daddr . udp dport map @udp4");
+            let _ = writeln!(s, "add rule inet {t} {chain} dnat ip6 to ip6 daddr . udp dport map @udp6");
             let _ = writeln!(
                 s,
                 "add rule inet {t} {chain} fib daddr type local tcp dport @nodeport_tcp redirect to :{port}"
             );
+            let _ =
+                writeln!(s, "add rule inet {t} {chain} fib daddr type local dnat ip to udp dport map @nodeport_udp4");
+            let _ =
+                writeln!(s, "add rule inet {t} {chain} fib daddr type local dnat ip6 to udp dport map @nodeport_udp6");
         }
         self.element_lines(&mut s, "add", elements);
         s
@@ -309,6 +345,24 @@ mod tests {
             "add element inet edgemesh udp4 { 10.96.0.53 . 53 : 9.251.0.7 . 53 }\n\
              add element inet edgemesh nodeport_tcp { 30080 }\n"
         );
+    }
+
+    #[test]
+    fn ipv6_udp_and_udp_node_ports_are_maps_of_their_family() {
+        let e = [
+            Element::udp("[fd00:96::53]:53".parse().unwrap(), "[fd00:9:251::7]:53".parse().unwrap()),
+            Element::node_port_udp(30053, "9.251.0.7:53".parse().unwrap()),
+            Element::node_port_udp(30053, "[fd00:9:251::7]:53".parse().unwrap()),
+        ];
+        assert_eq!(
+            spec().change_script(&[], &e),
+            "add element inet edgemesh udp6 { fd00:96::53 . 53 : fd00:9:251::7 . 53 }\n\
+             add element inet edgemesh nodeport_udp4 { 30053 : 9.251.0.7 . 53 }\n\
+             add element inet edgemesh nodeport_udp6 { 30053 : fd00:9:251::7 . 53 }\n"
+        );
+        let s = spec().replace_script(&[]);
+        assert!(s.contains("add rule inet edgemesh prerouting dnat ip6 to ip6 daddr . udp dport map @udp6\n"), "{s}");
+        assert!(s.contains("output fib daddr type local dnat ip6 to udp dport map @nodeport_udp6\n"), "{s}");
     }
 
     #[test]

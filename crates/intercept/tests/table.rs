@@ -138,7 +138,7 @@ async fn a_table_deleted_behind_the_agents_back_is_rebuilt() {
 }
 
 #[tokio::test]
-async fn udp_cluster_ips_map_to_the_vip_and_node_ports_are_a_set_of_ports() {
+async fn udp_cluster_ips_and_node_ports_map_to_the_vip_and_tcp_node_ports_are_a_set_of_ports() {
     let ns = Netns::new();
     let mut state = RegistryState::new(&RegistryConfig {
         vip_cidr: "9.251.0.0/16".parse().unwrap(),
@@ -162,7 +162,8 @@ async fn udp_cluster_ips_map_to_the_vip_and_node_ports_are_a_set_of_ports() {
     interceptor.reconcile(&snapshot).await.unwrap();
     let listing = String::from_utf8_lossy(&ns.nft(&["list", "table", "inet", "em_test"]).stdout).into_owned();
     assert!(listing.contains(&format!("10.96.0.2 . 53 : {vip} . 53")), "{listing}");
-    assert!(listing.contains("elements = { 30080 }"), "TCP node ports only: {listing}");
+    assert!(listing.contains("elements = { 30080 }"), "TCP node ports: {listing}");
+    assert!(listing.contains(&format!("30053 : {vip} . 53")), "UDP node ports map to the VIP: {listing}");
     assert_eq!(ns.element_count("em_test", "tcp4"), 2);
 
     // The service goes: one transaction deletes its elements from the set,

@@ -346,20 +346,39 @@ impl Reconciler {
     }
 }
 
-/// The VIP:port/protocol triples a service should listen on, with their
-/// ports (TCP and UDP; SCTP is not proxied). With interception, a service
-/// without a VIP is still served (by its cluster IP) for TCP.
-fn desired_listeners(entry: Option<&ServiceEntry>, transparent: bool) -> Vec<(SocketAddr, Protocol, &ResolvedPort)> {
+/// The address:port/protocol pairs a service should have listeners for,
+/// with their ports: each VIP (IPv4 and IPv6) with each TCP and UDP port
+/// (SCTP is not proxied); with interception, TCP ports once each, served
+/// through the transparent listener under every address of the service
+/// (so a service without a VIP is still served by its cluster IPs).
+fn desired_listeners<'a>(
+    entry: Option<&'a ServiceEntry>,
+    transparent: bool,
+) -> Vec<(SocketAddr, Protocol, &'a ResolvedPort)> {
     let Some(entry) = entry else { return Vec::new() };
-    let Some(vip) = entry.vip.or_else(|| entry.cluster_ips.first().copied().filter(|_| transparent)) else {
-        return Vec::new();
-    };
-    let mut out: Vec<(SocketAddr, Protocol, &ResolvedPort)> = Vec::with_capacity(entry.ports.len());
-    let udp_ok = entry.vip.is_some();
-    for port in entry.ports.iter().filter(|p| p.protocol == Protocol::Tcp || (p.protocol == Protocol::Udp && udp_ok)) {
-        let addr = SocketAddr::new(vip, port.port);
+    let mut out: Vec<(SocketAddr, Protocol, &'a ResolvedPort)> = Vec::with_capacity(entry.ports.len());
+    let mut push = |addr: SocketAddr, port: &'a ResolvedPort| {
         if !out.iter().any(|(a, p, _)| *a == addr && *p == port.protocol) {
             out.push((addr, port.protocol, port));
+        }
+    };
+    for port in &entry.ports {
+        match port.protocol {
+            // Through the transparent listener: one pool per port, found
+            // under every address of the service (see `reconcile_service`),
+            // keyed here by its first address.
+            Protocol::Tcp if transparent => {
+                if let Some(first) = entry.ips().next() {
+                    push(SocketAddr::new(first, port.port), port);
+                }
+            }
+            // A listener on each VIP (one per family).
+            Protocol::Tcp | Protocol::Udp => {
+                for vip in entry.vips() {
+                    push(SocketAddr::new(vip, port.port), port);
+                }
+            }
+            Protocol::Sctp => {}
         }
     }
     out

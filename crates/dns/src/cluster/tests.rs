@@ -271,3 +271,31 @@ fn with_interception_services_answer_their_cluster_ips() {
     let out = resolve(&snap, "dns.default.svc.cluster.local.", RecordType::A);
     assert_eq!(answers(&out), vec![vip(&snap, "default", "dns").to_string()]);
 }
+
+#[test]
+fn aaaa_answers_ipv6_vips_and_cluster_ips() {
+    let config = RegistryConfig {
+        vip_cidr: "9.251.0.0/16".parse().unwrap(),
+        vip_cidr6: Some("fd00:9:251::/112".parse().unwrap()),
+        vips: edgemesh_core::VipPolicy::WhereNeeded,
+        ..Default::default()
+    };
+    let mut state = RegistryState::new(&config);
+    let mut dual = build::service("default", "dual").cluster_ip("10.96.0.10").cluster_ip("fd00:96::10");
+    dual.0.ip_family_policy = Some(edgemesh_core::IpFamilyPolicy::RequireDualStack);
+    let mut v6 = build::service("default", "v6only");
+    v6.0.ip_families = vec![edgemesh_core::IpFamily::IPv6];
+    for o in [dual.port("http", 80, 80).object(), v6.port("http", 80, 80).object()] {
+        state.apply(SourceEvent::Apply(o));
+    }
+    let snap = state.take_generation();
+    let zone = zone().with_cluster_ips_first(true);
+    let ask = |q: &str, t| zone.resolve(&snap, &name(q), t);
+    assert_eq!(answers(&ask("dual.default.svc.cluster.local.", RecordType::AAAA)), vec!["fd00:96::10"]);
+    assert_eq!(answers(&ask("dual.default.svc.cluster.local.", RecordType::A)), vec!["10.96.0.10"]);
+    // No cluster IP, IPv6 only: the IPv6 VIP, and no A record.
+    let vip6 = snap.service(&edgemesh_core::ServiceKey::new("default", "v6only")).unwrap().vip6.unwrap();
+    assert!(vip6.to_string().starts_with("fd00:9:251::"), "{vip6}");
+    assert_eq!(answers(&ask("v6only.default.svc.cluster.local.", RecordType::AAAA)), vec![vip6.to_string()]);
+    assert_eq!(ask("v6only.default.svc.cluster.local.", RecordType::A), Outcome::NoData);
+}

@@ -1,9 +1,11 @@
 //! Helpers for end-to-end tests: the real `edgemesh` binary, real backends
 //! (nginx), real clients (dig, curl), all on loopback; [`netns`]: the same
-//! inside network namespaces made for the test (as root).
+//! inside network namespaces made for the test (as root); [`node`]: a node
+//! in node mode (interception) built from them.
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod node;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -30,6 +32,13 @@ pub fn unique_vip_cidr() -> String {
     // Spread test binaries apart by pid so parallel test binaries differ too.
     let second = (std::process::id() as u16 % 100) + 100 + n;
     format!("127.{}.0.0/16", second % 250 + 2)
+}
+
+/// Writes a manifest file atomically (the agent never reads half a file).
+pub fn write_manifest(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
 /// Retries `f` until it returns `Some`, or panics with `what` after `limit`.
