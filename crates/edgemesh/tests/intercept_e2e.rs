@@ -85,6 +85,48 @@ fn cluster_ips_are_intercepted_with_nftables() {
     assert!(!t.node.tables().contains("edgemesh"), "table left after SIGTERM: {}", t.node.tables());
 }
 
+/// Whether anything answers a TCP connection to `to` from inside `ns`
+/// within a second: a handshake, or a reset (the agent resets a connection
+/// it cannot route, often before `connect` returns); only a silent drop
+/// times out.
+fn answers(ns: &Netns, to: &str) -> bool {
+    let to: std::net::SocketAddr = to.parse().unwrap();
+    support::netns::in_netns(&ns.name, move || {
+        match std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
+            Ok(_) => true,
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock),
+        }
+    })
+}
+
+#[test]
+fn the_transparent_port_takes_only_redirected_connections() {
+    require_root();
+    let t = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    write_manifest(&manifests, "web.yaml", &service("web", &["10.96.0.10", "fd00:96::10"], 80));
+    let agent = start_agent(&t.node, &manifests, &dir.path().join("state"), &[]);
+    // Straight to the listener, on the node's addresses, from a pod and
+    // from the node itself: dropped, not even a reset.
+    for (from, to) in [
+        (&t.client, "10.244.2.1:15006"),
+        (&t.client, "[fd00:244:2::1]:15006"),
+        (&t.node, "127.0.0.1:15006"),
+        (&t.node, "[::1]:15006"),
+        (&t.node, "10.244.1.1:15006"),
+    ] {
+        assert!(!answers(from, to), "{to} from {} reached the transparent port", from.name);
+    }
+    // What the table redirects there still arrives.
+    assert!(answers(&t.client, "10.96.0.10:80") && answers(&t.client, "[fd00:96::10]:80"));
+    assert_eq!(t.client.curl("http://10.96.0.10/").as_deref(), Some("pod-nginx\n"));
+    assert_eq!(t.node.curl("http://[fd00:96::10]/").as_deref(), Some("pod-nginx\n"));
+    assert!(!agent.log().contains("was not redirected"), "{}", agent.log());
+    assert_eq!(agent.terminate().code(), Some(0));
+}
+
 #[test]
 fn a_restarted_agent_replaces_the_table_left_by_a_crash() {
     require_root();

@@ -31,8 +31,18 @@
 //!         type nat hook prerouting priority dstnat; policy accept;
 //!         (the same rules)
 //!     }
+//!     chain input {        # the transparent port takes redirected connections only
+//!         type filter hook input priority filter; policy accept;
+//!         tcp dport 15006 ct status ! dnat drop
+//!     }
 //! }
 //! ```
+//!
+//! The transparent listener binds every address (connections from pods are
+//! redirected to the address of the interface they came in on), so the
+//! `input` rule is what keeps it from being reached directly, from another
+//! host or by a local process: only connections that a redirect rule
+//! brought there (conntrack's DNAT status) pass.
 //!
 //! Each service address is one element of a hashed set or map, so a packet
 //! costs one lookup whatever the number of services, and adding or removing
@@ -247,6 +257,8 @@ impl TableSpec {
             let _ =
                 writeln!(s, "add rule inet {t} {chain} fib daddr type local dnat ip6 to udp dport map @nodeport_udp6");
         }
+        let _ = writeln!(s, "add chain inet {t} input {{ type filter hook input priority filter; policy accept; }}");
+        let _ = writeln!(s, "add rule inet {t} input tcp dport {port} ct status ! dnat drop");
         self.element_lines(&mut s, "add", elements);
         s
     }
@@ -317,6 +329,7 @@ mod tests {
         );
         assert!(s.contains("add rule inet edgemesh prerouting dnat ip to ip daddr . udp dport map @udp4\n"), "{s}");
         assert!(s.contains("output fib daddr type local tcp dport @nodeport_tcp redirect to :15006\n"), "{s}");
+        assert!(s.contains("add rule inet edgemesh input tcp dport 15006 ct status ! dnat drop\n"), "{s}");
         // The mark exclusion comes before any redirect of the output chain.
         let mark = s.find("meta mark").unwrap();
         assert!(s.find("output ip daddr").unwrap() > mark);

@@ -17,8 +17,9 @@
 //! sent to one of the node's own addresses (`fib daddr type local`).
 //!
 //! A connection whose original destination is no known service (a race
-//! with a removal, or a client connecting to the listener's port itself)
-//! is reset: it is never forwarded to the listener again.
+//! with a removal) is reset: it is never forwarded to the listener again.
+//! Connections to the listener's port itself, not redirected, never get
+//! here: the interceptor's table drops them (`input` chain).
 
 use std::collections::HashMap;
 use std::io;
