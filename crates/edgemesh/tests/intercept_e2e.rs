@@ -128,7 +128,7 @@ fn the_transparent_port_takes_only_redirected_connections() {
 }
 
 #[test]
-fn a_restarted_agent_replaces_the_table_left_by_a_crash() {
+fn a_restarted_agent_replaces_the_table_and_device_left_by_a_crash() {
     require_root();
     let t = Topology::new();
     let dir = tempfile::tempdir().unwrap();
@@ -136,19 +136,25 @@ fn a_restarted_agent_replaces_the_table_left_by_a_crash() {
     std::fs::create_dir(&manifests).unwrap();
     write_manifest(&manifests, "web.yaml", &service("web", &["10.96.0.10"], 80));
     write_manifest(&manifests, "old.yaml", &service("old", &["10.96.0.30"], 80));
+    write_manifest(&manifests, "old-bare.yaml", &service("old-bare", &[], 80));
     // Another table in the namespace, which the agent must leave alone.
     ok(&["ip", "netns", "exec", &t.node.name, "nft", "add", "table", "ip", "someone_else"]);
     let state = dir.path().join("state");
     let agent = start_agent(&t.node, &manifests, &state, &[]);
     assert_eq!(t.node.curl("http://10.96.0.30/").as_deref(), Some("pod-nginx\n"));
+    let old_vip = vip_of(&t.node, "old-bare").expect("a service without a cluster IP has a VIP");
     agent.kill9();
-    // The crash left the table behind, with the old service in it.
+    // The crash left the table behind, with the old service in it, and
+    // edge0 with the old VIP.
     let left = t.node.set_elements("edgemesh", "tcp4").expect("table left after kill -9");
     assert!(left.contains(&"10.96.0.30 . 80".to_owned()), "{left:?}");
+    assert!(device_addresses(&t.node, "edge0").expect("edge0 left after kill -9").contains(&old_vip));
 
-    // While the agent is down the service goes; the restarted agent
-    // replaces the table: the stale element is gone and the rest works.
+    // While the agent is down the services go; the restarted agent
+    // replaces the table and the device: the stale element and address are
+    // gone and the rest works.
     std::fs::remove_file(manifests.join("old.yaml")).unwrap();
+    std::fs::remove_file(manifests.join("old-bare.yaml")).unwrap();
     let agent = start_agent(&t.node, &manifests, &state, &[]);
     eventually(Duration::from_secs(5), "the stale element to go", || {
         let now = t.node.set_elements("edgemesh", "tcp4").unwrap();
@@ -157,9 +163,13 @@ fn a_restarted_agent_replaces_the_table_left_by_a_crash() {
     assert_eq!(t.node.curl("http://10.96.0.10/").as_deref(), Some("pod-nginx\n"));
     assert_eq!(t.client.curl("http://10.96.0.10/").as_deref(), Some("pod-nginx\n"));
     assert!(agent.log().contains("nftables table inet edgemesh in place"), "{}", agent.log());
+    assert!(agent.log().contains("replacing the VIP device left by an earlier run"), "{}", agent.log());
+    assert_eq!(device_addresses(&t.node, "edge0"), Some(vec![DNS.to_owned()]), "only the DNS address now");
+    assert_eq!(dig_a(&t.client, "web.default.svc.cluster.local"), vec!["10.96.0.10".to_owned()], "DNS is back");
     assert_eq!(agent.terminate().code(), Some(0));
     let tables = t.node.tables();
     assert!(!tables.contains("edgemesh") && tables.contains("someone_else"), "{tables}");
+    assert!(!t.node.links().contains("edge0"), "{}", t.node.links());
 }
 
 #[test]
