@@ -267,6 +267,8 @@ impl Scanner {
             }
         }
 
+        self.reload_wanted(&mut out);
+
         if self.first {
             self.first = false;
             if self.dir_state == DirState::Ok {
@@ -279,6 +281,28 @@ impl Scanner {
             }
         }
         out
+    }
+
+    /// Reads again the files holding definitions the index needs (objects
+    /// that turned up in a second file after theirs was read), provided
+    /// their content is still the one last read; a file changed since is
+    /// read by a later poll as usual, which also gives the index what it
+    /// needs.
+    fn reload_wanted(&mut self, out: &mut Vec<SourceEvent>) {
+        for file in self.index.wanted_files() {
+            let Some(state) = self.files.get(&file) else { continue };
+            let text = match std::fs::read(&*file) {
+                Ok(bytes) if Some(content_hash(&bytes)) == state.hash => String::from_utf8(bytes).ok(),
+                _ => None,
+            };
+            match text.map(|text| parse::parse_manifest(&text)) {
+                Some(Ok(objects)) => self.index.set_file(&file, objects, out),
+                Some(Err(e)) => tracing::debug!(file = %file.display(), error = %e, "cannot read the file again"),
+                None => {
+                    tracing::debug!(file = %file.display(), "file changed since it was read; reading it at the next poll")
+                }
+            }
+        }
     }
 
     /// Manifest files in the directory with their stat; `None` when the

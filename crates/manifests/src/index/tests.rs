@@ -103,3 +103,63 @@ fn endpoint_objects_are_tracked_by_their_own_key() {
     let ev = set(&mut ix, "x.yaml", vec![svc]);
     assert_eq!(ev, vec![SourceEvent::Delete(eps.key())]);
 }
+
+#[test]
+fn a_definition_displaced_before_it_was_kept_comes_back_once_its_file_is_read_again() {
+    let mut ix = Index::default();
+    let in_a = service("default", "web").port("", 80, 1).object();
+    let in_b = service("default", "web").port("", 80, 2).object();
+    set(&mut ix, "a.yaml", vec![in_a.clone()]);
+    assert!(ix.wanted_files().is_empty(), "one holder: the registry's copy is the only one");
+    assert_eq!(set(&mut ix, "b.yaml", vec![in_b.clone()]), vec![SourceEvent::Apply(in_b.clone())]);
+    // a.yaml's definition was not kept: the index asks for the file.
+    assert_eq!(ix.wanted_files(), vec![file("a.yaml")]);
+    // The winner goes before a.yaml is read again: nothing is deleted, and
+    // the registry keeps b's definition meanwhile.
+    assert!(set(&mut ix, "b.yaml", vec![]).is_empty());
+    // Reading a.yaml again (same content) applies its definition.
+    assert_eq!(set(&mut ix, "a.yaml", vec![in_a.clone()]), vec![SourceEvent::Apply(in_a.clone())]);
+    assert!(ix.wanted_files().is_empty());
+    // And from then on it is an ordinary single definition.
+    assert!(set(&mut ix, "a.yaml", vec![in_a]).is_empty());
+    assert_eq!(ix.len(), 1);
+}
+
+#[test]
+fn read_again_in_time_the_fallback_is_immediate() {
+    let mut ix = Index::default();
+    let in_a = service("default", "web").port("", 80, 1).object();
+    let in_b = service("default", "web").port("", 80, 2).object();
+    let other = service("default", "other").port("", 80, 1).object();
+    set(&mut ix, "a.yaml", vec![in_a.clone(), other.clone()]);
+    set(&mut ix, "b.yaml", vec![in_b.clone()]);
+    // The watcher reads a.yaml again: unchanged, so no events.
+    assert!(set(&mut ix, "a.yaml", vec![in_a.clone(), other]).is_empty());
+    assert!(ix.wanted_files().is_empty());
+    let mut out = Vec::new();
+    ix.remove_file(&file("b.yaml"), &mut out);
+    assert_eq!(out, vec![SourceEvent::Apply(in_a)]);
+}
+
+#[test]
+fn three_holders_fall_back_in_path_order() {
+    let mut ix = Index::default();
+    let v = |p| service("default", "web").port("", 80, p).object();
+    set(&mut ix, "c.yaml", vec![v(3)]);
+    assert!(set(&mut ix, "a.yaml", vec![v(1)]).is_empty(), "sorts first: loses");
+    assert!(set(&mut ix, "b.yaml", vec![v(2)]).is_empty(), "sorts between: loses");
+    assert_eq!(ix.wanted_files(), vec![file("c.yaml")]);
+    assert!(set(&mut ix, "c.yaml", vec![v(3)]).is_empty());
+    assert_eq!(set(&mut ix, "c.yaml", vec![]), vec![SourceEvent::Apply(v(2))]);
+    assert_eq!(set(&mut ix, "b.yaml", vec![]), vec![SourceEvent::Apply(v(1))]);
+    assert_eq!(set(&mut ix, "a.yaml", vec![]), vec![SourceEvent::Delete(key("web"))]);
+    assert_eq!(ix.len(), 0);
+}
+
+#[test]
+fn a_later_definition_in_the_same_file_wins() {
+    let mut ix = Index::default();
+    let first = service("default", "web").port("", 80, 1).object();
+    let second = service("default", "web").port("", 80, 2).object();
+    assert_eq!(set(&mut ix, "x.yaml", vec![first, second.clone()]), vec![SourceEvent::Apply(second)]);
+}
