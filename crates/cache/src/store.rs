@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edgemesh_core::{Object, ObjectKey, SourceEvent};
-use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::CacheError;
 
@@ -21,6 +21,11 @@ const SOURCE: TableDefinition<&str, &str> = TableDefinition::new("source");
 pub const FORMAT: u64 = 1;
 /// The file's name inside the state directory.
 pub const FILE_NAME: &str = "cache.redb";
+/// redb's page cache. Its default (1 GiB) keeps every page written since
+/// start resident: 13 MiB at 10,000 services, for a file that is read once
+/// at start and otherwise only written. Pages not cached are read back from
+/// the OS page cache when a write needs them.
+const CACHE_BYTES: usize = 1 << 20;
 
 /// What the cache held at start.
 #[derive(Debug, Default)]
@@ -68,7 +73,7 @@ impl Store {
 
     fn try_open(path: &Path, source: &str) -> Result<(Store, Loaded), CacheError> {
         let bad = |reason: String| CacheError::Unreadable { path: path.to_owned(), reason };
-        let db = Database::create(path).map_err(|e| match e {
+        let db = Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
                 CacheError::Locked { path: path.to_owned() }
             }
