@@ -225,7 +225,11 @@ impl RegistryState {
                 match sets.binary_search_by(|(k, _)| k.cmp(&okey)) {
                     Ok(i) if sets[i].1 == set => return false,
                     Ok(i) => sets[i].1 = set,
-                    Err(i) => sets.insert(i, (okey, set)),
+                    Err(i) => {
+                        // Exact growth: `insert` would make room for four.
+                        sets.reserve_exact(1);
+                        sets.insert(i, (okey, set));
+                    }
                 }
                 self.pending.insert(owner);
             }
