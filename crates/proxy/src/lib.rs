@@ -9,6 +9,9 @@
 //! - [`listeners`]: follows registry snapshots through
 //!   `Snapshot::changes_since`, binds and closes listening sockets, swaps
 //!   backend lists in place.
+//! - `acceptor`: one task accepting for every TCP listening socket,
+//!   through an epoll set of its own (no task or I/O registration per
+//!   socket).
 //! - [`connection`]: accept -> admission (connection limit) -> pick ->
 //!   connect with retry on the next endpoint -> forward.
 //! - [`udp`]: UDP service ports: a session per client address, each with a
@@ -28,7 +31,7 @@
 //! # Data flow
 //!
 //! ```text
-//! watch<Snapshot> -> Proxy::run -> listeners::Reconciler -> accept loop (per VIP:port)
+//! watch<Snapshot> -> Proxy::run -> listeners::Reconciler -> acceptor (every VIP:port)
 //!                                                              |
 //!                    connection::serve <-----------------------+
 //!                      balance::Balancer::pick, connect (timeout, retry)
@@ -41,6 +44,7 @@
 //! `examples/measure.rs`).
 #![forbid(unsafe_code)]
 
+mod acceptor;
 pub mod balance;
 pub mod connection;
 pub mod error;

@@ -7,13 +7,14 @@
 //! reaches back far enough), so the work per update depends on what changed.
 //!
 //! - New VIP:port: bind (`SO_REUSEADDR`, `IP_FREEBIND` so the VIP need not
-//!   be on a device yet) and spawn an accept loop.
+//!   be on a device yet) and add the socket to the [`Acceptor`], one task
+//!   accepting for every TCP listener (a UDP port gets a task of its own).
 //! - Same VIP:port, new endpoints or strategy: swap the listener's targets in
 //!   place; no re-bind, established connections untouched.
 //! - Gone VIP:port: `shutdown(SHUT_RD)` on the listening socket, which on
-//!   Linux stops listening at once (queued and new connects are refused),
-//!   then stop the accept loop. Established connections are separate tasks
-//!   and carry on. A UDP port's task owns its sessions: they end with it.
+//!   Linux stops listening at once (queued and new connects are refused).
+//!   Established connections are separate tasks and carry on. A UDP port's
+//!   task owns its sessions: they end with it.
 //! - With interception on (`ProxyConfig::transparent`), TCP ports are not
 //!   bound: their pools are reached through [`crate::transparent`], under
 //!   every address of the service (VIP and cluster IPs), and under its node
@@ -40,18 +41,15 @@ use std::time::Duration;
 
 use edgemesh_core::{Protocol, ResolvedPort, ServiceEntry, ServiceKey, Snapshot};
 use socket2::{Domain, Socket, Type};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-use crate::connection::{self, LogLimiter, Pool, Shared, Targets};
+use crate::acceptor::{Acceptor, Token};
+use crate::connection::{Pool, Shared, Targets};
 use crate::error::ProxyError;
 
 /// Backlog of each listening socket (the kernel caps it at `somaxconn`).
 const BACKLOG: i32 = 1024;
-
-/// Pause after an accept error (e.g. out of descriptors) so the loop does not
-/// spin while the condition lasts.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// One VIP:port/protocol of a service.
 struct Listener {
@@ -73,29 +71,35 @@ impl Listener {
     }
 }
 
-struct Bound {
-    /// The TCP listening socket (`None` for UDP).
-    socket: Option<Arc<TcpListener>>,
-    task: JoinHandle<()>,
+enum Bound {
+    /// A TCP listening socket in the acceptor's set.
+    Tcp(Token),
+    /// A UDP socket's task (which owns its sessions).
+    Udp(JoinHandle<()>),
 }
 
 impl Bound {
-    /// Stops listening now; the accept loop (or UDP task, with its
-    /// sessions) ends shortly after.
-    fn close(self) -> JoinHandle<()> {
-        // On Linux, SHUT_RD on a listening socket moves it out of LISTEN
-        // synchronously, so new connects are refused before this returns.
-        if let Some(socket) = &self.socket {
-            let _ = rustix::net::shutdown(&**socket, rustix::net::Shutdown::Read);
+    /// Stops listening now; a UDP task, with its sessions, ends shortly
+    /// after (its handle is returned to wait for it).
+    fn close(self, acceptor: Option<&Acceptor>) -> Option<JoinHandle<()>> {
+        match self {
+            Bound::Tcp(token) => {
+                acceptor.expect("TCP listeners are in the acceptor").remove(token);
+                None
+            }
+            Bound::Udp(task) => {
+                task.abort();
+                Some(task)
+            }
         }
-        self.task.abort();
-        self.task
     }
 }
 
 /// Owns every listener; driven by [`crate::Proxy::run`].
 pub(crate) struct Reconciler {
     shared: Arc<Shared>,
+    /// Accepts for every bound TCP listener; started with the first.
+    acceptor: Option<Acceptor>,
     services: HashMap<ServiceKey, Vec<Listener>>,
     /// Services with at least one listener waiting to be bound.
     unbound: HashSet<ServiceKey>,
@@ -133,6 +137,7 @@ impl Reconciler {
     pub(crate) fn with_max_listeners(shared: Arc<Shared>, max_listeners: usize) -> Self {
         Self {
             shared,
+            acceptor: None,
             services: HashMap::new(),
             unbound: HashSet::new(),
             waiting: 0,
@@ -146,7 +151,7 @@ impl Reconciler {
     fn bind_one(&mut self, listener: &mut Listener) -> bool {
         let first_failure = listener.bind_failures == 0;
         let over_budget = self.shared.status.listeners.load(Ordering::Relaxed) >= self.max_listeners;
-        let error = if over_budget { None } else { try_bind(&self.shared, listener) };
+        let error = if over_budget { None } else { self.try_bind(listener) };
         let Some(error) = error.or_else(|| over_budget.then(String::new)) else { return true };
         listener.bind_failures = listener.bind_failures.saturating_add(1);
         if first_failure {
@@ -259,14 +264,18 @@ impl Reconciler {
         self.flush_report();
     }
 
-    /// Closes every listener and waits for the accept loops to end.
+    /// Closes every listener and waits for their tasks to end.
     pub(crate) async fn close_all(mut self) {
+        let acceptor = self.acceptor.take();
         let tasks: Vec<JoinHandle<()>> = self
             .services
             .drain()
             .flat_map(|(_, listeners)| listeners)
-            .filter_map(|l| l.bound.map(Bound::close))
+            .filter_map(|l| l.bound.and_then(|b| b.close(acceptor.as_ref())))
             .collect();
+        if let Some(acceptor) = acceptor {
+            acceptor.close().await;
+        }
         for task in tasks {
             let _ = task.await;
         }
@@ -289,7 +298,7 @@ impl Reconciler {
             } else if let Some(bound) = listener.bound {
                 tracing::debug!(service = %key, listener = %listener.addr, protocol = ?listener.protocol,
                     "service port gone; closing listener");
-                drop(bound.close());
+                drop(bound.close(self.acceptor.as_ref()));
                 self.shared.status.listeners.fetch_sub(1, Ordering::Relaxed);
             }
         }
@@ -339,6 +348,46 @@ impl Reconciler {
         }
     }
 
+    /// Binds `listener` and hands it to the acceptor (TCP) or its own task
+    /// (UDP); the error (for the pass's report) if the bind failed.
+    fn try_bind(&mut self, listener: &mut Listener) -> Option<String> {
+        let shared = &self.shared;
+        let bound = match listener.protocol {
+            Protocol::Udp => bind_udp(listener.addr).map(|socket| {
+                Bound::Udp(tokio::spawn(crate::udp::serve(Arc::new(socket), listener.pool.clone(), shared.clone())))
+            }),
+            _ => {
+                if self.acceptor.is_none() {
+                    match Acceptor::start(shared.clone()) {
+                        Ok(acceptor) => self.acceptor = Some(acceptor),
+                        Err(e) => return Some(format!("cannot start accepting connections: {e}")),
+                    }
+                }
+                let acceptor = self.acceptor.as_ref().expect("started above");
+                bind(listener.addr).and_then(|socket| acceptor.add(socket, listener.pool.clone())).map(Bound::Tcp)
+            }
+        };
+        match bound {
+            Ok(bound) => {
+                if listener.bind_failures > 0 {
+                    tracing::info!(service = %listener.pool.service, listener = %listener.addr, protocol = ?listener.protocol,
+                        "listening after {} failed attempts", listener.bind_failures);
+                } else {
+                    tracing::debug!(service = %listener.pool.service, listener = %listener.addr, protocol = ?listener.protocol, "listening");
+                }
+                listener.bind_failures = 0;
+                listener.bound = Some(bound);
+                shared.status.listeners.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(source) => {
+                let error = ProxyError::Bind { service: listener.pool.service.clone(), addr: listener.addr, source };
+                tracing::debug!("{error}; retrying");
+                Some(error.to_string())
+            }
+        }
+    }
+
     /// Publishes the number of listeners waiting for a bind (the number
     /// bound is counted as sockets are bound and closed).
     fn publish_counts(&self) {
@@ -384,41 +433,6 @@ fn desired_listeners<'a>(
     out
 }
 
-/// Binds `listener` and starts its accept loop; the error (for the pass's
-/// report) if the bind failed.
-fn try_bind(shared: &Arc<Shared>, listener: &mut Listener) -> Option<String> {
-    let bound = match listener.protocol {
-        Protocol::Udp => bind_udp(listener.addr).map(|socket| {
-            let task = tokio::spawn(crate::udp::serve(Arc::new(socket), listener.pool.clone(), shared.clone()));
-            Bound { socket: None, task }
-        }),
-        _ => bind(listener.addr).map(|socket| {
-            let socket = Arc::new(socket);
-            let task = tokio::spawn(accept_loop(socket.clone(), listener.pool.clone(), shared.clone()));
-            Bound { socket: Some(socket), task }
-        }),
-    };
-    match bound {
-        Ok(bound) => {
-            if listener.bind_failures > 0 {
-                tracing::info!(service = %listener.pool.service, listener = %listener.addr, protocol = ?listener.protocol,
-                    "listening after {} failed attempts", listener.bind_failures);
-            } else {
-                tracing::debug!(service = %listener.pool.service, listener = %listener.addr, protocol = ?listener.protocol, "listening");
-            }
-            listener.bind_failures = 0;
-            listener.bound = Some(bound);
-            shared.status.listeners.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-        Err(source) => {
-            let error = ProxyError::Bind { service: listener.pool.service.clone(), addr: listener.addr, source };
-            tracing::debug!("{error}; retrying");
-            Some(error.to_string())
-        }
-    }
-}
-
 /// A socket for a service address: reusable, one family only, and bindable
 /// before the VIP is on a device (freebind, best effort).
 fn service_socket(addr: SocketAddr, ty: Type, protocol: socket2::Protocol) -> io::Result<Socket> {
@@ -433,12 +447,13 @@ fn service_socket(addr: SocketAddr, ty: Type, protocol: socket2::Protocol) -> io
     Ok(socket)
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A listening, non-blocking TCP socket on `addr`.
+fn bind(addr: SocketAddr) -> io::Result<std::os::fd::OwnedFd> {
     let socket = service_socket(addr, Type::STREAM, socket2::Protocol::TCP)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Receive buffer asked for on UDP service sockets (the kernel caps it at
@@ -451,22 +466,4 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
-}
-
-async fn accept_loop(socket: Arc<TcpListener>, pool: Arc<Pool>, shared: Arc<Shared>) {
-    let errors = LogLimiter::default();
-    loop {
-        match socket.accept().await {
-            Ok((stream, peer)) => connection::admit(&shared, &pool, stream, peer),
-            // The listener was shut down (see `Bound::close`).
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => return,
-            Err(e) => {
-                if errors.allow() {
-                    tracing::warn!(service = %pool.service, listener = %pool.addr, error = %e,
-                        "accept failed (out of file descriptors? raise the open-files limit or lower max connections)");
-                }
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
-        }
-    }
 }

@@ -425,3 +425,59 @@ async fn shutdown_closes_listeners_and_connections() {
     let r = tokio::time::timeout(Duration::from_secs(1), open.read(&mut [0u8; 1])).await.unwrap();
     assert!(is_reset_or_eof(&r), "established connections end at shutdown: {r:?}");
 }
+
+/// Every TCP listener is served by one accepting task: a hundred services
+/// answer at once, a queue of unanswered connections on one of them does not
+/// hold up the others, and the listeners of removed services refuse while
+/// the rest keep accepting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_listeners_share_one_acceptor() {
+    let mut h = start(15, LbStrategy::RoundRobin).await;
+    let backend = identity_backend("x").await;
+    let names: Vec<String> = (0..100).map(|i| format!("s{i}")).collect();
+    for name in &names {
+        h.sink.send(edgemesh_core::SourceEvent::Apply(service(name))).await.unwrap();
+        h.sink.send(edgemesh_core::SourceEvent::Apply(slice_for(name, 0, backend))).await.unwrap();
+    }
+    let all: Vec<_> = names.iter().map(|n| has_backends(n, 1)).collect();
+    h.settle(move |s| all.iter().all(|f| f(s))).await;
+    assert_eq!(h.status.listeners.load(Ordering::Relaxed), 100);
+
+    // Forty connections queued on s0, none read by the client.
+    let mut queued = Vec::new();
+    for _ in 0..40 {
+        queued.push(TcpStream::connect(h.addr("s0")).await.unwrap());
+    }
+    let mut asks = tokio::task::JoinSet::new();
+    for name in &names {
+        let addr = h.addr(name);
+        asks.spawn(async move { ask(addr).await });
+    }
+    while let Some(answer) = asks.join_next().await {
+        assert_eq!(answer.unwrap().unwrap(), "x");
+    }
+    drop(queued);
+
+    let (removed, kept) = names.split_at(50);
+    let removed_addrs: Vec<_> = removed.iter().map(|n| h.addr(n)).collect();
+    for name in removed {
+        h.sink
+            .send(edgemesh_core::SourceEvent::Delete(edgemesh_core::ObjectKey {
+                kind: ObjectKind::Service,
+                namespace: NS.into(),
+                name: name.clone(),
+            }))
+            .await
+            .unwrap();
+    }
+    let gone_all: Vec<_> = removed.iter().map(|n| gone(n)).collect();
+    h.settle(move |s| gone_all.iter().all(|f| f(s))).await;
+    assert_eq!(h.status.listeners.load(Ordering::Relaxed), 50);
+    for addr in removed_addrs {
+        assert_eq!(TcpStream::connect(addr).await.unwrap_err().kind(), io::ErrorKind::ConnectionRefused, "{addr}");
+    }
+    for name in kept {
+        assert_eq!(ask(h.addr(name)).await.unwrap(), "x", "{name}");
+    }
+    h.stop().await;
+}
