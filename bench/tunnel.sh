@@ -40,6 +40,7 @@ ip -n "$B" link set btb up
 # Backends in B.
 ip netns exec "$B" iperf3 -s -D -B 10.99.0.2 -p 5201 --logfile "$W/iperf3.log"
 mkdir -p "$W/www" && head -c 100 /dev/zero | tr '\0' x > "$W/www/f"
+chmod 755 "$W" "$W/www" && chmod 644 "$W/www/f"  # nginx's workers are not root
 cat > "$W/nginx.conf" <<EOF
 worker_processes 1; daemon off; pid $W/nginx.pid; error_log $W/nginx.err;
 events { worker_connections 4096; }
