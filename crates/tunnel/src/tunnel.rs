@@ -245,8 +245,10 @@ pub enum ConnectionType {
     Relayed,
 }
 
-/// A connected peer, for the admin `/peers` endpoint.
+/// A connected peer, for the admin `/peers` endpoint (JSON keys in camelCase, like the rest of
+/// the admin JSON: `peerId`, `rttMs`, `openStreams`, `relayReserved`).
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PeerStatus {
     /// The node name the peer claimed and we accepted (None: not (yet) accepted).
     pub node: Option<String>,

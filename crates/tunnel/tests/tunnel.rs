@@ -63,6 +63,11 @@ async fn tcp_echo_half_close_and_peers() {
     assert!(pb.trusted);
     let json = serde_json::to_value(&pa).unwrap();
     assert_eq!(json[0]["connection"], "direct");
+    // The admin JSON's camelCase keys.
+    assert_eq!(json[0]["peerId"], b.tunnel.peer_id().to_string());
+    assert_eq!(json[0]["openStreams"], to_b_streams);
+    assert_eq!(json[0]["relayReserved"], false);
+    assert!(json[0].get("rttMs").is_some() && json[0].get("rtt_ms").is_none(), "{json}");
     drop(s);
     drop(s2);
     eventually("stream counts to drop", Duration::from_secs(5), || async {
