@@ -225,6 +225,9 @@ pub(crate) struct Task {
     /// Dialable addresses learnt from mDNS, identify and the configuration.
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     pending_connects: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
+    /// Peers that reached us through a relay and whose advertised addresses we have not
+    /// dialled yet (see [`Task::dial_back`]).
+    dial_back: HashSet<PeerId>,
     reserve: bool,
     relay_server: bool,
 }
@@ -280,6 +283,7 @@ impl Task {
             bootstrap,
             addresses: HashMap::new(),
             pending_connects: HashMap::new(),
+            dial_back: HashSet::new(),
             reserve: true,
             relay_server,
         };
@@ -308,16 +312,7 @@ impl Task {
             }
             addr.pop();
         }
-        // Unspecified addresses are not dialable.
-        if addr.iter().any(|p| match p {
-            Protocol::Ip4(ip) => ip.is_unspecified(),
-            Protocol::Ip6(ip) => ip.is_unspecified(),
-            _ => false,
-        }) {
-            return;
-        }
-        // With a PSK we cannot speak QUIC.
-        if !self.inner.quic && addr.iter().any(|p| matches!(p, Protocol::QuicV1)) {
+        if !self.dialable(&addr) {
             return;
         }
         let list = self.addresses.entry(peer).or_default();
@@ -327,6 +322,41 @@ impl Task {
         } else {
             list.insert(0, addr);
             list.truncate(MAX_ADDRS_PER_PEER);
+        }
+    }
+
+    /// Whether we can dial `addr` at all: not an unspecified address, and no QUIC with a PSK.
+    fn dialable(&self, addr: &Multiaddr) -> bool {
+        addr.iter().all(|p| match p {
+            Protocol::Ip4(ip) => !ip.is_unspecified(),
+            Protocol::Ip6(ip) => !ip.is_unspecified(),
+            Protocol::QuicV1 => self.inner.quic,
+            _ => true,
+        })
+    }
+
+    /// Connection reversal, as go-libp2p does before hole punching: a peer that reached us
+    /// through a relay may itself be reachable, so we dial the addresses it advertises (once per
+    /// relayed connection, if we have no direct one). Without this, DCUtR's attempt to reach a
+    /// reachable peer can fail: our half of the simultaneous open, dialling in the listener
+    /// role, may reach the peer's listening socket before the peer's own dial exists; both sides
+    /// then act as listener and the attempt hangs until the upgrade times out (20 s), about one
+    /// attempt in three between namespaces. A fresh local port keeps this dial apart from
+    /// DCUtR's, which reuses the listening port.
+    fn dial_back(&mut self, peer: PeerId, advertised: Vec<Multiaddr>) {
+        if self.inner.control.connections(&peer).iter().any(|(_, relayed)| !relayed) {
+            return;
+        }
+        let addrs: Vec<Multiaddr> =
+            advertised.into_iter().filter(|a| !is_relayed(a) && self.dialable(a) && is_routable(a)).collect();
+        if addrs.is_empty() {
+            return;
+        }
+        tracing::debug!(%peer, addresses = ?addrs, "dialling back a peer that reached us through a relay");
+        let opts =
+            DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Always).allocate_new_port().build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "cannot dial back");
         }
     }
 
@@ -466,6 +496,9 @@ impl Task {
                 if endpoint.is_dialer() && !relayed {
                     self.learn(peer_id, addr.clone());
                 }
+                if relayed && !endpoint.is_dialer() {
+                    self.dial_back.insert(peer_id);
+                }
                 for b in &mut self.bootstrap {
                     if b.dialing == Some(connection_id) || (b.peer == Some(peer_id) && b.connected_since.is_none()) {
                         b.dialing = None;
@@ -487,6 +520,7 @@ impl Task {
                 tracing::debug!(peer = %peer_id, remaining = num_established, cause = ?cause, "connection closed");
                 self.inner.connection_closed(peer_id, connection_id);
                 if num_established == 0 {
+                    self.dial_back.remove(&peer_id);
                     let now = Instant::now();
                     for b in &mut self.bootstrap {
                         if b.peer != Some(peer_id) {
@@ -579,13 +613,19 @@ impl Task {
             BehaviourEvent::RelayServer(e) => tracing::debug!(event = ?e, "relay server"),
             BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => match result {
                 Ok(_) => tracing::info!(peer = %remote_peer_id, "hole punching succeeded: direct connection"),
+                Err(e) if self.inner.control.connections(&remote_peer_id).iter().any(|(_, relayed)| !relayed) => {
+                    tracing::debug!(peer = %remote_peer_id, error = %e, "hole punching failed (connected directly anyway)")
+                }
                 Err(e) => tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed: staying relayed"),
             },
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                for a in info.listen_addrs {
-                    if !is_relayed(&a) {
-                        self.learn(peer_id, a);
+                for a in &info.listen_addrs {
+                    if !is_relayed(a) {
+                        self.learn(peer_id, a.clone());
                     }
+                }
+                if self.dial_back.remove(&peer_id) {
+                    self.dial_back(peer_id, info.listen_addrs);
                 }
             }
             BehaviourEvent::Identify(_) => {}
@@ -657,4 +697,13 @@ pub(crate) fn is_quic(a: &Multiaddr) -> bool {
 
 pub(crate) fn is_ipv6(a: &Multiaddr) -> bool {
     matches!(a.iter().next(), Some(Protocol::Ip6(_)))
+}
+
+/// Whether `a` can lead to another host: not loopback, link-local or unspecified.
+fn is_routable(a: &Multiaddr) -> bool {
+    match a.iter().next() {
+        Some(Protocol::Ip4(ip)) => !(ip.is_loopback() || ip.is_link_local() || ip.is_unspecified()),
+        Some(Protocol::Ip6(ip)) => !(ip.is_loopback() || ip.is_unicast_link_local() || ip.is_unspecified()),
+        _ => true,
+    }
 }
