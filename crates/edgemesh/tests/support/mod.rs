@@ -42,14 +42,19 @@ pub fn write_manifest(dir: &Path, name: &str, text: &str) {
 }
 
 /// Retries `f` until it returns `Some`, or panics with `what` after `limit`.
-pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn eventually<T>(limit: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    eventually_every(Duration::from_millis(25), limit, what, f)
+}
+
+/// [`eventually`], trying every `period` (for checks that start a process).
+pub fn eventually_every<T>(period: Duration, limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
             return v;
         }
         assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
+        std::thread::sleep(period);
     }
 }
 
@@ -182,6 +187,15 @@ impl Drop for Agent {
             eprintln!("--- agent log ---\n{}", self.log());
         }
     }
+}
+
+/// This node's tunnel peer ID from `edgemesh id --state-dir DIR`, which
+/// creates the identity key there on first use.
+pub fn peer_id(state_dir: &Path) -> String {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_edgemesh")).arg("id").arg("--state-dir").arg(state_dir).output().unwrap();
+    assert!(out.status.success(), "edgemesh id: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// A minimal HTTP/1.0 GET with a short timeout, for the admin endpoint.

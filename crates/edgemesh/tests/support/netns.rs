@@ -14,18 +14,25 @@
 //!   (getent, curl) use inside the namespace;
 //! - [`in_netns`]: run a closure on a thread inside a namespace (its
 //!   sockets stay there);
-//! - [`NsNginx`], [`UdpEcho`], [`NsAgent`]: real servers and the real
-//!   agent inside a namespace.
+//! - [`NsAgent`]: the real agent inside a namespace, and its admin
+//!   endpoint there;
+//! - `servers` (re-exported here): [`NsNginx`], [`UdpEcho`], [`TcpEcho`],
+//!   [`NsProcess`] (any program, e.g. iperf3) inside a namespace, and
+//!   clients that load them from one ([`udp_stream`], [`udp_window`],
+//!   [`tcp_echo_many`]).
 //!
 //! Give test nodes ordinary private addresses (10.x), not link-local ones.
 
+mod servers;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::eventually;
+// (Test binaries that use no namespace helpers would warn.)
+#[allow(unused_imports)]
+pub use servers::*;
 
 /// Panics with the reason unless the test runs as root.
 pub fn require_root() {
@@ -142,7 +149,12 @@ impl Netns {
 
     /// Makes this namespace a NAT router: what leaves through `wan_if` is
     /// masqueraded (IPv4), and connections opened from the WAN side are
-    /// dropped, as a home router does. Use with [`Netns::router`].
+    /// dropped, as a home router does: those routed to the LAN and those
+    /// to the router itself. (Were the router's own stack to answer them,
+    /// with a reset, the connection it tracks for that would take the
+    /// port the router would otherwise keep for a LAN host's later
+    /// outgoing connection to the same peer, as hole punching needs.)
+    /// Use with [`Netns::router`].
     pub fn masquerade(&self, wan_if: &str) {
         // (No chain may be called `fwd`: a keyword in nftables 1.0.6.)
         self.nft_file(&format!(
@@ -155,6 +167,10 @@ impl Netns {
              table ip em_filter {{\n\
              \tchain forward {{\n\
              \t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tiifname \"{wan_if}\" ct state new drop\n\
+             \t}}\n\
+             \tchain input {{\n\
+             \t\ttype filter hook input priority filter; policy accept;\n\
              \t\tiifname \"{wan_if}\" ct state new drop\n\
              \t}}\n\
              }}\n"
@@ -267,121 +283,14 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     .expect("namespace thread")
 }
 
-/// nginx inside a namespace, answering `body` on each `listen` address
-/// (`10.0.0.2:80`, `[fd00::2]:80`); stopped on drop.
-pub struct NsNginx {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl NsNginx {
-    pub fn start(ns: &Netns, listen: &[&str], body: &str) -> NsNginx {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().display().to_string();
-        let listens: String = listen.iter().map(|l| format!("listen {l}; ")).collect();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {p}/cb;\n  proxy_temp_path {p}/px;\n  \
-             fastcgi_temp_path {p}/fc;\n  uwsgi_temp_path {p}/uw;\n  scgi_temp_path {p}/sc;\n  \
-             server {{ {listens} location / {{ return 200 \"{body}\\n\"; }} }}\n}}\n"
-        );
-        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let nginx = ["/usr/sbin/nginx", "nginx"].into_iter().find(|c| Path::new(c).exists()).unwrap_or("nginx");
-        let child = ns
-            .cmd(nginx)
-            .args(["-p", &p, "-c", &format!("{p}/nginx.conf")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx is installed (apt-get install nginx)");
-        let n = NsNginx { child, _dir: dir };
-        let first = format!("http://{}/", listen[0]);
-        eventually(Duration::from_secs(10), "nginx in its namespace", || {
-            ns.exec(&["curl", "-sg", "-o", "/dev/null", &first]).status.success().then_some(())
-        });
-        n
-    }
-}
-
-impl Drop for NsNginx {
-    fn drop(&mut self) {
-        // `ip netns exec` execs nginx: this is nginx's pid.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A UDP echo server in a namespace answering `echo:<datagram>`; stops on
-/// drop.
-pub struct UdpEcho {
-    stop: Arc<AtomicBool>,
-    /// Datagrams answered so far.
-    pub served: Arc<AtomicU32>,
-}
-
-impl UdpEcho {
-    pub fn start(ns: &Netns, addr: &str) -> UdpEcho {
-        let socket = {
-            let addr = addr.to_owned();
-            in_netns(&ns.name, move || std::net::UdpSocket::bind(addr).expect("bind the echo server"))
-        };
-        socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let served = Arc::new(AtomicU32::new(0));
-        let (s, n) = (stop.clone(), served.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !s.load(Ordering::Relaxed) {
-                if let Ok((len, from)) = socket.recv_from(&mut buf) {
-                    let mut reply = b"echo:".to_vec();
-                    reply.extend_from_slice(&buf[..len]);
-                    let _ = socket.send_to(&reply, from);
-                    n.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-        UdpEcho { stop, served }
-    }
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Sends `count` datagrams to `to` from one socket inside `ns`, one at a
-/// time, each answered (by a [`UdpEcho`] behind `to`) before the next;
-/// checks that every answer comes from `to` itself. The count, or the
-/// first problem.
-pub fn udp_stream(ns: &Netns, to: &str, count: u32) -> Result<u32, String> {
-    let to: std::net::SocketAddr = to.parse().unwrap();
-    in_netns(&ns.name, move || {
-        let local = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
-        let socket = std::net::UdpSocket::bind(local).unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut buf = [0u8; 2048];
-        for i in 0..count {
-            let msg = format!("datagram {i} {}", "x".repeat((i % 700) as usize));
-            socket.send_to(msg.as_bytes(), to).map_err(|e| format!("send {i}: {e}"))?;
-            let (n, from) = socket.recv_from(&mut buf).map_err(|e| format!("no answer to datagram {i}: {e}"))?;
-            if from != to {
-                return Err(format!("answer {i} came from {from}, not {to}"));
-            }
-            if buf[..n] != *format!("echo:{msg}").as_bytes() {
-                return Err(format!("answer {i} is wrong: {:?}", String::from_utf8_lossy(&buf[..n.min(40)])));
-            }
-        }
-        Ok(count)
-    })
-}
-
 /// The real agent (`edgemesh agent <args>`) inside a namespace; killed on
 /// drop, its log printed when the test fails.
 pub struct NsAgent {
     child: Option<Child>,
     log: PathBuf,
+    /// The namespace it runs in, and its admin address there.
+    ns: String,
+    admin: String,
     _dir: tempfile::TempDir,
 }
 
@@ -402,12 +311,10 @@ impl NsAgent {
             .spawn()
             .expect("start edgemesh");
         let admin = args.windows(2).find(|w| w[0] == "--admin-listen").map_or("127.0.0.1:15020", |w| w[1]);
-        let readyz = format!("http://{admin}/readyz");
-        let mut agent = NsAgent { child: Some(child), log, _dir: dir };
+        let mut agent = NsAgent { child: Some(child), log, ns: ns.name.clone(), admin: admin.to_owned(), _dir: dir };
         let start = Instant::now();
         loop {
-            let out = ns.exec(&["curl", "-sg", "--max-time", "1", &readyz]);
-            if out.status.success() && out.stdout.starts_with(b"ready") {
+            if agent.get("/readyz").is_some_and(|body| body.starts_with("ready")) {
                 return agent;
             }
             if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
@@ -420,6 +327,29 @@ impl NsAgent {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET `path` on the admin endpoint (from inside the namespace): the
+    /// body of a 2xx answer, or None.
+    pub fn get(&self, path: &str) -> Option<String> {
+        let url = format!("http://{}{path}", self.admin);
+        let out = run(&["ip", "netns", "exec", &self.ns, "curl", "-sfg", "--max-time", "2", &url]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// GET `path` on the admin endpoint, as JSON.
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let body = self.get(path).unwrap_or_else(|| panic!("the admin endpoint answers {path}"));
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+    }
+
+    /// The VIP of service `namespace/name` from `/services`, if it exists.
+    pub fn vip(&self, namespace: &str, name: &str) -> Option<String> {
+        self.json("/services")["services"]
+            .as_array()?
+            .iter()
+            .find(|s| s["namespace"] == namespace && s["name"] == name)
+            .and_then(|s| s["vip"].as_str().map(str::to_owned))
     }
 
     /// Sends SIGTERM and waits (up to 10 s) for the exit status.

@@ -1,0 +1,408 @@
+//! The cross-node tunnel as operators run it: each node a network namespace
+//! running the real agent, real backends (nginx, iperf3, echo servers) on
+//! other nodes, real clients (curl, iperf3) connecting to service VIPs.
+//!
+//! ```text
+//!  LAN:   node-a 10.0.0.2 ─┐
+//!         node-b 10.0.0.3 ─┼─ bridge          (mDNS finds the peers)
+//!         (node-d, node-e) ┘
+//!
+//!  NAT:   relay  198.18.0.1 ─┐
+//!         node-a 198.18.0.2 ─┼─ "public" WAN bridge
+//!         router 198.18.0.3 ─┘ (masquerade) ── 10.1.0.1 │ node-c 10.1.0.2
+//!
+//!         (or node-a behind a NAT router of its own, WAN address
+//!         198.18.0.2, LAN 10.2.0.0/24: only hole punching connects the two)
+//! ```
+//!
+//! Every node's manifests hold the same Services, EndpointSlices (endpoint
+//! `nodeName` the node the backend runs on) and Node objects binding node
+//! names to peer IDs (`edgemesh.io/peer-id`, from `edgemesh id`). The
+//! backends answer with the address they see the connection come from:
+//! the agent of their own node, never the client's node.
+//!
+//! As root (namespaces, nftables); CI runs as root.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::netns::{
+    Lan, Netns, NsAgent, NsNginx, NsProcess, TcpEcho, UdpEcho, link, require_root, tcp_echo_many, udp_window,
+};
+use support::{eventually_every, peer_id};
+
+/// Bound on what the tunnel does on its own (discovery, relay, hole punching).
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A node: a namespace, its state directory (identity) and its manifests.
+struct Node {
+    name: String,
+    ns: Netns,
+    peer_id: String,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// A node called `name` whose identity exists already (its peer ID is
+    /// known before the agent starts, as an operator would annotate it).
+    fn new(name: &str) -> Node {
+        let ns = Netns::new(name.trim_start_matches("node-"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("manifests")).unwrap();
+        let peer_id = peer_id(&dir.path().join("state"));
+        Node { name: name.to_owned(), ns, peer_id, dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Replaces the node's manifests with `objects`.
+    fn manifests(&self, objects: &[String]) {
+        std::fs::write(self.path("manifests/cluster.yaml"), objects.join("---\n")).unwrap();
+    }
+
+    /// The agent on this node, with the tunnel on and `extra` flags.
+    fn start(&self, extra: &[&str]) -> NsAgent {
+        let (manifests, state) = (self.path("manifests"), self.path("state"));
+        let mut args = vec!["--node-name", &self.name, "--tunnel", "--dns-upstream", "127.0.0.1:9"];
+        args.extend(["--vip-cidr", "127.90.0.0/16"]);
+        args.extend(["--manifest-dir", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        NsAgent::start(&self.ns, &args, Duration::from_secs(20))
+    }
+
+    /// The Node object binding this node's name to its peer ID.
+    fn object(&self, address: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {}\n  annotations:\n    edgemesh.io/peer-id: \"{}\"\n\
+             status:\n  addresses:\n  - type: InternalIP\n    address: {address}\n",
+            self.name, self.peer_id
+        )
+    }
+
+    /// This node's TCP tunnel address, `/ip4/<address>/tcp/20006/p2p/<id>`.
+    fn tunnel_addr(&self, address: &str) -> String {
+        format!("/ip4/{address}/tcp/20006/p2p/{}", self.peer_id)
+    }
+}
+
+/// A Service `name` (protocol TCP or UDP, `port`) whose one endpoint is
+/// `address:port` on node `node`.
+fn service(name: &str, protocol: &str, port: u16, node: &str, address: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  ports:\n  \
+         - name: p\n    protocol: {protocol}\n    port: {port}\n    targetPort: {port}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  \
+         namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n\
+         - name: p\n  protocol: {protocol}\n  port: {port}\nendpoints:\n- addresses: [\"{address}\"]\n  \
+         nodeName: {node}\n"
+    )
+}
+
+/// The peers in `/peers`.
+fn peers(agent: &NsAgent) -> Vec<Value> {
+    agent.json("/peers")["peers"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until `/peers` lists node `node` (its name claim accepted) and
+/// `check` holds for its entry; that entry.
+fn wait_for_peer(agent: &NsAgent, node: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    eventually_every(Duration::from_millis(200), LIMIT, what, || {
+        peers(agent).into_iter().find(|p| p["node"] == node && p["trusted"] == true && check(p))
+    })
+}
+
+/// Addresses of a `/peers` entry, joined for messages and searches.
+fn addresses(peer: &Value) -> String {
+    peer["addresses"]
+        .as_array()
+        .map(|a| a.iter().map(|a| a.as_str().unwrap_or("?")).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// node-a and node-b on one bridged LAN.
+fn lan_pair() -> (Lan, Node, Node) {
+    let lan = Lan::new("lan");
+    let (a, b) = (Node::new("node-a"), Node::new("node-b"));
+    lan.attach(&a.ns, "eth0", &["10.0.0.2/24"]);
+    lan.attach(&b.ns, "eth0", &["10.0.0.3/24"]);
+    (lan, a, b)
+}
+
+#[test]
+fn nodes_on_a_lan_find_each_other_by_mdns_and_carry_connections() {
+    require_root();
+    let (_lan, a, b) = lan_pair();
+    let _nginx = NsNginx::start(&b.ns, &["10.0.0.3:80"], "node-b saw $remote_addr");
+    let cluster = [a.object("10.0.0.2"), b.object("10.0.0.3"), service("web", "TCP", 80, "node-b", "10.0.0.3")];
+    a.manifests(&cluster);
+    b.manifests(&cluster);
+    // Nobody is told where anybody is: mDNS only (on by default).
+    let agent_b = b.start(&[]);
+    let agent_a = a.start(&[]);
+
+    let to_b = wait_for_peer(&agent_a, "node-b", "node-a to find node-b by mDNS", |_| true);
+    assert_eq!(to_b["peerId"], b.peer_id, "{to_b}");
+    assert_eq!(to_b["connection"], "direct", "{to_b}");
+    assert!(addresses(&to_b).contains("/ip4/10.0.0.3/"), "{to_b}");
+    assert_eq!(agent_a.json("/peers")["peerId"], a.peer_id);
+    let to_a = wait_for_peer(&agent_b, "node-a", "node-b to know node-a", |_| true);
+    assert_eq!(to_a["peerId"], a.peer_id);
+
+    // The service's only endpoint is on node-b: node-b's agent connects to
+    // it (nginx sees node-b's own address, not node-a's).
+    let vip = agent_a.vip("default", "web").expect("web has a VIP on node-a");
+    for _ in 0..3 {
+        assert_eq!(a.ns.curl(&format!("http://{vip}/")).as_deref(), Some("node-b saw 10.0.0.3\n"));
+    }
+    // On node-b itself the same service is a local endpoint.
+    let vip_b = agent_b.vip("default", "web").unwrap();
+    assert_eq!(b.ns.curl(&format!("http://{vip_b}/")).as_deref(), Some("node-b saw 10.0.0.3\n"));
+}
+
+/// Puts `node` behind a NAT router on `wan`: the router's WAN address is
+/// `wan_address`, the node is `10.<lan>.0.2` behind `10.<lan>.0.1`.
+fn behind_nat(wan: &Lan, node: &Node, wan_address: &str, lan: u8) -> Netns {
+    let router = Netns::router("rtr");
+    wan.attach(&router, "wan0", &[&format!("{wan_address}/24")]);
+    link(&router, "lan0", &node.ns, "eth0");
+    router.addr("lan0", &format!("10.{lan}.0.1/24"));
+    node.ns.addr("eth0", &format!("10.{lan}.0.2/24"));
+    node.ns.route("default", &format!("10.{lan}.0.1"));
+    router.masquerade("wan0");
+    router
+}
+
+/// node-c behind a NAT router (WAN address 198.18.0.3), node-a on the WAN
+/// (198.18.0.2) or behind a NAT router of its own (WAN address
+/// 198.18.0.2), and a relay on the WAN (198.18.0.1). Nobody is told
+/// anybody's address but the relay's. node-a reaches node-c's nginx
+/// through the relay first, then over a direct connection. The logs of
+/// node-a's agent and node-c's.
+fn relay_then_direct(a_behind_nat: bool) -> (String, String) {
+    let wan = Lan::new("wan");
+    let (relay, a, c) = (Node::new("relay"), Node::new("node-a"), Node::new("node-c"));
+    wan.attach(&relay.ns, "eth0", &["198.18.0.1/24"]);
+    let _router_c = behind_nat(&wan, &c, "198.18.0.3", 1);
+    let _router_a = match a_behind_nat {
+        true => Some(behind_nat(&wan, &a, "198.18.0.2", 2)),
+        false => {
+            wan.attach(&a.ns, "eth0", &["198.18.0.2/24"]);
+            None
+        }
+    };
+    let _nginx = NsNginx::start(&c.ns, &["10.1.0.2:80"], "node-c saw $remote_addr");
+    // The relay is infrastructure, not a node of the cluster: no Node object.
+    let cluster = [a.object("198.18.0.2"), c.object("10.1.0.2"), service("web", "TCP", 80, "node-c", "10.1.0.2")];
+    for n in [&relay, &a, &c] {
+        n.manifests(&cluster);
+    }
+    let relay_addr = relay.tunnel_addr("198.18.0.1");
+    let agent_relay = relay.start(&["--relay-server", "--no-mdns"]);
+    let agent_c = c.start(&["--relay", &relay_addr, "--no-mdns"]);
+    eventually_every(Duration::from_millis(200), LIMIT, "node-c's relay reservation", || {
+        peers(&agent_c).into_iter().find(|p| p["peerId"] == relay.peer_id && p["relayReserved"] == true)
+    });
+    let agent_a = a.start(&["--relay", &relay_addr, "--no-mdns"]);
+    assert_eq!(a.ns.curl("http://10.1.0.2/"), None, "node-c is not reachable from node-a");
+
+    // The first connection goes through the relay.
+    let vip = agent_a.vip("default", "web").expect("web has a VIP on node-a");
+    let url = format!("http://{vip}/");
+    assert_eq!(a.ns.curl_with(&["--max-time", "15"], &url).as_deref(), Some("node-c saw 10.1.0.2\n"));
+    let to_c = wait_for_peer(&agent_a, "node-c", "node-a to list node-c", |_| true);
+    assert_eq!(to_c["peerId"], c.peer_id);
+    assert!(addresses(&to_c).contains("/p2p-circuit"), "the first connection is relayed: {to_c}");
+    let relayed_conns = peers(&agent_relay);
+    assert!(relayed_conns.iter().any(|p| p["peerId"] == a.peer_id), "node-a uses the relay: {relayed_conns:?}");
+
+    // Then node-a and node-c connect directly, through node-c's NAT
+    // (node-a sees node-c's router's WAN address).
+    let to_c = wait_for_peer(&agent_a, "node-c", "a direct connection to node-c", |p| p["connection"] == "direct");
+    eprintln!("node-a's view of node-c once direct: {to_c}");
+    assert!(addresses(&to_c).contains("/ip4/198.18.0.3/"), "direct, through the NAT: {to_c}");
+    for _ in 0..3 {
+        assert_eq!(a.ns.curl(&url).as_deref(), Some("node-c saw 10.1.0.2\n"));
+    }
+    (agent_a.log(), agent_c.log())
+}
+
+#[test]
+fn a_node_behind_nat_is_reached_through_the_relay_then_directly() {
+    require_root();
+    // node-a is publicly reachable: node-c can connect to it (connection
+    // reversal) or hole punch; either way the connection is direct.
+    relay_then_direct(false);
+}
+
+#[test]
+fn nodes_behind_two_nats_hole_punch() {
+    require_root();
+    // Neither node can be connected to: only hole punching (DCUtR, a
+    // simultaneous TCP open through both NATs) makes the direct connection.
+    let (log_a, log_c) = relay_then_direct(true);
+    for (node, log) in [("node-a", log_a), ("node-c", log_c)] {
+        assert!(log.contains("hole punching succeeded"), "{node}'s log says DCUtR made it:\n{log}");
+    }
+}
+
+#[test]
+fn bulk_transfer_and_thousands_of_concurrent_connections() {
+    require_root();
+    let (_lan, a, b) = lan_pair();
+    let _iperf = NsProcess::spawn(&b.ns, &["iperf3", "-s", "-B", "10.0.0.3", "-p", "5201"]);
+    let echo = TcpEcho::start(&b.ns, "10.0.0.3:7000");
+    let cluster = [
+        a.object("10.0.0.2"),
+        b.object("10.0.0.3"),
+        service("iperf", "TCP", 5201, "node-b", "10.0.0.3"),
+        service("echo", "TCP", 7000, "node-b", "10.0.0.3"),
+    ];
+    a.manifests(&cluster);
+    b.manifests(&cluster);
+    let _agent_b = b.start(&[]);
+    let agent_a = a.start(&[]);
+    wait_for_peer(&agent_a, "node-b", "node-a to find node-b", |_| true);
+
+    // For comparison: the same transfer straight over the veth (no tunnel).
+    let direct = eventually_every(Duration::from_millis(200), LIMIT, "iperf3 straight to node-b", || {
+        iperf3(&a.ns, "10.0.0.3", 2)
+    });
+    let vip = agent_a.vip("default", "iperf").expect("iperf has a VIP");
+    let tunnelled = iperf3(&a.ns, &vip, 3).expect("iperf3 through the tunnel completes");
+    eprintln!(
+        "iperf3 node-a -> node-b: {:.0} Mbit/s through the tunnel, {:.0} Mbit/s straight over the veth",
+        tunnelled / 1e6,
+        direct / 1e6
+    );
+    assert!(tunnelled > 0.0);
+
+    // 2,000 connections open at once, each with its echo.
+    let vip = agent_a.vip("default", "echo").expect("echo has a VIP");
+    let started = Instant::now();
+    let answered = tcp_echo_many(&a.ns, &format!("{vip}:7000"), 2000, Duration::from_secs(60));
+    eprintln!("2,000 concurrent connections through the tunnel: {answered:?} in {:?}", started.elapsed());
+    assert_eq!(answered, Ok(2000));
+    assert!(echo.accepted.load(std::sync::atomic::Ordering::Relaxed) >= 2000);
+}
+
+/// iperf3 from `ns` to `server` for `seconds`: the bits per second the
+/// server received, or None if it failed.
+fn iperf3(ns: &Netns, server: &str, seconds: u32) -> Option<f64> {
+    let out = ns.exec(&["iperf3", "-c", server, "-p", "5201", "-t", &seconds.to_string(), "-J"]);
+    let report: Value = serde_json::from_slice(&out.stdout).ok()?;
+    if !out.status.success() || report.get("error").is_some() {
+        eprintln!("iperf3 to {server}: {}", report.get("error").unwrap_or(&Value::Null));
+        return None;
+    }
+    report["end"]["sum_received"]["bits_per_second"].as_f64()
+}
+
+#[test]
+fn a_wrong_psk_gets_nothing_and_a_stolen_node_name_is_refused() {
+    require_root();
+    let lan = Lan::new("lan");
+    let (a, b) = (Node::new("node-a"), Node::new("node-b"));
+    // node-d knows the PSK but claims node-b's name with its own key;
+    // node-e is a known node (its Node object is everywhere) with the
+    // wrong PSK.
+    let (d, e) = (Node::new("node-b"), Node::new("node-e"));
+    for (n, addr) in [(&a, "10.0.0.2/24"), (&b, "10.0.0.3/24"), (&d, "10.0.0.4/24"), (&e, "10.0.0.5/24")] {
+        lan.attach(&n.ns, "eth0", &[addr]);
+    }
+    let _nginx = NsNginx::start(&b.ns, &["10.0.0.3:80"], "node-b saw $remote_addr");
+    let web = service("web", "TCP", 80, "node-b", "10.0.0.3");
+    let cluster = [a.object("10.0.0.2"), b.object("10.0.0.3"), e.object("10.0.0.5"), web.clone()];
+    for n in [&a, &b, &e] {
+        n.manifests(&cluster);
+    }
+    // The impostor's own manifests bind node-b to its key.
+    d.manifests(&[a.object("10.0.0.2"), d.object("10.0.0.4"), web]);
+    let keys = tempfile::tempdir().unwrap();
+    let psk = |name: &str, byte: u8| {
+        let path = keys.path().join(name);
+        std::fs::write(&path, format!("/key/swarm/psk/1.0.0/\n/base16/\n{}\n", format!("{byte:02x}").repeat(32)))
+            .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (shared, other) = (psk("shared.key", 0x5a), psk("other.key", 0xa5));
+
+    let _agent_b = b.start(&["--psk-file", &shared]);
+    let agent_a = a.start(&["--psk-file", &shared]);
+    let _agent_d = d.start(&["--psk-file", &shared]);
+    // node-e is even told where node-b is. Its handshakes fail at once or,
+    // when the other side reads the garbled bytes as the start of a long
+    // message and waits for the rest, time out (after 20 s): it gives up
+    // on reaching a node after 2 s.
+    let config = e.path("config.yaml");
+    std::fs::write(&config, "tunnel:\n  connectTimeout: 2s\n").unwrap();
+    let agent_e = e.start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--psk-file",
+        &other,
+        "--bootstrap",
+        &b.tunnel_addr("10.0.0.3"),
+    ]);
+
+    let to_b = wait_for_peer(&agent_a, "node-b", "node-a to find node-b", |_| true);
+    assert_eq!(to_b["peerId"], b.peer_id);
+
+    // The impostor is refused, and node-a's log names it.
+    let refusal = eventually_every(Duration::from_millis(200), LIMIT, "node-a to refuse node-d", || {
+        agent_a.log().lines().find(|l| l.contains("refusing peer") && l.contains(&d.peer_id)).map(str::to_owned)
+    });
+    assert!(refusal.contains("node-b"), "the log names the claimed node: {refusal}");
+    // node-a's traffic for node-b still goes to node-b.
+    let vip = agent_a.vip("default", "web").unwrap();
+    for _ in 0..3 {
+        assert_eq!(a.ns.curl(&format!("http://{vip}/")).as_deref(), Some("node-b saw 10.0.0.3\n"));
+    }
+    let listed = peers(&agent_a);
+    assert!(
+        listed.iter().filter(|p| p["node"] == "node-b").all(|p| p["peerId"] == b.peer_id),
+        "only the real node-b is node-b: {listed:?}"
+    );
+    assert!(!listed.iter().any(|p| p["peerId"] == d.peer_id && p["trusted"] == true), "{listed:?}");
+
+    // node-e's requests through the tunnel fail, and nobody lists it.
+    let vip_e = agent_e.vip("default", "web").unwrap();
+    assert_eq!(e.ns.curl(&format!("http://{vip_e}/")), None, "nothing through the tunnel without the PSK");
+    // It did try the tunnel, and says so.
+    let tried = "cannot reach endpoint 10.0.0.3:80 on node node-b through the tunnel";
+    eventually_every(Duration::from_millis(200), LIMIT, "node-e's proxy to give up", || {
+        agent_e.log().contains(tried).then_some(())
+    });
+    assert_eq!(peers(&agent_e), Vec::<Value>::new(), "node-e has no peers");
+    for agent in [&agent_a, &_agent_b] {
+        let listed = peers(agent);
+        assert!(!listed.iter().any(|p| p["peerId"] == e.peer_id), "{listed:?}");
+    }
+}
+
+#[test]
+fn a_hundred_thousand_datagrams_in_one_udp_session() {
+    require_root();
+    let (_lan, a, b) = lan_pair();
+    let echo = UdpEcho::start(&b.ns, "10.0.0.3:7007");
+    let cluster = [a.object("10.0.0.2"), b.object("10.0.0.3"), service("echo", "UDP", 7007, "node-b", "10.0.0.3")];
+    a.manifests(&cluster);
+    b.manifests(&cluster);
+    let _agent_b = b.start(&[]);
+    let agent_a = a.start(&[]);
+    wait_for_peer(&agent_a, "node-b", "node-a to find node-b", |_| true);
+
+    let vip = agent_a.vip("default", "echo").expect("echo has a VIP");
+    let started = Instant::now();
+    let answered = udp_window(&a.ns, &format!("{vip}:7007"), 100_000, 64).expect("the echoes are right");
+    eprintln!("UDP through the tunnel: {answered} of 100,000 datagrams answered in {:?}", started.elapsed());
+    assert!(answered >= 99_900, "{answered} of 100,000 answered");
+    // One client socket, one proxy session, one tunnel session: node-b's
+    // agent sent every datagram from one socket.
+    assert_eq!(echo.sources.lock().unwrap().len(), 1, "{:?}", echo.sources.lock().unwrap());
+}
