@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole edgemesh test suite: formatting, lints, unit and end-to-end
-# tests. Installs the real tools the tests drive (dig, curl, nginx, nft, ip) when they
+# tests. Installs the real tools the tests drive (dig, curl, nginx, nft, ip, iperf3) when they
 # are missing and we are root; otherwise says what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,8 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 # Interception tests: nftables in network namespaces (as root).
 command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
+# Tunnel tests: bulk transfer through the tunnel.
+command -v iperf3 >/dev/null || need+=(iperf3)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing: ${need[*]}"
