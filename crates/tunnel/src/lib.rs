@@ -40,9 +40,11 @@
 //! reserves a slot on each (while AutoNAT has not found it publicly reachable), keeps the
 //! reservation renewed and re-reserves with back-off after losing it (e.g. the relay
 //! restarted), so a node behind NAT is reachable through the relay with nobody configuring its
-//! address. DCUtR then tries to upgrade each relayed connection to a direct one (hole
-//! punching); proxy streams use a direct connection when there is one and the relayed one
-//! otherwise, so traffic falls back to the relay when the direct path breaks.
+//! address. The node that accepted a relayed connection dials the addresses the peer advertises
+//! (connection reversal: if the peer is reachable, that connects directly at once), and DCUtR
+//! tries to upgrade each relayed connection to a direct one (hole punching, for when neither
+//! side is reachable); proxy streams use a direct connection when there is one and the relayed
+//! one otherwise, so traffic falls back to the relay when the direct path breaks.
 //!
 //! A relay server ([`TunnelConfig::relay_server`]) offers circuit relay v2 with the bounded
 //! [`RelayLimits`], and announces its listen addresses as external addresses (libp2p's relay
@@ -54,6 +56,17 @@
 //! for logs, bounded lengths) and a one-byte reply before bytes flow. Every read of a header
 //! is time limited and every length bounded; each inbound stream is served by its own task,
 //! never by the swarm task.
+//!
+//! # Layout
+//!
+//! - `config`, `error`, `identity` (keys and the PSK file);
+//! - `swarm`: transports and behaviours; `node`: the swarm task (dialing, discovery, relay
+//!   reservations, connection reversal);
+//! - `streams`: the raw-stream behaviour (opens and accepts the edgemesh protocols); `muxer`:
+//!   yamux sized for both directions; `wire`: hello and proxy headers;
+//! - `tunnel`: the [`Tunnel`] handle, with `peers` (the state of each peer, `/peers`),
+//!   `hello` (node name claims), `inbound` (serving proxy streams) and `proxied` (the stream
+//!   and datagram types handed out).
 
 mod config;
 mod error;
@@ -61,6 +74,7 @@ mod identity;
 mod muxer;
 mod node;
 mod streams;
+mod swarm;
 #[cfg(test)]
 mod tests;
 mod tunnel;

@@ -1,0 +1,190 @@
+//! Building the swarm: transports (TCP with optional PSK, QUIC, DNS, relayed), Noise, the
+//! muxer, and the behaviours (relay client and server, DCUtR, identify, ping, AutoNAT, mDNS,
+//! the edgemesh streams).
+
+use std::{
+    num::{NonZeroU32, NonZeroUsize},
+    time::Duration,
+};
+
+use libp2p::{
+    Multiaddr, PeerId, Swarm, Transport, autonat,
+    core::{muxing::StreamMuxerBox, transport::Boxed, upgrade::Version},
+    dcutr, identify,
+    identity::Keypair,
+    mdns,
+    multiaddr::Protocol,
+    noise, ping, pnet, quic, relay,
+    swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
+    tcp,
+};
+use tokio::sync::mpsc;
+
+use crate::{RelayLimits, TunnelError, streams};
+
+pub(crate) const PROTOCOL_VERSION: &str = "/edgemesh/1.0.0";
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    relay_client: relay::client::Behaviour,
+    relay_server: Toggle<relay::Behaviour>,
+    dcutr: dcutr::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    autonat: autonat::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(crate) streams: streams::Behaviour,
+}
+
+pub(crate) struct Built {
+    pub swarm: Swarm<Behaviour>,
+    pub inbound: mpsc::UnboundedReceiver<streams::Inbound>,
+    pub control: streams::Control,
+}
+
+type BoxedTransport = Boxed<(PeerId, StreamMuxerBox)>;
+
+fn relay_config(l: &RelayLimits) -> relay::Config {
+    let n = |v: u32| NonZeroU32::new(v).expect("non-zero");
+    relay::Config {
+        max_reservations: l.max_reservations,
+        max_reservations_per_peer: l.max_reservations_per_peer,
+        reservation_duration: l.reservation_duration,
+        reservation_rate_limiters: Vec::new(),
+        max_circuits: l.max_circuits,
+        max_circuits_per_peer: l.max_circuits_per_peer,
+        max_circuit_duration: l.max_circuit_duration,
+        max_circuit_bytes: l.max_circuit_bytes,
+        circuit_src_rate_limiters: Vec::new(),
+    }
+    .reservation_rate_per_peer(n(30), Duration::from_secs(30))
+    .reservation_rate_per_ip(n(30), Duration::from_secs(15))
+    .circuit_src_per_peer(n(120), Duration::from_secs(5))
+    .circuit_src_per_ip(n(120), Duration::from_secs(2))
+}
+
+pub(crate) struct SwarmParams<'a> {
+    pub key: &'a Keypair,
+    pub psk: Option<pnet::PreSharedKey>,
+    pub quic: bool,
+    pub max_streams: usize,
+    pub relay_server: Option<&'a RelayLimits>,
+    pub mdns: bool,
+    pub idle_timeout: Duration,
+}
+
+pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
+    let key = p.key;
+    let local = key.public().to_peer_id();
+    let noise = noise::Config::new(key).map_err(|e| TunnelError::Config(format!("noise: {e}")))?;
+    let yamux = crate::muxer::Config::new(p.max_streams);
+
+    let tcp_base = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true).listen_backlog(1024));
+    let tcp: BoxedTransport = match p.psk {
+        Some(psk) => tcp_base
+            .and_then(move |socket, _| pnet::PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise.clone())
+            .multiplex(yamux.clone())
+            .timeout(Duration::from_secs(20))
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+        None => tcp_base
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise.clone())
+            .multiplex(yamux.clone())
+            .timeout(Duration::from_secs(20))
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+    };
+    let direct: BoxedTransport = if p.quic {
+        let mut qc = quic::Config::new(key);
+        qc.max_concurrent_stream_limit = (p.max_streams + 256) as u32;
+        let quic = quic::tokio::Transport::new(qc).map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+        tcp.or_transport(quic)
+            .map(|either, _| match either {
+                futures::future::Either::Left(o) | futures::future::Either::Right(o) => o,
+            })
+            .boxed()
+    } else {
+        tcp
+    };
+    // /dns4, /dns6 and /dnsaddr addresses (bootstrap peers and relays by name).
+    let direct: BoxedTransport = if std::path::Path::new("/etc/resolv.conf").exists() {
+        libp2p::dns::tokio::Transport::system(direct)
+            .map_err(|e| TunnelError::Config(format!("cannot read the system DNS configuration: {e}")))?
+            .boxed()
+    } else {
+        tracing::warn!("no /etc/resolv.conf: /dns addresses will not resolve");
+        direct
+    };
+    let (relay_transport, relay_client) = relay::client::new(local);
+    let relayed: BoxedTransport = relay_transport
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux)
+        .timeout(Duration::from_secs(20))
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed();
+    let transport = relayed
+        .or_transport(direct)
+        .map(|either, _| match either {
+            futures::future::Either::Left(o) | futures::future::Either::Right(o) => o,
+        })
+        .boxed();
+
+    let mdns = if p.mdns {
+        Some(
+            mdns::tokio::Behaviour::new(mdns::Config::default(), local)
+                .map_err(|e| TunnelError::Config(format!("mDNS: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let (streams, control, inbound) = streams::Behaviour::new(p.max_streams);
+    let behaviour = Behaviour {
+        relay_client,
+        relay_server: p.relay_server.map(|l| relay::Behaviour::new(local, relay_config(l))).into(),
+        dcutr: dcutr::Behaviour::new(local),
+        identify: identify::Behaviour::new(
+            identify::Config::new(PROTOCOL_VERSION.into(), key.public())
+                .with_agent_version(format!("edgemesh/{}", env!("CARGO_PKG_VERSION")))
+                .with_interval(Duration::from_secs(300)),
+        ),
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
+        autonat: autonat::Behaviour::new(local, autonat::Config::default()),
+        mdns: mdns.into(),
+        streams,
+    };
+    let config = libp2p::swarm::Config::with_tokio_executor()
+        .with_idle_connection_timeout(p.idle_timeout)
+        // One round trip less per proxied connection: the header rides with the protocol
+        // proposal (we always propose exactly one protocol).
+        .with_substream_upgrade_protocol_override(Version::V1Lazy)
+        .with_max_negotiating_inbound_streams(1024)
+        .with_notify_handler_buffer_size(NonZeroUsize::new(256).expect("256 > 0"))
+        .with_per_connection_event_buffer_size(64);
+    let swarm = Swarm::new(transport, behaviour, local, config);
+    Ok(Built { swarm, inbound, control })
+}
+
+pub(crate) fn default_listen(quic: bool) -> Vec<Multiaddr> {
+    let port = crate::DEFAULT_PORT;
+    let mut out: Vec<Multiaddr> = vec![
+        format!("/ip4/0.0.0.0/tcp/{port}").parse().expect("valid"),
+        format!("/ip6/::/tcp/{port}").parse().expect("valid"),
+    ];
+    if quic {
+        out.push(format!("/ip4/0.0.0.0/udp/{port}/quic-v1").parse().expect("valid"));
+        out.push(format!("/ip6/::/udp/{port}/quic-v1").parse().expect("valid"));
+    }
+    out
+}
+
+pub(crate) fn is_quic(a: &Multiaddr) -> bool {
+    a.iter().any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic))
+}
+
+pub(crate) fn is_ipv6(a: &Multiaddr) -> bool {
+    matches!(a.iter().next(), Some(Protocol::Ip6(_)))
+}

@@ -1,0 +1,287 @@
+//! What the tunnel knows about each connected peer (one owner: [`Inner`], shared by the
+//! handles, the swarm task and the stream tasks): its connections, both sides' node name
+//! claims, its open streams and relay reservation; and the status `/peers` shows of it.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use libp2p::{Multiaddr, PeerId, swarm::ConnectionId};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Directory,
+    node::Command,
+    streams::{Control, Slot},
+};
+
+/// How long an inbound proxy stream waits for the peer's hello to be verified.
+const AUTHORIZE_WAIT: Duration = Duration::from_secs(10);
+/// At most one warning per peer and kind within this period.
+const WARN_EVERY: Duration = Duration::from_secs(600);
+
+/// A peer's name claim, or our claim as judged by the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Claim {
+    Pending,
+    Accepted(String),
+    Refused(String),
+}
+
+struct ConnInfo {
+    addr: Multiaddr,
+    relayed: bool,
+    rtt: Option<Duration>,
+}
+
+pub(crate) struct PeerEntry {
+    /// The peer's claim (their hello), as we judged it.
+    theirs: Claim,
+    /// Our claim, as the peer judged it.
+    ours: Claim,
+    conns: HashMap<ConnectionId, ConnInfo>,
+    streams: Arc<AtomicUsize>,
+    reserved: bool,
+}
+
+impl PeerEntry {
+    fn new() -> Self {
+        PeerEntry {
+            theirs: Claim::Pending,
+            ours: Claim::Pending,
+            conns: HashMap::new(),
+            streams: Arc::new(AtomicUsize::new(0)),
+            reserved: false,
+        }
+    }
+}
+
+/// State shared by the handles, the swarm task and the stream tasks.
+pub(crate) struct Inner {
+    pub local_peer: PeerId,
+    pub node_name: String,
+    pub directory: Arc<dyn Directory>,
+    pub control: Control,
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub peers: Mutex<HashMap<PeerId, PeerEntry>>,
+    /// Bumped on every change of `peers` that a waiter may care about.
+    pub changed: watch::Sender<u64>,
+    pub connect_timeout: Duration,
+    pub max_streams: usize,
+    pub stop: CancellationToken,
+    /// QUIC is usable (no PSK).
+    pub quic: bool,
+    pub relay_peers: HashSet<PeerId>,
+    /// Peers whose connections we keep open (relays, bootstrap peers).
+    pub keep_alive: Mutex<HashSet<PeerId>>,
+    pub relay_server: bool,
+    pub listen_addrs: Mutex<Vec<Multiaddr>>,
+    pub warned: Mutex<HashMap<(PeerId, &'static str), Instant>>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    pub(crate) fn connection_established(&self, peer: PeerId, conn: ConnectionId, addr: Multiaddr, relayed: bool) {
+        lock(&self.peers)
+            .entry(peer)
+            .or_insert_with(PeerEntry::new)
+            .conns
+            .insert(conn, ConnInfo { addr, relayed, rtt: None });
+        self.bump();
+    }
+
+    pub(crate) fn connection_closed(&self, peer: PeerId, conn: ConnectionId) {
+        let mut peers = lock(&self.peers);
+        if let Some(e) = peers.get_mut(&peer) {
+            e.conns.remove(&conn);
+            // Forget the claims only when no connection is left (the streams behaviour sees new
+            // connections before this task does).
+            if e.conns.is_empty() && !self.control.is_connected(&peer) {
+                peers.remove(&peer);
+            }
+        }
+        drop(peers);
+        self.bump();
+    }
+
+    pub(crate) fn set_rtt(&self, peer: PeerId, conn: ConnectionId, rtt: Duration) {
+        if let Some(c) = lock(&self.peers).get_mut(&peer).and_then(|e| e.conns.get_mut(&conn)) {
+            c.rtt = Some(rtt);
+        }
+    }
+
+    pub(crate) fn set_reserved(&self, peer: PeerId, reserved: bool) {
+        if let Some(e) = lock(&self.peers).get_mut(&peer) {
+            e.reserved = reserved;
+        }
+    }
+
+    pub(crate) fn add_listen_addr(&self, a: Multiaddr) {
+        let mut l = lock(&self.listen_addrs);
+        if !l.contains(&a) {
+            l.push(a);
+        }
+    }
+
+    pub(crate) fn remove_listen_addr(&self, a: &Multiaddr) {
+        lock(&self.listen_addrs).retain(|x| x != a);
+    }
+
+    /// The peer's node name claim, as we judged it (None: not connected).
+    pub(crate) fn their_claim(&self, peer: PeerId) -> Option<Claim> {
+        lock(&self.peers).get(&peer).map(|e| e.theirs.clone())
+    }
+
+    /// Our node name claim, as the peer judged it (None: not connected).
+    pub(crate) fn our_claim(&self, peer: PeerId) -> Option<Claim> {
+        lock(&self.peers).get(&peer).map(|e| e.ours.clone())
+    }
+
+    pub(crate) fn set_theirs(&self, peer: PeerId, claim: Claim) {
+        lock(&self.peers).entry(peer).or_insert_with(PeerEntry::new).theirs = claim;
+        self.bump();
+    }
+
+    pub(crate) fn set_ours(&self, peer: PeerId, claim: Claim, force: bool) {
+        let mut peers = lock(&self.peers);
+        let e = peers.entry(peer).or_insert_with(PeerEntry::new);
+        if force || e.ours == Claim::Pending {
+            e.ours = claim;
+        }
+        drop(peers);
+        self.bump();
+    }
+
+    pub(crate) fn stream_counter(&self, peer: PeerId) -> Arc<AtomicUsize> {
+        lock(&self.peers).entry(peer).or_insert_with(PeerEntry::new).streams.clone()
+    }
+
+    /// Whether to log a warning of this kind about this peer now (rate limited).
+    pub(crate) fn should_warn(&self, peer: PeerId, kind: &'static str) -> bool {
+        let mut w = lock(&self.warned);
+        let now = Instant::now();
+        if w.len() > 10_000 {
+            w.retain(|_, t| now.duration_since(*t) < WARN_EVERY);
+        }
+        match w.get(&(peer, kind)) {
+            Some(t) if now.duration_since(*t) < WARN_EVERY => false,
+            _ => {
+                w.insert((peer, kind), now);
+                true
+            }
+        }
+    }
+
+    /// The node name of an inbound stream's peer, if its claim was accepted and still holds.
+    pub(crate) async fn authorize(&self, peer: PeerId) -> Option<String> {
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + AUTHORIZE_WAIT;
+        loop {
+            rx.borrow_and_update();
+            let claim = self.their_claim(peer);
+            match claim {
+                Some(Claim::Accepted(name)) => {
+                    // Re-check: the directory may have changed since the hello.
+                    return (self.directory.peer_of(&name) == Some(peer)).then_some(name);
+                }
+                Some(Claim::Refused(_)) => return None,
+                _ => {}
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() || self.stop.is_cancelled() {
+                return None;
+            }
+        }
+    }
+
+    /// The connected peers' status (a peer with no connection left is not listed).
+    pub(crate) fn statuses(&self) -> Vec<PeerStatus> {
+        let peers = lock(&self.peers);
+        let mut out: Vec<PeerStatus> = peers
+            .iter()
+            .filter(|(_, e)| !e.conns.is_empty())
+            .map(|(peer, e)| {
+                let direct = e.conns.values().any(|c| !c.relayed);
+                let mut addresses: Vec<String> = e.conns.values().map(|c| c.addr.to_string()).collect();
+                addresses.sort();
+                addresses.dedup();
+                let rtt = e.conns.values().filter(|c| c.relayed != direct).filter_map(|c| c.rtt).min();
+                PeerStatus {
+                    node: match &e.theirs {
+                        Claim::Accepted(n) => Some(n.clone()),
+                        _ => None,
+                    },
+                    peer_id: peer.to_string(),
+                    addresses,
+                    connection: if direct { ConnectionType::Direct } else { ConnectionType::Relayed },
+                    rtt_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    open_streams: e.streams.load(Ordering::Relaxed),
+                    trusted: matches!(e.theirs, Claim::Accepted(_)),
+                    relay_reserved: e.reserved,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.node, &a.peer_id).cmp(&(&b.node, &b.peer_id)));
+        out
+    }
+}
+
+/// Counts a peer's open streams while alive, and holds the stream's slot in its connection.
+pub(crate) struct StreamGuard(Arc<AtomicUsize>, #[allow(dead_code)] Option<Slot>);
+
+impl StreamGuard {
+    pub(crate) fn new(counter: Arc<AtomicUsize>, slot: Option<Slot>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(counter, slot)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How a peer is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionType {
+    /// At least one direct connection (TCP or QUIC, possibly hole punched).
+    Direct,
+    /// Only connections through a relay.
+    Relayed,
+}
+
+/// A connected peer, for the admin `/peers` endpoint (JSON keys in camelCase, like the rest of
+/// the admin JSON: `peerId`, `rttMs`, `openStreams`, `relayReserved`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    /// The node name the peer claimed and we accepted (None: not (yet) accepted).
+    pub node: Option<String>,
+    pub peer_id: String,
+    /// Remote addresses of the open connections.
+    pub addresses: Vec<String>,
+    pub connection: ConnectionType,
+    /// Round-trip time of the preferred connection, in milliseconds (None: not measured yet).
+    pub rtt_ms: Option<f64>,
+    /// Proxied TCP connections and UDP sessions open with this peer (both directions).
+    pub open_streams: usize,
+    /// The peer's node name claim is accepted (it may open proxy streams to us).
+    pub trusted: bool,
+    /// This peer is one of our relays and holds a reservation for us.
+    pub relay_reserved: bool,
+}

@@ -1,0 +1,165 @@
+//! What the tunnel hands out: [`TunnelStream`], a proxied TCP connection, and the two halves
+//! of a UDP session, which carries length-prefixed datagrams on one stream.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use libp2p::{PeerId, Stream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio_util::compat::Compat;
+
+use super::peers::StreamGuard;
+
+/// The largest datagram a session carries (the length prefix is a u16).
+pub const MAX_DATAGRAM: usize = u16::MAX as usize;
+
+/// A proxied TCP connection through the tunnel.
+///
+/// `shutdown()` half-closes: the remote agent shuts down the write side of its connection to
+/// the endpoint, and this stream can keep reading until the endpoint closes its side.
+pub struct TunnelStream {
+    io: Compat<Stream>,
+    peer: PeerId,
+    relayed: bool,
+    _guard: StreamGuard,
+}
+
+impl TunnelStream {
+    pub(super) fn new(io: Compat<Stream>, peer: PeerId, relayed: bool, guard: StreamGuard) -> Self {
+        TunnelStream { io, peer, relayed, _guard: guard }
+    }
+
+    /// The peer (agent) at the other end.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer
+    }
+
+    /// Whether this stream runs over a relayed connection (no direct one existed when it was
+    /// opened).
+    pub fn is_relayed(&self) -> bool {
+        self.relayed
+    }
+}
+
+impl std::fmt::Debug for TunnelStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelStream").field("peer", &self.peer).field("relayed", &self.relayed).finish_non_exhaustive()
+    }
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+pub(super) fn datagram_pair(stream: Compat<Stream>, guard: Option<StreamGuard>) -> (DatagramSender, DatagramReceiver) {
+    let guard = guard.map(Arc::new);
+    let (r, w) = tokio::io::split(stream);
+    (
+        DatagramSender { w, pending: Vec::new(), _guard: guard.clone() },
+        DatagramReceiver { r, len: [0; 2], len_filled: 0, body: Vec::new(), body_filled: 0, _guard: guard },
+    )
+}
+
+/// The sending half of a UDP session.
+pub struct DatagramSender {
+    w: WriteHalf<Compat<Stream>>,
+    /// Bytes of a frame not written yet (a cancelled `send` leaves its frame here).
+    pending: Vec<u8>,
+    _guard: Option<Arc<StreamGuard>>,
+}
+
+impl DatagramSender {
+    /// Sends one datagram (at most 65,535 bytes). A cancelled call never corrupts the
+    /// session: the rest of its frame is written by the next call (or by `close`).
+    pub async fn send(&mut self, datagram: &[u8]) -> io::Result<()> {
+        if datagram.len() > MAX_DATAGRAM {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "datagram larger than 65535 bytes"));
+        }
+        if !self.pending.is_empty() {
+            self.drain().await?;
+        }
+        self.pending.reserve(2 + datagram.len());
+        self.pending.extend_from_slice(&(datagram.len() as u16).to_be_bytes());
+        self.pending.extend_from_slice(datagram);
+        self.drain().await
+    }
+
+    async fn drain(&mut self) -> io::Result<()> {
+        while !self.pending.is_empty() {
+            let n = self.w.write(&self.pending).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.pending.drain(..n);
+        }
+        self.w.flush().await
+    }
+
+    /// Ends the session in this direction (the remote sees end of stream).
+    pub async fn close(&mut self) -> io::Result<()> {
+        self.drain().await?;
+        self.w.shutdown().await
+    }
+}
+
+/// The receiving half of a UDP session.
+pub struct DatagramReceiver {
+    r: ReadHalf<Compat<Stream>>,
+    len: [u8; 2],
+    len_filled: usize,
+    body: Vec<u8>,
+    body_filled: usize,
+    _guard: Option<Arc<StreamGuard>>,
+}
+
+impl DatagramReceiver {
+    /// Receives one datagram into `buf` and returns its length; a datagram longer than `buf`
+    /// is truncated (like `recv(2)`). `Ok(0)` is an empty datagram, never the end: the end of
+    /// the session is an error of kind `UnexpectedEof`. Cancel-safe: a cancelled call loses
+    /// no data.
+    pub async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.len_filled < 2 {
+            let n = self.r.read(&mut self.len[self.len_filled..]).await?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "UDP session closed"));
+            }
+            self.len_filled += n;
+            if self.len_filled == 2 {
+                self.body.resize(u16::from_be_bytes(self.len) as usize, 0);
+                self.body_filled = 0;
+            }
+        }
+        while self.body_filled < self.body.len() {
+            let n = self.r.read(&mut self.body[self.body_filled..]).await?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "UDP session closed mid-datagram"));
+            }
+            self.body_filled += n;
+        }
+        let n = self.body.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.body[..n]);
+        self.len_filled = 0;
+        self.body_filled = 0;
+        Ok(n)
+    }
+}
