@@ -8,7 +8,6 @@
 //!   (still 200: serving the last known state is the point of autonomy).
 //! - `/services`: the current snapshot as JSON, with the state's origin and
 //!   the source's connection.
-//! - `/nodes`: the nodes the source knows, with their peer IDs and addresses.
 //! - `/nodes`: the Node objects known (name, peer ID, addresses).
 //! - `/peers`: with the tunnel on, this node's peer ID and the connected
 //!   agents: node name, peer ID, addresses, direct or relayed, RTT, open
