@@ -9,9 +9,11 @@
 //! removed from a Node takes effect at once.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -116,8 +118,14 @@ impl Directory for AgentDirectory {
         self.snapshots.borrow().serves_endpoint(target, protocol)
     }
 
-    fn is_ready(&self) -> bool {
-        self.snapshots.borrow().synced
+    /// Ready once the registry has the source's first full view (or the
+    /// cache's): Node objects, and so their peer IDs, arrive with it.
+    fn ready(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        let mut snapshots = self.snapshots.clone();
+        Box::pin(async move {
+            // An error means the registry is gone (shutting down): nothing to wait for.
+            let _ = snapshots.wait_for(|s| s.synced).await;
+        })
     }
 }
 
@@ -195,4 +203,27 @@ pub async fn start(
     let directory = Arc::new(AgentDirectory::new(allow_list(&config.tunnel)?, snapshots));
     let started = Tunnel::start(settings, directory, stop).await.context("cannot start the tunnel")?;
     Ok(started)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll, Waker};
+
+    use edgemesh_core::snapshot::Snapshot;
+    use tokio::sync::watch;
+
+    use super::*;
+
+    #[test]
+    fn the_directory_is_ready_with_the_first_full_view() {
+        let (publish, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+        let directory = AgentDirectory::new(HashMap::new(), snapshots);
+        let mut ready = directory.ready();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(ready.as_mut().poll(&mut cx).is_pending(), "not before the source's first full view");
+        let mut synced = Snapshot::default();
+        synced.synced = true;
+        publish.send_replace(Arc::new(synced));
+        assert_eq!(ready.as_mut().poll(&mut cx), Poll::Ready(()));
+    }
 }

@@ -80,7 +80,7 @@ mod tests;
 mod tunnel;
 mod wire;
 
-use std::net::SocketAddr;
+use std::{future::Future, net::SocketAddr, pin::Pin};
 
 pub use config::{
     DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_PORT, MAX_STREAMS_PER_CONNECTION, RelayLimits, TunnelConfig,
@@ -110,10 +110,12 @@ pub trait Directory: Send + Sync + 'static {
     /// Whether this node serves endpoint `target` for `protocol` (the tunnel dials nothing
     /// else: no open proxy).
     fn serves(&self, target: SocketAddr, protocol: TunnelProtocol) -> bool;
-    /// Whether the directory has its first full view. A hello that arrives
-    /// before (an agent just started, its nodes not read yet) waits a moment
-    /// for it rather than refusing a peer the directory is about to know.
-    fn is_ready(&self) -> bool {
-        true
+    /// Resolves once the directory holds its first full view of the nodes (the agent's first
+    /// complete read of its source, or of its cache). Until then a node name bound to nothing
+    /// may just not be loaded yet, so a hello claiming such a name waits for this (a few
+    /// seconds at most) before it is judged, instead of refusing a node the agent is about to
+    /// know. The default: ready at once.
+    fn ready(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::ready(()))
     }
 }

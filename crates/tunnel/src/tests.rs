@@ -24,6 +24,8 @@ use crate::{
 struct Dir {
     peers: Mutex<HashMap<String, PeerId>>,
     serves: Mutex<HashSet<(SocketAddr, TunnelProtocol)>>,
+    /// True while the directory is still loading its first full view.
+    loading: tokio::sync::watch::Sender<bool>,
 }
 
 impl Directory for Dir {
@@ -32,6 +34,12 @@ impl Directory for Dir {
     }
     fn serves(&self, target: SocketAddr, protocol: TunnelProtocol) -> bool {
         self.serves.lock().unwrap().contains(&(target, protocol))
+    }
+    fn ready(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        let mut loading = self.loading.subscribe();
+        Box::pin(async move {
+            let _ = loading.wait_for(|loading| !loading).await;
+        })
     }
 }
 
@@ -288,4 +296,46 @@ async fn traffic_falls_back_to_the_relay_when_the_direct_path_breaks() {
     let mut one = [0u8; 1];
     first.read_exact(&mut one).await.unwrap();
     drop(r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_waits_for_the_directorys_first_full_view() {
+    let net = Net::new();
+    let (echo, _) = counted_echo().await;
+    // B has just started: its directory knows no node yet.
+    let dir_b = Arc::new(Dir::default());
+    dir_b.loading.send_replace(true);
+    dir_b.serves.lock().unwrap().insert((echo, TunnelProtocol::Tcp));
+    let b = net.start("b", "b", dir_b.clone(), None).await;
+    let dir_a = Arc::new(Dir::default());
+    for n in ["a", "b"] {
+        dir_a.peers.lock().unwrap().insert(n.into(), net.peer(n));
+    }
+    let a = net.start("a", "a", dir_a, Some(&b)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        if let Some((id, _)) = a.inner.control.connections(&b.peer_id()).first() {
+            break *id;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "a never connected to b");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // A's hello (a loopback round trip) reaches B while it is still loading; B's first full
+    // view, binding both names, comes a little later.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in ["a", "b"] {
+        dir_b.peers.lock().unwrap().insert(n.into(), net.peer(n));
+    }
+    dir_b.loading.send_replace(false);
+
+    // B accepted A's name on that first connection (no refusal, no new connection).
+    let mut s = a.open_tcp("b", echo, "x").await.expect("a reaches b");
+    s.write_all(b"hi").await.unwrap();
+    let mut buf = [0u8; 2];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hi");
+    let conns = a.inner.control.connections(&b.peer_id());
+    assert!(conns.iter().any(|(id, _)| *id == first), "the first connection survived: {conns:?}");
+    let seen = b.peers();
+    assert!(seen.iter().any(|p| p.node.as_deref() == Some("a") && p.trusted), "{seen:?}");
 }

@@ -21,6 +21,10 @@ use crate::{
     wire::{self, Hello, HelloStatus},
 };
 
+/// How long a hello naming an unknown node waits for the directory's first full view (less
+/// than the peer's [`HEADER_TIMEOUT`] for our reply).
+const DIRECTORY_WAIT: Duration = if cfg!(test) { Duration::from_secs(1) } else { Duration::from_secs(5) };
+
 /// Sends our hello on a new connection and records the peer's verdict.
 pub(crate) fn spawn_hello(inner: Arc<Inner>, peer: PeerId, conn: ConnectionId) {
     tokio::spawn(async move {
@@ -94,24 +98,29 @@ pub(crate) fn spawn_hello(inner: Arc<Inner>, peer: PeerId, conn: ConnectionId) {
     });
 }
 
+/// The verdict on `peer`'s claim to be node `node`. Just after the agent started, a name bound
+/// to nothing may not be loaded yet: then wait (bounded, well within the peer's wait for our
+/// reply) for the directory's first full view and judge again.
+async fn judge(inner: &Inner, peer: PeerId, node: &str) -> HelloStatus {
+    let verdict = || match inner.directory.peer_of(node) {
+        Some(p) if p == peer => HelloStatus::Accepted,
+        Some(_) => HelloStatus::PeerMismatch,
+        None => HelloStatus::UnknownNode,
+    };
+    match verdict() {
+        HelloStatus::UnknownNode => match timeout(DIRECTORY_WAIT, inner.directory.ready()).await {
+            Ok(()) => verdict(),
+            Err(_) => HelloStatus::UnknownNode,
+        },
+        known => known,
+    }
+}
+
 pub(super) async fn serve_hello(inner: Arc<Inner>, s: Inbound) {
     let peer = s.peer;
     let mut stream = s.stream.compat();
     let (status, claimed) = match timeout(HEADER_TIMEOUT, wire::read_hello(&mut stream)).await {
-        Ok(Ok(hello)) => {
-            // Just started: give the directory a moment to read its nodes
-            // (within the peer's wait for our reply).
-            let ready_by = tokio::time::Instant::now() + HEADER_TIMEOUT / 2;
-            while !inner.directory.is_ready() && tokio::time::Instant::now() < ready_by {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let status = match inner.directory.peer_of(&hello.node) {
-                Some(p) if p == peer => HelloStatus::Accepted,
-                Some(_) => HelloStatus::PeerMismatch,
-                None => HelloStatus::UnknownNode,
-            };
-            (status, Some(hello))
-        }
+        Ok(Ok(hello)) => (judge(&inner, peer, &hello.node).await, Some(hello)),
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "malformed hello");
             (HelloStatus::Malformed, None)
