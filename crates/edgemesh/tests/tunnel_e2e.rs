@@ -272,6 +272,17 @@ fn bulk_transfer_and_thousands_of_concurrent_connections() {
     let direct = eventually_every(Duration::from_millis(200), LIMIT, "iperf3 straight to node-b", || {
         iperf3(&a.ns, "10.0.0.3", 2)
     });
+    // From here on node-a cannot reach those ports itself: only node-b's
+    // agent (a local connection) can.
+    b.ns.nft_file(
+        "table ip em_tunnel_only {\n\
+         \tchain input {\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tip saddr 10.0.0.2 tcp dport { 5201, 7000 } reject with tcp reset\n\
+         \t}\n\
+         }\n",
+    );
+    assert_eq!(iperf3(&a.ns, "10.0.0.3", 1), None, "node-b's iperf3 is out of node-a's direct reach");
     let vip = agent_a.vip("default", "iperf").expect("iperf has a VIP");
     let tunnelled = iperf3(&a.ns, &vip, 3).expect("iperf3 through the tunnel completes");
     eprintln!(
@@ -405,6 +416,8 @@ fn a_hundred_thousand_datagrams_in_one_udp_session() {
     eprintln!("UDP through the tunnel: {answered} of 100,000 datagrams answered in {:?}", started.elapsed());
     assert!(answered >= 99_900, "{answered} of 100,000 answered");
     // One client socket, one proxy session, one tunnel session: node-b's
-    // agent sent every datagram from one socket.
-    assert_eq!(echo.sources.lock().unwrap().len(), 1, "{:?}", echo.sources.lock().unwrap());
+    // agent sent every datagram from one socket of its own.
+    let sources: Vec<_> = echo.sources.lock().unwrap().iter().copied().collect();
+    assert_eq!(sources.len(), 1, "{sources:?}");
+    assert_eq!(sources[0].ip().to_string(), "10.0.0.3", "from node-b's agent: {sources:?}");
 }
