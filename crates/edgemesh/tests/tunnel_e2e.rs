@@ -32,7 +32,7 @@ use serde_json::Value;
 use support::netns::{
     Lan, Netns, NsAgent, NsNginx, NsProcess, TcpEcho, UdpEcho, link, require_root, tcp_echo_many, udp_window,
 };
-use support::{eventually_every, peer_id};
+use support::{eventually_every, peer_id, write_manifest};
 
 /// Bound on what the tunnel does on its own (discovery, relay, hole punching).
 const LIMIT: Duration = Duration::from_secs(30);
@@ -62,7 +62,7 @@ impl Node {
 
     /// Replaces the node's manifests with `objects`.
     fn manifests(&self, objects: &[String]) {
-        std::fs::write(self.path("manifests/cluster.yaml"), objects.join("---\n")).unwrap();
+        write_manifest(&self.path("manifests"), "cluster.yaml", &objects.join("---\n"));
     }
 
     /// The agent on this node, with the tunnel on and `extra` flags.
