@@ -29,6 +29,7 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM  # so that the EXIT trap runs on a signal too
 
 for ns in $A $B; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
 ip link add bta netns "$A" type veth peer name btb netns "$B"

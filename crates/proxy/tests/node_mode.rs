@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use edgemesh_core::build::{service as svc_builder, slice};
-use edgemesh_core::{InternalTrafficPolicy, LbStrategy, Object, ObjectKind, SourceEvent, TrafficDistribution};
+use edgemesh_core::build::service as svc_builder;
+use edgemesh_core::{InternalTrafficPolicy, LbStrategy, Object, ObjectKind, TrafficDistribution};
 use edgemesh_proxy::ProxyConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
@@ -27,18 +27,6 @@ fn config() -> ProxyConfig {
         max_udp_sessions: 1000,
         ..ProxyConfig::default()
     }
-}
-
-/// Sends the service and one slice per backend (on `nodes[i]`), and waits
-/// until the proxy serves them.
-async fn add(h: &mut Harness, service: Object, name: &str, backends: &[(SocketAddr, &str)], udp: bool) {
-    h.apply(service, exists(name)).await;
-    for (i, (b, node)) in backends.iter().enumerate() {
-        let s = slice(NS, &format!("{name}-{i}"), name).endpoint(&b.ip().to_string(), node);
-        let s = if udp { s.udp_port("p", b.port()) } else { s.port("http", b.port()) };
-        h.sink.send(SourceEvent::Apply(s.object())).await.unwrap();
-    }
-    h.settle(has_backends(name, backends.len())).await;
 }
 
 /// Connects from source address `from` and returns what the backend sent.
@@ -76,7 +64,7 @@ async fn client_ip_affinity_pins_each_client() {
     let mut h = start_with(40, LbStrategy::RoundRobin, config()).await;
     let backends = [identity_backend("a").await, identity_backend("b").await, identity_backend("c").await];
     let service = svc_builder(NS, "web").port("http", PORT, 80).client_ip_affinity(60).object();
-    add(&mut h, service, "web", &backends.map(|b| (b, "node-a")), false).await;
+    add_on_nodes(&mut h, service, "web", &backends.map(|b| (b, "node-a")), false).await;
     let addr = h.addr("web");
     let mut firsts = HashMap::new();
     for i in 0..6 {
@@ -99,7 +87,7 @@ async fn consistent_hash_by_source_ip_pins_and_moves_about_one_nth() {
     for id in ids {
         backends.push((identity_backend(id).await, "node-a"));
     }
-    add(&mut h, service("web"), "web", &backends, false).await;
+    add_on_nodes(&mut h, service("web"), "web", &backends, false).await;
     let addr = h.addr("web");
     let clients = 200;
     let mut before = Vec::new();
@@ -138,7 +126,7 @@ async fn killing_one_of_three_backends_under_load_fails_no_connection() {
     let (a, _ta) = killable_backend("a").await;
     let (b, tb) = killable_backend("b").await;
     let (c, _tc) = killable_backend("c").await;
-    add(&mut h, service("web"), "web", &[(a, "node-a"), (b, "node-a"), (c, "node-a")], false).await;
+    add_on_nodes(&mut h, service("web"), "web", &[(a, "node-a"), (b, "node-a"), (c, "node-a")], false).await;
     let addr = h.addr("web");
     let done = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
@@ -183,14 +171,14 @@ async fn internal_traffic_policy_local_and_prefer_close() {
     let far = identity_backend("far").await;
     let local =
         svc_builder(NS, "local").port("http", PORT, 80).internal_traffic_policy(InternalTrafficPolicy::Local).object();
-    add(&mut h, local, "local", &[(near, "node-a"), (far, "node-b")], false).await;
+    add_on_nodes(&mut h, local, "local", &[(near, "node-a"), (far, "node-b")], false).await;
     for _ in 0..6 {
         assert_eq!(ask(h.addr("local")).await.unwrap(), "near", "Local uses this node's endpoints only");
     }
     // Only a remote endpoint: Local has nothing; the client is closed.
     let only_far =
         svc_builder(NS, "lonely").port("http", PORT, 80).internal_traffic_policy(InternalTrafficPolicy::Local).object();
-    add(&mut h, only_far, "lonely", &[(far, "node-b")], false).await;
+    add_on_nodes(&mut h, only_far, "lonely", &[(far, "node-b")], false).await;
     assert!(ask(h.addr("lonely")).await.map(|s| s.is_empty()).unwrap_or(true), "no local endpoint: closed");
 
     let (near2, near2_task) = killable_backend("near2").await;
@@ -198,7 +186,7 @@ async fn internal_traffic_policy_local_and_prefer_close() {
         .port("http", PORT, 80)
         .traffic_distribution(TrafficDistribution::PreferClose)
         .object();
-    add(&mut h, prefer, "prefer", &[(far, "node-b"), (near2, "node-a")], false).await;
+    add_on_nodes(&mut h, prefer, "prefer", &[(far, "node-b"), (near2, "node-a")], false).await;
     for _ in 0..6 {
         assert_eq!(ask(h.addr("prefer")).await.unwrap(), "near2", "PreferClose: the local endpoint");
     }
@@ -251,7 +239,7 @@ async fn udp_request_response_from_the_service_address() {
     let mut h = start_with(44, LbStrategy::RoundRobin, config()).await;
     let (a, _ta) = udp_echo("a").await;
     let (b, _tb) = udp_echo("b").await;
-    add(&mut h, udp_service("dns", None), "dns", &[(a, "node-a"), (b, "node-a")], true).await;
+    add_on_nodes(&mut h, udp_service("dns", None), "dns", &[(a, "node-a"), (b, "node-a")], true).await;
     let vip = h.addr("dns");
     let mut seen = HashMap::new();
     for i in 0..6 {
@@ -290,7 +278,7 @@ async fn udp_request_response_from_the_service_address() {
 async fn udp_long_stream_through_one_session_loses_nothing() {
     let mut h = start_with(45, LbStrategy::RoundRobin, config()).await;
     let (a, _ta) = udp_echo("a").await;
-    add(&mut h, udp_service("stream", None), "stream", &[(a, "node-a")], true).await;
+    add_on_nodes(&mut h, udp_service("stream", None), "stream", &[(a, "node-a")], true).await;
     let vip = h.addr("stream");
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     client.connect(vip).await.unwrap();
@@ -324,7 +312,7 @@ async fn udp_sessions_expire_after_the_annotated_idle_timeout() {
     let mut h = start_with(46, LbStrategy::RoundRobin, config()).await;
     let (a, _ta) = udp_echo("a").await;
     let (b, _tb) = udp_echo("b").await;
-    add(&mut h, udp_service("idle", Some("300ms")), "idle", &[(a, "node-a"), (b, "node-a")], true).await;
+    add_on_nodes(&mut h, udp_service("idle", Some("300ms")), "idle", &[(a, "node-a"), (b, "node-a")], true).await;
     let vip = h.addr("idle");
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let (first, _) = exchange(&client, vip, b"x").await;
@@ -352,7 +340,7 @@ async fn udp_sessions_are_bounded_and_a_dead_endpoint_is_left() {
     let mut h = start_with(47, LbStrategy::RoundRobin, ProxyConfig { max_udp_sessions: 2, ..config() }).await;
     let (a, ta) = udp_echo("a").await;
     let (b, _tb) = udp_echo("b").await;
-    add(&mut h, udp_service("few", None), "few", &[(a, "node-a"), (b, "node-a")], true).await;
+    add_on_nodes(&mut h, udp_service("few", None), "few", &[(a, "node-a"), (b, "node-a")], true).await;
     let vip = h.addr("few");
     let mut clients = Vec::new();
     for i in 0..5 {

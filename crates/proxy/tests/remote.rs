@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use edgemesh_core::build::{service as svc_builder, slice};
-use edgemesh_core::{LbStrategy, Object, ServiceKey, SourceEvent};
+use edgemesh_core::build::service as svc_builder;
+use edgemesh_core::{LbStrategy, ServiceKey};
 use edgemesh_proxy::{ProxyConfig, Remote, RemoteDatagrams, RemoteFuture, RemoteStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -94,22 +94,11 @@ async fn start_through_tunnel(net: u8) -> (Harness, Calls) {
     (h, calls)
 }
 
-/// The service `name` and one slice per (backend, node).
-async fn add(h: &mut Harness, service: Object, name: &str, backends: &[(SocketAddr, &str)], udp: bool) {
-    h.apply(service, exists(name)).await;
-    for (i, (b, node)) in backends.iter().enumerate() {
-        let s = slice(NS, &format!("{name}-{i}"), name).endpoint(&b.ip().to_string(), node);
-        let s = if udp { s.udp_port("p", b.port()) } else { s.port("http", b.port()) };
-        h.sink.send(SourceEvent::Apply(s.object())).await.unwrap();
-    }
-    h.settle(has_backends(name, backends.len())).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_on_other_nodes_go_through_the_tunnel() {
     let (mut h, calls) = start_through_tunnel(60).await;
     let (local, remote) = (identity_backend("local").await, identity_backend("remote").await);
-    add(&mut h, service("web"), "web", &[(local, "node-a"), (remote, "node-b")], false).await;
+    add_on_nodes(&mut h, service("web"), "web", &[(local, "node-a"), (remote, "node-b")], false).await;
     let mut seen = HashMap::new();
     for _ in 0..10 {
         *seen.entry(ask(h.addr("web")).await.unwrap()).or_insert(0) += 1;
@@ -125,7 +114,7 @@ async fn endpoints_on_other_nodes_go_through_the_tunnel() {
 async fn half_close_passes_through_the_tunnel() {
     let (mut h, _calls) = start_through_tunnel(61).await;
     let backend = reply_after_eof_backend("far").await;
-    add(&mut h, service("web"), "web", &[(backend, "node-b")], false).await;
+    add_on_nodes(&mut h, service("web"), "web", &[(backend, "node-b")], false).await;
     let mut s = TcpStream::connect(h.addr("web")).await.unwrap();
     s.write_all(&[1u8; 100_000]).await.unwrap();
     s.shutdown().await.unwrap();
@@ -142,7 +131,7 @@ async fn an_unreachable_node_is_skipped_and_no_client_fails() {
     let (mut h, calls) = start_through_tunnel(62).await;
     let up = identity_backend("up").await;
     let down = identity_backend("down").await;
-    add(&mut h, service("web"), "web", &[(up, "node-b"), (down, "node-down")], false).await;
+    add_on_nodes(&mut h, service("web"), "web", &[(up, "node-b"), (down, "node-down")], false).await;
     for _ in 0..20 {
         assert_eq!(ask(h.addr("web")).await.unwrap(), "up");
     }
@@ -164,7 +153,7 @@ async fn udp_sessions_to_other_nodes_ride_one_tunnel_session_each() {
         }
     });
     let svc = svc_builder(NS, "dns").udp_port("p", PORT, 53).object();
-    add(&mut h, svc, "dns", &[(echo_addr, "node-b")], true).await;
+    add_on_nodes(&mut h, svc, "dns", &[(echo_addr, "node-b")], true).await;
     let vip = h.addr("dns");
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     client.connect(vip).await.unwrap();

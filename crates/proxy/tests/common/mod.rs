@@ -179,6 +179,18 @@ pub fn slice_for(service: &str, index: usize, backend: SocketAddr) -> Object {
         .object()
 }
 
+/// The service and one slice per (backend, node name) (a UDP port `p` or a
+/// TCP port `http`), waiting until the proxy serves them.
+pub async fn add_on_nodes(h: &mut Harness, service: Object, name: &str, backends: &[(SocketAddr, &str)], udp: bool) {
+    h.apply(service, exists(name)).await;
+    for (i, (b, node)) in backends.iter().enumerate() {
+        let s = edgemesh_core::build::slice(NS, &format!("{name}-{i}"), name).endpoint(&b.ip().to_string(), node);
+        let s = if udp { s.udp_port("p", b.port()) } else { s.port("http", b.port()) };
+        h.sink.send(SourceEvent::Apply(s.object())).await.unwrap();
+    }
+    h.settle(has_backends(name, backends.len())).await;
+}
+
 /// Service and its slices, waiting until the proxy serves them.
 pub async fn add_service(h: &mut Harness, name: &str, backends: &[SocketAddr]) {
     h.apply(service(name), exists(name)).await;
