@@ -282,26 +282,7 @@ async fn udp_long_stream_through_one_session_loses_nothing() {
     let vip = h.addr("stream");
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     client.connect(vip).await.unwrap();
-    const TOTAL: u32 = 100_000;
-    const WINDOW: u32 = 32;
-    let (mut sent, mut received) = (0u32, 0u32);
-    let mut buf = [0u8; 64];
-    let mut next_expected = 0u32;
-    while received < TOTAL {
-        while sent < TOTAL && sent - received < WINDOW {
-            client.send(&sent.to_be_bytes()).await.unwrap();
-            sent += 1;
-        }
-        let n = tokio::time::timeout(Duration::from_secs(2), client.recv(&mut buf))
-            .await
-            .unwrap_or_else(|_| panic!("datagram lost: {received} of {sent} answered"))
-            .unwrap();
-        assert_eq!(n, 6);
-        let seq = u32::from_be_bytes(buf[2..6].try_into().unwrap());
-        assert_eq!(seq, next_expected, "in order on loopback");
-        next_expected += 1;
-        received += 1;
-    }
+    paced_stream(&client, 100_000, 2).await;
     assert_eq!(load(&h.status.dropped_datagrams), 0);
     assert_eq!(h.status.total_udp_sessions.load(Ordering::Relaxed), 1, "one session carried it all");
     h.stop().await;

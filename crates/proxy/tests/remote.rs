@@ -158,19 +158,7 @@ async fn udp_sessions_to_other_nodes_ride_one_tunnel_session_each() {
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     client.connect(vip).await.unwrap();
     // A paced stream: every datagram answered, in one session.
-    const TOTAL: u32 = 20_000;
-    const WINDOW: u32 = 32;
-    let (mut sent, mut received) = (0u32, 0u32);
-    let mut buf = [0u8; 16];
-    while received < TOTAL {
-        while sent < TOTAL && sent - received < WINDOW {
-            client.send(&sent.to_be_bytes()).await.unwrap();
-            sent += 1;
-        }
-        let n = tokio::time::timeout(Duration::from_secs(2), client.recv(&mut buf)).await.expect("a reply").unwrap();
-        assert_eq!(n, 4);
-        received += 1;
-    }
+    paced_stream(&client, 20_000, 0).await;
     let (_, from) = {
         let c2 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         c2.send_to(b"hi", vip).await.unwrap();

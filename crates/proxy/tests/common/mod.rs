@@ -271,3 +271,27 @@ pub async fn ask(addr: SocketAddr) -> io::Result<String> {
 pub fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
+
+/// Sends `total` sequence numbers through the connected `client` with at
+/// most 32 unanswered at a time (so no socket buffer on the way overflows;
+/// loopback loses nothing otherwise), and checks that every reply comes back
+/// in order as `prefix` bytes of the echo's own followed by the number.
+pub async fn paced_stream(client: &tokio::net::UdpSocket, total: u32, prefix: usize) {
+    const WINDOW: u32 = 32;
+    let (mut sent, mut received) = (0u32, 0u32);
+    let mut buf = [0u8; 64];
+    while received < total {
+        while sent < total && sent - received < WINDOW {
+            client.send(&sent.to_be_bytes()).await.unwrap();
+            sent += 1;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(2), client.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("datagram lost: {received} of {sent} answered"))
+            .unwrap();
+        assert_eq!(n, prefix + 4);
+        let seq = u32::from_be_bytes(buf[prefix..prefix + 4].try_into().unwrap());
+        assert_eq!(seq, received, "in order on loopback");
+        received += 1;
+    }
+}
