@@ -20,6 +20,7 @@
 #
 # Environment: EDGEMESH_BIN (default: target/release/edgemesh, built when
 # missing), SCALE_DNS_PORT (25353), SCALE_ADMIN_PORT (25020), IDLE_SECS (3),
+# SCALE_VIP_CIDR (127.64.0.0/10; give concurrent runs disjoint ranges),
 # READY_TIMEOUT (120), EDGEMESH_ENV (extra environment for the agent, e.g.
 # "MALLOC_ARENA_MAX=1").
 set -euo pipefail
@@ -70,7 +71,7 @@ for N in $SIZES; do
   python3 "$ROOT/bench/gen_manifests.py" "$M" "$N" --endpoints "$ENDPOINTS" --per-file "$PER_FILE"
   LOG=$WORK/agent-$N.log
   T0=$(now)
-  env ${EDGEMESH_ENV:-} "$BIN" agent --manifest-dir "$M" --vip-cidr 127.64.0.0/10 \
+  env ${EDGEMESH_ENV:-} "$BIN" agent --manifest-dir "$M" --vip-cidr "${SCALE_VIP_CIDR:-127.64.0.0/10}" \
     --dns-listen "127.0.0.1:$DNS_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
     --dns-upstream 127.0.0.1:9 --state-dir "$WORK/state-$N" --log-level warn 2>"$LOG" &
   AGENT_PID=$!
