@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{Loaded, Store};
 
+/// Events the relay's batch keeps room for between bursts.
+const BATCH_KEPT: usize = 64;
+
 /// Where the state the agent serves comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -197,10 +200,12 @@ pub async fn relay(
         }
     }
 
-    let mut batch = Vec::with_capacity(256);
+    let mut batch = Vec::with_capacity(BATCH_KEPT);
     let mut live = false;
     loop {
         batch.clear();
+        // Bursts grow it to 1,024 events (~200 bytes each); idle needs few.
+        batch.shrink_to(BATCH_KEPT);
         let n = tokio::select! {
             n = upstream.recv_many(&mut batch, 1024) => n,
             () = shutdown.cancelled() => return,
@@ -223,6 +228,7 @@ pub async fn relay(
         // mention is gone. Deleted before Synced is passed on.
         if !live && let Some(at) = batch.iter().position(|e| *e == SourceEvent::Synced) {
             let stale: Vec<SourceEvent> = unconfirmed.drain().map(SourceEvent::Delete).collect();
+            unconfirmed.shrink_to_fit(); // sized for the whole cached state
             if !stale.is_empty() {
                 tracing::info!(deleted = stale.len(), "cached objects the source no longer has are removed");
             }

@@ -140,7 +140,7 @@ impl Registry {
     /// Applies events until every source has dropped its sink.
     pub async fn run(mut self) {
         drop(self.tx);
-        let mut batch = Vec::with_capacity(1024);
+        let mut batch = Vec::with_capacity(BATCH_KEPT);
         while self.rx.recv_many(&mut batch, 4096).await > 0 {
             let mut changed = false;
             for (source, event) in batch.drain(..) {
@@ -158,17 +158,27 @@ impl Registry {
                 self.state.snapshot.synced = synced;
                 self.publish.send_replace(Arc::new(self.state.take_generation()));
             }
+            // A load burst grows the batch to thousands of events (~200
+            // bytes each); the agent then idles for hours.
+            batch.shrink_to(BATCH_KEPT);
         }
     }
 }
+
+/// Events the registry's batch keeps room for between bursts.
+const BATCH_KEPT: usize = 64;
 
 /// The mutable state behind the registry, separate from the task so it can
 /// be driven synchronously (tests, benchmarks).
 pub struct RegistryState {
     default_strategy: LbStrategy,
     vips: VipPools,
-    services: HashMap<ServiceKey, ServiceObject>,
-    /// Endpoint objects of each service, sorted by key. Almost always one:
+    /// Boxed: a table sized for growth holds a pointer per empty slot, not
+    /// a whole object (about 200 bytes).
+    services: HashMap<ServiceKey, Box<ServiceObject>>,
+    /// Endpoint objects of each service, sorted by kind and name (stored
+    /// without their namespace and service name: the key has them). Almost
+    /// always one:
     /// a `Vec` costs a few words where a `BTreeMap` allocates a node with
     /// room for eleven (about 2 KiB per service).
     endpoint_sets: HashMap<ServiceKey, EndpointSets>,
@@ -179,6 +189,8 @@ pub struct RegistryState {
     awaiting_vip: BTreeSet<ServiceKey>,
     /// Changes since the last published generation.
     pending: BTreeSet<ServiceKey>,
+    /// Node, port and type names shared by the entries.
+    names: SharedNames,
     snapshot: Snapshot,
 }
 
@@ -192,6 +204,7 @@ impl RegistryState {
             endpoint_owner: HashMap::new(),
             awaiting_vip: BTreeSet::new(),
             pending: BTreeSet::new(),
+            names: SharedNames::default(),
             snapshot: Snapshot::for_node(&config.node_name),
         }
     }
@@ -201,11 +214,14 @@ impl RegistryState {
         match event {
             SourceEvent::Apply(Object::Service(mut svc)) => {
                 retain_data_plane_meta(&mut svc.meta);
-                let key = ServiceKey::new(&svc.meta.namespace, &svc.meta.name);
-                if self.services.get(&key) == Some(&svc) {
+                let key = self.shared_key(ServiceKey::new(&svc.meta.namespace, &svc.meta.name));
+                // The key holds them; the stored object need not.
+                svc.meta.namespace = String::new();
+                svc.meta.name = String::new();
+                if self.services.get(&key).is_some_and(|old| **old == svc) {
                     return false;
                 }
-                self.services.insert(key.clone(), svc);
+                self.services.insert(key.clone(), Box::new(svc));
                 self.pending.insert(key);
             }
             SourceEvent::Apply(Object::Endpoints(mut set)) => {
@@ -215,20 +231,23 @@ impl RegistryState {
                 set.meta.annotations = Default::default();
                 let okey =
                     ObjectKey { kind: set.kind, namespace: set.meta.namespace.clone(), name: set.meta.name.clone() };
-                let owner = ServiceKey::new(&set.meta.namespace, &set.service_name);
+                let owner = self.shared_key(ServiceKey::new(&set.meta.namespace, &set.service_name));
+                // The owner's key holds both; the set keeps its own name.
+                set.meta.namespace = String::new();
+                set.service_name = String::new();
                 if let Some(old_owner) = self.endpoint_owner.insert(okey.clone(), owner.clone())
                     && old_owner != owner
                 {
                     self.remove_endpoint_set(&old_owner, &okey);
                 }
                 let sets = self.endpoint_sets.entry(owner.clone()).or_default();
-                match sets.binary_search_by(|(k, _)| k.cmp(&okey)) {
-                    Ok(i) if sets[i].1 == set => return false,
-                    Ok(i) => sets[i].1 = set,
+                match sets.binary_search_by(|s| set_order(s, &okey)) {
+                    Ok(i) if sets[i] == set => return false,
+                    Ok(i) => sets[i] = set,
                     Err(i) => {
                         // Exact growth: `insert` would make room for four.
                         sets.reserve_exact(1);
-                        sets.insert(i, (okey, set));
+                        sets.insert(i, set);
                     }
                 }
                 self.pending.insert(owner);
@@ -253,9 +272,16 @@ impl RegistryState {
         true
     }
 
+    /// The key already held for this service, if any, so that every map
+    /// (and the snapshot, the VIP pools, the proxy) shares one allocation.
+    fn shared_key(&self, key: ServiceKey) -> ServiceKey {
+        let held = self.services.get_key_value(&key).map(|(k, _)| k);
+        held.or_else(|| self.endpoint_sets.get_key_value(&key).map(|(k, _)| k)).map_or(key, ServiceKey::clone)
+    }
+
     fn remove_endpoint_set(&mut self, owner: &ServiceKey, okey: &ObjectKey) {
         if let Some(sets) = self.endpoint_sets.get_mut(owner) {
-            if let Ok(i) = sets.binary_search_by(|(k, _)| k.cmp(okey)) {
+            if let Ok(i) = sets.binary_search_by(|s| set_order(s, okey)) {
                 sets.remove(i);
             }
             if sets.is_empty() {
@@ -306,7 +332,7 @@ impl RegistryState {
         let udp_idle_timeout =
             annotation(key, svc, UDP_IDLE_TIMEOUT_ANNOTATION, DEFAULT_UDP_IDLE_TIMEOUT, parse_duration);
         let policy = Policy { strategy, hash_key, udp_idle_timeout };
-        let entry = build_entry(key, svc, &assigned, policy, self.endpoint_sets.get(key));
+        let entry = build_entry(key, svc, &assigned, policy, self.endpoint_sets.get(key), &mut self.names);
         if self.snapshot.service(key).is_some_and(|old| **old == entry) {
             return released;
         }
@@ -335,7 +361,13 @@ fn annotation<T>(
 }
 
 /// A service's endpoint objects, sorted by key.
-type EndpointSets = Vec<(ObjectKey, EndpointSet)>;
+type EndpointSets = Vec<EndpointSet>;
+
+/// Where `set` sorts relative to the object `okey` among one service's sets
+/// (all in the service's namespace: kind, then name).
+fn set_order(set: &EndpointSet, okey: &ObjectKey) -> std::cmp::Ordering {
+    (set.kind, set.meta.name.as_str()).cmp(&(okey.kind, okey.name.as_str()))
+}
 
 /// Annotations the data plane reads: `edgemesh.io/...`.
 const DATA_PLANE_ANNOTATIONS: &str = "edgemesh.io/";
@@ -369,10 +401,11 @@ fn build_entry(
     vips: &Assigned,
     policy: Policy,
     sets: Option<&EndpointSets>,
+    names: &mut SharedNames,
 ) -> ServiceEntry {
     // EndpointSlices win over legacy Endpoints when both exist (Kubernetes
     // mirrors one into the other).
-    let sets: Vec<&EndpointSet> = sets.map(|s| s.iter().map(|(_, set)| set).collect()).unwrap_or_default();
+    let sets: Vec<&EndpointSet> = sets.map(|s| s.iter().collect()).unwrap_or_default();
     let has_slices = sets.iter().any(|s| s.kind == ObjectKind::EndpointSlice);
     let sets: Vec<&EndpointSet> =
         sets.into_iter().filter(|s| !has_slices || s.kind == ObjectKind::EndpointSlice).collect();
@@ -390,7 +423,7 @@ fn build_entry(
                     _ => continue,
                 };
                 for ep in subset.endpoints.iter().filter(|e| e.ready) {
-                    let node: Option<Arc<str>> = ep.node_name.as_deref().map(Arc::from);
+                    let node = ep.node_name.as_deref().map(|n| names.get(n));
                     for addr in &ep.addresses {
                         backends.push(Backend { addr: SocketAddr::new(*addr, port), node_name: node.clone() });
                     }
@@ -399,7 +432,7 @@ fn build_entry(
             backends.sort_by_key(|b| b.addr);
             backends.dedup_by(|a, b| a.addr == b.addr);
             ResolvedPort {
-                name: sp.name.clone(),
+                name: names.get(&sp.name),
                 protocol: sp.protocol,
                 port: sp.port,
                 target_port: sp.target_port.clone(),
@@ -415,7 +448,7 @@ fn build_entry(
             let info = endpoints.entry(*addr).or_insert_with(|| EndpointInfo {
                 address: *addr,
                 ready: false,
-                node_name: ep.node_name.clone(),
+                node_name: ep.node_name.as_deref().map(|n| names.get(n)),
                 hostname: ep.hostname.clone(),
             });
             info.ready |= ep.ready;
@@ -428,7 +461,7 @@ fn build_entry(
         vip6: vips.vip6,
         cluster_ips: svc.cluster_ips.clone(),
         headless: svc.headless,
-        service_type: svc.service_type.clone(),
+        service_type: names.get(&svc.service_type),
         strategy: policy.strategy,
         hash_key: policy.hash_key,
         session_affinity: svc.session_affinity,
@@ -439,10 +472,12 @@ fn build_entry(
         udp_idle_timeout: policy.udp_idle_timeout,
         ports,
         endpoints: endpoints.into_values().collect(),
-        meta: svc.meta.clone(),
         problem: vips.problem.clone(),
     }
 }
+
+mod names;
+use names::SharedNames;
 
 #[cfg(test)]
 mod node_tests;

@@ -16,7 +16,6 @@ use imbl::{HashMap, OrdMap, Vector};
 use serde::Serialize;
 
 use crate::node::NodeEntry;
-use crate::object::ObjectMeta;
 use std::time::Duration;
 
 use crate::service::{
@@ -55,6 +54,12 @@ impl Snapshot {
     /// The service with this namespace and name.
     pub fn service(&self, key: &ServiceKey) -> Option<&Arc<ServiceEntry>> {
         self.services.get(key)
+    }
+
+    /// The service whose key has this text ([`ServiceKey::join_into`]):
+    /// a lookup that allocates nothing.
+    pub fn service_by_joined_key(&self, joined: &str) -> Option<&Arc<ServiceEntry>> {
+        self.services.get(joined)
     }
 
     /// The service whose VIP or cluster IP is `ip`.
@@ -198,7 +203,7 @@ pub struct ServiceEntry {
     /// `spec.clusterIPs` from the source.
     pub cluster_ips: Vec<IpAddr>,
     pub headless: bool,
-    pub service_type: String,
+    pub service_type: Arc<str>,
     pub strategy: LbStrategy,
     /// What `ConsistentHash` hashes (annotation `edgemesh.io/hash-key`).
     pub hash_key: HashKey,
@@ -217,10 +222,6 @@ pub struct ServiceEntry {
     pub ports: Vec<ResolvedPort>,
     /// Every endpoint, ready or not, deduplicated by address.
     pub endpoints: Vec<EndpointInfo>,
-    /// The service's metadata, with only the `edgemesh.io/` annotations
-    /// (the registry drops the others, e.g. kubectl's last-applied copy).
-    #[serde(skip)]
-    pub meta: ObjectMeta,
     /// Why this service is not fully served (e.g. VIP pool exhausted).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -261,7 +262,7 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ResolvedPort {
-    pub name: String,
+    pub name: Arc<str>,
     pub protocol: Protocol,
     pub port: u16,
     pub target_port: TargetPort,
@@ -287,6 +288,6 @@ pub struct Backend {
 pub struct EndpointInfo {
     pub address: IpAddr,
     pub ready: bool,
-    pub node_name: Option<String>,
+    pub node_name: Option<Arc<str>>,
     pub hostname: Option<String>,
 }

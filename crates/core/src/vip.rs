@@ -272,7 +272,7 @@ impl VipAllocator {
 /// unlike `std`'s hasher, so VIPs survive upgrades of the agent.
 fn stable_hash(key: &ServiceKey) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.namespace.bytes().chain(std::iter::once(b'/')).chain(key.name.bytes()) {
+    for b in key.namespace().bytes().chain(std::iter::once(b'/')).chain(key.name().bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }

@@ -262,7 +262,7 @@ impl Zone {
 
     /// `[<host>.]<svc>.<ns>.svc.<domain>.`, or `None` if that is no valid name.
     pub fn service_name(&self, key: &ServiceKey, host: Option<&str>) -> Option<Name> {
-        let base = [key.name.as_str(), key.namespace.as_str(), "svc"];
+        let base = [key.name(), key.namespace(), "svc"];
         let name = match host {
             Some(h) => Name::from_labels(std::iter::once(h).chain(base)),
             None => Name::from_labels(base),
@@ -316,10 +316,9 @@ fn arpa_address(name: &Name) -> Option<IpAddr> {
 }
 
 thread_local! {
-    /// Reused lookup key: Kubernetes names are lowercase, queries may not be,
-    /// and the snapshot is keyed by owned strings. Saves two allocations per
-    /// query on the hot path.
-    static KEY: RefCell<ServiceKey> = RefCell::new(ServiceKey::new(String::new(), String::new()));
+    /// Reused lookup text: Kubernetes names are lowercase, queries may not
+    /// be, and a fresh key would cost an allocation per query on the hot path.
+    static KEY: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 /// The service `ns/name`, case-insensitively.
@@ -328,11 +327,9 @@ pub(crate) fn lookup(snap: &Snapshot, ns: &[u8], name: &[u8]) -> Option<Arc<Serv
         return None;
     }
     KEY.with_borrow_mut(|key| {
-        key.namespace.clear();
-        key.namespace.extend(ns.iter().map(|b| char::from(b.to_ascii_lowercase())));
-        key.name.clear();
-        key.name.extend(name.iter().map(|b| char::from(b.to_ascii_lowercase())));
-        snap.service(key).cloned()
+        let lower = |b: &u8| char::from(b.to_ascii_lowercase());
+        ServiceKey::join_into(key, ns.iter().map(lower), name.iter().map(lower));
+        snap.service_by_joined_key(key).cloned()
     })
 }
 

@@ -186,7 +186,7 @@ async fn initial_load_then_synced() {
     let mut agent = start(dir.path());
     let snap = agent.synced().await;
     // Everything arrives before Synced, so the first synced snapshot is complete.
-    let names: Vec<_> = snap.services().map(|s| s.key.name.clone()).collect();
+    let names: Vec<_> = snap.services().map(|s| s.key.name().to_owned()).collect();
     assert_eq!(names, vec!["db", "web"]);
     let web = snap.service(&key("web")).unwrap();
     assert_eq!(web.ports[0].backends[0].addr, "10.0.0.1:8080".parse().unwrap());
