@@ -7,13 +7,15 @@
 //! - [`limits`]: process limits (open files).
 //! - [`tunnel`]: the cross-node tunnel's settings, node directory, and the
 //!   proxy's way to endpoints on other nodes.
-#![forbid(unsafe_code)]
+//! - [`malloc`]: allocator settings (the one `unsafe` call: `mallopt`).
+#![deny(unsafe_code)]
 
 mod admin;
 mod agent;
 mod cli;
 mod config;
 mod limits;
+mod malloc;
 mod tunnel;
 
 use std::process::ExitCode;
@@ -24,6 +26,7 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    malloc::tune();
     let cli = Cli::parse();
     match cli.command {
         Command::Agent(args) => {
