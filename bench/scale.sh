@@ -8,7 +8,9 @@
 # release agent on them, and measures
 #   ready_s          start -> first 200 from /readyz (wall clock)
 #   cpu_ready_s      agent CPU (user + system) spent until ready
-#   rss_mib          VmRSS once idle (IDLE_SECS after ready)
+#   rss_mib          VmRSS once idle (IDLE_SECS after ready), and its
+#                    anon_mib / file_mib parts (RssAnon: heap, stacks;
+#                    RssFile: the binary's pages)
 #   hwm_mib          VmHWM (peak RSS) so far
 #   update_s         a new service file written -> its name resolves in DNS
 #   rss_update_mib   VmRSS once idle after that update
@@ -83,7 +85,7 @@ for N in $SIZES; do
   READY=$(since "$T0")
   CPU_READY=$(cpu_secs "$AGENT_PID")
   sleep "$IDLE_SECS"
-  RSS=$(status_kib "$AGENT_PID" VmRSS)
+  RSS=$(status_kib "$AGENT_PID" VmRSS) ANON=$(status_kib "$AGENT_PID" RssAnon) FILE=$(status_kib "$AGENT_PID" RssFile)
   last=$(printf 'svc-%06d' $((N - 1)))
   resolves "$last.bench.svc.cluster.local" || { echo "scale.sh: $last does not resolve at N=$N" >&2; exit 1; }
 
@@ -102,12 +104,13 @@ for N in $SIZES; do
   COUNTS=$(admin /services | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["count"])')
   LINES=$(wc -l <"$LOG")
   stop_agent
-  LINE=$(python3 - "$N" "$READY" "$CPU_READY" "$RSS" "$HWM" "$UPDATE" "$RSS_UPD" "$THREADS" "$COUNTS" "$LINES" "$(head -c 300 "$LOG" | tr '\n' ' ')" <<'EOF'
+  LINE=$(python3 - "$N" "$READY" "$CPU_READY" "$RSS" "$ANON" "$FILE" "$HWM" "$UPDATE" "$RSS_UPD" "$THREADS" "$COUNTS" "$LINES" "$(head -c 300 "$LOG" | tr '\n' ' ')" <<'EOF'
 import json, sys
-n, ready, cpu, rss, hwm, upd, rss_upd, threads, count, lines, first = sys.argv[1:]
+n, ready, cpu, rss, anon, file, hwm, upd, rss_upd, threads, count, lines, first = sys.argv[1:]
 print(json.dumps({
     "services": int(n), "ready_s": round(float(ready), 3), "cpu_ready_s": round(float(cpu), 2),
-    "rss_mib": round(int(rss) / 1024, 1), "hwm_mib": round(int(hwm) / 1024, 1),
+    "rss_mib": round(int(rss) / 1024, 1), "anon_mib": round(int(anon) / 1024, 1), "file_mib": round(int(file) / 1024, 1),
+    "hwm_mib": round(int(hwm) / 1024, 1),
     "update_s": round(float(upd), 3), "rss_update_mib": round(int(rss_upd) / 1024, 1),
     "threads": int(threads), "served": int(count), "log_lines": int(lines), "first_log": first[:300],
 }))
@@ -122,9 +125,10 @@ printf '%s\n' "${RESULTS[@]}" >"$WORK/results.jsonl"
 python3 - "$WORK/results.jsonl" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-head = ("services", "ready s", "cpu s", "idle RSS", "peak RSS", "update s", "RSS upd", "log lines")
-print("%9s %8s %6s %9s %9s %9s %9s %9s" % head)
+head = ("services", "ready s", "cpu s", "idle RSS", "anon", "file", "peak RSS", "update s", "RSS upd", "log lines")
+print("%9s %8s %6s %9s %9s %9s %9s %9s %9s %9s" % head)
 for r in rows:
-    print("%9d %8.2f %6.2f %5.1f MiB %5.1f MiB %9.2f %5.1f MiB %9d" % (r["services"], r["ready_s"], r["cpu_ready_s"],
-          r["rss_mib"], r["hwm_mib"], r["update_s"], r["rss_update_mib"], r["log_lines"]))
+    print("%9d %8.2f %6.2f %5.1f MiB %5.1f MiB %5.1f MiB %5.1f MiB %9.2f %5.1f MiB %9d" % (r["services"], r["ready_s"],
+          r["cpu_ready_s"], r["rss_mib"], r["anon_mib"], r["file_mib"], r["hwm_mib"], r["update_s"], r["rss_update_mib"],
+          r["log_lines"]))
 EOF
