@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use edgemesh_core::{Protocol, RegistryHandle, ServiceKey};
@@ -86,11 +86,16 @@ pub fn allow_list(section: &TunnelSection) -> anyhow::Result<HashMap<String, Pee
 pub struct AgentDirectory {
     allow: HashMap<String, PeerId>,
     snapshots: RegistryHandle,
+    /// Node annotations already parsed, keyed by node name with the text they
+    /// came from: `peer_of` runs on every tunnelled connection, and decoding a
+    /// peer ID is base58 plus a multihash. One entry per node; a changed
+    /// annotation is parsed again.
+    parsed: Mutex<HashMap<Arc<str>, (Arc<str>, PeerId)>>,
 }
 
 impl AgentDirectory {
     pub fn new(allow: HashMap<String, PeerId>, snapshots: RegistryHandle) -> Self {
-        Self { allow, snapshots }
+        Self { allow, snapshots, parsed: Mutex::default() }
     }
 }
 
@@ -99,10 +104,22 @@ impl Directory for AgentDirectory {
         if let Some(peer) = self.allow.get(node) {
             return Some(*peer);
         }
-        let snapshot = self.snapshots.borrow();
-        let text = snapshot.node(node)?.peer_id.clone()?;
+        let (name, text) = {
+            let snapshot = self.snapshots.borrow();
+            let entry = snapshot.node(node)?;
+            (entry.name.clone(), entry.peer_id.clone()?)
+        };
+        let mut parsed = self.parsed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((from, peer)) = parsed.get(&name)
+            && *from == text
+        {
+            return Some(*peer);
+        }
         match PeerId::from_str(&text) {
-            Ok(peer) => Some(peer),
+            Ok(peer) => {
+                parsed.insert(name, (text, peer));
+                Some(peer)
+            }
             Err(_) => {
                 tracing::debug!(node, peer_id = %text, "Node annotation edgemesh.io/peer-id is not a peer ID; ignored");
                 None
@@ -209,7 +226,10 @@ pub async fn start(
 mod tests {
     use std::task::{Context, Poll, Waker};
 
+    use edgemesh_core::build;
+    use edgemesh_core::registry::RegistryState;
     use edgemesh_core::snapshot::Snapshot;
+    use edgemesh_core::{RegistryConfig, SourceEvent};
     use tokio::sync::watch;
 
     use super::*;
@@ -225,5 +245,27 @@ mod tests {
         synced.synced = true;
         publish.send_replace(Arc::new(synced));
         assert_eq!(ready.as_mut().poll(&mut cx), Poll::Ready(()));
+    }
+
+    /// The parsed peer ID is cached per node, and a changed annotation
+    /// replaces it rather than the stale one being served.
+    #[test]
+    fn peer_ids_follow_the_node_annotation() {
+        let (first, second) = (PeerId::random(), PeerId::random());
+        let mut state = RegistryState::new(&RegistryConfig::default());
+        let mut publish_node = |peer: &str| {
+            state.apply(SourceEvent::Apply(build::node("node-b").peer_id(peer).object()));
+            Arc::new(state.take_generation())
+        };
+        let (publish, snapshots) = watch::channel(publish_node(&first.to_string()));
+        let directory = AgentDirectory::new(HashMap::new(), snapshots);
+        assert_eq!(directory.peer_of("node-b"), Some(first));
+        assert_eq!(directory.peer_of("node-b"), Some(first), "from the cache");
+        assert_eq!(directory.peer_of("node-c"), None);
+
+        publish.send_replace(publish_node(&second.to_string()));
+        assert_eq!(directory.peer_of("node-b"), Some(second));
+        publish.send_replace(publish_node("not-a-peer-id"));
+        assert_eq!(directory.peer_of("node-b"), None, "a bad annotation is ignored, not the old peer served");
     }
 }
