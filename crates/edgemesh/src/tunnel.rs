@@ -90,8 +90,11 @@ pub struct AgentDirectory {
     /// came from: `peer_of` runs on every tunnelled connection, and decoding a
     /// peer ID is base58 plus a multihash. One entry per node; a changed
     /// annotation is parsed again.
-    parsed: Mutex<HashMap<Arc<str>, (Arc<str>, PeerId)>>,
+    parsed: Mutex<HashMap<Arc<str>, ParsedPeer>>,
 }
+
+/// A node's annotation text and the peer ID decoded from it.
+type ParsedPeer = (Arc<str>, PeerId);
 
 impl AgentDirectory {
     pub fn new(allow: HashMap<String, PeerId>, snapshots: RegistryHandle) -> Self {
