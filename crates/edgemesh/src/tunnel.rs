@@ -42,18 +42,7 @@ pub fn tunnel_config(config: &Config) -> anyhow::Result<TunnelConfig> {
     c.listen = multiaddrs("tunnel.listen", &t.listen)?;
     c.bootstrap = multiaddrs("tunnel.bootstrap", &t.bootstrap)?;
     c.relays = multiaddrs("tunnel.relays", &t.relays)?;
-    c.relay_server = t.relay_server.then(|| {
-        let l = &t.relay_limits;
-        RelayLimits {
-            max_reservations: l.max_reservations,
-            max_reservations_per_peer: l.max_reservations_per_peer,
-            reservation_duration: l.reservation_duration,
-            max_circuits: l.max_circuits,
-            max_circuits_per_peer: l.max_circuits_per_peer,
-            max_circuit_duration: l.max_circuit_duration,
-            max_circuit_bytes: l.max_circuit_bytes,
-        }
-    });
+    c.relay_server = t.relay_server.then(|| RelayLimits::from(&t.relay_limits));
     c.mdns = t.mdns;
     c.max_streams_per_connection = t.max_streams_per_connection;
     c.connect_timeout = t.connect_timeout;

@@ -96,7 +96,28 @@ impl Default for TunnelSection {
 
 impl Default for RelayLimitsSection {
     fn default() -> Self {
-        let l = edgemesh_tunnel::RelayLimits::default();
+        edgemesh_tunnel::RelayLimits::default().into()
+    }
+}
+
+// The section mirrors the tunnel crate's limits field for field; both
+// directions of the copy live here, beside the section.
+impl From<edgemesh_tunnel::RelayLimits> for RelayLimitsSection {
+    fn from(l: edgemesh_tunnel::RelayLimits) -> Self {
+        Self {
+            max_reservations: l.max_reservations,
+            max_reservations_per_peer: l.max_reservations_per_peer,
+            reservation_duration: l.reservation_duration,
+            max_circuits: l.max_circuits,
+            max_circuits_per_peer: l.max_circuits_per_peer,
+            max_circuit_duration: l.max_circuit_duration,
+            max_circuit_bytes: l.max_circuit_bytes,
+        }
+    }
+}
+
+impl From<&RelayLimitsSection> for edgemesh_tunnel::RelayLimits {
+    fn from(l: &RelayLimitsSection) -> Self {
         Self {
             max_reservations: l.max_reservations,
             max_reservations_per_peer: l.max_reservations_per_peer,
