@@ -13,11 +13,12 @@ use edgemesh_core::object::{
 use edgemesh_core::{
     InternalTrafficPolicy, IpFamily, IpFamilyPolicy, Object, ObjectKind, Protocol, SessionAffinity, TargetPort,
 };
-use serde_saphyr::Spanned;
 
 use crate::error::{ManifestError, Problem};
 use crate::parse::ParsedObject;
-use crate::schema::{Document, EndpointAddress, EndpointPort, IntOrString, Kind, Metadata, ServicePort, ServiceSpec};
+use crate::schema::{
+    Document, EndpointAddress, EndpointPort, IntOrString, Kind, Located, Metadata, ServicePort, ServiceSpec,
+};
 use crate::validate;
 
 mod node;
@@ -73,7 +74,7 @@ pub(crate) fn document(
         Kind::Node => Object::Node(node::node(doc, cx)?),
         Kind::List => {
             for item in doc.items.unwrap_or_default() {
-                let line = base + span_line(&item);
+                let line = base + item.line;
                 document(item.value, base, line, out)?;
             }
             return Ok(());
@@ -101,14 +102,10 @@ impl Cx {
 
     /// An error at `at`, a value of the document (at the object's start if
     /// the parser did not know where the value was).
-    fn err_at<T>(&self, at: &Spanned<T>, problem: Problem) -> ManifestError {
-        let line = Some(span_line(at)).filter(|&l| l > 0).map_or(self.line, |l| self.base + l);
+    fn err_at<T>(&self, at: &Located<T>, problem: Problem) -> ManifestError {
+        let line = Some(at.line).filter(|&l| l > 0).map_or(self.line, |l| self.base + l);
         ManifestError::Invalid { line, object: self.object.clone(), problem }
     }
-}
-
-fn span_line<T>(s: &Spanned<T>) -> usize {
-    usize::try_from(s.referenced.line()).unwrap_or(0)
 }
 
 /// Which rule `metadata.name` follows.
@@ -354,7 +351,7 @@ fn session_affinity(spec: &ServiceSpec, cx: &Cx) -> Result<SessionAffinity, Mani
     }
 }
 
-fn service_port(sp: &Spanned<ServicePort>, field: &str, cx: &Cx) -> Result<ServicePortSpec, ManifestError> {
+fn service_port(sp: &Located<ServicePort>, field: &str, cx: &Cx) -> Result<ServicePortSpec, ManifestError> {
     let p = &sp.value;
     let name = port_name(p.name.as_ref(), field, cx)?;
     let protocol = protocol(p.protocol.as_ref(), field, cx)?;
@@ -481,7 +478,7 @@ fn endpoints(doc: Document, mut cx: Cx) -> Result<EndpointSet, ManifestError> {
 }
 
 fn endpoint_address(
-    a: &Spanned<EndpointAddress>,
+    a: &Located<EndpointAddress>,
     ready: bool,
     field: &str,
     cx: &Cx,
@@ -498,7 +495,7 @@ fn endpoint_address(
 }
 
 /// Ports of a slice or subset: optional names, unique, named when several.
-fn endpoint_ports(raw: &[Spanned<EndpointPort>], field: &str, cx: &Cx) -> Result<Vec<EndpointPortSpec>, ManifestError> {
+fn endpoint_ports(raw: &[Located<EndpointPort>], field: &str, cx: &Cx) -> Result<Vec<EndpointPortSpec>, ManifestError> {
     let mut ports = Vec::with_capacity(raw.len());
     let mut names = HashSet::with_capacity(raw.len());
     for (i, p) in raw.iter().enumerate() {
@@ -520,7 +517,7 @@ fn endpoint_ports(raw: &[Spanned<EndpointPort>], field: &str, cx: &Cx) -> Result
 // ---------------------------------------------------------------------------
 // Fields
 
-fn port_name(name: Option<&Spanned<String>>, field: &str, cx: &Cx) -> Result<String, ManifestError> {
+fn port_name(name: Option<&Located<String>>, field: &str, cx: &Cx) -> Result<String, ManifestError> {
     let Some(name) = name.filter(|n| !n.value.is_empty()) else { return Ok(String::new()) };
     if let Err(why) = validate::dns1123_label(&name.value) {
         let problem =
@@ -530,7 +527,7 @@ fn port_name(name: Option<&Spanned<String>>, field: &str, cx: &Cx) -> Result<Str
     Ok(name.value.clone())
 }
 
-fn protocol(p: Option<&Spanned<String>>, field: &str, cx: &Cx) -> Result<Protocol, ManifestError> {
+fn protocol(p: Option<&Located<String>>, field: &str, cx: &Cx) -> Result<Protocol, ManifestError> {
     match p {
         None => Ok(Protocol::Tcp),
         Some(p) => p.value.parse().map_err(|_| {
@@ -540,12 +537,12 @@ fn protocol(p: Option<&Spanned<String>>, field: &str, cx: &Cx) -> Result<Protoco
 }
 
 /// A required port number; a missing one is reported at `owner`.
-fn port_number<T>(n: Option<&Spanned<i64>>, field: String, owner: &Spanned<T>, cx: &Cx) -> Result<u16, ManifestError> {
+fn port_number<T>(n: Option<&Located<i64>>, field: String, owner: &Located<T>, cx: &Cx) -> Result<u16, ManifestError> {
     let Some(n) = n else { return Err(cx.err_at(owner, Problem::MissingField { field })) };
     validate::port(n.value).ok_or_else(|| cx.err_at(n, Problem::PortOutOfRange { field, value: n.value }))
 }
 
-fn ip_addr(s: &Spanned<String>, field: String, cx: &Cx) -> Result<IpAddr, ManifestError> {
+fn ip_addr(s: &Located<String>, field: String, cx: &Cx) -> Result<IpAddr, ManifestError> {
     s.value.parse().map_err(|_| cx.err_at(s, Problem::BadIp { field, value: s.value.clone() }))
 }
 

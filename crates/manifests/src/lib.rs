@@ -3,7 +3,7 @@
 //! to the registry.
 //!
 //! ```text
-//!  dir/*.yaml ──poll──> watch ──text──> parse ──documents──> schema (serde)
+//!  dir/*.yaml ──poll──> watch ──text──> parse ──documents──> fast, else schema (serde)
 //!                         │                                     │
 //!                         │            convert (validate) <─────┘
 //!                         │                 │ objects with lines
@@ -16,6 +16,8 @@
 //!   into exactly the Apply/Delete events that changed.
 //! - [`parse`]: [`parse_manifest`]: splits a file into YAML documents with
 //!   their start lines and parses them (in parallel for large files).
+//! - `fast`: the fast path for plain block YAML into the same structs,
+//!   falling back to serde-saphyr for anything else.
 //! - `schema`: serde structs for the wire format, as `kubectl` writes it.
 //! - `convert`: validation (names, ports, addresses, protocols) and
 //!   conversion into `edgemesh_core` objects.
@@ -28,6 +30,7 @@
 
 mod convert;
 pub mod error;
+mod fast;
 mod index;
 pub mod parse;
 mod schema;

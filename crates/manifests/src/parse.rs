@@ -7,11 +7,12 @@
 //! cold load.
 
 use edgemesh_core::Object;
-use serde_saphyr::{MessageFormatter, Spanned, UserMessageFormatter};
+use serde_saphyr::{MessageFormatter, UserMessageFormatter};
 
 use crate::convert;
 use crate::error::ManifestError;
-use crate::schema::{Document, Header, Kind};
+use crate::fast;
+use crate::schema::{Document, Header, Kind, Located};
 
 /// One object of a manifest file and the 1-based line it starts on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,9 +116,26 @@ pub(crate) fn split_documents(text: &str) -> Vec<Chunk<'_>> {
 }
 
 fn parse_document(chunk: &Chunk<'_>, out: &mut Vec<ParsedObject>) -> Result<(), ManifestError> {
+    // Plain block YAML (what kubectl and generators write) takes the fast
+    // path; anything it does not fully understand, errors included, goes
+    // through serde-saphyr, the reference.
+    let doc = match fast::document(chunk.text) {
+        Some(doc) => doc,
+        None => match slow_document(chunk)? {
+            Some(doc) => doc,
+            None => return Ok(()),
+        },
+    };
     let base = chunk.start_line - 1;
-    let doc: Spanned<Document> = match serde_saphyr::from_str_with_options(chunk.text, options(chunk.text.len())) {
-        Ok(doc) => doc,
+    convert::document(doc.value, base, base + doc.line.max(1), out)
+}
+
+/// One document through serde-saphyr; `None` for a document of a kind we do
+/// not read that does not fit our schema.
+pub(crate) fn slow_document(chunk: &Chunk<'_>) -> Result<Option<Located<Document>>, ManifestError> {
+    let base = chunk.start_line - 1;
+    match serde_saphyr::from_str_with_options(chunk.text, options(chunk.text.len())) {
+        Ok(doc) => Ok(Some(doc)),
         Err(err) => {
             // A kind we do not read may hold anything; its errors are not ours.
             if let Ok(h) = serde_saphyr::from_str_with_options::<Header>(chunk.text, options(chunk.text.len()))
@@ -126,15 +144,13 @@ fn parse_document(chunk: &Chunk<'_>, out: &mut Vec<ParsedObject>) -> Result<(), 
                     || h.api_version.is_some_and(|v| Some(v.as_str()) != convert::api_version_of(Kind::of(&kind))))
             {
                 tracing::debug!(line = chunk.start_line, %kind, "skipping object of a kind the agent does not use");
-                return Ok(());
+                return Ok(None);
             }
             let line = err.location().map_or(0, |l| usize::try_from(l.line()).unwrap_or(0)).max(1);
             let reason = UserMessageFormatter.format_message(err.without_snippet()).into_owned();
-            return Err(ManifestError::Yaml { line: base + line, reason });
+            Err(ManifestError::Yaml { line: base + line, reason })
         }
-    };
-    let line = base + usize::try_from(doc.referenced.line()).unwrap_or(0).max(1);
-    convert::document(doc.value, base, line, out)
+    }
 }
 
 /// Parser options: no snippets or comments (we report our own way), and a

@@ -5,14 +5,16 @@
 //! [`crate::convert`] with a clear message instead of a serde one; unknown
 //! fields are ignored because real manifests carry many (status, managed
 //! fields, selectors). Values that validation may reject are wrapped in
-//! [`Spanned`] so the error can point at their line.
+//! [`Located`] so the error can point at their line.
+//!
+//! The same structs are filled by serde-saphyr (the reference) and by
+//! [`crate::fast`], the plain-YAML fast path.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde_saphyr::Spanned;
 
 /// The kinds this crate converts; everything else is skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +40,21 @@ impl Kind {
     }
 }
 
+/// A value and the 1-based line (within its document) it starts on; 0
+/// when the parser could not tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Located<T> {
+    pub value: T,
+    pub line: usize,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Located<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = serde_saphyr::Spanned::<T>::deserialize(d)?;
+        Ok(Located { value: s.value, line: usize::try_from(s.referenced.line()).unwrap_or(0) })
+    }
+}
+
 /// One top-level document or one `items[]` entry of a `List`: the union of
 /// the top-level fields of every supported kind.
 ///
@@ -47,28 +64,28 @@ impl Kind {
 /// a Service's.
 #[derive(Default)]
 pub(crate) struct Document {
-    pub api_version: Option<Spanned<String>>,
-    pub kind: Option<Spanned<String>>,
+    pub api_version: Option<Located<String>>,
+    pub kind: Option<Located<String>>,
     pub metadata: Option<Metadata>,
     /// Service.
     pub spec: Option<ServiceSpec>,
     /// EndpointSlice.
-    pub address_type: Option<Spanned<String>>,
-    pub endpoints: Option<Vec<Spanned<SliceEndpoint>>>,
-    pub ports: Option<Vec<Spanned<EndpointPort>>>,
+    pub address_type: Option<Located<String>>,
+    pub endpoints: Option<Vec<Located<SliceEndpoint>>>,
+    pub ports: Option<Vec<Located<EndpointPort>>>,
     /// Endpoints.
     pub subsets: Option<Vec<Subset>>,
     /// Node.
     pub status: Option<NodeStatus>,
     /// List.
-    pub items: Option<Vec<Spanned<Document>>>,
+    pub items: Option<Vec<Located<Document>>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Metadata {
-    pub name: Option<Spanned<String>>,
-    pub namespace: Option<Spanned<String>>,
+    pub name: Option<Located<String>>,
+    pub namespace: Option<Located<String>>,
     pub labels: Option<BTreeMap<String, String>>,
     pub annotations: Option<BTreeMap<String, String>>,
 }
@@ -77,18 +94,18 @@ pub(crate) struct Metadata {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ServiceSpec {
     #[serde(rename = "type")]
-    pub service_type: Option<Spanned<String>>,
+    pub service_type: Option<Located<String>>,
     #[serde(rename = "clusterIP")]
-    pub cluster_ip: Option<Spanned<String>>,
+    pub cluster_ip: Option<Located<String>>,
     #[serde(rename = "clusterIPs")]
-    pub cluster_ips: Option<Vec<Spanned<String>>>,
-    pub ports: Option<Vec<Spanned<ServicePort>>>,
-    pub session_affinity: Option<Spanned<String>>,
+    pub cluster_ips: Option<Vec<Located<String>>>,
+    pub ports: Option<Vec<Located<ServicePort>>>,
+    pub session_affinity: Option<Located<String>>,
     pub session_affinity_config: Option<SessionAffinityConfig>,
-    pub internal_traffic_policy: Option<Spanned<String>>,
-    pub traffic_distribution: Option<Spanned<String>>,
-    pub ip_families: Option<Vec<Spanned<String>>>,
-    pub ip_family_policy: Option<Spanned<String>>,
+    pub internal_traffic_policy: Option<Located<String>>,
+    pub traffic_distribution: Option<Located<String>>,
+    pub ip_families: Option<Vec<Located<String>>>,
+    pub ip_family_policy: Option<Located<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -100,17 +117,17 @@ pub(crate) struct SessionAffinityConfig {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ClientIpConfig {
-    pub timeout_seconds: Option<Spanned<i64>>,
+    pub timeout_seconds: Option<Located<i64>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ServicePort {
-    pub name: Option<Spanned<String>>,
-    pub protocol: Option<Spanned<String>>,
-    pub port: Option<Spanned<i64>>,
-    pub target_port: Option<Spanned<IntOrString>>,
-    pub node_port: Option<Spanned<i64>>,
+    pub name: Option<Located<String>>,
+    pub protocol: Option<Located<String>>,
+    pub port: Option<Located<i64>>,
+    pub target_port: Option<Located<IntOrString>>,
+    pub node_port: Option<Located<i64>>,
 }
 
 /// `targetPort`: a number or a container port name.
@@ -123,7 +140,7 @@ pub(crate) enum IntOrString {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct SliceEndpoint {
-    pub addresses: Option<Vec<Spanned<String>>>,
+    pub addresses: Option<Vec<Located<String>>>,
     pub conditions: Option<Conditions>,
     pub node_name: Option<String>,
     pub hostname: Option<String>,
@@ -137,38 +154,38 @@ pub(crate) struct Conditions {
 /// A port of an EndpointSlice or of an Endpoints subset (same shape).
 #[derive(Deserialize)]
 pub(crate) struct EndpointPort {
-    pub name: Option<Spanned<String>>,
-    pub port: Option<Spanned<i64>>,
-    pub protocol: Option<Spanned<String>>,
+    pub name: Option<Located<String>>,
+    pub port: Option<Located<i64>>,
+    pub protocol: Option<Located<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Subset {
-    pub addresses: Option<Vec<Spanned<EndpointAddress>>>,
-    pub not_ready_addresses: Option<Vec<Spanned<EndpointAddress>>>,
-    pub ports: Option<Vec<Spanned<EndpointPort>>>,
+    pub addresses: Option<Vec<Located<EndpointAddress>>>,
+    pub not_ready_addresses: Option<Vec<Located<EndpointAddress>>>,
+    pub ports: Option<Vec<Located<EndpointPort>>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct EndpointAddress {
-    pub ip: Option<Spanned<String>>,
+    pub ip: Option<Located<String>>,
     pub hostname: Option<String>,
     pub node_name: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 pub(crate) struct NodeStatus {
-    pub addresses: Option<Vec<Spanned<NodeAddress>>>,
+    pub addresses: Option<Vec<Located<NodeAddress>>>,
 }
 
 /// One entry of a Node's `status.addresses`.
 #[derive(Deserialize)]
 pub(crate) struct NodeAddress {
     #[serde(rename = "type")]
-    pub address_type: Option<Spanned<String>>,
-    pub address: Option<Spanned<String>>,
+    pub address_type: Option<Located<String>>,
+    pub address: Option<Located<String>>,
 }
 
 /// Just `apiVersion` and `kind`: used to tell whether a document that failed
@@ -275,7 +292,7 @@ impl<'de> Deserialize<'de> for Document {
                     match key {
                         Key::ApiVersion => doc.api_version = map.next_value()?,
                         Key::Kind => {
-                            let k: Option<Spanned<String>> = map.next_value()?;
+                            let k: Option<Located<String>> = map.next_value()?;
                             kind = k.as_ref().map(|k| Kind::of(&k.value));
                             doc.kind = k;
                         }
