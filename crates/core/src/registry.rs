@@ -24,6 +24,10 @@ use crate::snapshot::{Backend, EndpointInfo, ResolvedPort, ServiceEntry, Snapsho
 pub use crate::vip::VipPolicy;
 use crate::vip::{Assigned, VipPools};
 
+/// How often the registry publishes while sources are still delivering
+/// their first full view (see [`Registry::run`]).
+pub const LOADING_PUBLISH_INTERVAL: Duration = Duration::from_millis(200);
+
 /// Settings the registry needs to turn objects into entries. Construct
 /// with `..Default::default()` so that new fields do not break callers.
 #[derive(Clone, Debug)]
@@ -138,10 +142,36 @@ impl Registry {
     }
 
     /// Applies events until every source has dropped its sink.
+    ///
+    /// Once synced, every batch is published at once. Before that (the
+    /// initial load, nothing is ready yet) changes are published at most
+    /// every [`LOADING_PUBLISH_INTERVAL`]: each generation costs path
+    /// copies in the snapshot's maps and a reconcile in every consumer, so
+    /// 100,000 services in small batches would cost time quadratic in the
+    /// count.
     pub async fn run(mut self) {
         drop(self.tx);
         let mut batch = Vec::with_capacity(BATCH_KEPT);
-        while self.rx.recv_many(&mut batch, 4096).await > 0 {
+        // Changes applied but not yet published, and since when.
+        let mut unpublished: Option<tokio::time::Instant> = None;
+        loop {
+            let received = match unpublished {
+                None => self.rx.recv_many(&mut batch, 4096).await,
+                Some(since) => {
+                    let deadline = since + LOADING_PUBLISH_INTERVAL;
+                    match tokio::time::timeout_at(deadline, self.rx.recv_many(&mut batch, 4096)).await {
+                        Ok(n) => n,
+                        Err(_) => {
+                            publish(&mut self.state, &self.publish);
+                            unpublished = None;
+                            continue;
+                        }
+                    }
+                }
+            };
+            if received == 0 {
+                break;
+            }
             let mut changed = false;
             for (source, event) in batch.drain(..) {
                 match event {
@@ -154,19 +184,35 @@ impl Registry {
                 }
             }
             let synced = self.synced_sources.len() >= self.sources;
-            if changed || synced != self.state.snapshot.synced {
+            if synced != self.state.snapshot.synced {
                 self.state.snapshot.synced = synced;
-                self.publish.send_replace(Arc::new(self.state.take_generation()));
+            } else if !changed {
+                continue;
+            } else if !synced {
+                let since = *unpublished.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() < LOADING_PUBLISH_INTERVAL {
+                    continue;
+                }
             }
+            publish(&mut self.state, &self.publish);
+            unpublished = None;
             // A load burst grows the batch to thousands of events (~200
             // bytes each); the agent then idles for hours.
             batch.shrink_to(BATCH_KEPT);
+        }
+        if unpublished.is_some() {
+            publish(&mut self.state, &self.publish);
         }
     }
 }
 
 /// Events the registry's batch keeps room for between bursts.
 const BATCH_KEPT: usize = 64;
+
+/// Publishes the state's pending changes as a new generation.
+fn publish(state: &mut RegistryState, to: &watch::Sender<Arc<Snapshot>>) {
+    to.send_replace(Arc::new(state.take_generation()));
+}
 
 /// The mutable state behind the registry, separate from the task so it can
 /// be driven synchronously (tests, benchmarks).

@@ -206,6 +206,33 @@ async fn registry_task_publishes_and_reports_synced() {
     task.await.unwrap();
 }
 
+#[tokio::test(start_paused = true)]
+async fn loading_is_published_in_few_generations_then_every_change_at_once() {
+    let mut reg = Registry::new(RegistryConfig::default());
+    let sink = reg.source();
+    let mut rx = reg.subscribe();
+    let task = tokio::spawn(reg.run());
+    let started = tokio::time::Instant::now();
+    // Before the source has synced: changes in separate batches.
+    for name in ["a", "b", "c"] {
+        sink.send(SourceEvent::Apply(service("default", name).port("", 80, 80).object())).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let snap = rx.wait_for(|s| s.len() == 3).await.unwrap().clone();
+    assert!(started.elapsed() >= LOADING_PUBLISH_INTERVAL, "published after {:?}", started.elapsed());
+    assert!(snap.generation <= 2, "the load took {} generations", snap.generation);
+    assert!(!snap.synced);
+    // Synced is published at once, and so is every change after it.
+    let synced_at = tokio::time::Instant::now();
+    sink.send(SourceEvent::Synced).await.unwrap();
+    rx.wait_for(|s| s.synced).await.unwrap();
+    sink.send(SourceEvent::Apply(service("default", "d").port("", 80, 80).object())).await.unwrap();
+    rx.wait_for(|s| s.len() == 4).await.unwrap();
+    assert_eq!(synced_at.elapsed(), Duration::ZERO);
+    drop(sink);
+    task.await.unwrap();
+}
+
 #[test]
 fn cluster_ip_inside_the_vip_range_becomes_the_vip() {
     let mut st = state();
