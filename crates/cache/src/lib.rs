@@ -5,7 +5,8 @@
 //!
 //! ```text
 //!  source ──events──> relay ──events──> registry
-//!                       │ write-through, one redb transaction per batch
+//!                       │ write-through, one redb transaction per batch (up to 16,384
+//!                       │ events; the next one is written while these are passed on)
 //!                   state-dir/cache.redb
 //! ```
 //!

@@ -200,74 +200,147 @@ pub async fn relay(
         }
     }
 
-    let mut batch = Vec::with_capacity(BATCH_KEPT);
-    let mut live = false;
+    // Write-through, pipelined: events are passed on once written, and
+    // while one transaction is being written the next events gather, so a
+    // burst (a first full view of 100,000 objects) is written in a few
+    // large transactions, each overlapping with the registry applying the
+    // one before.
+    let mut relay = Relay { live: false, unconfirmed, status, sink };
+    let mut received: Vec<SourceEvent> = Vec::with_capacity(BATCH_KEPT);
+    let mut pending: Vec<SourceEvent> = Vec::new();
+    let mut writing: Option<tokio::task::JoinHandle<Written>> = None;
+    let mut source_done = false;
     loop {
-        batch.clear();
-        // Bursts grow it to 1,024 events (~200 bytes each); idle needs few.
-        batch.shrink_to(BATCH_KEPT);
-        let n = tokio::select! {
-            n = upstream.recv_many(&mut batch, 1024) => n,
-            () = shutdown.cancelled() => return,
-        };
-        if n == 0 {
-            return; // the source ended
+        if writing.is_none() && !pending.is_empty() {
+            let events = take_batch(&mut pending);
+            match &store {
+                Some(store) => writing = Some(write(store.clone(), events)),
+                None => {
+                    if relay.pass_on(events, Ok(())).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
         }
-        for event in &batch {
+        if source_done && writing.is_none() {
+            return; // the source ended and everything it sent is passed on
+        }
+        tokio::select! {
+            n = upstream.recv_many(&mut received, 1024), if !source_done => {
+                if n == 0 {
+                    source_done = true;
+                    continue;
+                }
+                relay.confirm(&mut received);
+                pending.append(&mut received);
+                // Bursts grow it to 1,024 events (~200 bytes each); idle needs few.
+                received.shrink_to(BATCH_KEPT);
+            }
+            written = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
+                writing = None;
+                let Ok((events, result)) = written else { return }; // the runtime is shutting down
+                // The next transaction starts before these are passed on.
+                if !pending.is_empty() && let Some(store) = &store {
+                    writing = Some(write(store.clone(), take_batch(&mut pending)));
+                }
+                if relay.pass_on(events, result).await.is_err() {
+                    return;
+                }
+            }
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Most events in one transaction: a burst is written in a few of them,
+/// the first of which is passed on while the next is written.
+const MAX_BATCH: usize = 16_384;
+
+/// What a write task hands back: the events and whether they were written.
+type Written = (Vec<SourceEvent>, Result<(), crate::CacheError>);
+
+fn take_batch(pending: &mut Vec<SourceEvent>) -> Vec<SourceEvent> {
+    if pending.len() <= MAX_BATCH {
+        std::mem::take(pending)
+    } else {
+        let rest = pending.split_off(MAX_BATCH);
+        std::mem::replace(pending, rest)
+    }
+}
+
+fn write(store: Arc<Store>, events: Vec<SourceEvent>) -> tokio::task::JoinHandle<Written> {
+    tokio::task::spawn_blocking(move || {
+        let written = store.write(&events).map(drop);
+        (events, written)
+    })
+}
+
+/// The relay's state between the source and the registry.
+struct Relay {
+    /// Whether the source has delivered its first full view.
+    live: bool,
+    /// Cached objects the source has not mentioned yet.
+    unconfirmed: HashSet<ObjectKey>,
+    status: Arc<CacheStatus>,
+    sink: EventSink,
+}
+
+impl Relay {
+    /// Takes note of what the source confirmed; at its first full view,
+    /// adds deletions for what the cache held and the source did not mention
+    /// (before the `Synced`).
+    fn confirm(&mut self, batch: &mut Vec<SourceEvent>) {
+        for event in batch.iter() {
             match event {
                 SourceEvent::Apply(o) => {
-                    unconfirmed.remove(&o.key());
+                    self.unconfirmed.remove(&o.key());
                 }
                 SourceEvent::Delete(k) => {
-                    unconfirmed.remove(k);
+                    self.unconfirmed.remove(k);
                 }
                 SourceEvent::Synced => {}
             }
         }
         // The first full view: what the cache held and the source did not
         // mention is gone. Deleted before Synced is passed on.
-        if !live && let Some(at) = batch.iter().position(|e| *e == SourceEvent::Synced) {
-            let stale: Vec<SourceEvent> = unconfirmed.drain().map(SourceEvent::Delete).collect();
-            unconfirmed.shrink_to_fit(); // sized for the whole cached state
+        if !self.live
+            && let Some(at) = batch.iter().position(|e| *e == SourceEvent::Synced)
+        {
+            let stale: Vec<SourceEvent> = self.unconfirmed.drain().map(SourceEvent::Delete).collect();
+            self.unconfirmed.shrink_to_fit(); // sized for the whole cached state
             if !stale.is_empty() {
                 tracing::info!(deleted = stale.len(), "cached objects the source no longer has are removed");
             }
             batch.splice(at..at, stale);
         }
-        if let Some(store) = &store {
-            let s = store.clone();
-            let events = std::mem::take(&mut batch);
-            let (events, written) = match tokio::task::spawn_blocking(move || {
-                let r = s.write(&events);
-                (events, r)
-            })
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => return, // the runtime is shutting down
-            };
-            batch = events;
-            if let Err(e) = written {
-                tracing::warn!(error = %e, "cache write failed; the agent keeps serving, but a restart may start from older state");
-                status.update(|i| i.problem = Some(e.to_string()));
-            }
+    }
+
+    /// Passes written events on to the registry; fails when it has stopped.
+    async fn pass_on(
+        &mut self,
+        events: Vec<SourceEvent>,
+        written: Result<(), crate::CacheError>,
+    ) -> Result<(), edgemesh_core::registry::RegistryClosed> {
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cache write failed; the agent keeps serving, but a restart may start from older state");
+            self.status.update(|i| i.problem = Some(e.to_string()));
         }
-        let now_live = !live && batch.contains(&SourceEvent::Synced);
-        status.update(|i| {
+        let now_live = !self.live && events.contains(&SourceEvent::Synced);
+        self.status.update(|i| {
             i.updated_at = Some(SystemTime::now());
             if now_live {
                 i.origin = Origin::Live;
             }
         });
         if now_live {
-            live = true;
+            self.live = true;
             tracing::info!("the source has answered; serving live state");
         }
-        for event in batch.drain(..) {
-            if sink.send(event).await.is_err() {
-                return;
-            }
+        for event in events {
+            self.sink.send(event).await?;
         }
+        Ok(())
     }
 }
 
