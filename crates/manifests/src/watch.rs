@@ -74,36 +74,50 @@ impl ManifestSource {
         loop {
             let mut s = scanner.take().expect("put back after every poll");
             let d = dispatch.clone();
-            let poll = tokio::task::spawn_blocking(move || {
-                let events = tracing::dispatcher::with_default(&d, || s.poll());
-                (s, events)
+            // Events flow out file by file while later files are parsed, so
+            // the registry works while the first scan is still parsing.
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<SourceEvent>>(4);
+            let mut poll = tokio::task::spawn_blocking(move || {
+                tracing::dispatcher::with_default(&d, || {
+                    s.poll(&mut |events| {
+                        // Fails only when the task below has stopped listening.
+                        let _ = tx.blocking_send(events);
+                    })
+                });
+                s
             });
-            let (s, mut events) = tokio::select! {
-                joined = poll => match joined {
-                    Ok(r) => r,
-                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                    Err(_) => return, // the runtime is shutting down
-                },
-                () = shutdown.cancelled() => return,
-            };
-            scanner = Some(s);
-            if !synced {
-                events.push(SourceEvent::Synced);
-                synced = true;
-            }
-            let send_all = async {
-                for event in events {
-                    sink.send(event).await?;
+            let mut polled = None;
+            let forward = async {
+                loop {
+                    tokio::select! {
+                        Some(events) = rx.recv() => {
+                            for event in events {
+                                sink.send(event).await?;
+                            }
+                        }
+                        joined = &mut poll, if polled.is_none() => polled = Some(joined),
+                        else => break,
+                    }
+                }
+                // Everything the poll found is sent: after the first, the registry is synced.
+                if !synced {
+                    sink.send(SourceEvent::Synced).await?;
                 }
                 Ok::<_, edgemesh_core::registry::RegistryClosed>(())
             };
             tokio::select! {
-                sent = send_all => if sent.is_err() {
+                sent = forward => if sent.is_err() {
                     tracing::debug!(dir = %self.dir.display(), "registry stopped; manifest source exits");
                     return;
                 },
                 () = shutdown.cancelled() => return,
             }
+            synced = true;
+            scanner = Some(match polled.expect("the poll ended") {
+                Ok(s) => s,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => return, // the runtime is shutting down
+            });
             tokio::select! {
                 () = tokio::time::sleep(self.poll_interval) => {}
                 () = shutdown.cancelled() => return,
@@ -184,11 +198,12 @@ impl Scanner {
         Self { dir, files: HashMap::new(), index: Index::default(), dir_state: DirState::Unknown, first: true }
     }
 
-    /// One scan: the events that bring the registry up to date.
-    pub(crate) fn poll(&mut self) -> Vec<SourceEvent> {
+    /// One scan: hands `emit` the events that bring the registry up to
+    /// date, file by file in file order.
+    pub(crate) fn poll(&mut self, emit: &mut dyn FnMut(Vec<SourceEvent>)) {
         let now = SystemTime::now();
         let mut out = Vec::new();
-        let Some(listing) = self.list() else { return out };
+        let Some(listing) = self.list() else { return };
 
         // Files that are gone: their objects go too.
         let gone: Vec<FileId> = self.files.keys().filter(|f| !listing.contains_key(*f)).cloned().collect();
@@ -243,31 +258,39 @@ impl Scanner {
 
         // Events in file order, whatever order the directory listed.
         changed.sort_unstable_by(|a: &Changed, b| a.file.cmp(&b.file));
-        let results = parse_all(&changed);
-        for (Changed { file, .. }, result) in changed.into_iter().zip(results) {
-            let state = self.files.get_mut(&file).expect("listed above");
+        if !out.is_empty() {
+            emit(std::mem::take(&mut out));
+        }
+        parse_all(&changed, |i, result| {
+            let file = &changed[i].file;
+            let state = self.files.get_mut(file).expect("listed above");
             match result {
                 Ok(objects) => {
-                    let before = out.len();
-                    self.index.set_file(&file, objects, &mut out);
-                    tracing::debug!(file = %file.display(), events = out.len() - before, "manifest file loaded");
+                    self.index.set_file(file, objects, &mut out);
+                    tracing::debug!(file = %file.display(), events = out.len(), "manifest file loaded");
                     if state.parse_problem.take().is_some() {
                         tracing::info!(file = %file.display(), "manifest file is valid again");
+                    }
+                    if !out.is_empty() {
+                        emit(std::mem::take(&mut out));
                     }
                 }
                 // A new content (its hash changed), so always reported.
                 Err(Failure::Manifest(e)) => {
                     state.parse_problem = None;
-                    report(&file, &mut state.parse_problem, Some(e.line()), e.reason());
+                    report(file, &mut state.parse_problem, Some(e.line()), e.reason());
                 }
                 Err(Failure::Other(reason)) => {
                     state.parse_problem = None;
-                    report(&file, &mut state.parse_problem, None, reason);
+                    report(file, &mut state.parse_problem, None, reason);
                 }
             }
-        }
+        });
 
         self.reload_wanted(&mut out);
+        if !out.is_empty() {
+            emit(out);
+        }
 
         if self.first {
             self.first = false;
@@ -280,7 +303,6 @@ impl Scanner {
                 );
             }
         }
-        out
     }
 
     /// Reads again the files holding definitions the index needs (objects
@@ -397,9 +419,10 @@ enum Failure {
     Other(String),
 }
 
-/// Parses changed files: one large file on several threads, many files
-/// spread over threads; results in input order.
-fn parse_all(changed: &[Changed]) -> Vec<Result<Vec<ParsedObject>, Failure>> {
+/// Parses changed files (one large file on several threads, many files
+/// spread over threads) and hands each result to `done` in input order, as
+/// soon as it and those before it are parsed.
+fn parse_all(changed: &[Changed], mut done: impl FnMut(usize, Result<Vec<ParsedObject>, Failure>)) {
     let one = |c: &Changed, threads: usize| {
         let _span = tracing::info_span!("manifest", file = %c.file.display()).entered();
         match &c.text {
@@ -411,35 +434,41 @@ fn parse_all(changed: &[Changed]) -> Vec<Result<Vec<ParsedObject>, Failure>> {
     let bytes: usize = changed.iter().map(|c| c.text.as_ref().map_or(0, String::len)).sum();
     if changed.len() == 1 {
         let threads = if bytes >= parse::PARALLEL_MIN_BYTES { threads } else { 1 };
-        return vec![one(&changed[0], threads)];
+        return done(0, one(&changed[0], threads));
     }
     if threads <= 1 || bytes < parse::PARALLEL_MIN_BYTES {
-        return changed.iter().map(|c| one(c, 1)).collect();
+        return changed.iter().enumerate().for_each(|(i, c)| done(i, one(c, 1)));
     }
-    // Work stealing over files, one file per step.
+    // Work stealing over files, one file per step; results put back in order.
     let next = AtomicUsize::new(0);
     let dispatch = tracing::dispatcher::get_default(Clone::clone);
-    let mut results: Vec<Option<_>> = (0..changed.len()).map(|_| None).collect();
+    let mut parked: Vec<Option<_>> = (0..changed.len()).map(|_| None).collect();
+    let mut next_done = 0;
     std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    tracing::dispatcher::with_default(&dispatch, || {
-                        let mut mine = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(c) = changed.get(i) else { break mine };
-                            mine.push((i, one(c, 1)));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let (next, dispatch, one) = (&next, &dispatch, &one);
+            s.spawn(move || {
+                tracing::dispatcher::with_default(dispatch, || {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(c) = changed.get(i) else { break };
+                        if tx.send((i, one(c, 1))).is_err() {
+                            break;
                         }
-                    })
+                    }
                 })
-            })
-            .collect();
-        for w in workers {
-            for (i, r) in w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
-                results[i] = Some(r);
+            });
+        }
+        drop(tx);
+        // Ends when every worker is done (a panic is re-raised by the scope).
+        for (i, result) in rx {
+            parked[i] = Some(result);
+            while let Some(result) = parked.get_mut(next_done).and_then(Option::take) {
+                done(next_done, result);
+                next_done += 1;
             }
         }
     });
-    results.into_iter().map(|r| r.expect("every file parsed")).collect()
 }
