@@ -547,7 +547,7 @@ fn generator_and_kubectl_output_take_the_fast_path() {
     let slice = "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-000001-x\n  \
                  namespace: bench\n  labels:\n    kubernetes.io/service-name: svc-000001\naddressType: IPv4\nports:\n\
                  - name: http\n  port: 8080\nendpoints:\n- addresses: [10.0.1.1]\n  nodeName: node-0\n\
-                 - addresses: [10.0.1.2]\n  nodeName: node-1\n";
+                 - addresses: [\"10.0.1.2\"]\n  conditions:\n    ready: true\n  nodeName: node-1\n";
     let kubectl = "apiVersion: v1\r\nkind: Service\r\nmetadata:\r\n  annotations:\r\n    edgemesh.io/lb-strategy: Random\r\n  \
                    creationTimestamp: \"2024-01-01T00:00:00Z\"\r\n  labels:\r\n    app: web\r\n  name: web\r\n  \
                    namespace: default\r\n  resourceVersion: \"123\"\r\n  uid: 0b6f-11\r\nspec:\r\n  clusterIP: 10.96.0.10\r\n  \

@@ -3,7 +3,8 @@
 //! Understood: block mappings and sequences (indentless ones too, as
 //! kubectl writes them), plain scalars on one line, single- and
 //! double-quoted scalars without escapes, `[]`, `{}`, one-line flow
-//! sequences of plain words, comments, a leading `---`, CRLF line ends.
+//! sequences of plain words and simple quoted strings, comments, a
+//! leading `---`, CRLF line ends.
 //! Anything else (anchors, aliases, tags, block scalars, multi-line
 //! scalars, escapes, tabs, duplicate keys, non-ASCII text, directives...)
 //! makes [`parse`] return `None`, and the caller uses serde-saphyr.
@@ -246,13 +247,7 @@ fn inline(text: &str, line: usize) -> Option<Node<'_>> {
             if inner.is_empty() {
                 return Some(Node::Seq { items: Vec::new(), line });
             }
-            let items = inner
-                .split(',')
-                .map(|w| {
-                    let w = w.trim_matches(' ');
-                    flow_word(w).then_some(Node::Scalar { text: w, plain: true, line })
-                })
-                .collect::<Option<Vec<_>>>()?;
+            let items = inner.split(',').map(|w| flow_item(w.trim_matches(' '), line)).collect::<Option<Vec<_>>>()?;
             Some(Node::Seq { items, line })
         }
         b'{' => {
@@ -275,9 +270,15 @@ fn inline(text: &str, line: usize) -> Option<Node<'_>> {
 }
 
 /// An item of a one-line flow sequence the subset reads: a word of letters,
-/// digits and `._/-` (an IPv4 address, a name).
-fn flow_word(w: &str) -> bool {
-    !w.is_empty()
+/// digits and `._/-` (an IPv4 address, a name), or a quoted string without
+/// quotes, escapes or commas inside.
+fn flow_item(w: &str, line: usize) -> Option<Node<'_>> {
+    let quoted = |q: char| w.strip_prefix(q)?.strip_suffix(q).filter(|t| !t.contains(['"', '\'', '\\']));
+    if let Some(text) = quoted('"').or_else(|| quoted('\'')) {
+        return Some(Node::Scalar { text, plain: false, line });
+    }
+    let word = !w.is_empty()
         && w.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
-        && !w.starts_with('-')
+        && !w.starts_with('-');
+    word.then_some(Node::Scalar { text: w, plain: true, line })
 }
