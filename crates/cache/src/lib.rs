@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!  source ──events──> relay ──events──> registry
-//!                       │ write-through, one redb transaction per batch (up to 16,384
+//!                       │ write-through, one redb transaction per batch (up to 4,096
 //!                       │ events; the next one is written while these are passed on)
 //!                   state-dir/cache.redb
 //! ```

@@ -255,7 +255,7 @@ pub async fn relay(
 
 /// Most events in one transaction: a burst is written in a few of them,
 /// the first of which is passed on while the next is written.
-const MAX_BATCH: usize = 16_384;
+const MAX_BATCH: usize = 4096;
 
 /// What a write task hands back: the events and whether they were written.
 type Written = (Vec<SourceEvent>, Result<(), crate::CacheError>);

@@ -24,9 +24,12 @@ use crate::snapshot::{Backend, EndpointInfo, ResolvedPort, ServiceEntry, Snapsho
 pub use crate::vip::VipPolicy;
 use crate::vip::{Assigned, VipPools};
 
-/// How often the registry publishes while sources are still delivering
-/// their first full view (see [`Registry::run`]).
+/// While sources deliver their first full view, a pause this long in their
+/// events publishes what was applied (see [`Registry::run`]).
 pub const LOADING_PUBLISH_INTERVAL: Duration = Duration::from_millis(200);
+/// While sources deliver their first full view, the longest a change waits
+/// to be published (see [`Registry::run`]).
+pub const LOADING_MAX_DELAY: Duration = Duration::from_secs(5);
 
 /// Settings the registry needs to turn objects into entries. Construct
 /// with `..Default::default()` so that new fields do not break callers.
@@ -144,63 +147,65 @@ impl Registry {
     /// Applies events until every source has dropped its sink.
     ///
     /// Once synced, every batch is published at once. Before that (the
-    /// initial load, nothing is ready yet) changes are published at most
-    /// every [`LOADING_PUBLISH_INTERVAL`]: each generation costs path
-    /// copies in the snapshot's maps and a reconcile in every consumer, so
-    /// 100,000 services in small batches would cost time quadratic in the
-    /// count.
+    /// initial load; nothing is ready yet) changes are held back until the
+    /// sources pause for [`LOADING_PUBLISH_INTERVAL`], or they number at
+    /// least half the services held (at least 4,096), or the oldest is
+    /// [`LOADING_MAX_DELAY`] old. Each generation costs path copies in the
+    /// snapshot's maps and a reconcile in every consumer: published in
+    /// batches of fixed size or time, 100,000 services would cost time
+    /// quadratic in their number; published in growing batches, linear.
     pub async fn run(mut self) {
         drop(self.tx);
         let mut batch = Vec::with_capacity(BATCH_KEPT);
-        // Changes applied but not yet published, and since when.
-        let mut unpublished: Option<tokio::time::Instant> = None;
+        // Changes applied but not published yet: how many, since when.
+        let mut held = 0usize;
+        let mut held_since = tokio::time::Instant::now();
         loop {
-            let received = match unpublished {
-                None => self.rx.recv_many(&mut batch, 4096).await,
-                Some(since) => {
-                    let deadline = since + LOADING_PUBLISH_INTERVAL;
-                    match tokio::time::timeout_at(deadline, self.rx.recv_many(&mut batch, 4096)).await {
-                        Ok(n) => n,
-                        Err(_) => {
-                            publish(&mut self.state, &self.publish);
-                            unpublished = None;
-                            continue;
-                        }
+            let received = if held == 0 {
+                self.rx.recv_many(&mut batch, 4096).await
+            } else {
+                let pause = tokio::time::sleep(LOADING_PUBLISH_INTERVAL);
+                tokio::select! {
+                    n = self.rx.recv_many(&mut batch, 4096) => n,
+                    () = pause => {
+                        publish(&mut self.state, &self.publish);
+                        held = 0;
+                        continue;
                     }
                 }
             };
             if received == 0 {
                 break;
             }
-            let mut changed = false;
+            let mut changed = 0usize;
             for (source, event) in batch.drain(..) {
-                match event {
-                    SourceEvent::Synced => {
-                        if self.synced_sources.insert(source) {
-                            changed = true;
-                        }
-                    }
-                    event => changed |= self.state.apply(event),
-                }
+                let applied = match event {
+                    SourceEvent::Synced => self.synced_sources.insert(source),
+                    event => self.state.apply(event),
+                };
+                changed += usize::from(applied);
             }
             let synced = self.synced_sources.len() >= self.sources;
             if synced != self.state.snapshot.synced {
                 self.state.snapshot.synced = synced;
-            } else if !changed {
+            } else if changed == 0 {
                 continue;
             } else if !synced {
-                let since = *unpublished.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() < LOADING_PUBLISH_INTERVAL {
+                if held == 0 {
+                    held_since = tokio::time::Instant::now();
+                }
+                held += changed;
+                if held < (self.state.services.len() / 2).max(4096) && held_since.elapsed() < LOADING_MAX_DELAY {
                     continue;
                 }
             }
             publish(&mut self.state, &self.publish);
-            unpublished = None;
+            held = 0;
             // A load burst grows the batch to thousands of events (~200
             // bytes each); the agent then idles for hours.
             batch.shrink_to(BATCH_KEPT);
         }
-        if unpublished.is_some() {
+        if held > 0 {
             publish(&mut self.state, &self.publish);
         }
     }
