@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use edgemesh_core::{Backend, HashKey, LbStrategy, ResolvedPort, ServiceEntry, ServiceKey, SessionAffinity};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -305,17 +305,33 @@ fn reset(stream: TcpStream) {
 }
 
 /// The whole life of one connection; ends early at shutdown.
+///
+/// The shutdown signal is polled once, which registers the task's waker
+/// with it; later wake-ups only read its flag. (Polling a registered
+/// `cancelled()` future again takes the lock of the token's waiter list,
+/// which every connection shares: one contended lock per wake-up.)
 async fn serve(client: TcpStream, peer: IpAddr, pool: Arc<Pool>, active: Active) {
     let shared = &active.0;
-    tokio::select! {
-        biased;
-        () = shared.stop.cancelled() => {}
-        () = proxy(client, peer, &pool, shared) => {}
-    }
+    let stop = shared.stop.cancelled();
+    let work = proxy(client, peer, &pool, shared);
+    tokio::pin!(stop, work);
+    let mut registered = false;
+    std::future::poll_fn(|cx| {
+        if !registered {
+            registered = true;
+            if stop.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        } else if shared.stop.is_cancelled() {
+            return std::task::Poll::Ready(());
+        }
+        work.as_mut().poll(cx)
+    })
+    .await;
 }
 
 async fn proxy(client: TcpStream, peer: IpAddr, pool: &Pool, shared: &Shared) {
-    let _ = client.set_nodelay(true);
+    // `client` has TCP_NODELAY from its listening socket.
     // Boxed: the connect phase (header peek, timer, retry loop) is larger
     // than the forwarding phase and is over in a moment.
     let upstream = match Box::pin(connect(pool, &client, peer, shared)).await {
@@ -490,15 +506,38 @@ pub(crate) fn find_header<'a>(data: &'a [u8], name: &str) -> Header<'a> {
     }
 }
 
+/// Connects to a local endpoint with `TCP_NODELAY` (and the mark, if any).
+///
+/// Written out rather than `TcpSocket::connect`, which asks the socket for
+/// its error (`getsockopt`) after every connect: here that is asked only
+/// when the writable event says the connect failed (a failed connect also
+/// reports `EPOLLHUP`, seen as write-closed), one system call fewer per
+/// connection.
 async fn connect_one(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpStream> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, ipproto};
+    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let socket = rustix::net::socket_with(
+        family,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        Some(ipproto::TCP),
+    )?;
     if let Some(mark) = mark {
         // Interception rules let marked packets pass: the agent's own
         // connections are never redirected back to it.
         socket2::SockRef::from(&socket).set_mark(mark)?;
     }
-    socket.set_nodelay(true)?;
-    socket.connect(addr).await
+    rustix::net::sockopt::set_tcp_nodelay(&socket, true)?;
+    match rustix::net::connect(&socket, &addr) {
+        Ok(()) | Err(rustix::io::Errno::INPROGRESS) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    let ready = stream.ready(tokio::io::Interest::WRITABLE).await?;
+    if ready.is_write_closed() || !ready.is_writable() {
+        return Err(stream.take_error()?.unwrap_or_else(|| std::io::ErrorKind::NotConnected.into()));
+    }
+    Ok(stream)
 }
 
 #[cfg(test)]

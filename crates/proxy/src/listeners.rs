@@ -447,9 +447,12 @@ fn service_socket(addr: SocketAddr, ty: Type, protocol: socket2::Protocol) -> io
     Ok(socket)
 }
 
-/// A listening, non-blocking TCP socket on `addr`.
-fn bind(addr: SocketAddr) -> io::Result<std::os::fd::OwnedFd> {
+/// A listening, non-blocking TCP socket on `addr`, with `TCP_NODELAY` set
+/// for the connections it accepts.
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<std::os::fd::OwnedFd> {
     let socket = service_socket(addr, Type::STREAM, socket2::Protocol::TCP)?;
+    // Accepted connections inherit it (Linux): no setsockopt per connection.
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;

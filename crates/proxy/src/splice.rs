@@ -32,8 +32,10 @@
 //! back to copying through a small userspace buffer.
 //!
 //! EOF on one side becomes `shutdown(Write)` on the other, and the other
-//! direction keeps flowing (half-close). Any error ends both directions;
-//! dropping the sockets closes them.
+//! direction keeps flowing (half-close). The last EOF is passed on by the
+//! caller dropping both sockets once [`forward`] completes (close sends the
+//! FIN; a `shutdown` first would be one more system call per connection).
+//! Any error ends both directions; dropping the sockets closes them.
 
 use std::future::Future;
 use std::io;
@@ -78,7 +80,8 @@ pub struct Transferred {
     pub b_to_a: u64,
 }
 
-/// Forwards `a` <-> `b` until both directions reach EOF or one fails.
+/// Forwards `a` <-> `b` until both directions reach EOF or one fails; the
+/// caller then drops both sockets, which passes the last EOF on.
 pub fn forward<'a>(a: &'a TcpStream, b: &'a TcpStream) -> Forward<'a> {
     Forward { a, b, a_to_b: Half::default(), b_to_a: Half::default() }
 }
@@ -106,12 +109,12 @@ impl Future for Forward<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if !this.a_to_b.done
-            && let Poll::Ready(Err(e)) = this.a_to_b.poll(cx, this.a, this.b)
+            && let Poll::Ready(Err(e)) = this.a_to_b.poll(cx, this.a, this.b, this.b_to_a.done)
         {
             return Poll::Ready(Err(e));
         }
         if !this.b_to_a.done
-            && let Poll::Ready(Err(e)) = this.b_to_a.poll(cx, this.b, this.a)
+            && let Poll::Ready(Err(e)) = this.b_to_a.poll(cx, this.b, this.a, this.a_to_b.done)
         {
             return Poll::Ready(Err(e));
         }
@@ -280,7 +283,15 @@ impl Half {
         })
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>, from: &TcpStream, to: &TcpStream) -> Poll<io::Result<()>> {
+    /// Moves bytes until `from` is drained or at EOF; `reverse_done`: the
+    /// other direction has finished, so this EOF is the connection's last.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        reverse_done: bool,
+    ) -> Poll<io::Result<()>> {
         loop {
             // Drain first: never read while the pipe holds data.
             while self.pending > 0 {
@@ -311,8 +322,11 @@ impl Half {
                 }
             }
             if self.eof {
-                // Pass the half-close on; the peer may already be gone.
-                let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                // Pass the half-close on (the peer may already be gone),
+                // unless closing both sockets next does it.
+                if !reverse_done {
+                    let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                }
                 self.go_idle();
                 self.done = true;
                 return Poll::Ready(Ok(()));

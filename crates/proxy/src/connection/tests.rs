@@ -131,3 +131,32 @@ async fn header_peek_does_not_consume_and_gives_up_on_silence() {
     let waited = started.elapsed();
     assert!(waited >= HEADER_PEEK_WAIT && waited < HEADER_PEEK_WAIT * 3, "{waited:?}");
 }
+
+/// The hand-written connect: a listening endpoint gives a connected,
+/// `TCP_NODELAY` stream; a closed port gives the refusal (read from the
+/// socket only when the event says the connect failed).
+#[tokio::test]
+async fn connect_one_connects_with_nodelay_and_reports_refusal() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stream = connect_one(addr, None).await.unwrap();
+    assert!(stream.nodelay().unwrap());
+    let (accepted, from) = listener.accept().await.unwrap();
+    assert_eq!(from, stream.local_addr().unwrap());
+    drop(accepted);
+    drop(listener);
+    let e = connect_one(addr, None).await.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+}
+
+/// Sockets accepted from a service listener inherit `TCP_NODELAY` from it,
+/// so the proxy sets nothing per connection.
+#[test]
+fn accepted_connections_inherit_nodelay_from_the_listener() {
+    let socket = crate::listeners::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = std::net::TcpListener::from(socket);
+    listener.set_nonblocking(false).unwrap();
+    let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    assert!(accepted.nodelay().unwrap());
+}

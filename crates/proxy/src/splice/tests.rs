@@ -41,6 +41,9 @@ async fn exchange_then_half_close(copy: bool) {
     backend.shutdown().await.unwrap();
     let moved = drive(&mut fwd).await.expect("both directions done").unwrap();
     assert_eq!(moved, Transferred { a_to_b: 4, b_to_a: 4 });
+    // The last EOF is passed on by closing, as the proxy does.
+    drop(fwd);
+    drop((s1, c2));
     let mut reply = Vec::new();
     client.read_to_end(&mut reply).await.unwrap();
     assert_eq!(reply, b"pong");
