@@ -3,21 +3,34 @@
 # (nodes A and B) joined by one veth pair, an agent in each, an iperf3 server
 # and an nginx (100-byte file) in B; clients in A reach them directly (B's
 # address) and through the tunnel (a service VIP in A whose endpoint is on
-# node-b). Transports: TCP (Noise + yamux) and QUIC, one at a time.
+# node-b). Transports: TCP (Noise + yamux, no PSK) and QUIC, one at a time.
 #
-# usage: bench/tunnel.sh [-r REPS] [-d SECS] [-o OUT.jsonl]
+# usage: bench/tunnel.sh [-r REPS] [-d SECS] [-o OUT.jsonl] [-b LABEL=BINARY]...
 # Prints one JSON line per measurement and a summary with ratios to direct
-# (paired within each repetition). Needs root, iperf3, wrk, nginx.
+# (paired within each repetition). Each -b adds a build to compare in the
+# same run (alternating within each repetition); without -b, EDGEMESH_BIN or
+# the release build. Besides throughput, the agents' CPU time (both agents,
+# user + system) per GB moved through the tunnel: steadier than Gbit/s on a
+# busy machine. TUNNEL_PERF=DIR records a cpu-clock profile with DWARF call
+# graphs of both agents during each tunnel iperf3 run (DIR/LABEL-TRANSPORT-
+# REP.perf). Needs root, iperf3, wrk, nginx (and perf for TUNNEL_PERF).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
 source "$SHARED/lib.sh"
-REPS=3 DUR=5 OUT=/dev/null
-while getopts r:d:o: o; do case $o in
-  r) REPS=$OPTARG ;; d) DUR=$OPTARG ;; o) OUT=$OPTARG ;; *) sed -n '2,11p' "$0" >&2; exit 2 ;;
+REPS=3 DUR=5 OUT=/dev/null BUILDS=()
+while getopts r:d:o:b: o; do case $o in
+  r) REPS=$OPTARG ;; d) DUR=$OPTARG ;; o) OUT=$OPTARG ;; b) BUILDS+=("$OPTARG") ;;
+  *) sed -n '2,17p' "$0" >&2; exit 2 ;;
 esac; done
-BIN=${EDGEMESH_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/edgemesh}
-[[ -x $BIN ]] || { echo "no release binary at $BIN (cargo build --release -p edgemesh)" >&2; exit 1; }
+if [[ ${#BUILDS[@]} -eq 0 ]]; then
+  BUILDS=("=${EDGEMESH_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/edgemesh}")
+fi
+for b in "${BUILDS[@]}"; do
+  [[ -x ${b#*=} ]] || { echo "no release binary at ${b#*=} (cargo build --release -p edgemesh)" >&2; exit 1; }
+done
+BIN=${BUILDS[0]#*=}
+PERF_DIR=${TUNNEL_PERF:-}
 
 A=em-bt-a-$$ B=em-bt-b-$$ W=$(mktemp -d)
 PIDS=()
@@ -79,15 +92,15 @@ EOF
 manifests "$W/a/m"; manifests "$W/b/m"
 
 AGENTS=()
-start_agents() { # $1: tcp|quic
-  local la lb
+start_agents() { # $1: tcp|quic, $2: binary
+  local la lb bin=$2
   if [[ $1 == quic ]]; then la=/ip4/10.99.0.1/udp/20006/quic-v1 lb=/ip4/10.99.0.2/udp/20006/quic-v1
   else la=/ip4/10.99.0.1/tcp/20006 lb=/ip4/10.99.0.2/tcp/20006; fi
   local common=(--dns-listen 127.0.0.1:0 --admin-listen 127.0.0.1:15020 --dns-upstream 127.0.0.1:9
     --vip-cidr 127.99.0.0/24 --no-mdns --log-level warn)
-  ip netns exec "$B" "$BIN" agent --node-name node-b --manifest-dir "$W/b/m" --state-dir "$W/b" \
+  ip netns exec "$B" "$bin" agent --node-name node-b --manifest-dir "$W/b/m" --state-dir "$W/b" \
     --tunnel-listen "$lb" "${common[@]}" 2>>"$W/b.log" & AGENTS+=($!)
-  ip netns exec "$A" "$BIN" agent --node-name node-a --manifest-dir "$W/a/m" --state-dir "$W/a" \
+  ip netns exec "$A" "$bin" agent --node-name node-a --manifest-dir "$W/a/m" --state-dir "$W/a" \
     --tunnel-listen "$la" --bootstrap "$lb/p2p/$PB" "${common[@]}" 2>>"$W/a.log" & AGENTS+=($!)
   for _ in $(seq 100); do
     if ip netns exec "$A" curl -sf -o /dev/null http://127.99.0.10:8080/f; then return 0; fi
@@ -100,11 +113,17 @@ stop_agents() {
   AGENTS=()
 }
 
-iperf() { # $1: target ip -> Gbit/s received
-  ip netns exec "$A" iperf3 -c "$1" -p 5201 -t "$DUR" -J | jq '.end.sum_received.bits_per_second / 1e9'
+iperf() { # $1: target ip -> iperf3 JSON
+  ip netns exec "$A" iperf3 -c "$1" -p 5201 -t "$DUR" -J
 }
+gbit() { jq '.end.sum_received.bits_per_second / 1e9'; }
 wrk_rr() { # $1: target ip -> wrk JSON line
   ip netns exec "$A" wrk -t2 -c50 -d"${DUR}s" -s "$SHARED/wrk_report.lua" "http://$1:8080/f" | grep '^{'
+}
+agents_cpu_s() { # user + system seconds of both agents so far
+  local p t=0 f
+  for p in "${AGENTS[@]}"; do read -ra f < "/proc/$p/stat"; t=$((t + f[13] + f[14])); done
+  echo "$t / $(getconf CLK_TCK)" | bc -l
 }
 RES=$W/results.jsonl
 emit() { echo "$1" | tee -a "$RES"; }
@@ -112,11 +131,27 @@ emit() { echo "$1" | tee -a "$RES"; }
 for rep in $(seq "$REPS"); do
   for transport in tcp quic; do
     wait_quiet
-    emit "$(jq -nc --arg t direct --argjson r "$rep" --argjson g "$(iperf 10.99.0.2)" '{rep:$r,path:$t,test:"tput1",gbit_s:$g}')"
-    start_agents "$transport"
-    emit "$(jq -nc --arg t "tunnel-$transport" --argjson r "$rep" --argjson g "$(iperf 127.99.0.10)" '{rep:$r,path:$t,test:"tput1",gbit_s:$g}')"
-    emit "$(wrk_rr 127.99.0.10 | jq -c --arg t "tunnel-$transport" --argjson r "$rep" '{rep:$r,path:$t,test:"rr"} + .')"
-    stop_agents
+    emit "$(jq -nc --arg t direct --argjson r "$rep" --argjson g "$(iperf 10.99.0.2 | gbit)" '{rep:$r,path:$t,test:"tput1",gbit_s:$g}')"
+    for build in "${BUILDS[@]}"; do
+      label=${build%%=*}
+      path="tunnel-$transport${label:+@$label}"
+      start_agents "$transport" "${build#*=}"
+      perf_pid=""
+      if [[ -n $PERF_DIR ]]; then
+        mkdir -p "$PERF_DIR"
+        perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$(IFS=,; echo "${AGENTS[*]}")" \
+          -o "$PERF_DIR/${label:-agent}-$transport-$rep.perf" -- sleep "$DUR" 2>>"$W/perf.log" & perf_pid=$!
+      fi
+      cpu0=$(agents_cpu_s)
+      j=$(iperf 127.99.0.10)
+      cpu=$(echo "$(agents_cpu_s) - $cpu0" | bc -l)
+      [[ -z $perf_pid ]] || wait "$perf_pid" || true
+      emit "$(jq -c --arg t "$path" --argjson r "$rep" --argjson cpu "$cpu" \
+        '{rep:$r,path:$t,test:"tput1",gbit_s:(.end.sum_received.bits_per_second / 1e9),
+          agents_cpu_s_per_gb:($cpu / (.end.sum_received.bytes / 1e9))}' <<<"$j")"
+      emit "$(wrk_rr 127.99.0.10 | jq -c --arg t "$path" --argjson r "$rep" '{rep:$r,path:$t,test:"rr"} + .')"
+      stop_agents
+    done
     emit "$(wrk_rr 10.99.0.2 | jq -c --arg t direct --argjson r "$rep" '{rep:$r,path:$t,test:"rr"} + .')"
   done
 done
@@ -126,12 +161,14 @@ python3 - "$RES" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 def med(path, test, key):
-    v = [r[key] for r in rows if r["path"] == path and r["test"] == test]
+    v = [r[key] for r in rows if r["path"] == path and r["test"] == test and key in r]
     return statistics.median(v) if v else float("nan")
-print("\n| path | Gbit/s (1 stream) | x direct | req/s keep-alive | x direct | p50 us | p99 us |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("\n| path | Gbit/s (1 stream) | x direct | agents CPU s/GB | req/s keep-alive | x direct | p50 us | p99 us |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 dg, dr = med("direct", "tput1", "gbit_s"), med("direct", "rr", "req_s")
-for p in ["direct", "tunnel-tcp", "tunnel-quic"]:
+for p in dict.fromkeys(r["path"] for r in rows):
     g, r = med(p, "tput1", "gbit_s"), med(p, "rr", "req_s")
-    print(f"| {p} | {g:.2f} | {g/dg:.2f} | {r:,.0f} | {r/dr:.2f} | {med(p,'rr','p50_us'):.0f} | {med(p,'rr','p99_us'):.0f} |")
+    c = med(p, "tput1", "agents_cpu_s_per_gb")
+    cpu = "-" if c != c else f"{c:.2f}"
+    print(f"| {p} | {g:.2f} | {g/dg:.2f} | {cpu} | {r:,.0f} | {r/dr:.2f} | {med(p,'rr','p50_us'):.0f} | {med(p,'rr','p99_us'):.0f} |")
 PY
