@@ -14,7 +14,7 @@
 #
 # Environment: EDGEMESH_BIN (default: target/release/edgemesh), CONN_VIP
 # (127.129.0.10), CONN_PORT (26080), CONN_BACKEND_PORT (26081),
-# CONN_ADMIN_PORT (26021), IDLE_SECS (2).
+# IDLE_SECS (2).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 N=2000
@@ -22,7 +22,7 @@ while getopts n: o; do case $o in
   n) N=$OPTARG ;; *) sed -n '2,17p' "$0" >&2; exit 2 ;;
 esac; done
 VIP=${CONN_VIP:-127.129.0.10} PORT=${CONN_PORT:-26080} BPORT=${CONN_BACKEND_PORT:-26081}
-ADMIN=${CONN_ADMIN_PORT:-26021} IDLE_SECS=${IDLE_SECS:-2}
+IDLE_SECS=${IDLE_SECS:-2}
 BIN=${EDGEMESH_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/edgemesh}
 [[ -x $BIN ]] || { echo "conn_mem.sh: no release binary at $BIN (cargo build --release -p edgemesh)" >&2; exit 1; }
 for t in nginx curl python3 ss; do command -v $t >/dev/null || { echo "conn_mem.sh: needs $t" >&2; exit 1; }; done
@@ -37,7 +37,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-mkdir -p "$W/www" "$W/manifests" && head -c 100 /dev/zero | tr '\0' x >"$W/www/f"
+mkdir -p "$W/www" && head -c 100 /dev/zero | tr '\0' x >"$W/www/f"
 chmod 755 "$W" "$W/www" && chmod 644 "$W/www/f" # nginx's workers are not root
 cat >"$W/nginx.conf" <<EOF
 worker_processes 1; daemon off; pid $W/nginx.pid; error_log $W/nginx.err;
@@ -49,27 +49,8 @@ EOF
 nginx -c "$W/nginx.conf" &
 PIDS+=($!)
 
-cat >"$W/manifests/bench.yaml" <<YAML
-apiVersion: v1
-kind: Service
-metadata: {name: conn, namespace: bench}
-spec:
-  clusterIP: $VIP
-  ports: [{name: http, port: $PORT, targetPort: $BPORT}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: conn-1
-  namespace: bench
-  labels: {kubernetes.io/service-name: conn}
-addressType: IPv4
-ports: [{name: http, port: $BPORT}]
-endpoints: [{addresses: [127.0.0.1], nodeName: bench}]
-YAML
-"$BIN" agent --node-name bench --manifest-dir "$W/manifests" --vip-cidr "$VIP/24" \
-  --dns-listen 127.0.0.1:0 --admin-listen "127.0.0.1:$ADMIN" --dns-upstream 127.0.0.1:9 --log-level warn \
-  --state-dir "$W/state" 2>"$W/agent.log" &
+# The agent as the TCP harness runs it: one service at $VIP:$PORT, endpoint nginx.
+EDGEMESH_BIN=$BIN "$ROOT/bench/agent_proxy.sh" "$VIP" "$PORT" 127.0.0.1 "$BPORT" "$W" 2>"$W/agent.log" &
 AGENT=$!
 PIDS+=("$AGENT")
 for _ in $(seq 200); do
