@@ -19,9 +19,7 @@ fn dual_stack_services_work_over_ipv6_end_to_end() {
     let t = Topology::new();
     let _echo4 = UdpEcho::start(&t.pod, "10.244.1.2:7007");
     let echo6 = UdpEcho::start(&t.pod, "[fd00:244:1::2]:7007");
-    let dir = tempfile::tempdir().unwrap();
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir(&manifests).unwrap();
+    let (dir, manifests) = support::manifest_dir();
     write_manifest(&manifests, "web.yaml", &service("web", &["10.96.0.10", "fd00:96::10"], 80));
     write_manifest(&manifests, "v6.yaml", &ipv6_only_service("v6only", 8080));
     write_manifest(&manifests, "echo.yaml", &udp_service("echo", &["10.96.0.53", "fd00:96::53"], 53, Some(30053)));

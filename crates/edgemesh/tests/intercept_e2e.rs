@@ -24,9 +24,7 @@ use support::{eventually, free_port, write_manifest};
 fn cluster_ips_are_intercepted_with_nftables() {
     require_root();
     let t = Topology::new();
-    let dir = tempfile::tempdir().unwrap();
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir(&manifests).unwrap();
+    let (dir, manifests) = support::manifest_dir();
     write_manifest(&manifests, "web.yaml", &service("web", &["10.96.0.10", "fd00:96::10"], 80));
     let agent = start_agent(&t.node, &manifests, &dir.path().join("state"), &[]);
 
@@ -103,9 +101,7 @@ fn answers(ns: &Netns, to: &str) -> bool {
 fn the_transparent_port_takes_only_redirected_connections() {
     require_root();
     let t = Topology::new();
-    let dir = tempfile::tempdir().unwrap();
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir(&manifests).unwrap();
+    let (dir, manifests) = support::manifest_dir();
     write_manifest(&manifests, "web.yaml", &service("web", &["10.96.0.10", "fd00:96::10"], 80));
     let agent = start_agent(&t.node, &manifests, &dir.path().join("state"), &[]);
     // Straight to the listener, on the node's addresses, from a pod and
@@ -131,9 +127,7 @@ fn the_transparent_port_takes_only_redirected_connections() {
 fn a_restarted_agent_replaces_the_table_and_device_left_by_a_crash() {
     require_root();
     let t = Topology::new();
-    let dir = tempfile::tempdir().unwrap();
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir(&manifests).unwrap();
+    let (dir, manifests) = support::manifest_dir();
     write_manifest(&manifests, "web.yaml", &service("web", &["10.96.0.10"], 80));
     write_manifest(&manifests, "old.yaml", &service("old", &["10.96.0.30"], 80));
     write_manifest(&manifests, "old-bare.yaml", &service("old-bare", &[], 80));
@@ -175,9 +169,7 @@ fn a_restarted_agent_replaces_the_table_and_device_left_by_a_crash() {
 #[test]
 fn missing_nft_and_missing_permission_are_clear_start_errors() {
     require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir(&manifests).unwrap();
+    let (dir, manifests) = support::manifest_dir();
     let base = |cmd: &mut Command| {
         cmd.arg("agent")
             .args(["--intercept", "nftables", "--dns-upstream", "127.0.0.1:9"])
@@ -218,9 +210,7 @@ fn udp_to_cluster_ips_reaches_the_agent_and_answers_come_from_the_cluster_ip() {
     require_root();
     let t = Topology::new();
     let echo = UdpEcho::start(&t.pod, "10.244.1.2:7007");
-    let dir = tempfile::tempdir().unwrap();
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir(&manifests).unwrap();
+    let (dir, manifests) = support::manifest_dir();
     write_manifest(&manifests, "echo.yaml", &udp_service("echo", &["10.96.0.53"], 53, None));
     // A DNS service whose endpoint is the agent's own DNS server (on its
     // node-local address), for `dig`.
@@ -290,9 +280,7 @@ fn services_without_a_cluster_ip_get_a_vip_on_the_edge0_device() {
     let t = Topology::new();
     // No way out of the node: only edge0 makes the VIPs reachable.
     t.node.ip(&["route", "del", "default"]);
-    let dir = tempfile::tempdir().unwrap();
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir(&manifests).unwrap();
+    let (dir, manifests) = support::manifest_dir();
     write_manifest(&manifests, "web.yaml", &service("web", &["10.96.0.10"], 80));
     write_manifest(&manifests, "bare.yaml", &service("bare", &[], 80));
     // A device left by an earlier run (a crash), with an address: replaced.
@@ -354,9 +342,7 @@ fn services_without_a_cluster_ip_get_a_vip_on_the_edge0_device() {
 fn a_failed_start_leaves_neither_table_nor_device() {
     require_root();
     let t = Topology::new();
-    let dir = tempfile::tempdir().unwrap();
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir(&manifests).unwrap();
+    let (dir, manifests) = support::manifest_dir();
     // The admin port is taken: the agent fails after making its table and
     // device, and must take both away again.
     let _taken = support::netns::in_netns(&t.node.name, || std::net::TcpListener::bind("127.0.0.1:15020").unwrap());
@@ -370,9 +356,7 @@ fn a_failed_start_leaves_neither_table_nor_device() {
 fn node_ports_are_served_on_the_nodes_addresses() {
     require_root();
     let t = Topology::new();
-    let dir = tempfile::tempdir().unwrap();
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir(&manifests).unwrap();
+    let (dir, manifests) = support::manifest_dir();
     write_manifest(&manifests, "np.yaml", &node_port_service("np", "10.96.0.70", 8080, 30080));
     // A ClusterIP service's nodePort (none in Kubernetes, but a manifest may
     // say it) is not served.
@@ -413,9 +397,7 @@ fn node_ports_are_served_on_the_nodes_addresses() {
 fn ten_thousand_services_from_manifests_are_reachable_through_their_cluster_ips() {
     require_root();
     let t = Topology::new();
-    let dir = tempfile::tempdir().unwrap();
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir(&manifests).unwrap();
+    let (dir, manifests) = support::manifest_dir();
     const N: u32 = 10_000;
     let cluster_ip = |i: u32| std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 100, 0, 0)) + i + 1);
     // 10 files of 1,000 services, each with its endpoint slice.

@@ -34,6 +34,15 @@ pub fn unique_vip_cidr() -> String {
     format!("127.{}.0.0/16", second % 250 + 2)
 }
 
+/// A temporary directory holding an empty `manifests` directory (the
+/// agent's state can go beside it); removed when the test drops it.
+pub fn manifest_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    (dir, manifests)
+}
+
 /// Writes a manifest file atomically (the agent never reads half a file).
 pub fn write_manifest(dir: &Path, name: &str, text: &str) {
     let tmp = dir.join(format!(".{name}.tmp"));
