@@ -33,7 +33,7 @@ impl ServiceKey {
         Self { text: Arc::from(text) }
     }
 
-    /// Writes into `buf` the text of the key `namespace/name`: what maps
+    /// Writes into `buf` the text of the key (`namespace`, NUL, `name`): what maps
     /// keyed by `ServiceKey` can be searched with (`Borrow<str>`), with no
     /// allocation once `buf` is large enough.
     pub fn join_into(buf: &mut String, namespace: impl Iterator<Item = char>, name: impl Iterator<Item = char>) {
