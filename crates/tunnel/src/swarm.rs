@@ -14,7 +14,7 @@ use libp2p::{
     identity::Keypair,
     mdns,
     multiaddr::Protocol,
-    noise, ping, pnet, quic, relay,
+    noise, ping, pnet, relay,
     swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
     tcp,
 };
@@ -97,18 +97,7 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
             .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
             .boxed(),
     };
-    let direct: BoxedTransport = if p.quic {
-        let mut qc = quic::Config::new(key);
-        qc.max_concurrent_stream_limit = (p.max_streams + 256) as u32;
-        let quic = quic::tokio::Transport::new(qc).map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
-        tcp.or_transport(quic)
-            .map(|either, _| match either {
-                futures::future::Either::Left(o) | futures::future::Either::Right(o) => o,
-            })
-            .boxed()
-    } else {
-        tcp
-    };
+    let direct = if p.quic { with_quic(tcp, key, p.max_streams) } else { tcp };
     // /dns4, /dns6 and /dnsaddr addresses (bootstrap peers and relays by name).
     let direct: BoxedTransport = if std::path::Path::new("/etc/resolv.conf").exists() {
         libp2p::dns::tokio::Transport::system(direct)
@@ -166,6 +155,26 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
         .with_per_connection_event_buffer_size(64);
     let swarm = Swarm::new(transport, behaviour, local, config);
     Ok(Built { swarm, inbound, control })
+}
+
+/// TCP or QUIC, whichever the dialled address names.
+#[cfg(feature = "quic")]
+fn with_quic(tcp: BoxedTransport, key: &Keypair, max_streams: usize) -> BoxedTransport {
+    use libp2p::quic;
+    let mut qc = quic::Config::new(key);
+    qc.max_concurrent_stream_limit = (max_streams + 256) as u32;
+    let quic = quic::tokio::Transport::new(qc).map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+    tcp.or_transport(quic)
+        .map(|either, _| match either {
+            futures::future::Either::Left(o) | futures::future::Either::Right(o) => o,
+        })
+        .boxed()
+}
+
+/// Built without QUIC: `quic` is never set (see `Tunnel::start`), so this is TCP alone.
+#[cfg(not(feature = "quic"))]
+fn with_quic(tcp: BoxedTransport, _: &Keypair, _: usize) -> BoxedTransport {
+    tcp
 }
 
 pub(crate) fn default_listen(quic: bool) -> Vec<Multiaddr> {

@@ -72,16 +72,23 @@ impl Tunnel {
         }
         let key = load_or_create_identity(&config.key_file)?;
         let psk = config.psk_file.as_deref().map(load_psk).transpose()?;
-        let quic = psk.is_none();
+        let quic = psk.is_none() && cfg!(feature = "quic");
         let default_listen = config.listen.is_empty();
         let listen = if default_listen { swarm::default_listen(quic) } else { config.listen.clone() };
-        if psk.is_some() {
+        let no_quic = if !cfg!(feature = "quic") {
+            Some("this edgemesh was built without QUIC (the `quic` cargo feature): use TCP addresses")
+        } else if psk.is_some() {
+            Some(
+                "a pre-shared key is configured and libp2p's private network (pnet) protects TCP only: use TCP \
+                 addresses with --psk-file",
+            )
+        } else {
+            None
+        };
+        if let Some(why) = no_quic {
             for (what, list) in [("listen", &listen), ("bootstrap", &config.bootstrap), ("relay", &config.relays)] {
                 if let Some(a) = list.iter().find(|a| swarm::is_quic(a)) {
-                    return Err(TunnelError::Config(format!(
-                        "{what} address {a} is QUIC, but a pre-shared key is configured and libp2p's private \
-                         network (pnet) protects TCP only: use TCP addresses with --psk-file"
-                    )));
+                    return Err(TunnelError::Config(format!("{what} address {a} is QUIC, but {why}")));
                 }
             }
         }

@@ -281,6 +281,31 @@ async fn psk_private_network() {
     assert!(matches!(e, TunnelError::Config(_)), "{e}");
 }
 
+/// A build without the `quic` feature says so for a QUIC address, instead of failing to listen
+/// or silently never dialling it.
+#[cfg(not(feature = "quic"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_without_quic_refuses_quic_addresses() {
+    init_tracing();
+    let keys = Keys::new();
+    let dir = Arc::new(TestDirectory::default());
+    let quic: edgemesh_tunnel::Multiaddr = "/ip4/127.0.0.1/udp/1/quic-v1".parse().unwrap();
+    for what in ["listen", "bootstrap"] {
+        let mut bad = config(&keys, "x");
+        match what {
+            "listen" => bad.listen = vec![quic.clone()],
+            _ => bad.bootstrap = vec![quic.clone()],
+        }
+        let e = edgemesh_tunnel::Tunnel::start(bad, dir.clone(), edgemesh_tunnel::CancellationToken::new())
+            .await
+            .err()
+            .expect("a QUIC address is refused");
+        assert!(matches!(e, TunnelError::Config(_)), "{e}");
+        assert!(e.to_string().contains(&format!("{what} address")) && e.to_string().contains("without QUIC"), "{e}");
+    }
+}
+
+#[cfg(feature = "quic")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_transport() {
     init_tracing();
@@ -324,11 +349,17 @@ async fn taken_port_is_a_start_error() {
     .err()
     .expect("port taken");
     assert!(matches!(e, TunnelError::Listen { .. }), "{e}");
-    // The same port for TCP and QUIC, on IPv4 and IPv6 (v6-only sockets), as the default does.
+    // The same port for TCP and QUIC (when built in), on IPv4 and IPv6 (v6-only sockets), as the
+    // default does.
     if std::net::TcpListener::bind("[::1]:0").is_ok() {
         let port = closed_port().await.port();
         let mut c = config(&keys, "a");
-        c.listen = ["/ip4/127.0.0.1/tcp", "/ip6/::1/tcp", "/ip4/127.0.0.1/udp", "/ip6/::1/udp"]
+        let transports: &[&str] = if cfg!(feature = "quic") {
+            &["/ip4/127.0.0.1/tcp", "/ip6/::1/tcp", "/ip4/127.0.0.1/udp", "/ip6/::1/udp"]
+        } else {
+            &["/ip4/127.0.0.1/tcp", "/ip6/::1/tcp"]
+        };
+        c.listen = transports
             .iter()
             .map(|p| {
                 let quic = if p.ends_with("udp") { "/quic-v1" } else { "" };
@@ -336,7 +367,7 @@ async fn taken_port_is_a_start_error() {
             })
             .collect();
         let n = start(c, Arc::new(TestDirectory::default())).await;
-        assert_eq!(n.tunnel.listen_addrs().len(), 4, "{:?}", n.tunnel.listen_addrs());
+        assert_eq!(n.tunnel.listen_addrs().len(), transports.len(), "{:?}", n.tunnel.listen_addrs());
     }
     let mut c = config(&keys, "a");
     c.relays = vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()];
