@@ -28,6 +28,6 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
-# The tunnel built without its default QUIC transport (the small edge build).
-cargo clippy -p edgemesh-tunnel --no-default-features --all-targets --locked -- -D warnings
-cargo test -p edgemesh-tunnel --no-default-features --locked --test tunnel "$@"
+# The tunnel with its optional QUIC transport (`--features quic`).
+cargo clippy -p edgemesh-tunnel --features quic --all-targets --locked -- -D warnings
+cargo test -p edgemesh-tunnel --features quic --locked --test tunnel "$@"

@@ -148,7 +148,7 @@ pub struct AgentArgs {
     #[arg(long)]
     pub tunnel: bool,
 
-    /// Tunnel listen multiaddr (repeatable). Default: TCP and QUIC on port 20006 (TCP only with --psk-file). Implies --tunnel.
+    /// Tunnel listen multiaddr (repeatable). Default: TCP port 20006, and QUIC on it in a `quic` build without --psk-file. Implies --tunnel.
     #[arg(long = "tunnel-listen", value_name = "MULTIADDR")]
     pub tunnel_listen: Vec<String>,
 

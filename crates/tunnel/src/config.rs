@@ -31,8 +31,8 @@ pub struct TunnelConfig {
     /// libp2p private-network key file (the go-libp2p `swarm.key` format:
     /// `/key/swarm/psk/1.0.0/\n/base16/\n<64 hex>`), if any.
     pub psk_file: Option<PathBuf>,
-    /// Listen addresses; empty = the default: TCP and QUIC on port 20006 (0.0.0.0 and ::)
-    /// without a PSK, TCP only with a PSK.
+    /// Listen addresses; empty = the default: TCP port 20006 (0.0.0.0 and ::), plus QUIC on it
+    /// with the `quic` feature and no PSK.
     pub listen: Vec<Multiaddr>,
     /// Peers dialed at start and re-dialed with back-off whenever the connection is lost.
     pub bootstrap: Vec<Multiaddr>,

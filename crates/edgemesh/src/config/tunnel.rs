@@ -22,8 +22,8 @@ pub struct TunnelSection {
     /// format): peers without it cannot complete a handshake. With a PSK
     /// the tunnel uses TCP only (QUIC cannot carry it).
     pub psk_file: Option<PathBuf>,
-    /// Listen multiaddrs. Empty: TCP and QUIC on port 20006 on every
-    /// address (TCP only with a PSK).
+    /// Listen multiaddrs. Empty: TCP port 20006 on every address, and QUIC
+    /// on it too in a build with the `quic` feature and no PSK.
     pub listen: Vec<String>,
     /// Peers to dial at start (multiaddrs ending in `/p2p/<peer id>`).
     pub bootstrap: Vec<String>,
