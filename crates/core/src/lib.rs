@@ -27,7 +27,9 @@ pub mod vip;
 
 pub use health::{Connection, SourceHealth, SourceReport};
 pub use node::{NodeEntry, PEER_ID_ANNOTATION};
-pub use object::{EndpointSet, EndpointSubset, NodeObject, Object, ObjectKey, ObjectKind, ServiceObject, SourceEvent};
+pub use object::{
+    EndpointSet, EndpointSubset, NodeObject, Object, ObjectId, ObjectKey, ObjectKind, ServiceObject, SourceEvent,
+};
 pub use registry::{EventSink, EventStream, Registry, RegistryConfig, RegistryHandle, VipPolicy};
 pub use service::{
     DEFAULT_UDP_IDLE_TIMEOUT, HashKey, InternalTrafficPolicy, IpFamily, IpFamilyPolicy, LbStrategy, Protocol,

@@ -35,6 +35,48 @@ pub struct ObjectKey {
     pub name: String,
 }
 
+/// An [`ObjectKey`] in one shared allocation, for the maps that hold a key
+/// per object for as long as it exists (the registry's endpoint owners, the
+/// manifests index): an `ObjectKey` is three allocations with its two
+/// `String`s, this is one, and clones share it. Orders like `ObjectKey`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId {
+    kind: ObjectKind,
+    /// Namespace and name, joined as a [`ServiceKey`]'s are.
+    text: ServiceKey,
+}
+
+impl ObjectId {
+    pub fn new(kind: ObjectKind, namespace: &str, name: &str) -> Self {
+        Self { kind, text: ServiceKey::new(namespace, name) }
+    }
+
+    pub fn kind(&self) -> ObjectKind {
+        self.kind
+    }
+
+    /// The [`ObjectKey`] (allocates its strings).
+    pub fn to_key(&self) -> ObjectKey {
+        ObjectKey { kind: self.kind, namespace: self.text.namespace().into(), name: self.text.name().into() }
+    }
+}
+
+impl From<&ObjectKey> for ObjectId {
+    fn from(key: &ObjectKey) -> Self {
+        Self::new(key.kind, &key.namespace, &key.name)
+    }
+}
+
+impl std::fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectKey")
+            .field("kind", &self.kind)
+            .field("namespace", &self.text.namespace())
+            .field("name", &self.text.name())
+            .finish()
+    }
+}
+
 /// Namespace, name, labels and annotations of an object.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectMeta {
@@ -154,6 +196,15 @@ impl Object {
             Object::Node(n) => {
                 ObjectKey { kind: ObjectKind::Node, namespace: String::new(), name: n.meta.name.clone() }
             }
+        }
+    }
+
+    /// The key in one allocation, without building an [`ObjectKey`] first.
+    pub fn id(&self) -> ObjectId {
+        match self {
+            Object::Service(s) => ObjectId::new(ObjectKind::Service, &s.meta.namespace, &s.meta.name),
+            Object::Endpoints(e) => ObjectId::new(e.kind, &e.meta.namespace, &e.meta.name),
+            Object::Node(n) => ObjectId::new(ObjectKind::Node, "", &n.meta.name),
         }
     }
 

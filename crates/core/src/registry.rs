@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use tokio::sync::{mpsc, watch};
 
 use crate::node::NodeEntry;
-use crate::object::{EndpointSet, Object, ObjectKey, ObjectKind, ServiceObject, SourceEvent};
+use crate::object::{Object, ObjectId, ObjectKind, ServiceObject, SourceEvent};
 use crate::service::{
     DEFAULT_UDP_IDLE_TIMEOUT, HashKey, LbStrategy, ServiceKey, TargetPort, UDP_IDLE_TIMEOUT_ANNOTATION, parse_duration,
 };
@@ -227,14 +227,14 @@ pub struct RegistryState {
     /// Boxed: a table sized for growth holds a pointer per empty slot, not
     /// a whole object (about 200 bytes).
     services: HashMap<ServiceKey, Box<ServiceObject>>,
-    /// Endpoint objects of each service, sorted by kind and name (stored
-    /// without their namespace and service name: the key has them). Almost
-    /// always one:
+    /// Endpoint objects of each service, sorted by kind and name, in the
+    /// registry's compact form ([`StoredSet`]). Almost always one:
     /// a `Vec` costs a few words where a `BTreeMap` allocates a node with
     /// room for eleven (about 2 KiB per service).
     endpoint_sets: HashMap<ServiceKey, EndpointSets>,
-    /// Which service each endpoint object belongs to (its label may change).
-    endpoint_owner: HashMap<ObjectKey, ServiceKey>,
+    /// Which service each endpoint object belongs to (its label may change);
+    /// the key is shared with the object's [`StoredSet`].
+    endpoint_owner: HashMap<ObjectId, ServiceKey>,
     /// Services that want a VIP they do not have: the pool was full, or
     /// the cluster IP they ask for was taken.
     awaiting_vip: BTreeSet<ServiceKey>,
@@ -275,24 +275,27 @@ impl RegistryState {
                 self.services.insert(key.clone(), Box::new(svc));
                 self.pending.insert(key);
             }
-            SourceEvent::Apply(Object::Endpoints(mut set)) => {
-                // Nothing reads an endpoint object's labels or annotations
-                // once its service name is known.
-                set.meta.labels = Default::default();
-                set.meta.annotations = Default::default();
-                let okey =
-                    ObjectKey { kind: set.kind, namespace: set.meta.namespace.clone(), name: set.meta.name.clone() };
+            SourceEvent::Apply(Object::Endpoints(set)) => {
                 let owner = self.shared_key(ServiceKey::new(&set.meta.namespace, &set.service_name));
-                // The owner's key holds both; the set keeps its own name.
-                set.meta.namespace = String::new();
-                set.service_name = String::new();
-                if let Some(old_owner) = self.endpoint_owner.insert(okey.clone(), owner.clone())
-                    && old_owner != owner
-                {
-                    self.remove_endpoint_set(&old_owner, &okey);
-                }
+                let set = StoredSet::new(set, &mut self.names);
+                let okey = match self.endpoint_owner.get_key_value(&set.key) {
+                    // Same object: keep the one key both maps share.
+                    Some((held, old_owner)) => {
+                        let (held, old_owner) = (held.clone(), old_owner.clone());
+                        if old_owner != owner {
+                            self.endpoint_owner.insert(held.clone(), owner.clone());
+                            self.remove_endpoint_set(&old_owner, &held);
+                        }
+                        held
+                    }
+                    None => {
+                        self.endpoint_owner.insert(set.key.clone(), owner.clone());
+                        set.key.clone()
+                    }
+                };
+                let set = StoredSet { key: okey.clone(), ..set };
                 let sets = self.endpoint_sets.entry(owner.clone()).or_default();
-                match sets.binary_search_by(|s| set_order(s, &okey)) {
+                match sets.binary_search_by(|s| s.key.cmp(&okey)) {
                     Ok(i) if sets[i] == set => return false,
                     Ok(i) => sets[i] = set,
                     Err(i) => {
@@ -313,6 +316,7 @@ impl RegistryState {
                     self.pending.insert(key);
                 }
                 ObjectKind::EndpointSlice | ObjectKind::Endpoints => {
+                    let okey = ObjectId::from(&okey);
                     let Some(owner) = self.endpoint_owner.remove(&okey) else { return false };
                     self.remove_endpoint_set(&owner, &okey);
                 }
@@ -330,9 +334,9 @@ impl RegistryState {
         held.or_else(|| self.endpoint_sets.get_key_value(&key).map(|(k, _)| k)).map_or(key, ServiceKey::clone)
     }
 
-    fn remove_endpoint_set(&mut self, owner: &ServiceKey, okey: &ObjectKey) {
+    fn remove_endpoint_set(&mut self, owner: &ServiceKey, okey: &ObjectId) {
         if let Some(sets) = self.endpoint_sets.get_mut(owner) {
-            if let Ok(i) = sets.binary_search_by(|s| set_order(s, okey)) {
+            if let Ok(i) = sets.binary_search_by(|s| s.key.cmp(okey)) {
                 sets.remove(i);
             }
             if sets.is_empty() {
@@ -411,23 +415,21 @@ fn annotation<T>(
     }
 }
 
-/// A service's endpoint objects, sorted by key.
-type EndpointSets = Vec<EndpointSet>;
-
-/// Where `set` sorts relative to the object `okey` among one service's sets
-/// (all in the service's namespace: kind, then name).
-fn set_order(set: &EndpointSet, okey: &ObjectKey) -> std::cmp::Ordering {
-    (set.kind, set.meta.name.as_str()).cmp(&(okey.kind, okey.name.as_str()))
-}
+/// A service's endpoint objects, sorted by key (all in the service's
+/// namespace: by kind, then name).
+type EndpointSets = Vec<StoredSet>;
 
 /// Annotations the data plane reads: `edgemesh.io/...`.
 const DATA_PLANE_ANNOTATIONS: &str = "edgemesh.io/";
 
-/// Drops the annotations nothing downstream reads, before the object is
-/// stored and copied into the snapshot: `kubectl apply` leaves a copy of the
-/// whole object in `kubectl.kubernetes.io/last-applied-configuration`, often
-/// larger than everything else the agent keeps for the service.
+/// Drops the metadata nothing downstream reads, before the object is
+/// stored and copied into the snapshot: labels (helm and kubectl add several
+/// to every service), and annotations other than `edgemesh.io/` ones
+/// (`kubectl apply` leaves a copy of the whole object in
+/// `kubectl.kubernetes.io/last-applied-configuration`, often larger than
+/// everything else the agent keeps for the service).
 fn retain_data_plane_meta(meta: &mut crate::object::ObjectMeta) {
+    meta.labels = Default::default();
     if meta.annotations.keys().any(|k| !k.starts_with(DATA_PLANE_ANNOTATIONS)) {
         meta.annotations.retain(|k, _| k.starts_with(DATA_PLANE_ANNOTATIONS));
     }
@@ -456,10 +458,10 @@ fn build_entry(
 ) -> ServiceEntry {
     // EndpointSlices win over legacy Endpoints when both exist (Kubernetes
     // mirrors one into the other).
-    let sets: Vec<&EndpointSet> = sets.map(|s| s.iter().collect()).unwrap_or_default();
-    let has_slices = sets.iter().any(|s| s.kind == ObjectKind::EndpointSlice);
-    let sets: Vec<&EndpointSet> =
-        sets.into_iter().filter(|s| !has_slices || s.kind == ObjectKind::EndpointSlice).collect();
+    let sets: Vec<&StoredSet> = sets.map(|s| s.iter().collect()).unwrap_or_default();
+    let has_slices = sets.iter().any(|s| s.key.kind() == ObjectKind::EndpointSlice);
+    let sets: Vec<&StoredSet> =
+        sets.into_iter().filter(|s| !has_slices || s.key.kind() == ObjectKind::EndpointSlice).collect();
 
     let ports = svc
         .ports
@@ -467,16 +469,15 @@ fn build_entry(
         .map(|sp| {
             let mut backends: Vec<Backend> = Vec::new();
             for subset in sets.iter().flat_map(|s| &s.subsets) {
-                let matched = subset.ports.iter().find(|p| p.name == sp.name && p.protocol == sp.protocol);
+                let matched = subset.ports.iter().find(|p| *p.name == *sp.name && p.protocol == sp.protocol);
                 let port = match (matched, &sp.target_port) {
                     (Some(p), _) => p.port,
                     (None, TargetPort::Number(n)) if subset.ports.is_empty() => *n,
                     _ => continue,
                 };
                 for ep in subset.endpoints.iter().filter(|e| e.ready) {
-                    let node = ep.node_name.as_deref().map(|n| names.get(n));
                     for addr in &ep.addresses {
-                        backends.push(Backend { addr: SocketAddr::new(*addr, port), node_name: node.clone() });
+                        backends.push(Backend { addr: SocketAddr::new(*addr, port), node_name: ep.node_name.clone() });
                     }
                 }
             }
@@ -499,8 +500,8 @@ fn build_entry(
             let info = endpoints.entry(*addr).or_insert_with(|| EndpointInfo {
                 address: *addr,
                 ready: false,
-                node_name: ep.node_name.as_deref().map(|n| names.get(n)),
-                hostname: ep.hostname.clone(),
+                node_name: ep.node_name.clone(),
+                hostname: ep.hostname.as_deref().map(String::from),
             });
             info.ready |= ep.ready;
         }
@@ -528,7 +529,9 @@ fn build_entry(
 }
 
 mod names;
+mod stored;
 use names::SharedNames;
+use stored::StoredSet;
 
 #[cfg(test)]
 mod node_tests;

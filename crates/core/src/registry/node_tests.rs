@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use super::*;
 use crate::build::{node, service, slice};
+use crate::object::ObjectKey;
 use crate::service::Protocol;
 
 const PEER: &str = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";

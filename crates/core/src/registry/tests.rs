@@ -2,6 +2,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::*;
 use crate::build::{service, slice};
+use crate::object::ObjectKey;
 
 fn state() -> RegistryState {
     RegistryState::new(&RegistryConfig {
