@@ -28,7 +28,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use edgemesh_core::{Object, ObjectKey, SourceEvent};
+use edgemesh_core::{Object, ObjectId, SourceEvent};
 
 use crate::parse::ParsedObject;
 
@@ -41,15 +41,16 @@ type Fingerprint = Option<u64>;
 #[derive(Default)]
 pub(crate) struct Index {
     /// The objects of each file's last good version, sorted by key, with
-    /// the fingerprint of each definition. Keys are shared with `objects`.
-    files: HashMap<FileId, Vec<(Arc<ObjectKey>, Fingerprint)>>,
+    /// the fingerprint of each definition. Keys are shared with `objects`
+    /// (an [`ObjectId`] is one allocation per object for both).
+    files: HashMap<FileId, Vec<(ObjectId, Fingerprint)>>,
     /// The files defining each object.
-    objects: HashMap<Arc<ObjectKey>, Holders>,
+    objects: HashMap<ObjectId, Holders>,
     /// Files whose definitions of multiply defined objects are not known.
     wanted: BTreeSet<FileId>,
     /// Objects whose winning definition changed to one not known yet: the
     /// registry still has the previous one.
-    unapplied: HashSet<Arc<ObjectKey>>,
+    unapplied: HashSet<ObjectId>,
 }
 
 /// The files defining one object.
@@ -92,7 +93,7 @@ impl Index {
     /// that result to `out`.
     pub(crate) fn set_file(&mut self, file: &FileId, objects: Vec<ParsedObject>, out: &mut Vec<SourceEvent>) {
         self.wanted.remove(file);
-        let mut new: Vec<(ObjectKey, ParsedObject)> = objects.into_iter().map(|p| (p.object.key(), p)).collect();
+        let mut new: Vec<(ObjectId, ParsedObject)> = objects.into_iter().map(|p| (p.object.id(), p)).collect();
         // Stable: of two definitions in one file, the later one is used.
         new.sort_by(|a, b| a.0.cmp(&b.0));
         new.dedup_by(|later, earlier| {
@@ -110,10 +111,10 @@ impl Index {
         let mut kept = Vec::with_capacity(new.len());
         let mut old = old.into_iter().peekable();
         for (key, parsed) in new {
-            while let Some((gone, _)) = old.next_if(|(k, _)| **k < key) {
+            while let Some((gone, _)) = old.next_if(|(k, _)| *k < key) {
                 self.remove_holder(file, &gone, out);
             }
-            let before = old.next_if(|(k, _)| **k == key);
+            let before = old.next_if(|(k, _)| *k == key);
             let print = fingerprint::of(&parsed.object);
             let key = match before {
                 Some((key, was)) => {
@@ -142,13 +143,7 @@ impl Index {
     }
 
     /// `file` newly defines `key`; returns the shared key.
-    fn add_holder(
-        &mut self,
-        file: &FileId,
-        key: ObjectKey,
-        object: Object,
-        out: &mut Vec<SourceEvent>,
-    ) -> Arc<ObjectKey> {
+    fn add_holder(&mut self, file: &FileId, key: ObjectId, object: Object, out: &mut Vec<SourceEvent>) -> ObjectId {
         let (key, holders) = match self.objects.get_key_value(&key) {
             Some((shared, _)) => {
                 let shared = shared.clone();
@@ -156,7 +151,6 @@ impl Index {
                 (shared, holders)
             }
             None => {
-                let key = Arc::new(key);
                 self.objects.insert(key.clone(), Holders::One(file.clone()));
                 out.push(SourceEvent::Apply(object));
                 return key;
@@ -191,7 +185,7 @@ impl Index {
     fn update_holder(
         &mut self,
         file: &FileId,
-        key: &Arc<ObjectKey>,
+        key: &ObjectId,
         object: Object,
         changed: bool,
         out: &mut Vec<SourceEvent>,
@@ -218,14 +212,14 @@ impl Index {
     }
 
     /// `file` no longer defines `key` (already gone from `self.files`).
-    fn remove_holder(&mut self, file: &FileId, key: &Arc<ObjectKey>, out: &mut Vec<SourceEvent>) {
+    fn remove_holder(&mut self, file: &FileId, key: &ObjectId, out: &mut Vec<SourceEvent>) {
         let Entry::Occupied(mut e) = self.objects.entry(key.clone()) else { return };
         let all = match e.get_mut() {
             Holders::One(only) => {
                 if only == file {
                     e.remove();
                     self.unapplied.remove(key);
-                    out.push(SourceEvent::Delete((**key).clone()));
+                    out.push(SourceEvent::Delete(key.to_key()));
                 }
                 return;
             }

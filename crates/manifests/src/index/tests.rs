@@ -1,5 +1,5 @@
 use edgemesh_core::build::{service, slice};
-use edgemesh_core::{ObjectKind, ServiceKey};
+use edgemesh_core::{ObjectKey, ObjectKind, ServiceKey};
 
 use super::*;
 
