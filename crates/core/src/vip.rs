@@ -162,8 +162,10 @@ pub struct VipAllocator {
     first: u128,
     /// Number of usable addresses.
     size: u64,
-    by_ip: HashMap<IpAddr, ServiceKey>,
-    by_key: HashMap<ServiceKey, IpAddr>,
+    /// Addresses in use, by their index in the range ([`Self::nth`]): a
+    /// `u64` where an `IpAddr` takes 17 bytes (a third of each map's table).
+    by_ip: HashMap<u64, ServiceKey>,
+    by_key: HashMap<ServiceKey, u64>,
 }
 
 impl VipAllocator {
@@ -194,22 +196,22 @@ impl VipAllocator {
     /// the service asks for) when it lies in the range and is free; a service
     /// holding another address moves to it.
     pub fn allocate_preferring(&mut self, key: &ServiceKey, preferred: Option<IpAddr>) -> Result<IpAddr, VipError> {
-        if let Some(want) = preferred.filter(|ip| self.contains(ip)) {
-            match self.by_ip.get(&want) {
+        if let Some((want, n)) = preferred.and_then(|ip| Some((ip, self.index_of(&ip)?))) {
+            match self.by_ip.get(&n) {
                 Some(owner) if owner == key => return Ok(want),
                 Some(owner) => {
                     tracing::warn!(service = %key, ip = %want, owner = %owner, "requested VIP is taken; allocating another");
                 }
                 None => {
                     self.release(key);
-                    self.by_ip.insert(want, key.clone());
-                    self.by_key.insert(key.clone(), want);
+                    self.by_ip.insert(n, key.clone());
+                    self.by_key.insert(key.clone(), n);
                     return Ok(want);
                 }
             }
         }
-        if let Some(ip) = self.by_key.get(key) {
-            return Ok(*ip);
+        if let Some(&n) = self.by_key.get(key) {
+            return Ok(self.nth(n));
         }
         if self.by_ip.len() as u64 >= self.size {
             return Err(VipError::Exhausted { cidr: self.cidr, size: self.size });
@@ -217,11 +219,11 @@ impl VipAllocator {
         let start = stable_hash(key) % self.size;
         // The pool is not full, so this finds a free address.
         for i in 0..self.size {
-            let ip = self.nth((start + i) % self.size);
-            if let std::collections::hash_map::Entry::Vacant(slot) = self.by_ip.entry(ip) {
+            let n = (start + i) % self.size;
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.by_ip.entry(n) {
                 slot.insert(key.clone());
-                self.by_key.insert(key.clone(), ip);
-                return Ok(ip);
+                self.by_key.insert(key.clone(), n);
+                return Ok(self.nth(n));
             }
         }
         Err(VipError::Exhausted { cidr: self.cidr, size: self.size })
@@ -230,8 +232,8 @@ impl VipAllocator {
     /// Gives `key`'s VIP back to the pool; true if it had one.
     pub fn release(&mut self, key: &ServiceKey) -> bool {
         match self.by_key.remove(key) {
-            Some(ip) => {
-                self.by_ip.remove(&ip);
+            Some(n) => {
+                self.by_ip.remove(&n);
                 true
             }
             None => false,
@@ -240,19 +242,26 @@ impl VipAllocator {
 
     /// Whether `ip` is a usable address of the range.
     pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.index_of(ip).is_some()
+    }
+
+    /// The index of `ip` among the usable addresses (the inverse of
+    /// [`Self::nth`]); `None` outside them.
+    fn index_of(&self, ip: &IpAddr) -> Option<u64> {
         if !self.cidr.contains(ip) {
-            return false;
+            return None;
         }
         let offset = match (ip, self.cidr) {
             (IpAddr::V4(ip), IpNet::V4(net)) => u128::from(u32::from(*ip) - u32::from(net.network())),
             (IpAddr::V6(ip), IpNet::V6(net)) => u128::from(*ip) - u128::from(net.network()),
-            _ => return false,
+            _ => return None,
         };
-        offset >= self.first && offset - self.first < u128::from(self.size)
+        let n = offset.checked_sub(self.first)?;
+        (n < u128::from(self.size)).then_some(n as u64)
     }
 
     pub fn get(&self, key: &ServiceKey) -> Option<IpAddr> {
-        self.by_key.get(key).copied()
+        self.by_key.get(key).map(|&n| self.nth(n))
     }
 
     pub fn in_use(&self) -> usize {
@@ -385,7 +394,8 @@ mod tests {
         let want: IpAddr = "127.60.0.7".parse().unwrap();
         let first = a.allocate(&key("web")).unwrap();
         assert_eq!(a.allocate_preferring(&key("web"), Some(want)).unwrap(), want, "moves to the requested address");
-        assert!(!a.by_ip.contains_key(&first) || first == want, "old address released");
+        let first_n = a.index_of(&first).unwrap();
+        assert!(!a.by_ip.contains_key(&first_n) || first == want, "old address released");
         // Taken by another service: falls back to a hashed address.
         let other = a.allocate_preferring(&key("db"), Some(want)).unwrap();
         assert_ne!(other, want);
