@@ -19,10 +19,11 @@
 //! - A corrupt or incompatible file is reported, moved aside and rebuilt;
 //!   an unusable state directory disables the cache, never the agent.
 //!
-//! Modules: [`store`] (the redb file), [`relay`] (the task and its
+//! Modules: [`store`] (the redb file), [`codec`] (its values), [`relay`] (the task and its
 //! [`CacheStatus`]), [`error`].
 #![forbid(unsafe_code)]
 
+pub mod codec;
 pub mod error;
 pub mod relay;
 pub mod store;

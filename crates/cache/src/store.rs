@@ -1,5 +1,5 @@
 //! The redb file: one table of objects (key `Kind/namespace/name`, value
-//! the object as JSON) and one of metadata (format version, time of the
+//! the object in [`codec`]'s binary form) and one of metadata (format version, time of the
 //! last write). Every batch of changes is one write transaction, so a kill
 //! at any moment leaves the previous or the new state, never a torn one.
 
@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use edgemesh_core::{Object, ObjectKey, SourceEvent};
 use redb::{Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::codec;
 use crate::error::CacheError;
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -17,8 +18,12 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Which source wrote the objects (e.g. `manifests:/etc/edgemesh/manifests`).
 const SOURCE: TableDefinition<&str, &str> = TableDefinition::new("source");
 /// Bumped when the stored encoding changes incompatibly; a file of another
-/// version is moved aside and rebuilt.
-pub const FORMAT: u64 = 1;
+/// version is moved aside and rebuilt. Format 2 writes values in
+/// [`codec`]'s binary form; a format 1 file (JSON values) is still read,
+/// and becomes format 2 when opened.
+pub const FORMAT: u64 = 2;
+/// The older format this agent still reads.
+const FORMAT_JSON: u64 = 1;
 /// The file's name inside the state directory.
 pub const FILE_NAME: &str = "cache.redb";
 /// redb's page cache. Its default (1 GiB) keeps every page written since
@@ -86,11 +91,15 @@ impl Store {
             let mut meta = txn.open_table(META).map_err(|e| bad(e.to_string()))?;
             let format = meta.get("format").map_err(|e| bad(e.to_string()))?.map(|v| v.value());
             match format {
-                None => {
+                None | Some(FORMAT_JSON) => {
                     meta.insert("format", FORMAT).map_err(|e| bad(e.to_string()))?;
                 }
                 Some(FORMAT) => {}
-                Some(other) => return Err(bad(format!("cache format {other}, this agent writes format {FORMAT}"))),
+                Some(other) => {
+                    return Err(bad(format!(
+                        "cache format {other}, this agent reads formats {FORMAT_JSON} and {FORMAT}"
+                    )));
+                }
             }
             txn.open_table(OBJECTS).map_err(|e| bad(e.to_string()))?;
         }
@@ -119,7 +128,7 @@ impl Store {
         let mut objects = Vec::new();
         for entry in table.iter().map_err(|e| bad(e.to_string()))? {
             let (key, value) = entry.map_err(|e| bad(e.to_string()))?;
-            let object: Object = serde_json::from_slice(value.value())
+            let object = codec::decode(value.value())
                 .map_err(|e| bad(format!("entry {:?} does not decode: {e}", key.value())))?;
             if key_string(&object.key()) != key.value() {
                 return Err(bad(format!("entry {:?} holds another object", key.value())));
@@ -154,11 +163,13 @@ impl Store {
                     SourceEvent::Synced => {}
                 }
             }
+            let mut bytes = Vec::with_capacity(256);
             for (key, object) in last {
                 let key = key_string(&key);
                 match object {
                     Some(o) => {
-                        let bytes = serde_json::to_vec(o).map_err(|e| failed(e.to_string()))?;
+                        bytes.clear();
+                        codec::encode(o, &mut bytes);
                         table.insert(key.as_str(), bytes.as_slice()).map_err(|e| failed(e.to_string()))?;
                     }
                     None => {

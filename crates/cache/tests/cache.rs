@@ -218,3 +218,67 @@ fn another_sources_state_is_dropped_not_served() {
     assert_eq!(loaded.replaced_source.as_deref(), Some("manifests:/a"));
     assert!(note.is_none(), "not a broken file");
 }
+
+/// Writes `(key, value)` pairs straight into the cache file's objects table,
+/// and its format number, as another agent version would have.
+fn write_raw(dir: &Path, format: u64, entries: &[(&str, Vec<u8>)]) {
+    use redb::TableDefinition;
+    let objects: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+    let meta: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    let db = redb::Database::create(dir.join("cache.redb")).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut table = txn.open_table(objects).unwrap();
+        for (key, value) in entries {
+            table.insert(*key, value.as_slice()).unwrap();
+        }
+        txn.open_table(meta).unwrap().insert("format", format).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+#[test]
+fn a_json_cache_of_format_1_is_read_after_an_upgrade_and_rewritten_in_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = serde_json::to_vec(&service("web", 80)).unwrap();
+    write_raw(dir.path(), 1, &[("Service/shop/web", json)]);
+    {
+        let (store, loaded, note) = Store::open(dir.path(), "manifests:/test").unwrap();
+        assert!(note.is_none(), "{note:?}");
+        assert_eq!(loaded.objects, vec![service("web", 80)], "the offline state survives the upgrade");
+        store.write(&[SourceEvent::Apply(service("api", 81))]).unwrap();
+    }
+    let (_, loaded, note) = Store::open(dir.path(), "manifests:/test").unwrap();
+    assert!(note.is_none(), "JSON and binary values side by side: {note:?}");
+    assert_eq!(loaded.objects, vec![service("api", 81), service("web", 80)]);
+}
+
+#[test]
+fn a_value_of_an_unknown_encoding_version_is_refused_and_the_file_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _, _) = Store::open(dir.path(), "manifests:/test").unwrap();
+        store.write(&[SourceEvent::Apply(service("web", 80))]).unwrap();
+    }
+    let mut newer = Vec::new();
+    edgemesh_cache::codec::encode(&service("api", 81), &mut newer);
+    newer[0] = edgemesh_cache::codec::VERSION + 1;
+    write_raw(dir.path(), edgemesh_cache::store::FORMAT, &[("Service/shop/api", newer)]);
+    let (_, loaded, note) = Store::open(dir.path(), "manifests:/test").unwrap();
+    let note = note.expect("reported");
+    assert!(
+        note.contains("entry \"Service/shop/api\" does not decode: value has encoding version 3")
+            && note.contains("moved it to"),
+        "{note}"
+    );
+    assert!(loaded.objects.is_empty(), "nothing half-read is served");
+}
+
+#[test]
+fn a_newer_file_format_is_refused_with_the_formats_this_agent_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    write_raw(dir.path(), 9, &[]);
+    let (_, _, note) = Store::open(dir.path(), "manifests:/test").unwrap();
+    let note = note.expect("reported");
+    assert!(note.contains("cache format 9, this agent reads formats 1 and 2"), "{note}");
+}

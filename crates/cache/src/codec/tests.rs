@@ -1,0 +1,161 @@
+use std::net::IpAddr;
+
+use edgemesh_core::object::{EndpointPortSpec, EndpointSpec, ObjectMeta, ServicePortSpec};
+use edgemesh_core::service::{
+    InternalTrafficPolicy, IpFamily, IpFamilyPolicy, Protocol, SessionAffinity, TargetPort, TrafficDistribution,
+};
+use edgemesh_core::{EndpointSet, EndpointSubset, NodeObject, Object, ObjectKind, ServiceObject};
+
+use super::{DecodeError, VERSION, decode, encode};
+
+fn meta(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        namespace: "shop".into(),
+        name: name.into(),
+        labels: [("app".to_owned(), "web".to_owned())].into(),
+        annotations: [("edgemesh.io/lb-strategy".to_owned(), "Random".to_owned()), ("ü".to_owned(), String::new())]
+            .into(),
+    }
+}
+
+/// Every field set to something other than its default.
+fn objects() -> Vec<Object> {
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    vec![
+        Object::Service(ServiceObject {
+            meta: meta("web"),
+            cluster_ips: vec![ip("10.96.0.10"), ip("fd00::a")],
+            headless: true,
+            ports: vec![
+                ServicePortSpec {
+                    name: "http".into(),
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                    target_port: TargetPort::Name("web-http".into()),
+                    node_port: Some(30080),
+                },
+                ServicePortSpec {
+                    name: String::new(),
+                    protocol: Protocol::Sctp,
+                    port: 65535,
+                    target_port: TargetPort::Number(300),
+                    node_port: None,
+                },
+            ],
+            service_type: "NodePort".into(),
+            session_affinity: SessionAffinity::ClientIp { timeout_seconds: 86_400 },
+            internal_traffic_policy: InternalTrafficPolicy::Local,
+            traffic_distribution: Some(TrafficDistribution::PreferClose),
+            ip_families: vec![IpFamily::IPv6, IpFamily::IPv4],
+            ip_family_policy: Some(IpFamilyPolicy::RequireDualStack),
+        }),
+        Object::Service(ServiceObject { meta: meta("plain"), ..Default::default() }),
+        Object::Endpoints(EndpointSet {
+            meta: meta("web-x1"),
+            kind: ObjectKind::EndpointSlice,
+            service_name: "web".into(),
+            subsets: vec![EndpointSubset {
+                endpoints: vec![
+                    EndpointSpec {
+                        addresses: vec![ip("10.0.0.1")],
+                        ready: true,
+                        node_name: Some("edge-1".into()),
+                        hostname: None,
+                    },
+                    EndpointSpec {
+                        addresses: vec![ip("fd00::1"), ip("10.0.0.2")],
+                        ready: false,
+                        node_name: None,
+                        hostname: Some("pod-2".into()),
+                    },
+                ],
+                ports: vec![EndpointPortSpec { name: "http".into(), port: 8080, protocol: Protocol::Udp }],
+            }],
+        }),
+        Object::Endpoints(EndpointSet {
+            meta: meta("web"),
+            kind: ObjectKind::Endpoints,
+            service_name: "web".into(),
+            subsets: vec![EndpointSubset::default(), EndpointSubset::default()],
+        }),
+        Object::Node(NodeObject {
+            meta: ObjectMeta { namespace: String::new(), ..meta("edge-1") },
+            addresses: vec![ip("192.168.1.5"), ip("2001:db8::5")],
+        }),
+    ]
+}
+
+fn encoded(o: &Object) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(o, &mut out);
+    out
+}
+
+#[test]
+fn every_field_survives_a_round_trip() {
+    for o in objects() {
+        let bytes = encoded(&o);
+        assert_eq!(bytes[0], VERSION);
+        assert_eq!(decode(&bytes), Ok(o.clone()), "{bytes:?}");
+    }
+}
+
+#[test]
+fn it_is_smaller_than_the_json_it_replaces() {
+    for o in objects() {
+        let json = serde_json::to_vec(&o).unwrap();
+        assert!(encoded(&o).len() * 2 < json.len(), "{} vs {} bytes", encoded(&o).len(), json.len());
+    }
+}
+
+#[test]
+fn json_values_of_format_1_still_decode() {
+    for o in objects() {
+        assert_eq!(decode(&serde_json::to_vec(&o).unwrap()), Ok(o));
+    }
+    assert!(matches!(decode(b"{\"Service\":"), Err(DecodeError::Json(_))));
+}
+
+#[test]
+fn an_unknown_version_is_refused_and_named() {
+    let mut bytes = encoded(&objects()[0]);
+    bytes[0] = VERSION + 1;
+    let e = decode(&bytes).unwrap_err();
+    assert_eq!(e, DecodeError::Version(VERSION + 1));
+    assert_eq!(e.to_string(), "value has encoding version 3, this agent reads versions 1 (JSON) and 2");
+    assert_eq!(decode(&[]), Err(DecodeError::Empty));
+}
+
+#[test]
+fn every_truncation_and_trailing_byte_is_an_error_not_a_panic() {
+    for o in objects() {
+        let bytes = encoded(&o);
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len]).is_err(), "{o:?} cut at {len}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer), Err(DecodeError::Trailing(1)));
+    }
+}
+
+#[test]
+fn corrupt_bytes_are_errors_not_panics_or_huge_allocations() {
+    // A count far past the value's end is refused before anything is reserved.
+    let huge = [VERSION, 0, 0xff, 0xff, 0xff, 0xff, 0x0f];
+    assert_eq!(decode(&huge), Err(DecodeError::Invalid { at: 2, what: "count", value: 0xffff_ffff }));
+    // Every single-byte change to every value decodes or fails cleanly.
+    for o in objects() {
+        let bytes = encoded(&o);
+        for i in 1..bytes.len() {
+            for flip in [0x01, 0x80, 0xff] {
+                let mut bad = bytes.clone();
+                bad[i] ^= flip;
+                let _ = decode(&bad);
+            }
+        }
+    }
+    let mut bad_utf8 = encoded(&objects()[1]);
+    bad_utf8[3] = 0xff; // the first byte of the namespace
+    assert_eq!(decode(&bad_utf8), Err(DecodeError::Utf8(3)));
+}
