@@ -3,11 +3,10 @@
 //! last write). Every batch of changes is one write transaction, so a kill
 //! at any moment leaves the previous or the new state, never a torn one.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use edgemesh_core::{Object, ObjectKey, SourceEvent};
+use edgemesh_core::{Object, ObjectKey, ObjectKind, SourceEvent};
 use redb::{Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::codec;
@@ -150,22 +149,25 @@ impl Store {
         let txn = self.db.begin_write().map_err(|e| failed(e.to_string()))?;
         {
             let mut table = txn.open_table(OBJECTS).map_err(|e| failed(e.to_string()))?;
-            // The last event for a key wins within a batch.
-            let mut last: HashMap<ObjectKey, Option<&Object>> = HashMap::with_capacity(events.len());
-            for event in events {
-                match event {
-                    SourceEvent::Apply(o) => {
-                        last.insert(o.key(), Some(o));
-                    }
-                    SourceEvent::Delete(k) => {
-                        last.insert(k.clone(), None);
-                    }
-                    SourceEvent::Synced => {}
-                }
-            }
+            // The last event for a key wins within a batch. Written in key
+            // order: a first full view goes in as appends to the B-tree,
+            // not as inserts scattered over pages evicted from the small
+            // page cache.
+            let mut last: Vec<(String, Option<&Object>)> = events
+                .iter()
+                .filter_map(|event| match event {
+                    SourceEvent::Apply(o) => Some((key_string(&o.key()), Some(o))),
+                    SourceEvent::Delete(k) => Some((key_string(k), None)),
+                    SourceEvent::Synced => None,
+                })
+                .collect();
+            // Stable: the events of one key stay in the order they came.
+            last.sort_by(|a, b| a.0.cmp(&b.0));
             let mut bytes = Vec::with_capacity(256);
-            for (key, object) in last {
-                let key = key_string(&key);
+            for (i, (key, object)) in last.iter().enumerate() {
+                if last.get(i + 1).is_some_and(|next| next.0 == *key) {
+                    continue; // a later event for this key follows
+                }
                 match object {
                     Some(o) => {
                         bytes.clear();
@@ -186,6 +188,17 @@ impl Store {
     }
 }
 
+/// `Kind/namespace/name`, the kind as its `Debug` form has always spelt it.
 fn key_string(k: &ObjectKey) -> String {
-    format!("{:?}/{}/{}", k.kind, k.namespace, k.name)
+    let kind = match k.kind {
+        ObjectKind::Service => "Service",
+        ObjectKind::EndpointSlice => "EndpointSlice",
+        ObjectKind::Endpoints => "Endpoints",
+        ObjectKind::Node => "Node",
+    };
+    let mut s = String::with_capacity(kind.len() + k.namespace.len() + k.name.len() + 2);
+    for part in [kind, "/", &k.namespace, "/", &k.name] {
+        s.push_str(part);
+    }
+    s
 }

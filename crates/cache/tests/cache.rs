@@ -282,3 +282,27 @@ fn a_newer_file_format_is_refused_with_the_formats_this_agent_reads() {
     let note = note.expect("reported");
     assert!(note.contains("cache format 9, this agent reads formats 1 and 2"), "{note}");
 }
+
+#[test]
+fn within_one_batch_the_last_event_for_an_object_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let gone = |name: &str| SourceEvent::Delete(service(name, 80).key());
+    {
+        let (store, _, _) = Store::open(dir.path(), "manifests:/test").unwrap();
+        store.write(&[SourceEvent::Apply(service("old", 80))]).unwrap();
+        store
+            .write(&[
+                SourceEvent::Apply(service("web", 80)),
+                gone("old"),
+                SourceEvent::Apply(service("api", 80)),
+                SourceEvent::Apply(service("web", 81)),
+                gone("api"),
+                gone("db"),
+                SourceEvent::Apply(service("db", 82)),
+                SourceEvent::Synced,
+            ])
+            .unwrap();
+    }
+    let (_, loaded, _) = Store::open(dir.path(), "manifests:/test").unwrap();
+    assert_eq!(loaded.objects, vec![service("db", 82), service("web", 81)]);
+}
