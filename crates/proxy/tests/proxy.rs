@@ -481,3 +481,47 @@ async fn many_listeners_share_one_acceptor() {
     }
     h.stop().await;
 }
+
+/// A generation of more changes than the snapshot's changelog keeps (8,192)
+/// is reconciled without it: the changed services are found by comparing
+/// with the last snapshot applied, and those are exactly the ones updated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_past_the_changelog_updates_what_changed_and_keeps_the_rest() {
+    let mut h = start(48, LbStrategy::RoundRobin).await;
+    let (a, b) = (identity_backend("a").await, identity_backend("b").await);
+    for name in ["kept", "web", "moved"] {
+        add_service(&mut h, name, &[a]).await;
+    }
+    // 20,000 more services (headless: no VIP, no listener), so that the
+    // registry, still loading, holds 10,000 changes before publishing.
+    let bulk = |i: usize| edgemesh_core::build::service(NS, &format!("bulk-{i}")).headless();
+    for i in 0..20_000 {
+        h.sink.send(edgemesh_core::SourceEvent::Apply(bulk(i).object())).await.unwrap();
+    }
+    let last = ServiceKey::new(NS, "bulk-19999");
+    h.settle(|s| s.service(&last).is_some()).await;
+    let (kept, web, moved) = (h.addr("kept"), h.addr("web"), h.addr("moved"));
+    let generation = h.snapshots.borrow().generation;
+
+    // One generation: 9,000 bulk services change, "web" gets another
+    // backend and "moved" another port; "kept" does not change.
+    for i in 0..9_000 {
+        let changed = bulk(i).port("p", 7, 7).object();
+        h.sink.send(edgemesh_core::SourceEvent::Apply(changed)).await.unwrap();
+    }
+    let swapped =
+        edgemesh_core::build::slice(NS, "web-0", "web").endpoint("127.0.0.1", "node-a").port("http", b.port());
+    h.sink.send(edgemesh_core::SourceEvent::Apply(swapped.object())).await.unwrap();
+    let moved_port = edgemesh_core::build::service(NS, "moved").port("http", PORT + 1, 80).object();
+    h.apply(moved_port, |s| s.service(&ServiceKey::new(NS, "bulk-8999")).is_some_and(|e| !e.ports.is_empty())).await;
+    let now = h.snapshots.borrow().clone();
+    assert_eq!(now.generation, generation + 1, "one generation");
+    assert_eq!(now.changes_since(generation), None, "past the changelog");
+
+    assert_eq!(ask(kept).await.unwrap(), "a");
+    assert_eq!(ask(web).await.unwrap(), "b");
+    assert_eq!(TcpStream::connect(moved).await.unwrap_err().kind(), io::ErrorKind::ConnectionRefused);
+    assert_eq!(ask(std::net::SocketAddr::new(moved.ip(), PORT + 1)).await.unwrap(), "a");
+    assert_eq!(h.status.listeners.load(Ordering::Relaxed), 3);
+    h.stop().await;
+}
