@@ -54,10 +54,15 @@ use tokio::net::TcpStream;
 /// capacity bounds it.
 const SPLICE_CHUNK: usize = 1 << 30;
 
-/// Pipe capacity asked for. 256 KiB (64 pages) moved bulk data about 30%
-/// faster than the default 64 KiB on loopback here; pages are only
-/// referenced, never copied, and the pipe is given back when idle.
-const PIPE_SIZE: usize = 256 * 1024;
+/// Pipe capacities asked for, largest first. A splice moves at most a
+/// pipe's worth, so a larger pipe means fewer splice calls and wake-ups per
+/// megabyte of bulk data. 1 MiB is the default `/proc/sys/fs/pipe-max-size`
+/// (unprivileged processes may not exceed it; root may); 256 KiB, the
+/// fallback, moved bulk data about 30% faster than the default 64 KiB.
+/// Either way the kernel only references the sockets' pages (nothing is
+/// copied or allocated per byte): a pipe costs its slot array (40 bytes a
+/// page, 10 KiB at 1 MiB), and only while in use or pooled.
+const PIPE_SIZES: [usize; 2] = [1 << 20, 256 * 1024];
 
 /// Idle pipes kept for reuse; beyond this they are closed.
 const POOL_MAX: usize = 64;
@@ -140,8 +145,13 @@ impl Pipe {
             return Ok(pipe);
         }
         let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-        // Best effort: the kernel may refuse (pipe-max-size, per-user limits).
-        let _ = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE);
+        // Best effort: the kernel may refuse (pipe-max-size, per-user
+        // limits); the default capacity still works.
+        for size in PIPE_SIZES {
+            if rustix::pipe::fcntl_setpipe_size(&write, size).is_ok() {
+                break;
+            }
+        }
         Ok(Pipe { read, write })
     }
 
