@@ -55,6 +55,10 @@ async fn serve(config: Config, starting: &mut Option<Interceptor>) -> anyhow::Re
         0 => ProxyConfig::max_connections_for_fd_limit(nofile),
         n => n,
     };
+    let proxy_workers = match config.proxy.workers {
+        0 => edgemesh_proxy::default_workers(),
+        n => n,
+    };
     tracing::info!(
         node = %config.node_name,
         source = ?config.source,
@@ -66,6 +70,7 @@ async fn serve(config: Config, starting: &mut Option<Interceptor>) -> anyhow::Re
         vip_cidr6 = ?config.vip_cidr6(),
         upstreams = ?config.dns.upstreams,
         max_connections,
+        proxy_workers,
         "starting edgemesh agent"
     );
     tracing::debug!(config = ?config, "effective configuration");
@@ -126,6 +131,7 @@ async fn serve(config: Config, starting: &mut Option<Interceptor>) -> anyhow::Re
             max_udp_sessions: config.proxy.max_udp_sessions,
             transparent: intercepting,
             upstream_mark: intercepting.then_some(config.intercept.mark),
+            workers: proxy_workers,
         },
         snapshots.clone(),
     );

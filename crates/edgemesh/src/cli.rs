@@ -128,6 +128,10 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub connect_timeout: Option<Duration>,
 
+    /// Threads proxied TCP connections run on, each with its own event loop. Default: 0, one per CPU.
+    #[arg(long, value_name = "N")]
+    pub proxy_workers: Option<usize>,
+
     /// Interception of service addresses: none (clients use the VIPs) or nftables (connections to cluster IPs and VIPs are redirected to the agent; needs root or CAP_NET_ADMIN and nft).
     #[arg(long, value_name = "MODE", value_enum)]
     pub intercept: Option<InterceptMode>,
@@ -244,6 +248,9 @@ impl AgentArgs {
         }
         if let Some(v) = self.connect_timeout {
             c.proxy.connect_timeout = v;
+        }
+        if let Some(v) = self.proxy_workers {
+            c.proxy.workers = v;
         }
         if let Some(v) = self.intercept {
             c.intercept.mode = v;

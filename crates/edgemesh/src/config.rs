@@ -134,6 +134,9 @@ pub struct ProxySection {
     /// Concurrent UDP sessions (one socket each); at the limit a new client
     /// replaces the longest-idle session of its service port.
     pub max_udp_sessions: usize,
+    /// Threads proxied TCP connections run on, each with its own event
+    /// loop; 0: one per CPU.
+    pub workers: usize,
 }
 
 /// How connections to service addresses reach the proxy.
@@ -233,6 +236,7 @@ impl Default for ProxySection {
             connect_timeout: Duration::from_secs(2),
             max_connections: 0,
             max_udp_sessions: edgemesh_proxy::DEFAULT_MAX_UDP_SESSIONS,
+            workers: 0,
         }
     }
 }

@@ -208,17 +208,10 @@ fn accept_some(entry: &Entry, shared: &Arc<Shared>, errors: &LogLimiter) -> bool
         match rustix::net::acceptfrom_with(&entry.socket, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
             Ok((socket, peer)) => {
                 let stream = std::net::TcpStream::from(socket);
-                let peer = peer.and_then(|p| SocketAddr::try_from(p).ok()).or_else(|| stream.peer_addr().ok());
-                match (tokio::net::TcpStream::from_std(stream), peer) {
-                    (Ok(stream), Some(peer)) => connection::admit(shared, &entry.pool, stream, peer),
-                    // Reset by the client before we saw it: nothing to serve.
-                    (_, None) => {}
-                    (Err(e), Some(_)) => {
-                        if errors.allow() {
-                            tracing::warn!(service = %entry.pool.service, listener = %entry.pool.addr, error = %e,
-                                "cannot register an accepted connection");
-                        }
-                    }
+                // No peer address: reset by the client before we saw it.
+                if let Some(peer) = peer.and_then(|p| SocketAddr::try_from(p).ok()).or_else(|| stream.peer_addr().ok())
+                {
+                    connection::admit(shared, &entry.pool, stream, peer);
                 }
             }
             // Drained, or shut down by `remove` meanwhile.

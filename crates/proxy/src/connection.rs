@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) routes: crate::transparent::Routes,
     /// Which endpoints are dialled directly and which through the tunnel.
     pub(crate) reach: Reach,
+    /// The threads connections run on.
+    pub(crate) workers: crate::workers::Workers,
 }
 
 /// What one listener forwards to; replaced in place when endpoints change.
@@ -311,8 +313,10 @@ impl Drop for Active {
 }
 
 /// Takes a freshly accepted connection: resets it at once when over the
-/// limit, otherwise spawns its task.
-pub(crate) fn admit(shared: &Arc<Shared>, pool: &Arc<Pool>, client: TcpStream, peer: SocketAddr) {
+/// limit, otherwise hands it to the next worker, where it is registered and
+/// served (a socket belongs to the event loop of the runtime that registers
+/// it, so that must happen on the worker).
+pub(crate) fn admit(shared: &Arc<Shared>, pool: &Arc<Pool>, client: std::net::TcpStream, peer: SocketAddr) {
     let status = &shared.status;
     status.total_connections.fetch_add(1, Ordering::Relaxed);
     let max = shared.config.max_connections;
@@ -325,11 +329,23 @@ pub(crate) fn admit(shared: &Arc<Shared>, pool: &Arc<Pool>, client: TcpStream, p
         return;
     }
     let active = Active(shared.clone());
-    shared.tracker.spawn(serve(client, peer.ip(), pool.clone(), active));
+    let pool = pool.clone();
+    shared.workers.spawn(shared.tracker.track_future(async move {
+        match TcpStream::from_std(client) {
+            Ok(client) => serve(client, peer.ip(), pool, active).await,
+            Err(e) => {
+                active.0.status.failed_connections.fetch_add(1, Ordering::Relaxed);
+                if pool.warnings.allow() {
+                    tracing::warn!(service = %pool.service, listener = %pool.addr, error = %e,
+                        "cannot register an accepted connection");
+                }
+            }
+        }
+    }));
 }
 
 /// Closes `stream` with a reset (`SO_LINGER 0`).
-fn reset(stream: TcpStream) {
+fn reset(stream: impl std::os::fd::AsFd) {
     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     drop(stream);
 }

@@ -14,6 +14,8 @@
 //!   socket).
 //! - [`connection`]: accept -> admission (connection limit) -> pick ->
 //!   connect with retry on the next endpoint -> forward.
+//! - `workers`: the threads connections run on, one single-threaded
+//!   runtime each, fed in turn by the accept loops.
 //! - [`udp`]: UDP service ports: a session per client address, each with a
 //!   connected socket to its endpoint, replies sent from the service
 //!   address, idle expiry, a bound on sessions.
@@ -33,7 +35,7 @@
 //! ```text
 //! watch<Snapshot> -> Proxy::run -> listeners::Reconciler -> acceptor (every VIP:port)
 //!                                                              |
-//!                    connection::serve <-----------------------+
+//!                    connection::serve (on a worker) <---------+
 //!                      balance::Balancer::pick, connect (timeout, retry)
 //!                      splice::forward (client <-> backend)
 //! ```
@@ -53,6 +55,7 @@ pub mod remote;
 pub mod splice;
 pub mod transparent;
 pub mod udp;
+mod workers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -66,6 +69,7 @@ use tokio_util::task::TaskTracker;
 pub use error::ProxyError;
 pub use remote::{Reach, Remote, RemoteDatagrams, RemoteFuture, RemoteStream};
 pub use transparent::TransparentListeners;
+pub use workers::default_count as default_workers;
 
 /// File descriptors one proxied connection may hold: two sockets and, while
 /// data flows, two pipes (two descriptors each). Idle connections hold two.
@@ -107,6 +111,9 @@ pub struct ProxyConfig {
     /// Mark (`SO_MARK`, needs CAP_NET_ADMIN) set on upstream connections,
     /// so that interception rules let them pass.
     pub upstream_mark: Option<u32>,
+    /// Threads TCP connections run on, each with its own event loop (see
+    /// `workers`); at least one.
+    pub workers: usize,
 }
 
 impl ProxyConfig {
@@ -140,6 +147,7 @@ impl Default for ProxyConfig {
             max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,
             transparent: false,
             upstream_mark: None,
+            workers: default_workers(),
         }
     }
 }
@@ -250,8 +258,16 @@ impl Proxy {
     pub async fn run(self, shutdown: CancellationToken) {
         let Proxy { config, status, mut snapshots, transparent, reach } = self;
         tracing::debug!(?config, "proxy starting");
+        let workers = match workers::Workers::start(config.workers) {
+            Ok(workers) => workers,
+            Err(e) => {
+                tracing::error!(error = %e, workers = config.workers, "cannot start the proxy's worker threads");
+                return;
+            }
+        };
         let shared = Arc::new(connection::Shared {
             config,
+            workers,
             status: status.clone(),
             tracker: TaskTracker::new(),
             stop: shutdown.child_token(),

@@ -28,8 +28,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use rustix::net::SocketFlags;
 use socket2::{Domain, SockRef, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 use crate::connection::{self, LogLimiter, Pool, Shared};
 
@@ -91,7 +93,10 @@ fn normalize(addr: SocketAddr) -> SocketAddr {
 /// has it).
 #[derive(Debug)]
 pub struct TransparentListeners {
-    pub(crate) sockets: Vec<TcpListener>,
+    /// Accepted on directly (not through tokio's `TcpListener`, which would
+    /// register each accepted socket with this runtime: connections are
+    /// registered on the worker that serves them).
+    pub(crate) sockets: Vec<AsyncFd<std::net::TcpListener>>,
 }
 
 impl TransparentListeners {
@@ -110,11 +115,11 @@ impl TransparentListeners {
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.sockets.iter().filter_map(|s| s.local_addr().ok()).collect()
+        self.sockets.iter().filter_map(|s| s.get_ref().local_addr().ok()).collect()
     }
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+fn bind(addr: SocketAddr) -> io::Result<AsyncFd<std::net::TcpListener>> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -125,11 +130,15 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    // `with_interest` is deprecated because a generic `AsRawFd` may change
+    // its descriptor; a `std::net::TcpListener` owned by the `AsyncFd`
+    // cannot (as in `acceptor`).
+    #[allow(deprecated)]
+    AsyncFd::with_interest(socket.into(), Interest::READABLE)
 }
 
 /// The destination a redirected connection was sent to.
-fn original_dst(stream: &TcpStream, ipv6: bool) -> io::Result<SocketAddr> {
+fn original_dst(stream: &std::net::TcpStream, ipv6: bool) -> io::Result<SocketAddr> {
     let sock = SockRef::from(stream);
     let addr = if ipv6 { sock.original_dst_v6()? } else { sock.original_dst_v4()? };
     addr.as_socket().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "original destination is not IP"))
@@ -138,13 +147,27 @@ fn original_dst(stream: &TcpStream, ipv6: bool) -> io::Result<SocketAddr> {
 /// Pause after an accept error so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let ipv6 = listener.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+pub(crate) async fn accept_loop(listener: AsyncFd<std::net::TcpListener>, shared: Arc<Shared>) {
+    let ipv6 = listener.get_ref().local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
     let errors = LogLimiter::default();
     let misses = LogLimiter::default();
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
+        let accepted = listener
+            .async_io(Interest::READABLE, |l| {
+                rustix::net::acceptfrom_with(l, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC).map_err(io::Error::from)
+            })
+            .await;
+        let (stream, peer) = match accepted {
+            Ok((socket, peer)) => {
+                let stream = std::net::TcpStream::from(socket);
+                match peer.and_then(|p| SocketAddr::try_from(p).ok()).or_else(|| stream.peer_addr().ok()) {
+                    Some(peer) => (stream, peer),
+                    // Reset by the client before we saw it: nothing to serve.
+                    None => continue,
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::CONNABORTED.raw_os_error()) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 if errors.allow() {
                     tracing::warn!(error = %e, "transparent accept failed (out of file descriptors?)");

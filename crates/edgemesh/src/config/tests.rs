@@ -10,7 +10,7 @@ fn every_section_parses() {
     let c = Config::from_yaml(
         "nodeName: n1\nvipCidr: 127.9.0.0/16\nmanifests:\n  dir: /tmp/m\n  pollInterval: 100ms\n\
          dns:\n  listen: 127.0.0.1:1053\n  upstreams: [127.0.0.1:53]\n  upstreamTimeout: 1s\n\
-         proxy:\n  defaultStrategy: Random\n  connectTimeout: 500ms\n  maxUdpSessions: 100\nadmin:\n  listen: 127.0.0.1:9000\n",
+         proxy:\n  defaultStrategy: Random\n  connectTimeout: 500ms\n  maxUdpSessions: 100\n  workers: 3\nadmin:\n  listen: 127.0.0.1:9000\n",
     )
     .unwrap();
     assert_eq!(c.node_name, "n1");
@@ -18,6 +18,7 @@ fn every_section_parses() {
     assert_eq!(c.proxy.default_strategy, LbStrategy::Random);
     assert_eq!(c.proxy.connect_timeout, Duration::from_millis(500));
     assert_eq!(c.proxy.max_udp_sessions, 100);
+    assert_eq!(c.proxy.workers, 3);
     assert_eq!(c.dns.upstreams, vec!["127.0.0.1:53".parse().unwrap()]);
     c.validate().unwrap();
 }

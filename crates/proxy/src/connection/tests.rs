@@ -15,6 +15,7 @@ fn shared() -> Arc<Shared> {
         stop: CancellationToken::new(),
         routes: Default::default(),
         reach: Default::default(),
+        workers: crate::workers::Workers::start(1).unwrap(),
     })
 }
 
