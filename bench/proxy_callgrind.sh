@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Userspace instructions per proxied request or connection, under callgrind:
+# a load-independent measure of the agent's own CPU cost (kernel time is not
+# counted), for comparing two builds on a busy machine.
+#
+# usage: bench/proxy_callgrind.sh [-t rr|conn] [-d SECS] [-- AGENT ARGS...]
+#   -t rr    keep-alive requests (wrk -t2 -c50), the default
+#   -t conn  a new connection per request (Connection: close)
+#   -d SECS  wrk duration (default 8)
+#   extra arguments go to `edgemesh agent` (e.g. --proxy-workers 1)
+#
+# Starts a local nginx (keep-alive, 100-byte file) and the agent under
+# valgrind with one service in front of it, zeroes the counters once the
+# agent serves, runs wrk, dumps the counters and prints one JSON line:
+# instructions (Ir) of all the agent's threads divided by wrk's requests.
+# Environment: EDGEMESH_BIN (default: target/release/edgemesh), CG_VIP
+# (127.129.0.20), CG_PORT (26180), CG_BACKEND_PORT (26181).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TEST=rr DUR=8
+while getopts t:d: o; do case $o in
+  t) TEST=$OPTARG ;; d) DUR=$OPTARG ;; *) sed -n '2,17p' "$0" >&2; exit 2 ;;
+esac; done
+shift $((OPTIND - 1))
+[[ ${1:-} == -- ]] && shift
+VIP=${CG_VIP:-127.129.0.20} PORT=${CG_PORT:-26180} BPORT=${CG_BACKEND_PORT:-26181}
+BIN=${EDGEMESH_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/edgemesh}
+[[ -x $BIN ]] || { echo "proxy_callgrind.sh: no release binary at $BIN" >&2; exit 1; }
+for t in nginx wrk valgrind callgrind_control; do
+  command -v $t >/dev/null || { echo "proxy_callgrind.sh: needs $t" >&2; exit 1; }
+done
+
+W=$(mktemp -d -t edgemesh-cg.XXXXXX)
+chmod 755 "$W"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [[ -n ${CG_KEEP:-} ]] || rm -rf "$W"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mkdir -p "$W/www" "$W/tmp" "$W/manifests"
+head -c 100 /dev/zero | tr '\0' x >"$W/www/f"
+cat >"$W/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $W/nginx.pid;
+error_log $W/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_temp_path $W/tmp; proxy_temp_path $W/tmp; fastcgi_temp_path $W/tmp;
+  uwsgi_temp_path $W/tmp; scgi_temp_path $W/tmp;
+  server { listen 127.0.0.1:$BPORT backlog=4096; root $W/www; }
+}
+EOF
+nginx -p "$W" -e "$W/nginx-error.log" -c "$W/nginx.conf" &
+PIDS+=($!)
+cat >"$W/manifests/cg.yaml" <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: cg, namespace: bench}
+spec:
+  clusterIP: $VIP
+  ports: [{name: http, port: $PORT, targetPort: $BPORT}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: cg-1, namespace: bench, labels: {kubernetes.io/service-name: cg}}
+addressType: IPv4
+ports: [{name: http, port: $BPORT}]
+endpoints: [{addresses: [127.0.0.1], nodeName: bench}]
+YAML
+valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" --dump-instr=no \
+  "$BIN" agent --node-name bench --manifest-dir "$W/manifests" --vip-cidr "$VIP/24" \
+  --dns-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --dns-upstream 127.0.0.1:9 --log-level warn \
+  --state-dir "$W/state" "$@" >"$W/agent.log" 2>&1 &
+AGENT=$!
+PIDS+=($AGENT)
+for _ in $(seq 600); do
+  curl -sf -o /dev/null "http://$VIP:$PORT/f" && break
+  sleep 0.1
+done
+curl -sf -o /dev/null "http://$VIP:$PORT/f" || { cat "$W/agent.log" >&2; exit 1; }
+callgrind_control -z "$AGENT" >/dev/null 2>&1
+hdr=()
+[[ $TEST == conn ]] && hdr=(-H 'Connection: close')
+out=$(wrk -t2 -c50 -d"${DUR}s" "${hdr[@]}" "http://$VIP:$PORT/f")
+requests=$(awk '/requests in/ {print $1}' <<<"$out")
+callgrind_control -d "$AGENT" >/dev/null 2>&1
+sleep 1
+# The dump after the zeroing covers exactly the wrk run: the file of part 1
+# (the rest, to exit, goes to the file without a suffix).
+ir=$(awk '/^summary:/ {print $2}' "$W/cg.out.1")
+python3 -c "import json,sys; r=int(sys.argv[2]); print(json.dumps({'test':sys.argv[1],'requests':r,'ir':int(sys.argv[3]),'ir_per_request':round(int(sys.argv[3])/max(r,1)),'args':sys.argv[4:]}))" \
+  "$TEST" "$requests" "$ir" "$@"
