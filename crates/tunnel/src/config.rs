@@ -52,6 +52,10 @@ pub struct TunnelConfig {
     /// A connection with no open stream is closed after this long (connections to bootstrap
     /// peers and relays are kept regardless).
     pub idle_connection_timeout: Duration,
+    /// Offer TLS 1.3 (AES-GCM on CPUs with AES instructions) before Noise on TCP and relayed
+    /// connections. Peers pick the first they both support, so agents that only speak Noise
+    /// still connect; false offers Noise only (as agents before TLS). QUIC always uses TLS.
+    pub tls: bool,
 }
 
 impl TunnelConfig {
@@ -69,6 +73,7 @@ impl TunnelConfig {
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             connect_timeout: Duration::from_secs(10),
             idle_connection_timeout: Duration::from_secs(120),
+            tls: true,
         }
     }
 }

@@ -73,10 +73,12 @@ mod error;
 mod identity;
 mod muxer;
 mod node;
+mod security;
 mod streams;
 mod swarm;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod tunnel;
 mod wire;
 

@@ -1,4 +1,4 @@
-//! Building the swarm: transports (TCP with optional PSK, QUIC, DNS, relayed), Noise, the
+//! Building the swarm: transports (TCP with optional PSK, QUIC, DNS, relayed), TLS or Noise, the
 //! muxer, and the behaviours (relay client and server, DCUtR, identify, ping, AutoNAT, mDNS,
 //! the edgemesh streams).
 
@@ -20,7 +20,7 @@ use libp2p::{
 };
 use tokio::sync::mpsc;
 
-use crate::{RelayLimits, TunnelError, streams};
+use crate::{RelayLimits, TunnelError, security::Security, streams, tls};
 
 pub(crate) const PROTOCOL_VERSION: &str = "/edgemesh/1.0.0";
 
@@ -71,12 +71,19 @@ pub(crate) struct SwarmParams<'a> {
     pub relay_server: Option<&'a RelayLimits>,
     pub mdns: bool,
     pub idle_timeout: Duration,
+    /// Offer TLS before Noise.
+    pub tls: bool,
 }
 
 pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
     let key = p.key;
     let local = key.public().to_peer_id();
     let noise = noise::Config::new(key).map_err(|e| TunnelError::Config(format!("noise: {e}")))?;
+    let tls = match p.tls {
+        true => Some(tls::Config::new(key).map_err(|e| TunnelError::Config(format!("TLS: {e}")))?),
+        false => None,
+    };
+    let security = Security::new(tls, noise);
     let yamux = crate::muxer::Config::new(p.max_streams);
 
     let tcp_base = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true).listen_backlog(1024));
@@ -84,14 +91,14 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
         Some(psk) => tcp_base
             .and_then(move |socket, _| pnet::PnetConfig::new(psk).handshake(socket))
             .upgrade(Version::V1Lazy)
-            .authenticate(noise.clone())
+            .authenticate(security.clone())
             .multiplex(yamux.clone())
             .timeout(Duration::from_secs(20))
             .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
             .boxed(),
         None => tcp_base
             .upgrade(Version::V1Lazy)
-            .authenticate(noise.clone())
+            .authenticate(security.clone())
             .multiplex(yamux.clone())
             .timeout(Duration::from_secs(20))
             .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
@@ -110,7 +117,7 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
     let (relay_transport, relay_client) = relay::client::new(local);
     let relayed: BoxedTransport = relay_transport
         .upgrade(Version::V1Lazy)
-        .authenticate(noise)
+        .authenticate(security)
         .multiplex(yamux)
         .timeout(Duration::from_secs(20))
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))

@@ -339,3 +339,40 @@ async fn a_hello_waits_for_the_directorys_first_full_view() {
     let seen = b.peers();
     assert!(seen.iter().any(|p| p.node.as_deref() == Some("a") && p.trusted), "{seen:?}");
 }
+
+/// An agent from before TLS (Noise only) and a current one (TLS, then Noise) reach each other
+/// whichever dials; two current agents refuse a peer ID other than the one dialed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noise_only_agents_still_connect_and_tls_checks_the_peer_id() {
+    let net = Net::new();
+    let dir = Arc::new(Dir::default());
+    for n in ["old", "new", "new2", "old2"] {
+        dir.peers.lock().unwrap().insert(n.into(), net.peer(n));
+    }
+    let (echo, _) = counted_echo().await;
+    dir.serves.lock().unwrap().insert((echo, TunnelProtocol::Tcp));
+    let old = net.start_with("old", "old", dir.clone(), None, |c| c.tls = false).await;
+    let new = net.start("new", "new", dir.clone(), Some(&old)).await;
+    let new2 = net.start("new2", "new2", dir.clone(), None).await;
+    let old2 = net.start_with("old2", "old2", dir.clone(), Some(&new2), |c| c.tls = false).await;
+    for (from, to) in [(&new, "old"), (&old, "new"), (&old2, "new2"), (&new2, "old2")] {
+        let mut s = from.open_tcp(to, echo, "x").await.unwrap_or_else(|e| panic!("to {to}: {e}"));
+        s.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+
+    // "new" dials new2's address expecting another peer ID: the TLS handshake succeeds, the
+    // peer ID in the certificate does not match, and the connection is dropped.
+    let wrong = net.peer("nobody");
+    dir.peers.lock().unwrap().insert("fake".into(), wrong);
+    let listen = new2.listen_addrs()[0].clone();
+    let liar = net
+        .start_with("liar-dialer", "new3", dir.clone(), None, |c| c.bootstrap = vec![listen.with(Protocol::P2p(wrong))])
+        .await;
+    let e = liar.open_tcp("fake", echo, "x").await.unwrap_err();
+    assert!(matches!(e, crate::TunnelError::PeerUnreachable { .. }), "{e}");
+    assert!(liar.inner.control.connections(&new2.peer_id()).is_empty());
+    assert!(liar.inner.control.connections(&wrong).is_empty());
+}

@@ -118,6 +118,7 @@ impl Tunnel {
             max_streams,
             relay_server: config.relay_server.as_ref(),
             mdns: config.mdns,
+            tls: config.tls,
             idle_timeout: config.idle_connection_timeout,
         })?;
         let mut swarm = built.swarm;
