@@ -68,6 +68,7 @@
 //!   `hello` (node name claims), `inbound` (serving proxy streams) and `proxied` (the stream
 //!   and datagram types handed out).
 
+mod coalesce;
 mod config;
 mod error;
 mod identity;

@@ -10,13 +10,13 @@ use libp2p::{
     noise,
 };
 
-use crate::tls;
+use crate::{coalesce::Coalesce, tls};
 
 #[cfg(test)]
 mod tests;
 
 /// The encrypted connection either upgrade produced.
-pub(crate) type Secured<C> = futures::future::Either<futures_rustls::TlsStream<C>, noise::Output<C>>;
+pub(crate) type Secured<C> = futures::future::Either<Coalesce<futures_rustls::TlsStream<C>>, noise::Output<C>>;
 
 /// Why the security upgrade failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,9 +62,11 @@ where
 
     fn upgrade_inbound(self, socket: C, info: &'static str) -> Self::Future {
         match self.tls {
-            Some(tls) if info == tls::PROTOCOL => {
-                tls.upgrade_inbound(socket, info).map_ok(|(peer, s)| (peer, Secured::Left(s))).err_into().boxed()
-            }
+            Some(tls) if info == tls::PROTOCOL => tls
+                .upgrade_inbound(socket, info)
+                .map_ok(|(peer, s)| (peer, Secured::Left(Coalesce::new(s))))
+                .err_into()
+                .boxed(),
             _ => self
                 .noise
                 .upgrade_inbound(socket, NOISE)
@@ -85,9 +87,11 @@ where
 
     fn upgrade_outbound(self, socket: C, info: &'static str) -> Self::Future {
         match self.tls {
-            Some(tls) if info == tls::PROTOCOL => {
-                tls.upgrade_outbound(socket, info).map_ok(|(peer, s)| (peer, Secured::Left(s))).err_into().boxed()
-            }
+            Some(tls) if info == tls::PROTOCOL => tls
+                .upgrade_outbound(socket, info)
+                .map_ok(|(peer, s)| (peer, Secured::Left(Coalesce::new(s))))
+                .err_into()
+                .boxed(),
             _ => self
                 .noise
                 .upgrade_outbound(socket, NOISE)

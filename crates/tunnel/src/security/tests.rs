@@ -51,7 +51,10 @@ async fn negotiate(
 }
 
 /// Bytes written on one side arrive on the other, both ways.
-async fn exchange<C: futures::AsyncRead + futures::AsyncWrite + Unpin>(a: &mut C, b: &mut C) {
+async fn exchange(
+    a: &mut (impl futures::AsyncRead + futures::AsyncWrite + Unpin),
+    b: &mut (impl futures::AsyncRead + futures::AsyncWrite + Unpin),
+) {
     let big = vec![7u8; 200_000];
     let (w, r) = tokio::join!(async { a.write_all(&big).await.and(a.flush().await) }, async {
         let mut got = vec![0u8; big.len()];
@@ -68,7 +71,7 @@ async fn exchange<C: futures::AsyncRead + futures::AsyncWrite + Unpin>(a: &mut C
 
 fn cipher<C>(s: &Secured<C>) -> rustls::CipherSuite {
     match s {
-        Either::Left(tls) => tls.get_ref().1.negotiated_cipher_suite().unwrap().suite(),
+        Either::Left(tls) => tls.get_ref().get_ref().1.negotiated_cipher_suite().unwrap().suite(),
         Either::Right(_) => panic!("Noise, not TLS"),
     }
 }
