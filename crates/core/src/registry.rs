@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use tokio::sync::{mpsc, watch};
 
 use crate::node::NodeEntry;
-use crate::object::{Object, ObjectId, ObjectKind, ServiceObject, SourceEvent};
+use crate::object::{Object, ObjectId, ObjectKind, SourceEvent};
 use crate::service::{
     DEFAULT_UDP_IDLE_TIMEOUT, HashKey, LbStrategy, ServiceKey, TargetPort, UDP_IDLE_TIMEOUT_ANNOTATION, parse_duration,
 };
@@ -224,9 +224,9 @@ fn publish(state: &mut RegistryState, to: &watch::Sender<Arc<Snapshot>>) {
 pub struct RegistryState {
     default_strategy: LbStrategy,
     vips: VipPools,
-    /// Boxed: a table sized for growth holds a pointer per empty slot, not
-    /// a whole object (about 200 bytes).
-    services: HashMap<ServiceKey, Box<ServiceObject>>,
+    /// In the registry's compact form ([`StoredService`]). Boxed: a table
+    /// sized for growth holds a pointer per empty slot, not a whole object.
+    services: HashMap<ServiceKey, Box<StoredService>>,
     /// Endpoint objects of each service, sorted by kind and name, in the
     /// registry's compact form ([`StoredSet`]). Almost always one:
     /// a `Vec` costs a few words where a `BTreeMap` allocates a node with
@@ -266,9 +266,7 @@ impl RegistryState {
             SourceEvent::Apply(Object::Service(mut svc)) => {
                 retain_data_plane_meta(&mut svc.meta);
                 let key = self.shared_key(ServiceKey::new(&svc.meta.namespace, &svc.meta.name));
-                // The key holds them; the stored object need not.
-                svc.meta.namespace = String::new();
-                svc.meta.name = String::new();
+                let svc = StoredService::new(svc, &mut self.names);
                 if self.services.get(&key).is_some_and(|old| **old == svc) {
                     return false;
                 }
@@ -375,7 +373,7 @@ impl RegistryState {
             self.snapshot.remove(key);
             return released;
         };
-        let assigned = self.vips.assign(key, svc);
+        let assigned = self.vips.assign(key, &svc.vip_request());
         if assigned.waiting {
             self.awaiting_vip.insert(key.clone());
         } else {
@@ -387,7 +385,7 @@ impl RegistryState {
         let udp_idle_timeout =
             annotation(key, svc, UDP_IDLE_TIMEOUT_ANNOTATION, DEFAULT_UDP_IDLE_TIMEOUT, parse_duration);
         let policy = Policy { strategy, hash_key, udp_idle_timeout };
-        let entry = build_entry(key, svc, &assigned, policy, self.endpoint_sets.get(key), &mut self.names);
+        let entry = build_entry(key, svc, &assigned, policy, self.endpoint_sets.get(key));
         if self.snapshot.service(key).is_some_and(|old| **old == entry) {
             return released;
         }
@@ -401,12 +399,12 @@ impl RegistryState {
 /// never a reason to stop serving the service.
 fn annotation<T>(
     key: &ServiceKey,
-    svc: &ServiceObject,
+    svc: &StoredService,
     name: &'static str,
     default: T,
     parse: impl FnOnce(&str) -> Result<T, String>,
 ) -> T {
-    match svc.meta.annotations.get(name) {
+    match svc.annotation(name) {
         None => default,
         Some(value) => parse(value).unwrap_or_else(|e| {
             tracing::warn!(service = %key, annotation = name, error = %e, "ignoring invalid annotation; using the default");
@@ -450,11 +448,10 @@ fn has_node_ports(service_type: &str) -> bool {
 /// Joins a service with its endpoint sets.
 fn build_entry(
     key: &ServiceKey,
-    svc: &ServiceObject,
+    svc: &StoredService,
     vips: &Assigned,
     policy: Policy,
     sets: Option<&EndpointSets>,
-    names: &mut SharedNames,
 ) -> ServiceEntry {
     // EndpointSlices win over legacy Endpoints when both exist (Kubernetes
     // mirrors one into the other).
@@ -484,7 +481,7 @@ fn build_entry(
             backends.sort_by_key(|b| b.addr);
             backends.dedup_by(|a, b| a.addr == b.addr);
             ResolvedPort {
-                name: names.get(&sp.name),
+                name: sp.name.clone(),
                 protocol: sp.protocol,
                 port: sp.port,
                 target_port: sp.target_port.clone(),
@@ -511,15 +508,15 @@ fn build_entry(
         key: key.clone(),
         vip: vips.vip,
         vip6: vips.vip6,
-        cluster_ips: svc.cluster_ips.clone(),
+        cluster_ips: svc.cluster_ips.to_vec(),
         headless: svc.headless,
-        service_type: names.get(&svc.service_type),
+        service_type: svc.service_type.clone(),
         strategy: policy.strategy,
         hash_key: policy.hash_key,
         session_affinity: svc.session_affinity,
         internal_traffic_policy: svc.internal_traffic_policy,
         traffic_distribution: svc.traffic_distribution,
-        ip_families: svc.ip_families.clone(),
+        ip_families: svc.ip_families.to_vec(),
         ip_family_policy: svc.ip_family_policy,
         udp_idle_timeout: policy.udp_idle_timeout,
         ports,
@@ -531,7 +528,7 @@ fn build_entry(
 mod names;
 mod stored;
 use names::SharedNames;
-use stored::StoredSet;
+use stored::{StoredService, StoredSet};
 
 #[cfg(test)]
 mod node_tests;

@@ -16,8 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use thiserror::Error;
 
-use crate::object::ServiceObject;
-use crate::service::{IpFamily, IpFamilyPolicy, Protocol, ServiceKey};
+use crate::service::{IpFamily, IpFamilyPolicy, ServiceKey};
 
 /// Which services get a VIP (never a headless one), per family they ask
 /// for.
@@ -36,10 +35,21 @@ pub enum VipPolicy {
     WhereNeeded,
 }
 
+/// What of a service decides its VIPs (the registry's stored copy lends
+/// these; vip does not depend on how it is stored).
+#[derive(Clone, Copy, Debug)]
+pub struct VipRequest<'a> {
+    pub headless: bool,
+    pub cluster_ips: &'a [IpAddr],
+    pub ip_families: &'a [IpFamily],
+    pub ip_family_policy: Option<IpFamilyPolicy>,
+    pub has_udp: bool,
+}
+
 /// The families a service asks for: `spec.ipFamilies` (else the families
 /// of its cluster IPs, else IPv4, the cluster's default), both with a
 /// dual-stack `ipFamilyPolicy`, the first only with `SingleStack`.
-pub fn wanted_families(svc: &ServiceObject) -> Vec<IpFamily> {
+pub fn wanted_families(svc: &VipRequest<'_>) -> Vec<IpFamily> {
     let family = |ip: &IpAddr| if ip.is_ipv4() { IpFamily::IPv4 } else { IpFamily::IPv6 };
     let mut families: Vec<IpFamily> = Vec::with_capacity(2);
     for f in svc.ip_families.iter().copied().chain(svc.cluster_ips.iter().map(family)) {
@@ -95,9 +105,9 @@ impl VipPools {
 
     /// Gives `key` (service `svc`) the VIPs it should have now, keeping
     /// those it has, releasing those it no longer needs.
-    pub fn assign(&mut self, key: &ServiceKey, svc: &ServiceObject) -> Assigned {
+    pub fn assign(&mut self, key: &ServiceKey, svc: &VipRequest<'_>) -> Assigned {
         let families = if svc.headless { Vec::new() } else { wanted_families(svc) };
-        let has_udp = svc.ports.iter().any(|p| p.protocol == Protocol::Udp);
+        let has_udp = svc.has_udp;
         let policy = self.policy;
         let mut out = Assigned::default();
         let pools = [(IpFamily::IPv4, Some(&mut self.v4)), (IpFamily::IPv6, self.v6.as_mut())];
@@ -292,7 +302,8 @@ fn stable_hash(key: &ServiceKey) -> u64 {
 mod tests {
     use super::*;
     use crate::build::service;
-    use crate::object::Object;
+    use crate::object::{Object, ServiceObject};
+    use crate::service::Protocol;
 
     fn object(o: Object) -> ServiceObject {
         match o {
@@ -301,21 +312,31 @@ mod tests {
         }
     }
 
+    fn request(svc: &ServiceObject) -> VipRequest<'_> {
+        VipRequest {
+            headless: svc.headless,
+            cluster_ips: &svc.cluster_ips,
+            ip_families: &svc.ip_families,
+            ip_family_policy: svc.ip_family_policy,
+            has_udp: svc.ports.iter().any(|p| p.protocol == Protocol::Udp),
+        }
+    }
+
     #[test]
     fn families_a_service_asks_for() {
         use IpFamily::*;
         let base = || service("default", "web");
-        assert_eq!(wanted_families(&object(base().object())), vec![IPv4], "the cluster default");
-        assert_eq!(wanted_families(&object(base().cluster_ip("fd00::10").object())), vec![IPv6]);
+        assert_eq!(wanted_families(&request(&object(base().object()))), vec![IPv4], "the cluster default");
+        assert_eq!(wanted_families(&request(&object(base().cluster_ip("fd00::10").object()))), vec![IPv6]);
         let mut dual = object(base().cluster_ip("10.96.0.10").object());
         dual.ip_family_policy = Some(IpFamilyPolicy::PreferDualStack);
-        assert_eq!(wanted_families(&dual), vec![IPv4, IPv6], "dual-stack adds the other family");
+        assert_eq!(wanted_families(&request(&dual)), vec![IPv4, IPv6], "dual-stack adds the other family");
         let mut v6_first = object(base().object());
         v6_first.ip_families = vec![IPv6, IPv4];
         v6_first.ip_family_policy = Some(IpFamilyPolicy::RequireDualStack);
-        assert_eq!(wanted_families(&v6_first), vec![IPv6, IPv4]);
+        assert_eq!(wanted_families(&request(&v6_first)), vec![IPv6, IPv4]);
         v6_first.ip_family_policy = Some(IpFamilyPolicy::SingleStack);
-        assert_eq!(wanted_families(&v6_first), vec![IPv6], "single stack: the first family");
+        assert_eq!(wanted_families(&request(&v6_first)), vec![IPv6], "single stack: the first family");
     }
 
     #[test]
@@ -326,23 +347,23 @@ mod tests {
         let mut every = VipPools::new(v4, Some(v6), VipPolicy::Every);
         let mut dual = object(service("default", "web").cluster_ip("10.96.0.10").port("http", 80, 80).object());
         dual.ip_family_policy = Some(IpFamilyPolicy::RequireDualStack);
-        let a = every.assign(&key, &dual);
+        let a = every.assign(&key, &request(&dual));
         assert!(a.vip.is_some_and(|ip| v4.contains(&ip)) && a.vip6.is_some_and(|ip| v6.contains(&ip)), "{a:?}");
 
         // With interception, the IPv4 cluster IP serves; IPv6 has none.
         let mut needed = VipPools::new(v4, Some(v6), VipPolicy::WhereNeeded);
-        let a = needed.assign(&key, &dual);
+        let a = needed.assign(&key, &request(&dual));
         assert_eq!(a.vip, None);
         assert!(a.vip6.is_some());
         // Given an IPv6 cluster IP too, the service needs no VIP at all ...
         dual.cluster_ips.push("fd00:96::10".parse().unwrap());
-        let a = needed.assign(&key, &dual);
+        let a = needed.assign(&key, &request(&dual));
         assert_eq!((a.vip, a.vip6, a.released), (None, None, true));
         // ... unless it has UDP ports: then one per family, as DNAT targets.
         let udp = object(service("default", "web").cluster_ip("10.96.0.10").udp_port("dns", 53, 53).object());
         let mut udp = ServiceObject { ip_family_policy: Some(IpFamilyPolicy::PreferDualStack), ..udp };
         udp.cluster_ips.push("fd00:96::53".parse().unwrap());
-        let a = needed.assign(&key, &udp);
+        let a = needed.assign(&key, &request(&udp));
         assert!(a.vip.is_some() && a.vip6.is_some(), "{a:?}");
         assert_eq!(needed.in_use(), 2);
         assert!(needed.release(&key));
@@ -350,7 +371,7 @@ mod tests {
 
         // No IPv6 pool: no IPv6 VIP, and that is no problem.
         let mut v4_only = VipPools::new(v4, None, VipPolicy::Every);
-        let a = v4_only.assign(&key, &dual);
+        let a = v4_only.assign(&key, &request(&dual));
         assert!(a.vip.is_some() && a.vip6.is_none() && a.problem.is_none(), "{a:?}");
     }
 
