@@ -498,7 +498,7 @@ fn build_entry(
                 address: *addr,
                 ready: false,
                 node_name: ep.node_name.clone(),
-                hostname: ep.hostname.as_deref().map(String::from),
+                hostname: ep.hostname.clone(),
             });
             info.ready |= ep.ready;
         }
@@ -508,7 +508,7 @@ fn build_entry(
         key: key.clone(),
         vip: vips.vip,
         vip6: vips.vip6,
-        cluster_ips: svc.cluster_ips.to_vec(),
+        cluster_ips: svc.cluster_ips.as_slice().into(),
         headless: svc.headless,
         service_type: svc.service_type.clone(),
         strategy: policy.strategy,
@@ -516,12 +516,12 @@ fn build_entry(
         session_affinity: svc.session_affinity,
         internal_traffic_policy: svc.internal_traffic_policy,
         traffic_distribution: svc.traffic_distribution,
-        ip_families: svc.ip_families.to_vec(),
+        ip_families: svc.ip_families.clone(),
         ip_family_policy: svc.ip_family_policy,
         udp_idle_timeout: policy.udp_idle_timeout,
         ports,
         endpoints: endpoints.into_values().collect(),
-        problem: vips.problem.clone(),
+        problem: vips.problem.as_deref().map(Box::from),
     }
 }
 

@@ -201,7 +201,7 @@ pub struct ServiceEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vip6: Option<IpAddr>,
     /// `spec.clusterIPs` from the source.
-    pub cluster_ips: Vec<IpAddr>,
+    pub cluster_ips: Box<[IpAddr]>,
     pub headless: bool,
     pub service_type: Arc<str>,
     pub strategy: LbStrategy,
@@ -211,20 +211,20 @@ pub struct ServiceEntry {
     pub internal_traffic_policy: InternalTrafficPolicy,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traffic_distribution: Option<TrafficDistribution>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub ip_families: Vec<IpFamily>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub ip_families: Box<[IpFamily]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip_family_policy: Option<IpFamilyPolicy>,
     /// Idle time after which a UDP session ends (annotation
     /// `edgemesh.io/udp-idle-timeout`, default 60 s).
     #[serde(rename = "udpIdleTimeoutMs", serialize_with = "as_millis")]
     pub udp_idle_timeout: Duration,
-    pub ports: Vec<ResolvedPort>,
+    pub ports: Box<[ResolvedPort]>,
     /// Every endpoint, ready or not, deduplicated by address.
-    pub endpoints: Vec<EndpointInfo>,
+    pub endpoints: Box<[EndpointInfo]>,
     /// Why this service is not fully served (e.g. VIP pool exhausted).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub problem: Option<String>,
+    pub problem: Option<Box<str>>,
 }
 
 impl ServiceEntry {
@@ -289,5 +289,5 @@ pub struct EndpointInfo {
     pub address: IpAddr,
     pub ready: bool,
     pub node_name: Option<Arc<str>>,
-    pub hostname: Option<String>,
+    pub hostname: Option<Box<str>>,
 }
