@@ -3,7 +3,8 @@
 # (nodes A and B) joined by one veth pair, an agent in each, an iperf3 server
 # and an nginx (100-byte file) in B; clients in A reach them directly (B's
 # address) and through the tunnel (a service VIP in A whose endpoint is on
-# node-b). Transports: TCP (Noise + yamux, no PSK) and QUIC, one at a time.
+# node-b). Transports: TCP (TLS or Noise, + yamux, no PSK), and QUIC with
+# TUNNEL_TRANSPORTS="tcp quic" for builds with the `quic` feature (one at a time).
 #
 # usage: bench/tunnel.sh [-r REPS] [-d SECS] [-o OUT.jsonl] [-b LABEL=BINARY]...
 # Prints one JSON line per measurement and a summary with ratios to direct
@@ -129,7 +130,7 @@ RES=$W/results.jsonl
 emit() { echo "$1" | tee -a "$RES"; }
 
 for rep in $(seq "$REPS"); do
-  for transport in tcp quic; do
+  for transport in ${TUNNEL_TRANSPORTS:-tcp}; do
     wait_quiet
     emit "$(jq -nc --arg t direct --argjson r "$rep" --argjson g "$(iperf 10.99.0.2 | gbit)" '{rep:$r,path:$t,test:"tput1",gbit_s:$g}')"
     for build in "${BUILDS[@]}"; do
