@@ -87,22 +87,11 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
     let yamux = crate::muxer::Config::new(p.max_streams);
 
     let tcp_base = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true).listen_backlog(1024));
-    let tcp: BoxedTransport = match p.psk {
-        Some(psk) => tcp_base
-            .and_then(move |socket, _| pnet::PnetConfig::new(psk).handshake(socket))
-            .upgrade(Version::V1Lazy)
-            .authenticate(security.clone())
-            .multiplex(yamux.clone())
-            .timeout(Duration::from_secs(20))
-            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-            .boxed(),
-        None => tcp_base
-            .upgrade(Version::V1Lazy)
-            .authenticate(security.clone())
-            .multiplex(yamux.clone())
-            .timeout(Duration::from_secs(20))
-            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-            .boxed(),
+    let tcp = match p.psk {
+        Some(psk) => {
+            secured(tcp_base.and_then(move |socket, _| pnet::PnetConfig::new(psk).handshake(socket)), &security, &yamux)
+        }
+        None => secured(tcp_base, &security, &yamux),
     };
     let direct = if p.quic { with_quic(tcp, key, p.max_streams) } else { tcp };
     // /dns4, /dns6 and /dnsaddr addresses (bootstrap peers and relays by name).
@@ -115,13 +104,7 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
         direct
     };
     let (relay_transport, relay_client) = relay::client::new(local);
-    let relayed: BoxedTransport = relay_transport
-        .upgrade(Version::V1Lazy)
-        .authenticate(security)
-        .multiplex(yamux)
-        .timeout(Duration::from_secs(20))
-        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-        .boxed();
+    let relayed = secured(relay_transport, &security, &yamux);
     let transport = relayed
         .or_transport(direct)
         .map(|either, _| match either {
@@ -162,6 +145,24 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
         .with_per_connection_event_buffer_size(64);
     let swarm = Swarm::new(transport, behaviour, local, config);
     Ok(Built { swarm, inbound, control })
+}
+
+/// A raw transport (TCP, TCP behind the PSK handshake, or relayed circuits) upgraded the one way
+/// every edgemesh connection is: the security choice (TLS or Noise), then the muxer.
+fn secured<T>(raw: T, security: &Security, yamux: &crate::muxer::Config) -> BoxedTransport
+where
+    T: Transport + Send + Unpin + 'static,
+    T::Output: futures::AsyncRead + futures::AsyncWrite + Unpin + Send + 'static,
+    T::Error: Send + Sync + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+{
+    raw.upgrade(Version::V1Lazy)
+        .authenticate(security.clone())
+        .multiplex(yamux.clone())
+        .timeout(Duration::from_secs(20))
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed()
 }
 
 /// TCP or QUIC, whichever the dialled address names.
