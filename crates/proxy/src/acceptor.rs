@@ -1,18 +1,24 @@
-//! One task accepting connections for every TCP service listener.
+//! Per-worker tasks accepting connections for every TCP service listener.
 //!
 //! A listening socket per service port costs the kernel little, but a tokio
 //! task and an I/O registration per socket cost the agent about 750 bytes
-//! each (7 MiB at 10,000 services). Instead, the listening sockets go into
-//! one epoll set of the proxy's own: its descriptor is registered with
-//! tokio once, and one task accepts on the sockets the set reports ready.
-//! The set is level-triggered: a socket with connections left in its queue
-//! after a round is reported again, so a busy socket cannot starve the
-//! others (each gets at most [`ACCEPTS_PER_ROUND`] per round). Work per
-//! round depends on the sockets that are ready, never on how many exist.
+//! each (7 MiB at 10,000 services). Instead, each worker has one epoll set
+//! of the proxy's own holding its socket of every listening group (see
+//! `bind`): the set's descriptor is registered with the worker's runtime
+//! once, and one task on the worker accepts on the sockets the set reports
+//! ready and serves their connections right there. The set is
+//! level-triggered: a socket with connections left in its queue after a
+//! round is reported again, so a busy socket cannot starve the others
+//! (each gets at most [`ACCEPTS_PER_ROUND`] per round). Work per round
+//! depends on the sockets that are ready, never on how many exist.
 //!
-//! Removing a socket takes it out of the set and shuts it down
-//! (`SHUT_RD`): on Linux it stops listening at once, and connections still
-//! queued are refused.
+//! The listeners (a group of sockets and the pool they serve) are in one
+//! slot table shared by the workers; worker `i` accepts on socket `i` of
+//! each group.
+//!
+//! Removing a listener takes its sockets out of the sets and shuts them
+//! down (`SHUT_RD`): on Linux they stop listening at once, and connections
+//! still queued are refused.
 
 use std::io;
 use std::net::SocketAddr;
@@ -37,23 +43,25 @@ const EVENTS_PER_ROUND: usize = 256;
 /// spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// The set of listening sockets and the task accepting on them. Dropping it
-/// stops the task; call [`Acceptor::close`] to wait for it too.
+/// The listeners and the per-worker tasks accepting on them. Dropping it
+/// stops the tasks; call [`Acceptor::close`] to wait for them too.
 pub(crate) struct Acceptor {
-    set: Arc<Set>,
+    slots: Arc<Mutex<Slots>>,
+    /// One per worker, in the workers' order.
+    loops: Vec<Loop>,
+}
+
+/// A worker's epoll set and the task accepting on it.
+struct Loop {
+    epoll: Arc<AsyncFd<OwnedFd>>,
     task: JoinHandle<()>,
 }
 
-/// Which socket of the set: a slot and the generation of its occupant (so
-/// an event fetched just before a socket was removed cannot be taken for a
-/// socket added to the same slot later).
+/// Which listener: a slot and the generation of its occupant (so an event
+/// fetched just before a listener was removed cannot be taken for one
+/// added to the same slot later).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Token(u64);
-
-struct Set {
-    epoll: AsyncFd<OwnedFd>,
-    slots: Mutex<Slots>,
-}
 
 #[derive(Default)]
 struct Slots {
@@ -62,30 +70,45 @@ struct Slots {
     free: Vec<u32>,
 }
 
-/// One listening socket and the pool its connections go to.
+/// One listener: a listening socket per worker and the pool their
+/// connections go to.
 struct Entry {
-    socket: OwnedFd,
+    sockets: Box<[OwnedFd]>,
     pool: Arc<Pool>,
 }
 
 impl Acceptor {
-    /// Creates the set and starts its task (on the current tokio runtime).
+    /// Creates each worker's set and starts its task on the worker.
     pub(crate) fn start(shared: Arc<Shared>) -> io::Result<Self> {
-        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        // `with_interest` is deprecated because a generic `AsRawFd` may change
-        // its descriptor; an `OwnedFd` owned by the `AsyncFd` cannot, which
-        // is the contract of the (unsafe) replacement.
-        #[allow(deprecated)]
-        let epoll = AsyncFd::with_interest(epoll, Interest::READABLE)?;
-        let set = Arc::new(Set { epoll, slots: Mutex::default() });
-        let task = tokio::spawn(accept_loop(set.clone(), shared));
-        Ok(Self { set, task })
+        let slots = Arc::new(Mutex::new(Slots::default()));
+        let mut loops = Vec::with_capacity(shared.workers.handles().len());
+        for (worker, handle) in shared.workers.handles().iter().enumerate() {
+            let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+            // Registered with the worker's event loop, where its task runs.
+            let _runtime = handle.enter();
+            // `with_interest` is deprecated because a generic `AsRawFd` may
+            // change its descriptor; an `OwnedFd` owned by the `AsyncFd`
+            // cannot, which is the contract of the (unsafe) replacement.
+            #[allow(deprecated)]
+            let epoll = Arc::new(AsyncFd::with_interest(epoll, Interest::READABLE)?);
+            let task = handle.spawn(accept_loop(epoll.clone(), slots.clone(), shared.clone(), worker));
+            loops.push(Loop { epoll, task });
+        }
+        Ok(Self { slots, loops })
     }
 
-    /// Adds a bound, listening, non-blocking socket; its connections go to
-    /// `pool`.
-    pub(crate) fn add(&self, socket: OwnedFd, pool: Arc<Pool>) -> io::Result<Token> {
-        let mut slots = lock(&self.set.slots);
+    /// How many sockets a listener has: one per worker.
+    pub(crate) fn group_size(&self) -> usize {
+        self.loops.len()
+    }
+
+    /// Adds a listener: bound, listening, non-blocking sockets, one per
+    /// worker ([`Acceptor::group_size`]); its connections go to `pool`.
+    pub(crate) fn add(&self, sockets: Vec<OwnedFd>, pool: Arc<Pool>) -> io::Result<Token> {
+        if sockets.len() != self.loops.len() {
+            return Err(io::Error::other("a listener needs one socket per worker"));
+        }
+        let mut slots = lock(&self.slots);
         let index = match slots.free.pop() {
             Some(index) => index,
             None => {
@@ -98,36 +121,57 @@ impl Acceptor {
         slot.0 = slot.0.wrapping_add(1);
         let token = Token(u64::from(slot.0) << 32 | u64::from(index));
         let data = epoll::EventData::new_u64(token.0);
-        if let Err(e) = epoll::add(self.set.epoll.get_ref(), &socket, data, epoll::EventFlags::IN) {
-            slots.free.push(index);
-            return Err(e.into());
+        for (i, socket) in sockets.iter().enumerate() {
+            if let Err(e) = epoll::add(self.loops[i].epoll.get_ref(), socket, data, epoll::EventFlags::IN) {
+                for (l, s) in self.loops.iter().zip(&sockets).take(i) {
+                    let _ = epoll::delete(l.epoll.get_ref(), s);
+                }
+                slots.free.push(index);
+                return Err(e.into());
+            }
         }
-        slot.1 = Some(Arc::new(Entry { socket, pool }));
+        slot.1 = Some(Arc::new(Entry { sockets: sockets.into_boxed_slice(), pool }));
         Ok(token)
     }
 
-    /// Stops listening on the socket of `token` now and forgets it.
+    /// Stops listening on the sockets of `token` now and forgets them.
     pub(crate) fn remove(&self, token: Token) {
-        let Some(entry) = lock(&self.set.slots).take(token) else { return };
-        let _ = epoll::delete(self.set.epoll.get_ref(), &entry.socket);
-        // Out of LISTEN at once; the descriptor closes with the last reference.
-        let _ = rustix::net::shutdown(&entry.socket, rustix::net::Shutdown::Read);
+        let Some(entry) = lock(&self.slots).take(token) else { return };
+        for (l, socket) in self.loops.iter().zip(&entry.sockets) {
+            let _ = epoll::delete(l.epoll.get_ref(), socket);
+        }
+        entry.shut_down();
     }
 
-    /// Stops the task and waits for it (sockets still in the set close).
+    /// Stops the tasks and waits for them (sockets still in the sets close).
     pub(crate) async fn close(mut self) {
-        self.task.abort();
-        let _ = (&mut self.task).await;
-        let slots = std::mem::take(&mut *lock(&self.set.slots));
+        for l in &self.loops {
+            l.task.abort();
+        }
+        for l in &mut self.loops {
+            let _ = (&mut l.task).await;
+        }
+        let slots = std::mem::take(&mut *lock(&self.slots));
         for entry in slots.entries.into_iter().filter_map(|(_, e)| e) {
-            let _ = rustix::net::shutdown(&entry.socket, rustix::net::Shutdown::Read);
+            entry.shut_down();
         }
     }
 }
 
 impl Drop for Acceptor {
     fn drop(&mut self) {
-        self.task.abort();
+        for l in &self.loops {
+            l.task.abort();
+        }
+    }
+}
+
+impl Entry {
+    /// Out of LISTEN at once; the descriptors close with the last reference.
+    fn shut_down(&self) {
+        for socket in &self.sockets {
+            let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Read);
+        }
     }
 }
 
@@ -149,18 +193,20 @@ impl Slots {
     }
 }
 
-async fn accept_loop(set: Arc<Set>, shared: Arc<Shared>) {
+/// Worker `worker`'s accept task: accepts on its socket of each ready
+/// listener and serves the connections on this worker.
+async fn accept_loop(epoll: Arc<AsyncFd<OwnedFd>>, slots: Arc<Mutex<Slots>>, shared: Arc<Shared>, worker: usize) {
     let mut ready_tokens: Vec<u64> = Vec::with_capacity(EVENTS_PER_ROUND);
     let errors = LogLimiter::default();
     loop {
-        let mut ready = match set.epoll.readable().await {
+        let mut ready = match epoll.readable().await {
             Ok(ready) => ready,
             Err(e) => {
                 tracing::error!(error = %e, "the service listeners' event set failed; no more connections are accepted");
                 return;
             }
         };
-        match poll_set(&set, &mut ready_tokens) {
+        match poll_set(epoll.get_ref(), &mut ready_tokens) {
             Ok(0) => {
                 ready.clear_ready();
                 continue;
@@ -179,8 +225,8 @@ async fn accept_loop(set: Arc<Set>, shared: Arc<Shared>) {
         drop(ready);
         let mut failed = false;
         for token in &ready_tokens {
-            let Some(entry) = lock(&set.slots).get(*token) else { continue };
-            failed |= accept_some(&entry, &shared, &errors);
+            let Some(entry) = lock(&slots).get(*token) else { continue };
+            failed |= accept_some(&entry, worker, &shared, &errors);
         }
         if failed {
             tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -192,20 +238,22 @@ async fn accept_loop(set: Arc<Set>, shared: Arc<Shared>) {
 }
 
 /// The tokens of the sockets ready now (without waiting), into `tokens`.
-fn poll_set(set: &Set, tokens: &mut Vec<u64>) -> Result<usize, Errno> {
+fn poll_set(epoll: &OwnedFd, tokens: &mut Vec<u64>) -> Result<usize, Errno> {
     let mut events = [std::mem::MaybeUninit::<epoll::Event>::uninit(); EVENTS_PER_ROUND];
     let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
-    let (ready, _) = epoll::wait(set.epoll.get_ref(), &mut events[..], Some(&zero))?;
+    let (ready, _) = epoll::wait(epoll, &mut events[..], Some(&zero))?;
     tokens.clear();
     tokens.extend(ready.iter().map(|e| e.data.u64()));
     Ok(tokens.len())
 }
 
-/// Accepts up to [`ACCEPTS_PER_ROUND`] connections from one socket; true
-/// if accepting failed for a reason that calls for a pause.
-fn accept_some(entry: &Entry, shared: &Arc<Shared>, errors: &LogLimiter) -> bool {
+/// Accepts up to [`ACCEPTS_PER_ROUND`] connections from `worker`'s socket
+/// of a listener; true if accepting failed for a reason that calls for a
+/// pause.
+fn accept_some(entry: &Entry, worker: usize, shared: &Arc<Shared>, errors: &LogLimiter) -> bool {
+    let Some(socket) = entry.sockets.get(worker) else { return false };
     for _ in 0..ACCEPTS_PER_ROUND {
-        match rustix::net::acceptfrom_with(&entry.socket, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
+        match rustix::net::acceptfrom_with(socket, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
             Ok((socket, peer)) => {
                 let stream = std::net::TcpStream::from(socket);
                 // No peer address: reset by the client before we saw it.

@@ -313,9 +313,8 @@ impl Drop for Active {
 }
 
 /// Takes a freshly accepted connection: resets it at once when over the
-/// limit, otherwise hands it to the next worker, where it is registered and
-/// served (a socket belongs to the event loop of the runtime that registers
-/// it, so that must happen on the worker).
+/// limit, otherwise registers and serves it on the current runtime: the
+/// worker that accepted it (see `workers`).
 pub(crate) fn admit(shared: &Arc<Shared>, pool: &Arc<Pool>, client: std::net::TcpStream, peer: SocketAddr) {
     let status = &shared.status;
     status.total_connections.fetch_add(1, Ordering::Relaxed);
@@ -330,7 +329,7 @@ pub(crate) fn admit(shared: &Arc<Shared>, pool: &Arc<Pool>, client: std::net::Tc
     }
     let active = Active(shared.clone());
     let pool = pool.clone();
-    shared.workers.spawn(shared.tracker.track_future(async move {
+    tokio::spawn(shared.tracker.track_future(async move {
         match TcpStream::from_std(client) {
             Ok(client) => serve(client, peer.ip(), pool, active).await,
             Err(e) => {

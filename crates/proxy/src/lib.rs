@@ -9,13 +9,15 @@
 //! - [`listeners`]: follows registry snapshots through
 //!   `Snapshot::changes_since`, binds and closes listening sockets, swaps
 //!   backend lists in place.
-//! - `acceptor`: one task accepting for every TCP listening socket,
-//!   through an epoll set of its own (no task or I/O registration per
-//!   socket).
+//! - `bind`: listening sockets; a TCP service address is a group of
+//!   sockets, one per worker (`SO_REUSEPORT`).
+//! - `acceptor`: a task per worker accepting on its socket of every TCP
+//!   listener, through an epoll set of its own (no task or I/O
+//!   registration per socket).
 //! - [`connection`]: accept -> admission (connection limit) -> pick ->
 //!   connect with retry on the next endpoint -> forward.
 //! - `workers`: the threads connections run on, one single-threaded
-//!   runtime each, fed in turn by the accept loops.
+//!   runtime each; a connection runs on the worker that accepted it.
 //! - [`udp`]: UDP service ports: a session per client address, each with a
 //!   connected socket to its endpoint, replies sent from the service
 //!   address, idle expiry, a bound on sessions.
@@ -33,9 +35,9 @@
 //! # Data flow
 //!
 //! ```text
-//! watch<Snapshot> -> Proxy::run -> listeners::Reconciler -> acceptor (every VIP:port)
-//!                                                              |
-//!                    connection::serve (on a worker) <---------+
+//! watch<Snapshot> -> Proxy::run -> listeners::Reconciler -> acceptor (every VIP:port,
+//!                                                              |  a socket per worker)
+//!                    connection::serve (on that worker) <------+
 //!                      balance::Balancer::pick, connect (timeout, retry)
 //!                      splice::forward (client <-> backend)
 //! ```
@@ -48,6 +50,7 @@
 
 mod acceptor;
 pub mod balance;
+mod bind;
 pub mod connection;
 pub mod error;
 pub mod listeners;
@@ -157,7 +160,8 @@ impl Default for ProxyConfig {
 pub struct ProxyStatus {
     /// Generation of the last snapshot whose listeners are reconciled.
     pub applied_generation: AtomicU64,
-    /// Listening sockets currently bound.
+    /// Service listeners currently bound (a TCP listener is a socket per
+    /// worker).
     pub listeners: AtomicUsize,
     /// Connections being connected or forwarded.
     pub active_connections: AtomicUsize,
@@ -234,7 +238,7 @@ impl Proxy {
     /// when available, IPv6); call before [`Proxy::run`] with
     /// `config.transparent` set. Returns the bound addresses.
     pub fn bind_transparent(&mut self, port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
-        let listeners = TransparentListeners::bind(port)?;
+        let listeners = TransparentListeners::bind(port, self.config.workers.max(1))?;
         let addrs = listeners.local_addrs();
         self.transparent = Some(listeners);
         Ok(addrs)
@@ -274,10 +278,13 @@ impl Proxy {
             routes: transparent::Routes::default(),
             reach,
         });
+        // Each worker accepts on its socket of each transparent group.
+        let handles = shared.workers.handles();
         let accept_loops: Vec<_> = transparent
             .into_iter()
-            .flat_map(|t| t.sockets)
-            .map(|socket| tokio::spawn(transparent::accept_loop(socket, shared.clone())))
+            .flat_map(|t| t.groups)
+            .flat_map(|group| group.into_iter().enumerate())
+            .map(|(i, socket)| handles[i % handles.len()].spawn(transparent::accept_loop(socket, shared.clone())))
             .collect();
         let mut reconciler = listeners::Reconciler::new(shared.clone());
         let mut registry_open = true;

@@ -7,11 +7,13 @@
 //! reaches back far enough), so the work per update depends on what changed.
 //!
 //! - New VIP:port: bind (`SO_REUSEADDR`, `IP_FREEBIND` so the VIP need not
-//!   be on a device yet) and add the socket to the [`Acceptor`], one task
-//!   accepting for every TCP listener (a UDP port gets a task of its own).
+//!   be on a device yet) a TCP port as a group of sockets, one per worker
+//!   (`SO_REUSEPORT`, see `bind`), and add the group to the [`Acceptor`],
+//!   whose task on each worker accepts for every TCP listener (a UDP port
+//!   gets a task of its own on the main runtime).
 //! - Same VIP:port, new endpoints or strategy: swap the listener's targets in
 //!   place; no re-bind, established connections untouched.
-//! - Gone VIP:port: `shutdown(SHUT_RD)` on the listening socket, which on
+//! - Gone VIP:port: `shutdown(SHUT_RD)` on the listening sockets, which on
 //!   Linux stops listening at once (queued and new connects are refused).
 //!   Established connections are separate tasks and carry on. A UDP port's
 //!   task owns its sessions: they end with it.
@@ -33,23 +35,18 @@
 //!   serves any number of services through one socket.
 
 use std::collections::{HashMap, HashSet};
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use edgemesh_core::{Protocol, ResolvedPort, ServiceEntry, ServiceKey, Snapshot};
-use socket2::{Domain, Socket, Type};
-use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 use crate::acceptor::{Acceptor, Token};
+use crate::bind::{bind_udp, tcp_group};
 use crate::connection::{Pool, Shared, Targets};
 use crate::error::ProxyError;
-
-/// Backlog of each listening socket (the kernel caps it at `somaxconn`).
-const BACKLOG: i32 = 1024;
 
 /// One VIP:port/protocol of a service.
 struct Listener {
@@ -106,7 +103,7 @@ pub(crate) struct Reconciler {
     /// Listeners waiting to be bound (kept as a count, so publishing it
     /// costs nothing per event however many are waiting).
     waiting: usize,
-    /// Listening sockets allowed at once.
+    /// Listeners allowed at once (a TCP listener holds a socket per worker).
     max_listeners: usize,
     /// The snapshot last reconciled (the one the proxy serves, so keeping
     /// it costs nothing): when the changelog does not reach back far
@@ -135,7 +132,9 @@ struct BindReport {
 impl Reconciler {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20);
-        Self::with_max_listeners(shared, crate::ProxyConfig::max_listeners_for_fd_limit(open_files))
+        // A TCP listener is a socket per worker.
+        let workers = shared.workers.handles().len();
+        Self::with_max_listeners(shared, crate::ProxyConfig::max_listeners_for_fd_limit(open_files) / workers)
     }
 
     pub(crate) fn with_max_listeners(shared: Arc<Shared>, max_listeners: usize) -> Self {
@@ -366,7 +365,9 @@ impl Reconciler {
                     }
                 }
                 let acceptor = self.acceptor.as_ref().expect("started above");
-                bind(listener.addr).and_then(|socket| acceptor.add(socket, listener.pool.clone())).map(Bound::Tcp)
+                tcp_group(listener.addr, acceptor.group_size())
+                    .and_then(|group| acceptor.add(group, listener.pool.clone()))
+                    .map(Bound::Tcp)
             }
         };
         match bound {
@@ -462,42 +463,4 @@ fn desired_listeners<'a>(
         }
     }
     out
-}
-
-/// A socket for a service address: reusable, one family only, and bindable
-/// before the VIP is on a device (freebind, best effort).
-fn service_socket(addr: SocketAddr, ty: Type, protocol: socket2::Protocol) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), ty, Some(protocol))?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-        let _ = socket.set_freebind_v6(true);
-    } else {
-        let _ = socket.set_freebind_v4(true);
-    }
-    Ok(socket)
-}
-
-/// A listening, non-blocking TCP socket on `addr`, with `TCP_NODELAY` set
-/// for the connections it accepts.
-pub(crate) fn bind(addr: SocketAddr) -> io::Result<std::os::fd::OwnedFd> {
-    let socket = service_socket(addr, Type::STREAM, socket2::Protocol::TCP)?;
-    // Accepted connections inherit it (Linux): no setsockopt per connection.
-    socket.set_tcp_nodelay(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
-}
-
-/// Receive buffer asked for on UDP service sockets (the kernel caps it at
-/// `net.core.rmem_max`): room for bursts from many clients.
-const UDP_RECV_BUFFER: usize = 4 << 20;
-
-fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let socket = service_socket(addr, Type::DGRAM, socket2::Protocol::UDP)?;
-    let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER);
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
 }

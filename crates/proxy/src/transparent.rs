@@ -23,13 +23,13 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustix::net::SocketFlags;
-use socket2::{Domain, SockRef, Socket, Type};
+use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
@@ -89,52 +89,38 @@ fn normalize(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// The bound transparent listening sockets (IPv4, and IPv6 when the host
-/// has it).
+/// The bound transparent listening sockets: a group per family (IPv4, and
+/// IPv6 when the host has it), a socket per worker (see `bind`).
 #[derive(Debug)]
 pub struct TransparentListeners {
-    /// Accepted on directly (not through tokio's `TcpListener`, which would
-    /// register each accepted socket with this runtime: connections are
-    /// registered on the worker that serves them).
-    pub(crate) sockets: Vec<AsyncFd<std::net::TcpListener>>,
+    /// Accepted on directly by the worker owning each (not through tokio's
+    /// `TcpListener`), each connection served by that worker.
+    pub(crate) groups: Vec<Vec<std::net::TcpListener>>,
 }
 
 impl TransparentListeners {
     /// Binds `0.0.0.0:port` and `[::]:port` (all addresses: connections
     /// from containers are redirected to the address of the interface they
-    /// came in on). IPv6 being unavailable is not an error.
-    pub fn bind(port: u16) -> io::Result<Self> {
-        let mut sockets = vec![bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?];
-        match bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
-            Ok(s) => sockets.push(s),
+    /// came in on), `workers` sockets each. IPv6 being unavailable is not an
+    /// error.
+    pub fn bind(port: u16, workers: usize) -> io::Result<Self> {
+        let group = |ip: IpAddr| {
+            crate::bind::tcp_group(SocketAddr::new(ip, port), workers)
+                .map(|g| g.into_iter().map(std::net::TcpListener::from).collect::<Vec<_>>())
+        };
+        let mut groups = vec![group(Ipv4Addr::UNSPECIFIED.into())?];
+        match group(Ipv6Addr::UNSPECIFIED.into()) {
+            Ok(g) => groups.push(g),
             Err(e) => {
                 tracing::warn!(port, error = %e, "no IPv6 transparent listener; IPv6 services are not intercepted")
             }
         }
-        Ok(Self { sockets })
+        Ok(Self { groups })
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.sockets.iter().filter_map(|s| s.get_ref().local_addr().ok()).collect()
+        self.groups.iter().filter_map(|g| g.first()?.local_addr().ok()).collect()
     }
-}
-
-fn bind(addr: SocketAddr) -> io::Result<AsyncFd<std::net::TcpListener>> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    // Accepted connections inherit it (Linux): no setsockopt per connection.
-    socket.set_tcp_nodelay(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    // `with_interest` is deprecated because a generic `AsRawFd` may change
-    // its descriptor; a `std::net::TcpListener` owned by the `AsyncFd`
-    // cannot (as in `acceptor`).
-    #[allow(deprecated)]
-    AsyncFd::with_interest(socket.into(), Interest::READABLE)
 }
 
 /// The destination a redirected connection was sent to.
@@ -147,8 +133,21 @@ fn original_dst(stream: &std::net::TcpStream, ipv6: bool) -> io::Result<SocketAd
 /// Pause after an accept error so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-pub(crate) async fn accept_loop(listener: AsyncFd<std::net::TcpListener>, shared: Arc<Shared>) {
-    let ipv6 = listener.get_ref().local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+/// Accepts on one socket of a group and serves its connections on the
+/// current runtime (the worker owning the socket).
+pub(crate) async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
+    let ipv6 = listener.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+    // `with_interest` is deprecated because a generic `AsRawFd` may change
+    // its descriptor; a `std::net::TcpListener` owned by the `AsyncFd`
+    // cannot (as in `acceptor`).
+    #[allow(deprecated)]
+    let listener = match AsyncFd::with_interest(listener, Interest::READABLE) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register the transparent listener; its connections are not accepted");
+            return;
+        }
+    };
     let errors = LogLimiter::default();
     let misses = LogLimiter::default();
     loop {

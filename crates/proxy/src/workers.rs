@@ -1,20 +1,18 @@
 //! The threads proxied TCP connections run on.
 //!
 //! Each worker is a single-threaded tokio runtime on a thread of its own,
-//! with its own event loop (epoll set) and timers. The accept loops hand
-//! each new connection to the next worker in turn, and the connection
-//! (its two sockets, its timers, its task) stays there for its whole life:
-//! no work stealing and no cross-thread wake-ups on the data path, the
-//! shape of haproxy's and nginx's event loops. Everything else the agent
-//! does (accepting, UDP, DNS, the registry, the tunnel, admin) stays on the
-//! main runtime.
+//! with its own event loop (epoll set) and timers. Each worker accepts on
+//! its own socket of every TCP listening group (see `bind`), and a
+//! connection (its two sockets, its timers, its task) stays on the worker
+//! that accepted it for its whole life: no hand-off, no work stealing and
+//! no cross-thread wake-ups on the data path, the shape of haproxy's and
+//! nginx's event loops. Everything else the agent does (UDP, DNS, the
+//! registry, the tunnel, admin) stays on the main runtime.
 //!
 //! Dropping [`Workers`] ends the threads; connections still running on
 //! them are dropped (closed) with their runtime.
 
-use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -23,8 +21,6 @@ use tokio::sync::oneshot;
 #[derive(Debug)]
 pub(crate) struct Workers {
     handles: Box<[Handle]>,
-    /// The worker the next connection goes to (modulo the count).
-    next: AtomicUsize,
     /// Dropped to stop the threads.
     _stop: Vec<oneshot::Sender<()>>,
 }
@@ -48,16 +44,12 @@ impl Workers {
             })?;
             stop.push(tx);
         }
-        Ok(Self { handles: handles.into_boxed_slice(), next: AtomicUsize::new(0), _stop: stop })
+        Ok(Self { handles: handles.into_boxed_slice(), _stop: stop })
     }
 
-    /// Runs `task` on the next worker in turn.
-    pub(crate) fn spawn<F>(&self, task: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        self.handles[i].spawn(task);
+    /// The workers' runtimes, one per thread; never empty.
+    pub(crate) fn handles(&self) -> &[Handle] {
+        &self.handles
     }
 }
 
@@ -70,32 +62,27 @@ pub fn default_count() -> usize {
 mod tests {
     use super::*;
 
-    /// Connections are spread over every worker, in turn, each on its own
-    /// thread.
+    /// Each worker runs what is spawned on it on a thread of its own.
     #[test]
-    fn tasks_go_to_each_worker_in_turn() {
+    fn each_worker_is_a_thread() {
         let workers = Workers::start(2).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        for _ in 0..4 {
+        for handle in workers.handles() {
             let tx = tx.clone();
-            workers.spawn(async move {
+            handle.spawn(async move {
                 // Runs on the worker's runtime: its timers work there.
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 let _ = tx.send(std::thread::current().name().map(str::to_owned));
             });
         }
-        let mut names: Vec<_> = (0..4).map(|_| rx.recv().unwrap().unwrap()).collect();
+        let mut names: Vec<_> = (0..2).map(|_| rx.recv().unwrap().unwrap()).collect();
         names.sort();
-        assert_eq!(names, ["edgemesh-proxy-0", "edgemesh-proxy-0", "edgemesh-proxy-1", "edgemesh-proxy-1"]);
+        assert_eq!(names, ["edgemesh-proxy-0", "edgemesh-proxy-1"]);
     }
 
     #[test]
     fn zero_workers_means_one() {
         let workers = Workers::start(0).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        workers.spawn(async move {
-            let _ = tx.send(());
-        });
-        rx.recv().unwrap();
+        assert_eq!(workers.handles().len(), 1);
     }
 }

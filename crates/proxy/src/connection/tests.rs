@@ -154,7 +154,7 @@ async fn connect_one_connects_with_nodelay_and_reports_refusal() {
 /// so the proxy sets nothing per connection.
 #[test]
 fn accepted_connections_inherit_nodelay_from_the_listener() {
-    let socket = crate::listeners::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let socket = crate::bind::tcp_group("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
     let listener = std::net::TcpListener::from(socket);
     listener.set_nonblocking(false).unwrap();
     let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
