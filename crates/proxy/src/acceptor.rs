@@ -13,8 +13,9 @@
 //! depends on the sockets that are ready, never on how many exist.
 //!
 //! The listeners (a group of sockets and the pool they serve) are in one
-//! slot table shared by the workers; worker `i` accepts on socket `i` of
-//! each group.
+//! slot table shared by the workers. A full group has a socket per worker;
+//! a smaller one (see `listeners`) has its sockets on the workers from
+//! `first` on, so single sockets are spread over the workers.
 //!
 //! Removing a listener takes its sockets out of the sets and shuts them
 //! down (`SHUT_RD`): on Linux they stop listening at once, and connections
@@ -70,10 +71,11 @@ struct Slots {
     free: Vec<u32>,
 }
 
-/// One listener: a listening socket per worker and the pool their
-/// connections go to.
+/// One listener: its listening sockets, socket `j` on worker
+/// `(first + j) % workers`, and the pool their connections go to.
 struct Entry {
     sockets: Box<[OwnedFd]>,
+    first: usize,
     pool: Arc<Pool>,
 }
 
@@ -97,16 +99,16 @@ impl Acceptor {
         Ok(Self { slots, loops })
     }
 
-    /// How many sockets a listener has: one per worker.
-    pub(crate) fn group_size(&self) -> usize {
+    /// How many workers accept: the most sockets a listener can have.
+    pub(crate) fn workers(&self) -> usize {
         self.loops.len()
     }
 
-    /// Adds a listener: bound, listening, non-blocking sockets, one per
-    /// worker ([`Acceptor::group_size`]); its connections go to `pool`.
+    /// Adds a listener: bound, listening, non-blocking sockets of one
+    /// group, one per worker at most; its connections go to `pool`.
     pub(crate) fn add(&self, sockets: Vec<OwnedFd>, pool: Arc<Pool>) -> io::Result<Token> {
-        if sockets.len() != self.loops.len() {
-            return Err(io::Error::other("a listener needs one socket per worker"));
+        if sockets.is_empty() || sockets.len() > self.loops.len() {
+            return Err(io::Error::other("a listener needs one socket per worker at most"));
         }
         let mut slots = lock(&self.slots);
         let index = match slots.free.pop() {
@@ -121,26 +123,33 @@ impl Acceptor {
         slot.0 = slot.0.wrapping_add(1);
         let token = Token(u64::from(slot.0) << 32 | u64::from(index));
         let data = epoll::EventData::new_u64(token.0);
-        for (i, socket) in sockets.iter().enumerate() {
-            if let Err(e) = epoll::add(self.loops[i].epoll.get_ref(), socket, data, epoll::EventFlags::IN) {
-                for (l, s) in self.loops.iter().zip(&sockets).take(i) {
-                    let _ = epoll::delete(l.epoll.get_ref(), s);
+        let first = index as usize % self.loops.len();
+        for (j, socket) in sockets.iter().enumerate() {
+            if let Err(e) = epoll::add(self.epoll_of(first, j), socket, data, epoll::EventFlags::IN) {
+                for (k, s) in sockets.iter().enumerate().take(j) {
+                    let _ = epoll::delete(self.epoll_of(first, k), s);
                 }
                 slots.free.push(index);
                 return Err(e.into());
             }
         }
-        slot.1 = Some(Arc::new(Entry { sockets: sockets.into_boxed_slice(), pool }));
+        slot.1 = Some(Arc::new(Entry { sockets: sockets.into_boxed_slice(), first, pool }));
         Ok(token)
     }
 
     /// Stops listening on the sockets of `token` now and forgets them.
     pub(crate) fn remove(&self, token: Token) {
         let Some(entry) = lock(&self.slots).take(token) else { return };
-        for (l, socket) in self.loops.iter().zip(&entry.sockets) {
-            let _ = epoll::delete(l.epoll.get_ref(), socket);
+        for (j, socket) in entry.sockets.iter().enumerate() {
+            let _ = epoll::delete(self.epoll_of(entry.first, j), socket);
         }
         entry.shut_down();
+    }
+
+    /// The epoll set of the worker that socket `j` of a group starting at
+    /// worker `first` belongs to.
+    fn epoll_of(&self, first: usize, j: usize) -> &OwnedFd {
+        self.loops[(first + j) % self.loops.len()].epoll.get_ref()
     }
 
     /// Stops the tasks and waits for them (sockets still in the sets close).
@@ -251,7 +260,8 @@ fn poll_set(epoll: &OwnedFd, tokens: &mut Vec<u64>) -> Result<usize, Errno> {
 /// of a listener; true if accepting failed for a reason that calls for a
 /// pause.
 fn accept_some(entry: &Entry, worker: usize, shared: &Arc<Shared>, errors: &LogLimiter) -> bool {
-    let Some(socket) = entry.sockets.get(worker) else { return false };
+    let workers = shared.workers.handles().len();
+    let Some(socket) = entry.sockets.get((worker + workers - entry.first) % workers) else { return false };
     for _ in 0..ACCEPTS_PER_ROUND {
         match rustix::net::acceptfrom_with(socket, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
             Ok((socket, peer)) => {
@@ -275,4 +285,60 @@ fn accept_some(entry: &Entry, worker: usize, shared: &Arc<Shared>, errors: &LogL
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::Targets;
+    use edgemesh_core::{LbStrategy, ServiceKey};
+    use std::sync::atomic::Ordering;
+
+    fn local(fd: &OwnedFd) -> SocketAddr {
+        socket2::SockRef::from(fd).local_addr().unwrap().as_socket().unwrap()
+    }
+
+    async fn accepted(shared: &Shared, n: u64) {
+        for _ in 0..500 {
+            if shared.status.total_connections.load(Ordering::Relaxed) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{n} connections not accepted within 5 s");
+    }
+
+    /// A full group (a socket per worker) and single sockets (one worker
+    /// each) are accepted on; removing a listener refuses at once.
+    #[tokio::test]
+    async fn full_groups_and_single_sockets_are_accepted_on() {
+        let shared = crate::connection::tests::shared_with_workers(2);
+        let acceptor = Acceptor::start(shared.clone()).unwrap();
+        assert_eq!(acceptor.workers(), 2);
+        let pool = Arc::new(Pool::new(
+            ServiceKey::new("default", "web"),
+            "127.0.0.1:80".parse().unwrap(),
+            Targets::new(LbStrategy::RoundRobin, Arc::from(Vec::new())),
+        ));
+        let localhost: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut listeners = Vec::new();
+        for size in [2, 1, 1] {
+            let group = crate::bind::tcp_group(localhost, size).unwrap();
+            let addr = local(&group[0]);
+            listeners.push((acceptor.add(group, pool.clone()).unwrap(), addr));
+        }
+        let mut clients = Vec::new();
+        for (_, addr) in &listeners {
+            for _ in 0..20 {
+                clients.push(std::net::TcpStream::connect(addr).unwrap());
+            }
+        }
+        accepted(&shared, 60).await;
+        for (token, addr) in listeners {
+            acceptor.remove(token);
+            let refused = std::net::TcpStream::connect(addr).unwrap_err();
+            assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+        }
+        acceptor.close().await;
+    }
 }

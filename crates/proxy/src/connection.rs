@@ -511,4 +511,4 @@ async fn connect_one(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<Tcp
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

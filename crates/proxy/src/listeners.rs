@@ -69,18 +69,25 @@ impl Listener {
 }
 
 enum Bound {
-    /// A TCP listening socket in the acceptor's set.
-    Tcp(Token),
+    /// A TCP listener's group of sockets (how many) in the acceptor.
+    Tcp(Token, usize),
     /// A UDP socket's task (which owns its sessions).
     Udp(JoinHandle<()>),
 }
 
 impl Bound {
+    fn sockets(&self) -> usize {
+        match self {
+            Bound::Tcp(_, size) => *size,
+            Bound::Udp(_) => 1,
+        }
+    }
+
     /// Stops listening now; a UDP task, with its sessions, ends shortly
     /// after (its handle is returned to wait for it).
     fn close(self, acceptor: Option<&Acceptor>) -> Option<JoinHandle<()>> {
         match self {
-            Bound::Tcp(token) => {
+            Bound::Tcp(token, _) => {
                 acceptor.expect("TCP listeners are in the acceptor").remove(token);
                 None
             }
@@ -103,8 +110,12 @@ pub(crate) struct Reconciler {
     /// Listeners waiting to be bound (kept as a count, so publishing it
     /// costs nothing per event however many are waiting).
     waiting: usize,
-    /// Listeners allowed at once (a TCP listener holds a socket per worker).
+    /// Listening sockets allowed at once.
     max_listeners: usize,
+    /// Listening sockets open now: a socket per worker for a TCP listener
+    /// bound while they fit in half the budget, one beyond (see
+    /// [`Reconciler::group_size`]).
+    sockets: usize,
     /// The snapshot last reconciled (the one the proxy serves, so keeping
     /// it costs nothing): when the changelog does not reach back far
     /// enough, the services to visit are those whose entries differ from it.
@@ -132,9 +143,7 @@ struct BindReport {
 impl Reconciler {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20);
-        // A TCP listener is a socket per worker.
-        let workers = shared.workers.handles().len();
-        Self::with_max_listeners(shared, crate::ProxyConfig::max_listeners_for_fd_limit(open_files) / workers)
+        Self::with_max_listeners(shared, crate::ProxyConfig::max_listeners_for_fd_limit(open_files))
     }
 
     pub(crate) fn with_max_listeners(shared: Arc<Shared>, max_listeners: usize) -> Self {
@@ -145,6 +154,7 @@ impl Reconciler {
             unbound: HashSet::new(),
             waiting: 0,
             max_listeners,
+            sockets: 0,
             applied: None,
             report: BindReport::default(),
             last_warned: None,
@@ -154,7 +164,7 @@ impl Reconciler {
     /// Binds one listener within the budget, noting a failure for the report.
     fn bind_one(&mut self, listener: &mut Listener) -> bool {
         let first_failure = listener.bind_failures == 0;
-        let over_budget = self.shared.status.listeners.load(Ordering::Relaxed) >= self.max_listeners;
+        let over_budget = self.sockets >= self.max_listeners;
         let error = if over_budget { None } else { self.try_bind(listener) };
         let Some(error) = error.or_else(|| over_budget.then(String::new)) else { return true };
         listener.bind_failures = listener.bind_failures.saturating_add(1);
@@ -243,7 +253,7 @@ impl Reconciler {
     /// Tries again to bind every listener whose bind failed (none while the
     /// listener budget is used up: that costs nothing per waiting listener).
     pub(crate) fn retry_failed_binds(&mut self) {
-        if self.unbound.is_empty() || self.shared.status.listeners.load(Ordering::Relaxed) >= self.max_listeners {
+        if self.unbound.is_empty() || self.sockets >= self.max_listeners {
             return;
         }
         for key in std::mem::take(&mut self.unbound) {
@@ -282,6 +292,7 @@ impl Reconciler {
         }
         self.unbound.clear();
         self.waiting = 0;
+        self.sockets = 0;
         self.shared.status.listeners.store(0, Ordering::Relaxed);
         self.publish_counts();
     }
@@ -299,6 +310,7 @@ impl Reconciler {
             } else if let Some(bound) = listener.bound {
                 tracing::debug!(service = %key, listener = %listener.addr, protocol = ?listener.protocol,
                     "service port gone; closing listener");
+                self.sockets -= bound.sockets();
                 drop(bound.close(self.acceptor.as_ref()));
                 self.shared.status.listeners.fetch_sub(1, Ordering::Relaxed);
             }
@@ -364,10 +376,11 @@ impl Reconciler {
                         Err(e) => return Some(format!("cannot start accepting connections: {e}")),
                     }
                 }
+                let size = self.group_size();
                 let acceptor = self.acceptor.as_ref().expect("started above");
-                tcp_group(listener.addr, acceptor.group_size())
+                tcp_group(listener.addr, size)
                     .and_then(|group| acceptor.add(group, listener.pool.clone()))
-                    .map(Bound::Tcp)
+                    .map(|token| Bound::Tcp(token, size))
             }
         };
         match bound {
@@ -379,6 +392,7 @@ impl Reconciler {
                     tracing::debug!(service = %listener.pool.service, listener = %listener.addr, protocol = ?listener.protocol, "listening");
                 }
                 listener.bind_failures = 0;
+                self.sockets += bound.sockets();
                 listener.bound = Some(bound);
                 shared.status.listeners.fetch_add(1, Ordering::Relaxed);
                 None
@@ -389,6 +403,15 @@ impl Reconciler {
                 Some(error.to_string())
             }
         }
+    }
+
+    /// Sockets for the next TCP listener: one per worker (each accepts and
+    /// serves its share, see `bind`) while they fit in half the socket
+    /// budget; one beyond, served by a single worker, so that a node with
+    /// many services keeps a listener for each rather than groups for some.
+    fn group_size(&self) -> usize {
+        let workers = self.acceptor.as_ref().map_or(1, Acceptor::workers);
+        if self.sockets + workers <= self.max_listeners / 2 { workers } else { 1 }
     }
 
     /// Publishes the number of listeners waiting for a bind (the number

@@ -8,6 +8,11 @@ async fn pair() -> (TcpStream, TcpStream) {
 }
 
 fn shared() -> Arc<Shared> {
+    shared_with_workers(1)
+}
+
+/// Proxy state for tests, with `workers` connection workers.
+pub(crate) fn shared_with_workers(workers: usize) -> Arc<Shared> {
     Arc::new(Shared {
         config: ProxyConfig { connect_timeout: Duration::from_secs(1), max_connections: 10, ..ProxyConfig::default() },
         status: Arc::new(ProxyStatus::default()),
@@ -15,7 +20,7 @@ fn shared() -> Arc<Shared> {
         stop: CancellationToken::new(),
         routes: Default::default(),
         reach: Default::default(),
-        workers: crate::workers::Workers::start(1).unwrap(),
+        workers: crate::workers::Workers::start(workers).unwrap(),
     })
 }
 
