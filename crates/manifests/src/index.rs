@@ -20,6 +20,12 @@
 //! [`Index::set_file`], which keeps what is now needed. Until then, should
 //! the winning definition go, the registry keeps it rather than losing the
 //! object.
+//!
+//! Memory: an object defined once (the usual case) costs a key in one set
+//! and a (key, fingerprint) pair in its file's list, sharing one allocation.
+//! Its file is not stored with it: when a second file defines the object (a
+//! mistake, warned about), the first is found by a binary search in each
+//! file's sorted list.
 
 mod fingerprint;
 
@@ -35,8 +41,17 @@ use crate::parse::ParsedObject;
 /// A file's identity in the index.
 pub(crate) type FileId = Arc<Path>;
 
-/// A definition's fingerprint (`None`: unknown, always counts as changed).
-type Fingerprint = Option<u64>;
+/// A definition's fingerprint; [`UNKNOWN`] always counts as changed.
+type Fingerprint = u64;
+
+/// The fingerprint of a definition that could not be fingerprinted.
+const UNKNOWN: Fingerprint = 0;
+
+/// `object`'s fingerprint, [`UNKNOWN`] when it has none (a real
+/// fingerprint of 0 becomes 1: one more 2^-64 collision).
+fn fingerprint_of(object: &Object) -> Fingerprint {
+    fingerprint::of(object).map_or(UNKNOWN, |print| print.max(1))
+}
 
 #[derive(Default)]
 pub(crate) struct Index {
@@ -44,31 +59,16 @@ pub(crate) struct Index {
     /// the fingerprint of each definition. Keys are shared with `objects`
     /// (an [`ObjectId`] is one allocation per object for both).
     files: HashMap<FileId, Vec<(ObjectId, Fingerprint)>>,
-    /// The files defining each object.
-    objects: HashMap<ObjectId, Holders>,
+    /// Every object defined by at least one file.
+    objects: HashSet<ObjectId>,
+    /// Objects defined in several files: the files, sorted by path (the
+    /// last one wins), with their definitions where known.
+    many: HashMap<ObjectId, Vec<(FileId, Option<Object>)>>,
     /// Files whose definitions of multiply defined objects are not known.
     wanted: BTreeSet<FileId>,
     /// Objects whose winning definition changed to one not known yet: the
     /// registry still has the previous one.
     unapplied: HashSet<ObjectId>,
-}
-
-/// The files defining one object.
-enum Holders {
-    /// The usual case: one file, whose definition the registry has.
-    One(FileId),
-    /// Several files, sorted by path (the last one wins), with their
-    /// definitions where known.
-    Many(Vec<(FileId, Option<Object>)>),
-}
-
-impl Holders {
-    fn winner(&self) -> &FileId {
-        match self {
-            Holders::One(file) => file,
-            Holders::Many(all) => &all.last().expect("several holders").0,
-        }
-    }
 }
 
 impl Index {
@@ -115,10 +115,10 @@ impl Index {
                 self.remove_holder(file, &gone, out);
             }
             let before = old.next_if(|(k, _)| *k == key);
-            let print = fingerprint::of(&parsed.object);
+            let print = fingerprint_of(&parsed.object);
             let key = match before {
                 Some((key, was)) => {
-                    let changed = print.is_none() || was != print;
+                    let changed = print == UNKNOWN || was != print;
                     self.update_holder(file, &key, parsed.object, changed, out);
                     key
                 }
@@ -142,26 +142,35 @@ impl Index {
         }
     }
 
+    /// A file defining `key`, other than the one being set (whose list is
+    /// out of `self.files` meanwhile): a binary search per file, done only
+    /// when an object turns up in a second file.
+    fn other_holder(&self, key: &ObjectId) -> Option<FileId> {
+        self.files
+            .iter()
+            .find(|(_, objects)| objects.binary_search_by(|(k, _)| k.cmp(key)).is_ok())
+            .map(|(file, _)| file.clone())
+    }
+
     /// `file` newly defines `key`; returns the shared key.
     fn add_holder(&mut self, file: &FileId, key: ObjectId, object: Object, out: &mut Vec<SourceEvent>) -> ObjectId {
-        let (key, holders) = match self.objects.get_key_value(&key) {
-            Some((shared, _)) => {
-                let shared = shared.clone();
-                let holders = self.objects.get_mut(&shared).expect("just found");
-                (shared, holders)
-            }
-            None => {
-                self.objects.insert(key.clone(), Holders::One(file.clone()));
-                out.push(SourceEvent::Apply(object));
-                return key;
-            }
+        let Some(key) = self.objects.get(&key).cloned() else {
+            self.objects.insert(key.clone());
+            out.push(SourceEvent::Apply(object));
+            return key;
         };
         // A second (or further) file: keep every definition from now on.
-        if let Holders::One(only) = holders {
-            self.wanted.insert(only.clone());
-            *holders = Holders::Many(vec![(only.clone(), None)]);
+        if !self.many.contains_key(&key) {
+            let Some(first) = self.other_holder(&key) else {
+                // Every object is in its file's list; were it not, this file
+                // is its only holder.
+                out.push(SourceEvent::Apply(object));
+                return key;
+            };
+            self.wanted.insert(first.clone());
+            self.many.insert(key.clone(), vec![(first, None)]);
         }
-        let Holders::Many(all) = holders else { unreachable!("made Many above") };
+        let all = self.many.get_mut(&key).expect("inserted above");
         let pos = all.binary_search_by(|(f, _)| f.cmp(file)).unwrap_or_else(|pos| pos);
         let wins = pos == all.len();
         if wins {
@@ -190,52 +199,52 @@ impl Index {
         changed: bool,
         out: &mut Vec<SourceEvent>,
     ) {
-        let Some(holders) = self.objects.get_mut(key) else { return };
-        let wins = holders.winner() == file;
-        let pending = wins && self.unapplied.remove(key);
-        let object = match holders {
-            Holders::One(_) => Some(object),
-            Holders::Many(all) => {
+        let object = match self.many.get_mut(key) {
+            // The only holder: its definition is the registry's.
+            None => {
+                if changed || self.unapplied.remove(key) {
+                    out.push(SourceEvent::Apply(object));
+                }
+                return;
+            }
+            Some(all) => {
                 let Ok(pos) = all.binary_search_by(|(f, _)| f.cmp(file)) else { return };
+                let wins = pos + 1 == all.len();
+                let pending = wins && self.unapplied.remove(key);
                 if wins && (changed || pending) {
                     all[pos].1 = Some(object.clone());
-                    Some(object)
+                    object
                 } else {
                     all[pos].1 = Some(object);
-                    None
+                    return;
                 }
             }
         };
-        if wins && (changed || pending) {
-            out.extend(object.map(SourceEvent::Apply));
-        }
+        out.push(SourceEvent::Apply(object));
     }
 
     /// `file` no longer defines `key` (already gone from `self.files`).
     fn remove_holder(&mut self, file: &FileId, key: &ObjectId, out: &mut Vec<SourceEvent>) {
-        let Entry::Occupied(mut e) = self.objects.entry(key.clone()) else { return };
-        let all = match e.get_mut() {
-            Holders::One(only) => {
-                if only == file {
-                    e.remove();
-                    self.unapplied.remove(key);
-                    out.push(SourceEvent::Delete(key.to_key()));
-                }
-                return;
+        let Entry::Occupied(mut e) = self.many.entry(key.clone()) else {
+            // The only holder was `file`.
+            if self.objects.remove(key) {
+                self.unapplied.remove(key);
+                out.push(SourceEvent::Delete(key.to_key()));
             }
-            Holders::Many(all) => all,
+            return;
         };
+        let all = e.get_mut();
         let Ok(pos) = all.binary_search_by(|(f, _)| f.cmp(file)) else { return };
         let was_winner = pos + 1 == all.len();
         all.remove(pos);
         let next = if all.len() == 1 {
             // Back to one holder: its definition is the registry's once applied.
-            let (only, object) = all.pop().expect("one left");
-            *e.get_mut() = Holders::One(only.clone());
+            let next = all.pop().expect("one left");
+            e.remove();
             if !was_winner {
                 return;
             }
-            (only, object)
+            next
         } else if was_winner {
             all.last().cloned().expect("several left")
         } else {
