@@ -68,8 +68,9 @@ pub struct Targets {
     pub backends: Arc<[Backend]>,
     /// `backends[..preferred]` are preferred (on this node).
     pub preferred: usize,
-    /// The hash ring, for `ConsistentHash`.
-    pub ring: Option<Ring>,
+    /// The hash ring, for `ConsistentHash` (boxed: most services have none,
+    /// and every service port keeps its targets).
+    pub ring: Option<Box<Ring>>,
     /// The registry's endpoint list and topology fields, to tell changes.
     source: (Arc<[Backend]>, edgemesh_core::InternalTrafficPolicy, Option<edgemesh_core::TrafficDistribution>),
 }
@@ -124,8 +125,8 @@ impl Targets {
     }
 }
 
-fn ring_of(backends: &[Backend]) -> Ring {
-    Ring::new(&backends.iter().map(|b| b.addr).collect::<Vec<_>>())
+fn ring_of(backends: &[Backend]) -> Box<Ring> {
+    Box::new(Ring::new(&backends.iter().map(|b| b.addr).collect::<Vec<_>>()))
 }
 
 /// A listener's view of its service port, shared with its connections.

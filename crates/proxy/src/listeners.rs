@@ -48,9 +48,9 @@ use crate::bind::{bind_udp, tcp_group};
 use crate::connection::{Pool, Shared, Targets};
 use crate::error::ProxyError;
 
-/// One VIP:port/protocol of a service.
+/// One VIP:port/protocol of a service (its address is the pool's). One
+/// per service port stays for as long as the service: 48 bytes.
 struct Listener {
-    addr: SocketAddr,
     protocol: Protocol,
     pool: Arc<Pool>,
     bound: Option<Bound>,
@@ -59,10 +59,14 @@ struct Listener {
     /// False for TCP ports served by the transparent listener.
     listen: bool,
     /// Addresses under which the transparent listener finds this pool.
-    routes: Vec<SocketAddr>,
+    routes: Box<[SocketAddr]>,
 }
 
 impl Listener {
+    fn addr(&self) -> SocketAddr {
+        self.pool.addr
+    }
+
     fn waiting_for_bind(&self) -> bool {
         self.listen && self.bound.is_none()
     }
@@ -70,7 +74,7 @@ impl Listener {
 
 enum Bound {
     /// A TCP listener's group of sockets (how many) in the acceptor.
-    Tcp(Token, usize),
+    Tcp(Token, u32),
     /// A UDP socket's task (which owns its sessions).
     Udp(JoinHandle<()>),
 }
@@ -78,7 +82,7 @@ enum Bound {
 impl Bound {
     fn sockets(&self) -> usize {
         match self {
-            Bound::Tcp(_, size) => *size,
+            Bound::Tcp(_, size) => *size as usize,
             Bound::Udp(_) => 1,
         }
     }
@@ -104,7 +108,7 @@ pub(crate) struct Reconciler {
     shared: Arc<Shared>,
     /// Accepts for every bound TCP listener; started with the first.
     acceptor: Option<Acceptor>,
-    services: HashMap<ServiceKey, Vec<Listener>>,
+    services: HashMap<ServiceKey, Box<[Listener]>>,
     /// Services with at least one listener waiting to be bound.
     unbound: HashSet<ServiceKey>,
     /// Listeners waiting to be bound (kept as a count, so publishing it
@@ -300,15 +304,15 @@ impl Reconciler {
     fn reconcile_service(&mut self, key: &ServiceKey, entry: Option<&ServiceEntry>) {
         let transparent = self.shared.config.transparent;
         let desired = desired_listeners(entry, transparent);
-        let current = self.services.remove(key).unwrap_or_default();
+        let current = self.services.remove(key).map(Vec::from).unwrap_or_default();
         self.waiting = self.waiting.saturating_sub(current.iter().filter(|l| l.waiting_for_bind()).count());
         let old_routes: Vec<SocketAddr> = current.iter().flat_map(|l| l.routes.iter().copied()).collect();
         let mut next: Vec<Listener> = Vec::with_capacity(desired.len());
         for listener in current {
-            if desired.iter().any(|(addr, protocol, _)| *addr == listener.addr && *protocol == listener.protocol) {
+            if desired.iter().any(|(addr, protocol, _)| *addr == listener.addr() && *protocol == listener.protocol) {
                 next.push(listener);
             } else if let Some(bound) = listener.bound {
-                tracing::debug!(service = %key, listener = %listener.addr, protocol = ?listener.protocol,
+                tracing::debug!(service = %key, listener = %listener.pool.addr, protocol = ?listener.protocol,
                     "service port gone; closing listener");
                 self.sockets -= bound.sockets();
                 drop(bound.close(self.acceptor.as_ref()));
@@ -322,13 +326,13 @@ impl Reconciler {
             let entry = entry.expect("desired listeners come from an entry");
             let targets = Targets::for_port(entry, port, node);
             let routed = transparent && protocol == Protocol::Tcp;
-            let routes: Vec<SocketAddr> = if routed {
+            let routes: Box<[SocketAddr]> = if routed {
                 let node_port = port.node_port.map(crate::transparent::node_port_route);
                 entry.ips().map(|ip| SocketAddr::new(ip, port.port)).chain(node_port).collect()
             } else {
-                Vec::new()
+                Box::default()
             };
-            if let Some(existing) = next.iter_mut().find(|l| l.addr == addr && l.protocol == protocol) {
+            if let Some(existing) = next.iter_mut().find(|l| l.addr() == addr && l.protocol == protocol) {
                 let backends = targets.backends.len();
                 if existing.pool.update(targets) {
                     tracing::debug!(service = %key, listener = %addr, backends, "endpoints updated");
@@ -338,8 +342,7 @@ impl Reconciler {
                 continue;
             }
             let pool = Arc::new(Pool::new(key.clone(), addr, targets));
-            let mut listener =
-                Listener { addr, protocol, pool, bound: None, bind_failures: 0, listen: !routed, routes };
+            let mut listener = Listener { protocol, pool, bound: None, bind_failures: 0, listen: !routed, routes };
             if listener.listen {
                 unbound |= !self.bind_one(&mut listener);
             } else {
@@ -357,7 +360,7 @@ impl Reconciler {
             self.unbound.remove(key);
         }
         if !next.is_empty() {
-            self.services.insert(key.clone(), next);
+            self.services.insert(key.clone(), next.into_boxed_slice());
         }
     }
 
@@ -366,7 +369,7 @@ impl Reconciler {
     fn try_bind(&mut self, listener: &mut Listener) -> Option<String> {
         let shared = &self.shared;
         let bound = match listener.protocol {
-            Protocol::Udp => bind_udp(listener.addr).map(|socket| {
+            Protocol::Udp => bind_udp(listener.addr()).map(|socket| {
                 Bound::Udp(tokio::spawn(crate::udp::serve(Arc::new(socket), listener.pool.clone(), shared.clone())))
             }),
             _ => {
@@ -378,18 +381,18 @@ impl Reconciler {
                 }
                 let size = self.group_size();
                 let acceptor = self.acceptor.as_ref().expect("started above");
-                tcp_group(listener.addr, size)
+                tcp_group(listener.addr(), size)
                     .and_then(|group| acceptor.add(group, listener.pool.clone()))
-                    .map(|token| Bound::Tcp(token, size))
+                    .map(|token| Bound::Tcp(token, size as u32))
             }
         };
         match bound {
             Ok(bound) => {
                 if listener.bind_failures > 0 {
-                    tracing::info!(service = %listener.pool.service, listener = %listener.addr, protocol = ?listener.protocol,
+                    tracing::info!(service = %listener.pool.service, listener = %listener.addr(), protocol = ?listener.protocol,
                         "listening after {} failed attempts", listener.bind_failures);
                 } else {
-                    tracing::debug!(service = %listener.pool.service, listener = %listener.addr, protocol = ?listener.protocol, "listening");
+                    tracing::debug!(service = %listener.pool.service, listener = %listener.addr(), protocol = ?listener.protocol, "listening");
                 }
                 listener.bind_failures = 0;
                 self.sockets += bound.sockets();
@@ -398,7 +401,7 @@ impl Reconciler {
                 None
             }
             Err(source) => {
-                let error = ProxyError::Bind { service: listener.pool.service.clone(), addr: listener.addr, source };
+                let error = ProxyError::Bind { service: listener.pool.service.clone(), addr: listener.addr(), source };
                 tracing::debug!("{error}; retrying");
                 Some(error.to_string())
             }
@@ -486,4 +489,16 @@ fn desired_listeners<'a>(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener lives as long as its service port (10,000 at 10,000
+    /// services): its address is the pool's, not a second copy.
+    #[test]
+    fn a_listener_stays_small() {
+        assert!(std::mem::size_of::<Listener>() <= 48, "{} bytes", std::mem::size_of::<Listener>());
+    }
 }
