@@ -28,8 +28,10 @@ pub const FILE_NAME: &str = "cache.redb";
 /// redb's page cache. Its default (1 GiB) keeps every page written since
 /// start resident: 13 MiB at 10,000 services, for a file that is read once
 /// at start and otherwise only written. Pages not cached are read back from
-/// the OS page cache when a write needs them.
-const CACHE_BYTES: usize = 1 << 20;
+/// the OS page cache when a write needs them. The cache fills to this size
+/// and stays so while the agent idles; 256 KiB (64 pages) holds the upper
+/// levels of the trees a batch of writes walks.
+const CACHE_BYTES: usize = 256 << 10;
 
 /// What the cache held at start.
 #[derive(Debug, Default)]
