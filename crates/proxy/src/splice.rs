@@ -22,7 +22,11 @@
 //! socket drained (the kernel's `read(2)` returns early only when the queue
 //! is empty, which is also how tokio's own reads clear readiness), so a
 //! message costs one read and one write. A read that fills the buffer means
-//! bulk: the rest of that wake-up goes through the pipe. Bytes the peer
+//! bulk: the rest of that wake-up goes through the pipe, and so does the
+//! start of the next one if this one spliced a buffer's worth or more at
+//! once (in a bulk transfer the scratch read would only fill up again, one
+//! read, one write and a 16 KiB copy per wake-up for nothing). A wake-up
+//! that splices less goes back to the small-message path. Bytes the peer
 //! could not take at once wait in a buffer of the connection's own, freed
 //! once written. (A short *splice* proves nothing, as a pipe can run out
 //! of slots first, so the pipe path always reads until `WouldBlock`.)
@@ -183,6 +187,8 @@ enum Mode {
     #[default]
     Small,
     /// This wake-up brought bulk data: splice until the socket drains.
+    /// The next wake-up starts here too if this one spliced at least
+    /// `COPY_BUF` bytes at once ([`Half::burst`]).
     Bulk,
     /// Splice is unavailable: always copy through the direction's buffer.
     CopyOnly,
@@ -216,6 +222,9 @@ struct Half {
     eof: bool,
     /// EOF was passed on; nothing more to do.
     done: bool,
+    /// This wake-up spliced at least `COPY_BUF` bytes in one call: the
+    /// next one starts in [`Mode::Bulk`].
+    burst: bool,
     moved: u64,
 }
 
@@ -242,9 +251,10 @@ impl Half {
             Stage::Copy { buf, .. } if self.mode == Mode::CopyOnly => self.stage = Stage::Copy { buf, start: 0 },
             _ => {}
         }
-        if self.mode == Mode::Bulk {
+        if self.mode == Mode::Bulk && !self.burst {
             self.mode = Mode::Small;
         }
+        self.burst = false;
     }
 
     /// The small-message path: one read into the thread's scratch buffer,
@@ -373,7 +383,10 @@ impl Half {
                 Ok(0) => self.eof = true,
                 // A splice moves at most a pipe's capacity (<= 1 MiB by
                 // default, `/proc/sys/fs/pipe-max-size`), a read COPY_BUF.
-                Ok(n) => self.pending = u32::try_from(n).unwrap_or(u32::MAX),
+                Ok(n) => {
+                    self.pending = u32::try_from(n).unwrap_or(u32::MAX);
+                    self.burst |= n >= COPY_BUF;
+                }
                 // Nothing to read and the pipe is empty: go idle.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.go_idle(),
                 Err(e) if matches!(self.stage, Stage::Pipe(_)) && splice_unsupported(&e) => {

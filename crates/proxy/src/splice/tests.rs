@@ -70,6 +70,36 @@ async fn a_reset_ends_forwarding_with_an_error() {
     assert_eq!(r.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
 }
 
+/// A wake-up that splices a buffer's worth or more starts the next one on
+/// the pipe (no scratch read that would only fill up again); one that
+/// moves a small message goes back to the small-message path. Neither
+/// holds a pipe while idle.
+#[tokio::test]
+async fn bulk_stays_on_the_pipe_and_small_messages_go_back_to_reads() {
+    let (mut client, s1) = pair().await;
+    let (c2, mut backend) = pair().await;
+    let mut fwd = forward(&s1, &c2);
+
+    // Three buffers' worth, all queued at the proxy before it wakes.
+    let bulk: Vec<u8> = (0..3 * COPY_BUF).map(|i| (i % 251) as u8).collect();
+    client.write_all(&bulk).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(drive(&mut fwd).await.is_none());
+    let mut got = vec![0u8; bulk.len()];
+    backend.read_exact(&mut got).await.unwrap();
+    assert!(got == bulk, "bulk bytes changed on the way");
+    assert_eq!(fwd.a_to_b.mode, Mode::Bulk, "after bulk the next wake-up splices");
+    assert!(matches!(fwd.a_to_b.stage, Stage::Idle), "no pipe held while idle: {:?}", fwd.a_to_b.stage);
+
+    client.write_all(b"small").await.unwrap();
+    assert!(drive(&mut fwd).await.is_none());
+    let mut small = [0u8; 5];
+    backend.read_exact(&mut small).await.unwrap();
+    assert_eq!(&small, b"small");
+    assert_eq!(fwd.a_to_b.mode, Mode::Small, "a small message goes back to the read path");
+    assert!(matches!(fwd.a_to_b.stage, Stage::Idle));
+}
+
 #[test]
 fn pipes_are_enlarged_and_pooled() {
     let pipe = Pipe::take().unwrap();
