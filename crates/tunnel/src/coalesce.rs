@@ -5,6 +5,13 @@
 //! write as its own record and sends it at once: without this, each frame costs two records
 //! (two seals, 22 bytes of overhead each) and two `sendmsg` calls. libp2p-noise buffers its own
 //! frames, so only TLS needs this.
+//!
+//! yamux also flushes after every frame, even when other streams have frames ready: under many
+//! concurrent request/response streams that is one record and one `writev` per request. So a
+//! flush that finds a frame body held back is put off once: it returns `Pending` after waking
+//! the task, yamux goes on to take the other streams' ready frames (held back too), and the next
+//! flush call with nothing new written sends them all in one record. A flush of bare headers
+//! (window updates, the bulk case) goes at once: there is nothing to gain by waiting.
 
 use std::{
     io::{self, IoSlice},
@@ -14,20 +21,27 @@ use std::{
 
 use futures::{AsyncRead, AsyncWrite};
 
-/// Writes up to this size are held back (a yamux header is 12 bytes).
-const SMALL: usize = 64;
-/// At most this many bytes are held back.
-const HELD: usize = 256;
+/// Writes up to this size are held back: yamux headers (12 bytes), window updates, small bodies.
+const SMALL: usize = 2048;
+/// At most this many bytes are held back: one full TLS record.
+const HELD: usize = 16 * 1024;
+/// The size of a yamux frame header: what yamux writes alone for a window update or ping.
+const HEADER: usize = 12;
 
 #[derive(Debug)]
 pub(crate) struct Coalesce<T> {
     inner: T,
     held: Vec<u8>,
+    /// Whether `held` has more than frame headers (a frame body worth batching).
+    body_held: bool,
+    /// Writes so far, and their count when the last flush was put off.
+    writes: u64,
+    deferred_at: Option<u64>,
 }
 
 impl<T> Coalesce<T> {
     pub(crate) fn new(inner: T) -> Self {
-        Coalesce { inner, held: Vec::with_capacity(HELD) }
+        Coalesce { inner, held: Vec::new(), body_held: false, writes: 0, deferred_at: None }
     }
 
     #[cfg(test)]
@@ -46,6 +60,7 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
             }
             self.held.drain(..n);
         }
+        self.body_held = false;
         Poll::Ready(Ok(()))
     }
 }
@@ -53,8 +68,10 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
 impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.writes += 1;
         if buf.len() <= SMALL && this.held.len() + buf.len() <= HELD {
             this.held.extend_from_slice(buf);
+            this.body_held |= buf.len() != HEADER;
             return Poll::Ready(Ok(buf.len()));
         }
         while !this.held.is_empty() {
@@ -66,6 +83,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
             if n >= this.held.len() {
                 let of_buf = n - this.held.len();
                 this.held.clear();
+                this.body_held = false;
                 if of_buf > 0 {
                     return Poll::Ready(Ok(of_buf));
                 }
@@ -78,6 +96,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.body_held && this.deferred_at != Some(this.writes) {
+            // Put off once: the caller is polled again at once and may write more first.
+            this.deferred_at = Some(this.writes);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.deferred_at = None;
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
@@ -134,13 +159,45 @@ mod tests {
         let mut c = Coalesce::new(Writes::default());
         c.write_all(b"head").await.unwrap();
         assert!(c.inner.0.is_empty(), "a header alone is held back");
-        let body = vec![9u8; 100];
+        let body = vec![9u8; SMALL + 1];
         c.write_all(&body).await.unwrap();
         c.write_all(b"tail").await.unwrap();
         c.flush().await.unwrap();
         let sent: Vec<u8> = c.inner.0.concat();
         assert_eq!(sent, [&b"head"[..], &body, b"tail"].concat());
         assert_eq!(c.inner.0.first().map(Vec::len), Some(5), "header and body went down together");
+    }
+
+    #[test]
+    fn a_flush_with_a_body_held_waits_one_poll_for_more_frames_and_sends_them_together() {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut c = Coalesce::new(Writes::default());
+        let mut write = |c: &mut Coalesce<Writes>, b: &[u8]| {
+            assert!(matches!(Pin::new(c).poll_write(&mut cx, b), Poll::Ready(Ok(n)) if n == b.len()));
+        };
+        write(&mut c, &[1; HEADER]);
+        write(&mut c, b"GET / HTTP/1.1");
+        let flush = |c: &mut Coalesce<Writes>| Pin::new(c).poll_flush(&mut Context::from_waker(&waker));
+        assert!(flush(&mut c).is_pending(), "the first flush is put off");
+        write(&mut c, &[2; HEADER]);
+        write(&mut c, b"HTTP/1.1 200 OK");
+        assert!(flush(&mut c).is_pending(), "put off again: more was written meanwhile");
+        assert!(c.inner.0.is_empty());
+        assert!(matches!(flush(&mut c), Poll::Ready(Ok(()))), "nothing new: sent");
+        let sent = c.inner.0.concat();
+        assert_eq!(sent, [&[1; HEADER][..], b"GET / HTTP/1.1", &[2; HEADER], b"HTTP/1.1 200 OK"].concat());
+        assert_eq!(c.inner.0.len(), 1, "both frames in one write (one record)");
+    }
+
+    #[test]
+    fn a_flush_of_bare_headers_is_not_put_off() {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut c = Coalesce::new(Writes::default());
+        assert!(Pin::new(&mut c).poll_write(&mut cx, &[3; HEADER]).is_ready());
+        assert!(matches!(Pin::new(&mut c).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(c.inner.0.concat(), [3; HEADER]);
     }
 
     #[tokio::test]
