@@ -14,7 +14,9 @@
 # user + system) per GB moved through the tunnel: steadier than Gbit/s on a
 # busy machine. TUNNEL_PERF=DIR records a cpu-clock profile with DWARF call
 # graphs of both agents during each tunnel iperf3 run (DIR/LABEL-TRANSPORT-
-# REP.perf). Needs root, iperf3, wrk, nginx (and perf for TUNNEL_PERF).
+# REP.perf). TUNNEL_COUNT=1 counts, during each tunnel request/response run, both agents'
+# system calls by kind and their context switches (perf tracepoints, cheap unlike strace) and
+# reports them per request. Needs root, iperf3, wrk, nginx (and perf for TUNNEL_PERF/COUNT).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
@@ -126,6 +128,9 @@ agents_cpu_s() { # user + system seconds of both agents so far
   for p in "${AGENTS[@]}"; do read -ra f < "/proc/$p/stat"; t=$((t + f[13] + f[14])); done
   echo "$t / $(getconf CLK_TCK)" | bc -l
 }
+COUNT_EVENTS=raw_syscalls:sys_enter,sched:sched_switch,syscalls:sys_enter_sendmsg,syscalls:sys_enter_writev,\
+syscalls:sys_enter_sendto,syscalls:sys_enter_write,syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,\
+syscalls:sys_enter_readv,syscalls:sys_enter_recvmsg,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex
 RES=$W/results.jsonl
 emit() { echo "$1" | tee -a "$RES"; }
 
@@ -150,7 +155,20 @@ for rep in $(seq "$REPS"); do
       emit "$(jq -c --arg t "$path" --argjson r "$rep" --argjson cpu "$cpu" \
         '{rep:$r,path:$t,test:"tput1",gbit_s:(.end.sum_received.bits_per_second / 1e9),
           agents_cpu_s_per_gb:($cpu / (.end.sum_received.bytes / 1e9))}' <<<"$j")"
-      emit "$(wrk_rr 127.99.0.10 | jq -c --arg t "$path" --argjson r "$rep" '{rep:$r,path:$t,test:"rr"} + .')"
+      count_pid=""
+      if [[ -n ${TUNNEL_COUNT:-} ]]; then
+        perf stat -x, -o "$W/count" -e "$COUNT_EVENTS" -p "$(IFS=,; echo "${AGENTS[*]}")" -- sleep "$DUR" \
+          2>>"$W/perf.log" & count_pid=$!
+      fi
+      rr=$(wrk_rr 127.99.0.10)
+      if [[ -n $count_pid ]]; then
+        wait "$count_pid" || true
+        # Per request: each event's count over wrk's requests (perf and wrk both run DUR seconds).
+        rr=$(jq -c --slurpfile c <(awk -F, '/^[0-9]/ {printf "{\"%s\":%s}\n", $3, $1}' "$W/count" | jq -s add) \
+          '. + {per_request: ($c[0] | with_entries(.value = (.value / $ARGS.named.n)))}' --argjson n \
+          "$(jq .requests <<<"$rr")" <<<"$rr")
+      fi
+      emit "$(jq -c --arg t "$path" --argjson r "$rep" '{rep:$r,path:$t,test:"rr"} + .' <<<"$rr")"
       stop_agents
     done
     emit "$(wrk_rr 10.99.0.2 | jq -c --arg t direct --argjson r "$rep" '{rep:$r,path:$t,test:"rr"} + .')"
