@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Regenerates crates/edgemesh/link/symbol-order.txt: the functions an agent
+# runs, which release builds place first in .text (see crates/edgemesh/build.rs).
+#
+# usage: bench/link_order.sh
+#
+# Runs an unstripped release build under callgrind through what a node agent
+# does: start-up on 1,000 services (bench/gen_manifests.py), DNS answers
+# (A, AAAA, a name that does not exist, a forward to a dead upstream), twenty
+# HTTP requests proxied to a local backend, a manifest change, and the admin
+# endpoints; then stops it and lists every function of the binary that ran,
+# most expensive first. Rerun it after a toolchain or dependency update: the
+# file names functions by their mangled names, which those change (stale
+# names are skipped by the linker; bench/scale.sh's RSS at 1,000 services
+# shows when the file has gone stale).
+#
+# Environment: EDGEMESH_BIN (an unstripped release binary of the same code,
+# toolchain and profile; default: build one with EDGEMESH_KEEP_SYMBOLS=1), ORDER_DNS_PORT (27353),
+# ORDER_ADMIN_PORT (27020), ORDER_HTTP_PORT (27080). Needs valgrind, dig,
+# curl, python3.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=$ROOT/crates/edgemesh/link/symbol-order.txt
+DNS_PORT=${ORDER_DNS_PORT:-27353} ADMIN_PORT=${ORDER_ADMIN_PORT:-27020} HTTP_PORT=${ORDER_HTTP_PORT:-27080}
+for t in valgrind curl dig python3 nm; do command -v $t >/dev/null || { echo "link_order.sh: needs $t" >&2; exit 1; }; done
+BIN=${EDGEMESH_BIN:-}
+if [[ -z $BIN ]]; then
+  (cd "$ROOT" && EDGEMESH_KEEP_SYMBOLS=1 cargo build --release -p edgemesh >&2)
+  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/edgemesh
+fi
+nm "$BIN" >/dev/null 2>&1 && [[ $(nm "$BIN" | wc -l) -gt 1000 ]] || { echo "link_order.sh: $BIN has no symbols (build with EDGEMESH_KEEP_SYMBOLS=1)" >&2; exit 1; }
+
+WORK=$(mktemp -d -t edgemesh-order.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+M=$WORK/manifests
+python3 "$ROOT/bench/gen_manifests.py" "$M" 1000 --endpoints 2 --per-file 1000 >/dev/null
+cat >"$M/web.yaml" <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: bench}
+spec:
+  ports: [{name: http, port: 80, targetPort: $HTTP_PORT}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-x
+  namespace: bench
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{name: http, port: $HTTP_PORT}]
+endpoints: [{addresses: [127.0.0.1]}]
+YAML
+mkdir -p "$WORK/www" && echo hello >"$WORK/www/index.html"
+python3 -m http.server "$HTTP_PORT" --bind 127.0.0.1 --directory "$WORK/www" >/dev/null 2>&1 &
+PIDS+=($!)
+
+valgrind --tool=callgrind --demangle=no --callgrind-out-file="$WORK/callgrind.out" "$BIN" agent \
+  --manifest-dir "$M" --vip-cidr 127.192.0.0/10 --dns-listen "127.0.0.1:$DNS_PORT" \
+  --admin-listen "127.0.0.1:$ADMIN_PORT" --dns-upstream 127.0.0.1:9 --state-dir "$WORK/state" \
+  --log-level warn 2>"$WORK/agent.log" &
+AGENT=$!
+PIDS+=($AGENT)
+for _ in $(seq 600); do curl -sf --max-time 5 "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null && break; kill -0 $AGENT || { cat "$WORK/agent.log" >&2; exit 1; }; sleep 1; done
+q() { dig +short +time=5 +tries=1 -p "$DNS_PORT" @127.0.0.1 "$@" || true; }
+VIP=$(q web.bench.svc.cluster.local | head -1)
+[[ -n $VIP ]] || { echo "link_order.sh: web.bench did not resolve" >&2; exit 1; }
+for i in 1 2 3 4 5; do q svc-00000$i.bench.svc.cluster.local >/dev/null; q AAAA svc-00000$i.bench >/dev/null; q nothere$i.bench.svc.cluster.local >/dev/null; done
+q example.org >/dev/null
+for _ in $(seq 20); do curl -sf --max-time 10 -o /dev/null "http://$VIP/" || { echo "link_order.sh: request through $VIP failed" >&2; exit 1; }; done
+printf 'apiVersion: v1\nkind: Service\nmetadata:\n  name: update\n  namespace: bench\nspec:\n  ports:\n  - port: 80\n' >"$M/zz-update.yaml"
+for _ in $(seq 60); do [[ -n $(q update.bench.svc.cluster.local) ]] && break; sleep 1; done
+curl -sf --max-time 10 "http://127.0.0.1:$ADMIN_PORT/services" >/dev/null
+for p in healthz nodes config; do curl -sf --max-time 10 "http://127.0.0.1:$ADMIN_PORT/$p" >/dev/null; done
+sleep 3
+kill -TERM $AGENT; wait $AGENT || true
+
+python3 - "$BIN" "$WORK/callgrind.out" "$OUT" <<'PY'
+import collections, re, subprocess, sys
+binary, profile, out = sys.argv[1:]
+name_of, cost = {}, collections.Counter()
+obj = fn = None
+in_call = False
+for line in open(profile, errors="replace"):
+    m = re.match(r"^(c?ob|c?fn|c?f[lie])=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
+    if m:
+        kind, ident, name = m.groups()
+        key = ("ob" if kind.endswith("ob") else "fn" if kind.endswith("fn") else "fl", ident)
+        if name is not None:
+            name_of[key] = name
+        if kind == "ob":
+            obj = name_of.get(key)
+        elif kind == "fn":
+            fn, in_call = name_of.get(key), False
+    elif line.startswith("calls="):
+        in_call = True
+    elif line[:1].isdigit() or line[:1] in "+-*":
+        if in_call:
+            in_call = False  # the cost line after calls= is the callee's inclusive cost
+        elif obj and obj.endswith(binary.rsplit("/", 1)[-1]) and fn:
+            cost[re.sub(r"'\d+$", "", fn)] += int(line.split()[1])
+sizes = {}
+for l in subprocess.run(["nm", "-S", "--defined-only", binary], capture_output=True, text=True).stdout.splitlines():
+    p = l.split()
+    if len(p) == 4 and p[2] in "tTwW":
+        sizes[p[3]] = int(p[1], 16)
+ran = [n for n, _ in cost.most_common() if n in sizes]
+with open(out, "w") as f:
+    f.write("# Functions a node agent runs, most expensive first: generated by bench/link_order.sh.\n")
+    f.write("# Release builds lay these out first in .text (crates/edgemesh/build.rs).\n")
+    f.writelines(n + "\n" for n in ran)
+print(f"link_order.sh: {len(ran)} functions, {sum(sizes[n] for n in ran) / 2**20:.2f} MiB of "
+      f"{sum(sizes.values()) / 2**20:.2f} MiB of code -> {out}")
+PY
