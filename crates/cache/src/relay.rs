@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use edgemesh_core::{Connection, EventSink, EventStream, ObjectKey, SourceEvent, SourceReport};
+use edgemesh_core::{Clock, Connection, EventSink, EventStream, ObjectKey, SourceEvent, SourceReport};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +31,8 @@ pub enum Origin {
 #[derive(Debug)]
 pub struct CacheStatus {
     inner: Mutex<Inner>,
+    /// Reads the time for the ages reported and the cache's stamps.
+    clock: Clock,
 }
 
 #[derive(Debug, Clone)]
@@ -107,27 +109,25 @@ impl StateReport {
 
 impl CacheStatus {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self {
-            inner: Mutex::new(Inner {
-                origin: Origin::Starting,
-                cached_at: None,
-                updated_at: None,
-                file: None,
-                problem: None,
-            }),
-        })
+        Self::with_clock(Clock::system())
+    }
+
+    /// Ages read from `clock`, which also stamps the cache's writes.
+    pub fn with_clock(clock: Clock) -> Arc<Self> {
+        let inner = Inner { origin: Origin::Starting, cached_at: None, updated_at: None, file: None, problem: None };
+        Arc::new(Self { inner: Mutex::new(inner), clock })
     }
 
     pub fn report(&self) -> StateReport {
         let i = self.inner.lock().expect("cache status lock").clone();
         let cached = if i.origin == Origin::Cache { i.cached_at } else { None };
-        let now = SystemTime::now();
+        let now = self.clock.now();
         StateReport {
             updated_seconds: i.updated_at.map(|t| now.duration_since(t).unwrap_or_default().as_secs()),
             stale: i.origin == Origin::Cache,
             source: None,
             origin: i.origin,
-            age_seconds: cached.map(|t| SystemTime::now().duration_since(t).unwrap_or_default().as_secs()),
+            age_seconds: cached.map(|t| now.duration_since(t).unwrap_or_default().as_secs()),
             cached_at: cached.map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()),
             cache_file: i.file,
             cache_problem: i.problem,
@@ -152,7 +152,9 @@ pub async fn relay(
 ) {
     let opened = {
         let (dir, source) = (dir.to_owned(), source.to_owned());
-        tokio::task::spawn_blocking(move || Store::open(&dir, &source)).await
+        let clock = status.clock.clone();
+        tokio::task::spawn_blocking(move || Store::open(&dir, &source).map(|(s, l, n)| (s.with_clock(clock), l, n)))
+            .await
     };
     let (store, loaded) = match opened {
         Ok(Ok((store, loaded, note))) => {
@@ -329,8 +331,9 @@ impl Relay {
             self.status.update(|i| i.problem = Some(e.to_string()));
         }
         let now_live = !self.live && events.contains(&SourceEvent::Synced);
+        let now = self.status.clock.now();
         self.status.update(|i| {
-            i.updated_at = Some(SystemTime::now());
+            i.updated_at = Some(now);
             if now_live {
                 i.origin = Origin::Live;
             }

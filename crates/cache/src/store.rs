@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use edgemesh_core::{Object, ObjectKey, ObjectKind, SourceEvent};
+use edgemesh_core::{Clock, Object, ObjectKey, ObjectKind, SourceEvent};
 use redb::{Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::codec;
@@ -48,6 +48,8 @@ pub struct Loaded {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// Stamps each write (the age `/readyz` reports after a restart).
+    clock: Clock,
 }
 
 impl Store {
@@ -85,7 +87,7 @@ impl Store {
             }
             other => bad(other.to_string()),
         })?;
-        let store = Store { db, path: path.to_owned() };
+        let store = Store { db, path: path.to_owned(), clock: Clock::system() };
         // Make sure both tables exist and the format is ours.
         let txn = store.db.begin_write().map_err(|e| bad(e.to_string()))?;
         {
@@ -140,6 +142,12 @@ impl Store {
         Ok((store, Loaded { objects, saved_at, replaced_source }))
     }
 
+    /// Stamps writes with `clock`'s time instead of the system's.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -147,7 +155,7 @@ impl Store {
     /// Applies a batch of events in one transaction and stamps the time.
     pub fn write(&self, events: &[SourceEvent]) -> Result<SystemTime, CacheError> {
         let failed = |e: String| CacheError::Write { path: self.path.clone(), reason: e };
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let txn = self.db.begin_write().map_err(|e| failed(e.to_string()))?;
         {
             let mut table = txn.open_table(OBJECTS).map_err(|e| failed(e.to_string()))?;

@@ -52,6 +52,11 @@ impl ManifestSource {
         Self { dir: dir.into(), poll_interval }
     }
 
+    /// A source with the `manifests` section's settings.
+    pub fn from_config(config: &crate::ManifestsConfig) -> Self {
+        Self::new(config.dir.clone(), config.poll_interval)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

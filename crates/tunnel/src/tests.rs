@@ -253,7 +253,7 @@ async fn traffic_falls_back_to_the_relay_when_the_direct_path_breaks() {
     dir.peers.lock().unwrap().insert("b".into(), net.peer("b"));
     let (echo, _) = counted_echo().await;
     dir.serves.lock().unwrap().insert((echo, TunnelProtocol::Tcp));
-    let r = net.start_with("relay", "r", dir.clone(), None, |c| c.relay_server = Some(Default::default())).await;
+    let r = net.start_with("relay", "r", dir.clone(), None, |c| c.relay_server = true).await;
     let relay = addr_of(&r);
     let b = net.start_with("b", "b", dir.clone(), None, |c| c.relays = vec![relay.clone()]).await;
     let a = net.start_with("a", "a", dir.clone(), None, |c| c.relays = vec![relay.clone()]).await;
