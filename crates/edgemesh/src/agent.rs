@@ -240,52 +240,38 @@ impl Agent {
     /// or fails (an error naming it); then stops them all and waits up to
     /// [`DRAIN_DEADLINE`] for them to finish.
     pub async fn run(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Agent {
-            config,
-            registry,
-            snapshots,
-            source,
-            source_sink,
-            upstream,
-            registry_sink,
-            cache,
-            dns,
-            proxy,
-            admin,
-            admin_addr: _,
-            tunnel,
-            interceptor,
-            shutdown,
-        } = self;
+        let (config, snapshots, shutdown) = (self.config, self.snapshots, self.shutdown);
         let mut components = Components::default();
-        let registry_task = tokio::spawn(registry.run());
+        let registry_task = tokio::spawn(self.registry.run());
         {
             let shutdown = shutdown.clone();
+            let dns = self.dns;
             components.spawn("the DNS server", async move { dns.run(shutdown).await.map_err(Into::into) });
         }
-        let proxy_status = proxy.status();
-        components.spawn("the proxy", ok(proxy.run(shutdown.clone())));
-        if let Some(task) = tunnel {
+        let proxy_status = self.proxy.status();
+        components.spawn("the proxy", ok(self.proxy.run(shutdown.clone())));
+        if let Some(task) = self.tunnel {
             components.spawn("the tunnel", async move { task.await.map_err(Into::into) });
         }
-        components.spawn("the admin endpoint", ok(admin.run(shutdown.clone())));
+        components.spawn("the admin endpoint", ok(self.admin.run(shutdown.clone())));
         let identity = source_identity(&config);
         let (dir, stop_relay) = (config.state_dir.clone(), shutdown.clone());
+        let (upstream, registry_sink, cache) = (self.upstream, self.registry_sink, self.cache);
         components.spawn(
             "the cache relay",
             ok(async move { edgemesh_cache::relay(&dir, &identity, upstream, registry_sink, cache, stop_relay).await }),
         );
-        match source {
+        match self.source {
             Source::Manifests(source) => {
-                components.spawn("the manifests source", ok(source.run(source_sink, shutdown.clone())))
+                components.spawn("the manifests source", ok(source.run(self.source_sink, shutdown.clone())))
             }
             Source::Kube(source) => {
-                components.spawn("the Kubernetes source", ok(source.run(source_sink, shutdown.clone())))
+                components.spawn("the Kubernetes source", ok(source.run(self.source_sink, shutdown.clone())))
             }
         }
         // Last: until here a start-up failure leaves the table and device
         // to `build`'s clean-up.
-        if let Some(interceptor) = interceptor {
+        if let Some(interceptor) = self.interceptor {
             let (gated_tx, gated) = watch::channel(Arc::new(Snapshot::default()));
             let (source, stop) = (snapshots.clone(), shutdown.clone());
             components
