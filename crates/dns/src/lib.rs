@@ -72,9 +72,13 @@ pub struct DnsConfig {
     pub upstreams: Vec<SocketAddr>,
     /// The cluster domain, `cluster.local` by default.
     pub cluster_domain: String,
-    /// TTL of answers for services, in seconds, also the negative TTL (SOA
-    /// minimum) of the cluster zone.
+    /// TTL of answers for services, in seconds.
     pub service_ttl: u32,
+    /// How long resolvers may cache that a name in the cluster domain does
+    /// not exist (NXDOMAIN, NODATA), in seconds: the SOA's TTL and minimum.
+    /// Clients with `ndots:5` ask for many such names; longer saves
+    /// queries, shorter lets a new service resolve sooner.
+    pub negative_ttl: u32,
     /// Total time for one forwarded query, over all upstreams, before SERVFAIL.
     #[serde(with = "edgemesh_core::duration")]
     pub upstream_timeout: Duration,
@@ -103,6 +107,7 @@ impl Default for DnsConfig {
             upstreams: Vec::new(),
             cluster_domain: "cluster.local".into(),
             service_ttl: 5,
+            negative_ttl: 5,
             upstream_timeout: Duration::from_secs(2),
             cache_size: 10_000,
             cluster_ips_first: false,

@@ -72,8 +72,9 @@ impl DnsServer {
         if config.upstream_timeout.is_zero() {
             return Err(DnsError::Config { setting: "upstream_timeout", reason: "must be more than zero".into() });
         }
-        let zone =
-            Zone::new(&config.cluster_domain, config.service_ttl)?.with_cluster_ips_first(config.cluster_ips_first);
+        let zone = Zone::new(&config.cluster_domain, config.service_ttl)?
+            .with_negative_ttl(config.negative_ttl)
+            .with_cluster_ips_first(config.cluster_ips_first);
         let sockets = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_UDP_SOCKETS);
         let listen = config.listen();
         let (tcp, udp) = bind_all(listen, sockets)?;

@@ -373,7 +373,7 @@ fn every_key_family_reaches_its_component() {
     let (dns_port, admin_port) = (support::free_port(), support::free_port());
     let yaml = format!(
         "nodeName: edge-7\nvipCidr: {vip}\nstateDir: {state}\nmanifests:\n  dir: {dir}\n  pollInterval: 50ms\n\
-         dns:\n  listen: 127.0.0.1:{dns_port}\n  clusterDomain: corp.test\n  serviceTtl: 17\n\
+         dns:\n  listen: 127.0.0.1:{dns_port}\n  clusterDomain: corp.test\n  serviceTtl: 17\n  negativeTtl: 3\n\
          proxy:\n  defaultStrategy: Random\n  workers: 1\nadmin:\n  listen: 127.0.0.1:{admin_port}\n",
         vip = unique_vip_cidr(),
         state = state.path().display(),
@@ -390,6 +390,7 @@ fn every_key_family_reaches_its_component() {
     assert!(vip_cidr.contains(&std::net::IpAddr::V4(vip)), "vipCidr: {vip} in {vip_cidr}");
     assert_eq!(agent.resolve("web.shop.svc.cluster.local"), None, "not in the default domain");
     assert_eq!(dns_ttl(agent.dns, "web.shop.svc.corp.test"), 17, "dns.serviceTtl");
+    assert_eq!(dns_ttl(agent.dns, "nothing.shop.svc.corp.test"), 3, "dns.negativeTtl: the SOA of an NXDOMAIN");
     let services = agent.services();
     assert_eq!(services["services"][0]["strategy"], "Random", "proxy.defaultStrategy: {services}");
     assert!(echo_through(SocketAddr::from((vip, 80)), b"local").is_some(), "nodeName: the endpoint is this node's");
