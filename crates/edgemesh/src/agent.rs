@@ -79,7 +79,8 @@ impl Agent {
     /// Completes and validates `config` (see [`Config::complete`]), binds
     /// every socket and sets up every component. Nothing serves until
     /// [`Agent::run`]. A failure after node mode's table and device were
-    /// made removes them again.
+    /// made removes them again; an agent dropped without running leaves
+    /// them (the next start replaces them).
     pub async fn build(mut config: Config, deps: Deps) -> anyhow::Result<Agent> {
         config.complete(&*deps.host);
         config.validate()?;
