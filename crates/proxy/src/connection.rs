@@ -17,9 +17,9 @@
 //! direction states; `tests::connection_future_stays_small` bounds it.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use edgemesh_core::{Backend, HashKey, LbStrategy, ResolvedPort, ServiceEntry, ServiceKey, SessionAffinity};
@@ -33,10 +33,12 @@ use crate::remote::{Reach, RemoteStream};
 use crate::{ProxyConfig, ProxyStatus, splice};
 
 mod header;
+mod log_limit;
 use header::peek_header;
 pub use header::{HEADER_PEEK_MAX, HEADER_PEEK_WAIT};
 #[cfg(test)]
 use header::{Header, find_header};
+pub(crate) use log_limit::LogLimiter;
 
 /// State shared by the proxy task, listeners and connections.
 #[derive(Debug)]
@@ -276,32 +278,6 @@ impl Pool {
 /// consistent after any panic (each operation is a few map updates).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Lets one message through per [`LogLimiter::INTERVAL`].
-#[derive(Debug, Default)]
-pub(crate) struct LogLimiter {
-    /// Milliseconds since [`epoch`] of the last allowed message, plus one
-    /// (0: never).
-    last: AtomicU64,
-}
-
-fn epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-impl LogLimiter {
-    const INTERVAL: Duration = Duration::from_secs(10);
-
-    pub(crate) fn allow(&self) -> bool {
-        let now = epoch().elapsed().as_millis() as u64 + 1;
-        let last = self.last.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < Self::INTERVAL.as_millis() as u64 {
-            return false;
-        }
-        self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-    }
 }
 
 /// Counts a connection as active until dropped.
