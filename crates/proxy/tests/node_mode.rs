@@ -418,7 +418,8 @@ async fn a_udp_refusal_ejects_the_endpoint() {
         }
     })
     .await;
-    for i in 2..22 {
+    // Within the first ejection (1 s): a few loopback round trips.
+    for i in 2..12 {
         assert_eq!(one_session(client_ip(i), vip, b"q").await.as_deref(), Some("live:q"), "session {i}");
     }
     // The refused client's next datagram opens a session to the live one.
