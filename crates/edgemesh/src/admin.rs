@@ -67,7 +67,12 @@ impl AdminState {
     pub fn not_ready_reason(&self) -> Option<String> {
         let snap = self.snapshots.borrow();
         if !snap.synced {
-            return Some("waiting for the first full read of the service source".into());
+            let why = "waiting for the first full read of the service source";
+            // Say why the source has not answered, when it knows.
+            return Some(match self.source.as_ref().and_then(|s| s.report().describe_outage()) {
+                Some(outage) => format!("{why} ({outage})"),
+                None => why.into(),
+            });
         }
         let applied = self.proxy.applied_generation.load(Ordering::Acquire);
         if applied < snap.generation {
