@@ -7,6 +7,7 @@
 mod support;
 
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::*;
@@ -71,4 +72,130 @@ fn a_restart_without_the_manifests_directory_serves_the_cache_until_it_is_back()
     std::fs::remove_file(manifests.join("web.yaml")).unwrap();
     eventually(Duration::from_secs(5), "web to leave DNS", || (!resolves(&agent, "web")).then_some(()));
     assert_eq!(agent.services()["count"], 0);
+}
+
+/// A mount namespace of the test's own, held by a `sleep` (at most ten
+/// minutes, should the test be killed): mounts made in it are invisible
+/// outside and vanish with it. Agents run in it through [`MountNs::wrapper`].
+struct MountNs {
+    holder: Child,
+}
+
+impl MountNs {
+    fn new() -> MountNs {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test mounts a tmpfs in a mount namespace of its own: run it as root (CI does)"
+        );
+        let holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sleep", "600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("unshare (util-linux) is installed");
+        let ns = MountNs { holder };
+        let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+        let theirs = format!("/proc/{}/ns/mnt", ns.holder.id());
+        eventually(Duration::from_secs(5), "the mount namespace", || {
+            std::fs::read_link(&theirs).ok().filter(|ns| *ns != ours)
+        });
+        ns
+    }
+
+    /// `nsenter` into the namespace: a prefix for commands.
+    fn wrapper(&self) -> Vec<String> {
+        ["nsenter", "-t", &self.holder.id().to_string(), "-m", "--"].map(str::to_owned).to_vec()
+    }
+
+    /// Runs `args` in the namespace; returns whether it succeeded.
+    fn run(&self, args: &[&str]) -> bool {
+        let wrapper = self.wrapper();
+        let out = Command::new(&wrapper[0]).args(&wrapper[1..]).args(args).output().unwrap();
+        out.status.success()
+    }
+
+    fn must(&self, args: &[&str]) {
+        assert!(self.run(args), "{args:?} failed in the mount namespace");
+    }
+}
+
+impl Drop for MountNs {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+fn state_report(agent: &Agent) -> serde_json::Value {
+    agent.services()["state"].clone()
+}
+
+#[test]
+fn a_state_directory_that_is_full_or_read_only_degrades_the_cache_not_the_agent() {
+    let nginx = Nginx::start(2);
+    let (dir, manifests) = manifest_dir();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let state_arg = state.to_str().unwrap();
+    let ns = MountNs::new();
+    ns.must(&["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", state_arg]);
+    let wrapper = ns.wrapper();
+    write_manifest(&manifests, "web.yaml", &service_yaml("shop", "web", 80, &nginx.ports[..1], ""));
+    let agent = agent_on(&manifests, &state, &wrapper);
+
+    // The file system fills up: the cache cannot be written.
+    let filler = state.join("filler");
+    let fill = format!("of={}", filler.display());
+    assert!(!ns.run(&["dd", "if=/dev/zero", &fill, "bs=64k"]), "dd stops at a full file system");
+    write_manifest(&manifests, "cart.yaml", &service_yaml("shop", "cart", 81, &nginx.ports[1..], ""));
+    let cart = eventually(Duration::from_secs(5), "cart to be served", || agent.vip("shop", "cart"));
+    assert_eq!(curl(&format!("http://{cart}:81/")).as_deref(), Some("backend-1\n"), "served from memory");
+    let (status, body) = eventually(Duration::from_secs(5), "/readyz to warn", || {
+        readyz(&agent).1.contains("warning: the cache cannot be written").then(|| readyz(&agent))
+    });
+    assert_eq!(status, 200, "a cache that cannot be written does not take the node out of service: {body}");
+    assert!(body.starts_with("ready (live; warning: ") && body.contains("No space left on device"), "{body}");
+    // A few retries later, still one warning.
+    let report = eventually(Duration::from_secs(10), "a few retries", || {
+        let report = state_report(&agent);
+        (report["cacheDegradedSeconds"].as_u64()? >= 4).then_some(report)
+    });
+    assert_eq!(report["cacheDegraded"], true, "{report}");
+    assert!(report["cacheWriteError"].as_str().unwrap().contains(state_arg), "{report}");
+    assert_eq!(agent.log().matches("cannot write the cache;").count(), 1, "logged once:\n{}", agent.log());
+
+    // Space again: the next retry writes the whole state.
+    ns.must(&["rm", filler.to_str().unwrap()]);
+    eventually(Duration::from_secs(40), "the cache to recover", || {
+        (readyz(&agent) == (200, "ready (live)\n".to_owned())).then_some(())
+    });
+    assert_eq!(state_report(&agent)["cacheDegraded"], false);
+    assert_eq!(agent.log().matches("the cache can be written again").count(), 1);
+    assert_eq!(agent.terminate().code(), Some(0));
+
+    // Restarted with the state directory read-only: the cache is read and
+    // served, changes are served from memory.
+    ns.must(&["mount", "-o", "remount,ro", state_arg]);
+    let agent = agent_on(&manifests, &state, &wrapper);
+    let (status, body) = readyz(&agent);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("warning: the cache cannot be written") && body.contains("Read-only file system"), "{body}");
+    std::fs::remove_file(manifests.join("cart.yaml")).unwrap();
+    write_manifest(&manifests, "api.yaml", &service_yaml("shop", "api", 82, &nginx.ports[1..], ""));
+    eventually(Duration::from_secs(5), "api in, cart out", || {
+        (agent.vip("shop", "api").is_some() && agent.vip("shop", "cart").is_none()).then_some(())
+    });
+    ns.must(&["mount", "-o", "remount,rw", state_arg]);
+    eventually(Duration::from_secs(40), "the cache to recover", || {
+        (!state_report(&agent)["cacheDegraded"].as_bool()?).then_some(())
+    });
+    assert_eq!(agent.terminate().code(), Some(0));
+
+    // A restart from the cache alone shows the latest state.
+    std::fs::rename(&manifests, dir.path().join("manifests.aside")).unwrap();
+    let agent = agent_on(&manifests, &state, &wrapper);
+    assert!(readyz(&agent).1.starts_with("ready (from cache, "));
+    let api = agent.vip("shop", "api").expect("api was written after the recovery");
+    assert_eq!(resolve(&agent, "api"), api);
+    assert_eq!(curl(&format!("http://{api}:82/")).as_deref(), Some("backend-1\n"));
+    assert!(resolves(&agent, "web") && !resolves(&agent, "cart"), "the cache holds exactly the latest state");
 }
