@@ -179,6 +179,12 @@ fn a_state_directory_that_is_full_or_read_only_degrades_the_cache_not_the_agent(
     let (status, body) = readyz(&agent);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("warning: the cache cannot be written") && body.contains("Read-only file system"), "{body}");
+    // The tunnel's identity cannot be made there: that fails clearly.
+    let mut id = Command::new(&wrapper[0]);
+    id.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_edgemesh")).args(["id", "--state-dir", state_arg]);
+    let out = id.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("tunnel.key") && err.contains("Read-only file system"), "{err}");
     std::fs::remove_file(manifests.join("cart.yaml")).unwrap();
     write_manifest(&manifests, "api.yaml", &service_yaml("shop", "api", 82, &nginx.ports[1..], ""));
     eventually(Duration::from_secs(5), "api in, cart out", || {
