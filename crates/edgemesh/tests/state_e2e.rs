@@ -68,6 +68,19 @@ fn a_restart_without_the_manifests_directory_serves_the_cache_until_it_is_back()
     let warnings = agent.log().matches("cannot read the manifest directory").count();
     assert_eq!(warnings, 1, "one warning for the outage, not one per poll:\n{}", agent.log());
 
+    // Moved away while running: the state last read stays, shown as stale.
+    std::fs::rename(&manifests, &aside).unwrap();
+    let body = eventually(Duration::from_secs(5), "/readyz to say stale", || {
+        let (status, body) = readyz(&agent);
+        assert_eq!(status, 200, "serving the last state is still ready: {body}");
+        body.starts_with("ready (stale: ").then_some(body)
+    });
+    assert!(body.contains(&manifests.display().to_string()) && body.contains("does not exist"), "{body}");
+    assert_eq!(curl(&format!("http://{vip}/")).as_deref(), Some("backend-0\n"), "web stays");
+    std::fs::rename(&aside, &manifests).unwrap();
+    eventually(Duration::from_secs(5), "live again", || (readyz(&agent).1 == "ready (live)\n").then_some(()));
+    assert!(agent.vip("shop", "web").is_some());
+
     // An existing, empty directory is authoritative: everything goes.
     std::fs::remove_file(manifests.join("web.yaml")).unwrap();
     eventually(Duration::from_secs(5), "web to leave DNS", || (!resolves(&agent, "web")).then_some(()));
