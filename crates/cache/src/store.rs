@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edgemesh_core::{Object, ObjectKey, ObjectKind, SourceEvent};
-use redb::{Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::backends::InMemoryBackend;
+use redb::{Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition};
 
 use crate::codec;
 use crate::error::CacheError;
@@ -142,26 +143,31 @@ impl Store {
 
     /// Reads `dir/cache.redb` without writing to it, for a state directory
     /// that cannot be written: its state can still be served. Nothing when
-    /// there is no file, or it holds another source's state.
+    /// there is no file, or it holds another source's state. A file left
+    /// by an agent that was killed needs redb's recovery, which writes: it
+    /// is then recovered in a copy in memory.
     pub fn read_only(dir: &Path, source: &str) -> Result<Loaded, CacheError> {
         let path = dir.join(FILE_NAME);
         if !path.exists() {
             return Ok(Loaded::default());
         }
-        let db = Builder::new().set_cache_size(CACHE_BYTES).open_read_only(&path).map_err(|e| failure(&path, e))?;
-        let read = db.begin_read().map_err(|e| failure(&path, e))?;
-        let format = read.open_table(META).and_then(|t| Ok(t.get("format")?.map(|v| v.value())));
-        let owner = read.open_table(SOURCE).and_then(|t| Ok(t.get("id")?.map(|v| v.value().to_owned())));
-        let (format, owner) = (format.map_err(|e| failure(&path, e))?, owner.map_err(|e| failure(&path, e))?);
-        if !matches!(format, Some(FORMAT | FORMAT_JSON)) {
-            return Err(CacheError::Unreadable { path, reason: format!("cache format {format:?}") });
+        let builder = {
+            let mut b = Builder::new();
+            b.set_cache_size(CACHE_BYTES);
+            b
+        };
+        match builder.open_read_only(&path) {
+            Ok(db) => read_owned(&db, &path, source),
+            Err(e) => {
+                tracing::debug!(error = %e, file = %path.display(), "reading the cache file in a copy in memory");
+                let bytes = std::fs::read(&path).map_err(|e| failure(&path, e))?;
+                let copy = InMemoryBackend::new();
+                copy.set_len(bytes.len() as u64).and_then(|()| copy.write(0, &bytes)).map_err(|e| failure(&path, e))?;
+                drop(bytes);
+                let db = builder.create_with_backend(copy).map_err(|e| failure(&path, e))?;
+                read_owned(&db, &path, source)
+            }
         }
-        if owner.as_deref() != Some(source) {
-            return Ok(Loaded { replaced_source: owner, ..Loaded::default() });
-        }
-        drop(read);
-        let (objects, saved_at) = read_state(&db, &path)?;
-        Ok(Loaded { objects, saved_at, replaced_source: None })
     }
 
     /// Opens the file for writing, checks its format and owner, and drops
@@ -302,6 +308,23 @@ fn failure(path: &Path, e: impl Into<redb::Error>) -> CacheError {
         e @ redb::Error::PreviousIo => CacheError::Unwritable { path: path.to_owned(), reason: e.to_string() },
         e => CacheError::Unreadable { path: path.to_owned(), reason: e.to_string() },
     }
+}
+
+/// The state in `db` if `source` wrote it (else nothing, and who did).
+fn read_owned(db: &impl ReadableDatabase, path: &Path, source: &str) -> Result<Loaded, CacheError> {
+    let read = db.begin_read().map_err(|e| failure(path, e))?;
+    let format = read.open_table(META).and_then(|t| Ok(t.get("format")?.map(|v| v.value())));
+    let owner = read.open_table(SOURCE).and_then(|t| Ok(t.get("id")?.map(|v| v.value().to_owned())));
+    let (format, owner) = (format.map_err(|e| failure(path, e))?, owner.map_err(|e| failure(path, e))?);
+    if !matches!(format, Some(FORMAT | FORMAT_JSON)) {
+        return Err(CacheError::Unreadable { path: path.to_owned(), reason: format!("cache format {format:?}") });
+    }
+    if owner.as_deref() != Some(source) {
+        return Ok(Loaded { replaced_source: owner, ..Loaded::default() });
+    }
+    drop(read);
+    let (objects, saved_at) = read_state(db, path)?;
+    Ok(Loaded { objects, saved_at, replaced_source: None })
 }
 
 /// The objects and the time of the last write, checked entry by entry.

@@ -279,6 +279,29 @@ async fn a_cache_that_was_read_keeps_its_state_through_a_failed_start_and_recove
 }
 
 #[test]
+fn the_file_of_a_killed_agent_is_read_without_writing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    {
+        let (store, _, _) = Store::open(dir.path(), "manifests:/test").unwrap();
+        store.write(&[SourceEvent::Apply(service("web", 80)), SourceEvent::Apply(service("db", 81))]).unwrap();
+        // A copy taken while the file is open is what a kill leaves behind.
+        std::fs::copy(dir.path().join("cache.redb"), crashed.path().join("cache.redb")).unwrap();
+    }
+    let file = crashed.path().join("cache.redb");
+    assert!(redb::ReadOnlyDatabase::open(&file).is_err(), "it needs redb's recovery, which writes");
+    let before = std::fs::read(&file).unwrap();
+    let loaded = Store::read_only(crashed.path(), "manifests:/test").unwrap();
+    let mut names: Vec<String> = loaded.objects.iter().map(|o| o.key().name).collect();
+    names.sort();
+    assert_eq!(names, ["db", "web"]);
+    assert!(loaded.saved_at.is_some());
+    assert_eq!(std::fs::read(&file).unwrap(), before, "the file is not written");
+    let other = Store::read_only(crashed.path(), "kube:in-cluster").unwrap();
+    assert!(other.objects.is_empty() && other.replaced_source.as_deref() == Some("manifests:/test"));
+}
+
+#[test]
 fn another_sources_state_is_dropped_not_served() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -183,23 +183,30 @@ fn a_state_directory_that_is_full_or_read_only_degrades_the_cache_not_the_agent(
     });
     assert_eq!(state_report(&agent)["cacheDegraded"], false);
     assert_eq!(agent.log().matches("the cache can be written again").count(), 1);
-    assert_eq!(agent.terminate().code(), Some(0));
-
-    // Restarted with the state directory read-only: the cache is read and
-    // served, changes are served from memory.
+    // Killed (its file then needs redb's recovery, which writes), and
+    // restarted with the state directory read-only and no manifests: the
+    // cache is still read and served.
+    agent.kill9();
     ns.must(&["mount", "-o", "remount,ro", state_arg]);
+    let aside = dir.path().join("manifests.aside");
+    std::fs::rename(&manifests, &aside).unwrap();
     let agent = agent_on(&manifests, &state, &wrapper);
     let (status, body) = readyz(&agent);
     assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("ready (from cache, "), "{body}");
     assert!(body.contains("warning: the cache cannot be written") && body.contains("Read-only file system"), "{body}");
+    let cart = agent.vip("shop", "cart").expect("cart comes from the read-only cache");
+    assert_eq!(curl(&format!("http://{cart}:81/")).as_deref(), Some("backend-1\n"));
     // The tunnel's identity cannot be made there: that fails clearly.
     let mut id = Command::new(&wrapper[0]);
     id.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_edgemesh")).args(["id", "--state-dir", state_arg]);
     let out = id.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("tunnel.key") && err.contains("Read-only file system"), "{err}");
-    std::fs::remove_file(manifests.join("cart.yaml")).unwrap();
-    write_manifest(&manifests, "api.yaml", &service_yaml("shop", "api", 82, &nginx.ports[1..], ""));
+    // The manifests back, changed: served from memory.
+    std::fs::remove_file(aside.join("cart.yaml")).unwrap();
+    write_manifest(&aside, "api.yaml", &service_yaml("shop", "api", 82, &nginx.ports[1..], ""));
+    std::fs::rename(&aside, &manifests).unwrap();
     eventually(Duration::from_secs(5), "api in, cart out", || {
         (agent.vip("shop", "api").is_some() && agent.vip("shop", "cart").is_none()).then_some(())
     });
@@ -210,7 +217,7 @@ fn a_state_directory_that_is_full_or_read_only_degrades_the_cache_not_the_agent(
     assert_eq!(agent.terminate().code(), Some(0));
 
     // A restart from the cache alone shows the latest state.
-    std::fs::rename(&manifests, dir.path().join("manifests.aside")).unwrap();
+    std::fs::rename(&manifests, &aside).unwrap();
     let agent = agent_on(&manifests, &state, &wrapper);
     assert!(readyz(&agent).1.starts_with("ready (from cache, "));
     let api = agent.vip("shop", "api").expect("api was written after the recovery");
