@@ -88,8 +88,8 @@ async fn serve(config: Config, starting: &mut Option<Interceptor>) -> anyhow::Re
     let registry_sink = registry.source();
     let (source_sink, upstream) = EventSink::detached(1024);
     let cache = CacheStatus::new();
-    // The kube source reports whether it is connected; the manifests source does not.
-    let source_health = (config.source == SourceKind::Kube).then(SourceHealth::new);
+    // Whether the source is connected (kube) or its directory readable (manifests).
+    let source_health = SourceHealth::new();
     let snapshots = registry.subscribe();
 
     // Node mode: the table, and the VIP device with the DNS address on it,
@@ -155,7 +155,7 @@ async fn serve(config: Config, starting: &mut Option<Interceptor>) -> anyhow::Re
             proxy: proxy.status(),
             intercept: intercept_status,
             cache: cache.clone(),
-            source: source_health.clone(),
+            source: Some(source_health.clone()),
             tunnel: tunnel.as_ref().map(|(t, _)| t.clone()),
         },
     )
@@ -185,7 +185,8 @@ async fn serve(config: Config, starting: &mut Option<Interceptor>) -> anyhow::Re
     }
     match config.source {
         SourceKind::Manifests => {
-            let source = ManifestSource::new(config.manifests.dir.clone(), config.manifests.poll_interval);
+            let source = ManifestSource::new(config.manifests.dir.clone(), config.manifests.poll_interval)
+                .with_health(source_health);
             tasks.spawn(source.run(source_sink, shutdown.clone()).map_ok());
         }
         SourceKind::Kube => {
@@ -195,9 +196,7 @@ async fn serve(config: Config, starting: &mut Option<Interceptor>) -> anyhow::Re
                 (None, None) => ApiEndpoint::Infer,
             };
             let mut kube = KubeSourceConfig::new(endpoint);
-            if let Some(health) = source_health {
-                kube.health = health;
-            }
+            kube.health = source_health;
             let source = KubeSource::new(kube).await.context("cannot set up the Kubernetes source")?;
             tasks.spawn(source.run(source_sink, shutdown.clone()).map_ok());
         }
