@@ -14,6 +14,9 @@ command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
 # Tunnel tests: bulk transfer through the tunnel.
 command -v iperf3 >/dev/null || need+=(iperf3)
+# State tests: a tmpfs in a mount namespace of their own (as root).
+command -v unshare >/dev/null && command -v nsenter >/dev/null || need+=(util-linux)
+command -v mount >/dev/null || [ -x /usr/bin/mount ] || need+=(mount)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing: ${need[*]}"

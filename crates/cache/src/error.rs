@@ -10,6 +10,8 @@ pub enum CacheError {
     Locked { path: PathBuf },
     #[error("cache file {} is unreadable: {reason}", path.display())]
     Unreadable { path: PathBuf, reason: String },
+    #[error("cannot open the cache file {} for writing: {reason} (is the state directory read-only or full?)", path.display())]
+    Unwritable { path: PathBuf, reason: String },
     #[error("cannot move the unreadable cache file {} aside: {source}", path.display())]
     MoveAside { path: PathBuf, source: std::io::Error },
     #[error("cannot write the cache file {}: {reason} (is the disk full or read-only?)", path.display())]

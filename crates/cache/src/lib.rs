@@ -16,18 +16,26 @@
 //! - Every change from the source is written through before it is passed on.
 //! - When the source has delivered its first full view, cached objects it
 //!   did not mention are deleted, and the state is reported live.
-//! - A corrupt or incompatible file is reported, moved aside and rebuilt;
-//!   an unusable state directory disables the cache, never the agent.
+//! - A corrupt or incompatible file is reported, moved aside and rebuilt.
+//! - A state directory that cannot be written (full, read-only) never stops
+//!   the agent: what the file holds is still read and served, changes are
+//!   served from memory and kept, and the writes are retried until the file
+//!   holds the current state again (`writer`).
 //!
-//! Modules: [`store`] (the redb file), [`codec`] (its values), [`relay`] (the task and its
-//! [`CacheStatus`]), [`error`].
+//! Modules: [`store`] (the redb file), [`codec`] (its values), [`relay`] (the task),
+//! `writer` (write-through and retries), [`status`] ([`CacheStatus`], for the admin
+//! endpoint), [`error`].
 #![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod error;
 pub mod relay;
+pub mod status;
 pub mod store;
+mod writer;
 
 pub use error::CacheError;
-pub use relay::{CacheStatus, Origin, StateReport, relay};
-pub use store::{Loaded, Store};
+pub use relay::relay;
+pub use status::{CacheStatus, Origin, StateReport};
+pub use store::{Changes, Loaded, Store};
+pub use writer::{RETRY_FIRST, RETRY_MAX};

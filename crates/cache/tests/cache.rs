@@ -190,18 +190,115 @@ async fn a_file_that_is_not_a_cache_is_reported_and_replaced() {
     store.write(&[SourceEvent::Apply(service("web", 80))]).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unusable_state_dir_disables_the_cache_not_the_agent() {
+/// Names of the services in the cache file in `dir`.
+fn cached_names(dir: &Path) -> Vec<String> {
+    let (_, loaded, note) = Store::open(dir, "manifests:/test").unwrap();
+    assert!(note.is_none(), "{note:?}");
+    let mut names: Vec<String> = loaded.objects.iter().map(|o| o.key().name).collect();
+    names.sort();
+    names
+}
+
+/// Waits (in paused time: retries come every few seconds) until `pred`
+/// holds for the cache status.
+async fn until_status(a: &Agent, what: &str, pred: impl Fn(&edgemesh_cache::StateReport) -> bool) {
+    let waited = tokio::time::timeout(edgemesh_cache::RETRY_MAX * 3, async {
+        while !pred(&a.status.report()) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "waiting for {what}: {:?}", a.status.report());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unusable_state_dir_is_served_from_memory_and_recovers_with_the_whole_state() {
     let dir = tempfile::tempdir().unwrap();
-    let blocker = dir.path().join("not-a-dir");
-    std::fs::write(&blocker, "x").unwrap();
-    let mut a = start(&blocker.join("state"));
-    a.source.send(SourceEvent::Apply(service("web", 80))).await.unwrap();
+    // A file where the state directory should be: it cannot be made.
+    let state = dir.path().join("state");
+    std::fs::write(&state, "x").unwrap();
+    let mut a = start(&state);
+    for name in ["web", "db"] {
+        a.source.send(SourceEvent::Apply(service(name, 80))).await.unwrap();
+    }
     a.source.send(SourceEvent::Synced).await.unwrap();
-    a.until("served without a cache", |s| s.synced && has(s, "web")).await;
-    let problem = a.status.report().cache_problem.expect("reported");
-    assert!(problem.contains("state directory"), "{problem}");
+    a.until("served without a cache", |s| s.synced && has(s, "web") && has(s, "db")).await;
+    let report = a.status.report();
+    assert!(report.cache_degraded, "{report:?}");
+    let error = report.cache_write_error.clone().unwrap();
+    assert!(error.contains("state directory") && error.contains(&state.display().to_string()), "{error}");
+    assert!(report.describe().starts_with("live; warning: the cache cannot be written"), "{}", report.describe());
+
+    // Changes while the cache cannot be written are served at once.
+    a.source.send(SourceEvent::Delete(service("db", 80).key())).await.unwrap();
+    a.source.send(SourceEvent::Apply(service("cart", 81))).await.unwrap();
+    a.until("changes served from memory", |s| !has(s, "db") && has(s, "cart")).await;
+    // Retries keep failing (and are not logged as new failures) while it stays unusable.
+    tokio::time::sleep(edgemesh_cache::RETRY_FIRST * 4).await;
+    assert!(a.status.report().cache_degraded);
+
+    // Usable again: the next retry writes the whole state, not just what changes next.
+    std::fs::remove_file(&state).unwrap();
+    until_status(&a, "the cache to recover", |r| !r.cache_degraded).await;
+    assert!(a.status.report().cache_write_error.is_none());
+    // And writes go through again.
+    a.source.send(SourceEvent::Apply(service("api", 82))).await.unwrap();
+    a.until("a change after the recovery", |s| has(s, "api")).await;
     a.stop().await;
+    assert_eq!(cached_names(&state), ["api", "cart", "web"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cache_that_was_read_keeps_its_state_through_a_failed_start_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _, _) = Store::open(dir.path(), "manifests:/test").unwrap();
+        let events: Vec<SourceEvent> =
+            ["web", "db", "old"].iter().map(|n| SourceEvent::Apply(service(n, 80))).collect();
+        store.write(&events).unwrap();
+    }
+    // Another agent holds the file: it can be read, not written.
+    let holder = redb::ReadOnlyDatabase::open(dir.path().join("cache.redb")).unwrap();
+    let mut a = start(dir.path());
+    a.until("the cached state, from a file it cannot write", |s| s.synced && has(s, "old")).await;
+    let report = a.status.report();
+    assert!(report.cache_degraded && report.origin == Origin::Cache, "{report:?}");
+    // The source answers without `old`, and changes `web`.
+    a.source.send(SourceEvent::Apply(service("web", 90))).await.unwrap();
+    a.source.send(SourceEvent::Apply(service("db", 80))).await.unwrap();
+    a.source.send(SourceEvent::Synced).await.unwrap();
+    a.until("reconciled", |s| !has(s, "old") && has(s, "web")).await;
+
+    drop(holder);
+    until_status(&a, "the cache to recover", |r| !r.cache_degraded).await;
+    a.stop().await;
+    assert_eq!(cached_names(dir.path()), ["db", "web"], "the reconciliation is written on recovery");
+    let (_, loaded, _) = Store::open(dir.path(), "manifests:/test").unwrap();
+    let web = loaded.objects.iter().find(|o| o.key().name == "web").unwrap();
+    assert_eq!(web, &service("web", 90));
+}
+
+#[test]
+fn the_file_of_a_killed_agent_is_read_without_writing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    {
+        let (store, _, _) = Store::open(dir.path(), "manifests:/test").unwrap();
+        store.write(&[SourceEvent::Apply(service("web", 80)), SourceEvent::Apply(service("db", 81))]).unwrap();
+        // A copy taken while the file is open is what a kill leaves behind.
+        std::fs::copy(dir.path().join("cache.redb"), crashed.path().join("cache.redb")).unwrap();
+    }
+    let file = crashed.path().join("cache.redb");
+    assert!(redb::ReadOnlyDatabase::open(&file).is_err(), "it needs redb's recovery, which writes");
+    let before = std::fs::read(&file).unwrap();
+    let loaded = Store::read_only(crashed.path(), "manifests:/test").unwrap();
+    let mut names: Vec<String> = loaded.objects.iter().map(|o| o.key().name).collect();
+    names.sort();
+    assert_eq!(names, ["db", "web"]);
+    assert!(loaded.saved_at.is_some());
+    assert_eq!(std::fs::read(&file).unwrap(), before, "the file is not written");
+    let other = Store::read_only(crashed.path(), "kube:in-cluster").unwrap();
+    assert!(other.objects.is_empty() && other.replaced_source.as_deref() == Some("manifests:/test"));
 }
 
 #[test]

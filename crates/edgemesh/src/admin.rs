@@ -4,8 +4,9 @@
 //! - `/readyz`: 200 once every source has been read in full (or the cached
 //!   state replayed) and the proxy has applied that state; 503 with the
 //!   reason otherwise. The body says whether the state is live or from the
-//!   cache, and how old; and `stale` when the source has lost its API since
-//!   (still 200: serving the last known state is the point of autonomy).
+//!   cache, and how old; and `stale` when the source has lost its API (or
+//!   its directory) since (still 200: serving the last known state is the
+//!   point of autonomy); and a warning while the cache cannot be written.
 //! - `/services`: the current snapshot as JSON, with the state's origin and
 //!   the source's connection.
 //! - `/nodes`: the Node objects known (name, peer ID, addresses).
@@ -81,7 +82,12 @@ impl AdminState {
     pub fn not_ready_reason(&self) -> Option<String> {
         let snap = self.snapshots.borrow();
         if !snap.synced {
-            return Some("waiting for the first full read of the service source".into());
+            let why = "waiting for the first full read of the service source";
+            // Say why the source has not answered, when it knows.
+            return Some(match self.source.as_ref().and_then(|s| s.report().describe_outage()) {
+                Some(outage) => format!("{why} ({outage})"),
+                None => why.into(),
+            });
         }
         let applied = self.proxy.applied_generation.load(Ordering::Acquire);
         if applied < snap.generation {

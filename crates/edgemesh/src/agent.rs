@@ -169,15 +169,16 @@ impl Agent {
             })?;
             tracing::info!(listen = ?addrs, table = %config.intercept.table, "intercepting service addresses with nftables");
         }
-        // The kube source reports whether it is connected; the manifests source does not.
-        let (source, source_health) = match config.source {
-            SourceKind::Manifests => (Source::Manifests(ManifestSource::from_config(&config.manifests)), None),
+        // Whether the source is connected (kube) or its directory readable (manifests).
+        let source_health = SourceHealth::with_clock(deps.clock.clone());
+        let source = match config.source {
+            SourceKind::Manifests => {
+                Source::Manifests(ManifestSource::from_config(&config.manifests).with_health(source_health.clone()))
+            }
             SourceKind::Kube => {
-                let health = SourceHealth::with_clock(deps.clock.clone());
                 let mut kube = KubeSourceConfig::new(config.kube.endpoint());
-                kube.health = health.clone();
-                let source = KubeSource::new(kube).await.context("cannot set up the Kubernetes source")?;
-                (Source::Kube(source), Some(health))
+                kube.health = source_health.clone();
+                Source::Kube(KubeSource::new(kube).await.context("cannot set up the Kubernetes source")?)
             }
         };
         let config = Arc::new(config);
@@ -189,7 +190,7 @@ impl Agent {
                 proxy: proxy.status(),
                 intercept: interceptor.as_ref().map(Interceptor::status),
                 cache: cache.clone(),
-                source: source_health,
+                source: Some(source_health),
                 tunnel: tunnel.as_ref().map(|(t, _)| t.clone()),
             },
         )

@@ -160,12 +160,20 @@ fn outside_names_are_forwarded_to_the_upstream() {
 fn starts_without_a_manifest_directory_and_waits_for_it() {
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("later");
-    let agent = Agent::start(&dir);
+    let agent = Agent::spawn_with(&dir, AgentOptions::default());
+    // A missing directory is no answer (nothing cached either): not ready, and why.
+    let (status, body) = eventually(Duration::from_secs(10), "/readyz to say why", || {
+        agent.try_get("/readyz").filter(|(_, body)| body.contains("does not exist"))
+    });
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(&dir.display().to_string()), "names the directory: {body}");
     assert_eq!(agent.services()["count"], 0);
+    assert_eq!(agent.try_get("/healthz").map(|r| r.0), Some(200));
     std::fs::create_dir(&dir).unwrap();
     write_manifest(&dir, "web.yaml", &service_yaml("default", "web", 80, &[9], ""));
+    agent.wait_ready();
     eventually(Duration::from_secs(2), "the service from the new directory", || agent.vip("default", "web"));
-    assert_eq!(agent.try_get("/healthz").map(|r| r.0), Some(200));
+    assert_eq!(agent.try_get("/readyz").map(|r| r.1).as_deref(), Some("ready (live)\n"));
 }
 
 #[test]

@@ -242,19 +242,19 @@ async fn a_failing_component_stops_the_agent_and_names_it() {
     let (_dir, manifests) = manifest_dir();
     let state = tempfile::tempdir().unwrap();
     let mut c = config(state.path());
-    c.manifests.dir = manifests.clone();
+    c.manifests.dir = manifests;
     let clock = TestClock::default();
     let agent = Agent::build(c, deps(&clock)).await.unwrap();
     let (dns, admin, mut snapshots) = (agent.dns_addr(), agent.admin_addr(), agent.snapshots());
     let run = tokio::spawn(agent.run(std::future::pending()));
     snapshots.wait_for(|s| s.synced).await.expect("the agent reads its source");
 
-    // The cache relay reads the clock for the next change: it fails then.
+    // The manifests source reads the clock at its next poll (to report the
+    // directory readable): it fails then.
     clock.fail.store(true, Ordering::SeqCst);
-    write_manifest(&manifests, "web.yaml", &service_yaml("shop", "web", 80, &[echo_server()], ""));
     let ended = tokio::time::timeout(Duration::from_secs(60), run).await.expect("the agent stops by itself");
     let error = ended.expect("run does not panic").expect_err("a component failed: the agent stops with an error");
-    assert!(error.to_string().contains("the cache relay"), "the error names the component: {error:#}");
+    assert!(error.to_string().contains("the manifests source panicked"), "the error names the component: {error:#}");
     TcpListener::bind(admin).expect("the other components were stopped: the admin port is free");
     UdpSocket::bind(dns).expect("and the DNS port");
 }

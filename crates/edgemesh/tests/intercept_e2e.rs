@@ -357,13 +357,13 @@ fn node_ports_are_served_on_the_nodes_addresses() {
     require_root();
     let t = Topology::new();
     let (dir, manifests) = support::manifest_dir();
-    write_manifest(&manifests, "np.yaml", &node_port_service("np", "10.96.0.70", 8080, 30080));
+    write_manifest(&manifests, "np.yaml", &node_port_service("np", &["10.96.0.70"], 8080, 30080));
     // A ClusterIP service's nodePort (none in Kubernetes, but a manifest may
     // say it) is not served.
     write_manifest(
         &manifests,
         "plain.yaml",
-        &node_port_service("plain", "10.96.0.71", 8080, 30081).replace("type: NodePort", "type: ClusterIP"),
+        &node_port_service("plain", &["10.96.0.71"], 8080, 30081).replace("type: NodePort", "type: ClusterIP"),
     );
     let agent = start_agent(&t.node, &manifests, &dir.path().join("state"), &[]);
     assert_eq!(t.node.set_elements("edgemesh", "nodeport_tcp").unwrap(), vec!["30080".to_owned()]);
@@ -384,7 +384,7 @@ fn node_ports_are_served_on_the_nodes_addresses() {
     write_manifest(
         &manifests,
         "np.yaml",
-        &node_port_service("np", "10.96.0.70", 8080, 30080).replace("type: NodePort", "type: ClusterIP"),
+        &node_port_service("np", &["10.96.0.70"], 8080, 30080).replace("type: NodePort", "type: ClusterIP"),
     );
     eventually(Duration::from_secs(5), "the node port to close", || {
         t.node.set_elements("edgemesh", "nodeport_tcp").unwrap().is_empty().then_some(())

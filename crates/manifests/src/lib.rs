@@ -12,7 +12,8 @@
 //!
 //! - [`config`]: [`ManifestsConfig`], the `manifests` section of the agent's config.
 //! - [`watch`]: [`ManifestSource`], the polling loop: stat, read changed
-//!   files, hash, parse, report problems once.
+//!   files, hash, parse, report problems once; `watch::dir` lists the
+//!   directory and tracks whether it can be read (missing is not empty).
 //! - `index`: which file holds which object; turns one file's new objects
 //!   into exactly the Apply/Delete events that changed.
 //! - [`parse`]: [`parse_manifest`]: splits a file into YAML documents with

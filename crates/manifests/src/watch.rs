@@ -9,16 +9,21 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use edgemesh_core::SourceEvent;
 use edgemesh_core::registry::EventSink;
+use edgemesh_core::{SourceEvent, SourceHealth};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ManifestError;
 use crate::index::{FileId, Index};
 use crate::parse::{self, ParsedObject};
+
+mod dir;
+
+use dir::{DirState, Stat};
 
 /// Reads a directory of Kubernetes manifests and follows its changes.
 ///
@@ -37,10 +42,18 @@ use crate::parse::{self, ParsedObject};
 /// re-read (and hashed) on the next poll too: file systems stamp times from
 /// a coarse clock, so two writes of the same size in quick succession can
 /// leave identical stat data.
+///
+/// Only a directory that can be read answers for the state: a missing or
+/// unreadable one (not mounted yet, moved away, a permission error) is a
+/// source that has not answered, or has stopped answering, never an empty
+/// one. Until it can be read the state last read (or the cache) stays in
+/// force, and [`SourceHealth`] says the source is disconnected and why. An
+/// existing directory, even an empty one, is authoritative.
 #[derive(Clone, Debug)]
 pub struct ManifestSource {
     dir: PathBuf,
     poll_interval: Duration,
+    health: Arc<SourceHealth>,
 }
 
 /// How recent a modification time must be for the stat data not to be
@@ -49,7 +62,18 @@ pub const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 impl ManifestSource {
     pub fn new(dir: impl Into<PathBuf>, poll_interval: Duration) -> Self {
-        Self { dir: dir.into(), poll_interval }
+        Self { dir: dir.into(), poll_interval, health: SourceHealth::new() }
+    }
+
+    /// Reports whether the directory can be read into `health` (shared with
+    /// the admin endpoint).
+    pub fn with_health(mut self, health: Arc<SourceHealth>) -> Self {
+        self.health = health;
+        self
+    }
+
+    pub fn health(&self) -> &Arc<SourceHealth> {
+        &self.health
     }
 
     /// A source with the `manifests` section's settings.
@@ -66,15 +90,16 @@ impl ManifestSource {
     }
 
     /// Scans, sends every object then `SourceEvent::Synced` after the first
-    /// full scan (also when the dir is empty or missing), then follows
-    /// changes until `shutdown` is cancelled or the sink's registry is gone.
+    /// scan that could read the directory (also when it is empty, never
+    /// while it is missing or unreadable), then follows changes until
+    /// `shutdown` is cancelled or the sink's registry is gone.
     ///
     /// File system work and parsing run on tokio's blocking pool. The
     /// registry being gone is noticed at the next event sent.
     pub async fn run(self, sink: EventSink, shutdown: CancellationToken) {
         // Blocking threads do not inherit the task's subscriber; hand it over.
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
-        let mut scanner = Some(Scanner::new(self.dir.clone()));
+        let mut scanner = Some(Scanner::new(self.dir.clone(), self.health.clone()));
         let mut synced = false;
         loop {
             let mut s = scanner.take().expect("put back after every poll");
@@ -83,13 +108,13 @@ impl ManifestSource {
             // the registry works while the first scan is still parsing.
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<SourceEvent>>(4);
             let mut poll = tokio::task::spawn_blocking(move || {
-                tracing::dispatcher::with_default(&d, || {
+                let answered = tracing::dispatcher::with_default(&d, || {
                     s.poll(&mut |events| {
                         // Fails only when the task below has stopped listening.
                         let _ = tx.blocking_send(events);
                     })
                 });
-                s
+                (s, answered)
             });
             let mut polled = None;
             let forward = async {
@@ -104,22 +129,26 @@ impl ManifestSource {
                         else => break,
                     }
                 }
-                // Everything the poll found is sent: after the first, the registry is synced.
-                if !synced {
+                // Everything the first poll that read the directory found is
+                // sent: the registry is synced.
+                let answered = matches!(polled, Some(Ok((_, true))));
+                if !synced && answered {
                     sink.send(SourceEvent::Synced).await?;
                 }
-                Ok::<_, edgemesh_core::registry::RegistryClosed>(())
+                Ok::<_, edgemesh_core::registry::RegistryClosed>(answered)
             };
             tokio::select! {
-                sent = forward => if sent.is_err() {
-                    tracing::debug!(dir = %self.dir.display(), "registry stopped; manifest source exits");
-                    return;
+                sent = forward => match sent {
+                    Ok(answered) => synced |= answered,
+                    Err(_) => {
+                        tracing::debug!(dir = %self.dir.display(), "registry stopped; manifest source exits");
+                        return;
+                    }
                 },
                 () = shutdown.cancelled() => return,
             }
-            synced = true;
             scanner = Some(match polled.expect("the poll ended") {
-                Ok(s) => s,
+                Ok((s, _)) => s,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(_) => return, // the runtime is shutting down
             });
@@ -128,34 +157,6 @@ impl ManifestSource {
                 () = shutdown.cancelled() => return,
             }
         }
-    }
-}
-
-/// Identity and version of a file as `stat` sees it (symlinks followed).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stat {
-    mtime: Option<SystemTime>,
-    size: u64,
-    ino: u64,
-    dev: u64,
-}
-
-impl Stat {
-    fn of(m: &std::fs::Metadata) -> Self {
-        #[cfg(unix)]
-        let (ino, dev) = {
-            use std::os::unix::fs::MetadataExt;
-            (m.ino(), m.dev())
-        };
-        #[cfg(not(unix))]
-        let (ino, dev) = (0, 0);
-        Stat { mtime: m.modified().ok(), size: m.len(), ino, dev }
-    }
-
-    /// Whether the stat data may not change on a further write (see
-    /// [`RACY_WINDOW`]).
-    fn racy(&self, now: SystemTime) -> bool {
-        self.mtime.is_none_or(|t| t + RACY_WINDOW > now)
     }
 }
 
@@ -173,22 +174,14 @@ struct FileState {
     parse_problem: Option<String>,
 }
 
-/// What the directory looked like at the last poll, to log changes once.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum DirState {
-    Unknown,
-    Missing,
-    Empty,
-    Unreadable(String),
-    Ok,
-}
-
 /// The synchronous half of the source: one [`Scanner::poll`] per interval.
 pub(crate) struct Scanner {
     dir: PathBuf,
     files: HashMap<FileId, FileState>,
     index: Index,
     dir_state: DirState,
+    health: Arc<SourceHealth>,
+    /// No listing has been read yet.
     first: bool,
 }
 
@@ -199,16 +192,19 @@ struct Changed {
 }
 
 impl Scanner {
-    pub(crate) fn new(dir: PathBuf) -> Self {
-        Self { dir, files: HashMap::new(), index: Index::default(), dir_state: DirState::Unknown, first: true }
+    pub(crate) fn new(dir: PathBuf, health: Arc<SourceHealth>) -> Self {
+        let (files, index) = (HashMap::new(), Index::default());
+        Self { dir, files, index, dir_state: DirState::Unknown, health, first: true }
     }
 
     /// One scan: hands `emit` the events that bring the registry up to
-    /// date, file by file in file order.
-    pub(crate) fn poll(&mut self, emit: &mut dyn FnMut(Vec<SourceEvent>)) {
+    /// date, file by file in file order. Returns whether the directory
+    /// could be read (the scan is then the whole truth); when it could not,
+    /// nothing is emitted and the objects read before stay.
+    pub(crate) fn poll(&mut self, emit: &mut dyn FnMut(Vec<SourceEvent>)) -> bool {
         let now = SystemTime::now();
         let mut out = Vec::new();
-        let Some(listing) = self.list() else { return };
+        let Some(listing) = self.list() else { return false };
 
         // Files that are gone: their objects go too.
         let gone: Vec<FileId> = self.files.keys().filter(|f| !listing.contains_key(*f)).cloned().collect();
@@ -308,6 +304,7 @@ impl Scanner {
                 );
             }
         }
+        true
     }
 
     /// Reads again the files holding definitions the index needs (objects
@@ -330,64 +327,6 @@ impl Scanner {
                 }
             }
         }
-    }
-
-    /// Manifest files in the directory with their stat; `None` when the
-    /// directory cannot be read (state is kept as it was).
-    fn list(&mut self) -> Option<HashMap<FileId, io::Result<Stat>>> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.set_dir_state(DirState::Missing);
-                return Some(HashMap::new());
-            }
-            Err(e) => {
-                self.set_dir_state(DirState::Unreadable(e.to_string()));
-                return None;
-            }
-        };
-        let mut listing = HashMap::with_capacity(self.files.len());
-        for entry in entries {
-            let Ok(entry) = entry else { continue };
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            // Dotfiles are skipped: ConfigMap volumes keep `..data` and
-            // `..<timestamp>` there, and editors their swap files.
-            if name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
-                continue;
-            }
-            let path = entry.path();
-            let stat = match std::fs::metadata(&path) {
-                Ok(m) if m.is_file() => Ok(Stat::of(&m)),
-                Ok(_) => continue,                                         // a directory
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // a dangling symlink
-                Err(e) => Err(e),
-            };
-            let file = match self.files.get_key_value(path.as_path()) {
-                Some((file, _)) => file.clone(),
-                None => FileId::from(path),
-            };
-            listing.insert(file, stat);
-        }
-        self.set_dir_state(if listing.is_empty() { DirState::Empty } else { DirState::Ok });
-        Some(listing)
-    }
-
-    fn set_dir_state(&mut self, state: DirState) {
-        if self.dir_state == state {
-            return;
-        }
-        let dir = self.dir.display();
-        match &state {
-            DirState::Missing => tracing::info!(%dir, "manifest directory does not exist (yet); waiting for it"),
-            DirState::Empty => tracing::info!(%dir, "no manifest files (*.yaml, *.yml) in the directory; waiting"),
-            DirState::Unreadable(e) => {
-                tracing::warn!(%dir, reason = %e, "cannot read the manifest directory; keeping the objects loaded so far")
-            }
-            DirState::Ok if self.dir_state != DirState::Unknown => tracing::info!(%dir, "manifest files found"),
-            DirState::Ok | DirState::Unknown => {}
-        }
-        self.dir_state = state;
     }
 }
 

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use edgemesh_core::{LbStrategy, Registry, RegistryConfig, RegistryHandle, ServiceKey, Snapshot};
+use edgemesh_core::{
+    Connection, LbStrategy, Registry, RegistryConfig, RegistryHandle, ServiceKey, Snapshot, SourceHealth,
+};
 use edgemesh_manifests::ManifestSource;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -83,6 +85,7 @@ struct Agent {
     source: JoinHandle<()>,
     registry: JoinHandle<()>,
     logs: Logs,
+    health: Arc<SourceHealth>,
 }
 
 fn start(dir: &Path) -> Agent {
@@ -98,8 +101,9 @@ fn start(dir: &Path) -> Agent {
     let subscriber = tracing_subscriber::registry().with(logs.clone());
     let shutdown = CancellationToken::new();
     let source = ManifestSource::new(dir, POLL);
+    let health = source.health().clone();
     let source = tokio::spawn(source.run(sink, shutdown.clone()).with_subscriber(subscriber));
-    Agent { snapshots, shutdown, source, registry, logs }
+    Agent { snapshots, shutdown, source, registry, logs, health }
 }
 
 impl Agent {
@@ -334,24 +338,87 @@ async fn broken_new_file_does_not_block_sync_or_others() {
     agent.stop().await;
 }
 
+/// Long enough for several polls: to see that something does *not* happen.
+const SEVERAL_POLLS: Duration = Duration::from_millis(8 * POLL.as_millis() as u64);
+
+fn dir_warnings(logs: &Logs, dir: &Path) -> Vec<Record> {
+    logs.matching(|r| r.level == Level::WARN && r.field("dir") == dir.display().to_string())
+}
+
 #[tokio::test]
-async fn missing_directory_syncs_then_is_picked_up() {
+async fn a_missing_directory_has_not_answered_and_keeps_the_last_state() {
     let parent = tempfile::tempdir().unwrap();
     let dir: PathBuf = parent.path().join("manifests");
     let mut agent = start(&dir);
-    let snap = agent.synced().await;
-    assert!(snap.is_empty());
-    agent.logs.wait_for("waiting logged", |r| r.level == Level::INFO).await;
+    let warned = agent.logs.wait_for("the missing directory reported", |r| r.level == Level::WARN).await;
+    assert!(warned.field("reason").contains("does not exist"), "{warned:?}");
+    assert_eq!(warned.field("dir"), dir.display().to_string());
+    // A missing directory is not an empty one: the source has not answered.
+    tokio::time::sleep(SEVERAL_POLLS).await;
+    assert!(!agent.snapshots.borrow().synced, "a missing directory is no answer");
+    assert_eq!(dir_warnings(&agent.logs, &dir).len(), 1, "reported once, not every poll");
+    let health = agent.health.report();
+    assert_eq!(health.connection, Connection::Disconnected);
+    let error = health.last_error.unwrap();
+    assert!(error.contains(&dir.display().to_string()) && error.contains("does not exist"), "{error}");
 
     std::fs::create_dir(&dir).unwrap();
     write(&dir, "a.yaml", &svc("a", 80));
-    agent.wait("a loaded", |s| has(s, "a")).await;
-    let waiting = agent.logs.matching(|r| r.field("message").contains("does not exist"));
-    assert_eq!(waiting.len(), 1, "logged once");
+    write(&dir, "b.yaml", &svc("b", 80));
+    agent.wait("a and b loaded, synced", |s| s.synced && has(s, "a") && has(s, "b")).await;
+    assert_eq!(agent.health.report().connection, Connection::Connected);
 
-    // The directory going away takes its objects with it.
-    std::fs::remove_dir_all(&dir).unwrap();
-    agent.wait("a gone", |s| !has(s, "a")).await;
+    // Moved away while running: the last state read stays in force.
+    let aside = parent.path().join("aside");
+    std::fs::rename(&dir, &aside).unwrap();
+    let gone = |r: &Record| r.level == Level::WARN && r.field("message").contains("keeping the state last read");
+    agent.logs.wait_for("the lost directory reported", gone).await;
+    tokio::time::sleep(SEVERAL_POLLS).await;
+    let snap = agent.snapshots.borrow().clone();
+    assert!(has(&snap, "a") && has(&snap, "b"), "the state stays while the directory is gone");
+    assert_eq!(agent.health.report().connection, Connection::Disconnected);
+    assert_eq!(dir_warnings(&agent.logs, &dir).len(), 2, "one warning per outage");
+
+    // Back with one file fewer: its content is the truth again.
+    std::fs::remove_file(aside.join("a.yaml")).unwrap();
+    std::fs::rename(&aside, &dir).unwrap();
+    let snap = agent.wait("a gone", |s| !has(s, "a")).await;
+    assert!(has(&snap, "b"));
+    assert_eq!(agent.health.report().connection, Connection::Connected);
+    assert_eq!(agent.logs.matching(|r| r.field("message").contains("content is the state now")).len(), 2);
+
+    // An existing empty directory is authoritative: everything goes.
+    std::fs::remove_file(dir.join("b.yaml")).unwrap();
+    agent.wait("b gone", |s| s.is_empty()).await;
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreadable_directory_keeps_the_last_state() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir: PathBuf = parent.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    write(&dir, "a.yaml", &svc("a", 80));
+    let mut agent = start(&dir);
+    agent.wait("a loaded", |s| s.synced && has(s, "a")).await;
+
+    // A file where the directory was: read_dir fails with ENOTDIR (root
+    // ignores permission bits, so this is the error a test can make).
+    let aside = parent.path().join("aside");
+    std::fs::rename(&dir, &aside).unwrap();
+    std::fs::write(&dir, "not a directory").unwrap();
+    let warned = agent.logs.wait_for("the unreadable directory reported", |r| r.level == Level::WARN).await;
+    assert!(warned.field("reason").to_lowercase().contains("not a directory"), "{warned:?}");
+    tokio::time::sleep(SEVERAL_POLLS).await;
+    assert!(has(&agent.snapshots.borrow(), "a"), "the state stays");
+    let error = agent.health.report().last_error.unwrap();
+    assert!(error.contains("cannot read the manifest directory"), "{error}");
+
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(&aside, &dir).unwrap();
+    write(&dir, "b.yaml", &svc("b", 80));
+    agent.wait("b loaded", |s| has(s, "a") && has(s, "b")).await;
+    assert_eq!(agent.health.report().connection, Connection::Connected);
     agent.stop().await;
 }
 

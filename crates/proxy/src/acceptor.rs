@@ -34,7 +34,8 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
-use crate::connection::{self, LogLimiter, Pool, Shared, lock};
+use crate::connection::{self, Shared};
+use crate::pool::{LogLimiter, Pool, lock};
 
 /// Connections accepted from one socket before the others get their turn.
 const ACCEPTS_PER_ROUND: usize = 32;
@@ -290,7 +291,7 @@ fn accept_some(entry: &Entry, worker: usize, shared: &Arc<Shared>, errors: &LogL
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connection::Targets;
+    use crate::pool::Targets;
     use edgemesh_core::{LbStrategy, ServiceKey};
     use std::sync::atomic::Ordering;
 

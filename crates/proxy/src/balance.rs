@@ -6,6 +6,7 @@
 //! when one refuses or times out, so a dead endpoint costs a retry, never a
 //! failed client.
 //!
+//! - [`same_family`]: a frontend uses the endpoints of its own family only.
 //! - [`topology`]: which endpoints a service port uses and which it prefers
 //!   (`internalTrafficPolicy: Local`, `trafficDistribution: PreferClose`).
 //! - [`Balancer`]: `RoundRobin` (a shared counter: an exact even spread over
@@ -105,7 +106,25 @@ pub fn attempt_order(start: usize, n: usize) -> impl Iterator<Item = usize> {
 }
 
 // ---------------------------------------------------------------------------
-// Topology
+// Family and topology
+
+/// The endpoints of one family (IPv6 or IPv4), as kube-proxy chooses them:
+/// a frontend (VIP, cluster IP, node port reached over IPv4 or IPv6) uses
+/// only endpoints of its own family, never the other one. A family with no
+/// endpoint gives none: the connection is refused, not sent across.
+///
+/// An endpoint's family is its address': a slice's `addressType` is checked
+/// against every address when the slice is read (`FQDN` slices are
+/// skipped), and legacy Endpoints have no `addressType`.
+///
+/// The list is shared when it is all of one family (the usual
+/// single-stack service): nothing is copied.
+pub fn same_family(backends: &Arc<[Backend]>, ipv6: bool) -> Arc<[Backend]> {
+    if backends.iter().all(|b| b.addr.is_ipv6() == ipv6) {
+        return backends.clone();
+    }
+    backends.iter().filter(|b| b.addr.is_ipv6() == ipv6).cloned().collect()
+}
 
 /// The endpoints a service port uses, preferred ones first, and how many are
 /// preferred (`backends[..preferred]`; all of them when nothing is).

@@ -17,28 +17,27 @@
 //! direction states; `tests::connection_future_stays_small` bounds it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use edgemesh_core::{Backend, HashKey, LbStrategy, ResolvedPort, ServiceEntry, ServiceKey, SessionAffinity};
+use edgemesh_core::{HashKey, LbStrategy};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::balance::{self, AFFINITY_CAPACITY, Affinity, Balancer, Health, Lead, Ring};
+use crate::balance;
 use crate::error::ProxyError;
+use crate::pool::Pool;
 use crate::remote::{Reach, RemoteStream};
+use crate::routes::Routes;
 use crate::{ProxyConfig, ProxyStatus, splice};
 
 mod header;
-mod log_limit;
 use header::peek_header;
 pub use header::{HEADER_PEEK_MAX, HEADER_PEEK_WAIT};
 #[cfg(test)]
 use header::{Header, find_header};
-pub(crate) use log_limit::LogLimiter;
 
 /// State shared by the proxy task, listeners and connections.
 #[derive(Debug)]
@@ -50,234 +49,11 @@ pub(crate) struct Shared {
     /// Cancelled at shutdown: connections close.
     pub(crate) stop: CancellationToken,
     /// Service addresses served through the transparent listener.
-    pub(crate) routes: crate::transparent::Routes,
+    pub(crate) routes: Routes,
     /// Which endpoints are dialled directly and which through the tunnel.
     pub(crate) reach: Reach,
     /// The threads connections run on.
     pub(crate) workers: crate::workers::Workers,
-}
-
-/// What one listener forwards to; replaced in place when endpoints change.
-#[derive(Debug)]
-pub struct Targets {
-    pub strategy: LbStrategy,
-    pub hash_key: HashKey,
-    /// `sessionAffinity: ClientIP` timeout, if set.
-    pub affinity: Option<Duration>,
-    /// Idle timeout of UDP sessions.
-    pub udp_idle_timeout: Duration,
-    /// The endpoints in use after topology, preferred first.
-    pub backends: Arc<[Backend]>,
-    /// `backends[..preferred]` are preferred (on this node).
-    pub preferred: usize,
-    /// The hash ring, for `ConsistentHash` (boxed: most services have none,
-    /// and every service port keeps its targets).
-    pub ring: Option<Box<Ring>>,
-    /// The registry's endpoint list and topology fields, to tell changes.
-    source: (Arc<[Backend]>, edgemesh_core::InternalTrafficPolicy, Option<edgemesh_core::TrafficDistribution>),
-}
-
-impl Targets {
-    /// Every endpoint, no topology, no affinity: the plain strategies.
-    pub fn new(strategy: LbStrategy, backends: Arc<[Backend]>) -> Self {
-        let preferred = backends.len();
-        let source = (backends.clone(), Default::default(), None);
-        let ring = (strategy == LbStrategy::ConsistentHash).then(|| ring_of(&backends));
-        Self {
-            strategy,
-            hash_key: HashKey::SourceIp,
-            affinity: None,
-            udp_idle_timeout: edgemesh_core::DEFAULT_UDP_IDLE_TIMEOUT,
-            backends,
-            preferred,
-            ring,
-            source,
-        }
-    }
-
-    /// What a service port forwards to, as seen from node `node`.
-    pub fn for_port(entry: &ServiceEntry, port: &ResolvedPort, node: &str) -> Self {
-        let (backends, preferred) =
-            balance::topology(&port.backends, entry.internal_traffic_policy, entry.traffic_distribution, node);
-        let ring = (entry.strategy == LbStrategy::ConsistentHash).then(|| ring_of(&backends));
-        Self {
-            strategy: entry.strategy,
-            hash_key: entry.hash_key.clone(),
-            affinity: match entry.session_affinity {
-                SessionAffinity::None => None,
-                SessionAffinity::ClientIp { timeout_seconds } => Some(Duration::from_secs(timeout_seconds.into())),
-            },
-            udp_idle_timeout: entry.udp_idle_timeout,
-            backends,
-            preferred,
-            ring,
-            source: (port.backends.clone(), entry.internal_traffic_policy, entry.traffic_distribution),
-        }
-    }
-
-    /// Whether `other` forwards the same way (the ring follows the rest).
-    fn same_as(&self, other: &Targets) -> bool {
-        self.strategy == other.strategy
-            && self.hash_key == other.hash_key
-            && self.affinity == other.affinity
-            && self.udp_idle_timeout == other.udp_idle_timeout
-            && self.source.1 == other.source.1
-            && self.source.2 == other.source.2
-            && (Arc::ptr_eq(&self.source.0, &other.source.0) || self.source.0 == other.source.0)
-    }
-}
-
-fn ring_of(backends: &[Backend]) -> Box<Ring> {
-    Box::new(Ring::new(&backends.iter().map(|b| b.addr).collect::<Vec<_>>()))
-}
-
-/// A listener's view of its service port, shared with its connections.
-#[derive(Debug)]
-pub struct Pool {
-    pub service: ServiceKey,
-    /// The service port.
-    pub port: u16,
-    /// The VIP:port listened on.
-    pub addr: SocketAddr,
-    targets: ArcSwap<Targets>,
-    balancer: Balancer,
-    /// Passive health and session affinity, allocated on first use. A std
-    /// mutex: held for a few map operations, never across an await.
-    state: Mutex<Option<Box<PoolState>>>,
-    warnings: LogLimiter,
-}
-
-/// What a pool learns from its connections. Most pools never see a failed
-/// connect or a `ClientIP` service: unallocated, the two tables cost a
-/// pointer instead of ~110 bytes per service port (a megabyte at 10,000).
-#[derive(Debug)]
-struct PoolState {
-    health: Health,
-    affinity: Affinity,
-}
-
-impl PoolState {
-    fn new() -> Box<Self> {
-        Box::new(Self { health: Health::default(), affinity: Affinity::new(AFFINITY_CAPACITY) })
-    }
-
-    fn is_empty(&self) -> bool {
-        self.health.is_empty() && self.affinity.is_empty()
-    }
-}
-
-impl Pool {
-    pub fn new(service: ServiceKey, addr: SocketAddr, targets: Targets) -> Self {
-        Self {
-            service,
-            port: addr.port(),
-            addr,
-            targets: ArcSwap::from_pointee(targets),
-            balancer: Balancer::new(),
-            state: Mutex::new(None),
-            warnings: LogLimiter::default(),
-        }
-    }
-
-    /// Points new connections at `next`; established ones keep theirs.
-    /// Returns whether anything changed.
-    pub fn update(&self, next: Targets) -> bool {
-        let current = self.targets.load();
-        if current.same_as(&next) {
-            return false;
-        }
-        {
-            let mut state = lock(&self.state);
-            if let Some(s) = state.as_mut() {
-                if !s.health.is_empty() {
-                    s.health.retain(|a| next.backends.iter().any(|b| b.addr == *a));
-                }
-                if next.affinity.is_none() && !s.affinity.is_empty() {
-                    s.affinity = Affinity::new(AFFINITY_CAPACITY);
-                }
-                if s.is_empty() {
-                    *state = None;
-                }
-            }
-        }
-        self.targets.store(Arc::new(next));
-        true
-    }
-
-    pub fn targets(&self) -> Arc<Targets> {
-        self.targets.load_full()
-    }
-
-    /// The order in which a new connection from `client` tries `targets`'
-    /// endpoints; `key` is the consistent-hash key (ignored otherwise).
-    pub fn plan(&self, targets: &Targets, client: IpAddr, key: u64) -> Vec<usize> {
-        let now = tokio::time::Instant::now();
-        let n = targets.backends.len();
-        let state = lock(&self.state);
-        let sticky = targets.affinity.and_then(|timeout| {
-            let addr = state.as_ref()?.affinity.get(client, timeout, now)?;
-            targets.backends.iter().position(|b| b.addr == addr)
-        });
-        let pick = |k: usize| self.balancer.pick(targets.strategy, k);
-        let lead = match (&targets.ring, targets.strategy) {
-            (Some(ring), LbStrategy::ConsistentHash) => Lead::Hash(ring, key),
-            _ => Lead::Spread(&pick),
-        };
-        match state.as_deref() {
-            Some(s) if !s.health.is_empty() => balance::plan(n, targets.preferred, lead, sticky, |i| {
-                s.health.is_ejected(&targets.backends[i].addr, now)
-            }),
-            _ => balance::plan(n, targets.preferred, lead, sticky, |_| false),
-        }
-    }
-
-    /// `client` reached `backend`: it is healthy, and the client sticks to
-    /// it when the service asks for affinity.
-    pub fn connected(&self, targets: &Targets, client: IpAddr, backend: SocketAddr) {
-        let mut state = lock(&self.state);
-        if let Some(s) = state.as_mut()
-            && !s.health.is_empty()
-        {
-            s.health.success(&backend);
-        }
-        if let Some(timeout) = targets.affinity {
-            let s = state.get_or_insert_with(PoolState::new);
-            s.affinity.record(client, backend, timeout, tokio::time::Instant::now());
-        }
-    }
-
-    /// `backend` answered (a UDP reply): it is healthy.
-    pub fn healthy(&self, backend: &SocketAddr) {
-        let mut state = lock(&self.state);
-        if let Some(s) = state.as_mut()
-            && !s.health.is_empty()
-        {
-            s.health.success(backend);
-        }
-    }
-
-    /// A connect to `backend` failed: eject it for a while.
-    pub fn failed(&self, backend: SocketAddr) {
-        let backoff =
-            lock(&self.state).get_or_insert_with(PoolState::new).health.failure(backend, tokio::time::Instant::now());
-        tracing::debug!(service = %self.service, endpoint = %backend, ?backoff, "endpoint ejected");
-    }
-
-    /// Logs a connection problem at warn, at most once per interval per
-    /// listener, and at debug otherwise.
-    pub(crate) fn report(&self, error: &ProxyError) {
-        if self.warnings.allow() {
-            tracing::warn!(service = %self.service, listener = %self.addr, kind = error.kind(), "{error}");
-        } else {
-            tracing::debug!(service = %self.service, listener = %self.addr, kind = error.kind(), "{error}");
-        }
-    }
-}
-
-/// Locks a mutex, recovering from poisoning: the guarded tables stay
-/// consistent after any panic (each operation is a few map updates).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Counts a connection as active until dropped.
@@ -406,10 +182,10 @@ async fn forward_remote(mut client: TcpStream, mut stream: RemoteStream) -> std:
 async fn connect(pool: &Pool, client: &TcpStream, peer: IpAddr, shared: &Shared) -> Result<Upstream, ProxyError> {
     let config = &shared.config;
     let timeout = config.connect_timeout;
-    let targets = pool.targets.load_full();
+    let targets = pool.targets();
     let n = targets.backends.len();
     if n == 0 {
-        return Err(ProxyError::NoBackends { service: pool.service.clone(), port: pool.port });
+        return Err(pool.no_backends(&targets));
     }
     let key = match (&targets.strategy, &targets.hash_key) {
         (LbStrategy::ConsistentHash, HashKey::Header(name)) => match peek_header(client, name).await {

@@ -47,6 +47,12 @@ pub enum ProxyError {
     )]
     NoBackends { service: ServiceKey, port: u16 },
 
+    #[error(
+        "service {service} port {port} has no {family} endpoints (only endpoints of the other family, which \
+         an {family} address never forwards to, as with kube-proxy); connection refused"
+    )]
+    NoBackendsInFamily { service: ServiceKey, port: u16, family: &'static str },
+
     #[error("all {tried} endpoints of service {service} port {port} failed; the last one: {last}")]
     AllBackendsFailed { service: ServiceKey, port: u16, tried: usize, last: Box<ProxyError> },
 
@@ -96,7 +102,14 @@ impl ProxyError {
         )
     }
 
-    /// A short label for metrics and structured logs.
+    /// Whether this is the service working as specified rather than a
+    /// problem to warn about: an address of a family the service has no
+    /// endpoints in refuses, as kube-proxy's does.
+    pub fn is_expected(&self) -> bool {
+        matches!(self, ProxyError::NoBackendsInFamily { .. })
+    }
+
+    /// A short label for structured logs (their `kind` field).
     pub fn kind(&self) -> &'static str {
         match self {
             ProxyError::Bind { .. } => "bind",
@@ -107,6 +120,7 @@ impl ProxyError {
             ProxyError::Remote { .. } => "remote",
             ProxyError::RemoteTimedOut { .. } => "remote_timeout",
             ProxyError::NoBackends { .. } => "no_backends",
+            ProxyError::NoBackendsInFamily { .. } => "no_backends_in_family",
             ProxyError::AllBackendsFailed { .. } => "all_backends_failed",
             ProxyError::OverLimit { .. } => "over_limit",
             ProxyError::UdpSessionLimit { .. } => "udp_session_limit",

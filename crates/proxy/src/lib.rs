@@ -6,9 +6,13 @@
 //! - [`balance`]: pure endpoint choice (round robin, random, consistent
 //!   hash, ClientIP affinity, topology, passive health) and the order in
 //!   which a connection tries endpoints; no I/O, property-tested.
+//! - [`pool`]: a listener's view of its service port: its targets (the
+//!   endpoints of the listener's address family, after topology), passive
+//!   health and affinity, rate-limited reporting.
 //! - [`listeners`]: follows registry snapshots through
 //!   `Snapshot::changes_since`, binds and closes listening sockets, swaps
-//!   backend lists in place.
+//!   targets in place; `listeners::desired` says, without I/O, which
+//!   listeners (one per family) a service wants.
 //! - `bind`: listening sockets; a TCP service address is a group of
 //!   sockets, one per worker (`SO_REUSEPORT`).
 //! - `acceptor`: a task per worker accepting on its socket of every TCP
@@ -20,17 +24,22 @@
 //!   runtime each; a connection runs on the worker that accepted it.
 //! - [`udp`]: UDP service ports: a session per client address, each with a
 //!   connected socket to its endpoint, replies sent from the service
-//!   address, idle expiry, a bound on sessions.
+//!   address, idle expiry, a bound on sessions; an endpoint that answers
+//!   with ICMP port unreachable is ejected.
 //! - [`transparent`]: with interception on, one listener for every
 //!   intercepted service address: the original destination
-//!   (`SO_ORIGINAL_DST`) picks the service port's pool; TCP VIP listeners
-//!   are then not bound (nftables redirects VIPs too).
+//!   (`SO_ORIGINAL_DST`) picks the service port's pool of that family in
+//!   `routes`; TCP VIP listeners are then not bound (nftables redirects
+//!   VIPs too).
 //! - [`remote`]: endpoints on other nodes, opened through the tunnel the
 //!   agent hands in (the proxy knows nothing of its transport).
 //! - [`splice`]: zero-copy forwarding with `splice(2)` through a pipe per
 //!   direction, taken from a small pool only while data moves; half-close
 //!   passes through; small copy fallback when splice is unavailable.
 //! - [`error`]: operator-facing error messages.
+//!
+//! Modules depend one way: `listeners` -> `acceptor`, `transparent` ->
+//! `connection` -> `routes` -> `pool` -> `balance`.
 //!
 //! # Data flow
 //!
@@ -54,7 +63,9 @@ mod bind;
 pub mod connection;
 pub mod error;
 pub mod listeners;
+pub mod pool;
 pub mod remote;
+mod routes;
 pub mod splice;
 pub mod transparent;
 pub mod udp;
@@ -183,7 +194,9 @@ impl Default for ProxyConfig {
     }
 }
 
-/// Live counters, read by `/readyz` and metrics.
+/// Live counters. The agent's `/readyz` reads `applied_generation`; the
+/// others are for tests and diagnostics (no metrics endpoint exports them
+/// yet).
 #[derive(Debug, Default)]
 pub struct ProxyStatus {
     /// Generation of the last snapshot whose listeners are reconciled.
@@ -315,7 +328,7 @@ impl Proxy {
             status: status.clone(),
             tracker: TaskTracker::new(),
             stop: shutdown.child_token(),
-            routes: transparent::Routes::default(),
+            routes: routes::Routes::default(),
             reach,
         });
         // Each worker accepts on its socket of each transparent group.

@@ -40,13 +40,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use edgemesh_core::{Protocol, ResolvedPort, ServiceEntry, ServiceKey, Snapshot};
+use edgemesh_core::{Protocol, ServiceEntry, ServiceKey, Snapshot};
 use tokio::task::JoinHandle;
 
 use crate::acceptor::{Acceptor, Token};
 use crate::bind::{bind_udp, tcp_group};
-use crate::connection::{Pool, Shared, Targets};
+use crate::connection::Shared;
 use crate::error::ProxyError;
+use crate::pool::{Pool, Targets};
+
+mod desired;
+use desired::{changed_between, desired_listeners, routes_of};
 
 /// One VIP:port/protocol of a service (its address is the pool's). One
 /// per service port stays for as long as the service: 48 bytes.
@@ -324,14 +328,9 @@ impl Reconciler {
         let mut unbound = false;
         for (addr, protocol, port) in desired {
             let entry = entry.expect("desired listeners come from an entry");
-            let targets = Targets::for_port(entry, port, node);
+            let targets = Targets::for_port(entry, port, addr.ip(), node);
             let routed = transparent && protocol == Protocol::Tcp;
-            let routes: Box<[SocketAddr]> = if routed {
-                let node_port = port.node_port.map(crate::transparent::node_port_route);
-                entry.ips().map(|ip| SocketAddr::new(ip, port.port)).chain(node_port).collect()
-            } else {
-                Box::default()
-            };
+            let routes = if routed { routes_of(entry, port, addr) } else { Box::default() };
             if let Some(existing) = next.iter_mut().find(|l| l.addr() == addr && l.protocol == protocol) {
                 let backends = targets.backends.len();
                 if existing.pool.update(targets) {
@@ -422,73 +421,6 @@ impl Reconciler {
     fn publish_counts(&self) {
         self.shared.status.bind_failures.store(self.waiting, Ordering::Relaxed);
     }
-}
-
-/// Keys of the services whose entries differ between `old` (nothing yet
-/// when `None`) and `new`, in order: one walk over both maps in key order.
-/// The registry replaces an entry only when it changes, so an unchanged
-/// service is the same `Arc` in both; a generation of 50,000 changes among
-/// 100,000 services then visits 50,000 services, not 100,000.
-fn changed_between(old: Option<&Snapshot>, new: &Snapshot) -> Vec<ServiceKey> {
-    let mut old = old.into_iter().flat_map(|s| s.services()).peekable();
-    let mut new = new.services().peekable();
-    let mut keys = Vec::new();
-    loop {
-        let order = match (old.peek(), new.peek()) {
-            (None, None) => return keys,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some(o), Some(n)) => o.key.cmp(&n.key),
-        };
-        match order {
-            std::cmp::Ordering::Less => keys.push(old.next().expect("peeked").key.clone()),
-            std::cmp::Ordering::Greater => keys.push(new.next().expect("peeked").key.clone()),
-            std::cmp::Ordering::Equal => {
-                let (o, n) = (old.next().expect("peeked"), new.next().expect("peeked"));
-                if !Arc::ptr_eq(o, n) {
-                    keys.push(n.key.clone());
-                }
-            }
-        }
-    }
-}
-
-/// The address:port/protocol pairs a service should have listeners for,
-/// with their ports: each VIP (IPv4 and IPv6) with each TCP and UDP port
-/// (SCTP is not proxied); with interception, TCP ports once each, served
-/// through the transparent listener under every address of the service
-/// (so a service without a VIP is still served by its cluster IPs).
-fn desired_listeners<'a>(
-    entry: Option<&'a ServiceEntry>,
-    transparent: bool,
-) -> Vec<(SocketAddr, Protocol, &'a ResolvedPort)> {
-    let Some(entry) = entry else { return Vec::new() };
-    let mut out: Vec<(SocketAddr, Protocol, &'a ResolvedPort)> = Vec::with_capacity(entry.ports.len());
-    let mut push = |addr: SocketAddr, port: &'a ResolvedPort| {
-        if !out.iter().any(|(a, p, _)| *a == addr && *p == port.protocol) {
-            out.push((addr, port.protocol, port));
-        }
-    };
-    for port in &entry.ports {
-        match port.protocol {
-            // Through the transparent listener: one pool per port, found
-            // under every address of the service (see `reconcile_service`),
-            // keyed here by its first address.
-            Protocol::Tcp if transparent => {
-                if let Some(first) = entry.ips().next() {
-                    push(SocketAddr::new(first, port.port), port);
-                }
-            }
-            // A listener on each VIP (one per family).
-            Protocol::Tcp | Protocol::Udp => {
-                for vip in entry.vips() {
-                    push(SocketAddr::new(vip, port.port), port);
-                }
-            }
-            Protocol::Sctp => {}
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -8,24 +8,23 @@
 //! connection then takes the same path as one accepted on a VIP listener
 //! (admission, balancing, retries, splice).
 //!
-//! [`Routes`] maps each service address to its port's pool. The listener
-//! reconciler keeps it in step with the snapshots: one write lock per
-//! changed service, held for a few map operations, so a resync never
-//! stalls accepts for long.
-//!
-//! A node port is found by its port alone: nftables redirects it only when
-//! sent to one of the node's own addresses (`fib daddr type local`).
+//! `crate::routes` maps each service address to its port's pool of that
+//! address' family. A node port is found by its port alone (and the family
+//! of the address it was sent to): nftables redirects it only when sent to
+//! one of the node's own addresses (`fib daddr type local`).
 //!
 //! A connection whose original destination is no known service (a race
 //! with a removal) is reset: it is never forwarded to the listener again.
+//! So is one to a node port of a service that has no address in the
+//! family it came in on (logged at debug: kube-proxy does not serve it
+//! either).
 //! Connections to the listener's port itself, not redirected, never get
 //! here: the interceptor's table drops them (`input` chain).
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustix::net::SocketFlags;
@@ -33,61 +32,8 @@ use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::connection::{self, LogLimiter, Pool, Shared};
-
-/// Service address (cluster IP or VIP, and port) -> the pool serving it.
-#[derive(Debug, Default)]
-pub(crate) struct Routes {
-    map: RwLock<HashMap<SocketAddr, Arc<Pool>>>,
-}
-
-impl Routes {
-    /// The pool for a connection originally sent to `dst`: the service
-    /// address itself, else a node port (nftables redirects a node port
-    /// only when sent to one of the node's own addresses, which are no
-    /// service addresses).
-    pub(crate) fn lookup(&self, dst: &SocketAddr) -> Option<Arc<Pool>> {
-        let dst = normalize(*dst);
-        let map = self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(&dst).or_else(|| map.get(&node_port_route(dst.port()))).cloned()
-    }
-
-    /// Removes `old` and inserts `new` in one step (no moment where a
-    /// kept address is missing).
-    pub(crate) fn replace(&self, old: &[SocketAddr], new: &[(SocketAddr, Arc<Pool>)]) {
-        if old.is_empty() && new.is_empty() {
-            return;
-        }
-        let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for addr in old {
-            map.remove(addr);
-        }
-        for (addr, pool) in new {
-            map.insert(*addr, pool.clone());
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
-    }
-}
-
-/// The key under which the pool of a node port is found: the port on the
-/// unspecified address (any address of the node).
-pub(crate) fn node_port_route(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
-}
-
-/// An IPv4-mapped IPv6 address is the IPv4 address.
-fn normalize(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
-    }
-}
+use crate::connection::{self, Shared};
+use crate::pool::LogLimiter;
 
 /// The bound transparent listening sockets: a group per family (IPv4, and
 /// IPv6 when the host has it), a socket per worker (see `bind`).
@@ -204,7 +150,10 @@ pub(crate) async fn accept_loop(
                     Ok(d) => format!("intercepted connection from {peer} to {d}, which is no service port; reset"),
                     Err(e) => format!("connection from {peer} to the transparent port was not redirected ({e}); reset"),
                 };
-                if misses.allow() {
+                let other_family = dst.as_ref().is_ok_and(|d| shared.routes.is_node_port_of_other_family(d));
+                if other_family {
+                    tracing::debug!("{message} (its service has no address of this family)");
+                } else if misses.allow() {
                     tracing::warn!("{message}");
                 } else {
                     tracing::debug!("{message}");
@@ -212,46 +161,5 @@ pub(crate) async fn accept_loop(
                 let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::connection::Targets;
-    use edgemesh_core::{LbStrategy, ServiceKey};
-
-    fn pool(addr: &str) -> Arc<Pool> {
-        Arc::new(Pool::new(
-            ServiceKey::new("default", "web"),
-            addr.parse().unwrap(),
-            Targets::new(LbStrategy::RoundRobin, Arc::from(Vec::new())),
-        ))
-    }
-
-    #[test]
-    fn routes_follow_replacements() {
-        let routes = Routes::default();
-        let vip: SocketAddr = "127.251.0.1:80".parse().unwrap();
-        let cluster: SocketAddr = "10.96.0.10:80".parse().unwrap();
-        let p = pool("127.251.0.1:80");
-        routes.replace(&[], &[(vip, p.clone()), (cluster, p.clone())]);
-        assert!(Arc::ptr_eq(&routes.lookup(&cluster).unwrap(), &p));
-        assert!(routes.lookup(&"10.96.0.10:81".parse().unwrap()).is_none(), "another port is another service port");
-        // The cluster IP changes: the old address goes, the kept one stays.
-        let moved: SocketAddr = "10.96.0.11:80".parse().unwrap();
-        routes.replace(&[vip, cluster], &[(vip, p.clone()), (moved, p.clone())]);
-        assert!(routes.lookup(&cluster).is_none());
-        assert!(routes.lookup(&moved).is_some() && routes.lookup(&vip).is_some());
-        assert_eq!(routes.len(), 2);
-        // An IPv4-mapped destination is the IPv4 one.
-        assert!(routes.lookup(&"[::ffff:10.96.0.11]:80".parse().unwrap()).is_some());
-        // A node port is found on any (node) address, IPv4 or IPv6; the
-        // service's own addresses win.
-        let np = pool("127.251.0.2:80");
-        routes.replace(&[], &[(node_port_route(30080), np.clone())]);
-        assert!(Arc::ptr_eq(&routes.lookup(&"192.0.2.1:30080".parse().unwrap()).unwrap(), &np));
-        assert!(Arc::ptr_eq(&routes.lookup(&"[2001:db8::1]:30080".parse().unwrap()).unwrap(), &np));
-        assert!(routes.lookup(&"192.0.2.1:30081".parse().unwrap()).is_none());
     }
 }

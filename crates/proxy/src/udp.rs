@@ -40,14 +40,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::balance;
-use crate::connection::{Pool, Shared};
+use crate::connection::Shared;
 use crate::error::ProxyError;
+use crate::pool::Pool;
 
 /// Larger than any UDP payload (65,507 bytes over IPv4, 65,527 over IPv6).
 const MAX_DATAGRAM: usize = 65_536;
@@ -219,7 +221,7 @@ impl Port {
         }
         let targets = self.pool.targets();
         if targets.backends.is_empty() {
-            self.pool.report(&ProxyError::NoBackends { service: self.pool.service.clone(), port: self.pool.port });
+            self.pool.report(&self.pool.no_backends(&targets));
             return None;
         }
         let key = balance::hash_ip(client.ip());
@@ -253,9 +255,10 @@ impl Port {
             };
             let (link, task) = match (local, remote) {
                 (Some(socket), _) => {
-                    // A local endpoint's socket is connected: the session counts
-                    // as reaching it (a refusal surfaces on a later send).
-                    self.pool.connected(&targets, client.ip(), backend);
+                    // Connected, but not known to be listening: the first reply
+                    // clears an ejection, a refusal (ICMP port unreachable)
+                    // ejects it again for longer.
+                    self.pool.session_opened(&targets, client.ip(), backend);
                     let task = tokio::spawn(relay_replies(Relay { backend_socket: socket.clone(), ends }));
                     (Link::Local(socket), task)
                 }
@@ -359,11 +362,13 @@ async fn relay_replies(r: Relay) {
     let mut answered = false;
     loop {
         tokio::select! {
-            ready = r.backend_socket.readable() => {
-                if ready.is_err() {
-                    break;
-                }
-                match r.relay_batch() {
+            // ERROR too: an ICMP error (port unreachable) makes the socket
+            // report an error, not readability, and a session whose client
+            // sends once (a DNS query) would never see it otherwise.
+            ready = r.backend_socket.ready(Interest::READABLE | Interest::ERROR) => {
+                let Ok(ready) = ready else { break };
+                let pending = if ready.is_error() { r.pending_error() } else { None };
+                match pending.map_or_else(|| r.relay_batch(), Err) {
                     Ok(0) => {}
                     Ok(_) => {
                         if !answered {
@@ -401,7 +406,7 @@ async fn relay_remote(
     open: crate::remote::RemoteFuture<crate::remote::RemoteDatagrams>,
     node: Arc<str>,
     mut queued: mpsc::Receiver<Vec<u8>>,
-    (targets, client_ip): (Arc<crate::connection::Targets>, IpAddr),
+    (targets, client_ip): (Arc<crate::pool::Targets>, IpAddr),
     e: SessionEnds,
 ) {
     let timeout = e.shared.reach.timeout();
@@ -451,6 +456,18 @@ impl SessionEnds {
 }
 
 impl Relay {
+    /// The error an ICMP message left on the socket (port unreachable:
+    /// `ECONNREFUSED`), taken off it; `None`, with the error readiness
+    /// cleared, when there is none.
+    fn pending_error(&self) -> Option<io::Error> {
+        let socket = &self.backend_socket;
+        let taken = socket.try_io(Interest::ERROR, || match socket.take_error()? {
+            Some(error) => Ok(error),
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        });
+        taken.ok()
+    }
+
     /// Moves up to [`BATCH`] queued replies to the client; the number moved.
     fn relay_batch(&self) -> io::Result<usize> {
         BUF.with_borrow_mut(|buf| {

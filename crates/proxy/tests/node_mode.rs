@@ -203,7 +203,12 @@ async fn internal_traffic_policy_local_and_prefer_close() {
 
 /// A UDP backend that answers each datagram with `<id>:` and the datagram.
 async fn udp_echo(id: &'static str) -> (SocketAddr, JoinHandle<()>) {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp_echo_on("127.0.0.1:0", id).await
+}
+
+/// [`udp_echo`] bound to `bind` (e.g. `[::1]:0`).
+async fn udp_echo_on(bind: &str, id: &'static str) -> (SocketAddr, JoinHandle<()>) {
+    let socket = UdpSocket::bind(bind).await.unwrap();
     let addr = socket.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
@@ -350,6 +355,89 @@ async fn udp_sessions_are_bounded_and_a_dead_endpoint_is_left() {
             }
         }
         assert_eq!(answered.as_deref(), Some(&b"b:ping"[..]), "the live endpoint answers");
+    }
+    h.stop().await;
+}
+
+/// Sends `data` from a new socket on `from` and returns the reply, if one
+/// comes within a second.
+async fn one_session(from: IpAddr, to: SocketAddr, data: &[u8]) -> Option<String> {
+    let client = UdpSocket::bind(SocketAddr::new(from, 0)).await.unwrap();
+    client.send_to(data, to).await.unwrap();
+    let mut buf = [0u8; 256];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(1), client.recv_from(&mut buf)).await.ok()?.ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// A dual-stack service whose IPv6 endpoints are as alive as its IPv4 ones:
+/// its IPv4 VIP sends every UDP session and TCP connection to the IPv4
+/// endpoints, never across (as kube-proxy), whatever the strategy's turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv4_vip_uses_its_ipv4_endpoints_only() {
+    let mut h = start_with(70, LbStrategy::RoundRobin, config()).await;
+    let (udp4, _t4) = udp_echo("v4").await;
+    let (udp6, _t6) = udp_echo_on("[::1]:0", "v6").await;
+    add_on_nodes(&mut h, udp_service("dns", None), "dns", &[(udp4, "node-a"), (udp6, "node-a")], true).await;
+    let vip = h.addr("dns");
+    for i in 0..20 {
+        assert_eq!(one_session(client_ip(i), vip, b"q").await.as_deref(), Some("v4:q"), "UDP session {i}");
+    }
+    let tcp4 = identity_backend("v4").await;
+    let tcp6 = identity_backend_on("[::1]:0", "v6").await;
+    let web = svc_builder(NS, "web").port("http", PORT, 80).object();
+    add_on_nodes(&mut h, web, "web", &[(tcp4, "node-a"), (tcp6, "node-a")], false).await;
+    for i in 0..20 {
+        assert_eq!(ask(h.addr("web")).await.unwrap(), "v4", "TCP connection {i}");
+    }
+    h.stop().await;
+}
+
+/// An endpoint whose UDP port is closed answers a session's datagram with
+/// ICMP port unreachable (loopback delivers it): the session's connected
+/// socket gets `ECONNREFUSED`, the session ends and the endpoint is
+/// ejected, so every session after it goes to the live endpoint (round
+/// robin would otherwise send every second one to the dead port), the
+/// refused client's included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_refusal_ejects_the_endpoint() {
+    let mut h = start_with(71, LbStrategy::RoundRobin, config()).await;
+    let (live, _t) = udp_echo("live").await;
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    add_on_nodes(&mut h, udp_service("dns", None), "dns", &[(closed, "node-a"), (live, "node-a")], true).await;
+    let vip = h.addr("dns");
+    // Round robin: of two new clients, one gets the closed port.
+    let clients = [client_ip(0), client_ip(1)].map(|ip| std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap());
+    for c in &clients {
+        c.send_to(b"first", vip).unwrap();
+    }
+    let status = h.status.clone();
+    eventually("two sessions opened and the refused one ended", || {
+        let status = status.clone();
+        async move {
+            status.total_udp_sessions.load(Ordering::Relaxed) == 2 && status.udp_sessions.load(Ordering::Relaxed) == 1
+        }
+    })
+    .await;
+    // Within the first ejection (1 s): a few loopback round trips.
+    for i in 2..12 {
+        assert_eq!(one_session(client_ip(i), vip, b"q").await.as_deref(), Some("live:q"), "session {i}");
+    }
+    // The refused client's next datagram opens a session to the live one.
+    for c in clients {
+        let c = UdpSocket::from_std({
+            c.set_nonblocking(true).unwrap();
+            c
+        })
+        .unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            c.send_to(b"again", vip).await.unwrap();
+            let (n, _) = tokio::time::timeout(Duration::from_secs(1), c.recv_from(&mut buf)).await.unwrap().unwrap();
+            if &buf[..n] == b"live:again" {
+                break;
+            }
+            assert!(buf[..n].starts_with(b"live:"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+        }
     }
     h.stop().await;
 }

@@ -170,3 +170,19 @@ async fn udp_sessions_to_other_nodes_ride_one_tunnel_session_each() {
     assert_eq!(calls, vec![("udp", "node-b".to_owned(), echo_addr); 2], "one tunnel session per client");
     h.stop().await;
 }
+
+/// Endpoints through the tunnel are chosen by family like local ones: an
+/// IPv4 VIP never opens a tunnel stream to an IPv6 endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnelled_endpoints_of_the_other_family_are_not_used() {
+    let (mut h, calls) = start_through_tunnel(72).await;
+    let v4 = identity_backend("v4").await;
+    let v6 = identity_backend_on("[::1]:0", "v6").await;
+    add_on_nodes(&mut h, service("web"), "web", &[(v4, "node-b"), (v6, "node-b")], false).await;
+    for _ in 0..10 {
+        assert_eq!(ask(h.addr("web")).await.unwrap(), "v4");
+    }
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls, vec![("tcp", "node-b".to_owned(), v4); 10], "no stream to the IPv6 endpoint");
+    h.stop().await;
+}

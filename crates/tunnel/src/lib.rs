@@ -10,7 +10,8 @@
 //!
 //! - **Identity.** Each node has its own random Ed25519 key ([`load_or_create_identity`]),
 //!   never derived from its name. Connections are always encrypted and authenticated with
-//!   Noise (TCP) or TLS 1.3 (QUIC), so a peer ID cannot be spoofed.
+//!   TLS 1.3 (offered first on TCP and relayed connections, always on QUIC) or Noise (the
+//!   fallback for agents that only speak Noise), so a peer ID cannot be spoofed.
 //! - **Node names.** On every new connection each side sends a hello
 //!   (`/edgemesh/hello/1.0.0`) claiming its node name. The receiver accepts the claim only if
 //!   its [`Directory`] binds that name to the peer's ID (allow-list or Node annotation
@@ -67,6 +68,8 @@
 //! - `tunnel`: the [`Tunnel`] handle, with `peers` (the state of each peer, `/peers`),
 //!   `hello` (node name claims), `inbound` (serving proxy streams) and `proxied` (the stream
 //!   and datagram types handed out).
+
+#![forbid(unsafe_code)]
 
 mod coalesce;
 mod config;

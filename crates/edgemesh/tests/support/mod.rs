@@ -83,12 +83,15 @@ pub struct AgentOptions {
     /// `--state-dir`; default: a directory of the agent's own, so parallel
     /// agents never share a cache.
     pub state_dir: Option<PathBuf>,
+    /// A command the agent runs under (e.g. `nsenter` into a mount namespace).
+    pub wrapper: Vec<String>,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
         // A closed port: nothing is forwarded unless a test asks for it.
-        Self { upstreams: vec![SocketAddr::from(([127, 0, 0, 1], free_port()))], extra: Vec::new(), state_dir: None }
+        let upstreams = vec![SocketAddr::from(([127, 0, 0, 1], free_port()))];
+        Self { upstreams, extra: Vec::new(), state_dir: None, wrapper: Vec::new() }
     }
 }
 
@@ -98,11 +101,25 @@ impl Agent {
     }
 
     pub fn start_with(manifests: &Path, opts: AgentOptions) -> Agent {
+        let agent = Self::spawn_with(manifests, opts);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Starts the agent without waiting for it to be ready.
+    pub fn spawn_with(manifests: &Path, opts: AgentOptions) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("agent.log");
         let dns_port = free_port();
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgemesh"));
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((wrapper, args)) => {
+                let mut cmd = Command::new(wrapper);
+                cmd.args(args).arg(env!("CARGO_BIN_EXE_edgemesh"));
+                cmd
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_edgemesh")),
+        };
         cmd.arg("agent")
             .args(["--node-name", "test-node"])
             .arg("--manifest-dir")
@@ -121,9 +138,7 @@ impl Agent {
             .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap());
         let child = cmd.spawn().expect("start edgemesh");
-        let agent = Agent { child, dns_port, admin, manifests: manifests.to_owned(), log, _dir: dir };
-        agent.wait_ready();
-        agent
+        Agent { child, dns_port, admin, manifests: manifests.to_owned(), log, _dir: dir }
     }
 
     pub fn log(&self) -> String {

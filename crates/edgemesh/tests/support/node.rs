@@ -146,8 +146,7 @@ pub fn ipv6_only_service(name: &str, port: u16) -> String {
 pub fn udp_service(name: &str, cluster_ips: &[&str], port: u16, node_port: Option<u16>) -> String {
     let kind = if node_port.is_some() { "NodePort" } else { "ClusterIP" };
     let node_port = node_port.map(|p| format!("    nodePort: {p}\n")).unwrap_or_default();
-    let pods: Vec<&str> =
-        cluster_ips.iter().map(|ip| if ip.contains(':') { "fd00:244:1::2" } else { "10.244.1.2" }).collect();
+    let pods = pods_of_families(cluster_ips);
     format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  type: {kind}\n{}  \
          ports:\n  - name: echo\n    protocol: UDP\n    port: {port}\n    targetPort: 7007\n{node_port}",
@@ -155,14 +154,32 @@ pub fn udp_service(name: &str, cluster_ips: &[&str], port: u16, node_port: Optio
     ) + &pod_slices(name, &pods, "echo", "UDP", 7007)
 }
 
-/// A NodePort Service `name` with `port` (nodePort `node_port`) served by
-/// the pod's nginx.
-pub fn node_port_service(name: &str, cluster_ip: &str, port: u16, node_port: u16) -> String {
+/// A NodePort Service `name` with these cluster IPs and `port` (nodePort
+/// `node_port`) served by the pod's nginx, at its address of each family of
+/// the cluster IPs.
+pub fn node_port_service(name: &str, cluster_ips: &[&str], port: u16, node_port: u16) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  \
-         type: NodePort\n  clusterIP: {cluster_ip}\n  ports:\n  - name: http\n    port: {port}\n    \
-         targetPort: 80\n    nodePort: {node_port}\n"
-    ) + &pod_slices(name, &["10.244.1.2"], "http", "TCP", 80)
+         type: NodePort\n{}  ports:\n  - name: http\n    port: {port}\n    targetPort: 80\n    \
+         nodePort: {node_port}\n",
+        cluster_ip_lines(cluster_ips)
+    ) + &pod_slices(name, &pods_of_families(cluster_ips), "http", "TCP", 80)
+}
+
+/// A dual-stack Service `name` (cluster IPs `cluster_ips`, one `protocol`
+/// port `port`) whose endpoints are the pod at both its addresses on port
+/// `target`: what listens there, in which family, is up to the test.
+pub fn dual_stack_service(name: &str, cluster_ips: &[&str], protocol: &str, port: u16, target: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n{}  \
+         ports:\n  - name: p\n    protocol: {protocol}\n    port: {port}\n    targetPort: {target}\n",
+        cluster_ip_lines(cluster_ips)
+    ) + &pod_slices(name, &["10.244.1.2", "fd00:244:1::2"], "p", protocol, target)
+}
+
+/// The pod's address in each family of `cluster_ips`.
+fn pods_of_families(cluster_ips: &[&str]) -> Vec<&'static str> {
+    cluster_ips.iter().map(|ip| if ip.contains(':') { "fd00:244:1::2" } else { "10.244.1.2" }).collect()
 }
 
 /// The VIPs of service `default/name` (IPv4 first), from the agent's admin

@@ -326,6 +326,25 @@ fn topology_table() {
     assert_eq!((b.len(), p), (4, 4), "nothing local: no preference");
 }
 
+#[test]
+fn each_family_keeps_its_own_endpoints_only() {
+    let mixed: Arc<[Backend]> =
+        vec![be("10.0.0.1:80", "a"), be("10.0.0.2:80", "b"), be("[fd00::1]:80", "a"), be("[fd00::2]:80", "b")].into();
+    let addrs = |b: &Arc<[Backend]>| b.iter().map(|b| b.addr.to_string()).collect::<Vec<_>>();
+    assert_eq!(addrs(&same_family(&mixed, false)), ["10.0.0.1:80", "10.0.0.2:80"]);
+    assert_eq!(addrs(&same_family(&mixed, true)), ["[fd00::1]:80", "[fd00::2]:80"]);
+    // An IPv4-mapped IPv6 address (only possible in an IPv6 slice) stays IPv6.
+    let mapped: Arc<[Backend]> = vec![be("[::ffff:10.0.0.9]:80", "a")].into();
+    assert!(same_family(&mapped, false).is_empty());
+    // A single-stack list is shared, not copied; the other family has none.
+    let v4: Arc<[Backend]> = vec![be("10.0.0.1:80", "a")].into();
+    assert!(Arc::ptr_eq(&same_family(&v4, false), &v4));
+    assert!(same_family(&v4, true).is_empty(), "an IPv6 frontend never gets IPv4 endpoints");
+    // Topology then applies within the family.
+    let (local6, preferred) = topology(&same_family(&mixed, true), InternalTrafficPolicy::Local, None, "b");
+    assert_eq!((addrs(&local6), preferred), (vec!["[fd00::2]:80".to_owned()], 1));
+}
+
 // ---------------------------------------------------------------------------
 // Paused-time tests: health and affinity follow the (tokio) clock.
 

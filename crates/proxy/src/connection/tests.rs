@@ -1,4 +1,6 @@
 use super::*;
+use crate::pool::Targets;
+use edgemesh_core::ServiceKey;
 
 async fn pair() -> (TcpStream, TcpStream) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -50,32 +52,6 @@ async fn connection_future_stays_small() {
     assert!(forward_size <= 128, "forward future grew to {forward_size} bytes");
     drop((fut, forward, connect));
     assert_eq!(shared.status.active_connections.load(Ordering::Relaxed), 0, "the guard decrements on drop");
-}
-
-#[test]
-fn log_limiter_lets_one_through_per_interval() {
-    let l = LogLimiter::default();
-    assert!(l.allow());
-    assert!(!l.allow());
-    assert!(!l.allow());
-}
-
-#[test]
-fn pool_update_reports_changes_only() {
-    let b1: Arc<[Backend]> = Arc::from(vec![Backend { addr: "10.0.0.1:80".parse().unwrap(), node_name: None }]);
-    let pool = Pool::new(
-        ServiceKey::new("d", "w"),
-        "127.0.0.1:80".parse().unwrap(),
-        Targets::new(LbStrategy::RoundRobin, b1.clone()),
-    );
-    assert!(!pool.update(Targets::new(LbStrategy::RoundRobin, b1.clone())));
-    let same_contents: Arc<[Backend]> = Arc::from(b1.to_vec());
-    assert!(!pool.update(Targets::new(LbStrategy::RoundRobin, same_contents)), "equal lists are not a change");
-    assert!(pool.update(Targets::new(LbStrategy::Random, b1.clone())));
-    assert!(pool.update(Targets::new(LbStrategy::Random, Arc::from(Vec::new()))));
-    assert!(pool.targets().backends.is_empty());
-    assert!(pool.update(Targets::new(LbStrategy::ConsistentHash, b1)));
-    assert!(pool.targets().ring.is_some(), "a consistent-hash port has its ring");
 }
 
 #[test]

@@ -202,7 +202,12 @@ pub async fn add_service(h: &mut Harness, name: &str, backends: &[SocketAddr]) {
 
 /// A backend that writes its identity, half-closes, and drains the client.
 pub async fn identity_backend(id: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    identity_backend_on("127.0.0.1:0", id).await
+}
+
+/// [`identity_backend`] bound to `bind` (e.g. `[::1]:0`).
+pub async fn identity_backend_on(bind: &str, id: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
