@@ -72,6 +72,7 @@ mod coalesce;
 mod config;
 mod error;
 mod identity;
+mod liveness;
 mod muxer;
 mod node;
 mod security;
@@ -81,6 +82,7 @@ mod swarm;
 mod tests;
 mod tls;
 mod tunnel;
+mod upgrade;
 mod wire;
 
 use std::{future::Future, net::SocketAddr, pin::Pin};
@@ -91,9 +93,11 @@ pub use config::{
 pub use error::TunnelError;
 pub use identity::load_or_create_identity;
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr};
+pub use liveness::ConnectionState;
 pub use tokio_util::sync::CancellationToken;
 pub use tunnel::{
-    ConnectionType, DatagramReceiver, DatagramSender, MAX_DATAGRAM, PeerStatus, Tunnel, TunnelStream, UDP_IDLE_TIMEOUT,
+    ConnectionStatus, ConnectionType, DatagramReceiver, DatagramSender, MAX_DATAGRAM, PeerStatus, Tunnel, TunnelStream,
+    UDP_IDLE_TIMEOUT,
 };
 
 /// The transport protocol of a proxied flow.

@@ -1,5 +1,8 @@
 //! Running the swarm: dialing, discovery, relay reservations, connection reversal, and the
-//! events that keep the peers' state (`tunnel::Inner`) current.
+//! events that keep the peers' state (`tunnel::Inner`) current; [`heal`]: liveness, failover
+//! and re-upgrading.
+
+mod heal;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -13,7 +16,7 @@ use libp2p::{
     core::transport::ListenerId,
     dcutr, identify, mdns,
     multiaddr::Protocol,
-    ping, relay,
+    relay,
     swarm::{
         ConnectionId, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
@@ -77,6 +80,7 @@ pub(crate) struct Task {
     dial_back: HashSet<PeerId>,
     reserve: bool,
     relay_server: bool,
+    heal: heal::Heal,
 }
 
 fn next_backoff(b: Duration) -> Duration {
@@ -133,6 +137,7 @@ impl Task {
             dial_back: HashSet::new(),
             reserve: true,
             relay_server,
+            heal: heal::Heal::default(),
         };
         let relay_peers: Vec<PeerId> = t.relays.iter().map(|r| r.peer).collect();
         for (peer, addr) in t.relays.iter().map(|r| (r.peer, r.addr.clone())).collect::<Vec<_>>() {
@@ -239,6 +244,7 @@ impl Task {
     }
 
     fn on_tick(&mut self) {
+        self.heal_tick();
         let now = Instant::now();
         for i in 0..self.relays.len() {
             let r = &mut self.relays[i];
@@ -291,7 +297,8 @@ impl Task {
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Connect { peer, reply } => {
-                if self.swarm.is_connected(&peer) {
+                // A connection that missed pings does not count: dial a fresh path beside it.
+                if self.inner.control.is_alive(&peer) {
                     let _ = reply.send(Ok(()));
                     return;
                 }
@@ -305,10 +312,7 @@ impl Task {
                     self.fail_connects(peer, "no known address and no relay configured".into());
                     return;
                 }
-                let opts = DialOpts::peer_id(peer)
-                    .addresses(addrs)
-                    .condition(PeerCondition::DisconnectedAndNotDialing)
-                    .build();
+                let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::NotDialing).build();
                 match self.swarm.dial(opts) {
                     Ok(()) => {}
                     // Another dial is under way: its outcome answers.
@@ -356,6 +360,7 @@ impl Task {
                     }
                 }
                 self.inner.connection_established(peer_id, connection_id, addr, relayed);
+                self.path_changed(peer_id);
                 if let Some(waiters) = self.pending_connects.remove(&peer_id) {
                     for w in waiters {
                         let _ = w.send(Ok(()));
@@ -366,6 +371,7 @@ impl Task {
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
                 tracing::debug!(peer = %peer_id, remaining = num_established, cause = ?cause, "connection closed");
                 self.inner.connection_closed(peer_id, connection_id);
+                self.path_changed(peer_id);
                 if num_established == 0 {
                     self.dial_back.remove(&peer_id);
                     let now = Instant::now();
@@ -394,7 +400,7 @@ impl Task {
                         b.backoff = next_backoff(b.backoff);
                     }
                 }
-                if let Some(peer) = peer_id.filter(|p| !self.swarm.is_connected(p)) {
+                if let Some(peer) = peer_id.filter(|p| !self.inner.control.is_alive(p)) {
                     self.fail_connects(peer, error.to_string());
                 }
             }
@@ -476,11 +482,7 @@ impl Task {
                 }
             }
             BehaviourEvent::Identify(_) => {}
-            BehaviourEvent::Ping(ping::Event { peer, connection, result }) => {
-                if let Ok(rtt) = result {
-                    self.inner.set_rtt(peer, connection, rtt);
-                }
-            }
+            BehaviourEvent::Ping(event) => self.on_ping(event),
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
                 tracing::info!(?old, ?new, "AutoNAT status changed");
                 self.set_reserve(!new.is_public());

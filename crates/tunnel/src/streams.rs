@@ -8,8 +8,9 @@
 //!
 //! Here inbound streams go to an unbounded channel straight from the connection task (they are
 //! bounded by the stream limit of each connection), any number of outbound streams negotiate
-//! concurrently, and `open` picks the newest direct connection, else the newest relayed one.
-//! Opening a stream never goes through the swarm task.
+//! concurrently, and `open` picks a connection by [`liveness::preference`]: live direct, then
+//! live relayed, then suspect ones, never one being closed. Opening a stream never goes through
+//! the swarm task.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -41,6 +42,8 @@ use libp2p::{
     },
 };
 use tokio::sync::{Notify, mpsc};
+
+use crate::liveness::{self, Candidate, ConnectionState, Liveness, LivenessPolicy};
 
 pub(crate) const HELLO: StreamProtocol = StreamProtocol::new("/edgemesh/hello/1.0.0");
 pub(crate) const TCP: StreamProtocol = StreamProtocol::new("/edgemesh/tcp/1.0.0");
@@ -78,6 +81,19 @@ struct Conn {
     /// Proxy streams we opened on this connection and that are still alive.
     outbound: Arc<AtomicUsize>,
     requests: mpsc::UnboundedSender<OpenRequest>,
+    /// Its pings (the swarm task records them and closes the connection when it is dead).
+    liveness: Liveness,
+}
+
+impl Conn {
+    /// Not closed, not being closed.
+    fn usable(&self) -> bool {
+        self.established && !self.requests.is_closed()
+    }
+
+    fn state(&self, policy: &LivenessPolicy) -> ConnectionState {
+        self.liveness.state(tokio::time::Instant::now(), policy)
+    }
 }
 
 struct Shared {
@@ -85,6 +101,15 @@ struct Shared {
     seq: u64,
     /// Proxy streams we open per connection (yamux is sized for this many each way).
     limit: usize,
+    policy: LivenessPolicy,
+}
+
+/// What `/peers` shows of one connection's health.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Health {
+    pub state: ConnectionState,
+    pub last_ping_age: Option<Duration>,
+    pub rtt: Option<Duration>,
 }
 
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -141,14 +166,18 @@ impl Control {
             None => shared.conns.values().filter(|c| c.peer == peer && c.established).collect(),
         };
         candidates.retain(|c| !c.requests.is_closed());
-        if candidates.is_empty() {
+        let order = liveness::preference(
+            &candidates
+                .iter()
+                .map(|c| Candidate { state: c.state(&shared.policy), relayed: c.relayed, seq: c.seq })
+                .collect::<Vec<_>>(),
+        );
+        if order.is_empty() {
             return Err(OpenError::NotConnected);
         }
-        // Direct before relayed, newest first.
-        candidates.sort_by_key(|c| (c.relayed, std::cmp::Reverse(c.seq)));
         let (reply, rx) = oneshot::channel();
         let mut request = OpenRequest { protocol, reply };
-        for c in candidates {
+        for c in order.into_iter().map(|i| candidates[i]) {
             let slot = if counted {
                 if c.outbound.fetch_add(1, Ordering::AcqRel) >= shared.limit {
                     c.outbound.fetch_sub(1, Ordering::AcqRel);
@@ -166,8 +195,8 @@ impl Control {
         Err(OpenError::Full)
     }
 
-    /// Opens a proxy stream on the preferred connection to `peer` with room for it: direct
-    /// before relayed, newest first.
+    /// Opens a proxy stream on the preferred connection to `peer` with room for it (see
+    /// [`liveness::preference`]).
     pub(crate) fn open(&self, peer: PeerId, protocol: StreamProtocol) -> Result<Opening, OpenError> {
         self.send(None, peer, protocol, true)
     }
@@ -199,6 +228,66 @@ impl Control {
     pub(crate) fn is_connected(&self, peer: &PeerId) -> bool {
         lock(&self.shared).conns.values().any(|c| &c.peer == peer && c.established && !c.requests.is_closed())
     }
+
+    /// Whether `peer` has a connection that answers its pings (a new stream need not wait for
+    /// a fresh dial).
+    pub(crate) fn is_alive(&self, peer: &PeerId) -> bool {
+        let shared = lock(&self.shared);
+        shared
+            .conns
+            .values()
+            .any(|c| &c.peer == peer && c.usable() && c.state(&shared.policy) == ConnectionState::Alive)
+    }
+
+    /// Whether `peer` has a direct connection that is not being closed.
+    pub(crate) fn has_direct(&self, peer: &PeerId) -> bool {
+        let shared = lock(&self.shared);
+        shared
+            .conns
+            .values()
+            .any(|c| &c.peer == peer && !c.relayed && c.usable() && c.state(&shared.policy) != ConnectionState::Closing)
+    }
+
+    /// Records a ping's outcome on `conn`; true when that changed whether the connection is
+    /// alive (waiters for a usable connection care).
+    pub(crate) fn record_ping(&self, conn: ConnectionId, rtt: Option<Duration>) -> bool {
+        let mut shared = lock(&self.shared);
+        let policy = shared.policy;
+        let Some(c) = shared.conns.get_mut(&conn) else { return false };
+        let before = c.state(&policy);
+        match rtt {
+            Some(rtt) => c.liveness.ping_ok(tokio::time::Instant::now(), rtt),
+            None => c.liveness.ping_unsupported(),
+        }
+        before != c.state(&policy)
+    }
+
+    /// Connections that answered no ping for the liveness timeout, marked as being closed (no
+    /// new stream goes to them): (connection, peer, relayed). The caller closes them.
+    pub(crate) fn take_dead(&self) -> Vec<(ConnectionId, PeerId, bool)> {
+        let mut shared = lock(&self.shared);
+        let policy = shared.policy;
+        let now = tokio::time::Instant::now();
+        let mut dead = Vec::new();
+        for (id, c) in shared.conns.iter_mut() {
+            if c.usable() && c.liveness.is_dead(now, &policy) {
+                c.liveness.set_closing();
+                dead.push((*id, c.peer, c.relayed));
+            }
+        }
+        dead
+    }
+
+    /// The health of one connection, for `/peers`.
+    pub(crate) fn health(&self, conn: ConnectionId) -> Option<Health> {
+        let shared = lock(&self.shared);
+        let c = shared.conns.get(&conn)?;
+        Some(Health {
+            state: c.state(&shared.policy),
+            last_ping_age: c.liveness.last_ping_age(tokio::time::Instant::now()),
+            rtt: c.liveness.rtt(),
+        })
+    }
 }
 
 /// The behaviour.
@@ -210,8 +299,8 @@ pub(crate) struct Behaviour {
 }
 
 impl Behaviour {
-    pub(crate) fn new(limit: usize) -> (Behaviour, Control, mpsc::UnboundedReceiver<Inbound>) {
-        let shared = Arc::new(Mutex::new(Shared { conns: HashMap::new(), seq: 0, limit }));
+    pub(crate) fn new(limit: usize, policy: LivenessPolicy) -> (Behaviour, Control, mpsc::UnboundedReceiver<Inbound>) {
+        let shared = Arc::new(Mutex::new(Shared { conns: HashMap::new(), seq: 0, limit, policy }));
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Behaviour { shared: shared.clone(), inbound: tx, keep_alive: HashSet::new(), events: VecDeque::new() },
@@ -250,7 +339,15 @@ impl Behaviour {
         let seq = shared.seq;
         shared.conns.insert(
             id,
-            Conn { peer, relayed, seq, established: false, outbound: Arc::new(AtomicUsize::new(0)), requests: tx },
+            Conn {
+                peer,
+                relayed,
+                seq,
+                established: false,
+                outbound: Arc::new(AtomicUsize::new(0)),
+                requests: tx,
+                liveness: Liveness::new(tokio::time::Instant::now()),
+            },
         );
         Ok(Handler { peer, inbound: self.inbound.clone(), requests: rx, keep_alive: self.keep_alive.contains(&peer) })
     }
