@@ -9,7 +9,8 @@
 //!   node;
 //! - [`Netns::router`] and [`Netns::masquerade`]: a NAT router (forwarding
 //!   on, nftables masquerade out of its WAN link, new connections from the
-//!   WAN dropped);
+//!   WAN dropped; [`Netns::masquerade_answering`]: its own stack answers
+//!   them with resets); [`Netns::black_hole`]: a path that drops packets;
 //! - [`Netns::resolv_conf`]: the resolver that `ip netns exec` programs
 //!   (getent, curl) use inside the namespace;
 //! - [`in_netns`]: run a closure on a thread inside a namespace (its
@@ -156,6 +157,23 @@ impl Netns {
     /// outgoing connection to the same peer, as hole punching needs.)
     /// Use with [`Netns::router`].
     pub fn masquerade(&self, wan_if: &str) {
+        self.nat(wan_if, "drop");
+    }
+
+    /// [`Netns::masquerade`], but connections opened from the WAN to the
+    /// router itself are accepted, so its own TCP stack answers a SYN to a
+    /// closed port with a reset, as many routers do. Conntrack then holds
+    /// that port for the reset connection (about 10 s), and a LAN host's
+    /// outgoing connection to the same peer gets another port: the first
+    /// hole punching attempts through such a router fail.
+    pub fn masquerade_answering(&self, wan_if: &str) {
+        self.nat(wan_if, "accept");
+    }
+
+    /// Masquerade out of `wan_if`, new connections from the WAN dropped
+    /// when forwarded, and `to_router` (drop or accept) when addressed to
+    /// the router itself.
+    fn nat(&self, wan_if: &str, to_router: &str) {
         // (No chain may be called `fwd`: a keyword in nftables 1.0.6.)
         self.nft_file(&format!(
             "table ip em_nat {{\n\
@@ -171,10 +189,29 @@ impl Netns {
              \t}}\n\
              \tchain input {{\n\
              \t\ttype filter hook input priority filter; policy accept;\n\
-             \t\tiifname \"{wan_if}\" ct state new drop\n\
+             \t\tiifname \"{wan_if}\" ct state new {to_router}\n\
              \t}}\n\
              }}\n"
         ));
+    }
+
+    /// Black-holes all traffic this router forwards to or from `address`
+    /// (packets silently dropped, no reset), until [`Netns::restore`].
+    pub fn black_hole(&self, address: &str) {
+        self.nft_file(&format!(
+            "table ip em_black_hole {{\n\
+             \tchain forward {{\n\
+             \t\ttype filter hook forward priority filter - 10; policy accept;\n\
+             \t\tip daddr {address} drop\n\
+             \t\tip saddr {address} drop\n\
+             \t}}\n\
+             }}\n"
+        ));
+    }
+
+    /// Removes what [`Netns::black_hole`] added.
+    pub fn restore(&self) {
+        self.ok(&["nft", "delete", "table", "ip", "em_black_hole"]);
     }
 
     /// Writes `/etc/netns/<name>/resolv.conf`, which `ip netns exec` mounts
