@@ -212,15 +212,10 @@ impl Task {
         }
     }
 
-    /// Addresses to reach `peer`: what we learnt, then through every relay.
-    fn dial_addresses(&self, peer: PeerId) -> Vec<Multiaddr> {
-        let mut out = self.addresses.get(&peer).cloned().unwrap_or_default();
-        for r in &self.relays {
-            if r.peer != peer {
-                out.push(r.addr.clone().with(Protocol::P2pCircuit).with(Protocol::P2p(peer)));
-            }
-        }
-        out
+    /// Addresses to reach `peer` through every relay.
+    fn relay_circuits(&self, peer: PeerId) -> Vec<Multiaddr> {
+        let through = self.relays.iter().filter(|r| r.peer != peer);
+        through.map(|r| r.addr.clone().with(Protocol::P2pCircuit).with(Protocol::P2p(peer))).collect()
     }
 
     pub(crate) async fn run(mut self) {
@@ -296,30 +291,7 @@ impl Task {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Connect { peer, reply } => {
-                // A connection that missed pings does not count: dial a fresh path beside it.
-                if self.inner.control.is_alive(&peer) {
-                    let _ = reply.send(Ok(()));
-                    return;
-                }
-                let first = !self.pending_connects.contains_key(&peer);
-                self.pending_connects.entry(peer).or_default().push(reply);
-                if !first {
-                    return;
-                }
-                let addrs = self.dial_addresses(peer);
-                if addrs.is_empty() {
-                    self.fail_connects(peer, "no known address and no relay configured".into());
-                    return;
-                }
-                let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::NotDialing).build();
-                match self.swarm.dial(opts) {
-                    Ok(()) => {}
-                    // Another dial is under way: its outcome answers.
-                    Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
-                    Err(e) => self.fail_connects(peer, e.to_string()),
-                }
-            }
+            Command::Connect { peer, reply } => self.connect(peer, reply),
             Command::Disconnect { peer } => {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
@@ -360,6 +332,7 @@ impl Task {
                     }
                 }
                 self.inner.connection_established(peer_id, connection_id, addr, relayed);
+                self.connect_dial_done(peer_id, connection_id);
                 self.path_changed(peer_id);
                 if let Some(waiters) = self.pending_connects.remove(&peer_id) {
                     for w in waiters {
@@ -400,8 +373,8 @@ impl Task {
                         b.backoff = next_backoff(b.backoff);
                     }
                 }
-                if let Some(peer) = peer_id.filter(|p| !self.inner.control.is_alive(p)) {
-                    self.fail_connects(peer, error.to_string());
+                if let Some(peer) = peer_id {
+                    self.connect_dial_failed(peer, connection_id, error.to_string());
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {

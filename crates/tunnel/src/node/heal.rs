@@ -10,20 +10,26 @@
 //!   so the peer with the lower ID opens a new relayed connection, and the other side's DCUtR
 //!   hole punches on it. (Both doing so would run two hole punches at once through the same
 //!   ports.)
+//! - **Fresh dials.** Reaching a peer dials its known direct addresses and its relay circuits
+//!   as two dials: a black-holed direct address hangs until the transport timeout (20 s), and
+//!   a relay that was down a moment ago must not wait for it. Each new request re-dials a leg
+//!   that is not under way; the waiters are answered by the first connection, and failed only
+//!   when both legs failed.
 //! - **Path changes** (direct or relayed) are timestamped for `/peers`.
 
 use std::collections::{HashMap, HashSet};
 
 use libp2p::{
-    PeerId,
-    multiaddr::Protocol,
-    ping,
-    swarm::dial_opts::{DialOpts, PeerCondition},
+    Multiaddr, PeerId, ping,
+    swarm::{
+        ConnectionId,
+        dial_opts::{DialOpts, PeerCondition},
+    },
 };
-use tokio::time::Instant;
+use tokio::{sync::oneshot, time::Instant};
 
 use super::Task;
-use crate::{streams::is_relayed, tunnel::ConnectionType, upgrade::Retry};
+use crate::{tunnel::ConnectionType, upgrade::Retry};
 
 /// Re-upgrade bookkeeping of the swarm task.
 #[derive(Default)]
@@ -32,6 +38,15 @@ pub(super) struct Heal {
     retries: HashMap<PeerId, Retry>,
     /// Peers we had a direct connection to (they get the faster schedule once relayed again).
     was_direct: HashSet<PeerId>,
+    /// The dials under way to reach peers for streams.
+    dials: HashMap<PeerId, Legs>,
+}
+
+/// The two dials that reach a peer for streams (None: not under way).
+#[derive(Default)]
+struct Legs {
+    direct: Option<ConnectionId>,
+    relayed: Option<ConnectionId>,
 }
 
 /// Bound on `was_direct` (a peer per node of the cluster; cleared beyond, which only slows
@@ -110,6 +125,68 @@ impl Task {
         self.inner.bump();
     }
 
+    /// Reaches `peer` for a stream: replies when a connection is established, or when both
+    /// dials failed. A connection that missed pings does not count: a fresh path is dialled
+    /// beside it.
+    pub(super) fn connect(&mut self, peer: PeerId, reply: oneshot::Sender<Result<(), String>>) {
+        if self.inner.control.is_alive(&peer) {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        self.pending_connects.entry(peer).or_default().push(reply);
+        let direct = self.addresses.get(&peer).cloned().unwrap_or_default();
+        let relayed = self.relay_circuits(peer);
+        let legs = self.heal.dials.remove(&peer).unwrap_or_default();
+        let legs = Legs {
+            direct: legs.direct.or_else(|| self.dial_leg(peer, direct)),
+            relayed: legs.relayed.or_else(|| self.dial_leg(peer, relayed)),
+        };
+        if legs.direct.is_none() && legs.relayed.is_none() {
+            self.fail_connects(peer, "no known address and no relay configured".into());
+            return;
+        }
+        self.heal.dials.insert(peer, legs);
+    }
+
+    fn dial_leg(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Option<ConnectionId> {
+        if addrs.is_empty() {
+            return None;
+        }
+        let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Always).build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => Some(id),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "cannot dial");
+                None
+            }
+        }
+    }
+
+    /// A connection to `peer` was established: if it was one of our dials, that leg is over.
+    pub(super) fn connect_dial_done(&mut self, peer: PeerId, connection: ConnectionId) {
+        if let Some(legs) = self.heal.dials.get_mut(&peer) {
+            legs.direct = legs.direct.filter(|id| *id != connection);
+            legs.relayed = legs.relayed.filter(|id| *id != connection);
+            if legs.direct.is_none() && legs.relayed.is_none() {
+                self.heal.dials.remove(&peer);
+            }
+        }
+    }
+
+    /// A dial to `peer` failed: when it was the last leg under way and no live connection is
+    /// left, the waiters learn why.
+    pub(super) fn connect_dial_failed(&mut self, peer: PeerId, connection: ConnectionId, error: String) {
+        let Some(legs) = self.heal.dials.get(&peer) else { return };
+        if legs.direct != Some(connection) && legs.relayed != Some(connection) {
+            return;
+        }
+        self.connect_dial_done(peer, connection);
+        if !self.heal.dials.contains_key(&peer) && !self.inner.control.is_alive(&peer) {
+            self.fail_connects(peer, error);
+        }
+    }
+
     fn retry_upgrades(&mut self) {
         let now = Instant::now();
         let due: Vec<(PeerId, u32)> = self
@@ -132,12 +209,7 @@ impl Task {
     /// which the other side starts a fresh DCUtR hole punch.
     fn retry_upgrade(&mut self, peer: PeerId, attempt: u32) {
         let direct: Vec<_> = self.addresses.get(&peer).cloned().unwrap_or_default();
-        let relayed: Vec<_> = self
-            .relays
-            .iter()
-            .filter(|r| r.peer != peer)
-            .map(|r| r.addr.clone().with(Protocol::P2pCircuit).with(Protocol::P2p(peer)))
-            .collect();
+        let relayed = self.relay_circuits(peer);
         let punch = self.inner.local_peer < peer && !relayed.is_empty();
         tracing::debug!(%peer, attempt, direct = ?direct, punch, "retrying the direct upgrade");
         if !direct.is_empty() {
@@ -148,7 +220,6 @@ impl Task {
             }
         }
         if punch {
-            debug_assert!(relayed.iter().all(is_relayed));
             let opts = DialOpts::peer_id(peer).addresses(relayed).condition(PeerCondition::Always).build();
             if let Err(e) = self.swarm.dial(opts) {
                 tracing::debug!(%peer, error = %e, "cannot open a relayed connection for hole punching");
