@@ -122,6 +122,8 @@ fn relay_then_direct(a_behind_nat: bool) -> (String, String) {
     // (node-a sees node-c's router's WAN address).
     let to_c = wait_for_peer(&agent_a, "node-c", "a direct connection to node-c", |p| p["connection"] == "direct");
     eprintln!("node-a's view of node-c once direct: {to_c}");
+    let on = transport.marker();
+    assert!(addresses(&to_c).split(' ').all(|a| a.contains(on)), "every connection on {on}: {to_c}");
     assert!(addresses(&to_c).contains("/ip4/198.18.0.3/"), "direct, through the NAT: {to_c}");
     for _ in 0..3 {
         assert_eq!(a.ns.curl(&url).as_deref(), Some("node-c saw 10.1.0.2\n"));
@@ -143,8 +145,13 @@ fn nodes_behind_two_nats_hole_punch() {
     // Neither node can be connected to: only hole punching (DCUtR, a
     // simultaneous TCP open through both NATs) makes the direct connection.
     let (log_a, log_c) = relay_then_direct(true);
-    for (node, log) in [("node-a", log_a), ("node-c", log_c)] {
-        assert!(log.contains("hole punching succeeded"), "{node}'s log says DCUtR made it:\n{log}");
+    // Over QUIC the punched connection is often the other side's: libp2p
+    // then reports no DCUtR success, and the direct connection through two
+    // stealth NATs (checked above) is the proof.
+    if Transport::of_this_build() == Transport::Tcp {
+        for (node, log) in [("node-a", log_a), ("node-c", log_c)] {
+            assert!(log.contains("hole punching succeeded"), "{node}'s log says DCUtR made it:\n{log}");
+        }
     }
 }
 

@@ -47,6 +47,8 @@ use crate::{
     wire::{self, Header, Reply},
 };
 
+/// Pause before dialling a peer again after a failed dial (see `Tunnel::ready`).
+const REDIAL_PAUSE: Duration = Duration::from_millis(300);
 /// Time limit on reading a hello or a proxy header, and on a hello reply.
 const HEADER_TIMEOUT: Duration = if cfg!(test) { Duration::from_secs(2) } else { Duration::from_secs(10) };
 
@@ -248,6 +250,7 @@ impl Tunnel {
         let mut rx = inner.changed.subscribe();
         let mut dials = 0;
         let mut suspect_will_do = false;
+        let mut last_failure = None;
         let timed_out = || TunnelError::Timeout { node: node.to_owned(), timeout: inner.connect_timeout };
         loop {
             rx.borrow_and_update();
@@ -268,7 +271,7 @@ impl Tunnel {
                     return Err(TunnelError::PeerUnreachable {
                         node: node.to_owned(),
                         peer: peer.to_string(),
-                        reason: "connection lost repeatedly".into(),
+                        reason: last_failure.take().unwrap_or_else(|| "connection lost repeatedly".into()),
                     });
                 }
                 dials += 1;
@@ -278,12 +281,13 @@ impl Tunnel {
                     Err(_) => return Err(timed_out()),
                     Ok(Err(_)) => return Err(TunnelError::Stopped),
                     Ok(Ok(Err(_))) if inner.control.is_connected(&peer) => suspect_will_do = true,
+                    // A dial can fail for a moment (the relay connection it needed was being
+                    // replaced, the relay restarts): dial again, a little later, within the
+                    // deadline.
                     Ok(Ok(Err(reason))) => {
-                        return Err(TunnelError::PeerUnreachable {
-                            node: node.to_owned(),
-                            peer: peer.to_string(),
-                            reason,
-                        });
+                        last_failure = Some(reason);
+                        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + REDIAL_PAUSE)).await;
+                        continue;
                     }
                     Ok(Ok(Ok(()))) => continue,
                 }

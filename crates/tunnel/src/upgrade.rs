@@ -1,11 +1,10 @@
 //! When to try again to make a relayed peer direct.
 //!
 //! DCUtR tries three times within a few seconds of a relayed connection's establishment, then
-//! gives up for the life of that connection. But the first attempts often fail for reasons
-//! that pass: a NAT router whose own TCP stack answered a hole-punching SYN with a reset holds
-//! the port for about 10 s; a black-holed path comes back. So while a peer is only relayed,
-//! the swarm task tries again on this schedule: after 10 s, 30 s more, 2 min more, then every
-//! 10 min. A pair that was direct before and lost that path has shown it can be direct: it
+//! gives up for the life of that connection. But the first attempts may fail for reasons
+//! that pass: a black-holed path comes back, a NAT mapping expires. So while a peer is only
+//! relayed, the swarm task tries again on this schedule: after 10 s, 30 s more, 2 min more,
+//! then every 10 min. A pair that was direct before and lost that path has shown it can be direct: it
 //! tries every 45 s (for half an hour, then every 10 min), so that a restored path is direct
 //! again within a minute.
 

@@ -37,6 +37,14 @@ impl Transport {
         }
     }
 
+    /// What every address on this transport holds (`/tcp/`, `/quic-v1`).
+    pub fn marker(self) -> &'static str {
+        match self {
+            Transport::Tcp => "/tcp/",
+            Transport::Quic => "/quic-v1",
+        }
+    }
+
     /// Agent flags `args`, plus those that make it listen on this
     /// transport only.
     pub fn with_listen(self, args: &[&str]) -> Vec<String> {
@@ -163,25 +171,12 @@ pub fn addresses(peer: &Value) -> String {
 /// [`Netns::masquerade`]): the router's WAN address is `wan_address`, the
 /// node is `10.<lan>.0.2` behind `10.<lan>.0.1`.
 pub fn behind_nat(wan: &Lan, node: &Node, wan_address: &str, lan: u8) -> Netns {
-    let router = nat_router(wan, node, wan_address, lan);
-    router.masquerade("wan0");
-    router
-}
-
-/// [`behind_nat`], but the router's own TCP stack answers connections
-/// opened from the WAN with a reset (see [`Netns::masquerade_answering`]).
-pub fn behind_resetting_nat(wan: &Lan, node: &Node, wan_address: &str, lan: u8) -> Netns {
-    let router = nat_router(wan, node, wan_address, lan);
-    router.masquerade_answering("wan0");
-    router
-}
-
-fn nat_router(wan: &Lan, node: &Node, wan_address: &str, lan: u8) -> Netns {
     let router = Netns::router("rtr");
     wan.attach(&router, "wan0", &[&format!("{wan_address}/24")]);
     link(&router, "lan0", &node.ns, "eth0");
     router.addr("lan0", &format!("10.{lan}.0.1/24"));
     node.ns.addr("eth0", &format!("10.{lan}.0.2/24"));
     node.ns.route("default", &format!("10.{lan}.0.1"));
+    router.masquerade("wan0");
     router
 }

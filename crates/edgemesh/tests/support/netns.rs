@@ -9,8 +9,7 @@
 //!   node;
 //! - [`Netns::router`] and [`Netns::masquerade`]: a NAT router (forwarding
 //!   on, nftables masquerade out of its WAN link, new connections from the
-//!   WAN dropped; [`Netns::masquerade_answering`]: its own stack answers
-//!   them with resets); [`Netns::black_hole`]: a path that drops packets;
+//!   WAN dropped); [`Netns::black_hole`]: a path that drops packets;
 //! - [`Netns::resolv_conf`]: the resolver that `ip netns exec` programs
 //!   (getent, curl) use inside the namespace;
 //! - [`in_netns`]: run a closure on a thread inside a namespace (its
@@ -157,23 +156,6 @@ impl Netns {
     /// outgoing connection to the same peer, as hole punching needs.)
     /// Use with [`Netns::router`].
     pub fn masquerade(&self, wan_if: &str) {
-        self.nat(wan_if, "drop");
-    }
-
-    /// [`Netns::masquerade`], but connections opened from the WAN to the
-    /// router itself are accepted, so its own TCP stack answers a SYN to a
-    /// closed port with a reset, as many routers do. Conntrack then holds
-    /// that port for the reset connection (about 10 s), and a LAN host's
-    /// outgoing connection to the same peer gets another port: the first
-    /// hole punching attempts through such a router fail.
-    pub fn masquerade_answering(&self, wan_if: &str) {
-        self.nat(wan_if, "accept");
-    }
-
-    /// Masquerade out of `wan_if`, new connections from the WAN dropped
-    /// when forwarded, and `to_router` (drop or accept) when addressed to
-    /// the router itself.
-    fn nat(&self, wan_if: &str, to_router: &str) {
         // (No chain may be called `fwd`: a keyword in nftables 1.0.6.)
         self.nft_file(&format!(
             "table ip em_nat {{\n\
@@ -189,7 +171,7 @@ impl Netns {
              \t}}\n\
              \tchain input {{\n\
              \t\ttype filter hook input priority filter; policy accept;\n\
-             \t\tiifname \"{wan_if}\" ct state new {to_router}\n\
+             \t\tiifname \"{wan_if}\" ct state new drop\n\
              \t}}\n\
              }}\n"
         ));
