@@ -45,6 +45,8 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::liveness::{self, Candidate, ConnectionState, Liveness, LivenessPolicy};
 
+mod health;
+
 pub(crate) const HELLO: StreamProtocol = StreamProtocol::new("/edgemesh/hello/1.0.0");
 pub(crate) const TCP: StreamProtocol = StreamProtocol::new("/edgemesh/tcp/1.0.0");
 pub(crate) const UDP: StreamProtocol = StreamProtocol::new("/edgemesh/udp/1.0.0");
@@ -102,14 +104,6 @@ struct Shared {
     /// Proxy streams we open per connection (yamux is sized for this many each way).
     limit: usize,
     policy: LivenessPolicy,
-}
-
-/// What `/peers` shows of one connection's health.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Health {
-    pub state: ConnectionState,
-    pub last_ping_age: Option<Duration>,
-    pub rtt: Option<Duration>,
 }
 
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -227,66 +221,6 @@ impl Control {
 
     pub(crate) fn is_connected(&self, peer: &PeerId) -> bool {
         lock(&self.shared).conns.values().any(|c| &c.peer == peer && c.established && !c.requests.is_closed())
-    }
-
-    /// Whether `peer` has a connection that answers its pings (a new stream need not wait for
-    /// a fresh dial).
-    pub(crate) fn is_alive(&self, peer: &PeerId) -> bool {
-        let shared = lock(&self.shared);
-        shared
-            .conns
-            .values()
-            .any(|c| &c.peer == peer && c.usable() && c.state(&shared.policy) == ConnectionState::Alive)
-    }
-
-    /// Whether `peer` has a direct connection that is not being closed.
-    pub(crate) fn has_direct(&self, peer: &PeerId) -> bool {
-        let shared = lock(&self.shared);
-        shared
-            .conns
-            .values()
-            .any(|c| &c.peer == peer && !c.relayed && c.usable() && c.state(&shared.policy) != ConnectionState::Closing)
-    }
-
-    /// Records a ping's outcome on `conn`; true when that changed whether the connection is
-    /// alive (waiters for a usable connection care).
-    pub(crate) fn record_ping(&self, conn: ConnectionId, rtt: Option<Duration>) -> bool {
-        let mut shared = lock(&self.shared);
-        let policy = shared.policy;
-        let Some(c) = shared.conns.get_mut(&conn) else { return false };
-        let before = c.state(&policy);
-        match rtt {
-            Some(rtt) => c.liveness.ping_ok(tokio::time::Instant::now(), rtt),
-            None => c.liveness.ping_unsupported(),
-        }
-        before != c.state(&policy)
-    }
-
-    /// Connections that answered no ping for the liveness timeout, marked as being closed (no
-    /// new stream goes to them): (connection, peer, relayed). The caller closes them.
-    pub(crate) fn take_dead(&self) -> Vec<(ConnectionId, PeerId, bool)> {
-        let mut shared = lock(&self.shared);
-        let policy = shared.policy;
-        let now = tokio::time::Instant::now();
-        let mut dead = Vec::new();
-        for (id, c) in shared.conns.iter_mut() {
-            if c.usable() && c.liveness.is_dead(now, &policy) {
-                c.liveness.set_closing();
-                dead.push((*id, c.peer, c.relayed));
-            }
-        }
-        dead
-    }
-
-    /// The health of one connection, for `/peers`.
-    pub(crate) fn health(&self, conn: ConnectionId) -> Option<Health> {
-        let shared = lock(&self.shared);
-        let c = shared.conns.get(&conn)?;
-        Some(Health {
-            state: c.state(&shared.policy),
-            last_ping_age: c.liveness.last_ping_age(tokio::time::Instant::now()),
-            rtt: c.liveness.rtt(),
-        })
     }
 }
 
