@@ -56,6 +56,19 @@ pub struct TunnelConfig {
     /// connections. Peers pick the first they both support, so agents that only speak Noise
     /// still connect; false offers Noise only (as agents before TLS). QUIC always uses TLS.
     pub tls: bool,
+    /// Every connection is pinged this long after its previous ping was answered (QUIC's own
+    /// keep-alive runs at the same pace).
+    pub ping_interval: Duration,
+    /// A connection that answered no ping for this long is closed: new streams move to another
+    /// connection (a live direct one, else the relayed one, else a fresh dial) and the proxied
+    /// connections it carried are reset toward their clients. From two missed pings on, new
+    /// streams already prefer another connection. Also QUIC's idle timeout. At least twice
+    /// `ping_interval`.
+    pub liveness_timeout: Duration,
+    /// `TCP_USER_TIMEOUT` of every tunnel TCP socket: the kernel drops a connection whose sent
+    /// bytes stay unacknowledged this long. Idle sockets get TCP keepalive probes after the
+    /// same time (every second, three), so a dead path is found even without traffic.
+    pub tcp_user_timeout: Duration,
 }
 
 impl TunnelConfig {
@@ -74,7 +87,33 @@ impl TunnelConfig {
             connect_timeout: Duration::from_secs(10),
             idle_connection_timeout: Duration::from_secs(120),
             tls: true,
+            ping_interval: Duration::from_secs(1),
+            liveness_timeout: Duration::from_secs(5),
+            tcp_user_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl TunnelConfig {
+    /// The liveness settings, checked: what is wrong and why.
+    pub(crate) fn liveness(&self) -> Result<crate::liveness::LivenessPolicy, String> {
+        let (interval, timeout) = (self.ping_interval, self.liveness_timeout);
+        if interval < Duration::from_millis(100) {
+            return Err(format!("ping_interval {interval:?} is below 100ms: pings would flood the connections"));
+        }
+        if timeout < interval * 2 {
+            return Err(format!(
+                "liveness_timeout {timeout:?} must be at least twice ping_interval ({interval:?}): one late ping \
+                 would close a healthy connection"
+            ));
+        }
+        if self.tcp_user_timeout < Duration::from_secs(1) {
+            return Err(format!(
+                "tcp_user_timeout {:?} is below 1s: a short stall would drop healthy connections",
+                self.tcp_user_timeout
+            ));
+        }
+        Ok(crate::liveness::LivenessPolicy { interval, timeout })
     }
 }
 
