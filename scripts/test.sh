@@ -34,3 +34,8 @@ cargo test --workspace --locked "$@"
 # The tunnel with its optional QUIC transport (`--features quic`).
 cargo clippy -p edgemesh-tunnel --features quic --all-targets --locked -- -D warnings
 cargo test -p edgemesh-tunnel --features quic --locked --test tunnel "$@"
+# The agent built with QUIC: the relay, hole-punching and fault scenarios again, over QUIC
+# addresses only (the tests pick them when built with the feature: `Transport::of_this_build`).
+cargo clippy -p edgemesh --features quic --all-targets --locked -- -D warnings
+cargo test -p edgemesh --features quic --locked --test tunnel_e2e "$@" -- a_node_behind_nat nodes_behind_two_nats
+cargo test -p edgemesh --features quic --locked --test tunnel_faults_e2e "$@"

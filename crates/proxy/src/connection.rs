@@ -168,11 +168,17 @@ enum Upstream {
 const REMOTE_COPY_BUF: usize = 16 * 1024;
 
 /// Copies between the client and a tunnel stream; EOF on either side
-/// half-closes the other.
+/// half-closes the other. An error (the tunnel connection was lost, the
+/// remote agent reset the stream) resets the client: a FIN would look like
+/// a complete response.
 async fn forward_remote(mut client: TcpStream, mut stream: RemoteStream) -> std::io::Result<splice::Transferred> {
-    let (a_to_b, b_to_a) =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut stream, REMOTE_COPY_BUF, REMOTE_COPY_BUF).await?;
-    Ok(splice::Transferred { a_to_b, b_to_a })
+    match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut stream, REMOTE_COPY_BUF, REMOTE_COPY_BUF).await {
+        Ok((a_to_b, b_to_a)) => Ok(splice::Transferred { a_to_b, b_to_a }),
+        Err(e) => {
+            reset(client);
+            Err(e)
+        }
+    }
 }
 
 /// Connects to the chosen endpoint, or to the next ones in the plan when it

@@ -25,7 +25,9 @@ use tokio::sync::mpsc;
 /// What the stand-in tunnel was asked: (protocol, node, target).
 type Calls = Arc<Mutex<Vec<(&'static str, String, SocketAddr)>>>;
 
-/// Connects to the target over loopback for any node but `node-down`.
+/// Connects to the target over loopback for any node but `node-down` (no
+/// peer) and `node-lost` (a stream whose connection is lost after a few
+/// bytes).
 struct LoopbackTunnel {
     calls: Calls,
 }
@@ -44,8 +46,12 @@ impl LoopbackTunnel {
 impl Remote for LoopbackTunnel {
     fn open_tcp(&self, node: &str, target: SocketAddr, _: &ServiceKey) -> RemoteFuture<RemoteStream> {
         let allowed = self.record("tcp", node, target);
+        let lost = node == "node-lost";
         Box::pin(async move {
             allowed?;
+            if lost {
+                return Ok(Box::new(LostStream::default()) as RemoteStream);
+            }
             Ok(Box::new(TcpStream::connect(target).await?) as RemoteStream)
         })
     }
@@ -74,6 +80,59 @@ impl Remote for LoopbackTunnel {
             });
             Ok(RemoteDatagrams { to_remote, from_remote })
         })
+    }
+}
+
+/// A tunnel stream that answers the client's first bytes with `partial`,
+/// then fails as the tunnel's streams do when their connection is lost
+/// (`ConnectionReset`).
+#[derive(Default)]
+struct LostStream {
+    asked: bool,
+    answered: bool,
+    reader: Option<std::task::Waker>,
+}
+
+impl tokio::io::AsyncRead for LostStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if !self.asked {
+            self.reader = Some(cx.waker().clone());
+            return std::task::Poll::Pending;
+        }
+        if std::mem::replace(&mut self.answered, true) {
+            return std::task::Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "connection lost")));
+        }
+        buf.put_slice(b"partial");
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for LostStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        self.asked = true;
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -107,6 +166,22 @@ async fn endpoints_on_other_nodes_go_through_the_tunnel() {
     let calls = calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 5, "only the other node's endpoint is opened through the tunnel: {calls:?}");
     assert!(calls.iter().all(|c| *c == ("tcp", "node-b".to_owned(), remote)), "{calls:?}");
+    h.stop().await;
+}
+
+/// A tunnel stream lost mid-connection resets the client: a FIN would pass
+/// a cut response off as a complete one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_lost_mid_connection_resets_the_client() {
+    let (mut h, _calls) = start_through_tunnel(64).await;
+    let target = identity_backend("never reached").await;
+    add_on_nodes(&mut h, service("web"), "web", &[(target, "node-lost")], false).await;
+    let mut s = TcpStream::connect(h.addr("web")).await.unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.expect("no hang");
+    assert_eq!(got, b"partial");
+    assert_eq!(end.expect_err("not a clean end of file").kind(), io::ErrorKind::ConnectionReset);
     h.stop().await;
 }
 

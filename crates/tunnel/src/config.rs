@@ -82,6 +82,22 @@ pub struct TunnelConfig {
     /// connections. Peers pick the first they both support, so agents that only speak Noise
     /// still connect; false offers Noise only (as agents before TLS). QUIC always uses TLS.
     pub tls: bool,
+    /// Every connection is pinged this long after its previous ping was answered (QUIC's own
+    /// keep-alive runs at the same pace).
+    #[serde(with = "edgemesh_core::duration")]
+    pub ping_interval: Duration,
+    /// A connection that answered no ping for this long is closed: new streams move to another
+    /// connection (a live direct one, else the relayed one, else a fresh dial) and the proxied
+    /// connections it carried are reset toward their clients. From two missed pings on, new
+    /// streams already prefer another connection. Also QUIC's idle timeout. At least twice
+    /// `ping_interval`.
+    #[serde(with = "edgemesh_core::duration")]
+    pub liveness_timeout: Duration,
+    /// `TCP_USER_TIMEOUT` of every tunnel TCP socket: the kernel drops a connection whose sent
+    /// bytes stay unacknowledged this long. Idle sockets get TCP keepalive probes after the
+    /// same time (every second, three), so a dead path is found even without traffic.
+    #[serde(with = "edgemesh_core::duration")]
+    pub tcp_user_timeout: Duration,
 }
 
 impl TunnelConfig {
@@ -142,6 +158,9 @@ impl TunnelConfig {
         if let Err(e) = self.allow_list() {
             problems.push(e.to_string());
         }
+        if let Err(e) = self.liveness() {
+            problems.push(format!("tunnel.{e}"));
+        }
         problems
     }
 }
@@ -164,7 +183,33 @@ impl Default for TunnelConfig {
             connect_timeout: Duration::from_secs(10),
             idle_connection_timeout: Duration::from_secs(120),
             tls: true,
+            ping_interval: Duration::from_secs(1),
+            liveness_timeout: Duration::from_secs(5),
+            tcp_user_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl TunnelConfig {
+    /// The liveness settings, checked: what is wrong and why.
+    pub(crate) fn liveness(&self) -> Result<crate::liveness::LivenessPolicy, String> {
+        let (interval, timeout) = (self.ping_interval, self.liveness_timeout);
+        if interval < Duration::from_millis(100) {
+            return Err(format!("pingInterval {interval:?} is below 100ms: pings would flood the connections"));
+        }
+        if timeout < interval * 2 {
+            return Err(format!(
+                "livenessTimeout {timeout:?} must be at least twice pingInterval ({interval:?}): one late ping \
+                 would close a healthy connection"
+            ));
+        }
+        if self.tcp_user_timeout < Duration::from_secs(1) {
+            return Err(format!(
+                "tcpUserTimeout {:?} is below 1s: a short stall would drop healthy connections",
+                self.tcp_user_timeout
+            ));
+        }
+        Ok(crate::liveness::LivenessPolicy { interval, timeout })
     }
 }
 

@@ -44,8 +44,16 @@
 //! address. The node that accepted a relayed connection dials the addresses the peer advertises
 //! (connection reversal: if the peer is reachable, that connects directly at once), and DCUtR
 //! tries to upgrade each relayed connection to a direct one (hole punching, for when neither
-//! side is reachable); proxy streams use a direct connection when there is one and the relayed
+//! side is reachable); while a peer stays relayed, the upgrade is tried again with back-off
+//! (`upgrade`). Proxy streams use a live direct connection when there is one and the relayed
 //! one otherwise, so traffic falls back to the relay when the direct path breaks.
+//!
+//! # Liveness
+//!
+//! rust-libp2p's ping only reports, so the tunnel acts on it (`liveness`, `node::heal`): a
+//! connection that answers no ping for [`TunnelConfig::liveness_timeout`] is closed, its
+//! proxied connections read as reset (`muxer`), and new streams take the remaining path or a
+//! fresh dial. Tunnel TCP sockets carry `TCP_USER_TIMEOUT` and keepalive probes.
 //!
 //! A relay server ([`TunnelConfig::relay_server`]) offers circuit relay v2 with the bounded
 //! [`RelayLimits`], and announces its listen addresses as external addresses (libp2p's relay
@@ -62,7 +70,8 @@
 //!
 //! - `config`, `error`, `identity` (keys and the PSK file);
 //! - `swarm`: transports and behaviours; `node`: the swarm task (dialing, discovery, relay
-//!   reservations, connection reversal);
+//!   reservations, connection reversal), with `node::heal` (liveness, failover dials,
+//!   re-upgrading); `liveness` and `upgrade`: the pure rules behind those;
 //! - `streams`: the raw-stream behaviour (opens and accepts the edgemesh protocols); `muxer`:
 //!   yamux sized for both directions; `wire`: hello and proxy headers;
 //! - `tunnel`: the [`Tunnel`] handle, with `peers` (the state of each peer, `/peers`),
@@ -75,6 +84,7 @@ mod coalesce;
 mod config;
 mod error;
 mod identity;
+mod liveness;
 mod muxer;
 mod node;
 mod security;
@@ -84,6 +94,7 @@ mod swarm;
 mod tests;
 mod tls;
 mod tunnel;
+mod upgrade;
 mod wire;
 
 use std::{future::Future, net::SocketAddr, pin::Pin};
@@ -94,9 +105,11 @@ pub use config::{
 pub use error::TunnelError;
 pub use identity::load_or_create_identity;
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr};
+pub use liveness::ConnectionState;
 pub use tokio_util::sync::CancellationToken;
 pub use tunnel::{
-    ConnectionType, DatagramReceiver, DatagramSender, MAX_DATAGRAM, PeerStatus, Tunnel, TunnelStream, UDP_IDLE_TIMEOUT,
+    ConnectionStatus, ConnectionType, DatagramReceiver, DatagramSender, MAX_DATAGRAM, PeerStatus, Tunnel, TunnelStream,
+    UDP_IDLE_TIMEOUT,
 };
 
 /// The transport protocol of a proxied flow.

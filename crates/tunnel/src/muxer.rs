@@ -8,15 +8,26 @@
 //! yamux limit is set to twice the per-direction limit plus a margin (the tunnel never opens
 //! more than its per-direction limit on one connection, see `streams::Control`, and peers run
 //! the same code), with the window sized to match.
+//!
+//! A stream whose connection is lost must not look like one the peer ended: yamux ends the
+//! reads of a lost connection's streams with a plain end of file (or never, when the connection
+//! is closed gracefully by us), and the proxy would hand the client a clean FIN, which looks
+//! like success. So each [`Stream`] shares its connection's fate: once the connection failed or
+//! is being closed, a read ends with `ConnectionReset` ([`StreamReset::ConnectionLost`]), and
+//! a stream reset by the peer reads as [`StreamReset::ByPeer`].
 
 use std::{
     collections::VecDeque,
     io, iter,
     pin::Pin,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll, Waker},
 };
 
-use futures::{AsyncRead, AsyncWrite, future, ready};
+use futures::{AsyncRead, AsyncWrite, future, ready, task::AtomicWaker};
 use libp2p::core::{
     muxing::{StreamMuxer, StreamMuxerEvent},
     upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo},
@@ -85,11 +96,124 @@ pub(crate) struct Muxer<C> {
     /// Inbound streams that arrived while `poll` drove the connection.
     inbound: VecDeque<yamux::Stream>,
     inbound_waker: Option<Waker>,
+    fate: Arc<Fate>,
 }
 
 impl<C> Muxer<C> {
     fn new(connection: yamux::Connection<C>) -> Self {
-        Muxer { connection, inbound: VecDeque::new(), inbound_waker: None }
+        Muxer { connection, inbound: VecDeque::new(), inbound_waker: None, fate: Arc::new(Fate::default()) }
+    }
+
+    fn stream(&self, inner: yamux::Stream) -> Stream {
+        Stream::new(inner, &self.fate)
+    }
+}
+
+impl<C> Drop for Muxer<C> {
+    fn drop(&mut self) {
+        self.fate.lose();
+    }
+}
+
+/// Whether a connection is lost (failed, being closed or gone), shared with its streams.
+#[derive(Default)]
+struct Fate {
+    lost: AtomicBool,
+    /// The readers of the connection's streams, woken when it is lost.
+    readers: Mutex<Vec<Weak<AtomicWaker>>>,
+}
+
+impl Fate {
+    fn lose(&self) {
+        if self.lost.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let readers = std::mem::take(&mut *self.readers.lock().unwrap_or_else(|e| e.into_inner()));
+        for r in readers.iter().filter_map(Weak::upgrade) {
+            r.wake();
+        }
+    }
+
+    fn register(&self, reader: &Arc<AtomicWaker>) {
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        // Drop the entries of ended streams now and then (amortised).
+        if readers.len() >= 64 && readers.len().is_power_of_two() {
+            readers.retain(|r| r.strong_count() > 0);
+        }
+        readers.push(Arc::downgrade(reader));
+    }
+}
+
+/// Why a stream's reads ended with `ConnectionReset` (the error's payload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum StreamReset {
+    #[error("the tunnel connection carrying this stream was lost")]
+    ConnectionLost,
+    #[error("the peer reset the stream")]
+    ByPeer,
+}
+
+impl StreamReset {
+    /// The reason of an error a tunnel stream returned, if it is a reset.
+    pub(crate) fn of(e: &io::Error) -> Option<StreamReset> {
+        e.get_ref().and_then(|r| r.downcast_ref::<StreamReset>()).copied()
+    }
+}
+
+/// A yamux stream that reads as reset, not ended, when its connection is lost.
+pub(crate) struct Stream {
+    inner: yamux::Stream,
+    fate: Arc<Fate>,
+    reader: Arc<AtomicWaker>,
+    /// We closed our side (then the peer's FIN closes the stream for good: a normal end).
+    closed: bool,
+}
+
+impl Stream {
+    fn new(inner: yamux::Stream, fate: &Arc<Fate>) -> Self {
+        let reader = Arc::new(AtomicWaker::new());
+        fate.register(&reader);
+        Stream { inner, fate: fate.clone(), reader, closed: false }
+    }
+
+    fn reset(why: StreamReset) -> io::Error {
+        io::Error::new(io::ErrorKind::ConnectionReset, why)
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        this.reader.register(cx.waker());
+        if this.fate.lost.load(Ordering::Acquire) {
+            return Poll::Ready(Err(Self::reset(StreamReset::ConnectionLost)));
+        }
+        let n = ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if n == 0 && !buf.is_empty() && !this.closed && this.inner.is_closed() {
+            // Closed without the peer's FIN (that leaves the write side open): a reset, by the
+            // peer or because the connection failed.
+            let why = match this.fate.lost.load(Ordering::Acquire) {
+                true => StreamReset::ConnectionLost,
+                false => StreamReset::ByPeer,
+            };
+            return Poll::Ready(Err(Self::reset(why)));
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.closed = true;
+        Pin::new(&mut self.inner).poll_close(cx)
     }
 }
 
@@ -105,11 +229,13 @@ where
     C: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<yamux::Stream>> {
-        match ready!(self.connection.poll_next_inbound(cx)) {
-            Some(Ok(s)) => Poll::Ready(Ok(s)),
-            Some(Err(e)) => Poll::Ready(Err(to_io(e))),
-            None => Poll::Ready(Err(to_io(yamux::ConnectionError::Closed))),
-        }
+        let result = match ready!(self.connection.poll_next_inbound(cx)) {
+            Some(Ok(s)) => return Poll::Ready(Ok(s)),
+            Some(Err(e)) => to_io(e),
+            None => to_io(yamux::ConnectionError::Closed),
+        };
+        self.fate.lose();
+        Poll::Ready(Err(result))
     }
 }
 
@@ -117,25 +243,29 @@ impl<C> StreamMuxer for Muxer<C>
 where
     C: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    type Substream = yamux::Stream;
+    type Substream = Stream;
     type Error = io::Error;
 
-    fn poll_inbound(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<yamux::Stream>> {
+    fn poll_inbound(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<Stream>> {
         if let Some(s) = self.inbound.pop_front() {
-            return Poll::Ready(Ok(s));
+            return Poll::Ready(Ok(self.stream(s)));
         }
         if let Poll::Ready(r) = self.poll_inner(cx) {
-            return Poll::Ready(r);
+            return Poll::Ready(r.map(|s| self.stream(s)));
         }
         self.inbound_waker = Some(cx.waker().clone());
         Poll::Pending
     }
 
-    fn poll_outbound(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<yamux::Stream>> {
-        self.connection.poll_new_outbound(cx).map_err(to_io)
+    fn poll_outbound(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<Stream>> {
+        let s = ready!(self.connection.poll_new_outbound(cx)).map_err(to_io)?;
+        Poll::Ready(Ok(self.stream(s)))
     }
 
+    /// Closing a connection (it answers no pings, or is idle, or the swarm stops) ends its
+    /// streams at once, as reset: a graceful yamux close leaves their reads waiting forever.
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.fate.lose();
         self.connection.poll_close(cx).map_err(to_io)
     }
 

@@ -1,5 +1,8 @@
 //! Running the swarm: dialing, discovery, relay reservations, connection reversal, and the
-//! events that keep the peers' state (`tunnel::Inner`) current.
+//! events that keep the peers' state (`tunnel::Inner`) current; [`heal`]: liveness, failover
+//! and re-upgrading.
+
+mod heal;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -13,7 +16,7 @@ use libp2p::{
     core::transport::ListenerId,
     dcutr, identify, mdns,
     multiaddr::Protocol,
-    ping, relay,
+    relay,
     swarm::{
         ConnectionId, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
@@ -77,6 +80,7 @@ pub(crate) struct Task {
     dial_back: HashSet<PeerId>,
     reserve: bool,
     relay_server: bool,
+    heal: heal::Heal,
 }
 
 fn next_backoff(b: Duration) -> Duration {
@@ -133,6 +137,7 @@ impl Task {
             dial_back: HashSet::new(),
             reserve: true,
             relay_server,
+            heal: heal::Heal::default(),
         };
         let relay_peers: Vec<PeerId> = t.relays.iter().map(|r| r.peer).collect();
         for (peer, addr) in t.relays.iter().map(|r| (r.peer, r.addr.clone())).collect::<Vec<_>>() {
@@ -207,15 +212,10 @@ impl Task {
         }
     }
 
-    /// Addresses to reach `peer`: what we learnt, then through every relay.
-    fn dial_addresses(&self, peer: PeerId) -> Vec<Multiaddr> {
-        let mut out = self.addresses.get(&peer).cloned().unwrap_or_default();
-        for r in &self.relays {
-            if r.peer != peer {
-                out.push(r.addr.clone().with(Protocol::P2pCircuit).with(Protocol::P2p(peer)));
-            }
-        }
-        out
+    /// Addresses to reach `peer` through every relay.
+    fn relay_circuits(&self, peer: PeerId) -> Vec<Multiaddr> {
+        let through = self.relays.iter().filter(|r| r.peer != peer);
+        through.map(|r| r.addr.clone().with(Protocol::P2pCircuit).with(Protocol::P2p(peer))).collect()
     }
 
     pub(crate) async fn run(mut self) {
@@ -239,6 +239,7 @@ impl Task {
     }
 
     fn on_tick(&mut self) {
+        self.heal_tick();
         let now = Instant::now();
         for i in 0..self.relays.len() {
             let r = &mut self.relays[i];
@@ -290,32 +291,7 @@ impl Task {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Connect { peer, reply } => {
-                if self.swarm.is_connected(&peer) {
-                    let _ = reply.send(Ok(()));
-                    return;
-                }
-                let first = !self.pending_connects.contains_key(&peer);
-                self.pending_connects.entry(peer).or_default().push(reply);
-                if !first {
-                    return;
-                }
-                let addrs = self.dial_addresses(peer);
-                if addrs.is_empty() {
-                    self.fail_connects(peer, "no known address and no relay configured".into());
-                    return;
-                }
-                let opts = DialOpts::peer_id(peer)
-                    .addresses(addrs)
-                    .condition(PeerCondition::DisconnectedAndNotDialing)
-                    .build();
-                match self.swarm.dial(opts) {
-                    Ok(()) => {}
-                    // Another dial is under way: its outcome answers.
-                    Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
-                    Err(e) => self.fail_connects(peer, e.to_string()),
-                }
-            }
+            Command::Connect { peer, reply } => self.connect(peer, reply),
             Command::Disconnect { peer } => {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
@@ -356,6 +332,8 @@ impl Task {
                     }
                 }
                 self.inner.connection_established(peer_id, connection_id, addr, relayed);
+                self.connect_dial_done(peer_id, connection_id);
+                self.path_changed(peer_id);
                 if let Some(waiters) = self.pending_connects.remove(&peer_id) {
                     for w in waiters {
                         let _ = w.send(Ok(()));
@@ -366,6 +344,7 @@ impl Task {
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
                 tracing::debug!(peer = %peer_id, remaining = num_established, cause = ?cause, "connection closed");
                 self.inner.connection_closed(peer_id, connection_id);
+                self.path_changed(peer_id);
                 if num_established == 0 {
                     self.dial_back.remove(&peer_id);
                     let now = Instant::now();
@@ -394,8 +373,8 @@ impl Task {
                         b.backoff = next_backoff(b.backoff);
                     }
                 }
-                if let Some(peer) = peer_id.filter(|p| !self.swarm.is_connected(p)) {
-                    self.fail_connects(peer, error.to_string());
+                if let Some(peer) = peer_id {
+                    self.connect_dial_failed(peer, connection_id, error.to_string());
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -476,11 +455,7 @@ impl Task {
                 }
             }
             BehaviourEvent::Identify(_) => {}
-            BehaviourEvent::Ping(ping::Event { peer, connection, result }) => {
-                if let Ok(rtt) = result {
-                    self.inner.set_rtt(peer, connection, rtt);
-                }
-            }
+            BehaviourEvent::Ping(event) => self.on_ping(event),
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
                 tracing::info!(?old, ?new, "AutoNAT status changed");
                 self.set_reserve(!new.is_public());

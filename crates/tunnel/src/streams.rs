@@ -8,8 +8,9 @@
 //!
 //! Here inbound streams go to an unbounded channel straight from the connection task (they are
 //! bounded by the stream limit of each connection), any number of outbound streams negotiate
-//! concurrently, and `open` picks the newest direct connection, else the newest relayed one.
-//! Opening a stream never goes through the swarm task.
+//! concurrently, and `open` picks a connection by [`liveness::preference`]: live direct, then
+//! live relayed, then suspect ones, never one being closed. Opening a stream never goes through
+//! the swarm task.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -41,6 +42,10 @@ use libp2p::{
     },
 };
 use tokio::sync::{Notify, mpsc};
+
+use crate::liveness::{self, Candidate, ConnectionState, Liveness, LivenessPolicy};
+
+mod health;
 
 pub(crate) const HELLO: StreamProtocol = StreamProtocol::new("/edgemesh/hello/1.0.0");
 pub(crate) const TCP: StreamProtocol = StreamProtocol::new("/edgemesh/tcp/1.0.0");
@@ -78,6 +83,19 @@ struct Conn {
     /// Proxy streams we opened on this connection and that are still alive.
     outbound: Arc<AtomicUsize>,
     requests: mpsc::UnboundedSender<OpenRequest>,
+    /// Its pings (the swarm task records them and closes the connection when it is dead).
+    liveness: Liveness,
+}
+
+impl Conn {
+    /// Not closed, not being closed.
+    fn usable(&self) -> bool {
+        self.established && !self.requests.is_closed()
+    }
+
+    fn state(&self, policy: &LivenessPolicy) -> ConnectionState {
+        self.liveness.state(tokio::time::Instant::now(), policy)
+    }
 }
 
 struct Shared {
@@ -85,6 +103,7 @@ struct Shared {
     seq: u64,
     /// Proxy streams we open per connection (yamux is sized for this many each way).
     limit: usize,
+    policy: LivenessPolicy,
 }
 
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -141,14 +160,18 @@ impl Control {
             None => shared.conns.values().filter(|c| c.peer == peer && c.established).collect(),
         };
         candidates.retain(|c| !c.requests.is_closed());
-        if candidates.is_empty() {
+        let order = liveness::preference(
+            &candidates
+                .iter()
+                .map(|c| Candidate { state: c.state(&shared.policy), relayed: c.relayed, seq: c.seq })
+                .collect::<Vec<_>>(),
+        );
+        if order.is_empty() {
             return Err(OpenError::NotConnected);
         }
-        // Direct before relayed, newest first.
-        candidates.sort_by_key(|c| (c.relayed, std::cmp::Reverse(c.seq)));
         let (reply, rx) = oneshot::channel();
         let mut request = OpenRequest { protocol, reply };
-        for c in candidates {
+        for c in order.into_iter().map(|i| candidates[i]) {
             let slot = if counted {
                 if c.outbound.fetch_add(1, Ordering::AcqRel) >= shared.limit {
                     c.outbound.fetch_sub(1, Ordering::AcqRel);
@@ -166,8 +189,8 @@ impl Control {
         Err(OpenError::Full)
     }
 
-    /// Opens a proxy stream on the preferred connection to `peer` with room for it: direct
-    /// before relayed, newest first.
+    /// Opens a proxy stream on the preferred connection to `peer` with room for it (see
+    /// [`liveness::preference`]).
     pub(crate) fn open(&self, peer: PeerId, protocol: StreamProtocol) -> Result<Opening, OpenError> {
         self.send(None, peer, protocol, true)
     }
@@ -210,8 +233,8 @@ pub(crate) struct Behaviour {
 }
 
 impl Behaviour {
-    pub(crate) fn new(limit: usize) -> (Behaviour, Control, mpsc::UnboundedReceiver<Inbound>) {
-        let shared = Arc::new(Mutex::new(Shared { conns: HashMap::new(), seq: 0, limit }));
+    pub(crate) fn new(limit: usize, policy: LivenessPolicy) -> (Behaviour, Control, mpsc::UnboundedReceiver<Inbound>) {
+        let shared = Arc::new(Mutex::new(Shared { conns: HashMap::new(), seq: 0, limit, policy }));
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Behaviour { shared: shared.clone(), inbound: tx, keep_alive: HashSet::new(), events: VecDeque::new() },
@@ -250,7 +273,15 @@ impl Behaviour {
         let seq = shared.seq;
         shared.conns.insert(
             id,
-            Conn { peer, relayed, seq, established: false, outbound: Arc::new(AtomicUsize::new(0)), requests: tx },
+            Conn {
+                peer,
+                relayed,
+                seq,
+                established: false,
+                outbound: Arc::new(AtomicUsize::new(0)),
+                requests: tx,
+                liveness: Liveness::new(tokio::time::Instant::now()),
+            },
         );
         Ok(Handler { peer, inbound: self.inbound.clone(), requests: rx, keep_alive: self.keep_alive.contains(&peer) })
     }

@@ -20,7 +20,7 @@ use libp2p::{
 };
 use tokio::sync::mpsc;
 
-use crate::{RelayLimits, TunnelError, security::Security, streams, tls};
+use crate::{RelayLimits, TunnelError, liveness::LivenessPolicy, security::Security, streams, tls};
 
 pub(crate) const PROTOCOL_VERSION: &str = "/edgemesh/1.0.0";
 
@@ -73,6 +73,8 @@ pub(crate) struct SwarmParams<'a> {
     pub idle_timeout: Duration,
     /// Offer TLS before Noise.
     pub tls: bool,
+    pub liveness: LivenessPolicy,
+    pub tcp_user_timeout: Duration,
 }
 
 pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
@@ -86,14 +88,20 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
     let security = Security::new(tls, noise);
     let yamux = crate::muxer::Config::new(p.max_streams);
 
-    let tcp_base = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true).listen_backlog(1024));
+    let user_timeout = p.tcp_user_timeout;
+    let tcp_base = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true).listen_backlog(1024)).map(
+        move |stream: tcp::tokio::TcpStream, _| {
+            dead_path_timeouts(&stream.0, user_timeout);
+            stream
+        },
+    );
     let tcp = match p.psk {
         Some(psk) => {
             secured(tcp_base.and_then(move |socket, _| pnet::PnetConfig::new(psk).handshake(socket)), &security, &yamux)
         }
         None => secured(tcp_base, &security, &yamux),
     };
-    let direct = if p.quic { with_quic(tcp, key, p.max_streams) } else { tcp };
+    let direct = if p.quic { with_quic(tcp, key, p.max_streams, &p.liveness) } else { tcp };
     // /dns4, /dns6 and /dnsaddr addresses (bootstrap peers and relays by name).
     let direct: BoxedTransport = if std::path::Path::new("/etc/resolv.conf").exists() {
         libp2p::dns::tokio::Transport::system(direct)
@@ -120,7 +128,7 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
     } else {
         None
     };
-    let (streams, control, inbound) = streams::Behaviour::new(p.max_streams);
+    let (streams, control, inbound) = streams::Behaviour::new(p.max_streams, p.liveness);
     let behaviour = Behaviour {
         relay_client,
         relay_server: p.relay_server.map(|l| relay::Behaviour::new(local, relay_config(l))).into(),
@@ -130,7 +138,11 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
                 .with_agent_version(format!("edgemesh/{}", env!("CARGO_PKG_VERSION")))
                 .with_interval(Duration::from_secs(300)),
         ),
-        ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
+        // Pings only report; the swarm task closes the connections that stop answering (see
+        // `liveness`). A ping answered later than the liveness timeout is of no use.
+        ping: ping::Behaviour::new(
+            ping::Config::new().with_interval(p.liveness.interval).with_timeout(p.liveness.timeout),
+        ),
         autonat: autonat::Behaviour::new(local, autonat::Config::default()),
         mdns: mdns.into(),
         streams,
@@ -165,12 +177,33 @@ where
         .boxed()
 }
 
+/// A tunnel TCP socket (dialled or accepted) gives up on a dead path by itself:
+/// `TCP_USER_TIMEOUT` bounds how long sent bytes may stay unacknowledged, and keepalive probes
+/// find a dead path while nothing is sent. Without them the kernel retransmits for about 15
+/// minutes, and the connection stays open (and preferred) all that time.
+fn dead_path_timeouts(stream: &tokio::net::TcpStream, user_timeout: Duration) {
+    let socket = socket2::SockRef::from(stream);
+    let keepalive =
+        socket2::TcpKeepalive::new().with_time(user_timeout).with_interval(Duration::from_secs(1)).with_retries(3);
+    let set = socket
+        .set_tcp_user_timeout(Some(user_timeout))
+        .and_then(|()| socket.set_tcp_keepalive(&keepalive))
+        .and_then(|()| socket.set_keepalive(true));
+    if let Err(e) = set {
+        tracing::warn!(error = %e, "cannot set TCP_USER_TIMEOUT and keepalive on a tunnel socket: a dead path \
+            is found by the pings only");
+    }
+}
+
 /// TCP or QUIC, whichever the dialled address names.
 #[cfg(feature = "quic")]
-fn with_quic(tcp: BoxedTransport, key: &Keypair, max_streams: usize) -> BoxedTransport {
+fn with_quic(tcp: BoxedTransport, key: &Keypair, max_streams: usize, liveness: &LivenessPolicy) -> BoxedTransport {
     use libp2p::quic;
     let mut qc = quic::Config::new(key);
     qc.max_concurrent_stream_limit = (max_streams + 256) as u32;
+    // QUIC's own dead-path detection, at the pace of the pings.
+    qc.keep_alive_interval = liveness.interval;
+    qc.max_idle_timeout = u32::try_from(liveness.timeout.as_millis()).unwrap_or(u32::MAX);
     let quic = quic::tokio::Transport::new(qc).map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
     tcp.or_transport(quic)
         .map(|either, _| match either {
@@ -181,7 +214,7 @@ fn with_quic(tcp: BoxedTransport, key: &Keypair, max_streams: usize) -> BoxedTra
 
 /// Built without QUIC: `quic` is never set (see `Tunnel::start`), so this is TCP alone.
 #[cfg(not(feature = "quic"))]
-fn with_quic(tcp: BoxedTransport, _: &Keypair, _: usize) -> BoxedTransport {
+fn with_quic(tcp: BoxedTransport, _: &Keypair, _: usize, _: &LivenessPolicy) -> BoxedTransport {
     tcp
 }
 

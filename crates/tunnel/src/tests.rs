@@ -277,10 +277,14 @@ async fn traffic_falls_back_to_the_relay_when_the_direct_path_breaks() {
         assert!(tokio::time::Instant::now() < deadline, "no hole punching: {conns:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let s = a.open_tcp("b", echo, "x").await.unwrap();
-    assert!(!s.is_relayed(), "a direct connection is preferred");
-    drop(s);
+    let mut on_direct = a.open_tcp("b", echo, "x").await.unwrap();
+    assert!(!on_direct.is_relayed(), "a direct connection is preferred");
     a.inner.commands.send(crate::node::Command::Close { connection: direct }).unwrap();
+    // A stream on the closed connection ends as reset, at once: neither a clean end (the
+    // proxy would pass a cut answer off as complete) nor a hang.
+    let mut one = [0u8; 1];
+    let ended = tokio::time::timeout(Duration::from_secs(5), on_direct.read(&mut one)).await.expect("no hang");
+    assert_eq!(ended.expect_err("not a clean end").kind(), std::io::ErrorKind::ConnectionReset);
     while a.inner.control.connections(&b.peer_id()).iter().any(|(id, _)| *id == direct) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

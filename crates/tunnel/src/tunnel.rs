@@ -32,7 +32,7 @@ pub(crate) use hello::spawn_hello;
 pub use inbound::UDP_IDLE_TIMEOUT;
 pub(crate) use peers::Inner;
 use peers::{Claim, StreamGuard, lock};
-pub use peers::{ConnectionType, PeerStatus};
+pub use peers::{ConnectionStatus, ConnectionType, PeerStatus};
 use proxied::datagram_pair;
 pub use proxied::{DatagramReceiver, DatagramSender, MAX_DATAGRAM, TunnelStream};
 
@@ -40,12 +40,15 @@ use crate::{
     Directory, TunnelConfig, TunnelError, TunnelProtocol,
     config::MAX_STREAMS_PER_CONNECTION,
     identity::{load_or_create_identity, load_psk},
+    muxer::StreamReset,
     node::{Command, Task},
     streams::{self, OpenError, TCP, UDP},
     swarm::{self, SwarmParams},
     wire::{self, Header, Reply},
 };
 
+/// Pause before dialling a peer again after a failed dial (see `Tunnel::ready`).
+const REDIAL_PAUSE: Duration = Duration::from_millis(300);
 /// Time limit on reading a hello or a proxy header, and on a hello reply.
 const HEADER_TIMEOUT: Duration = if cfg!(test) { Duration::from_secs(2) } else { Duration::from_secs(10) };
 
@@ -113,6 +116,7 @@ impl Tunnel {
             );
             max_streams = MAX_STREAMS_PER_CONNECTION;
         }
+        let liveness = config.liveness().map_err(TunnelError::Config)?;
         let built = swarm::build(SwarmParams {
             key: &key,
             psk,
@@ -122,6 +126,8 @@ impl Tunnel {
             mdns: config.mdns,
             tls: config.tls,
             idle_timeout: config.idle_connection_timeout,
+            liveness,
+            tcp_user_timeout: config.tcp_user_timeout,
         })?;
         let mut swarm = built.swarm;
         let mut listeners = HashSet::new();
@@ -156,6 +162,7 @@ impl Tunnel {
             peers: Mutex::new(HashMap::new()),
             changed: watch::Sender::new(0),
             connect_timeout: config.connect_timeout,
+            liveness,
             max_streams,
             stop: stop.clone(),
             quic,
@@ -231,17 +238,22 @@ impl Tunnel {
     }
 
     /// Connects to `peer` (if needed) and waits until it accepted our node name claim.
+    ///
+    /// A peer whose connections all missed pings gets a fresh dial (beside them) rather than a
+    /// stream on a connection that may be dead; only if that dial fails are they used.
     async fn ready(&self, node: &str, peer: PeerId, deadline: tokio::time::Instant) -> Result<(), TunnelError> {
         let inner = &self.inner;
         let mut rx = inner.changed.subscribe();
         let mut dials = 0;
+        let mut suspect_will_do = false;
+        let mut last_failure = None;
         let timed_out = || TunnelError::Timeout { node: node.to_owned(), timeout: inner.connect_timeout };
         loop {
             rx.borrow_and_update();
             if inner.stop.is_cancelled() {
                 return Err(TunnelError::Stopped);
             }
-            let connected = inner.control.is_connected(&peer);
+            let connected = inner.control.is_alive(&peer) || (suspect_will_do && inner.control.is_connected(&peer));
             if connected {
                 match inner.our_claim(peer) {
                     Some(Claim::Accepted(_)) => return Ok(()),
@@ -255,7 +267,7 @@ impl Tunnel {
                     return Err(TunnelError::PeerUnreachable {
                         node: node.to_owned(),
                         peer: peer.to_string(),
-                        reason: "connection lost repeatedly".into(),
+                        reason: last_failure.take().unwrap_or_else(|| "connection lost repeatedly".into()),
                     });
                 }
                 dials += 1;
@@ -264,12 +276,14 @@ impl Tunnel {
                 match tokio::time::timeout_at(deadline, reply).await {
                     Err(_) => return Err(timed_out()),
                     Ok(Err(_)) => return Err(TunnelError::Stopped),
+                    Ok(Ok(Err(_))) if inner.control.is_connected(&peer) => suspect_will_do = true,
+                    // A dial can fail for a moment (the relay connection it needed was being
+                    // replaced, the relay restarts): dial again, a little later, within the
+                    // deadline.
                     Ok(Ok(Err(reason))) => {
-                        return Err(TunnelError::PeerUnreachable {
-                            node: node.to_owned(),
-                            peer: peer.to_string(),
-                            reason,
-                        });
+                        last_failure = Some(reason);
+                        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + REDIAL_PAUSE)).await;
+                        continue;
                     }
                     Ok(Ok(Ok(()))) => continue,
                 }
@@ -280,13 +294,16 @@ impl Tunnel {
         }
     }
 
+    /// Opens a proxy stream to `node` and exchanges its header. A stream whose connection was
+    /// lost before the reply (nothing of the client's was sent yet) is opened again on the
+    /// remaining path, within the same deadline.
     async fn open(
         &self,
         node: &str,
         target: SocketAddr,
         service: &str,
         protocol: TunnelProtocol,
-    ) -> Result<(PeerId, Compat<Stream>, bool, StreamGuard), TunnelError> {
+    ) -> Result<Opened, TunnelError> {
         let inner = &self.inner;
         if inner.stop.is_cancelled() {
             return Err(TunnelError::Stopped);
@@ -295,9 +312,37 @@ impl Tunnel {
         if peer == inner.local_peer {
             return Err(TunnelError::Config(format!("node {node:?} is this node: connect to its endpoints directly")));
         }
+        let deadline = tokio::time::Instant::now() + inner.connect_timeout;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.open_once(node, peer, target, service, protocol, deadline).await {
+                Err(Failed::Lost(message)) if attempts < 3 && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(%node, %peer, %message, "tunnel connection lost while opening a stream: again");
+                }
+                Err(Failed::Lost(reason)) => {
+                    return Err(TunnelError::PeerUnreachable { node: node.to_owned(), peer: peer.to_string(), reason });
+                }
+                Err(Failed::Error(e)) => return Err(e),
+                Ok(opened) => return Ok(opened),
+            }
+        }
+    }
+
+    /// One [`Tunnel::open`] attempt; `Err(Lost)` when the connection carrying the stream was
+    /// lost before the reply.
+    async fn open_once(
+        &self,
+        node: &str,
+        peer: PeerId,
+        target: SocketAddr,
+        service: &str,
+        protocol: TunnelProtocol,
+        deadline: tokio::time::Instant,
+    ) -> Result<Opened, Failed> {
+        let inner = &self.inner;
         let timeout_err = || TunnelError::Timeout { node: node.to_owned(), timeout: inner.connect_timeout };
         let protocol_err = |message: String| TunnelError::Protocol { node: node.to_owned(), message };
-        let deadline = tokio::time::Instant::now() + inner.connect_timeout;
         self.ready(node, peer, deadline).await?;
         let proto = match protocol {
             TunnelProtocol::Tcp => TCP,
@@ -314,33 +359,27 @@ impl Tunnel {
                 }
                 Err(OpenError::Full) => {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                        return Err(TunnelError::PeerUnreachable {
+                        return Err(Failed::Error(TunnelError::PeerUnreachable {
                             node: node.to_owned(),
                             peer: peer.to_string(),
                             reason: format!("{} streams already open on every connection", inner.max_streams),
-                        });
+                        }));
                     }
                 }
             }
         };
         let relayed = opening.relayed;
         let stream = match tokio::time::timeout_at(deadline, opening.rx).await {
-            Err(_) => return Err(timeout_err()),
-            Ok(Err(_)) => {
-                return Err(TunnelError::PeerUnreachable {
-                    node: node.to_owned(),
-                    peer: peer.to_string(),
-                    reason: "connection closed".into(),
-                });
-            }
+            Err(_) => return Err(Failed::Error(timeout_err())),
+            Ok(Err(_)) => return Err(Failed::Lost("connection closed".into())),
             Ok(Ok(Err(e))) if e.kind() == io::ErrorKind::Unsupported => {
-                return Err(TunnelError::Untrusted {
+                return Err(Failed::Error(TunnelError::Untrusted {
                     node: node.to_owned(),
                     peer: peer.to_string(),
                     reason: e.to_string(),
-                });
+                }));
             }
-            Ok(Ok(Err(e))) => return Err(protocol_err(format!("cannot open a stream: {e}"))),
+            Ok(Ok(Err(e))) => return Err(Failed::Error(protocol_err(format!("cannot open a stream: {e}")))),
             Ok(Ok(Ok(s))) => s,
         };
         let guard = StreamGuard::new(inner.stream_counter(peer), opening.slot);
@@ -354,19 +393,28 @@ impl Tunnel {
             stream.read_u8().await
         };
         let reply = match tokio::time::timeout_at(reply_deadline, exchange).await {
-            Err(_) => return Err(timeout_err()),
+            Err(_) => return Err(Failed::Error(timeout_err())),
             Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 // Closed without a reply: the remote does not accept proxy streams from us.
-                return Err(TunnelError::Untrusted {
+                return Err(Failed::Error(TunnelError::Untrusted {
                     node: node.to_owned(),
                     peer: peer.to_string(),
                     reason: "the remote agent closed the stream without a reply".into(),
-                });
+                }));
             }
-            Ok(Err(e)) => return Err(protocol_err(format!("no reply: {e}"))),
+            Ok(Err(e)) if connection_lost(&e) => return Err(Failed::Lost(format!("no reply: {e}"))),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+                // Reset without a reply: the remote does not accept proxy streams from us.
+                return Err(Failed::Error(TunnelError::Untrusted {
+                    node: node.to_owned(),
+                    peer: peer.to_string(),
+                    reason: "the remote agent reset the stream without a reply".into(),
+                }));
+            }
+            Ok(Err(e)) => return Err(Failed::Error(protocol_err(format!("no reply: {e}")))),
             Ok(Ok(r)) => r,
         };
-        match Reply::from_u8(reply) {
+        Ok(match Reply::from_u8(reply) {
             Some(Reply::Ok) => Ok((peer, stream, relayed, guard)),
             Some(Reply::Refused) => Err(TunnelError::Refused { node: node.to_owned(), target }),
             Some(Reply::Unreachable) | Some(Reply::Error) => {
@@ -375,6 +423,28 @@ impl Tunnel {
             Some(Reply::NotServed) => Err(TunnelError::NotServed { node: node.to_owned(), target }),
             Some(Reply::BadRequest) => Err(protocol_err("the remote agent rejected the header".into())),
             None => Err(protocol_err(format!("unknown reply {reply}"))),
-        }
+        }?)
+    }
+}
+
+/// Whether a tunnel stream's error says its connection was lost (yamux: see `muxer`; QUIC:
+/// `NotConnected`), rather than that the peer reset the stream.
+fn connection_lost(e: &io::Error) -> bool {
+    StreamReset::of(e) == Some(StreamReset::ConnectionLost) || e.kind() == io::ErrorKind::NotConnected
+}
+
+/// A stream to a peer, header exchanged: (peer, stream, relayed, guard).
+type Opened = (PeerId, Compat<Stream>, bool, StreamGuard);
+
+/// Why a [`Tunnel::open`] attempt failed.
+enum Failed {
+    /// The connection carrying the stream was lost before the reply: try the remaining path.
+    Lost(String),
+    Error(TunnelError),
+}
+
+impl From<TunnelError> for Failed {
+    fn from(e: TunnelError) -> Self {
+        Failed::Error(e)
     }
 }

@@ -152,3 +152,11 @@ fn every_key_has_a_readme_row_and_every_row_a_key() {
     assert!(undocumented.is_empty(), "keys without a README row: {undocumented:?}");
     assert!(unknown.is_empty(), "README rows naming no key: {unknown:?}");
 }
+
+#[test]
+fn tunnel_liveness_settings_are_checked_with_the_rest() {
+    let c = Config::from_yaml("nodeName: n1\ntunnel:\n  enabled: true\n  pingInterval: 2s\n  livenessTimeout: 3s\n")
+        .unwrap();
+    let msg = c.validate().unwrap_err().to_string();
+    assert!(msg.contains("tunnel.livenessTimeout 3s must be at least twice pingInterval"), "{msg}");
+}

@@ -1,9 +1,11 @@
 //! Helpers for end-to-end tests: the real `edgemesh` binary, real backends
 //! (nginx), real clients (dig, curl), all on loopback; [`netns`]: the same
 //! inside network namespaces made for the test (as root); [`node`]: a node
-//! in node mode (interception) built from them.
+//! in node mode (interception) built from them; [`mesh`]: tunnel nodes,
+//! NAT routers and the agents' `/peers` view.
 #![allow(dead_code)]
 
+pub mod mesh;
 pub mod netns;
 pub mod node;
 

@@ -9,7 +9,7 @@
 //!   node;
 //! - [`Netns::router`] and [`Netns::masquerade`]: a NAT router (forwarding
 //!   on, nftables masquerade out of its WAN link, new connections from the
-//!   WAN dropped);
+//!   WAN dropped); [`Netns::black_hole`]: a path that drops packets;
 //! - [`Netns::resolv_conf`]: the resolver that `ip netns exec` programs
 //!   (getent, curl) use inside the namespace;
 //! - [`in_netns`]: run a closure on a thread inside a namespace (its
@@ -175,6 +175,25 @@ impl Netns {
              \t}}\n\
              }}\n"
         ));
+    }
+
+    /// Black-holes all traffic this router forwards to or from `address`
+    /// (packets silently dropped, no reset), until [`Netns::restore`].
+    pub fn black_hole(&self, address: &str) {
+        self.nft_file(&format!(
+            "table ip em_black_hole {{\n\
+             \tchain forward {{\n\
+             \t\ttype filter hook forward priority filter - 10; policy accept;\n\
+             \t\tip daddr {address} drop\n\
+             \t\tip saddr {address} drop\n\
+             \t}}\n\
+             }}\n"
+        ));
+    }
+
+    /// Removes what [`Netns::black_hole`] added.
+    pub fn restore(&self) {
+        self.ok(&["nft", "delete", "table", "ip", "em_black_hole"]);
     }
 
     /// Writes `/etc/netns/<name>/resolv.conf`, which `ip netns exec` mounts

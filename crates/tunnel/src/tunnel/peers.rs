@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Directory,
+    liveness::{ConnectionState, LivenessPolicy},
     node::Command,
     streams::{Control, Slot},
 };
@@ -38,7 +39,6 @@ pub(crate) enum Claim {
 struct ConnInfo {
     addr: Multiaddr,
     relayed: bool,
-    rtt: Option<Duration>,
 }
 
 pub(crate) struct PeerEntry {
@@ -49,6 +49,9 @@ pub(crate) struct PeerEntry {
     conns: HashMap<ConnectionId, ConnInfo>,
     streams: Arc<AtomicUsize>,
     reserved: bool,
+    /// The path new streams take (None: not known yet), and since when.
+    path: Option<ConnectionType>,
+    path_since: Instant,
 }
 
 impl PeerEntry {
@@ -59,6 +62,8 @@ impl PeerEntry {
             conns: HashMap::new(),
             streams: Arc::new(AtomicUsize::new(0)),
             reserved: false,
+            path: None,
+            path_since: Instant::now(),
         }
     }
 }
@@ -74,6 +79,7 @@ pub(crate) struct Inner {
     /// Bumped on every change of `peers` that a waiter may care about.
     pub changed: watch::Sender<u64>,
     pub connect_timeout: Duration,
+    pub liveness: LivenessPolicy,
     pub max_streams: usize,
     pub stop: CancellationToken,
     /// QUIC is usable (no PSK).
@@ -91,16 +97,12 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inner {
-    fn bump(&self) {
+    pub(crate) fn bump(&self) {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     pub(crate) fn connection_established(&self, peer: PeerId, conn: ConnectionId, addr: Multiaddr, relayed: bool) {
-        lock(&self.peers)
-            .entry(peer)
-            .or_insert_with(PeerEntry::new)
-            .conns
-            .insert(conn, ConnInfo { addr, relayed, rtt: None });
+        lock(&self.peers).entry(peer).or_insert_with(PeerEntry::new).conns.insert(conn, ConnInfo { addr, relayed });
         self.bump();
     }
 
@@ -118,9 +120,16 @@ impl Inner {
         self.bump();
     }
 
-    pub(crate) fn set_rtt(&self, peer: PeerId, conn: ConnectionId, rtt: Duration) {
-        if let Some(c) = lock(&self.peers).get_mut(&peer).and_then(|e| e.conns.get_mut(&conn)) {
-            c.rtt = Some(rtt);
+    /// The path new streams to `peer` take now (see `node::heal`).
+    pub(crate) fn note_path(&self, peer: PeerId, path: Option<ConnectionType>) {
+        if let Some(e) = lock(&self.peers).get_mut(&peer)
+            && e.path != path
+        {
+            if let (Some(from), Some(to)) = (e.path, path) {
+                tracing::info!(%peer, ?from, ?to, "tunnel path changed");
+            }
+            e.path = path;
+            e.path_since = Instant::now();
         }
     }
 
@@ -214,11 +223,34 @@ impl Inner {
             .iter()
             .filter(|(_, e)| !e.conns.is_empty())
             .map(|(peer, e)| {
-                let direct = e.conns.values().any(|c| !c.relayed);
+                let mut connections: Vec<ConnectionStatus> = e
+                    .conns
+                    .iter()
+                    .filter_map(|(id, c)| {
+                        let health = self.control.health(*id)?;
+                        Some(ConnectionStatus {
+                            address: c.addr.to_string(),
+                            connection: if c.relayed { ConnectionType::Relayed } else { ConnectionType::Direct },
+                            state: health.state,
+                            last_ping_ms_ago: health.last_ping_age.map(|d| d.as_millis() as u64),
+                            rtt_ms: health.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                        })
+                    })
+                    .collect();
+                connections
+                    .sort_by(|a, b| (a.state, a.connection, &a.address).cmp(&(b.state, b.connection, &b.address)));
+                let usable = |c: &&ConnectionStatus| c.state != ConnectionState::Closing;
+                let direct = connections.iter().filter(usable).any(|c| c.connection == ConnectionType::Direct);
                 let mut addresses: Vec<String> = e.conns.values().map(|c| c.addr.to_string()).collect();
                 addresses.sort();
                 addresses.dedup();
-                let rtt = e.conns.values().filter(|c| c.relayed != direct).filter_map(|c| c.rtt).min();
+                let preferred = if direct { ConnectionType::Direct } else { ConnectionType::Relayed };
+                let rtt = connections
+                    .iter()
+                    .filter(usable)
+                    .filter(|c| c.connection == preferred)
+                    .filter_map(|c| c.rtt_ms)
+                    .min_by(f64::total_cmp);
                 PeerStatus {
                     node: match &e.theirs {
                         Claim::Accepted(n) => Some(n.clone()),
@@ -226,8 +258,10 @@ impl Inner {
                     },
                     peer_id: peer.to_string(),
                     addresses,
-                    connection: if direct { ConnectionType::Direct } else { ConnectionType::Relayed },
-                    rtt_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    connection: preferred,
+                    rtt_ms: rtt,
+                    path_changed_seconds_ago: e.path_since.elapsed().as_secs_f64(),
+                    connections,
                     open_streams: e.streams.load(Ordering::Relaxed),
                     trusted: matches!(e.theirs, Claim::Accepted(_)),
                     relay_reserved: e.reserved,
@@ -256,7 +290,7 @@ impl Drop for StreamGuard {
 }
 
 /// How a peer is connected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnectionType {
     /// At least one direct connection (TCP or QUIC, possibly hole punched).
@@ -266,7 +300,8 @@ pub enum ConnectionType {
 }
 
 /// A connected peer, for the admin `/peers` endpoint (JSON keys in camelCase, like the rest of
-/// the admin JSON: `peerId`, `rttMs`, `openStreams`, `relayReserved`).
+/// the admin JSON: `peerId`, `rttMs`, `openStreams`, `relayReserved`, `pathChangedSecondsAgo`,
+/// `connections`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerStatus {
@@ -275,13 +310,34 @@ pub struct PeerStatus {
     pub peer_id: String,
     /// Remote addresses of the open connections.
     pub addresses: Vec<String>,
+    /// The path new streams take: direct if a direct connection is open and not being closed.
     pub connection: ConnectionType,
     /// Round-trip time of the preferred connection, in milliseconds (None: not measured yet).
     pub rtt_ms: Option<f64>,
+    /// Seconds since `connection` last changed (or since the peer connected).
+    pub path_changed_seconds_ago: f64,
+    /// Each open connection.
+    pub connections: Vec<ConnectionStatus>,
     /// Proxied TCP connections and UDP sessions open with this peer (both directions).
     pub open_streams: usize,
     /// The peer's node name claim is accepted (it may open proxy streams to us).
     pub trusted: bool,
     /// This peer is one of our relays and holds a reservation for us.
     pub relay_reserved: bool,
+}
+
+/// One connection to a peer, in `/peers`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionStatus {
+    /// The remote address (through a relay: `.../p2p-circuit/...`).
+    pub address: String,
+    pub connection: ConnectionType,
+    /// `alive`, `suspect` (missed two pings: new streams avoid it) or `closing` (no ping
+    /// answered for the liveness timeout).
+    pub state: ConnectionState,
+    /// Milliseconds since its last ping was answered (None: none yet).
+    pub last_ping_ms_ago: Option<u64>,
+    /// The last ping's round-trip time, in milliseconds.
+    pub rtt_ms: Option<f64>,
 }

@@ -1,0 +1,229 @@
+//! The swarm task's side of liveness, failover and re-upgrading (issue #13, edge faults).
+//!
+//! - **Liveness.** Ping outcomes go to each connection's record (`liveness`); a connection
+//!   that answered no ping for the liveness timeout is closed. Its proxied connections are
+//!   reset (see `muxer`), and new streams take the remaining path: a live direct connection,
+//!   else the relayed one, else a fresh dial (`streams::Control::open`, `Tunnel::ready`).
+//! - **Re-upgrading.** While a peer is only relayed, the direct upgrade is tried again on the
+//!   `upgrade` schedule: a dial of the peer's known direct addresses, and a fresh DCUtR
+//!   attempt. DCUtR runs once per relayed connection, started by the side that *accepted* it;
+//!   so the peer with the lower ID opens a new relayed connection, and the other side's DCUtR
+//!   hole punches on it. (Both doing so would run two hole punches at once through the same
+//!   ports.)
+//! - **Fresh dials.** Reaching a peer dials its known direct addresses and its relay circuits
+//!   as two dials: a black-holed direct address hangs until the transport timeout (20 s), and
+//!   a relay that was down a moment ago must not wait for it. Each new request re-dials a leg
+//!   that is not under way; the waiters are answered by the first connection, and failed only
+//!   when both legs failed.
+//! - **Path changes** (direct or relayed) are timestamped for `/peers`.
+
+use std::collections::{HashMap, HashSet};
+
+use libp2p::{
+    Multiaddr, PeerId, ping,
+    swarm::{
+        ConnectionId,
+        dial_opts::{DialOpts, PeerCondition},
+    },
+};
+use tokio::{sync::oneshot, time::Instant};
+
+use super::Task;
+use crate::{tunnel::ConnectionType, upgrade::Retry};
+
+/// Re-upgrade bookkeeping of the swarm task.
+#[derive(Default)]
+pub(super) struct Heal {
+    /// Peers connected only through relays, and when to try the upgrade again.
+    retries: HashMap<PeerId, Retry>,
+    /// Peers we had a direct connection to (they get the faster schedule once relayed again).
+    was_direct: HashSet<PeerId>,
+    /// The dials under way to reach peers for streams.
+    dials: HashMap<PeerId, Legs>,
+}
+
+/// The two dials that reach a peer for streams (None: not under way).
+#[derive(Default)]
+struct Legs {
+    direct: Option<ConnectionId>,
+    relayed: Option<ConnectionId>,
+}
+
+/// Bound on `was_direct` (a peer per node of the cluster; cleared beyond, which only slows
+/// the schedule of a few pairs).
+const MAX_REMEMBERED: usize = 100_000;
+
+impl Task {
+    pub(super) fn on_ping(&mut self, event: ping::Event) {
+        let changed = match event.result {
+            Ok(rtt) => self.inner.control.record_ping(event.connection, Some(rtt)),
+            Err(ping::Failure::Unsupported) => {
+                tracing::debug!(peer = %event.peer, "peer does not answer pings: its connection is watched by \
+                    TCP timeouts only");
+                self.inner.control.record_ping(event.connection, None)
+            }
+            Err(e) => {
+                tracing::debug!(peer = %event.peer, error = %e, "ping failed");
+                false
+            }
+        };
+        if changed {
+            self.inner.bump();
+        }
+    }
+
+    /// Runs on every tick of the swarm task.
+    pub(super) fn heal_tick(&mut self) {
+        self.close_dead();
+        self.retry_upgrades();
+    }
+
+    /// Closes the connections that answered no ping for the liveness timeout.
+    fn close_dead(&mut self) {
+        let dead = self.inner.control.take_dead();
+        for (connection, peer, relayed) in &dead {
+            tracing::info!(%peer, relayed, timeout = ?self.inner.liveness.timeout,
+                "closing a tunnel connection that answers no pings; new streams take another path");
+            self.swarm.close_connection(*connection);
+        }
+        for (_, peer, _) in dead {
+            self.path_changed(peer);
+        }
+    }
+
+    /// After a connection to `peer` was established, closed or found dead: the path `/peers`
+    /// shows, and whether the peer now waits for a re-upgrade.
+    pub(super) fn path_changed(&mut self, peer: PeerId) {
+        let control = &self.inner.control;
+        let path = if control.has_direct(&peer) {
+            Some(ConnectionType::Direct)
+        } else if control.is_connected(&peer) {
+            Some(ConnectionType::Relayed)
+        } else {
+            None
+        };
+        self.inner.note_path(peer, path);
+        let heal = &mut self.heal;
+        match path {
+            Some(ConnectionType::Direct) => {
+                heal.retries.remove(&peer);
+                if heal.was_direct.len() >= MAX_REMEMBERED {
+                    heal.was_direct.clear();
+                }
+                heal.was_direct.insert(peer);
+            }
+            // Only relays and bootstrap peers are kept connected without streams: a relayed
+            // peer that is neither is retried while it stays connected.
+            Some(ConnectionType::Relayed) => {
+                let lost = heal.was_direct.contains(&peer);
+                heal.retries.entry(peer).or_insert_with(|| Retry::new(Instant::now(), lost));
+            }
+            None => {
+                heal.retries.remove(&peer);
+            }
+        }
+        self.inner.bump();
+    }
+
+    /// Reaches `peer` for a stream: replies when a connection is established, or when both
+    /// dials failed. A connection that missed pings does not count: a fresh path is dialled
+    /// beside it.
+    pub(super) fn connect(&mut self, peer: PeerId, reply: oneshot::Sender<Result<(), String>>) {
+        if self.inner.control.is_alive(&peer) {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        self.pending_connects.entry(peer).or_default().push(reply);
+        let direct = self.addresses.get(&peer).cloned().unwrap_or_default();
+        let relayed = self.relay_circuits(peer);
+        let legs = self.heal.dials.remove(&peer).unwrap_or_default();
+        let legs = Legs {
+            direct: legs.direct.or_else(|| self.dial_leg(peer, direct)),
+            relayed: legs.relayed.or_else(|| self.dial_leg(peer, relayed)),
+        };
+        if legs.direct.is_none() && legs.relayed.is_none() {
+            self.fail_connects(peer, "no known address and no relay configured".into());
+            return;
+        }
+        self.heal.dials.insert(peer, legs);
+    }
+
+    fn dial_leg(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Option<ConnectionId> {
+        if addrs.is_empty() {
+            return None;
+        }
+        let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Always).build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => Some(id),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "cannot dial");
+                None
+            }
+        }
+    }
+
+    /// A connection to `peer` was established: if it was one of our dials, that leg is over.
+    pub(super) fn connect_dial_done(&mut self, peer: PeerId, connection: ConnectionId) {
+        if let Some(legs) = self.heal.dials.get_mut(&peer) {
+            legs.direct = legs.direct.filter(|id| *id != connection);
+            legs.relayed = legs.relayed.filter(|id| *id != connection);
+            if legs.direct.is_none() && legs.relayed.is_none() {
+                self.heal.dials.remove(&peer);
+            }
+        }
+    }
+
+    /// A dial to `peer` failed: when it was the last leg under way and no live connection is
+    /// left, the waiters learn why.
+    pub(super) fn connect_dial_failed(&mut self, peer: PeerId, connection: ConnectionId, error: String) {
+        let Some(legs) = self.heal.dials.get(&peer) else { return };
+        if legs.direct != Some(connection) && legs.relayed != Some(connection) {
+            return;
+        }
+        self.connect_dial_done(peer, connection);
+        if !self.heal.dials.contains_key(&peer) && !self.inner.control.is_alive(&peer) {
+            self.fail_connects(peer, error);
+        }
+    }
+
+    fn retry_upgrades(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(PeerId, u32)> = self
+            .heal
+            .retries
+            .iter_mut()
+            .filter_map(|(peer, retry)| retry.due(now).then(|| (*peer, retry.attempts())))
+            .collect();
+        for (peer, attempt) in due {
+            if self.inner.control.has_direct(&peer) {
+                self.heal.retries.remove(&peer);
+                continue;
+            }
+            self.retry_upgrade(peer, attempt);
+        }
+    }
+
+    /// One re-upgrade attempt: a dial of the peer's known direct addresses (enough when either
+    /// side is reachable), and, from the peer with the lower ID, a new relayed connection on
+    /// which the other side starts a fresh DCUtR hole punch.
+    fn retry_upgrade(&mut self, peer: PeerId, attempt: u32) {
+        let direct: Vec<_> = self.addresses.get(&peer).cloned().unwrap_or_default();
+        let relayed = self.relay_circuits(peer);
+        let punch = self.inner.local_peer < peer && !relayed.is_empty();
+        tracing::debug!(%peer, attempt, direct = ?direct, punch, "retrying the direct upgrade");
+        if !direct.is_empty() {
+            let opts =
+                DialOpts::peer_id(peer).addresses(direct).condition(PeerCondition::Always).allocate_new_port().build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "cannot dial the known addresses");
+            }
+        }
+        if punch {
+            let opts = DialOpts::peer_id(peer).addresses(relayed).condition(PeerCondition::Always).build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "cannot open a relayed connection for hole punching");
+            }
+        }
+    }
+}
