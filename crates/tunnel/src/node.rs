@@ -1,5 +1,7 @@
 //! Running the swarm: dialing, discovery, relay reservations, connection reversal, and the
-//! events that keep the peers' state (`tunnel::Inner`) current.
+//! events that keep the peers' state (`tunnel::Inner`) current; `upnp`: port mapping.
+
+mod upnp;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -76,6 +78,7 @@ pub(crate) struct Task {
     /// dialled yet (see [`Task::dial_back`]).
     dial_back: HashSet<PeerId>,
     reserve: bool,
+    reachability: upnp::Reachability,
     relay_server: bool,
 }
 
@@ -132,6 +135,7 @@ impl Task {
             pending_connects: HashMap::new(),
             dial_back: HashSet::new(),
             reserve: true,
+            reachability: Default::default(),
             relay_server,
         };
         let relay_peers: Vec<PeerId> = t.relays.iter().map(|r| r.peer).collect();
@@ -483,7 +487,7 @@ impl Task {
             }
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
                 tracing::info!(?old, ?new, "AutoNAT status changed");
-                self.set_reserve(!new.is_public());
+                self.on_autonat_public(new.is_public());
             }
             BehaviourEvent::Autonat(_) => {}
             BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
@@ -504,6 +508,7 @@ impl Task {
                 }
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
+            BehaviourEvent::Upnp(e) => self.on_upnp(e),
             BehaviourEvent::Streams(e) => match e {},
         }
     }

@@ -1,6 +1,6 @@
 //! Building the swarm: transports (TCP with optional PSK, QUIC, DNS, relayed), TLS or Noise, the
 //! muxer, and the behaviours (relay client and server, DCUtR, identify, ping, AutoNAT, mDNS,
-//! the edgemesh streams).
+//! UPnP port mapping, the edgemesh streams).
 
 use std::{
     num::{NonZeroU32, NonZeroUsize},
@@ -16,7 +16,7 @@ use libp2p::{
     multiaddr::Protocol,
     noise, ping, pnet, relay,
     swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
-    tcp,
+    tcp, upnp,
 };
 use tokio::sync::mpsc;
 
@@ -33,6 +33,7 @@ pub(crate) struct Behaviour {
     ping: ping::Behaviour,
     autonat: autonat::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    upnp: Toggle<upnp::tokio::Behaviour>,
     pub(crate) streams: streams::Behaviour,
 }
 
@@ -70,6 +71,8 @@ pub(crate) struct SwarmParams<'a> {
     pub max_streams: usize,
     pub relay_server: Option<&'a RelayLimits>,
     pub mdns: bool,
+    /// Ask the router for a port mapping (UPnP IGD).
+    pub upnp: bool,
     pub idle_timeout: Duration,
     /// Offer TLS before Noise.
     pub tls: bool,
@@ -133,6 +136,9 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
         ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
         autonat: autonat::Behaviour::new(local, autonat::Config::default()),
         mdns: mdns.into(),
+        // Searches for the router at once (SSDP, up to 10 s); maps the private IPv4 listen
+        // addresses' ports.
+        upnp: p.upnp.then(upnp::tokio::Behaviour::default).into(),
         streams,
     };
     let config = libp2p::swarm::Config::with_tokio_executor()

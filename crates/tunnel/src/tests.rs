@@ -70,6 +70,8 @@ impl Net {
         let mut c = TunnelConfig::new(name, self.keys.path().join(key));
         c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
         c.mdns = false;
+        // No SSDP search on the host's network.
+        c.upnp = false;
         c.connect_timeout = Duration::from_secs(3);
         if let Some(b) = bootstrap {
             c.bootstrap = vec![b.listen_addrs()[0].clone().with(Protocol::P2p(b.peer_id()))];
