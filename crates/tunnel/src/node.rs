@@ -74,6 +74,9 @@ pub(crate) struct Task {
     /// Dialable addresses learnt from mDNS, identify and the configuration.
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     pending_connects: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
+    /// The dials made for `pending_connects`: only their failure answers the waiters (another
+    /// dial to the peer failing, say a hole punch, says nothing of the relays).
+    connect_dials: HashSet<ConnectionId>,
     /// Peers that reached us through a relay and whose advertised addresses we have not
     /// dialled yet (see [`Task::dial_back`]).
     dial_back: HashSet<PeerId>,
@@ -133,6 +136,7 @@ impl Task {
             bootstrap,
             addresses: HashMap::new(),
             pending_connects: HashMap::new(),
+            connect_dials: HashSet::new(),
             dial_back: HashSet::new(),
             reserve: true,
             reachability: Default::default(),
@@ -309,14 +313,15 @@ impl Task {
                     self.fail_connects(peer, "no known address and no relay configured".into());
                     return;
                 }
-                let opts = DialOpts::peer_id(peer)
-                    .addresses(addrs)
-                    .condition(PeerCondition::DisconnectedAndNotDialing)
-                    .build();
+                // Even while another dial is under way: that one may be a hole punch or a dial
+                // back to an address that only times out (20 s), and this one also goes through
+                // every relay.
+                let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Disconnected).build();
+                let id = opts.connection_id();
                 match self.swarm.dial(opts) {
-                    Ok(()) => {}
-                    // Another dial is under way: its outcome answers.
-                    Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
+                    Ok(()) => {
+                        self.connect_dials.insert(id);
+                    }
                     Err(e) => self.fail_connects(peer, e.to_string()),
                 }
             }
@@ -341,6 +346,7 @@ impl Task {
     pub(crate) fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
+                self.connect_dials.remove(&connection_id);
                 let addr = endpoint.get_remote_address().clone();
                 let relayed = endpoint.is_relayed();
                 tracing::debug!(peer = %peer_id, %addr, relayed, n = num_established, "connection established");
@@ -398,7 +404,8 @@ impl Task {
                         b.backoff = next_backoff(b.backoff);
                     }
                 }
-                if let Some(peer) = peer_id.filter(|p| !self.swarm.is_connected(p)) {
+                let ours = self.connect_dials.remove(&connection_id);
+                if let Some(peer) = peer_id.filter(|p| ours && !self.swarm.is_connected(p)) {
                     self.fail_connects(peer, error.to_string());
                 }
             }
