@@ -25,113 +25,12 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::netns::{
-    Lan, Netns, NsAgent, NsNginx, NsProcess, TcpEcho, UdpEcho, link, require_root, tcp_echo_many, udp_window,
-};
-use support::{eventually_every, peer_id, write_manifest};
-
-/// Bound on what the tunnel does on its own (discovery, relay, hole punching).
-const LIMIT: Duration = Duration::from_secs(30);
-
-/// A node: a namespace, its state directory (identity) and its manifests.
-struct Node {
-    name: String,
-    ns: Netns,
-    peer_id: String,
-    dir: tempfile::TempDir,
-}
-
-impl Node {
-    /// A node called `name` whose identity exists already (its peer ID is
-    /// known before the agent starts, as an operator would annotate it).
-    fn new(name: &str) -> Node {
-        let ns = Netns::new(name.trim_start_matches("node-"));
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("manifests")).unwrap();
-        let peer_id = peer_id(&dir.path().join("state"));
-        Node { name: name.to_owned(), ns, peer_id, dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Replaces the node's manifests with `objects`.
-    fn manifests(&self, objects: &[String]) {
-        write_manifest(&self.path("manifests"), "cluster.yaml", &objects.join("---\n"));
-    }
-
-    /// The agent on this node, with the tunnel on and `extra` flags.
-    fn start(&self, extra: &[&str]) -> NsAgent {
-        let (manifests, state) = (self.path("manifests"), self.path("state"));
-        let mut args = vec!["--node-name", &self.name, "--tunnel", "--dns-upstream", "127.0.0.1:9"];
-        args.extend(["--vip-cidr", "127.90.0.0/16"]);
-        args.extend(["--manifest-dir", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
-        args.extend_from_slice(extra);
-        NsAgent::start(&self.ns, &args, Duration::from_secs(20))
-    }
-
-    /// The Node object binding this node's name to its peer ID.
-    fn object(&self, address: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {}\n  annotations:\n    edgemesh.io/peer-id: \"{}\"\n\
-             status:\n  addresses:\n  - type: InternalIP\n    address: {address}\n",
-            self.name, self.peer_id
-        )
-    }
-
-    /// This node's TCP tunnel address, `/ip4/<address>/tcp/20006/p2p/<id>`.
-    fn tunnel_addr(&self, address: &str) -> String {
-        format!("/ip4/{address}/tcp/20006/p2p/{}", self.peer_id)
-    }
-}
-
-/// A Service `name` (protocol TCP or UDP, `port`) whose one endpoint is
-/// `address:port` on node `node`.
-fn service(name: &str, protocol: &str, port: u16, node: &str, address: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  ports:\n  \
-         - name: p\n    protocol: {protocol}\n    port: {port}\n    targetPort: {port}\n\
-         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  \
-         namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n\
-         - name: p\n  protocol: {protocol}\n  port: {port}\nendpoints:\n- addresses: [\"{address}\"]\n  \
-         nodeName: {node}\n"
-    )
-}
-
-/// The peers in `/peers`.
-fn peers(agent: &NsAgent) -> Vec<Value> {
-    agent.json("/peers")["peers"].as_array().cloned().unwrap_or_default()
-}
-
-/// Waits until `/peers` lists node `node` (its name claim accepted) and
-/// `check` holds for its entry; that entry.
-fn wait_for_peer(agent: &NsAgent, node: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    eventually_every(Duration::from_millis(200), LIMIT, what, || {
-        peers(agent).into_iter().find(|p| p["node"] == node && p["trusted"] == true && check(p))
-    })
-}
-
-/// Addresses of a `/peers` entry, joined for messages and searches.
-fn addresses(peer: &Value) -> String {
-    peer["addresses"]
-        .as_array()
-        .map(|a| a.iter().map(|a| a.as_str().unwrap_or("?")).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-/// node-a and node-b on one bridged LAN.
-fn lan_pair() -> (Lan, Node, Node) {
-    let lan = Lan::new("lan");
-    let (a, b) = (Node::new("node-a"), Node::new("node-b"));
-    lan.attach(&a.ns, "eth0", &["10.0.0.2/24"]);
-    lan.attach(&b.ns, "eth0", &["10.0.0.3/24"]);
-    (lan, a, b)
-}
+use support::eventually_every;
+use support::netns::{Lan, Netns, NsNginx, NsProcess, TcpEcho, UdpEcho, require_root, tcp_echo_many, udp_window};
+use support::tunnel::{LIMIT, Node, addresses, behind_nat, lan_pair, peers, service, wait_for_peer};
 
 #[test]
 fn nodes_on_a_lan_find_each_other_by_mdns_and_carry_connections() {
@@ -162,19 +61,6 @@ fn nodes_on_a_lan_find_each_other_by_mdns_and_carry_connections() {
     // On node-b itself the same service is a local endpoint.
     let vip_b = agent_b.vip("default", "web").unwrap();
     assert_eq!(b.ns.curl(&format!("http://{vip_b}/")).as_deref(), Some("node-b saw 10.0.0.3\n"));
-}
-
-/// Puts `node` behind a NAT router on `wan`: the router's WAN address is
-/// `wan_address`, the node is `10.<lan>.0.2` behind `10.<lan>.0.1`.
-fn behind_nat(wan: &Lan, node: &Node, wan_address: &str, lan: u8) -> Netns {
-    let router = Netns::router("rtr");
-    wan.attach(&router, "wan0", &[&format!("{wan_address}/24")]);
-    link(&router, "lan0", &node.ns, "eth0");
-    router.addr("lan0", &format!("10.{lan}.0.1/24"));
-    node.ns.addr("eth0", &format!("10.{lan}.0.2/24"));
-    node.ns.route("default", &format!("10.{lan}.0.1"));
-    router.masquerade("wan0");
-    router
 }
 
 /// node-c behind a NAT router (WAN address 198.18.0.3), node-a on the WAN

@@ -1,11 +1,15 @@
 //! Helpers for end-to-end tests: the real `edgemesh` binary, real backends
 //! (nginx), real clients (dig, curl), all on loopback; [`netns`]: the same
 //! inside network namespaces made for the test (as root); [`node`]: a node
-//! in node mode (interception) built from them.
+//! in node mode (interception) built from them; [`tunnel`]: nodes and
+//! topologies for the tunnel tests; [`probe`]: traffic that counts its
+//! failures through a fault.
 #![allow(dead_code)]
 
 pub mod netns;
 pub mod node;
+pub mod probe;
+pub mod tunnel;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
