@@ -477,8 +477,12 @@ impl Task {
                 Err(e) => tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed: staying relayed"),
             },
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                // A peer's loopback and link-local addresses lead to it only from its own host
+                // (which the address it sees us at tells): elsewhere a dial to its 127.0.0.1
+                // reaches our own listener.
+                let same_host = !is_routable(&info.observed_addr);
                 for a in &info.listen_addrs {
-                    if !is_relayed(a) {
+                    if !is_relayed(a) && (same_host || is_routable(a)) {
                         self.learn(peer_id, a.clone());
                     }
                 }

@@ -131,7 +131,11 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
         identify: identify::Behaviour::new(
             identify::Config::new(PROTOCOL_VERSION.into(), key.public())
                 .with_agent_version(format!("edgemesh/{}", env!("CARGO_PKG_VERSION")))
-                .with_interval(Duration::from_secs(300)),
+                .with_interval(Duration::from_secs(300))
+                // No address book of its own: it would add every address a peer announces,
+                // loopback included, to dials (the relay reservations'), which then reach
+                // our own listener. The swarm task keeps the dialable ones.
+                .with_cache_size(0),
         ),
         ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
         autonat: autonat::Behaviour::new(local, autonat::Config::default()),
