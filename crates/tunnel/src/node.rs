@@ -51,6 +51,10 @@ struct RelaySlot {
     addr: Multiaddr,
     peer: PeerId,
     listener: Option<ListenerId>,
+    /// The relay accepted the listener's reservation (none in flight): only then may the
+    /// listener be removed, as libp2p's relay client panics on an answer to a reservation whose
+    /// listener is gone.
+    confirmed: bool,
     retry_at: Option<Instant>,
     backoff: Duration,
 }
@@ -112,6 +116,7 @@ impl Task {
                     peer: peer_of_addr(a)?,
                     addr: a.clone(),
                     listener: None,
+                    confirmed: false,
                     retry_at: Some(Instant::now()),
                     backoff: BACKOFF_MIN,
                 })
@@ -441,6 +446,7 @@ impl Task {
         let reserve = self.reserve;
         if let Some(r) = self.relays.iter_mut().find(|r| r.listener == Some(listener_id)) {
             r.listener = None;
+            r.confirmed = false;
             self.inner.set_reserved(r.peer, false);
             if reserve {
                 tracing::warn!(relay = %r.addr, error = ?error.map(|e| e.to_string()), retry_in = ?r.backoff, "relay reservation lost");
@@ -463,9 +469,14 @@ impl Task {
                 for r in &mut self.relays {
                     if r.peer == relay_peer_id {
                         r.backoff = BACKOFF_MIN;
+                        r.confirmed = r.listener.is_some();
                     }
                 }
                 self.inner.set_reserved(relay_peer_id, true);
+                // Given up while the request was in flight (see `set_reserve`): release it now.
+                if !self.reserve {
+                    self.release_relay_slots();
+                }
             }
             BehaviourEvent::RelayClient(e) => tracing::debug!(event = ?e, "relay client"),
             BehaviourEvent::RelayServer(e) => tracing::debug!(event = ?e, "relay server"),
@@ -529,13 +540,29 @@ impl Task {
             return;
         }
         self.reserve = reserve;
+        if !reserve {
+            self.release_relay_slots();
+            return;
+        }
         for r in &mut self.relays {
-            if reserve {
-                r.retry_at = Some(Instant::now());
-                r.backoff = BACKOFF_MIN;
-            } else if let Some(id) = r.listener.take() {
+            r.retry_at = Some(Instant::now());
+            r.backoff = BACKOFF_MIN;
+        }
+    }
+
+    /// Removes the relay listeners whose reservation is confirmed; one still in flight is
+    /// released when the relay answers.
+    fn release_relay_slots(&mut self) {
+        for r in &mut self.relays {
+            if !r.confirmed {
+                continue;
+            }
+            if let Some(id) = r.listener.take() {
                 tracing::info!(relay = %r.addr, "publicly reachable: releasing the relay slot");
+                r.confirmed = false;
                 self.swarm.remove_listener(id);
+                // (The listener's closing no longer finds its slot: say it here.)
+                self.inner.set_reserved(r.peer, false);
             }
         }
     }
