@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use support::netns::{Lan, Netns, NsAgent, NsNginx, UdpEcho, link, require_root};
 use support::probe::Probe;
-use support::tunnel::{LIMIT, Node, addresses, behind_nat, peers, service, wait_for_peer};
+use support::tunnel::{LIMIT, Node, addresses, behind_nat, peers, reset_unsolicited, service, wait_for_peer};
 use support::{eventually, eventually_every};
 
 /// How soon traffic must flow again after a restart or a link coming back.
@@ -174,8 +174,9 @@ fn symmetric_nat(router: &Netns) {
     );
 }
 
-/// Two relays on the WAN; node-c behind a NAT router serves nginx, node-a
-/// behind a symmetric NAT reaches it, both configured with both relays.
+/// Two relays on the WAN; node-c behind a NAT router (which resets
+/// connections from the WAN) serves nginx, node-a behind a symmetric NAT
+/// (which drops them) reaches it, both configured with both relays.
 /// node-c holds a slot on each; node-a's connection to node-c is relayed
 /// (hole punching cannot pass the symmetric NAT). The relay carrying it is
 /// killed with SIGKILL: node-a's next connection goes through the other
@@ -191,7 +192,8 @@ fn a_relay_killed_moves_reservations_and_circuits_to_the_other_within_30s() {
     for relay in [&relay1, &relay2] {
         relay.ns.route("default", "198.18.0.254");
     }
-    let _router_c = behind_nat(&wan, &c, "198.18.0.3", 1);
+    let router_c = behind_nat(&wan, &c, "198.18.0.3", 1);
+    reset_unsolicited(&router_c);
     let router_a = behind_nat(&wan, &a, "198.18.0.2", 2);
     symmetric_nat(&router_a);
     let _nginx = NsNginx::start(&c.ns, &["10.1.0.2:80"], "node-c saw $remote_addr");
@@ -410,4 +412,41 @@ fn a_port_mapping_on_a_upnp_router_makes_a_node_behind_nat_directly_reachable() 
     assert_eq!(to_a["connection"], "direct", "{to_a}");
     assert!(addresses(&to_a).contains("/ip4/11.0.0.3/tcp/20006"), "through the mapping: {to_a}");
     assert_eq!(b.ns.curl(&url).as_deref(), Some("node-a saw 10.2.0.2\n"));
+}
+
+/// node-a behind a UPnP router and configured with a relay (on the WAN,
+/// 11.0.0.1): once the router maps its port node-a is reachable directly,
+/// so it holds no slot on the relay (it releases one it got first), and
+/// `/peers` says so.
+#[test]
+fn a_node_with_a_port_mapping_holds_no_relay_slot() {
+    require_root();
+    let wan = Lan::new("wan");
+    let (relay, a) = (Node::new("relay"), Node::new("node-a"));
+    wan.attach(&relay.ns, "eth0", &["11.0.0.1/24"]);
+    relay.ns.route("default", "11.0.0.254");
+    let _router = UpnpRouter::new(&wan, &a, "11.0.0.3", 2);
+    for n in [&relay, &a] {
+        n.manifests(&[a.object("10.2.0.2")]);
+    }
+    let _agent_relay = relay.start(&["--relay-server", "--no-mdns"]);
+    let agent_a = a.start(&["--no-mdns", "--relay", &relay.tunnel_addr("11.0.0.1")]);
+    eventually_every(Duration::from_millis(200), LIMIT, "node-a's port mapping", || {
+        agent_a.log().contains("port mapping made").then_some(())
+    });
+    let to_relay = eventually_every(Duration::from_millis(200), LIMIT, "node-a to hold no relay slot", || {
+        peers(&agent_a).into_iter().find(|p| p["peerId"] == relay.peer_id && p["relayReserved"] == false)
+    });
+    assert_eq!(to_relay["connection"], "direct", "the relay stays connected: {to_relay}");
+    // And none comes later: a reservation under way when the mapping came
+    // is answered within this window.
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(200));
+        let listed = peers(&agent_a);
+        assert!(!listed.iter().any(|p| p["relayReserved"] == true), "no relay slot: {listed:?}");
+    }
+    let log = agent_a.log();
+    let reserved = log.matches("relay slot reserved").count();
+    let released = log.matches("releasing the relay slot").count();
+    assert!(reserved <= released, "every slot taken was released ({reserved} reserved, {released} released):\n{log}");
 }

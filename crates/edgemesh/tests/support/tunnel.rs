@@ -123,3 +123,24 @@ pub fn behind_nat(wan: &Lan, node: &Node, wan_address: &str, lan: u8) -> Netns {
     router.masquerade("wan0");
     router
 }
+
+/// Makes a NAT router from [`behind_nat`] answer connections from the WAN
+/// with a TCP reset (other packets opening a connection still drop),
+/// as many routers do, instead of dropping them.
+pub fn reset_unsolicited(router: &Netns) {
+    router.ok(&["nft", "delete", "table", "ip", "em_filter"]);
+    router.nft_file(
+        "table ip em_filter {\n\
+         \tchain forward {\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\tiifname \"wan0\" ct state new meta l4proto tcp reject with tcp reset\n\
+         \t\tiifname \"wan0\" ct state new drop\n\
+         \t}\n\
+         \tchain input {\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tiifname \"wan0\" ct state new meta l4proto tcp reject with tcp reset\n\
+         \t\tiifname \"wan0\" ct state new drop\n\
+         \t}\n\
+         }\n",
+    );
+}
