@@ -1,7 +1,8 @@
 //! Running the swarm: dialing, discovery, relay reservations, connection reversal, and the
-//! events that keep the peers' state (`tunnel::Inner`) current; `upnp`: port mapping.
+//! events that keep the peers' state (`tunnel::Inner`) current; `reachability`: whether this
+//! node needs relay slots (AutoNAT, port mapping), and giving them up.
 
-mod upnp;
+mod reachability;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -85,7 +86,7 @@ pub(crate) struct Task {
     /// dialled yet (see [`Task::dial_back`]).
     dial_back: HashSet<PeerId>,
     reserve: bool,
-    reachability: upnp::Reachability,
+    reachability: reachability::Reachability,
     relay_server: bool,
 }
 
@@ -532,38 +533,6 @@ impl Task {
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
             BehaviourEvent::Upnp(e) => self.on_upnp(e),
             BehaviourEvent::Streams(e) => match e {},
-        }
-    }
-
-    fn set_reserve(&mut self, reserve: bool) {
-        if reserve == self.reserve {
-            return;
-        }
-        self.reserve = reserve;
-        if !reserve {
-            self.release_relay_slots();
-            return;
-        }
-        for r in &mut self.relays {
-            r.retry_at = Some(Instant::now());
-            r.backoff = BACKOFF_MIN;
-        }
-    }
-
-    /// Removes the relay listeners whose reservation is confirmed; one still in flight is
-    /// released when the relay answers.
-    fn release_relay_slots(&mut self) {
-        for r in &mut self.relays {
-            if !r.confirmed {
-                continue;
-            }
-            if let Some(id) = r.listener.take() {
-                tracing::info!(relay = %r.addr, "publicly reachable: releasing the relay slot");
-                r.confirmed = false;
-                self.swarm.remove_listener(id);
-                // (The listener's closing no longer finds its slot: say it here.)
-                self.inner.set_reserved(r.peer, false);
-            }
         }
     }
 }
