@@ -144,3 +144,15 @@ pub fn reset_unsolicited(router: &Netns) {
          }\n",
     );
 }
+
+/// iperf3 from `ns` to `server` for `seconds`: the bits per second the
+/// server received, or None if it failed.
+pub fn iperf3(ns: &Netns, server: &str, seconds: u32) -> Option<f64> {
+    let out = ns.exec(&["iperf3", "-c", server, "-p", "5201", "-t", &seconds.to_string(), "-J"]);
+    let report: Value = serde_json::from_slice(&out.stdout).ok()?;
+    if !out.status.success() || report.get("error").is_some() {
+        eprintln!("iperf3 to {server}: {}", report.get("error").unwrap_or(&Value::Null));
+        return None;
+    }
+    report["end"]["sum_received"]["bits_per_second"].as_f64()
+}
