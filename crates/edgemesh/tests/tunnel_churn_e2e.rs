@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use support::netns::{Lan, Netns, NsAgent, NsNginx, NsProcess, UdpEcho, link, require_root};
 use support::probe::Probe;
-use support::tunnel::{LIMIT, Node, addresses, behind_nat, iperf3, peers, reset_unsolicited, service, wait_for_peer};
+use support::tunnel::{
+    LIMIT, Node, addresses, behind_nat, iperf3, on_wan, peers, reset_unsolicited, service, wait_for_peer,
+};
 use support::{eventually, eventually_every};
 
 /// How soon traffic must flow again after a restart or a link coming back.
@@ -62,8 +64,7 @@ impl EdgeAndCloud {
     fn new() -> EdgeAndCloud {
         let wan = Lan::new("wan");
         let (a, b) = (Node::new("node-a"), Node::new("node-b"));
-        wan.attach(&b.ns, "eth0", &["198.18.0.2/24"]);
-        b.ns.route("default", "198.18.0.254");
+        on_wan(&wan, &b, "198.18.0.2");
         let router = behind_nat(&wan, &a, "198.18.0.3", 1);
         let nginx = NsNginx::start(&b.ns, &["198.18.0.2:80"], "node-b saw $remote_addr");
         let echo = UdpEcho::start(&b.ns, "198.18.0.2:7007");
@@ -209,11 +210,8 @@ fn a_relay_killed_moves_reservations_and_circuits_to_the_other_within_30s() {
     let wan = Lan::new("wan");
     let (relay1, relay2) = (Node::new("relay1"), Node::new("relay2"));
     let (a, c) = (Node::new("node-a"), Node::new("node-c"));
-    wan.attach(&relay1.ns, "eth0", &["198.18.0.1/24"]);
-    wan.attach(&relay2.ns, "eth0", &["198.18.0.4/24"]);
-    for relay in [&relay1, &relay2] {
-        relay.ns.route("default", "198.18.0.254");
-    }
+    on_wan(&wan, &relay1, "198.18.0.1");
+    on_wan(&wan, &relay2, "198.18.0.4");
     let router_c = behind_nat(&wan, &c, "198.18.0.3", 1);
     reset_unsolicited(&router_c);
     let router_a = behind_nat(&wan, &a, "198.18.0.2", 2);
@@ -392,8 +390,7 @@ fn a_port_mapping_on_a_upnp_router_makes_a_node_behind_nat_directly_reachable() 
     require_root();
     let wan = Lan::new("wan");
     let (a, b) = (Node::new("node-a"), Node::new("node-b"));
-    wan.attach(&b.ns, "eth0", &["11.0.0.2/24"]);
-    b.ns.route("default", "11.0.0.254");
+    on_wan(&wan, &b, "11.0.0.2");
     let router = UpnpRouter::new(&wan, &a, "11.0.0.3", 2);
     let _nginx = NsNginx::start(&a.ns, &["10.2.0.2:80"], "node-a saw $remote_addr");
     let cluster = [a.object("10.2.0.2"), b.object("11.0.0.2"), service("web", "TCP", 80, "node-a", "10.2.0.2")];
@@ -445,8 +442,7 @@ fn a_node_with_a_port_mapping_holds_no_relay_slot() {
     require_root();
     let wan = Lan::new("wan");
     let (relay, a) = (Node::new("relay"), Node::new("node-a"));
-    wan.attach(&relay.ns, "eth0", &["11.0.0.1/24"]);
-    relay.ns.route("default", "11.0.0.254");
+    on_wan(&wan, &relay, "11.0.0.1");
     let _router = UpnpRouter::new(&wan, &a, "11.0.0.3", 2);
     for n in [&relay, &a] {
         n.manifests(&[a.object("10.2.0.2")]);

@@ -110,6 +110,14 @@ pub fn lan_pair() -> (Lan, Node, Node) {
     (lan, a, b)
 }
 
+/// Puts `node` on `wan` at `address` (a /24) with a default route to the
+/// WAN's upstream, `.254` of it (which nobody answers: nothing leaves).
+pub fn on_wan(wan: &Lan, node: &Node, address: &str) {
+    wan.attach(&node.ns, "eth0", &[&format!("{address}/24")]);
+    let upstream = address.rsplit_once('.').map(|(net, _)| format!("{net}.254")).expect("an IPv4 address");
+    node.ns.route("default", &upstream);
+}
+
 /// Puts `node` behind a NAT router on `wan`: the router's WAN address is
 /// `wan_address` (a /24), the node is `10.<lan>.0.2` behind `10.<lan>.0.1`
 /// (its default route). The router drops connections from the WAN.
