@@ -1,7 +1,8 @@
 //! Running the swarm: dialing, discovery, relay reservations, connection reversal, and the
-//! events that keep the peers' state (`tunnel::Inner`) current; `reachability`: whether this
-//! node needs relay slots (AutoNAT, port mapping), and giving them up.
+//! events that keep the peers' state (`tunnel::Inner`) current; `connect`: reaching a node for
+//! the handles; `reachability`: whether this node needs relay slots (AutoNAT, port mapping).
 
+mod connect;
 mod reachability;
 
 use std::{
@@ -79,9 +80,8 @@ pub(crate) struct Task {
     /// Dialable addresses learnt from mDNS, identify and the configuration.
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     pending_connects: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
-    /// The dials made for `pending_connects`: only their failure answers the waiters (another
-    /// dial to the peer failing, say a hole punch, says nothing of the relays).
-    connect_dials: HashSet<ConnectionId>,
+    /// The dials made for `pending_connects` (see `connect`), and the node each is to.
+    connect_dials: HashMap<ConnectionId, PeerId>,
     /// Peers that reached us through a relay and whose advertised addresses we have not
     /// dialled yet (see [`Task::dial_back`]).
     dial_back: HashSet<PeerId>,
@@ -142,7 +142,7 @@ impl Task {
             bootstrap,
             addresses: HashMap::new(),
             pending_connects: HashMap::new(),
-            connect_dials: HashSet::new(),
+            connect_dials: HashMap::new(),
             dial_back: HashSet::new(),
             reserve: true,
             reachability: Default::default(),
@@ -304,33 +304,7 @@ impl Task {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Connect { peer, reply } => {
-                if self.swarm.is_connected(&peer) {
-                    let _ = reply.send(Ok(()));
-                    return;
-                }
-                let first = !self.pending_connects.contains_key(&peer);
-                self.pending_connects.entry(peer).or_default().push(reply);
-                if !first {
-                    return;
-                }
-                let addrs = self.dial_addresses(peer);
-                if addrs.is_empty() {
-                    self.fail_connects(peer, "no known address and no relay configured".into());
-                    return;
-                }
-                // Even while another dial is under way: that one may be a hole punch or a dial
-                // back to an address that only times out (20 s), and this one also goes through
-                // every relay.
-                let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Disconnected).build();
-                let id = opts.connection_id();
-                match self.swarm.dial(opts) {
-                    Ok(()) => {
-                        self.connect_dials.insert(id);
-                    }
-                    Err(e) => self.fail_connects(peer, e.to_string()),
-                }
-            }
+            Command::Connect { peer, reply } => self.connect(peer, reply),
             Command::Disconnect { peer } => {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
@@ -352,7 +326,6 @@ impl Task {
     pub(crate) fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
-                self.connect_dials.remove(&connection_id);
                 let addr = endpoint.get_remote_address().clone();
                 let relayed = endpoint.is_relayed();
                 tracing::debug!(peer = %peer_id, %addr, relayed, n = num_established, "connection established");
@@ -378,6 +351,7 @@ impl Task {
                     }
                 }
                 crate::tunnel::spawn_hello(self.inner.clone(), peer_id, connection_id);
+                self.connect_established(peer_id, connection_id);
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
                 tracing::debug!(peer = %peer_id, remaining = num_established, cause = ?cause, "connection closed");
@@ -410,10 +384,7 @@ impl Task {
                         b.backoff = next_backoff(b.backoff);
                     }
                 }
-                let ours = self.connect_dials.remove(&connection_id);
-                if let Some(peer) = peer_id.filter(|p| ours && !self.swarm.is_connected(p)) {
-                    self.fail_connects(peer, error.to_string());
-                }
+                self.connect_dial_failed(connection_id, &error);
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "tunnel listening");
@@ -454,6 +425,7 @@ impl Task {
                 r.retry_at = Some(Instant::now() + r.backoff);
                 r.backoff = next_backoff(r.backoff);
             }
+            self.connect_relay_gone();
         }
     }
 

@@ -378,3 +378,32 @@ async fn noise_only_agents_still_connect_and_tls_checks_the_peer_id() {
     assert!(liar.inner.control.connections(&new2.peer_id()).is_empty());
     assert!(liar.inner.control.connections(&wrong).is_empty());
 }
+
+/// A node asked to reach another right at its start, while its own connection to the relay is
+/// still being made (libp2p's relay client cancels a circuit through a relay it is still
+/// dialling), reaches it through the relay once that connection is up: at the first try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_asked_for_at_start_waits_for_the_relay_connection() {
+    let net = Net::new();
+    let dir = Arc::new(Dir::default());
+    dir.peers.lock().unwrap().insert("a".into(), net.peer("a"));
+    dir.peers.lock().unwrap().insert("b".into(), net.peer("b"));
+    let (echo, _) = counted_echo().await;
+    dir.serves.lock().unwrap().insert((echo, TunnelProtocol::Tcp));
+    let r = net.start_with("relay", "r", dir.clone(), None, |c| c.relay_server = Some(Default::default())).await;
+    let relay = addr_of(&r);
+    let b = net.start_with("b", "b", dir.clone(), None, |c| c.relays = vec![relay.clone()]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !b.peers().iter().any(|p| p.relay_reserved) {
+        assert!(tokio::time::Instant::now() < deadline, "b never reserved a slot: {:?}", b.peers());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a = net.start_with("a", "a", dir.clone(), None, |c| c.relays = vec![relay.clone()]).await;
+    let mut s = a.open_tcp("b", echo, "x").await.expect("b reached through the relay at the first try");
+    assert!(s.is_relayed());
+    s.write_all(b"hi").await.unwrap();
+    let mut buf = [0u8; 2];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hi");
+    drop(r);
+}
