@@ -180,6 +180,10 @@ pub struct AgentArgs {
     #[arg(long)]
     pub no_mdns: bool,
 
+    /// Do not ask the router for a tunnel port mapping (UPnP IGD).
+    #[arg(long)]
+    pub no_upnp: bool,
+
     /// Print this node's tunnel peer ID (creating the key on first use) and exit.
     #[arg(long)]
     pub print_peer_id: bool,
@@ -306,6 +310,9 @@ impl AgentArgs {
         if self.no_mdns {
             t.mdns = false;
         }
+        if self.no_upnp {
+            t.upnp = false;
+        }
         if self.tunnel || implied {
             t.enabled = true;
         }
@@ -380,6 +387,7 @@ mod tests {
             "--relay",
             "/ip4/10.0.0.1/tcp/20006/p2p/12D3KooWAbc",
             "--no-mdns",
+            "--no-upnp",
         ])
         .unwrap();
         let Command::Agent(args) = cli.command else { panic!("agent") };
@@ -387,6 +395,7 @@ mod tests {
         assert!(c.tunnel.enabled, "--relay implies --tunnel");
         assert_eq!(c.tunnel.relays, ["/ip4/10.0.0.1/tcp/20006/p2p/12D3KooWAbc"]);
         assert!(!c.tunnel.mdns);
+        assert!(!c.tunnel.upnp);
     }
 
     #[test]
@@ -418,6 +427,7 @@ mod tests {
             "--psk-file",
             "--key-file",
             "--print-peer-id",
+            "--no-upnp",
         ] {
             assert!(help.contains(flag), "{flag} missing from help");
         }
