@@ -172,6 +172,7 @@ mod tests {
             "--relay",
             &relay,
             "--no-mdns",
+            "--no-upnp",
         ])
         .unwrap();
         let Command::Agent(args) = cli.command else { panic!("agent") };
@@ -179,6 +180,7 @@ mod tests {
         assert!(c.tunnel.enabled, "--relay implies --tunnel");
         assert_eq!(c.tunnel.relays, [relay.parse().unwrap()]);
         assert!(!c.tunnel.mdns);
+        assert!(!c.tunnel.upnp);
     }
 
     #[test]
@@ -210,6 +212,7 @@ mod tests {
             "--psk-file",
             "--key-file",
             "--print-peer-id",
+            "--no-upnp",
         ] {
             assert!(help.contains(flag), "{flag} missing from help");
         }

@@ -63,6 +63,9 @@ pub struct TunnelConfig {
     pub relay_limits: RelayLimits,
     /// Discover peers on the LAN with mDNS.
     pub mdns: bool,
+    /// Ask the router for a port mapping of the TCP listen port (UPnP IGD): with one, peers
+    /// connect to this node directly through its NAT and it needs no relay slot.
+    pub upnp: bool,
     /// Node name -> peer ID of the nodes this agent trusts, besides Node
     /// objects annotated `edgemesh.io/peer-id` (and winning over them); see
     /// [`TunnelConfig::allow_list`].
@@ -178,6 +181,7 @@ impl Default for TunnelConfig {
             relay_server: false,
             relay_limits: RelayLimits::default(),
             mdns: true,
+            upnp: true,
             peers: BTreeMap::new(),
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             connect_timeout: Duration::from_secs(10),

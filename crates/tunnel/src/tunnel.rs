@@ -124,6 +124,7 @@ impl Tunnel {
             max_streams,
             relay_server: config.relay_service(),
             mdns: config.mdns,
+            upnp: config.upnp,
             tls: config.tls,
             idle_timeout: config.idle_connection_timeout,
             liveness,

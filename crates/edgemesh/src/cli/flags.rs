@@ -233,6 +233,13 @@ pub const FLAGS: &[Flag] = &[
         implies: None,
         help: "Disable mDNS discovery of tunnel peers on the LAN.",
     },
+    Flag {
+        long: "no-upnp",
+        key: "tunnel.upnp",
+        takes: Switch("false"),
+        implies: None,
+        help: "Do not ask the router for a tunnel port mapping (UPnP IGD).",
+    },
 ];
 
 /// The setting flags given on a command line, in [`FLAGS`] order.
