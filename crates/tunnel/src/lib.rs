@@ -50,7 +50,7 @@
 //!
 //! # Liveness
 //!
-//! rust-libp2p's ping only reports, so the tunnel acts on it (`liveness`, `node::heal`): a
+//! rust-libp2p's ping only reports, so the tunnel acts on it (`liveness`, `swarm_task::heal`): a
 //! connection that answers no ping for [`TunnelConfig::liveness_timeout`] is closed, its
 //! proxied connections read as reset (`muxer`), and new streams take the remaining path or a
 //! fresh dial. Tunnel TCP sockets carry `TCP_USER_TIMEOUT` and keepalive probes.
@@ -68,15 +68,36 @@
 //!
 //! # Layout
 //!
-//! - `config`, `error`, `identity` (keys and the PSK file);
-//! - `swarm`: transports and behaviours; `node`: the swarm task (dialing, discovery, relay
-//!   reservations, connection reversal), with `node::heal` (liveness, failover dials,
-//!   re-upgrading); `liveness` and `upgrade`: the pure rules behind those;
+//! - `config`, `error`, `identity` (keys and the PSK file); `settings`: the checked settings
+//!   every part reads;
+//! - `swarm`: transports and behaviours; `swarm_task`: the task that drives the swarm
+//!   (dialing, discovery, relay reservations, connection reversal), with `swarm_task::connect`
+//!   (reaching a node), `swarm_task::heal` (liveness, failover dials, re-upgrading),
+//!   `swarm_task::reachability` (AutoNAT, port mapping) and `swarm_task::bootstrap`;
+//!   `liveness` and `upgrade`: the pure rules behind those;
 //! - `streams`: the raw-stream behaviour (opens and accepts the edgemesh protocols); `muxer`:
 //!   yamux sized for both directions; `wire`: hello and proxy headers;
-//! - `tunnel`: the [`Tunnel`] handle, with `peers` (the state of each peer, `/peers`),
-//!   `hello` (node name claims), `inbound` (serving proxy streams) and `proxied` (the stream
-//!   and datagram types handed out).
+//! - `peer_table`: what is known of each peer (claims, connections, path, reservation, open
+//!   streams; `/peers`), the one owner of that state, with its change notification;
+//! - `messages`: [`Command`](messages::Command)s from the handles to the swarm task, and the
+//!   swarm task's notice of each new connection to the stream side;
+//! - `tunnel`: the [`Tunnel`] handle, with `context` (what the handles and stream tasks work
+//!   with), `hello` (node name claims), `inbound` (serving proxy streams) and `proxied` (the
+//!   stream and datagram types handed out).
+//!
+//! The modules depend on each other one way (arrows: "uses"):
+//!
+//! ```text
+//! tunnel (+ context, hello, inbound, proxied)
+//!   │  builds the swarm and starts the task, then talks to it by message only
+//!   ├──────────────────────► swarm_task (+ connect, heal, reachability, bootstrap)
+//!   │                          │
+//!   ▼                          ▼
+//! messages, peer_table, settings       both sides use these; these use neither side
+//!   │
+//!   ▼
+//! streams, liveness, upgrade, swarm, muxer, wire, ...   the leaves
+//! ```
 
 #![forbid(unsafe_code)]
 
@@ -85,11 +106,14 @@ mod config;
 mod error;
 mod identity;
 mod liveness;
+mod messages;
 mod muxer;
-mod node;
+mod peer_table;
 mod security;
+mod settings;
 mod streams;
 mod swarm;
+mod swarm_task;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -106,11 +130,9 @@ pub use error::TunnelError;
 pub use identity::load_or_create_identity;
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr};
 pub use liveness::ConnectionState;
+pub use peer_table::{ConnectionStatus, ConnectionType, PeerStatus};
 pub use tokio_util::sync::CancellationToken;
-pub use tunnel::{
-    ConnectionStatus, ConnectionType, DatagramReceiver, DatagramSender, MAX_DATAGRAM, PeerStatus, Tunnel, TunnelStream,
-    UDP_IDLE_TIMEOUT,
-};
+pub use tunnel::{DatagramReceiver, DatagramSender, MAX_DATAGRAM, Tunnel, TunnelStream, UDP_IDLE_TIMEOUT};
 
 /// The transport protocol of a proxied flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]

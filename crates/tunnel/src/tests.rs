@@ -109,7 +109,7 @@ async fn counted_echo() -> (SocketAddr, Arc<AtomicUsize>) {
 async fn raw(from: &Tunnel, to: PeerId, protocol: StreamProtocol) -> Option<Compat<libp2p::Stream>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        if from.inner.control.is_connected(&to) {
+        if from.ctx.control.is_connected(&to) {
             break;
         }
         if tokio::time::Instant::now() > deadline {
@@ -117,7 +117,7 @@ async fn raw(from: &Tunnel, to: PeerId, protocol: StreamProtocol) -> Option<Comp
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let Ok(o) = from.inner.control.open(to, protocol) else {
+    let Ok(o) = from.ctx.control.open(to, protocol) else {
         eprintln!("raw: open refused");
         return None;
     };
@@ -287,7 +287,7 @@ async fn traffic_falls_back_to_the_relay_when_the_direct_path_breaks() {
     assert!(first.is_relayed());
     // Wait for hole punching, then break the direct connection.
     let direct = loop {
-        let conns = a.inner.control.connections(&b.peer_id());
+        let conns = a.ctx.control.connections(&b.peer_id());
         if let Some((id, _)) = conns.iter().find(|(_, relayed)| !relayed) {
             break *id;
         }
@@ -296,13 +296,13 @@ async fn traffic_falls_back_to_the_relay_when_the_direct_path_breaks() {
     };
     let mut on_direct = a.open_tcp("b", echo, "x").await.unwrap();
     assert!(!on_direct.is_relayed(), "a direct connection is preferred");
-    a.inner.commands.send(crate::node::Command::Close { connection: direct }).unwrap();
+    a.ctx.commands.send(crate::messages::Command::Close { connection: direct }).unwrap();
     // A stream on the closed connection ends as reset, at once: neither a clean end (the
     // proxy would pass a cut answer off as complete) nor a hang.
     let mut one = [0u8; 1];
     let ended = tokio::time::timeout(Duration::from_secs(5), on_direct.read(&mut one)).await.expect("no hang");
     assert_eq!(ended.expect_err("not a clean end").kind(), std::io::ErrorKind::ConnectionReset);
-    while a.inner.control.connections(&b.peer_id()).iter().any(|(id, _)| *id == direct) {
+    while a.ctx.control.connections(&b.peer_id()).iter().any(|(id, _)| *id == direct) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut s = a.open_tcp("b", echo, "x").await.expect("falls back to the relayed connection");
@@ -335,7 +335,7 @@ async fn a_hello_waits_for_the_directorys_first_full_view() {
     let a = net.start("a", "a", dir_a, Some(&b)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let first = loop {
-        if let Some((id, _)) = a.inner.control.connections(&b.peer_id()).first() {
+        if let Some((id, _)) = a.ctx.control.connections(&b.peer_id()).first() {
             break *id;
         }
         assert!(tokio::time::Instant::now() < deadline, "a never connected to b");
@@ -355,7 +355,7 @@ async fn a_hello_waits_for_the_directorys_first_full_view() {
     let mut buf = [0u8; 2];
     s.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"hi");
-    let conns = a.inner.control.connections(&b.peer_id());
+    let conns = a.ctx.control.connections(&b.peer_id());
     assert!(conns.iter().any(|(id, _)| *id == first), "the first connection survived: {conns:?}");
     let seen = b.peers();
     assert!(seen.iter().any(|p| p.node.as_deref() == Some("a") && p.trusted), "{seen:?}");
@@ -394,8 +394,8 @@ async fn noise_only_agents_still_connect_and_tls_checks_the_peer_id() {
         .await;
     let e = liar.open_tcp("fake", echo, "x").await.unwrap_err();
     assert!(matches!(e, crate::TunnelError::PeerUnreachable { .. }), "{e}");
-    assert!(liar.inner.control.connections(&new2.peer_id()).is_empty());
-    assert!(liar.inner.control.connections(&wrong).is_empty());
+    assert!(liar.ctx.control.connections(&new2.peer_id()).is_empty());
+    assert!(liar.ctx.control.connections(&wrong).is_empty());
 }
 
 /// A node asked to reach another right at its start, while its own connection to the relay is

@@ -1,22 +1,17 @@
 //! The tunnel handle: starting the tunnel, opening proxy streams to other nodes, and the
 //! peers' status.
 //!
-//! Layout: [`peers`] holds what is known of each peer (the one shared state), [`hello`] the
-//! node name exchange on each connection, [`inbound`] serves the proxy streams peers open,
-//! [`proxied`] the stream and datagram types handed out.
+//! Layout: [`context`] what the handles and stream tasks work with, [`hello`] the node name
+//! exchange on each connection, [`inbound`] serves the proxy streams peers open (and runs the
+//! hello on each new connection), [`proxied`] the stream and datagram types handed out. The
+//! peers' state is the `peer_table`'s; the swarm task is reached by `messages` only.
 
+mod context;
 mod hello;
 mod inbound;
-mod peers;
 mod proxied;
 
-use std::{
-    collections::{HashMap, HashSet},
-    io,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashSet, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use libp2p::{Multiaddr, PeerId, Stream};
 use tokio::{
@@ -28,34 +23,34 @@ use tokio_util::{
     sync::CancellationToken,
 };
 
-pub(crate) use hello::spawn_hello;
+pub(crate) use context::Context;
 pub use inbound::UDP_IDLE_TIMEOUT;
-pub(crate) use peers::Inner;
-use peers::{Claim, StreamGuard, lock};
-pub use peers::{ConnectionStatus, ConnectionType, PeerStatus};
 use proxied::datagram_pair;
 pub use proxied::{DatagramReceiver, DatagramSender, MAX_DATAGRAM, TunnelStream};
 
 use crate::{
-    Directory, TunnelConfig, TunnelError, TunnelProtocol,
+    Directory, PeerStatus, TunnelConfig, TunnelError, TunnelProtocol,
     config::MAX_STREAMS_PER_CONNECTION,
     identity::{load_or_create_identity, load_psk},
+    messages::Command,
     muxer::StreamReset,
-    node::{Command, Task},
+    peer_table::{Claim, PeerTable, StreamGuard},
+    settings::Settings,
     streams::{self, OpenError, TCP, UDP},
     swarm::{self, SwarmParams},
+    swarm_task::Task,
     wire::{self, Header, Reply},
 };
 
 /// Pause before dialling a peer again after a failed dial (see `Tunnel::ready`).
 const REDIAL_PAUSE: Duration = Duration::from_millis(300);
-/// Time limit on reading a hello or a proxy header, and on a hello reply.
-const HEADER_TIMEOUT: Duration = if cfg!(test) { Duration::from_secs(2) } else { Duration::from_secs(10) };
 
 /// The cross-node tunnel (a cheap handle).
 #[derive(Clone)]
 pub struct Tunnel {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) ctx: Arc<Context>,
+    /// The swarm task's listen addresses.
+    listen_addrs: watch::Receiver<Vec<Multiaddr>>,
 }
 
 impl Tunnel {
@@ -146,6 +141,8 @@ impl Tunnel {
         }
 
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let (connected_tx, connected_rx) = mpsc::unbounded_channel();
+        let (listen_tx, listen_addrs) = watch::channel(Vec::new());
         let relay_peers: HashSet<PeerId> = config
             .relays
             .iter()
@@ -154,27 +151,37 @@ impl Tunnel {
                 _ => None,
             })
             .collect();
-        let inner = Arc::new(Inner {
+        let settings = Arc::new(Settings {
             local_peer: key.public().to_peer_id(),
             node_name: config.node_name.clone(),
-            directory,
-            control: built.control,
-            commands: commands_tx,
-            peers: Mutex::new(HashMap::new()),
-            changed: watch::Sender::new(0),
             connect_timeout: config.connect_timeout,
             liveness,
             max_streams,
-            stop: stop.clone(),
             quic,
-            keep_alive: Mutex::new(relay_peers.clone()),
-            relay_peers,
+            relay_peers: relay_peers.clone(),
             relay_server: config.relay_server,
-            listen_addrs: Mutex::new(Vec::new()),
-            warned: Mutex::new(HashMap::new()),
         });
-        let mut task =
-            Task::new(inner.clone(), swarm, commands_rx, &config.relays, &config.bootstrap, config.relay_server);
+        let peers = Arc::new(PeerTable::new(built.control.clone(), relay_peers));
+        let ctx = Arc::new(Context {
+            settings: settings.clone(),
+            peers: peers.clone(),
+            control: built.control,
+            directory,
+            commands: commands_tx,
+            stop: stop.clone(),
+        });
+        let mut task = Task::new(
+            settings,
+            peers,
+            ctx.control.clone(),
+            swarm,
+            commands_rx,
+            connected_tx,
+            listen_tx,
+            &config.relays,
+            &config.bootstrap,
+            stop,
+        );
         // Wait (briefly) until every listener reported its addresses, so that `listen_addrs`
         // is complete when `start` returns.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
@@ -197,21 +204,21 @@ impl Tunnel {
             }
             task.on_event(ev);
         }
-        tracing::info!(peer_id = %inner.local_peer, node = %inner.node_name, "tunnel started");
+        tracing::info!(peer_id = %ctx.settings.local_peer, node = %ctx.settings.node_name, "tunnel started");
 
-        tokio::spawn(inbound::dispatch(inner.clone(), built.inbound));
+        tokio::spawn(inbound::dispatch(ctx.clone(), built.inbound, connected_rx));
         let handle = tokio::spawn(task.run());
-        Ok((Tunnel { inner }, handle))
+        Ok((Tunnel { ctx, listen_addrs }, handle))
     }
 
     /// This node's peer ID.
     pub fn peer_id(&self) -> PeerId {
-        self.inner.local_peer
+        self.ctx.settings.local_peer
     }
 
     /// The addresses the tunnel listens on (wildcards expanded per interface).
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
-        lock(&self.inner.listen_addrs).clone()
+        self.listen_addrs.borrow().clone()
     }
 
     /// A byte stream to `target` on node `node`, through the agent on that node. Resolves after
@@ -235,7 +242,7 @@ impl Tunnel {
 
     /// The connected peers, for the admin `/peers` endpoint.
     pub fn peers(&self) -> Vec<PeerStatus> {
-        self.inner.statuses()
+        self.ctx.peers.statuses()
     }
 
     /// Connects to `peer` (if needed) and waits until it accepted our node name claim.
@@ -243,20 +250,20 @@ impl Tunnel {
     /// A peer whose connections all missed pings gets a fresh dial (beside them) rather than a
     /// stream on a connection that may be dead; only if that dial fails are they used.
     async fn ready(&self, node: &str, peer: PeerId, deadline: tokio::time::Instant) -> Result<(), TunnelError> {
-        let inner = &self.inner;
-        let mut rx = inner.changed.subscribe();
+        let ctx = &self.ctx;
+        let mut rx = ctx.peers.subscribe();
         let mut dials = 0;
         let mut suspect_will_do = false;
         let mut last_failure = None;
-        let timed_out = || TunnelError::Timeout { node: node.to_owned(), timeout: inner.connect_timeout };
+        let timed_out = || TunnelError::Timeout { node: node.to_owned(), timeout: ctx.settings.connect_timeout };
         loop {
             rx.borrow_and_update();
-            if inner.stop.is_cancelled() {
+            if ctx.stop.is_cancelled() {
                 return Err(TunnelError::Stopped);
             }
-            let connected = inner.control.is_alive(&peer) || (suspect_will_do && inner.control.is_connected(&peer));
+            let connected = ctx.control.is_alive(&peer) || (suspect_will_do && ctx.control.is_connected(&peer));
             if connected {
-                match inner.our_claim(peer) {
+                match ctx.peers.our_claim(peer) {
                     Some(Claim::Accepted(_)) => return Ok(()),
                     Some(Claim::Refused(reason)) => {
                         return Err(TunnelError::Untrusted { node: node.to_owned(), peer: peer.to_string(), reason });
@@ -273,11 +280,11 @@ impl Tunnel {
                 }
                 dials += 1;
                 let (tx, reply) = oneshot::channel();
-                inner.commands.send(Command::Connect { peer, reply: tx }).map_err(|_| TunnelError::Stopped)?;
+                ctx.commands.send(Command::Connect { peer, reply: tx }).map_err(|_| TunnelError::Stopped)?;
                 match tokio::time::timeout_at(deadline, reply).await {
                     Err(_) => return Err(timed_out()),
                     Ok(Err(_)) => return Err(TunnelError::Stopped),
-                    Ok(Ok(Err(_))) if inner.control.is_connected(&peer) => suspect_will_do = true,
+                    Ok(Ok(Err(_))) if ctx.control.is_connected(&peer) => suspect_will_do = true,
                     // A dial can fail for a moment (the relay connection it needed was being
                     // replaced, the relay restarts): dial again, a little later, within the
                     // deadline.
@@ -305,15 +312,15 @@ impl Tunnel {
         service: &str,
         protocol: TunnelProtocol,
     ) -> Result<Opened, TunnelError> {
-        let inner = &self.inner;
-        if inner.stop.is_cancelled() {
+        let ctx = &self.ctx;
+        if ctx.stop.is_cancelled() {
             return Err(TunnelError::Stopped);
         }
-        let peer = inner.directory.peer_of(node).ok_or_else(|| TunnelError::UnknownNode(node.to_owned()))?;
-        if peer == inner.local_peer {
+        let peer = ctx.directory.peer_of(node).ok_or_else(|| TunnelError::UnknownNode(node.to_owned()))?;
+        if peer == ctx.settings.local_peer {
             return Err(TunnelError::Config(format!("node {node:?} is this node: connect to its endpoints directly")));
         }
-        let deadline = tokio::time::Instant::now() + inner.connect_timeout;
+        let deadline = tokio::time::Instant::now() + ctx.settings.connect_timeout;
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -341,8 +348,8 @@ impl Tunnel {
         protocol: TunnelProtocol,
         deadline: tokio::time::Instant,
     ) -> Result<Opened, Failed> {
-        let inner = &self.inner;
-        let timeout_err = || TunnelError::Timeout { node: node.to_owned(), timeout: inner.connect_timeout };
+        let ctx = &self.ctx;
+        let timeout_err = || TunnelError::Timeout { node: node.to_owned(), timeout: ctx.settings.connect_timeout };
         let protocol_err = |message: String| TunnelError::Protocol { node: node.to_owned(), message };
         self.ready(node, peer, deadline).await?;
         let proto = match protocol {
@@ -350,9 +357,9 @@ impl Tunnel {
             TunnelProtocol::Udp => UDP,
         };
         let opening = loop {
-            let freed = inner.control.slot_freed();
+            let freed = ctx.control.slot_freed();
             let notified = freed.notified();
-            match inner.control.open(peer, proto.clone()) {
+            match ctx.control.open(peer, proto.clone()) {
                 Ok(o) => break o,
                 Err(OpenError::NotConnected) => {
                     // Lost the connection since `ready`: try once more.
@@ -363,7 +370,7 @@ impl Tunnel {
                         return Err(Failed::Error(TunnelError::PeerUnreachable {
                             node: node.to_owned(),
                             peer: peer.to_string(),
-                            reason: format!("{} streams already open on every connection", inner.max_streams),
+                            reason: format!("{} streams already open on every connection", ctx.settings.max_streams),
                         }));
                     }
                 }
@@ -383,11 +390,11 @@ impl Tunnel {
             Ok(Ok(Err(e))) => return Err(Failed::Error(protocol_err(format!("cannot open a stream: {e}")))),
             Ok(Ok(Ok(s))) => s,
         };
-        let guard = StreamGuard::new(inner.stream_counter(peer), opening.slot);
+        let guard = StreamGuard::new(ctx.peers.stream_counter(peer), opening.slot);
         let mut stream = stream.compat();
         let header = wire::encode_header(&Header { protocol, target, service: service.to_owned() });
         // The remote dials the endpoint within its connect timeout: allow for that and a bit.
-        let reply_deadline = tokio::time::Instant::now() + inner.connect_timeout + Duration::from_secs(5);
+        let reply_deadline = tokio::time::Instant::now() + ctx.settings.connect_timeout + Duration::from_secs(5);
         let exchange = async {
             stream.write_all(&header).await?;
             stream.flush().await?;

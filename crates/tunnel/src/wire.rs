@@ -29,6 +29,7 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
 };
 
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -40,6 +41,8 @@ pub(crate) const HELLO_VERSION: u8 = 1;
 pub(crate) const HEADER_VERSION: u8 = 1;
 pub(crate) const MAX_NODE_NAME: usize = 253;
 pub(crate) const MAX_AGENT: usize = 64;
+/// Time limit on reading a hello or a proxy header, and on a hello reply.
+pub(crate) const HEADER_TIMEOUT: Duration = if cfg!(test) { Duration::from_secs(2) } else { Duration::from_secs(10) };
 
 /// A peer's hello.
 #[derive(Debug, Clone, PartialEq, Eq)]

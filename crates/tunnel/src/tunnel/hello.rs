@@ -4,21 +4,19 @@
 
 use std::{io, sync::Arc, time::Duration};
 
-use libp2p::{PeerId, Stream, swarm::ConnectionId};
+use libp2p::{PeerId, Stream};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     time::timeout,
 };
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
-use super::{
-    HEADER_TIMEOUT,
-    peers::{Claim, Inner, lock},
-};
+use super::Context;
 use crate::{
-    node::Command,
+    messages::{Command, Connected},
+    peer_table::Claim,
     streams::{HELLO, Inbound},
-    wire::{self, Hello, HelloStatus},
+    wire::{self, HEADER_TIMEOUT, Hello, HelloStatus},
 };
 
 /// How long a hello naming an unknown node waits for the directory's first full view (less
@@ -26,11 +24,12 @@ use crate::{
 const DIRECTORY_WAIT: Duration = if cfg!(test) { Duration::from_secs(1) } else { Duration::from_secs(5) };
 
 /// Sends our hello on a new connection and records the peer's verdict.
-pub(crate) fn spawn_hello(inner: Arc<Inner>, peer: PeerId, conn: ConnectionId) {
+pub(super) fn spawn_hello(ctx: Arc<Context>, connected: Connected) {
+    let Connected { peer, connection: conn } = connected;
     tokio::spawn(async move {
-        let keep_open = lock(&inner.keep_alive).contains(&peer);
+        let keep_open = ctx.peers.is_kept_open(peer);
         let result: io::Result<(HelloStatus, Compat<Stream>)> = async {
-            let rx = inner
+            let rx = ctx
                 .control
                 .open_on(conn, HELLO)
                 .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "connection closed"))?;
@@ -40,7 +39,7 @@ pub(crate) fn spawn_hello(inner: Arc<Inner>, peer: PeerId, conn: ConnectionId) {
                 .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "connection closed"))??;
             let mut s = stream.compat();
             let hello = Hello {
-                node: inner.node_name.clone(),
+                node: ctx.settings.node_name.clone(),
                 agent: format!("edgemesh/{}", env!("CARGO_PKG_VERSION")),
                 keep_open,
             };
@@ -60,15 +59,15 @@ pub(crate) fn spawn_hello(inner: Arc<Inner>, peer: PeerId, conn: ConnectionId) {
         let mut stream = match result {
             Ok((HelloStatus::Accepted, s)) => {
                 tracing::debug!(%peer, "the peer accepted our node name");
-                inner.set_ours(peer, Claim::Accepted(String::new()), true);
+                ctx.peers.set_ours(peer, Claim::Accepted(String::new()), true);
                 s
             }
             Ok((status, s)) => {
                 // Our relays do not know our name, and say so: expected.
-                if !inner.relay_peers.contains(&peer) && inner.should_warn(peer, "refused-us") {
-                    tracing::warn!(%peer, node = %inner.node_name, reason = status.describe(), "the peer refuses this node's name claim");
+                if !ctx.settings.relay_peers.contains(&peer) && ctx.peers.should_warn(peer, "refused-us") {
+                    tracing::warn!(%peer, node = %ctx.settings.node_name, reason = status.describe(), "the peer refuses this node's name claim");
                 }
-                inner.set_ours(peer, Claim::Refused(status.describe().into()), true);
+                ctx.peers.set_ours(peer, Claim::Refused(status.describe().into()), true);
                 s
             }
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
@@ -79,8 +78,8 @@ pub(crate) fn spawn_hello(inner: Arc<Inner>, peer: PeerId, conn: ConnectionId) {
                 } else {
                     format!("hello failed: {e}")
                 };
-                if inner.control.connections(&peer).iter().any(|(c, _)| *c == conn) {
-                    inner.set_ours(peer, Claim::Refused(reason), false);
+                if ctx.control.connections(&peer).iter().any(|(c, _)| *c == conn) {
+                    ctx.peers.set_ours(peer, Claim::Refused(reason), false);
                 }
                 return;
             }
@@ -90,7 +89,7 @@ pub(crate) fn spawn_hello(inner: Arc<Inner>, peer: PeerId, conn: ConnectionId) {
             let mut one = [0u8; 1];
             tokio::select! {
                 _ = stream.read(&mut one) => {}
-                _ = inner.stop.cancelled() => {}
+                _ = ctx.stop.cancelled() => {}
             }
         } else {
             let _ = stream.shutdown().await;
@@ -101,14 +100,14 @@ pub(crate) fn spawn_hello(inner: Arc<Inner>, peer: PeerId, conn: ConnectionId) {
 /// The verdict on `peer`'s claim to be node `node`. Just after the agent started, a name bound
 /// to nothing may not be loaded yet: then wait (bounded, well within the peer's wait for our
 /// reply) for the directory's first full view and judge again.
-async fn judge(inner: &Inner, peer: PeerId, node: &str) -> HelloStatus {
-    let verdict = || match inner.directory.peer_of(node) {
+async fn judge(ctx: &Context, peer: PeerId, node: &str) -> HelloStatus {
+    let verdict = || match ctx.directory.peer_of(node) {
         Some(p) if p == peer => HelloStatus::Accepted,
         Some(_) => HelloStatus::PeerMismatch,
         None => HelloStatus::UnknownNode,
     };
     match verdict() {
-        HelloStatus::UnknownNode => match timeout(DIRECTORY_WAIT, inner.directory.ready()).await {
+        HelloStatus::UnknownNode => match timeout(DIRECTORY_WAIT, ctx.directory.ready()).await {
             Ok(()) => verdict(),
             Err(_) => HelloStatus::UnknownNode,
         },
@@ -116,11 +115,11 @@ async fn judge(inner: &Inner, peer: PeerId, node: &str) -> HelloStatus {
     }
 }
 
-pub(super) async fn serve_hello(inner: Arc<Inner>, s: Inbound) {
+pub(super) async fn serve_hello(ctx: Arc<Context>, s: Inbound) {
     let peer = s.peer;
     let mut stream = s.stream.compat();
     let (status, claimed) = match timeout(HEADER_TIMEOUT, wire::read_hello(&mut stream)).await {
-        Ok(Ok(hello)) => (judge(&inner, peer, &hello.node).await, Some(hello)),
+        Ok(Ok(hello)) => (judge(&ctx, peer, &hello.node).await, Some(hello)),
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "malformed hello");
             (HelloStatus::Malformed, None)
@@ -130,7 +129,8 @@ pub(super) async fn serve_hello(inner: Arc<Inner>, s: Inbound) {
     // A relay keeps serving peers it does not know (they only use the relay), and we keep
     // our relays; a peer claiming another node's name is always cut off.
     let keep = status == HelloStatus::Accepted
-        || (status == HelloStatus::UnknownNode && (inner.relay_server || inner.relay_peers.contains(&peer)));
+        || (status == HelloStatus::UnknownNode
+            && (ctx.settings.relay_server || ctx.settings.relay_peers.contains(&peer)));
     let hold = keep && claimed.as_ref().is_some_and(|h| h.keep_open);
     let _ = timeout(HEADER_TIMEOUT, async {
         stream.write_u8(status as u8).await?;
@@ -144,13 +144,13 @@ pub(super) async fn serve_hello(inner: Arc<Inner>, s: Inbound) {
     let node = claimed.as_ref().map(|h| h.node.clone()).unwrap_or_default();
     if status == HelloStatus::Accepted {
         let agent = claimed.as_ref().map(|h| h.agent.clone()).unwrap_or_default();
-        let first = inner.their_claim(peer) != Some(Claim::Accepted(node.clone()));
+        let first = ctx.peers.their_claim(peer) != Some(Claim::Accepted(node.clone()));
         if first {
             tracing::info!(%peer, node = %node, agent = %agent, "peer identified");
         }
-        inner.set_theirs(peer, Claim::Accepted(node.clone()));
+        ctx.peers.set_theirs(peer, Claim::Accepted(node.clone()));
     } else {
-        inner.set_theirs(peer, Claim::Refused(status.describe().into()));
+        ctx.peers.set_theirs(peer, Claim::Refused(status.describe().into()));
         if keep {
             tracing::debug!(%peer, claimed = %node, "peer not in the directory (kept: relay)");
         }
@@ -162,7 +162,7 @@ pub(super) async fn serve_hello(inner: Arc<Inner>, s: Inbound) {
         loop {
             tokio::select! {
                 r = stream.read(&mut buf) => if !matches!(r, Ok(n) if n > 0) { break },
-                _ = inner.stop.cancelled() => break,
+                _ = ctx.stop.cancelled() => break,
             }
         }
         return;
@@ -170,7 +170,7 @@ pub(super) async fn serve_hello(inner: Arc<Inner>, s: Inbound) {
     if keep {
         return;
     }
-    if inner.should_warn(peer, "refused") {
+    if ctx.peers.should_warn(peer, "refused") {
         let why = match status {
             HelloStatus::PeerMismatch => "the node name is bound to another peer ID",
             HelloStatus::UnknownNode => "no peer ID is bound to the node name",
@@ -180,5 +180,5 @@ pub(super) async fn serve_hello(inner: Arc<Inner>, s: Inbound) {
     }
     // Let the reply reach the peer before closing.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let _ = inner.commands.send(Command::Disconnect { peer });
+    let _ = ctx.commands.send(Command::Disconnect { peer });
 }

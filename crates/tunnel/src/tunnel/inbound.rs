@@ -13,49 +13,84 @@ use tokio::{
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
 use super::{
-    HEADER_TIMEOUT, MAX_DATAGRAM, hello,
-    peers::{Inner, StreamGuard},
-    proxied::datagram_pair,
+    Context, hello,
+    proxied::{MAX_DATAGRAM, datagram_pair},
 };
 use crate::{
     TunnelProtocol,
+    messages::Connected,
+    peer_table::{Claim, StreamGuard},
     streams::{HELLO, Inbound, TCP, UDP},
-    wire::{self, Header, Reply},
+    wire::{self, HEADER_TIMEOUT, Header, Reply},
 };
 
 /// A UDP session (remote side) with no datagram either way for this long is closed.
 pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Copy buffer per direction of a proxied TCP connection.
 const COPY_BUFFER: usize = 64 * 1024;
+/// How long an inbound proxy stream waits for the peer's hello to be verified.
+const AUTHORIZE_WAIT: Duration = Duration::from_secs(10);
 
-/// Hands each inbound stream to its own task.
-pub(super) async fn dispatch(inner: Arc<Inner>, mut inbound: mpsc::UnboundedReceiver<Inbound>) {
+/// Hands each inbound stream to its own task, and starts our hello on each new connection the
+/// swarm task reports.
+pub(super) async fn dispatch(
+    ctx: Arc<Context>,
+    mut inbound: mpsc::UnboundedReceiver<Inbound>,
+    mut connected: mpsc::UnboundedReceiver<Connected>,
+) {
     loop {
         let s = tokio::select! {
-            _ = inner.stop.cancelled() => return,
+            _ = ctx.stop.cancelled() => return,
+            c = connected.recv() => match c {
+                Some(c) => {
+                    hello::spawn_hello(ctx.clone(), c);
+                    continue;
+                }
+                None => return,
+            },
             s = inbound.recv() => match s { Some(s) => s, None => return },
         };
-        let inner = inner.clone();
+        let ctx = ctx.clone();
         let protocol: StreamProtocol = s.protocol.clone();
         if protocol == HELLO {
-            tokio::spawn(hello::serve_hello(inner, s));
+            tokio::spawn(hello::serve_hello(ctx, s));
         } else if protocol == TCP {
-            tokio::spawn(serve_tcp(inner, s));
+            tokio::spawn(serve_tcp(ctx, s));
         } else if protocol == UDP {
-            tokio::spawn(serve_udp(inner, s));
+            tokio::spawn(serve_udp(ctx, s));
+        }
+    }
+}
+
+/// The node name of an inbound stream's peer, if its claim was accepted and still holds.
+async fn authorize(ctx: &Context, peer: PeerId) -> Option<String> {
+    let mut rx = ctx.peers.subscribe();
+    let deadline = tokio::time::Instant::now() + AUTHORIZE_WAIT;
+    loop {
+        rx.borrow_and_update();
+        match ctx.peers.their_claim(peer) {
+            Some(Claim::Accepted(name)) => {
+                // Re-check: the directory may have changed since the hello.
+                return (ctx.directory.peer_of(&name) == Some(peer)).then_some(name);
+            }
+            Some(Claim::Refused(_)) => return None,
+            _ => {}
+        }
+        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() || ctx.stop.is_cancelled() {
+            return None;
         }
     }
 }
 
 /// Reads and checks a proxy stream's header; replies and returns None when refused.
 async fn accept_header(
-    inner: &Inner,
+    ctx: &Context,
     peer: PeerId,
     stream: &mut Compat<Stream>,
     protocol: TunnelProtocol,
 ) -> Option<(String, Header)> {
-    let Some(node) = inner.authorize(peer).await else {
-        if inner.should_warn(peer, "untrusted-stream") {
+    let Some(node) = authorize(ctx, peer).await else {
+        if ctx.peers.should_warn(peer, "untrusted-stream") {
             tracing::warn!(%peer, "proxy stream from a peer without an accepted node name: dropped");
         }
         return None;
@@ -68,8 +103,8 @@ async fn accept_header(
             return None;
         }
     };
-    if !inner.directory.serves(header.target, protocol) {
-        if inner.should_warn(peer, "not-served") {
+    if !ctx.directory.serves(header.target, protocol) {
+        if ctx.peers.should_warn(peer, "not-served") {
             tracing::warn!(%peer, node = %node, target = %header.target, service = %header.service, ?protocol,
                 "peer asked for an endpoint this node does not serve: refused");
         }
@@ -95,12 +130,12 @@ fn reply_for(e: &io::Error) -> Reply {
     }
 }
 
-async fn serve_tcp(inner: Arc<Inner>, s: Inbound) {
+async fn serve_tcp(ctx: Arc<Context>, s: Inbound) {
     let peer = s.peer;
     let mut stream = s.stream.compat();
-    let Some((node, header)) = accept_header(&inner, peer, &mut stream, TunnelProtocol::Tcp).await else { return };
+    let Some((node, header)) = accept_header(&ctx, peer, &mut stream, TunnelProtocol::Tcp).await else { return };
     let target = header.target;
-    let tcp = match timeout(inner.connect_timeout, TcpStream::connect(target)).await {
+    let tcp = match timeout(ctx.settings.connect_timeout, TcpStream::connect(target)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             tracing::debug!(%peer, node = %node, %target, service = %header.service, error = %e, "endpoint connect failed");
@@ -116,14 +151,14 @@ async fn serve_tcp(inner: Arc<Inner>, s: Inbound) {
         }
     };
     let _ = tcp.set_nodelay(true);
-    let _guard = StreamGuard::new(inner.stream_counter(peer), None);
+    let _guard = StreamGuard::new(ctx.peers.stream_counter(peer), None);
     if stream.write_u8(Reply::Ok as u8).await.is_err() || stream.flush().await.is_err() {
         return;
     }
     let mut tcp = tcp;
     let result = tokio::select! {
         r = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut tcp, COPY_BUFFER, COPY_BUFFER) => r,
-        _ = inner.stop.cancelled() => return,
+        _ = ctx.stop.cancelled() => return,
     };
     match result {
         Ok((to_endpoint, from_endpoint)) => {
@@ -133,10 +168,10 @@ async fn serve_tcp(inner: Arc<Inner>, s: Inbound) {
     }
 }
 
-async fn serve_udp(inner: Arc<Inner>, s: Inbound) {
+async fn serve_udp(ctx: Arc<Context>, s: Inbound) {
     let peer = s.peer;
     let mut stream = s.stream.compat();
-    let Some((node, header)) = accept_header(&inner, peer, &mut stream, TunnelProtocol::Udp).await else { return };
+    let Some((node, header)) = accept_header(&ctx, peer, &mut stream, TunnelProtocol::Udp).await else { return };
     let target = header.target;
     let bind: SocketAddr =
         if target.is_ipv4() { "0.0.0.0:0".parse().expect("valid") } else { "[::]:0".parse().expect("valid") };
@@ -156,7 +191,7 @@ async fn serve_udp(inner: Arc<Inner>, s: Inbound) {
     if stream.write_u8(Reply::Ok as u8).await.is_err() || stream.flush().await.is_err() {
         return;
     }
-    let _guard = StreamGuard::new(inner.stream_counter(peer), None);
+    let _guard = StreamGuard::new(ctx.peers.stream_counter(peer), None);
     let (mut tx, mut rx) = datagram_pair(stream, None);
     let mut from_stream = vec![0u8; MAX_DATAGRAM];
     let mut from_socket = vec![0u8; MAX_DATAGRAM];
@@ -191,7 +226,7 @@ async fn serve_udp(inner: Arc<Inner>, s: Inbound) {
                 tracing::debug!(%peer, %target, "UDP session idle: closed");
                 break;
             }
-            _ = inner.stop.cancelled() => break,
+            _ = ctx.stop.cancelled() => break,
         }
         idle.as_mut().reset(tokio::time::Instant::now() + UDP_IDLE_TIMEOUT);
     }

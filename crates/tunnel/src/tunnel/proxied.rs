@@ -12,7 +12,7 @@ use libp2p::{PeerId, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio_util::compat::Compat;
 
-use super::peers::StreamGuard;
+use crate::peer_table::StreamGuard;
 
 /// The largest datagram a session carries (the length prefix is a u16).
 pub const MAX_DATAGRAM: usize = u16::MAX as usize;

@@ -26,7 +26,7 @@ use libp2p::{
 use tokio::time::Instant;
 
 use super::Task;
-use crate::{tunnel::ConnectionType, upgrade::Retry};
+use crate::{ConnectionType, upgrade::Retry};
 
 /// Re-upgrade bookkeeping of the swarm task.
 #[derive(Default)]
@@ -44,11 +44,11 @@ const MAX_REMEMBERED: usize = 100_000;
 impl Task {
     pub(super) fn on_ping(&mut self, event: ping::Event) {
         let changed = match event.result {
-            Ok(rtt) => self.inner.control.record_ping(event.connection, Some(rtt)),
+            Ok(rtt) => self.control.record_ping(event.connection, Some(rtt)),
             Err(ping::Failure::Unsupported) => {
                 tracing::debug!(peer = %event.peer, "peer does not answer pings: its connection is watched by \
                     TCP timeouts only");
-                self.inner.control.record_ping(event.connection, None)
+                self.control.record_ping(event.connection, None)
             }
             Err(e) => {
                 tracing::debug!(peer = %event.peer, error = %e, "ping failed");
@@ -56,7 +56,7 @@ impl Task {
             }
         };
         if changed {
-            self.inner.bump();
+            self.peers.bump();
         }
     }
 
@@ -68,9 +68,9 @@ impl Task {
 
     /// Closes the connections that answered no ping for the liveness timeout.
     fn close_dead(&mut self) {
-        let dead = self.inner.control.take_dead();
+        let dead = self.control.take_dead();
         for (connection, peer, relayed) in &dead {
-            tracing::info!(%peer, relayed, timeout = ?self.inner.liveness.timeout,
+            tracing::info!(%peer, relayed, timeout = ?self.settings.liveness.timeout,
                 "closing a tunnel connection that answers no pings; new streams take another path");
             self.swarm.close_connection(*connection);
         }
@@ -82,7 +82,7 @@ impl Task {
     /// After a connection to `peer` was established, closed or found dead: the path `/peers`
     /// shows, and whether the peer now waits for a re-upgrade.
     pub(super) fn path_changed(&mut self, peer: PeerId) {
-        let control = &self.inner.control;
+        let control = &self.control;
         let path = if control.has_direct(&peer) {
             Some(ConnectionType::Direct)
         } else if control.is_connected(&peer) {
@@ -90,7 +90,7 @@ impl Task {
         } else {
             None
         };
-        self.inner.note_path(peer, path);
+        self.peers.note_path(peer, path);
         let heal = &mut self.heal;
         match path {
             Some(ConnectionType::Direct) => {
@@ -110,7 +110,7 @@ impl Task {
                 heal.retries.remove(&peer);
             }
         }
-        self.inner.bump();
+        self.peers.bump();
     }
 
     fn retry_upgrades(&mut self) {
@@ -122,7 +122,7 @@ impl Task {
             .filter_map(|(peer, retry)| retry.due(now).then(|| (*peer, retry.attempts())))
             .collect();
         for (peer, attempt) in due {
-            if self.inner.control.has_direct(&peer) {
+            if self.control.has_direct(&peer) {
                 self.heal.retries.remove(&peer);
                 continue;
             }
@@ -136,7 +136,7 @@ impl Task {
     fn retry_upgrade(&mut self, peer: PeerId, attempt: u32) {
         let direct: Vec<_> = self.addresses.get(&peer).cloned().unwrap_or_default();
         let relayed = self.relay_circuits(peer);
-        let punch = self.inner.local_peer < peer && !relayed.is_empty();
+        let punch = self.settings.local_peer < peer && !relayed.is_empty();
         tracing::debug!(%peer, attempt, direct = ?direct, punch, "retrying the direct upgrade");
         if !direct.is_empty() {
             let opts =

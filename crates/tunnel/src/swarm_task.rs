@@ -1,8 +1,11 @@
-//! Running the swarm: dialing, discovery, relay reservations, connection reversal, and the
-//! events that keep the peers' state (`tunnel::Inner`) current; `connect`: reaching a node for
-//! the handles; [`heal`]: liveness, failover and re-upgrading; `reachability`: whether this
-//! node needs relay slots (AutoNAT, port mapping).
+//! The swarm task: the one task that drives the libp2p swarm. It dials, discovers, reserves
+//! relay slots and reverses connections, records connections, paths and reservations in the
+//! [`PeerTable`], and reports each new connection to the stream side ([`Connected`]); the
+//! handles reach it with [`Command`]s. `connect`: reaching a node for the handles; [`heal`]:
+//! liveness, failover and re-upgrading; `reachability`: whether this node needs relay slots
+//! (AutoNAT, port mapping); `bootstrap`: the connections kept to bootstrap peers.
 
+mod bootstrap;
 mod connect;
 mod heal;
 mod reachability;
@@ -21,34 +24,24 @@ use libp2p::{
     multiaddr::Protocol,
     relay,
     swarm::{
-        ConnectionId, SwarmEvent,
+        SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
     },
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
-    streams::is_relayed,
+    messages::{Command, Connected},
+    peer_table::PeerTable,
+    settings::Settings,
+    streams::{Control, is_relayed},
     swarm::{Behaviour, BehaviourEvent},
-    tunnel::Inner,
 };
 
 const MAX_ADDRS_PER_PEER: usize = 16;
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
-/// A bootstrap connection that lived at least this long resets the back-off.
-const STABLE: Duration = Duration::from_secs(30);
-
-/// Requests from the handles to the swarm task.
-pub(crate) enum Command {
-    /// Connect to a peer (known addresses and every relay); replies when connected or failed.
-    Connect { peer: PeerId, reply: oneshot::Sender<Result<(), String>> },
-    /// Close every connection to a peer.
-    Disconnect { peer: PeerId },
-    /// Close one connection (tests: break the direct path).
-    #[cfg(test)]
-    Close { connection: ConnectionId },
-}
 
 /// A relay we reserve a slot on.
 struct RelaySlot {
@@ -63,22 +56,21 @@ struct RelaySlot {
     backoff: Duration,
 }
 
-/// A bootstrap peer we keep a connection to.
-struct BootstrapSlot {
-    addr: Multiaddr,
-    peer: Option<PeerId>,
-    dialing: Option<ConnectionId>,
-    connected_since: Option<Instant>,
-    retry_at: Option<Instant>,
-    backoff: Duration,
-}
-
 pub(crate) struct Task {
-    pub inner: Arc<Inner>,
+    settings: Arc<Settings>,
+    /// The peers' state this task records (connections, paths, reservations).
+    peers: Arc<PeerTable>,
+    /// The connections as the streams behaviour sees them (liveness, direct or relayed).
+    control: Control,
+    stop: CancellationToken,
     pub swarm: Swarm<Behaviour>,
-    pub commands: mpsc::UnboundedReceiver<Command>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// New connections, to the stream side (which sends our hello on each).
+    connected: mpsc::UnboundedSender<Connected>,
+    /// Our listen addresses (not relayed), for `Tunnel::listen_addrs`.
+    listen_addrs: watch::Sender<Vec<Multiaddr>>,
     relays: Vec<RelaySlot>,
-    bootstrap: Vec<BootstrapSlot>,
+    bootstrap: Vec<bootstrap::BootstrapSlot>,
     /// Dialable addresses learnt from mDNS, identify and the configuration.
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     pending_connects: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
@@ -89,7 +81,6 @@ pub(crate) struct Task {
     dial_back: HashSet<PeerId>,
     reserve: bool,
     reachability: reachability::Reachability,
-    relay_server: bool,
     heal: heal::Heal,
 }
 
@@ -105,13 +96,18 @@ fn peer_of_addr(addr: &Multiaddr) -> Option<PeerId> {
 }
 
 impl Task {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        inner: Arc<Inner>,
+        settings: Arc<Settings>,
+        peers: Arc<PeerTable>,
+        control: Control,
         swarm: Swarm<Behaviour>,
         commands: mpsc::UnboundedReceiver<Command>,
+        connected: mpsc::UnboundedSender<Connected>,
+        listen_addrs: watch::Sender<Vec<Multiaddr>>,
         relays: &[Multiaddr],
         bootstrap: &[Multiaddr],
-        relay_server: bool,
+        stop: CancellationToken,
     ) -> Task {
         let relays = relays
             .iter()
@@ -126,21 +122,16 @@ impl Task {
                 })
             })
             .collect();
-        let bootstrap = bootstrap
-            .iter()
-            .map(|a| BootstrapSlot {
-                addr: a.clone(),
-                peer: peer_of_addr(a),
-                dialing: None,
-                connected_since: None,
-                retry_at: Some(Instant::now()),
-                backoff: BACKOFF_MIN,
-            })
-            .collect();
+        let bootstrap = bootstrap.iter().map(bootstrap::BootstrapSlot::new).collect();
         let mut t = Task {
-            inner,
+            settings,
+            peers,
+            control,
+            stop,
             swarm,
             commands,
+            connected,
+            listen_addrs,
             relays,
             bootstrap,
             addresses: HashMap::new(),
@@ -149,7 +140,6 @@ impl Task {
             dial_back: HashSet::new(),
             reserve: true,
             reachability: Default::default(),
-            relay_server,
             heal: heal::Heal::default(),
         };
         let relay_peers: Vec<PeerId> = t.relays.iter().map(|r| r.peer).collect();
@@ -195,7 +185,7 @@ impl Task {
         addr.iter().all(|p| match p {
             Protocol::Ip4(ip) => !ip.is_unspecified(),
             Protocol::Ip6(ip) => !ip.is_unspecified(),
-            Protocol::QuicV1 => self.inner.quic,
+            Protocol::QuicV1 => self.settings.quic,
             _ => true,
         })
     }
@@ -209,7 +199,7 @@ impl Task {
     /// attempt in three between namespaces. A fresh local port keeps this dial apart from
     /// DCUtR's, which reuses the listening port.
     fn dial_back(&mut self, peer: PeerId, advertised: Vec<Multiaddr>) {
-        if self.inner.control.connections(&peer).iter().any(|(_, relayed)| !relayed) {
+        if self.control.connections(&peer).iter().any(|(_, relayed)| !relayed) {
             return;
         }
         let addrs: Vec<Multiaddr> =
@@ -232,7 +222,7 @@ impl Task {
     }
 
     pub(crate) async fn run(mut self) {
-        let stop = self.inner.stop.clone();
+        let stop = self.stop.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -273,33 +263,7 @@ impl Task {
                 }
             }
         }
-        for i in 0..self.bootstrap.len() {
-            let b = &mut self.bootstrap[i];
-            if b.dialing.is_some() || b.connected_since.is_some() || b.retry_at.is_none_or(|t| t > now) {
-                continue;
-            }
-            b.retry_at = None;
-            let opts = match b.peer {
-                Some(peer) if self.swarm.is_connected(&peer) => {
-                    b.connected_since = Some(now);
-                    continue;
-                }
-                Some(peer) => DialOpts::peer_id(peer)
-                    .addresses(vec![b.addr.clone()])
-                    .condition(PeerCondition::DisconnectedAndNotDialing)
-                    .build(),
-                None => DialOpts::unknown_peer_id().address(b.addr.clone()).build(),
-            };
-            let id = opts.connection_id();
-            match self.swarm.dial(opts) {
-                Ok(()) => b.dialing = Some(id),
-                Err(e) => {
-                    tracing::debug!(bootstrap = %b.addr, error = %e, "cannot dial bootstrap peer");
-                    b.retry_at = Some(now + b.backoff);
-                    b.backoff = next_backoff(b.backoff);
-                }
-            }
-        }
+        self.bootstrap_tick(now);
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -335,57 +299,30 @@ impl Task {
                 if relayed && !endpoint.is_dialer() {
                     self.dial_back.insert(peer_id);
                 }
-                for b in &mut self.bootstrap {
-                    if b.dialing == Some(connection_id) || (b.peer == Some(peer_id) && b.connected_since.is_none()) {
-                        b.dialing = None;
-                        b.peer = Some(peer_id);
-                        b.connected_since = Some(Instant::now());
-                        self.swarm.behaviour_mut().streams.set_keep_alive(peer_id, true);
-                        self.inner.keep_alive.lock().unwrap_or_else(|e| e.into_inner()).insert(peer_id);
-                    }
-                }
-                self.inner.connection_established(peer_id, connection_id, addr, relayed);
+                self.bootstrap_established(peer_id, connection_id);
+                self.peers.connection_established(peer_id, connection_id, addr, relayed);
                 self.path_changed(peer_id);
                 if let Some(waiters) = self.pending_connects.remove(&peer_id) {
                     for w in waiters {
                         let _ = w.send(Ok(()));
                     }
                 }
-                crate::tunnel::spawn_hello(self.inner.clone(), peer_id, connection_id);
+                // The stream side is gone only when the tunnel stops.
+                let _ = self.connected.send(Connected { peer: peer_id, connection: connection_id });
                 self.connect_established(peer_id, connection_id);
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
                 tracing::debug!(peer = %peer_id, remaining = num_established, cause = ?cause, "connection closed");
-                self.inner.connection_closed(peer_id, connection_id);
+                self.peers.connection_closed(peer_id, connection_id);
                 self.path_changed(peer_id);
                 if num_established == 0 {
                     self.dial_back.remove(&peer_id);
-                    let now = Instant::now();
-                    for b in &mut self.bootstrap {
-                        if b.peer != Some(peer_id) {
-                            continue;
-                        }
-                        if let Some(since) = b.connected_since.take() {
-                            if now - since >= STABLE {
-                                b.backoff = BACKOFF_MIN;
-                            }
-                            b.retry_at = Some(now + b.backoff);
-                            b.backoff = next_backoff(b.backoff);
-                        }
-                    }
+                    self.bootstrap_closed(peer_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 tracing::debug!(peer = ?peer_id, %error, "outgoing connection failed");
-                let now = Instant::now();
-                for b in &mut self.bootstrap {
-                    if b.dialing == Some(connection_id) {
-                        tracing::debug!(bootstrap = %b.addr, %error, retry_in = ?b.backoff, "cannot reach bootstrap peer");
-                        b.dialing = None;
-                        b.retry_at = Some(now + b.backoff);
-                        b.backoff = next_backoff(b.backoff);
-                    }
-                }
+                self.bootstrap_dial_failed(connection_id, &error);
                 if let Some(peer) = peer_id {
                     self.connect_dial_failed(peer, connection_id, error.to_string());
                 }
@@ -393,8 +330,14 @@ impl Task {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "tunnel listening");
                 if !is_relayed(&address) {
-                    self.inner.add_listen_addr(address.clone());
-                    if self.relay_server {
+                    self.listen_addrs.send_if_modified(|l| {
+                        let new = !l.contains(&address);
+                        if new {
+                            l.push(address.clone());
+                        }
+                        new
+                    });
+                    if self.settings.relay_server {
                         // A relay server must know its external addresses to accept
                         // reservations; its listen addresses are what clients dial.
                         self.swarm.add_external_address(address);
@@ -402,8 +345,12 @@ impl Task {
                 }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
-                self.inner.remove_listen_addr(&address);
-                if self.relay_server {
+                self.listen_addrs.send_if_modified(|l| {
+                    let before = l.len();
+                    l.retain(|a| a != &address);
+                    l.len() != before
+                });
+                if self.settings.relay_server {
                     self.swarm.remove_external_address(&address);
                 }
             }
@@ -423,7 +370,7 @@ impl Task {
         if let Some(r) = self.relays.iter_mut().find(|r| r.listener == Some(listener_id)) {
             r.listener = None;
             r.confirmed = false;
-            self.inner.set_reserved(r.peer, false);
+            self.peers.set_reserved(r.peer, false);
             if reserve {
                 tracing::warn!(relay = %r.addr, error = ?error.map(|e| e.to_string()), retry_in = ?r.backoff, "relay reservation lost");
                 r.retry_at = Some(Instant::now() + r.backoff);
@@ -449,7 +396,7 @@ impl Task {
                         r.confirmed = r.listener.is_some();
                     }
                 }
-                self.inner.set_reserved(relay_peer_id, true);
+                self.peers.set_reserved(relay_peer_id, true);
                 // Given up while the request was in flight (see `set_reserve`): release it now.
                 if !self.reserve {
                     self.release_relay_slots();
@@ -459,7 +406,7 @@ impl Task {
             BehaviourEvent::RelayServer(e) => tracing::debug!(event = ?e, "relay server"),
             BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => match result {
                 Ok(_) => tracing::info!(peer = %remote_peer_id, "hole punching succeeded: direct connection"),
-                Err(e) if self.inner.control.connections(&remote_peer_id).iter().any(|(_, relayed)| !relayed) => {
+                Err(e) if self.control.connections(&remote_peer_id).iter().any(|(_, relayed)| !relayed) => {
                     tracing::debug!(peer = %remote_peer_id, error = %e, "hole punching failed (connected directly anyway)")
                 }
                 Err(e) => tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed: staying relayed"),

@@ -76,7 +76,7 @@ impl Task {
                 r.confirmed = false;
                 self.swarm.remove_listener(id);
                 // (The listener's closing no longer finds its slot: say it here.)
-                self.inner.set_reserved(r.peer, false);
+                self.peers.set_reserved(r.peer, false);
             }
         }
     }

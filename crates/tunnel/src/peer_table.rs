@@ -1,6 +1,9 @@
-//! What the tunnel knows about each connected peer (one owner: [`Inner`], shared by the
-//! handles, the swarm task and the stream tasks): its connections, both sides' node name
-//! claims, its open streams and relay reservation; and the status `/peers` shows of it.
+//! What the tunnel knows about each connected peer: its connections, both sides' node name
+//! claims, its open streams, path and relay reservation; and the status `/peers` shows of it.
+//!
+//! One owner, [`PeerTable`]: the swarm task records connections, paths and reservations, the
+//! stream side records claims, and both wait on its change notification. Fields are private;
+//! nothing outside takes its locks.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -13,18 +16,13 @@ use std::{
 
 use libp2p::{Multiaddr, PeerId, swarm::ConnectionId};
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::watch;
 
 use crate::{
-    Directory,
-    liveness::{ConnectionState, LivenessPolicy},
-    node::Command,
+    liveness::ConnectionState,
     streams::{Control, Slot},
 };
 
-/// How long an inbound proxy stream waits for the peer's hello to be verified.
-const AUTHORIZE_WAIT: Duration = Duration::from_secs(10);
 /// At most one warning per peer and kind within this period.
 const WARN_EVERY: Duration = Duration::from_secs(600);
 
@@ -41,7 +39,7 @@ struct ConnInfo {
     relayed: bool,
 }
 
-pub(crate) struct PeerEntry {
+struct PeerEntry {
     /// The peer's claim (their hello), as we judged it.
     theirs: Claim,
     /// Our claim, as the peer judged it.
@@ -68,35 +66,40 @@ impl PeerEntry {
     }
 }
 
-/// State shared by the handles, the swarm task and the stream tasks.
-pub(crate) struct Inner {
-    pub local_peer: PeerId,
-    pub node_name: String,
-    pub directory: Arc<dyn Directory>,
-    pub control: Control,
-    pub commands: mpsc::UnboundedSender<Command>,
-    pub peers: Mutex<HashMap<PeerId, PeerEntry>>,
-    /// Bumped on every change of `peers` that a waiter may care about.
-    pub changed: watch::Sender<u64>,
-    pub connect_timeout: Duration,
-    pub liveness: LivenessPolicy,
-    pub max_streams: usize,
-    pub stop: CancellationToken,
-    /// QUIC is usable (no PSK).
-    pub quic: bool,
-    pub relay_peers: HashSet<PeerId>,
+/// The peers' state, and a notification of its changes.
+pub(crate) struct PeerTable {
+    /// The swarm's connections, as the streams behaviour sees them (health, liveness).
+    control: Control,
+    peers: Mutex<HashMap<PeerId, PeerEntry>>,
+    /// Bumped on every change of `peers` (or of a connection's health) a waiter may care about.
+    changed: watch::Sender<u64>,
     /// Peers whose connections we keep open (relays, bootstrap peers).
-    pub keep_alive: Mutex<HashSet<PeerId>>,
-    pub relay_server: bool,
-    pub listen_addrs: Mutex<Vec<Multiaddr>>,
-    pub warned: Mutex<HashMap<(PeerId, &'static str), Instant>>,
+    keep_open: Mutex<HashSet<PeerId>>,
+    warned: Mutex<HashMap<(PeerId, &'static str), Instant>>,
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Inner {
+impl PeerTable {
+    /// An empty table; `keep_open` starts as the configured relays.
+    pub(crate) fn new(control: Control, keep_open: HashSet<PeerId>) -> Self {
+        PeerTable {
+            control,
+            peers: Mutex::new(HashMap::new()),
+            changed: watch::Sender::new(0),
+            keep_open: Mutex::new(keep_open),
+            warned: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A receiver that sees every change (claims, connections, connection health).
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Wakes the waiters: something they may care about changed (e.g. a connection's health).
     pub(crate) fn bump(&self) {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
@@ -120,7 +123,7 @@ impl Inner {
         self.bump();
     }
 
-    /// The path new streams to `peer` take now (see `node::heal`).
+    /// The path new streams to `peer` take now (see `swarm_task::heal`).
     pub(crate) fn note_path(&self, peer: PeerId, path: Option<ConnectionType>) {
         if let Some(e) = lock(&self.peers).get_mut(&peer)
             && e.path != path
@@ -139,15 +142,14 @@ impl Inner {
         }
     }
 
-    pub(crate) fn add_listen_addr(&self, a: Multiaddr) {
-        let mut l = lock(&self.listen_addrs);
-        if !l.contains(&a) {
-            l.push(a);
-        }
+    /// Keeps `peer`'s connections open (a bootstrap peer we connected to).
+    pub(crate) fn keep_open(&self, peer: PeerId) {
+        lock(&self.keep_open).insert(peer);
     }
 
-    pub(crate) fn remove_listen_addr(&self, a: &Multiaddr) {
-        lock(&self.listen_addrs).retain(|x| x != a);
+    /// Whether we keep `peer`'s connections open (our hello asks the peer to hold it).
+    pub(crate) fn is_kept_open(&self, peer: PeerId) -> bool {
+        lock(&self.keep_open).contains(&peer)
     }
 
     /// The peer's node name claim, as we judged it (None: not connected).
@@ -191,27 +193,6 @@ impl Inner {
             _ => {
                 w.insert((peer, kind), now);
                 true
-            }
-        }
-    }
-
-    /// The node name of an inbound stream's peer, if its claim was accepted and still holds.
-    pub(crate) async fn authorize(&self, peer: PeerId) -> Option<String> {
-        let mut rx = self.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + AUTHORIZE_WAIT;
-        loop {
-            rx.borrow_and_update();
-            let claim = self.their_claim(peer);
-            match claim {
-                Some(Claim::Accepted(name)) => {
-                    // Re-check: the directory may have changed since the hello.
-                    return (self.directory.peer_of(&name) == Some(peer)).then_some(name);
-                }
-                Some(Claim::Refused(_)) => return None,
-                _ => {}
-            }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() || self.stop.is_cancelled() {
-                return None;
             }
         }
     }

@@ -50,7 +50,7 @@ impl Task {
     /// Reaches `peer` for a stream: replies when a connection is established, or when both
     /// dials failed.
     pub(super) fn connect(&mut self, peer: PeerId, reply: oneshot::Sender<Result<(), String>>) {
-        if self.inner.control.is_alive(&peer) {
+        if self.control.is_alive(&peer) {
             let _ = reply.send(Ok(()));
             return;
         }
@@ -98,7 +98,7 @@ impl Task {
         let waiting: Vec<PeerId> = self
             .pending_connects
             .keys()
-            .filter(|p| !self.inner.control.is_alive(p))
+            .filter(|p| !self.control.is_alive(p))
             .filter(|p| self.connect_dials.get(*p).is_none_or(|legs| legs.relayed.is_none()))
             .copied()
             .collect();
@@ -124,7 +124,7 @@ impl Task {
             return;
         }
         self.connect_dial_done(peer, connection);
-        if self.connect_dials.contains_key(&peer) || self.inner.control.is_alive(&peer) {
+        if self.connect_dials.contains_key(&peer) || self.control.is_alive(&peer) {
             return;
         }
         if self.relay_connecting() {
