@@ -114,6 +114,14 @@ pub(crate) fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| p == Protocol::P2pCircuit)
 }
 
+/// The peer an address names (its trailing `/p2p/<peer id>`), if any.
+pub(crate) fn peer_of_addr(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(p)) => Some(p),
+        _ => None,
+    }
+}
+
 /// A proxy stream's place in its connection's budget; freed on drop.
 pub(crate) struct Slot {
     count: Arc<AtomicUsize>,

@@ -5,6 +5,7 @@
 //! liveness, failover and re-upgrading; `reachability`: whether this node needs relay slots
 //! (AutoNAT, port mapping); `bootstrap`: the connections kept to bootstrap peers.
 
+mod backoff;
 mod bootstrap;
 mod connect;
 mod heal;
@@ -31,17 +32,19 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use self::{
+    backoff::{BACKOFF_MIN, next_backoff},
+    bootstrap::Bootstrap,
+};
 use crate::{
     messages::{Command, Connected},
     peer_table::PeerTable,
     settings::Settings,
-    streams::{Control, is_relayed},
+    streams::{Control, is_relayed, peer_of_addr},
     swarm::{Behaviour, BehaviourEvent},
 };
 
 const MAX_ADDRS_PER_PEER: usize = 16;
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// A relay we reserve a slot on.
 struct RelaySlot {
@@ -70,7 +73,7 @@ pub(crate) struct Task {
     /// Our listen addresses (not relayed), for `Tunnel::listen_addrs`.
     listen_addrs: watch::Sender<Vec<Multiaddr>>,
     relays: Vec<RelaySlot>,
-    bootstrap: Vec<bootstrap::BootstrapSlot>,
+    bootstrap: Bootstrap,
     /// Dialable addresses learnt from mDNS, identify and the configuration.
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     pending_connects: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
@@ -82,17 +85,6 @@ pub(crate) struct Task {
     reserve: bool,
     reachability: reachability::Reachability,
     heal: heal::Heal,
-}
-
-fn next_backoff(b: Duration) -> Duration {
-    (b * 2).min(BACKOFF_MAX)
-}
-
-fn peer_of_addr(addr: &Multiaddr) -> Option<PeerId> {
-    match addr.iter().last() {
-        Some(Protocol::P2p(p)) => Some(p),
-        _ => None,
-    }
 }
 
 impl Task {
@@ -122,7 +114,7 @@ impl Task {
                 })
             })
             .collect();
-        let bootstrap = bootstrap.iter().map(bootstrap::BootstrapSlot::new).collect();
+        let bootstrap = Bootstrap::new(bootstrap);
         let mut t = Task {
             settings,
             peers,
@@ -149,7 +141,7 @@ impl Task {
         for p in relay_peers {
             t.swarm.behaviour_mut().streams.set_keep_alive(p, true);
         }
-        for (peer, addr) in t.bootstrap.iter().filter_map(|b| Some((b.peer?, b.addr.clone()))).collect::<Vec<_>>() {
+        for (peer, addr) in t.bootstrap.known() {
             t.learn(peer, addr);
         }
         t
@@ -263,7 +255,7 @@ impl Task {
                 }
             }
         }
-        self.bootstrap_tick(now);
+        self.bootstrap.tick(&mut self.swarm, now);
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -299,7 +291,10 @@ impl Task {
                 if relayed && !endpoint.is_dialer() {
                     self.dial_back.insert(peer_id);
                 }
-                self.bootstrap_established(peer_id, connection_id);
+                if self.bootstrap.established(peer_id, connection_id) {
+                    self.swarm.behaviour_mut().streams.set_keep_alive(peer_id, true);
+                    self.peers.keep_open(peer_id);
+                }
                 self.peers.connection_established(peer_id, connection_id, addr, relayed);
                 self.path_changed(peer_id);
                 if let Some(waiters) = self.pending_connects.remove(&peer_id) {
@@ -317,12 +312,12 @@ impl Task {
                 self.path_changed(peer_id);
                 if num_established == 0 {
                     self.dial_back.remove(&peer_id);
-                    self.bootstrap_closed(peer_id);
+                    self.bootstrap.closed(peer_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 tracing::debug!(peer = ?peer_id, %error, "outgoing connection failed");
-                self.bootstrap_dial_failed(connection_id, &error);
+                self.bootstrap.dial_failed(connection_id, &error);
                 if let Some(peer) = peer_id {
                     self.connect_dial_failed(peer, connection_id, error.to_string());
                 }

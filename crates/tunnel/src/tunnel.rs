@@ -23,7 +23,7 @@ use tokio_util::{
     sync::CancellationToken,
 };
 
-pub(crate) use context::Context;
+use context::Context;
 pub use inbound::UDP_IDLE_TIMEOUT;
 use proxied::datagram_pair;
 pub use proxied::{DatagramReceiver, DatagramSender, MAX_DATAGRAM, TunnelStream};
@@ -143,14 +143,7 @@ impl Tunnel {
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (connected_tx, connected_rx) = mpsc::unbounded_channel();
         let (listen_tx, listen_addrs) = watch::channel(Vec::new());
-        let relay_peers: HashSet<PeerId> = config
-            .relays
-            .iter()
-            .filter_map(|a| match a.iter().last() {
-                Some(libp2p::multiaddr::Protocol::P2p(p)) => Some(p),
-                _ => None,
-            })
-            .collect();
+        let relay_peers: HashSet<PeerId> = config.relays.iter().filter_map(streams::peer_of_addr).collect();
         let settings = Arc::new(Settings {
             local_peer: key.public().to_peer_id(),
             node_name: config.node_name.clone(),

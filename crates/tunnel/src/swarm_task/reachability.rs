@@ -7,7 +7,7 @@ use std::{collections::HashSet, time::Instant};
 
 use libp2p::{Multiaddr, upnp};
 
-use super::{BACKOFF_MIN, Task};
+use super::{Task, backoff::BACKOFF_MIN};
 
 /// Whether this node is reachable without a relay, and why.
 #[derive(Default)]

@@ -11,7 +11,7 @@ use tokio::{
 };
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
-use super::Context;
+use super::context::Context;
 use crate::{
     messages::{Command, Connected},
     peer_table::Claim,

@@ -13,7 +13,8 @@ use tokio::{
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
 use super::{
-    Context, hello,
+    context::Context,
+    hello,
     proxied::{MAX_DATAGRAM, datagram_pair},
 };
 use crate::{
