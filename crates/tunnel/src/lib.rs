@@ -73,7 +73,8 @@
 //! - `swarm`: transports and behaviours; `swarm_task`: the task that drives the swarm
 //!   (dialing, discovery, relay reservations, connection reversal), with `swarm_task::connect`
 //!   (reaching a node), `swarm_task::heal` (liveness, failover dials, re-upgrading),
-//!   `swarm_task::reachability` (AutoNAT, port mapping) and `swarm_task::bootstrap`;
+//!   `swarm_task::relays` (relay slots), `swarm_task::reachability` (AutoNAT, port mapping)
+//!   and `swarm_task::bootstrap`;
 //!   `liveness` and `upgrade`: the pure rules behind those;
 //! - `streams`: the raw-stream behaviour (opens and accepts the edgemesh protocols); `muxer`:
 //!   yamux sized for both directions; `wire`: hello and proxy headers;
@@ -90,7 +91,7 @@
 //! ```text
 //! tunnel (+ context, hello, inbound, proxied)
 //!   │  builds the swarm and starts the task, then talks to it by message only
-//!   ├──────────────────────► swarm_task (+ connect, heal, reachability, bootstrap)
+//!   ├──────────────────────► swarm_task (+ connect, heal, relays, reachability, bootstrap)
 //!   │                          │
 //!   ▼                          ▼
 //! messages, peer_table, settings       both sides use these; these use neither side

@@ -1,15 +1,20 @@
 //! The swarm task: the one task that drives the libp2p swarm. It dials, discovers, reserves
 //! relay slots and reverses connections, records connections, paths and reservations in the
 //! [`PeerTable`], and reports each new connection to the stream side ([`Connected`]); the
-//! handles reach it with [`Command`]s. `connect`: reaching a node for the handles; [`heal`]:
-//! liveness, failover and re-upgrading; `reachability`: whether this node needs relay slots
-//! (AutoNAT, port mapping); `bootstrap`: the connections kept to bootstrap peers.
+//! handles reach it with [`Command`]s.
+//!
+//! Its parts: `relays` (the slots reserved on relays) and `bootstrap` (the connections kept
+//! to bootstrap peers) own their state and are driven by this task; `reachability` (AutoNAT,
+//! port mapping) says whether relay slots are needed; `connect` (reaching a node for the
+//! handles) and [`heal`] (liveness, failover and re-upgrading) are more of this task's
+//! methods, on its dial bookkeeping.
 
 mod backoff;
 mod bootstrap;
 mod connect;
 mod heal;
 mod reachability;
+mod relays;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -32,32 +37,16 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use self::{
-    backoff::{BACKOFF_MIN, next_backoff},
-    bootstrap::Bootstrap,
-};
+use self::{bootstrap::Bootstrap, relays::Relays};
 use crate::{
     messages::{Command, Connected},
     peer_table::PeerTable,
     settings::Settings,
-    streams::{Control, is_relayed, peer_of_addr},
+    streams::{Control, is_relayed},
     swarm::{Behaviour, BehaviourEvent},
 };
 
 const MAX_ADDRS_PER_PEER: usize = 16;
-
-/// A relay we reserve a slot on.
-struct RelaySlot {
-    addr: Multiaddr,
-    peer: PeerId,
-    listener: Option<ListenerId>,
-    /// The relay accepted the listener's reservation (none in flight): only then may the
-    /// listener be removed, as libp2p's relay client panics on an answer to a reservation whose
-    /// listener is gone.
-    confirmed: bool,
-    retry_at: Option<Instant>,
-    backoff: Duration,
-}
 
 pub(crate) struct Task {
     settings: Arc<Settings>,
@@ -72,7 +61,7 @@ pub(crate) struct Task {
     connected: mpsc::UnboundedSender<Connected>,
     /// Our listen addresses (not relayed), for `Tunnel::listen_addrs`.
     listen_addrs: watch::Sender<Vec<Multiaddr>>,
-    relays: Vec<RelaySlot>,
+    relays: Relays,
     bootstrap: Bootstrap,
     /// Dialable addresses learnt from mDNS, identify and the configuration.
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
@@ -82,7 +71,6 @@ pub(crate) struct Task {
     /// Peers that reached us through a relay and whose advertised addresses we have not
     /// dialled yet (see [`Task::dial_back`]).
     dial_back: HashSet<PeerId>,
-    reserve: bool,
     reachability: reachability::Reachability,
     heal: heal::Heal,
 }
@@ -101,19 +89,7 @@ impl Task {
         bootstrap: &[Multiaddr],
         stop: CancellationToken,
     ) -> Task {
-        let relays = relays
-            .iter()
-            .filter_map(|a| {
-                Some(RelaySlot {
-                    peer: peer_of_addr(a)?,
-                    addr: a.clone(),
-                    listener: None,
-                    confirmed: false,
-                    retry_at: Some(Instant::now()),
-                    backoff: BACKOFF_MIN,
-                })
-            })
-            .collect();
+        let relays = Relays::new(relays);
         let bootstrap = Bootstrap::new(bootstrap);
         let mut t = Task {
             settings,
@@ -130,16 +106,12 @@ impl Task {
             pending_connects: HashMap::new(),
             connect_dials: HashMap::new(),
             dial_back: HashSet::new(),
-            reserve: true,
             reachability: Default::default(),
             heal: heal::Heal::default(),
         };
-        let relay_peers: Vec<PeerId> = t.relays.iter().map(|r| r.peer).collect();
-        for (peer, addr) in t.relays.iter().map(|r| (r.peer, r.addr.clone())).collect::<Vec<_>>() {
+        for (peer, addr) in t.relays.known() {
             t.learn(peer, addr);
-        }
-        for p in relay_peers {
-            t.swarm.behaviour_mut().streams.set_keep_alive(p, true);
+            t.swarm.behaviour_mut().streams.set_keep_alive(peer, true);
         }
         for (peer, addr) in t.bootstrap.known() {
             t.learn(peer, addr);
@@ -207,12 +179,6 @@ impl Task {
         }
     }
 
-    /// Addresses to reach `peer` through every relay.
-    fn relay_circuits(&self, peer: PeerId) -> Vec<Multiaddr> {
-        let through = self.relays.iter().filter(|r| r.peer != peer);
-        through.map(|r| r.addr.clone().with(Protocol::P2pCircuit).with(Protocol::P2p(peer))).collect()
-    }
-
     pub(crate) async fn run(mut self) {
         let stop = self.stop.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -236,25 +202,7 @@ impl Task {
     fn on_tick(&mut self) {
         self.heal_tick();
         let now = Instant::now();
-        for i in 0..self.relays.len() {
-            let r = &mut self.relays[i];
-            if !self.reserve || r.listener.is_some() || r.retry_at.is_none_or(|t| t > now) {
-                continue;
-            }
-            r.retry_at = None;
-            let addr = r.addr.clone().with(Protocol::P2pCircuit);
-            match self.swarm.listen_on(addr.clone()) {
-                Ok(id) => {
-                    tracing::debug!(relay = %r.addr, "reserving a relay slot");
-                    r.listener = Some(id);
-                }
-                Err(e) => {
-                    tracing::warn!(relay = %r.addr, error = %e, "cannot reserve a relay slot");
-                    r.retry_at = Some(now + r.backoff);
-                    r.backoff = next_backoff(r.backoff);
-                }
-            }
-        }
+        self.relays.tick(&mut self.swarm, now);
         self.bootstrap.tick(&mut self.swarm, now);
     }
 
@@ -349,9 +297,7 @@ impl Task {
                     self.swarm.remove_external_address(&address);
                 }
             }
-            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
-                self.relay_listener_gone(listener_id, reason.err())
-            }
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => self.listener_closed(listener_id, reason.err()),
             SwarmEvent::ListenerError { listener_id, error } => {
                 tracing::debug!(?listener_id, %error, "listener error");
             }
@@ -360,17 +306,10 @@ impl Task {
         }
     }
 
-    fn relay_listener_gone(&mut self, listener_id: ListenerId, error: Option<std::io::Error>) {
-        let reserve = self.reserve;
-        if let Some(r) = self.relays.iter_mut().find(|r| r.listener == Some(listener_id)) {
-            r.listener = None;
-            r.confirmed = false;
-            self.peers.set_reserved(r.peer, false);
-            if reserve {
-                tracing::warn!(relay = %r.addr, error = ?error.map(|e| e.to_string()), retry_in = ?r.backoff, "relay reservation lost");
-                r.retry_at = Some(Instant::now() + r.backoff);
-                r.backoff = next_backoff(r.backoff);
-            }
+    /// A listener closed: if it held a relay slot, the peers waiting for a relay may be
+    /// stranded.
+    fn listener_closed(&mut self, listener_id: ListenerId, error: Option<std::io::Error>) {
+        if self.relays.listener_gone(listener_id, error, &self.peers) {
             self.connect_relay_gone();
         }
     }
@@ -381,22 +320,7 @@ impl Task {
                 relay_peer_id,
                 renewal,
                 ..
-            }) => {
-                if !renewal {
-                    tracing::info!(relay = %relay_peer_id, "relay slot reserved");
-                }
-                for r in &mut self.relays {
-                    if r.peer == relay_peer_id {
-                        r.backoff = BACKOFF_MIN;
-                        r.confirmed = r.listener.is_some();
-                    }
-                }
-                self.peers.set_reserved(relay_peer_id, true);
-                // Given up while the request was in flight (see `set_reserve`): release it now.
-                if !self.reserve {
-                    self.release_relay_slots();
-                }
-            }
+            }) => self.relays.accepted(relay_peer_id, renewal, &mut self.swarm, &self.peers),
             BehaviourEvent::RelayClient(e) => tracing::debug!(event = ?e, "relay client"),
             BehaviourEvent::RelayServer(e) => tracing::debug!(event = ?e, "relay server"),
             BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => match result {
@@ -424,7 +348,8 @@ impl Task {
             BehaviourEvent::Ping(event) => self.on_ping(event),
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
                 tracing::info!(?old, ?new, "AutoNAT status changed");
-                self.on_autonat_public(new.is_public());
+                self.reachability.on_autonat_public(new.is_public());
+                self.relays.set_reserve(!self.reachability.public(), &mut self.swarm, &self.peers);
             }
             BehaviourEvent::Autonat(_) => {}
             BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
@@ -445,7 +370,10 @@ impl Task {
                 }
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
-            BehaviourEvent::Upnp(e) => self.on_upnp(e),
+            BehaviourEvent::Upnp(e) => {
+                self.reachability.on_upnp(e);
+                self.relays.set_reserve(!self.reachability.public(), &mut self.swarm, &self.peers);
+            }
             BehaviourEvent::Streams(e) => match e {},
         }
     }

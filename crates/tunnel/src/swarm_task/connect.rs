@@ -64,7 +64,7 @@ impl Task {
     /// Dials the legs to `peer` that are not under way.
     fn dial_legs(&mut self, peer: PeerId) {
         let direct = self.addresses.get(&peer).cloned().unwrap_or_default();
-        let relayed = self.relay_circuits(peer);
+        let relayed = self.relays.circuits(peer);
         let mut legs = self.connect_dials.remove(&peer).unwrap_or_default();
         legs.direct = legs.direct.or_else(|| self.dial_leg(peer, direct));
         legs.relayed = legs.relayed.or_else(|| self.dial_leg(peer, relayed));
@@ -92,7 +92,7 @@ impl Task {
     /// a relay's lets the peers waiting for one be dialled through it.
     pub(super) fn connect_established(&mut self, peer: PeerId, connection: ConnectionId) {
         self.connect_dial_done(peer, connection);
-        if !self.relays.iter().any(|r| r.peer == peer) {
+        if !self.relays.is_relay(peer) {
             return;
         }
         let waiting: Vec<PeerId> = self
@@ -127,7 +127,7 @@ impl Task {
         if self.connect_dials.contains_key(&peer) || self.control.is_alive(&peer) {
             return;
         }
-        if self.relay_connecting() {
+        if self.relays.connecting(&self.swarm) {
             tracing::debug!(%peer, %error, "cannot reach the node yet: again once a relay is connected");
             return;
         }
@@ -137,7 +137,7 @@ impl Task {
     /// A relay's reservation is gone: peers left waiting for a relay connection, with no dial
     /// under way, get an error once no relay connection is being made any more.
     pub(super) fn connect_relay_gone(&mut self) {
-        if self.relay_connecting() {
+        if self.relays.connecting(&self.swarm) {
             return;
         }
         let stranded: Vec<PeerId> =
@@ -145,10 +145,5 @@ impl Task {
         for p in stranded {
             self.fail_connects(p, "no relay could be reached".into());
         }
-    }
-
-    /// Some relay is being dialled: its reservation listener exists but no connection yet.
-    fn relay_connecting(&self) -> bool {
-        self.relays.iter().any(|r| r.listener.is_some() && !self.swarm.is_connected(&r.peer))
     }
 }

@@ -135,7 +135,7 @@ impl Task {
     /// which the other side starts a fresh DCUtR hole punch.
     fn retry_upgrade(&mut self, peer: PeerId, attempt: u32) {
         let direct: Vec<_> = self.addresses.get(&peer).cloned().unwrap_or_default();
-        let relayed = self.relay_circuits(peer);
+        let relayed = self.relays.circuits(peer);
         let punch = self.settings.local_peer < peer && !relayed.is_empty();
         tracing::debug!(%peer, attempt, direct = ?direct, punch, "retrying the direct upgrade");
         if !direct.is_empty() {
