@@ -3,12 +3,14 @@
 //! [`PeerTable`], and reports each new connection to the stream side ([`Connected`]); the
 //! handles reach it with [`Command`]s.
 //!
-//! Its parts: `relays` (the slots reserved on relays) and `bootstrap` (the connections kept
-//! to bootstrap peers) own their state and are driven by this task; `reachability` (AutoNAT,
-//! port mapping) says whether relay slots are needed; `connect` (reaching a node for the
-//! handles) and [`heal`] (liveness, failover and re-upgrading) are more of this task's
-//! methods, on its dial bookkeeping.
+//! Its parts own their state and are driven by this task with its events, lent what they
+//! dial with ([`Dial`]) for one call; none imports the task: `relays` (the slots reserved on
+//! relays), `bootstrap` (the connections kept to bootstrap peers), `reachability` (AutoNAT,
+//! port mapping: whether relay slots are needed), `addresses` (the peers' dialable
+//! addresses), `connect` (reaching a node for the handles) and [`heal`] (liveness, failover
+//! and re-upgrading).
 
+mod addresses;
 mod backoff;
 mod bootstrap;
 mod connect;
@@ -17,7 +19,7 @@ mod reachability;
 mod relays;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -34,10 +36,16 @@ use libp2p::{
         dial_opts::{DialOpts, PeerCondition},
     },
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use self::{bootstrap::Bootstrap, relays::Relays};
+use self::{
+    addresses::Addresses,
+    bootstrap::Bootstrap,
+    connect::{Connects, Dial},
+    heal::Heal,
+    relays::Relays,
+};
 use crate::{
     messages::{Command, Connected},
     peer_table::PeerTable,
@@ -46,7 +54,12 @@ use crate::{
     swarm::{Behaviour, BehaviourEvent},
 };
 
-const MAX_ADDRS_PER_PEER: usize = 16;
+/// Lends the swarm task's dialing parts to its `connect` and `heal` parts for one call.
+macro_rules! dial {
+    ($task:expr) => {
+        Dial { swarm: &mut $task.swarm, addresses: &$task.addresses, relays: &$task.relays, control: &$task.control }
+    };
+}
 
 pub(crate) struct Task {
     settings: Arc<Settings>,
@@ -64,15 +77,14 @@ pub(crate) struct Task {
     relays: Relays,
     bootstrap: Bootstrap,
     /// Dialable addresses learnt from mDNS, identify and the configuration.
-    addresses: HashMap<PeerId, Vec<Multiaddr>>,
-    pending_connects: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
-    /// The dials under way to reach peers for streams (`connect`).
-    connect_dials: HashMap<PeerId, connect::Legs>,
+    addresses: Addresses,
+    /// The handles waiting to reach a peer (`Command::Connect`) and the dials for them.
+    connects: Connects,
     /// Peers that reached us through a relay and whose advertised addresses we have not
     /// dialled yet (see [`Task::dial_back`]).
     dial_back: HashSet<PeerId>,
     reachability: reachability::Reachability,
-    heal: heal::Heal,
+    heal: Heal,
 }
 
 impl Task {
@@ -91,6 +103,7 @@ impl Task {
     ) -> Task {
         let relays = Relays::new(relays);
         let bootstrap = Bootstrap::new(bootstrap);
+        let addresses = Addresses::new(settings.local_peer, settings.quic);
         let mut t = Task {
             settings,
             peers,
@@ -102,56 +115,20 @@ impl Task {
             listen_addrs,
             relays,
             bootstrap,
-            addresses: HashMap::new(),
-            pending_connects: HashMap::new(),
-            connect_dials: HashMap::new(),
+            addresses,
+            connects: Connects::default(),
             dial_back: HashSet::new(),
             reachability: Default::default(),
-            heal: heal::Heal::default(),
+            heal: Heal::default(),
         };
         for (peer, addr) in t.relays.known() {
-            t.learn(peer, addr);
+            t.addresses.learn(peer, addr);
             t.swarm.behaviour_mut().streams.set_keep_alive(peer, true);
         }
         for (peer, addr) in t.bootstrap.known() {
-            t.learn(peer, addr);
+            t.addresses.learn(peer, addr);
         }
         t
-    }
-
-    fn learn(&mut self, peer: PeerId, addr: Multiaddr) {
-        if peer == *self.swarm.local_peer_id() {
-            return;
-        }
-        // Strip a trailing /p2p/<peer>: dial options carry the peer ID.
-        let mut addr = addr;
-        if let Some(Protocol::P2p(p)) = addr.iter().last() {
-            if p != peer {
-                return;
-            }
-            addr.pop();
-        }
-        if !self.dialable(&addr) {
-            return;
-        }
-        let list = self.addresses.entry(peer).or_default();
-        if let Some(pos) = list.iter().position(|a| a == &addr) {
-            let a = list.remove(pos);
-            list.insert(0, a);
-        } else {
-            list.insert(0, addr);
-            list.truncate(MAX_ADDRS_PER_PEER);
-        }
-    }
-
-    /// Whether we can dial `addr` at all: not an unspecified address, and no QUIC with a PSK.
-    fn dialable(&self, addr: &Multiaddr) -> bool {
-        addr.iter().all(|p| match p {
-            Protocol::Ip4(ip) => !ip.is_unspecified(),
-            Protocol::Ip6(ip) => !ip.is_unspecified(),
-            Protocol::QuicV1 => self.settings.quic,
-            _ => true,
-        })
     }
 
     /// Connection reversal, as go-libp2p does before hole punching: a peer that reached us
@@ -167,7 +144,7 @@ impl Task {
             return;
         }
         let addrs: Vec<Multiaddr> =
-            advertised.into_iter().filter(|a| !is_relayed(a) && self.dialable(a) && is_routable(a)).collect();
+            advertised.into_iter().filter(|a| !is_relayed(a) && self.addresses.dialable(a) && is_routable(a)).collect();
         if addrs.is_empty() {
             return;
         }
@@ -191,16 +168,12 @@ impl Task {
                 _ = tick.tick() => self.on_tick(),
             }
         }
-        for (_, waiters) in self.pending_connects.drain() {
-            for w in waiters {
-                let _ = w.send(Err("tunnel stopped".into()));
-            }
-        }
+        self.connects.stop();
         tracing::debug!("tunnel swarm task stopped");
     }
 
     fn on_tick(&mut self) {
-        self.heal_tick();
+        self.heal.tick(dial!(self), &self.peers, &self.settings);
         let now = Instant::now();
         self.relays.tick(&mut self.swarm, now);
         self.bootstrap.tick(&mut self.swarm, now);
@@ -208,21 +181,13 @@ impl Task {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Connect { peer, reply } => self.connect(peer, reply),
+            Command::Connect { peer, reply } => self.connects.request(peer, reply, dial!(self)),
             Command::Disconnect { peer } => {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
             #[cfg(test)]
             Command::Close { connection } => {
                 self.swarm.close_connection(connection);
-            }
-        }
-    }
-
-    fn fail_connects(&mut self, peer: PeerId, reason: String) {
-        if let Some(waiters) = self.pending_connects.remove(&peer) {
-            for w in waiters {
-                let _ = w.send(Err(reason.clone()));
             }
         }
     }
@@ -234,7 +199,7 @@ impl Task {
                 let relayed = endpoint.is_relayed();
                 tracing::debug!(peer = %peer_id, %addr, relayed, n = num_established, "connection established");
                 if endpoint.is_dialer() && !relayed {
-                    self.learn(peer_id, addr.clone());
+                    self.addresses.learn(peer_id, addr.clone());
                 }
                 if relayed && !endpoint.is_dialer() {
                     self.dial_back.insert(peer_id);
@@ -244,20 +209,15 @@ impl Task {
                     self.peers.keep_open(peer_id);
                 }
                 self.peers.connection_established(peer_id, connection_id, addr, relayed);
-                self.path_changed(peer_id);
-                if let Some(waiters) = self.pending_connects.remove(&peer_id) {
-                    for w in waiters {
-                        let _ = w.send(Ok(()));
-                    }
-                }
+                self.heal.path_changed(peer_id, &self.control, &self.peers);
                 // The stream side is gone only when the tunnel stops.
                 let _ = self.connected.send(Connected { peer: peer_id, connection: connection_id });
-                self.connect_established(peer_id, connection_id);
+                self.connects.established(peer_id, connection_id, dial!(self));
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
                 tracing::debug!(peer = %peer_id, remaining = num_established, cause = ?cause, "connection closed");
                 self.peers.connection_closed(peer_id, connection_id);
-                self.path_changed(peer_id);
+                self.heal.path_changed(peer_id, &self.control, &self.peers);
                 if num_established == 0 {
                     self.dial_back.remove(&peer_id);
                     self.bootstrap.closed(peer_id);
@@ -267,7 +227,7 @@ impl Task {
                 tracing::debug!(peer = ?peer_id, %error, "outgoing connection failed");
                 self.bootstrap.dial_failed(connection_id, &error);
                 if let Some(peer) = peer_id {
-                    self.connect_dial_failed(peer, connection_id, error.to_string());
+                    self.connects.dial_failed(peer, connection_id, error.to_string(), dial!(self));
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -310,7 +270,7 @@ impl Task {
     /// stranded.
     fn listener_closed(&mut self, listener_id: ListenerId, error: Option<std::io::Error>) {
         if self.relays.listener_gone(listener_id, error, &self.peers) {
-            self.connect_relay_gone();
+            self.connects.relay_gone(dial!(self));
         }
     }
 
@@ -337,7 +297,7 @@ impl Task {
                 let same_host = !is_routable(&info.observed_addr);
                 for a in &info.listen_addrs {
                     if !is_relayed(a) && (same_host || is_routable(a)) {
-                        self.learn(peer_id, a.clone());
+                        self.addresses.learn(peer_id, a.clone());
                     }
                 }
                 if self.dial_back.remove(&peer_id) {
@@ -345,7 +305,7 @@ impl Task {
                 }
             }
             BehaviourEvent::Identify(_) => {}
-            BehaviourEvent::Ping(event) => self.on_ping(event),
+            BehaviourEvent::Ping(event) => heal::on_ping(&self.control, &self.peers, event),
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
                 tracing::info!(?old, ?new, "AutoNAT status changed");
                 self.reachability.on_autonat_public(new.is_public());
@@ -355,14 +315,14 @@ impl Task {
             BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
                 let mut peers = HashSet::new();
                 for (peer, addr) in list {
-                    self.learn(peer, addr);
+                    self.addresses.learn(peer, addr);
                     peers.insert(peer);
                 }
                 // Connect to LAN peers so each side learns the other's node name.
                 for peer in peers {
                     if !self.swarm.is_connected(&peer) {
                         let opts = DialOpts::peer_id(peer)
-                            .addresses(self.addresses.get(&peer).cloned().unwrap_or_default())
+                            .addresses(self.addresses.of(&peer))
                             .condition(PeerCondition::DisconnectedAndNotDialing)
                             .build();
                         let _ = self.swarm.dial(opts);

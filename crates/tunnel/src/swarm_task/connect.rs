@@ -13,8 +13,10 @@
 //!   relay connects (the waiters' own timeout bounds the wait); when the last relay being
 //!   connected is given up, the waiters left with no dial learn it.
 
+use std::collections::HashMap;
+
 use libp2p::{
-    Multiaddr, PeerId,
+    Multiaddr, PeerId, Swarm,
     swarm::{
         ConnectionId,
         dial_opts::{DialOpts, PeerCondition},
@@ -22,11 +24,29 @@ use libp2p::{
 };
 use tokio::sync::oneshot;
 
-use super::Task;
+use super::{addresses::Addresses, relays::Relays};
+use crate::{streams::Control, swarm::Behaviour};
+
+/// What reaching a peer dials with, lent by the swarm task for one call.
+pub(super) struct Dial<'a> {
+    pub swarm: &'a mut Swarm<Behaviour>,
+    pub addresses: &'a Addresses,
+    pub relays: &'a Relays,
+    pub control: &'a Control,
+}
+
+type Reply = oneshot::Sender<Result<(), String>>;
+
+/// The handles waiting to reach a peer, and the dials under way for them.
+#[derive(Default)]
+pub(super) struct Connects {
+    waiting: HashMap<PeerId, Vec<Reply>>,
+    dials: HashMap<PeerId, Legs>,
+}
 
 /// The two dials that reach a peer for streams (None: not under way).
 #[derive(Default)]
-pub(super) struct Legs {
+struct Legs {
     direct: Option<ConnectionId>,
     relayed: Option<ConnectionId>,
 }
@@ -46,72 +66,62 @@ impl Legs {
     }
 }
 
-impl Task {
+impl Connects {
     /// Reaches `peer` for a stream: replies when a connection is established, or when both
     /// dials failed.
-    pub(super) fn connect(&mut self, peer: PeerId, reply: oneshot::Sender<Result<(), String>>) {
-        if self.control.is_alive(&peer) {
+    pub(super) fn request(&mut self, peer: PeerId, reply: Reply, d: Dial<'_>) {
+        if d.control.is_alive(&peer) {
             let _ = reply.send(Ok(()));
             return;
         }
-        self.pending_connects.entry(peer).or_default().push(reply);
-        self.dial_legs(peer);
-        if self.connect_dials.get(&peer).is_none_or(Legs::is_empty) {
-            self.fail_connects(peer, "no known address and no relay configured".into());
+        self.waiting.entry(peer).or_default().push(reply);
+        self.dial_legs(peer, d);
+        if self.dials.get(&peer).is_none_or(Legs::is_empty) {
+            self.fail(peer, "no known address and no relay configured".into());
         }
     }
 
     /// Dials the legs to `peer` that are not under way.
-    fn dial_legs(&mut self, peer: PeerId) {
-        let direct = self.addresses.get(&peer).cloned().unwrap_or_default();
-        let relayed = self.relays.circuits(peer);
-        let mut legs = self.connect_dials.remove(&peer).unwrap_or_default();
-        legs.direct = legs.direct.or_else(|| self.dial_leg(peer, direct));
-        legs.relayed = legs.relayed.or_else(|| self.dial_leg(peer, relayed));
+    fn dial_legs(&mut self, peer: PeerId, d: Dial<'_>) {
+        let direct = d.addresses.of(&peer);
+        let relayed = d.relays.circuits(peer);
+        let mut legs = self.dials.remove(&peer).unwrap_or_default();
+        legs.direct = legs.direct.or_else(|| dial_leg(d.swarm, peer, direct));
+        legs.relayed = legs.relayed.or_else(|| dial_leg(d.swarm, peer, relayed));
         if !legs.is_empty() {
-            self.connect_dials.insert(peer, legs);
+            self.dials.insert(peer, legs);
         }
     }
 
-    fn dial_leg(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Option<ConnectionId> {
-        if addrs.is_empty() {
-            return None;
-        }
-        let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Always).build();
-        let id = opts.connection_id();
-        match self.swarm.dial(opts) {
-            Ok(()) => Some(id),
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "cannot dial");
-                None
+    /// A connection to `peer` was established: its waiters are answered; if it was one of our
+    /// dials, that leg is over; a relay's lets the peers waiting for one be dialled through it.
+    pub(super) fn established(&mut self, peer: PeerId, connection: ConnectionId, d: Dial<'_>) {
+        if let Some(waiters) = self.waiting.remove(&peer) {
+            for w in waiters {
+                let _ = w.send(Ok(()));
             }
         }
-    }
-
-    /// A connection to `peer` was established: if it was one of our dials, that leg is over;
-    /// a relay's lets the peers waiting for one be dialled through it.
-    pub(super) fn connect_established(&mut self, peer: PeerId, connection: ConnectionId) {
-        self.connect_dial_done(peer, connection);
-        if !self.relays.is_relay(peer) {
+        self.dial_done(peer, connection);
+        if !d.relays.is_relay(peer) {
             return;
         }
         let waiting: Vec<PeerId> = self
-            .pending_connects
+            .waiting
             .keys()
-            .filter(|p| !self.control.is_alive(p))
-            .filter(|p| self.connect_dials.get(*p).is_none_or(|legs| legs.relayed.is_none()))
+            .filter(|p| !d.control.is_alive(p))
+            .filter(|p| self.dials.get(*p).is_none_or(|legs| legs.relayed.is_none()))
             .copied()
             .collect();
         for p in waiting {
-            self.dial_legs(p);
+            self.dial_legs(p, Dial { swarm: &mut *d.swarm, ..d });
         }
     }
 
-    fn connect_dial_done(&mut self, peer: PeerId, connection: ConnectionId) {
-        if let Some(legs) = self.connect_dials.get_mut(&peer) {
+    fn dial_done(&mut self, peer: PeerId, connection: ConnectionId) {
+        if let Some(legs) = self.dials.get_mut(&peer) {
             legs.remove(connection);
             if legs.is_empty() {
-                self.connect_dials.remove(&peer);
+                self.dials.remove(&peer);
             }
         }
     }
@@ -119,31 +129,62 @@ impl Task {
     /// A dial to `peer` failed: when it was the last leg under way and no live connection is
     /// left, the waiters learn why, unless a relay connection is still being made (then they
     /// wait for it).
-    pub(super) fn connect_dial_failed(&mut self, peer: PeerId, connection: ConnectionId, error: String) {
-        if !self.connect_dials.get(&peer).is_some_and(|legs| legs.contains(connection)) {
+    pub(super) fn dial_failed(&mut self, peer: PeerId, connection: ConnectionId, error: String, d: Dial<'_>) {
+        if !self.dials.get(&peer).is_some_and(|legs| legs.contains(connection)) {
             return;
         }
-        self.connect_dial_done(peer, connection);
-        if self.connect_dials.contains_key(&peer) || self.control.is_alive(&peer) {
+        self.dial_done(peer, connection);
+        if self.dials.contains_key(&peer) || d.control.is_alive(&peer) {
             return;
         }
-        if self.relays.connecting(&self.swarm) {
+        if d.relays.connecting(d.swarm) {
             tracing::debug!(%peer, %error, "cannot reach the node yet: again once a relay is connected");
             return;
         }
-        self.fail_connects(peer, error);
+        self.fail(peer, error);
     }
 
     /// A relay's reservation is gone: peers left waiting for a relay connection, with no dial
     /// under way, get an error once no relay connection is being made any more.
-    pub(super) fn connect_relay_gone(&mut self) {
-        if self.relays.connecting(&self.swarm) {
+    pub(super) fn relay_gone(&mut self, d: Dial<'_>) {
+        if d.relays.connecting(d.swarm) {
             return;
         }
-        let stranded: Vec<PeerId> =
-            self.pending_connects.keys().filter(|p| !self.connect_dials.contains_key(*p)).copied().collect();
+        let stranded: Vec<PeerId> = self.waiting.keys().filter(|p| !self.dials.contains_key(*p)).copied().collect();
         for p in stranded {
-            self.fail_connects(p, "no relay could be reached".into());
+            self.fail(p, "no relay could be reached".into());
+        }
+    }
+
+    /// The tunnel stops: every waiter learns it.
+    pub(super) fn stop(&mut self) {
+        for (_, waiters) in self.waiting.drain() {
+            for w in waiters {
+                let _ = w.send(Err("tunnel stopped".into()));
+            }
+        }
+    }
+
+    fn fail(&mut self, peer: PeerId, reason: String) {
+        if let Some(waiters) = self.waiting.remove(&peer) {
+            for w in waiters {
+                let _ = w.send(Err(reason.clone()));
+            }
+        }
+    }
+}
+
+fn dial_leg(swarm: &mut Swarm<Behaviour>, peer: PeerId, addrs: Vec<Multiaddr>) -> Option<ConnectionId> {
+    if addrs.is_empty() {
+        return None;
+    }
+    let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Always).build();
+    let id = opts.connection_id();
+    match swarm.dial(opts) {
+        Ok(()) => Some(id),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "cannot dial");
+            None
         }
     }
 }

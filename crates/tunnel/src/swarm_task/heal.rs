@@ -1,4 +1,5 @@
-//! The swarm task's side of liveness, failover and re-upgrading (issue #13, edge faults).
+//! The swarm task's side of liveness, failover and re-upgrading (issue #13, edge faults): the
+//! task hands each ping to [`on_ping`], and [`Heal`] its ticks and path changes.
 //!
 //! - **Liveness.** Ping outcomes go to each connection's record (`liveness`); a connection
 //!   that answered no ping for the liveness timeout is closed. Its proxied connections are
@@ -25,8 +26,8 @@ use libp2p::{
 };
 use tokio::time::Instant;
 
-use super::Task;
-use crate::{ConnectionType, upgrade::Retry};
+use super::connect::Dial;
+use crate::{ConnectionType, peer_table::PeerTable, settings::Settings, streams::Control, upgrade::Retry};
 
 /// Re-upgrade bookkeeping of the swarm task.
 #[derive(Default)]
@@ -41,48 +42,44 @@ pub(super) struct Heal {
 /// the schedule of a few pairs).
 const MAX_REMEMBERED: usize = 100_000;
 
-impl Task {
-    pub(super) fn on_ping(&mut self, event: ping::Event) {
-        let changed = match event.result {
-            Ok(rtt) => self.control.record_ping(event.connection, Some(rtt)),
-            Err(ping::Failure::Unsupported) => {
-                tracing::debug!(peer = %event.peer, "peer does not answer pings: its connection is watched by \
-                    TCP timeouts only");
-                self.control.record_ping(event.connection, None)
-            }
-            Err(e) => {
-                tracing::debug!(peer = %event.peer, error = %e, "ping failed");
-                false
-            }
-        };
-        if changed {
-            self.peers.bump();
+/// Records a ping's outcome on its connection (`/peers`, and whether new streams avoid it).
+pub(super) fn on_ping(control: &Control, peers: &PeerTable, event: ping::Event) {
+    let changed = match event.result {
+        Ok(rtt) => control.record_ping(event.connection, Some(rtt)),
+        Err(ping::Failure::Unsupported) => {
+            tracing::debug!(peer = %event.peer, "peer does not answer pings: its connection is watched by \
+                TCP timeouts only");
+            control.record_ping(event.connection, None)
         }
+        Err(e) => {
+            tracing::debug!(peer = %event.peer, error = %e, "ping failed");
+            false
+        }
+    };
+    if changed {
+        peers.bump();
     }
+}
 
-    /// Runs on every tick of the swarm task.
-    pub(super) fn heal_tick(&mut self) {
-        self.close_dead();
-        self.retry_upgrades();
-    }
-
-    /// Closes the connections that answered no ping for the liveness timeout.
-    fn close_dead(&mut self) {
-        let dead = self.control.take_dead();
+impl Heal {
+    /// Runs on every tick of the swarm task: closes the dead connections, retries the
+    /// upgrades that are due.
+    pub(super) fn tick(&mut self, d: Dial<'_>, peers: &PeerTable, settings: &Settings) {
+        let dead = d.control.take_dead();
         for (connection, peer, relayed) in &dead {
-            tracing::info!(%peer, relayed, timeout = ?self.settings.liveness.timeout,
+            tracing::info!(%peer, relayed, timeout = ?settings.liveness.timeout,
                 "closing a tunnel connection that answers no pings; new streams take another path");
-            self.swarm.close_connection(*connection);
+            d.swarm.close_connection(*connection);
         }
         for (_, peer, _) in dead {
-            self.path_changed(peer);
+            self.path_changed(peer, d.control, peers);
         }
+        self.retry_upgrades(d, settings.local_peer);
     }
 
     /// After a connection to `peer` was established, closed or found dead: the path `/peers`
     /// shows, and whether the peer now waits for a re-upgrade.
-    pub(super) fn path_changed(&mut self, peer: PeerId) {
-        let control = &self.control;
+    pub(super) fn path_changed(&mut self, peer: PeerId, control: &Control, peers: &PeerTable) {
         let path = if control.has_direct(&peer) {
             Some(ConnectionType::Direct)
         } else if control.is_connected(&peer) {
@@ -90,66 +87,64 @@ impl Task {
         } else {
             None
         };
-        self.peers.note_path(peer, path);
-        let heal = &mut self.heal;
+        peers.note_path(peer, path);
         match path {
             Some(ConnectionType::Direct) => {
-                heal.retries.remove(&peer);
-                if heal.was_direct.len() >= MAX_REMEMBERED {
-                    heal.was_direct.clear();
+                self.retries.remove(&peer);
+                if self.was_direct.len() >= MAX_REMEMBERED {
+                    self.was_direct.clear();
                 }
-                heal.was_direct.insert(peer);
+                self.was_direct.insert(peer);
             }
             // Only relays and bootstrap peers are kept connected without streams: a relayed
             // peer that is neither is retried while it stays connected.
             Some(ConnectionType::Relayed) => {
-                let lost = heal.was_direct.contains(&peer);
-                heal.retries.entry(peer).or_insert_with(|| Retry::new(Instant::now(), lost));
+                let lost = self.was_direct.contains(&peer);
+                self.retries.entry(peer).or_insert_with(|| Retry::new(Instant::now(), lost));
             }
             None => {
-                heal.retries.remove(&peer);
+                self.retries.remove(&peer);
             }
         }
-        self.peers.bump();
+        peers.bump();
     }
 
-    fn retry_upgrades(&mut self) {
+    fn retry_upgrades(&mut self, d: Dial<'_>, local_peer: PeerId) {
         let now = Instant::now();
         let due: Vec<(PeerId, u32)> = self
-            .heal
             .retries
             .iter_mut()
             .filter_map(|(peer, retry)| retry.due(now).then(|| (*peer, retry.attempts())))
             .collect();
         for (peer, attempt) in due {
-            if self.control.has_direct(&peer) {
-                self.heal.retries.remove(&peer);
+            if d.control.has_direct(&peer) {
+                self.retries.remove(&peer);
                 continue;
             }
-            self.retry_upgrade(peer, attempt);
+            retry_upgrade(peer, attempt, Dial { swarm: &mut *d.swarm, ..d }, local_peer);
         }
     }
+}
 
-    /// One re-upgrade attempt: a dial of the peer's known direct addresses (enough when either
-    /// side is reachable), and, from the peer with the lower ID, a new relayed connection on
-    /// which the other side starts a fresh DCUtR hole punch.
-    fn retry_upgrade(&mut self, peer: PeerId, attempt: u32) {
-        let direct: Vec<_> = self.addresses.get(&peer).cloned().unwrap_or_default();
-        let relayed = self.relays.circuits(peer);
-        let punch = self.settings.local_peer < peer && !relayed.is_empty();
-        tracing::debug!(%peer, attempt, direct = ?direct, punch, "retrying the direct upgrade");
-        if !direct.is_empty() {
-            let opts =
-                DialOpts::peer_id(peer).addresses(direct).condition(PeerCondition::Always).allocate_new_port().build();
-            if let Err(e) = self.swarm.dial(opts) {
-                tracing::debug!(%peer, error = %e, "cannot dial the known addresses");
-            }
+/// One re-upgrade attempt: a dial of the peer's known direct addresses (enough when either
+/// side is reachable), and, from the peer with the lower ID, a new relayed connection on
+/// which the other side starts a fresh DCUtR hole punch.
+fn retry_upgrade(peer: PeerId, attempt: u32, d: Dial<'_>, local_peer: PeerId) {
+    let direct = d.addresses.of(&peer);
+    let relayed = d.relays.circuits(peer);
+    let punch = local_peer < peer && !relayed.is_empty();
+    tracing::debug!(%peer, attempt, direct = ?direct, punch, "retrying the direct upgrade");
+    if !direct.is_empty() {
+        let opts =
+            DialOpts::peer_id(peer).addresses(direct).condition(PeerCondition::Always).allocate_new_port().build();
+        if let Err(e) = d.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "cannot dial the known addresses");
         }
-        if punch {
-            let opts = DialOpts::peer_id(peer).addresses(relayed).condition(PeerCondition::Always).build();
-            if let Err(e) = self.swarm.dial(opts) {
-                tracing::debug!(%peer, error = %e, "cannot open a relayed connection for hole punching");
-            }
+    }
+    if punch {
+        let opts = DialOpts::peer_id(peer).addresses(relayed).condition(PeerCondition::Always).build();
+        if let Err(e) = d.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "cannot open a relayed connection for hole punching");
         }
     }
 }
