@@ -68,7 +68,7 @@ pub(crate) struct Task {
     /// The connections as the streams behaviour sees them (liveness, direct or relayed).
     control: Control,
     stop: CancellationToken,
-    pub swarm: Swarm<Behaviour>,
+    swarm: Swarm<Behaviour>,
     commands: mpsc::UnboundedReceiver<Command>,
     /// New connections, to the stream side (which sends our hello on each).
     connected: mpsc::UnboundedSender<Connected>,
@@ -156,6 +156,30 @@ impl Task {
         }
     }
 
+    /// Drives the swarm until each of `listeners` reported its addresses, for at most `wait`;
+    /// the reason if one of them closed instead.
+    pub(crate) async fn await_listeners(
+        &mut self,
+        mut listeners: HashSet<ListenerId>,
+        wait: Duration,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        while !listeners.is_empty() {
+            let Ok(event) = tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await else { break };
+            match &event {
+                SwarmEvent::NewListenAddr { listener_id, .. } => {
+                    listeners.remove(listener_id);
+                }
+                SwarmEvent::ListenerClosed { listener_id, reason, .. } if listeners.contains(listener_id) => {
+                    return Err(format!("{reason:?}"));
+                }
+                _ => {}
+            }
+            self.on_event(event);
+        }
+        Ok(())
+    }
+
     pub(crate) async fn run(mut self) {
         let stop = self.stop.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -192,7 +216,7 @@ impl Task {
         }
     }
 
-    pub(crate) fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
                 let addr = endpoint.get_remote_address().clone();

@@ -177,25 +177,11 @@ impl Tunnel {
         );
         // Wait (briefly) until every listener reported its addresses, so that `listen_addrs`
         // is complete when `start` returns.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        while !listeners.is_empty() {
-            use futures::StreamExt;
-            let Ok(ev) = tokio::time::timeout_at(deadline, task.swarm.select_next_some()).await else { break };
-            match &ev {
-                libp2p::swarm::SwarmEvent::NewListenAddr { listener_id, .. } => {
-                    listeners.remove(listener_id);
-                }
-                libp2p::swarm::SwarmEvent::ListenerClosed { listener_id, reason, .. }
-                    if listeners.contains(listener_id) =>
-                {
-                    return Err(TunnelError::Listen {
-                        addr: listen.first().cloned().unwrap_or_else(Multiaddr::empty),
-                        message: format!("listener closed: {reason:?}"),
-                    });
-                }
-                _ => {}
-            }
-            task.on_event(ev);
+        if let Err(reason) = task.await_listeners(listeners, Duration::from_secs(3)).await {
+            return Err(TunnelError::Listen {
+                addr: listen.first().cloned().unwrap_or_else(Multiaddr::empty),
+                message: format!("listener closed: {reason}"),
+            });
         }
         tracing::info!(peer_id = %ctx.settings.local_peer, node = %ctx.settings.node_name, "tunnel started");
 
