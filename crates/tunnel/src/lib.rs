@@ -70,18 +70,17 @@
 //!
 //! - `config`, `error`, `identity` (keys and the PSK file); `settings`: the checked settings
 //!   every part reads;
-//! - `swarm`: transports and behaviours; `swarm_task`: the task that drives the swarm
-//!   (dialing, discovery, relay reservations, connection reversal), with `swarm_task::connect`
-//!   (reaching a node), `swarm_task::heal` (liveness, failover dials, re-upgrading),
-//!   `swarm_task::relays` (relay slots), `swarm_task::reachability` (AutoNAT, port mapping)
-//!   and `swarm_task::bootstrap`;
-//!   `liveness` and `upgrade`: the pure rules behind those;
+//! - `swarm`: transports and behaviours; `swarm_task`: the task that drives the swarm, with
+//!   its parts `relays` (relay slots), `bootstrap` (bootstrap connections), `reachability`
+//!   (AutoNAT, port mapping), `addresses` (the peers' dialable addresses), `connect`
+//!   (reaching a node) and `heal` (liveness, failover dials, re-upgrading); `liveness` and
+//!   `upgrade`: the pure rules behind those;
 //! - `streams`: the raw-stream behaviour (opens and accepts the edgemesh protocols); `muxer`:
 //!   yamux sized for both directions; `wire`: hello and proxy headers;
 //! - `peer_table`: what is known of each peer (claims, connections, path, reservation, open
 //!   streams; `/peers`), the one owner of that state, with its change notification;
-//! - `messages`: [`Command`](messages::Command)s from the handles to the swarm task, and the
-//!   swarm task's notice of each new connection to the stream side;
+//! - `messages`: the `Command`s from the handles to the swarm task, and the swarm task's
+//!   notice of each new connection (`Connected`) to the stream side;
 //! - `tunnel`: the [`Tunnel`] handle, with `context` (what the handles and stream tasks work
 //!   with), `hello` (node name claims), `inbound` (serving proxy streams) and `proxied` (the
 //!   stream and datagram types handed out).
@@ -89,16 +88,19 @@
 //! The modules depend on each other one way (arrows: "uses"):
 //!
 //! ```text
-//! tunnel (+ context, hello, inbound, proxied)
+//! tunnel ─► inbound ─► hello ─► context        (proxied: used by tunnel and inbound)
 //!   │  builds the swarm and starts the task, then talks to it by message only
-//!   ├──────────────────────► swarm_task (+ connect, heal, relays, reachability, bootstrap)
-//!   │                          │
+//!   ├──────────────────────► swarm_task ─► heal ─► connect ─► addresses, relays ─► backoff
+//!   │                          │          (also ─► bootstrap ─► backoff, reachability)
 //!   ▼                          ▼
 //! messages, peer_table, settings       both sides use these; these use neither side
 //!   │
 //!   ▼
 //! streams, liveness, upgrade, swarm, muxer, wire, ...   the leaves
 //! ```
+//!
+//! No module imports one that imports it back; the one split `impl` left is
+//! `streams::health` (more methods of `streams::Control` on its private state).
 
 #![forbid(unsafe_code)]
 
