@@ -87,6 +87,7 @@ mod identity;
 mod liveness;
 mod muxer;
 mod node;
+mod punch;
 mod security;
 mod streams;
 mod swarm;
@@ -100,7 +101,8 @@ mod wire;
 use std::{future::Future, net::SocketAddr, pin::Pin};
 
 pub use config::{
-    DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_PORT, MAX_STREAMS_PER_CONNECTION, RelayLimits, TunnelConfig,
+    DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_PORT, DEFAULT_PUNCH_TTL, MAX_STREAMS_PER_CONNECTION, RelayLimits,
+    TunnelConfig,
 };
 pub use error::TunnelError;
 pub use identity::load_or_create_identity;

@@ -479,7 +479,7 @@ impl Task {
                 }
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
-            BehaviourEvent::Streams(e) => match e {},
+            BehaviourEvent::Streams(e) | BehaviourEvent::Punch(e) => match e {},
         }
     }
 
