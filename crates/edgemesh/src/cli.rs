@@ -180,6 +180,10 @@ pub struct AgentArgs {
     #[arg(long)]
     pub no_mdns: bool,
 
+    /// IP TTL of a hole punch's first SYN (tunnel.punchTtl): 2 behind one NAT, 3 behind two, 0 off.
+    #[arg(long, value_name = "HOPS")]
+    pub punch_ttl: Option<u8>,
+
     /// Print this node's tunnel peer ID (creating the key on first use) and exit.
     #[arg(long)]
     pub print_peer_id: bool,
@@ -305,6 +309,9 @@ impl AgentArgs {
         }
         if self.no_mdns {
             t.mdns = false;
+        }
+        if let Some(v) = self.punch_ttl {
+            t.punch_ttl = v;
         }
         if self.tunnel || implied {
             t.enabled = true;

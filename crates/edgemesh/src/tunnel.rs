@@ -47,6 +47,7 @@ pub fn tunnel_config(config: &Config) -> anyhow::Result<TunnelConfig> {
     c.max_streams_per_connection = t.max_streams_per_connection;
     c.connect_timeout = t.connect_timeout;
     c.idle_connection_timeout = t.idle_connection_timeout;
+    c.punch_ttl = t.punch_ttl;
     Ok(c)
 }
 

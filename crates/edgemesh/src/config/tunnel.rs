@@ -49,6 +49,10 @@ pub struct TunnelSection {
     /// How long an idle connection to another agent (no streams) is kept.
     #[serde(with = "duration")]
     pub idle_connection_timeout: Duration,
+    /// IP TTL of the first SYN of a hole punch's dials: passes this node's
+    /// own NAT router, expires one hop beyond. 2: one NAT; 3 behind two
+    /// (carrier-grade NAT); 0: off.
+    pub punch_ttl: u8,
 }
 
 /// Limits of the relay service (`relayServer: true`).
@@ -90,6 +94,7 @@ impl Default for TunnelSection {
             max_streams_per_connection: defaults.max_streams_per_connection,
             connect_timeout: defaults.connect_timeout,
             idle_connection_timeout: defaults.idle_connection_timeout,
+            punch_ttl: defaults.punch_ttl,
         }
     }
 }
