@@ -45,7 +45,9 @@
 //! (connection reversal: if the peer is reachable, that connects directly at once), and DCUtR
 //! tries to upgrade each relayed connection to a direct one (hole punching, for when neither
 //! side is reachable); while a peer stays relayed, the upgrade is tried again with back-off
-//! (`upgrade`). Proxy streams use a live direct connection when there is one and the relayed
+//! (`upgrade`). A hole punch's TCP dials send their first SYN with a small TTL
+//! ([`TunnelConfig::punch_ttl`], `punch`), so that NAT routers that reset unsolicited SYNs
+//! do not break the simultaneous open. Proxy streams use a live direct connection when there is one and the relayed
 //! one otherwise, so traffic falls back to the relay when the direct path breaks.
 //!
 //! # Liveness
@@ -71,7 +73,8 @@
 //! - `config`, `error`, `identity` (keys and the PSK file);
 //! - `swarm`: transports and behaviours; `node`: the swarm task (dialing, discovery, relay
 //!   reservations, connection reversal), with `node::heal` (liveness, failover dials,
-//!   re-upgrading); `liveness` and `upgrade`: the pure rules behind those;
+//!   re-upgrading); `liveness` and `upgrade`: the pure rules behind those; `punch`: primed
+//!   hole punch dials (a behaviour that marks them, a wrapper of the TCP transport);
 //! - `streams`: the raw-stream behaviour (opens and accepts the edgemesh protocols); `muxer`:
 //!   yamux sized for both directions; `wire`: hello and proxy headers;
 //! - `tunnel`: the [`Tunnel`] handle, with `peers` (the state of each peer, `/peers`),
