@@ -116,3 +116,32 @@ fn ttl_zero_turns_priming_off() {
     b.count(peer, true, true);
     assert!(!marked_by(&mut b, peer, &addrs(&["/ip4/198.18.3.2/tcp/20006"])));
 }
+
+/// The default TTL (IPv6: hop limit) of a new socket of `target`'s family.
+fn default_hops(target: SocketAddr) -> u32 {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(target), socket2::Type::STREAM, None).unwrap();
+    if target.is_ipv6() { socket.unicast_hops_v6().unwrap() } else { socket.ttl_v4().unwrap() }
+}
+
+#[tokio::test]
+async fn a_primed_dial_connects_in_both_families_with_the_ttl_set_back() {
+    for (listen, local) in [("127.0.0.1:0", "0.0.0.0:0"), ("[::1]:0", "[::]:0")] {
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+        let target = listener.local_addr().unwrap();
+        let (stream, accepted) = tokio::join!(transport::primed_connect(sock(local), target, 1), listener.accept());
+        let stream = stream.unwrap_or_else(|e| panic!("{target}: {e}"));
+        assert_eq!(stream.peer_addr().unwrap(), target);
+        assert_eq!(accepted.unwrap().1, stream.local_addr().unwrap());
+        let socket = socket2::SockRef::from(&stream);
+        let hops = if target.is_ipv6() { socket.unicast_hops_v6() } else { socket.ttl_v4() };
+        assert_eq!(hops.unwrap(), default_hops(target), "{target}: what follows the first SYN goes all the way");
+    }
+}
+
+#[tokio::test]
+async fn a_primed_dial_that_is_refused_fails_at_once() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dial = transport::primed_connect(sock("0.0.0.0:0"), closed, 2);
+    let error = tokio::time::timeout(Duration::from_secs(5), dial).await.expect("the reset ends the dial").unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused, "{error}");
+}

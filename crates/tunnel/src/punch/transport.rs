@@ -114,7 +114,11 @@ impl Transport for Primed {
 
 /// Connects from `local` (a listening port: SO_REUSEADDR and SO_REUSEPORT, as libp2p-tcp's
 /// dials) to `target`, the first SYN with IP TTL `ttl`, later packets with the default.
-async fn primed_connect(local: SocketAddr, target: SocketAddr, ttl: u8) -> io::Result<tokio::net::TcpStream> {
+pub(super) async fn primed_connect(
+    local: SocketAddr,
+    target: SocketAddr,
+    ttl: u8,
+) -> io::Result<tokio::net::TcpStream> {
     let socket = Socket::new(Domain::for_address(target), Type::STREAM, Some(socket2::Protocol::TCP))?;
     if target.is_ipv6() {
         socket.set_only_v6(true)?;
