@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole edgemesh test suite: formatting, lints, unit and end-to-end
-# tests. Installs the real tools the tests drive (dig, curl, nginx, nft, ip, iperf3) when they
-# are missing and we are root; otherwise says what to install.
+# tests. Installs the real tools the tests drive (dig, curl, nginx, nft, ip, iperf3,
+# miniupnpd) when they are missing and we are root; otherwise says what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,9 @@ command -v iperf3 >/dev/null || need+=(iperf3)
 # State tests: a tmpfs in a mount namespace of their own (as root).
 command -v unshare >/dev/null && command -v nsenter >/dev/null || need+=(util-linux)
 command -v mount >/dev/null || [ -x /usr/bin/mount ] || need+=(mount)
+# Tunnel port mapping: a UPnP router (its nftables build) in a router namespace; the Debian
+# package does not start it (debconf's default).
+[ -x /usr/sbin/miniupnpd ] || need+=(miniupnpd-nftables)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing: ${need[*]}"

@@ -180,6 +180,10 @@ pub struct AgentArgs {
     #[arg(long)]
     pub no_mdns: bool,
 
+    /// Do not ask the router for a tunnel port mapping (UPnP IGD).
+    #[arg(long)]
+    pub no_upnp: bool,
+
     /// IP TTL of a hole punch's first SYN (tunnel.punchTtl): 2 behind one NAT, 3 behind two, 0 off.
     #[arg(long, value_name = "HOPS")]
     pub punch_ttl: Option<u8>,
@@ -310,6 +314,9 @@ impl AgentArgs {
         if self.no_mdns {
             t.mdns = false;
         }
+        if self.no_upnp {
+            t.upnp = false;
+        }
         if let Some(v) = self.punch_ttl {
             t.punch_ttl = v;
         }
@@ -403,6 +410,7 @@ mod tests {
             "--relay",
             "/ip4/10.0.0.1/tcp/20006/p2p/12D3KooWAbc",
             "--no-mdns",
+            "--no-upnp",
         ])
         .unwrap();
         let Command::Agent(args) = cli.command else { panic!("agent") };
@@ -410,6 +418,7 @@ mod tests {
         assert!(c.tunnel.enabled, "--relay implies --tunnel");
         assert_eq!(c.tunnel.relays, ["/ip4/10.0.0.1/tcp/20006/p2p/12D3KooWAbc"]);
         assert!(!c.tunnel.mdns);
+        assert!(!c.tunnel.upnp);
     }
 
     #[test]
@@ -441,6 +450,7 @@ mod tests {
             "--psk-file",
             "--key-file",
             "--print-peer-id",
+            "--no-upnp",
         ] {
             assert!(help.contains(flag), "{flag} missing from help");
         }

@@ -44,6 +44,7 @@ pub fn tunnel_config(config: &Config) -> anyhow::Result<TunnelConfig> {
     c.relays = multiaddrs("tunnel.relays", &t.relays)?;
     c.relay_server = t.relay_server.then(|| RelayLimits::from(&t.relay_limits));
     c.mdns = t.mdns;
+    c.upnp = t.upnp;
     c.max_streams_per_connection = t.max_streams_per_connection;
     c.connect_timeout = t.connect_timeout;
     c.idle_connection_timeout = t.idle_connection_timeout;

@@ -29,17 +29,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::eventually_every;
-use support::mesh::{LIMIT, Node, Transport, addresses, behind_nat, peers, service, wait_for_peer};
-use support::netns::{Lan, Netns, NsNginx, NsProcess, TcpEcho, UdpEcho, require_root, tcp_echo_many, udp_window};
-
-/// node-a and node-b on one bridged LAN.
-fn lan_pair() -> (Lan, Node, Node) {
-    let lan = Lan::new("lan");
-    let (a, b) = (Node::new("node-a"), Node::new("node-b"));
-    lan.attach(&a.ns, "eth0", &["10.0.0.2/24"]);
-    lan.attach(&b.ns, "eth0", &["10.0.0.3/24"]);
-    (lan, a, b)
-}
+use support::mesh::{LIMIT, Node, Transport, addresses, behind_nat, iperf3, lan_pair, peers, service, wait_for_peer};
+use support::netns::{Lan, NsNginx, NsProcess, TcpEcho, UdpEcho, require_root, tcp_echo_many, udp_window};
 
 #[test]
 fn nodes_on_a_lan_find_each_other_by_mdns_and_carry_connections() {
@@ -204,18 +195,6 @@ fn bulk_transfer_and_thousands_of_concurrent_connections() {
     eprintln!("2,000 concurrent connections through the tunnel: {answered:?} in {:?}", started.elapsed());
     assert_eq!(answered, Ok(2000));
     assert!(echo.accepted.load(std::sync::atomic::Ordering::Relaxed) >= 2000);
-}
-
-/// iperf3 from `ns` to `server` for `seconds`: the bits per second the
-/// server received, or None if it failed.
-fn iperf3(ns: &Netns, server: &str, seconds: u32) -> Option<f64> {
-    let out = ns.exec(&["iperf3", "-c", server, "-p", "5201", "-t", &seconds.to_string(), "-J"]);
-    let report: Value = serde_json::from_slice(&out.stdout).ok()?;
-    if !out.status.success() || report.get("error").is_some() {
-        eprintln!("iperf3 to {server}: {}", report.get("error").unwrap_or(&Value::Null));
-        return None;
-    }
-    report["end"]["sum_received"]["bits_per_second"].as_f64()
 }
 
 #[test]

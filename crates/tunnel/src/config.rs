@@ -46,6 +46,9 @@ pub struct TunnelConfig {
     pub relay_server: Option<RelayLimits>,
     /// Discover peers on the LAN with mDNS.
     pub mdns: bool,
+    /// Ask the router for a port mapping of the TCP listen port (UPnP IGD): with one, peers
+    /// connect to this node directly through its NAT and it needs no relay slot.
+    pub upnp: bool,
     /// Proxy streams this agent opens on one connection (yamux and QUIC are sized for it); see
     /// [`DEFAULT_MAX_STREAMS_PER_CONNECTION`].
     pub max_streams_per_connection: usize,
@@ -92,6 +95,7 @@ impl TunnelConfig {
             relays: Vec::new(),
             relay_server: None,
             mdns: true,
+            upnp: true,
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             connect_timeout: Duration::from_secs(10),
             idle_connection_timeout: Duration::from_secs(120),

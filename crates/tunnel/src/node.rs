@@ -1,8 +1,11 @@
 //! Running the swarm: dialing, discovery, relay reservations, connection reversal, and the
-//! events that keep the peers' state (`tunnel::Inner`) current; [`heal`]: liveness, failover
-//! and re-upgrading.
+//! events that keep the peers' state (`tunnel::Inner`) current; `connect`: reaching a node for
+//! the handles; [`heal`]: liveness, failover and re-upgrading; `reachability`: whether this
+//! node needs relay slots (AutoNAT, port mapping).
 
+mod connect;
 mod heal;
+mod reachability;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -52,6 +55,10 @@ struct RelaySlot {
     addr: Multiaddr,
     peer: PeerId,
     listener: Option<ListenerId>,
+    /// The relay accepted the listener's reservation (none in flight): only then may the
+    /// listener be removed, as libp2p's relay client panics on an answer to a reservation whose
+    /// listener is gone.
+    confirmed: bool,
     retry_at: Option<Instant>,
     backoff: Duration,
 }
@@ -75,10 +82,13 @@ pub(crate) struct Task {
     /// Dialable addresses learnt from mDNS, identify and the configuration.
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     pending_connects: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
+    /// The dials under way to reach peers for streams (`connect`).
+    connect_dials: HashMap<PeerId, connect::Legs>,
     /// Peers that reached us through a relay and whose advertised addresses we have not
     /// dialled yet (see [`Task::dial_back`]).
     dial_back: HashSet<PeerId>,
     reserve: bool,
+    reachability: reachability::Reachability,
     relay_server: bool,
     heal: heal::Heal,
 }
@@ -110,6 +120,7 @@ impl Task {
                     peer: peer_of_addr(a)?,
                     addr: a.clone(),
                     listener: None,
+                    confirmed: false,
                     retry_at: Some(Instant::now()),
                     backoff: BACKOFF_MIN,
                 })
@@ -134,8 +145,10 @@ impl Task {
             bootstrap,
             addresses: HashMap::new(),
             pending_connects: HashMap::new(),
+            connect_dials: HashMap::new(),
             dial_back: HashSet::new(),
             reserve: true,
+            reachability: Default::default(),
             relay_server,
             heal: heal::Heal::default(),
         };
@@ -332,7 +345,6 @@ impl Task {
                     }
                 }
                 self.inner.connection_established(peer_id, connection_id, addr, relayed);
-                self.connect_dial_done(peer_id, connection_id);
                 self.path_changed(peer_id);
                 if let Some(waiters) = self.pending_connects.remove(&peer_id) {
                     for w in waiters {
@@ -340,6 +352,7 @@ impl Task {
                     }
                 }
                 crate::tunnel::spawn_hello(self.inner.clone(), peer_id, connection_id);
+                self.connect_established(peer_id, connection_id);
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
                 tracing::debug!(peer = %peer_id, remaining = num_established, cause = ?cause, "connection closed");
@@ -409,12 +422,14 @@ impl Task {
         let reserve = self.reserve;
         if let Some(r) = self.relays.iter_mut().find(|r| r.listener == Some(listener_id)) {
             r.listener = None;
+            r.confirmed = false;
             self.inner.set_reserved(r.peer, false);
             if reserve {
                 tracing::warn!(relay = %r.addr, error = ?error.map(|e| e.to_string()), retry_in = ?r.backoff, "relay reservation lost");
                 r.retry_at = Some(Instant::now() + r.backoff);
                 r.backoff = next_backoff(r.backoff);
             }
+            self.connect_relay_gone();
         }
     }
 
@@ -431,9 +446,14 @@ impl Task {
                 for r in &mut self.relays {
                     if r.peer == relay_peer_id {
                         r.backoff = BACKOFF_MIN;
+                        r.confirmed = r.listener.is_some();
                     }
                 }
                 self.inner.set_reserved(relay_peer_id, true);
+                // Given up while the request was in flight (see `set_reserve`): release it now.
+                if !self.reserve {
+                    self.release_relay_slots();
+                }
             }
             BehaviourEvent::RelayClient(e) => tracing::debug!(event = ?e, "relay client"),
             BehaviourEvent::RelayServer(e) => tracing::debug!(event = ?e, "relay server"),
@@ -445,8 +465,12 @@ impl Task {
                 Err(e) => tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed: staying relayed"),
             },
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                // A peer's loopback and link-local addresses lead to it only from its own host
+                // (which the address it sees us at tells): elsewhere a dial to its 127.0.0.1
+                // reaches our own listener.
+                let same_host = !is_routable(&info.observed_addr);
                 for a in &info.listen_addrs {
-                    if !is_relayed(a) {
+                    if !is_relayed(a) && (same_host || is_routable(a)) {
                         self.learn(peer_id, a.clone());
                     }
                 }
@@ -458,7 +482,7 @@ impl Task {
             BehaviourEvent::Ping(event) => self.on_ping(event),
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
                 tracing::info!(?old, ?new, "AutoNAT status changed");
-                self.set_reserve(!new.is_public());
+                self.on_autonat_public(new.is_public());
             }
             BehaviourEvent::Autonat(_) => {}
             BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
@@ -479,23 +503,8 @@ impl Task {
                 }
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
+            BehaviourEvent::Upnp(e) => self.on_upnp(e),
             BehaviourEvent::Streams(e) | BehaviourEvent::Punch(e) => match e {},
-        }
-    }
-
-    fn set_reserve(&mut self, reserve: bool) {
-        if reserve == self.reserve {
-            return;
-        }
-        self.reserve = reserve;
-        for r in &mut self.relays {
-            if reserve {
-                r.retry_at = Some(Instant::now());
-                r.backoff = BACKOFF_MIN;
-            } else if let Some(id) = r.listener.take() {
-                tracing::info!(relay = %r.addr, "publicly reachable: releasing the relay slot");
-                self.swarm.remove_listener(id);
-            }
         }
     }
 }

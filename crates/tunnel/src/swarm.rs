@@ -1,6 +1,6 @@
 //! Building the swarm: transports (TCP with optional PSK, QUIC, DNS, relayed), TLS or Noise, the
 //! muxer, and the behaviours (relay client and server, DCUtR, identify, ping, AutoNAT, mDNS,
-//! the edgemesh streams).
+//! UPnP port mapping, the edgemesh streams).
 
 use std::{
     num::{NonZeroU32, NonZeroUsize},
@@ -16,7 +16,7 @@ use libp2p::{
     multiaddr::Protocol,
     noise, ping, pnet, relay,
     swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
-    tcp,
+    tcp, upnp,
 };
 use tokio::sync::mpsc;
 
@@ -33,6 +33,7 @@ pub(crate) struct Behaviour {
     ping: ping::Behaviour,
     autonat: autonat::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    upnp: Toggle<upnp::tokio::Behaviour>,
     punch: punch::Behaviour,
     pub(crate) streams: streams::Behaviour,
 }
@@ -71,6 +72,8 @@ pub(crate) struct SwarmParams<'a> {
     pub max_streams: usize,
     pub relay_server: Option<&'a RelayLimits>,
     pub mdns: bool,
+    /// Ask the router for a port mapping (UPnP IGD).
+    pub upnp: bool,
     pub idle_timeout: Duration,
     /// Offer TLS before Noise.
     pub tls: bool,
@@ -139,7 +142,11 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
         identify: identify::Behaviour::new(
             identify::Config::new(PROTOCOL_VERSION.into(), key.public())
                 .with_agent_version(format!("edgemesh/{}", env!("CARGO_PKG_VERSION")))
-                .with_interval(Duration::from_secs(300)),
+                .with_interval(Duration::from_secs(300))
+                // No address book of its own: it would add every address a peer announces,
+                // loopback included, to dials (the relay reservations'), which then reach
+                // our own listener. The swarm task keeps the dialable ones.
+                .with_cache_size(0),
         ),
         // Pings only report; the swarm task closes the connections that stop answering (see
         // `liveness`). A ping answered later than the liveness timeout is of no use.
@@ -148,6 +155,9 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
         ),
         autonat: autonat::Behaviour::new(local, autonat::Config::default()),
         mdns: mdns.into(),
+        // Searches for the router at once (SSDP, up to 10 s); maps the private IPv4 listen
+        // addresses' ports.
+        upnp: p.upnp.then(upnp::tokio::Behaviour::default).into(),
         punch: punch::Behaviour::new(marks),
         streams,
     };

@@ -70,6 +70,8 @@ impl Net {
         let mut c = TunnelConfig::new(name, self.keys.path().join(key));
         c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
         c.mdns = false;
+        // No SSDP search on the host's network.
+        c.upnp = false;
         c.connect_timeout = Duration::from_secs(3);
         if let Some(b) = bootstrap {
             c.bootstrap = vec![b.listen_addrs()[0].clone().with(Protocol::P2p(b.peer_id()))];
@@ -245,9 +247,17 @@ fn addr_of(t: &Tunnel) -> libp2p::Multiaddr {
     t.listen_addrs()[0].clone().with(Protocol::P2p(t.peer_id()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn traffic_falls_back_to_the_relay_when_the_direct_path_breaks() {
-    let net = Net::new();
+/// A relay, and node "b" using it; the directory binds "a" and "b" and lets them reach an echo
+/// server.
+struct RelayAndB {
+    dir: Arc<Dir>,
+    echo: SocketAddr,
+    r: Tunnel,
+    relay: libp2p::Multiaddr,
+    b: Tunnel,
+}
+
+async fn relay_and_b(net: &Net) -> RelayAndB {
     let dir = Arc::new(Dir::default());
     dir.peers.lock().unwrap().insert("a".into(), net.peer("a"));
     dir.peers.lock().unwrap().insert("b".into(), net.peer("b"));
@@ -256,6 +266,13 @@ async fn traffic_falls_back_to_the_relay_when_the_direct_path_breaks() {
     let r = net.start_with("relay", "r", dir.clone(), None, |c| c.relay_server = Some(Default::default())).await;
     let relay = addr_of(&r);
     let b = net.start_with("b", "b", dir.clone(), None, |c| c.relays = vec![relay.clone()]).await;
+    RelayAndB { dir, echo, r, relay, b }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_falls_back_to_the_relay_when_the_direct_path_breaks() {
+    let net = Net::new();
+    let RelayAndB { dir, echo, r, relay, b } = relay_and_b(&net).await;
     let a = net.start_with("a", "a", dir.clone(), None, |c| c.relays = vec![relay.clone()]).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let first = loop {
@@ -379,4 +396,26 @@ async fn noise_only_agents_still_connect_and_tls_checks_the_peer_id() {
     assert!(matches!(e, crate::TunnelError::PeerUnreachable { .. }), "{e}");
     assert!(liar.inner.control.connections(&new2.peer_id()).is_empty());
     assert!(liar.inner.control.connections(&wrong).is_empty());
+}
+
+/// A node asked to reach another right at its start, while its own connection to the relay is
+/// still being made (libp2p's relay client cancels a circuit through a relay it is still
+/// dialling), reaches it through the relay once that connection is up: at the first try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_asked_for_at_start_waits_for_the_relay_connection() {
+    let net = Net::new();
+    let RelayAndB { dir, echo, r, relay, b } = relay_and_b(&net).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !b.peers().iter().any(|p| p.relay_reserved) {
+        assert!(tokio::time::Instant::now() < deadline, "b never reserved a slot: {:?}", b.peers());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a = net.start_with("a", "a", dir.clone(), None, |c| c.relays = vec![relay.clone()]).await;
+    let mut s = a.open_tcp("b", echo, "x").await.expect("b reached through the relay at the first try");
+    assert!(s.is_relayed());
+    s.write_all(b"hi").await.unwrap();
+    let mut buf = [0u8; 2];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hi");
+    drop(r);
 }

@@ -122,6 +122,7 @@ impl Tunnel {
             max_streams,
             relay_server: config.relay_server.as_ref(),
             mdns: config.mdns,
+            upnp: config.upnp,
             tls: config.tls,
             idle_timeout: config.idle_connection_timeout,
             liveness,

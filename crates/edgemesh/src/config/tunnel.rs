@@ -35,6 +35,9 @@ pub struct TunnelSection {
     pub relay_limits: RelayLimitsSection,
     /// Find peers on the local network with mDNS.
     pub mdns: bool,
+    /// Ask the router for a port mapping (UPnP IGD), to be reachable
+    /// directly through its NAT.
+    pub upnp: bool,
     /// Node name -> peer ID of the nodes this agent trusts, in addition to
     /// Node objects annotated `edgemesh.io/peer-id`. A peer that claims a
     /// node name bound to another peer ID is refused.
@@ -90,6 +93,7 @@ impl Default for TunnelSection {
             relay_server: false,
             relay_limits: RelayLimitsSection::default(),
             mdns: defaults.mdns,
+            upnp: defaults.upnp,
             peers: BTreeMap::new(),
             max_streams_per_connection: defaults.max_streams_per_connection,
             connect_timeout: defaults.connect_timeout,

@@ -1,6 +1,6 @@
 //! Tunnel topologies: nodes (a namespace, an identity, manifests, the real
 //! agent), Services on them, NAT routers, and the agents' `/peers` view.
-//! Used by `tunnel_e2e.rs` and `tunnel_faults_e2e.rs`.
+//! Used by `tunnel_e2e.rs`, `tunnel_faults_e2e.rs` and `tunnel_churn_e2e.rs`.
 //!
 //! Every node's manifests hold the same Services, EndpointSlices (endpoint
 //! `nodeName` the node the backend runs on) and Node objects binding node
@@ -179,4 +179,54 @@ pub fn behind_nat(wan: &Lan, node: &Node, wan_address: &str, lan: u8) -> Netns {
     node.ns.route("default", &format!("10.{lan}.0.1"));
     router.masquerade("wan0");
     router
+}
+
+/// node-a and node-b on one bridged LAN.
+pub fn lan_pair() -> (Lan, Node, Node) {
+    let lan = Lan::new("lan");
+    let (a, b) = (Node::new("node-a"), Node::new("node-b"));
+    lan.attach(&a.ns, "eth0", &["10.0.0.2/24"]);
+    lan.attach(&b.ns, "eth0", &["10.0.0.3/24"]);
+    (lan, a, b)
+}
+
+/// Puts `node` on `wan` at `address` (a /24) with a default route to the
+/// WAN's upstream, `.254` of it (which nobody answers: nothing leaves).
+pub fn on_wan(wan: &Lan, node: &Node, address: &str) {
+    wan.attach(&node.ns, "eth0", &[&format!("{address}/24")]);
+    let upstream = address.rsplit_once('.').map(|(net, _)| format!("{net}.254")).expect("an IPv4 address");
+    node.ns.route("default", &upstream);
+}
+
+/// Makes a NAT router from [`behind_nat`] answer connections from the WAN
+/// with a TCP reset (other packets opening a connection still drop),
+/// as many routers do, instead of dropping them.
+pub fn reset_unsolicited(router: &Netns) {
+    router.ok(&["nft", "delete", "table", "ip", "em_filter"]);
+    router.nft_file(
+        "table ip em_filter {\n\
+         \tchain forward {\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\tiifname \"wan0\" ct state new meta l4proto tcp reject with tcp reset\n\
+         \t\tiifname \"wan0\" ct state new drop\n\
+         \t}\n\
+         \tchain input {\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tiifname \"wan0\" ct state new meta l4proto tcp reject with tcp reset\n\
+         \t\tiifname \"wan0\" ct state new drop\n\
+         \t}\n\
+         }\n",
+    );
+}
+
+/// iperf3 from `ns` to `server` for `seconds`: the bits per second the
+/// server received, or None if it failed.
+pub fn iperf3(ns: &Netns, server: &str, seconds: u32) -> Option<f64> {
+    let out = ns.exec(&["iperf3", "-c", server, "-p", "5201", "-t", &seconds.to_string(), "-J"]);
+    let report: Value = serde_json::from_slice(&out.stdout).ok()?;
+    if !out.status.success() || report.get("error").is_some() {
+        eprintln!("iperf3 to {server}: {}", report.get("error").unwrap_or(&Value::Null));
+        return None;
+    }
+    report["end"]["sum_received"]["bits_per_second"].as_f64()
 }

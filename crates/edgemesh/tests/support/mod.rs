@@ -2,12 +2,14 @@
 //! (nginx), real clients (dig, curl), all on loopback; [`netns`]: the same
 //! inside network namespaces made for the test (as root); [`node`]: a node
 //! in node mode (interception) built from them; [`mesh`]: tunnel nodes,
-//! NAT routers and the agents' `/peers` view.
+//! NAT routers and the agents' `/peers` view; [`probe`]: traffic that
+//! counts its failures through a fault.
 #![allow(dead_code)]
 
 pub mod mesh;
 pub mod netns;
 pub mod node;
+pub mod probe;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};

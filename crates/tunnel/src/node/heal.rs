@@ -20,13 +20,10 @@
 use std::collections::{HashMap, HashSet};
 
 use libp2p::{
-    Multiaddr, PeerId, ping,
-    swarm::{
-        ConnectionId,
-        dial_opts::{DialOpts, PeerCondition},
-    },
+    PeerId, ping,
+    swarm::dial_opts::{DialOpts, PeerCondition},
 };
-use tokio::{sync::oneshot, time::Instant};
+use tokio::time::Instant;
 
 use super::Task;
 use crate::{tunnel::ConnectionType, upgrade::Retry};
@@ -38,15 +35,6 @@ pub(super) struct Heal {
     retries: HashMap<PeerId, Retry>,
     /// Peers we had a direct connection to (they get the faster schedule once relayed again).
     was_direct: HashSet<PeerId>,
-    /// The dials under way to reach peers for streams.
-    dials: HashMap<PeerId, Legs>,
-}
-
-/// The two dials that reach a peer for streams (None: not under way).
-#[derive(Default)]
-struct Legs {
-    direct: Option<ConnectionId>,
-    relayed: Option<ConnectionId>,
 }
 
 /// Bound on `was_direct` (a peer per node of the cluster; cleared beyond, which only slows
@@ -123,68 +111,6 @@ impl Task {
             }
         }
         self.inner.bump();
-    }
-
-    /// Reaches `peer` for a stream: replies when a connection is established, or when both
-    /// dials failed. A connection that missed pings does not count: a fresh path is dialled
-    /// beside it.
-    pub(super) fn connect(&mut self, peer: PeerId, reply: oneshot::Sender<Result<(), String>>) {
-        if self.inner.control.is_alive(&peer) {
-            let _ = reply.send(Ok(()));
-            return;
-        }
-        self.pending_connects.entry(peer).or_default().push(reply);
-        let direct = self.addresses.get(&peer).cloned().unwrap_or_default();
-        let relayed = self.relay_circuits(peer);
-        let legs = self.heal.dials.remove(&peer).unwrap_or_default();
-        let legs = Legs {
-            direct: legs.direct.or_else(|| self.dial_leg(peer, direct)),
-            relayed: legs.relayed.or_else(|| self.dial_leg(peer, relayed)),
-        };
-        if legs.direct.is_none() && legs.relayed.is_none() {
-            self.fail_connects(peer, "no known address and no relay configured".into());
-            return;
-        }
-        self.heal.dials.insert(peer, legs);
-    }
-
-    fn dial_leg(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Option<ConnectionId> {
-        if addrs.is_empty() {
-            return None;
-        }
-        let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Always).build();
-        let id = opts.connection_id();
-        match self.swarm.dial(opts) {
-            Ok(()) => Some(id),
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "cannot dial");
-                None
-            }
-        }
-    }
-
-    /// A connection to `peer` was established: if it was one of our dials, that leg is over.
-    pub(super) fn connect_dial_done(&mut self, peer: PeerId, connection: ConnectionId) {
-        if let Some(legs) = self.heal.dials.get_mut(&peer) {
-            legs.direct = legs.direct.filter(|id| *id != connection);
-            legs.relayed = legs.relayed.filter(|id| *id != connection);
-            if legs.direct.is_none() && legs.relayed.is_none() {
-                self.heal.dials.remove(&peer);
-            }
-        }
-    }
-
-    /// A dial to `peer` failed: when it was the last leg under way and no live connection is
-    /// left, the waiters learn why.
-    pub(super) fn connect_dial_failed(&mut self, peer: PeerId, connection: ConnectionId, error: String) {
-        let Some(legs) = self.heal.dials.get(&peer) else { return };
-        if legs.direct != Some(connection) && legs.relayed != Some(connection) {
-            return;
-        }
-        self.connect_dial_done(peer, connection);
-        if !self.heal.dials.contains_key(&peer) && !self.inner.control.is_alive(&peer) {
-            self.fail_connects(peer, error);
-        }
     }
 
     fn retry_upgrades(&mut self) {

@@ -97,6 +97,8 @@ pub fn config(keys: &Keys, name: &str) -> TunnelConfig {
     let mut c = TunnelConfig::new(name, keys.path(name));
     c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
     c.mdns = false;
+    // No SSDP search on the host's network.
+    c.upnp = false;
     c.connect_timeout = Duration::from_secs(5);
     c
 }
