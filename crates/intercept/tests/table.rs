@@ -13,7 +13,7 @@ use edgemesh_core::registry::RegistryState;
 use edgemesh_core::{
     LbStrategy, Object, ObjectKey, ObjectKind, Protocol, RegistryConfig, ServiceObject, SourceEvent, TargetPort,
 };
-use edgemesh_intercept::{InterceptConfig, Interceptor, Nft, TableSpec};
+use edgemesh_intercept::{InterceptSetup, Interceptor, Nft, TableSpec};
 
 struct Netns(String);
 
@@ -64,8 +64,8 @@ fn service(i: u32) -> Object {
     })
 }
 
-fn config(ns: &Netns) -> InterceptConfig {
-    InterceptConfig {
+fn config(ns: &Netns) -> InterceptSetup {
+    InterceptSetup {
         table: TableSpec { name: "em_test".into(), port: 15006, mark: 0x454d },
         nft: Nft::in_netns(&ns.0),
         device: None,

@@ -10,6 +10,7 @@
 //!                      diff against what was sent ──> EventSink
 //! ```
 //!
+//! - [`config`]: [`KubeConfig`], the `kube` section of the agent's config.
 //! - [`client`]: which API (URL, kubeconfig, in-cluster) and the client;
 //!   installs the ring TLS provider.
 //! - [`source`]: [`KubeSource`], the watch loop and the diff that deletes
@@ -26,12 +27,14 @@
 
 mod backoff;
 pub mod client;
+pub mod config;
 mod convert;
 pub mod error;
 mod health;
 pub mod source;
 
 pub use client::{ApiEndpoint, install_crypto_provider};
+pub use config::KubeConfig;
 pub use convert::{ConvertError, SERVICE_PROXY_NAME_LABEL};
 pub use error::KubeError;
 pub use source::{KubeSource, KubeSourceConfig};

@@ -10,6 +10,7 @@
 //!                         └──> index (per-file diff, duplicates) ──> EventSink
 //! ```
 //!
+//! - [`config`]: [`ManifestsConfig`], the `manifests` section of the agent's config.
 //! - [`watch`]: [`ManifestSource`], the polling loop: stat, read changed
 //!   files, hash, parse, report problems once; `watch::dir` lists the
 //!   directory and tracks whether it can be read (missing is not empty).
@@ -29,6 +30,7 @@
 //! `v1/Endpoints`, `v1/Node` and `v1/List` of those; other kinds are skipped.
 #![forbid(unsafe_code)]
 
+pub mod config;
 mod convert;
 pub mod error;
 mod fast;
@@ -38,6 +40,7 @@ mod schema;
 pub mod validate;
 pub mod watch;
 
+pub use config::ManifestsConfig;
 pub use convert::{NODE_ADDRESS_TYPES, SERVICE_NAME_LABEL};
 pub use error::{ManifestError, Problem};
 pub use parse::{ParsedObject, parse_manifest};
