@@ -1,8 +1,10 @@
-//! Validation of wire objects and conversion into `edgemesh_core` objects.
+//! Validation of [`schema`](crate::schema) objects and conversion into
+//! `edgemesh_core` objects: one set of rules and messages, so a service
+//! means the same thing whichever source delivered it.
 //!
 //! Line numbers: spans from the YAML parser are relative to the document's
 //! text; `base` (the number of lines before the document) turns them into
-//! lines of the file.
+//! lines of the file. Objects not read from a file have line 0 everywhere.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -14,8 +16,7 @@ use edgemesh_core::{
     InternalTrafficPolicy, IpFamily, IpFamilyPolicy, Object, ObjectKind, Protocol, SessionAffinity, TargetPort,
 };
 
-use crate::error::{ManifestError, Problem};
-use crate::parse::ParsedObject;
+use crate::problem::{ConvertError, Problem};
 use crate::schema::{
     Document, EndpointAddress, EndpointPort, IntOrString, Kind, Located, Metadata, ServicePort, ServiceSpec,
 };
@@ -30,7 +31,7 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// The `apiVersion` each supported kind must have; other pairs (a Knative
 /// `serving.knative.dev/v1` Service, say) are someone else's and skipped.
-pub(crate) fn api_version_of(kind: Kind) -> Option<&'static str> {
+pub fn api_version_of(kind: Kind) -> Option<&'static str> {
     match kind {
         Kind::Service | Kind::Endpoints | Kind::Node | Kind::List => Some("v1"),
         Kind::EndpointSlice => Some("discovery.k8s.io/v1"),
@@ -38,14 +39,25 @@ pub(crate) fn api_version_of(kind: Kind) -> Option<&'static str> {
     }
 }
 
+/// An object converted from a document, and the 1-based line of the file it
+/// starts on (0 when it was not read from a file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedObject {
+    pub line: usize,
+    pub object: Object,
+}
+
+/// Converts one object that was not read from a file (lines are 0): `None`
+/// for a kind or variant the agent does not use (an FQDN EndpointSlice).
+pub fn object(doc: Document) -> Result<Option<Object>, ConvertError> {
+    let mut out = Vec::with_capacity(1);
+    document(doc, 0, 0, &mut out)?;
+    Ok(out.pop().map(|p| p.object))
+}
+
 /// Converts one document (or `List` item) that starts on file line `line`,
 /// appending its objects to `out`.
-pub(crate) fn document(
-    doc: Document,
-    base: usize,
-    line: usize,
-    out: &mut Vec<ParsedObject>,
-) -> Result<(), ManifestError> {
+pub fn document(doc: Document, base: usize, line: usize, out: &mut Vec<ParsedObject>) -> Result<(), ConvertError> {
     let cx = Cx { base, line, object: String::new() };
     let Some(kind_field) = &doc.kind else {
         return Err(cx.err(Problem::MissingKind));
@@ -96,15 +108,15 @@ struct Cx {
 
 impl Cx {
     /// An error at the object's start.
-    fn err(&self, problem: Problem) -> ManifestError {
-        ManifestError::Invalid { line: self.line, object: self.object.clone(), problem }
+    fn err(&self, problem: Problem) -> ConvertError {
+        ConvertError { line: self.line, object: self.object.clone(), problem }
     }
 
     /// An error at `at`, a value of the document (at the object's start if
     /// the parser did not know where the value was).
-    fn err_at<T>(&self, at: &Located<T>, problem: Problem) -> ManifestError {
+    fn err_at<T>(&self, at: &Located<T>, problem: Problem) -> ConvertError {
         let line = Some(at.line).filter(|&l| l > 0).map_or(self.line, |l| self.base + l);
-        ManifestError::Invalid { line, object: self.object.clone(), problem }
+        ConvertError { line, object: self.object.clone(), problem }
     }
 }
 
@@ -119,7 +131,7 @@ enum NameRule {
 }
 
 /// Validates and converts `metadata`, and names the object in `cx`.
-fn meta(m: Option<Metadata>, rule: NameRule, cx: &mut Cx) -> Result<ObjectMeta, ManifestError> {
+fn meta(m: Option<Metadata>, rule: NameRule, cx: &mut Cx) -> Result<ObjectMeta, ConvertError> {
     let m = m.unwrap_or_default();
     let name = match m.name {
         Some(n) if !n.value.is_empty() => n,
@@ -169,7 +181,7 @@ fn meta(m: Option<Metadata>, rule: NameRule, cx: &mut Cx) -> Result<ObjectMeta, 
 
 const SERVICE_TYPES: [&str; 4] = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
 
-fn service(doc: Document, mut cx: Cx) -> Result<ServiceObject, ManifestError> {
+fn service(doc: Document, mut cx: Cx) -> Result<ServiceObject, ConvertError> {
     let meta = meta(doc.metadata, NameRule::Dns1035Label, &mut cx)?;
     let mut spec = doc.spec.unwrap_or_default();
 
@@ -311,7 +323,7 @@ fn service(doc: Document, mut cx: Cx) -> Result<ServiceObject, ManifestError> {
 /// `spec.sessionAffinity` and `spec.sessionAffinityConfig.clientIP.timeoutSeconds`
 /// (default 10800, 1-86400 as Kubernetes validates it). The timeout is
 /// ignored when affinity is `None`.
-fn session_affinity(spec: &ServiceSpec, cx: &Cx) -> Result<SessionAffinity, ManifestError> {
+fn session_affinity(spec: &ServiceSpec, cx: &Cx) -> Result<SessionAffinity, ConvertError> {
     match &spec.session_affinity {
         None => Ok(SessionAffinity::None),
         Some(a) if a.value == "None" => Ok(SessionAffinity::None),
@@ -351,7 +363,7 @@ fn session_affinity(spec: &ServiceSpec, cx: &Cx) -> Result<SessionAffinity, Mani
     }
 }
 
-fn service_port(sp: &Located<ServicePort>, field: &str, cx: &Cx) -> Result<ServicePortSpec, ManifestError> {
+fn service_port(sp: &Located<ServicePort>, field: &str, cx: &Cx) -> Result<ServicePortSpec, ConvertError> {
     let p = &sp.value;
     let name = port_name(p.name.as_ref(), field, cx)?;
     let protocol = protocol(p.protocol.as_ref(), field, cx)?;
@@ -394,7 +406,7 @@ fn service_port(sp: &Located<ServicePort>, field: &str, cx: &Cx) -> Result<Servi
 // EndpointSlice
 
 /// `None` for slices the agent cannot use (FQDN).
-fn endpoint_slice(doc: Document, mut cx: Cx) -> Result<Option<EndpointSet>, ManifestError> {
+fn endpoint_slice(doc: Document, mut cx: Cx) -> Result<Option<EndpointSet>, ConvertError> {
     let meta = meta(doc.metadata, NameRule::Dns1123Subdomain, &mut cx)?;
     let Some(service_name) = meta.labels.get(SERVICE_NAME_LABEL).cloned() else {
         return Err(cx.err(Problem::MissingServiceName));
@@ -457,7 +469,7 @@ fn endpoint_slice(doc: Document, mut cx: Cx) -> Result<Option<EndpointSet>, Mani
 // ---------------------------------------------------------------------------
 // Endpoints (legacy)
 
-fn endpoints(doc: Document, mut cx: Cx) -> Result<EndpointSet, ManifestError> {
+fn endpoints(doc: Document, mut cx: Cx) -> Result<EndpointSet, ConvertError> {
     let meta = meta(doc.metadata, NameRule::Dns1123Subdomain, &mut cx)?;
     let raw = doc.subsets.unwrap_or_default();
     let mut subsets = Vec::with_capacity(raw.len());
@@ -482,7 +494,7 @@ fn endpoint_address(
     ready: bool,
     field: &str,
     cx: &Cx,
-) -> Result<EndpointSpec, ManifestError> {
+) -> Result<EndpointSpec, ConvertError> {
     let Some(ip) = &a.value.ip else {
         return Err(cx.err_at(a, Problem::MissingField { field: format!("{field}.ip") }));
     };
@@ -495,7 +507,7 @@ fn endpoint_address(
 }
 
 /// Ports of a slice or subset: optional names, unique, named when several.
-fn endpoint_ports(raw: &[Located<EndpointPort>], field: &str, cx: &Cx) -> Result<Vec<EndpointPortSpec>, ManifestError> {
+fn endpoint_ports(raw: &[Located<EndpointPort>], field: &str, cx: &Cx) -> Result<Vec<EndpointPortSpec>, ConvertError> {
     let mut ports = Vec::with_capacity(raw.len());
     let mut names = HashSet::with_capacity(raw.len());
     for (i, p) in raw.iter().enumerate() {
@@ -517,7 +529,7 @@ fn endpoint_ports(raw: &[Located<EndpointPort>], field: &str, cx: &Cx) -> Result
 // ---------------------------------------------------------------------------
 // Fields
 
-fn port_name(name: Option<&Located<String>>, field: &str, cx: &Cx) -> Result<String, ManifestError> {
+fn port_name(name: Option<&Located<String>>, field: &str, cx: &Cx) -> Result<String, ConvertError> {
     let Some(name) = name.filter(|n| !n.value.is_empty()) else { return Ok(String::new()) };
     if let Err(why) = validate::dns1123_label(&name.value) {
         let problem =
@@ -527,7 +539,7 @@ fn port_name(name: Option<&Located<String>>, field: &str, cx: &Cx) -> Result<Str
     Ok(name.value.clone())
 }
 
-fn protocol(p: Option<&Located<String>>, field: &str, cx: &Cx) -> Result<Protocol, ManifestError> {
+fn protocol(p: Option<&Located<String>>, field: &str, cx: &Cx) -> Result<Protocol, ConvertError> {
     match p {
         None => Ok(Protocol::Tcp),
         Some(p) => p.value.parse().map_err(|_| {
@@ -537,12 +549,12 @@ fn protocol(p: Option<&Located<String>>, field: &str, cx: &Cx) -> Result<Protoco
 }
 
 /// A required port number; a missing one is reported at `owner`.
-fn port_number<T>(n: Option<&Located<i64>>, field: String, owner: &Located<T>, cx: &Cx) -> Result<u16, ManifestError> {
+fn port_number<T>(n: Option<&Located<i64>>, field: String, owner: &Located<T>, cx: &Cx) -> Result<u16, ConvertError> {
     let Some(n) = n else { return Err(cx.err_at(owner, Problem::MissingField { field })) };
     validate::port(n.value).ok_or_else(|| cx.err_at(n, Problem::PortOutOfRange { field, value: n.value }))
 }
 
-fn ip_addr(s: &Located<String>, field: String, cx: &Cx) -> Result<IpAddr, ManifestError> {
+fn ip_addr(s: &Located<String>, field: String, cx: &Cx) -> Result<IpAddr, ConvertError> {
     s.value.parse().map_err(|_| cx.err_at(s, Problem::BadIp { field, value: s.value.clone() }))
 }
 
