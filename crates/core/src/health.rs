@@ -25,11 +25,12 @@ pub enum Connection {
 /// Shared connection health of one source; cheap to read.
 #[derive(Debug)]
 pub struct SourceHealth {
-    inner: Mutex<Inner>,
+    status: Mutex<Status>,
 }
 
+/// The connection state and, while disconnected, since when and why.
 #[derive(Clone, Debug)]
-struct Inner {
+struct Status {
     connection: Connection,
     /// When the source went disconnected.
     since: Option<SystemTime>,
@@ -55,7 +56,7 @@ pub struct SourceReport {
 
 impl SourceHealth {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { inner: Mutex::new(Inner { connection: Connection::Connecting, since: None, error: None }) })
+        Arc::new(Self { status: Mutex::new(Status { connection: Connection::Connecting, since: None, error: None }) })
     }
 
     /// Records an answer. Returns how long the outage lasted when this ends
@@ -68,7 +69,7 @@ impl SourceHealth {
             }
             Connection::Connecting | Connection::Connected => None,
         };
-        *i = Inner { connection: Connection::Connected, since: None, error: None };
+        *i = Status { connection: Connection::Connected, since: None, error: None };
         outage
     }
 
@@ -99,9 +100,9 @@ impl SourceHealth {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
         // The state is always consistent: a panic elsewhere cannot tear it.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
