@@ -309,9 +309,9 @@ async fn udp_sessions_expire_after_the_annotated_idle_timeout() {
     }
     assert_eq!(h.status.udp_sessions.load(Ordering::Relaxed), 1);
     let status = h.status.clone();
-    eventually("the idle session to close", || {
+    eventually("the idle session to close", WAIT, || {
         let status = status.clone();
-        async move { status.udp_sessions.load(Ordering::Relaxed) == 0 }
+        async move { (status.udp_sessions.load(Ordering::Relaxed) == 0).then_some(()) }
     })
     .await;
     // A new datagram opens a new session (round robin: the other endpoint).
