@@ -247,29 +247,25 @@ impl Field for bool {
     }
 }
 
-/// Every `u16` of the model is a port number.
-impl Field for u16 {
-    fn write(&self, out: &mut Vec<u8>) {
-        varint(u64::from(*self), out);
-    }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let at = r.at;
-        let v = r.varint()?;
-        u16::try_from(v).map_err(|_| r.invalid(at, "port number", v))
-    }
+/// Unsigned numbers as varints, refused when out of their range (`what`
+/// names them in the error: every `u16` of the model is a port number,
+/// every `u32` a session affinity timeout).
+macro_rules! varints {
+    ($($ty:ty: $what:literal),+) => {$(
+        impl Field for $ty {
+            fn write(&self, out: &mut Vec<u8>) {
+                varint(u64::from(*self), out);
+            }
+            fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+                let at = r.at;
+                let v = r.varint()?;
+                <$ty>::try_from(v).map_err(|_| r.invalid(at, $what, v))
+            }
+        }
+    )+};
 }
 
-/// Every `u32` of the model is a session affinity timeout.
-impl Field for u32 {
-    fn write(&self, out: &mut Vec<u8>) {
-        varint(u64::from(*self), out);
-    }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let at = r.at;
-        let v = r.varint()?;
-        u32::try_from(v).map_err(|_| r.invalid(at, "affinity timeout", v))
-    }
-}
+varints!(u16: "port number", u32: "affinity timeout");
 
 impl Field for String {
     fn write(&self, out: &mut Vec<u8>) {
