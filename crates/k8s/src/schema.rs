@@ -11,8 +11,8 @@
 //! fields, selectors). Values that validation may reject are wrapped in
 //! [`Located`] so the error can point at their line.
 //!
-//! The same structs are filled by serde-saphyr (the reference) and by the
-//! manifests source's plain-YAML fast path.
+//! From YAML, the same structs are filled by serde-saphyr (the reference)
+//! and by the manifests source's plain-YAML fast path.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -45,7 +45,7 @@ impl Kind {
 }
 
 /// A value and the 1-based line (within its document) it starts on; 0
-/// when the parser could not tell.
+/// when the parser could not tell, or the value did not come from a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Located<T> {
     pub value: T,
