@@ -27,7 +27,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub use edgemesh_test_support::eventually;
 // (Test binaries that use none of them would warn.)
 #[allow(unused_imports)]
-pub use edgemesh_test_support::loopback::{closed_tcp_port, tcp_echo, udp_echo};
+pub use edgemesh_test_support::loopback::{closed_tcp_port, closed_udp_port, tcp_echo, udp_echo};
 use edgemesh_test_support::registry::start_registry_with;
 
 pub struct Harness {
