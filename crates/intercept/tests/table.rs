@@ -17,10 +17,7 @@ use edgemesh_test_support::netns::Netns;
 
 /// How many elements `set` of table `inet table` holds.
 fn element_count(ns: &Netns, table: &str, set: &str) -> usize {
-    let out = ns.nft(&["-j", "list", "set", "inet", table, set]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    json["nftables"].as_array().unwrap().iter().filter_map(|o| o["set"]["elem"].as_array()).map(Vec::len).sum()
+    ns.set_elements(table, set).unwrap_or_else(|| panic!("set {set} of table {table} exists")).len()
 }
 
 fn service(i: u32) -> Object {
