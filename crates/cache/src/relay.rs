@@ -5,7 +5,6 @@
 use std::collections::{HashSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use edgemesh_core::{EventSink, EventStream, ObjectKey, SourceEvent};
 use tokio_util::sync::CancellationToken;
@@ -185,8 +184,9 @@ impl Relay {
     /// Passes events on to the registry; fails when it has stopped.
     async fn pass_on(&mut self, events: Vec<SourceEvent>) -> Result<(), edgemesh_core::registry::RegistryClosed> {
         let now_live = !self.live && events.contains(&SourceEvent::Synced);
+        let now = self.status.clock.now();
         self.status.update(|i| {
-            i.updated_at = Some(SystemTime::now());
+            i.updated_at = Some(now);
             if now_live {
                 i.origin = Origin::Live;
             }

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use edgemesh_core::{Connection, SourceReport};
+use edgemesh_core::{Clock, Connection, SourceReport};
 use serde::Serialize;
 
 /// Where the state the agent serves comes from.
@@ -23,6 +23,8 @@ pub enum Origin {
 #[derive(Debug)]
 pub struct CacheStatus {
     inner: Mutex<Inner>,
+    /// Reads the time for the ages reported and the cache's stamps.
+    pub(crate) clock: Clock,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +126,11 @@ impl StateReport {
 
 impl CacheStatus {
     pub fn new() -> Arc<Self> {
+        Self::with_clock(Clock::system())
+    }
+
+    /// Ages read from `clock`, which also stamps the cache's writes.
+    pub fn with_clock(clock: Clock) -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(Inner {
                 origin: Origin::Starting,
@@ -133,19 +140,20 @@ impl CacheStatus {
                 problem: None,
                 degraded: None,
             }),
+            clock,
         })
     }
 
     pub fn report(&self) -> StateReport {
         let i = self.inner.lock().expect("cache status lock").clone();
         let cached = if i.origin == Origin::Cache { i.cached_at } else { None };
-        let now = SystemTime::now();
+        let now = self.clock.now();
         StateReport {
             updated_seconds: i.updated_at.map(|t| now.duration_since(t).unwrap_or_default().as_secs()),
             stale: i.origin == Origin::Cache,
             source: None,
             origin: i.origin,
-            age_seconds: cached.map(|t| SystemTime::now().duration_since(t).unwrap_or_default().as_secs()),
+            age_seconds: cached.map(|t| now.duration_since(t).unwrap_or_default().as_secs()),
             cached_at: cached.map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()),
             cache_file: i.file,
             cache_problem: i.problem,

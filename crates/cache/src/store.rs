@@ -8,7 +8,7 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use edgemesh_core::{Object, ObjectKey, ObjectKind, SourceEvent};
+use edgemesh_core::{Clock, Object, ObjectKey, ObjectKind, SourceEvent};
 use redb::backends::InMemoryBackend;
 use redb::{Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition};
 
@@ -51,6 +51,8 @@ pub struct Loaded {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// Stamps each write (the age `/readyz` reports after a restart).
+    clock: Clock,
 }
 
 /// Changes not written yet: the last value per key (`None`: deleted), in
@@ -180,7 +182,7 @@ impl Store {
             }
             other => failure(path, other),
         })?;
-        let store = Store { db, path: path.to_owned() };
+        let store = Store { db, path: path.to_owned(), clock: Clock::system() };
         // Make sure both tables exist and the format is ours.
         let txn = store.db.begin_write().map_err(|e| bad(e.into()))?;
         {
@@ -215,6 +217,12 @@ impl Store {
         }
         txn.commit().map_err(|e| bad(e.into()))?;
         Ok((store, replaced_source))
+    }
+
+    /// Stamps writes with `clock`'s time instead of the system's.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -281,7 +289,7 @@ impl Store {
         fill: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<(), redb::StorageError>,
     ) -> Result<SystemTime, CacheError> {
         let failed = |e: redb::Error| CacheError::Write { path: self.path.clone(), reason: e.to_string() };
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let txn = self.db.begin_write().map_err(|e| failed(e.into()))?;
         if clear {
             txn.delete_table(OBJECTS).map_err(|e| failed(e.into()))?;

@@ -58,6 +58,7 @@ impl Writer {
         let (dir, source) = (dir.to_owned(), source.to_owned());
         match Store::open(&dir, &source) {
             Ok((store, loaded, note)) => {
+                let store = store.with_clock(status.clock.clone());
                 if let Some(note) = &note {
                     tracing::warn!(problem = %note, "the cache file was unusable and has been rebuilt");
                 }
@@ -131,9 +132,10 @@ impl Writer {
         let State::Failing(f) = &mut self.state else { return };
         let changes = std::mem::take(&mut f.unwritten);
         let replace_all = f.replace_all;
-        let (dir, source) = (self.dir.clone(), self.source.clone());
+        let (dir, source, clock) = (self.dir.clone(), self.source.clone(), self.status.clock.clone());
         let attempt = tokio::task::spawn_blocking(move || {
             let written = Store::reopen(&dir, &source).and_then(|(store, dropped)| {
+                let store = store.with_clock(clock);
                 store.write_changes(&changes, replace_all)?;
                 Ok((store, dropped))
             });
@@ -143,7 +145,7 @@ impl Writer {
         let Ok((changes, written)) = attempt else { return }; // the runtime is shutting down
         match written {
             Ok((store, dropped)) => {
-                let failing_for = f.since.elapsed().unwrap_or_default();
+                let failing_for = self.status.clock.now().duration_since(f.since).unwrap_or_default();
                 tracing::info!(after = ?failing_for, written = changes.len(),
                     "the cache can be written again; it holds the current state");
                 if dropped && !replace_all {
@@ -177,7 +179,7 @@ impl Failing {
     /// Starts keeping changes (those of `events` first): logged once, and
     /// shown in the status until writes work again.
     fn start(status: &CacheStatus, events: &[SourceEvent], error: &CacheError, replace_all: bool) -> Failing {
-        let since = SystemTime::now();
+        let since = status.clock.now();
         let mut unwritten = Changes::default();
         unwritten.add(events);
         tracing::warn!(%error, retry_in = ?RETRY_FIRST,

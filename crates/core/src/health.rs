@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::Clock;
+
 /// The connection of a source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -26,6 +28,7 @@ pub enum Connection {
 #[derive(Debug)]
 pub struct SourceHealth {
     status: Mutex<Status>,
+    clock: Clock,
 }
 
 /// The connection state and, while disconnected, since when and why.
@@ -56,17 +59,22 @@ pub struct SourceReport {
 
 impl SourceHealth {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { status: Mutex::new(Status { connection: Connection::Connecting, since: None, error: None }) })
+        Self::with_clock(Clock::system())
+    }
+
+    /// Outages timed by `clock`.
+    pub fn with_clock(clock: Clock) -> Arc<Self> {
+        let status = Mutex::new(Status { connection: Connection::Connecting, since: None, error: None });
+        Arc::new(Self { status, clock })
     }
 
     /// Records an answer. Returns how long the outage lasted when this ends
     /// one (to log the recovery once), else `None`.
     pub fn connected(&self) -> Option<Duration> {
+        let now = self.clock.now();
         let mut i = self.lock();
         let outage = match i.connection {
-            Connection::Disconnected => {
-                Some(i.since.and_then(|t| SystemTime::now().duration_since(t).ok()).unwrap_or_default())
-            }
+            Connection::Disconnected => Some(i.since.and_then(|t| now.duration_since(t).ok()).unwrap_or_default()),
             Connection::Connecting | Connection::Connected => None,
         };
         *i = Status { connection: Connection::Connected, since: None, error: None };
@@ -76,18 +84,19 @@ impl SourceHealth {
     /// Records a failure. Returns `true` when this starts an outage (to warn
     /// once); later failures only replace the error.
     pub fn disconnected(&self, error: impl Display) -> bool {
+        let now = self.clock.now();
         let mut i = self.lock();
         i.error = Some(error.to_string());
         if i.connection == Connection::Disconnected {
             return false;
         }
         i.connection = Connection::Disconnected;
-        i.since = Some(SystemTime::now());
+        i.since = Some(now);
         true
     }
 
     pub fn report(&self) -> SourceReport {
-        self.report_at(SystemTime::now())
+        self.report_at(self.clock.now())
     }
 
     fn report_at(&self, now: SystemTime) -> SourceReport {

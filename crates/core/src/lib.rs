@@ -14,9 +14,13 @@
 //!   get a VIP of which family.
 //! - [`registry`]: the task that owns state and publishes snapshots.
 //! - [`health`]: whether a source is connected, for the admin endpoint.
+//! - [`clock`]: wall-clock time, injectable for the ages reported.
+//! - [`duration`]: how settings write durations (`250ms`, `2s`).
 #![forbid(unsafe_code)]
 
 pub mod build;
+pub mod clock;
+pub mod duration;
 pub mod health;
 pub mod node;
 pub mod object;
@@ -25,6 +29,7 @@ pub mod service;
 pub mod snapshot;
 pub mod vip;
 
+pub use clock::Clock;
 pub use health::{Connection, SourceHealth, SourceReport};
 pub use node::{NodeEntry, PEER_ID_ANNOTATION};
 pub use object::{

@@ -59,52 +59,6 @@ impl Default for RegistryConfig {
     }
 }
 
-/// Where a source sends its events. Cheap to clone; each source gets its own
-/// from [`Registry::source`] so the registry knows when all have synced.
-#[derive(Clone, Debug)]
-pub struct EventSink {
-    source: usize,
-    tx: mpsc::Sender<(usize, SourceEvent)>,
-}
-
-impl EventSink {
-    /// Sends one event; fails only when the registry has stopped.
-    pub async fn send(&self, event: SourceEvent) -> Result<(), RegistryClosed> {
-        self.tx.send((self.source, event)).await.map_err(|_| RegistryClosed)
-    }
-}
-
-impl EventSink {
-    /// A sink that feeds an [`EventStream`] instead of the registry, for a
-    /// layer between a source and the registry (the persistent cache).
-    pub fn detached(capacity: usize) -> (EventSink, EventStream) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (EventSink { source: 0, tx }, EventStream { rx })
-    }
-}
-
-/// What a [`EventSink::detached`] sink sends; ends when every sink is dropped.
-#[derive(Debug)]
-pub struct EventStream {
-    rx: mpsc::Receiver<(usize, SourceEvent)>,
-}
-
-impl EventStream {
-    /// Waits for events and appends up to `limit` of them to `out`;
-    /// returns 0 once every sink is gone.
-    pub async fn recv_many(&mut self, out: &mut Vec<SourceEvent>, limit: usize) -> usize {
-        let mut batch = Vec::with_capacity(limit.min(1024));
-        let n = self.rx.recv_many(&mut batch, limit).await;
-        out.extend(batch.into_iter().map(|(_, e)| e));
-        n
-    }
-}
-
-/// The registry task is gone (the agent is shutting down).
-#[derive(Debug, thiserror::Error)]
-#[error("the registry has stopped")]
-pub struct RegistryClosed;
-
 /// Read side of the registry: the latest snapshot and its changes.
 pub type RegistryHandle = watch::Receiver<Arc<Snapshot>>;
 
@@ -408,9 +362,12 @@ fn retain_data_plane_meta(meta: &mut crate::object::ObjectMeta) {
 }
 
 mod entry;
+mod events;
 mod names;
 mod stored;
 use entry::{Policy, build_entry};
+
+pub use events::{EventSink, EventStream, RegistryClosed};
 use names::SharedNames;
 use stored::{StoredService, StoredSet};
 

@@ -32,7 +32,8 @@ async fn main() {
     sink.send(SourceEvent::Synced).await.unwrap();
     snapshots.wait_for(|s| s.synced && s.len() == services).await.unwrap();
 
-    let config = DnsConfig { listen, upstreams, upstream_timeout: Duration::from_secs(2), ..DnsConfig::default() };
+    let config =
+        DnsConfig { listen: Some(listen), upstreams, upstream_timeout: Duration::from_secs(2), ..DnsConfig::default() };
     let server = DnsServer::bind(config, snapshots).await.expect("bind");
     eprintln!("serving {services} services on {}", server.local_addr());
     let shutdown = CancellationToken::new();

@@ -57,6 +57,9 @@ pub struct Zone {
     /// Lowercase, fully qualified (`cluster.local.`).
     origin: Name,
     ttl: u32,
+    /// How long resolvers may cache that a name or type does not exist:
+    /// the SOA's TTL and minimum.
+    negative_ttl: u32,
     mname: Name,
     rname: Name,
     /// Services answer with their cluster IPs rather than their VIPs:
@@ -65,7 +68,8 @@ pub struct Zone {
 }
 
 impl Zone {
-    /// `ttl` is the TTL of every record and the negative TTL (SOA minimum).
+    /// `ttl` is the TTL of every record and, unless
+    /// [`Zone::with_negative_ttl`] says otherwise, the negative TTL.
     pub fn new(cluster_domain: &str, ttl: u32) -> Result<Self, DnsError> {
         let bad = |reason: String| DnsError::ClusterDomain { domain: cluster_domain.into(), reason };
         let trimmed = cluster_domain.trim().trim_end_matches('.');
@@ -80,7 +84,13 @@ impl Zone {
         if origin.len() > Name::MAX_LENGTH - 150 {
             return Err(bad("it is too long to leave room for service names".into()));
         }
-        Ok(Self { origin, ttl, mname, rname, cluster_ips_first: false })
+        Ok(Self { origin, ttl, negative_ttl: ttl, mname, rname, cluster_ips_first: false })
+    }
+
+    /// The negative TTL (SOA TTL and minimum).
+    pub fn with_negative_ttl(mut self, ttl: u32) -> Self {
+        self.negative_ttl = ttl;
+        self
     }
 
     /// With interception on: services answer with their cluster IPs, and
@@ -105,8 +115,8 @@ impl Zone {
 
     /// The zone's SOA record; its TTL and minimum are the negative TTL.
     pub fn soa(&self, serial: u32) -> Record {
-        let soa = SOA::new(self.mname.clone(), self.rname.clone(), serial, 60, 10, 3600, self.ttl);
-        Record::from_rdata(self.origin.clone(), self.ttl, RData::SOA(soa))
+        let soa = SOA::new(self.mname.clone(), self.rname.clone(), serial, 60, 10, 3600, self.negative_ttl);
+        Record::from_rdata(self.origin.clone(), self.negative_ttl, RData::SOA(soa))
     }
 
     /// Answers `name`/`qtype` from `snap`. The owner of answer records is

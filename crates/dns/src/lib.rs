@@ -43,6 +43,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 pub mod cache;
 pub mod cluster;
 pub mod error;
@@ -55,34 +57,57 @@ pub mod wire;
 pub use error::DnsError;
 pub use server::DnsServer;
 
-/// Settings of the DNS server.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Settings of the DNS server: the `dns` section of the agent's config
+/// (keys in camelCase); fields marked "derived" are set by the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct DnsConfig {
-    /// UDP and TCP on the same address.
-    pub listen: SocketAddr,
-    /// Forwarders for names outside the cluster domain, tried in order.
+    /// UDP and TCP on the same address. `None`: [`DEFAULT_LISTEN`] (the
+    /// agent's node mode picks `169.254.96.16:53` instead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Forwarders for names outside the cluster domain, tried in order
+    /// (the agent fills in the nameservers of `/etc/resolv.conf` when none
+    /// is given).
     pub upstreams: Vec<SocketAddr>,
     /// The cluster domain, `cluster.local` by default.
     pub cluster_domain: String,
-    /// TTL of answers for services, also the negative TTL (SOA minimum) of
-    /// the cluster zone.
+    /// TTL of answers for services, in seconds.
     pub service_ttl: u32,
+    /// How long resolvers may cache that a name in the cluster domain does
+    /// not exist (NXDOMAIN, NODATA), in seconds: the SOA's TTL and minimum.
+    /// Clients with `ndots:5` ask for many such names; longer saves
+    /// queries, shorter lets a new service resolve sooner.
+    pub negative_ttl: u32,
     /// Total time for one forwarded query, over all upstreams, before SERVFAIL.
+    #[serde(with = "edgemesh_core::duration")]
     pub upstream_timeout: Duration,
     /// Most upstream answers kept in the cache (0 disables caching).
     pub cache_size: usize,
-    /// Answer services with their cluster IPs rather than their VIPs
-    /// (interception on: cluster IPs are reachable).
+    /// Derived (`intercept.mode`): answer services with their cluster IPs
+    /// rather than their VIPs (interception on: cluster IPs are reachable).
+    #[serde(skip)]
     pub cluster_ips_first: bool,
+}
+
+/// The DNS server's address when none is set.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5353);
+
+impl DnsConfig {
+    /// The address to serve on.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen.unwrap_or(DEFAULT_LISTEN)
+    }
 }
 
 impl Default for DnsConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 53)),
+            listen: None,
             upstreams: Vec::new(),
             cluster_domain: "cluster.local".into(),
             service_ttl: 5,
+            negative_ttl: 5,
             upstream_timeout: Duration::from_secs(2),
             cache_size: 10_000,
             cluster_ips_first: false,

@@ -72,12 +72,13 @@ impl DnsServer {
         if config.upstream_timeout.is_zero() {
             return Err(DnsError::Config { setting: "upstream_timeout", reason: "must be more than zero".into() });
         }
-        let zone =
-            Zone::new(&config.cluster_domain, config.service_ttl)?.with_cluster_ips_first(config.cluster_ips_first);
+        let zone = Zone::new(&config.cluster_domain, config.service_ttl)?
+            .with_negative_ttl(config.negative_ttl)
+            .with_cluster_ips_first(config.cluster_ips_first);
         let sockets = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_UDP_SOCKETS);
-        let (tcp, udp) = bind_all(config.listen, sockets)?;
-        let local_addr =
-            tcp.local_addr().map_err(|source| DnsError::Bind { proto: "TCP", addr: config.listen, source })?;
+        let listen = config.listen();
+        let (tcp, udp) = bind_all(listen, sockets)?;
+        let local_addr = tcp.local_addr().map_err(|source| DnsError::Bind { proto: "TCP", addr: listen, source })?;
         let forwarder =
             (!config.upstreams.is_empty()).then(|| Forwarder::new(config.upstreams.clone(), config.upstream_timeout));
         let handler = Arc::new(Handler::new(zone, snapshots, forwarder, Cache::new(config.cache_size)));

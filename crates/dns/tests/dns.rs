@@ -293,7 +293,7 @@ async fn large_answers_truncate_over_udp_and_come_whole_over_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_errors_name_the_address() {
     let h = Harness::start(vec![], vec![]).await;
-    let taken = DnsConfig { listen: h.addr, ..common::config() };
+    let taken = DnsConfig { listen: Some(h.addr), ..common::config() };
     let err = DnsServer::bind(taken, h.snapshots.clone()).await.unwrap_err().to_string();
     assert!(err.contains(&h.addr.to_string()), "{err}");
     assert!(err.contains("TCP"), "{err}");
@@ -389,6 +389,6 @@ async fn shutdown_closes_tcp_connections_and_frees_the_address() {
         other => panic!("idle TCP connection left open: {other:?}"),
     }
     // Both protocols are free again for the next agent.
-    let again = DnsServer::bind(DnsConfig { listen: addr, ..common::config() }, snapshots).await;
+    let again = DnsServer::bind(DnsConfig { listen: Some(addr), ..common::config() }, snapshots).await;
     assert!(again.is_ok(), "{:?}", again.err());
 }

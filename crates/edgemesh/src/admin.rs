@@ -32,11 +32,25 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+
+/// The `admin` section of the agent's config (keys in camelCase).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdminConfig {
+    /// Address of the admin endpoint (`/healthz`, `/readyz`, `/services`, `/config`).
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 15020)) }
+    }
+}
 
 /// What the admin endpoint reads; it owns none of it.
 #[derive(Clone)]
@@ -102,6 +116,11 @@ impl AdminServer {
     pub async fn bind(addr: SocketAddr, state: AdminState) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         Ok(Self { listener, state })
+    }
+
+    /// The bound address (the port the kernel picked for port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
     }
 
     pub async fn run(self, shutdown: CancellationToken) {

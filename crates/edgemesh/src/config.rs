@@ -5,16 +5,20 @@
 //! Every key has a default, so an empty file (or none) is a valid config.
 //! Unknown keys are an error that names the key and its line.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use edgemesh_core::LbStrategy;
+pub use edgemesh_dns::DnsConfig;
+pub use edgemesh_intercept::{InterceptConfig, InterceptMode};
+pub use edgemesh_kube::KubeConfig;
+pub use edgemesh_manifests::ManifestsConfig;
+pub use edgemesh_proxy::ProxyConfig;
+pub use edgemesh_tunnel::TunnelConfig;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-mod tunnel;
-pub use tunnel::TunnelSection;
+pub use crate::admin::AdminConfig;
+use crate::host::Host;
 
 /// Default VIP range without interception: inside 127.0.0.0/8, so VIPs can
 /// be bound without root.
@@ -26,17 +30,20 @@ pub const NODE_MODE_VIP_CIDR: &str = "9.251.0.0/16";
 /// device like the IPv4 one.
 pub const NODE_MODE_VIP_CIDR6: &str = "fd00:9:251::/112";
 /// Default DNS address without interception.
-pub const DEFAULT_DNS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5353);
+pub const DEFAULT_DNS_LISTEN: SocketAddr = edgemesh_dns::DEFAULT_LISTEN;
 /// Default DNS address in node mode: EdgeMesh's node-local DNS address
 /// (held by the VIP device), on the standard port, so that pods can be
 /// given it as their `clusterDNS`.
 pub const NODE_MODE_DNS_LISTEN: SocketAddr = SocketAddr::new(edgemesh_intercept::DEFAULT_DNS_ADDRESS, 53);
 
+/// The agent's settings. Top-level keys are the agent's own; each section
+/// is the config type of the crate that uses it, so a setting is defined
+/// once, in its owner (see "Adding a setting" in the README).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Config {
     /// This node's name (endpoints with this `nodeName` are local).
-    /// Default: the host name.
+    /// Default: `$NODE_NAME`, else the host name (see [`Config::complete`]).
     pub node_name: String,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a
     /// `tracing` directive such as `edgemesh_dns=debug`). `RUST_LOG` wins.
@@ -61,26 +68,16 @@ pub struct Config {
     /// agent serve its last known state when restarted offline.
     pub state_dir: PathBuf,
     pub manifests: ManifestsConfig,
-    pub kube: KubeSection,
-    pub dns: DnsSection,
-    pub proxy: ProxySection,
-    pub admin: AdminSection,
-    pub intercept: InterceptSection,
-    pub tunnel: TunnelSection,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct ManifestsConfig {
-    /// Directory of Kubernetes manifests (`*.yaml`, `*.yml`) to serve.
-    pub dir: PathBuf,
-    /// How often the directory is checked for changes.
-    #[serde(with = "duration")]
-    pub poll_interval: Duration,
+    pub kube: KubeConfig,
+    pub dns: DnsConfig,
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub intercept: InterceptConfig,
+    pub tunnel: TunnelConfig,
 }
 
 /// Where services come from.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     #[default]
@@ -88,162 +85,23 @@ pub enum SourceKind {
     Kube,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct KubeSection {
-    /// API URL, e.g. KubeEdge metaServer `http://127.0.0.1:10550` (plain
-    /// HTTP, no authentication). Wins over `kubeconfig`.
-    pub api: Option<String>,
-    /// Kubeconfig file. With neither set: the pod's service account, else
-    /// `$KUBECONFIG` or `~/.kube/config`.
-    pub kubeconfig: Option<PathBuf>,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct DnsSection {
-    /// Address of the node-local DNS server (UDP and TCP). Default:
-    /// `169.254.96.16:53` in node mode (`intercept.mode: nftables`; the
-    /// address is put on the VIP device), `127.0.0.1:5353` otherwise.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen: Option<SocketAddr>,
-    /// Resolvers for names outside the cluster domain. Empty: the
-    /// nameservers of `/etc/resolv.conf`.
-    pub upstreams: Vec<SocketAddr>,
-    /// Kubernetes cluster domain.
-    pub cluster_domain: String,
-    /// TTL of answers for services, in seconds.
-    pub service_ttl: u32,
-    /// How long to wait for upstreams before answering SERVFAIL.
-    #[serde(with = "duration")]
-    pub upstream_timeout: Duration,
-    /// Maximum number of cached upstream answers.
-    pub cache_size: usize,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct ProxySection {
-    /// Strategy for services without the `edgemesh.io/lb-strategy` annotation.
-    pub default_strategy: LbStrategy,
-    /// Time allowed to connect to one endpoint before trying the next.
-    #[serde(with = "duration")]
-    pub connect_timeout: Duration,
-    /// Concurrent proxied connections; 0 derives it from the open-files limit.
-    pub max_connections: usize,
-    /// Concurrent UDP sessions (one socket each); at the limit a new client
-    /// replaces the longest-idle session of its service port.
-    pub max_udp_sessions: usize,
-    /// Threads proxied TCP connections run on, each with its own event
-    /// loop; 0: one per CPU.
-    pub workers: usize,
-}
-
-/// How connections to service addresses reach the proxy.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum InterceptMode {
-    /// A listener per service VIP and port; clients use the VIPs (from DNS).
-    #[default]
-    None,
-    /// An nftables table redirects connections to cluster IPs and VIPs to
-    /// one transparent port (needs root or CAP_NET_ADMIN, and `nft`).
-    Nftables,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct InterceptSection {
-    /// `none` or `nftables`.
-    pub mode: InterceptMode,
-    /// Port of the transparent listener (all addresses) that intercepted
-    /// connections are redirected to.
-    pub port: u16,
-    /// Name of the agent's nftables table (family `inet`); the agent
-    /// replaces it at start and deletes it at stop.
-    pub table: String,
-    /// Mark of the agent's own upstream connections, which the table lets
-    /// pass (must not be used by other software on the node).
-    pub mark: u32,
-    /// Name of the agent's VIP device (made at start in nftables mode,
-    /// removed at stop), which holds the node-local DNS address and the
-    /// VIPs (outside 127.0.0.0/8) as addresses of this node; empty for none.
-    pub vip_device: String,
-}
-
-impl Default for InterceptSection {
-    fn default() -> Self {
-        Self {
-            mode: InterceptMode::None,
-            port: edgemesh_intercept::DEFAULT_PORT,
-            table: edgemesh_intercept::DEFAULT_TABLE.into(),
-            mark: edgemesh_intercept::DEFAULT_MARK,
-            vip_device: edgemesh_intercept::DEFAULT_VIP_DEVICE.into(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct AdminSection {
-    /// Address of the admin endpoint (`/healthz`, `/readyz`, `/services`, `/config`).
-    pub listen: SocketAddr,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self {
-            node_name: default_node_name(),
+            node_name: String::new(),
             log_level: "info".into(),
             vip_cidr: None,
             vip_cidr6: None,
             source: SourceKind::Manifests,
             state_dir: PathBuf::from("/var/lib/edgemesh"),
             manifests: ManifestsConfig::default(),
-            kube: KubeSection::default(),
-            dns: DnsSection::default(),
-            proxy: ProxySection::default(),
-            admin: AdminSection::default(),
-            intercept: InterceptSection::default(),
-            tunnel: TunnelSection::default(),
+            kube: KubeConfig::default(),
+            dns: DnsConfig::default(),
+            proxy: ProxyConfig::default(),
+            admin: AdminConfig::default(),
+            intercept: InterceptConfig::default(),
+            tunnel: TunnelConfig::default(),
         }
-    }
-}
-
-impl Default for ManifestsConfig {
-    fn default() -> Self {
-        Self { dir: PathBuf::from("/etc/edgemesh/manifests"), poll_interval: Duration::from_millis(200) }
-    }
-}
-
-impl Default for DnsSection {
-    fn default() -> Self {
-        Self {
-            listen: None,
-            upstreams: Vec::new(),
-            cluster_domain: "cluster.local".into(),
-            service_ttl: 5,
-            upstream_timeout: Duration::from_secs(2),
-            cache_size: 10_000,
-        }
-    }
-}
-
-impl Default for ProxySection {
-    fn default() -> Self {
-        Self {
-            default_strategy: LbStrategy::RoundRobin,
-            connect_timeout: Duration::from_secs(2),
-            max_connections: 0,
-            max_udp_sessions: edgemesh_proxy::DEFAULT_MAX_UDP_SESSIONS,
-            workers: 0,
-        }
-    }
-}
-
-impl Default for AdminSection {
-    fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 15020)) }
     }
 }
 
@@ -312,7 +170,7 @@ impl Config {
         })
     }
 
-    /// The DNS server's address (see [`DnsSection::listen`] for the
+    /// The DNS server's address (see [`DnsConfig::listen`] for the
     /// default).
     pub fn dns_listen(&self) -> SocketAddr {
         self.dns.listen.unwrap_or(match self.intercept.mode {
@@ -321,12 +179,35 @@ impl Config {
         })
     }
 
-    /// Writes out the settings whose default depends on others (the mode),
-    /// so that `--print-config` and `/config` show what is in effect.
+    /// Writes out the settings whose default depends on others (the mode,
+    /// the state directory), so that `--print-config` and `/config` show
+    /// what is in effect.
     pub fn fill_defaults(&mut self) {
         self.vip_cidr = Some(self.vip_cidr());
         self.vip_cidr6 = self.vip_cidr6();
         self.dns.listen = Some(self.dns_listen());
+        self.tunnel.key_file = Some(self.key_file());
+    }
+
+    /// Fills in what the host decides: the node name (when none is set),
+    /// the upstream resolvers (the host's, when none are set, never this
+    /// agent's own DNS address), and the defaults of [`Config::fill_defaults`].
+    /// Settings already given are kept, so completing twice changes nothing.
+    pub fn complete(&mut self, host: &dyn Host) {
+        if self.node_name.trim().is_empty() {
+            self.node_name = host.node_name().unwrap_or_default();
+        }
+        self.fill_defaults();
+        if self.dns.upstreams.is_empty() {
+            let own = self.dns_listen();
+            self.dns.upstreams = host.nameservers().into_iter().filter(|u| *u != own).collect();
+        }
+    }
+
+    /// The tunnel's identity key file: `tunnel.keyFile`, else
+    /// `<stateDir>/tunnel.key`.
+    pub fn key_file(&self) -> PathBuf {
+        self.tunnel.key_file.clone().unwrap_or_else(|| self.state_dir.join("tunnel.key"))
     }
 
     /// Checks the settings together and reports every problem at once.
@@ -363,30 +244,7 @@ impl Config {
         if self.proxy.max_udp_sessions == 0 {
             problems.push("proxy.maxUdpSessions must be greater than zero".into());
         }
-        let table = &self.intercept.table;
-        if table.is_empty()
-            || table.len() > 64
-            || !table.starts_with(|c: char| c.is_ascii_alphabetic())
-            || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            problems.push(format!(
-                "intercept.table {table:?} is not a valid nftables table name (a letter, then letters, digits, _ or -)"
-            ));
-        }
-        if self.intercept.mode == InterceptMode::Nftables {
-            if self.intercept.port == 0 {
-                problems.push("intercept.port must be a fixed port (not 0) with intercept.mode nftables".into());
-            }
-            if self.intercept.mark == 0 {
-                problems.push("intercept.mark must not be 0 (unmarked traffic is everyone's)".into());
-            }
-            let dev = &self.intercept.vip_device;
-            if dev.len() > 15 || dev == "." || dev == ".." || dev.chars().any(|c| c == '/' || c.is_whitespace()) {
-                problems.push(format!(
-                    "intercept.vipDevice {dev:?} is not a valid device name (at most 15 characters, no '/' or spaces)"
-                ));
-            }
-        }
+        problems.extend(self.intercept.problems());
         problems.extend(self.tunnel.problems());
         // Port 0 asks the kernel for any free port, so only fixed ports clash.
         let dns = self.dns_listen();
@@ -407,30 +265,6 @@ fn describe_yaml_error(e: &serde_saphyr::Error) -> String {
         _ => first,
     }
 }
-
-fn default_node_name() -> String {
-    std::env::var("NODE_NAME")
-        .ok()
-        .filter(|n| !n.is_empty())
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
-        .unwrap_or_default()
-}
-
-/// Reads `nameserver` lines of a resolv.conf; a missing file yields none.
-pub fn resolv_conf_nameservers(path: &Path) -> Vec<SocketAddr> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
-    text.lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            (words.next() == Some("nameserver")).then(|| words.next()).flatten()
-        })
-        .filter_map(|w| w.split('%').next()?.parse::<IpAddr>().ok())
-        .map(|ip| SocketAddr::new(ip, 53))
-        .collect()
-}
-
-mod duration;
-pub use duration::parse as parse_duration;
 
 #[cfg(test)]
 mod tests;

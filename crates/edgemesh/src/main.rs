@@ -1,29 +1,17 @@
-//! The `edgemesh` binary.
+//! The `edgemesh` binary: parses the command line, builds the config and
+//! runs the agent of the `edgemesh` library.
 //!
-//! - [`cli`]: command line; flags override the config file.
-//! - [`config`]: the configuration struct, its defaults and validation.
-//! - [`agent`]: wiring of source, registry, DNS, proxy and admin.
-//! - [`admin`]: `/healthz`, `/readyz`, `/services`, `/config`.
-//! - [`limits`]: process limits (open files).
-//! - [`tunnel`]: the cross-node tunnel's settings, node directory, and the
-//!   proxy's way to endpoints on other nodes.
 //! - [`malloc`]: allocator settings (the one `unsafe` call: `mallopt`).
 #![deny(unsafe_code)]
 
-mod admin;
-mod agent;
-mod cli;
-mod config;
-mod limits;
 mod malloc;
-mod tunnel;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use edgemesh::cli::{Cli, Command};
+use edgemesh::{Agent, Deps};
 use tracing_subscriber::EnvFilter;
-
-use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     malloc::tune();
@@ -38,7 +26,7 @@ fn main() -> ExitCode {
                 }
             };
             if args.print_peer_id {
-                return print_peer_id(&crate::tunnel::key_file(&config));
+                return print_peer_id(&config.key_file());
             }
             if args.print_config {
                 match serde_saphyr::to_string(&config) {
@@ -60,7 +48,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(agent::run(config)) {
+            let run = async {
+                let agent = Agent::build(config, Deps::system()).await?;
+                agent.run(stop_signal()).await
+            };
+            match runtime.block_on(run) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -91,6 +83,18 @@ fn print_peer_id(key_file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let signal = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal, "stopping");
 }
 
 /// Logs to stderr; `RUST_LOG` wins over the configured level.

@@ -1,7 +1,8 @@
-//! Wires the cross-node tunnel (`edgemesh-tunnel`) into the agent: its
-//! settings from the config, the [`Directory`] it asks about nodes, and the
-//! proxy's [`Remote`] through which connections to endpoints on other nodes
-//! go.
+//! The adapter between the cross-node tunnel (`edgemesh-tunnel`) and the
+//! rest of the agent: the [`Directory`] the tunnel asks about nodes, and the
+//! proxy's [`Remote`] through which connections and UDP sessions to
+//! endpoints on other nodes go (the proxy's datagram pumps run over the
+//! tunnel's UDP streams). The proxy itself knows nothing of libp2p.
 //!
 //! Node name -> peer ID bindings come from `tunnel.peers` in the config
 //! first (the operator's word wins), then from Node objects annotated
@@ -12,64 +13,19 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use edgemesh_core::{Protocol, RegistryHandle, ServiceKey};
-use edgemesh_proxy::{Remote, RemoteDatagrams, RemoteFuture, RemoteStream};
+use edgemesh_proxy::{DatagramRecv, DatagramSend, Remote, RemoteDatagrams, RemoteFuture, RemoteStream};
 use edgemesh_tunnel::{
-    CancellationToken, Directory, MAX_DATAGRAM, Multiaddr, PeerId, RelayLimits, Tunnel, TunnelConfig, TunnelError,
+    CancellationToken, DatagramReceiver, DatagramSender, Directory, MAX_DATAGRAM, PeerId, Tunnel, TunnelError,
     TunnelProtocol,
 };
-use tokio::sync::mpsc;
 
-use crate::config::{Config, TunnelSection};
-
-/// The identity key file: `tunnel.keyFile`, else `<stateDir>/tunnel.key`.
-pub fn key_file(config: &Config) -> PathBuf {
-    config.tunnel.key_file.clone().unwrap_or_else(|| config.state_dir.join("tunnel.key"))
-}
-
-/// The tunnel's settings from the agent's config; bad multiaddrs and peer
-/// IDs are reported with their key.
-pub fn tunnel_config(config: &Config) -> anyhow::Result<TunnelConfig> {
-    let t = &config.tunnel;
-    let mut c = TunnelConfig::new(config.node_name.clone(), key_file(config));
-    c.psk_file = t.psk_file.clone();
-    c.listen = multiaddrs("tunnel.listen", &t.listen)?;
-    c.bootstrap = multiaddrs("tunnel.bootstrap", &t.bootstrap)?;
-    c.relays = multiaddrs("tunnel.relays", &t.relays)?;
-    c.relay_server = t.relay_server.then(|| RelayLimits::from(&t.relay_limits));
-    c.mdns = t.mdns;
-    c.upnp = t.upnp;
-    c.max_streams_per_connection = t.max_streams_per_connection;
-    c.connect_timeout = t.connect_timeout;
-    c.idle_connection_timeout = t.idle_connection_timeout;
-    Ok(c)
-}
-
-fn multiaddrs(key: &str, texts: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
-    texts
-        .iter()
-        .map(|t| Multiaddr::from_str(t.trim()).with_context(|| format!("{key}: {t:?} is not a multiaddr")))
-        .collect()
-}
-
-/// `tunnel.peers` parsed; a bad peer ID names its node.
-pub fn allow_list(section: &TunnelSection) -> anyhow::Result<HashMap<String, PeerId>> {
-    section
-        .peers
-        .iter()
-        .map(|(node, peer)| {
-            let id = PeerId::from_str(peer.trim())
-                .with_context(|| format!("tunnel.peers.{node}: {peer:?} is not a libp2p peer ID"))?;
-            Ok((node.clone(), id))
-        })
-        .collect()
-}
+use crate::config::Config;
 
 /// What the tunnel asks about nodes, answered from the config's allow-list
 /// and the current snapshot.
@@ -169,36 +125,29 @@ impl Remote for TunnelRemote {
     fn open_udp(&self, node: &str, target: SocketAddr, service: &ServiceKey) -> RemoteFuture<RemoteDatagrams> {
         let (tunnel, node, service) = (self.0.clone(), node.to_owned(), service.to_string());
         Box::pin(async move {
-            let (mut sender, mut receiver) = tunnel.open_udp(&node, target, &service).await.map_err(to_io)?;
-            let (to_remote, mut outbound) = mpsc::channel::<Vec<u8>>(DATAGRAM_QUEUE);
-            let (inbound, from_remote) = mpsc::channel(DATAGRAM_QUEUE);
-            // Each pump ends when its side closes; the proxy drops its
-            // sender when the session ends, which closes the stream.
-            tokio::spawn(async move {
-                while let Some(datagram) = outbound.recv().await {
-                    if sender.send(&datagram).await.is_err() {
-                        return;
-                    }
-                }
-                let _ = sender.close().await;
-            });
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; MAX_DATAGRAM];
-                loop {
-                    let n = tokio::select! {
-                        r = receiver.recv(&mut buf) => match r {
-                            Ok(n) => n,
-                            Err(_) => return,
-                        },
-                        () = inbound.closed() => return,
-                    };
-                    if inbound.send(buf[..n].to_vec()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            Ok(RemoteDatagrams { to_remote, from_remote })
+            let (sender, receiver) = tunnel.open_udp(&node, target, &service).await.map_err(to_io)?;
+            Ok(RemoteDatagrams::pump(SendHalf(sender), RecvHalf(receiver), MAX_DATAGRAM, DATAGRAM_QUEUE))
         })
+    }
+}
+
+/// A tunnel UDP stream's halves as the proxy's pumps drive them.
+struct SendHalf(DatagramSender);
+struct RecvHalf(DatagramReceiver);
+
+impl DatagramSend for SendHalf {
+    async fn send(&mut self, datagram: &[u8]) -> io::Result<()> {
+        self.0.send(datagram).await
+    }
+
+    async fn close(&mut self) -> io::Result<()> {
+        self.0.close().await
+    }
+}
+
+impl DatagramRecv for RecvHalf {
+    async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.recv(buf).await
     }
 }
 
@@ -209,8 +158,12 @@ pub async fn start(
     snapshots: RegistryHandle,
     stop: CancellationToken,
 ) -> anyhow::Result<(Tunnel, tokio::task::JoinHandle<()>)> {
-    let settings = tunnel_config(config)?;
-    let directory = Arc::new(AgentDirectory::new(allow_list(&config.tunnel)?, snapshots));
+    let settings = edgemesh_tunnel::TunnelConfig {
+        node_name: config.node_name.clone(),
+        key_file: Some(config.key_file()),
+        ..config.tunnel.clone()
+    };
+    let directory = Arc::new(AgentDirectory::new(settings.allow_list()?, snapshots));
     let started = Tunnel::start(settings, directory, stop).await.context("cannot start the tunnel")?;
     Ok(started)
 }

@@ -13,6 +13,8 @@
 //!
 //! # Layout
 //!
+//! - [`config`]: the `intercept` section of the agent's config, and the
+//!   [`InterceptSetup`] made from it.
 //! - [`rules`]: pure: the elements of a service, the script that creates
 //!   the table, the script of one change.
 //! - [`nft`]: runs `nft -f -` (one script = one atomic transaction) and
@@ -34,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 mod claims;
+pub mod config;
 pub mod device;
 pub mod nft;
 pub mod rules;
@@ -48,6 +51,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::claims::Claims;
+pub use config::{InterceptConfig, InterceptMode, InterceptSetup};
 pub use device::{DeviceError, VipDevice};
 pub use nft::{InterceptError, Nft};
 pub use rules::{Element, L4, TableSpec};
@@ -64,16 +68,6 @@ pub const DEFAULT_MARK: u32 = 0x454d;
 pub const DEFAULT_DNS_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 96, 16));
 /// Pause before retrying after a failed transaction.
 pub const RETRY: Duration = Duration::from_secs(2);
-
-/// Interception settings.
-#[derive(Clone, Debug)]
-pub struct InterceptConfig {
-    pub table: TableSpec,
-    pub nft: Nft,
-    /// The VIP device; `None` for none (VIPs outside the loopback range
-    /// are then reachable only if something else routes them here).
-    pub device: Option<DeviceSpec>,
-}
 
 /// The VIP device's settings.
 #[derive(Clone, Debug)]
@@ -101,7 +95,7 @@ pub struct InterceptStatus {
 
 /// Owns the table and the VIP device; see the crate docs.
 pub struct Interceptor {
-    config: InterceptConfig,
+    config: InterceptSetup,
     status: Arc<InterceptStatus>,
     elements: Claims<Element>,
     device: Option<Device>,
@@ -123,7 +117,7 @@ impl Interceptor {
     /// error here means interception cannot work at all (nft missing, no
     /// permission, no nat support, a foreign device of that name), and
     /// leaves neither table nor device behind.
-    pub async fn start(config: InterceptConfig) -> Result<Self, InterceptError> {
+    pub async fn start(config: InterceptSetup) -> Result<Self, InterceptError> {
         config.nft.apply(&config.table.replace_script(&[])).await?;
         tracing::info!(table = %config.table.name, port = config.table.port, mark = format_args!("{:#x}", config.table.mark),
             "nftables table inet {} in place", config.table.name);

@@ -12,7 +12,7 @@ use edgemesh_core::registry::RegistryState;
 use edgemesh_core::{
     LbStrategy, Object, ObjectKey, ObjectKind, Protocol, RegistryConfig, ServiceObject, SourceEvent, TargetPort,
 };
-use edgemesh_intercept::{InterceptConfig, Interceptor, Nft, TableSpec};
+use edgemesh_intercept::{InterceptSetup, Interceptor, Nft, TableSpec};
 use edgemesh_test_support::netns::Netns;
 
 /// How many elements `set` of table `inet table` holds.
@@ -37,8 +37,8 @@ fn service(i: u32) -> Object {
     })
 }
 
-fn config(ns: &Netns) -> InterceptConfig {
-    InterceptConfig {
+fn config(ns: &Netns) -> InterceptSetup {
+    InterceptSetup {
         table: TableSpec { name: "em_test".into(), port: 15006, mark: 0x454d },
         nft: Nft::in_netns(&ns.name),
         device: None,

@@ -10,6 +10,7 @@
 //!                      diff against what was sent ──> EventSink
 //! ```
 //!
+//! - [`config`]: [`KubeConfig`], the `kube` section of the agent's config.
 //! - [`client`]: which API (URL, kubeconfig, in-cluster) and the client;
 //!   installs the ring TLS provider.
 //! - [`source`]: [`KubeSource`], the watch loop and the diff that deletes
@@ -27,12 +28,14 @@
 
 mod backoff;
 pub mod client;
+pub mod config;
 mod convert;
 pub mod error;
 mod health;
 pub mod source;
 
 pub use client::{ApiEndpoint, install_crypto_provider};
+pub use config::KubeConfig;
 pub use convert::SERVICE_PROXY_NAME_LABEL;
 pub use edgemesh_k8s::ConvertError;
 pub use error::KubeError;

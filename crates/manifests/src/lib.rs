@@ -10,6 +10,7 @@
 //!                         └──> index (per-file diff, duplicates) ──> EventSink
 //! ```
 //!
+//! - [`config`]: [`ManifestsConfig`], the `manifests` section of the agent's config.
 //! - [`watch`]: [`ManifestSource`], the polling loop: stat, read changed
 //!   files, hash, parse, report problems once; `watch::dir` lists the
 //!   directory and tracks whether it can be read (missing is not empty).
@@ -30,12 +31,14 @@
 //! `v1/Endpoints`, `v1/Node` and `v1/List` of those; other kinds are skipped.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod error;
 mod fast;
 mod index;
 pub mod parse;
 pub mod watch;
 
+pub use config::ManifestsConfig;
 pub use edgemesh_k8s::Problem;
 pub use error::ManifestError;
 pub use parse::{ParsedObject, parse_manifest};

@@ -76,6 +76,11 @@ impl ManifestSource {
         &self.health
     }
 
+    /// A source with the `manifests` section's settings.
+    pub fn from_config(config: &crate::ManifestsConfig) -> Self {
+        Self::new(config.dir.clone(), config.poll_interval)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -75,14 +75,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use edgemesh_core::Snapshot;
+use edgemesh_core::{LbStrategy, Snapshot};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::ProxyError;
-pub use remote::{Reach, Remote, RemoteDatagrams, RemoteFuture, RemoteStream};
-pub use transparent::TransparentListeners;
+pub use remote::{DatagramRecv, DatagramSend, Reach, Remote, RemoteDatagrams, RemoteFuture, RemoteStream};
+pub use transparent::{OriginalDst, SocketOriginalDst, TransparentListeners};
 pub use workers::default_count as default_workers;
 
 /// File descriptors one proxied connection may hold: two sockets and, while
@@ -96,16 +97,31 @@ pub const DEFAULT_MAX_UDP_SESSIONS: usize = 4096;
 /// connection limit is derived from the open-files limit.
 const RESERVED_FDS: u64 = 512;
 
-/// Proxy settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Proxy settings: the `proxy` section of the agent's config (keys in
+/// camelCase); the fields marked "derived" are not keys but set by the
+/// agent from other settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProxyConfig {
+    /// Strategy for services without the `edgemesh.io/lb-strategy`
+    /// annotation (the registry writes it into each service's entry).
+    pub default_strategy: LbStrategy,
     /// How long to wait for one endpoint to accept before trying the next.
+    #[serde(with = "edgemesh_core::duration")]
     pub connect_timeout: Duration,
     /// Established (or connecting) connections allowed at once; beyond it,
     /// new connections are reset at once instead of exhausting descriptors.
+    /// 0: derived from the open-files limit when the proxy is made.
     pub max_connections: usize,
-    /// This node's name: endpoints whose `nodeName` is this one are local
-    /// (`internalTrafficPolicy: Local`, `trafficDistribution: PreferClose`).
+    /// UDP sessions allowed at once (each holds one socket); past it, the
+    /// oldest idle session of the port is closed for a new client.
+    pub max_udp_sessions: usize,
+    /// Threads TCP connections run on, each with its own event loop (see
+    /// `workers`); 0: one per CPU.
+    pub workers: usize,
+    /// Derived (`nodeName`): endpoints whose `nodeName` is this one are
+    /// local (`internalTrafficPolicy: Local`, `trafficDistribution:
+    /// PreferClose`).
     ///
     /// Topology is applied here, in the proxy, rather than in the registry:
     /// the snapshot stays one node-independent description of the services
@@ -114,23 +130,35 @@ pub struct ProxyConfig {
     /// the proxy, which alone knows endpoint health, needs the local/remote
     /// split anyway for `PreferClose`. It is computed once per endpoint
     /// change (see `balance::topology`), never per connection.
+    #[serde(skip)]
     pub node_name: String,
-    /// UDP sessions allowed at once (each holds one socket); past it, the
-    /// oldest idle session of the port is closed for a new client.
-    pub max_udp_sessions: usize,
-    /// Interception: TCP service ports are served through the transparent
-    /// listener (see [`Proxy::bind_transparent`]) instead of a listener per
-    /// VIP and port.
+    /// Derived (`intercept.mode`): TCP service ports are served through the
+    /// transparent listener (see [`Proxy::bind_transparent`]) instead of a
+    /// listener per VIP and port.
+    #[serde(skip)]
     pub transparent: bool,
-    /// Mark (`SO_MARK`, needs CAP_NET_ADMIN) set on upstream connections,
-    /// so that interception rules let them pass.
+    /// Derived (`intercept.mark`): mark (`SO_MARK`, needs CAP_NET_ADMIN)
+    /// set on upstream connections, so that interception rules let them
+    /// pass.
+    #[serde(skip)]
     pub upstream_mark: Option<u32>,
-    /// Threads TCP connections run on, each with its own event loop (see
-    /// `workers`); at least one.
-    pub workers: usize,
 }
 
 impl ProxyConfig {
+    /// Fills the settings left 0: the connection limit from the process'
+    /// current soft open-files limit (the agent raises it first), the
+    /// workers one per CPU.
+    pub fn resolved(mut self) -> Self {
+        if self.max_connections == 0 {
+            let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20);
+            self.max_connections = Self::max_connections_for_fd_limit(open_files);
+        }
+        if self.workers == 0 {
+            self.workers = default_workers();
+        }
+        self
+    }
+
     /// The connection limit that fits in `open_files` descriptors, leaving
     /// some for everything else the agent does.
     pub fn max_connections_for_fd_limit(open_files: u64) -> usize {
@@ -150,18 +178,18 @@ impl ProxyConfig {
 }
 
 impl Default for ProxyConfig {
-    /// A 2 s connect timeout and a connection limit derived from the
-    /// process' current soft open-files limit (call after raising it).
+    /// Round robin, a 2 s connect timeout, and the connection limit and
+    /// workers derived when the proxy is made.
     fn default() -> Self {
-        let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20);
         Self {
+            default_strategy: LbStrategy::RoundRobin,
             connect_timeout: Duration::from_secs(2),
-            max_connections: Self::max_connections_for_fd_limit(open_files),
-            node_name: String::new(),
+            max_connections: 0,
             max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,
+            workers: 0,
+            node_name: String::new(),
             transparent: false,
             upstream_mark: None,
-            workers: default_workers(),
         }
     }
 }
@@ -235,6 +263,8 @@ pub struct Proxy {
     status: Arc<ProxyStatus>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     transparent: Option<TransparentListeners>,
+    /// Where intercepted connections were sent (transparent listener only).
+    original_dst: Arc<dyn OriginalDst>,
     reach: Reach,
 }
 
@@ -243,8 +273,11 @@ pub struct Proxy {
 const BIND_RETRY: Duration = Duration::from_secs(2);
 
 impl Proxy {
+    /// A proxy with `config` ([`ProxyConfig::resolved`]).
     pub fn new(config: ProxyConfig, snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
-        Self { config, status: Arc::new(ProxyStatus::default()), snapshots, transparent: None, reach: Reach::direct() }
+        let config = config.resolved();
+        let (status, original_dst) = (Arc::new(ProxyStatus::default()), Arc::new(SocketOriginalDst));
+        Self { config, status, snapshots, transparent: None, original_dst, reach: Reach::direct() }
     }
 
     /// Binds the transparent listener on `port` (all addresses, IPv4 and,
@@ -264,6 +297,13 @@ impl Proxy {
         self
     }
 
+    /// Reads intercepted connections' original destinations through
+    /// `lookup` instead of `SO_ORIGINAL_DST`.
+    pub fn with_original_dst(mut self, lookup: Arc<dyn OriginalDst>) -> Self {
+        self.original_dst = lookup;
+        self
+    }
+
     pub fn status(&self) -> Arc<ProxyStatus> {
         self.status.clone()
     }
@@ -273,7 +313,7 @@ impl Proxy {
     /// changes never touch them) and are dropped at shutdown, before this
     /// returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Proxy { config, status, mut snapshots, transparent, reach } = self;
+        let Proxy { config, status, mut snapshots, transparent, original_dst, reach } = self;
         tracing::debug!(?config, "proxy starting");
         let workers = match workers::Workers::start(config.workers) {
             Ok(workers) => workers,
@@ -297,7 +337,10 @@ impl Proxy {
             .into_iter()
             .flat_map(|t| t.groups)
             .flat_map(|group| group.into_iter().enumerate())
-            .map(|(i, socket)| handles[i % handles.len()].spawn(transparent::accept_loop(socket, shared.clone())))
+            .map(|(i, socket)| {
+                let accept = transparent::accept_loop(socket, shared.clone(), original_dst.clone());
+                handles[i % handles.len()].spawn(accept)
+            })
             .collect();
         let mut reconciler = listeners::Reconciler::new(shared.clone());
         let mut registry_open = true;

@@ -21,6 +21,9 @@ use edgemesh_core::{Backend, ServiceKey};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+mod pump;
+pub use pump::{DatagramRecv, DatagramSend};
+
 /// A future the [`Remote`] returns.
 pub type RemoteFuture<T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send + 'static>>;
 

@@ -69,11 +69,25 @@ impl TransparentListeners {
     }
 }
 
-/// The destination a redirected connection was sent to.
-fn original_dst(stream: &std::net::TcpStream, ipv6: bool) -> io::Result<SocketAddr> {
-    let sock = SockRef::from(stream);
-    let addr = if ipv6 { sock.original_dst_v6()? } else { sock.original_dst_v4()? };
-    addr.as_socket().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "original destination is not IP"))
+/// Finds the destination a redirected connection was sent to: the socket's
+/// `SO_ORIGINAL_DST` in the agent ([`SocketOriginalDst`]); tests without
+/// nftables hand in their own answer.
+pub trait OriginalDst: Send + Sync + 'static {
+    /// `ipv6`: the connection came in on the IPv6 listener.
+    fn original_dst(&self, stream: &std::net::TcpStream, ipv6: bool) -> io::Result<SocketAddr>;
+}
+
+/// The kernel's record of a NATed connection (`SO_ORIGINAL_DST`,
+/// `IP6T_SO_ORIGINAL_DST`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SocketOriginalDst;
+
+impl OriginalDst for SocketOriginalDst {
+    fn original_dst(&self, stream: &std::net::TcpStream, ipv6: bool) -> io::Result<SocketAddr> {
+        let sock = SockRef::from(stream);
+        let addr = if ipv6 { sock.original_dst_v6()? } else { sock.original_dst_v4()? };
+        addr.as_socket().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "original destination is not IP"))
+    }
 }
 
 /// Pause after an accept error so the loop does not spin.
@@ -81,7 +95,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Accepts on one socket of a group and serves its connections on the
 /// current runtime (the worker owning the socket).
-pub(crate) async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn accept_loop(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    original_dst: Arc<dyn OriginalDst>,
+) {
     let ipv6 = listener.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
     // `with_interest` is deprecated because a generic `AsRawFd` may change
     // its descriptor; a `std::net::TcpListener` owned by the `AsyncFd`
@@ -121,7 +139,7 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Sha
                 continue;
             }
         };
-        let dst = original_dst(&stream, ipv6);
+        let dst = original_dst.original_dst(&stream, ipv6);
         match dst.as_ref().ok().and_then(|d| shared.routes.lookup(d)) {
             Some(pool) => connection::admit(&shared, &pool, stream, peer),
             None => {

@@ -1,8 +1,14 @@
 //! Tunnel configuration.
 
-use std::{path::PathBuf, time::Duration};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
 
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+
+use crate::TunnelError;
 
 /// The default tunnel port (TCP and QUIC).
 pub const DEFAULT_PORT: u16 = 20006;
@@ -21,39 +27,59 @@ pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 4096;
 /// 4 GiB connection window; memory is only used by data actually in flight).
 pub const MAX_STREAMS_PER_CONNECTION: usize = 8192;
 
-/// Configuration of a [`Tunnel`](crate::Tunnel).
-#[derive(Debug, Clone)]
+/// Configuration of a [`Tunnel`](crate::Tunnel): the `tunnel` section of the
+/// agent's config (keys in camelCase). Fields marked "derived" are not keys:
+/// the agent sets them from other settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct TunnelConfig {
-    /// This node's name (claimed in the hello sent to every peer).
+    /// Carry connections to endpoints on other nodes through the tunnel
+    /// (the agent starts it only when set). Off: endpoints on other nodes
+    /// are dialled directly (a flat network).
+    pub enabled: bool,
+    /// Derived (`nodeName`): this node's name, claimed in the hello sent to
+    /// every peer.
+    #[serde(skip)]
     pub node_name: String,
-    /// Ed25519 identity; created (mode 0600, parent dirs created) on first start when missing.
-    pub key_file: PathBuf,
+    /// Ed25519 identity; created (mode 0600, parent dirs created) on first
+    /// start when missing. The agent's default: `<stateDir>/tunnel.key`.
+    pub key_file: Option<PathBuf>,
     /// libp2p private-network key file (the go-libp2p `swarm.key` format:
     /// `/key/swarm/psk/1.0.0/\n/base16/\n<64 hex>`), if any.
     pub psk_file: Option<PathBuf>,
     /// Listen addresses; empty = the default: TCP port 20006 (0.0.0.0 and ::), plus QUIC on it
     /// with the `quic` feature and no PSK.
+    #[serde(with = "multiaddrs")]
     pub listen: Vec<Multiaddr>,
     /// Peers dialed at start and re-dialed with back-off whenever the connection is lost.
+    #[serde(with = "multiaddrs")]
     pub bootstrap: Vec<Multiaddr>,
     /// Relays (each address must end in `/p2p/<relay peer id>`) to reserve a slot on when this
     /// node is not publicly reachable, and to reach peers through.
+    #[serde(with = "multiaddrs")]
     pub relays: Vec<Multiaddr>,
-    /// Offer circuit relay v2 with these limits (None: not a relay server).
-    pub relay_server: Option<RelayLimits>,
+    /// Offer circuit relay v2 to other nodes, within `relay_limits`.
+    pub relay_server: bool,
+    pub relay_limits: RelayLimits,
     /// Discover peers on the LAN with mDNS.
     pub mdns: bool,
     /// Ask the router for a port mapping of the TCP listen port (UPnP IGD): with one, peers
     /// connect to this node directly through its NAT and it needs no relay slot.
     pub upnp: bool,
+    /// Node name -> peer ID of the nodes this agent trusts, besides Node
+    /// objects annotated `edgemesh.io/peer-id` (and winning over them); see
+    /// [`TunnelConfig::allow_list`].
+    pub peers: BTreeMap<String, String>,
     /// Proxy streams this agent opens on one connection (yamux and QUIC are sized for it); see
     /// [`DEFAULT_MAX_STREAMS_PER_CONNECTION`].
     pub max_streams_per_connection: usize,
     /// Bound on reaching a node (dial + hello) and, on the remote agent, on connecting to the
     /// endpoint.
+    #[serde(with = "edgemesh_core::duration")]
     pub connect_timeout: Duration,
     /// A connection with no open stream is closed after this long (connections to bootstrap
     /// peers and relays are kept regardless).
+    #[serde(with = "edgemesh_core::duration")]
     pub idle_connection_timeout: Duration,
     /// Offer TLS 1.3 (AES-GCM on CPUs with AES instructions) before Noise on TCP and relayed
     /// connections. Peers pick the first they both support, so agents that only speak Noise
@@ -61,32 +87,102 @@ pub struct TunnelConfig {
     pub tls: bool,
     /// Every connection is pinged this long after its previous ping was answered (QUIC's own
     /// keep-alive runs at the same pace).
+    #[serde(with = "edgemesh_core::duration")]
     pub ping_interval: Duration,
     /// A connection that answered no ping for this long is closed: new streams move to another
     /// connection (a live direct one, else the relayed one, else a fresh dial) and the proxied
     /// connections it carried are reset toward their clients. From two missed pings on, new
     /// streams already prefer another connection. Also QUIC's idle timeout. At least twice
     /// `ping_interval`.
+    #[serde(with = "edgemesh_core::duration")]
     pub liveness_timeout: Duration,
     /// `TCP_USER_TIMEOUT` of every tunnel TCP socket: the kernel drops a connection whose sent
     /// bytes stay unacknowledged this long. Idle sockets get TCP keepalive probes after the
     /// same time (every second, three), so a dead path is found even without traffic.
+    #[serde(with = "edgemesh_core::duration")]
     pub tcp_user_timeout: Duration,
 }
 
 impl TunnelConfig {
     /// A configuration with the defaults and the given node name and key file.
     pub fn new(node_name: impl Into<String>, key_file: impl Into<PathBuf>) -> Self {
+        TunnelConfig { node_name: node_name.into(), key_file: Some(key_file.into()), ..Self::default() }
+    }
+
+    /// The relay service's limits, when this node offers it.
+    pub fn relay_service(&self) -> Option<&RelayLimits> {
+        self.relay_server.then_some(&self.relay_limits)
+    }
+
+    /// `peers` parsed; a bad peer ID names its node.
+    pub fn allow_list(&self) -> Result<HashMap<String, PeerId>, TunnelError> {
+        self.peers
+            .iter()
+            .map(|(node, peer)| {
+                let id = PeerId::from_str(peer.trim()).map_err(|_| {
+                    TunnelError::Config(format!("tunnel.peers.{node}: {peer:?} is not a libp2p peer ID"))
+                })?;
+                Ok((node.clone(), id))
+            })
+            .collect()
+    }
+
+    /// Problems with these settings, each naming its key (checked with the
+    /// rest of the agent's config, before anything starts).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.enabled {
+            return problems;
+        }
+        let max = MAX_STREAMS_PER_CONNECTION;
+        if !(1..=max).contains(&self.max_streams_per_connection) {
+            problems.push(format!("tunnel.maxStreamsPerConnection must be between 1 and {max}"));
+        }
+        if self.connect_timeout.is_zero() {
+            problems.push("tunnel.connectTimeout must be greater than zero".into());
+        }
+        let l = &self.relay_limits;
+        if self.relay_server {
+            if l.max_reservations == 0 || l.max_circuits == 0 || l.max_circuits_per_peer == 0 {
+                problems.push(
+                    "tunnel.relayLimits: maxReservations, maxCircuits and maxCircuitsPerPeer must be greater than zero"
+                        .into(),
+                );
+            }
+            if l.max_circuit_duration.is_zero() || l.max_circuit_bytes == 0 {
+                problems.push("tunnel.relayLimits: maxCircuitDuration and maxCircuitBytes must be greater than zero (limits, never unlimited)".into());
+            }
+        }
+        for (node, peer) in &self.peers {
+            if node.trim().is_empty() || peer.trim().is_empty() {
+                problems.push(format!("tunnel.peers: empty node name or peer ID in {node:?}: {peer:?}"));
+            }
+        }
+        if let Err(e) = self.allow_list() {
+            problems.push(e.to_string());
+        }
+        if let Err(e) = self.liveness() {
+            problems.push(format!("tunnel.{e}"));
+        }
+        problems
+    }
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
         TunnelConfig {
-            node_name: node_name.into(),
-            key_file: key_file.into(),
+            enabled: false,
+            node_name: String::new(),
+            key_file: None,
             psk_file: None,
             listen: Vec::new(),
             bootstrap: Vec::new(),
             relays: Vec::new(),
-            relay_server: None,
+            relay_server: false,
+            relay_limits: RelayLimits::default(),
             mdns: true,
             upnp: true,
+            peers: BTreeMap::new(),
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             connect_timeout: Duration::from_secs(10),
             idle_connection_timeout: Duration::from_secs(120),
@@ -103,17 +199,17 @@ impl TunnelConfig {
     pub(crate) fn liveness(&self) -> Result<crate::liveness::LivenessPolicy, String> {
         let (interval, timeout) = (self.ping_interval, self.liveness_timeout);
         if interval < Duration::from_millis(100) {
-            return Err(format!("ping_interval {interval:?} is below 100ms: pings would flood the connections"));
+            return Err(format!("pingInterval {interval:?} is below 100ms: pings would flood the connections"));
         }
         if timeout < interval * 2 {
             return Err(format!(
-                "liveness_timeout {timeout:?} must be at least twice ping_interval ({interval:?}): one late ping \
+                "livenessTimeout {timeout:?} must be at least twice pingInterval ({interval:?}): one late ping \
                  would close a healthy connection"
             ));
         }
         if self.tcp_user_timeout < Duration::from_secs(1) {
             return Err(format!(
-                "tcp_user_timeout {:?} is below 1s: a short stall would drop healthy connections",
+                "tcpUserTimeout {:?} is below 1s: a short stall would drop healthy connections",
                 self.tcp_user_timeout
             ));
         }
@@ -121,9 +217,21 @@ impl TunnelConfig {
     }
 }
 
-impl Default for TunnelConfig {
-    fn default() -> Self {
-        TunnelConfig::new("", "/var/lib/edgemesh/tunnel.key")
+/// Multiaddrs read and written as text; a bad one is named.
+mod multiaddrs {
+    use libp2p::Multiaddr;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(addrs: &[Multiaddr], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(addrs.iter().map(ToString::to_string))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Multiaddr>, D::Error> {
+        let texts = Vec::<String>::deserialize(d)?;
+        texts
+            .iter()
+            .map(|t| t.trim().parse().map_err(|e| D::Error::custom(format!("{t:?} is not a multiaddr ({e})"))))
+            .collect()
     }
 }
 
@@ -144,14 +252,24 @@ impl Default for TunnelConfig {
 /// Reservation and circuit requests are also rate limited per peer and per IP address
 /// (reservations: burst 30, then one per 30 s per peer / 15 s per IP; circuits: burst 120,
 /// then one per 5 s per peer / 2 s per IP).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct RelayLimits {
+    /// Reservations (nodes reachable through this relay) held at once.
     pub max_reservations: usize,
+    /// Reservations one node may hold.
     pub max_reservations_per_peer: usize,
+    /// How long a reservation lasts (clients renew it).
+    #[serde(with = "edgemesh_core::duration")]
     pub reservation_duration: Duration,
+    /// Relayed connections at once, in all.
     pub max_circuits: usize,
+    /// Relayed connections at once per node.
     pub max_circuits_per_peer: usize,
+    /// Longest life of one relayed connection (the nodes then reconnect).
+    #[serde(with = "edgemesh_core::duration")]
     pub max_circuit_duration: Duration,
+    /// Most bytes one relayed connection may carry.
     pub max_circuit_bytes: u64,
 }
 

@@ -5,7 +5,11 @@
 //! connection keeps the time of its last successful ping here, and the swarm task acts on it:
 //! a connection that missed two pings is *suspect* (new streams go elsewhere when they can), one
 //! with no successful ping for [`LivenessPolicy::timeout`] is *dead* and is closed (its proxied
-//! connections are reset, see `muxer`).
+//! connections are reset, see `muxer`) as soon as its peer has a live connection beside it. A
+//! peer's last path is closed only after [`LivenessPolicy::last_path_timeout`]: with no other
+//! path, closing it early helps no new stream (they dial afresh beside it anyway) and would
+//! reset every long-lived proxied connection on an outage the path survives (a node's uplink
+//! down for a few seconds).
 //!
 //! Time is `tokio::time::Instant`, so the rules are tested with paused time.
 
@@ -24,6 +28,19 @@ pub(crate) struct LivenessPolicy {
 }
 
 impl LivenessPolicy {
+    /// How long a peer's only path may stay silent before it is closed: three liveness
+    /// timeouts (15 s by default; `TCP_USER_TIMEOUT` ends a path with unacknowledged bytes
+    /// sooner).
+    pub(crate) fn last_path_timeout(&self) -> Duration {
+        self.timeout * 3
+    }
+
+    /// How long a connection may stay silent before it is closed: the liveness timeout while
+    /// its peer has a live connection beside it, the last-path timeout otherwise.
+    pub(crate) fn close_after(&self, other_path_alive: bool) -> Duration {
+        if other_path_alive { self.timeout } else { self.last_path_timeout() }
+    }
+
     /// The age of the last successful ping beyond which a connection is suspect: two pings
     /// missed, plus a margin for a slow answer on a loaded machine.
     pub(crate) fn suspect_after(&self) -> Duration {
@@ -87,7 +104,12 @@ impl Liveness {
     /// Whether the connection missed every ping for the liveness timeout and is not being
     /// closed yet: the swarm task closes it.
     pub(crate) fn is_dead(&self, now: Instant, policy: &LivenessPolicy) -> bool {
-        !self.closing && !self.unsupported && self.silent_for(now) >= policy.timeout
+        self.silent_at_least(now, policy.timeout)
+    }
+
+    /// Whether the connection missed every ping for `bound` and is not being closed yet.
+    pub(crate) fn silent_at_least(&self, now: Instant, bound: Duration) -> bool {
+        !self.closing && !self.unsupported && self.silent_for(now) >= bound
     }
 
     pub(crate) fn state(&self, now: Instant, policy: &LivenessPolicy) -> ConnectionState {
@@ -163,6 +185,22 @@ mod tests {
         l.set_closing();
         assert!(!l.is_dead(Instant::now(), &POLICY), "closed once, not again");
         assert_eq!(l.state(Instant::now(), &POLICY), ConnectionState::Closing);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peers_last_path_gets_longer_before_it_is_closed() {
+        let mut l = Liveness::new(Instant::now());
+        l.ping_ok(Instant::now(), Duration::from_millis(1));
+        // Silent 6 s: closed when another path is alive, kept as the only one.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(l.silent_at_least(Instant::now(), POLICY.close_after(true)));
+        assert!(!l.silent_at_least(Instant::now(), POLICY.close_after(false)));
+        // The outage ends (an uplink back up): answered again, alive again.
+        l.ping_ok(Instant::now(), Duration::from_millis(1));
+        assert_eq!(l.state(Instant::now(), &POLICY), ConnectionState::Alive);
+        // Silent for the last-path timeout: closed even as the only path.
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert!(l.silent_at_least(Instant::now(), POLICY.close_after(false)));
     }
 
     #[tokio::test(start_paused = true)]

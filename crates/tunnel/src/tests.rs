@@ -263,7 +263,7 @@ async fn relay_and_b(net: &Net) -> RelayAndB {
     dir.peers.lock().unwrap().insert("b".into(), net.peer("b"));
     let (echo, _) = counted_echo().await;
     dir.serves.lock().unwrap().insert((echo, TunnelProtocol::Tcp));
-    let r = net.start_with("relay", "r", dir.clone(), None, |c| c.relay_server = Some(Default::default())).await;
+    let r = net.start_with("relay", "r", dir.clone(), None, |c| c.relay_server = true).await;
     let relay = addr_of(&r);
     let b = net.start_with("b", "b", dir.clone(), None, |c| c.relays = vec![relay.clone()]).await;
     RelayAndB { dir, echo, r, relay, b }

@@ -73,7 +73,9 @@ impl Tunnel {
                 wire::MAX_NODE_NAME
             )));
         }
-        let key = load_or_create_identity(&config.key_file)?;
+        let key_file =
+            config.key_file.as_deref().ok_or_else(|| TunnelError::Config("no key file (key_file)".into()))?;
+        let key = load_or_create_identity(key_file)?;
         let psk = config.psk_file.as_deref().map(load_psk).transpose()?;
         let quic = psk.is_none() && cfg!(feature = "quic");
         let default_listen = config.listen.is_empty();
@@ -120,7 +122,7 @@ impl Tunnel {
             psk,
             quic,
             max_streams,
-            relay_server: config.relay_server.as_ref(),
+            relay_server: config.relay_service(),
             mdns: config.mdns,
             upnp: config.upnp,
             tls: config.tls,
@@ -167,18 +169,12 @@ impl Tunnel {
             quic,
             keep_alive: Mutex::new(relay_peers.clone()),
             relay_peers,
-            relay_server: config.relay_server.is_some(),
+            relay_server: config.relay_server,
             listen_addrs: Mutex::new(Vec::new()),
             warned: Mutex::new(HashMap::new()),
         });
-        let mut task = Task::new(
-            inner.clone(),
-            swarm,
-            commands_rx,
-            &config.relays,
-            &config.bootstrap,
-            config.relay_server.is_some(),
-        );
+        let mut task =
+            Task::new(inner.clone(), swarm, commands_rx, &config.relays, &config.bootstrap, config.relay_server);
         // Wait (briefly) until every listener reported its addresses, so that `listen_addrs`
         // is complete when `start` returns.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);

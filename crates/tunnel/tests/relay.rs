@@ -5,7 +5,7 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use common::*;
-use edgemesh_tunnel::{ConnectionType, RelayLimits, Tunnel, TunnelProtocol, TunnelStream};
+use edgemesh_tunnel::{ConnectionType, Tunnel, TunnelProtocol, TunnelStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn open_eventually(t: &Tunnel, node: &str, target: std::net::SocketAddr) -> TunnelStream {
@@ -44,7 +44,7 @@ async fn reach_a_node_through_the_relay_then_hole_punch() {
     dir.bind("a", keys.peer("a"));
     dir.bind("b", keys.peer("b"));
     let mut cr = config(&keys, "relay");
-    cr.relay_server = Some(RelayLimits::default());
+    cr.relay_server = true;
     let r = start(cr, dir.clone()).await;
     let relay = r.addr();
     let b = start(relayed_node(&keys, "b", &relay), dir.clone()).await;
@@ -88,7 +88,7 @@ async fn re_reserve_after_the_relay_restarts() {
         dir.bind(n, keys.peer(n));
     }
     let mut cr = config(&keys, "relay");
-    cr.relay_server = Some(RelayLimits::default());
+    cr.relay_server = true;
     let r = start(cr.clone(), dir.clone()).await;
     let relay = r.addr();
     let b = start(relayed_node(&keys, "b", &relay), dir.clone()).await;

@@ -188,7 +188,7 @@ async fn impersonator_and_unknown_peer_get_nothing() {
     mdir.bind("b", b.tunnel.peer_id());
     mdir.bind("a", keys.peer("m"));
     let mut cm = config(&keys, "a");
-    cm.key_file = keys.path("m");
+    cm.key_file = Some(keys.path("m"));
     cm.bootstrap = vec![b.addr()];
     let m = start(cm, mdir.clone()).await;
     let e = m.tunnel.open_tcp("b", echo, "steal").await.unwrap_err();
@@ -256,7 +256,7 @@ async fn psk_private_network() {
 
     // No PSK against a PSK node: nothing either.
     let mut cd = config(&keys, "c");
-    cd.key_file = keys.path("c2");
+    cd.key_file = Some(keys.path("c2"));
     let d = start(cd, dir.clone()).await;
     dir.bind("b", b.tunnel.peer_id());
     let e = d.tunnel.open_tcp("b", echo, "psk").await.unwrap_err();

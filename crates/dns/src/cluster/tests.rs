@@ -160,6 +160,15 @@ fn apex_has_an_soa() {
 }
 
 #[test]
+fn the_negative_ttl_is_the_soas_ttl_and_minimum() {
+    let zone = zone().with_negative_ttl(30);
+    let soa = zone.soa(1);
+    let RData::SOA(data) = &soa.data else { panic!() };
+    assert_eq!((soa.ttl, data.minimum), (30, 30));
+    assert_eq!(zone.ttl(), 5, "answers keep the service TTL");
+}
+
+#[test]
 fn headless_answers_ready_endpoints() {
     let snap = fixture();
     let out = resolve(&snap, "db.prod.svc.cluster.local.", RecordType::A);

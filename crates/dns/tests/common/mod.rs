@@ -94,7 +94,7 @@ impl Drop for Harness {
 
 pub fn config() -> DnsConfig {
     DnsConfig {
-        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
         upstreams: Vec::new(),
         cluster_domain: "cluster.local".into(),
         service_ttl: 5,

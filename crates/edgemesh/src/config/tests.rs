@@ -1,3 +1,7 @@
+use std::time::Duration;
+
+use edgemesh_core::LbStrategy;
+
 use super::*;
 
 #[test]
@@ -42,7 +46,7 @@ fn bad_values_are_reported() {
 fn validation_reports_all_problems() {
     let c = Config {
         vip_cidr: Some("10.0.0.0/32".parse().unwrap()),
-        proxy: ProxySection { connect_timeout: Duration::ZERO, ..Default::default() },
+        proxy: ProxyConfig { connect_timeout: Duration::ZERO, ..Default::default() },
         ..Default::default()
     };
     let msg = c.validate().unwrap_err().to_string();
@@ -76,13 +80,13 @@ fn vip_ranges_must_be_of_their_family() {
     assert!(msg.contains("vipCidr6 10.0.0.0/24 is not an IPv6 range"), "{msg}");
     let c = Config::from_yaml("vipCidr6: fd00:1::/127\n").unwrap();
     assert!(c.validate().unwrap_err().to_string().contains("/126"));
-    Config::from_yaml("vipCidr6: fd00:1::/112\n").unwrap().validate().unwrap();
+    Config::from_yaml("nodeName: n1\nvipCidr6: fd00:1::/112\n").unwrap().validate().unwrap();
 }
 
 #[test]
 fn intercept_section() {
     assert_eq!(Config::default().intercept.mode, InterceptMode::None);
-    let c = Config::from_yaml("intercept:\n  mode: nftables\n  port: 15001\n  table: em_test\n").unwrap();
+    let c = Config::from_yaml("nodeName: n1\nintercept:\n  mode: nftables\n  port: 15001\n  table: em_test\n").unwrap();
     assert_eq!(c.intercept.mode, InterceptMode::Nftables);
     assert_eq!((c.intercept.port, c.intercept.table.as_str()), (15001, "em_test"));
     c.validate().unwrap();
@@ -92,14 +96,67 @@ fn intercept_section() {
     assert!(Config::from_yaml("intercept:\n  mode: iptables\n").is_err());
 }
 
+/// Every key as `--print-config` writes it, with each optional one set.
+fn every_key() -> Config {
+    let mut c = Config::from_yaml(
+        "nodeName: n1\nvipCidr6: fd00:1::/112\nkube:\n  api: http://127.0.0.1:1\n  kubeconfig: /k\n\
+         tunnel:\n  keyFile: /key\n  pskFile: /psk\n  peers: {n2: 12D3KooWLMHqgnc6w6xnA7Mr9f2TGJK5EzeHrVNhm5zsLnVwrcYX}\n",
+    )
+    .unwrap();
+    c.fill_defaults();
+    c
+}
+
+/// Dotted paths of the leaves of a JSON tree (a map of free keys, such as
+/// `tunnel.peers`, is one leaf).
+fn leaf_keys(prefix: &str, value: &serde_json::Value, free: &[&str], out: &mut std::collections::BTreeSet<String>) {
+    match value {
+        serde_json::Value::Object(map) if !free.contains(&prefix) => {
+            for (k, v) in map {
+                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                leaf_keys(&path, v, free, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_owned());
+        }
+    }
+}
+
 #[test]
-fn resolv_conf_parsing() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("resolv.conf");
-    std::fs::write(&p, "# c\nsearch x\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\noptions edns0\n").unwrap();
-    assert_eq!(
-        resolv_conf_nameservers(&p),
-        vec!["127.0.0.53:53".parse().unwrap(), "[fe80::1]:53".parse::<SocketAddr>().unwrap()]
-    );
-    assert!(resolv_conf_nameservers(&dir.path().join("missing")).is_empty());
+fn print_config_round_trips_every_key() {
+    let c = every_key();
+    let printed = serde_saphyr::to_string(&c).unwrap();
+    assert_eq!(Config::from_yaml(&printed).unwrap(), c, "{printed}");
+    let plain = Config::default();
+    assert_eq!(Config::from_yaml(&serde_saphyr::to_string(&plain).unwrap()).unwrap(), plain);
+}
+
+/// A key without a row in the README's reference tables fails here, and
+/// so does a row naming no key: adding a setting is its crate's field plus
+/// its row.
+#[test]
+fn every_key_has_a_readme_row_and_every_row_a_key() {
+    let mut keys = std::collections::BTreeSet::new();
+    leaf_keys("", &serde_json::to_value(every_key()).unwrap(), &["tunnel.peers"], &mut keys);
+    let sections: Vec<&str> = keys.iter().map(|k| k.split('.').next().unwrap()).collect();
+    let readme = include_str!("../../../../README.md");
+    let rows: std::collections::BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+        .filter(|k| !k.ends_with(".*") && sections.contains(&k.split('.').next().unwrap()))
+        .map(str::to_owned)
+        .collect();
+    let undocumented: Vec<_> = keys.difference(&rows).collect();
+    let unknown: Vec<_> = rows.difference(&keys).collect();
+    assert!(undocumented.is_empty(), "keys without a README row: {undocumented:?}");
+    assert!(unknown.is_empty(), "README rows naming no key: {unknown:?}");
+}
+
+#[test]
+fn tunnel_liveness_settings_are_checked_with_the_rest() {
+    let c = Config::from_yaml("nodeName: n1\ntunnel:\n  enabled: true\n  pingInterval: 2s\n  livenessTimeout: 3s\n")
+        .unwrap();
+    let msg = c.validate().unwrap_err().to_string();
+    assert!(msg.contains("tunnel.livenessTimeout 3s must be at least twice pingInterval"), "{msg}");
 }

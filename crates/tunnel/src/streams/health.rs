@@ -1,7 +1,7 @@
 //! What the connections' pings say, as path choice, the swarm task and `/peers` ask it (see
 //! `liveness`).
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use libp2p::{PeerId, swarm::ConnectionId};
 
@@ -50,15 +50,23 @@ impl Control {
         before != c.state(&policy)
     }
 
-    /// Connections that answered no ping for the liveness timeout, marked as being closed (no
-    /// new stream goes to them): (connection, peer, relayed). The caller closes them.
+    /// Connections that answered no ping for the liveness timeout while their peer has a live
+    /// connection beside them, or for the last-path timeout (see `liveness`), marked as being
+    /// closed (no new stream goes to them): (connection, peer, relayed). The caller closes them.
     pub(crate) fn take_dead(&self) -> Vec<(ConnectionId, PeerId, bool)> {
         let mut shared = lock(&self.shared);
         let policy = shared.policy;
         let now = tokio::time::Instant::now();
+        let alive: HashSet<PeerId> = shared
+            .conns
+            .values()
+            .filter(|c| c.usable() && c.liveness.state(now, &policy) == ConnectionState::Alive)
+            .map(|c| c.peer)
+            .collect();
         let mut dead = Vec::new();
         for (id, c) in shared.conns.iter_mut() {
-            if c.usable() && c.liveness.is_dead(now, &policy) {
+            let bound = policy.close_after(alive.contains(&c.peer));
+            if c.usable() && c.liveness.silent_at_least(now, bound) {
                 c.liveness.set_closing();
                 dead.push((*id, c.peer, c.relayed));
             }

@@ -1,4 +1,6 @@
-//! Durations as `250ms`, `2s`, `1m`, `1h` (a bare number is seconds).
+//! Durations in settings, written `250ms`, `2s`, `1m`, `1h` (a bare number
+//! is seconds): every crate's config type uses
+//! `#[serde(with = "edgemesh_core::duration")]`, so they read and print alike.
 
 use std::fmt;
 use std::time::Duration;

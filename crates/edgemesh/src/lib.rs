@@ -1,0 +1,30 @@
+//! The edgemesh agent as a library: the binary (`main.rs`) parses its
+//! command line into a [`Config`] and hands it to [`Agent::build`] and
+//! [`Agent::run`]; in-process tests do the same with their own [`Deps`].
+//!
+//! - [`config`]: the configuration: the agent's own keys, and each
+//!   component's section as that component's crate defines it.
+//! - [`cli`]: the command line; flags are a documented subset of the
+//!   config's keys, written into the same structure ([`cli::flags`]).
+//! - [`agent`]: [`Agent::build`] binds every socket; [`Agent::run`] runs
+//!   source, cache relay, registry, DNS, proxy, tunnel, interceptor and
+//!   admin until stopped or until one of them fails, then drains them.
+//! - [`host`]: what the host decides for unset settings (node name,
+//!   resolvers), behind a trait.
+//! - [`admin`]: `/healthz`, `/readyz`, `/services`, `/nodes`, `/peers`, `/config`.
+//! - [`tunnel`]: the adapter between the tunnel and the rest: the node
+//!   directory, and the proxy's [`Remote`](edgemesh_proxy::Remote) over it.
+//! - `limits`: process limits (open files).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod host;
+mod limits;
+pub mod tunnel;
+
+pub use agent::{Agent, DRAIN_DEADLINE, Deps};
+pub use config::Config;
+pub use host::{FixedHost, Host, SystemHost};
