@@ -1,4 +1,4 @@
-//! The cached objects' encoding: a compact binary form written by hand.
+//! The cached objects' encoding: a compact binary form.
 //!
 //! A first full view of 100,000 services writes 200,000 objects before the
 //! agent is ready, and JSON spent most of the cache's CPU on field names,
@@ -8,8 +8,10 @@
 //! value that starts with `{` is JSON, as the cache wrote it before
 //! (format 1), and still decodes, so an upgrade keeps the offline state.
 //!
-//! Every struct is taken apart with an exhaustive pattern, so a new field
-//! does not compile until it is encoded here (and [`VERSION`] is bumped).
+//! Each model type implements [`Field`] once: a struct by naming its fields
+//! in [`record!`] (an exhaustive pattern, so a new field does not compile
+//! until it is listed there, and [`VERSION`] is bumped), an enum by its tags
+//! in [`tags!`]. Writing and reading both follow that one list.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -47,22 +49,7 @@ pub enum DecodeError {
 /// Appends `object`'s encoding to `out`.
 pub fn encode(object: &Object, out: &mut Vec<u8>) {
     out.push(VERSION);
-    match object {
-        Object::Service(s) => {
-            out.push(0);
-            service(s, out);
-        }
-        Object::Endpoints(e) => {
-            out.push(1);
-            endpoints(e, out);
-        }
-        Object::Node(n) => {
-            out.push(2);
-            let NodeObject { meta: m, addresses } = n;
-            meta(m, out);
-            list(addresses, out, ip);
-        }
-    }
+    object.write(out);
 }
 
 /// Decodes a value written by [`encode`] (or, for format 1, as JSON).
@@ -72,12 +59,7 @@ pub fn decode(bytes: &[u8]) -> Result<Object, DecodeError> {
         Some(&JSON) => serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string())),
         Some(&VERSION) => {
             let mut r = Reader { bytes, at: 1 };
-            let object = match r.byte()? {
-                0 => Object::Service(r.service()?),
-                1 => Object::Endpoints(r.endpoints()?),
-                2 => Object::Node(NodeObject { meta: r.meta()?, addresses: r.list(Reader::ip)? }),
-                other => return Err(r.invalid(1, "object kind", other)),
-            };
+            let object = Object::read(&mut r)?;
             match bytes.len() - r.at {
                 0 => Ok(object),
                 extra => Err(DecodeError::Trailing(extra)),
@@ -87,167 +69,275 @@ pub fn decode(bytes: &[u8]) -> Result<Object, DecodeError> {
     }
 }
 
-// Writing.
+/// A value of the model, written and read in one fixed order.
+trait Field: Sized {
+    fn write(&self, out: &mut Vec<u8>);
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError>;
+}
 
-fn service(s: &ServiceObject, out: &mut Vec<u8>) {
-    let ServiceObject {
-        meta: m,
-        cluster_ips,
-        headless,
-        ports,
-        service_type,
-        session_affinity,
-        internal_traffic_policy,
-        traffic_distribution,
-        ip_families,
-        ip_family_policy,
-    } = s;
-    meta(m, out);
-    list(cluster_ips, out, ip);
-    out.push(u8::from(*headless));
-    list(ports, out, service_port);
-    string(service_type, out);
-    match session_affinity {
-        SessionAffinity::None => out.push(0),
-        SessionAffinity::ClientIp { timeout_seconds } => {
-            out.push(1);
-            varint(u64::from(*timeout_seconds), out);
+/// A struct: its fields in order.
+macro_rules! record {
+    ($ty:ident { $($field:ident),+ $(,)? }) => {
+        impl Field for $ty {
+            fn write(&self, out: &mut Vec<u8>) {
+                let $ty { $($field),+ } = self;
+                $($field.write(out);)+
+            }
+            fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+                // Fields are evaluated in the order written.
+                Ok($ty { $($field: Field::read(r)?),+ })
+            }
+        }
+    };
+}
+
+/// An enum without data (or an optional one): one byte per value.
+macro_rules! tags {
+    ($ty:ty, $what:literal { $($tag:literal => ($($value:tt)+)),+ $(,)? }) => {
+        impl Field for $ty {
+            fn write(&self, out: &mut Vec<u8>) {
+                out.push(match self { $($($value)+ => $tag),+ });
+            }
+            fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+                let at = r.at;
+                match r.byte()? {
+                    $($tag => Ok($($value)+),)+
+                    other => Err(r.invalid(at, $what, other)),
+                }
+            }
+        }
+    };
+}
+
+record!(ServiceObject {
+    meta,
+    cluster_ips,
+    headless,
+    ports,
+    service_type,
+    session_affinity,
+    internal_traffic_policy,
+    traffic_distribution,
+    ip_families,
+    ip_family_policy,
+});
+record!(ServicePortSpec { name, protocol, port, target_port, node_port });
+record!(EndpointSet { meta, kind, service_name, subsets });
+record!(EndpointSubset { endpoints, ports });
+record!(EndpointSpec { addresses, ready, node_name, hostname });
+record!(EndpointPortSpec { name, port, protocol });
+record!(NodeObject { meta, addresses });
+record!(ObjectMeta { namespace, name, labels, annotations });
+
+tags!(Protocol, "protocol" { 0 => (Protocol::Tcp), 1 => (Protocol::Udp), 2 => (Protocol::Sctp) });
+tags!(ObjectKind, "object kind" {
+    0 => (ObjectKind::Service),
+    1 => (ObjectKind::EndpointSlice),
+    2 => (ObjectKind::Endpoints),
+    3 => (ObjectKind::Node),
+});
+tags!(InternalTrafficPolicy, "traffic policy" {
+    0 => (InternalTrafficPolicy::Cluster),
+    1 => (InternalTrafficPolicy::Local),
+});
+tags!(Option<TrafficDistribution>, "traffic distribution" {
+    0 => (None),
+    1 => (Some(TrafficDistribution::PreferClose)),
+});
+tags!(IpFamily, "IP family" { 0 => (IpFamily::IPv4), 1 => (IpFamily::IPv6) });
+tags!(Option<IpFamilyPolicy>, "IP family policy" {
+    0 => (None),
+    1 => (Some(IpFamilyPolicy::SingleStack)),
+    2 => (Some(IpFamilyPolicy::PreferDualStack)),
+    3 => (Some(IpFamilyPolicy::RequireDualStack)),
+});
+
+// ---------------------------------------------------------------------------
+// Enums with data: a tag, then the data.
+
+impl Field for Object {
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Object::Service(s) => tagged(0, s, out),
+            Object::Endpoints(e) => tagged(1, e, out),
+            Object::Node(n) => tagged(2, n, out),
         }
     }
-    out.push(match internal_traffic_policy {
-        InternalTrafficPolicy::Cluster => 0,
-        InternalTrafficPolicy::Local => 1,
-    });
-    out.push(match traffic_distribution {
-        None => 0,
-        Some(TrafficDistribution::PreferClose) => 1,
-    });
-    list(ip_families, out, |f, out| {
-        out.push(match f {
-            IpFamily::IPv4 => 0,
-            IpFamily::IPv6 => 1,
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let at = r.at;
+        match r.byte()? {
+            0 => Ok(Object::Service(Field::read(r)?)),
+            1 => Ok(Object::Endpoints(Field::read(r)?)),
+            2 => Ok(Object::Node(Field::read(r)?)),
+            other => Err(r.invalid(at, "object kind", other)),
+        }
+    }
+}
+
+impl Field for SessionAffinity {
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            SessionAffinity::None => out.push(0),
+            SessionAffinity::ClientIp { timeout_seconds } => tagged(1, timeout_seconds, out),
+        }
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(match r.tag("session affinity", 2)? {
+            0 => SessionAffinity::None,
+            _ => SessionAffinity::ClientIp { timeout_seconds: Field::read(r)? },
         })
-    });
-    out.push(match ip_family_policy {
-        None => 0,
-        Some(IpFamilyPolicy::SingleStack) => 1,
-        Some(IpFamilyPolicy::PreferDualStack) => 2,
-        Some(IpFamilyPolicy::RequireDualStack) => 3,
-    });
-}
-
-fn service_port(p: &ServicePortSpec, out: &mut Vec<u8>) {
-    let ServicePortSpec { name, protocol: proto, port, target_port, node_port } = p;
-    string(name, out);
-    protocol(*proto, out);
-    varint(u64::from(*port), out);
-    match target_port {
-        TargetPort::Number(n) => {
-            out.push(0);
-            varint(u64::from(*n), out);
-        }
-        TargetPort::Name(name) => {
-            out.push(1);
-            string(name, out);
-        }
-    }
-    option(node_port.map(u64::from), out);
-}
-
-fn endpoints(e: &EndpointSet, out: &mut Vec<u8>) {
-    let EndpointSet { meta: m, kind, service_name, subsets } = e;
-    meta(m, out);
-    out.push(match kind {
-        ObjectKind::Service => 0,
-        ObjectKind::EndpointSlice => 1,
-        ObjectKind::Endpoints => 2,
-        ObjectKind::Node => 3,
-    });
-    string(service_name, out);
-    list(subsets, out, |s, out| {
-        let EndpointSubset { endpoints, ports } = s;
-        list(endpoints, out, |e, out| {
-            let EndpointSpec { addresses, ready, node_name, hostname } = e;
-            list(addresses, out, ip);
-            out.push(u8::from(*ready));
-            optional_string(node_name.as_deref(), out);
-            optional_string(hostname.as_deref(), out);
-        });
-        list(ports, out, |p, out| {
-            let EndpointPortSpec { name, port, protocol: proto } = p;
-            string(name, out);
-            varint(u64::from(*port), out);
-            protocol(*proto, out);
-        });
-    });
-}
-
-fn meta(m: &ObjectMeta, out: &mut Vec<u8>) {
-    let ObjectMeta { namespace, name, labels, annotations } = m;
-    string(namespace, out);
-    string(name, out);
-    map(labels, out);
-    map(annotations, out);
-}
-
-fn map(m: &BTreeMap<String, String>, out: &mut Vec<u8>) {
-    varint(m.len() as u64, out);
-    for (k, v) in m {
-        string(k, out);
-        string(v, out);
     }
 }
 
-fn list<T>(items: &[T], out: &mut Vec<u8>, mut each: impl FnMut(&T, &mut Vec<u8>)) {
-    varint(items.len() as u64, out);
-    for item in items {
-        each(item, out);
+impl Field for TargetPort {
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            TargetPort::Number(n) => tagged(0, n, out),
+            TargetPort::Name(name) => tagged(1, name, out),
+        }
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(match r.tag("target port", 2)? {
+            0 => TargetPort::Number(Field::read(r)?),
+            _ => TargetPort::Name(Field::read(r)?),
+        })
     }
 }
 
-fn protocol(p: Protocol, out: &mut Vec<u8>) {
-    out.push(match p {
-        Protocol::Tcp => 0,
-        Protocol::Udp => 1,
-        Protocol::Sctp => 2,
-    });
+/// A value's tag, then the value.
+fn tagged(tag: u8, value: &impl Field, out: &mut Vec<u8>) {
+    out.push(tag);
+    value.write(out);
 }
 
-fn ip(a: &IpAddr, out: &mut Vec<u8>) {
-    match a {
-        IpAddr::V4(v4) => {
-            out.push(4);
-            out.extend_from_slice(&v4.octets());
+/// Options of a value (not of an enum, whose `None` is one of its tags):
+/// 0, or 1 and the value.
+macro_rules! optional {
+    ($($ty:ty),+) => {$(
+        impl Field for Option<$ty> {
+            fn write(&self, out: &mut Vec<u8>) {
+                match self {
+                    None => out.push(0),
+                    Some(v) => tagged(1, v, out),
+                }
+            }
+            fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+                Ok(if bool::read(r)? { Some(<$ty>::read(r)?) } else { None })
+            }
         }
-        IpAddr::V6(v6) => {
-            out.push(6);
-            out.extend_from_slice(&v6.octets());
+    )+};
+}
+
+optional!(String, u16);
+
+// ---------------------------------------------------------------------------
+// Scalars and collections.
+
+impl Field for bool {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(u8::from(*self));
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let at = r.at;
+        match r.byte()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(r.invalid(at, "boolean", other)),
         }
     }
 }
 
-fn string(s: &str, out: &mut Vec<u8>) {
-    varint(s.len() as u64, out);
-    out.extend_from_slice(s.as_bytes());
+/// Unsigned numbers as varints, refused when out of their range (`what`
+/// names them in the error: every `u16` of the model is a port number,
+/// every `u32` a session affinity timeout).
+macro_rules! varints {
+    ($($ty:ty: $what:literal),+) => {$(
+        impl Field for $ty {
+            fn write(&self, out: &mut Vec<u8>) {
+                varint(u64::from(*self), out);
+            }
+            fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+                let at = r.at;
+                let v = r.varint()?;
+                <$ty>::try_from(v).map_err(|_| r.invalid(at, $what, v))
+            }
+        }
+    )+};
 }
 
-fn optional_string(s: Option<&str>, out: &mut Vec<u8>) {
-    match s {
-        None => out.push(0),
-        Some(s) => {
-            out.push(1);
-            string(s, out);
+varints!(u16: "port number", u32: "affinity timeout");
+
+impl Field for String {
+    fn write(&self, out: &mut Vec<u8>) {
+        varint(self.len() as u64, out);
+        out.extend_from_slice(self.as_bytes());
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let n = r.count()?;
+        let at = r.at;
+        let bytes = r.take(n)?;
+        std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| DecodeError::Utf8(at))
+    }
+}
+
+impl Field for IpAddr {
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            IpAddr::V4(v4) => {
+                out.push(4);
+                out.extend_from_slice(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                out.push(6);
+                out.extend_from_slice(&v6.octets());
+            }
+        }
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let at = r.at;
+        match r.byte()? {
+            4 => Ok(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(r.take(4)?).expect("4 bytes")))),
+            6 => Ok(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(r.take(16)?).expect("16 bytes")))),
+            other => Err(r.invalid(at, "address family", other)),
         }
     }
 }
 
-fn option(v: Option<u64>, out: &mut Vec<u8>) {
-    match v {
-        None => out.push(0),
-        Some(v) => {
-            out.push(1);
-            varint(v, out);
+/// A count, then the items.
+impl<T: Field> Field for Vec<T> {
+    fn write(&self, out: &mut Vec<u8>) {
+        varint(self.len() as u64, out);
+        for item in self {
+            item.write(out);
         }
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let n = r.count()?;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push(T::read(r)?);
+        }
+        Ok(items)
+    }
+}
+
+/// A count, then each key and its value.
+impl Field for BTreeMap<String, String> {
+    fn write(&self, out: &mut Vec<u8>) {
+        varint(self.len() as u64, out);
+        for (k, v) in self {
+            k.write(out);
+            v.write(out);
+        }
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let n = r.count()?;
+        let mut m = BTreeMap::new();
+        for _ in 0..n {
+            let k = String::read(r)?;
+            m.insert(k, String::read(r)?);
+        }
+        Ok(m)
     }
 }
 
@@ -260,6 +350,7 @@ fn varint(mut v: u64, out: &mut Vec<u8>) {
     out.push(v as u8);
 }
 
+// ---------------------------------------------------------------------------
 // Reading.
 
 struct Reader<'a> {
@@ -298,12 +389,6 @@ impl Reader<'_> {
         Err(self.invalid(start, "varint of more than 64 bits", v))
     }
 
-    fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
-        let at = self.at;
-        let v = self.varint()?;
-        u16::try_from(v).map_err(|_| self.invalid(at, what, v))
-    }
-
     /// A count of items that each take at least one byte: never more than
     /// the bytes left, so a corrupt count cannot reserve gigabytes.
     fn count(&mut self) -> Result<usize, DecodeError> {
@@ -316,146 +401,11 @@ impl Reader<'_> {
         Ok(n as usize)
     }
 
-    fn bool(&mut self) -> Result<bool, DecodeError> {
-        let at = self.at;
-        match self.byte()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            other => Err(self.invalid(at, "boolean", other)),
-        }
-    }
-
     /// A one-byte tag below `limit`.
     fn tag(&mut self, what: &'static str, limit: u8) -> Result<u8, DecodeError> {
         let at = self.at;
         let b = self.byte()?;
         if b < limit { Ok(b) } else { Err(self.invalid(at, what, b)) }
-    }
-
-    fn string(&mut self) -> Result<String, DecodeError> {
-        let n = self.count()?;
-        let at = self.at;
-        let bytes = self.take(n)?;
-        std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| DecodeError::Utf8(at))
-    }
-
-    fn optional_string(&mut self) -> Result<Option<String>, DecodeError> {
-        Ok(if self.bool()? { Some(self.string()?) } else { None })
-    }
-
-    fn list<T>(&mut self, mut each: impl FnMut(&mut Self) -> Result<T, DecodeError>) -> Result<Vec<T>, DecodeError> {
-        let n = self.count()?;
-        let mut items = Vec::with_capacity(n);
-        for _ in 0..n {
-            items.push(each(self)?);
-        }
-        Ok(items)
-    }
-
-    fn map(&mut self) -> Result<BTreeMap<String, String>, DecodeError> {
-        let n = self.count()?;
-        let mut m = BTreeMap::new();
-        for _ in 0..n {
-            let k = self.string()?;
-            m.insert(k, self.string()?);
-        }
-        Ok(m)
-    }
-
-    fn meta(&mut self) -> Result<ObjectMeta, DecodeError> {
-        Ok(ObjectMeta {
-            namespace: self.string()?,
-            name: self.string()?,
-            labels: self.map()?,
-            annotations: self.map()?,
-        })
-    }
-
-    fn ip(&mut self) -> Result<IpAddr, DecodeError> {
-        let at = self.at;
-        match self.byte()? {
-            4 => Ok(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(self.take(4)?).expect("4 bytes")))),
-            6 => Ok(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(self.take(16)?).expect("16 bytes")))),
-            other => Err(self.invalid(at, "address family", other)),
-        }
-    }
-
-    fn protocol(&mut self) -> Result<Protocol, DecodeError> {
-        Ok([Protocol::Tcp, Protocol::Udp, Protocol::Sctp][usize::from(self.tag("protocol", 3)?)])
-    }
-
-    fn service(&mut self) -> Result<ServiceObject, DecodeError> {
-        let meta = self.meta()?;
-        let cluster_ips = self.list(Self::ip)?;
-        let headless = self.bool()?;
-        let ports = self.list(Self::service_port)?;
-        let service_type = self.string()?;
-        let session_affinity = match self.tag("session affinity", 2)? {
-            0 => SessionAffinity::None,
-            _ => {
-                let at = self.at;
-                let v = self.varint()?;
-                let timeout_seconds = u32::try_from(v).map_err(|_| self.invalid(at, "affinity timeout", v))?;
-                SessionAffinity::ClientIp { timeout_seconds }
-            }
-        };
-        let internal_traffic_policy =
-            [InternalTrafficPolicy::Cluster, InternalTrafficPolicy::Local][usize::from(self.tag("traffic policy", 2)?)];
-        let traffic_distribution =
-            [None, Some(TrafficDistribution::PreferClose)][usize::from(self.tag("traffic distribution", 2)?)];
-        let ip_families = self.list(|r| Ok([IpFamily::IPv4, IpFamily::IPv6][usize::from(r.tag("IP family", 2)?)]))?;
-        let ip_family_policy = [
-            None,
-            Some(IpFamilyPolicy::SingleStack),
-            Some(IpFamilyPolicy::PreferDualStack),
-            Some(IpFamilyPolicy::RequireDualStack),
-        ][usize::from(self.tag("IP family policy", 4)?)];
-        Ok(ServiceObject {
-            meta,
-            cluster_ips,
-            headless,
-            ports,
-            service_type,
-            session_affinity,
-            internal_traffic_policy,
-            traffic_distribution,
-            ip_families,
-            ip_family_policy,
-        })
-    }
-
-    fn service_port(&mut self) -> Result<ServicePortSpec, DecodeError> {
-        let name = self.string()?;
-        let protocol = self.protocol()?;
-        let port = self.u16("port")?;
-        let target_port = match self.tag("target port", 2)? {
-            0 => TargetPort::Number(self.u16("target port")?),
-            _ => TargetPort::Name(self.string()?),
-        };
-        let node_port = if self.bool()? { Some(self.u16("node port")?) } else { None };
-        Ok(ServicePortSpec { name, protocol, port, target_port, node_port })
-    }
-
-    fn endpoints(&mut self) -> Result<EndpointSet, DecodeError> {
-        let meta = self.meta()?;
-        let kind = [ObjectKind::Service, ObjectKind::EndpointSlice, ObjectKind::Endpoints, ObjectKind::Node]
-            [usize::from(self.tag("object kind", 4)?)];
-        let service_name = self.string()?;
-        let subsets = self.list(|r| {
-            let endpoints = r.list(|r| {
-                Ok(EndpointSpec {
-                    addresses: r.list(Self::ip)?,
-                    ready: r.bool()?,
-                    node_name: r.optional_string()?,
-                    hostname: r.optional_string()?,
-                })
-            })?;
-            let ports = r.list(|r| {
-                Ok(EndpointPortSpec { name: r.string()?, port: r.u16("endpoint port")?, protocol: r.protocol()? })
-            })?;
-            Ok(EndpointSubset { endpoints, ports })
-        })?;
-        Ok(EndpointSet { meta, kind, service_name, subsets })
     }
 }
 

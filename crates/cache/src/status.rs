@@ -22,13 +22,14 @@ pub enum Origin {
 /// Shared, cheap-to-read status of the cache and the state's origin.
 #[derive(Debug)]
 pub struct CacheStatus {
-    inner: Mutex<Inner>,
+    record: Mutex<StatusRecord>,
     /// Reads the time for the ages reported and the cache's stamps.
     pub(crate) clock: Clock,
 }
 
+/// What the status says: where the state comes from, its stamps, and the cache file's health.
 #[derive(Debug, Clone)]
-pub(crate) struct Inner {
+pub(crate) struct StatusRecord {
     pub(crate) origin: Origin,
     /// When the cached state was written (by a live source).
     pub(crate) cached_at: Option<SystemTime>,
@@ -132,7 +133,7 @@ impl CacheStatus {
     /// Ages read from `clock`, which also stamps the cache's writes.
     pub fn with_clock(clock: Clock) -> Arc<Self> {
         Arc::new(Self {
-            inner: Mutex::new(Inner {
+            record: Mutex::new(StatusRecord {
                 origin: Origin::Starting,
                 cached_at: None,
                 updated_at: None,
@@ -145,7 +146,7 @@ impl CacheStatus {
     }
 
     pub fn report(&self) -> StateReport {
-        let i = self.inner.lock().expect("cache status lock").clone();
+        let i = self.record.lock().expect("cache status lock").clone();
         let cached = if i.origin == Origin::Cache { i.cached_at } else { None };
         let now = self.clock.now();
         StateReport {
@@ -166,8 +167,8 @@ impl CacheStatus {
         }
     }
 
-    pub(crate) fn update(&self, f: impl FnOnce(&mut Inner)) {
-        f(&mut self.inner.lock().expect("cache status lock"));
+    pub(crate) fn update(&self, f: impl FnOnce(&mut StatusRecord)) {
+        f(&mut self.record.lock().expect("cache status lock"));
     }
 }
 

@@ -8,9 +8,9 @@ use edgemesh_cache::{CacheStatus, Origin, Store, relay};
 use edgemesh_core::build;
 use edgemesh_core::object::{ObjectMeta, ServicePortSpec};
 use edgemesh_core::{
-    EventSink, LbStrategy, Object, Protocol, Registry, RegistryConfig, RegistryHandle, ServiceKey, ServiceObject,
-    Snapshot, SourceEvent, TargetPort,
+    EventSink, Object, Protocol, RegistryHandle, ServiceKey, ServiceObject, Snapshot, SourceEvent, TargetPort,
 };
+use edgemesh_test_support::registry::{RunningRegistry, start_registry};
 use tokio_util::sync::CancellationToken;
 
 fn service(name: &str, port: u16) -> Object {
@@ -42,14 +42,7 @@ fn start(dir: &Path) -> Agent {
 }
 
 fn start_as(dir: &Path, source_id: &str) -> Agent {
-    let mut registry = Registry::new(RegistryConfig {
-        vip_cidr: "127.241.0.0/16".parse().unwrap(),
-        default_strategy: LbStrategy::RoundRobin,
-        ..Default::default()
-    });
-    let sink = registry.source();
-    let snapshots = registry.subscribe();
-    tokio::spawn(registry.run());
+    let RunningRegistry { sink, snapshots, .. } = start_registry("127.241.0.0/16");
     let (source, upstream) = EventSink::detached(64);
     let status = CacheStatus::new();
     let shutdown = CancellationToken::new();

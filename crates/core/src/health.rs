@@ -27,12 +27,13 @@ pub enum Connection {
 /// Shared connection health of one source; cheap to read.
 #[derive(Debug)]
 pub struct SourceHealth {
-    inner: Mutex<Inner>,
+    status: Mutex<Status>,
     clock: Clock,
 }
 
+/// The connection state and, while disconnected, since when and why.
 #[derive(Clone, Debug)]
-struct Inner {
+struct Status {
     connection: Connection,
     /// When the source went disconnected.
     since: Option<SystemTime>,
@@ -63,8 +64,8 @@ impl SourceHealth {
 
     /// Outages timed by `clock`.
     pub fn with_clock(clock: Clock) -> Arc<Self> {
-        let inner = Mutex::new(Inner { connection: Connection::Connecting, since: None, error: None });
-        Arc::new(Self { inner, clock })
+        let status = Mutex::new(Status { connection: Connection::Connecting, since: None, error: None });
+        Arc::new(Self { status, clock })
     }
 
     /// Records an answer. Returns how long the outage lasted when this ends
@@ -76,7 +77,7 @@ impl SourceHealth {
             Connection::Disconnected => Some(i.since.and_then(|t| now.duration_since(t).ok()).unwrap_or_default()),
             Connection::Connecting | Connection::Connected => None,
         };
-        *i = Inner { connection: Connection::Connected, since: None, error: None };
+        *i = Status { connection: Connection::Connected, since: None, error: None };
         outage
     }
 
@@ -108,9 +109,9 @@ impl SourceHealth {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
         // The state is always consistent: a panic elsewhere cannot tear it.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -7,8 +7,7 @@
 //! Nodes go straight into the snapshot as [`NodeEntry`]s (name, peer ID,
 //! addresses): nothing else of a Node object is kept.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +16,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::node::NodeEntry;
 use crate::object::{Object, ObjectId, ObjectKind, SourceEvent};
-use crate::service::{
-    DEFAULT_UDP_IDLE_TIMEOUT, HashKey, LbStrategy, ServiceKey, TargetPort, UDP_IDLE_TIMEOUT_ANNOTATION, parse_duration,
-};
-use crate::snapshot::{Backend, EndpointInfo, ResolvedPort, ServiceEntry, Snapshot};
+use crate::service::{LbStrategy, ServiceKey};
+use crate::snapshot::Snapshot;
 pub use crate::vip::VipPolicy;
-use crate::vip::{Assigned, VipPools};
+use crate::vip::VipPools;
 
 /// While sources deliver their first full view, a pause this long in their
 /// events publishes what was applied (see [`Registry::run`]).
@@ -334,36 +331,13 @@ impl RegistryState {
             self.awaiting_vip.remove(key);
         }
         let released = assigned.released;
-        let strategy = annotation(key, svc, LbStrategy::ANNOTATION, self.default_strategy, str::parse);
-        let hash_key = annotation(key, svc, HashKey::ANNOTATION, HashKey::SourceIp, str::parse);
-        let udp_idle_timeout =
-            annotation(key, svc, UDP_IDLE_TIMEOUT_ANNOTATION, DEFAULT_UDP_IDLE_TIMEOUT, parse_duration);
-        let policy = Policy { strategy, hash_key, udp_idle_timeout };
+        let policy = Policy::of(key, svc, self.default_strategy);
         let entry = build_entry(key, svc, &assigned, policy, self.endpoint_sets.get(key));
         if self.snapshot.service(key).is_some_and(|old| **old == entry) {
             return released;
         }
         self.snapshot.insert(Arc::new(entry));
         released
-    }
-}
-
-/// An annotation's value parsed by `parse`; absent gives `default`, and an
-/// invalid value is logged and gives `default` too: an annotation is a hint,
-/// never a reason to stop serving the service.
-fn annotation<T>(
-    key: &ServiceKey,
-    svc: &StoredService,
-    name: &'static str,
-    default: T,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> T {
-    match svc.annotation(name) {
-        None => default,
-        Some(value) => parse(value).unwrap_or_else(|e| {
-            tracing::warn!(service = %key, annotation = name, error = %e, "ignoring invalid annotation; using the default");
-            default
-        }),
     }
 }
 
@@ -387,101 +361,11 @@ fn retain_data_plane_meta(meta: &mut crate::object::ObjectMeta) {
     }
 }
 
-/// What the annotations ask of the proxy.
-struct Policy {
-    strategy: LbStrategy,
-    hash_key: HashKey,
-    udp_idle_timeout: Duration,
-}
-
-/// Whether a service of this `spec.type` is served on node ports.
-fn has_node_ports(service_type: &str) -> bool {
-    matches!(service_type, "NodePort" | "LoadBalancer")
-}
-
-/// Joins a service with its endpoint sets.
-fn build_entry(
-    key: &ServiceKey,
-    svc: &StoredService,
-    vips: &Assigned,
-    policy: Policy,
-    sets: Option<&EndpointSets>,
-) -> ServiceEntry {
-    // EndpointSlices win over legacy Endpoints when both exist (Kubernetes
-    // mirrors one into the other).
-    let sets: Vec<&StoredSet> = sets.map(|s| s.iter().collect()).unwrap_or_default();
-    let has_slices = sets.iter().any(|s| s.key.kind() == ObjectKind::EndpointSlice);
-    let sets: Vec<&StoredSet> =
-        sets.into_iter().filter(|s| !has_slices || s.key.kind() == ObjectKind::EndpointSlice).collect();
-
-    let ports = svc
-        .ports
-        .iter()
-        .map(|sp| {
-            let mut backends: Vec<Backend> = Vec::new();
-            for subset in sets.iter().flat_map(|s| &s.subsets) {
-                let matched = subset.ports.iter().find(|p| *p.name == *sp.name && p.protocol == sp.protocol);
-                let port = match (matched, &sp.target_port) {
-                    (Some(p), _) => p.port,
-                    (None, TargetPort::Number(n)) if subset.ports.is_empty() => *n,
-                    _ => continue,
-                };
-                for ep in subset.endpoints.iter().filter(|e| e.ready) {
-                    for addr in &ep.addresses {
-                        backends.push(Backend { addr: SocketAddr::new(*addr, port), node_name: ep.node_name.clone() });
-                    }
-                }
-            }
-            backends.sort_by_key(|b| b.addr);
-            backends.dedup_by(|a, b| a.addr == b.addr);
-            ResolvedPort {
-                name: sp.name.clone(),
-                protocol: sp.protocol,
-                port: sp.port,
-                target_port: sp.target_port.clone(),
-                node_port: sp.node_port.filter(|_| has_node_ports(&svc.service_type)),
-                backends: backends.into(),
-            }
-        })
-        .collect();
-
-    let mut endpoints: BTreeMap<IpAddr, EndpointInfo> = BTreeMap::new();
-    for ep in sets.iter().flat_map(|s| &s.subsets).flat_map(|s| &s.endpoints) {
-        for addr in &ep.addresses {
-            let info = endpoints.entry(*addr).or_insert_with(|| EndpointInfo {
-                address: *addr,
-                ready: false,
-                node_name: ep.node_name.clone(),
-                hostname: ep.hostname.clone(),
-            });
-            info.ready |= ep.ready;
-        }
-    }
-
-    ServiceEntry {
-        key: key.clone(),
-        vip: vips.vip,
-        vip6: vips.vip6,
-        cluster_ips: svc.cluster_ips.as_slice().into(),
-        headless: svc.headless,
-        service_type: svc.service_type.clone(),
-        strategy: policy.strategy,
-        hash_key: policy.hash_key,
-        session_affinity: svc.session_affinity,
-        internal_traffic_policy: svc.internal_traffic_policy,
-        traffic_distribution: svc.traffic_distribution,
-        ip_families: svc.ip_families.clone(),
-        ip_family_policy: svc.ip_family_policy,
-        udp_idle_timeout: policy.udp_idle_timeout,
-        ports,
-        endpoints: endpoints.into_values().collect(),
-        problem: vips.problem.as_deref().map(Box::from),
-    }
-}
-
+mod entry;
 mod events;
 mod names;
 mod stored;
+use entry::{Policy, build_entry};
 
 pub use events::{EventSink, EventStream, RegistryClosed};
 use names::SharedNames;

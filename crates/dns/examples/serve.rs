@@ -9,8 +9,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use edgemesh_core::{LbStrategy, Registry, RegistryConfig, SourceEvent, build};
+use edgemesh_core::{SourceEvent, build};
 use edgemesh_dns::{DnsConfig, DnsServer};
+use edgemesh_test_support::registry::{RunningRegistry, start_registry};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -20,14 +21,7 @@ async fn main() {
     let services: usize = args.next().map_or(1000, |s| s.parse().expect("service count"));
     let upstreams: Vec<SocketAddr> = args.next().map(|s| s.parse().expect("upstream ip:port")).into_iter().collect();
 
-    let mut registry = Registry::new(RegistryConfig {
-        vip_cidr: "9.251.0.0/16".parse().unwrap(),
-        default_strategy: LbStrategy::RoundRobin,
-        ..Default::default()
-    });
-    let sink = registry.source();
-    let mut snapshots = registry.subscribe();
-    tokio::spawn(registry.run());
+    let RunningRegistry { sink, mut snapshots, .. } = start_registry("9.251.0.0/16");
     for i in 0..services {
         let name = format!("svc-{i}");
         sink.send(SourceEvent::Apply(build::service("default", &name).port("http", 80, 8080).object())).await.unwrap();

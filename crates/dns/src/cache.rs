@@ -92,11 +92,12 @@ pub fn cache_ttl(msg: &Message) -> Option<u32> {
 #[derive(Debug)]
 pub struct Cache {
     capacity: usize,
-    inner: Mutex<Inner>,
+    answers: Mutex<Answers>,
 }
 
+/// The answers and their eviction order, under one lock.
 #[derive(Debug, Default)]
-struct Inner {
+struct Answers {
     entries: HashMap<CacheKey, (u64, Arc<CachedAnswer>)>,
     /// Insertion order for eviction; may hold stale (re-inserted or
     /// expired) keys, recognised by their sequence number.
@@ -107,7 +108,7 @@ struct Inner {
 impl Cache {
     /// A cache of at most `capacity` answers; 0 caches nothing.
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, inner: Mutex::new(Inner::default()) }
+        Self { capacity, answers: Mutex::new(Answers::default()) }
     }
 
     /// The live answer for `key`, if any.
@@ -115,12 +116,12 @@ impl Cache {
         if self.capacity == 0 {
             return None;
         }
-        let mut inner = self.lock();
-        let (_, entry) = inner.entries.get(key)?;
+        let mut answers = self.lock();
+        let (_, entry) = answers.entries.get(key)?;
         if now < entry.expires {
             return Some(entry.clone());
         }
-        inner.entries.remove(key);
+        answers.entries.remove(key);
         None
     }
 
@@ -133,17 +134,17 @@ impl Cache {
         let mut answer = CachedAnswer::fresh(msg, now);
         answer.expires = now + Duration::from_secs(u64::from(ttl));
         let answer = Arc::new(answer);
-        let mut inner = self.lock();
-        inner.seq += 1;
-        let seq = inner.seq;
-        if inner.entries.insert(key.clone(), (seq, answer.clone())).is_none() {
-            while inner.entries.len() > self.capacity {
-                inner.evict_oldest();
+        let mut answers = self.lock();
+        answers.seq += 1;
+        let seq = answers.seq;
+        if answers.entries.insert(key.clone(), (seq, answer.clone())).is_none() {
+            while answers.entries.len() > self.capacity {
+                answers.evict_oldest();
             }
         }
-        inner.order.push_back((key, seq));
-        if inner.order.len() > 2 * self.capacity + 16 {
-            let Inner { entries, order, .. } = &mut *inner;
+        answers.order.push_back((key, seq));
+        if answers.order.len() > 2 * self.capacity + 16 {
+            let Answers { entries, order, .. } = &mut *answers;
             order.retain(|(k, s)| entries.get(k).is_some_and(|(live, _)| live == s));
         }
         answer
@@ -158,13 +159,13 @@ impl Cache {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Answers> {
         // The map stays consistent even if a holder panicked: keep serving.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.answers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-impl Inner {
+impl Answers {
     fn evict_oldest(&mut self) {
         while let Some((key, seq)) = self.order.pop_front() {
             if self.entries.get(&key).is_some_and(|(live, _)| *live == seq) {

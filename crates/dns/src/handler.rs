@@ -17,12 +17,10 @@ use tokio::sync::watch;
 use crate::cache::{Cache, CacheKey, CachedAnswer};
 use crate::cluster::{self, Outcome, Zone};
 use crate::forward::Forwarder;
-use crate::wire::Question;
+use crate::wire::{OUR_PAYLOAD, Question};
 
 /// Largest UDP response we send, whatever the client's EDNS says.
 pub const MAX_UDP_PAYLOAD: u16 = 4096;
-/// The EDNS payload size we advertise to clients.
-pub const OUR_PAYLOAD: u16 = 1232;
 
 /// How the request arrived; decides the response size limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,7 +12,7 @@
 //! Size limits: stream transports (TCP, and TLS/HTTPS/QUIC if ever
 //! registered) get up to 64 KiB, like our own TCP. Over hickory-server's
 //! UDP, which we do not use, hickory truncates to the EDNS size we
-//! advertise ([`OUR_PAYLOAD`](crate::handler::OUR_PAYLOAD)) or 512, which can
+//! advertise ([`OUR_PAYLOAD`](crate::wire::OUR_PAYLOAD)) or 512, which can
 //! be less than the client asked for; our own UDP loop honours the client's
 //! size up to [`MAX_UDP_PAYLOAD`](crate::handler::MAX_UDP_PAYLOAD).
 //!

@@ -6,6 +6,9 @@
 
 use std::net::IpAddr;
 
+/// The EDNS payload size we advertise to clients (both paths).
+pub const OUR_PAYLOAD: u16 = 1232;
+
 /// Most labels the fast path looks at; longer names take the general path.
 const MAX_LABELS: usize = 12;
 const TYPE_A: u16 = 1;
@@ -151,7 +154,7 @@ impl<'a> Question<'a> {
         out[6..8].copy_from_slice(&answers.to_be_bytes());
         if self.edns_payload.is_some() {
             // OPT: root, type 41, our payload size, no extended rcode/flags, no options.
-            let payload = crate::handler::OUR_PAYLOAD.to_be_bytes();
+            let payload = OUR_PAYLOAD.to_be_bytes();
             out.extend_from_slice(&[0, 0, TYPE_OPT as u8, payload[0], payload[1], 0, 0, 0, 0, 0, 0]);
         }
         out.len() <= max_size
@@ -221,7 +224,7 @@ mod tests {
         assert_eq!(m.answers.len(), 2);
         assert!(m.answers[0].name.eq_case(&Name::from_ascii("WEB.default.svc.cluster.local.").unwrap()));
         assert_eq!(m.answers[1].ttl, 5);
-        assert_eq!(m.edns.unwrap().max_payload(), crate::handler::OUR_PAYLOAD);
+        assert_eq!(m.edns.unwrap().max_payload(), OUR_PAYLOAD);
         assert!(!q.write_answer(&mut out, ips.iter().copied().cycle().take(100), 5, true, 512));
     }
 }

@@ -7,10 +7,11 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::{FakeUpstream, Harness, closed_port, silent_upstream};
+use common::{FakeUpstream, Harness, silent_upstream};
 use edgemesh_core::build;
 use edgemesh_core::{ObjectKey, ObjectKind, ServiceKey, SourceEvent};
 use edgemesh_dns::{DnsConfig, DnsServer};
+use edgemesh_test_support::loopback::closed_udp_port;
 
 fn web() -> Vec<edgemesh_core::Object> {
     vec![
@@ -190,7 +191,7 @@ async fn truncated_upstream_answers_are_fetched_over_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_upstreams_give_servfail_quickly() {
     // Refused (ICMP port unreachable): immediately.
-    let closed = closed_port().await;
+    let closed = closed_udp_port();
     let config = DnsConfig { upstreams: vec![closed], upstream_timeout: Duration::from_secs(5), ..common::config() };
     let h = Harness::start_with(vec![], config).await;
     let started = Instant::now();
@@ -216,7 +217,7 @@ async fn unreachable_upstreams_give_servfail_quickly() {
 
     // A dead first upstream: the second one answers.
     let upstream = FakeUpstream::start(30).await;
-    let h = Harness::start(vec![], vec![closed_port().await, upstream.addr]).await;
+    let h = Harness::start(vec![], vec![closed_udp_port(), upstream.addr]).await;
     let ok = h.dig(&["www.example.com"]).await;
     assert_eq!(ok.answers("A"), vec!["192.0.2.1"], "{}", ok.raw);
     h.stop().await;

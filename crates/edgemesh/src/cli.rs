@@ -144,6 +144,22 @@ mod tests {
     }
 
     #[test]
+    fn the_hole_punch_ttl_comes_from_the_file_or_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "nodeName: n\ntunnel:\n  enabled: true\n  punchTtl: 3\n").unwrap();
+        let ttl = |extra: &[&str]| {
+            let mut argv = vec!["edgemesh", "agent", "--config", file.to_str().unwrap()];
+            argv.extend_from_slice(extra);
+            let Command::Agent(args) = Cli::try_parse_from(argv).unwrap().command else { panic!("agent") };
+            args.resolve().unwrap().tunnel.punch_ttl
+        };
+        assert_eq!(ttl(&[]), 3, "behind two NATs, from the file");
+        assert_eq!(ttl(&["--punch-ttl", "0"]), 0, "the flag wins: priming off");
+        assert_eq!(edgemesh_tunnel::TunnelConfig::default().punch_ttl, edgemesh_tunnel::DEFAULT_PUNCH_TTL);
+    }
+
+    #[test]
     fn kube_flags_select_the_kube_source() {
         let cli =
             Cli::try_parse_from(["edgemesh", "agent", "--kube-api", "http://127.0.0.1:10550", "--state-dir", "/tmp/s"])

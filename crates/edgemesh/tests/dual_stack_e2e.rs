@@ -112,12 +112,14 @@ fn a_dual_stack_service_with_ipv4_only_pods() {
         assert_eq!(t.client.curl("http://10.96.0.80/").as_deref(), Some("ipv4-only\n"), "TCP connection {i}");
     }
 
-    // IPv6: a reset at once (curl: 56, receive failure), not a timeout (28)
-    // nor an answer from the IPv4 pod; no UDP answer either.
+    // IPv6: refused at once, not a timeout (curl: 28) nor an answer from
+    // the IPv4 pod; no UDP answer either. The refusal is a reset of the
+    // accepted connection (curl: 56) or of the SYN itself (curl: 7,
+    // "couldn't connect"): runs on a loaded machine have shown both.
     let out = t.client.exec(&["curl", "-sS", "-g", "--max-time", "5", "http://[fd00:96::80]/"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(56), "{stderr}");
-    assert!(stderr.contains("reset"), "{stderr}");
+    assert!(matches!(out.status.code(), Some(7 | 56)), "refused at once: {:?} {stderr}", out.status.code());
+    assert!(out.stdout.is_empty(), "no answer: {}", String::from_utf8_lossy(&out.stdout));
     assert!(udp_stream(&t.client, "[fd00:96::81]:53", 1).is_err(), "no IPv6 endpoint answers");
     assert_eq!(echo4.served.load(Ordering::Relaxed), 20, "nothing crossed to the IPv4 endpoint");
     assert_eq!(agent.terminate().code(), Some(0));

@@ -7,56 +7,19 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 
 use edgemesh_core::registry::RegistryState;
 use edgemesh_core::{Object, ObjectKey, ObjectKind, RegistryConfig, SourceEvent, VipPolicy, build};
 use edgemesh_intercept::{DeviceSpec, InterceptSetup, Interceptor, Nft, TableSpec};
+use edgemesh_test_support::netns::{Netns, in_netns};
 
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        assert!(
-            rustix::process::geteuid().is_root(),
-            "this test creates network namespaces and devices: run it as root (CI does)"
-        );
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!("em-dev-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success());
-        Netns(name)
-    }
-
-    fn ip(&self, args: &[&str]) -> std::process::Output {
-        ip(&self.0, args)
-    }
-
-    fn addresses(&self, dev: &str) -> Option<BTreeSet<IpAddr>> {
-        addresses(&self.0, dev)
-    }
-
-    /// Runs `f` on a Tokio runtime inside the namespace: the netlink socket
-    /// the device uses belongs to the namespace it is made in.
-    fn run<T: Send + 'static>(&self, f: impl AsyncFnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap();
-            rustix::thread::move_into_link_name_space(
-                std::os::fd::AsFd::as_fd(&file),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .unwrap();
-            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f())
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+/// Runs `f` on a Tokio runtime inside the namespace: the netlink socket
+/// the device uses belongs to the namespace it is made in.
+fn run_in<T: Send + 'static>(ns: &Netns, f: impl AsyncFnOnce() -> T + Send + 'static) -> T {
+    in_netns(&ns.name, move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f())
+    })
 }
 
 fn ip(ns: &str, args: &[&str]) -> std::process::Output {
@@ -85,7 +48,7 @@ fn addresses(ns: &str, dev: &str) -> Option<BTreeSet<IpAddr>> {
 fn config(ns: &Netns) -> InterceptSetup {
     InterceptSetup {
         table: TableSpec { name: "em_test".into(), port: 15006, mark: 0x454d },
-        nft: Nft::in_netns(&ns.0),
+        nft: Nft::in_netns(&ns.name),
         device: Some(DeviceSpec { name: "edge0".into(), fixed: vec!["169.254.96.16".parse().unwrap()] }),
     }
 }
@@ -112,11 +75,11 @@ fn set(ips: &[IpAddr]) -> BTreeSet<IpAddr> {
 
 #[test]
 fn the_device_holds_the_dns_address_and_exactly_the_vips_services_need() {
-    let ns = Netns::new();
+    let ns = Netns::new("dev");
     let cfg = config(&ns);
-    let ns_name = ns.0.clone();
+    let ns_name = ns.name.clone();
     let dns: IpAddr = "169.254.96.16".parse().unwrap();
-    let checks = ns.run(async move || {
+    let checks = run_in(&ns, async move || {
         let ns = ns_name.as_str();
         let mut state = node_mode_registry();
         let apply = |state: &mut RegistryState, o: Object| state.apply(SourceEvent::Apply(o));
@@ -170,32 +133,32 @@ fn the_device_holds_the_dns_address_and_exactly_the_vips_services_need() {
         addresses(ns, "edge0")
     });
     assert_eq!(checks, None, "the device goes at stop");
-    let tables = Command::new("ip").args(["netns", "exec", &ns.0, "nft", "list", "tables"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&tables.stdout).contains("em_test"), "and the table with it");
+    let tables = ns.tables();
+    assert!(!tables.contains("em_test"), "and the table with it");
 }
 
 #[test]
 fn a_foreign_device_is_refused_and_nothing_is_left_behind() {
-    let ns = Netns::new();
+    let ns = Netns::new("dev");
     // A bridge with a port is someone's LAN, not a VIP device.
-    assert!(ns.ip(&["link", "add", "edge0", "type", "bridge"]).status.success());
-    assert!(ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]).status.success());
-    assert!(ns.ip(&["link", "set", "v0", "master", "edge0"]).status.success());
+    ns.ip(&["link", "add", "edge0", "type", "bridge"]);
+    ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+    ns.ip(&["link", "set", "v0", "master", "edge0"]);
     let cfg = config(&ns);
-    let err = ns.run(async move || Interceptor::start(cfg).await.err().unwrap().to_string());
+    let err = run_in(&ns, async move || Interceptor::start(cfg).await.err().unwrap().to_string());
     assert!(err.contains("edge0") && err.contains("1 port") && err.contains("--vip-device"), "{err}");
-    assert!(ns.addresses("edge0").unwrap().is_empty(), "the foreign device is untouched");
-    let tables = Command::new("ip").args(["netns", "exec", &ns.0, "nft", "list", "tables"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&tables.stdout).contains("em_test"), "the table made first is gone again");
+    assert!(addresses(&ns.name, "edge0").unwrap().is_empty(), "the foreign device is untouched");
+    let tables = ns.tables();
+    assert!(!tables.contains("em_test"), "the table made first is gone again");
 
     // Another device holding the DNS address already: the VIP device does
     // not take it too.
-    assert!(ns.ip(&["link", "del", "edge0"]).status.success());
-    assert!(ns.ip(&["link", "set", "lo", "up"]).status.success());
-    assert!(ns.ip(&["addr", "add", "169.254.96.16/32", "dev", "lo"]).status.success());
+    ns.ip(&["link", "del", "edge0"]);
+    ns.ip(&["link", "set", "lo", "up"]);
+    ns.ip(&["addr", "add", "169.254.96.16/32", "dev", "lo"]);
     let cfg = config(&ns);
-    let ns_name = ns.0.clone();
-    let on_device = ns.run(async move || {
+    let ns_name = ns.name.clone();
+    let on_device = run_in(&ns, async move || {
         let interceptor = Interceptor::start(cfg).await.unwrap();
         let on_device = addresses(&ns_name, "edge0");
         interceptor.remove().await.unwrap();

@@ -4,8 +4,7 @@
 //! transaction is repaired by a rebuild, and the table goes at stop.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use edgemesh_core::object::{ObjectMeta, ServicePortSpec};
@@ -14,37 +13,11 @@ use edgemesh_core::{
     LbStrategy, Object, ObjectKey, ObjectKind, Protocol, RegistryConfig, ServiceObject, SourceEvent, TargetPort,
 };
 use edgemesh_intercept::{InterceptSetup, Interceptor, Nft, TableSpec};
+use edgemesh_test_support::netns::Netns;
 
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        assert!(
-            Command::new("id").arg("-u").output().unwrap().stdout == b"0\n",
-            "this test creates network namespaces and nftables tables: run it as root (CI does)"
-        );
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!("em-ic-{}-{}-t", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success());
-        Netns(name)
-    }
-
-    fn nft(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip").args(["netns", "exec", &self.0, "nft"]).args(args).output().unwrap()
-    }
-
-    fn element_count(&self, table: &str, set: &str) -> usize {
-        let out = self.nft(&["-j", "list", "set", "inet", table, set]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        json["nftables"].as_array().unwrap().iter().filter_map(|o| o["set"]["elem"].as_array()).map(Vec::len).sum()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+/// How many elements `set` of table `inet table` holds.
+fn element_count(ns: &Netns, table: &str, set: &str) -> usize {
+    ns.set_elements(table, set).unwrap_or_else(|| panic!("set {set} of table {table} exists")).len()
 }
 
 fn service(i: u32) -> Object {
@@ -67,14 +40,14 @@ fn service(i: u32) -> Object {
 fn config(ns: &Netns) -> InterceptSetup {
     InterceptSetup {
         table: TableSpec { name: "em_test".into(), port: 15006, mark: 0x454d },
-        nft: Nft::in_netns(&ns.0),
+        nft: Nft::in_netns(&ns.name),
         device: None,
     }
 }
 
 #[tokio::test]
 async fn ten_thousand_services_then_one_more_is_one_small_transaction() {
-    let ns = Netns::new();
+    let ns = Netns::new("ic");
     let mut state = RegistryState::new(&RegistryConfig {
         vip_cidr: "127.240.0.0/14".parse().unwrap(),
         default_strategy: LbStrategy::RoundRobin,
@@ -89,7 +62,7 @@ async fn ten_thousand_services_then_one_more_is_one_small_transaction() {
     let start = Instant::now();
     interceptor.reconcile(&snapshot).await.unwrap();
     eprintln!("10,000 services (20,000 elements) installed in {:?}", start.elapsed());
-    assert_eq!(ns.element_count("em_test", "tcp4"), 20_000, "cluster IP and VIP of each service");
+    assert_eq!(element_count(&ns, "em_test", "tcp4"), 20_000, "cluster IP and VIP of each service");
 
     state.apply(SourceEvent::Apply(service(10_000)));
     let snapshot = state.take_generation();
@@ -99,7 +72,7 @@ async fn ten_thousand_services_then_one_more_is_one_small_transaction() {
     let took = start.elapsed();
     eprintln!("one more service in {took:?}");
     assert_eq!(status.transactions.load(Ordering::Relaxed), transactions + 1, "one transaction");
-    assert_eq!(ns.element_count("em_test", "tcp4"), 20_002);
+    assert_eq!(element_count(&ns, "em_test", "tcp4"), 20_002);
     assert!(took < Duration::from_secs(2), "adding one service took {took:?}");
 
     state.apply(SourceEvent::Delete(ObjectKey {
@@ -108,7 +81,7 @@ async fn ten_thousand_services_then_one_more_is_one_small_transaction() {
         name: "svc-17".into(),
     }));
     interceptor.reconcile(&state.take_generation()).await.unwrap();
-    assert_eq!(ns.element_count("em_test", "tcp4"), 20_000);
+    assert_eq!(element_count(&ns, "em_test", "tcp4"), 20_000);
     assert_eq!(status.elements.load(Ordering::Relaxed), 20_000);
 
     interceptor.remove().await.unwrap();
@@ -117,7 +90,7 @@ async fn ten_thousand_services_then_one_more_is_one_small_transaction() {
 
 #[tokio::test]
 async fn a_table_deleted_behind_the_agents_back_is_rebuilt() {
-    let ns = Netns::new();
+    let ns = Netns::new("ic");
     let mut state = RegistryState::new(&RegistryConfig {
         vip_cidr: "127.240.0.0/14".parse().unwrap(),
         default_strategy: LbStrategy::RoundRobin,
@@ -133,13 +106,13 @@ async fn a_table_deleted_behind_the_agents_back_is_rebuilt() {
     assert!(err.to_string().contains("nft failed"), "{err}");
     // The next attempt rebuilds the whole table from the snapshot.
     interceptor.reconcile(&next).await.unwrap();
-    assert_eq!(ns.element_count("em_test", "tcp4"), 4);
+    assert_eq!(element_count(&ns, "em_test", "tcp4"), 4);
     assert_eq!(interceptor.status().failures.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test]
 async fn udp_cluster_ips_and_node_ports_map_to_the_vip_and_tcp_node_ports_are_a_set_of_ports() {
-    let ns = Netns::new();
+    let ns = Netns::new("ic");
     let mut state = RegistryState::new(&RegistryConfig {
         vip_cidr: "9.251.0.0/16".parse().unwrap(),
         default_strategy: LbStrategy::RoundRobin,
@@ -164,7 +137,7 @@ async fn udp_cluster_ips_and_node_ports_map_to_the_vip_and_tcp_node_ports_are_a_
     assert!(listing.contains(&format!("10.96.0.2 . 53 : {vip} . 53")), "{listing}");
     assert!(listing.contains("elements = { 30080 }"), "TCP node ports: {listing}");
     assert!(listing.contains(&format!("30053 : {vip} . 53")), "UDP node ports map to the VIP: {listing}");
-    assert_eq!(ns.element_count("em_test", "tcp4"), 2);
+    assert_eq!(element_count(&ns, "em_test", "tcp4"), 2);
 
     // The service goes: one transaction deletes its elements from the set,
     // the map and the node ports.

@@ -126,11 +126,11 @@ mod tests {
 
     #[derive(Debug, thiserror::Error)]
     #[error("failed to start watching: {0}")]
-    struct Outer(#[source] Inner);
+    struct Outer(#[source] ClientError);
 
     #[derive(Debug, thiserror::Error)]
     #[error("client error (Connect)")]
-    struct Inner(#[source] std::io::Error);
+    struct ClientError(#[source] std::io::Error);
 
     #[test]
     fn connected_again_only_when_every_failing_resource_answers() {
@@ -139,7 +139,8 @@ mod tests {
         link.answered("services");
         assert_eq!(health.report().connection, Connection::Connected);
 
-        let refused = Outer(Inner(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused")));
+        let refused =
+            Outer(ClientError(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused")));
         link.failed("services", &refused);
         link.failed("endpointslices", &refused);
         let r = health.report();

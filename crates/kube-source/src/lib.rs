@@ -15,8 +15,9 @@
 //!   installs the ring TLS provider.
 //! - [`source`]: [`KubeSource`], the watch loop and the diff that deletes
 //!   what vanished across a re-list.
-//! - `convert`: API objects into `edgemesh_core` objects, with the manifests
-//!   source's rules and messages; services labelled
+//! - `convert`: API objects into the shared wire model of `edgemesh_k8s`,
+//!   whose rules and messages turn them into `edgemesh_core` objects (the
+//!   same as the manifests source's); services labelled
 //!   [`SERVICE_PROXY_NAME_LABEL`] are excluded, as EdgeMesh does.
 //! - `health`: which watches fail, published as the shared
 //!   [`SourceHealth`](edgemesh_core::SourceHealth) (connected, or
@@ -35,6 +36,7 @@ pub mod source;
 
 pub use client::{ApiEndpoint, install_crypto_provider};
 pub use config::KubeConfig;
-pub use convert::{ConvertError, SERVICE_PROXY_NAME_LABEL};
+pub use convert::SERVICE_PROXY_NAME_LABEL;
+pub use edgemesh_k8s::ConvertError;
 pub use error::KubeError;
 pub use source::{KubeSource, KubeSourceConfig};

@@ -29,6 +29,7 @@ use crate::client::{ApiEndpoint, observed_client};
 use crate::convert;
 use crate::error::KubeError;
 use crate::health::Link;
+use edgemesh_k8s::ConvertError;
 
 /// Settings of the Kubernetes source.
 #[derive(Clone, Debug)]
@@ -217,17 +218,11 @@ impl State {
                 if convert::excluded(s) {
                     return Ok(None);
                 }
-                convert::service(s).map(|s| Some(Object::Service(s)))
+                convert::service(s)
             }),
-            Update::Slice(ev) => self.event(Watched::EndpointSlices, *ev, &mut out, slice_key, |s| {
-                convert::endpoint_slice(s).map(|s| s.map(Object::Endpoints))
-            }),
-            Update::Endpoints(ev) => self.event(Watched::Endpoints, *ev, &mut out, endpoints_key, |e| {
-                convert::endpoints(e).map(|e| Some(Object::Endpoints(e)))
-            }),
-            Update::Node(ev) => {
-                self.event(Watched::Nodes, *ev, &mut out, node_key, |n| convert::node(n).map(|n| Some(Object::Node(n))))
-            }
+            Update::Slice(ev) => self.event(Watched::EndpointSlices, *ev, &mut out, slice_key, convert::endpoint_slice),
+            Update::Endpoints(ev) => self.event(Watched::Endpoints, *ev, &mut out, endpoints_key, convert::endpoints),
+            Update::Node(ev) => self.event(Watched::Nodes, *ev, &mut out, node_key, convert::node),
         }
         // Nodes are part of the first full view: the tunnel needs them, and
         // a cache replay would otherwise drop cached nodes until they are listed.
@@ -254,7 +249,7 @@ impl State {
         ev: Event<K>,
         out: &mut Vec<SourceEvent>,
         key_of: fn(&K) -> ObjectKey,
-        convert: impl Fn(&K) -> Result<Option<Object>, convert::ConvertError>,
+        convert: impl Fn(&K) -> Result<Option<Object>, ConvertError>,
     ) {
         match ev {
             Event::Init => {

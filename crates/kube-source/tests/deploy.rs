@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use edgemesh_core::{LbStrategy, Registry, RegistryConfig};
 use edgemesh_fake_apiserver::FakeApiServer;
 use edgemesh_kube::{ApiEndpoint, KubeSource, KubeSourceConfig};
+use edgemesh_test_support::registry::{RunningRegistry, start_registry};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -234,13 +234,7 @@ fn access(request: &str) -> ((String, String), String) {
 /// Everything the real source asks of an API server until it watches every
 /// resource it needs.
 async fn requests_of_the_source(api: &FakeApiServer, resources: &[&str]) -> Grants {
-    let mut registry = Registry::new(RegistryConfig {
-        vip_cidr: "127.240.0.0/16".parse().unwrap(),
-        default_strategy: LbStrategy::RoundRobin,
-        ..Default::default()
-    });
-    let sink = registry.source();
-    tokio::spawn(registry.run());
+    let RunningRegistry { sink, .. } = start_registry("127.240.0.0/16");
     let source = KubeSource::new(KubeSourceConfig::new(ApiEndpoint::Url(api.url()))).await.expect("client");
     let shutdown = CancellationToken::new();
     tokio::spawn(source.run(sink, shutdown.clone()));

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgemesh_core::{LbStrategy, PEER_ID_ANNOTATION, Registry, RegistryConfig, RegistryHandle, ServiceKey, Snapshot};
+use edgemesh_core::{LbStrategy, PEER_ID_ANNOTATION, RegistryHandle, ServiceKey, Snapshot};
 use edgemesh_fake_apiserver::{FakeApiServer, Resource};
 use edgemesh_kube::{ApiEndpoint, KubeSource, KubeSourceConfig, SERVICE_PROXY_NAME_LABEL};
+use edgemesh_test_support::registry::{RunningRegistry, start_registry};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -39,14 +40,7 @@ impl Drop for Running {
 }
 
 async fn run_source(api: &FakeApiServer) -> Running {
-    let mut registry = Registry::new(RegistryConfig {
-        vip_cidr: "127.240.0.0/16".parse().unwrap(),
-        default_strategy: LbStrategy::RoundRobin,
-        ..Default::default()
-    });
-    let sink = registry.source();
-    let snapshots = registry.subscribe();
-    tokio::spawn(registry.run());
+    let RunningRegistry { sink, snapshots, .. } = start_registry("127.240.0.0/16");
     let config = KubeSourceConfig {
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),

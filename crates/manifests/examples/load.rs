@@ -10,8 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use edgemesh_core::{LbStrategy, Registry, RegistryConfig, ServiceKey};
+use edgemesh_core::ServiceKey;
 use edgemesh_manifests::ManifestSource;
+use edgemesh_test_support::registry::{RunningRegistry, start_registry};
 use tokio_util::sync::CancellationToken;
 
 const POLL: Duration = Duration::from_millis(200);
@@ -46,14 +47,7 @@ fn main() {
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let load = rt.block_on(async {
-        let mut registry = Registry::new(RegistryConfig {
-            vip_cidr: "10.128.0.0/10".parse().unwrap(),
-            default_strategy: LbStrategy::RoundRobin,
-            ..Default::default()
-        });
-        let sink = registry.source();
-        let mut snapshots = registry.subscribe();
-        tokio::spawn(registry.run());
+        let RunningRegistry { sink, mut snapshots, .. } = start_registry("10.128.0.0/10");
         let shutdown = CancellationToken::new();
 
         let started = Instant::now();

@@ -1,5 +1,5 @@
 //! The fast path: plain block YAML, as kubectl and generators write it,
-//! straight into the [`schema`](crate::schema) structs.
+//! straight into the [`schema`](edgemesh_k8s::schema) structs.
 //!
 //! serde-saphyr stays the reference: the fast path takes a document only
 //! when it is sure of the outcome, and returns `None` for anything else
@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::schema::{
+use edgemesh_k8s::schema::{
     ClientIpConfig, Conditions, Document, EndpointAddress, EndpointPort, IntOrString, Kind, Located, Metadata,
     NodeAddress, NodeStatus, ServicePort, ServiceSpec, SessionAffinityConfig, SliceEndpoint, Subset,
 };

@@ -3,9 +3,9 @@
 //! to the registry.
 //!
 //! ```text
-//!  dir/*.yaml ──poll──> watch ──text──> parse ──documents──> fast, else schema (serde)
-//!                         │                                     │
-//!                         │            convert (validate) <─────┘
+//!  dir/*.yaml ──poll──> watch ──text──> parse ──documents──> fast, else serde-saphyr
+//!                         │                                     │ edgemesh_k8s::schema
+//!                         │     edgemesh_k8s::convert (validate) <┘
 //!                         │                 │ objects with lines
 //!                         └──> index (per-file diff, duplicates) ──> EventSink
 //! ```
@@ -20,28 +20,26 @@
 //!   their start lines and parses them (in parallel for large files).
 //! - `fast`: the fast path for plain block YAML into the same structs,
 //!   falling back to serde-saphyr for anything else.
-//! - `schema`: serde structs for the wire format, as `kubectl` writes it.
-//! - `convert`: validation (names, ports, addresses, protocols) and
-//!   conversion into `edgemesh_core` objects.
-//! - [`validate`]: Kubernetes' name and port rules (shared with the Kubernetes source).
 //! - [`error`]: [`ManifestError`], always with a line and a reason.
+//!
+//! The wire format (`edgemesh_k8s::schema`), its validation and conversion
+//! into `edgemesh_core` objects are shared with the Kubernetes source, in
+//! `edgemesh_k8s`; this crate keeps what is specific to files: YAML text,
+//! lines, the directory and its changes.
 //!
 //! Supported kinds: `v1/Service`, `discovery.k8s.io/v1/EndpointSlice`,
 //! `v1/Endpoints`, `v1/Node` and `v1/List` of those; other kinds are skipped.
 #![forbid(unsafe_code)]
 
 pub mod config;
-mod convert;
 pub mod error;
 mod fast;
 mod index;
 pub mod parse;
-mod schema;
-pub mod validate;
 pub mod watch;
 
 pub use config::ManifestsConfig;
-pub use convert::{NODE_ADDRESS_TYPES, SERVICE_NAME_LABEL};
-pub use error::{ManifestError, Problem};
+pub use edgemesh_k8s::Problem;
+pub use error::ManifestError;
 pub use parse::{ParsedObject, parse_manifest};
 pub use watch::ManifestSource;

@@ -6,20 +6,14 @@
 //! parsed on several threads: the YAML parser is the cost that dominates a
 //! cold load.
 
-use edgemesh_core::Object;
+/// One object of a manifest file and the 1-based line it starts on.
+pub use edgemesh_k8s::ParsedObject;
+use edgemesh_k8s::convert;
+use edgemesh_k8s::schema::{Document, Header, Kind, Located};
 use serde_saphyr::{MessageFormatter, UserMessageFormatter};
 
-use crate::convert;
 use crate::error::ManifestError;
 use crate::fast;
-use crate::schema::{Document, Header, Kind, Located};
-
-/// One object of a manifest file and the 1-based line it starts on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParsedObject {
-    pub line: usize,
-    pub object: Object,
-}
 
 /// Files smaller than this are parsed on one thread.
 pub(crate) const PARALLEL_MIN_BYTES: usize = 512 * 1024;
@@ -127,7 +121,7 @@ fn parse_document(chunk: &Chunk<'_>, out: &mut Vec<ParsedObject>) -> Result<(), 
         },
     };
     let base = chunk.start_line - 1;
-    convert::document(doc.value, base, base + doc.line.max(1), out)
+    Ok(convert::document(doc.value, base, base + doc.line.max(1), out)?)
 }
 
 /// One document through serde-saphyr; `None` for a document of a kind we do

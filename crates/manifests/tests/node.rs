@@ -7,8 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use edgemesh_core::build::node;
-use edgemesh_core::{ObjectKind, PEER_ID_ANNOTATION, Registry, RegistryConfig};
+use edgemesh_core::{ObjectKind, PEER_ID_ANNOTATION, RegistryConfig};
 use edgemesh_manifests::{ManifestSource, parse_manifest};
+use edgemesh_test_support::registry::{RunningRegistry, start_registry_with};
 use tokio_util::sync::CancellationToken;
 
 const PEER: &str = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
@@ -94,10 +95,8 @@ fn write(dir: &Path, name: &str, text: &str) {
 async fn the_watcher_brings_nodes_into_the_snapshot_and_keeps_the_last_good_one() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "nodes.yaml", &node_yaml("edge-1", PEER, ADDRESSES));
-    let mut registry = Registry::new(RegistryConfig { node_name: "edge-1".into(), ..Default::default() });
-    let sink = registry.source();
-    let mut snapshots = registry.subscribe();
-    tokio::spawn(registry.run());
+    let RunningRegistry { sink, mut snapshots, .. } =
+        start_registry_with(RegistryConfig { node_name: "edge-1".into(), ..Default::default() });
     let shutdown = CancellationToken::new();
     let source = tokio::spawn(ManifestSource::new(dir.path(), Duration::from_millis(25)).run(sink, shutdown.clone()));
     let wait = Duration::from_secs(5);

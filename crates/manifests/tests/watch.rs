@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use edgemesh_core::{
-    Connection, LbStrategy, Registry, RegistryConfig, RegistryHandle, ServiceKey, Snapshot, SourceHealth,
-};
+use edgemesh_core::{Connection, RegistryHandle, ServiceKey, Snapshot, SourceHealth};
 use edgemesh_manifests::ManifestSource;
+use edgemesh_test_support::registry::{RunningRegistry, start_registry};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -89,14 +88,7 @@ struct Agent {
 }
 
 fn start(dir: &Path) -> Agent {
-    let mut registry = Registry::new(RegistryConfig {
-        vip_cidr: "127.251.0.0/16".parse().unwrap(),
-        default_strategy: LbStrategy::RoundRobin,
-        ..Default::default()
-    });
-    let sink = registry.source();
-    let snapshots = registry.subscribe();
-    let registry = tokio::spawn(registry.run());
+    let RunningRegistry { sink, snapshots, task: registry } = start_registry("127.251.0.0/16");
     let logs = Logs::new();
     let subscriber = tracing_subscriber::registry().with(logs.clone());
     let shutdown = CancellationToken::new();

@@ -10,8 +10,9 @@
 
 use std::net::SocketAddr;
 
-use edgemesh_core::{LbStrategy, Registry, RegistryConfig, SourceEvent, build};
+use edgemesh_core::{SourceEvent, build};
 use edgemesh_proxy::{Proxy, ProxyConfig};
+use edgemesh_test_support::registry::{RunningRegistry, start_registry};
 use tokio_util::sync::CancellationToken;
 
 fn arg(name: &str) -> SocketAddr {
@@ -26,14 +27,8 @@ async fn main() {
     let listen = arg("--listen");
     let upstream = arg("--upstream");
     let prefix = if listen.is_ipv4() { 32 } else { 128 };
-    let mut registry = Registry::new(RegistryConfig {
-        vip_cidr: format!("{}/{prefix}", listen.ip()).parse().unwrap(),
-        default_strategy: LbStrategy::RoundRobin,
-        ..Default::default()
-    });
-    let sink = registry.source();
-    let proxy = Proxy::new(ProxyConfig::default(), registry.subscribe());
-    tokio::spawn(registry.run());
+    let RunningRegistry { sink, snapshots, .. } = start_registry(&format!("{}/{prefix}", listen.ip()));
+    let proxy = Proxy::new(ProxyConfig::default(), snapshots);
     let service = build::service("bench", "target").port("tcp", listen.port(), upstream.port()).object();
     let slice = build::slice("bench", "target-1", "target")
         .endpoint(&upstream.ip().to_string(), "local")

@@ -309,9 +309,9 @@ async fn udp_sessions_expire_after_the_annotated_idle_timeout() {
     }
     assert_eq!(h.status.udp_sessions.load(Ordering::Relaxed), 1);
     let status = h.status.clone();
-    eventually("the idle session to close", || {
+    eventually("the idle session to close", WAIT, || {
         let status = status.clone();
-        async move { status.udp_sessions.load(Ordering::Relaxed) == 0 }
+        async move { (status.udp_sessions.load(Ordering::Relaxed) == 0).then_some(()) }
     })
     .await;
     // A new datagram opens a new session (round robin: the other endpoint).
@@ -402,7 +402,7 @@ async fn an_ipv4_vip_uses_its_ipv4_endpoints_only() {
 async fn a_udp_refusal_ejects_the_endpoint() {
     let mut h = start_with(71, LbStrategy::RoundRobin, config()).await;
     let (live, _t) = udp_echo("live").await;
-    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = closed_udp_port();
     add_on_nodes(&mut h, udp_service("dns", None), "dns", &[(closed, "node-a"), (live, "node-a")], true).await;
     let vip = h.addr("dns");
     // Round robin: of two new clients, one gets the closed port.
@@ -411,10 +411,11 @@ async fn a_udp_refusal_ejects_the_endpoint() {
         c.send_to(b"first", vip).unwrap();
     }
     let status = h.status.clone();
-    eventually("two sessions opened and the refused one ended", || {
+    eventually("two sessions opened and the refused one ended", WAIT, || {
         let status = status.clone();
         async move {
-            status.total_udp_sessions.load(Ordering::Relaxed) == 2 && status.udp_sessions.load(Ordering::Relaxed) == 1
+            (status.total_udp_sessions.load(Ordering::Relaxed) == 2 && status.udp_sessions.load(Ordering::Relaxed) == 1)
+                .then_some(())
         }
     })
     .await;

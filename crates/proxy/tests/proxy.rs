@@ -85,7 +85,7 @@ async fn random_spreads_roughly_evenly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_endpoint_is_skipped() {
     let mut h = start(3, LbStrategy::RoundRobin).await;
-    let backends = vec![identity_backend("a").await, refusing_addr(), identity_backend("c").await];
+    let backends = vec![identity_backend("a").await, closed_tcp_port(), identity_backend("c").await];
     add_service(&mut h, "web", &backends).await;
     let counts = spread(h.addr("web"), 30).await;
     assert_eq!(counts.values().sum::<usize>(), 30, "every client succeeds: {counts:?}");
@@ -142,7 +142,7 @@ async fn no_ready_endpoint_resets_the_client_at_once() {
     // All endpoints refusing is the same to the client.
     let slice = edgemesh_core::build::slice(NS, "web-0", "web")
         .endpoint("127.0.0.1", "n")
-        .port("http", refusing_addr().port())
+        .port("http", closed_tcp_port().port())
         .object();
     h.apply(slice, has_backends("web", 1)).await;
     let r = connect_and_read(h.addr("web")).await;
@@ -180,7 +180,7 @@ async fn large_transfer_is_faithful_both_ways() {
     const TOTAL: u64 = 64 << 20;
     const CHUNK: usize = 64 << 10;
     let mut h = start(7, LbStrategy::RoundRobin).await;
-    add_service(&mut h, "echo", &[echo_backend().await]).await;
+    add_service(&mut h, "echo", &[tcp_echo().await]).await;
     let s = TcpStream::connect(h.addr("echo")).await.unwrap();
     let (mut r, mut w) = s.into_split();
     let writer = tokio::spawn(async move {
@@ -258,7 +258,7 @@ async fn new_service_accepts_within_a_second_and_deleted_one_refuses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_change_keeps_established_connections() {
     let mut h = start(9, LbStrategy::RoundRobin).await;
-    let old = echo_backend().await;
+    let old = tcp_echo().await;
     add_service(&mut h, "web", &[old]).await;
     let mut open = TcpStream::connect(h.addr("web")).await.unwrap();
     let mut buf = [0u8; 5];
@@ -298,7 +298,7 @@ async fn backend_change_keeps_established_connections() {
 async fn status_counts_listeners_and_connections() {
     let mut h = start(10, LbStrategy::RoundRobin).await;
     assert_eq!(h.status.listeners.load(Ordering::Relaxed), 0);
-    add_service(&mut h, "web", &[echo_backend().await]).await;
+    add_service(&mut h, "web", &[tcp_echo().await]).await;
     let two_ports = edgemesh_core::build::service(NS, "db").port("a", 5432, 5432).port("b", 5433, 5433).object();
     h.apply(two_ports, exists("db")).await;
     assert_eq!(h.status.listeners.load(Ordering::Relaxed), 3);
@@ -320,9 +320,9 @@ async fn status_counts_listeners_and_connections() {
     assert_eq!(load(&h.status.total_connections), 4);
     drop(held);
     let status = h.status.clone();
-    eventually("connections close", || {
+    eventually("connections close", WAIT, || {
         let s = status.clone();
-        async move { s.active_connections.load(Ordering::Relaxed) == 0 }
+        async move { (s.active_connections.load(Ordering::Relaxed) == 0).then_some(()) }
     })
     .await;
 
@@ -337,7 +337,7 @@ async fn status_counts_listeners_and_connections() {
 async fn over_the_connection_limit_new_connections_are_reset() {
     let config = ProxyConfig { connect_timeout: Duration::from_secs(2), max_connections: 2, ..ProxyConfig::default() };
     let mut h = start_with(11, LbStrategy::RoundRobin, config).await;
-    add_service(&mut h, "web", &[echo_backend().await]).await;
+    add_service(&mut h, "web", &[tcp_echo().await]).await;
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(h.addr("web")).await.unwrap();
@@ -350,9 +350,9 @@ async fn over_the_connection_limit_new_connections_are_reset() {
     assert_eq!(load(&h.status.rejected_connections), 1);
     drop(held);
     let status = h.status.clone();
-    eventually("slots free up", || {
+    eventually("slots free up", WAIT, || {
         let s = status.clone();
-        async move { s.active_connections.load(Ordering::Relaxed) == 0 }
+        async move { (s.active_connections.load(Ordering::Relaxed) == 0).then_some(()) }
     })
     .await;
     let mut s = TcpStream::connect(h.addr("web")).await.unwrap();
@@ -379,9 +379,9 @@ async fn bind_failure_is_retried_until_the_address_frees_up() {
     assert_eq!(h.status.listeners.load(Ordering::Relaxed), 0);
     drop(squatter);
     let status = h.status.clone();
-    eventually("the proxy binds on retry", || {
+    eventually("the proxy binds on retry", WAIT, || {
         let s = status.clone();
-        async move { s.listeners.load(Ordering::Relaxed) == 1 }
+        async move { (s.listeners.load(Ordering::Relaxed) == 1).then_some(()) }
     })
     .await;
     assert_eq!(h.status.bind_failures.load(Ordering::Relaxed), 0);
@@ -415,7 +415,7 @@ async fn port_change_moves_the_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_listeners_and_connections() {
     let mut h = start(14, LbStrategy::RoundRobin).await;
-    add_service(&mut h, "web", &[echo_backend().await]).await;
+    add_service(&mut h, "web", &[tcp_echo().await]).await;
     let addr = h.addr("web");
     let mut open = TcpStream::connect(addr).await.unwrap();
     open.write_all(b"x").await.unwrap();

@@ -219,14 +219,7 @@ async fn an_unreachable_node_is_skipped_and_no_client_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_sessions_to_other_nodes_ride_one_tunnel_session_each() {
     let (mut h, calls) = start_through_tunnel(63).await;
-    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let echo_addr = echo.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65_536];
-        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
-            let _ = echo.send_to(&buf[..n], from).await;
-        }
-    });
+    let echo_addr = udp_echo().await;
     let svc = svc_builder(NS, "dns").udp_port("p", PORT, 53).object();
     add_on_nodes(&mut h, svc, "dns", &[(echo_addr, "node-b")], true).await;
     let vip = h.addr("dns");

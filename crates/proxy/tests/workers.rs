@@ -62,7 +62,7 @@ async fn join_all(tasks: Vec<tokio::task::JoinHandle<io::Result<bool>>>) -> Vec<
 async fn served_by_each_worker_and_closed_as_a_group(net: u8, workers: usize) {
     let config = ProxyConfig { workers, max_connections: 1000, ..ProxyConfig::default() };
     let mut h = start_with(net, LbStrategy::RoundRobin, config).await;
-    add_service(&mut h, "web", &[echo_backend().await]).await;
+    add_service(&mut h, "web", &[tcp_echo().await]).await;
     let addr = h.addr("web");
     assert_eq!(listening_sockets(addr), workers, "a listening socket per worker");
     many_concurrent_connections_complete(addr).await;
@@ -73,7 +73,7 @@ async fn served_by_each_worker_and_closed_as_a_group(net: u8, workers: usize) {
     assert_eq!(listening_sockets(addr), 0, "every socket of the group is closed");
 
     // Back again: the group binds the same address again.
-    add_service(&mut h, "web", &[echo_backend().await]).await;
+    add_service(&mut h, "web", &[tcp_echo().await]).await;
     assert_eq!(h.addr("web"), addr);
     assert_eq!(listening_sockets(addr), workers);
     many_concurrent_connections_complete(addr).await;

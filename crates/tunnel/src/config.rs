@@ -13,6 +13,9 @@ use crate::TunnelError;
 /// The default tunnel port (TCP and QUIC).
 pub const DEFAULT_PORT: u16 = 20006;
 
+/// Default [`TunnelConfig::punch_ttl`]: host -> its NAT router -> the first hop beyond.
+pub const DEFAULT_PUNCH_TTL: u8 = 2;
+
 /// Default limit of proxy streams (TCP connections + UDP sessions) this agent opens on one
 /// connection to a peer.
 ///
@@ -101,6 +104,12 @@ pub struct TunnelConfig {
     /// same time (every second, three), so a dead path is found even without traffic.
     #[serde(with = "edgemesh_core::duration")]
     pub tcp_user_timeout: Duration,
+    /// The IP TTL (IPv6: hop limit) of the first SYN of a hole punch's dials: enough to pass
+    /// this node's own NAT router and expire one hop beyond, so that the router keeps a mapping
+    /// for the peer's SYN but the peer's router never sees (and resets) ours. 2 (the default)
+    /// is host -> NAT router -> first hop beyond; a node behind two NATs (e.g. carrier-grade
+    /// NAT) needs 3. 0 turns priming off. See `punch`.
+    pub punch_ttl: u8,
 }
 
 impl TunnelConfig {
@@ -190,6 +199,7 @@ impl Default for TunnelConfig {
             ping_interval: Duration::from_secs(1),
             liveness_timeout: Duration::from_secs(5),
             tcp_user_timeout: Duration::from_secs(10),
+            punch_ttl: DEFAULT_PUNCH_TTL,
         }
     }
 }

@@ -45,7 +45,9 @@
 //! (connection reversal: if the peer is reachable, that connects directly at once), and DCUtR
 //! tries to upgrade each relayed connection to a direct one (hole punching, for when neither
 //! side is reachable); while a peer stays relayed, the upgrade is tried again with back-off
-//! (`upgrade`). Proxy streams use a live direct connection when there is one and the relayed
+//! (`upgrade`). A hole punch's TCP dials send their first SYN with a small TTL
+//! ([`TunnelConfig::punch_ttl`], `punch`), so that NAT routers that reset unsolicited SYNs
+//! do not break the simultaneous open. Proxy streams use a live direct connection when there is one and the relayed
 //! one otherwise, so traffic falls back to the relay when the direct path breaks.
 //!
 //! # Liveness
@@ -70,11 +72,12 @@
 //!
 //! - `config`, `error`, `identity` (keys and the PSK file); `settings`: the checked settings
 //!   every part reads;
-//! - `swarm`: transports and behaviours; `swarm_task`: the task that drives the swarm, with
-//!   its parts `relays` (relay slots), `bootstrap` (bootstrap connections), `reachability`
-//!   (AutoNAT, port mapping), `addresses` (the peers' dialable addresses), `connect`
-//!   (reaching a node) and `heal` (liveness, failover dials, re-upgrading); `liveness` and
-//!   `upgrade`: the pure rules behind those;
+//! - `swarm`: transports and behaviours; `punch`: primed hole punch dials (a behaviour that
+//!   marks them, a wrapper of the TCP transport); `swarm_task`: the task that drives the
+//!   swarm, with its parts `relays` (relay slots), `bootstrap` (bootstrap connections),
+//!   `reachability` (AutoNAT, port mapping), `addresses` (the peers' dialable addresses),
+//!   `connect` (reaching a node) and `heal` (liveness, failover dials, re-upgrading);
+//!   `liveness` and `upgrade`: the pure rules behind those;
 //! - `streams`: the raw-stream behaviour (opens and accepts the edgemesh protocols); `muxer`:
 //!   yamux sized for both directions; `wire`: hello and proxy headers;
 //! - `peer_table`: what is known of each peer (claims, connections, path, reservation, open
@@ -96,7 +99,7 @@
 //! messages, peer_table, settings       both sides use these; these use neither side
 //!   │
 //!   ▼
-//! streams, liveness, upgrade, swarm, muxer, wire, ...   the leaves
+//! streams, liveness, upgrade, swarm (+ punch), muxer, wire, ...   the leaves
 //! ```
 //!
 //! No module imports one that imports it back; the one split `impl` left is
@@ -112,6 +115,7 @@ mod liveness;
 mod messages;
 mod muxer;
 mod peer_table;
+mod punch;
 mod security;
 mod settings;
 mod streams;
@@ -127,7 +131,8 @@ mod wire;
 use std::{future::Future, net::SocketAddr, pin::Pin};
 
 pub use config::{
-    DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_PORT, MAX_STREAMS_PER_CONNECTION, RelayLimits, TunnelConfig,
+    DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_PORT, DEFAULT_PUNCH_TTL, MAX_STREAMS_PER_CONNECTION, RelayLimits,
+    TunnelConfig,
 };
 pub use error::TunnelError;
 pub use identity::load_or_create_identity;

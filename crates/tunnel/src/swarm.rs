@@ -20,7 +20,7 @@ use libp2p::{
 };
 use tokio::sync::mpsc;
 
-use crate::{RelayLimits, TunnelError, liveness::LivenessPolicy, security::Security, streams, tls};
+use crate::{RelayLimits, TunnelError, liveness::LivenessPolicy, punch, security::Security, streams, tls};
 
 pub(crate) const PROTOCOL_VERSION: &str = "/edgemesh/1.0.0";
 
@@ -34,6 +34,7 @@ pub(crate) struct Behaviour {
     autonat: autonat::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
     upnp: Toggle<upnp::tokio::Behaviour>,
+    punch: punch::Behaviour,
     pub(crate) streams: streams::Behaviour,
 }
 
@@ -78,6 +79,8 @@ pub(crate) struct SwarmParams<'a> {
     pub tls: bool,
     pub liveness: LivenessPolicy,
     pub tcp_user_timeout: Duration,
+    /// The TTL of a hole punch dial's first SYN (0: no priming; see `punch`).
+    pub punch_ttl: u8,
 }
 
 pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
@@ -92,12 +95,12 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
     let yamux = crate::muxer::Config::new(p.max_streams);
 
     let user_timeout = p.tcp_user_timeout;
-    let tcp_base = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true).listen_backlog(1024)).map(
-        move |stream: tcp::tokio::TcpStream, _| {
-            dead_path_timeouts(&stream.0, user_timeout);
-            stream
-        },
-    );
+    let marks = punch::Marks::new(p.punch_ttl);
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true).listen_backlog(1024));
+    let tcp_base = punch::Primed::new(tcp, marks.clone()).map(move |stream: tcp::tokio::TcpStream, _| {
+        dead_path_timeouts(&stream.0, user_timeout);
+        stream
+    });
     let tcp = match p.psk {
         Some(psk) => {
             secured(tcp_base.and_then(move |socket, _| pnet::PnetConfig::new(psk).handshake(socket)), &security, &yamux)
@@ -155,6 +158,7 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
         // Searches for the router at once (SSDP, up to 10 s); maps the private IPv4 listen
         // addresses' ports.
         upnp: p.upnp.then(upnp::tokio::Behaviour::default).into(),
+        punch: punch::Behaviour::new(marks),
         streams,
     };
     let config = libp2p::swarm::Config::with_tokio_executor()

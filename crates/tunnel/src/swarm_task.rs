@@ -358,7 +358,7 @@ impl Task {
                 self.reachability.on_upnp(e);
                 self.relays.set_reserve(!self.reachability.public(), &mut self.swarm, &self.peers);
             }
-            BehaviourEvent::Streams(e) => match e {},
+            BehaviourEvent::Streams(e) | BehaviourEvent::Punch(e) => match e {},
         }
     }
 }

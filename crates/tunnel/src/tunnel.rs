@@ -124,6 +124,7 @@ impl Tunnel {
             idle_timeout: config.idle_connection_timeout,
             liveness,
             tcp_user_timeout: config.tcp_user_timeout,
+            punch_ttl: config.punch_ttl,
         })?;
         let mut swarm = built.swarm;
         let mut listeners = HashSet::new();

@@ -27,7 +27,7 @@ async fn tcp_echo_half_close_and_peers() {
     init_tracing();
     let keys = Keys::new();
     let (a, b, dir) = pair(&keys).await;
-    let echo = echo_server().await;
+    let echo = tcp_echo().await;
     dir.serve(echo, Tcp::Tcp);
 
     let mut s = a.tunnel.open_tcp("b", echo, "default/echo").await.expect("open_tcp");
@@ -82,7 +82,7 @@ async fn bulk_64_mib_each_way() {
     init_tracing();
     let keys = Keys::new();
     let (a, _b, dir) = pair(&keys).await;
-    let echo = echo_server().await;
+    let echo = tcp_echo().await;
     dir.serve(echo, Tcp::Tcp);
     const TOTAL: usize = 64 << 20;
     let s = a.tunnel.open_tcp("b", echo, "bulk").await.unwrap();
@@ -122,7 +122,7 @@ async fn many_concurrent_connections() {
     init_tracing();
     let keys = Keys::new();
     let (a, _b, dir) = pair(&keys).await;
-    let echo = echo_server().await;
+    let echo = tcp_echo().await;
     dir.serve(echo, Tcp::Tcp);
     let mut tasks = Vec::new();
     for i in 0..1000u32 {
@@ -151,7 +151,7 @@ async fn not_served_and_refused_targets() {
     init_tracing();
     let keys = Keys::new();
     let (a, _b, dir) = pair(&keys).await;
-    let echo = echo_server().await;
+    let echo = tcp_echo().await;
     // Not in the directory's endpoints: no open proxy.
     let e = a.tunnel.open_tcp("b", echo, "x").await.unwrap_err();
     assert!(matches!(e, TunnelError::NotServed { .. }), "{e}");
@@ -161,7 +161,7 @@ async fn not_served_and_refused_targets() {
     let e = a.tunnel.open_tcp("b", echo, "x").await.unwrap_err();
     assert!(matches!(e, TunnelError::NotServed { .. }), "{e}");
     // Served, but nothing listens.
-    let closed = closed_port().await;
+    let closed = closed_tcp_port();
     dir.serve(closed, Tcp::Tcp);
     let e = a.tunnel.open_tcp("b", closed, "x").await.unwrap_err();
     assert!(matches!(e, TunnelError::Refused { .. }), "{e}");
@@ -180,7 +180,7 @@ async fn impersonator_and_unknown_peer_get_nothing() {
     init_tracing();
     let keys = Keys::new();
     let (a, b, dir) = pair(&keys).await;
-    let echo = echo_server().await;
+    let echo = tcp_echo().await;
     dir.serve(echo, Tcp::Tcp);
 
     // Mallory claims to be "a" with its own key; it knows b's peer ID.
@@ -229,7 +229,7 @@ async fn psk_private_network() {
     for n in ["a", "b", "c"] {
         dir.bind(n, keys.peer(n));
     }
-    let echo = echo_server().await;
+    let echo = tcp_echo().await;
     dir.serve(echo, Tcp::Tcp);
     let psk1 = write_psk(&keys, "one.key", "ab");
     let psk2 = write_psk(&keys, "two.key", "cd");
@@ -352,7 +352,7 @@ async fn taken_port_is_a_start_error() {
     // The same port for TCP and QUIC (when built in), on IPv4 and IPv6 (v6-only sockets), as the
     // default does.
     if std::net::TcpListener::bind("[::1]:0").is_ok() {
-        let port = closed_port().await.port();
+        let port = closed_tcp_port().port();
         let mut c = config(&keys, "a");
         let transports: &[&str] = if cfg!(feature = "quic") {
             &["/ip4/127.0.0.1/tcp", "/ip6/::1/tcp", "/ip4/127.0.0.1/udp", "/ip6/::1/udp"]
@@ -387,7 +387,7 @@ async fn stop_ends_the_task() {
     init_tracing();
     let keys = Keys::new();
     let (mut a, _b, dir) = pair(&keys).await;
-    let echo = echo_server().await;
+    let echo = tcp_echo().await;
     dir.serve(echo, Tcp::Tcp);
     a.tunnel.open_tcp("b", echo, "x").await.unwrap();
     a.stop.cancel();
@@ -466,7 +466,7 @@ async fn udp_echo_sizes_truncation_and_end() {
     init_tracing();
     let keys = Keys::new();
     let (a, _b, dir) = pair(&keys).await;
-    let echo = udp_echo_server().await;
+    let echo = udp_echo().await;
     dir.serve(echo, Tcp::Udp);
     let (mut tx, mut rx) = a.tunnel.open_udp("b", echo, "default/echo").await.unwrap();
     let mut buf = vec![0u8; 65536];
@@ -509,7 +509,7 @@ async fn stream_limit_waits_instead_of_killing_the_connection() {
     ca.max_streams_per_connection = 8;
     ca.bootstrap = vec![b.addr()];
     let a = start(ca, dir.clone()).await;
-    let echo = echo_server().await;
+    let echo = tcp_echo().await;
     dir.serve(echo, Tcp::Tcp);
     let mut held = Vec::new();
     for _ in 0..8 {
@@ -556,7 +556,7 @@ async fn bootstrap_peer_redialed_with_backoff() {
     let dir = Arc::new(TestDirectory::default());
     dir.bind("a", keys.peer("a"));
     dir.bind("b", keys.peer("b"));
-    let port = closed_port().await.port();
+    let port = closed_tcp_port().port();
     let b_addr: edgemesh_tunnel::Multiaddr =
         format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", keys.peer("b")).parse().unwrap();
     let mut ca = config(&keys, "a");

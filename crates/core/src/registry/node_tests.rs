@@ -1,7 +1,7 @@
 //! Nodes in the snapshot, and the index of this node's backends behind
 //! `Snapshot::serves_endpoint`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::*;
 use crate::build::{node, service, slice};

@@ -3,6 +3,7 @@ use std::net::{IpAddr, SocketAddr};
 use super::*;
 use crate::build::{service, slice};
 use crate::object::ObjectKey;
+use crate::service::{DEFAULT_UDP_IDLE_TIMEOUT, HashKey, UDP_IDLE_TIMEOUT_ANNOTATION};
 
 fn state() -> RegistryState {
     RegistryState::new(&RegistryConfig {

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use edgemesh_core::registry::EventSink;
-use edgemesh_core::{LbStrategy, Object, Registry, RegistryConfig, RegistryHandle, ServiceKey, Snapshot, SourceEvent};
+use edgemesh_core::{Object, RegistryHandle, ServiceKey, Snapshot, SourceEvent};
 use edgemesh_dns::{DnsConfig, DnsServer};
+use edgemesh_test_support::registry::{RunningRegistry, start_registry};
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, SOA};
 use hickory_proto::rr::{Name, RData, Record};
@@ -36,14 +37,7 @@ impl Harness {
     }
 
     pub async fn start_with(objects: Vec<Object>, config: DnsConfig) -> Self {
-        let mut registry = Registry::new(RegistryConfig {
-            vip_cidr: "9.251.0.0/16".parse().unwrap(),
-            default_strategy: LbStrategy::RoundRobin,
-            ..Default::default()
-        });
-        let sink = registry.source();
-        let snapshots = registry.subscribe();
-        tokio::spawn(registry.run());
+        let RunningRegistry { sink, snapshots, .. } = start_registry("9.251.0.0/16");
         let server = DnsServer::bind(config, snapshots.clone()).await.expect("bind DNS");
         let addr = server.local_addr();
         assert_ne!(addr.port(), 0);
@@ -310,12 +304,6 @@ fn upstream_reply(bytes: &[u8], ttl: u32, udp: bool) -> Option<Vec<u8>> {
         reply.add_answer(Record::from_rdata(query.name().clone(), ttl, RData::A(A(Ipv4Addr::new(192, 0, 2, 1)))));
     }
     reply.to_vec().ok()
-}
-
-/// A 127.0.0.1 UDP port with nothing listening (ICMP port unreachable).
-pub async fn closed_port() -> SocketAddr {
-    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    socket.local_addr().unwrap()
 }
 
 /// A 127.0.0.1 UDP socket that never answers; keep it alive while used.

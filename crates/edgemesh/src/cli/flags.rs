@@ -240,6 +240,13 @@ pub const FLAGS: &[Flag] = &[
         implies: None,
         help: "Do not ask the router for a tunnel port mapping (UPnP IGD).",
     },
+    Flag {
+        long: "punch-ttl",
+        key: "tunnel.punchTtl",
+        takes: One("HOPS"),
+        implies: None,
+        help: "IP TTL of a hole punch's first SYN: 2 behind one NAT, 3 behind two, 0 off.",
+    },
 ];
 
 /// The setting flags given on a command line, in [`FLAGS`] order.

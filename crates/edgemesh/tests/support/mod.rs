@@ -11,6 +11,10 @@ pub mod netns;
 pub mod node;
 pub mod probe;
 
+// (Test binaries that use only one of them would warn.)
+#[allow(unused_imports)]
+pub use edgemesh_test_support::blocking::{eventually, eventually_every};
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -52,23 +56,6 @@ pub fn write_manifest(dir: &Path, name: &str, text: &str) {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
-
-/// Retries `f` until it returns `Some`, or panics with `what` after `limit`.
-pub fn eventually<T>(limit: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
-    eventually_every(Duration::from_millis(25), limit, what, f)
-}
-
-/// [`eventually`], trying every `period` (for checks that start a process).
-pub fn eventually_every<T>(period: Duration, limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(period);
-    }
 }
 
 /// A running agent; killed on drop. Its log is kept for failure messages.

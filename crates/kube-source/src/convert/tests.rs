@@ -1,9 +1,37 @@
+use std::net::IpAddr;
+
+use edgemesh_core::object::{EndpointSet, NodeObject, ServiceObject};
+use edgemesh_core::{
+    InternalTrafficPolicy, IpFamily, IpFamilyPolicy, ObjectKind, Protocol, SessionAffinity, TargetPort,
+};
 use serde_json::json;
 
 use super::*;
 
 fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).unwrap()
+}
+
+fn service_of(svc: &core_v1::Service) -> Result<ServiceObject, ConvertError> {
+    service(svc).map(|o| match o {
+        Some(Object::Service(s)) => s,
+        other => panic!("not a service: {other:?}"),
+    })
+}
+
+fn endpoints_of(o: Result<Option<Object>, ConvertError>) -> Result<Option<EndpointSet>, ConvertError> {
+    o.map(|o| match o {
+        Some(Object::Endpoints(e)) => Some(e),
+        None => None,
+        other => panic!("not endpoints: {other:?}"),
+    })
+}
+
+fn node_of(n: &core_v1::Node) -> Result<NodeObject, ConvertError> {
+    node(n).map(|o| match o {
+        Some(Object::Node(n)) => n,
+        other => panic!("not a node: {other:?}"),
+    })
 }
 
 #[test]
@@ -15,7 +43,7 @@ fn service_like_the_manifests_source() {
             {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353},
         ]},
     }));
-    let s = service(&svc).unwrap();
+    let s = service_of(&svc).unwrap();
     assert_eq!(s.meta.namespace, "shop");
     assert_eq!(s.cluster_ips, vec!["10.96.0.10".parse::<IpAddr>().unwrap()]);
     assert_eq!(s.service_type, "ClusterIP");
@@ -25,7 +53,7 @@ fn service_like_the_manifests_source() {
 
     let headless: core_v1::Service =
         from(json!({"metadata": {"name": "db", "namespace": "shop"}, "spec": {"clusterIP": "None"}}));
-    assert!(service(&headless).unwrap().headless);
+    assert!(service_of(&headless).unwrap().headless);
 }
 
 #[test]
@@ -34,7 +62,7 @@ fn invalid_objects_name_the_object_and_the_rule() {
         "metadata": {"name": "web", "namespace": "shop"},
         "spec": {"ports": [{"port": 80}, {"port": 81}]},
     }));
-    let e = service(&svc).unwrap_err().to_string();
+    let e = service_of(&svc).unwrap_err().to_string();
     assert!(e.contains("Service shop/web") && e.contains("spec.ports[0] has no name"), "{e}");
 
     let slice: discovery_v1::EndpointSlice = from(json!({
@@ -42,7 +70,7 @@ fn invalid_objects_name_the_object_and_the_rule() {
         "addressType": "IPv4",
         "endpoints": [{"addresses": ["fd00::1"]}],
     }));
-    let e = endpoint_slice(&slice).unwrap_err().to_string();
+    let e = endpoints_of(endpoint_slice(&slice)).unwrap_err().to_string();
     assert!(e.contains("not an IPv4 address"), "{e}");
 }
 
@@ -57,7 +85,7 @@ fn slices_and_legacy_endpoints() {
             {"addresses": ["10.0.0.2"], "conditions": {"ready": false}},
         ],
     }));
-    let set = endpoint_slice(&slice).unwrap().unwrap();
+    let set = endpoints_of(endpoint_slice(&slice)).unwrap().unwrap();
     assert_eq!(set.service_name, "web");
     assert!(set.subsets[0].endpoints[0].ready, "unset readiness is ready");
     assert!(!set.subsets[0].endpoints[1].ready);
@@ -67,14 +95,14 @@ fn slices_and_legacy_endpoints() {
         "metadata": {"name": "x", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
         "addressType": "FQDN", "endpoints": [],
     }));
-    assert!(endpoint_slice(&fqdn).unwrap().is_none());
+    assert!(endpoints_of(endpoint_slice(&fqdn)).unwrap().is_none());
 
     let eps: core_v1::Endpoints = from(json!({
         "metadata": {"name": "web", "namespace": "shop"},
         "subsets": [{"addresses": [{"ip": "10.0.0.1"}], "notReadyAddresses": [{"ip": "10.0.0.2"}],
                      "ports": [{"name": "http", "port": 8080}]}],
     }));
-    let set = endpoints(&eps).unwrap();
+    let set = endpoints_of(endpoints(&eps)).unwrap().unwrap();
     assert_eq!(set.kind, ObjectKind::Endpoints);
     assert_eq!(set.subsets[0].endpoints.len(), 2);
     assert!(!set.subsets[0].endpoints[1].ready);
@@ -99,7 +127,7 @@ fn nodes_keep_their_annotations_and_dialable_addresses() {
             {"type": "ExternalIP", "address": "192.168.1.10"},
         ]},
     }));
-    let edge1 = node(&n).unwrap();
+    let edge1 = node_of(&n).unwrap();
     assert_eq!(edge1.meta.name, "edge-1");
     assert_eq!(edge1.meta.namespace, "", "cluster-scoped");
     assert_eq!(edge1.meta.annotations["edgemesh.io/peer-id"], "12D3KooWExample");
@@ -107,15 +135,43 @@ fn nodes_keep_their_annotations_and_dialable_addresses() {
     assert_eq!(edge1.addresses, want, "host names skipped, duplicates once");
 
     let bare: core_v1::Node = from(json!({"metadata": {"name": "edge-2"}}));
-    assert!(node(&bare).unwrap().addresses.is_empty());
+    assert!(node_of(&bare).unwrap().addresses.is_empty());
 
     let bad: core_v1::Node = from(json!({
         "metadata": {"name": "edge-3"},
         "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.300"}]},
     }));
-    let e = node(&bad).unwrap_err().to_string();
+    let e = node_of(&bad).unwrap_err().to_string();
     assert!(e.contains("Node edge-3: status.addresses[0].address \"10.0.0.300\" is not a valid IP"), "{e}");
     let bad: core_v1::Node = from(json!({"metadata": {"name": "Edge_4"}}));
-    let e = node(&bad).unwrap_err().to_string();
+    let e = node_of(&bad).unwrap_err().to_string();
     assert!(e.contains("Node Edge_4: metadata.name"), "{e}");
+}
+
+#[test]
+fn service_policies_are_read_as_from_a_manifest() {
+    let svc: core_v1::Service = from(json!({
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {
+            "ports": [{"port": 80, "targetPort": "8080"}],
+            "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+            "internalTrafficPolicy": "Local",
+            "ipFamilies": ["IPv6", "IPv4"],
+            "ipFamilyPolicy": "PreferDualStack",
+        },
+    }));
+    let s = service_of(&svc).unwrap();
+    assert_eq!(s.session_affinity, SessionAffinity::ClientIp { timeout_seconds: 60 });
+    assert_eq!(s.internal_traffic_policy, InternalTrafficPolicy::Local);
+    assert_eq!(s.ip_families, vec![IpFamily::IPv6, IpFamily::IPv4]);
+    assert_eq!(s.ip_family_policy, Some(IpFamilyPolicy::PreferDualStack));
+    assert_eq!(s.ports[0].target_port, TargetPort::Number(8080), "a numeric string is a number");
+
+    let svc: core_v1::Service = from(json!({
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}},
+    }));
+    let e = service_of(&svc).unwrap_err().to_string();
+    assert!(e.contains("Service shop/web: spec.sessionAffinityConfig.clientIP.timeoutSeconds 0"), "{e}");
 }

@@ -6,9 +6,9 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::convert;
 use crate::error::ManifestError;
 use crate::parse::{self, ParsedObject, split_documents};
+use edgemesh_k8s::convert;
 
 /// The reference: every document through serde-saphyr.
 fn slow(text: &str) -> Result<Vec<ParsedObject>, ManifestError> {

@@ -3,17 +3,14 @@
 
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgemesh_core::registry::EventSink;
-use edgemesh_core::{
-    LbStrategy, Object, ObjectKey, ObjectKind, Registry, RegistryConfig, ServiceKey, Snapshot, SourceEvent,
-};
+use edgemesh_core::{LbStrategy, Object, ObjectKey, ObjectKind, RegistryConfig, ServiceKey, Snapshot, SourceEvent};
 use edgemesh_proxy::{Proxy, ProxyConfig, ProxyStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,6 +21,14 @@ use tokio_util::sync::CancellationToken;
 pub const NS: &str = "default";
 /// Service port used by the tests (unprivileged).
 pub const PORT: u16 = 8080;
+/// How long a test waits for the proxy to catch up.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub use edgemesh_test_support::eventually;
+// (Test binaries that use none of them would warn.)
+#[allow(unused_imports)]
+pub use edgemesh_test_support::loopback::{closed_tcp_port, closed_udp_port, tcp_echo, udp_echo};
+use edgemesh_test_support::registry::start_registry_with;
 
 pub struct Harness {
     pub sink: EventSink,
@@ -53,22 +58,18 @@ pub async fn start_with(net: u8, strategy: LbStrategy, config: ProxyConfig) -> H
 
 /// A registry without a proxy yet (see [`Harness::start_proxy`]).
 pub fn start_registry(net: u8, strategy: LbStrategy) -> Harness {
-    let mut registry = Registry::new(RegistryConfig {
+    let registry = start_registry_with(RegistryConfig {
         vip_cidr: format!("127.77.{net}.0/24").parse().unwrap(),
         default_strategy: strategy,
         ..Default::default()
     });
-    let sink = registry.source();
-    let snapshots = registry.subscribe();
-    let keep = registry.subscribe();
-    tokio::spawn(registry.run());
     Harness {
-        sink,
-        snapshots,
+        sink: registry.sink,
+        _registry_rx: registry.snapshots.clone(),
+        snapshots: registry.snapshots,
         status: Arc::new(ProxyStatus::default()),
         shutdown: CancellationToken::new(),
         proxy: None,
-        _registry_rx: keep,
     }
 }
 
@@ -114,9 +115,9 @@ impl Harness {
 
     pub async fn wait_applied(&self, generation: u64) {
         let status = self.status.clone();
-        eventually("proxy applies the snapshot", || {
+        eventually("proxy applies the snapshot", WAIT, || {
             let status = status.clone();
-            async move { status.has_applied(generation) }
+            async move { (status.has_applied(generation)).then_some(()) }
         })
         .await;
     }
@@ -151,19 +152,6 @@ pub fn exists(name: &str) -> impl Fn(&Snapshot) -> bool {
 pub fn gone(name: &str) -> impl Fn(&Snapshot) -> bool {
     let key = ServiceKey::new(NS, name);
     move |s| s.service(&key).is_none()
-}
-
-/// Retries `check` until it holds, failing after 5 s.
-pub async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// The service object with one TCP port named `http`.
@@ -240,29 +228,6 @@ pub async fn reply_after_eof_backend(id: &'static str) -> SocketAddr {
         }
     });
     addr
-}
-
-/// A backend that echoes every byte back and half-closes after EOF.
-pub async fn echo_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
-/// An address on 127.0.0.1 where nothing listens (connects are refused).
-pub fn refusing_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
 }
 
 /// Connects and returns everything the backend sent before closing.

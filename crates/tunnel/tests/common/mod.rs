@@ -9,12 +9,16 @@ use std::{
     time::Duration,
 };
 
+pub use edgemesh_test_support::eventually;
+// (Test binaries that use none of them would warn.)
+#[allow(unused_imports)]
+pub use edgemesh_test_support::loopback::{closed_tcp_port, tcp_echo, udp_echo};
 use edgemesh_tunnel::{
     CancellationToken, Directory, Multiaddr, PeerId, Tunnel, TunnelConfig, TunnelProtocol, load_or_create_identity,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, UdpSocket},
+    net::TcpListener,
     task::JoinHandle,
 };
 
@@ -110,22 +114,6 @@ pub async fn start(config: TunnelConfig, dir: Arc<TestDirectory>) -> Node {
     Node { tunnel, stop, task, dir, name }
 }
 
-/// A TCP echo server (half-close aware: shuts down its write side after echoing EOF).
-pub async fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 /// Reads until EOF, then answers with "got <n> bytes" and closes.
 pub async fn count_then_answer_server() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -141,41 +129,4 @@ pub async fn count_then_answer_server() -> SocketAddr {
         }
     });
     addr
-}
-
-/// A UDP echo server.
-pub async fn udp_echo_server() -> SocketAddr {
-    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = s.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        while let Ok((n, from)) = s.recv_from(&mut buf).await {
-            let _ = s.send_to(&buf[..n], from).await;
-        }
-    });
-    addr
-}
-
-/// An address where nothing listens (bound, then released).
-pub async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
-}
-
-/// Retries `f` until it returns Some or the deadline passes.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

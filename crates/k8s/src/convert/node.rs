@@ -4,14 +4,14 @@
 use edgemesh_core::object::NodeObject;
 
 use super::{Cx, NameRule, ip_addr, meta};
-use crate::error::{ManifestError, Problem};
+use crate::problem::{ConvertError, Problem};
 use crate::schema::Document;
 
 /// The `status.addresses` types that hold an IP address another node can
 /// dial; the others (`Hostname`, `InternalDNS`, `ExternalDNS`) are skipped.
 pub const NODE_ADDRESS_TYPES: [&str; 2] = ["InternalIP", "ExternalIP"];
 
-pub(super) fn node(doc: Document, mut cx: Cx) -> Result<NodeObject, ManifestError> {
+pub(super) fn node(doc: Document, mut cx: Cx) -> Result<NodeObject, ConvertError> {
     let meta = meta(doc.metadata, NameRule::ClusterScoped, &mut cx)?;
     let listed = doc.status.and_then(|s| s.addresses).unwrap_or_default();
     let mut addresses = Vec::with_capacity(listed.len());

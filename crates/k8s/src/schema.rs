@@ -1,14 +1,18 @@
 //! The wire format: serde structs for the parts of Kubernetes objects the
 //! agent reads, spelled exactly as `kubectl` writes them (camelCase).
 //!
+//! Both sources read into these structs: the manifests source from YAML
+//! (serde-saphyr, or its fast path), the Kubernetes source from the API's
+//! types.
+//!
 //! Every field is optional here, so that a missing field is reported by
 //! [`crate::convert`] with a clear message instead of a serde one; unknown
 //! fields are ignored because real manifests carry many (status, managed
 //! fields, selectors). Values that validation may reject are wrapped in
 //! [`Located`] so the error can point at their line.
 //!
-//! The same structs are filled by serde-saphyr (the reference) and by
-//! [`crate::fast`], the plain-YAML fast path.
+//! From YAML, the same structs are filled by serde-saphyr (the reference)
+//! and by the manifests source's plain-YAML fast path.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,7 +22,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 /// The kinds this crate converts; everything else is skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     Service,
     EndpointSlice,
     Endpoints,
@@ -28,7 +32,7 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub(crate) fn of(kind: &str) -> Kind {
+    pub fn of(kind: &str) -> Kind {
         match kind {
             "Service" => Kind::Service,
             "EndpointSlice" => Kind::EndpointSlice,
@@ -41,9 +45,9 @@ impl Kind {
 }
 
 /// A value and the 1-based line (within its document) it starts on; 0
-/// when the parser could not tell.
+/// when the parser could not tell, or the value did not come from a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Located<T> {
+pub struct Located<T> {
     pub value: T,
     pub line: usize,
 }
@@ -63,7 +67,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Located<T> {
 /// skipped without being typed: a Deployment's `spec` is never mistaken for
 /// a Service's.
 #[derive(Default)]
-pub(crate) struct Document {
+pub struct Document {
     pub api_version: Option<Located<String>>,
     pub kind: Option<Located<String>>,
     pub metadata: Option<Metadata>,
@@ -83,7 +87,7 @@ pub(crate) struct Document {
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct Metadata {
+pub struct Metadata {
     pub name: Option<Located<String>>,
     pub namespace: Option<Located<String>>,
     pub labels: Option<BTreeMap<String, String>>,
@@ -92,7 +96,7 @@ pub(crate) struct Metadata {
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct ServiceSpec {
+pub struct ServiceSpec {
     #[serde(rename = "type")]
     pub service_type: Option<Located<String>>,
     #[serde(rename = "clusterIP")]
@@ -109,20 +113,20 @@ pub(crate) struct ServiceSpec {
 }
 
 #[derive(Deserialize, Default)]
-pub(crate) struct SessionAffinityConfig {
+pub struct SessionAffinityConfig {
     #[serde(rename = "clientIP")]
     pub client_ip: Option<ClientIpConfig>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct ClientIpConfig {
+pub struct ClientIpConfig {
     pub timeout_seconds: Option<Located<i64>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct ServicePort {
+pub struct ServicePort {
     pub name: Option<Located<String>>,
     pub protocol: Option<Located<String>>,
     pub port: Option<Located<i64>>,
@@ -132,14 +136,14 @@ pub(crate) struct ServicePort {
 
 /// `targetPort`: a number or a container port name.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum IntOrString {
+pub enum IntOrString {
     Int(i64),
     Str(String),
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct SliceEndpoint {
+pub struct SliceEndpoint {
     pub addresses: Option<Vec<Located<String>>>,
     pub conditions: Option<Conditions>,
     pub node_name: Option<String>,
@@ -147,13 +151,13 @@ pub(crate) struct SliceEndpoint {
 }
 
 #[derive(Deserialize)]
-pub(crate) struct Conditions {
+pub struct Conditions {
     pub ready: Option<bool>,
 }
 
 /// A port of an EndpointSlice or of an Endpoints subset (same shape).
 #[derive(Deserialize)]
-pub(crate) struct EndpointPort {
+pub struct EndpointPort {
     pub name: Option<Located<String>>,
     pub port: Option<Located<i64>>,
     pub protocol: Option<Located<String>>,
@@ -161,7 +165,7 @@ pub(crate) struct EndpointPort {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct Subset {
+pub struct Subset {
     pub addresses: Option<Vec<Located<EndpointAddress>>>,
     pub not_ready_addresses: Option<Vec<Located<EndpointAddress>>>,
     pub ports: Option<Vec<Located<EndpointPort>>>,
@@ -169,20 +173,20 @@ pub(crate) struct Subset {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct EndpointAddress {
+pub struct EndpointAddress {
     pub ip: Option<Located<String>>,
     pub hostname: Option<String>,
     pub node_name: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
-pub(crate) struct NodeStatus {
+pub struct NodeStatus {
     pub addresses: Option<Vec<Located<NodeAddress>>>,
 }
 
 /// One entry of a Node's `status.addresses`.
 #[derive(Deserialize)]
-pub(crate) struct NodeAddress {
+pub struct NodeAddress {
     #[serde(rename = "type")]
     pub address_type: Option<Located<String>>,
     pub address: Option<Located<String>>,
@@ -192,7 +196,7 @@ pub(crate) struct NodeAddress {
 /// to deserialize is one of ours at all.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct Header {
+pub struct Header {
     pub api_version: Option<String>,
     pub kind: Option<String>,
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Netns, in_netns};
-use crate::support::eventually;
+use crate::blocking::eventually;
 
 /// nginx inside a namespace, answering `body` on each `listen` address
 /// (`10.0.0.2:80`, `[fd00::2]:80`); stopped on drop.

@@ -1,5 +1,5 @@
 //! Kubernetes' naming and range rules (the subset `kubectl` enforces on the
-//! fields this crate reads). Each check returns why a value is invalid.
+//! fields the agent reads). Each check returns why a value is invalid.
 
 /// The longest DNS label (RFC 1123 / RFC 1035).
 const LABEL_MAX: usize = 63;
