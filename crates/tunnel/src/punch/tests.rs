@@ -6,7 +6,7 @@ use std::{
 
 use libp2p::{Multiaddr, PeerId, swarm::NetworkBehaviour};
 
-use super::*;
+use super::{marks::MARK_LIFETIME, *};
 
 fn addrs(texts: &[&str]) -> Vec<Multiaddr> {
     texts.iter().map(|t| t.parse().unwrap()).collect()

@@ -19,16 +19,16 @@ use libp2p::{
 use socket2::{Domain, Socket, Type};
 use tokio::io::Interest;
 
-use super::{Marks, tcp_socket_addr};
+use super::marks::{Marks, tcp_socket_addr};
 
-type Inner = tcp::tokio::Transport;
+type Tcp = tcp::tokio::Transport;
 
 /// `connect` on a non-blocking socket: the SYN is on its way (Linux's errno).
 const EINPROGRESS: i32 = 115;
 
 /// [`tcp::tokio::Transport`], whose marked dials are primed.
 pub(crate) struct Primed {
-    inner: Inner,
+    inner: Tcp,
     marks: Marks,
     /// The ports we listen on, by listener and address: a primed dial binds to one of them,
     /// as the inner transport's dials with port reuse do.
@@ -36,7 +36,7 @@ pub(crate) struct Primed {
 }
 
 impl Primed {
-    pub(crate) fn new(inner: Inner, marks: Marks) -> Primed {
+    pub(crate) fn new(inner: Tcp, marks: Marks) -> Primed {
         Primed { inner, marks, listening: HashMap::new() }
     }
 
@@ -55,7 +55,7 @@ impl Primed {
         Some(SocketAddr::new(unspecified, *port))
     }
 
-    fn track(&mut self, event: &TransportEvent<<Inner as Transport>::ListenerUpgrade, io::Error>) {
+    fn track(&mut self, event: &TransportEvent<<Tcp as Transport>::ListenerUpgrade, io::Error>) {
         match event {
             TransportEvent::NewAddress { listener_id, listen_addr } => {
                 if let Some(a) = tcp_socket_addr(listen_addr) {
@@ -78,7 +78,7 @@ impl Primed {
 impl Transport for Primed {
     type Output = tcp::tokio::TcpStream;
     type Error = io::Error;
-    type ListenerUpgrade = <Inner as Transport>::ListenerUpgrade;
+    type ListenerUpgrade = <Tcp as Transport>::ListenerUpgrade;
     type Dial = BoxFuture<'static, io::Result<tcp::tokio::TcpStream>>;
 
     fn listen_on(&mut self, id: ListenerId, addr: Multiaddr) -> Result<(), TransportError<io::Error>> {
