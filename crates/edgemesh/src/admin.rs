@@ -14,23 +14,31 @@
 //!   agents: node name, peer ID, addresses, direct or relayed, RTT, open
 //!   streams.
 //! - `/config`: the effective configuration as JSON.
+//! - `/metrics`: every metric, in the Prometheus text format (OpenMetrics
+//!   when the scraper asks for it); see `edgemesh-metrics`.
+//!
+//! The endpoint runs on a runtime of its own, on its own thread
+//! ([`AdminServer::spawn`]): a scrape, a slow client or a big JSON dump
+//! never takes a worker from the data path, and a busy data path never
+//! starves a health probe.
+//!
+//! Routes are in [`routes`].
+
+mod routes;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
+use anyhow::Context;
 use edgemesh_cache::{CacheStatus, StateReport};
-use edgemesh_core::{NodeEntry, RegistryHandle, ServiceEntry, SourceHealth};
+use edgemesh_core::{RegistryHandle, SourceHealth};
 use edgemesh_intercept::InterceptStatus;
+use edgemesh_metrics::AgentRegistry;
 use edgemesh_proxy::ProxyStatus;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::CONTENT_TYPE;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -66,6 +74,8 @@ pub struct AdminState {
     pub source: Option<Arc<SourceHealth>>,
     /// The cross-node tunnel, when enabled.
     pub tunnel: Option<edgemesh_tunnel::Tunnel>,
+    /// Every component's metrics (registered during `Agent::build`).
+    pub metrics: Arc<AgentRegistry>,
 }
 
 impl AdminState {
@@ -108,13 +118,16 @@ impl AdminState {
 }
 
 pub struct AdminServer {
-    listener: TcpListener,
+    /// Bound on the agent's runtime, served on the admin runtime: a std
+    /// listener, registered with a reactor only once it is there.
+    listener: std::net::TcpListener,
     state: AdminState,
 }
 
 impl AdminServer {
-    pub async fn bind(addr: SocketAddr, state: AdminState) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+    pub fn bind(addr: SocketAddr, state: AdminState) -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
         Ok(Self { listener, state })
     }
 
@@ -123,11 +136,31 @@ impl AdminServer {
         self.listener.local_addr()
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Serves on a single-threaded runtime on a thread of its own until
+    /// `shutdown`; the returned future (for the agent's runtime) resolves
+    /// when that thread has ended.
+    pub fn spawn(self, shutdown: CancellationToken) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new().name("edgemesh-admin".into()).spawn(move || {
+            let served = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot build the admin endpoint's runtime")
+                .and_then(|runtime| runtime.block_on(self.run(shutdown)));
+            let _ = done_tx.send(served);
+        });
+        async move {
+            thread.context("cannot start the admin endpoint's thread")?;
+            done.await.context("the admin endpoint's thread ended without a result")?
+        }
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let listener = TcpListener::from_std(self.listener).context("cannot register the admin listener")?;
         loop {
             let (stream, _) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                accepted = self.listener.accept() => match accepted {
+                _ = shutdown.cancelled() => return Ok(()),
+                accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         tracing::warn!(error = %e, "admin accept failed");
@@ -141,7 +174,7 @@ impl AdminServer {
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(route(&state, req)) }
+                    async move { Ok::<_, Infallible>(routes::route(&state, req)) }
                 });
                 let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
                 tokio::select! {
@@ -150,82 +183,5 @@ impl AdminServer {
                 }
             });
         }
-    }
-}
-
-#[derive(Serialize)]
-struct ServicesDump<'a> {
-    /// Live or from cache, and how old.
-    state: StateReport,
-    generation: u64,
-    synced: bool,
-    count: usize,
-    services: Vec<&'a ServiceEntry>,
-}
-
-#[derive(Serialize)]
-struct NodesDump<'a> {
-    generation: u64,
-    nodes: Vec<&'a NodeEntry>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct PeersDump {
-    /// This node's own peer ID.
-    peer_id: String,
-    peers: Vec<edgemesh_tunnel::PeerStatus>,
-}
-
-fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
-    }
-    match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => match state.not_ready_reason() {
-            None => text(StatusCode::OK, &format!("ready ({})\n", state.state_report().describe())),
-            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: {why}\n")),
-        },
-        "/services" => {
-            let snap = state.snapshots.borrow().clone();
-            let dump = ServicesDump {
-                state: state.state_report(),
-                generation: snap.generation,
-                synced: snap.synced,
-                count: snap.len(),
-                services: snap.services().map(|s| &**s).collect(),
-            };
-            json(&dump)
-        }
-        "/nodes" => {
-            let snap = state.snapshots.borrow().clone();
-            json(&NodesDump { generation: snap.generation, nodes: snap.nodes().map(|n| &**n).collect() })
-        }
-        "/peers" => match &state.tunnel {
-            Some(tunnel) => json(&PeersDump { peer_id: tunnel.peer_id().to_string(), peers: tunnel.peers() }),
-            None => text(StatusCode::NOT_FOUND, "the tunnel is off (tunnel.enabled)\n"),
-        },
-        "/config" => json(&*state.config),
-        _ => text(StatusCode::NOT_FOUND, "not found; try /healthz, /readyz, /services, /nodes, /peers, /config\n"),
-    }
-}
-
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("static header"));
-    resp
-}
-
-fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
-    match serde_json::to_vec_pretty(value) {
-        Ok(mut body) => {
-            body.push(b'\n');
-            let mut resp = Response::new(Full::new(Bytes::from(body)));
-            resp.headers_mut().insert(CONTENT_TYPE, "application/json".parse().expect("static header"));
-            resp
-        }
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot encode JSON: {e}\n")),
     }
 }

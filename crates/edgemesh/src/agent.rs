@@ -33,6 +33,7 @@ use edgemesh_dns::DnsServer;
 use edgemesh_intercept::Interceptor;
 use edgemesh_kube::{KubeSource, KubeSourceConfig};
 use edgemesh_manifests::ManifestSource;
+use edgemesh_metrics::AgentRegistry;
 use edgemesh_proxy::{Proxy, ProxyConfig};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -123,6 +124,9 @@ impl Agent {
         );
         tracing::debug!(config = ?config, "effective configuration");
 
+        // Every component registers its metrics here as it is built; the
+        // admin endpoint serves them.
+        let metrics = AgentRegistry::new(env!("CARGO_PKG_VERSION"));
         let mut registry = Registry::new(RegistryConfig {
             vip_cidr: config.vip_cidr(),
             vip_cidr6: config.vip_cidr6(),
@@ -192,9 +196,9 @@ impl Agent {
                 cache: cache.clone(),
                 source: Some(source_health),
                 tunnel: tunnel.as_ref().map(|(t, _)| t.clone()),
+                metrics: Arc::new(metrics),
             },
         )
-        .await
         .with_context(|| {
             format!("cannot listen for the admin endpoint on {}; is another agent running?", config.admin.listen)
         })?;
@@ -255,7 +259,7 @@ impl Agent {
         if let Some(task) = self.tunnel {
             components.spawn("the tunnel", async move { task.await.map_err(Into::into) });
         }
-        components.spawn("the admin endpoint", ok(self.admin.run(shutdown.clone())));
+        components.spawn("the admin endpoint", self.admin.spawn(shutdown.clone()));
         let identity = source_identity(&config);
         let (dir, stop_relay) = (config.state_dir.clone(), shutdown.clone());
         let (upstream, registry_sink, cache) = (self.upstream, self.registry_sink, self.cache);
