@@ -12,6 +12,7 @@ pub use edgemesh_dns::DnsConfig;
 pub use edgemesh_intercept::{InterceptConfig, InterceptMode};
 pub use edgemesh_kube::KubeConfig;
 pub use edgemesh_manifests::ManifestsConfig;
+pub use edgemesh_metrics::MetricsConfig;
 pub use edgemesh_proxy::ProxyConfig;
 pub use edgemesh_tunnel::TunnelConfig;
 use ipnet::IpNet;
@@ -72,6 +73,7 @@ pub struct Config {
     pub dns: DnsConfig,
     pub proxy: ProxyConfig,
     pub admin: AdminConfig,
+    pub metrics: MetricsConfig,
     pub intercept: InterceptConfig,
     pub tunnel: TunnelConfig,
 }
@@ -99,6 +101,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             proxy: ProxyConfig::default(),
             admin: AdminConfig::default(),
+            metrics: MetricsConfig::default(),
             intercept: InterceptConfig::default(),
             tunnel: TunnelConfig::default(),
         }

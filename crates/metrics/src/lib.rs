@@ -34,6 +34,24 @@ pub use prometheus_client::registry::{Registry, Unit};
 
 pub use self::labels::{BoundedLabels, OTHER};
 
+/// The `metrics` section of the agent's config (keys in camelCase).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsConfig {
+    /// Services (namespace/name) given their own `service` label; the rest
+    /// are reported as `other`.
+    pub max_services: usize,
+    /// Tunnel peers (nodes) given their own `node` label; the rest are
+    /// reported as `other`.
+    pub max_nodes: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { max_services: 500, max_nodes: 1000 }
+    }
+}
+
 /// The `Content-Type` of [`AgentRegistry::encode`]'s output in OpenMetrics
 /// (what Prometheus asks for first).
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
