@@ -31,6 +31,8 @@
 //!   (`SO_ORIGINAL_DST`) picks the service port's pool of that family in
 //!   `routes`; TCP VIP listeners are then not bound (nftables redirects
 //!   VIPs too).
+//! - [`pools`]: which pools serve each service, so that their endpoints'
+//!   passive health can be read from outside (the admin endpoint).
 //! - [`remote`]: endpoints on other nodes, opened through the tunnel the
 //!   agent hands in (the proxy knows nothing of its transport).
 //! - [`splice`]: zero-copy forwarding with `splice(2)` through a pipe per
@@ -64,6 +66,7 @@ pub mod connection;
 pub mod error;
 pub mod listeners;
 pub mod pool;
+pub mod pools;
 pub mod remote;
 mod routes;
 pub mod splice;
@@ -225,6 +228,9 @@ pub struct ProxyStatus {
     /// Intercepted connections whose original destination was no service
     /// port (reset).
     pub unrouted_connections: AtomicU64,
+    /// Each service's pools, to read their endpoints' passive health
+    /// ([`pools::PoolIndex::service_health`]).
+    pub pools: pools::PoolIndex,
     /// Signalled whenever `applied_generation` moves.
     applied: tokio::sync::Notify,
 }

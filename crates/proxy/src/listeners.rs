@@ -302,6 +302,7 @@ impl Reconciler {
         self.waiting = 0;
         self.sockets = 0;
         self.shared.status.listeners.store(0, Ordering::Relaxed);
+        self.shared.status.pools.clear();
         self.publish_counts();
     }
 
@@ -352,6 +353,7 @@ impl Reconciler {
         let new_routes: Vec<(SocketAddr, Arc<Pool>)> =
             next.iter().flat_map(|l| l.routes.iter().map(|a| (*a, l.pool.clone()))).collect();
         self.shared.routes.replace(&old_routes, &new_routes);
+        self.shared.status.pools.set(key, next.iter().map(|l| (l.protocol, l.pool.clone())).collect());
         self.waiting += next.iter().filter(|l| l.waiting_for_bind()).count();
         if unbound {
             self.unbound.insert(key.clone());

@@ -246,6 +246,22 @@ impl Pool {
         tracing::debug!(service = %self.service, endpoint = %backend, ?backoff, "endpoint ejected");
     }
 
+    /// The passive health of each endpoint this pool forwards to, for the
+    /// admin endpoint (read-only: one lock, a lookup per endpoint).
+    pub fn endpoint_health(&self) -> Vec<crate::pools::EndpointHealth> {
+        let targets = self.targets();
+        let now = tokio::time::Instant::now();
+        let state = lock(&self.state);
+        targets
+            .backends
+            .iter()
+            .map(|b| {
+                let record = state.as_ref().and_then(|s| s.health.state(&b.addr, now));
+                crate::pools::EndpointHealth::new(b, record)
+            })
+            .collect()
+    }
+
     /// Why `targets` (this pool's) have no endpoint: none at all, or none
     /// of this pool's family while the port has some of the other.
     pub(crate) fn no_backends(&self, targets: &Targets) -> ProxyError {
