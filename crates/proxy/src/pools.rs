@@ -16,15 +16,18 @@ use serde::Serialize;
 
 use crate::pool::Pool;
 
-/// Service -> its pools (one per service port, protocol and family).
+/// A service's pools: one per service port, protocol and family.
+pub(crate) type ServicePools = Box<[(Protocol, Arc<Pool>)]>;
+
+/// Service -> its pools.
 #[derive(Debug, Default)]
 pub struct PoolIndex {
-    map: RwLock<HashMap<ServiceKey, Box<[(Protocol, Arc<Pool>)]>>>,
+    map: RwLock<HashMap<ServiceKey, ServicePools>>,
 }
 
 impl PoolIndex {
     /// `key` is served by `pools` now; none: the service is gone.
-    pub(crate) fn set(&self, key: &ServiceKey, pools: Box<[(Protocol, Arc<Pool>)]>) {
+    pub(crate) fn set(&self, key: &ServiceKey, pools: ServicePools) {
         let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if pools.is_empty() {
             map.remove(key);
