@@ -130,6 +130,20 @@ fn status_shows_services_endpoint_health_and_source() {
     assert_eq!(find(&json["endpoints"], "address", &healthy_addr)["health"], "healthy");
     assert_eq!(json["service"]["name"], "web");
 
+    // The admin route behind it.
+    let (code, body) = agent.try_get("/services/default/web").expect("the admin endpoint answers");
+    let route: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (code, &route["nodeName"], &route["service"]["name"]),
+        (200, &Value::from("test-node"), &Value::from("web"))
+    );
+    assert_eq!(route["ports"][0]["endpoints"].as_array().map(Vec::len), Some(2), "{route}");
+    assert_eq!(
+        agent.try_get("/services/default/nope").map(|(c, b)| (c, b.trim().to_owned())),
+        Some((404, "no service default/nope".into()))
+    );
+    assert_eq!(agent.try_get("/services/default").map(|(c, _)| c), Some(400));
+
     // The admin address from the agent's config file.
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, format!("admin:\n  listen: {}\n", agent.admin)).unwrap();
