@@ -127,6 +127,8 @@ fn status_shows_services_endpoint_health_and_source() {
     let ejected = find(&json["endpoints"], "address", &closed_addr);
     assert!(ejected["consecutiveFailures"].as_u64() >= Some(1), "{json}");
     assert!(ejected["ejectedForSeconds"].as_f64().is_some_and(|s| s > 0.0 && s <= 30.0), "{json}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(ejected["ejectedUntil"].as_f64().is_some_and(|t| t > now - 1.0 && t <= now + 30.0), "{json}");
     assert_eq!(find(&json["endpoints"], "address", &healthy_addr)["health"], "healthy");
     assert_eq!(json["service"]["name"], "web");
 

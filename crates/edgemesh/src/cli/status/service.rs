@@ -61,11 +61,15 @@ pub struct EndpointRow {
     pub health: Option<&'static str>,
     pub consecutive_failures: u32,
     pub ejected_for_seconds: Option<f64>,
+    /// Unix time the ejection ends (this host's clock, which is the
+    /// agent's when asked on its node).
+    pub ejected_until: Option<f64>,
 }
 
 impl ServiceDetail {
     pub fn of(doc: ServiceDetailDoc) -> ServiceDetail {
         let node = doc.node_name;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let mut endpoints = Vec::new();
         for port in &doc.ports {
             for e in &port.endpoints {
@@ -82,6 +86,7 @@ impl ServiceDetail {
                     }),
                     consecutive_failures: e.consecutive_failures,
                     ejected_for_seconds: e.ejected_for_seconds,
+                    ejected_until: e.ejected_for_seconds.map(|s| now.as_secs_f64() + s),
                 });
             }
         }
@@ -96,6 +101,7 @@ impl ServiceDetail {
                 health: None,
                 consecutive_failures: 0,
                 ejected_for_seconds: None,
+                ejected_until: None,
             });
         }
         ServiceDetail { service: ServiceRow::of(&doc.service, &node), node, endpoints }
@@ -111,7 +117,10 @@ impl ServiceDetail {
                 n => format!("{n} failures"),
             };
             let health = match (e.health, e.ejected_for_seconds) {
-                (Some("ejected"), Some(s)) => format!("ejected for {s:.1}s ({failures})"),
+                (Some("ejected"), Some(s)) => {
+                    let until = e.ejected_until.map_or(String::new(), |t| format!(", until {}", clock_time(t)));
+                    format!("ejected for {s:.1}s{until} ({failures})")
+                }
                 (Some("recovering"), _) => format!("recovering ({failures})"),
                 (Some(h), _) => h.to_string(),
                 (None, _) => "-".into(),
@@ -127,6 +136,12 @@ impl ServiceDetail {
         }
         out + &t.render()
     }
+}
+
+/// `HH:MM:SS UTC` of a Unix time.
+fn clock_time(unix: f64) -> String {
+    let s = unix as u64 % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", s / 3600, s % 3600 / 60, s % 60)
 }
 
 #[cfg(test)]
@@ -151,13 +166,13 @@ mod tests {
         let text = detail.render();
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines.iter().any(|l| l.starts_with("10.0.0.2:8080") && l.ends_with("local      healthy")), "{text}");
+        let ejected = lines.iter().find(|l| l.starts_with("10.0.0.3:8080")).unwrap();
         assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("10.0.0.3:8080") && l.ends_with("remote     ejected for 1.5s (2 failures)")),
+            ejected.contains("remote     ejected for 1.5s, until ") && ejected.ends_with(" UTC (2 failures)"),
             "{text}"
         );
         assert!(lines.iter().any(|l| l.starts_with("10.0.0.4 ") && l.contains(" no ") && l.ends_with("-")), "{text}");
         assert_eq!(detail.endpoints.len(), 3);
+        assert_eq!(clock_time(1_800_000_000.0 + 3725.0), "09:02:05 UTC");
     }
 }
