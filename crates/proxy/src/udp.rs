@@ -40,6 +40,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use edgemesh_metrics::{Counter, Gauge};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -75,6 +76,8 @@ struct Session {
     last: Arc<AtomicU64>,
     task: AbortHandle,
     shared: Arc<Shared>,
+    /// The port's `sessions_active` gauge.
+    active: Gauge,
 }
 
 /// How a session's datagrams reach its endpoint.
@@ -87,10 +90,14 @@ enum Link {
 
 impl Link {
     /// Sends now or fails: `WouldBlock` when full, `BrokenPipe` when the
-    /// tunnel session has ended.
-    fn send(&self, data: &[u8]) -> io::Result<()> {
+    /// tunnel session has ended. A datagram sent to a local endpoint is
+    /// counted in `sent`; one queued for the tunnel is counted by its task,
+    /// once handed to the tunnel.
+    fn send(&self, data: &[u8], sent: &Counter) -> io::Result<()> {
         match self {
-            Link::Local(socket) => send(socket, data).map(drop),
+            Link::Local(socket) => send(socket, data).map(|n| {
+                sent.inc_by(n as u64);
+            }),
             Link::Remote(queue) => queue.try_send(data.to_vec()).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => io::ErrorKind::WouldBlock.into(),
                 mpsc::error::TrySendError::Closed(_) => io::ErrorKind::BrokenPipe.into(),
@@ -103,6 +110,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.task.abort();
         self.shared.status.udp_sessions.fetch_sub(1, Ordering::Relaxed);
+        self.active.dec();
     }
 }
 
@@ -175,7 +183,7 @@ impl Port {
     fn datagram(&mut self, data: &[u8], client: SocketAddr) {
         if let Some(session) = self.sessions.get(&client) {
             session.last.store(self.clock.now_ms(), Ordering::Relaxed);
-            match session.link.send(data) {
+            match session.link.send(data, &self.pool.metrics.udp().sent) {
                 Ok(()) => return,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                     // The endpoint went away since the last datagram: eject it
@@ -193,11 +201,12 @@ impl Port {
                 }
             }
         }
+        let pool = self.pool.clone();
         let Some(session) = self.open(client) else {
             self.drop_datagram();
             return;
         };
-        if session.link.send(data).is_err() {
+        if session.link.send(data, &pool.metrics.udp().sent).is_err() {
             self.drop_datagram();
         }
     }
@@ -273,8 +282,12 @@ impl Port {
             };
             status.udp_sessions.fetch_add(1, Ordering::Relaxed);
             status.total_udp_sessions.fetch_add(1, Ordering::Relaxed);
+            let metrics = self.pool.metrics.udp();
+            metrics.opened.inc();
+            metrics.active.inc();
             tracing::trace!(service = %self.pool.service, %client, %backend, "UDP session opened");
-            let session = Session { id, backend, link, last, task: task.abort_handle(), shared: self.shared.clone() };
+            let (task, shared, active) = (task.abort_handle(), self.shared.clone(), metrics.active.clone());
+            let session = Session { id, backend, link, last, task, shared, active };
             self.sessions.insert(client, session);
             return self.sessions.get(&client);
         }
@@ -286,6 +299,7 @@ impl Port {
 
     fn drop_datagram(&self) {
         self.shared.status.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
+        self.pool.metrics.udp().dropped.inc();
     }
 }
 
@@ -346,6 +360,22 @@ impl SessionEnds {
     /// Tells the port the session is over.
     fn end(&self) {
         let _ = self.ended.0.send((self.client, self.ended.1));
+    }
+
+    /// Sends the endpoint's `reply` to the client from the service address,
+    /// counting it as received or dropped.
+    fn reply(&self, reply: &[u8]) {
+        match send_to(&self.service_socket, reply, self.client) {
+            Ok(n) => {
+                self.pool.metrics.udp().received.inc_by(n as u64);
+            }
+            Err(_) => self.dropped(),
+        }
+    }
+
+    fn dropped(&self) {
+        self.shared.status.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
+        self.pool.metrics.udp().dropped.inc();
     }
 }
 
@@ -421,8 +451,12 @@ async fn relay_remote(
         tokio::select! {
             datagram = queued.recv() => {
                 let Some(datagram) = datagram else { break };
-                if to_remote.try_send(datagram).is_err() {
-                    e.shared.status.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
+                let len = datagram.len() as u64;
+                match to_remote.try_send(datagram) {
+                    Ok(()) => {
+                        e.pool.metrics.udp().sent.inc_by(len);
+                    }
+                    Err(_) => e.dropped(),
                 }
             }
             reply = from_remote.recv() => {
@@ -431,9 +465,7 @@ async fn relay_remote(
                     break;
                 };
                 e.touch();
-                if send_to(&e.service_socket, &reply, e.client).is_err() {
-                    e.shared.status.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
-                }
+                e.reply(&reply);
             }
             () = tokio::time::sleep_until(e.deadline()) => {
                 if e.expired() {
@@ -476,9 +508,7 @@ impl Relay {
                 match self.backend_socket.try_recv(buf) {
                     Ok(n) => {
                         moved += 1;
-                        if send_to(&self.ends.service_socket, &buf[..n], self.ends.client).is_err() {
-                            self.ends.shared.status.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
-                        }
+                        self.ends.reply(&buf[..n]);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if moved > 0 => {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use edgemesh_core::registry::EventSink;
 use edgemesh_core::{LbStrategy, Object, ObjectKey, ObjectKind, RegistryConfig, ServiceKey, Snapshot, SourceEvent};
+use edgemesh_metrics::AgentRegistry;
 use edgemesh_proxy::{Proxy, ProxyConfig, ProxyStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -81,11 +82,34 @@ impl Harness {
     /// Starts the proxy with `remote` carrying connections to endpoints on
     /// other nodes.
     pub fn start_proxy_through(&mut self, config: ProxyConfig, remote: Option<Arc<dyn edgemesh_proxy::Remote>>) {
+        let proxy = self.proxy_through(config, remote);
+        self.run_proxy(proxy);
+    }
+
+    /// Starts the proxy (through `remote`, if any) with its metrics in an
+    /// agent's registry, at most `max_services` service labels; returns
+    /// the registry to scrape.
+    pub fn start_counted_proxy(
+        &mut self,
+        config: ProxyConfig,
+        remote: Option<Arc<dyn edgemesh_proxy::Remote>>,
+        max_services: usize,
+    ) -> AgentRegistry {
+        let mut registry = AgentRegistry::new("test");
+        let proxy = self.proxy_through(config, remote).with_metrics(registry.edgemesh(), max_services);
+        self.run_proxy(proxy);
+        registry
+    }
+
+    fn proxy_through(&self, config: ProxyConfig, remote: Option<Arc<dyn edgemesh_proxy::Remote>>) -> Proxy {
         let proxy = Proxy::new(config, self.snapshots.clone());
-        let proxy = match remote {
+        match remote {
             Some(remote) => proxy.with_remote(remote, Duration::from_secs(2)),
             None => proxy,
-        };
+        }
+    }
+
+    pub fn run_proxy(&mut self, proxy: Proxy) {
         self.status = proxy.status();
         self.proxy = Some(tokio::spawn(proxy.run(self.shutdown.clone())));
     }
@@ -228,6 +252,42 @@ pub async fn reply_after_eof_backend(id: &'static str) -> SocketAddr {
         }
     });
     addr
+}
+
+/// A listener with a backlog of 0 whose queue is full and which never
+/// accepts: connects to it are silently dropped and time out. Keep the
+/// returned socket and connections for as long as it should stay stuck.
+pub async fn stuck_endpoint() -> (SocketAddr, socket2::Socket, Vec<TcpStream>) {
+    let stuck = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    stuck.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    stuck.listen(0).unwrap();
+    let addr = stuck.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => fillers.push(s),
+            _ => break,
+        }
+        assert!(fillers.len() < 10, "the accept queue should fill after a connection or two");
+    }
+    (addr, stuck, fillers)
+}
+
+/// A client read ended by a reset or an immediate close.
+pub fn is_reset_or_eof(r: &io::Result<usize>) -> bool {
+    match r {
+        Ok(0) => true,
+        Err(e) => matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted),
+        Ok(_) => false,
+    }
+}
+
+/// Connects and reads once: how a refused-by-the-proxy connection ends. The
+/// reset can arrive before tokio's connect returns, so a reset from connect
+/// counts as well.
+pub async fn connect_and_read(addr: std::net::SocketAddr) -> io::Result<usize> {
+    let mut s = TcpStream::connect(addr).await?;
+    tokio::time::timeout(Duration::from_secs(1), s.read(&mut [0u8; 16])).await.expect("closed at once")
 }
 
 /// Connects and returns everything the backend sent before closing.
