@@ -6,12 +6,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use edgemesh_core::build::service as svc_builder;
 use edgemesh_core::{LbStrategy, ObjectKind};
-use edgemesh_metrics::{AgentRegistry, Format};
+use edgemesh_metrics::Format;
 use edgemesh_proxy::ProxyConfig;
 use edgemesh_test_support::scrape::{promtool_check, sample};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,39 +19,6 @@ use tokio::net::{TcpStream, UdpSocket};
 
 fn config() -> ProxyConfig {
     ProxyConfig { connect_timeout: Duration::from_secs(2), max_connections: 1000, ..ProxyConfig::default() }
-}
-
-/// `name{service="default/<service>",port="8080"}`.
-fn series(name: &str, service: &str) -> String {
-    let service = if service == "other" { service.to_owned() } else { format!("{NS}/{service}") };
-    format!("{name}{{service=\"{service}\",port=\"{PORT}\"}}")
-}
-
-fn failed(service: &str, reason: &str) -> String {
-    format!("edgemesh_tcp_connections_failed_total{{service=\"{NS}/{service}\",port=\"{PORT}\",reason=\"{reason}\"}}")
-}
-
-/// Waits until every sample in `expected` has its value (`None`: absent),
-/// or fails showing the scrape.
-async fn settles(registry: &AgentRegistry, expected: &[(String, Option<f64>)]) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let text = registry.encode(Format::Text);
-        let wrong: Vec<_> = expected
-            .iter()
-            .filter(|(series, value)| sample(&text, series) != *value)
-            .map(|(series, value)| format!("{series}: want {value:?}, have {:?}", sample(&text, series)))
-            .collect();
-        if wrong.is_empty() {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "not reached in {WAIT:?}:\n{}\n--- the scrape:\n{text}", wrong.join("\n"));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn is(series: String, value: f64) -> (String, Option<f64>) {
-    (series, Some(value))
 }
 
 /// Sends `data` through `addr` to an echo server, half-closes, and checks

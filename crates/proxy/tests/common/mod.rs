@@ -7,12 +7,13 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use edgemesh_core::registry::EventSink;
 use edgemesh_core::{LbStrategy, Object, ObjectKey, ObjectKind, RegistryConfig, ServiceKey, Snapshot, SourceEvent};
-use edgemesh_metrics::AgentRegistry;
+use edgemesh_metrics::{AgentRegistry, Format};
 use edgemesh_proxy::{Proxy, ProxyConfig, ProxyStatus};
+use edgemesh_test_support::scrape::sample;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -288,6 +289,39 @@ pub fn is_reset_or_eof(r: &io::Result<usize>) -> bool {
 pub async fn connect_and_read(addr: std::net::SocketAddr) -> io::Result<usize> {
     let mut s = TcpStream::connect(addr).await?;
     tokio::time::timeout(Duration::from_secs(1), s.read(&mut [0u8; 16])).await.expect("closed at once")
+}
+
+/// `name{service="default/<service>",port="8080"}`.
+pub fn series(name: &str, service: &str) -> String {
+    let service = if service == "other" { service.to_owned() } else { format!("{NS}/{service}") };
+    format!("{name}{{service=\"{service}\",port=\"{PORT}\"}}")
+}
+
+pub fn failed(service: &str, reason: &str) -> String {
+    format!("edgemesh_tcp_connections_failed_total{{service=\"{NS}/{service}\",port=\"{PORT}\",reason=\"{reason}\"}}")
+}
+
+/// Waits until every sample in `expected` has its value (`None`: absent),
+/// or fails showing the scrape.
+pub async fn settles(registry: &AgentRegistry, expected: &[(String, Option<f64>)]) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = registry.encode(Format::Text);
+        let wrong: Vec<_> = expected
+            .iter()
+            .filter(|(series, value)| sample(&text, series) != *value)
+            .map(|(series, value)| format!("{series}: want {value:?}, have {:?}", sample(&text, series)))
+            .collect();
+        if wrong.is_empty() {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "not reached in {WAIT:?}:\n{}\n--- the scrape:\n{text}", wrong.join("\n"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn is(series: String, value: f64) -> (String, Option<f64>) {
+    (series, Some(value))
 }
 
 /// Connects and returns everything the backend sent before closing.
