@@ -158,40 +158,34 @@ impl ProxyMetrics {
         tcp.register("connections_opened", "TCP connections accepted for the service port", m.tcp_opened.clone());
         tcp.register("connections_active", "TCP connections being connected or forwarded", m.tcp_active.clone());
         tcp.register("connections_failed", "Accepted TCP connections not forwarded, by reason", m.tcp_failed.clone());
-        tcp.register_with_unit("sent", "Bytes forwarded from clients to endpoints", Unit::Bytes, m.tcp_sent.clone());
-        tcp.register_with_unit(
-            "received",
-            "Bytes forwarded from endpoints to clients",
-            Unit::Bytes,
-            m.tcp_received.clone(),
-        );
-        tcp.register_with_unit(
-            "connect_duration",
-            "Time to connect to an endpoint, retries included, of connections that were forwarded",
-            Unit::Seconds,
-            m.tcp_connect.clone(),
-        );
-        tcp.register_with_unit(
-            "connection_duration",
-            "Lifetime of forwarded TCP connections, from accept to close",
-            Unit::Seconds,
-            m.tcp_duration.clone(),
-        );
+        let tcp_bytes = [
+            ("sent", "Bytes forwarded from clients to endpoints", &m.tcp_sent),
+            ("received", "Bytes forwarded from endpoints to clients", &m.tcp_received),
+        ];
+        for (name, help, family) in tcp_bytes {
+            tcp.register_with_unit(name, help, Unit::Bytes, family.clone());
+        }
+        let durations = [
+            (
+                "connect_duration",
+                "Time to connect to an endpoint, retries included, of connections that were forwarded",
+                &m.tcp_connect,
+            ),
+            ("connection_duration", "Lifetime of forwarded TCP connections, from accept to close", &m.tcp_duration),
+        ];
+        for (name, help, family) in durations {
+            tcp.register_with_unit(name, help, Unit::Seconds, family.clone());
+        }
         let udp = registry.sub_registry_with_prefix("udp");
         udp.register("sessions_opened", "UDP sessions (one per client address) opened", m.udp_opened.clone());
         udp.register("sessions_active", "UDP sessions open now", m.udp_active.clone());
-        udp.register_with_unit(
-            "sent",
-            "Datagram bytes sent from clients to endpoints",
-            Unit::Bytes,
-            m.udp_sent.clone(),
-        );
-        udp.register_with_unit(
-            "received",
-            "Datagram bytes relayed from endpoints to clients",
-            Unit::Bytes,
-            m.udp_received.clone(),
-        );
+        let udp_bytes = [
+            ("sent", "Datagram bytes sent from clients to endpoints", &m.udp_sent),
+            ("received", "Datagram bytes relayed from endpoints to clients", &m.udp_received),
+        ];
+        for (name, help, family) in udp_bytes {
+            udp.register_with_unit(name, help, Unit::Bytes, family.clone());
+        }
         udp.register(
             "dropped_datagrams",
             "Datagrams dropped: no endpoint, session limit, full buffers",

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use edgemesh_core::build::service as svc_builder;
-use edgemesh_core::{LbStrategy, ObjectKind};
+use edgemesh_core::{LbStrategy, ObjectKind, ServiceKey};
 use edgemesh_metrics::Format;
 use edgemesh_proxy::ProxyConfig;
 use edgemesh_test_support::scrape::{promtool_check, sample};
@@ -236,5 +236,27 @@ async fn udp_sessions_bytes_and_drops_are_counted() {
     )
     .await;
     promtool_check(&text);
+    h.stop().await;
+}
+
+/// A port a service no longer has loses its series; the service's other
+/// ports keep theirs (their counts included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_port_loses_its_series_and_the_others_keep_theirs() {
+    let mut h = start_registry(125, LbStrategy::RoundRobin);
+    let registry = h.start_counted_proxy(config(), None, 100);
+    let two_ports = svc_builder(NS, "web").port("http", PORT, 80).port("admin", 9090, 81).object();
+    h.apply(two_ports, exists("web")).await;
+    assert!(is_reset_or_eof(&connect_and_read(h.addr("web")).await), "no endpoints: reset");
+    let admin = format!("edgemesh_tcp_connections_opened_total{{service=\"{NS}/web\",port=\"9090\"}}");
+    let http = series("edgemesh_tcp_connections_opened_total", "web");
+    settles(&registry, &[is(http.clone(), 1.0), is(admin.clone(), 0.0)]).await;
+
+    let one_port = svc_builder(NS, "web").port("http", PORT, 80).object();
+    let web = ServiceKey::new(NS, "web");
+    h.apply(one_port, move |s| s.service(&web).is_some_and(|e| e.ports.len() == 1)).await;
+    let text = registry.encode(Format::Text);
+    assert!(!text.contains("port=\"9090\""), "the removed port's series are gone:\n{text}");
+    assert_eq!(sample(&text, &http), Some(1.0), "{text}");
     h.stop().await;
 }
