@@ -24,7 +24,7 @@
 //! - An endpoint on another node is reached through the tunnel (see
 //!   [`crate::remote`]): the session's datagrams go, in order, to a task
 //!   that opens the tunnel's datagram session (one stream for the whole
-//!   session, never one per datagram) and relays both ways; if the tunnel
+//!   session, never one per datagram) and relays both ways (`remote`); if the tunnel
 //!   cannot reach the endpoint, it is ejected and the client's next datagram
 //!   opens a session elsewhere.
 //!
@@ -66,6 +66,8 @@ thread_local! {
 /// Datagrams queued for a session to another node while its tunnel opens
 /// or is busy; beyond this they are dropped.
 const REMOTE_QUEUE: usize = 256;
+
+mod remote;
 
 /// One client's session.
 struct Session {
@@ -276,7 +278,7 @@ impl Port {
                     let open = remote.open_udp(node, backend, &self.pool.service);
                     let node: Arc<str> = Arc::from(node);
                     let affinity = (targets.clone(), client.ip());
-                    (Link::Remote(queue), tokio::spawn(relay_remote(open, node, queued, affinity, ends)))
+                    (Link::Remote(queue), tokio::spawn(remote::relay_remote(open, node, queued, affinity, ends)))
                 }
                 (None, None) => unreachable!("a local endpoint has its socket"),
             };
@@ -427,64 +429,6 @@ async fn relay_replies(r: Relay) {
         }
     }
     e.end();
-}
-
-/// A session to an endpoint on another node: opens the tunnel's datagram
-/// session, then relays queued datagrams out and replies back until idle.
-/// A failed open ejects the endpoint.
-async fn relay_remote(
-    open: crate::remote::RemoteFuture<crate::remote::RemoteDatagrams>,
-    node: Arc<str>,
-    mut queued: mpsc::Receiver<Vec<u8>>,
-    (targets, client_ip): (Arc<crate::pool::Targets>, IpAddr),
-    e: SessionEnds,
-) {
-    let timeout = e.shared.reach.timeout();
-    let opened = match tokio::time::timeout(timeout, open).await {
-        Ok(Ok(opened)) => opened,
-        Ok(Err(err)) => return e.fail(ProxyError::remote(&node, e.backend, err)),
-        Err(_) => return e.fail(ProxyError::RemoteTimedOut { node: node.to_string(), addr: e.backend, timeout }),
-    };
-    e.pool.connected(&targets, client_ip, e.backend);
-    let crate::remote::RemoteDatagrams { to_remote, mut from_remote } = opened;
-    loop {
-        tokio::select! {
-            datagram = queued.recv() => {
-                let Some(datagram) = datagram else { break };
-                let len = datagram.len() as u64;
-                match to_remote.try_send(datagram) {
-                    Ok(()) => {
-                        e.pool.metrics.udp().sent.inc_by(len);
-                    }
-                    Err(_) => e.dropped(),
-                }
-            }
-            reply = from_remote.recv() => {
-                let Some(reply) = reply else {
-                    tracing::debug!(service = %e.pool.service, backend = %e.backend, %node, "tunnel UDP session ended by the remote side");
-                    break;
-                };
-                e.touch();
-                e.reply(&reply);
-            }
-            () = tokio::time::sleep_until(e.deadline()) => {
-                if e.expired() {
-                    tracing::trace!(service = %e.pool.service, client = %e.client, "UDP session idle; closing");
-                    break;
-                }
-            }
-        }
-    }
-    e.end();
-}
-
-impl SessionEnds {
-    /// The session could not be opened: eject the endpoint, say why, end.
-    fn fail(&self, error: ProxyError) {
-        self.pool.failed(self.backend);
-        self.pool.report(&error);
-        self.end();
-    }
 }
 
 impl Relay {
