@@ -311,8 +311,9 @@ impl Reconciler {
         let current = self.services.remove(key).map(Vec::from).unwrap_or_default();
         self.waiting = self.waiting.saturating_sub(current.iter().filter(|l| l.waiting_for_bind()).count());
         let old_routes: Vec<SocketAddr> = current.iter().flat_map(|l| l.routes.iter().copied()).collect();
-        // The label the service's pools count under, kept while it has any.
-        let label = current.first().map(|l| l.pool.metrics.service.clone());
+        // The label the service's pools count under, kept while it has any
+        // (asked for when its first listener is made).
+        let mut label = current.first().map(|l| l.pool.metrics.service.clone());
         let had_listeners = label.is_some();
         let mut next: Vec<Listener> = Vec::with_capacity(desired.len());
         let mut gone: Vec<Listener> = Vec::new();
@@ -332,11 +333,6 @@ impl Reconciler {
                 self.shared.status.listeners.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        let label = match label {
-            Some(label) => label,
-            None if desired.is_empty() => Arc::from(""),
-            None => self.shared.metrics.service_label(key),
-        };
         let shared = self.shared.clone();
         let node = &shared.config.node_name;
         let mut unbound = false;
@@ -354,7 +350,8 @@ impl Reconciler {
                 unbound |= existing.waiting_for_bind();
                 continue;
             }
-            let metrics = shared.metrics.port(label.clone(), port.port, protocol);
+            let service = label.get_or_insert_with(|| shared.metrics.service_label(key)).clone();
+            let metrics = shared.metrics.port(service, port.port, protocol);
             let pool = Arc::new(Pool::new(key.clone(), addr, targets).with_metrics(metrics));
             let mut listener = Listener { protocol, pool, bound: None, bind_failures: 0, listen: !routed, routes };
             if listener.listen {
