@@ -22,7 +22,8 @@
 //!   (they use it as a relay), and a node keeps its configured relays. A peer claiming the name
 //!   of a node bound to another peer ID is always cut off.
 //! - **No open proxy.** The remote agent connects only to targets for which
-//!   [`Directory::serves`] is true.
+//!   [`Directory::serves`] is true, and to ports of its own host only when
+//!   [`Directory::allows_host_port`] is ([`Tunnel::open_host`]).
 //! - **Private network.** With a pre-shared key (`psk_file`, go-libp2p's `swarm.key` format),
 //!   every TCP connection starts with libp2p's pnet handshake: a peer without the key cannot
 //!   complete a connection at all. **pnet covers TCP only: QUIC has no place for the PSK.** So
@@ -159,6 +160,12 @@ pub trait Directory: Send + Sync + 'static {
     /// Whether this node serves endpoint `target` for `protocol` (the tunnel dials nothing
     /// else: no open proxy).
     fn serves(&self, target: SocketAddr, protocol: TunnelProtocol) -> bool;
+    /// Whether a peer may reach TCP port `port` of this node's own host (loopback) through the
+    /// tunnel (the SOCKS5 entry's `socks.allowedPorts`): this node decides, not the asking one.
+    /// The default: no port.
+    fn allows_host_port(&self, _port: u16) -> bool {
+        false
+    }
     /// Resolves once the directory holds its first full view of the nodes (the agent's first
     /// complete read of its source, or of its cache). Until then a node name bound to nothing
     /// may just not be loaded yet, so a hello claiming such a name waits for this (a few

@@ -24,6 +24,7 @@ use crate::{
 struct Dir {
     peers: Mutex<HashMap<String, PeerId>>,
     serves: Mutex<HashSet<(SocketAddr, TunnelProtocol)>>,
+    host_ports: Mutex<HashSet<u16>>,
     /// True while the directory is still loading its first full view.
     loading: tokio::sync::watch::Sender<bool>,
 }
@@ -34,6 +35,9 @@ impl Directory for Dir {
     }
     fn serves(&self, target: SocketAddr, protocol: TunnelProtocol) -> bool {
         self.serves.lock().unwrap().contains(&(target, protocol))
+    }
+    fn allows_host_port(&self, port: u16) -> bool {
+        self.host_ports.lock().unwrap().contains(&port)
     }
     fn ready(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         let mut loading = self.loading.subscribe();
@@ -141,7 +145,7 @@ async fn reply_to(s: &mut Compat<libp2p::Stream>, bytes: &[u8]) -> Option<u8> {
 }
 
 fn header(target: SocketAddr, protocol: TunnelProtocol) -> Vec<u8> {
-    wire::encode_header(&Header { protocol, target, service: "steal".into() })
+    wire::encode_header(&Header { protocol, target, to_host: false, service: "steal".into() })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,6 +245,46 @@ async fn hostile_headers_never_crash_or_stall_the_agent() {
     }
     // Only the legitimate opens reached the endpoint.
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_ports_are_the_accepting_nodes_decision() {
+    let net = Net::new();
+    let (dir_a, dir_b) = (Arc::new(Dir::default()), Arc::new(Dir::default()));
+    for dir in [&dir_a, &dir_b] {
+        dir.peers.lock().unwrap().insert("a".into(), net.peer("a"));
+        dir.peers.lock().unwrap().insert("b".into(), net.peer("b"));
+    }
+    let (allowed, accepted) = counted_echo().await;
+    let (other, other_accepted) = counted_echo().await;
+    // b lists `allowed`; a lists `other`, which does not make it reachable on b.
+    dir_b.host_ports.lock().unwrap().insert(allowed.port());
+    dir_a.host_ports.lock().unwrap().insert(other.port());
+    let b = net.start("b", "b", dir_b.clone(), None).await;
+    let a = net.start("a", "a", dir_a, Some(&b)).await;
+
+    let mut s = a.open_host("b", allowed.port(), "socks").await.expect("an allowed port of b's host");
+    s.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"ping");
+    match a.open_host("b", other.port(), "socks").await {
+        Err(crate::TunnelError::NotServed { node, .. }) => assert_eq!(node, "b"),
+        other => panic!("a port b does not list: {:?}", other.map(|_| ())),
+    }
+    // Not for UDP, nor as an endpoint the directory does not serve.
+    let mut udp = raw(&a, b.peer_id(), UDP).await.unwrap();
+    let host_udp = wire::encode_header(&Header {
+        protocol: TunnelProtocol::Udp,
+        target: allowed,
+        to_host: true,
+        service: "socks".into(),
+    });
+    assert_eq!(reply_to(&mut udp, &host_udp).await, Some(Reply::NotServed as u8));
+    let mut tcp = raw(&a, b.peer_id(), TCP).await.unwrap();
+    assert_eq!(reply_to(&mut tcp, &header(allowed, TunnelProtocol::Tcp)).await, Some(Reply::NotServed as u8));
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(other_accepted.load(Ordering::SeqCst), 0);
 }
 
 fn addr_of(t: &Tunnel) -> libp2p::Multiaddr {

@@ -204,7 +204,19 @@ impl Tunnel {
     /// A byte stream to `target` on node `node`, through the agent on that node. Resolves after
     /// the remote agent's reply: Ok only when the remote connected to the endpoint.
     pub async fn open_tcp(&self, node: &str, target: SocketAddr, service: &str) -> Result<TunnelStream, TunnelError> {
-        let (peer, stream, relayed, guard) = self.open(node, target, service, TunnelProtocol::Tcp).await?;
+        let (peer, stream, relayed, guard) =
+            self.open(node, Target::Endpoint(target), service, TunnelProtocol::Tcp).await?;
+        Ok(TunnelStream::new(stream, peer, relayed, guard))
+    }
+
+    /// A byte stream to TCP port `port` of node `node`'s own host (its loopback), for the
+    /// SOCKS5 entry; that node's agent connects only if it allows the port
+    /// ([`crate::Directory::allows_host_port`]), and answers [`TunnelError::NotServed`]
+    /// otherwise. An agent from before host streams answers [`TunnelError::Protocol`].
+    pub async fn open_host(&self, node: &str, port: u16, purpose: &str) -> Result<TunnelStream, TunnelError> {
+        let target = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+        let (peer, stream, relayed, guard) =
+            self.open(node, Target::Host(target), purpose, TunnelProtocol::Tcp).await?;
         Ok(TunnelStream::new(stream, peer, relayed, guard))
     }
 
@@ -216,7 +228,7 @@ impl Tunnel {
         target: SocketAddr,
         service: &str,
     ) -> Result<(DatagramSender, DatagramReceiver), TunnelError> {
-        let (_, stream, _, guard) = self.open(node, target, service, TunnelProtocol::Udp).await?;
+        let (_, stream, _, guard) = self.open(node, Target::Endpoint(target), service, TunnelProtocol::Udp).await?;
         Ok(datagram_pair(stream, Some(guard)))
     }
 
@@ -288,7 +300,7 @@ impl Tunnel {
     async fn open(
         &self,
         node: &str,
-        target: SocketAddr,
+        target: Target,
         service: &str,
         protocol: TunnelProtocol,
     ) -> Result<Opened, TunnelError> {
@@ -323,12 +335,16 @@ impl Tunnel {
         &self,
         node: &str,
         peer: PeerId,
-        target: SocketAddr,
+        target: Target,
         service: &str,
         protocol: TunnelProtocol,
         deadline: tokio::time::Instant,
     ) -> Result<Opened, Failed> {
         let ctx = &self.ctx;
+        let (to_host, target) = match target {
+            Target::Endpoint(target) => (false, target),
+            Target::Host(target) => (true, target),
+        };
         let timeout_err = || TunnelError::Timeout { node: node.to_owned(), timeout: ctx.settings.connect_timeout };
         let protocol_err = |message: String| TunnelError::Protocol { node: node.to_owned(), message };
         self.ready(node, peer, deadline).await?;
@@ -372,7 +388,7 @@ impl Tunnel {
         };
         let guard = StreamGuard::new(ctx.peers.stream_counter(peer), opening.slot);
         let mut stream = stream.compat();
-        let header = wire::encode_header(&Header { protocol, target, service: service.to_owned() });
+        let header = wire::encode_header(&Header { protocol, target, to_host, service: service.to_owned() });
         // The remote dials the endpoint within its connect timeout: allow for that and a bit.
         let reply_deadline = tokio::time::Instant::now() + ctx.settings.connect_timeout + Duration::from_secs(5);
         let exchange = async {
@@ -409,6 +425,10 @@ impl Tunnel {
                 Err(TunnelError::Unreachable { node: node.to_owned(), target })
             }
             Some(Reply::NotServed) => Err(TunnelError::NotServed { node: node.to_owned(), target }),
+            Some(Reply::BadRequest) if to_host => Err(protocol_err(
+                "the remote agent rejected the request for a port of its host (an edgemesh without host streams?)"
+                    .into(),
+            )),
             Some(Reply::BadRequest) => Err(protocol_err("the remote agent rejected the header".into())),
             None => Err(protocol_err(format!("unknown reply {reply}"))),
         }?)
@@ -419,6 +439,15 @@ impl Tunnel {
 /// `NotConnected`), rather than that the peer reset the stream.
 fn connection_lost(e: &io::Error) -> bool {
     StreamReset::of(e) == Some(StreamReset::ConnectionLost) || e.kind() == io::ErrorKind::NotConnected
+}
+
+/// What a proxy stream reaches on the remote node.
+#[derive(Clone, Copy)]
+enum Target {
+    /// An endpoint the remote node serves.
+    Endpoint(SocketAddr),
+    /// A port of the remote node's own host (its loopback address and the port).
+    Host(SocketAddr),
 }
 
 /// A stream to a peer, header exchanged: (peer, stream, relayed, guard).

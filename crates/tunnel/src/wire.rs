@@ -16,12 +16,16 @@
 //! connection / UDP session):
 //!
 //! ```text
-//! opener:   version u8 (1) | protocol u8 (1 tcp, 2 udp) | family u8 (4, 6)
-//!                 | address (4 or 16 bytes) | port u16 BE | service_len u8 | service (UTF-8, for logs)
+//! opener:   version u8 (1) | protocol u8 (1 tcp, 2 udp) | family u8 (4, 6, or 0: this node's host)
+//!                 | address (4 or 16 bytes; none for 0) | port u16 BE | service_len u8 | service (UTF-8, for logs)
 //! acceptor: reply u8 (see `Reply`)
 //! then:     TCP: raw bytes both ways, half-close propagated;
 //!           UDP: datagrams both ways, each `len u16 BE | payload`.
 //! ```
+//!
+//! Family 0 (TCP only) asks for a port of the accepting node's own host (loopback), for the
+//! SOCKS5 entry: the acceptor decides by its own list of allowed host ports. A peer from
+//! before family 0 answers it with `BadRequest` (unknown family), never anything worse.
 //!
 //! Every length is bounded by its one-byte (or two-byte) field, so a hostile peer can make the
 //! reader allocate at most 64 KiB; the callers put a time limit on each read.
@@ -119,9 +123,15 @@ impl Reply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Header {
     pub protocol: TunnelProtocol,
+    /// The endpoint; for `to_host`, the acceptor's loopback and the port (only the port is sent).
     pub target: SocketAddr,
+    /// A port of the accepting node's own host (family 0), not an endpoint.
+    pub to_host: bool,
     pub service: String,
 }
+
+/// The wire's family byte of a header to the accepting node's own host.
+const FAMILY_HOST: u8 = 0;
 
 fn truncate_utf8(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -188,6 +198,7 @@ pub(crate) fn encode_header(h: &Header) -> Vec<u8> {
         TunnelProtocol::Udp => 2,
     });
     match h.target.ip() {
+        _ if h.to_host => out.push(FAMILY_HOST),
         IpAddr::V4(ip) => {
             out.push(4);
             out.extend_from_slice(&ip.octets());
@@ -215,6 +226,7 @@ pub(crate) async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<H
         p => return Err(bad(format!("unknown protocol {p}"))),
     };
     let ip = match head[2] {
+        FAMILY_HOST => IpAddr::V4(Ipv4Addr::LOCALHOST),
         4 => {
             let mut b = [0u8; 4];
             r.read_exact(&mut b).await?;
@@ -231,7 +243,12 @@ pub(crate) async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<H
     let slen = r.read_u8().await? as usize;
     let mut service = vec![0u8; slen];
     r.read_exact(&mut service).await?;
-    Ok(Header { protocol, target: SocketAddr::new(ip, port), service: String::from_utf8_lossy(&service).into_owned() })
+    Ok(Header {
+        protocol,
+        target: SocketAddr::new(ip, port),
+        to_host: head[2] == FAMILY_HOST,
+        service: String::from_utf8_lossy(&service).into_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -266,17 +283,27 @@ mod tests {
     async fn header_round_trip_and_garbage() {
         for target in ["10.1.2.3:8080", "[fd00::1]:53", "0.0.0.0:0"] {
             for protocol in [TunnelProtocol::Tcp, TunnelProtocol::Udp] {
-                let h = Header { protocol, target: target.parse().unwrap(), service: "default/nginx:http".into() };
+                let h = Header {
+                    protocol,
+                    target: target.parse().unwrap(),
+                    to_host: false,
+                    service: "default/nginx:http".into(),
+                };
                 assert_eq!(read_header(&mut &encode_header(&h)[..]).await.unwrap(), h);
             }
         }
-        let h =
-            Header { protocol: TunnelProtocol::Tcp, target: "1.2.3.4:5".parse().unwrap(), service: "s".repeat(1000) };
+        let h = Header {
+            protocol: TunnelProtocol::Tcp,
+            target: "1.2.3.4:5".parse().unwrap(),
+            to_host: false,
+            service: "s".repeat(1000),
+        };
         assert_eq!(read_header(&mut &encode_header(&h)[..]).await.unwrap().service.len(), 255);
         // Every prefix of a valid header is an error (truncated), as are bad versions/families.
         let full = encode_header(&Header {
             protocol: TunnelProtocol::Udp,
             target: "[::1]:9".parse().unwrap(),
+            to_host: false,
             service: "x".into(),
         });
         for n in 0..full.len() {
@@ -284,6 +311,22 @@ mod tests {
         }
         for bad in [&b"\x02\x01\x04"[..], b"\x01\x03\x04", b"\x01\x01\x05"] {
             assert!(read_header(&mut &bad[..]).await.is_err());
+        }
+        // The host of the accepting node: only the port is sent; it reads as its loopback.
+        let host = Header {
+            protocol: TunnelProtocol::Tcp,
+            target: "10.9.9.9:22".parse().unwrap(),
+            to_host: true,
+            service: "socks".into(),
+        };
+        let bytes = encode_header(&host);
+        assert_eq!(bytes[2], FAMILY_HOST);
+        assert_eq!(bytes.len(), 3 + 2 + 1 + 5, "no address on the wire");
+        let got = read_header(&mut &bytes[..]).await.unwrap();
+        assert!(got.to_host);
+        assert_eq!(got.target, "127.0.0.1:22".parse().unwrap());
+        for n in 0..bytes.len() {
+            assert!(read_header(&mut &bytes[..n]).await.is_err());
         }
         // Arbitrary bytes never panic.
         let mut seed = 0x1234_5678u32;

@@ -104,7 +104,19 @@ async fn accept_header(
             return None;
         }
     };
-    if !ctx.directory.serves(header.target, protocol) {
+    if header.to_host && (protocol != TunnelProtocol::Tcp || !ctx.directory.allows_host_port(header.target.port())) {
+        if ctx.peers.should_warn(peer, "host-port") {
+            tracing::warn!(%peer, node = %node, port = header.target.port(), ?protocol,
+                "peer asked for a port of this host that socks.allowedPorts does not list: refused");
+        }
+        let _ = timeout(HEADER_TIMEOUT, async {
+            stream.write_u8(Reply::NotServed as u8).await?;
+            stream.flush().await
+        })
+        .await;
+        return None;
+    }
+    if !header.to_host && !ctx.directory.serves(header.target, protocol) {
         if ctx.peers.should_warn(peer, "not-served") {
             tracing::warn!(%peer, node = %node, target = %header.target, service = %header.service, ?protocol,
                 "peer asked for an endpoint this node does not serve: refused");
@@ -131,12 +143,23 @@ fn reply_for(e: &io::Error) -> Reply {
     }
 }
 
+/// Connects to `target`; a port of this host is tried on IPv6 loopback too when IPv4
+/// loopback refuses it (a server may listen on `::1` only).
+async fn connect(target: SocketAddr, to_host: bool) -> io::Result<TcpStream> {
+    match TcpStream::connect(target).await {
+        Err(e) if to_host && e.kind() == io::ErrorKind::ConnectionRefused => {
+            TcpStream::connect((std::net::Ipv6Addr::LOCALHOST, target.port())).await.map_err(|_| e)
+        }
+        result => result,
+    }
+}
+
 async fn serve_tcp(ctx: Arc<Context>, s: Inbound) {
     let peer = s.peer;
     let mut stream = s.stream.compat();
     let Some((node, header)) = accept_header(&ctx, peer, &mut stream, TunnelProtocol::Tcp).await else { return };
     let target = header.target;
-    let tcp = match timeout(ctx.settings.connect_timeout, TcpStream::connect(target)).await {
+    let tcp = match timeout(ctx.settings.connect_timeout, connect(target, header.to_host)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             tracing::debug!(%peer, node = %node, %target, service = %header.service, error = %e, "endpoint connect failed");
