@@ -10,6 +10,8 @@
 //!   check), links, LANs, NAT routers, and real servers and clients inside
 //!   them.
 //! - `registry` (feature `registry`): a registry task and its subscription.
+//! - [`socks5`]: a blocking SOCKS5 client (CONNECT, optional login) that
+//!   reports the server's refusals as they came.
 //!
 //! Heavy or privileged parts are behind features, so a crate whose tests
 //! need a loopback echo compiles no more than that.
@@ -22,6 +24,7 @@ pub mod netns;
 #[cfg(feature = "registry")]
 pub mod registry;
 pub mod scrape;
+pub mod socks5;
 
 use std::time::Duration;
 
