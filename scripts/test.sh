@@ -22,6 +22,11 @@ command -v mount >/dev/null || [ -x /usr/bin/mount ] || need+=(mount)
 [ -x /usr/sbin/miniupnpd ] || need+=(miniupnpd-nftables)
 # Metrics: promtool checks every /metrics scrape a test takes.
 command -v promtool >/dev/null || need+=(prometheus)
+# SOCKS5 entry: ssh to sshd in a node's namespace through `nc -X 5` (the package's service is
+# not started where policy-rc.d forbids it; the test runs its own sshd).
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
+nc -h 2>&1 | grep -q -- '-X proxy_protocol' || need+=(netcat-openbsd)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing: ${need[*]}"

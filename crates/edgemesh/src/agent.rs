@@ -12,6 +12,8 @@
 //!                                                                              endpoints it serves)
 //!                                                                         -> Interceptor (node mode:
 //!                                                                            nftables table, VIP device)
+//!                                                                         -> SocksServer (SOCKS5 entry:
+//!                                                                              hosts, services)
 //!                                                                         -> AdminServer
 //! ```
 
@@ -35,6 +37,7 @@ use edgemesh_kube::{KubeSource, KubeSourceConfig};
 use edgemesh_manifests::ManifestSource;
 use edgemesh_metrics::AgentRegistry;
 use edgemesh_proxy::{Proxy, ProxyConfig};
+use edgemesh_socks::{NodeHosts, SocksEnv, SocksServer};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +65,8 @@ pub struct Agent {
     proxy: Proxy,
     admin: AdminServer,
     admin_addr: SocketAddr,
+    /// The SOCKS5 entry (`socks.enabled`).
+    socks: Option<SocksServer>,
     tunnel: Option<tokio::task::JoinHandle<()>>,
     /// Node mode's table and device, from their creation until `run` hands
     /// them to their task.
@@ -159,8 +164,9 @@ impl Agent {
         let remote = match (&deps.remote, config.tunnel.enabled) {
             (Some(remote), _) => Some(remote.clone()),
             (None, true) => {
-                let (handle, task) = crate::tunnel::start(&config, snapshots.clone(), shutdown.clone()).await?;
-                tunnel = Some((handle.clone(), task));
+                let (handle, task, directory) =
+                    crate::tunnel::start(&config, snapshots.clone(), shutdown.clone()).await?;
+                tunnel = Some((handle.clone(), task, directory));
                 Some(Arc::new(crate::tunnel::TunnelRemote(handle)) as Arc<dyn edgemesh_proxy::Remote>)
             }
             (None, false) => None,
@@ -168,6 +174,10 @@ impl Agent {
         if let Some(remote) = remote {
             proxy = proxy.with_remote(remote, config.tunnel.connect_timeout);
         }
+        let socks = match config.socks.enabled {
+            true => Some(bind_socks(&config, &snapshots, &tunnel).await?.with_metrics(metrics.edgemesh())),
+            false => None,
+        };
         if intercepting {
             let port = config.intercept.port;
             let addrs = proxy.bind_transparent(port).with_context(|| {
@@ -197,7 +207,7 @@ impl Agent {
                 intercept: interceptor.as_ref().map(Interceptor::status),
                 cache: cache.clone(),
                 source: Some(source_health),
-                tunnel: tunnel.as_ref().map(|(t, _)| t.clone()),
+                tunnel: tunnel.as_ref().map(|(t, _, _)| t.clone()),
                 metrics: Arc::new(metrics),
             },
         )
@@ -218,7 +228,8 @@ impl Agent {
             proxy,
             admin,
             admin_addr,
-            tunnel: tunnel.map(|(_, task)| task),
+            socks,
+            tunnel: tunnel.map(|(_, task, _)| task),
             interceptor: interceptor.take(),
             shutdown,
         })
@@ -237,6 +248,11 @@ impl Agent {
     /// The admin endpoint's address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The SOCKS5 entry's address, when it is enabled.
+    pub fn socks_addr(&self) -> Option<SocketAddr> {
+        self.socks.as_ref().and_then(|s| s.local_addr().ok())
     }
 
     /// The registry's snapshots, as every component sees them.
@@ -260,6 +276,9 @@ impl Agent {
         components.spawn("the proxy", ok(self.proxy.run(shutdown.clone())));
         if let Some(task) = self.tunnel {
             components.spawn("the tunnel", async move { task.await.map_err(Into::into) });
+        }
+        if let Some(socks) = self.socks {
+            components.spawn("the SOCKS5 entry", ok(socks.run(shutdown.clone())));
         }
         components.spawn("the admin endpoint", self.admin.spawn(shutdown.clone()));
         let identity = source_identity(&config);
@@ -302,6 +321,31 @@ impl Agent {
         }
         outcome
     }
+}
+
+/// The running tunnel: its handle, its task, the directory it asks.
+type RunningTunnel = (edgemesh_tunnel::Tunnel, tokio::task::JoinHandle<()>, Arc<crate::tunnel::AgentDirectory>);
+
+/// Binds the SOCKS5 entry (`socks.listen`, or its default for the mode);
+/// with the tunnel, other nodes' hosts are reachable through it.
+async fn bind_socks(
+    config: &Config,
+    snapshots: &RegistryHandle,
+    tunnel: &Option<RunningTunnel>,
+) -> anyhow::Result<SocksServer> {
+    let hosts = tunnel.as_ref().map(|(tunnel, _, directory)| {
+        Arc::new(crate::tunnel::TunnelHosts { tunnel: tunnel.clone(), directory: directory.clone() })
+            as Arc<dyn NodeHosts>
+    });
+    let env = SocksEnv {
+        node_name: config.node_name.clone(),
+        cluster_domain: config.dns.cluster_domain.clone(),
+        snapshots: snapshots.clone(),
+        hosts,
+        connect_timeout: config.proxy.connect_timeout,
+    };
+    let listen = config.socks_listen();
+    SocksServer::bind(config.socks.clone(), listen, env).await.context("cannot start the SOCKS5 entry")
 }
 
 /// The running components, by name: the first to end stops the agent.

@@ -14,6 +14,7 @@ pub use edgemesh_kube::KubeConfig;
 pub use edgemesh_manifests::ManifestsConfig;
 pub use edgemesh_metrics::MetricsConfig;
 pub use edgemesh_proxy::ProxyConfig;
+pub use edgemesh_socks::SocksConfig;
 pub use edgemesh_tunnel::TunnelConfig;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -76,6 +77,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub intercept: InterceptConfig,
     pub tunnel: TunnelConfig,
+    pub socks: SocksConfig,
 }
 
 /// Where services come from.
@@ -104,6 +106,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             intercept: InterceptConfig::default(),
             tunnel: TunnelConfig::default(),
+            socks: SocksConfig::default(),
         }
     }
 }
@@ -142,7 +145,12 @@ impl Config {
         };
         anchor(&mut self.manifests.dir);
         anchor(&mut self.state_dir);
-        for file in [&mut self.kube.kubeconfig, &mut self.tunnel.key_file, &mut self.tunnel.psk_file] {
+        for file in [
+            &mut self.kube.kubeconfig,
+            &mut self.tunnel.key_file,
+            &mut self.tunnel.psk_file,
+            &mut self.socks.credentials_file,
+        ] {
             if let Some(file) = file.as_mut() {
                 anchor(file);
             }
@@ -192,6 +200,15 @@ impl Config {
         })
     }
 
+    /// The SOCKS5 entry's address: `socks.listen`, else port 10800 on the
+    /// node-local DNS address in node mode, on 127.0.0.1 otherwise.
+    pub fn socks_listen(&self) -> SocketAddr {
+        self.socks.listen.unwrap_or(match self.intercept.mode {
+            InterceptMode::None => edgemesh_socks::DEFAULT_LISTEN,
+            InterceptMode::Nftables => SocketAddr::new(NODE_MODE_DNS_LISTEN.ip(), edgemesh_socks::DEFAULT_PORT),
+        })
+    }
+
     /// Writes out the settings whose default depends on others (the mode,
     /// the state directory), so that `--print-config` and `/config` show
     /// what is in effect.
@@ -200,6 +217,7 @@ impl Config {
         self.vip_cidr6 = self.vip_cidr6();
         self.dns.listen = Some(self.dns_listen());
         self.tunnel.key_file = Some(self.key_file());
+        self.socks.listen = Some(self.socks_listen());
     }
 
     /// Fills in what the host decides: the node name (when none is set),
@@ -259,6 +277,7 @@ impl Config {
         }
         problems.extend(self.intercept.problems());
         problems.extend(self.tunnel.problems());
+        problems.extend(self.socks.problems());
         // Port 0 asks the kernel for any free port, so only fixed ports clash.
         let dns = self.dns_listen();
         if dns == self.admin.listen && dns.port() != 0 {

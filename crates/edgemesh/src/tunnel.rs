@@ -4,6 +4,9 @@
 //! endpoints on other nodes go (the proxy's datagram pumps run over the
 //! tunnel's UDP streams). The proxy itself knows nothing of libp2p.
 //!
+//! It also gives the SOCKS5 entry other nodes' hosts ([`TunnelHosts`]),
+//! and answers other nodes' entries by this node's `socks.allowedPorts`.
+//!
 //! Node name -> peer ID bindings come from `tunnel.peers` in the config
 //! first (the operator's word wins), then from Node objects annotated
 //! `edgemesh.io/peer-id` in the current snapshot, so a binding added to or
@@ -20,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use edgemesh_core::{Protocol, RegistryHandle, ServiceKey};
 use edgemesh_proxy::{DatagramRecv, DatagramSend, Remote, RemoteDatagrams, RemoteFuture, RemoteStream};
+use edgemesh_socks::{HostFuture, HostIo, NodeHosts};
 use edgemesh_tunnel::{
     CancellationToken, DatagramReceiver, DatagramSender, Directory, MAX_DATAGRAM, PeerId, Tunnel, TunnelError,
     TunnelProtocol,
@@ -37,6 +41,9 @@ pub struct AgentDirectory {
     /// peer ID is base58 plus a multihash. One entry per node; a changed
     /// annotation is parsed again.
     parsed: Mutex<HashMap<Arc<str>, ParsedPeer>>,
+    /// Ports of this host other nodes' SOCKS5 entries may reach
+    /// (`socks.allowedPorts`).
+    host_ports: Vec<u16>,
 }
 
 /// A node's annotation text and the peer ID decoded from it.
@@ -44,7 +51,13 @@ type ParsedPeer = (Arc<str>, PeerId);
 
 impl AgentDirectory {
     pub fn new(allow: HashMap<String, PeerId>, snapshots: RegistryHandle) -> Self {
-        Self { allow, snapshots, parsed: Mutex::default() }
+        Self { allow, snapshots, parsed: Mutex::default(), host_ports: Vec::new() }
+    }
+
+    /// Lets other nodes reach these ports of this host (`socks.allowedPorts`).
+    pub fn with_host_ports(mut self, ports: Vec<u16>) -> Self {
+        self.host_ports = ports;
+        self
     }
 }
 
@@ -82,6 +95,10 @@ impl Directory for AgentDirectory {
             TunnelProtocol::Udp => Protocol::Udp,
         };
         self.snapshots.borrow().serves_endpoint(target, protocol)
+    }
+
+    fn allows_host_port(&self, port: u16) -> bool {
+        self.host_ports.contains(&port)
     }
 
     /// Ready once the registry has the source's first full view (or the
@@ -131,6 +148,33 @@ impl Remote for TunnelRemote {
     }
 }
 
+/// Other nodes' hosts for the SOCKS5 entry: a node is one the directory
+/// binds to a peer; its agent decides which ports it lets through.
+pub struct TunnelHosts {
+    pub tunnel: Tunnel,
+    pub directory: Arc<AgentDirectory>,
+}
+
+impl NodeHosts for TunnelHosts {
+    fn is_node(&self, name: &str) -> bool {
+        self.directory.peer_of(name).is_some()
+    }
+
+    fn open(&self, node: &str, port: u16) -> HostFuture {
+        let (tunnel, node) = (self.tunnel.clone(), node.to_owned());
+        Box::pin(async move {
+            match tunnel.open_host(&node, port, "socks").await {
+                Ok(stream) => Ok(Box::new(stream) as Box<dyn HostIo>),
+                Err(e @ TunnelError::NotServed { .. }) => Err(io::Error::new(io::ErrorKind::PermissionDenied, e)),
+                Err(e @ TunnelError::Unreachable { .. }) => Err(io::Error::new(io::ErrorKind::HostUnreachable, e)),
+                // E.g. an agent from before host streams: a general failure, not an unreachable node.
+                Err(e @ TunnelError::Protocol { .. }) => Err(io::Error::other(e)),
+                Err(e) => Err(to_io(e)),
+            }
+        })
+    }
+}
+
 /// A tunnel UDP stream's halves as the proxy's pumps drive them.
 struct SendHalf(DatagramSender);
 struct RecvHalf(DatagramReceiver);
@@ -157,15 +201,17 @@ pub async fn start(
     config: &Config,
     snapshots: RegistryHandle,
     stop: CancellationToken,
-) -> anyhow::Result<(Tunnel, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(Tunnel, tokio::task::JoinHandle<()>, Arc<AgentDirectory>)> {
     let settings = edgemesh_tunnel::TunnelConfig {
         node_name: config.node_name.clone(),
         key_file: Some(config.key_file()),
         ..config.tunnel.clone()
     };
-    let directory = Arc::new(AgentDirectory::new(settings.allow_list()?, snapshots));
-    let started = Tunnel::start(settings, directory, stop).await.context("cannot start the tunnel")?;
-    Ok(started)
+    let directory = Arc::new(
+        AgentDirectory::new(settings.allow_list()?, snapshots).with_host_ports(config.socks.allowed_ports.clone()),
+    );
+    let (tunnel, task) = Tunnel::start(settings, directory.clone(), stop).await.context("cannot start the tunnel")?;
+    Ok((tunnel, task, directory))
 }
 
 #[cfg(test)]

@@ -100,7 +100,8 @@ fn intercept_section() {
 fn every_key() -> Config {
     let mut c = Config::from_yaml(
         "nodeName: n1\nvipCidr6: fd00:1::/112\nkube:\n  api: http://127.0.0.1:1\n  kubeconfig: /k\n\
-         tunnel:\n  keyFile: /key\n  pskFile: /psk\n  peers: {n2: 12D3KooWLMHqgnc6w6xnA7Mr9f2TGJK5EzeHrVNhm5zsLnVwrcYX}\n",
+         tunnel:\n  keyFile: /key\n  pskFile: /psk\n  peers: {n2: 12D3KooWLMHqgnc6w6xnA7Mr9f2TGJK5EzeHrVNhm5zsLnVwrcYX}\n\
+         socks:\n  credentialsFile: /socks-users\n",
     )
     .unwrap();
     c.fill_defaults();
