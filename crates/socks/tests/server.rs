@@ -63,6 +63,13 @@ async fn web_service(registry: &mut RunningRegistry) -> SocketAddr {
     SocketAddr::new(vip, 18080)
 }
 
+/// The metrics as Prometheus text.
+fn encode(metrics: &edgemesh_metrics::Registry) -> String {
+    let mut text = String::new();
+    edgemesh_metrics::prometheus_client::encoding::text::encode(&mut text, metrics).unwrap();
+    text
+}
+
 /// Runs the blocking client off the runtime.
 async fn client<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
@@ -119,8 +126,7 @@ async fn connects_by_node_name_service_name_and_address_and_refuses_the_rest() {
         assert_eq!(reply[1], 7, "command {command}");
     }
 
-    let mut text = String::new();
-    edgemesh_metrics::prometheus_client::encoding::text::encode(&mut text, &metrics).unwrap();
+    let text = encode(&metrics);
     for (result, count) in [("ok", 5), ("refused", 2), ("not_allowed", 1), ("unreachable", 3), ("unsupported", 2)] {
         let series = format!("edgemesh_socks_connections_total{{result=\"{result}\"}} {count}\n");
         assert!(text.contains(&series), "{series} in\n{text}");
@@ -207,5 +213,42 @@ async fn silent_and_garbage_clients_are_closed_and_others_still_served() {
             tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await.expect("closed by the time limit");
         assert!(matches!(n, Ok(0) | Err(_)));
     }
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_past_the_limit_are_closed_at_once_and_counted() {
+    let registry = start_registry("127.252.19.0/24");
+    let allowed = tcp_echo().await;
+    let config =
+        SocksConfig { enabled: true, allowed_ports: vec![allowed.port()], max_connections: 2, ..Default::default() };
+    let stop = CancellationToken::new();
+    let (proxy, metrics) = start(&registry, config, &stop).await;
+    // Two clients hold the places (they wait for their handshake's 10 s limit).
+    let held =
+        [tokio::net::TcpStream::connect(proxy).await.unwrap(), tokio::net::TcpStream::connect(proxy).await.unwrap()];
+    let mut third = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let _ = third.write_all(&[5, 1, 0]).await;
+    let mut rest = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut rest)).await.expect("closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "answered past the limit: {rest:?}");
+    // (Counted before the socket is dropped; the holders' tasks count themselves as they start.)
+    let text = encode(&metrics);
+    assert!(text.contains("edgemesh_socks_connections_total{result=\"limit\"} 1\n"), "{text}");
+    edgemesh_test_support::eventually("two clients active", Duration::from_secs(5), || {
+        let text = encode(&metrics);
+        async move { text.contains("edgemesh_socks_connections_active 2\n").then_some(()) }
+    })
+    .await;
+    // A place freed is a place to serve.
+    drop(held);
+    client(move || {
+        edgemesh_test_support::blocking::eventually(Duration::from_secs(5), "a place after the others left", || {
+            let mut s = socks5::connect(proxy, None, NODE, allowed.port()).ok()?;
+            (socks5::echo(&mut s, b"in").ok()? == b"in").then_some(())
+        })
+    })
+    .await;
     stop.cancel();
 }

@@ -161,3 +161,16 @@ fn tunnel_liveness_settings_are_checked_with_the_rest() {
     let msg = c.validate().unwrap_err().to_string();
     assert!(msg.contains("tunnel.livenessTimeout 3s must be at least twice pingInterval"), "{msg}");
 }
+
+#[test]
+fn the_socks_entry_listens_on_the_node_local_address() {
+    let plain = Config::from_yaml("socks:\n  enabled: true\n").unwrap();
+    assert_eq!(plain.socks_listen(), "127.0.0.1:10800".parse().unwrap());
+    let node_mode = Config::from_yaml("intercept:\n  mode: nftables\nsocks:\n  enabled: true\n").unwrap();
+    assert_eq!(node_mode.socks_listen(), "169.254.96.16:10800".parse().unwrap());
+    let set = Config::from_yaml("intercept:\n  mode: nftables\nsocks:\n  listen: 10.0.0.2:1080\n").unwrap();
+    assert_eq!(set.socks_listen(), "10.0.0.2:1080".parse().unwrap());
+    let bad = Config::from_yaml("nodeName: n1\nsocks:\n  handshakeTimeout: 0s\n  maxConnections: 0\n").unwrap();
+    let msg = bad.validate().unwrap_err().to_string();
+    assert!(msg.contains("socks.handshakeTimeout") && msg.contains("socks.maxConnections"), "{msg}");
+}

@@ -104,20 +104,16 @@ async fn accept_header(
             return None;
         }
     };
-    if header.to_host && (protocol != TunnelProtocol::Tcp || !ctx.directory.allows_host_port(header.target.port())) {
-        if ctx.peers.should_warn(peer, "host-port") {
+    // A port of this host only as this node's `socks.allowedPorts` says; an endpoint only if served.
+    let allowed = match header.to_host {
+        true => protocol == TunnelProtocol::Tcp && ctx.directory.allows_host_port(header.target.port()),
+        false => ctx.directory.serves(header.target, protocol),
+    };
+    if !allowed {
+        if header.to_host && ctx.peers.should_warn(peer, "host-port") {
             tracing::warn!(%peer, node = %node, port = header.target.port(), ?protocol,
                 "peer asked for a port of this host that socks.allowedPorts does not list: refused");
-        }
-        let _ = timeout(HEADER_TIMEOUT, async {
-            stream.write_u8(Reply::NotServed as u8).await?;
-            stream.flush().await
-        })
-        .await;
-        return None;
-    }
-    if !header.to_host && !ctx.directory.serves(header.target, protocol) {
-        if ctx.peers.should_warn(peer, "not-served") {
+        } else if !header.to_host && ctx.peers.should_warn(peer, "not-served") {
             tracing::warn!(%peer, node = %node, target = %header.target, service = %header.service, ?protocol,
                 "peer asked for an endpoint this node does not serve: refused");
         }
