@@ -16,7 +16,11 @@
 //! namespace of its own where `/run` is a fresh tmpfs (for its privilege
 //! separation directory), so nothing outside temp dirs is touched.
 //!
-//! As root (namespaces); CI runs as root.
+//! In node mode the entry listens on the node-local address, where pods
+//! routed through the node reach it too, and a service's cluster IP is
+//! intercepted like any connection from the node (`support::node`).
+//!
+//! As root (namespaces, nftables); CI runs as root.
 
 mod support;
 
@@ -28,6 +32,8 @@ use edgemesh_test_support::socks5::{self, Refusal};
 use support::eventually_every;
 use support::mesh::{Node, lan_pair, service, wait_for_peer};
 use support::netns::{Netns, NsProcess, TcpEcho, in_netns, require_root};
+use support::node::{DNS, Topology, start_agent};
+use support::write_manifest;
 
 const ENTRY: &str = "127.0.0.1:10800";
 
@@ -201,4 +207,31 @@ fn write_config(a: &Node, extra: &str) -> String {
     let config = a.path("agent.yaml");
     std::fs::write(&config, format!("socks:\n  enabled: true\n  allowedPorts: [22, 2222]\n{extra}")).unwrap();
     config.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn in_node_mode_the_entry_is_on_the_node_local_address_and_reaches_cluster_ips() {
+    require_root();
+    let t = Topology::new();
+    let (dir, manifests) = support::manifest_dir();
+    write_manifest(&manifests, "web.yaml", &support::node::service("web", &["10.96.0.10"], 80));
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(&config, "socks:\n  enabled: true\n").unwrap();
+    let _agent = start_agent(&t.node, &manifests, &dir.path().join("state"), &["--config", config.to_str().unwrap()]);
+    let entry = format!("{DNS}:10800");
+    // curl as the SOCKS5 client: by name (resolved by the entry), and by
+    // cluster IP, from the node and from a pod routed through it.
+    for ns in [&t.node, &t.client] {
+        for url in ["http://web.default/", "http://web.default.svc.cluster.local/", "http://10.96.0.10/"] {
+            let got = ns.curl_with(&["--socks5-hostname", &entry], url);
+            assert_eq!(got.as_deref(), Some("pod-nginx\n"), "{url} from {}", ns.name);
+        }
+    }
+    // Not on 127.0.0.1 in node mode, and nothing unknown reached.
+    assert_eq!(t.node.curl_with(&["--socks5-hostname", "127.0.0.1:10800"], "http://web.default/"), None);
+    assert_eq!(
+        t.node.curl_with(&["--socks5-hostname", &entry], "http://10.244.1.2/"),
+        None,
+        "a pod address is no service"
+    );
 }
