@@ -7,13 +7,14 @@
 //! - [`cli`]: the command line; flags are a documented subset of the
 //!   config's keys, written into the same structure ([`cli::flags`]).
 //! - [`agent`]: [`Agent::build`] binds every socket; [`Agent::run`] runs
-//!   source, cache relay, registry, DNS, proxy, tunnel, interceptor and
-//!   admin until stopped or until one of them fails, then drains them.
+//!   source, cache relay, registry, DNS, proxy, tunnel, interceptor, SOCKS5
+//!   entry and admin until stopped or until one of them fails, then drains them.
 //! - [`host`]: what the host decides for unset settings (node name,
 //!   resolvers), behind a trait.
 //! - [`admin`]: `/healthz`, `/readyz`, `/services`, `/nodes`, `/peers`, `/config`.
 //! - [`tunnel`]: the adapter between the tunnel and the rest: the node
-//!   directory, and the proxy's [`Remote`](edgemesh_proxy::Remote) over it.
+//!   directory, the proxy's [`Remote`](edgemesh_proxy::Remote) over it,
+//!   and other nodes' hosts for the SOCKS5 entry (`edgemesh-socks`).
 //! - `limits`: process limits (open files).
 #![forbid(unsafe_code)]
 

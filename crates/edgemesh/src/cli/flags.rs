@@ -247,6 +247,20 @@ pub const FLAGS: &[Flag] = &[
         implies: None,
         help: "IP TTL of a hole punch's first SYN: 2 behind one NAT, 3 behind two, 0 off.",
     },
+    Flag {
+        long: "socks",
+        key: "socks.enabled",
+        takes: Switch("true"),
+        implies: None,
+        help: "Serve the SOCKS5 entry to nodes' hosts and services (port 10800 on the node-local address).",
+    },
+    Flag {
+        long: "socks-listen",
+        key: "socks.listen",
+        takes: One("ADDR"),
+        implies: Some(("socks.enabled", "true")),
+        help: "SOCKS5 entry address. Default: 127.0.0.1:10800; node mode: 169.254.96.16:10800. Implies --socks.",
+    },
 ];
 
 /// The setting flags given on a command line, in [`FLAGS`] order.
