@@ -16,6 +16,9 @@
 //! - `/config`: the effective configuration as JSON.
 //! - `/metrics`: every metric, in the Prometheus text format (OpenMetrics
 //!   when the scraper asks for it); see `edgemesh-metrics`.
+//! - `/topology`: the known nodes and this node's link to each (see
+//!   [`topology`]), for `/ui`.
+//! - `/ui`: the live topology page (see [`ui`]).
 //!
 //! The endpoint runs on a runtime of its own, on its own thread
 //! ([`AdminServer::spawn`]): a scrape, a slow client or a big JSON dump
@@ -25,6 +28,8 @@
 //! Routes are in [`routes`].
 
 mod routes;
+mod topology;
+mod ui;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
