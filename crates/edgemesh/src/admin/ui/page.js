@@ -106,6 +106,11 @@ function relayName(via) {
   return via.node || shortId(via.peerId);
 }
 
+/** A peer that is no known node: a relay (it relays a link, or holds our reservation), else an agent. */
+function peerRole(peer) {
+  return peer.relaysLinks || peer.relayReserved ? "relay" : "agent, no Node object";
+}
+
 // ---- DOM ----
 
 function el(tag, attrs = {}, ...children) {
@@ -159,9 +164,8 @@ function drawMap(topology) {
     } else {
       const p = item.peer;
       links.append(svg("line", { class: `link peer ${p.connection}`, x1: cx, y1: cy, x2: x, y2: y }));
-      const relay = p.relaysLinks || p.relayReserved;
-      const role = relay ? "relay" : "agent, no Node object";
-      boxes.append(box(x, y, p.node || shortId(p.peerId), `${role} · ${p.connection}`, "peer", { "data-peer": p.peerId, "data-link-kind": p.connection, "data-relay": String(relay) }, labelled));
+      const role = peerRole(p);
+      boxes.append(box(x, y, p.node || shortId(p.peerId), `${role} · ${p.connection}`, "peer", { "data-peer": p.peerId, "data-link-kind": p.connection, "data-relay": String(role === "relay") }, labelled));
     }
   }
   const centre = box(cx, cy, self ? self.name : topology.node, topology.tunnel ? "this node" : "this node · tunnel off", "node local", { "data-node": topology.node, "data-link-kind": "local" }, true);
@@ -254,7 +258,7 @@ function drawLinks(topology) {
       el("thead", {}, el("tr", {}, ...["Peer", "Role", "Connection", "RTT"].map((t) => el("th", { scope: "col" }, t)))),
       el("tbody", {}, ...topology.others.map((p) => el("tr", { "data-peer": p.peerId, "data-link-kind": p.connection },
         el("td", { title: p.peerId }, p.node || shortId(p.peerId)),
-        el("td", {}, p.relaysLinks || p.relayReserved ? `relay${p.relayReserved ? " (holds our reservation)" : ""}` : "agent"),
+        el("td", { title: p.relayReserved ? "it holds a relay reservation for this node" : "" }, `${peerRole(p)}${p.relayReserved ? " (reserved)" : ""}`),
         el("td", {}, el("span", { class: `kind ${p.connection}` }, p.connection)),
         el("td", {}, ms(p.rttMs))))))));
 }

@@ -1,0 +1,145 @@
+//! The topology page (`/ui`) as an operator opens it: headless Chromium
+//! loads it from a real agent in a mesh of network namespaces and the test
+//! reads what the page shows from the rendered DOM; a screenshot is kept in
+//! `<target dir>/test-artifacts/ui-topology.png`.
+//!
+//! ```text
+//!  relay  198.18.0.1 ─┐
+//!  node-a 198.18.0.2 ─┤ "public" WAN bridge      (node-a: the page's agent)
+//!  node-b 198.18.0.5 ─┤
+//!  router 198.18.0.3 ─┘ (NAT; drops all to and from node-a) ── 10.1.0.1 │ node-c 10.1.0.2
+//!
+//!  node-d: a Node object (and a namespace), but no agent
+//! ```
+//!
+//! node-a reaches node-b directly (its bootstrap peer), node-c only through
+//! the relay (a firewall between the two sites stops every direct path),
+//! and node-d not at all.
+//!
+//! As root (namespaces, nftables); CI runs as root.
+
+mod support;
+
+use std::time::Duration;
+
+use support::chromium::{self, Png, elements_with};
+use support::eventually_every;
+use support::mesh::{LIMIT, Node, behind_nat, on_wan, peers, service, wait_for_peer};
+use support::netns::{Lan, NsNginx, require_root};
+
+const PAGE: &str = "http://127.0.0.1:15020/ui";
+/// The page's own time in Chromium: its first reading and two refreshes.
+const BUDGET: Duration = Duration::from_secs(5);
+
+#[test]
+fn the_topology_page_shows_each_node_with_its_link_kind_and_the_traffic() {
+    require_root();
+    let wan = Lan::new("wan");
+    let (relay, a, b, c, d) =
+        (Node::new("relay"), Node::new("node-a"), Node::new("node-b"), Node::new("node-c"), Node::new("node-d"));
+    on_wan(&wan, &relay, "198.18.0.1");
+    on_wan(&wan, &a, "198.18.0.2");
+    on_wan(&wan, &b, "198.18.0.5");
+    let router_c = behind_nat(&wan, &c, "198.18.0.3", 1);
+    router_c.nft_file(
+        "table ip em_split {\n\
+         \tchain forward {\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\tip saddr 198.18.0.2 drop\n\
+         \t\tip daddr 198.18.0.2 drop\n\
+         \t}\n\
+         \tchain input {\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tip saddr 198.18.0.2 drop\n\
+         \t}\n\
+         }\n",
+    );
+    let _nginx_b = NsNginx::start(&b.ns, &["198.18.0.5:80"], "node-b");
+    let _nginx_c = NsNginx::start(&c.ns, &["10.1.0.2:80"], "node-c");
+    // The relay is infrastructure, not a node of the cluster: no Node object.
+    let cluster = [
+        a.object("198.18.0.2"),
+        b.object("198.18.0.5"),
+        c.object("10.1.0.2"),
+        d.object("198.18.0.6"),
+        service("web-b", "TCP", 80, "node-b", "198.18.0.5"),
+        service("web-c", "TCP", 80, "node-c", "10.1.0.2"),
+    ];
+    for n in [&relay, &a, &b, &c] {
+        n.manifests(&cluster);
+    }
+    let relay_addr = relay.tunnel_addr("198.18.0.1");
+    let _agent_relay = relay.start(&["--relay-server", "--no-mdns"]);
+    let _agent_b = b.start(&["--no-mdns"]);
+    let agent_c = c.start(&["--no-mdns", "--relay", &relay_addr]);
+    eventually_every(Duration::from_millis(200), LIMIT, "node-c's relay reservation", || {
+        peers(&agent_c).into_iter().find(|p| p["peerId"] == relay.peer_id && p["relayReserved"] == true)
+    });
+    let agent_a = a.start(&["--no-mdns", "--relay", &relay_addr, "--bootstrap", &b.tunnel_addr("198.18.0.5")]);
+
+    // Traffic through both services: 3 connections to node-b, 2 to node-c.
+    let (vip_b, vip_c) = (agent_a.vip("default", "web-b").unwrap(), agent_a.vip("default", "web-c").unwrap());
+    for (vip, times, answer) in [(&vip_b, 3, "node-b\n"), (&vip_c, 2, "node-c\n")] {
+        for _ in 0..times {
+            assert_eq!(a.ns.curl_with(&["--max-time", "15"], &format!("http://{vip}/")).as_deref(), Some(answer));
+        }
+    }
+    wait_for_peer(&agent_a, "node-b", "node-a's direct link to node-b", |p| p["connection"] == "direct");
+    wait_for_peer(&agent_a, "node-c", "node-a's relayed link to node-c", |p| p["connection"] == "relayed");
+
+    let dom = chromium::dom(&a.ns, PAGE, BUDGET);
+    let body = &elements_with(&dom, "data-state")[0];
+    assert_eq!((body.tag.as_str(), body.attr("data-state")), ("body", "ok"), "the page read the agent: {body:?}");
+    assert!(!body.attr("data-updated").is_empty(), "the page says when it last read: {body:?}");
+
+    // Every node, on the map (<g>) and in the links table (<tr>), with this
+    // node's link to it.
+    let nodes = elements_with(&dom, "data-node");
+    let shown = |tag: &str| {
+        let mut shown: Vec<(&str, &str)> =
+            nodes.iter().filter(|e| e.tag == tag).map(|e| (e.attr("data-node"), e.attr("data-link-kind"))).collect();
+        shown.sort();
+        shown
+    };
+    let links = [("node-b", "direct"), ("node-c", "relayed"), ("node-d", "down")];
+    assert_eq!(shown("g"), [&[("node-a", "local")], &links[..]].concat(), "the map");
+    assert_eq!(shown("tr"), links, "the links table");
+    // node-c's link names its relay, which is drawn as one.
+    let c_via = nodes.iter().find(|e| e.tag == "g" && e.attr("data-node") == "node-c").unwrap().attr("data-via");
+    assert!(
+        c_via.starts_with(&relay.peer_id[..8]) && c_via.ends_with(&relay.peer_id[relay.peer_id.len() - 6..]),
+        "{c_via}"
+    );
+    let relays = elements_with(&dom, "data-relay");
+    assert!(
+        relays.iter().any(|e| e.attr("data-peer") == relay.peer_id && e.attr("data-relay") == "true"),
+        "{relays:?}"
+    );
+
+    // The traffic table agrees with /metrics: a row per service and port
+    // with the connections counted there, or the empty table while the agent
+    // exports no TCP counters.
+    let traffic = elements_with(&dom, "data-service");
+    let metrics = agent_a.get("/metrics").expect("/metrics answers");
+    if metrics.contains("edgemesh_tcp_connections_opened_total{") {
+        let opened = |service: &str| {
+            traffic
+                .iter()
+                .find(|e| e.attr("data-service") == service && e.attr("data-port") == "80")
+                .map(|e| e.attr("data-connections"))
+        };
+        assert_eq!(opened("default/web-b"), Some("3"), "{traffic:?}");
+        assert_eq!(opened("default/web-c"), Some("2"), "{traffic:?}");
+    } else {
+        assert!(traffic.is_empty(), "no counters, no rows: {traffic:?}");
+        assert!(dom.contains("No TCP traffic counted yet"), "the empty traffic table says why");
+    }
+
+    let shot = chromium::artifacts_dir().join("ui-topology.png");
+    chromium::screenshot(&a.ns, PAGE, BUDGET, &shot);
+    let png = Png::read(&shot);
+    eprintln!("screenshot: {} ({} colours)", shot.display(), png.colours());
+    assert_eq!((png.width, png.height), (1200, 800));
+    assert!(png.colours() > 16, "the screenshot is not blank: {} colours", png.colours());
+    assert!(png.pixels_off_background() > 1200 * 800 / 20, "the screenshot shows more than its background");
+}
