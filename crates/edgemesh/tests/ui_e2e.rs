@@ -1,7 +1,8 @@
 //! The topology page (`/ui`) as an operator opens it: headless Chromium
 //! loads it from a real agent in a mesh of network namespaces and the test
-//! reads what the page shows from the rendered DOM; a screenshot is kept in
-//! `<target dir>/test-artifacts/ui-topology.png`.
+//! reads what the page shows from the rendered DOM; then it watches the page
+//! while the agent dies. Screenshots of both are kept in
+//! `<target dir>/test-artifacts/` (`ui-topology.png`, `ui-agent-down.png`).
 //!
 //! ```text
 //!  relay  198.18.0.1 ─┐
@@ -22,7 +23,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::chromium::{self, Png, elements_with};
+use serde_json::{Value, json};
+use support::chromium::{self, Browser, Png, elements_with};
 use support::eventually_every;
 use support::mesh::{LIMIT, Node, behind_nat, on_wan, peers, service, wait_for_peer};
 use support::netns::{Lan, NsNginx, require_root};
@@ -142,4 +144,31 @@ fn the_topology_page_shows_each_node_with_its_link_kind_and_the_traffic() {
     assert_eq!((png.width, png.height), (1200, 800));
     assert!(png.colours() > 16, "the screenshot is not blank: {} colours", png.colours());
     assert!(png.pixels_off_background() > 1200 * 800 / 20, "the screenshot shows more than its background");
+
+    // The page open, in real time, when the agent stops answering: a
+    // banner says so, and the last picture stays.
+    let mut page = Browser::open(&a.ns, PAGE);
+    // (Until the page has loaded, its elements are missing.)
+    let seen = r##"JSON.stringify({
+        state: document.body?.dataset.state,
+        updated: document.getElementById("updated")?.textContent,
+        banner: document.getElementById("banner")?.hidden === false ? document.getElementById("banner").textContent : null,
+        nodes: document.querySelectorAll("#map g[data-node]").length })"##;
+    let read = |page: &mut Browser| serde_json::from_str::<Value>(page.eval(seen).as_str().unwrap()).unwrap();
+    let before = eventually_every(Duration::from_millis(200), LIMIT, "the open page to read the agent", || {
+        Some(read(&mut page)).filter(|s| s["state"] == "ok")
+    });
+    assert!(before["updated"].as_str().unwrap().starts_with("Updated "), "{before}");
+    assert_eq!((&before["banner"], &before["nodes"]), (&Value::Null, &json!(4)), "{before}");
+    agent_a.kill9();
+    let after = eventually_every(Duration::from_millis(200), LIMIT, "the banner", || {
+        Some(read(&mut page)).filter(|s| s["state"] == "error")
+    });
+    let banner = after["banner"].as_str().unwrap_or_else(|| panic!("the banner is shown: {after}"));
+    assert!(banner.starts_with("The agent is not answering since "), "{banner}");
+    assert!(banner.contains("Showing what it said at "), "{banner}");
+    assert_eq!(after["nodes"], 4, "the last picture stays: {after}");
+    let shot = chromium::artifacts_dir().join("ui-agent-down.png");
+    page.screenshot(&shot);
+    assert!(Png::read(&shot).colours() > 16, "{} is not blank", shot.display());
 }

@@ -1,13 +1,18 @@
 //! Headless Chromium (Debian's `chromium`) inside a test's namespace: the
 //! DOM a page shows once its scripts have run ([`dom`]), its screenshot
 //! ([`screenshot`], checked with [`Png`]), and the elements of a DOM that
-//! carry an attribute ([`elements_with`]). Each run has a fresh profile and
-//! is bounded in time.
+//! carry an attribute ([`elements_with`]); or a page kept open, in real
+//! time, to watch it while the test changes the world ([`Browser`]). Each
+//! run has a fresh profile and is bounded in time.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Child, Output, Stdio};
 use std::time::Duration;
+
+use serde_json::{Value, json};
 
 use super::netns::Netns;
 
@@ -44,6 +49,115 @@ pub fn dom(ns: &Netns, url: &str, budget: Duration) -> String {
 pub fn screenshot(ns: &Netns, url: &str, budget: Duration, path: &Path) {
     let _ = std::fs::remove_file(path);
     run(ns, url, budget, &["--window-size=1200,800", &format!("--screenshot={}", path.display())]);
+}
+
+/// A page open in Chromium, driven over the DevTools protocol on a pipe
+/// (`--remote-debugging-pipe`: commands on the browser's fd 3, answers on
+/// its fd 4, each a JSON message ended by a NUL byte; here two FIFOs).
+pub struct Browser {
+    child: Child,
+    commands: File,
+    answers: BufReader<File>,
+    /// The page's DevTools session.
+    session: String,
+    next_id: u64,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Browser {
+    /// Opens `url` in a new Chromium in `ns` (the page then runs in real time).
+    pub fn open(ns: &Netns, url: &str) -> Browser {
+        let (profile, fifos) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (to, from) = (fifos.path().join("commands"), fifos.path().join("answers"));
+        for fifo in [&to, &from] {
+            super::netns::ok(&["mkfifo", fifo.to_str().unwrap()]);
+        }
+        let script = format!(
+            "exec timeout {} {CHROMIUM} --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+             --disable-background-networking --disable-component-update --disable-sync --window-size=1200,800 \
+             --user-data-dir='{}' --remote-debugging-pipe about:blank 3<'{}' 4>'{}'",
+            RUN_LIMIT.as_secs(),
+            profile.path().display(),
+            to.display(),
+            from.display()
+        );
+        let child = ns.cmd("sh").args(["-c", &script]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        // The shell opens the FIFOs in this order; opening blocks until both ends are open.
+        let opened = std::thread::spawn(move || {
+            let commands = File::options().write(true).open(&to).unwrap();
+            (commands, File::open(&from).unwrap())
+        });
+        super::eventually(RUN_LIMIT, "chromium to open its DevTools pipe", || opened.is_finished().then_some(()));
+        let (commands, answers) = opened.join().unwrap();
+        let mut browser = Browser {
+            child,
+            commands,
+            answers: BufReader::new(answers),
+            session: String::new(),
+            next_id: 0,
+            _dirs: (profile, fifos),
+        };
+        let target = browser.call("Target.createTarget", json!({ "url": url }))["targetId"].clone();
+        let attached = browser.call("Target.attachToTarget", json!({ "targetId": target, "flatten": true }));
+        browser.session = attached["sessionId"].as_str().expect("a session ID").to_owned();
+        browser
+    }
+
+    /// The value of JavaScript `expression` in the page (JSON-serialisable).
+    pub fn eval(&mut self, expression: &str) -> Value {
+        let reply = self.call("Runtime.evaluate", json!({ "expression": expression, "returnByValue": true }));
+        if let Some(thrown) = reply.get("exceptionDetails") {
+            panic!("{expression}: {thrown}");
+        }
+        reply["result"]["value"].clone()
+    }
+
+    /// Saves what the page shows now as a PNG at `path`.
+    pub fn screenshot(&mut self, path: &Path) {
+        use base64::Engine;
+        let shot = self.call("Page.captureScreenshot", json!({ "format": "png" }));
+        let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+
+    /// Sends a command (to the page's session once there is one) and
+    /// returns its result, skipping events.
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let mut message = json!({ "id": self.next_id, "method": method, "params": params });
+        if !self.session.is_empty() {
+            message["sessionId"] = json!(self.session);
+        }
+        let mut bytes = serde_json::to_vec(&message).unwrap();
+        bytes.push(0);
+        self.commands.write_all(&bytes).unwrap_or_else(|e| panic!("chromium's DevTools pipe: {e}"));
+        loop {
+            let mut answer = Vec::new();
+            self.answers.read_until(0, &mut answer).unwrap();
+            assert_eq!(answer.pop(), Some(0), "chromium closed its DevTools pipe (it ends after {RUN_LIMIT:?})");
+            let answer: Value = serde_json::from_slice(&answer).unwrap();
+            if answer["id"] == self.next_id {
+                assert!(answer.get("error").is_none(), "{method}: {answer}");
+                return answer["result"].clone();
+            }
+        }
+    }
+}
+
+impl Drop for Browser {
+    /// Closes the browser (`timeout` then exits with it), or kills it.
+    fn drop(&mut self) {
+        let _ = self.commands.write_all(b"{\"id\":0,\"method\":\"Browser.close\"}\0");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Where a test keeps what it made for people to look at:

@@ -255,7 +255,7 @@ function drawLinks(topology) {
   others.replaceChildren(
     el("h3", {}, "Other peers ", el("small", {}, "(relays, and agents without a Node object)")),
     el("div", { class: "scroll" }, el("table", {},
-      el("thead", {}, el("tr", {}, ...["Peer", "Role", "Connection", "RTT"].map((t) => el("th", { scope: "col" }, t)))),
+      el("thead", {}, el("tr", {}, ...["Peer", "Role", "Link", "RTT"].map((t) => el("th", { scope: "col" }, t)))),
       el("tbody", {}, ...topology.others.map((p) => el("tr", { "data-peer": p.peerId, "data-link-kind": p.connection },
         el("td", { title: p.peerId }, p.node || shortId(p.peerId)),
         el("td", { title: p.relayReserved ? "it holds a relay reservation for this node" : "" }, `${peerRole(p)}${p.relayReserved ? " (reserved)" : ""}`),
@@ -307,6 +307,14 @@ function showStatus() {
   }
 }
 
+/** Why a refresh failed, in words. */
+function failure(e) {
+  if (e.name === "TimeoutError") return `no answer within ${REFRESH_MS / 1000} s`;
+  // fetch() says only "Failed to fetch" when it cannot connect.
+  if (e instanceof TypeError) return "cannot connect";
+  return e.message;
+}
+
 async function refresh() {
   try {
     const [topologyText, metricsText] = await Promise.all([fetchText("topology"), fetchText("metrics")]);
@@ -323,7 +331,7 @@ async function refresh() {
     failingSince = null;
   } catch (e) {
     failingSince ??= new Date();
-    lastError = e.name === "TimeoutError" ? `no answer within ${REFRESH_MS / 1000} s` : e.message;
+    lastError = failure(e);
   }
   showStatus();
   setTimeout(refresh, REFRESH_MS);
