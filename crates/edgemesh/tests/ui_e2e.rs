@@ -160,6 +160,28 @@ fn the_topology_page_shows_each_node_with_its_link_kind_and_the_traffic() {
     });
     assert!(before["updated"].as_str().unwrap().starts_with("Updated "), "{before}");
     assert_eq!((&before["banner"], &before["nodes"]), (&Value::Null, &json!(4)), "{before}");
+    // The page's reading of the metrics contract's TCP counters, in the
+    // classic text format: summed per service and port whatever the label
+    // order, escapes undone, other families and the histograms left out.
+    let exposition = r#"# TYPE edgemesh_tcp_sent_bytes counter
+edgemesh_tcp_sent_bytes_total{service="default/web-b",port="80"} 1500
+edgemesh_tcp_received_bytes_total{port="80",service="default/web-b"} 2.5e3
+edgemesh_tcp_connections_opened_total{service="default/web-b",port="80"} 3
+edgemesh_tcp_connections_opened_total{service="odd\"ns/x\\y",port="53"} 1
+edgemesh_tcp_connections_failed_total{service="default/web-b",port="80",reason="refused"} 9
+edgemesh_tcp_connect_duration_seconds_bucket{service="default/web-b",port="80",le="0.1"} 3
+edgemesh_tcp_sent_bytes_total{service="other",port="other"} NaN
+"#;
+    let parsed = page.eval(&format!("JSON.stringify([...parseTraffic({}).values()])", json!(exposition)));
+    let parsed: Value = serde_json::from_str(parsed.as_str().unwrap()).unwrap();
+    assert_eq!(
+        parsed,
+        json!([
+            { "service": "default/web-b", "port": "80", "sent": 1500, "received": 2500, "opened": 3 },
+            { "service": "odd\"ns/x\\y", "port": "53", "sent": 0, "received": 0, "opened": 1 },
+        ])
+    );
+
     agent_a.kill9();
     let after = eventually_every(Duration::from_millis(200), LIMIT, "the banner", || {
         Some(read(&mut page)).filter(|s| s["state"] == "error")
