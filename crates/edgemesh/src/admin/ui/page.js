@@ -169,10 +169,10 @@ function drawMap(topology) {
     }
   }
   const centre = box(cx, cy, self ? self.name : topology.node, topology.tunnel ? "this node" : "this node · tunnel off", "node local", { "data-node": topology.node, "data-link-kind": "local" }, true);
-  const empty = around.length === 0
-    ? svg("text", { x: cx, y: cy + 60, "text-anchor": "middle", class: "link-label" }, "No other node is known (no Node objects in the snapshot).")
-    : null;
-  map.replaceChildren(links, labels, boxes, centre, empty ?? "");
+  map.replaceChildren(links, labels, boxes, centre);
+  if (around.length === 0) {
+    map.append(svg("text", { x: cx, y: cy + 60, "text-anchor": "middle", class: "link-label" }, "No other node is known (no Node objects in the snapshot)."));
+  }
 }
 
 /** Spots (relative to this node) on one ellipse, for a labelled map. */
