@@ -14,14 +14,14 @@ command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
 # Tunnel tests: bulk transfer through the tunnel.
 command -v iperf3 >/dev/null || need+=(iperf3)
+# The topology page (/ui) in a headless browser.
+[ -x /usr/bin/chromium ] || need+=(chromium)
 # State tests: a tmpfs in a mount namespace of their own (as root).
 command -v unshare >/dev/null && command -v nsenter >/dev/null || need+=(util-linux)
 command -v mount >/dev/null || [ -x /usr/bin/mount ] || need+=(mount)
 # Tunnel port mapping: a UPnP router (its nftables build) in a router namespace; the Debian
 # package does not start it (debconf's default).
 [ -x /usr/sbin/miniupnpd ] || need+=(miniupnpd-nftables)
-# The topology page (/ui) in a headless browser.
-[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing: ${need[*]}"
