@@ -14,6 +14,8 @@ command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
 # Tunnel tests: bulk transfer through the tunnel.
 command -v iperf3 >/dev/null || need+=(iperf3)
+# The topology page (/ui) in a headless browser.
+[ -x /usr/bin/chromium ] || need+=(chromium)
 # State tests: a tmpfs in a mount namespace of their own (as root).
 command -v unshare >/dev/null && command -v nsenter >/dev/null || need+=(util-linux)
 command -v mount >/dev/null || [ -x /usr/bin/mount ] || need+=(mount)

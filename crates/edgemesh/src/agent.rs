@@ -250,6 +250,9 @@ impl Agent {
     pub async fn run(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (config, snapshots, shutdown) = (self.config, self.snapshots, self.shutdown);
         let mut components = Components::default();
+        // First: the one start that can fail here, before anything runs.
+        let (admin, admin_thread) = self.admin.spawn(shutdown.clone())?;
+        components.spawn("the admin endpoint", admin);
         let registry_task = tokio::spawn(self.registry.run());
         {
             let shutdown = shutdown.clone();
@@ -261,7 +264,6 @@ impl Agent {
         if let Some(task) = self.tunnel {
             components.spawn("the tunnel", async move { task.await.map_err(Into::into) });
         }
-        components.spawn("the admin endpoint", self.admin.spawn(shutdown.clone()));
         let identity = source_identity(&config);
         let (dir, stop_relay) = (config.state_dir.clone(), shutdown.clone());
         let (upstream, registry_sink, cache) = (self.upstream, self.registry_sink, self.cache);
@@ -300,6 +302,10 @@ impl Agent {
         if drained.is_err() {
             tracing::warn!("components did not stop within {DRAIN_DEADLINE:?}; exiting anyway");
         }
+        // The admin endpoint stops at once when told to; wait for its
+        // thread in real time, so its port is free when `run` returns even
+        // if this runtime's clock (paused in tests) ran past the deadline.
+        let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
         outcome
     }
 }
