@@ -8,6 +8,7 @@
 //!   check), links, LANs, NAT routers, and real servers and clients inside
 //!   them.
 //! - `registry` (feature `registry`): a registry task and its subscription.
+//! - [`scrape`]: one series' value in a scrape, and `promtool check metrics`.
 //!
 //! Heavy or privileged parts are behind features, so a crate whose tests
 //! need a loopback echo compiles no more than that.
@@ -19,6 +20,7 @@ pub mod loopback;
 pub mod netns;
 #[cfg(feature = "registry")]
 pub mod registry;
+pub mod scrape;
 
 use std::time::Duration;
 

@@ -1,0 +1,142 @@
+//! The DNS metrics as a scrape shows them, after a known set of queries
+//! sent with the real `dig` to the real server (and to a real upstream on
+//! loopback): every count exact, and the output accepted by
+//! `promtool check metrics`.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use common::{FakeUpstream, Harness};
+use edgemesh_core::build;
+use edgemesh_dns::DnsConfig;
+use edgemesh_test_support::scrape::{promtool_check, value};
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
+
+fn web() -> Vec<edgemesh_core::Object> {
+    vec![
+        build::service("default", "web").port("http", 80, 8080).object(),
+        build::slice("default", "web-1", "web").endpoint("10.0.0.1", "n1").port("http", 8080).object(),
+    ]
+}
+
+/// Sends `args` to the server `times` times, expecting `status` each time.
+async fn dig_n(h: &Harness, times: usize, args: &[&str], status: &str) {
+    for _ in 0..times {
+        let out = h.dig(args).await;
+        assert_eq!(out.status, status, "{args:?}: {}", out.raw);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_responses_cache_and_upstreams_are_counted_like_coredns() {
+    let upstream = FakeUpstream::start(30).await;
+    let h = Harness::start(web(), vec![upstream.addr]).await;
+    let vip = h.vip("default", "web");
+
+    // Cluster names over UDP: the fast path (A) and the general one.
+    dig_n(&h, 3, &["web.default.svc.cluster.local", "A"], "NOERROR").await;
+    dig_n(&h, 1, &["web.default.svc.cluster.local", "AAAA"], "NOERROR").await;
+    dig_n(&h, 1, &["_http._tcp.web.default.svc.cluster.local", "SRV"], "NOERROR").await;
+    dig_n(&h, 1, &["-x", &vip], "NOERROR").await;
+    dig_n(&h, 2, &["nope.default.svc.cluster.local", "A"], "NXDOMAIN").await;
+    // SPF is no type CoreDNS names: `other`.
+    dig_n(&h, 1, &["web.default.svc.cluster.local", "SPF"], "NOERROR").await;
+    // Over TCP.
+    dig_n(&h, 2, &["+tcp", "web.default.svc.cluster.local", "A"], "NOERROR").await;
+    dig_n(&h, 1, &["+tcp", "nope.default.svc.cluster.local", "A"], "NXDOMAIN").await;
+    // Forwarded: the first of each a miss, the repeats cache hits.
+    dig_n(&h, 3, &["www.example.com", "A"], "NOERROR").await;
+    dig_n(&h, 2, &["nx.example.com", "A"], "NXDOMAIN").await;
+    dig_n(&h, 1, &["+tcp", "www.example.com", "MX"], "NOERROR").await;
+    assert_eq!(upstream.queries(), 3, "repeats come from the cache");
+    // Two questions in one query: FORMERR, of type `other` in the root zone.
+    let mut two = Message::new(77, MessageType::Query, OpCode::Query);
+    for name in ["a.example.", "b.example."] {
+        two.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    }
+    let udp = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    udp.send_to(&two.to_vec().unwrap(), h.addr).await.unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(2), udp.recv(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(Message::from_vec(&buf[..n]).unwrap().metadata.response_code, ResponseCode::FormErr);
+
+    let text = h.scrape();
+    let server = format!("dns://{}", h.addr);
+    let server = server.as_str();
+    let cluster = [("server", server), ("zone", "cluster.local."), ("family", "1")];
+    let root = [("server", server), ("zone", "."), ("family", "1")];
+    let requests = |zone: &[(&str, &str); 3], proto, ty| {
+        let labels = [zone[0], zone[1], zone[2], ("proto", proto), ("type", ty)];
+        value(&text, "edgemesh_dns_requests_total", &labels)
+    };
+    assert_eq!(requests(&cluster, "udp", "A"), Some(5.0), "{text}");
+    assert_eq!(requests(&cluster, "udp", "AAAA"), Some(1.0));
+    assert_eq!(requests(&cluster, "udp", "SRV"), Some(1.0));
+    assert_eq!(requests(&cluster, "udp", "PTR"), Some(1.0));
+    assert_eq!(requests(&cluster, "udp", "other"), Some(1.0));
+    assert_eq!(requests(&cluster, "tcp", "A"), Some(3.0));
+    assert_eq!(requests(&root, "udp", "A"), Some(5.0));
+    assert_eq!(requests(&root, "tcp", "MX"), Some(1.0));
+    assert_eq!(requests(&root, "udp", "other"), Some(1.0));
+    let total: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("edgemesh_dns_requests_total{"))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(total, 19.0, "every query counted once: {text}");
+
+    let responses = |zone, rcode| {
+        value(&text, "edgemesh_dns_responses_total", &[("server", server), ("zone", zone), ("rcode", rcode)])
+    };
+    assert_eq!(responses("cluster.local.", "NOERROR"), Some(9.0), "{text}");
+    assert_eq!(responses("cluster.local.", "NXDOMAIN"), Some(3.0));
+    assert_eq!(responses(".", "NOERROR"), Some(4.0));
+    assert_eq!(responses(".", "NXDOMAIN"), Some(2.0));
+    assert_eq!(responses(".", "FORMERR"), Some(1.0));
+    assert_eq!(responses(".", "SERVFAIL"), None, "no series for what did not happen");
+
+    let durations = |zone, ty| {
+        let labels = [("server", server), ("zone", zone), ("type", ty)];
+        value(&text, "edgemesh_dns_request_duration_seconds_count", &labels)
+    };
+    assert_eq!(durations("cluster.local.", "A"), Some(8.0));
+    assert_eq!(durations(".", "A"), Some(5.0));
+    let inf = [("server", server), ("zone", "cluster.local."), ("type", "A"), ("le", "+Inf")];
+    assert_eq!(value(&text, "edgemesh_dns_request_duration_seconds_bucket", &inf), Some(8.0));
+
+    let cache = |name, ty: Option<&str>| {
+        let mut labels = vec![("server", server)];
+        labels.extend(ty.map(|t| ("type", t)));
+        value(&text, name, &labels)
+    };
+    assert_eq!(cache("edgemesh_dns_cache_hits_total", Some("success")), Some(2.0), "{text}");
+    assert_eq!(cache("edgemesh_dns_cache_hits_total", Some("denial")), Some(1.0));
+    assert_eq!(cache("edgemesh_dns_cache_misses_total", None), Some(3.0));
+    assert_eq!(cache("edgemesh_dns_cache_entries", Some("success")), Some(2.0));
+    assert_eq!(cache("edgemesh_dns_cache_entries", Some("denial")), Some(1.0));
+
+    let to = upstream.addr.to_string();
+    let to = [("to", to.as_str())];
+    assert_eq!(value(&text, "edgemesh_dns_forward_requests_total", &to), Some(3.0), "{text}");
+    let by_rcode = |name, rcode| value(&text, name, &[to[0], ("rcode", rcode)]);
+    assert_eq!(by_rcode("edgemesh_dns_forward_responses_total", "NOERROR"), Some(2.0));
+    assert_eq!(by_rcode("edgemesh_dns_forward_responses_total", "NXDOMAIN"), Some(1.0));
+    assert_eq!(by_rcode("edgemesh_dns_forward_request_duration_seconds_count", "NOERROR"), Some(2.0));
+
+    promtool_check(&text);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_clients_are_family_2() {
+    let listen = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0));
+    let h = Harness::start_with(web(), DnsConfig { listen: Some(listen), ..common::config() }).await;
+    dig_n(&h, 2, &["web.default.svc.cluster.local", "A"], "NOERROR").await;
+    let text = h.scrape();
+    let labels = [("zone", "cluster.local."), ("proto", "udp"), ("family", "2"), ("type", "A")];
+    assert_eq!(value(&text, "edgemesh_dns_requests_total", &labels), Some(2.0), "{text}");
+    assert_eq!(value(&text, "edgemesh_dns_requests_total", &[("family", "1")]), None, "{text}");
+    h.stop().await;
+}
