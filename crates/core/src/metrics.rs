@@ -132,34 +132,33 @@ impl Collector for SourceCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let metrics = &self.0;
         let connected = i64::from(metrics.health.report().connection == Connection::Connected);
-        let gauge = ConstGauge::new(connected);
-        gauge.encode(encoder.encode_descriptor(
-            "connected",
-            "Whether the source's last requests were answered (1) or not (0)",
-            None,
-            gauge.metric_type(),
-        )?)?;
+        let help = "Whether the source's last requests were answered (1) or not (0)";
+        gauge(&mut encoder, "connected", help, None, connected)?;
         let last_ms = metrics.last_update_ms.load(Ordering::Relaxed);
         if last_ms == 0 {
             return Ok(());
         }
         let last = last_ms as f64 / 1000.0;
         let now = metrics.clock.now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-        let gauge = ConstGauge::new(last);
-        gauge.encode(encoder.encode_descriptor(
-            "last_update_timestamp",
-            "Unix time of the source's last event",
-            Some(&Unit::Seconds),
-            gauge.metric_type(),
-        )?)?;
-        let gauge = ConstGauge::new((now - last).max(0.0));
-        gauge.encode(encoder.encode_descriptor(
-            "last_update_age",
-            "Seconds since the source's last event",
-            Some(&Unit::Seconds),
-            gauge.metric_type(),
-        )?)
+        let seconds = Some(&Unit::Seconds);
+        gauge(&mut encoder, "last_update_timestamp", "Unix time of the source's last event", seconds, last)?;
+        gauge(&mut encoder, "last_update_age", "Seconds since the source's last event", seconds, (now - last).max(0.0))
     }
+}
+
+/// Encodes one unlabelled gauge of a collector.
+fn gauge<N>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: N,
+) -> Result<(), fmt::Error>
+where
+    ConstGauge<N>: EncodeMetric,
+{
+    let gauge = ConstGauge::new(value);
+    gauge.encode(encoder.encode_descriptor(name, help, unit, gauge.metric_type())?)
 }
 
 /// Registers `registry_generation` and `registry_services` in `registry`
@@ -178,20 +177,11 @@ impl Collector for RegistryCollector {
             let snapshot = self.0.borrow();
             (snapshot.generation, snapshot.len())
         };
-        let gauge = ConstGauge::new(i64::try_from(generation).unwrap_or(i64::MAX));
-        gauge.encode(encoder.encode_descriptor(
-            "registry_generation",
-            "Generation of the newest published snapshot (grows with every change)",
-            None,
-            gauge.metric_type(),
-        )?)?;
-        let gauge = ConstGauge::new(i64::try_from(services).unwrap_or(i64::MAX));
-        gauge.encode(encoder.encode_descriptor(
-            "registry_services",
-            "Services in the newest published snapshot",
-            None,
-            gauge.metric_type(),
-        )?)
+        let generation = i64::try_from(generation).unwrap_or(i64::MAX);
+        let help = "Generation of the newest published snapshot (grows with every change)";
+        gauge(&mut encoder, "registry_generation", help, None, generation)?;
+        let services = i64::try_from(services).unwrap_or(i64::MAX);
+        gauge(&mut encoder, "registry_services", "Services in the newest published snapshot", None, services)
     }
 }
 
