@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use common::{FakeUpstream, Harness};
 use edgemesh_core::build;
 use edgemesh_dns::DnsConfig;
+use edgemesh_test_support::loopback::closed_udp_port;
 use edgemesh_test_support::scrape::{promtool_check, value};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
@@ -138,5 +139,41 @@ async fn ipv6_clients_are_family_2() {
     let labels = [("zone", "cluster.local."), ("proto", "udp"), ("family", "2"), ("type", "A")];
     assert_eq!(value(&text, "edgemesh_dns_requests_total", &labels), Some(2.0), "{text}");
     assert_eq!(value(&text, "edgemesh_dns_requests_total", &[("family", "1")]), None, "{text}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_count_as_their_rcode_and_dead_upstreams_as_requests_without_responses() {
+    // A dead first upstream (refused), then one that answers: two attempts,
+    // one response.
+    let upstream = FakeUpstream::start(30).await;
+    let closed = closed_udp_port();
+    let h = Harness::start(vec![], vec![closed, upstream.addr]).await;
+    dig_n(&h, 1, &["www.example.com"], "NOERROR").await;
+    let text = h.scrape();
+    let dead = closed.to_string();
+    let live = upstream.addr.to_string();
+    let forward = |name, to: &str| value(&text, name, &[("to", to)]);
+    assert_eq!(forward("edgemesh_dns_forward_requests_total", &dead), Some(1.0), "{text}");
+    assert_eq!(forward("edgemesh_dns_forward_responses_total", &dead), None, "{text}");
+    assert_eq!(forward("edgemesh_dns_forward_requests_total", &live), Some(1.0), "{text}");
+    assert_eq!(forward("edgemesh_dns_forward_responses_total", &live), Some(1.0), "{text}");
+    h.stop().await;
+
+    // Only the dead one: SERVFAIL.
+    let h = Harness::start(vec![], vec![closed]).await;
+    dig_n(&h, 2, &["www.example.com"], "SERVFAIL").await;
+    let text = h.scrape();
+    assert_eq!(value(&text, "edgemesh_dns_responses_total", &[("zone", "."), ("rcode", "SERVFAIL")]), Some(2.0));
+    assert_eq!(value(&text, "edgemesh_dns_cache_misses_total", &[]), Some(2.0), "SERVFAIL is not cached: {text}");
+    assert_eq!(value(&text, "edgemesh_dns_cache_entries", &[("type", "success")]), Some(0.0));
+    h.stop().await;
+
+    // No upstreams: outside names are REFUSED.
+    let h = Harness::start(vec![], vec![]).await;
+    dig_n(&h, 1, &["www.example.com"], "REFUSED").await;
+    let text = h.scrape();
+    assert_eq!(value(&text, "edgemesh_dns_responses_total", &[("zone", "."), ("rcode", "REFUSED")]), Some(1.0));
+    assert_eq!(value(&text, "edgemesh_dns_forward_requests_total", &[]), None, "{text}");
     h.stop().await;
 }
