@@ -209,8 +209,8 @@ fn writes(a: &Agent, result: &str) -> f64 {
     let mut registry = edgemesh_metrics::AgentRegistry::new("test");
     a.status.register_metrics(registry.edgemesh());
     let text = registry.encode(edgemesh_metrics::Format::Text);
-    edgemesh_test_support::scrape::value(&text, "edgemesh_cache_writes_total", &[("result", result)])
-        .unwrap_or_else(|| panic!("no cache_writes_total{{result={result}}} in {text}"))
+    let series = format!(r#"edgemesh_cache_writes_total{{result="{result}"}}"#);
+    edgemesh_test_support::scrape::sample(&text, &series).unwrap_or_else(|| panic!("no {series} in {text}"))
 }
 
 #[tokio::test(start_paused = true)]

@@ -11,7 +11,7 @@ use common::{FakeUpstream, Harness};
 use edgemesh_core::build;
 use edgemesh_dns::DnsConfig;
 use edgemesh_test_support::loopback::closed_udp_port;
-use edgemesh_test_support::scrape::{promtool_check, value};
+use edgemesh_test_support::scrape::{promtool_check, sample};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 
@@ -65,22 +65,21 @@ async fn queries_responses_cache_and_upstreams_are_counted_like_coredns() {
 
     let text = h.scrape();
     let server = format!("dns://{}", h.addr);
-    let server = server.as_str();
-    let cluster = [("server", server), ("zone", "cluster.local."), ("family", "1")];
-    let root = [("server", server), ("zone", "."), ("family", "1")];
-    let requests = |zone: &[(&str, &str); 3], proto, ty| {
-        let labels = [zone[0], zone[1], zone[2], ("proto", proto), ("type", ty)];
-        value(&text, "edgemesh_dns_requests_total", &labels)
+    let get = |series: String| sample(&text, &series);
+    let requests = |zone, proto, ty| {
+        get(format!(
+            r#"edgemesh_dns_requests_total{{server="{server}",zone="{zone}",proto="{proto}",family="1",type="{ty}"}}"#
+        ))
     };
-    assert_eq!(requests(&cluster, "udp", "A"), Some(5.0), "{text}");
-    assert_eq!(requests(&cluster, "udp", "AAAA"), Some(1.0));
-    assert_eq!(requests(&cluster, "udp", "SRV"), Some(1.0));
-    assert_eq!(requests(&cluster, "udp", "PTR"), Some(1.0));
-    assert_eq!(requests(&cluster, "udp", "other"), Some(1.0));
-    assert_eq!(requests(&cluster, "tcp", "A"), Some(3.0));
-    assert_eq!(requests(&root, "udp", "A"), Some(5.0));
-    assert_eq!(requests(&root, "tcp", "MX"), Some(1.0));
-    assert_eq!(requests(&root, "udp", "other"), Some(1.0));
+    assert_eq!(requests("cluster.local.", "udp", "A"), Some(5.0), "{text}");
+    assert_eq!(requests("cluster.local.", "udp", "AAAA"), Some(1.0));
+    assert_eq!(requests("cluster.local.", "udp", "SRV"), Some(1.0));
+    assert_eq!(requests("cluster.local.", "udp", "PTR"), Some(1.0));
+    assert_eq!(requests("cluster.local.", "udp", "other"), Some(1.0));
+    assert_eq!(requests("cluster.local.", "tcp", "A"), Some(3.0));
+    assert_eq!(requests(".", "udp", "A"), Some(5.0));
+    assert_eq!(requests(".", "tcp", "MX"), Some(1.0));
+    assert_eq!(requests(".", "udp", "other"), Some(1.0));
     let total: f64 = text
         .lines()
         .filter(|l| l.starts_with("edgemesh_dns_requests_total{"))
@@ -89,7 +88,7 @@ async fn queries_responses_cache_and_upstreams_are_counted_like_coredns() {
     assert_eq!(total, 19.0, "every query counted once: {text}");
 
     let responses = |zone, rcode| {
-        value(&text, "edgemesh_dns_responses_total", &[("server", server), ("zone", zone), ("rcode", rcode)])
+        get(format!(r#"edgemesh_dns_responses_total{{server="{server}",zone="{zone}",rcode="{rcode}"}}"#))
     };
     assert_eq!(responses("cluster.local.", "NOERROR"), Some(9.0), "{text}");
     assert_eq!(responses("cluster.local.", "NXDOMAIN"), Some(3.0));
@@ -99,29 +98,25 @@ async fn queries_responses_cache_and_upstreams_are_counted_like_coredns() {
     assert_eq!(responses(".", "SERVFAIL"), None, "no series for what did not happen");
 
     let durations = |zone, ty| {
-        let labels = [("server", server), ("zone", zone), ("type", ty)];
-        value(&text, "edgemesh_dns_request_duration_seconds_count", &labels)
+        get(format!(r#"edgemesh_dns_request_duration_seconds_count{{server="{server}",zone="{zone}",type="{ty}"}}"#))
     };
     assert_eq!(durations("cluster.local.", "A"), Some(8.0));
     assert_eq!(durations(".", "A"), Some(5.0));
-    let inf = [("server", server), ("zone", "cluster.local."), ("type", "A"), ("le", "+Inf")];
-    assert_eq!(value(&text, "edgemesh_dns_request_duration_seconds_bucket", &inf), Some(8.0));
+    let inf = format!(
+        r#"edgemesh_dns_request_duration_seconds_bucket{{le="+Inf",server="{server}",zone="cluster.local.",type="A"}}"#
+    );
+    assert_eq!(get(inf), Some(8.0), "{text}");
 
-    let cache = |name, ty: Option<&str>| {
-        let mut labels = vec![("server", server)];
-        labels.extend(ty.map(|t| ("type", t)));
-        value(&text, name, &labels)
-    };
-    assert_eq!(cache("edgemesh_dns_cache_hits_total", Some("success")), Some(2.0), "{text}");
-    assert_eq!(cache("edgemesh_dns_cache_hits_total", Some("denial")), Some(1.0));
-    assert_eq!(cache("edgemesh_dns_cache_misses_total", None), Some(3.0));
-    assert_eq!(cache("edgemesh_dns_cache_entries", Some("success")), Some(2.0));
-    assert_eq!(cache("edgemesh_dns_cache_entries", Some("denial")), Some(1.0));
+    let cache = |name, ty| get(format!(r#"{name}{{server="{server}",type="{ty}"}}"#));
+    assert_eq!(cache("edgemesh_dns_cache_hits_total", "success"), Some(2.0), "{text}");
+    assert_eq!(cache("edgemesh_dns_cache_hits_total", "denial"), Some(1.0));
+    assert_eq!(get(format!(r#"edgemesh_dns_cache_misses_total{{server="{server}"}}"#)), Some(3.0));
+    assert_eq!(cache("edgemesh_dns_cache_entries", "success"), Some(2.0));
+    assert_eq!(cache("edgemesh_dns_cache_entries", "denial"), Some(1.0));
 
-    let to = upstream.addr.to_string();
-    let to = [("to", to.as_str())];
-    assert_eq!(value(&text, "edgemesh_dns_forward_requests_total", &to), Some(3.0), "{text}");
-    let by_rcode = |name, rcode| value(&text, name, &[to[0], ("rcode", rcode)]);
+    let to = upstream.addr;
+    assert_eq!(get(format!(r#"edgemesh_dns_forward_requests_total{{to="{to}"}}"#)), Some(3.0), "{text}");
+    let by_rcode = |name, rcode| get(format!(r#"{name}{{to="{to}",rcode="{rcode}"}}"#));
     assert_eq!(by_rcode("edgemesh_dns_forward_responses_total", "NOERROR"), Some(2.0));
     assert_eq!(by_rcode("edgemesh_dns_forward_responses_total", "NXDOMAIN"), Some(1.0));
     assert_eq!(by_rcode("edgemesh_dns_forward_request_duration_seconds_count", "NOERROR"), Some(2.0));
@@ -136,9 +131,12 @@ async fn ipv6_clients_are_family_2() {
     let h = Harness::start_with(web(), DnsConfig { listen: Some(listen), ..common::config() }).await;
     dig_n(&h, 2, &["web.default.svc.cluster.local", "A"], "NOERROR").await;
     let text = h.scrape();
-    let labels = [("zone", "cluster.local."), ("proto", "udp"), ("family", "2"), ("type", "A")];
-    assert_eq!(value(&text, "edgemesh_dns_requests_total", &labels), Some(2.0), "{text}");
-    assert_eq!(value(&text, "edgemesh_dns_requests_total", &[("family", "1")]), None, "{text}");
+    let series = format!(
+        r#"edgemesh_dns_requests_total{{server="dns://{}",zone="cluster.local.",proto="udp",family="2",type="A"}}"#,
+        h.addr
+    );
+    assert_eq!(sample(&text, &series), Some(2.0), "{text}");
+    assert!(!text.contains(r#"family="1""#), "{text}");
     h.stop().await;
 }
 
@@ -151,29 +149,33 @@ async fn failures_count_as_their_rcode_and_dead_upstreams_as_requests_without_re
     let h = Harness::start(vec![], vec![closed, upstream.addr]).await;
     dig_n(&h, 1, &["www.example.com"], "NOERROR").await;
     let text = h.scrape();
-    let dead = closed.to_string();
-    let live = upstream.addr.to_string();
-    let forward = |name, to: &str| value(&text, name, &[("to", to)]);
-    assert_eq!(forward("edgemesh_dns_forward_requests_total", &dead), Some(1.0), "{text}");
-    assert_eq!(forward("edgemesh_dns_forward_responses_total", &dead), None, "{text}");
-    assert_eq!(forward("edgemesh_dns_forward_requests_total", &live), Some(1.0), "{text}");
-    assert_eq!(forward("edgemesh_dns_forward_responses_total", &live), Some(1.0), "{text}");
+    let forward = |name, to: SocketAddr| sample(&text, &format!(r#"{name}{{to="{to}"}}"#));
+    assert_eq!(forward("edgemesh_dns_forward_requests_total", closed), Some(1.0), "{text}");
+    assert!(!text.contains(&format!(r#"edgemesh_dns_forward_responses_total{{to="{closed}""#)), "{text}");
+    assert_eq!(forward("edgemesh_dns_forward_requests_total", upstream.addr), Some(1.0), "{text}");
+    let answered = format!(r#"edgemesh_dns_forward_responses_total{{to="{}",rcode="NOERROR"}}"#, upstream.addr);
+    assert_eq!(sample(&text, &answered), Some(1.0), "{text}");
     h.stop().await;
 
     // Only the dead one: SERVFAIL.
     let h = Harness::start(vec![], vec![closed]).await;
     dig_n(&h, 2, &["www.example.com"], "SERVFAIL").await;
     let text = h.scrape();
-    assert_eq!(value(&text, "edgemesh_dns_responses_total", &[("zone", "."), ("rcode", "SERVFAIL")]), Some(2.0));
-    assert_eq!(value(&text, "edgemesh_dns_cache_misses_total", &[]), Some(2.0), "SERVFAIL is not cached: {text}");
-    assert_eq!(value(&text, "edgemesh_dns_cache_entries", &[("type", "success")]), Some(0.0));
+    let server = format!("dns://{}", h.addr);
+    let servfail = format!(r#"edgemesh_dns_responses_total{{server="{server}",zone=".",rcode="SERVFAIL"}}"#);
+    assert_eq!(sample(&text, &servfail), Some(2.0), "{text}");
+    let misses = format!(r#"edgemesh_dns_cache_misses_total{{server="{server}"}}"#);
+    assert_eq!(sample(&text, &misses), Some(2.0), "SERVFAIL is not cached: {text}");
+    let entries = format!(r#"edgemesh_dns_cache_entries{{server="{server}",type="success"}}"#);
+    assert_eq!(sample(&text, &entries), Some(0.0));
     h.stop().await;
 
     // No upstreams: outside names are REFUSED.
     let h = Harness::start(vec![], vec![]).await;
     dig_n(&h, 1, &["www.example.com"], "REFUSED").await;
     let text = h.scrape();
-    assert_eq!(value(&text, "edgemesh_dns_responses_total", &[("zone", "."), ("rcode", "REFUSED")]), Some(1.0));
-    assert_eq!(value(&text, "edgemesh_dns_forward_requests_total", &[]), None, "{text}");
+    let refused = format!(r#"edgemesh_dns_responses_total{{server="dns://{}",zone=".",rcode="REFUSED"}}"#, h.addr);
+    assert_eq!(sample(&text, &refused), Some(1.0), "{text}");
+    assert!(!text.contains("edgemesh_dns_forward_requests_total{"), "{text}");
     h.stop().await;
 }

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use edgemesh_test_support::scrape::{promtool_check, value};
+use edgemesh_test_support::scrape::{promtool_check, sample};
 use support::{Agent, eventually, manifest_dir, service_yaml, write_manifest};
 
 fn scrape(agent: &Agent) -> String {
@@ -17,8 +17,8 @@ fn scrape(agent: &Agent) -> String {
 }
 
 fn events(text: &str, kind: &str, action: &str) -> f64 {
-    let labels = [("source", "manifests"), ("kind", kind), ("action", action)];
-    value(text, "edgemesh_source_events_total", &labels).unwrap_or_else(|| panic!("no {kind} {action} in {text}"))
+    let series = format!(r#"edgemesh_source_events_total{{source="manifests",kind="{kind}",action="{action}"}}"#);
+    sample(text, &series).unwrap_or_else(|| panic!("no {series} in {text}"))
 }
 
 #[test]
@@ -28,18 +28,18 @@ fn dns_queries_and_manifest_changes_show_in_the_agents_metrics() {
     let agent = Agent::start(&manifests);
 
     let text = scrape(&agent);
-    assert_eq!(value(&text, "edgemesh_source_synced", &[]), Some(1.0), "{text}");
-    assert_eq!(value(&text, "edgemesh_source_connected", &[]), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "edgemesh_source_synced"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "edgemesh_source_connected"), Some(1.0), "{text}");
     assert_eq!(events(&text, "Service", "apply"), 1.0);
     assert_eq!(events(&text, "EndpointSlice", "apply"), 1.0);
     assert_eq!(events(&text, "Service", "delete"), 0.0);
-    assert_eq!(value(&text, "edgemesh_registry_services", &[]), Some(1.0), "{text}");
-    let generation = value(&text, "edgemesh_registry_generation", &[]).expect("a generation");
+    assert_eq!(sample(&text, "edgemesh_registry_services"), Some(1.0), "{text}");
+    let generation = sample(&text, "edgemesh_registry_generation").expect("a generation");
     assert!(generation >= 1.0, "{text}");
-    let first_update = value(&text, "edgemesh_source_last_update_timestamp_seconds", &[]).expect("an update time");
-    assert!(value(&text, "edgemesh_source_last_update_age_seconds", &[]).is_some_and(|age| age >= 0.0), "{text}");
-    assert!(value(&text, "edgemesh_cache_writes_total", &[("result", "ok")]).is_some_and(|n| n >= 1.0), "{text}");
-    assert_eq!(value(&text, "edgemesh_cache_writes_total", &[("result", "error")]), Some(0.0), "{text}");
+    let first_update = sample(&text, "edgemesh_source_last_update_timestamp_seconds").expect("an update time");
+    assert!(sample(&text, "edgemesh_source_last_update_age_seconds").is_some_and(|age| age >= 0.0), "{text}");
+    assert!(sample(&text, r#"edgemesh_cache_writes_total{result="ok"}"#).is_some_and(|n| n >= 1.0), "{text}");
+    assert_eq!(sample(&text, r#"edgemesh_cache_writes_total{result="error"}"#), Some(0.0), "{text}");
 
     // DNS: two answers and a denial over UDP, one over TCP.
     for args in [&["web.shop.svc.cluster.local"][..], &["web.shop.svc.cluster.local"], &["nope.shop.svc.cluster.local"]]
@@ -50,15 +50,16 @@ fn dns_queries_and_manifest_changes_show_in_the_agents_metrics() {
     let text = scrape(&agent);
     let server = format!("dns://127.0.0.1:{}", agent.dns_port);
     let requests = |proto| {
-        let labels =
-            [("server", server.as_str()), ("zone", "cluster.local."), ("proto", proto), ("family", "1"), ("type", "A")];
-        value(&text, "edgemesh_dns_requests_total", &labels)
+        let labels = format!(r#"server="{server}",zone="cluster.local.",proto="{proto}",family="1",type="A""#);
+        sample(&text, &format!("edgemesh_dns_requests_total{{{labels}}}"))
     };
     assert_eq!(requests("udp"), Some(3.0), "{text}");
     assert_eq!(requests("tcp"), Some(1.0), "{text}");
     let responses = |rcode| {
-        let labels = [("server", server.as_str()), ("zone", "cluster.local."), ("rcode", rcode)];
-        value(&text, "edgemesh_dns_responses_total", &labels)
+        sample(
+            &text,
+            &format!(r#"edgemesh_dns_responses_total{{server="{server}",zone="cluster.local.",rcode="{rcode}"}}"#),
+        )
     };
     assert_eq!(responses("NOERROR"), Some(3.0), "{text}");
     assert_eq!(responses("NXDOMAIN"), Some(1.0), "{text}");
@@ -71,9 +72,9 @@ fn dns_queries_and_manifest_changes_show_in_the_agents_metrics() {
         (events(&text, "Service", "apply") == 2.0).then_some(text)
     });
     assert_eq!(events(&text, "EndpointSlice", "apply"), 2.0);
-    let updated = value(&text, "edgemesh_source_last_update_timestamp_seconds", &[]).unwrap();
+    let updated = sample(&text, "edgemesh_source_last_update_timestamp_seconds").unwrap();
     assert!(updated > first_update, "{updated} after {first_update}");
-    assert_eq!(value(&text, "edgemesh_registry_services", &[]), Some(2.0), "{text}");
+    assert_eq!(sample(&text, "edgemesh_registry_services"), Some(2.0), "{text}");
 
     // And removed again: deletes.
     std::fs::remove_file(manifests.join("db.yaml")).unwrap();
@@ -82,6 +83,6 @@ fn dns_queries_and_manifest_changes_show_in_the_agents_metrics() {
         (events(&text, "Service", "delete") == 1.0).then_some(text)
     });
     assert_eq!(events(&text, "EndpointSlice", "delete"), 1.0);
-    assert!(value(&text, "edgemesh_registry_generation", &[]).unwrap() > generation, "{text}");
+    assert!(sample(&text, "edgemesh_registry_generation").unwrap() > generation, "{text}");
     promtool_check(&text);
 }

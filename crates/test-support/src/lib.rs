@@ -4,11 +4,12 @@
 //! - [`eventually`] (async) and [`blocking::eventually`]: retry a check
 //!   until it holds, with a deadline.
 //! - [`loopback`]: echo servers and closed ports on 127.0.0.1.
+//! - [`scrape`]: a sample's value in a `/metrics` text, and `promtool
+//!   check metrics` on it.
 //! - `netns` (feature `netns`): network namespaces as nodes (one root
 //!   check), links, LANs, NAT routers, and real servers and clients inside
 //!   them.
 //! - `registry` (feature `registry`): a registry task and its subscription.
-//! - [`scrape`]: one series' value in a scrape, and `promtool check metrics`.
 //!
 //! Heavy or privileged parts are behind features, so a crate whose tests
 //! need a loopback echo compiles no more than that.
