@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use edgemesh_cache::CacheStatus;
+use edgemesh_core::metrics::SourceMetrics;
 use edgemesh_core::{
     EventSink, EventStream, Registry, RegistryConfig, RegistryHandle, Snapshot, SourceHealth, VipPolicy,
 };
@@ -151,6 +152,7 @@ impl Agent {
         let dns = DnsServer::bind(dns_config, snapshots.clone())
             .await
             .with_context(|| format!("cannot start DNS on {dns_listen}"))?;
+        dns.register_metrics(metrics.edgemesh());
         let shutdown = CancellationToken::new();
         let mut proxy = Proxy::new(proxy_config, snapshots.clone())
             .with_original_dst(deps.original_dst.clone())
@@ -177,6 +179,17 @@ impl Agent {
         }
         // Whether the source is connected (kube) or its directory readable (manifests).
         let source_health = SourceHealth::with_clock(deps.clock.clone());
+        // What the source sends, counted by the sink it sends through; the
+        // cache's writes and the registry's snapshots.
+        let source_name = match config.source {
+            SourceKind::Manifests => "manifests",
+            SourceKind::Kube => "kube",
+        };
+        let source_metrics =
+            SourceMetrics::register(source_name, source_health.clone(), deps.clock.clone(), metrics.edgemesh());
+        let source_sink = source_sink.counted(source_metrics);
+        cache.register_metrics(metrics.edgemesh());
+        edgemesh_core::metrics::register_registry(snapshots.clone(), metrics.edgemesh());
         let source = match config.source {
             SourceKind::Manifests => {
                 Source::Manifests(ManifestSource::from_config(&config.manifests).with_health(source_health.clone()))
