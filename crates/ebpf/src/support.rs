@@ -23,9 +23,10 @@ pub enum Missing {
     Btf,
 }
 
-/// Checks this process and kernel; Err lists everything missing at once.
+/// Checks the calling thread (capabilities are per thread) and the
+/// kernel; Err lists everything missing at once.
 pub fn check() -> Result<(), Error> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let missing = missing(&status, &mountinfo, Path::new(BTF).exists());
     if missing.is_empty() { Ok(()) } else { Err(Error::Unsupported(missing)) }

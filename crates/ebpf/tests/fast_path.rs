@@ -69,6 +69,20 @@ fn applications_see_the_service_address_as_their_peer_over_ipv4_and_v4_mapped_ip
 }
 
 #[test]
+fn an_ipv6_service_reaches_its_ipv6_backends_through_connect6_and_getpeername6() {
+    let mut node = Node::new("v6", &["fd00::1", "fd00::2"]);
+    let _one = NsNginx::start(&node.ns, &["[fd00::1]:8080"], "one");
+    let _two = NsNginx::start(&node.ns, &["[fd00::2]:8080"], "two");
+    let svc = ServicePort::tcp(addr("[fd00:96::10]:80"));
+    node.fast().writer().set(svc, &[addr("[fd00::1]:8080"), addr("[fd00::2]:8080")]).unwrap();
+    let lines = node.client(&["tcp", "fd00:96::10", "80", "20"]);
+    assert_eq!(lines.len(), 20, "{lines:?}");
+    assert!(lines.iter().all(|l| l.starts_with("fd00:96::10 80 ")), "getpeername gives the service address: {lines:?}");
+    let bodies: Vec<String> = lines.iter().map(|l| l.rsplit(' ').next().unwrap().to_owned()).collect();
+    assert!(count(&bodies, "one") > 0 && count(&bodies, "two") > 0, "both backends: {bodies:?}");
+}
+
+#[test]
 fn udp_replies_come_from_the_service_address_connected_or_not() {
     let mut node = Node::new("udp", &["10.0.1.1", "10.0.1.2"]);
     let echoes = [UdpEcho::start(&node.ns, "10.0.1.1:5353"), UdpEcho::start(&node.ns, "10.0.1.2:5353")];

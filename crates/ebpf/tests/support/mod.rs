@@ -72,11 +72,11 @@ pub struct Node {
 }
 
 impl Node {
-    /// A namespace with `lo` up and `backends` (`10.0.1.1`, ...) on it.
+    /// A namespace with `lo` up and `backends` (`10.0.1.1`, `fd00::1`, ...) on it.
     pub fn new(role: &str, backends: &[&str]) -> Node {
         let ns = Netns::new(role);
         for b in backends {
-            ns.ip(&["addr", "add", &format!("{b}/32"), "dev", "lo"]);
+            ns.addr("lo", &format!("{b}/{}", if b.contains(':') { 128 } else { 32 }));
         }
         let cgroup = TestCgroup::new(role);
         let pins = PinDir::new(role);
