@@ -17,6 +17,8 @@ pub enum Error {
     Pins { path: PathBuf, source: std::io::Error },
     #[error("loading the BPF object: {0}")]
     Load(#[from] aya::EbpfError),
+    #[error("the BPF object has no {name}: bpf/edgemesh.bpf.c and the loader disagree")]
+    NotInObject { name: &'static str },
     #[error("BPF program {name}: {source}")]
     Program { name: &'static str, source: aya::programs::ProgramError },
     #[error("BPF link of {name}: {source}")]

@@ -145,16 +145,13 @@ fn load(pin_dir: &Path, cgroup: &Path) -> Result<MapWriter, Error> {
     // program is attached.
     let mut maps = Vec::new();
     for name in MAPS {
-        let map = ebpf
-            .take_map(name)
-            .ok_or(Error::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
+        let map = ebpf.take_map(name).ok_or(Error::NotInObject { name })?;
         let path = pin_dir.join("maps").join(name);
         map.pin(&path).map_err(|source| Error::Pin { path, source })?;
         maps.push(map);
     }
     for name in PROGRAMS {
-        let program =
-            ebpf.program_mut(name).ok_or(Error::Program { name, source: aya::programs::ProgramError::NotLoaded })?;
+        let program = ebpf.program_mut(name).ok_or(Error::NotInObject { name })?;
         let program: &mut CgroupSockAddr = program.try_into().map_err(|source| Error::Program { name, source })?;
         program.load().map_err(|source| Error::Program { name, source })?;
         let path = pin_dir.join("progs").join(name);
