@@ -24,6 +24,12 @@ command -v mount >/dev/null || [ -x /usr/bin/mount ] || need+=(mount)
 [ -x /usr/sbin/miniupnpd ] || need+=(miniupnpd-nftables)
 # Metrics: promtool checks every /metrics scrape a test takes.
 command -v promtool >/dev/null || need+=(prometheus)
+# Kernel fast path (crates/ebpf): clang and libbpf's headers compile the BPF programs; its
+# tests count attached programs with bpftool and drive sockets from python3.
+command -v clang >/dev/null || need+=(clang)
+[ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+command -v bpftool >/dev/null || [ -x /usr/sbin/bpftool ] || need+=(bpftool)
+command -v python3 >/dev/null || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing: ${need[*]}"
