@@ -83,6 +83,12 @@ pub const CONTRACT: &[(Section, &str, Kind)] = &[
     (Process, "edgemesh_build_info", Gauge),
 ];
 
+/// What an agent serves under `edgemesh_` besides the contract: libp2p's
+/// own metrics (under this prefix) ...
+pub const LIBP2P_PREFIX: &str = "edgemesh_libp2p_";
+/// ... and the label caps' counts of folded values (edgemesh-metrics).
+pub const OUTSIDE_CONTRACT: &[&str] = &["edgemesh_service_label_folded_values", "edgemesh_node_label_folded_values"];
+
 /// The series names a family of `kind` has (a histogram's `_bucket`,
 /// `_sum`, `_count`; the name itself too, as PromQL writers sometimes
 /// refer to the family).
