@@ -144,6 +144,11 @@ for m in modes:
 print("\nMedians over repetitions; ratios are paired within each repetition (mode / none), "
       "the modes' order alternating between repetitions.")
 print("Failed scrapes: %d." % sum(r["scrape_failures"] for r in rows))
+busy = sum(1 for r in rows if not r["quiet"])
+if busy:
+    print(f"\n**Busy machine:** {busy} of {len(rows)} runs did not pass the shared harness's quiet check "
+          "(no cargo/rustc running, < 15 % CPU busy) or saw a compile start during the run: "
+          "the figures carry that noise (see the min-max of the ratios).")
 print("\n```\n" + "\n".join(env) + "\n```")
 PY
 cat "$OUT/table.md"
