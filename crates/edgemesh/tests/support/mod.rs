@@ -4,14 +4,18 @@
 //! headless Chromium in a namespace (a page's DOM, screenshots); [`node`]: a node
 //! in node mode (interception) built from them; [`mesh`]: tunnel nodes,
 //! NAT routers and the agents' `/peers` view; [`probe`]: traffic that
-//! counts its failures through a fault.
+//! counts its failures through a fault; [`prometheus`]: a real Prometheus
+//! server scraping agents, and `promtool`; [`metric_names`]: the metric
+//! names contract and the Grafana dashboard's names.
 #![allow(dead_code)]
 
 pub mod chromium;
 pub mod mesh;
+pub mod metric_names;
 pub mod netns;
 pub mod node;
 pub mod probe;
+pub mod prometheus;
 
 // (Test binaries that use only one of them would warn.)
 #[allow(unused_imports)]
