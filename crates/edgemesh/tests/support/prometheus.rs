@@ -7,7 +7,6 @@
 //! test's own addresses, and its port cannot collide with a Prometheus of
 //! the host (a stray system server on 9090 lives in another namespace).
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -26,32 +25,6 @@ const LISTEN: &str = "127.0.0.1:9090";
 pub fn require_prometheus() {
     for tool in [PROMETHEUS, PROMTOOL] {
         assert!(Path::new(tool).exists(), "{tool} is missing: apt-get install prometheus (.ci/run does)");
-    }
-}
-
-/// Runs `promtool check metrics` on an exposition in the text format:
-/// Err with promtool's complaints (format errors and lint problems).
-/// (Once merged beside test-support's `scrape::promtool_check`, which
-/// panics instead, one of the two goes.)
-pub fn promtool_check(exposition: &str) -> Result<(), String> {
-    let mut child = Command::new(PROMTOOL)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{PROMTOOL}: {e} (apt-get install prometheus)"));
-    child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    // A lint problem is printed with exit status 0 by some versions: any output is a complaint.
-    match out.status.success() && out.stdout.is_empty() && out.stderr.is_empty() {
-        true => Ok(()),
-        false => Err(format!(
-            "promtool check metrics ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )),
     }
 }
 
