@@ -126,7 +126,7 @@ impl Agent {
 
         // Every component registers its metrics here as it is built; the
         // admin endpoint serves them.
-        let metrics = AgentRegistry::new(env!("CARGO_PKG_VERSION"));
+        let mut metrics = AgentRegistry::new(env!("CARGO_PKG_VERSION"));
         let mut registry = Registry::new(RegistryConfig {
             vip_cidr: config.vip_cidr(),
             vip_cidr6: config.vip_cidr6(),
@@ -157,7 +157,8 @@ impl Agent {
         let remote = match (&deps.remote, config.tunnel.enabled) {
             (Some(remote), _) => Some(remote.clone()),
             (None, true) => {
-                let (handle, task) = crate::tunnel::start(&config, snapshots.clone(), shutdown.clone()).await?;
+                let (handle, task) =
+                    crate::tunnel::start(&config, snapshots.clone(), metrics.edgemesh(), shutdown.clone()).await?;
                 tunnel = Some((handle.clone(), task));
                 Some(Arc::new(crate::tunnel::TunnelRemote(handle)) as Arc<dyn edgemesh_proxy::Remote>)
             }
