@@ -1,0 +1,244 @@
+//! The tunnel's metrics as an operator scrapes them (issue #14): real
+//! agents in network namespaces, a real echo backend on another node, a
+//! known number of bytes sent through the tunnel, and each agent's
+//! `/metrics` read back and checked with `promtool check metrics`.
+//!
+//! ```text
+//!  direct:   node-a 10.0.0.2 ── bridge ── node-b 10.0.0.3 (echo :7000)
+//!
+//!  relayed:  relay 198.18.0.1 ─┐
+//!            rtr-a 198.18.0.2 ─┼─ "public" WAN bridge
+//!            rtr-c 198.18.0.3 ─┘
+//!              │ 10.2.0.1         │ 10.1.0.1
+//!            node-a 10.2.0.2    node-c 10.1.0.2 (echo :7000)
+//! ```
+//!
+//! In the relayed topology the two NAT routers silently drop every packet
+//! between each other (a firewall): hole punching is tried and cannot
+//! succeed, so the pair stays relayed. As root; CI runs as root.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::eventually_every;
+use support::mesh::{LIMIT, Node, Transport, behind_nat, lan_pair, peers, service, wait_for_peer};
+use support::netns::{Lan, Netns, NsAgent, TcpEcho, in_netns, require_root};
+
+/// Bytes sent (and echoed back) on the bulk connection.
+const BULK: usize = 1 << 20;
+/// Bytes sent (and echoed back) on the connection held open.
+const HOLD: &[u8] = b"held open\n";
+
+#[test]
+fn a_direct_peer_shows_its_path_rtt_streams_and_exact_bytes() {
+    require_root();
+    let (_lan, a, b) = lan_pair();
+    let _echo = TcpEcho::start(&b.ns, "10.0.0.3:7000");
+    let cluster = [a.object("10.0.0.2"), b.object("10.0.0.3"), service("echo", "TCP", 7000, "node-b", "10.0.0.3")];
+    a.manifests(&cluster);
+    b.manifests(&cluster);
+    let agent_b = b.start(&[]);
+    let agent_a = a.start(&[]);
+    wait_for_peer(&agent_a, "node-b", "node-a to find node-b by mDNS", |p| p["connection"] == "direct");
+
+    let to = format!("{}:7000", agent_a.vip("default", "echo").expect("echo has a VIP on node-a"));
+    echo_bytes(&a.ns, &to, BULK).expect("the bulk transfer through the tunnel");
+    let held = hold(&a.ns, &to);
+    let carried = (BULK + HOLD.len()) as f64;
+
+    let node_b = [("node", "node-b")];
+    let text = eventually_every(Duration::from_millis(200), LIMIT, "node-a's metrics of node-b", || {
+        let text = agent_a.get("/metrics")?;
+        let ready = metric(&text, "edgemesh_tunnel_peer_streams", &node_b) == Some(1.0)
+            && metric(&text, "edgemesh_tunnel_peer_rtt_seconds", &node_b).is_some_and(|rtt| rtt > 0.0)
+            && metric(&text, "edgemesh_tunnel_sent_bytes_total", &node_b).is_some_and(|n| n >= carried);
+        ready.then_some(text)
+    });
+    assert_eq!(metric(&text, "edgemesh_tunnel_peer_path", &[("node", "node-b"), ("path", "direct")]), Some(1.0));
+    assert_eq!(metric(&text, "edgemesh_tunnel_peer_path", &[("path", "relayed")]), None, "{text}");
+    let outbound = [("node", "node-b"), ("direction", "outbound")];
+    assert_eq!(metric(&text, "edgemesh_tunnel_streams_opened_total", &outbound), Some(2.0), "{text}");
+    assert_within_1_percent(&text, "edgemesh_tunnel_sent_bytes_total", &node_b, carried);
+    assert_within_1_percent(&text, "edgemesh_tunnel_received_bytes_total", &node_b, carried);
+    assert!(metric(&text, "edgemesh_tunnel_dials_total", &[("result", "ok")]).is_some_and(|n| n >= 1.0), "{text}");
+    assert_eq!(metric(&text, "edgemesh_tunnel_holepunch_attempts_total", &[]), None, "no relay, no punch: {text}");
+    assert!(text.contains("\nedgemesh_libp2p_"), "libp2p's own metrics: {text}");
+
+    // node-b served the same streams: what it received is what node-a sent.
+    let node_a = [("node", "node-a")];
+    let text_b = eventually_every(Duration::from_millis(200), LIMIT, "node-b's metrics of node-a", || {
+        let text = agent_b.get("/metrics")?;
+        let done = metric(&text, "edgemesh_tunnel_received_bytes_total", &node_a).is_some_and(|n| n >= carried)
+            && metric(&text, "edgemesh_tunnel_sent_bytes_total", &node_a).is_some_and(|n| n >= carried);
+        done.then_some(text)
+    });
+    let inbound = [("node", "node-a"), ("direction", "inbound")];
+    assert_eq!(metric(&text_b, "edgemesh_tunnel_streams_opened_total", &inbound), Some(2.0), "{text_b}");
+    assert_eq!(metric(&text_b, "edgemesh_tunnel_peer_streams", &node_a), Some(1.0), "{text_b}");
+    assert_within_1_percent(&text_b, "edgemesh_tunnel_received_bytes_total", &node_a, carried);
+    assert_within_1_percent(&text_b, "edgemesh_tunnel_sent_bytes_total", &node_a, carried);
+
+    // The held connection closes: no stream is open any more.
+    drop(held);
+    eventually_every(Duration::from_millis(200), LIMIT, "node-a's open streams to drop to 0", || {
+        (metric(&agent_a.get("/metrics")?, "edgemesh_tunnel_peer_streams", &node_b) == Some(0.0)).then_some(())
+    });
+    for agent in [&agent_a, &agent_b] {
+        promtool_check(agent);
+    }
+}
+
+#[test]
+fn a_relayed_peer_shows_the_relay_and_hole_punches_that_cannot_succeed() {
+    require_root();
+    let wan = Lan::new("wan");
+    let (relay, a, c) = (Node::new("relay"), Node::new("node-a"), Node::new("node-c"));
+    wan.attach(&relay.ns, "eth0", &["198.18.0.1/24"]);
+    let router_c = behind_nat(&wan, &c, "198.18.0.3", 1);
+    let router_a = behind_nat(&wan, &a, "198.18.0.2", 2);
+    // The two routers never reach each other: only the relay joins them.
+    router_c.black_hole("198.18.0.2");
+    router_a.black_hole("198.18.0.3");
+    let _echo = TcpEcho::start(&c.ns, "10.1.0.2:7000");
+    let cluster = [a.object("10.2.0.2"), c.object("10.1.0.2"), service("echo", "TCP", 7000, "node-c", "10.1.0.2")];
+    for n in [&relay, &a, &c] {
+        n.manifests(&cluster);
+    }
+    let transport = Transport::of_this_build();
+    let relay_addr = relay.tunnel_addr_on("198.18.0.1", transport);
+    let node_args = transport.with_listen(&["--relay", &relay_addr, "--no-mdns"]);
+    let agent_relay = relay.start_with(&transport.with_listen(&["--relay-server", "--no-mdns"]));
+    let agent_c = c.start_with(&node_args);
+    eventually_every(Duration::from_millis(200), LIMIT, "node-c's relay reservation", || {
+        peers(&agent_c).into_iter().find(|p| p["peerId"] == relay.peer_id && p["relayReserved"] == true)
+    });
+    let agent_a = a.start_with(&node_args);
+
+    let to = format!("{}:7000", agent_a.vip("default", "echo").expect("echo has a VIP on node-a"));
+    let bulk = BULK / 4;
+    eventually_every(Duration::from_millis(500), LIMIT, "the first transfer through the relay", || {
+        echo_bytes(&a.ns, &to, bulk).map_err(|e| eprintln!("transfer: {e}")).ok()
+    });
+    let held = hold(&a.ns, &to);
+    let carried = (bulk + HOLD.len()) as f64;
+
+    let node_c = [("node", "node-c")];
+    let relay_label = [("relay", relay.peer_id.as_str())];
+    let text = eventually_every(Duration::from_millis(200), LIMIT, "node-a's metrics of node-c", || {
+        let text = agent_a.get("/metrics")?;
+        let ready = metric(&text, "edgemesh_tunnel_peer_streams", &node_c) == Some(1.0)
+            && metric(&text, "edgemesh_tunnel_relay_reservations", &relay_label) == Some(1.0)
+            && metric(&text, "edgemesh_tunnel_holepunch_attempts_total", &node_c).is_some_and(|n| n >= 1.0)
+            && metric(&text, "edgemesh_tunnel_sent_bytes_total", &node_c).is_some_and(|n| n >= carried);
+        ready.then_some(text)
+    });
+    assert_eq!(metric(&text, "edgemesh_tunnel_peer_path", &[("node", "node-c"), ("path", "relayed")]), Some(1.0));
+    // (The relay itself, a peer but no node of the cluster, is `unknown` and direct.)
+    let direct = [("node", "node-c"), ("path", "direct")];
+    assert_eq!(metric(&text, "edgemesh_tunnel_peer_path", &direct), None, "{text}");
+    assert!(metric(&text, "edgemesh_tunnel_relay_circuits", &relay_label).is_some_and(|n| n >= 1.0), "{text}");
+    let dials_ok = [("node", "node-c"), ("result", "ok")];
+    assert!(metric(&text, "edgemesh_tunnel_dials_total", &dials_ok).is_some_and(|n| n >= 1.0), "{text}");
+    assert_eq!(metric(&text, "edgemesh_tunnel_holepunch_successes_total", &node_c).unwrap_or(0.0), 0.0, "{text}");
+    assert_within_1_percent(&text, "edgemesh_tunnel_sent_bytes_total", &node_c, carried);
+    assert_within_1_percent(&text, "edgemesh_tunnel_received_bytes_total", &node_c, carried);
+    assert!(text.contains("\nedgemesh_libp2p_"), "libp2p's own metrics: {text}");
+
+    // The relay holds both nodes' reservations and carries the circuit.
+    let served = eventually_every(Duration::from_millis(200), LIMIT, "the relay's served reservations", || {
+        let text = agent_relay.get("/metrics")?;
+        (metric(&text, "edgemesh_tunnel_relay_served_reservations", &[]) == Some(2.0)).then_some(text)
+    });
+    assert!(metric(&served, "edgemesh_tunnel_relay_served_circuits", &[]).is_some_and(|n| n >= 1.0), "{served}");
+    drop(held);
+    for agent in [&agent_a, &agent_c, &agent_relay] {
+        promtool_check(agent);
+    }
+}
+
+/// The sum of the samples of `name` whose labels include `labels` (None:
+/// no such sample), from the classic text format.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut sum = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (set, value) = match rest.strip_prefix('{') {
+            Some(rest) => rest.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        let pairs: Vec<&str> = set.split(',').collect();
+        if labels.iter().all(|(k, v)| pairs.contains(&format!("{k}=\"{v}\"").as_str())) {
+            *sum.get_or_insert(0.0) += value.trim().parse::<f64>().ok()?;
+        }
+    }
+    sum
+}
+
+/// The counter is at least `expected` (nothing lost) and within 1% of it
+/// (no tunnel framing counted).
+fn assert_within_1_percent(text: &str, name: &str, labels: &[(&str, &str)], expected: f64) {
+    let got = metric(text, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?}:\n{text}"));
+    assert!(got >= expected && got <= expected * 1.01, "{name}{labels:?} is {got}, sent {expected}");
+}
+
+/// Sends `n` bytes to `to` (an echo server behind it) from inside `ns` on
+/// one connection, and reads all `n` back.
+fn echo_bytes(ns: &Netns, to: &str, n: usize) -> Result<(), String> {
+    let to = to.to_owned();
+    in_netns(&ns.name, move || {
+        let mut conn = TcpStream::connect(&to).map_err(|e| format!("connect {to}: {e}"))?;
+        conn.set_read_timeout(Some(LIMIT)).map_err(|e| e.to_string())?;
+        let mut writer = conn.try_clone().map_err(|e| e.to_string())?;
+        let sending = std::thread::spawn(move || {
+            writer.write_all(&vec![0x5a; n])?;
+            writer.shutdown(Shutdown::Write)
+        });
+        let mut back = Vec::with_capacity(n);
+        let read = conn.read_to_end(&mut back);
+        sending.join().expect("writer").map_err(|e| format!("write: {e}"))?;
+        read.map_err(|e| format!("read: {e}"))?;
+        if back.len() != n {
+            return Err(format!("{} of {n} bytes echoed", back.len()));
+        }
+        Ok(())
+    })
+}
+
+/// A connection to `to` from inside `ns` that has had its echo and stays
+/// open while held.
+fn hold(ns: &Netns, to: &str) -> TcpStream {
+    let to = to.to_owned();
+    in_netns(&ns.name, move || {
+        let mut conn = TcpStream::connect(&to).expect("connect to hold");
+        conn.set_read_timeout(Some(LIMIT)).unwrap();
+        conn.write_all(HOLD).unwrap();
+        let mut back = vec![0; HOLD.len()];
+        conn.read_exact(&mut back).expect("the held connection's echo");
+        conn
+    })
+}
+
+/// The agent's whole `/metrics` passes `promtool check metrics` (Debian's
+/// `prometheus` package).
+fn promtool_check(agent: &NsAgent) {
+    let text = agent.get("/metrics").expect("/metrics answers");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus) checks the metrics");
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
