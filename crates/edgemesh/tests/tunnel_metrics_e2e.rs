@@ -25,7 +25,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::eventually_every;
-use support::mesh::{LIMIT, Node, Transport, behind_nat, lan_pair, peers, service, wait_for_peer};
+use support::mesh::{LIMIT, Node, behind_nat, lan_pair, service, start_relayed, wait_for_peer};
 use support::netns::{Lan, Netns, NsAgent, TcpEcho, in_netns, require_root};
 
 /// Bytes sent (and echoed back) on the bulk connection.
@@ -108,15 +108,7 @@ fn a_relayed_peer_shows_the_relay_and_hole_punches_that_cannot_succeed() {
     for n in [&relay, &a, &c] {
         n.manifests(&cluster);
     }
-    let transport = Transport::of_this_build();
-    let relay_addr = relay.tunnel_addr_on("198.18.0.1", transport);
-    let node_args = transport.with_listen(&["--relay", &relay_addr, "--no-mdns"]);
-    let agent_relay = relay.start_with(&transport.with_listen(&["--relay-server", "--no-mdns"]));
-    let agent_c = c.start_with(&node_args);
-    eventually_every(Duration::from_millis(200), LIMIT, "node-c's relay reservation", || {
-        peers(&agent_c).into_iter().find(|p| p["peerId"] == relay.peer_id && p["relayReserved"] == true)
-    });
-    let agent_a = a.start_with(&node_args);
+    let (agent_relay, agent_c, agent_a) = start_relayed(&relay, &c, &a);
 
     let to = format!("{}:7000", agent_a.vip("default", "echo").expect("echo has a VIP on node-a"));
     let bulk = BULK / 4;

@@ -319,3 +319,53 @@ fn path_name(path: ConnectionType) -> &'static str {
         ConnectionType::Relayed => "relayed",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use edgemesh_metrics::prometheus_client::encoding::text::encode;
+
+    use super::*;
+
+    fn scrape(registry: &Registry) -> String {
+        let mut text = String::new();
+        encode(&mut text, registry).unwrap();
+        text
+    }
+
+    /// Several peers share `unknown`: its path series counts them and goes
+    /// away with the last one, never below zero.
+    #[test]
+    fn a_shared_path_series_counts_its_peers_and_disappears_with_the_last() {
+        let mut registry = Registry::default();
+        let metrics = TunnelMetrics::register(&mut registry, 10);
+        let unknown: Arc<str> = UNKNOWN.into();
+        metrics.add_path(&unknown, ConnectionType::Relayed, 1);
+        metrics.add_path(&unknown, ConnectionType::Relayed, 1);
+        assert!(scrape(&registry).contains("tunnel_peer_path{node=\"unknown\",path=\"relayed\"} 2\n"));
+        metrics.add_path(&unknown, ConnectionType::Relayed, -1);
+        metrics.add_path(&unknown, ConnectionType::Relayed, -1);
+        assert!(!scrape(&registry).contains("tunnel_peer_path{"), "{}", scrape(&registry));
+    }
+
+    /// A node gone from the cluster loses its series and its label slot; a
+    /// cached handle of the old generation is resolved again.
+    #[test]
+    fn a_departed_node_loses_its_series_and_its_label() {
+        let mut registry = Registry::default();
+        let metrics = TunnelMetrics::register(&mut registry, 1);
+        let b = metrics.node_label("node-b");
+        let meters = metrics.node_meters(&b);
+        meters.sent.inc_by(100);
+        metrics.dialed(&b, true);
+        assert_eq!(&*metrics.node_label("node-c"), OTHER, "at the cap of 1");
+        let before = metrics.generation();
+
+        metrics.retain_nodes(|node| node == "node-a");
+        let text = scrape(&registry);
+        assert!(!text.contains("node-b"), "{text}");
+        assert_ne!(metrics.generation(), before);
+        assert_eq!(&*metrics.node_label("node-c"), "node-c", "node-b's slot is free again");
+        metrics.node_meters(&metrics.node_label("node-c")).received.inc_by(7);
+        assert!(scrape(&registry).contains("tunnel_received_bytes_total{node=\"node-c\"} 7\n"));
+    }
+}
