@@ -4,7 +4,7 @@
 //! `/metrics` read back and checked with `promtool check metrics`.
 //!
 //! ```text
-//!  direct:   node-a 10.0.0.2 ── bridge ── node-b 10.0.0.3 (echo :7000)
+//!  direct:   node-a 10.0.0.2 ── bridge ── node-b 10.0.0.3 (echo: TCP :7000, UDP :7001)
 //!
 //!  relayed:  relay 198.18.0.1 ─┐
 //!            rtr-a 198.18.0.2 ─┼─ "public" WAN bridge
@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use support::eventually_every;
 use support::mesh::{LIMIT, Node, behind_nat, lan_pair, service, start_relayed, wait_for_peer};
-use support::netns::{Lan, Netns, NsAgent, TcpEcho, in_netns, require_root};
+use support::netns::{Lan, Netns, NsAgent, TcpEcho, UdpEcho, datagram, in_netns, require_root, udp_stream};
 
 /// Bytes sent (and echoed back) on the bulk connection.
 const BULK: usize = 1 << 20;
@@ -38,7 +38,13 @@ fn a_direct_peer_shows_its_path_rtt_streams_and_exact_bytes() {
     require_root();
     let (_lan, a, b) = lan_pair();
     let _echo = TcpEcho::start(&b.ns, "10.0.0.3:7000");
-    let cluster = [a.object("10.0.0.2"), b.object("10.0.0.3"), service("echo", "TCP", 7000, "node-b", "10.0.0.3")];
+    let _udp_echo = UdpEcho::start(&b.ns, "10.0.0.3:7001");
+    let cluster = [
+        a.object("10.0.0.2"),
+        b.object("10.0.0.3"),
+        service("echo", "TCP", 7000, "node-b", "10.0.0.3"),
+        service("dgram", "UDP", 7001, "node-b", "10.0.0.3"),
+    ];
     a.manifests(&cluster);
     b.manifests(&cluster);
     let agent_b = b.start(&[]);
@@ -84,9 +90,28 @@ fn a_direct_peer_shows_its_path_rtt_streams_and_exact_bytes() {
 
     // The held connection closes: no stream is open any more.
     drop(held);
-    eventually_every(Duration::from_millis(200), LIMIT, "node-a's open streams to drop to 0", || {
-        (metric(&agent_a.get("/metrics")?, "edgemesh_tunnel_peer_streams", &node_b) == Some(0.0)).then_some(())
+    let text = eventually_every(Duration::from_millis(200), LIMIT, "node-a's open streams to drop to 0", || {
+        let text = agent_a.get("/metrics")?;
+        (metric(&text, "edgemesh_tunnel_peer_streams", &node_b) == Some(0.0)).then_some(text)
     });
+
+    // A UDP session: exactly the datagrams' bodies are counted (not their
+    // length prefixes); the echo server answers `echo:<datagram>`.
+    let count = 50;
+    let dgram = format!("{}:7001", agent_a.vip("default", "dgram").expect("dgram has a VIP on node-a"));
+    assert_eq!(udp_stream(&a.ns, &dgram, count), Ok(count));
+    let to_b: usize = (0..count).map(|i| datagram(i).len()).sum();
+    let from_b = to_b + "echo:".len() * count as usize;
+    let counter = |text: &str, name| metric(text, name, &node_b).unwrap_or(0.0);
+    let sent = counter(&text, "edgemesh_tunnel_sent_bytes_total") + to_b as f64;
+    let received = counter(&text, "edgemesh_tunnel_received_bytes_total") + from_b as f64;
+    let text = eventually_every(Duration::from_millis(200), LIMIT, "the UDP session's bytes", || {
+        let text = agent_a.get("/metrics")?;
+        (counter(&text, "edgemesh_tunnel_received_bytes_total") >= received).then_some(text)
+    });
+    assert_eq!(counter(&text, "edgemesh_tunnel_sent_bytes_total"), sent, "{text}");
+    assert_eq!(counter(&text, "edgemesh_tunnel_received_bytes_total"), received, "{text}");
+    assert_eq!(metric(&text, "edgemesh_tunnel_peer_streams", &node_b), Some(1.0), "the session is open: {text}");
     for agent in [&agent_a, &agent_b] {
         promtool_check(agent);
     }

@@ -101,7 +101,7 @@
 //! messages, peer_table, settings       both sides use these; these use neither side
 //!   │
 //!   ▼
-//! streams, liveness, upgrade, swarm (+ punch), muxer, wire, ...   the leaves
+//! streams, liveness, upgrade, swarm (+ punch), metrics, muxer, wire, ...   the leaves
 //! ```
 //!
 //! No module imports one that imports it back; the one split `impl` left is

@@ -158,7 +158,8 @@ async fn serve_tcp(ctx: Arc<Context>, s: Inbound) {
     if stream.write_u8(Reply::Ok as u8).await.is_err() || stream.flush().await.is_err() {
         return;
     }
-    // Counted from here: the payload, not the header and reply.
+    // Counted from here: the payload, not the header and reply. (Whether the connection is
+    // relayed is not asked of a stream served here.)
     let mut stream = TunnelStream::new(stream, peer, false, metered);
     let mut tcp = tcp;
     let result = tokio::select! {
