@@ -152,7 +152,9 @@ impl Agent {
             .await
             .with_context(|| format!("cannot start DNS on {dns_listen}"))?;
         let shutdown = CancellationToken::new();
-        let mut proxy = Proxy::new(proxy_config, snapshots.clone()).with_original_dst(deps.original_dst.clone());
+        let mut proxy = Proxy::new(proxy_config, snapshots.clone())
+            .with_original_dst(deps.original_dst.clone())
+            .with_metrics(metrics.edgemesh(), config.metrics.max_services);
         let mut tunnel = None;
         let remote = match (&deps.remote, config.tunnel.enabled) {
             (Some(remote), _) => Some(remote.clone()),

@@ -21,12 +21,12 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use edgemesh_test_support::scrape::{promtool_check, sample};
 use support::eventually_every;
 use support::mesh::{LIMIT, Node, behind_nat, lan_pair, service, start_relayed, wait_for_peer};
-use support::netns::{Lan, Netns, NsAgent, TcpEcho, UdpEcho, datagram, in_netns, require_root, udp_stream};
+use support::netns::{Lan, Netns, TcpEcho, UdpEcho, datagram, in_netns, require_root, udp_stream};
 
 /// Bytes sent (and echoed back) on the bulk connection.
 const BULK: usize = 1 << 20;
@@ -56,43 +56,53 @@ fn a_direct_peer_shows_its_path_rtt_streams_and_exact_bytes() {
     let held = hold(&a.ns, &to);
     let carried = (BULK + HOLD.len()) as f64;
 
-    let node_b = [("node", "node-b")];
+    let (sent, received) = (
+        r#"edgemesh_tunnel_sent_bytes_total{node="node-b"}"#,
+        r#"edgemesh_tunnel_received_bytes_total{node="node-b"}"#,
+    );
+    let streams = r#"edgemesh_tunnel_peer_streams{node="node-b"}"#;
     let text = eventually_every(Duration::from_millis(200), LIMIT, "node-a's metrics of node-b", || {
         let text = agent_a.get("/metrics")?;
-        let ready = metric(&text, "edgemesh_tunnel_peer_streams", &node_b) == Some(1.0)
-            && metric(&text, "edgemesh_tunnel_peer_rtt_seconds", &node_b).is_some_and(|rtt| rtt > 0.0)
-            && metric(&text, "edgemesh_tunnel_sent_bytes_total", &node_b).is_some_and(|n| n >= carried);
+        let ready = sample(&text, streams) == Some(1.0)
+            && sample(&text, r#"edgemesh_tunnel_peer_rtt_seconds{node="node-b"}"#).is_some_and(|rtt| rtt > 0.0)
+            && sample(&text, sent).is_some_and(|n| n >= carried);
         ready.then_some(text)
     });
-    assert_eq!(metric(&text, "edgemesh_tunnel_peer_path", &[("node", "node-b"), ("path", "direct")]), Some(1.0));
-    assert_eq!(metric(&text, "edgemesh_tunnel_peer_path", &[("path", "relayed")]), None, "{text}");
-    let outbound = [("node", "node-b"), ("direction", "outbound")];
-    assert_eq!(metric(&text, "edgemesh_tunnel_streams_opened_total", &outbound), Some(2.0), "{text}");
-    assert_within_1_percent(&text, "edgemesh_tunnel_sent_bytes_total", &node_b, carried);
-    assert_within_1_percent(&text, "edgemesh_tunnel_received_bytes_total", &node_b, carried);
-    assert!(metric(&text, "edgemesh_tunnel_dials_total", &[("result", "ok")]).is_some_and(|n| n >= 1.0), "{text}");
-    assert_eq!(metric(&text, "edgemesh_tunnel_holepunch_attempts_total", &[]), None, "no relay, no punch: {text}");
+    assert_eq!(sample(&text, r#"edgemesh_tunnel_peer_path{node="node-b",path="direct"}"#), Some(1.0), "{text}");
+    assert!(!text.contains(r#"path="relayed""#), "{text}");
+    let outbound = r#"edgemesh_tunnel_streams_opened_total{node="node-b",direction="outbound"}"#;
+    assert_eq!(sample(&text, outbound), Some(2.0), "{text}");
+    assert_within_1_percent(&text, sent, carried);
+    assert_within_1_percent(&text, received, carried);
+    // mDNS dials before either side knows the other's name.
+    let dials_ok = ["node-b", "unknown"]
+        .map(|node| sample(&text, &format!(r#"edgemesh_tunnel_dials_total{{node="{node}",result="ok"}}"#)));
+    assert!(dials_ok.iter().flatten().sum::<f64>() >= 1.0, "{text}");
+    assert!(!text.contains("edgemesh_tunnel_holepunch_attempts_total{"), "no relay, no punch: {text}");
     assert!(text.contains("\nedgemesh_libp2p_"), "libp2p's own metrics: {text}");
 
     // node-b served the same streams: what it received is what node-a sent.
-    let node_a = [("node", "node-a")];
+    let (sent_b, received_b) = (
+        r#"edgemesh_tunnel_sent_bytes_total{node="node-a"}"#,
+        r#"edgemesh_tunnel_received_bytes_total{node="node-a"}"#,
+    );
     let text_b = eventually_every(Duration::from_millis(200), LIMIT, "node-b's metrics of node-a", || {
         let text = agent_b.get("/metrics")?;
-        let done = metric(&text, "edgemesh_tunnel_received_bytes_total", &node_a).is_some_and(|n| n >= carried)
-            && metric(&text, "edgemesh_tunnel_sent_bytes_total", &node_a).is_some_and(|n| n >= carried);
+        let done = sample(&text, received_b).is_some_and(|n| n >= carried)
+            && sample(&text, sent_b).is_some_and(|n| n >= carried);
         done.then_some(text)
     });
-    let inbound = [("node", "node-a"), ("direction", "inbound")];
-    assert_eq!(metric(&text_b, "edgemesh_tunnel_streams_opened_total", &inbound), Some(2.0), "{text_b}");
-    assert_eq!(metric(&text_b, "edgemesh_tunnel_peer_streams", &node_a), Some(1.0), "{text_b}");
-    assert_within_1_percent(&text_b, "edgemesh_tunnel_received_bytes_total", &node_a, carried);
-    assert_within_1_percent(&text_b, "edgemesh_tunnel_sent_bytes_total", &node_a, carried);
+    let inbound = r#"edgemesh_tunnel_streams_opened_total{node="node-a",direction="inbound"}"#;
+    assert_eq!(sample(&text_b, inbound), Some(2.0), "{text_b}");
+    assert_eq!(sample(&text_b, r#"edgemesh_tunnel_peer_streams{node="node-a"}"#), Some(1.0), "{text_b}");
+    assert_within_1_percent(&text_b, received_b, carried);
+    assert_within_1_percent(&text_b, sent_b, carried);
 
     // The held connection closes: no stream is open any more.
     drop(held);
     let text = eventually_every(Duration::from_millis(200), LIMIT, "node-a's open streams to drop to 0", || {
         let text = agent_a.get("/metrics")?;
-        (metric(&text, "edgemesh_tunnel_peer_streams", &node_b) == Some(0.0)).then_some(text)
+        (sample(&text, streams) == Some(0.0)).then_some(text)
     });
 
     // A UDP session: exactly the datagrams' bodies are counted (not their
@@ -102,18 +112,18 @@ fn a_direct_peer_shows_its_path_rtt_streams_and_exact_bytes() {
     assert_eq!(udp_stream(&a.ns, &dgram, count), Ok(count));
     let to_b: usize = (0..count).map(|i| datagram(i).len()).sum();
     let from_b = to_b + "echo:".len() * count as usize;
-    let counter = |text: &str, name| metric(text, name, &node_b).unwrap_or(0.0);
-    let sent = counter(&text, "edgemesh_tunnel_sent_bytes_total") + to_b as f64;
-    let received = counter(&text, "edgemesh_tunnel_received_bytes_total") + from_b as f64;
+    let counter = |text: &str, series| sample(text, series).unwrap_or(0.0);
+    let sent_now = counter(&text, sent) + to_b as f64;
+    let received_now = counter(&text, received) + from_b as f64;
     let text = eventually_every(Duration::from_millis(200), LIMIT, "the UDP session's bytes", || {
         let text = agent_a.get("/metrics")?;
-        (counter(&text, "edgemesh_tunnel_received_bytes_total") >= received).then_some(text)
+        (counter(&text, received) >= received_now).then_some(text)
     });
-    assert_eq!(counter(&text, "edgemesh_tunnel_sent_bytes_total"), sent, "{text}");
-    assert_eq!(counter(&text, "edgemesh_tunnel_received_bytes_total"), received, "{text}");
-    assert_eq!(metric(&text, "edgemesh_tunnel_peer_streams", &node_b), Some(1.0), "the session is open: {text}");
+    assert_eq!(counter(&text, sent), sent_now, "{text}");
+    assert_eq!(counter(&text, received), received_now, "{text}");
+    assert_eq!(sample(&text, streams), Some(1.0), "the session is open: {text}");
     for agent in [&agent_a, &agent_b] {
-        promtool_check(agent);
+        promtool_check(&agent.get("/metrics").expect("/metrics answers"));
     }
 }
 
@@ -143,63 +153,50 @@ fn a_relayed_peer_shows_the_relay_and_hole_punches_that_cannot_succeed() {
     let held = hold(&a.ns, &to);
     let carried = (bulk + HOLD.len()) as f64;
 
-    let node_c = [("node", "node-c")];
-    let relay_label = [("relay", relay.peer_id.as_str())];
+    let (sent, received) = (
+        r#"edgemesh_tunnel_sent_bytes_total{node="node-c"}"#,
+        r#"edgemesh_tunnel_received_bytes_total{node="node-c"}"#,
+    );
+    let attempts = r#"edgemesh_tunnel_holepunch_attempts_total{node="node-c"}"#;
+    let reservations = format!(r#"edgemesh_tunnel_relay_reservations{{relay="{}"}}"#, relay.peer_id);
     let text = eventually_every(Duration::from_millis(200), LIMIT, "node-a's metrics of node-c", || {
         let text = agent_a.get("/metrics")?;
-        let ready = metric(&text, "edgemesh_tunnel_peer_streams", &node_c) == Some(1.0)
-            && metric(&text, "edgemesh_tunnel_relay_reservations", &relay_label) == Some(1.0)
-            && metric(&text, "edgemesh_tunnel_holepunch_attempts_total", &node_c).is_some_and(|n| n >= 1.0)
-            && metric(&text, "edgemesh_tunnel_sent_bytes_total", &node_c).is_some_and(|n| n >= carried);
+        let ready = sample(&text, r#"edgemesh_tunnel_peer_streams{node="node-c"}"#) == Some(1.0)
+            && sample(&text, &reservations) == Some(1.0)
+            && sample(&text, attempts).is_some_and(|n| n >= 1.0)
+            && sample(&text, sent).is_some_and(|n| n >= carried);
         ready.then_some(text)
     });
-    assert_eq!(metric(&text, "edgemesh_tunnel_peer_path", &[("node", "node-c"), ("path", "relayed")]), Some(1.0));
+    assert_eq!(sample(&text, r#"edgemesh_tunnel_peer_path{node="node-c",path="relayed"}"#), Some(1.0), "{text}");
     // (The relay itself, a peer but no node of the cluster, is `unknown` and direct.)
-    let direct = [("node", "node-c"), ("path", "direct")];
-    assert_eq!(metric(&text, "edgemesh_tunnel_peer_path", &direct), None, "{text}");
-    assert!(metric(&text, "edgemesh_tunnel_relay_circuits", &relay_label).is_some_and(|n| n >= 1.0), "{text}");
-    let dials_ok = [("node", "node-c"), ("result", "ok")];
-    assert!(metric(&text, "edgemesh_tunnel_dials_total", &dials_ok).is_some_and(|n| n >= 1.0), "{text}");
-    assert_eq!(metric(&text, "edgemesh_tunnel_holepunch_successes_total", &node_c).unwrap_or(0.0), 0.0, "{text}");
-    assert_within_1_percent(&text, "edgemesh_tunnel_sent_bytes_total", &node_c, carried);
-    assert_within_1_percent(&text, "edgemesh_tunnel_received_bytes_total", &node_c, carried);
+    assert_eq!(sample(&text, r#"edgemesh_tunnel_peer_path{node="node-c",path="direct"}"#), None, "{text}");
+    let circuits = format!(r#"edgemesh_tunnel_relay_circuits{{relay="{}"}}"#, relay.peer_id);
+    assert!(sample(&text, &circuits).is_some_and(|n| n >= 1.0), "{text}");
+    let dials_ok = r#"edgemesh_tunnel_dials_total{node="node-c",result="ok"}"#;
+    assert!(sample(&text, dials_ok).is_some_and(|n| n >= 1.0), "{text}");
+    let successes = r#"edgemesh_tunnel_holepunch_successes_total{node="node-c"}"#;
+    assert_eq!(sample(&text, successes).unwrap_or(0.0), 0.0, "{text}");
+    assert_within_1_percent(&text, sent, carried);
+    assert_within_1_percent(&text, received, carried);
     assert!(text.contains("\nedgemesh_libp2p_"), "libp2p's own metrics: {text}");
 
     // The relay holds both nodes' reservations and carries the circuit.
     let served = eventually_every(Duration::from_millis(200), LIMIT, "the relay's served reservations", || {
         let text = agent_relay.get("/metrics")?;
-        (metric(&text, "edgemesh_tunnel_relay_served_reservations", &[]) == Some(2.0)).then_some(text)
+        (sample(&text, "edgemesh_tunnel_relay_served_reservations") == Some(2.0)).then_some(text)
     });
-    assert!(metric(&served, "edgemesh_tunnel_relay_served_circuits", &[]).is_some_and(|n| n >= 1.0), "{served}");
+    assert!(sample(&served, "edgemesh_tunnel_relay_served_circuits").is_some_and(|n| n >= 1.0), "{served}");
     drop(held);
     for agent in [&agent_a, &agent_c, &agent_relay] {
-        promtool_check(agent);
+        promtool_check(&agent.get("/metrics").expect("/metrics answers"));
     }
 }
 
-/// The sum of the samples of `name` whose labels include `labels` (None:
-/// no such sample), from the classic text format.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut sum = None;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else { continue };
-        let (set, value) = match rest.strip_prefix('{') {
-            Some(rest) => rest.split_once("} ")?,
-            None => ("", rest.strip_prefix(' ')?),
-        };
-        let pairs: Vec<&str> = set.split(',').collect();
-        if labels.iter().all(|(k, v)| pairs.contains(&format!("{k}=\"{v}\"").as_str())) {
-            *sum.get_or_insert(0.0) += value.trim().parse::<f64>().ok()?;
-        }
-    }
-    sum
-}
-
-/// The counter is at least `expected` (nothing lost) and within 1% of it
-/// (no tunnel framing counted).
-fn assert_within_1_percent(text: &str, name: &str, labels: &[(&str, &str)], expected: f64) {
-    let got = metric(text, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?}:\n{text}"));
-    assert!(got >= expected && got <= expected * 1.01, "{name}{labels:?} is {got}, sent {expected}");
+/// The counter `series` is at least `expected` (nothing lost) and within
+/// 1% of it (no tunnel framing counted).
+fn assert_within_1_percent(text: &str, series: &str, expected: f64) {
+    let got = sample(text, series).unwrap_or_else(|| panic!("no {series}:\n{text}"));
+    assert!(got >= expected && got <= expected * 1.01, "{series} is {got}, sent {expected}");
 }
 
 /// Sends `n` bytes to `to` (an echo server behind it) from inside `ns` on
@@ -237,25 +234,4 @@ fn hold(ns: &Netns, to: &str) -> TcpStream {
         conn.read_exact(&mut back).expect("the held connection's echo");
         conn
     })
-}
-
-/// The agent's whole `/metrics` passes `promtool check metrics` (Debian's
-/// `prometheus` package).
-fn promtool_check(agent: &NsAgent) {
-    let text = agent.get("/metrics").expect("/metrics answers");
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (apt-get install prometheus) checks the metrics");
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

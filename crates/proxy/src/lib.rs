@@ -31,12 +31,16 @@
 //!   (`SO_ORIGINAL_DST`) picks the service port's pool of that family in
 //!   `routes`; TCP VIP listeners are then not bound (nftables redirects
 //!   VIPs too).
+//! - [`pools`]: which pools serve each service, so that their endpoints'
+//!   passive health can be read from outside (the admin endpoint).
 //! - [`remote`]: endpoints on other nodes, opened through the tunnel the
 //!   agent hands in (the proxy knows nothing of its transport).
 //! - [`splice`]: zero-copy forwarding with `splice(2)` through a pipe per
 //!   direction, taken from a small pool only while data moves; half-close
 //!   passes through; small copy fallback when splice is unavailable.
 //! - [`error`]: operator-facing error messages.
+//! - [`metrics`]: the Prometheus series per service and port; pools hold
+//!   their port's handles, so counting costs a few atomic additions.
 //!
 //! Modules depend one way: `listeners` -> `acceptor`, `transparent` ->
 //! `connection` -> `routes` -> `pool` -> `balance`.
@@ -63,7 +67,9 @@ mod bind;
 pub mod connection;
 pub mod error;
 pub mod listeners;
+pub mod metrics;
 pub mod pool;
+pub mod pools;
 pub mod remote;
 mod routes;
 pub mod splice;
@@ -82,6 +88,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::ProxyError;
+pub use metrics::ProxyMetrics;
 pub use remote::{DatagramRecv, DatagramSend, Reach, Remote, RemoteDatagrams, RemoteFuture, RemoteStream};
 pub use transparent::{OriginalDst, SocketOriginalDst, TransparentListeners};
 pub use workers::default_count as default_workers;
@@ -195,8 +202,8 @@ impl Default for ProxyConfig {
 }
 
 /// Live counters. The agent's `/readyz` reads `applied_generation`; the
-/// others are for tests and diagnostics (no metrics endpoint exports them
-/// yet).
+/// others are for tests and diagnostics (`/metrics` exports the proxy's
+/// [`ProxyMetrics`], per service and port, instead).
 #[derive(Debug, Default)]
 pub struct ProxyStatus {
     /// Generation of the last snapshot whose listeners are reconciled.
@@ -225,6 +232,9 @@ pub struct ProxyStatus {
     /// Intercepted connections whose original destination was no service
     /// port (reset).
     pub unrouted_connections: AtomicU64,
+    /// Each service's pools, to read their endpoints' passive health
+    /// ([`pools::PoolIndex::service_health`]).
+    pub pools: pools::PoolIndex,
     /// Signalled whenever `applied_generation` moves.
     applied: tokio::sync::Notify,
 }
@@ -266,6 +276,7 @@ pub struct Proxy {
     /// Where intercepted connections were sent (transparent listener only).
     original_dst: Arc<dyn OriginalDst>,
     reach: Reach,
+    metrics: Arc<ProxyMetrics>,
 }
 
 /// How often listeners that failed to bind are retried when no new snapshot
@@ -277,7 +288,16 @@ impl Proxy {
     pub fn new(config: ProxyConfig, snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
         let config = config.resolved();
         let (status, original_dst) = (Arc::new(ProxyStatus::default()), Arc::new(SocketOriginalDst));
-        Self { config, status, snapshots, transparent: None, original_dst, reach: Reach::direct() }
+        let metrics = Arc::new(ProxyMetrics::unregistered());
+        Self { config, status, snapshots, transparent: None, original_dst, reach: Reach::direct(), metrics }
+    }
+
+    /// Registers the proxy's metrics into `registry` (the agent's
+    /// `edgemesh_` registry), with at most `max_services` distinct
+    /// `service` labels (`metrics.maxServices`).
+    pub fn with_metrics(mut self, registry: &mut edgemesh_metrics::Registry, max_services: usize) -> Self {
+        self.metrics = Arc::new(ProxyMetrics::register(registry, max_services));
+        self
     }
 
     /// Binds the transparent listener on `port` (all addresses, IPv4 and,
@@ -313,7 +333,7 @@ impl Proxy {
     /// changes never touch them) and are dropped at shutdown, before this
     /// returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Proxy { config, status, mut snapshots, transparent, original_dst, reach } = self;
+        let Proxy { config, status, mut snapshots, transparent, original_dst, reach, metrics } = self;
         tracing::debug!(?config, "proxy starting");
         let workers = match workers::Workers::start(config.workers) {
             Ok(workers) => workers,
@@ -330,6 +350,7 @@ impl Proxy {
             stop: shutdown.child_token(),
             routes: routes::Routes::default(),
             reach,
+            metrics,
         });
         // Each worker accepts on its socket of each transparent group.
         let handles = shared.workers.handles();

@@ -58,6 +58,7 @@ pub(super) fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full
             };
             json(&dump)
         }
+        p if p.starts_with("/services/") => super::service::route(state, &p["/services/".len()..]),
         "/nodes" => {
             let snap = state.snapshots.borrow().clone();
             json(&NodesDump { generation: snap.generation, nodes: snap.nodes().map(|n| &**n).collect() })
@@ -70,7 +71,7 @@ pub(super) fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full
         "/metrics" => metrics(state, &req),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz, /readyz, /services, /nodes, /peers, /config, /metrics\n",
+            "not found; try /healthz, /readyz, /services, /services/<ns>/<name>, /nodes, /peers, /config, /metrics\n",
         ),
     }
 }
@@ -82,14 +83,14 @@ fn metrics(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
     resp
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+pub(super) fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("static header"));
     resp
 }
 
-fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
+pub(super) fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(value) {
         Ok(mut body) => {
             body.push(b'\n');
