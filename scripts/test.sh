@@ -14,6 +14,8 @@ command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
 # Tunnel tests: bulk transfer through the tunnel.
 command -v iperf3 >/dev/null || need+=(iperf3)
+# The topology page (/ui) in a headless browser.
+[ -x /usr/bin/chromium ] || need+=(chromium)
 # State tests: a tmpfs in a mount namespace of their own (as root).
 command -v unshare >/dev/null && command -v nsenter >/dev/null || need+=(util-linux)
 command -v mount >/dev/null || [ -x /usr/bin/mount ] || need+=(mount)
@@ -22,6 +24,12 @@ command -v mount >/dev/null || [ -x /usr/bin/mount ] || need+=(mount)
 [ -x /usr/sbin/miniupnpd ] || need+=(miniupnpd-nftables)
 # Metrics: promtool checks every /metrics scrape a test takes.
 command -v promtool >/dev/null || need+=(prometheus)
+# Kernel fast path (crates/ebpf): clang and libbpf's headers compile the BPF programs; its
+# tests count attached programs with bpftool and drive sockets from python3.
+command -v clang >/dev/null || need+=(clang)
+[ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+command -v bpftool >/dev/null || [ -x /usr/sbin/bpftool ] || need+=(bpftool)
+command -v python3 >/dev/null || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing: ${need[*]}"
