@@ -58,3 +58,4 @@ cargo test -p edgemesh-tunnel --features quic --locked --test tunnel "$@"
 cargo clippy -p edgemesh --features quic --all-targets --locked -- -D warnings
 cargo test -p edgemesh --features quic --locked --test tunnel_e2e "$@" -- a_node_behind_nat nodes_behind_two_nats
 cargo test -p edgemesh --features quic --locked --test tunnel_faults_e2e "$@"
+cargo test -p edgemesh --features quic --locked --test tunnel_metrics_e2e "$@"

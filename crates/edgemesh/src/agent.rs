@@ -161,7 +161,8 @@ impl Agent {
         let remote = match (&deps.remote, config.tunnel.enabled) {
             (Some(remote), _) => Some(remote.clone()),
             (None, true) => {
-                let (handle, task) = crate::tunnel::start(&config, snapshots.clone(), shutdown.clone()).await?;
+                let (handle, task) =
+                    crate::tunnel::start(&config, snapshots.clone(), metrics.edgemesh(), shutdown.clone()).await?;
                 tunnel = Some((handle.clone(), task));
                 Some(Arc::new(crate::tunnel::TunnelRemote(handle)) as Arc<dyn edgemesh_proxy::Remote>)
             }
