@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use edgemesh_test_support::scrape::promtool_check;
 use support::mesh::{Node, lan_pair, service, wait_for_peer};
 use support::metric_names::{
-    CONTRACT, LIBP2P_PREFIX, OUTSIDE_CONTRACT, Section, contract_section, dashboard, dashboard_queries,
-    metric_names_in, served_names,
+    LIBP2P_PREFIX, OUTSIDE_CONTRACT, Section, contract_section, dashboard, dashboard_queries, metric_names_in,
+    served_names,
 };
 use support::netns::{Netns, NsAgent, NsNginx, UdpEcho, require_root, udp_stream};
 use support::prometheus::{Prometheus, require_prometheus};
@@ -265,9 +265,7 @@ const NOT_EXERCISED: &[(&str, &str)] = &[
 /// - every `edgemesh_` name served is in the contract (or libp2p's, or the
 ///   label caps');
 /// - every name the dashboard asks for is in the contract or served;
-/// - once an agent serves any name of a section of the contract (the
-///   proxy's, the DNS server's, ...), every dashboard name of that section
-///   is served, but for NOT_EXERCISED.
+/// - every name the dashboard asks for is served, but for NOT_EXERCISED.
 fn dashboard_names_are_served(expositions: &[String]) {
     let served: BTreeSet<String> = expositions.iter().flat_map(|e| served_names(e)).collect();
     let stray: Vec<&String> = served
@@ -280,18 +278,11 @@ fn dashboard_names_are_served(expositions: &[String]) {
     let used: BTreeSet<String> = dashboard_queries(&dashboard()).iter().flat_map(|q| metric_names_in(q)).collect();
     let unknown: Vec<&String> = used.iter().filter(|n| contract_section(n).is_none() && !served.contains(*n)).collect();
     assert!(unknown.is_empty(), "the dashboard asks for metrics nobody serves or promised: {unknown:?}");
-    let merged: BTreeSet<Section> =
-        CONTRACT.iter().filter(|(_, name, _)| served.contains(*name)).map(|c| c.0).collect();
-    let (checked, pending): (Vec<&String>, Vec<&String>) =
-        used.iter().partition(|n| contract_section(n).is_some_and(|s| merged.contains(&s)));
-    let missing: Vec<&&String> = checked
+    let missing: Vec<&String> = used
         .iter()
-        .filter(|n| !served.contains(**n) && !NOT_EXERCISED.iter().any(|(name, _)| *name == n.as_str()))
+        .filter(|n| !served.contains(*n) && !NOT_EXERCISED.iter().any(|(name, _)| *name == n.as_str()))
         .collect();
     assert!(missing.is_empty(), "the dashboard asks for names the agents do not serve (renamed?): {missing:?}");
-    if !pending.is_empty() {
-        eprintln!("dashboard names of sections not served yet (checked against the contract only): {pending:?}");
-    }
 }
 
 #[test]
