@@ -18,6 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::timeout_at;
 
+use crate::metrics::{ForwardMetrics, UpstreamMetrics};
+
 /// EDNS payload size we advertise upstream (the DNS flag day 2020 value).
 pub const UPSTREAM_PAYLOAD: u16 = 1232;
 
@@ -38,6 +40,8 @@ pub enum UpstreamError {
 #[derive(Debug)]
 pub struct Forwarder {
     upstreams: Vec<SocketAddr>,
+    /// Per upstream, in the same order.
+    metrics: Vec<UpstreamMetrics>,
     timeout: Duration,
     /// Seconds since `epoch` of the last warning, to log failures at warn
     /// at most once per [`WARN_EVERY`].
@@ -49,7 +53,15 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 
 impl Forwarder {
     pub fn new(upstreams: Vec<SocketAddr>, timeout: Duration) -> Self {
-        Self { upstreams, timeout, last_warn: AtomicU64::new(u64::MAX), epoch: Instant::now() }
+        let metrics = upstreams.iter().map(|to| ForwardMetrics::default().upstream(*to)).collect();
+        Self { upstreams, metrics, timeout, last_warn: AtomicU64::new(u64::MAX), epoch: Instant::now() }
+    }
+
+    /// Counts requests, responses and their durations per upstream into
+    /// `metrics` (from zero).
+    pub(crate) fn with_metrics(mut self, metrics: &ForwardMetrics) -> Self {
+        self.metrics = self.upstreams.iter().map(|to| metrics.upstream(*to)).collect();
+        self
     }
 
     pub fn upstreams(&self) -> &[SocketAddr] {
@@ -70,7 +82,13 @@ impl Forwarder {
             // silent resolver cannot eat the whole budget.
             let left = u32::try_from(self.upstreams.len() - i).unwrap_or(u32::MAX);
             let attempt_deadline = now + (deadline - now) / left;
-            match exchange(*upstream, query, attempt_deadline).await {
+            let (metrics, sent) = (&self.metrics[i], Instant::now());
+            metrics.request();
+            let answered = exchange(*upstream, query, attempt_deadline).await;
+            if let Ok(msg) = &answered {
+                metrics.response(msg.metadata.response_code.low(), sent);
+            }
+            match answered {
                 Ok(msg) => match msg.metadata.response_code {
                     code @ (ResponseCode::ServFail | ResponseCode::Refused | ResponseCode::NotImp) => {
                         self.failed(*upstream, query, &UpstreamError::Rcode(code));

@@ -26,6 +26,8 @@
 //! - [`cache`]: bounded cache of upstream answers keyed by (name, type,
 //!   class), case-insensitive, with TTL decrement and RFC 2308 negative
 //!   caching.
+//! - [`metrics`]: requests, responses, cache and upstream metrics, named
+//!   and labelled like CoreDNS's.
 //! - [`error`]: the [`DnsError`] enum.
 //!
 //! Built on hickory-proto (wire format) and hickory-server 0.26: TCP is
@@ -51,6 +53,7 @@ pub mod error;
 pub mod forward;
 pub mod handler;
 pub mod hickory;
+pub mod metrics;
 pub mod server;
 pub mod wire;
 

@@ -69,9 +69,12 @@ pub(super) fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full
         },
         "/config" => json(&*state.config),
         "/metrics" => metrics(state, &req),
+        "/topology" => json(&super::topology::of(state)),
+        "/ui" => super::ui::page(),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz, /readyz, /services, /services/<ns>/<name>, /nodes, /peers, /config, /metrics\n",
+            "not found; try /healthz, /readyz, /services, /services/<ns>/<name>, /nodes, /peers, /config, /metrics, /topology, /ui
+",
         ),
     }
 }
