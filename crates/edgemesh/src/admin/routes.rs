@@ -38,7 +38,7 @@ struct PeersDump {
 }
 
 pub(super) fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    if req.method() != Method::GET && req.method() != Method::HEAD && req.uri().path() != "/logging" {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
     match req.uri().path() {
@@ -66,11 +66,13 @@ pub(super) fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full
             Some(tunnel) => json(&PeersDump { peer_id: tunnel.peer_id().to_string(), peers: tunnel.peers() }),
             None => text(StatusCode::NOT_FOUND, "the tunnel is off (tunnel.enabled)\n"),
         },
-        "/config" => json(&*state.config),
+        "/config" => json(&*state.lifecycle.config()),
+        "/reload" => super::reload::route(state),
+        "/logging" => super::logging::route(state, &req),
         "/metrics" => metrics(state, &req),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz, /readyz, /services, /nodes, /peers, /config, /metrics\n",
+            "not found; try /healthz, /readyz, /services, /nodes, /peers, /config, /reload, /logging, /metrics\n",
         ),
     }
 }
@@ -82,14 +84,14 @@ fn metrics(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
     resp
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+pub(super) fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("static header"));
     resp
 }
 
-fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
+pub(super) fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(value) {
         Ok(mut body) => {
             body.push(b'\n');
