@@ -10,9 +10,11 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -37,8 +39,8 @@ pub enum UpstreamError {
 /// The upstream side: a list of resolvers and a time budget.
 #[derive(Debug)]
 pub struct Forwarder {
-    upstreams: Vec<SocketAddr>,
-    timeout: Duration,
+    /// Loaded once per forwarded query; replaced by a reload ([`Forwarder::set`]).
+    upstreams: ArcSwap<Upstreams>,
     /// Seconds since `epoch` of the last warning, to log failures at warn
     /// at most once per [`WARN_EVERY`].
     last_warn: AtomicU64,
@@ -47,28 +49,43 @@ pub struct Forwarder {
 
 const WARN_EVERY: Duration = Duration::from_secs(30);
 
+/// The resolvers, tried in order, and the time for all of them.
+#[derive(Debug)]
+struct Upstreams {
+    list: Vec<SocketAddr>,
+    timeout: Duration,
+}
+
 impl Forwarder {
     pub fn new(upstreams: Vec<SocketAddr>, timeout: Duration) -> Self {
-        Self { upstreams, timeout, last_warn: AtomicU64::new(u64::MAX), epoch: Instant::now() }
+        let upstreams = ArcSwap::from_pointee(Upstreams { list: upstreams, timeout });
+        Self { upstreams, last_warn: AtomicU64::new(u64::MAX), epoch: Instant::now() }
     }
 
-    pub fn upstreams(&self) -> &[SocketAddr] {
-        &self.upstreams
+    pub fn upstreams(&self) -> Vec<SocketAddr> {
+        self.upstreams.load().list.clone()
+    }
+
+    /// Replaces the resolvers and the time budget for the queries to come
+    /// (those under way finish with the old ones).
+    pub fn set(&self, upstreams: Vec<SocketAddr>, timeout: Duration) {
+        self.upstreams.store(Arc::new(Upstreams { list: upstreams, timeout }));
     }
 
     /// Asks the upstreams in order; `None` when none answered usefully in
     /// time (the caller answers SERVFAIL).
     pub async fn resolve(&self, query: &Query) -> Option<Message> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let upstreams = self.upstreams.load_full();
+        let deadline = tokio::time::Instant::now() + upstreams.timeout;
         let mut last_rcode = None;
-        for (i, upstream) in self.upstreams.iter().enumerate() {
+        for (i, upstream) in upstreams.list.iter().enumerate() {
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 break;
             }
             // Share what is left among the upstreams not yet tried, so one
             // silent resolver cannot eat the whole budget.
-            let left = u32::try_from(self.upstreams.len() - i).unwrap_or(u32::MAX);
+            let left = u32::try_from(upstreams.list.len() - i).unwrap_or(u32::MAX);
             let attempt_deadline = now + (deadline - now) / left;
             match exchange(*upstream, query, attempt_deadline).await {
                 Ok(msg) => match msg.metadata.response_code {

@@ -107,6 +107,16 @@ impl Handler {
         &self.cache
     }
 
+    /// The cluster zone (its TTLs change on a reload).
+    pub fn zone(&self) -> &Zone {
+        &self.zone
+    }
+
+    /// The upstreams, if the server forwards (its list changes on a reload).
+    pub fn forwarder(&self) -> Option<&Forwarder> {
+        self.forwarder.as_ref()
+    }
+
     /// Answers `packet` into `out` if that needs no upstream.
     pub fn handle(&self, packet: &[u8], transport: Transport, out: &mut Vec<u8>) -> Step {
         if let Some(question) = Question::parse(packet)

@@ -34,7 +34,7 @@ use edgemesh_intercept::Interceptor;
 use edgemesh_kube::{KubeSource, KubeSourceConfig};
 use edgemesh_manifests::ManifestSource;
 use edgemesh_metrics::AgentRegistry;
-use edgemesh_proxy::{LiveSettings, Proxy, ProxyConfig};
+use edgemesh_proxy::{Proxy, ProxyConfig};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -44,7 +44,7 @@ use crate::admin::{AdminServer, AdminState};
 use crate::config::{Config, SourceKind};
 use crate::host::Host;
 use crate::lifecycle::drain::{self, DrainEnd};
-use crate::lifecycle::reload::Reloader;
+use crate::lifecycle::reload::{self, Reloader};
 use crate::lifecycle::{Lifecycle, LogControl, ReloadSource};
 use crate::limits;
 
@@ -76,8 +76,8 @@ pub struct Agent {
     shutdown: CancellationToken,
     /// The config in force, reload status and log filter.
     lifecycle: Arc<Lifecycle>,
-    /// The proxy's settings that reloads change.
-    proxy_live: Arc<LiveSettings>,
+    /// The settings of the proxy and DNS that reloads change.
+    live: reload::Components,
     host: Arc<dyn Host>,
     /// Where reloads read the config from; `None`: no reloads.
     reload: Option<ReloadSource>,
@@ -218,7 +218,7 @@ impl Agent {
             format!("cannot listen for the admin endpoint on {}; is another agent running?", config.admin.listen)
         })?;
         let admin_addr = admin.local_addr().context("the admin endpoint's address")?;
-        let proxy_live = proxy.live_settings();
+        let live = reload::Components { proxy: proxy.live_settings(), dns: Some(dns.live_settings()) };
         Ok(Agent {
             config,
             registry,
@@ -236,7 +236,7 @@ impl Agent {
             interceptor: interceptor.take(),
             shutdown,
             lifecycle,
-            proxy_live,
+            live,
             host: deps.host,
             reload: None,
         })
@@ -302,7 +302,7 @@ impl Agent {
         }
         components.spawn("the admin endpoint", self.admin.spawn(shutdown.clone()));
         if let Some(source) = self.reload {
-            let reloader = Reloader::new(source, self.host, self.lifecycle.clone(), self.proxy_live);
+            let reloader = Reloader::new(source, self.host, self.lifecycle.clone(), self.live);
             components.spawn("the config reloader", ok(reloader.run(shutdown.clone())));
         }
         let identity = source_identity(&config);

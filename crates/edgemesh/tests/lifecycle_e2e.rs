@@ -176,15 +176,27 @@ fn a_reload_under_load_drops_nothing_and_a_broken_config_is_refused() {
     let load = Load::start(addr, 4);
     load.progress(20, 4 << 20);
 
-    // A live setting: at most 8 connections (the load holds 5 at most).
-    write_config(&config, "# reloaded\nproxy:\n  maxConnections: 8\n");
+    // Live settings: at most 8 connections (the load holds 5 at most), a
+    // longer TTL for service answers; and one that needs a restart.
+    let ttl = |agent: &Agent| {
+        let answer = agent.dig(&["+noall", "+answer", "echo.default.svc.cluster.local"]);
+        answer.split_whitespace().nth(1).and_then(|t| t.parse::<u32>().ok()).unwrap_or_else(|| panic!("{answer}"))
+    };
+    assert_eq!(ttl(&agent), 5, "the default service TTL");
+    write_config(&config, "proxy:\n  maxConnections: 8\ndns:\n  serviceTtl: 42\n  cacheSize: 10\n");
     agent.signal("HUP");
     let status = eventually(Duration::from_secs(5), "the reload to apply", || {
         let status = json(&agent, "/reload");
         (status["last"]["result"] == "applied").then_some(status)
     });
-    assert_eq!(status["last"]["applied"][0]["key"], "proxy.maxConnections", "{status}");
-    assert_eq!(status["pendingRestart"], serde_json::json!([]), "{status}");
+    assert_eq!(status["last"]["trigger"], "SIGHUP");
+    let applied: Vec<&str> =
+        status["last"]["applied"].as_array().unwrap().iter().map(|c| c["key"].as_str().unwrap()).collect();
+    assert_eq!(applied, ["dns.serviceTtl", "proxy.maxConnections"], "{status}");
+    assert_eq!(status["pendingRestart"][0]["key"], "dns.cacheSize", "{status}");
+    assert_eq!(status["pendingRestart"][0]["inForce"], 10000, "{status}");
+    assert!(agent.log().contains("needs a restart"), "the restart-only key is logged");
+    assert_eq!(ttl(&agent), 42, "the reloaded service TTL");
     assert_eq!(json(&agent, "/config")["proxy"]["maxConnections"], 8, "/config shows the config in force");
     load.progress(20, 4 << 20);
 

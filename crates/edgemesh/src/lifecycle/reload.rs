@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use edgemesh_dns::DnsLiveSettings;
 use edgemesh_proxy::LiveSettings;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -73,12 +74,19 @@ pub enum ReloadResult {
     Refused,
 }
 
+/// What the live settings of the components are put in force through.
+pub(crate) struct Components {
+    pub(crate) proxy: Arc<LiveSettings>,
+    /// `None` in tests of the reloader alone.
+    pub(crate) dns: Option<DnsLiveSettings>,
+}
+
 /// Reads and applies the config; see the module docs.
 pub(crate) struct Reloader {
     source: ReloadSource,
     host: Arc<dyn Host>,
     lifecycle: Arc<Lifecycle>,
-    proxy: Arc<LiveSettings>,
+    components: Components,
     /// The file's content when last read, to see whether it changed.
     seen: Option<Vec<u8>>,
 }
@@ -88,11 +96,11 @@ impl Reloader {
         source: ReloadSource,
         host: Arc<dyn Host>,
         lifecycle: Arc<Lifecycle>,
-        proxy: Arc<LiveSettings>,
+        components: Components,
     ) -> Self {
         let seen = source.file.as_ref().and_then(|f| std::fs::read(f).ok());
         lifecycle.update_status(|s| s.config_file = source.file.clone());
-        Reloader { source, host, lifecycle, proxy, seen }
+        Reloader { source, host, lifecycle, components, seen }
     }
 
     /// Reloads on SIGHUP and when the file changes, until `shutdown`.
@@ -157,8 +165,11 @@ impl Reloader {
     /// the restart-only ones that differ (logged, left as they are).
     fn put_in_force(&self, configured: &Config) -> Result<(Vec<Change>, Vec<Change>), String> {
         let in_force = self.lifecycle.config();
-        let (applied, pending): (Vec<Change>, Vec<Change>) =
-            keys::changes(&in_force, configured).into_iter().partition(|c| keys::is_live(&c.key));
+        let forwards = self.components.dns.as_ref().is_none_or(DnsLiveSettings::forwards);
+        let (applied, pending): (Vec<Change>, Vec<Change>) = keys::changes(&in_force, configured)
+            .into_iter()
+            // Started without upstreams: forwarding is set up at the next start.
+            .partition(|c| keys::is_live(&c.key) && (forwards || c.key != "dns.upstreams"));
         for change in &pending {
             tracing::warn!(key = %change.key, in_force = %change.in_force, configured = %change.configured,
                 "config key changed but needs a restart; the value in force stays until then");
@@ -174,7 +185,10 @@ impl Reloader {
                 self.lifecycle.logging.set(&next.log_level)?;
             }
         }
-        self.proxy.apply(&next.proxy);
+        self.components.proxy.apply(&next.proxy);
+        if let Some(dns) = &self.components.dns {
+            dns.apply(&next.dns);
+        }
         self.lifecycle.set_config(Arc::new(next));
         Ok((applied, pending))
     }

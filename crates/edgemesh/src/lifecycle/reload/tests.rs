@@ -27,7 +27,7 @@ fn fixture(text: &str) -> Fixture {
     let lifecycle = Lifecycle::new(Arc::new(start.clone()), LogControl::detached(&start.log_level));
     let proxy = Arc::new(LiveSettings::new(&start.proxy));
     let source = ReloadSource { file: Some(file.clone()), flags };
-    let reloader = Reloader::new(source, host, lifecycle.clone(), proxy.clone());
+    let reloader = Reloader::new(source, host, lifecycle.clone(), Components { proxy: proxy.clone(), dns: None });
     Fixture { _dir: dir, file, lifecycle, proxy, reloader }
 }
 
