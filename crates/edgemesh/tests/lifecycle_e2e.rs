@@ -364,3 +364,54 @@ fn put_logging_changes_what_is_logged_and_json_logs_parse_line_by_line() {
         "{log}"
     );
 }
+
+/// One HTTP/1.1 request on a kept-alive connection to the node's nginx:
+/// whether its page came back.
+fn keep_alive_get(stream: &mut TcpStream) -> bool {
+    if stream.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"pod-nginx\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
+/// Node mode: a pod's kept-alive connection to a cluster IP goes on
+/// during the drain while new ones are refused; at the grace period's end
+/// it is closed, the agent exits, and its nftables table and VIP device
+/// are gone.
+#[test]
+fn in_node_mode_the_drain_ends_with_the_table_and_device_removed() {
+    use support::netns::{in_netns, require_root};
+    use support::node::{Topology, service, start_agent};
+    require_root();
+    let t = Topology::new();
+    let (dir, manifests) = manifest_dir();
+    write_manifest(&manifests, "web.yaml", &service("web", &["10.96.0.10"], 80));
+    let agent = start_agent(&t.node, &manifests, &dir.path().join("state"), &["--drain-timeout", "3s"]);
+    assert!(t.node.tables().contains("edgemesh") && t.node.links().contains("edge0"));
+    let mut held = in_netns(&t.client.name, || TcpStream::connect("10.96.0.10:80").expect("a pod connects"));
+    held.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(keep_alive_get(&mut held), "served before the drain");
+
+    let signalled = Instant::now();
+    let stopping = std::thread::spawn(move || agent.terminate());
+    eventually(Duration::from_secs(2), "new connections to be refused", || {
+        t.client.curl("http://10.96.0.10/").is_none().then_some(())
+    });
+    assert!(keep_alive_get(&mut held), "the established connection goes on during the drain");
+    let exit = stopping.join().unwrap();
+    let took = signalled.elapsed();
+    assert_eq!(exit.code(), Some(0));
+    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(7), "exits after the 3 s grace: {took:?}");
+    let mut buf = [0u8; 8];
+    assert!(matches!(held.read(&mut buf), Ok(0) | Err(_)), "the connection left was closed");
+    assert!(!t.node.tables().contains("edgemesh"), "table left after the drain: {}", t.node.tables());
+    assert!(!t.node.links().contains("edge0"), "device left after the drain: {}", t.node.links());
+}
