@@ -139,7 +139,7 @@ impl Agent {
         // Every component registers its metrics here as it is built; the
         // admin endpoint serves them.
         let metrics = AgentRegistry::new(env!("CARGO_PKG_VERSION"));
-        let mut registry = Registry::new(RegistryConfig {
+        let registry = Registry::new(RegistryConfig {
             vip_cidr: config.vip_cidr(),
             vip_cidr6: config.vip_cidr6(),
             default_strategy: config.proxy.default_strategy,
@@ -147,6 +147,8 @@ impl Agent {
             // With interception cluster IPs are served where they are.
             vips: if intercepting { VipPolicy::WhereNeeded } else { VipPolicy::Every },
         });
+        let (strategy, strategy_changes) = watch::channel(config.proxy.default_strategy);
+        let mut registry = registry.with_default_strategy(strategy_changes);
         let registry_sink = registry.source();
         let (source_sink, upstream) = EventSink::detached(1024);
         let cache = CacheStatus::with_clock(deps.clock.clone());
@@ -218,7 +220,7 @@ impl Agent {
             format!("cannot listen for the admin endpoint on {}; is another agent running?", config.admin.listen)
         })?;
         let admin_addr = admin.local_addr().context("the admin endpoint's address")?;
-        let live = reload::Components { proxy: proxy.live_settings(), dns: Some(dns.live_settings()) };
+        let live = reload::Components { proxy: proxy.live_settings(), dns: Some(dns.live_settings()), strategy };
         Ok(Agent {
             config,
             registry,

@@ -183,7 +183,11 @@ fn a_reload_under_load_drops_nothing_and_a_broken_config_is_refused() {
         answer.split_whitespace().nth(1).and_then(|t| t.parse::<u32>().ok()).unwrap_or_else(|| panic!("{answer}"))
     };
     assert_eq!(ttl(&agent), 5, "the default service TTL");
-    write_config(&config, "proxy:\n  maxConnections: 8\ndns:\n  serviceTtl: 42\n  cacheSize: 10\n");
+    assert_eq!(agent.services()["services"][0]["strategy"], "RoundRobin");
+    write_config(
+        &config,
+        "proxy:\n  maxConnections: 8\n  defaultStrategy: Random\ndns:\n  serviceTtl: 42\n  cacheSize: 10\n",
+    );
     agent.signal("HUP");
     let status = eventually(Duration::from_secs(5), "the reload to apply", || {
         let status = json(&agent, "/reload");
@@ -192,11 +196,14 @@ fn a_reload_under_load_drops_nothing_and_a_broken_config_is_refused() {
     assert_eq!(status["last"]["trigger"], "SIGHUP");
     let applied: Vec<&str> =
         status["last"]["applied"].as_array().unwrap().iter().map(|c| c["key"].as_str().unwrap()).collect();
-    assert_eq!(applied, ["dns.serviceTtl", "proxy.maxConnections"], "{status}");
+    assert_eq!(applied, ["dns.serviceTtl", "proxy.defaultStrategy", "proxy.maxConnections"], "{status}");
     assert_eq!(status["pendingRestart"][0]["key"], "dns.cacheSize", "{status}");
     assert_eq!(status["pendingRestart"][0]["inForce"], 10000, "{status}");
     assert!(agent.log().contains("needs a restart"), "the restart-only key is logged");
     assert_eq!(ttl(&agent), 42, "the reloaded service TTL");
+    eventually(Duration::from_secs(5), "the new default strategy in the service's entry", || {
+        (agent.services()["services"][0]["strategy"] == "Random").then_some(())
+    });
     assert_eq!(json(&agent, "/config")["proxy"]["maxConnections"], 8, "/config shows the config in force");
     load.progress(20, 4 << 20);
 

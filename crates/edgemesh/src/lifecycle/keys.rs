@@ -11,13 +11,15 @@ use crate::config::Config;
 /// Each is read by its owner from something the reload changes: the log
 /// filter ([`super::LogControl`]), the proxy's
 /// [`LiveSettings`](edgemesh_proxy::LiveSettings), the config in force
-/// (`drainTimeout`, read when a drain starts), the DNS server's
+/// (`drainTimeout`, read when a drain starts), the registry's default
+/// strategy (a watch it follows), the DNS server's
 /// [`DnsLiveSettings`](edgemesh_dns::DnsLiveSettings). Every other key shapes
 /// sockets, tables, identities or threads made at start: it is reported as
 /// pending until the agent restarts, and its old value stays in force.
 pub const LIVE_KEYS: &[&str] = &[
     "logLevel",
     "drainTimeout",
+    "proxy.defaultStrategy",
     "proxy.connectTimeout",
     "proxy.maxConnections",
     "proxy.maxUdpSessions",

@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use edgemesh_core::LbStrategy;
 use edgemesh_dns::DnsLiveSettings;
 use edgemesh_proxy::LiveSettings;
 use serde::Serialize;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Lifecycle;
@@ -79,6 +81,8 @@ pub(crate) struct Components {
     pub(crate) proxy: Arc<LiveSettings>,
     /// `None` in tests of the reloader alone.
     pub(crate) dns: Option<DnsLiveSettings>,
+    /// The registry's default strategy (`proxy.defaultStrategy`).
+    pub(crate) strategy: watch::Sender<LbStrategy>,
 }
 
 /// Reads and applies the config; see the module docs.
@@ -186,6 +190,7 @@ impl Reloader {
             }
         }
         self.components.proxy.apply(&next.proxy);
+        self.components.strategy.send_replace(next.proxy.default_strategy);
         if let Some(dns) = &self.components.dns {
             dns.apply(&next.dns);
         }

@@ -27,7 +27,12 @@ fn fixture(text: &str) -> Fixture {
     let lifecycle = Lifecycle::new(Arc::new(start.clone()), LogControl::detached(&start.log_level));
     let proxy = Arc::new(LiveSettings::new(&start.proxy));
     let source = ReloadSource { file: Some(file.clone()), flags };
-    let reloader = Reloader::new(source, host, lifecycle.clone(), Components { proxy: proxy.clone(), dns: None });
+    let reloader = Reloader::new(
+        source,
+        host,
+        lifecycle.clone(),
+        Components { proxy: proxy.clone(), dns: None, strategy: watch::channel(start.proxy.default_strategy).0 },
+    );
     Fixture { _dir: dir, file, lifecycle, proxy, reloader }
 }
 
