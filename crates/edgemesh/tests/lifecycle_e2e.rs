@@ -42,6 +42,30 @@ fn agent_with_config(manifests: &Path, config: &Path, extra: &[&str], rust_log: 
     Agent::start_with(manifests, opts)
 }
 
+/// An agent proxying service `default/echo` (port 7000) to an echo
+/// server, reading the config file `config` holds.
+struct EchoAgent {
+    agent: Agent,
+    /// The service's VIP and port.
+    addr: SocketAddr,
+    config: std::path::PathBuf,
+    _echo: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+impl EchoAgent {
+    fn start(config_text: &str, rust_log: Option<&str>) -> EchoAgent {
+        let (echo_rt, echo) = echo_server();
+        let (dir, manifests) = manifest_dir();
+        write_manifest(&manifests, "echo.yaml", &service_yaml("default", "echo", 7000, &[echo], ""));
+        let config = dir.path().join("edgemesh.yaml");
+        write_config(&config, config_text);
+        let agent = agent_with_config(&manifests, &config, &[], rust_log);
+        let addr = format!("{}:7000", agent.vip("default", "echo").expect("echo has a VIP")).parse().unwrap();
+        EchoAgent { agent, addr, config, _echo: echo_rt, _dir: dir }
+    }
+}
+
 /// Sends `data` through `stream` and reads it back from the echo server:
 /// whether every byte came back unchanged.
 fn round_trip(stream: &mut TcpStream, data: &[u8]) -> bool {
@@ -163,14 +187,8 @@ fn admitted_beside(addr: SocketAddr) -> usize {
 
 #[test]
 fn a_reload_under_load_drops_nothing_and_a_broken_config_is_refused() {
-    let (_echo_rt, echo) = echo_server();
-    let (dir, manifests) = manifest_dir();
-    write_manifest(&manifests, "echo.yaml", &service_yaml("default", "echo", 7000, &[echo], ""));
-    let config = dir.path().join("edgemesh.yaml");
-    write_config(&config, "proxy:\n  maxConnections: 100\n");
-    let agent = agent_with_config(&manifests, &config, &[], Some("info,edgemesh=debug"));
-    let vip = agent.vip("default", "echo").expect("echo has a VIP");
-    let addr: SocketAddr = format!("{vip}:7000").parse().unwrap();
+    let EchoAgent { agent, addr, config, _echo, _dir } =
+        EchoAgent::start("proxy:\n  maxConnections: 100\n", Some("info,edgemesh=debug"));
 
     // Four streams moving data, and new connections in a loop.
     let load = Load::start(addr, 4);
@@ -279,15 +297,8 @@ fn sigterm_lets_an_in_flight_64_mib_transfer_finish_and_refuses_new_connections(
 
 #[test]
 fn the_drain_closes_what_is_left_at_its_end_and_a_second_signal_stops_at_once() {
-    let (_echo_rt, echo) = echo_server();
-    let (dir, manifests) = manifest_dir();
-    write_manifest(&manifests, "echo.yaml", &service_yaml("default", "echo", 7000, &[echo], ""));
-    let config = dir.path().join("edgemesh.yaml");
-
     // The grace period ends: the idle connection left is closed.
-    write_config(&config, "drainTimeout: 2s\n");
-    let mut agent = agent_with_config(&manifests, &config, &[], Some("info"));
-    let addr: SocketAddr = format!("{}:7000", agent.vip("default", "echo").unwrap()).parse().unwrap();
+    let EchoAgent { mut agent, addr, _echo, _dir, .. } = EchoAgent::start("drainTimeout: 2s\n", Some("info"));
     let mut held = echo_connection(addr).expect("a proxied connection");
     agent.signal("TERM");
     let signalled = Instant::now();
@@ -302,9 +313,7 @@ fn the_drain_closes_what_is_left_at_its_end_and_a_second_signal_stops_at_once() 
     assert!(log.contains("drain grace period (drainTimeout) over") && log.contains("closed=1"), "{log}");
 
     // A long grace, cut short by a second SIGTERM.
-    write_config(&config, "drainTimeout: 60s\n");
-    let mut agent = agent_with_config(&manifests, &config, &[], Some("info"));
-    let addr: SocketAddr = format!("{}:7000", agent.vip("default", "echo").unwrap()).parse().unwrap();
+    let EchoAgent { mut agent, addr, _echo, _dir, .. } = EchoAgent::start("drainTimeout: 60s\n", Some("info"));
     let mut held = echo_connection(addr).expect("a proxied connection");
     agent.signal("TERM");
     eventually(Duration::from_secs(5), "the drain to start", || agent.log().contains("draining").then_some(()));
@@ -315,7 +324,6 @@ fn the_drain_closes_what_is_left_at_its_end_and_a_second_signal_stops_at_once() 
     assert!(second.elapsed() < Duration::from_secs(3), "stops at once: {:?}", second.elapsed());
     assert!(matches!(held.read(&mut buf), Ok(0) | Err(_)), "the connection was closed");
     assert!(agent.log().contains("second stop signal"), "{}", agent.log());
-    drop(dir);
 }
 
 /// PUT on the admin endpoint with curl: (status, body).
@@ -331,13 +339,7 @@ fn put(agent: &Agent, path_and_query: &str) -> (u16, String) {
 
 #[test]
 fn put_logging_changes_what_is_logged_and_json_logs_parse_line_by_line() {
-    let (_echo_rt, echo) = echo_server();
-    let (dir, manifests) = manifest_dir();
-    write_manifest(&manifests, "echo.yaml", &service_yaml("default", "echo", 7000, &[echo], ""));
-    let config = dir.path().join("edgemesh.yaml");
-    write_config(&config, "logLevel: info\nlogFormat: json\n");
-    let agent = agent_with_config(&manifests, &config, &[], None);
-    let addr: SocketAddr = format!("{}:7000", agent.vip("default", "echo").unwrap()).parse().unwrap();
+    let EchoAgent { agent, addr, _echo, _dir, .. } = EchoAgent::start("logLevel: info\nlogFormat: json\n", None);
     let (status, filter) = agent.try_get("/logging").unwrap();
     assert_eq!((status, filter.trim()), (200, "info,hickory_server=warn,libp2p_swarm=warn"));
 
