@@ -20,6 +20,8 @@ command -v mount >/dev/null || [ -x /usr/bin/mount ] || need+=(mount)
 # Tunnel port mapping: a UPnP router (its nftables build) in a router namespace; the Debian
 # package does not start it (debconf's default).
 [ -x /usr/sbin/miniupnpd ] || need+=(miniupnpd-nftables)
+# Metrics: promtool checks every /metrics scrape a test takes.
+command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing: ${need[*]}"

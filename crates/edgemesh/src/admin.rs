@@ -9,6 +9,8 @@
 //!   point of autonomy); and a warning while the cache cannot be written.
 //! - `/services`: the current snapshot as JSON, with the state's origin and
 //!   the source's connection.
+//! - `/services/<namespace>/<name>`: one service, with each endpoint's
+//!   passive health in the proxy (failures, ejection); see [`service`].
 //! - `/nodes`: the Node objects known (name, peer ID, addresses).
 //! - `/peers`: with the tunnel on, this node's peer ID and the connected
 //!   agents: node name, peer ID, addresses, direct or relayed, RTT, open
@@ -33,6 +35,7 @@
 mod logging;
 mod reload;
 mod routes;
+mod service;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

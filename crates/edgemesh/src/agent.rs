@@ -138,7 +138,7 @@ impl Agent {
 
         // Every component registers its metrics here as it is built; the
         // admin endpoint serves them.
-        let metrics = AgentRegistry::new(env!("CARGO_PKG_VERSION"));
+        let mut metrics = AgentRegistry::new(env!("CARGO_PKG_VERSION"));
         let registry = Registry::new(RegistryConfig {
             vip_cidr: config.vip_cidr(),
             vip_cidr6: config.vip_cidr6(),
@@ -166,7 +166,9 @@ impl Agent {
             .await
             .with_context(|| format!("cannot start DNS on {dns_listen}"))?;
         let shutdown = CancellationToken::new();
-        let mut proxy = Proxy::new(proxy_config, snapshots.clone()).with_original_dst(deps.original_dst.clone());
+        let mut proxy = Proxy::new(proxy_config, snapshots.clone())
+            .with_original_dst(deps.original_dst.clone())
+            .with_metrics(metrics.edgemesh(), config.metrics.max_services);
         let mut tunnel = None;
         let remote = match (&deps.remote, config.tunnel.enabled) {
             (Some(remote), _) => Some(remote.clone()),

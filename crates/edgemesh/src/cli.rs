@@ -1,10 +1,16 @@
 //! Command line: `edgemesh <subcommand>`. Flags override the config file.
+//!
+//! - [`flags`]: the agent's setting flags.
+//! - [`status`]: `edgemesh status`, a client of the admin endpoint.
+//! - [`check_config`]: `edgemesh check-config FILE`.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod check_config;
 pub mod flags;
+pub mod status;
 
 use self::flags::SettingFlags;
 use crate::config::{Config, ConfigError};
@@ -29,6 +35,12 @@ pub enum Command {
     /// Print this node's tunnel peer ID (creating its identity key on first use), e.g. for the
     /// edgemesh.io/peer-id annotation of its Node or the tunnel.peers allow-list of other nodes.
     Id(IdArgs),
+    /// Show what a running agent serves: services, tunnel peers, DNS counters and source health,
+    /// as tables or JSON/YAML (from its admin endpoint).
+    Status(status::StatusArgs),
+    /// Check a config file and the manifests directory it names, printing every problem with its
+    /// file and line; starts nothing.
+    CheckConfig(check_config::CheckConfigArgs),
 }
 
 /// Flags of `edgemesh id`.

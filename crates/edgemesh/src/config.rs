@@ -140,31 +140,41 @@ impl Config {
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let mut config =
             Self::from_yaml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
-        // Relative paths are relative to the config file, so a config and
-        // the files it names can move together.
         if let Some(base) = path.parent() {
-            let anchor = |p: &mut PathBuf| {
-                if p.is_relative() {
-                    *p = base.join(&*p);
-                }
-            };
-            anchor(&mut config.manifests.dir);
-            anchor(&mut config.state_dir);
-            for file in [&mut config.kube.kubeconfig, &mut config.tunnel.key_file, &mut config.tunnel.psk_file] {
-                if let Some(file) = file.as_mut() {
-                    anchor(file);
-                }
-            }
+            config.anchor_paths(base);
         }
         Ok(config)
     }
 
+    /// Makes relative paths relative to `base`, the config file's
+    /// directory, so a config and the files it names can move together.
+    pub fn anchor_paths(&mut self, base: &Path) {
+        let anchor = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        anchor(&mut self.manifests.dir);
+        anchor(&mut self.state_dir);
+        for file in [&mut self.kube.kubeconfig, &mut self.tunnel.key_file, &mut self.tunnel.psk_file] {
+            if let Some(file) = file.as_mut() {
+                anchor(file);
+            }
+        }
+    }
+
     /// Parses YAML text; the error names the line and the offending key.
     pub fn from_yaml(text: &str) -> Result<Self, String> {
+        Self::parse_yaml(text).map_err(|p| p.to_string())
+    }
+
+    /// [`Config::from_yaml`] with the error's line and column apart (for
+    /// `edgemesh check-config`).
+    pub fn parse_yaml(text: &str) -> Result<Self, YamlProblem> {
         if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
             return Ok(Self::default());
         }
-        serde_saphyr::from_str::<Config>(text).map_err(|e| describe_yaml_error(&e))
+        serde_saphyr::from_str::<Config>(text).map_err(|e| YamlProblem::of(&e))
     }
 
     /// The VIP range (see [`Config::vip_cidr`] for the defaults).
@@ -272,14 +282,36 @@ impl Config {
     }
 }
 
-/// serde-saphyr errors carry a location; put the line first so the operator
-/// sees where before why.
-fn describe_yaml_error(e: &serde_saphyr::Error) -> String {
-    let text = e.to_string();
-    let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
-    match e.location() {
-        Some(loc) if !first.contains("line") => format!("line {}: {first}", loc.line()),
-        _ => first,
+/// Where YAML text stops being a config, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct YamlProblem {
+    /// 1-based line and column, when the parser knows them.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl YamlProblem {
+    fn of(e: &serde_saphyr::Error) -> Self {
+        let text = e.to_string();
+        let message = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+        let location = e.location().filter(|l| l.line() > 0);
+        YamlProblem {
+            line: location.map(|l| l.line() as usize),
+            column: location.filter(|l| l.column() > 0).map(|l| l.column() as usize),
+            message,
+        }
+    }
+}
+
+/// serde-saphyr errors carry a location; the line comes first so the
+/// operator sees where before why.
+impl std::fmt::Display for YamlProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) if !self.message.contains("line") => write!(f, "line {line}: {}", self.message),
+            _ => f.write_str(&self.message),
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use edgemesh::{Agent, Config, Deps, FixedHost};
 use edgemesh_core::{Clock, ServiceKey};
 use edgemesh_fake_apiserver::{FakeApiServer, Resource};
 use edgemesh_proxy::{Remote, RemoteDatagrams, RemoteFuture, RemoteStream};
+use edgemesh_test_support::scrape::{promtool_check, sample};
 use serde_json::{Value, json};
 use support::{eventually, http_get, manifest_dir, service_yaml, unique_vip_cidr, write_manifest};
 use tokio_util::sync::CancellationToken;
@@ -224,6 +225,20 @@ fn stopping_drains_connections_and_releases_every_socket() {
     eventually(Duration::from_secs(5), "ready", || (agent.readyz().0 == 200).then_some(()));
     let vip = agent.resolve("web.shop.svc.cluster.local").expect("web resolves");
     let mut open = echo_through(SocketAddr::from((vip, 80)), b"before stop").expect("a proxied connection");
+    // The proxy's metrics reach /metrics, the open connection's bytes
+    // already counted.
+    let web = r#"{service="shop/web",port="80"}"#;
+    let expected = [
+        (format!("edgemesh_tcp_connections_opened_total{web}"), 1.0),
+        (format!("edgemesh_tcp_connections_active{web}"), 1.0),
+        (format!("edgemesh_tcp_sent_bytes_total{web}"), 11.0),
+        (format!("edgemesh_tcp_received_bytes_total{web}"), 11.0),
+    ];
+    let scrape = eventually(Duration::from_secs(5), "the connection in /metrics", || {
+        let (_, scrape) = agent.get("/metrics");
+        expected.iter().all(|(series, value)| sample(&scrape, series) == Some(*value)).then_some(scrape)
+    });
+    promtool_check(&scrape);
     let (dns, admin) = (agent.dns, agent.admin);
 
     let started = std::time::Instant::now();

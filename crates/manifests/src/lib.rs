@@ -42,4 +42,4 @@ pub use config::ManifestsConfig;
 pub use edgemesh_k8s::Problem;
 pub use error::ManifestError;
 pub use parse::{ParsedObject, parse_manifest};
-pub use watch::ManifestSource;
+pub use watch::{ManifestSource, is_manifest_file};

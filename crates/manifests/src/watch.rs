@@ -330,6 +330,13 @@ impl Scanner {
     }
 }
 
+/// Whether a directory entry called `name` is a manifest file the source
+/// reads: `*.yaml` and `*.yml`, but no dotfiles (ConfigMap volumes keep
+/// `..data` and `..<timestamp>` there, and editors their swap files).
+pub fn is_manifest_file(name: &str) -> bool {
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
 /// Logs a file's problem unless it is the one already reported.
 fn report(file: &Path, reported: &mut Option<String>, line: Option<usize>, reason: String) {
     if reported.as_ref() == Some(&reason) {

@@ -322,6 +322,15 @@ impl Health {
     pub fn is_empty(&self) -> bool {
         self.ejected.is_empty()
     }
+
+    /// What is on record for `addr`: its failures since the last success
+    /// and, while it is ejected, for how long still (`None` once the
+    /// ejection is over and the next connection tries it again). `None`
+    /// when it has not failed since its last success.
+    pub fn state(&self, addr: &SocketAddr, now: Instant) -> Option<(u32, Option<Duration>)> {
+        let e = self.ejected.get(addr)?;
+        Some((e.failures, (now < e.until).then(|| e.until - now)))
+    }
 }
 
 // ---------------------------------------------------------------------------

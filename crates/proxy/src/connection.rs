@@ -19,21 +19,25 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use edgemesh_core::{HashKey, LbStrategy};
+use edgemesh_metrics::Counter;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::balance;
 use crate::error::ProxyError;
+use crate::metrics::{FailReason, ProxyMetrics};
 use crate::pool::Pool;
 use crate::remote::{Reach, RemoteStream};
 use crate::routes::Routes;
 use crate::{ProxyConfig, ProxyStatus, splice};
 
+mod counted;
 mod header;
+use counted::Counted;
 use header::peek_header;
 pub use header::{HEADER_PEEK_MAX, HEADER_PEEK_WAIT};
 #[cfg(test)]
@@ -56,14 +60,28 @@ pub(crate) struct Shared {
     pub(crate) reach: Reach,
     /// The threads connections run on.
     pub(crate) workers: crate::workers::Workers,
+    /// The families the listeners take their ports' series from.
+    pub(crate) metrics: Arc<ProxyMetrics>,
 }
 
-/// Counts a connection as active until dropped.
-struct Active(Arc<Shared>);
+/// A connection admitted to its pool: counted as active (in the proxy's
+/// status and its port's gauge) until dropped.
+struct Active {
+    shared: Arc<Shared>,
+    pool: Arc<Pool>,
+}
+
+impl Active {
+    fn new(shared: &Arc<Shared>, pool: &Arc<Pool>) -> Self {
+        pool.metrics.tcp().active.inc();
+        Self { shared: shared.clone(), pool: pool.clone() }
+    }
+}
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.status.active_connections.fetch_sub(1, Ordering::AcqRel);
+        self.shared.status.active_connections.fetch_sub(1, Ordering::AcqRel);
+        self.pool.metrics.tcp().active.dec();
     }
 }
 
@@ -73,24 +91,28 @@ impl Drop for Active {
 pub(crate) fn admit(shared: &Arc<Shared>, pool: &Arc<Pool>, client: std::net::TcpStream, peer: SocketAddr) {
     let status = &shared.status;
     status.total_connections.fetch_add(1, Ordering::Relaxed);
+    let metrics = pool.metrics.tcp();
+    metrics.opened.inc();
     let max = shared.live.max_connections();
     if status.active_connections.fetch_add(1, Ordering::AcqRel) >= max {
         status.active_connections.fetch_sub(1, Ordering::AcqRel);
         status.failed_connections.fetch_add(1, Ordering::Relaxed);
         status.rejected_connections.fetch_add(1, Ordering::Relaxed);
+        metrics.failed(FailReason::Limit).inc();
         pool.report(&ProxyError::OverLimit { addr: pool.addr, max });
         reset(client);
         return;
     }
-    let active = Active(shared.clone());
-    let pool = pool.clone();
+    let active = Active::new(shared, pool);
     tokio::spawn(shared.tracker.track_future(async move {
         match TcpStream::from_std(client) {
-            Ok(client) => serve(client, peer.ip(), pool, active).await,
+            Ok(client) => serve(client, peer.ip(), active).await,
             Err(e) => {
-                active.0.status.failed_connections.fetch_add(1, Ordering::Relaxed);
-                if pool.warnings.allow() {
-                    tracing::warn!(service = %pool.service, listener = %pool.addr, error = %e,
+                active.shared.status.failed_connections.fetch_add(1, Ordering::Relaxed);
+                // Out of kernel resources (epoll watches, memory): a limit.
+                active.pool.metrics.tcp().failed(FailReason::Limit).inc();
+                if active.pool.warnings.allow() {
+                    tracing::warn!(service = %active.pool.service, listener = %active.pool.addr, error = %e,
                         "cannot register an accepted connection");
                 }
             }
@@ -110,10 +132,10 @@ fn reset(stream: impl std::os::fd::AsFd) {
 /// with it; later wake-ups only read its flag. (Polling a registered
 /// `cancelled()` future again takes the lock of the token's waiter list,
 /// which every connection shares: one contended lock per wake-up.)
-async fn serve(client: TcpStream, peer: IpAddr, pool: Arc<Pool>, active: Active) {
-    let shared = &active.0;
+async fn serve(client: TcpStream, peer: IpAddr, active: Active) {
+    let (shared, pool) = (&active.shared, &active.pool);
     let stop = shared.stop.cancelled();
-    let work = proxy(client, peer, &pool, shared);
+    let work = proxy(client, peer, pool, shared);
     tokio::pin!(stop, work);
     let mut registered = false;
     std::future::poll_fn(|cx| {
@@ -131,6 +153,7 @@ async fn serve(client: TcpStream, peer: IpAddr, pool: Arc<Pool>, active: Active)
 }
 
 async fn proxy(client: TcpStream, peer: IpAddr, pool: &Pool, shared: &Shared) {
+    let accepted = Instant::now();
     // `client` has TCP_NODELAY from its listening socket.
     // Boxed: the connect phase (header peek, timer, retry loop) is larger
     // than the forwarding phase and is over in a moment.
@@ -138,6 +161,7 @@ async fn proxy(client: TcpStream, peer: IpAddr, pool: &Pool, shared: &Shared) {
         Ok(upstream) => upstream,
         Err(error) => {
             shared.status.failed_connections.fetch_add(1, Ordering::Relaxed);
+            pool.metrics.tcp().failed(FailReason::of(&error)).inc();
             if !matches!(error, ProxyError::AllBackendsFailed { .. }) {
                 // Each endpoint failure was reported already.
                 pool.report(&error);
@@ -146,12 +170,14 @@ async fn proxy(client: TcpStream, peer: IpAddr, pool: &Pool, shared: &Shared) {
             return;
         }
     };
+    let counters = &pool.metrics.tcp().bytes;
     let result = match upstream {
-        Upstream::Local(backend) => splice::forward(&client, &backend).await,
+        Upstream::Local(backend) => splice::forward_counting(&client, &backend, counters).await,
         // Boxed: copying to the tunnel needs buffers and a larger future;
         // keep the common, local connection's future small.
-        Upstream::Remote(stream) => Box::pin(forward_remote(client, stream)).await,
+        Upstream::Remote(stream) => Box::pin(forward_remote(client, stream, counters)).await,
     };
+    pool.metrics.tcp().duration.observe(accepted.elapsed().as_secs_f64());
     match result {
         Ok(moved) => tracing::trace!(service = %pool.service, ?moved, "connection closed"),
         Err(error) => tracing::debug!(service = %pool.service, %error, "connection ended with an error"),
@@ -172,12 +198,19 @@ const REMOTE_COPY_BUF: usize = 16 * 1024;
 /// Copies between the client and a tunnel stream; EOF on either side
 /// half-closes the other. An error (the tunnel connection was lost, the
 /// remote agent reset the stream) resets the client: a FIN would look like
-/// a complete response.
-async fn forward_remote(mut client: TcpStream, mut stream: RemoteStream) -> std::io::Result<splice::Transferred> {
+/// a complete response. `[sent, received]` count the bytes written each
+/// way as they are written.
+async fn forward_remote(
+    client: TcpStream,
+    stream: RemoteStream,
+    [sent, received]: &[Counter; 2],
+) -> std::io::Result<splice::Transferred> {
+    let mut client = Counted::new(client, received);
+    let mut stream = Counted::new(stream, sent);
     match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut stream, REMOTE_COPY_BUF, REMOTE_COPY_BUF).await {
         Ok((a_to_b, b_to_a)) => Ok(splice::Transferred { a_to_b, b_to_a }),
         Err(e) => {
-            reset(client);
+            reset(client.into_inner());
             Err(e)
         }
     }
@@ -203,6 +236,11 @@ async fn connect(pool: &Pool, client: &TcpStream, peer: IpAddr, shared: &Shared)
         (LbStrategy::ConsistentHash, HashKey::SourceIp) => balance::hash_ip(peer),
         _ => 0,
     };
+    let started = Instant::now();
+    let connected = |upstream| {
+        pool.metrics.tcp().connect.observe(started.elapsed().as_secs_f64());
+        Ok(upstream)
+    };
     let mut last = None;
     for i in pool.plan(&targets, peer, key) {
         let backend = &targets.backends[i];
@@ -212,7 +250,7 @@ async fn connect(pool: &Pool, client: &TcpStream, peer: IpAddr, shared: &Shared)
             match tokio::time::timeout(timeout, remote.open_tcp(node, addr, &pool.service)).await {
                 Ok(Ok(stream)) => {
                     pool.connected(&targets, peer, addr);
-                    return Ok(Upstream::Remote(stream));
+                    return connected(Upstream::Remote(stream));
                 }
                 Ok(Err(e)) => ProxyError::remote(node, addr, e),
                 Err(_) => ProxyError::RemoteTimedOut { node: node.to_owned(), addr, timeout },
@@ -221,7 +259,7 @@ async fn connect(pool: &Pool, client: &TcpStream, peer: IpAddr, shared: &Shared)
             match tokio::time::timeout(timeout, connect_one(addr, config.upstream_mark)).await {
                 Ok(Ok(stream)) => {
                     pool.connected(&targets, peer, addr);
-                    return Ok(Upstream::Local(stream));
+                    return connected(Upstream::Local(stream));
                 }
                 Ok(Err(e)) => ProxyError::connect(addr, e, timeout),
                 Err(_) => ProxyError::TimedOut { addr, timeout },

@@ -31,12 +31,16 @@
 //!   (`SO_ORIGINAL_DST`) picks the service port's pool of that family in
 //!   `routes`; TCP VIP listeners are then not bound (nftables redirects
 //!   VIPs too).
+//! - [`pools`]: which pools serve each service, so that their endpoints'
+//!   passive health can be read from outside (the admin endpoint).
 //! - [`remote`]: endpoints on other nodes, opened through the tunnel the
 //!   agent hands in (the proxy knows nothing of its transport).
 //! - [`splice`]: zero-copy forwarding with `splice(2)` through a pipe per
 //!   direction, taken from a small pool only while data moves; half-close
 //!   passes through; small copy fallback when splice is unavailable.
 //! - [`error`]: operator-facing error messages.
+//! - [`metrics`]: the Prometheus series per service and port; pools hold
+//!   their port's handles, so counting costs a few atomic additions.
 //!
 //! Modules depend one way: `listeners` -> `acceptor`, `transparent` ->
 //! `connection` -> `routes` -> `pool` -> `balance`.
@@ -64,7 +68,9 @@ pub mod connection;
 pub mod error;
 pub mod listeners;
 pub mod live;
+pub mod metrics;
 pub mod pool;
+pub mod pools;
 pub mod remote;
 mod routes;
 pub mod splice;
@@ -84,6 +90,7 @@ use tokio_util::task::TaskTracker;
 
 pub use error::ProxyError;
 pub use live::LiveSettings;
+pub use metrics::ProxyMetrics;
 pub use remote::{DatagramRecv, DatagramSend, Reach, Remote, RemoteDatagrams, RemoteFuture, RemoteStream};
 pub use transparent::{OriginalDst, SocketOriginalDst, TransparentListeners};
 pub use workers::default_count as default_workers;
@@ -197,8 +204,8 @@ impl Default for ProxyConfig {
 }
 
 /// Live counters. The agent's `/readyz` reads `applied_generation`; the
-/// others are for tests and diagnostics (no metrics endpoint exports them
-/// yet).
+/// others are for tests and diagnostics (`/metrics` exports the proxy's
+/// [`ProxyMetrics`], per service and port, instead).
 #[derive(Debug, Default)]
 pub struct ProxyStatus {
     /// Generation of the last snapshot whose listeners are reconciled.
@@ -227,6 +234,9 @@ pub struct ProxyStatus {
     /// Intercepted connections whose original destination was no service
     /// port (reset).
     pub unrouted_connections: AtomicU64,
+    /// Each service's pools, to read their endpoints' passive health
+    /// ([`pools::PoolIndex::service_health`]).
+    pub pools: pools::PoolIndex,
     /// Signalled whenever `applied_generation` moves.
     applied: tokio::sync::Notify,
 }
@@ -268,6 +278,7 @@ pub struct Proxy {
     /// Where intercepted connections were sent (transparent listener only).
     original_dst: Arc<dyn OriginalDst>,
     reach: Reach,
+    metrics: Arc<ProxyMetrics>,
     /// The settings a reload changes (see [`live`]).
     live: Arc<LiveSettings>,
     /// Cancelled when the agent starts draining (see [`Proxy::with_drain`]).
@@ -284,7 +295,17 @@ impl Proxy {
         let config = config.resolved();
         let (status, original_dst) = (Arc::new(ProxyStatus::default()), Arc::new(SocketOriginalDst));
         let live = Arc::new(LiveSettings::new(&config));
-        Self { config, status, snapshots, transparent: None, original_dst, reach: Reach::direct(), live, drain: None }
+        let metrics = Arc::new(ProxyMetrics::unregistered());
+        let reach = Reach::direct();
+        Self { config, status, snapshots, transparent: None, original_dst, reach, metrics, live, drain: None }
+    }
+
+    /// Registers the proxy's metrics into `registry` (the agent's
+    /// `edgemesh_` registry), with at most `max_services` distinct
+    /// `service` labels (`metrics.maxServices`).
+    pub fn with_metrics(mut self, registry: &mut edgemesh_metrics::Registry, max_services: usize) -> Self {
+        self.metrics = Arc::new(ProxyMetrics::register(registry, max_services));
+        self
     }
 
     /// Binds the transparent listener on `port` (all addresses, IPv4 and,
@@ -335,7 +356,7 @@ impl Proxy {
     /// changes never touch them) and are dropped at shutdown, before this
     /// returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Proxy { config, status, mut snapshots, transparent, original_dst, reach, live, drain } = self;
+        let Proxy { config, status, mut snapshots, transparent, original_dst, reach, metrics, live, drain } = self;
         let drain = drain.unwrap_or_else(|| shutdown.clone());
         tracing::debug!(?config, "proxy starting");
         let workers = match workers::Workers::start(config.workers) {
@@ -354,6 +375,7 @@ impl Proxy {
             stop: shutdown.child_token(),
             routes: routes::Routes::default(),
             reach,
+            metrics,
         });
         // Each worker accepts on its socket of each transparent group.
         let handles = shared.workers.handles();

@@ -302,6 +302,7 @@ impl Reconciler {
         self.waiting = 0;
         self.sockets = 0;
         self.shared.status.listeners.store(0, Ordering::Relaxed);
+        self.shared.status.pools.clear();
         self.publish_counts();
     }
 
@@ -311,11 +312,21 @@ impl Reconciler {
         let current = self.services.remove(key).map(Vec::from).unwrap_or_default();
         self.waiting = self.waiting.saturating_sub(current.iter().filter(|l| l.waiting_for_bind()).count());
         let old_routes: Vec<SocketAddr> = current.iter().flat_map(|l| l.routes.iter().copied()).collect();
+        // The label the service's pools count under, kept while it has any
+        // (asked for when its first listener is made).
+        let mut label = current.first().map(|l| l.pool.metrics.service.clone());
+        let had_listeners = label.is_some();
         let mut next: Vec<Listener> = Vec::with_capacity(desired.len());
+        let mut gone: Vec<Listener> = Vec::new();
         for listener in current {
             if desired.iter().any(|(addr, protocol, _)| *addr == listener.addr() && *protocol == listener.protocol) {
                 next.push(listener);
-            } else if let Some(bound) = listener.bound {
+            } else {
+                gone.push(listener);
+            }
+        }
+        for listener in &mut gone {
+            if let Some(bound) = listener.bound.take() {
                 tracing::debug!(service = %key, listener = %listener.pool.addr, protocol = ?listener.protocol,
                     "service port gone; closing listener");
                 self.sockets -= bound.sockets();
@@ -340,7 +351,9 @@ impl Reconciler {
                 unbound |= existing.waiting_for_bind();
                 continue;
             }
-            let pool = Arc::new(Pool::new(key.clone(), addr, targets));
+            let service = label.get_or_insert_with(|| shared.metrics.service_label(key)).clone();
+            let metrics = shared.metrics.port(service, port.port, protocol);
+            let pool = Arc::new(Pool::new(key.clone(), addr, targets).with_metrics(metrics));
             let mut listener = Listener { protocol, pool, bound: None, bind_failures: 0, listen: !routed, routes };
             if listener.listen {
                 unbound |= !self.bind_one(&mut listener);
@@ -352,14 +365,33 @@ impl Reconciler {
         let new_routes: Vec<(SocketAddr, Arc<Pool>)> =
             next.iter().flat_map(|l| l.routes.iter().map(|a| (*a, l.pool.clone()))).collect();
         self.shared.routes.replace(&old_routes, &new_routes);
+        self.shared.status.pools.set(key, next.iter().map(|l| (l.protocol, l.pool.clone())).collect());
         self.waiting += next.iter().filter(|l| l.waiting_for_bind()).count();
         if unbound {
             self.unbound.insert(key.clone());
         } else {
             self.unbound.remove(key);
         }
+        self.remove_series(&gone, &next);
+        if next.is_empty() && had_listeners {
+            self.shared.metrics.release_service(key);
+        }
         if !next.is_empty() {
             self.services.insert(key.clone(), next.into_boxed_slice());
+        }
+    }
+
+    /// Removes the series of the service ports whose last listener is in
+    /// `gone` (a port served in both families keeps them while one is left).
+    fn remove_series(&self, gone: &[Listener], next: &[Listener]) {
+        for (i, listener) in gone.iter().enumerate() {
+            let (port, protocol) = (listener.pool.port, listener.protocol);
+            let same = |l: &Listener| l.pool.port == port && l.protocol == protocol;
+            if next.iter().any(same) || gone[..i].iter().any(same) {
+                continue;
+            }
+            let port_gone = !next.iter().any(|l| l.pool.port == port);
+            self.shared.metrics.remove_port(&listener.pool.metrics.service, port, protocol, port_gone);
         }
     }
 

@@ -16,6 +16,7 @@ use edgemesh_core::{Backend, HashKey, LbStrategy, ResolvedPort, ServiceEntry, Se
 
 use crate::balance::{self, AFFINITY_CAPACITY, Affinity, Balancer, Health, Lead, Ring};
 use crate::error::ProxyError;
+use crate::metrics::PortMetrics;
 
 /// What one listener forwards to; replaced in place when endpoints change.
 #[derive(Debug)]
@@ -111,6 +112,8 @@ pub struct Pool {
     /// mutex: held for a few map operations, never across an await.
     state: Mutex<Option<Box<PoolState>>>,
     pub(crate) warnings: LogLimiter,
+    /// The port's series (see `crate::metrics`).
+    pub(crate) metrics: PortMetrics,
 }
 
 /// What a pool learns from its connections. Most pools never see a failed
@@ -142,7 +145,14 @@ impl Pool {
             balancer: Balancer::new(),
             state: Mutex::new(None),
             warnings: LogLimiter::default(),
+            metrics: PortMetrics::detached(),
         }
+    }
+
+    /// Counts into `metrics` (the port's series) instead of nowhere.
+    pub fn with_metrics(mut self, metrics: PortMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Points new connections at `next`; established ones keep theirs.
@@ -239,11 +249,37 @@ impl Pool {
         }
     }
 
-    /// A connect to `backend` failed: eject it for a while.
+    /// A connect to `backend` failed: eject it for a while (a failure while
+    /// it is ejected already, from a connection that picked it before,
+    /// leaves the ejection as it is and is not counted as another).
     pub fn failed(&self, backend: SocketAddr) {
-        let backoff =
-            lock(&self.state).get_or_insert_with(PoolState::new).health.failure(backend, tokio::time::Instant::now());
+        let now = tokio::time::Instant::now();
+        let (backoff, ejected) = {
+            let mut state = lock(&self.state);
+            let health = &mut state.get_or_insert_with(PoolState::new).health;
+            let ejected = !health.is_ejected(&backend, now);
+            (health.failure(backend, now), ejected)
+        };
+        if ejected {
+            self.metrics.ejections.inc();
+        }
         tracing::debug!(service = %self.service, endpoint = %backend, ?backoff, "endpoint ejected");
+    }
+
+    /// The passive health of each endpoint this pool forwards to, for the
+    /// admin endpoint (read-only: one lock, a lookup per endpoint).
+    pub fn endpoint_health(&self) -> Vec<crate::pools::EndpointHealth> {
+        let targets = self.targets();
+        let now = tokio::time::Instant::now();
+        let state = lock(&self.state);
+        targets
+            .backends
+            .iter()
+            .map(|b| {
+                let record = state.as_ref().and_then(|s| s.health.state(&b.addr, now));
+                crate::pools::EndpointHealth::new(b, record)
+            })
+            .collect()
     }
 
     /// Why `targets` (this pool's) have no endpoint: none at all, or none

@@ -49,6 +49,7 @@ use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
+use edgemesh_metrics::Counter;
 use rustix::io::Errno;
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::Interest;
@@ -92,22 +93,32 @@ pub struct Transferred {
 /// Forwards `a` <-> `b` until both directions reach EOF or one fails; the
 /// caller then drops both sockets, which passes the last EOF on.
 pub fn forward<'a>(a: &'a TcpStream, b: &'a TcpStream) -> Forward<'a> {
-    Forward { a, b, a_to_b: Half::default(), b_to_a: Half::default() }
+    Forward { a, b, counters: None, a_to_b: Half::default(), b_to_a: Half::default() }
+}
+
+/// Forwards like [`forward`], adding the bytes written each way to
+/// `counters` (`[a_to_b, b_to_a]`) as they are written (so a long-lived
+/// connection's traffic shows while it lasts): one atomic addition per
+/// write.
+pub fn forward_counting<'a>(a: &'a TcpStream, b: &'a TcpStream, counters: &'a [Counter; 2]) -> Forward<'a> {
+    Forward { counters: Some(counters), ..forward(a, b) }
 }
 
 /// Forwards like [`forward`] but always through the copy fallback; for
 /// tests and comparisons.
 pub fn forward_copy<'a>(a: &'a TcpStream, b: &'a TcpStream) -> Forward<'a> {
-    Forward { a, b, a_to_b: Half::copying(), b_to_a: Half::copying() }
+    Forward { a_to_b: Half::copying(), b_to_a: Half::copying(), ..forward(a, b) }
 }
 
 /// The future returned by [`forward`]: a plain struct rather than an
-/// `async fn`, so its size is exactly its state (two references and two
+/// `async fn`, so its size is exactly its state (three references and two
 /// [`Half`]s).
 #[derive(Debug)]
 pub struct Forward<'a> {
     a: &'a TcpStream,
     b: &'a TcpStream,
+    /// Where the bytes written each way are counted, if anywhere.
+    counters: Option<&'a [Counter; 2]>,
     a_to_b: Half,
     b_to_a: Half,
 }
@@ -117,13 +128,14 @@ impl Future for Forward<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        let (to_b, to_a) = (this.counters.map(|c| &c[0]), this.counters.map(|c| &c[1]));
         if !this.a_to_b.done
-            && let Poll::Ready(Err(e)) = this.a_to_b.poll(cx, this.a, this.b, this.b_to_a.done)
+            && let Poll::Ready(Err(e)) = this.a_to_b.poll(cx, (this.a, this.b, to_b), this.b_to_a.done)
         {
             return Poll::Ready(Err(e));
         }
         if !this.b_to_a.done
-            && let Poll::Ready(Err(e)) = this.b_to_a.poll(cx, this.b, this.a, this.a_to_b.done)
+            && let Poll::Ready(Err(e)) = this.b_to_a.poll(cx, (this.b, this.a, to_a), this.a_to_b.done)
         {
             return Poll::Ready(Err(e));
         }
@@ -261,7 +273,7 @@ impl Half {
     /// written on at once. Returns the bytes read (0 at EOF), or
     /// `WouldBlock` when there was nothing to read. Bytes `to` cannot take
     /// now are kept in a buffer of this direction's (`pending`).
-    fn read_small(&mut self, from: &TcpStream, to: &TcpStream) -> io::Result<usize> {
+    fn read_small(&mut self, from: &TcpStream, to: &TcpStream, counter: Option<&Counter>) -> io::Result<usize> {
         SCRATCH.with_borrow_mut(|scratch| {
             let mut drained = None;
             let read = from.try_io(Interest::READABLE, || {
@@ -288,7 +300,7 @@ impl Half {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(e) => return Err(e),
             };
-            self.moved += written as u64;
+            self.wrote(written, counter);
             if written < n {
                 let mut buf = Box::new([0; COPY_BUF]);
                 buf[..n - written].copy_from_slice(&scratch[written..n]);
@@ -303,13 +315,21 @@ impl Half {
         })
     }
 
-    /// Moves bytes until `from` is drained or at EOF; `reverse_done`: the
-    /// other direction has finished, so this EOF is the connection's last.
+    /// `n` bytes were written on: counted here and in `counter`, if any.
+    fn wrote(&mut self, n: usize, counter: Option<&Counter>) {
+        self.moved += n as u64;
+        if let Some(counter) = counter {
+            counter.inc_by(n as u64);
+        }
+    }
+
+    /// Moves bytes from `from` to `to` (counting them in `counter`) until
+    /// `from` is drained or at EOF; `reverse_done`: the other direction has
+    /// finished, so this EOF is the connection's last.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        from: &TcpStream,
-        to: &TcpStream,
+        (from, to, counter): (&TcpStream, &TcpStream, Option<&Counter>),
         reverse_done: bool,
     ) -> Poll<io::Result<()>> {
         loop {
@@ -332,7 +352,7 @@ impl Half {
                     Ok(n) => {
                         // n <= pending, which fits in u32.
                         self.pending -= n as u32;
-                        self.moved += n as u64;
+                        self.wrote(n, counter);
                         if let Stage::Copy { start, .. } = &mut self.stage {
                             *start += n as u32;
                         }
@@ -357,7 +377,7 @@ impl Half {
             }
             ready!(from.poll_read_ready(cx))?;
             if self.mode == Mode::Small {
-                match self.read_small(from, to) {
+                match self.read_small(from, to, counter) {
                     Ok(0) => self.eof = true,
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

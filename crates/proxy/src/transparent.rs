@@ -146,6 +146,7 @@ pub(crate) async fn accept_loop(
                 shared.status.total_connections.fetch_add(1, Ordering::Relaxed);
                 shared.status.failed_connections.fetch_add(1, Ordering::Relaxed);
                 shared.status.unrouted_connections.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.unrouted.inc();
                 let message = match &dst {
                     Ok(d) => format!("intercepted connection from {peer} to {d}, which is no service port; reset"),
                     Err(e) => format!("connection from {peer} to the transparent port was not redirected ({e}); reset"),

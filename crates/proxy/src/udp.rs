@@ -24,7 +24,7 @@
 //! - An endpoint on another node is reached through the tunnel (see
 //!   [`crate::remote`]): the session's datagrams go, in order, to a task
 //!   that opens the tunnel's datagram session (one stream for the whole
-//!   session, never one per datagram) and relays both ways; if the tunnel
+//!   session, never one per datagram) and relays both ways (`remote`); if the tunnel
 //!   cannot reach the endpoint, it is ejected and the client's next datagram
 //!   opens a session elsewhere.
 //!
@@ -40,6 +40,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use edgemesh_metrics::{Counter, Gauge};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -66,6 +67,8 @@ thread_local! {
 /// or is busy; beyond this they are dropped.
 const REMOTE_QUEUE: usize = 256;
 
+mod remote;
+
 /// One client's session.
 struct Session {
     id: u64,
@@ -75,6 +78,8 @@ struct Session {
     last: Arc<AtomicU64>,
     task: AbortHandle,
     shared: Arc<Shared>,
+    /// The port's `sessions_active` gauge.
+    active: Gauge,
 }
 
 /// How a session's datagrams reach its endpoint.
@@ -87,10 +92,14 @@ enum Link {
 
 impl Link {
     /// Sends now or fails: `WouldBlock` when full, `BrokenPipe` when the
-    /// tunnel session has ended.
-    fn send(&self, data: &[u8]) -> io::Result<()> {
+    /// tunnel session has ended. A datagram sent to a local endpoint is
+    /// counted in `sent`; one queued for the tunnel is counted by its task,
+    /// once handed to the tunnel.
+    fn send(&self, data: &[u8], sent: &Counter) -> io::Result<()> {
         match self {
-            Link::Local(socket) => send(socket, data).map(drop),
+            Link::Local(socket) => send(socket, data).map(|n| {
+                sent.inc_by(n as u64);
+            }),
             Link::Remote(queue) => queue.try_send(data.to_vec()).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => io::ErrorKind::WouldBlock.into(),
                 mpsc::error::TrySendError::Closed(_) => io::ErrorKind::BrokenPipe.into(),
@@ -103,6 +112,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.task.abort();
         self.shared.status.udp_sessions.fetch_sub(1, Ordering::Relaxed);
+        self.active.dec();
     }
 }
 
@@ -175,7 +185,7 @@ impl Port {
     fn datagram(&mut self, data: &[u8], client: SocketAddr) {
         if let Some(session) = self.sessions.get(&client) {
             session.last.store(self.clock.now_ms(), Ordering::Relaxed);
-            match session.link.send(data) {
+            match session.link.send(data, &self.pool.metrics.udp().sent) {
                 Ok(()) => return,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                     // The endpoint went away since the last datagram: eject it
@@ -193,11 +203,12 @@ impl Port {
                 }
             }
         }
+        let pool = self.pool.clone();
         let Some(session) = self.open(client) else {
             self.drop_datagram();
             return;
         };
-        if session.link.send(data).is_err() {
+        if session.link.send(data, &pool.metrics.udp().sent).is_err() {
             self.drop_datagram();
         }
     }
@@ -268,14 +279,18 @@ impl Port {
                     let open = remote.open_udp(node, backend, &self.pool.service);
                     let node: Arc<str> = Arc::from(node);
                     let affinity = (targets.clone(), client.ip());
-                    (Link::Remote(queue), tokio::spawn(relay_remote(open, node, queued, affinity, ends)))
+                    (Link::Remote(queue), tokio::spawn(remote::relay_remote(open, node, queued, affinity, ends)))
                 }
                 (None, None) => unreachable!("a local endpoint has its socket"),
             };
             status.udp_sessions.fetch_add(1, Ordering::Relaxed);
             status.total_udp_sessions.fetch_add(1, Ordering::Relaxed);
+            let metrics = self.pool.metrics.udp();
+            metrics.opened.inc();
+            metrics.active.inc();
             tracing::trace!(service = %self.pool.service, %client, %backend, "UDP session opened");
-            let session = Session { id, backend, link, last, task: task.abort_handle(), shared: self.shared.clone() };
+            let (task, shared, active) = (task.abort_handle(), self.shared.clone(), metrics.active.clone());
+            let session = Session { id, backend, link, last, task, shared, active };
             self.sessions.insert(client, session);
             return self.sessions.get(&client);
         }
@@ -287,6 +302,7 @@ impl Port {
 
     fn drop_datagram(&self) {
         self.shared.status.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
+        self.pool.metrics.udp().dropped.inc();
     }
 }
 
@@ -348,6 +364,22 @@ impl SessionEnds {
     fn end(&self) {
         let _ = self.ended.0.send((self.client, self.ended.1));
     }
+
+    /// Sends the endpoint's `reply` to the client from the service address,
+    /// counting it as received or dropped.
+    fn reply(&self, reply: &[u8]) {
+        match send_to(&self.service_socket, reply, self.client) {
+            Ok(n) => {
+                self.pool.metrics.udp().received.inc_by(n as u64);
+            }
+            Err(_) => self.dropped(),
+        }
+    }
+
+    fn dropped(&self) {
+        self.shared.status.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
+        self.pool.metrics.udp().dropped.inc();
+    }
 }
 
 /// What a local session's reply task needs.
@@ -400,62 +432,6 @@ async fn relay_replies(r: Relay) {
     e.end();
 }
 
-/// A session to an endpoint on another node: opens the tunnel's datagram
-/// session, then relays queued datagrams out and replies back until idle.
-/// A failed open ejects the endpoint.
-async fn relay_remote(
-    open: crate::remote::RemoteFuture<crate::remote::RemoteDatagrams>,
-    node: Arc<str>,
-    mut queued: mpsc::Receiver<Vec<u8>>,
-    (targets, client_ip): (Arc<crate::pool::Targets>, IpAddr),
-    e: SessionEnds,
-) {
-    let timeout = e.shared.reach.timeout();
-    let opened = match tokio::time::timeout(timeout, open).await {
-        Ok(Ok(opened)) => opened,
-        Ok(Err(err)) => return e.fail(ProxyError::remote(&node, e.backend, err)),
-        Err(_) => return e.fail(ProxyError::RemoteTimedOut { node: node.to_string(), addr: e.backend, timeout }),
-    };
-    e.pool.connected(&targets, client_ip, e.backend);
-    let crate::remote::RemoteDatagrams { to_remote, mut from_remote } = opened;
-    loop {
-        tokio::select! {
-            datagram = queued.recv() => {
-                let Some(datagram) = datagram else { break };
-                if to_remote.try_send(datagram).is_err() {
-                    e.shared.status.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            reply = from_remote.recv() => {
-                let Some(reply) = reply else {
-                    tracing::debug!(service = %e.pool.service, backend = %e.backend, %node, "tunnel UDP session ended by the remote side");
-                    break;
-                };
-                e.touch();
-                if send_to(&e.service_socket, &reply, e.client).is_err() {
-                    e.shared.status.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            () = tokio::time::sleep_until(e.deadline()) => {
-                if e.expired() {
-                    tracing::trace!(service = %e.pool.service, client = %e.client, "UDP session idle; closing");
-                    break;
-                }
-            }
-        }
-    }
-    e.end();
-}
-
-impl SessionEnds {
-    /// The session could not be opened: eject the endpoint, say why, end.
-    fn fail(&self, error: ProxyError) {
-        self.pool.failed(self.backend);
-        self.pool.report(&error);
-        self.end();
-    }
-}
-
 impl Relay {
     /// The error an ICMP message left on the socket (port unreachable:
     /// `ECONNREFUSED`), taken off it; `None`, with the error readiness
@@ -477,9 +453,7 @@ impl Relay {
                 match self.backend_socket.try_recv(buf) {
                     Ok(n) => {
                         moved += 1;
-                        if send_to(&self.ends.service_socket, &buf[..n], self.ends.client).is_err() {
-                            self.ends.shared.status.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
-                        }
+                        self.ends.reply(&buf[..n]);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if moved > 0 => {

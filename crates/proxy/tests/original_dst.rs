@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use common::*;
 use edgemesh_core::LbStrategy;
+use edgemesh_metrics::{AgentRegistry, Format};
 use edgemesh_proxy::{OriginalDst, Proxy, ProxyConfig};
+use edgemesh_test_support::scrape::sample;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpSocket;
 
@@ -52,10 +54,11 @@ async fn connections_go_where_they_were_originally_sent() {
     let mut h = start_registry(90, LbStrategy::RoundRobin);
     let lookup = Arc::new(Redirected::default());
     let config = ProxyConfig { transparent: true, workers: 1, max_connections: 100, ..ProxyConfig::default() };
-    let mut proxy = Proxy::new(config, h.snapshots.clone()).with_original_dst(lookup.clone());
+    let mut registry = AgentRegistry::new("test");
+    let mut proxy =
+        Proxy::new(config, h.snapshots.clone()).with_original_dst(lookup.clone()).with_metrics(registry.edgemesh(), 10);
     let port = proxy.bind_transparent(0).unwrap()[0].port();
-    h.status = proxy.status();
-    h.proxy = Some(tokio::spawn(proxy.run(h.shutdown.clone())));
+    h.run_proxy(proxy);
     let web = edgemesh_core::build::service(NS, "web").port("http", PORT, 80).cluster_ip("10.96.0.10").object();
     add_on_nodes(&mut h, web, "web", &[(identity_backend("web").await, "node-a")], false).await;
     let listener = SocketAddr::from(([127, 0, 0, 1], port));
@@ -69,5 +72,9 @@ async fn connections_go_where_they_were_originally_sent() {
     assert_eq!(connect_as(listener, &lookup, Some(no_service)).await, None, "no service port there: reset");
     assert_eq!(connect_as(listener, &lookup, None).await, None, "not redirected: reset");
     assert_eq!(h.status.unrouted_connections.load(Ordering::Relaxed), 2);
+    let scrape = registry.encode(Format::Text);
+    assert_eq!(sample(&scrape, "edgemesh_proxy_unrouted_connections_total"), Some(2.0), "{scrape}");
+    let web = r#"{service="default/web",port="8080"}"#;
+    assert_eq!(sample(&scrape, &format!("edgemesh_tcp_connections_opened_total{web}")), Some(2.0), "{scrape}");
     h.stop().await;
 }

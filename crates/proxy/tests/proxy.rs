@@ -26,23 +26,6 @@ async fn spread(addr: std::net::SocketAddr, n: usize) -> HashMap<String, usize> 
     counts
 }
 
-/// A client read ended by a reset or an immediate close.
-fn is_reset_or_eof(r: &io::Result<usize>) -> bool {
-    match r {
-        Ok(0) => true,
-        Err(e) => matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted),
-        Ok(_) => false,
-    }
-}
-
-/// Connects and reads once: how a refused-by-the-proxy connection ends. The
-/// reset can arrive before tokio's connect returns, so a reset from connect
-/// counts as well.
-async fn connect_and_read(addr: std::net::SocketAddr) -> io::Result<usize> {
-    let mut s = TcpStream::connect(addr).await?;
-    tokio::time::timeout(Duration::from_secs(1), s.read(&mut [0u8; 16])).await.expect("closed at once")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_evenly() {
     let mut h = start(1, LbStrategy::RoundRobin).await;
@@ -101,19 +84,7 @@ async fn timed_out_endpoint_is_skipped() {
     let config =
         ProxyConfig { connect_timeout: Duration::from_millis(200), max_connections: 100, ..ProxyConfig::default() };
     let mut h = start_with(4, LbStrategy::RoundRobin, config).await;
-    // A listener with backlog 0 that never accepts: fill its queue.
-    let stuck = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    stuck.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
-    stuck.listen(0).unwrap();
-    let stuck_addr = stuck.local_addr().unwrap().as_socket().unwrap();
-    let mut fillers = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(stuck_addr)).await {
-            Ok(Ok(s)) => fillers.push(s),
-            _ => break,
-        }
-        assert!(fillers.len() < 10, "the accept queue should fill after a connection or two");
-    }
+    let (stuck_addr, _stuck, _fillers) = stuck_endpoint().await;
     add_service(&mut h, "web", &[identity_backend("a").await, stuck_addr]).await;
     let started = Instant::now();
     let counts = spread(h.addr("web"), 4).await;

@@ -254,3 +254,46 @@ async fn tunnelled_endpoints_of_the_other_family_are_not_used() {
     assert_eq!(calls, vec![("tcp", "node-b".to_owned(), v4); 10], "no stream to the IPv6 endpoint");
     h.stop().await;
 }
+
+/// Through the tunnel too, bytes are counted exactly each way (as the copy
+/// writes them), a connection whose only endpoint's node cannot be reached
+/// counts as a `tunnel` failure and ejects that endpoint, and datagrams to
+/// another node count once handed to the tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnelled_traffic_and_tunnel_failures_are_counted() {
+    let mut h = start_registry(73, LbStrategy::RoundRobin);
+    let tunnel = Arc::new(LoopbackTunnel { calls: Calls::default() });
+    let registry = h.start_counted_proxy(config(), Some(tunnel), 100);
+    add_on_nodes(&mut h, service("web"), "web", &[(reply_after_eof_backend("far").await, "node-b")], false).await;
+    add_on_nodes(&mut h, service("down"), "down", &[(identity_backend("x").await, "node-down")], false).await;
+    let dns = svc_builder(NS, "dns").udp_port("p", PORT, 53).object();
+    add_on_nodes(&mut h, dns, "dns", &[(udp_echo().await, "node-b")], true).await;
+
+    let mut s = TcpStream::connect(h.addr("web")).await.unwrap();
+    s.write_all(&[1u8; 100_000]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut reply)).await.unwrap().unwrap();
+    assert_eq!(reply, "far:100000");
+    assert!(is_reset_or_eof(&connect_and_read(h.addr("down")).await));
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.connect(h.addr("dns")).await.unwrap();
+    paced_stream(&client, 100, 0).await;
+
+    let text = settles(
+        &registry,
+        &[
+            is(series("edgemesh_tcp_sent_bytes_total", "web"), 100_000.0),
+            is(series("edgemesh_tcp_received_bytes_total", "web"), reply.len() as f64),
+            is(series("edgemesh_tcp_connection_duration_seconds_count", "web"), 1.0),
+            is(failed("down", "tunnel"), 1.0),
+            is(series("edgemesh_endpoint_ejections_total", "down"), 1.0),
+            is(series("edgemesh_udp_sessions_opened_total", "dns"), 1.0),
+            is(series("edgemesh_udp_sent_bytes_total", "dns"), 400.0),
+            is(series("edgemesh_udp_received_bytes_total", "dns"), 400.0),
+        ],
+    )
+    .await;
+    edgemesh_test_support::scrape::promtool_check(&text);
+    h.stop().await;
+}

@@ -4,6 +4,8 @@
 //! - [`eventually`] (async) and [`blocking::eventually`]: retry a check
 //!   until it holds, with a deadline.
 //! - [`loopback`]: echo servers and closed ports on 127.0.0.1.
+//! - [`scrape`]: a sample's value in a `/metrics` text, and `promtool
+//!   check metrics` on it.
 //! - `netns` (feature `netns`): network namespaces as nodes (one root
 //!   check), links, LANs, NAT routers, and real servers and clients inside
 //!   them.
@@ -19,6 +21,7 @@ pub mod loopback;
 pub mod netns;
 #[cfg(feature = "registry")]
 pub mod registry;
+pub mod scrape;
 
 use std::time::Duration;
 

@@ -58,6 +58,7 @@ pub(super) fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full
             };
             json(&dump)
         }
+        p if p.starts_with("/services/") => super::service::route(state, &p["/services/".len()..]),
         "/nodes" => {
             let snap = state.snapshots.borrow().clone();
             json(&NodesDump { generation: snap.generation, nodes: snap.nodes().map(|n| &**n).collect() })
@@ -72,7 +73,8 @@ pub(super) fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full
         "/metrics" => metrics(state, &req),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz, /readyz, /services, /nodes, /peers, /config, /reload, /logging, /metrics\n",
+            "not found; try /healthz, /readyz, /services, /services/<ns>/<name>, /nodes, /peers, /config, /reload, /logging, \
+             /metrics\n",
         ),
     }
 }

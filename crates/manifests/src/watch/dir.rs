@@ -68,9 +68,7 @@ impl Scanner {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            // Dotfiles are skipped: ConfigMap volumes keep `..data` and
-            // `..<timestamp>` there, and editors their swap files.
-            if name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+            if !super::is_manifest_file(name) {
                 continue;
             }
             let path = entry.path();

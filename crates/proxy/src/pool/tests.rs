@@ -139,3 +139,29 @@ fn pool_update_reports_changes_only() {
     assert!(pool.update(Targets::new(LbStrategy::ConsistentHash, b1)));
     assert!(pool.targets().ring.is_some(), "a consistent-hash port has its ring");
 }
+
+/// What `edgemesh status service` shows: each endpoint's failures since its
+/// last success and how long it stays ejected; a success clears both.
+#[tokio::test(start_paused = true)]
+async fn endpoint_health_reports_ejections_and_failures() {
+    let backends: Arc<[Backend]> = vec![backend("10.0.0.1:80"), backend("10.0.0.2:80")].into();
+    let pool = Pool::new(
+        ServiceKey::new("default", "web"),
+        "127.251.0.1:80".parse().unwrap(),
+        Targets::new(LbStrategy::RoundRobin, backends.clone()),
+    );
+    let health = |pool: &Pool| {
+        pool.endpoint_health().into_iter().map(|e| (e.consecutive_failures, e.ejected_for_seconds)).collect::<Vec<_>>()
+    };
+    assert_eq!(health(&pool), [(0, None), (0, None)], "no failure: all healthy");
+    pool.failed(backends[0].addr);
+    assert_eq!(health(&pool), [(1, Some(1.0)), (0, None)], "ejected for the base back-off");
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    pool.failed(backends[0].addr);
+    assert_eq!(health(&pool), [(2, Some(2.0)), (0, None)], "a failed retry doubles it");
+    tokio::time::advance(Duration::from_secs(3)).await;
+    assert_eq!(health(&pool), [(2, None), (0, None)], "ejection over; the failures stay until a success");
+    pool.healthy(&backends[0].addr);
+    assert_eq!(health(&pool), [(0, None), (0, None)]);
+    assert_eq!(pool.endpoint_health()[1].address, backends[1].addr);
+}

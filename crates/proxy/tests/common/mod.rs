@@ -7,11 +7,13 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use edgemesh_core::registry::EventSink;
 use edgemesh_core::{LbStrategy, Object, ObjectKey, ObjectKind, RegistryConfig, ServiceKey, Snapshot, SourceEvent};
+use edgemesh_metrics::{AgentRegistry, Format};
 use edgemesh_proxy::{Proxy, ProxyConfig, ProxyStatus};
+use edgemesh_test_support::scrape::sample;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -81,11 +83,34 @@ impl Harness {
     /// Starts the proxy with `remote` carrying connections to endpoints on
     /// other nodes.
     pub fn start_proxy_through(&mut self, config: ProxyConfig, remote: Option<Arc<dyn edgemesh_proxy::Remote>>) {
+        let proxy = self.proxy_through(config, remote);
+        self.run_proxy(proxy);
+    }
+
+    /// Starts the proxy (through `remote`, if any) with its metrics in an
+    /// agent's registry, at most `max_services` service labels; returns
+    /// the registry to scrape.
+    pub fn start_counted_proxy(
+        &mut self,
+        config: ProxyConfig,
+        remote: Option<Arc<dyn edgemesh_proxy::Remote>>,
+        max_services: usize,
+    ) -> AgentRegistry {
+        let mut registry = AgentRegistry::new("test");
+        let proxy = self.proxy_through(config, remote).with_metrics(registry.edgemesh(), max_services);
+        self.run_proxy(proxy);
+        registry
+    }
+
+    fn proxy_through(&self, config: ProxyConfig, remote: Option<Arc<dyn edgemesh_proxy::Remote>>) -> Proxy {
         let proxy = Proxy::new(config, self.snapshots.clone());
-        let proxy = match remote {
+        match remote {
             Some(remote) => proxy.with_remote(remote, Duration::from_secs(2)),
             None => proxy,
-        };
+        }
+    }
+
+    pub fn run_proxy(&mut self, proxy: Proxy) {
         self.status = proxy.status();
         self.proxy = Some(tokio::spawn(proxy.run(self.shutdown.clone())));
     }
@@ -228,6 +253,75 @@ pub async fn reply_after_eof_backend(id: &'static str) -> SocketAddr {
         }
     });
     addr
+}
+
+/// A listener with a backlog of 0 whose queue is full and which never
+/// accepts: connects to it are silently dropped and time out. Keep the
+/// returned socket and connections for as long as it should stay stuck.
+pub async fn stuck_endpoint() -> (SocketAddr, socket2::Socket, Vec<TcpStream>) {
+    let stuck = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    stuck.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    stuck.listen(0).unwrap();
+    let addr = stuck.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => fillers.push(s),
+            _ => break,
+        }
+        assert!(fillers.len() < 10, "the accept queue should fill after a connection or two");
+    }
+    (addr, stuck, fillers)
+}
+
+/// A client read ended by a reset or an immediate close.
+pub fn is_reset_or_eof(r: &io::Result<usize>) -> bool {
+    match r {
+        Ok(0) => true,
+        Err(e) => matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted),
+        Ok(_) => false,
+    }
+}
+
+/// Connects and reads once: how a refused-by-the-proxy connection ends. The
+/// reset can arrive before tokio's connect returns, so a reset from connect
+/// counts as well.
+pub async fn connect_and_read(addr: std::net::SocketAddr) -> io::Result<usize> {
+    let mut s = TcpStream::connect(addr).await?;
+    tokio::time::timeout(Duration::from_secs(1), s.read(&mut [0u8; 16])).await.expect("closed at once")
+}
+
+/// `name{service="default/<service>",port="8080"}`.
+pub fn series(name: &str, service: &str) -> String {
+    let service = if service == "other" { service.to_owned() } else { format!("{NS}/{service}") };
+    format!("{name}{{service=\"{service}\",port=\"{PORT}\"}}")
+}
+
+pub fn failed(service: &str, reason: &str) -> String {
+    format!("edgemesh_tcp_connections_failed_total{{service=\"{NS}/{service}\",port=\"{PORT}\",reason=\"{reason}\"}}")
+}
+
+/// Waits until every sample in `expected` has its value (`None`: absent),
+/// or fails showing the scrape.
+pub async fn settles(registry: &AgentRegistry, expected: &[(String, Option<f64>)]) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = registry.encode(Format::Text);
+        let wrong: Vec<_> = expected
+            .iter()
+            .filter(|(series, value)| sample(&text, series) != *value)
+            .map(|(series, value)| format!("{series}: want {value:?}, have {:?}", sample(&text, series)))
+            .collect();
+        if wrong.is_empty() {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "not reached in {WAIT:?}:\n{}\n--- the scrape:\n{text}", wrong.join("\n"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn is(series: String, value: f64) -> (String, Option<f64>) {
+    (series, Some(value))
 }
 
 /// Connects and returns everything the backend sent before closing.
