@@ -352,11 +352,12 @@ impl Agent {
         drain.cancel();
         shutdown.cancel();
         let stopped = tokio::time::timeout(DRAIN_DEADLINE, async {
-            if !proxy_done {
-                let _ = proxy_task.await;
-            }
-            components.drain().await;
-            let _ = registry_task.await;
+            let proxy = async {
+                if !proxy_done {
+                    let _ = proxy_task.await;
+                }
+            };
+            let _ = tokio::join!(proxy, components.drain(), registry_task);
         })
         .await;
         if stopped.is_err() {
