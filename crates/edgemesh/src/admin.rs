@@ -154,7 +154,8 @@ impl AdminServer {
     /// `shutdown`; the returned future (for the agent's runtime) resolves
     /// when that thread has ended.
     pub fn spawn(self, shutdown: CancellationToken) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
-        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let (done_tx, mut done) = tokio::sync::oneshot::channel();
+        let stopped = shutdown.clone();
         let thread = std::thread::Builder::new().name("edgemesh-admin".into()).spawn(move || {
             let served = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -164,7 +165,14 @@ impl AdminServer {
             let _ = done_tx.send(served);
         });
         async move {
-            thread.context("cannot start the admin endpoint's thread")?;
+            let thread = thread.context("cannot start the admin endpoint's thread")?;
+            tokio::select! {
+                served = &mut done => return served.context("the admin endpoint's thread ended without a result")?,
+                () = stopped.cancelled() => {}
+            }
+            // Stopping: wait for the thread (its port closed) as blocking
+            // work, which a test's paused clock does not jump over.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
             done.await.context("the admin endpoint's thread ended without a result")?
         }
     }
