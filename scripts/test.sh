@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole edgemesh test suite: formatting, lints, unit and end-to-end
 # tests. Installs the real tools the tests drive (dig, curl, nginx, nft, ip, iperf3,
-# miniupnpd) when they are missing and we are root; otherwise says what to install.
+# miniupnpd, prometheus) when they are missing and we are root; otherwise says what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,19 +14,33 @@ command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
 # Tunnel tests: bulk transfer through the tunnel.
 command -v iperf3 >/dev/null || need+=(iperf3)
+# The topology page (/ui) in a headless browser.
+[ -x /usr/bin/chromium ] || need+=(chromium)
 # State tests: a tmpfs in a mount namespace of their own (as root).
 command -v unshare >/dev/null && command -v nsenter >/dev/null || need+=(util-linux)
 command -v mount >/dev/null || [ -x /usr/bin/mount ] || need+=(mount)
 # Tunnel port mapping: a UPnP router (its nftables build) in a router namespace; the Debian
 # package does not start it (debconf's default).
 [ -x /usr/sbin/miniupnpd ] || need+=(miniupnpd-nftables)
-# Metrics: promtool checks every /metrics scrape a test takes.
-command -v promtool >/dev/null || need+=(prometheus)
+# Metrics: a real Prometheus server and promtool (no system server is started: see .ci/run).
+[ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || need+=(prometheus)
+# Kernel fast path (crates/ebpf): clang and libbpf's headers compile the BPF programs; its
+# tests count attached programs with bpftool and drive sockets from python3.
+command -v clang >/dev/null || need+=(clang)
+[ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+command -v bpftool >/dev/null || [ -x /usr/sbin/bpftool ] || need+=(bpftool)
+command -v python3 >/dev/null || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing: ${need[*]}"
     apt-get update -qq
+    own_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+      own_policy=1 && trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    [ -z "$own_policy" ] || { rm -f /usr/sbin/policy-rc.d; trap - EXIT; }
   else
     echo "missing tools: ${need[*]} (install them, e.g. apt-get install ${need[*]})" >&2
     exit 1
@@ -44,3 +58,4 @@ cargo test -p edgemesh-tunnel --features quic --locked --test tunnel "$@"
 cargo clippy -p edgemesh --features quic --all-targets --locked -- -D warnings
 cargo test -p edgemesh --features quic --locked --test tunnel_e2e "$@" -- a_node_behind_nat nodes_behind_two_nats
 cargo test -p edgemesh --features quic --locked --test tunnel_faults_e2e "$@"
+cargo test -p edgemesh --features quic --locked --test tunnel_metrics_e2e "$@"

@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use edgemesh_core::{Clock, Connection, SourceReport};
+use edgemesh_metrics::prometheus_client::encoding::EncodeLabelSet;
+use edgemesh_metrics::{Counter, Family, Registry};
 use serde::Serialize;
 
 /// Where the state the agent serves comes from.
@@ -25,6 +27,38 @@ pub struct CacheStatus {
     record: Mutex<StatusRecord>,
     /// Reads the time for the ages reported and the cache's stamps.
     pub(crate) clock: Clock,
+    pub(crate) writes: Writes,
+}
+
+/// `cache_writes_total{result}`: transactions written to the cache file
+/// (a batch of events, or the changes kept while writes failed), by result.
+#[derive(Debug)]
+pub(crate) struct Writes {
+    family: Family<WriteLabels, Counter>,
+    ok: Counter,
+    error: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriteLabels {
+    result: &'static str,
+}
+
+impl Writes {
+    fn new() -> Self {
+        let family = Family::<WriteLabels, Counter>::default();
+        let ok = family.get_or_create_owned(&WriteLabels { result: "ok" });
+        let error = family.get_or_create_owned(&WriteLabels { result: "error" });
+        Self { family, ok, error }
+    }
+
+    /// Counts one transaction's result.
+    pub(crate) fn count<T, E>(&self, result: &Result<T, E>) {
+        match result {
+            Ok(_) => self.ok.inc(),
+            Err(_) => self.error.inc(),
+        };
+    }
 }
 
 /// What the status says: where the state comes from, its stamps, and the cache file's health.
@@ -142,7 +176,18 @@ impl CacheStatus {
                 degraded: None,
             }),
             clock,
+            writes: Writes::new(),
         })
+    }
+
+    /// Registers `cache_writes_total{result}` in `registry` (the agent's
+    /// `edgemesh_` one).
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "cache_writes",
+            "Transactions written to the cache file, by result (ok, error)",
+            self.writes.family.clone(),
+        );
     }
 
     pub fn report(&self) -> StateReport {

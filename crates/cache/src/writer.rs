@@ -105,6 +105,7 @@ impl Writer {
     /// Takes note of a batch written (or not) to the store; a failure
     /// starts keeping the changes.
     pub(crate) fn written(&mut self, events: &[SourceEvent], result: Result<(), CacheError>) {
+        self.status.writes.count(&result);
         match (&mut self.state, result) {
             (State::Writable(_), Ok(())) => {}
             (State::Writable(_), Err(e)) => self.fail(events, &e, false),
@@ -143,6 +144,7 @@ impl Writer {
         })
         .await;
         let Ok((changes, written)) = attempt else { return }; // the runtime is shutting down
+        self.status.writes.count(&written);
         match written {
             Ok((store, dropped)) => {
                 let failing_for = self.status.clock.now().duration_since(f.since).unwrap_or_default();

@@ -204,6 +204,15 @@ async fn until_status(a: &Agent, what: &str, pred: impl Fn(&edgemesh_cache::Stat
     assert!(waited.is_ok(), "waiting for {what}: {:?}", a.status.report());
 }
 
+/// `edgemesh_cache_writes_total{result}` as a scrape shows it.
+fn writes(a: &Agent, result: &str) -> f64 {
+    let mut registry = edgemesh_metrics::AgentRegistry::new("test");
+    a.status.register_metrics(registry.edgemesh());
+    let text = registry.encode(edgemesh_metrics::Format::Text);
+    let series = format!(r#"edgemesh_cache_writes_total{{result="{result}"}}"#);
+    edgemesh_test_support::scrape::sample(&text, &series).unwrap_or_else(|| panic!("no {series} in {text}"))
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_unusable_state_dir_is_served_from_memory_and_recovers_with_the_whole_state() {
     let dir = tempfile::tempdir().unwrap();
@@ -229,6 +238,9 @@ async fn an_unusable_state_dir_is_served_from_memory_and_recovers_with_the_whole
     // Retries keep failing (and are not logged as new failures) while it stays unusable.
     tokio::time::sleep(edgemesh_cache::RETRY_FIRST * 4).await;
     assert!(a.status.report().cache_degraded);
+    let failed = writes(&a, "error");
+    assert!(failed >= 2.0, "each failed retry is a failed write: {failed}");
+    assert_eq!(writes(&a, "ok"), 0.0);
 
     // Usable again: the next retry writes the whole state, not just what changes next.
     std::fs::remove_file(&state).unwrap();
@@ -237,6 +249,9 @@ async fn an_unusable_state_dir_is_served_from_memory_and_recovers_with_the_whole
     // And writes go through again.
     a.source.send(SourceEvent::Apply(service("api", 82))).await.unwrap();
     a.until("a change after the recovery", |s| has(s, "api")).await;
+    // The retry that recovered, then the batch with api.
+    until_status(&a, "both writes counted", |_| writes(&a, "ok") == 2.0).await;
+    assert!(writes(&a, "error") >= failed);
     a.stop().await;
     assert_eq!(cached_names(&state), ["api", "cart", "web"]);
 }

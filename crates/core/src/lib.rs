@@ -14,6 +14,8 @@
 //!   get a VIP of which family.
 //! - [`registry`]: the task that owns state and publishes snapshots.
 //! - [`health`]: whether a source is connected, for the admin endpoint.
+//! - [`metrics`]: what the source delivered and the registry holds, for
+//!   `/metrics`.
 //! - [`clock`]: wall-clock time, injectable for the ages reported.
 //! - [`duration`]: how settings write durations (`250ms`, `2s`).
 #![forbid(unsafe_code)]
@@ -22,6 +24,7 @@ pub mod build;
 pub mod clock;
 pub mod duration;
 pub mod health;
+pub mod metrics;
 pub mod node;
 pub mod object;
 pub mod registry;

@@ -93,7 +93,7 @@ impl Registry {
     /// Registers a source and returns the sink it sends events to.
     pub fn source(&mut self) -> EventSink {
         self.sources += 1;
-        EventSink { source: self.sources - 1, tx: self.tx.clone() }
+        EventSink { source: self.sources - 1, tx: self.tx.clone(), metrics: None }
     }
 
     /// A receiver of published snapshots.

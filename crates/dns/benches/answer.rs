@@ -58,7 +58,7 @@ fn answer(c: &mut Criterion) {
             c.bench_function(&format!("dns/answer/{label}/{n}"), |b| {
                 b.iter(|| {
                     out.clear();
-                    let step = h.handle(black_box(&packet), Transport::Udp, &mut out);
+                    let step = h.handle(black_box(&packet), Transport::Udp, [127, 0, 0, 1].into(), &mut out);
                     assert!(matches!(step, Step::Reply));
                     black_box(&out);
                 })

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
+use crate::metrics::{CacheMetrics, CacheType};
+
 /// Longest time a positive answer is kept, whatever its TTL says.
 pub const MAX_TTL: u32 = 86_400;
 /// Longest time a negative answer (NXDOMAIN, NODATA) is kept.
@@ -39,6 +41,16 @@ pub struct CachedAnswer {
 }
 
 impl CachedAnswer {
+    /// A positive answer, or a denial (NXDOMAIN, NODATA), as the cache
+    /// metrics tell them apart.
+    pub fn cache_type(&self) -> CacheType {
+        if self.rcode == ResponseCode::NoError && !self.answers.is_empty() {
+            CacheType::Success
+        } else {
+            CacheType::Denial
+        }
+    }
+
     /// An uncached view of `msg` (age zero), for answers that are not stored.
     pub fn fresh(msg: Message, now: Instant) -> Self {
         Self {
@@ -93,6 +105,7 @@ pub fn cache_ttl(msg: &Message) -> Option<u32> {
 pub struct Cache {
     capacity: usize,
     answers: Mutex<Answers>,
+    metrics: CacheMetrics,
 }
 
 /// The answers and their eviction order, under one lock.
@@ -108,21 +121,38 @@ struct Answers {
 impl Cache {
     /// A cache of at most `capacity` answers; 0 caches nothing.
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, answers: Mutex::new(Answers::default()) }
+        Self { capacity, answers: Mutex::new(Answers::default()), metrics: CacheMetrics::new("") }
     }
 
-    /// The live answer for `key`, if any.
+    /// Counts hits, misses and entries into `metrics` (from empty).
+    pub(crate) fn with_metrics(mut self, metrics: CacheMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The live answer for `key`, if any (a cache hit or miss in the metrics,
+    /// unless caching is off).
     pub fn get(&self, key: &CacheKey, now: Instant) -> Option<Arc<CachedAnswer>> {
         if self.capacity == 0 {
             return None;
         }
         let mut answers = self.lock();
-        let (_, entry) = answers.entries.get(key)?;
-        if now < entry.expires {
-            return Some(entry.clone());
+        let live = match answers.entries.get(key) {
+            Some((_, entry)) if now < entry.expires => Some(entry.clone()),
+            Some(_) => {
+                if let Some((_, expired)) = answers.entries.remove(key) {
+                    self.metrics.removed(expired.cache_type());
+                }
+                None
+            }
+            None => None,
+        };
+        drop(answers);
+        match &live {
+            Some(hit) => self.metrics.hit(hit.cache_type()),
+            None => self.metrics.miss(),
         }
-        answers.entries.remove(key);
-        None
+        live
     }
 
     /// Stores `msg` (an upstream response to `key`) if it is cacheable, and
@@ -134,12 +164,17 @@ impl Cache {
         let mut answer = CachedAnswer::fresh(msg, now);
         answer.expires = now + Duration::from_secs(u64::from(ttl));
         let answer = Arc::new(answer);
+        self.metrics.stored(answer.cache_type());
         let mut answers = self.lock();
         answers.seq += 1;
         let seq = answers.seq;
-        if answers.entries.insert(key.clone(), (seq, answer.clone())).is_none() {
-            while answers.entries.len() > self.capacity {
-                answers.evict_oldest();
+        match answers.entries.insert(key.clone(), (seq, answer.clone())) {
+            Some((_, replaced)) => self.metrics.removed(replaced.cache_type()),
+            None => {
+                while answers.entries.len() > self.capacity {
+                    let Some(evicted) = answers.evict_oldest() else { break };
+                    self.metrics.removed(evicted.cache_type());
+                }
             }
         }
         answers.order.push_back((key, seq));
@@ -166,13 +201,14 @@ impl Cache {
 }
 
 impl Answers {
-    fn evict_oldest(&mut self) {
+    /// Removes the oldest live entry and returns it.
+    fn evict_oldest(&mut self) -> Option<Arc<CachedAnswer>> {
         while let Some((key, seq)) = self.order.pop_front() {
             if self.entries.get(&key).is_some_and(|(live, _)| *live == seq) {
-                self.entries.remove(&key);
-                return;
+                return self.entries.remove(&key).map(|(_, evicted)| evicted);
             }
         }
+        None
     }
 }
 
@@ -268,6 +304,29 @@ mod tests {
         assert_eq!(cache.len(), 3);
         assert!(cache.get(&key("n2.example."), now).is_some());
         assert!(cache.lock().order.len() <= 2 * 3 + 16);
+    }
+
+    #[test]
+    fn the_entries_gauges_follow_inserts_replacements_evictions_and_expiry() {
+        let cache = Cache::new(2).with_metrics(CacheMetrics::new("dns://test"));
+        let entries = |kind| cache.metrics.entries(kind);
+        let now = Instant::now();
+        cache.insert(key("a."), answer(&[30]), now);
+        cache.insert(key("b."), negative(ResponseCode::NXDomain, 10, 10), now);
+        assert_eq!((entries(CacheType::Success), entries(CacheType::Denial)), (1, 1));
+        // Replaced by a denial: one success less.
+        cache.insert(key("a."), negative(ResponseCode::NoError, 10, 10), now);
+        assert_eq!((entries(CacheType::Success), entries(CacheType::Denial)), (0, 2));
+        // Evicts the oldest (b., a denial).
+        cache.insert(key("c."), answer(&[5]), now);
+        assert_eq!((entries(CacheType::Success), entries(CacheType::Denial)), (1, 1));
+        // Expired and looked up: gone.
+        assert!(cache.get(&key("c."), now + Duration::from_secs(6)).is_none());
+        assert_eq!((entries(CacheType::Success), entries(CacheType::Denial)), (0, 1));
+        // Uncacheable answers are no entries.
+        cache.insert(key("d."), answer(&[0]), now);
+        assert_eq!((entries(CacheType::Success), entries(CacheType::Denial)), (0, 1));
+        assert_eq!(cache.len(), 1);
     }
 
     #[test]

@@ -20,6 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::timeout_at;
 
+use crate::metrics::{ForwardMetrics, UpstreamMetrics};
+
 /// EDNS payload size we advertise upstream (the DNS flag day 2020 value).
 pub const UPSTREAM_PAYLOAD: u16 = 1232;
 
@@ -41,6 +43,8 @@ pub enum UpstreamError {
 pub struct Forwarder {
     /// Loaded once per forwarded query; replaced by a reload ([`Forwarder::set`]).
     upstreams: ArcSwap<Upstreams>,
+    /// Where a new upstream's metrics are made (set by [`Forwarder::with_metrics`]).
+    families: ForwardMetrics,
     /// Seconds since `epoch` of the last warning, to log failures at warn
     /// at most once per [`WARN_EVERY`].
     last_warn: AtomicU64,
@@ -49,17 +53,36 @@ pub struct Forwarder {
 
 const WARN_EVERY: Duration = Duration::from_secs(30);
 
-/// The resolvers, tried in order, and the time for all of them.
+/// The resolvers, tried in order, their metrics, and the time for all of them.
 #[derive(Debug)]
 struct Upstreams {
     list: Vec<SocketAddr>,
+    /// Per upstream, in the same order.
+    metrics: Vec<UpstreamMetrics>,
     timeout: Duration,
+}
+
+impl Upstreams {
+    fn new(list: Vec<SocketAddr>, timeout: Duration, families: &ForwardMetrics) -> Self {
+        let metrics = list.iter().map(|to| families.upstream(*to)).collect();
+        Self { list, metrics, timeout }
+    }
 }
 
 impl Forwarder {
     pub fn new(upstreams: Vec<SocketAddr>, timeout: Duration) -> Self {
-        let upstreams = ArcSwap::from_pointee(Upstreams { list: upstreams, timeout });
-        Self { upstreams, last_warn: AtomicU64::new(u64::MAX), epoch: Instant::now() }
+        let families = ForwardMetrics::default();
+        let upstreams = ArcSwap::from_pointee(Upstreams::new(upstreams, timeout, &families));
+        Self { upstreams, families, last_warn: AtomicU64::new(u64::MAX), epoch: Instant::now() }
+    }
+
+    /// Counts requests, responses and their durations per upstream into
+    /// `metrics` (from zero), also for the upstreams a reload brings.
+    pub(crate) fn with_metrics(mut self, metrics: &ForwardMetrics) -> Self {
+        let current = self.upstreams.load_full();
+        self.families = metrics.clone();
+        self.upstreams.store(Arc::new(Upstreams::new(current.list.clone(), current.timeout, &self.families)));
+        self
     }
 
     pub fn upstreams(&self) -> Vec<SocketAddr> {
@@ -69,7 +92,7 @@ impl Forwarder {
     /// Replaces the resolvers and the time budget for the queries to come
     /// (those under way finish with the old ones).
     pub fn set(&self, upstreams: Vec<SocketAddr>, timeout: Duration) {
-        self.upstreams.store(Arc::new(Upstreams { list: upstreams, timeout }));
+        self.upstreams.store(Arc::new(Upstreams::new(upstreams, timeout, &self.families)));
     }
 
     /// Asks the upstreams in order; `None` when none answered usefully in
@@ -87,7 +110,13 @@ impl Forwarder {
             // silent resolver cannot eat the whole budget.
             let left = u32::try_from(upstreams.list.len() - i).unwrap_or(u32::MAX);
             let attempt_deadline = now + (deadline - now) / left;
-            match exchange(*upstream, query, attempt_deadline).await {
+            let (metrics, sent) = (&upstreams.metrics[i], Instant::now());
+            metrics.request();
+            let answered = exchange(*upstream, query, attempt_deadline).await;
+            if let Ok(msg) = &answered {
+                metrics.response(msg.metadata.response_code.low(), sent);
+            }
+            match answered {
                 Ok(msg) => match msg.metadata.response_code {
                     code @ (ResponseCode::ServFail | ResponseCode::Refused | ResponseCode::NotImp) => {
                         self.failed(*upstream, query, &UpstreamError::Rcode(code));

@@ -6,6 +6,7 @@
 //! [`Handler::forward`] to finish in a task of their own.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use crate::cache::{Cache, CacheKey, CachedAnswer};
 use crate::cluster::{self, Outcome, Zone};
 use crate::forward::Forwarder;
+use crate::metrics::{DnsMetrics, QueryInfo, ZoneKind, rcode_of};
 use crate::wire::{OUR_PAYLOAD, Question};
 
 /// Largest UDP response we send, whatever the client's EDNS says.
@@ -58,6 +60,7 @@ pub struct Pending {
     request: Message,
     key: CacheKey,
     max_size: usize,
+    query: QueryInfo,
 }
 
 /// Everything needed to answer: the zone, the snapshots, the upstreams.
@@ -72,6 +75,7 @@ pub struct Handler {
     /// Upstream exchanges in progress, by question; `None` until done, then
     /// the answer (`None` inside: SERVFAIL).
     inflight: Mutex<HashMap<CacheKey, InflightRx>>,
+    metrics: DnsMetrics,
 }
 
 type InflightRx = watch::Receiver<Option<Option<Arc<CachedAnswer>>>>;
@@ -100,7 +104,22 @@ impl Handler {
         cache: Cache,
     ) -> Self {
         let origin_labels = zone.origin().iter().len();
-        Self { zone, snapshots, forwarder, cache, origin_labels, inflight: Mutex::default() }
+        let unbound = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+        let metrics = DnsMetrics::new(unbound, &zone.origin().to_ascii());
+        Self { zone, snapshots, forwarder, cache, origin_labels, inflight: Mutex::default(), metrics }
+    }
+
+    /// Counts every query, response, cache lookup and upstream exchange into
+    /// `metrics` (from zero).
+    pub fn with_metrics(mut self, metrics: DnsMetrics) -> Self {
+        self.forwarder = self.forwarder.map(|f| f.with_metrics(&metrics.forward));
+        self.cache = self.cache.with_metrics(metrics.cache.clone());
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &DnsMetrics {
+        &self.metrics
     }
 
     pub fn cache(&self) -> &Cache {
@@ -117,15 +136,22 @@ impl Handler {
         self.forwarder.as_ref()
     }
 
-    /// Answers `packet` into `out` if that needs no upstream.
-    pub fn handle(&self, packet: &[u8], transport: Transport, out: &mut Vec<u8>) -> Step {
+    /// Answers `packet` (from `client`) into `out` if that needs no upstream.
+    /// Every query answered is counted in the metrics once its response is
+    /// ready (here, or in [`forward`](Self::forward)); packets dropped are not.
+    pub fn handle(&self, packet: &[u8], transport: Transport, client: IpAddr, out: &mut Vec<u8>) -> Step {
+        let mut query = QueryInfo::received(transport, client);
         if let Some(question) = Question::parse(packet)
             && self.fast_answer(&question, transport, out)
         {
+            query.qtype = question.qtype;
+            query.zone = ZoneKind::Cluster;
+            self.metrics.answered(&query, 0);
             return Step::Reply;
         }
-        match self.general(packet, transport) {
+        match self.general(packet, transport, &mut query) {
             Reply::Bytes(bytes) => {
+                self.metrics.answered(&query, rcode_of(&bytes));
                 *out = bytes;
                 Step::Reply
             }
@@ -138,9 +164,9 @@ impl Handler {
     /// [`forward`](Self::forward) if it needs the upstreams. `None` for
     /// packets we do not answer. For the stream transports, which answer one
     /// query of a connection after the other anyway.
-    pub async fn answer(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    pub async fn answer(&self, packet: &[u8], transport: Transport, client: IpAddr) -> Option<Vec<u8>> {
         let mut out = Vec::new();
-        match self.handle(packet, transport, &mut out) {
+        match self.handle(packet, transport, client, &mut out) {
             Step::Reply => Some(out),
             Step::Drop => None,
             Step::Forward(pending) => Some(self.forward(pending).await),
@@ -183,8 +209,9 @@ impl Handler {
         written
     }
 
-    /// Every request the fast path does not take.
-    fn general(&self, packet: &[u8], transport: Transport) -> Reply {
+    /// Every request the fast path does not take; notes its type and zone
+    /// in `info`.
+    fn general(&self, packet: &[u8], transport: Transport, info: &mut QueryInfo) -> Reply {
         let Ok(request) = Message::from_vec(packet) else {
             tracing::trace!(len = packet.len(), "dropping unparsable packet");
             return Reply::Drop;
@@ -203,6 +230,7 @@ impl Handler {
             return Reply::Bytes(self.error(request, ResponseCode::FormErr, max_size));
         }
         let query = &request.queries[0];
+        info.qtype = u16::from(query.query_type());
         let snapshot = self.snapshots.borrow().clone();
         // The cluster zone is class IN only; CHAOS and friends go upstream.
         let outcome = if query.query_class() == DNSClass::IN {
@@ -211,6 +239,9 @@ impl Handler {
             Outcome::Forward
         };
         tracing::trace!(name = %query.name(), qtype = %query.query_type(), ?transport, ?outcome, "query");
+        if !matches!(outcome, Outcome::Forward) {
+            info.zone = ZoneKind::Cluster;
+        }
         let (rcode, answers, additionals) = match outcome {
             Outcome::Answer { answers, additionals } => (ResponseCode::NoError, answers, additionals),
             Outcome::NoData => (ResponseCode::NoError, Vec::new(), Vec::new()),
@@ -221,7 +252,7 @@ impl Handler {
                 return Reply::Bytes(self.error(request, ResponseCode::ServFail, max_size));
             }
             Outcome::NxDomain => (ResponseCode::NXDomain, Vec::new(), Vec::new()),
-            Outcome::Forward => return self.outside(request, max_size),
+            Outcome::Forward => return self.outside(request, max_size, *info),
         };
         let authorities = if answers.is_empty() { vec![self.zone.soa(snapshot.generation as u32)] } else { Vec::new() };
         let mut response = self.response(request, rcode);
@@ -233,7 +264,7 @@ impl Handler {
     }
 
     /// A name outside the cluster: from the cache, or [`Step::Forward`].
-    fn outside(&self, request: Message, max_size: usize) -> Reply {
+    fn outside(&self, request: Message, max_size: usize, info: QueryInfo) -> Reply {
         if self.forwarder.is_none() {
             return Reply::Bytes(self.error(request, ResponseCode::Refused, max_size));
         }
@@ -242,13 +273,20 @@ impl Handler {
         if let Some(hit) = self.cache.get(&key, Instant::now()) {
             return Reply::Bytes(self.answer_from(request, &hit, max_size));
         }
-        Reply::Forward(Box::new(Pending { request, key, max_size }))
+        Reply::Forward(Box::new(Pending { request, key, max_size, query: info }))
     }
 
     /// Asks the upstreams for `pending` and returns the response bytes
     /// (SERVFAIL when none answered in time).
     pub async fn forward(&self, pending: Box<Pending>) -> Vec<u8> {
-        let Pending { request, key, max_size } = *pending;
+        let query = pending.query;
+        let bytes = self.forward_uncounted(pending).await;
+        self.metrics.answered(&query, rcode_of(&bytes));
+        bytes
+    }
+
+    async fn forward_uncounted(&self, pending: Box<Pending>) -> Vec<u8> {
+        let Pending { request, key, max_size, .. } = *pending;
         let Some(forwarder) = &self.forwarder else {
             return self.error(request, ResponseCode::Refused, max_size);
         };
@@ -286,7 +324,10 @@ impl Handler {
 
     /// A SERVFAIL for a request we had to give up on (overload).
     pub fn servfail(&self, pending: Box<Pending>) -> Vec<u8> {
-        self.error(pending.request, ResponseCode::ServFail, pending.max_size)
+        let query = pending.query;
+        let bytes = self.error(pending.request, ResponseCode::ServFail, pending.max_size);
+        self.metrics.answered(&query, rcode_of(&bytes));
+        bytes
     }
 
     fn answer_from(&self, request: Message, answer: &CachedAnswer, max_size: usize) -> Vec<u8> {

@@ -52,7 +52,7 @@ impl RequestHandler for HickoryHandler {
         mut response_handle: R,
     ) -> ResponseInfo {
         let transport = if request.protocol().is_datagram() { Transport::Udp } else { Transport::Tcp };
-        let Some(bytes) = self.handler.answer(request.as_slice(), transport).await else {
+        let Some(bytes) = self.handler.answer(request.as_slice(), transport, request.src().ip()).await else {
             // Nothing to say (e.g. a request hickory-proto's Message cannot
             // read); the server ignores the returned info.
             return info(&request.metadata, ResponseCode::ServFail);
@@ -188,7 +188,9 @@ mod tests {
             ("www.example.com.", RecordType::A, false),
         ] {
             let packet = query(7, name, qtype, edns);
-            let direct = Message::from_vec(&handler.answer(&packet, Transport::Tcp).await.unwrap()).unwrap();
+            let direct =
+                Message::from_vec(&handler.answer(&packet, Transport::Tcp, [127, 0, 0, 1].into()).await.unwrap())
+                    .unwrap();
             let (info, sent) = exchange(&handler, packet, Protocol::Tcp).await;
             assert_eq!(sent.len(), 1, "{name}");
             let via = Message::from_vec(&sent[0]).unwrap();

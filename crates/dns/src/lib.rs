@@ -28,6 +28,8 @@
 //!   caching.
 //! - [`live`]: the settings a config reload changes while the server runs
 //!   (TTLs, upstreams, upstream timeout).
+//! - [`metrics`]: requests, responses, cache and upstream metrics, named
+//!   and labelled like CoreDNS's.
 //! - [`error`]: the [`DnsError`] enum.
 //!
 //! Built on hickory-proto (wire format) and hickory-server 0.26: TCP is
@@ -54,6 +56,7 @@ pub mod forward;
 pub mod handler;
 pub mod hickory;
 pub mod live;
+pub mod metrics;
 pub mod server;
 pub mod wire;
 

@@ -42,6 +42,7 @@ use crate::error::DnsError;
 use crate::forward::Forwarder;
 use crate::handler::{Handler, MAX_UDP_PAYLOAD, Step, Transport};
 use crate::hickory::HickoryHandler;
+use crate::metrics::DnsMetrics;
 
 /// Most upstream lookups in flight at once; beyond, clients get SERVFAIL.
 const MAX_FORWARDS: usize = 2048;
@@ -81,7 +82,9 @@ impl DnsServer {
         let local_addr = tcp.local_addr().map_err(|source| DnsError::Bind { proto: "TCP", addr: listen, source })?;
         let forwarder =
             (!config.upstreams.is_empty()).then(|| Forwarder::new(config.upstreams.clone(), config.upstream_timeout));
-        let handler = Arc::new(Handler::new(zone, snapshots, forwarder, Cache::new(config.cache_size)));
+        let metrics = DnsMetrics::new(local_addr, &config.cluster_domain);
+        let handler =
+            Arc::new(Handler::new(zone, snapshots, forwarder, Cache::new(config.cache_size)).with_metrics(metrics));
         tracing::info!(
             %local_addr,
             udp_sockets = udp.len(),
@@ -94,6 +97,12 @@ impl DnsServer {
         // the slowest upstream lookup on top of the idle time.
         let tcp_timeout = TCP_IDLE + config.upstream_timeout;
         Ok(Self { udp, tcp, local_addr, handler, tcp_timeout })
+    }
+
+    /// Exports the server's metrics (`dns_...`) from `registry` (the agent's
+    /// `edgemesh_` one); they count from the bind on.
+    pub fn register_metrics(&self, registry: &mut edgemesh_metrics::Registry) {
+        self.handler.metrics().register(registry);
     }
 
     /// The bound address (the real port when the configured one was 0).
@@ -204,7 +213,7 @@ async fn udp_loop(
                 continue;
             }
         };
-        match handler.handle(&buf[..len], Transport::Udp, &mut out) {
+        match handler.handle(&buf[..len], Transport::Udp, peer.ip(), &mut out) {
             Step::Reply => send(&socket, &out, peer).await,
             Step::Drop => {}
             Step::Forward(pending) => match forwards.clone().try_acquire_owned() {

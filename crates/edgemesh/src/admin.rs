@@ -24,6 +24,9 @@
 //!   behind something that authenticates).
 //! - `/metrics`: every metric, in the Prometheus text format (OpenMetrics
 //!   when the scraper asks for it); see `edgemesh-metrics`.
+//! - `/topology`: the known nodes and this node's link to each (see
+//!   [`topology`]), for `/ui`.
+//! - `/ui`: the live topology page (see [`ui`]).
 //!
 //! The endpoint runs on a runtime of its own, on its own thread
 //! ([`AdminServer::spawn`]): a scrape, a slow client or a big JSON dump
@@ -36,6 +39,8 @@ mod logging;
 mod reload;
 mod routes;
 mod service;
+mod topology;
+mod ui;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -151,30 +156,28 @@ impl AdminServer {
     }
 
     /// Serves on a single-threaded runtime on a thread of its own until
-    /// `shutdown`; the returned future (for the agent's runtime) resolves
-    /// when that thread has ended.
-    pub fn spawn(self, shutdown: CancellationToken) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
-        let (done_tx, mut done) = tokio::sync::oneshot::channel();
-        let stopped = shutdown.clone();
-        let thread = std::thread::Builder::new().name("edgemesh-admin".into()).spawn(move || {
-            let served = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot build the admin endpoint's runtime")
-                .and_then(|runtime| runtime.block_on(self.run(shutdown)));
-            let _ = done_tx.send(served);
-        });
-        async move {
-            let thread = thread.context("cannot start the admin endpoint's thread")?;
-            tokio::select! {
-                served = &mut done => return served.context("the admin endpoint's thread ended without a result")?,
-                () = stopped.cancelled() => {}
-            }
-            // Stopping: wait for the thread (its port closed) as blocking
-            // work, which a test's paused clock does not jump over.
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-            done.await.context("the admin endpoint's thread ended without a result")?
-        }
+    /// `shutdown`. The returned future (for the agent's runtime) resolves
+    /// when the endpoint has stopped; the thread handle lets the agent wait
+    /// for it in real time (its port is free once the thread has ended),
+    /// whatever its own runtime's clock says.
+    pub fn spawn(
+        self,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<(impl Future<Output = anyhow::Result<()>> + Send + 'static, std::thread::JoinHandle<()>)> {
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("edgemesh-admin".into())
+            .spawn(move || {
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot build the admin endpoint's runtime")
+                    .and_then(|runtime| runtime.block_on(self.run(shutdown)));
+                let _ = done_tx.send(served);
+            })
+            .context("cannot start the admin endpoint's thread")?;
+        let ended = async move { done.await.context("the admin endpoint's thread ended without a result")? };
+        Ok((ended, thread))
     }
 
     async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {

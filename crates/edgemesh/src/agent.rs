@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use edgemesh_cache::CacheStatus;
+use edgemesh_core::metrics::SourceMetrics;
 use edgemesh_core::{
     EventSink, EventStream, Registry, RegistryConfig, RegistryHandle, Snapshot, SourceHealth, VipPolicy,
 };
@@ -165,6 +166,7 @@ impl Agent {
         let dns = DnsServer::bind(dns_config, snapshots.clone())
             .await
             .with_context(|| format!("cannot start DNS on {dns_listen}"))?;
+        dns.register_metrics(metrics.edgemesh());
         let shutdown = CancellationToken::new();
         let mut proxy = Proxy::new(proxy_config, snapshots.clone())
             .with_original_dst(deps.original_dst.clone())
@@ -173,7 +175,8 @@ impl Agent {
         let remote = match (&deps.remote, config.tunnel.enabled) {
             (Some(remote), _) => Some(remote.clone()),
             (None, true) => {
-                let (handle, task) = crate::tunnel::start(&config, snapshots.clone(), shutdown.clone()).await?;
+                let (handle, task) =
+                    crate::tunnel::start(&config, snapshots.clone(), metrics.edgemesh(), shutdown.clone()).await?;
                 tunnel = Some((handle.clone(), task));
                 Some(Arc::new(crate::tunnel::TunnelRemote(handle)) as Arc<dyn edgemesh_proxy::Remote>)
             }
@@ -191,6 +194,17 @@ impl Agent {
         }
         // Whether the source is connected (kube) or its directory readable (manifests).
         let source_health = SourceHealth::with_clock(deps.clock.clone());
+        // What the source sends, counted by the sink it sends through; the
+        // cache's writes and the registry's snapshots.
+        let source_name = match config.source {
+            SourceKind::Manifests => "manifests",
+            SourceKind::Kube => "kube",
+        };
+        let source_metrics =
+            SourceMetrics::register(source_name, source_health.clone(), deps.clock.clone(), metrics.edgemesh());
+        let source_sink = source_sink.counted(source_metrics);
+        cache.register_metrics(metrics.edgemesh());
+        edgemesh_core::metrics::register_registry(snapshots.clone(), metrics.edgemesh());
         let source = match config.source {
             SourceKind::Manifests => {
                 Source::Manifests(ManifestSource::from_config(&config.manifests).with_health(source_health.clone()))
@@ -292,6 +306,9 @@ impl Agent {
         let (config, snapshots, shutdown) = (self.config, self.snapshots, self.shutdown);
         let drain = CancellationToken::new();
         let mut components = Components::default();
+        // First: the one start that can fail here, before anything runs.
+        let (admin, admin_thread) = self.admin.spawn(shutdown.clone())?;
+        components.spawn("the admin endpoint", admin);
         let registry_task = tokio::spawn(self.registry.run());
         {
             let shutdown = shutdown.clone();
@@ -304,7 +321,6 @@ impl Agent {
         if let Some(task) = self.tunnel {
             components.spawn("the tunnel", async move { task.await.map_err(Into::into) });
         }
-        components.spawn("the admin endpoint", self.admin.spawn(shutdown.clone()));
         if let Some(source) = self.reload {
             let reloader = Reloader::new(source, self.host, self.lifecycle.clone(), self.live);
             components.spawn("the config reloader", ok(reloader.run(shutdown.clone())));
@@ -369,6 +385,10 @@ impl Agent {
                 tracing::warn!("the nftables table and VIP device were not removed within {DRAIN_DEADLINE:?}");
             }
         }
+        // The admin endpoint stops at once when told to; wait for its
+        // thread in real time, so its port is free when `run` returns even
+        // if this runtime's clock (paused in tests) ran past the deadline.
+        let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
         outcome
     }
 }

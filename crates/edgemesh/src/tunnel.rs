@@ -8,6 +8,10 @@
 //! first (the operator's word wins), then from Node objects annotated
 //! `edgemesh.io/peer-id` in the current snapshot, so a binding added to or
 //! removed from a Node takes effect at once.
+//!
+//! The tunnel's metrics (`edgemesh_tunnel_*`, `edgemesh_libp2p_*`) go into
+//! the agent's registry; a node's series are removed when the node leaves
+//! the snapshot.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,10 +23,11 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use edgemesh_core::{Protocol, RegistryHandle, ServiceKey};
+use edgemesh_metrics::Registry;
 use edgemesh_proxy::{DatagramRecv, DatagramSend, Remote, RemoteDatagrams, RemoteFuture, RemoteStream};
 use edgemesh_tunnel::{
     CancellationToken, DatagramReceiver, DatagramSender, Directory, MAX_DATAGRAM, PeerId, Tunnel, TunnelError,
-    TunnelProtocol,
+    TunnelMetrics, TunnelProtocol,
 };
 
 use crate::config::Config;
@@ -151,21 +156,51 @@ impl DatagramRecv for RecvHalf {
     }
 }
 
-/// Starts the tunnel with the agent's settings; the returned task ends when
+/// Starts the tunnel with the agent's settings, its metrics registered in
+/// `registry` (the agent's `edgemesh_` registry); the returned task ends when
 /// `stop` is cancelled.
 pub async fn start(
     config: &Config,
     snapshots: RegistryHandle,
+    registry: &mut Registry,
     stop: CancellationToken,
 ) -> anyhow::Result<(Tunnel, tokio::task::JoinHandle<()>)> {
+    let metrics = Arc::new(TunnelMetrics::register(registry, config.metrics.max_nodes));
     let settings = edgemesh_tunnel::TunnelConfig {
         node_name: config.node_name.clone(),
         key_file: Some(config.key_file()),
         ..config.tunnel.clone()
     };
-    let directory = Arc::new(AgentDirectory::new(settings.allow_list()?, snapshots));
-    let started = Tunnel::start(settings, directory, stop).await.context("cannot start the tunnel")?;
+    let allow = settings.allow_list()?;
+    let configured: Vec<String> = allow.keys().cloned().collect();
+    let directory = Arc::new(AgentDirectory::new(allow, snapshots.clone()));
+    let started = Tunnel::start_with_metrics(settings, directory, stop.clone(), metrics.clone())
+        .await
+        .context("cannot start the tunnel")?;
+    tokio::spawn(forget_departed_nodes(metrics, configured, snapshots, stop));
     Ok(started)
+}
+
+/// Removes the tunnel series of nodes gone from the snapshot (and not in
+/// `tunnel.peers`), so a fleet's churn does not pile up series or use up
+/// `metrics.maxNodes`.
+async fn forget_departed_nodes(
+    metrics: Arc<TunnelMetrics>,
+    configured: Vec<String>,
+    mut snapshots: RegistryHandle,
+    stop: CancellationToken,
+) {
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        // Before the first full view a node may just not be loaded yet.
+        if snapshot.synced {
+            metrics.retain_nodes(|node| snapshot.node(node).is_some() || configured.iter().any(|c| c == node));
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = snapshots.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 #[cfg(test)]

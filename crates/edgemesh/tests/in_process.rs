@@ -331,9 +331,20 @@ fn a_source_outage_keeps_serving_and_says_for_how_long() {
     assert!(body.starts_with("ready (stale: source disconnected for 30s"), "{body}");
     let vip = agent.resolve("web.shop.svc.cluster.local").expect("web still resolves");
     assert!(echo_through(SocketAddr::from((vip, 80)), b"outage").is_some(), "and is proxied");
+    // The metrics say the same: synced once, disconnected now, nothing new for 30 s.
+    let metrics = agent.get("/metrics").1;
+    let metric = |series| edgemesh_test_support::scrape::sample(&metrics, series);
+    assert_eq!(metric("edgemesh_source_connected"), Some(0.0), "{metrics}");
+    assert_eq!(metric("edgemesh_source_synced"), Some(1.0), "{metrics}");
+    assert_eq!(metric("edgemesh_source_last_update_age_seconds"), Some(30.0), "{metrics}");
+    let service_applies = r#"edgemesh_source_events_total{source="kube",kind="Service",action="apply"}"#;
+    assert_eq!(metric(service_applies), Some(1.0), "{metrics}");
 
     api.restart();
     eventually(Duration::from_secs(15), "live again", || (agent.readyz().1 == "ready (live)\n").then_some(()));
+    let metrics = agent.get("/metrics").1;
+    let connected = edgemesh_test_support::scrape::sample(&metrics, "edgemesh_source_connected");
+    assert_eq!(connected, Some(1.0), "{metrics}");
     agent.stop().unwrap();
 }
 

@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::eventually_every;
-use support::mesh::{LIMIT, Node, Transport, addresses, behind_nat, iperf3, lan_pair, peers, service, wait_for_peer};
+use support::mesh::{
+    LIMIT, Node, Transport, addresses, behind_nat, iperf3, lan_pair, peers, service, start_relayed, wait_for_peer,
+};
 use support::netns::{Lan, NsNginx, NsProcess, TcpEcho, UdpEcho, require_root, tcp_echo_many, udp_window};
 
 #[test]
@@ -89,14 +91,7 @@ fn relay_then_direct(a_behind_nat: bool) -> (String, String) {
     }
     // QUIC only in a `--features quic` build (scripts/test.sh runs these tests so too).
     let transport = Transport::of_this_build();
-    let relay_addr = relay.tunnel_addr_on("198.18.0.1", transport);
-    let node_args = transport.with_listen(&["--relay", &relay_addr, "--no-mdns"]);
-    let agent_relay = relay.start_with(&transport.with_listen(&["--relay-server", "--no-mdns"]));
-    let agent_c = c.start_with(&node_args);
-    eventually_every(Duration::from_millis(200), LIMIT, "node-c's relay reservation", || {
-        peers(&agent_c).into_iter().find(|p| p["peerId"] == relay.peer_id && p["relayReserved"] == true)
-    });
-    let agent_a = a.start_with(&node_args);
+    let (agent_relay, agent_c, agent_a) = start_relayed(&relay, &c, &a);
     assert_eq!(a.ns.curl("http://10.1.0.2/"), None, "node-c is not reachable from node-a");
 
     // The first connection goes through the relay.

@@ -81,7 +81,9 @@
 //! - `streams`: the raw-stream behaviour (opens and accepts the edgemesh protocols); `muxer`:
 //!   yamux sized for both directions; `wire`: hello and proxy headers;
 //! - `peer_table`: what is known of each peer (claims, connections, path, reservation, open
-//!   streams; `/peers`), the one owner of that state, with its change notification;
+//!   streams; `/peers`), the one owner of that state, with its change notification; it
+//!   publishes the per-peer gauges of `metrics` (the tunnel's series, a view of that state and
+//!   of the swarm task's events: `swarm_task::counting`);
 //! - `messages`: the `Command`s from the handles to the swarm task, and the swarm task's
 //!   notice of each new connection (`Connected`) to the stream side;
 //! - `tunnel`: the [`Tunnel`] handle, with `context` (what the handles and stream tasks work
@@ -99,7 +101,7 @@
 //! messages, peer_table, settings       both sides use these; these use neither side
 //!   │
 //!   ▼
-//! streams, liveness, upgrade, swarm (+ punch), muxer, wire, ...   the leaves
+//! streams, liveness, upgrade, swarm (+ punch), metrics, muxer, wire, ...   the leaves
 //! ```
 //!
 //! No module imports one that imports it back; the one split `impl` left is
@@ -113,6 +115,7 @@ mod error;
 mod identity;
 mod liveness;
 mod messages;
+mod metrics;
 mod muxer;
 mod peer_table;
 mod punch;
@@ -138,6 +141,7 @@ pub use error::TunnelError;
 pub use identity::load_or_create_identity;
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr};
 pub use liveness::ConnectionState;
+pub use metrics::TunnelMetrics;
 pub use peer_table::{ConnectionStatus, ConnectionType, PeerStatus};
 pub use tokio_util::sync::CancellationToken;
 pub use tunnel::{DatagramReceiver, DatagramSender, MAX_DATAGRAM, Tunnel, TunnelStream, UDP_IDLE_TIMEOUT};

@@ -4,6 +4,10 @@
 //! One owner, [`PeerTable`]: the swarm task records connections, paths and reservations, the
 //! stream side records claims, and both wait on its change notification. Fields are private;
 //! nothing outside takes its locks.
+//!
+//! The per-peer metrics (path, RTT, relay reservations and circuits) are published here, by
+//! the same calls that change what `/peers` shows and computed the same way, so the two never
+//! disagree (see `metrics`).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::{
     liveness::ConnectionState,
+    metrics::{Direction, NodeMeters, TunnelMetrics, UNKNOWN},
     streams::{Control, Slot},
 };
 
@@ -37,7 +42,13 @@ pub(crate) enum Claim {
 struct ConnInfo {
     addr: Multiaddr,
     relayed: bool,
+    /// The relay it runs through (relayed connections).
+    relay: Option<PeerId>,
 }
+
+/// Bound on the node names remembered per peer (one per node of the cluster; cleared beyond,
+/// which only labels a few first dials `unknown`).
+const MAX_NAMES: usize = 100_000;
 
 struct PeerEntry {
     /// The peer's claim (their hello), as we judged it.
@@ -50,6 +61,12 @@ struct PeerEntry {
     /// The path new streams take (None: not known yet), and since when.
     path: Option<ConnectionType>,
     path_since: Instant,
+    /// The `peer_path` series this peer counts in (None: none, it is not connected).
+    published_path: Option<(Arc<str>, ConnectionType)>,
+    /// The `peer_rtt` series this peer sets.
+    published_rtt: Option<Arc<str>>,
+    /// The node's stream series, resolved once: (node name, metrics generation, series).
+    meters: Option<(Arc<str>, u64, NodeMeters)>,
 }
 
 impl PeerEntry {
@@ -62,6 +79,9 @@ impl PeerEntry {
             reserved: false,
             path: None,
             path_since: Instant::now(),
+            published_path: None,
+            published_rtt: None,
+            meters: None,
         }
     }
 }
@@ -76,6 +96,16 @@ pub(crate) struct PeerTable {
     /// Peers whose connections we keep open (relays, bootstrap peers).
     keep_open: Mutex<HashSet<PeerId>>,
     warned: Mutex<HashMap<(PeerId, &'static str), Instant>>,
+    /// Node names of peers, from the directory (a node we open streams to) and from accepted
+    /// claims; kept across reconnections, to label dials before the hello.
+    names: Mutex<HashMap<PeerId, Arc<str>>>,
+    metrics: Arc<TunnelMetrics>,
+}
+
+/// A peer's open stream count (`/peers`) and its node's stream series.
+pub(crate) struct PeerStreams {
+    open: Arc<AtomicUsize>,
+    pub meters: NodeMeters,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,13 +114,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl PeerTable {
     /// An empty table; `keep_open` starts as the configured relays.
-    pub(crate) fn new(control: Control, keep_open: HashSet<PeerId>) -> Self {
+    pub(crate) fn new(control: Control, keep_open: HashSet<PeerId>, metrics: Arc<TunnelMetrics>) -> Self {
         PeerTable {
             control,
             peers: Mutex::new(HashMap::new()),
             changed: watch::Sender::new(0),
             keep_open: Mutex::new(keep_open),
             warned: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -104,15 +136,34 @@ impl PeerTable {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    pub(crate) fn connection_established(&self, peer: PeerId, conn: ConnectionId, addr: Multiaddr, relayed: bool) {
-        lock(&self.peers).entry(peer).or_insert_with(PeerEntry::new).conns.insert(conn, ConnInfo { addr, relayed });
+    /// A new connection; `relay` is the relay a relayed one runs through.
+    pub(crate) fn connection_established(
+        &self,
+        peer: PeerId,
+        conn: ConnectionId,
+        addr: Multiaddr,
+        relayed: bool,
+        relay: Option<PeerId>,
+    ) {
+        let mut peers = lock(&self.peers);
+        let e = peers.entry(peer).or_insert_with(PeerEntry::new);
+        if e.conns.insert(conn, ConnInfo { addr, relayed, relay }).is_none()
+            && let Some(relay) = relay
+        {
+            self.metrics.add_circuit(relay, 1);
+        }
+        self.publish(&peer, e);
+        drop(peers);
         self.bump();
     }
 
     pub(crate) fn connection_closed(&self, peer: PeerId, conn: ConnectionId) {
         let mut peers = lock(&self.peers);
         if let Some(e) = peers.get_mut(&peer) {
-            e.conns.remove(&conn);
+            if let Some(ConnInfo { relay: Some(relay), .. }) = e.conns.remove(&conn) {
+                self.metrics.add_circuit(relay, -1);
+            }
+            self.publish(&peer, e);
             // Forget the claims only when no connection is left (the streams behaviour sees new
             // connections before this task does).
             if e.conns.is_empty() && !self.control.is_connected(&peer) {
@@ -121,6 +172,74 @@ impl PeerTable {
         }
         drop(peers);
         self.bump();
+    }
+
+    /// Publishes the peer's path and RTT again (after a ping: connection health and RTT).
+    pub(crate) fn refresh(&self, peer: PeerId) {
+        if let Some(e) = lock(&self.peers).get_mut(&peer) {
+            self.publish(&peer, e);
+        }
+    }
+
+    /// Remembers that `peer` is node `node` (the directory's binding), to label dials to it.
+    pub(crate) fn note_node(&self, peer: PeerId, node: &str) {
+        let mut names = lock(&self.names);
+        if names.get(&peer).is_some_and(|n| &**n == node) {
+            return;
+        }
+        if names.len() >= MAX_NAMES {
+            names.clear();
+        }
+        names.insert(peer, node.into());
+    }
+
+    /// The `node` label of `peer`: its accepted claim, else the name the directory gave it,
+    /// else `unknown`.
+    pub(crate) fn node_label(&self, peer: PeerId) -> Arc<str> {
+        let peers = lock(&self.peers);
+        self.label_of(&peer, peers.get(&peer))
+    }
+
+    fn label_of(&self, peer: &PeerId, e: Option<&PeerEntry>) -> Arc<str> {
+        if let Some(PeerEntry { theirs: Claim::Accepted(node), .. }) = e {
+            return self.metrics.node_label(node);
+        }
+        match lock(&self.names).get(peer) {
+            Some(node) => self.metrics.node_label(node),
+            None => UNKNOWN.into(),
+        }
+    }
+
+    /// Brings the peer's `peer_path` and `peer_rtt` series in line with its status (what
+    /// `/peers` shows: the preferred path and its RTT; no series while not connected).
+    fn publish(&self, peer: &PeerId, e: &mut PeerEntry) {
+        let now = match e.conns.is_empty() {
+            true => None,
+            false => Some(preferred(&self.connection_statuses(e))),
+        };
+        let label = self.label_of(peer, Some(e));
+        let path = now.map(|(path, _)| (label.clone(), path));
+        if e.published_path != path {
+            if let Some((node, path)) = e.published_path.take() {
+                self.metrics.add_path(&node, path, -1);
+            }
+            if let Some((node, path)) = &path {
+                self.metrics.add_path(node, *path, 1);
+            }
+            e.published_path = path;
+        }
+        // `unknown` and `other` stand for several peers: no one RTT of theirs to show.
+        let rtt = now.and_then(|(_, rtt)| rtt).filter(|_| &*label != UNKNOWN && &*label != edgemesh_metrics::OTHER);
+        let rtt_label = rtt.map(|_| label.clone());
+        if let Some(old) = e.published_rtt.take()
+            && Some(&old) != rtt_label.as_ref()
+        {
+            self.metrics.set_rtt(&old, None);
+        }
+        if let (Some(label), Some(rtt_ms)) = (&rtt_label, rtt) {
+            self.metrics.set_rtt(label, Some(rtt_ms / 1000.0));
+        }
+        e.published_rtt = rtt_label;
     }
 
     /// The path new streams to `peer` take now (see `swarm_task::heal`).
@@ -133,13 +252,16 @@ impl PeerTable {
             }
             e.path = path;
             e.path_since = Instant::now();
+            self.publish(&peer, e);
         }
     }
 
+    /// Whether relay `peer` holds a reservation for us.
     pub(crate) fn set_reserved(&self, peer: PeerId, reserved: bool) {
         if let Some(e) = lock(&self.peers).get_mut(&peer) {
             e.reserved = reserved;
         }
+        self.metrics.set_reserved(peer, reserved);
     }
 
     /// Keeps `peer`'s connections open (a bootstrap peer we connected to).
@@ -163,7 +285,15 @@ impl PeerTable {
     }
 
     pub(crate) fn set_theirs(&self, peer: PeerId, claim: Claim) {
-        lock(&self.peers).entry(peer).or_insert_with(PeerEntry::new).theirs = claim;
+        if let Claim::Accepted(node) = &claim {
+            self.note_node(peer, node);
+        }
+        let mut peers = lock(&self.peers);
+        let e = peers.entry(peer).or_insert_with(PeerEntry::new);
+        e.theirs = claim;
+        // The node label may have changed (from `unknown`).
+        self.publish(&peer, e);
+        drop(peers);
         self.bump();
     }
 
@@ -177,8 +307,22 @@ impl PeerTable {
         self.bump();
     }
 
-    pub(crate) fn stream_counter(&self, peer: PeerId) -> Arc<AtomicUsize> {
-        lock(&self.peers).entry(peer).or_insert_with(PeerEntry::new).streams.clone()
+    /// The peer's stream count and the stream series of node `node` (the directory's name for
+    /// the peer we open a stream to, or its accepted claim for a stream it opened), resolved
+    /// once per peer.
+    pub(crate) fn streams(&self, peer: PeerId, node: &str) -> PeerStreams {
+        let generation = self.metrics.generation();
+        let mut peers = lock(&self.peers);
+        let e = peers.entry(peer).or_insert_with(PeerEntry::new);
+        let meters = match &e.meters {
+            Some((name, g, meters)) if &**name == node && *g == generation => meters.clone(),
+            _ => {
+                let meters = self.metrics.node_meters(&self.metrics.node_label(node));
+                e.meters = Some((node.into(), generation, meters.clone()));
+                meters
+            }
+        };
+        PeerStreams { open: e.streams.clone(), meters }
     }
 
     /// Whether to log a warning of this kind about this peer now (rate limited).
@@ -204,34 +348,11 @@ impl PeerTable {
             .iter()
             .filter(|(_, e)| !e.conns.is_empty())
             .map(|(peer, e)| {
-                let mut connections: Vec<ConnectionStatus> = e
-                    .conns
-                    .iter()
-                    .filter_map(|(id, c)| {
-                        let health = self.control.health(*id)?;
-                        Some(ConnectionStatus {
-                            address: c.addr.to_string(),
-                            connection: if c.relayed { ConnectionType::Relayed } else { ConnectionType::Direct },
-                            state: health.state,
-                            last_ping_ms_ago: health.last_ping_age.map(|d| d.as_millis() as u64),
-                            rtt_ms: health.rtt.map(|d| d.as_secs_f64() * 1000.0),
-                        })
-                    })
-                    .collect();
-                connections
-                    .sort_by(|a, b| (a.state, a.connection, &a.address).cmp(&(b.state, b.connection, &b.address)));
-                let usable = |c: &&ConnectionStatus| c.state != ConnectionState::Closing;
-                let direct = connections.iter().filter(usable).any(|c| c.connection == ConnectionType::Direct);
+                let connections = self.connection_statuses(e);
                 let mut addresses: Vec<String> = e.conns.values().map(|c| c.addr.to_string()).collect();
                 addresses.sort();
                 addresses.dedup();
-                let preferred = if direct { ConnectionType::Direct } else { ConnectionType::Relayed };
-                let rtt = connections
-                    .iter()
-                    .filter(usable)
-                    .filter(|c| c.connection == preferred)
-                    .filter_map(|c| c.rtt_ms)
-                    .min_by(f64::total_cmp);
+                let (preferred, rtt) = preferred(&connections);
                 PeerStatus {
                     node: match &e.theirs {
                         Claim::Accepted(n) => Some(n.clone()),
@@ -252,21 +373,68 @@ impl PeerTable {
         out.sort_by(|a, b| (&a.node, &a.peer_id).cmp(&(&b.node, &b.peer_id)));
         out
     }
+
+    /// The peer's connections as `/peers` shows them (those the streams behaviour knows).
+    fn connection_statuses(&self, e: &PeerEntry) -> Vec<ConnectionStatus> {
+        let mut connections: Vec<ConnectionStatus> = e
+            .conns
+            .iter()
+            .filter_map(|(id, c)| {
+                let health = self.control.health(*id)?;
+                Some(ConnectionStatus {
+                    address: c.addr.to_string(),
+                    connection: if c.relayed { ConnectionType::Relayed } else { ConnectionType::Direct },
+                    state: health.state,
+                    last_ping_ms_ago: health.last_ping_age.map(|d| d.as_millis() as u64),
+                    rtt_ms: health.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                })
+            })
+            .collect();
+        connections.sort_by(|a, b| (a.state, a.connection, &a.address).cmp(&(b.state, b.connection, &b.address)));
+        connections
+    }
 }
 
-/// Counts a peer's open streams while alive, and holds the stream's slot in its connection.
-pub(crate) struct StreamGuard(Arc<AtomicUsize>, #[allow(dead_code)] Option<Slot>);
+/// The path new streams take (direct if a direct connection is open and not being closed)
+/// and its best RTT in milliseconds.
+fn preferred(connections: &[ConnectionStatus]) -> (ConnectionType, Option<f64>) {
+    let usable = |c: &&ConnectionStatus| c.state != ConnectionState::Closing;
+    let direct = connections.iter().filter(usable).any(|c| c.connection == ConnectionType::Direct);
+    let preferred = if direct { ConnectionType::Direct } else { ConnectionType::Relayed };
+    let rtt = connections
+        .iter()
+        .filter(usable)
+        .filter(|c| c.connection == preferred)
+        .filter_map(|c| c.rtt_ms)
+        .min_by(f64::total_cmp);
+    (preferred, rtt)
+}
+
+/// Counts a peer's open streams while alive (`/peers` and the `peer_streams` gauge), and
+/// holds the stream's slot in its connection.
+pub(crate) struct StreamGuard {
+    open: Arc<AtomicUsize>,
+    gauge: edgemesh_metrics::Gauge,
+    _slot: Option<Slot>,
+}
 
 impl StreamGuard {
-    pub(crate) fn new(counter: Arc<AtomicUsize>, slot: Option<Slot>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        StreamGuard(counter, slot)
+    /// A stream opened by `direction`'s side (counted in `streams_opened`).
+    pub(crate) fn new(streams: &PeerStreams, direction: Direction, slot: Option<Slot>) -> Self {
+        streams.open.fetch_add(1, Ordering::Relaxed);
+        streams.meters.streams.inc();
+        match direction {
+            Direction::Outbound => streams.meters.opened_outbound.inc(),
+            Direction::Inbound => streams.meters.opened_inbound.inc(),
+        };
+        StreamGuard { open: streams.open.clone(), gauge: streams.meters.streams.clone(), _slot: slot }
     }
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
     }
 }
 

@@ -7,13 +7,14 @@
 //! dial with ([`Dial`]) for one call; none imports the task: `relays` (the slots reserved on
 //! relays), `bootstrap` (the connections kept to bootstrap peers), `reachability` (AutoNAT,
 //! port mapping: whether relay slots are needed), `addresses` (the peers' dialable
-//! addresses), `connect` (reaching a node for the handles) and [`heal`] (liveness, failover
-//! and re-upgrading).
+//! addresses), `connect` (reaching a node for the handles), [`heal`] (liveness, failover
+//! and re-upgrading) and `counting` (the metrics of dials, hole punches and relay service).
 
 mod addresses;
 mod backoff;
 mod bootstrap;
 mod connect;
+mod counting;
 mod heal;
 mod reachability;
 mod relays;
@@ -43,11 +44,13 @@ use self::{
     addresses::Addresses,
     bootstrap::Bootstrap,
     connect::{Connects, Dial},
+    counting::Counting,
     heal::Heal,
     relays::Relays,
 };
 use crate::{
     messages::{Command, Connected},
+    metrics::TunnelMetrics,
     peer_table::PeerTable,
     settings::Settings,
     streams::{Control, is_relayed},
@@ -85,6 +88,7 @@ pub(crate) struct Task {
     dial_back: HashSet<PeerId>,
     reachability: reachability::Reachability,
     heal: Heal,
+    counting: Counting,
 }
 
 impl Task {
@@ -99,6 +103,7 @@ impl Task {
         listen_addrs: watch::Sender<Vec<Multiaddr>>,
         relays: &[Multiaddr],
         bootstrap: &[Multiaddr],
+        metrics: Arc<TunnelMetrics>,
         stop: CancellationToken,
     ) -> Task {
         let relays = Relays::new(relays);
@@ -120,6 +125,7 @@ impl Task {
             dial_back: HashSet::new(),
             reachability: Default::default(),
             heal: Heal::default(),
+            counting: Counting::new(metrics),
         };
         for (peer, addr) in t.relays.known() {
             t.addresses.learn(peer, addr);
@@ -217,10 +223,17 @@ impl Task {
     }
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.counting.record(&event);
         match event {
+            SwarmEvent::Dialing { peer_id: Some(peer), connection_id } => {
+                self.counting.dialing(peer, connection_id, &self.control, &self.peers);
+            }
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
                 let addr = endpoint.get_remote_address().clone();
                 let relayed = endpoint.is_relayed();
+                if endpoint.is_dialer() {
+                    self.counting.dialed(peer_id, connection_id, true, &self.peers);
+                }
                 tracing::debug!(peer = %peer_id, %addr, relayed, n = num_established, "connection established");
                 if endpoint.is_dialer() && !relayed {
                     self.addresses.learn(peer_id, addr.clone());
@@ -232,7 +245,8 @@ impl Task {
                     self.swarm.behaviour_mut().streams.set_keep_alive(peer_id, true);
                     self.peers.keep_open(peer_id);
                 }
-                self.peers.connection_established(peer_id, connection_id, addr, relayed);
+                let relay = relayed.then(|| relay_of(&endpoint)).flatten();
+                self.peers.connection_established(peer_id, connection_id, addr, relayed, relay);
                 self.heal.path_changed(peer_id, &self.control, &self.peers);
                 // The stream side is gone only when the tunnel stops.
                 let _ = self.connected.send(Connected { peer: peer_id, connection: connection_id });
@@ -251,6 +265,7 @@ impl Task {
                 tracing::debug!(peer = ?peer_id, %error, "outgoing connection failed");
                 self.bootstrap.dial_failed(connection_id, &error);
                 if let Some(peer) = peer_id {
+                    self.counting.dialed(peer, connection_id, false, &self.peers);
                     self.connects.dial_failed(peer, connection_id, error.to_string(), dial!(self));
                 }
             }
@@ -299,6 +314,16 @@ impl Task {
     }
 
     fn on_behaviour(&mut self, ev: BehaviourEvent) {
+        match &ev {
+            BehaviourEvent::Identify(e) => self.counting.record(e),
+            BehaviourEvent::Ping(e) => self.counting.record(e),
+            BehaviourEvent::Dcutr(e) => self.counting.record(e),
+            BehaviourEvent::RelayServer(e) => {
+                self.counting.record(e);
+                self.counting.relay_server(e);
+            }
+            _ => {}
+        }
         match ev {
             BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
                 relay_peer_id,
@@ -361,6 +386,24 @@ impl Task {
             BehaviourEvent::Streams(e) | BehaviourEvent::Punch(e) => match e {},
         }
     }
+}
+
+/// The relay a relayed connection runs through: the `/p2p/<relay>` before `/p2p-circuit` in
+/// the address we dialled, or in the local address of a circuit we accepted.
+fn relay_of(endpoint: &libp2p::core::ConnectedPoint) -> Option<PeerId> {
+    let addr = match endpoint {
+        libp2p::core::ConnectedPoint::Dialer { address, .. } => address,
+        libp2p::core::ConnectedPoint::Listener { local_addr, .. } => local_addr,
+    };
+    let mut relay = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(peer) => relay = Some(peer),
+            Protocol::P2pCircuit => return relay,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Whether `a` can lead to another host: not loopback, link-local or unspecified.

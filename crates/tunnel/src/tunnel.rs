@@ -25,14 +25,15 @@ use tokio_util::{
 
 use context::Context;
 pub use inbound::UDP_IDLE_TIMEOUT;
-use proxied::datagram_pair;
 pub use proxied::{DatagramReceiver, DatagramSender, MAX_DATAGRAM, TunnelStream};
+use proxied::{Metered, datagram_pair};
 
 use crate::{
     Directory, PeerStatus, TunnelConfig, TunnelError, TunnelProtocol,
     config::MAX_STREAMS_PER_CONNECTION,
     identity::{load_or_create_identity, load_psk},
     messages::Command,
+    metrics::{Direction, TunnelMetrics},
     muxer::StreamReset,
     peer_table::{Claim, PeerTable, StreamGuard},
     settings::Settings,
@@ -55,11 +56,21 @@ pub struct Tunnel {
 
 impl Tunnel {
     /// Binds the listeners (a taken port is an error here, not later) and spawns the swarm
-    /// task; the task stops when `stop` is cancelled.
+    /// task; the task stops when `stop` is cancelled. Its metrics are registered nowhere.
     pub async fn start(
         config: TunnelConfig,
         directory: Arc<dyn Directory>,
         stop: CancellationToken,
+    ) -> Result<(Tunnel, tokio::task::JoinHandle<()>), TunnelError> {
+        Tunnel::start_with_metrics(config, directory, stop, Arc::new(TunnelMetrics::unregistered())).await
+    }
+
+    /// [`Tunnel::start`], counting into `metrics` (registered in the agent's registry).
+    pub async fn start_with_metrics(
+        config: TunnelConfig,
+        directory: Arc<dyn Directory>,
+        stop: CancellationToken,
+        metrics: Arc<TunnelMetrics>,
     ) -> Result<(Tunnel, tokio::task::JoinHandle<()>), TunnelError> {
         if config.node_name.is_empty() || config.node_name.len() > wire::MAX_NODE_NAME {
             return Err(TunnelError::Config(format!(
@@ -155,7 +166,8 @@ impl Tunnel {
             relay_peers: relay_peers.clone(),
             relay_server: config.relay_server,
         });
-        let peers = Arc::new(PeerTable::new(built.control.clone(), relay_peers));
+        metrics.set_relays(&relay_peers);
+        let peers = Arc::new(PeerTable::new(built.control.clone(), relay_peers, metrics.clone()));
         let ctx = Arc::new(Context {
             settings: settings.clone(),
             peers: peers.clone(),
@@ -174,6 +186,7 @@ impl Tunnel {
             listen_tx,
             &config.relays,
             &config.bootstrap,
+            metrics,
             stop,
         );
         // Wait (briefly) until every listener reported its addresses, so that `listen_addrs`
@@ -204,8 +217,8 @@ impl Tunnel {
     /// A byte stream to `target` on node `node`, through the agent on that node. Resolves after
     /// the remote agent's reply: Ok only when the remote connected to the endpoint.
     pub async fn open_tcp(&self, node: &str, target: SocketAddr, service: &str) -> Result<TunnelStream, TunnelError> {
-        let (peer, stream, relayed, guard) = self.open(node, target, service, TunnelProtocol::Tcp).await?;
-        Ok(TunnelStream::new(stream, peer, relayed, guard))
+        let (peer, stream, relayed, opened) = self.open(node, target, service, TunnelProtocol::Tcp).await?;
+        Ok(TunnelStream::new(stream, peer, relayed, opened))
     }
 
     /// A datagram session to `target` on node `node`: one stream carrying length-prefixed
@@ -216,8 +229,8 @@ impl Tunnel {
         target: SocketAddr,
         service: &str,
     ) -> Result<(DatagramSender, DatagramReceiver), TunnelError> {
-        let (_, stream, _, guard) = self.open(node, target, service, TunnelProtocol::Udp).await?;
-        Ok(datagram_pair(stream, Some(guard)))
+        let (_, stream, _, opened) = self.open(node, target, service, TunnelProtocol::Udp).await?;
+        Ok(datagram_pair(stream, opened))
     }
 
     /// The connected peers, for the admin `/peers` endpoint.
@@ -236,6 +249,8 @@ impl Tunnel {
         let mut suspect_will_do = false;
         let mut last_failure = None;
         let timed_out = || TunnelError::Timeout { node: node.to_owned(), timeout: ctx.settings.connect_timeout };
+        // Dials to the peer are labelled with the node it is for.
+        ctx.peers.note_node(peer, node);
         loop {
             rx.borrow_and_update();
             if ctx.stop.is_cancelled() {
@@ -370,7 +385,9 @@ impl Tunnel {
             Ok(Ok(Err(e))) => return Err(Failed::Error(protocol_err(format!("cannot open a stream: {e}")))),
             Ok(Ok(Ok(s))) => s,
         };
-        let guard = StreamGuard::new(ctx.peers.stream_counter(peer), opening.slot);
+        let streams = ctx.peers.streams(peer, node);
+        let guard = StreamGuard::new(&streams, Direction::Outbound, opening.slot);
+        let opened = Metered::new(guard, &streams.meters);
         let mut stream = stream.compat();
         let header = wire::encode_header(&Header { protocol, target, service: service.to_owned() });
         // The remote dials the endpoint within its connect timeout: allow for that and a bit.
@@ -403,7 +420,7 @@ impl Tunnel {
             Ok(Ok(r)) => r,
         };
         Ok(match Reply::from_u8(reply) {
-            Some(Reply::Ok) => Ok((peer, stream, relayed, guard)),
+            Some(Reply::Ok) => Ok((peer, stream, relayed, opened)),
             Some(Reply::Refused) => Err(TunnelError::Refused { node: node.to_owned(), target }),
             Some(Reply::Unreachable) | Some(Reply::Error) => {
                 Err(TunnelError::Unreachable { node: node.to_owned(), target })
@@ -421,8 +438,8 @@ fn connection_lost(e: &io::Error) -> bool {
     StreamReset::of(e) == Some(StreamReset::ConnectionLost) || e.kind() == io::ErrorKind::NotConnected
 }
 
-/// A stream to a peer, header exchanged: (peer, stream, relayed, guard).
-type Opened = (PeerId, Compat<Stream>, bool, StreamGuard);
+/// A stream to a peer, header exchanged: (peer, stream, relayed, what counts it).
+type Opened = (PeerId, Compat<Stream>, bool, Metered);
 
 /// Why a [`Tunnel::open`] attempt failed.
 enum Failed {

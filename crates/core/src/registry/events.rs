@@ -1,8 +1,11 @@
 //! How sources hand events to the registry: [`EventSink`]s, and the
 //! [`EventStream`] of a sink detached from it (for the cache in between).
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 
+use crate::metrics::SourceMetrics;
 use crate::object::SourceEvent;
 
 /// Where a source sends its events. Cheap to clone; each source gets its own
@@ -11,12 +14,24 @@ use crate::object::SourceEvent;
 pub struct EventSink {
     pub(super) source: usize,
     pub(super) tx: mpsc::Sender<(usize, SourceEvent)>,
+    /// Counts what the source sends, when the sink is a source's own.
+    pub(super) metrics: Option<Arc<SourceMetrics>>,
 }
 
 impl EventSink {
     /// Sends one event; fails only when the registry has stopped.
     pub async fn send(&self, event: SourceEvent) -> Result<(), RegistryClosed> {
+        if let Some(metrics) = &self.metrics {
+            metrics.record(&event);
+        }
         self.tx.send((self.source, event)).await.map_err(|_| RegistryClosed)
+    }
+
+    /// Counts every event sent through this sink (and its clones) in
+    /// `metrics`: the sink a source is handed.
+    pub fn counted(mut self, metrics: Arc<SourceMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -25,7 +40,7 @@ impl EventSink {
     /// layer between a source and the registry (the persistent cache).
     pub fn detached(capacity: usize) -> (EventSink, EventStream) {
         let (tx, rx) = mpsc::channel(capacity);
-        (EventSink { source: 0, tx }, EventStream { rx })
+        (EventSink { source: 0, tx, metrics: None }, EventStream { rx })
     }
 }
 

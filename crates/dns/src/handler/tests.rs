@@ -12,7 +12,11 @@ use tokio::sync::watch;
 use super::{Handler, Reply, Step, Transport};
 use crate::cache::Cache;
 use crate::cluster::Zone;
+use crate::metrics::QueryInfo;
 use crate::wire::Question;
+
+/// Where the test queries come from.
+const CLIENT: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 fn handler() -> (Handler, watch::Sender<Arc<edgemesh_core::Snapshot>>) {
     let config = RegistryConfig {
@@ -63,8 +67,9 @@ fn fast_and_general_paths_agree() {
                 for cd in [false, true] {
                     let packet = query(name, qtype, edns, cd);
                     let mut out = Vec::new();
-                    assert!(matches!(handler.handle(&packet, Transport::Udp, &mut out), Step::Reply));
-                    let Reply::Bytes(general) = handler.general(&packet, Transport::Udp) else { panic!() };
+                    assert!(matches!(handler.handle(&packet, Transport::Udp, CLIENT, &mut out), Step::Reply));
+                    let mut info = QueryInfo::received(Transport::Udp, CLIENT);
+                    let Reply::Bytes(general) = handler.general(&packet, Transport::Udp, &mut info) else { panic!() };
                     let q = Question::parse(&packet).unwrap();
                     let mut fast = Vec::new();
                     if handler.fast_answer(&q, Transport::Udp, &mut fast) {
@@ -91,7 +96,7 @@ fn snapshot_updates_are_seen_by_the_next_query() {
     let (handler, tx) = handler();
     let packet = query("new.default.svc.cluster.local.", RecordType::A, false, false);
     let mut out = Vec::new();
-    handler.handle(&packet, Transport::Udp, &mut out);
+    handler.handle(&packet, Transport::Udp, CLIENT, &mut out);
     assert_eq!(Message::from_vec(&out).unwrap().metadata.response_code, ResponseCode::NXDomain);
 
     let config = RegistryConfig {
@@ -102,7 +107,7 @@ fn snapshot_updates_are_seen_by_the_next_query() {
     let mut state = RegistryState::new(&config);
     state.apply(SourceEvent::Apply(build::service("default", "new").object()));
     tx.send_replace(synced(&mut state));
-    handler.handle(&packet, Transport::Udp, &mut out);
+    handler.handle(&packet, Transport::Udp, CLIENT, &mut out);
     let m = Message::from_vec(&out).unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert_eq!(m.answers.len(), 1);
@@ -112,24 +117,24 @@ fn snapshot_updates_are_seen_by_the_next_query() {
 fn garbage_and_non_queries_are_dropped_or_refused() {
     let (handler, _tx) = handler();
     let mut out = Vec::new();
-    assert!(matches!(handler.handle(&[1, 2, 3], Transport::Udp, &mut out), Step::Drop));
+    assert!(matches!(handler.handle(&[1, 2, 3], Transport::Udp, CLIENT, &mut out), Step::Drop));
     let mut response = query("web.default.svc.cluster.local.", RecordType::A, false, false);
     response[2] |= 0x80;
-    assert!(matches!(handler.handle(&response, Transport::Udp, &mut out), Step::Drop));
+    assert!(matches!(handler.handle(&response, Transport::Udp, CLIENT, &mut out), Step::Drop));
     // No upstreams: outside names are REFUSED.
     let outside = query("example.com.", RecordType::A, false, false);
-    assert!(matches!(handler.handle(&outside, Transport::Udp, &mut out), Step::Reply));
+    assert!(matches!(handler.handle(&outside, Transport::Udp, CLIENT, &mut out), Step::Reply));
     assert_eq!(Message::from_vec(&out).unwrap().metadata.response_code, ResponseCode::Refused);
     // Class CHAOS is not the cluster zone's: forwarded (here REFUSED).
     let mut chaos = query("web.default.svc.cluster.local.", RecordType::A, false, false);
     let len = chaos.len();
     chaos[len - 1] = 3;
-    assert!(matches!(handler.handle(&chaos, Transport::Udp, &mut out), Step::Reply));
+    assert!(matches!(handler.handle(&chaos, Transport::Udp, CLIENT, &mut out), Step::Reply));
     assert_eq!(Message::from_vec(&out).unwrap().metadata.response_code, ResponseCode::Refused);
     // Another opcode: NOTIMP.
     let mut notify = outside.clone();
     notify[2] = 4 << 3;
-    assert!(matches!(handler.handle(&notify, Transport::Udp, &mut out), Step::Reply));
+    assert!(matches!(handler.handle(&notify, Transport::Udp, CLIENT, &mut out), Step::Reply));
     assert_eq!(Message::from_vec(&out).unwrap().metadata.response_code, ResponseCode::NotImp);
 }
 
@@ -145,9 +150,9 @@ fn unknown_names_are_servfail_until_the_source_is_read_in_full() {
     let mut state = RegistryState::new(&config);
     tx.send_replace(Arc::new(state.take_generation()));
     let mut out = Vec::new();
-    handler.handle(&packet, Transport::Udp, &mut out);
+    handler.handle(&packet, Transport::Udp, CLIENT, &mut out);
     assert_eq!(Message::from_vec(&out).unwrap().metadata.response_code, ResponseCode::ServFail);
     tx.send_replace(synced(&mut state));
-    handler.handle(&packet, Transport::Udp, &mut out);
+    handler.handle(&packet, Transport::Udp, CLIENT, &mut out);
     assert_eq!(Message::from_vec(&out).unwrap().metadata.response_code, ResponseCode::NXDomain);
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use edgemesh_core::registry::EventSink;
 use edgemesh_core::{Object, RegistryHandle, ServiceKey, Snapshot, SourceEvent};
 use edgemesh_dns::{DnsConfig, DnsServer};
+use edgemesh_metrics::{AgentRegistry, Format};
 use edgemesh_test_support::registry::{RunningRegistry, start_registry};
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, SOA};
@@ -25,6 +26,8 @@ pub struct Harness {
     pub addr: SocketAddr,
     pub sink: EventSink,
     pub snapshots: RegistryHandle,
+    /// The agent registry the server's metrics are registered in.
+    pub metrics: AgentRegistry,
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -41,10 +44,12 @@ impl Harness {
         let server = DnsServer::bind(config, snapshots.clone()).await.expect("bind DNS");
         let addr = server.local_addr();
         assert_ne!(addr.port(), 0);
+        let mut metrics = AgentRegistry::new("test");
+        server.register_metrics(metrics.edgemesh());
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let server = tokio::spawn(async move { server.run(token).await.expect("DNS run") });
-        let harness = Self { addr, sink, snapshots, shutdown, server: Some(server) };
+        let harness = Self { addr, sink, snapshots, metrics, shutdown, server: Some(server) };
         harness.apply_all(objects).await;
         harness.sink.send(SourceEvent::Synced).await.unwrap();
         harness.wait_for(|s| s.synced).await;
@@ -72,6 +77,11 @@ impl Harness {
     pub fn vip(&self, ns: &str, name: &str) -> String {
         let snap = self.snapshots.borrow();
         snap.service(&ServiceKey::new(ns, name)).and_then(|s| s.vip).expect("service with a VIP").to_string()
+    }
+
+    /// Every metric, in the classic text format (what `curl /metrics` gets).
+    pub fn scrape(&self) -> String {
+        self.metrics.encode(Format::Text)
     }
 
     /// Runs `dig` against the server with `args`.

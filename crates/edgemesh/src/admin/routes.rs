@@ -71,10 +71,12 @@ pub(super) fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full
         "/reload" => super::reload::route(state),
         "/logging" => super::logging::route(state, &req),
         "/metrics" => metrics(state, &req),
+        "/topology" => json(&super::topology::of(state)),
+        "/ui" => super::ui::page(),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /healthz, /readyz, /services, /services/<ns>/<name>, /nodes, /peers, /config, /reload, /logging, \
-             /metrics\n",
+             /metrics, /topology, /ui\n",
         ),
     }
 }

@@ -1,6 +1,7 @@
 //! Tunnel topologies: nodes (a namespace, an identity, manifests, the real
 //! agent), Services on them, NAT routers, and the agents' `/peers` view.
-//! Used by `tunnel_e2e.rs`, `tunnel_faults_e2e.rs` and `tunnel_churn_e2e.rs`.
+//! Used by `tunnel_e2e.rs`, `tunnel_faults_e2e.rs`, `tunnel_churn_e2e.rs` and
+//! `tunnel_metrics_e2e.rs`.
 //!
 //! Every node's manifests hold the same Services, EndpointSlices (endpoint
 //! `nodeName` the node the backend runs on) and Node objects binding node
@@ -179,6 +180,23 @@ pub fn behind_nat(wan: &Lan, node: &Node, wan_address: &str, lan: u8) -> Netns {
     node.ns.route("default", &format!("10.{lan}.0.1"));
     router.masquerade("wan0");
     router
+}
+
+/// The agents of a relay at 198.18.0.1 on the WAN (a relay server, no
+/// node of the cluster) and of two nodes that use it (no mDNS; over this
+/// build's transport): the relay's, then `first`'s once it holds its relay
+/// reservation, then `second`'s. In that order.
+pub fn start_relayed(relay: &Node, first: &Node, second: &Node) -> (NsAgent, NsAgent, NsAgent) {
+    let transport = Transport::of_this_build();
+    let relay_addr = relay.tunnel_addr_on("198.18.0.1", transport);
+    let node_args = transport.with_listen(&["--relay", &relay_addr, "--no-mdns"]);
+    let agent_relay = relay.start_with(&transport.with_listen(&["--relay-server", "--no-mdns"]));
+    let agent_first = first.start_with(&node_args);
+    eventually_every(Duration::from_millis(200), LIMIT, "the first node's relay reservation", || {
+        peers(&agent_first).into_iter().find(|p| p["peerId"] == relay.peer_id && p["relayReserved"] == true)
+    });
+    let agent_second = second.start_with(&node_args);
+    (agent_relay, agent_first, agent_second)
 }
 
 /// node-a and node-b on one bridged LAN.

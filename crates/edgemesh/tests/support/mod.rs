@@ -1,15 +1,21 @@
 //! Helpers for end-to-end tests: the real `edgemesh` binary, real backends
 //! (nginx), real clients (dig, curl), all on loopback; [`netns`]: the same
-//! inside network namespaces made for the test (as root); [`node`]: a node
+//! inside network namespaces made for the test (as root); [`chromium`]:
+//! headless Chromium in a namespace (a page's DOM, screenshots); [`node`]: a node
 //! in node mode (interception) built from them; [`mesh`]: tunnel nodes,
 //! NAT routers and the agents' `/peers` view; [`probe`]: traffic that
-//! counts its failures through a fault.
+//! counts its failures through a fault; [`prometheus`]: a real Prometheus
+//! server scraping agents, and `promtool`; [`metric_names`]: the metric
+//! names contract and the Grafana dashboard's names.
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod mesh;
+pub mod metric_names;
 pub mod netns;
 pub mod node;
 pub mod probe;
+pub mod prometheus;
 
 // (Test binaries that use only one of them would warn.)
 #[allow(unused_imports)]

@@ -132,8 +132,9 @@ pub fn udp_stream(ns: &Netns, to: &str, count: u32) -> Result<u32, String> {
     })
 }
 
-/// The `i`th test datagram: numbered, of varied length.
-fn datagram(i: u32) -> String {
+/// The `i`th test datagram of [`udp_stream`] and [`udp_window`]: numbered,
+/// of varied length (tests add up the bytes they carried).
+pub fn datagram(i: u32) -> String {
     format!("datagram {i} {}", "x".repeat((i % 700) as usize))
 }
 

@@ -56,6 +56,8 @@ pub(super) fn on_ping(control: &Control, peers: &PeerTable, event: ping::Event) 
             false
         }
     };
+    // The connection's health and RTT show in `/peers` and the peer's metrics.
+    peers.refresh(event.peer);
     if changed {
         peers.bump();
     }

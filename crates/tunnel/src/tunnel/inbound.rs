@@ -15,11 +15,12 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use super::{
     context::Context,
     hello,
-    proxied::{MAX_DATAGRAM, datagram_pair},
+    proxied::{MAX_DATAGRAM, Metered, TunnelStream, datagram_pair},
 };
 use crate::{
     TunnelProtocol,
     messages::Connected,
+    metrics::Direction,
     peer_table::{Claim, StreamGuard},
     streams::{HELLO, Inbound, TCP, UDP},
     wire::{self, HEADER_TIMEOUT, Header, Reply},
@@ -152,10 +153,14 @@ async fn serve_tcp(ctx: Arc<Context>, s: Inbound) {
         }
     };
     let _ = tcp.set_nodelay(true);
-    let _guard = StreamGuard::new(ctx.peers.stream_counter(peer), None);
+    let streams = ctx.peers.streams(peer, &node);
+    let metered = Metered::new(StreamGuard::new(&streams, Direction::Inbound, None), &streams.meters);
     if stream.write_u8(Reply::Ok as u8).await.is_err() || stream.flush().await.is_err() {
         return;
     }
+    // Counted from here: the payload, not the header and reply. (Whether the connection is
+    // relayed is not asked of a stream served here.)
+    let mut stream = TunnelStream::new(stream, peer, false, metered);
     let mut tcp = tcp;
     let result = tokio::select! {
         r = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut tcp, COPY_BUFFER, COPY_BUFFER) => r,
@@ -192,8 +197,9 @@ async fn serve_udp(ctx: Arc<Context>, s: Inbound) {
     if stream.write_u8(Reply::Ok as u8).await.is_err() || stream.flush().await.is_err() {
         return;
     }
-    let _guard = StreamGuard::new(ctx.peers.stream_counter(peer), None);
-    let (mut tx, mut rx) = datagram_pair(stream, None);
+    let streams = ctx.peers.streams(peer, &node);
+    let metered = Metered::new(StreamGuard::new(&streams, Direction::Inbound, None), &streams.meters);
+    let (mut tx, mut rx) = datagram_pair(stream, metered);
     let mut from_stream = vec![0u8; MAX_DATAGRAM];
     let mut from_socket = vec![0u8; MAX_DATAGRAM];
     let idle = tokio::time::sleep(UDP_IDLE_TIMEOUT);

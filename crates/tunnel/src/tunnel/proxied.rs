@@ -1,5 +1,8 @@
 //! What the tunnel hands out: [`TunnelStream`], a proxied TCP connection, and the two halves
 //! of a UDP session, which carries length-prefixed datagrams on one stream.
+//!
+//! Each counts the payload it carries (bytes of a connection, datagrams' bodies: never the
+//! header or the length prefixes) into its node's series as it goes ([`Metered`]).
 
 use std::{
     io,
@@ -8,11 +11,12 @@ use std::{
     task::{Context, Poll},
 };
 
+use edgemesh_metrics::Counter;
 use libp2p::{PeerId, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio_util::compat::Compat;
 
-use crate::peer_table::StreamGuard;
+use crate::{metrics::NodeMeters, peer_table::StreamGuard};
 
 /// The largest datagram a session carries (the length prefix is a u16).
 pub const MAX_DATAGRAM: usize = u16::MAX as usize;
@@ -25,12 +29,26 @@ pub struct TunnelStream {
     io: Compat<Stream>,
     peer: PeerId,
     relayed: bool,
+    metered: Metered,
+}
+
+/// An open proxy stream's place in the metrics: counted as open while this lives, and the
+/// payload bytes each way.
+pub(crate) struct Metered {
     _guard: StreamGuard,
+    sent: Counter,
+    received: Counter,
+}
+
+impl Metered {
+    pub(crate) fn new(guard: StreamGuard, meters: &NodeMeters) -> Self {
+        Metered { _guard: guard, sent: meters.sent.clone(), received: meters.received.clone() }
+    }
 }
 
 impl TunnelStream {
-    pub(super) fn new(io: Compat<Stream>, peer: PeerId, relayed: bool, guard: StreamGuard) -> Self {
-        TunnelStream { io, peer, relayed, _guard: guard }
+    pub(super) fn new(io: Compat<Stream>, peer: PeerId, relayed: bool, metered: Metered) -> Self {
+        TunnelStream { io, peer, relayed, metered }
     }
 
     /// The peer (agent) at the other end.
@@ -53,13 +71,20 @@ impl std::fmt::Debug for TunnelStream {
 
 impl AsyncRead for TunnelStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.io).poll_read(cx, buf);
+        self.metered.received.inc_by((buf.filled().len() - before) as u64);
+        read
     }
 }
 
 impl AsyncWrite for TunnelStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            self.metered.sent.inc_by(n as u64);
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -71,12 +96,12 @@ impl AsyncWrite for TunnelStream {
     }
 }
 
-pub(super) fn datagram_pair(stream: Compat<Stream>, guard: Option<StreamGuard>) -> (DatagramSender, DatagramReceiver) {
-    let guard = guard.map(Arc::new);
+pub(super) fn datagram_pair(stream: Compat<Stream>, metered: Metered) -> (DatagramSender, DatagramReceiver) {
+    let metered = Arc::new(metered);
     let (r, w) = tokio::io::split(stream);
     (
-        DatagramSender { w, pending: Vec::new(), _guard: guard.clone() },
-        DatagramReceiver { r, len: [0; 2], len_filled: 0, body: Vec::new(), body_filled: 0, _guard: guard },
+        DatagramSender { w, pending: Vec::new(), metered: metered.clone() },
+        DatagramReceiver { r, len: [0; 2], len_filled: 0, body: Vec::new(), body_filled: 0, metered },
     )
 }
 
@@ -85,7 +110,7 @@ pub struct DatagramSender {
     w: WriteHalf<Compat<Stream>>,
     /// Bytes of a frame not written yet (a cancelled `send` leaves its frame here).
     pending: Vec<u8>,
-    _guard: Option<Arc<StreamGuard>>,
+    metered: Arc<Metered>,
 }
 
 impl DatagramSender {
@@ -101,6 +126,8 @@ impl DatagramSender {
         self.pending.reserve(2 + datagram.len());
         self.pending.extend_from_slice(&(datagram.len() as u16).to_be_bytes());
         self.pending.extend_from_slice(datagram);
+        // Counted once queued: a cancelled call's frame is written by the next one.
+        self.metered.sent.inc_by(datagram.len() as u64);
         self.drain().await
     }
 
@@ -129,7 +156,7 @@ pub struct DatagramReceiver {
     len_filled: usize,
     body: Vec<u8>,
     body_filled: usize,
-    _guard: Option<Arc<StreamGuard>>,
+    metered: Arc<Metered>,
 }
 
 impl DatagramReceiver {
@@ -156,6 +183,7 @@ impl DatagramReceiver {
             }
             self.body_filled += n;
         }
+        self.metered.received.inc_by(self.body.len() as u64);
         let n = self.body.len().min(buf.len());
         buf[..n].copy_from_slice(&self.body[..n]);
         self.len_filled = 0;

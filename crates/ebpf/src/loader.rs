@@ -1,0 +1,208 @@
+//! Loads the programs, attaches them to a cgroup v2 directory, and pins
+//! programs, links and maps under a bpffs directory, so they outlive the
+//! agent (traffic keeps flowing while it restarts). At start, complete
+//! pinned state is adopted instead of loading twice; incomplete state (a
+//! crash mid-load) is removed and loaded afresh.
+//!
+//! Layout under the pin directory: `maps/<map>`, `progs/<program>`,
+//! `links/<program>`. A pinned link keeps its program attached until the
+//! file is removed and no descriptor is left: [`FastPath::remove`] does
+//! that.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use aya::maps::{HashMap, Map, MapData};
+use aya::programs::links::FdLink;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+
+use crate::abi::{BackendKey, BackendValue, SvcKey, SvcValue};
+use crate::writer::MapWriter;
+use crate::{Error, OBJECT, support};
+
+/// The programs, by their function names in `bpf/edgemesh.bpf.c`.
+pub const PROGRAMS: [&str; 8] = [
+    "em_connect4",
+    "em_connect6",
+    "em_sendmsg4",
+    "em_sendmsg6",
+    "em_recvmsg4",
+    "em_recvmsg6",
+    "em_getpeername4",
+    "em_getpeername6",
+];
+pub(crate) const SERVICES: &str = "em_services";
+pub(crate) const BACKENDS: &str = "em_backends";
+pub(crate) const REVERSE: &str = "em_rev";
+const MAPS: [&str; 3] = [SERVICES, BACKENDS, REVERSE];
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Where to attach and where to pin.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// A cgroup v2 directory; None: the host's cgroup v2 root.
+    pub cgroup: Option<PathBuf>,
+    /// A directory on the bpffs at /sys/fs/bpf.
+    pub pin_dir: PathBuf,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { cgroup: None, pin_dir: PathBuf::from(BPFFS).join("edgemesh") }
+    }
+}
+
+/// The attached fast path and the writer of its maps.
+pub struct FastPath {
+    pin_dir: PathBuf,
+    cgroup: PathBuf,
+    adopted: bool,
+    writer: MapWriter,
+}
+
+impl FastPath {
+    /// Checks support, mounts bpffs if needed, then adopts the pinned
+    /// state or loads, attaches and pins.
+    pub fn start(options: Options) -> Result<FastPath, Error> {
+        support::check()?;
+        let cgroup = match options.cgroup {
+            Some(c) => c,
+            None => support::cgroup2_root()?,
+        };
+        ensure_bpffs()?;
+        let pin_dir = options.pin_dir;
+        let adopted = is_complete(&pin_dir);
+        let writer = if adopted {
+            tracing::debug!(pins = %pin_dir.display(), "adopting the pinned fast path");
+            adopt(&pin_dir)?
+        } else {
+            if pin_dir.exists() {
+                tracing::warn!(pins = %pin_dir.display(), "incomplete pinned fast path (interrupted load?): removing it");
+                remove_pins(&pin_dir)?;
+            }
+            load(&pin_dir, &cgroup).inspect_err(|_| {
+                let _ = remove_pins(&pin_dir);
+            })?
+        };
+        Ok(FastPath { pin_dir, cgroup, adopted, writer })
+    }
+
+    /// Whether the programs were already there (pinned by an earlier run).
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The cgroup this run attached to (an adopted run: the one asked for;
+    /// the pins do not record where the first run attached).
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    pub fn writer(&mut self) -> &mut MapWriter {
+        &mut self.writer
+    }
+
+    /// Detaches and unpins everything: the links (detaching the programs),
+    /// the programs and the maps, and the pin directory.
+    pub fn remove(self) -> Result<(), Error> {
+        let FastPath { pin_dir, writer, .. } = self;
+        drop(writer);
+        remove_pins(&pin_dir)
+    }
+}
+
+fn is_complete(pin_dir: &Path) -> bool {
+    PROGRAMS.iter().all(|p| pin_dir.join("links").join(p).exists() && pin_dir.join("progs").join(p).exists())
+        && MAPS.iter().all(|m| pin_dir.join("maps").join(m).exists())
+}
+
+/// Mounts bpffs at /sys/fs/bpf unless it is there (once per process).
+fn ensure_bpffs() -> Result<(), Error> {
+    static MOUNTING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = MOUNTING.lock().unwrap_or_else(|e| e.into_inner());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounted = mountinfo.lines().any(|l| {
+        l.split_once(" - ")
+            .is_some_and(|(left, right)| right.starts_with("bpf ") && left.split_whitespace().nth(4) == Some(BPFFS))
+    });
+    if mounted {
+        return Ok(());
+    }
+    tracing::info!("mounting bpffs at {BPFFS}");
+    rustix::mount::mount("bpf", BPFFS, "bpf", rustix::mount::MountFlags::empty(), None)
+        .map_err(|e| Error::Bpffs { path: BPFFS.into(), source: e.into() })
+}
+
+fn load(pin_dir: &Path, cgroup: &Path) -> Result<MapWriter, Error> {
+    for sub in ["maps", "progs", "links"] {
+        let dir = pin_dir.join(sub);
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Pins { path: dir, source })?;
+    }
+    let cgroup_dir = File::open(cgroup).map_err(|source| Error::Cgroup { path: cgroup.into(), source })?;
+    let mut ebpf = aya::Ebpf::load(OBJECT)?;
+    // The maps are taken and pinned first, and kept open until every
+    // program is attached.
+    let mut maps = Vec::new();
+    for name in MAPS {
+        let map = ebpf.take_map(name).ok_or(Error::NotInObject { name })?;
+        let path = pin_dir.join("maps").join(name);
+        map.pin(&path).map_err(|source| Error::Pin { path, source })?;
+        maps.push(map);
+    }
+    for name in PROGRAMS {
+        let program = ebpf.program_mut(name).ok_or(Error::NotInObject { name })?;
+        let program: &mut CgroupSockAddr = program.try_into().map_err(|source| Error::Program { name, source })?;
+        program.load().map_err(|source| Error::Program { name, source })?;
+        let path = pin_dir.join("progs").join(name);
+        program.pin(&path).map_err(|source| Error::Pin { path, source })?;
+        // Single: AllowMultiple gives EINVAL on cgroup links; links stack anyway.
+        let id =
+            program.attach(&cgroup_dir, CgroupAttachMode::Single).map_err(|source| Error::Program { name, source })?;
+        let link = program.take_link(id).map_err(|source| Error::Program { name, source })?;
+        let link: FdLink = link.try_into().map_err(|source| Error::Link { name, source })?;
+        let path = pin_dir.join("links").join(name);
+        link.pin(&path).map_err(|source| Error::Pin { path, source })?;
+    }
+    let mut maps = maps.into_iter();
+    let (services, backends) = (maps.next().expect("services map"), maps.next().expect("backends map"));
+    MapWriter::new(hash_map(SERVICES, services)?, hash_map(BACKENDS, backends)?, false)
+}
+
+fn adopt(pin_dir: &Path) -> Result<MapWriter, Error> {
+    let open = |name: &'static str| -> Result<Map, Error> {
+        let data = MapData::from_pin(pin_dir.join("maps").join(name)).map_err(|source| Error::Map { name, source })?;
+        Map::from_map_data(data).map_err(|source| Error::Map { name, source })
+    };
+    MapWriter::new(hash_map(SERVICES, open(SERVICES)?)?, hash_map(BACKENDS, open(BACKENDS)?)?, true)
+}
+
+fn hash_map<K: aya::Pod, V: aya::Pod>(name: &'static str, map: Map) -> Result<HashMap<MapData, K, V>, Error> {
+    HashMap::try_from(map).map_err(|source| Error::Map { name, source })
+}
+
+pub(crate) type ServicesMap = HashMap<MapData, SvcKey, SvcValue>;
+pub(crate) type BackendsMap = HashMap<MapData, BackendKey, BackendValue>;
+
+/// Removes the links first (which detaches the programs once no
+/// descriptor holds them), then the programs and maps, then the
+/// directories. Missing files are fine: this also cleans up a half load.
+fn remove_pins(pin_dir: &Path) -> Result<(), Error> {
+    for sub in ["links", "progs", "maps"] {
+        let dir = pin_dir.join(sub);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(Error::Pins { path: dir, source }),
+        };
+        for entry in entries {
+            let path = entry.map_err(|source| Error::Pins { path: dir.clone(), source })?.path();
+            std::fs::remove_file(&path).map_err(|source| Error::Pins { path, source })?;
+        }
+        std::fs::remove_dir(&dir).map_err(|source| Error::Pins { path: dir, source })?;
+    }
+    match std::fs::remove_dir(pin_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Pins { path: pin_dir.into(), source: e }),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,84 @@
+//! Applies the map writer's plans ([`crate::plan`]) to the kernel's maps,
+//! one operation at a time in the plan's order, recording each in the
+//! mirror once the kernel has taken it.
+
+use std::net::SocketAddr;
+
+use crate::Error;
+use crate::abi::{BackendKey, BackendValue, SvcKey, SvcValue};
+use crate::loader::{BACKENDS, BackendsMap, SERVICES, ServicesMap};
+use crate::plan::{MapOp, ServicePort, ServiceTable};
+
+pub struct MapWriter {
+    services: ServicesMap,
+    backends: BackendsMap,
+    table: ServiceTable,
+}
+
+impl MapWriter {
+    /// A writer of these maps; `read_back`: rebuild the mirror from what
+    /// they hold (adopted state), else they are new and empty.
+    pub(crate) fn new(services: ServicesMap, backends: BackendsMap, read_back: bool) -> Result<MapWriter, Error> {
+        let mut table = ServiceTable::default();
+        if read_back {
+            for entry in backends.iter() {
+                let (k, v) = entry.map_err(|source| Error::Map { name: BACKENDS, source })?;
+                table.record(&MapOp::PutSlot { id: k.id, slot: k.slot, backend: v.socket_addr() });
+            }
+            for entry in services.iter() {
+                let (k, v) = entry.map_err(|source| Error::Map { name: SERVICES, source })?;
+                match k.service_port() {
+                    Some(port) => table.record(&MapOp::PutService { port, id: v.id, count: v.count }),
+                    None => tracing::warn!(proto = k.proto, "pinned service entry of an unknown protocol: left alone"),
+                }
+            }
+        }
+        Ok(MapWriter { services, backends, table })
+    }
+
+    /// What the maps hold.
+    pub fn table(&self) -> &ServiceTable {
+        &self.table
+    }
+
+    /// Gives `port` exactly `backends` (none: removes it).
+    pub fn set(&mut self, port: ServicePort, backends: &[SocketAddr]) -> Result<(), Error> {
+        let ops = self.table.plan(port, backends)?;
+        self.apply(&ops)
+    }
+
+    /// Removes `port` and its slots.
+    pub fn remove(&mut self, port: ServicePort) -> Result<(), Error> {
+        let ops = self.table.plan_remove(port);
+        self.apply(&ops)
+    }
+
+    fn apply(&mut self, ops: &[MapOp]) -> Result<(), Error> {
+        for op in ops {
+            match *op {
+                MapOp::PutSlot { id, slot, backend } => self
+                    .backends
+                    .insert(BackendKey { id, slot }, BackendValue::new(backend), 0)
+                    .map_err(|source| Error::Map { name: BACKENDS, source })?,
+                MapOp::PutService { port, id, count } => self
+                    .services
+                    .insert(SvcKey::new(&port), SvcValue { id, count, flags: 0, affinity_timeout: 0 }, 0)
+                    .map_err(|source| Error::Map { name: SERVICES, source })?,
+                MapOp::DeleteService { port } => remove_present(self.services.remove(&SvcKey::new(&port)))
+                    .map_err(|source| Error::Map { name: SERVICES, source })?,
+                MapOp::DeleteSlot { id, slot } => remove_present(self.backends.remove(&BackendKey { id, slot }))
+                    .map_err(|source| Error::Map { name: BACKENDS, source })?,
+            }
+            self.table.record(op);
+        }
+        Ok(())
+    }
+}
+
+/// A key already gone is removed as far as we are concerned.
+fn remove_present(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}

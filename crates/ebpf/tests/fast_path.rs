@@ -1,0 +1,133 @@
+//! The fast path on the real kernel (as root): programs attached to a
+//! child cgroup made by the test, clients in that cgroup inside a network
+//! namespace with only `lo`, service addresses in 10.96.0.0/16 that no
+//! route leads to, so only the programs can make them work.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use edgemesh_ebpf::{FastPath, ServicePort};
+use edgemesh_test_support::netns::{NsNginx, UdpEcho};
+use support::{Node, attached, options};
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Two nginx backends answering `one` and `two`, behind 10.96.0.10:80.
+fn web_node(role: &str) -> (Node, NsNginx, NsNginx) {
+    let mut node = Node::new(role, &["10.0.1.1", "10.0.1.2"]);
+    let one = NsNginx::start(&node.ns, &["10.0.1.1:8080"], "one");
+    let two = NsNginx::start(&node.ns, &["10.0.1.2:8080"], "two");
+    let svc = ServicePort::tcp(addr("10.96.0.10:80"));
+    node.fast().writer().set(svc, &[addr("10.0.1.1:8080"), addr("10.0.1.2:8080")]).unwrap();
+    (node, one, two)
+}
+
+fn count(bodies: &[String], body: &str) -> usize {
+    bodies.iter().filter(|b| *b == body).count()
+}
+
+#[test]
+fn curl_to_a_service_address_reaches_both_backends_and_a_removed_one_gets_no_new_connections() {
+    let (mut node, _one, _two) = web_node("tcp");
+    let bodies = node.curl_times("10.96.0.10", 40);
+    assert_eq!(bodies.len(), 40, "{bodies:?}");
+    let (one, two) = (count(&bodies, "one"), count(&bodies, "two"));
+    assert_eq!(one + two, 40, "every request answered by a backend: {bodies:?}");
+    assert!(one >= 5 && two >= 5, "balanced across both backends: one {one}, two {two}");
+
+    // Outside the cgroup nothing is rewritten: no route to the service address.
+    assert!(node.ns.curl("http://10.96.0.10/").is_none(), "a client outside the cgroup is left alone");
+
+    let svc = ServicePort::tcp(addr("10.96.0.10:80"));
+    node.fast().writer().set(svc, &[addr("10.0.1.1:8080")]).unwrap();
+    let bodies = node.curl_times("10.96.0.10", 20);
+    assert_eq!(bodies, vec!["one".to_owned(); 20], "the removed backend gets no new connection");
+
+    // No backend left: the service entry goes, and connections fail as without the fast path.
+    node.fast().writer().set(svc, &[]).unwrap();
+    assert!(node.fast().writer().table().is_empty());
+    assert_eq!(node.curl_times("10.96.0.10", 1), vec!["failed".to_owned()]);
+}
+
+#[test]
+fn applications_see_the_service_address_as_their_peer_over_ipv4_and_v4_mapped_ipv6() {
+    let (node, _one, _two) = web_node("peer");
+    for (host, shown) in [("10.96.0.10", "10.96.0.10"), ("::ffff:10.96.0.10", "::ffff:10.96.0.10")] {
+        let lines = node.client(&["tcp", host, "80", "20"]);
+        assert_eq!(lines.len(), 20, "{host}: {lines:?}");
+        for line in &lines {
+            let (peer, body) = line.rsplit_once(' ').unwrap();
+            assert_eq!(peer, format!("{shown} 80"), "{host}: getpeername gives the service address");
+            assert!(body == "one" || body == "two", "{host}: answered by a backend: {line}");
+        }
+        let bodies: Vec<String> = lines.iter().map(|l| l.rsplit(' ').next().unwrap().to_owned()).collect();
+        assert!(count(&bodies, "one") > 0 && count(&bodies, "two") > 0, "{host}: both backends: {bodies:?}");
+    }
+}
+
+#[test]
+fn an_ipv6_service_reaches_its_ipv6_backends_through_connect6_and_getpeername6() {
+    let mut node = Node::new("v6", &["fd00::1", "fd00::2"]);
+    let _one = NsNginx::start(&node.ns, &["[fd00::1]:8080"], "one");
+    let _two = NsNginx::start(&node.ns, &["[fd00::2]:8080"], "two");
+    let svc = ServicePort::tcp(addr("[fd00:96::10]:80"));
+    node.fast().writer().set(svc, &[addr("[fd00::1]:8080"), addr("[fd00::2]:8080")]).unwrap();
+    let lines = node.client(&["tcp", "fd00:96::10", "80", "20"]);
+    assert_eq!(lines.len(), 20, "{lines:?}");
+    assert!(lines.iter().all(|l| l.starts_with("fd00:96::10 80 ")), "getpeername gives the service address: {lines:?}");
+    let bodies: Vec<String> = lines.iter().map(|l| l.rsplit(' ').next().unwrap().to_owned()).collect();
+    assert!(count(&bodies, "one") > 0 && count(&bodies, "two") > 0, "both backends: {bodies:?}");
+}
+
+#[test]
+fn udp_replies_come_from_the_service_address_connected_or_not() {
+    let mut node = Node::new("udp", &["10.0.1.1", "10.0.1.2"]);
+    let echoes = [UdpEcho::start(&node.ns, "10.0.1.1:5353"), UdpEcho::start(&node.ns, "10.0.1.2:5353")];
+    let svc = ServicePort::udp(addr("10.96.0.10:53"));
+    node.fast().writer().set(svc, &[addr("10.0.1.1:5353"), addr("10.0.1.2:5353")]).unwrap();
+
+    // Unconnected: each datagram is sent to a backend picked for it, and
+    // every reply appears to come from the service address.
+    let lines = node.client(&["udp", "10.96.0.10", "53", "30"]);
+    let want: Vec<String> = (0..30).map(|i| format!("10.96.0.10 53 echo:m{i}")).collect();
+    assert_eq!(lines, want);
+    let served: Vec<u32> = echoes.iter().map(|e| e.served.load(std::sync::atomic::Ordering::Relaxed)).collect();
+    assert!(served.iter().all(|&n| n > 0), "datagrams balanced across both backends: {served:?}");
+
+    // Connected (IPv4, then a v4-mapped IPv6 socket): one backend for the socket's life.
+    let lines = node.client(&["udp-connected", "10.96.0.10", "53", "5"]);
+    assert_eq!(lines, (0..5).map(|i| format!("10.96.0.10 53 echo:m{i}")).collect::<Vec<_>>());
+    let lines = node.client(&["udp-connected", "::ffff:10.96.0.10", "53", "5"]);
+    assert_eq!(lines, (0..5).map(|i| format!("::ffff:10.96.0.10 53 echo:m{i}")).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_second_loader_adopts_the_pinned_state_and_remove_leaves_nothing_attached_or_pinned() {
+    let (mut node, _one, _two) = web_node("adopt");
+    let first = attached(&node.cgroup.path);
+    assert_eq!(first.len(), 8, "connect, sendmsg, recvmsg, getpeername, each 4 and 6: {first:?}");
+
+    // A restart: the first run's process state goes, its pins stay; the
+    // programs keep answering in between.
+    drop(node.fast.take());
+    assert_eq!(node.curl_times("10.96.0.10", 4).iter().filter(|b| *b == "one" || *b == "two").count(), 4);
+    let mut second = FastPath::start(options(&node.cgroup, &node.pins)).unwrap();
+    assert!(second.adopted());
+    assert_eq!(attached(&node.cgroup.path), first, "adopting attaches nothing twice");
+    let svc = ServicePort::tcp(addr("10.96.0.10:80"));
+    let mut known = second.writer().table().backends(&svc);
+    known.sort();
+    assert_eq!(known, vec![addr("10.0.1.1:8080"), addr("10.0.1.2:8080")], "the adopted maps are read back");
+
+    // The adopted writer updates the same maps the attached programs read.
+    second.writer().set(svc, &[addr("10.0.1.2:8080")]).unwrap();
+    assert_eq!(node.curl_times("10.96.0.10", 10), vec!["two".to_owned(); 10]);
+
+    second.remove().unwrap();
+    assert_eq!(attached(&node.cgroup.path), vec![], "remove() detaches every program");
+    assert!(!node.pins.0.exists(), "remove() unpins everything");
+    assert!(node.ns.curl("http://10.96.0.10/").is_none(), "and the service address is no longer rewritten");
+}
