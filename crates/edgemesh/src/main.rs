@@ -51,6 +51,11 @@ fn main() -> ExitCode {
             };
             let reload = ReloadSource { file: args.config.clone(), flags: args.settings.clone() };
             let run = async {
+                // SIGHUP's default action ends the process: catch it from the
+                // start (tokio keeps a handler once installed), so a reload
+                // asked for while the agent starts is not a kill. The
+                // reloader, once running, answers it.
+                let _early_hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
                 let deps = Deps { logging: Some(logging), ..Deps::system() };
                 let agent = Agent::build(config, deps).await?.with_reload(reload);
                 let (stop, force) = stop_signals()?;
