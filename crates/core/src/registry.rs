@@ -71,13 +71,23 @@ pub struct Registry {
     rx: mpsc::Receiver<(usize, SourceEvent)>,
     sources: usize,
     synced_sources: HashSet<usize>,
+    /// Changes of the default strategy (a config reload), if followed.
+    default_strategy: Option<watch::Receiver<LbStrategy>>,
 }
 
 impl Registry {
     pub fn new(config: RegistryConfig) -> Self {
         let (tx, rx) = mpsc::channel(4096);
         let (publish, _) = watch::channel(Arc::new(Snapshot::default()));
-        Self { state: RegistryState::new(&config), config, publish, tx, rx, sources: 0, synced_sources: HashSet::new() }
+        let state = RegistryState::new(&config);
+        Self { state, config, publish, tx, rx, sources: 0, synced_sources: HashSet::new(), default_strategy: None }
+    }
+
+    /// Follows `strategy` for services without the strategy annotation: a
+    /// change rebuilds every service and publishes them in one generation.
+    pub fn with_default_strategy(mut self, strategy: watch::Receiver<LbStrategy>) -> Self {
+        self.default_strategy = Some(strategy);
+        self
     }
 
     /// Registers a source and returns the sink it sends events to.
@@ -113,7 +123,15 @@ impl Registry {
         let mut held_since = tokio::time::Instant::now();
         loop {
             let received = if held == 0 {
-                self.rx.recv_many(&mut batch, 4096).await
+                tokio::select! {
+                    n = self.rx.recv_many(&mut batch, 4096) => n,
+                    strategy = strategy_change(&mut self.default_strategy) => {
+                        if self.state.set_default_strategy(strategy) {
+                            publish(&mut self.state, &self.publish);
+                        }
+                        continue;
+                    }
+                }
             } else {
                 let pause = tokio::time::sleep(LOADING_PUBLISH_INTERVAL);
                 tokio::select! {
@@ -121,6 +139,11 @@ impl Registry {
                     () = pause => {
                         publish(&mut self.state, &self.publish);
                         held = 0;
+                        continue;
+                    }
+                    // Held back with the rest of the initial load.
+                    strategy = strategy_change(&mut self.default_strategy) => {
+                        self.state.set_default_strategy(strategy);
                         continue;
                     }
                 }
@@ -160,6 +183,17 @@ impl Registry {
             publish(&mut self.state, &self.publish);
         }
     }
+}
+
+/// The next default strategy from `changes`; never, without one (or once
+/// its sender is gone).
+async fn strategy_change(changes: &mut Option<watch::Receiver<LbStrategy>>) -> LbStrategy {
+    if let Some(rx) = changes
+        && rx.changed().await.is_ok()
+    {
+        return *rx.borrow_and_update();
+    }
+    std::future::pending().await
 }
 
 /// Events the registry's batch keeps room for between bursts.
@@ -209,6 +243,18 @@ impl RegistryState {
             names: SharedNames::default(),
             snapshot: Snapshot::for_node(&config.node_name),
         }
+    }
+
+    /// Changes the strategy of services without the annotation; returns
+    /// whether it changed (every service is then rebuilt at the next
+    /// generation; only those whose entry changes are republished).
+    pub fn set_default_strategy(&mut self, strategy: LbStrategy) -> bool {
+        if strategy == self.default_strategy {
+            return false;
+        }
+        self.default_strategy = strategy;
+        self.pending.extend(self.services.keys().cloned());
+        true
     }
 
     /// Applies one event; returns whether any service or node may have changed.

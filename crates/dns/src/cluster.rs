@@ -18,6 +18,7 @@
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use edgemesh_core::{ServiceEntry, ServiceKey, Snapshot};
 use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA, SRV};
@@ -56,15 +57,21 @@ impl Outcome {
 pub struct Zone {
     /// Lowercase, fully qualified (`cluster.local.`).
     origin: Name,
-    ttl: u32,
-    /// How long resolvers may cache that a name or type does not exist:
-    /// the SOA's TTL and minimum.
-    negative_ttl: u32,
+    /// Shared by the zone's clones, so a reload changes them for the
+    /// server that holds one (see `crate::live`).
+    ttls: Arc<Ttls>,
     mname: Name,
     rname: Name,
     /// Services answer with their cluster IPs rather than their VIPs:
     /// interception makes cluster IPs reachable.
     cluster_ips_first: bool,
+}
+
+/// The zone's TTLs, in seconds.
+#[derive(Debug)]
+struct Ttls {
+    ttl: AtomicU32,
+    negative: AtomicU32,
 }
 
 impl Zone {
@@ -84,13 +91,20 @@ impl Zone {
         if origin.len() > Name::MAX_LENGTH - 150 {
             return Err(bad("it is too long to leave room for service names".into()));
         }
-        Ok(Self { origin, ttl, negative_ttl: ttl, mname, rname, cluster_ips_first: false })
+        let ttls = Arc::new(Ttls { ttl: AtomicU32::new(ttl), negative: AtomicU32::new(ttl) });
+        Ok(Self { origin, ttls, mname, rname, cluster_ips_first: false })
     }
 
     /// The negative TTL (SOA TTL and minimum).
-    pub fn with_negative_ttl(mut self, ttl: u32) -> Self {
-        self.negative_ttl = ttl;
+    pub fn with_negative_ttl(self, ttl: u32) -> Self {
+        self.ttls.negative.store(ttl, Ordering::Relaxed);
         self
+    }
+
+    /// Changes the TTLs of the answers to come, in this zone and its clones.
+    pub fn set_ttls(&self, ttl: u32, negative_ttl: u32) {
+        self.ttls.ttl.store(ttl, Ordering::Relaxed);
+        self.ttls.negative.store(negative_ttl, Ordering::Relaxed);
     }
 
     /// With interception on: services answer with their cluster IPs, and
@@ -110,13 +124,20 @@ impl Zone {
     }
 
     pub fn ttl(&self) -> u32 {
-        self.ttl
+        self.ttls.ttl.load(Ordering::Relaxed)
+    }
+
+    /// How long resolvers may cache that a name or type does not exist:
+    /// the SOA's TTL and minimum.
+    pub fn negative_ttl(&self) -> u32 {
+        self.ttls.negative.load(Ordering::Relaxed)
     }
 
     /// The zone's SOA record; its TTL and minimum are the negative TTL.
     pub fn soa(&self, serial: u32) -> Record {
-        let soa = SOA::new(self.mname.clone(), self.rname.clone(), serial, 60, 10, 3600, self.negative_ttl);
-        Record::from_rdata(self.origin.clone(), self.negative_ttl, RData::SOA(soa))
+        let negative_ttl = self.negative_ttl();
+        let soa = SOA::new(self.mname.clone(), self.rname.clone(), serial, 60, 10, 3600, negative_ttl);
+        Record::from_rdata(self.origin.clone(), negative_ttl, RData::SOA(soa))
     }
 
     /// Answers `name`/`qtype` from `snap`. The owner of answer records is
@@ -169,7 +190,9 @@ impl Zone {
         let Some(ip) = arpa_address(name) else { return Outcome::Forward };
         let Some(entry) = snap.service_by_ip(&ip) else { return Outcome::Forward };
         match self.service_name(&entry.key, None) {
-            Some(target) => Outcome::answer(vec![Record::from_rdata(name.clone(), self.ttl, RData::PTR(PTR(target)))]),
+            Some(target) => {
+                Outcome::answer(vec![Record::from_rdata(name.clone(), self.ttl(), RData::PTR(PTR(target)))])
+            }
             None => Outcome::Forward,
         }
     }
@@ -230,7 +253,7 @@ impl Zone {
             additionals.extend(self.addresses(entry).filter_map(|ip| self.address(&target, ip, RecordType::ANY)));
             if !additionals.is_empty() {
                 let srv = SRV::new(0, 100, port.port, target);
-                answers.push(Record::from_rdata(name.clone(), self.ttl, RData::SRV(srv)));
+                answers.push(Record::from_rdata(name.clone(), self.ttl(), RData::SRV(srv)));
             }
             return Outcome::records_or_nodata(answers, additionals);
         }
@@ -248,7 +271,7 @@ impl Zone {
             };
             let Some(target) = self.service_name(&entry.key, Some(&label)) else { continue };
             let srv = SRV::new(0, weight, backend.addr.port(), target.clone());
-            let record = Record::from_rdata(name.clone(), self.ttl, RData::SRV(srv));
+            let record = Record::from_rdata(name.clone(), self.ttl(), RData::SRV(srv));
             if hostname.is_some() && answers.contains(&record) {
                 // Two addresses of one pod (dual stack): one SRV, both addresses.
                 additionals.extend(self.address(&target, ip, RecordType::ANY));
@@ -267,7 +290,7 @@ impl Zone {
             IpAddr::V6(v6) if wants(qtype, RecordType::AAAA) => RData::AAAA(AAAA(v6)),
             _ => return None,
         };
-        Some(Record::from_rdata(name.clone(), self.ttl, rdata))
+        Some(Record::from_rdata(name.clone(), self.ttl(), rdata))
     }
 
     /// `[<host>.]<svc>.<ns>.svc.<domain>.`, or `None` if that is no valid name.

@@ -10,9 +10,11 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -39,10 +41,10 @@ pub enum UpstreamError {
 /// The upstream side: a list of resolvers and a time budget.
 #[derive(Debug)]
 pub struct Forwarder {
-    upstreams: Vec<SocketAddr>,
-    /// Per upstream, in the same order.
-    metrics: Vec<UpstreamMetrics>,
-    timeout: Duration,
+    /// Loaded once per forwarded query; replaced by a reload ([`Forwarder::set`]).
+    upstreams: ArcSwap<Upstreams>,
+    /// Where a new upstream's metrics are made (set by [`Forwarder::with_metrics`]).
+    families: ForwardMetrics,
     /// Seconds since `epoch` of the last warning, to log failures at warn
     /// at most once per [`WARN_EVERY`].
     last_warn: AtomicU64,
@@ -51,38 +53,64 @@ pub struct Forwarder {
 
 const WARN_EVERY: Duration = Duration::from_secs(30);
 
+/// The resolvers, tried in order, their metrics, and the time for all of them.
+#[derive(Debug)]
+struct Upstreams {
+    list: Vec<SocketAddr>,
+    /// Per upstream, in the same order.
+    metrics: Vec<UpstreamMetrics>,
+    timeout: Duration,
+}
+
+impl Upstreams {
+    fn new(list: Vec<SocketAddr>, timeout: Duration, families: &ForwardMetrics) -> Self {
+        let metrics = list.iter().map(|to| families.upstream(*to)).collect();
+        Self { list, metrics, timeout }
+    }
+}
+
 impl Forwarder {
     pub fn new(upstreams: Vec<SocketAddr>, timeout: Duration) -> Self {
-        let metrics = upstreams.iter().map(|to| ForwardMetrics::default().upstream(*to)).collect();
-        Self { upstreams, metrics, timeout, last_warn: AtomicU64::new(u64::MAX), epoch: Instant::now() }
+        let families = ForwardMetrics::default();
+        let upstreams = ArcSwap::from_pointee(Upstreams::new(upstreams, timeout, &families));
+        Self { upstreams, families, last_warn: AtomicU64::new(u64::MAX), epoch: Instant::now() }
     }
 
     /// Counts requests, responses and their durations per upstream into
-    /// `metrics` (from zero).
+    /// `metrics` (from zero), also for the upstreams a reload brings.
     pub(crate) fn with_metrics(mut self, metrics: &ForwardMetrics) -> Self {
-        self.metrics = self.upstreams.iter().map(|to| metrics.upstream(*to)).collect();
+        let current = self.upstreams.load_full();
+        self.families = metrics.clone();
+        self.upstreams.store(Arc::new(Upstreams::new(current.list.clone(), current.timeout, &self.families)));
         self
     }
 
-    pub fn upstreams(&self) -> &[SocketAddr] {
-        &self.upstreams
+    pub fn upstreams(&self) -> Vec<SocketAddr> {
+        self.upstreams.load().list.clone()
+    }
+
+    /// Replaces the resolvers and the time budget for the queries to come
+    /// (those under way finish with the old ones).
+    pub fn set(&self, upstreams: Vec<SocketAddr>, timeout: Duration) {
+        self.upstreams.store(Arc::new(Upstreams::new(upstreams, timeout, &self.families)));
     }
 
     /// Asks the upstreams in order; `None` when none answered usefully in
     /// time (the caller answers SERVFAIL).
     pub async fn resolve(&self, query: &Query) -> Option<Message> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let upstreams = self.upstreams.load_full();
+        let deadline = tokio::time::Instant::now() + upstreams.timeout;
         let mut last_rcode = None;
-        for (i, upstream) in self.upstreams.iter().enumerate() {
+        for (i, upstream) in upstreams.list.iter().enumerate() {
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 break;
             }
             // Share what is left among the upstreams not yet tried, so one
             // silent resolver cannot eat the whole budget.
-            let left = u32::try_from(self.upstreams.len() - i).unwrap_or(u32::MAX);
+            let left = u32::try_from(upstreams.list.len() - i).unwrap_or(u32::MAX);
             let attempt_deadline = now + (deadline - now) / left;
-            let (metrics, sent) = (&self.metrics[i], Instant::now());
+            let (metrics, sent) = (&upstreams.metrics[i], Instant::now());
             metrics.request();
             let answered = exchange(*upstream, query, attempt_deadline).await;
             if let Ok(msg) = &answered {

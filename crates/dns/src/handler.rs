@@ -126,6 +126,16 @@ impl Handler {
         &self.cache
     }
 
+    /// The cluster zone (its TTLs change on a reload).
+    pub fn zone(&self) -> &Zone {
+        &self.zone
+    }
+
+    /// The upstreams, if the server forwards (its list changes on a reload).
+    pub fn forwarder(&self) -> Option<&Forwarder> {
+        self.forwarder.as_ref()
+    }
+
     /// Answers `packet` (from `client`) into `out` if that needs no upstream.
     /// Every query answered is counted in the metrics once its response is
     /// ready (here, or in [`forward`](Self::forward)); packets dropped are not.

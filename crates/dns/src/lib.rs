@@ -26,6 +26,8 @@
 //! - [`cache`]: bounded cache of upstream answers keyed by (name, type,
 //!   class), case-insensitive, with TTL decrement and RFC 2308 negative
 //!   caching.
+//! - [`live`]: the settings a config reload changes while the server runs
+//!   (TTLs, upstreams, upstream timeout).
 //! - [`metrics`]: requests, responses, cache and upstream metrics, named
 //!   and labelled like CoreDNS's.
 //! - [`error`]: the [`DnsError`] enum.
@@ -53,11 +55,13 @@ pub mod error;
 pub mod forward;
 pub mod handler;
 pub mod hickory;
+pub mod live;
 pub mod metrics;
 pub mod server;
 pub mod wire;
 
 pub use error::DnsError;
+pub use live::DnsLiveSettings;
 pub use server::DnsServer;
 
 /// Settings of the DNS server: the `dns` section of the agent's config

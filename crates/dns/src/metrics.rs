@@ -321,7 +321,7 @@ struct UpstreamRcodeLabels {
 }
 
 /// The forwarder's families, shared by its upstreams.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ForwardMetrics {
     requests: Family<UpstreamLabels, Counter>,
     responses: Family<UpstreamRcodeLabels, Counter>,

@@ -110,6 +110,11 @@ impl DnsServer {
         self.local_addr
     }
 
+    /// The settings a config reload may change while the server runs.
+    pub fn live_settings(&self) -> crate::DnsLiveSettings {
+        crate::DnsLiveSettings::new(self.handler.clone())
+    }
+
     /// Serves until `shutdown` is cancelled, then stops every loop and
     /// in-flight lookup. Returns early with an error if hickory-server's TCP
     /// listener task gives up (it stops on some accept errors), so the agent

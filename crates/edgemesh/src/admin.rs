@@ -15,7 +15,13 @@
 //! - `/peers`: with the tunnel on, this node's peer ID and the connected
 //!   agents: node name, peer ID, addresses, direct or relayed, RTT, open
 //!   streams.
-//! - `/config`: the effective configuration as JSON.
+//! - `/config`: the configuration in force as JSON (after reloads).
+//! - `/reload`: the last config reload: when, what triggered it, its
+//!   result, its errors, and the settings waiting for a restart.
+//! - `/logging`: the log filter in force; `PUT` (or `POST`)
+//!   `/logging?level=<filter>` replaces it. Anyone who reaches the endpoint
+//!   can do so: it listens on loopback by default and must stay there (or
+//!   behind something that authenticates).
 //! - `/metrics`: every metric, in the Prometheus text format (OpenMetrics
 //!   when the scraper asks for it); see `edgemesh-metrics`.
 //! - `/topology`: the known nodes and this node's link to each (see
@@ -29,6 +35,8 @@
 //!
 //! Routes are in [`routes`].
 
+mod logging;
+mod reload;
 mod routes;
 mod service;
 mod topology;
@@ -84,6 +92,9 @@ pub struct AdminState {
     pub tunnel: Option<edgemesh_tunnel::Tunnel>,
     /// Every component's metrics (registered during `Agent::build`).
     pub metrics: Arc<AgentRegistry>,
+    /// The config in force (`config` is the one the agent started with),
+    /// the reload status and the log filter.
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 impl AdminState {

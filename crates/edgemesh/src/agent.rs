@@ -46,9 +46,14 @@ use tokio_util::sync::CancellationToken;
 pub use self::deps::Deps;
 use crate::admin::{AdminServer, AdminState};
 use crate::config::{Config, SourceKind};
+use crate::host::Host;
+use crate::lifecycle::drain::{self, DrainEnd};
+use crate::lifecycle::reload::{self, Reloader};
+use crate::lifecycle::{Lifecycle, LogControl, ReloadSource};
 use crate::limits;
 
-/// How long components get to finish after a stop signal.
+/// How long components get to stop once told to (after the drain, see
+/// [`crate::lifecycle::drain`]), and node mode's table and device to go.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// An agent whose sockets are bound and components set up, not yet running.
@@ -75,6 +80,13 @@ pub struct Agent {
     /// Cancelled to stop every component (the tunnel's swarm task has it
     /// from the start).
     shutdown: CancellationToken,
+    /// The config in force, reload status and log filter.
+    lifecycle: Arc<Lifecycle>,
+    /// The settings of the proxy and DNS that reloads change.
+    live: reload::Components,
+    host: Arc<dyn Host>,
+    /// Where reloads read the config from; `None`: no reloads.
+    reload: Option<ReloadSource>,
 }
 
 enum Source {
@@ -133,7 +145,7 @@ impl Agent {
         // Every component registers its metrics here as it is built; the
         // admin endpoint serves them.
         let mut metrics = AgentRegistry::new(env!("CARGO_PKG_VERSION"));
-        let mut registry = Registry::new(RegistryConfig {
+        let registry = Registry::new(RegistryConfig {
             vip_cidr: config.vip_cidr(),
             vip_cidr6: config.vip_cidr6(),
             default_strategy: config.proxy.default_strategy,
@@ -141,6 +153,8 @@ impl Agent {
             // With interception cluster IPs are served where they are.
             vips: if intercepting { VipPolicy::WhereNeeded } else { VipPolicy::Every },
         });
+        let (strategy, strategy_changes) = watch::channel(config.proxy.default_strategy);
+        let mut registry = registry.with_default_strategy(strategy_changes);
         let registry_sink = registry.source();
         let (source_sink, upstream) = EventSink::detached(1024);
         let cache = CacheStatus::with_clock(deps.clock.clone());
@@ -211,6 +225,8 @@ impl Agent {
             }
         };
         let config = Arc::new(config);
+        let logging = deps.logging.clone().unwrap_or_else(|| LogControl::detached(&config.log_level));
+        let lifecycle = Lifecycle::new(config.clone(), logging);
         let admin = AdminServer::bind(
             config.admin.listen,
             AdminState {
@@ -222,12 +238,14 @@ impl Agent {
                 source: Some(source_health),
                 tunnel: tunnel.as_ref().map(|(t, _, _)| t.clone()),
                 metrics: Arc::new(metrics),
+                lifecycle: lifecycle.clone(),
             },
         )
         .with_context(|| {
             format!("cannot listen for the admin endpoint on {}; is another agent running?", config.admin.listen)
         })?;
         let admin_addr = admin.local_addr().context("the admin endpoint's address")?;
+        let live = reload::Components { proxy: proxy.live_settings(), dns: Some(dns.live_settings()), strategy };
         Ok(Agent {
             config,
             registry,
@@ -245,7 +263,18 @@ impl Agent {
             tunnel: tunnel.map(|(_, task, _)| task),
             interceptor: interceptor.take(),
             shutdown,
+            lifecycle,
+            live,
+            host: deps.host,
+            reload: None,
         })
+    }
+
+    /// Reloads the config from `source` on SIGHUP and when its file
+    /// changes (see [`crate::lifecycle::reload`]).
+    pub fn with_reload(mut self, source: ReloadSource) -> Self {
+        self.reload = Some(source);
+        self
     }
 
     /// The effective configuration.
@@ -274,10 +303,23 @@ impl Agent {
     }
 
     /// Runs every component until `stop` resolves (Ok) or one of them ends
-    /// or fails (an error naming it); then stops them all and waits up to
-    /// [`DRAIN_DEADLINE`] for them to finish.
+    /// or fails (an error naming it); see [`Agent::run_until`].
     pub async fn run(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        self.run_until(stop, std::future::pending()).await
+    }
+
+    /// Runs every component until `stop` resolves or one of them ends or
+    /// fails (an error naming it). A stop drains (see
+    /// [`crate::lifecycle::drain`]: listeners close, connections get
+    /// `drainTimeout`, or until `force` resolves); a failure stops
+    /// everything at once. Either way node mode's table and device go last.
+    pub async fn run_until(
+        self,
+        stop: impl Future<Output = ()>,
+        force: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         let (config, snapshots, shutdown) = (self.config, self.snapshots, self.shutdown);
+        let drain = CancellationToken::new();
         let mut components = Components::default();
         // First: the one start that can fail here, before anything runs.
         let (admin, admin_thread) = self.admin.spawn(shutdown.clone())?;
@@ -289,12 +331,17 @@ impl Agent {
             components.spawn("the DNS server", async move { dns.run(shutdown).await.map_err(Into::into) });
         }
         let proxy_status = self.proxy.status();
-        components.spawn("the proxy", ok(self.proxy.run(shutdown.clone())));
+        // Apart from the other components: its end is the end of a drain.
+        let mut proxy_task = tokio::spawn(self.proxy.with_drain(drain.clone()).run(shutdown.clone()));
         if let Some(task) = self.tunnel {
             components.spawn("the tunnel", async move { task.await.map_err(Into::into) });
         }
         if let Some(socks) = self.socks {
             components.spawn("the SOCKS5 entry", ok(socks.run(shutdown.clone())));
+        }
+        if let Some(source) = self.reload {
+            let reloader = Reloader::new(source, self.host, self.lifecycle.clone(), self.live);
+            components.spawn("the config reloader", ok(reloader.run(shutdown.clone())));
         }
         let identity = source_identity(&config);
         let (dir, stop_relay) = (config.state_dir.clone(), shutdown.clone());
@@ -312,27 +359,49 @@ impl Agent {
             }
         }
         // Last: until here a start-up failure leaves the table and device
-        // to `build`'s clean-up.
-        if let Some(interceptor) = self.interceptor {
+        // to `build`'s clean-up. Removed after every other component stopped.
+        let release = CancellationToken::new();
+        let interceptor = self.interceptor.map(|interceptor| {
             let (gated_tx, gated) = watch::channel(Arc::new(Snapshot::default()));
             let (source, stop) = (snapshots.clone(), shutdown.clone());
-            components
-                .spawn("the interception gate", ok(interception::gate_on_proxy(source, proxy_status, gated_tx, stop)));
-            components.spawn("the interceptor", ok(interceptor.run(gated, shutdown.clone())));
-        }
+            components.spawn(
+                "the interception gate",
+                ok(interception::gate_on_proxy(source, proxy_status.clone(), gated_tx, stop)),
+            );
+            tokio::spawn(interceptor.run(gated, release.clone()))
+        });
 
         let outcome = tokio::select! {
             () = stop => Ok(()),
             failed = components.first_end() => Err(failed),
+            ended = &mut proxy_task => Err(anyhow::anyhow!("the proxy stopped unexpectedly ({ended:?})")),
         };
+        let proxy_done = match &outcome {
+            Ok(()) => {
+                let grace = self.lifecycle.config().drain_timeout;
+                drain::connections(&proxy_status, &mut proxy_task, &drain, grace, force).await == DrainEnd::Finished
+            }
+            Err(_) => proxy_task.is_finished(),
+        };
+        drain.cancel();
         shutdown.cancel();
-        let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
-            components.drain().await;
-            let _ = registry_task.await;
+        let stopped = tokio::time::timeout(DRAIN_DEADLINE, async {
+            let proxy = async {
+                if !proxy_done {
+                    let _ = proxy_task.await;
+                }
+            };
+            let _ = tokio::join!(proxy, components.drain(), registry_task);
         })
         .await;
-        if drained.is_err() {
+        if stopped.is_err() {
             tracing::warn!("components did not stop within {DRAIN_DEADLINE:?}; exiting anyway");
+        }
+        if let Some(task) = interceptor {
+            release.cancel();
+            if tokio::time::timeout(DRAIN_DEADLINE, task).await.is_err() {
+                tracing::warn!("the nftables table and VIP device were not removed within {DRAIN_DEADLINE:?}");
+            }
         }
         // The admin endpoint stops at once when told to; wait for its
         // thread in real time, so its port is free when `run` returns even

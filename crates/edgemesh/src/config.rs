@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use edgemesh_dns::DnsConfig;
 pub use edgemesh_intercept::{InterceptConfig, InterceptMode};
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::admin::AdminConfig;
 use crate::host::Host;
+pub use crate::lifecycle::LogFormat;
 
 /// Default VIP range without interception: inside 127.0.0.0/8, so VIPs can
 /// be bound without root.
@@ -38,6 +40,9 @@ pub const DEFAULT_DNS_LISTEN: SocketAddr = edgemesh_dns::DEFAULT_LISTEN;
 /// given it as their `clusterDNS`.
 pub const NODE_MODE_DNS_LISTEN: SocketAddr = SocketAddr::new(edgemesh_intercept::DEFAULT_DNS_ADDRESS, 53);
 
+/// Default of `drainTimeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The agent's settings. Top-level keys are the agent's own; each section
 /// is the config type of the crate that uses it, so a setting is defined
 /// once, in its owner (see "Adding a setting" in the README).
@@ -50,6 +55,13 @@ pub struct Config {
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a
     /// `tracing` directive such as `edgemesh_dns=debug`). `RUST_LOG` wins.
     pub log_level: String,
+    /// `text` (default) or `json`: one JSON object per line. Needs a restart.
+    pub log_format: LogFormat,
+    /// How long established connections may go on after SIGTERM before they
+    /// are closed (see the README's "Reload, drain and logs"); below
+    /// Kubernetes' default termination grace period of 30 s.
+    #[serde(with = "edgemesh_core::duration")]
+    pub drain_timeout: Duration,
     /// Virtual IPs for services come from this range. Default:
     /// `9.251.0.0/16` in node mode (`intercept.mode: nftables`), where only
     /// services without a cluster IP (and UDP services, as the target their
@@ -94,6 +106,8 @@ impl Default for Config {
         Self {
             node_name: String::new(),
             log_level: "info".into(),
+            log_format: LogFormat::Text,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             vip_cidr: None,
             vip_cidr6: None,
             source: SourceKind::Manifests,

@@ -9,6 +9,8 @@
 //! - [`agent`]: [`Agent::build`] binds every socket; [`Agent::run`] runs
 //!   source, cache relay, registry, DNS, proxy, tunnel, interceptor, SOCKS5
 //!   entry and admin until stopped or until one of them fails, then drains them.
+//! - [`lifecycle`]: config reloads (SIGHUP, file changes), the drain at
+//!   SIGTERM, logs (text or JSON, filter changeable at runtime).
 //! - [`host`]: what the host decides for unset settings (node name,
 //!   resolvers), behind a trait.
 //! - [`admin`]: `/healthz`, `/readyz`, `/services`, `/nodes`, `/peers`, `/config`.
@@ -23,6 +25,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod host;
+pub mod lifecycle;
 mod limits;
 pub mod tunnel;
 

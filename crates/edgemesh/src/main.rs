@@ -10,8 +10,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use edgemesh::cli::{Cli, Command};
+use edgemesh::lifecycle::{LogControl, ReloadSource};
 use edgemesh::{Agent, Deps};
-use tracing_subscriber::EnvFilter;
+use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     malloc::tune();
@@ -40,7 +41,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            init_logging(&config.log_level);
+            let logging = LogControl::init(&config.log_level, config.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -48,9 +49,17 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let reload = ReloadSource { file: args.config.clone(), flags: args.settings.clone() };
             let run = async {
-                let agent = Agent::build(config, Deps::system()).await?;
-                agent.run(stop_signal()).await
+                // SIGHUP's default action ends the process: catch it from the
+                // start (tokio keeps a handler once installed), so a reload
+                // asked for while the agent starts is not a kill. The
+                // reloader, once running, answers it.
+                let _early_hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+                let deps = Deps { logging: Some(logging), ..Deps::system() };
+                let agent = Agent::build(config, deps).await?.with_reload(reload);
+                let (stop, force) = stop_signals()?;
+                agent.run_until(stop.cancelled_owned(), force.cancelled_owned()).await
             };
             match runtime.block_on(run) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -87,32 +96,24 @@ fn print_peer_id(key_file: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-async fn stop_signal() {
+/// Two tokens: `stop` is cancelled by the first SIGTERM or SIGINT
+/// (Ctrl-C), which starts the drain; `force` by the second, which ends it.
+fn stop_signals() -> anyhow::Result<(CancellationToken, CancellationToken)> {
+    use anyhow::Context;
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let signal = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal, "stopping");
-}
-
-/// Logs to stderr; `RUST_LOG` wins over the configured level.
-fn init_logging(level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        // hickory-server logs every TCP query at info, libp2p-swarm its
-        // peer ID (the tunnel logs it once); keep info quiet.
-        .or_else(|_| EnvFilter::try_new(format!("{level},hickory_server=warn,libp2p_swarm=warn")))
-        .unwrap_or_else(|e| {
-            eprintln!("edgemesh: invalid log level {level:?} ({e}); using info");
-            EnvFilter::new("info")
-        });
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let (stop, force) = (CancellationToken::new(), CancellationToken::new());
+    let (first, second) = (stop.clone(), force.clone());
+    tokio::spawn(async move {
+        for (token, what) in [(first, "stopping"), (second, "stopping at once")] {
+            let signal = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::info!(signal, "{what}");
+            token.cancel();
+        }
+    });
+    Ok((stop, force))
 }

@@ -219,6 +219,8 @@ fn stopping_drains_connections_and_releases_every_socket() {
     let state = tempfile::tempdir().unwrap();
     let mut c = config(state.path());
     c.manifests.dir = manifests;
+    // The open connection below outlives the drain: closed at its end.
+    c.drain_timeout = Duration::from_millis(300);
     let agent = Running::start(c, deps(&TestClock::default()));
     eventually(Duration::from_secs(5), "ready", || (agent.readyz().0 == 200).then_some(()));
     let vip = agent.resolve("web.shop.svc.cluster.local").expect("web resolves");

@@ -47,6 +47,8 @@ use header::{Header, find_header};
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: ProxyConfig,
+    /// The settings a reload changes; read these, not `config`'s copies.
+    pub(crate) live: Arc<crate::LiveSettings>,
     pub(crate) status: Arc<ProxyStatus>,
     /// Every connection task, so shutdown can wait for them.
     pub(crate) tracker: TaskTracker,
@@ -91,7 +93,7 @@ pub(crate) fn admit(shared: &Arc<Shared>, pool: &Arc<Pool>, client: std::net::Tc
     status.total_connections.fetch_add(1, Ordering::Relaxed);
     let metrics = pool.metrics.tcp();
     metrics.opened.inc();
-    let max = shared.config.max_connections;
+    let max = shared.live.max_connections();
     if status.active_connections.fetch_add(1, Ordering::AcqRel) >= max {
         status.active_connections.fetch_sub(1, Ordering::AcqRel);
         status.failed_connections.fetch_add(1, Ordering::Relaxed);
@@ -220,7 +222,7 @@ async fn forward_remote(
 /// Endpoints on other nodes are opened through the tunnel, if there is one.
 async fn connect(pool: &Pool, client: &TcpStream, peer: IpAddr, shared: &Shared) -> Result<Upstream, ProxyError> {
     let config = &shared.config;
-    let timeout = config.connect_timeout;
+    let timeout = shared.live.connect_timeout();
     let targets = pool.targets();
     let n = targets.backends.len();
     if n == 0 {

@@ -67,6 +67,7 @@ mod bind;
 pub mod connection;
 pub mod error;
 pub mod listeners;
+pub mod live;
 pub mod metrics;
 pub mod pool;
 pub mod pools;
@@ -88,6 +89,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::ProxyError;
+pub use live::LiveSettings;
 pub use metrics::ProxyMetrics;
 pub use remote::{DatagramRecv, DatagramSend, Reach, Remote, RemoteDatagrams, RemoteFuture, RemoteStream};
 pub use transparent::{OriginalDst, SocketOriginalDst, TransparentListeners};
@@ -277,6 +279,10 @@ pub struct Proxy {
     original_dst: Arc<dyn OriginalDst>,
     reach: Reach,
     metrics: Arc<ProxyMetrics>,
+    /// The settings a reload changes (see [`live`]).
+    live: Arc<LiveSettings>,
+    /// Cancelled when the agent starts draining (see [`Proxy::with_drain`]).
+    drain: Option<CancellationToken>,
 }
 
 /// How often listeners that failed to bind are retried when no new snapshot
@@ -288,8 +294,10 @@ impl Proxy {
     pub fn new(config: ProxyConfig, snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
         let config = config.resolved();
         let (status, original_dst) = (Arc::new(ProxyStatus::default()), Arc::new(SocketOriginalDst));
+        let live = Arc::new(LiveSettings::new(&config));
         let metrics = Arc::new(ProxyMetrics::unregistered());
-        Self { config, status, snapshots, transparent: None, original_dst, reach: Reach::direct(), metrics }
+        let reach = Reach::direct();
+        Self { config, status, snapshots, transparent: None, original_dst, reach, metrics, live, drain: None }
     }
 
     /// Registers the proxy's metrics into `registry` (the agent's
@@ -328,12 +336,28 @@ impl Proxy {
         self.status.clone()
     }
 
+    /// The settings a config reload may change while the proxy runs.
+    pub fn live_settings(&self) -> Arc<LiveSettings> {
+        self.live.clone()
+    }
+
+    /// Drains when `drain` is cancelled: every listener closes (new
+    /// connections are refused, UDP service ports close with their
+    /// sessions) while established TCP connections go on until they end or
+    /// until the `shutdown` token of [`Proxy::run`] closes them. Without
+    /// it, shutdown does both at once.
+    pub fn with_drain(mut self, drain: CancellationToken) -> Self {
+        self.drain = Some(drain);
+        self
+    }
+
     /// Reconciles listeners against every new snapshot until shutdown;
     /// established connections are left to finish (listener and backend
     /// changes never touch them) and are dropped at shutdown, before this
     /// returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Proxy { config, status, mut snapshots, transparent, original_dst, reach, metrics } = self;
+        let Proxy { config, status, mut snapshots, transparent, original_dst, reach, metrics, live, drain } = self;
+        let drain = drain.unwrap_or_else(|| shutdown.clone());
         tracing::debug!(?config, "proxy starting");
         let workers = match workers::Workers::start(config.workers) {
             Ok(workers) => workers,
@@ -344,6 +368,7 @@ impl Proxy {
         };
         let shared = Arc::new(connection::Shared {
             config,
+            live,
             workers,
             status: status.clone(),
             tracker: TaskTracker::new(),
@@ -374,11 +399,11 @@ impl Proxy {
                 let retry = reconciler.has_failed_binds();
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => {
+                    _ = drain.cancelled() => {
                         for task in &accept_loops {
                             task.abort();
                         }
-                        Self::stop(reconciler, &shared).await;
+                        Self::stop(reconciler, &shared, &shutdown).await;
                         return;
                     }
                     changed = snapshots.changed(), if registry_open => {
@@ -396,10 +421,16 @@ impl Proxy {
         }
     }
 
-    async fn stop(reconciler: listeners::Reconciler, shared: &connection::Shared) {
+    /// Closes the listeners, lets connections run until they end or
+    /// `shutdown`, then closes what is left and waits for it.
+    async fn stop(reconciler: listeners::Reconciler, shared: &connection::Shared, shutdown: &CancellationToken) {
         reconciler.close_all().await;
-        shared.stop.cancel();
         shared.tracker.close();
+        tokio::select! {
+            () = shared.tracker.wait() => {}
+            () = shutdown.cancelled() => {}
+        }
+        shared.stop.cancel();
         shared.tracker.wait().await;
         tracing::debug!("proxy stopped");
     }

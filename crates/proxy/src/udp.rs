@@ -217,7 +217,8 @@ impl Port {
     /// this port at the limit; `None` when no session can be had.
     fn open(&mut self, client: SocketAddr) -> Option<&Session> {
         let status = &self.shared.status;
-        if status.udp_sessions.load(Ordering::Relaxed) >= self.shared.config.max_udp_sessions {
+        let max = self.shared.live.max_udp_sessions();
+        if status.udp_sessions.load(Ordering::Relaxed) >= max {
             let oldest = self.sessions.iter().min_by_key(|(_, s)| s.last.load(Ordering::Relaxed)).map(|(c, _)| *c);
             match oldest {
                 Some(c) => {
@@ -225,7 +226,7 @@ impl Port {
                     self.sessions.remove(&c);
                 }
                 None => {
-                    self.pool.report(&ProxyError::UdpSessionLimit { max: self.shared.config.max_udp_sessions });
+                    self.pool.report(&ProxyError::UdpSessionLimit { max });
                     return None;
                 }
             }

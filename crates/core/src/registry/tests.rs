@@ -317,3 +317,18 @@ fn with_interception_only_services_that_need_one_get_a_vip() {
     assert_eq!(snap.service(&key("bare")).unwrap().vip, None);
     assert_eq!(st.vips.in_use(), 1);
 }
+
+#[test]
+fn a_new_default_strategy_rebuilds_only_services_without_the_annotation() {
+    let mut st = state();
+    apply(&mut st, service("default", "plain").port("http", 80, 8080).object());
+    apply(&mut st, service("default", "r").annotation(LbStrategy::ANNOTATION, "Random").object());
+    let before = st.take_generation();
+    assert!(!st.set_default_strategy(LbStrategy::RoundRobin), "unchanged");
+    assert!(st.set_default_strategy(LbStrategy::ConsistentHash));
+    let after = st.take_generation();
+    assert_eq!(after.service(&key("plain")).unwrap().strategy, LbStrategy::ConsistentHash);
+    assert_eq!(after.service(&key("r")).unwrap().strategy, LbStrategy::Random, "the annotation wins");
+    assert!(Arc::ptr_eq(before.service(&key("r")).unwrap(), after.service(&key("r")).unwrap()), "not republished");
+    assert_eq!(after.service(&key("plain")).unwrap().vip, before.service(&key("plain")).unwrap().vip, "VIP kept");
+}

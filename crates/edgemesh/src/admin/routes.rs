@@ -38,7 +38,7 @@ struct PeersDump {
 }
 
 pub(super) fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    if req.method() != Method::GET && req.method() != Method::HEAD && req.uri().path() != "/logging" {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
     match req.uri().path() {
@@ -67,14 +67,16 @@ pub(super) fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full
             Some(tunnel) => json(&PeersDump { peer_id: tunnel.peer_id().to_string(), peers: tunnel.peers() }),
             None => text(StatusCode::NOT_FOUND, "the tunnel is off (tunnel.enabled)\n"),
         },
-        "/config" => json(&*state.config),
+        "/config" => json(&*state.lifecycle.config()),
+        "/reload" => super::reload::route(state),
+        "/logging" => super::logging::route(state, &req),
         "/metrics" => metrics(state, &req),
         "/topology" => json(&super::topology::of(state)),
         "/ui" => super::ui::page(),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz, /readyz, /services, /services/<ns>/<name>, /nodes, /peers, /config, /metrics, /topology, /ui
-",
+            "not found; try /healthz, /readyz, /services, /services/<ns>/<name>, /nodes, /peers, /config, /reload, /logging, \
+             /metrics, /topology, /ui\n",
         ),
     }
 }

@@ -7,6 +7,7 @@ use edgemesh_core::Clock;
 use edgemesh_proxy::{OriginalDst, Remote, SocketOriginalDst};
 
 use crate::host::{Host, SystemHost};
+use crate::lifecycle::LogControl;
 
 /// The agent's view of its host and of other nodes. [`Deps::system`] is the
 /// real machine; in-process tests replace any part.
@@ -24,6 +25,9 @@ pub struct Deps {
     /// `tunnel.enabled`, else dialled directly. `Some`: through this
     /// instead, and the tunnel is not started.
     pub remote: Option<Arc<dyn Remote>>,
+    /// The process' log filter, for `/logging` and `logLevel` reloads.
+    /// `None`: the agent changes no filter (in-process tests).
+    pub logging: Option<LogControl>,
 }
 
 impl Deps {
@@ -34,6 +38,7 @@ impl Deps {
             host: Arc::new(SystemHost::default()),
             original_dst: Arc::new(SocketOriginalDst),
             remote: None,
+            logging: None,
         }
     }
 }

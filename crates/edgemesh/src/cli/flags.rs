@@ -52,6 +52,20 @@ pub const FLAGS: &[Flag] = &[
         help: "Log level or tracing filter (error, warn, info, debug, trace). RUST_LOG takes precedence.",
     },
     Flag {
+        long: "log-format",
+        key: "logFormat",
+        takes: One("FORMAT"),
+        implies: None,
+        help: "Log lines as text (default) or json (one JSON object per line).",
+    },
+    Flag {
+        long: "drain-timeout",
+        key: "drainTimeout",
+        takes: One("DURATION"),
+        implies: None,
+        help: "After SIGTERM, how long established connections may go on before they are closed, e.g. 20s.",
+    },
+    Flag {
         long: "manifest-dir",
         key: "manifests.dir",
         takes: One("DIR"),
@@ -356,7 +370,7 @@ fn yaml_scalar(value: &str) -> String {
 }
 
 /// Sets `key` (dotted) in a JSON object tree, making objects on the way.
-fn set(tree: &mut Value, key: &str, value: Value) {
+pub(crate) fn set(tree: &mut Value, key: &str, value: Value) {
     let mut node = tree;
     let mut parts = key.split('.').peekable();
     while let Some(part) = parts.next() {

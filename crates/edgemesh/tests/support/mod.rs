@@ -82,13 +82,16 @@ pub struct AgentOptions {
     pub state_dir: Option<PathBuf>,
     /// A command the agent runs under (e.g. `nsenter` into a mount namespace).
     pub wrapper: Vec<String>,
+    /// `RUST_LOG` for the agent (it wins over `--log-level`); `None`: unset.
+    pub rust_log: Option<String>,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
         // A closed port: nothing is forwarded unless a test asks for it.
         let upstreams = vec![SocketAddr::from(([127, 0, 0, 1], free_port()))];
-        Self { upstreams, extra: Vec::new(), state_dir: None, wrapper: Vec::new() }
+        let rust_log = Some("info,edgemesh=debug".to_owned());
+        Self { upstreams, extra: Vec::new(), state_dir: None, wrapper: Vec::new(), rust_log }
     }
 }
 
@@ -129,8 +132,11 @@ impl Agent {
         for u in &opts.upstreams {
             cmd.args(["--dns-upstream", &u.to_string()]);
         }
+        match &opts.rust_log {
+            Some(filter) => cmd.env("RUST_LOG", filter),
+            None => cmd.env_remove("RUST_LOG"),
+        };
         cmd.args(&opts.extra)
-            .env("RUST_LOG", "info,edgemesh=debug")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap());
@@ -187,14 +193,24 @@ impl Agent {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// Sends the signal `name` (`TERM`, `HUP`, ...).
+    pub fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap().success(), "kill -{name}");
+    }
+
+    /// Waits up to `limit` for the agent to exit; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(start.elapsed() < Duration::from_secs(10), "agent ignored SIGTERM; log:\n{}", self.log());
+            assert!(start.elapsed() < limit, "agent still running after {limit:?}; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -15,8 +15,10 @@ fn shared() -> Arc<Shared> {
 
 /// Proxy state for tests, with `workers` connection workers.
 pub(crate) fn shared_with_workers(workers: usize) -> Arc<Shared> {
+    let config = ProxyConfig { connect_timeout: Duration::from_secs(1), max_connections: 10, ..ProxyConfig::default() };
     Arc::new(Shared {
-        config: ProxyConfig { connect_timeout: Duration::from_secs(1), max_connections: 10, ..ProxyConfig::default() },
+        live: Arc::new(crate::LiveSettings::new(&config)),
+        config,
         status: Arc::new(ProxyStatus::default()),
         tracker: TaskTracker::new(),
         stop: CancellationToken::new(),
