@@ -217,13 +217,20 @@ pub async fn start(
     };
     let allow = settings.allow_list()?;
     let configured: Vec<String> = allow.keys().cloned().collect();
-    let directory =
-        Arc::new(AgentDirectory::new(allow, snapshots.clone()).with_host_ports(config.socks.allowed_ports.clone()));
+    let directory = Arc::new(AgentDirectory::new(allow, snapshots.clone()).with_host_ports(served_host_ports(config)));
     let (tunnel, task) = Tunnel::start_with_metrics(settings, directory.clone(), stop.clone(), metrics.clone())
         .await
         .context("cannot start the tunnel")?;
     tokio::spawn(forget_departed_nodes(metrics, configured, snapshots, stop));
     Ok((tunnel, task, directory))
+}
+
+/// The ports of this node's host that other nodes' SOCKS5 entries may
+/// reach: `socks.allowedPorts` only where the operator turned SOCKS on
+/// (`socks.enabled`); a node that never asked for it exposes nothing, so
+/// the default `[22]` opens no host by itself.
+fn served_host_ports(config: &Config) -> Vec<u16> {
+    if config.socks.enabled { config.socks.allowed_ports.clone() } else { Vec::new() }
 }
 
 /// Removes the tunnel series of nodes gone from the snapshot (and not in

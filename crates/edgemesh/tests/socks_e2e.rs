@@ -9,7 +9,8 @@
 //! ```
 //!
 //! node-b's agent lets only port 22 of its host through (its
-//! `socks.allowedPorts`, the default), whatever node-a's entry lists; a
+//! `socks.allowedPorts`, the default, with SOCKS on there; none with it
+//! off), whatever node-a's entry lists; a
 //! service name reaches the service's endpoint through node-a's proxy; with
 //! a credentials file the entry wants a login. sshd runs with a host key
 //! and an authorized key made for the test in a temp dir, in a mount
@@ -144,8 +145,10 @@ fn ssh_to_another_node_through_the_entry_and_only_where_that_node_allows() {
     let cluster = [a.object("10.0.0.2"), b.object("10.0.0.3"), service("echo", "TCP", 7000, "node-b", "10.0.0.3")];
     a.manifests(&cluster);
     b.manifests(&cluster);
-    // node-b: the entry off, socks.allowedPorts the default [22].
-    let _agent_b = b.start(&[]);
+    // node-b: SOCKS on, socks.allowedPorts the default [22].
+    let b_config = b.path("agent.yaml");
+    std::fs::write(&b_config, "socks:\n  enabled: true\n").unwrap();
+    let agent_b = b.start(&["--config", b_config.to_str().unwrap()]);
     let agent_a = a.start(&["--config", &write_config(&a, "")]);
     wait_for_peer(&agent_a, "node-b", "node-a to find node-b", |_| true);
 
@@ -195,6 +198,13 @@ fn ssh_to_another_node_through_the_entry_and_only_where_that_node_allows() {
     assert_eq!(connect(&a.ns, Some(("ops", "s3cret")), "node-b", 22).unwrap(), "SSH-");
     let (ok, _) = ssh(&a.ns, &key, "node-b", "true");
     assert!(!ok, "nc -X 5 offers no login: refused");
+
+    // A node that never turned SOCKS on exposes no host port, not even
+    // the default list's 22.
+    drop(agent_b);
+    let _agent_b = b.start(&[]);
+    wait_for_peer(&agent_a, "node-b", "node-a to find node-b without SOCKS", |_| true);
+    assert_eq!(code(connect(&a.ns, Some(("ops", "s3cret")), "node-b", 22)), 2);
     eprintln!(
         "SOCKS5 entry log lines of node-a:\n{}",
         agent_a.log().lines().filter(|l| l.contains("SOCKS")).collect::<Vec<_>>().join("\n")
