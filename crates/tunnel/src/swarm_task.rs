@@ -16,6 +16,7 @@ mod bootstrap;
 mod connect;
 mod counting;
 mod heal;
+mod lan;
 mod reachability;
 mod relays;
 
@@ -46,6 +47,7 @@ use self::{
     connect::{Connects, Dial},
     counting::Counting,
     heal::Heal,
+    lan::LanDials,
     relays::Relays,
 };
 use crate::{
@@ -89,6 +91,8 @@ pub(crate) struct Task {
     reachability: reachability::Reachability,
     heal: Heal,
     counting: Counting,
+    /// Dials of peers mDNS found, retried when they fail.
+    lan: LanDials,
 }
 
 impl Task {
@@ -126,6 +130,7 @@ impl Task {
             reachability: Default::default(),
             heal: Heal::default(),
             counting: Counting::new(metrics),
+            lan: LanDials::default(),
         };
         for (peer, addr) in t.relays.known() {
             t.addresses.learn(peer, addr);
@@ -207,6 +212,7 @@ impl Task {
         let now = Instant::now();
         self.relays.tick(&mut self.swarm, now);
         self.bootstrap.tick(&mut self.swarm, now);
+        self.lan.tick(&mut self.swarm, &self.addresses, now);
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -233,6 +239,7 @@ impl Task {
                 let relayed = endpoint.is_relayed();
                 if endpoint.is_dialer() {
                     self.counting.dialed(peer_id, connection_id, true, &self.peers);
+                    self.lan.done(connection_id);
                 }
                 tracing::debug!(peer = %peer_id, %addr, relayed, n = num_established, "connection established");
                 if endpoint.is_dialer() && !relayed {
@@ -264,6 +271,7 @@ impl Task {
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 tracing::debug!(peer = ?peer_id, %error, "outgoing connection failed");
                 self.bootstrap.dial_failed(connection_id, &error);
+                self.lan.failed(connection_id, Instant::now());
                 if let Some(peer) = peer_id {
                     self.counting.dialed(peer, connection_id, false, &self.peers);
                     self.connects.dial_failed(peer, connection_id, error.to_string(), dial!(self));
@@ -369,13 +377,7 @@ impl Task {
                 }
                 // Connect to LAN peers so each side learns the other's node name.
                 for peer in peers {
-                    if !self.swarm.is_connected(&peer) {
-                        let opts = DialOpts::peer_id(peer)
-                            .addresses(self.addresses.of(&peer))
-                            .condition(PeerCondition::DisconnectedAndNotDialing)
-                            .build();
-                        let _ = self.swarm.dial(opts);
-                    }
+                    self.lan.dial(&mut self.swarm, &self.addresses, peer);
                 }
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
