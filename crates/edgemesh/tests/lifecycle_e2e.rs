@@ -291,7 +291,13 @@ fn sigterm_lets_an_in_flight_64_mib_transfer_finish_and_refuses_new_connections(
     assert!(after < Duration::from_secs(2), "the agent exits once the transfer ends ({after:?} after it)");
     assert!(signalled.elapsed() < Duration::from_secs(15), "well before the 20 s grace period");
     let log = agent.log();
-    assert!(log.contains("draining") && log.contains("connections=1"), "{log}");
+    // The transfer, and perhaps one probe of the refusal check above that the agent
+    // accepted between the signal and closing its listeners (it finishes too).
+    let draining = log.lines().find(|l| l.contains("draining")).unwrap_or_else(|| panic!("no drain line:\n{log}"));
+    assert!(
+        draining.contains("connections=1") || draining.contains("connections=2"),
+        "the drain counts the transfer: {draining}"
+    );
     assert!(log.contains("drain done: every connection finished"), "{log}");
 }
 
