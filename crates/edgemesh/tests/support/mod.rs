@@ -111,7 +111,9 @@ impl Agent {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("agent.log");
         let dns_port = free_port();
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        // Both ports are free only when picked: the kernel may hand the same one out twice.
+        let admin_port = std::iter::repeat_with(free_port).find(|p| *p != dns_port).expect("a second free port");
+        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
         let mut cmd = match opts.wrapper.split_first() {
             Some((wrapper, args)) => {
                 let mut cmd = Command::new(wrapper);
