@@ -8,6 +8,8 @@
 //!
 //! - [`object`]: what sources produce (Service, EndpointSlice / Endpoints, Node).
 //! - [`service`]: small value types (keys, ports, protocols, strategies).
+//! - [`app_protocol`]: which ports are proxied per HTTP request, and the
+//!   per-service HTTP settings.
 //! - [`snapshot`]: the immutable view consumers read.
 //! - [`node`]: nodes in the snapshot (peer ID, addresses), for the tunnel.
 //! - [`vip`]: virtual IP allocation, a pool per family, and which services
@@ -20,6 +22,7 @@
 //! - [`duration`]: how settings write durations (`250ms`, `2s`).
 #![forbid(unsafe_code)]
 
+pub mod app_protocol;
 pub mod build;
 pub mod clock;
 pub mod duration;
@@ -32,6 +35,7 @@ pub mod service;
 pub mod snapshot;
 pub mod vip;
 
+pub use app_protocol::{AppProtocol, HttpPolicy};
 pub use clock::Clock;
 pub use health::{Connection, SourceHealth, SourceReport};
 pub use node::{NodeEntry, PEER_ID_ANNOTATION};

@@ -136,6 +136,11 @@ pub enum LbStrategy {
     /// A consistent-hash ring keyed by [`HashKey`]: the same key goes to the
     /// same endpoint, and endpoint changes move as few keys as possible.
     ConsistentHash,
+    /// Per HTTP request (issue #16): power of two choices over a peak-EWMA
+    /// of each endpoint's latency, weighted by its requests in flight
+    /// (linkerd's balancer). On the L4 path: the fewer active connections
+    /// of two random endpoints.
+    LeastRequest,
 }
 
 impl LbStrategy {
@@ -150,8 +155,9 @@ impl FromStr for LbStrategy {
             "RoundRobin" => Ok(LbStrategy::RoundRobin),
             "Random" => Ok(LbStrategy::Random),
             "ConsistentHash" => Ok(LbStrategy::ConsistentHash),
+            "LeastRequest" => Ok(LbStrategy::LeastRequest),
             other => Err(format!(
-                "unknown load-balancing strategy {other:?} (expected RoundRobin, Random or ConsistentHash)"
+                "unknown load-balancing strategy {other:?} (expected RoundRobin, Random, ConsistentHash or LeastRequest)"
             )),
         }
     }
@@ -163,6 +169,7 @@ impl fmt::Display for LbStrategy {
             LbStrategy::RoundRobin => "RoundRobin",
             LbStrategy::Random => "Random",
             LbStrategy::ConsistentHash => "ConsistentHash",
+            LbStrategy::LeastRequest => "LeastRequest",
         })
     }
 }

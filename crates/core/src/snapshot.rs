@@ -219,6 +219,10 @@ pub struct ServiceEntry {
     /// `edgemesh.io/udp-idle-timeout`, default 60 s).
     #[serde(rename = "udpIdleTimeoutMs", serialize_with = "as_millis")]
     pub udp_idle_timeout: Duration,
+    /// HTTP timeouts from annotations (`edgemesh.io/http-timeout`,
+    /// `edgemesh.io/http-per-try-timeout`), for its HTTP ports.
+    #[serde(skip_serializing_if = "is_default")]
+    pub http: crate::HttpPolicy,
     pub ports: Box<[ResolvedPort]>,
     /// Every endpoint, ready or not, deduplicated by address.
     pub endpoints: Box<[EndpointInfo]>,
@@ -254,6 +258,10 @@ impl ServiceEntry {
     }
 }
 
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
@@ -270,6 +278,10 @@ pub struct ResolvedPort {
     /// `LoadBalancer` service; served on the node's own addresses.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_port: Option<u16>,
+    /// Whether the port is proxied per HTTP request (see
+    /// [`crate::AppProtocol::classify`]).
+    #[serde(skip_serializing_if = "is_default")]
+    pub app_protocol: crate::AppProtocol,
     /// Ready backends, in a stable order (sorted by address).
     pub backends: Arc<[Backend]>,
 }

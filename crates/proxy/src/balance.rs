@@ -68,7 +68,9 @@ impl Balancer {
             LbStrategy::RoundRobin | LbStrategy::ConsistentHash => {
                 round_robin(self.counter.fetch_add(1, Ordering::Relaxed), n)
             }
-            LbStrategy::Random => {
+            // LeastRequest needs load figures the caller holds (see
+            // `pool`); picked at random where it has none.
+            LbStrategy::Random | LbStrategy::LeastRequest => {
                 let state = self.rng.fetch_add(GOLDEN_GAMMA, Ordering::Relaxed).wrapping_add(GOLDEN_GAMMA);
                 scale(mix(state), n)
             }

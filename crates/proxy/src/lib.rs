@@ -33,6 +33,8 @@
 //!   VIPs too).
 //! - [`pools`]: which pools serve each service, so that their endpoints'
 //!   passive health can be read from outside (the admin endpoint).
+//! - [`http`]: the hand-off of connections to HTTP service ports to the
+//!   agent's HTTP layer (`edgemesh-http`), which proxies them per request.
 //! - [`remote`]: endpoints on other nodes, opened through the tunnel the
 //!   agent hands in (the proxy knows nothing of its transport).
 //! - [`splice`]: zero-copy forwarding with `splice(2)` through a pipe per
@@ -66,6 +68,7 @@ pub mod balance;
 mod bind;
 pub mod connection;
 pub mod error;
+pub mod http;
 pub mod listeners;
 pub mod live;
 pub mod metrics;
@@ -89,6 +92,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::ProxyError;
+pub use http::{HttpConnection, HttpFuture, HttpServe};
 pub use live::LiveSettings;
 pub use metrics::ProxyMetrics;
 pub use remote::{DatagramRecv, DatagramSend, Reach, Remote, RemoteDatagrams, RemoteFuture, RemoteStream};

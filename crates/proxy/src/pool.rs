@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use edgemesh_core::{Backend, HashKey, LbStrategy, ResolvedPort, ServiceEntry, ServiceKey, SessionAffinity};
+use edgemesh_core::{
+    AppProtocol, Backend, HashKey, HttpPolicy, LbStrategy, ResolvedPort, ServiceEntry, ServiceKey, SessionAffinity,
+};
 
 use crate::balance::{self, AFFINITY_CAPACITY, Affinity, Balancer, Health, Lead, Ring};
 use crate::error::ProxyError;
@@ -27,6 +29,10 @@ pub struct Targets {
     pub affinity: Option<Duration>,
     /// Idle timeout of UDP sessions.
     pub udp_idle_timeout: Duration,
+    /// Whether connections to the port are proxied per HTTP request.
+    pub app_protocol: AppProtocol,
+    /// The service's HTTP timeouts (annotations).
+    pub http: HttpPolicy,
     /// The endpoints in use: those of the frontend's family, after
     /// topology, preferred first.
     pub backends: Arc<[Backend]>,
@@ -51,6 +57,8 @@ impl Targets {
             hash_key: HashKey::SourceIp,
             affinity: None,
             udp_idle_timeout: edgemesh_core::DEFAULT_UDP_IDLE_TIMEOUT,
+            app_protocol: AppProtocol::Tcp,
+            http: HttpPolicy::default(),
             backends,
             preferred,
             ring,
@@ -74,6 +82,8 @@ impl Targets {
                 SessionAffinity::ClientIp { timeout_seconds } => Some(Duration::from_secs(timeout_seconds.into())),
             },
             udp_idle_timeout: entry.udp_idle_timeout,
+            app_protocol: port.app_protocol,
+            http: entry.http,
             backends,
             preferred,
             ring,
@@ -87,6 +97,8 @@ impl Targets {
             && self.hash_key == other.hash_key
             && self.affinity == other.affinity
             && self.udp_idle_timeout == other.udp_idle_timeout
+            && self.app_protocol == other.app_protocol
+            && self.http == other.http
             && self.source.1 == other.source.1
             && self.source.2 == other.source.2
             && (Arc::ptr_eq(&self.source.0, &other.source.0) || self.source.0 == other.source.0)

@@ -8,9 +8,13 @@ use std::time::Duration;
 
 use super::EndpointSets;
 use super::stored::{StoredService, StoredSet};
+use crate::app_protocol::{
+    AppProtocol, HTTP_PER_TRY_TIMEOUT_ANNOTATION, HTTP_TIMEOUT_ANNOTATION, HttpPolicy, PROTOCOL_ANNOTATION,
+};
 use crate::object::ObjectKind;
 use crate::service::{
-    DEFAULT_UDP_IDLE_TIMEOUT, HashKey, LbStrategy, ServiceKey, TargetPort, UDP_IDLE_TIMEOUT_ANNOTATION, parse_duration,
+    DEFAULT_UDP_IDLE_TIMEOUT, HashKey, LbStrategy, Protocol, ServiceKey, TargetPort, UDP_IDLE_TIMEOUT_ANNOTATION,
+    parse_duration,
 };
 use crate::snapshot::{Backend, EndpointInfo, ResolvedPort, ServiceEntry};
 use crate::vip::Assigned;
@@ -20,6 +24,9 @@ pub(super) struct Policy {
     strategy: LbStrategy,
     hash_key: HashKey,
     udp_idle_timeout: Duration,
+    /// `edgemesh.io/protocol: tcp`: every port stays on L4.
+    l4_only: bool,
+    http: HttpPolicy,
 }
 
 impl Policy {
@@ -35,7 +42,24 @@ impl Policy {
                 DEFAULT_UDP_IDLE_TIMEOUT,
                 parse_duration,
             ),
+            l4_only: annotation(key, svc, PROTOCOL_ANNOTATION, false, parse_protocol),
+            http: HttpPolicy {
+                per_try_timeout: annotation(key, svc, HTTP_PER_TRY_TIMEOUT_ANNOTATION, None, |v| {
+                    parse_duration(v).map(Some)
+                }),
+                timeout: annotation(key, svc, HTTP_TIMEOUT_ANNOTATION, None, |v| parse_duration(v).map(Some)),
+            },
         }
+    }
+}
+
+/// `edgemesh.io/protocol`: `tcp` keeps the service on L4 (true); `http`
+/// lets its ports' `appProtocol` and names decide (false).
+fn parse_protocol(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "tcp" => Ok(true),
+        "http" | "auto" => Ok(false),
+        _ => Err(format!("unknown protocol {value:?} (expected tcp or http)")),
     }
 }
 
@@ -85,6 +109,10 @@ pub(super) fn build_entry(
                 port: sp.port,
                 target_port: sp.target_port.clone(),
                 node_port: sp.node_port.filter(|_| has_node_ports(&svc.service_type)),
+                app_protocol: match sp.protocol {
+                    Protocol::Tcp => AppProtocol::classify(None, &sp.name, policy.l4_only),
+                    _ => AppProtocol::Tcp,
+                },
                 backends: backends.into(),
             }
         })
@@ -118,6 +146,7 @@ pub(super) fn build_entry(
         ip_families: svc.ip_families.clone(),
         ip_family_policy: svc.ip_family_policy,
         udp_idle_timeout: policy.udp_idle_timeout,
+        http: policy.http,
         ports,
         endpoints: endpoints.into_values().collect(),
         problem: vips.problem.as_deref().map(Box::from),

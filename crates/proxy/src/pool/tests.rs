@@ -33,12 +33,14 @@ pub(crate) fn entry(
         ip_families: Box::default(),
         ip_family_policy: None,
         udp_idle_timeout: edgemesh_core::DEFAULT_UDP_IDLE_TIMEOUT,
+        http: Default::default(),
         ports: vec![ResolvedPort {
             name: Arc::from("p"),
             protocol,
             port: 80,
             target_port: TargetPort::Number(8080),
             node_port,
+            app_protocol: Default::default(),
             backends: backends.iter().map(|a| backend(a)).collect(),
         }]
         .into(),
