@@ -1,38 +1,55 @@
-//! One request to one endpoint of its service port (the contract between
-//! `front`, which serves clients, and the dispatcher, which reaches
-//! endpoints).
+//! One request to one endpoint of its service port: the contract between
+//! `front`, which serves clients, and the [`Dispatcher`], which reaches
+//! endpoints.
 //!
 //! The dispatcher is shared by every client connection of every HTTP port
 //! (one per agent): it owns the pooled upstream connections, the
 //! per-endpoint load figures of `LeastRequest`, and the retry budgets.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use edgemesh_proxy::pool::Pool;
 use edgemesh_proxy::remote::Reach;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
 
-/// What the dispatcher needs to know of the request's connection.
+use crate::DispatchError;
+
+/// What the dispatcher needs to know of a request's client connection;
+/// made once per client connection and shared by its requests.
 #[derive(Clone)]
 pub struct RequestContext {
     /// The service port's pool: endpoints, strategy, passive health, metrics.
     pub pool: Arc<Pool>,
     /// Direct or through the tunnel, per endpoint.
     pub reach: Reach,
+    /// How long one direct connect to an endpoint may take.
     pub connect_timeout: Duration,
+    /// Mark for upstream sockets (`intercept.mark`).
     pub upstream_mark: Option<u32>,
-    /// The client's address (`ConsistentHash` by source IP; affinity).
+    /// The client's address (`ConsistentHash` by source IP).
     pub client: SocketAddr,
 }
 
-/// Sends requests to endpoints; see the module docs.
-///
-/// `send(&self, req: hyper::Request<hyper::body::Incoming>, ctx: &RequestContext)
-///   -> Result<hyper::Response<hyper::body::Incoming>, DispatchError>` is the
-/// contract `front` calls. For an upgrade request (WebSocket), the response
-/// comes from an HTTP/1.1 connection that is not returned to the pool, so
+/// The future [`Upstream::send`] returns.
+pub type SendFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, DispatchError>> + Send + 'static>>;
+
+/// Sends one request to an endpoint of `ctx.pool` and returns its response
+/// (whatever its status: a 5xx the endpoint sent is a response, not an
+/// error, once retries are spent). `req` arrives as the client sent it,
+/// hop-by-hop headers already removed and forwarding headers already set
+/// by `front`. For an upgrade request (WebSocket), the response comes from
+/// an HTTP/1.1 connection that is not returned to the pool, so
 /// `hyper::upgrade::on(response)` yields the endpoint's side.
+pub trait Upstream: Send + Sync + 'static {
+    fn send(&self, req: Request<Incoming>, ctx: Arc<RequestContext>) -> SendFuture;
+}
+
+/// The agent's [`Upstream`]; see the module docs.
 pub struct Dispatcher {
     _private: (),
 }

@@ -35,5 +35,5 @@ pub mod dispatch;
 pub mod error;
 
 pub use config::HttpConfig;
-pub use dispatch::{Dispatcher, RequestContext};
+pub use dispatch::{Dispatcher, RequestContext, SendFuture, Upstream};
 pub use error::DispatchError;
