@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::balance;
 use crate::error::ProxyError;
+use crate::http::{HttpConnection, HttpServe};
 use crate::metrics::{FailReason, ProxyMetrics};
 use crate::pool::Pool;
 use crate::remote::{Reach, RemoteStream};
@@ -62,6 +63,9 @@ pub(crate) struct Shared {
     pub(crate) workers: crate::workers::Workers,
     /// The families the listeners take their ports' series from.
     pub(crate) metrics: Arc<ProxyMetrics>,
+    /// Serves connections to HTTP ports per request, when the agent has
+    /// an HTTP layer (`http.enabled`).
+    pub(crate) http: Option<Arc<dyn HttpServe>>,
 }
 
 /// A connection admitted to its pool: counted as active (in the proxy's
@@ -152,7 +156,13 @@ async fn serve(client: TcpStream, peer: IpAddr, active: Active) {
     .await;
 }
 
-async fn proxy(client: TcpStream, peer: IpAddr, pool: &Pool, shared: &Shared) {
+async fn proxy(client: TcpStream, peer: IpAddr, pool: &Arc<Pool>, shared: &Shared) {
+    if let Some(http) = &shared.http
+        && pool.targets().app_protocol.is_http()
+    {
+        // `serve` is boxed already: the L4 future does not grow.
+        return http.serve(http_connection(client, peer, pool, shared)).await;
+    }
     let accepted = Instant::now();
     // `client` has TCP_NODELAY from its listening socket.
     // Boxed: the connect phase (header peek, timer, retry loop) is larger
@@ -181,6 +191,21 @@ async fn proxy(client: TcpStream, peer: IpAddr, pool: &Pool, shared: &Shared) {
     match result {
         Ok(moved) => tracing::trace!(service = %pool.service, ?moved, "connection closed"),
         Err(error) => tracing::debug!(service = %pool.service, %error, "connection ended with an error"),
+    }
+}
+
+/// What the HTTP layer needs to serve `client`, a connection to `pool`'s
+/// HTTP port.
+fn http_connection(client: TcpStream, peer: IpAddr, pool: &Arc<Pool>, shared: &Shared) -> HttpConnection {
+    let peer = client.peer_addr().unwrap_or(SocketAddr::new(peer, 0));
+    HttpConnection {
+        client,
+        peer,
+        pool: pool.clone(),
+        service_label: pool.metrics.service.clone(),
+        reach: shared.reach.clone(),
+        connect_timeout: shared.live.connect_timeout(),
+        upstream_mark: shared.config.upstream_mark,
     }
 }
 

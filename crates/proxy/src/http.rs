@@ -30,6 +30,10 @@ pub struct HttpConnection {
     /// ([`Pool::targets`]), passive health ([`Pool::failed`],
     /// [`Pool::healthy`]), metrics.
     pub pool: Arc<Pool>,
+    /// The `service` label the proxy gave the port (bounded by
+    /// `metrics.maxServices`; `other` past it), so both layers' series name
+    /// the service alike; empty for a pool made without the proxy's metrics.
+    pub service_label: Arc<str>,
     /// Which endpoints are dialled directly and which through the tunnel.
     pub reach: Reach,
     /// How long one direct connect to an endpoint may take
@@ -48,4 +52,10 @@ pub trait HttpServe: Send + Sync + 'static {
     /// Serves `conn` until the client closes it (or a limit or shutdown
     /// ends it); runs on the proxy worker that accepted it.
     fn serve(&self, conn: HttpConnection) -> HttpFuture;
+}
+
+impl std::fmt::Debug for dyn HttpServe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpServe")
+    }
 }

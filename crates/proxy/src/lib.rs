@@ -287,6 +287,8 @@ pub struct Proxy {
     live: Arc<LiveSettings>,
     /// Cancelled when the agent starts draining (see [`Proxy::with_drain`]).
     drain: Option<CancellationToken>,
+    /// Serves connections to HTTP ports per request (see [`Proxy::with_http`]).
+    http: Option<Arc<dyn HttpServe>>,
 }
 
 /// How often listeners that failed to bind are retried when no new snapshot
@@ -301,7 +303,18 @@ impl Proxy {
         let live = Arc::new(LiveSettings::new(&config));
         let metrics = Arc::new(ProxyMetrics::unregistered());
         let reach = Reach::direct();
-        Self { config, status, snapshots, transparent: None, original_dst, reach, metrics, live, drain: None }
+        Self {
+            config,
+            status,
+            snapshots,
+            transparent: None,
+            original_dst,
+            reach,
+            metrics,
+            live,
+            drain: None,
+            http: None,
+        }
     }
 
     /// Registers the proxy's metrics into `registry` (the agent's
@@ -326,6 +339,14 @@ impl Proxy {
     /// tunnel) instead of dialling them directly, each open allowed `timeout`.
     pub fn with_remote(mut self, remote: Arc<dyn Remote>, timeout: Duration) -> Self {
         self.reach = Reach::through(&self.config.node_name, remote, timeout);
+        self
+    }
+
+    /// Hands connections to HTTP service ports (`Targets::app_protocol`)
+    /// to `http`, which proxies them per request; without it they are
+    /// proxied per connection like any port.
+    pub fn with_http(mut self, http: Arc<dyn HttpServe>) -> Self {
+        self.http = Some(http);
         self
     }
 
@@ -360,7 +381,8 @@ impl Proxy {
     /// changes never touch them) and are dropped at shutdown, before this
     /// returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Proxy { config, status, mut snapshots, transparent, original_dst, reach, metrics, live, drain } = self;
+        let Proxy { config, status, mut snapshots, transparent, original_dst, reach, metrics, live, drain, http } =
+            self;
         let drain = drain.unwrap_or_else(|| shutdown.clone());
         tracing::debug!(?config, "proxy starting");
         let workers = match workers::Workers::start(config.workers) {
@@ -380,6 +402,7 @@ impl Proxy {
             routes: routes::Routes::default(),
             reach,
             metrics,
+            http,
         });
         // Each worker accepts on its socket of each transparent group.
         let handles = shared.workers.handles();

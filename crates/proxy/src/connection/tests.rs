@@ -26,6 +26,7 @@ pub(crate) fn shared_with_workers(workers: usize) -> Arc<Shared> {
         reach: Default::default(),
         workers: crate::workers::Workers::start(workers).unwrap(),
         metrics: Arc::new(ProxyMetrics::unregistered()),
+        http: None,
     })
 }
 
