@@ -1,0 +1,170 @@
+//! The HTTP front with real clients (curl, a WebSocket client) and real
+//! backends on loopback: keep-alive, HTTP/2, the h2c upgrade, headers,
+//! upgrades, and errors as responses.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use edgemesh_http::{DispatchError, HttpConfig};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{Failing, Front, ToBackend, curl, echo_backend, websocket_echo};
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http11_keep_alive_serves_several_requests_on_one_connection() {
+    let front = Front::start(ToBackend(echo_backend("a").await), HttpConfig::default()).await;
+    let urls: Vec<String> = (0..4).map(|i| front.url(&format!("/r{i}"))).collect();
+    let mut args = vec!["--http1.1", "-w", "connects=%{num_connects}\n"];
+    args.extend(urls.iter().map(String::as_str));
+    let out = curl(&args).await;
+    for i in 0..4 {
+        assert!(out.contains(&format!("GET /r{i}\n")), "request {i} answered in order: {out}");
+    }
+    let connects: Vec<&str> = out.lines().filter(|l| l.starts_with("connects=")).collect();
+    assert_eq!(connects, ["connects=1", "connects=0", "connects=0", "connects=0"], "one connection: {out}");
+}
+
+/// curl 7.88 (Debian 12) cannot reuse a prior-knowledge connection (its
+/// issue 10634, fixed in 8.0): one request per curl, and hyper's HTTP/2
+/// client for several streams on one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_prior_knowledge_is_served() {
+    let front = Front::start(ToBackend(echo_backend("a").await), HttpConfig::default()).await;
+    let url = front.url("/h2");
+    let out = curl(&["--http2-prior-knowledge", "-w", "version=%{http_version}\n", &url]).await;
+    assert!(out.contains("GET /h2\n"), "{out}");
+    assert!(out.contains("version=2"), "{out}");
+    assert!(out.contains(&format!("host: {}", front.addr)), "the authority reaches the backend as Host: {out}");
+
+    let stream = tokio::net::TcpStream::connect(front.addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let requests = (0..8).map(|i| {
+        let mut sender = sender.clone();
+        let req = hyper::Request::get(front.url(&format!("/s{i}"))).body(Empty::<Bytes>::new()).unwrap();
+        async move {
+            let response = sender.send_request(req).await.unwrap();
+            assert_eq!(response.status(), 200);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert!(String::from_utf8_lossy(&body).contains(&format!("GET /s{i}\n")));
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), futures_util::future::join_all(requests)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_is_answered_over_http11() {
+    let front = Front::start(ToBackend(echo_backend("a").await), HttpConfig::default()).await;
+    let out = curl(&["--http2", "-w", "version=%{http_version}\n", &front.url("/up")]).await;
+    assert!(out.contains("GET /up\n"), "{out}");
+    assert!(out.contains("version=1.1"), "{out}");
+    assert!(!out.contains("upgrade:") && !out.contains("http2-settings:"), "upgrade headers stripped: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed_both_ways() {
+    let front = Front::start(ToBackend(echo_backend("a").await), HttpConfig::default()).await;
+    let out = curl(&[
+        "-i",
+        "-H",
+        "Connection: keep-alive, X-Hop",
+        "-H",
+        "X-Hop: 1",
+        "-H",
+        "Keep-Alive: timeout=5",
+        "-H",
+        "Proxy-Connection: keep-alive",
+        "-H",
+        "TE: trailers",
+        "-H",
+        "X-Forwarded-For: 192.0.2.1",
+        "-H",
+        "X-End: 2",
+        &front.url("/h"),
+    ])
+    .await;
+    let (head, body) = out.split_once("\r\n\r\n").expect("a response head");
+    for gone in ["x-hop:", "keep-alive:", "proxy-connection:", "connection:"] {
+        assert!(!body.contains(gone), "{gone} reached the backend: {body}");
+    }
+    assert!(body.contains("x-end: 2\n"), "{body}");
+    assert!(body.contains("te: trailers\n"), "te: trailers is kept: {body}");
+    assert!(body.contains("x-forwarded-for: 192.0.2.1, 127.0.0.1\n"), "{body}");
+    assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
+    assert!(body.contains("forwarded: for=127.0.0.1;proto=http\n"), "{body}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("x-resp-end: 2"), "{head}");
+    assert!(!head.contains("x-resp-hop") && !head.contains("keep-alive: timeout"), "response hop-by-hop: {head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_echo_passes_through() {
+    let front = Front::start(ToBackend(websocket_echo().await), HttpConfig::default()).await;
+    let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{}/chat", front.addr)).await.unwrap();
+    assert_eq!(response.status(), 101);
+    for text in ["hello", "through the front"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(echoed, Message::text(text));
+    }
+    ws.close(None).await.unwrap();
+}
+
+fn no_endpoints() -> DispatchError {
+    DispatchError::NoEndpoints { service: "default/web".into(), port: 80 }
+}
+
+fn endpoint_failed() -> DispatchError {
+    DispatchError::EndpointFailed { endpoint: "10.0.0.7:80".parse().unwrap(), reason: "connection refused".into() }
+}
+
+fn timed_out() -> DispatchError {
+    DispatchError::Timeout { timeout: Duration::from_secs(15) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_responses_with_a_text_naming_the_service() {
+    for (error, status, hint) in [
+        (no_endpoints as fn() -> DispatchError, "503", "ready"),
+        (endpoint_failed, "502", "10.0.0.7:80"),
+        (timed_out, "504", "15s"),
+    ] {
+        let front = Front::start(Failing(error), HttpConfig::default()).await;
+        let url = front.url("/");
+        let out = curl(&["-w", "status=%{http_code}\n", &url, &url]).await;
+        assert_eq!(out.matches(&format!("status={status}")).count(), 2, "the connection stays usable: {out}");
+        assert!(out.contains("edgemesh: service default/web port"), "{out}");
+        assert!(out.contains(hint), "{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_clients_get_a_trailers_only_status() {
+    for (error, code) in [(no_endpoints as fn() -> DispatchError, "14"), (endpoint_failed, "14"), (timed_out, "4")] {
+        let front = Front::start(Failing(error), HttpConfig::default()).await;
+        let out = curl(&[
+            "--http2-prior-knowledge",
+            "-i",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "--data-binary",
+            "",
+            &front.url("/echo.Echo/Say"),
+        ])
+        .await;
+        let head = out.to_ascii_lowercase();
+        assert!(head.starts_with("http/2 200"), "{out}");
+        assert!(head.contains(&format!("grpc-status: {code}\r\n")), "{out}");
+        assert!(head.contains("grpc-message: edgemesh: service default/web"), "{out}");
+    }
+}
