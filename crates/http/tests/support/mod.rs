@@ -60,10 +60,8 @@ pub async fn websocket_echo() -> SocketAddr {
             tokio::spawn(async move {
                 let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
                 while let Some(Ok(message)) = ws.next().await {
-                    if message.is_text() || message.is_binary() {
-                        if ws.send(message).await.is_err() {
-                            return;
-                        }
+                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                        return;
                     }
                 }
             });
