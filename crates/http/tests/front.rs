@@ -2,17 +2,17 @@
 //! backends on loopback: keep-alive, HTTP/2, the h2c upgrade, headers,
 //! upgrades, and errors as responses.
 
-mod support;
+mod front_support;
 
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use edgemesh_http::{DispatchError, HttpConfig};
+use front_support::{Failing, Front, ToBackend, curl, echo_backend, websocket_echo};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Failing, Front, ToBackend, curl, echo_backend, websocket_echo};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! or closed as the README says, counted, and never stops service for the
 //! other clients.
 
-mod support;
+mod front_support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +11,11 @@ use bytes::Bytes;
 use edgemesh_http::front::Limit;
 use edgemesh_http::{DispatchError, HttpConfig, RequestContext, SendFuture, Upstream};
 use edgemesh_test_support::eventually;
+use front_support::{Front, ToBackend, curl, echo_backend};
 use http_body_util::Empty;
 use hyper::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Front, ToBackend, curl, echo_backend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
