@@ -19,6 +19,7 @@ pub enum Kind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Section {
     Proxy,
+    Http,
     Dns,
     Source,
     Tunnel,
@@ -44,6 +45,10 @@ pub const CONTRACT: &[(Section, &str, Kind)] = &[
     (Proxy, "edgemesh_udp_received_bytes_total", Counter),
     (Proxy, "edgemesh_udp_dropped_datagrams_total", Counter),
     (Proxy, "edgemesh_proxy_unrouted_connections_total", Counter),
+    (Http, "edgemesh_http_requests_total", Counter),
+    (Http, "edgemesh_http_request_duration_seconds", Histogram),
+    (Http, "edgemesh_http_connections_active", Gauge),
+    (Http, "edgemesh_http_limit_hits_total", Counter),
     (Dns, "edgemesh_dns_requests_total", Counter),
     (Dns, "edgemesh_dns_responses_total", Counter),
     (Dns, "edgemesh_dns_request_duration_seconds", Histogram),
