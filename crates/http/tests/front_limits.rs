@@ -176,3 +176,62 @@ async fn http2_streams_past_the_limit_wait_and_are_counted() {
     assert!(started.elapsed() >= Duration::from_millis(850), "2 at a time: 3 rounds, took {:?}", started.elapsed());
     assert!(front.proxy.limit_hits(Limit::Streams) >= 1);
 }
+
+/// Holds every request until the test lets it go, telling when one arrived.
+struct Held {
+    arrived: tokio::sync::mpsc::UnboundedSender<()>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+impl Upstream for Held {
+    fn send(&self, _req: Request<Incoming>, _ctx: Arc<RequestContext>) -> SendFuture {
+        let (arrived, release) = (self.arrived.clone(), self.release.clone());
+        Box::pin(async move {
+            let _ = arrived.send(());
+            let _permit = release.acquire().await;
+            Err(DispatchError::NoEndpoints { service: "default/web".into(), port: 80 })
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_closes_idle_connections_and_lets_requests_in_flight_finish() {
+    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let front = Front::start(Held { arrived, release: release.clone() }, HttpConfig::default()).await;
+
+    let idle = TcpStream::connect(front.addr).await.unwrap();
+    let (_idle_sender, idle_conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(idle)).await.unwrap();
+    let idle_conn = tokio::spawn(idle_conn);
+    let busy = TcpStream::connect(front.addr).await.unwrap();
+    let (mut sender, busy_conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(busy)).await.unwrap();
+    let busy_conn = tokio::spawn(busy_conn);
+    let req = Request::get(front.url("/")).body(Empty::<Bytes>::new()).unwrap();
+    let in_flight = tokio::spawn(async move { sender.send_request(req).await.map(|r| r.status().as_u16()) });
+    arrivals.recv().await.unwrap();
+    eventually("both connections served", Duration::from_secs(5), || async {
+        (front.proxy.connections() == 2).then_some(())
+    })
+    .await;
+
+    front.drain.cancel();
+    // (hyper's client ends an idle connection the server closed with
+    // IncompleteMessage: closed is what counts.)
+    let _closed =
+        tokio::time::timeout(Duration::from_secs(5), idle_conn).await.expect("the idle connection closes").unwrap();
+    assert!(!busy_conn.is_finished(), "a connection with a request in flight stays");
+    release.add_permits(1);
+    let status = tokio::time::timeout(Duration::from_secs(5), in_flight).await.unwrap().unwrap();
+    assert_eq!(status.unwrap(), 503, "the request in flight is answered");
+    tokio::time::timeout(Duration::from_secs(5), busy_conn)
+        .await
+        .expect("then its connection closes")
+        .unwrap()
+        .unwrap();
+    eventually("no connection left", Duration::from_secs(5), || async {
+        (front.proxy.connections() == 0).then_some(())
+    })
+    .await;
+}

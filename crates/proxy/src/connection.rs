@@ -55,6 +55,9 @@ pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
     /// Cancelled at shutdown: connections close.
     pub(crate) stop: CancellationToken,
+    /// Cancelled when the drain starts: HTTP connections end after the
+    /// requests in flight.
+    pub(crate) drain: CancellationToken,
     /// Service addresses served through the transparent listener.
     pub(crate) routes: Routes,
     /// Which endpoints are dialled directly and which through the tunnel.
@@ -206,6 +209,7 @@ fn http_connection(client: TcpStream, peer: IpAddr, pool: &Arc<Pool>, shared: &S
         reach: shared.reach.clone(),
         connect_timeout: shared.live.connect_timeout(),
         upstream_mark: shared.config.upstream_mark,
+        drain: shared.drain.clone(),
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::pool::Pool;
 use crate::remote::Reach;
@@ -42,6 +43,9 @@ pub struct HttpConnection {
     /// Mark for upstream sockets (`intercept.mark`), so interception lets
     /// them pass.
     pub upstream_mark: Option<u32>,
+    /// Cancelled when the agent drains: the connection should end once its
+    /// requests in flight are answered (the proxy drops it at shutdown).
+    pub drain: CancellationToken,
 }
 
 /// A future the [`HttpServe`] returns.

@@ -369,7 +369,8 @@ impl Proxy {
     /// Drains when `drain` is cancelled: every listener closes (new
     /// connections are refused, UDP service ports close with their
     /// sessions) while established TCP connections go on until they end or
-    /// until the `shutdown` token of [`Proxy::run`] closes them. Without
+    /// until the `shutdown` token of [`Proxy::run`] closes them (HTTP
+    /// connections are told to end after their requests in flight). Without
     /// it, shutdown does both at once.
     pub fn with_drain(mut self, drain: CancellationToken) -> Self {
         self.drain = Some(drain);
@@ -399,6 +400,7 @@ impl Proxy {
             status: status.clone(),
             tracker: TaskTracker::new(),
             stop: shutdown.child_token(),
+            drain: drain.child_token(),
             routes: routes::Routes::default(),
             reach,
             metrics,

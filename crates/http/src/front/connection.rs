@@ -123,7 +123,7 @@ enum Check {
 /// Serves `conn` until the client closes it, a limit closes it, or the
 /// proxy drops this future at shutdown.
 pub(super) async fn serve(front: Arc<Shared>, conn: HttpConnection, _slot: Slot) {
-    let HttpConnection { client, peer, pool, reach, connect_timeout, upstream_mark, service_label } = conn;
+    let HttpConnection { client, peer, pool, reach, connect_timeout, upstream_mark, service_label, drain } = conn;
     let label = if service_label.is_empty() { Arc::from(pool.service.to_string()) } else { service_label };
     let handles = Arc::new(front.metrics.port(label, pool.port));
     handles.active.inc();
@@ -150,9 +150,17 @@ pub(super) async fn serve(front: Arc<Shared>, conn: HttpConnection, _slot: Slot)
     timer.as_mut().reset(now);
     let mut closing = false;
     let limits = &front.metrics.limits;
+    let draining = drain.cancelled();
+    tokio::pin!(draining);
     let result = loop {
         tokio::select! {
             result = conn.as_mut() => break result,
+            () = &mut draining, if !closing => {
+                // HTTP/1.1: close once the response in flight is sent;
+                // HTTP/2: GOAWAY, the open streams finish.
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
             () = &mut timer, if !closing => match state.check(head_timeout, idle_timeout, Instant::now()) {
                 Check::Wait(at) => timer.as_mut().reset(at),
                 Check::Preface => {

@@ -21,6 +21,7 @@ use hyper::header::HOST;
 use hyper::{Request, Response, Version};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 /// An HTTP/1.1 backend answering every request with `name` and what it
 /// received: `method path`, then each header as `name: value`.
@@ -110,6 +111,8 @@ impl Upstream for Failing {
 pub struct Front {
     pub addr: SocketAddr,
     pub proxy: Arc<HttpProxy>,
+    /// Cancel to drain the front's connections, as the proxy does.
+    pub drain: CancellationToken,
 }
 
 impl Front {
@@ -123,6 +126,8 @@ impl Front {
             Targets::new(LbStrategy::RoundRobin, Arc::from(Vec::new())),
         ));
         let front = proxy.clone();
+        let drain = CancellationToken::new();
+        let draining = drain.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((client, peer)) = listener.accept().await else { return };
@@ -134,11 +139,12 @@ impl Front {
                     reach: Reach::direct(),
                     connect_timeout: Duration::from_secs(1),
                     upstream_mark: None,
+                    drain: drain.clone(),
                 };
                 tokio::spawn(front.serve(conn));
             }
         });
-        Front { addr, proxy }
+        Front { addr, proxy, drain: draining }
     }
 
     pub fn url(&self, path: &str) -> String {
