@@ -40,6 +40,8 @@ type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// What the requests of one connection and its timers share.
 struct ConnState {
     peer: SocketAddr,
+    /// The client's forwarding header values.
+    forwarding: headers::Forwarding,
     accepted: Instant,
     /// Bytes read from the client so far.
     read: AtomicU64,
@@ -132,6 +134,7 @@ pub(super) async fn serve(front: Arc<Shared>, conn: HttpConnection, _slot: Slot)
     let now = Instant::now();
     let state = Arc::new(ConnState {
         peer,
+        forwarding: headers::Forwarding::new(peer.ip()),
         accepted: now,
         read: AtomicU64::new(0),
         flight: Mutex::new(Flight { requests: 0, in_flight: 0, idle_since: now, read_at_idle: 0 }),
@@ -242,7 +245,7 @@ async fn handle(
     let grpc = headers::is_grpc(req.headers());
     let upgrade = if req.version() == Version::HTTP_11 { headers::upgrade(req.headers()) } else { None };
     headers::strip_hop_by_hop(req.headers_mut(), upgrade.as_ref());
-    headers::add_forwarding(req.headers_mut(), state.peer.ip());
+    headers::add_forwarding(req.headers_mut(), &state.forwarding);
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let response = match front.upstream.send(req, ctx.clone()).await {
         Ok(mut response) => {

@@ -69,29 +69,49 @@ fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
     tokens(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token))
 }
 
-/// Appends `client` to `X-Forwarded-For` and `Forwarded` (joining earlier
+/// A client's forwarding header values, made once per connection.
+#[derive(Clone, Debug)]
+pub struct Forwarding {
+    /// `X-Forwarded-For`'s element: the address.
+    xff: HeaderValue,
+    /// `Forwarded`'s element: `for=<node>;proto=http`.
+    forwarded: HeaderValue,
+}
+
+impl Forwarding {
+    pub fn new(client: IpAddr) -> Self {
+        let client = client.to_canonical();
+        let node = match client {
+            IpAddr::V4(ip) => ip.to_string(),
+            // RFC 7239 §6: an IPv6 node is bracketed, and then quoted.
+            IpAddr::V6(ip) => format!("\"[{ip}]\""),
+        };
+        let value = |text: String| HeaderValue::try_from(text).expect("an address is a valid header value");
+        Self { xff: value(client.to_string()), forwarded: value(format!("for={node};proto=http")) }
+    }
+}
+
+/// Appends the client to `X-Forwarded-For` and `Forwarded` (joining earlier
 /// proxies' values into one line each) and sets `X-Forwarded-Proto: http`.
-pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr) {
-    let client = client.to_canonical();
-    append(headers, &X_FORWARDED_FOR, &client.to_string());
-    let node = match client {
-        IpAddr::V4(ip) => ip.to_string(),
-        // RFC 7239 §6: an IPv6 node is bracketed, and then quoted.
-        IpAddr::V6(ip) => format!("\"[{ip}]\""),
-    };
-    append(headers, &header::FORWARDED, &format!("for={node};proto=http"));
+pub fn add_forwarding(headers: &mut HeaderMap, client: &Forwarding) {
+    append(headers, &X_FORWARDED_FOR, &client.xff);
+    append(headers, &header::FORWARDED, &client.forwarded);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
 }
 
 /// Sets `name` to its present values and `value`, comma-separated.
-fn append(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+fn append(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
+    if !headers.contains_key(name) {
+        headers.insert(name.clone(), value.clone());
+        return;
+    }
     let mut joined: Vec<u8> = Vec::new();
     for earlier in headers.get_all(name) {
         joined.extend_from_slice(earlier.as_bytes());
         joined.extend_from_slice(b", ");
     }
     joined.extend_from_slice(value.as_bytes());
-    // Only visible ASCII, spaces and the earlier (valid) values: valid.
+    // Joined valid values are valid.
     if let Ok(joined) = HeaderValue::from_bytes(&joined) {
         headers.insert(name.clone(), joined);
     }
@@ -158,18 +178,18 @@ mod tests {
     #[test]
     fn forwarding_headers_append_the_client() {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("forwarded", "for=10.0.0.1")]);
-        add_forwarding(&mut h, "192.0.2.7".parse().unwrap());
+        add_forwarding(&mut h, &Forwarding::new("192.0.2.7".parse().unwrap()));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(h["forwarded"], "for=10.0.0.1, for=192.0.2.7;proto=http");
         assert_eq!(h["x-forwarded-proto"], "http");
 
         let mut h = HeaderMap::new();
-        add_forwarding(&mut h, "2001:db8::7".parse().unwrap());
+        add_forwarding(&mut h, &Forwarding::new("2001:db8::7".parse().unwrap()));
         assert_eq!(h["x-forwarded-for"], "2001:db8::7");
         assert_eq!(h["forwarded"], "for=\"[2001:db8::7]\";proto=http");
 
         let mut h = HeaderMap::new();
-        add_forwarding(&mut h, "::ffff:192.0.2.9".parse().unwrap());
+        add_forwarding(&mut h, &Forwarding::new("::ffff:192.0.2.9".parse().unwrap()));
         assert_eq!(h["x-forwarded-for"], "192.0.2.9", "a v4-mapped client is its IPv4 address");
     }
 
