@@ -31,11 +31,14 @@ pub struct Behaviour {
     pub delay: Duration,
     pub status: StatusCode,
     pub http2: bool,
+    /// HTTP/1.1 keep-alive; without it the endpoint closes each connection
+    /// after its response.
+    pub keep_alive: bool,
 }
 
 impl Default for Behaviour {
     fn default() -> Self {
-        Self { delay: Duration::ZERO, status: StatusCode::OK, http2: false }
+        Self { delay: Duration::ZERO, status: StatusCode::OK, http2: false, keep_alive: true }
     }
 }
 
@@ -44,6 +47,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicUsize>,
     pub connections: Arc<AtomicUsize>,
+    /// Connections that ended.
+    pub closed: Arc<AtomicUsize>,
     /// Most requests in flight at once.
     pub max_in_flight: Arc<AtomicUsize>,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
@@ -55,11 +60,13 @@ impl Endpoint {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let max_in_flight = Arc::new(AtomicUsize::new(0));
         let in_flight = Arc::new(AtomicUsize::new(0));
         let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let name: Bytes = Bytes::copy_from_slice(name.as_bytes());
         let (r, c, m, t) = (requests.clone(), connections.clone(), max_in_flight.clone(), tasks.clone());
+        let ended = closed.clone();
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
@@ -69,6 +76,9 @@ impl Endpoint {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let (r, m, in_flight, name, b) = (r.clone(), m.clone(), in_flight.clone(), name.clone(), b.clone());
                     async move {
+                        if req.headers().contains_key(hyper::header::UPGRADE) {
+                            return Ok(echo_upgrade(req));
+                        }
                         let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                         m.fetch_max(now, Ordering::SeqCst);
                         // Read the whole request, as a server does.
@@ -78,28 +88,36 @@ impl Endpoint {
                             tokio::time::sleep(b.delay).await;
                         }
                         in_flight.fetch_sub(1, Ordering::SeqCst);
-                        let mut response = Response::new(Full::new(name));
+                        let mut response = Response::new(full(name));
                         *response.status_mut() = b.status;
                         Ok::<_, Infallible>(response)
                     }
                 });
                 let io = TokioIo::new(stream);
+                let ended = ended.clone();
                 let conn = if behaviour.http2 {
                     tokio::spawn(async move {
                         let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                             .serve_connection(io, service)
                             .await;
+                        ended.fetch_add(1, Ordering::SeqCst);
                     })
                 } else {
+                    let keep_alive = behaviour.keep_alive;
                     tokio::spawn(async move {
-                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .keep_alive(keep_alive)
+                            .serve_connection(io, service)
+                            .with_upgrades()
+                            .await;
+                        ended.fetch_add(1, Ordering::SeqCst);
                     })
                 };
                 t.lock().unwrap().push(conn.abort_handle());
             }
         });
         tasks.lock().unwrap().push(accept.abort_handle());
-        Endpoint { addr, requests, connections, max_in_flight, tasks }
+        Endpoint { addr, requests, connections, closed, max_in_flight, tasks }
     }
 
     pub async fn named(name: &str) -> Endpoint {
@@ -120,6 +138,27 @@ impl Endpoint {
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// Answers an upgrade request with 101 and echoes what the client sends
+/// on the upgraded connection.
+fn echo_upgrade(req: Request<Incoming>) -> Response<Body> {
+    let protocol = req.headers()[hyper::header::UPGRADE].clone();
+    tokio::spawn(async move {
+        if let Ok(upgraded) = hyper::upgrade::on(req).await {
+            let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+            let _ = tokio::io::copy(&mut read, &mut write).await;
+        }
+    });
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    response.headers_mut().insert(hyper::header::CONNECTION, "upgrade".parse().unwrap());
+    response.headers_mut().insert(hyper::header::UPGRADE, protocol);
+    response
 }
 
 impl Drop for Endpoint {
@@ -180,11 +219,31 @@ pub async fn front(dispatcher: Dispatcher, pool: Arc<Pool>, reach: Reach) -> Soc
                 client: peer,
             });
             let dispatcher = dispatcher.clone();
-            let service = service_fn(move |req: Request<Incoming>| {
+            let service = service_fn(move |mut req: Request<Incoming>| {
+                let client_side =
+                    req.headers().contains_key(hyper::header::UPGRADE).then(|| hyper::upgrade::on(&mut req));
                 let sent = dispatcher.send(req, ctx.clone());
                 async move {
                     Ok::<_, Infallible>(match sent.await {
-                        Ok(response) => response.map(BodyExt::boxed),
+                        Ok(mut response) => {
+                            if let (Some(client_side), StatusCode::SWITCHING_PROTOCOLS) =
+                                (client_side, response.status())
+                            {
+                                let endpoint_side = hyper::upgrade::on(&mut response);
+                                tokio::spawn(async move {
+                                    let (Ok(client), Ok(endpoint)) = (client_side.await, endpoint_side.await) else {
+                                        return;
+                                    };
+                                    let (mut client, mut endpoint) = (TokioIo::new(client), TokioIo::new(endpoint));
+                                    let _ = tokio::io::copy_bidirectional(&mut client, &mut endpoint).await;
+                                });
+                            }
+                            if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                                // Hop-by-hop: the endpoint's connection is not the client's.
+                                response.headers_mut().remove(hyper::header::CONNECTION);
+                            }
+                            response.map(BodyExt::boxed)
+                        }
                         Err(error) => {
                             let mut response = Response::new(full(error.to_string()));
                             *response.status_mut() = error.status();
@@ -194,8 +253,10 @@ pub async fn front(dispatcher: Dispatcher, pool: Arc<Pool>, reach: Reach) -> Soc
                 }
             });
             tokio::spawn(async move {
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
             });
         }
     });
@@ -211,7 +272,7 @@ impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-        tokio::spawn(conn);
+        tokio::spawn(conn.with_upgrades());
         Client { sender }
     }
 
@@ -222,6 +283,21 @@ impl Client {
         let status = response.status();
         let body = response.into_body().collect().await.expect("a whole body").to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Asks for an upgrade to `protocol`; the upgraded connection once the
+    /// answer is 101.
+    pub async fn upgrade(&mut self, protocol: &str) -> TokioIo<hyper::upgrade::Upgraded> {
+        let req = Request::get("/chat")
+            .header("host", "web.default")
+            .header("connection", "upgrade")
+            .header("upgrade", protocol)
+            .body(full(Bytes::new()))
+            .unwrap();
+        self.sender.ready().await.unwrap();
+        let response = self.sender.send_request(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        TokioIo::new(hyper::upgrade::on(response).await.expect("upgraded"))
     }
 
     /// A GET of `/` with `headers`.
