@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::ThreadId;
 use std::time::Duration;
 
+use edgemesh_core::LbStrategy;
 use edgemesh_proxy::balance::ewma::PeakEwma;
 use edgemesh_proxy::pool::{Pool, Targets};
 use tokio::time::Instant;
@@ -90,12 +91,16 @@ impl PortState {
         addrs.map(|a| endpoints.entry(a, now).load.cost(now)).collect()
     }
 
-    /// A request is being sent to `addr`: counted in flight until the
-    /// returned guard is finished or dropped.
+    /// A request is being sent to `addr`: for `LeastRequest`, counted in
+    /// flight until the returned guard is finished or dropped (other
+    /// strategies keep no load figures).
     pub fn start<'s>(&'s self, targets: &Targets, addr: SocketAddr) -> InFlight<'s> {
         let now = Instant::now();
-        self.endpoints(targets).entry(addr, now).load.start();
-        InFlight { port: self, addr, sent: now, done: false }
+        let counted = targets.strategy == LbStrategy::LeastRequest;
+        if counted {
+            self.endpoints(targets).entry(addr, now).load.start();
+        }
+        InFlight { port: self, addr, sent: now, done: !counted }
     }
 
     /// A pooled connection to `addr` ready for a request on this thread.
@@ -120,11 +125,6 @@ impl PortState {
     pub fn opening(&self, targets: &Targets, addr: SocketAddr) -> Arc<tokio::sync::Mutex<()>> {
         let now = Instant::now();
         self.endpoints(targets).entry(addr, now).opening.clone()
-    }
-
-    /// Pooled connections to `addr` (ready or busy).
-    pub fn pooled(&self, addr: SocketAddr) -> usize {
-        lock(&self.endpoints).by_addr.get(&addr).map_or(0, |e| e.idle.kept())
     }
 
     /// The endpoint table, first forgetting endpoints `targets` no longer
@@ -164,6 +164,9 @@ impl InFlight<'_> {
     /// The response head arrived (or the try timed out): its latency is
     /// observed.
     pub fn finish(mut self) {
+        if self.done {
+            return;
+        }
         self.done = true;
         let now = Instant::now();
         let rtt: Duration = now.saturating_duration_since(self.sent);

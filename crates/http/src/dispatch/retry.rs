@@ -103,6 +103,13 @@ pub struct BodySlot {
     slot: Option<Arc<Mutex<Option<Incoming>>>>,
 }
 
+impl ReplayBody {
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self { taken: None, slot: None }
+    }
+}
+
 impl BodySlot {
     pub fn new(body: Incoming) -> Self {
         let slot = (!body.is_end_stream()).then(|| Arc::new(Mutex::new(Some(body))));

@@ -43,11 +43,6 @@ impl Dispatcher {
         let metrics = DispatchMetrics::register(registry);
         Self { shared: Arc::new(Shared { config: config.clone(), metrics }) }
     }
-
-    /// Connections pooled to `endpoint` for `ctx`'s port (ready or busy).
-    pub fn pooled(&self, ctx: &RequestContext, endpoint: SocketAddr) -> usize {
-        PortState::of(&ctx.pool, &self.shared.config, &self.shared.metrics).pooled(endpoint)
-    }
 }
 
 impl Upstream for Dispatcher {
@@ -290,4 +285,56 @@ fn request(parts: &Parts, body: ReplayBody, protocol: Protocol, addr: SocketAddr
         }
     }
     req
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut req = Request::get(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    const ADDR: &str = "10.0.0.7:8080";
+
+    #[test]
+    fn http1_endpoints_get_origin_form_and_a_host() {
+        let req = request(
+            &parts("http://web.default/a?b=1", &[]),
+            ReplayBody::empty(),
+            Protocol::Http1,
+            ADDR.parse().unwrap(),
+        );
+        assert_eq!(req.uri(), "/a?b=1");
+        assert_eq!(req.headers()[HOST], "web.default", "from the absolute URI");
+        assert_eq!(req.version(), Version::HTTP_11);
+        let req =
+            request(&parts("/a", &[("host", "web")]), ReplayBody::empty(), Protocol::Http1, ADDR.parse().unwrap());
+        assert_eq!((req.uri().to_string().as_str(), &req.headers()[HOST]), ("/a", &HeaderValue::from_static("web")));
+        let bare = request(&parts("/a", &[]), ReplayBody::empty(), Protocol::Http1, ADDR.parse().unwrap());
+        assert_eq!(bare.headers()[HOST], ADDR, "HTTP/1.1 requires a Host: the endpoint's");
+    }
+
+    #[test]
+    fn http2_endpoints_get_an_absolute_uri_and_no_connection_headers() {
+        let from =
+            parts("/a", &[("host", "web"), ("connection", "keep-alive"), ("keep-alive", "5"), ("te", "trailers")]);
+        let req = request(&from, ReplayBody::empty(), Protocol::Http2, ADDR.parse().unwrap());
+        assert_eq!(req.uri(), "http://web/a");
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert!(!req.headers().contains_key(CONNECTION) && !req.headers().contains_key("keep-alive"));
+        assert_eq!(req.headers()["te"], "trailers", "gRPC needs it");
+    }
+
+    #[test]
+    fn an_upgrade_keeps_asking_for_it() {
+        let from = parts("/chat", &[("host", "web"), ("upgrade", "websocket")]);
+        let req = request(&from, ReplayBody::empty(), Protocol::Upgrade, ADDR.parse().unwrap());
+        assert_eq!(req.headers()[CONNECTION], "upgrade");
+        assert_eq!(req.headers()[UPGRADE], "websocket");
+    }
 }

@@ -308,9 +308,4 @@ impl Idle {
             }
         }
     }
-
-    /// Connections kept (ready or busy).
-    pub fn kept(&self) -> usize {
-        self.http1.len() + self.http2.len()
-    }
 }
