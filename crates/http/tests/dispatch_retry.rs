@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use edgemesh_core::{HttpPolicy, LbStrategy};
 use edgemesh_http::HttpConfig;
+use edgemesh_metrics::Registry;
 use edgemesh_test_support::loopback::closed_tcp_port;
 use hyper::{Request, StatusCode};
 use support::{Behaviour, Client, Endpoint, counter, full, serve, targets};
@@ -23,7 +25,7 @@ fn post(body: &'static str) -> Request<support::Body> {
 /// An endpoint that reads each request whole (head and `Content-Length`
 /// body) and then resets the connection (`SO_LINGER` 0) without answering:
 /// a crash after the request was processed.
-async fn resetting_endpoint() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+async fn resetting_endpoint() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received = Arc::new(AtomicUsize::new(0));
@@ -82,15 +84,21 @@ async fn an_endpoint_killed_under_a_stream_of_gets_costs_the_client_no_5xx() {
     assert!(counter(&registry, "http_retries") >= 1.0, "its requests were retried elsewhere");
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn a_post_whose_body_reached_an_endpoint_that_reset_is_not_retried() {
-    let (resetting, received) = resetting_endpoint().await;
+/// A round robin port whose first endpoint resets (and counts what it
+/// received) and whose second answers "healthy".
+async fn resetting_then_healthy() -> (SocketAddr, Registry, (SocketAddr, Arc<AtomicUsize>), Endpoint) {
+    let resetting = resetting_endpoint().await;
     let healthy = Endpoint::named("healthy").await;
     // Round robin starts with the first endpoint: the resetting one.
     let (front, _pool, registry) =
-        serve(HttpConfig::default(), targets(LbStrategy::RoundRobin, &[resetting, healthy.addr])).await;
-    let mut client = Client::connect(front).await;
-    let (status, body) = client.send(post("pay 5")).await;
+        serve(HttpConfig::default(), targets(LbStrategy::RoundRobin, &[resetting.0, healthy.addr])).await;
+    (front, registry, resetting, healthy)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_post_whose_body_reached_an_endpoint_that_reset_is_not_retried() {
+    let (front, registry, (resetting, received), healthy) = resetting_then_healthy().await;
+    let (status, body) = Client::connect(front).await.send(post("pay 5")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert!(body.contains(&resetting.to_string()), "the error names the endpoint: {body}");
     assert_eq!(received.load(Ordering::SeqCst), 1, "the endpoint got the request");
@@ -100,10 +108,7 @@ async fn a_post_whose_body_reached_an_endpoint_that_reset_is_not_retried() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_get_reset_before_its_response_is_retried_on_another_endpoint() {
-    let (resetting, received) = resetting_endpoint().await;
-    let healthy = Endpoint::named("healthy").await;
-    let (front, _pool, registry) =
-        serve(HttpConfig::default(), targets(LbStrategy::RoundRobin, &[resetting, healthy.addr])).await;
+    let (front, registry, (_, received), _healthy) = resetting_then_healthy().await;
     let (status, body) = Client::connect(front).await.get(&[]).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "healthy"));
     assert_eq!(received.load(Ordering::SeqCst), 1);
