@@ -11,7 +11,10 @@
 //! Each model type implements [`Field`] once: a struct by naming its fields
 //! in [`record!`] (an exhaustive pattern, so a new field does not compile
 //! until it is listed there, and [`VERSION`] is bumped), an enum by its tags
-//! in [`tags!`]. Writing and reading both follow that one list.
+//! in [`tags!`]. Writing and reading both follow that one list. A field
+//! added in a later version is listed after `since N`: it is written last,
+//! and a value of an older version reads as the field's default, so the
+//! offline state survives the upgrade (format 3 added `appProtocol`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -23,7 +26,9 @@ use edgemesh_core::service::{
 use edgemesh_core::{EndpointSet, EndpointSubset, NodeObject, Object, ObjectKind, ServiceObject};
 
 /// The first byte of every value this agent writes.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
+/// The oldest binary version still read (format 2: no `appProtocol`).
+const OLDEST: u8 = 2;
 /// The first byte of a JSON value (format 1).
 const JSON: u8 = b'{';
 
@@ -32,7 +37,7 @@ const JSON: u8 = b'{';
 pub enum DecodeError {
     #[error("value is empty")]
     Empty,
-    #[error("value has encoding version {0}, this agent reads versions 1 (JSON) and {VERSION}")]
+    #[error("value has encoding version {0}, this agent reads versions 1 (JSON) and {OLDEST} to {VERSION}")]
     Version(u8),
     #[error("value ends early, at byte {0}")]
     Truncated(usize),
@@ -57,8 +62,8 @@ pub fn decode(bytes: &[u8]) -> Result<Object, DecodeError> {
     match bytes.first() {
         None => Err(DecodeError::Empty),
         Some(&JSON) => serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string())),
-        Some(&VERSION) => {
-            let mut r = Reader { bytes, at: 1 };
+        Some(&version) if (OLDEST..=VERSION).contains(&version) => {
+            let mut r = Reader { bytes, at: 1, version };
             let object = Object::read(&mut r)?;
             match bytes.len() - r.at {
                 0 => Ok(object),
@@ -75,17 +80,22 @@ trait Field: Sized {
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError>;
 }
 
-/// A struct: its fields in order.
+/// A struct: its fields in order, then those added in later versions
+/// (`since N { ... }`), which a value of an older version does not hold.
 macro_rules! record {
-    ($ty:ident { $($field:ident),+ $(,)? }) => {
+    ($ty:ident { $($field:ident),+ $(,)? } $(since $version:literal { $($added:ident),+ $(,)? })*) => {
         impl Field for $ty {
             fn write(&self, out: &mut Vec<u8>) {
-                let $ty { $($field),+ } = self;
+                let $ty { $($field,)+ $($($added,)+)* } = self;
                 $($field.write(out);)+
+                $($($added.write(out);)+)*
             }
             fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
                 // Fields are evaluated in the order written.
-                Ok($ty { $($field: Field::read(r)?),+ })
+                Ok($ty {
+                    $($field: Field::read(r)?,)+
+                    $($($added: if r.version >= $version { Field::read(r)? } else { Default::default() },)+)*
+                })
             }
         }
     };
@@ -121,7 +131,7 @@ record!(ServiceObject {
     ip_families,
     ip_family_policy,
 });
-record!(ServicePortSpec { name, protocol, port, target_port, node_port });
+record!(ServicePortSpec { name, protocol, port, target_port, node_port } since 3 { app_protocol });
 record!(EndpointSet { meta, kind, service_name, subsets });
 record!(EndpointSubset { endpoints, ports });
 record!(EndpointSpec { addresses, ready, node_name, hostname });
@@ -356,6 +366,8 @@ fn varint(mut v: u64, out: &mut Vec<u8>) {
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// The value's version: which fields it holds.
+    version: u8,
 }
 
 impl Reader<'_> {

@@ -39,6 +39,7 @@ impl ServiceBuilder {
             port,
             target_port: TargetPort::Number(target),
             node_port: None,
+            app_protocol: None,
         });
         self
     }
@@ -51,6 +52,7 @@ impl ServiceBuilder {
             port,
             target_port: TargetPort::Name(target.into()),
             node_port: None,
+            app_protocol: None,
         });
         self
     }
@@ -62,7 +64,14 @@ impl ServiceBuilder {
             port,
             target_port: TargetPort::Number(target),
             node_port: None,
+            app_protocol: None,
         });
+        self
+    }
+
+    /// Sets `appProtocol` on the port added last.
+    pub fn app_protocol(mut self, app_protocol: &str) -> Self {
+        self.0.ports.last_mut().expect("a port to set appProtocol on").app_protocol = Some(app_protocol.into());
         self
     }
 

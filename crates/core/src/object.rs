@@ -124,6 +124,12 @@ pub struct ServicePortSpec {
     pub port: u16,
     pub target_port: TargetPort,
     pub node_port: Option<u16>,
+    /// `appProtocol` as written (`http`, `kubernetes.io/h2c`, ...): with the
+    /// name, whether the port is proxied per HTTP request
+    /// ([`AppProtocol::classify`](crate::AppProtocol::classify)). Missing in
+    /// copies persisted before it existed: `None`.
+    #[serde(default)]
+    pub app_protocol: Option<String>,
 }
 
 /// Endpoints of a service: one EndpointSlice (one subset) or one legacy

@@ -31,6 +31,7 @@ fn service(i: u32) -> Object {
             port: 80,
             target_port: TargetPort::Number(8080),
             node_port: None,
+            app_protocol: None,
         }],
         service_type: "ClusterIP".into(),
         ..Default::default()
@@ -127,6 +128,7 @@ async fn udp_cluster_ips_and_node_ports_map_to_the_vip_and_tcp_node_ports_are_a_
         port: 53,
         target_port: TargetPort::Number(5353),
         node_port: Some(30053),
+        app_protocol: None,
     });
     state.apply(SourceEvent::Apply(Object::Service(svc)));
     let snapshot = state.take_generation();

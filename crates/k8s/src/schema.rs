@@ -132,6 +132,7 @@ pub struct ServicePort {
     pub port: Option<Located<i64>>,
     pub target_port: Option<Located<IntOrString>>,
     pub node_port: Option<Located<i64>>,
+    pub app_protocol: Option<Located<String>>,
 }
 
 /// `targetPort`: a number or a container port name.

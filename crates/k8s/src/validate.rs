@@ -78,6 +78,32 @@ pub fn iana_svc_name(s: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A qualified name (Kubernetes' `IsQualifiedName`): `name` or
+/// `prefix/name`, the prefix a DNS subdomain, the name 1-63 alphanumeric
+/// characters, '-', '_' or '.', starting and ending alphanumeric. A
+/// service port's `appProtocol` (`http`, `kubernetes.io/h2c`).
+pub fn qualified_name(s: &str) -> Result<(), &'static str> {
+    let name = match s.split_once('/') {
+        Some((prefix, name)) => {
+            if prefix.is_empty() || dns1123_subdomain(prefix).is_err() {
+                return Err("its prefix (before '/') must be a lower case DNS subdomain (e.g. 'example.com')");
+            }
+            name
+        }
+        None => s,
+    };
+    if name.is_empty() || name.len() > LABEL_MAX {
+        return Err("its name part must be 1 to 63 characters");
+    }
+    let b = name.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_alphanumeric();
+    if !alnum(&b[0]) || !alnum(&b[b.len() - 1]) || !b.iter().all(|c| alnum(c) || b"-_.".contains(c)) {
+        return Err("its name part must consist of alphanumeric characters, '-', '_' or '.', \
+             and must start and end with an alphanumeric character (e.g. 'http' or 'kubernetes.io/h2c')");
+    }
+    Ok(())
+}
+
 /// A TCP/UDP port number, 1-65535.
 pub fn port(n: i64) -> Option<u16> {
     u16::try_from(n).ok().filter(|&p| p != 0)
@@ -108,6 +134,14 @@ mod tests {
         assert!(iana_svc_name("h2c-web").is_ok());
         for bad in ["", "8080", "a--b", "-ab", "ab-", "Http", "abcdefghijklmnop"] {
             assert!(iana_svc_name(bad).is_err(), "{bad}");
+        }
+        for good in ["http", "HTTP2", "kubernetes.io/h2c", "kubernetes.io/ws", "my_proto.v1"] {
+            assert!(qualified_name(good).is_ok(), "{good}");
+        }
+        for bad in
+            ["", "/http", "Example.com/http", "kubernetes.io/", "http/", "-http", "h2c!", "a/b/c", &"a".repeat(64)]
+        {
+            assert!(qualified_name(bad).is_err(), "{bad}");
         }
         assert_eq!(port(1), Some(1));
         assert_eq!(port(65535), Some(65535));

@@ -62,6 +62,7 @@ fn service_port(p: &core_v1::ServicePort) -> Located<ServicePort> {
         port: Some(located(i64::from(p.port))),
         target_port: target_port.map(located),
         node_port: p.node_port.map(|n| located(i64::from(n))),
+        app_protocol: string(&p.app_protocol),
     })
 }
 

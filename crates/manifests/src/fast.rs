@@ -112,7 +112,8 @@ fn session_affinity_config(node: &Node<'_>) -> Option<SessionAffinityConfig> {
 }
 
 fn service_port(node: &Node<'_>) -> Option<ServicePort> {
-    let mut p = ServicePort { name: None, protocol: None, port: None, target_port: None, node_port: None };
+    let mut p =
+        ServicePort { name: None, protocol: None, port: None, target_port: None, node_port: None, app_protocol: None };
     for (key, value) in entries_of(node)? {
         match *key {
             "name" => p.name = opt_string(value)?,
@@ -120,6 +121,7 @@ fn service_port(node: &Node<'_>) -> Option<ServicePort> {
             "port" => p.port = opt_located(value, int)?,
             "targetPort" => p.target_port = opt_located(value, int_or_string)?,
             "nodePort" => p.node_port = opt_located(value, int)?,
+            "appProtocol" => p.app_protocol = opt_string(value)?,
             _ => {}
         }
     }

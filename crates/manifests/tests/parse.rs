@@ -67,6 +67,7 @@ spec:
     port: 80
     targetPort: http-alt
     nodePort: 30080
+    appProtocol: kubernetes.io/h2c
   - name: dns
     protocol: UDP
     port: 53
@@ -90,6 +91,8 @@ status:
     assert_eq!((s.ports[0].name.as_str(), s.ports[0].port), ("http", 80));
     assert_eq!(s.ports[0].target_port, TargetPort::Name("http-alt".into()));
     assert_eq!(s.ports[0].node_port, Some(30080));
+    assert_eq!(s.ports[0].app_protocol.as_deref(), Some("kubernetes.io/h2c"));
+    assert_eq!(s.ports[1].app_protocol, None, "appProtocol is optional");
     assert_eq!(s.ports[1].protocol, Protocol::Udp);
     assert_eq!(s.ports[1].target_port, TargetPort::Number(5353));
     assert_eq!(s.ports[2].target_port, TargetPort::Number(9090), "targetPort defaults to port");
@@ -348,6 +351,8 @@ fn validation_errors_name_the_field_and_line() {
     fails(&svc("  ports:\n  - {name: a, port: 80}\n  - {name: b, port: 80}\n"), 8, "80/TCP is listed more than once");
     fails(&svc("  ports:\n  - {name: HTTP, port: 80}\n"), 7, "port name");
     fails(&svc("  ports:\n  - port: 80\n    protocol: HTTP\n"), 8, "unknown protocol \"HTTP\"");
+    fails(&svc("  ports:\n  - port: 80\n    appProtocol: h2c!\n"), 8, "spec.ports[0].appProtocol \"h2c!\"");
+    fails(&svc("  ports:\n  - port: 80\n    appProtocol: Kubernetes.io/h2c\n"), 8, "its prefix");
     fails(&svc("  clusterIP: 10.0.0.300\n"), 6, "spec.clusterIP \"10.0.0.300\" is not a valid IP address");
     fails(&svc("  clusterIPs:\n  - 10.0.0.1\n  - nope\n"), 8, "spec.clusterIPs[1]");
     fails(&svc("  clusterIP: 10.0.0.1\n  clusterIPs: [10.0.0.2]\n"), 6, "does not match");

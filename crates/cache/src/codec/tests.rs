@@ -33,6 +33,7 @@ fn objects() -> Vec<Object> {
                     port: 80,
                     target_port: TargetPort::Name("web-http".into()),
                     node_port: Some(30080),
+                    app_protocol: Some("kubernetes.io/h2c".into()),
                 },
                 ServicePortSpec {
                     name: String::new(),
@@ -40,6 +41,7 @@ fn objects() -> Vec<Object> {
                     port: 65535,
                     target_port: TargetPort::Number(300),
                     node_port: None,
+                    app_protocol: None,
                 },
             ],
             service_type: "NodePort".into(),
@@ -122,7 +124,7 @@ fn an_unknown_version_is_refused_and_named() {
     bytes[0] = VERSION + 1;
     let e = decode(&bytes).unwrap_err();
     assert_eq!(e, DecodeError::Version(VERSION + 1));
-    assert_eq!(e.to_string(), "value has encoding version 3, this agent reads versions 1 (JSON) and 2");
+    assert_eq!(e.to_string(), "value has encoding version 4, this agent reads versions 1 (JSON) and 2 to 3");
     assert_eq!(decode(&[]), Err(DecodeError::Empty));
 }
 
@@ -161,7 +163,7 @@ fn corrupt_bytes_are_errors_not_panics_or_huge_allocations() {
 }
 
 /// [`objects`] as format 2 was written before its field lists were derived
-/// from one place (hex).
+/// from one place (hex). Format 2 had no `appProtocol`.
 const FORMAT_2: [&str; 5] = [
     "02000473686f70037765620103617070037765620217656467656d6573682e696f2f6c622d73747261746567790652616e646f6d02c3bc0002\
      040a60000a06fd00000000000000000000000000000a01020468747470005001087765622d687474700180eb010002ffff0300ac0200084e6f\
@@ -177,12 +179,50 @@ const FORMAT_2: [&str; 5] = [
      c0a801050620010db8000000000000000000000005",
 ];
 
-#[test]
-fn format_2_values_are_read_and_written_as_before() {
-    for (o, hex) in objects().iter().zip(FORMAT_2) {
-        let bytes: Vec<u8> =
-            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
-        assert_eq!(decode(&bytes).as_ref(), Ok(o), "{hex}");
-        assert_eq!(encoded(o), bytes, "{o:?}");
+/// [`objects`] without what format 2 could not hold.
+fn format_2_objects() -> Vec<Object> {
+    let mut objects = objects();
+    for o in &mut objects {
+        if let Object::Service(s) = o {
+            s.ports.iter_mut().for_each(|p| p.app_protocol = None);
+        }
     }
+    objects
+}
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+}
+
+#[test]
+fn format_2_values_still_decode_and_are_rewritten_as_format_3() {
+    for (o, hex) in format_2_objects().iter().zip(FORMAT_2) {
+        let bytes = unhex(hex);
+        assert_eq!(decode(&bytes).as_ref(), Ok(o), "{hex}");
+        let rewritten = encoded(o);
+        assert_eq!(rewritten[0], 3);
+        let ports: usize = match o {
+            Object::Service(s) => s.ports.len(),
+            _ => 0,
+        };
+        // Format 3 adds one byte per service port (`appProtocol`: none).
+        assert_eq!(rewritten.len(), bytes.len() + ports, "{o:?}");
+        if ports == 0 {
+            assert_eq!(rewritten[1..], bytes[1..], "{o:?}");
+        }
+    }
+}
+
+/// The service of [`objects`] as format 3 writes it (hex): its first port
+/// has `appProtocol: kubernetes.io/h2c`, its second none.
+const FORMAT_3_SERVICE: &str = "03000473686f70037765620103617070037765620217656467656d6573682e696f2f6c622d73747261746567790652616e646f6d02c3bc0002\
+     040a60000a06fd00000000000000000000000000000a01020468747470005001087765622d687474700180eb0101116b756265726e65746573\
+     2e696f2f6832630002ffff0300ac020000084e6f6465506f72740180a305010102010003";
+
+#[test]
+fn format_3_values_are_read_and_written_as_before() {
+    let o = &objects()[0];
+    let bytes = unhex(FORMAT_3_SERVICE);
+    assert_eq!(decode(&bytes).as_ref(), Ok(o));
+    assert_eq!(encoded(o), bytes);
 }

@@ -110,7 +110,7 @@ pub(super) fn build_entry(
                 target_port: sp.target_port.clone(),
                 node_port: sp.node_port.filter(|_| has_node_ports(&svc.service_type)),
                 app_protocol: match sp.protocol {
-                    Protocol::Tcp => AppProtocol::classify(None, &sp.name, policy.l4_only),
+                    Protocol::Tcp => AppProtocol::classify(sp.app_protocol.as_deref(), &sp.name, policy.l4_only),
                     _ => AppProtocol::Tcp,
                 },
                 backends: backends.into(),

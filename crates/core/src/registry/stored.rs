@@ -106,6 +106,8 @@ pub(super) struct StoredService {
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct StoredServicePort {
     pub(super) name: Arc<str>,
+    /// `appProtocol`, shared like names (a fleet uses a handful of values).
+    pub(super) app_protocol: Option<Arc<str>>,
     pub(super) target_port: TargetPort,
     pub(super) port: u16,
     pub(super) node_port: Option<u16>,
@@ -122,6 +124,7 @@ impl StoredService {
                 .into_iter()
                 .map(|p| StoredServicePort {
                     name: names.get(&p.name),
+                    app_protocol: p.app_protocol.as_deref().map(|a| names.get(a)),
                     target_port: p.target_port,
                     port: p.port,
                     node_port: p.node_port,

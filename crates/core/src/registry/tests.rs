@@ -265,7 +265,7 @@ fn node_mode_annotations_and_fields_reach_the_entry() {
         &mut st,
         service("default", "bad")
             .port("", 80, 80)
-            .annotation(HashKey::ANNOTATION, "cookie:x")
+            .annotation(HashKey::ANNOTATION, "query:x")
             .annotation(UDP_IDLE_TIMEOUT_ANNOTATION, "soon")
             .object(),
     );
@@ -331,4 +331,39 @@ fn a_new_default_strategy_rebuilds_only_services_without_the_annotation() {
     assert_eq!(after.service(&key("r")).unwrap().strategy, LbStrategy::Random, "the annotation wins");
     assert!(Arc::ptr_eq(before.service(&key("r")).unwrap(), after.service(&key("r")).unwrap()), "not republished");
     assert_eq!(after.service(&key("plain")).unwrap().vip, before.service(&key("plain")).unwrap().vip, "VIP kept");
+}
+
+#[test]
+fn app_protocol_decides_which_ports_are_http_and_the_opt_out_wins() {
+    use crate::AppProtocol;
+    use crate::app_protocol::PROTOCOL_ANNOTATION;
+    let mut st = state();
+    let web = |name: &str| {
+        service("default", name).port("web", 80, 8080).app_protocol("kubernetes.io/h2c").port("admin", 9000, 9000)
+    };
+    apply(&mut st, web("web").object());
+    apply(&mut st, web("opted-out").annotation(PROTOCOL_ANNOTATION, "tcp").object());
+    apply(&mut st, service("default", "named").port("http", 80, 8080).app_protocol("redis").object());
+    let snap = st.take_generation();
+    let protocols =
+        |name: &str| snap.service(&key(name)).unwrap().ports.iter().map(|p| p.app_protocol).collect::<Vec<_>>();
+    assert_eq!(
+        protocols("web"),
+        [AppProtocol::Http2, AppProtocol::Tcp],
+        "appProtocol wins over a name that says nothing"
+    );
+    assert_eq!(
+        protocols("opted-out"),
+        [AppProtocol::Tcp, AppProtocol::Tcp],
+        "edgemesh.io/protocol: tcp keeps it on L4"
+    );
+    assert_eq!(protocols("named"), [AppProtocol::Tcp], "an appProtocol that is not HTTP wins over the name");
+
+    // Changing only appProtocol rebuilds the entry.
+    apply(
+        &mut st,
+        service("default", "web").port("web", 80, 8080).app_protocol("http").port("admin", 9000, 9000).object(),
+    );
+    let snap = st.take_generation();
+    assert_eq!(snap.service(&key("web")).unwrap().ports[0].app_protocol, AppProtocol::Http1);
 }

@@ -231,7 +231,22 @@ fn service_port(sp: &Located<ServicePort>, field: &str, cx: &Cx) -> Result<Servi
         },
         _ => None,
     };
-    Ok(ServicePortSpec { name, protocol, port, target_port, node_port })
+    let app_protocol = match &p.app_protocol {
+        None => None,
+        Some(a) => match validate::qualified_name(&a.value) {
+            Ok(()) => Some(a.value.clone()),
+            Err(why) => {
+                let problem = Problem::InvalidName {
+                    field: format!("{field}.appProtocol"),
+                    value: a.value.clone(),
+                    rule: "appProtocol (a qualified name such as http or kubernetes.io/h2c)",
+                    why,
+                };
+                return Err(cx.err_at(a, problem));
+            }
+        },
+    };
+    Ok(ServicePortSpec { name, protocol, port, target_port, node_port, app_protocol })
 }
 
 fn protocol_name(p: Protocol) -> &'static str {

@@ -39,7 +39,7 @@ fn service_like_the_manifests_source() {
     let svc: core_v1::Service = from(json!({
         "metadata": {"name": "web", "namespace": "shop", "annotations": {"edgemesh.io/lb-strategy": "Random"}},
         "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "ports": [
-            {"name": "http", "port": 80, "targetPort": "web"},
+            {"name": "http", "port": 80, "targetPort": "web", "appProtocol": "kubernetes.io/h2c"},
             {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353},
         ]},
     }));
@@ -48,6 +48,8 @@ fn service_like_the_manifests_source() {
     assert_eq!(s.cluster_ips, vec!["10.96.0.10".parse::<IpAddr>().unwrap()]);
     assert_eq!(s.service_type, "ClusterIP");
     assert_eq!(s.ports[0].target_port, TargetPort::Name("web".into()));
+    assert_eq!(s.ports[0].app_protocol.as_deref(), Some("kubernetes.io/h2c"));
+    assert_eq!(s.ports[1].app_protocol, None);
     assert_eq!(s.ports[1].protocol, Protocol::Udp);
     assert_eq!(s.ports[1].target_port, TargetPort::Number(5353));
 

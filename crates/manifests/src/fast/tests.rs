@@ -167,6 +167,23 @@ impl Gen {
         ])
     }
 
+    fn app_protocol(&mut self) -> &'static str {
+        self.from(&[
+            "http",
+            "kubernetes.io/h2c",
+            "'kubernetes.io/ws'",
+            "\"http2\"",
+            "HTTP",
+            "grpc_v1",
+            "h2c!",
+            "/http",
+            "~",
+            "",
+            "80",
+            "true",
+        ])
+    }
+
     fn ip(&mut self) -> &'static str {
         self.from(&[
             "10.0.0.1",
@@ -322,7 +339,7 @@ impl Gen {
             self.line(i, "ports: []");
         } else {
             self.seq_of_maps(i, "ports", n, |g, j| {
-                let mut fields = vec![0, 1, 2, 3, 4];
+                let mut fields = vec![0, 1, 2, 3, 4, 5];
                 g.shuffle(&mut fields);
                 for f in fields {
                     match f {
@@ -345,6 +362,10 @@ impl Gen {
                         4 if g.one_in(6) => {
                             let v = g.port();
                             g.field(j, "nodePort", v)
+                        }
+                        5 if g.one_in(3) => {
+                            let v = g.app_protocol();
+                            g.field(j, "appProtocol", v)
                         }
                         _ => {}
                     }
@@ -552,7 +573,7 @@ fn generator_and_kubectl_output_take_the_fast_path() {
                    creationTimestamp: \"2024-01-01T00:00:00Z\"\r\n  labels:\r\n    app: web\r\n  name: web\r\n  \
                    namespace: default\r\n  resourceVersion: \"123\"\r\n  uid: 0b6f-11\r\nspec:\r\n  clusterIP: 10.96.0.10\r\n  \
                    clusterIPs:\r\n  - 10.96.0.10\r\n  internalTrafficPolicy: Cluster\r\n  ipFamilies:\r\n  - IPv4\r\n  \
-                   ipFamilyPolicy: SingleStack\r\n  ports:\r\n  - name: http # the web port\r\n    port: 80\r\n    \
+                   ipFamilyPolicy: SingleStack\r\n  ports:\r\n  - appProtocol: kubernetes.io/h2c\r\n    name: http # the web port\r\n    port: 80\r\n    \
                    protocol: TCP\r\n    targetPort: http\r\n  selector:\r\n    app: web\r\n  sessionAffinity: None\r\n  \
                    type: ClusterIP\r\nstatus:\r\n  loadBalancer: {}\r\n";
     let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: edge-1\nstatus:\n  addresses:\n  - address: 10.0.0.5\n    \
