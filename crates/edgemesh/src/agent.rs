@@ -33,11 +33,12 @@ use edgemesh_core::{
     EventSink, EventStream, Registry, RegistryConfig, RegistryHandle, Snapshot, SourceHealth, VipPolicy,
 };
 use edgemesh_dns::DnsServer;
+use edgemesh_http::HttpProxy;
 use edgemesh_intercept::Interceptor;
 use edgemesh_kube::{KubeSource, KubeSourceConfig};
 use edgemesh_manifests::ManifestSource;
 use edgemesh_metrics::AgentRegistry;
-use edgemesh_proxy::{Proxy, ProxyConfig};
+use edgemesh_proxy::{HttpServe, Proxy, ProxyConfig};
 use edgemesh_socks::{NodeHosts, SocksEnv, SocksServer};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -189,6 +190,9 @@ impl Agent {
         };
         if let Some(remote) = remote {
             proxy = proxy.with_remote(remote, config.tunnel.connect_timeout);
+        }
+        if config.http.enabled {
+            proxy = proxy.with_http(http_front(&config.http, metrics.edgemesh()));
         }
         let socks = match config.socks.enabled {
             true => Some(bind_socks(&config, &snapshots, &tunnel).await?.with_metrics(metrics.edgemesh())),
@@ -409,6 +413,13 @@ impl Agent {
         let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
         outcome
     }
+}
+
+/// The HTTP layer (`http.enabled`): the front serving clients of HTTP
+/// ports, sending each request through the dispatcher.
+fn http_front(config: &edgemesh_http::HttpConfig, metrics: &mut edgemesh_metrics::Registry) -> Arc<dyn HttpServe> {
+    let dispatcher = Arc::new(edgemesh_http::Dispatcher::new(config, metrics));
+    Arc::new(HttpProxy::with_metrics(dispatcher, config.clone(), metrics))
 }
 
 /// The running tunnel: its handle, its task, the directory it asks.

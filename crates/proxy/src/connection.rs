@@ -205,7 +205,6 @@ fn http_connection(client: TcpStream, peer: IpAddr, pool: &Arc<Pool>, shared: &S
         client,
         peer,
         pool: pool.clone(),
-        service_label: pool.metrics.service.clone(),
         reach: shared.reach.clone(),
         connect_timeout: shared.live.connect_timeout(),
         upstream_mark: shared.config.upstream_mark,

@@ -31,10 +31,6 @@ pub struct HttpConnection {
     /// ([`Pool::targets`]), passive health ([`Pool::failed`],
     /// [`Pool::healthy`]), metrics.
     pub pool: Arc<Pool>,
-    /// The `service` label the proxy gave the port (bounded by
-    /// `metrics.maxServices`; `other` past it), so both layers' series name
-    /// the service alike; empty for a pool made without the proxy's metrics.
-    pub service_label: Arc<str>,
     /// Which endpoints are dialled directly and which through the tunnel.
     pub reach: Reach,
     /// How long one direct connect to an endpoint may take

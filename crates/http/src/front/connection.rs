@@ -125,8 +125,9 @@ enum Check {
 /// Serves `conn` until the client closes it, a limit closes it, or the
 /// proxy drops this future at shutdown.
 pub(super) async fn serve(front: Arc<Shared>, conn: HttpConnection, _slot: Slot) {
-    let HttpConnection { client, peer, pool, reach, connect_timeout, upstream_mark, service_label, drain } = conn;
-    let label = if service_label.is_empty() { Arc::from(pool.service.to_string()) } else { service_label };
+    let HttpConnection { client, peer, pool, reach, connect_timeout, upstream_mark, drain } = conn;
+    // The proxy's label for the port (bounded by `metrics.maxServices`).
+    let label = pool.service_label().unwrap_or_else(|| Arc::from(pool.service.to_string()));
     let handles = Arc::new(front.metrics.port(label, pool.port));
     handles.active.inc();
     let _active = scopeguard(handles.clone());

@@ -135,7 +135,6 @@ impl Front {
                     client,
                     peer,
                     pool: pool.clone(),
-                    service_label: Arc::from(""),
                     reach: Reach::direct(),
                     connect_timeout: Duration::from_secs(1),
                     upstream_mark: None,
