@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use edgemesh_http::{DispatchError, HttpConfig};
-use front_support::{Failing, Front, ToBackend, curl, echo_backend, websocket_echo};
+use edgemesh_http::HttpConfig;
+use edgemesh_test_support::loopback::closed_tcp_port;
+use front_support::{Front, curl, echo_backend, silent_backend, websocket_echo};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -17,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http11_keep_alive_serves_several_requests_on_one_connection() {
-    let front = Front::start(ToBackend(echo_backend("a").await), HttpConfig::default()).await;
+    let front = Front::dispatching(&[echo_backend("a").await], HttpConfig::default()).await;
     let urls: Vec<String> = (0..4).map(|i| front.url(&format!("/r{i}"))).collect();
     let mut args = vec!["--http1.1", "-w", "connects=%{num_connects}\n"];
     args.extend(urls.iter().map(String::as_str));
@@ -34,7 +35,7 @@ async fn http11_keep_alive_serves_several_requests_on_one_connection() {
 /// client for several streams on one connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_with_prior_knowledge_is_served() {
-    let front = Front::start(ToBackend(echo_backend("a").await), HttpConfig::default()).await;
+    let front = Front::dispatching(&[echo_backend("a").await], HttpConfig::default()).await;
     let url = front.url("/h2");
     let out = curl(&["--http2-prior-knowledge", "-w", "version=%{http_version}\n", &url]).await;
     assert!(out.contains("GET /h2\n"), "{out}");
@@ -60,7 +61,7 @@ async fn http2_with_prior_knowledge_is_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_upgrade_is_answered_over_http11() {
-    let front = Front::start(ToBackend(echo_backend("a").await), HttpConfig::default()).await;
+    let front = Front::dispatching(&[echo_backend("a").await], HttpConfig::default()).await;
     let out = curl(&["--http2", "-w", "version=%{http_version}\n", &front.url("/up")]).await;
     assert!(out.contains("GET /up\n"), "{out}");
     assert!(out.contains("version=1.1"), "{out}");
@@ -69,7 +70,7 @@ async fn an_h2c_upgrade_is_answered_over_http11() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed_both_ways() {
-    let front = Front::start(ToBackend(echo_backend("a").await), HttpConfig::default()).await;
+    let front = Front::dispatching(&[echo_backend("a").await], HttpConfig::default()).await;
     let out = curl(&[
         "-i",
         "-H",
@@ -105,7 +106,7 @@ async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_echo_passes_through() {
-    let front = Front::start(ToBackend(websocket_echo().await), HttpConfig::default()).await;
+    let front = Front::dispatching(&[websocket_echo().await], HttpConfig::default()).await;
     let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{}/chat", front.addr)).await.unwrap();
     assert_eq!(response.status(), 101);
     for text in ["hello", "through the front"] {
@@ -116,26 +117,24 @@ async fn a_websocket_echo_passes_through() {
     ws.close(None).await.unwrap();
 }
 
-fn no_endpoints() -> DispatchError {
-    DispatchError::NoEndpoints { service: "default/web".into(), port: 80 }
+/// A config whose requests give up after 300 ms.
+fn impatient() -> HttpConfig {
+    HttpConfig { request_timeout: Duration::from_millis(300), ..HttpConfig::default() }
 }
 
-fn endpoint_failed() -> DispatchError {
-    DispatchError::EndpointFailed { endpoint: "10.0.0.7:80".parse().unwrap(), reason: "connection refused".into() }
-}
-
-fn timed_out() -> DispatchError {
-    DispatchError::Timeout { timeout: Duration::from_secs(15) }
+/// Fronts whose requests fail as 503 (no endpoint), 502 (the endpoint
+/// refuses) and 504 (the endpoint never answers), with what the text names.
+async fn failing_fronts() -> Vec<(Front, &'static str, &'static str, &'static str)> {
+    vec![
+        (Front::dispatching(&[], impatient()).await, "503", "14", "ready"),
+        (Front::dispatching(&[closed_tcp_port()], impatient()).await, "502", "14", "targetPort"),
+        (Front::dispatching(&[silent_backend().await], impatient()).await, "504", "4", "300ms"),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_responses_with_a_text_naming_the_service() {
-    for (error, status, hint) in [
-        (no_endpoints as fn() -> DispatchError, "503", "ready"),
-        (endpoint_failed, "502", "10.0.0.7:80"),
-        (timed_out, "504", "15s"),
-    ] {
-        let front = Front::start(Failing(error), HttpConfig::default()).await;
+    for (front, status, _, hint) in failing_fronts().await {
         let url = front.url("/");
         let out = curl(&["-w", "status=%{http_code}\n", &url, &url]).await;
         assert_eq!(out.matches(&format!("status={status}")).count(), 2, "the connection stays usable: {out}");
@@ -146,8 +145,7 @@ async fn errors_are_responses_with_a_text_naming_the_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_clients_get_a_trailers_only_status() {
-    for (error, code) in [(no_endpoints as fn() -> DispatchError, "14"), (endpoint_failed, "14"), (timed_out, "4")] {
-        let front = Front::start(Failing(error), HttpConfig::default()).await;
+    for (front, _, code, _) in failing_fronts().await {
         let out = curl(&[
             "--http2-prior-knowledge",
             "-i",

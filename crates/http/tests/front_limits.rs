@@ -11,7 +11,7 @@ use bytes::Bytes;
 use edgemesh_http::front::Limit;
 use edgemesh_http::{DispatchError, HttpConfig, RequestContext, SendFuture, Upstream};
 use edgemesh_test_support::eventually;
-use front_support::{Front, ToBackend, curl, echo_backend};
+use front_support::{Front, curl, echo_backend};
 use http_body_util::Empty;
 use hyper::Request;
 use hyper::body::Incoming;
@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 async fn fifty_slowloris_connections_do_not_starve_a_real_client() {
     let head_timeout = Duration::from_secs(2);
     let config = HttpConfig { request_head_timeout: head_timeout, ..HttpConfig::default() };
-    let front = Front::start(ToBackend(echo_backend("a").await), config).await;
+    let front = Front::dispatching(&[echo_backend("a").await], config).await;
     let started = tokio::time::Instant::now();
     let slow: Vec<_> = (0..50)
         .map(|i| {
@@ -66,7 +66,7 @@ async fn fifty_slowloris_connections_do_not_starve_a_real_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_large_or_too_many_headers_get_431_and_others_are_served() {
     let config = HttpConfig { max_header_bytes: 8192, max_headers: 20, ..HttpConfig::default() };
-    let front = Front::start(ToBackend(echo_backend("a").await), config).await;
+    let front = Front::dispatching(&[echo_backend("a").await], config).await;
     let url = front.url("/h");
     let big = format!("X-Big: {}", "b".repeat(10_000));
     let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-H", &big, &url]).await;
@@ -104,7 +104,7 @@ fn get(front: &Front) -> Request<Empty<Bytes>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_connections_new_ones_are_refused_and_old_ones_keep_working() {
     let config = HttpConfig { max_connections: 2, ..HttpConfig::default() };
-    let front = Front::start(ToBackend(echo_backend("a").await), config).await;
+    let front = Front::dispatching(&[echo_backend("a").await], config).await;
     let mut first = answered_connection(&front).await;
     let second = answered_connection(&front).await;
 
@@ -128,7 +128,7 @@ async fn past_max_connections_new_ones_are_refused_and_old_ones_keep_working() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http2_connection_is_closed() {
     let config = HttpConfig { idle_timeout: Duration::from_secs(1), ..HttpConfig::default() };
-    let front = Front::start(ToBackend(echo_backend("a").await), config).await;
+    let front = Front::dispatching(&[echo_backend("a").await], config).await;
     let stream = TcpStream::connect(front.addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();

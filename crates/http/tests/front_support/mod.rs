@@ -1,6 +1,7 @@
 //! Real servers and clients around the front, on loopback: an HTTP/1.1
-//! backend that echoes what it received, a WebSocket echo server, the front
-//! serving a listener, and `curl`.
+//! backend that echoes what it received, a silent one, a WebSocket echo
+//! server, the front serving a listener (with the agent's dispatcher, or a
+//! stand-in that controls timing), and `curl`.
 
 #![allow(dead_code)]
 
@@ -10,17 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgemesh_core::{LbStrategy, ServiceKey};
-use edgemesh_http::{DispatchError, HttpConfig, HttpProxy, RequestContext, SendFuture, Upstream};
+use edgemesh_core::{Backend, LbStrategy, ServiceKey};
+use edgemesh_http::{Dispatcher, HttpConfig, HttpProxy, Upstream};
+use edgemesh_metrics::Registry;
 use edgemesh_proxy::pool::{Pool, Targets};
 use edgemesh_proxy::{HttpConnection, HttpServe, Reach};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::HOST;
-use hyper::{Request, Response, Version};
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// An HTTP/1.1 backend answering every request with `name` and what it
@@ -51,6 +52,19 @@ pub async fn echo_backend(name: &'static str) -> SocketAddr {
     addr
 }
 
+/// A backend that accepts connections and never answers.
+pub async fn silent_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
 /// A WebSocket server echoing every message.
 pub async fn websocket_echo() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -71,41 +85,6 @@ pub async fn websocket_echo() -> SocketAddr {
     addr
 }
 
-/// The dispatch layer's stand-in: every request goes, over a new HTTP/1.1
-/// connection of a plain hyper client, to one backend.
-pub struct ToBackend(pub SocketAddr);
-
-impl Upstream for ToBackend {
-    fn send(&self, mut req: Request<Incoming>, _ctx: Arc<RequestContext>) -> SendFuture {
-        let addr = self.0;
-        let failed =
-            move |e: &dyn std::fmt::Display| DispatchError::EndpointFailed { endpoint: addr, reason: e.to_string() };
-        Box::pin(async move {
-            let stream = TcpStream::connect(addr).await.map_err(|e| failed(&e))?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| failed(&e))?;
-            tokio::spawn(conn.with_upgrades());
-            if let Some(authority) = req.uri().authority() {
-                let host = authority.as_str().parse().unwrap();
-                req.headers_mut().entry(HOST).or_insert(host);
-            }
-            *req.uri_mut() = req.uri().path_and_query().map_or("/", |p| p.as_str()).parse().unwrap();
-            *req.version_mut() = Version::HTTP_11;
-            sender.send_request(req).await.map_err(|e| failed(&e))
-        })
-    }
-}
-
-/// An upstream that fails every request with what `error` makes.
-pub struct Failing(pub fn() -> DispatchError);
-
-impl Upstream for Failing {
-    fn send(&self, _req: Request<Incoming>, _ctx: Arc<RequestContext>) -> SendFuture {
-        let error = (self.0)();
-        Box::pin(async move { Err(error) })
-    }
-}
-
 /// The front serving a loopback listener, as the proxy would hand it the
 /// connections of service `default/web`'s port.
 pub struct Front {
@@ -116,15 +95,25 @@ pub struct Front {
 }
 
 impl Front {
+    /// The front sending requests through the agent's [`Dispatcher`] to
+    /// `endpoints` (round robin, dialled directly).
+    pub async fn dispatching(endpoints: &[SocketAddr], config: HttpConfig) -> Front {
+        let dispatcher = Dispatcher::new(&config, &mut Registry::default());
+        let backends: Arc<[Backend]> = endpoints.iter().map(|&addr| Backend { addr, node_name: None }).collect();
+        Self::start_with(dispatcher, config, Targets::new(LbStrategy::RoundRobin, backends)).await
+    }
+
+    /// The front sending requests through `upstream`, a stand-in for the
+    /// dispatcher (service port without endpoints).
     pub async fn start(upstream: impl Upstream, config: HttpConfig) -> Front {
+        Self::start_with(upstream, config, Targets::new(LbStrategy::RoundRobin, Arc::from(Vec::new()))).await
+    }
+
+    async fn start_with(upstream: impl Upstream, config: HttpConfig, targets: Targets) -> Front {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let proxy = Arc::new(HttpProxy::new(Arc::new(upstream), config));
-        let pool = Arc::new(Pool::new(
-            ServiceKey::new("default", "web"),
-            addr,
-            Targets::new(LbStrategy::RoundRobin, Arc::from(Vec::new())),
-        ));
+        let pool = Arc::new(Pool::new(ServiceKey::new("default", "web"), addr, targets));
         let front = proxy.clone();
         let drain = CancellationToken::new();
         let draining = drain.clone();
