@@ -6,6 +6,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::process::Command;
+use std::time::Duration;
 
 use support::*;
 
@@ -53,6 +54,13 @@ fn one_keep_alive_connection_reaches_both_endpoints_of_an_http_port() {
         "edgemesh_http_requests_total{service=\"shop/api\",port=\"80\",code=\"2xx\"}",
     );
     assert_eq!(twos, Some(20.0), "{metrics}");
+
+    // The service goes: so do its series.
+    std::fs::remove_file(dir.path().join("api.yaml")).unwrap();
+    eventually(Duration::from_secs(10), "shop/api's HTTP series removed", || {
+        let (_, metrics) = agent.try_get("/metrics")?;
+        (!metrics.contains("edgemesh_http_requests_total{service=\"shop/api\"")).then_some(())
+    });
     assert_eq!(agent.terminate().code(), Some(0), "SIGTERM stops the agent cleanly");
 }
 

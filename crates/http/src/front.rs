@@ -103,6 +103,10 @@ impl HttpServe for HttpProxy {
         let slot = Slot(self.shared.clone());
         Box::pin(connection::serve(self.shared.clone(), conn, slot))
     }
+
+    fn port_removed(&self, service: &Arc<str>, port: u16) {
+        self.shared.metrics.remove_port(service, port);
+    }
 }
 
 /// One place in `http.maxConnections`, given back when dropped.

@@ -52,6 +52,10 @@ pub trait HttpServe: Send + Sync + 'static {
     /// Serves `conn` until the client closes it (or a limit or shutdown
     /// ends it); runs on the proxy worker that accepted it.
     fn serve(&self, conn: HttpConnection) -> HttpFuture;
+
+    /// The service port `port` labelled `service` has no listener left:
+    /// its series go, as the proxy's own do.
+    fn port_removed(&self, _service: &Arc<str>, _port: u16) {}
 }
 
 impl std::fmt::Debug for dyn HttpServe {

@@ -392,6 +392,9 @@ impl Reconciler {
             }
             let port_gone = !next.iter().any(|l| l.pool.port == port);
             self.shared.metrics.remove_port(&listener.pool.metrics.service, port, protocol, port_gone);
+            if let (Some(http), Protocol::Tcp) = (&self.shared.http, protocol) {
+                http.port_removed(&listener.pool.metrics.service, port);
+            }
         }
     }
 

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use edgemesh_metrics::{Counter, Family, Gauge, Histogram, Registry, Unit};
+use edgemesh_metrics::{Counter, Family, Gauge, Histogram, OTHER, Registry, Unit};
 use hyper::StatusCode;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 
@@ -124,6 +124,20 @@ impl HttpMetrics {
         Self::register(&mut Registry::default())
     }
 
+    /// Removes the series of `service`'s `port` (its last listener went);
+    /// `other`'s stay: other services count into them.
+    pub fn remove_port(&self, service: &Arc<str>, port: u16) {
+        if &**service == OTHER {
+            return;
+        }
+        let labels = ServicePort { service: service.clone(), port };
+        for code in CodeClass::ALL {
+            self.requests.remove(&RequestLabels { service: service.clone(), port, code });
+        }
+        self.duration.remove(&labels);
+        self.active.remove(&labels);
+    }
+
     /// The handles of one service port, for one client connection.
     pub fn port(&self, service: Arc<str>, port: u16) -> PortHandles {
         let labels = ServicePort { service, port };
@@ -155,6 +169,30 @@ impl PortHandles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scrape(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn a_removed_port_loses_its_series_but_other_keeps_them() {
+        let mut registry = Registry::default();
+        let metrics = HttpMetrics::register(&mut registry);
+        for service in ["shop/web", OTHER] {
+            let handles = metrics.port(Arc::from(service), 80);
+            handles.answered(StatusCode::OK);
+            handles.duration.observe(0.01);
+        }
+        let text = scrape(&registry);
+        assert!(text.contains("http_requests_total{service=\"shop/web\",port=\"80\",code=\"2xx\"} 1"), "{text}");
+        metrics.remove_port(&Arc::from("shop/web"), 80);
+        metrics.remove_port(&Arc::from(OTHER), 80);
+        let text = scrape(&registry);
+        assert!(!text.contains("shop/web"), "{text}");
+        assert!(text.contains("http_requests_total{service=\"other\",port=\"80\",code=\"2xx\"} 1"), "{text}");
+    }
 
     #[test]
     fn statuses_fall_in_their_class() {
