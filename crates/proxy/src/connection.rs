@@ -1,5 +1,7 @@
 //! One client connection: admission -> pick -> connect (with retry) ->
-//! forward.
+//! forward; or, for an HTTP port when the agent has an HTTP layer,
+//! admission -> [`HttpServe::serve`] (still counted active, still dropped
+//! at shutdown).
 //!
 //! A connection that cannot be forwarded (no ready endpoint, every endpoint
 //! failed, over the connection limit) is closed with `SO_LINGER 0`, so the
