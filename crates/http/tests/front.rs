@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use edgemesh_core::AppProtocol;
 use edgemesh_http::HttpConfig;
 use edgemesh_test_support::loopback::closed_tcp_port;
-use front_support::{Front, curl, echo_backend, silent_backend, websocket_echo};
+use front_support::{Front, curl, echo_backend, silent_backend, targets, websocket_echo};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -115,6 +116,25 @@ async fn a_websocket_echo_passes_through() {
         assert_eq!(echoed, Message::text(text));
     }
     ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_and_streaming_calls_pass_with_their_trailers() {
+    let server = edgemesh_grpc_echo::Server::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), "echo-a");
+    let mut targets = targets(&[server.addr]);
+    targets.app_protocol = AppProtocol::Http2;
+    let front = Front::dispatching_to(targets, HttpConfig::default()).await;
+    let mut client = edgemesh_grpc_echo::Client::connect(front.addr).await.unwrap();
+    let unary = client.unary("hello").await.unwrap();
+    assert_eq!(unary.replies.len(), 1);
+    assert_eq!(unary.trailer, "echo-a", "the trailer reaches the client");
+    let streamed = client.server_stream("many", 50).await.unwrap();
+    assert_eq!(streamed.replies.len(), 50);
+    assert_eq!(streamed.trailer, "echo-a");
+    let bidi = client.bidi(&["one", "two", "three"]).await.unwrap();
+    assert_eq!(bidi.replies.len(), 3);
+    assert_eq!(bidi.trailer, "echo-a");
+    assert_eq!(server.calls(), 3);
 }
 
 /// A config whose requests give up after 300 ms.

@@ -85,6 +85,12 @@ pub async fn websocket_echo() -> SocketAddr {
     addr
 }
 
+/// Round robin over `endpoints`.
+pub fn targets(endpoints: &[SocketAddr]) -> Targets {
+    let backends: Arc<[Backend]> = endpoints.iter().map(|&addr| Backend { addr, node_name: None }).collect();
+    Targets::new(LbStrategy::RoundRobin, backends)
+}
+
 /// The front serving a loopback listener, as the proxy would hand it the
 /// connections of service `default/web`'s port.
 pub struct Front {
@@ -98,9 +104,13 @@ impl Front {
     /// The front sending requests through the agent's [`Dispatcher`] to
     /// `endpoints` (round robin, dialled directly).
     pub async fn dispatching(endpoints: &[SocketAddr], config: HttpConfig) -> Front {
+        Self::dispatching_to(targets(endpoints), config).await
+    }
+
+    /// As [`Front::dispatching`], to the endpoints of `targets`.
+    pub async fn dispatching_to(targets: Targets, config: HttpConfig) -> Front {
         let dispatcher = Dispatcher::new(&config, &mut Registry::default());
-        let backends: Arc<[Backend]> = endpoints.iter().map(|&addr| Backend { addr, node_name: None }).collect();
-        Self::start_with(dispatcher, config, Targets::new(LbStrategy::RoundRobin, backends)).await
+        Self::start_with(dispatcher, config, targets).await
     }
 
     /// The front sending requests through `upstream`, a stand-in for the
