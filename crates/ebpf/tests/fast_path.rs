@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use edgemesh_ebpf::{FastBackend, FastPath, FastService, ServicePort};
 use edgemesh_test_support::netns::{NsNginx, UdpEcho};
-use support::{Node, attached, options};
+use support::{Node, attached, bodies, options};
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -68,7 +68,7 @@ fn applications_see_the_service_address_as_their_peer_over_ipv4_and_v4_mapped_ip
             assert_eq!(peer, format!("{shown} 80"), "{host}: getpeername gives the service address");
             assert!(body == "one" || body == "two", "{host}: answered by a backend: {line}");
         }
-        let bodies: Vec<String> = lines.iter().map(|l| l.rsplit(' ').next().unwrap().to_owned()).collect();
+        let bodies = bodies(&lines);
         assert!(count(&bodies, "one") > 0 && count(&bodies, "two") > 0, "{host}: both backends: {bodies:?}");
     }
 }
@@ -83,7 +83,7 @@ fn an_ipv6_service_reaches_its_ipv6_backends_through_connect6_and_getpeername6()
     let lines = node.client(&["tcp", "fd00:96::10", "80", "20"]);
     assert_eq!(lines.len(), 20, "{lines:?}");
     assert!(lines.iter().all(|l| l.starts_with("fd00:96::10 80 ")), "getpeername gives the service address: {lines:?}");
-    let bodies: Vec<String> = lines.iter().map(|l| l.rsplit(' ').next().unwrap().to_owned()).collect();
+    let bodies = bodies(&lines);
     assert!(count(&bodies, "one") > 0 && count(&bodies, "two") > 0, "both backends: {bodies:?}");
 }
 
