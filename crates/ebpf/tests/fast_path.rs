@@ -7,9 +7,9 @@ mod support;
 
 use std::net::SocketAddr;
 
-use edgemesh_ebpf::{FastBackend, FastPath, FastService, ServicePort};
+use edgemesh_ebpf::{FastBackend, FastPath, FastService, Pick, ServicePort};
 use edgemesh_test_support::netns::{NsNginx, UdpEcho};
-use support::{Node, attached, bodies, options};
+use support::{Node, attached, bodies};
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -114,18 +114,40 @@ fn a_second_loader_adopts_the_pinned_state_and_remove_leaves_nothing_attached_or
     let (mut node, _one, _two) = web_node("adopt");
     let first = attached(&node.cgroup.path);
     assert_eq!(first.len(), 8, "connect, sendmsg, recvmsg, getpeername, each 4 and 6: {first:?}");
+    // A second service with every setting: host-only and pod backends,
+    // random, affinity, the agent's listener.
+    let dns = ServicePort::udp(addr("10.96.0.11:53"));
+    let rich = FastService {
+        backends: vec![FastBackend::host_only(addr("127.0.0.2:53")), FastBackend::direct(addr("10.0.1.1:5353"))],
+        pick: Pick::Random,
+        affinity: Some(std::time::Duration::from_secs(10800)),
+        agent: Some(addr("10.0.1.9:53")),
+    };
+    node.fast().writer().set(dns, &rich).unwrap();
+    let table = node.fast().writer().table().clone();
+    // Slots: web 2 for the host and 2 for pods; dns 2 and 1.
+    assert_eq!((node.entries("em_services"), node.entries("em_backends")), (2, 7));
 
     // A restart: the first run's process state goes, its pins stay; the
     // programs keep answering in between.
     drop(node.fast.take());
     assert_eq!(node.curl_times("10.96.0.10", 4).iter().filter(|b| *b == "one" || *b == "two").count(), 4);
-    let mut second = FastPath::start(options(&node.cgroup, &node.pins)).unwrap();
+    let mut second = FastPath::start(node.options()).unwrap();
     assert!(second.adopted());
     assert_eq!(attached(&node.cgroup.path), first, "adopting attaches nothing twice");
+    assert_eq!(second.writer().table(), &table, "the adopted maps are read back whole");
     let svc = ServicePort::tcp(addr("10.96.0.10:80"));
-    let mut known = second.writer().table().backends(&svc);
-    known.sort();
-    assert_eq!(known, vec![addr("10.0.1.1:8080"), addr("10.0.1.2:8080")], "the adopted maps are read back");
+    assert_eq!(second.writer().ports(), vec![svc, dns]);
+
+    // Feeding the same services again (an agent's first snapshot) writes nothing.
+    let web = direct(&["10.0.1.1:8080", "10.0.1.2:8080"]);
+    assert_eq!(second.writer().table().plan(svc, &web).unwrap(), vec![]);
+    assert_eq!(second.writer().table().plan(dns, &rich).unwrap(), vec![]);
+    second.writer().set(svc, &web).unwrap();
+    second.writer().set(dns, &rich).unwrap();
+    assert_eq!((node.entries("em_services"), node.entries("em_backends")), (2, 7), "no duplicate");
+    second.writer().remove(dns).unwrap();
+    assert_eq!((node.entries("em_services"), node.entries("em_backends")), (1, 4));
 
     // The adopted writer updates the same maps the attached programs read.
     second.writer().set(svc, &direct(&["10.0.1.2:8080"])).unwrap();

@@ -80,13 +80,30 @@ impl Node {
         }
         let cgroup = TestCgroup::new(role);
         let pins = PinDir::new(role);
-        let mut opts = options(&cgroup, &pins);
-        // The node's namespace stands in for the host's: its clients may
-        // get host-only (loopback) backends.
-        opts.host_netns = Some(PathBuf::from("/run/netns").join(&ns.name));
-        let fast = FastPath::start(opts).unwrap_or_else(|e| panic!("{e}"));
+        let mut node = Node { fast: None, pins, cgroup, ns };
+        let fast = FastPath::start(node.options()).unwrap_or_else(|e| panic!("{e}"));
         assert!(!fast.adopted(), "a fresh pin directory has nothing to adopt");
-        Node { fast: Some(fast), pins, cgroup, ns }
+        node.fast = Some(fast);
+        node
+    }
+
+    /// The loader's options for this node (also for a restart): its
+    /// cgroup and pins, and its namespace standing in for the host's (its
+    /// clients may get host-only, loopback, backends).
+    pub fn options(&self) -> Options {
+        Options {
+            host_netns: Some(PathBuf::from("/run/netns").join(&self.ns.name)),
+            ..options(&self.cgroup, &self.pins)
+        }
+    }
+
+    /// How many entries the pinned map `name` holds (`bpftool map dump`).
+    pub fn entries(&self, name: &str) -> usize {
+        let path = self.pins.0.join("maps").join(name);
+        let out = Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(&path).output().unwrap();
+        assert!(out.status.success(), "bpftool map dump {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json.as_array().map_or(0, Vec::len)
     }
 
     pub fn fast(&mut self) -> &mut FastPath {
