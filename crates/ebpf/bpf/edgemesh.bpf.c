@@ -101,9 +101,12 @@ struct affinity_value {
 };
 
 // Set by the loader: the network namespace whose clients may get
-// loopback backends (the agent's, the host's).
+// loopback backends (the agent's, the host's), and a hash of the object
+// the programs came from (read only by the loader: pinned programs of
+// another build are replaced, not adopted).
 struct config {
 	__u64 host_netns_cookie;
+	__u64 object_hash;
 };
 
 struct {

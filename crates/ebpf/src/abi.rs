@@ -45,6 +45,7 @@ const SVC_F_AGENT: u16 = 0x4;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Config {
     pub host_netns_cookie: u64,
+    pub object_hash: u64,
 }
 
 /// `struct backend_key`.
@@ -160,12 +161,12 @@ mod tests {
     #[test]
     fn layouts_match_the_c_structs() {
         // Sizes from bpf/edgemesh.bpf.c (svc_key 20, svc_value 44,
-        // backend_key 8, backend_value 20, config 8): a mismatch would
+        // backend_key 8, backend_value 20, config 16): a mismatch would
         // make every lookup miss (the loader also checks them against the
         // object's maps).
         assert_eq!(std::mem::size_of::<SvcKey>(), 20);
         assert_eq!(std::mem::size_of::<SvcValue>(), 44);
-        assert_eq!(std::mem::size_of::<Config>(), 8);
+        assert_eq!(std::mem::size_of::<Config>(), 16);
         assert_eq!(std::mem::size_of::<BackendKey>(), 8);
         assert_eq!(std::mem::size_of::<BackendValue>(), 20);
     }

@@ -158,3 +158,34 @@ fn a_second_loader_adopts_the_pinned_state_and_remove_leaves_nothing_attached_or
     assert!(!node.pins.0.exists(), "remove() unpins everything");
     assert!(node.ns.curl("http://10.96.0.10/").is_none(), "and the service address is no longer rewritten");
 }
+
+#[test]
+fn pinned_programs_of_another_build_are_replaced_not_adopted() {
+    let (mut node, _one, _two) = web_node("upgrade");
+    let first = attached(&node.cgroup.path);
+    drop(node.fast.take());
+    // What another build left behind: its object hash in the config map.
+    let config = node.pins.0.join("maps/em_config");
+    let value = "0 0 0 0 0 0 0 0 1 0 0 0 0 0 0 0".split(' ');
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&config)
+        .args(["key", "0", "0", "0", "0", "value"])
+        .args(value)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bpftool map update: {}", String::from_utf8_lossy(&out.stderr));
+
+    let mut upgraded = FastPath::start(node.options()).unwrap();
+    assert!(!upgraded.adopted(), "another build's programs are not adopted");
+    let now = attached(&node.cgroup.path);
+    assert_eq!(now.len(), 8, "the old programs are detached and the new ones attached once: {now:?}");
+    assert_eq!(
+        now.iter().map(|(hook, _)| hook).collect::<Vec<_>>(),
+        first.iter().map(|(hook, _)| hook).collect::<Vec<_>>()
+    );
+    assert!(upgraded.writer().table().is_empty(), "fresh maps, fed again by the agent");
+    upgraded.writer().set(ServicePort::tcp(addr("10.96.0.10:80")), &direct(&["10.0.1.2:8080"])).unwrap();
+    node.fast = Some(upgraded);
+    assert_eq!(node.curl_times("10.96.0.10", 3), vec!["two".to_owned(); 3]);
+}
