@@ -8,10 +8,12 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use edgemesh_ebpf::{FastBackend, FastService, Pick, ServicePort};
-use edgemesh_test_support::netns::{Netns, NsNginx};
+use edgemesh_test_support::blocking::eventually;
+use edgemesh_test_support::netns::{Netns, NsNginx, UdpEcho};
 use support::{Node, bodies};
 
 fn addr(s: &str) -> SocketAddr {
@@ -121,4 +123,31 @@ fn host_only_backends_serve_only_the_hosts_clients_others_go_to_the_agent_or_a_p
     let out = node.command_in(&pod, &support::client_args(&["tcp", "10.96.0.10", "80", "1"])).output().unwrap();
     assert!(!out.status.success(), "untouched: {}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(bodies(&node.client(&["tcp", "10.96.0.10", "80", "3"])), vec!["loopback"; 3]);
+}
+
+#[test]
+fn unconnected_udp_from_a_pod_goes_to_the_agent_and_its_replies_come_from_the_service_address() {
+    let mut node = Node::new("hostudp", &[]);
+    let pod = Netns::new("podudp");
+    pod.addr("lo", "10.0.2.1/32");
+    let host_echo = UdpEcho::start(&node.ns, "127.0.0.2:5353");
+    let agent_echo = UdpEcho::start(&pod, "10.0.2.1:5353");
+    let dns = ServicePort::udp(addr("10.96.0.10:53"));
+    let service = FastService {
+        backends: vec![FastBackend::host_only(addr("127.0.0.2:5353"))],
+        agent: Some(addr("10.0.2.1:5353")),
+        ..FastService::default()
+    };
+    node.fast().writer().set(dns, &service).unwrap();
+    let want: Vec<String> = (0..3).map(|i| format!("10.96.0.10 53 echo:m{i}")).collect();
+    assert_eq!(
+        node.client_in(&pod, &["udp", "10.96.0.10", "53", "3"]),
+        want,
+        "the pod: the agent, seen as the service"
+    );
+    assert_eq!(node.client(&["udp", "10.96.0.10", "53", "3"]), want, "the host: the loopback backend");
+    let served = |e: &UdpEcho| e.served.load(Ordering::Relaxed);
+    eventually(Duration::from_secs(2), "both echoes counted", || {
+        (served(&agent_echo) == 3 && served(&host_echo) == 3).then_some(())
+    });
 }
