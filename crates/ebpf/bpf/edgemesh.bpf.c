@@ -271,10 +271,7 @@ static __always_inline int translate6(struct bpf_sock_addr *ctx)
 {
 	struct svc_key key = {};
 	struct target to = {};
-	key.addr[0] = ctx->user_ip6[0];
-	key.addr[1] = ctx->user_ip6[1];
-	key.addr[2] = ctx->user_ip6[2];
-	key.addr[3] = ctx->user_ip6[3];
+	copy_addr(key.addr, ctx->user_ip6);
 	key.port = (__u16)ctx->user_port;
 	key.proto = (__u8)ctx->protocol;
 	if (!choose(ctx, &key, &to))
@@ -283,10 +280,7 @@ static __always_inline int translate6(struct bpf_sock_addr *ctx)
 	if (is_v4_mapped(key.addr) != is_v4_mapped(to.addr))
 		return 1;
 	remember(ctx, &key, &to);
-	ctx->user_ip6[0] = to.addr[0];
-	ctx->user_ip6[1] = to.addr[1];
-	ctx->user_ip6[2] = to.addr[2];
-	ctx->user_ip6[3] = to.addr[3];
+	copy_addr(ctx->user_ip6, to.addr);
 	ctx->user_port = to.port;
 	return 1;
 }
@@ -309,17 +303,11 @@ static __always_inline int restore6(struct bpf_sock_addr *ctx)
 {
 	struct rev_key rk = {};
 	rk.cookie = bpf_get_socket_cookie(ctx);
-	rk.addr[0] = ctx->user_ip6[0];
-	rk.addr[1] = ctx->user_ip6[1];
-	rk.addr[2] = ctx->user_ip6[2];
-	rk.addr[3] = ctx->user_ip6[3];
+	copy_addr(rk.addr, ctx->user_ip6);
 	rk.port = (__u16)ctx->user_port;
 	struct rev_value *rv = bpf_map_lookup_elem(&em_rev, &rk);
 	if (rv) {
-		ctx->user_ip6[0] = rv->addr[0];
-		ctx->user_ip6[1] = rv->addr[1];
-		ctx->user_ip6[2] = rv->addr[2];
-		ctx->user_ip6[3] = rv->addr[3];
+		copy_addr(ctx->user_ip6, rv->addr);
 		ctx->user_port = rv->port;
 	}
 	return 1;
