@@ -17,7 +17,7 @@ use aya::maps::{Array, HashMap, Map, MapData};
 use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 
-use crate::abi::{BackendKey, BackendValue, Config, SvcKey, SvcValue};
+use crate::abi::{BackendKey, BackendValue, Config, RevKey, RevValue, SvcKey, SvcValue};
 use crate::writer::MapWriter;
 use crate::{Error, OBJECT, netns, support};
 
@@ -188,8 +188,9 @@ fn load(pin_dir: &Path, cgroup: &Path, host_netns: u64) -> Result<MapWriter, Err
         link.pin(&path).map_err(|source| Error::Pin { path, source })?;
     }
     let mut maps = maps.into_iter();
-    let (services, backends) = (maps.next().expect("services map"), maps.next().expect("backends map"));
-    MapWriter::new(hash_map(SERVICES, services)?, hash_map(BACKENDS, backends)?, false)
+    let mut next = || maps.next().expect("in MAPS order");
+    let (services, backends, reverse) = (next(), next(), next());
+    MapWriter::new(hash_map(SERVICES, services)?, hash_map(BACKENDS, backends)?, hash_map(REVERSE, reverse)?, false)
 }
 
 /// Opens the pinned maps of programs this build loaded; the host's
@@ -208,7 +209,8 @@ fn adopt(pin_dir: &Path, host_netns: u64) -> Result<MapWriter, Error> {
         return Err(Error::OtherBuild { path: pin_dir.into(), found, want });
     }
     write_config(&mut config, host_netns)?;
-    MapWriter::new(hash_map(SERVICES, open(SERVICES)?)?, hash_map(BACKENDS, open(BACKENDS)?)?, true)
+    let (services, backends) = (hash_map(SERVICES, open(SERVICES)?)?, hash_map(BACKENDS, open(BACKENDS)?)?);
+    MapWriter::new(services, backends, hash_map(REVERSE, open(REVERSE)?)?, true)
 }
 
 fn config_array(map: &mut Map) -> Result<Array<&mut MapData, Config>, Error> {
@@ -232,6 +234,7 @@ fn hash_map<K: aya::Pod, V: aya::Pod>(name: &'static str, map: Map) -> Result<Ha
 
 pub(crate) type ServicesMap = HashMap<MapData, SvcKey, SvcValue>;
 pub(crate) type BackendsMap = HashMap<MapData, BackendKey, BackendValue>;
+pub(crate) type ReverseMap = HashMap<MapData, RevKey, RevValue>;
 
 /// Removes the links first (which detaches the programs once no
 /// descriptor holds them), then the programs and maps, then the
