@@ -248,6 +248,12 @@ static __always_inline void remember(struct bpf_sock_addr *ctx, const struct svc
 	rk.port = to->port;
 	copy_addr(rv.addr, svc->addr);
 	rv.port = svc->port;
+	// An unconnected UDP socket sends many datagrams to one target: a
+	// lookup is cheaper than an LRU update that changes nothing.
+	struct rev_value *known = bpf_map_lookup_elem(&em_rev, &rk);
+	if (known && known->port == rv.port && known->addr[0] == rv.addr[0] && known->addr[1] == rv.addr[1] &&
+	    known->addr[2] == rv.addr[2] && known->addr[3] == rv.addr[3])
+		return;
 	bpf_map_update_elem(&em_rev, &rk, &rv, BPF_ANY);
 }
 
