@@ -109,9 +109,15 @@ struct config {
 	__u64 object_hash;
 };
 
+// Sizes: an edge node has little memory. The service and backend maps
+// allocate per entry (BPF_F_NO_PREALLOC: only what the agent writes, and
+// a replaced entry is freed after every reader is done with it); the LRU
+// maps are preallocated by the kernel, so they are kept small (about 8
+// and 2 MiB).
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct svc_key);
 	__type(value, struct svc_value);
 } em_services SEC(".maps");
@@ -119,20 +125,21 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct backend_key);
 	__type(value, struct backend_value);
 } em_backends SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 65536);
 	__type(key, struct rev_key);
 	__type(value, struct rev_value);
 } em_rev SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 16384);
 	__type(key, struct affinity_key);
 	__type(value, struct affinity_value);
 } em_affinity SEC(".maps");
