@@ -158,7 +158,7 @@ impl Shared {
             let (mut sender, fresh) = self.connection(ctx, targets, port, backend, protocol, thread).await?;
             match sender.send(request(parts, body.body(), protocol, addr)).await {
                 Ok(response) => {
-                    in_flight.finish();
+                    drop(in_flight);
                     ctx.pool.connected(targets, ctx.client.ip(), addr);
                     if protocol != Protocol::Upgrade {
                         port.checkin(targets, addr, sender, thread, self.config.max_idle_per_endpoint);
