@@ -61,6 +61,18 @@ async fn http2_with_prior_knowledge_is_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_pass_whole_over_both_versions() {
+    let front = Front::dispatching(&[echo_backend("a").await], HttpConfig::default()).await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), vec![b'x'; 4 << 20]).unwrap();
+    let data = format!("@{}", file.path().display());
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let out = curl(&[version, "--data-binary", &data, &front.url("/upload")]).await;
+        assert!(out.contains("POST /upload\n") && out.contains("body bytes: Ok(4194304)\n"), "{version}: {out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_upgrade_is_answered_over_http11() {
     let front = Front::dispatching(&[echo_backend("a").await], HttpConfig::default()).await;
     let out = curl(&["--http2", "-w", "version=%{http_version}\n", &front.url("/up")]).await;

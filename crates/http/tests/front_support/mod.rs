@@ -17,7 +17,7 @@ use edgemesh_metrics::Registry;
 use edgemesh_proxy::pool::{Pool, Targets};
 use edgemesh_proxy::{HttpConnection, HttpServe, Reach};
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -25,7 +25,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// An HTTP/1.1 backend answering every request with `name` and what it
-/// received: `method path`, then each header as `name: value`.
+/// received: `method path`, each header as `name: value`, and the body's
+/// length (`body bytes: Ok(n)`).
 pub async fn echo_backend(name: &'static str) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -37,6 +38,8 @@ pub async fn echo_backend(name: &'static str) -> SocketAddr {
                 for (k, v) in req.headers() {
                     text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
                 }
+                let body = req.into_body().collect().await.map(|b| b.to_bytes().len());
+                text.push_str(&format!("body bytes: {body:?}\n"));
                 let response = Response::builder()
                     .header("connection", "x-resp-hop")
                     .header("x-resp-hop", "1")
