@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_slowloris_connections_do_not_starve_a_real_client() {
-    let head_timeout = Duration::from_secs(2);
+    let head_timeout = Duration::from_secs(3);
     let config = HttpConfig { request_head_timeout: head_timeout, ..HttpConfig::default() };
     let front = Front::dispatching(&[echo_backend("a").await], config).await;
     let started = tokio::time::Instant::now();
@@ -52,7 +52,8 @@ async fn fifty_slowloris_connections_do_not_starve_a_real_client() {
         let asked = tokio::time::Instant::now();
         let out = curl(&[&front.url(&format!("/real{i}"))]).await;
         assert!(out.contains(&format!("GET /real{i}\n")), "{out}");
-        assert!(asked.elapsed() < Duration::from_secs(1), "answered in {:?}", asked.elapsed());
+        // Well within the head timeout (curl's own start included, on a busy machine).
+        assert!(asked.elapsed() < Duration::from_secs(2), "answered in {:?}", asked.elapsed());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for task in slow {
