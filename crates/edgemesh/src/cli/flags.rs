@@ -115,6 +115,13 @@ pub const FLAGS: &[Flag] = &[
         help: "Upstream resolver for names outside the cluster domain (repeatable). Default: the nameservers of /etc/resolv.conf.",
     },
     Flag {
+        long: "dns-allowed-client",
+        key: "dns.allowedClients",
+        takes: Values("CIDR"),
+        implies: None,
+        help: "Network whose queries DNS answers besides this node's own (repeatable), e.g. the pod CIDR; needed only when --dns-listen is not node-local. Everyone else gets REFUSED.",
+    },
+    Flag {
         long: "cluster-domain",
         key: "dns.clusterDomain",
         takes: One("DOMAIN"),

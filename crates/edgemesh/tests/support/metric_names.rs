@@ -53,6 +53,8 @@ pub const CONTRACT: &[(Section, &str, Kind)] = &[
     (Dns, "edgemesh_dns_forward_requests_total", Counter),
     (Dns, "edgemesh_dns_forward_responses_total", Counter),
     (Dns, "edgemesh_dns_forward_request_duration_seconds", Histogram),
+    (Dns, "edgemesh_dns_clients_refused_total", Counter),
+    (Dns, "edgemesh_dns_rate_limited_total", Counter),
     (Source, "edgemesh_source_events_total", Counter),
     (Source, "edgemesh_source_synced", Gauge),
     (Source, "edgemesh_source_connected", Gauge),
