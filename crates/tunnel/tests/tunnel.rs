@@ -218,6 +218,8 @@ async fn impersonator_and_unknown_peer_get_nothing() {
 fn write_psk(keys: &Keys, name: &str, hex_byte: &str) -> std::path::PathBuf {
     let p = keys.dir.path().join(name);
     std::fs::write(&p, format!("/key/swarm/psk/1.0.0/\n/base16/\n{}\n", hex_byte.repeat(32))).unwrap();
+    // The owner's only: the tunnel refuses a key others can read.
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     p
 }
 

@@ -27,6 +27,7 @@ pub const LIVE_KEYS: &[&str] = &[
     "dns.upstreamTimeout",
     "dns.serviceTtl",
     "dns.negativeTtl",
+    "dns.allowedClients",
 ];
 
 /// Whether a reload applies `key` live.
