@@ -248,6 +248,13 @@ pub const FLAGS: &[Flag] = &[
         help: "The tunnel identity key file. Default: <state-dir>/tunnel.key.",
     },
     Flag {
+        long: "allowed-peer",
+        key: "tunnel.allowedPeers",
+        takes: Values("PEER_ID"),
+        implies: None,
+        help: "The only peer IDs the tunnel keeps a connection with (repeatable; its relays are added). Default: any peer (still refused proxy streams unless bound to a node).",
+    },
+    Flag {
         long: "no-mdns",
         key: "tunnel.mdns",
         takes: Switch("false"),
