@@ -22,6 +22,7 @@ pub const LIVE_KEYS: &[&str] = &[
     "proxy.defaultStrategy",
     "proxy.connectTimeout",
     "proxy.maxConnections",
+    "proxy.maxConnectionsPerService",
     "proxy.maxUdpSessions",
     "dns.upstreams",
     "dns.upstreamTimeout",
