@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use common::*;
 use edgemesh_metrics::{AgentRegistry, Format};
 use edgemesh_tunnel::{CancellationToken, Tunnel, TunnelError, TunnelMetrics, TunnelProtocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_not_on_the_allow_list_cannot_open_streams() {
@@ -74,44 +73,12 @@ async fn round_trip(mut s: edgemesh_tunnel::TunnelStream) {
     assert_eq!(&one, b"x");
 }
 
-async fn tcp_echo_v6() -> SocketAddr {
-    let listener = TcpListener::bind("[::1]:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
-
-async fn udp_echo_v6() -> SocketAddr {
-    let socket = UdpSocket::bind("[::1]:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-            let _ = socket.send_to(&buf[..n], from).await;
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_remote_side_dials_only_what_it_serves_over_ipv6_and_udp() {
     init_tracing();
     let keys = Keys::new();
-    let dir = Arc::new(TestDirectory::default());
-    dir.bind("a", keys.peer("a"));
-    dir.bind("b", keys.peer("b"));
-    let b = start(config(&keys, "b"), dir.clone()).await;
-    let mut ca = config(&keys, "a");
-    ca.bootstrap = vec![b.addr()];
-    let a = start(ca, dir.clone()).await;
-    let (tcp6, udp6, udp4) = (tcp_echo_v6().await, udp_echo_v6().await, udp_echo().await);
+    let (a, _b, dir) = pair(&keys).await;
+    let (tcp6, udp6, udp4) = (tcp_echo_on("[::1]:0").await, udp_echo_on("[::1]:0").await, udp_echo().await);
 
     // Nothing served yet: every kind of request is refused by b, before it dials anything.
     for (target, protocol) in [(tcp6, TunnelProtocol::Tcp), (udp6, TunnelProtocol::Udp), (udp4, TunnelProtocol::Udp)] {
