@@ -7,7 +7,7 @@
 //! filtered to the family of its address (see [`Targets::for_port`]).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -118,6 +118,10 @@ pub struct Pool {
     /// The VIP:port listened on (with interception, the service's first
     /// address of the pool's family); its family is the pool's.
     pub addr: SocketAddr,
+    /// TCP connections open now to the whole service (every port and
+    /// family): one counter shared by the service's pools, for
+    /// `proxy.maxConnectionsPerService`.
+    pub(crate) service_connections: Arc<std::sync::atomic::AtomicUsize>,
     targets: ArcSwap<Targets>,
     balancer: Balancer,
     /// Passive health and session affinity, allocated on first use. A std
@@ -126,10 +130,6 @@ pub struct Pool {
     pub(crate) warnings: LogLimiter,
     /// The port's series (see `crate::metrics`).
     pub(crate) metrics: PortMetrics,
-    /// TCP connections open now to the whole service (every port and
-    /// family): one counter shared by the service's pools, for
-    /// `proxy.maxConnectionsPerService`.
-    pub(crate) service_connections: Arc<AtomicUsize>,
 }
 
 /// What a pool learns from its connections. Most pools never see a failed
@@ -157,25 +157,25 @@ impl Pool {
             service,
             port: addr.port(),
             addr,
+            service_connections: Arc::default(),
             targets: ArcSwap::from_pointee(targets),
             balancer: Balancer::new(),
             state: Mutex::new(None),
             warnings: LogLimiter::default(),
             metrics: PortMetrics::detached(),
-            service_connections: Arc::default(),
         }
-    }
-
-    /// Counts its connections in `counter`, which the service's other
-    /// pools share (see [`Pool::service_connections`]).
-    pub fn with_service_connections(mut self, counter: Arc<AtomicUsize>) -> Self {
-        self.service_connections = counter;
-        self
     }
 
     /// Counts into `metrics` (the port's series) instead of nowhere.
     pub fn with_metrics(mut self, metrics: PortMetrics) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Counts its connections in `counter`, which the service's other
+    /// pools share (see [`Pool::service_connections`]).
+    pub fn with_service_connections(mut self, counter: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        self.service_connections = counter;
         self
     }
 
