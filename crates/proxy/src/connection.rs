@@ -90,6 +90,7 @@ impl Active {
 impl Drop for Active {
     fn drop(&mut self) {
         self.shared.status.active_connections.fetch_sub(1, Ordering::AcqRel);
+        self.pool.service_connections.fetch_sub(1, Ordering::AcqRel);
         self.pool.metrics.tcp().active.dec();
     }
 }
@@ -109,6 +110,17 @@ pub(crate) fn admit(shared: &Arc<Shared>, pool: &Arc<Pool>, client: std::net::Tc
         status.rejected_connections.fetch_add(1, Ordering::Relaxed);
         metrics.failed(FailReason::Limit).inc();
         pool.report(&ProxyError::OverLimit { addr: pool.addr, max });
+        reset(client);
+        return;
+    }
+    let per_service = shared.live.max_connections_per_service();
+    if pool.service_connections.fetch_add(1, Ordering::AcqRel) >= per_service && per_service > 0 {
+        pool.service_connections.fetch_sub(1, Ordering::AcqRel);
+        status.active_connections.fetch_sub(1, Ordering::AcqRel);
+        status.failed_connections.fetch_add(1, Ordering::Relaxed);
+        metrics.failed(FailReason::Limit).inc();
+        let error = ProxyError::ServiceOverLimit { service: pool.service.clone(), addr: pool.addr, max: per_service };
+        pool.report(&error);
         reset(client);
         return;
     }

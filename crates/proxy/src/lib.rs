@@ -126,6 +126,10 @@ pub struct ProxyConfig {
     /// new connections are reset at once instead of exhausting descriptors.
     /// 0: derived from the open-files limit when the proxy is made.
     pub max_connections: usize,
+    /// Connections allowed at once to one service (all its ports); beyond
+    /// it, new connections to that service are reset while others are
+    /// served. 0: no limit besides `max_connections`.
+    pub max_connections_per_service: usize,
     /// UDP sessions allowed at once (each holds one socket); past it, the
     /// oldest idle session of the port is closed for a new client.
     pub max_udp_sessions: usize,
@@ -198,6 +202,7 @@ impl Default for ProxyConfig {
             default_strategy: LbStrategy::RoundRobin,
             connect_timeout: Duration::from_secs(2),
             max_connections: 0,
+            max_connections_per_service: 0,
             max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,
             workers: 0,
             node_name: String::new(),

@@ -115,6 +115,13 @@ pub const FLAGS: &[Flag] = &[
         help: "Upstream resolver for names outside the cluster domain (repeatable). Default: the nameservers of /etc/resolv.conf.",
     },
     Flag {
+        long: "dns-allowed-client",
+        key: "dns.allowedClients",
+        takes: Values("CIDR"),
+        implies: None,
+        help: "Network whose queries DNS answers besides this node's own (repeatable), e.g. the pod CIDR; needed only when --dns-listen is not node-local. Everyone else gets REFUSED.",
+    },
+    Flag {
         long: "cluster-domain",
         key: "dns.clusterDomain",
         takes: One("DOMAIN"),
@@ -239,6 +246,13 @@ pub const FLAGS: &[Flag] = &[
         takes: One("FILE"),
         implies: None,
         help: "The tunnel identity key file. Default: <state-dir>/tunnel.key.",
+    },
+    Flag {
+        long: "allowed-peer",
+        key: "tunnel.allowedPeers",
+        takes: Values("PEER_ID"),
+        implies: None,
+        help: "The only peer IDs the tunnel keeps a connection with (repeatable; its relays are added). Default: any peer (still refused proxy streams unless bound to a node).",
     },
     Flag {
         long: "no-mdns",

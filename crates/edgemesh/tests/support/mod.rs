@@ -146,6 +146,11 @@ impl Agent {
         Agent { child, dns_port, admin, manifests: manifests.to_owned(), log, _dir: dir }
     }
 
+    /// The agent's process ID (for `/proc/<pid>`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
