@@ -13,6 +13,8 @@ pub enum Error {
     Bpffs { path: PathBuf, source: std::io::Error },
     #[error("cgroup {path}: {source}")]
     Cgroup { path: PathBuf, source: std::io::Error },
+    #[error("network namespace {path} (for its cookie): {source}")]
+    Netns { path: PathBuf, source: std::io::Error },
     #[error("pinned state under {path}: {source}")]
     Pins { path: PathBuf, source: std::io::Error },
     #[error("loading the BPF object: {0}")]

@@ -2,12 +2,11 @@
 //! one operation at a time in the plan's order, recording each in the
 //! mirror once the kernel has taken it.
 
-use std::net::SocketAddr;
-
 use crate::Error;
 use crate::abi::{BackendKey, BackendValue, SvcKey, SvcValue};
 use crate::loader::{BACKENDS, BackendsMap, SERVICES, ServicesMap};
 use crate::plan::{MapOp, ServicePort, ServiceTable};
+use crate::service::FastService;
 
 pub struct MapWriter {
     services: ServicesMap,
@@ -28,7 +27,7 @@ impl MapWriter {
             for entry in services.iter() {
                 let (k, v) = entry.map_err(|source| Error::Map { name: SERVICES, source })?;
                 match k.service_port() {
-                    Some(port) => table.record(&MapOp::PutService { port, id: v.id, count: v.count }),
+                    Some(port) => table.record(&MapOp::PutService { port, record: v.record() }),
                     None => tracing::warn!(proto = k.proto, "pinned service entry of an unknown protocol: left alone"),
                 }
             }
@@ -41,10 +40,18 @@ impl MapWriter {
         &self.table
     }
 
-    /// Gives `port` exactly `backends` (none: removes it).
-    pub fn set(&mut self, port: ServicePort, backends: &[SocketAddr]) -> Result<(), Error> {
-        let ops = self.table.plan(port, backends)?;
+    /// Makes `port` serve `service` (no backend and no agent address:
+    /// removes it). The same service again changes nothing, so an adopted
+    /// writer can be fed the whole snapshot without rewriting the maps.
+    pub fn set(&mut self, port: ServicePort, service: &FastService) -> Result<(), Error> {
+        let ops = self.table.plan(port, service)?;
         self.apply(&ops)
+    }
+
+    /// Every service port the maps hold (e.g. to remove the ones the
+    /// snapshot no longer has, after adoption).
+    pub fn ports(&self) -> Vec<ServicePort> {
+        self.table.ports()
     }
 
     /// Removes `port` and its slots.
@@ -60,9 +67,9 @@ impl MapWriter {
                     .backends
                     .insert(BackendKey { id, slot }, BackendValue::new(backend), 0)
                     .map_err(|source| Error::Map { name: BACKENDS, source })?,
-                MapOp::PutService { port, id, count } => self
+                MapOp::PutService { port, record } => self
                     .services
-                    .insert(SvcKey::new(&port), SvcValue { id, count, flags: 0, affinity_timeout: 0 }, 0)
+                    .insert(SvcKey::new(&port), SvcValue::new(&record), 0)
                     .map_err(|source| Error::Map { name: SERVICES, source })?,
                 MapOp::DeleteService { port } => remove_present(self.services.remove(&SvcKey::new(&port)))
                     .map_err(|source| Error::Map { name: SERVICES, source })?,

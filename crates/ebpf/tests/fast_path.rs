@@ -7,7 +7,7 @@ mod support;
 
 use std::net::SocketAddr;
 
-use edgemesh_ebpf::{FastPath, ServicePort};
+use edgemesh_ebpf::{FastBackend, FastPath, FastService, ServicePort};
 use edgemesh_test_support::netns::{NsNginx, UdpEcho};
 use support::{Node, attached, options};
 
@@ -21,8 +21,13 @@ fn web_node(role: &str) -> (Node, NsNginx, NsNginx) {
     let one = NsNginx::start(&node.ns, &["10.0.1.1:8080"], "one");
     let two = NsNginx::start(&node.ns, &["10.0.1.2:8080"], "two");
     let svc = ServicePort::tcp(addr("10.96.0.10:80"));
-    node.fast().writer().set(svc, &[addr("10.0.1.1:8080"), addr("10.0.1.2:8080")]).unwrap();
+    node.fast().writer().set(svc, &direct(&["10.0.1.1:8080", "10.0.1.2:8080"])).unwrap();
     (node, one, two)
+}
+
+/// A round robin service of backends every client reaches.
+fn direct(backends: &[&str]) -> FastService {
+    FastService { backends: backends.iter().map(|b| FastBackend::direct(addr(b))).collect(), ..FastService::default() }
 }
 
 fn count(bodies: &[String], body: &str) -> usize {
@@ -42,12 +47,12 @@ fn curl_to_a_service_address_reaches_both_backends_and_a_removed_one_gets_no_new
     assert!(node.ns.curl("http://10.96.0.10/").is_none(), "a client outside the cgroup is left alone");
 
     let svc = ServicePort::tcp(addr("10.96.0.10:80"));
-    node.fast().writer().set(svc, &[addr("10.0.1.1:8080")]).unwrap();
+    node.fast().writer().set(svc, &direct(&["10.0.1.1:8080"])).unwrap();
     let bodies = node.curl_times("10.96.0.10", 20);
     assert_eq!(bodies, vec!["one".to_owned(); 20], "the removed backend gets no new connection");
 
     // No backend left: the service entry goes, and connections fail as without the fast path.
-    node.fast().writer().set(svc, &[]).unwrap();
+    node.fast().writer().set(svc, &direct(&[])).unwrap();
     assert!(node.fast().writer().table().is_empty());
     assert_eq!(node.curl_times("10.96.0.10", 1), vec!["failed".to_owned()]);
 }
@@ -74,7 +79,7 @@ fn an_ipv6_service_reaches_its_ipv6_backends_through_connect6_and_getpeername6()
     let _one = NsNginx::start(&node.ns, &["[fd00::1]:8080"], "one");
     let _two = NsNginx::start(&node.ns, &["[fd00::2]:8080"], "two");
     let svc = ServicePort::tcp(addr("[fd00:96::10]:80"));
-    node.fast().writer().set(svc, &[addr("[fd00::1]:8080"), addr("[fd00::2]:8080")]).unwrap();
+    node.fast().writer().set(svc, &direct(&["[fd00::1]:8080", "[fd00::2]:8080"])).unwrap();
     let lines = node.client(&["tcp", "fd00:96::10", "80", "20"]);
     assert_eq!(lines.len(), 20, "{lines:?}");
     assert!(lines.iter().all(|l| l.starts_with("fd00:96::10 80 ")), "getpeername gives the service address: {lines:?}");
@@ -87,7 +92,7 @@ fn udp_replies_come_from_the_service_address_connected_or_not() {
     let mut node = Node::new("udp", &["10.0.1.1", "10.0.1.2"]);
     let echoes = [UdpEcho::start(&node.ns, "10.0.1.1:5353"), UdpEcho::start(&node.ns, "10.0.1.2:5353")];
     let svc = ServicePort::udp(addr("10.96.0.10:53"));
-    node.fast().writer().set(svc, &[addr("10.0.1.1:5353"), addr("10.0.1.2:5353")]).unwrap();
+    node.fast().writer().set(svc, &direct(&["10.0.1.1:5353", "10.0.1.2:5353"])).unwrap();
 
     // Unconnected: each datagram is sent to a backend picked for it, and
     // every reply appears to come from the service address.
@@ -123,7 +128,7 @@ fn a_second_loader_adopts_the_pinned_state_and_remove_leaves_nothing_attached_or
     assert_eq!(known, vec![addr("10.0.1.1:8080"), addr("10.0.1.2:8080")], "the adopted maps are read back");
 
     // The adopted writer updates the same maps the attached programs read.
-    second.writer().set(svc, &[addr("10.0.1.2:8080")]).unwrap();
+    second.writer().set(svc, &direct(&["10.0.1.2:8080"])).unwrap();
     assert_eq!(node.curl_times("10.96.0.10", 10), vec!["two".to_owned(); 10]);
 
     second.remove().unwrap();

@@ -129,7 +129,7 @@ impl Node {
 }
 
 pub fn options(cgroup: &TestCgroup, pins: &PinDir) -> Options {
-    Options { cgroup: Some(cgroup.path.clone()), pin_dir: pins.0.clone() }
+    Options { cgroup: Some(cgroup.path.clone()), pin_dir: pins.0.clone(), host_netns: None }
 }
 
 /// The programs attached to `cgroup` (`bpftool cgroup show`), as
