@@ -101,14 +101,23 @@ struct affinity_value {
 };
 
 // Set by the loader: the network namespace whose clients may get
-// loopback backends (the agent's, the host's).
+// loopback backends (the agent's, the host's), and a hash of the object
+// the programs came from (read only by the loader: pinned programs of
+// another build are replaced, not adopted).
 struct config {
 	__u64 host_netns_cookie;
+	__u64 object_hash;
 };
 
+// Sizes: an edge node has little memory. The service and backend maps
+// allocate per entry (BPF_F_NO_PREALLOC: only what the agent writes, and
+// a replaced entry is freed after every reader is done with it); the LRU
+// maps are preallocated by the kernel, so they are kept small (about 8
+// and 2 MiB).
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct svc_key);
 	__type(value, struct svc_value);
 } em_services SEC(".maps");
@@ -116,20 +125,21 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct backend_key);
 	__type(value, struct backend_value);
 } em_backends SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 65536);
 	__type(key, struct rev_key);
 	__type(value, struct rev_value);
 } em_rev SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 16384);
 	__type(key, struct affinity_key);
 	__type(value, struct affinity_value);
 } em_affinity SEC(".maps");
@@ -245,6 +255,12 @@ static __always_inline void remember(struct bpf_sock_addr *ctx, const struct svc
 	rk.port = to->port;
 	copy_addr(rv.addr, svc->addr);
 	rv.port = svc->port;
+	// An unconnected UDP socket sends many datagrams to one target: a
+	// lookup is cheaper than an LRU update that changes nothing.
+	struct rev_value *known = bpf_map_lookup_elem(&em_rev, &rk);
+	if (known && known->port == rv.port && known->addr[0] == rv.addr[0] && known->addr[1] == rv.addr[1] &&
+	    known->addr[2] == rv.addr[2] && known->addr[3] == rv.addr[3])
+		return;
 	bpf_map_update_elem(&em_rev, &rk, &rv, BPF_ANY);
 }
 
@@ -268,10 +284,7 @@ static __always_inline int translate6(struct bpf_sock_addr *ctx)
 {
 	struct svc_key key = {};
 	struct target to = {};
-	key.addr[0] = ctx->user_ip6[0];
-	key.addr[1] = ctx->user_ip6[1];
-	key.addr[2] = ctx->user_ip6[2];
-	key.addr[3] = ctx->user_ip6[3];
+	copy_addr(key.addr, ctx->user_ip6);
 	key.port = (__u16)ctx->user_port;
 	key.proto = (__u8)ctx->protocol;
 	if (!choose(ctx, &key, &to))
@@ -280,10 +293,7 @@ static __always_inline int translate6(struct bpf_sock_addr *ctx)
 	if (is_v4_mapped(key.addr) != is_v4_mapped(to.addr))
 		return 1;
 	remember(ctx, &key, &to);
-	ctx->user_ip6[0] = to.addr[0];
-	ctx->user_ip6[1] = to.addr[1];
-	ctx->user_ip6[2] = to.addr[2];
-	ctx->user_ip6[3] = to.addr[3];
+	copy_addr(ctx->user_ip6, to.addr);
 	ctx->user_port = to.port;
 	return 1;
 }
@@ -306,17 +316,11 @@ static __always_inline int restore6(struct bpf_sock_addr *ctx)
 {
 	struct rev_key rk = {};
 	rk.cookie = bpf_get_socket_cookie(ctx);
-	rk.addr[0] = ctx->user_ip6[0];
-	rk.addr[1] = ctx->user_ip6[1];
-	rk.addr[2] = ctx->user_ip6[2];
-	rk.addr[3] = ctx->user_ip6[3];
+	copy_addr(rk.addr, ctx->user_ip6);
 	rk.port = (__u16)ctx->user_port;
 	struct rev_value *rv = bpf_map_lookup_elem(&em_rev, &rk);
 	if (rv) {
-		ctx->user_ip6[0] = rv->addr[0];
-		ctx->user_ip6[1] = rv->addr[1];
-		ctx->user_ip6[2] = rv->addr[2];
-		ctx->user_ip6[3] = rv->addr[3];
+		copy_addr(ctx->user_ip6, rv->addr);
 		ctx->user_port = rv->port;
 	}
 	return 1;

@@ -45,6 +45,7 @@ const SVC_F_AGENT: u16 = 0x4;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Config {
     pub host_netns_cookie: u64,
+    pub object_hash: u64,
 }
 
 /// `struct backend_key`.
@@ -65,6 +66,26 @@ pub(crate) struct BackendValue {
     pub pad: u8,
 }
 
+/// `struct rev_key`: a translated socket (its cookie) and where it was sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RevKey {
+    pub cookie: u64,
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub pad: u16,
+    pub pad2: u32,
+}
+
+/// `struct rev_value`: the service address the socket asked for.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RevValue {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub pad: u16,
+}
+
 // SAFETY: plain `repr(C)` data without padding bytes, valid for any bits.
 unsafe impl aya::Pod for SvcKey {}
 // SAFETY: as above.
@@ -75,6 +96,10 @@ unsafe impl aya::Pod for BackendKey {}
 unsafe impl aya::Pod for BackendValue {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Config {}
+// SAFETY: as above.
+unsafe impl aya::Pod for RevKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for RevValue {}
 
 fn addr16(ip: IpAddr) -> [u8; 16] {
     match ip {
@@ -143,6 +168,13 @@ impl SvcValue {
     }
 }
 
+impl RevKey {
+    /// Where the socket was sent (a backend or the agent).
+    pub fn target(&self) -> SocketAddr {
+        SocketAddr::new(ip_of(self.addr), u16::from_be(self.port))
+    }
+}
+
 impl BackendValue {
     pub fn new(backend: SocketAddr) -> BackendValue {
         BackendValue { addr: addr16(backend.ip()), port: backend.port().to_be(), flags: 0, pad: 0 }
@@ -160,12 +192,15 @@ mod tests {
     #[test]
     fn layouts_match_the_c_structs() {
         // Sizes from bpf/edgemesh.bpf.c (svc_key 20, svc_value 44,
-        // backend_key 8, backend_value 20, config 8): a mismatch would
+        // backend_key 8, backend_value 20, config 16, rev_key 32,
+        // rev_value 20): a mismatch would
         // make every lookup miss (the loader also checks them against the
         // object's maps).
         assert_eq!(std::mem::size_of::<SvcKey>(), 20);
         assert_eq!(std::mem::size_of::<SvcValue>(), 44);
-        assert_eq!(std::mem::size_of::<Config>(), 8);
+        assert_eq!(std::mem::size_of::<Config>(), 16);
+        assert_eq!(std::mem::size_of::<RevKey>(), 32);
+        assert_eq!(std::mem::size_of::<RevValue>(), 20);
         assert_eq!(std::mem::size_of::<BackendKey>(), 8);
         assert_eq!(std::mem::size_of::<BackendValue>(), 20);
     }

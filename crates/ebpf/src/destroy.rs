@@ -12,8 +12,10 @@
 //! namespace a process is in or that is named under `/run/netns` (pods).
 //! A namespace that cannot be entered is logged and skipped.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType, netlink};
 
@@ -38,17 +40,39 @@ const REQUEST: usize = 8 + SOCKID;
 const MSG_SOCKID_END: usize = 4 + SOCKID;
 
 /// Destroys every connected UDP socket (in any network namespace this
-/// process can enter) whose destination is one of `backends`; returns
-/// how many. Errors only if the caller's own namespace cannot be dumped.
+/// process can enter) whose destination is one of `backends`, however it
+/// got there; returns how many. Errors only if the caller's own namespace
+/// cannot be dumped. [`crate::MapWriter::destroy_udp_sockets_to`] hits
+/// only the sockets the fast path sent there.
 pub fn destroy_udp_sockets_to(backends: &[SocketAddr]) -> io::Result<usize> {
+    destroy_matching(backends, None)
+}
+
+/// Which sockets to destroy: those to one of `targets` and, if `cookies`
+/// is given, with one of those cookies.
+#[derive(Clone)]
+struct Filter {
+    targets: Arc<Vec<SocketAddr>>,
+    cookies: Option<Arc<HashSet<u64>>>,
+}
+
+impl Filter {
+    fn matches(&self, family: u8, sockid: &[u8; SOCKID]) -> bool {
+        self.targets.contains(&destination(family, sockid))
+            && self.cookies.as_ref().is_none_or(|c| c.contains(&cookie(sockid)))
+    }
+}
+
+/// [`destroy_udp_sockets_to`], only for sockets with one of `cookies` if given.
+pub(crate) fn destroy_matching(backends: &[SocketAddr], cookies: Option<HashSet<u64>>) -> io::Result<usize> {
     if backends.is_empty() {
         return Ok(0);
     }
-    let targets: Vec<SocketAddr> = backends.iter().map(canonical).collect();
-    let mut destroyed = destroy_here(&targets)?;
+    let filter = Filter { targets: Arc::new(backends.iter().map(canonical).collect()), cookies: cookies.map(Arc::new) };
+    let mut destroyed = destroy_here(&filter)?;
     for ns in netns::others() {
-        let t = targets.clone();
-        match netns::in_netns(&ns, move || destroy_here(&t)) {
+        let f = filter.clone();
+        match netns::in_netns(&ns, move || destroy_here(&f)) {
             Ok(n) => destroyed += n,
             Err(e) => tracing::debug!(netns = %ns.display(), error = %e, "UDP sockets of this namespace not checked"),
         }
@@ -57,13 +81,13 @@ pub fn destroy_udp_sockets_to(backends: &[SocketAddr]) -> io::Result<usize> {
 }
 
 /// The calling thread's namespace only.
-fn destroy_here(targets: &[SocketAddr]) -> io::Result<usize> {
+fn destroy_here(filter: &Filter) -> io::Result<usize> {
     let socket = rustix::net::socket(AddressFamily::NETLINK, SocketType::DGRAM, Some(netlink::SOCK_DIAG))?;
     let mut destroyed = 0;
     for family in [AddressFamily::INET, AddressFamily::INET6] {
         let family = family.as_raw() as u8;
         let found = dump(&socket, family)?;
-        for sockid in found.iter().filter(|id| targets.contains(&destination(family, id))) {
+        for sockid in found.iter().filter(|id| filter.matches(family, id)) {
             match destroy(&socket, family, sockid) {
                 Ok(()) => destroyed += 1,
                 // Closed between the dump and now.
@@ -161,7 +185,13 @@ fn destination(family: u8, sockid: &[u8; SOCKID]) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-fn canonical(addr: &SocketAddr) -> SocketAddr {
+/// The socket cookie of a dumped socket (two host-order u32 halves).
+fn cookie(sockid: &[u8; SOCKID]) -> u64 {
+    let half = |at: usize| u64::from(u32::from_ne_bytes(sockid[at..at + 4].try_into().expect("4 bytes")));
+    half(40) | (half(44) << 32)
+}
+
+pub(crate) fn canonical(addr: &SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 

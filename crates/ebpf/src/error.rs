@@ -17,6 +17,10 @@ pub enum Error {
     Netns { path: PathBuf, source: std::io::Error },
     #[error("pinned state under {path}: {source}")]
     Pins { path: PathBuf, source: std::io::Error },
+    #[error(
+        "pinned programs under {path} come from another build (object hash {found:016x}, this build's {want:016x})"
+    )]
+    OtherBuild { path: PathBuf, found: u64, want: u64 },
     #[error("loading the BPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("the BPF object has no {name}: bpf/edgemesh.bpf.c and the loader disagree")]

@@ -17,7 +17,7 @@ use aya::maps::{Array, HashMap, Map, MapData};
 use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 
-use crate::abi::{BackendKey, BackendValue, Config, SvcKey, SvcValue};
+use crate::abi::{BackendKey, BackendValue, Config, RevKey, RevValue, SvcKey, SvcValue};
 use crate::writer::MapWriter;
 use crate::{Error, OBJECT, netns, support};
 
@@ -94,7 +94,8 @@ impl FastPath {
             writer
         } else {
             if let Some(Err(e)) = adoption {
-                // Pinned by another build whose maps are laid out otherwise.
+                // Pinned by another build (an upgrade): its programs are
+                // replaced, with a moment where none is attached.
                 tracing::warn!(pins = %pin_dir.display(), error = %e, "pinned fast path not adoptable: loading afresh");
                 adopted = false;
             }
@@ -187,26 +188,44 @@ fn load(pin_dir: &Path, cgroup: &Path, host_netns: u64) -> Result<MapWriter, Err
         link.pin(&path).map_err(|source| Error::Pin { path, source })?;
     }
     let mut maps = maps.into_iter();
-    let (services, backends) = (maps.next().expect("services map"), maps.next().expect("backends map"));
-    MapWriter::new(hash_map(SERVICES, services)?, hash_map(BACKENDS, backends)?, false)
+    let mut next = || maps.next().expect("in MAPS order");
+    let (services, backends, reverse) = (next(), next(), next());
+    MapWriter::new(hash_map(SERVICES, services)?, hash_map(BACKENDS, backends)?, hash_map(REVERSE, reverse)?, false)
 }
 
-/// Opens the pinned maps; the host's namespace is written again (the
-/// option may name another one than the first run's).
+/// Opens the pinned maps of programs this build loaded; the host's
+/// namespace is written again (the option may name another one than the
+/// first run's).
 fn adopt(pin_dir: &Path, host_netns: u64) -> Result<MapWriter, Error> {
     let open = |name: &'static str| -> Result<Map, Error> {
         let data = MapData::from_pin(pin_dir.join("maps").join(name)).map_err(|source| Error::Map { name, source })?;
         Map::from_map_data(data).map_err(|source| Error::Map { name, source })
     };
-    write_config(&mut open(CONFIG)?, host_netns)?;
-    MapWriter::new(hash_map(SERVICES, open(SERVICES)?)?, hash_map(BACKENDS, open(BACKENDS)?)?, true)
+    let mut config = open(CONFIG)?;
+    let found =
+        config_array(&mut config)?.get(&0, 0).map_err(|source| Error::Map { name: CONFIG, source })?.object_hash;
+    let want = object_hash();
+    if found != want {
+        return Err(Error::OtherBuild { path: pin_dir.into(), found, want });
+    }
+    write_config(&mut config, host_netns)?;
+    let (services, backends) = (hash_map(SERVICES, open(SERVICES)?)?, hash_map(BACKENDS, open(BACKENDS)?)?);
+    MapWriter::new(services, backends, hash_map(REVERSE, open(REVERSE)?)?, true)
+}
+
+fn config_array(map: &mut Map) -> Result<Array<&mut MapData, Config>, Error> {
+    Array::try_from(map).map_err(|source| Error::Map { name: CONFIG, source })
 }
 
 /// Writes the one entry of the config map.
 fn write_config(map: &mut Map, host_netns: u64) -> Result<(), Error> {
-    let mut config: Array<&mut MapData, Config> =
-        Array::try_from(map).map_err(|source| Error::Map { name: CONFIG, source })?;
-    config.set(0, Config { host_netns_cookie: host_netns }, 0).map_err(|source| Error::Map { name: CONFIG, source })
+    let config = Config { host_netns_cookie: host_netns, object_hash: object_hash() };
+    config_array(map)?.set(0, config, 0).map_err(|source| Error::Map { name: CONFIG, source })
+}
+
+/// FNV-1a of the BPF object: the same for every run of one build.
+fn object_hash() -> u64 {
+    OBJECT.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn hash_map<K: aya::Pod, V: aya::Pod>(name: &'static str, map: Map) -> Result<HashMap<MapData, K, V>, Error> {
@@ -215,6 +234,7 @@ fn hash_map<K: aya::Pod, V: aya::Pod>(name: &'static str, map: Map) -> Result<Ha
 
 pub(crate) type ServicesMap = HashMap<MapData, SvcKey, SvcValue>;
 pub(crate) type BackendsMap = HashMap<MapData, BackendKey, BackendValue>;
+pub(crate) type ReverseMap = HashMap<MapData, RevKey, RevValue>;
 
 /// Removes the links first (which detaches the programs once no
 /// descriptor holds them), then the programs and maps, then the

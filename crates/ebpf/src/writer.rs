@@ -1,23 +1,34 @@
 //! Applies the map writer's plans ([`crate::plan`]) to the kernel's maps,
 //! one operation at a time in the plan's order, recording each in the
-//! mirror once the kernel has taken it.
+//! mirror once the kernel has taken it; and destroys the connected UDP
+//! sockets the programs sent to a backend that went away.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
 
 use crate::Error;
 use crate::abi::{BackendKey, BackendValue, SvcKey, SvcValue};
-use crate::loader::{BACKENDS, BackendsMap, SERVICES, ServicesMap};
+use crate::loader::{BACKENDS, BackendsMap, ReverseMap, SERVICES, ServicesMap};
 use crate::plan::{MapOp, ServicePort, ServiceTable};
 use crate::service::FastService;
 
 pub struct MapWriter {
     services: ServicesMap,
     backends: BackendsMap,
+    /// Read only: which sockets the programs translated (their cookies).
+    reverse: ReverseMap,
     table: ServiceTable,
 }
 
 impl MapWriter {
     /// A writer of these maps; `read_back`: rebuild the mirror from what
     /// they hold (adopted state), else they are new and empty.
-    pub(crate) fn new(services: ServicesMap, backends: BackendsMap, read_back: bool) -> Result<MapWriter, Error> {
+    pub(crate) fn new(
+        services: ServicesMap,
+        backends: BackendsMap,
+        reverse: ReverseMap,
+        read_back: bool,
+    ) -> Result<MapWriter, Error> {
         let mut table = ServiceTable::default();
         if read_back {
             for entry in backends.iter() {
@@ -32,7 +43,7 @@ impl MapWriter {
                 }
             }
         }
-        Ok(MapWriter { services, backends, table })
+        Ok(MapWriter { services, backends, reverse, table })
     }
 
     /// What the maps hold.
@@ -52,6 +63,27 @@ impl MapWriter {
     /// snapshot no longer has, after adoption).
     pub fn ports(&self) -> Vec<ServicePort> {
         self.table.ports()
+    }
+
+    /// Destroys the connected UDP sockets that the programs sent to one of
+    /// `backends` (their cookies are in the reverse map), in every network
+    /// namespace this process can enter; returns how many. Sockets that
+    /// reached those addresses some other way (a client of the pod IP, the
+    /// agent's own) are left alone, unlike [`crate::destroy_udp_sockets_to`].
+    /// A socket whose reverse entry the LRU map dropped is missed.
+    pub fn destroy_udp_sockets_to(&self, backends: &[SocketAddr]) -> std::io::Result<usize> {
+        let wanted: HashSet<SocketAddr> = backends.iter().map(crate::destroy::canonical).collect();
+        let cookies: HashSet<u64> = self
+            .reverse
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| wanted.contains(&crate::destroy::canonical(&k.target())))
+            .map(|k| k.cookie)
+            .collect();
+        if cookies.is_empty() {
+            return Ok(0);
+        }
+        crate::destroy::destroy_matching(backends, Some(cookies))
     }
 
     /// Removes `port` and its slots.

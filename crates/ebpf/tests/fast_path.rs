@@ -7,9 +7,9 @@ mod support;
 
 use std::net::SocketAddr;
 
-use edgemesh_ebpf::{FastBackend, FastPath, FastService, ServicePort};
+use edgemesh_ebpf::{FastBackend, FastPath, FastService, Pick, ServicePort};
 use edgemesh_test_support::netns::{NsNginx, UdpEcho};
-use support::{Node, attached, options};
+use support::{Node, attached, bodies};
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -68,7 +68,7 @@ fn applications_see_the_service_address_as_their_peer_over_ipv4_and_v4_mapped_ip
             assert_eq!(peer, format!("{shown} 80"), "{host}: getpeername gives the service address");
             assert!(body == "one" || body == "two", "{host}: answered by a backend: {line}");
         }
-        let bodies: Vec<String> = lines.iter().map(|l| l.rsplit(' ').next().unwrap().to_owned()).collect();
+        let bodies = bodies(&lines);
         assert!(count(&bodies, "one") > 0 && count(&bodies, "two") > 0, "{host}: both backends: {bodies:?}");
     }
 }
@@ -83,7 +83,7 @@ fn an_ipv6_service_reaches_its_ipv6_backends_through_connect6_and_getpeername6()
     let lines = node.client(&["tcp", "fd00:96::10", "80", "20"]);
     assert_eq!(lines.len(), 20, "{lines:?}");
     assert!(lines.iter().all(|l| l.starts_with("fd00:96::10 80 ")), "getpeername gives the service address: {lines:?}");
-    let bodies: Vec<String> = lines.iter().map(|l| l.rsplit(' ').next().unwrap().to_owned()).collect();
+    let bodies = bodies(&lines);
     assert!(count(&bodies, "one") > 0 && count(&bodies, "two") > 0, "both backends: {bodies:?}");
 }
 
@@ -114,18 +114,40 @@ fn a_second_loader_adopts_the_pinned_state_and_remove_leaves_nothing_attached_or
     let (mut node, _one, _two) = web_node("adopt");
     let first = attached(&node.cgroup.path);
     assert_eq!(first.len(), 8, "connect, sendmsg, recvmsg, getpeername, each 4 and 6: {first:?}");
+    // A second service with every setting: host-only and pod backends,
+    // random, affinity, the agent's listener.
+    let dns = ServicePort::udp(addr("10.96.0.11:53"));
+    let rich = FastService {
+        backends: vec![FastBackend::host_only(addr("127.0.0.2:53")), FastBackend::direct(addr("10.0.1.1:5353"))],
+        pick: Pick::Random,
+        affinity: Some(std::time::Duration::from_secs(10800)),
+        agent: Some(addr("10.0.1.9:53")),
+    };
+    node.fast().writer().set(dns, &rich).unwrap();
+    let table = node.fast().writer().table().clone();
+    // Slots: web 2 for the host and 2 for pods; dns 2 and 1.
+    assert_eq!((node.entries("em_services"), node.entries("em_backends")), (2, 7));
 
     // A restart: the first run's process state goes, its pins stay; the
     // programs keep answering in between.
     drop(node.fast.take());
     assert_eq!(node.curl_times("10.96.0.10", 4).iter().filter(|b| *b == "one" || *b == "two").count(), 4);
-    let mut second = FastPath::start(options(&node.cgroup, &node.pins)).unwrap();
+    let mut second = FastPath::start(node.options()).unwrap();
     assert!(second.adopted());
     assert_eq!(attached(&node.cgroup.path), first, "adopting attaches nothing twice");
+    assert_eq!(second.writer().table(), &table, "the adopted maps are read back whole");
     let svc = ServicePort::tcp(addr("10.96.0.10:80"));
-    let mut known = second.writer().table().backends(&svc);
-    known.sort();
-    assert_eq!(known, vec![addr("10.0.1.1:8080"), addr("10.0.1.2:8080")], "the adopted maps are read back");
+    assert_eq!(second.writer().ports(), vec![svc, dns]);
+
+    // Feeding the same services again (an agent's first snapshot) writes nothing.
+    let web = direct(&["10.0.1.1:8080", "10.0.1.2:8080"]);
+    assert_eq!(second.writer().table().plan(svc, &web).unwrap(), vec![]);
+    assert_eq!(second.writer().table().plan(dns, &rich).unwrap(), vec![]);
+    second.writer().set(svc, &web).unwrap();
+    second.writer().set(dns, &rich).unwrap();
+    assert_eq!((node.entries("em_services"), node.entries("em_backends")), (2, 7), "no duplicate");
+    second.writer().remove(dns).unwrap();
+    assert_eq!((node.entries("em_services"), node.entries("em_backends")), (1, 4));
 
     // The adopted writer updates the same maps the attached programs read.
     second.writer().set(svc, &direct(&["10.0.1.2:8080"])).unwrap();
@@ -135,4 +157,35 @@ fn a_second_loader_adopts_the_pinned_state_and_remove_leaves_nothing_attached_or
     assert_eq!(attached(&node.cgroup.path), vec![], "remove() detaches every program");
     assert!(!node.pins.0.exists(), "remove() unpins everything");
     assert!(node.ns.curl("http://10.96.0.10/").is_none(), "and the service address is no longer rewritten");
+}
+
+#[test]
+fn pinned_programs_of_another_build_are_replaced_not_adopted() {
+    let (mut node, _one, _two) = web_node("upgrade");
+    let first = attached(&node.cgroup.path);
+    drop(node.fast.take());
+    // What another build left behind: its object hash in the config map.
+    let config = node.pins.0.join("maps/em_config");
+    let value = "0 0 0 0 0 0 0 0 1 0 0 0 0 0 0 0".split(' ');
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&config)
+        .args(["key", "0", "0", "0", "0", "value"])
+        .args(value)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bpftool map update: {}", String::from_utf8_lossy(&out.stderr));
+
+    let mut upgraded = FastPath::start(node.options()).unwrap();
+    assert!(!upgraded.adopted(), "another build's programs are not adopted");
+    let now = attached(&node.cgroup.path);
+    assert_eq!(now.len(), 8, "the old programs are detached and the new ones attached once: {now:?}");
+    assert_eq!(
+        now.iter().map(|(hook, _)| hook).collect::<Vec<_>>(),
+        first.iter().map(|(hook, _)| hook).collect::<Vec<_>>()
+    );
+    assert!(upgraded.writer().table().is_empty(), "fresh maps, fed again by the agent");
+    upgraded.writer().set(ServicePort::tcp(addr("10.96.0.10:80")), &direct(&["10.0.1.2:8080"])).unwrap();
+    node.fast = Some(upgraded);
+    assert_eq!(node.curl_times("10.96.0.10", 3), vec!["two".to_owned(); 3]);
 }
