@@ -276,7 +276,9 @@ impl FastPathTask {
         left.sort_unstable();
         left.dedup();
         if !left.is_empty() {
-            match edgemesh_ebpf::destroy_udp_sockets_to(&left) {
+            // Only the sockets the programs sent there (the agent's own,
+            // and clients of the pod IP itself, are left alone).
+            match self.fast.writer().destroy_udp_sockets_to(&left) {
                 Ok(n) => {
                     tracing::debug!(service = %key, endpoints = ?left, sockets = n, "UDP sockets to removed endpoints destroyed")
                 }
