@@ -230,3 +230,42 @@ fn without_support_and_with_fallback_nftables_it_runs_nftables_mode_and_says_why
     // Served by nftables and the proxy, from the node (outside the cgroup).
     assert_eq!(node.ns.curl("http://10.96.0.10/").as_deref(), Some("one\n"));
 }
+
+#[test]
+fn without_cap_bpf_and_no_fallback_the_agent_names_what_is_missing_and_attaches_nothing() {
+    let (node, _one, _two) = web("nocap");
+    // Only the network namespace is entered (see `fast::start_agent`),
+    // then CAP_BPF and CAP_SYS_ADMIN leave the bounding set: the agent
+    // (uid 0) starts without them, as in a container that lacks them.
+    let mut agent = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", node.ns.name))
+        .args(["--", "setpriv", "--bounding-set=-bpf,-sys_admin", "--inh-caps=-bpf,-sys_admin"])
+        .arg(env!("CARGO_BIN_EXE_edgemesh"))
+        .arg("agent")
+        .args(node.args(true, &[]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: an agent that starts after all is killed and the test fails.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = agent.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = agent.kill();
+            let _ = agent.wait();
+            panic!("the agent started without CAP_BPF");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut agent.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot start the kernel fast path"), "{stderr}");
+    assert!(stderr.contains("capability CAP_BPF is not in the process's effective set"), "{stderr}");
+    assert!(!stderr.contains("CAP_NET_ADMIN"), "only what is missing is named: {stderr}");
+    assert_eq!(attached(&node.cgroup.path), vec![], "nothing attached");
+    assert!(!node.pins.0.exists(), "nothing pinned");
+}

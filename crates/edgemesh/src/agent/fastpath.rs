@@ -49,7 +49,9 @@ pub(super) fn start(intercept: &mut InterceptConfig) -> anyhow::Result<Start> {
     if intercept.mode != InterceptMode::Ebpf {
         return Ok(Start::Off);
     }
-    let loaded = check_cgroup(intercept.cgroup_path.as_deref()).and_then(|()| {
+    // Capabilities and kernel first: every missing thing is named at once.
+    let supported = edgemesh_ebpf::support::check().and_then(|()| check_cgroup(intercept.cgroup_path.as_deref()));
+    let loaded = supported.and_then(|()| {
         // Host-only (loopback) endpoints are for clients in the agent's own
         // network namespace: the host's, where it runs with hostNetwork.
         let (cgroup, pin_dir) = (intercept.cgroup_path.clone(), intercept.bpf_pin_path.clone());
