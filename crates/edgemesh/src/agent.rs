@@ -12,6 +12,8 @@
 //!                                                                              endpoints it serves)
 //!                                                                         -> Interceptor (node mode:
 //!                                                                            nftables table, VIP device)
+//!                                                                         -> FastPathTask (mode ebpf:
+//!                                                                            the BPF maps)
 //!                                                                         -> SocksServer (SOCKS5 entry:
 //!                                                                              hosts, services)
 //!                                                                         -> AdminServer
