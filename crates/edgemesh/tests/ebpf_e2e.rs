@@ -190,11 +190,17 @@ fn kill_9_under_load_keeps_local_traffic_flowing_and_a_restart_adopts_without_du
 }
 
 #[test]
-fn sigterm_with_keep_on_exit_false_removes_pins_and_links() {
+fn sigterm_leaves_the_fast_path_with_keep_on_exit_and_removes_pins_and_links_without() {
     let (node, _one, _two) = web("term");
-    let agent = node.start(false, &[]);
+    let agent = node.start(true, &[]);
     assert_eq!(attached(&node.cgroup.path).len(), 8);
-    assert!(node.pins.0.join("maps").exists());
+    assert!(agent.terminate().success());
+    assert_eq!(attached(&node.cgroup.path).len(), 8, "keepOnExit: still attached after a clean stop");
+    let bodies = node.curl_times("10.96.0.10", 2);
+    assert_eq!((count(&bodies, "one"), count(&bodies, "two")), (1, 1), "served without the agent: {bodies:?}");
+
+    let agent = node.start(false, &[]);
+    assert!(agent.log().contains("adopted=true"), "{}", agent.log());
     assert!(agent.terminate().success());
     assert_eq!(attached(&node.cgroup.path), vec![], "every program detached");
     assert!(!node.pins.0.exists(), "nothing left pinned");
