@@ -69,6 +69,12 @@ pub(super) fn start(intercept: &mut InterceptConfig) -> anyhow::Result<Start> {
             let why = e.to_string();
             tracing::warn!(reason = %why, "intercept.mode ebpf is not possible here: running nftables mode instead (intercept.fallback: nftables)");
             intercept.mode = InterceptMode::Nftables;
+            // Settings only nftables mode reads were not checked for ebpf
+            // (the fallback key itself is fine: it brought us here).
+            let problems = InterceptConfig { fallback: Fallback::None, ..intercept.clone() }.problems();
+            if !problems.is_empty() {
+                anyhow::bail!("cannot fall back to nftables mode: {}", problems.join("; "));
+            }
             Ok(Start::FellBack(why))
         }
         Err(e) => Err(e).context("cannot start the kernel fast path (intercept.mode ebpf; intercept.fallback: nftables runs nftables mode instead)"),
