@@ -77,7 +77,10 @@ pub(super) fn start(intercept: &mut InterceptConfig) -> anyhow::Result<Start> {
             }
             Ok(Start::FellBack(why))
         }
-        Err(e) => Err(e).context("cannot start the kernel fast path (intercept.mode ebpf; intercept.fallback: nftables runs nftables mode instead)"),
+        Err(e @ (edgemesh_ebpf::Error::Unsupported(_) | edgemesh_ebpf::Error::Cgroup { .. })) => Err(e).context(
+            "cannot start the kernel fast path (intercept.mode ebpf; with intercept.fallback: nftables the agent runs nftables mode instead)",
+        ),
+        Err(e) => Err(e).context("cannot start the kernel fast path (intercept.mode ebpf)"),
     }
 }
 
