@@ -192,7 +192,16 @@ fn kill_9_under_load_keeps_local_traffic_flowing_and_a_restart_adopts_without_du
 #[test]
 fn sigterm_leaves_the_fast_path_with_keep_on_exit_and_removes_pins_and_links_without() {
     let (node, _one, _two) = web("term");
+    // As a NodePort service: its cluster IP is served, its node port is not (logged).
+    let web = web_service(&[("10.0.1.1", NODE), ("10.0.1.2", NODE)]);
+    let node_port = web.replacen("spec:\n", "spec:\n  type: NodePort\n", 1).replacen(
+        "targetPort: 8080\n",
+        "targetPort: 8080\n    nodePort: 30080\n",
+        1,
+    );
+    node.manifests(&[node_port]);
     let agent = node.start(true, &[]);
+    assert!(agent.log().contains("node ports are not served with intercept.mode ebpf"), "{}", agent.log());
     assert_eq!(attached(&node.cgroup.path).len(), 8);
     assert!(agent.terminate().success());
     assert_eq!(attached(&node.cgroup.path).len(), 8, "keepOnExit: still attached after a clean stop");

@@ -203,9 +203,9 @@ impl FastPathTask {
         match result {
             Ok(()) => {
                 self.dirty = false;
-                self.status.applied_generation.store(snapshot.generation, Ordering::Release);
-                self.status.elements.store(self.fast.writer().ports().len(), Ordering::Relaxed);
                 self.log_node_ports(snapshot);
+                self.status.elements.store(self.fast.writer().ports().len(), Ordering::Relaxed);
+                self.status.applied_generation.store(snapshot.generation, Ordering::Release);
             }
             Err(error) => self.failed(&error),
         }
