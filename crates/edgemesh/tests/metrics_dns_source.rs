@@ -67,9 +67,12 @@ fn dns_queries_and_manifest_changes_show_in_the_agents_metrics() {
 
     // A new file: its objects are events, and the update time moves on.
     write_manifest(&manifests, "db.yaml", &service_yaml("shop", "db", 5432, &[5432], ""));
-    let text = eventually(Duration::from_secs(10), "the db service's events", || {
+    // The source counts its events before the registry publishes them:
+    // wait for both.
+    let text = eventually(Duration::from_secs(10), "the db service's events and snapshot", || {
         let text = scrape(&agent);
-        (events(&text, "Service", "apply") == 2.0).then_some(text)
+        (events(&text, "Service", "apply") == 2.0 && sample(&text, "edgemesh_registry_services") == Some(2.0))
+            .then_some(text)
     });
     assert_eq!(events(&text, "EndpointSlice", "apply"), 2.0);
     let updated = sample(&text, "edgemesh_source_last_update_timestamp_seconds").unwrap();
@@ -80,7 +83,8 @@ fn dns_queries_and_manifest_changes_show_in_the_agents_metrics() {
     std::fs::remove_file(manifests.join("db.yaml")).unwrap();
     let text = eventually(Duration::from_secs(10), "the db service's deletes", || {
         let text = scrape(&agent);
-        (events(&text, "Service", "delete") == 1.0).then_some(text)
+        let published = sample(&text, "edgemesh_registry_generation").is_some_and(|g| g > generation);
+        (events(&text, "Service", "delete") == 1.0 && published).then_some(text)
     });
     assert_eq!(events(&text, "EndpointSlice", "delete"), 1.0);
     assert!(sample(&text, "edgemesh_registry_generation").unwrap() > generation, "{text}");
