@@ -185,6 +185,10 @@ pub enum HashKey {
     /// the connection without consuming it (`header:<Name>`); connections
     /// without it (or not HTTP) fall back to the source IP.
     Header(String),
+    /// The value of this cookie (`cookie:<name>`), read from each request on
+    /// HTTP ports; requests without it fall back to the source IP, and so
+    /// does every connection on the L4 path.
+    Cookie(String),
 }
 
 impl HashKey {
@@ -197,15 +201,22 @@ impl FromStr for HashKey {
         if s == "source-ip" {
             return Ok(HashKey::SourceIp);
         }
+        // RFC 9110 field names are tokens.
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
         if let Some(name) = s.strip_prefix("header:") {
-            // RFC 9110 field names are tokens.
-            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
             if !name.is_empty() && name.chars().all(token) {
                 return Ok(HashKey::Header(name.to_owned()));
             }
             return Err(format!("invalid header name {name:?} in hash key {s:?}"));
         }
-        Err(format!("unknown hash key {s:?} (expected source-ip or header:<Name>)"))
+        if let Some(name) = s.strip_prefix("cookie:") {
+            // RFC 6265 cookie names are tokens too.
+            if !name.is_empty() && name.chars().all(token) {
+                return Ok(HashKey::Cookie(name.to_owned()));
+            }
+            return Err(format!("invalid cookie name {name:?} in hash key {s:?}"));
+        }
+        Err(format!("unknown hash key {s:?} (expected source-ip, header:<Name> or cookie:<name>)"))
     }
 }
 
@@ -214,6 +225,7 @@ impl fmt::Display for HashKey {
         match self {
             HashKey::SourceIp => f.write_str("source-ip"),
             HashKey::Header(name) => write!(f, "header:{name}"),
+            HashKey::Cookie(name) => write!(f, "cookie:{name}"),
         }
     }
 }
@@ -355,10 +367,12 @@ mod tests {
     fn hash_keys() {
         assert_eq!("source-ip".parse::<HashKey>(), Ok(HashKey::SourceIp));
         assert_eq!("header:X-User".parse::<HashKey>(), Ok(HashKey::Header("X-User".into())));
-        for bad in ["", "header:", "header:a b", "cookie:x", "Source-IP"] {
+        assert_eq!("cookie:session".parse::<HashKey>(), Ok(HashKey::Cookie("session".into())));
+        for bad in ["", "header:", "header:a b", "cookie:", "cookie:a;b", "query:x", "Source-IP"] {
             assert!(bad.parse::<HashKey>().is_err(), "{bad}");
         }
         assert_eq!(HashKey::Header("X-User".into()).to_string(), "header:X-User");
+        assert_eq!(HashKey::Cookie("session".into()).to_string(), "cookie:session");
     }
 
     #[test]

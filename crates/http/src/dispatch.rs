@@ -5,6 +5,19 @@
 //! The dispatcher is shared by every client connection of every HTTP port
 //! (one per agent): it owns the pooled upstream connections, the
 //! per-endpoint load figures of `LeastRequest`, and the retry budgets.
+//!
+//! # Layout, in the order a request flows
+//!
+//! - [`Dispatcher::send`] (here): the tries of one request, within its
+//!   overall timeout.
+//! - [`pick`]: the endpoints it tries, in order (the strategy, per request).
+//! - [`port`]: the service port's state (counters, budget, load figures,
+//!   pooled connections), kept in its pool.
+//! - [`upstream`]: connections to endpoints (direct or through the
+//!   tunnel; HTTP/1.1 or HTTP/2), pooled per endpoint and worker thread.
+//! - [`retry`]: which failed tries are tried again, the retry budget, and
+//!   the replayable request body.
+//! - [`metrics`]: the counters.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,6 +31,15 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::DispatchError;
+
+mod metrics;
+pub mod pick;
+mod port;
+pub mod retry;
+mod send;
+pub mod upstream;
+
+pub use send::Dispatcher;
 
 /// What the dispatcher needs to know of a request's client connection;
 /// made once per client connection and shared by its requests.
@@ -47,9 +69,4 @@ pub type SendFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, Dis
 /// `hyper::upgrade::on(response)` yields the endpoint's side.
 pub trait Upstream: Send + Sync + 'static {
     fn send(&self, req: Request<Incoming>, ctx: Arc<RequestContext>) -> SendFuture;
-}
-
-/// The agent's [`Upstream`]; see the module docs.
-pub struct Dispatcher {
-    _private: (),
 }

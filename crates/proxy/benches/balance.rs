@@ -1,12 +1,14 @@
 //! The per-connection balancing decision: the attempt plan for round robin
-//! and for consistent hashing, with 3 and 100 endpoints.
+//! and for consistent hashing, with 3 and 100 endpoints; and the
+//! per-request `LeastRequest` pick (P2C over peak-EWMA costs).
 
 use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use edgemesh_core::LbStrategy;
-use edgemesh_proxy::balance::{Balancer, Lead, Ring, hash_ip, plan};
+use edgemesh_proxy::balance::ewma::{PeakEwma, p2c};
+use edgemesh_proxy::balance::{Balancer, Lead, Ring, hash_ip, mix, plan};
 
 fn addrs(n: usize) -> Vec<SocketAddr> {
     (0..n).map(|i| SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 8080))).collect()
@@ -31,5 +33,28 @@ fn pick(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, pick);
+/// One `LeastRequest` pick: two draws, two decayed costs, as the HTTP
+/// dispatcher does it per request.
+fn least_request(c: &mut Criterion) {
+    for n in [3usize, 100] {
+        let now = tokio::time::Instant::now();
+        let loads: Vec<PeakEwma> = (0..n)
+            .map(|i| {
+                let mut e = PeakEwma::new(now);
+                e.start();
+                e.finish(std::time::Duration::from_micros(500 + 10 * i as u64), now);
+                e
+            })
+            .collect();
+        let mut draw = 0u64;
+        c.bench_function(&format!("balance/p2c_peak_ewma/{n}"), |b| {
+            b.iter(|| {
+                draw = draw.wrapping_add(1);
+                black_box(p2c(n, mix(draw), |i| loads[i].cost(now)))
+            })
+        });
+    }
+}
+
+criterion_group!(benches, pick, least_request);
 criterion_main!(benches);

@@ -23,6 +23,8 @@
 //!   [`EJECT_MAX`]; a success clears it.
 //! - [`Affinity`]: `sessionAffinity: ClientIP`, client IP -> endpoint,
 //!   expiring `timeoutSeconds` after its last use, bounded in size.
+//! - [`ewma`]: `LeastRequest` per HTTP request: P2C over a peak-EWMA of
+//!   latency weighted by requests in flight (linkerd's model).
 //! - [`plan`]: puts it together. Endpoints are ranked: healthy and preferred,
 //!   healthy, ejected and preferred, ejected. The strategy's choice leads
 //!   among the best rank present, and an affinity entry leads if its
@@ -37,6 +39,8 @@ use std::time::Duration;
 
 use edgemesh_core::{Backend, InternalTrafficPolicy, LbStrategy, TrafficDistribution};
 use tokio::time::Instant;
+
+pub mod ewma;
 
 /// SplitMix64's increment (the golden ratio).
 const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -64,13 +68,14 @@ impl Balancer {
         debug_assert!(n > 0);
         match strategy {
             // ConsistentHash picks through its ring; round robin is only its
-            // fallback should a ring be missing.
-            LbStrategy::RoundRobin | LbStrategy::ConsistentHash => {
+            // fallback should a ring be missing. LeastRequest needs load
+            // figures: the HTTP dispatcher keeps them per request (see
+            // [`ewma`]); connections (the L4 path), whose per-endpoint count
+            // the pool does not keep, are spread round robin.
+            LbStrategy::RoundRobin | LbStrategy::ConsistentHash | LbStrategy::LeastRequest => {
                 round_robin(self.counter.fetch_add(1, Ordering::Relaxed), n)
             }
-            // LeastRequest needs load figures the caller holds (see
-            // `pool`); picked at random where it has none.
-            LbStrategy::Random | LbStrategy::LeastRequest => {
+            LbStrategy::Random => {
                 let state = self.rng.fetch_add(GOLDEN_GAMMA, Ordering::Relaxed).wrapping_add(GOLDEN_GAMMA);
                 scale(mix(state), n)
             }

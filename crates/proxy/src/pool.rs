@@ -6,9 +6,10 @@
 //! A pool serves one frontend family: the endpoints of its service port are
 //! filtered to the family of its address (see [`Targets::for_port`]).
 
+use std::any::Any;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -74,6 +75,9 @@ impl Targets {
         let (backends, preferred) =
             balance::topology(&family, entry.internal_traffic_policy, entry.traffic_distribution, node);
         let ring = (entry.strategy == LbStrategy::ConsistentHash).then(|| ring_of(&backends));
+        if entry.strategy == LbStrategy::LeastRequest && !port.app_protocol.is_http() {
+            least_request_on_l4(entry, port.port);
+        }
         Self {
             strategy: entry.strategy,
             hash_key: entry.hash_key.clone(),
@@ -105,6 +109,19 @@ impl Targets {
     }
 }
 
+/// Says once per process that `LeastRequest` is per request: the L4 path
+/// does not count each endpoint's connections, and spreads them round robin.
+fn least_request_on_l4(entry: &ServiceEntry, port: u16) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        tracing::info!(
+            service = %entry.key,
+            port,
+            "LeastRequest balances each request on HTTP ports; connections to other ports are spread round robin"
+        );
+    }
+}
+
 fn ring_of(backends: &[Backend]) -> Box<Ring> {
     Box::new(Ring::new(&backends.iter().map(|b| b.addr).collect::<Vec<_>>()))
 }
@@ -126,6 +143,8 @@ pub struct Pool {
     pub(crate) warnings: LogLimiter,
     /// The port's series (see `crate::metrics`).
     pub(crate) metrics: PortMetrics,
+    /// What the HTTP layer keeps for this port (see [`Pool::extension`]).
+    extension: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 /// What a pool learns from its connections. Most pools never see a failed
@@ -158,7 +177,31 @@ impl Pool {
             state: Mutex::new(None),
             warnings: LogLimiter::default(),
             metrics: PortMetrics::detached(),
+            extension: OnceLock::new(),
         }
+    }
+
+    /// State another layer keeps per service port (the HTTP dispatcher's
+    /// pooled connections, load figures and retry budget), made by `make`
+    /// on first use and dropped with the pool. `None` if a value of another
+    /// type is there already.
+    pub fn extension<T: Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> Option<&T> {
+        self.extension.get_or_init(|| Box::new(make())).downcast_ref()
+    }
+
+    /// The `service` label the port's series carry (the service, or `other`
+    /// past `metrics.maxServices`); `None` for a pool made without metrics.
+    pub fn service_label(&self) -> Option<Arc<str>> {
+        (!self.metrics.service.is_empty()).then(|| self.metrics.service.clone())
+    }
+
+    /// The endpoints of `targets` (indices) passive health has ejected now;
+    /// one lock, no allocation while none is.
+    pub fn ejected(&self, targets: &Targets) -> Vec<usize> {
+        let state = lock(&self.state);
+        let Some(s) = state.as_ref().filter(|s| !s.health.is_empty()) else { return Vec::new() };
+        let now = tokio::time::Instant::now();
+        (0..targets.backends.len()).filter(|&i| s.health.is_ejected(&targets.backends[i].addr, now)).collect()
     }
 
     /// Counts into `metrics` (the port's series) instead of nowhere.

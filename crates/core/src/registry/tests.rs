@@ -265,7 +265,7 @@ fn node_mode_annotations_and_fields_reach_the_entry() {
         &mut st,
         service("default", "bad")
             .port("", 80, 80)
-            .annotation(HashKey::ANNOTATION, "cookie:x")
+            .annotation(HashKey::ANNOTATION, "query:x")
             .annotation(UDP_IDLE_TIMEOUT_ANNOTATION, "soon")
             .object(),
     );
