@@ -133,7 +133,8 @@ fn least_request_avoids_an_endpoint_made_slow() {
     // P2C over peak-EWMA latency: once pod-0 was seen slow it loses every
     // comparison; it may be tried while its latency is still unknown.
     assert!(counts[0] <= 5, "the slow endpoint got {} of 100: {counts:?}", counts[0]);
-    assert!(counts[1..].iter().all(|&c| c >= 15), "the fast ones share the rest: {counts:?}");
+    // Among the fast ones P2C follows their (noisy) latencies: spread, not even.
+    assert!(counts[1..].iter().filter(|&&c| c > 0).count() >= 2, "the fast ones share the rest: {counts:?}");
     assert_eq!(backends[0].requests() as usize, counts[0]);
 }
 
@@ -152,7 +153,7 @@ fn an_endpoint_killed_or_black_holed_under_a_stream_of_gets_costs_no_5xx() {
     let client = n
         .node
         .cmd("curl")
-        .args(["-sS", "--max-time", "120", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}\n"])
+        .args(["-sS", "--max-time", "120", "--http1.1", "-w", "code=%{http_code} %{time_total}\n"])
         .args(&urls)
         .stdout(Stdio::piped())
         .spawn()
@@ -170,11 +171,23 @@ fn an_endpoint_killed_or_black_holed_under_a_stream_of_gets_costs_no_5xx() {
     });
     // pod-2 vanishes from the network: its packets are dropped silently.
     black_hole(&n.pod, PODS[2]);
+    // About how many GETs were answered before (tries, retries included).
+    let holed_at: u32 = (0..4).map(served).sum();
     let out = client.wait_with_output().unwrap();
-    let codes = String::from_utf8_lossy(&out.stdout).into_owned();
-    let codes: Vec<&str> = codes.lines().collect();
-    assert_eq!(codes.len(), 400, "every GET answered: {codes:?}");
-    assert!(codes.iter().all(|c| *c == "200"), "no 5xx: {codes:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Each answer is the endpoint's name line, then curl's `code=` line.
+    let answers: Vec<(&str, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("code="))
+        .map(|l| l.split_once(' ').map(|(code, secs)| (code, secs.parse().unwrap())).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 400, "every GET answered: {answers:?}");
+    assert!(answers.iter().all(|(code, _)| *code == "200"), "no 5xx: {answers:?}");
+    // A GET that met the black hole waited out its 500 ms try; passive
+    // health must eject pod-2 after a few, not let every third GET wait.
+    let after = &answers[holed_at.min(400) as usize..];
+    let waited = after.iter().filter(|(_, secs)| *secs >= 0.5).count();
+    assert!(waited <= 10, "{waited} of the {} GETs after the black hole waited out a try on it", after.len());
     assert!(killed_at >= 10);
     assert!(served(0) + served(3) > 100, "the live endpoints took over");
 }
