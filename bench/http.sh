@@ -17,7 +17,11 @@
 #            connections), on 127.0.0.1:8082 (HTTP/1.1) and :8083 (h2c);
 #   agent    the release agent, two services on the same backend:
 #            `http` (port name http: per request) VIP 127.99.0.10:80 and
-#            `l4` (port name tcp: per connection) VIP 127.99.0.11:80.
+#            `l4` (port name tcp: per connection) VIP 127.99.0.11:80;
+#   before   with BEFORE_BIN set: that binary (e.g. main before the HTTP
+#            path) as a second agent, `l4` only, VIP 127.99.1.11:80, admin
+#            127.0.0.1:15021: mode h1-l4-before, and the ratio h1-l4 /
+#            h1-l4-before shows an L4 regression directly.
 # Modes, each repetition running all of them in an order that alternates
 # between repetitions (forward, then reversed):
 #   h1-direct h1-nginx h1-agent h1-l4   `wrk -t2 -cCONNS -dSECS --latency`, keep-alive GETs
@@ -41,7 +45,7 @@ SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}; . "$SHARED/lib.sh"
 REPS=3 DUR=10 CONNS=50 OUT=""
 while getopts r:d:c:o: o; do case $o in
   r) REPS=$OPTARG ;; d) DUR=$OPTARG ;; c) CONNS=$OPTARG ;; o) OUT=$OPTARG ;;
-  *) sed -n '2,34p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,40p' "$0" >&2; exit 2 ;;
 esac; done
 OUT=${OUT:-$ROOT/bench/results/$(date -u +%Y-%m-%d)-s8/http}
 BIN=${EDGEMESH_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/edgemesh}
@@ -54,10 +58,12 @@ H2_CONNS=$(( CONNS / 5 > 0 ? CONNS / 5 : 1 ))
 
 NS=em-http-$$ VIP_HTTP=127.99.0.10 VIP_L4=127.99.0.11 ADMIN=127.0.0.1:15020
 W=$(mktemp -d /tmp/edgemesh-http.XXXXXX); chmod 755 "$W"
-AGENT_CG="" AGENT_PID="" PROXY_CG="" PROXY_PID="" BACKEND_PID=""
+AGENT_CG="" AGENT_PID="" PROXY_CG="" PROXY_PID="" BACKEND_PID="" BEFORE_CG="" BEFORE_PID=""
+BEFORE_BIN=${BEFORE_BIN:-} VIP_BEFORE=127.99.1.11
 cleanup() {
   watch_stop
   svc_stop "$AGENT_CG" "$AGENT_PID"
+  svc_stop "$BEFORE_CG" "$BEFORE_PID"
   svc_stop "$PROXY_CG" "$PROXY_PID"
   [[ -z $BACKEND_PID ]] || { kill "$BACKEND_PID" 2>/dev/null || true; wait "$BACKEND_PID" 2>/dev/null || true; }
   ip netns del "$NS" 2>/dev/null || true
@@ -91,6 +97,7 @@ svc() { # NAME VIP PORT_NAME
   printf 'endpoints: [{addresses: [127.0.0.1], nodeName: bench}]\n---\n'
 }
 { svc http "$VIP_HTTP" http; svc l4 "$VIP_L4" tcp; } > "$W/agent/manifests/bench.yaml"
+mkdir -p "$W/before/manifests"; svc l4 "$VIP_BEFORE" tcp > "$W/before/manifests/bench.yaml"
 
 # (`ip netns exec` execs nginx: this is nginx's pid.)
 ip netns exec "$NS" nginx -c "$W/backend.conf" & BACKEND_PID=$!
@@ -103,6 +110,16 @@ svc_start agent "$NS" "$W/agent.log" \
    --vip-cidr 127.99.0.0/24 --dns-listen 127.0.0.1:0 --admin-listen $ADMIN --dns-upstream 127.0.0.1:9 --log-level warn"
 AGENT_CG=$SVC_CG AGENT_PID=$SVC_PID
 for _ in $(seq 200); do in_ns "$NS" curl -sf -o /dev/null "http://$ADMIN/readyz" && break; sleep 0.05; done
+MODES="h1-direct h1-nginx h1-agent h1-l4 h2-direct h2-nginx h2-agent"
+if [[ -n $BEFORE_BIN ]]; then
+  svc_start before "$NS" "$W/before.log" \
+    "$BEFORE_BIN agent --node-name bench --manifest-dir $W/before/manifests --state-dir $W/before/state \
+     --vip-cidr 127.99.1.0/24 --dns-listen 127.0.0.1:0 --admin-listen 127.0.0.1:15021 --dns-upstream 127.0.0.1:9 --log-level warn"
+  BEFORE_CG=$SVC_CG BEFORE_PID=$SVC_PID
+  for _ in $(seq 200); do in_ns "$NS" curl -sf -o /dev/null "http://127.0.0.1:15021/readyz" && break; sleep 0.05; done
+  in_ns "$NS" curl -sf -o /dev/null "http://$VIP_BEFORE/f" || { echo "http.sh: the BEFORE_BIN agent does not answer" >&2; cat "$W/before.log" >&2; exit 1; }
+  MODES="$MODES h1-l4-before"
+fi
 for url in "http://$VIP_HTTP/f" "http://$VIP_L4/f" "http://127.0.0.1:8082/f"; do
   in_ns "$NS" curl -sf -o /dev/null "$url" || { echo "http.sh: $url does not answer" >&2; cat "$W/agent.log" >&2; exit 1; }
 done
@@ -115,7 +132,7 @@ HTTP_PATH=$(in_ns "$NS" curl -sf "http://$ADMIN/metrics" | grep -c '^edgemesh_ht
 url_of() {
   case $1 in
     h1-direct) echo "http://127.0.0.1:8081/f" ;; h1-nginx) echo "http://127.0.0.1:8082/f" ;;
-    h1-agent) echo "http://$VIP_HTTP/f" ;; h1-l4) echo "http://$VIP_L4/f" ;;
+    h1-agent) echo "http://$VIP_HTTP/f" ;; h1-l4) echo "http://$VIP_L4/f" ;; h1-l4-before) echo "http://$VIP_BEFORE/f" ;;
     h2-direct) echo "http://127.0.0.1:8084/f" ;; h2-nginx) echo "http://127.0.0.1:8083/f" ;;
     h2-agent) echo "http://$VIP_HTTP/f" ;;
   esac
@@ -137,10 +154,10 @@ PY
 
 RES=$OUT/results.jsonl; : > "$RES"
 run() { # REP MODE
-  local rep=$1 mode=$2 quiet=true a0 a1 n0 n1 raw="$OUT/rep$1-$2.txt" url json
-  url=$(url_of "$mode")
+  local rep=$1 mode=$2 quiet=true a0 a1 n0 n1 raw="$OUT/rep$1-$2.txt" url json cg=$AGENT_CG
+  url=$(url_of "$mode"); [[ $mode != h1-l4-before ]] || cg=$BEFORE_CG
   wait_quiet || quiet=false
-  watch_start; a0=$(svc_cpu_ns "$AGENT_CG"); n0=$(svc_cpu_ns "$PROXY_CG")
+  watch_start; a0=$(svc_cpu_ns "$cg"); n0=$(svc_cpu_ns "$PROXY_CG")
   if [[ $mode == h1-* ]]; then
     in_ns "$NS" wrk -t2 -c"$CONNS" -d"${DUR}s" --latency -s "$SHARED/wrk_report.lua" "$url" > "$raw"
     json=$(grep '^{' "$raw")
@@ -148,14 +165,13 @@ run() { # REP MODE
     in_ns "$NS" h2load -c"$H2_CONNS" -m10 -t2 -D"$DUR" --log-file="$W/h2.log" "$url" > "$raw"
     json=$(h2load_json "$raw" "$W/h2.log"); rm -f "$W/h2.log"
   fi
-  a1=$(svc_cpu_ns "$AGENT_CG"); n1=$(svc_cpu_ns "$PROXY_CG"); watch_stop
+  a1=$(svc_cpu_ns "$cg"); n1=$(svc_cpu_ns "$PROXY_CG"); watch_stop
   [[ $WATCH_SEEN == 0 ]] || quiet=false
   jq -c --argjson rep "$rep" --arg mode "$mode" --argjson quiet "$quiet" \
     --argjson agent "$(( (a1 - a0) / 1000000 ))" --argjson nginx "$(( (n1 - n0) / 1000000 ))" \
     '{rep: $rep, mode: $mode, quiet: $quiet, agent_cpu_ms: $agent, nginx_cpu_ms: $nginx} + .' <<< "$json" | tee -a "$RES"
 }
 
-MODES="h1-direct h1-nginx h1-agent h1-l4 h2-direct h2-nginx h2-agent"
 log "warm-up"; for m in h1-nginx h1-agent h1-l4; do in_ns "$NS" wrk -t2 -c"$CONNS" -d3s "$(url_of $m)" > /dev/null; done
 for rep in $(seq "$REPS"); do
   if (( rep % 2 )); then order=$MODES; else order=$(tr ' ' '\n' <<< "$MODES" | tac | tr '\n' ' '); fi
@@ -165,6 +181,7 @@ done
 {
   echo "date: $(date -u +%FT%TZ)"; echo "host: $(nproc) CPUs, $(uname -r)"
   echo "agent: $BIN ($("$BIN" --version 2>/dev/null || echo '?'))"
+  [[ -z $BEFORE_BIN ]] || echo "before: $BEFORE_BIN (h1-l4-before)"
   echo "git: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo "nginx: $(nginx -v 2>&1 | cut -d/ -f2); wrk -t2 -c$CONNS -d${DUR}s --latency; h2load -c$H2_CONNS -m10 -t2 -D$DUR; reps: $REPS"
   echo "agent HTTP path in use: edgemesh_http_requests_total series after the checks: $HTTP_PATH"
@@ -180,7 +197,8 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 env = open(sys.argv[2]).read().strip().splitlines()
 by = {(r["rep"], r["mode"]): r for r in rows}
 reps = sorted({r["rep"] for r in rows})
-modes = ["h1-direct", "h1-nginx", "h1-agent", "h1-l4", "h2-direct", "h2-nginx", "h2-agent"]
+modes = [m for m in ["h1-direct", "h1-nginx", "h1-agent", "h1-l4", "h1-l4-before", "h2-direct", "h2-nginx", "h2-agent"]
+         if any(r["mode"] == m for r in rows)]
 def med(mode, key):
     return st.median(r[key] for r in rows if r["mode"] == mode)
 def ratio(a, b, key):
@@ -196,7 +214,10 @@ print("\nPaired ratios (median over repetitions, min-max):\n")
 print("| pair | req/s | p99 |")
 print("|---|---:|---:|")
 for a, b in [("h1-agent", "h1-nginx"), ("h2-agent", "h2-nginx"), ("h1-agent", "h1-direct"),
-             ("h2-agent", "h2-direct"), ("h1-nginx", "h1-direct"), ("h1-l4", "h1-direct")]:
+             ("h2-agent", "h2-direct"), ("h1-nginx", "h1-direct"), ("h1-l4", "h1-direct"),
+             ("h1-l4", "h1-l4-before")]:
+    if not any(r["mode"] == b for r in rows):
+        continue
     print(f"| {a} / {b} | {ratio(a, b, 'req_s')} | {ratio(a, b, 'p99_us')} |")
 failed = sum(r.get("failed", 0) + r.get("err_status", 0) + r.get("err_connect", 0) for r in rows)
 print(f"\nFailed requests (all runs): {failed}.")
