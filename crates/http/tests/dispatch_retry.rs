@@ -178,3 +178,21 @@ async fn timeouts_of_the_service_override_the_config_and_answer_504() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     assert!(body.contains("200ms"), "the overall timeout expired: {body}");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_failing_service_gets_no_more_retries_than_its_budget() {
+    let unavailable = Behaviour { status: StatusCode::SERVICE_UNAVAILABLE, ..Behaviour::default() };
+    let a = Endpoint::start("a", unavailable.clone()).await;
+    let b = Endpoint::start("b", unavailable).await;
+    // No ratio, 1 retry per second: 10 in the 10 s window.
+    let config = HttpConfig { retry_budget_ratio: 0.0, retry_budget_min_per_second: 1, ..HttpConfig::default() };
+    let (front, _pool, registry) = serve(config, targets(LbStrategy::RoundRobin, &[a.addr, b.addr])).await;
+    let mut client = Client::connect(front).await;
+    for _ in 0..50 {
+        assert_eq!(client.get(&[]).await.0, StatusCode::SERVICE_UNAVAILABLE, "the endpoints' own answer");
+    }
+    assert_eq!(counter(&registry, "http_retries"), 10.0);
+    assert_eq!(a.requests() + b.requests(), 60, "50 requests and 10 retries reached the endpoints");
+    // Every request past the budget wanted its first retry and was refused it.
+    assert_eq!(counter(&registry, "http_retry_budget_exhausted"), 45.0);
+}

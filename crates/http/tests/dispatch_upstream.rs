@@ -134,3 +134,39 @@ async fn an_endpoint_on_another_node_is_reached_through_the_tunnel_and_its_strea
     assert_eq!(endpoint.requests(), 10);
     assert_eq!(counter(&registry, "http_upstream_connections_opened"), 1.0);
 }
+
+#[test]
+fn each_worker_thread_pools_its_own_connections() {
+    // The proxy's workers: single-threaded runtimes on their own threads,
+    // sharing one dispatcher and the port's pool.
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let main = runtime();
+    let endpoint = main.block_on(Endpoint::named("e"));
+    let (dispatcher, registry) = dispatcher(HttpConfig::default());
+    let pool = pool(targets(LbStrategy::RoundRobin, &[endpoint.addr]));
+    // The endpoint's tasks run on `main`, driven by a thread of its own.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let driver = std::thread::spawn(move || main.block_on(async { stopped.await.ok() }));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (dispatcher, pool) = (dispatcher.clone(), pool.clone());
+            std::thread::spawn(move || {
+                runtime().block_on(async move {
+                    let front = front(dispatcher, pool, Reach::direct()).await;
+                    let mut client = Client::connect(front).await;
+                    for _ in 0..10 {
+                        assert_eq!(client.get(&[]).await.0, StatusCode::OK);
+                    }
+                })
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    assert_eq!(endpoint.requests(), 20);
+    assert_eq!(endpoint.connections(), 2, "one connection per worker, each reused");
+    assert_eq!(counter(&registry, "http_upstream_connections_opened"), 2.0);
+    stop.send(()).unwrap();
+    driver.join().unwrap();
+}

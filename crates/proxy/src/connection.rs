@@ -233,7 +233,7 @@ async fn connect(pool: &Pool, client: &TcpStream, peer: IpAddr, shared: &Shared)
             Some(value) => balance::hash_bytes(&value),
             None => balance::hash_ip(peer),
         },
-        (LbStrategy::ConsistentHash, HashKey::SourceIp) => balance::hash_ip(peer),
+        (LbStrategy::ConsistentHash, HashKey::SourceIp | HashKey::Cookie(_)) => balance::hash_ip(peer),
         _ => 0,
     };
     let started = Instant::now();

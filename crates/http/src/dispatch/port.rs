@@ -92,15 +92,15 @@ impl PortState {
     }
 
     /// A request is being sent to `addr`: for `LeastRequest`, counted in
-    /// flight until the returned guard is finished or dropped (other
-    /// strategies keep no load figures).
+    /// flight until the returned guard is dropped (other strategies keep no
+    /// load figures).
     pub fn start<'s>(&'s self, targets: &Targets, addr: SocketAddr) -> InFlight<'s> {
         let now = Instant::now();
         let counted = targets.strategy == LbStrategy::LeastRequest;
         if counted {
             self.endpoints(targets).entry(addr, now).load.start();
         }
-        InFlight { port: self, addr, sent: now, done: !counted }
+        InFlight { port: self, addr, sent: now, counted }
     }
 
     /// A pooled connection to `addr` ready for a request on this thread.
@@ -153,35 +153,26 @@ impl Guard<'_> {
 }
 
 /// A request in flight to one endpoint, for `LeastRequest`'s load figures.
+/// However it ends (response head, failure, timeout, cancelled by its
+/// client), the time it took is observed when the guard goes, as tower's
+/// and linkerd's peak-EWMA do: an endpoint that hangs until the per-try
+/// timeout counts as that slow.
 pub struct InFlight<'s> {
     port: &'s PortState,
     addr: SocketAddr,
     sent: Instant,
-    done: bool,
-}
-
-impl InFlight<'_> {
-    /// The response head arrived (or the try timed out): its latency is
-    /// observed.
-    pub fn finish(mut self) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        let now = Instant::now();
-        let rtt: Duration = now.saturating_duration_since(self.sent);
-        if let Some(e) = lock(&self.port.endpoints).by_addr.get_mut(&self.addr) {
-            e.load.finish(rtt, now);
-        }
-    }
+    counted: bool,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if !self.done
-            && let Some(e) = lock(&self.port.endpoints).by_addr.get_mut(&self.addr)
-        {
-            e.load.abandon();
+        if !self.counted {
+            return;
+        }
+        let now = Instant::now();
+        let rtt: Duration = now.saturating_duration_since(self.sent);
+        if let Some(e) = lock(&self.port.endpoints).by_addr.get_mut(&self.addr) {
+            e.load.finish(rtt, now);
         }
     }
 }

@@ -162,11 +162,12 @@ impl Shared {
         let addr = backend.addr;
         let thread = std::thread::current().id();
         let in_flight = port.start(targets, addr);
+        let mut reuse = true;
         loop {
-            let (mut sender, fresh) = self.connection(ctx, targets, port, backend, protocol, thread).await?;
+            let (mut sender, fresh) = self.connection(ctx, targets, port, backend, protocol, thread, reuse).await?;
             match sender.send(request(parts, body.body(), protocol, addr)).await {
                 Ok(response) => {
-                    in_flight.finish();
+                    drop(in_flight);
                     ctx.pool.connected(targets, ctx.client.ip(), addr);
                     if protocol != Protocol::Upgrade {
                         port.checkin(targets, addr, sender, thread, self.config.max_idle_per_endpoint);
@@ -176,8 +177,10 @@ impl Shared {
                 Err(mut e) => {
                     let unsent = e.take_message().is_some();
                     // A pooled connection the endpoint closed meanwhile:
-                    // nothing was sent, and the endpoint is not to blame.
+                    // nothing was sent and the endpoint is not to blame: the
+                    // try goes on a new connection.
                     if unsent && !fresh {
+                        reuse = false;
                         continue;
                     }
                     if fresh {
@@ -195,9 +198,11 @@ impl Shared {
 
 impl Shared {
     /// A connection to `backend` for one request: a pooled one of this
-    /// thread, else a new one (`true`). New HTTP/2 connections are opened
-    /// one at a time per endpoint and pooled at once, so concurrent
-    /// requests share the first instead of each opening their own.
+    /// thread if `reuse`, else a new one (`true`). New HTTP/2 connections
+    /// are opened one at a time per endpoint and pooled at once, so
+    /// concurrent requests share the first instead of each opening their
+    /// own.
+    #[allow(clippy::too_many_arguments)]
     async fn connection(
         &self,
         ctx: &RequestContext,
@@ -206,16 +211,18 @@ impl Shared {
         backend: &Backend,
         protocol: Protocol,
         thread: std::thread::ThreadId,
+        reuse: bool,
     ) -> Result<(Sender, bool), Failure> {
         let addr = backend.addr;
-        if let Some(sender) = port.checkout(targets, addr, protocol, thread) {
+        let pooled = || reuse.then(|| port.checkout(targets, addr, protocol, thread)).flatten();
+        if let Some(sender) = pooled() {
             return Ok((sender, false));
         }
         let _opening = match protocol {
             Protocol::Http2 => {
                 let lock = port.opening(targets, addr);
                 let held = lock.lock_owned().await;
-                if let Some(sender) = port.checkout(targets, addr, protocol, thread) {
+                if let Some(sender) = pooled() {
                     return Ok((sender, false));
                 }
                 Some(held)

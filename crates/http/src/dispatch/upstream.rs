@@ -289,8 +289,9 @@ impl Idle {
         }
     }
 
-    /// Keeps `sender` (its response head just arrived) for the next
-    /// request of this thread, unless `max` are kept already.
+    /// Keeps `sender` (its response head just arrived, or, HTTP/2, it was
+    /// just opened) for the next requests of this thread; HTTP/1.1 unless
+    /// `max` are kept already.
     pub fn checkin(&mut self, sender: Sender, thread: ThreadId, max: usize) {
         match sender {
             Sender::Http1(s) => {
@@ -301,8 +302,11 @@ impl Idle {
                     self.http1.push((thread, s));
                 }
             }
+            // The thread's connection is the one that last served (one
+            // found dead was replaced by a new one).
             Sender::Http2(s) => {
-                if !s.is_closed() && !self.http2.iter().any(|(t, _)| *t == thread) {
+                self.http2.retain(|(t, old)| *t != thread && !old.is_closed());
+                if !s.is_closed() {
                     self.http2.push((thread, s));
                 }
             }

@@ -42,16 +42,11 @@ impl PeakEwma {
     }
 
     /// A request sent `rtt` ago ended (its response head arrived, or it
-    /// failed after that long): one fewer in flight, and `rtt` observed.
+    /// failed, timed out or was cancelled after that long): one fewer in
+    /// flight, and `rtt` observed.
     pub fn finish(&mut self, rtt: Duration, now: Instant) {
         self.pending = self.pending.saturating_sub(1);
         self.observe(nanos(rtt), now);
-    }
-
-    /// A request ended without telling anything of the endpoint's latency
-    /// (cancelled by its client or its timeout).
-    pub fn abandon(&mut self) {
-        self.pending = self.pending.saturating_sub(1);
     }
 
     /// Requests in flight.
