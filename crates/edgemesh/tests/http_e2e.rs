@@ -216,7 +216,7 @@ fn a_post_is_not_retried_once_its_body_was_sent_but_a_get_is() {
         n.node.curl_with(&["-o", "/dev/null", "-w", "%{http_code}"], &format!("http://{vip}/")).expect("an answer");
     // Every try failed (502; 503 if passive health ejected them all first).
     assert!(out == "502" || out == "503", "{out}");
-    assert!(total() - 1 >= 2, "the GET was retried: {} tries", total() - 1);
+    assert!(total() > 2, "the GET was retried: {} tries", total() - 1);
 }
 
 #[test]
