@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs the whole edgemesh test suite: formatting, lints, unit and end-to-end
-# tests. Installs the real tools the tests drive (dig, curl, nginx, nft, ip, iperf3,
+# tests. Installs the real tools the tests drive (dig, dnsmasq, curl, nginx, nft, ip, iperf3,
 # miniupnpd, prometheus) when they are missing and we are root; otherwise says what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v dig >/dev/null || need+=(dnsutils)
+# DNS tests: a real upstream with large records (dnsmasq, no service).
+command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 command -v curl >/dev/null || need+=(curl)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 # Interception tests: nftables in network namespaces (as root).

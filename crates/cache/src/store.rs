@@ -120,9 +120,10 @@ impl Store {
         source: &str,
         then: impl Fn(&Store, Option<String>) -> Result<T, CacheError>,
     ) -> Result<(Store, T, Option<String>), CacheError> {
-        std::fs::create_dir_all(dir).map_err(|source| CacheError::Dir { dir: dir.to_owned(), source })?;
+        create_private_dir(dir).map_err(|source| CacheError::Dir { dir: dir.to_owned(), source })?;
         let path = dir.join(FILE_NAME);
         let attempt = || {
+            create_private_file(&path);
             let (store, replaced) = Self::try_open(&path, source)?;
             let t = then(&store, replaced)?;
             Ok::<_, CacheError>((store, t))
@@ -370,4 +371,30 @@ fn key_string(k: &ObjectKey) -> String {
         s.push_str(part);
     }
     s
+}
+
+/// Creates `dir` and its missing parents readable by the owner only (0700);
+/// directories that exist keep their mode (the operator's, or systemd's
+/// `StateDirectoryMode`).
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Makes sure the cache file is the owner's only (0600) before redb opens
+/// it: created so when missing (redb would use the umask's 0644), tightened
+/// when an older agent left it readable by others. Best effort: a file
+/// that cannot be created or changed here fails, with its reason, when
+/// redb opens it.
+fn create_private_file(path: &Path) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path) {
+        Ok(file) => {
+            let loose = file.metadata().map(|m| m.permissions().mode() & 0o077 != 0).unwrap_or(false);
+            if loose && let Err(error) = file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+                tracing::debug!(file = %path.display(), %error, "cannot make the cache file private (chmod 600)");
+            }
+        }
+        Err(error) => tracing::debug!(file = %path.display(), %error, "cannot create the cache file 0600"),
+    }
 }

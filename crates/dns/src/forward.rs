@@ -11,7 +11,6 @@
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -21,6 +20,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::timeout_at;
 
 use crate::metrics::{ForwardMetrics, UpstreamMetrics};
+use crate::throttle::WarnEvery;
 
 /// EDNS payload size we advertise upstream (the DNS flag day 2020 value).
 pub const UPSTREAM_PAYLOAD: u16 = 1232;
@@ -45,10 +45,8 @@ pub struct Forwarder {
     upstreams: ArcSwap<Upstreams>,
     /// Where a new upstream's metrics are made (set by [`Forwarder::with_metrics`]).
     families: ForwardMetrics,
-    /// Seconds since `epoch` of the last warning, to log failures at warn
-    /// at most once per [`WARN_EVERY`].
-    last_warn: AtomicU64,
-    epoch: Instant,
+    /// Failures are logged at warn at most once per [`WARN_EVERY`].
+    warn: WarnEvery,
 }
 
 const WARN_EVERY: Duration = Duration::from_secs(30);
@@ -73,7 +71,7 @@ impl Forwarder {
     pub fn new(upstreams: Vec<SocketAddr>, timeout: Duration) -> Self {
         let families = ForwardMetrics::default();
         let upstreams = ArcSwap::from_pointee(Upstreams::new(upstreams, timeout, &families));
-        Self { upstreams, families, last_warn: AtomicU64::new(u64::MAX), epoch: Instant::now() }
+        Self { upstreams, families, warn: WarnEvery::new(WARN_EVERY) }
     }
 
     /// Counts requests, responses and their durations per upstream into
@@ -132,11 +130,7 @@ impl Forwarder {
     }
 
     fn failed(&self, upstream: SocketAddr, query: &Query, error: &UpstreamError) {
-        let now = self.epoch.elapsed().as_secs();
-        let last = self.last_warn.load(Ordering::Relaxed);
-        if (last == u64::MAX || now >= last + WARN_EVERY.as_secs())
-            && self.last_warn.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
+        if self.warn.due() {
             tracing::warn!(%upstream, name = %query.name(), %error, "upstream DNS server failed (further failures logged at debug for 30 s)");
         } else {
             tracing::debug!(%upstream, name = %query.name(), %error, "upstream DNS server failed");

@@ -15,14 +15,23 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::DNSClass;
 use tokio::sync::watch;
 
+use crate::access::ClientAccess;
 use crate::cache::{Cache, CacheKey, CachedAnswer};
 use crate::cluster::{self, Outcome, Zone};
 use crate::forward::Forwarder;
-use crate::metrics::{DnsMetrics, QueryInfo, ZoneKind, rcode_of};
+use crate::metrics::{DnsMetrics, LimitAction, QueryInfo, ZoneKind, rcode_of};
+use crate::rate_limit::{RateLimiter, Verdict};
+use crate::throttle::WarnEvery;
 use crate::wire::{OUR_PAYLOAD, Question};
 
-/// Largest UDP response we send, whatever the client's EDNS says.
-pub const MAX_UDP_PAYLOAD: u16 = 4096;
+/// Largest UDP response we send, whatever the client's EDNS says: the
+/// payload we advertise (the DNS flag day 2020 value, which fits a
+/// 1280-byte IPv6 MTU unfragmented). Anything larger is truncated with TC
+/// and fetched over TCP, so a spoofed query cannot make a large answer.
+pub const MAX_UDP_PAYLOAD: u16 = OUR_PAYLOAD;
+
+/// How often refused and rate-limited clients are logged at warn.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How the request arrived; decides the response size limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +85,12 @@ pub struct Handler {
     /// the answer (`None` inside: SERVFAIL).
     inflight: Mutex<HashMap<CacheKey, InflightRx>>,
     metrics: DnsMetrics,
+    /// Who is answered at all (see [`crate::access`]).
+    access: ClientAccess,
+    /// Queries per second per client over UDP (see [`crate::rate_limit`]).
+    limiter: Option<RateLimiter>,
+    refused_warn: WarnEvery,
+    limited_warn: WarnEvery,
 }
 
 type InflightRx = watch::Receiver<Option<Option<Arc<CachedAnswer>>>>;
@@ -106,7 +121,32 @@ impl Handler {
         let origin_labels = zone.origin().iter().len();
         let unbound = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
         let metrics = DnsMetrics::new(unbound, &zone.origin().to_ascii());
-        Self { zone, snapshots, forwarder, cache, origin_labels, inflight: Mutex::default(), metrics }
+        Self {
+            zone,
+            snapshots,
+            forwarder,
+            cache,
+            origin_labels,
+            inflight: Mutex::default(),
+            metrics,
+            access: ClientAccess::new(Ipv4Addr::UNSPECIFIED.into(), Vec::new()),
+            limiter: None,
+            refused_warn: WarnEvery::new(WARN_EVERY),
+            limited_warn: WarnEvery::new(WARN_EVERY),
+        }
+    }
+
+    /// Answers only the clients `access` allows (by default: loopback and
+    /// this node's addresses), rate-limited by `limiter` over UDP.
+    pub fn with_clients(mut self, access: ClientAccess, limiter: Option<RateLimiter>) -> Self {
+        self.access = access;
+        self.limiter = limiter;
+        self
+    }
+
+    /// The client check (its networks change on a reload).
+    pub fn access(&self) -> &ClientAccess {
+        &self.access
     }
 
     /// Counts every query, response, cache lookup and upstream exchange into
@@ -141,6 +181,15 @@ impl Handler {
     /// ready (here, or in [`forward`](Self::forward)); packets dropped are not.
     pub fn handle(&self, packet: &[u8], transport: Transport, client: IpAddr, out: &mut Vec<u8>) -> Step {
         let mut query = QueryInfo::received(transport, client);
+        // Limited first: a REFUSED reflected at a spoofed source is traffic too.
+        if transport == Transport::Udp
+            && let Some(step) = self.rate_limited(packet, client, out)
+        {
+            return step;
+        }
+        if !self.access.allows(client) {
+            return self.refuse(packet, transport, client, &mut query, out);
+        }
         if let Some(question) = Question::parse(packet)
             && self.fast_answer(&question, transport, out)
         {
@@ -158,6 +207,72 @@ impl Handler {
             Reply::Drop => Step::Drop,
             Reply::Forward(pending) => Step::Forward(pending),
         }
+    }
+
+    /// `Some` when `client` is over its rate: nothing, or (every second
+    /// time) an empty response with TC in `out`. Loopback clients are never
+    /// limited (nobody can spoof them from outside; every process of the
+    /// node shares them).
+    fn rate_limited(&self, packet: &[u8], client: IpAddr, out: &mut Vec<u8>) -> Option<Step> {
+        let limiter = self.limiter.as_ref()?;
+        if client.is_loopback()
+            || matches!(client, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()))
+        {
+            return None;
+        }
+        let action = match limiter.check(client, Instant::now()) {
+            Verdict::Answer => return None,
+            Verdict::Drop => LimitAction::Drop,
+            Verdict::Slip => LimitAction::Slip,
+        };
+        self.metrics.rate_limited(action);
+        if self.limited_warn.due() {
+            tracing::warn!(%client, "DNS client over its rate limit (dns.rateLimit); dropping or truncating its queries (further ones counted in edgemesh_dns_rate_limited_total, logged at debug for 30 s)");
+        } else {
+            tracing::debug!(%client, ?action, "DNS client over its rate limit");
+        }
+        let request = match action {
+            LimitAction::Drop => return Some(Step::Drop),
+            LimitAction::Slip => {
+                Message::from_vec(packet).ok().filter(|m| m.metadata.message_type == MessageType::Query)
+            }
+        };
+        let Some(request) = request else { return Some(Step::Drop) };
+        let mut response = self.response(request, ResponseCode::NoError);
+        response.metadata.truncation = true;
+        *out = encode(&response, usize::from(MAX_UDP_PAYLOAD));
+        Some(Step::Reply)
+    }
+
+    /// REFUSED for a client that is not this node's (see [`crate::access`]).
+    fn refuse(
+        &self,
+        packet: &[u8],
+        transport: Transport,
+        client: IpAddr,
+        query: &mut QueryInfo,
+        out: &mut Vec<u8>,
+    ) -> Step {
+        let Ok(request) = Message::from_vec(packet) else { return Step::Drop };
+        if request.metadata.message_type != MessageType::Query {
+            return Step::Drop;
+        }
+        if self.refused_warn.due() {
+            tracing::warn!(%client, "refusing DNS queries from a client that is not this node's (allow it with dns.allowedClients; further ones counted in edgemesh_dns_clients_refused_total, logged at debug for 30 s)");
+        } else {
+            tracing::debug!(%client, "refusing a DNS query from a client that is not this node's");
+        }
+        if let Some(q) = request.queries.first() {
+            query.qtype = u16::from(q.query_type());
+        }
+        let max_size = match transport {
+            Transport::Tcp => usize::from(u16::MAX),
+            Transport::Udp => udp_limit(request.edns.as_ref().map(Edns::max_payload)),
+        };
+        *out = self.error(request, ResponseCode::Refused, max_size);
+        self.metrics.refused();
+        self.metrics.answered(query, rcode_of(out));
+        Step::Reply
     }
 
     /// The whole exchange for one request: [`handle`](Self::handle), then

@@ -10,6 +10,9 @@
 //! - [`server`]: binding the UDP sockets (one per core, `SO_REUSEPORT`) and
 //!   the TCP listener, our UDP receive loops, hickory-server's `Server` for
 //!   TCP, shutdown. The only module that touches sockets of clients.
+//! - [`access`]: who is answered at all (this node and its pods; REFUSED
+//!   for anyone else), and [`rate_limit`]: queries per second per client
+//!   over UDP, as BIND's response rate limiting.
 //! - [`hickory`]: the [`Handler`](handler::Handler) as a hickory-server
 //!   `RequestHandler`, so any hickory-server transport (TCP here) serves the
 //!   same answers as our UDP loops.
@@ -30,7 +33,8 @@
 //!   (TTLs, upstreams, upstream timeout).
 //! - [`metrics`]: requests, responses, cache and upstream metrics, named
 //!   and labelled like CoreDNS's.
-//! - [`error`]: the [`DnsError`] enum.
+//! - [`error`]: the [`DnsError`] enum; [`throttle`]: warnings logged once
+//!   per interval.
 //!
 //! Built on hickory-proto (wire format) and hickory-server 0.26: TCP is
 //! served by hickory-server's `Server` through [`hickory::HickoryHandler`].
@@ -47,8 +51,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub mod access;
 pub mod cache;
 pub mod cluster;
 pub mod error;
@@ -57,7 +63,9 @@ pub mod handler;
 pub mod hickory;
 pub mod live;
 pub mod metrics;
+pub mod rate_limit;
 pub mod server;
+pub mod throttle;
 pub mod wire;
 
 pub use error::DnsError;
@@ -91,6 +99,15 @@ pub struct DnsConfig {
     pub upstream_timeout: Duration,
     /// Most upstream answers kept in the cache (0 disables caching).
     pub cache_size: usize,
+    /// Clients answered besides this node (loopback, its own addresses):
+    /// the pod CIDRs. Needed only when the server listens on an address
+    /// that is not node-local (see [`access`]); everyone else gets REFUSED.
+    pub allowed_clients: Vec<IpNet>,
+    /// Queries per second per client address over UDP (0: no limit);
+    /// see [`rate_limit`].
+    pub rate_limit: u32,
+    /// Queries a client may send at once before [`rate_limit`](Self::rate_limit) applies.
+    pub rate_limit_burst: u32,
     /// Derived (`intercept.mode`): answer services with their cluster IPs
     /// rather than their VIPs (interception on: cluster IPs are reachable).
     #[serde(skip)]
@@ -117,6 +134,9 @@ impl Default for DnsConfig {
             negative_ttl: 5,
             upstream_timeout: Duration::from_secs(2),
             cache_size: 10_000,
+            allowed_clients: Vec::new(),
+            rate_limit: 200,
+            rate_limit_burst: 400,
             cluster_ips_first: false,
         }
     }

@@ -1,6 +1,7 @@
 //! The DNS settings a config reload changes while the server runs: the
 //! TTLs of cluster answers (`serviceTtl`, `negativeTtl`), the upstreams
-//! and their time budget (`upstreams`, `upstreamTimeout`). Each is read
+//! and their time budget (`upstreams`, `upstreamTimeout`), and the
+//! clients answered (`allowedClients`); the rate limit needs a restart. Each is read
 //! once per query (an atomic load, an `ArcSwap` load), never locked.
 //!
 //! The address, the cluster domain and the cache size shape what is made at
@@ -33,6 +34,7 @@ impl DnsLiveSettings {
     /// the queries to come (upstreams only if the server [forwards](Self::forwards)).
     pub fn apply(&self, config: &DnsConfig) {
         self.handler.zone().set_ttls(config.service_ttl, config.negative_ttl);
+        self.handler.access().set_allowed(config.allowed_clients.clone());
         if let Some(forwarder) = self.handler.forwarder() {
             forwarder.set(config.upstreams.clone(), config.upstream_timeout);
         }

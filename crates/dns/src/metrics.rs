@@ -10,7 +10,11 @@
 //! - `dns_cache_hits_total{server,type}`, `dns_cache_misses_total{server}`,
 //!   `dns_cache_entries{server,type}` ([`CacheMetrics`]);
 //! - `dns_forward_requests_total{to}`, `dns_forward_responses_total{to,rcode}`,
-//!   `dns_forward_request_duration_seconds{to,rcode}` ([`UpstreamMetrics`]).
+//!   `dns_forward_request_duration_seconds{to,rcode}` ([`UpstreamMetrics`]);
+//! - ours, for the limits of issue #18: `dns_clients_refused_total` (queries
+//!   answered REFUSED because the client is not this node's) and
+//!   `dns_rate_limited_total{action}` (queries over their client's rate,
+//!   `drop` or `slip`: answered with TC only).
 //!
 //! Every label value comes from a fixed table (query types CoreDNS names,
 //! else `other`; rcodes by name), so the number of series is bounded. The
@@ -149,6 +153,22 @@ pub struct DnsMetrics {
     duration_slots: Box<[OnceLock<Histogram>]>,
     pub(crate) cache: CacheMetrics,
     pub(crate) forward: ForwardMetrics,
+    clients_refused: Counter,
+    rate_limited: Family<ActionLabels, Counter>,
+    /// Indexed by [`LimitAction`].
+    rate_limited_slots: [Counter; 2],
+}
+
+/// What happened to a query over its client's rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitAction {
+    Drop = 0,
+    Slip = 1,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
 }
 
 fn slots<T>(n: usize) -> Box<[OnceLock<T>]> {
@@ -162,7 +182,13 @@ impl DnsMetrics {
     pub fn new(listen: SocketAddr, domain: &str) -> Self {
         let server = format!("dns://{listen}");
         let cluster_zone = format!("{}.", domain.trim_end_matches('.'));
+        let rate_limited = Family::<ActionLabels, Counter>::default();
+        let rate_limited_slots =
+            ["drop", "slip"].map(|action| rate_limited.get_or_create_owned(&ActionLabels { action }));
         Self {
+            clients_refused: Counter::default(),
+            rate_limited,
+            rate_limited_slots,
             cache: CacheMetrics::new(&server),
             server,
             zones: [cluster_zone, ".".into()],
@@ -217,6 +243,16 @@ impl DnsMetrics {
             .observe(query.start.elapsed().as_secs_f64());
     }
 
+    /// Counts a query refused because of its client.
+    pub fn refused(&self) {
+        self.clients_refused.inc();
+    }
+
+    /// Counts a query over its client's rate.
+    pub fn rate_limited(&self, action: LimitAction) {
+        self.rate_limited_slots[action as usize].inc();
+    }
+
     /// Registers everything under `dns_` in `registry` (the `edgemesh_` one).
     pub fn register(&self, registry: &mut Registry) {
         let dns = registry.sub_registry_with_prefix("dns");
@@ -227,6 +263,16 @@ impl DnsMetrics {
             "Histogram of the time each request took",
             Unit::Seconds,
             self.durations.clone(),
+        );
+        dns.register(
+            "clients_refused",
+            "Queries answered REFUSED because the client is not this node's (dns.allowedClients)",
+            self.clients_refused.clone(),
+        );
+        dns.register(
+            "rate_limited",
+            "Queries over their client's rate limit (dns.rateLimit): dropped, or answered with TC only (slip)",
+            self.rate_limited.clone(),
         );
         let cache = dns.sub_registry_with_prefix("cache");
         cache.register("hits", "The count of cache hits", self.cache.hits.clone());

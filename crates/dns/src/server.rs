@@ -36,13 +36,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::DnsConfig;
+use crate::access::ClientAccess;
 use crate::cache::Cache;
 use crate::cluster::Zone;
 use crate::error::DnsError;
 use crate::forward::Forwarder;
-use crate::handler::{Handler, MAX_UDP_PAYLOAD, Step, Transport};
+use crate::handler::{Handler, Step, Transport};
 use crate::hickory::HickoryHandler;
 use crate::metrics::DnsMetrics;
+use crate::rate_limit::RateLimiter;
+
+/// Largest query read over UDP (queries are small; larger ones are cut and
+/// then fail to parse).
+const MAX_UDP_QUERY: usize = 4096;
 
 /// Most upstream lookups in flight at once; beyond, clients get SERVFAIL.
 const MAX_FORWARDS: usize = 2048;
@@ -83,13 +89,21 @@ impl DnsServer {
         let forwarder =
             (!config.upstreams.is_empty()).then(|| Forwarder::new(config.upstreams.clone(), config.upstream_timeout));
         let metrics = DnsMetrics::new(local_addr, &config.cluster_domain);
-        let handler =
-            Arc::new(Handler::new(zone, snapshots, forwarder, Cache::new(config.cache_size)).with_metrics(metrics));
+        let access = ClientAccess::new(local_addr.ip(), config.allowed_clients.clone());
+        let limiter = (config.rate_limit > 0).then(|| RateLimiter::new(config.rate_limit, config.rate_limit_burst));
+        let handler = Arc::new(
+            Handler::new(zone, snapshots, forwarder, Cache::new(config.cache_size))
+                .with_metrics(metrics)
+                .with_clients(access, limiter),
+        );
         tracing::info!(
             %local_addr,
             udp_sockets = udp.len(),
             domain = %config.cluster_domain,
             upstreams = ?config.upstreams,
+            node_local = handler.access().node_local(),
+            allowed_clients = ?config.allowed_clients,
+            rate_limit = config.rate_limit,
             "DNS listening on UDP and TCP"
         );
         // hickory-server's timeout runs from one query read to the next
@@ -201,7 +215,7 @@ async fn udp_loop(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let mut buf = vec![0u8; usize::from(MAX_UDP_PAYLOAD)];
+    let mut buf = vec![0u8; MAX_UDP_QUERY];
     let mut out = Vec::with_capacity(512);
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {

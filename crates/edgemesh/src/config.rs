@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use edgemesh_dns::DnsConfig;
+pub use edgemesh_http::HttpConfig;
 pub use edgemesh_intercept::{InterceptConfig, InterceptMode};
 pub use edgemesh_kube::KubeConfig;
 pub use edgemesh_manifests::ManifestsConfig;
@@ -85,6 +86,9 @@ pub struct Config {
     pub kube: KubeConfig,
     pub dns: DnsConfig,
     pub proxy: ProxyConfig,
+    /// HTTP-aware proxying of HTTP service ports (see the README's
+    /// "HTTP-aware proxying").
+    pub http: HttpConfig,
     pub admin: AdminConfig,
     pub metrics: MetricsConfig,
     pub intercept: InterceptConfig,
@@ -116,6 +120,7 @@ impl Default for Config {
             kube: KubeConfig::default(),
             dns: DnsConfig::default(),
             proxy: ProxyConfig::default(),
+            http: HttpConfig::default(),
             admin: AdminConfig::default(),
             metrics: MetricsConfig::default(),
             intercept: InterceptConfig::default(),
@@ -190,7 +195,7 @@ impl Config {
         self.vip_cidr.unwrap_or_else(|| {
             let default = match self.intercept.mode {
                 InterceptMode::None => DEFAULT_VIP_CIDR,
-                InterceptMode::Nftables => NODE_MODE_VIP_CIDR,
+                InterceptMode::Nftables | InterceptMode::Ebpf => NODE_MODE_VIP_CIDR,
             };
             default.parse().expect("valid default CIDR")
         })
@@ -201,7 +206,9 @@ impl Config {
     pub fn vip_cidr6(&self) -> Option<IpNet> {
         self.vip_cidr6.or_else(|| match self.intercept.mode {
             InterceptMode::None => None,
-            InterceptMode::Nftables => Some(NODE_MODE_VIP_CIDR6.parse().expect("valid default CIDR")),
+            InterceptMode::Nftables | InterceptMode::Ebpf => {
+                Some(NODE_MODE_VIP_CIDR6.parse().expect("valid default CIDR"))
+            }
         })
     }
 
@@ -210,7 +217,7 @@ impl Config {
     pub fn dns_listen(&self) -> SocketAddr {
         self.dns.listen.unwrap_or(match self.intercept.mode {
             InterceptMode::None => DEFAULT_DNS_LISTEN,
-            InterceptMode::Nftables => NODE_MODE_DNS_LISTEN,
+            InterceptMode::Nftables | InterceptMode::Ebpf => NODE_MODE_DNS_LISTEN,
         })
     }
 
@@ -219,7 +226,9 @@ impl Config {
     pub fn socks_listen(&self) -> SocketAddr {
         self.socks.listen.unwrap_or(match self.intercept.mode {
             InterceptMode::None => edgemesh_socks::DEFAULT_LISTEN,
-            InterceptMode::Nftables => SocketAddr::new(NODE_MODE_DNS_LISTEN.ip(), edgemesh_socks::DEFAULT_PORT),
+            InterceptMode::Nftables | InterceptMode::Ebpf => {
+                SocketAddr::new(NODE_MODE_DNS_LISTEN.ip(), edgemesh_socks::DEFAULT_PORT)
+            }
         })
     }
 
@@ -289,6 +298,7 @@ impl Config {
         if self.proxy.max_udp_sessions == 0 {
             problems.push("proxy.maxUdpSessions must be greater than zero".into());
         }
+        problems.extend(http_problems(&self.http));
         problems.extend(self.intercept.problems());
         problems.extend(self.tunnel.problems());
         problems.extend(self.socks.problems());
@@ -336,3 +346,25 @@ impl std::fmt::Display for YamlProblem {
 
 #[cfg(test)]
 mod tests;
+
+/// What is wrong with the `http` section (only its limits: a zero timeout
+/// turns that timeout off).
+fn http_problems(http: &HttpConfig) -> Vec<String> {
+    let min = edgemesh_http::front::MIN_HEADER_BYTES;
+    let mut problems = Vec::new();
+    if http.max_header_bytes < min {
+        problems
+            .push(format!("http.maxHeaderBytes {} is below the smallest hyper accepts, {min}", http.max_header_bytes));
+    }
+    let zeros = [
+        ("http.maxHeaders", http.max_headers == 0),
+        ("http.maxConcurrentStreams", http.max_concurrent_streams == 0),
+        ("http.maxConnections", http.max_connections == 0),
+    ];
+    for (key, zero) in zeros {
+        if zero {
+            problems.push(format!("{key} must be greater than zero"));
+        }
+    }
+    problems
+}

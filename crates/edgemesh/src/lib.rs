@@ -26,7 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod host;
 pub mod lifecycle;
-mod limits;
+pub mod limits;
 pub mod tunnel;
 
 pub use agent::{Agent, DRAIN_DEADLINE, Deps};

@@ -34,7 +34,7 @@ fn dns_and_round_robin_proxy_to_real_backends() {
     // Case does not matter in DNS.
     assert_eq!(agent.dig(&["+short", "WEB.Shop.svc.cluster.local"]).trim(), vip);
 
-    let srv = agent.dig(&["+short", "SRV", "_http._tcp.web.shop.svc.cluster.local"]);
+    let srv = agent.dig(&["+short", "SRV", "_web._tcp.web.shop.svc.cluster.local"]);
     assert!(srv.contains(" 80 web.shop.svc.cluster.local."), "SRV names the port and the service: {srv}");
     let ptr = agent.dig(&["+short", "-x", &vip]);
     assert_eq!(ptr.trim(), "web.shop.svc.cluster.local.");

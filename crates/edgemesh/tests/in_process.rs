@@ -180,13 +180,13 @@ fn echo_through(addr: SocketAddr, msg: &[u8]) -> Option<TcpStream> {
 
 fn service(ns: &str, name: &str) -> Value {
     json!({"metadata": {"name": name, "namespace": ns},
-           "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "web"}]}})
+           "spec": {"ports": [{"name": "web", "port": 80, "targetPort": "web"}]}})
 }
 
 fn slice(ns: &str, svc: &str, port: u16, node: &str) -> Value {
     json!({"metadata": {"name": format!("{svc}-{port}"), "namespace": ns,
                         "labels": {"kubernetes.io/service-name": svc}},
-           "addressType": "IPv4", "ports": [{"name": "http", "port": port}],
+           "addressType": "IPv4", "ports": [{"name": "web", "port": port}],
            "endpoints": [{"addresses": ["127.0.0.1"], "nodeName": node}]})
 }
 

@@ -14,7 +14,7 @@ use support::*;
 fn service(ns: &str, name: &str) -> Value {
     json!({
         "metadata": {"name": name, "namespace": ns},
-        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "web"}]},
+        "spec": {"ports": [{"name": "web", "port": 80, "targetPort": "web"}]},
     })
 }
 
@@ -25,7 +25,7 @@ fn slice(ns: &str, svc: &str, ports: &[u16]) -> Value {
         "metadata": {"name": format!("{svc}-{}", ports[0]), "namespace": ns,
                      "labels": {"kubernetes.io/service-name": svc}},
         "addressType": "IPv4",
-        "ports": [{"name": "http", "port": ports[0]}],
+        "ports": [{"name": "web", "port": ports[0]}],
         "endpoints": [{"addresses": ["127.0.0.1"], "nodeName": "test-node"}],
     })
 }

@@ -89,7 +89,17 @@ fn a_real_prometheus_scrapes_every_agent_and_counts_the_traffic() {
     ];
     a.manifests(&cluster);
     b.manifests(&cluster);
-    let agent_b = b.start(&["--admin-listen", B_ADMIN, "--dns-listen", B_DNS, "--cluster-domain", B_DOMAIN]);
+    // node-b's DNS on its LAN address answers node-a (its upstream) only.
+    let agent_b = b.start(&[
+        "--admin-listen",
+        B_ADMIN,
+        "--dns-listen",
+        B_DNS,
+        "--cluster-domain",
+        B_DOMAIN,
+        "--dns-allowed-client",
+        "10.0.0.2/32",
+    ]);
     let agent_a = start_node_a(&a);
     let prometheus = Prometheus::start(&mon, &[A_ADMIN, B_ADMIN]);
     wait_for_peer(&agent_a, "node-b", "node-a to reach node-b", |p| p["connection"] == "direct");

@@ -6,7 +6,7 @@
 //!
 //! - [`config`]: the `http` section of the agent's config (limits, timeouts,
 //!   retry budget).
-//! - `front`: the client side: one hyper server connection per client
+//! - [`front`]: the client side: one hyper server connection per client
 //!   connection handed over by the proxy ([`edgemesh_proxy::HttpServe`]):
 //!   HTTP/1.1 keep-alive and HTTP/2 cleartext (prior knowledge and
 //!   `Upgrade: h2c`), the limits (header size and count, request-head
@@ -33,7 +33,9 @@
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod front;
 
 pub use config::HttpConfig;
 pub use dispatch::{Dispatcher, RequestContext, SendFuture, Upstream};
 pub use error::DispatchError;
+pub use front::HttpProxy;

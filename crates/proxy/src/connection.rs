@@ -1,5 +1,7 @@
 //! One client connection: admission -> pick -> connect (with retry) ->
-//! forward.
+//! forward; or, for an HTTP port when the agent has an HTTP layer,
+//! admission -> [`HttpServe::serve`] (still counted active, still dropped
+//! at shutdown).
 //!
 //! A connection that cannot be forwarded (no ready endpoint, every endpoint
 //! failed, over the connection limit) is closed with `SO_LINGER 0`, so the
@@ -29,6 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::balance;
 use crate::error::ProxyError;
+use crate::http::{HttpConnection, HttpServe};
 use crate::metrics::{FailReason, ProxyMetrics};
 use crate::pool::Pool;
 use crate::remote::{Reach, RemoteStream};
@@ -54,6 +57,9 @@ pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
     /// Cancelled at shutdown: connections close.
     pub(crate) stop: CancellationToken,
+    /// Cancelled when the drain starts: HTTP connections end after the
+    /// requests in flight.
+    pub(crate) drain: CancellationToken,
     /// Service addresses served through the transparent listener.
     pub(crate) routes: Routes,
     /// Which endpoints are dialled directly and which through the tunnel.
@@ -62,6 +68,9 @@ pub(crate) struct Shared {
     pub(crate) workers: crate::workers::Workers,
     /// The families the listeners take their ports' series from.
     pub(crate) metrics: Arc<ProxyMetrics>,
+    /// Serves connections to HTTP ports per request, when the agent has
+    /// an HTTP layer (`http.enabled`).
+    pub(crate) http: Option<Arc<dyn HttpServe>>,
 }
 
 /// A connection admitted to its pool: counted as active (in the proxy's
@@ -81,6 +90,7 @@ impl Active {
 impl Drop for Active {
     fn drop(&mut self) {
         self.shared.status.active_connections.fetch_sub(1, Ordering::AcqRel);
+        self.pool.service_connections.fetch_sub(1, Ordering::AcqRel);
         self.pool.metrics.tcp().active.dec();
     }
 }
@@ -100,6 +110,17 @@ pub(crate) fn admit(shared: &Arc<Shared>, pool: &Arc<Pool>, client: std::net::Tc
         status.rejected_connections.fetch_add(1, Ordering::Relaxed);
         metrics.failed(FailReason::Limit).inc();
         pool.report(&ProxyError::OverLimit { addr: pool.addr, max });
+        reset(client);
+        return;
+    }
+    let per_service = shared.live.max_connections_per_service();
+    if pool.service_connections.fetch_add(1, Ordering::AcqRel) >= per_service && per_service > 0 {
+        pool.service_connections.fetch_sub(1, Ordering::AcqRel);
+        status.active_connections.fetch_sub(1, Ordering::AcqRel);
+        status.failed_connections.fetch_add(1, Ordering::Relaxed);
+        metrics.failed(FailReason::Limit).inc();
+        let error = ProxyError::ServiceOverLimit { service: pool.service.clone(), addr: pool.addr, max: per_service };
+        pool.report(&error);
         reset(client);
         return;
     }
@@ -152,7 +173,13 @@ async fn serve(client: TcpStream, peer: IpAddr, active: Active) {
     .await;
 }
 
-async fn proxy(client: TcpStream, peer: IpAddr, pool: &Pool, shared: &Shared) {
+async fn proxy(client: TcpStream, peer: IpAddr, pool: &Arc<Pool>, shared: &Shared) {
+    if let Some(http) = &shared.http
+        && pool.targets().app_protocol.is_http()
+    {
+        // `serve` is boxed already: the L4 future does not grow.
+        return http.serve(http_connection(client, peer, pool, shared)).await;
+    }
     let accepted = Instant::now();
     // `client` has TCP_NODELAY from its listening socket.
     // Boxed: the connect phase (header peek, timer, retry loop) is larger
@@ -181,6 +208,21 @@ async fn proxy(client: TcpStream, peer: IpAddr, pool: &Pool, shared: &Shared) {
     match result {
         Ok(moved) => tracing::trace!(service = %pool.service, ?moved, "connection closed"),
         Err(error) => tracing::debug!(service = %pool.service, %error, "connection ended with an error"),
+    }
+}
+
+/// What the HTTP layer needs to serve `client`, a connection to `pool`'s
+/// HTTP port.
+fn http_connection(client: TcpStream, peer: IpAddr, pool: &Arc<Pool>, shared: &Shared) -> HttpConnection {
+    let peer = client.peer_addr().unwrap_or(SocketAddr::new(peer, 0));
+    HttpConnection {
+        client,
+        peer,
+        pool: pool.clone(),
+        reach: shared.reach.clone(),
+        connect_timeout: shared.live.connect_timeout(),
+        upstream_mark: shared.config.upstream_mark,
+        drain: shared.drain.clone(),
     }
 }
 

@@ -63,6 +63,12 @@ pub enum ProxyError {
     OverLimit { addr: SocketAddr, max: usize },
 
     #[error(
+        "connection to {addr} reset: service {service} is at its limit of {max} connections \
+         (proxy.maxConnectionsPerService); other services are unaffected"
+    )]
+    ServiceOverLimit { service: ServiceKey, addr: SocketAddr, max: usize },
+
+    #[error(
         "UDP datagram dropped: the proxy is at its limit of {max} UDP sessions and this port has none to \
          close; raise proxy.maxUdpSessions or shorten edgemesh.io/udp-idle-timeout"
     )]
@@ -123,6 +129,7 @@ impl ProxyError {
             ProxyError::NoBackendsInFamily { .. } => "no_backends_in_family",
             ProxyError::AllBackendsFailed { .. } => "all_backends_failed",
             ProxyError::OverLimit { .. } => "over_limit",
+            ProxyError::ServiceOverLimit { .. } => "service_over_limit",
             ProxyError::UdpSessionLimit { .. } => "udp_session_limit",
         }
     }

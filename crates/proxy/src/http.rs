@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::pool::Pool;
 use crate::remote::Reach;
@@ -38,6 +39,9 @@ pub struct HttpConnection {
     /// Mark for upstream sockets (`intercept.mark`), so interception lets
     /// them pass.
     pub upstream_mark: Option<u32>,
+    /// Cancelled when the agent drains: the connection should end once its
+    /// requests in flight are answered (the proxy drops it at shutdown).
+    pub drain: CancellationToken,
 }
 
 /// A future the [`HttpServe`] returns.
@@ -48,4 +52,14 @@ pub trait HttpServe: Send + Sync + 'static {
     /// Serves `conn` until the client closes it (or a limit or shutdown
     /// ends it); runs on the proxy worker that accepted it.
     fn serve(&self, conn: HttpConnection) -> HttpFuture;
+
+    /// The service port `port` labelled `service` has no listener left:
+    /// its series go, as the proxy's own do.
+    fn port_removed(&self, _service: &Arc<str>, _port: u16) {}
+}
+
+impl std::fmt::Debug for dyn HttpServe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpServe")
+    }
 }

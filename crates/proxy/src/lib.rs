@@ -126,6 +126,10 @@ pub struct ProxyConfig {
     /// new connections are reset at once instead of exhausting descriptors.
     /// 0: derived from the open-files limit when the proxy is made.
     pub max_connections: usize,
+    /// Connections allowed at once to one service (all its ports); beyond
+    /// it, new connections to that service are reset while others are
+    /// served. 0: no limit besides `max_connections`.
+    pub max_connections_per_service: usize,
     /// UDP sessions allowed at once (each holds one socket); past it, the
     /// oldest idle session of the port is closed for a new client.
     pub max_udp_sessions: usize,
@@ -198,6 +202,7 @@ impl Default for ProxyConfig {
             default_strategy: LbStrategy::RoundRobin,
             connect_timeout: Duration::from_secs(2),
             max_connections: 0,
+            max_connections_per_service: 0,
             max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,
             workers: 0,
             node_name: String::new(),
@@ -287,6 +292,8 @@ pub struct Proxy {
     live: Arc<LiveSettings>,
     /// Cancelled when the agent starts draining (see [`Proxy::with_drain`]).
     drain: Option<CancellationToken>,
+    /// Serves connections to HTTP ports per request (see [`Proxy::with_http`]).
+    http: Option<Arc<dyn HttpServe>>,
 }
 
 /// How often listeners that failed to bind are retried when no new snapshot
@@ -301,7 +308,18 @@ impl Proxy {
         let live = Arc::new(LiveSettings::new(&config));
         let metrics = Arc::new(ProxyMetrics::unregistered());
         let reach = Reach::direct();
-        Self { config, status, snapshots, transparent: None, original_dst, reach, metrics, live, drain: None }
+        Self {
+            config,
+            status,
+            snapshots,
+            transparent: None,
+            original_dst,
+            reach,
+            metrics,
+            live,
+            drain: None,
+            http: None,
+        }
     }
 
     /// Registers the proxy's metrics into `registry` (the agent's
@@ -329,6 +347,14 @@ impl Proxy {
         self
     }
 
+    /// Hands connections to HTTP service ports (`Targets::app_protocol`)
+    /// to `http`, which proxies them per request; without it they are
+    /// proxied per connection like any port.
+    pub fn with_http(mut self, http: Arc<dyn HttpServe>) -> Self {
+        self.http = Some(http);
+        self
+    }
+
     /// Reads intercepted connections' original destinations through
     /// `lookup` instead of `SO_ORIGINAL_DST`.
     pub fn with_original_dst(mut self, lookup: Arc<dyn OriginalDst>) -> Self {
@@ -348,7 +374,8 @@ impl Proxy {
     /// Drains when `drain` is cancelled: every listener closes (new
     /// connections are refused, UDP service ports close with their
     /// sessions) while established TCP connections go on until they end or
-    /// until the `shutdown` token of [`Proxy::run`] closes them. Without
+    /// until the `shutdown` token of [`Proxy::run`] closes them (HTTP
+    /// connections are told to end after their requests in flight). Without
     /// it, shutdown does both at once.
     pub fn with_drain(mut self, drain: CancellationToken) -> Self {
         self.drain = Some(drain);
@@ -360,7 +387,8 @@ impl Proxy {
     /// changes never touch them) and are dropped at shutdown, before this
     /// returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Proxy { config, status, mut snapshots, transparent, original_dst, reach, metrics, live, drain } = self;
+        let Proxy { config, status, mut snapshots, transparent, original_dst, reach, metrics, live, drain, http } =
+            self;
         let drain = drain.unwrap_or_else(|| shutdown.clone());
         tracing::debug!(?config, "proxy starting");
         let workers = match workers::Workers::start(config.workers) {
@@ -377,9 +405,11 @@ impl Proxy {
             status: status.clone(),
             tracker: TaskTracker::new(),
             stop: shutdown.child_token(),
+            drain: drain.child_token(),
             routes: routes::Routes::default(),
             reach,
             metrics,
+            http,
         });
         // Each worker accepts on its socket of each transparent group.
         let handles = shared.workers.handles();

@@ -315,6 +315,8 @@ impl Reconciler {
         // The label the service's pools count under, kept while it has any
         // (asked for when its first listener is made).
         let mut label = current.first().map(|l| l.pool.metrics.service.clone());
+        // The service's connection count, which its pools share (proxy.maxConnectionsPerService).
+        let service_connections = current.first().map_or_else(Default::default, |l| l.pool.service_connections.clone());
         let had_listeners = label.is_some();
         let mut next: Vec<Listener> = Vec::with_capacity(desired.len());
         let mut gone: Vec<Listener> = Vec::new();
@@ -353,7 +355,11 @@ impl Reconciler {
             }
             let service = label.get_or_insert_with(|| shared.metrics.service_label(key)).clone();
             let metrics = shared.metrics.port(service, port.port, protocol);
-            let pool = Arc::new(Pool::new(key.clone(), addr, targets).with_metrics(metrics));
+            let pool = Arc::new(
+                Pool::new(key.clone(), addr, targets)
+                    .with_metrics(metrics)
+                    .with_service_connections(service_connections.clone()),
+            );
             let mut listener = Listener { protocol, pool, bound: None, bind_failures: 0, listen: !routed, routes };
             if listener.listen {
                 unbound |= !self.bind_one(&mut listener);
@@ -392,6 +398,9 @@ impl Reconciler {
             }
             let port_gone = !next.iter().any(|l| l.pool.port == port);
             self.shared.metrics.remove_port(&listener.pool.metrics.service, port, protocol, port_gone);
+            if let (Some(http), Protocol::Tcp) = (&self.shared.http, protocol) {
+                http.port_removed(&listener.pool.metrics.service, port);
+            }
         }
     }
 

@@ -16,6 +16,7 @@ use crate::ProxyConfig;
 pub struct LiveSettings {
     connect_timeout_nanos: AtomicU64,
     max_connections: AtomicUsize,
+    max_connections_per_service: AtomicUsize,
     max_udp_sessions: AtomicUsize,
 }
 
@@ -26,6 +27,7 @@ impl LiveSettings {
         let live = Self {
             connect_timeout_nanos: AtomicU64::new(0),
             max_connections: AtomicUsize::new(0),
+            max_connections_per_service: AtomicUsize::new(0),
             max_udp_sessions: AtomicUsize::new(0),
         };
         live.apply(config);
@@ -40,6 +42,7 @@ impl LiveSettings {
         let nanos = u64::try_from(config.connect_timeout.as_nanos()).unwrap_or(u64::MAX);
         self.connect_timeout_nanos.store(nanos, Ordering::Relaxed);
         self.max_connections.store(config.max_connections, Ordering::Relaxed);
+        self.max_connections_per_service.store(config.max_connections_per_service, Ordering::Relaxed);
         self.max_udp_sessions.store(config.max_udp_sessions, Ordering::Relaxed);
     }
 
@@ -51,6 +54,11 @@ impl LiveSettings {
     /// Connections allowed at once.
     pub fn max_connections(&self) -> usize {
         self.max_connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections allowed at once to one service (0: no limit of its own).
+    pub fn max_connections_per_service(&self) -> usize {
+        self.max_connections_per_service.load(Ordering::Relaxed)
     }
 
     /// UDP sessions allowed at once.

@@ -91,9 +91,10 @@ impl FailReason {
             ProxyError::NoBackends { .. } | ProxyError::NoBackendsInFamily { .. } => FailReason::NoEndpoints,
             // A listener's error and a UDP one: no TCP connection fails with
             // them; counted as resource limits should that change.
-            ProxyError::OverLimit { .. } | ProxyError::UdpSessionLimit { .. } | ProxyError::Bind { .. } => {
-                FailReason::Limit
-            }
+            ProxyError::OverLimit { .. }
+            | ProxyError::ServiceOverLimit { .. }
+            | ProxyError::UdpSessionLimit { .. }
+            | ProxyError::Bind { .. } => FailReason::Limit,
         }
     }
 }

@@ -135,6 +135,10 @@ pub struct Pool {
     /// The VIP:port listened on (with interception, the service's first
     /// address of the pool's family); its family is the pool's.
     pub addr: SocketAddr,
+    /// TCP connections open now to the whole service (every port and
+    /// family): one counter shared by the service's pools, for
+    /// `proxy.maxConnectionsPerService`.
+    pub(crate) service_connections: Arc<std::sync::atomic::AtomicUsize>,
     targets: ArcSwap<Targets>,
     balancer: Balancer,
     /// Passive health and session affinity, allocated on first use. A std
@@ -172,6 +176,7 @@ impl Pool {
             service,
             port: addr.port(),
             addr,
+            service_connections: Arc::default(),
             targets: ArcSwap::from_pointee(targets),
             balancer: Balancer::new(),
             state: Mutex::new(None),
@@ -207,6 +212,13 @@ impl Pool {
     /// Counts into `metrics` (the port's series) instead of nowhere.
     pub fn with_metrics(mut self, metrics: PortMetrics) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Counts its connections in `counter`, which the service's other
+    /// pools share (see [`Pool::service_connections`]).
+    pub fn with_service_connections(mut self, counter: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        self.service_connections = counter;
         self
     }
 

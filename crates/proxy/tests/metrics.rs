@@ -260,3 +260,52 @@ async fn a_removed_port_loses_its_series_and_the_others_keep_theirs() {
     assert_eq!(sample(&text, &http), Some(1.0), "{text}");
     h.stop().await;
 }
+
+/// `proxy.maxConnectionsPerService`: past it, new connections to that
+/// service are reset and counted with reason `limit`, while another
+/// service keeps being served; a slot freed is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_at_its_own_limit_resets_new_connections_and_others_are_served() {
+    let mut h = start_registry(121, LbStrategy::RoundRobin);
+    let registry = h.start_counted_proxy(ProxyConfig { max_connections_per_service: 3, ..config() }, None, 100);
+    add_service(&mut h, "web", &[tcp_echo().await]).await;
+    add_service(&mut h, "api", &[tcp_echo().await]).await;
+    let held = |addr| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        s.read_exact(&mut [0u8; 1]).await.unwrap();
+        s
+    };
+    let mut web = Vec::new();
+    for _ in 0..3 {
+        web.push(held(h.addr("web")).await);
+    }
+    for _ in 0..2 {
+        let r = connect_and_read(h.addr("web")).await;
+        assert!(is_reset_or_eof(&r), "web is full: {r:?}");
+    }
+    // The other service has its own three.
+    let mut api = Vec::new();
+    for _ in 0..3 {
+        api.push(held(h.addr("api")).await);
+    }
+    settles(
+        &registry,
+        &[
+            is(failed("web", "limit"), 2.0),
+            is(failed("api", "limit"), 0.0),
+            is(series("edgemesh_tcp_connections_active", "web"), 3.0),
+            is(series("edgemesh_tcp_connections_active", "api"), 3.0),
+        ],
+    )
+    .await;
+    // One of web's ends: its slot is free again.
+    drop(web.pop());
+    settles(&registry, &[is(series("edgemesh_tcp_connections_active", "web"), 2.0)]).await;
+    web.push(held(h.addr("web")).await);
+    let r = connect_and_read(h.addr("web")).await;
+    assert!(is_reset_or_eof(&r), "full again: {r:?}");
+    settles(&registry, &[is(failed("web", "limit"), 3.0)]).await;
+    drop((web, api));
+    h.stop().await;
+}

@@ -8,7 +8,12 @@ use tokio::net::{TcpListener, UdpSocket};
 /// A TCP echo server: every byte back, and its write side shut after the
 /// client's EOF (half-close aware).
 pub async fn tcp_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tcp_echo_on("127.0.0.1:0").await
+}
+
+/// [`tcp_echo`] on `addr` (e.g. `[::1]:0`).
+pub async fn tcp_echo_on(addr: &str) -> SocketAddr {
+    let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
@@ -24,7 +29,12 @@ pub async fn tcp_echo() -> SocketAddr {
 
 /// A UDP echo server: every datagram back to its sender.
 pub async fn udp_echo() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp_echo_on("127.0.0.1:0").await
+}
+
+/// [`udp_echo`] on `addr` (e.g. `[::1]:0`).
+pub async fn udp_echo_on(addr: &str) -> SocketAddr {
+    let socket = UdpSocket::bind(addr).await.unwrap();
     let addr = socket.local_addr().unwrap();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65536];

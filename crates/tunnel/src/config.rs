@@ -1,6 +1,6 @@
 //! Tunnel configuration.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -73,6 +73,11 @@ pub struct TunnelConfig {
     /// objects annotated `edgemesh.io/peer-id` (and winning over them); see
     /// [`TunnelConfig::allow_list`].
     pub peers: BTreeMap<String, String>,
+    /// When set, the only peer IDs this agent keeps a connection with (besides its `relays`):
+    /// any other peer is refused when its connection is established, before it can say or ask
+    /// anything; see [`TunnelConfig::allowed_peer_ids`]. Empty: any peer may connect (and is
+    /// still refused proxy streams unless bound to a node).
+    pub allowed_peers: Vec<String>,
     /// Proxy streams this agent opens on one connection (yamux and QUIC are sized for it); see
     /// [`DEFAULT_MAX_STREAMS_PER_CONNECTION`].
     pub max_streams_per_connection: usize,
@@ -136,6 +141,21 @@ impl TunnelConfig {
             .collect()
     }
 
+    /// The peers of `allowed_peers` (`None` when it is empty: no allow-list), a bad one named.
+    pub fn allowed_peer_ids(&self) -> Result<Option<HashSet<PeerId>>, TunnelError> {
+        if self.allowed_peers.is_empty() {
+            return Ok(None);
+        }
+        self.allowed_peers
+            .iter()
+            .map(|peer| {
+                PeerId::from_str(peer.trim())
+                    .map_err(|_| TunnelError::Config(format!("tunnel.allowedPeers: {peer:?} is not a libp2p peer ID")))
+            })
+            .collect::<Result<HashSet<_>, _>>()
+            .map(Some)
+    }
+
     /// Problems with these settings, each naming its key (checked with the
     /// rest of the agent's config, before anything starts).
     pub fn problems(&self) -> Vec<String> {
@@ -170,6 +190,9 @@ impl TunnelConfig {
         if let Err(e) = self.allow_list() {
             problems.push(e.to_string());
         }
+        if let Err(e) = self.allowed_peer_ids() {
+            problems.push(e.to_string());
+        }
         if let Err(e) = self.liveness() {
             problems.push(format!("tunnel.{e}"));
         }
@@ -192,6 +215,7 @@ impl Default for TunnelConfig {
             mdns: true,
             upnp: true,
             peers: BTreeMap::new(),
+            allowed_peers: Vec::new(),
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             connect_timeout: Duration::from_secs(10),
             idle_connection_timeout: Duration::from_secs(120),

@@ -93,17 +93,22 @@ fn create(path: &Path) -> Result<Keypair, TunnelError> {
     }
 }
 
-/// Reads a go-libp2p `swarm.key` file. Loose permissions only earn a warning (Kubernetes
-/// mounts secrets 0644 by default).
+/// Reads a go-libp2p `swarm.key` file. One that others can read (or a group or others can
+/// write) is an error naming the file, its mode and the `chmod` that fixes it: whoever holds
+/// the key is inside the private network. Kubernetes mounts secrets 0644 unless the volume
+/// sets `defaultMode: 0400`.
 pub(crate) fn load_psk(path: &Path) -> Result<PreSharedKey, TunnelError> {
     let err = |message: String| TunnelError::Psk { path: path.to_owned(), message };
-    let text = fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    if let Ok(meta) = fs::metadata(path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o007 != 0 {
-            tracing::warn!(path = %path.display(), mode = format!("{mode:04o}"), "the pre-shared key file is readable by others");
-        }
+    let meta = fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o026 != 0 {
+        return Err(err(format!(
+            "permissions {mode:04o} are too open (the pre-shared key must not be readable by others nor \
+             writable by its group: chmod 600 {}; for a Kubernetes Secret volume set defaultMode: 0400)",
+            path.display()
+        )));
     }
+    let text = fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
     text.trim_start().parse::<PreSharedKey>().map_err(|e| {
         err(format!("not a swarm key ({e}); expected \"/key/swarm/psk/1.0.0/\\n/base16/\\n<64 hex digits>\""))
     })
@@ -165,9 +170,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("swarm.key");
         fs::write(&path, format!("/key/swarm/psk/1.0.0/\n/base16/\n{}\n", "ab".repeat(32))).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         load_psk(&path).unwrap();
         fs::write(&path, "/key/swarm/psk/1.0.0/\n/base16/\nzz\n").unwrap();
         let e = load_psk(&path).unwrap_err().to_string();
         assert!(e.contains("swarm.key"), "{e}");
+    }
+
+    #[test]
+    fn a_psk_others_can_read_or_the_group_write_is_refused_naming_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("swarm.key");
+        fs::write(&path, format!("/key/swarm/psk/1.0.0/\n/base16/\n{}\n", "ab".repeat(32))).unwrap();
+        for mode in [0o644, 0o604, 0o620, 0o666] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let e = load_psk(&path).unwrap_err().to_string();
+            let shown = format!("{mode:04o}");
+            assert!(e.contains(&path.display().to_string()) && e.contains(&shown), "{e}");
+            assert!(e.contains(&format!("chmod 600 {}", path.display())), "{e}");
+        }
+        // The owner's alone, or shared read-only with a group: fine.
+        for mode in [0o600, 0o400, 0o640, 0o440] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            load_psk(&path).unwrap_or_else(|e| panic!("{mode:o}: {e}"));
+        }
     }
 }

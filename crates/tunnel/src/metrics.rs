@@ -55,6 +55,35 @@ struct RelayLabels {
     relay: Arc<str>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Why a peer's connection was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Not in `tunnel.allowedPeers`.
+    NotAllowed,
+    /// Its hello claims a node no peer ID is bound to.
+    UnknownNode,
+    /// Its hello claims a node bound to another peer ID.
+    PeerMismatch,
+    /// Its hello could not be read.
+    Malformed,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::NotAllowed => "not_allowed",
+            Refusal::UnknownNode => "unknown_node",
+            Refusal::PeerMismatch => "peer_mismatch",
+            Refusal::Malformed => "malformed",
+        }
+    }
+}
+
 type RttGauge = Gauge<f64, AtomicU64>;
 
 /// One node's stream and byte series, resolved once per peer (see the peer table).
@@ -95,6 +124,7 @@ pub struct TunnelMetrics {
     holepunch_successes: Family<NodeLabels, Counter>,
     relay_reservations: Family<RelayLabels, Gauge>,
     relay_circuits: Family<RelayLabels, Gauge>,
+    peers_refused: Family<ReasonLabels, Counter>,
     /// The configured relays (the only `relay` label values besides `other`).
     relays: Mutex<HashSet<PeerId>>,
     pub(crate) relay_served_reservations: Gauge,
@@ -129,6 +159,7 @@ impl TunnelMetrics {
             holepunch_successes: Family::default(),
             relay_reservations: Family::default(),
             relay_circuits: Family::default(),
+            peers_refused: Family::default(),
             relays: Mutex::default(),
             relay_served_reservations: Gauge::default(),
             relay_served_circuits: Gauge::default(),
@@ -173,6 +204,12 @@ impl TunnelMetrics {
         );
         r.register("relay_reservations", "Reservations this node holds on the relay", m.relay_reservations.clone());
         r.register("relay_circuits", "Relayed connections open through the relay", m.relay_circuits.clone());
+        r.register(
+            "peers_refused",
+            "Peer connections closed by this node: not in tunnel.allowedPeers, or claiming a node name not bound \
+             to their peer ID",
+            m.peers_refused.clone(),
+        );
         r.register(
             "relay_served_reservations",
             "Reservations this node holds for others as a relay server",
@@ -245,6 +282,10 @@ impl TunnelMetrics {
     pub(crate) fn dialed(&self, node: &Arc<str>, ok: bool) {
         let labels = ResultLabels { node: node.clone(), result: if ok { "ok" } else { "error" } };
         self.dials.get_or_create(&labels).inc();
+    }
+
+    pub(crate) fn peer_refused(&self, why: Refusal) {
+        self.peers_refused.get_or_create(&ReasonLabels { reason: why.label() }).inc();
     }
 
     pub(crate) fn holepunch_attempt(&self, node: &Arc<str>) {

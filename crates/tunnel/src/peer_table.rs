@@ -326,6 +326,11 @@ impl PeerTable {
     }
 
     /// Whether to log a warning of this kind about this peer now (rate limited).
+    /// The tunnel's metrics, for the parts that count events beside the table.
+    pub(crate) fn metrics(&self) -> &TunnelMetrics {
+        &self.metrics
+    }
+
     pub(crate) fn should_warn(&self, peer: PeerId, kind: &'static str) -> bool {
         let mut w = lock(&self.warned);
         let now = Instant::now();

@@ -3,12 +3,13 @@
 //! UPnP port mapping, the edgemesh streams).
 
 use std::{
+    collections::HashSet,
     num::{NonZeroU32, NonZeroUsize},
     time::Duration,
 };
 
 use libp2p::{
-    Multiaddr, PeerId, Swarm, Transport, autonat,
+    Multiaddr, PeerId, Swarm, Transport, allow_block_list, autonat,
     core::{muxing::StreamMuxerBox, transport::Boxed, upgrade::Version},
     dcutr, identify,
     identity::Keypair,
@@ -26,6 +27,9 @@ pub(crate) const PROTOCOL_VERSION: &str = "/edgemesh/1.0.0";
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// `tunnel.allowedPeers`: first, so that a peer not on the list is refused before any
+    /// other behaviour sees its connection.
+    allowed: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
     relay_client: relay::client::Behaviour,
     relay_server: Toggle<relay::Behaviour>,
     dcutr: dcutr::Behaviour,
@@ -81,6 +85,8 @@ pub(crate) struct SwarmParams<'a> {
     pub tcp_user_timeout: Duration,
     /// The TTL of a hole punch dial's first SYN (0: no priming; see `punch`).
     pub punch_ttl: u8,
+    /// The only peers connections are kept with (`None`: any).
+    pub allowed_peers: Option<HashSet<PeerId>>,
 }
 
 pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
@@ -135,7 +141,15 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
         None
     };
     let (streams, control, inbound) = streams::Behaviour::new(p.max_streams, p.liveness);
+    let allowed = p.allowed_peers.map(|peers| {
+        let mut list = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+        for peer in peers {
+            list.allow_peer(peer);
+        }
+        list
+    });
     let behaviour = Behaviour {
+        allowed: allowed.into(),
         relay_client,
         relay_server: p.relay_server.map(|l| relay::Behaviour::new(local, relay_config(l))).into(),
         dcutr: dcutr::Behaviour::new(local),

@@ -28,13 +28,13 @@ use std::{
 
 use futures::StreamExt;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, autonat,
+    Multiaddr, PeerId, Swarm, allow_block_list, autonat,
     core::transport::ListenerId,
     dcutr, identify, mdns,
     multiaddr::Protocol,
     relay,
     swarm::{
-        SwarmEvent,
+        ConnectionDenied, ListenError, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
     },
 };
@@ -52,7 +52,7 @@ use self::{
 };
 use crate::{
     messages::{Command, Connected},
-    metrics::TunnelMetrics,
+    metrics::{Refusal, TunnelMetrics},
     peer_table::PeerTable,
     settings::Settings,
     streams::{Control, is_relayed},
@@ -268,7 +268,12 @@ impl Task {
                     self.bootstrap.closed(peer_id);
                 }
             }
+            SwarmEvent::IncomingConnectionError { peer_id, error: ListenError::Denied { cause }, .. } => {
+                self.denied(peer_id, &cause);
+            }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                // Our own dials of peers tunnel.allowedPeers does not list (found by mDNS,
+                // say) are denied too: not a refusal of anyone, so only logged here.
                 tracing::debug!(peer = ?peer_id, %error, "outgoing connection failed");
                 self.bootstrap.dial_failed(connection_id, &error);
                 self.lan.failed(connection_id, Instant::now());
@@ -310,6 +315,21 @@ impl Task {
             }
             SwarmEvent::Behaviour(ev) => self.on_behaviour(ev),
             _ => {}
+        }
+    }
+
+    /// An inbound connection refused as it was established: counted, and logged (once per peer
+    /// and interval), when `tunnel.allowedPeers` does not list the peer.
+    fn denied(&self, peer: Option<PeerId>, cause: &ConnectionDenied) {
+        if cause.downcast_ref::<allow_block_list::NotAllowed>().is_none() {
+            return;
+        }
+        self.peers.metrics().peer_refused(Refusal::NotAllowed);
+        match peer {
+            Some(peer) if self.peers.should_warn(peer, "not-allowed") => {
+                tracing::warn!(%peer, "refusing a peer that tunnel.allowedPeers does not list: connection closed");
+            }
+            _ => tracing::debug!(?peer, "refused a peer tunnel.allowedPeers does not list"),
         }
     }
 
@@ -386,6 +406,7 @@ impl Task {
                 self.relays.set_reserve(!self.reachability.public(), &mut self.swarm, &self.peers);
             }
             BehaviourEvent::Streams(e) | BehaviourEvent::Punch(e) => match e {},
+            BehaviourEvent::Allowed(e) => match e {},
         }
     }
 }

@@ -123,6 +123,12 @@ impl Tunnel {
             max_streams = MAX_STREAMS_PER_CONNECTION;
         }
         let liveness = config.liveness().map_err(TunnelError::Config)?;
+        let relay_peers: HashSet<PeerId> = config.relays.iter().filter_map(streams::peer_of_addr).collect();
+        // Our relays are always allowed: without them the listed peers behind NAT are unreachable.
+        let allowed_peers = config.allowed_peer_ids()?.map(|mut peers| {
+            peers.extend(relay_peers.iter().copied());
+            peers
+        });
         let built = swarm::build(SwarmParams {
             key: &key,
             psk,
@@ -136,6 +142,7 @@ impl Tunnel {
             liveness,
             tcp_user_timeout: config.tcp_user_timeout,
             punch_ttl: config.punch_ttl,
+            allowed_peers,
         })?;
         let mut swarm = built.swarm;
         let mut listeners = HashSet::new();
@@ -155,7 +162,6 @@ impl Tunnel {
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (connected_tx, connected_rx) = mpsc::unbounded_channel();
         let (listen_tx, listen_addrs) = watch::channel(Vec::new());
-        let relay_peers: HashSet<PeerId> = config.relays.iter().filter_map(streams::peer_of_addr).collect();
         let settings = Arc::new(Settings {
             local_peer: key.public().to_peer_id(),
             node_name: config.node_name.clone(),

@@ -10,18 +10,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 type Tcp = TunnelProtocol;
 
-/// B, and A bootstrapped from B, sharing one directory that binds both names.
-async fn pair(keys: &Keys) -> (Node, Node, Arc<TestDirectory>) {
-    let dir = Arc::new(TestDirectory::default());
-    dir.bind("a", keys.peer("a"));
-    dir.bind("b", keys.peer("b"));
-    let b = start(config(keys, "b"), dir.clone()).await;
-    let mut ca = config(keys, "a");
-    ca.bootstrap = vec![b.addr()];
-    let a = start(ca, dir.clone()).await;
-    (a, b, dir)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_echo_half_close_and_peers() {
     init_tracing();
@@ -218,6 +206,8 @@ async fn impersonator_and_unknown_peer_get_nothing() {
 fn write_psk(keys: &Keys, name: &str, hex_byte: &str) -> std::path::PathBuf {
     let p = keys.dir.path().join(name);
     std::fs::write(&p, format!("/key/swarm/psk/1.0.0/\n/base16/\n{}\n", hex_byte.repeat(32))).unwrap();
+    // The owner's only: the tunnel refuses a key others can read.
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     p
 }
 

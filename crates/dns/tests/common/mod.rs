@@ -40,8 +40,16 @@ impl Harness {
     }
 
     pub async fn start_with(objects: Vec<Object>, config: DnsConfig) -> Self {
+        Self::start_bound(objects, |snapshots| async move { DnsServer::bind(config, snapshots).await }).await
+    }
+
+    async fn start_bound<F, Fut>(objects: Vec<Object>, bind: F) -> Self
+    where
+        F: FnOnce(RegistryHandle) -> Fut,
+        Fut: std::future::Future<Output = Result<DnsServer, edgemesh_dns::DnsError>>,
+    {
         let RunningRegistry { sink, snapshots, .. } = start_registry("9.251.0.0/16");
-        let server = DnsServer::bind(config, snapshots.clone()).await.expect("bind DNS");
+        let server = bind(snapshots.clone()).await.expect("bind DNS");
         let addr = server.local_addr();
         assert_ne!(addr.port(), 0);
         let mut metrics = AgentRegistry::new("test");
@@ -161,7 +169,7 @@ pub async fn dig(addr: SocketAddr, args: &[&str]) -> Dig {
     parse_dig(raw)
 }
 
-fn parse_dig(raw: String) -> Dig {
+pub fn parse_dig(raw: String) -> Dig {
     let mut dig = Dig::default();
     let mut section: Option<&str> = None;
     for line in raw.lines() {

@@ -115,6 +115,13 @@ pub const FLAGS: &[Flag] = &[
         help: "Upstream resolver for names outside the cluster domain (repeatable). Default: the nameservers of /etc/resolv.conf.",
     },
     Flag {
+        long: "dns-allowed-client",
+        key: "dns.allowedClients",
+        takes: Values("CIDR"),
+        implies: None,
+        help: "Network whose queries DNS answers besides this node's own (repeatable), e.g. the pod CIDR; needed only when --dns-listen is not node-local. Everyone else gets REFUSED.",
+    },
+    Flag {
         long: "cluster-domain",
         key: "dns.clusterDomain",
         takes: One("DOMAIN"),
@@ -168,7 +175,21 @@ pub const FLAGS: &[Flag] = &[
         key: "intercept.mode",
         takes: One("MODE"),
         implies: None,
-        help: "Interception of service addresses: none (clients use the VIPs) or nftables (connections to cluster IPs and VIPs are redirected to the agent; needs root or CAP_NET_ADMIN and nft).",
+        help: "Interception of service addresses: none (clients use the VIPs), nftables (connections to cluster IPs and VIPs are redirected to the agent; needs root or CAP_NET_ADMIN and nft) or ebpf (the kernel fast path: BPF programs connect clients straight to local endpoints, the rest to the agent; needs CAP_BPF and CAP_NET_ADMIN, cgroup v2).",
+    },
+    Flag {
+        long: "cgroup-path",
+        key: "intercept.cgroupPath",
+        takes: One("DIR"),
+        implies: None,
+        help: "With --intercept ebpf: the cgroup v2 directory the programs attach to (its processes and those below). Default: the cgroup v2 root.",
+    },
+    Flag {
+        long: "ebpf-fallback",
+        key: "intercept.fallback",
+        takes: One("MODE"),
+        implies: None,
+        help: "With --intercept ebpf, when the kernel or the process lacks what the fast path needs: none (refuse to start) or nftables (run nftables mode and say so). Default: none.",
     },
     Flag {
         long: "intercept-port",
@@ -239,6 +260,13 @@ pub const FLAGS: &[Flag] = &[
         takes: One("FILE"),
         implies: None,
         help: "The tunnel identity key file. Default: <state-dir>/tunnel.key.",
+    },
+    Flag {
+        long: "allowed-peer",
+        key: "tunnel.allowedPeers",
+        takes: Values("PEER_ID"),
+        implies: None,
+        help: "The only peer IDs the tunnel keeps a connection with (repeatable; its relays are added). Default: any peer (still refused proxy streams unless bound to a node).",
     },
     Flag {
         long: "no-mdns",

@@ -163,6 +163,17 @@ fn tunnel_liveness_settings_are_checked_with_the_rest() {
 }
 
 #[test]
+fn http_limits_are_checked_with_the_rest() {
+    let c = Config::from_yaml("nodeName: n1\nhttp:\n  maxHeaderBytes: 1024\n  maxConnections: 0\n").unwrap();
+    let msg = c.validate().unwrap_err().to_string();
+    assert!(msg.contains("http.maxHeaderBytes 1024 is below the smallest hyper accepts, 8192"), "{msg}");
+    assert!(msg.contains("http.maxConnections must be greater than zero"), "{msg}");
+    let off = Config::from_yaml("nodeName: n1\nhttp:\n  enabled: false\n  idleTimeout: 0s\n").unwrap();
+    assert!(off.validate().is_ok());
+    assert!(!off.http.enabled);
+}
+
+#[test]
 fn the_socks_entry_listens_on_the_node_local_address() {
     let plain = Config::from_yaml("socks:\n  enabled: true\n").unwrap();
     assert_eq!(plain.socks_listen(), "127.0.0.1:10800".parse().unwrap());

@@ -22,11 +22,13 @@ pub const LIVE_KEYS: &[&str] = &[
     "proxy.defaultStrategy",
     "proxy.connectTimeout",
     "proxy.maxConnections",
+    "proxy.maxConnectionsPerService",
     "proxy.maxUdpSessions",
     "dns.upstreams",
     "dns.upstreamTimeout",
     "dns.serviceTtl",
     "dns.negativeTtl",
+    "dns.allowedClients",
 ];
 
 /// Whether a reload applies `key` live.

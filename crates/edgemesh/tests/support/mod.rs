@@ -148,6 +148,11 @@ impl Agent {
         Agent { child, dns_port, admin, manifests: manifests.to_owned(), log, _dir: dir }
     }
 
+    /// The agent's process ID (for `/proc/<pid>`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -323,17 +328,19 @@ impl Drop for Nginx {
     }
 }
 
-/// A Service plus one EndpointSlice with these backends on 127.0.0.1.
+/// A Service plus one EndpointSlice with these backends on 127.0.0.1; its
+/// port is named `web`, so it is proxied per connection (L4) whatever the
+/// backends speak.
 pub fn service_yaml(ns: &str, name: &str, port: u16, backends: &[u16], annotations: &str) -> String {
     let mut y = format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\n{annotations}spec:\n  ports:\n  \
-         - name: http\n    port: {port}\n    targetPort: web\n"
+         - name: web\n    port: {port}\n    targetPort: web\n"
     );
     for (i, b) in backends.iter().enumerate() {
         y += &format!(
             "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-{i}\n  \
              namespace: {ns}\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n- \
-             name: http\n  port: {b}\nendpoints:\n- addresses: [127.0.0.1]\n  nodeName: test-node\n"
+             name: web\n  port: {b}\nendpoints:\n- addresses: [127.0.0.1]\n  nodeName: test-node\n"
         );
     }
     y

@@ -125,9 +125,9 @@ fn pod_slices(name: &str, pod_addresses: &[&str], port_name: &str, protocol: &st
 pub fn service(name: &str, cluster_ips: &[&str], port: u16) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n{}  \
-         ports:\n  - name: http\n    port: {port}\n    targetPort: 80\n",
+         ports:\n  - name: web\n    port: {port}\n    targetPort: 80\n",
         cluster_ip_lines(cluster_ips)
-    ) + &pod_slices(name, &["10.244.1.2", "fd00:244:1::2"], "http", "TCP", 80)
+    ) + &pod_slices(name, &["10.244.1.2", "fd00:244:1::2"], "web", "TCP", 80)
 }
 
 /// A TCP Service with no cluster IP that asks for IPv6 only, served by the
@@ -135,9 +135,9 @@ pub fn service(name: &str, cluster_ips: &[&str], port: u16) -> String {
 pub fn ipv6_only_service(name: &str, port: u16) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  \
-         ipFamilies: [IPv6]\n  ipFamilyPolicy: SingleStack\n  ports:\n  - name: http\n    port: {port}\n    \
+         ipFamilies: [IPv6]\n  ipFamilyPolicy: SingleStack\n  ports:\n  - name: web\n    port: {port}\n    \
          targetPort: 80\n"
-    ) + &pod_slices(name, &["fd00:244:1::2"], "http", "TCP", 80)
+    ) + &pod_slices(name, &["fd00:244:1::2"], "web", "TCP", 80)
 }
 
 /// A UDP Service on `port` with these cluster IPs, and a `nodePort` when
@@ -160,10 +160,10 @@ pub fn udp_service(name: &str, cluster_ips: &[&str], port: u16, node_port: Optio
 pub fn node_port_service(name: &str, cluster_ips: &[&str], port: u16, node_port: u16) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  \
-         type: NodePort\n{}  ports:\n  - name: http\n    port: {port}\n    targetPort: 80\n    \
+         type: NodePort\n{}  ports:\n  - name: web\n    port: {port}\n    targetPort: 80\n    \
          nodePort: {node_port}\n",
         cluster_ip_lines(cluster_ips)
-    ) + &pod_slices(name, &pods_of_families(cluster_ips), "http", "TCP", 80)
+    ) + &pod_slices(name, &pods_of_families(cluster_ips), "web", "TCP", 80)
 }
 
 /// A dual-stack Service `name` (cluster IPs `cluster_ips`, one `protocol`

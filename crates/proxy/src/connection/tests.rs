@@ -22,10 +22,12 @@ pub(crate) fn shared_with_workers(workers: usize) -> Arc<Shared> {
         status: Arc::new(ProxyStatus::default()),
         tracker: TaskTracker::new(),
         stop: CancellationToken::new(),
+        drain: CancellationToken::new(),
         routes: Default::default(),
         reach: Default::default(),
         workers: crate::workers::Workers::start(workers).unwrap(),
         metrics: Arc::new(ProxyMetrics::unregistered()),
+        http: None,
     })
 }
 

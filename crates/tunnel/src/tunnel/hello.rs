@@ -14,6 +14,7 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use super::context::Context;
 use crate::{
     messages::{Command, Connected},
+    metrics::Refusal,
     peer_table::Claim,
     streams::{HELLO, Inbound},
     wire::{self, HEADER_TIMEOUT, Hello, HelloStatus},
@@ -170,6 +171,11 @@ pub(super) async fn serve_hello(ctx: Arc<Context>, s: Inbound) {
     if keep {
         return;
     }
+    ctx.peers.metrics().peer_refused(match status {
+        HelloStatus::PeerMismatch => Refusal::PeerMismatch,
+        HelloStatus::UnknownNode => Refusal::UnknownNode,
+        _ => Refusal::Malformed,
+    });
     if ctx.peers.should_warn(peer, "refused") {
         let why = match status {
             HelloStatus::PeerMismatch => "the node name is bound to another peer ID",

@@ -12,7 +12,7 @@ use std::{
 pub use edgemesh_test_support::eventually;
 // (Test binaries that use none of them would warn.)
 #[allow(unused_imports)]
-pub use edgemesh_test_support::loopback::{closed_tcp_port, tcp_echo, udp_echo};
+pub use edgemesh_test_support::loopback::{closed_tcp_port, tcp_echo, tcp_echo_on, udp_echo, udp_echo_on};
 use edgemesh_tunnel::{
     CancellationToken, Directory, Multiaddr, PeerId, Tunnel, TunnelConfig, TunnelProtocol, load_or_create_identity,
 };
@@ -129,4 +129,16 @@ pub async fn count_then_answer_server() -> SocketAddr {
         }
     });
     addr
+}
+
+/// B, and A bootstrapped from B, sharing one directory that binds both names.
+pub async fn pair(keys: &Keys) -> (Node, Node, Arc<TestDirectory>) {
+    let dir = Arc::new(TestDirectory::default());
+    dir.bind("a", keys.peer("a"));
+    dir.bind("b", keys.peer("b"));
+    let b = start(config(keys, "b"), dir.clone()).await;
+    let mut ca = config(keys, "a");
+    ca.bootstrap = vec![b.addr()];
+    let a = start(ca, dir.clone()).await;
+    (a, b, dir)
 }

@@ -1,0 +1,336 @@
+//! One client connection, from the hand-off to its close: hyper serves it;
+//! this module adds what hyper does not do (the idle timeout, a deadline
+//! for the HTTP/2 preface), tells which limit ended a connection from
+//! hyper's error, and handles each request (headers, upgrades, errors).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use edgemesh_proxy::HttpConnection;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::metrics::PortHandles;
+use super::respond::{self, FrontBody};
+use super::{Limit, MIN_HEADER_BYTES, Shared, Slot, headers};
+use crate::RequestContext;
+
+/// Length of the HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE_LEN: u64 = 24;
+
+/// How often the timers look again when nothing is due.
+const NOTHING_DUE: Duration = Duration::from_secs(3600);
+
+type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What the requests of one connection and its timers share.
+struct ConnState {
+    peer: SocketAddr,
+    /// The client's forwarding header values.
+    forwarding: headers::Forwarding,
+    accepted: Instant,
+    /// Bytes read from the client so far.
+    read: AtomicU64,
+    flight: Mutex<Flight>,
+    /// The upgraded connection's copy, run once hyper lets go of the
+    /// connection (an HTTP/1.1 connection upgrades at most once).
+    upgrade: Mutex<Option<Tunnel>>,
+}
+
+/// Requests in flight, and since when and from which byte there was none.
+struct Flight {
+    requests: u64,
+    in_flight: usize,
+    idle_since: Instant,
+    read_at_idle: u64,
+}
+
+impl ConnState {
+    fn flight(&self) -> MutexGuard<'_, Flight> {
+        self.flight.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A request started; returns how many are in flight now.
+    fn start(&self) -> usize {
+        let mut flight = self.flight();
+        flight.requests += 1;
+        flight.in_flight += 1;
+        flight.in_flight
+    }
+
+    fn finish(&self) {
+        let mut flight = self.flight();
+        flight.in_flight -= 1;
+        if flight.in_flight == 0 {
+            flight.idle_since = Instant::now();
+            flight.read_at_idle = self.read.load(Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes the client sent since its last request ended (a partial head).
+    fn read_since_idle(&self) -> u64 {
+        self.read.load(Ordering::Relaxed).saturating_sub(self.flight().read_at_idle)
+    }
+
+    /// What the timers do at `now`.
+    fn check(&self, head_timeout: Duration, idle_timeout: Duration, now: Instant) -> Check {
+        let flight = self.flight();
+        let mut next = now + NOTHING_DUE;
+        // hyper times HTTP/1.1 heads, but not the wait for the preface
+        // that tells HTTP/2 from HTTP/1.1.
+        if !head_timeout.is_zero() && flight.requests == 0 && self.read.load(Ordering::Relaxed) < PREFACE_LEN {
+            let deadline = self.accepted + head_timeout;
+            if now >= deadline {
+                return Check::Preface;
+            }
+            next = next.min(deadline);
+        }
+        if !idle_timeout.is_zero() {
+            if flight.in_flight == 0 {
+                let deadline = flight.idle_since + idle_timeout;
+                if now >= deadline {
+                    return Check::Idle;
+                }
+                next = next.min(deadline);
+            } else {
+                next = next.min(now + idle_timeout);
+            }
+        }
+        Check::Wait(next)
+    }
+}
+
+enum Check {
+    Wait(Instant),
+    /// No preface (nor HTTP/1.1 request line) within the head timeout.
+    Preface,
+    /// No request in flight for the idle timeout.
+    Idle,
+}
+
+/// Serves `conn` until the client closes it, a limit closes it, or the
+/// proxy drops this future at shutdown.
+pub(super) async fn serve(front: Arc<Shared>, conn: HttpConnection, _slot: Slot) {
+    let HttpConnection { client, peer, pool, reach, connect_timeout, upstream_mark, drain } = conn;
+    // The proxy's label for the port (bounded by `metrics.maxServices`).
+    let label = pool.service_label().unwrap_or_else(|| Arc::from(pool.service.to_string()));
+    let handles = Arc::new(front.metrics.port(label, pool.port));
+    handles.active.inc();
+    let _active = scopeguard(handles.clone());
+    let ctx = Arc::new(RequestContext { pool, reach, connect_timeout, upstream_mark, client: peer });
+    let now = Instant::now();
+    let state = Arc::new(ConnState {
+        peer,
+        forwarding: headers::Forwarding::new(peer.ip()),
+        accepted: now,
+        read: AtomicU64::new(0),
+        flight: Mutex::new(Flight { requests: 0, in_flight: 0, idle_since: now, read_at_idle: 0 }),
+        upgrade: Mutex::new(None),
+    });
+    let io = TokioIo::new(Counting { inner: client, state: state.clone() });
+    let service = {
+        let (front, state) = (front.clone(), state.clone());
+        service_fn(move |req| handle(front.clone(), ctx.clone(), state.clone(), handles.clone(), req))
+    };
+    let conn = front.builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let (head_timeout, idle_timeout) = (front.config.request_head_timeout, front.config.idle_timeout);
+    let timer = tokio::time::sleep(NOTHING_DUE);
+    tokio::pin!(timer);
+    timer.as_mut().reset(now);
+    let mut closing = false;
+    let limits = &front.metrics.limits;
+    let draining = drain.cancelled();
+    tokio::pin!(draining);
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            () = &mut draining, if !closing => {
+                // HTTP/1.1: close once the response in flight is sent;
+                // HTTP/2: GOAWAY, the open streams finish.
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = &mut timer, if !closing => match state.check(head_timeout, idle_timeout, Instant::now()) {
+                Check::Wait(at) => timer.as_mut().reset(at),
+                Check::Preface => {
+                    limits.hit(Limit::HeadTimeout, Some(peer));
+                    break Ok(());
+                }
+                Check::Idle => {
+                    limits.hit(Limit::IdleTimeout, Some(peer));
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            },
+        }
+    };
+    if let Err(error) = result {
+        match error.downcast_ref::<hyper::Error>() {
+            Some(e) if e.is_parse_too_large() => {
+                let max = front.config.max_header_bytes.max(MIN_HEADER_BYTES) as u64;
+                let limit = if state.read_since_idle() >= max { Limit::HeaderSize } else { Limit::HeaderCount };
+                limits.hit(limit, Some(peer));
+            }
+            Some(e) if e.is_timeout() => {
+                // hyper's head timer also runs while a keep-alive
+                // connection waits for its next request.
+                let limit = if state.read_since_idle() > 0 { Limit::HeadTimeout } else { Limit::IdleTimeout };
+                limits.hit(limit, Some(peer));
+            }
+            _ => tracing::debug!(%peer, %error, "client connection ended with an error"),
+        }
+    }
+    let upgrade = state.upgrade.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(tunnel) = upgrade {
+        tunnel.await;
+    }
+}
+
+/// Decrements the connection gauge when the connection ends.
+fn scopeguard(handles: Arc<PortHandles>) -> impl Drop {
+    struct Guard(Arc<PortHandles>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.active.dec();
+        }
+    }
+    Guard(handles)
+}
+
+/// Ends a request when its response body ends: its duration, and its
+/// connection's time in flight.
+struct RequestDone {
+    state: Arc<ConnState>,
+    handles: Arc<PortHandles>,
+    started: Instant,
+}
+
+impl Drop for RequestDone {
+    fn drop(&mut self) {
+        self.handles.duration.observe(self.started.elapsed().as_secs_f64());
+        self.state.finish();
+    }
+}
+
+type FrontResponse = Response<FrontBody<RequestDone>>;
+
+/// One request: headers cleaned and extended, sent through the upstream,
+/// and its response (or the error's) cleaned in turn.
+async fn handle(
+    front: Arc<Shared>,
+    ctx: Arc<RequestContext>,
+    state: Arc<ConnState>,
+    handles: Arc<PortHandles>,
+    mut req: Request<Incoming>,
+) -> Result<FrontResponse, Infallible> {
+    let in_flight = state.start();
+    let done = RequestDone { state: state.clone(), handles: handles.clone(), started: Instant::now() };
+    if req.version() == Version::HTTP_2 && in_flight >= front.config.max_concurrent_streams as usize {
+        front.metrics.limits.hit(Limit::Streams, Some(state.peer));
+    }
+    let grpc = headers::is_grpc(req.headers());
+    let upgrade = if req.version() == Version::HTTP_11 { headers::upgrade(req.headers()) } else { None };
+    headers::strip_hop_by_hop(req.headers_mut(), upgrade.as_ref());
+    headers::add_forwarding(req.headers_mut(), &state.forwarding);
+    let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let response = match front.upstream.send(req, ctx.clone()).await {
+        Ok(mut response) => {
+            let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            let protocol: Option<HeaderValue> = match (&client_side, switched) {
+                (Some(_), true) => response.headers().get(header::UPGRADE).cloned(),
+                _ => None,
+            };
+            headers::strip_hop_by_hop(response.headers_mut(), protocol.as_ref());
+            if let (Some(client_side), true) = (client_side, switched) {
+                let endpoint_side = hyper::upgrade::on(&mut response);
+                let tunnel = Box::pin(tunnel(client_side, endpoint_side, state.peer));
+                *state.upgrade.lock().unwrap_or_else(PoisonError::into_inner) = Some(tunnel);
+            }
+            response.map(|body| FrontBody::upstream(body, done))
+        }
+        Err(error) => {
+            tracing::debug!(service = %ctx.pool.service, port = ctx.pool.port, %error, "request answered by the agent");
+            let (parts, text) = respond::error_response(&error, &ctx.pool.service, ctx.pool.port, grpc);
+            parts.map(|()| FrontBody::local(text, done))
+        }
+    };
+    handles.answered(response.status());
+    Ok(response)
+}
+
+/// Copies between the client's and the endpoint's upgraded connections
+/// (WebSocket and the like) until both are done.
+async fn tunnel(client: OnUpgrade, endpoint: OnUpgrade, peer: SocketAddr) {
+    let (client, endpoint) = match tokio::try_join!(client, endpoint) {
+        Ok(both) => both,
+        Err(error) => {
+            tracing::debug!(%peer, %error, "upgrade did not complete");
+            return;
+        }
+    };
+    let (mut client, mut endpoint) = (TokioIo::new(client), TokioIo::new(endpoint));
+    match tokio::io::copy_bidirectional(&mut client, &mut endpoint).await {
+        Ok(moved) => tracing::trace!(%peer, ?moved, "upgraded connection closed"),
+        Err(error) => tracing::debug!(%peer, %error, "upgraded connection ended with an error"),
+    }
+}
+
+/// The client's socket, counting the bytes read (to tell a partial head
+/// from an idle connection).
+struct Counting {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for Counting {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        if read > 0 {
+            self.state.read.fetch_add(read, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Counting {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
