@@ -6,10 +6,12 @@
 //! NAT routers and the agents' `/peers` view; [`probe`]: traffic that
 //! counts its failures through a fault; [`prometheus`]: a real Prometheus
 //! server scraping agents, and `promtool`; [`metric_names`]: the metric
-//! names contract and the Grafana dashboard's names.
+//! names contract and the Grafana dashboard's names; [`http`]: HTTP, WebSocket
+//! and gRPC endpoints and clients for the HTTP path.
 #![allow(dead_code)]
 
 pub mod chromium;
+pub mod http;
 pub mod mesh;
 pub mod metric_names;
 pub mod netns;

@@ -117,9 +117,17 @@ impl Shared {
             let backend = &targets.backends[order[attempt % order.len()]];
             let exchange = self.exchange(ctx, targets, port, backend, &parts, &body, protocol);
             let tried = match per_try {
-                Some(timeout) => tokio::time::timeout(timeout, exchange)
-                    .await
-                    .unwrap_or(Err(Failure { error: DispatchError::Timeout { timeout }, stage: Stage::Sent })),
+                Some(timeout) => match tokio::time::timeout(timeout, exchange).await {
+                    Ok(tried) => tried,
+                    Err(_) => {
+                        // No answer in time (a silent, black-holed endpoint
+                        // never answers): passive health ejects it like a
+                        // refused connect, or every later request pays the
+                        // per-try timeout on it again.
+                        pool.failed(backend.addr);
+                        Err(Failure { error: DispatchError::Timeout { timeout }, stage: Stage::Sent })
+                    }
+                },
                 None => exchange.await,
             };
             let retry = match &tried {
