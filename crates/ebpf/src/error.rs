@@ -13,8 +13,14 @@ pub enum Error {
     Bpffs { path: PathBuf, source: std::io::Error },
     #[error("cgroup {path}: {source}")]
     Cgroup { path: PathBuf, source: std::io::Error },
+    #[error("network namespace {path} (for its cookie): {source}")]
+    Netns { path: PathBuf, source: std::io::Error },
     #[error("pinned state under {path}: {source}")]
     Pins { path: PathBuf, source: std::io::Error },
+    #[error(
+        "pinned programs under {path} come from another build (object hash {found:016x}, this build's {want:016x})"
+    )]
+    OtherBuild { path: PathBuf, found: u64, want: u64 },
     #[error("loading the BPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("the BPF object has no {name}: bpf/edgemesh.bpf.c and the loader disagree")]

@@ -13,13 +13,13 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, Map, MapData};
 use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 
-use crate::abi::{BackendKey, BackendValue, SvcKey, SvcValue};
+use crate::abi::{BackendKey, BackendValue, Config, RevKey, RevValue, SvcKey, SvcValue};
 use crate::writer::MapWriter;
-use crate::{Error, OBJECT, support};
+use crate::{Error, OBJECT, netns, support};
 
 /// The programs, by their function names in `bpf/edgemesh.bpf.c`.
 pub const PROGRAMS: [&str; 8] = [
@@ -35,7 +35,9 @@ pub const PROGRAMS: [&str; 8] = [
 pub(crate) const SERVICES: &str = "em_services";
 pub(crate) const BACKENDS: &str = "em_backends";
 pub(crate) const REVERSE: &str = "em_rev";
-const MAPS: [&str; 3] = [SERVICES, BACKENDS, REVERSE];
+pub(crate) const AFFINITY: &str = "em_affinity";
+pub(crate) const CONFIG: &str = "em_config";
+const MAPS: [&str; 5] = [SERVICES, BACKENDS, REVERSE, AFFINITY, CONFIG];
 const BPFFS: &str = "/sys/fs/bpf";
 
 /// Where to attach and where to pin.
@@ -45,11 +47,16 @@ pub struct Options {
     pub cgroup: Option<PathBuf>,
     /// A directory on the bpffs at /sys/fs/bpf.
     pub pin_dir: PathBuf,
+    /// The network namespace whose clients may be sent to host-only
+    /// (loopback) backends, as a `/run/netns/<name>` or
+    /// `/proc/<pid>/ns/net` path; None: the calling thread's (the agent
+    /// runs in the host's).
+    pub host_netns: Option<PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { cgroup: None, pin_dir: PathBuf::from(BPFFS).join("edgemesh") }
+        Options { cgroup: None, pin_dir: PathBuf::from(BPFFS).join("edgemesh"), host_netns: None }
     }
 }
 
@@ -70,18 +77,33 @@ impl FastPath {
             Some(c) => c,
             None => support::cgroup2_root()?,
         };
+        let host_netns = netns::cookie(options.host_netns.as_deref()).map_err(|source| Error::Netns {
+            path: options.host_netns.clone().unwrap_or_else(|| "/proc/thread-self/ns/net".into()),
+            source,
+        })?;
         ensure_bpffs()?;
         let pin_dir = options.pin_dir;
-        let adopted = is_complete(&pin_dir);
-        let writer = if adopted {
+        let mut adopted = is_complete(&pin_dir);
+        let adoption = if adopted {
             tracing::debug!(pins = %pin_dir.display(), "adopting the pinned fast path");
-            adopt(&pin_dir)?
+            Some(adopt(&pin_dir, host_netns))
         } else {
+            None
+        };
+        let writer = if let Some(Ok(writer)) = adoption {
+            writer
+        } else {
+            if let Some(Err(e)) = adoption {
+                // Pinned by another build (an upgrade): its programs are
+                // replaced, with a moment where none is attached.
+                tracing::warn!(pins = %pin_dir.display(), error = %e, "pinned fast path not adoptable: loading afresh");
+                adopted = false;
+            }
             if pin_dir.exists() {
-                tracing::warn!(pins = %pin_dir.display(), "incomplete pinned fast path (interrupted load?): removing it");
+                tracing::warn!(pins = %pin_dir.display(), "incomplete or stale pinned fast path: removing it");
                 remove_pins(&pin_dir)?;
             }
-            load(&pin_dir, &cgroup).inspect_err(|_| {
+            load(&pin_dir, &cgroup, host_netns).inspect_err(|_| {
                 let _ = remove_pins(&pin_dir);
             })?
         };
@@ -134,7 +156,7 @@ fn ensure_bpffs() -> Result<(), Error> {
         .map_err(|e| Error::Bpffs { path: BPFFS.into(), source: e.into() })
 }
 
-fn load(pin_dir: &Path, cgroup: &Path) -> Result<MapWriter, Error> {
+fn load(pin_dir: &Path, cgroup: &Path, host_netns: u64) -> Result<MapWriter, Error> {
     for sub in ["maps", "progs", "links"] {
         let dir = pin_dir.join(sub);
         std::fs::create_dir_all(&dir).map_err(|source| Error::Pins { path: dir, source })?;
@@ -150,6 +172,7 @@ fn load(pin_dir: &Path, cgroup: &Path) -> Result<MapWriter, Error> {
         map.pin(&path).map_err(|source| Error::Pin { path, source })?;
         maps.push(map);
     }
+    write_config(maps.last_mut().expect("the config map is last"), host_netns)?;
     for name in PROGRAMS {
         let program = ebpf.program_mut(name).ok_or(Error::NotInObject { name })?;
         let program: &mut CgroupSockAddr = program.try_into().map_err(|source| Error::Program { name, source })?;
@@ -165,16 +188,44 @@ fn load(pin_dir: &Path, cgroup: &Path) -> Result<MapWriter, Error> {
         link.pin(&path).map_err(|source| Error::Pin { path, source })?;
     }
     let mut maps = maps.into_iter();
-    let (services, backends) = (maps.next().expect("services map"), maps.next().expect("backends map"));
-    MapWriter::new(hash_map(SERVICES, services)?, hash_map(BACKENDS, backends)?, false)
+    let mut next = || maps.next().expect("in MAPS order");
+    let (services, backends, reverse) = (next(), next(), next());
+    MapWriter::new(hash_map(SERVICES, services)?, hash_map(BACKENDS, backends)?, hash_map(REVERSE, reverse)?, false)
 }
 
-fn adopt(pin_dir: &Path) -> Result<MapWriter, Error> {
+/// Opens the pinned maps of programs this build loaded; the host's
+/// namespace is written again (the option may name another one than the
+/// first run's).
+fn adopt(pin_dir: &Path, host_netns: u64) -> Result<MapWriter, Error> {
     let open = |name: &'static str| -> Result<Map, Error> {
         let data = MapData::from_pin(pin_dir.join("maps").join(name)).map_err(|source| Error::Map { name, source })?;
         Map::from_map_data(data).map_err(|source| Error::Map { name, source })
     };
-    MapWriter::new(hash_map(SERVICES, open(SERVICES)?)?, hash_map(BACKENDS, open(BACKENDS)?)?, true)
+    let mut config = open(CONFIG)?;
+    let found =
+        config_array(&mut config)?.get(&0, 0).map_err(|source| Error::Map { name: CONFIG, source })?.object_hash;
+    let want = object_hash();
+    if found != want {
+        return Err(Error::OtherBuild { path: pin_dir.into(), found, want });
+    }
+    write_config(&mut config, host_netns)?;
+    let (services, backends) = (hash_map(SERVICES, open(SERVICES)?)?, hash_map(BACKENDS, open(BACKENDS)?)?);
+    MapWriter::new(services, backends, hash_map(REVERSE, open(REVERSE)?)?, true)
+}
+
+fn config_array(map: &mut Map) -> Result<Array<&mut MapData, Config>, Error> {
+    Array::try_from(map).map_err(|source| Error::Map { name: CONFIG, source })
+}
+
+/// Writes the one entry of the config map.
+fn write_config(map: &mut Map, host_netns: u64) -> Result<(), Error> {
+    let config = Config { host_netns_cookie: host_netns, object_hash: object_hash() };
+    config_array(map)?.set(0, config, 0).map_err(|source| Error::Map { name: CONFIG, source })
+}
+
+/// FNV-1a of the BPF object: the same for every run of one build.
+fn object_hash() -> u64 {
+    OBJECT.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn hash_map<K: aya::Pod, V: aya::Pod>(name: &'static str, map: Map) -> Result<HashMap<MapData, K, V>, Error> {
@@ -183,6 +234,7 @@ fn hash_map<K: aya::Pod, V: aya::Pod>(name: &'static str, map: Map) -> Result<Ha
 
 pub(crate) type ServicesMap = HashMap<MapData, SvcKey, SvcValue>;
 pub(crate) type BackendsMap = HashMap<MapData, BackendKey, BackendValue>;
+pub(crate) type ReverseMap = HashMap<MapData, RevKey, RevValue>;
 
 /// Removes the links first (which detaches the programs once no
 /// descriptor holds them), then the programs and maps, then the

@@ -1,7 +1,7 @@
 //! The map writer's pure part: from what the maps hold and a service
-//! port's new backends, the ordered map operations that get there without
-//! ever exposing an empty or half-written service to a hook that runs in
-//! between:
+//! port's new [`FastService`], the ordered map operations that get there
+//! without ever exposing an empty or half-written service to a hook that
+//! runs in between:
 //!
 //! - slots are written before the count is raised (a raised count only
 //!   ever covers written slots);
@@ -9,11 +9,18 @@
 //!   covers deleted slots);
 //! - a service goes before its slots.
 //!
-//! Backends keep their slot while they stay, so an update rewrites only
-//! the slots that change; a removed backend's slot is refilled first.
+//! A service port has two slot lists: `all` (every backend, for clients
+//! in the host's network namespace) and `netns` (the backends that are
+//! not host-only, for clients in other namespaces). Each list keeps the
+//! rules above on its own. Backends keep their slot while they stay, so
+//! an update rewrites only the slots that change (and ClientIP affinity,
+//! which remembers a slot, survives unrelated changes); a removed
+//! backend's slot is refilled first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+
+use crate::service::{FastService, Pick};
 
 /// A transport protocol, numbered as in IP headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,20 +59,43 @@ impl ServicePort {
     }
 }
 
+/// One list of backend slots: `count` backends in slots `0..count` of `id`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotList {
+    pub id: u32,
+    pub count: u16,
+}
+
+/// A service port's entry in the services map (all but the kernel's
+/// round robin counter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceRecord {
+    /// Every backend: what host-namespace clients pick from. Its id also
+    /// names the service in the affinity map.
+    pub all: SlotList,
+    /// The backends that are not host-only: what clients in other
+    /// namespaces pick from.
+    pub netns: SlotList,
+    pub pick: Pick,
+    /// ClientIP affinity timeout in seconds; 0: none.
+    pub affinity_secs: u32,
+    /// Where a client goes when its list is empty.
+    pub agent: Option<SocketAddr>,
+}
+
 /// One operation on the maps, in the order a plan lists them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapOp {
-    /// Backend slot `slot` of service `id` now holds `backend`.
+    /// Backend slot `slot` of list `id` now holds `backend`.
     PutSlot {
         id: u32,
         slot: u32,
         backend: SocketAddr,
     },
-    /// The service port maps to `id` with `count` backends.
+    /// The service port's entry is now `record`.
     PutService {
         port: ServicePort,
-        id: u32,
-        count: u16,
+        record: ServiceRecord,
     },
     DeleteService {
         port: ServicePort,
@@ -81,7 +111,7 @@ pub enum MapOp {
 /// adopted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceTable {
-    services: HashMap<ServicePort, (u32, u16)>,
+    services: HashMap<ServicePort, ServiceRecord>,
     slots: BTreeMap<u32, BTreeMap<u32, SocketAddr>>,
 }
 
@@ -94,12 +124,28 @@ pub struct TooManyBackends {
 }
 
 impl ServiceTable {
-    /// The backends `port` has in the maps, in slot order (those under its
-    /// count).
+    /// The backends `port` offers host-namespace clients (its `all` list),
+    /// in slot order.
     pub fn backends(&self, port: &ServicePort) -> Vec<SocketAddr> {
-        let Some(&(id, count)) = self.services.get(port) else { return Vec::new() };
-        let slots = self.slots.get(&id);
-        (0..u32::from(count)).filter_map(|s| slots.and_then(|m| m.get(&s)).copied()).collect()
+        self.services.get(port).map(|r| self.list(r.all)).unwrap_or_default()
+    }
+
+    /// The backends in slots `0..count` of `list`.
+    pub fn list(&self, list: SlotList) -> Vec<SocketAddr> {
+        let slots = self.slots.get(&list.id);
+        (0..u32::from(list.count)).filter_map(|s| slots.and_then(|m| m.get(&s)).copied()).collect()
+    }
+
+    /// The entry of `port`, if the maps have one.
+    pub fn service(&self, port: &ServicePort) -> Option<&ServiceRecord> {
+        self.services.get(port)
+    }
+
+    /// Every service port the maps hold, sorted.
+    pub fn ports(&self) -> Vec<ServicePort> {
+        let mut ports: Vec<ServicePort> = self.services.keys().copied().collect();
+        ports.sort();
+        ports
     }
 
     pub fn len(&self) -> usize {
@@ -110,59 +156,81 @@ impl ServiceTable {
         self.services.is_empty()
     }
 
-    /// The operations that give `port` exactly `backends` (duplicates
-    /// ignored); none gives it no entry, so its address is left alone.
-    pub fn plan(&self, port: ServicePort, backends: &[SocketAddr]) -> Result<Vec<MapOp>, TooManyBackends> {
-        let wanted: BTreeSet<SocketAddr> = backends.iter().copied().collect();
-        let n = u16::try_from(wanted.len()).map_err(|_| TooManyBackends { port, count: wanted.len() })?;
+    /// The operations that make `port` serve `service`. A service with
+    /// no backend and no agent address gets no entry, so its address is
+    /// left alone; the same service again needs no operation.
+    pub fn plan(&self, port: ServicePort, service: &FastService) -> Result<Vec<MapOp>, TooManyBackends> {
+        let all: BTreeSet<SocketAddr> = service.backends.iter().map(|b| b.addr).collect();
+        let netns: BTreeSet<SocketAddr> = service.backends.iter().filter(|b| !b.host_only).map(|b| b.addr).collect();
+        let n_all = u16::try_from(all.len()).map_err(|_| TooManyBackends { port, count: all.len() })?;
+        let n_netns = u16::try_from(netns.len()).expect("netns is a subset of all");
         let existing = self.services.get(&port).copied();
-        if n == 0 {
-            return Ok(existing.map(|(id, _)| self.plan_delete(port, id)).unwrap_or_default());
+        if all.is_empty() && service.agent.is_none() {
+            return Ok(self.plan_remove(port));
         }
-        let (id, count) = existing.unwrap_or((self.next_id(), 0));
-        let empty = BTreeMap::new();
-        let old = self.slots.get(&id).unwrap_or(&empty);
+        let (all_id, netns_id) = existing.map_or_else(|| self.next_ids(), |r| (r.all.id, r.netns.id));
+        let record = ServiceRecord {
+            all: SlotList { id: all_id, count: n_all },
+            netns: SlotList { id: netns_id, count: n_netns },
+            pick: service.pick,
+            affinity_secs: service
+                .affinity
+                .map_or(0, |d| u32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(u32::MAX).max(1)),
+            agent: service.agent,
+        };
+        let mut ops = self.fill(record.all, &all);
+        ops.extend(self.fill(record.netns, &netns));
+        if existing != Some(record) {
+            ops.push(MapOp::PutService { port, record });
+        }
+        ops.extend(self.beyond(record.all));
+        ops.extend(self.beyond(record.netns));
+        Ok(ops)
+    }
 
-        // Keep each staying backend in its slot; fill the holes with the rest.
+    /// The slot writes that give `list` exactly `wanted` in its slots
+    /// `0..count`, keeping each staying backend in its slot.
+    fn fill(&self, list: SlotList, wanted: &BTreeSet<SocketAddr>) -> Vec<MapOp> {
+        let empty = BTreeMap::new();
+        let old = self.slots.get(&list.id).unwrap_or(&empty);
         let mut layout: Vec<Option<SocketAddr>> =
-            (0..u32::from(n)).map(|s| old.get(&s).copied().filter(|b| wanted.contains(b))).collect();
+            (0..u32::from(list.count)).map(|s| old.get(&s).copied().filter(|b| wanted.contains(b))).collect();
         let placed: BTreeSet<SocketAddr> = layout.iter().flatten().copied().collect();
         let mut rest = wanted.difference(&placed).copied();
         for slot in layout.iter_mut().filter(|s| s.is_none()) {
             *slot = rest.next();
         }
-
-        let mut ops: Vec<MapOp> = layout
+        layout
             .iter()
             .enumerate()
             .filter_map(|(s, b)| {
                 let (slot, backend) = (s as u32, b.expect("every slot under the count is filled"));
-                (old.get(&slot) != Some(&backend)).then_some(MapOp::PutSlot { id, slot, backend })
+                (old.get(&slot) != Some(&backend)).then_some(MapOp::PutSlot { id: list.id, slot, backend })
             })
-            .collect();
-        if count != n || existing.is_none() {
-            ops.push(MapOp::PutService { port, id, count: n });
-        }
-        ops.extend(old.keys().filter(|&&s| s >= u32::from(n)).map(|&slot| MapOp::DeleteSlot { id, slot }));
-        Ok(ops)
+            .collect()
+    }
+
+    /// Deletes of the slots of `list` at or above its count.
+    fn beyond(&self, list: SlotList) -> Vec<MapOp> {
+        let slots = self.slots.get(&list.id).into_iter().flat_map(|m| m.keys());
+        slots.filter(|&&s| s >= u32::from(list.count)).map(|&slot| MapOp::DeleteSlot { id: list.id, slot }).collect()
     }
 
     /// The operations that remove `port` and its slots.
     pub fn plan_remove(&self, port: ServicePort) -> Vec<MapOp> {
-        self.services.get(&port).map(|&(id, _)| self.plan_delete(port, id)).unwrap_or_default()
-    }
-
-    fn plan_delete(&self, port: ServicePort, id: u32) -> Vec<MapOp> {
-        let slots = self.slots.get(&id).into_iter().flat_map(|m| m.keys());
+        let Some(record) = self.services.get(&port) else { return Vec::new() };
+        let empty = |list: SlotList| SlotList { id: list.id, count: 0 };
         std::iter::once(MapOp::DeleteService { port })
-            .chain(slots.map(|&slot| MapOp::DeleteSlot { id, slot }))
+            .chain(self.beyond(empty(record.all)))
+            .chain(self.beyond(empty(record.netns)))
             .collect()
     }
 
-    /// An id no service and no slot uses.
-    fn next_id(&self) -> u32 {
-        let used = self.services.values().map(|&(id, _)| id).chain(self.slots.keys().copied());
-        used.max().map_or(1, |m| m + 1)
+    /// Two ids no service and no slot uses.
+    fn next_ids(&self) -> (u32, u32) {
+        let used = self.services.values().flat_map(|r| [r.all.id, r.netns.id]).chain(self.slots.keys().copied());
+        let next = used.max().map_or(1, |m| m + 1);
+        (next, next + 1)
     }
 
     /// Records an operation the maps have taken.
@@ -171,8 +239,8 @@ impl ServiceTable {
             MapOp::PutSlot { id, slot, backend } => {
                 self.slots.entry(id).or_default().insert(slot, backend);
             }
-            MapOp::PutService { port, id, count } => {
-                self.services.insert(port, (id, count));
+            MapOp::PutService { port, record } => {
+                self.services.insert(port, record);
             }
             MapOp::DeleteService { port } => {
                 self.services.remove(&port);

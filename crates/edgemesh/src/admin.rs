@@ -82,8 +82,12 @@ pub struct AdminState {
     pub config: Arc<Config>,
     pub snapshots: RegistryHandle,
     pub proxy: Arc<ProxyStatus>,
-    /// The nftables interceptor, when interception is on.
+    /// The nftables interceptor (or the eBPF fast path's map writer), when
+    /// interception is on.
     pub intercept: Option<Arc<InterceptStatus>>,
+    /// Why `intercept.mode: ebpf` runs nftables mode instead
+    /// (`intercept.fallback: nftables`), shown in `/readyz`.
+    pub intercept_fallback: Option<String>,
     /// Whether the state is live or from the persistent cache.
     pub cache: Arc<CacheStatus>,
     /// Whether the source is connected, when it reports it.

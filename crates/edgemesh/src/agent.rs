@@ -18,6 +18,7 @@
 //! ```
 
 mod deps;
+mod fastpath;
 mod interception;
 
 use std::collections::HashMap;
@@ -77,6 +78,8 @@ pub struct Agent {
     /// Node mode's table and device, from their creation until `run` hands
     /// them to their task.
     interceptor: Option<Interceptor>,
+    /// Mode `ebpf`: the kernel fast path's map writer.
+    fast_path: Option<fastpath::FastPathTask>,
     /// Cancelled to stop every component (the tunnel's swarm task has it
     /// from the start).
     shutdown: CancellationToken,
@@ -114,10 +117,16 @@ impl Agent {
         built
     }
 
-    async fn build_with(config: Config, deps: Deps, interceptor: &mut Option<Interceptor>) -> anyhow::Result<Agent> {
+    async fn build_with(
+        mut config: Config,
+        deps: Deps,
+        interceptor: &mut Option<Interceptor>,
+    ) -> anyhow::Result<Agent> {
         // Both rustls providers may be compiled in; kube panics unless one is the default.
         edgemesh_kube::install_crypto_provider();
         limits::raise_nofile_limit();
+        // First: without support it may fall back to nftables mode.
+        let fast = fastpath::start(&mut config.intercept)?;
         let intercepting = config.intercept.enabled();
         let proxy_config = ProxyConfig {
             node_name: config.node_name.clone(),
@@ -162,12 +171,15 @@ impl Agent {
 
         // Node mode: the table, and the VIP device with the DNS address on
         // it, before the DNS server binds that address.
-        if intercepting {
+        if config.intercept.node_mode() {
             *interceptor = Some(interception::start(&config).await?);
         }
         let dns_listen = config.dns_listen();
-        let dns_config =
-            edgemesh_dns::DnsConfig { listen: Some(dns_listen), cluster_ips_first: intercepting, ..config.dns.clone() };
+        let dns_config = edgemesh_dns::DnsConfig {
+            listen: Some(dns_listen),
+            cluster_ips_first: config.intercept.node_mode(),
+            ..config.dns.clone()
+        };
         let dns = DnsServer::bind(dns_config, snapshots.clone())
             .await
             .with_context(|| format!("cannot start DNS on {dns_listen}"))?;
@@ -224,6 +236,13 @@ impl Agent {
                 Source::Kube(KubeSource::new(kube).await.context("cannot set up the Kubernetes source")?)
             }
         };
+        let (fast_path, intercept_fallback) = match fast {
+            fastpath::Start::Running(fast) => {
+                (Some(fastpath::FastPathTask::new(fast, &config.intercept, &config.node_name, proxy.status())), None)
+            }
+            fastpath::Start::FellBack(why) => (None, Some(why)),
+            fastpath::Start::Off => (None, None),
+        };
         let config = Arc::new(config);
         let logging = deps.logging.clone().unwrap_or_else(|| LogControl::detached(&config.log_level));
         let lifecycle = Lifecycle::new(config.clone(), logging);
@@ -233,7 +252,11 @@ impl Agent {
                 config: config.clone(),
                 snapshots: snapshots.clone(),
                 proxy: proxy.status(),
-                intercept: interceptor.as_ref().map(Interceptor::status),
+                intercept: fast_path
+                    .as_ref()
+                    .map(fastpath::FastPathTask::status)
+                    .or_else(|| interceptor.as_ref().map(Interceptor::status)),
+                intercept_fallback,
                 cache: cache.clone(),
                 source: Some(source_health),
                 tunnel: tunnel.as_ref().map(|(t, _, _)| t.clone()),
@@ -262,6 +285,7 @@ impl Agent {
             socks,
             tunnel: tunnel.map(|(_, task, _)| task),
             interceptor: interceptor.take(),
+            fast_path,
             shutdown,
             lifecycle,
             live,
@@ -361,15 +385,17 @@ impl Agent {
         // Last: until here a start-up failure leaves the table and device
         // to `build`'s clean-up. Removed after every other component stopped.
         let release = CancellationToken::new();
-        let interceptor = self.interceptor.map(|interceptor| {
+        let gated = (self.interceptor.is_some() || self.fast_path.is_some()).then(|| {
             let (gated_tx, gated) = watch::channel(Arc::new(Snapshot::default()));
             let (source, stop) = (snapshots.clone(), shutdown.clone());
             components.spawn(
                 "the interception gate",
                 ok(interception::gate_on_proxy(source, proxy_status.clone(), gated_tx, stop)),
             );
-            tokio::spawn(interceptor.run(gated, release.clone()))
+            gated
         });
+        let interceptor = self.interceptor.zip(gated.clone()).map(|(i, g)| tokio::spawn(i.run(g, release.clone())));
+        let fast_path = self.fast_path.zip(gated).map(|(f, g)| tokio::spawn(f.run(g, release.clone())));
 
         let outcome = tokio::select! {
             () = stop => Ok(()),
@@ -397,11 +423,16 @@ impl Agent {
         if stopped.is_err() {
             tracing::warn!("components did not stop within {DRAIN_DEADLINE:?}; exiting anyway");
         }
-        if let Some(task) = interceptor {
-            release.cancel();
-            if tokio::time::timeout(DRAIN_DEADLINE, task).await.is_err() {
-                tracing::warn!("the nftables table and VIP device were not removed within {DRAIN_DEADLINE:?}");
-            }
+        release.cancel();
+        if let Some(task) = fast_path
+            && tokio::time::timeout(DRAIN_DEADLINE, task).await.is_err()
+        {
+            tracing::warn!("the kernel fast path was not released within {DRAIN_DEADLINE:?}");
+        }
+        if let Some(task) = interceptor
+            && tokio::time::timeout(DRAIN_DEADLINE, task).await.is_err()
+        {
+            tracing::warn!("the nftables table and VIP device were not removed within {DRAIN_DEADLINE:?}");
         }
         // The admin endpoint stops at once when told to; wait for its
         // thread in real time, so its port is free when `run` returns even

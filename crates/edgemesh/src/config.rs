@@ -190,7 +190,7 @@ impl Config {
         self.vip_cidr.unwrap_or_else(|| {
             let default = match self.intercept.mode {
                 InterceptMode::None => DEFAULT_VIP_CIDR,
-                InterceptMode::Nftables => NODE_MODE_VIP_CIDR,
+                InterceptMode::Nftables | InterceptMode::Ebpf => NODE_MODE_VIP_CIDR,
             };
             default.parse().expect("valid default CIDR")
         })
@@ -201,7 +201,9 @@ impl Config {
     pub fn vip_cidr6(&self) -> Option<IpNet> {
         self.vip_cidr6.or_else(|| match self.intercept.mode {
             InterceptMode::None => None,
-            InterceptMode::Nftables => Some(NODE_MODE_VIP_CIDR6.parse().expect("valid default CIDR")),
+            InterceptMode::Nftables | InterceptMode::Ebpf => {
+                Some(NODE_MODE_VIP_CIDR6.parse().expect("valid default CIDR"))
+            }
         })
     }
 
@@ -210,7 +212,7 @@ impl Config {
     pub fn dns_listen(&self) -> SocketAddr {
         self.dns.listen.unwrap_or(match self.intercept.mode {
             InterceptMode::None => DEFAULT_DNS_LISTEN,
-            InterceptMode::Nftables => NODE_MODE_DNS_LISTEN,
+            InterceptMode::Nftables | InterceptMode::Ebpf => NODE_MODE_DNS_LISTEN,
         })
     }
 
@@ -219,7 +221,9 @@ impl Config {
     pub fn socks_listen(&self) -> SocketAddr {
         self.socks.listen.unwrap_or(match self.intercept.mode {
             InterceptMode::None => edgemesh_socks::DEFAULT_LISTEN,
-            InterceptMode::Nftables => SocketAddr::new(NODE_MODE_DNS_LISTEN.ip(), edgemesh_socks::DEFAULT_PORT),
+            InterceptMode::Nftables | InterceptMode::Ebpf => {
+                SocketAddr::new(NODE_MODE_DNS_LISTEN.ip(), edgemesh_socks::DEFAULT_PORT)
+            }
         })
     }
 

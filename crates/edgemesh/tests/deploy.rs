@@ -163,9 +163,14 @@ fn the_config_map_config_is_accepted_by_the_agent_with_each_daemon_sets_args() {
             );
         }
 
-        // The init container makes exactly the configured addresses local.
+        // The init container makes exactly the configured addresses local
+        // (in the eBPF variant the agent does, on its VIP device).
         let dns: std::net::SocketAddr = str_of(&c["dns"]["listen"]).parse().unwrap();
         assert_eq!(dns, "169.254.96.16:53".parse().unwrap(), "{place}: the KubeEdge node-local DNS address");
+        if c["intercept"]["mode"] == "ebpf" {
+            fast_path_variant(place, pod, agent, &c, &mount_of);
+            continue;
+        }
         let init = pod["initContainers"].as_array().unwrap();
         let setup = init.iter().find(|c| c["name"] == "node-addresses").expect("node-addresses init container");
         let env = |name: &str| {
@@ -185,6 +190,25 @@ fn the_config_map_config_is_accepted_by_the_agent_with_each_daemon_sets_args() {
             assert_eq!(c["kube"]["kubeconfig"], Value::Null, "{place}");
         }
     }
+}
+
+/// The eBPF variant: exactly the capabilities the fast path needs, the
+/// host's bpffs where the pins go, and the host's cgroup hierarchy where
+/// the programs attach.
+fn fast_path_variant(place: &str, pod: &Value, agent: &Value, c: &Value, mount_of: &dyn Fn(&Value) -> String) {
+    assert!(pod["initContainers"].is_null(), "{place}: the agent puts the addresses on edge0 itself");
+    let caps = &agent["securityContext"]["capabilities"];
+    assert_eq!(caps["drop"], serde_json::json!(["ALL"]), "{place}");
+    assert_eq!(caps["add"], serde_json::json!(["BPF", "NET_ADMIN", "NET_BIND_SERVICE"]), "{place}");
+    let volumes = pod["volumes"].as_array().unwrap();
+    let host_mount = |host: &str| {
+        let volume = volumes.iter().find(|v| v["hostPath"]["path"] == host);
+        mount_of(volume.unwrap_or_else(|| panic!("{place}: no hostPath {host}")))
+    };
+    assert_eq!(host_mount("/sys/fs/bpf"), "/sys/fs/bpf", "{place}: the agent mounts no bpffs without SYS_ADMIN");
+    assert!(str_of(&c["intercept"]["bpfPinPath"]).starts_with("/sys/fs/bpf/"), "{place}");
+    let cgroup = str_of(&c["intercept"]["cgroupPath"]);
+    assert_eq!(cgroup, host_mount("/sys/fs/cgroup"), "{place}: attached to the host's hierarchy, not the pod's");
 }
 
 /// `Key=Value` lines of a systemd unit (all values of repeated keys).

@@ -93,7 +93,9 @@ pub struct InterceptStatus {
     pub failures: AtomicU64,
 }
 
-/// Owns the table and the VIP device; see the crate docs.
+/// Owns the table and the VIP device (or the device only, for the eBPF
+/// fast path, which needs the VIPs on the node but no table); see the
+/// crate docs.
 pub struct Interceptor {
     config: InterceptSetup,
     status: Arc<InterceptStatus>,
@@ -118,15 +120,19 @@ impl Interceptor {
     /// permission, no nat support, a foreign device of that name), and
     /// leaves neither table nor device behind.
     pub async fn start(config: InterceptSetup) -> Result<Self, InterceptError> {
-        config.nft.apply(&config.table.replace_script(&[])).await?;
-        tracing::info!(table = %config.table.name, port = config.table.port, mark = format_args!("{:#x}", config.table.mark),
-            "nftables table inet {} in place", config.table.name);
+        if let Some(table) = &config.table {
+            config.nft.apply(&table.replace_script(&[])).await?;
+            tracing::info!(table = %table.name, port = table.port, mark = format_args!("{:#x}", table.mark),
+                "nftables table inet {} in place", table.name);
+        }
         let device = match &config.device {
             None => None,
             Some(spec) => match Device::create(spec).await {
                 Ok(device) => Some(device),
                 Err(e) => {
-                    if let Err(error) = config.nft.apply(&config.table.delete_script()).await {
+                    if let Some(table) = &config.table
+                        && let Err(error) = config.nft.apply(&table.delete_script()).await
+                    {
                         tracing::warn!(%error, "cannot remove the nftables table after a failed start");
                     }
                     return Err(e.into());
@@ -190,7 +196,10 @@ impl Interceptor {
                 d.link.add(*ip).await?;
             }
         }
-        let script = self.config.table.change_script(&elements.removed, &elements.added);
+        let script = match &self.config.table {
+            Some(table) => table.change_script(&elements.removed, &elements.added),
+            None => String::new(),
+        };
         if !script.is_empty() {
             self.config.nft.apply(&script).await?;
             self.status.transactions.fetch_add(1, Ordering::Relaxed);
@@ -225,21 +234,25 @@ impl Interceptor {
             let addresses = Claims::of_all(snapshot.services().map(|e| (e.key.clone(), d.wants(e))));
             d.resync(spec, addresses).await?;
         }
-        let mut all: Vec<&Element> = elements.items().collect();
-        all.sort_unstable();
-        self.config.nft.apply(&self.config.table.replace_script(all)).await?;
-        self.status.transactions.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(generation = snapshot.generation, elements = elements.len(), "nftables table rebuilt");
+        if let Some(table) = &self.config.table {
+            let mut all: Vec<&Element> = elements.items().collect();
+            all.sort_unstable();
+            self.config.nft.apply(&table.replace_script(all)).await?;
+            self.status.transactions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(generation = snapshot.generation, elements = elements.len(), "nftables table rebuilt");
+        }
         self.elements = elements;
         Ok(())
     }
 
     /// Deletes the table, then the device (clean stop).
     pub async fn remove(self) -> Result<(), InterceptError> {
-        let table = self.config.nft.apply(&self.config.table.delete_script()).await;
-        if table.is_ok() {
-            tracing::info!(table = %self.config.table.name, "nftables table removed");
-        }
+        let table = match &self.config.table {
+            Some(table) => self.config.nft.apply(&table.delete_script()).await.inspect(|()| {
+                tracing::info!(table = %table.name, "nftables table removed");
+            }),
+            None => Ok(()),
+        };
         if let Some(d) = self.device {
             d.link.remove().await?;
         }

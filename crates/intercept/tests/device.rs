@@ -47,7 +47,7 @@ fn addresses(ns: &str, dev: &str) -> Option<BTreeSet<IpAddr>> {
 
 fn config(ns: &Netns) -> InterceptSetup {
     InterceptSetup {
-        table: TableSpec { name: "em_test".into(), port: 15006, mark: 0x454d },
+        table: Some(TableSpec { name: "em_test".into(), port: 15006, mark: 0x454d }),
         nft: Nft::in_netns(&ns.name),
         device: Some(DeviceSpec { name: "edge0".into(), fixed: vec!["169.254.96.16".parse().unwrap()] }),
     }

@@ -39,7 +39,7 @@ fn service(i: u32) -> Object {
 
 fn config(ns: &Netns) -> InterceptSetup {
     InterceptSetup {
-        table: TableSpec { name: "em_test".into(), port: 15006, mark: 0x454d },
+        table: Some(TableSpec { name: "em_test".into(), port: 15006, mark: 0x454d }),
         nft: Nft::in_netns(&ns.name),
         device: None,
     }

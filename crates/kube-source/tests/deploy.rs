@@ -280,8 +280,11 @@ async fn the_cluster_role_grants_read_access_to_exactly_what_the_source_uses() {
 }
 
 /// Capabilities each container may add, and why (see the DaemonSet comments).
-fn allowed_capabilities(container: &str) -> &'static [&'static str] {
+fn allowed_capabilities(container: &str, fast_path: bool) -> &'static [&'static str] {
     match container {
+        // The kernel fast path: loading BPF programs (BPF), attaching them
+        // to the cgroup and the VIP device (NET_ADMIN), and port 53.
+        "edgemesh" if fast_path => &["BPF", "NET_ADMIN", "NET_BIND_SERVICE"],
         // Port 53 for DNS.
         "edgemesh" => &["NET_BIND_SERVICE"],
         // The DNS address and the VIP route on the host.
@@ -290,7 +293,7 @@ fn allowed_capabilities(container: &str) -> &'static [&'static str] {
     }
 }
 
-fn check_container(place: &str, c: &Container) {
+fn check_container(place: &str, c: &Container, fast_path: bool) {
     let sc = c.security_context.as_ref().unwrap_or_else(|| panic!("{place}: {} has no securityContext", c.name));
     assert_ne!(sc.privileged, Some(true), "{place}: {} is privileged", c.name);
     assert_eq!(sc.allow_privilege_escalation, Some(false), "{place}: {}", c.name);
@@ -298,7 +301,7 @@ fn check_container(place: &str, c: &Container) {
     let caps = sc.capabilities.as_ref().unwrap_or_else(|| panic!("{place}: {} has no capabilities", c.name));
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]), "{place}: {} drops all capabilities", c.name);
     for cap in caps.add.as_deref().unwrap_or_default() {
-        assert!(allowed_capabilities(&c.name).contains(&cap.as_str()), "{place}: {} adds {cap}", c.name);
+        assert!(allowed_capabilities(&c.name, fast_path).contains(&cap.as_str()), "{place}: {} adds {cap}", c.name);
     }
     let resources = c.resources.as_ref().unwrap_or_else(|| panic!("{place}: {} has no resources", c.name));
     for (what, list) in [("requests", &resources.requests), ("limits", &resources.limits)] {
@@ -326,18 +329,27 @@ fn daemon_sets_run_on_the_host_network_with_the_least_privileges() {
         assert!(pod.host_pid.is_none() && pod.host_ipc.is_none(), "{place}");
         assert!(pod.tolerations.as_ref().is_some_and(|t| !t.is_empty()), "{place}: tolerations for edge nodes");
 
+        // The eBPF variant (`--intercept=ebpf`) also needs the host's bpffs
+        // and cgroup hierarchy.
+        let fast_path = pod.containers.iter().flat_map(|c| c.args.iter().flatten()).any(|a| a == "--intercept=ebpf");
+        let host_paths: &[&str] =
+            if fast_path { &["/var/lib/edgemesh", "/sys/fs/bpf", "/sys/fs/cgroup"] } else { &["/var/lib/edgemesh"] };
         let volumes = pod.volumes.as_deref().unwrap_or_default();
         for v in volumes {
             if let Some(cm) = &v.config_map {
                 assert_eq!(cm.name, config_map, "{place}: volume {}", v.name);
             }
             if let Some(host) = &v.host_path {
-                assert_eq!(host.path, "/var/lib/edgemesh", "{place}: the only host path is the state directory");
+                assert!(
+                    host_paths.contains(&host.path.as_str()),
+                    "{place}: host path {} (only {host_paths:?})",
+                    host.path
+                );
             }
         }
 
         for c in pod.init_containers.iter().flatten().chain(&pod.containers) {
-            check_container(place, c);
+            check_container(place, c, fast_path);
         }
         let agent = pod.containers.iter().find(|c| c.name == "edgemesh").expect("the edgemesh container");
         assert_eq!(pod.containers.len(), 1, "{place}: one container");

@@ -8,6 +8,11 @@ udp HOST PORT N       N datagrams from one unconnected socket: prints
 udp-connected HOST PORT N
                       the same from a connected socket, printing the
                       getpeername() address.
+udp-hold HOST PORT 1
+                      one exchange on a connected socket, printing the
+                      getpeername() address and the reply; then waits
+                      (up to 10 s) for another datagram and prints
+                      "error <errno name>" when the socket fails.
 An IPv6 HOST (e.g. ::ffff:10.96.0.10) uses an AF_INET6 socket.
 """
 import socket
@@ -47,4 +52,19 @@ def udp(connected):
             print(peer[0], peer[1], reply.decode())
 
 
-{"tcp": tcp, "udp": lambda: udp(False), "udp-connected": lambda: udp(True)}[mode]()
+def udp_hold():
+    import errno
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.connect((host, port))
+        s.send(b"m0")
+        reply, peer = s.recv(2048), s.getpeername()
+        print(peer[0], peer[1], reply.decode(), flush=True)
+        s.settimeout(10)
+        try:
+            print("reply", s.recv(2048).decode(), flush=True)
+        except OSError as e:
+            print("error", errno.errorcode.get(e.errno, str(e)), flush=True)
+
+
+{"udp-hold": udp_hold, "tcp": tcp, "udp": lambda: udp(False), "udp-connected": lambda: udp(True)}[mode]()

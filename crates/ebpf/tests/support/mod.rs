@@ -80,9 +80,30 @@ impl Node {
         }
         let cgroup = TestCgroup::new(role);
         let pins = PinDir::new(role);
-        let fast = FastPath::start(options(&cgroup, &pins)).unwrap_or_else(|e| panic!("{e}"));
+        let mut node = Node { fast: None, pins, cgroup, ns };
+        let fast = FastPath::start(node.options()).unwrap_or_else(|e| panic!("{e}"));
         assert!(!fast.adopted(), "a fresh pin directory has nothing to adopt");
-        Node { fast: Some(fast), pins, cgroup, ns }
+        node.fast = Some(fast);
+        node
+    }
+
+    /// The loader's options for this node (also for a restart): its
+    /// cgroup and pins, and its namespace standing in for the host's (its
+    /// clients may get host-only, loopback, backends).
+    pub fn options(&self) -> Options {
+        Options {
+            host_netns: Some(PathBuf::from("/run/netns").join(&self.ns.name)),
+            ..options(&self.cgroup, &self.pins)
+        }
+    }
+
+    /// How many entries the pinned map `name` holds (`bpftool map dump`).
+    pub fn entries(&self, name: &str) -> usize {
+        let path = self.pins.0.join("maps").join(name);
+        let out = Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(&path).output().unwrap();
+        assert!(out.status.success(), "bpftool map dump {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json.as_array().map_or(0, Vec::len)
     }
 
     pub fn fast(&mut self) -> &mut FastPath {
@@ -92,29 +113,29 @@ impl Node {
     /// Runs `args` in the namespace from a shell that first joins the
     /// test's cgroup, so its sockets go through the programs.
     pub fn in_cgroup(&self, args: &[&str]) -> Output {
+        self.command_in(&self.ns, args).output().unwrap()
+    }
+
+    /// `args` in the namespace `ns` (the node's or a pod's), started from
+    /// a shell that first joins the test's cgroup.
+    pub fn command_in(&self, ns: &Netns, args: &[&str]) -> Command {
         let procs = self.cgroup.path.join("cgroup.procs");
-        Command::new("sh")
-            .args([
-                "-c",
-                "echo $$ > \"$0\" && exec \"$@\"",
-                procs.to_str().unwrap(),
-                "ip",
-                "netns",
-                "exec",
-                &self.ns.name,
-            ])
-            .args(args)
-            .output()
-            .unwrap()
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "echo $$ > \"$0\" && exec \"$@\"", procs.to_str().unwrap(), "ip", "netns", "exec", &ns.name])
+            .args(args);
+        command
     }
 
     /// A python3 socket client (`tests/support/client.py`) in the cgroup;
     /// its output lines, or a panic with its stderr.
     pub fn client(&self, args: &[&str]) -> Vec<String> {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/client.py");
-        let mut full = vec!["python3", script];
-        full.extend_from_slice(args);
-        let out = self.in_cgroup(&full);
+        self.client_in(&self.ns, args)
+    }
+
+    /// The same client in the namespace `ns` (e.g. a pod's).
+    pub fn client_in(&self, ns: &Netns, args: &[&str]) -> Vec<String> {
+        let out = self.command_in(ns, &client_args(args)).output().unwrap();
         assert!(out.status.success(), "client {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
     }
@@ -128,8 +149,20 @@ impl Node {
     }
 }
 
+/// The command line of `tests/support/client.py` with `args`.
+pub fn client_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut full = vec!["python3", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/client.py")];
+    full.extend_from_slice(args);
+    full
+}
+
+/// The bodies of `tcp` client lines (`<peer> <port> <body>`).
+pub fn bodies(lines: &[String]) -> Vec<String> {
+    lines.iter().map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned()).collect()
+}
+
 pub fn options(cgroup: &TestCgroup, pins: &PinDir) -> Options {
-    Options { cgroup: Some(cgroup.path.clone()), pin_dir: pins.0.clone() }
+    Options { cgroup: Some(cgroup.path.clone()), pin_dir: pins.0.clone(), host_netns: None }
 }
 
 /// The programs attached to `cgroup` (`bpftool cgroup show`), as

@@ -44,7 +44,13 @@ pub(super) fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => match state.not_ready_reason() {
-            None => text(StatusCode::OK, &format!("ready ({})\n", state.state_report().describe())),
+            None => {
+                let fallback = state.intercept_fallback.as_ref().map(|why| {
+                    format!("; warning: intercept.mode ebpf fell back to nftables (intercept.fallback): {why}")
+                });
+                let report = state.state_report().describe();
+                text(StatusCode::OK, &format!("ready ({report}){}\n", fallback.unwrap_or_default()))
+            }
             Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: {why}\n")),
         },
         "/services" => {

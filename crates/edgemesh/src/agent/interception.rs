@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
-/// Makes node mode's nftables table and VIP device (holding the DNS
-/// address), or says why it cannot.
+/// Makes node mode's nftables table (not in mode `ebpf`) and VIP device
+/// (holding the DNS address), or says why it cannot.
 pub(super) async fn start(config: &Config) -> anyhow::Result<Interceptor> {
     let vip_cidr = config.vip_cidr();
     let device = &config.intercept.vip_device;
@@ -27,10 +27,12 @@ pub(super) async fn start(config: &Config) -> anyhow::Result<Interceptor> {
     }
     let interceptor =
         Interceptor::start(config.intercept.setup(vec![config.dns_listen().ip()])).await.with_context(|| {
-            if device.is_empty() {
-                "cannot set up interception with nftables".to_owned()
-            } else {
-                format!("cannot set up interception with nftables and the VIP device {device} (intercept.vipDevice)")
+            match (config.intercept.enabled(), device.is_empty()) {
+                (true, true) => "cannot set up interception with nftables".to_owned(),
+                (true, false) => format!(
+                    "cannot set up interception with nftables and the VIP device {device} (intercept.vipDevice)"
+                ),
+                (false, _) => format!("cannot set up the VIP device {device} (intercept.vipDevice)"),
             }
         })?;
     Ok(interceptor)

@@ -168,7 +168,21 @@ pub const FLAGS: &[Flag] = &[
         key: "intercept.mode",
         takes: One("MODE"),
         implies: None,
-        help: "Interception of service addresses: none (clients use the VIPs) or nftables (connections to cluster IPs and VIPs are redirected to the agent; needs root or CAP_NET_ADMIN and nft).",
+        help: "Interception of service addresses: none (clients use the VIPs), nftables (connections to cluster IPs and VIPs are redirected to the agent; needs root or CAP_NET_ADMIN and nft) or ebpf (the kernel fast path: BPF programs connect clients straight to local endpoints, the rest to the agent; needs CAP_BPF and CAP_NET_ADMIN, cgroup v2).",
+    },
+    Flag {
+        long: "cgroup-path",
+        key: "intercept.cgroupPath",
+        takes: One("DIR"),
+        implies: None,
+        help: "With --intercept ebpf: the cgroup v2 directory the programs attach to (its processes and those below). Default: the cgroup v2 root.",
+    },
+    Flag {
+        long: "ebpf-fallback",
+        key: "intercept.fallback",
+        takes: One("MODE"),
+        implies: None,
+        help: "With --intercept ebpf, when the kernel or the process lacks what the fast path needs: none (refuse to start) or nftables (run nftables mode and say so). Default: none.",
     },
     Flag {
         long: "intercept-port",

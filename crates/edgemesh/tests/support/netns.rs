@@ -25,10 +25,16 @@ impl NsAgent {
     /// Starts the agent and waits (up to `limit`) until its admin endpoint
     /// (`--admin-listen`, default 127.0.0.1:15020, inside `ns`) says ready.
     pub fn start(ns: &Netns, args: &[&str], limit: Duration) -> NsAgent {
+        NsAgent::start_with(ns, ns.cmd(env!("CARGO_BIN_EXE_edgemesh")), args, limit)
+    }
+
+    /// [`NsAgent::start`] from `command`, the binary run in `ns` some other
+    /// way (e.g. keeping the host's mounts: `ip netns exec` mounts a /sys of
+    /// its own, without the cgroup v2 and bpffs mounts under it).
+    pub fn start_with(ns: &Netns, mut command: std::process::Command, args: &[&str], limit: Duration) -> NsAgent {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("agent.log");
-        let child = ns
-            .cmd(env!("CARGO_BIN_EXE_edgemesh"))
+        let child = command
             .arg("agent")
             .args(args)
             .env("RUST_LOG", "info,edgemesh=debug")
