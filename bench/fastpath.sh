@@ -73,12 +73,13 @@ CG2=$CG2_ROOT/em-fp-$$ PIN=/sys/fs/bpf/em-fp-$$
 W=$(mktemp -d /tmp/edgemesh-fastpath.XXXXXX); chmod 755 "$W"   # nginx's worker is not root
 CUR_CG="" CUR_PID="" BACK=()
 cleanup() {
-  watch_stop; svc_stop "$CUR_CG" "$CUR_PID"
+  set +e   # undo all of it, whatever fails
+  watch_stop; server_stop
   local i; for ((i = 0; i < ${#BACK[@]}; i += 2)); do svc_stop "${BACK[i]}" "${BACK[i+1]}"; done
   rm -rf "$PIN"
   for ns in "$NS_C" "$NS_N" "$NS_B"; do ip netns del "$ns" 2>/dev/null || true; done
   rmdir "$CG2" 2>/dev/null || true
-  rm -rf "$W"
+  [[ -n ${KEEP:-} ]] && log "kept $W" || rm -rf "$W"
 }
 trap cleanup EXIT; trap 'exit 130' INT TERM
 mkdir -p "$OUT/raw" "$CG2"
@@ -131,7 +132,7 @@ agent_config() {
   local f=$W/agent-$1.yaml
   cat > "$f" <<EOF
 nodeName: node-a
-logLevel: warn
+logLevel: ${AGENT_LOG_LEVEL:-warn}
 drainTimeout: 1s
 vipCidr: 9.251.0.0/16
 stateDir: $W/state-$1
@@ -167,6 +168,15 @@ path_check() {
     [[ -z $3 ]] && exit 0
     printf "GET /100b HTTP/1.0\r\nHost: b\r\n\r\n" >&3; cat <&3 | tail -c 100 | grep -qx "0\{100\}"' "$@"
 }
+# server_stop: SIGTERM to the server under test, up to 10 s for it to exit (the agent
+# undoes its interception then), and only then lib.sh's svc_stop (which follows
+# its TERM with a KILL at once).
+server_stop() {
+  [[ -n $CUR_PID ]] || return 0
+  kill -TERM "$CUR_PID" 2>/dev/null || true
+  local i; for ((i = 0; i < 100; i++)); do [[ -n $(cat "$CG_MEM/$CUR_CG/cgroup.procs") ]] || break; sleep 0.1; done
+  svc_stop "$CUR_CG" "$CUR_PID"; CUR_CG="" CUR_PID=""
+}
 attached() { bpftool cgroup show "$CG2" 2>/dev/null | grep -c . || true; }
 
 # ---- one measurement: appends its JSON line to results.jsonl -------------------------
@@ -186,7 +196,9 @@ measure() { # REP TEST MODE POSITION
   [[ -z ${BENCH_SMOKE:-} ]] || quiet=false   # no check was made
   CUR_CG="" CUR_PID=""
   if [[ -n $cmd ]]; then
-    svc_start "$mode" "$NS_N" "$W/server-$SEQ.log" "$cmd"; CUR_CG=$SVC_CG CUR_PID=$SVC_PID
+    # nsenter rather than `ip netns exec`, which remounts /sys: the agent needs the
+    # host's cgroup v2 mount (intercept.cgroupPath) and bpffs under it.
+    svc_start "$mode" "" "$W/server-$SEQ.log" "nsenter --net=/run/netns/$NS_N $cmd"; CUR_CG=$SVC_CG CUR_PID=$SVC_PID
   fi
   local ok=0 i
   for ((i = 0; i < 100; i++)); do  # up to 10 s for the server to be ready and the path to be right
@@ -197,7 +209,7 @@ measure() { # REP TEST MODE POSITION
   done
   if (( ! ok )); then
     log "$mode: a connection to $ip:$port did not reach the backend as $peer"
-    tail -3 "$W/path-$SEQ.log" >&2; [[ -z $cmd ]] || tail -20 "$W/server-$SEQ.log" >&2; return 1
+    tail -3 "$W/path-$SEQ.log" >&2 2>/dev/null; [[ -z $cmd ]] || tail -20 "$W/server-$SEQ.log" >&2; return 1
   fi
   watch_start; [[ -z $CUR_CG ]] || cpu0=$(svc_cpu_ns "$CUR_CG")
   case $test in
@@ -216,7 +228,7 @@ measure() { # REP TEST MODE POSITION
   esac
   [[ -z $CUR_CG ]] || { cpu1=$(svc_cpu_ns "$CUR_CG"); cpu=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.3f", (b-a)/1e9}'); }
   watch_stop; (( ! WATCH_SEEN )) || quiet=false
-  svc_stop "$CUR_CG" "$CUR_PID"; CUR_CG=""
+  server_stop
   if [[ $mode == ebpf ]] && (( $(attached) )); then
     log "ebpf: programs still attached to $CG2 after the agent stopped (keepOnExit: false):"
     bpftool cgroup show "$CG2" >&2; tail -20 "$W/server-$SEQ.log" >&2; return 1
