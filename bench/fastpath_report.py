@@ -99,7 +99,7 @@ def chart(d, tests, modes, ratios):
         return
     colours = {"ebpf": "#d62728", "userspace": "#1f77b4", "haproxy": "#7f7f7f"}
     width = 0.8 / max(len(modes), 1)
-    fig, ax = plt.subplots(figsize=(2.6 * len(tests) + 2, 3.8))
+    fig, ax = plt.subplots(figsize=(2.6 * len(tests) + 3, 3.8))
     for i, m in enumerate(modes):
         xs = [ratios.get((t, m)) or [0] for t in tests]
         meds = [st.median(x) for x in xs]
@@ -114,7 +114,7 @@ def chart(d, tests, modes, ratios):
     ax.set_xticklabels([TESTS[t].split(" (")[0] for t in tests])
     ax.set_ylabel("ratio to direct (paired median, min-max)")
     ax.set_title("Local service traffic: kernel fast path, userspace proxy, haproxy vs direct")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(f"{d}/chart.png", dpi=90)
 
