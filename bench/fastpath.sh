@@ -50,7 +50,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd)
 QUIET_MAX_WAIT=${QUIET_MAX_WAIT:-120} QUIET_POLL=${QUIET_POLL:-20}
-SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}; . "$SHARED/lib.sh"
+SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}; . "$SHARED/lib.sh"; . "$HERE/run_env.sh"
 REPS=5 DUR=10 TESTS=tput1,rr,conn MODES=direct,ebpf,userspace,haproxy OUT=""
 while getopts r:d:t:m:o: o; do case $o in
   r) REPS=$OPTARG ;; d) DUR=$OPTARG ;; t) TESTS=$OPTARG ;; m) MODES=$OPTARG ;; o) OUT=$OPTARG ;;
@@ -260,15 +260,8 @@ for ((rep = 1; rep <= REPS; rep++)); do
   done
 done
 
-{
-  echo "date: $(date -u +%FT%TZ)"; echo "host: $(nproc) CPUs, $(uname -r)"
-  echo "agent: $BIN ($("$BIN" --version 2>/dev/null || echo '?'))"
-  echo "git: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
-  echo "tests: $TESTS, ${DUR}s each; wrk -t2 -c50; nginx 1 worker, 100-byte file; reps: $REPS; modes: $MODES"
-  echo "peers: $(haproxy -v | head -1 | cut -d' ' -f1-3), $(iperf3 --version | head -1 | cut -d' ' -f1-2), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
-  [[ -z ${BENCH_SMOKE:-} ]] || echo "BENCH_SMOKE: no quiet checks (a smoke test: the numbers mean nothing)"
-  echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "runs that did not pass the quiet check (waited ${QUIET_MAX_WAIT}s) or saw a compile: \
-$(jq -s '[.[] | select(.quiet == false)] | length' "$OUT/results.jsonl") of $(jq -s length "$OUT/results.jsonl")"
-} > "$OUT/env.txt"
+run_env "$OUT/results.jsonl" \
+  "tests: $TESTS, ${DUR}s each; wrk -t2 -c50; nginx 1 worker, 100-byte file; reps: $REPS; modes: $MODES" \
+  "peers: $(haproxy -v | head -1 | cut -d' ' -f1-3), $(iperf3 --version | head -1 | cut -d' ' -f1-2), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)" \
+  > "$OUT/env.txt"
 python3 "$HERE/fastpath_report.py" "$OUT"
