@@ -24,14 +24,23 @@ def lines(path):
         return [json.loads(l) for l in f if l.strip()]
 
 
-def paired_ratio(rows, key, a, b, test=None):
-    """Median over repetitions of value(a)/value(b) for the same rep (and test)."""
+def paired_ratios(rows, key, a, b, test=None, field=lambda r: r["value"]):
+    """field(a)/field(b) for each repetition (and test) that measured both, in rep order."""
     by = defaultdict(dict)
     for r in rows:
         if test and r.get("test") != test:
             continue
         by[r["rep"]][r[key]] = r
-    ratios = [reps[a]["value"] / reps[b]["value"] for reps in by.values() if a in reps and b in reps and reps[b]["value"]]
+    return [
+        field(reps[a]) / field(reps[b])
+        for _, reps in sorted(by.items())
+        if a in reps and b in reps and field(reps[a]) is not None and field(reps[b])
+    ]
+
+
+def paired_ratio(rows, key, a, b, test=None):
+    """Median over repetitions of value(a)/value(b) for the same rep (and test)."""
+    ratios = paired_ratios(rows, key, a, b, test)
     return st.median(ratios) if ratios else None
 
 

@@ -29,7 +29,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd)
 QUIET_MAX_WAIT=${QUIET_MAX_WAIT:-120} QUIET_POLL=${QUIET_POLL:-20}
-SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}; . "$SHARED/lib.sh"
+SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}; . "$SHARED/lib.sh"; . "$HERE/run_env.sh"
 REPS=5 DUR=15 CONNS=50 OUT=""
 while getopts r:d:c:o: o; do case $o in
   r) REPS=$OPTARG ;; d) DUR=$OPTARG ;; c) CONNS=$OPTARG ;; o) OUT=$OPTARG ;;
@@ -106,17 +106,9 @@ for rep in $(seq "$REPS"); do
   for mode in $order; do log "rep $rep: $mode"; run "$rep" "$mode"; done
 done
 
-{
-  echo "date: $(date -u +%FT%TZ)"; echo "host: $(nproc) CPUs, $(uname -r)"
-  echo "agent: $BIN ($("$BIN" --version 2>/dev/null || echo '?'))"
-  echo "git: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
-  echo "wrk: -t2 -c$CONNS -d${DUR}s --latency; nginx 1 worker, 100-byte file; reps: $REPS"
-  echo "/metrics: $METRICS_BYTES bytes, $METRICS_SERIES series"
-  [[ -z ${BENCH_SMOKE:-} ]] || echo "BENCH_SMOKE: no quiet checks (a smoke test: the numbers mean nothing)"
-  echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "runs that did not pass the quiet check (waited ${QUIET_MAX_WAIT}s) or saw a compile: \
-$(jq -s '[.[] | select(.quiet == false)] | length' "$RES") of $(jq -s length "$RES")"
-} > "$OUT/env.txt"
+run_env "$RES" \
+  "wrk: -t2 -c$CONNS -d${DUR}s --latency; nginx 1 worker, 100-byte file; reps: $REPS" \
+  "/metrics: $METRICS_BYTES bytes, $METRICS_SERIES series" > "$OUT/env.txt"
 
 python3 - "$RES" "$OUT/env.txt" > "$OUT/table.md" <<'PY'
 import json, statistics as st, sys
