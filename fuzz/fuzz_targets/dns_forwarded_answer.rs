@@ -1,5 +1,5 @@
 //! An upstream's answer, through the forwarding cache and back to a client:
-//! the bytes are read as the forwarder reads a reply; a reply to one
+//! the bytes are read as the forwarder reads a reply (`read_reply`); a reply to one
 //! question is stored under that question (if cacheable) and then asked for
 //! by a client, whose answer (from the cache or not) must parse, carry the
 //! client's ID and fit its UDP size, TTLs aged, sections as stored.
@@ -8,13 +8,14 @@
 use std::time::Instant;
 
 use edgemesh_dns::cache::CacheKey;
+use edgemesh_dns::forward::read_reply;
 use edgemesh_dns::handler::{MAX_UDP_PAYLOAD, Step, Transport};
 use edgemesh_fuzz::{CLIENT, check_response, dns_handler};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
-    let Ok(reply) = Message::from_vec(bytes) else { return };
+    let Some(reply) = read_reply(bytes) else { return };
     let [query] = reply.queries.as_slice() else { return };
     let query = query.clone();
     let handler = dns_handler();
