@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the fuzz targets (fuzz/, cargo-fuzz with libFuzzer, nightly toolchain) and runs each
-# for SECONDS (default 3: about 30 s for all, as CI runs them) over a copy of its corpus, so
+# for SECONDS (default 2: about 40 s for all nine with loading their corpora, as CI runs them) over a copy of its corpus, so
 # the corpus in the repository only changes when someone minimizes it on purpose.
 #
-#   scripts/fuzz.sh                 # every target, 3 s each
+#   scripts/fuzz.sh                 # every target, 2 s each
 #   scripts/fuzz.sh 600 dns_request # one target, 10 minutes
 #
 # A crash stops the script with libFuzzer's report and the input under fuzz/artifacts/<target>/.
@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
-seconds="${1:-3}"
+seconds="${1:-2}"
 shift || true
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-/var/tmp/edgemesh-fuzz-target}"
 # Instrumented builds differ from the workspace's anyway; incremental data would only fill the disk.
