@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the fuzz targets (fuzz/, cargo-fuzz with libFuzzer, nightly toolchain) and runs each
-# for SECONDS (default 2: about 40 s for all nine with loading their corpora, as CI runs them) over a copy of its corpus, so
-# the corpus in the repository only changes when someone minimizes it on purpose.
+# for SECONDS (default 2: about 45 s for all nine with loading their corpora, as CI runs them)
+# over a copy of its corpus, so the corpus in the repository only changes when someone
+# minimizes it on purpose.
 #
 #   scripts/fuzz.sh                 # every target, 2 s each
 #   scripts/fuzz.sh 600 dns_request # one target, 10 minutes
