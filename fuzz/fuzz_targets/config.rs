@@ -11,7 +11,8 @@ fuzz_target!(|bytes: &[u8]| {
     let Ok(mut config) = Config::parse_yaml(text) else { return };
     let _ = config.validate();
     let printed = serde_saphyr::to_string(&config).expect("a parsed config prints");
-    let back = Config::from_yaml(&printed).unwrap_or_else(|e| panic!("printed config does not parse ({e}):\n{printed}"));
+    let back =
+        Config::from_yaml(&printed).unwrap_or_else(|e| panic!("printed config does not parse ({e}):\n{printed}"));
     assert_eq!(back, config, "printed config reads back different:\n{printed}");
     config.fill_defaults();
     let _ = config.validate();

@@ -16,7 +16,9 @@ use serde::de::DeserializeOwned;
 
 fn watch<K: DeserializeOwned>(line: &[u8], convert: impl Fn(&K) -> Result<Option<Object>, ConvertError>) {
     let Ok(event) = serde_json::from_slice::<WatchEvent<K>>(line) else { return };
-    let (WatchEvent::Added(object) | WatchEvent::Modified(object) | WatchEvent::Deleted(object)) = event else { return };
+    let (WatchEvent::Added(object) | WatchEvent::Modified(object) | WatchEvent::Deleted(object)) = event else {
+        return;
+    };
     if let Ok(Some(converted)) = convert(&object) {
         assert_cacheable(&converted);
     }

@@ -26,7 +26,11 @@ pub const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// a VIP service with named ports, a headless one with hostnames and both
 /// families, and one with no endpoints.
 pub static SNAPSHOT: LazyLock<Arc<Snapshot>> = LazyLock::new(|| {
-    let config = RegistryConfig { vip_cidr: "9.251.0.0/16".parse().expect("CIDR"), default_strategy: LbStrategy::RoundRobin, ..Default::default() };
+    let config = RegistryConfig {
+        vip_cidr: "9.251.0.0/16".parse().expect("CIDR"),
+        default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
+    };
     let mut state = RegistryState::new(&config);
     for object in [
         build::service("default", "web").port("http", 80, 8080).udp_port("dns", 53, 5353).object(),
@@ -59,7 +63,8 @@ pub fn dns_handler() -> Handler {
 /// fits the size allowed (`max`).
 pub fn check_response(request_id: Option<u16>, bytes: &[u8], max: usize) {
     assert!(bytes.len() <= max, "response of {} bytes over the limit of {max}", bytes.len());
-    let response = Message::from_vec(bytes).unwrap_or_else(|e| panic!("the handler sent an unparsable response ({e}): {bytes:02x?}"));
+    let response = Message::from_vec(bytes)
+        .unwrap_or_else(|e| panic!("the handler sent an unparsable response ({e}): {bytes:02x?}"));
     if let Some(id) = request_id {
         assert_eq!(response.metadata.id, id, "response to another ID");
     }
@@ -70,7 +75,8 @@ pub fn check_response(request_id: Option<u16>, bytes: &[u8], max: usize) {
 pub fn assert_cacheable(object: &Object) {
     let mut bytes = Vec::new();
     edgemesh_cache::codec::encode(object, &mut bytes);
-    let back = edgemesh_cache::codec::decode(&bytes).unwrap_or_else(|e| panic!("cached {object:?} does not decode: {e}"));
+    let back =
+        edgemesh_cache::codec::decode(&bytes).unwrap_or_else(|e| panic!("cached {object:?} does not decode: {e}"));
     assert_eq!(&back, object, "the cache changed the object");
 }
 
