@@ -56,6 +56,21 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Supply chain (deny.toml): licences, duplicate major versions, crates.io only. Advisories need
+# the RustSec database, which `cargo deny fetch` downloads on a connected machine: checked only
+# where one is present, offline, saying which.
+if command -v cargo-deny >/dev/null; then
+  cargo deny --locked check licenses bans sources
+  advisory_dbs="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs"
+  if compgen -G "$advisory_dbs/*/crates" >/dev/null; then
+    echo "cargo deny: advisories from $(ls -d "$advisory_dbs"/*/ | head -n 1)"
+    cargo deny --locked check --disable-fetch advisories
+  else
+    echo "cargo deny: advisories SKIPPED: no RustSec database in $advisory_dbs (run \`cargo deny fetch\` where github.com is reachable)"
+  fi
+else
+  echo "cargo deny: SKIPPED: cargo-deny is not installed (cargo install --locked cargo-deny; .ci/run does)"
+fi
 cargo test --workspace --locked "$@"
 # The tunnel with its optional QUIC transport (`--features quic`).
 cargo clippy -p edgemesh-tunnel --features quic --all-targets --locked -- -D warnings

@@ -200,14 +200,62 @@ async fn exchange_tcp(upstream: SocketAddr, bytes: &[u8], id: u16, query: &Query
     matching_reply(&buf, id, query).ok_or(UpstreamError::BadReply)
 }
 
-/// `bytes` parsed, if it is the reply to our query `id` for `query`.
-fn matching_reply(bytes: &[u8], id: u16, query: &Query) -> Option<Message> {
+/// An upstream's reply as the agent can pass it on to clients: a response
+/// to a standard query. Anything else is refused like garbage: an UPDATE
+/// message, for one, may hold records with an empty RDATA, which hickory
+/// reads there but which no reader accepts in the answer to a query (found by
+/// the `dns_forwarded_answer` fuzz target: the agent sent clients a
+/// malformed answer).
+pub fn read_reply(bytes: &[u8]) -> Option<Message> {
     let msg = Message::from_vec(bytes).ok()?;
+    (msg.metadata.message_type == MessageType::Response && msg.metadata.op_code == OpCode::Query).then_some(msg)
+}
+
+/// `bytes` read by [`read_reply`], if it is the reply to our query `id` for `query`.
+fn matching_reply(bytes: &[u8], id: u16, query: &Query) -> Option<Message> {
+    let msg = read_reply(bytes)?;
     let same_question = match msg.queries.as_slice() {
         [q] => {
             q.name() == query.name() && q.query_type() == query.query_type() && q.query_class() == query.query_class()
         }
         _ => false,
     };
-    (msg.metadata.id == id && msg.metadata.message_type == MessageType::Response && same_question).then_some(msg)
+    (msg.metadata.id == id && same_question).then_some(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::{Name, RecordType};
+
+    use super::*;
+
+    /// An UPDATE message whose records hickory-proto reads (empty RDATA is
+    /// allowed there) but which no reader accepts in the answer to a query
+    /// (the fuzz target's crash input): refused, never cached or passed on.
+    #[test]
+    fn a_reply_that_is_not_to_a_query_is_refused() {
+        let crash = b"\x12\x34\x2d\x80\x00\x01\x00\x02\x00\x00\x00\x00\x07\x64\x43\x61\x6d\x70\x6f\x6c\x00\x29\x00\x00\
+          \x00\x00\x00\x00\x00\xc0\x0c\x00\x3e\x00\x00\x00\x00\x00\x00\x00\x41\x84\x00\x81\xf9\x00\x00\x01\
+          \x80\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\
+          \x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\
+          \x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\
+          \x00\x00\x03\x07\x00\x00\x00\x00\x00\x00\x00\xff\xff\x00\x3c\x00\x04\xc0\x00\x03\x00\x00\x00\x43\
+          \x61\x6d\x00\x02\x7a\x63\x2d\x0a\x63\x02";
+        let parsed = Message::from_vec(crash).expect("hickory-proto reads it");
+        assert_eq!(parsed.metadata.op_code, OpCode::Update);
+        assert!(read_reply(crash).is_none());
+        let query = parsed.queries[0].clone();
+        assert!(matching_reply(crash, parsed.metadata.id, &query).is_none());
+    }
+
+    #[test]
+    fn a_plain_reply_is_read_as_sent() {
+        let query = Query::query(Name::from_ascii("example.com.").unwrap(), RecordType::A);
+        let mut reply = Message::new(7, MessageType::Response, OpCode::Query);
+        reply.add_query(query.clone());
+        let bytes = reply.to_vec().unwrap();
+        assert_eq!(matching_reply(&bytes, 7, &query).map(|m| m.queries), Some(vec![query.clone()]));
+        assert!(matching_reply(&bytes, 8, &query).is_none(), "another ID");
+    }
 }

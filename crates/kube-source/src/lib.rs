@@ -34,6 +34,12 @@ pub mod error;
 mod health;
 pub mod source;
 
+/// The API objects' conversions, for the fuzz targets (`fuzz/`) only: not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::convert::{endpoint_slice, endpoints, excluded, node, service};
+}
+
 pub use client::{ApiEndpoint, install_crypto_provider};
 pub use config::KubeConfig;
 pub use convert::SERVICE_PROXY_NAME_LABEL;

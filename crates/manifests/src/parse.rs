@@ -124,6 +124,21 @@ fn parse_document(chunk: &Chunk<'_>, out: &mut Vec<ParsedObject>) -> Result<(), 
     Ok(convert::document(doc.value, base, base + doc.line.max(1), out)?)
 }
 
+/// [`parse_manifest`] with every document through serde-saphyr (the fast
+/// path skipped): the reference the fast path must agree with, for its
+/// property test and the fuzz target (`fuzz/`). Not an API.
+#[doc(hidden)]
+pub fn parse_manifest_reference(text: &str) -> Result<Vec<ParsedObject>, ManifestError> {
+    let mut out = Vec::new();
+    for chunk in split_documents(text) {
+        if let Some(doc) = slow_document(&chunk)? {
+            let base = chunk.start_line - 1;
+            convert::document(doc.value, base, base + doc.line.max(1), &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
 /// One document through serde-saphyr; `None` for a document of a kind we do
 /// not read that does not fit our schema.
 pub(crate) fn slow_document(chunk: &Chunk<'_>) -> Result<Option<Located<Document>>, ManifestError> {

@@ -147,6 +147,12 @@ pub use peer_table::{ConnectionStatus, ConnectionType, PeerStatus};
 pub use tokio_util::sync::CancellationToken;
 pub use tunnel::{DatagramReceiver, DatagramSender, MAX_DATAGRAM, Tunnel, TunnelStream, UDP_IDLE_TIMEOUT};
 
+/// The stream protocols' parsers, for the fuzz targets (`fuzz/`) only: not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::wire::{Header, Hello, encode_header, encode_hello, read_header, read_hello};
+}
+
 /// The transport protocol of a proxied flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

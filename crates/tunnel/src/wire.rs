@@ -50,7 +50,7 @@ pub(crate) const HEADER_TIMEOUT: Duration = if cfg!(test) { Duration::from_secs(
 
 /// A peer's hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Hello {
+pub struct Hello {
     pub node: String,
     pub agent: String,
     pub keep_open: bool,
@@ -121,7 +121,7 @@ impl Reply {
 
 /// The header opening a proxy stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Header {
+pub struct Header {
     pub protocol: TunnelProtocol,
     /// The endpoint; for `to_host`, the acceptor's loopback and the port (only the port is sent).
     pub target: SocketAddr,
@@ -148,7 +148,7 @@ fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-pub(crate) fn encode_hello(hello: &Hello) -> Vec<u8> {
+pub fn encode_hello(hello: &Hello) -> Vec<u8> {
     let node = truncate_utf8(&hello.node, MAX_NODE_NAME);
     let agent = truncate_utf8(&hello.agent, MAX_AGENT);
     let mut out = Vec::with_capacity(6 + node.len() + agent.len());
@@ -162,7 +162,7 @@ pub(crate) fn encode_hello(hello: &Hello) -> Vec<u8> {
     out
 }
 
-pub(crate) async fn read_hello<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Hello> {
+pub async fn read_hello<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Hello> {
     let mut head = [0u8; 6];
     r.read_exact(&mut head).await?;
     if &head[..3] != HELLO_MAGIC {
@@ -189,7 +189,7 @@ pub(crate) async fn read_hello<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<He
     Ok(Hello { node, agent, keep_open })
 }
 
-pub(crate) fn encode_header(h: &Header) -> Vec<u8> {
+pub fn encode_header(h: &Header) -> Vec<u8> {
     let service = truncate_utf8(&h.service, 255);
     let mut out = Vec::with_capacity(24 + service.len());
     out.push(HEADER_VERSION);
@@ -214,7 +214,7 @@ pub(crate) fn encode_header(h: &Header) -> Vec<u8> {
     out
 }
 
-pub(crate) async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Header> {
+pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Header> {
     let mut head = [0u8; 3];
     r.read_exact(&mut head).await?;
     if head[0] != HEADER_VERSION {

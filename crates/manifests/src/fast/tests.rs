@@ -8,18 +8,10 @@ use proptest::prelude::*;
 use super::*;
 use crate::error::ManifestError;
 use crate::parse::{self, ParsedObject, split_documents};
-use edgemesh_k8s::convert;
 
 /// The reference: every document through serde-saphyr.
 fn slow(text: &str) -> Result<Vec<ParsedObject>, ManifestError> {
-    let mut out = Vec::new();
-    for chunk in split_documents(text) {
-        if let Some(doc) = parse::slow_document(&chunk)? {
-            let base = chunk.start_line - 1;
-            convert::document(doc.value, base, base + doc.line.max(1), &mut out)?;
-        }
-    }
-    Ok(out)
+    parse::parse_manifest_reference(text)
 }
 
 /// Builds manifest text from a list of choices (so proptest can shrink it).
