@@ -501,6 +501,17 @@ async fn stream_limit_waits_instead_of_killing_the_connection() {
     let a = start(ca, dir.clone()).await;
     let echo = tcp_echo().await;
     dir.serve(echo, Tcp::Tcp);
+    // The limit is per connection: a stream opened while A's bootstrap dial is still under way
+    // dials B a second time (a fresh path beside one not yet made), and the ninth stream would
+    // then fit on that second connection. Start from the one bootstrap connection, trusted both ways.
+    let b_id = b.tunnel.peer_id().to_string();
+    let a_id = a.tunnel.peer_id().to_string();
+    eventually("one trusted connection between a and b", Duration::from_secs(10), || async {
+        let to_b = a.tunnel.peers().into_iter().find(|p| p.peer_id == b_id && p.trusted)?;
+        b.tunnel.peers().into_iter().find(|p| p.peer_id == a_id && p.trusted)?;
+        (to_b.connections.len() == 1).then_some(())
+    })
+    .await;
     let mut held = Vec::new();
     for _ in 0..8 {
         held.push(a.tunnel.open_tcp("b", echo, "limit").await.unwrap());
@@ -514,7 +525,11 @@ async fn stream_limit_waits_instead_of_killing_the_connection() {
     let ninth = tokio::spawn(async move { t.open_tcp("b", echo, "limit").await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     if ninth.is_finished() {
-        panic!("the ninth stream should wait for a free slot: {:?}", ninth.await.unwrap().map(|s| s.is_relayed()));
+        let connections = a.tunnel.peers().into_iter().find(|p| p.peer_id == b_id).map(|p| p.connections.len());
+        panic!(
+            "the ninth stream should wait for a free slot: {:?} ({connections:?} connections to b)",
+            ninth.await.unwrap().map(|s| s.is_relayed())
+        );
     }
     held.pop();
     let mut s = tokio::time::timeout(Duration::from_secs(3), ninth).await.expect("slot freed").unwrap().unwrap();
