@@ -6,9 +6,8 @@
 //! # Layout, in the order a request flows
 //!
 //! - this file: the connection limit and the hyper server's settings (the
-//!   limits hyper enforces itself: header size and count, request-head
-//!   timeout, HTTP/2 streams);
-//! - `connection`: one client connection: the idle and preface timers, each
+//!   limits hyper enforces itself: header size and count, HTTP/2 streams);
+//! - `connection`: one client connection: the idle, preface and head timers, each
 //!   request (headers, upgrades, errors), limits told from hyper's errors;
 //! - `headers`: hop-by-hop and forwarding headers (pure);
 //! - `respond`: error responses (text or gRPC status) and the response body
@@ -121,11 +120,11 @@ impl Drop for Slot {
 /// hyper's server with the `http` section's limits. A zero timeout is none.
 fn server_builder(config: &HttpConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    let head_timeout = (!config.request_head_timeout.is_zero()).then_some(config.request_head_timeout);
+    // The head timeout is timed by `connection` (see there why not by hyper).
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(head_timeout)
+        .header_read_timeout(None)
         .max_buf_size(config.max_header_bytes.max(MIN_HEADER_BYTES))
         .max_headers(config.max_headers)
         .keep_alive(true);

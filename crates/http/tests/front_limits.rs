@@ -64,6 +64,54 @@ async fn fifty_slowloris_connections_do_not_starve_a_real_client() {
     assert_eq!(front.proxy.limit_hits(Limit::HeadTimeout), 50);
 }
 
+/// The head timeout times a request head from its first byte, not the wait
+/// between requests: a pooled keep-alive connection idle for longer is kept
+/// (and answered), while a head that begins late and trickles is still cut
+/// at its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_timeout_spares_idle_keep_alive_connections() {
+    use http_body_util::BodyExt;
+    let head_timeout = Duration::from_secs(1);
+    let config = HttpConfig { request_head_timeout: head_timeout, ..HttpConfig::default() };
+    let front = Front::dispatching(&[echo_backend("a").await], config).await;
+    let stream = TcpStream::connect(front.addr).await.unwrap();
+    let (mut pooled, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let response = pooled.send_request(get(&front)).await.expect("the idle connection still serves");
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+        tokio::time::sleep(head_timeout * 5 / 2).await;
+    }
+    // A request, a pause longer than the head timeout, then a slow head.
+    let mut slow = TcpStream::connect(front.addr).await.unwrap();
+    slow.write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", front.addr).as_bytes()).await.unwrap();
+    let mut answer = [0u8; 12];
+    slow.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    tokio::time::sleep(head_timeout * 3 / 2).await;
+    let began = tokio::time::Instant::now();
+    slow.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(head_timeout * 4, async {
+        loop {
+            let _ = slow.write_all(b"a").await;
+            let mut buf = [0u8; 4096];
+            match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return,
+                Ok(Ok(n)) => rest.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a trickled head outlived its timeout ({:?} after its first byte)", began.elapsed());
+    assert!(began.elapsed() >= head_timeout, "cut before its deadline: {:?}", began.elapsed());
+    assert!(!String::from_utf8_lossy(&rest).contains(" 200 "), "the slow head got no answer");
+    assert_eq!(front.proxy.limit_hits(Limit::HeadTimeout), 1);
+    assert_eq!(front.proxy.limit_hits(Limit::IdleTimeout), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_large_or_too_many_headers_get_431_and_others_are_served() {
     let config = HttpConfig { max_header_bytes: 8192, max_headers: 20, ..HttpConfig::default() };

@@ -1,14 +1,23 @@
 //! One client connection, from the hand-off to its close: hyper serves it;
 //! this module adds what hyper does not do (the idle timeout, a deadline
-//! for the HTTP/2 preface), tells which limit ended a connection from
-//! hyper's error, and handles each request (headers, upgrades, errors).
+//! for the HTTP/2 preface, the HTTP/1.1 request-head timeout), tells which
+//! limit ended a connection from hyper's error, and handles each request
+//! (headers, upgrades, errors).
+//!
+//! The head timeout is timed here rather than by hyper's
+//! `header_read_timeout`: hyper starts that clock as soon as the previous
+//! response is written, so a keep-alive connection idle for longer than the
+//! head timeout (a pooled client's usual state) was closed as a slowloris,
+//! and its timer was re-armed for every request. Here the clock starts at
+//! the first byte of a head, and an idle connection only waits for its
+//! idle timeout.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -32,6 +41,16 @@ use crate::RequestContext;
 /// Length of the HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE_LEN: u64 = 24;
 
+/// The start of the HTTP/2 connection preface (RFC 9113 §3.4); no HTTP/1.1
+/// method is `PRI`.
+const HTTP2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
+/// Whether a connection's first bytes may be the HTTP/2 preface.
+fn is_http2_preface_start(bytes: &[u8]) -> bool {
+    let n = bytes.len().min(HTTP2_PREFACE_START.len());
+    n > 0 && bytes[..n] == HTTP2_PREFACE_START[..n]
+}
+
 /// How often the timers look again when nothing is due.
 const NOTHING_DUE: Duration = Duration::from_secs(3600);
 
@@ -45,6 +64,13 @@ struct ConnState {
     accepted: Instant,
     /// Bytes read from the client so far.
     read: AtomicU64,
+    /// No request in flight (mirrors `Flight::in_flight == 0` for the reader).
+    idle: AtomicBool,
+    /// When the first byte of the next request head arrived, in nanoseconds
+    /// since `accepted` plus one; 0 while none has.
+    head_started: AtomicU64,
+    /// The client spoke the HTTP/2 preface: no head timeout between streams.
+    http2: AtomicBool,
     flight: Mutex<Flight>,
     /// The upgraded connection's copy, run once hyper lets go of the
     /// connection (an HTTP/1.1 connection upgrades at most once).
@@ -69,6 +95,8 @@ impl ConnState {
         let mut flight = self.flight();
         flight.requests += 1;
         flight.in_flight += 1;
+        self.idle.store(false, Ordering::Relaxed);
+        self.head_started.store(0, Ordering::Relaxed);
         flight.in_flight
     }
 
@@ -78,6 +106,27 @@ impl ConnState {
         if flight.in_flight == 0 {
             flight.idle_since = Instant::now();
             flight.read_at_idle = self.read.load(Ordering::Relaxed);
+            self.head_started.store(0, Ordering::Relaxed);
+            self.idle.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// `bytes` were read from the client (its first bytes if `first`).
+    fn received(&self, bytes: &[u8], first: bool) {
+        if first && is_http2_preface_start(bytes) {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+        if self.idle.load(Ordering::Relaxed) && self.head_started.load(Ordering::Relaxed) == 0 {
+            let since = u64::try_from(self.accepted.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+            self.head_started.store(since + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// When the head being read began, if one is.
+    fn head_started(&self) -> Option<Instant> {
+        match self.head_started.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(self.accepted + Duration::from_nanos(since - 1)),
         }
     }
 
@@ -90,14 +139,23 @@ impl ConnState {
     fn check(&self, head_timeout: Duration, idle_timeout: Duration, now: Instant) -> Check {
         let flight = self.flight();
         let mut next = now + NOTHING_DUE;
-        // hyper times HTTP/1.1 heads, but not the wait for the preface
-        // that tells HTTP/2 from HTTP/1.1.
+        // The wait for the preface that tells HTTP/2 from HTTP/1.1.
         if !head_timeout.is_zero() && flight.requests == 0 && self.read.load(Ordering::Relaxed) < PREFACE_LEN {
             let deadline = self.accepted + head_timeout;
             if now >= deadline {
                 return Check::Preface;
             }
             next = next.min(deadline);
+        }
+        // An HTTP/1.1 head, from its first byte. While none has begun, look
+        // again a head timeout later (the reader cannot re-arm this timer),
+        // so a head is cut at its deadline however late it began.
+        if !head_timeout.is_zero() && flight.in_flight == 0 && !self.http2.load(Ordering::Relaxed) {
+            match self.head_started() {
+                Some(started) if now >= started + head_timeout => return Check::Head,
+                Some(started) => next = next.min(started + head_timeout),
+                None => next = next.min(now + head_timeout),
+            }
         }
         if !idle_timeout.is_zero() {
             if flight.in_flight == 0 {
@@ -118,6 +176,8 @@ enum Check {
     Wait(Instant),
     /// No preface (nor HTTP/1.1 request line) within the head timeout.
     Preface,
+    /// An HTTP/1.1 request head not complete within the head timeout.
+    Head,
     /// No request in flight for the idle timeout.
     Idle,
 }
@@ -138,6 +198,9 @@ pub(super) async fn serve(front: Arc<Shared>, conn: HttpConnection, _slot: Slot)
         forwarding: headers::Forwarding::new(peer.ip()),
         accepted: now,
         read: AtomicU64::new(0),
+        idle: AtomicBool::new(true),
+        head_started: AtomicU64::new(0),
+        http2: AtomicBool::new(false),
         flight: Mutex::new(Flight { requests: 0, in_flight: 0, idle_since: now, read_at_idle: 0 }),
         upgrade: Mutex::new(None),
     });
@@ -167,7 +230,7 @@ pub(super) async fn serve(front: Arc<Shared>, conn: HttpConnection, _slot: Slot)
             }
             () = &mut timer, if !closing => match state.check(head_timeout, idle_timeout, Instant::now()) {
                 Check::Wait(at) => timer.as_mut().reset(at),
-                Check::Preface => {
+                Check::Preface | Check::Head => {
                     limits.hit(Limit::HeadTimeout, Some(peer));
                     break Ok(());
                 }
@@ -184,12 +247,6 @@ pub(super) async fn serve(front: Arc<Shared>, conn: HttpConnection, _slot: Slot)
             Some(e) if e.is_parse_too_large() => {
                 let max = front.config.max_header_bytes.max(MIN_HEADER_BYTES) as u64;
                 let limit = if state.read_since_idle() >= max { Limit::HeaderSize } else { Limit::HeaderCount };
-                limits.hit(limit, Some(peer));
-            }
-            Some(e) if e.is_timeout() => {
-                // hyper's head timer also runs while a keep-alive
-                // connection waits for its next request.
-                let limit = if state.read_since_idle() > 0 { Limit::HeadTimeout } else { Limit::IdleTimeout };
                 limits.hit(limit, Some(peer));
             }
             _ => tracing::debug!(%peer, %error, "client connection ended with an error"),
@@ -301,9 +358,10 @@ impl AsyncRead for Counting {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = (buf.filled().len() - before) as u64;
-        if read > 0 {
-            self.state.read.fetch_add(read, Ordering::Relaxed);
+        let bytes = &buf.filled()[before..];
+        if !bytes.is_empty() {
+            let first = self.state.read.fetch_add(bytes.len() as u64, Ordering::Relaxed) == 0;
+            self.state.received(bytes, first);
         }
         polled
     }
