@@ -11,7 +11,7 @@ use edgemesh_core::Backend;
 use edgemesh_metrics::Registry;
 use edgemesh_proxy::pool::Targets;
 use hyper::body::Incoming;
-use hyper::header::{CONNECTION, HOST, HeaderValue, UPGRADE};
+use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
 use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 
@@ -250,6 +250,11 @@ impl Shared {
     }
 }
 
+/// Connection-specific fields HTTP/2 forbids (RFC 9113 §8.2.2) that have no
+/// constant in `http`.
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// The request one try sends: the client's head (its extensions stay
 /// behind: they belong to the client's connection) in the form the
 /// endpoint's protocol wants.
@@ -257,26 +262,17 @@ fn request(parts: &Parts, body: ReplayBody, protocol: Protocol, addr: SocketAddr
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.headers_mut() = parts.headers.clone();
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
-        .unwrap_or_else(|| addr.to_string());
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     match protocol {
         Protocol::Http2 => {
             *req.version_mut() = Version::HTTP_2;
             let headers = req.headers_mut();
-            // RFC 9113 §8.2.2: no connection-specific fields.
-            for name in [CONNECTION, UPGRADE, hyper::header::TRANSFER_ENCODING] {
+            for name in [&CONNECTION, &UPGRADE, &hyper::header::TRANSFER_ENCODING, &KEEP_ALIVE, &PROXY_CONNECTION] {
                 headers.remove(name);
             }
-            headers.remove("keep-alive");
-            headers.remove("proxy-connection");
             *req.uri_mut() = Uri::builder()
                 .scheme("http")
-                .authority(authority.as_str())
+                .authority(authority(parts, addr).as_str())
                 .path_and_query(path)
                 .build()
                 .unwrap_or_else(|_| parts.uri.clone());
@@ -285,7 +281,7 @@ fn request(parts: &Parts, body: ReplayBody, protocol: Protocol, addr: SocketAddr
             *req.version_mut() = Version::HTTP_11;
             let headers = req.headers_mut();
             if !headers.contains_key(HOST)
-                && let Ok(host) = HeaderValue::from_str(&authority)
+                && let Ok(host) = HeaderValue::from_str(&authority(parts, addr))
             {
                 headers.insert(HOST, host);
             }
@@ -300,6 +296,17 @@ fn request(parts: &Parts, body: ReplayBody, protocol: Protocol, addr: SocketAddr
         }
     }
     req
+}
+
+/// The authority a request is for: its URI's (absolute form, HTTP/2), else
+/// its `Host`, else the endpoint's address.
+fn authority(parts: &Parts, addr: SocketAddr) -> String {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .unwrap_or_else(|| addr.to_string())
 }
 
 #[cfg(test)]

@@ -7,9 +7,23 @@ use std::net::IpAddr;
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that are hop-by-hop whether or not `Connection` lists them.
-const HOP_BY_HOP: [&str; 6] =
-    ["keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "http2-settings", "te"];
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// Whether `name` is hop-by-hop whether or not `Connection` lists it
+/// (`Connection` itself included). Names are compared, not looked up: a
+/// request or response has a handful of headers, and most have none of
+/// these, so one pass over them is cheaper than a lookup per name.
+fn always_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::TE
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+        || *name == HTTP2_SETTINGS
+}
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -38,24 +52,31 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 /// `trailers` (gRPC needs `te: trailers`). With `upgrade`, the pass-through
 /// upgrade keeps `Upgrade` and `Connection: upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
+    if headers.keys().any(always_hop_by_hop) {
+        remove_hop_by_hop(headers);
+    }
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
+}
+
+/// [`strip_hop_by_hop`]'s removals, for a map that has some.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
     let trailers = tokens(headers, &header::TE)
         .any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers")));
-    headers.remove(header::CONNECTION);
     for name in listed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    let hop: Vec<HeaderName> = headers.keys().filter(|name| always_hop_by_hop(name)).cloned().collect();
+    for name in hop {
         headers.remove(name);
     }
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    if let Some(protocol) = upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, protocol.clone());
     }
 }
 
