@@ -103,7 +103,7 @@ fn check_cgroup(path: Option<&Path>) -> Result<(), edgemesh_ebpf::Error> {
     let Some(path) = path else { return Ok(()) };
     let not_v2 = |why: String| edgemesh_ebpf::Error::Cgroup {
         path: path.into(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+        error: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
     };
     let fs = rustix::fs::statfs(path).map_err(|e| not_v2(format!("intercept.cgroupPath: {e}")))?;
     #[allow(clippy::unnecessary_cast)] // f_type is i64 or u64 by target
