@@ -129,6 +129,7 @@ impl Agent {
         edgemesh_kube::install_crypto_provider();
         limits::raise_nofile_limit();
         // First: without support it may fall back to nftables mode.
+        let configured_mode = config.intercept.mode;
         let fast = fastpath::start(&mut config.intercept)?;
         let intercepting = config.intercept.enabled();
         let proxy_config = ProxyConfig {
@@ -251,7 +252,7 @@ impl Agent {
         };
         let config = Arc::new(config);
         let logging = deps.logging.clone().unwrap_or_else(|| LogControl::detached(&config.log_level));
-        let lifecycle = Lifecycle::new(config.clone(), logging);
+        let lifecycle = Lifecycle::new(config.clone(), configured_mode, logging);
         let admin = AdminServer::bind(
             config.admin.listen,
             AdminState {
