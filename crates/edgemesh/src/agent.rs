@@ -11,7 +11,8 @@
 //!                                                                         -> Tunnel (node bindings,
 //!                                                                              endpoints it serves)
 //!                                                                         -> Interceptor (node mode:
-//!                                                                            nftables table, VIP device)
+//!                                                                            nftables table (node ports
+//!                                                                            only in mode ebpf), VIP device)
 //!                                                                         -> FastPathTask (mode ebpf:
 //!                                                                            the BPF maps)
 //!                                                                         -> SocksServer (SOCKS5 entry:
@@ -41,7 +42,7 @@ use edgemesh_intercept::Interceptor;
 use edgemesh_kube::{KubeSource, KubeSourceConfig};
 use edgemesh_manifests::ManifestSource;
 use edgemesh_metrics::AgentRegistry;
-use edgemesh_proxy::{HttpServe, Proxy, ProxyConfig};
+use edgemesh_proxy::{HttpServe, Proxy, ProxyConfig, Transparent};
 use edgemesh_socks::{NodeHosts, SocksEnv, SocksServer};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -132,10 +133,11 @@ impl Agent {
         let configured_mode = config.intercept.mode;
         let fast = fastpath::start(&mut config.intercept)?;
         let intercepting = config.intercept.enabled();
+        let transparent = interception::transparent(config.intercept.mode);
         let proxy_config = ProxyConfig {
             node_name: config.node_name.clone(),
-            transparent: intercepting,
-            upstream_mark: intercepting.then_some(config.intercept.mark),
+            transparent,
+            upstream_mark: (transparent != Transparent::Off).then_some(config.intercept.mark),
             ..config.proxy.clone()
         }
         .resolved();
@@ -213,12 +215,17 @@ impl Agent {
             true => Some(bind_socks(&config, &snapshots, &tunnel).await?.with_metrics(metrics.edgemesh())),
             false => None,
         };
-        if intercepting {
+        if transparent != Transparent::Off {
             let port = config.intercept.port;
             let addrs = proxy.bind_transparent(port).with_context(|| {
                 format!("cannot listen on the transparent port {port} (intercept.port); is another agent running?")
             })?;
-            tracing::info!(listen = ?addrs, table = %config.intercept.table, "intercepting service addresses with nftables");
+            match transparent {
+                Transparent::NodePorts => tracing::info!(listen = ?addrs, table = %config.intercept.node_port_table(),
+                    "serving node ports with nftables beside the kernel fast path"),
+                _ => tracing::info!(listen = ?addrs, table = %config.intercept.table,
+                    "intercepting service addresses with nftables"),
+            }
         }
         // Whether the source is connected (kube) or its directory readable (manifests).
         let source_health = SourceHealth::with_clock(deps.clock.clone());

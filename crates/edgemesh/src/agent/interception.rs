@@ -1,19 +1,33 @@
-//! Node mode: the nftables table and the VIP device, and the gate that
+//! Node mode: the nftables table (every service address in nftables mode,
+//! node ports only beside the kernel fast path) and the VIP device, what
+//! the proxy's transparent listener serves in each mode, and the gate that
 //! installs a service's rules only once the proxy serves it.
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use edgemesh_core::{RegistryHandle, Snapshot};
-use edgemesh_intercept::Interceptor;
-use edgemesh_proxy::ProxyStatus;
+use edgemesh_intercept::{InterceptMode, Interceptor};
+use edgemesh_proxy::{ProxyStatus, Transparent};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
-/// Makes node mode's nftables table (not in mode `ebpf`) and VIP device
-/// (holding the DNS address), or says why it cannot.
+/// What the transparent listener serves in `mode`: every intercepted
+/// service address (nftables), node ports (ebpf: the programs send cluster
+/// IPs to the VIP listeners, and the node-port table redirects node ports
+/// here), or nothing.
+pub(super) fn transparent(mode: InterceptMode) -> Transparent {
+    match mode {
+        InterceptMode::None => Transparent::Off,
+        InterceptMode::Nftables => Transparent::Every,
+        InterceptMode::Ebpf => Transparent::NodePorts,
+    }
+}
+
+/// Makes node mode's nftables table (node ports only in mode `ebpf`) and
+/// VIP device (holding the DNS address), or says why it cannot.
 pub(super) async fn start(config: &Config) -> anyhow::Result<Interceptor> {
     let vip_cidr = config.vip_cidr();
     let device = &config.intercept.vip_device;
@@ -27,12 +41,16 @@ pub(super) async fn start(config: &Config) -> anyhow::Result<Interceptor> {
     }
     let interceptor =
         Interceptor::start(config.intercept.setup(vec![config.dns_listen().ip()])).await.with_context(|| {
-            match (config.intercept.enabled(), device.is_empty()) {
-                (true, true) => "cannot set up interception with nftables".to_owned(),
-                (true, false) => format!(
-                    "cannot set up interception with nftables and the VIP device {device} (intercept.vipDevice)"
+            let what = match config.intercept.mode {
+                InterceptMode::Ebpf => format!(
+                    "cannot set up the nftables table inet {} for node ports (intercept.mode ebpf)",
+                    config.intercept.node_port_table()
                 ),
-                (false, _) => format!("cannot set up the VIP device {device} (intercept.vipDevice)"),
+                _ => "cannot set up interception with nftables".to_owned(),
+            };
+            match device.is_empty() {
+                true => what,
+                false => format!("{what} and the VIP device {device} (intercept.vipDevice)"),
             }
         })?;
     Ok(interceptor)
