@@ -42,7 +42,7 @@ use edgemesh_intercept::Interceptor;
 use edgemesh_kube::{KubeSource, KubeSourceConfig};
 use edgemesh_manifests::ManifestSource;
 use edgemesh_metrics::AgentRegistry;
-use edgemesh_proxy::{HttpServe, Proxy, ProxyConfig, Transparent};
+use edgemesh_proxy::{HttpServe, Proxy, ProxyConfig};
 use edgemesh_socks::{NodeHosts, SocksEnv, SocksServer};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -133,14 +133,7 @@ impl Agent {
         let configured_mode = config.intercept.mode;
         let fast = fastpath::start(&mut config.intercept)?;
         let intercepting = config.intercept.enabled();
-        let transparent = interception::transparent(config.intercept.mode);
-        let proxy_config = ProxyConfig {
-            node_name: config.node_name.clone(),
-            transparent,
-            upstream_mark: (transparent != Transparent::Off).then_some(config.intercept.mark),
-            ..config.proxy.clone()
-        }
-        .resolved();
+        let proxy_config = ProxyConfig { node_name: config.node_name.clone(), ..config.proxy.clone() }.resolved();
         tracing::info!(
             node = %config.node_name,
             source = ?config.source,
@@ -180,6 +173,8 @@ impl Agent {
         if config.intercept.node_mode() {
             *interceptor = Some(interception::start(&config).await?);
         }
+        let proxy_config = interception::with_transparent(proxy_config, interceptor.as_ref(), &config.intercept);
+        let transparent = proxy_config.transparent;
         let dns_listen = config.dns_listen();
         let dns_config = edgemesh_dns::DnsConfig {
             listen: Some(dns_listen),
@@ -215,18 +210,7 @@ impl Agent {
             true => Some(bind_socks(&config, &snapshots, &tunnel).await?.with_metrics(metrics.edgemesh())),
             false => None,
         };
-        if transparent != Transparent::Off {
-            let port = config.intercept.port;
-            let addrs = proxy.bind_transparent(port).with_context(|| {
-                format!("cannot listen on the transparent port {port} (intercept.port); is another agent running?")
-            })?;
-            match transparent {
-                Transparent::NodePorts => tracing::info!(listen = ?addrs, table = %config.intercept.node_port_table(),
-                    "serving node ports with nftables beside the kernel fast path"),
-                _ => tracing::info!(listen = ?addrs, table = %config.intercept.table,
-                    "intercepting service addresses with nftables"),
-            }
-        }
+        interception::bind_transparent(&mut proxy, transparent, &config.intercept)?;
         // Whether the source is connected (kube) or its directory readable (manifests).
         let source_health = SourceHealth::with_clock(deps.clock.clone());
         // What the source sends, counted by the sink it sends through; the

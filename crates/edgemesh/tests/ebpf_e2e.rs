@@ -250,6 +250,27 @@ fn kill_9_under_load_keeps_local_traffic_flowing_and_a_restart_adopts_without_du
     assert_eq!(node.curl_times("10.96.0.30", 1), vec!["failed".to_owned()], "the gone service is gone");
 }
 
+/// Without `nft` (the default image has none) the kernel still serves the
+/// cluster IPs; the node port is not served, and the log says why.
+#[test]
+fn without_nft_the_kernel_serves_cluster_ips_and_the_log_says_node_ports_are_not() {
+    let (node, _one, _two) = web("nonft");
+    node.manifests(&[with_node_port(&web_service(&[("10.0.1.1", NODE), ("10.0.1.2", NODE)]), 30080)]);
+    // The agent's PATH: a directory without nft.
+    let empty = node.path("no-nft");
+    std::fs::create_dir(&empty).unwrap();
+    let mut command = std::process::Command::new("/usr/bin/nsenter");
+    command.arg(format!("--net=/run/netns/{}", node.ns.name)).arg("--").arg(env!("CARGO_BIN_EXE_edgemesh"));
+    command.env("PATH", &empty);
+    let args = node.args(false, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = NsAgent::start_with(&node.ns, command, &args, Duration::from_secs(20));
+    assert!(agent.log().contains("node ports are not served: nft is not installed"), "{}", agent.log());
+    assert_eq!(node.ns.tables().trim(), "", "no table");
+    let bodies = node.curl_times("10.96.0.10", 2);
+    assert_eq!((count(&bodies, "one"), count(&bodies, "two")), (1, 1), "{bodies:?}");
+}
+
 #[test]
 fn sigterm_leaves_the_fast_path_with_keep_on_exit_and_removes_pins_and_links_without() {
     let (node, _one, _two) = web("term");

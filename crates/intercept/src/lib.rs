@@ -157,6 +157,11 @@ impl Interceptor {
         self.status.clone()
     }
 
+    /// Whether it owns a table (else the VIP device only).
+    pub fn has_table(&self) -> bool {
+        self.config.table.is_some()
+    }
+
     /// Brings the table and the device in line with `snapshot`: the
     /// elements and addresses that changed since the last applied
     /// generation, or a full rebuild after a failure.
