@@ -38,6 +38,23 @@ fn service(i: u32) -> Object {
     })
 }
 
+/// A registry with VIPs outside the loopback range (UDP's DNAT targets).
+fn node_registry() -> RegistryState {
+    RegistryState::new(&RegistryConfig {
+        vip_cidr: "9.251.0.0/16".parse().unwrap(),
+        default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
+    })
+}
+
+/// Service `i` as a NodePort service, its port on `node_port`.
+fn node_port_service(i: u32, node_port: u16) -> ServiceObject {
+    let Object::Service(mut svc) = service(i) else { unreachable!() };
+    svc.service_type = "NodePort".into();
+    svc.ports[0].node_port = Some(node_port);
+    svc
+}
+
 fn config(ns: &Netns) -> InterceptSetup {
     InterceptSetup {
         table: Some(TableSpec { name: "em_test".into(), port: 15006, mark: 0x454d, scope: TableScope::Every }),
@@ -115,14 +132,8 @@ async fn a_table_deleted_behind_the_agents_back_is_rebuilt() {
 #[tokio::test]
 async fn udp_cluster_ips_and_node_ports_map_to_the_vip_and_tcp_node_ports_are_a_set_of_ports() {
     let ns = Netns::new("ic");
-    let mut state = RegistryState::new(&RegistryConfig {
-        vip_cidr: "9.251.0.0/16".parse().unwrap(),
-        default_strategy: LbStrategy::RoundRobin,
-        ..Default::default()
-    });
-    let Object::Service(mut svc) = service(1) else { unreachable!() };
-    svc.service_type = "NodePort".into();
-    svc.ports[0].node_port = Some(30080);
+    let mut state = node_registry();
+    let mut svc = node_port_service(1, 30080);
     svc.ports.push(ServicePortSpec {
         name: "dns".into(),
         protocol: Protocol::Udp,
@@ -162,14 +173,8 @@ async fn udp_cluster_ips_and_node_ports_map_to_the_vip_and_tcp_node_ports_are_a_
 #[tokio::test]
 async fn a_node_port_table_holds_node_ports_only_and_replaces_the_other_modes_leftover() {
     let ns = Netns::new("ic");
-    let mut state = RegistryState::new(&RegistryConfig {
-        vip_cidr: "9.251.0.0/16".parse().unwrap(),
-        default_strategy: LbStrategy::RoundRobin,
-        ..Default::default()
-    });
-    let Object::Service(mut svc) = service(1) else { unreachable!() };
-    svc.service_type = "NodePort".into();
-    svc.ports[0].node_port = Some(30080);
+    let mut state = node_registry();
+    let svc = node_port_service(1, 30080);
     state.apply(SourceEvent::Apply(Object::Service(svc)));
     state.apply(SourceEvent::Apply(service(2)));
     let snapshot = state.take_generation();
