@@ -77,9 +77,9 @@ impl FastPath {
             Some(c) => c,
             None => support::cgroup2_root()?,
         };
-        let host_netns = netns::cookie(options.host_netns.as_deref()).map_err(|source| Error::Netns {
+        let host_netns = netns::cookie(options.host_netns.as_deref()).map_err(|error| Error::Netns {
             path: options.host_netns.clone().unwrap_or_else(|| "/proc/thread-self/ns/net".into()),
-            source,
+            error,
         })?;
         ensure_bpffs()?;
         let pin_dir = options.pin_dir;
@@ -153,15 +153,15 @@ fn ensure_bpffs() -> Result<(), Error> {
     }
     tracing::info!("mounting bpffs at {BPFFS}");
     rustix::mount::mount("bpf", BPFFS, "bpf", rustix::mount::MountFlags::empty(), None)
-        .map_err(|e| Error::Bpffs { path: BPFFS.into(), source: e.into() })
+        .map_err(|e| Error::Bpffs { path: BPFFS.into(), error: e.into() })
 }
 
 fn load(pin_dir: &Path, cgroup: &Path, host_netns: u64) -> Result<MapWriter, Error> {
     for sub in ["maps", "progs", "links"] {
         let dir = pin_dir.join(sub);
-        std::fs::create_dir_all(&dir).map_err(|source| Error::Pins { path: dir, source })?;
+        std::fs::create_dir_all(&dir).map_err(|error| Error::Pins { path: dir, error })?;
     }
-    let cgroup_dir = File::open(cgroup).map_err(|source| Error::Cgroup { path: cgroup.into(), source })?;
+    let cgroup_dir = File::open(cgroup).map_err(|error| Error::Cgroup { path: cgroup.into(), error })?;
     let mut ebpf = aya::Ebpf::load(OBJECT)?;
     // The maps are taken and pinned first, and kept open until every
     // program is attached.
@@ -169,23 +169,23 @@ fn load(pin_dir: &Path, cgroup: &Path, host_netns: u64) -> Result<MapWriter, Err
     for name in MAPS {
         let map = ebpf.take_map(name).ok_or(Error::NotInObject { name })?;
         let path = pin_dir.join("maps").join(name);
-        map.pin(&path).map_err(|source| Error::Pin { path, source })?;
+        map.pin(&path).map_err(|error| Error::Pin { path, error })?;
         maps.push(map);
     }
     write_config(maps.last_mut().expect("the config map is last"), host_netns)?;
     for name in PROGRAMS {
         let program = ebpf.program_mut(name).ok_or(Error::NotInObject { name })?;
-        let program: &mut CgroupSockAddr = program.try_into().map_err(|source| Error::Program { name, source })?;
-        program.load().map_err(|source| Error::Program { name, source })?;
+        let program: &mut CgroupSockAddr = program.try_into().map_err(|error| Error::Program { name, error })?;
+        program.load().map_err(|error| Error::Program { name, error })?;
         let path = pin_dir.join("progs").join(name);
-        program.pin(&path).map_err(|source| Error::Pin { path, source })?;
+        program.pin(&path).map_err(|error| Error::Pin { path, error })?;
         // Single: AllowMultiple gives EINVAL on cgroup links; links stack anyway.
         let id =
-            program.attach(&cgroup_dir, CgroupAttachMode::Single).map_err(|source| Error::Program { name, source })?;
-        let link = program.take_link(id).map_err(|source| Error::Program { name, source })?;
-        let link: FdLink = link.try_into().map_err(|source| Error::Link { name, source })?;
+            program.attach(&cgroup_dir, CgroupAttachMode::Single).map_err(|error| Error::Program { name, error })?;
+        let link = program.take_link(id).map_err(|error| Error::Program { name, error })?;
+        let link: FdLink = link.try_into().map_err(|error| Error::Link { name, error })?;
         let path = pin_dir.join("links").join(name);
-        link.pin(&path).map_err(|source| Error::Pin { path, source })?;
+        link.pin(&path).map_err(|error| Error::Pin { path, error })?;
     }
     let mut maps = maps.into_iter();
     let mut next = || maps.next().expect("in MAPS order");
@@ -198,12 +198,11 @@ fn load(pin_dir: &Path, cgroup: &Path, host_netns: u64) -> Result<MapWriter, Err
 /// first run's).
 fn adopt(pin_dir: &Path, host_netns: u64) -> Result<MapWriter, Error> {
     let open = |name: &'static str| -> Result<Map, Error> {
-        let data = MapData::from_pin(pin_dir.join("maps").join(name)).map_err(|source| Error::Map { name, source })?;
-        Map::from_map_data(data).map_err(|source| Error::Map { name, source })
+        let data = MapData::from_pin(pin_dir.join("maps").join(name)).map_err(|error| Error::Map { name, error })?;
+        Map::from_map_data(data).map_err(|error| Error::Map { name, error })
     };
     let mut config = open(CONFIG)?;
-    let found =
-        config_array(&mut config)?.get(&0, 0).map_err(|source| Error::Map { name: CONFIG, source })?.object_hash;
+    let found = config_array(&mut config)?.get(&0, 0).map_err(|error| Error::Map { name: CONFIG, error })?.object_hash;
     let want = object_hash();
     if found != want {
         return Err(Error::OtherBuild { path: pin_dir.into(), found, want });
@@ -214,13 +213,13 @@ fn adopt(pin_dir: &Path, host_netns: u64) -> Result<MapWriter, Error> {
 }
 
 fn config_array(map: &mut Map) -> Result<Array<&mut MapData, Config>, Error> {
-    Array::try_from(map).map_err(|source| Error::Map { name: CONFIG, source })
+    Array::try_from(map).map_err(|error| Error::Map { name: CONFIG, error })
 }
 
 /// Writes the one entry of the config map.
 fn write_config(map: &mut Map, host_netns: u64) -> Result<(), Error> {
     let config = Config { host_netns_cookie: host_netns, object_hash: object_hash() };
-    config_array(map)?.set(0, config, 0).map_err(|source| Error::Map { name: CONFIG, source })
+    config_array(map)?.set(0, config, 0).map_err(|error| Error::Map { name: CONFIG, error })
 }
 
 /// FNV-1a of the BPF object: the same for every run of one build.
@@ -229,7 +228,7 @@ fn object_hash() -> u64 {
 }
 
 fn hash_map<K: aya::Pod, V: aya::Pod>(name: &'static str, map: Map) -> Result<HashMap<MapData, K, V>, Error> {
-    HashMap::try_from(map).map_err(|source| Error::Map { name, source })
+    HashMap::try_from(map).map_err(|error| Error::Map { name, error })
 }
 
 pub(crate) type ServicesMap = HashMap<MapData, SvcKey, SvcValue>;
@@ -245,16 +244,16 @@ fn remove_pins(pin_dir: &Path) -> Result<(), Error> {
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(Error::Pins { path: dir, source }),
+            Err(error) => return Err(Error::Pins { path: dir, error }),
         };
         for entry in entries {
-            let path = entry.map_err(|source| Error::Pins { path: dir.clone(), source })?.path();
-            std::fs::remove_file(&path).map_err(|source| Error::Pins { path, source })?;
+            let path = entry.map_err(|error| Error::Pins { path: dir.clone(), error })?.path();
+            std::fs::remove_file(&path).map_err(|error| Error::Pins { path, error })?;
         }
-        std::fs::remove_dir(&dir).map_err(|source| Error::Pins { path: dir, source })?;
+        std::fs::remove_dir(&dir).map_err(|error| Error::Pins { path: dir, error })?;
     }
     match std::fs::remove_dir(pin_dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Pins { path: pin_dir.into(), source: e }),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Pins { path: pin_dir.into(), error: e }),
         _ => Ok(()),
     }
 }

@@ -32,11 +32,11 @@ impl MapWriter {
         let mut table = ServiceTable::default();
         if read_back {
             for entry in backends.iter() {
-                let (k, v) = entry.map_err(|source| Error::Map { name: BACKENDS, source })?;
+                let (k, v) = entry.map_err(|error| Error::Map { name: BACKENDS, error })?;
                 table.record(&MapOp::PutSlot { id: k.id, slot: k.slot, backend: v.socket_addr() });
             }
             for entry in services.iter() {
-                let (k, v) = entry.map_err(|source| Error::Map { name: SERVICES, source })?;
+                let (k, v) = entry.map_err(|error| Error::Map { name: SERVICES, error })?;
                 match k.service_port() {
                     Some(port) => table.record(&MapOp::PutService { port, record: v.record() }),
                     None => tracing::warn!(proto = k.proto, "pinned service entry of an unknown protocol: left alone"),
@@ -98,15 +98,15 @@ impl MapWriter {
                 MapOp::PutSlot { id, slot, backend } => self
                     .backends
                     .insert(BackendKey { id, slot }, BackendValue::new(backend), 0)
-                    .map_err(|source| Error::Map { name: BACKENDS, source })?,
+                    .map_err(|error| Error::Map { name: BACKENDS, error })?,
                 MapOp::PutService { port, record } => self
                     .services
                     .insert(SvcKey::new(&port), SvcValue::new(&record), 0)
-                    .map_err(|source| Error::Map { name: SERVICES, source })?,
+                    .map_err(|error| Error::Map { name: SERVICES, error })?,
                 MapOp::DeleteService { port } => remove_present(self.services.remove(&SvcKey::new(&port)))
-                    .map_err(|source| Error::Map { name: SERVICES, source })?,
+                    .map_err(|error| Error::Map { name: SERVICES, error })?,
                 MapOp::DeleteSlot { id, slot } => remove_present(self.backends.remove(&BackendKey { id, slot }))
-                    .map_err(|source| Error::Map { name: BACKENDS, source })?,
+                    .map_err(|error| Error::Map { name: BACKENDS, error })?,
             }
             self.table.record(op);
         }

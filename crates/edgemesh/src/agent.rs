@@ -11,7 +11,8 @@
 //!                                                                         -> Tunnel (node bindings,
 //!                                                                              endpoints it serves)
 //!                                                                         -> Interceptor (node mode:
-//!                                                                            nftables table, VIP device)
+//!                                                                            nftables table (node ports
+//!                                                                            only in mode ebpf), VIP device)
 //!                                                                         -> FastPathTask (mode ebpf:
 //!                                                                            the BPF maps)
 //!                                                                         -> SocksServer (SOCKS5 entry:
@@ -129,15 +130,10 @@ impl Agent {
         edgemesh_kube::install_crypto_provider();
         limits::raise_nofile_limit();
         // First: without support it may fall back to nftables mode.
+        let configured_mode = config.intercept.mode;
         let fast = fastpath::start(&mut config.intercept)?;
         let intercepting = config.intercept.enabled();
-        let proxy_config = ProxyConfig {
-            node_name: config.node_name.clone(),
-            transparent: intercepting,
-            upstream_mark: intercepting.then_some(config.intercept.mark),
-            ..config.proxy.clone()
-        }
-        .resolved();
+        let proxy_config = ProxyConfig { node_name: config.node_name.clone(), ..config.proxy.clone() }.resolved();
         tracing::info!(
             node = %config.node_name,
             source = ?config.source,
@@ -177,6 +173,8 @@ impl Agent {
         if config.intercept.node_mode() {
             *interceptor = Some(interception::start(&config).await?);
         }
+        let proxy_config = interception::with_transparent(proxy_config, interceptor.as_ref(), &config.intercept);
+        let transparent = proxy_config.transparent;
         let dns_listen = config.dns_listen();
         let dns_config = edgemesh_dns::DnsConfig {
             listen: Some(dns_listen),
@@ -212,13 +210,7 @@ impl Agent {
             true => Some(bind_socks(&config, &snapshots, &tunnel).await?.with_metrics(metrics.edgemesh())),
             false => None,
         };
-        if intercepting {
-            let port = config.intercept.port;
-            let addrs = proxy.bind_transparent(port).with_context(|| {
-                format!("cannot listen on the transparent port {port} (intercept.port); is another agent running?")
-            })?;
-            tracing::info!(listen = ?addrs, table = %config.intercept.table, "intercepting service addresses with nftables");
-        }
+        interception::bind_transparent(&mut proxy, transparent, &config.intercept)?;
         // Whether the source is connected (kube) or its directory readable (manifests).
         let source_health = SourceHealth::with_clock(deps.clock.clone());
         // What the source sends, counted by the sink it sends through; the
@@ -251,7 +243,7 @@ impl Agent {
         };
         let config = Arc::new(config);
         let logging = deps.logging.clone().unwrap_or_else(|| LogControl::detached(&config.log_level));
-        let lifecycle = Lifecycle::new(config.clone(), logging);
+        let lifecycle = Lifecycle::new(config.clone(), configured_mode, logging);
         let admin = AdminServer::bind(
             config.admin.listen,
             AdminState {

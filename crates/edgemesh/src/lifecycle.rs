@@ -22,6 +22,7 @@ pub mod reload;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use edgemesh_intercept::InterceptMode;
 
 pub use self::logging::{LogControl, LogFormat};
 pub use self::reload::{ReloadSource, ReloadStatus};
@@ -33,11 +34,18 @@ pub struct Lifecycle {
     config: ArcSwap<Config>,
     status: Mutex<ReloadStatus>,
     pub logging: LogControl,
+    /// The `intercept.mode` the operator configured: after a fallback
+    /// (`intercept.fallback: nftables`) the one in force differs, and a
+    /// reload compares with this one.
+    configured_mode: InterceptMode,
 }
 
 impl Lifecycle {
-    pub fn new(config: Arc<Config>, logging: LogControl) -> Arc<Lifecycle> {
-        Arc::new(Lifecycle { config: ArcSwap::new(config), status: Mutex::new(ReloadStatus::default()), logging })
+    /// `configured_mode`: the `intercept.mode` of the config as read,
+    /// before any fallback changed the one in `config`.
+    pub fn new(config: Arc<Config>, configured_mode: InterceptMode, logging: LogControl) -> Arc<Lifecycle> {
+        let status = Mutex::new(ReloadStatus::default());
+        Arc::new(Lifecycle { config: ArcSwap::new(config), status, logging, configured_mode })
     }
 
     /// The config in force: the one the agent started with, with the live

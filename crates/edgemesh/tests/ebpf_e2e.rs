@@ -2,7 +2,8 @@
 //! to a child cgroup the test makes, clients (curl, python sockets) in that
 //! cgroup inside namespaces with only their own links, service cluster IPs
 //! in 10.96.0.0/16 that no route leads to, so only the programs (or, for
-//! the fallback, nftables) make them work.
+//! the fallback, nftables) make them work. Node ports stay on nftables: a
+//! client on another node reaches them through the agent.
 
 mod support;
 
@@ -20,7 +21,7 @@ use ebpf_support::{PinDir, TestCgroup, attached};
 use fast::{FastNode, NODE, service, wait_applied};
 use support::eventually;
 use support::mesh::{lan_pair, wait_for_peer};
-use support::netns::{Netns, NsAgent, NsNginx, UdpEcho, link};
+use support::netns::{Netns, NsAgent, NsNginx, UdpEcho, link, udp_stream};
 
 fn count(bodies: &[String], body: &str) -> usize {
     bodies.iter().filter(|b| *b == body).count()
@@ -38,6 +39,66 @@ fn web(role: &str) -> (FastNode, NsNginx, NsNginx) {
 
 fn web_service(endpoints: &[(&str, &str)]) -> String {
     service("web", "10.96.0.10", "TCP", 80, 8080, endpoints)
+}
+
+/// `service` (one of [`service`]'s manifests) as a NodePort service, its
+/// port on `node_port`.
+fn with_node_port(service: &str, node_port: u16) -> String {
+    let target = service.split("targetPort: ").nth(1).and_then(|t| t.lines().next()).expect("a targetPort");
+    service.replacen("spec:\n", "spec:\n  type: NodePort\n", 1).replacen(
+        &format!("targetPort: {target}\n"),
+        &format!("targetPort: {target}\n    nodePort: {node_port}\n"),
+        1,
+    )
+}
+
+/// Node ports stay on nftables beside the kernel fast path: a client on
+/// another node (its default route through this one) reaches
+/// node-ip:nodePort over TCP and UDP through the node-port table and the
+/// proxy, while a pod's connections to the cluster IP still go straight to
+/// an endpoint in the kernel; a clean stop removes the table.
+#[test]
+fn node_ports_are_served_through_nftables_while_the_kernel_serves_cluster_ips() {
+    let node = FastNode::new("np", &["10.0.1.1", "10.0.1.2"]);
+    let _one = NsNginx::start(&node.ns, &["10.0.1.1:8080"], "one");
+    let _two = NsNginx::start(&node.ns, &["10.0.1.2:8080"], "two");
+    let _echo = UdpEcho::start(&node.ns, "10.0.1.1:5353");
+    let other = Netns::new("np-other");
+    link(&node.ns, "eth0", &other, "eth0");
+    node.ns.addr("eth0", "10.0.9.1/24");
+    other.addr("eth0", "10.0.9.2/24");
+    other.route("default", "10.0.9.1");
+    let pod = Netns::new("np-pod");
+    link(&node.ns, "pod0", &pod, "eth0");
+    node.ns.addr("pod0", "10.0.2.1/24");
+    pod.addr("eth0", "10.0.2.2/24");
+    pod.route("default", "10.0.2.1");
+    let dns = service("dns", "10.96.0.11", "UDP", 53, 5353, &[("10.0.1.1", NODE)]);
+    node.manifests(&[
+        with_node_port(&web_service(&[("10.0.1.1", NODE), ("10.0.1.2", NODE)]), 30080),
+        with_node_port(&dns, 30053),
+    ]);
+    // An earlier run in nftables mode crashed and left its table.
+    let has_table = |name: &str| node.ns.tables().lines().any(|l| l == format!("table inet {name}"));
+    assert!(node.ns.nft(&["add", "table", "inet", "edgemesh"]).status.success());
+    let agent = node.start(false, &[]);
+    assert!(has_table("edgemesh_nodeports"), "{}", node.ns.tables());
+    assert!(!has_table("edgemesh"), "nftables mode's leftover is gone: {}", node.ns.tables());
+
+    // From the other node, through the agent's transparent listener.
+    let bodies: Vec<String> = (0..4).map(|_| other.curl("http://10.0.9.1:30080/").unwrap_or_default()).collect();
+    assert_eq!((count(&bodies, "one\n"), count(&bodies, "two\n")), (2, 2), "balanced by the proxy: {bodies:?}");
+    assert_eq!(proxied(&agent), 4, "through the proxy");
+    assert_eq!(udp_stream(&other, "10.0.9.1:30053", 5), Ok(5), "the UDP node port, answered from it");
+
+    // A pod's cluster IP connections: straight to the endpoints, in the kernel.
+    let bodies = fast::curl_times(&node.cgroup, &pod, "10.96.0.10", 4);
+    assert_eq!((count(&bodies, "one"), count(&bodies, "two")), (2, 2), "{bodies:?}");
+    assert_eq!(proxied(&agent), 4, "the proxy saw none of them");
+
+    assert!(agent.terminate().success());
+    assert!(!has_table("edgemesh_nodeports"), "removed at stop: {}", node.ns.tables());
+    assert_eq!(other.curl("http://10.0.9.1:30080/"), None, "no node port without the agent");
 }
 
 #[test]
@@ -189,22 +250,39 @@ fn kill_9_under_load_keeps_local_traffic_flowing_and_a_restart_adopts_without_du
     assert_eq!(node.curl_times("10.96.0.30", 1), vec!["failed".to_owned()], "the gone service is gone");
 }
 
+/// Without `nft` (the default image has none) the kernel still serves the
+/// cluster IPs; the node port is not served, and the log says why.
+#[test]
+fn without_nft_the_kernel_serves_cluster_ips_and_the_log_says_node_ports_are_not() {
+    let (node, _one, _two) = web("nonft");
+    node.manifests(&[with_node_port(&web_service(&[("10.0.1.1", NODE), ("10.0.1.2", NODE)]), 30080)]);
+    // The agent's PATH: a directory without nft.
+    let empty = node.path("no-nft");
+    std::fs::create_dir(&empty).unwrap();
+    let mut command = std::process::Command::new("/usr/bin/nsenter");
+    command.arg(format!("--net=/run/netns/{}", node.ns.name)).arg("--").arg(env!("CARGO_BIN_EXE_edgemesh"));
+    command.env("PATH", &empty);
+    let args = node.args(false, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = NsAgent::start_with(&node.ns, command, &args, Duration::from_secs(20));
+    assert!(agent.log().contains("node ports are not served: nft is not installed"), "{}", agent.log());
+    assert_eq!(node.ns.tables().trim(), "", "no table");
+    let bodies = node.curl_times("10.96.0.10", 2);
+    assert_eq!((count(&bodies, "one"), count(&bodies, "two")), (1, 1), "{bodies:?}");
+}
+
 #[test]
 fn sigterm_leaves_the_fast_path_with_keep_on_exit_and_removes_pins_and_links_without() {
     let (node, _one, _two) = web("term");
-    // As a NodePort service: its cluster IP is served, its node port is not (logged).
-    let web = web_service(&[("10.0.1.1", NODE), ("10.0.1.2", NODE)]);
-    let node_port = web.replacen("spec:\n", "spec:\n  type: NodePort\n", 1).replacen(
-        "targetPort: 8080\n",
-        "targetPort: 8080\n    nodePort: 30080\n",
-        1,
-    );
-    node.manifests(&[node_port]);
+    // As a NodePort service: the node-port table goes at stop, whatever
+    // keepOnExit says (node ports need the agent).
+    node.manifests(&[with_node_port(&web_service(&[("10.0.1.1", NODE), ("10.0.1.2", NODE)]), 30080)]);
     let agent = node.start(true, &[]);
-    assert!(agent.log().contains("node ports are not served with intercept.mode ebpf"), "{}", agent.log());
+    assert_eq!(node.ns.set_elements("edgemesh_nodeports", "nodeport_tcp"), Some(vec!["30080".to_owned()]));
     assert_eq!(attached(&node.cgroup.path).len(), 8);
     assert!(agent.terminate().success());
     assert_eq!(attached(&node.cgroup.path).len(), 8, "keepOnExit: still attached after a clean stop");
+    assert_eq!(node.ns.set_elements("edgemesh_nodeports", "nodeport_tcp"), None, "the node-port table is gone");
     let bodies = node.curl_times("10.96.0.10", 2);
     assert_eq!((count(&bodies, "one"), count(&bodies, "two")), (1, 1), "served without the agent: {bodies:?}");
 

@@ -64,7 +64,7 @@ fn cluster_ips_are_intercepted_with_nftables() {
     assert_eq!(added.len(), 1, "the new cluster IP only: {added:?}");
     assert!(added.contains(&&"10.96.0.20 . 8080".to_owned()), "{added:?}");
     assert!(tcp4.iter().all(|e| tcp4_after.contains(e)), "existing elements stay");
-    let after = updates_logged(&agent);
+    let after = updates_logged_beyond(&agent, before.len());
     assert_eq!(after.len(), before.len() + 1, "one transaction: {:?}", &after[before.len()..]);
     assert!(after.last().unwrap().contains("added=1 removed=0"), "{after:?}");
     assert_eq!(t.node.curl("http://10.96.0.20:8080/").as_deref(), Some("pod-nginx\n"));
@@ -259,7 +259,7 @@ fn udp_to_cluster_ips_reaches_the_agent_and_answers_come_from_the_cluster_ip() {
         (m.len() == 3).then_some(m)
     });
     assert!(map.iter().any(|e| e.starts_with("10.96.0.54 . 5353 : 9.251.")), "{map:?}");
-    let after = updates_logged(&agent);
+    let after = updates_logged_beyond(&agent, before.len());
     assert_eq!(after.len(), before.len() + 1, "one transaction: {:?}", &after[before.len()..]);
     assert!(after.last().unwrap().contains("added=1 removed=0"), "{after:?}");
     assert_eq!(udp_stream(&t.client, "10.96.0.54:5353", 100), Ok(100));

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DEFAULT_MARK, DEFAULT_PORT, DEFAULT_TABLE, DEFAULT_VIP_DEVICE, DeviceSpec, Nft, TableSpec};
+use crate::{DEFAULT_MARK, DEFAULT_PORT, DEFAULT_TABLE, DEFAULT_VIP_DEVICE, DeviceSpec, Nft, TableScope, TableSpec};
 
 /// How connections to service addresses reach the proxy.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -22,7 +22,8 @@ pub enum InterceptMode {
     /// The kernel fast path (issue #15): BPF programs on the cgroup's
     /// socket hooks connect clients straight to local endpoints, and send
     /// the rest to the service's VIP, where the proxy listens (needs
-    /// CAP_BPF and CAP_NET_ADMIN, cgroup v2).
+    /// CAP_BPF and CAP_NET_ADMIN, cgroup v2). Node ports are served as in
+    /// nftables mode, by a table that holds them only (and `nft`).
     Ebpf,
 }
 
@@ -63,7 +64,8 @@ pub struct InterceptConfig {
     /// connections are redirected to.
     pub port: u16,
     /// Name of the agent's nftables table (family `inet`); the agent
-    /// replaces it at start and deletes it at stop.
+    /// replaces it at start and deletes it at stop. Mode `ebpf` names its
+    /// node-port table after it: `<table>_nodeports`.
     pub table: String,
     /// Mark of the agent's own upstream connections, which the table lets
     /// pass (must not be used by other software on the node).
@@ -107,18 +109,39 @@ impl InterceptConfig {
         self.mode == InterceptMode::Nftables
     }
 
+    /// The table of mode `ebpf`, which holds node ports only: named apart
+    /// from nftables mode's, so neither mode mistakes the other's for its own.
+    pub fn node_port_table(&self) -> String {
+        format!("{}_nodeports", self.table)
+    }
+
     /// Whether the agent serves real cluster IPs (nftables or ebpf): node
     /// mode's VIP range, DNS address and VIP device.
     pub fn node_mode(&self) -> bool {
         self.mode != InterceptMode::None
     }
 
-    /// The interceptor's set-up: the table (nftables mode; the fast path
-    /// needs none), and the VIP device (unless `vipDevice` is empty)
-    /// holding `fixed` (the node-local DNS address).
+    /// The interceptor's set-up: the table (every service address in
+    /// nftables mode; node ports only in mode `ebpf`, where the fast path
+    /// serves the rest), the other mode's table to delete if an earlier run
+    /// left it, and the VIP device (unless `vipDevice` is empty) holding
+    /// `fixed` (the node-local DNS address).
     pub fn setup(&self, fixed: Vec<IpAddr>) -> InterceptSetup {
+        let (port, mark) = (self.port, self.mark);
+        let (table, other_mode_table) = match self.mode {
+            InterceptMode::None => (None, None),
+            InterceptMode::Nftables => {
+                let table = TableSpec { name: self.table.clone(), port, mark, scope: TableScope::Every };
+                (Some(table), Some(self.node_port_table()))
+            }
+            InterceptMode::Ebpf => {
+                let table = TableSpec { name: self.node_port_table(), port, mark, scope: TableScope::NodePorts };
+                (Some(table), Some(self.table.clone()))
+            }
+        };
         InterceptSetup {
-            table: self.enabled().then(|| TableSpec { name: self.table.clone(), port: self.port, mark: self.mark }),
+            table,
+            other_mode_table,
             nft: Nft::default(),
             device: (!self.vip_device.is_empty()).then(|| DeviceSpec { name: self.vip_device.clone(), fixed }),
         }
@@ -145,9 +168,12 @@ impl InterceptConfig {
                 ));
             }
         }
-        if self.enabled() {
+        if self.node_mode() {
             if self.port == 0 {
-                problems.push("intercept.port must be a fixed port (not 0) with intercept.mode nftables".into());
+                problems.push(format!(
+                    "intercept.port must be a fixed port (not 0) with intercept.mode {}",
+                    if self.enabled() { "nftables" } else { "ebpf (node ports)" }
+                ));
             }
             if self.mark == 0 {
                 problems.push("intercept.mark must not be 0 (unmarked traffic is everyone's)".into());
@@ -182,8 +208,13 @@ impl InterceptConfig {
 /// What [`Interceptor::start`](crate::Interceptor::start) sets up.
 #[derive(Clone, Debug)]
 pub struct InterceptSetup {
-    /// The nftables table; `None`: the VIP device only (the fast path).
+    /// The nftables table; `None`: the VIP device only.
     pub table: Option<TableSpec>,
+    /// A table an earlier run in the other mode may have left (mode
+    /// `ebpf`'s node-port table in nftables mode, and the reverse): deleted
+    /// at start, as its rules would send traffic where this mode does not
+    /// serve it.
+    pub other_mode_table: Option<String>,
     pub nft: Nft,
     /// The VIP device; `None` for none (VIPs outside the loopback range
     /// are then reachable only if something else routes them here).
@@ -199,11 +230,19 @@ mod tests {
     }
 
     #[test]
-    fn ebpf_mode_needs_no_table_and_its_defaults_are_valid() {
+    fn ebpf_mode_has_a_node_port_table_of_its_own_and_its_defaults_are_valid() {
         let c = ebpf();
         assert_eq!(c.problems(), Vec::<String>::new());
-        assert!(c.node_mode() && !c.enabled(), "node mode without a transparent port");
-        assert!(c.setup(vec![]).table.is_none(), "the device only");
+        assert!(c.node_mode() && !c.enabled(), "node mode, not nftables mode");
+        let setup = c.setup(vec![]);
+        let table = setup.table.expect("a table for node ports");
+        assert_eq!((table.name.as_str(), table.scope), ("edgemesh_nodeports", TableScope::NodePorts));
+        assert_eq!((table.port, table.mark), (DEFAULT_PORT, DEFAULT_MARK));
+        assert_eq!(setup.other_mode_table.as_deref(), Some("edgemesh"), "nftables mode's, if left");
+        let nftables = InterceptConfig { mode: InterceptMode::Nftables, ..c.clone() }.setup(vec![]);
+        let table = nftables.table.expect("nftables mode's table");
+        assert_eq!((table.name.as_str(), table.scope), ("edgemesh", TableScope::Every));
+        assert_eq!(nftables.other_mode_table.as_deref(), Some("edgemesh_nodeports"));
         assert!(c.keep_on_exit);
         assert_eq!(c.bpf_pin_path, std::path::Path::new(DEFAULT_BPF_PIN_PATH));
         assert_eq!("ebpf".parse::<InterceptMode>(), Ok(InterceptMode::Ebpf));
@@ -219,6 +258,8 @@ mod tests {
             (InterceptConfig { bpf_pin_path: "/sys/fs/bpf/../x".into(), ..ebpf() }, "intercept.bpfPinPath"),
             (InterceptConfig { fallback: Fallback::Nftables, ..InterceptConfig::default() }, "intercept.fallback"),
             (InterceptConfig { vip_device: "a/b".into(), ..ebpf() }, "intercept.vipDevice"),
+            (InterceptConfig { port: 0, ..ebpf() }, "intercept.port"),
+            (InterceptConfig { mark: 0, ..ebpf() }, "intercept.mark"),
         ];
         for (config, key) in cases {
             let problems = config.problems();

@@ -1,8 +1,8 @@
 //! Transparent interception of service addresses with nftables.
 //!
-//! The agent owns exactly one nftables table (`inet edgemesh` by default)
-//! and, when asked, one VIP device (`edge0`, [`device`]), and touches
-//! nothing else. The table redirects TCP connections to a service's
+//! The agent owns exactly one nftables table (`inet edgemesh` by default;
+//! `inet edgemesh_nodeports`, node ports only, in mode `ebpf`) and, when
+//! asked, one VIP device (`edge0`, [`device`]), and touches nothing else. The table redirects TCP connections to a service's
 //! cluster IP or VIP and port, or to a node port on any of the node's
 //! addresses, from local processes (`output` hook) and from containers
 //! routed through the node (`prerouting`), to the proxy's transparent
@@ -27,7 +27,9 @@
 //!   each new snapshot adds the device addresses that appeared, applies one
 //!   transaction adding and deleting only the elements that changed, then
 //!   deletes the addresses that went. On start it replaces a table and a
-//!   device left behind by an earlier run; on clean stop it deletes both.
+//!   device left behind by an earlier run, and deletes the table of the
+//!   other mode's name if an earlier run in that mode left it; on clean
+//!   stop it deletes both.
 //!
 //! After a failed step (someone deleted the table or the device, say) the
 //! next attempt rebuilds the whole table from the snapshot, atomically,
@@ -54,7 +56,7 @@ use crate::claims::Claims;
 pub use config::{InterceptConfig, InterceptMode, InterceptSetup};
 pub use device::{DeviceError, VipDevice};
 pub use nft::{InterceptError, Nft};
-pub use rules::{Element, L4, TableSpec};
+pub use rules::{Element, L4, TableScope, TableSpec};
 
 /// Default table name (family `inet`).
 pub const DEFAULT_TABLE: &str = "edgemesh";
@@ -93,9 +95,8 @@ pub struct InterceptStatus {
     pub failures: AtomicU64,
 }
 
-/// Owns the table and the VIP device (or the device only, for the eBPF
-/// fast path, which needs the VIPs on the node but no table); see the
-/// crate docs.
+/// Owns the table (all service addresses in nftables mode, node ports only
+/// beside the eBPF fast path) and the VIP device; see the crate docs.
 pub struct Interceptor {
     config: InterceptSetup,
     status: Arc<InterceptStatus>,
@@ -121,9 +122,15 @@ impl Interceptor {
     /// leaves neither table nor device behind.
     pub async fn start(config: InterceptSetup) -> Result<Self, InterceptError> {
         if let Some(table) = &config.table {
-            config.nft.apply(&table.replace_script(&[])).await?;
-            tracing::info!(table = %table.name, port = table.port, mark = format_args!("{:#x}", table.mark),
-                "nftables table inet {} in place", table.name);
+            // One transaction: the other mode's leftover goes as this one comes.
+            let mut script = String::new();
+            if let Some(other) = config.other_mode_table.as_deref().filter(|other| *other != table.name) {
+                script = rules::TableSpec::delete_if_present_script(other);
+            }
+            script.push_str(&table.replace_script(&[]));
+            config.nft.apply(&script).await?;
+            tracing::info!(table = %table.name, scope = ?table.scope, port = table.port,
+                mark = format_args!("{:#x}", table.mark), "nftables table inet {} in place", table.name);
         }
         let device = match &config.device {
             None => None,
@@ -148,6 +155,11 @@ impl Interceptor {
 
     pub fn status(&self) -> Arc<InterceptStatus> {
         self.status.clone()
+    }
+
+    /// Whether it owns a table (else the VIP device only).
+    pub fn has_table(&self) -> bool {
+        self.config.table.is_some()
     }
 
     /// Brings the table and the device in line with `snapshot`: the
@@ -182,9 +194,7 @@ impl Interceptor {
         keys.dedup();
         let service = |key: &ServiceKey| snapshot.service(key);
         let elements = self.elements.plan(
-            keys.iter()
-                .map(|k| (k.clone(), service(k).map(|e| rules::service_elements(e)).unwrap_or_default()))
-                .collect(),
+            keys.iter().map(|k| (k.clone(), service(k).map(|e| self.elements_of(e)).unwrap_or_default())).collect(),
         );
         let addresses = self.device.as_ref().map(|d| {
             d.addresses
@@ -228,7 +238,7 @@ impl Interceptor {
     /// and puts exactly the addresses of `snapshot` on the device (making
     /// it again if it went).
     async fn rebuild(&mut self, snapshot: &Snapshot) -> Result<(), InterceptError> {
-        let elements = Claims::of_all(snapshot.services().map(|e| (e.key.clone(), rules::service_elements(e))));
+        let elements = Claims::of_all(snapshot.services().map(|e| (e.key.clone(), self.elements_of(e))));
         if let Some(spec) = &self.config.device {
             let d = self.device.as_mut().expect("a device spec means a device");
             let addresses = Claims::of_all(snapshot.services().map(|e| (e.key.clone(), d.wants(e))));
@@ -243,6 +253,11 @@ impl Interceptor {
         }
         self.elements = elements;
         Ok(())
+    }
+
+    /// The elements of `entry` the table holds (none without a table).
+    fn elements_of(&self, entry: &edgemesh_core::ServiceEntry) -> Vec<Element> {
+        self.config.table.as_ref().map(|t| t.elements(entry)).unwrap_or_default()
     }
 
     /// Deletes the table, then the device (clean stop).

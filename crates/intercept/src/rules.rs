@@ -79,6 +79,13 @@
 //! DNATed, like a cluster IP, to the service's VIP of the packet's family
 //! and the service port (maps `nodeport_udp4`, `nodeport_udp6`), where the
 //! UDP listener runs; replies leave from the node address the client used.
+//!
+//! # Scope
+//!
+//! In mode `ebpf` the kernel fast path serves cluster IPs and VIPs, and a
+//! table of [`TableScope::NodePorts`] holds only the node-port sets and
+//! rules (and the mark exclusion and the `input` guard): the same script,
+//! with the other kinds of element and their rules left out.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -197,6 +204,26 @@ pub fn service_elements(entry: &ServiceEntry) -> Vec<Element> {
     out
 }
 
+/// Which service addresses a table intercepts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TableScope {
+    /// Cluster IPs, VIPs and node ports (mode `nftables`).
+    #[default]
+    Every,
+    /// Node ports only (mode `ebpf`: the programs serve the rest).
+    NodePorts,
+}
+
+impl TableScope {
+    /// Whether a table of this scope holds elements of kind `kind`.
+    pub fn covers(self, kind: L4) -> bool {
+        match self {
+            TableScope::Every => true,
+            TableScope::NodePorts => matches!(kind, L4::NodePortTcp | L4::NodePortUdp),
+        }
+    }
+}
+
 /// Table settings the scripts need.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableSpec {
@@ -208,21 +235,24 @@ pub struct TableSpec {
     /// Packets with this mark (the agent's own upstream connections) are
     /// never redirected.
     pub mark: u32,
+    /// What the table intercepts.
+    pub scope: TableScope,
 }
 
 /// Elements per `add element` line, so that a very large table is not one
 /// enormous line.
 const ELEMENTS_PER_LINE: usize = 512;
 
-/// Sets and maps, with their nftables type.
-const SETS: [(&str, &str, &str); 7] = [
-    ("tcp4", "set", "ipv4_addr . inet_service"),
-    ("tcp6", "set", "ipv6_addr . inet_service"),
-    ("udp4", "map", "ipv4_addr . inet_service : ipv4_addr . inet_service"),
-    ("udp6", "map", "ipv6_addr . inet_service : ipv6_addr . inet_service"),
-    ("nodeport_tcp", "set", "inet_service"),
-    ("nodeport_udp4", "map", "inet_service : ipv4_addr . inet_service"),
-    ("nodeport_udp6", "map", "inet_service : ipv6_addr . inet_service"),
+/// Sets and maps, with the kind of element they hold and their nftables
+/// type.
+const SETS: [(L4, &str, &str, &str); 7] = [
+    (L4::Tcp, "tcp4", "set", "ipv4_addr . inet_service"),
+    (L4::Tcp, "tcp6", "set", "ipv6_addr . inet_service"),
+    (L4::Udp, "udp4", "map", "ipv4_addr . inet_service : ipv4_addr . inet_service"),
+    (L4::Udp, "udp6", "map", "ipv6_addr . inet_service : ipv6_addr . inet_service"),
+    (L4::NodePortTcp, "nodeport_tcp", "set", "inet_service"),
+    (L4::NodePortUdp, "nodeport_udp4", "map", "inet_service : ipv4_addr . inet_service"),
+    (L4::NodePortUdp, "nodeport_udp6", "map", "inet_service : ipv6_addr . inet_service"),
 ];
 
 impl TableSpec {
@@ -231,11 +261,9 @@ impl TableSpec {
     /// transaction (`add` first, so deleting never fails).
     pub fn replace_script<'a>(&self, elements: impl IntoIterator<Item = &'a Element>) -> String {
         let t = &self.name;
-        let mut s = String::new();
+        let mut s = Self::delete_if_present_script(t);
         let _ = writeln!(s, "add table inet {t}");
-        let _ = writeln!(s, "delete table inet {t}");
-        let _ = writeln!(s, "add table inet {t}");
-        for (set, kind, key_type) in SETS {
+        for (_, set, kind, key_type) in SETS.iter().filter(|(l4, ..)| self.scope.covers(*l4)) {
             let _ = writeln!(s, "add {kind} inet {t} {set} {{ type {key_type}; }}");
         }
         let _ = writeln!(s, "add chain inet {t} output {{ type nat hook output priority -100; policy accept; }}");
@@ -243,24 +271,38 @@ impl TableSpec {
             writeln!(s, "add chain inet {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}");
         let _ = writeln!(s, "add rule inet {t} output meta mark {:#x} return", self.mark);
         let port = self.port;
+        let rules = [
+            (L4::Tcp, format!("ip daddr . tcp dport @tcp4 redirect to :{port}")),
+            (L4::Tcp, format!("ip6 daddr . tcp dport @tcp6 redirect to :{port}")),
+            (L4::Udp, "dnat ip to ip daddr . udp dport map @udp4".to_owned()),
+            (L4::Udp, "dnat ip6 to ip6 daddr . udp dport map @udp6".to_owned()),
+            (L4::NodePortTcp, format!("fib daddr type local tcp dport @nodeport_tcp redirect to :{port}")),
+            (L4::NodePortUdp, "fib daddr type local dnat ip to udp dport map @nodeport_udp4".to_owned()),
+            (L4::NodePortUdp, "fib daddr type local dnat ip6 to udp dport map @nodeport_udp6".to_owned()),
+        ];
         for chain in ["output", "prerouting"] {
-            let _ = writeln!(s, "add rule inet {t} {chain} ip daddr . tcp dport @tcp4 redirect to :{port}");
-            let _ = writeln!(s, "add rule inet {t} {chain} ip6 daddr . tcp dport @tcp6 redirect to :{port}");
-            let _ = writeln!(s, "add rule inet {t} {chain} dnat ip to ip daddr . udp dport map @udp4");
-            let _ = writeln!(s, "add rule inet {t} {chain} dnat ip6 to ip6 daddr . udp dport map @udp6");
-            let _ = writeln!(
-                s,
-                "add rule inet {t} {chain} fib daddr type local tcp dport @nodeport_tcp redirect to :{port}"
-            );
-            let _ =
-                writeln!(s, "add rule inet {t} {chain} fib daddr type local dnat ip to udp dport map @nodeport_udp4");
-            let _ =
-                writeln!(s, "add rule inet {t} {chain} fib daddr type local dnat ip6 to udp dport map @nodeport_udp6");
+            for (_, rule) in rules.iter().filter(|(l4, _)| self.scope.covers(*l4)) {
+                let _ = writeln!(s, "add rule inet {t} {chain} {rule}");
+            }
         }
         let _ = writeln!(s, "add chain inet {t} input {{ type filter hook input priority filter; policy accept; }}");
         let _ = writeln!(s, "add rule inet {t} input tcp dport {port} ct status ! dnat drop");
         self.element_lines(&mut s, "add", elements);
         s
+    }
+
+    /// The elements of `entry` this table holds ([`service_elements`],
+    /// those of its scope).
+    pub fn elements(&self, entry: &ServiceEntry) -> Vec<Element> {
+        let mut elements = service_elements(entry);
+        elements.retain(|e| self.scope.covers(e.protocol));
+        elements
+    }
+
+    /// Deletes table `name` if it is there (`add` first, so deleting never
+    /// fails).
+    pub fn delete_if_present_script(name: &str) -> String {
+        format!("add table inet {name}\ndelete table inet {name}\n")
     }
 
     /// Deletes the table (clean stop). Fails if there is none.
@@ -311,7 +353,7 @@ mod tests {
     use super::*;
 
     fn spec() -> TableSpec {
-        TableSpec { name: "edgemesh".into(), port: 15006, mark: 0x454d }
+        TableSpec { name: "edgemesh".into(), port: 15006, mark: 0x454d, scope: TableScope::Every }
     }
 
     #[test]
@@ -376,6 +418,34 @@ mod tests {
         let s = spec().replace_script(&[]);
         assert!(s.contains("add rule inet edgemesh prerouting dnat ip6 to ip6 daddr . udp dport map @udp6\n"), "{s}");
         assert!(s.contains("output fib daddr type local dnat ip6 to udp dport map @nodeport_udp6\n"), "{s}");
+    }
+
+    #[test]
+    fn a_node_port_table_has_only_the_node_port_sets_and_rules() {
+        let node_ports = TableSpec { name: "edgemesh_nodeports".into(), scope: TableScope::NodePorts, ..spec() };
+        let s = node_ports.replace_script(&[]);
+        let t = "inet edgemesh_nodeports";
+        for set in ["nodeport_tcp", "nodeport_udp4", "nodeport_udp6"] {
+            assert!(s.contains(&format!(" {t} {set} {{ type ")), "{set}: {s}");
+        }
+        for chain in ["output", "prerouting"] {
+            assert!(
+                s.contains(&format!("{t} {chain} fib daddr type local tcp dport @nodeport_tcp redirect to :15006\n"))
+            );
+            assert!(
+                s.contains(&format!("{t} {chain} fib daddr type local dnat ip6 to udp dport map @nodeport_udp6\n"))
+            );
+        }
+        assert!(s.contains(&format!("add rule {t} output meta mark 0x454d return\n")), "{s}");
+        assert!(s.contains(&format!("add rule {t} input tcp dport 15006 ct status ! dnat drop\n")), "{s}");
+        for other in ["tcp4", "tcp6", "udp4", "udp6"] {
+            assert!(!s.contains(&format!(" {other} ")) && !s.contains(&format!("@{other} ")), "no {other}: {s}");
+        }
+        assert_eq!(s.lines().filter(|l| l.starts_with("add rule")).count(), 1 + 2 * 3 + 1, "{s}");
+        // The full table has every rule of the node-port one.
+        let every = spec().replace_script(&[]).replace("inet edgemesh ", "inet edgemesh_nodeports ");
+        assert!(s.lines().skip(3).all(|l| every.contains(l)), "a filter of one generator");
+        assert!(TableScope::NodePorts.covers(L4::NodePortUdp) && !TableScope::NodePorts.covers(L4::Tcp));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use edgemesh_core::registry::RegistryState;
 use edgemesh_core::{Object, ObjectKey, ObjectKind, RegistryConfig, SourceEvent, VipPolicy, build};
-use edgemesh_intercept::{DeviceSpec, InterceptSetup, Interceptor, Nft, TableSpec};
+use edgemesh_intercept::{DeviceSpec, InterceptSetup, Interceptor, Nft, TableScope, TableSpec};
 use edgemesh_test_support::netns::{Netns, in_netns};
 
 /// Runs `f` on a Tokio runtime inside the namespace: the netlink socket
@@ -47,7 +47,8 @@ fn addresses(ns: &str, dev: &str) -> Option<BTreeSet<IpAddr>> {
 
 fn config(ns: &Netns) -> InterceptSetup {
     InterceptSetup {
-        table: Some(TableSpec { name: "em_test".into(), port: 15006, mark: 0x454d }),
+        table: Some(TableSpec { name: "em_test".into(), port: 15006, mark: 0x454d, scope: TableScope::Every }),
+        other_mode_table: None,
         nft: Nft::in_netns(&ns.name),
         device: Some(DeviceSpec { name: "edge0".into(), fixed: vec!["169.254.96.16".parse().unwrap()] }),
     }

@@ -12,7 +12,7 @@ use edgemesh_core::registry::RegistryState;
 use edgemesh_core::{
     LbStrategy, Object, ObjectKey, ObjectKind, Protocol, RegistryConfig, ServiceObject, SourceEvent, TargetPort,
 };
-use edgemesh_intercept::{InterceptSetup, Interceptor, Nft, TableSpec};
+use edgemesh_intercept::{InterceptSetup, Interceptor, Nft, TableScope, TableSpec};
 use edgemesh_test_support::netns::Netns;
 
 /// How many elements `set` of table `inet table` holds.
@@ -38,9 +38,27 @@ fn service(i: u32) -> Object {
     })
 }
 
+/// A registry with VIPs outside the loopback range (UDP's DNAT targets).
+fn node_registry() -> RegistryState {
+    RegistryState::new(&RegistryConfig {
+        vip_cidr: "9.251.0.0/16".parse().unwrap(),
+        default_strategy: LbStrategy::RoundRobin,
+        ..Default::default()
+    })
+}
+
+/// Service `i` as a NodePort service, its port on `node_port`.
+fn node_port_service(i: u32, node_port: u16) -> ServiceObject {
+    let Object::Service(mut svc) = service(i) else { unreachable!() };
+    svc.service_type = "NodePort".into();
+    svc.ports[0].node_port = Some(node_port);
+    svc
+}
+
 fn config(ns: &Netns) -> InterceptSetup {
     InterceptSetup {
-        table: Some(TableSpec { name: "em_test".into(), port: 15006, mark: 0x454d }),
+        table: Some(TableSpec { name: "em_test".into(), port: 15006, mark: 0x454d, scope: TableScope::Every }),
+        other_mode_table: None,
         nft: Nft::in_netns(&ns.name),
         device: None,
     }
@@ -114,14 +132,8 @@ async fn a_table_deleted_behind_the_agents_back_is_rebuilt() {
 #[tokio::test]
 async fn udp_cluster_ips_and_node_ports_map_to_the_vip_and_tcp_node_ports_are_a_set_of_ports() {
     let ns = Netns::new("ic");
-    let mut state = RegistryState::new(&RegistryConfig {
-        vip_cidr: "9.251.0.0/16".parse().unwrap(),
-        default_strategy: LbStrategy::RoundRobin,
-        ..Default::default()
-    });
-    let Object::Service(mut svc) = service(1) else { unreachable!() };
-    svc.service_type = "NodePort".into();
-    svc.ports[0].node_port = Some(30080);
+    let mut state = node_registry();
+    let mut svc = node_port_service(1, 30080);
     svc.ports.push(ServicePortSpec {
         name: "dns".into(),
         protocol: Protocol::Udp,
@@ -153,4 +165,37 @@ async fn udp_cluster_ips_and_node_ports_map_to_the_vip_and_tcp_node_ports_are_a_
     assert_eq!(interceptor.status().transactions.load(Ordering::Relaxed), transactions + 1);
     let listing = String::from_utf8_lossy(&ns.nft(&["list", "table", "inet", "em_test"]).stdout).into_owned();
     assert!(!listing.contains("elements"), "{listing}");
+}
+
+/// Mode `ebpf`'s table: node ports only (the fast path serves cluster IPs),
+/// under a name of its own; at start it deletes the table an earlier run in
+/// nftables mode left, in the same transaction.
+#[tokio::test]
+async fn a_node_port_table_holds_node_ports_only_and_replaces_the_other_modes_leftover() {
+    let ns = Netns::new("ic");
+    let mut state = node_registry();
+    let svc = node_port_service(1, 30080);
+    state.apply(SourceEvent::Apply(Object::Service(svc)));
+    state.apply(SourceEvent::Apply(service(2)));
+    let snapshot = state.take_generation();
+    // A crash in nftables mode left its table.
+    let leftover = Interceptor::start(config(&ns)).await.unwrap();
+    drop(leftover);
+    let has = |name: &str| ns.tables().lines().any(|l| l == format!("table inet {name}"));
+    assert!(has("em_test"));
+
+    let setup = InterceptSetup {
+        table: Some(TableSpec { name: "em_test_np".into(), port: 15006, mark: 0x454d, scope: TableScope::NodePorts }),
+        other_mode_table: Some("em_test".into()),
+        nft: Nft::in_netns(&ns.name),
+        device: None,
+    };
+    let mut interceptor = Interceptor::start(setup).await.unwrap();
+    assert!(has("em_test_np") && !has("em_test"), "{}", ns.tables());
+    interceptor.reconcile(&snapshot).await.unwrap();
+    assert_eq!(ns.set_elements("em_test_np", "nodeport_tcp").unwrap(), ["30080"]);
+    assert!(ns.set_elements("em_test_np", "tcp4").is_none(), "no cluster IP set");
+    assert_eq!(interceptor.status().elements.load(Ordering::Relaxed), 1);
+    interceptor.remove().await.unwrap();
+    assert!(!has("em_test_np"), "removed at stop");
 }

@@ -30,7 +30,8 @@
 //!   intercepted service address: the original destination
 //!   (`SO_ORIGINAL_DST`) picks the service port's pool of that family in
 //!   `routes`; TCP VIP listeners are then not bound (nftables redirects
-//!   VIPs too).
+//!   VIPs too). Beside the kernel fast path it serves node ports only, and
+//!   the VIP listeners stay ([`Transparent`]).
 //! - [`pools`]: which pools serve each service, so that their endpoints'
 //!   passive health can be read from outside (the admin endpoint).
 //! - [`http`]: the hand-off of connections to HTTP service ports to the
@@ -96,7 +97,7 @@ pub use http::{HttpConnection, HttpFuture, HttpServe};
 pub use live::LiveSettings;
 pub use metrics::ProxyMetrics;
 pub use remote::{DatagramRecv, DatagramSend, Reach, Remote, RemoteDatagrams, RemoteFuture, RemoteStream};
-pub use transparent::{OriginalDst, SocketOriginalDst, TransparentListeners};
+pub use transparent::{OriginalDst, SocketOriginalDst, Transparent, TransparentListeners};
 pub use workers::default_count as default_workers;
 
 /// File descriptors one proxied connection may hold: two sockets and, while
@@ -149,11 +150,12 @@ pub struct ProxyConfig {
     /// change (see `balance::topology`), never per connection.
     #[serde(skip)]
     pub node_name: String,
-    /// Derived (`intercept.mode`): TCP service ports are served through the
-    /// transparent listener (see [`Proxy::bind_transparent`]) instead of a
-    /// listener per VIP and port.
+    /// Derived (`intercept.mode`): which TCP connections the transparent
+    /// listener (see [`Proxy::bind_transparent`]) serves: none, every
+    /// service address (instead of a listener per VIP and port), or node
+    /// ports only (beside them).
     #[serde(skip)]
-    pub transparent: bool,
+    pub transparent: Transparent,
     /// Derived (`intercept.mark`): mark (`SO_MARK`, needs CAP_NET_ADMIN)
     /// set on upstream connections, so that interception rules let them
     /// pass.
@@ -206,7 +208,7 @@ impl Default for ProxyConfig {
             max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,
             workers: 0,
             node_name: String::new(),
-            transparent: false,
+            transparent: Transparent::Off,
             upstream_mark: None,
         }
     }

@@ -21,7 +21,9 @@
 //!   bound: their pools are reached through [`crate::transparent`], under
 //!   every address of the service (VIP and cluster IPs), and under its node
 //!   port on any of the node's addresses. UDP ports keep their VIP
-//!   listeners (nftables DNATs UDP to a cluster IP to them).
+//!   listeners (nftables DNATs UDP to a cluster IP to them). Beside the
+//!   kernel fast path (`Transparent::NodePorts`) every VIP listener is
+//!   bound, and a TCP one is also found under its node port.
 //! - A bind failure is retried on every later reconcile and on a timer;
 //!   success after failures is logged at info. Failures are reported as one
 //!   warning per reconcile pass with their count and the first error, at
@@ -48,6 +50,7 @@ use crate::bind::{bind_udp, tcp_group};
 use crate::connection::Shared;
 use crate::error::ProxyError;
 use crate::pool::{Pool, Targets};
+use crate::transparent::Transparent;
 
 mod desired;
 use desired::{changed_between, desired_listeners, routes_of};
@@ -307,8 +310,8 @@ impl Reconciler {
     }
 
     fn reconcile_service(&mut self, key: &ServiceKey, entry: Option<&ServiceEntry>) {
-        let transparent = self.shared.config.transparent;
-        let desired = desired_listeners(entry, transparent);
+        let scope = self.shared.config.transparent;
+        let desired = desired_listeners(entry, scope == Transparent::Every);
         let current = self.services.remove(key).map(Vec::from).unwrap_or_default();
         self.waiting = self.waiting.saturating_sub(current.iter().filter(|l| l.waiting_for_bind()).count());
         let old_routes: Vec<SocketAddr> = current.iter().flat_map(|l| l.routes.iter().copied()).collect();
@@ -342,8 +345,10 @@ impl Reconciler {
         for (addr, protocol, port) in desired {
             let entry = entry.expect("desired listeners come from an entry");
             let targets = Targets::for_port(entry, port, addr.ip(), node);
-            let routed = transparent && protocol == Protocol::Tcp;
-            let routes = if routed { routes_of(entry, port, addr) } else { Box::default() };
+            let tcp = protocol == Protocol::Tcp;
+            let routes = if tcp { routes_of(entry, port, addr, scope) } else { Box::default() };
+            // Served through the transparent listener only.
+            let routed = tcp && scope == Transparent::Every;
             if let Some(existing) = next.iter_mut().find(|l| l.addr() == addr && l.protocol == protocol) {
                 let backends = targets.backends.len();
                 if existing.pool.update(targets) {

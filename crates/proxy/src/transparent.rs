@@ -13,6 +13,10 @@
 //! of the address it was sent to): nftables redirects it only when sent to
 //! one of the node's own addresses (`fib daddr type local`).
 //!
+//! Beside the kernel fast path (mode `ebpf`, [`Transparent::NodePorts`])
+//! only node ports are redirected here: the programs send cluster IPs to
+//! the VIP listeners, which stay.
+//!
 //! A connection whose original destination is no known service (a race
 //! with a removal) is reset: it is never forwarded to the listener again.
 //! So is one to a node port of a service that has no address in the
@@ -34,6 +38,19 @@ use tokio::io::unix::AsyncFd;
 
 use crate::connection::{self, Shared};
 use crate::pool::LogLimiter;
+
+/// Which TCP connections the transparent listener serves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transparent {
+    /// None: a listener per VIP and port (no interception).
+    #[default]
+    Off,
+    /// Every service address and node port (nftables mode); TCP ports get
+    /// no VIP listener.
+    Every,
+    /// Node ports only, beside the VIP listeners (mode `ebpf`).
+    NodePorts,
+}
 
 /// The bound transparent listening sockets: a group per family (IPv4, and
 /// IPv6 when the host has it), a socket per worker (see `bind`).

@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::*;
 use edgemesh_core::LbStrategy;
 use edgemesh_metrics::{AgentRegistry, Format};
-use edgemesh_proxy::{OriginalDst, Proxy, ProxyConfig};
+use edgemesh_proxy::{OriginalDst, Proxy, ProxyConfig, Transparent};
 use edgemesh_test_support::scrape::sample;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpSocket;
@@ -53,7 +53,8 @@ async fn connect_as(listener: SocketAddr, lookup: &Redirected, original: Option<
 async fn connections_go_where_they_were_originally_sent() {
     let mut h = start_registry(90, LbStrategy::RoundRobin);
     let lookup = Arc::new(Redirected::default());
-    let config = ProxyConfig { transparent: true, workers: 1, max_connections: 100, ..ProxyConfig::default() };
+    let config =
+        ProxyConfig { transparent: Transparent::Every, workers: 1, max_connections: 100, ..ProxyConfig::default() };
     let mut registry = AgentRegistry::new("test");
     let mut proxy =
         Proxy::new(config, h.snapshots.clone()).with_original_dst(lookup.clone()).with_metrics(registry.edgemesh(), 10);
@@ -76,5 +77,36 @@ async fn connections_go_where_they_were_originally_sent() {
     assert_eq!(sample(&scrape, "edgemesh_proxy_unrouted_connections_total"), Some(2.0), "{scrape}");
     let web = r#"{service="default/web",port="8080"}"#;
     assert_eq!(sample(&scrape, &format!("edgemesh_tcp_connections_opened_total{web}")), Some(2.0), "{scrape}");
+    h.stop().await;
+}
+
+/// Beside the kernel fast path: the VIP listener serves the service, and
+/// the transparent listener serves its node port, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beside_the_fast_path_only_node_ports_come_through_the_transparent_listener() {
+    let mut h = start_registry(91, LbStrategy::RoundRobin);
+    let lookup = Arc::new(Redirected::default());
+    let config = ProxyConfig { transparent: Transparent::NodePorts, workers: 1, ..ProxyConfig::default() };
+    let mut proxy = Proxy::new(config, h.snapshots.clone()).with_original_dst(lookup.clone());
+    let port = proxy.bind_transparent(0).unwrap()[0].port();
+    h.run_proxy(proxy);
+    let edgemesh_core::Object::Service(mut web) =
+        edgemesh_core::build::service(NS, "web").port("http", PORT, 80).cluster_ip("10.96.0.10").object()
+    else {
+        unreachable!()
+    };
+    (web.service_type, web.ports[0].node_port) = ("NodePort".into(), Some(30080));
+    let web = edgemesh_core::Object::Service(web);
+    add_on_nodes(&mut h, web, "web", &[(identity_backend("web").await, "node-a")], false).await;
+    let listener = SocketAddr::from(([127, 0, 0, 1], port));
+
+    let node_port = SocketAddr::from(([192, 0, 2, 1], 30080));
+    assert_eq!(connect_as(listener, &lookup, Some(node_port)).await.as_deref(), Some("web"), "the node port");
+    let cluster_ip = SocketAddr::from(([10, 96, 0, 10], PORT));
+    assert_eq!(connect_as(listener, &lookup, Some(cluster_ip)).await, None, "the kernel's: reset here");
+    let mut direct = tokio::net::TcpStream::connect(h.addr("web")).await.expect("the VIP listener is bound");
+    let mut out = String::new();
+    direct.read_to_string(&mut out).await.unwrap();
+    assert_eq!(out, "web", "the VIP listener serves as without interception");
     h.stop().await;
 }

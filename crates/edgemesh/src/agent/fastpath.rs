@@ -13,8 +13,8 @@
 //!   and the proxy's ejections; on stop, leaves the pinned state
 //!   (`keepOnExit`) or removes it.
 //!
-//! Node ports are not served in this mode (they need nftables): logged
-//! once when a service has one.
+//! Node ports stay on nftables: a table of node ports only redirects them
+//! to the proxy's transparent listener (see `interception`).
 
 mod routes;
 
@@ -103,7 +103,7 @@ fn check_cgroup(path: Option<&Path>) -> Result<(), edgemesh_ebpf::Error> {
     let Some(path) = path else { return Ok(()) };
     let not_v2 = |why: String| edgemesh_ebpf::Error::Cgroup {
         path: path.into(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+        error: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
     };
     let fs = rustix::fs::statfs(path).map_err(|e| not_v2(format!("intercept.cgroupPath: {e}")))?;
     #[allow(clippy::unnecessary_cast)] // f_type is i64 or u64 by target
@@ -132,7 +132,6 @@ pub(super) struct FastPathTask {
     /// Whether the entries no service wants (left by an earlier run) were
     /// removed: after the first synced snapshot.
     swept: bool,
-    node_ports_logged: bool,
 }
 
 impl FastPathTask {
@@ -148,7 +147,6 @@ impl FastPathTask {
             held: HashSet::new(),
             dirty: true,
             swept: false,
-            node_ports_logged: false,
         }
     }
 
@@ -203,7 +201,6 @@ impl FastPathTask {
         match result {
             Ok(()) => {
                 self.dirty = false;
-                self.log_node_ports(snapshot);
                 self.status.elements.store(self.fast.writer().ports().len(), Ordering::Relaxed);
                 self.status.applied_generation.store(snapshot.generation, Ordering::Release);
             }
@@ -305,18 +302,6 @@ impl FastPathTask {
     fn ejected(&self, key: &ServiceKey) -> HashSet<SocketAddr> {
         let ports = self.proxy.pools.service_health(key).unwrap_or_default();
         ports.iter().flat_map(|p| &p.endpoints).filter(|e| e.ejected_for_seconds.is_some()).map(|e| e.address).collect()
-    }
-
-    fn log_node_ports(&mut self, snapshot: &Snapshot) {
-        if self.node_ports_logged {
-            return;
-        }
-        let with_node_port = snapshot.services().find(|e| e.ports.iter().any(|p| p.node_port.is_some()));
-        if let Some(entry) = with_node_port {
-            tracing::warn!(service = %entry.key,
-                "node ports are not served with intercept.mode ebpf (they need nftables mode); cluster IPs and VIPs are");
-            self.node_ports_logged = true;
-        }
     }
 
     /// Leaves the programs and maps pinned (`keepOnExit`), so local

@@ -203,7 +203,7 @@ pub const FLAGS: &[Flag] = &[
         key: "intercept.table",
         takes: One("NAME"),
         implies: None,
-        help: "Name of the agent's own nftables table (family inet). Default: edgemesh.",
+        help: "Name of the agent's own nftables table (family inet); mode ebpf's node-port table is <NAME>_nodeports. Default: edgemesh.",
     },
     Flag {
         long: "vip-device",

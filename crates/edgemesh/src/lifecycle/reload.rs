@@ -172,6 +172,9 @@ impl Reloader {
         let forwards = self.components.dns.as_ref().is_none_or(DnsLiveSettings::forwards);
         let (applied, pending): (Vec<Change>, Vec<Change>) = keys::changes(&in_force, configured)
             .into_iter()
+            // After a fallback the mode in force is not the configured one:
+            // only a change of the configured one needs a restart.
+            .filter(|c| c.key != "intercept.mode" || configured.intercept.mode != self.lifecycle.configured_mode)
             // Started without upstreams: forwarding is set up at the next start.
             .partition(|c| keys::is_live(&c.key) && (forwards || c.key != "dns.upstreams"));
         for change in &pending {

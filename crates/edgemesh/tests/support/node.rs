@@ -16,6 +16,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::eventually;
 use super::netns::{Netns, NsAgent, NsNginx, link};
 
 /// The agent's DNS address in node mode (its default).
@@ -220,6 +221,16 @@ pub fn device_addresses(ns: &Netns, dev: &str) -> Option<Vec<String>> {
 /// The agent's log lines about table transactions.
 pub fn updates_logged(agent: &NsAgent) -> Vec<String> {
     agent.log().lines().filter(|l| l.contains("nftables elements updated")).map(str::to_owned).collect()
+}
+
+/// [`updates_logged`] once it has more than `before` lines: the agent logs
+/// a transaction just after nft applied it, so a test that saw the
+/// elements may read the log a moment before the line is there.
+pub fn updates_logged_beyond(agent: &NsAgent, before: usize) -> Vec<String> {
+    eventually(Duration::from_secs(5), "the transaction's log line", || {
+        let all = updates_logged(agent);
+        (all.len() > before).then_some(all)
+    })
 }
 
 /// The entries of map `map` of the agent's table (`inet edgemesh`), as

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use edgemesh_core::{Protocol, ResolvedPort, ServiceEntry, ServiceKey, Snapshot};
 
+use crate::Transparent;
 use crate::routes::node_port_route;
 
 /// Keys of the services whose entries differ between `old` (nothing yet
@@ -80,13 +81,28 @@ pub(super) fn desired_listeners<'a>(
     out
 }
 
-/// Where the transparent listener finds the pool of `port` keyed by
-/// `frontend`: every address of the service in `frontend`'s family, and
-/// the node port on the node's addresses of that family.
-pub(super) fn routes_of(entry: &ServiceEntry, port: &ResolvedPort, frontend: SocketAddr) -> Box<[SocketAddr]> {
+/// Where the transparent listener finds the pool of TCP port `port` keyed
+/// by `frontend`: with [`Transparent::Every`], every address of the service
+/// in `frontend`'s family, and the node port on the node's addresses of
+/// that family; with [`Transparent::NodePorts`], that node port only.
+pub(super) fn routes_of(
+    entry: &ServiceEntry,
+    port: &ResolvedPort,
+    frontend: SocketAddr,
+    scope: Transparent,
+) -> Box<[SocketAddr]> {
     let ipv6 = frontend.is_ipv6();
     let node_port = port.node_port.map(|p| node_port_route(ipv6, p));
-    entry.ips().filter(|ip| ip.is_ipv6() == ipv6).map(|ip| SocketAddr::new(ip, port.port)).chain(node_port).collect()
+    match scope {
+        Transparent::Off => Box::default(),
+        Transparent::Every => entry
+            .ips()
+            .filter(|ip| ip.is_ipv6() == ipv6)
+            .map(|ip| SocketAddr::new(ip, port.port))
+            .chain(node_port)
+            .collect(),
+        Transparent::NodePorts => node_port.into_iter().collect(),
+    }
 }
 
 #[cfg(test)]
@@ -99,7 +115,11 @@ mod tests {
     }
 
     fn routes(entry: &ServiceEntry, frontend: &str) -> Vec<String> {
-        routes_of(entry, &entry.ports[0], frontend.parse().unwrap()).iter().map(ToString::to_string).collect()
+        routes_in(entry, frontend, Transparent::Every)
+    }
+
+    fn routes_in(entry: &ServiceEntry, frontend: &str, scope: Transparent) -> Vec<String> {
+        routes_of(entry, &entry.ports[0], frontend.parse().unwrap(), scope).iter().map(ToString::to_string).collect()
     }
 
     /// A listener (and so a pool) per family: each VIP listens for itself;
@@ -125,5 +145,21 @@ mod tests {
         let v4 = entry(&[], &["10.96.0.10"], Protocol::Tcp, Some(30080), &[]);
         assert_eq!(listeners(&v4, true), [("10.96.0.10:80".to_owned(), Protocol::Tcp)]);
         assert_eq!(routes(&v4, "10.96.0.10:80"), ["10.96.0.10:80", "0.0.0.0:30080"]);
+    }
+
+    /// Beside the kernel fast path: the VIP listeners stay, and each TCP
+    /// one is also found under its node port in its family, only there.
+    #[test]
+    fn node_ports_only_beside_the_vip_listeners() {
+        let dual = entry(&["9.251.0.1", "fd00:9:251::1"], &["10.96.0.10"], Protocol::Tcp, Some(30080), &[]);
+        assert_eq!(
+            listeners(&dual, false),
+            [("9.251.0.1:80".to_owned(), Protocol::Tcp), ("[fd00:9:251::1]:80".to_owned(), Protocol::Tcp)]
+        );
+        assert_eq!(routes_in(&dual, "9.251.0.1:80", Transparent::NodePorts), ["0.0.0.0:30080"]);
+        assert_eq!(routes_in(&dual, "[fd00:9:251::1]:80", Transparent::NodePorts), ["[::]:30080"]);
+        let cluster_ip_only = entry(&["9.251.0.1"], &["10.96.0.10"], Protocol::Tcp, None, &[]);
+        assert_eq!(routes_in(&cluster_ip_only, "9.251.0.1:80", Transparent::NodePorts), Vec::<String>::new());
+        assert_eq!(routes_in(&dual, "9.251.0.1:80", Transparent::Off), Vec::<String>::new());
     }
 }

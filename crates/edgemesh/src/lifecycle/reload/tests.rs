@@ -3,6 +3,7 @@ use std::time::Duration;
 use super::*;
 use crate::host::FixedHost;
 use crate::lifecycle::LogControl;
+use edgemesh_intercept::InterceptMode;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -15,6 +16,12 @@ struct Fixture {
 /// A reloader of `text`, with the flags `--admin-listen 127.0.0.1:0`, over
 /// the config it resolves to (as at start).
 fn fixture(text: &str) -> Fixture {
+    fixture_started(text, |_| {})
+}
+
+/// As [`fixture`], with `start` changing the config in force as the agent's
+/// start may (a fallback).
+fn fixture_started(text: &str, start_changes: impl FnOnce(&mut Config)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("edgemesh.yaml");
     std::fs::write(&file, text).unwrap();
@@ -24,7 +31,9 @@ fn fixture(text: &str) -> Fixture {
     let mut start = Config::from_file(&file).unwrap();
     flags.apply(&mut start).unwrap();
     start.complete(&*host);
-    let lifecycle = Lifecycle::new(Arc::new(start.clone()), LogControl::detached(&start.log_level));
+    let configured_mode = start.intercept.mode;
+    start_changes(&mut start);
+    let lifecycle = Lifecycle::new(Arc::new(start.clone()), configured_mode, LogControl::detached(&start.log_level));
     let proxy = Arc::new(LiveSettings::new(&start.proxy));
     let source = ReloadSource { file: Some(file.clone()), flags };
     let reloader = Reloader::new(
@@ -61,6 +70,32 @@ fn live_settings_apply_and_restart_only_ones_stay_pending() {
     // The same file again: nothing to apply, the restart is still pending.
     assert_eq!(f.reloader.reload("SIGHUP").result, ReloadResult::Unchanged);
     assert_eq!(f.lifecycle.status().pending_restart.len(), 1);
+}
+
+/// After a fallback from ebpf to nftables mode, the same file asks for no
+/// restart; changing the configured mode does.
+#[test]
+fn after_a_fallback_the_configured_mode_is_what_a_reload_compares() {
+    let ebpf = "intercept:\n  mode: ebpf\n  fallback: nftables\nproxy:\n  maxConnections: 100\n";
+    let mut f = fixture_started(ebpf, |c| c.intercept.mode = InterceptMode::Nftables);
+    assert_eq!(f.lifecycle.config().intercept.mode, InterceptMode::Nftables, "the mode that runs");
+    let report = f.reloader.reload("SIGHUP");
+    assert_eq!(report.result, ReloadResult::Unchanged, "{report:?}");
+    assert_eq!(f.lifecycle.status().pending_restart, vec![], "nothing changed");
+
+    // A live key beside it applies; the mode in force stays.
+    std::fs::write(&f.file, ebpf.replace("100", "7")).unwrap();
+    assert_eq!(f.reloader.reload("file changed").result, ReloadResult::Applied);
+    assert_eq!((f.proxy.max_connections(), f.lifecycle.config().intercept.mode), (7, InterceptMode::Nftables));
+    assert_eq!(f.lifecycle.status().pending_restart, vec![]);
+
+    // The operator asks for another mode (none, which changes the
+    // node-mode defaults as well): that needs a restart.
+    std::fs::write(&f.file, "proxy:\n  maxConnections: 7\n").unwrap();
+    f.reloader.reload("file changed");
+    let pending = f.lifecycle.status().pending_restart;
+    let mode = pending.iter().find(|c| c.key == "intercept.mode").expect("intercept.mode pending");
+    assert_eq!((&mode.in_force, &mode.configured), (&serde_json::json!("nftables"), &serde_json::json!("none")));
 }
 
 #[test]
