@@ -6,6 +6,7 @@
 # usage: bench/proxy_callgrind.sh [-t rr|conn] [-d SECS] [-- AGENT ARGS...]
 #   -t rr    keep-alive requests (wrk -t2 -c50), the default
 #   -t conn  a new connection per request (Connection: close)
+#   -t h2    HTTP/2 prior knowledge, 10 connections x 10 streams (h2load)
 #   -d SECS  wrk duration (default 8)
 #   extra arguments go to `edgemesh agent` (e.g. --proxy-workers 1)
 #
@@ -19,7 +20,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TEST=rr DUR=8
 while getopts t:d: o; do case $o in
-  t) TEST=$OPTARG ;; d) DUR=$OPTARG ;; *) sed -n '2,17p' "$0" >&2; exit 2 ;;
+  t) TEST=$OPTARG ;; d) DUR=$OPTARG ;; *) sed -n '2,18p' "$0" >&2; exit 2 ;;
 esac; done
 shift $((OPTIND - 1))
 [[ ${1:-} == -- ]] && shift
@@ -88,8 +89,13 @@ curl -sf -o /dev/null "http://$VIP:$PORT/f" || { cat "$W/agent.log" >&2; exit 1;
 callgrind_control -z "$AGENT" >/dev/null 2>&1
 hdr=()
 [[ $TEST == conn ]] && hdr=(-H 'Connection: close')
-out=$(wrk -t2 -c50 -d"${DUR}s" "${hdr[@]}" "http://$VIP:$PORT/f")
-requests=$(awk '/requests in/ {print $1}' <<<"$out")
+if [[ $TEST == h2 ]]; then
+  out=$(h2load -c10 -m10 -t2 -D"$DUR" "http://$VIP:$PORT/f")
+  requests=$(awk '/^requests:/ {print $8}' <<<"$out")
+else
+  out=$(wrk -t2 -c50 -d"${DUR}s" "${hdr[@]}" "http://$VIP:$PORT/f")
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+fi
 callgrind_control -d "$AGENT" >/dev/null 2>&1
 sleep 1
 # The dump after the zeroing covers exactly the wrk run: the file of part 1
