@@ -21,8 +21,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::metrics::PortHandles;
 use super::respond::{self, FrontBody};
@@ -124,14 +124,30 @@ enum Check {
 
 /// Serves `conn` until the client closes it, a limit closes it, or the
 /// proxy drops this future at shutdown.
-pub(super) async fn serve(front: Arc<Shared>, conn: HttpConnection, _slot: Slot) {
+pub(super) async fn serve(front: Arc<Shared>, conn: HttpConnection, slot: Slot) {
     let HttpConnection { client, peer, pool, reach, connect_timeout, upstream_mark, drain } = conn;
+    let ctx = RequestContext { pool, reach, connect_timeout, upstream_mark, client: peer };
+    serve_stream(front, client, ctx, drain, slot).await;
+}
+
+/// [`serve`] over any byte stream from the client (a TCP socket, or an
+/// in-memory one in the fuzz target); `ctx.client` is its peer.
+pub(super) async fn serve_stream<S>(
+    front: Arc<Shared>,
+    client: S,
+    ctx: RequestContext,
+    drain: CancellationToken,
+    _slot: Slot,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = ctx.client;
     // The proxy's label for the port (bounded by `metrics.maxServices`).
-    let label = pool.service_label().unwrap_or_else(|| Arc::from(pool.service.to_string()));
-    let handles = Arc::new(front.metrics.port(label, pool.port));
+    let label = ctx.pool.service_label().unwrap_or_else(|| Arc::from(ctx.pool.service.to_string()));
+    let handles = Arc::new(front.metrics.port(label, ctx.pool.port));
     handles.active.inc();
     let _active = scopeguard(handles.clone());
-    let ctx = Arc::new(RequestContext { pool, reach, connect_timeout, upstream_mark, client: peer });
+    let ctx = Arc::new(ctx);
     let now = Instant::now();
     let state = Arc::new(ConnState {
         peer,
@@ -292,12 +308,12 @@ async fn tunnel(client: OnUpgrade, endpoint: OnUpgrade, peer: SocketAddr) {
 
 /// The client's socket, counting the bytes read (to tell a partial head
 /// from an idle connection).
-struct Counting {
-    inner: TcpStream,
+struct Counting<S> {
+    inner: S,
     state: Arc<ConnState>,
 }
 
-impl AsyncRead for Counting {
+impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -309,7 +325,7 @@ impl AsyncRead for Counting {
     }
 }
 
-impl AsyncWrite for Counting {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
