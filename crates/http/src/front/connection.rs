@@ -35,6 +35,11 @@ const PREFACE_LEN: u64 = 24;
 /// How often the timers look again when nothing is due.
 const NOTHING_DUE: Duration = Duration::from_secs(3600);
 
+/// How long an idle connection's graceful close may take before it is
+/// dropped: HTTP/2's waits for the client to acknowledge the GOAWAY's PING,
+/// which a silent client never does.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What the requests of one connection and its timers share.
@@ -169,6 +174,8 @@ pub(super) async fn serve_stream<S>(
     tokio::pin!(timer);
     timer.as_mut().reset(now);
     let mut closing = false;
+    // Closing for idleness: the connection is dropped if it lingers.
+    let mut idle_closing = false;
     let limits = &front.metrics.limits;
     let draining = drain.cancelled();
     tokio::pin!(draining);
@@ -181,18 +188,30 @@ pub(super) async fn serve_stream<S>(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            () = &mut timer, if !closing => match state.check(head_timeout, idle_timeout, Instant::now()) {
-                Check::Wait(at) => timer.as_mut().reset(at),
-                Check::Preface => {
-                    limits.hit(Limit::HeadTimeout, Some(peer));
-                    break Ok(());
+            () = &mut timer, if !closing || idle_closing => {
+                if idle_closing {
+                    // A request that came in meanwhile (HTTP/2) is let finish.
+                    if state.flight().in_flight == 0 {
+                        break Ok(());
+                    }
+                    timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
+                    continue;
                 }
-                Check::Idle => {
-                    limits.hit(Limit::IdleTimeout, Some(peer));
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
+                match state.check(head_timeout, idle_timeout, Instant::now()) {
+                    Check::Wait(at) => timer.as_mut().reset(at),
+                    Check::Preface => {
+                        limits.hit(Limit::HeadTimeout, Some(peer));
+                        break Ok(());
+                    }
+                    Check::Idle => {
+                        limits.hit(Limit::IdleTimeout, Some(peer));
+                        closing = true;
+                        idle_closing = true;
+                        conn.as_mut().graceful_shutdown();
+                        timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
+                    }
                 }
-            },
+            }
         }
     };
     if let Err(error) = result {
