@@ -162,6 +162,47 @@ put("socks_handshake", b"\x05\x02\x00\x02" + b"\x01\x05alice\x06secret" + connec
 put("socks_handshake", b"\x05\x01\x00" + b"\x05\x03\x00\x01" + bytes(4) + b"\0\0")  # UDP ASSOCIATE
 
 
+# Cache records of format 4: a node with pod CIDRs (10.244.1.0/24, fd00:244:1::/64).
+def cidr(text):
+    net = ipaddress.ip_network(text)
+    return ip(str(net.network_address)) + bytes([net.prefixlen])
+
+
+put("cache_record", b"\4\2" + meta("", "node-a") + vec([ip("192.168.1.10")]) + vec([cidr("10.244.1.0/24"), cidr("fd00:244:1::/64")]))
+
+# HTTP request heads (fuzz/src/http_front.rs): a mode byte (0: the client
+# stays connected and silent, 1: it half-closes), then what curl, a browser,
+# a gRPC client or an attacker sends -----------------------------------------
+
+def h2_frame(kind, flags, stream, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# HPACK: :method GET, :scheme http, :path /, :authority web (literal, indexed name 1).
+H2_GET = h2_frame(1, 0x5, 1, b"\x82\x86\x84\x41\x03web")
+HTTP_HEADS = [
+    b"GET / HTTP/1.1\r\nHost: web.default\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: web\r\n\r\nGET /fail HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+    b"POST /orders HTTP/1.1\r\nHost: web\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"id\": 42, \"x\"}",
+    b"POST /up HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: web\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    b"GET /chat HTTP/1.1\r\nHost: web\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: web\r\nX-Forwarded-For: 203.0.113.9\r\nTE: trailers\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: web\r\nX-Big: " + b"a" * 8300 + b"\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: web\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(20)) + b"\r\n",
+    b"GET / HTTP/1.1\r\nHost: w",
+    H2_PREFACE + h2_frame(4, 0, 0, b"") + H2_GET,
+    H2_PREFACE + h2_frame(4, 0, 0, struct.pack(">HI", 3, 100)) + h2_frame(4, 1, 0, b"") + H2_GET
+    + h2_frame(1, 0x4, 3, b"\x83\x86\x44\x05/fail\x41\x03web\x5f\x10application/grpc") + h2_frame(0, 0x1, 3, b"\0\0\0\0\0"),
+    H2_PREFACE + h2_frame(4, 0, 0, b"") + h2_frame(8, 0, 0, struct.pack(">I", 1 << 20)) + h2_frame(6, 0, 0, b"12345678"),
+    H2_PREFACE,
+]
+for head in HTTP_HEADS:
+    for mode in (b"\0", b"\1"):
+        put("http_request_head", mode + head)
+
 # Text targets: files and documents the tests use ----------------------------
 
 def seed_text():
@@ -194,6 +235,8 @@ def seed_text():
                                         "subsets": [{"addresses": [{"ip": "10.0.0.1", "nodeName": "n1"}], "notReadyAddresses": [{"ip": "10.0.0.2"}], "ports": [{"name": "http", "port": 8080}]}]}},
         {"type": "ADDED", "object": {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "annotations": {"edgemesh.io/peer-id": "12D3KooWExample"}},
                                       "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.10"}]}}},
+        {"type": "MODIFIED", "object": {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+                                         "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24", "fd00:244:1::/64"]}}},
         {"type": "BOOKMARK", "object": {"kind": "Service", "apiVersion": "v1", "metadata": {"resourceVersion": "12"}}},
         {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "too old resource version", "reason": "Expired", "code": 410}},
     ]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the fuzz targets (fuzz/, cargo-fuzz with libFuzzer, nightly toolchain) and runs each
-# for SECONDS (default 2: about 45 s for all nine with loading their corpora, as CI runs them)
+# for SECONDS (default 2: about 50 s for all ten with loading their corpora, as CI runs them)
 # over a copy of its corpus, so the corpus in the repository only changes when someone
 # minimizes it on purpose.
 #

@@ -2,6 +2,9 @@
 //! services, and the property every accepted object must have (it survives
 //! the offline cache). Each target in `fuzz_targets/` feeds one parser the
 //! bytes libFuzzer makes and asserts what must hold beyond "no panic".
+//! [`http_front`]: the HTTP front fed from memory.
+
+pub mod http_front;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};

@@ -14,10 +14,13 @@
 //! in [`tags!`]. Writing and reading both follow that one list. A field
 //! added in a later version is listed after `since N`: it is written last,
 //! and a value of an older version reads as the field's default, so the
-//! offline state survives the upgrade (format 3 added `appProtocol`).
+//! offline state survives the upgrade (format 3 added `appProtocol`,
+//! format 4 a Node's pod CIDRs).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
 
 use edgemesh_core::object::{EndpointPortSpec, EndpointSpec, ObjectMeta, ServicePortSpec};
 use edgemesh_core::service::{
@@ -26,7 +29,7 @@ use edgemesh_core::service::{
 use edgemesh_core::{EndpointSet, EndpointSubset, NodeObject, Object, ObjectKind, ServiceObject};
 
 /// The first byte of every value this agent writes.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// The oldest binary version still read (format 2: no `appProtocol`).
 const OLDEST: u8 = 2;
 /// The first byte of a JSON value (format 1).
@@ -136,7 +139,7 @@ record!(EndpointSet { meta, kind, service_name, subsets });
 record!(EndpointSubset { endpoints, ports });
 record!(EndpointSpec { addresses, ready, node_name, hostname });
 record!(EndpointPortSpec { name, port, protocol });
-record!(NodeObject { meta, addresses });
+record!(NodeObject { meta, addresses } since 4 { pod_cidrs });
 record!(ObjectMeta { namespace, name, labels, annotations });
 
 tags!(Protocol, "protocol" { 0 => (Protocol::Tcp), 1 => (Protocol::Udp), 2 => (Protocol::Sctp) });
@@ -310,6 +313,20 @@ impl Field for IpAddr {
             6 => Ok(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(r.take(16)?).expect("16 bytes")))),
             other => Err(r.invalid(at, "address family", other)),
         }
+    }
+}
+
+/// The address, then the prefix length (refused when too long for it).
+impl Field for IpNet {
+    fn write(&self, out: &mut Vec<u8>) {
+        self.addr().write(out);
+        out.push(self.prefix_len());
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let addr = IpAddr::read(r)?;
+        let at = r.at;
+        let len = r.byte()?;
+        IpNet::new(addr, len).map_err(|_| r.invalid(at, "prefix length", len))
     }
 }
 

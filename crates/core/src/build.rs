@@ -168,9 +168,9 @@ impl EndpointSetBuilder {
     }
 }
 
-/// Starts a Node with no annotations and no addresses.
+/// Starts a Node with no annotations, no addresses and no pod CIDRs.
 pub fn node(name: &str) -> NodeBuilder {
-    NodeBuilder(NodeObject { meta: ObjectMeta { name: name.into(), ..Default::default() }, addresses: Vec::new() })
+    NodeBuilder(NodeObject { meta: ObjectMeta { name: name.into(), ..Default::default() }, ..Default::default() })
 }
 
 pub struct NodeBuilder(pub NodeObject);
@@ -188,6 +188,11 @@ impl NodeBuilder {
 
     pub fn address(mut self, addr: &str) -> Self {
         self.0.addresses.push(addr.parse().expect("valid IP"));
+        self
+    }
+
+    pub fn pod_cidr(mut self, cidr: &str) -> Self {
+        self.0.pod_cidrs.push(cidr.parse().expect("valid CIDR"));
         self
     }
 

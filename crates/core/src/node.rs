@@ -1,5 +1,5 @@
 //! Nodes as the data plane sees them: which libp2p peer speaks for a node
-//! name, and where the node can be reached.
+//! name, where the node can be reached, and which networks are its pods'.
 //!
 //! The tunnel binds a peer's claimed node name to its key with the peer ID
 //! that the Node object carries in [`PEER_ID_ANNOTATION`]; a node without
@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::object::NodeObject;
@@ -25,12 +26,20 @@ pub struct NodeEntry {
     pub peer_id: Option<Arc<str>>,
     /// `InternalIP` and `ExternalIP` addresses, in the order the source gave.
     pub addresses: Vec<IpAddr>,
+    /// The node's pod CIDRs (`spec.podCIDRs`): DNS answers queries from
+    /// this node's own ones.
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 impl From<&NodeObject> for NodeEntry {
     fn from(node: &NodeObject) -> Self {
         let peer_id =
             node.meta.annotations.get(PEER_ID_ANNOTATION).map(|v| v.trim()).filter(|v| !v.is_empty()).map(Arc::from);
-        NodeEntry { name: Arc::from(node.meta.name.as_str()), peer_id, addresses: node.addresses.clone() }
+        NodeEntry {
+            name: Arc::from(node.meta.name.as_str()),
+            peer_id,
+            addresses: node.addresses.clone(),
+            pod_cidrs: node.pod_cidrs.clone(),
+        }
     }
 }

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::service::{
@@ -170,9 +171,10 @@ pub struct EndpointPortSpec {
     pub protocol: Protocol,
 }
 
-/// A `v1/Node`, reduced to what the tunnel needs: its name, annotations
-/// (the peer ID, [`crate::PEER_ID_ANNOTATION`]) and addresses. Deserialized
-/// with defaults, like [`ServiceObject`].
+/// A `v1/Node`, reduced to what the agent needs: its name, annotations
+/// (the peer ID, [`crate::PEER_ID_ANNOTATION`]) and addresses for the
+/// tunnel, and its pod CIDRs for DNS access. Deserialized with defaults,
+/// like [`ServiceObject`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NodeObject {
@@ -180,6 +182,9 @@ pub struct NodeObject {
     pub meta: ObjectMeta,
     /// `status.addresses` of type `InternalIP` or `ExternalIP`, in order.
     pub addresses: Vec<IpAddr>,
+    /// `spec.podCIDRs` (or, when that is empty, `spec.podCIDR`): the
+    /// networks of the pods on this node, whose DNS queries are the node's.
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 /// Any object a source can emit.

@@ -5,7 +5,7 @@
 //! publishes a new [`Snapshot`] on a `watch` channel. Per-event work depends
 //! on the size of the touched service, never on the number of services.
 //! Nodes go straight into the snapshot as [`NodeEntry`]s (name, peer ID,
-//! addresses): nothing else of a Node object is kept.
+//! addresses, pod CIDRs): nothing else of a Node object is kept.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;

@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use imbl::{HashMap, OrdMap, Vector};
+use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::node::NodeEntry;
@@ -101,6 +102,12 @@ impl Snapshot {
     /// The node with this name.
     pub fn node(&self, name: &str) -> Option<&Arc<NodeEntry>> {
         self.nodes.get(name)
+    }
+
+    /// This node's pod CIDRs, from its Node object (none until the source
+    /// has delivered it, or without a node name).
+    pub fn own_pod_cidrs(&self) -> &[IpNet] {
+        self.nodes.get(&*self.node_name).map_or(&[], |n| &n.pod_cidrs)
     }
 
     /// All nodes, ordered by name.

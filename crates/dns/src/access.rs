@@ -4,9 +4,11 @@
 //! server listens on loopback or on a link-local address such as
 //! `169.254.96.16`, which nothing beyond the node's own links routes to),
 //! or when it comes from loopback, from one of this node's own addresses,
-//! or from a network in `dns.allowedClients` (the pod CIDRs). Anyone else
-//! gets REFUSED, for cluster names as well as for forwarded ones: the
-//! cluster's service names and addresses are not for the outside either.
+//! from this node's pod CIDRs (its Node object's `spec.podCIDRs`, from the
+//! snapshot, so they follow the Node live and survive an outage through
+//! the cache), or from a network in `dns.allowedClients`. Anyone else gets
+//! REFUSED, for cluster names as well as for forwarded ones: the cluster's
+//! service names and addresses are not for the outside either.
 //!
 //! This node's addresses are read from the kernel (`getifaddrs`) at start
 //! and again, at most once per [`OWN_REFRESH`], when a client matches
@@ -75,13 +77,18 @@ impl ClientAccess {
         self.allowed.store(allowed.into());
     }
 
-    /// Whether a query from `client` is answered.
-    pub fn allows(&self, client: IpAddr) -> bool {
+    /// Whether a query from `client` is answered. `in_pod_cidrs` tells
+    /// whether an address is in this node's pod CIDRs; it is asked only
+    /// when loopback and the allowed networks do not match.
+    pub fn allows(&self, client: IpAddr, in_pod_cidrs: impl FnOnce(IpAddr) -> bool) -> bool {
         if self.node_local {
             return true;
         }
         let client = canonical(client);
         if client.is_loopback() || self.allowed.load().iter().any(|net| net.contains(&client)) {
+            return true;
+        }
+        if in_pod_cidrs(client) {
             return true;
         }
         if self.own.load().contains(&client) {
@@ -143,7 +150,7 @@ mod tests {
         for listen in ["127.0.0.1", "127.0.0.53", "::1", "169.254.96.16", "fe80::1"] {
             let access = ClientAccess::new(ip(listen), Vec::new());
             assert!(access.node_local(), "{listen}");
-            assert!(access.allows(ip("203.0.113.9")), "{listen}");
+            assert!(access.allows(ip("203.0.113.9"), |_| false), "{listen}");
         }
         for listen in ["0.0.0.0", "::", "10.0.0.1", "192.168.1.5", "2001:db8::1"] {
             assert!(!ClientAccess::new(ip(listen), Vec::new()).node_local(), "{listen}");
@@ -153,19 +160,33 @@ mod tests {
     #[test]
     fn other_listeners_answer_loopback_own_addresses_and_allowed_networks_only() {
         let access = ClientAccess::new(ip("0.0.0.0"), vec!["10.244.1.0/24".parse().unwrap()]);
-        assert!(access.allows(ip("127.0.0.1")));
-        assert!(access.allows(ip("::1")));
-        assert!(access.allows(ip("10.244.1.77")));
-        assert!(access.allows(ip("::ffff:10.244.1.77")), "IPv4-mapped is the IPv4 address");
-        assert!(!access.allows(ip("10.244.2.77")));
-        assert!(!access.allows(ip("203.0.113.9")));
+        assert!(access.allows(ip("127.0.0.1"), |_| false));
+        assert!(access.allows(ip("::1"), |_| false));
+        assert!(access.allows(ip("10.244.1.77"), |_| false));
+        assert!(access.allows(ip("::ffff:10.244.1.77"), |_| false), "IPv4-mapped is the IPv4 address");
+        assert!(!access.allows(ip("10.244.2.77"), |_| false));
+        assert!(!access.allows(ip("203.0.113.9"), |_| false));
         // This process's own interface addresses count as the node's.
         let own = own_addresses().unwrap();
         assert!(own.contains(&ip("127.0.0.1")), "{own:?}");
         for addr in own {
-            assert!(access.allows(addr), "{addr}");
+            assert!(access.allows(addr, |_| false), "{addr}");
         }
         access.set_allowed(Vec::new());
-        assert!(!access.allows(ip("10.244.1.77")), "a reload takes the network away");
+        assert!(!access.allows(ip("10.244.1.77"), |_| false), "a reload takes the network away");
+    }
+
+    #[test]
+    fn this_nodes_pod_cidrs_are_answered_and_asked_only_when_needed() {
+        let access = ClientAccess::new(ip("0.0.0.0"), vec!["10.1.0.0/16".parse().unwrap()]);
+        let pods: ipnet::IpNet = "10.244.1.0/24".parse().unwrap();
+        let in_pods = |client: IpAddr| pods.contains(&client);
+        assert!(access.allows(ip("10.244.1.9"), in_pods));
+        assert!(access.allows(ip("::ffff:10.244.1.9"), in_pods), "asked with the IPv4 address");
+        assert!(!access.allows(ip("10.244.2.9"), in_pods));
+        let not_asked = |_| panic!("loopback and allowed networks need no snapshot");
+        assert!(access.allows(ip("127.0.0.1"), not_asked));
+        assert!(access.allows(ip("10.1.2.3"), not_asked));
+        assert!(ClientAccess::new(ip("169.254.96.16"), Vec::new()).allows(ip("203.0.113.9"), not_asked));
     }
 }

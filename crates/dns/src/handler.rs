@@ -136,8 +136,9 @@ impl Handler {
         }
     }
 
-    /// Answers only the clients `access` allows (by default: loopback and
-    /// this node's addresses), rate-limited by `limiter` over UDP.
+    /// Answers only the clients `access` allows (by default: loopback,
+    /// this node's addresses and its pod CIDRs), rate-limited by `limiter`
+    /// over UDP.
     pub fn with_clients(mut self, access: ClientAccess, limiter: Option<RateLimiter>) -> Self {
         self.access = access;
         self.limiter = limiter;
@@ -187,7 +188,8 @@ impl Handler {
         {
             return step;
         }
-        if !self.access.allows(client) {
+        let in_pod_cidrs = |ip| self.snapshots.borrow().own_pod_cidrs().iter().any(|net| net.contains(&ip));
+        if !self.access.allows(client, in_pod_cidrs) {
             return self.refuse(packet, transport, client, &mut query, out);
         }
         if let Some(question) = Question::parse(packet)

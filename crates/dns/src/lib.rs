@@ -99,9 +99,11 @@ pub struct DnsConfig {
     pub upstream_timeout: Duration,
     /// Most upstream answers kept in the cache (0 disables caching).
     pub cache_size: usize,
-    /// Clients answered besides this node (loopback, its own addresses):
-    /// the pod CIDRs. Needed only when the server listens on an address
-    /// that is not node-local (see [`access`]); everyone else gets REFUSED.
+    /// Clients answered besides this node (loopback, its own addresses,
+    /// the pod CIDRs of its Node object): pod CIDRs no Node object gives
+    /// (manifests without a Node), or other trusted networks. Needed only
+    /// when the server listens on an address that is not node-local (see
+    /// [`access`]); everyone else gets REFUSED.
     pub allowed_clients: Vec<IpNet>,
     /// Queries per second per client address over UDP (0: no limit);
     /// see [`rate_limit`].

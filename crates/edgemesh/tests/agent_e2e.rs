@@ -206,6 +206,7 @@ fn bundled_example_config_is_valid() {
 fn nodes_from_manifests_are_listed_with_their_peer_ids() {
     let dir = tempfile::tempdir().unwrap();
     let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: edge-2\n  annotations:\n    edgemesh.io/peer-id: \" 12D3KooWPeerTwo \"\n\
+                spec:\n  podCIDRs: [10.244.7.0/24]\n\
                 status:\n  addresses:\n  - {type: Hostname, address: edge-2}\n  - {type: InternalIP, address: 192.168.7.2}\n";
     write_manifest(dir.path(), "nodes.yaml", node);
     let agent = Agent::start(dir.path());
@@ -214,7 +215,7 @@ fn nodes_from_manifests_are_listed_with_their_peer_ids() {
     let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         dump["nodes"],
-        serde_json::json!([{"name": "edge-2", "peerId": "12D3KooWPeerTwo", "addresses": ["192.168.7.2"]}])
+        serde_json::json!([{"name": "edge-2", "peerId": "12D3KooWPeerTwo", "addresses": ["192.168.7.2"], "podCidrs": ["10.244.7.0/24"]}])
     );
 
     write_manifest(dir.path(), "nodes.yaml", "");

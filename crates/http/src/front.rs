@@ -33,10 +33,12 @@ use edgemesh_metrics::Registry;
 use edgemesh_proxy::{HttpConnection, HttpFuture, HttpServe};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
 
 pub use self::limits::Limit;
 pub use self::metrics::HttpMetrics;
-use crate::{HttpConfig, Upstream};
+use crate::{HttpConfig, RequestContext, Upstream};
 
 /// hyper's smallest read buffer, hence the smallest `http.maxHeaderBytes`.
 pub const MIN_HEADER_BYTES: usize = 8 * 1024;
@@ -85,6 +87,25 @@ impl HttpProxy {
     /// Hits of `limit` so far.
     pub fn limit_hits(&self, limit: Limit) -> u64 {
         self.shared.metrics.limits.count(limit)
+    }
+
+    /// Serves one client connection read from `client`, any byte stream:
+    /// what [`HttpServe::serve`] does with a socket the proxy accepted
+    /// (counted in [`HttpProxy::connections`], but never refused: the
+    /// limit's refusal is a TCP reset). For the fuzz target, which feeds
+    /// the front from memory.
+    pub fn serve_stream<S>(
+        &self,
+        client: S,
+        ctx: RequestContext,
+        drain: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.shared.connections.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(self.shared.clone());
+        connection::serve_stream(self.shared.clone(), client, ctx, drain, slot)
     }
 }
 

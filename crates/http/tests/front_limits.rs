@@ -190,6 +190,31 @@ async fn an_idle_http2_connection_is_closed() {
     assert_eq!(front.proxy.limit_hits(Limit::IdleTimeout), 1);
 }
 
+/// A client that opens HTTP/2 and falls silent (never acknowledges the
+/// server's SETTINGS, nor the PING of its graceful close) is still closed
+/// soon after the idle timeout (found by the `http_request_head` fuzz target).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_http2_client_is_closed_after_the_idle_timeout() {
+    let config = HttpConfig { idle_timeout: Duration::from_secs(1), ..HttpConfig::default() };
+    let front = Front::dispatching(&[echo_backend("a").await], config).await;
+    let mut stream = TcpStream::connect(front.addr).await.unwrap();
+    // The preface and an empty SETTINGS frame, then nothing.
+    stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    let opened = tokio::time::Instant::now();
+    let mut sink = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut sink))
+        .await
+        .expect("the front closes the connection")
+        .unwrap();
+    assert!(opened.elapsed() >= Duration::from_millis(900), "closed after {:?}", opened.elapsed());
+    assert_eq!(&sink[3..5], [4, 0], "the front's SETTINGS came first");
+    assert_eq!(front.proxy.limit_hits(Limit::IdleTimeout), 1);
+    eventually("the connection slot given back", Duration::from_secs(1), || async {
+        (front.proxy.connections() == 0).then_some(())
+    })
+    .await;
+}
+
 /// Answers every request 504 after a while, so that requests overlap.
 struct Slow;
 

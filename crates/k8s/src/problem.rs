@@ -42,6 +42,8 @@ pub enum Problem {
     UnnamedPort { field: String },
     #[error("{field} {value:?} is not a valid IP address")]
     BadIp { field: String, value: String },
+    #[error("{field} {value:?} is not a valid CIDR (an address and a prefix length, such as 10.244.1.0/24)")]
+    BadCidr { field: String, value: String },
     #[error("{field} {value:?} is not an {family} address, as addressType says")]
     WrongFamily { field: String, value: String, family: &'static str },
     #[error("{field}: unknown protocol {value:?} (expected TCP, UDP or SCTP)")]

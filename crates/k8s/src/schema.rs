@@ -79,7 +79,11 @@ pub struct Document {
     pub ports: Option<Vec<Located<EndpointPort>>>,
     /// Endpoints.
     pub subsets: Option<Vec<Subset>>,
-    /// Node.
+    /// Node (`spec` of a Node, read into its own struct once `kind` says
+    /// Node: kubectl and the API write `kind` first; a Node whose `spec`
+    /// comes before its `kind` has that spec read as a Service's, and no
+    /// pod CIDRs).
+    pub node_spec: Option<NodeSpec>,
     pub status: Option<NodeStatus>,
     /// List.
     pub items: Option<Vec<Located<Document>>>,
@@ -178,6 +182,17 @@ pub struct EndpointAddress {
     pub ip: Option<Located<String>>,
     pub hostname: Option<String>,
     pub node_name: Option<String>,
+}
+
+/// The parts of a Node's `spec` the agent reads: its pod CIDRs.
+#[derive(Deserialize, Default)]
+pub struct NodeSpec {
+    /// The first pod CIDR; older clusters set only this one.
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Option<Located<String>>,
+    /// Every pod CIDR (one per family); its first entry equals `podCIDR`.
+    #[serde(rename = "podCIDRs")]
+    pub pod_cidrs: Option<Vec<Located<String>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -302,6 +317,7 @@ impl<'de> Deserialize<'de> for Document {
                             doc.kind = k;
                         }
                         Key::Metadata => doc.metadata = map.next_value()?,
+                        Key::Spec if kind == Some(Kind::Node) => doc.node_spec = map.next_value()?,
                         Key::Spec if wants(kind, Kind::Service) => doc.spec = map.next_value()?,
                         Key::AddressType if wants(kind, Kind::EndpointSlice) => doc.address_type = map.next_value()?,
                         Key::Endpoints if wants(kind, Kind::EndpointSlice) => doc.endpoints = map.next_value()?,

@@ -13,7 +13,7 @@ use edgemesh_k8s::ConvertError;
 use edgemesh_k8s::convert;
 use edgemesh_k8s::schema::{
     ClientIpConfig, Conditions, Document, EndpointAddress, EndpointPort, IntOrString, Located, Metadata, NodeAddress,
-    NodeStatus, ServicePort, ServiceSpec, SessionAffinityConfig, SliceEndpoint, Subset,
+    NodeSpec, NodeStatus, ServicePort, ServiceSpec, SessionAffinityConfig, SliceEndpoint, Subset,
 };
 use k8s_openapi::api::core::v1 as core_v1;
 use k8s_openapi::api::discovery::v1 as discovery_v1;
@@ -117,9 +117,12 @@ pub fn endpoints(eps: &core_v1::Endpoints) -> Result<Option<Object>, ConvertErro
     convert::object(Document { subsets, ..header("Endpoints", "v1", &eps.metadata) })
 }
 
-/// A Node: its name, annotations and its `InternalIP` / `ExternalIP`
-/// addresses (other address types, host names, are not dialable).
+/// A Node: its name, annotations, its `InternalIP` / `ExternalIP`
+/// addresses (other address types, host names, are not dialable) and its
+/// pod CIDRs.
 pub fn node(n: &core_v1::Node) -> Result<Option<Object>, ConvertError> {
+    let node_spec =
+        n.spec.as_ref().map(|s| NodeSpec { pod_cidr: string(&s.pod_cidr), pod_cidrs: strings(s.pod_cidrs.as_deref()) });
     let status = n.status.as_ref().map(|s| NodeStatus {
         addresses: s.addresses.as_ref().map(|list| {
             list.iter()
@@ -132,7 +135,7 @@ pub fn node(n: &core_v1::Node) -> Result<Option<Object>, ConvertError> {
                 .collect()
         }),
     });
-    convert::object(Document { status, ..header("Node", "v1", &n.metadata) })
+    convert::object(Document { node_spec, status, ..header("Node", "v1", &n.metadata) })
 }
 
 /// A document with its kind, version and metadata, the rest empty.

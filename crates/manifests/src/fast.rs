@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use edgemesh_k8s::schema::{
     ClientIpConfig, Conditions, Document, EndpointAddress, EndpointPort, IntOrString, Kind, Located, Metadata,
-    NodeAddress, NodeStatus, ServicePort, ServiceSpec, SessionAffinityConfig, SliceEndpoint, Subset,
+    NodeAddress, NodeSpec, NodeStatus, ServicePort, ServiceSpec, SessionAffinityConfig, SliceEndpoint, Subset,
 };
 
 mod tree;
@@ -44,6 +44,7 @@ fn document_of(node: &Node<'_>) -> Option<Document> {
                 kind = doc.kind.as_ref().map(|k| Kind::of(&k.value));
             }
             "metadata" => doc.metadata = opt(value, metadata)?,
+            "spec" if kind == Some(Kind::Node) => doc.node_spec = opt(value, node_spec)?,
             "spec" if wants(kind, Kind::Service) => doc.spec = opt(value, service_spec)?,
             "addressType" if wants(kind, Kind::EndpointSlice) => doc.address_type = opt_string(value)?,
             "endpoints" if wants(kind, Kind::EndpointSlice) => doc.endpoints = opt_list(value, slice_endpoint)?,
@@ -189,6 +190,18 @@ fn endpoint_address(node: &Node<'_>) -> Option<EndpointAddress> {
         }
     }
     Some(a)
+}
+
+fn node_spec(node: &Node<'_>) -> Option<NodeSpec> {
+    let mut s = NodeSpec::default();
+    for (key, value) in entries_of(node)? {
+        match *key {
+            "podCIDR" => s.pod_cidr = opt_string(value)?,
+            "podCIDRs" => s.pod_cidrs = opt_list(value, string)?,
+            _ => {}
+        }
+    }
+    Some(s)
 }
 
 fn node_status(node: &Node<'_>) -> Option<NodeStatus> {

@@ -1,5 +1,5 @@
-//! `kind: Node` in manifests: parsed with its peer-ID annotation and
-//! dialable addresses, rejected with a line and a reason when invalid, and
+//! `kind: Node` in manifests: parsed with its peer-ID annotation,
+//! dialable addresses and pod CIDRs, rejected with a line and a reason when invalid, and
 //! followed by the watcher into the registry's snapshot.
 
 use std::net::IpAddr;
@@ -84,6 +84,20 @@ fn nodes_in_a_list_and_next_to_services() {
     assert_eq!(got[1].object, node("edge-3").address("10.1.0.3").object());
 }
 
+#[test]
+fn a_node_keeps_its_pod_cidrs_and_only_the_valid_ones() {
+    let text = "apiVersion: v1\nkind: Node\nmetadata:\n  name: edge-1\nspec:\n  podCIDR: 10.244.1.0/24\n  \
+                podCIDRs:\n  - 10.244.1.0/24\n  - fd00:244:1::/64\n";
+    let got = parse_manifest(text).unwrap();
+    assert_eq!(got[0].object, node("edge-1").pod_cidr("10.244.1.0/24").pod_cidr("fd00:244:1::/64").object());
+    // Only the older single field; a bad entry is skipped (and warned), not the node.
+    let old = "apiVersion: v1\nkind: Node\nmetadata:\n  name: edge-1\nspec:\n  podCIDR: 10.244.7.0/24\n";
+    assert_eq!(parse_manifest(old).unwrap()[0].object, node("edge-1").pod_cidr("10.244.7.0/24").object());
+    let bad =
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: edge-1\nspec:\n  podCIDRs: [10.244.1.0/99, 10.244.2.0/24]\n";
+    assert_eq!(parse_manifest(bad).unwrap()[0].object, node("edge-1").pod_cidr("10.244.2.0/24").object());
+}
+
 /// Writes atomically, as tools should.
 fn write(dir: &Path, name: &str, text: &str) {
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -113,6 +127,15 @@ async fn the_watcher_brings_nodes_into_the_snapshot_and_keeps_the_last_good_one(
     let snap = tokio::time::timeout(wait, snapshots.wait_for(|s| s.node("edge-2").is_some())).await.unwrap().unwrap();
     assert_eq!(snap.node("edge-1").unwrap().addresses, addrs, "the last good version stays");
     assert_eq!(snap.node("edge-2").unwrap().peer_id, None);
+    drop(snap);
+
+    // This node's pod CIDRs follow its manifest.
+    let with_cidr = format!("{}spec:\n  podCIDRs: [10.244.1.0/24]\n", node_yaml("edge-1", PEER, ADDRESSES));
+    write(dir.path(), "nodes.yaml", &with_cidr);
+    let snap =
+        tokio::time::timeout(wait, snapshots.wait_for(|s| !s.own_pod_cidrs().is_empty())).await.unwrap().unwrap();
+    let cidrs: Vec<String> = snap.own_pod_cidrs().iter().map(ToString::to_string).collect();
+    assert_eq!(cidrs, ["10.244.1.0/24"]);
     drop(snap);
 
     std::fs::remove_file(dir.path().join("nodes.yaml")).unwrap();

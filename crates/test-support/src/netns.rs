@@ -17,16 +17,20 @@
 //! - `servers` (re-exported here): [`NsNginx`], [`UdpEcho`], [`TcpEcho`],
 //!   [`NsProcess`] (any program, e.g. iperf3) inside a namespace, and
 //!   clients that load them from one ([`udp_stream`], [`udp_window`],
-//!   [`tcp_echo_many`]).
+//!   [`tcp_echo_many`]);
+//! - `relay` (re-exported): [`TcpRelay`], a port inside a namespace that
+//!   leads to an address of the test's own (a fake API server).
 //!
 //! Give test nodes ordinary private addresses (10.x), not link-local ones.
 
+mod relay;
 mod servers;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub use relay::TcpRelay;
 pub use servers::*;
 
 /// Panics with the reason unless the test runs as root.

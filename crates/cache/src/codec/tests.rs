@@ -83,6 +83,7 @@ fn objects() -> Vec<Object> {
         Object::Node(NodeObject {
             meta: ObjectMeta { namespace: String::new(), ..meta("edge-1") },
             addresses: vec![ip("192.168.1.5"), ip("2001:db8::5")],
+            pod_cidrs: vec!["10.244.1.0/24".parse().unwrap(), "fd00:244:1::/64".parse().unwrap()],
         }),
     ]
 }
@@ -124,7 +125,7 @@ fn an_unknown_version_is_refused_and_named() {
     bytes[0] = VERSION + 1;
     let e = decode(&bytes).unwrap_err();
     assert_eq!(e, DecodeError::Version(VERSION + 1));
-    assert_eq!(e.to_string(), "value has encoding version 4, this agent reads versions 1 (JSON) and 2 to 3");
+    assert_eq!(e.to_string(), "value has encoding version 5, this agent reads versions 1 (JSON) and 2 to 4");
     assert_eq!(decode(&[]), Err(DecodeError::Empty));
 }
 
@@ -179,12 +180,15 @@ const FORMAT_2: [&str; 5] = [
      c0a801050620010db8000000000000000000000005",
 ];
 
-/// [`objects`] without what format 2 could not hold.
+/// [`objects`] without what format 2 could not hold (`appProtocol`, and
+/// pod CIDRs, which format 3 could not hold either).
 fn format_2_objects() -> Vec<Object> {
     let mut objects = objects();
     for o in &mut objects {
-        if let Object::Service(s) = o {
-            s.ports.iter_mut().for_each(|p| p.app_protocol = None);
+        match o {
+            Object::Service(s) => s.ports.iter_mut().for_each(|p| p.app_protocol = None),
+            Object::Node(n) => n.pod_cidrs.clear(),
+            Object::Endpoints(_) => {}
         }
     }
     objects
@@ -195,20 +199,22 @@ fn unhex(hex: &str) -> Vec<u8> {
 }
 
 #[test]
-fn format_2_values_still_decode_and_are_rewritten_as_format_3() {
+fn format_2_values_still_decode_and_are_rewritten_as_format_4() {
     for (o, hex) in format_2_objects().iter().zip(FORMAT_2) {
         let bytes = unhex(hex);
         assert_eq!(decode(&bytes).as_ref(), Ok(o), "{hex}");
         let rewritten = encoded(o);
-        assert_eq!(rewritten[0], 3);
-        let ports: usize = match o {
+        assert_eq!(rewritten[0], 4);
+        // Format 3 adds one byte per service port (`appProtocol`: none),
+        // format 4 one per node (no pod CIDRs).
+        let added: usize = match o {
             Object::Service(s) => s.ports.len(),
-            _ => 0,
+            Object::Node(_) => 1,
+            Object::Endpoints(_) => 0,
         };
-        // Format 3 adds one byte per service port (`appProtocol`: none).
-        assert_eq!(rewritten.len(), bytes.len() + ports, "{o:?}");
-        if ports == 0 {
-            assert_eq!(rewritten[1..], bytes[1..], "{o:?}");
+        assert_eq!(rewritten.len(), bytes.len() + added, "{o:?}");
+        if !matches!(o, Object::Service(_)) {
+            assert_eq!(rewritten[1..bytes.len()], bytes[1..], "{o:?}: a node's new field comes last");
         }
     }
 }
@@ -220,9 +226,34 @@ const FORMAT_3_SERVICE: &str = "03000473686f700377656201036170700377656202176564
      2e696f2f6832630002ffff0300ac020000084e6f6465506f72740180a305010102010003";
 
 #[test]
-fn format_3_values_are_read_and_written_as_before() {
+fn format_3_values_still_decode_and_only_nodes_change_when_rewritten() {
     let o = &objects()[0];
     let bytes = unhex(FORMAT_3_SERVICE);
     assert_eq!(decode(&bytes).as_ref(), Ok(o));
-    assert_eq!(encoded(o), bytes);
+    assert_eq!(encoded(o)[1..], bytes[1..], "a service is written as format 3 wrote it");
+
+    // Format 3 wrote a node as format 2 did, without pod CIDRs.
+    let node = &format_2_objects()[4];
+    let format_3 = unhex(&format!("03{}", &FORMAT_2[4][2..]));
+    assert_eq!(decode(&format_3).as_ref(), Ok(node));
+    let rewritten = encoded(node);
+    assert_eq!(rewritten[1..format_3.len()], format_3[1..]);
+    assert_eq!(rewritten[format_3.len()..], [0], "an empty list of pod CIDRs");
+}
+
+/// The node of [`objects`] as format 4 writes it (hex): format 3's bytes,
+/// then its pod CIDRs `10.244.1.0/24` and `fd00:244:1::/64`.
+const FORMAT_4_NODE: &str = "04020006656467652d310103617070037765620217656467656d6573682e696f2f6c622d73747261746567790652616e646f6d02c3bc000204\
+     c0a801050620010db800000000000000000000000502040af401001806fd00024400010000000000000000000040";
+
+#[test]
+fn format_4_nodes_keep_their_pod_cidrs() {
+    let node = &objects()[4];
+    assert_eq!(encoded(node), unhex(FORMAT_4_NODE));
+    assert_eq!(decode(&unhex(FORMAT_4_NODE)).as_ref(), Ok(node));
+    // A prefix longer than its family allows is refused, not truncated.
+    let mut bad = unhex(FORMAT_4_NODE);
+    let v4_prefix = bad.len() - 19;
+    bad[v4_prefix] = 33;
+    assert_eq!(decode(&bad), Err(DecodeError::Invalid { at: v4_prefix, what: "prefix length", value: 33 }));
 }

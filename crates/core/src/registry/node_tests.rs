@@ -60,6 +60,25 @@ fn nodes_are_added_changed_and_deleted_with_their_peer_id() {
 }
 
 #[test]
+fn own_pod_cidrs_are_this_nodes_and_follow_its_changes() {
+    let cidr = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+    let mut st = state_on("n1");
+    assert!(st.take_generation().own_pod_cidrs().is_empty(), "no Node yet");
+    assert!(apply(&mut st, node("n2").pod_cidr("10.244.2.0/24").object()));
+    assert!(st.take_generation().own_pod_cidrs().is_empty(), "another node's CIDRs are not ours");
+    assert!(apply(&mut st, node("n1").pod_cidr("10.244.1.0/24").pod_cidr("fd00:244:1::/64").object()));
+    let snap = st.take_generation();
+    assert_eq!(snap.own_pod_cidrs(), [cidr("10.244.1.0/24"), cidr("fd00:244:1::/64")]);
+    assert_eq!(snap.node("n2").unwrap().pod_cidrs, [cidr("10.244.2.0/24")]);
+
+    assert!(apply(&mut st, node("n1").pod_cidr("10.244.9.0/24").object()), "a CIDR change is a change");
+    assert_eq!(st.take_generation().own_pod_cidrs(), [cidr("10.244.9.0/24")]);
+    assert!(delete(&mut st, ObjectKind::Node, "", "n1"));
+    assert!(st.take_generation().own_pod_cidrs().is_empty());
+    assert!(state_on("").take_generation().own_pod_cidrs().is_empty(), "no node name: none");
+}
+
+#[test]
 fn the_peer_id_annotation_is_trimmed_and_blank_means_none() {
     let mut st = state_on("n1");
     apply(&mut st, node("padded").peer_id(&format!("  {PEER}\n")).object());

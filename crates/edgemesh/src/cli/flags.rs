@@ -119,7 +119,7 @@ pub const FLAGS: &[Flag] = &[
         key: "dns.allowedClients",
         takes: Values("CIDR"),
         implies: None,
-        help: "Network whose queries DNS answers besides this node's own (repeatable), e.g. the pod CIDR; needed only when --dns-listen is not node-local. Everyone else gets REFUSED.",
+        help: "Network whose queries DNS answers besides this node's own addresses and its Node's pod CIDRs (repeatable), e.g. the pod CIDR when no Node object gives it; needed only when --dns-listen is not node-local. Everyone else gets REFUSED.",
     },
     Flag {
         long: "cluster-domain",

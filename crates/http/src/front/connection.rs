@@ -30,8 +30,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::metrics::PortHandles;
 use super::respond::{self, FrontBody};
@@ -53,6 +53,11 @@ fn is_http2_preface_start(bytes: &[u8]) -> bool {
 
 /// How often the timers look again when nothing is due.
 const NOTHING_DUE: Duration = Duration::from_secs(3600);
+
+/// How long an idle connection's graceful close may take before it is
+/// dropped: HTTP/2's waits for the client to acknowledge the GOAWAY's PING,
+/// which a silent client never does.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -184,14 +189,30 @@ enum Check {
 
 /// Serves `conn` until the client closes it, a limit closes it, or the
 /// proxy drops this future at shutdown.
-pub(super) async fn serve(front: Arc<Shared>, conn: HttpConnection, _slot: Slot) {
+pub(super) async fn serve(front: Arc<Shared>, conn: HttpConnection, slot: Slot) {
     let HttpConnection { client, peer, pool, reach, connect_timeout, upstream_mark, drain } = conn;
+    let ctx = RequestContext { pool, reach, connect_timeout, upstream_mark, client: peer };
+    serve_stream(front, client, ctx, drain, slot).await;
+}
+
+/// [`serve`] over any byte stream from the client (a TCP socket, or an
+/// in-memory one in the fuzz target); `ctx.client` is its peer.
+pub(super) async fn serve_stream<S>(
+    front: Arc<Shared>,
+    client: S,
+    ctx: RequestContext,
+    drain: CancellationToken,
+    _slot: Slot,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = ctx.client;
     // The proxy's label for the port (bounded by `metrics.maxServices`).
-    let label = pool.service_label().unwrap_or_else(|| Arc::from(pool.service.to_string()));
-    let handles = Arc::new(front.metrics.port(label, pool.port));
+    let label = ctx.pool.service_label().unwrap_or_else(|| Arc::from(ctx.pool.service.to_string()));
+    let handles = Arc::new(front.metrics.port(label, ctx.pool.port));
     handles.active.inc();
     let _active = scopeguard(handles.clone());
-    let ctx = Arc::new(RequestContext { pool, reach, connect_timeout, upstream_mark, client: peer });
+    let ctx = Arc::new(ctx);
     let now = Instant::now();
     let state = Arc::new(ConnState {
         peer,
@@ -216,6 +237,8 @@ pub(super) async fn serve(front: Arc<Shared>, conn: HttpConnection, _slot: Slot)
     tokio::pin!(timer);
     timer.as_mut().reset(now);
     let mut closing = false;
+    // Closing for idleness: the connection is dropped if it lingers.
+    let mut idle_closing = false;
     let limits = &front.metrics.limits;
     let draining = drain.cancelled();
     tokio::pin!(draining);
@@ -228,18 +251,30 @@ pub(super) async fn serve(front: Arc<Shared>, conn: HttpConnection, _slot: Slot)
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            () = &mut timer, if !closing => match state.check(head_timeout, idle_timeout, Instant::now()) {
-                Check::Wait(at) => timer.as_mut().reset(at),
-                Check::Preface | Check::Head => {
-                    limits.hit(Limit::HeadTimeout, Some(peer));
-                    break Ok(());
+            () = &mut timer, if !closing || idle_closing => {
+                if idle_closing {
+                    // A request that came in meanwhile (HTTP/2) is let finish.
+                    if state.flight().in_flight == 0 {
+                        break Ok(());
+                    }
+                    timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
+                    continue;
                 }
-                Check::Idle => {
-                    limits.hit(Limit::IdleTimeout, Some(peer));
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
+                match state.check(head_timeout, idle_timeout, Instant::now()) {
+                    Check::Wait(at) => timer.as_mut().reset(at),
+                    Check::Preface | Check::Head => {
+                        limits.hit(Limit::HeadTimeout, Some(peer));
+                        break Ok(());
+                    }
+                    Check::Idle => {
+                        limits.hit(Limit::IdleTimeout, Some(peer));
+                        closing = true;
+                        idle_closing = true;
+                        conn.as_mut().graceful_shutdown();
+                        timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
+                    }
                 }
-            },
+            }
         }
     };
     if let Err(error) = result {
@@ -349,12 +384,12 @@ async fn tunnel(client: OnUpgrade, endpoint: OnUpgrade, peer: SocketAddr) {
 
 /// The client's socket, counting the bytes read (to tell a partial head
 /// from an idle connection).
-struct Counting {
-    inner: TcpStream,
+struct Counting<S> {
+    inner: S,
     state: Arc<ConnState>,
 }
 
-impl AsyncRead for Counting {
+impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -367,7 +402,7 @@ impl AsyncRead for Counting {
     }
 }
 
-impl AsyncWrite for Counting {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }

@@ -151,6 +151,26 @@ fn nodes_keep_their_annotations_and_dialable_addresses() {
 }
 
 #[test]
+fn nodes_carry_their_pod_cidrs_and_keep_the_good_ones_when_one_is_bad() {
+    let cidrs = |n: serde_json::Value| node_of(&from(n)).unwrap().pod_cidrs;
+    let nets = |l: &[&str]| l.iter().map(|s| s.parse::<ipnet::IpNet>().unwrap()).collect::<Vec<_>>();
+    let dual = json!({"metadata": {"name": "edge-1"},
+        "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24", "fd00:244:1::/64"]}});
+    assert_eq!(cidrs(dual), nets(&["10.244.1.0/24", "fd00:244:1::/64"]));
+    let old = json!({"metadata": {"name": "edge-1"}, "spec": {"podCIDR": "10.244.7.0/24"}});
+    assert_eq!(cidrs(old), nets(&["10.244.7.0/24"]), "only podCIDR, as older clusters set it");
+    assert!(cidrs(json!({"metadata": {"name": "edge-1"}, "spec": {}})).is_empty());
+    // A bad entry is reported (a warning) and skipped; the node, its
+    // addresses and its other CIDRs stay.
+    let bad = json!({"metadata": {"name": "edge-1"},
+        "spec": {"podCIDRs": ["10.244.1.0/40", "fd00:244:1::/64"]},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.10"}]}});
+    let edge1 = node_of(&from(bad)).unwrap();
+    assert_eq!(edge1.pod_cidrs, nets(&["fd00:244:1::/64"]));
+    assert_eq!(edge1.addresses, vec!["192.168.1.10".parse::<IpAddr>().unwrap()]);
+}
+
+#[test]
 fn service_policies_are_read_as_from_a_manifest() {
     let svc: core_v1::Service = from(json!({
         "metadata": {"name": "web", "namespace": "shop"},

@@ -194,6 +194,10 @@ impl Gen {
         ])
     }
 
+    fn pod_cidr(&mut self) -> &'static str {
+        self.from(&["10.244.1.0/24", "'10.244.2.0/24'", "fd00:244::/64", "10.244.1.9/24", "10.244.1.0/33", "bad", "~"])
+    }
+
     fn protocol(&mut self) -> &'static str {
         self.from(&["TCP", "UDP", "SCTP", "tcp", "'TCP'", "ICMP", ""])
     }
@@ -430,6 +434,26 @@ impl Gen {
     fn node(&mut self, indent: usize) {
         self.header(indent, "v1", "Node");
         self.metadata(indent, None);
+        if self.one_in(2) {
+            self.line(indent, "spec:");
+            let i = self.nested(indent);
+            if self.one_in(2) {
+                let v = self.pod_cidr();
+                self.field(i, "podCIDR", v);
+            }
+            if self.one_in(2) {
+                let (a, b) = (self.pod_cidr(), self.pod_cidr());
+                if self.one_in(2) {
+                    self.line(i, &format!("podCIDRs: [{a}, {b}]"));
+                } else {
+                    self.line(i, "podCIDRs:");
+                    self.line(i, &format!("- {a}"));
+                }
+            }
+            if self.one_in(3) {
+                self.field(i, "providerID", "edge://1");
+            }
+        }
         self.line(indent, "status:");
         let i = self.nested(indent);
         let n = 1 + self.pick(2);
@@ -568,7 +592,8 @@ fn generator_and_kubectl_output_take_the_fast_path() {
                    ipFamilyPolicy: SingleStack\r\n  ports:\r\n  - appProtocol: kubernetes.io/h2c\r\n    name: http # the web port\r\n    port: 80\r\n    \
                    protocol: TCP\r\n    targetPort: http\r\n  selector:\r\n    app: web\r\n  sessionAffinity: None\r\n  \
                    type: ClusterIP\r\nstatus:\r\n  loadBalancer: {}\r\n";
-    let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: edge-1\nstatus:\n  addresses:\n  - address: 10.0.0.5\n    \
+    let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: edge-1\nspec:\n  podCIDR: 10.244.1.0/24\n  podCIDRs:\n  \
+                - 10.244.1.0/24\n  - fd00:244:1::/64\n  providerID: edge://1\nstatus:\n  addresses:\n  - address: 10.0.0.5\n    \
                 type: InternalIP\n  - address: edge-1\n    type: Hostname\n";
     for text in [generated, slice, kubectl, node] {
         let chunk = &split_documents(text)[0];

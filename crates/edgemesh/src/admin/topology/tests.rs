@@ -11,7 +11,12 @@ use super::{LinkKind, Relay, Topology, TunnelView, relay_of};
 const RELAY: &str = "12D3KooWRelay";
 
 fn node(name: &str, peer_id: Option<&str>, address: &str) -> NodeEntry {
-    NodeEntry { name: Arc::from(name), peer_id: peer_id.map(Arc::from), addresses: vec![address.parse().unwrap()] }
+    NodeEntry {
+        name: Arc::from(name),
+        peer_id: peer_id.map(Arc::from),
+        addresses: vec![address.parse().unwrap()],
+        pod_cidrs: Vec::new(),
+    }
 }
 
 fn peer(node: Option<&str>, peer_id: &str, connection: ConnectionType, addresses: &[&str]) -> PeerStatus {
