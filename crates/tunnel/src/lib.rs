@@ -109,6 +109,7 @@
 //! `streams::health` (more methods of `streams::Control` on its private state).
 
 #![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used)] // outside tests: an error with context, or an `expect` naming the invariant
 
 mod coalesce;
 mod config;

@@ -79,6 +79,6 @@ impl Counting {
             }
             _ => {}
         }
-        self.metrics.relay_served_reservations.set(self.served.len() as i64);
+        self.metrics.relay_served_reservations.set(edgemesh_metrics::gauge_value(self.served.len()));
     }
 }
