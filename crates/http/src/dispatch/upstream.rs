@@ -202,7 +202,7 @@ impl Clock {
     }
 
     fn touch(&self) {
-        let ms = self.base.elapsed().as_millis() as u64;
+        let ms = edgemesh_core::duration::millis(self.base.elapsed());
         self.last.store(ms, Ordering::Relaxed);
     }
 
