@@ -103,6 +103,9 @@ pub(crate) enum Reply {
     BadRequest = 4,
     /// A local error on the remote agent (e.g. out of file descriptors).
     Error = 5,
+    /// The remote agent holds as many streams as its limits allow (from this peer, or in
+    /// all): try again later, or another endpoint.
+    Busy = 6,
 }
 
 impl Reply {
@@ -114,6 +117,7 @@ impl Reply {
             3 => Reply::NotServed,
             4 => Reply::BadRequest,
             5 => Reply::Error,
+            6 => Reply::Busy,
             _ => return None,
         })
     }
