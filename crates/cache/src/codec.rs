@@ -370,11 +370,12 @@ impl Field for BTreeMap<String, String> {
 
 /// LEB128: seven bits a byte, low bits first, high bit set on all but the last.
 fn varint(mut v: u64, out: &mut Vec<u8>) {
+    let low7 = |v: u64| v.to_le_bytes()[0] & 0x7f;
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        out.push(low7(v) | 0x80);
         v >>= 7;
     }
-    out.push(v as u8);
+    out.push(low7(v));
 }
 
 // ---------------------------------------------------------------------------
@@ -424,10 +425,10 @@ impl Reader<'_> {
         let at = self.at;
         let n = self.varint()?;
         let left = (self.bytes.len() - self.at) as u64;
-        if n > left {
-            return Err(self.invalid(at, "count", n));
+        match usize::try_from(n) {
+            Ok(count) if n <= left => Ok(count),
+            _ => Err(self.invalid(at, "count", n)),
         }
-        Ok(n as usize)
     }
 
     /// A one-byte tag below `limit`.

@@ -26,6 +26,7 @@
 //! `writer` (write-through and retries), [`status`] ([`CacheStatus`], for the admin
 //! endpoint), [`error`].
 #![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used)] // outside tests: an error with context, or an `expect` naming the invariant
 
 pub mod codec;
 pub mod error;

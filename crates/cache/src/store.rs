@@ -299,7 +299,7 @@ impl Store {
             let mut table = txn.open_table(OBJECTS).map_err(|e| failed(e.into()))?;
             fill(&mut table).map_err(|e| failed(e.into()))?;
             let mut meta = txn.open_table(META).map_err(|e| failed(e.into()))?;
-            let millis = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+            let millis = edgemesh_core::duration::millis(now.duration_since(UNIX_EPOCH).unwrap_or_default());
             meta.insert("saved_at", millis).map_err(|e| failed(e.into()))?;
         }
         txn.commit().map_err(|e| failed(e.into()))?;

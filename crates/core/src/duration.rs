@@ -36,7 +36,13 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("invalid duration unit in {text:?} (use ms, s, m or h)")),
     };
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {text:?} is too long"))
+}
+
+/// Whole milliseconds in `d`, saturating at `u64::MAX` (584 million years)
+/// rather than truncating.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 struct Human(Duration);
@@ -45,5 +51,27 @@ impl fmt::Display for Human {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
         if ms.is_multiple_of(1000) { write!(f, "{}s", ms / 1000) } else { write!(f, "{ms}ms") }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units_and_refuses_what_does_not_fit() {
+        assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse("1.5m"), Ok(Duration::from_secs(90)));
+        // Once a panic in Duration::from_secs_f64: a config value must be an error.
+        let err = parse("99999999999999999999999h").unwrap_err();
+        assert!(err.contains("too long"), "{err}");
+        assert!(parse("5 weeks").unwrap_err().contains("unit"));
+    }
+
+    #[test]
+    fn millis_saturates() {
+        assert_eq!(millis(Duration::from_millis(1500)), 1500);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
     }
 }

@@ -20,13 +20,16 @@
 //!   `/metrics`.
 //! - [`clock`]: wall-clock time, injectable for the ages reported.
 //! - [`duration`]: how settings write durations (`250ms`, `2s`).
+//! - [`log_limit`]: one log line per interval for events that repeat.
 #![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used)] // outside tests: an error with context, or an `expect` naming the invariant
 
 pub mod app_protocol;
 pub mod build;
 pub mod clock;
 pub mod duration;
 pub mod health;
+pub mod log_limit;
 pub mod metrics;
 pub mod node;
 pub mod object;
@@ -38,6 +41,7 @@ pub mod vip;
 pub use app_protocol::{AppProtocol, HttpPolicy};
 pub use clock::Clock;
 pub use health::{Connection, SourceHealth, SourceReport};
+pub use log_limit::LogLimiter;
 pub use node::{NodeEntry, PEER_ID_ANNOTATION};
 pub use object::{
     EndpointSet, EndpointSubset, NodeObject, Object, ObjectId, ObjectKey, ObjectKind, ServiceObject, SourceEvent,

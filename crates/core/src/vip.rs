@@ -190,7 +190,13 @@ impl VipAllocator {
             IpNet::V6(_) if host_bits >= 1 => (1, total - 1),
             _ => (0, total),
         };
-        Self { cidr, first, size: usable.min(u64::MAX as u128) as u64, by_ip: HashMap::new(), by_key: HashMap::new() }
+        Self {
+            cidr,
+            first,
+            size: u64::try_from(usable).unwrap_or(u64::MAX),
+            by_ip: HashMap::new(),
+            by_key: HashMap::new(),
+        }
     }
 
     pub fn cidr(&self) -> IpNet {
@@ -267,7 +273,7 @@ impl VipAllocator {
             _ => return None,
         };
         let n = offset.checked_sub(self.first)?;
-        (n < u128::from(self.size)).then_some(n as u64)
+        u64::try_from(n).ok().filter(|&n| n < self.size)
     }
 
     pub fn get(&self, key: &ServiceKey) -> Option<IpAddr> {
@@ -281,7 +287,10 @@ impl VipAllocator {
     fn nth(&self, n: u64) -> IpAddr {
         let offset = self.first + u128::from(n);
         match self.cidr {
-            IpNet::V4(net) => IpAddr::V4(Ipv4Addr::from(u32::from(net.network()) + offset as u32)),
+            IpNet::V4(net) => {
+                let host = u32::try_from(offset).expect("an index below the pool's size is inside the IPv4 network");
+                IpAddr::V4(Ipv4Addr::from(u32::from(net.network()) + host))
+            }
             IpNet::V6(net) => IpAddr::V6(Ipv6Addr::from(u128::from(net.network()) + offset)),
         }
     }

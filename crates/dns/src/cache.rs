@@ -228,7 +228,7 @@ mod tests {
     fn answer(ttls: &[u32]) -> Message {
         let mut m = Message::new(1, MessageType::Response, OpCode::Query);
         for (i, ttl) in ttls.iter().enumerate() {
-            let rdata = RData::A(A(Ipv4Addr::new(192, 0, 2, i as u8)));
+            let rdata = RData::A(A(Ipv4Addr::new(192, 0, 2, u8::try_from(i).expect("a few answers"))));
             m.add_answer(Record::from_rdata(Name::from_ascii("example.com.").unwrap(), *ttl, rdata));
         }
         m

@@ -310,8 +310,9 @@ fn wants(qtype: RecordType, rtype: RecordType) -> bool {
 }
 
 /// The SOA serial: the snapshot generation (wraps, as serials do).
-fn serial(snap: &Snapshot) -> u32 {
-    snap.generation as u32
+pub(crate) fn serial(snap: &Snapshot) -> u32 {
+    let [low @ .., _, _, _, _] = snap.generation.to_le_bytes();
+    u32::from_le_bytes(low)
 }
 
 /// What a service name resolves to: its VIPs, one per family (cluster IPs

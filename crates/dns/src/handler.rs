@@ -371,7 +371,8 @@ impl Handler {
             Outcome::NxDomain => (ResponseCode::NXDomain, Vec::new(), Vec::new()),
             Outcome::Forward => return self.outside(request, max_size, *info),
         };
-        let authorities = if answers.is_empty() { vec![self.zone.soa(snapshot.generation as u32)] } else { Vec::new() };
+        let authorities =
+            if answers.is_empty() { vec![self.zone.soa(crate::cluster::serial(&snapshot))] } else { Vec::new() };
         let mut response = self.response(request, rcode);
         response.metadata.authoritative = true;
         response.answers = answers;

@@ -47,6 +47,7 @@
 //! TCP query) at `info` under the `hickory_server` target; the agent's
 //! default log filter should include `hickory_server=warn`.
 #![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used)] // outside tests: an error with context, or an `expect` naming the invariant
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -151,7 +151,7 @@ mod tests {
         let limiter = RateLimiter::new(1, 2);
         let t0 = Instant::now();
         // Fill every shard with clients that each asked once.
-        for i in 0..MAX_CLIENTS as u32 {
+        for i in 0..u32::try_from(MAX_CLIENTS).expect("a table of u32 size") {
             let [_, b, c, d] = i.to_be_bytes();
             assert_eq!(limiter.check(IpAddr::from([10, b, c, d]), t0), Verdict::Answer);
         }

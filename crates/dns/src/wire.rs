@@ -131,13 +131,15 @@ impl<'a> Question<'a> {
             out.extend_from_slice(&[0xc0, 0x0c]);
             match ip {
                 IpAddr::V4(v4) => {
-                    out.extend_from_slice(&[0, TYPE_A as u8, 0, CLASS_IN as u8]);
+                    out.extend_from_slice(&TYPE_A.to_be_bytes());
+                    out.extend_from_slice(&CLASS_IN.to_be_bytes());
                     out.extend_from_slice(&ttl);
                     out.extend_from_slice(&[0, 4]);
                     out.extend_from_slice(&v4.octets());
                 }
                 IpAddr::V6(v6) => {
-                    out.extend_from_slice(&[0, TYPE_AAAA as u8, 0, CLASS_IN as u8]);
+                    out.extend_from_slice(&TYPE_AAAA.to_be_bytes());
+                    out.extend_from_slice(&CLASS_IN.to_be_bytes());
                     out.extend_from_slice(&ttl);
                     out.extend_from_slice(&[0, 16]);
                     out.extend_from_slice(&v6.octets());
@@ -154,8 +156,10 @@ impl<'a> Question<'a> {
         out[6..8].copy_from_slice(&answers.to_be_bytes());
         if self.edns_payload.is_some() {
             // OPT: root, type 41, our payload size, no extended rcode/flags, no options.
-            let payload = OUR_PAYLOAD.to_be_bytes();
-            out.extend_from_slice(&[0, 0, TYPE_OPT as u8, payload[0], payload[1], 0, 0, 0, 0, 0, 0]);
+            out.push(0);
+            out.extend_from_slice(&TYPE_OPT.to_be_bytes());
+            out.extend_from_slice(&OUR_PAYLOAD.to_be_bytes());
+            out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
         }
         out.len() <= max_size
     }

@@ -249,7 +249,7 @@ async fn malformed_packets_are_dropped_without_harm() {
     }
     for packet in &garbage {
         let mut tcp = std::net::TcpStream::connect(h.addr).unwrap();
-        let mut framed = (packet.len() as u16).to_be_bytes().to_vec();
+        let mut framed = u16::try_from(packet.len()).expect("a DNS message").to_be_bytes().to_vec();
         framed.extend_from_slice(packet);
         let _ = tcp.write_all(&framed);
     }
@@ -321,7 +321,7 @@ async fn tcp_connections_answer_pipelined_queries_in_order() {
             let mut m = Message::new(id, MessageType::Query, OpCode::Query);
             m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
             let bytes = m.to_vec().unwrap();
-            framed.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+            framed.extend_from_slice(&u16::try_from(bytes.len()).expect("a DNS message").to_be_bytes());
             framed.extend_from_slice(&bytes);
         }
         tcp.write_all(&framed).unwrap();

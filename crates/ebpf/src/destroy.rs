@@ -85,7 +85,7 @@ fn destroy_here(filter: &Filter) -> io::Result<usize> {
     let socket = rustix::net::socket(AddressFamily::NETLINK, SocketType::DGRAM, Some(netlink::SOCK_DIAG))?;
     let mut destroyed = 0;
     for family in [AddressFamily::INET, AddressFamily::INET6] {
-        let family = family.as_raw() as u8;
+        let family = family_byte(family);
         let found = dump(&socket, family)?;
         for sockid in found.iter().filter(|id| filter.matches(family, id)) {
             match destroy(&socket, family, sockid) {
@@ -142,7 +142,7 @@ fn send(
     sockid: &[u8],
 ) -> io::Result<()> {
     let mut msg = Vec::with_capacity(HEADER + REQUEST);
-    msg.extend_from_slice(&((HEADER + REQUEST) as u32).to_ne_bytes());
+    msg.extend_from_slice(&u32::try_from(HEADER + REQUEST).expect("a fixed-size request").to_ne_bytes());
     msg.extend_from_slice(&kind.to_ne_bytes());
     msg.extend_from_slice(&flags.to_ne_bytes());
     msg.extend_from_slice(&[0; 8]); // sequence, port id
@@ -173,11 +173,16 @@ fn error_of(payload: &[u8]) -> io::Result<()> {
     if code == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-code)) }
 }
 
+/// The one-byte family of sock_diag requests.
+fn family_byte(family: AddressFamily) -> u8 {
+    u8::try_from(family.as_raw()).expect("AF_INET and AF_INET6 fit a byte")
+}
+
 /// The destination of a dumped socket (v4-mapped IPv6 as IPv4).
 fn destination(family: u8, sockid: &[u8; SOCKID]) -> SocketAddr {
     let port = u16::from_be_bytes([sockid[2], sockid[3]]);
     let dst: [u8; 16] = sockid[20..36].try_into().expect("16 bytes");
-    let ip = if family == AddressFamily::INET.as_raw() as u8 {
+    let ip = if u16::from(family) == AddressFamily::INET.as_raw() {
         IpAddr::V4(Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]))
     } else {
         Ipv6Addr::from(dst).to_canonical()
@@ -204,9 +209,9 @@ mod tests {
         let mut id = [0u8; SOCKID];
         id[2..4].copy_from_slice(&5353u16.to_be_bytes());
         id[20..24].copy_from_slice(&[10, 0, 1, 2]);
-        assert_eq!(destination(AddressFamily::INET.as_raw() as u8, &id), "10.0.1.2:5353".parse().unwrap());
+        assert_eq!(destination(family_byte(AddressFamily::INET), &id), "10.0.1.2:5353".parse().unwrap());
         id[20..36].copy_from_slice(&"::ffff:10.0.1.2".parse::<Ipv6Addr>().unwrap().octets());
-        assert_eq!(destination(AddressFamily::INET6.as_raw() as u8, &id), "10.0.1.2:5353".parse().unwrap());
+        assert_eq!(destination(family_byte(AddressFamily::INET6), &id), "10.0.1.2:5353".parse().unwrap());
     }
 
     #[test]

@@ -21,7 +21,10 @@
 //!   away ([`destroy_udp_sockets_to`], sock_diag `SOCK_DESTROY`);
 //! - `netns`: namespace cookies and work inside other namespaces;
 //! - `abi`: the map keys and values, laid out as the C side has them.
+#![warn(clippy::unwrap_used)] // outside tests: an error with context, or an `expect` naming the invariant
 
+// The map layouts implement aya's unsafe `Pod` (see their SAFETY comments).
+#[allow(unsafe_code)]
 mod abi;
 mod destroy;
 pub mod error;

@@ -24,10 +24,11 @@ pub fn cookie(ns: Option<&Path>) -> io::Result<u64> {
 }
 
 /// `SO_NETNS_COOKIE` of a socket made in the calling thread's namespace.
+#[allow(unsafe_code)]
 fn own_cookie() -> io::Result<u64> {
     let socket = rustix::net::socket(AddressFamily::INET, SocketType::DGRAM, None)?;
     let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<u64>()).expect("8 fits a socklen_t");
     // SAFETY: `socket` is an open descriptor for the whole call; the
     // kernel writes at most `len` (8) bytes into `cookie`, a u64 that
     // outlives the call, and stores the written length in `len`.

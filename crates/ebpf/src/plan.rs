@@ -204,7 +204,8 @@ impl ServiceTable {
             .iter()
             .enumerate()
             .filter_map(|(s, b)| {
-                let (slot, backend) = (s as u32, b.expect("every slot under the count is filled"));
+                let slot = u32::try_from(s).expect("at most 65,535 slots");
+                let backend = b.expect("every slot under the count is filled");
                 (old.get(&slot) != Some(&backend)).then_some(MapOp::PutSlot { id: list.id, slot, backend })
             })
             .collect()

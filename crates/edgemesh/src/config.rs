@@ -326,8 +326,8 @@ impl YamlProblem {
         let message = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
         let location = e.location().filter(|l| l.line() > 0);
         YamlProblem {
-            line: location.map(|l| l.line() as usize),
-            column: location.filter(|l| l.column() > 0).map(|l| l.column() as usize),
+            line: location.and_then(|l| usize::try_from(l.line()).ok()),
+            column: location.filter(|l| l.column() > 0).and_then(|l| usize::try_from(l.column()).ok()),
             message,
         }
     }

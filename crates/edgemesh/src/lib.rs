@@ -19,6 +19,7 @@
 //!   and other nodes' hosts for the SOCKS5 entry (`edgemesh-socks`).
 //! - `limits`: process limits (open files).
 #![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used)] // outside tests: an error with context, or an `expect` naming the invariant
 
 pub mod admin;
 pub mod agent;

@@ -3,6 +3,7 @@
 //!
 //! - [`malloc`]: allocator settings (the one `unsafe` call: `mallopt`).
 #![deny(unsafe_code)]
+#![warn(clippy::unwrap_used)] // outside tests: an error with context, or an `expect` naming the invariant
 
 mod malloc;
 

@@ -257,7 +257,13 @@ fn grpc_unary_server_streaming_and_bidirectional_calls_keep_their_trailers() {
             assert_eq!(unary.replies[0].message, "ping");
             let stream = client.server_stream("tick", 1000).await.expect("server streaming");
             assert_eq!(stream.replies.len(), 1000);
-            assert!(stream.replies.iter().enumerate().all(|(i, r)| r.index == i as u32 && r.server == stream.trailer));
+            assert!(
+                stream
+                    .replies
+                    .iter()
+                    .enumerate()
+                    .all(|(i, r)| usize::try_from(r.index) == Ok(i) && r.server == stream.trailer)
+            );
             let words = ["one", "two", "three", "four", "five"];
             let bidi = client.bidi(&words).await.expect("bidirectional streaming, one message at a time");
             assert_eq!(bidi.replies.iter().map(|r| r.message.as_str()).collect::<Vec<_>>(), words);

@@ -126,7 +126,7 @@ impl Running {
 fn ask_dns(server: SocketAddr, name: &str) -> (usize, Vec<u8>) {
     let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
     for label in name.split('.') {
-        query.push(label.len() as u8);
+        query.push(u8::try_from(label.len()).expect("a DNS label"));
         query.extend_from_slice(label.as_bytes());
     }
     query.extend_from_slice(&[0, 0, 1, 0, 1]);

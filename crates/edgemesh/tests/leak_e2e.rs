@@ -116,7 +116,7 @@ async fn round(addr: SocketAddr, count: usize, pid: u32) -> (Vec<TcpStream>, usi
             tokio::spawn(async move {
                 let _permit = gate.acquire_owned().await.unwrap();
                 let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect {i}: {e}"))?;
-                let byte = [i as u8];
+                let byte = [i.to_le_bytes()[0]];
                 s.write_all(&byte).await.map_err(|e| format!("write {i}: {e}"))?;
                 let mut back = [0u8; 1];
                 tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut back))
@@ -151,7 +151,7 @@ async fn round(addr: SocketAddr, count: usize, pid: u32) -> (Vec<TcpStream>, usi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_connections_three_times_leave_descriptors_and_memory_where_they_were() {
     let limit = edgemesh::limits::raise_nofile_limit();
-    let count = WANTED.min(limit.saturating_sub(AGENT_RESERVE) / 2) as usize;
+    let count = usize::try_from(WANTED.min(limit.saturating_sub(AGENT_RESERVE) / 2)).expect("at most WANTED");
     eprintln!("open-files limit {limit}: {count} concurrent connections per round");
     let (_echo, port) = start_echo();
     let (_dir, manifests) = manifest_dir();

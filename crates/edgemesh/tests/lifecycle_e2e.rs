@@ -109,7 +109,7 @@ impl Load {
                     errors.fetch_add(1, Ordering::Relaxed);
                     return;
                 };
-                let chunk: Vec<u8> = (0..64 * 1024).map(|b| (b * 7 + i) as u8).collect();
+                let chunk: Vec<u8> = (0..64 * 1024).map(|b| (b * 7 + i).to_le_bytes()[0]).collect();
                 while !stop.load(Ordering::Relaxed) {
                     if !round_trip(&mut stream, &chunk) {
                         errors.fetch_add(1, Ordering::Relaxed);

@@ -30,7 +30,7 @@ fn every_method_answers_in_order_and_ends_with_the_trailer() {
             let bidi = client.bidi(&["one", "two", "three"]).await.unwrap();
             assert_eq!(bidi.trailer, "echo-a");
             assert_eq!(bidi.replies.iter().map(|r| r.message.as_str()).collect::<Vec<_>>(), ["one", "two", "three"]);
-            assert!(bidi.replies.iter().enumerate().all(|(i, r)| r.index == i as u32));
+            assert!(bidi.replies.iter().enumerate().all(|(i, r)| usize::try_from(r.index) == Ok(i)));
         };
         tokio::time::timeout(Duration::from_secs(20), call).await.expect("the calls finish");
     });

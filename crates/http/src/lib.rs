@@ -29,6 +29,7 @@
 //!     <- response, or error::DispatchError -> 502/503/504 text (gRPC: status trailers)
 //! ```
 #![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used)] // outside tests: an error with context, or an `expect` naming the invariant
 
 pub mod config;
 pub mod dispatch;

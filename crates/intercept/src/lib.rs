@@ -36,6 +36,7 @@
 //! resynchronises the device's addresses, and is retried every [`RETRY`]
 //! until it succeeds.
 #![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used)] // outside tests: an error with context, or an `expect` naming the invariant
 
 mod claims;
 pub mod config;

@@ -21,6 +21,7 @@
 //! Light on purpose (no Kubernetes client types): the manifests source
 //! builds without kube and k8s-openapi.
 #![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used)] // outside tests: an error with context, or an `expect` naming the invariant
 
 pub mod convert;
 pub mod problem;

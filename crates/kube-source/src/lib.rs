@@ -25,6 +25,7 @@
 //! - `backoff`: exponential back-off with jitter that really grows.
 //! - [`error`]: the error type, [`KubeError`], whose messages say what to check.
 #![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used)] // outside tests: an error with context, or an `expect` naming the invariant
 
 mod backoff;
 pub mod client;

@@ -30,6 +30,7 @@
 //! Supported kinds: `v1/Service`, `discovery.k8s.io/v1/EndpointSlice`,
 //! `v1/Endpoints`, `v1/Node` and `v1/List` of those; other kinds are skipped.
 #![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used)] // outside tests: an error with context, or an `expect` naming the invariant
 
 pub mod config;
 pub mod error;

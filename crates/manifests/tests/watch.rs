@@ -331,7 +331,7 @@ async fn broken_new_file_does_not_block_sync_or_others() {
 }
 
 /// Long enough for several polls: to see that something does *not* happen.
-const SEVERAL_POLLS: Duration = Duration::from_millis(8 * POLL.as_millis() as u64);
+const SEVERAL_POLLS: Duration = POLL.saturating_mul(8);
 
 fn dir_warnings(logs: &Logs, dir: &Path) -> Vec<Record> {
     logs.matching(|r| r.level == Level::WARN && r.field("dir") == dir.display().to_string())

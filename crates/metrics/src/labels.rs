@@ -57,7 +57,7 @@ impl BoundedLabels {
             return admitted;
         }
         if sets.folded.insert(value.into()) {
-            self.folded.set(sets.folded.len() as i64);
+            self.folded.set(crate::gauge_value(sets.folded.len()));
         }
         OTHER.into()
     }
@@ -67,7 +67,7 @@ impl BoundedLabels {
     pub fn release(&self, value: &str) {
         let mut sets = self.sets();
         if !sets.admitted.remove(value) && sets.folded.remove(value) {
-            self.folded.set(sets.folded.len() as i64);
+            self.folded.set(crate::gauge_value(sets.folded.len()));
         }
     }
 

@@ -18,6 +18,7 @@
 //! Counters live where the events happen (the proxy's, the DNS server's, the
 //! tunnel's own structs hold handles to them); the registry only reads them
 //! at scrape time, so a scrape never takes a lock the data path holds.
+#![warn(clippy::unwrap_used)] // outside tests: an error with context, or an `expect` naming the invariant
 
 mod classic;
 mod labels;
@@ -54,6 +55,12 @@ impl Default for MetricsConfig {
 
 /// The `Content-Type` of [`AgentRegistry::encode`]'s output in OpenMetrics
 /// (what Prometheus asks for first).
+/// A count or size as a gauge's `i64`, saturating at `i64::MAX` (a gauge
+/// never reads negative because a value did not fit).
+pub fn gauge_value<T: TryInto<i64>>(n: T) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
+
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The `Content-Type` of the classic text format (anyone else: curl,
 /// `promtool check metrics`).

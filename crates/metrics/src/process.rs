@@ -50,7 +50,13 @@ impl Collector for ProcessCollector {
             gauge(&mut encoder, "process_open_fds", "Number of open file descriptors", None, fds)?;
         }
         if let Some(limit) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
-            gauge(&mut encoder, "process_max_fds", "Maximum number of open file descriptors", None, limit as i64)?;
+            gauge(
+                &mut encoder,
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                None,
+                crate::gauge_value(limit),
+            )?;
         }
         let start = ConstGauge::new(self.start_time);
         start.encode(encoder.encode_descriptor(
@@ -89,18 +95,18 @@ impl ProcStat {
         let fields: Vec<&str> = text.get(text.rfind(')')? + 2..)?.split_whitespace().collect();
         let field = |n: usize| fields.get(n - 3)?.parse::<i64>().ok();
         let ticks = rustix::param::clock_ticks_per_second() as f64;
-        let page = rustix::param::page_size() as i64;
+        let page = crate::gauge_value(rustix::param::page_size());
         Some(Self {
             cpu_seconds: (field(14)? + field(15)?) as f64 / ticks,
             threads: field(20)?,
             vsize_bytes: field(23)?,
-            rss_bytes: field(24)? * page,
+            rss_bytes: field(24)?.saturating_mul(page),
         })
     }
 }
 
 fn open_fds() -> Option<i64> {
-    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as i64)
+    Some(crate::gauge_value(std::fs::read_dir("/proc/self/fd").ok()?.count()))
 }
 
 /// `edgemesh_build_info{version}` = 1.

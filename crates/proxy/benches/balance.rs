@@ -11,7 +11,8 @@ use edgemesh_proxy::balance::ewma::{PeakEwma, p2c};
 use edgemesh_proxy::balance::{Balancer, Lead, Ring, hash_ip, mix, plan};
 
 fn addrs(n: usize) -> Vec<SocketAddr> {
-    (0..n).map(|i| SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 8080))).collect()
+    let byte = |n: usize| u8::try_from(n).expect("at most 62,500 endpoints");
+    (0..n).map(|i| SocketAddr::from(([10, 0, byte(i / 250), byte(i % 250 + 1)], 8080))).collect()
 }
 
 fn pick(c: &mut Criterion) {

@@ -88,6 +88,7 @@ fn main() {
         assert!(Instant::now() < deadline, "proxy did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "float to integer `as` saturates")]
     let bytes = (gib * (1u64 << 30) as f64) as u64;
     for round in 0..3 {
         let direct = bulk(backend, bytes);

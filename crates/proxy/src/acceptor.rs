@@ -185,15 +185,21 @@ impl Entry {
     }
 }
 
+/// The slot index of a token: its low 32 bits.
+fn slot_index(token: u64) -> u32 {
+    let [low @ .., _, _, _, _] = token.to_le_bytes();
+    u32::from_le_bytes(low)
+}
+
 impl Slots {
     fn get(&self, token: u64) -> Option<Arc<Entry>> {
-        let (generation, occupant) = self.entries.get((token & u64::from(u32::MAX)) as usize)?;
+        let (generation, occupant) = self.entries.get(usize::try_from(slot_index(token)).ok()?)?;
         occupant.as_ref().filter(|_| u64::from(*generation) == token >> 32).cloned()
     }
 
     fn take(&mut self, token: Token) -> Option<Arc<Entry>> {
-        let index = (token.0 & u64::from(u32::MAX)) as u32;
-        let (generation, occupant) = self.entries.get_mut(index as usize)?;
+        let index = slot_index(token.0);
+        let (generation, occupant) = self.entries.get_mut(usize::try_from(index).ok()?)?;
         if u64::from(*generation) != token.0 >> 32 {
             return None;
         }

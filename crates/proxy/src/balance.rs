@@ -91,7 +91,8 @@ impl Default for Balancer {
 
 /// Round robin: the `counter`-th connection goes to endpoint `counter mod n`.
 pub fn round_robin(counter: u64, n: usize) -> usize {
-    (counter % n as u64) as usize
+    // Below n once reduced, so it fits.
+    usize::try_from(counter % n as u64).expect("below n")
 }
 
 /// SplitMix64's output function.
@@ -104,7 +105,7 @@ pub fn mix(mut z: u64) -> u64 {
 /// Maps a uniform 64-bit value to `0..n` (Lemire's multiply-shift; bias is
 /// at most `n / 2^64`).
 pub fn scale(x: u64, n: usize) -> usize {
-    ((u128::from(x) * n as u128) >> 64) as usize
+    usize::try_from((u128::from(x) * n as u128) >> 64).expect("below n")
 }
 
 /// Every index of `0..n` once, starting at `start` and wrapping around.

@@ -63,6 +63,7 @@
 //! of resident memory per established connection, measured with
 //! `examples/measure.rs`).
 #![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used)] // outside tests: an error with context, or an `expect` naming the invariant
 
 mod acceptor;
 pub mod balance;

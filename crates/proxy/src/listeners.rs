@@ -428,7 +428,7 @@ impl Reconciler {
                 let acceptor = self.acceptor.as_ref().expect("started above");
                 tcp_group(listener.addr(), size)
                     .and_then(|group| acceptor.add(group, listener.pool.clone()))
-                    .map(|token| Bound::Tcp(token, size as u32))
+                    .map(|token| Bound::Tcp(token, u32::try_from(size).expect("a socket per worker thread")))
             }
         };
         match bound {

@@ -305,8 +305,7 @@ impl Half {
                 let mut buf = Box::new([0; COPY_BUF]);
                 buf[..n - written].copy_from_slice(&scratch[written..n]);
                 self.stage = Stage::Copy { buf, start: 0 };
-                // n <= COPY_BUF, which fits in u32.
-                self.pending = (n - written) as u32;
+                self.pending = u32::try_from(n - written).expect("n <= COPY_BUF, which fits in u32");
             }
             if n == scratch.len() {
                 self.mode = Mode::Bulk;
@@ -350,11 +349,11 @@ impl Half {
                 match written {
                     Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Ok(n) => {
-                        // n <= pending, which fits in u32.
-                        self.pending -= n as u32;
+                        let n32 = u32::try_from(n).expect("n <= pending, which fits in u32");
+                        self.pending -= n32;
                         self.wrote(n, counter);
                         if let Stage::Copy { start, .. } = &mut self.stage {
-                            *start += n as u32;
+                            *start += n32;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -63,7 +63,7 @@ async fn connections_and_bytes_are_counted_exactly_as_they_flow() {
 
     let sizes = [1usize, 300, 16 * 1024, 100_000, 3 << 20];
     for size in sizes {
-        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..size).map(|i| (i % 251).to_le_bytes()[0]).collect();
         echo(addr, &data).await;
     }
     drop(open);

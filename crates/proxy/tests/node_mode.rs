@@ -40,7 +40,8 @@ async fn ask_from(from: IpAddr, addr: SocketAddr) -> std::io::Result<String> {
 }
 
 fn client_ip(i: usize) -> IpAddr {
-    IpAddr::from([127, 1, (i / 250) as u8, (i % 250 + 1) as u8])
+    let byte = |n: usize| u8::try_from(n).expect("at most 62,500 clients");
+    IpAddr::from([127, 1, byte(i / 250), byte(i % 250 + 1)])
 }
 
 /// An identity backend whose task can be killed (its port then refuses).

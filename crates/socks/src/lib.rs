@@ -22,6 +22,7 @@
 //! The tunnel reaches this crate through [`NodeHosts`], which the agent
 //! implements; this crate knows nothing of libp2p.
 #![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used)] // outside tests: an error with context, or an `expect` naming the invariant
 
 pub mod credentials;
 pub mod handshake;

@@ -37,10 +37,15 @@ pub fn connect(proxy: SocketAddr, login: Option<(&str, &str)>, host: &str, port:
     if choice[1] == 0xff {
         return Err(Refusal::NoMethod);
     }
+    // SOCKS5 gives each name and password one length byte.
+    let len_byte = |field: &str| {
+        u8::try_from(field.len())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "longer than 255 bytes for SOCKS5"))
+    };
     if let Some((user, password)) = login {
-        let mut auth = vec![1, user.len() as u8];
+        let mut auth = vec![1, len_byte(user)?];
         auth.extend_from_slice(user.as_bytes());
-        auth.push(password.len() as u8);
+        auth.push(len_byte(password)?);
         auth.extend_from_slice(password.as_bytes());
         s.write_all(&auth)?;
         let mut status = [0u8; 2];
@@ -60,7 +65,7 @@ pub fn connect(proxy: SocketAddr, login: Option<(&str, &str)>, host: &str, port:
             request.extend_from_slice(&ip.octets());
         }
         Err(_) => {
-            request.extend_from_slice(&[3, host.len() as u8]);
+            request.extend_from_slice(&[3, len_byte(host)?]);
             request.extend_from_slice(host.as_bytes());
         }
     }

@@ -26,6 +26,14 @@ pub const DEFAULT_PUNCH_TTL: u8 = 2;
 /// concurrent stream limit is set to match.
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 4096;
 
+/// Default [`TunnelConfig::max_inbound_streams_per_peer`]: as many as a peer opens on one
+/// connection by default, so a well-behaved peer never meets it before its own limit.
+pub const DEFAULT_MAX_INBOUND_STREAMS_PER_PEER: usize = DEFAULT_MAX_STREAMS_PER_CONNECTION;
+
+/// Default [`TunnelConfig::max_inbound_streams`]: each holds one descriptor (a socket to the
+/// endpoint), so 8192 stays well inside a 20,000 open-files limit beside the agent's own proxy.
+pub const DEFAULT_MAX_INBOUND_STREAMS: usize = 8192;
+
 /// The largest accepted `max_streams_per_connection` (yamux then allows 16,640 streams and a
 /// 4 GiB connection window; memory is only used by data actually in flight).
 pub const MAX_STREAMS_PER_CONNECTION: usize = 8192;
@@ -81,6 +89,15 @@ pub struct TunnelConfig {
     /// Proxy streams this agent opens on one connection (yamux and QUIC are sized for it); see
     /// [`DEFAULT_MAX_STREAMS_PER_CONNECTION`].
     pub max_streams_per_connection: usize,
+    /// Proxy streams (TCP connections, UDP sessions) one peer may hold open on this node, over
+    /// all its connections: each holds a socket to a local endpoint. One more is refused with a
+    /// reply (the opener sees [`TunnelError::Busy`]), counted in
+    /// `edgemesh_tunnel_limit_hits_total{limit="inbound_streams_per_peer"}`; the peer's other
+    /// streams, and other peers', are served as before. At least 1.
+    pub max_inbound_streams_per_peer: usize,
+    /// Proxy streams all peers together may hold open on this node; refused and counted
+    /// (`limit="inbound_streams"`) as above. At least 1.
+    pub max_inbound_streams: usize,
     /// Bound on reaching a node (dial + hello) and, on the remote agent, on connecting to the
     /// endpoint.
     #[serde(with = "edgemesh_core::duration")]
@@ -167,6 +184,13 @@ impl TunnelConfig {
         if !(1..=max).contains(&self.max_streams_per_connection) {
             problems.push(format!("tunnel.maxStreamsPerConnection must be between 1 and {max}"));
         }
+        if self.max_inbound_streams_per_peer == 0 || self.max_inbound_streams == 0 {
+            problems.push(
+                "tunnel.maxInboundStreamsPerPeer and tunnel.maxInboundStreams must be at least 1 (limits, never \
+                 unlimited)"
+                    .into(),
+            );
+        }
         if self.connect_timeout.is_zero() {
             problems.push("tunnel.connectTimeout must be greater than zero".into());
         }
@@ -217,6 +241,8 @@ impl Default for TunnelConfig {
             peers: BTreeMap::new(),
             allowed_peers: Vec::new(),
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            max_inbound_streams_per_peer: DEFAULT_MAX_INBOUND_STREAMS_PER_PEER,
+            max_inbound_streams: DEFAULT_MAX_INBOUND_STREAMS,
             connect_timeout: Duration::from_secs(10),
             idle_connection_timeout: Duration::from_secs(120),
             tls: true,

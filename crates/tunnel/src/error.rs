@@ -39,6 +39,10 @@ pub enum TunnelError {
     /// The remote agent does not serve this endpoint (it dials only its own endpoints).
     #[error("node {node:?} does not serve endpoint {target}")]
     NotServed { node: String, target: SocketAddr },
+    /// The remote agent refused the stream at its limit of inbound streams (from this node, or
+    /// in all); it keeps serving the streams it holds.
+    #[error("node {node:?} refused the stream: it holds as many streams as its limits allow")]
+    Busy { node: String },
     /// The remote agent broke the protocol (bad reply, reset stream, unknown version).
     #[error("node {node:?}: tunnel protocol error: {message}")]
     Protocol { node: String, message: String },

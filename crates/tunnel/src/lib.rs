@@ -109,6 +109,7 @@
 //! `streams::health` (more methods of `streams::Control` on its private state).
 
 #![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used)] // outside tests: an error with context, or an `expect` naming the invariant
 
 mod coalesce;
 mod config;
@@ -135,8 +136,8 @@ mod wire;
 use std::{future::Future, net::SocketAddr, pin::Pin};
 
 pub use config::{
-    DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_PORT, DEFAULT_PUNCH_TTL, MAX_STREAMS_PER_CONNECTION, RelayLimits,
-    TunnelConfig,
+    DEFAULT_MAX_INBOUND_STREAMS, DEFAULT_MAX_INBOUND_STREAMS_PER_PEER, DEFAULT_MAX_STREAMS_PER_CONNECTION,
+    DEFAULT_PORT, DEFAULT_PUNCH_TTL, MAX_STREAMS_PER_CONNECTION, RelayLimits, TunnelConfig,
 };
 pub use error::TunnelError;
 pub use identity::load_or_create_identity;

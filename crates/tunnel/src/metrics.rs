@@ -17,6 +17,7 @@ use std::{
     },
 };
 
+use edgemesh_core::LogLimiter;
 use edgemesh_metrics::{
     BoundedLabels, Counter, Family, Gauge, OTHER, Registry, Unit, prometheus_client::encoding::EncodeLabelSet,
 };
@@ -58,6 +59,47 @@ struct RelayLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+/// A limit that refused something (`edgemesh_tunnel_limit_hits_total{limit}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// `tunnel.maxInboundStreamsPerPeer`: proxy streams one peer holds open here.
+    StreamsPerPeer,
+    /// `tunnel.maxInboundStreams`: proxy streams all peers hold open here.
+    Streams,
+    /// `tunnel.relayLimits` (reservations, in all, per peer, or their rate), as a relay server.
+    RelayReservations,
+    /// `tunnel.relayLimits` (circuits, in all, per peer, or their rate), as a relay server.
+    RelayCircuits,
+}
+
+impl Limit {
+    const ALL: [Limit; 4] = [Limit::StreamsPerPeer, Limit::Streams, Limit::RelayReservations, Limit::RelayCircuits];
+
+    fn label(self) -> &'static str {
+        match self {
+            Limit::StreamsPerPeer => "inbound_streams_per_peer",
+            Limit::Streams => "inbound_streams",
+            Limit::RelayReservations => "relay_reservations",
+            Limit::RelayCircuits => "relay_circuits",
+        }
+    }
+
+    /// The setting to raise, for log lines.
+    pub(crate) fn setting(self) -> &'static str {
+        match self {
+            Limit::StreamsPerPeer => "tunnel.maxInboundStreamsPerPeer",
+            Limit::Streams => "tunnel.maxInboundStreams",
+            Limit::RelayReservations => "tunnel.relayLimits (maxReservations, maxReservationsPerPeer)",
+            Limit::RelayCircuits => "tunnel.relayLimits (maxCircuits, maxCircuitsPerPeer)",
+        }
+    }
 }
 
 /// Why a peer's connection was refused.
@@ -125,6 +167,9 @@ pub struct TunnelMetrics {
     relay_reservations: Family<RelayLabels, Gauge>,
     relay_circuits: Family<RelayLabels, Gauge>,
     peers_refused: Family<ReasonLabels, Counter>,
+    limit_hits: Family<LimitLabels, Counter>,
+    /// One log line per interval for each [`Limit`], in [`Limit::ALL`]'s order.
+    limit_logs: [LogLimiter; Limit::ALL.len()],
     /// The configured relays (the only `relay` label values besides `other`).
     relays: Mutex<HashSet<PeerId>>,
     pub(crate) relay_served_reservations: Gauge,
@@ -160,6 +205,8 @@ impl TunnelMetrics {
             relay_reservations: Family::default(),
             relay_circuits: Family::default(),
             peers_refused: Family::default(),
+            limit_hits: Family::default(),
+            limit_logs: Default::default(),
             relays: Mutex::default(),
             relay_served_reservations: Gauge::default(),
             relay_served_circuits: Gauge::default(),
@@ -210,6 +257,15 @@ impl TunnelMetrics {
              to their peer ID",
             m.peers_refused.clone(),
         );
+        r.register(
+            "limit_hits",
+            "Requests refused at a limit: inbound proxy streams (per peer or in total), and as a relay server \
+             reservations and circuits",
+            m.limit_hits.clone(),
+        );
+        for limit in Limit::ALL {
+            m.limit_hits.get_or_create_owned(&LimitLabels { limit: limit.label() });
+        }
         r.register(
             "relay_served_reservations",
             "Reservations this node holds for others as a relay server",
@@ -286,6 +342,14 @@ impl TunnelMetrics {
 
     pub(crate) fn peer_refused(&self, why: Refusal) {
         self.peers_refused.get_or_create(&ReasonLabels { reason: why.label() }).inc();
+    }
+
+    /// Counts a refusal at `limit`; true when it should also be logged (the first one, then
+    /// at most one per [`LogLimiter::INTERVAL`] for each limit).
+    pub(crate) fn limit_hit(&self, limit: Limit) -> bool {
+        self.limit_hits.get_or_create(&LimitLabels { limit: limit.label() }).inc();
+        let index = Limit::ALL.iter().position(|l| *l == limit).expect("every limit is in ALL");
+        self.limit_logs[index].allow()
     }
 
     pub(crate) fn holepunch_attempt(&self, node: &Arc<str>) {
@@ -408,5 +472,19 @@ mod tests {
         assert_eq!(&*metrics.node_label("node-c"), "node-c", "node-b's slot is free again");
         metrics.node_meters(&metrics.node_label("node-c")).received.inc_by(7);
         assert!(scrape(&registry).contains("tunnel_received_bytes_total{node=\"node-c\"} 7\n"));
+    }
+
+    /// Every refusal is counted; only the first of an interval is logged, per limit.
+    #[test]
+    fn limit_hits_are_all_counted_and_logged_once_per_interval_each() {
+        let mut registry = Registry::default();
+        let metrics = TunnelMetrics::register(&mut registry, 10);
+        assert!(scrape(&registry).contains("tunnel_limit_hits_total{limit=\"relay_circuits\"} 0\n"));
+        assert!(metrics.limit_hit(Limit::StreamsPerPeer));
+        assert!(!metrics.limit_hit(Limit::StreamsPerPeer));
+        assert!(metrics.limit_hit(Limit::Streams), "another limit logs on its own");
+        let text = scrape(&registry);
+        assert!(text.contains("tunnel_limit_hits_total{limit=\"inbound_streams_per_peer\"} 2\n"), "{text}");
+        assert!(text.contains("tunnel_limit_hits_total{limit=\"inbound_streams\"} 1\n"), "{text}");
     }
 }

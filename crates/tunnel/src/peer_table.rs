@@ -390,7 +390,7 @@ impl PeerTable {
                     address: c.addr.to_string(),
                     connection: if c.relayed { ConnectionType::Relayed } else { ConnectionType::Direct },
                     state: health.state,
-                    last_ping_ms_ago: health.last_ping_age.map(|d| d.as_millis() as u64),
+                    last_ping_ms_ago: health.last_ping_age.map(edgemesh_core::duration::millis),
                     rtt_ms: health.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 })
             })

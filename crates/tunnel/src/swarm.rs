@@ -228,7 +228,7 @@ fn dead_path_timeouts(stream: &tokio::net::TcpStream, user_timeout: Duration) {
 fn with_quic(tcp: BoxedTransport, key: &Keypair, max_streams: usize, liveness: &LivenessPolicy) -> BoxedTransport {
     use libp2p::quic;
     let mut qc = quic::Config::new(key);
-    qc.max_concurrent_stream_limit = (max_streams + 256) as u32;
+    qc.max_concurrent_stream_limit = u32::try_from(max_streams.saturating_add(256)).unwrap_or(u32::MAX);
     // QUIC's own dead-path detection, at the pace of the pings.
     qc.keep_alive_interval = liveness.interval;
     qc.max_idle_timeout = u32::try_from(liveness.timeout.as_millis()).unwrap_or(u32::MAX);

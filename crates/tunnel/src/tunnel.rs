@@ -9,6 +9,7 @@
 mod context;
 mod hello;
 mod inbound;
+mod inbound_limits;
 mod proxied;
 
 use std::{collections::HashSet, io, net::SocketAddr, sync::Arc, time::Duration};
@@ -179,6 +180,10 @@ impl Tunnel {
             peers: peers.clone(),
             control: built.control,
             directory,
+            inbound: inbound_limits::InboundStreams::new(
+                config.max_inbound_streams_per_peer,
+                config.max_inbound_streams,
+            ),
             commands: commands_tx,
             stop: stop.clone(),
         });
@@ -448,6 +453,7 @@ impl Tunnel {
                 Err(TunnelError::Unreachable { node: node.to_owned(), target })
             }
             Some(Reply::NotServed) => Err(TunnelError::NotServed { node: node.to_owned(), target }),
+            Some(Reply::Busy) => Err(TunnelError::Busy { node: node.to_owned() }),
             Some(Reply::BadRequest) if to_host => Err(protocol_err(
                 "the remote agent rejected the request for a port of its host (an edgemesh without host streams?)"
                     .into(),

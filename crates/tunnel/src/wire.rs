@@ -103,6 +103,9 @@ pub(crate) enum Reply {
     BadRequest = 4,
     /// A local error on the remote agent (e.g. out of file descriptors).
     Error = 5,
+    /// The remote agent holds as many streams as its limits allow (from this peer, or in
+    /// all): try again later, or another endpoint.
+    Busy = 6,
 }
 
 impl Reply {
@@ -114,6 +117,7 @@ impl Reply {
             3 => Reply::NotServed,
             4 => Reply::BadRequest,
             5 => Reply::Error,
+            6 => Reply::Busy,
             _ => return None,
         })
     }
@@ -133,15 +137,15 @@ pub struct Header {
 /// The wire's family byte of a header to the accepting node's own host.
 const FAMILY_HOST: u8 = 0;
 
-fn truncate_utf8(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
+/// Appends `s`, cut at a character boundary to at most `max` bytes, after
+/// its length byte.
+fn push_short_str(out: &mut Vec<u8>, s: &str, max: usize) {
+    let mut end = s.len().min(max).min(usize::from(u8::MAX));
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    &s[..end]
+    out.push(u8::try_from(end).expect("cut to at most 255 bytes"));
+    out.extend_from_slice(&s.as_bytes()[..end]);
 }
 
 fn bad(msg: impl Into<String>) -> io::Error {
@@ -149,16 +153,12 @@ fn bad(msg: impl Into<String>) -> io::Error {
 }
 
 pub fn encode_hello(hello: &Hello) -> Vec<u8> {
-    let node = truncate_utf8(&hello.node, MAX_NODE_NAME);
-    let agent = truncate_utf8(&hello.agent, MAX_AGENT);
-    let mut out = Vec::with_capacity(6 + node.len() + agent.len());
+    let mut out = Vec::with_capacity(6 + MAX_NODE_NAME.min(hello.node.len()) + MAX_AGENT.min(hello.agent.len()));
     out.extend_from_slice(HELLO_MAGIC);
     out.push(HELLO_VERSION);
     out.push(if hello.keep_open { FLAG_KEEP_OPEN } else { 0 });
-    out.push(node.len() as u8);
-    out.extend_from_slice(node.as_bytes());
-    out.push(agent.len() as u8);
-    out.extend_from_slice(agent.as_bytes());
+    push_short_str(&mut out, &hello.node, MAX_NODE_NAME);
+    push_short_str(&mut out, &hello.agent, MAX_AGENT);
     out
 }
 
@@ -190,8 +190,7 @@ pub async fn read_hello<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Hello> {
 }
 
 pub fn encode_header(h: &Header) -> Vec<u8> {
-    let service = truncate_utf8(&h.service, 255);
-    let mut out = Vec::with_capacity(24 + service.len());
+    let mut out = Vec::with_capacity(24 + h.service.len().min(255));
     out.push(HEADER_VERSION);
     out.push(match h.protocol {
         TunnelProtocol::Tcp => 1,
@@ -209,8 +208,7 @@ pub fn encode_header(h: &Header) -> Vec<u8> {
         }
     }
     out.extend_from_slice(&h.target.port().to_be_bytes());
-    out.push(service.len() as u8);
-    out.extend_from_slice(service.as_bytes());
+    push_short_str(&mut out, &h.service, 255);
     out
 }
 

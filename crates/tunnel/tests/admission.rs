@@ -9,9 +9,7 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use common::*;
-use edgemesh_metrics::{AgentRegistry, Format};
-use edgemesh_tunnel::{CancellationToken, Tunnel, TunnelError, TunnelMetrics, TunnelProtocol};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use edgemesh_tunnel::{TunnelError, TunnelProtocol};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_not_on_the_allow_list_cannot_open_streams() {
@@ -25,52 +23,34 @@ async fn a_peer_not_on_the_allow_list_cannot_open_streams() {
     let echo = tcp_echo().await;
     dir.serve(echo, TunnelProtocol::Tcp);
 
-    let mut registry = AgentRegistry::new("test");
-    let metrics = Arc::new(TunnelMetrics::register(registry.edgemesh(), 100));
     let mut cb = config(&keys, "b");
     cb.allowed_peers = vec![keys.peer("a").to_string()];
-    let stop = CancellationToken::new();
-    let (b, _task) = Tunnel::start_with_metrics(cb, dir.clone(), stop.clone(), metrics).await.expect("b starts");
-    let b_addr = b
-        .listen_addrs()
-        .into_iter()
-        .find(|a| a.to_string().contains("/tcp/"))
-        .unwrap()
-        .with(edgemesh_tunnel::multiaddr::Protocol::P2p(b.peer_id()));
-    let _stop_b = stop.drop_guard();
+    let (b, registry) = start_metered(cb, dir.clone()).await;
+    let b_addr = b.addr();
 
     // a is listed: its streams reach b's endpoint.
     let mut ca = config(&keys, "a");
     ca.bootstrap = vec![b_addr.clone()];
     let a = start(ca, dir.clone()).await;
-    round_trip(a.tunnel.open_tcp("b", echo, "listed").await.expect("a is on b's list")).await;
+    round_trip(&mut a.tunnel.open_tcp("b", echo, "listed").await.expect("a is on b's list")).await;
 
     // c is not: refused as its connection is established, and so never gets a stream. It
     // reaches a, which has no list: the list is what keeps it out of b.
     let mut cc = config(&keys, "c");
     cc.bootstrap = vec![b_addr, a.addr()];
     let c = start(cc, dir.clone()).await;
-    round_trip(c.tunnel.open_tcp("a", echo, "no list").await.expect("a has no allow-list")).await;
+    round_trip(&mut c.tunnel.open_tcp("a", echo, "no list").await.expect("a has no allow-list")).await;
     let e = c.tunnel.open_tcp("b", echo, "unlisted").await.unwrap_err();
     assert!(matches!(e, TunnelError::PeerUnreachable { .. } | TunnelError::Timeout { .. }), "{e}");
     let c_id = c.tunnel.peer_id().to_string();
-    assert!(!b.peers().iter().any(|p| p.peer_id == c_id), "c is no peer of b: {:?}", b.peers());
+    assert!(!b.tunnel.peers().iter().any(|p| p.peer_id == c_id), "c is no peer of b: {:?}", b.tunnel.peers());
     let refused = r#"edgemesh_tunnel_peers_refused_total{reason="not_allowed"}"#;
     eventually("b counts the refusal", Duration::from_secs(5), || async {
-        let text = registry.encode(Format::Text);
-        edgemesh_test_support::scrape::sample(&text, refused).filter(|n| *n >= 1.0)
+        (sample(&registry, refused) >= 1.0).then_some(())
     })
     .await;
     // And b still serves a.
-    round_trip(a.tunnel.open_tcp("b", echo, "listed").await.expect("a still reaches b")).await;
-}
-
-/// One byte there and back through a tunnel stream to an echo server.
-async fn round_trip(mut s: edgemesh_tunnel::TunnelStream) {
-    s.write_all(b"x").await.unwrap();
-    let mut one = [0u8; 1];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut one)).await.expect("echo in time").unwrap();
-    assert_eq!(&one, b"x");
+    round_trip(&mut a.tunnel.open_tcp("b", echo, "listed").await.expect("a still reaches b")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +80,7 @@ async fn the_remote_side_dials_only_what_it_serves_over_ipv6_and_udp() {
     // Served: the same IPv6 requests go through.
     dir.serve(tcp6, TunnelProtocol::Tcp);
     dir.serve(udp6, TunnelProtocol::Udp);
-    round_trip(a.tunnel.open_tcp("b", tcp6, "v6").await.expect("served over IPv6")).await;
+    round_trip(&mut a.tunnel.open_tcp("b", tcp6, "v6").await.expect("served over IPv6")).await;
     let (mut tx, mut rx) = a.tunnel.open_udp("b", udp6, "v6").await.expect("served over IPv6 UDP");
     tx.send(b"ping6").await.unwrap();
     let mut buf = [0u8; 16];

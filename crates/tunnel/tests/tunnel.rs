@@ -81,7 +81,7 @@ async fn bulk_64_mib_each_way() {
         let mut off = 0usize;
         while off < TOTAL {
             for (i, b) in chunk.iter_mut().enumerate() {
-                *b = ((off + i) % 251) as u8;
+                *b = u8::try_from((off + i) % 251).expect("below 251");
             }
             w.write_all(&chunk).await.unwrap();
             off += chunk.len();
@@ -96,7 +96,7 @@ async fn bulk_64_mib_each_way() {
             break;
         }
         for (i, b) in buf[..n].iter().enumerate() {
-            assert_eq!(*b, ((got + i) % 251) as u8, "corrupt byte at {}", got + i);
+            assert_eq!(usize::from(*b), (got + i) % 251, "corrupt byte at {}", got + i);
         }
         got += n;
     }
@@ -461,7 +461,7 @@ async fn udp_echo_sizes_truncation_and_end() {
     let (mut tx, mut rx) = a.tunnel.open_udp("b", echo, "default/echo").await.unwrap();
     let mut buf = vec![0u8; 65536];
     for size in [0usize, 1, 100, 1400, 9000, 60_000] {
-        let d: Vec<u8> = (0..size).map(|i| (i % 256) as u8).collect();
+        let d: Vec<u8> = (0..size).map(|i| i.to_le_bytes()[0]).collect();
         tx.send(&d).await.unwrap();
         let n = tokio::time::timeout(Duration::from_secs(5), rx.recv(&mut buf)).await.expect("echo").unwrap();
         assert_eq!(&buf[..n], &d[..], "size {size}");

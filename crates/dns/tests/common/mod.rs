@@ -272,7 +272,7 @@ impl FakeUpstream {
                         }
                         counter.fetch_add(1, Ordering::SeqCst);
                         let Some(reply) = upstream_reply(&buf, ttl, false) else { return };
-                        let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+                        let mut framed = u16::try_from(reply.len()).expect("a DNS message").to_be_bytes().to_vec();
                         framed.extend_from_slice(&reply);
                         if stream.write_all(&framed).await.is_err() {
                             return;

@@ -156,7 +156,7 @@ fn services_get_distinct_ids_and_plan_remove_takes_one_away() {
 #[test]
 fn too_many_backends_is_an_error_naming_the_service() {
     let many: Vec<SocketAddr> =
-        (0..=u16::MAX as u32).map(|i| SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 80))).collect();
+        (0..=u16::MAX).map(|i| SocketAddr::from(([10, 1, i.to_be_bytes()[0], i.to_be_bytes()[1]], 80))).collect();
     let err = ServiceTable::default().plan(svc(), &direct(&many)).unwrap_err();
     assert_eq!(err.count, 65536);
     assert!(err.to_string().contains("at most 65535"), "{err}");

@@ -106,8 +106,9 @@ fn check_cgroup(path: Option<&Path>) -> Result<(), edgemesh_ebpf::Error> {
         error: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
     };
     let fs = rustix::fs::statfs(path).map_err(|e| not_v2(format!("intercept.cgroupPath: {e}")))?;
-    #[allow(clippy::unnecessary_cast)] // f_type is i64 or u64 by target
-    if fs.f_type as u64 != CGROUP2 || !path.is_dir() {
+    // f_type is i64 or u64 by target.
+    #[allow(clippy::useless_conversion, clippy::unnecessary_fallible_conversions)]
+    if u64::try_from(fs.f_type).ok() != Some(CGROUP2) || !path.is_dir() {
         return Err(not_v2("intercept.cgroupPath is not a directory of a cgroup v2 filesystem (cgroup2)".into()));
     }
     Ok(())

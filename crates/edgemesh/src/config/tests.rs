@@ -54,6 +54,19 @@ fn validation_reports_all_problems() {
 }
 
 #[test]
+fn tunnel_stream_limits_read_from_yaml_and_zero_is_refused() {
+    let c = Config::from_yaml(
+        "nodeName: n1\ntunnel:\n  enabled: true\n  maxInboundStreamsPerPeer: 64\n  maxInboundStreams: 512\n",
+    )
+    .unwrap();
+    assert_eq!((c.tunnel.max_inbound_streams_per_peer, c.tunnel.max_inbound_streams), (64, 512));
+    c.validate().unwrap();
+    let zero = Config::from_yaml("nodeName: n1\ntunnel:\n  enabled: true\n  maxInboundStreams: 0\n").unwrap();
+    let msg = zero.validate().unwrap_err().to_string();
+    assert!(msg.contains("tunnel.maxInboundStreams") && msg.contains("at least 1"), "{msg}");
+}
+
+#[test]
 fn node_mode_changes_the_vip_and_dns_defaults_and_explicit_values_win() {
     let plain = Config::default();
     assert_eq!((plain.vip_cidr().to_string(), plain.dns_listen()), (DEFAULT_VIP_CIDR.into(), DEFAULT_DNS_LISTEN));

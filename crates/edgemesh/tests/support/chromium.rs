@@ -278,7 +278,7 @@ fn unfilter(raw: &[u8], stride: usize, height: usize, bpp: usize) -> Vec<u8> {
                 0 => 0,
                 1 => a,
                 2 => b,
-                3 => ((a as u16 + b as u16) / 2) as u8,
+                3 => u8::try_from((u16::from(a) + u16::from(b)) / 2).expect("the mean of two bytes"),
                 4 => paeth(a, b, c),
                 f => panic!("unknown PNG filter {f}"),
             };

@@ -46,7 +46,7 @@ pub fn unique_vip_cidr() -> String {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     // Spread test binaries apart by pid so parallel test binaries differ too.
-    let second = (std::process::id() as u16 % 100) + 100 + n;
+    let second = u16::try_from(std::process::id() % 100).expect("below 100") + 100 + n;
     format!("127.{}.0.0/16", second % 250 + 2)
 }
 

@@ -24,7 +24,9 @@ pub fn is_idempotent(method: &Method) -> bool {
 }
 
 /// Seconds of requests and retries a [`Budget`] remembers.
-pub const WINDOW_SECS: u64 = 10;
+pub const WINDOW_SECS: u64 = WINDOW as u64;
+/// [`WINDOW_SECS`] as a count of buckets.
+const WINDOW: usize = 10;
 
 /// A service port's retry budget, like linkerd's and Envoy's: over the last
 /// [`WINDOW_SECS`] seconds, retries may add `ratio` of the requests plus
@@ -37,7 +39,7 @@ pub struct Budget {
     ratio: f64,
     min_per_second: u32,
     /// One bucket per second of the window, indexed by `second % WINDOW_SECS`.
-    buckets: [Bucket; WINDOW_SECS as usize],
+    buckets: [Bucket; WINDOW],
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -49,7 +51,7 @@ struct Bucket {
 
 impl Budget {
     pub fn new(ratio: f64, min_per_second: u32) -> Self {
-        Self { ratio: ratio.max(0.0), min_per_second, buckets: [Bucket::default(); WINDOW_SECS as usize] }
+        Self { ratio: ratio.max(0.0), min_per_second, buckets: [Bucket::default(); WINDOW] }
     }
 
     /// A request arrived during `second`.

@@ -116,10 +116,10 @@ impl LimitHits {
 
     fn should_log(&self, limit: Limit) -> bool {
         // +1: 0 means never logged.
-        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let now = edgemesh_core::duration::millis(self.epoch.elapsed()).saturating_add(1);
         let last = &self.logged[limit as usize];
         let previous = last.load(Ordering::Relaxed);
-        if previous != 0 && now < previous + LOG_EVERY.as_millis() as u64 {
+        if previous != 0 && now < previous.saturating_add(edgemesh_core::duration::millis(LOG_EVERY)) {
             return false;
         }
         last.compare_exchange(previous, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()

@@ -56,6 +56,7 @@ impl PeakEwma {
 
     /// The latency estimate now, decayed towards zero since the last update
     /// (an endpoint that stops answering slowly gets tried again).
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "float to integer `as` saturates")]
     pub fn estimate(&self, now: Instant) -> Duration {
         Duration::from_nanos(self.next(0.0, now) as u64)
     }

@@ -364,7 +364,7 @@ async fn ejection_backs_off_doubling_to_the_cap_and_success_clears_it() {
     for _ in 0..8 {
         expected = (expected * 2).min(EJECT_MAX);
         assert_eq!(h.failure(addr, Instant::now()), expected, "a failed retry doubles the back-off");
-        tokio::time::advance(expected - Duration::from_millis(1)).await;
+        tokio::time::advance(expected.saturating_sub(Duration::from_millis(1))).await;
         assert!(h.is_ejected(&addr, Instant::now()));
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(!h.is_ejected(&addr, Instant::now()));

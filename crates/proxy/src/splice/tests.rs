@@ -81,7 +81,7 @@ async fn bulk_stays_on_the_pipe_and_small_messages_go_back_to_reads() {
     let mut fwd = forward(&s1, &c2);
 
     // Three buffers' worth, all queued at the proxy before it wakes.
-    let bulk: Vec<u8> = (0..3 * COPY_BUF).map(|i| (i % 251) as u8).collect();
+    let bulk: Vec<u8> = (0..3 * COPY_BUF).map(|i| (i % 251).to_le_bytes()[0]).collect();
     client.write_all(&bulk).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(drive(&mut fwd).await.is_none());
@@ -128,7 +128,7 @@ async fn messages_of_every_size_around_the_buffer_arrive_intact() {
     let sizes = [1, 2, 100, COPY_BUF - 1, COPY_BUF, COPY_BUF + 1, 3 * COPY_BUF + 7, 1 << 20];
     let mut total = 0u64;
     for (round, &size) in sizes.iter().cycle().take(200).enumerate() {
-        let message: Vec<u8> = (0..size).map(|i| (i * 31 + round) as u8).collect();
+        let message: Vec<u8> = (0..size).map(|i| (i * 31 + round).to_le_bytes()[0]).collect();
         // Client to backend, then the backend echoes it back.
         let (w, r) = tokio::join!(client.write_all(&message), async {
             let mut got = vec![0u8; size];

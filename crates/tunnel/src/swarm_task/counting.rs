@@ -14,7 +14,11 @@ use std::{
 
 use libp2p::{PeerId, metrics::Recorder, relay, swarm::ConnectionId};
 
-use crate::{metrics::TunnelMetrics, peer_table::PeerTable, streams::Control};
+use crate::{
+    metrics::{Limit, TunnelMetrics},
+    peer_table::PeerTable,
+    streams::Control,
+};
 
 /// Bound on the hole punch dials in flight remembered (each ends in an event that removes it).
 const MAX_PUNCHES: usize = 10_000;
@@ -77,8 +81,26 @@ impl Counting {
             relay::Event::CircuitClosed { .. } => {
                 self.metrics.relay_served_circuits.dec();
             }
+            relay::Event::ReservationReqDenied { src_peer_id, status: relay::StatusCode::ResourceLimitExceeded } => {
+                self.relay_limit_hit(Limit::RelayReservations, *src_peer_id);
+            }
+            relay::Event::CircuitReqDenied {
+                src_peer_id, status: relay::StatusCode::ResourceLimitExceeded, ..
+            } => {
+                self.relay_limit_hit(Limit::RelayCircuits, *src_peer_id);
+            }
             _ => {}
         }
-        self.metrics.relay_served_reservations.set(self.served.len() as i64);
+        self.metrics.relay_served_reservations.set(edgemesh_metrics::gauge_value(self.served.len()));
+    }
+
+    /// libp2p's relay server refused `peer` a reservation or circuit at its limits (or their
+    /// rate limits, which it reports alike).
+    fn relay_limit_hit(&self, limit: Limit, peer: PeerId) {
+        if self.metrics.limit_hit(limit) {
+            tracing::warn!(%peer, setting = limit.setting(),
+                "relay request refused at its limit (logged at most every 10 s; counted in \
+                 edgemesh_tunnel_limit_hits_total)");
+        }
     }
 }

@@ -15,6 +15,7 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use super::{
     context::Context,
     hello,
+    inbound_limits::InboundPermit,
     proxied::{MAX_DATAGRAM, Metered, TunnelStream, datagram_pair},
 };
 use crate::{
@@ -128,6 +129,26 @@ async fn accept_header(
     Some((node, header))
 }
 
+/// A slot for one more inbound stream from `peer`; at a limit, counts and (once per interval)
+/// logs the refusal and replies `Busy`, leaving the peer's other streams untouched.
+async fn admit(ctx: &Context, peer: PeerId, node: &str, stream: &mut Compat<Stream>) -> Option<InboundPermit> {
+    let limit = match ctx.inbound.admit(peer) {
+        Ok(permit) => return Some(permit),
+        Err(limit) => limit,
+    };
+    if ctx.peers.metrics().limit_hit(limit) {
+        tracing::warn!(%peer, node = %node, max = ctx.inbound.max(limit), setting = limit.setting(),
+            "inbound tunnel stream refused at its limit (logged at most every 10 s; counted in \
+             edgemesh_tunnel_limit_hits_total)");
+    }
+    let _ = timeout(HEADER_TIMEOUT, async {
+        stream.write_u8(Reply::Busy as u8).await?;
+        stream.flush().await
+    })
+    .await;
+    None
+}
+
 fn reply_for(e: &io::Error) -> Reply {
     match e.kind() {
         io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => Reply::Refused,
@@ -155,6 +176,7 @@ async fn serve_tcp(ctx: Arc<Context>, s: Inbound) {
     let peer = s.peer;
     let mut stream = s.stream.compat();
     let Some((node, header)) = accept_header(&ctx, peer, &mut stream, TunnelProtocol::Tcp).await else { return };
+    let Some(_permit) = admit(&ctx, peer, &node, &mut stream).await else { return };
     let target = header.target;
     let tcp = match timeout(ctx.settings.connect_timeout, connect(target, header.to_host)).await {
         Ok(Ok(t)) => t,
@@ -197,6 +219,7 @@ async fn serve_udp(ctx: Arc<Context>, s: Inbound) {
     let peer = s.peer;
     let mut stream = s.stream.compat();
     let Some((node, header)) = accept_header(&ctx, peer, &mut stream, TunnelProtocol::Udp).await else { return };
+    let Some(_permit) = admit(&ctx, peer, &node, &mut stream).await else { return };
     let target = header.target;
     let bind: SocketAddr =
         if target.is_ipv4() { "0.0.0.0:0".parse().expect("valid") } else { "[::]:0".parse().expect("valid") };

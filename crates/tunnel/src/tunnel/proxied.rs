@@ -117,14 +117,14 @@ impl DatagramSender {
     /// Sends one datagram (at most 65,535 bytes). A cancelled call never corrupts the
     /// session: the rest of its frame is written by the next call (or by `close`).
     pub async fn send(&mut self, datagram: &[u8]) -> io::Result<()> {
-        if datagram.len() > MAX_DATAGRAM {
+        let Ok(len) = u16::try_from(datagram.len()) else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "datagram larger than 65535 bytes"));
-        }
+        };
         if !self.pending.is_empty() {
             self.drain().await?;
         }
         self.pending.reserve(2 + datagram.len());
-        self.pending.extend_from_slice(&(datagram.len() as u16).to_be_bytes());
+        self.pending.extend_from_slice(&len.to_be_bytes());
         self.pending.extend_from_slice(datagram);
         // Counted once queued: a cancelled call's frame is written by the next one.
         self.metered.sent.inc_by(datagram.len() as u64);

@@ -11,10 +11,12 @@ use std::{
 
 pub use edgemesh_test_support::eventually;
 // (Test binaries that use none of them would warn.)
+use edgemesh_metrics::{AgentRegistry, Format};
 #[allow(unused_imports)]
 pub use edgemesh_test_support::loopback::{closed_tcp_port, tcp_echo, tcp_echo_on, udp_echo, udp_echo_on};
 use edgemesh_tunnel::{
-    CancellationToken, Directory, Multiaddr, PeerId, Tunnel, TunnelConfig, TunnelProtocol, load_or_create_identity,
+    CancellationToken, Directory, Multiaddr, PeerId, Tunnel, TunnelConfig, TunnelMetrics, TunnelProtocol, TunnelStream,
+    load_or_create_identity,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -112,6 +114,31 @@ pub async fn start(config: TunnelConfig, dir: Arc<TestDirectory>) -> Node {
     let name = config.node_name.clone();
     let (tunnel, task) = Tunnel::start(config, dir.clone(), stop.clone()).await.expect("tunnel starts");
     Node { tunnel, stop, task, dir, name }
+}
+
+/// [`start`], with the tunnel's series in a registry of its own (scrape it with
+/// `registry.encode`).
+pub async fn start_metered(config: TunnelConfig, dir: Arc<TestDirectory>) -> (Node, AgentRegistry) {
+    let mut registry = AgentRegistry::new("test");
+    let metrics = Arc::new(TunnelMetrics::register(registry.edgemesh(), 100));
+    let stop = CancellationToken::new();
+    let name = config.node_name.clone();
+    let (tunnel, task) =
+        Tunnel::start_with_metrics(config, dir.clone(), stop.clone(), metrics).await.expect("tunnel starts");
+    (Node { tunnel, stop, task, dir, name }, registry)
+}
+
+/// A sample of `registry`'s text exposition (0 when absent).
+pub fn sample(registry: &AgentRegistry, series: &str) -> f64 {
+    edgemesh_test_support::scrape::sample(&registry.encode(Format::Text), series).unwrap_or(0.0)
+}
+
+/// One byte there and back through a tunnel stream to an echo server.
+pub async fn round_trip(s: &mut TunnelStream) {
+    s.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut one)).await.expect("echo in time").unwrap();
+    assert_eq!(&one, b"x");
 }
 
 /// Reads until EOF, then answers with "got <n> bytes" and closes.

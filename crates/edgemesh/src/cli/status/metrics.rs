@@ -16,6 +16,13 @@ pub struct Sample<'a> {
 
 /// The samples of `text`; comment lines and lines that are not samples are
 /// skipped.
+/// A sample's value as a whole count: negatives and NaN read 0, values past
+/// `u64::MAX` read `u64::MAX` (what `as` does with a float, on purpose).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "float to integer `as` saturates")]
+pub fn whole(v: f64) -> u64 {
+    v as u64
+}
+
 pub fn samples(text: &str) -> impl Iterator<Item = Sample<'_>> {
     text.lines().filter_map(sample)
 }
@@ -87,7 +94,7 @@ pub struct DnsCounters {
 impl DnsCounters {
     pub fn from_text(text: &str) -> DnsCounters {
         let mut c = DnsCounters::default();
-        let add = |slot: &mut Option<u64>, v: f64| *slot = Some(slot.unwrap_or(0) + v as u64);
+        let add = |slot: &mut Option<u64>, v: f64| *slot = Some(slot.unwrap_or(0).saturating_add(whole(v)));
         for s in samples(text) {
             match s.name {
                 "edgemesh_dns_requests_total" => add(&mut c.requests, s.value),
@@ -96,7 +103,7 @@ impl DnsCounters {
                 "edgemesh_dns_forward_requests_total" => add(&mut c.forwarded, s.value),
                 "edgemesh_dns_responses_total" => {
                     let rcode = s.labels.iter().find(|(k, _)| *k == "rcode").map_or("other", |(_, v)| v.as_str());
-                    *c.responses.get_or_insert_default().entry(rcode.to_owned()).or_default() += s.value as u64;
+                    *c.responses.get_or_insert_default().entry(rcode.to_owned()).or_default() += whole(s.value);
                 }
                 _ => {}
             }

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::metrics::DnsCounters;
+use super::metrics::{DnsCounters, whole};
 use super::table::Table;
 
 // ---------------------------------------------------------------------------
@@ -307,7 +307,7 @@ pub fn yes_no(b: bool) -> &'static str {
 
 /// An age as kubectl prints it: `45s`, `3m12s`, `2h5m`, `4d3h`.
 pub fn age(seconds: f64) -> String {
-    let s = seconds.max(0.0) as u64;
+    let s = whole(seconds);
     match s {
         0..60 => format!("{s}s"),
         60..3600 => format!("{}m{}s", s / 60, s % 60),

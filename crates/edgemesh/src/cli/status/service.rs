@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::metrics::whole;
 use super::report::{ServiceDoc, ServiceRow, services_table, yes_no};
 use super::table::Table;
 
@@ -140,7 +141,7 @@ impl ServiceDetail {
 
 /// `HH:MM:SS UTC` of a Unix time.
 fn clock_time(unix: f64) -> String {
-    let s = unix as u64 % 86_400;
+    let s = whole(unix) % 86_400;
     format!("{:02}:{:02}:{:02} UTC", s / 3600, s % 3600 / 60, s % 60)
 }
 
