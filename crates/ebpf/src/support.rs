@@ -1,7 +1,10 @@
 //! What the fast path needs of the kernel and the process, checked before
 //! anything is loaded so the operator reads what is missing rather than a
 //! bare EPERM: `CAP_BPF` (or `CAP_SYS_ADMIN`) and `CAP_NET_ADMIN` (each
-//! alone is refused), a cgroup v2 hierarchy, and kernel BTF.
+//! alone is refused), `CAP_PERFMON` (or `CAP_SYS_ADMIN`: without it the
+//! verifier's Spectre v1 guard refuses the programs' map-value pointer
+//! arithmetic, "prohibited for !root"), a cgroup v2 hierarchy, and kernel
+//! BTF.
 
 use std::path::{Path, PathBuf};
 
@@ -9,13 +12,16 @@ use crate::Error;
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 const BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// One thing the fast path lacks.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Missing {
-    #[error("capability {0} is not in the process's effective set (needed with the other one: each alone is refused)")]
+    #[error(
+        "capability {0} is not in the process's effective set (the fast path needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or CAP_SYS_ADMIN for the first two)"
+    )]
     Capability(&'static str),
     #[error("no cgroup v2 hierarchy is mounted (no cgroup2 entry in /proc/self/mountinfo)")]
     Cgroup2,
@@ -40,6 +46,9 @@ pub fn missing(status: &str, mountinfo: &str, has_btf: bool) -> Vec<Missing> {
     let mut missing = Vec::new();
     if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
         missing.push(Missing::Capability("CAP_BPF"));
+    }
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push(Missing::Capability("CAP_PERFMON"));
     }
     if !has(CAP_NET_ADMIN) {
         missing.push(Missing::Capability("CAP_NET_ADMIN"));
@@ -123,7 +132,8 @@ mod tests {
         // CAP_NET_ADMIN only (bit 12), no cgroup2, no BTF.
         let status = "Name:\tx\nCapEff:\t0000000000001000\n";
         let missing = missing(status, "24 30 0:22 / /sys rw - sysfs sysfs rw\n", false);
-        assert_eq!(missing, vec![Missing::Capability("CAP_BPF"), Missing::Cgroup2, Missing::Btf]);
+        let caps = [Missing::Capability("CAP_BPF"), Missing::Capability("CAP_PERFMON")];
+        assert_eq!(missing, [&caps[..], &[Missing::Cgroup2, Missing::Btf]].concat());
         let message = Error::Unsupported(missing).to_string();
         assert!(message.starts_with("the kernel fast path cannot run here: capability CAP_BPF"), "{message}");
         assert!(message.contains("no cgroup v2") && message.contains("CONFIG_DEBUG_INFO_BTF"), "{message}");
@@ -131,8 +141,14 @@ mod tests {
 
     #[test]
     fn cap_bpf_without_cap_net_admin_is_refused_and_root_passes() {
-        let bpf_only = format!("CapEff:\t{:016x}\n", 1u64 << CAP_BPF);
+        let bpf_only = format!("CapEff:\t{:016x}\n", (1u64 << CAP_BPF) | (1u64 << CAP_PERFMON));
         assert_eq!(missing(&bpf_only, MOUNTINFO, true), vec![Missing::Capability("CAP_NET_ADMIN")]);
+        // As in a DaemonSet that adds BPF and NET_ADMIN only: loading
+        // would fail in the verifier.
+        let no_perfmon = format!("CapEff:\t{:016x}\n", (1u64 << CAP_BPF) | (1u64 << CAP_NET_ADMIN));
+        assert_eq!(missing(&no_perfmon, MOUNTINFO, true), vec![Missing::Capability("CAP_PERFMON")]);
+        let sys_admin = format!("CapEff:\t{:016x}\n", (1u64 << CAP_SYS_ADMIN) | (1u64 << CAP_NET_ADMIN));
+        assert_eq!(missing(&sys_admin, MOUNTINFO, true), vec![]);
         assert_eq!(missing("CapEff:\t000001ffffffffff\n", MOUNTINFO, true), vec![]);
     }
 }

@@ -192,6 +192,45 @@ fn the_config_map_config_is_accepted_by_the_agent_with_each_daemon_sets_args() {
     }
 }
 
+/// Every container of every DaemonSet: all capabilities dropped, each one
+/// added back named in a comment of its manifest (the reason), no privilege
+/// escalation, a read-only root, and only the agent's state (and, for the
+/// fast path, the host's bpffs) mounted writable.
+#[test]
+fn every_container_runs_read_only_with_only_the_capabilities_its_manifest_explains() {
+    let dir = repo().join("deploy/kubernetes");
+    let mut checked = 0;
+    for (place, ds) in kubernetes_documents().iter().filter(|(_, v)| v["kind"] == "DaemonSet") {
+        let text = std::fs::read_to_string(dir.join(place)).unwrap();
+        let comments: Vec<&str> = text.lines().filter_map(|l| l.split_once('#').map(|(_, c)| c)).collect();
+        let pod = &ds["spec"]["template"]["spec"];
+        assert!(pod["hostPID"].is_null() && pod["hostIPC"].is_null(), "{place}: no host PID or IPC namespace");
+        let init = pod["initContainers"].as_array().cloned().unwrap_or_default();
+        for container in pod["containers"].as_array().unwrap().iter().chain(&init) {
+            let name = str_of(&container["name"]);
+            let security = &container["securityContext"];
+            assert_eq!(security["readOnlyRootFilesystem"], true, "{place} {name}");
+            assert_eq!(security["allowPrivilegeEscalation"], false, "{place} {name}");
+            assert!(security["privileged"].is_null(), "{place} {name}: never privileged");
+            assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]), "{place} {name}");
+            for cap in security["capabilities"]["add"].as_array().into_iter().flatten().map(str_of) {
+                assert!(cap != "SYS_ADMIN", "{place} {name}: SYS_ADMIN");
+                assert!(
+                    comments.iter().any(|c| c.contains(&format!("{cap}:"))),
+                    "{place} {name}: no comment says why it needs {cap} (\"# {cap}: <reason>\")"
+                );
+            }
+            for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+                let path = str_of(&mount["mountPath"]);
+                let writable_ok = name == "edgemesh" && (path == "/var/lib/edgemesh" || path == "/sys/fs/bpf");
+                assert!(mount["readOnly"] == true || writable_ok, "{place} {name}: {path} is mounted writable");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "only {checked} containers checked");
+}
+
 /// The eBPF variant: exactly the capabilities the fast path needs, the
 /// host's bpffs where the pins go, and the host's cgroup hierarchy where
 /// the programs attach.
@@ -199,7 +238,7 @@ fn fast_path_variant(place: &str, pod: &Value, agent: &Value, c: &Value, mount_o
     assert!(pod["initContainers"].is_null(), "{place}: the agent puts the addresses on edge0 itself");
     let caps = &agent["securityContext"]["capabilities"];
     assert_eq!(caps["drop"], serde_json::json!(["ALL"]), "{place}");
-    assert_eq!(caps["add"], serde_json::json!(["BPF", "NET_ADMIN", "NET_BIND_SERVICE"]), "{place}");
+    assert_eq!(caps["add"], serde_json::json!(["BPF", "PERFMON", "NET_ADMIN", "NET_BIND_SERVICE"]), "{place}");
     let volumes = pod["volumes"].as_array().unwrap();
     let host_mount = |host: &str| {
         let volume = volumes.iter().find(|v| v["hostPath"]["path"] == host);

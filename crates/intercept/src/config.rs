@@ -22,7 +22,7 @@ pub enum InterceptMode {
     /// The kernel fast path (issue #15): BPF programs on the cgroup's
     /// socket hooks connect clients straight to local endpoints, and send
     /// the rest to the service's VIP, where the proxy listens (needs
-    /// CAP_BPF and CAP_NET_ADMIN, cgroup v2). Node ports are served as in
+    /// CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, cgroup v2). Node ports are served as in
     /// nftables mode, by a table that holds them only (and `nft`).
     Ebpf,
 }

@@ -175,7 +175,7 @@ pub const FLAGS: &[Flag] = &[
         key: "intercept.mode",
         takes: One("MODE"),
         implies: None,
-        help: "Interception of service addresses: none (clients use the VIPs), nftables (connections to cluster IPs and VIPs are redirected to the agent; needs root or CAP_NET_ADMIN and nft) or ebpf (the kernel fast path: BPF programs connect clients straight to local endpoints, the rest to the agent; needs CAP_BPF and CAP_NET_ADMIN, cgroup v2).",
+        help: "Interception of service addresses: none (clients use the VIPs), nftables (connections to cluster IPs and VIPs are redirected to the agent; needs root or CAP_NET_ADMIN and nft) or ebpf (the kernel fast path: BPF programs connect clients straight to local endpoints, the rest to the agent; needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, cgroup v2).",
     },
     Flag {
         long: "cgroup-path",
