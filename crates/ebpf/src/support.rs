@@ -20,7 +20,7 @@ const BTF: &str = "/sys/kernel/btf/vmlinux";
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Missing {
     #[error(
-        "capability {0} is not in the process's effective set (the fast path needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or CAP_SYS_ADMIN for the first two)"
+        "capability {0} is not in the process's effective set (the fast path needs it; CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON)"
     )]
     Capability(&'static str),
     #[error("no cgroup v2 hierarchy is mounted (no cgroup2 entry in /proc/self/mountinfo)")]
