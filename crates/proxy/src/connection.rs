@@ -13,6 +13,9 @@
 //! [`HEADER_PEEK_WAIT`] and [`HEADER_PEEK_MAX`] bytes; a connection without
 //! the header, or not speaking HTTP, is hashed by its source IP.
 //!
+//! A forwarded connection lives within `proxy.idleTimeout` and
+//! `proxy.maxConnectionDuration` (see `lifetime`).
+//!
 //! The steady state of a connection is the future returned by [`serve`]:
 //! the connect phase is boxed (its timer and retry state are freed once
 //! connected) and forwarding holds only the two sockets and two small
@@ -20,7 +23,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use edgemesh_core::{HashKey, LbStrategy};
@@ -40,11 +43,13 @@ use crate::{ProxyConfig, ProxyStatus, splice};
 
 mod counted;
 mod header;
+mod lifetime;
 use counted::Counted;
 use header::peek_header;
 pub use header::{HEADER_PEEK_MAX, HEADER_PEEK_WAIT};
 #[cfg(test)]
 use header::{Header, find_header};
+pub(crate) use lifetime::{Cut, Lifetime};
 
 /// State shared by the proxy task, listeners and connections.
 #[derive(Debug)]
@@ -180,7 +185,7 @@ async fn proxy(client: TcpStream, peer: IpAddr, pool: &Arc<Pool>, shared: &Share
         // `serve` is boxed already: the L4 future does not grow.
         return http.serve(http_connection(client, peer, pool, shared)).await;
     }
-    let accepted = Instant::now();
+    let accepted = tokio::time::Instant::now();
     // `client` has TCP_NODELAY from its listening socket.
     // Boxed: the connect phase (header peek, timer, retry loop) is larger
     // than the forwarding phase and is over in a moment.
@@ -199,15 +204,38 @@ async fn proxy(client: TcpStream, peer: IpAddr, pool: &Arc<Pool>, shared: &Share
     };
     let counters = &pool.metrics.tcp().bytes;
     let result = match upstream {
-        Upstream::Local(backend) => splice::forward_counting(&client, &backend, counters).await,
+        Upstream::Local(backend) => {
+            let forward = splice::forward_counting(&client, &backend, counters);
+            let result = lifetime::within(forward, splice::Forward::moved, accepted, shared.live.lifetime()).await;
+            if matches!(result, Err(Cut::MaxDuration)) {
+                // Cut mid-stream: a FIN would pass for a complete reply.
+                reset(backend);
+                reset(client);
+            }
+            result
+        }
         // Boxed: copying to the tunnel needs buffers and a larger future;
         // keep the common, local connection's future small.
-        Upstream::Remote(stream) => Box::pin(forward_remote(client, stream, counters)).await,
+        Upstream::Remote(stream) => {
+            Box::pin(forward_remote(client, stream, counters, accepted, shared.live.lifetime())).await
+        }
     };
     pool.metrics.tcp().duration.observe(accepted.elapsed().as_secs_f64());
     match result {
-        Ok(moved) => tracing::trace!(service = %pool.service, ?moved, "connection closed"),
-        Err(error) => tracing::debug!(service = %pool.service, %error, "connection ended with an error"),
+        Ok(Ok(moved)) => tracing::trace!(service = %pool.service, ?moved, "connection closed"),
+        Ok(Err(error)) => tracing::debug!(service = %pool.service, %error, "connection ended with an error"),
+        Err(cut) => {
+            pool.metrics.tcp().cut(cut).inc();
+            if pool.time_limits.allow() {
+                let lifetime = shared.live.lifetime();
+                let (setting, after) = match cut {
+                    Cut::Idle => ("proxy.idleTimeout", lifetime.idle),
+                    Cut::MaxDuration => ("proxy.maxConnectionDuration", lifetime.max),
+                };
+                tracing::info!(service = %pool.service, listener = %pool.addr, setting, ?after,
+                    "closed a connection at its time limit");
+            }
+        }
     }
 }
 
@@ -241,19 +269,30 @@ const REMOTE_COPY_BUF: usize = 16 * 1024;
 /// half-closes the other. An error (the tunnel connection was lost, the
 /// remote agent reset the stream) resets the client: a FIN would look like
 /// a complete response. `[sent, received]` count the bytes written each
-/// way as they are written.
+/// way as they are written; `lifetime` bounds it as a local connection.
 async fn forward_remote(
     client: TcpStream,
     stream: RemoteStream,
     [sent, received]: &[Counter; 2],
-) -> std::io::Result<splice::Transferred> {
-    let mut client = Counted::new(client, received);
-    let mut stream = Counted::new(stream, sent);
-    match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut stream, REMOTE_COPY_BUF, REMOTE_COPY_BUF).await {
-        Ok((a_to_b, b_to_a)) => Ok(splice::Transferred { a_to_b, b_to_a }),
-        Err(e) => {
+    accepted: tokio::time::Instant,
+    lifetime: Lifetime,
+) -> Result<std::io::Result<splice::Transferred>, Cut> {
+    let moved = AtomicU64::new(0);
+    let mut client = Counted::new(client, received, &moved);
+    let mut stream = Counted::new(stream, sent, &moved);
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut stream, REMOTE_COPY_BUF, REMOTE_COPY_BUF);
+    let result = lifetime::within(Box::pin(copy), |_| moved.load(Ordering::Relaxed), accepted, lifetime).await;
+    match result {
+        Ok(Ok((a_to_b, b_to_a))) => Ok(Ok(splice::Transferred { a_to_b, b_to_a })),
+        Ok(Err(e)) => {
             reset(client.into_inner());
-            Err(e)
+            Ok(Err(e))
+        }
+        Err(cut) => {
+            if cut == Cut::MaxDuration {
+                reset(client.into_inner());
+            }
+            Err(cut)
         }
     }
 }

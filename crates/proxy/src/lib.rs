@@ -105,6 +105,11 @@ pub use workers::default_count as default_workers;
 /// data flows, two pipes (two descriptors each). Idle connections hold two.
 pub const FDS_PER_CONNECTION: u64 = 6;
 
+/// Default `proxy.idleTimeout`: an hour, as Envoy's TCP proxy; long
+/// enough for quiet but live sessions (SSH, database pools) that send no
+/// keepalives of their own.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Default bound on UDP sessions.
 pub const DEFAULT_MAX_UDP_SESSIONS: usize = 4096;
 
@@ -124,6 +129,15 @@ pub struct ProxyConfig {
     /// How long to wait for one endpoint to accept before trying the next.
     #[serde(with = "edgemesh_core::duration")]
     pub connect_timeout: Duration,
+    /// A forwarded connection that moves no byte either way for this long
+    /// is closed (a FIN to both sides), so peers that vanished without a
+    /// FIN or reset do not hold descriptors forever. 0: never.
+    #[serde(with = "edgemesh_core::duration")]
+    pub idle_timeout: Duration,
+    /// A forwarded connection open this long is reset, busy or not. 0:
+    /// never (the default; long-lived streams are normal).
+    #[serde(with = "edgemesh_core::duration")]
+    pub max_connection_duration: Duration,
     /// Established (or connecting) connections allowed at once; beyond it,
     /// new connections are reset at once instead of exhausting descriptors.
     /// 0: derived from the open-files limit when the proxy is made.
@@ -198,12 +212,14 @@ impl ProxyConfig {
 }
 
 impl Default for ProxyConfig {
-    /// Round robin, a 2 s connect timeout, and the connection limit and
-    /// workers derived when the proxy is made.
+    /// Round robin, a 2 s connect timeout, an hour's idle timeout, and the
+    /// connection limit and workers derived when the proxy is made.
     fn default() -> Self {
         Self {
             default_strategy: LbStrategy::RoundRobin,
             connect_timeout: Duration::from_secs(2),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connection_duration: Duration::ZERO,
             max_connections: 0,
             max_connections_per_service: 0,
             max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,

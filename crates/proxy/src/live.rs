@@ -1,5 +1,6 @@
 //! The proxy settings a config reload may change while connections run:
-//! the connect timeout and the connection and UDP session limits. Each is
+//! the connect, idle and duration timeouts and the connection and UDP
+//! session limits. Each is
 //! one atomic, read where it is used (a relaxed load per connection or
 //! session, no lock), written only by [`LiveSettings::apply`].
 //!
@@ -15,6 +16,8 @@ use crate::ProxyConfig;
 #[derive(Debug)]
 pub struct LiveSettings {
     connect_timeout_nanos: AtomicU64,
+    idle_timeout_nanos: AtomicU64,
+    max_duration_nanos: AtomicU64,
     max_connections: AtomicUsize,
     max_connections_per_service: AtomicUsize,
     max_udp_sessions: AtomicUsize,
@@ -26,6 +29,8 @@ impl LiveSettings {
     pub fn new(config: &ProxyConfig) -> Self {
         let live = Self {
             connect_timeout_nanos: AtomicU64::new(0),
+            idle_timeout_nanos: AtomicU64::new(0),
+            max_duration_nanos: AtomicU64::new(0),
             max_connections: AtomicUsize::new(0),
             max_connections_per_service: AtomicUsize::new(0),
             max_udp_sessions: AtomicUsize::new(0),
@@ -39,8 +44,10 @@ impl LiveSettings {
     /// new connections until enough have ended).
     pub fn apply(&self, config: &ProxyConfig) {
         let config = config.clone().resolved();
-        let nanos = u64::try_from(config.connect_timeout.as_nanos()).unwrap_or(u64::MAX);
-        self.connect_timeout_nanos.store(nanos, Ordering::Relaxed);
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.connect_timeout_nanos.store(nanos(config.connect_timeout), Ordering::Relaxed);
+        self.idle_timeout_nanos.store(nanos(config.idle_timeout), Ordering::Relaxed);
+        self.max_duration_nanos.store(nanos(config.max_connection_duration), Ordering::Relaxed);
         self.max_connections.store(config.max_connections, Ordering::Relaxed);
         self.max_connections_per_service.store(config.max_connections_per_service, Ordering::Relaxed);
         self.max_udp_sessions.store(config.max_udp_sessions, Ordering::Relaxed);
@@ -49,6 +56,15 @@ impl LiveSettings {
     /// How long to wait for one endpoint to accept.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_nanos(self.connect_timeout_nanos.load(Ordering::Relaxed))
+    }
+
+    /// How long a forwarded connection may live: `proxy.idleTimeout` and
+    /// `proxy.maxConnectionDuration`.
+    pub(crate) fn lifetime(&self) -> crate::connection::Lifetime {
+        crate::connection::Lifetime {
+            idle: Duration::from_nanos(self.idle_timeout_nanos.load(Ordering::Relaxed)),
+            max: Duration::from_nanos(self.max_duration_nanos.load(Ordering::Relaxed)),
+        }
     }
 
     /// Connections allowed at once.
@@ -81,6 +97,13 @@ mod tests {
         live.apply(&ProxyConfig { connect_timeout: Duration::from_secs(3), max_udp_sessions: 9, ..config.clone() });
         assert_eq!(live.connect_timeout(), Duration::from_secs(3));
         assert_eq!(live.max_udp_sessions(), 9);
+        assert_eq!(live.lifetime().idle, crate::DEFAULT_IDLE_TIMEOUT);
+        live.apply(&ProxyConfig {
+            idle_timeout: Duration::ZERO,
+            max_connection_duration: Duration::from_secs(5),
+            ..config.clone()
+        });
+        assert_eq!(live.lifetime(), crate::connection::Lifetime { idle: Duration::ZERO, max: Duration::from_secs(5) });
         live.apply(&ProxyConfig { max_connections: 0, ..config });
         assert!(live.max_connections() > 0, "0 is derived from the open-files limit, never a limit of none");
     }

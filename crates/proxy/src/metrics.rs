@@ -20,6 +20,7 @@ use edgemesh_core::{Protocol, ServiceKey};
 use edgemesh_metrics::{BoundedLabels, Counter, Family, Gauge, Histogram, OTHER, Registry, Unit};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 
+use crate::connection::Cut;
 use crate::error::ProxyError;
 
 /// Upper bounds of the connect latency histogram: 0.5 ms (loopback) to 10 s
@@ -105,6 +106,32 @@ impl EncodeLabelValue for FailReason {
     }
 }
 
+/// A connection the proxy cut at a lifetime bound (the `timeout` label:
+/// `idle` or `max_duration`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CutConnection {
+    service: Arc<str>,
+    port: u16,
+    timeout: Cut,
+}
+
+impl Cut {
+    const ALL: [Cut; 2] = [Cut::Idle, Cut::MaxDuration];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Cut::Idle => "idle",
+            Cut::MaxDuration => "max_duration",
+        }
+    }
+}
+
+impl EncodeLabelValue for Cut {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
 type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
 
 /// Every family of the proxy, and the bound on the `service` label.
@@ -114,6 +141,7 @@ pub struct ProxyMetrics {
     tcp_opened: Family<ServicePort, Counter>,
     tcp_active: Family<ServicePort, Gauge>,
     tcp_failed: Family<FailedConnection, Counter>,
+    tcp_cut: Family<CutConnection, Counter>,
     tcp_sent: Family<ServicePort, Counter>,
     tcp_received: Family<ServicePort, Counter>,
     tcp_connect: HistogramFamily<ServicePort>,
@@ -138,6 +166,7 @@ impl ProxyMetrics {
             tcp_opened: Family::default(),
             tcp_active: Family::default(),
             tcp_failed: Family::default(),
+            tcp_cut: Family::default(),
             tcp_sent: Family::default(),
             tcp_received: Family::default(),
             tcp_connect: Family::new_with_constructor(|| Histogram::new(CONNECT_BUCKETS)),
@@ -159,6 +188,11 @@ impl ProxyMetrics {
         tcp.register("connections_opened", "TCP connections accepted for the service port", m.tcp_opened.clone());
         tcp.register("connections_active", "TCP connections being connected or forwarded", m.tcp_active.clone());
         tcp.register("connections_failed", "Accepted TCP connections not forwarded, by reason", m.tcp_failed.clone());
+        tcp.register(
+            "connections_timed_out",
+            "Forwarded TCP connections closed at proxy.idleTimeout (idle) or proxy.maxConnectionDuration (max_duration)",
+            m.tcp_cut.clone(),
+        );
         let tcp_bytes = [
             ("sent", "Bytes forwarded from clients to endpoints", &m.tcp_sent),
             ("received", "Bytes forwarded from endpoints to clients", &m.tcp_received),
@@ -239,10 +273,14 @@ impl ProxyMetrics {
                         reason,
                     })
                 });
+                let cut = Cut::ALL.map(|timeout| {
+                    self.tcp_cut.get_or_create_owned(&CutConnection { service: labels.service.clone(), port, timeout })
+                });
                 tcp = Some(Box::new(TcpPort {
                     opened: self.tcp_opened.get_or_create_owned(&labels),
                     active: self.tcp_active.get_or_create_owned(&labels),
                     failed,
+                    cut,
                     bytes: [self.tcp_sent.get_or_create_owned(&labels), self.tcp_received.get_or_create_owned(&labels)],
                     connect: self.tcp_connect.get_or_create_owned(&labels),
                     duration: self.tcp_duration.get_or_create_owned(&labels),
@@ -278,6 +316,9 @@ impl ProxyMetrics {
                 for reason in FailReason::ALL {
                     self.tcp_failed.remove(&FailedConnection { service: service.clone(), port, reason });
                 }
+                for timeout in Cut::ALL {
+                    self.tcp_cut.remove(&CutConnection { service: service.clone(), port, timeout });
+                }
             }
         }
         if port_gone {
@@ -293,6 +334,8 @@ pub(crate) struct TcpPort {
     pub(crate) active: Gauge,
     /// Indexed by [`FailReason`] (in [`FailReason::ALL`]'s order).
     failed: [Counter; 5],
+    /// Indexed by [`Cut`] (in [`Cut::ALL`]'s order).
+    cut: [Counter; 2],
     /// Bytes sent (client to endpoint) and received (endpoint to client).
     pub(crate) bytes: [Counter; 2],
     pub(crate) connect: Histogram,
@@ -304,11 +347,16 @@ impl TcpPort {
         &self.failed[reason as usize]
     }
 
+    pub(crate) fn cut(&self, cut: Cut) -> &Counter {
+        &self.cut[cut as usize]
+    }
+
     fn detached() -> Self {
         Self {
             opened: Counter::default(),
             active: Gauge::default(),
             failed: Default::default(),
+            cut: Default::default(),
             bytes: Default::default(),
             connect: Histogram::new(CONNECT_BUCKETS),
             duration: Histogram::new(DURATION_BUCKETS),

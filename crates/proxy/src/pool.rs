@@ -145,6 +145,10 @@ pub struct Pool {
     /// mutex: held for a few map operations, never across an await.
     state: Mutex<Option<Box<PoolState>>>,
     pub(crate) warnings: LogLimiter,
+    /// Connections closed at `proxy.idleTimeout` or
+    /// `proxy.maxConnectionDuration`: logged apart from failures, so that
+    /// routine idle closes never hide a failure's warning.
+    pub(crate) time_limits: LogLimiter,
     /// The port's series (see `crate::metrics`).
     pub(crate) metrics: PortMetrics,
     /// What the HTTP layer keeps for this port (see [`Pool::extension`]).
@@ -181,6 +185,7 @@ impl Pool {
             balancer: Balancer::new(),
             state: Mutex::new(None),
             warnings: LogLimiter::default(),
+            time_limits: LogLimiter::default(),
             metrics: PortMetrics::detached(),
             extension: OnceLock::new(),
         }

@@ -123,6 +123,13 @@ pub struct Forward<'a> {
     b_to_a: Half,
 }
 
+impl Forward<'_> {
+    /// Bytes written so far, both ways: what an idle timeout watches.
+    pub fn moved(&self) -> u64 {
+        self.a_to_b.moved + self.b_to_a.moved
+    }
+}
+
 impl Future for Forward<'_> {
     type Output = io::Result<Transferred>;
 

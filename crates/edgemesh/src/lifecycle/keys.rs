@@ -21,6 +21,8 @@ pub const LIVE_KEYS: &[&str] = &[
     "drainTimeout",
     "proxy.defaultStrategy",
     "proxy.connectTimeout",
+    "proxy.idleTimeout",
+    "proxy.maxConnectionDuration",
     "proxy.maxConnections",
     "proxy.maxConnectionsPerService",
     "proxy.maxUdpSessions",

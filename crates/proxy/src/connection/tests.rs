@@ -54,8 +54,10 @@ async fn connection_future_stays_small() {
     let connect_size = std::mem::size_of_val(&connect);
     eprintln!("serve future: {serve_size} B, forward: {forward_size} B, connect (boxed): {connect_size} B");
     // 512 before metrics; +24 for them: the accept time (the duration
-    // histogram) and the byte counters the forward adds to as it goes.
-    assert!(serve_size <= 536, "connection future grew to {serve_size} bytes");
+    // histogram) and the byte counters the forward adds to as it goes;
+    // +64 for the lifetime bounds (the maximum's deadline, the idle look
+    // interval, the last byte total and the boxed timer: `lifetime`).
+    assert!(serve_size <= 600, "connection future grew to {serve_size} bytes");
     assert!(forward_size <= 128, "forward future grew to {forward_size} bytes");
     drop((fut, forward, connect));
     assert_eq!(shared.status.active_connections.load(Ordering::Relaxed), 0, "the guard decrements on drop");
