@@ -62,7 +62,13 @@ use crate::{
 /// Lends the swarm task's dialing parts to its `connect` and `heal` parts for one call.
 macro_rules! dial {
     ($task:expr) => {
-        Dial { swarm: &mut $task.swarm, addresses: &$task.addresses, relays: &$task.relays, control: &$task.control }
+        Dial {
+            swarm: &mut $task.swarm,
+            addresses: &$task.addresses,
+            relays: &$task.relays,
+            control: &$task.control,
+            bootstrap: &$task.bootstrap,
+        }
     };
 }
 

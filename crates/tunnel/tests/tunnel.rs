@@ -485,6 +485,53 @@ async fn udp_echo_sizes_truncation_and_end() {
     assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
 }
 
+/// A stream to a bootstrap peer asked for while the bootstrap dial is under way waits for
+/// that dial instead of dialling the peer a second time: both connections would be kept open
+/// for good (bootstrap connections are kept alive). The bootstrap address leads to B through
+/// a forwarder that holds each connection 300 ms before passing it on, so the dial is surely
+/// under way when the stream is asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_asked_for_during_the_bootstrap_dial_shares_its_connection() {
+    use edgemesh_tunnel::multiaddr::Protocol;
+    init_tracing();
+    let keys = Keys::new();
+    let dir = Arc::new(TestDirectory::default());
+    dir.bind("a", keys.peer("a"));
+    dir.bind("b", keys.peer("b"));
+    let b = start(config(&keys, "b"), dir.clone()).await;
+    let b_port = b.addr().iter().find_map(|p| if let Protocol::Tcp(port) = p { Some(port) } else { None }).unwrap();
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_port = slow.local_addr().unwrap().port();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    let forwarder = tokio::spawn(async move {
+        loop {
+            let (mut inbound, _) = slow.accept().await.unwrap();
+            let _ = accepted_tx.send(());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let mut outbound = tokio::net::TcpStream::connect(("127.0.0.1", b_port)).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    let mut ca = config(&keys, "a");
+    let slow_addr = format!("/ip4/127.0.0.1/tcp/{slow_port}/p2p/{}", b.tunnel.peer_id());
+    ca.bootstrap = vec![slow_addr.parse().unwrap()];
+    let a = start(ca, dir.clone()).await;
+    let echo = tcp_echo().await;
+    dir.serve(echo, Tcp::Tcp);
+    tokio::time::timeout(Duration::from_secs(10), accepted.recv()).await.expect("the bootstrap dial starts");
+    let mut s = a.tunnel.open_tcp("b", echo, "early").await.unwrap();
+    s.write_all(b"ok").await.unwrap();
+    s.read_exact(&mut [0u8; 2]).await.unwrap();
+    // A second dial, had there been one, would be through by now.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let b_id = b.tunnel.peer_id().to_string();
+    let to_b = a.tunnel.peers().into_iter().find(|p| p.peer_id == b_id).expect("b is a peer");
+    assert_eq!(to_b.connections.len(), 1, "one connection to the bootstrap peer: {:?}", to_b.connections);
+    forwarder.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_limit_waits_instead_of_killing_the_connection() {
     init_tracing();
@@ -501,9 +548,8 @@ async fn stream_limit_waits_instead_of_killing_the_connection() {
     let a = start(ca, dir.clone()).await;
     let echo = tcp_echo().await;
     dir.serve(echo, Tcp::Tcp);
-    // The limit is per connection: a stream opened while A's bootstrap dial is still under way
-    // dials B a second time (a fresh path beside one not yet made), and the ninth stream would
-    // then fit on that second connection. Start from the one bootstrap connection, trusted both ways.
+    // The limit is per connection: start from the one bootstrap connection, trusted both ways,
+    // so every stream below counts against it.
     let b_id = b.tunnel.peer_id().to_string();
     let a_id = a.tunnel.peer_id().to_string();
     eventually("one trusted connection between a and b", Duration::from_secs(10), || async {

@@ -56,6 +56,12 @@ impl Bootstrap {
         self.slots.iter().filter_map(|b| Some((b.peer?, b.addr.clone()))).collect()
     }
 
+    /// The bootstrap dial under way to `peer`, if any: reaching that peer for streams waits
+    /// for it rather than dialling the same address again (two connections, both kept open).
+    pub(super) fn dialing(&self, peer: PeerId) -> Option<ConnectionId> {
+        self.slots.iter().find(|b| b.peer == Some(peer)).and_then(|b| b.dialing)
+    }
+
     /// Dials the bootstrap peers that are due.
     pub(super) fn tick(&mut self, swarm: &mut Swarm<Behaviour>, now: Instant) {
         for b in &mut self.slots {

@@ -5,7 +5,10 @@
 //!   relay that was down a moment ago must not wait for it. Each new request re-dials a leg
 //!   that is not under way; the waiters are answered by the first connection to the peer (by
 //!   these dials or any other), and failed only when both legs failed. A connection that
-//!   missed pings does not count as connected: a fresh path is dialled beside it.
+//!   missed pings does not count as connected: a fresh path is dialled beside it. A bootstrap
+//!   peer's dial under way (at start, or after its connection closed) is taken as the direct
+//!   leg rather than dialled again: two connections would both be kept open for good; should
+//!   it fail, the direct leg is dialled afresh once.
 //! - **Relays still connecting.** A dial through a relay needs a connection to the relay;
 //!   while the agent's own connection to a relay is still being made (its reservation, at
 //!   start), libp2p's relay client cancels the circuit instead of waiting for it. Such a
@@ -24,7 +27,7 @@ use libp2p::{
 };
 use tokio::sync::oneshot;
 
-use super::{addresses::Addresses, relays::Relays};
+use super::{addresses::Addresses, bootstrap::Bootstrap, relays::Relays};
 use crate::{streams::Control, swarm::Behaviour};
 
 /// What reaching a peer dials with, lent by the swarm task for one call.
@@ -33,6 +36,7 @@ pub(super) struct Dial<'a> {
     pub addresses: &'a Addresses,
     pub relays: &'a Relays,
     pub control: &'a Control,
+    pub bootstrap: &'a Bootstrap,
 }
 
 type Reply = oneshot::Sender<Result<(), String>>;
@@ -49,6 +53,8 @@ pub(super) struct Connects {
 struct Legs {
     direct: Option<ConnectionId>,
     relayed: Option<ConnectionId>,
+    /// The direct leg is the bootstrap module's dial, taken over.
+    adopted: bool,
 }
 
 impl Legs {
@@ -86,6 +92,11 @@ impl Connects {
         let direct = d.addresses.of(&peer);
         let relayed = d.relays.circuits(peer);
         let mut legs = self.dials.remove(&peer).unwrap_or_default();
+        if legs.direct.is_none()
+            && let Some(dialing) = d.bootstrap.dialing(peer)
+        {
+            (legs.direct, legs.adopted) = (Some(dialing), true);
+        }
         legs.direct = legs.direct.or_else(|| dial_leg(d.swarm, peer, direct));
         legs.relayed = legs.relayed.or_else(|| dial_leg(d.swarm, peer, relayed));
         if !legs.is_empty() {
@@ -130,8 +141,16 @@ impl Connects {
     /// left, the waiters learn why, unless a relay connection is still being made (then they
     /// wait for it).
     pub(super) fn dial_failed(&mut self, peer: PeerId, connection: ConnectionId, error: String, d: Dial<'_>) {
-        if !self.dials.get(&peer).is_some_and(|legs| legs.contains(connection)) {
+        let Some(legs) = self.dials.get_mut(&peer).filter(|legs| legs.contains(connection)) else {
             return;
+        };
+        if legs.adopted && legs.direct == Some(connection) {
+            // The bootstrap dial failed: the direct leg gets a dial of its own, once.
+            legs.direct = dial_leg(d.swarm, peer, d.addresses.of(&peer));
+            legs.adopted = false;
+            if legs.direct.is_some() {
+                return;
+            }
         }
         self.dial_done(peer, connection);
         if self.dials.contains_key(&peer) || d.control.is_alive(&peer) {
