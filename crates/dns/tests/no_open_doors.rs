@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use common::{Dig, Harness};
 use edgemesh_core::build;
 use edgemesh_dns::DnsConfig;
-use edgemesh_test_support::blocking::eventually;
-use edgemesh_test_support::netns::{Netns, NsProcess, in_netns, link};
+use edgemesh_test_support::netns::{Netns, NsProcess, dnsmasq, in_netns, link};
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 
@@ -26,7 +25,7 @@ const ALLOWED: &str = "10.91.0.2";
 const STRANGER: &str = "10.91.0.3";
 /// Also allowed; floods the server.
 const NOISY: &str = "10.91.0.4";
-const UPSTREAM_PORT: &str = "5300";
+const UPSTREAM_PORT: u16 = 5300;
 /// Queries per second per client (and burst) for this test.
 const RATE: u32 = 50;
 
@@ -48,26 +47,7 @@ fn topology() -> Topology {
     }
     let txt: Vec<String> =
         (0..8).map(|i| format!("--txt-record=big.example,{}", char::from(b'a' + i).to_string().repeat(200))).collect();
-    let mut args = vec![
-        "dnsmasq",
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        "--no-resolv",
-        "--no-hosts",
-        "--pid-file=",
-        "--bind-interfaces",
-        "--listen-address=127.0.0.1",
-    ];
-    let port = format!("--port={UPSTREAM_PORT}");
-    args.push(&port);
-    args.extend(txt.iter().map(String::as_str));
-    let dnsmasq = NsProcess::spawn(&node, &args);
-    let probe =
-        ["dig", "-p", UPSTREAM_PORT, "@127.0.0.1", "+tcp", "+short", "+time=1", "+tries=1", "big.example", "TXT"];
-    eventually(Duration::from_secs(10), "dnsmasq answers in the node namespace (apt-get install dnsmasq-base)", || {
-        let out = node.exec(&probe);
-        (String::from_utf8_lossy(&out.stdout).lines().count() == 8).then_some(())
-    });
+    let dnsmasq = dnsmasq(&node, "127.0.0.1", UPSTREAM_PORT, &txt, ["big.example", "TXT"]);
     Topology { node, lan, _dnsmasq: dnsmasq }
 }
 

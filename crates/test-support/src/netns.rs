@@ -15,7 +15,8 @@
 //! - [`in_netns`]: run a closure on a thread inside a namespace (its
 //!   sockets stay there);
 //! - `servers` (re-exported here): [`NsNginx`], [`UdpEcho`], [`TcpEcho`],
-//!   [`NsProcess`] (any program, e.g. iperf3) inside a namespace, and
+//!   [`NsProcess`] (any program, e.g. iperf3) inside a namespace,
+//!   [`dnsmasq`] (an upstream resolver with records of the test's own), and
 //!   clients that load them from one ([`udp_stream`], [`udp_window`],
 //!   [`tcp_echo_many`]);
 //! - `relay` (re-exported): [`TcpRelay`], a port inside a namespace that

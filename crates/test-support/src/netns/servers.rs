@@ -314,3 +314,34 @@ impl Drop for NsProcess {
         let _ = self.child.wait();
     }
 }
+
+/// dnsmasq (`dnsmasq-base`) in `ns` as an upstream resolver of a test's
+/// own: bound to `listen:port` only (nowhere else in the namespace, and
+/// nowhere outside it), no resolv.conf and no hosts file, answering only
+/// what `records` (dnsmasq options such as
+/// `--host-record=example.edge.test,203.0.113.7` or `--txt-record=...`)
+/// define. Returns once it answers `probe` (`[name, type]`) over TCP;
+/// stopped on drop.
+pub fn dnsmasq(ns: &Netns, listen: &str, port: u16, records: &[String], probe: [&str; 2]) -> NsProcess {
+    let (listen_at, port_at) = (format!("--listen-address={listen}"), format!("--port={port}"));
+    let mut args = vec![
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--pid-file=",
+        "--bind-interfaces",
+        &listen_at,
+        &port_at,
+    ];
+    args.extend(records.iter().map(String::as_str));
+    let process = NsProcess::spawn(ns, &args);
+    let (server, port) = (format!("@{listen}"), port.to_string());
+    let dig = ["dig", &server, "-p", &port, "+tcp", "+short", "+time=1", "+tries=1", probe[0], probe[1]];
+    eventually(Duration::from_secs(10), "dnsmasq answers in the namespace (apt-get install dnsmasq-base)", || {
+        let out = ns.exec(&dig);
+        (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
+    });
+    process
+}
