@@ -282,9 +282,10 @@ async fn the_cluster_role_grants_read_access_to_exactly_what_the_source_uses() {
 /// Capabilities each container may add, and why (see the DaemonSet comments).
 fn allowed_capabilities(container: &str, fast_path: bool) -> &'static [&'static str] {
     match container {
-        // The kernel fast path: loading BPF programs (BPF), attaching them
-        // to the cgroup and the VIP device (NET_ADMIN), and port 53.
-        "edgemesh" if fast_path => &["BPF", "NET_ADMIN", "NET_BIND_SERVICE"],
+        // The kernel fast path: loading BPF programs (BPF; PERFMON, or the
+        // verifier's Spectre guard refuses them), attaching them to the
+        // cgroup and the VIP device (NET_ADMIN), and port 53.
+        "edgemesh" if fast_path => &["BPF", "PERFMON", "NET_ADMIN", "NET_BIND_SERVICE"],
         // Port 53 for DNS.
         "edgemesh" => &["NET_BIND_SERVICE"],
         // The DNS address and the VIP route on the host.
