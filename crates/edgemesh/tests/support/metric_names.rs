@@ -84,6 +84,7 @@ pub const CONTRACT: &[(Section, &str, Kind)] = &[
     (Tunnel, "edgemesh_tunnel_relay_reservations", Gauge),
     (Tunnel, "edgemesh_tunnel_relay_circuits", Gauge),
     (Tunnel, "edgemesh_tunnel_peers_refused_total", Counter),
+    (Tunnel, "edgemesh_tunnel_limit_hits_total", Counter),
     (Tunnel, "edgemesh_tunnel_relay_served_reservations", Gauge),
     (Tunnel, "edgemesh_tunnel_relay_served_circuits", Gauge),
     (Process, "process_cpu_seconds_total", Counter),
