@@ -34,6 +34,7 @@ pub const CONTRACT: &[(Section, &str, Kind)] = &[
     (Proxy, "edgemesh_tcp_connections_opened_total", Counter),
     (Proxy, "edgemesh_tcp_connections_active", Gauge),
     (Proxy, "edgemesh_tcp_connections_failed_total", Counter),
+    (Proxy, "edgemesh_tcp_connections_timed_out_total", Counter),
     (Proxy, "edgemesh_tcp_sent_bytes_total", Counter),
     (Proxy, "edgemesh_tcp_received_bytes_total", Counter),
     (Proxy, "edgemesh_tcp_connect_duration_seconds", Histogram),
