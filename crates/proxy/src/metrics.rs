@@ -152,6 +152,7 @@ pub struct ProxyMetrics {
     udp_sent: Family<ServicePort, Counter>,
     udp_received: Family<ServicePort, Counter>,
     udp_dropped: Family<ServicePort, Counter>,
+    udp_evicted: Family<ServicePort, Counter>,
     /// Intercepted connections whose original destination is no service port.
     pub(crate) unrouted: Counter,
 }
@@ -177,6 +178,7 @@ impl ProxyMetrics {
             udp_sent: Family::default(),
             udp_received: Family::default(),
             udp_dropped: Family::default(),
+            udp_evicted: Family::default(),
             unrouted: Counter::default(),
         };
         registry.register(
@@ -226,6 +228,11 @@ impl ProxyMetrics {
             "Datagrams dropped: no endpoint, session limit, full buffers",
             m.udp_dropped.clone(),
         );
+        udp.register(
+            "sessions_evicted",
+            "UDP sessions closed to make room for a new client at proxy.maxUdpSessions (the port's longest-idle)",
+            m.udp_evicted.clone(),
+        );
         registry.sub_registry_with_prefix("proxy").register(
             "unrouted_connections",
             "Intercepted TCP connections whose original destination is no service port (reset)",
@@ -263,6 +270,7 @@ impl ProxyMetrics {
                     sent: self.udp_sent.get_or_create_owned(&labels),
                     received: self.udp_received.get_or_create_owned(&labels),
                     dropped: self.udp_dropped.get_or_create_owned(&labels),
+                    evicted: self.udp_evicted.get_or_create_owned(&labels),
                 }))
             }
             _ => {
@@ -301,7 +309,9 @@ impl ProxyMetrics {
         let labels = ServicePort { service: service.clone(), port };
         match protocol {
             Protocol::Udp => {
-                for family in [&self.udp_opened, &self.udp_sent, &self.udp_received, &self.udp_dropped] {
+                for family in
+                    [&self.udp_opened, &self.udp_sent, &self.udp_received, &self.udp_dropped, &self.udp_evicted]
+                {
                     family.remove(&labels);
                 }
                 self.udp_active.remove(&labels);
@@ -372,6 +382,8 @@ pub(crate) struct UdpPort {
     pub(crate) sent: Counter,
     pub(crate) received: Counter,
     pub(crate) dropped: Counter,
+    /// Sessions closed at `proxy.maxUdpSessions` to make room for a new client.
+    pub(crate) evicted: Counter,
 }
 
 /// Counts that go nowhere, for a pool made without the proxy's metrics

@@ -14,7 +14,9 @@
 //!   ejected and the client's next datagram opens a session elsewhere), or
 //!   when the service port goes away.
 //! - Sessions are bounded by `ProxyConfig::max_udp_sessions`: at the limit
-//!   a new client takes the place of the port's longest-idle session.
+//!   a new client takes the place of the port's longest-idle session
+//!   (counted in `edgemesh_udp_sessions_evicted_total`, logged at warn at
+//!   most once per interval per listener).
 //! - Datagrams are never parsed, so no content can upset the proxy. The
 //!   receive buffer holds the largest possible datagram, so none is
 //!   truncated; it is one per worker thread (sessions hold no buffer), and
@@ -222,7 +224,15 @@ impl Port {
             let oldest = self.sessions.iter().min_by_key(|(_, s)| s.last.load(Ordering::Relaxed)).map(|(c, _)| *c);
             match oldest {
                 Some(c) => {
-                    tracing::debug!(service = %self.pool.service, evicted = %c, "UDP session limit reached; closing the longest-idle session");
+                    self.pool.metrics.udp().evicted.inc();
+                    let (service, listener) = (&self.pool.service, self.pool.addr);
+                    if self.pool.warnings.allow() {
+                        tracing::warn!(%service, %listener, evicted = %c, max,
+                            "UDP session limit reached (proxy.maxUdpSessions): closing the port's longest-idle session \
+                             for a new client; raise the limit or shorten edgemesh.io/udp-idle-timeout");
+                    } else {
+                        tracing::debug!(%service, %listener, evicted = %c, "UDP session limit reached; closing the longest-idle session");
+                    }
                     self.sessions.remove(&c);
                 }
                 None => {

@@ -324,7 +324,8 @@ async fn udp_sessions_expire_after_the_annotated_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_sessions_are_bounded_and_a_dead_endpoint_is_left() {
-    let mut h = start_with(47, LbStrategy::RoundRobin, ProxyConfig { max_udp_sessions: 2, ..config() }).await;
+    let mut h = start_registry(47, LbStrategy::RoundRobin);
+    let registry = h.start_counted_proxy(ProxyConfig { max_udp_sessions: 2, ..config() }, None, 100);
     let (a, ta) = udp_echo("a").await;
     let (b, _tb) = udp_echo("b").await;
     add_on_nodes(&mut h, udp_service("few", None), "few", &[(a, "node-a"), (b, "node-a")], true).await;
@@ -337,8 +338,12 @@ async fn udp_sessions_are_bounded_and_a_dead_endpoint_is_left() {
         clients.push(c);
     }
     assert_eq!(h.status.total_udp_sessions.load(Ordering::Relaxed), 5);
-    // The evicted first client simply gets a new session.
+    // The evicted first client simply gets a new session, in place of the
+    // longest-idle one: every client past the second evicted one, each
+    // counted.
     exchange(&clients[0], vip, b"back").await;
+    let evicted = series("edgemesh_udp_sessions_evicted_total", "few");
+    settles(&registry, &[is(evicted, 4.0), is(series("edgemesh_udp_sessions_active", "few"), 2.0)]).await;
 
     // Endpoint "a" dies: its port answers with ICMP unreachable, which ends
     // the session and ejects it; clients move to "b" (a datagram or two may

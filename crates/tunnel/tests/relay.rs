@@ -1,4 +1,6 @@
 //! Relay on loopback: A and B only know the relay R; B reserves a slot; A reaches B through R.
+//! A relay at `tunnel.relayLimits` refuses more reservations and circuits, counts them, and
+//! keeps serving the ones it holds.
 
 mod common;
 
@@ -33,6 +35,84 @@ fn relayed_node(keys: &Keys, name: &str, relay: &edgemesh_tunnel::Multiaddr) -> 
     let mut c = config(keys, name);
     c.relays = vec![relay.clone()];
     c
+}
+
+const RESERVATIONS_REFUSED: &str = r#"edgemesh_tunnel_limit_hits_total{limit="relay_reservations"}"#;
+const CIRCUITS_REFUSED: &str = r#"edgemesh_tunnel_limit_hits_total{limit="relay_circuits"}"#;
+
+/// Waits until `registry`'s `series` is at least `value`.
+async fn at_least(registry: &edgemesh_metrics::AgentRegistry, series: &str, value: f64) {
+    eventually(&format!("{series} >= {value}"), Duration::from_secs(20), || async {
+        (sample(registry, series) >= value).then_some(())
+    })
+    .await;
+}
+
+/// A relay with room for one reservation and one circuit: B takes the reservation, C's is
+/// refused; C reaches B through B's reservation, and while C's circuit is open A's circuit
+/// is refused. Each refusal is counted, and what the relay holds keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_at_its_limits_refuses_more_and_keeps_serving_what_it_holds() {
+    init_tracing();
+    let keys = Keys::new();
+    let dir = Arc::new(TestDirectory::default());
+    for n in ["a", "b", "c"] {
+        dir.bind(n, keys.peer(n));
+    }
+    let mut cr = config(&keys, "relay");
+    cr.relay_server = true;
+    cr.relay_limits.max_reservations = 1;
+    cr.relay_limits.max_circuits = 1;
+    let (r, registry) = start_metered(cr, dir.clone()).await;
+    let relay = r.addr();
+    let rid = r.tunnel.peer_id().to_string();
+    let reserved = |n: &Node| n.tunnel.peers().iter().any(|p| p.peer_id == rid && p.relay_reserved);
+    let answer = count_then_answer_server().await;
+    dir.serve(answer, TunnelProtocol::Tcp);
+
+    // B takes the one reservation.
+    let b = start(relayed_node(&keys, "b", &relay), dir.clone()).await;
+    eventually("b's reservation", Duration::from_secs(10), || async { reserved(&b).then_some(()) }).await;
+    assert_eq!(sample(&registry, RESERVATIONS_REFUSED), 0.0, "nothing refused yet");
+
+    // C asks for a second: refused and counted; B keeps its own.
+    let c = start(relayed_node(&keys, "c", &relay), dir.clone()).await;
+    at_least(&registry, RESERVATIONS_REFUSED, 1.0).await;
+    assert!(!reserved(&c), "c holds no reservation: {:?}", c.tunnel.peers());
+    assert!(reserved(&b), "b keeps its reservation: {:?}", b.tunnel.peers());
+    assert_eq!(sample(&registry, "edgemesh_tunnel_relay_served_reservations"), 1.0);
+
+    // B's reservation still works: C reaches B through R, on the relay's one circuit, and
+    // holds it open with a stream.
+    let mut held = open_eventually(&c.tunnel, "b", answer).await;
+    assert!(held.is_relayed(), "c reaches b through the relay");
+    held.write_all(&[5u8; 100]).await.unwrap();
+    // DCUtR adds a direct connection (so C and B stop opening relayed ones to upgrade); the
+    // relayed one stays while the stream is open.
+    eventually("c and b connected directly", Duration::from_secs(20), || async {
+        let p = c.tunnel.peers();
+        (p.iter().find(|p| p.node.as_deref() == Some("b"))?.connection == ConnectionType::Direct).then_some(())
+    })
+    .await;
+    assert_eq!(sample(&registry, "edgemesh_tunnel_relay_served_circuits"), 1.0, "the held circuit");
+
+    // A, which knows only R (its own reservation refused too), cannot have a circuit to B.
+    let reservations_refused = sample(&registry, RESERVATIONS_REFUSED);
+    let a = start(relayed_node(&keys, "a", &relay), dir.clone()).await;
+    at_least(&registry, RESERVATIONS_REFUSED, reservations_refused + 1.0).await;
+    let circuits_refused = sample(&registry, CIRCUITS_REFUSED);
+    let refused = tokio::time::timeout(Duration::from_secs(20), a.tunnel.open_tcp("b", answer, "over the limit"))
+        .await
+        .expect("a's attempt ends");
+    assert!(refused.is_err(), "a reached b past the relay's circuit limit");
+    at_least(&registry, CIRCUITS_REFUSED, circuits_refused + 1.0).await;
+
+    // The circuit the relay holds carries on.
+    held.write_all(&[5u8; 200]).await.unwrap();
+    held.shutdown().await.unwrap();
+    let mut reply = String::new();
+    held.read_to_string(&mut reply).await.unwrap();
+    assert_eq!(reply, "got 300 bytes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

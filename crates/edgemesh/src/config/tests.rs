@@ -198,3 +198,21 @@ fn the_socks_entry_listens_on_the_node_local_address() {
     let msg = bad.validate().unwrap_err().to_string();
     assert!(msg.contains("socks.handshakeTimeout") && msg.contains("socks.maxConnections"), "{msg}");
 }
+
+/// Without a config file the agent listens on loopback only: its admin
+/// endpoint (which reloads the config and shows the mesh) and DNS on
+/// 127.0.0.1, VIPs inside 127/8, and neither the SOCKS entry nor the tunnel
+/// (which listens on every address) unless asked for.
+#[test]
+fn by_default_every_listener_is_on_loopback() {
+    assert_eq!(AdminConfig::default().listen, "127.0.0.1:15020".parse().unwrap());
+    let mut c = Config::from_yaml("# nothing\n").unwrap();
+    c.fill_defaults();
+    assert_eq!(c.admin.listen, "127.0.0.1:15020".parse().unwrap());
+    assert!(c.dns_listen().ip().is_loopback(), "{}", c.dns_listen());
+    let vips = c.vip_cidr();
+    assert!(vips.network().is_loopback() && vips.broadcast().is_loopback(), "{vips}");
+    assert_eq!(c.vip_cidr6(), None);
+    assert!(!c.socks.enabled && c.socks_listen().ip().is_loopback(), "{}", c.socks_listen());
+    assert!(!c.tunnel.enabled);
+}

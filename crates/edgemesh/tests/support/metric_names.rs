@@ -45,6 +45,7 @@ pub const CONTRACT: &[(Section, &str, Kind)] = &[
     (Proxy, "edgemesh_udp_sent_bytes_total", Counter),
     (Proxy, "edgemesh_udp_received_bytes_total", Counter),
     (Proxy, "edgemesh_udp_dropped_datagrams_total", Counter),
+    (Proxy, "edgemesh_udp_sessions_evicted_total", Counter),
     (Proxy, "edgemesh_proxy_unrouted_connections_total", Counter),
     (Http, "edgemesh_http_requests_total", Counter),
     (Http, "edgemesh_http_request_duration_seconds", Histogram),
