@@ -82,7 +82,10 @@ fn node_ports_are_served_through_nftables_while_the_kernel_serves_cluster_ips() 
     let has_table = |name: &str| node.ns.tables().lines().any(|l| l == format!("table inet {name}"));
     assert!(node.ns.nft(&["add", "table", "inet", "edgemesh"]).status.success());
     let agent = node.start(false, &[]);
-    assert!(has_table("edgemesh_nodeports"), "{}", node.ns.tables());
+    // Made with the first node port (it is in the kernel only while one needs it).
+    edgemesh_test_support::blocking::eventually(Duration::from_secs(10), "the node-port table", || {
+        has_table("edgemesh_nodeports").then_some(())
+    });
     assert!(!has_table("edgemesh"), "nftables mode's leftover is gone: {}", node.ns.tables());
 
     // From the other node, through the agent's transparent listener.

@@ -103,6 +103,12 @@ pub struct Interceptor {
     status: Arc<InterceptStatus>,
     elements: Claims<Element>,
     device: Option<Device>,
+    /// The table is in the kernel. A node-port table (mode ebpf) is there
+    /// only while it holds a node port: any nat table turns connection
+    /// tracking on in the namespace, and then every connection of the
+    /// node's pods pays for it (measured: new connections/s through the
+    /// fast path 0.88x direct with an empty node-port table, 0.97x without).
+    table_present: bool,
     /// The kernel state may differ from what is recorded: rebuild it whole.
     dirty: bool,
 }
@@ -129,6 +135,12 @@ impl Interceptor {
                 script = rules::TableSpec::delete_if_present_script(other);
             }
             script.push_str(&table.replace_script(&[]));
+            if table.scope == TableScope::NodePorts {
+                // Made and deleted in one transaction: nft, the permission
+                // and nat support are checked, and no table stays until a
+                // node port needs it (see `table_present`).
+                script.push_str(&table.delete_script());
+            }
             config.nft.apply(&script).await?;
             tracing::info!(table = %table.name, scope = ?table.scope, port = table.port,
                 mark = format_args!("{:#x}", table.mark), "nftables table inet {} in place", table.name);
@@ -151,7 +163,8 @@ impl Interceptor {
         if let Some(d) = &device {
             status.addresses.store(d.fixed.len(), Ordering::Relaxed);
         }
-        Ok(Self { config, status, elements: Claims::default(), device, dirty: false })
+        let table_present = config.table.as_ref().is_some_and(|t| t.scope != TableScope::NodePorts);
+        Ok(Self { config, status, elements: Claims::default(), device, table_present, dirty: false })
     }
 
     pub fn status(&self) -> Arc<InterceptStatus> {
@@ -207,12 +220,24 @@ impl Interceptor {
                 d.link.add(*ip).await?;
             }
         }
-        let script = match &self.config.table {
-            Some(table) => table.change_script(&elements.removed, &elements.added),
-            None => String::new(),
+        let after = (self.elements.len() + elements.added.len()).saturating_sub(elements.removed.len());
+        let (script, present) = match &self.config.table {
+            // A node-port table comes with its first element and goes with
+            // its last (absent, it holds none: all it will hold is `added`).
+            Some(table) if table.scope == TableScope::NodePorts && !self.table_present && after > 0 => {
+                let mut added: Vec<&Element> = elements.added.iter().collect();
+                added.sort_unstable();
+                (table.replace_script(added), true)
+            }
+            Some(table) if table.scope == TableScope::NodePorts && self.table_present && after == 0 => {
+                (table.delete_script(), false)
+            }
+            Some(table) => (table.change_script(&elements.removed, &elements.added), self.table_present),
+            None => (String::new(), false),
         };
         if !script.is_empty() {
             self.config.nft.apply(&script).await?;
+            self.table_present = present;
             self.status.transactions.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 generation = snapshot.generation,
@@ -248,7 +273,14 @@ impl Interceptor {
         if let Some(table) = &self.config.table {
             let mut all: Vec<&Element> = elements.items().collect();
             all.sort_unstable();
-            self.config.nft.apply(&table.replace_script(all)).await?;
+            let present = !all.is_empty() || table.scope != TableScope::NodePorts;
+            let script = if present {
+                table.replace_script(all)
+            } else {
+                rules::TableSpec::delete_if_present_script(&table.name)
+            };
+            self.config.nft.apply(&script).await?;
+            self.table_present = present;
             self.status.transactions.fetch_add(1, Ordering::Relaxed);
             tracing::info!(generation = snapshot.generation, elements = elements.len(), "nftables table rebuilt");
         }
@@ -264,6 +296,11 @@ impl Interceptor {
     /// Deletes the table, then the device (clean stop).
     pub async fn remove(self) -> Result<(), InterceptError> {
         let table = match &self.config.table {
+            Some(table) if !self.table_present => {
+                // A node-port table that never held a node port; one a
+                // failed transaction may have left goes too.
+                self.config.nft.apply(&rules::TableSpec::delete_if_present_script(&table.name)).await
+            }
             Some(table) => self.config.nft.apply(&table.delete_script()).await.inspect(|()| {
                 tracing::info!(table = %table.name, "nftables table removed");
             }),

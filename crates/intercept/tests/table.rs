@@ -169,7 +169,10 @@ async fn udp_cluster_ips_and_node_ports_map_to_the_vip_and_tcp_node_ports_are_a_
 
 /// Mode `ebpf`'s table: node ports only (the fast path serves cluster IPs),
 /// under a name of its own; at start it deletes the table an earlier run in
-/// nftables mode left, in the same transaction.
+/// nftables mode left, in the same transaction. It is in the kernel only
+/// while a node port needs it (a nat table turns connection tracking on
+/// for the whole namespace): absent after start, made with the first node
+/// port, deleted with the last, made again with the next.
 #[tokio::test]
 async fn a_node_port_table_holds_node_ports_only_and_replaces_the_other_modes_leftover() {
     let ns = Netns::new("ic");
@@ -191,11 +194,21 @@ async fn a_node_port_table_holds_node_ports_only_and_replaces_the_other_modes_le
         device: None,
     };
     let mut interceptor = Interceptor::start(setup).await.unwrap();
-    assert!(has("em_test_np") && !has("em_test"), "{}", ns.tables());
+    assert!(!has("em_test_np") && !has("em_test"), "no node port yet, no table: {}", ns.tables());
     interceptor.reconcile(&snapshot).await.unwrap();
     assert_eq!(ns.set_elements("em_test_np", "nodeport_tcp").unwrap(), ["30080"]);
     assert!(ns.set_elements("em_test_np", "tcp4").is_none(), "no cluster IP set");
     assert_eq!(interceptor.status().elements.load(Ordering::Relaxed), 1);
+    // The last node port goes: so does the table.
+    let delete = |name: &str| {
+        SourceEvent::Delete(ObjectKey { kind: ObjectKind::Service, namespace: "default".into(), name: name.into() })
+    };
+    state.apply(delete("svc-1"));
+    interceptor.reconcile(&state.take_generation()).await.unwrap();
+    assert!(!has("em_test_np"), "no node port left: {}", ns.tables());
+    state.apply(SourceEvent::Apply(Object::Service(node_port_service(3, 30090))));
+    interceptor.reconcile(&state.take_generation()).await.unwrap();
+    assert_eq!(ns.set_elements("em_test_np", "nodeport_tcp").unwrap(), ["30090"]);
     interceptor.remove().await.unwrap();
     assert!(!has("em_test_np"), "removed at stop");
 }
