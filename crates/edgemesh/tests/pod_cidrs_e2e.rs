@@ -67,6 +67,20 @@ fn start_agent(t: &Topology, relay: &TcpRelay, state: &std::path::Path) -> NsAge
 
 /// `dig` for the service from `ns` at `server`: the response's status
 /// (`NOERROR`, `REFUSED`, ...) and its A records.
+/// The fake API with this node (pod CIDR 10.244.1.0/24) and service
+/// shop/web, the topology, and the relay from the node to the API.
+fn cluster() -> (FakeApiServer, Topology, TcpRelay) {
+    let api = FakeApiServer::start();
+    api.apply(Resource::Nodes, node_with_pod_cidrs(&["10.244.1.0/24"]));
+    api.apply(
+        Resource::Services,
+        json!({"metadata": {"name": "web", "namespace": "shop"}, "spec": {"ports": [{"name": "web", "port": 80}]}}),
+    );
+    let t = topology();
+    let relay = TcpRelay::start(&t.node, api.addr());
+    (api, t, relay)
+}
+
 fn ask(ns: &Netns, server: &str) -> (String, Vec<String>) {
     ask_for(ns, server, "web.shop.svc.cluster.local")
 }
@@ -99,14 +113,7 @@ fn wait_for(t: &Topology, vip: &str, pod: &str, outside: &str, what: &str) {
 
 #[test]
 fn dns_answers_the_nodes_pod_cidrs_follows_their_changes_and_keeps_them_offline() {
-    let api = FakeApiServer::start();
-    api.apply(Resource::Nodes, node_with_pod_cidrs(&["10.244.1.0/24"]));
-    api.apply(
-        Resource::Services,
-        json!({"metadata": {"name": "web", "namespace": "shop"}, "spec": {"ports": [{"name": "web", "port": 80}]}}),
-    );
-    let t = topology();
-    let relay = TcpRelay::start(&t.node, api.addr());
+    let (api, t, relay) = cluster();
     let state = tempfile::tempdir().unwrap();
     let agent = start_agent(&t, &relay, state.path());
     let vip = agent.vip("shop", "web").expect("web has a VIP");
@@ -153,14 +160,7 @@ fn pods_resolve_external_and_cluster_names_through_the_shipped_deployments_dns()
     let dns = listen.strip_suffix(":53").expect("DNS on port 53, as pods' resolvers are").to_owned();
     assert!(settings["dns"].get("upstreams").is_none(), "the test gives the agent the node's resolv.conf");
 
-    let api = FakeApiServer::start();
-    api.apply(Resource::Nodes, node_with_pod_cidrs(&["10.244.1.0/24"]));
-    api.apply(
-        Resource::Services,
-        json!({"metadata": {"name": "web", "namespace": "shop"}, "spec": {"ports": [{"name": "web", "port": 80}]}}),
-    );
-    let t = topology();
-    let relay = TcpRelay::start(&t.node, api.addr());
+    let (_api, t, relay) = cluster();
     // The node's resolver: a real one in the node, on its loopback only.
     let _upstream =
         dnsmasq(&t.node, "127.0.0.1", 53, &[format!("--host-record={EXTERNAL},{EXTERNAL_ADDRESS}")], [EXTERNAL, "A"]);

@@ -103,11 +103,8 @@ pub struct Interceptor {
     status: Arc<InterceptStatus>,
     elements: Claims<Element>,
     device: Option<Device>,
-    /// The table is in the kernel. A node-port table (mode ebpf) is there
-    /// only while it holds a node port: any nat table turns connection
-    /// tracking on in the namespace, and then every connection of the
-    /// node's pods pays for it (measured: new connections/s through the
-    /// fast path 0.88x direct with an empty node-port table, 0.97x without).
+    /// The table is in the kernel: always, but for a table not
+    /// [kept empty](TableScope::kept_empty) that holds nothing.
     table_present: bool,
     /// The kernel state may differ from what is recorded: rebuild it whole.
     dirty: bool,
@@ -135,7 +132,7 @@ impl Interceptor {
                 script = rules::TableSpec::delete_if_present_script(other);
             }
             script.push_str(&table.replace_script(&[]));
-            if table.scope == TableScope::NodePorts {
+            if !table.scope.kept_empty() {
                 // Made and deleted in one transaction: nft, the permission
                 // and nat support are checked, and no table stays until a
                 // node port needs it (see `table_present`).
@@ -163,7 +160,7 @@ impl Interceptor {
         if let Some(d) = &device {
             status.addresses.store(d.fixed.len(), Ordering::Relaxed);
         }
-        let table_present = config.table.as_ref().is_some_and(|t| t.scope != TableScope::NodePorts);
+        let table_present = config.table.as_ref().is_some_and(|t| t.scope.kept_empty());
         Ok(Self { config, status, elements: Claims::default(), device, table_present, dirty: false })
     }
 
@@ -222,14 +219,14 @@ impl Interceptor {
         }
         let after = (self.elements.len() + elements.added.len()).saturating_sub(elements.removed.len());
         let (script, present) = match &self.config.table {
-            // A node-port table comes with its first element and goes with
-            // its last (absent, it holds none: all it will hold is `added`).
-            Some(table) if table.scope == TableScope::NodePorts && !self.table_present && after > 0 => {
+            // A table not kept empty comes with its first element and goes
+            // with its last (absent, it holds none: all it will hold is `added`).
+            Some(table) if !self.table_present && after > 0 => {
                 let mut added: Vec<&Element> = elements.added.iter().collect();
                 added.sort_unstable();
                 (table.replace_script(added), true)
             }
-            Some(table) if table.scope == TableScope::NodePorts && self.table_present && after == 0 => {
+            Some(table) if self.table_present && after == 0 && !table.scope.kept_empty() => {
                 (table.delete_script(), false)
             }
             Some(table) => (table.change_script(&elements.removed, &elements.added), self.table_present),
@@ -273,7 +270,7 @@ impl Interceptor {
         if let Some(table) = &self.config.table {
             let mut all: Vec<&Element> = elements.items().collect();
             all.sort_unstable();
-            let present = !all.is_empty() || table.scope != TableScope::NodePorts;
+            let present = !all.is_empty() || table.scope.kept_empty();
             let script = if present {
                 table.replace_script(all)
             } else {

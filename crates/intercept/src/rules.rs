@@ -215,6 +215,17 @@ pub enum TableScope {
 }
 
 impl TableScope {
+    /// Whether a table of this scope stays in the kernel with no element.
+    /// A node-port table is made with its first element and deleted with
+    /// its last: any nat table turns connection tracking on for the whole
+    /// namespace, which every connection of the node's pods then pays for
+    /// (the fast path's new connections/s: 0.88x direct with an empty
+    /// node-port table, 0.97x without). A table of every service address
+    /// is there for as long as node mode runs.
+    pub fn kept_empty(self) -> bool {
+        self == TableScope::Every
+    }
+
     /// Whether a table of this scope holds elements of kind `kind`.
     pub fn covers(self, kind: L4) -> bool {
         match self {
