@@ -17,50 +17,11 @@ mod ebpf_support;
 mod fast;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use fast::{FastNode, NODE, service};
-use serde_json::Value;
+use support::daemonset::{added_capabilities, contained, edgemesh};
 use support::netns::{Netns, NsAgent, NsNginx, require_root};
-
-/// The capabilities the `edgemesh` container of the DaemonSet in `file`
-/// (under deploy/kubernetes) adds, after dropping ALL.
-fn added_capabilities(file: &str) -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes").join(file);
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("a DaemonSet");
-    let containers = ds["spec"]["template"]["spec"]["containers"].as_array().unwrap();
-    let agent = containers.iter().find(|c| c["name"] == "edgemesh").expect("the edgemesh container");
-    let security = &agent["securityContext"];
-    assert_eq!(security["readOnlyRootFilesystem"], true, "{file}");
-    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]), "{file}");
-    let added = security["capabilities"]["add"].as_array().map(Vec::as_slice).unwrap_or_default();
-    added.iter().map(|c| c.as_str().unwrap().to_owned()).collect()
-}
-
-/// `program` (`edgemesh`, its arguments appended by [`NsAgent::start_with`])
-/// in `ns`'s network, in a mount namespace of its own whose root is
-/// read-only but for `writable`, as uid 0 with only `caps` (Kubernetes
-/// names, e.g. `NET_ADMIN`) and no way to gain more.
-fn contained(ns: &Netns, caps: &[String], writable: &Path, program: &Path) -> Command {
-    let bounding: String = caps.iter().map(|c| format!(",+{}", c.to_lowercase())).collect();
-    let mut command = Command::new("nsenter");
-    command
-        .arg(format!("--net=/run/netns/{}", ns.name))
-        .args(["--", "unshare", "--mount", "--propagation", "private", "--", "sh", "-c"])
-        // The writable volume is bound onto itself first, so the read-only
-        // remount of / leaves it writable, as a volume mount is.
-        .arg("mount --bind \"$0\" \"$0\" && mount -o remount,bind,ro / && exec \"$@\"")
-        .arg(writable)
-        .args(["setpriv", "--no-new-privs", "--inh-caps=-all", &format!("--bounding-set=-all{bounding}"), "--"])
-        .arg(program);
-    command
-}
-
-fn edgemesh() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_edgemesh"))
-}
 
 #[test]
 fn the_standard_daemon_sets_capabilities_and_read_only_root_serve_dns_on_port_53() {

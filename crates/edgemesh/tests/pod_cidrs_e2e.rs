@@ -13,11 +13,11 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use edgemesh_fake_apiserver::{FakeApiServer, Resource};
 use serde_json::{Value, json};
+use support::daemonset::shipped_config;
 use support::netns::{Netns, NsAgent, TcpRelay, dnsmasq, link};
 use support::*;
 
@@ -141,14 +141,6 @@ fn dns_answers_the_nodes_pod_cidrs_follows_their_changes_and_keeps_them_offline(
 /// The name only the upstream knows, and its address.
 const EXTERNAL: &str = "example.edge.test";
 const EXTERNAL_ADDRESS: &str = "203.0.113.7";
-
-/// The `config.yaml` of the shipped ConfigMap (deploy/kubernetes).
-fn shipped_config() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/20-configmap.yaml");
-    let config_map: Value = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    assert_eq!(config_map["kind"], "ConfigMap", "{}", path.display());
-    config_map["data"]["config.yaml"].as_str().expect("data.config.yaml").to_owned()
-}
 
 #[test]
 fn pods_resolve_external_and_cluster_names_through_the_shipped_deployments_dns() {

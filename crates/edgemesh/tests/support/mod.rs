@@ -7,10 +7,12 @@
 //! counts its failures through a fault; [`prometheus`]: a real Prometheus
 //! server scraping agents, and `promtool`; [`metric_names`]: the metric
 //! names contract and the Grafana dashboard's names; [`http`]: HTTP, WebSocket
-//! and gRPC endpoints and clients for the HTTP path.
+//! and gRPC endpoints and clients for the HTTP path; [`daemonset`]: the
+//! shipped DaemonSets' containers as a runtime would run them.
 #![allow(dead_code)]
 
 pub mod chromium;
+pub mod daemonset;
 pub mod http;
 pub mod mesh;
 pub mod metric_names;

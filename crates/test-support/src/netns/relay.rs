@@ -22,7 +22,15 @@ pub struct TcpRelay {
 impl TcpRelay {
     /// A relay from `ns` to `target` (dialled from the test's namespace).
     pub fn start(ns: &Netns, target: SocketAddr) -> TcpRelay {
-        let listener = in_netns(&ns.name, || TcpListener::bind("127.0.0.1:0").expect("bind in the namespace"));
+        TcpRelay::start_at(ns, SocketAddr::from(([127, 0, 0, 1], 0)), target)
+    }
+
+    /// A relay from `listen` inside `ns` (e.g. the fixed address a manifest
+    /// names, such as edgecore's metaServer) to `target`.
+    pub fn start_at(ns: &Netns, listen: SocketAddr, target: SocketAddr) -> TcpRelay {
+        let listener = in_netns(&ns.name, move || {
+            TcpListener::bind(listen).unwrap_or_else(|e| panic!("bind {listen} in the namespace: {e}"))
+        });
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
