@@ -1,0 +1,40 @@
+//! The edge gateway's routing (issue #17), independent of any listener or
+//! HTTP engine: Gateway API objects in, per-listener route tables and the
+//! objects' status out.
+//!
+//! ```text
+//!  Gateway, HTTPRoute, ReferenceGrant (schema: serde, from the API or manifests)
+//!        │ compile (one pass over every object; every problem becomes a condition)
+//!        ▼
+//!  Compiled { tables: listener port -> RouteTable, status: conditions per object }
+//!        │ RouteTable::route(request)         (per request, no allocation but the result)
+//!        ▼
+//!  Routed { action: rule's backends (weighted), filters, timeouts; the matched prefix }
+//! ```
+//!
+//! - [`schema`]: the objects' fields this crate reads, spelled as the API
+//!   spells them; every field optional, so that a missing one becomes a
+//!   condition instead of a parse error.
+//! - [`hostname`]: listener and route hostnames (exact and `*.` wildcard),
+//!   their intersection and the specificity that orders them.
+//! - [`matching`]: one compiled match (path, method, headers, query) and
+//!   the Gateway API's precedence between matches.
+//! - [`table`]: a listener's route table: virtual hosts by hostname, rules
+//!   in precedence order, and the lookup of a request.
+//! - [`filter`]: what a matched rule does to the request and response
+//!   (header modifiers, redirect, URL rewrite).
+//! - [`backend`]: a rule's weighted backends and the smooth weighted round
+//!   robin that picks one per request.
+//! - [`compile`]: objects to tables, with the status conditions.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod compile;
+pub mod filter;
+pub mod hostname;
+pub mod matching;
+pub mod schema;
+pub mod table;
+
+pub use compile::{Compiled, Condition, ObjectRef, ServiceLookup, compile};
+pub use table::{RouteTable, Routed};

@@ -1,0 +1,121 @@
+//! A listener's route table: every (hostname, match) of every rule
+//! attached to it, in the Gateway API's precedence order, and the lookup
+//! of a request (the first entry whose hostname and match both hold).
+//!
+//! Order: the most specific hostname first (a precise name, then longer
+//! wildcards, then routes that name no host), then the match's precedence
+//! ([`Match::precedence`]), then the oldest route, then `namespace/name`,
+//! then rule and match order. Because every entry competes, a request for
+//! `shop.example.com` that no rule of the `shop.example.com` route matches
+//! still reaches a matching rule of a `*.example.com` or host-less route,
+//! as the API's precedence (rather than a virtual-host split) reads.
+//!
+//! Lookup is a scan in that order: an edge gateway holds tens of rules; a
+//! table grown to thousands would want an index by precise host first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::Backends;
+use crate::compile::ObjectRef;
+use crate::filter::Filters;
+use crate::hostname::Hostname;
+use crate::matching::{Match, PathMatch, RequestView};
+
+/// What a matched rule does.
+#[derive(Debug)]
+pub struct RouteAction {
+    /// The route and the index of the rule in it.
+    pub route: ObjectRef,
+    pub rule: usize,
+    pub backends: Backends,
+    pub filters: Filters,
+    pub timeouts: Timeouts,
+}
+
+/// A rule's `timeouts`: the whole request, and each try to a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    pub request: Option<Duration>,
+    pub backend_request: Option<Duration>,
+}
+
+/// Where an entry stands when hostnames and matches tie.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Order {
+    /// RFC 3339 creation time (older first); empty when unknown.
+    pub created: String,
+    /// `namespace/name`.
+    pub route: String,
+    pub rule: usize,
+    pub matched: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    host: Hostname,
+    matcher: Match,
+    order: Order,
+    action: Arc<RouteAction>,
+}
+
+/// A request's route.
+#[derive(Clone, Copy, Debug)]
+pub struct Routed<'a> {
+    pub action: &'a Arc<RouteAction>,
+    /// The `PathPrefix` that matched (normalized), for `ReplacePrefixMatch`.
+    pub matched_prefix: Option<&'a str>,
+}
+
+/// One listener's routes.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    entries: Vec<Entry>,
+}
+
+impl RouteTable {
+    /// Adds one (hostname, match) of a rule; call [`RouteTable::sort`] once all are in.
+    pub fn push(&mut self, host: Hostname, matcher: Match, order: Order, action: Arc<RouteAction>) {
+        self.entries.push(Entry { host, matcher, order, action });
+    }
+
+    /// Puts the entries in precedence order.
+    pub fn sort(&mut self) {
+        self.entries.sort_by(|a, b| {
+            b.host
+                .specificity(&a.host)
+                .then_with(|| b.matcher.precedence(&a.matcher))
+                .then_with(|| a.order.cmp(&b.order))
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The route of a request for `host` (lowercase, no port: see
+    /// [`crate::hostname::request_host`]), or None (answered 404).
+    pub fn route(&self, host: &str, request: &RequestView<'_>) -> Option<Routed<'_>> {
+        let entry = self.entries.iter().find(|e| e.host.matches(host) && e.matcher.matches(request))?;
+        let matched_prefix = match &entry.matcher.path {
+            PathMatch::Prefix(p) => Some(p.as_str()),
+            _ => None,
+        };
+        Some(Routed { action: &entry.action, matched_prefix })
+    }
+
+    /// The order entries are tried in, as `host route#rule` (for status and tests).
+    pub fn describe(&self) -> Vec<String> {
+        self.entries.iter().map(|e| format!("{} {}#{}", e.host, e.order.route, e.order.rule)).collect()
+    }
+}
+
+impl PartialEq for RouteAction {
+    fn eq(&self, other: &Self) -> bool {
+        self.route == other.route && self.rule == other.rule
+    }
+}
