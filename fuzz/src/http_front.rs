@@ -98,6 +98,7 @@ fn context() -> RequestContext {
         connect_timeout: Duration::from_secs(1),
         upstream_mark: None,
         client: "10.244.1.2:40000".parse().expect("address"),
+        timeouts: Default::default(),
     }
 }
 

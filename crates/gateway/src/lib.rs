@@ -26,6 +26,8 @@
 //! - [`backend`]: a rule's weighted backends and the smooth weighted round
 //!   robin that picks one per request.
 //! - [`compile`]: objects to tables, with the status conditions.
+//! - [`serve`]: a listener's requests, routed and sent through the
+//!   agent's HTTP front and dispatcher.
 #![forbid(unsafe_code)]
 
 pub mod backend;
@@ -34,7 +36,9 @@ pub mod filter;
 pub mod hostname;
 pub mod matching;
 pub mod schema;
+pub mod serve;
 pub mod table;
 
 pub use compile::{Compiled, Condition, ObjectRef, ServiceLookup, compile};
+pub use serve::{GatewayUpstream, ServicePools};
 pub use table::{RouteTable, Routed};

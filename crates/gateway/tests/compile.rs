@@ -8,51 +8,23 @@ use std::collections::BTreeMap;
 use edgemesh_gateway::backend::Target;
 use edgemesh_gateway::hostname::request_host;
 use edgemesh_gateway::matching::RequestView;
-use edgemesh_gateway::schema::{Gateway, HttpRoute, ReferenceGrant};
-use edgemesh_gateway::{Compiled, Condition, ObjectRef, ServiceLookup, compile};
+use edgemesh_gateway::{Compiled, Condition, ObjectRef};
 use http::{HeaderMap, Method};
-use serde::Deserialize;
 
-/// Services that exist: `namespace/name` and their ports.
-struct Services(BTreeMap<&'static str, Vec<u16>>);
+mod support;
 
-impl ServiceLookup for Services {
-    fn check(&self, namespace: &str, name: &str, port: u16) -> Result<(), String> {
-        match self.0.get(format!("{namespace}/{name}").as_str()) {
-            None => Err("no such Service".to_owned()),
-            Some(ports) if !ports.contains(&port) => Err(format!("has no port {port}")),
-            Some(_) => Ok(()),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct Kind {
-    kind: String,
-}
-
-/// Compiles every object of `yaml` (a multi-document file, as
-/// `kubectl apply -f` takes it) against the Services above.
 fn load(yaml: &str) -> Compiled {
-    // Every document as every kind (fields are optional, unknown ones
-    // ignored); `kind` says which reading is the document.
-    let kinds: Vec<Kind> = serde_saphyr::from_multiple(yaml).unwrap();
-    let gateways: Vec<Gateway> = serde_saphyr::from_multiple(yaml).unwrap();
-    let routes: Vec<HttpRoute> = serde_saphyr::from_multiple(yaml).unwrap();
-    let grants: Vec<ReferenceGrant> = serde_saphyr::from_multiple(yaml).unwrap();
-    let of = |want: &'static str| kinds.iter().enumerate().filter(move |(_, k)| k.kind == want).map(|(i, _)| i);
-    let gateways: Vec<Gateway> = of("Gateway").map(|i| gateways[i].clone()).collect();
-    let routes: Vec<HttpRoute> = of("HTTPRoute").map(|i| routes[i].clone()).collect();
-    let grants: Vec<ReferenceGrant> = of("ReferenceGrant").map(|i| grants[i].clone()).collect();
-    let services = Services(BTreeMap::from([
-        ("shop/web", vec![80]),
-        ("shop/web-canary", vec![80]),
-        ("shop/api", vec![8080]),
-        ("shop/login", vec![80]),
-        ("billing/invoices", vec![80]),
-        ("edge/dashboard", vec![3000]),
-    ]));
-    compile("edgemesh", &gateways, &routes, &grants, &services)
+    support::load(
+        yaml,
+        &[
+            ("shop/web", 80),
+            ("shop/web-canary", 80),
+            ("shop/api", 8080),
+            ("shop/login", 80),
+            ("billing/invoices", 80),
+            ("edge/dashboard", 3000),
+        ],
+    )
 }
 
 const OBJECTS: &str = r#"

@@ -55,6 +55,18 @@ pub struct RequestContext {
     pub upstream_mark: Option<u32>,
     /// The client's address (`ConsistentHash` by source IP).
     pub client: SocketAddr,
+    /// Timeouts that override the service's for this request (a gateway
+    /// route's `timeouts`); none for the agent's own ports.
+    pub timeouts: TimeoutOverride,
+}
+
+/// A request's own timeouts, over the service port's and the config's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeoutOverride {
+    /// The whole request, retries included.
+    pub request: Option<Duration>,
+    /// Each try.
+    pub per_try: Option<Duration>,
 }
 
 /// The future [`Upstream::send`] returns.

@@ -19,24 +19,43 @@ pub enum DispatchError {
     /// The request's timeout (or the last try's) expired.
     #[error("no response within {timeout:?}")]
     Timeout { timeout: std::time::Duration },
+    /// A gateway listener has no route for the request (404).
+    #[error("no route for {host}{path}")]
+    NoRoute { host: String, path: String },
+    /// The request's route answers with a redirect (`RequestRedirect`).
+    #[error("redirected to {location}")]
+    Redirect { status: StatusCode, location: String },
+    /// The request's route has no backend it may use for this request: no
+    /// backendRefs, or the one picked does not resolve (500, as the
+    /// Gateway API requires).
+    #[error("{reason}")]
+    NoBackend { reason: String },
 }
 
 impl DispatchError {
-    /// The HTTP status for the client: 503, 502, 504.
+    /// The HTTP status for the client: 503, 502, 504; for a gateway's
+    /// own answers 404, the redirect's, 500.
     pub fn status(&self) -> StatusCode {
         match self {
             DispatchError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
             DispatchError::EndpointFailed { .. } => StatusCode::BAD_GATEWAY,
             DispatchError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            DispatchError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            DispatchError::Redirect { status, .. } => *status,
+            DispatchError::NoBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
-    /// The gRPC status code for gRPC clients: UNAVAILABLE (14) or
-    /// DEADLINE_EXCEEDED (4).
+    /// The gRPC status code for gRPC clients: UNAVAILABLE (14),
+    /// DEADLINE_EXCEEDED (4), UNIMPLEMENTED (12: no route), INTERNAL (13),
+    /// UNKNOWN (2: a redirect, which gRPC does not follow).
     pub fn grpc_status(&self) -> u32 {
         match self {
             DispatchError::NoEndpoints { .. } | DispatchError::EndpointFailed { .. } => 14,
             DispatchError::Timeout { .. } => 4,
+            DispatchError::NoRoute { .. } => 12,
+            DispatchError::NoBackend { .. } => 13,
+            DispatchError::Redirect { .. } => 2,
         }
     }
 }

@@ -37,6 +37,6 @@ pub mod error;
 pub mod front;
 
 pub use config::HttpConfig;
-pub use dispatch::{Dispatcher, RequestContext, SendFuture, Upstream};
+pub use dispatch::{Dispatcher, RequestContext, SendFuture, TimeoutOverride, Upstream};
 pub use error::DispatchError;
 pub use front::HttpProxy;

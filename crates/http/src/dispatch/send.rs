@@ -77,7 +77,7 @@ impl Shared {
         ctx: &RequestContext,
     ) -> Result<Response<Incoming>, DispatchError> {
         let targets = ctx.pool.targets();
-        match nonzero(targets.http.timeout.unwrap_or(self.config.request_timeout)) {
+        match nonzero(ctx.timeouts.request.or(targets.http.timeout).unwrap_or(self.config.request_timeout)) {
             Some(timeout) => tokio::time::timeout(timeout, self.tries(req, ctx, &targets))
                 .await
                 .unwrap_or(Err(DispatchError::Timeout { timeout })),
@@ -102,7 +102,8 @@ impl Shared {
         let protocol = Protocol::of(targets.app_protocol, parts.headers.contains_key(UPGRADE));
         let body = BodySlot::new(body);
         let idempotent = is_idempotent(&parts.method);
-        let per_try = nonzero(targets.http.per_try_timeout.unwrap_or(self.config.per_try_timeout));
+        let per_try =
+            nonzero(ctx.timeouts.per_try.or(targets.http.per_try_timeout).unwrap_or(self.config.per_try_timeout));
         let mut last = None;
         for attempt in 0..=self.config.max_retries as usize {
             if attempt > 0 {

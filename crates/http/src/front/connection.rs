@@ -191,7 +191,8 @@ enum Check {
 /// proxy drops this future at shutdown.
 pub(super) async fn serve(front: Arc<Shared>, conn: HttpConnection, slot: Slot) {
     let HttpConnection { client, peer, pool, reach, connect_timeout, upstream_mark, drain } = conn;
-    let ctx = RequestContext { pool, reach, connect_timeout, upstream_mark, client: peer };
+    let ctx =
+        RequestContext { pool, reach, connect_timeout, upstream_mark, client: peer, timeouts: Default::default() };
     serve_stream(front, client, ctx, drain, slot).await;
 }
 

@@ -71,11 +71,21 @@ pub fn error_response(error: &DispatchError, service: &ServiceKey, port: u16, gr
             .expect("valid static parts");
         return (response, Bytes::new());
     }
-    let response = Response::builder()
+    let mut response = Response::builder()
         .status(error.status())
         .header(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))
         .body(())
         .expect("valid static parts");
+    if let DispatchError::Redirect { location, .. } = error {
+        // A route's redirect target is made of the request's own parts and
+        // the route's checked values; one that is no header value is a 500.
+        match HeaderValue::try_from(location.as_str()) {
+            Ok(value) => {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            Err(_) => *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
     (response, Bytes::from(format!("{text}\n")))
 }
 
@@ -85,6 +95,16 @@ fn explain(error: &DispatchError, service: &ServiceKey, port: u16) -> String {
         DispatchError::NoEndpoints { .. } => "are its pods running and ready?",
         DispatchError::EndpointFailed { .. } => "is the pod listening on its targetPort, and speaking HTTP?",
         DispatchError::Timeout { .. } => "is the endpoint overloaded? edgemesh.io/http-timeout sets the limit",
+        // The gateway's own answers: `service` is the Gateway, `port` its listener's.
+        DispatchError::NoRoute { .. } => {
+            return format!(
+                "edgemesh: gateway {service} port {port}: {error}; no HTTPRoute of this listener matches it"
+            );
+        }
+        DispatchError::Redirect { .. } => return format!("edgemesh: {error}"),
+        DispatchError::NoBackend { .. } => {
+            return format!("edgemesh: gateway {service} port {port}: {error}; see the route's ResolvedRefs condition");
+        }
     };
     format!("edgemesh: service {service} port {port}: {error}; {hint}")
 }

@@ -217,6 +217,7 @@ pub async fn front(dispatcher: Dispatcher, pool: Arc<Pool>, reach: Reach) -> Soc
                 connect_timeout: Duration::from_secs(1),
                 upstream_mark: None,
                 client: peer,
+                timeouts: Default::default(),
             });
             let dispatcher = dispatcher.clone();
             let service = service_fn(move |mut req: Request<Incoming>| {

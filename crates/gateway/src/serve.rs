@@ -1,0 +1,233 @@
+//! Serving a gateway listener: its client connections go to the agent's
+//! HTTP front (`edgemesh_http::HttpProxy`: limits, timeouts, forwarding
+//! headers, errors as responses), whose [`Upstream`] is a
+//! [`GatewayUpstream`]: each request is routed on its own by the
+//! listener's table, its rule's filters applied, one backend Service picked
+//! by weight, and the request sent through the agent's dispatcher with
+//! that Service's pool (its endpoints, strategy, retries, passive health;
+//! local or through the tunnel).
+//!
+//! ```text
+//! listener accept -> HttpProxy (front) -> GatewayUpstream::send
+//!     route (404) -> redirect (3xx) | header edits, rewrite -> pick (500) -> pool (503)
+//!     -> Dispatcher::send (the Service's endpoints) -> response header edits
+//! ```
+//!
+//! The listener's own pseudo pool (no endpoints) names the Gateway and the
+//! listener's port in the front's metrics and error texts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use edgemesh_core::{LbStrategy, ServiceKey};
+use edgemesh_http::{DispatchError, RequestContext, SendFuture, TimeoutOverride, Upstream};
+use edgemesh_proxy::pool::{Pool, Targets};
+use edgemesh_proxy::{HttpConnection, HttpServe, Reach};
+use hyper::body::Incoming;
+use hyper::header::HOST;
+use hyper::http::uri::{Authority, PathAndQuery};
+use hyper::{Request, Uri};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::Compiled;
+use crate::backend::{ServiceRef, Target};
+use crate::compile::ObjectRef;
+use crate::filter::{HeaderEdits, Origin};
+use crate::hostname::request_host;
+use crate::matching::RequestView;
+
+/// The agent's pools of Service ports, for the routes' backends.
+pub trait ServicePools: Send + Sync + 'static {
+    /// The pool of `service` (its endpoints, strategy, passive health) and
+    /// how its endpoints are reached; None when this agent serves no such
+    /// Service port.
+    fn pool(&self, service: &ServiceRef) -> Option<(Arc<Pool>, Reach)>;
+}
+
+/// A request ready to go on: itself, the context of its backend's pool,
+/// and the edits its response gets.
+struct Forward {
+    req: Request<Incoming>,
+    target: Arc<RequestContext>,
+    response_edits: Option<HeaderEdits>,
+}
+
+/// Routes each request of a gateway listener and sends it on.
+pub struct GatewayUpstream {
+    routes: Arc<ArcSwap<Compiled>>,
+    pools: Arc<dyn ServicePools>,
+    dispatcher: Arc<dyn Upstream>,
+    /// `http` or `https`: what redirects keep when they name no scheme.
+    scheme: &'static str,
+}
+
+impl GatewayUpstream {
+    /// Routes by the tables in `routes` (swapped whole when objects
+    /// change), sends through `dispatcher` (the agent's).
+    pub fn new(
+        routes: Arc<ArcSwap<Compiled>>,
+        pools: Arc<dyn ServicePools>,
+        dispatcher: Arc<dyn Upstream>,
+        scheme: &'static str,
+    ) -> Self {
+        Self { routes, pools, dispatcher, scheme }
+    }
+
+    /// The request as it goes on, or the gateway's own answer.
+    fn prepare(&self, mut req: Request<Incoming>, ctx: &RequestContext) -> Result<Forward, DispatchError> {
+        let listener_port = ctx.pool.port;
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+            .unwrap_or_default();
+        let host = request_host(&authority);
+        let no_route = || DispatchError::NoRoute { host: host.clone(), path: req.uri().path().to_owned() };
+        let (action, matched_prefix) = {
+            let compiled = self.routes.load();
+            let table = compiled.tables.get(&listener_port).ok_or_else(no_route)?;
+            let view = RequestView {
+                method: req.method(),
+                path: req.uri().path(),
+                query: req.uri().query(),
+                headers: req.headers(),
+            };
+            let routed = table.route(&host, &view).ok_or_else(no_route)?;
+            (routed.action.clone(), routed.matched_prefix.map(str::to_owned))
+        };
+        let filters = &action.filters;
+        if let Some(redirect) = &filters.redirect {
+            let origin = Origin {
+                scheme: self.scheme,
+                host: &host,
+                listener_port,
+                path: req.uri().path(),
+                query: req.uri().query(),
+                matched_prefix: matched_prefix.as_deref(),
+            };
+            return Err(DispatchError::Redirect { status: redirect.status, location: redirect.location(origin) });
+        }
+        if let Some(edits) = &filters.request_headers {
+            edits.apply(req.headers_mut());
+        }
+        if let Some(rewrite) = &filters.rewrite {
+            let path = rewrite.path.as_ref().map(|p| p.apply(req.uri().path(), matched_prefix.as_deref()));
+            rewrite_request(&mut req, path.as_deref(), rewrite.hostname.as_deref())?;
+        }
+        let route = format!("{}/{} rule {}", action.route.namespace, action.route.name, action.rule);
+        let service = match action.backends.pick() {
+            None => return Err(DispatchError::NoBackend { reason: format!("HTTPRoute {route} has no backend") }),
+            Some(Target::Invalid(why)) => {
+                return Err(DispatchError::NoBackend { reason: format!("HTTPRoute {route}: {why}") });
+            }
+            Some(Target::Service(service)) => service,
+        };
+        let (pool, reach) = self.pools.pool(service).ok_or_else(|| DispatchError::NoEndpoints {
+            service: format!("{}/{}", service.namespace, service.name),
+            port: service.port,
+        })?;
+        let timeouts = TimeoutOverride { request: action.timeouts.request, per_try: action.timeouts.backend_request };
+        let target = RequestContext {
+            pool,
+            reach,
+            connect_timeout: ctx.connect_timeout,
+            upstream_mark: ctx.upstream_mark,
+            client: ctx.client,
+            timeouts,
+        };
+        Ok(Forward { req, target: Arc::new(target), response_edits: filters.response_headers.clone() })
+    }
+}
+
+impl Upstream for GatewayUpstream {
+    fn send(&self, req: Request<Incoming>, ctx: Arc<RequestContext>) -> SendFuture {
+        match self.prepare(req, &ctx) {
+            Err(answer) => Box::pin(std::future::ready(Err(answer))),
+            Ok(Forward { req, target, response_edits }) => {
+                let sent = self.dispatcher.send(req, target);
+                Box::pin(async move {
+                    let mut response = sent.await?;
+                    if let Some(edits) = response_edits {
+                        edits.apply(response.headers_mut());
+                    }
+                    Ok(response)
+                })
+            }
+        }
+    }
+}
+
+/// `URLRewrite`: a new path (the query kept) and/or host, in the URI (an
+/// HTTP/2 request's `:authority`) and the `Host` header.
+fn rewrite_request<B>(req: &mut Request<B>, path: Option<&str>, host: Option<&str>) -> Result<(), DispatchError> {
+    let invalid =
+        |what: &str| DispatchError::NoBackend { reason: format!("the route's URLRewrite makes an invalid {what}") };
+    let mut parts = req.uri().clone().into_parts();
+    if let Some(path) = path {
+        let with_query = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        parts.path_and_query = Some(PathAndQuery::try_from(with_query).map_err(|_| invalid("path"))?);
+    }
+    if let Some(host) = host {
+        if parts.authority.is_some() {
+            parts.authority = Some(Authority::try_from(host).map_err(|_| invalid("host"))?);
+        }
+        if req.headers().contains_key(HOST) {
+            req.headers_mut().insert(HOST, host.parse().map_err(|_| invalid("host"))?);
+        }
+    }
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| invalid("URI"))?;
+    Ok(())
+}
+
+/// The pseudo pool of a listener: no endpoints; it names `gateway` and the
+/// listener's configured `port` in the front's metrics and error texts.
+pub fn listener_pool(gateway: &ObjectRef, ip: std::net::IpAddr, port: u16) -> Arc<Pool> {
+    let targets = Targets::new(LbStrategy::RoundRobin, Arc::from(Vec::new()));
+    Arc::new(Pool::new(ServiceKey::new(&gateway.namespace, &gateway.name), SocketAddr::new(ip, port), targets))
+}
+
+/// What every connection of one listener shares.
+#[derive(Clone)]
+pub struct ListenerContext {
+    pub pool: Arc<Pool>,
+    pub connect_timeout: std::time::Duration,
+    pub upstream_mark: Option<u32>,
+    pub drain: CancellationToken,
+}
+
+/// Accepts `listener`'s connections and hands each to `front` until
+/// `ctx.drain` is cancelled.
+pub async fn serve_listener(listener: TcpListener, front: Arc<dyn HttpServe>, ctx: ListenerContext) {
+    loop {
+        let accepted = tokio::select! {
+            () = ctx.drain.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (client, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                tracing::warn!(error = %e, "gateway listener: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = client.set_nodelay(true);
+        let conn = HttpConnection {
+            client,
+            peer,
+            pool: ctx.pool.clone(),
+            reach: Reach::direct(),
+            connect_timeout: ctx.connect_timeout,
+            upstream_mark: ctx.upstream_mark,
+            drain: ctx.drain.clone(),
+        };
+        tokio::spawn(front.serve(conn));
+    }
+}

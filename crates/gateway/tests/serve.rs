@@ -1,0 +1,231 @@
+//! A gateway listener served for real: a TCP listener on loopback, the
+//! agent's HTTP front and dispatcher, real HTTP/1.1 backends, and HTTP
+//! requests written by hand on real sockets. Each request is routed on its
+//! own (many on one keep-alive connection land as their rules say), with
+//! weights, filters, redirects, timeouts, and the gateway's own answers
+//! (404, 500, 503) as responses.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use edgemesh_core::{Backend, LbStrategy, ServiceKey};
+use edgemesh_gateway::backend::ServiceRef;
+use edgemesh_gateway::serve::{ListenerContext, listener_pool, serve_listener};
+use edgemesh_gateway::{GatewayUpstream, ObjectRef, ServicePools};
+use edgemesh_http::{Dispatcher, HttpConfig, HttpProxy};
+use edgemesh_metrics::Registry;
+use edgemesh_proxy::Reach;
+use edgemesh_proxy::pool::{Pool, Targets};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+mod support;
+
+/// The listener port the Gateway names (the test binds any free port).
+const LISTENER_PORT: u16 = 8000;
+
+/// An HTTP/1.1 backend answering `<name> <path?query> env=<x-env>`,
+/// after `delay`, with the header `x-backend: <name>`.
+async fn backend(name: &'static str, delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let service = service_fn(move |req: Request<Incoming>| async move {
+                tokio::time::sleep(delay).await;
+                let env = req.headers().get("x-env").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+                let host = req.headers().get("host").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+                let target = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+                let body = format!("{name} {target} env={env} host={host}");
+                let response =
+                    Response::builder().header("x-backend", name).body(Full::new(Bytes::from(body))).unwrap();
+                Ok::<_, Infallible>(response)
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    addr
+}
+
+/// Pools of Service ports, each with one endpoint.
+struct StaticPools(BTreeMap<ServiceRef, Arc<Pool>>);
+
+impl ServicePools for StaticPools {
+    fn pool(&self, service: &ServiceRef) -> Option<(Arc<Pool>, Reach)> {
+        self.0.get(service).map(|p| (p.clone(), Reach::direct()))
+    }
+}
+
+fn pool(namespace: &str, name: &str, port: u16, endpoint: SocketAddr) -> (ServiceRef, Arc<Pool>) {
+    let targets = Targets::new(LbStrategy::RoundRobin, Arc::from(vec![Backend { addr: endpoint, node_name: None }]));
+    let frontend = SocketAddr::from(([127, 0, 0, 1], port));
+    let service = ServiceRef { namespace: namespace.into(), name: name.into(), port };
+    (service, Arc::new(Pool::new(ServiceKey::new(namespace, name), frontend, targets)))
+}
+
+const OBJECTS: &str = r#"
+kind: Gateway
+metadata: {name: edge, namespace: shop}
+spec:
+  gatewayClassName: edgemesh
+  listeners: [{name: web, port: 8000, protocol: HTTP}]
+---
+kind: HTTPRoute
+metadata: {name: shop, namespace: shop}
+spec:
+  parentRefs: [{name: edge}]
+  hostnames: [shop.example.com]
+  rules:
+  - backendRefs: [{name: web, port: 80, weight: 3}, {name: canary, port: 80, weight: 1}]
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    filters:
+    - {type: URLRewrite, urlRewrite: {hostname: api.internal, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}
+    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-env, value: prod}]}}
+    - {type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: x-served-by, value: edge}], remove: [x-backend]}}
+    backendRefs: [{name: api, port: 8080}]
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters: [{type: RequestRedirect, requestRedirect: {scheme: https, statusCode: 301}}]
+  - matches: [{path: {type: Exact, value: /slow}}]
+    timeouts: {request: 300ms}
+    backendRefs: [{name: slow, port: 80}]
+  - matches: [{path: {type: Exact, value: /missing}}]
+    backendRefs: [{name: missing, port: 80}]
+  - matches: [{path: {type: Exact, value: /unserved}}]
+    backendRefs: [{name: unserved, port: 80}]
+"#;
+
+/// A running gateway listener; its address.
+async fn gateway() -> SocketAddr {
+    let compiled = support::load(
+        OBJECTS,
+        &[("shop/web", 80), ("shop/canary", 80), ("shop/api", 8080), ("shop/slow", 80), ("shop/unserved", 80)],
+    );
+    let pools = StaticPools(BTreeMap::from([
+        pool("shop", "web", 80, backend("web", Duration::ZERO).await),
+        pool("shop", "canary", 80, backend("canary", Duration::ZERO).await),
+        pool("shop", "api", 8080, backend("api", Duration::ZERO).await),
+        pool("shop", "slow", 80, backend("slow", Duration::from_secs(5)).await),
+    ]));
+    let mut registry = Registry::default();
+    let dispatcher = Dispatcher::new(&HttpConfig::default(), &mut registry);
+    let routes = Arc::new(ArcSwap::from_pointee(compiled));
+    let upstream = GatewayUpstream::new(routes, Arc::new(pools), Arc::new(dispatcher), "http");
+    let front = HttpProxy::new(Arc::new(upstream), HttpConfig::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gateway = ObjectRef { kind: "Gateway", namespace: "shop".into(), name: "edge".into() };
+    let ctx = ListenerContext {
+        pool: listener_pool(&gateway, addr.ip(), LISTENER_PORT),
+        connect_timeout: Duration::from_secs(1),
+        upstream_mark: None,
+        drain: CancellationToken::new(),
+    };
+    tokio::spawn(serve_listener(listener, Arc::new(front), ctx));
+    addr
+}
+
+/// One response, read off a keep-alive connection.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// GET `target` with `Host: host` on `conn` (kept alive); the response,
+/// whose body must have a Content-Length.
+async fn get(conn: &mut TcpStream, host: &str, target: &str) -> Reply {
+    let request = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nx-env: dev\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the gateway closed the connection: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length: usize =
+        headers.iter().find(|(n, _)| n == "content-length").expect("a Content-Length").1.parse().unwrap();
+    while buf.len() < head_end + length {
+        let mut chunk = [0u8; 4096];
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8(buf[head_end..head_end + length].to_vec()).unwrap();
+    Reply { status, headers, body }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_on_one_connection_is_routed_weighted_and_filtered_on_its_own() {
+    let addr = gateway().await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let host = "shop.example.com";
+
+    // Eight requests on one keep-alive connection: 3:1 by weight.
+    let mut landed = BTreeMap::new();
+    for _ in 0..8 {
+        let reply = get(&mut conn, host, "/").await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        *landed.entry(reply.body.split(' ').next().unwrap().to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(landed, BTreeMap::from([("canary".to_owned(), 2), ("web".to_owned(), 6)]));
+
+    // Rewrite (prefix and host), request header set, response headers edited.
+    let reply = get(&mut conn, "Shop.Example.com:8000", "/api/items?page=2").await;
+    assert_eq!(reply.body, "api /v2/items?page=2 env=prod host=api.internal", "{reply:?}");
+    assert_eq!(reply.header("x-served-by"), Some("edge"));
+    assert_eq!(reply.header("x-backend"), None, "removed");
+
+    // The gateway's own answers, on the same connection.
+    let reply = get(&mut conn, host, "/old/page?x=1").await;
+    assert_eq!((reply.status, reply.header("location")), (301, Some("https://shop.example.com/old/page?x=1")));
+    let reply = get(&mut conn, "other.example.com", "/").await;
+    assert_eq!(reply.status, 404, "no route for the host: {reply:?}");
+    assert!(reply.body.contains("no route for other.example.com/"), "{reply:?}");
+    let reply = get(&mut conn, host, "/missing").await;
+    assert_eq!(reply.status, 500, "an unresolved backendRef: {reply:?}");
+    assert!(reply.body.contains("Service shop/missing:80: no such Service"), "{reply:?}");
+    let reply = get(&mut conn, host, "/unserved").await;
+    assert_eq!(reply.status, 503, "a Service this agent has no pool for: {reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rules_request_timeout_answers_504_and_the_connection_goes_on() {
+    let addr = gateway().await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let reply = get(&mut conn, "shop.example.com", "/slow").await;
+    assert_eq!(reply.status, 504, "{reply:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "the rule's 300ms, not the backend's 5s");
+    let reply = get(&mut conn, "shop.example.com", "/").await;
+    assert_eq!(reply.status, 200);
+}
