@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole edgemesh test suite: formatting, lints, unit and end-to-end
 # tests. Installs the real tools the tests drive (dig, dnsmasq, curl, nginx, nft, ip, iperf3,
-# miniupnpd, prometheus) when they are missing and we are root; otherwise says what to install.
+# miniupnpd, prometheus, buildah, podman) when they are missing and we are root; otherwise says
+# what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +38,11 @@ command -v python3 >/dev/null || need+=(python3)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
 nc -h 2>&1 | grep -q -- '-X proxy_protocol' || need+=(netcat-openbsd)
+# The agent image (deploy/build-image.sh, image_e2e): buildah builds it FROM scratch, podman runs
+# it with runc (crun refuses hosts with hybrid cgroups, such as the development machine).
+command -v buildah >/dev/null || need+=(buildah)
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need+=(runc)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing: ${need[*]}"

@@ -2,7 +2,8 @@
 //! (`edgemesh agent --print-config`) with the arguments each deployment
 //! really passes, and agree with the deployment around them: the
 //! ConfigMap's `config.yaml` with each DaemonSet's args (probes, mounts, the
-//! init container's addresses), and `deploy/systemd/config.yaml` with the
+//! interception mode and the capabilities it needs, the init container's
+//! addresses where there is one), and `deploy/systemd/config.yaml` with the
 //! systemd unit's `ExecStart` (state directory, capabilities).
 //!
 //! That the manifests are well-formed Kubernetes objects is checked with
@@ -110,7 +111,7 @@ fn the_config_map_config_is_accepted_by_the_agent_with_each_daemon_sets_args() {
     std::fs::write(&file, text).unwrap();
 
     let daemon_sets: Vec<_> = docs.iter().filter(|(_, v)| v["kind"] == "DaemonSet").collect();
-    assert!(!daemon_sets.is_empty());
+    assert!(daemon_sets.iter().any(|(place, _)| place == "30-daemonset.yaml"), "the standard DaemonSet");
     for (place, ds) in daemon_sets {
         let pod = &ds["spec"]["template"]["spec"];
         let containers = pod["containers"].as_array().unwrap();
@@ -163,22 +164,21 @@ fn the_config_map_config_is_accepted_by_the_agent_with_each_daemon_sets_args() {
             );
         }
 
-        // The init container makes exactly the configured addresses local
-        // (in the eBPF variant the agent does, on its VIP device).
         let dns: std::net::SocketAddr = str_of(&c["dns"]["listen"]).parse().unwrap();
         assert_eq!(dns, "169.254.96.16:53".parse().unwrap(), "{place}: the KubeEdge node-local DNS address");
-        if c["intercept"]["mode"] == "ebpf" {
-            fast_path_variant(place, pod, agent, &c, &mount_of);
-            continue;
+        let caps = &agent["securityContext"]["capabilities"];
+        assert_eq!(caps["drop"], serde_json::json!(["ALL"]), "{place}");
+        match c["intercept"]["mode"].as_str().unwrap() {
+            "ebpf" => fast_path_variant(place, pod, &c, caps, &mount_of),
+            "nftables" => node_mode(place, pod, &c, caps),
+            "none" => without_interception(place, pod, &c, caps),
+            other => panic!("{place}: intercept.mode {other}"),
         }
-        let init = pod["initContainers"].as_array().unwrap();
-        let setup = init.iter().find(|c| c["name"] == "node-addresses").expect("node-addresses init container");
-        let env = |name: &str| {
-            let e = setup["env"].as_array().unwrap().iter().find(|e| e["name"] == name);
-            str_of(&e.unwrap_or_else(|| panic!("{place}: no {name}"))["value"])
-        };
-        assert_eq!(env("DNS_ADDRESS"), dns.ip().to_string(), "{place}");
-        assert_eq!(env("VIP_CIDR"), str_of(&c["vipCidr"]), "{place}");
+        // The standard DaemonSet intercepts: what `kubectl apply -f
+        // deploy/kubernetes/` installs is node mode.
+        if place == "30-daemonset.yaml" {
+            assert_eq!(c["intercept"]["mode"], "nftables", "{place}: node mode by default");
+        }
 
         // Edge nodes read metaServer; the others the service account.
         let kube_api = c["kube"]["api"].as_str();
@@ -190,6 +190,32 @@ fn the_config_map_config_is_accepted_by_the_agent_with_each_daemon_sets_args() {
             assert_eq!(c["kube"]["kubeconfig"], Value::Null, "{place}");
         }
     }
+}
+
+/// Node mode: the agent makes the DNS address and the VIPs local on its own
+/// device, so no init container; exactly NET_ADMIN (table, device, mark)
+/// and NET_BIND_SERVICE (port 53).
+fn node_mode(place: &str, pod: &Value, c: &Value, caps: &Value) {
+    assert!(pod["initContainers"].is_null(), "{place}: the agent puts the addresses on edge0 itself");
+    assert_eq!(caps["add"], serde_json::json!(["NET_ADMIN", "NET_BIND_SERVICE"]), "{place}");
+    assert_eq!(c["intercept"]["vipDevice"], "edge0", "{place}");
+    assert_eq!(c["intercept"]["table"], "edgemesh", "{place}");
+    assert_eq!(c["vipCidr"], "9.251.0.0/16", "{place}: EdgeMesh's pool, on edge0");
+}
+
+/// Without interception: only port 53; the init container makes exactly
+/// the configured addresses local to the node.
+fn without_interception(place: &str, pod: &Value, c: &Value, caps: &Value) {
+    assert_eq!(caps["add"], serde_json::json!(["NET_BIND_SERVICE"]), "{place}");
+    let dns: std::net::SocketAddr = str_of(&c["dns"]["listen"]).parse().unwrap();
+    let init = pod["initContainers"].as_array().unwrap_or_else(|| panic!("{place}: no init container"));
+    let setup = init.iter().find(|c| c["name"] == "node-addresses").expect("node-addresses init container");
+    let env = |name: &str| {
+        let e = setup["env"].as_array().unwrap().iter().find(|e| e["name"] == name);
+        str_of(&e.unwrap_or_else(|| panic!("{place}: no {name}"))["value"])
+    };
+    assert_eq!(env("DNS_ADDRESS"), dns.ip().to_string(), "{place}");
+    assert_eq!(env("VIP_CIDR"), str_of(&c["vipCidr"]), "{place}");
 }
 
 /// Every container of every DaemonSet: all capabilities dropped, each one
@@ -234,10 +260,8 @@ fn every_container_runs_read_only_with_only_the_capabilities_its_manifest_explai
 /// The eBPF variant: exactly the capabilities the fast path needs, the
 /// host's bpffs where the pins go, and the host's cgroup hierarchy where
 /// the programs attach.
-fn fast_path_variant(place: &str, pod: &Value, agent: &Value, c: &Value, mount_of: &dyn Fn(&Value) -> String) {
+fn fast_path_variant(place: &str, pod: &Value, c: &Value, caps: &Value, mount_of: &dyn Fn(&Value) -> String) {
     assert!(pod["initContainers"].is_null(), "{place}: the agent puts the addresses on edge0 itself");
-    let caps = &agent["securityContext"]["capabilities"];
-    assert_eq!(caps["drop"], serde_json::json!(["ALL"]), "{place}");
     assert_eq!(caps["add"], serde_json::json!(["BPF", "PERFMON", "NET_ADMIN", "NET_BIND_SERVICE"]), "{place}");
     let volumes = pod["volumes"].as_array().unwrap();
     let host_mount = |host: &str| {

@@ -42,6 +42,25 @@ fn backend_count(agent: &Agent, ns: &str, name: &str) -> Option<usize> {
     Some(svc["ports"][0]["backends"].as_array().map_or(0, Vec::len))
 }
 
+/// A plain-HTTP API (metaServer) needs no CA certificates: the image is
+/// built FROM scratch without any. `SSL_CERT_FILE` and `SSL_CERT_DIR` point
+/// the system's roots at nothing here (before the fix the agent stopped with
+/// "No CA certificates were loaded from the system").
+#[test]
+fn a_plain_http_api_needs_no_ca_certificates_on_the_system() {
+    let api = FakeApiServer::start();
+    api.apply(Resource::Services, service("shop", "web"));
+    let empty = tempfile::tempdir().unwrap();
+    let no_roots = ["env", "SSL_CERT_FILE=/dev/null", "SSL_CERT_DIR=/nonexistent"];
+    let opts = AgentOptions {
+        extra: vec!["--kube-api".into(), api.url()],
+        wrapper: no_roots.map(String::from).to_vec(),
+        ..Default::default()
+    };
+    let agent = Agent::start_with(empty.path(), opts);
+    assert!(agent.vip("shop", "web").is_some(), "{}", agent.log());
+}
+
 #[test]
 fn services_from_the_api_reach_dns_and_the_proxy_within_a_second() {
     let nginx = Nginx::start(2);

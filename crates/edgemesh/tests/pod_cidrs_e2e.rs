@@ -160,14 +160,15 @@ fn pods_resolve_external_and_cluster_names_through_the_shipped_deployments_dns()
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("config.yaml");
     std::fs::write(&file, &config).unwrap();
-    // As the DaemonSet runs it (NODE_NAME, --config, --kube-api), in node
-    // mode, its stateDir (a hostPath) a directory of the test's.
+    // As the DaemonSet runs it (NODE_NAME, --config, --kube-api), in the
+    // ConfigMap's node mode, its stateDir (a hostPath) a directory of the test's.
     let mut command = t.node.cmd(env!("CARGO_BIN_EXE_edgemesh"));
     command.env("NODE_NAME", NODE);
     let (config_arg, api_arg) = (format!("--config={}", file.display()), format!("--kube-api={}", relay.url()));
     let state = dir.path().join("state");
-    let args = [&config_arg, &api_arg, "--intercept", "nftables", "--state-dir", state.to_str().unwrap()];
+    let args = [&config_arg, &api_arg, "--state-dir", state.to_str().unwrap()];
     let agent = NsAgent::start_with(&t.node, command, &args, Duration::from_secs(20));
+    assert_eq!(agent.json("/config")["intercept"]["mode"], "nftables", "the ConfigMap's node mode");
     assert_eq!(agent.json("/config")["dns"]["upstreams"], json!(["127.0.0.1:53"]), "from the node's resolv.conf");
     let vip = agent.vip("shop", "web").expect("web has a VIP");
 

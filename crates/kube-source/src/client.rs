@@ -59,7 +59,15 @@ async fn config(endpoint: &ApiEndpoint) -> Result<kube::Config, KubeError> {
                     reason: "expected e.g. http://127.0.0.1:10550".into(),
                 });
             }
-            kube::Config::new(uri)
+            let plain = uri.scheme_str() == Some("http");
+            let mut config = kube::Config::new(uri);
+            if plain {
+                // No TLS, so no trust roots: without this kube loads the
+                // system's CA certificates all the same and fails where
+                // there are none (a FROM scratch image, a minimal node).
+                config.root_cert = Some(Vec::new());
+            }
+            config
         }
         ApiEndpoint::Kubeconfig(path) => {
             let kc = Kubeconfig::read_from(path)

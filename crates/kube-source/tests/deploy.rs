@@ -279,22 +279,38 @@ async fn the_cluster_role_grants_read_access_to_exactly_what_the_source_uses() {
     }
 }
 
-/// Capabilities each container may add, and why (see the DaemonSet comments).
-fn allowed_capabilities(container: &str, fast_path: bool) -> &'static [&'static str] {
-    match container {
+/// The interception mode a DaemonSet's agent runs in: its `--intercept=`
+/// flag, else the ConfigMap's `intercept.mode` (`none` when it has none).
+fn intercept_mode(agent: &Container, config_map: &ConfigMap) -> String {
+    if let Some(mode) = agent.args.iter().flatten().find_map(|a| a.strip_prefix("--intercept=")) {
+        return mode.to_owned();
+    }
+    let text = config_map.data.as_ref().and_then(|d| d.get("config.yaml")).expect("the ConfigMap's config.yaml");
+    let config: Value = serde_saphyr::from_str(text).expect("config.yaml is YAML");
+    config["intercept"]["mode"].as_str().unwrap_or("none").to_owned()
+}
+
+/// Capabilities each container may add in interception mode `mode`, and
+/// why (see the DaemonSet comments).
+fn allowed_capabilities(container: &str, mode: &str) -> &'static [&'static str] {
+    match (container, mode) {
         // The kernel fast path: loading BPF programs (BPF; PERFMON, or the
         // verifier's Spectre guard refuses them), attaching them to the
         // cgroup and the VIP device (NET_ADMIN), and port 53.
-        "edgemesh" if fast_path => &["BPF", "PERFMON", "NET_ADMIN", "NET_BIND_SERVICE"],
+        ("edgemesh", "ebpf") => &["BPF", "PERFMON", "NET_ADMIN", "NET_BIND_SERVICE"],
+        // Node mode: the nftables table, the edge0 device, the socket
+        // mark (NET_ADMIN), and port 53.
+        ("edgemesh", "nftables") => &["NET_ADMIN", "NET_BIND_SERVICE"],
         // Port 53 for DNS.
-        "edgemesh" => &["NET_BIND_SERVICE"],
-        // The DNS address and the VIP route on the host.
-        "node-addresses" => &["NET_ADMIN"],
-        other => panic!("unexpected container {other}"),
+        ("edgemesh", "none") => &["NET_BIND_SERVICE"],
+        // The DNS address and the VIP route on the host, for an agent
+        // without interception only.
+        ("node-addresses", "none") => &["NET_ADMIN"],
+        other => panic!("unexpected container and mode {other:?}"),
     }
 }
 
-fn check_container(place: &str, c: &Container, fast_path: bool) {
+fn check_container(place: &str, c: &Container, mode: &str) {
     let sc = c.security_context.as_ref().unwrap_or_else(|| panic!("{place}: {} has no securityContext", c.name));
     assert_ne!(sc.privileged, Some(true), "{place}: {} is privileged", c.name);
     assert_eq!(sc.allow_privilege_escalation, Some(false), "{place}: {}", c.name);
@@ -302,7 +318,7 @@ fn check_container(place: &str, c: &Container, fast_path: bool) {
     let caps = sc.capabilities.as_ref().unwrap_or_else(|| panic!("{place}: {} has no capabilities", c.name));
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]), "{place}: {} drops all capabilities", c.name);
     for cap in caps.add.as_deref().unwrap_or_default() {
-        assert!(allowed_capabilities(&c.name, fast_path).contains(&cap.as_str()), "{place}: {} adds {cap}", c.name);
+        assert!(allowed_capabilities(&c.name, mode).contains(&cap.as_str()), "{place}: {} adds {cap} ({mode})", c.name);
     }
     let resources = c.resources.as_ref().unwrap_or_else(|| panic!("{place}: {} has no resources", c.name));
     for (what, list) in [("requests", &resources.requests), ("limits", &resources.limits)] {
@@ -332,7 +348,9 @@ fn daemon_sets_run_on_the_host_network_with_the_least_privileges() {
 
         // The eBPF variant (`--intercept=ebpf`) also needs the host's bpffs
         // and cgroup hierarchy.
-        let fast_path = pod.containers.iter().flat_map(|c| c.args.iter().flatten()).any(|a| a == "--intercept=ebpf");
+        let agent = pod.containers.iter().find(|c| c.name == "edgemesh").expect("the edgemesh container");
+        let mode = intercept_mode(agent, &o.config_maps[0]);
+        let fast_path = mode == "ebpf";
         let host_paths: &[&str] =
             if fast_path { &["/var/lib/edgemesh", "/sys/fs/bpf", "/sys/fs/cgroup"] } else { &["/var/lib/edgemesh"] };
         let volumes = pod.volumes.as_deref().unwrap_or_default();
@@ -350,9 +368,11 @@ fn daemon_sets_run_on_the_host_network_with_the_least_privileges() {
         }
 
         for c in pod.init_containers.iter().flatten().chain(&pod.containers) {
-            check_container(place, c, fast_path);
+            check_container(place, c, &mode);
         }
-        let agent = pod.containers.iter().find(|c| c.name == "edgemesh").expect("the edgemesh container");
+        // An agent that intercepts puts the DNS address and the VIPs on its
+        // own device; only one without needs the init container for them.
+        assert_eq!(pod.init_containers.is_some(), mode == "none", "{place}: init container in mode {mode}");
         assert_eq!(pod.containers.len(), 1, "{place}: one container");
         assert_eq!(agent.args.as_ref().and_then(|a| a.first()).map(String::as_str), Some("agent"), "{place}");
         let node_name = agent.env.iter().flatten().find(|e| e.name == "NODE_NAME").expect("NODE_NAME");

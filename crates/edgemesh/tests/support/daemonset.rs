@@ -1,7 +1,7 @@
 //! The shipped DaemonSets (deploy/kubernetes) as a container runtime would
 //! run them: what a container of theirs adds to its capabilities, and the
 //! agent started with exactly those on a read-only root. Used by
-//! `daemonset_e2e.rs` and `shipped_e2e.rs`.
+//! `daemonset_e2e.rs`, `shipped_e2e.rs` and `image_e2e.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,12 +22,24 @@ pub fn documents(file: &str) -> Vec<Value> {
     serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The pod spec of the DaemonSet in deploy/kubernetes/`file`.
+pub fn pod_spec(file: &str) -> Value {
+    let docs = documents(file);
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap_or_else(|| panic!("a DaemonSet in {file}"));
+    ds["spec"]["template"]["spec"].clone()
+}
+
 /// The `edgemesh` container of the DaemonSet in deploy/kubernetes/`file`.
 pub fn agent_container(file: &str) -> Value {
-    let docs = documents(file);
-    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("a DaemonSet");
-    let containers = ds["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+    let pod = pod_spec(file);
+    let containers = pod["containers"].as_array().unwrap();
     containers.iter().find(|c| c["name"] == "edgemesh").expect("the edgemesh container").clone()
+}
+
+/// The args of the `edgemesh` container of the DaemonSet in `file`.
+pub fn agent_args(file: &str) -> Vec<String> {
+    let agent = agent_container(file);
+    agent["args"].as_array().expect("args").iter().map(|a| a.as_str().expect("a string").to_owned()).collect()
 }
 
 /// The capabilities the `edgemesh` container of the DaemonSet in `file`
