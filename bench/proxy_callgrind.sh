@@ -3,11 +3,15 @@
 # a load-independent measure of the agent's own CPU cost (kernel time is not
 # counted), for comparing two builds on a busy machine.
 #
-# usage: bench/proxy_callgrind.sh [-t rr|conn] [-d SECS] [-- AGENT ARGS...]
+# usage: bench/proxy_callgrind.sh [-t rr|conn|h2] [-d SECS] [-p agent|nginx] [-- AGENT ARGS...]
 #   -t rr    keep-alive requests (wrk -t2 -c50), the default
 #   -t conn  a new connection per request (Connection: close)
 #   -t h2    HTTP/2 prior knowledge, 10 connections x 10 streams (h2load)
 #   -d SECS  wrk duration (default 8)
+#   -p nginx the peer instead of the agent: nginx as an HTTP reverse proxy
+#            (upstream keep-alive, one worker, no master process, so that
+#            valgrind sees the worker), on the same address: its
+#            instructions per request beside the agent's
 #   extra arguments go to `edgemesh agent` (e.g. --proxy-workers 1)
 #
 # Starts a local nginx (keep-alive, 100-byte file) and the agent under
@@ -18,9 +22,9 @@
 # (127.129.0.20), CG_PORT (26180), CG_BACKEND_PORT (26181).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TEST=rr DUR=8
-while getopts t:d: o; do case $o in
-  t) TEST=$OPTARG ;; d) DUR=$OPTARG ;; *) sed -n '2,18p' "$0" >&2; exit 2 ;;
+TEST=rr DUR=8 PROXY=agent
+while getopts t:d:p: o; do case $o in
+  t) TEST=$OPTARG ;; d) DUR=$OPTARG ;; p) PROXY=$OPTARG ;; *) sed -n '2,22p' "$0" >&2; exit 2 ;;
 esac; done
 shift $((OPTIND - 1))
 [[ ${1:-} == -- ]] && shift
@@ -75,17 +79,45 @@ addressType: IPv4
 ports: [{name: http, port: $BPORT}]
 endpoints: [{addresses: [127.0.0.1], nodeName: bench}]
 YAML
+if [[ $PROXY == nginx ]]; then
+  h2=; [[ $TEST == h2 ]] && h2=" http2"
+  cat >"$W/proxy.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process off;
+pid $W/proxy.pid;
+error_log $W/proxy-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_temp_path $W/tmp; proxy_temp_path $W/tmp; fastcgi_temp_path $W/tmp;
+  uwsgi_temp_path $W/tmp; scgi_temp_path $W/tmp;
+  upstream backend { server 127.0.0.1:$BPORT; keepalive 64; }
+  server {
+    listen $VIP:$PORT backlog=4096$h2;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+EOF
+  valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" --dump-instr=no \
+    nginx -p "$W" -e "$W/proxy-error.log" -c "$W/proxy.conf" >"$W/agent.log" 2>&1 &
+else
 valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" --dump-instr=no \
   "$BIN" agent --node-name bench --manifest-dir "$W/manifests" --vip-cidr "$VIP/24" \
   --dns-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --dns-upstream 127.0.0.1:9 --log-level warn \
   --state-dir "$W/state" "$@" >"$W/agent.log" 2>&1 &
+fi
 AGENT=$!
 PIDS+=($AGENT)
+# (nginx's listener speaks HTTP/2 only when the test does.)
+probe=(curl -sf -o /dev/null)
+[[ $TEST == h2 ]] && probe+=(--http2-prior-knowledge)
 for _ in $(seq 600); do
-  curl -sf -o /dev/null "http://$VIP:$PORT/f" && break
+  "${probe[@]}" "http://$VIP:$PORT/f" && break
   sleep 0.1
 done
-curl -sf -o /dev/null "http://$VIP:$PORT/f" || { cat "$W/agent.log" >&2; exit 1; }
+"${probe[@]}" "http://$VIP:$PORT/f" || { cat "$W/agent.log" >&2; exit 1; }
 callgrind_control -z "$AGENT" >/dev/null 2>&1
 hdr=()
 [[ $TEST == conn ]] && hdr=(-H 'Connection: close')
@@ -101,5 +133,5 @@ sleep 1
 # The dump after the zeroing covers exactly the wrk run: the file of part 1
 # (the rest, to exit, goes to the file without a suffix).
 ir=$(awk '/^summary:/ {print $2}' "$W/cg.out.1")
-python3 -c "import json,sys; r=int(sys.argv[2]); print(json.dumps({'test':sys.argv[1],'requests':r,'ir':int(sys.argv[3]),'ir_per_request':round(int(sys.argv[3])/max(r,1)),'args':sys.argv[4:]}))" \
-  "$TEST" "$requests" "$ir" "$@"
+python3 -c "import json,sys; r=int(sys.argv[3]); print(json.dumps({'proxy':sys.argv[1],'test':sys.argv[2],'requests':r,'ir':int(sys.argv[4]),'ir_per_request':round(int(sys.argv[4])/max(r,1)),'args':sys.argv[5:]}))" \
+  "$PROXY" "$TEST" "$requests" "$ir" "$@"
