@@ -87,6 +87,9 @@ pub struct RouteParentStatus {
 #[derive(Debug, Default)]
 pub struct Compiled {
     pub tables: BTreeMap<u16, RouteTable>,
+    /// Every port a listener is served on, and its Gateway (listeners of
+    /// one port share it; the first Gateway names it).
+    pub ports: BTreeMap<u16, ObjectRef>,
     pub gateways: BTreeMap<ObjectRef, GatewayStatus>,
     pub routes: BTreeMap<ObjectRef, Vec<RouteParentStatus>>,
 }
@@ -150,6 +153,9 @@ pub fn compile(
         out.gateways.insert(id, status);
     }
 
+    for l in &listeners {
+        out.ports.entry(l.port).or_insert_with(|| l.gateway.clone());
+    }
     let mut sorted: Vec<&HttpRoute> = routes.iter().collect();
     sorted.sort_by(|a, b| (a.metadata.namespace(), &a.metadata.name).cmp(&(b.metadata.namespace(), &b.metadata.name)));
     for route in sorted {

@@ -28,12 +28,14 @@
 //! - [`compile`]: objects to tables, with the status conditions.
 //! - [`serve`]: a listener's requests, routed and sent through the
 //!   agent's HTTP front and dispatcher.
+//! - [`listeners`]: the bound ports, reconciled against the objects.
 #![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod compile;
 pub mod filter;
 pub mod hostname;
+pub mod listeners;
 pub mod matching;
 pub mod schema;
 pub mod serve;

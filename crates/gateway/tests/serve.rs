@@ -229,3 +229,65 @@ async fn a_rules_request_timeout_answers_504_and_the_connection_goes_on() {
     let reply = get(&mut conn, "shop.example.com", "/").await;
     assert_eq!(reply.status, 200);
 }
+
+/// A loopback address of this test process's own (all of 127/8 is local),
+/// so that fixed listener ports do not meet another test's.
+fn own_loopback() -> std::net::IpAddr {
+    let pid = std::process::id();
+    std::net::IpAddr::from([127, 100 + (pid % 100) as u8, ((pid / 100) % 250) as u8, 7])
+}
+
+fn objects(port: u16, backend: &str) -> String {
+    format!(
+        "kind: Gateway\nmetadata: {{name: edge, namespace: shop}}\nspec:\n  gatewayClassName: edgemesh\n  \
+         listeners: [{{name: web, port: {port}, protocol: HTTP}}]\n---\n\
+         kind: HTTPRoute\nmetadata: {{name: shop, namespace: shop}}\n\
+         spec: {{parentRefs: [{{name: edge}}], rules: [{{backendRefs: [{{name: {backend}, port: 80}}]}}]}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_follow_the_objects_without_rebinding_ports_that_stay() {
+    use edgemesh_gateway::listeners::{GatewayListeners, ListenerSettings};
+    let services = [("shop/web", 80), ("shop/canary", 80)];
+    let pools = StaticPools(BTreeMap::from([
+        pool("shop", "web", 80, backend("web", Duration::ZERO).await),
+        pool("shop", "canary", 80, backend("canary", Duration::ZERO).await),
+    ]));
+    let mut registry = Registry::default();
+    let dispatcher = Dispatcher::new(&HttpConfig::default(), &mut registry);
+    let routes = Arc::new(ArcSwap::from_pointee(support::load(&objects(18080, "web"), &services)));
+    let upstream = GatewayUpstream::new(routes.clone(), Arc::new(pools), Arc::new(dispatcher), "http");
+    let front = Arc::new(HttpProxy::new(Arc::new(upstream), HttpConfig::default()));
+    let ip = own_loopback();
+    let settings = ListenerSettings { ip, connect_timeout: Duration::from_secs(1), upstream_mark: None };
+    let mut listeners = GatewayListeners::new(settings, front);
+
+    assert!(listeners.reconcile(&routes.load().ports).await.is_empty());
+    let first = SocketAddr::new(ip, 18080);
+    assert_eq!(listeners.bound(), BTreeMap::from([(18080, first)]));
+    let mut conn = TcpStream::connect(first).await.unwrap();
+    assert!(get(&mut conn, "x", "/").await.body.starts_with("web "));
+
+    // The route changes: the same connection's next request follows it.
+    routes.store(Arc::new(support::load(&objects(18080, "canary"), &services)));
+    assert!(listeners.reconcile(&routes.load().ports).await.is_empty());
+    assert!(get(&mut conn, "x", "/").await.body.starts_with("canary "), "no rebind, no reconnect");
+
+    // The listener moves to another port: the old one stops accepting.
+    routes.store(Arc::new(support::load(&objects(18081, "web"), &services)));
+    assert!(listeners.reconcile(&routes.load().ports).await.is_empty());
+    assert!(TcpStream::connect(first).await.is_err(), "the old port is closed");
+    let mut conn = TcpStream::connect(SocketAddr::new(ip, 18081)).await.unwrap();
+    assert!(get(&mut conn, "x", "/").await.body.starts_with("web "));
+
+    // A port someone else holds is reported, and bound once it is free.
+    let squatter = std::net::TcpListener::bind(SocketAddr::new(ip, 18082)).unwrap();
+    routes.store(Arc::new(support::load(&objects(18082, "web"), &services)));
+    let failed = listeners.reconcile(&routes.load().ports).await;
+    assert!(failed[&18082].contains("in use"), "{failed:?}");
+    drop(squatter);
+    assert!(listeners.reconcile(&routes.load().ports).await.is_empty());
+    let mut conn = TcpStream::connect(SocketAddr::new(ip, 18082)).await.unwrap();
+    assert!(get(&mut conn, "x", "/").await.body.starts_with("web "));
+}

@@ -1,0 +1,125 @@
+//! The gateway's listening sockets, reconciled against the compiled
+//! objects: a port a served listener names is bound once and kept while
+//! any listener names it (route and filter changes only swap the tables
+//! its requests read, so no connection notices); a port no listener names
+//! any more stops accepting and its connections drain.
+//!
+//! A port that cannot be bound (in use, or privileged without
+//! `CAP_NET_BIND_SERVICE`) is reported with the reason, for the listener's
+//! `Programmed` condition, and tried again at the next reconcile.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgemesh_proxy::HttpServe;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::compile::ObjectRef;
+use crate::serve::{ListenerContext, listener_pool, serve_listener};
+
+/// Settings every listener's connections share.
+#[derive(Clone, Debug)]
+pub struct ListenerSettings {
+    /// Where listeners bind (`gateway.listenAddress`).
+    pub ip: IpAddr,
+    pub connect_timeout: Duration,
+    pub upstream_mark: Option<u32>,
+}
+
+struct Running {
+    addr: SocketAddr,
+    drain: CancellationToken,
+    /// The accept loop; it owns the socket.
+    accept: tokio::task::JoinHandle<()>,
+}
+
+/// The bound ports.
+pub struct GatewayListeners {
+    settings: ListenerSettings,
+    front: Arc<dyn HttpServe>,
+    running: BTreeMap<u16, Running>,
+}
+
+impl GatewayListeners {
+    /// Listeners whose connections `front` serves (the agent's HTTP front
+    /// over a [`crate::GatewayUpstream`]).
+    pub fn new(settings: ListenerSettings, front: Arc<dyn HttpServe>) -> Self {
+        Self { settings, front, running: BTreeMap::new() }
+    }
+
+    /// Binds every port of `ports` (port -> its Gateway) not bound yet and
+    /// stops those no longer in it (their sockets are closed when this
+    /// returns); returns the ports that could not be bound, with why. Runs
+    /// on the tokio runtime that serves.
+    pub async fn reconcile(&mut self, ports: &BTreeMap<u16, ObjectRef>) -> BTreeMap<u16, String> {
+        let gone: Vec<u16> = self.running.keys().filter(|p| !ports.contains_key(p)).copied().collect();
+        for port in gone {
+            if let Some(running) = self.running.remove(&port) {
+                running.drain.cancel();
+                // The accept loop returns at once when drained; its end closes the socket.
+                let _ = running.accept.await;
+                tracing::info!(port, "gateway listener stopped: no listener names its port any more");
+            }
+        }
+        let mut failed = BTreeMap::new();
+        for (port, gateway) in ports {
+            if self.running.contains_key(port) {
+                continue;
+            }
+            match self.bind(*port, gateway) {
+                Ok(running) => {
+                    tracing::info!(port, addr = %running.addr, %gateway, "gateway listener serving");
+                    self.running.insert(*port, running);
+                }
+                Err(why) => {
+                    tracing::warn!(port, %gateway, error = %why, "gateway listener cannot bind; retried at the next change");
+                    failed.insert(*port, why);
+                }
+            }
+        }
+        failed
+    }
+
+    fn bind(&self, port: u16, gateway: &ObjectRef) -> Result<Running, String> {
+        let addr = SocketAddr::new(self.settings.ip, port);
+        let std = std::net::TcpListener::bind(addr).map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                format!("bind {addr}: {e} (ports below 1024 need CAP_NET_BIND_SERVICE)")
+            }
+            _ => format!("bind {addr}: {e}"),
+        })?;
+        std.set_nonblocking(true).map_err(|e| format!("{addr}: {e}"))?;
+        let listener = TcpListener::from_std(std).map_err(|e| format!("{addr}: {e}"))?;
+        let drain = CancellationToken::new();
+        let ctx = ListenerContext {
+            pool: listener_pool(gateway, self.settings.ip, port),
+            connect_timeout: self.settings.connect_timeout,
+            upstream_mark: self.settings.upstream_mark,
+            drain: drain.clone(),
+        };
+        let accept = tokio::spawn(serve_listener(listener, self.front.clone(), ctx));
+        Ok(Running { addr, drain, accept })
+    }
+
+    /// The bound ports, and where.
+    pub fn bound(&self) -> BTreeMap<u16, SocketAddr> {
+        self.running.iter().map(|(port, r)| (*port, r.addr)).collect()
+    }
+
+    /// Stops every listener; their connections drain.
+    pub fn stop(&mut self) {
+        for running in self.running.values() {
+            running.drain.cancel();
+        }
+        self.running.clear();
+    }
+}
+
+impl Drop for GatewayListeners {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
