@@ -26,6 +26,8 @@
 //! - [`backend`]: a rule's weighted backends and the smooth weighted round
 //!   robin that picks one per request.
 //! - [`compile`]: objects to tables, with the status conditions.
+//! - [`istio`]: EdgeMesh's Istio `Gateway` and `VirtualService`, translated
+//!   into Gateway API objects (migration).
 //! - [`serve`]: a listener's requests, routed and sent through the
 //!   agent's HTTP front and dispatcher.
 //! - [`listeners`]: the bound ports, reconciled against the objects.
@@ -35,6 +37,7 @@ pub mod backend;
 pub mod compile;
 pub mod filter;
 pub mod hostname;
+pub mod istio;
 pub mod listeners;
 pub mod matching;
 pub mod schema;

@@ -1,0 +1,144 @@
+//! EdgeMesh users' gateway objects (Istio `Gateway` and `VirtualService`)
+//! keep working: translated into Gateway API objects and compiled like
+//! any other, what cannot be translated refused by name, and where the
+//! Gateway API's precedence differs from Istio's rule order, said.
+
+use edgemesh_gateway::backend::Target;
+use edgemesh_gateway::istio::{IstioGateway, Translation, VirtualService, translate};
+use edgemesh_gateway::matching::RequestView;
+use edgemesh_gateway::{Compiled, ServiceLookup, compile};
+use http::{HeaderMap, Method};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Kind {
+    #[serde(default)]
+    kind: String,
+}
+
+/// The Istio objects of `yaml` (other kinds skipped), translated.
+fn translated(yaml: &str) -> Translation {
+    let kinds: Vec<Kind> = serde_saphyr::from_multiple(yaml).unwrap();
+    let gateways: Vec<IstioGateway> = serde_saphyr::from_multiple(yaml).unwrap();
+    let services: Vec<VirtualService> = serde_saphyr::from_multiple(yaml).unwrap();
+    let of = |want: &'static str| kinds.iter().enumerate().filter(move |(_, k)| k.kind == want).map(|(i, _)| i);
+    let gateways: Vec<IstioGateway> = of("Gateway").map(|i| gateways[i].clone()).collect();
+    let services: Vec<VirtualService> = of("VirtualService").map(|i| services[i].clone()).collect();
+    translate(&gateways, &services, "cluster.local")
+}
+
+struct AnyService;
+
+impl ServiceLookup for AnyService {
+    fn check(&self, _: &str, _: &str, _: u16) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn compiled(t: &Translation) -> Compiled {
+    compile(edgemesh_gateway::istio::ISTIO_CLASS, &t.gateways, &t.routes, &t.grants, &AnyService)
+}
+
+/// The Service a GET of `path` for `host` on `port` goes to.
+fn lands(c: &Compiled, port: u16, host: &str, path: &str) -> Option<String> {
+    let headers = HeaderMap::new();
+    let view = RequestView { method: &Method::GET, path, query: None, headers: &headers };
+    let routed = c.tables.get(&port)?.route(host, &view)?;
+    match routed.action.backends.pick()? {
+        Target::Service(s) => Some(s.to_string()),
+        Target::Invalid(why) => Some(format!("invalid: {why}")),
+    }
+}
+
+#[test]
+fn edgemesh_s_own_gateway_example_routes_as_it_did() {
+    let yaml = include_str!("fixtures/edgemesh-gateway-route.yaml");
+    let t = translated(yaml);
+    assert!(t.refused.is_empty(), "{:?}", t.refused);
+    let c = compiled(&t);
+    let gateway = c.gateways.values().next().expect("the Gateway is ours");
+    assert!(gateway.listeners.iter().all(|l| l.conditions.iter().any(|c| c.kind == "Programmed" && c.status)));
+    assert_eq!(lands(&c, 23333, "hostname.org", "/who").as_deref(), Some("default/hostname-lb-svc:12345"));
+    assert_eq!(lands(&c, 23333, "hostname.org", "/whom"), None, "a prefix is a whole path element");
+    assert_eq!(lands(&c, 23333, "other.org", "/who"), None, "the server's and the VirtualService's host");
+}
+
+const MIXED: &str = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {name: edge, namespace: shop}
+spec:
+  selector: {kubeedge: edgemesh-gateway}
+  servers:
+  - port: {number: 8080, name: web, protocol: HTTP}
+    hosts: ["*"]
+  - port: {number: 8443, name: secure, protocol: HTTPS}
+    hosts: [shop.example.com]
+    tls: {mode: SIMPLE, credentialName: shop-cert}
+  - port: {number: 9000, name: grpc, protocol: GRPC}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: shop, namespace: shop}
+spec:
+  gateways: [edge]
+  hosts: ["*"]
+  http:
+  - match: [{uri: {prefix: /}}]
+    route:
+    - {destination: {host: web, port: {number: 80}}, weight: 80}
+    - {destination: {host: web-v2.shop.svc.cluster.local, port: {number: 80}}, weight: 20}
+  - match: [{uri: {prefix: /api}}]
+    timeout: 2s
+    route: [{destination: {host: api.backend, port: {number: 8080}}}]
+  - match: [{uri: {exact: /login}, headers: {x-user: {exact: a}}}]
+    route: [{destination: {host: login, port: {number: 80}}}]
+  - match: [{uri: {regex: '/v[0-9]+/.*'}}]
+    rewrite: {uri: /}
+    route: [{destination: {host: web, port: {number: 80}}}]
+  tcp:
+  - route: [{destination: {host: db, port: {number: 5432}}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: sidecar-only, namespace: shop}
+spec:
+  gateways: [mesh]
+  hosts: [web]
+  http: [{route: [{destination: {host: web}}]}]
+"#;
+
+#[test]
+fn what_cannot_be_translated_is_refused_by_name_and_order_differences_are_told() {
+    let t = translated(MIXED);
+    let refused = t.refused.join("\n");
+    for want in [
+        "Gateway shop/edge: spec.servers[2].port.protocol \"GRPC\" is not translated",
+        "VirtualService shop/shop: spec.tcp and spec.tls routes are not translated yet",
+        "VirtualService shop/shop: spec.http[2].match[0].headers is not translated (only uri)",
+        "VirtualService shop/shop: spec.http[3].rewrite is not translated",
+        "VirtualService shop/sidecar-only: spec.gateways[0] \"mesh\": sidecar routing has no counterpart",
+    ] {
+        assert!(refused.contains(want), "missing {want:?} in:\n{refused}");
+    }
+    assert_eq!(t.refused.len(), 5, "{refused}");
+    assert_eq!(t.notes.len(), 1, "{:?}", t.notes);
+    assert!(
+        t.notes[0].starts_with("VirtualService shop/shop: spec.http[1]: under Istio's first-match order spec.http[0]")
+    );
+
+    let c = compiled(&t);
+    // 80:20 over five requests' worth of picks, and the API in another namespace.
+    let picks: Vec<String> = (0..5).filter_map(|_| lands(&c, 8080, "any.host", "/page")).collect();
+    assert_eq!(picks.iter().filter(|p| *p == "shop/web:80").count(), 4, "{picks:?}");
+    assert_eq!(picks.iter().filter(|p| *p == "shop/web-v2:80").count(), 1, "{picks:?}");
+    assert_eq!(lands(&c, 8080, "any.host", "/api/x").as_deref(), Some("backend/api:8080"), "granted, as Istio allows");
+    assert_eq!(t.grants.len(), 1, "exactly the one reference across namespaces");
+    // The refused rules route nothing: /login goes where the catch-all sends it.
+    assert!(lands(&c, 8080, "any.host", "/login").unwrap().starts_with("shop/web"));
+    // The HTTPS server is translated, and says it is not served yet.
+    let listener = c.gateways.values().next().unwrap().listeners.iter().find(|l| l.name == "secure").unwrap();
+    let accepted = listener.conditions.iter().find(|c| c.kind == "Accepted").unwrap();
+    assert_eq!((accepted.status, accepted.reason), (false, "UnsupportedProtocol"));
+}
