@@ -216,7 +216,14 @@ for n in a b; do start_ours $n --intercept nftables --dns-listen 169.254.96.17:5
 check "ours ready in node mode on a and b" eval 'ready a && ready b'
 check "our DNS (169.254.96.17:53) answers the cluster IP" eventually 10 dig_a 169.254.96.17 53 web.default.svc.cluster.local 10.96.0.10
 check "EdgeMesh DNS still answers" dig_a 169.254.96.16 53 web.default.svc.cluster.local 10.96.0.10
+ours_opened() {   # our agent's proxied connections on a so far
+  ip netns exec $NA curl -s -m 2 http://127.0.0.1:15020/metrics |
+    awk '/^edgemesh_tcp_connections_opened_total/ {n += $NF} END {print n + 0}'
+}
+before=$(ours_opened)
 check "the cluster IP is served (whichever agent's rule comes first)" eventually 20 get http://10.96.0.10/
+for _ in 1 2 3 4; do get http://10.96.0.10/ >/dev/null 2>&1; done
+log "info: of 5 connections to the cluster IP, our agent carried $(( $(ours_opened) - before )) (the rest: EdgeMesh's rule came first)"
 check "devices: edge0 holds 169.254.96.17, edgemesh0 169.254.96.16" \
   eval "ip -n $NA -br addr show edge0 | grep -q 169.254.96.17 && ip -n $NA -br addr show edgemesh0 | grep -q 169.254.96.16"
 ip netns exec $NA nft list ruleset > "$OUT/ruleset-both-a.txt" 2>&1
