@@ -4,7 +4,7 @@
 //! either translated or reported with its line, bad input fails naming
 //! file:line, and the output starts an agent (as root: in node mode, in a
 //! network namespace, reading a fake API) that answers DNS on EdgeMesh's
-//! node-local address.
+//! node-local address and takes a service's strategy from a DestinationRule.
 
 mod support;
 
@@ -310,4 +310,22 @@ fn the_converted_default_config_starts_an_agent_that_serves_dns_on_edgemeshs_add
     let out = node.exec(&["dig", "@169.254.96.16", "+short", "+time=2", "+tries=2", "web.shop.svc.cluster.local"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.96.7.7", "{}", agent.log());
     assert!(node.links().contains("edge0"), "{}", node.links());
+
+    // EdgeMesh's DestinationRules keep working: one for web sets its
+    // strategy in the running agent.
+    api.apply(
+        Resource::DestinationRules,
+        json!({"metadata": {"name": "web", "namespace": "shop"},
+               "spec": {"host": "web", "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpHeaderName": "X-User"}}}}}),
+    );
+    let web = || {
+        agent.json("/services")["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["namespace"] == "shop" && s["name"] == "web").cloned())
+            .unwrap_or_default()
+    };
+    let web = support::eventually(Duration::from_secs(10), "the rule's strategy", || {
+        Some(web()).filter(|w| w["strategy"] == "ConsistentHash")
+    });
+    assert_eq!(web["hashKey"], "header:X-User", "{web}");
 }
