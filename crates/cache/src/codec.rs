@@ -15,7 +15,8 @@
 //! added in a later version is listed after `since N`: it is written last,
 //! and a value of an older version reads as the field's default, so the
 //! offline state survives the upgrade (format 3 added `appProtocol`,
-//! format 4 a Node's pod CIDRs).
+//! format 4 a Node's pod CIDRs). A new kind of object (DestinationRule,
+//! object tag 3) needs no new version: older values never hold one.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -24,9 +25,12 @@ use ipnet::IpNet;
 
 use edgemesh_core::object::{EndpointPortSpec, EndpointSpec, ObjectMeta, ServicePortSpec};
 use edgemesh_core::service::{
-    InternalTrafficPolicy, IpFamily, IpFamilyPolicy, Protocol, SessionAffinity, TargetPort, TrafficDistribution,
+    InternalTrafficPolicy, IpFamily, IpFamilyPolicy, LbStrategy, Protocol, SessionAffinity, TargetPort,
+    TrafficDistribution,
 };
-use edgemesh_core::{EndpointSet, EndpointSubset, NodeObject, Object, ObjectKind, ServiceObject};
+use edgemesh_core::{
+    DestinationRuleObject, EndpointSet, EndpointSubset, NodeObject, Object, ObjectKind, ServiceObject,
+};
 
 /// The first byte of every value this agent writes.
 pub const VERSION: u8 = 4;
@@ -141,6 +145,7 @@ record!(EndpointSpec { addresses, ready, node_name, hostname });
 record!(EndpointPortSpec { name, port, protocol });
 record!(NodeObject { meta, addresses } since 4 { pod_cidrs });
 record!(ObjectMeta { namespace, name, labels, annotations });
+record!(DestinationRuleObject { meta, service_namespace, service_name, strategy, hash_key });
 
 tags!(Protocol, "protocol" { 0 => (Protocol::Tcp), 1 => (Protocol::Udp), 2 => (Protocol::Sctp) });
 tags!(ObjectKind, "object kind" {
@@ -148,6 +153,14 @@ tags!(ObjectKind, "object kind" {
     1 => (ObjectKind::EndpointSlice),
     2 => (ObjectKind::Endpoints),
     3 => (ObjectKind::Node),
+    4 => (ObjectKind::DestinationRule),
+});
+tags!(Option<LbStrategy>, "load-balancing strategy" {
+    0 => (None),
+    1 => (Some(LbStrategy::RoundRobin)),
+    2 => (Some(LbStrategy::Random)),
+    3 => (Some(LbStrategy::ConsistentHash)),
+    4 => (Some(LbStrategy::LeastRequest)),
 });
 tags!(InternalTrafficPolicy, "traffic policy" {
     0 => (InternalTrafficPolicy::Cluster),
@@ -174,6 +187,7 @@ impl Field for Object {
             Object::Service(s) => tagged(0, s, out),
             Object::Endpoints(e) => tagged(1, e, out),
             Object::Node(n) => tagged(2, n, out),
+            Object::DestinationRule(d) => tagged(3, d, out),
         }
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -182,6 +196,7 @@ impl Field for Object {
             0 => Ok(Object::Service(Field::read(r)?)),
             1 => Ok(Object::Endpoints(Field::read(r)?)),
             2 => Ok(Object::Node(Field::read(r)?)),
+            3 => Ok(Object::DestinationRule(Field::read(r)?)),
             other => Err(r.invalid(at, "object kind", other)),
         }
     }

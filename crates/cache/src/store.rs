@@ -365,6 +365,7 @@ fn key_string(k: &ObjectKey) -> String {
         ObjectKind::EndpointSlice => "EndpointSlice",
         ObjectKind::Endpoints => "Endpoints",
         ObjectKind::Node => "Node",
+        ObjectKind::DestinationRule => "DestinationRule",
     };
     let mut s = String::with_capacity(kind.len() + k.namespace.len() + k.name.len() + 2);
     for part in [kind, "/", &k.namespace, "/", &k.name] {

@@ -44,7 +44,8 @@ pub use health::{Connection, SourceHealth, SourceReport};
 pub use log_limit::LogLimiter;
 pub use node::{NodeEntry, PEER_ID_ANNOTATION};
 pub use object::{
-    EndpointSet, EndpointSubset, NodeObject, Object, ObjectId, ObjectKey, ObjectKind, ServiceObject, SourceEvent,
+    DestinationRuleObject, EndpointSet, EndpointSubset, NodeObject, Object, ObjectId, ObjectKey, ObjectKind,
+    ServiceObject, SourceEvent,
 };
 pub use registry::{EventSink, EventStream, Registry, RegistryConfig, RegistryHandle, VipPolicy};
 pub use service::{

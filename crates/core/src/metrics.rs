@@ -34,15 +34,20 @@ struct EventLabels {
     action: &'static str,
 }
 
-const KINDS: [ObjectKind; 4] =
-    [ObjectKind::Service, ObjectKind::EndpointSlice, ObjectKind::Endpoints, ObjectKind::Node];
+const KINDS: [ObjectKind; 5] = [
+    ObjectKind::Service,
+    ObjectKind::EndpointSlice,
+    ObjectKind::Endpoints,
+    ObjectKind::Node,
+    ObjectKind::DestinationRule,
+];
 const ACTIONS: [&str; 2] = ["apply", "delete"];
 
 /// What one source delivered: events by kind and action, whether its first
 /// full view arrived, and when it last sent anything.
 pub struct SourceMetrics {
     /// Indexed [kind][action], resolved once.
-    events: [[Counter; 2]; 4],
+    events: [[Counter; 2]; 5],
     synced: Gauge,
     /// Unix time of the last event, in milliseconds; 0 before the first.
     last_update_ms: AtomicU64,
@@ -110,6 +115,7 @@ fn object_kind(object: &Object) -> ObjectKind {
         Object::Service(_) => ObjectKind::Service,
         Object::Endpoints(set) => set.kind,
         Object::Node(_) => ObjectKind::Node,
+        Object::DestinationRule(_) => ObjectKind::DestinationRule,
     }
 }
 
@@ -119,6 +125,7 @@ fn kind_name(kind: ObjectKind) -> &'static str {
         ObjectKind::EndpointSlice => "EndpointSlice",
         ObjectKind::Endpoints => "Endpoints",
         ObjectKind::Node => "Node",
+        ObjectKind::DestinationRule => "DestinationRule",
     }
 }
 

@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::service::{
-    InternalTrafficPolicy, IpFamily, IpFamilyPolicy, Protocol, ServiceKey, SessionAffinity, TargetPort,
+    InternalTrafficPolicy, IpFamily, IpFamilyPolicy, LbStrategy, Protocol, ServiceKey, SessionAffinity, TargetPort,
     TrafficDistribution,
 };
 
@@ -26,6 +26,9 @@ pub enum ObjectKind {
     Endpoints,
     /// `v1` Node (cluster-scoped: its key has an empty namespace).
     Node,
+    /// Istio `networking.istio.io` DestinationRule: a service's
+    /// load-balancing strategy, as EdgeMesh reads it.
+    DestinationRule,
 }
 
 /// Identity of a source object: kind, namespace and name.
@@ -187,12 +190,34 @@ pub struct NodeObject {
     pub pod_cidrs: Vec<IpNet>,
 }
 
+/// An Istio DestinationRule (`networking.istio.io` v1alpha3, v1beta1 or
+/// v1), reduced to what EdgeMesh read from it: the load-balancing strategy
+/// of one service. Fields without effect here are reported by the source
+/// that converts it. Deserialized with defaults, like [`ServiceObject`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DestinationRuleObject {
+    pub meta: ObjectMeta,
+    /// The service its `spec.host` names (a short name is in the rule's
+    /// namespace): namespace and name.
+    pub service_namespace: String,
+    pub service_name: String,
+    /// `trafficPolicy.loadBalancer`: `simple` (ROUND_ROBIN, RANDOM,
+    /// LEAST_REQUEST/LEAST_CONN) or `consistentHash`; `None` when the rule
+    /// sets no strategy.
+    pub strategy: Option<LbStrategy>,
+    /// `consistentHash`'s key, in the `edgemesh.io/hash-key` syntax
+    /// (`source-ip`, `header:<Name>`, `cookie:<name>`).
+    pub hash_key: Option<String>,
+}
+
 /// Any object a source can emit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Object {
     Service(ServiceObject),
     Endpoints(EndpointSet),
     Node(NodeObject),
+    DestinationRule(DestinationRuleObject),
 }
 
 impl Object {
@@ -207,6 +232,11 @@ impl Object {
             Object::Node(n) => {
                 ObjectKey { kind: ObjectKind::Node, namespace: String::new(), name: n.meta.name.clone() }
             }
+            Object::DestinationRule(d) => ObjectKey {
+                kind: ObjectKind::DestinationRule,
+                namespace: d.meta.namespace.clone(),
+                name: d.meta.name.clone(),
+            },
         }
     }
 
@@ -216,15 +246,18 @@ impl Object {
             Object::Service(s) => ObjectId::new(ObjectKind::Service, &s.meta.namespace, &s.meta.name),
             Object::Endpoints(e) => ObjectId::new(e.kind, &e.meta.namespace, &e.meta.name),
             Object::Node(n) => ObjectId::new(ObjectKind::Node, "", &n.meta.name),
+            Object::DestinationRule(d) => ObjectId::new(ObjectKind::DestinationRule, &d.meta.namespace, &d.meta.name),
         }
     }
 
-    /// The service this object belongs to; `None` for a Node.
+    /// The service this object belongs to (a DestinationRule: the one its
+    /// host names); `None` for a Node.
     pub fn service_key(&self) -> Option<ServiceKey> {
         match self {
             Object::Service(s) => Some(ServiceKey::new(&s.meta.namespace, &s.meta.name)),
             Object::Endpoints(e) => Some(ServiceKey::new(&e.meta.namespace, &e.service_name)),
             Object::Node(_) => None,
+            Object::DestinationRule(d) => Some(ServiceKey::new(&d.service_namespace, &d.service_name)),
         }
     }
 }

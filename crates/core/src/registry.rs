@@ -7,7 +7,7 @@
 //! Nodes go straight into the snapshot as [`NodeEntry`]s (name, peer ID,
 //! addresses, pod CIDRs): nothing else of a Node object is kept.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use tokio::sync::{mpsc, watch};
 
 use crate::node::NodeEntry;
-use crate::object::{Object, ObjectId, ObjectKind, SourceEvent};
+use crate::object::{DestinationRuleObject, Object, ObjectId, ObjectKind, SourceEvent};
 use crate::service::{LbStrategy, ServiceKey};
 use crate::snapshot::Snapshot;
 pub use crate::vip::VipPolicy;
@@ -227,6 +227,12 @@ pub struct RegistryState {
     pending: BTreeSet<ServiceKey>,
     /// Node, port and type names shared by the entries.
     names: SharedNames,
+    /// DestinationRules by the service their host names, then by the
+    /// rule's own namespace and name (the first one decides, see
+    /// [`RulePolicy`]).
+    rules: HashMap<ServiceKey, BTreeMap<(String, String), RulePolicy>>,
+    /// The service each DestinationRule names (its host may change).
+    rule_target: HashMap<(String, String), ServiceKey>,
     snapshot: Snapshot,
 }
 
@@ -241,6 +247,8 @@ impl RegistryState {
             awaiting_vip: BTreeSet::new(),
             pending: BTreeSet::new(),
             names: SharedNames::default(),
+            rules: HashMap::new(),
+            rule_target: HashMap::new(),
             snapshot: Snapshot::for_node(&config.node_name),
         }
     }
@@ -302,6 +310,7 @@ impl RegistryState {
                 self.pending.insert(owner);
             }
             SourceEvent::Apply(Object::Node(node)) => return self.snapshot.set_node(NodeEntry::from(&node)),
+            SourceEvent::Apply(Object::DestinationRule(rule)) => return self.apply_rule(rule),
             SourceEvent::Delete(okey) => match okey.kind {
                 ObjectKind::Service => {
                     let key = ServiceKey::new(&okey.namespace, &okey.name);
@@ -316,9 +325,42 @@ impl RegistryState {
                     self.remove_endpoint_set(&owner, &okey);
                 }
                 ObjectKind::Node => return self.snapshot.remove_node(&okey.name),
+                ObjectKind::DestinationRule => return self.remove_rule(&(okey.namespace, okey.name)),
             },
             SourceEvent::Synced => return false,
         }
+        true
+    }
+
+    /// A DestinationRule added or changed: the service it names (and the
+    /// one it named before) is rebuilt with its strategy.
+    fn apply_rule(&mut self, rule: DestinationRuleObject) -> bool {
+        let id = (rule.meta.namespace.clone(), rule.meta.name.clone());
+        let target = ServiceKey::new(&rule.service_namespace, &rule.service_name);
+        let policy = RulePolicy::of(&rule);
+        if self.rule_target.get(&id) == Some(&target)
+            && self.rules.get(&target).and_then(|r| r.get(&id)) == Some(&policy)
+        {
+            return false;
+        }
+        self.remove_rule(&id);
+        self.rules.entry(target.clone()).or_default().insert(id.clone(), policy);
+        self.rule_target.insert(id, target.clone());
+        self.pending.insert(target);
+        true
+    }
+
+    /// A DestinationRule gone: its service falls back to its annotation or
+    /// the default strategy.
+    fn remove_rule(&mut self, id: &(String, String)) -> bool {
+        let Some(target) = self.rule_target.remove(id) else { return false };
+        if let Some(rules) = self.rules.get_mut(&target) {
+            rules.remove(id);
+            if rules.is_empty() {
+                self.rules.remove(&target);
+            }
+        }
+        self.pending.insert(target);
         true
     }
 
@@ -377,7 +419,8 @@ impl RegistryState {
             self.awaiting_vip.remove(key);
         }
         let released = assigned.released;
-        let policy = Policy::of(key, svc, self.default_strategy);
+        let rule = self.rules.get(key).and_then(|r| r.values().next());
+        let policy = Policy::of(key, svc, self.default_strategy, rule);
         let entry = build_entry(key, svc, &assigned, policy, self.endpoint_sets.get(key));
         if self.snapshot.service(key).is_some_and(|old| **old == entry) {
             return released;
@@ -411,7 +454,7 @@ mod entry;
 mod events;
 mod names;
 mod stored;
-use entry::{Policy, build_entry};
+use entry::{Policy, RulePolicy, build_entry};
 
 pub use events::{EventSink, EventStream, RegistryClosed};
 use names::SharedNames;

@@ -1,7 +1,7 @@
 //! Serves a synthetic cluster for benchmarks and manual testing.
 //!
 //! ```text
-//! cargo run --release -p edgemesh-dns --example serve -- 127.0.0.1:5353 [services] [upstream]
+//! cargo run --release -p edgemesh-dns --example serve -- 127.0.0.1:15053 [services] [upstream]
 //! ```
 //! Services are `svc-<i>.default.svc.cluster.local` (one endpoint each);
 //! `upstream` (ip:port) receives every other name.
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let listen: SocketAddr = args.next().as_deref().unwrap_or("127.0.0.1:5353").parse().expect("listen ip:port");
+    let listen: SocketAddr = args.next().as_deref().unwrap_or("127.0.0.1:15053").parse().expect("listen ip:port");
     let services: usize = args.next().map_or(1000, |s| s.parse().expect("service count"));
     let upstreams: Vec<SocketAddr> = args.next().map(|s| s.parse().expect("upstream ip:port")).into_iter().collect();
 

@@ -117,8 +117,23 @@ pub struct DnsConfig {
     pub cluster_ips_first: bool,
 }
 
-/// The DNS server's address when none is set.
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5353);
+/// The DNS server's address when none is set (without node mode; node mode
+/// uses `169.254.96.16:53`, see the agent's config).
+///
+/// Port 15053, not 5353: 5353 is multicast DNS, where avahi-daemon and every
+/// mDNS stack (EdgeMesh's and our own tunnel's peer discovery included) bind
+/// `0.0.0.0:5353`, and a DNS server on `127.0.0.1:5353` made an EdgeMesh
+/// agent on the same node fail to bind and never find its peer (issue #21).
+/// 15053 is unassigned in the IANA registry, below Linux's ephemeral range
+/// (32768-60999, where an outgoing connection could already hold it), above
+/// the privileged ports (no capability needed), and clear of the de-facto
+/// alternates (5335 unbound, 5354 mDNSResponder, 5355 LLMNR/systemd-resolved,
+/// 8053 BIND statistics, 8600 Consul, 10053 kube-dns). It completes the
+/// Istio-shaped layout of the agent's other ports (15006 transparent
+/// listener, 15020 admin): Istio's DNS proxy uses 15053 only inside pod
+/// network namespaces, where an Istio sidecar would take 15006 and 15020
+/// from this agent anyway, never on a node's.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 15053);
 
 impl DnsConfig {
     /// The address to serve on.

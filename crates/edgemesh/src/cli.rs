@@ -3,6 +3,7 @@
 //! - [`flags`]: the agent's setting flags.
 //! - [`status`]: `edgemesh status`, a client of the admin endpoint.
 //! - [`check_config`]: `edgemesh check-config FILE`.
+//! - [`migrate`]: `edgemesh migrate --from-edgemesh FILE`.
 
 use std::path::PathBuf;
 
@@ -10,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod check_config;
 pub mod flags;
+pub mod migrate;
 pub mod status;
 
 use self::flags::SettingFlags;
@@ -41,6 +43,10 @@ pub enum Command {
     /// Check a config file and the manifests directory it names, printing every problem with its
     /// file and line; starts nothing.
     CheckConfig(check_config::CheckConfigArgs),
+    /// Translate a KubeEdge EdgeMesh agent config (the edgemesh-agent-cfg ConfigMap, or its
+    /// edgemesh-agent.yaml) into this agent's config, printed with where each key came from and
+    /// what has no counterpart.
+    Migrate(migrate::MigrateArgs),
 }
 
 /// Flags of `edgemesh id`.

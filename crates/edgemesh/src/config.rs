@@ -321,7 +321,7 @@ pub struct YamlProblem {
 }
 
 impl YamlProblem {
-    fn of(e: &serde_saphyr::Error) -> Self {
+    pub(crate) fn of(e: &serde_saphyr::Error) -> Self {
         let text = e.to_string();
         let message = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
         let location = e.location().filter(|l| l.line() > 0);

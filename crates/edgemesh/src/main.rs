@@ -73,6 +73,7 @@ fn main() -> ExitCode {
         }
         Command::Status(args) => edgemesh::cli::status::run(&args),
         Command::CheckConfig(args) => edgemesh::cli::check_config::run(&args),
+        Command::Migrate(args) => edgemesh::cli::migrate::run(&args),
         Command::Id(args) => match args.key_file() {
             Ok(file) => print_peer_id(&file),
             Err(e) => {

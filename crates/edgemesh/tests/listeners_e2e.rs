@@ -50,7 +50,7 @@ fn listeners(ns: &Netns) -> Vec<Listener> {
     ns.ok(&["ss", "-ltnupH"]).lines().map(parse).collect()
 }
 
-/// `udp UNCONN 0 0 127.0.0.1%lo:5353 0.0.0.0:* users:...`; `*` is the
+/// `udp UNCONN 0 0 127.0.0.1%lo:15053 0.0.0.0:* users:...`; `*` is the
 /// IPv6 wildcard (which takes IPv4 too).
 fn parse(line: &str) -> Listener {
     let fields: Vec<&str> = line.split_whitespace().collect();
@@ -118,8 +118,8 @@ fn with_default_settings_the_agent_listens_on_loopback_only() {
 
     let expected = [
         ("tcp", SocketAddr::from(([127, 0, 0, 1], 15020))),
-        ("tcp", SocketAddr::from(([127, 0, 0, 1], 5353))),
-        ("udp", SocketAddr::from(([127, 0, 0, 1], 5353))),
+        ("tcp", SocketAddr::from(([127, 0, 0, 1], 15053))),
+        ("udp", SocketAddr::from(([127, 0, 0, 1], 15053))),
         ("tcp", SocketAddr::new(web, 80)),
         ("udp", SocketAddr::new(dns, 53)),
     ];
@@ -136,7 +136,7 @@ fn with_default_settings_the_agent_listens_on_loopback_only() {
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         client.send_to(b"session", (dns, 53)).unwrap();
     });
-    node.exec(&["dig", "@127.0.0.1", "-p", "5353", "+time=1", "+tries=1", "example.org"]);
+    node.exec(&["dig", "@127.0.0.1", "-p", "15053", "+time=1", "+tries=1", "example.org"]);
 
     let found = listeners(&node);
     for l in &found {
@@ -152,7 +152,7 @@ fn with_default_settings_the_agent_listens_on_loopback_only() {
     for host in ["10.77.0.1", "[fd00:77::1]"] {
         assert_eq!(peer.curl(&format!("http://{host}:15020/healthz")), None, "admin endpoint reached at {host}");
     }
-    let out = peer.exec(&["dig", "@10.77.0.1", "-p", "5353", "+time=1", "+tries=1", "web.default.svc.cluster.local"]);
+    let out = peer.exec(&["dig", "@10.77.0.1", "-p", "15053", "+time=1", "+tries=1", "web.default.svc.cluster.local"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("status:"), "DNS answered from outside the node:\n{text}");
 }

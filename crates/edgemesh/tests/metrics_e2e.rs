@@ -7,7 +7,7 @@
 //! ```text
 //!  node-a 10.0.0.2 ─┐  curl -> web's VIP -> tunnel -> node-b's nginx;
 //!  node-b 10.0.0.3 ─┼─ bridge    datagrams -> echo's VIP -> node-b's UDP echo;
-//!                   │            dig -> node-a's DNS (127.0.0.1:5353), which
+//!                   │            dig -> node-a's DNS (127.0.0.1:15053), which
 //!                   │            forwards edge-b.local to node-b's (10.0.0.3:53)
 //!  mon    10.0.0.9 ─┘  prometheus (127.0.0.1:9090 in mon) scrapes
 //!                      10.0.0.2:15020 and 10.0.0.3:15020
@@ -33,7 +33,7 @@ use support::prometheus::{Prometheus, require_prometheus};
 const A_ADMIN: &str = "10.0.0.2:15020";
 const B_ADMIN: &str = "10.0.0.3:15020";
 /// node-a's DNS server (the agent's default without interception).
-const DNS_SERVER: &str = "dns://127.0.0.1:5353";
+const DNS_SERVER: &str = "dns://127.0.0.1:15053";
 /// Connections made through the service, one HTTP request each.
 const CONNECTIONS: u64 = 20;
 /// node-b's DNS server, node-a's upstream, and its cluster domain (so

@@ -24,7 +24,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use support::mesh::{
-    LIMIT, Node, addresses, behind_nat, iperf3, on_wan, peers, reset_unsolicited, service, wait_for_peer,
+    LIMIT, Node, TUNNEL_PORT, addresses, behind_nat, iperf3, on_wan, peers, reset_unsolicited, service, wait_for_peer,
 };
 use support::netns::{Lan, Netns, NsAgent, NsNginx, NsProcess, UdpEcho, link, require_root};
 use support::probe::Probe;
@@ -423,13 +423,19 @@ fn a_port_mapping_on_a_upnp_router_makes_a_node_behind_nat_directly_reachable() 
     let made = eventually_every(Duration::from_millis(200), LIMIT, "node-a's port mapping", || {
         agent_a.log().lines().find(|l| l.contains("port mapping made")).map(str::to_owned)
     });
-    assert!(made.contains("/ip4/11.0.0.3/tcp/20006"), "the router's address and the tunnel port: {made}");
+    assert!(
+        made.contains(&format!("/ip4/11.0.0.3/tcp/{TUNNEL_PORT}")),
+        "the router's address and the tunnel port: {made}"
+    );
     let rules = router.mappings();
-    assert!(rules.contains("dport 20006 dnat ip to 10.2.0.2:20006"), "miniupnpd's DNAT rule:\n{rules}");
+    assert!(
+        rules.contains(&format!("dport {TUNNEL_PORT} dnat ip to 10.2.0.2:{TUNNEL_PORT}")),
+        "miniupnpd's DNAT rule:\n{rules}"
+    );
     let agent_b = start_b();
     let to_a = wait_for_peer(&agent_b, "node-a", "node-b to connect to node-a", |_| true);
     assert_eq!(to_a["connection"], "direct", "{to_a}");
-    assert!(addresses(&to_a).contains("/ip4/11.0.0.3/tcp/20006"), "through the mapping: {to_a}");
+    assert!(addresses(&to_a).contains(&format!("/ip4/11.0.0.3/tcp/{TUNNEL_PORT}")), "through the mapping: {to_a}");
     assert_eq!(b.ns.curl(&url).as_deref(), Some("node-a saw 10.2.0.2\n"));
 }
 

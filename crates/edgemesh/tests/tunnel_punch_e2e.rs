@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::eventually_every;
-use support::mesh::{LIMIT, Node, Transport, peers, service, wait_for_peer_within};
+use support::mesh::{LIMIT, Node, TUNNEL_PORT, Transport, peers, service, wait_for_peer_within};
 use support::netns::{Netns, NsAgent, NsNginx, in_netns, link, require_root};
 
 /// Bound on becoming direct: DCUtR's first attempt (a primed dial's SYN is
@@ -165,7 +165,7 @@ fn resetting_nat(inet: &Netns, wan: u8, node: &Node, lan: u8) -> Netns {
 /// `router_wan` is refused (a reset from the router's own stack), not
 /// dropped and not forwarded.
 fn routers_reset_unsolicited_syns(from: &Node, router_wan: &str) {
-    let to: SocketAddr = format!("{router_wan}:20006").parse().unwrap();
+    let to: SocketAddr = format!("{router_wan}:{TUNNEL_PORT}").parse().unwrap();
     let refused = in_netns(&from.ns.name, move || TcpStream::connect_timeout(&to, Duration::from_secs(3)));
     assert_eq!(refused.map(drop).map_err(|e| e.kind()), Err(ErrorKind::ConnectionRefused));
 }

@@ -15,7 +15,10 @@
 //!   ([`FakeApiServer::set_unavailable`]), a server that is not listening at
 //!   all ([`FakeApiServer::stop`] / [`FakeApiServer::restart`], or
 //!   [`FakeApiServer::reserve`] to be down from the start), and an API
-//!   without `discovery.k8s.io/v1` ([`FakeApiServer::without_endpoint_slices`]).
+//!   without `discovery.k8s.io/v1` ([`FakeApiServer::without_endpoint_slices`]),
+//!   and one without the DestinationRule CRD
+//!   (`/apis/networking.istio.io/v1alpha3/destinationrules`,
+//!   [`FakeApiServer::set_destination_rules`]).
 //!
 //! The server runs on its own thread and runtime, so both `#[tokio::test]`s
 //! and plain threaded tests (driving the real binary) can use it; every
@@ -47,6 +50,9 @@ pub enum Resource {
     EndpointSlices,
     Endpoints,
     Nodes,
+    /// Istio's `networking.istio.io/v1alpha3` DestinationRules (a CRD:
+    /// [`FakeApiServer::set_destination_rules`] takes it away).
+    DestinationRules,
 }
 
 impl Resource {
@@ -56,6 +62,7 @@ impl Resource {
             "/api/v1/endpoints" => Some(Resource::Endpoints),
             "/api/v1/nodes" => Some(Resource::Nodes),
             "/apis/discovery.k8s.io/v1/endpointslices" => Some(Resource::EndpointSlices),
+            "/apis/networking.istio.io/v1alpha3/destinationrules" => Some(Resource::DestinationRules),
             _ => None,
         }
     }
@@ -63,6 +70,7 @@ impl Resource {
     fn api_version(self) -> &'static str {
         match self {
             Resource::EndpointSlices => "discovery.k8s.io/v1",
+            Resource::DestinationRules => "networking.istio.io/v1alpha3",
             _ => "v1",
         }
     }
@@ -73,6 +81,7 @@ impl Resource {
             Resource::EndpointSlices => "EndpointSlice",
             Resource::Endpoints => "Endpoints",
             Resource::Nodes => "Node",
+            Resource::DestinationRules => "DestinationRule",
         }
     }
 }
@@ -108,6 +117,7 @@ struct Shared {
     logged: std::sync::Condvar,
     unavailable: AtomicBool,
     slices: AtomicBool,
+    rules: AtomicBool,
 }
 
 /// A running (or stopped) fake API server on 127.0.0.1; see the crate docs.
@@ -166,6 +176,7 @@ impl FakeApiServer {
             logged: std::sync::Condvar::new(),
             unavailable: AtomicBool::new(false),
             slices: AtomicBool::new(true),
+            rules: AtomicBool::new(true),
         });
         FakeApiServer { shared, addr, stop: Mutex::new(None), runtime, _thread: RuntimeThread { done: Some(done_tx) } }
     }
@@ -182,6 +193,13 @@ impl FakeApiServer {
     /// Serves 404 for EndpointSlices, like an API without `discovery.k8s.io/v1`.
     pub fn without_endpoint_slices(&self) {
         self.shared.slices.store(false, Ordering::SeqCst);
+    }
+
+    /// Without (`false`) or with (`true`, the default) the DestinationRule
+    /// CRD: without it, its list and watch get `404`, as on a cluster
+    /// where neither Istio nor EdgeMesh installed it.
+    pub fn set_destination_rules(&self, served: bool) {
+        self.shared.rules.store(served, Ordering::SeqCst);
     }
 
     /// Stops listening and cuts every connection: the API server is down.
@@ -240,7 +258,13 @@ impl FakeApiServer {
     /// Sends a `BOOKMARK` with the current resourceVersion to every watch.
     pub fn bookmark(&self) {
         let store = self.shared.store.lock().unwrap();
-        for r in [Resource::Services, Resource::EndpointSlices, Resource::Endpoints, Resource::Nodes] {
+        for r in [
+            Resource::Services,
+            Resource::EndpointSlices,
+            Resource::Endpoints,
+            Resource::Nodes,
+            Resource::DestinationRules,
+        ] {
             let line = event_line(
                 "BOOKMARK",
                 &json!({"apiVersion": r.api_version(), "kind": r.kind(), "metadata": {"resourceVersion": store.rv.to_string()}}),
@@ -387,7 +411,9 @@ fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Resp {
     let Some(resource) = Resource::of_path(&path) else {
         return status(StatusCode::NOT_FOUND, "NotFound", &format!("the server could not find {path}"));
     };
-    if resource == Resource::EndpointSlices && !shared.slices.load(Ordering::SeqCst) {
+    if (resource == Resource::EndpointSlices && !shared.slices.load(Ordering::SeqCst))
+        || (resource == Resource::DestinationRules && !shared.rules.load(Ordering::SeqCst))
+    {
         return status(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource");
     }
     let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));

@@ -17,9 +17,11 @@ use crate::schema::{Document, EndpointAddress, EndpointPort, Kind, Located, Meta
 use crate::validate;
 
 mod node;
+mod rule;
 mod service;
 
 pub use node::NODE_ADDRESS_TYPES;
+pub use rule::API_VERSIONS as DESTINATION_RULE_API_VERSIONS;
 
 /// The label that links an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -30,6 +32,8 @@ pub fn api_version_of(kind: Kind) -> Option<&'static str> {
     match kind {
         Kind::Service | Kind::Endpoints | Kind::Node | Kind::List => Some("v1"),
         Kind::EndpointSlice => Some("discovery.k8s.io/v1"),
+        // Also v1beta1 and v1 (see [`DESTINATION_RULE_API_VERSIONS`]).
+        Kind::DestinationRule => Some(rule::API_VERSIONS[0]),
         Kind::Other => None,
     }
 }
@@ -65,6 +69,7 @@ pub fn document(doc: Document, base: usize, line: usize, out: &mut Vec<ParsedObj
     let cx = Cx { object: kind_field.value.clone(), ..cx };
     match &doc.api_version {
         None => return Err(cx.err(Problem::MissingApiVersion { expected })),
+        Some(v) if kind == Kind::DestinationRule && rule::API_VERSIONS.contains(&v.value.as_str()) => {}
         Some(v) if v.value != expected => {
             tracing::debug!(line, kind = %kind_field.value, api_version = %v.value, "skipping object of another API group");
             return Ok(());
@@ -79,6 +84,7 @@ pub fn document(doc: Document, base: usize, line: usize, out: &mut Vec<ParsedObj
         },
         Kind::Endpoints => Object::Endpoints(endpoints(doc, cx)?),
         Kind::Node => Object::Node(node::node(doc, cx)?),
+        Kind::DestinationRule => Object::DestinationRule(rule::destination_rule(doc, cx)?),
         Kind::List => {
             for item in doc.items.unwrap_or_default() {
                 let line = base + item.line;

@@ -27,6 +27,8 @@ pub enum Kind {
     EndpointSlice,
     Endpoints,
     Node,
+    /// Istio's `networking.istio.io` DestinationRule.
+    DestinationRule,
     List,
     Other,
 }
@@ -38,6 +40,7 @@ impl Kind {
             "EndpointSlice" => Kind::EndpointSlice,
             "Endpoints" => Kind::Endpoints,
             "Node" => Kind::Node,
+            "DestinationRule" => Kind::DestinationRule,
             "List" => Kind::List,
             _ => Kind::Other,
         }
@@ -85,6 +88,9 @@ pub struct Document {
     /// pod CIDRs).
     pub node_spec: Option<NodeSpec>,
     pub status: Option<NodeStatus>,
+    /// DestinationRule: its whole `spec` (read once `kind` says so), so that
+    /// every field without effect here can be reported by name.
+    pub rule_spec: Option<serde_json::Value>,
     /// List.
     pub items: Option<Vec<Located<Document>>>,
 }
@@ -318,6 +324,7 @@ impl<'de> Deserialize<'de> for Document {
                         }
                         Key::Metadata => doc.metadata = map.next_value()?,
                         Key::Spec if kind == Some(Kind::Node) => doc.node_spec = map.next_value()?,
+                        Key::Spec if kind == Some(Kind::DestinationRule) => doc.rule_spec = map.next_value()?,
                         Key::Spec if wants(kind, Kind::Service) => doc.spec = map.next_value()?,
                         Key::AddressType if wants(kind, Kind::EndpointSlice) => doc.address_type = map.next_value()?,
                         Key::Endpoints if wants(kind, Kind::EndpointSlice) => doc.endpoints = map.next_value()?,

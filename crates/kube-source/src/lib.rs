@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!  API server / metaServer ──list+watch──> watchers (kube-runtime, back-off)
-//!        Services, EndpointSlices | Endpoints, Nodes        │ events
+//!  Services, EndpointSlices | Endpoints, Nodes,              │ events
+//!  DestinationRules (optional CRD)                           │
 //!                                        convert (validate) <┘
 //!                                              │ objects
 //!                      diff against what was sent ──> EventSink
@@ -22,6 +23,8 @@
 //! - `health`: which watches fail, published as the shared
 //!   [`SourceHealth`](edgemesh_core::SourceHealth) (connected, or
 //!   disconnected since when and why) for `/readyz` and `/services`.
+//! - [`rule`]: Istio DestinationRules (an optional CRD), EdgeMesh's
+//!   per-service load-balancing strategies.
 //! - `backoff`: exponential back-off with jitter that really grows.
 //! - [`error`]: the error type, [`KubeError`], whose messages say what to check.
 #![forbid(unsafe_code)]
@@ -33,6 +36,7 @@ pub mod config;
 mod convert;
 pub mod error;
 mod health;
+pub mod rule;
 pub mod source;
 
 /// The API objects' conversions, for the fuzz targets (`fuzz/`) only: not an API.

@@ -29,6 +29,7 @@ use crate::client::{ApiEndpoint, observed_client};
 use crate::convert;
 use crate::error::KubeError;
 use crate::health::Link;
+use crate::rule::DestinationRule;
 use edgemesh_k8s::ConvertError;
 
 /// Settings of the Kubernetes source.
@@ -68,6 +69,8 @@ enum Watched {
     EndpointSlices,
     Endpoints,
     Nodes,
+    /// Optional (a CRD): never part of the first full view.
+    DestinationRules,
 }
 
 impl Watched {
@@ -77,9 +80,16 @@ impl Watched {
             Watched::EndpointSlices => "endpointslices",
             Watched::Endpoints => "endpoints",
             Watched::Nodes => "nodes",
+            Watched::DestinationRules => "destinationrules",
         }
     }
 }
+
+/// Back-off of the DestinationRule watch: a cluster without the CRD is
+/// asked again slowly, up to every two minutes (also how late rules
+/// changed during an outage may apply after it).
+const RULES_BACKOFF_MIN: Duration = Duration::from_secs(2);
+const RULES_BACKOFF_MAX: Duration = Duration::from_secs(120);
 
 /// One item of the merged streams.
 enum Update {
@@ -88,6 +98,7 @@ enum Update {
     Slice(Box<Event<EndpointSlice>>),
     Endpoints(Box<Event<Endpoints>>),
     Node(Box<Event<Node>>),
+    Rule(Box<Event<DestinationRule>>),
     Error(Watched, watcher::Error),
 }
 
@@ -119,7 +130,15 @@ impl KubeSource {
                 self.stream::<Endpoints>(Watched::Endpoints, Update::Endpoints)
             },
             self.stream::<Node>(Watched::Nodes, Update::Node),
+            self.stream_with::<DestinationRule>(
+                Watched::DestinationRules,
+                Update::Rule,
+                JitteredBackoff::new(RULES_BACKOFF_MIN, RULES_BACKOFF_MAX),
+            ),
         ];
+        // Whether the API has said it has no DestinationRules (logged once
+        // each time that starts).
+        let mut rules_missing = false;
         let mut merged = futures_util::stream::select_all(streams);
         loop {
             let update = tokio::select! {
@@ -129,11 +148,33 @@ impl KubeSource {
                 },
                 () = shutdown.cancelled() => return,
             };
-            // `410 Gone` only means "list again"; anything else is an outage.
-            if let Update::Error(which, e) = &update
-                && !matches!(e, watcher::Error::WatchError(status) if status.code == 410)
-            {
-                self.link.failed(which.name(), e);
+            // `410 Gone` only means "list again"; a missing (or forbidden)
+            // DestinationRule CRD is no outage either; anything else is.
+            match &update {
+                // Optional: never an outage of the source (the other watches
+                // tell that), so it cannot hold readiness at stale while it
+                // backs off.
+                Update::Error(Watched::DestinationRules, e)
+                    if optional_missing(e) && !std::mem::replace(&mut rules_missing, true) =>
+                {
+                    tracing::info!(
+                        error = %e,
+                        "no DestinationRules from the API (networking.istio.io/{}: CRD not installed, or not \
+                         allowed by the ClusterRole); services use their annotations and the default strategy; \
+                         asking again every few minutes",
+                        crate::rule::VERSION
+                    );
+                }
+                Update::Error(Watched::DestinationRules, e) => {
+                    tracing::debug!(error = %e, "DestinationRule watch failed; retrying with back-off");
+                }
+                Update::Error(which, e) if !matches!(e, watcher::Error::WatchError(status) if status.code == 410) => {
+                    self.link.failed(which.name(), e);
+                }
+                Update::Rule(ev) if matches!(**ev, Event::Init) && std::mem::take(&mut rules_missing) => {
+                    tracing::info!("DestinationRules are served now; their load balancing applies");
+                }
+                _ => {}
             }
             let events = state.handle(update);
             for event in events {
@@ -178,9 +219,21 @@ impl KubeSource {
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
     {
+        self.stream_with(which, wrap, self.backoff())
+    }
+
+    fn stream_with<K>(
+        &self,
+        which: Watched,
+        wrap: fn(Box<Event<K>>) -> Update,
+        backoff: JitteredBackoff,
+    ) -> BoxStream<'static, Update>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+    {
         let api: Api<K> = Api::all(self.client.clone());
         watch_stream(api, watcher::Config::default())
-            .backoff(self.backoff())
+            .backoff(backoff)
             .map(move |r| match r {
                 Ok(event) => wrap(Box::new(event)),
                 Err(e) => Update::Error(which, e),
@@ -223,6 +276,9 @@ impl State {
             Update::Slice(ev) => self.event(Watched::EndpointSlices, *ev, &mut out, slice_key, convert::endpoint_slice),
             Update::Endpoints(ev) => self.event(Watched::Endpoints, *ev, &mut out, endpoints_key, convert::endpoints),
             Update::Node(ev) => self.event(Watched::Nodes, *ev, &mut out, node_key, convert::node),
+            Update::Rule(ev) => {
+                self.event(Watched::DestinationRules, *ev, &mut out, rule_key, crate::rule::destination_rule)
+            }
         }
         // Nodes are part of the first full view: the tunnel needs them, and
         // a cache replay would otherwise drop cached nodes until they are listed.
@@ -312,6 +368,7 @@ fn key_kind(which: Watched) -> ObjectKind {
         Watched::Endpoints => ObjectKind::Endpoints,
         Watched::Services => ObjectKind::Service,
         Watched::Nodes => ObjectKind::Node,
+        Watched::DestinationRules => ObjectKind::DestinationRule,
     }
 }
 
@@ -333,6 +390,23 @@ fn slice_key(s: &EndpointSlice) -> ObjectKey {
 
 fn endpoints_key(e: &Endpoints) -> ObjectKey {
     key(ObjectKind::Endpoints, e)
+}
+
+fn rule_key(r: &DestinationRule) -> ObjectKey {
+    key(ObjectKind::DestinationRule, r)
+}
+
+/// Whether a watch error says an optional resource is not there (`404`:
+/// no such CRD) or not ours to read (`403`: the ClusterRole lacks it).
+fn optional_missing(e: &watcher::Error) -> bool {
+    let status = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code,
+        watcher::Error::WatchError(s) => s.code,
+        _ => return false,
+    };
+    matches!(status, 403 | 404)
 }
 
 /// Nodes are cluster-scoped: no namespace.

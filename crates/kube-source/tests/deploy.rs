@@ -259,14 +259,19 @@ async fn the_cluster_role_grants_read_access_to_exactly_what_the_source_uses() {
     let o = load();
     let grants = granted(&o.cluster_roles[0]);
 
-    let mut used = requests_of_the_source(&FakeApiServer::start(), &["services", "endpointslices", "nodes"]).await;
+    let mut used =
+        requests_of_the_source(&FakeApiServer::start(), &["services", "endpointslices", "nodes", "destinationrules"])
+            .await;
     let legacy = FakeApiServer::start();
     legacy.without_endpoint_slices();
-    for (resource, verbs) in requests_of_the_source(&legacy, &["services", "endpoints", "nodes"]).await {
+    for (resource, verbs) in
+        requests_of_the_source(&legacy, &["services", "endpoints", "nodes", "destinationrules"]).await
+    {
         used.entry(resource).or_default().extend(verbs);
     }
-    // The source must have been seen using both kinds of endpoints.
-    for resource in ["services", "endpointslices", "endpoints", "nodes"] {
+    // The source must have been seen using both kinds of endpoints, and
+    // Istio's DestinationRules (EdgeMesh's per-service load balancing).
+    for resource in ["services", "endpointslices", "endpoints", "nodes", "destinationrules"] {
         assert!(used.keys().any(|(_, r)| r == resource), "the source was not seen using {resource}: {used:?}");
     }
 

@@ -311,3 +311,95 @@ async fn nodes_and_their_peer_ids_follow_the_api() {
     assert!(snap.node("edge-1").is_some());
     assert!(backends(&snap, "shop", "web").is_some());
 }
+
+fn destination_rule(ns: &str, name: &str, host: &str, load_balancer: Value) -> Value {
+    json!({
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"host": host, "trafficPolicy": {"loadBalancer": load_balancer}},
+    })
+}
+
+fn strategy(s: &Snapshot, ns: &str, name: &str) -> Option<LbStrategy> {
+    s.service(&ServiceKey::new(ns, name)).map(|e| e.strategy)
+}
+
+/// EdgeMesh's DestinationRules, read from the API (issue #21): added,
+/// changed and removed, each changes the service's strategy; the service's
+/// own annotation wins over a rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_rules_set_a_services_strategy_as_they_come_change_and_go() {
+    let api = FakeApiServer::start();
+    api.apply(Resource::Services, service("shop", "web", 80));
+    let mut own = service("shop", "own", 80);
+    own["metadata"]["annotations"] = json!({"edgemesh.io/lb-strategy": "Random"});
+    api.apply(Resource::Services, own);
+    api.apply(Resource::DestinationRules, destination_rule("shop", "own", "own", json!({"simple": "LEAST_REQUEST"})));
+    let mut src = run_source(&api).await;
+    let limit = Duration::from_secs(5);
+    src.until(limit, "web, round robin", |s| s.synced && strategy(s, "shop", "web") == Some(LbStrategy::RoundRobin))
+        .await;
+
+    api.apply(
+        Resource::DestinationRules,
+        destination_rule("shop", "web-lb", "web.shop.svc.cluster.local", json!({"simple": "RANDOM"})),
+    );
+    src.until(limit, "the rule's RANDOM", |s| strategy(s, "shop", "web") == Some(LbStrategy::Random)).await;
+
+    api.apply(
+        Resource::DestinationRules,
+        destination_rule("shop", "web-lb", "web", json!({"consistentHash": {"httpHeaderName": "X-User"}})),
+    );
+    let s = src
+        .until(limit, "the changed rule's consistentHash", |s| {
+            strategy(s, "shop", "web") == Some(LbStrategy::ConsistentHash)
+        })
+        .await;
+    let web = s.service(&ServiceKey::new("shop", "web")).unwrap();
+    assert_eq!(web.hash_key, edgemesh_core::service::HashKey::Header("X-User".into()));
+    assert_eq!(strategy(&s, "shop", "own"), Some(LbStrategy::Random), "the annotation wins over the rule");
+
+    assert!(api.delete(Resource::DestinationRules, "shop", "web-lb"));
+    src.until(limit, "the default again", |s| strategy(s, "shop", "web") == Some(LbStrategy::RoundRobin)).await;
+}
+
+/// A cluster without the DestinationRule CRD (404): the source syncs and
+/// stays connected (no outage in `/readyz`), asks again slowly, and picks
+/// the rules up once the CRD is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_without_the_destination_rule_crd_neither_breaks_nor_stalls_the_source() {
+    let api = FakeApiServer::start();
+    api.set_destination_rules(false);
+    api.apply(Resource::Services, service("shop", "web", 80));
+    api.apply(Resource::DestinationRules, destination_rule("shop", "web", "web", json!({"simple": "RANDOM"})));
+    let RunningRegistry { sink, snapshots, .. } = start_registry("127.240.0.0/16");
+    let config = KubeSourceConfig {
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+        ..KubeSourceConfig::new(ApiEndpoint::Url(api.url()))
+    };
+    let health = config.health.clone();
+    let source = KubeSource::new(config).await.expect("client");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(source.run(sink, shutdown.clone()));
+    let mut src = Running { snapshots, shutdown };
+    let limit = Duration::from_secs(5);
+    src.until(limit, "synced without rules", |s| {
+        s.synced && strategy(s, "shop", "web") == Some(LbStrategy::RoundRobin)
+    })
+    .await;
+    let rule_requests = || api.request_log().iter().filter(|r| r.contains("/destinationrules")).count();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let asked = rule_requests();
+    assert!((1..=3).contains(&asked), "asked {asked} times in 3 s: {:?}", api.request_log());
+    assert_eq!(health.report().connection, edgemesh_core::Connection::Connected, "a missing CRD is no outage");
+    // Services still follow the API meanwhile.
+    api.apply(Resource::Services, service("shop", "api", 80));
+    src.until(limit, "a new service", |s| strategy(s, "shop", "api").is_some()).await;
+
+    api.set_destination_rules(true);
+    src.until(Duration::from_secs(15), "the rule once the CRD is there", |s| {
+        strategy(s, "shop", "web") == Some(LbStrategy::Random)
+    })
+    .await;
+    assert_eq!(health.report().connection, edgemesh_core::Connection::Connected);
+}

@@ -11,7 +11,14 @@ use serde::{Deserialize, Serialize};
 use crate::TunnelError;
 
 /// The default tunnel port (TCP and QUIC).
-pub const DEFAULT_PORT: u16 = 20006;
+///
+/// 20007, not EdgeMesh's 20006: during a switch from EdgeMesh both agents run
+/// on the same node (README, "Coming from EdgeMesh"), and EdgeMesh's tunnel
+/// holds 20006 on every address. Nothing pins the port to EdgeMesh's value
+/// (peers learn each other's addresses, relays are named by full
+/// multiaddrs), so the defaults differ rather than clash; 20007 is
+/// unassigned in the IANA registry and below Linux's ephemeral range.
+pub const DEFAULT_PORT: u16 = 20007;
 
 /// Default [`TunnelConfig::punch_ttl`]: host -> its NAT router -> the first hop beyond.
 pub const DEFAULT_PUNCH_TTL: u8 = 2;
@@ -58,7 +65,7 @@ pub struct TunnelConfig {
     /// libp2p private-network key file (the go-libp2p `swarm.key` format:
     /// `/key/swarm/psk/1.0.0/\n/base16/\n<64 hex>`), if any.
     pub psk_file: Option<PathBuf>,
-    /// Listen addresses; empty = the default: TCP port 20006 (0.0.0.0 and ::), plus QUIC on it
+    /// Listen addresses; empty = the default: TCP port 20007 (0.0.0.0 and ::), plus QUIC on it
     /// with the `quic` feature and no PSK.
     #[serde(with = "multiaddrs")]
     pub listen: Vec<Multiaddr>,

@@ -2,9 +2,12 @@ use std::net::IpAddr;
 
 use edgemesh_core::object::{EndpointPortSpec, EndpointSpec, ObjectMeta, ServicePortSpec};
 use edgemesh_core::service::{
-    InternalTrafficPolicy, IpFamily, IpFamilyPolicy, Protocol, SessionAffinity, TargetPort, TrafficDistribution,
+    InternalTrafficPolicy, IpFamily, IpFamilyPolicy, LbStrategy, Protocol, SessionAffinity, TargetPort,
+    TrafficDistribution,
 };
-use edgemesh_core::{EndpointSet, EndpointSubset, NodeObject, Object, ObjectKind, ServiceObject};
+use edgemesh_core::{
+    DestinationRuleObject, EndpointSet, EndpointSubset, NodeObject, Object, ObjectKind, ServiceObject,
+};
 
 use super::{DecodeError, VERSION, decode, encode};
 
@@ -84,6 +87,20 @@ fn objects() -> Vec<Object> {
             meta: ObjectMeta { namespace: String::new(), ..meta("edge-1") },
             addresses: vec![ip("192.168.1.5"), ip("2001:db8::5")],
             pod_cidrs: vec!["10.244.1.0/24".parse().unwrap(), "fd00:244:1::/64".parse().unwrap()],
+        }),
+        Object::DestinationRule(DestinationRuleObject {
+            meta: meta("web-lb"),
+            service_namespace: "shop".into(),
+            service_name: "web".into(),
+            strategy: Some(LbStrategy::ConsistentHash),
+            hash_key: Some("header:X-User".into()),
+        }),
+        Object::DestinationRule(DestinationRuleObject {
+            meta: meta("plain"),
+            service_namespace: "shop".into(),
+            service_name: "plain".into(),
+            strategy: None,
+            hash_key: None,
         }),
     ]
 }
@@ -188,7 +205,7 @@ fn format_2_objects() -> Vec<Object> {
         match o {
             Object::Service(s) => s.ports.iter_mut().for_each(|p| p.app_protocol = None),
             Object::Node(n) => n.pod_cidrs.clear(),
-            Object::Endpoints(_) => {}
+            Object::Endpoints(_) | Object::DestinationRule(_) => {}
         }
     }
     objects
@@ -210,7 +227,7 @@ fn format_2_values_still_decode_and_are_rewritten_as_format_4() {
         let added: usize = match o {
             Object::Service(s) => s.ports.len(),
             Object::Node(_) => 1,
-            Object::Endpoints(_) => 0,
+            Object::Endpoints(_) | Object::DestinationRule(_) => 0,
         };
         assert_eq!(rewritten.len(), bytes.len() + added, "{o:?}");
         if !matches!(o, Object::Service(_)) {

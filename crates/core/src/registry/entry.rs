@@ -11,7 +11,7 @@ use super::stored::{StoredService, StoredSet};
 use crate::app_protocol::{
     AppProtocol, HTTP_PER_TRY_TIMEOUT_ANNOTATION, HTTP_TIMEOUT_ANNOTATION, HttpPolicy, PROTOCOL_ANNOTATION,
 };
-use crate::object::ObjectKind;
+use crate::object::{DestinationRuleObject, ObjectKind};
 use crate::service::{
     DEFAULT_UDP_IDLE_TIMEOUT, HashKey, LbStrategy, Protocol, ServiceKey, TargetPort, UDP_IDLE_TIMEOUT_ANNOTATION,
     parse_duration,
@@ -29,12 +29,43 @@ pub(super) struct Policy {
     http: HttpPolicy,
 }
 
+/// What a DestinationRule asks of its service's load balancing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct RulePolicy {
+    strategy: Option<LbStrategy>,
+    hash_key: Option<HashKey>,
+}
+
+impl RulePolicy {
+    pub(super) fn of(rule: &DestinationRuleObject) -> Self {
+        let hash_key = rule.hash_key.as_deref().and_then(|k| match k.parse() {
+            Ok(key) => Some(key),
+            Err(e) => {
+                // Sources convert only valid keys; a cached copy from elsewhere might not be.
+                tracing::warn!(rule = %format!("{}/{}", rule.meta.namespace, rule.meta.name), error = %e, "ignoring the DestinationRule's hash key");
+                None
+            }
+        });
+        RulePolicy { strategy: rule.strategy, hash_key }
+    }
+}
+
 impl Policy {
-    /// The service's annotations, `default_strategy` where it has none.
-    pub(super) fn of(key: &ServiceKey, svc: &StoredService, default_strategy: LbStrategy) -> Self {
+    /// The service's annotations; where it has none, its DestinationRule's
+    /// load balancing (`rule`), else `default_strategy`. The annotation wins:
+    /// it is the service's own, edgemesh-specific word, where a rule is the
+    /// mesh's (README, "Coming from EdgeMesh").
+    pub(super) fn of(
+        key: &ServiceKey,
+        svc: &StoredService,
+        default_strategy: LbStrategy,
+        rule: Option<&RulePolicy>,
+    ) -> Self {
+        let strategy = rule.and_then(|r| r.strategy).unwrap_or(default_strategy);
+        let hash_key = rule.and_then(|r| r.hash_key.clone()).unwrap_or(HashKey::SourceIp);
         Policy {
-            strategy: annotation(key, svc, LbStrategy::ANNOTATION, default_strategy, str::parse),
-            hash_key: annotation(key, svc, HashKey::ANNOTATION, HashKey::SourceIp, str::parse),
+            strategy: annotation(key, svc, LbStrategy::ANNOTATION, strategy, str::parse),
+            hash_key: annotation(key, svc, HashKey::ANNOTATION, hash_key, str::parse),
             udp_idle_timeout: annotation(
                 key,
                 svc,

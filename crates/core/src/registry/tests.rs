@@ -367,3 +367,67 @@ fn app_protocol_decides_which_ports_are_http_and_the_opt_out_wins() {
     let snap = st.take_generation();
     assert_eq!(snap.service(&key("web")).unwrap().ports[0].app_protocol, AppProtocol::Http1);
 }
+
+fn rule(
+    namespace: &str,
+    name: &str,
+    target: &str,
+    strategy: Option<LbStrategy>,
+    hash_key: Option<&str>,
+) -> crate::Object {
+    crate::Object::DestinationRule(crate::DestinationRuleObject {
+        meta: crate::object::ObjectMeta { namespace: namespace.into(), name: name.into(), ..Default::default() },
+        service_namespace: "default".into(),
+        service_name: target.into(),
+        strategy,
+        hash_key: hash_key.map(str::to_owned),
+    })
+}
+
+#[test]
+fn a_destination_rule_sets_its_services_strategy_until_it_changes_moves_or_goes() {
+    let mut st = state();
+    apply(&mut st, service("default", "web").port("", 80, 80).object());
+    apply(&mut st, service("default", "api").port("", 80, 80).object());
+    apply(&mut st, service("default", "own").port("", 80, 80).annotation(LbStrategy::ANNOTATION, "Random").object());
+    let snap = st.take_generation();
+    assert_eq!(snap.service(&key("web")).unwrap().strategy, LbStrategy::RoundRobin);
+
+    // Added: the strategy and hash key apply; the annotation wins over a rule.
+    assert!(apply(&mut st, rule("default", "web", "web", Some(LbStrategy::ConsistentHash), Some("header:X-User"))));
+    apply(&mut st, rule("default", "own", "own", Some(LbStrategy::LeastRequest), None));
+    let snap = st.take_generation();
+    let web = snap.service(&key("web")).unwrap();
+    assert_eq!((web.strategy, web.hash_key.clone()), (LbStrategy::ConsistentHash, HashKey::Header("X-User".into())));
+    assert_eq!(snap.service(&key("own")).unwrap().strategy, LbStrategy::Random, "the service's annotation wins");
+    assert!(!apply(&mut st, rule("default", "web", "web", Some(LbStrategy::ConsistentHash), Some("header:X-User"))));
+
+    // Changed.
+    apply(&mut st, rule("default", "web", "web", Some(LbStrategy::Random), None));
+    let snap = st.take_generation();
+    let web = snap.service(&key("web")).unwrap();
+    assert_eq!((web.strategy, web.hash_key.clone()), (LbStrategy::Random, HashKey::SourceIp));
+
+    // Its host now names api: web falls back, api takes it.
+    apply(&mut st, rule("default", "web", "api", Some(LbStrategy::LeastRequest), None));
+    let snap = st.take_generation();
+    assert_eq!(snap.service(&key("web")).unwrap().strategy, LbStrategy::RoundRobin);
+    assert_eq!(snap.service(&key("api")).unwrap().strategy, LbStrategy::LeastRequest);
+
+    // A second rule for api: the first by namespace and name decides.
+    apply(&mut st, rule("default", "a-first", "api", Some(LbStrategy::Random), None));
+    assert_eq!(st.take_generation().service(&key("api")).unwrap().strategy, LbStrategy::Random);
+    let gone =
+        |name: &str| ObjectKey { kind: ObjectKind::DestinationRule, namespace: "default".into(), name: name.into() };
+    assert!(st.apply(SourceEvent::Delete(gone("a-first"))));
+    assert_eq!(st.take_generation().service(&key("api")).unwrap().strategy, LbStrategy::LeastRequest);
+
+    // Deleted: the default again; a rule before its service waits for it.
+    assert!(st.apply(SourceEvent::Delete(gone("web"))));
+    assert!(!st.apply(SourceEvent::Delete(gone("web"))));
+    apply(&mut st, rule("default", "late", "late", Some(LbStrategy::Random), None));
+    apply(&mut st, service("default", "late").port("", 80, 80).object());
+    let snap = st.take_generation();
+    assert_eq!(snap.service(&key("api")).unwrap().strategy, LbStrategy::RoundRobin);
+    assert_eq!(snap.service(&key("late")).unwrap().strategy, LbStrategy::Random);
+}

@@ -204,7 +204,7 @@ fn leading_key(problem: &str) -> Option<&str> {
 
 /// Line and column (1-based) of the dotted key `path` in block YAML text:
 /// each segment found as `segment:` indented under the one before.
-fn key_line(text: &str, path: &str) -> Option<(usize, usize)> {
+pub(crate) fn key_line(text: &str, path: &str) -> Option<(usize, usize)> {
     let lines: Vec<&str> = text.lines().collect();
     let (mut from, mut parent_indent, mut found) = (0, None::<usize>, None);
     for segment in path.split('.') {

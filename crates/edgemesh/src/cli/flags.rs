@@ -105,7 +105,7 @@ pub const FLAGS: &[Flag] = &[
         key: "dns.listen",
         takes: One("ADDR:PORT"),
         implies: None,
-        help: "Address of the node-local DNS server, UDP and TCP. Default: 169.254.96.16:53 with --intercept nftables (on the VIP device), 127.0.0.1:5353 otherwise.",
+        help: "Address of the node-local DNS server, UDP and TCP. Default: 169.254.96.16:53 with --intercept nftables (on the VIP device), 127.0.0.1:15053 otherwise.",
     },
     Flag {
         long: "dns-upstream",
@@ -224,7 +224,7 @@ pub const FLAGS: &[Flag] = &[
         key: "tunnel.listen",
         takes: Values("MULTIADDR"),
         implies: TUNNEL,
-        help: "Tunnel listen multiaddr (repeatable). Default: TCP port 20006, and QUIC on it in a `quic` build without --psk-file. Implies --tunnel.",
+        help: "Tunnel listen multiaddr (repeatable). Default: TCP port 20007, and QUIC on it in a `quic` build without --psk-file. Implies --tunnel.",
     },
     Flag {
         long: "bootstrap",

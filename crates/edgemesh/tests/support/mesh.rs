@@ -15,6 +15,9 @@ use serde_json::Value;
 use super::netns::{Lan, Netns, NsAgent, link};
 use super::{eventually_every, peer_id, write_manifest};
 
+/// The tunnel port of agents started without `--tunnel-listen`: the default.
+pub const TUNNEL_PORT: u16 = edgemesh_tunnel::DEFAULT_PORT;
+
 /// Bound on what the tunnel does on its own (discovery, relay, hole punching).
 pub const LIMIT: Duration = Duration::from_secs(30);
 
@@ -50,10 +53,10 @@ impl Transport {
     /// transport only.
     pub fn with_listen(self, args: &[&str]) -> Vec<String> {
         let listen = match self {
-            Transport::Tcp => "/ip4/0.0.0.0/tcp/20006",
-            Transport::Quic => "/ip4/0.0.0.0/udp/20006/quic-v1",
+            Transport::Tcp => format!("/ip4/0.0.0.0/tcp/{TUNNEL_PORT}"),
+            Transport::Quic => format!("/ip4/0.0.0.0/udp/{TUNNEL_PORT}/quic-v1"),
         };
-        args.iter().copied().chain(["--tunnel-listen", listen]).map(str::to_owned).collect()
+        args.iter().map(|a| a.to_string()).chain(["--tunnel-listen".to_owned(), listen]).collect()
     }
 }
 
@@ -109,7 +112,7 @@ impl Node {
         )
     }
 
-    /// This node's TCP tunnel address, `/ip4/<address>/tcp/20006/p2p/<id>`.
+    /// This node's TCP tunnel address, `/ip4/<address>/tcp/<TUNNEL_PORT>/p2p/<id>`.
     pub fn tunnel_addr(&self, address: &str) -> String {
         self.tunnel_addr_on(address, Transport::Tcp)
     }
@@ -117,8 +120,8 @@ impl Node {
     /// This node's tunnel address on `transport`.
     pub fn tunnel_addr_on(&self, address: &str, transport: Transport) -> String {
         match transport {
-            Transport::Tcp => format!("/ip4/{address}/tcp/20006/p2p/{}", self.peer_id),
-            Transport::Quic => format!("/ip4/{address}/udp/20006/quic-v1/p2p/{}", self.peer_id),
+            Transport::Tcp => format!("/ip4/{address}/tcp/{TUNNEL_PORT}/p2p/{}", self.peer_id),
+            Transport::Quic => format!("/ip4/{address}/udp/{TUNNEL_PORT}/quic-v1/p2p/{}", self.peer_id),
         }
     }
 }
