@@ -93,6 +93,10 @@ pub fn error_response(error: &DispatchError, service: &ServiceKey, port: u16, gr
 fn explain(error: &DispatchError, service: &ServiceKey, port: u16) -> String {
     let hint = match error {
         DispatchError::NoEndpoints { .. } => "are its pods running and ready?",
+        // A failed connect's reason asks its own question already.
+        DispatchError::EndpointFailed { reason, .. } if reason.ends_with('?') => {
+            return format!("edgemesh: service {service} port {port}: {error}");
+        }
         DispatchError::EndpointFailed { .. } => "is the pod listening on its targetPort, and speaking HTTP?",
         DispatchError::Timeout { .. } => "is the endpoint overloaded? edgemesh.io/http-timeout sets the limit",
         // The gateway's own answers: `service` is the Gateway, `port` its listener's.
@@ -144,6 +148,12 @@ mod tests {
 
         let failed = DispatchError::EndpointFailed { endpoint: "10.0.0.7:80".parse().unwrap(), reason: "reset".into() };
         assert_eq!(error_response(&failed, &web(), 80, false).0.status(), 502);
+        let refused = DispatchError::EndpointFailed {
+            endpoint: "10.0.0.7:80".parse().unwrap(),
+            reason: "endpoint 10.0.0.7:80 refused the connection; is the pod listening on its targetPort?".into(),
+        };
+        let body = error_response(&refused, &web(), 80, false).1;
+        assert_eq!(std::str::from_utf8(&body).unwrap().matches("targetPort").count(), 1, "one hint, not two");
         let late = DispatchError::Timeout { timeout: Duration::from_secs(15) };
         let (response, body) = error_response(&late, &web(), 80, false);
         assert_eq!(response.status(), 504);
