@@ -54,7 +54,9 @@ impl GatewayListeners {
     /// stops those no longer in it (their sockets are closed when this
     /// returns); returns the ports that could not be bound, with why. Runs
     /// on the tokio runtime that serves.
-    pub async fn reconcile(&mut self, ports: &BTreeMap<u16, ObjectRef>) -> BTreeMap<u16, String> {
+    /// `ports` is owned: a caller holding the compiled objects' guard across
+    /// this await would keep an old generation alive.
+    pub async fn reconcile(&mut self, ports: BTreeMap<u16, ObjectRef>) -> BTreeMap<u16, String> {
         let gone: Vec<u16> = self.running.keys().filter(|p| !ports.contains_key(p)).copied().collect();
         for port in gone {
             if let Some(running) = self.running.remove(&port) {
@@ -65,7 +67,7 @@ impl GatewayListeners {
             }
         }
         let mut failed = BTreeMap::new();
-        for (port, gateway) in ports {
+        for (port, gateway) in &ports {
             if self.running.contains_key(port) {
                 continue;
             }

@@ -263,7 +263,7 @@ async fn listeners_follow_the_objects_without_rebinding_ports_that_stay() {
     let settings = ListenerSettings { ip, connect_timeout: Duration::from_secs(1), upstream_mark: None };
     let mut listeners = GatewayListeners::new(settings, front);
 
-    assert!(listeners.reconcile(&routes.load().ports).await.is_empty());
+    assert!(listeners.reconcile(routes.load().ports.clone()).await.is_empty());
     let first = SocketAddr::new(ip, 18080);
     assert_eq!(listeners.bound(), BTreeMap::from([(18080, first)]));
     let mut conn = TcpStream::connect(first).await.unwrap();
@@ -271,12 +271,12 @@ async fn listeners_follow_the_objects_without_rebinding_ports_that_stay() {
 
     // The route changes: the same connection's next request follows it.
     routes.store(Arc::new(support::load(&objects(18080, "canary"), &services)));
-    assert!(listeners.reconcile(&routes.load().ports).await.is_empty());
+    assert!(listeners.reconcile(routes.load().ports.clone()).await.is_empty());
     assert!(get(&mut conn, "x", "/").await.body.starts_with("canary "), "no rebind, no reconnect");
 
     // The listener moves to another port: the old one stops accepting.
     routes.store(Arc::new(support::load(&objects(18081, "web"), &services)));
-    assert!(listeners.reconcile(&routes.load().ports).await.is_empty());
+    assert!(listeners.reconcile(routes.load().ports.clone()).await.is_empty());
     assert!(TcpStream::connect(first).await.is_err(), "the old port is closed");
     let mut conn = TcpStream::connect(SocketAddr::new(ip, 18081)).await.unwrap();
     assert!(get(&mut conn, "x", "/").await.body.starts_with("web "));
@@ -284,10 +284,10 @@ async fn listeners_follow_the_objects_without_rebinding_ports_that_stay() {
     // A port someone else holds is reported, and bound once it is free.
     let squatter = std::net::TcpListener::bind(SocketAddr::new(ip, 18082)).unwrap();
     routes.store(Arc::new(support::load(&objects(18082, "web"), &services)));
-    let failed = listeners.reconcile(&routes.load().ports).await;
+    let failed = listeners.reconcile(routes.load().ports.clone()).await;
     assert!(failed[&18082].contains("in use"), "{failed:?}");
     drop(squatter);
-    assert!(listeners.reconcile(&routes.load().ports).await.is_empty());
+    assert!(listeners.reconcile(routes.load().ports.clone()).await.is_empty());
     let mut conn = TcpStream::connect(SocketAddr::new(ip, 18082)).await.unwrap();
     assert!(get(&mut conn, "x", "/").await.body.starts_with("web "));
 }
