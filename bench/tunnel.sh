@@ -16,7 +16,11 @@
 # graphs of both agents during each tunnel iperf3 run (DIR/LABEL-TRANSPORT-
 # REP.perf). TUNNEL_COUNT=1 counts, during each tunnel request/response run, both agents'
 # system calls by kind and their context switches (perf tracepoints, cheap unlike strace) and
-# reports them per request. Needs root, iperf3, wrk, nginx (and perf for TUNNEL_PERF/COUNT).
+# reports them per request. TUNNEL_STUNNEL=1 adds the path `stunnel` (issue #20's peer): an
+# stunnel pair, TLS 1.3 with AES-128-GCM, client in A (127.98.0.1:5201 and :8080) and server
+# in B, the same shape as ours (two userspace hops, one cipher); its two processes' CPU per GB
+# is reported as the agents' is. Needs root, iperf3, wrk, nginx (stunnel4 and openssl for
+# TUNNEL_STUNNEL, perf for TUNNEL_PERF/COUNT).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
@@ -131,6 +135,31 @@ agents_cpu_s() { # user + system seconds of both agents so far
 COUNT_EVENTS=raw_syscalls:sys_enter,sched:sched_switch,syscalls:sys_enter_sendmsg,syscalls:sys_enter_writev,\
 syscalls:sys_enter_sendto,syscalls:sys_enter_write,syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,\
 syscalls:sys_enter_readv,syscalls:sys_enter_recvmsg,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex
+# The stunnel pair (TUNNEL_STUNNEL=1): a self-signed key for the server; both ends with
+# TCP_NODELAY, as the tunnel sets it.
+start_stunnel() {
+  [[ -f $W/st.pem ]] || openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=bench \
+    -keyout "$W/st.pem" -out "$W/st.pem" 2>/dev/null
+  local common="foreground = yes
+pid =
+debug = 3
+sslVersion = TLSv1.3
+ciphersuites = TLS_AES_128_GCM_SHA256
+socket = l:TCP_NODELAY=1
+socket = r:TCP_NODELAY=1"
+  printf '%s\ncert = %s\n[iperf]\naccept = 10.99.0.2:7201\nconnect = 10.99.0.2:5201\n[http]\naccept = 10.99.0.2:7080\nconnect = 10.99.0.2:8080\n' \
+    "$common" "$W/st.pem" > "$W/st-b.conf"
+  printf '%s\nclient = yes\n[iperf]\naccept = 127.98.0.1:5201\nconnect = 10.99.0.2:7201\n[http]\naccept = 127.98.0.1:8080\nconnect = 10.99.0.2:7080\n' \
+    "$common" > "$W/st-a.conf"
+  ip netns exec "$B" stunnel4 "$W/st-b.conf" 2>>"$W/st-b.log" & AGENTS+=($!)
+  ip netns exec "$A" stunnel4 "$W/st-a.conf" 2>>"$W/st-a.log" & AGENTS+=($!)
+  for _ in $(seq 100); do
+    if ip netns exec "$A" curl -sf -o /dev/null http://127.98.0.1:8080/f; then return 0; fi
+    sleep 0.1
+  done
+  echo "stunnel did not come up; logs:" >&2; cat "$W/st-a.log" "$W/st-b.log" >&2; exit 1
+}
+
 RES=$W/results.jsonl
 emit() { echo "$1" | tee -a "$RES"; }
 
@@ -138,6 +167,17 @@ for rep in $(seq "$REPS"); do
   for transport in ${TUNNEL_TRANSPORTS:-tcp}; do
     wait_quiet
     emit "$(jq -nc --arg t direct --argjson r "$rep" --argjson g "$(iperf 10.99.0.2 | gbit)" '{rep:$r,path:$t,test:"tput1",gbit_s:$g}')"
+    if [[ -n ${TUNNEL_STUNNEL:-} && $transport == tcp ]]; then
+      start_stunnel
+      cpu0=$(agents_cpu_s)
+      j=$(iperf 127.98.0.1)
+      cpu=$(echo "$(agents_cpu_s) - $cpu0" | bc -l)
+      emit "$(jq -c --arg t stunnel --argjson r "$rep" --argjson cpu "$cpu" \
+        '{rep:$r,path:$t,test:"tput1",gbit_s:(.end.sum_received.bits_per_second / 1e9),
+          agents_cpu_s_per_gb:($cpu / (.end.sum_received.bytes / 1e9))}' <<<"$j")"
+      emit "$(wrk_rr 127.98.0.1 | jq -c --arg t stunnel --argjson r "$rep" '{rep:$r,path:$t,test:"rr"} + .')"
+      stop_agents
+    fi
     for build in "${BUILDS[@]}"; do
       label=${build%%=*}
       path="tunnel-$transport${label:+@$label}"
