@@ -7,7 +7,8 @@
 # TUNNEL_TRANSPORTS="tcp quic" for builds with the `quic` feature (one at a time).
 #
 # usage: bench/tunnel.sh [-r REPS] [-d SECS] [-o OUT.jsonl] [-b LABEL=BINARY]...
-# Prints one JSON line per measurement and a summary with ratios to direct
+# Tests: tput1 (one iperf3 stream), rr (wrk keep-alive), conn (wrk with 'Connection: close': a
+# new connection per request). Prints one JSON line per measurement and a summary with ratios to direct
 # (paired within each repetition). Each -b adds a build to compare in the
 # same run (alternating within each repetition); without -b, EDGEMESH_BIN or
 # the release build. Besides throughput, the agents' CPU time (both agents,
@@ -43,6 +44,9 @@ A=em-bt-a-$$ B=em-bt-b-$$ W=$(mktemp -d)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  # The iperf3 server daemonizes (-D): not a child to wait for, and a
+  # deleted namespace does not end it.
+  [[ -f $W/iperf3.pid ]] && kill "$(cat "$W/iperf3.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
   ip netns del "$A" 2>/dev/null || true
   ip netns del "$B" 2>/dev/null || true
@@ -59,7 +63,7 @@ ip -n "$A" link set bta up
 ip -n "$B" link set btb up
 
 # Backends in B.
-ip netns exec "$B" iperf3 -s -D -B 10.99.0.2 -p 5201 --logfile "$W/iperf3.log"
+ip netns exec "$B" iperf3 -s -D -B 10.99.0.2 -p 5201 --logfile "$W/iperf3.log" --pidfile "$W/iperf3.pid"
 mkdir -p "$W/www" && head -c 100 /dev/zero | tr '\0' x > "$W/www/f"
 chmod 755 "$W" "$W/www" && chmod 644 "$W/www/f"  # nginx's workers are not root
 cat > "$W/nginx.conf" <<EOF
@@ -127,6 +131,10 @@ gbit() { jq '.end.sum_received.bits_per_second / 1e9'; }
 wrk_rr() { # $1: target ip -> wrk JSON line
   ip netns exec "$A" wrk -t2 -c50 -d"${DUR}s" -s "$SHARED/wrk_report.lua" "http://$1:8080/f" | grep '^{'
 }
+wrk_conn() { # $1: target ip -> wrk JSON line; a new connection per request
+  ip netns exec "$A" wrk -t2 -c50 -d"${DUR}s" -H 'Connection: close' -s "$SHARED/wrk_report.lua" \
+    "http://$1:8080/f" | grep '^{'
+}
 agents_cpu_s() { # user + system seconds of both agents so far
   local p t=0 f
   for p in "${AGENTS[@]}"; do read -ra f < "/proc/$p/stat"; t=$((t + f[13] + f[14])); done
@@ -176,6 +184,7 @@ for rep in $(seq "$REPS"); do
         '{rep:$r,path:$t,test:"tput1",gbit_s:(.end.sum_received.bits_per_second / 1e9),
           agents_cpu_s_per_gb:($cpu / (.end.sum_received.bytes / 1e9))}' <<<"$j")"
       emit "$(wrk_rr 127.98.0.1 | jq -c --arg t stunnel --argjson r "$rep" '{rep:$r,path:$t,test:"rr"} + .')"
+      emit "$(wrk_conn 127.98.0.1 | jq -c --arg t stunnel --argjson r "$rep" '{rep:$r,path:$t,test:"conn"} + .')"
       stop_agents
     fi
     for build in "${BUILDS[@]}"; do
@@ -209,9 +218,11 @@ for rep in $(seq "$REPS"); do
           "$(jq .requests <<<"$rr")" <<<"$rr")
       fi
       emit "$(jq -c --arg t "$path" --argjson r "$rep" '{rep:$r,path:$t,test:"rr"} + .' <<<"$rr")"
+      emit "$(wrk_conn 127.99.0.10 | jq -c --arg t "$path" --argjson r "$rep" '{rep:$r,path:$t,test:"conn"} + .')"
       stop_agents
     done
     emit "$(wrk_rr 10.99.0.2 | jq -c --arg t direct --argjson r "$rep" '{rep:$r,path:$t,test:"rr"} + .')"
+    emit "$(wrk_conn 10.99.0.2 | jq -c --arg t direct --argjson r "$rep" '{rep:$r,path:$t,test:"conn"} + .')"
   done
 done
 
@@ -222,12 +233,13 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 def med(path, test, key):
     v = [r[key] for r in rows if r["path"] == path and r["test"] == test and key in r]
     return statistics.median(v) if v else float("nan")
-print("\n| path | Gbit/s (1 stream) | x direct | agents CPU s/GB | req/s keep-alive | x direct | p50 us | p99 us |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
-dg, dr = med("direct", "tput1", "gbit_s"), med("direct", "rr", "req_s")
+print("\n| path | Gbit/s (1 stream) | x direct | agents CPU s/GB | req/s keep-alive | x direct | p50 us | p99 us | new conn/s | x direct |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+dg, dr, dc = med("direct", "tput1", "gbit_s"), med("direct", "rr", "req_s"), med("direct", "conn", "req_s")
 for p in dict.fromkeys(r["path"] for r in rows):
     g, r = med(p, "tput1", "gbit_s"), med(p, "rr", "req_s")
     c = med(p, "tput1", "agents_cpu_s_per_gb")
     cpu = "-" if c != c else f"{c:.2f}"
-    print(f"| {p} | {g:.2f} | {g/dg:.2f} | {cpu} | {r:,.0f} | {r/dr:.2f} | {med(p,'rr','p50_us'):.0f} | {med(p,'rr','p99_us'):.0f} |")
+    n = med(p, "conn", "req_s")
+    print(f"| {p} | {g:.2f} | {g/dg:.2f} | {cpu} | {r:,.0f} | {r/dr:.2f} | {med(p,'rr','p50_us'):.0f} | {med(p,'rr','p99_us'):.0f} | {n:,.0f} | {n/dc:.2f} |")
 PY
