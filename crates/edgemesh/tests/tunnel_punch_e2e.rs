@@ -244,19 +244,41 @@ fn hole_punching_gets_through_nat_routers_that_reset_unsolicited_syns() {
     assert_eq!(pair.entry().map(|p| p["connection"].clone()), Some("direct".into()));
 }
 
+/// As the test above, priming off. DCUtR alone usually fails here (the
+/// first SYN to reach the other router is reset), but not always: it times
+/// both dials to start together, and when both SYNs leave their routers
+/// before either reaches the other's, each finds its own router's mapping
+/// and the simultaneous open gets through without priming (one clean-clone
+/// run in five here, session 11). So this control asserts what holds
+/// either way: the relay carries every request while the punches fail,
+/// and a direct path, if one forms, is a real one through node-c's router.
+/// That priming makes punching reliable is the test above's (direct every
+/// time, within `DIRECT`).
 #[test]
-fn without_priming_the_pair_stays_relayed() {
+fn without_priming_the_relay_carries_every_request() {
     require_root();
-    // As the test above, priming off: the hole punches are reset.
     let pair = Pair::start(Some("0"));
     let relayed = pair.first_request();
     let requests = Requests::start(&pair);
+    let mut direct = false;
     while relayed.elapsed() < DIRECT {
         let entry = pair.entry().expect("node-a lists node-c");
-        assert_eq!(entry["connection"], "relayed", "{entry}");
+        match entry["connection"].as_str() {
+            Some("relayed") => {}
+            Some("direct") => {
+                direct = true;
+                let live = entry["connections"].as_array().unwrap().iter().filter(|c| c["connection"] == "direct");
+                for c in live {
+                    let address = c["address"].as_str().unwrap();
+                    assert!(address.starts_with(&format!("/ip4/{C_WAN}/tcp/")), "through node-c's router: {c}");
+                }
+            }
+            _ => panic!("neither relayed nor direct: {entry}"),
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
     let (failed, total) = requests.stop();
     print("reset-nat-no-priming", failed, total, None);
+    println!("reset-nat-no-priming: a simultaneous open got through without priming: {direct}");
     assert_eq!(failed, 0, "the relay carries every request");
 }
