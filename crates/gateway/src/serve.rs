@@ -81,10 +81,10 @@ impl GatewayUpstream {
         let authority = req
             .uri()
             .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
             .unwrap_or_default();
-        let host = request_host(&authority);
+        let host = request_host(authority);
         let no_route = || DispatchError::NoRoute { host: host.clone(), path: req.uri().path().to_owned() };
         let (action, matched_prefix) = {
             let compiled = self.routes.load();
@@ -117,11 +117,12 @@ impl GatewayUpstream {
             let path = rewrite.path.as_ref().map(|p| p.apply(req.uri().path(), matched_prefix.as_deref()));
             rewrite_request(&mut req, path.as_deref(), rewrite.hostname.as_deref())?;
         }
-        let route = format!("{}/{} rule {}", action.route.namespace, action.route.name, action.rule);
+        // (The route's name is formatted only for an answer that names it.)
+        let route = || format!("{}/{} rule {}", action.route.namespace, action.route.name, action.rule);
         let service = match action.backends.pick() {
-            None => return Err(DispatchError::NoBackend { reason: format!("HTTPRoute {route} has no backend") }),
+            None => return Err(DispatchError::NoBackend { reason: format!("HTTPRoute {} has no backend", route()) }),
             Some(Target::Invalid(why)) => {
-                return Err(DispatchError::NoBackend { reason: format!("HTTPRoute {route}: {why}") });
+                return Err(DispatchError::NoBackend { reason: format!("HTTPRoute {}: {why}", route()) });
             }
             Some(Target::Service(service)) => service,
         };

@@ -155,14 +155,11 @@ impl ConnState {
         // An HTTP/1.1 head, from its first byte. While none has begun, look
         // again a head timeout later (the reader cannot re-arm this timer),
         // so a head is cut at its deadline however late it began.
+        // A request in flight: look again a head timeout later all the same,
+        // or a check that fell in a request would leave the next head
+        // unwatched until the idle timeout.
         if !head_timeout.is_zero() && !self.http2.load(Ordering::Relaxed) {
-            match self.head_started() {
-                _ if flight.in_flight > 0 => {
-                    // A request in flight: look again a head timeout later
-                    // all the same, or a check that fell in a request would
-                    // leave the next head unwatched until the idle timeout.
-                    next = next.min(now + head_timeout);
-                }
+            match self.head_started().filter(|_| flight.in_flight == 0) {
                 Some(started) if now >= started + head_timeout => return Check::Head,
                 Some(started) => next = next.min(started + head_timeout),
                 None => next = next.min(now + head_timeout),
