@@ -1,6 +1,6 @@
-//! The edge gateway's routing (issue #17), independent of any listener or
-//! HTTP engine: Gateway API objects in, per-listener route tables and the
-//! objects' status out.
+//! The edge gateway (issue #17): Gateway API objects in, per-listener
+//! route tables and the objects' status out, and the listeners that serve
+//! them (HTTP, HTTPS, TLS passthrough, TCP).
 //!
 //! ```text
 //!  Gateway, HTTPRoute, ReferenceGrant (schema: serde, from the API or manifests)
@@ -26,6 +26,12 @@
 //! - [`backend`]: a rule's weighted backends and the smooth weighted round
 //!   robin that picks one per request.
 //! - [`compile`]: objects to tables, with the status conditions.
+//! - [`grpc`]: GRPCRoute matches as HTTP matches, and their precedence.
+//! - [`tls`]: HTTPS listeners' certificates (a store, PEM files, SNI
+//!   choice, reload by compile) and TLS settings.
+//! - [`sni`]: a ClientHello's server name, read without terminating TLS.
+//! - [`l4`]: TLS passthrough (TLSRoute) and TCP (TCPRoute) listeners,
+//!   forwarded through the agent's L4 path.
 //! - [`istio`]: EdgeMesh's Istio `Gateway` and `VirtualService`, translated
 //!   into Gateway API objects (migration).
 //! - [`serve`]: a listener's requests, routed and sent through the
@@ -36,14 +42,19 @@
 pub mod backend;
 pub mod compile;
 pub mod filter;
+pub mod grpc;
 pub mod hostname;
 pub mod istio;
+pub mod l4;
 pub mod listeners;
 pub mod matching;
 pub mod schema;
 pub mod serve;
+pub mod sni;
 pub mod table;
+pub mod tls;
 
-pub use compile::{Compiled, Condition, ObjectRef, ServiceLookup, compile};
+pub use compile::{Compiled, Condition, ObjectRef, Objects, Protocol, ServiceLookup, compile, compile_objects};
 pub use serve::{GatewayUpstream, ServicePools};
 pub use table::{RouteTable, Routed};
+pub use tls::{CertificateFile, CertificatePem, CertificateStore, FileCertificates};

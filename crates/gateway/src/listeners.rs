@@ -13,12 +13,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use edgemesh_proxy::HttpServe;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::compile::ObjectRef;
-use crate::serve::{ListenerContext, listener_pool, serve_listener};
+use crate::serve::{GatewayRouting, ListenerContext, listener_pool, serve_gateway_listener};
+use crate::{Compiled, ServicePools};
 
 /// Settings every listener's connections share.
 #[derive(Clone, Debug)]
@@ -36,10 +38,16 @@ struct Running {
     accept: tokio::task::JoinHandle<()>,
 }
 
+/// The compiled objects and the Services' pools.
+type Routing = (Arc<ArcSwap<Compiled>>, Arc<dyn ServicePools>);
+
 /// The bound ports.
 pub struct GatewayListeners {
     settings: ListenerSettings,
     front: Arc<dyn HttpServe>,
+    /// The compiled objects and the Services' pools, for HTTPS, TLS
+    /// passthrough and TCP listeners; None: every port is served as HTTP.
+    routing: Option<Routing>,
     running: BTreeMap<u16, Running>,
 }
 
@@ -47,7 +55,17 @@ impl GatewayListeners {
     /// Listeners whose connections `front` serves (the agent's HTTP front
     /// over a [`crate::GatewayUpstream`]).
     pub fn new(settings: ListenerSettings, front: Arc<dyn HttpServe>) -> Self {
-        Self { settings, front, running: BTreeMap::new() }
+        Self { settings, front, routing: None, running: BTreeMap::new() }
+    }
+
+    /// Serves each port by its protocol in the current `routes` (the ones
+    /// the front's [`crate::GatewayUpstream`] reads): HTTP, HTTPS (TLS
+    /// terminated with the certificates compiled in), TLS passthrough and
+    /// TCP (forwarded to `pools`' Services at L4). Without this, every
+    /// port is served as HTTP.
+    pub fn with_routes(mut self, routes: Arc<ArcSwap<Compiled>>, pools: Arc<dyn ServicePools>) -> Self {
+        self.routing = Some((routes, pools));
+        self
     }
 
     /// Binds every port of `ports` (port -> its Gateway) not bound yet and
@@ -102,7 +120,15 @@ impl GatewayListeners {
             upstream_mark: self.settings.upstream_mark,
             drain: drain.clone(),
         };
-        let accept = tokio::spawn(serve_listener(listener, self.front.clone(), ctx));
+        let routing = match &self.routing {
+            None => None,
+            Some((routes, pools)) => Some(GatewayRouting {
+                routes: routes.clone(),
+                pools: pools.clone(),
+                tls: crate::tls::server_config(routes.clone(), port)?,
+            }),
+        };
+        let accept = tokio::spawn(serve_gateway_listener(listener, self.front.clone(), ctx, routing));
         Ok(Running { addr, drain, accept })
     }
 

@@ -13,6 +13,9 @@
 //!     -> Dispatcher::send (the Service's endpoints) -> response header edits
 //! ```
 //!
+//! HTTPS listeners terminate TLS first and hand the session to the same
+//! front; TLS passthrough and TCP listeners go to [`crate::l4`].
+//!
 //! The listener's own pseudo pool (no endpoints) names the Gateway and the
 //! listener's port in the front's metrics and error texts.
 
@@ -23,17 +26,18 @@ use arc_swap::ArcSwap;
 use edgemesh_core::{LbStrategy, ServiceKey};
 use edgemesh_http::{DispatchError, RequestContext, SendFuture, TimeoutOverride, Upstream};
 use edgemesh_proxy::pool::{Pool, Targets};
-use edgemesh_proxy::{HttpConnection, HttpServe, Reach};
+use edgemesh_proxy::{ClientStream, HttpConnection, HttpServe, Reach};
 use hyper::body::Incoming;
 use hyper::header::HOST;
 use hyper::http::uri::{Authority, PathAndQuery};
 use hyper::{Request, Uri};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::Compiled;
 use crate::backend::{ServiceRef, Target};
 use crate::compile::ObjectRef;
+use crate::compile::Protocol;
 use crate::filter::{HeaderEdits, Origin};
 use crate::hostname::request_host;
 use crate::matching::RequestView;
@@ -202,9 +206,36 @@ pub struct ListenerContext {
     pub drain: CancellationToken,
 }
 
+/// What a listener needs to serve more than HTTP: the compiled objects
+/// (each connection reads its port's protocol, certificates and L4 routes
+/// from the current ones), the Services' pools (for L4 backends) and the
+/// port's TLS settings.
+#[derive(Clone)]
+pub struct GatewayRouting {
+    pub routes: Arc<ArcSwap<Compiled>>,
+    pub pools: Arc<dyn ServicePools>,
+    /// The port's TLS server (see [`crate::tls::server_config`]).
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
 /// Accepts `listener`'s connections and hands each to `front` until
-/// `ctx.drain` is cancelled.
+/// `ctx.drain` is cancelled: an HTTP-only listener.
 pub async fn serve_listener(listener: TcpListener, front: Arc<dyn HttpServe>, ctx: ListenerContext) {
+    serve_gateway_listener(listener, front, ctx, None).await;
+}
+
+/// Accepts `listener`'s connections until `ctx.drain` is cancelled, each
+/// served by its port's protocol in the current compile: HTTP to `front`;
+/// HTTPS after a TLS handshake (within [`crate::tls::HANDSHAKE_TIMEOUT`])
+/// to `front`; TLS passthrough and TCP at L4 ([`crate::l4`]). Without
+/// `routing`, every connection is HTTP.
+pub async fn serve_gateway_listener(
+    listener: TcpListener,
+    front: Arc<dyn HttpServe>,
+    ctx: ListenerContext,
+    routing: Option<GatewayRouting>,
+) {
+    let port = ctx.pool.port;
     loop {
         let accepted = tokio::select! {
             () = ctx.drain.cancelled() => return,
@@ -220,15 +251,59 @@ pub async fn serve_listener(listener: TcpListener, front: Arc<dyn HttpServe>, ct
             }
         };
         let _ = client.set_nodelay(true);
-        let conn = HttpConnection {
-            client,
-            peer,
-            pool: ctx.pool.clone(),
-            reach: Reach::direct(),
-            connect_timeout: ctx.connect_timeout,
-            upstream_mark: ctx.upstream_mark,
-            drain: ctx.drain.clone(),
+        let Some(routing) = &routing else {
+            tokio::spawn(front.serve(http_connection(ClientStream::Tcp(client), peer, &ctx)));
+            continue;
         };
-        tokio::spawn(front.serve(conn));
+        let protocol = routing.routes.load().protocols.get(&port).copied();
+        match protocol {
+            Some(Protocol::Http) => {
+                tokio::spawn(front.serve(http_connection(ClientStream::Tcp(client), peer, &ctx)));
+            }
+            Some(Protocol::Https) => {
+                tokio::spawn(https(client, peer, front.clone(), ctx.clone(), routing.tls.clone()));
+            }
+            Some(Protocol::TlsPassthrough) => {
+                tokio::spawn(crate::l4::passthrough(client, peer, ctx.clone(), routing.clone()));
+            }
+            Some(Protocol::Tcp) => {
+                tokio::spawn(crate::l4::tcp(client, peer, ctx.clone(), routing.clone()));
+            }
+            // The port's listeners went away; the listener closes at the next reconcile.
+            None => drop(client),
+        }
+    }
+}
+
+fn http_connection(client: ClientStream, peer: SocketAddr, ctx: &ListenerContext) -> HttpConnection {
+    HttpConnection {
+        client,
+        peer,
+        pool: ctx.pool.clone(),
+        reach: Reach::direct(),
+        connect_timeout: ctx.connect_timeout,
+        upstream_mark: ctx.upstream_mark,
+        drain: ctx.drain.clone(),
+    }
+}
+
+/// An HTTPS connection: the TLS handshake (the certificate chosen by SNI
+/// from the current compile), then the HTTP front over the session.
+async fn https(
+    client: TcpStream,
+    peer: SocketAddr,
+    front: Arc<dyn HttpServe>,
+    ctx: ListenerContext,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let session = tokio::select! {
+        () = ctx.drain.cancelled() => return,
+        handshake = tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(client)) => handshake,
+    };
+    match session {
+        Ok(Ok(session)) => front.serve(http_connection(ClientStream::Tls(Box::new(session)), peer, &ctx)).await,
+        Ok(Err(e)) => tracing::debug!(%peer, port = ctx.pool.port, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, port = ctx.pool.port, "TLS handshake not complete in time"),
     }
 }
