@@ -50,20 +50,34 @@ struct Kind {
 }
 
 impl Loaded {
+    /// Each document read as the kind it names (kinds whose fields
+    /// differ, such as GRPCRoute's and HTTPRoute's `method`, cannot be
+    /// read as one another).
     pub fn parse(yaml: &str) -> Loaded {
-        let kinds: Vec<Kind> = serde_saphyr::from_multiple(yaml).unwrap();
-        fn of<T: Clone + for<'de> Deserialize<'de>>(yaml: &str, kinds: &[Kind], want: &str) -> Vec<T> {
-            let all: Vec<T> = serde_saphyr::from_multiple(yaml).unwrap();
-            kinds.iter().zip(all).filter(|(k, _)| k.kind == want).map(|(_, o)| o).collect()
+        let mut out = Loaded::default();
+        let mut documents = vec![String::new()];
+        for line in yaml.lines() {
+            if line.trim_end() == "---" {
+                documents.push(String::new());
+            } else {
+                let last = documents.last_mut().unwrap();
+                last.push_str(line);
+                last.push('\n');
+            }
         }
-        Loaded {
-            gateways: of(yaml, &kinds, "Gateway"),
-            http: of(yaml, &kinds, "HTTPRoute"),
-            grpc: of(yaml, &kinds, "GRPCRoute"),
-            tls: of(yaml, &kinds, "TLSRoute"),
-            tcp: of(yaml, &kinds, "TCPRoute"),
-            grants: of(yaml, &kinds, "ReferenceGrant"),
+        for doc in documents.iter().filter(|d| !d.trim().is_empty()) {
+            let kind: Kind = serde_saphyr::from_str(doc).unwrap();
+            match kind.kind.as_str() {
+                "Gateway" => out.gateways.push(serde_saphyr::from_str(doc).unwrap()),
+                "HTTPRoute" => out.http.push(serde_saphyr::from_str(doc).unwrap()),
+                "GRPCRoute" => out.grpc.push(serde_saphyr::from_str(doc).unwrap()),
+                "TLSRoute" => out.tls.push(serde_saphyr::from_str(doc).unwrap()),
+                "TCPRoute" => out.tcp.push(serde_saphyr::from_str(doc).unwrap()),
+                "ReferenceGrant" => out.grants.push(serde_saphyr::from_str(doc).unwrap()),
+                other => panic!("kind {other}"),
+            }
         }
+        out
     }
 
     /// Compiled for GatewayClass `edgemesh`.
