@@ -63,7 +63,8 @@ pub struct GatewayUpstream {
     routes: Arc<ArcSwap<Compiled>>,
     pools: Arc<dyn ServicePools>,
     dispatcher: Arc<dyn Upstream>,
-    /// `http` or `https`: what redirects keep when they name no scheme.
+    /// `http` or `https`: what redirects keep when they name no scheme,
+    /// on ports the compiled objects do not say are HTTPS.
     scheme: &'static str,
 }
 
@@ -90,8 +91,13 @@ impl GatewayUpstream {
             .unwrap_or_default();
         let host = request_host(authority);
         let no_route = || DispatchError::NoRoute { host: host.clone(), path: req.uri().path().to_owned() };
-        let (action, matched_prefix) = {
+        let (action, matched_prefix, scheme) = {
             let compiled = self.routes.load();
+            let scheme = match compiled.protocols.get(&listener_port) {
+                Some(Protocol::Https) => "https",
+                Some(_) => "http",
+                None => self.scheme,
+            };
             let table = compiled.tables.get(&listener_port).ok_or_else(no_route)?;
             let view = RequestView {
                 method: req.method(),
@@ -100,12 +106,12 @@ impl GatewayUpstream {
                 headers: req.headers(),
             };
             let routed = table.route(&host, &view).ok_or_else(no_route)?;
-            (routed.action.clone(), routed.matched_prefix.map(str::to_owned))
+            (routed.action.clone(), routed.matched_prefix.map(str::to_owned), scheme)
         };
         let filters = &action.filters;
         if let Some(redirect) = &filters.redirect {
             let origin = Origin {
-                scheme: self.scheme,
+                scheme,
                 host: &host,
                 listener_port,
                 path: req.uri().path(),

@@ -34,7 +34,10 @@ kind: HTTPRoute
 metadata: {{name: web, namespace: shop}}
 spec:
   parentRefs: [{{name: edge}}]
-  rules: [{{backendRefs: [{{name: web, port: 80}}]}}]
+  rules:
+  - backendRefs: [{{name: web, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /old}}}}]
+    filters: [{{type: RequestRedirect, requestRedirect: {{hostname: new.example.com}}}}]
 "#
     )
 }
@@ -67,6 +70,12 @@ async fn https_with_a_test_ca_and_sni_choosing_among_certificates() {
         assert!(ok, "{name}: {out}");
         assert_eq!(out, format!("web proto=https host={name}:{port} 200"), "{name}");
     }
+    // A redirect that names no scheme keeps the listener's: https.
+    let resolve = format!("shop.example.com:{port}:{ip}");
+    let url = format!("https://shop.example.com:{port}/old/x");
+    let (ok, out) =
+        curl(&["--cacert", ca_arg, "--resolve", &resolve, "-o", "/dev/null", "-w", "%{redirect_url}", &url]).await;
+    assert!(ok && out.starts_with("https://new.example.com"), "{out}");
     // HTTP/2 over TLS (ALPN h2) as well.
     let resolve = format!("shop.example.com:{port}:{ip}");
     let (ok, out) = curl(&[

@@ -306,7 +306,7 @@ impl RunningGateway {
         let mut registry = Registry::default();
         let dispatcher = Dispatcher::new(&HttpConfig::default(), &mut registry);
         let routes = Arc::new(ArcSwap::from_pointee(compiled));
-        let upstream = GatewayUpstream::new(routes.clone(), pools.clone(), Arc::new(dispatcher), "https");
+        let upstream = GatewayUpstream::new(routes.clone(), pools.clone(), Arc::new(dispatcher), "http");
         let front = Arc::new(HttpProxy::new(Arc::new(upstream), HttpConfig::default()));
         let settings = ListenerSettings { ip, connect_timeout: Duration::from_secs(1), upstream_mark: None };
         let mut listeners = GatewayListeners::new(settings, front).with_routes(routes.clone(), pools);
