@@ -81,7 +81,7 @@ fn refuse(client: TcpStream) {
 /// Serves one connection to a TLS passthrough listener.
 pub(crate) async fn passthrough(client: TcpStream, peer: SocketAddr, ctx: ListenerContext, routing: GatewayRouting) {
     let port = ctx.pool.port;
-    let sni = match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, crate::sni::peek_server_name(&client)).await {
+    let sni = match tokio::time::timeout(routing.handshake_timeout, crate::sni::peek_server_name(&client)).await {
         Ok(Ok(sni)) => sni,
         Ok(Err(why)) => {
             tracing::debug!(%peer, port, %why, "TLS passthrough: not a ClientHello; connection refused");

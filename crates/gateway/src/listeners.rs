@@ -48,6 +48,7 @@ pub struct GatewayListeners {
     /// The compiled objects and the Services' pools, for HTTPS, TLS
     /// passthrough and TCP listeners; None: every port is served as HTTP.
     routing: Option<Routing>,
+    handshake_timeout: Duration,
     running: BTreeMap<u16, Running>,
 }
 
@@ -55,7 +56,13 @@ impl GatewayListeners {
     /// Listeners whose connections `front` serves (the agent's HTTP front
     /// over a [`crate::GatewayUpstream`]).
     pub fn new(settings: ListenerSettings, front: Arc<dyn HttpServe>) -> Self {
-        Self { settings, front, routing: None, running: BTreeMap::new() }
+        Self {
+            settings,
+            front,
+            routing: None,
+            handshake_timeout: crate::tls::HANDSHAKE_TIMEOUT,
+            running: BTreeMap::new(),
+        }
     }
 
     /// Serves each port by its protocol in the current `routes` (the ones
@@ -65,6 +72,15 @@ impl GatewayListeners {
     /// port is served as HTTP.
     pub fn with_routes(mut self, routes: Arc<ArcSwap<Compiled>>, pools: Arc<dyn ServicePools>) -> Self {
         self.routing = Some((routes, pools));
+        self
+    }
+
+    /// How long a client of a TLS listener (HTTPS or passthrough) may take
+    /// to complete its handshake or send its ClientHello before it is
+    /// dropped (default [`crate::tls::HANDSHAKE_TIMEOUT`]); for listeners
+    /// bound from now on.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
         self
     }
 
@@ -126,6 +142,7 @@ impl GatewayListeners {
                 routes: routes.clone(),
                 pools: pools.clone(),
                 tls: crate::tls::server_config(routes.clone(), port)?,
+                handshake_timeout: self.handshake_timeout,
             }),
         };
         let accept = tokio::spawn(serve_gateway_listener(listener, self.front.clone(), ctx, routing));

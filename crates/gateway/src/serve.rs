@@ -222,6 +222,10 @@ pub struct GatewayRouting {
     pub pools: Arc<dyn ServicePools>,
     /// The port's TLS server (see [`crate::tls::server_config`]).
     pub tls: Arc<rustls::ServerConfig>,
+    /// How long a client may take to send its ClientHello (passthrough)
+    /// or complete its TLS handshake (HTTPS); default
+    /// [`crate::tls::HANDSHAKE_TIMEOUT`].
+    pub handshake_timeout: std::time::Duration,
 }
 
 /// Accepts `listener`'s connections and hands each to `front` until
@@ -232,7 +236,7 @@ pub async fn serve_listener(listener: TcpListener, front: Arc<dyn HttpServe>, ct
 
 /// Accepts `listener`'s connections until `ctx.drain` is cancelled, each
 /// served by its port's protocol in the current compile: HTTP to `front`;
-/// HTTPS after a TLS handshake (within [`crate::tls::HANDSHAKE_TIMEOUT`])
+/// HTTPS after a TLS handshake (within `routing.handshake_timeout`)
 /// to `front`; TLS passthrough and TCP at L4 ([`crate::l4`]). Without
 /// `routing`, every connection is HTTP.
 pub async fn serve_gateway_listener(
@@ -267,7 +271,7 @@ pub async fn serve_gateway_listener(
                 tokio::spawn(front.serve(http_connection(ClientStream::Tcp(client), peer, &ctx)));
             }
             Some(Protocol::Https) => {
-                tokio::spawn(https(client, peer, front.clone(), ctx.clone(), routing.tls.clone()));
+                tokio::spawn(https(client, peer, front.clone(), ctx.clone(), routing.clone()));
             }
             Some(Protocol::TlsPassthrough) => {
                 tokio::spawn(crate::l4::passthrough(client, peer, ctx.clone(), routing.clone()));
@@ -300,12 +304,12 @@ async fn https(
     peer: SocketAddr,
     front: Arc<dyn HttpServe>,
     ctx: ListenerContext,
-    tls: Arc<rustls::ServerConfig>,
+    routing: GatewayRouting,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let acceptor = tokio_rustls::TlsAcceptor::from(routing.tls);
     let session = tokio::select! {
         () = ctx.drain.cancelled() => return,
-        handshake = tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(client)) => handshake,
+        handshake = tokio::time::timeout(routing.handshake_timeout, acceptor.accept(client)) => handshake,
     };
     match session {
         Ok(Ok(session)) => front.serve(http_connection(ClientStream::Tls(Box::new(session)), peer, &ctx)).await,

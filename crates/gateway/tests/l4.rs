@@ -15,7 +15,10 @@ use tokio::net::TcpStream;
 
 mod support;
 
-use support::net::{Ca, Loaded, RunningGateway, StaticPools, own_loopback, tcp_backend, tls_backend, tls_connect};
+use support::net::{
+    Ca, HANDSHAKE_TIMEOUT, Loaded, MemoryCertificates, RunningGateway, StaticPools, own_loopback, tcp_backend,
+    tls_backend, tls_connect,
+};
 
 /// Reads one line.
 async fn line<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<String> {
@@ -148,6 +151,45 @@ spec:
     let _ = line(&mut conn).await.unwrap();
     conn.write_all(b"read coils\n").await.unwrap();
     assert_eq!(line(&mut conn).await.unwrap(), "read coils");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_are_dropped_at_the_timeout_while_others_are_served() {
+    let ca = Ca::new();
+    let cert = ca.issue(&["a.example.com"]);
+    let certs = MemoryCertificates::default();
+    certs.set("shop", "a-tls", cert.pem.clone());
+    let yaml = format!(
+        "{PASSTHROUGH}---\nkind: Gateway\nmetadata: {{name: secure, namespace: shop}}\nspec:\n  gatewayClassName: edgemesh\n  \
+         listeners: [{{name: https, port: 18451, protocol: HTTPS, tls: {{certificateRefs: [{{name: a-tls}}]}}}}]\n"
+    );
+    let pools = StaticPools::default().with("shop", "tls-a", 443, tls_backend("tls-a", &cert).await, AppProtocol::Tcp);
+    let compiled = Loaded::parse(&yaml).compile(&[("shop/tls-a", 443)], &certs);
+    let gateway = RunningGateway::start(compiled, pools, own_loopback(6)).await;
+    let started = std::time::Instant::now();
+    // A ClientHello that stops after its record header and a few bytes,
+    // and a client that sends nothing, on each kind of TLS listener.
+    let mut stalled = Vec::new();
+    for (port, bytes) in
+        [(18447, &[22u8, 3, 1, 0, 200, 1, 0, 0, 196][..]), (18447, &[]), (18451, &[22, 3, 1]), (18451, &[])]
+    {
+        let mut conn = TcpStream::connect(gateway.addr(port)).await.unwrap();
+        conn.write_all(bytes).await.unwrap();
+        stalled.push(conn);
+    }
+    // Meanwhile, others are served at once.
+    let client = ca.client();
+    let (mut session, _) = tls_connect(&client, gateway.addr(18447), "a.example.com").await.unwrap();
+    assert_eq!(line(&mut session).await.unwrap(), "tls-a");
+    assert!(tls_connect(&client, gateway.addr(18451), "a.example.com").await.is_ok());
+    assert!(started.elapsed() < HANDSHAKE_TIMEOUT / 2, "not held up by the stalled ones");
+    for (i, mut conn) in stalled.into_iter().enumerate() {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(HANDSHAKE_TIMEOUT * 2, conn.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "stalled connection {i} closed: {read:?}");
+    }
+    let waited = started.elapsed();
+    assert!(waited >= HANDSHAKE_TIMEOUT && waited < HANDSHAKE_TIMEOUT * 2, "closed at the timeout: {waited:?}");
 }
 
 #[test]

@@ -291,6 +291,9 @@ pub fn own_loopback(salt: u8) -> IpAddr {
     IpAddr::from([127, 100 + (pid % 100) as u8, ((pid / 100) % 250) as u8, 10 + salt])
 }
 
+/// The test gateways' TLS handshake timeout.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A running gateway: its compiled objects (swap them to change it) and
 /// its listeners.
 pub struct RunningGateway {
@@ -309,7 +312,9 @@ impl RunningGateway {
         let upstream = GatewayUpstream::new(routes.clone(), pools.clone(), Arc::new(dispatcher), "http");
         let front = Arc::new(HttpProxy::new(Arc::new(upstream), HttpConfig::default()));
         let settings = ListenerSettings { ip, connect_timeout: Duration::from_secs(1), upstream_mark: None };
-        let mut listeners = GatewayListeners::new(settings, front).with_routes(routes.clone(), pools);
+        let mut listeners = GatewayListeners::new(settings, front)
+            .with_routes(routes.clone(), pools)
+            .with_handshake_timeout(HANDSHAKE_TIMEOUT);
         let failed = listeners.reconcile(routes.load().ports.clone()).await;
         assert!(failed.is_empty(), "{failed:?}");
         RunningGateway { routes, listeners, ip }
