@@ -3,13 +3,18 @@
 //! them (HTTP, HTTPS, TLS passthrough, TCP).
 //!
 //! ```text
-//!  Gateway, HTTPRoute, ReferenceGrant (schema: serde, from the API or manifests)
-//!        │ compile (one pass over every object; every problem becomes a condition)
+//!  Gateway, HTTPRoute, GRPCRoute, TLSRoute, TCPRoute, ReferenceGrant   Secrets (CertificateStore)
+//!        │ compile_objects (one pass; every problem becomes a condition)  │
+//!        ▼                                                                ▼
+//!  Compiled { protocols: port -> HTTP | HTTPS | TLS passthrough | TCP,
+//!             tables: port -> RouteTable (HTTP, gRPC), tls: port -> SniCertificates,
+//!             l4: port -> L4Table (TLSRoute, TCPRoute), status: conditions per object }
+//!        │ swapped whole (ArcSwap); each connection and request reads the current one
 //!        ▼
-//!  Compiled { tables: listener port -> RouteTable, status: conditions per object }
-//!        │ RouteTable::route(request)         (per request, no allocation but the result)
-//!        ▼
-//!  Routed { action: rule's backends (weighted), filters, timeouts; the matched prefix }
+//!  listener accept -> HTTP: front -> RouteTable::route(request) -> Routed (backends, filters)
+//!                  -> HTTPS: TLS handshake (certificate by SNI) -> front -> ...
+//!                  -> TLS: peek ClientHello SNI -> L4Table -> backend -> agent's L4 path
+//!                  -> TCP: L4Table -> backend -> agent's L4 path
 //! ```
 //!
 //! - [`schema`]: the objects' fields this crate reads, spelled as the API
@@ -25,7 +30,7 @@
 //!   (header modifiers, redirect, URL rewrite).
 //! - [`backend`]: a rule's weighted backends and the smooth weighted round
 //!   robin that picks one per request.
-//! - [`compile`]: objects to tables, with the status conditions.
+//! - [`compile`](mod@compile): objects to tables, with the status conditions.
 //! - [`grpc`]: GRPCRoute matches as HTTP matches, and their precedence.
 //! - [`tls`]: HTTPS listeners' certificates (a store, PEM files, SNI
 //!   choice, reload by compile) and TLS settings.

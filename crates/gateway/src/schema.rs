@@ -2,7 +2,7 @@
 //! `GRPCRoute`, `v1alpha2` `TLSRoute` and `TCPRoute`, and `v1beta1`
 //! `ReferenceGrant`, that the gateway reads, spelled as the
 //! API spells them (camelCase). Every field is optional or defaulted:
-//! [`crate::compile`] turns what is missing or wrong into a status
+//! [`crate::compile`](mod@crate::compile) turns what is missing or wrong into a status
 //! condition naming the field, never a parse error that loses the object.
 //! Unknown fields are ignored (objects carry status, managed fields).
 
