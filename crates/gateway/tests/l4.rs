@@ -6,10 +6,14 @@
 //! on listeners that do not take their kind.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use edgemesh_core::AppProtocol;
+use edgemesh_core::{AppProtocol, ServiceKey};
 use edgemesh_gateway::tls::NoCertificates;
+use edgemesh_proxy::{Reach, Remote, RemoteDatagrams, RemoteFuture, RemoteStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -107,6 +111,49 @@ async fn tls_passthrough_reaches_each_backend_by_its_server_name() {
         let mut buf = [0u8; 64];
         let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await.expect("closed at once");
         assert!(matches!(read, Ok(0) | Err(_)), "{garbage:?}: {read:?}");
+    }
+}
+
+/// A tunnel that reaches "other nodes" on loopback, counting its streams.
+struct LoopbackTunnel(AtomicUsize);
+
+impl Remote for LoopbackTunnel {
+    fn open_tcp(&self, node: &str, target: SocketAddr, _: &ServiceKey) -> RemoteFuture<RemoteStream> {
+        assert_eq!(node, "node-b");
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async move { Ok(Box::new(TcpStream::connect(target).await?) as RemoteStream) })
+    }
+
+    fn open_udp(&self, _: &str, _: SocketAddr, _: &ServiceKey) -> RemoteFuture<RemoteDatagrams> {
+        Box::pin(async { Err(std::io::ErrorKind::Unsupported.into()) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_passthrough_to_an_endpoint_on_another_node_goes_through_the_tunnel() {
+    let ca = Ca::new();
+    let cert = ca.issue(&["a.example.com"]);
+    let tunnel = Arc::new(LoopbackTunnel(AtomicUsize::new(0)));
+    let mut pools = StaticPools::default().with_on(
+        "shop",
+        "tls-a",
+        443,
+        tls_backend("tls-a", &cert).await,
+        AppProtocol::Tcp,
+        Some("node-b"),
+    );
+    pools.1 = Reach::through("node-a", tunnel.clone(), Duration::from_secs(2));
+    let compiled = Loaded::parse(PASSTHROUGH).compile(&[("shop/tls-a", 443)], &NoCertificates);
+    let gateway = RunningGateway::start(compiled, pools, own_loopback(7)).await;
+    let client = ca.client();
+    for i in 1..=3 {
+        let (mut session, presented) = tls_connect(&client, gateway.addr(18447), "a.example.com").await.unwrap();
+        assert!(presented == cert.der);
+        assert_eq!(line(&mut session).await.unwrap(), "tls-a");
+        session.write_all(b"over the tunnel\n").await.unwrap();
+        session.flush().await.unwrap();
+        assert_eq!(line(&mut session).await.unwrap(), "over the tunnel");
+        assert_eq!(tunnel.0.load(Ordering::Relaxed), i, "one tunnel stream per connection");
     }
 }
 

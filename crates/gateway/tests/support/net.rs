@@ -262,14 +262,28 @@ pub async fn tls_backend(name: &'static str, cert: &Issued) -> SocketAddr {
     addr
 }
 
-/// Pools of Service ports, each with one endpoint.
+/// Pools of Service ports, each with one endpoint, and how this node
+/// reaches endpoints.
 #[derive(Default)]
-pub struct StaticPools(pub BTreeMap<ServiceRef, Arc<Pool>>);
+pub struct StaticPools(pub BTreeMap<ServiceRef, Arc<Pool>>, pub Reach);
 
 impl StaticPools {
-    pub fn with(mut self, namespace: &str, name: &str, port: u16, endpoint: SocketAddr, app: AppProtocol) -> Self {
-        let mut targets =
-            Targets::new(LbStrategy::RoundRobin, Arc::from(vec![Backend { addr: endpoint, node_name: None }]));
+    pub fn with(self, namespace: &str, name: &str, port: u16, endpoint: SocketAddr, app: AppProtocol) -> Self {
+        self.with_on(namespace, name, port, endpoint, app, None)
+    }
+
+    /// As [`StaticPools::with`], the endpoint on node `node` (None: unknown).
+    pub fn with_on(
+        mut self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+        endpoint: SocketAddr,
+        app: AppProtocol,
+        node: Option<&str>,
+    ) -> Self {
+        let backend = Backend { addr: endpoint, node_name: node.map(Into::into) };
+        let mut targets = Targets::new(LbStrategy::RoundRobin, Arc::from(vec![backend]));
         targets.app_protocol = app;
         let frontend = SocketAddr::from(([127, 0, 0, 1], port));
         let service = ServiceRef { namespace: namespace.into(), name: name.into(), port };
@@ -280,7 +294,7 @@ impl StaticPools {
 
 impl ServicePools for StaticPools {
     fn pool(&self, service: &ServiceRef) -> Option<(Arc<Pool>, Reach)> {
-        self.0.get(service).map(|p| (p.clone(), Reach::direct()))
+        self.0.get(service).map(|p| (p.clone(), self.1.clone()))
     }
 }
 
