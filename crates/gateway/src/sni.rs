@@ -160,7 +160,9 @@ fn server_name(data: &[u8]) -> Hello {
 /// (None: the hello names none), or why the connection is not served.
 /// Nothing is consumed. The caller bounds the wait with a timeout.
 pub async fn peek_server_name(stream: &TcpStream) -> Result<Option<String>, String> {
-    let mut buf = vec![0u8; MAX_HELLO];
+    // Most hellos fit in 4 KiB (a post-quantum key share included); the
+    // buffer grows to MAX_HELLO only for one that does not.
+    let mut buf = vec![0u8; 4096];
     let mut pause = Duration::from_millis(1);
     let mut seen = 0;
     loop {
@@ -171,8 +173,12 @@ pub async fn peek_server_name(stream: &TcpStream) -> Result<Option<String>, Stri
         match parse(&buf[..n]) {
             Hello::Complete(name) => return Ok(name),
             Hello::Invalid(why) => return Err(why.to_owned()),
-            Hello::Incomplete if n == buf.len() => {
+            Hello::Incomplete if n == buf.len() && n >= MAX_HELLO => {
                 return Err("the ClientHello is larger than the gateway reads".to_owned());
+            }
+            Hello::Incomplete if n == buf.len() => {
+                buf.resize(MAX_HELLO, 0);
+                continue;
             }
             Hello::Incomplete => {}
         }

@@ -15,7 +15,10 @@
 //!   and 1.3, ring), whose resolver reads the port's certificates from the
 //!   current [`Compiled`] at each handshake. A compile that rotates a
 //!   certificate applies to the next handshake; sessions already open keep
-//!   theirs; the listener is never rebound.
+//!   theirs; the listener is never rebound. (A client resuming a session
+//!   from before a rotation, by ticket or session ID, continues with the
+//!   certificate of that session, as with any TLS server; its next full
+//!   handshake gets the new one.)
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

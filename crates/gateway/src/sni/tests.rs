@@ -118,3 +118,66 @@ proptest! {
         let _ = parse(&record);
     }
 }
+
+/// A ClientHello written by hand: `padding` bytes of an unknown extension
+/// before the server name, in one record (or as many as it needs).
+fn synthetic_hello(name: &str, padding: usize) -> Vec<u8> {
+    let vec16 = |data: &[u8]| {
+        let mut out = u16::try_from(data.len()).unwrap().to_be_bytes().to_vec();
+        out.extend_from_slice(data);
+        out
+    };
+    let mut sni_list = vec![0u8];
+    sni_list.extend(vec16(name.as_bytes()));
+    let mut extensions = vec![0, 21];
+    extensions.extend(vec16(&vec![0u8; padding]));
+    extensions.extend([0, 0]);
+    extensions.extend(vec16(&vec16(&sni_list)));
+    let mut body = vec![3, 3];
+    body.extend([7u8; 32]);
+    body.push(0);
+    body.extend(vec16(&[0x13, 0x01]));
+    body.extend([1, 0]);
+    body.extend(vec16(&extensions));
+    let mut handshake = vec![1];
+    handshake.extend(&u32::try_from(body.len()).unwrap().to_be_bytes()[1..]);
+    handshake.extend(body);
+    let mut records = Vec::new();
+    for fragment in handshake.chunks(16 * 1024) {
+        records.extend([22, 3, 1]);
+        records.extend(vec16(fragment));
+    }
+    records
+}
+
+#[test]
+fn a_large_hello_is_read_to_its_cap_and_a_larger_one_refused() {
+    assert_eq!(parse(&synthetic_hello("big.example.com", 6000)), Hello::Complete(Some("big.example.com".into())));
+    assert_eq!(parse(&synthetic_hello("big.example.com", 15_000)), Hello::Complete(Some("big.example.com".into())));
+    assert_eq!(
+        parse(&synthetic_hello("big.example.com", 17_000)),
+        Hello::Invalid("the ClientHello is larger than the gateway reads")
+    );
+}
+
+#[tokio::test]
+async fn peeking_reads_a_hello_larger_than_the_first_buffer_and_consumes_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hello = synthetic_hello("big.example.com", 6000);
+    let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let (mut server, _) = listener.accept().await.unwrap();
+    // Sent in two parts, the second later: the peek waits for it.
+    client.write_all(&hello[..3000]).await.unwrap();
+    let rest = hello[3000..].to_vec();
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        client.write_all(&rest).await.unwrap();
+        client
+    });
+    assert_eq!(peek_server_name(&server).await, Ok(Some("big.example.com".to_owned())));
+    let _client = writer.await.unwrap();
+    let mut read = vec![0u8; hello.len()];
+    server.read_exact(&mut read).await.unwrap();
+    assert_eq!(read, hello, "the hello is still there to forward");
+}
