@@ -33,6 +33,8 @@ pub struct ListenerSettings {
 
 struct Running {
     addr: SocketAddr,
+    /// Its connections now (with routing).
+    connections: Option<Arc<std::sync::atomic::AtomicUsize>>,
     drain: CancellationToken,
     /// The accept loop; it owns the socket.
     accept: tokio::task::JoinHandle<()>,
@@ -49,6 +51,7 @@ pub struct GatewayListeners {
     /// passthrough and TCP listeners; None: every port is served as HTTP.
     routing: Option<Routing>,
     handshake_timeout: Duration,
+    max_connections: usize,
     running: BTreeMap<u16, Running>,
 }
 
@@ -61,6 +64,7 @@ impl GatewayListeners {
             front,
             routing: None,
             handshake_timeout: crate::tls::HANDSHAKE_TIMEOUT,
+            max_connections: 0,
             running: BTreeMap::new(),
         }
     }
@@ -81,6 +85,16 @@ impl GatewayListeners {
     /// bound from now on.
     pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// At most `max` connections at once per listening port, of any
+    /// protocol (TLS handshakes in progress and L4 connections included);
+    /// one more is reset. 0 (the default): no bound of its own (HTTP and
+    /// HTTPS connections still count against the front's). For listeners
+    /// bound from now on; needs [`GatewayListeners::with_routes`].
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
         self
     }
 
@@ -136,6 +150,7 @@ impl GatewayListeners {
             upstream_mark: self.settings.upstream_mark,
             drain: drain.clone(),
         };
+        let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let routing = match &self.routing {
             None => None,
             Some((routes, pools)) => Some(GatewayRouting {
@@ -143,15 +158,27 @@ impl GatewayListeners {
                 pools: pools.clone(),
                 tls: crate::tls::server_config(routes.clone(), port)?,
                 handshake_timeout: self.handshake_timeout,
+                max_connections: self.max_connections,
+                connections: connections.clone(),
             }),
         };
+        let connections = routing.is_some().then_some(connections);
         let accept = tokio::spawn(serve_gateway_listener(listener, self.front.clone(), ctx, routing));
-        Ok(Running { addr, drain, accept })
+        Ok(Running { addr, connections, drain, accept })
     }
 
     /// The bound ports, and where.
     pub fn bound(&self) -> BTreeMap<u16, SocketAddr> {
         self.running.iter().map(|(port, r)| (*port, r.addr)).collect()
+    }
+
+    /// The connections each port serves now (ports bound with routing:
+    /// see [`GatewayListeners::with_routes`]).
+    pub fn connections(&self) -> BTreeMap<u16, usize> {
+        self.running
+            .iter()
+            .filter_map(|(port, r)| Some((*port, r.connections.as_ref()?.load(std::sync::atomic::Ordering::Relaxed))))
+            .collect()
     }
 
     /// Stops every listener; their connections drain.

@@ -19,8 +19,10 @@
 //! The listener's own pseudo pool (no endpoints) names the Gateway and the
 //! listener's port in the front's metrics and error texts.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use edgemesh_core::{LbStrategy, ServiceKey};
@@ -226,6 +228,20 @@ pub struct GatewayRouting {
     /// or complete its TLS handshake (HTTPS); default
     /// [`crate::tls::HANDSHAKE_TIMEOUT`].
     pub handshake_timeout: std::time::Duration,
+    /// Connections this listener serves at once, of any protocol (0: no
+    /// bound but the front's and the process's); one more is reset.
+    pub max_connections: usize,
+    /// Connections it serves now.
+    pub connections: Arc<AtomicUsize>,
+}
+
+/// One of a listener's connections, given back when its task ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Accepts `listener`'s connections and hands each to `front` until
@@ -265,24 +281,40 @@ pub async fn serve_gateway_listener(
             tokio::spawn(front.serve(http_connection(ClientStream::Tcp(client), peer, &ctx)));
             continue;
         };
+        if routing.connections.fetch_add(1, Ordering::AcqRel) >= routing.max_connections && routing.max_connections > 0
+        {
+            routing.connections.fetch_sub(1, Ordering::AcqRel);
+            tracing::debug!(%peer, port, max = routing.max_connections, "gateway listener at its connection limit: reset");
+            let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+            continue;
+        }
+        let slot = Slot(routing.connections.clone());
         let protocol = routing.routes.load().protocols.get(&port).copied();
         match protocol {
             Some(Protocol::Http) => {
-                tokio::spawn(front.serve(http_connection(ClientStream::Tcp(client), peer, &ctx)));
+                let served = front.serve(http_connection(ClientStream::Tcp(client), peer, &ctx));
+                tokio::spawn(with_slot(served, slot));
             }
             Some(Protocol::Https) => {
-                tokio::spawn(https(client, peer, front.clone(), ctx.clone(), routing.clone()));
+                tokio::spawn(with_slot(https(client, peer, front.clone(), ctx.clone(), routing.clone()), slot));
             }
             Some(Protocol::TlsPassthrough) => {
-                tokio::spawn(crate::l4::passthrough(client, peer, ctx.clone(), routing.clone()));
+                let served = crate::l4::passthrough(client, peer, ctx.clone(), routing.clone());
+                tokio::spawn(with_slot(served, slot));
             }
             Some(Protocol::Tcp) => {
-                tokio::spawn(crate::l4::tcp(client, peer, ctx.clone(), routing.clone()));
+                tokio::spawn(with_slot(crate::l4::tcp(client, peer, ctx.clone(), routing.clone()), slot));
             }
             // The port's listeners went away; the listener closes at the next reconcile.
             None => drop(client),
         }
     }
+}
+
+/// Runs `served`, holding the connection's place in its listener's limit.
+async fn with_slot(served: impl Future<Output = ()>, slot: Slot) {
+    served.await;
+    drop(slot);
 }
 
 fn http_connection(client: ClientStream, peer: SocketAddr, ctx: &ListenerContext) -> HttpConnection {

@@ -239,6 +239,41 @@ async fn stalled_handshakes_are_dropped_at_the_timeout_while_others_are_served()
     assert!(waited >= HANDSHAKE_TIMEOUT && waited < HANDSHAKE_TIMEOUT * 2, "closed at the timeout: {waited:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_over_its_connection_limit_resets_the_next_client() {
+    let yaml = "kind: Gateway\nmetadata: {name: edge, namespace: plant}\nspec:\n  gatewayClassName: edgemesh\n  \
+                listeners: [{name: plc, port: 18452, protocol: TCP}]\n---\n\
+                kind: TCPRoute\nmetadata: {name: plc, namespace: plant}\n\
+                spec: {parentRefs: [{name: edge}], rules: [{backendRefs: [{name: plc, port: 502}]}]}\n";
+    let pools = StaticPools::default().with("plant", "plc", 502, tcp_backend("a").await, AppProtocol::Tcp);
+    let compiled = Loaded::parse(yaml).compile(&[("plant/plc", 502)], &NoCertificates);
+    let gateway = RunningGateway::start_with(compiled, pools, own_loopback(8), 2).await;
+    let addr = gateway.addr(18452);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(line(&mut conn).await.unwrap(), "a");
+        held.push(conn);
+    }
+    assert_eq!(gateway.listeners.connections()[&18452], 2);
+    // The reset may arrive before the connect completes, or after.
+    let third = async {
+        let mut conn = TcpStream::connect(addr).await?;
+        line(&mut conn).await
+    };
+    let refused = tokio::time::timeout(Duration::from_secs(5), third).await.expect("refused at once");
+    assert!(refused.is_err(), "over the limit: {refused:?}");
+    // One closes: its place is given back, and the next client is served.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while gateway.listeners.connections()[&18452] > 1 {
+        assert!(std::time::Instant::now() < deadline, "the closed connection's place was not given back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut next = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(line(&mut next).await.unwrap(), "a");
+}
+
 #[test]
 fn routes_on_listeners_that_do_not_take_their_kind_say_so() {
     let yaml = r#"

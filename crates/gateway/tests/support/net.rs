@@ -319,6 +319,16 @@ pub struct RunningGateway {
 impl RunningGateway {
     /// Serves `compiled` on `ip` with `pools`, as the agent does.
     pub async fn start(compiled: Compiled, pools: StaticPools, ip: IpAddr) -> RunningGateway {
+        Self::start_with(compiled, pools, ip, 0).await
+    }
+
+    /// As [`RunningGateway::start`], at most `max_connections` per listener (0: no bound).
+    pub async fn start_with(
+        compiled: Compiled,
+        pools: StaticPools,
+        ip: IpAddr,
+        max_connections: usize,
+    ) -> RunningGateway {
         let pools: Arc<dyn ServicePools> = Arc::new(pools);
         let mut registry = Registry::default();
         let dispatcher = Dispatcher::new(&HttpConfig::default(), &mut registry);
@@ -328,7 +338,8 @@ impl RunningGateway {
         let settings = ListenerSettings { ip, connect_timeout: Duration::from_secs(1), upstream_mark: None };
         let mut listeners = GatewayListeners::new(settings, front)
             .with_routes(routes.clone(), pools)
-            .with_handshake_timeout(HANDSHAKE_TIMEOUT);
+            .with_handshake_timeout(HANDSHAKE_TIMEOUT)
+            .with_max_connections(max_connections);
         let failed = listeners.reconcile(routes.load().ports.clone()).await;
         assert!(failed.is_empty(), "{failed:?}");
         RunningGateway { routes, listeners, ip }
