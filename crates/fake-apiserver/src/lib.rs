@@ -53,7 +53,60 @@ pub enum Resource {
     /// Istio's `networking.istio.io/v1alpha3` DestinationRules (a CRD:
     /// [`FakeApiServer::set_destination_rules`] takes it away).
     DestinationRules,
+    /// The edge gateway's CRDs: the Gateway API's kinds at the versions
+    /// the agent lists them (`gateway.networking.k8s.io`), and Istio's
+    /// `Gateway` and `VirtualService` (`networking.istio.io/v1alpha3`).
+    Gateways,
+    HttpRoutes,
+    GrpcRoutes,
+    TlsRoutes,
+    TcpRoutes,
+    ReferenceGrants,
+    IstioGateways,
+    VirtualServices,
 }
+
+/// The routing resources: path, apiVersion and kind.
+const ROUTING: [(Resource, &str, &str, &str); 8] = [
+    (Resource::Gateways, "/apis/gateway.networking.k8s.io/v1/gateways", "gateway.networking.k8s.io/v1", "Gateway"),
+    (
+        Resource::HttpRoutes,
+        "/apis/gateway.networking.k8s.io/v1/httproutes",
+        "gateway.networking.k8s.io/v1",
+        "HTTPRoute",
+    ),
+    (
+        Resource::GrpcRoutes,
+        "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+        "gateway.networking.k8s.io/v1",
+        "GRPCRoute",
+    ),
+    (
+        Resource::TlsRoutes,
+        "/apis/gateway.networking.k8s.io/v1alpha2/tlsroutes",
+        "gateway.networking.k8s.io/v1alpha2",
+        "TLSRoute",
+    ),
+    (
+        Resource::TcpRoutes,
+        "/apis/gateway.networking.k8s.io/v1alpha2/tcproutes",
+        "gateway.networking.k8s.io/v1alpha2",
+        "TCPRoute",
+    ),
+    (
+        Resource::ReferenceGrants,
+        "/apis/gateway.networking.k8s.io/v1beta1/referencegrants",
+        "gateway.networking.k8s.io/v1beta1",
+        "ReferenceGrant",
+    ),
+    (Resource::IstioGateways, "/apis/networking.istio.io/v1alpha3/gateways", "networking.istio.io/v1alpha3", "Gateway"),
+    (
+        Resource::VirtualServices,
+        "/apis/networking.istio.io/v1alpha3/virtualservices",
+        "networking.istio.io/v1alpha3",
+        "VirtualService",
+    ),
+];
 
 impl Resource {
     fn of_path(path: &str) -> Option<Resource> {
@@ -63,7 +116,7 @@ impl Resource {
             "/api/v1/nodes" => Some(Resource::Nodes),
             "/apis/discovery.k8s.io/v1/endpointslices" => Some(Resource::EndpointSlices),
             "/apis/networking.istio.io/v1alpha3/destinationrules" => Some(Resource::DestinationRules),
-            _ => None,
+            _ => ROUTING.iter().find(|(_, p, _, _)| *p == path).map(|(r, _, _, _)| *r),
         }
     }
 
@@ -71,7 +124,8 @@ impl Resource {
         match self {
             Resource::EndpointSlices => "discovery.k8s.io/v1",
             Resource::DestinationRules => "networking.istio.io/v1alpha3",
-            _ => "v1",
+            Resource::Services | Resource::Endpoints | Resource::Nodes => "v1",
+            routing => ROUTING.iter().find(|(r, _, _, _)| *r == routing).map_or("v1", |(_, _, v, _)| v),
         }
     }
 
@@ -82,6 +136,7 @@ impl Resource {
             Resource::Endpoints => "Endpoints",
             Resource::Nodes => "Node",
             Resource::DestinationRules => "DestinationRule",
+            routing => ROUTING.iter().find(|(r, _, _, _)| *r == routing).map_or("", |(_, _, _, k)| k),
         }
     }
 }
@@ -258,13 +313,14 @@ impl FakeApiServer {
     /// Sends a `BOOKMARK` with the current resourceVersion to every watch.
     pub fn bookmark(&self) {
         let store = self.shared.store.lock().unwrap();
-        for r in [
+        let core = [
             Resource::Services,
             Resource::EndpointSlices,
             Resource::Endpoints,
             Resource::Nodes,
             Resource::DestinationRules,
-        ] {
+        ];
+        for r in core.into_iter().chain(ROUTING.iter().map(|(r, _, _, _)| *r)) {
             let line = event_line(
                 "BOOKMARK",
                 &json!({"apiVersion": r.api_version(), "kind": r.kind(), "metadata": {"resourceVersion": store.rv.to_string()}}),

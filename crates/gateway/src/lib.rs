@@ -26,8 +26,13 @@
 //! - [`backend`]: a rule's weighted backends and the smooth weighted round
 //!   robin that picks one per request.
 //! - [`compile`]: objects to tables, with the status conditions.
+//! - [`config`]: the agent config's `gateway` section.
 //! - [`istio`]: EdgeMesh's Istio `Gateway` and `VirtualService`, translated
 //!   into Gateway API objects (migration).
+//! - [`objects`]: the objects a source delivered (whole, as JSON) read into
+//!   the schema, Istio's translated: the input of `compile`.
+//! - [`report`]: what is served and every object's status, for the admin
+//!   endpoint's `/gateway`.
 //! - [`serve`]: a listener's requests, routed and sent through the
 //!   agent's HTTP front and dispatcher.
 //! - [`listeners`]: the bound ports, reconciled against the objects.
@@ -35,15 +40,19 @@
 
 pub mod backend;
 pub mod compile;
+pub mod config;
 pub mod filter;
 pub mod hostname;
 pub mod istio;
 pub mod listeners;
 pub mod matching;
+pub mod objects;
+pub mod report;
 pub mod schema;
 pub mod serve;
 pub mod table;
 
 pub use compile::{Compiled, Condition, ObjectRef, ServiceLookup, compile};
+pub use config::GatewayConfig;
 pub use serve::{GatewayUpstream, ServicePools};
 pub use table::{RouteTable, Routed};

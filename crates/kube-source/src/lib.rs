@@ -23,6 +23,8 @@
 //! - `health`: which watches fail, published as the shared
 //!   [`SourceHealth`](edgemesh_core::SourceHealth) (connected, or
 //!   disconnected since when and why) for `/readyz` and `/services`.
+//! - [`routing`]: the edge gateway's objects (Gateway API, Istio Gateway
+//!   and VirtualService), optional CRDs watched only for the gateway.
 //! - [`rule`]: Istio DestinationRules (an optional CRD), EdgeMesh's
 //!   per-service load-balancing strategies.
 //! - `backoff`: exponential back-off with jitter that really grows.
@@ -36,6 +38,7 @@ pub mod config;
 mod convert;
 pub mod error;
 mod health;
+pub mod routing;
 pub mod rule;
 pub mod source;
 
