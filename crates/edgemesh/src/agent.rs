@@ -220,7 +220,7 @@ impl Agent {
             let front = HttpProxy::with_metrics(dispatcher.clone(), config.http.clone(), metrics.edgemesh());
             proxy = proxy.with_http(Arc::new(front));
         }
-        let gateway = match (config.gateway.enabled, dispatcher) {
+        let mut gateway = match (config.gateway.enabled, dispatcher) {
             (true, Some(dispatcher)) => Some(gateway::GatewayTask::new(
                 &config,
                 snapshots.clone(),
@@ -258,7 +258,9 @@ impl Agent {
                 let mut kube = KubeSourceConfig::new(config.kube.endpoint());
                 kube.routing = config.gateway.enabled;
                 kube.health = source_health.clone();
-                Source::Kube(KubeSource::new(kube).await.context("cannot set up the Kubernetes source")?)
+                let source = KubeSource::new(kube).await.context("cannot set up the Kubernetes source")?;
+                gateway = gateway.map(|g| g.with_status_writer(source.status_writer()));
+                Source::Kube(source)
             }
         };
         let (fast_path, intercept_fallback) = match fast {

@@ -33,6 +33,8 @@
 //!   the schema, Istio's translated: the input of `compile`.
 //! - [`report`]: what is served and every object's status, for the admin
 //!   endpoint's `/gateway`.
+//! - [`status`]: that status shaped as the Gateway API's CRDs define it,
+//!   merged over what an object has, for writing back to Kubernetes.
 //! - [`serve`]: a listener's requests, routed and sent through the
 //!   agent's HTTP front and dispatcher.
 //! - [`listeners`]: the bound ports, reconciled against the objects.
@@ -50,6 +52,7 @@ pub mod objects;
 pub mod report;
 pub mod schema;
 pub mod serve;
+pub mod status;
 pub mod table;
 
 pub use compile::{Compiled, Condition, ObjectRef, ServiceLookup, compile};

@@ -25,6 +25,7 @@
 //!   disconnected since when and why) for `/readyz` and `/services`.
 //! - [`routing`]: the edge gateway's objects (Gateway API, Istio Gateway
 //!   and VirtualService), optional CRDs watched only for the gateway.
+//! - [`status`]: the edge gateway's status written back to its objects.
 //! - [`rule`]: Istio DestinationRules (an optional CRD), EdgeMesh's
 //!   per-service load-balancing strategies.
 //! - `backoff`: exponential back-off with jitter that really grows.
@@ -41,6 +42,7 @@ mod health;
 pub mod routing;
 pub mod rule;
 pub mod source;
+pub mod status;
 
 /// The API objects' conversions, for the fuzz targets (`fuzz/`) only: not an API.
 #[doc(hidden)]

@@ -116,6 +116,11 @@ impl KubeSource {
         Ok(Self { client, config, link })
     }
 
+    /// A writer of the gateway's status through this source's client.
+    pub fn status_writer(&self) -> crate::status::StatusWriter {
+        crate::status::StatusWriter::new(self.client.clone())
+    }
+
     fn backoff(&self) -> JitteredBackoff {
         JitteredBackoff::new(self.config.backoff_min, self.config.backoff_max)
     }

@@ -31,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
+mod status;
+
 /// What `/gateway` reads: the last compile's report.
 pub type GatewayReports = Arc<ArcSwap<GatewayReport>>;
 
@@ -42,6 +44,11 @@ pub struct GatewayTask {
     routes: Arc<ArcSwap<Compiled>>,
     listeners: GatewayListeners,
     report: GatewayReports,
+    /// With the Kubernetes source: each object's status to write back.
+    status: Option<(
+        edgemesh_kube::status::StatusWriter,
+        tokio::sync::watch::Sender<std::collections::HashMap<status::StatusKey, serde_json::Value>>,
+    )>,
 }
 
 impl GatewayTask {
@@ -79,7 +86,15 @@ impl GatewayTask {
             routes,
             listeners: GatewayListeners::new(settings, Arc::new(front)),
             report,
+            status: None,
         }
+    }
+
+    /// Writes each Gateway's and HTTPRoute's status back through `writer`
+    /// (the Kubernetes source's).
+    pub fn with_status_writer(mut self, writer: edgemesh_kube::status::StatusWriter) -> Self {
+        self.status = Some((writer, tokio::sync::watch::Sender::new(Default::default())));
+        self
     }
 
     /// The reports, for the admin endpoint.
@@ -90,6 +105,9 @@ impl GatewayTask {
     /// Compiles each snapshot that changes what the gateway serves, until
     /// `shutdown`; then stops every listener (their connections drain).
     pub async fn run(mut self, shutdown: CancellationToken) {
+        if let Some((writer, desired)) = &self.status {
+            tokio::spawn(status::run(writer.clone(), desired.subscribe(), shutdown.clone()));
+        }
         let mut compiled_at: Option<u64> = None;
         let mut referenced: HashSet<ServiceKey> = HashSet::new();
         loop {
@@ -126,6 +144,9 @@ impl GatewayTask {
             routes = report.routes.len(),
             "gateway compiled"
         );
+        if let Some((_, desired)) = &self.status {
+            desired.send_replace(status::desired(&report, snapshot));
+        }
         self.report.store(Arc::new(report));
         referenced_services(&inputs)
     }

@@ -317,6 +317,13 @@ pub const FLAGS: &[Flag] = &[
         implies: None,
         help: "The GatewayClass the gateway serves. Default: edgemesh.",
     },
+    Flag {
+        long: "gateway-listen",
+        key: "gateway.listenAddress",
+        takes: One("IP"),
+        implies: None,
+        help: "The address the gateway's listeners bind. Default: 0.0.0.0.",
+    },
 ];
 
 /// The setting flags given on a command line, in [`FLAGS`] order.
