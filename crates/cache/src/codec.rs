@@ -16,7 +16,8 @@
 //! and a value of an older version reads as the field's default, so the
 //! offline state survives the upgrade (format 3 added `appProtocol`,
 //! format 4 a Node's pod CIDRs). A new kind of object (DestinationRule,
-//! object tag 3) needs no new version: older values never hold one.
+//! object tag 3; the gateway's routing objects, tag 4) needs no new
+//! version: older values never hold one.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -29,7 +30,8 @@ use edgemesh_core::service::{
     TrafficDistribution,
 };
 use edgemesh_core::{
-    DestinationRuleObject, EndpointSet, EndpointSubset, NodeObject, Object, ObjectKind, ServiceObject,
+    DestinationRuleObject, EndpointSet, EndpointSubset, NodeObject, Object, ObjectKind, RoutingKind, RoutingObject,
+    ServiceObject,
 };
 
 /// The first byte of every value this agent writes.
@@ -146,6 +148,7 @@ record!(EndpointPortSpec { name, port, protocol });
 record!(NodeObject { meta, addresses } since 4 { pod_cidrs });
 record!(ObjectMeta { namespace, name, labels, annotations });
 record!(DestinationRuleObject { meta, service_namespace, service_name, strategy, hash_key });
+record!(RoutingObject { kind, meta, document });
 
 tags!(Protocol, "protocol" { 0 => (Protocol::Tcp), 1 => (Protocol::Udp), 2 => (Protocol::Sctp) });
 tags!(ObjectKind, "object kind" {
@@ -154,6 +157,24 @@ tags!(ObjectKind, "object kind" {
     2 => (ObjectKind::Endpoints),
     3 => (ObjectKind::Node),
     4 => (ObjectKind::DestinationRule),
+    5 => (ObjectKind::Routing(RoutingKind::Gateway)),
+    6 => (ObjectKind::Routing(RoutingKind::HttpRoute)),
+    7 => (ObjectKind::Routing(RoutingKind::GrpcRoute)),
+    8 => (ObjectKind::Routing(RoutingKind::TlsRoute)),
+    9 => (ObjectKind::Routing(RoutingKind::TcpRoute)),
+    10 => (ObjectKind::Routing(RoutingKind::ReferenceGrant)),
+    11 => (ObjectKind::Routing(RoutingKind::IstioGateway)),
+    12 => (ObjectKind::Routing(RoutingKind::VirtualService)),
+});
+tags!(RoutingKind, "routing kind" {
+    0 => (RoutingKind::Gateway),
+    1 => (RoutingKind::HttpRoute),
+    2 => (RoutingKind::GrpcRoute),
+    3 => (RoutingKind::TlsRoute),
+    4 => (RoutingKind::TcpRoute),
+    5 => (RoutingKind::ReferenceGrant),
+    6 => (RoutingKind::IstioGateway),
+    7 => (RoutingKind::VirtualService),
 });
 tags!(Option<LbStrategy>, "load-balancing strategy" {
     0 => (None),
@@ -188,6 +209,7 @@ impl Field for Object {
             Object::Endpoints(e) => tagged(1, e, out),
             Object::Node(n) => tagged(2, n, out),
             Object::DestinationRule(d) => tagged(3, d, out),
+            Object::Routing(g) => tagged(4, g, out),
         }
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -197,6 +219,7 @@ impl Field for Object {
             1 => Ok(Object::Endpoints(Field::read(r)?)),
             2 => Ok(Object::Node(Field::read(r)?)),
             3 => Ok(Object::DestinationRule(Field::read(r)?)),
+            4 => Ok(Object::Routing(Field::read(r)?)),
             other => Err(r.invalid(at, "object kind", other)),
         }
     }

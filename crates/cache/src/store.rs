@@ -366,6 +366,7 @@ fn key_string(k: &ObjectKey) -> String {
         ObjectKind::Endpoints => "Endpoints",
         ObjectKind::Node => "Node",
         ObjectKind::DestinationRule => "DestinationRule",
+        ObjectKind::Routing(kind) => kind.label(),
     };
     let mut s = String::with_capacity(kind.len() + k.namespace.len() + k.name.len() + 2);
     for part in [kind, "/", &k.namespace, "/", &k.name] {

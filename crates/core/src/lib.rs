@@ -45,7 +45,7 @@ pub use log_limit::LogLimiter;
 pub use node::{NodeEntry, PEER_ID_ANNOTATION};
 pub use object::{
     DestinationRuleObject, EndpointSet, EndpointSubset, NodeObject, Object, ObjectId, ObjectKey, ObjectKind,
-    ServiceObject, SourceEvent,
+    RoutingKind, RoutingObject, ServiceObject, SourceEvent,
 };
 pub use registry::{EventSink, EventStream, Registry, RegistryConfig, RegistryHandle, VipPolicy};
 pub use service::{

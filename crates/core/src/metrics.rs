@@ -24,7 +24,7 @@ use edgemesh_metrics::{Counter, Family, Gauge, Registry, Unit};
 
 use crate::Clock;
 use crate::health::{Connection, SourceHealth};
-use crate::object::{Object, ObjectKind, SourceEvent};
+use crate::object::{Object, ObjectKind, RoutingKind, SourceEvent};
 use crate::registry::RegistryHandle;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,12 +34,20 @@ struct EventLabels {
     action: &'static str,
 }
 
-const KINDS: [ObjectKind; 5] = [
+const KINDS: [ObjectKind; 13] = [
     ObjectKind::Service,
     ObjectKind::EndpointSlice,
     ObjectKind::Endpoints,
     ObjectKind::Node,
     ObjectKind::DestinationRule,
+    ObjectKind::Routing(RoutingKind::Gateway),
+    ObjectKind::Routing(RoutingKind::HttpRoute),
+    ObjectKind::Routing(RoutingKind::GrpcRoute),
+    ObjectKind::Routing(RoutingKind::TlsRoute),
+    ObjectKind::Routing(RoutingKind::TcpRoute),
+    ObjectKind::Routing(RoutingKind::ReferenceGrant),
+    ObjectKind::Routing(RoutingKind::IstioGateway),
+    ObjectKind::Routing(RoutingKind::VirtualService),
 ];
 const ACTIONS: [&str; 2] = ["apply", "delete"];
 
@@ -47,7 +55,7 @@ const ACTIONS: [&str; 2] = ["apply", "delete"];
 /// full view arrived, and when it last sent anything.
 pub struct SourceMetrics {
     /// Indexed [kind][action], resolved once.
-    events: [[Counter; 2]; 5],
+    events: [[Counter; 2]; KINDS.len()],
     synced: Gauge,
     /// Unix time of the last event, in milliseconds; 0 before the first.
     last_update_ms: AtomicU64,
@@ -116,6 +124,7 @@ fn object_kind(object: &Object) -> ObjectKind {
         Object::Endpoints(set) => set.kind,
         Object::Node(_) => ObjectKind::Node,
         Object::DestinationRule(_) => ObjectKind::DestinationRule,
+        Object::Routing(r) => ObjectKind::Routing(r.kind),
     }
 }
 
@@ -126,6 +135,7 @@ fn kind_name(kind: ObjectKind) -> &'static str {
         ObjectKind::Endpoints => "Endpoints",
         ObjectKind::Node => "Node",
         ObjectKind::DestinationRule => "DestinationRule",
+        ObjectKind::Routing(kind) => kind.label(),
     }
 }
 

@@ -29,6 +29,83 @@ pub enum ObjectKind {
     /// Istio `networking.istio.io` DestinationRule: a service's
     /// load-balancing strategy, as EdgeMesh reads it.
     DestinationRule,
+    /// An object the edge gateway routes by ([`RoutingKind`]).
+    Routing(RoutingKind),
+}
+
+/// The objects the edge gateway reads (issue #17): the Gateway API's, and
+/// the Istio `Gateway` and `VirtualService` EdgeMesh's gateway read. Kept
+/// whole ([`RoutingObject`]): the gateway compiles them together, and
+/// reports what is wrong in one as that object's status, not as a source
+/// error that would lose it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RoutingKind {
+    Gateway,
+    HttpRoute,
+    GrpcRoute,
+    TlsRoute,
+    TcpRoute,
+    ReferenceGrant,
+    /// `networking.istio.io` `Gateway`.
+    IstioGateway,
+    /// `networking.istio.io` `VirtualService`.
+    VirtualService,
+}
+
+impl RoutingKind {
+    pub const ALL: [RoutingKind; 8] = [
+        RoutingKind::Gateway,
+        RoutingKind::HttpRoute,
+        RoutingKind::GrpcRoute,
+        RoutingKind::TlsRoute,
+        RoutingKind::TcpRoute,
+        RoutingKind::ReferenceGrant,
+        RoutingKind::IstioGateway,
+        RoutingKind::VirtualService,
+    ];
+
+    /// The API group of the kind.
+    pub fn group(self) -> &'static str {
+        match self {
+            RoutingKind::IstioGateway | RoutingKind::VirtualService => "networking.istio.io",
+            _ => "gateway.networking.k8s.io",
+        }
+    }
+
+    /// `kind` as objects spell it.
+    pub fn kind(self) -> &'static str {
+        match self {
+            RoutingKind::Gateway | RoutingKind::IstioGateway => "Gateway",
+            RoutingKind::HttpRoute => "HTTPRoute",
+            RoutingKind::GrpcRoute => "GRPCRoute",
+            RoutingKind::TlsRoute => "TLSRoute",
+            RoutingKind::TcpRoute => "TCPRoute",
+            RoutingKind::ReferenceGrant => "ReferenceGrant",
+            RoutingKind::VirtualService => "VirtualService",
+        }
+    }
+
+    /// A name for logs, metric labels and cache keys, unique among every
+    /// [`ObjectKind`]'s (`IstioGateway` for Istio's Gateway).
+    pub fn label(self) -> &'static str {
+        match self {
+            RoutingKind::IstioGateway => "IstioGateway",
+            other => other.kind(),
+        }
+    }
+
+    /// The kind that `apiVersion` (`group/version`) and `kind` name, if it
+    /// is one of these.
+    pub fn of(api_version: &str, kind: &str) -> Option<RoutingKind> {
+        let group = api_version.split_once('/').map_or("", |(g, _)| g);
+        RoutingKind::ALL.into_iter().find(|k| k.group() == group && k.kind() == kind)
+    }
+}
+
+impl std::fmt::Display for RoutingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.kind(), self.group())
+    }
 }
 
 /// Identity of a source object: kind, namespace and name.
@@ -211,6 +288,18 @@ pub struct DestinationRuleObject {
     pub hash_key: Option<String>,
 }
 
+/// A routing object ([`RoutingKind`]) as its source read it: the whole
+/// object as JSON (`apiVersion`, `kind`, `metadata` with `generation` and
+/// `creationTimestamp`, `spec`; no `status`), which the gateway parses with
+/// its own schema. Sources check only that it is an object of the kind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingObject {
+    pub kind: RoutingKind,
+    pub meta: ObjectMeta,
+    /// The object, as JSON text.
+    pub document: String,
+}
+
 /// Any object a source can emit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Object {
@@ -218,6 +307,7 @@ pub enum Object {
     Endpoints(EndpointSet),
     Node(NodeObject),
     DestinationRule(DestinationRuleObject),
+    Routing(RoutingObject),
 }
 
 impl Object {
@@ -237,6 +327,11 @@ impl Object {
                 namespace: d.meta.namespace.clone(),
                 name: d.meta.name.clone(),
             },
+            Object::Routing(r) => ObjectKey {
+                kind: ObjectKind::Routing(r.kind),
+                namespace: r.meta.namespace.clone(),
+                name: r.meta.name.clone(),
+            },
         }
     }
 
@@ -247,16 +342,17 @@ impl Object {
             Object::Endpoints(e) => ObjectId::new(e.kind, &e.meta.namespace, &e.meta.name),
             Object::Node(n) => ObjectId::new(ObjectKind::Node, "", &n.meta.name),
             Object::DestinationRule(d) => ObjectId::new(ObjectKind::DestinationRule, &d.meta.namespace, &d.meta.name),
+            Object::Routing(r) => ObjectId::new(ObjectKind::Routing(r.kind), &r.meta.namespace, &r.meta.name),
         }
     }
 
     /// The service this object belongs to (a DestinationRule: the one its
-    /// host names); `None` for a Node.
+    /// host names); `None` for a Node or a routing object.
     pub fn service_key(&self) -> Option<ServiceKey> {
         match self {
             Object::Service(s) => Some(ServiceKey::new(&s.meta.namespace, &s.meta.name)),
             Object::Endpoints(e) => Some(ServiceKey::new(&e.meta.namespace, &e.service_name)),
-            Object::Node(_) => None,
+            Object::Node(_) | Object::Routing(_) => None,
             Object::DestinationRule(d) => Some(ServiceKey::new(&d.service_namespace, &d.service_name)),
         }
     }

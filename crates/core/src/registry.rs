@@ -311,6 +311,7 @@ impl RegistryState {
             }
             SourceEvent::Apply(Object::Node(node)) => return self.snapshot.set_node(NodeEntry::from(&node)),
             SourceEvent::Apply(Object::DestinationRule(rule)) => return self.apply_rule(rule),
+            SourceEvent::Apply(Object::Routing(object)) => return self.snapshot.set_routing(object),
             SourceEvent::Delete(okey) => match okey.kind {
                 ObjectKind::Service => {
                     let key = ServiceKey::new(&okey.namespace, &okey.name);
@@ -326,6 +327,7 @@ impl RegistryState {
                 }
                 ObjectKind::Node => return self.snapshot.remove_node(&okey.name),
                 ObjectKind::DestinationRule => return self.remove_rule(&(okey.namespace, okey.name)),
+                ObjectKind::Routing(_) => return self.snapshot.remove_routing(&ObjectId::from(&okey)),
             },
             SourceEvent::Synced => return false,
         }

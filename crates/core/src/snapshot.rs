@@ -17,6 +17,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::node::NodeEntry;
+use crate::object::{ObjectId, ObjectKind, RoutingObject};
 use std::time::Duration;
 
 use crate::service::{
@@ -43,6 +44,10 @@ pub struct Snapshot {
     nodes: OrdMap<Arc<str>, Arc<NodeEntry>>,
     /// Backends on this node, for [`Snapshot::serves_endpoint`].
     local: local::LocalBackends,
+    /// The edge gateway's objects, by kind, namespace and name.
+    routing: OrdMap<ObjectId, Arc<RoutingObject>>,
+    /// The generation at which `routing` last changed.
+    routing_changed: u64,
 }
 
 mod local;
@@ -115,6 +120,17 @@ impl Snapshot {
         self.nodes.values()
     }
 
+    /// The edge gateway's objects, ordered by kind, namespace and name.
+    pub fn routing_objects(&self) -> impl Iterator<Item = &Arc<RoutingObject>> {
+        self.routing.values()
+    }
+
+    /// The generation at which the routing objects last changed (0: never),
+    /// so that the gateway recompiles only when they did.
+    pub fn routing_changed(&self) -> u64 {
+        self.routing_changed
+    }
+
     /// Keys of services that changed (added, updated or removed) after
     /// generation `since`, possibly with repeats; `None` when the changelog
     /// no longer reaches back that far and the caller must look at every
@@ -176,6 +192,32 @@ impl Snapshot {
     /// Removes a node; returns whether it was there.
     pub(crate) fn remove_node(&mut self, name: &str) -> bool {
         self.nodes.remove(name).is_some()
+    }
+
+    /// Adds or replaces a routing object; returns whether it changed.
+    pub(crate) fn set_routing(&mut self, object: RoutingObject) -> bool {
+        let id = ObjectId::new(ObjectKind::Routing(object.kind), &object.meta.namespace, &object.meta.name);
+        if self.routing.get(&id).is_some_and(|old| **old == object) {
+            return false;
+        }
+        self.routing.insert(id, Arc::new(object));
+        self.routing_changed_now();
+        true
+    }
+
+    /// Removes a routing object; returns whether it was there.
+    pub(crate) fn remove_routing(&mut self, id: &ObjectId) -> bool {
+        let removed = self.routing.remove(id).is_some();
+        if removed {
+            self.routing_changed_now();
+        }
+        removed
+    }
+
+    /// Events are applied before the registry begins the generation that
+    /// publishes them ([`Snapshot::begin_generation`]): that next one.
+    fn routing_changed_now(&mut self) {
+        self.routing_changed = self.generation + 1;
     }
 
     /// Called by the registry before a batch of changes.

@@ -15,6 +15,8 @@
 //! - `/peers`: with the tunnel on, this node's peer ID and the connected
 //!   agents: node name, peer ID, addresses, direct or relayed, RTT, open
 //!   streams.
+//! - `/gateway`: with the edge gateway on, its ports and every Gateway's
+//!   and route's status conditions (`edgemesh status gateway`).
 //! - `/config`: the configuration in force as JSON (after reloads).
 //! - `/reload`: the last config reload: when, what triggered it, its
 //!   result, its errors, and the settings waiting for a restart.
@@ -94,6 +96,8 @@ pub struct AdminState {
     pub source: Option<Arc<SourceHealth>>,
     /// The cross-node tunnel, when enabled.
     pub tunnel: Option<edgemesh_tunnel::Tunnel>,
+    /// The edge gateway's last compile, when it runs (`gateway.enabled`).
+    pub gateway: Option<crate::agent::GatewayReports>,
     /// Every component's metrics (registered during `Agent::build`).
     pub metrics: Arc<AgentRegistry>,
     /// The config in force (`config` is the one the agent started with),

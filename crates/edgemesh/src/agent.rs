@@ -17,11 +17,14 @@
 //!                                                                            the BPF maps)
 //!                                                                         -> SocksServer (SOCKS5 entry:
 //!                                                                              hosts, services)
+//!                                                                         -> GatewayTask (gateway.enabled:
+//!                                                                              routes, listeners)
 //!                                                                         -> AdminServer
 //! ```
 
 mod deps;
 mod fastpath;
+mod gateway;
 mod interception;
 
 use std::collections::HashMap;
@@ -37,18 +40,19 @@ use edgemesh_core::{
     EventSink, EventStream, Registry, RegistryConfig, RegistryHandle, Snapshot, SourceHealth, VipPolicy,
 };
 use edgemesh_dns::DnsServer;
-use edgemesh_http::HttpProxy;
+use edgemesh_http::{HttpProxy, Upstream};
 use edgemesh_intercept::Interceptor;
 use edgemesh_kube::{KubeSource, KubeSourceConfig};
 use edgemesh_manifests::ManifestSource;
 use edgemesh_metrics::AgentRegistry;
-use edgemesh_proxy::{HttpServe, Proxy, ProxyConfig};
+use edgemesh_proxy::{Proxy, ProxyConfig};
 use edgemesh_socks::{NodeHosts, SocksEnv, SocksServer};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use self::deps::Deps;
+pub use self::gateway::GatewayReports;
 use crate::admin::{AdminServer, AdminState};
 use crate::config::{Config, SourceKind};
 use crate::host::Host;
@@ -84,6 +88,8 @@ pub struct Agent {
     interceptor: Option<Interceptor>,
     /// Mode `ebpf`: the kernel fast path's map writer.
     fast_path: Option<fastpath::FastPathTask>,
+    /// The edge gateway (`gateway.enabled`).
+    gateway: Option<gateway::GatewayTask>,
     /// Cancelled to stop every component (the tunnel's swarm task has it
     /// from the start).
     shutdown: CancellationToken,
@@ -175,6 +181,7 @@ impl Agent {
         }
         let proxy_config = interception::with_transparent(proxy_config, interceptor.as_ref(), &config.intercept);
         let transparent = proxy_config.transparent;
+        let upstream_mark = proxy_config.upstream_mark;
         let dns_listen = config.dns_listen();
         let dns_config = edgemesh_dns::DnsConfig {
             listen: Some(dns_listen),
@@ -203,9 +210,28 @@ impl Agent {
         if let Some(remote) = remote {
             proxy = proxy.with_remote(remote, config.tunnel.connect_timeout);
         }
-        if config.http.enabled {
-            proxy = proxy.with_http(http_front(&config.http, metrics.edgemesh()));
+        // One dispatcher (upstream connections, balancing) for the HTTP
+        // ports and the gateway.
+        let dispatcher = (config.http.enabled || config.gateway.enabled)
+            .then(|| Arc::new(edgemesh_http::Dispatcher::new(&config.http, metrics.edgemesh())) as Arc<dyn Upstream>);
+        if config.http.enabled
+            && let Some(dispatcher) = &dispatcher
+        {
+            let front = HttpProxy::with_metrics(dispatcher.clone(), config.http.clone(), metrics.edgemesh());
+            proxy = proxy.with_http(Arc::new(front));
         }
+        let mut gateway = match (config.gateway.enabled, dispatcher) {
+            (true, Some(dispatcher)) => Some(gateway::GatewayTask::new(
+                &config,
+                snapshots.clone(),
+                proxy.status(),
+                proxy.reach(),
+                upstream_mark,
+                dispatcher,
+                metrics.edgemesh(),
+            )),
+            _ => None,
+        };
         let socks = match config.socks.enabled {
             true => Some(bind_socks(&config, &snapshots, &tunnel).await?.with_metrics(metrics.edgemesh())),
             false => None,
@@ -230,8 +256,11 @@ impl Agent {
             }
             SourceKind::Kube => {
                 let mut kube = KubeSourceConfig::new(config.kube.endpoint());
+                kube.routing = config.gateway.enabled;
                 kube.health = source_health.clone();
-                Source::Kube(KubeSource::new(kube).await.context("cannot set up the Kubernetes source")?)
+                let source = KubeSource::new(kube).await.context("cannot set up the Kubernetes source")?;
+                gateway = gateway.map(|g| g.with_status_writer(source.status_writer()));
+                Source::Kube(source)
             }
         };
         let (fast_path, intercept_fallback) = match fast {
@@ -258,6 +287,7 @@ impl Agent {
                 cache: cache.clone(),
                 source: Some(source_health),
                 tunnel: tunnel.as_ref().map(|(t, _, _)| t.clone()),
+                gateway: gateway.as_ref().map(gateway::GatewayTask::reports),
                 metrics: Arc::new(metrics),
                 lifecycle: lifecycle.clone(),
             },
@@ -284,6 +314,7 @@ impl Agent {
             tunnel: tunnel.map(|(_, task, _)| task),
             interceptor: interceptor.take(),
             fast_path,
+            gateway,
             shutdown,
             lifecycle,
             live,
@@ -360,6 +391,9 @@ impl Agent {
         }
         if let Some(socks) = self.socks {
             components.spawn("the SOCKS5 entry", ok(socks.run(shutdown.clone())));
+        }
+        if let Some(gateway) = self.gateway {
+            components.spawn("the edge gateway", ok(gateway.run(shutdown.clone())));
         }
         if let Some(source) = self.reload {
             let reloader = Reloader::new(source, self.host, self.lifecycle.clone(), self.live);
@@ -438,13 +472,6 @@ impl Agent {
         let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
         outcome
     }
-}
-
-/// The HTTP layer (`http.enabled`): the front serving clients of HTTP
-/// ports, sending each request through the dispatcher.
-fn http_front(config: &edgemesh_http::HttpConfig, metrics: &mut edgemesh_metrics::Registry) -> Arc<dyn HttpServe> {
-    let dispatcher = Arc::new(edgemesh_http::Dispatcher::new(config, metrics));
-    Arc::new(HttpProxy::with_metrics(dispatcher, config.clone(), metrics))
 }
 
 /// The running tunnel: its handle, its task, the directory it asks.

@@ -34,6 +34,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the node agent: watch services, answer DNS, proxy connections.
     Agent(Box<AgentArgs>),
+    /// Run the edge gateway: the agent with `gateway.enabled` on, serving the Gateways of
+    /// `gateway.className` (Gateway API objects, and EdgeMesh's Istio Gateways and
+    /// VirtualServices) from the same sources, cache and tunnel. Same flags as `agent`.
+    Gateway(Box<AgentArgs>),
     /// Print this node's tunnel peer ID (creating its identity key on first use), e.g. for the
     /// edgemesh.io/peer-id annotation of its Node or the tunnel.peers allow-list of other nodes.
     Id(IdArgs),

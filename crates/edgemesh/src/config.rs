@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use edgemesh_dns::DnsConfig;
+pub use edgemesh_gateway::GatewayConfig;
 pub use edgemesh_http::HttpConfig;
 pub use edgemesh_intercept::{InterceptConfig, InterceptMode};
 pub use edgemesh_kube::KubeConfig;
@@ -94,6 +95,8 @@ pub struct Config {
     pub intercept: InterceptConfig,
     pub tunnel: TunnelConfig,
     pub socks: SocksConfig,
+    /// The edge gateway (see the README's "The edge gateway").
+    pub gateway: GatewayConfig,
 }
 
 /// Where services come from.
@@ -126,6 +129,7 @@ impl Default for Config {
             intercept: InterceptConfig::default(),
             tunnel: TunnelConfig::default(),
             socks: SocksConfig::default(),
+            gateway: GatewayConfig::default(),
         }
     }
 }

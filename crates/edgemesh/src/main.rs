@@ -10,7 +10,7 @@ mod malloc;
 use std::process::ExitCode;
 
 use clap::Parser;
-use edgemesh::cli::{Cli, Command};
+use edgemesh::cli::{AgentArgs, Cli, Command};
 use edgemesh::lifecycle::{LogControl, ReloadSource};
 use edgemesh::{Agent, Deps};
 use tokio_util::sync::CancellationToken;
@@ -19,58 +19,8 @@ fn main() -> ExitCode {
     malloc::tune();
     let cli = Cli::parse();
     match cli.command {
-        Command::Agent(args) => {
-            let config = match args.resolve() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("edgemesh: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            if args.print_peer_id {
-                return print_peer_id(&config.key_file());
-            }
-            if args.print_config {
-                match serde_saphyr::to_string(&config) {
-                    Ok(yaml) => {
-                        print!("{yaml}");
-                        return ExitCode::SUCCESS;
-                    }
-                    Err(e) => {
-                        eprintln!("edgemesh: cannot print config: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            }
-            let logging = LogControl::init(&config.log_level, config.log_format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("edgemesh: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let reload = ReloadSource { file: args.config.clone(), flags: args.settings.clone() };
-            let run = async {
-                // SIGHUP's default action ends the process: catch it from the
-                // start (tokio keeps a handler once installed), so a reload
-                // asked for while the agent starts is not a kill. The
-                // reloader, once running, answers it.
-                let _early_hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-                let deps = Deps { logging: Some(logging), ..Deps::system() };
-                let agent = Agent::build(config, deps).await?.with_reload(reload);
-                let (stop, force) = stop_signals()?;
-                agent.run_until(stop.cancelled_owned(), force.cancelled_owned()).await
-            };
-            match runtime.block_on(run) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("edgemesh: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Agent(args) => run_agent(*args, false),
+        Command::Gateway(args) => run_agent(*args, true),
         Command::Status(args) => edgemesh::cli::status::run(&args),
         Command::CheckConfig(args) => edgemesh::cli::check_config::run(&args),
         Command::Migrate(args) => edgemesh::cli::migrate::run(&args),
@@ -81,6 +31,64 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+/// `edgemesh agent`, or with `gateway` `edgemesh gateway`: runs until stopped.
+fn run_agent(mut args: AgentArgs, gateway: bool) -> ExitCode {
+    if gateway {
+        // As `--gateway` would: reloads keep it on.
+        args.settings.settings.push(("gateway.enabled", "true".to_owned()));
+    }
+    let config = match args.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("edgemesh: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_peer_id {
+        return print_peer_id(&config.key_file());
+    }
+    if args.print_config {
+        match serde_saphyr::to_string(&config) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("edgemesh: cannot print config: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let logging = LogControl::init(&config.log_level, config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("edgemesh: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let reload = ReloadSource { file: args.config.clone(), flags: args.settings.clone() };
+    let run = async {
+        // SIGHUP's default action ends the process: catch it from the
+        // start (tokio keeps a handler once installed), so a reload
+        // asked for while the agent starts is not a kill. The
+        // reloader, once running, answers it.
+        let _early_hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        let deps = Deps { logging: Some(logging), ..Deps::system() };
+        let agent = Agent::build(config, deps).await?.with_reload(reload);
+        let (stop, force) = stop_signals()?;
+        agent.run_until(stop.cancelled_owned(), force.cancelled_owned()).await
+    };
+    match runtime.block_on(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("edgemesh: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

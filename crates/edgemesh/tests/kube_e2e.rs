@@ -194,3 +194,84 @@ fn an_api_outage_after_sync_is_reported_stale_and_live_again_after() {
     assert_eq!(log.matches("lost the Kubernetes API").count(), 1, "one warning:\n{log}");
     assert_eq!(log.matches("the Kubernetes API answers again").count(), 1, "one recovery:\n{log}");
 }
+
+/// The edge gateway with the Kubernetes source (issue #17): its objects
+/// come from the API, requests are routed to a real nginx, and each
+/// Gateway's and HTTPRoute's status is written back (conditions with
+/// `observedGeneration` and `lastTransitionTime`, listeners with their
+/// attached routes), another controller's entry in a route's `parents`
+/// kept, and a missing backend reported while the rest works.
+#[test]
+fn the_gateway_routes_api_objects_and_writes_their_status_back() {
+    let nginx = Nginx::start(1);
+    let api = FakeApiServer::start();
+    api.apply(Resource::Services, service("shop", "web"));
+    api.apply(Resource::EndpointSlices, slice("shop", "web", &nginx.ports));
+    let port = free_port();
+    api.apply(
+        Resource::Gateways,
+        json!({"metadata": {"name": "site", "namespace": "shop", "generation": 4},
+               "spec": {"gatewayClassName": "edgemesh",
+                        "listeners": [{"name": "web", "port": port, "protocol": "HTTP"}]}}),
+    );
+    let route = |name: &str, host: &str, service: &str| {
+        json!({"metadata": {"name": name, "namespace": "shop", "generation": 2},
+               "spec": {"parentRefs": [{"name": "site"}], "hostnames": [host],
+                        "rules": [{"backendRefs": [{"name": service, "port": 80}]}]}})
+    };
+    let mut front = route("front", "shop.example", "web");
+    let foreign = json!({"parentRef": {"name": "elsewhere"}, "controllerName": "example.com/other", "conditions": []});
+    front["status"] = json!({"parents": [foreign.clone()]});
+    api.apply(Resource::HttpRoutes, front);
+    api.apply(Resource::HttpRoutes, route("broken", "broken.example", "missing"));
+
+    let empty = tempfile::tempdir().unwrap();
+    let extra = ["--kube-api", &api.url(), "--gateway", "--gateway-listen", "127.0.0.1"].map(String::from).to_vec();
+    let agent = Agent::start_with(empty.path(), AgentOptions { extra, ..Default::default() });
+    let get = |host: &str| {
+        let resolve = format!("{host}:{port}:127.0.0.1");
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--resolve", &resolve, "-w", " %{http_code}"])
+            .arg(format!("http://{host}:{port}/"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually(Duration::from_secs(10), "the route to nginx", || {
+        (get("shop.example") == "backend-0\n 200").then_some(())
+    });
+    assert!(get("broken.example").ends_with(" 500"));
+
+    let condition = |status: &Value, kind: &str| -> Option<Value> {
+        status["conditions"].as_array()?.iter().find(|c| c["type"] == kind).cloned()
+    };
+    let gateway = eventually(Duration::from_secs(10), "the Gateway's status", || {
+        let status = api.object(Resource::Gateways, "shop", "site")?["status"].clone();
+        condition(&status, "Programmed").filter(|c| c["status"] == "True").map(|_| status)
+    });
+    let accepted = condition(&gateway, "Accepted").expect("Accepted");
+    assert_eq!((accepted["status"].clone(), accepted["observedGeneration"].clone()), (json!("True"), json!(4)));
+    assert!(accepted["lastTransitionTime"].as_str().is_some_and(|t| t.ends_with('Z')), "{accepted}");
+    assert_eq!(gateway["listeners"][0]["name"], "web");
+    assert_eq!(gateway["listeners"][0]["attachedRoutes"], 2, "{gateway}");
+
+    let parents = eventually(Duration::from_secs(10), "the route's status", || {
+        let parents = api.object(Resource::HttpRoutes, "shop", "front")?["status"]["parents"].as_array()?.clone();
+        (parents.len() == 2).then_some(parents)
+    });
+    assert_eq!(parents[0], foreign, "another controller's entry is kept");
+    assert_eq!(parents[1]["controllerName"], "edgemesh.io/gateway-controller");
+    assert!(parents[1]["conditions"].as_array().unwrap().iter().all(|c| c["status"] == "True"), "{parents:?}");
+    let broken = eventually(Duration::from_secs(10), "the broken route's status", || {
+        api.object(Resource::HttpRoutes, "shop", "broken")?["status"]["parents"].as_array()?.first().cloned()
+    });
+    let resolved = condition(&broken, "ResolvedRefs").expect("ResolvedRefs");
+    assert_eq!((resolved["status"].clone(), resolved["reason"].clone()), (json!("False"), json!("BackendNotFound")));
+
+    // Written once: nothing changes, so nothing more is patched.
+    let patches = || api.request_log().iter().filter(|r| r.starts_with("PATCH")).count();
+    let written = patches();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(patches(), written, "{:?}", api.request_log());
+    drop(agent);
+}

@@ -7,6 +7,10 @@
 //! - `GET /api/v1/services` (and `endpoints`, `nodes`,
 //!   `/apis/discovery.k8s.io/v1/endpointslices`): a list with
 //!   `metadata.resourceVersion`;
+//! - one object (`.../namespaces/<ns>/<plural>/<name>`, `/status` too),
+//!   and a JSON merge patch of its `status` (`PATCH .../status`, refused
+//!   with `409` when its `metadata.resourceVersion` is not the object's):
+//!   how the gateway writes status;
 //! - the same with `watch=true&resourceVersion=N`: a chunked HTTP/1.1 body of
 //!   newline-separated JSON events (`ADDED`, `MODIFIED`, `DELETED`,
 //!   `BOOKMARK`) after `N`, then live ones; an `ERROR` event with a `410`
@@ -53,7 +57,60 @@ pub enum Resource {
     /// Istio's `networking.istio.io/v1alpha3` DestinationRules (a CRD:
     /// [`FakeApiServer::set_destination_rules`] takes it away).
     DestinationRules,
+    /// The edge gateway's CRDs: the Gateway API's kinds at the versions
+    /// the agent lists them (`gateway.networking.k8s.io`), and Istio's
+    /// `Gateway` and `VirtualService` (`networking.istio.io/v1alpha3`).
+    Gateways,
+    HttpRoutes,
+    GrpcRoutes,
+    TlsRoutes,
+    TcpRoutes,
+    ReferenceGrants,
+    IstioGateways,
+    VirtualServices,
 }
+
+/// The routing resources: path, apiVersion and kind.
+const ROUTING: [(Resource, &str, &str, &str); 8] = [
+    (Resource::Gateways, "/apis/gateway.networking.k8s.io/v1/gateways", "gateway.networking.k8s.io/v1", "Gateway"),
+    (
+        Resource::HttpRoutes,
+        "/apis/gateway.networking.k8s.io/v1/httproutes",
+        "gateway.networking.k8s.io/v1",
+        "HTTPRoute",
+    ),
+    (
+        Resource::GrpcRoutes,
+        "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+        "gateway.networking.k8s.io/v1",
+        "GRPCRoute",
+    ),
+    (
+        Resource::TlsRoutes,
+        "/apis/gateway.networking.k8s.io/v1alpha2/tlsroutes",
+        "gateway.networking.k8s.io/v1alpha2",
+        "TLSRoute",
+    ),
+    (
+        Resource::TcpRoutes,
+        "/apis/gateway.networking.k8s.io/v1alpha2/tcproutes",
+        "gateway.networking.k8s.io/v1alpha2",
+        "TCPRoute",
+    ),
+    (
+        Resource::ReferenceGrants,
+        "/apis/gateway.networking.k8s.io/v1beta1/referencegrants",
+        "gateway.networking.k8s.io/v1beta1",
+        "ReferenceGrant",
+    ),
+    (Resource::IstioGateways, "/apis/networking.istio.io/v1alpha3/gateways", "networking.istio.io/v1alpha3", "Gateway"),
+    (
+        Resource::VirtualServices,
+        "/apis/networking.istio.io/v1alpha3/virtualservices",
+        "networking.istio.io/v1alpha3",
+        "VirtualService",
+    ),
+];
 
 impl Resource {
     fn of_path(path: &str) -> Option<Resource> {
@@ -63,7 +120,7 @@ impl Resource {
             "/api/v1/nodes" => Some(Resource::Nodes),
             "/apis/discovery.k8s.io/v1/endpointslices" => Some(Resource::EndpointSlices),
             "/apis/networking.istio.io/v1alpha3/destinationrules" => Some(Resource::DestinationRules),
-            _ => None,
+            _ => ROUTING.iter().find(|(_, p, _, _)| *p == path).map(|(r, _, _, _)| *r),
         }
     }
 
@@ -71,7 +128,8 @@ impl Resource {
         match self {
             Resource::EndpointSlices => "discovery.k8s.io/v1",
             Resource::DestinationRules => "networking.istio.io/v1alpha3",
-            _ => "v1",
+            Resource::Services | Resource::Endpoints | Resource::Nodes => "v1",
+            routing => ROUTING.iter().find(|(r, _, _, _)| *r == routing).map_or("v1", |(_, _, v, _)| v),
         }
     }
 
@@ -82,6 +140,7 @@ impl Resource {
             Resource::Endpoints => "Endpoints",
             Resource::Nodes => "Node",
             Resource::DestinationRules => "DestinationRule",
+            routing => ROUTING.iter().find(|(r, _, _, _)| *r == routing).map_or("", |(_, _, _, k)| k),
         }
     }
 }
@@ -258,13 +317,14 @@ impl FakeApiServer {
     /// Sends a `BOOKMARK` with the current resourceVersion to every watch.
     pub fn bookmark(&self) {
         let store = self.shared.store.lock().unwrap();
-        for r in [
+        let core = [
             Resource::Services,
             Resource::EndpointSlices,
             Resource::Endpoints,
             Resource::Nodes,
             Resource::DestinationRules,
-        ] {
+        ];
+        for r in core.into_iter().chain(ROUTING.iter().map(|(r, _, _, _)| *r)) {
             let line = event_line(
                 "BOOKMARK",
                 &json!({"apiVersion": r.api_version(), "kind": r.kind(), "metadata": {"resourceVersion": store.rv.to_string()}}),
@@ -308,6 +368,11 @@ impl FakeApiServer {
     fn record(&self, store: &mut Store, rv: u64, resource: Resource, line: Bytes) {
         store.history.push((rv, resource, line.clone()));
         let _ = self.shared.events.send(Broadcast::Event { resource, line });
+    }
+
+    /// The object as stored now (with what status writes made of it).
+    pub fn object(&self, resource: Resource, namespace: &str, name: &str) -> Option<Value> {
+        self.shared.store.lock().unwrap().objects.get(&(resource, namespace.to_owned(), name.to_owned())).cloned()
     }
 
     /// Requests received so far (including refused ones).
@@ -369,7 +434,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut
                 let shared = shared.clone();
                 move |req| {
                     let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(route(&shared, req)) }
+                    async move { Ok::<_, Infallible>(handle(&shared, req).await) }
                 }
             });
             let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
@@ -391,6 +456,91 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut
 }
 
 type Resp = Response<BoxBody<Bytes, std::io::Error>>;
+
+/// One object's path (`.../namespaces/<ns>/<plural>/<name>[/status]`) in
+/// a served collection: the resource, namespace and name.
+fn object_path(path: &str) -> Option<(Resource, String, String)> {
+    let path = path.strip_suffix("/status").unwrap_or(path);
+    let (prefix, rest) = path.split_once("/namespaces/")?;
+    let mut parts = rest.split('/');
+    let (namespace, plural, name) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let resource = Resource::of_path(&format!("{prefix}/{plural}"))?;
+    Some((resource, namespace.to_owned(), name.to_owned()))
+}
+
+/// GET of one object, and PATCH (a JSON merge patch) of its `status`
+/// subresource, as the gateway writes status; every other request goes to
+/// [`route`].
+async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Resp {
+    let Some((resource, namespace, name)) = object_path(req.uri().path()) else { return route(shared, req) };
+    let key = (resource, namespace, name);
+    if req.method() == hyper::Method::GET {
+        shared.requests.fetch_add(1, Ordering::SeqCst);
+        shared.log.lock().unwrap().push(req.uri().to_string());
+        shared.logged.notify_all();
+        let store = shared.store.lock().unwrap();
+        return match store.objects.get(&key) {
+            Some(object) => json_response(StatusCode::OK, object),
+            None => status(StatusCode::NOT_FOUND, "NotFound", &format!("{} {:?} not found", resource.kind(), key.2)),
+        };
+    }
+    if req.method() != hyper::Method::PATCH || !req.uri().path().ends_with("/status") {
+        return status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "the fake serves GET and PATCH of status");
+    }
+    shared.requests.fetch_add(1, Ordering::SeqCst);
+    shared.log.lock().unwrap().push(format!("PATCH {}", req.uri()));
+    shared.logged.notify_all();
+    let Ok(body) = req.into_body().collect().await else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "cannot read the body");
+    };
+    let Ok(patch) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "the body is not JSON");
+    };
+    let mut store = shared.store.lock().unwrap();
+    let rv = store.rv + 1;
+    let Some(object) = store.objects.get_mut(&key) else {
+        return status(StatusCode::NOT_FOUND, "NotFound", &format!("{} {:?} not found", resource.kind(), key.2));
+    };
+    if let Some(expected) = patch["metadata"]["resourceVersion"].as_str()
+        && object["metadata"]["resourceVersion"].as_str() != Some(expected)
+    {
+        return status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            "the object has been modified; please apply your changes to the latest version",
+        );
+    }
+    merge_patch(&mut object["status"], &patch["status"]);
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let (object, line) = (object.clone(), event_line("MODIFIED", object));
+    store.rv = rv;
+    store.history.push((rv, resource, line.clone()));
+    let _ = shared.events.send(Broadcast::Event { resource, line });
+    json_response(StatusCode::OK, &object)
+}
+
+/// RFC 7386: `patch`'s members replace `target`'s, `null` removes one,
+/// objects merge member by member.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(members) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let target = target.as_object_mut().expect("an object");
+    for (name, value) in members {
+        if value.is_null() {
+            target.remove(name);
+        } else {
+            merge_patch(target.entry(name.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
 
 fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Resp {
     shared.requests.fetch_add(1, Ordering::SeqCst);

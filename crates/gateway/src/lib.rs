@@ -37,8 +37,15 @@
 //! - [`sni`]: a ClientHello's server name, read without terminating TLS.
 //! - [`l4`]: TLS passthrough (TLSRoute) and TCP (TCPRoute) listeners,
 //!   forwarded through the agent's L4 path.
+//! - [`config`]: the agent config's `gateway` section.
 //! - [`istio`]: EdgeMesh's Istio `Gateway` and `VirtualService`, translated
 //!   into Gateway API objects (migration).
+//! - [`objects`]: the objects a source delivered (whole, as JSON) read into
+//!   the schema, Istio's translated: the input of `compile`.
+//! - [`report`]: what is served and every object's status, for the admin
+//!   endpoint's `/gateway`.
+//! - [`status`]: that status shaped as the Gateway API's CRDs define it,
+//!   merged over what an object has, for writing back to Kubernetes.
 //! - [`serve`]: a listener's requests, routed and sent through the
 //!   agent's HTTP front and dispatcher.
 //! - [`listeners`]: the bound ports, reconciled against the objects.
@@ -46,6 +53,7 @@
 
 pub mod backend;
 pub mod compile;
+pub mod config;
 pub mod filter;
 pub mod grpc;
 pub mod hostname;
@@ -53,13 +61,17 @@ pub mod istio;
 pub mod l4;
 pub mod listeners;
 pub mod matching;
+pub mod objects;
+pub mod report;
 pub mod schema;
 pub mod serve;
 pub mod sni;
+pub mod status;
 pub mod table;
 pub mod tls;
 
 pub use compile::{Compiled, Condition, ObjectRef, Objects, Protocol, ServiceLookup, compile, compile_objects};
+pub use config::GatewayConfig;
 pub use serve::{GatewayUpstream, ServicePools};
 pub use table::{RouteTable, Routed};
 pub use tls::{CertificateFile, CertificatePem, CertificateStore, FileCertificates};

@@ -10,13 +10,14 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use edgemesh_core::object::{EndpointPortSpec, EndpointSet, EndpointSpec, EndpointSubset, ObjectMeta};
-use edgemesh_core::{Object, ObjectKind, Protocol};
+use edgemesh_core::{Object, ObjectKind, Protocol, RoutingKind};
 
 use crate::problem::{ConvertError, Problem};
 use crate::schema::{Document, EndpointAddress, EndpointPort, Kind, Located, Metadata};
 use crate::validate;
 
 mod node;
+mod routing;
 mod rule;
 mod service;
 
@@ -34,7 +35,19 @@ pub fn api_version_of(kind: Kind) -> Option<&'static str> {
         Kind::EndpointSlice => Some("discovery.k8s.io/v1"),
         // Also v1beta1 and v1 (see [`DESTINATION_RULE_API_VERSIONS`]).
         Kind::DestinationRule => Some(rule::API_VERSIONS[0]),
+        // Any version of the kind's group (RoutingKind::of).
+        Kind::Routing => Some("gateway.networking.k8s.io/v1"),
         Kind::Other => None,
+    }
+}
+
+/// Whether objects of `kind` written as `api_version` (when known) are
+/// ones the agent reads (so that their errors are reported, not skipped).
+pub fn reads(kind: &str, api_version: Option<&str>) -> bool {
+    match Kind::of(kind) {
+        Kind::Routing => api_version.is_none_or(|v| RoutingKind::of(v, kind).is_some()),
+        Kind::DestinationRule => api_version.is_none_or(|v| rule::API_VERSIONS.contains(&v)),
+        other => api_version_of(other).is_some_and(|expected| api_version.is_none_or(|v| v == expected)),
     }
 }
 
@@ -70,6 +83,12 @@ pub fn document(doc: Document, base: usize, line: usize, out: &mut Vec<ParsedObj
     match &doc.api_version {
         None => return Err(cx.err(Problem::MissingApiVersion { expected })),
         Some(v) if kind == Kind::DestinationRule && rule::API_VERSIONS.contains(&v.value.as_str()) => {}
+        Some(v) if kind == Kind::Routing => {
+            if RoutingKind::of(&v.value, &kind_field.value).is_none() {
+                tracing::debug!(line, kind = %kind_field.value, api_version = %v.value, "skipping object of another API group");
+                return Ok(());
+            }
+        }
         Some(v) if v.value != expected => {
             tracing::debug!(line, kind = %kind_field.value, api_version = %v.value, "skipping object of another API group");
             return Ok(());
@@ -85,6 +104,11 @@ pub fn document(doc: Document, base: usize, line: usize, out: &mut Vec<ParsedObj
         Kind::Endpoints => Object::Endpoints(endpoints(doc, cx)?),
         Kind::Node => Object::Node(node::node(doc, cx)?),
         Kind::DestinationRule => Object::DestinationRule(rule::destination_rule(doc, cx)?),
+        Kind::Routing => {
+            let api_version = doc.api_version.as_ref().map(|v| v.value.clone()).unwrap_or_default();
+            let Some(routing) = RoutingKind::of(&api_version, &kind_field.value) else { return Ok(()) };
+            Object::Routing(routing::routing(routing, &api_version, doc, cx)?)
+        }
         Kind::List => {
             for item in doc.items.unwrap_or_default() {
                 let line = base + item.line;

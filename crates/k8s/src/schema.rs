@@ -29,6 +29,9 @@ pub enum Kind {
     Node,
     /// Istio's `networking.istio.io` DestinationRule.
     DestinationRule,
+    /// One of the edge gateway's kinds (its `apiVersion` tells which:
+    /// [`edgemesh_core::RoutingKind::of`]), read whole.
+    Routing,
     List,
     Other,
 }
@@ -41,6 +44,9 @@ impl Kind {
             "Endpoints" => Kind::Endpoints,
             "Node" => Kind::Node,
             "DestinationRule" => Kind::DestinationRule,
+            "Gateway" | "HTTPRoute" | "GRPCRoute" | "TLSRoute" | "TCPRoute" | "ReferenceGrant" | "VirtualService" => {
+                Kind::Routing
+            }
             "List" => Kind::List,
             _ => Kind::Other,
         }
@@ -91,6 +97,8 @@ pub struct Document {
     /// DestinationRule: its whole `spec` (read once `kind` says so), so that
     /// every field without effect here can be reported by name.
     pub rule_spec: Option<serde_json::Value>,
+    /// A routing object: its whole `spec`.
+    pub routing_spec: Option<serde_json::Value>,
     /// List.
     pub items: Option<Vec<Located<Document>>>,
 }
@@ -102,6 +110,10 @@ pub struct Metadata {
     pub namespace: Option<Located<String>>,
     pub labels: Option<BTreeMap<String, String>>,
     pub annotations: Option<BTreeMap<String, String>>,
+    /// Kept by routing objects only (the gateway's status names it).
+    pub generation: Option<i64>,
+    /// RFC 3339; kept by routing objects only (route precedence ties).
+    pub creation_timestamp: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -325,6 +337,7 @@ impl<'de> Deserialize<'de> for Document {
                         Key::Metadata => doc.metadata = map.next_value()?,
                         Key::Spec if kind == Some(Kind::Node) => doc.node_spec = map.next_value()?,
                         Key::Spec if kind == Some(Kind::DestinationRule) => doc.rule_spec = map.next_value()?,
+                        Key::Spec if kind == Some(Kind::Routing) => doc.routing_spec = map.next_value()?,
                         Key::Spec if wants(kind, Kind::Service) => doc.spec = map.next_value()?,
                         Key::AddressType if wants(kind, Kind::EndpointSlice) => doc.address_type = map.next_value()?,
                         Key::Endpoints if wants(kind, Kind::EndpointSlice) => doc.endpoints = map.next_value()?,

@@ -139,7 +139,7 @@ pub fn node(n: &core_v1::Node) -> Result<Option<Object>, ConvertError> {
 }
 
 /// A document with its kind, version and metadata, the rest empty.
-fn header(kind: &str, api_version: &str, m: &ApiMeta) -> Document {
+pub(crate) fn header(kind: &str, api_version: &str, m: &ApiMeta) -> Document {
     Document {
         api_version: Some(located(api_version.to_owned())),
         kind: Some(located(kind.to_owned())),
@@ -148,6 +148,12 @@ fn header(kind: &str, api_version: &str, m: &ApiMeta) -> Document {
             namespace: string(&m.namespace),
             labels: m.labels.clone(),
             annotations: m.annotations.clone(),
+            generation: m.generation,
+            creation_timestamp: m
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| serde_json::to_value(t).ok())
+                .and_then(|v| v.as_str().map(str::to_owned)),
         }),
         ..Document::default()
     }

@@ -23,6 +23,9 @@
 //! - `health`: which watches fail, published as the shared
 //!   [`SourceHealth`](edgemesh_core::SourceHealth) (connected, or
 //!   disconnected since when and why) for `/readyz` and `/services`.
+//! - [`routing`]: the edge gateway's objects (Gateway API, Istio Gateway
+//!   and VirtualService), optional CRDs watched only for the gateway.
+//! - [`status`]: the edge gateway's status written back to its objects.
 //! - [`rule`]: Istio DestinationRules (an optional CRD), EdgeMesh's
 //!   per-service load-balancing strategies.
 //! - `backoff`: exponential back-off with jitter that really grows.
@@ -36,8 +39,10 @@ pub mod config;
 mod convert;
 pub mod error;
 mod health;
+pub mod routing;
 pub mod rule;
 pub mod source;
+pub mod status;
 
 /// The API objects' conversions, for the fuzz targets (`fuzz/`) only: not an API.
 #[doc(hidden)]

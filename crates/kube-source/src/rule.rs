@@ -66,6 +66,7 @@ pub fn destination_rule(r: &DestinationRule) -> Result<Option<Object>, ConvertEr
             namespace: m.namespace.clone().map(located),
             labels: m.labels.clone(),
             annotations: m.annotations.clone(),
+            ..Metadata::default()
         }),
         rule_spec: Some(r.spec.clone()),
         ..Document::default()

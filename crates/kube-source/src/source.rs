@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgemesh_core::registry::EventSink;
-use edgemesh_core::{Object, ObjectKey, ObjectKind, SourceEvent, SourceHealth};
+use edgemesh_core::{Object, ObjectKey, ObjectKind, RoutingKind, SourceEvent, SourceHealth};
 use futures_util::stream::{BoxStream, StreamExt};
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DynamicObject, ListParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_stream};
 use kube::{Client, Resource, ResourceExt};
@@ -41,6 +41,8 @@ pub struct KubeSourceConfig {
     pub backoff_max: Duration,
     /// Where the source reports whether it is connected (for `/readyz`).
     pub health: Arc<SourceHealth>,
+    /// Also watch the edge gateway's objects ([`crate::routing`]).
+    pub routing: bool,
 }
 
 impl KubeSourceConfig {
@@ -50,6 +52,7 @@ impl KubeSourceConfig {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             health: SourceHealth::new(),
+            routing: false,
         }
     }
 }
@@ -71,6 +74,8 @@ enum Watched {
     Nodes,
     /// Optional (a CRD): never part of the first full view.
     DestinationRules,
+    /// Optional CRDs, watched for the gateway only.
+    Routing(RoutingKind),
 }
 
 impl Watched {
@@ -81,6 +86,7 @@ impl Watched {
             Watched::Endpoints => "endpoints",
             Watched::Nodes => "nodes",
             Watched::DestinationRules => "destinationrules",
+            Watched::Routing(kind) => crate::routing::plural(kind),
         }
     }
 }
@@ -99,6 +105,7 @@ enum Update {
     Endpoints(Box<Event<Endpoints>>),
     Node(Box<Event<Node>>),
     Rule(Box<Event<DestinationRule>>),
+    Routing(RoutingKind, Box<Event<DynamicObject>>),
     Error(Watched, watcher::Error),
 }
 
@@ -107,6 +114,11 @@ impl KubeSource {
     pub async fn new(config: KubeSourceConfig) -> Result<Self, KubeError> {
         let (client, link) = observed_client(&config.endpoint, config.health.clone()).await?;
         Ok(Self { client, config, link })
+    }
+
+    /// A writer of the gateway's status through this source's client.
+    pub fn status_writer(&self) -> crate::status::StatusWriter {
+        crate::status::StatusWriter::new(self.client.clone())
     }
 
     fn backoff(&self) -> JitteredBackoff {
@@ -122,7 +134,7 @@ impl KubeSource {
         };
         let endpoints = if slices { Watched::EndpointSlices } else { Watched::Endpoints };
         let mut state = State::new(endpoints);
-        let streams: Vec<BoxStream<'static, Update>> = vec![
+        let mut streams: Vec<BoxStream<'static, Update>> = vec![
             self.stream::<Service>(Watched::Services, Update::Service),
             if slices {
                 self.stream::<EndpointSlice>(Watched::EndpointSlices, Update::Slice)
@@ -136,9 +148,13 @@ impl KubeSource {
                 JitteredBackoff::new(RULES_BACKOFF_MIN, RULES_BACKOFF_MAX),
             ),
         ];
+        if self.config.routing {
+            streams.extend(RoutingKind::ALL.into_iter().map(|kind| self.routing_stream(kind)));
+        }
         // Whether the API has said it has no DestinationRules (logged once
-        // each time that starts).
+        // each time that starts), and which routing kinds it has not.
         let mut rules_missing = false;
+        let mut routing_missing = HashSet::new();
         let mut merged = futures_util::stream::select_all(streams);
         loop {
             let update = tokio::select! {
@@ -168,11 +184,26 @@ impl KubeSource {
                 Update::Error(Watched::DestinationRules, e) => {
                     tracing::debug!(error = %e, "DestinationRule watch failed; retrying with back-off");
                 }
+                Update::Error(Watched::Routing(kind), e) if optional_missing(e) && routing_missing.insert(*kind) => {
+                    tracing::info!(
+                        error = %e,
+                        resource = %crate::routing::api_resource(*kind).api_version,
+                        kind = kind.kind(),
+                        "no gateway objects of this kind from the API (CRD not installed, or not allowed by the \
+                         ClusterRole); asking again every few minutes"
+                    );
+                }
+                Update::Error(Watched::Routing(kind), e) => {
+                    tracing::debug!(error = %e, kind = kind.label(), "gateway object watch failed; retrying with back-off");
+                }
                 Update::Error(which, e) if !matches!(e, watcher::Error::WatchError(status) if status.code == 410) => {
                     self.link.failed(which.name(), e);
                 }
                 Update::Rule(ev) if matches!(**ev, Event::Init) && std::mem::take(&mut rules_missing) => {
                     tracing::info!("DestinationRules are served now; their load balancing applies");
+                }
+                Update::Routing(kind, ev) if matches!(**ev, Event::Init) && routing_missing.remove(kind) => {
+                    tracing::info!(kind = kind.label(), "gateway objects of this kind are served now");
                 }
                 _ => {}
             }
@@ -213,6 +244,18 @@ impl KubeSource {
                 }
             }
         }
+    }
+
+    /// A routing kind's objects, as dynamic objects (see [`crate::routing`]).
+    fn routing_stream(&self, kind: RoutingKind) -> BoxStream<'static, Update> {
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &crate::routing::api_resource(kind));
+        watch_stream(api, watcher::Config::default())
+            .backoff(JitteredBackoff::new(RULES_BACKOFF_MIN, RULES_BACKOFF_MAX))
+            .map(move |r| match r {
+                Ok(event) => Update::Routing(kind, Box::new(event)),
+                Err(e) => Update::Error(Watched::Routing(kind), e),
+            })
+            .boxed()
     }
 
     fn stream<K>(&self, which: Watched, wrap: fn(Box<Event<K>>) -> Update) -> BoxStream<'static, Update>
@@ -279,6 +322,13 @@ impl State {
             Update::Rule(ev) => {
                 self.event(Watched::DestinationRules, *ev, &mut out, rule_key, crate::rule::destination_rule)
             }
+            Update::Routing(kind, ev) => self.event(
+                Watched::Routing(kind),
+                *ev,
+                &mut out,
+                |o| key(ObjectKind::Routing(kind), o),
+                |o| crate::routing::routing_object(kind, o),
+            ),
         }
         // Nodes are part of the first full view: the tunnel needs them, and
         // a cache replay would otherwise drop cached nodes until they are listed.
@@ -304,7 +354,7 @@ impl State {
         which: Watched,
         ev: Event<K>,
         out: &mut Vec<SourceEvent>,
-        key_of: fn(&K) -> ObjectKey,
+        key_of: impl Fn(&K) -> ObjectKey,
         convert: impl Fn(&K) -> Result<Option<Object>, ConvertError>,
     ) {
         match ev {
@@ -369,6 +419,7 @@ fn key_kind(which: Watched) -> ObjectKind {
         Watched::Services => ObjectKind::Service,
         Watched::Nodes => ObjectKind::Node,
         Watched::DestinationRules => ObjectKind::DestinationRule,
+        Watched::Routing(kind) => ObjectKind::Routing(kind),
     }
 }
 

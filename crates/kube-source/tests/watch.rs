@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgemesh_core::{LbStrategy, PEER_ID_ANNOTATION, RegistryHandle, ServiceKey, Snapshot};
+use edgemesh_core::{LbStrategy, PEER_ID_ANNOTATION, RegistryHandle, RoutingKind, ServiceKey, Snapshot};
 use edgemesh_fake_apiserver::{FakeApiServer, Resource};
 use edgemesh_kube::{ApiEndpoint, KubeSource, KubeSourceConfig, SERVICE_PROXY_NAME_LABEL};
 use edgemesh_test_support::registry::{RunningRegistry, start_registry};
@@ -40,10 +40,16 @@ impl Drop for Running {
 }
 
 async fn run_source(api: &FakeApiServer) -> Running {
+    run_source_with(api, false).await
+}
+
+/// With `routing`, the gateway's objects are watched too.
+async fn run_source_with(api: &FakeApiServer, routing: bool) -> Running {
     let RunningRegistry { sink, snapshots, .. } = start_registry("127.240.0.0/16");
     let config = KubeSourceConfig {
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
+        routing,
         ..KubeSourceConfig::new(ApiEndpoint::Url(api.url()))
     };
     let source = KubeSource::new(config).await.expect("client");
@@ -402,4 +408,61 @@ async fn a_cluster_without_the_destination_rule_crd_neither_breaks_nor_stalls_th
     })
     .await;
     assert_eq!(health.report().connection, edgemesh_core::Connection::Connected);
+}
+
+fn http_route(ns: &str, name: &str, hostname: &str) -> Value {
+    json!({
+        "metadata": {"name": name, "namespace": ns, "generation": 3, "creationTimestamp": "2026-12-01T10:00:00Z"},
+        "spec": {"hostnames": [hostname], "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]},
+        "status": {"parents": []},
+    })
+}
+
+fn routing_documents(s: &Snapshot) -> Vec<Value> {
+    s.routing_objects().map(|o| serde_json::from_str(&o.document).unwrap()).collect()
+}
+
+/// The edge gateway's objects from the API (issue #17), watched only when
+/// the gateway runs: added (whole, with generation and creation time, without
+/// status), changed and deleted; Istio's Gateway under its own kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_objects_follow_the_api_when_the_gateway_runs() {
+    let api = FakeApiServer::start();
+    api.apply(Resource::Services, service("shop", "web", 80));
+    api.apply(Resource::HttpRoutes, http_route("shop", "front", "shop.example"));
+    api.apply(
+        Resource::IstioGateways,
+        json!({"metadata": {"name": "edgemesh-gateway", "namespace": "shop"}, "spec": {"servers": []}}),
+    );
+    let mut src = run_source_with(&api, true).await;
+    let limit = Duration::from_secs(5);
+    let s = src.until(limit, "the route and the Istio gateway", |s| s.synced && s.routing_objects().count() == 2).await;
+    let kinds: Vec<RoutingKind> = s.routing_objects().map(|o| o.kind).collect();
+    assert_eq!(kinds, vec![RoutingKind::HttpRoute, RoutingKind::IstioGateway]);
+    let route = &routing_documents(&s)[0];
+    assert_eq!(route["apiVersion"], "gateway.networking.k8s.io/v1");
+    assert_eq!(route["metadata"]["generation"], 3);
+    assert_eq!(route["metadata"]["creationTimestamp"], "2026-12-01T10:00:00Z");
+    assert_eq!(route["spec"]["hostnames"][0], "shop.example");
+    assert!(route.get("status").is_none(), "{route}");
+
+    api.apply(Resource::HttpRoutes, http_route("shop", "front", "new.example"));
+    src.until(limit, "the changed route", |s| {
+        routing_documents(s).iter().any(|d| d["spec"]["hostnames"][0] == "new.example")
+    })
+    .await;
+    assert!(api.delete(Resource::HttpRoutes, "shop", "front"));
+    src.until(limit, "the route gone", |s| s.routing_objects().count() == 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_gateway_its_objects_are_not_asked_for() {
+    let api = FakeApiServer::start();
+    api.apply(Resource::Services, service("shop", "web", 80));
+    api.apply(Resource::HttpRoutes, http_route("shop", "front", "shop.example"));
+    let mut src = run_source(&api).await;
+    src.until(Duration::from_secs(5), "web", |s| s.synced && s.service(&ServiceKey::new("shop", "web")).is_some())
+        .await;
+    assert!(!api.request_log().iter().any(|uri| uri.contains("gateway.networking.k8s.io")), "{:?}", api.request_log());
+    assert_eq!(src.snapshots.borrow().routing_objects().count(), 0);
 }

@@ -47,6 +47,8 @@ fn document_of(node: &Node<'_>) -> Option<Document> {
             "spec" if kind == Some(Kind::Node) => doc.node_spec = opt(value, node_spec)?,
             // A DestinationRule's spec is read whole, by the slow path.
             "spec" if kind == Some(Kind::DestinationRule) => return None,
+            // So is a routing object's (the gateway's).
+            "spec" if kind == Some(Kind::Routing) => return None,
             "spec" if wants(kind, Kind::Service) => doc.spec = opt(value, service_spec)?,
             "addressType" if wants(kind, Kind::EndpointSlice) => doc.address_type = opt_string(value)?,
             "endpoints" if wants(kind, Kind::EndpointSlice) => doc.endpoints = opt_list(value, slice_endpoint)?,

@@ -9,7 +9,7 @@
 /// One object of a manifest file and the 1-based line it starts on.
 pub use edgemesh_k8s::ParsedObject;
 use edgemesh_k8s::convert;
-use edgemesh_k8s::schema::{Document, Header, Kind, Located};
+use edgemesh_k8s::schema::{Document, Header, Located};
 use serde_saphyr::{MessageFormatter, UserMessageFormatter};
 
 use crate::error::ManifestError;
@@ -149,8 +149,7 @@ pub(crate) fn slow_document(chunk: &Chunk<'_>) -> Result<Option<Located<Document
             // A kind we do not read may hold anything; its errors are not ours.
             if let Ok(h) = serde_saphyr::from_str_with_options::<Header>(chunk.text, options(chunk.text.len()))
                 && let Some(kind) = h.kind
-                && (convert::api_version_of(Kind::of(&kind)).is_none()
-                    || h.api_version.is_some_and(|v| Some(v.as_str()) != convert::api_version_of(Kind::of(&kind))))
+                && !convert::reads(&kind, h.api_version.as_deref())
             {
                 tracing::debug!(line = chunk.start_line, %kind, "skipping object of a kind the agent does not use");
                 return Ok(None);

@@ -367,6 +367,12 @@ impl Proxy {
         self
     }
 
+    /// How this proxy reaches endpoints (directly, or other nodes' through
+    /// the tunnel), for a component that sends to its pools (the gateway).
+    pub fn reach(&self) -> Reach {
+        self.reach.clone()
+    }
+
     /// Hands connections to HTTP service ports (`Targets::app_protocol`)
     /// to `http`, which proxies them per request; without it they are
     /// proxied per connection like any port.

@@ -40,6 +40,20 @@ impl PoolIndex {
         self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
     }
 
+    /// The pool of `key`'s service port `port` for `protocol` (the IPv4
+    /// one of a dual-stack service: either family's holds every endpoint
+    /// of its family, and the gateway dials from IPv4 first); `None` when
+    /// the proxy serves no such port.
+    pub fn pool(&self, key: &ServiceKey, port: u16, protocol: Protocol) -> Option<Arc<Pool>> {
+        let map = self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pools = map.get(key)?.iter().filter(|(p, pool)| *p == protocol && pool.port == port);
+        let first = pools.next()?;
+        if first.1.addr.is_ipv4() {
+            return Some(first.1.clone());
+        }
+        Some(pools.find(|(_, pool)| pool.addr.is_ipv4()).unwrap_or(first).1.clone())
+    }
+
     /// Each pool of `key` with its endpoints' passive health, in port
     /// order; `None` when the proxy serves no such service.
     pub fn service_health(&self, key: &ServiceKey) -> Option<Vec<PortHealth>> {

@@ -431,3 +431,45 @@ fn a_destination_rule_sets_its_services_strategy_until_it_changes_moves_or_goes(
     assert_eq!(snap.service(&key("api")).unwrap().strategy, LbStrategy::RoundRobin);
     assert_eq!(snap.service(&key("late")).unwrap().strategy, LbStrategy::Random);
 }
+
+fn routing(kind: crate::RoutingKind, name: &str, document: &str) -> crate::Object {
+    crate::Object::Routing(crate::RoutingObject {
+        kind,
+        meta: crate::object::ObjectMeta { namespace: "edge".into(), name: name.into(), ..Default::default() },
+        document: document.into(),
+    })
+}
+
+#[test]
+fn routing_objects_reach_the_snapshot_and_mark_the_generation_that_changed_them() {
+    use crate::RoutingKind::{Gateway, HttpRoute};
+    let mut st = state();
+    apply(&mut st, service("default", "web").port("", 80, 80).object());
+    let snap = st.take_generation();
+    assert_eq!((snap.routing_objects().count(), snap.routing_changed()), (0, 0));
+
+    // Added: in the snapshot, and this generation says so.
+    assert!(apply(&mut st, routing(Gateway, "site", "{}")));
+    assert!(apply(&mut st, routing(HttpRoute, "site", r#"{"spec":{}}"#)), "a route may share a Gateway's name");
+    let snap = st.take_generation();
+    assert_eq!(snap.routing_objects().count(), 2);
+    assert_eq!(snap.routing_changed(), snap.generation);
+    let changed_at = snap.generation;
+
+    // The same again changes nothing; a service change leaves the mark.
+    assert!(!apply(&mut st, routing(Gateway, "site", "{}")));
+    apply(&mut st, service("default", "api").port("", 80, 80).object());
+    let snap = st.take_generation();
+    assert_eq!(snap.routing_changed(), changed_at);
+
+    // Changed, then deleted.
+    assert!(apply(&mut st, routing(HttpRoute, "site", r#"{"spec":{"hostnames":["a.example"]}}"#)));
+    let snap = st.take_generation();
+    assert_eq!(snap.routing_changed(), snap.generation);
+    assert!(snap.routing_objects().any(|o| o.document.contains("a.example")));
+    let gone = ObjectKey { kind: ObjectKind::Routing(HttpRoute), namespace: "edge".into(), name: "site".into() };
+    assert!(st.apply(SourceEvent::Delete(gone.clone())));
+    assert!(!st.apply(SourceEvent::Delete(gone)));
+    let snap = st.take_generation();
+    assert_eq!((snap.routing_objects().count(), snap.routing_changed()), (1, snap.generation));
+}

@@ -69,6 +69,10 @@ pub(super) fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full
             let snap = state.snapshots.borrow().clone();
             json(&NodesDump { generation: snap.generation, nodes: snap.nodes().map(|n| &**n).collect() })
         }
+        "/gateway" => match &state.gateway {
+            Some(reports) => json(&**reports.load()),
+            None => text(StatusCode::NOT_FOUND, "the edge gateway is off (gateway.enabled)\n"),
+        },
         "/peers" => match &state.tunnel {
             Some(tunnel) => json(&PeersDump { peer_id: tunnel.peer_id().to_string(), peers: tunnel.peers() }),
             None => text(StatusCode::NOT_FOUND, "the tunnel is off (tunnel.enabled)\n"),

@@ -303,6 +303,27 @@ pub const FLAGS: &[Flag] = &[
         implies: Some(("socks.enabled", "true")),
         help: "SOCKS5 entry address. Default: 127.0.0.1:10800; node mode: 169.254.96.16:10800. Implies --socks.",
     },
+    Flag {
+        long: "gateway",
+        key: "gateway.enabled",
+        takes: Switch("true"),
+        implies: None,
+        help: "Serve the edge gateway in this process (what `edgemesh gateway` does).",
+    },
+    Flag {
+        long: "gateway-class",
+        key: "gateway.className",
+        takes: One("NAME"),
+        implies: None,
+        help: "The GatewayClass the gateway serves. Default: edgemesh.",
+    },
+    Flag {
+        long: "gateway-listen",
+        key: "gateway.listenAddress",
+        takes: One("IP"),
+        implies: None,
+        help: "The address the gateway's listeners bind. Default: 0.0.0.0.",
+    },
 ];
 
 /// The setting flags given on a command line, in [`FLAGS`] order.

@@ -5,10 +5,13 @@
 //! - `report`: `edgemesh status`: services, peers, DNS counters, source.
 //! - `service`: `edgemesh status service NS/NAME`: one service's endpoints
 //!   with their passive health.
+//! - `gateway`: `edgemesh status gateway`: the edge gateway's ports,
+//!   Gateways, listeners and routes with their conditions.
 //! - `metrics`: the DNS counters, read from `/metrics`.
 //! - `table`: the table layout.
 
 mod client;
+mod gateway;
 mod metrics;
 mod report;
 mod service;
@@ -57,6 +60,10 @@ pub enum StatusCommand {
         #[arg(value_name = "NS/NAME")]
         service: String,
     },
+    /// The edge gateway: its ports, each Gateway and listener, each route
+    /// and its parents, with their Accepted/Programmed/ResolvedRefs
+    /// conditions and what is wrong.
+    Gateway,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -132,6 +139,20 @@ pub fn run(args: &StatusArgs) -> ExitCode {
             None => print(&overview(&client).await?, args.output, Overview::render),
             Some(StatusCommand::Service { service }) => {
                 print(&service_detail(&client, service).await?, args.output, ServiceDetail::render)
+            }
+            Some(StatusCommand::Gateway) => {
+                let doc: gateway::GatewayDoc = match client.get("/gateway").await? {
+                    (StatusCode::OK, body) => serde_json::from_str(&body)
+                        .map_err(|e| StatusError::Decode { path: "/gateway".into(), reason: e.to_string() })?,
+                    (status, body) => {
+                        return Err(StatusError::Http {
+                            path: "/gateway".into(),
+                            status,
+                            body: body.trim().to_owned(),
+                        });
+                    }
+                };
+                print(&doc, args.output, gateway::GatewayDoc::render)
             }
         }
     });

@@ -1,0 +1,207 @@
+//! The edge gateway in the agent (`gateway.enabled`; `edgemesh gateway`
+//! turns it on): the routing objects of each snapshot compiled into route
+//! tables, swapped in whole for the listeners' requests, and the listening
+//! ports reconciled against them; the report is what `/gateway` shows.
+//!
+//! ```text
+//! snapshots ─(routing objects or a Service they name changed)─> read + compile
+//!     ─> routes (ArcSwap: the listeners' requests read it) ─> reconcile ports ─> report
+//! client ─> listener ─> HTTP front ─> GatewayUpstream (route, filters, pick)
+//!     ─> the agent's dispatcher with the Service's pool (local or tunnel)
+//! ```
+//!
+//! A change compiles within one snapshot: routes and filters change under
+//! open connections (they read the tables per request); only a port that
+//! no listener names any more stops, and a new one starts.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use edgemesh_core::{Protocol, RegistryHandle, ServiceKey, Snapshot};
+use edgemesh_gateway::backend::ServiceRef;
+use edgemesh_gateway::listeners::{GatewayListeners, ListenerSettings};
+use edgemesh_gateway::objects::{self, GatewayInputs};
+use edgemesh_gateway::report::GatewayReport;
+use edgemesh_gateway::{Compiled, GatewayUpstream, ServiceLookup, ServicePools, compile};
+use edgemesh_http::{HttpProxy, Upstream};
+use edgemesh_proxy::pool::Pool;
+use edgemesh_proxy::{ProxyStatus, Reach};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+mod status;
+
+/// What `/gateway` reads: the last compile's report.
+pub type GatewayReports = Arc<ArcSwap<GatewayReport>>;
+
+/// The gateway, built; [`GatewayTask::run`] serves it.
+pub struct GatewayTask {
+    class: String,
+    cluster_domain: String,
+    snapshots: RegistryHandle,
+    routes: Arc<ArcSwap<Compiled>>,
+    listeners: GatewayListeners,
+    report: GatewayReports,
+    /// With the Kubernetes source: each object's status to write back.
+    status: Option<(
+        edgemesh_kube::status::StatusWriter,
+        tokio::sync::watch::Sender<std::collections::HashMap<status::StatusKey, serde_json::Value>>,
+    )>,
+}
+
+impl GatewayTask {
+    /// Sends through `dispatcher` (the agent's: its upstream connection
+    /// pools and balancing) to the pools `proxy` serves, reached as
+    /// `reach` says; counts into `metrics` (`edgemesh_gateway_http_*`).
+    pub fn new(
+        config: &Config,
+        snapshots: RegistryHandle,
+        proxy: Arc<ProxyStatus>,
+        reach: Reach,
+        upstream_mark: Option<u32>,
+        dispatcher: Arc<dyn Upstream>,
+        metrics: &mut edgemesh_metrics::Registry,
+    ) -> Self {
+        let routes = Arc::new(ArcSwap::from_pointee(Compiled::default()));
+        let pools = Arc::new(AgentPools { proxy, reach });
+        let upstream = GatewayUpstream::new(routes.clone(), pools, dispatcher, "http");
+        let front = HttpProxy::with_metrics(
+            Arc::new(upstream),
+            config.http.clone(),
+            metrics.sub_registry_with_prefix("gateway"),
+        );
+        let settings = ListenerSettings {
+            ip: config.gateway.listen_address,
+            connect_timeout: config.proxy.connect_timeout,
+            upstream_mark,
+        };
+        let class = config.gateway.class_name.clone();
+        let report = Arc::new(ArcSwap::from_pointee(GatewayReport { class: class.clone(), ..Default::default() }));
+        Self {
+            class,
+            cluster_domain: config.dns.cluster_domain.clone(),
+            snapshots,
+            routes,
+            listeners: GatewayListeners::new(settings, Arc::new(front)),
+            report,
+            status: None,
+        }
+    }
+
+    /// Writes each Gateway's and HTTPRoute's status back through `writer`
+    /// (the Kubernetes source's).
+    pub fn with_status_writer(mut self, writer: edgemesh_kube::status::StatusWriter) -> Self {
+        self.status = Some((writer, tokio::sync::watch::Sender::new(Default::default())));
+        self
+    }
+
+    /// The reports, for the admin endpoint.
+    pub fn reports(&self) -> GatewayReports {
+        self.report.clone()
+    }
+
+    /// Compiles each snapshot that changes what the gateway serves, until
+    /// `shutdown`; then stops every listener (their connections drain).
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        if let Some((writer, desired)) = &self.status {
+            tokio::spawn(status::run(writer.clone(), desired.subscribe(), shutdown.clone()));
+        }
+        let mut compiled_at: Option<u64> = None;
+        let mut referenced: HashSet<ServiceKey> = HashSet::new();
+        loop {
+            let snapshot = self.snapshots.borrow_and_update().clone();
+            // Before the first full view, a route's Service may just not be
+            // listed yet: wait rather than report it missing.
+            if snapshot.synced && needs_compile(&snapshot, compiled_at, &referenced) {
+                referenced = self.apply(&snapshot).await;
+                compiled_at = Some(snapshot.generation);
+            }
+            tokio::select! {
+                changed = self.snapshots.changed() => if changed.is_err() { break },
+                () = shutdown.cancelled() => break,
+            }
+        }
+        self.listeners.stop();
+    }
+
+    /// Compiles `snapshot`'s objects, swaps the tables in, reconciles the
+    /// ports; returns the Services the routes name.
+    async fn apply(&mut self, snapshot: &Snapshot) -> HashSet<ServiceKey> {
+        let inputs = objects::read(snapshot.routing_objects().map(|o| &**o), &self.cluster_domain);
+        let lookup = SnapshotServices(snapshot);
+        let compiled = compile(&self.class, &inputs.gateways, &inputs.http_routes, &inputs.grants, &lookup);
+        let ports = compiled.ports.clone();
+        self.routes.store(Arc::new(compiled));
+        let failed = self.listeners.reconcile(ports).await;
+        let bound = self.listeners.bound();
+        let report =
+            GatewayReport::new(&self.class, snapshot.generation, &self.routes.load(), &inputs, &bound, &failed);
+        tracing::debug!(
+            generation = snapshot.generation,
+            ports = report.ports.len(),
+            routes = report.routes.len(),
+            "gateway compiled"
+        );
+        if let Some((_, desired)) = &self.status {
+            desired.send_replace(status::desired(&report, snapshot));
+        }
+        self.report.store(Arc::new(report));
+        referenced_services(&inputs)
+    }
+}
+
+/// Whether `snapshot` changes what the gateway compiled at `compiled_at`:
+/// its routing objects, or a Service they name.
+fn needs_compile(snapshot: &Snapshot, compiled_at: Option<u64>, referenced: &HashSet<ServiceKey>) -> bool {
+    let Some(at) = compiled_at else { return true };
+    if snapshot.routing_changed() > at {
+        return true;
+    }
+    match snapshot.changes_since(at) {
+        Some(changed) => changed.iter().any(|key| referenced.contains(key)),
+        None => true,
+    }
+}
+
+/// The Services the routes' backendRefs name (a reference without a
+/// namespace is in the route's).
+fn referenced_services(inputs: &GatewayInputs) -> HashSet<ServiceKey> {
+    let mut out = HashSet::new();
+    for route in &inputs.http_routes {
+        let namespace = route.metadata.namespace();
+        for backend in route.spec.rules.iter().flat_map(|rule| &rule.backend_refs) {
+            out.insert(ServiceKey::new(backend.namespace.as_deref().unwrap_or(namespace), &backend.name));
+        }
+    }
+    out
+}
+
+/// The Services of a snapshot, for the routes' `ResolvedRefs`.
+struct SnapshotServices<'a>(&'a Snapshot);
+
+impl ServiceLookup for SnapshotServices<'_> {
+    fn check(&self, namespace: &str, name: &str, port: u16) -> Result<(), String> {
+        let service = self.0.service(&ServiceKey::new(namespace, name)).ok_or("no such Service")?;
+        if service.port(port, Protocol::Tcp).is_some() {
+            Ok(())
+        } else {
+            Err(format!("the Service has no TCP port {port}"))
+        }
+    }
+}
+
+/// The proxy's pools, for the routes' backends.
+struct AgentPools {
+    proxy: Arc<ProxyStatus>,
+    reach: Reach,
+}
+
+impl ServicePools for AgentPools {
+    fn pool(&self, service: &ServiceRef) -> Option<(Arc<Pool>, Reach)> {
+        let key = ServiceKey::new(&service.namespace, &service.name);
+        let pool = self.proxy.pools.pool(&key, service.port, Protocol::Tcp)?;
+        Some((pool, self.reach.clone()))
+    }
+}

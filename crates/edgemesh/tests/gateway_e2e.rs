@@ -1,0 +1,268 @@
+//! The edge gateway as its clients and operators see it (issue #17): the
+//! real agent run as `edgemesh gateway`'s flag (`--gateway`) on node-a, the
+//! site's uplink; Services with endpoints on node-a and on node-b (reached
+//! through the tunnel); a client in a namespace of its own on the LAN,
+//! using curl with `--resolve` as a client outside the mesh would.
+//!
+//! ```text
+//!  client 10.0.0.9 ──LAN── node-a 10.0.0.2: gateway :18080 ─┬─ local endpoints 10.0.0.2:808x
+//!                                                          └─ tunnel ── node-b 10.0.0.3: endpoint :8080
+//! ```
+//!
+//! The objects come from the manifests directory (the Kubernetes source
+//! carries the same objects: `crates/kube-source/tests`). As root.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::eventually;
+use support::http::{ANSWER, HttpBackend, spec, tally};
+use support::mesh::{Node, lan_pair, wait_for_peer};
+use support::netns::{Lan, Netns, NsAgent};
+use support::write_manifest;
+
+const PORT: u16 = 18080;
+
+/// The gateway's node, the other node, and a client on their LAN.
+struct Site {
+    _lan: Lan,
+    a: Node,
+    b: Node,
+    client: Netns,
+}
+
+impl Site {
+    fn new() -> Site {
+        let (lan, a, b) = lan_pair();
+        let client = Netns::new("client");
+        lan.attach(&client, "eth0", &["10.0.0.9/24"]);
+        Site { _lan: lan, a, b, client }
+    }
+
+    /// `services` on both nodes (with the Node objects), and `routing` as
+    /// node-a's `gateway.yaml`.
+    fn manifests(&self, services: &[String], routing: &str) {
+        let mut cluster = vec![self.a.object("10.0.0.2"), self.b.object("10.0.0.3")];
+        cluster.extend_from_slice(services);
+        self.a.manifests(&cluster);
+        self.b.manifests(&cluster);
+        self.routing(routing);
+    }
+
+    fn routing(&self, objects: &str) {
+        write_manifest(&self.a.path("manifests"), "gateway.yaml", objects);
+    }
+
+    /// node-b's agent, then node-a's with the gateway on, once they are peers.
+    fn start(&self) -> (NsAgent, NsAgent) {
+        let agent_b = self.b.start(&[]);
+        let agent_a = self.a.start(&["--gateway"]);
+        wait_for_peer(&agent_a, "node-b", "node-a to find node-b", |_| true);
+        (agent_a, agent_b)
+    }
+
+    /// `curl` from the client to `host`:`port` (resolved to node-a): the
+    /// status and body of each of `count` requests on one connection.
+    fn get(&self, host: &str, port: u16, path: &str, count: usize) -> Vec<String> {
+        let resolve = format!("{host}:{port}:10.0.0.2");
+        let url = format!("http://{host}:{port}{path}");
+        let mut args = vec!["curl", "-sS", "--max-time", "60", "--http1.1", "--resolve", &resolve];
+        args.extend(["-w", "\n%{http_code}\n"]);
+        let urls = vec![url.as_str(); count];
+        args.extend(urls);
+        let out = self.client.exec(&args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        // Each answer: the body's lines, then its status on a line of its own.
+        let mut answers = Vec::new();
+        let mut body: Vec<&str> = Vec::new();
+        for line in lines {
+            if line.len() == 3 && line.chars().all(|c| c.is_ascii_digit()) {
+                answers.push(format!("{line} {}", body.join(" ").trim()));
+                body.clear();
+            } else {
+                body.push(line);
+            }
+        }
+        answers
+    }
+
+    /// One request: `status body`.
+    fn get_one(&self, host: &str, path: &str) -> String {
+        self.get(host, PORT, path, 1).pop().unwrap_or_default()
+    }
+}
+
+const GATEWAY: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: site
+  namespace: default
+spec:
+  gatewayClassName: edgemesh
+  listeners:
+  - name: web
+    port: 18080
+    protocol: HTTP
+";
+
+fn route(name: &str, hostname: &str, backends: &[(&str, u32)]) -> String {
+    let refs: String = backends
+        .iter()
+        .map(|(service, weight)| format!("    - name: {service}\n      port: 80\n      weight: {weight}\n"))
+        .collect();
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: {name}\n  namespace: default\n\
+         spec:\n  parentRefs:\n  - name: site\n  hostnames: [\"{hostname}\"]\n  rules:\n  - backendRefs:\n{refs}"
+    )
+}
+
+/// Services `web` (its endpoint on node-b), `api`, `v1` and `v2` (on node-a), each port `http` 80.
+fn services() -> Vec<String> {
+    vec![
+        spec("web", "http", 80, &["10.0.0.3"], 8080).node("node-b").yaml(),
+        spec("api", "http", 80, &["10.0.0.2"], 8081).node("node-a").yaml(),
+        spec("v1", "http", 80, &["10.0.0.2"], 8082).node("node-a").yaml(),
+        spec("v2", "http", 80, &["10.0.0.2"], 8083).node("node-a").yaml(),
+    ]
+}
+
+fn backends(site: &Site) -> Vec<HttpBackend> {
+    vec![
+        HttpBackend::start(&site.b.ns, "10.0.0.3:8080", "web-on-b", ANSWER),
+        HttpBackend::start(&site.a.ns, "10.0.0.2:8081", "api-on-a", ANSWER),
+        HttpBackend::start(&site.a.ns, "10.0.0.2:8082", "v1", ANSWER),
+        HttpBackend::start(&site.a.ns, "10.0.0.2:8083", "v2", ANSWER),
+    ]
+}
+
+#[test]
+fn hosts_route_to_services_on_both_nodes_weights_split_and_a_missing_service_is_reported() {
+    let site = Site::new();
+    let _backends = backends(&site);
+    let routing = [
+        GATEWAY.to_owned(),
+        route("shop", "shop.example", &[("web", 1)]),
+        route("edge", "*.edge.example", &[("api", 1)]),
+        route("split", "split.example", &[("v1", 90), ("v2", 10)]),
+        route("broken", "broken.example", &[("missing", 1)]),
+    ]
+    .concat();
+    site.manifests(&services(), &routing);
+    let (agent, _agent_b) = site.start();
+    eventually(Duration::from_secs(10), "the gateway's listener", || {
+        (site.get_one("shop.example", "/") == "200 web-on-b").then_some(())
+    });
+
+    // Host routing: exact (to node-b through the tunnel) and wildcard (local).
+    assert_eq!(site.get("shop.example", PORT, "/cart", 10), vec!["200 web-on-b".to_owned(); 10]);
+    assert_eq!(site.get_one("cam-1.edge.example", "/"), "200 api-on-a");
+    assert_eq!(site.get_one("a.b.edge.example", "/"), "200 api-on-a", "a wildcard matches any depth of labels");
+    assert!(site.get_one("edge.example", "/").starts_with("404"), "the wildcard needs a label before it");
+    assert!(site.get_one("nobody.example", "/").starts_with("404"));
+
+    // 90/10 over 2,000 requests on one connection.
+    let answers = site.get("split.example", PORT, "/", 2000);
+    assert_eq!(answers.len(), 2000);
+    let bodies: Vec<String> = answers.iter().map(|a| a.trim_start_matches("200 ").to_owned()).collect();
+    let counts = tally(&bodies, &["v1", "v2"]);
+    assert_eq!(counts[0] + counts[1], 2000, "every request answered by v1 or v2: {:?}", &answers[..5]);
+    assert!((1740..=1860).contains(&counts[0]), "v1 took {} of 2000 (90% ± 3%)", counts[0]);
+
+    // A backend that does not exist: that route answers 500, the rest works,
+    // and the status says why.
+    assert!(site.get_one("broken.example", "/").starts_with("500"));
+    let status = agent.json("/gateway");
+    let broken = status["routes"].as_array().unwrap().iter().find(|r| r["name"] == "broken").expect("broken's status");
+    let resolved = broken["parents"][0]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "ResolvedRefs");
+    assert_eq!(resolved.map(|c| c["status"].clone()), Some("False".into()), "{broken}");
+    assert_eq!(resolved.map(|c| c["reason"].clone()), Some("BackendNotFound".into()), "{broken}");
+    let shop = status["routes"].as_array().unwrap().iter().find(|r| r["name"] == "shop").expect("shop's status");
+    assert!(shop["parents"][0]["conditions"].as_array().unwrap().iter().all(|c| c["status"] == "True"), "{shop}");
+    assert_eq!(status["ports"][0]["port"], PORT);
+    assert_eq!(status["ports"][0]["listening"], format!("0.0.0.0:{PORT}"));
+
+    // `edgemesh status gateway` prints the same.
+    let out = site.a.ns.exec(&[env!("CARGO_BIN_EXE_edgemesh"), "status", "gateway"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let broken_row = text.lines().find(|l| l.starts_with("HTTPRoute default/broken")).unwrap_or_default();
+    assert!(broken_row.contains("False") && broken_row.contains("BackendNotFound"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("18080") && l.contains("default/site")), "{text}");
+}
+
+#[test]
+fn a_route_added_while_running_is_live_within_a_second_without_touching_open_connections() {
+    let site = Site::new();
+    let _backends = backends(&site);
+    site.manifests(&services(), &[GATEWAY.to_owned(), route("shop", "shop.example", &[("web", 1)])].concat());
+    let (agent, _agent_b) = site.start();
+    eventually(Duration::from_secs(10), "the gateway's listener", || {
+        (site.get_one("shop.example", "/") == "200 web-on-b").then_some(())
+    });
+    assert!(site.get_one("new.example", "/").starts_with("404"));
+
+    // A client holding a connection open across the change.
+    let held = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &site.client.name,
+            "curl",
+            "-sS",
+            "--http1.1",
+            "--resolve",
+            "shop.example:18080:10.0.0.2",
+        ])
+        .args(["--limit-rate", "2", "-o", "/dev/null", "-w", "%{http_code}", "http://shop.example:18080/slow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let added = Instant::now();
+    site.routing(
+        &[GATEWAY.to_owned(), route("shop", "shop.example", &[("web", 1)]), route("new", "new.example", &[("api", 1)])]
+            .concat(),
+    );
+    let live = eventually(Duration::from_secs(5), "the new route", || {
+        (site.get_one("new.example", "/") == "200 api-on-a").then(|| added.elapsed())
+    });
+    assert!(live < Duration::from_secs(1), "the new route took {live:?}");
+    assert_eq!(site.get_one("shop.example", "/"), "200 web-on-b", "the other route is unchanged");
+    let held = held.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&held.stdout), "200", "the connection open across the change completed");
+    assert!(agent.log().matches("gateway listener serving").count() == 1, "the listener was not restarted");
+}
+
+#[test]
+fn edgemesh_s_own_gateway_example_works_unchanged() {
+    let site = Site::new();
+    let fixture = include_str!("fixtures/edgemesh-v1.17.0-hostname-lb-random-gateway.yaml");
+    // The example's Deployment becomes these two endpoints, one per node.
+    let _a = HttpBackend::start(&site.a.ns, "10.0.0.2:9376", "hostname-a", ANSWER);
+    let _b = HttpBackend::start(&site.b.ns, "10.0.0.3:9376", "hostname-b", ANSWER);
+    let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: hostname-lb-svc-1\n  \
+                 namespace: default\n  labels:\n    kubernetes.io/service-name: hostname-lb-svc\naddressType: IPv4\n\
+                 endpoints:\n- addresses: [\"10.0.0.2\"]\n  nodeName: node-a\n- addresses: [\"10.0.0.3\"]\n  nodeName: node-b\n\
+                 ports:\n- name: http-0\n  port: 9376\n  protocol: TCP\n"
+        .to_owned();
+    // The example on both nodes (node-b serves its endpoint to the tunnel
+    // only for a Service it knows); only node-a runs the gateway.
+    site.manifests(&[fixture.to_owned(), slice], "");
+    let (agent, _agent_b) = site.start();
+    let first = eventually(Duration::from_secs(10), "the Istio gateway's listener", || {
+        let answer = site.get("any.host", 23333, "/", 1).pop()?;
+        answer.starts_with("200").then_some(answer)
+    });
+    assert!(first.ends_with("hostname-a") || first.ends_with("hostname-b"), "{first}");
+    let answers = site.get("any.host", 23333, "/", 40);
+    let bodies: Vec<String> = answers.iter().map(|a| a.trim_start_matches("200 ").to_owned()).collect();
+    let counts = tally(&bodies, &["hostname-a", "hostname-b"]);
+    assert_eq!(counts[0] + counts[1], 40, "{answers:?}");
+    assert!(counts[0] > 0 && counts[1] > 0, "both nodes' endpoints answer, per request: {counts:?}");
+    let status = agent.json("/gateway");
+    assert_eq!(status["gateways"][0]["name"], "edgemesh-gateway", "{status}");
+    assert_eq!(status["refused"], serde_json::json!([]), "{status}");
+}
