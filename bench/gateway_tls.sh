@@ -21,6 +21,8 @@
 # then reversed):
 #   h1-direct h1-nginx h1-gateway   `wrk -t2 -cCONNS -dSECS --latency`, keep-alive GETs
 #                                   (h1-direct: cleartext to the backend, for scale)
+#   h1-nginx-plain h1-gateway-plain the same, cleartext through each proxy (nginx :8082,
+#                                   the gateway's HTTP listener :9080): what TLS adds
 #   hs-nginx hs-gateway             the same with `Connection: close`: a new
 #                                   TLS handshake (full, wrk does not resume) per request
 #   h2-nginx h2-gateway             `h2load -cCONNS/5 -m10 -t2 -DSECS`, h2 by ALPN
@@ -78,6 +80,8 @@ worker_processes 2; daemon off; pid $W/proxy/nginx.pid; error_log $W/proxy/error
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
   upstream backend { server 127.0.0.1:8081; keepalive 64; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:8082;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } }
   server { listen 127.0.0.1:8443 ssl http2; ssl_certificate $W/cert.pem; ssl_certificate_key $W/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache off; ssl_session_tickets off;
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
@@ -87,7 +91,9 @@ kind: Gateway
 metadata: {name: edge, namespace: bench}
 spec:
   gatewayClassName: edgemesh
-  listeners: [{name: https, port: 9443, protocol: HTTPS, tls: {certificateRefs: [{name: bench-tls}]}}]
+  listeners:
+  - {name: https, port: 9443, protocol: HTTPS, tls: {certificateRefs: [{name: bench-tls}]}}
+  - {name: http, port: 9080, protocol: HTTP}
 ---
 kind: HTTPRoute
 metadata: {name: web, namespace: bench}
@@ -117,11 +123,12 @@ done
 url_of() {
   case $1 in
     h1-direct) echo "http://127.0.0.1:8081/f" ;;
+    h1-nginx-plain) echo "http://127.0.0.1:8082/f" ;; h1-gateway-plain) echo "http://127.0.0.1:9080/f" ;;
     h1-nginx|hs-nginx|h2-nginx) echo "https://127.0.0.1:8443/f" ;;
     h1-gateway|hs-gateway|h2-gateway) echo "https://127.0.0.1:9443/f" ;;
   esac
 }
-cg_of() { case $1 in *-gateway) echo "$GW_CG" ;; *) echo "$PROXY_CG" ;; esac; }
+cg_of() { case $1 in *-gateway*) echo "$GW_CG" ;; *) echo "$PROXY_CG" ;; esac; }
 
 # h2load_json RAW LOG: its req/s and errors from the summary, p50/p99 from the per-request log.
 h2load_json() {
@@ -155,7 +162,7 @@ run() { # REP MODE
     '{rep: $rep, mode: $mode, quiet: $quiet, proxy_cpu_ms: $cpu} + .' <<< "$json" | tee -a "$RES"
 }
 
-MODES="h1-direct h1-nginx h1-gateway hs-nginx hs-gateway h2-nginx h2-gateway"
+MODES="h1-direct h1-nginx-plain h1-gateway-plain h1-nginx h1-gateway hs-nginx hs-gateway h2-nginx h2-gateway"
 log "warm-up"; for m in h1-nginx h1-gateway; do in_ns "$NS" wrk -t2 -c"$CONNS" -d3s "$(url_of $m)" > /dev/null; done
 for rep in $(seq "$REPS"); do
   if (( rep % 2 )); then order=$MODES; else order=$(tr ' ' '\n' <<< "$MODES" | tac | tr '\n' ' '); fi
@@ -178,7 +185,7 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 env = open(sys.argv[2]).read().strip().splitlines()
 by = {(r["rep"], r["mode"]): r for r in rows}
 reps = sorted({r["rep"] for r in rows})
-modes = [m for m in ["h1-direct", "h1-nginx", "h1-gateway", "hs-nginx", "hs-gateway", "h2-nginx", "h2-gateway"]
+modes = [m for m in ["h1-direct", "h1-nginx-plain", "h1-gateway-plain", "h1-nginx", "h1-gateway", "hs-nginx", "hs-gateway", "h2-nginx", "h2-gateway"]
          if any(r["mode"] == m for r in rows)]
 def med(mode, key):
     return st.median(r[key] for r in rows if r["mode"] == mode)
@@ -190,10 +197,11 @@ print("| mode | req/s | p50 us | p99 us | proxy CPU ms/run |")
 print("|---|---:|---:|---:|---:|")
 for m in modes:
     print(f"| {m} | {med(m,'req_s'):,.0f} | {med(m,'p50_us'):.0f} | {med(m,'p99_us'):.0f} | {med(m,'proxy_cpu_ms'):.0f} |")
-print("\nPaired ratios gateway / nginx (median over repetitions, min-max):\n")
+print("\nPaired ratios (median over repetitions, min-max):\n")
 print("| pair | req/s | p99 | CPU per run |")
 print("|---|---:|---:|---:|")
-for a, b in [("h1-gateway", "h1-nginx"), ("hs-gateway", "hs-nginx"), ("h2-gateway", "h2-nginx")]:
+for a, b in [("h1-gateway", "h1-nginx"), ("hs-gateway", "hs-nginx"), ("h2-gateway", "h2-nginx"),
+             ("h1-gateway-plain", "h1-nginx-plain"), ("h1-gateway", "h1-gateway-plain"), ("h1-nginx", "h1-nginx-plain")]:
     print(f"| {a} / {b} | {ratio(a, b, 'req_s')} | {ratio(a, b, 'p99_us')} | {ratio(a, b, 'proxy_cpu_ms')} |")
 failed = sum(r.get("failed", 0) + r.get("err_status", 0) + r.get("err_connect", 0) for r in rows)
 print(f"\nFailed requests (all runs): {failed}.")
