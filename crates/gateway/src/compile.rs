@@ -74,6 +74,9 @@ pub trait ServiceLookup {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListenerStatus {
     pub name: String,
+    /// The route kinds it takes (its protocol's, narrowed by
+    /// `allowedRoutes.kinds`): the status's `supportedKinds`.
+    pub supported_kinds: Vec<&'static str>,
     pub attached_routes: usize,
     pub conditions: Vec<Condition>,
 }

@@ -9,15 +9,18 @@
 use edgemesh_core::{RoutingKind, RoutingObject};
 use serde::de::DeserializeOwned;
 
-use crate::compile::ObjectRef;
+use crate::compile::{ObjectRef, Objects};
 use crate::istio::{self, IstioGateway, VirtualService};
-use crate::schema::{Gateway, HttpRoute, ReferenceGrant};
+use crate::schema::{Gateway, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute};
 
 /// The objects, by kind, ready to compile, and what could not be read.
 #[derive(Debug, Default)]
 pub struct GatewayInputs {
     pub gateways: Vec<Gateway>,
     pub http_routes: Vec<HttpRoute>,
+    pub grpc_routes: Vec<GrpcRoute>,
+    pub tls_routes: Vec<TlsRoute>,
+    pub tcp_routes: Vec<TcpRoute>,
     pub grants: Vec<ReferenceGrant>,
     /// Objects left out: which, and why.
     pub unreadable: Vec<(ObjectRef, String)>,
@@ -44,10 +47,9 @@ pub fn read<'a>(objects: impl IntoIterator<Item = &'a RoutingObject>, cluster_do
             RoutingKind::VirtualService => {
                 parse_into::<VirtualService>(object, &mut virtual_services, &mut inputs.unreadable)
             }
-            RoutingKind::GrpcRoute | RoutingKind::TlsRoute | RoutingKind::TcpRoute => inputs.unreadable.push((
-                object_ref(object),
-                format!("{} is not served by this gateway yet; its listeners and routes are ignored", object.kind),
-            )),
+            RoutingKind::GrpcRoute => parse_into(object, &mut inputs.grpc_routes, &mut inputs.unreadable),
+            RoutingKind::TlsRoute => parse_into(object, &mut inputs.tls_routes, &mut inputs.unreadable),
+            RoutingKind::TcpRoute => parse_into(object, &mut inputs.tcp_routes, &mut inputs.unreadable),
         }
     }
     if !istio_gateways.is_empty() || !virtual_services.is_empty() {
@@ -59,6 +61,20 @@ pub fn read<'a>(objects: impl IntoIterator<Item = &'a RoutingObject>, cluster_do
         inputs.notes = translated.notes;
     }
     inputs
+}
+
+impl GatewayInputs {
+    /// Every object, as [`crate::compile_objects`] takes them.
+    pub fn objects(&self) -> Objects<'_> {
+        Objects {
+            gateways: &self.gateways,
+            http_routes: &self.http_routes,
+            grpc_routes: &self.grpc_routes,
+            tls_routes: &self.tls_routes,
+            tcp_routes: &self.tcp_routes,
+            grants: &self.grants,
+        }
+    }
 }
 
 fn parse_into<T: DeserializeOwned>(
@@ -111,6 +127,51 @@ mod tests {
         assert_eq!(inputs.unreadable.len(), 1);
         assert_eq!(inputs.unreadable[0].0.to_string(), "HTTPRoute edge/broken");
         assert!(inputs.unreadable[0].1.contains("spec.rules: invalid type"), "{:?}", inputs.unreadable);
+    }
+
+    #[test]
+    fn grpc_tls_and_tcp_routes_are_read_and_compiled() {
+        let gateway = object(
+            RoutingKind::Gateway,
+            "site",
+            r#"{"metadata":{"name":"site","namespace":"edge"},"spec":{"gatewayClassName":"edgemesh","listeners":[
+                {"name":"web","port":8080,"protocol":"HTTP"},
+                {"name":"tls","port":8443,"protocol":"TLS","tls":{"mode":"Passthrough"}},
+                {"name":"plc","port":502,"protocol":"TCP"}]}}"#,
+        );
+        let grpc = object(
+            RoutingKind::GrpcRoute,
+            "echo",
+            r#"{"metadata":{"name":"echo","namespace":"edge"},"spec":{"parentRefs":[{"name":"site"}],
+                "rules":[{"matches":[{"method":{"service":"a.Echo","method":"Unary"}}],"backendRefs":[{"name":"echo","port":50051}]}]}}"#,
+        );
+        let tls = object(
+            RoutingKind::TlsRoute,
+            "secure",
+            r#"{"metadata":{"name":"secure","namespace":"edge"},"spec":{"parentRefs":[{"name":"site"}],
+                "hostnames":["a.example.com"],"rules":[{"backendRefs":[{"name":"secure","port":443}]}]}}"#,
+        );
+        let tcp = object(
+            RoutingKind::TcpRoute,
+            "plc",
+            r#"{"metadata":{"name":"plc","namespace":"edge"},"spec":{"parentRefs":[{"name":"site"}],
+                "rules":[{"backendRefs":[{"name":"plc","port":502}]}]}}"#,
+        );
+        let inputs = read([&gateway, &grpc, &tls, &tcp], "cluster.local");
+        assert!(inputs.unreadable.is_empty(), "{:?}", inputs.unreadable);
+        assert_eq!((inputs.grpc_routes.len(), inputs.tls_routes.len(), inputs.tcp_routes.len()), (1, 1, 1));
+        struct Any;
+        impl crate::ServiceLookup for Any {
+            fn check(&self, _: &str, _: &str, _: u16) -> Result<(), String> {
+                Ok(())
+            }
+        }
+        let compiled = crate::compile_objects("edgemesh", &inputs.objects(), &Any, &crate::tls::NoCertificates);
+        let attached: Vec<usize> =
+            compiled.gateways.values().next().unwrap().listeners.iter().map(|l| l.attached_routes).collect();
+        assert_eq!(attached, [1, 1, 1], "each route on its listener");
+        assert_eq!(compiled.l4[&8443].describe(), ["a.example.com edge/secure#0"]);
+        assert_eq!(compiled.l4[&502].describe(), ["* edge/plc#0"]);
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct GatewayObjectReport {
 #[serde(rename_all = "camelCase")]
 pub struct ListenerReport {
     pub name: String,
+    /// The route kinds it takes.
+    pub supported_kinds: Vec<&'static str>,
     pub attached_routes: usize,
     pub conditions: Vec<ConditionReport>,
 }
@@ -137,6 +139,7 @@ impl GatewayReport {
                     .iter()
                     .map(|l| ListenerReport {
                         name: l.name.clone(),
+                        supported_kinds: l.supported_kinds.clone(),
                         attached_routes: l.attached_routes,
                         conditions: conditions(&l.conditions),
                     })

@@ -22,9 +22,10 @@ pub fn gateway(report: &GatewayObjectReport) -> Value {
         .listeners
         .iter()
         .map(|l| {
+            let kinds: Vec<Value> = l.supported_kinds.iter().map(|k| json!({"group": GROUP, "kind": k})).collect();
             json!({
                 "name": l.name,
-                "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}],
+                "supportedKinds": kinds,
                 "attachedRoutes": l.attached_routes,
                 "conditions": conditions(&l.conditions),
             })
@@ -128,6 +129,26 @@ mod tests {
                 conditions: vec![condition("Accepted", "True"), condition("ResolvedRefs", "True")],
             }],
         }
+    }
+
+    #[test]
+    fn a_listeners_supported_kinds_are_the_ones_it_takes() {
+        let report = GatewayObjectReport {
+            kind: "Gateway",
+            namespace: "edge".into(),
+            name: "site".into(),
+            conditions: Vec::new(),
+            listeners: vec![crate::report::ListenerReport {
+                name: "web".into(),
+                supported_kinds: vec!["HTTPRoute", "GRPCRoute"],
+                attached_routes: 1,
+                conditions: Vec::new(),
+            }],
+        };
+        assert_eq!(
+            gateway(&report)["listeners"][0]["supportedKinds"],
+            json!([{"group": GROUP, "kind": "HTTPRoute"}, {"group": GROUP, "kind": "GRPCRoute"}])
+        );
     }
 
     #[test]

@@ -320,6 +320,10 @@ spec:
     assert_eq!((status, reason), (false, "InvalidRouteKinds"), "{message}");
     assert!(message.contains("HTTPRoute (gateway.networking.k8s.io) cannot be served on a TCP listener"), "{message}");
     assert!(cond("tcp", "Programmed").0, "its valid kind is served");
+    let supported = |name: &str| edge.listeners.iter().find(|l| l.name == name).unwrap().supported_kinds.clone();
+    assert_eq!(supported("tcp"), ["TCPRoute"]);
+    assert_eq!(supported("tls"), ["TLSRoute"]);
+    assert!(supported("web").is_empty());
     let (status, reason, _) = cond("web", "ResolvedRefs");
     assert_eq!((status, reason), (false, "InvalidRouteKinds"));
     assert!(!cond("web", "Programmed").0, "no kind left to serve");

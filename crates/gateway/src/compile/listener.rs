@@ -139,7 +139,7 @@ impl<'a> Ports<'a> {
                         protocol,
                         hostname,
                         namespaces,
-                        kinds,
+                        kinds: kinds.clone(),
                         attached: 0,
                     });
                     programmed += 1;
@@ -159,7 +159,12 @@ impl<'a> Ports<'a> {
                     generation,
                 ));
             }
-            status.listeners.push(ListenerStatus { name: l.name.clone(), attached_routes: 0, conditions });
+            status.listeners.push(ListenerStatus {
+                name: l.name.clone(),
+                supported_kinds: kinds,
+                attached_routes: 0,
+                conditions,
+            });
         }
         status.conditions.push(condition("Accepted", true, "Accepted", "", generation));
         status.conditions.push(if programmed > 0 {
