@@ -180,8 +180,10 @@ fn condition(
     Condition { kind, status, reason, message: message.into(), observed_generation: generation }
 }
 
-/// Compiles the Gateways of `class`, the HTTPRoutes and ReferenceGrants
-/// (HTTP only: HTTPS listeners find no certificate).
+/// Compiles the Gateways of `class`, the HTTPRoutes and ReferenceGrants,
+/// for HTTP listeners only: the others are `UnsupportedProtocol` (their
+/// ports are not in [`Compiled::ports`], so listeners that serve every
+/// port as HTTP never bind them). [`compile_objects`] serves them all.
 pub fn compile(
     class: &str,
     gateways: &[Gateway],
@@ -190,16 +192,28 @@ pub fn compile(
     services: &dyn ServiceLookup,
 ) -> Compiled {
     let objects = Objects { gateways, http_routes: routes, grants, ..Objects::default() };
-    compile_objects(class, &objects, services, &NoCertificates)
+    compile_with(class, &objects, services, &NoCertificates, true)
 }
 
 /// Compiles the Gateways of `class` and every route kind, with the
-/// certificates of HTTPS listeners from `certificates`.
+/// certificates of HTTPS listeners from `certificates`. Its ports are
+/// served by protocol only by listeners given the compiled objects
+/// ([`crate::listeners::GatewayListeners::with_routes`]).
 pub fn compile_objects(
     class: &str,
     objects: &Objects<'_>,
     services: &dyn ServiceLookup,
     certificates: &dyn CertificateStore,
+) -> Compiled {
+    compile_with(class, objects, services, certificates, false)
+}
+
+fn compile_with(
+    class: &str,
+    objects: &Objects<'_>,
+    services: &dyn ServiceLookup,
+    certificates: &dyn CertificateStore,
+    http_only: bool,
 ) -> Compiled {
     let mut out = Compiled::default();
     let mut listeners = Vec::new();
@@ -214,7 +228,7 @@ pub fn compile_objects(
         };
         key(a).cmp(&key(b))
     });
-    let mut ports = listener::Ports::new(certificates, objects.grants);
+    let mut ports = listener::Ports::new(certificates, objects.grants, http_only);
     for gateway in ours {
         let id = ObjectRef {
             kind: "Gateway",

@@ -10,6 +10,8 @@ use edgemesh_gateway::{Compiled, ServiceLookup, compile};
 use http::{HeaderMap, Method};
 use serde::Deserialize;
 
+mod support;
+
 #[derive(Deserialize)]
 struct Kind {
     #[serde(default)]
@@ -137,10 +139,24 @@ fn what_cannot_be_translated_is_refused_by_name_and_order_differences_are_told()
     assert_eq!(t.grants.len(), 1, "exactly the one reference across namespaces");
     // The refused rules route nothing: /login goes where the catch-all sends it.
     assert!(lands(&c, 8080, "any.host", "/login").unwrap().starts_with("shop/web"));
-    // The HTTPS server is translated with its credentialName as the
-    // certificate; no certificate source here, so it says so.
+    // The HTTPS server is translated; compile() serves HTTP only and says so.
     let listener = c.gateways.values().next().unwrap().listeners.iter().find(|l| l.name == "secure").unwrap();
-    let refs = listener.conditions.iter().find(|c| c.kind == "ResolvedRefs").unwrap();
-    assert_eq!((refs.status, refs.reason), (false, "InvalidCertificateRef"), "{refs:?}");
-    assert!(refs.message.contains("no certificate source"), "{refs:?}");
+    let accepted = listener.conditions.iter().find(|c| c.kind == "Accepted").unwrap();
+    assert_eq!((accepted.status, accepted.reason), (false, "UnsupportedProtocol"));
+
+    // With every protocol and a certificate for its credentialName (a
+    // Secret in the Gateway's namespace), it is served.
+    let ca = support::net::Ca::new();
+    let certs = support::net::MemoryCertificates::default();
+    let namespace = &t.gateways[0].metadata.namespace().to_owned();
+    certs.set(namespace, "shop-cert", ca.issue(&["shop.example.com"]).pem);
+    let objects = edgemesh_gateway::Objects {
+        gateways: &t.gateways,
+        http_routes: &t.routes,
+        grants: &t.grants,
+        ..Default::default()
+    };
+    let c = edgemesh_gateway::compile_objects(edgemesh_gateway::istio::ISTIO_CLASS, &objects, &AnyService, &certs);
+    assert_eq!(c.protocols.get(&8443), Some(&edgemesh_gateway::Protocol::Https));
+    assert!(c.tls[&8443].choose(Some("shop.example.com")).is_some());
 }

@@ -23,6 +23,8 @@ pub(super) struct Ports<'a> {
     grants: &'a [ReferenceGrant],
     provider: Arc<CryptoProvider>,
     served_certificates: BTreeMap<u16, SniCertificates>,
+    /// Only HTTP listeners are served (the HTTP-only [`crate::compile()`]).
+    http_only: bool,
 }
 
 /// What is wrong with a listener: `Accepted: False` problems keep it from
@@ -34,8 +36,9 @@ struct Problems {
 }
 
 impl<'a> Ports<'a> {
-    pub(super) fn new(certificates: &'a dyn CertificateStore, grants: &'a [ReferenceGrant]) -> Self {
+    pub(super) fn new(certificates: &'a dyn CertificateStore, grants: &'a [ReferenceGrant], http_only: bool) -> Self {
         Self {
+            http_only,
             taken: BTreeMap::new(),
             certificates,
             grants,
@@ -65,7 +68,17 @@ impl<'a> Ports<'a> {
             };
             let port = u16::try_from(l.port).ok().filter(|p| *p > 0);
             let hostname = l.hostname.as_deref().map(Hostname::parse).transpose();
-            let protocol = protocol(l);
+            let protocol = protocol(l).and_then(|p| match p {
+                Protocol::Http => Ok(p),
+                _ if self.http_only => Err((
+                    "UnsupportedProtocol",
+                    format!(
+                        "listener {}: protocol {:?} is not served by this compile (HTTP only; compile_objects serves HTTPS, TLS and TCP)",
+                        l.name, l.protocol
+                    ),
+                )),
+                _ => Ok(p),
+            });
             if l.name.is_empty() || !names.insert(l.name.clone()) {
                 problem("Invalid", format!("listener {index}: a name, unique in the Gateway, is required"));
             } else if port.is_none() {
