@@ -70,14 +70,22 @@ async fn https_with_a_test_ca_and_sni_choosing_among_certificates() {
         assert!(ok, "{name}: {out}");
         assert_eq!(out, format!("web proto=https host={name}:{port} 200"), "{name}");
     }
-    // A redirect that names no scheme keeps the listener's: https.
+    // TLS 1.2 and 1.3 only.
     let resolve = format!("shop.example.com:{port}:{ip}");
+    let url = format!("https://shop.example.com:{port}/");
+    let tls12 = curl(&["--cacert", ca_arg, "--resolve", &resolve, "--tlsv1.2", "--tls-max", "1.2", &url]).await;
+    assert!(tls12.0, "TLS 1.2: {}", tls12.1);
+    // (SECLEVEL=0: this curl's OpenSSL would not offer TLS 1.1 otherwise,
+    // and the refusal must be the server's.)
+    let old = ["--tlsv1.1", "--tls-max", "1.1", "--ciphers", "DEFAULT@SECLEVEL=0"];
+    let tls11 = curl(&[&["--cacert", ca_arg, "--resolve", &resolve][..], &old, &[&url]].concat()).await;
+    assert!(!tls11.0 && tls11.1.contains("alert"), "TLS 1.1 is refused by the server (an alert): {}", tls11.1);
+    // A redirect that names no scheme keeps the listener's: https.
     let url = format!("https://shop.example.com:{port}/old/x");
     let (ok, out) =
         curl(&["--cacert", ca_arg, "--resolve", &resolve, "-o", "/dev/null", "-w", "%{redirect_url}", &url]).await;
     assert!(ok && out.starts_with("https://new.example.com"), "{out}");
     // HTTP/2 over TLS (ALPN h2) as well.
-    let resolve = format!("shop.example.com:{port}:{ip}");
     let (ok, out) = curl(&[
         "--http2",
         "--cacert",
