@@ -241,11 +241,28 @@ fn translate_gateway(gateway: &IstioGateway, refused: &mut Vec<String>) -> schem
             if server.hosts.is_empty() { vec![None] } else { server.hosts.iter().map(|h| listener_host(h)).collect() };
         for (j, host) in hosts.into_iter().enumerate() {
             let name = if j == 0 { base.clone() } else { format!("{base}-{j}") };
+            // `credentialName`: a Secret in the Gateway's namespace;
+            // `PASSTHROUGH`: TLS by SNI, not terminated.
+            let tls = match (protocol, &server.tls) {
+                ("HTTPS", Some(tls)) => Some(schema::ListenerTls {
+                    mode: None,
+                    certificate_refs: tls
+                        .credential_name
+                        .iter()
+                        .map(|name| schema::SecretRef { name: name.clone(), ..Default::default() })
+                        .collect(),
+                }),
+                ("TLS", Some(tls)) if tls.mode.as_deref() == Some("PASSTHROUGH") => {
+                    Some(schema::ListenerTls { mode: Some("Passthrough".to_owned()), certificate_refs: Vec::new() })
+                }
+                _ => None,
+            };
             listeners.push(schema::Listener {
                 name,
                 hostname: host,
                 port: server.port.number,
                 protocol: protocol.to_owned(),
+                tls,
                 // Istio binds VirtualServices of any namespace to a Gateway they name.
                 allowed_routes: Some(schema::AllowedRoutes {
                     namespaces: Some(schema::RouteNamespaces { from: Some("All".to_owned()) }),

@@ -1,15 +1,20 @@
-//! The edge gateway's routing (issue #17), independent of any listener or
-//! HTTP engine: Gateway API objects in, per-listener route tables and the
-//! objects' status out.
+//! The edge gateway (issue #17): Gateway API objects in, per-listener
+//! route tables and the objects' status out, and the listeners that serve
+//! them (HTTP, HTTPS, TLS passthrough, TCP).
 //!
 //! ```text
-//!  Gateway, HTTPRoute, ReferenceGrant (schema: serde, from the API or manifests)
-//!        │ compile (one pass over every object; every problem becomes a condition)
+//!  Gateway, HTTPRoute, GRPCRoute, TLSRoute, TCPRoute, ReferenceGrant   Secrets (CertificateStore)
+//!        │ compile_objects (one pass; every problem becomes a condition)  │
+//!        ▼                                                                ▼
+//!  Compiled { protocols: port -> HTTP | HTTPS | TLS passthrough | TCP,
+//!             tables: port -> RouteTable (HTTP, gRPC), tls: port -> SniCertificates,
+//!             l4: port -> L4Table (TLSRoute, TCPRoute), status: conditions per object }
+//!        │ swapped whole (ArcSwap); each connection and request reads the current one
 //!        ▼
-//!  Compiled { tables: listener port -> RouteTable, status: conditions per object }
-//!        │ RouteTable::route(request)         (per request, no allocation but the result)
-//!        ▼
-//!  Routed { action: rule's backends (weighted), filters, timeouts; the matched prefix }
+//!  listener accept -> HTTP: front -> RouteTable::route(request) -> Routed (backends, filters)
+//!                  -> HTTPS: TLS handshake (certificate by SNI) -> front -> ...
+//!                  -> TLS: peek ClientHello SNI -> L4Table -> backend -> agent's L4 path
+//!                  -> TCP: L4Table -> backend -> agent's L4 path
 //! ```
 //!
 //! - [`schema`]: the objects' fields this crate reads, spelled as the API
@@ -25,7 +30,13 @@
 //!   (header modifiers, redirect, URL rewrite).
 //! - [`backend`]: a rule's weighted backends and the smooth weighted round
 //!   robin that picks one per request.
-//! - [`compile`]: objects to tables, with the status conditions.
+//! - [`compile`](mod@compile): objects to tables, with the status conditions.
+//! - [`grpc`]: GRPCRoute matches as HTTP matches, and their precedence.
+//! - [`tls`]: HTTPS listeners' certificates (a store, PEM files, SNI
+//!   choice, reload by compile) and TLS settings.
+//! - [`sni`]: a ClientHello's server name, read without terminating TLS.
+//! - [`l4`]: TLS passthrough (TLSRoute) and TCP (TCPRoute) listeners,
+//!   forwarded through the agent's L4 path.
 //! - [`config`]: the agent config's `gateway` section.
 //! - [`istio`]: EdgeMesh's Istio `Gateway` and `VirtualService`, translated
 //!   into Gateway API objects (migration).
@@ -44,18 +55,23 @@ pub mod backend;
 pub mod compile;
 pub mod config;
 pub mod filter;
+pub mod grpc;
 pub mod hostname;
 pub mod istio;
+pub mod l4;
 pub mod listeners;
 pub mod matching;
 pub mod objects;
 pub mod report;
 pub mod schema;
 pub mod serve;
+pub mod sni;
 pub mod status;
 pub mod table;
+pub mod tls;
 
-pub use compile::{Compiled, Condition, ObjectRef, ServiceLookup, compile};
+pub use compile::{Compiled, Condition, ObjectRef, Objects, Protocol, ServiceLookup, compile, compile_objects};
 pub use config::GatewayConfig;
 pub use serve::{GatewayUpstream, ServicePools};
 pub use table::{RouteTable, Routed};
+pub use tls::{CertificateFile, CertificatePem, CertificateStore, FileCertificates};

@@ -13,12 +13,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use edgemesh_proxy::HttpServe;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::compile::ObjectRef;
-use crate::serve::{ListenerContext, listener_pool, serve_listener};
+use crate::serve::{GatewayRouting, ListenerContext, listener_pool, serve_gateway_listener};
+use crate::{Compiled, ServicePools};
 
 /// Settings every listener's connections share.
 #[derive(Clone, Debug)]
@@ -31,15 +33,25 @@ pub struct ListenerSettings {
 
 struct Running {
     addr: SocketAddr,
+    /// Its connections now (with routing).
+    connections: Option<Arc<std::sync::atomic::AtomicUsize>>,
     drain: CancellationToken,
     /// The accept loop; it owns the socket.
     accept: tokio::task::JoinHandle<()>,
 }
 
+/// The compiled objects and the Services' pools.
+type Routing = (Arc<ArcSwap<Compiled>>, Arc<dyn ServicePools>);
+
 /// The bound ports.
 pub struct GatewayListeners {
     settings: ListenerSettings,
     front: Arc<dyn HttpServe>,
+    /// The compiled objects and the Services' pools, for HTTPS, TLS
+    /// passthrough and TCP listeners; None: every port is served as HTTP.
+    routing: Option<Routing>,
+    handshake_timeout: Duration,
+    max_connections: usize,
     running: BTreeMap<u16, Running>,
 }
 
@@ -47,7 +59,43 @@ impl GatewayListeners {
     /// Listeners whose connections `front` serves (the agent's HTTP front
     /// over a [`crate::GatewayUpstream`]).
     pub fn new(settings: ListenerSettings, front: Arc<dyn HttpServe>) -> Self {
-        Self { settings, front, running: BTreeMap::new() }
+        Self {
+            settings,
+            front,
+            routing: None,
+            handshake_timeout: crate::tls::HANDSHAKE_TIMEOUT,
+            max_connections: 0,
+            running: BTreeMap::new(),
+        }
+    }
+
+    /// Serves each port by its protocol in the current `routes` (the ones
+    /// the front's [`crate::GatewayUpstream`] reads): HTTP, HTTPS (TLS
+    /// terminated with the certificates compiled in), TLS passthrough and
+    /// TCP (forwarded to `pools`' Services at L4). Without this, every
+    /// port is served as HTTP.
+    pub fn with_routes(mut self, routes: Arc<ArcSwap<Compiled>>, pools: Arc<dyn ServicePools>) -> Self {
+        self.routing = Some((routes, pools));
+        self
+    }
+
+    /// How long a client of a TLS listener (HTTPS or passthrough) may take
+    /// to complete its handshake or send its ClientHello before it is
+    /// dropped (default [`crate::tls::HANDSHAKE_TIMEOUT`]); for listeners
+    /// bound from now on.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// At most `max` connections at once per listening port, of any
+    /// protocol (TLS handshakes in progress and L4 connections included);
+    /// one more is reset. 0 (the default): no bound of its own (HTTP and
+    /// HTTPS connections still count against the front's). For listeners
+    /// bound from now on; needs [`GatewayListeners::with_routes`].
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
     }
 
     /// Binds every port of `ports` (port -> its Gateway) not bound yet and
@@ -102,13 +150,35 @@ impl GatewayListeners {
             upstream_mark: self.settings.upstream_mark,
             drain: drain.clone(),
         };
-        let accept = tokio::spawn(serve_listener(listener, self.front.clone(), ctx));
-        Ok(Running { addr, drain, accept })
+        let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let routing = match &self.routing {
+            None => None,
+            Some((routes, pools)) => Some(GatewayRouting {
+                routes: routes.clone(),
+                pools: pools.clone(),
+                tls: crate::tls::server_config(routes.clone(), port)?,
+                handshake_timeout: self.handshake_timeout,
+                max_connections: self.max_connections,
+                connections: connections.clone(),
+            }),
+        };
+        let connections = routing.is_some().then_some(connections);
+        let accept = tokio::spawn(serve_gateway_listener(listener, self.front.clone(), ctx, routing));
+        Ok(Running { addr, connections, drain, accept })
     }
 
     /// The bound ports, and where.
     pub fn bound(&self) -> BTreeMap<u16, SocketAddr> {
         self.running.iter().map(|(port, r)| (*port, r.addr)).collect()
+    }
+
+    /// The connections each port serves now (ports bound with routing:
+    /// see [`GatewayListeners::with_routes`]).
+    pub fn connections(&self) -> BTreeMap<u16, usize> {
+        self.running
+            .iter()
+            .filter_map(|(port, r)| Some((*port, r.connections.as_ref()?.load(std::sync::atomic::Ordering::Relaxed))))
+            .collect()
     }
 
     /// Stops every listener; their connections drain.

@@ -10,14 +10,18 @@ use edgemesh_core::{RoutingKind, RoutingObject};
 use serde::de::DeserializeOwned;
 
 use crate::compile::ObjectRef;
+use crate::compile::Objects;
 use crate::istio::{self, IstioGateway, VirtualService};
-use crate::schema::{Gateway, HttpRoute, ReferenceGrant};
+use crate::schema::{Gateway, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute};
 
 /// The objects, by kind, ready to compile, and what could not be read.
 #[derive(Debug, Default)]
 pub struct GatewayInputs {
     pub gateways: Vec<Gateway>,
     pub http_routes: Vec<HttpRoute>,
+    pub grpc_routes: Vec<GrpcRoute>,
+    pub tls_routes: Vec<TlsRoute>,
+    pub tcp_routes: Vec<TcpRoute>,
     pub grants: Vec<ReferenceGrant>,
     /// Objects left out: which, and why.
     pub unreadable: Vec<(ObjectRef, String)>,
@@ -44,10 +48,9 @@ pub fn read<'a>(objects: impl IntoIterator<Item = &'a RoutingObject>, cluster_do
             RoutingKind::VirtualService => {
                 parse_into::<VirtualService>(object, &mut virtual_services, &mut inputs.unreadable)
             }
-            RoutingKind::GrpcRoute | RoutingKind::TlsRoute | RoutingKind::TcpRoute => inputs.unreadable.push((
-                object_ref(object),
-                format!("{} is not served by this gateway yet; its listeners and routes are ignored", object.kind),
-            )),
+            RoutingKind::GrpcRoute => parse_into(object, &mut inputs.grpc_routes, &mut inputs.unreadable),
+            RoutingKind::TlsRoute => parse_into(object, &mut inputs.tls_routes, &mut inputs.unreadable),
+            RoutingKind::TcpRoute => parse_into(object, &mut inputs.tcp_routes, &mut inputs.unreadable),
         }
     }
     if !istio_gateways.is_empty() || !virtual_services.is_empty() {
@@ -59,6 +62,20 @@ pub fn read<'a>(objects: impl IntoIterator<Item = &'a RoutingObject>, cluster_do
         inputs.notes = translated.notes;
     }
     inputs
+}
+
+impl GatewayInputs {
+    /// The objects, as [`crate::compile_objects`] takes them.
+    pub fn objects(&self) -> Objects<'_> {
+        Objects {
+            gateways: &self.gateways,
+            http_routes: &self.http_routes,
+            grpc_routes: &self.grpc_routes,
+            tls_routes: &self.tls_routes,
+            tcp_routes: &self.tcp_routes,
+            grants: &self.grants,
+        }
+    }
 }
 
 fn parse_into<T: DeserializeOwned>(

@@ -1,7 +1,8 @@
-//! The parts of `gateway.networking.k8s.io/v1` `Gateway` and `HTTPRoute`,
-//! and `v1beta1` `ReferenceGrant`, that the gateway reads, spelled as the
+//! The parts of `gateway.networking.k8s.io/v1` `Gateway`, `HTTPRoute` and
+//! `GRPCRoute`, `v1alpha2` `TLSRoute` and `TCPRoute`, and `v1beta1`
+//! `ReferenceGrant`, that the gateway reads, spelled as the
 //! API spells them (camelCase). Every field is optional or defaulted:
-//! [`crate::compile`] turns what is missing or wrong into a status
+//! [`crate::compile`](mod@crate::compile) turns what is missing or wrong into a status
 //! condition naming the field, never a parse error that loses the object.
 //! Unknown fields are ignored (objects carry status, managed fields).
 
@@ -51,7 +52,31 @@ pub struct Listener {
     pub port: i64,
     /// `HTTP`, `HTTPS`, `TLS`, `TCP`, `UDP`.
     pub protocol: String,
+    pub tls: Option<ListenerTls>,
     pub allowed_routes: Option<AllowedRoutes>,
+}
+
+/// A listener's `tls`: what `HTTPS` and `TLS` listeners do with TLS.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ListenerTls {
+    /// `Terminate` (the default) or `Passthrough`.
+    pub mode: Option<String>,
+    /// Core `Secret`s (`kubernetes.io/tls`) with the certificate chain and key.
+    pub certificate_refs: Vec<SecretRef>,
+}
+
+/// A reference to a Secret (the Gateway API's `SecretObjectReference`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SecretRef {
+    /// Default `""` (core).
+    pub group: Option<String>,
+    /// Default `Secret`.
+    pub kind: Option<String>,
+    pub name: String,
+    /// Default: the Gateway's.
+    pub namespace: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -215,6 +240,83 @@ pub struct HttpRouteTimeouts {
     /// Gateway API durations (`10s`, `500ms`, `1h30m`).
     pub request: Option<String>,
     pub backend_request: Option<String>,
+}
+
+/// `GRPCRoute` (v1).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct GrpcRoute {
+    pub metadata: Metadata,
+    pub spec: GrpcRouteSpec,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GrpcRouteSpec {
+    pub parent_refs: Vec<ParentRef>,
+    pub hostnames: Vec<String>,
+    pub rules: Vec<GrpcRouteRule>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GrpcRouteRule {
+    pub name: Option<String>,
+    pub matches: Vec<GrpcRouteMatch>,
+    /// `RequestHeaderModifier` and `ResponseHeaderModifier` are applied.
+    pub filters: Vec<HttpRouteFilter>,
+    pub backend_refs: Vec<HttpBackendRef>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GrpcRouteMatch {
+    pub method: Option<GrpcMethodMatch>,
+    pub headers: Vec<ValueMatch>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GrpcMethodMatch {
+    /// `Exact` (the default) or `RegularExpression`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// `package.Service`; any when absent.
+    pub service: Option<String>,
+    /// Any when absent.
+    pub method: Option<String>,
+}
+
+/// `TLSRoute` (v1alpha2): TLS connections by SNI, passed through.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TlsRoute {
+    pub metadata: Metadata,
+    pub spec: L4RouteSpec,
+}
+
+/// `TCPRoute` (v1alpha2): every connection to the listener's port.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TcpRoute {
+    pub metadata: Metadata,
+    pub spec: L4RouteSpec,
+}
+
+/// The spec `TLSRoute` and `TCPRoute` share (`TCPRoute` has no hostnames).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct L4RouteSpec {
+    pub parent_refs: Vec<ParentRef>,
+    pub hostnames: Vec<String>,
+    pub rules: Vec<L4RouteRule>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct L4RouteRule {
+    pub name: Option<String>,
+    pub backend_refs: Vec<HttpBackendRef>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

@@ -13,27 +13,33 @@
 //!     -> Dispatcher::send (the Service's endpoints) -> response header edits
 //! ```
 //!
+//! HTTPS listeners terminate TLS first and hand the session to the same
+//! front; TLS passthrough and TCP listeners go to [`crate::l4`].
+//!
 //! The listener's own pseudo pool (no endpoints) names the Gateway and the
 //! listener's port in the front's metrics and error texts.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use edgemesh_core::{LbStrategy, ServiceKey};
 use edgemesh_http::{DispatchError, RequestContext, SendFuture, TimeoutOverride, Upstream};
 use edgemesh_proxy::pool::{Pool, Targets};
-use edgemesh_proxy::{HttpConnection, HttpServe, Reach};
+use edgemesh_proxy::{ClientStream, HttpConnection, HttpServe, Reach};
 use hyper::body::Incoming;
 use hyper::header::HOST;
 use hyper::http::uri::{Authority, PathAndQuery};
 use hyper::{Request, Uri};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::Compiled;
 use crate::backend::{ServiceRef, Target};
 use crate::compile::ObjectRef;
+use crate::compile::Protocol;
 use crate::filter::{HeaderEdits, Origin};
 use crate::hostname::request_host;
 use crate::matching::RequestView;
@@ -59,7 +65,8 @@ pub struct GatewayUpstream {
     routes: Arc<ArcSwap<Compiled>>,
     pools: Arc<dyn ServicePools>,
     dispatcher: Arc<dyn Upstream>,
-    /// `http` or `https`: what redirects keep when they name no scheme.
+    /// `http` or `https`: what redirects keep when they name no scheme,
+    /// on ports the compiled objects do not say are HTTPS.
     scheme: &'static str,
 }
 
@@ -86,8 +93,13 @@ impl GatewayUpstream {
             .unwrap_or_default();
         let host = request_host(authority);
         let no_route = || DispatchError::NoRoute { host: host.clone(), path: req.uri().path().to_owned() };
-        let (action, matched_prefix) = {
+        let (action, matched_prefix, scheme) = {
             let compiled = self.routes.load();
+            let scheme = match compiled.protocols.get(&listener_port) {
+                Some(Protocol::Https) => "https",
+                Some(_) => "http",
+                None => self.scheme,
+            };
             let table = compiled.tables.get(&listener_port).ok_or_else(no_route)?;
             let view = RequestView {
                 method: req.method(),
@@ -96,12 +108,12 @@ impl GatewayUpstream {
                 headers: req.headers(),
             };
             let routed = table.route(&host, &view).ok_or_else(no_route)?;
-            (routed.action.clone(), routed.matched_prefix.map(str::to_owned))
+            (routed.action.clone(), routed.matched_prefix.map(str::to_owned), scheme)
         };
         let filters = &action.filters;
         if let Some(redirect) = &filters.redirect {
             let origin = Origin {
-                scheme: self.scheme,
+                scheme,
                 host: &host,
                 listener_port,
                 path: req.uri().path(),
@@ -202,9 +214,54 @@ pub struct ListenerContext {
     pub drain: CancellationToken,
 }
 
+/// What a listener needs to serve more than HTTP: the compiled objects
+/// (each connection reads its port's protocol, certificates and L4 routes
+/// from the current ones), the Services' pools (for L4 backends) and the
+/// port's TLS settings.
+#[derive(Clone)]
+pub struct GatewayRouting {
+    pub routes: Arc<ArcSwap<Compiled>>,
+    pub pools: Arc<dyn ServicePools>,
+    /// The port's TLS server (see [`crate::tls::server_config`]).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// How long a client may take to send its ClientHello (passthrough)
+    /// or complete its TLS handshake (HTTPS); default
+    /// [`crate::tls::HANDSHAKE_TIMEOUT`].
+    pub handshake_timeout: std::time::Duration,
+    /// Connections this listener serves at once, of any protocol (0: no
+    /// bound but the front's and the process's); one more is reset.
+    pub max_connections: usize,
+    /// Connections it serves now.
+    pub connections: Arc<AtomicUsize>,
+}
+
+/// One of a listener's connections, given back when its task ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Accepts `listener`'s connections and hands each to `front` until
-/// `ctx.drain` is cancelled.
+/// `ctx.drain` is cancelled: an HTTP-only listener.
 pub async fn serve_listener(listener: TcpListener, front: Arc<dyn HttpServe>, ctx: ListenerContext) {
+    serve_gateway_listener(listener, front, ctx, None).await;
+}
+
+/// Accepts `listener`'s connections until `ctx.drain` is cancelled, each
+/// served by its port's protocol in the current compile: HTTP to `front`;
+/// HTTPS after a TLS handshake (within `routing.handshake_timeout`)
+/// to `front`; TLS passthrough and TCP at L4 ([`crate::l4`]). Without
+/// `routing`, every connection is HTTP.
+pub async fn serve_gateway_listener(
+    listener: TcpListener,
+    front: Arc<dyn HttpServe>,
+    ctx: ListenerContext,
+    routing: Option<GatewayRouting>,
+) {
+    let port = ctx.pool.port;
     loop {
         let accepted = tokio::select! {
             () = ctx.drain.cancelled() => return,
@@ -220,15 +277,75 @@ pub async fn serve_listener(listener: TcpListener, front: Arc<dyn HttpServe>, ct
             }
         };
         let _ = client.set_nodelay(true);
-        let conn = HttpConnection {
-            client,
-            peer,
-            pool: ctx.pool.clone(),
-            reach: Reach::direct(),
-            connect_timeout: ctx.connect_timeout,
-            upstream_mark: ctx.upstream_mark,
-            drain: ctx.drain.clone(),
+        let Some(routing) = &routing else {
+            tokio::spawn(front.serve(http_connection(ClientStream::Tcp(client), peer, &ctx)));
+            continue;
         };
-        tokio::spawn(front.serve(conn));
+        if routing.connections.fetch_add(1, Ordering::AcqRel) >= routing.max_connections && routing.max_connections > 0
+        {
+            routing.connections.fetch_sub(1, Ordering::AcqRel);
+            tracing::debug!(%peer, port, max = routing.max_connections, "gateway listener at its connection limit: reset");
+            let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+            continue;
+        }
+        let slot = Slot(routing.connections.clone());
+        let protocol = routing.routes.load().protocols.get(&port).copied();
+        match protocol {
+            Some(Protocol::Http) => {
+                let served = front.serve(http_connection(ClientStream::Tcp(client), peer, &ctx));
+                tokio::spawn(with_slot(served, slot));
+            }
+            Some(Protocol::Https) => {
+                tokio::spawn(with_slot(https(client, peer, front.clone(), ctx.clone(), routing.clone()), slot));
+            }
+            Some(Protocol::TlsPassthrough) => {
+                let served = crate::l4::passthrough(client, peer, ctx.clone(), routing.clone());
+                tokio::spawn(with_slot(served, slot));
+            }
+            Some(Protocol::Tcp) => {
+                tokio::spawn(with_slot(crate::l4::tcp(client, peer, ctx.clone(), routing.clone()), slot));
+            }
+            // The port's listeners went away; the listener closes at the next reconcile.
+            None => drop(client),
+        }
+    }
+}
+
+/// Runs `served`, holding the connection's place in its listener's limit.
+async fn with_slot(served: impl Future<Output = ()>, slot: Slot) {
+    served.await;
+    drop(slot);
+}
+
+fn http_connection(client: ClientStream, peer: SocketAddr, ctx: &ListenerContext) -> HttpConnection {
+    HttpConnection {
+        client,
+        peer,
+        pool: ctx.pool.clone(),
+        reach: Reach::direct(),
+        connect_timeout: ctx.connect_timeout,
+        upstream_mark: ctx.upstream_mark,
+        drain: ctx.drain.clone(),
+    }
+}
+
+/// An HTTPS connection: the TLS handshake (the certificate chosen by SNI
+/// from the current compile), then the HTTP front over the session.
+async fn https(
+    client: TcpStream,
+    peer: SocketAddr,
+    front: Arc<dyn HttpServe>,
+    ctx: ListenerContext,
+    routing: GatewayRouting,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(routing.tls);
+    let session = tokio::select! {
+        () = ctx.drain.cancelled() => return,
+        handshake = tokio::time::timeout(routing.handshake_timeout, acceptor.accept(client)) => handshake,
+    };
+    match session {
+        Ok(Ok(session)) => front.serve(http_connection(ClientStream::Tls(Box::new(session)), peer, &ctx)).await,
+        Ok(Err(e)) => tracing::debug!(%peer, port = ctx.pool.port, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, port = ctx.pool.port, "TLS handshake not complete in time"),
     }
 }

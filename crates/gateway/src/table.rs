@@ -10,6 +10,9 @@
 //! still reaches a matching rule of a `*.example.com` or host-less route,
 //! as the API's precedence (rather than a virtual-host split) reads.
 //!
+//! GRPCRoutes' entries come first, in gRPC precedence (see [`crate::grpc`]),
+//! and only gRPC requests look at them.
+//!
 //! Lookup is a scan in that order: an edge gateway holds tens of rules; a
 //! table grown to thousands would want an index by precise host first.
 
@@ -19,6 +22,7 @@ use std::time::Duration;
 use crate::backend::Backends;
 use crate::compile::ObjectRef;
 use crate::filter::Filters;
+use crate::grpc::GrpcRank;
 use crate::hostname::Hostname;
 use crate::matching::{Match, PathMatch, RequestView};
 
@@ -55,6 +59,8 @@ pub struct Order {
 struct Entry {
     host: Hostname,
     matcher: Match,
+    /// A GRPCRoute's entry: the characters its method match names.
+    grpc: Option<GrpcRank>,
     order: Order,
     action: Arc<RouteAction>,
 }
@@ -76,16 +82,35 @@ pub struct RouteTable {
 impl RouteTable {
     /// Adds one (hostname, match) of a rule; call [`RouteTable::sort`] once all are in.
     pub fn push(&mut self, host: Hostname, matcher: Match, order: Order, action: Arc<RouteAction>) {
-        self.entries.push(Entry { host, matcher, order, action });
+        self.entries.push(Entry { host, matcher, grpc: None, order, action });
     }
 
-    /// Puts the entries in precedence order.
+    /// Adds one (hostname, match) of a GRPCRoute's rule (see [`crate::grpc`]).
+    pub fn push_grpc(
+        &mut self,
+        host: Hostname,
+        matcher: Match,
+        rank: GrpcRank,
+        order: Order,
+        action: Arc<RouteAction>,
+    ) {
+        self.entries.push(Entry { host, matcher, grpc: Some(rank), order, action });
+    }
+
+    /// Puts the entries in precedence order: GRPCRoutes' before
+    /// HTTPRoutes' (they are never compared: a gRPC request tries the
+    /// first, then the second), each by its kind's precedence.
     pub fn sort(&mut self) {
         self.entries.sort_by(|a, b| {
-            b.host
-                .specificity(&a.host)
-                .then_with(|| b.matcher.precedence(&a.matcher))
-                .then_with(|| a.order.cmp(&b.order))
+            b.grpc.is_some().cmp(&a.grpc.is_some()).then_with(|| {
+                let by_match = match (a.grpc, b.grpc) {
+                    (Some(ra), Some(rb)) => {
+                        rb.cmp(&ra).then_with(|| b.matcher.headers.len().cmp(&a.matcher.headers.len()))
+                    }
+                    _ => b.matcher.precedence(&a.matcher),
+                };
+                b.host.specificity(&a.host).then(by_match).then_with(|| a.order.cmp(&b.order))
+            })
         });
     }
 
@@ -99,8 +124,15 @@ impl RouteTable {
 
     /// The route of a request for `host` (lowercase, no port: see
     /// [`crate::hostname::request_host`]), or None (answered 404).
+    /// A gRPC request (`content-type: application/grpc...`) tries the
+    /// GRPCRoutes first; other requests only the HTTPRoutes.
     pub fn route(&self, host: &str, request: &RequestView<'_>) -> Option<Routed<'_>> {
-        let entry = self.entries.iter().find(|e| e.host.matches(host) && e.matcher.matches(request))?;
+        let grpc = is_grpc(request);
+        let entry = self
+            .entries
+            .iter()
+            .filter(|e| grpc || e.grpc.is_none())
+            .find(|e| e.host.matches(host) && e.matcher.matches(request))?;
         let matched_prefix = match &entry.matcher.path {
             PathMatch::Prefix(p) => Some(p.as_str()),
             _ => None,
@@ -112,6 +144,14 @@ impl RouteTable {
     pub fn describe(&self) -> Vec<String> {
         self.entries.iter().map(|e| format!("{} {}#{}", e.host, e.order.route, e.order.rule)).collect()
     }
+}
+
+/// Whether a request is a gRPC call (its content type).
+fn is_grpc(request: &RequestView<'_>) -> bool {
+    request
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().get(..16).is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc")))
 }
 
 impl PartialEq for RouteAction {

@@ -145,7 +145,7 @@ fn requests_land_by_hostname_then_match_precedence_then_route_age() {
     // A route of another namespace is not allowed on `web` (Same), and
     // the `open` listener (All) takes the dashboard route.
     assert_eq!(lands(&c, 8000, "anything.local/", &[]).as_deref(), Some("shop/dashboard#0"));
-    assert!(!c.tables.contains_key(&443), "HTTPS is not served yet");
+    assert!(!c.tables.contains_key(&443), "an HTTPS listener without a certificate is not served");
     assert!(!c.tables.contains_key(&81), "another class's Gateway is not ours");
 }
 
@@ -205,8 +205,9 @@ fn status_says_what_was_not_used_and_why() {
     let listener = |name: &str| edge.listeners.iter().find(|l| l.name == name).unwrap();
     assert_eq!(listener("web").attached_routes, 2, "shop and api-wide; not nowhere, not invoices");
     assert!(cond(&listener("web").conditions, "Programmed").status);
-    let tls = cond(&listener("tls").conditions, "Accepted");
-    assert_eq!((tls.status, tls.reason), (false, "UnsupportedProtocol"));
+    let tls = cond(&listener("tls").conditions, "ResolvedRefs");
+    assert_eq!((tls.status, tls.reason), (false, "InvalidCertificateRef"), "HTTPS without tls.certificateRefs");
+    assert!(!cond(&listener("tls").conditions, "Programmed").status);
     let again = cond(&listener("again").conditions, "Conflicted");
     assert_eq!((again.status, again.reason), (true, "HostnameConflict"));
     assert!(!cond(&listener("again").conditions, "Programmed").status);

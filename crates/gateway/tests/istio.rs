@@ -137,8 +137,10 @@ fn what_cannot_be_translated_is_refused_by_name_and_order_differences_are_told()
     assert_eq!(t.grants.len(), 1, "exactly the one reference across namespaces");
     // The refused rules route nothing: /login goes where the catch-all sends it.
     assert!(lands(&c, 8080, "any.host", "/login").unwrap().starts_with("shop/web"));
-    // The HTTPS server is translated, and says it is not served yet.
+    // The HTTPS server is translated with its credentialName as the
+    // certificate; no certificate source here, so it says so.
     let listener = c.gateways.values().next().unwrap().listeners.iter().find(|l| l.name == "secure").unwrap();
-    let accepted = listener.conditions.iter().find(|c| c.kind == "Accepted").unwrap();
-    assert_eq!((accepted.status, accepted.reason), (false, "UnsupportedProtocol"));
+    let refs = listener.conditions.iter().find(|c| c.kind == "ResolvedRefs").unwrap();
+    assert_eq!((refs.status, refs.reason), (false, "InvalidCertificateRef"), "{refs:?}");
+    assert!(refs.message.contains("no certificate source"), "{refs:?}");
 }

@@ -105,7 +105,7 @@ impl HttpProxy {
     {
         self.shared.connections.fetch_add(1, Ordering::AcqRel);
         let slot = Slot(self.shared.clone());
-        connection::serve_stream(self.shared.clone(), client, ctx, drain, slot)
+        connection::serve_stream(self.shared.clone(), client, ctx, drain, slot, connection::Scheme::Http)
     }
 }
 
@@ -117,11 +117,14 @@ impl HttpServe for HttpProxy {
             self.shared.metrics.limits.hit(Limit::Connections, Some(conn.peer));
             // A reset, as the proxy refuses connections over its own limit:
             // the client sees a refusal at once, not an empty reply.
-            let _ = socket2::SockRef::from(&conn.client).set_linger(Some(Duration::ZERO));
+            // (A TLS session is closed as it drops: its handshake is done.)
+            if let edgemesh_proxy::ClientStream::Tcp(client) = &conn.client {
+                let _ = socket2::SockRef::from(client).set_linger(Some(Duration::ZERO));
+            }
             return Box::pin(std::future::ready(()));
         }
         let slot = Slot(self.shared.clone());
-        Box::pin(connection::serve(self.shared.clone(), conn, slot))
+        connection::serve(self.shared.clone(), conn, slot)
     }
 
     fn port_removed(&self, service: &Arc<str>, port: u16) {

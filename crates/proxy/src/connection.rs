@@ -29,12 +29,13 @@ use std::time::{Duration, Instant};
 use edgemesh_core::{HashKey, LbStrategy};
 use edgemesh_metrics::Counter;
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::balance;
 use crate::error::ProxyError;
-use crate::http::{HttpConnection, HttpServe};
+use crate::http::{ClientStream, HttpConnection, HttpServe};
 use crate::metrics::{FailReason, ProxyMetrics};
 use crate::pool::Pool;
 use crate::remote::{Reach, RemoteStream};
@@ -178,21 +179,119 @@ async fn serve(client: TcpStream, peer: IpAddr, active: Active) {
     .await;
 }
 
-async fn proxy(client: TcpStream, peer: IpAddr, pool: &Arc<Pool>, shared: &Shared) {
+/// The connection's work: the HTTP layer's, or forwarding. A plain
+/// function choosing between two futures, so that the forwarding future is
+/// not nested in another one (each level would keep its own copy of the
+/// arguments in the connection's task).
+fn proxy<'a>(
+    client: TcpStream,
+    peer: IpAddr,
+    pool: &'a Arc<Pool>,
+    shared: &'a Shared,
+) -> impl Future<Output = ()> + Send + 'a {
     if let Some(http) = &shared.http
         && pool.targets().app_protocol.is_http()
     {
         // `serve` is boxed already: the L4 future does not grow.
-        return http.serve(http_connection(client, peer, pool, shared)).await;
+        return Either::Left(http.serve(http_connection(client, peer, pool, shared)));
     }
+    Either::Right(forward_to(client, peer, pool, shared))
+}
+
+/// Where a connection's dial settings come from: the proxy's live
+/// settings ([`Shared`]) or a caller outside the proxy ([`L4Dial`]).
+/// Generic, so that the proxy's own connections hold one reference for
+/// them, read when needed.
+trait Dial: Sync {
+    fn reach(&self) -> &Reach;
+    fn connect_timeout(&self) -> Duration;
+    fn upstream_mark(&self) -> Option<u32>;
+    fn lifetime(&self) -> Lifetime;
+    /// A connection could not be forwarded.
+    fn failed(&self) {}
+}
+
+impl Dial for Shared {
+    fn reach(&self) -> &Reach {
+        &self.reach
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        self.live.connect_timeout()
+    }
+
+    fn upstream_mark(&self) -> Option<u32> {
+        self.config.upstream_mark
+    }
+
+    fn lifetime(&self) -> Lifetime {
+        self.live.lifetime()
+    }
+
+    fn failed(&self) {
+        self.status.failed_connections.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Dial for L4Dial {
+    fn reach(&self) -> &Reach {
+        &self.reach
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    fn upstream_mark(&self) -> Option<u32> {
+        self.upstream_mark
+    }
+
+    fn lifetime(&self) -> Lifetime {
+        Lifetime { idle: self.idle_timeout, max: self.max_duration }
+    }
+}
+
+/// How a connection accepted outside the proxy (the gateway's TCP and TLS
+/// passthrough listeners) reaches a pool's endpoints: what the proxy's
+/// own connections read from its settings.
+#[derive(Clone)]
+pub struct L4Dial {
+    /// Which endpoints are dialled directly and which through the tunnel.
+    pub reach: Reach,
+    /// How long one direct connect may take.
+    pub connect_timeout: Duration,
+    /// Mark for upstream sockets (`intercept.mark`).
+    pub upstream_mark: Option<u32>,
+    /// No byte either way for this long closes the connection (0: never).
+    pub idle_timeout: Duration,
+    /// Open this long resets the connection (0: never).
+    pub max_duration: Duration,
+}
+
+/// Forwards `client` to one of `pool`'s endpoints as the proxy forwards its
+/// own connections: the pool's pick and passive health, connect with retry
+/// on the next endpoint, local endpoints spliced and remote ones through
+/// the tunnel, the pool's metrics, the lifetime bounds. Bytes the caller
+/// only peeked at (`MSG_PEEK`) are forwarded too. When no endpoint can be
+/// reached, the client is reset and the pool says why.
+pub async fn forward(client: TcpStream, peer: IpAddr, pool: &Arc<Pool>, dial: &L4Dial) {
+    pool.metrics.tcp().opened.inc();
+    pool.metrics.tcp().active.inc();
+    forward_to(client, peer, pool, dial).await;
+    pool.metrics.tcp().active.dec();
+}
+
+/// The forwarding of one admitted connection; one that cannot be
+/// connected is counted, reported, and the client reset.
+async fn forward_to<D: Dial>(client: TcpStream, peer: IpAddr, pool: &Arc<Pool>, dial: &D) {
     let accepted = tokio::time::Instant::now();
     // `client` has TCP_NODELAY from its listening socket.
     // Boxed: the connect phase (header peek, timer, retry loop) is larger
     // than the forwarding phase and is over in a moment.
-    let upstream = match Box::pin(connect(pool, &client, peer, shared)).await {
+    let upstream = match Box::pin(connect(pool, &client, peer, dial)).await {
         Ok(upstream) => upstream,
         Err(error) => {
-            shared.status.failed_connections.fetch_add(1, Ordering::Relaxed);
+            dial.failed();
             pool.metrics.tcp().failed(FailReason::of(&error)).inc();
             if !matches!(error, ProxyError::AllBackendsFailed { .. }) {
                 // Each endpoint failure was reported already.
@@ -206,7 +305,7 @@ async fn proxy(client: TcpStream, peer: IpAddr, pool: &Arc<Pool>, shared: &Share
     let result = match upstream {
         Upstream::Local(backend) => {
             let forward = splice::forward_counting(&client, &backend, counters);
-            let result = lifetime::within(forward, splice::Forward::moved, accepted, shared.live.lifetime()).await;
+            let result = lifetime::within(forward, splice::Forward::moved, accepted, dial.lifetime()).await;
             if matches!(result, Err(Cut::MaxDuration)) {
                 // Cut mid-stream: a FIN would pass for a complete reply.
                 reset(backend);
@@ -216,9 +315,7 @@ async fn proxy(client: TcpStream, peer: IpAddr, pool: &Arc<Pool>, shared: &Share
         }
         // Boxed: copying to the tunnel needs buffers and a larger future;
         // keep the common, local connection's future small.
-        Upstream::Remote(stream) => {
-            Box::pin(forward_remote(client, stream, counters, accepted, shared.live.lifetime())).await
-        }
+        Upstream::Remote(stream) => Box::pin(forward_remote(client, stream, counters, accepted, dial.lifetime())).await,
     };
     pool.metrics.tcp().duration.observe(accepted.elapsed().as_secs_f64());
     match result {
@@ -227,7 +324,7 @@ async fn proxy(client: TcpStream, peer: IpAddr, pool: &Arc<Pool>, shared: &Share
         Err(cut) => {
             pool.metrics.tcp().cut(cut).inc();
             if pool.time_limits.allow() {
-                let lifetime = shared.live.lifetime();
+                let lifetime = dial.lifetime();
                 let (setting, after) = match cut {
                     Cut::Idle => ("proxy.idleTimeout", lifetime.idle),
                     Cut::MaxDuration => ("proxy.maxConnectionDuration", lifetime.max),
@@ -244,7 +341,7 @@ async fn proxy(client: TcpStream, peer: IpAddr, pool: &Arc<Pool>, shared: &Share
 fn http_connection(client: TcpStream, peer: IpAddr, pool: &Arc<Pool>, shared: &Shared) -> HttpConnection {
     let peer = client.peer_addr().unwrap_or(SocketAddr::new(peer, 0));
     HttpConnection {
-        client,
+        client: ClientStream::Tcp(client),
         peer,
         pool: pool.clone(),
         reach: shared.reach.clone(),
@@ -301,9 +398,8 @@ async fn forward_remote(
 /// refuses or times out; each endpoint is tried at most once, and each
 /// failure ejects the endpoint for a while (see [`balance::Health`]).
 /// Endpoints on other nodes are opened through the tunnel, if there is one.
-async fn connect(pool: &Pool, client: &TcpStream, peer: IpAddr, shared: &Shared) -> Result<Upstream, ProxyError> {
-    let config = &shared.config;
-    let timeout = shared.live.connect_timeout();
+async fn connect<D: Dial>(pool: &Pool, client: &TcpStream, peer: IpAddr, dial: &D) -> Result<Upstream, ProxyError> {
+    let timeout = dial.connect_timeout();
     let targets = pool.targets();
     let n = targets.backends.len();
     if n == 0 {
@@ -326,8 +422,8 @@ async fn connect(pool: &Pool, client: &TcpStream, peer: IpAddr, shared: &Shared)
     for i in pool.plan(&targets, peer, key) {
         let backend = &targets.backends[i];
         let addr = backend.addr;
-        let error = if let Some((node, remote)) = shared.reach.remote_for(backend) {
-            let timeout = shared.reach.timeout();
+        let error = if let Some((node, remote)) = dial.reach().remote_for(backend) {
+            let timeout = dial.reach().timeout();
             match tokio::time::timeout(timeout, remote.open_tcp(node, addr, &pool.service)).await {
                 Ok(Ok(stream)) => {
                     pool.connected(&targets, peer, addr);
@@ -337,7 +433,7 @@ async fn connect(pool: &Pool, client: &TcpStream, peer: IpAddr, shared: &Shared)
                 Err(_) => ProxyError::RemoteTimedOut { node: node.to_owned(), addr, timeout },
             }
         } else {
-            match tokio::time::timeout(timeout, connect_one(addr, config.upstream_mark)).await {
+            match tokio::time::timeout(timeout, connect_one(addr, dial.upstream_mark())).await {
                 Ok(Ok(stream)) => {
                     pool.connected(&targets, peer, addr);
                     return connected(Upstream::Local(stream));

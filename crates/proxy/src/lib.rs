@@ -93,8 +93,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use connection::L4Dial;
 pub use error::ProxyError;
-pub use http::{HttpConnection, HttpFuture, HttpServe};
+pub use http::{ClientIo, ClientStream, HttpConnection, HttpFuture, HttpServe};
 pub use live::LiveSettings;
 pub use metrics::ProxyMetrics;
 pub use remote::{DatagramRecv, DatagramSend, Reach, Remote, RemoteDatagrams, RemoteFuture, RemoteStream};

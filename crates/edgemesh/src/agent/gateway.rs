@@ -23,7 +23,7 @@ use edgemesh_gateway::backend::ServiceRef;
 use edgemesh_gateway::listeners::{GatewayListeners, ListenerSettings};
 use edgemesh_gateway::objects::{self, GatewayInputs};
 use edgemesh_gateway::report::GatewayReport;
-use edgemesh_gateway::{Compiled, GatewayUpstream, ServiceLookup, ServicePools, compile};
+use edgemesh_gateway::{Compiled, FileCertificates, GatewayUpstream, ServiceLookup, ServicePools, compile_objects};
 use edgemesh_http::{HttpProxy, Upstream};
 use edgemesh_proxy::pool::Pool;
 use edgemesh_proxy::{ProxyStatus, Reach};
@@ -43,6 +43,8 @@ pub struct GatewayTask {
     snapshots: RegistryHandle,
     routes: Arc<ArcSwap<Compiled>>,
     listeners: GatewayListeners,
+    /// `gateway.certificates`: HTTPS listeners' certificates.
+    certificates: FileCertificates,
     report: GatewayReports,
     /// With the Kubernetes source: each object's status to write back.
     status: Option<(
@@ -65,8 +67,9 @@ impl GatewayTask {
         metrics: &mut edgemesh_metrics::Registry,
     ) -> Self {
         let routes = Arc::new(ArcSwap::from_pointee(Compiled::default()));
-        let pools = Arc::new(AgentPools { proxy, reach });
-        let upstream = GatewayUpstream::new(routes.clone(), pools, dispatcher, "http");
+        let pools: Arc<dyn ServicePools> = Arc::new(AgentPools { proxy, reach });
+        let upstream = GatewayUpstream::new(routes.clone(), pools.clone(), dispatcher, "http");
+        let routes_for_listeners = routes.clone();
         let front = HttpProxy::with_metrics(
             Arc::new(upstream),
             config.http.clone(),
@@ -84,7 +87,10 @@ impl GatewayTask {
             cluster_domain: config.dns.cluster_domain.clone(),
             snapshots,
             routes,
-            listeners: GatewayListeners::new(settings, Arc::new(front)),
+            listeners: GatewayListeners::new(settings, Arc::new(front))
+                .with_routes(routes_for_listeners, pools)
+                .with_max_connections(config.gateway.max_connections_per_listener),
+            certificates: FileCertificates::new(config.gateway.certificates.iter().cloned()),
             report,
             status: None,
         }
@@ -110,16 +116,23 @@ impl GatewayTask {
         }
         let mut compiled_at: Option<u64> = None;
         let mut referenced: HashSet<ServiceKey> = HashSet::new();
+        let mut files = self.certificates.stamp();
+        let mut poll = tokio::time::interval(CERTIFICATE_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let snapshot = self.snapshots.borrow_and_update().clone();
+            // A certificate file rewritten (rotated) compiles again.
+            let stamp = self.certificates.stamp();
+            let rotated = std::mem::replace(&mut files, stamp) != stamp;
             // Before the first full view, a route's Service may just not be
             // listed yet: wait rather than report it missing.
-            if snapshot.synced && needs_compile(&snapshot, compiled_at, &referenced) {
+            if snapshot.synced && (rotated || needs_compile(&snapshot, compiled_at, &referenced)) {
                 referenced = self.apply(&snapshot).await;
                 compiled_at = Some(snapshot.generation);
             }
             tokio::select! {
                 changed = self.snapshots.changed() => if changed.is_err() { break },
+                _ = poll.tick() => {}
                 () = shutdown.cancelled() => break,
             }
         }
@@ -131,7 +144,7 @@ impl GatewayTask {
     async fn apply(&mut self, snapshot: &Snapshot) -> HashSet<ServiceKey> {
         let inputs = objects::read(snapshot.routing_objects().map(|o| &**o), &self.cluster_domain);
         let lookup = SnapshotServices(snapshot);
-        let compiled = compile(&self.class, &inputs.gateways, &inputs.http_routes, &inputs.grants, &lookup);
+        let compiled = compile_objects(&self.class, &inputs.objects(), &lookup, &self.certificates);
         let ports = compiled.ports.clone();
         self.routes.store(Arc::new(compiled));
         let failed = self.listeners.reconcile(ports).await;
@@ -152,6 +165,9 @@ impl GatewayTask {
     }
 }
 
+/// How often `gateway.certificates`' files are checked for a change.
+const CERTIFICATE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Whether `snapshot` changes what the gateway compiled at `compiled_at`:
 /// its routing objects, or a Service they name.
 fn needs_compile(snapshot: &Snapshot, compiled_at: Option<u64>, referenced: &HashSet<ServiceKey>) -> bool {
@@ -169,10 +185,27 @@ fn needs_compile(snapshot: &Snapshot, compiled_at: Option<u64>, referenced: &Has
 /// namespace is in the route's).
 fn referenced_services(inputs: &GatewayInputs) -> HashSet<ServiceKey> {
     let mut out = HashSet::new();
+    let mut add = |namespace: &str, backend_namespace: &Option<String>, name: &str| {
+        out.insert(ServiceKey::new(backend_namespace.as_deref().unwrap_or(namespace), name));
+    };
     for route in &inputs.http_routes {
-        let namespace = route.metadata.namespace();
         for backend in route.spec.rules.iter().flat_map(|rule| &rule.backend_refs) {
-            out.insert(ServiceKey::new(backend.namespace.as_deref().unwrap_or(namespace), &backend.name));
+            add(route.metadata.namespace(), &backend.namespace, &backend.name);
+        }
+    }
+    for route in &inputs.grpc_routes {
+        for backend in route.spec.rules.iter().flat_map(|rule| &rule.backend_refs) {
+            add(route.metadata.namespace(), &backend.namespace, &backend.name);
+        }
+    }
+    for route in inputs
+        .tls_routes
+        .iter()
+        .map(|r| (&r.metadata, &r.spec.rules))
+        .chain(inputs.tcp_routes.iter().map(|r| (&r.metadata, &r.spec.rules)))
+    {
+        for backend in route.1.iter().flat_map(|rule| &rule.backend_refs) {
+            add(route.0.namespace(), &backend.namespace, &backend.name);
         }
     }
     out

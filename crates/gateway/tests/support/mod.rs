@@ -7,6 +7,8 @@ use edgemesh_gateway::schema::{Gateway, HttpRoute, ReferenceGrant};
 use edgemesh_gateway::{Compiled, ServiceLookup, compile};
 use serde::Deserialize;
 
+pub mod net;
+
 /// Services that exist: `namespace/name` and their ports.
 pub struct Services(pub BTreeMap<String, Vec<u16>>);
 

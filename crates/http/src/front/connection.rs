@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use edgemesh_proxy::HttpConnection;
+use edgemesh_proxy::{ClientStream, HttpConnection, HttpFuture};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
@@ -191,22 +191,37 @@ enum Check {
 }
 
 /// Serves `conn` until the client closes it, a limit closes it, or the
-/// proxy drops this future at shutdown.
-pub(super) async fn serve(front: Arc<Shared>, conn: HttpConnection, slot: Slot) {
+/// proxy drops this future at shutdown. Each kind of client stream is
+/// served by its own instance of [`serve_stream`]: a plain socket is read
+/// without indirection.
+pub(super) fn serve(front: Arc<Shared>, conn: HttpConnection, slot: Slot) -> HttpFuture {
     let HttpConnection { client, peer, pool, reach, connect_timeout, upstream_mark, drain } = conn;
     let ctx =
         RequestContext { pool, reach, connect_timeout, upstream_mark, client: peer, timeouts: Default::default() };
-    serve_stream(front, client, ctx, drain, slot).await;
+    match client {
+        ClientStream::Tcp(client) => Box::pin(serve_stream(front, client, ctx, drain, slot, Scheme::Http)),
+        ClientStream::Tls(client) => Box::pin(serve_stream(front, client, ctx, drain, slot, Scheme::Https)),
+    }
 }
 
-/// [`serve`] over any byte stream from the client (a TCP socket, or an
-/// in-memory one in the fuzz target); `ctx.client` is its peer.
+/// What the client's requests arrived over, for the forwarding headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Scheme {
+    Http,
+    /// A TLS session the gateway terminated.
+    Https,
+}
+
+/// [`serve`] over any byte stream from the client (a TCP socket, a TLS
+/// session, or an in-memory one in the fuzz target); `ctx.client` is its
+/// peer.
 pub(super) async fn serve_stream<S>(
     front: Arc<Shared>,
     client: S,
     ctx: RequestContext,
     drain: CancellationToken,
     _slot: Slot,
+    scheme: Scheme,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -220,7 +235,7 @@ pub(super) async fn serve_stream<S>(
     let now = Instant::now();
     let state = Arc::new(ConnState {
         peer,
-        forwarding: headers::Forwarding::new(peer.ip()),
+        forwarding: headers::Forwarding::with_tls(peer.ip(), scheme == Scheme::Https),
         accepted: now,
         read: AtomicU64::new(0),
         idle: AtomicBool::new(true),

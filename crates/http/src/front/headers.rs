@@ -95,12 +95,21 @@ fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
 pub struct Forwarding {
     /// `X-Forwarded-For`'s element: the address.
     xff: HeaderValue,
-    /// `Forwarded`'s element: `for=<node>;proto=http`.
+    /// `Forwarded`'s element: `for=<node>;proto=http` (or `https`).
     forwarded: HeaderValue,
+    /// `X-Forwarded-Proto`: `http`, or `https` on a terminated TLS session.
+    proto: HeaderValue,
 }
 
 impl Forwarding {
+    /// A client connected in cleartext.
     pub fn new(client: IpAddr) -> Self {
+        Self::with_tls(client, false)
+    }
+
+    /// A client connected over TLS (`https`) or not.
+    pub fn with_tls(client: IpAddr, tls: bool) -> Self {
+        let proto = if tls { "https" } else { "http" };
         let client = client.to_canonical();
         let node = match client {
             IpAddr::V4(ip) => ip.to_string(),
@@ -108,16 +117,21 @@ impl Forwarding {
             IpAddr::V6(ip) => format!("\"[{ip}]\""),
         };
         let value = |text: String| HeaderValue::try_from(text).expect("an address is a valid header value");
-        Self { xff: value(client.to_string()), forwarded: value(format!("for={node};proto=http")) }
+        Self {
+            xff: value(client.to_string()),
+            forwarded: value(format!("for={node};proto={proto}")),
+            proto: HeaderValue::from_static(proto),
+        }
     }
 }
 
 /// Appends the client to `X-Forwarded-For` and `Forwarded` (joining earlier
-/// proxies' values into one line each) and sets `X-Forwarded-Proto: http`.
+/// proxies' values into one line each) and sets `X-Forwarded-Proto` (`http`
+/// or `https`).
 pub fn add_forwarding(headers: &mut HeaderMap, client: &Forwarding) {
     append(headers, &X_FORWARDED_FOR, &client.xff);
     append(headers, &header::FORWARDED, &client.forwarded);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), client.proto.clone());
 }
 
 /// Sets `name` to its present values and `value`, comma-separated.
@@ -212,6 +226,11 @@ mod tests {
         let mut h = HeaderMap::new();
         add_forwarding(&mut h, &Forwarding::new("::ffff:192.0.2.9".parse().unwrap()));
         assert_eq!(h["x-forwarded-for"], "192.0.2.9", "a v4-mapped client is its IPv4 address");
+
+        let mut h = map(&[("x-forwarded-proto", "http")]);
+        add_forwarding(&mut h, &Forwarding::with_tls("192.0.2.7".parse().unwrap(), true));
+        assert_eq!(h["forwarded"], "for=192.0.2.7;proto=https");
+        assert_eq!(h["x-forwarded-proto"], "https", "a terminated TLS session is https, whatever the client said");
     }
 
     #[test]

@@ -134,7 +134,7 @@ impl Front {
             loop {
                 let Ok((client, peer)) = listener.accept().await else { return };
                 let conn = HttpConnection {
-                    client,
+                    client: client.into(),
                     peer,
                     pool: pool.clone(),
                     reach: Reach::direct(),

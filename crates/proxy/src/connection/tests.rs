@@ -50,7 +50,7 @@ async fn connection_future_stays_small() {
     let serve_size = std::mem::size_of_val(&fut);
     let forward = splice::forward(&a, &b);
     let forward_size = std::mem::size_of_val(&forward);
-    let connect = connect(&pool, &probe, peer, &shared);
+    let connect = connect(&pool, &probe, peer, &*shared);
     let connect_size = std::mem::size_of_val(&connect);
     eprintln!("serve future: {serve_size} B, forward: {forward_size} B, connect (boxed): {connect_size} B");
     // 512 before metrics; +24 for them: the accept time (the duration

@@ -1,0 +1,270 @@
+//! HTTPS listeners for real: TLS terminated by the gateway with
+//! certificates from a test CA, chosen by SNI among the listeners of one
+//! port, checked by curl (`--cacert`, `--resolve`) and a rustls client that
+//! compares the certificate presented; and a certificate rotated under a
+//! loop of requests on new connections, with no failed request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use edgemesh_core::AppProtocol;
+use edgemesh_gateway::tls::{CertificateFile, FileCertificates};
+use tokio::sync::Mutex;
+
+mod support;
+
+use support::net::{
+    Ca, Loaded, MemoryCertificates, RunningGateway, StaticPools, curl, get, http_backend, own_loopback, tls_connect,
+};
+
+fn objects(port: u16) -> String {
+    format!(
+        r#"
+kind: Gateway
+metadata: {{name: edge, namespace: shop}}
+spec:
+  gatewayClassName: edgemesh
+  listeners:
+  - {{name: shop, port: {port}, protocol: HTTPS, hostname: shop.example.com, tls: {{certificateRefs: [{{name: shop-tls}}]}}}}
+  - {{name: wild, port: {port}, protocol: HTTPS, hostname: "*.example.com", tls: {{mode: Terminate, certificateRefs: [{{kind: Secret, name: wild-tls}}]}}}}
+  - {{name: default, port: {port}, protocol: HTTPS, tls: {{certificateRefs: [{{name: default-tls}}]}}}}
+---
+kind: HTTPRoute
+metadata: {{name: web, namespace: shop}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules:
+  - backendRefs: [{{name: web, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /old}}}}]
+    filters: [{{type: RequestRedirect, requestRedirect: {{hostname: new.example.com}}}}]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_test_ca_and_sni_choosing_among_certificates() {
+    let ca = Ca::new();
+    let (shop, wild, default) =
+        (ca.issue(&["shop.example.com"]), ca.issue(&["*.example.com"]), ca.issue(&["default.test"]));
+    let certs = MemoryCertificates::default();
+    certs.set("shop", "shop-tls", shop.pem.clone());
+    certs.set("shop", "wild-tls", wild.pem.clone());
+    certs.set("shop", "default-tls", default.pem.clone());
+    let port = 18443;
+    let compiled = Loaded::parse(&objects(port)).compile(&[("shop/web", 80)], &certs);
+    let pools = StaticPools::default().with("shop", "web", 80, http_backend("web").await, AppProtocol::Http1);
+    let gateway = RunningGateway::start(compiled, pools, own_loopback(1)).await;
+    let ip = gateway.ip;
+
+    // curl trusts the test CA only: each name verifies against the
+    // certificate the gateway chose for it, and the request is https.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let ca_arg = ca_file.to_str().unwrap();
+    for name in ["shop.example.com", "cart.example.com", "default.test"] {
+        let resolve = format!("{name}:{port}:{ip}");
+        let url = format!("https://{name}:{port}/");
+        let (ok, out) = curl(&["--cacert", ca_arg, "--resolve", &resolve, "-w", " %{http_code}", &url]).await;
+        assert!(ok, "{name}: {out}");
+        assert_eq!(out, format!("web proto=https host={name}:{port} 200"), "{name}");
+    }
+    // A redirect that names no scheme keeps the listener's: https.
+    let resolve = format!("shop.example.com:{port}:{ip}");
+    let url = format!("https://shop.example.com:{port}/old/x");
+    let (ok, out) =
+        curl(&["--cacert", ca_arg, "--resolve", &resolve, "-o", "/dev/null", "-w", "%{redirect_url}", &url]).await;
+    assert!(ok && out.starts_with("https://new.example.com"), "{out}");
+    // HTTP/2 over TLS (ALPN h2) as well.
+    let resolve = format!("shop.example.com:{port}:{ip}");
+    let (ok, out) = curl(&[
+        "--http2",
+        "--cacert",
+        ca_arg,
+        "--resolve",
+        &resolve,
+        "-w",
+        " %{http_version}",
+        &format!("https://shop.example.com:{port}/"),
+    ])
+    .await;
+    assert!(ok && out.ends_with(" 2"), "{out}");
+
+    // Which certificate each name got: the most specific listener's; no
+    // SNI or an unknown name: the listener without hostname.
+    let client = ca.client();
+    for (name, want) in [("shop.example.com", &shop), ("cart.example.com", &wild), ("default.test", &default)] {
+        let (mut session, presented) = tls_connect(&client, gateway.addr(port), name).await.unwrap();
+        assert!(presented == want.der, "{name} got another certificate");
+        assert_eq!(get(&mut session, name, "/").await.unwrap().0, 200);
+    }
+    // A name only the default certificate could serve: the client refuses it.
+    assert!(tls_connect(&client, gateway.addr(port), "other.test").await.is_err());
+    // Plain HTTP on the HTTPS port is not served.
+    let (ok, _) = curl(&[&format!("http://{ip}:{port}/")]).await;
+    assert!(!ok);
+}
+
+#[test]
+fn missing_invalid_and_ungranted_certificates_are_listener_conditions_and_the_rest_is_served() {
+    let ca = Ca::new();
+    let certs = MemoryCertificates::default();
+    certs.set("shop", "good", ca.issue(&["shop.example.com"]).pem);
+    certs.set("other", "theirs", ca.issue(&["theirs.example.com"]).pem);
+    let mut mismatched = ca.issue(&["x.example.com"]).pem;
+    mismatched.key = ca.issue(&["y.example.com"]).pem.key;
+    certs.set("shop", "mismatched", mismatched);
+    let mut junk = ca.issue(&["x.example.com"]).pem;
+    junk.chain = b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n".to_vec();
+    certs.set("shop", "junk", junk);
+    let yaml = |grant: &str| {
+        format!(
+            r#"
+kind: Gateway
+metadata: {{name: edge, namespace: shop, generation: 2}}
+spec:
+  gatewayClassName: edgemesh
+  listeners:
+  - {{name: good, port: 443, protocol: HTTPS, tls: {{certificateRefs: [{{name: good}}]}}}}
+  - {{name: missing, port: 444, protocol: HTTPS, tls: {{certificateRefs: [{{name: nope}}]}}}}
+  - {{name: mismatched, port: 445, protocol: HTTPS, tls: {{certificateRefs: [{{name: mismatched}}]}}}}
+  - {{name: junk, port: 446, protocol: HTTPS, tls: {{certificateRefs: [{{name: junk}}]}}}}
+  - {{name: foreign, port: 447, protocol: HTTPS, tls: {{certificateRefs: [{{name: theirs, namespace: other}}]}}}}
+  - {{name: second, port: 448, protocol: HTTPS, tls: {{certificateRefs: [{{name: nope}}, {{name: good}}]}}}}
+  - {{name: configmap, port: 449, protocol: HTTPS, tls: {{certificateRefs: [{{kind: ConfigMap, name: good}}]}}}}
+  - {{name: passthrough, port: 450, protocol: HTTPS, tls: {{mode: Passthrough}}}}
+{grant}"#
+        )
+    };
+    let compiled = Loaded::parse(&yaml("")).compile(&[], &certs);
+    let edge = compiled.gateways.values().next().unwrap();
+    let listener = |name: &str| &edge.listeners.iter().find(|l| l.name == name).unwrap().conditions;
+    let cond = |name: &str, kind: &str| {
+        let c = listener(name).iter().find(|c| c.kind == kind).unwrap_or_else(|| panic!("{name}: no {kind}"));
+        (c.status, c.reason, c.message.clone())
+    };
+    assert!(cond("good", "ResolvedRefs").0);
+    assert!(cond("good", "Programmed").0);
+    for (name, reason, says) in [
+        ("missing", "InvalidCertificateRef", "tls.certificateRefs[0]: no such Secret"),
+        ("mismatched", "InvalidCertificateRef", "the key cannot be used with the certificate"),
+        ("junk", "InvalidCertificateRef", "Secret shop/junk"),
+        ("foreign", "RefNotPermitted", "no ReferenceGrant there allows Gateways from shop"),
+        ("configmap", "InvalidCertificateRef", "ConfigMap (group \"\") is not a Secret"),
+    ] {
+        let (status, why, message) = cond(name, "ResolvedRefs");
+        assert_eq!((status, why), (false, reason), "{name}: {message}");
+        assert!(message.contains(says), "{name}: {message}");
+        assert!(!cond(name, "Programmed").0, "{name} is not served");
+    }
+    // One bad reference of two: served with the good one, and said.
+    assert!(!cond("second", "ResolvedRefs").0);
+    assert!(cond("second", "Programmed").0);
+    let (status, reason, _) = cond("passthrough", "Accepted");
+    assert_eq!((status, reason), (false, "UnsupportedValue"));
+    assert_eq!(compiled.ports.keys().copied().collect::<Vec<_>>(), [443, 448]);
+
+    // A ReferenceGrant in the Secret's namespace lets the Gateway use it.
+    let grant = "---\nkind: ReferenceGrant\nmetadata: {name: certs, namespace: other}\n\
+                 spec: {from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: shop}], to: [{group: '', kind: Secret}]}\n";
+    let compiled = Loaded::parse(&yaml(grant)).compile(&[], &certs);
+    assert!(compiled.ports.contains_key(&447), "granted");
+}
+
+/// Writes a certificate's PEM files as a rotation would: new files renamed
+/// over the old ones.
+fn write_pem(dir: &std::path::Path, issued: &support::net::Issued) {
+    for (name, bytes) in [("tls.crt", &issued.pem.chain), ("tls.key", &issued.pem.key)] {
+        let tmp = dir.join(format!("{name}.new"));
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_rotated_under_load_fails_no_request_and_new_handshakes_see_it() {
+    let ca = Ca::new();
+    let (old, new) = (ca.issue(&["shop.example.com"]), ca.issue(&["shop.example.com"]));
+    let dir = tempfile::tempdir().unwrap();
+    write_pem(dir.path(), &old);
+    let files = FileCertificates::new([CertificateFile {
+        namespace: "shop".into(),
+        name: "shop-tls".into(),
+        cert_file: dir.path().join("tls.crt"),
+        key_file: dir.path().join("tls.key"),
+    }]);
+    let port = 18446;
+    let yaml = format!(
+        "kind: Gateway\nmetadata: {{name: edge, namespace: shop}}\nspec:\n  gatewayClassName: edgemesh\n  \
+         listeners: [{{name: tls, port: {port}, protocol: HTTPS, tls: {{certificateRefs: [{{name: shop-tls}}]}}}}]\n---\n\
+         kind: HTTPRoute\nmetadata: {{name: web, namespace: shop}}\n\
+         spec: {{parentRefs: [{{name: edge}}], rules: [{{backendRefs: [{{name: web, port: 80}}]}}]}}\n"
+    );
+    let objects = Loaded::parse(&yaml);
+    let services = [("shop/web", 80)];
+    let pools = StaticPools::default().with("shop", "web", 80, http_backend("web").await, AppProtocol::Http1);
+    let mut gateway = RunningGateway::start(objects.compile(&services, &files), pools, own_loopback(2)).await;
+    let addr = gateway.addr(port);
+    // Full handshakes: a resumed session continues its first handshake's
+    // certificate (as with any TLS server) and presents none.
+    let client = ca.client_without_resumption();
+
+    // A connection opened before the rotation, kept alive across it.
+    let (mut held, presented) = tls_connect(&client, addr, "shop.example.com").await.unwrap();
+    assert!(presented == old.der);
+    assert_eq!(get(&mut held, "shop.example.com", "/").await.unwrap().0, 200);
+
+    // Two clients, each a loop of requests on new connections.
+    let stop = Arc::new(AtomicBool::new(false));
+    // (when the handshake began, whether the request succeeded, the certificate seen)
+    let log = Arc::new(Mutex::new(Vec::<(Instant, bool, bool)>::new()));
+    let mut loops = Vec::new();
+    for _ in 0..2 {
+        let (client, stop, log, old_der) = (client.clone(), stop.clone(), log.clone(), old.der.clone());
+        loops.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let began = Instant::now();
+                let result = async {
+                    let (mut session, presented) = tls_connect(&client, addr, "shop.example.com").await?;
+                    let (status, _) = get(&mut session, "shop.example.com", "/").await?;
+                    Ok::<_, std::io::Error>((status, presented))
+                }
+                .await;
+                let entry = match result {
+                    Ok((200, presented)) => (began, true, presented == old_der),
+                    _ => (began, false, false),
+                };
+                log.lock().await.push(entry);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Rotate: new files, the stamp changes, compile again, swap.
+    let stamp = files.stamp();
+    write_pem(dir.path(), &new);
+    assert_ne!(files.stamp(), stamp, "the rotation is noticed");
+    gateway.update(objects.compile(&services, &files)).await;
+    let swapped = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loops {
+        l.await.unwrap();
+    }
+
+    let log = log.lock().await;
+    let failed = log.iter().filter(|(_, ok, _)| !ok).count();
+    let before = log.iter().filter(|(at, _, _)| *at < swapped).count();
+    let after: Vec<_> = log.iter().filter(|(at, _, _)| *at >= swapped).collect();
+    eprintln!("{} requests on new connections, {before} before the swap, {} after", log.len(), after.len());
+    assert_eq!(failed, 0, "no request failed across the rotation");
+    assert!(before >= 20 && after.len() >= 20, "load on both sides of the swap: {before} / {}", after.len());
+    assert!(log.iter().any(|(at, _, old)| *at < swapped && *old), "the old certificate was served before");
+    assert!(after.iter().all(|(_, _, old)| !old), "every handshake after the swap sees the new certificate");
+
+    // The connection opened before the rotation goes on, on its old session.
+    assert_eq!(get(&mut held, "shop.example.com", "/").await.unwrap().0, 200);
+    let (_, presented) = tls_connect(&client, addr, "shop.example.com").await.unwrap();
+    assert!(presented == new.der);
+}
