@@ -23,8 +23,12 @@ use edgemesh_gateway::backend::ServiceRef;
 use edgemesh_gateway::listeners::{GatewayListeners, ListenerSettings};
 use edgemesh_gateway::objects::{self, GatewayInputs};
 use edgemesh_gateway::report::GatewayReport;
-use edgemesh_gateway::{Compiled, FileCertificates, GatewayUpstream, ServiceLookup, ServicePools, compile_objects};
+use edgemesh_gateway::{
+    CertificatePem, CertificateStore, Compiled, FileCertificates, GatewayUpstream, ServiceLookup, ServicePools,
+    compile_objects,
+};
 use edgemesh_http::{HttpProxy, Upstream};
+use edgemesh_kube::secrets::TlsSecrets;
 use edgemesh_proxy::pool::Pool;
 use edgemesh_proxy::{ProxyStatus, Reach};
 use tokio_util::sync::CancellationToken;
@@ -43,8 +47,11 @@ pub struct GatewayTask {
     snapshots: RegistryHandle,
     routes: Arc<ArcSwap<Compiled>>,
     listeners: GatewayListeners,
-    /// `gateway.certificates`: HTTPS listeners' certificates.
-    certificates: FileCertificates,
+    /// HTTPS listeners' certificates: `gateway.certificates`, then (with
+    /// the Kubernetes source) TLS Secrets.
+    certificates: AgentCertificates,
+    /// The TLS Secrets' watch, to run with the gateway.
+    secrets_task: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
     report: GatewayReports,
     /// With the Kubernetes source: each object's status to write back.
     status: Option<(
@@ -90,10 +97,26 @@ impl GatewayTask {
             listeners: GatewayListeners::new(settings, Arc::new(front))
                 .with_routes(routes_for_listeners, pools)
                 .with_max_connections(config.gateway.max_connections_per_listener),
-            certificates: FileCertificates::new(config.gateway.certificates.iter().cloned()),
+            certificates: AgentCertificates {
+                files: FileCertificates::new(config.gateway.certificates.iter().cloned()),
+                secrets: None,
+            },
+            secrets_task: None,
             report,
             status: None,
         }
+    }
+
+    /// Also takes certificates from `secrets` (the Kubernetes source's TLS
+    /// Secrets), whose watch `task` runs with the gateway.
+    pub fn with_tls_secrets(
+        mut self,
+        secrets: TlsSecrets,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        self.certificates.secrets = Some(secrets);
+        self.secrets_task = Some(Box::pin(task));
+        self
     }
 
     /// Writes each Gateway's and HTTPRoute's status back through `writer`
@@ -114,16 +137,22 @@ impl GatewayTask {
         if let Some((writer, desired)) = &self.status {
             tokio::spawn(status::run(writer.clone(), desired.subscribe(), shutdown.clone()));
         }
+        if let Some(task) = self.secrets_task.take() {
+            tokio::spawn(task);
+        }
+        let mut secrets = self.certificates.secrets.as_ref().map(TlsSecrets::changes);
+        // A TLS Secret was added, changed or removed since the last compile.
+        let mut secrets_moved = false;
         let mut compiled_at: Option<u64> = None;
         let mut referenced: HashSet<ServiceKey> = HashSet::new();
-        let mut files = self.certificates.stamp();
+        let mut files = self.certificates.files.stamp();
         let mut poll = tokio::time::interval(CERTIFICATE_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let snapshot = self.snapshots.borrow_and_update().clone();
             // A certificate file rewritten (rotated) compiles again.
-            let stamp = self.certificates.stamp();
-            let rotated = std::mem::replace(&mut files, stamp) != stamp;
+            let stamp = self.certificates.files.stamp();
+            let rotated = std::mem::replace(&mut files, stamp) != stamp || std::mem::take(&mut secrets_moved);
             // Before the first full view, a route's Service may just not be
             // listed yet: wait rather than report it missing.
             if snapshot.synced && (rotated || needs_compile(&snapshot, compiled_at, &referenced)) {
@@ -133,6 +162,7 @@ impl GatewayTask {
             tokio::select! {
                 changed = self.snapshots.changed() => if changed.is_err() { break },
                 _ = poll.tick() => {}
+                Ok(()) = next_change(secrets.as_mut()) => secrets_moved = true,
                 () = shutdown.cancelled() => break,
             }
         }
@@ -162,6 +192,16 @@ impl GatewayTask {
         }
         self.report.store(Arc::new(report));
         referenced_services(&inputs)
+    }
+}
+
+/// The next change `changes` sees; never without it.
+async fn next_change(
+    changes: Option<&mut tokio::sync::watch::Receiver<u64>>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match changes {
+        Some(changes) => changes.changed().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -221,6 +261,25 @@ impl ServiceLookup for SnapshotServices<'_> {
             Ok(())
         } else {
             Err(format!("the Service has no TCP port {port}"))
+        }
+    }
+}
+
+/// HTTPS certificates: the config's files first (they work offline),
+/// then the Kubernetes source's TLS Secrets.
+struct AgentCertificates {
+    files: FileCertificates,
+    secrets: Option<TlsSecrets>,
+}
+
+impl CertificateStore for AgentCertificates {
+    fn certificate(&self, namespace: &str, name: &str) -> Result<CertificatePem, String> {
+        match (self.files.certificate(namespace, name), &self.secrets) {
+            (Ok(pem), _) => Ok(pem),
+            (Err(_), Some(secrets)) => {
+                secrets.get(namespace, name).map(|pair| CertificatePem { chain: pair.chain, key: pair.key })
+            }
+            (Err(why), None) => Err(why),
         }
     }
 }
