@@ -43,6 +43,8 @@ nc -h 2>&1 | grep -q -- '-X proxy_protocol' || need+=(netcat-openbsd)
 command -v buildah >/dev/null || need+=(buildah)
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need+=(runc)
+# The edge gateway's TLS tests: test certificates, and `openssl s_client` as a real TLS client.
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing: ${need[*]}"

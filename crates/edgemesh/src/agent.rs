@@ -259,7 +259,10 @@ impl Agent {
                 kube.routing = config.gateway.enabled;
                 kube.health = source_health.clone();
                 let source = KubeSource::new(kube).await.context("cannot set up the Kubernetes source")?;
-                gateway = gateway.map(|g| g.with_status_writer(source.status_writer()));
+                gateway = gateway.map(|g| {
+                    let (secrets, watch) = source.tls_secrets(shutdown.clone());
+                    g.with_status_writer(source.status_writer()).with_tls_secrets(secrets, watch)
+                });
                 Source::Kube(source)
             }
         };

@@ -266,3 +266,121 @@ fn edgemesh_s_own_gateway_example_works_unchanged() {
     assert_eq!(status["gateways"][0]["name"], "edgemesh-gateway", "{status}");
     assert_eq!(status["refused"], serde_json::json!([]), "{status}");
 }
+
+/// A self-signed certificate for `host` (openssl), written as
+/// `<stem>.crt` and `<stem>.key` in `dir`.
+fn certificate(dir: &std::path::Path, stem: &str, host: &str) {
+    let (crt, key) = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", &format!("/CN={host}"), "-addext", &format!("subjectAltName=DNS:{host}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("openssl is installed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// HTTPS (a certificate from `gateway.certificates`, rotated by rewriting
+/// its files) and a TCPRoute to a Service on the other node, through the
+/// real agent.
+#[test]
+fn https_with_a_rotated_certificate_and_a_tcp_route_across_the_tunnel() {
+    let site = Site::new();
+    let _backends = backends(&site);
+    let tls = tempfile::tempdir().unwrap();
+    certificate(tls.path(), "first", "shop.example");
+    certificate(tls.path(), "second", "shop.example");
+    std::fs::copy(tls.path().join("first.crt"), tls.path().join("shop.crt")).unwrap();
+    std::fs::copy(tls.path().join("first.key"), tls.path().join("shop.key")).unwrap();
+    let config = tls.path().join("config.yaml");
+    let (crt, key) = (tls.path().join("shop.crt"), tls.path().join("shop.key"));
+    std::fs::write(
+        &config,
+        format!(
+            "gateway:\n  certificates:\n  - {{name: shop-tls, certFile: {}, keyFile: {}}}\n",
+            crt.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let gateway = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: site
+  namespace: default
+spec:
+  gatewayClassName: edgemesh
+  listeners:
+  - name: tls
+    port: 18443
+    protocol: HTTPS
+    hostname: shop.example
+    tls:
+      certificateRefs:
+      - name: shop-tls
+  - name: raw
+    port: 18090
+    protocol: TCP
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata:
+  name: raw
+  namespace: default
+spec:
+  parentRefs:
+  - name: site
+    sectionName: raw
+  rules:
+  - backendRefs:
+    - name: web
+      port: 80
+";
+    site.manifests(&services(), &[gateway.to_owned(), route("shop", "shop.example", &[("web", 1)])].concat());
+    let agent_b = site.b.start(&[]);
+    let agent_a = site.a.start(&["--gateway", "-c", config.to_str().unwrap()]);
+    wait_for_peer(&agent_a, "node-b", "node-a to find node-b", |_| true);
+    let https = |ca: &str| {
+        let out = site.client.exec(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "--cacert",
+            tls.path().join(ca).to_str().unwrap(),
+            "--resolve",
+            "shop.example:18443:10.0.0.2",
+            "https://shop.example:18443/",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually(Duration::from_secs(10), "HTTPS with the first certificate", || {
+        (https("first.crt") == "web-on-b\n").then_some(())
+    });
+    assert_eq!(https("second.crt"), "", "the second certificate is not served yet");
+
+    // TCPRoute: the bytes of an HTTP request reach node-b's endpoint at L4.
+    let raw = site.client.curl_with(&["--max-time", "5"], "http://10.0.0.2:18090/").unwrap_or_default();
+    assert_eq!(raw, "web-on-b\n");
+
+    // Rotation: the files rewritten; new handshakes get the new certificate.
+    write_file_atomically(&key, &std::fs::read(tls.path().join("second.key")).unwrap());
+    write_file_atomically(&crt, &std::fs::read(tls.path().join("second.crt")).unwrap());
+    eventually(Duration::from_secs(5), "HTTPS with the second certificate", || {
+        (https("second.crt") == "web-on-b\n").then_some(())
+    });
+    assert_eq!(https("first.crt"), "", "the first certificate is no longer served");
+    let status = agent_a.json("/gateway");
+    assert!(status["ports"].as_array().unwrap().iter().all(|p| p["listening"].is_string()), "{status}");
+    drop(agent_b);
+}
+
+fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}

@@ -275,3 +275,86 @@ fn the_gateway_routes_api_objects_and_writes_their_status_back() {
     assert_eq!(patches(), written, "{:?}", api.request_log());
     drop(agent);
 }
+
+/// A `kubernetes.io/tls` Secret as the API serves it (data base64).
+fn tls_secret(ns: &str, name: &str, crt: &[u8], key: &[u8]) -> Value {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    json!({"metadata": {"name": name, "namespace": ns}, "type": "kubernetes.io/tls",
+           "data": {"tls.crt": b64(crt), "tls.key": b64(key)}})
+}
+
+/// A self-signed certificate and key for `host` (openssl), PEM.
+fn self_signed(host: &str) -> (Vec<u8>, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", &format!("/CN={host}"), "-addext", &format!("subjectAltName=DNS:{host}")])
+        .arg("-keyout")
+        .arg(dir.path().join("k"))
+        .arg("-out")
+        .arg(dir.path().join("c"))
+        .output()
+        .expect("openssl is installed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (std::fs::read(dir.path().join("c")).unwrap(), std::fs::read(dir.path().join("k")).unwrap())
+}
+
+/// HTTPS with the certificate of a `kubernetes.io/tls` Secret from the API:
+/// served once the Secret is there (the listener says why not before), and
+/// a Secret changed in the API is served to new handshakes.
+#[test]
+fn the_gateway_serves_https_with_a_tls_secret_from_the_api_and_follows_its_changes() {
+    let nginx = Nginx::start(1);
+    let api = FakeApiServer::start();
+    api.apply(Resource::Services, service("shop", "web"));
+    api.apply(Resource::EndpointSlices, slice("shop", "web", &nginx.ports));
+    let port = free_port();
+    api.apply(
+        Resource::Gateways,
+        json!({"metadata": {"name": "site", "namespace": "shop"},
+               "spec": {"gatewayClassName": "edgemesh", "listeners": [{"name": "tls", "port": port, "protocol": "HTTPS",
+                        "tls": {"certificateRefs": [{"name": "shop-tls"}]}}]}}),
+    );
+    api.apply(
+        Resource::HttpRoutes,
+        json!({"metadata": {"name": "front", "namespace": "shop"},
+               "spec": {"parentRefs": [{"name": "site"}], "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}),
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let extra = ["--kube-api", &api.url(), "--gateway", "--gateway-listen", "127.0.0.1"].map(String::from).to_vec();
+    let agent = Agent::start_with(empty.path(), AgentOptions { extra, ..Default::default() });
+    let listener_problem = || {
+        let status = api.object(Resource::Gateways, "shop", "site")?["status"]["listeners"][0]["conditions"].clone();
+        status.as_array()?.iter().find(|c| c["type"] == "ResolvedRefs" && c["status"] == "False").cloned()
+    };
+    let problem = eventually(Duration::from_secs(10), "the missing Secret reported", listener_problem);
+    assert_eq!(problem["reason"], "InvalidCertificateRef", "{problem}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let https = |crt: &[u8]| {
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, crt).unwrap();
+        let resolve = format!("shop.example:{port}:127.0.0.1");
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--cacert", ca.to_str().unwrap(), "--resolve", &resolve])
+            .arg(format!("https://shop.example:{port}/"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (first_crt, first_key) = self_signed("shop.example");
+    api.apply(Resource::Secrets, tls_secret("shop", "shop-tls", &first_crt, &first_key));
+    eventually(Duration::from_secs(10), "HTTPS with the Secret's certificate", || {
+        (https(&first_crt) == "backend-0\n").then_some(())
+    });
+
+    let (second_crt, second_key) = self_signed("shop.example");
+    api.apply(Resource::Secrets, tls_secret("shop", "shop-tls", &second_crt, &second_key));
+    eventually(Duration::from_secs(10), "HTTPS with the changed Secret's certificate", || {
+        (https(&second_crt) == "backend-0\n").then_some(())
+    });
+    assert_eq!(https(&first_crt), "", "the old certificate is no longer served");
+    assert!(listener_problem().is_none(), "the listener's ResolvedRefs is True again");
+    drop(agent);
+}

@@ -54,6 +54,9 @@ pub enum Resource {
     EndpointSlices,
     Endpoints,
     Nodes,
+    /// `v1` Secrets (the gateway's TLS certificates; the fake ignores the
+    /// field selector and lists every Secret).
+    Secrets,
     /// Istio's `networking.istio.io/v1alpha3` DestinationRules (a CRD:
     /// [`FakeApiServer::set_destination_rules`] takes it away).
     DestinationRules,
@@ -118,6 +121,7 @@ impl Resource {
             "/api/v1/services" => Some(Resource::Services),
             "/api/v1/endpoints" => Some(Resource::Endpoints),
             "/api/v1/nodes" => Some(Resource::Nodes),
+            "/api/v1/secrets" => Some(Resource::Secrets),
             "/apis/discovery.k8s.io/v1/endpointslices" => Some(Resource::EndpointSlices),
             "/apis/networking.istio.io/v1alpha3/destinationrules" => Some(Resource::DestinationRules),
             _ => ROUTING.iter().find(|(_, p, _, _)| *p == path).map(|(r, _, _, _)| *r),
@@ -128,7 +132,7 @@ impl Resource {
         match self {
             Resource::EndpointSlices => "discovery.k8s.io/v1",
             Resource::DestinationRules => "networking.istio.io/v1alpha3",
-            Resource::Services | Resource::Endpoints | Resource::Nodes => "v1",
+            Resource::Services | Resource::Endpoints | Resource::Nodes | Resource::Secrets => "v1",
             routing => ROUTING.iter().find(|(r, _, _, _)| *r == routing).map_or("v1", |(_, _, v, _)| v),
         }
     }
@@ -139,6 +143,7 @@ impl Resource {
             Resource::EndpointSlices => "EndpointSlice",
             Resource::Endpoints => "Endpoints",
             Resource::Nodes => "Node",
+            Resource::Secrets => "Secret",
             Resource::DestinationRules => "DestinationRule",
             routing => ROUTING.iter().find(|(r, _, _, _)| *r == routing).map_or("", |(_, _, _, k)| k),
         }

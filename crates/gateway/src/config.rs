@@ -1,7 +1,6 @@
 //! The `gateway` section of the agent's config.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,16 +19,12 @@ pub struct GatewayConfig {
     pub class_name: String,
     /// The address listeners bind (every listener's port on it).
     pub listen_address: IpAddr,
-    /// Standalone certificates for HTTPS listeners' `certificateRefs`:
-    /// `{namespace, name, certFile, keyFile}` (PEM), read at each compile
-    /// (see [`crate::FileCertificates`]). In Kubernetes mode the Secrets.
+    /// The certificates HTTPS listeners' `certificateRefs` name, as PEM
+    /// files: each stands for the Secret `namespace/name`. Files are read
+    /// again when they change (rotation without a restart).
     pub certificates: Vec<CertificateFile>,
-    /// How long a TLS client may take to complete its handshake (HTTPS) or
-    /// send its ClientHello (TLS passthrough).
-    #[serde(with = "edgemesh_core::duration")]
-    pub tls_handshake_timeout: Duration,
-    /// Connections each listening port serves at once, of any protocol
-    /// (0: no bound of its own).
+    /// At most this many connections at once per listening port (0: only
+    /// the `http` section's limit).
     pub max_connections_per_listener: usize,
 }
 
@@ -40,7 +35,6 @@ impl Default for GatewayConfig {
             class_name: crate::istio::ISTIO_CLASS.to_owned(),
             listen_address: Ipv4Addr::UNSPECIFIED.into(),
             certificates: Vec::new(),
-            tls_handshake_timeout: crate::tls::HANDSHAKE_TIMEOUT,
             max_connections_per_listener: 0,
         }
     }

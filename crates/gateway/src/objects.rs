@@ -9,7 +9,8 @@
 use edgemesh_core::{RoutingKind, RoutingObject};
 use serde::de::DeserializeOwned;
 
-use crate::compile::{ObjectRef, Objects};
+use crate::compile::ObjectRef;
+use crate::compile::Objects;
 use crate::istio::{self, IstioGateway, VirtualService};
 use crate::schema::{Gateway, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute};
 
@@ -64,7 +65,7 @@ pub fn read<'a>(objects: impl IntoIterator<Item = &'a RoutingObject>, cluster_do
 }
 
 impl GatewayInputs {
-    /// Every object, as [`crate::compile_objects`] takes them.
+    /// The objects, as [`crate::compile_objects`] takes them.
     pub fn objects(&self) -> Objects<'_> {
         Objects {
             gateways: &self.gateways,
@@ -127,51 +128,6 @@ mod tests {
         assert_eq!(inputs.unreadable.len(), 1);
         assert_eq!(inputs.unreadable[0].0.to_string(), "HTTPRoute edge/broken");
         assert!(inputs.unreadable[0].1.contains("spec.rules: invalid type"), "{:?}", inputs.unreadable);
-    }
-
-    #[test]
-    fn grpc_tls_and_tcp_routes_are_read_and_compiled() {
-        let gateway = object(
-            RoutingKind::Gateway,
-            "site",
-            r#"{"metadata":{"name":"site","namespace":"edge"},"spec":{"gatewayClassName":"edgemesh","listeners":[
-                {"name":"web","port":8080,"protocol":"HTTP"},
-                {"name":"tls","port":8443,"protocol":"TLS","tls":{"mode":"Passthrough"}},
-                {"name":"plc","port":502,"protocol":"TCP"}]}}"#,
-        );
-        let grpc = object(
-            RoutingKind::GrpcRoute,
-            "echo",
-            r#"{"metadata":{"name":"echo","namespace":"edge"},"spec":{"parentRefs":[{"name":"site"}],
-                "rules":[{"matches":[{"method":{"service":"a.Echo","method":"Unary"}}],"backendRefs":[{"name":"echo","port":50051}]}]}}"#,
-        );
-        let tls = object(
-            RoutingKind::TlsRoute,
-            "secure",
-            r#"{"metadata":{"name":"secure","namespace":"edge"},"spec":{"parentRefs":[{"name":"site"}],
-                "hostnames":["a.example.com"],"rules":[{"backendRefs":[{"name":"secure","port":443}]}]}}"#,
-        );
-        let tcp = object(
-            RoutingKind::TcpRoute,
-            "plc",
-            r#"{"metadata":{"name":"plc","namespace":"edge"},"spec":{"parentRefs":[{"name":"site"}],
-                "rules":[{"backendRefs":[{"name":"plc","port":502}]}]}}"#,
-        );
-        let inputs = read([&gateway, &grpc, &tls, &tcp], "cluster.local");
-        assert!(inputs.unreadable.is_empty(), "{:?}", inputs.unreadable);
-        assert_eq!((inputs.grpc_routes.len(), inputs.tls_routes.len(), inputs.tcp_routes.len()), (1, 1, 1));
-        struct Any;
-        impl crate::ServiceLookup for Any {
-            fn check(&self, _: &str, _: &str, _: u16) -> Result<(), String> {
-                Ok(())
-            }
-        }
-        let compiled = crate::compile_objects("edgemesh", &inputs.objects(), &Any, &crate::tls::NoCertificates);
-        let attached: Vec<usize> =
-            compiled.gateways.values().next().unwrap().listeners.iter().map(|l| l.attached_routes).collect();
-        assert_eq!(attached, [1, 1, 1], "each route on its listener");
-        assert_eq!(compiled.l4[&8443].describe(), ["a.example.com edge/secure#0"]);
-        assert_eq!(compiled.l4[&502].describe(), ["* edge/plc#0"]);
     }
 
     #[test]

@@ -26,6 +26,8 @@
 //! - [`routing`]: the edge gateway's objects (Gateway API, Istio Gateway
 //!   and VirtualService), optional CRDs watched only for the gateway.
 //! - [`status`]: the edge gateway's status written back to its objects.
+//! - [`secrets`]: `kubernetes.io/tls` Secrets for the gateway's HTTPS
+//!   listeners, in memory only.
 //! - [`rule`]: Istio DestinationRules (an optional CRD), EdgeMesh's
 //!   per-service load-balancing strategies.
 //! - `backoff`: exponential back-off with jitter that really grows.
@@ -41,6 +43,7 @@ pub mod error;
 mod health;
 pub mod routing;
 pub mod rule;
+pub mod secrets;
 pub mod source;
 pub mod status;
 

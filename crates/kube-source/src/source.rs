@@ -116,6 +116,16 @@ impl KubeSource {
         Ok(Self { client, config, link })
     }
 
+    /// The gateway's TLS Secrets, and the task that watches them through
+    /// this source's client (to spawn).
+    pub fn tls_secrets(
+        &self,
+        shutdown: CancellationToken,
+    ) -> (crate::secrets::TlsSecrets, impl std::future::Future<Output = ()> + Send + 'static) {
+        let secrets = crate::secrets::TlsSecrets::default();
+        (secrets.clone(), secrets.run(self.client.clone(), shutdown))
+    }
+
     /// A writer of the gateway's status through this source's client.
     pub fn status_writer(&self) -> crate::status::StatusWriter {
         crate::status::StatusWriter::new(self.client.clone())

@@ -23,8 +23,12 @@ use edgemesh_gateway::backend::ServiceRef;
 use edgemesh_gateway::listeners::{GatewayListeners, ListenerSettings};
 use edgemesh_gateway::objects::{self, GatewayInputs};
 use edgemesh_gateway::report::GatewayReport;
-use edgemesh_gateway::{Compiled, GatewayUpstream, ServiceLookup, ServicePools, compile};
+use edgemesh_gateway::{
+    CertificatePem, CertificateStore, Compiled, FileCertificates, GatewayUpstream, ServiceLookup, ServicePools,
+    compile_objects,
+};
 use edgemesh_http::{HttpProxy, Upstream};
+use edgemesh_kube::secrets::TlsSecrets;
 use edgemesh_proxy::pool::Pool;
 use edgemesh_proxy::{ProxyStatus, Reach};
 use tokio_util::sync::CancellationToken;
@@ -43,6 +47,11 @@ pub struct GatewayTask {
     snapshots: RegistryHandle,
     routes: Arc<ArcSwap<Compiled>>,
     listeners: GatewayListeners,
+    /// HTTPS listeners' certificates: `gateway.certificates`, then (with
+    /// the Kubernetes source) TLS Secrets.
+    certificates: AgentCertificates,
+    /// The TLS Secrets' watch, to run with the gateway.
+    secrets_task: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
     report: GatewayReports,
     /// With the Kubernetes source: each object's status to write back.
     status: Option<(
@@ -65,8 +74,9 @@ impl GatewayTask {
         metrics: &mut edgemesh_metrics::Registry,
     ) -> Self {
         let routes = Arc::new(ArcSwap::from_pointee(Compiled::default()));
-        let pools = Arc::new(AgentPools { proxy, reach });
-        let upstream = GatewayUpstream::new(routes.clone(), pools, dispatcher, "http");
+        let pools: Arc<dyn ServicePools> = Arc::new(AgentPools { proxy, reach });
+        let upstream = GatewayUpstream::new(routes.clone(), pools.clone(), dispatcher, "http");
+        let routes_for_listeners = routes.clone();
         let front = HttpProxy::with_metrics(
             Arc::new(upstream),
             config.http.clone(),
@@ -84,10 +94,29 @@ impl GatewayTask {
             cluster_domain: config.dns.cluster_domain.clone(),
             snapshots,
             routes,
-            listeners: GatewayListeners::new(settings, Arc::new(front)),
+            listeners: GatewayListeners::new(settings, Arc::new(front))
+                .with_routes(routes_for_listeners, pools)
+                .with_max_connections(config.gateway.max_connections_per_listener),
+            certificates: AgentCertificates {
+                files: FileCertificates::new(config.gateway.certificates.iter().cloned()),
+                secrets: None,
+            },
+            secrets_task: None,
             report,
             status: None,
         }
+    }
+
+    /// Also takes certificates from `secrets` (the Kubernetes source's TLS
+    /// Secrets), whose watch `task` runs with the gateway.
+    pub fn with_tls_secrets(
+        mut self,
+        secrets: TlsSecrets,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        self.certificates.secrets = Some(secrets);
+        self.secrets_task = Some(Box::pin(task));
+        self
     }
 
     /// Writes each Gateway's and HTTPRoute's status back through `writer`
@@ -108,18 +137,32 @@ impl GatewayTask {
         if let Some((writer, desired)) = &self.status {
             tokio::spawn(status::run(writer.clone(), desired.subscribe(), shutdown.clone()));
         }
+        if let Some(task) = self.secrets_task.take() {
+            tokio::spawn(task);
+        }
+        let mut secrets = self.certificates.secrets.as_ref().map(TlsSecrets::changes);
+        // A TLS Secret was added, changed or removed since the last compile.
+        let mut secrets_moved = false;
         let mut compiled_at: Option<u64> = None;
         let mut referenced: HashSet<ServiceKey> = HashSet::new();
+        let mut files = self.certificates.files.stamp();
+        let mut poll = tokio::time::interval(CERTIFICATE_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let snapshot = self.snapshots.borrow_and_update().clone();
+            // A certificate file rewritten (rotated) compiles again.
+            let stamp = self.certificates.files.stamp();
+            let rotated = std::mem::replace(&mut files, stamp) != stamp || std::mem::take(&mut secrets_moved);
             // Before the first full view, a route's Service may just not be
             // listed yet: wait rather than report it missing.
-            if snapshot.synced && needs_compile(&snapshot, compiled_at, &referenced) {
+            if snapshot.synced && (rotated || needs_compile(&snapshot, compiled_at, &referenced)) {
                 referenced = self.apply(&snapshot).await;
                 compiled_at = Some(snapshot.generation);
             }
             tokio::select! {
                 changed = self.snapshots.changed() => if changed.is_err() { break },
+                _ = poll.tick() => {}
+                Ok(()) = next_change(secrets.as_mut()) => secrets_moved = true,
                 () = shutdown.cancelled() => break,
             }
         }
@@ -131,7 +174,7 @@ impl GatewayTask {
     async fn apply(&mut self, snapshot: &Snapshot) -> HashSet<ServiceKey> {
         let inputs = objects::read(snapshot.routing_objects().map(|o| &**o), &self.cluster_domain);
         let lookup = SnapshotServices(snapshot);
-        let compiled = compile(&self.class, &inputs.gateways, &inputs.http_routes, &inputs.grants, &lookup);
+        let compiled = compile_objects(&self.class, &inputs.objects(), &lookup, &self.certificates);
         let ports = compiled.ports.clone();
         self.routes.store(Arc::new(compiled));
         let failed = self.listeners.reconcile(ports).await;
@@ -152,6 +195,19 @@ impl GatewayTask {
     }
 }
 
+/// The next change `changes` sees; never without it.
+async fn next_change(
+    changes: Option<&mut tokio::sync::watch::Receiver<u64>>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match changes {
+        Some(changes) => changes.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How often `gateway.certificates`' files are checked for a change.
+const CERTIFICATE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Whether `snapshot` changes what the gateway compiled at `compiled_at`:
 /// its routing objects, or a Service they name.
 fn needs_compile(snapshot: &Snapshot, compiled_at: Option<u64>, referenced: &HashSet<ServiceKey>) -> bool {
@@ -169,10 +225,27 @@ fn needs_compile(snapshot: &Snapshot, compiled_at: Option<u64>, referenced: &Has
 /// namespace is in the route's).
 fn referenced_services(inputs: &GatewayInputs) -> HashSet<ServiceKey> {
     let mut out = HashSet::new();
+    let mut add = |namespace: &str, backend_namespace: &Option<String>, name: &str| {
+        out.insert(ServiceKey::new(backend_namespace.as_deref().unwrap_or(namespace), name));
+    };
     for route in &inputs.http_routes {
-        let namespace = route.metadata.namespace();
         for backend in route.spec.rules.iter().flat_map(|rule| &rule.backend_refs) {
-            out.insert(ServiceKey::new(backend.namespace.as_deref().unwrap_or(namespace), &backend.name));
+            add(route.metadata.namespace(), &backend.namespace, &backend.name);
+        }
+    }
+    for route in &inputs.grpc_routes {
+        for backend in route.spec.rules.iter().flat_map(|rule| &rule.backend_refs) {
+            add(route.metadata.namespace(), &backend.namespace, &backend.name);
+        }
+    }
+    for route in inputs
+        .tls_routes
+        .iter()
+        .map(|r| (&r.metadata, &r.spec.rules))
+        .chain(inputs.tcp_routes.iter().map(|r| (&r.metadata, &r.spec.rules)))
+    {
+        for backend in route.1.iter().flat_map(|rule| &rule.backend_refs) {
+            add(route.0.namespace(), &backend.namespace, &backend.name);
         }
     }
     out
@@ -188,6 +261,25 @@ impl ServiceLookup for SnapshotServices<'_> {
             Ok(())
         } else {
             Err(format!("the Service has no TCP port {port}"))
+        }
+    }
+}
+
+/// HTTPS certificates: the config's files first (they work offline),
+/// then the Kubernetes source's TLS Secrets.
+struct AgentCertificates {
+    files: FileCertificates,
+    secrets: Option<TlsSecrets>,
+}
+
+impl CertificateStore for AgentCertificates {
+    fn certificate(&self, namespace: &str, name: &str) -> Result<CertificatePem, String> {
+        match (self.files.certificate(namespace, name), &self.secrets) {
+            (Ok(pem), _) => Ok(pem),
+            (Err(_), Some(secrets)) => {
+                secrets.get(namespace, name).map(|pair| CertificatePem { chain: pair.chain, key: pair.key })
+            }
+            (Err(why), None) => Err(why),
         }
     }
 }
