@@ -7,8 +7,9 @@
 //! Translated:
 //! - Gateway `servers[]`: `port.number`, `port.protocol` (`HTTP`, `HTTPS`,
 //!   `TCP`, `TLS`), `hosts` (one listener per host; `*` or `ns/*`: any
-//!   host), `tls.mode` `SIMPLE`/`MUTUAL` with `credentialName` (an HTTPS
-//!   listener). The Gateway's `selector` is ignored: every gateway serves
+//!   host), `tls.mode` `SIMPLE` with `credentialName` (an HTTPS listener
+//!   whose certificate is that Secret), `PASSTHROUGH` on `TLS` servers;
+//!   `MUTUAL` is refused (no client certificate verification yet). The Gateway's `selector` is ignored: every gateway serves
 //!   every Gateway of its class, and EdgeMesh's objects are taken as class
 //!   `edgemesh` ([`ISTIO_CLASS`]).
 //! - VirtualService `gateways` (`name` or `namespace/name`; `mesh` is
@@ -216,10 +217,18 @@ fn translate_gateway(gateway: &IstioGateway, refused: &mut Vec<String>) -> schem
                     continue;
                 }
                 match tls.mode.as_deref().unwrap_or("SIMPLE") {
-                    "SIMPLE" | "MUTUAL" if tls.credential_name.is_some() => "HTTPS",
+                    "SIMPLE" if tls.credential_name.is_some() => "HTTPS",
+                    // Served as SIMPLE it would let in clients without a
+                    // certificate: left out, and said.
+                    "MUTUAL" => {
+                        refused.push(format!(
+                            "{field}.tls: mode MUTUAL (client certificates checked against the Secret's ca.crt) is not served yet; the server is left out rather than served without client authentication"
+                        ));
+                        continue;
+                    }
                     mode => {
                         refused.push(format!(
-                            "{field}.tls: mode {mode:?} without credentialName cannot be served (SIMPLE or MUTUAL with credentialName)"
+                            "{field}.tls: mode {mode:?} without credentialName cannot be served (SIMPLE with credentialName)"
                         ));
                         continue;
                     }

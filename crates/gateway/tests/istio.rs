@@ -160,3 +160,17 @@ fn what_cannot_be_translated_is_refused_by_name_and_order_differences_are_told()
     assert_eq!(c.protocols.get(&8443), Some(&edgemesh_gateway::Protocol::Https));
     assert!(c.tls[&8443].choose(Some("shop.example.com")).is_some());
 }
+
+#[test]
+fn a_mutual_tls_server_is_refused_rather_than_served_without_client_certificates() {
+    let t = translated(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: edge, namespace: shop}\nspec:\n  servers:\n  \
+         - {port: {number: 8443, name: mtls, protocol: HTTPS}, hosts: [\"*\"], tls: {mode: MUTUAL, credentialName: shop-cert}}\n  \
+         - {port: {number: 8444, name: tls, protocol: HTTPS}, hosts: [\"*\"], tls: {mode: SIMPLE, credentialName: shop-cert}}\n",
+    );
+    assert!(t.refused.iter().any(|r| r.contains("mode MUTUAL") && r.contains("left out")), "{:?}", t.refused);
+    let listeners: Vec<&str> = t.gateways[0].spec.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(listeners, ["tls"], "only the SIMPLE server");
+    let tls = t.gateways[0].spec.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.certificate_refs[0].name, "shop-cert");
+}
