@@ -16,6 +16,7 @@ use edgemesh_proxy::balance::ewma::PeakEwma;
 use edgemesh_proxy::pool::{Pool, Targets};
 use tokio::time::Instant;
 
+use super::lean::LeanIdle;
 use super::metrics::{DispatchMetrics, PortCounters};
 use super::retry::Budget;
 use super::upstream::{Idle, Protocol, Sender};
@@ -42,6 +43,8 @@ struct Endpoints {
 struct Endpoint {
     load: PeakEwma,
     idle: Idle,
+    /// Idle connections of the lean exchange.
+    lean: Arc<LeanIdle>,
     /// Held while a connection that others will share (HTTP/2) is opened.
     opening: Arc<tokio::sync::Mutex<()>>,
 }
@@ -121,6 +124,12 @@ impl PortState {
         self.endpoints(targets).entry(addr, now).idle.checkin(sender, thread, max);
     }
 
+    /// `addr`'s idle lean connections.
+    pub fn lean_idle(&self, targets: &Targets, addr: SocketAddr) -> Arc<LeanIdle> {
+        let now = Instant::now();
+        self.endpoints(targets).entry(addr, now).lean.clone()
+    }
+
     /// The lock held while a shared connection to `addr` is opened.
     pub fn opening(&self, targets: &Targets, addr: SocketAddr) -> Arc<tokio::sync::Mutex<()>> {
         let now = Instant::now();
@@ -147,6 +156,7 @@ impl Guard<'_> {
         self.0.by_addr.entry(addr).or_insert_with(|| Endpoint {
             load: PeakEwma::new(now),
             idle: Idle::default(),
+            lean: Arc::default(),
             opening: Arc::default(),
         })
     }

@@ -132,7 +132,7 @@ pub async fn open(
 
 /// A byte stream to `backend`: through the tunnel when it is on another
 /// node, else a direct connect (`TCP_NODELAY`, the upstream mark).
-async fn connect(ctx: &RequestContext, backend: &Backend) -> Result<RemoteStream, String> {
+pub async fn connect(ctx: &RequestContext, backend: &Backend) -> Result<RemoteStream, String> {
     let addr = backend.addr;
     if let Some((node, remote)) = ctx.reach.remote_for(backend) {
         let timeout = ctx.reach.timeout();
