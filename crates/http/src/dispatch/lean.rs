@@ -52,6 +52,10 @@ pub struct LeanConn {
     io: RemoteStream,
     /// Bytes read and not consumed yet.
     buf: BytesMut,
+    /// The request head being written, and where the response head's
+    /// lines are: kept between requests, so that neither allocates.
+    head: Vec<u8>,
+    spans: Vec<Span>,
 }
 
 /// Why an exchange failed.
@@ -66,7 +70,7 @@ pub enum LeanError {
 
 impl LeanConn {
     pub fn new(io: RemoteStream) -> Self {
-        Self { io, buf: BytesMut::new() }
+        Self { io, buf: BytesMut::new(), head: Vec::new(), spans: Vec::new() }
     }
 
     /// Whether the endpoint closed this pooled connection (or sent what no
@@ -83,14 +87,43 @@ impl LeanConn {
         Pin::new(&mut self.io).poll_read(&mut cx, &mut probe).is_ready()
     }
 
-    /// Writes `head` (a request without a body, for `method`) and reads the
-    /// response head; the connection then travels in the response's body.
-    pub async fn exchange(mut self, head: &[u8], method: &Method, home: Home) -> Result<Response<LeanBody>, LeanError> {
+    /// Writes the head of `parts` (a request without a body, to endpoint
+    /// `addr`: see [`encode_head`]) and reads the response head; the
+    /// connection then travels in the response's body.
+    pub async fn exchange(
+        mut self,
+        parts: &Parts,
+        addr: SocketAddr,
+        home: Home,
+    ) -> Result<Response<LeanBody>, LeanError> {
+        let mut head = std::mem::take(&mut self.head);
+        encode_head(parts, addr, &mut head);
+        let written = self.write(&head).await;
+        self.head = head;
+        if let Err(e) = written {
+            return Err(LeanError::Unsent(format!("write the request: {e}")));
+        }
+        self.read_response(&parts.method, home).await
+    }
+
+    /// [`LeanConn::exchange`] of a head already encoded.
+    #[cfg(test)]
+    async fn exchange_head(
+        mut self,
+        head: &[u8],
+        method: &Method,
+        home: Home,
+    ) -> Result<Response<LeanBody>, LeanError> {
         if let Err(e) = self.write(head).await {
             return Err(LeanError::Unsent(format!("write the request: {e}")));
         }
+        self.read_response(method, home).await
+    }
+
+    /// Reads the response head to a request for `method`.
+    async fn read_response(mut self, method: &Method, home: Home) -> Result<Response<LeanBody>, LeanError> {
         loop {
-            let parsed = match parse_head(&self.buf) {
+            let parsed = match parse_head(&self.buf, &mut self.spans) {
                 Ok(Some(parsed)) => parsed,
                 Ok(None) if self.buf.len() >= MAX_HEAD => {
                     return Err(LeanError::Sent(format!("response head larger than {MAX_HEAD} bytes")));
@@ -123,34 +156,39 @@ impl LeanConn {
     }
 
     /// The response of a parsed head: its status and headers, and a body
-    /// that carries the connection on.
+    /// that carries the connection on. The headers that frame the body are
+    /// read as the map is built: no lookup afterwards.
     fn response(mut self, parsed: Parsed, method: &Method, home: Home) -> Result<Response<LeanBody>, String> {
         if parsed.code == 101 {
             return Err("the endpoint switched protocols unasked".into());
         }
         let status = StatusCode::from_u16(parsed.code).map_err(|_| format!("bad status {}", parsed.code))?;
         let head = self.buf.split_to(parsed.len).freeze();
-        let mut headers = HeaderMap::with_capacity(parsed.count);
-        for span in &parsed.spans[..parsed.count] {
-            let name = HeaderName::from_bytes(&head[span.name.0..span.name.1])
+        let mut headers = HeaderMap::with_capacity(self.spans.len());
+        let mut frame = Framed::default();
+        for span in &self.spans {
+            let name = HeaderName::from_bytes(&head[span.name.0 as usize..span.name.1 as usize])
                 .map_err(|_| "bad header name in the response".to_owned())?;
-            let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
+            let value = HeaderValue::from_maybe_shared(head.slice(span.value.0 as usize..span.value.1 as usize))
                 .map_err(|_| format!("bad value of header {name} in the response"))?;
+            frame.see(&name, value.as_bytes());
             headers.append(name, value);
         }
         let version = if parsed.minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
-        let mut keep = keeps_alive(&headers, version);
+        let mut keep = if version == Version::HTTP_10 { frame.keep_alive } else { !frame.close };
         let framing =
             if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
                 Framing::Length(0)
-            } else if headers.contains_key(TRANSFER_ENCODING) {
+            } else if frame.transfer_encoding {
                 // RFC 9112 §6.3: the transfer coding frames the message, a
                 // Content-Length beside it is ignored, and the connection closes.
-                headers.remove(CONTENT_LENGTH);
+                if frame.length.is_some() {
+                    headers.remove(CONTENT_LENGTH);
+                }
                 keep = false;
-                if last_coding_is_chunked(&headers) { Framing::Chunked(Chunk::Size) } else { Framing::Close }
-            } else if headers.contains_key(CONTENT_LENGTH) {
-                Framing::Length(content_length(&headers).ok_or("bad Content-Length in the response")?)
+                if frame.chunked { Framing::Chunked(Chunk::Size) } else { Framing::Close }
+            } else if let Some(length) = frame.length {
+                Framing::Length(length.ok_or("bad Content-Length in the response")?)
             } else {
                 keep = false;
                 Framing::Close
@@ -165,104 +203,109 @@ impl LeanConn {
     }
 }
 
-/// A parsed response head: where its parts are in the read buffer.
+/// A parsed response head: its length, status and version (its header
+/// lines are in [`LeanConn::spans`]).
 struct Parsed {
     len: usize,
     code: u16,
     minor: u8,
-    count: usize,
-    spans: [Span; MAX_HEADERS],
 }
 
-#[derive(Clone, Copy, Default)]
+/// Where a header line's name and value are in the head.
+#[derive(Clone, Copy)]
 struct Span {
-    name: (usize, usize),
-    value: (usize, usize),
+    name: (u32, u32),
+    value: (u32, u32),
 }
 
-/// Parses the response head at the start of `buf`: `None` while it is not
-/// all there.
-fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, String> {
+/// Parses the response head at the start of `buf`, its header lines into
+/// `spans`: `None` while it is not all there.
+fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<Parsed>, String> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, buf, &mut slots);
     let len = match parsed {
-        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+        Ok(httparse::Status::Complete(_)) => return Err(format!("response head larger than {MAX_HEAD} bytes")),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(format!("bad response head: {e}")),
     };
+    // Offsets within the head (at most MAX_HEAD: they fit).
     let base = buf.as_ptr() as usize;
     let at = |s: &[u8]| {
         let start = s.as_ptr() as usize - base;
-        (start, start + s.len())
+        (start as u32, (start + s.len()) as u32)
     };
-    let mut spans = [Span::default(); MAX_HEADERS];
-    for (span, header) in spans.iter_mut().zip(response.headers.iter()) {
-        *span = Span { name: at(header.name.as_bytes()), value: at(header.value) };
-    }
-    Ok(Some(Parsed {
-        len,
-        code: response.code.unwrap_or(0),
-        minor: response.version.unwrap_or(1),
-        count: response.headers.len(),
-        spans,
-    }))
+    spans.clear();
+    spans.extend(response.headers.iter().map(|h| Span { name: at(h.name.as_bytes()), value: at(h.value) }));
+    Ok(Some(Parsed { len, code: response.code.unwrap_or(0), minor: response.version.unwrap_or(1) }))
 }
 
-/// Whether the endpoint keeps the connection open after this response.
-fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
-    let listed = |token: &str| {
-        headers
-            .get_all(CONNECTION)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
-    };
-    if version == Version::HTTP_10 {
-        listed("keep-alive")
-    } else {
-        !headers.contains_key(CONNECTION) || !listed("close")
-    }
+/// What a response head's headers say about its framing and connection.
+#[derive(Default)]
+struct Framed {
+    /// `Content-Length`: the length all its values agree on, or `Some(None)`
+    /// when they do not (or one is no number).
+    length: Option<Option<u64>>,
+    transfer_encoding: bool,
+    /// The last transfer coding is `chunked`.
+    chunked: bool,
+    /// `Connection` lists `close` / `keep-alive`.
+    close: bool,
+    keep_alive: bool,
 }
 
-fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
-    let last = headers.get_all(TRANSFER_ENCODING).iter().next_back();
-    last.and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
-}
-
-/// The length every `Content-Length` line agrees on, if they do.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.to_str().ok()?.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
+impl Framed {
+    fn see(&mut self, name: &HeaderName, value: &[u8]) {
+        let list = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        if name == CONTENT_LENGTH {
+            for part in list() {
+                let n = length(part);
+                self.length = match self.length {
+                    None => Some(n),
+                    Some(earlier) => Some(earlier.filter(|_| earlier == n)),
+                };
             }
-            let n: u64 = part.parse().ok()?;
-            if length.is_some_and(|l| l != n) {
-                return None;
+        } else if name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+            self.chunked = list().next_back().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+        } else if name == CONNECTION {
+            for token in list() {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
-            length = Some(n);
         }
     }
-    length
 }
 
-/// The request head for an HTTP/1.1 endpoint: the client's method, target
-/// in origin form, and headers (hop-by-hop ones already gone), with a
-/// `Host` when the client sent none (its URI's authority, else the
-/// endpoint's address).
-pub fn encode_head(parts: &Parts, addr: SocketAddr) -> Vec<u8> {
+/// A `Content-Length` value: decimal digits only.
+fn length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
+}
+
+/// The request head for an HTTP/1.1 endpoint, into `head`: the client's
+/// method, target in origin form, and headers (hop-by-hop ones already
+/// gone), with a `Host` when the client sent none (its URI's authority,
+/// else the endpoint's address).
+pub fn encode_head(parts: &Parts, addr: SocketAddr, head: &mut Vec<u8>) {
+    head.clear();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let size = parts.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
-    let mut head = Vec::with_capacity(parts.method.as_str().len() + target.len() + size + 64);
     head.extend_from_slice(parts.method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(HOST) {
+    let mut host = false;
+    for (name, value) in &parts.headers {
+        host |= name == HOST;
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if !host {
         head.extend_from_slice(b"host: ");
         match parts.uri.authority() {
             Some(authority) => head.extend_from_slice(authority.as_str().as_bytes()),
@@ -270,14 +313,7 @@ pub fn encode_head(parts: &Parts, addr: SocketAddr) -> Vec<u8> {
         }
         head.extend_from_slice(b"\r\n");
     }
-    for (name, value) in &parts.headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
     head.extend_from_slice(b"\r\n");
-    head
 }
 
 /// How the response body is delimited, and how far it was read.

@@ -15,7 +15,7 @@ use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
-use super::lean::{self, Home, LeanConn, LeanError};
+use super::lean::{Home, LeanConn, LeanError};
 use super::metrics::DispatchMetrics;
 use super::pick;
 use super::port::{InFlight, PortState};
@@ -219,7 +219,6 @@ impl Shared {
     ) -> Result<Response<UpstreamBody>, Failure> {
         let addr = backend.addr;
         let idle = port.lean_idle(targets, addr);
-        let head = lean::encode_head(parts, addr);
         let mut reuse = true;
         loop {
             let pooled = if reuse { idle.checkout(thread) } else { None };
@@ -245,7 +244,7 @@ impl Shared {
                 max: self.config.max_idle_per_endpoint,
                 idle_timeout: self.config.upstream_idle_timeout,
             };
-            let (reason, stage) = match conn.exchange(&head, &parts.method, home).await {
+            let (reason, stage) = match conn.exchange(parts, addr, home).await {
                 Ok(response) => {
                     drop(in_flight);
                     ctx.pool.connected(targets, ctx.client.ip(), addr);

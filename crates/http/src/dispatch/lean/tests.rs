@@ -55,8 +55,8 @@ async fn a_content_length_body_is_read_and_the_connection_pooled() {
     let idle = Arc::new(LeanIdle::default());
     let (conn, endpoint) =
         endpoint(&[b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-A: 1\r\n\r\n01234", b"56789"], false);
-    let head = encode_head(&get("/a?b=1", &[("host", "web")]), ADDR.parse().unwrap());
-    let response = conn.exchange(&head, &Method::GET, home(&idle)).await.unwrap();
+    let parts = get("/a?b=1", &[("host", "web")]);
+    let response = conn.exchange(&parts, ADDR.parse().unwrap(), home(&idle)).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-a"], "1");
     assert_eq!(idle.len(), 0, "not before its body ended");
@@ -75,8 +75,7 @@ async fn a_chunked_body_is_decoded_with_its_trailers() {
         b"grpc-status: 0\r\n\r\n",
     ];
     let (conn, _endpoint) = endpoint(answer, false);
-    let head = encode_head(&get("/", &[]), ADDR.parse().unwrap());
-    let response = conn.exchange(&head, &Method::GET, home(&idle)).await.unwrap();
+    let response = conn.exchange(&get("/", &[]), ADDR.parse().unwrap(), home(&idle)).await.unwrap();
     let (body, trailers) = body_of(response).await;
     assert_eq!(body, "hello world");
     assert_eq!(trailers.unwrap()["grpc-status"], "0");
@@ -87,8 +86,7 @@ async fn a_chunked_body_is_decoded_with_its_trailers() {
 async fn a_body_without_length_ends_at_the_close_and_is_not_pooled() {
     let idle = Arc::new(LeanIdle::default());
     let (conn, _endpoint) = endpoint(&[b"HTTP/1.1 200 OK\r\n\r\nall ", b"of it"], true);
-    let head = encode_head(&get("/", &[]), ADDR.parse().unwrap());
-    let response = conn.exchange(&head, &Method::GET, home(&idle)).await.unwrap();
+    let response = conn.exchange(&get("/", &[]), ADDR.parse().unwrap(), home(&idle)).await.unwrap();
     assert_eq!(body_of(response).await.0, "all of it");
     assert_eq!(idle.len(), 0);
 }
@@ -103,8 +101,7 @@ async fn connection_close_and_http10_are_not_pooled_and_keep_alive_is() {
     ] {
         let idle = Arc::new(LeanIdle::default());
         let (conn, _endpoint) = endpoint(&[head], false);
-        let request = encode_head(&get("/", &[]), ADDR.parse().unwrap());
-        let response = conn.exchange(&request, &Method::GET, home(&idle)).await.unwrap();
+        let response = conn.exchange(&get("/", &[]), ADDR.parse().unwrap(), home(&idle)).await.unwrap();
         assert_eq!(body_of(response).await.0, "ok");
         assert_eq!(idle.len(), pooled, "{}", String::from_utf8_lossy(head));
     }
@@ -116,7 +113,7 @@ async fn head_answers_and_interim_answers_carry_no_body() {
     let answer: &[&[u8]] =
         &[b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"];
     let (conn, _endpoint) = endpoint(answer, false);
-    let response = conn.exchange(b"HEAD / HTTP/1.1\r\n\r\n", &Method::HEAD, home(&idle)).await.unwrap();
+    let response = conn.exchange_head(b"HEAD / HTTP/1.1\r\n\r\n", &Method::HEAD, home(&idle)).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-length"], "99", "a HEAD answer's length is the GET's");
     assert!(response.body().is_end_stream());
@@ -134,11 +131,11 @@ async fn bad_answers_are_errors_after_sending() {
     ] {
         let (conn, _endpoint) = endpoint(&[answer], false);
         let idle = Arc::new(LeanIdle::default());
-        let error = conn.exchange(b"GET / HTTP/1.1\r\n\r\n", &Method::GET, home(&idle)).await.unwrap_err();
+        let error = conn.exchange_head(b"GET / HTTP/1.1\r\n\r\n", &Method::GET, home(&idle)).await.unwrap_err();
         assert!(matches!(error, LeanError::Sent(_)), "{error:?} for {}", String::from_utf8_lossy(answer));
     }
     let (conn, _endpoint) = endpoint(&[], true);
-    let error = conn.exchange(b"GET / HTTP/1.1\r\n\r\n", &Method::GET, home(&Arc::default())).await.unwrap_err();
+    let error = conn.exchange_head(b"GET / HTTP/1.1\r\n\r\n", &Method::GET, home(&Arc::default())).await.unwrap_err();
     assert!(matches!(&error, LeanError::Sent(e) if e.contains("before answering")), "{error:?}");
 }
 
@@ -146,7 +143,7 @@ async fn bad_answers_are_errors_after_sending() {
 async fn a_body_cut_short_is_an_error() {
     let (conn, _endpoint) = endpoint(&[b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"], true);
     let idle = Arc::new(LeanIdle::default());
-    let response = conn.exchange(b"GET / HTTP/1.1\r\n\r\n", &Method::GET, home(&idle)).await.unwrap();
+    let response = conn.exchange_head(b"GET / HTTP/1.1\r\n\r\n", &Method::GET, home(&idle)).await.unwrap();
     assert!(response.into_body().collect().await.is_err());
     assert_eq!(idle.len(), 0);
 }
@@ -156,7 +153,7 @@ async fn a_pooled_connection_the_endpoint_closed_is_not_checked_out() {
     let idle = Arc::new(LeanIdle::default());
     let thread = std::thread::current().id();
     let (conn, endpoint) = endpoint(&[b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"], false);
-    let response = conn.exchange(b"GET / HTTP/1.1\r\n\r\n", &Method::GET, home(&idle)).await.unwrap();
+    let response = conn.exchange_head(b"GET / HTTP/1.1\r\n\r\n", &Method::GET, home(&idle)).await.unwrap();
     drop(response);
     assert_eq!(idle.len(), 1);
     let other = std::thread::spawn(|| std::thread::current().id()).join().unwrap();
@@ -174,7 +171,7 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     let (conn, _endpoint) = endpoint(&[b"HTTP/1.1 204 No Content\r\n\r\n"], false);
     let mut home = home(&idle);
     home.idle_timeout = Duration::from_secs(8);
-    drop(conn.exchange(b"GET / HTTP/1.1\r\n\r\n", &Method::GET, home).await.unwrap());
+    drop(conn.exchange_head(b"GET / HTTP/1.1\r\n\r\n", &Method::GET, home).await.unwrap());
     assert_eq!(idle.len(), 1);
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(idle.len(), 1);
@@ -185,8 +182,29 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
 #[test]
 fn the_head_gets_a_host_and_the_origin_form() {
     let addr: SocketAddr = ADDR.parse().unwrap();
-    let head = encode_head(&get("http://web.default/a?b=1", &[("x-a", "1")]), addr);
-    assert_eq!(head, b"GET /a?b=1 HTTP/1.1\r\nhost: web.default\r\nx-a: 1\r\n\r\n");
-    let head = encode_head(&get("/", &[]), addr);
+    let mut head = b"left from the last request".to_vec();
+    encode_head(&get("http://web.default/a?b=1", &[("x-a", "1")]), addr, &mut head);
+    assert_eq!(head, b"GET /a?b=1 HTTP/1.1\r\nx-a: 1\r\nhost: web.default\r\n\r\n");
+    encode_head(&get("/", &[]), addr, &mut head);
     assert_eq!(head, b"GET / HTTP/1.1\r\nhost: 10.0.0.7:8080\r\n\r\n");
+    encode_head(&get("/", &[("Host", "web")]), addr, &mut head);
+    assert_eq!(head, b"GET / HTTP/1.1\r\nhost: web\r\n\r\n");
+}
+
+#[test]
+fn content_lengths_must_agree_and_be_numbers() {
+    let framed = |values: &[&str]| {
+        let mut frame = Framed::default();
+        for v in values {
+            frame.see(&CONTENT_LENGTH, v.as_bytes());
+        }
+        frame.length
+    };
+    assert_eq!(framed(&["10"]), Some(Some(10)));
+    assert_eq!(framed(&["10, 10", "10"]), Some(Some(10)));
+    assert_eq!(framed(&["10", "11"]), Some(None));
+    for bad in ["", "+1", "0x10", "1 0", "99999999999999999999"] {
+        assert_eq!(framed(&[bad]), Some(None), "{bad:?}");
+    }
+    assert_eq!(framed(&[]), None);
 }
