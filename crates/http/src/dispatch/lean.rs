@@ -232,9 +232,10 @@ fn parse_head(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<Parsed>, Strin
     };
     // Offsets within the head (at most MAX_HEAD: they fit).
     let base = buf.as_ptr() as usize;
+    let offset = |at: usize| u32::try_from(at).expect("within the head, at most MAX_HEAD");
     let at = |s: &[u8]| {
         let start = s.as_ptr() as usize - base;
-        (start as u32, (start + s.len()) as u32)
+        (offset(start), offset(start + s.len()))
     };
     spans.clear();
     spans.extend(response.headers.iter().map(|h| Span { name: at(h.name.as_bytes()), value: at(h.value) }));
@@ -350,7 +351,8 @@ pub struct LeanBody {
     framing: Framing,
     /// The endpoint keeps the connection open after this response.
     keep: bool,
-    trailers: Option<HeaderMap>,
+    /// Boxed: most bodies have none.
+    trailers: Option<Box<HeaderMap>>,
     home: Option<Home>,
 }
 
@@ -401,7 +403,7 @@ impl LeanBody {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         loop {
             match self.framing {
-                Framing::Done => return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t)))),
+                Framing::Done => return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(*t)))),
                 Framing::Length(left) => {
                     if self.buf().is_empty() && !ready!(self.poll_fill(cx))? {
                         return Poll::Ready(Some(Err(failed("the endpoint closed before its end"))));
@@ -492,7 +494,7 @@ impl LeanBody {
         let colon = line.iter().position(|&b| b == b':').ok_or_else(|| failed("bad trailer line"))?;
         let name = HeaderName::from_bytes(&line[..colon]).map_err(|_| failed("bad trailer name"))?;
         let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).map_err(|_| failed("bad trailer value"))?;
-        self.trailers.get_or_insert_with(HeaderMap::new).append(name, value);
+        self.trailers.get_or_insert_with(Box::default).append(name, value);
         Ok(())
     }
 }
