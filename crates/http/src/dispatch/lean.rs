@@ -171,7 +171,10 @@ impl LeanConn {
                 .map_err(|_| "bad header name in the response".to_owned())?;
             let value = HeaderValue::from_maybe_shared(head.slice(span.value.0 as usize..span.value.1 as usize))
                 .map_err(|_| format!("bad value of header {name} in the response"))?;
-            frame.see(&name, value.as_bytes());
+            // The front would remove it at once (hop-by-hop): not added.
+            if frame.see(&name, value.as_bytes()) {
+                continue;
+            }
             headers.append(name, value);
         }
         let version = if parsed.minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
@@ -257,7 +260,10 @@ struct Framed {
 }
 
 impl Framed {
-    fn see(&mut self, name: &HeaderName, value: &[u8]) {
+    /// Notes what header `name: value` says; true when it only concerns
+    /// this hop and names no other header (`Connection: keep-alive` or
+    /// `close`, `Keep-Alive`), so the response need not carry it.
+    fn see(&mut self, name: &HeaderName, value: &[u8]) -> bool {
         let list = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
         if name == CONTENT_LENGTH {
             for part in list() {
@@ -271,11 +277,19 @@ impl Framed {
             self.transfer_encoding = true;
             self.chunked = list().next_back().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
         } else if name == CONNECTION {
+            let mut others = false;
             for token in list() {
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                let close = token.eq_ignore_ascii_case(b"close");
+                let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                self.close |= close;
+                self.keep_alive |= keep_alive;
+                others |= !close && !keep_alive;
             }
+            return !others;
+        } else if name.as_str() == "keep-alive" {
+            return true;
         }
+        false
     }
 }
 
@@ -531,7 +545,7 @@ impl Body for LeanBody {
 pub struct Home {
     pub idle: Arc<LeanIdle>,
     pub thread: ThreadId,
-    /// `maxIdlePerEndpoint`.
+    /// `maxIdlePerEndpoint`: idle connections kept per worker thread.
     pub max: usize,
     /// `upstreamIdleTimeout` (zero: none).
     pub idle_timeout: Duration,
@@ -585,7 +599,7 @@ impl LeanIdle {
         // Outside a runtime (one shutting down), there is no sweeper to run.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let mut parked = self.lock();
-        if parked.conns.len() >= max {
+        if parked.conns.iter().filter(|(t, _, _)| *t == thread).count() >= max {
             return;
         }
         parked.conns.push((thread, conn, Instant::now()));

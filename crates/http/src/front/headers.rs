@@ -152,6 +152,8 @@ impl Forwarding {
 /// Appends the client to `X-Forwarded-For` and `Forwarded` (joining earlier
 /// proxies' values into one line each) and sets `X-Forwarded-Proto: http`.
 pub fn add_forwarding(headers: &mut HeaderMap, client: &Forwarding) {
+    // Room for the three at once: the map hyper parsed has none to spare.
+    headers.reserve(3);
     append(headers, &X_FORWARDED_FOR, &client.xff);
     append(headers, &header::FORWARDED, &client.forwarded);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));

@@ -59,6 +59,8 @@ async fn a_content_length_body_is_read_and_the_connection_pooled() {
     let response = conn.exchange(&parts, ADDR.parse().unwrap(), home(&idle)).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-a"], "1");
+    assert!(!response.headers().contains_key("connection"), "hop-by-hop: not passed on");
+    assert!(!response.headers().contains_key("keep-alive"));
     assert_eq!(idle.len(), 0, "not before its body ended");
     assert_eq!(body_of(response).await, (Bytes::from_static(b"0123456789"), None));
     assert_eq!(idle.len(), 1);
@@ -207,4 +209,28 @@ fn content_lengths_must_agree_and_be_numbers() {
         assert_eq!(framed(&[bad]), Some(None), "{bad:?}");
     }
     assert_eq!(framed(&[]), None);
+}
+
+#[tokio::test]
+async fn a_connection_header_naming_other_headers_is_kept_for_the_front_to_act_on() {
+    let head = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n";
+    let (conn, _endpoint) = endpoint(&[head], false);
+    let response = conn.exchange_head(b"GET / HTTP/1.1\r\n\r\n", &Method::GET, home(&Arc::default())).await.unwrap();
+    assert_eq!(response.headers()["connection"], "keep-alive, X-Hop");
+    assert_eq!(response.headers()["x-hop"], "1");
+}
+
+#[tokio::test]
+async fn the_idle_limit_is_per_worker_thread() {
+    let idle = Arc::new(LeanIdle::default());
+    let here = std::thread::current().id();
+    let other = std::thread::spawn(|| std::thread::current().id()).join().unwrap();
+    let mut endpoints = Vec::new();
+    for thread in [here, here, other] {
+        let (conn, endpoint) = endpoint(&[b"HTTP/1.1 204 No Content\r\n\r\n"], false);
+        endpoints.push(endpoint);
+        let home = Home { thread, max: 1, ..home(&idle) };
+        drop(conn.exchange_head(b"GET / HTTP/1.1\r\n\r\n", &Method::GET, home).await.unwrap());
+    }
+    assert_eq!(idle.len(), 2, "one for each thread");
 }
