@@ -49,7 +49,7 @@ pub struct HttpConfig {
     /// An idle pooled connection to an endpoint is closed after this long.
     #[serde(with = "edgemesh_core::duration")]
     pub upstream_idle_timeout: Duration,
-    /// Idle pooled connections kept per endpoint.
+    /// Idle pooled connections kept per endpoint and proxy worker thread.
     pub max_idle_per_endpoint: usize,
 }
 

@@ -15,6 +15,8 @@
 //!   pooled connections), kept in its pool.
 //! - [`upstream`]: connections to endpoints (direct or through the
 //!   tunnel; HTTP/1.1 or HTTP/2), pooled per endpoint and worker thread.
+//! - [`lean`]: the HTTP/1.1 exchange of a request without a body, on a
+//!   connection the request's own task reads and writes (no hyper client).
 //! - [`retry`]: which failed tries are tried again, the retry budget, and
 //!   the replayable request body.
 //! - [`metrics`]: the counters.
@@ -23,15 +25,18 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use edgemesh_proxy::pool::Pool;
 use edgemesh_proxy::remote::Reach;
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
 
 use crate::DispatchError;
 
+pub mod lean;
 mod metrics;
 pub mod pick;
 mod port;
@@ -70,14 +75,47 @@ pub struct TimeoutOverride {
 }
 
 /// The future [`Upstream::send`] returns.
-pub type SendFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, DispatchError>> + Send + 'static>>;
+pub type SendFuture = Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, DispatchError>> + Send + 'static>>;
+
+/// An endpoint's response body: from hyper's client connection, or read
+/// by the lean exchange ([`lean`]).
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    Lean(lean::LeanBody),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Lean(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(body) => body.is_end_stream(),
+            UpstreamBody::Lean(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Hyper(body) => body.size_hint(),
+            UpstreamBody::Lean(body) => body.size_hint(),
+        }
+    }
+}
 
 /// Sends one request to an endpoint of `ctx.pool` and returns its response
 /// (whatever its status: a 5xx the endpoint sent is a response, not an
 /// error, once retries are spent). `req` arrives as the client sent it,
 /// hop-by-hop headers already removed and forwarding headers already set
 /// by `front`. For an upgrade request (WebSocket), the response comes from
-/// an HTTP/1.1 connection that is not returned to the pool, so
+/// hyper's HTTP/1.1 connection, not returned to the pool, so
 /// `hyper::upgrade::on(response)` yields the endpoint's side.
 pub trait Upstream: Send + Sync + 'static {
     fn send(&self, req: Request<Incoming>, ctx: Arc<RequestContext>) -> SendFuture;

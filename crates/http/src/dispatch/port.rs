@@ -5,6 +5,7 @@
 //! connections, and a request finds it without a lookup.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -16,6 +17,7 @@ use edgemesh_proxy::balance::ewma::PeakEwma;
 use edgemesh_proxy::pool::{Pool, Targets};
 use tokio::time::Instant;
 
+use super::lean::LeanIdle;
 use super::metrics::{DispatchMetrics, PortCounters};
 use super::retry::Budget;
 use super::upstream::{Idle, Protocol, Sender};
@@ -34,7 +36,7 @@ pub struct PortState {
 
 #[derive(Default)]
 struct Endpoints {
-    by_addr: HashMap<SocketAddr, Endpoint>,
+    by_addr: HashMap<SocketAddr, Endpoint, BuildHasherDefault<AddrHasher>>,
     /// The targets the map was last pruned against (by address).
     pruned_for: usize,
 }
@@ -42,6 +44,8 @@ struct Endpoints {
 struct Endpoint {
     load: PeakEwma,
     idle: Idle,
+    /// Idle connections of the lean exchange.
+    lean: Arc<LeanIdle>,
     /// Held while a connection that others will share (HTTP/2) is opened.
     opening: Arc<tokio::sync::Mutex<()>>,
 }
@@ -95,12 +99,13 @@ impl PortState {
     /// flight until the returned guard is dropped (other strategies keep no
     /// load figures).
     pub fn start<'s>(&'s self, targets: &Targets, addr: SocketAddr) -> InFlight<'s> {
-        let now = Instant::now();
         let counted = targets.strategy == LbStrategy::LeastRequest;
-        if counted {
+        let sent = counted.then(|| {
+            let now = Instant::now();
             self.endpoints(targets).entry(addr, now).load.start();
-        }
-        InFlight { port: self, addr, sent: now, counted }
+            now
+        });
+        InFlight { port: self, addr, sent }
     }
 
     /// A pooled connection to `addr` ready for a request on this thread.
@@ -119,6 +124,15 @@ impl PortState {
     pub fn checkin(&self, targets: &Targets, addr: SocketAddr, sender: Sender, thread: ThreadId, max: usize) {
         let now = Instant::now();
         self.endpoints(targets).entry(addr, now).idle.checkin(sender, thread, max);
+    }
+
+    /// `addr`'s idle lean connections.
+    pub fn lean_idle(&self, targets: &Targets, addr: SocketAddr) -> Arc<LeanIdle> {
+        let mut endpoints = self.endpoints(targets);
+        if let Some(endpoint) = endpoints.0.by_addr.get(&addr) {
+            return endpoint.lean.clone();
+        }
+        endpoints.entry(addr, Instant::now()).lean.clone()
     }
 
     /// The lock held while a shared connection to `addr` is opened.
@@ -147,6 +161,7 @@ impl Guard<'_> {
         self.0.by_addr.entry(addr).or_insert_with(|| Endpoint {
             load: PeakEwma::new(now),
             idle: Idle::default(),
+            lean: Arc::default(),
             opening: Arc::default(),
         })
     }
@@ -160,20 +175,65 @@ impl Guard<'_> {
 pub struct InFlight<'s> {
     port: &'s PortState,
     addr: SocketAddr,
-    sent: Instant,
-    counted: bool,
+    /// When it was sent, if counted (`LeastRequest`).
+    sent: Option<Instant>,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if !self.counted {
-            return;
-        }
+        let Some(sent) = self.sent else { return };
         let now = Instant::now();
-        let rtt: Duration = now.saturating_duration_since(self.sent);
+        let rtt: Duration = now.saturating_duration_since(sent);
         if let Some(e) = lock(&self.port.endpoints).by_addr.get_mut(&self.addr) {
             e.load.finish(rtt, now);
         }
+    }
+}
+
+/// The endpoint table's hasher: endpoint addresses come from the control
+/// plane, not from clients, so a fast multiplicative mix (in the manner of
+/// rustc's FxHash) needs no SipHash's defence against chosen keys; the
+/// table is looked up for every request.
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl AddrHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
 

@@ -123,6 +123,11 @@ impl BodySlot {
         ReplayBody { taken: None, slot: self.slot.clone() }
     }
 
+    /// Whether the request has no body at all.
+    pub fn is_empty(&self) -> bool {
+        self.slot.is_none()
+    }
+
     /// Whether the body can still be sent in full (it is empty, or no try
     /// read any of it).
     pub fn is_whole(&self) -> bool {

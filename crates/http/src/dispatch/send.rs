@@ -13,14 +13,15 @@ use edgemesh_proxy::pool::Targets;
 use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
 use hyper::http::request::Parts;
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
+use super::lean::{Home, LeanConn, LeanError};
 use super::metrics::DispatchMetrics;
 use super::pick;
-use super::port::PortState;
+use super::port::{InFlight, PortState};
 use super::retry::{BodySlot, ReplayBody, is_idempotent};
 use super::upstream::{self, OpenError, Protocol, Sender};
-use super::{RequestContext, SendFuture, Upstream};
+use super::{RequestContext, SendFuture, Upstream, UpstreamBody};
 use crate::{DispatchError, HttpConfig};
 
 /// The agent's [`Upstream`]: one per agent, shared by every HTTP port.
@@ -75,7 +76,7 @@ impl Shared {
         &self,
         req: Request<Incoming>,
         ctx: &RequestContext,
-    ) -> Result<Response<Incoming>, DispatchError> {
+    ) -> Result<Response<UpstreamBody>, DispatchError> {
         let targets = ctx.pool.targets();
         match nonzero(ctx.timeouts.request.or(targets.http.timeout).unwrap_or(self.config.request_timeout)) {
             Some(timeout) => tokio::time::timeout(timeout, self.tries(req, ctx, &targets))
@@ -90,7 +91,7 @@ impl Shared {
         req: Request<Incoming>,
         ctx: &RequestContext,
         targets: &Targets,
-    ) -> Result<Response<Incoming>, DispatchError> {
+    ) -> Result<Response<UpstreamBody>, DispatchError> {
         let pool = &ctx.pool;
         let port = PortState::of(pool, &self.config, &self.metrics);
         port.deposit();
@@ -148,7 +149,8 @@ impl Shared {
     }
 
     /// One try: a pooled connection to `backend` (or a new one) and the
-    /// request on it, up to the response head.
+    /// request on it, up to the response head. A request without a body to
+    /// an HTTP/1.1 endpoint takes the lean exchange.
     #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
@@ -159,10 +161,13 @@ impl Shared {
         parts: &Parts,
         body: &BodySlot,
         protocol: Protocol,
-    ) -> Result<Response<Incoming>, Failure> {
+    ) -> Result<Response<UpstreamBody>, Failure> {
         let addr = backend.addr;
         let thread = std::thread::current().id();
         let in_flight = port.start(targets, addr);
+        if protocol == Protocol::Http1 && body.is_empty() && parts.method != Method::CONNECT {
+            return self.lean_exchange(ctx, targets, port, backend, parts, thread, in_flight).await;
+        }
         let mut reuse = true;
         loop {
             let (mut sender, fresh) = self.connection(ctx, targets, port, backend, protocol, thread, reuse).await?;
@@ -173,7 +178,7 @@ impl Shared {
                     if protocol != Protocol::Upgrade {
                         port.checkin(targets, addr, sender, thread, self.config.max_idle_per_endpoint);
                     }
-                    return Ok(response);
+                    return Ok(response.map(UpstreamBody::Hyper));
                 }
                 Err(mut e) => {
                     let unsent = e.take_message().is_some();
@@ -198,6 +203,72 @@ impl Shared {
 }
 
 impl Shared {
+    /// [`Shared::exchange`] of a request without a body to an HTTP/1.1
+    /// endpoint, on a lean connection ([`lean`]): pooled per endpoint and
+    /// thread like hyper's, handed back by the response body once it ended.
+    #[allow(clippy::too_many_arguments)]
+    async fn lean_exchange(
+        &self,
+        ctx: &RequestContext,
+        targets: &Targets,
+        port: &PortState,
+        backend: &Backend,
+        parts: &Parts,
+        thread: std::thread::ThreadId,
+        in_flight: InFlight<'_>,
+    ) -> Result<Response<UpstreamBody>, Failure> {
+        let addr = backend.addr;
+        let idle = port.lean_idle(targets, addr);
+        let mut reuse = true;
+        loop {
+            let pooled = if reuse { idle.checkout(thread) } else { None };
+            let fresh = pooled.is_none();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => match upstream::connect(ctx, backend).await {
+                    Ok(stream) => {
+                        port.counters.opened.inc();
+                        LeanConn::new(stream)
+                    }
+                    Err(reason) => {
+                        ctx.pool.failed(addr);
+                        tracing::debug!(service = %ctx.pool.service, endpoint = %addr, %reason, "endpoint failed");
+                        let error = DispatchError::EndpointFailed { endpoint: addr, reason };
+                        return Err(Failure { error, stage: Stage::Unsent });
+                    }
+                },
+            };
+            let home = Home {
+                idle: idle.clone(),
+                thread,
+                max: self.config.max_idle_per_endpoint,
+                idle_timeout: self.config.upstream_idle_timeout,
+            };
+            let (reason, stage) = match conn.exchange(parts, addr, home).await {
+                Ok(response) => {
+                    drop(in_flight);
+                    ctx.pool.connected(targets, ctx.client.ip(), addr);
+                    return Ok(response.map(UpstreamBody::Lean));
+                }
+                // A pooled connection the endpoint closed meanwhile: nothing
+                // was processed and the endpoint is not to blame: the try
+                // goes on a new connection.
+                Err(LeanError::Unsent(_)) if !fresh => {
+                    reuse = false;
+                    continue;
+                }
+                Err(LeanError::Unsent(reason)) => (reason, Stage::Unsent),
+                Err(LeanError::Sent(reason)) => (reason, Stage::Sent),
+            };
+            if fresh {
+                ctx.pool.failed(addr);
+            }
+            let reason = format!("endpoint {addr}: {reason}");
+            tracing::debug!(service = %ctx.pool.service, endpoint = %addr, %reason, fresh, "request failed");
+            return Err(Failure { error: DispatchError::EndpointFailed { endpoint: addr, reason }, stage });
+        }
+    }
+
     /// A connection to `backend` for one request: a pooled one of this
     /// thread if `reuse`, else a new one (`true`). New HTTP/2 connections
     /// are opened one at a time per endpoint and pooled at once, so

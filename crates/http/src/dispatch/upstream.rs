@@ -15,7 +15,10 @@
 //!   to its endpoint's list when the response head arrives; it is taken
 //!   again only once hyper says it is ready (the previous response was
 //!   read to its end) and never once it is closed (the endpoint hung up).
-//!   At most `maxIdlePerEndpoint` are kept; an upgrade (WebSocket) gets a
+//!   At most `maxIdlePerEndpoint` are kept per worker thread (each thread
+//!   serves its own clients: a limit shared by the threads would close
+//!   connections one thread's clients still need whenever the others
+//!   hold many); an upgrade (WebSocket) gets a
 //!   connection of its own that is never pooled.
 //! - HTTP/2: one multiplexed connection per endpoint and thread.
 //! - Either way, a connection that moved no byte for
@@ -132,7 +135,7 @@ pub async fn open(
 
 /// A byte stream to `backend`: through the tunnel when it is on another
 /// node, else a direct connect (`TCP_NODELAY`, the upstream mark).
-async fn connect(ctx: &RequestContext, backend: &Backend) -> Result<RemoteStream, String> {
+pub async fn connect(ctx: &RequestContext, backend: &Backend) -> Result<RemoteStream, String> {
     let addr = backend.addr;
     if let Some((node, remote)) = ctx.reach.remote_for(backend) {
         let timeout = ctx.reach.timeout();
@@ -297,14 +300,15 @@ impl Idle {
 
     /// Keeps `sender` (its response head just arrived, or, HTTP/2, it was
     /// just opened) for the next requests of this thread; HTTP/1.1 unless
-    /// `max` are kept already.
+    /// `max` of this thread are kept already.
     pub fn checkin(&mut self, sender: Sender, thread: ThreadId, max: usize) {
         match sender {
             Sender::Http1(s) => {
-                if self.http1.len() >= max {
+                let kept = |idle: &Self| idle.http1.iter().filter(|(t, _)| *t == thread).count();
+                if kept(self) >= max {
                     self.http1.retain(|(_, s)| !s.is_closed());
                 }
-                if self.http1.len() < max && !s.is_closed() {
+                if kept(self) < max && !s.is_closed() {
                     self.http1.push((thread, s));
                 }
             }

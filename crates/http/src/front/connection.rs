@@ -263,6 +263,9 @@ pub(super) async fn serve_stream<S>(
     tokio::pin!(draining);
     let result = loop {
         tokio::select! {
+            // The connection first, and no random draw per wake-up: the
+            // timer and the drain are rare.
+            biased;
             result = conn.as_mut() => break result,
             () = &mut draining, if !closing => {
                 // HTTP/1.1: close once the response in flight is sent;

@@ -5,24 +5,51 @@
 
 use std::net::IpAddr;
 
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
-/// Whether `name` is hop-by-hop whether or not `Connection` lists it
-/// (`Connection` itself included). Names are compared, not looked up: a
-/// request or response has a handful of headers, and most have none of
-/// these, so one pass over them is cheaper than a lookup per name.
-fn always_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::TE
-        || *name == KEEP_ALIVE
-        || *name == PROXY_CONNECTION
-        || *name == HTTP2_SETTINGS
+/// The headers that are hop-by-hop whether or not `Connection` lists them
+/// (`Connection` itself included), each with its bit in a set of them.
+/// Names are compared, not looked up: a request or response has a handful
+/// of headers, and most have none of these, so one pass over them is
+/// cheaper than a lookup per name.
+fn always_hop_by_hop(name: &HeaderName) -> u8 {
+    if name == header::CONNECTION {
+        CONNECTION
+    } else if name == header::TRANSFER_ENCODING {
+        1 << 1
+    } else if name == header::UPGRADE {
+        1 << 2
+    } else if name == header::TE {
+        TE
+    } else if *name == KEEP_ALIVE {
+        1 << 4
+    } else if *name == PROXY_CONNECTION {
+        1 << 5
+    } else if *name == HTTP2_SETTINGS {
+        1 << 6
+    } else {
+        0
+    }
+}
+
+const CONNECTION: u8 = 1;
+const TE: u8 = 1 << 3;
+
+/// The names of [`always_hop_by_hop`]'s bits, in bit order.
+fn hop_by_hop_names() -> [&'static HeaderName; 7] {
+    [
+        &header::CONNECTION,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::TE,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &HTTP2_SETTINGS,
+    ]
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -52,8 +79,9 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 /// `trailers` (gRPC needs `te: trailers`). With `upgrade`, the pass-through
 /// upgrade keeps `Upgrade` and `Connection: upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
-    if headers.keys().any(always_hop_by_hop) {
-        remove_hop_by_hop(headers);
+    let present = headers.keys().fold(0, |set, name| set | always_hop_by_hop(name));
+    if present != 0 {
+        remove_hop_by_hop(headers, present);
     }
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -61,19 +89,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) 
     }
 }
 
-/// [`strip_hop_by_hop`]'s removals, for a map that has some.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .collect();
-    let trailers = tokens(headers, &header::TE)
-        .any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers")));
-    for name in listed {
-        headers.remove(name);
+/// [`strip_hop_by_hop`]'s removals, for a map that has the hop-by-hop
+/// headers of the set `present`. The common case (`Connection:
+/// keep-alive` or `close`) allocates nothing: tokens that name no header
+/// to remove besides the ones removed anyway are not parsed as names.
+fn remove_hop_by_hop(headers: &mut HeaderMap, present: u8) {
+    if present & CONNECTION != 0 {
+        let listed: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
+            .filter(|token| !token.eq_ignore_ascii_case("close") && !token.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .filter(|name| always_hop_by_hop(name) == 0)
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
     }
-    let hop: Vec<HeaderName> = headers.keys().filter(|name| always_hop_by_hop(name)).cloned().collect();
-    for name in hop {
-        headers.remove(name);
+    let trailers = present & TE != 0
+        && tokens(headers, &header::TE)
+            .any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    for (bit, name) in hop_by_hop_names().into_iter().enumerate() {
+        if present & (1 << bit) != 0 {
+            headers.remove(name);
+        }
     }
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -129,26 +166,32 @@ impl Forwarding {
 /// proxies' values into one line each) and sets `X-Forwarded-Proto` (`http`
 /// or `https`).
 pub fn add_forwarding(headers: &mut HeaderMap, client: &Forwarding) {
+    // Room for the three at once: the map hyper parsed has none to spare.
+    headers.reserve(3);
     append(headers, &X_FORWARDED_FOR, &client.xff);
     append(headers, &header::FORWARDED, &client.forwarded);
     headers.insert(X_FORWARDED_PROTO.clone(), client.proto.clone());
 }
 
-/// Sets `name` to its present values and `value`, comma-separated.
+/// Sets `name` to its present values and `value`, comma-separated (one
+/// lookup of `name`).
 fn append(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
-    if !headers.contains_key(name) {
-        headers.insert(name.clone(), value.clone());
-        return;
-    }
+    let mut earlier = match headers.entry(name) {
+        Entry::Vacant(vacant) => {
+            vacant.insert(value.clone());
+            return;
+        }
+        Entry::Occupied(earlier) => earlier,
+    };
     let mut joined: Vec<u8> = Vec::new();
-    for earlier in headers.get_all(name) {
-        joined.extend_from_slice(earlier.as_bytes());
+    for value in earlier.iter() {
+        joined.extend_from_slice(value.as_bytes());
         joined.extend_from_slice(b", ");
     }
     joined.extend_from_slice(value.as_bytes());
     // Joined valid values are valid.
     if let Ok(joined) = HeaderValue::from_bytes(&joined) {
-        headers.insert(name.clone(), joined);
+        earlier.insert(joined);
     }
 }
 

@@ -9,22 +9,22 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use edgemesh_core::ServiceKey;
 use http_body_util::{Either, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 
-use crate::DispatchError;
+use crate::{DispatchError, UpstreamBody};
 
 /// The response body: the endpoint's, or the front's own text; `done` is
 /// dropped when the body ends (or the client goes), which ends the
 /// request's time and, for its connection, its time in flight.
 pub struct FrontBody<D> {
-    inner: Either<Incoming, Full<Bytes>>,
+    inner: Either<UpstreamBody, Full<Bytes>>,
     done: Option<D>,
 }
 
 impl<D> FrontBody<D> {
-    pub fn upstream(body: Incoming, done: D) -> Self {
+    pub fn upstream(body: UpstreamBody, done: D) -> Self {
         Self { inner: Either::Left(body), done: Some(done) }
     }
 

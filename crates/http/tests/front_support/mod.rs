@@ -28,12 +28,20 @@ use tokio_util::sync::CancellationToken;
 /// received: `method path`, each header as `name: value`, and the body's
 /// length (`body bytes: Ok(n)`).
 pub async fn echo_backend(name: &'static str) -> SocketAddr {
+    slow_echo_backend(name, Duration::ZERO).await
+}
+
+/// As [`echo_backend`], each answer sent `delay` after its request arrived.
+pub async fn slow_echo_backend(name: &'static str, delay: Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
             let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 let mut text = format!("backend: {name}\n{} {}\n", req.method(), req.uri());
                 for (k, v) in req.headers() {
                     text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));

@@ -16,7 +16,7 @@ use edgemesh_http::{Dispatcher, HttpConfig, RequestContext, Upstream};
 use edgemesh_metrics::Registry;
 use edgemesh_proxy::Reach;
 use edgemesh_proxy::pool::{Pool, Targets};
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -196,10 +196,11 @@ pub fn counter(registry: &Registry, name: &str) -> f64 {
     edgemesh_test_support::scrape::sample(&text, &series).unwrap_or(0.0)
 }
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// A body of any kind (the dispatcher's responses are not `Sync`).
+pub type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 pub fn full(text: impl Into<Bytes>) -> Body {
-    Full::new(text.into()).map_err(|never| match never {}).boxed()
+    Full::new(text.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// A minimal front on loopback: each client connection is served by hyper
@@ -243,7 +244,7 @@ pub async fn front(dispatcher: Dispatcher, pool: Arc<Pool>, reach: Reach) -> Soc
                                 // Hop-by-hop: the endpoint's connection is not the client's.
                                 response.headers_mut().remove(hyper::header::CONNECTION);
                             }
-                            response.map(BodyExt::boxed)
+                            response.map(BodyExt::boxed_unsync)
                         }
                         Err(error) => {
                             let mut response = Response::new(full(error.to_string()));
