@@ -2,7 +2,8 @@
 //! real agent run as `edgemesh gateway`'s flag (`--gateway`) on node-a, the
 //! site's uplink; Services with endpoints on node-a and on node-b (reached
 //! through the tunnel); a client in a namespace of its own on the LAN,
-//! using curl with `--resolve` as a client outside the mesh would.
+//! using curl with `--resolve` as a client outside the mesh would (and a
+//! WebSocket client).
 //!
 //! ```text
 //!  client 10.0.0.9 ──LAN── node-a 10.0.0.2: gateway :18080 ─┬─ local endpoints 10.0.0.2:808x
@@ -17,7 +18,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::eventually;
-use support::http::{ANSWER, HttpBackend, spec, tally};
+use support::http::{ANSWER, HttpBackend, block_on_in, spec, tally};
 use support::mesh::{Node, lan_pair, wait_for_peer};
 use support::netns::{Lan, Netns, NsAgent};
 use support::write_manifest;
@@ -162,6 +163,23 @@ fn hosts_route_to_services_on_both_nodes_weights_split_and_a_missing_service_is_
     assert_eq!(site.get_one("a.b.edge.example", "/"), "200 api-on-a", "a wildcard matches any depth of labels");
     assert!(site.get_one("edge.example", "/").starts_with("404"), "the wildcard needs a label before it");
     assert!(site.get_one("nobody.example", "/").starts_with("404"));
+
+    // A WebSocket (an upgraded connection) to node-b's endpoint through the tunnel.
+    block_on_in(&site.client, || async {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = "ws://10.0.0.2:18080/chat".into_client_request().unwrap();
+        request.headers_mut().insert("host", "shop.example:18080".parse().unwrap());
+        let (mut ws, response) = tokio_tungstenite::connect_async(request).await.expect("the WebSocket handshake");
+        assert_eq!(response.status(), 101);
+        for text in ["hello", "through the gateway", &"x".repeat(100_000)] {
+            ws.send(Message::text(text)).await.unwrap();
+            let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("echo in time");
+            assert_eq!(echoed.unwrap().unwrap(), Message::text(text));
+        }
+        ws.close(None).await.unwrap();
+    });
 
     // 90/10 over 2,000 requests on one connection.
     let answers = site.get("split.example", PORT, "/", 2000);
@@ -383,4 +401,88 @@ fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Runs openssl with `args` in `dir`; panics with its output on failure.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl").current_dir(dir).args(args).output().expect("openssl is installed");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A test CA in `dir` (`ca.crt`, `ca.key`) and a certificate it signed for
+/// each of `names` (`<name>.crt`, `<name>.key`, the name as DNS SAN).
+fn ca_and_certificates(dir: &std::path::Path, names: &[&str]) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        dir,
+        &[&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=test CA", "-keyout", "ca.key", "-out", "ca.crt"]]
+            .concat(),
+    );
+    for name in names {
+        let (key, csr, crt, ext) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
+        std::fs::write(dir.join(&ext), format!("subjectAltName=DNS:{name}\n")).unwrap();
+        openssl(dir, &[&["req"][..], &ec, &["-subj", &format!("/CN={name}"), "-keyout", &key, "-out", &csr]].concat());
+        let sign = ["x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"];
+        openssl(dir, &[&sign[..], &["-extfile", &ext, "-out", &crt]].concat());
+    }
+}
+
+/// EdgeMesh's TLS gateway example, unchanged: `tls.mode: MUTUAL` with
+/// `credentialName: gw-secret` on port 23333. The Secret (standalone: its
+/// files in `gateway.certificates`) holds the server certificate and the
+/// CA client certificates must chain to, as EdgeMesh reads it. A client with
+/// such a certificate is answered by both nodes' endpoints; one without is
+/// refused; the cipher suites and TLS bounds the example sets are noted.
+#[test]
+fn edgemesh_s_own_tls_gateway_example_works_unchanged_with_client_certificates() {
+    let site = Site::new();
+    let fixture = include_str!("fixtures/edgemesh-v1.17.0-hostname-lb-random-gateway-tls.yaml");
+    let _a = HttpBackend::start(&site.a.ns, "10.0.0.2:9376", "hostname-a", ANSWER);
+    let _b = HttpBackend::start(&site.b.ns, "10.0.0.3:9376", "hostname-b", ANSWER);
+    let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: hostname-lb-svc-1\n  \
+                 namespace: default\n  labels:\n    kubernetes.io/service-name: hostname-lb-svc\naddressType: IPv4\n\
+                 endpoints:\n- addresses: [\"10.0.0.2\"]\n  nodeName: node-a\n- addresses: [\"10.0.0.3\"]\n  nodeName: node-b\n\
+                 ports:\n- name: http-0\n  port: 9376\n  protocol: TCP\n"
+        .to_owned();
+    site.manifests(&[fixture.to_owned(), slice], "");
+    let tls = tempfile::tempdir().unwrap();
+    ca_and_certificates(tls.path(), &["any.host", "client"]);
+    let file = |name: &str| tls.path().join(name).to_str().unwrap().to_owned();
+    let config = tls.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "gateway:\n  certificates:\n  - {{name: gw-secret, certFile: {}, keyFile: {}, caFile: {}}}\n",
+            file("any.host.crt"),
+            file("any.host.key"),
+            file("ca.crt")
+        ),
+    )
+    .unwrap();
+    let _agent_b = site.b.start(&[]);
+    let agent = site.a.start(&["--gateway", "-c", config.to_str().unwrap()]);
+    wait_for_peer(&agent, "node-b", "node-a to find node-b", |_| true);
+    let (ca, crt, key) = (file("ca.crt"), file("client.crt"), file("client.key"));
+    let https = |client_certificate: bool| {
+        let mut args = vec!["curl", "-sS", "--max-time", "5", "--cacert", &ca, "--resolve", "any.host:23333:10.0.0.2"];
+        if client_certificate {
+            args.extend(["--cert", &crt, "--key", &key]);
+        }
+        args.push("https://any.host:23333/");
+        let out = site.client.exec(&args);
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    eventually(Duration::from_secs(10), "the TLS gateway", || https(true).0.then_some(()));
+    let answers: Vec<String> = (0..20).map(|_| https(true).1).collect();
+    let counts = tally(&answers, &["hostname-a", "hostname-b"]);
+    assert_eq!(counts[0] + counts[1], 20, "{answers:?}");
+    assert!(counts[0] > 0 && counts[1] > 0, "both nodes' endpoints answer: {counts:?}");
+    let (ok, body) = https(false);
+    assert!(!ok && body.is_empty(), "no client certificate, no answer: {body}");
+
+    let status = agent.json("/gateway");
+    assert_eq!(status["refused"], serde_json::json!([]), "{status}");
+    let notes = status["notes"].to_string();
+    assert!(notes.contains("cipherSuites") && notes.contains("ProtocolVersion"), "{status}");
 }

@@ -207,12 +207,19 @@ fn the_gateway_routes_api_objects_and_writes_their_status_back() {
     let api = FakeApiServer::start();
     api.apply(Resource::Services, service("shop", "web"));
     api.apply(Resource::EndpointSlices, slice("shop", "web", &nginx.ports));
-    let port = free_port();
+    let (port, raw_port) = (free_port(), free_port());
     api.apply(
         Resource::Gateways,
         json!({"metadata": {"name": "site", "namespace": "shop", "generation": 4},
                "spec": {"gatewayClassName": "edgemesh",
-                        "listeners": [{"name": "web", "port": port, "protocol": "HTTP"}]}}),
+                        "listeners": [{"name": "web", "port": port, "protocol": "HTTP"},
+                                      {"name": "raw", "port": raw_port, "protocol": "TCP"}]}}),
+    );
+    api.apply(
+        Resource::TcpRoutes,
+        json!({"metadata": {"name": "raw", "namespace": "shop"},
+               "spec": {"parentRefs": [{"name": "site", "sectionName": "raw"}],
+                        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}),
     );
     let route = |name: &str, host: &str, service: &str| {
         json!({"metadata": {"name": name, "namespace": "shop", "generation": 2},
@@ -267,6 +274,14 @@ fn the_gateway_routes_api_objects_and_writes_their_status_back() {
     });
     let resolved = condition(&broken, "ResolvedRefs").expect("ResolvedRefs");
     assert_eq!((resolved["status"].clone(), resolved["reason"].clone()), (json!("False"), json!("BackendNotFound")));
+
+    // A TCPRoute's status too, and its connections reach nginx at L4.
+    let raw = eventually(Duration::from_secs(10), "the TCPRoute's status", || {
+        api.object(Resource::TcpRoutes, "shop", "raw")?["status"]["parents"].as_array()?.first().cloned()
+    });
+    assert_eq!(raw["parentRef"]["sectionName"], "raw", "{raw}");
+    assert!(raw["conditions"].as_array().unwrap().iter().all(|c| c["status"] == "True"), "{raw}");
+    assert_eq!(curl(&format!("http://127.0.0.1:{raw_port}/")).as_deref(), Some("backend-0\n"));
 
     // Written once: nothing changes, so nothing more is patched.
     let patches = || api.request_log().iter().filter(|r| r.starts_with("PATCH")).count();

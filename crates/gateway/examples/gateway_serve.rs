@@ -64,6 +64,7 @@ fn main() {
                     name: name.into(),
                     cert_file: cert.into(),
                     key_file: key.into(),
+                    ca_file: None,
                 });
             }
             "--service" => {

@@ -31,6 +31,7 @@ mod listener;
 mod rules;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub use self::rules::parse_duration;
 use crate::hostname::Hostname;
@@ -133,6 +134,9 @@ pub struct Compiled {
     pub protocols: BTreeMap<u16, Protocol>,
     /// HTTPS ports: the certificates, by listener hostname.
     pub tls: BTreeMap<u16, SniCertificates>,
+    /// HTTPS ports whose listeners require client certificates
+    /// (`frontendValidation`), and the check.
+    pub client_auth: BTreeMap<u16, Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     /// TLS passthrough and TCP ports: TLSRoutes' and TCPRoutes' rules.
     pub l4: BTreeMap<u16, L4Table>,
     pub gateways: BTreeMap<ObjectRef, GatewayStatus>,
@@ -238,7 +242,7 @@ fn compile_with(
         let status = ports.compile_gateway(gateway, &id, &mut listeners);
         out.gateways.insert(id, status);
     }
-    out.tls = ports.into_certificates();
+    (out.tls, out.client_auth) = ports.into_tls();
     for l in &listeners {
         out.ports.entry(l.port).or_insert_with(|| l.gateway.clone());
         out.protocols.entry(l.port).or_insert(l.protocol);

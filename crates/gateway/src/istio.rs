@@ -9,7 +9,9 @@
 //!   `TCP`, `TLS`), `hosts` (one listener per host; `*` or `ns/*`: any
 //!   host), `tls.mode` `SIMPLE` with `credentialName` (an HTTPS listener
 //!   whose certificate is that Secret), `PASSTHROUGH` on `TLS` servers;
-//!   `MUTUAL` is refused (no client certificate verification yet). The Gateway's `selector` is ignored: every gateway serves
+//!   `MUTUAL` also checks client certificates against the Secret's `ca.crt`
+//!   (`cipherSuites` and protocol bounds are noted, not applied). The
+//!   Gateway's `selector` is ignored: every gateway serves
 //!   every Gateway of its class, and EdgeMesh's objects are taken as class
 //!   `edgemesh` ([`ISTIO_CLASS`]).
 //! - VirtualService `gateways` (`name` or `namespace/name`; `mesh` is
@@ -74,6 +76,10 @@ pub struct ServerTls {
     pub mode: Option<String>,
     pub credential_name: Option<String>,
     pub https_redirect: Option<bool>,
+    /// Not applied (see the notes the translation writes).
+    pub cipher_suites: Vec<String>,
+    pub min_protocol_version: Option<String>,
+    pub max_protocol_version: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -166,7 +172,7 @@ pub struct Translation {
 pub fn translate(gateways: &[IstioGateway], services: &[VirtualService], cluster_domain: &str) -> Translation {
     let mut out = Translation::default();
     for gateway in gateways {
-        out.gateways.push(translate_gateway(gateway, &mut out.refused));
+        out.gateways.push(translate_gateway(gateway, &mut out.refused, &mut out.notes));
     }
     for vs in services {
         if let Some(route) = translate_virtual_service(vs, cluster_domain, &mut out) {
@@ -204,7 +210,7 @@ fn implied_grants(routes: &[schema::HttpRoute]) -> Vec<schema::ReferenceGrant> {
         .collect()
 }
 
-fn translate_gateway(gateway: &IstioGateway, refused: &mut Vec<String>) -> schema::Gateway {
+fn translate_gateway(gateway: &IstioGateway, refused: &mut Vec<String>, notes: &mut Vec<String>) -> schema::Gateway {
     let id = format!("Gateway {}/{}", gateway.metadata.namespace(), gateway.metadata.name);
     let mut listeners = Vec::new();
     for (i, server) in gateway.spec.servers.iter().enumerate() {
@@ -217,14 +223,9 @@ fn translate_gateway(gateway: &IstioGateway, refused: &mut Vec<String>) -> schem
                     continue;
                 }
                 match tls.mode.as_deref().unwrap_or("SIMPLE") {
-                    "SIMPLE" if tls.credential_name.is_some() => "HTTPS",
-                    // Served as SIMPLE it would let in clients without a
-                    // certificate: left out, and said.
-                    "MUTUAL" => {
-                        refused.push(format!(
-                            "{field}.tls: mode MUTUAL (client certificates checked against the Secret's ca.crt) is not served yet; the server is left out rather than served without client authentication"
-                        ));
-                        continue;
+                    "SIMPLE" | "MUTUAL" if tls.credential_name.is_some() => {
+                        tls_notes(&field, tls, notes);
+                        "HTTPS"
                     }
                     mode => {
                         refused.push(format!(
@@ -253,16 +254,20 @@ fn translate_gateway(gateway: &IstioGateway, refused: &mut Vec<String>) -> schem
             // `credentialName`: a Secret in the Gateway's namespace;
             // `PASSTHROUGH`: TLS by SNI, not terminated.
             let tls = match (protocol, &server.tls) {
-                ("HTTPS", Some(tls)) => Some(schema::ListenerTls {
-                    mode: None,
-                    certificate_refs: tls
+                ("HTTPS", Some(tls)) => {
+                    let secret: Vec<schema::SecretRef> = tls
                         .credential_name
                         .iter()
                         .map(|name| schema::SecretRef { name: name.clone(), ..Default::default() })
-                        .collect(),
-                }),
+                        .collect();
+                    // MUTUAL: client certificates checked against the same
+                    // Secret's ca.crt, as Istio (and EdgeMesh) read it.
+                    let frontend_validation = (tls.mode.as_deref() == Some("MUTUAL"))
+                        .then(|| schema::FrontendValidation { ca_certificate_refs: secret.clone() });
+                    Some(schema::ListenerTls { mode: None, certificate_refs: secret, frontend_validation })
+                }
                 ("TLS", Some(tls)) if tls.mode.as_deref() == Some("PASSTHROUGH") => {
-                    Some(schema::ListenerTls { mode: Some("Passthrough".to_owned()), certificate_refs: Vec::new() })
+                    Some(schema::ListenerTls { mode: Some("Passthrough".to_owned()), ..Default::default() })
                 }
                 _ => None,
             };
@@ -283,6 +288,20 @@ fn translate_gateway(gateway: &IstioGateway, refused: &mut Vec<String>) -> schem
     schema::Gateway {
         metadata: gateway.metadata.clone(),
         spec: schema::GatewaySpec { gateway_class_name: ISTIO_CLASS.to_owned(), listeners },
+    }
+}
+
+/// What a served TLS server's settings do here that differs from Istio:
+/// its cipher suites and protocol bounds are not applied (rustls serves TLS
+/// 1.2 and 1.3 with its AEAD suites only).
+fn tls_notes(field: &str, tls: &ServerTls, notes: &mut Vec<String>) {
+    if !tls.cipher_suites.is_empty() {
+        notes.push(format!(
+            "{field}.tls.cipherSuites: not applied; served with rustls' AEAD suites (AES-GCM, ChaCha20-Poly1305), never CBC"
+        ));
+    }
+    if tls.min_protocol_version.is_some() || tls.max_protocol_version.is_some() {
+        notes.push(format!("{field}.tls.min/maxProtocolVersion: not applied; served with TLS 1.2 and 1.3"));
     }
 }
 

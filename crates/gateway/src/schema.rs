@@ -64,6 +64,18 @@ pub struct ListenerTls {
     pub mode: Option<String>,
     /// Core `Secret`s (`kubernetes.io/tls`) with the certificate chain and key.
     pub certificate_refs: Vec<SecretRef>,
+    /// Client certificates required and checked (the Gateway API's
+    /// experimental `frontendValidation`).
+    pub frontend_validation: Option<FrontendValidation>,
+}
+
+/// `tls.frontendValidation`: the CAs client certificates must chain to.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FrontendValidation {
+    /// Secrets whose `ca.crt` holds the CA certificates (PEM); the API's
+    /// ConfigMaps are not read.
+    pub ca_certificate_refs: Vec<SecretRef>,
 }
 
 /// A reference to a Secret (the Gateway API's `SecretObjectReference`).

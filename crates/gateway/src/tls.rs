@@ -11,6 +11,9 @@
 //! - [`SniCertificates`]: a port's certificates by listener hostname; the
 //!   most specific hostname that covers the client's SNI wins, and a
 //!   listener without hostname is the default (no SNI, or no other match).
+//! - [`client_verifier`]: a listener's `frontendValidation` CAs (a Secret's
+//!   `ca.crt`) as the check of client certificates, which the port's
+//!   `ServerConfig` reads from the current compile at each handshake.
 //! - [`server_config`]: one rustls `ServerConfig` per bound port (TLS 1.2
 //!   and 1.3, ring), whose resolver reads the port's certificates from the
 //!   current [`Compiled`] at each handshake. A compile that rotates a
@@ -26,12 +29,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use rustls::ServerConfig;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::UnixTime;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 use serde::Deserialize;
 
 use crate::Compiled;
@@ -46,6 +53,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct CertificatePem {
     pub chain: Vec<u8>,
     pub key: Vec<u8>,
+    /// The Secret's `ca.crt`, when it has one: the CAs client
+    /// certificates must chain to on a listener that validates them.
+    pub ca: Option<Vec<u8>>,
 }
 
 /// Where listeners' `certificateRefs` are looked up.
@@ -77,6 +87,9 @@ pub struct CertificateFile {
     pub cert_file: PathBuf,
     /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
+    /// PEM: the Secret's `ca.crt` (client certificates' CAs), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_namespace() -> String {
@@ -102,7 +115,7 @@ impl FileCertificates {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         for file in self.files.values() {
-            for path in [&file.cert_file, &file.key_file] {
+            for path in [&file.cert_file, &file.key_file].into_iter().chain(&file.ca_file) {
                 match std::fs::metadata(path) {
                     Ok(m) => (m.modified().ok(), m.len()).hash(&mut hasher),
                     Err(e) => e.kind().hash(&mut hasher),
@@ -121,7 +134,8 @@ impl CertificateStore for FileCertificates {
         let read = |path: &PathBuf| {
             std::fs::read(path).map_err(|e| format!("Secret {namespace}/{name}: {}: {e}", path.display()))
         };
-        Ok(CertificatePem { chain: read(&file.cert_file)?, key: read(&file.key_file)? })
+        let ca = file.ca_file.as_ref().map(read).transpose()?;
+        Ok(CertificatePem { chain: read(&file.cert_file)?, key: read(&file.key_file)?, ca })
     }
 }
 
@@ -208,8 +222,99 @@ pub fn server_config(routes: Arc<ArcSwap<Compiled>>, port: u16) -> Result<Arc<Se
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("TLS settings: {e}"))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(Arc::new(ClientValidation { routes: routes.clone(), port }))
         .with_cert_resolver(Arc::new(Resolver { routes, port }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The CAs of a listener's `frontendValidation` (PEM `ca.crt`s) as a
+/// client certificate verifier, or why they cannot be used.
+pub fn client_verifier(cas: &[Vec<u8>], provider: &Arc<CryptoProvider>) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let mut roots = RootCertStore::empty();
+    for pem in cas {
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| format!("ca.crt is not PEM: {e}"))?;
+            roots.add(cert).map_err(|e| format!("ca.crt holds a certificate that cannot be a trust anchor: {e}"))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err("ca.crt holds no CERTIFICATE block".to_owned());
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| format!("the CAs cannot check client certificates: {e}"))
+}
+
+/// Client certificates of a port, as the current compile says: asked for
+/// and required when the port's listeners validate them
+/// ([`Compiled::client_auth`]), not asked for otherwise. Read at each
+/// handshake, like the certificates, so a compile changes it without a
+/// rebind. (The hint list of acceptable CAs is left empty: clients then
+/// offer the certificate they have.)
+struct ClientValidation {
+    routes: Arc<ArcSwap<Compiled>>,
+    port: u16,
+}
+
+impl std::fmt::Debug for ClientValidation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "gateway client certificate validation of port {}", self.port)
+    }
+}
+
+impl ClientValidation {
+    fn current(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        self.routes
+            .load()
+            .client_auth
+            .get(&self.port)
+            .cloned()
+            .ok_or_else(|| rustls::Error::General("this listener no longer validates client certificates".to_owned()))
+    }
+}
+
+impl ClientCertVerifier for ClientValidation {
+    fn offer_client_auth(&self) -> bool {
+        self.routes.load().client_auth.contains_key(&self.port)
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.offer_client_auth()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()?.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider().signature_verification_algorithms.supported_schemes()
+    }
 }

@@ -201,6 +201,7 @@ async fn a_certificate_rotated_under_load_fails_no_request_and_new_handshakes_se
         name: "shop-tls".into(),
         cert_file: dir.path().join("tls.crt"),
         key_file: dir.path().join("tls.key"),
+        ca_file: None,
     }]);
     let port = 18446;
     let yaml = format!(
@@ -275,4 +276,80 @@ async fn a_certificate_rotated_under_load_fails_no_request_and_new_handshakes_se
     assert_eq!(get(&mut held, "shop.example.com", "/").await.unwrap().0, 200);
     let (_, presented) = tls_connect(&client, addr, "shop.example.com").await.unwrap();
     assert!(presented == new.der);
+}
+
+/// `frontendValidation` (Istio's `MUTUAL`): a client without a certificate,
+/// or with one of another CA, gets no answer; one with a certificate of the
+/// Secret's `ca.crt` does. A listener asking for validation it cannot have
+/// is not served; one that does not validate on a validating port conflicts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_required_and_checked_on_a_validating_listener() {
+    let (ca, stranger) = (Ca::new(), Ca::new());
+    let certs = MemoryCertificates::default();
+    let mut server = ca.issue(&["shop.example.com"]).pem;
+    server.ca = Some(ca.pem().into_bytes());
+    certs.set("shop", "shop-tls", server);
+    certs.set("shop", "no-ca", ca.issue(&["plain.example.com"]).pem);
+    let port = 18447;
+    let yaml = format!(
+        r#"
+kind: Gateway
+metadata: {{name: edge, namespace: shop}}
+spec:
+  gatewayClassName: edgemesh
+  listeners:
+  - name: mutual
+    port: {port}
+    protocol: HTTPS
+    hostname: shop.example.com
+    tls: {{certificateRefs: [{{name: shop-tls}}], frontendValidation: {{caCertificateRefs: [{{name: shop-tls}}]}}}}
+  - {{name: plain, port: {port}, protocol: HTTPS, hostname: plain.example.com, tls: {{certificateRefs: [{{name: no-ca}}]}}}}
+  - name: no-ca
+    port: 18448
+    protocol: HTTPS
+    tls: {{certificateRefs: [{{name: no-ca}}], frontendValidation: {{caCertificateRefs: [{{name: no-ca}}]}}}}
+---
+kind: HTTPRoute
+metadata: {{name: web, namespace: shop}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules:
+  - backendRefs: [{{name: web, port: 80}}]
+"#
+    );
+    let compiled = Loaded::parse(&yaml).compile(&[("shop/web", 80)], &certs);
+    let edge = compiled.gateways.values().next().unwrap();
+    let cond = |name: &str, kind: &str| {
+        let l = edge.listeners.iter().find(|l| l.name == name).unwrap();
+        l.conditions.iter().find(|c| c.kind == kind).map(|c| (c.status, c.reason))
+    };
+    assert_eq!(cond("mutual", "Programmed"), Some((true, "Programmed")));
+    assert_eq!(cond("plain", "Conflicted"), Some((true, "ClientValidationConflict")));
+    assert_eq!(cond("no-ca", "ResolvedRefs"), Some((false, "InvalidCACertificateRef")));
+    assert_eq!(cond("no-ca", "Programmed").map(|c| c.0), Some(false), "not served without validation");
+    assert!(compiled.client_auth.contains_key(&port) && !compiled.ports.contains_key(&18448));
+
+    let pools = StaticPools::default().with("shop", "web", 80, http_backend("web").await, AppProtocol::Http1);
+    let gateway = RunningGateway::start(compiled, pools, own_loopback(7)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let ca_file = write("ca.pem", ca.pem().as_bytes());
+    let client = ca.issue(&["client.example.com"]).pem;
+    let (client_crt, client_key) = (write("client.crt", &client.chain), write("client.key", &client.key));
+    let other = stranger.issue(&["client.example.com"]).pem;
+    let (other_crt, other_key) = (write("other.crt", &other.chain), write("other.key", &other.key));
+    let resolve = format!("shop.example.com:{port}:{}", gateway.ip);
+    let url = format!("https://shop.example.com:{port}/");
+    let base = ["--cacert", ca_file.as_str(), "--resolve", resolve.as_str(), "-w", " %{http_code}"];
+
+    let (ok, out) = curl(&[&base[..], &["--cert", &client_crt, "--key", &client_key, &url]].concat()).await;
+    assert!(ok && out.ends_with(" 200"), "with the CA's client certificate: {out}");
+    let (ok, out) = curl(&[&base[..], &[url.as_str()]].concat()).await;
+    assert!(!ok && !out.contains(" 200"), "without a client certificate: {out}");
+    let (ok, out) = curl(&[&base[..], &["--cert", &other_crt, "--key", &other_key, &url]].concat()).await;
+    assert!(!ok && !out.contains(" 200"), "with another CA's certificate: {out}");
 }

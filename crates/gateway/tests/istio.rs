@@ -162,15 +162,23 @@ fn what_cannot_be_translated_is_refused_by_name_and_order_differences_are_told()
 }
 
 #[test]
-fn a_mutual_tls_server_is_refused_rather_than_served_without_client_certificates() {
+fn a_mutual_tls_server_validates_client_certificates_with_its_secrets_ca() {
     let t = translated(
         "apiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: edge, namespace: shop}\nspec:\n  servers:\n  \
-         - {port: {number: 8443, name: mtls, protocol: HTTPS}, hosts: [\"*\"], tls: {mode: MUTUAL, credentialName: shop-cert}}\n  \
+         - {port: {number: 8443, name: mtls, protocol: HTTPS}, hosts: [\"*\"], tls: {mode: MUTUAL, credentialName: shop-cert, \
+            cipherSuites: [TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA], minProtocolVersion: TLSV1_2}}\n  \
          - {port: {number: 8444, name: tls, protocol: HTTPS}, hosts: [\"*\"], tls: {mode: SIMPLE, credentialName: shop-cert}}\n",
     );
-    assert!(t.refused.iter().any(|r| r.contains("mode MUTUAL") && r.contains("left out")), "{:?}", t.refused);
-    let listeners: Vec<&str> = t.gateways[0].spec.listeners.iter().map(|l| l.name.as_str()).collect();
-    assert_eq!(listeners, ["tls"], "only the SIMPLE server");
-    let tls = t.gateways[0].spec.listeners[0].tls.as_ref().unwrap();
-    assert_eq!(tls.certificate_refs[0].name, "shop-cert");
+    assert!(t.refused.is_empty(), "{:?}", t.refused);
+    let listeners = &t.gateways[0].spec.listeners;
+    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["mtls", "tls"]);
+    let mtls = listeners[0].tls.as_ref().unwrap();
+    assert_eq!(mtls.certificate_refs[0].name, "shop-cert");
+    let validation = mtls.frontend_validation.as_ref().expect("MUTUAL validates client certificates");
+    assert_eq!(validation.ca_certificate_refs[0].name, "shop-cert", "with the same Secret's ca.crt");
+    assert!(listeners[1].tls.as_ref().unwrap().frontend_validation.is_none(), "SIMPLE does not");
+    // What is not applied is said.
+    assert!(t.notes.iter().any(|n| n.contains("cipherSuites") && n.contains("servers[0]")), "{:?}", t.notes);
+    assert!(t.notes.iter().any(|n| n.contains("ProtocolVersion") && n.contains("servers[0]")), "{:?}", t.notes);
 }

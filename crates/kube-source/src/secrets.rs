@@ -23,11 +23,13 @@ use crate::backoff::JitteredBackoff;
 /// The Secret type TLS certificates come in.
 pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
 
-/// A Secret's `tls.crt` and `tls.key` (PEM).
+/// A Secret's `tls.crt` and `tls.key` (PEM), and its `ca.crt` when it
+/// has one (the CAs of client certificates, for listeners that check them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsPair {
     pub chain: Vec<u8>,
     pub key: Vec<u8>,
+    pub ca: Option<Vec<u8>>,
 }
 
 /// Each Secret by namespace and name: its pair, or what is wrong with it.
@@ -145,5 +147,5 @@ fn pair_of(secret: &Secret) -> Result<TlsPair, String> {
             .filter(|b| !b.is_empty())
             .ok_or_else(|| format!("has no {name}"))
     };
-    Ok(TlsPair { chain: field("tls.crt")?, key: field("tls.key")? })
+    Ok(TlsPair { chain: field("tls.crt")?, key: field("tls.key")?, ca: field("ca.crt").ok() })
 }

@@ -1,5 +1,5 @@
-//! Writing the edge gateway's status back to its objects (Gateways,
-//! HTTPRoutes): read the object's current `status`, merge this gateway's
+//! Writing the edge gateway's status back to its objects (Gateways and
+//! routes): read the object's current `status`, merge this gateway's
 //! part over it (`edgemesh_gateway::status::merge`: other controllers'
 //! entries and unchanged conditions' times kept), and patch the `status`
 //! subresource only when that changes it, naming the resourceVersion read,

@@ -276,9 +276,11 @@ impl CertificateStore for AgentCertificates {
     fn certificate(&self, namespace: &str, name: &str) -> Result<CertificatePem, String> {
         match (self.files.certificate(namespace, name), &self.secrets) {
             (Ok(pem), _) => Ok(pem),
-            (Err(_), Some(secrets)) => {
-                secrets.get(namespace, name).map(|pair| CertificatePem { chain: pair.chain, key: pair.key })
-            }
+            (Err(_), Some(secrets)) => secrets.get(namespace, name).map(|pair| CertificatePem {
+                chain: pair.chain,
+                key: pair.key,
+                ca: pair.ca,
+            }),
             (Err(why), None) => Err(why),
         }
     }

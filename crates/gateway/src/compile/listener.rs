@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 
 use super::rules::granted;
@@ -23,9 +24,17 @@ pub(super) struct Ports<'a> {
     grants: &'a [ReferenceGrant],
     provider: Arc<CryptoProvider>,
     served_certificates: BTreeMap<u16, SniCertificates>,
+    /// HTTPS ports and whether their listeners validate client
+    /// certificates, with the check (one rustls config per port: all of a
+    /// port's listeners validate, or none).
+    client_validation: BTreeMap<u16, Option<Arc<dyn ClientCertVerifier>>>,
     /// Only HTTP listeners are served (the HTTP-only [`crate::compile()`]).
     http_only: bool,
 }
+
+/// The TLS material of an HTTPS port: certificates by hostname, and the
+/// check of client certificates of the ports that validate them.
+pub(super) type PortTls = (BTreeMap<u16, SniCertificates>, BTreeMap<u16, Arc<dyn ClientCertVerifier>>);
 
 /// What is wrong with a listener: `Accepted: False` problems keep it from
 /// being served; `ResolvedRefs: False` ones may not.
@@ -44,11 +53,13 @@ impl<'a> Ports<'a> {
             grants,
             provider: tls::provider(),
             served_certificates: BTreeMap::new(),
+            client_validation: BTreeMap::new(),
         }
     }
 
-    pub(super) fn into_certificates(self) -> BTreeMap<u16, SniCertificates> {
-        self.served_certificates
+    pub(super) fn into_tls(self) -> PortTls {
+        let validated = self.client_validation.into_iter().filter_map(|(port, v)| Some((port, v?))).collect();
+        (self.served_certificates, validated)
     }
 
     pub(super) fn compile_gateway(
@@ -105,13 +116,19 @@ impl<'a> Ports<'a> {
                 };
             let protocol = protocol.ok();
             let kinds = protocol.map(|p| route_kinds(l, p, &mut problems.refs, generation)).unwrap_or_default();
-            let certificate = match protocol {
-                Some(Protocol::Https) if problems.accepted.is_empty() => {
-                    self.certificate(l, &id.namespace, &mut problems.refs, generation)
-                }
-                _ => None,
+            let (certificate, validation) = match protocol {
+                Some(Protocol::Https) if problems.accepted.is_empty() => (
+                    self.certificate(l, &id.namespace, &mut problems.refs, generation),
+                    self.client_validation(l, &id.namespace, &mut problems.refs, generation),
+                ),
+                _ => (None, None),
             };
-            let servable = !kinds.is_empty() && (protocol != Some(Protocol::Https) || certificate.is_some());
+            // A listener that asks for client validation and cannot have it
+            // is not served without it.
+            let validation_ok = !matches!(validation, Some(None));
+            let validation = validation.flatten();
+            let servable =
+                !kinds.is_empty() && (protocol != Some(Protocol::Https) || (certificate.is_some() && validation_ok));
             let mut conditions = problems.accepted;
             let resolved = problems.refs.is_empty();
             conditions.extend(problems.refs);
@@ -140,7 +157,24 @@ impl<'a> Ports<'a> {
                         format!("another listener serves port {port} for hostname {hostname}"),
                         generation,
                     ));
+                } else if protocol == Protocol::Https
+                    && self.client_validation.get(&port).is_some_and(|served| served.is_some() != validation.is_some())
+                {
+                    hosts.remove(&hostname);
+                    conditions.push(condition(
+                        "Conflicted",
+                        true,
+                        "ClientValidationConflict",
+                        format!(
+                            "another listener on port {port} {} client certificates; a port validates them for all its listeners or for none",
+                            if validation.is_some() { "does not validate" } else { "validates" }
+                        ),
+                        generation,
+                    ));
                 } else {
+                    if protocol == Protocol::Https {
+                        self.client_validation.entry(port).or_insert_with(|| validation.clone());
+                    }
                     if let Some(key) = certificate {
                         self.served_certificates.entry(port).or_default().push(hostname.clone(), key);
                     }
@@ -186,6 +220,57 @@ impl<'a> Ports<'a> {
             condition("Programmed", false, "Invalid", "no listener can be served", generation)
         });
         status
+    }
+
+    /// An HTTPS listener's `tls.frontendValidation`: `None` when it asks
+    /// for none; `Some(None)` when it asks and its CAs cannot be used (each
+    /// problem a `ResolvedRefs: False` condition in `refs`).
+    fn client_validation(
+        &self,
+        l: &Listener,
+        gateway_namespace: &str,
+        refs: &mut Vec<Condition>,
+        generation: Option<i64>,
+    ) -> Option<Option<Arc<dyn ClientCertVerifier>>> {
+        let validation = l.tls.as_ref()?.frontend_validation.as_ref()?;
+        let mut problem = |message: String| {
+            refs.push(condition("ResolvedRefs", false, "InvalidCACertificateRef", message, generation));
+        };
+        let mut cas = Vec::new();
+        for (i, r) in validation.ca_certificate_refs.iter().enumerate() {
+            let at = format!("listener {}: tls.frontendValidation.caCertificateRefs[{i}]", l.name);
+            let group = r.group.as_deref().unwrap_or("");
+            let kind = r.kind.as_deref().unwrap_or("Secret");
+            if !group.is_empty() || kind != "Secret" {
+                problem(format!("{at}: {kind} (group {group:?}) is not read; name a Secret with a ca.crt"));
+                continue;
+            }
+            let namespace = r.namespace.as_deref().unwrap_or(gateway_namespace);
+            if namespace != gateway_namespace
+                && !granted(self.grants, "Gateway", gateway_namespace, namespace, "Secret", &r.name)
+            {
+                problem(format!("{at}: Secret {namespace}/{} is in another namespace and not granted", r.name));
+                continue;
+            }
+            match self.certificates.certificate(namespace, &r.name).map(|pem| pem.ca) {
+                Ok(Some(ca)) => cas.push(ca),
+                Ok(None) => problem(format!("{at}: Secret {namespace}/{} has no ca.crt", r.name)),
+                Err(why) => problem(format!("{at}: {why}")),
+            }
+        }
+        if cas.is_empty() {
+            if validation.ca_certificate_refs.is_empty() {
+                problem(format!("listener {}: tls.frontendValidation names no CA", l.name));
+            }
+            return Some(None);
+        }
+        match tls::client_verifier(&cas, &self.provider) {
+            Ok(verifier) => Some(Some(verifier)),
+            Err(why) => {
+                problem(format!("listener {}: tls.frontendValidation: {why}", l.name));
+                Some(None)
+            }
+        }
     }
 
     /// The first usable certificate of an HTTPS listener's

@@ -133,7 +133,7 @@ impl Ca {
         params.distinguished_name.push(rcgen::DnType::CommonName, names[0].clone());
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let pem = CertificatePem { chain: cert.pem().into_bytes(), key: key.serialize_pem().into_bytes() };
+        let pem = CertificatePem { chain: cert.pem().into_bytes(), key: key.serialize_pem().into_bytes(), ca: None };
         Issued { pem, der: cert.der().to_vec() }
     }
 

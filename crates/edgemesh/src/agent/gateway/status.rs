@@ -1,4 +1,4 @@
-//! The gateway's status written back to its Gateways and HTTPRoutes in
+//! The gateway's status written back to its Gateways and routes in
 //! Kubernetes (the Kubernetes source only): after each compile the desired
 //! status of every such object is handed over here, and each one that
 //! differs from what was last written is written (see
@@ -22,22 +22,40 @@ pub type StatusKey = (RoutingKind, String, String);
 /// How soon a failed write is tried again.
 const RETRY: Duration = Duration::from_secs(5);
 
-/// The desired status of each Gateway API Gateway and HTTPRoute of
+/// The desired status of each Gateway API Gateway and route of
 /// `snapshot` that `report` covers (translated Istio objects have no
 /// Gateway API object to write to).
 pub fn desired(report: &GatewayReport, snapshot: &Snapshot) -> HashMap<StatusKey, Value> {
     let present: std::collections::HashSet<StatusKey> = snapshot
         .routing_objects()
-        .filter(|o| matches!(o.kind, RoutingKind::Gateway | RoutingKind::HttpRoute))
+        .filter(|o| {
+            matches!(
+                o.kind,
+                RoutingKind::Gateway
+                    | RoutingKind::HttpRoute
+                    | RoutingKind::GrpcRoute
+                    | RoutingKind::TlsRoute
+                    | RoutingKind::TcpRoute
+            )
+        })
         .map(|o| (o.kind, o.meta.namespace.clone(), o.meta.name.clone()))
         .collect();
     let gateways = report
         .gateways
         .iter()
         .map(|g| ((RoutingKind::Gateway, g.namespace.clone(), g.name.clone()), status::gateway(g)));
-    let routes =
-        report.routes.iter().map(|r| ((RoutingKind::HttpRoute, r.namespace.clone(), r.name.clone()), status::route(r)));
+    let routes = report.routes.iter().filter_map(|r| {
+        let kind = route_kind(r.kind)?;
+        Some(((kind, r.namespace.clone(), r.name.clone()), status::route(r)))
+    });
     gateways.chain(routes).filter(|(key, _)| present.contains(key)).collect()
+}
+
+/// The kind of a route as the report names it (`HTTPRoute`, ...).
+fn route_kind(kind: &str) -> Option<RoutingKind> {
+    [RoutingKind::HttpRoute, RoutingKind::GrpcRoute, RoutingKind::TlsRoute, RoutingKind::TcpRoute]
+        .into_iter()
+        .find(|k| k.kind() == kind)
 }
 
 /// Writes what `desired` holds until `shutdown`.
