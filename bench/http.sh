@@ -19,9 +19,12 @@
 #            `http` (port name http: per request) VIP 127.99.0.10:80 and
 #            `l4` (port name tcp: per connection) VIP 127.99.0.11:80;
 #   before   with BEFORE_BIN set: that binary (e.g. main before the HTTP
-#            path) as a second agent, `l4` only, VIP 127.99.1.11:80, admin
-#            127.0.0.1:15021: mode h1-l4-before, and the ratio h1-l4 /
-#            h1-l4-before shows an L4 regression directly.
+#            path) as a second agent, admin 127.0.0.1:15021, with `l4` on
+#            VIP 127.99.1.11:80 (mode h1-l4-before: the ratio h1-l4 /
+#            h1-l4-before shows an L4 regression directly) and, with
+#            BEFORE_HTTP=1, `http` on VIP 127.99.1.10:80 (modes
+#            h1-agent-before, h2-agent-before: the ratio h1-agent /
+#            h1-agent-before shows what a change to the HTTP path did).
 # Modes, each repetition running all of them in an order that alternates
 # between repetitions (forward, then reversed):
 #   h1-direct h1-nginx h1-agent h1-l4   `wrk -t2 -cCONNS -dSECS --latency`, keep-alive GETs
@@ -59,7 +62,7 @@ H2_CONNS=$(( CONNS / 5 > 0 ? CONNS / 5 : 1 ))
 NS=em-http-$$ VIP_HTTP=127.99.0.10 VIP_L4=127.99.0.11 ADMIN=127.0.0.1:15020
 W=$(mktemp -d /tmp/edgemesh-http.XXXXXX); chmod 755 "$W"
 AGENT_CG="" AGENT_PID="" PROXY_CG="" PROXY_PID="" BACKEND_PID="" BEFORE_CG="" BEFORE_PID=""
-BEFORE_BIN=${BEFORE_BIN:-} VIP_BEFORE=127.99.1.11
+BEFORE_BIN=${BEFORE_BIN:-} VIP_BEFORE=127.99.1.11 VIP_HTTP_BEFORE=127.99.1.10 BEFORE_HTTP=${BEFORE_HTTP:-}
 cleanup() {
   # Best effort: a part that was never started (no BEFORE_BIN) must not make
   # a finished run exit 1 under set -e.
@@ -100,7 +103,8 @@ svc() { # NAME VIP PORT_NAME
   printf 'endpoints: [{addresses: [127.0.0.1], nodeName: bench}]\n---\n'
 }
 { svc http "$VIP_HTTP" http; svc l4 "$VIP_L4" tcp; } > "$W/agent/manifests/bench.yaml"
-mkdir -p "$W/before/manifests"; svc l4 "$VIP_BEFORE" tcp > "$W/before/manifests/bench.yaml"
+mkdir -p "$W/before/manifests"
+{ svc l4 "$VIP_BEFORE" tcp; [[ -z $BEFORE_HTTP ]] || svc http "$VIP_HTTP_BEFORE" http; } > "$W/before/manifests/bench.yaml"
 
 # (`ip netns exec` execs nginx: this is nginx's pid.)
 ip netns exec "$NS" nginx -c "$W/backend.conf" & BACKEND_PID=$!
@@ -122,6 +126,7 @@ if [[ -n $BEFORE_BIN ]]; then
   for _ in $(seq 200); do in_ns "$NS" curl -sf -o /dev/null "http://127.0.0.1:15021/readyz" && break; sleep 0.05; done
   in_ns "$NS" curl -sf -o /dev/null "http://$VIP_BEFORE/f" || { echo "http.sh: the BEFORE_BIN agent does not answer" >&2; cat "$W/before.log" >&2; exit 1; }
   MODES="$MODES h1-l4-before"
+  [[ -z $BEFORE_HTTP ]] || MODES="$MODES h1-agent-before h2-agent-before"
 fi
 for url in "http://$VIP_HTTP/f" "http://$VIP_L4/f" "http://127.0.0.1:8082/f"; do
   in_ns "$NS" curl -sf -o /dev/null "$url" || { echo "http.sh: $url does not answer" >&2; cat "$W/agent.log" >&2; exit 1; }
@@ -138,6 +143,7 @@ url_of() {
     h1-agent) echo "http://$VIP_HTTP/f" ;; h1-l4) echo "http://$VIP_L4/f" ;; h1-l4-before) echo "http://$VIP_BEFORE/f" ;;
     h2-direct) echo "http://127.0.0.1:8084/f" ;; h2-nginx) echo "http://127.0.0.1:8083/f" ;;
     h2-agent) echo "http://$VIP_HTTP/f" ;;
+    h1-agent-before|h2-agent-before) echo "http://$VIP_HTTP_BEFORE/f" ;;
   esac
 }
 
@@ -158,7 +164,7 @@ PY
 RES=$OUT/results.jsonl; : > "$RES"
 run() { # REP MODE
   local rep=$1 mode=$2 quiet=true a0 a1 n0 n1 raw="$OUT/rep$1-$2.txt" url json cg=$AGENT_CG
-  url=$(url_of "$mode"); [[ $mode != h1-l4-before ]] || cg=$BEFORE_CG
+  url=$(url_of "$mode"); [[ $mode != *-before ]] || cg=$BEFORE_CG
   wait_quiet || quiet=false
   watch_start; a0=$(svc_cpu_ns "$cg"); n0=$(svc_cpu_ns "$PROXY_CG")
   if [[ $mode == h1-* ]]; then
@@ -175,7 +181,7 @@ run() { # REP MODE
     '{rep: $rep, mode: $mode, quiet: $quiet, agent_cpu_ms: $agent, nginx_cpu_ms: $nginx} + .' <<< "$json" | tee -a "$RES"
 }
 
-log "warm-up"; for m in h1-nginx h1-agent h1-l4; do in_ns "$NS" wrk -t2 -c"$CONNS" -d3s "$(url_of $m)" > /dev/null; done
+log "warm-up"; for m in h1-nginx h1-agent h1-l4 ${BEFORE_HTTP:+h1-agent-before}; do in_ns "$NS" wrk -t2 -c"$CONNS" -d3s "$(url_of $m)" > /dev/null; done
 for rep in $(seq "$REPS"); do
   if (( rep % 2 )); then order=$MODES; else order=$(tr ' ' '\n' <<< "$MODES" | tac | tr '\n' ' '); fi
   for mode in $order; do log "rep $rep: $mode"; run "$rep" "$mode"; done
@@ -184,7 +190,7 @@ done
 {
   echo "date: $(date -u +%FT%TZ)"; echo "host: $(nproc) CPUs, $(uname -r)"
   echo "agent: $BIN ($("$BIN" --version 2>/dev/null || echo '?'))"
-  [[ -z $BEFORE_BIN ]] || echo "before: $BEFORE_BIN (h1-l4-before)"
+  [[ -z $BEFORE_BIN ]] || echo "before: $BEFORE_BIN (h1-l4-before${BEFORE_HTTP:+, h1-agent-before, h2-agent-before})"
   echo "git: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo "nginx: $(nginx -v 2>&1 | cut -d/ -f2); wrk -t2 -c$CONNS -d${DUR}s --latency; h2load -c$H2_CONNS -m10 -t2 -D$DUR; reps: $REPS"
   echo "agent HTTP path in use: edgemesh_http_requests_total series after the checks: $HTTP_PATH"
@@ -200,7 +206,8 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 env = open(sys.argv[2]).read().strip().splitlines()
 by = {(r["rep"], r["mode"]): r for r in rows}
 reps = sorted({r["rep"] for r in rows})
-modes = [m for m in ["h1-direct", "h1-nginx", "h1-agent", "h1-l4", "h1-l4-before", "h2-direct", "h2-nginx", "h2-agent"]
+modes = [m for m in ["h1-direct", "h1-nginx", "h1-agent", "h1-agent-before", "h1-l4", "h1-l4-before", "h2-direct",
+                     "h2-nginx", "h2-agent", "h2-agent-before"]
          if any(r["mode"] == m for r in rows)]
 def med(mode, key):
     return st.median(r[key] for r in rows if r["mode"] == mode)
@@ -218,7 +225,8 @@ print("| pair | req/s | p99 |")
 print("|---|---:|---:|")
 for a, b in [("h1-agent", "h1-nginx"), ("h2-agent", "h2-nginx"), ("h1-agent", "h1-direct"),
              ("h2-agent", "h2-direct"), ("h1-nginx", "h1-direct"), ("h1-l4", "h1-direct"),
-             ("h1-l4", "h1-l4-before")]:
+             ("h1-l4", "h1-l4-before"), ("h1-agent", "h1-agent-before"), ("h2-agent", "h2-agent-before"),
+             ("h1-agent-before", "h1-nginx"), ("h2-agent-before", "h2-nginx")]:
     if not any(r["mode"] == b for r in rows):
         continue
     print(f"| {a} / {b} | {ratio(a, b, 'req_s')} | {ratio(a, b, 'p99_us')} |")

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use edgemesh_core::{LbStrategy, ServiceKey};
-use edgemesh_http::{DispatchError, HttpConfig, HttpProxy, RequestContext, SendFuture, Upstream};
+use edgemesh_http::{DispatchError, HttpConfig, HttpProxy, RequestContext, SendFuture, Upstream, UpstreamBody};
 use edgemesh_proxy::Reach;
 use edgemesh_proxy::pool::{Pool, Targets};
 use http_body_util::Full;
@@ -127,7 +127,7 @@ impl Upstream for FixedUpstream {
             let (mut sender, connection) =
                 hyper::client::conn::http1::handshake(TokioIo::new(near)).await.map_err(failed)?;
             tokio::spawn(connection);
-            sender.send_request(req).await.map_err(failed)
+            sender.send_request(req).await.map(|r| r.map(UpstreamBody::Hyper)).map_err(failed)
         })
     }
 }

@@ -183,13 +183,20 @@ impl LeanConn {
             if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
                 Framing::Length(0)
             } else if frame.transfer_encoding {
-                // RFC 9112 §6.3: the transfer coding frames the message, a
-                // Content-Length beside it is ignored, and the connection closes.
+                // RFC 9112 §6.3: the transfer coding frames the message; a
+                // Content-Length beside it is ignored and the connection
+                // closes after it, as it does when chunked is not the last
+                // coding (the body then ends at the close).
                 if frame.length.is_some() {
                     headers.remove(CONTENT_LENGTH);
+                    keep = false;
                 }
-                keep = false;
-                if frame.chunked { Framing::Chunked(Chunk::Size) } else { Framing::Close }
+                if frame.chunked {
+                    Framing::Chunked(Chunk::Size)
+                } else {
+                    keep = false;
+                    Framing::Close
+                }
             } else if let Some(length) = frame.length {
                 Framing::Length(length.ok_or("bad Content-Length in the response")?)
             } else {

@@ -81,7 +81,19 @@ async fn a_chunked_body_is_decoded_with_its_trailers() {
     let (body, trailers) = body_of(response).await;
     assert_eq!(body, "hello world");
     assert_eq!(trailers.unwrap()["grpc-status"], "0");
-    assert_eq!(idle.len(), 0, "a transfer-coded response closes its connection");
+    assert_eq!(idle.len(), 1, "a chunked body ends cleanly: the connection is kept");
+}
+
+#[tokio::test]
+async fn a_content_length_beside_a_transfer_coding_is_ignored_and_the_connection_closed() {
+    let idle = Arc::new(LeanIdle::default());
+    let answer: &[&[u8]] =
+        &[b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"];
+    let (conn, _endpoint) = endpoint(answer, false);
+    let response = conn.exchange(&get("/", &[]), ADDR.parse().unwrap(), home(&idle)).await.unwrap();
+    assert!(!response.headers().contains_key("content-length"));
+    assert_eq!(body_of(response).await.0, "ok");
+    assert_eq!(idle.len(), 0);
 }
 
 #[tokio::test]
