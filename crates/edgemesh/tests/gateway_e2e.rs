@@ -21,6 +21,7 @@ use support::eventually;
 use support::http::{ANSWER, HttpBackend, block_on_in, spec, tally};
 use support::mesh::{Node, lan_pair, wait_for_peer};
 use support::netns::{Lan, Netns, NsAgent};
+use support::tls::{ca_and_certificates, self_signed};
 use support::write_manifest;
 
 const PORT: u16 = 18080;
@@ -254,21 +255,28 @@ fn a_route_added_while_running_is_live_within_a_second_without_touching_open_con
     assert!(agent.log().matches("gateway listener serving").count() == 1, "the listener was not restarted");
 }
 
-#[test]
-fn edgemesh_s_own_gateway_example_works_unchanged() {
-    let site = Site::new();
-    let fixture = include_str!("fixtures/edgemesh-v1.17.0-hostname-lb-random-gateway.yaml");
-    // The example's Deployment becomes these two endpoints, one per node.
-    let _a = HttpBackend::start(&site.a.ns, "10.0.0.2:9376", "hostname-a", ANSWER);
-    let _b = HttpBackend::start(&site.b.ns, "10.0.0.3:9376", "hostname-b", ANSWER);
+/// One of EdgeMesh's example manifests (`fixture`, unchanged) on both
+/// nodes (node-b serves its endpoint to the tunnel only for a Service it
+/// knows; only node-a runs the gateway); the example's Deployment becomes
+/// two endpoints of `hostname-lb-svc`, one per node, answering their names.
+fn edgemesh_example(site: &Site, fixture: &str) -> [HttpBackend; 2] {
+    let endpoints = [
+        HttpBackend::start(&site.a.ns, "10.0.0.2:9376", "hostname-a", ANSWER),
+        HttpBackend::start(&site.b.ns, "10.0.0.3:9376", "hostname-b", ANSWER),
+    ];
     let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: hostname-lb-svc-1\n  \
                  namespace: default\n  labels:\n    kubernetes.io/service-name: hostname-lb-svc\naddressType: IPv4\n\
                  endpoints:\n- addresses: [\"10.0.0.2\"]\n  nodeName: node-a\n- addresses: [\"10.0.0.3\"]\n  nodeName: node-b\n\
                  ports:\n- name: http-0\n  port: 9376\n  protocol: TCP\n"
         .to_owned();
-    // The example on both nodes (node-b serves its endpoint to the tunnel
-    // only for a Service it knows); only node-a runs the gateway.
     site.manifests(&[fixture.to_owned(), slice], "");
+    endpoints
+}
+
+#[test]
+fn edgemesh_s_own_gateway_example_works_unchanged() {
+    let site = Site::new();
+    let _endpoints = edgemesh_example(&site, include_str!("fixtures/edgemesh-v1.17.0-hostname-lb-random-gateway.yaml"));
     let (agent, _agent_b) = site.start();
     let first = eventually(Duration::from_secs(10), "the Istio gateway's listener", || {
         let answer = site.get("any.host", 23333, "/", 1).pop()?;
@@ -285,22 +293,6 @@ fn edgemesh_s_own_gateway_example_works_unchanged() {
     assert_eq!(status["refused"], serde_json::json!([]), "{status}");
 }
 
-/// A self-signed certificate for `host` (openssl), written as
-/// `<stem>.crt` and `<stem>.key` in `dir`.
-fn certificate(dir: &std::path::Path, stem: &str, host: &str) {
-    let (crt, key) = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
-    let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", &format!("/CN={host}"), "-addext", &format!("subjectAltName=DNS:{host}")])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .output()
-        .expect("openssl is installed");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// HTTPS (a certificate from `gateway.certificates`, rotated by rewriting
 /// its files) and a TCPRoute to a Service on the other node, through the
 /// real agent.
@@ -309,8 +301,8 @@ fn https_with_a_rotated_certificate_and_a_tcp_route_across_the_tunnel() {
     let site = Site::new();
     let _backends = backends(&site);
     let tls = tempfile::tempdir().unwrap();
-    certificate(tls.path(), "first", "shop.example");
-    certificate(tls.path(), "second", "shop.example");
+    self_signed(tls.path(), "first", "shop.example");
+    self_signed(tls.path(), "second", "shop.example");
     std::fs::copy(tls.path().join("first.crt"), tls.path().join("shop.crt")).unwrap();
     std::fs::copy(tls.path().join("first.key"), tls.path().join("shop.key")).unwrap();
     let config = tls.path().join("config.yaml");
@@ -403,31 +395,6 @@ fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// Runs openssl with `args` in `dir`; panics with its output on failure.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl").current_dir(dir).args(args).output().expect("openssl is installed");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A test CA in `dir` (`ca.crt`, `ca.key`) and a certificate it signed for
-/// each of `names` (`<name>.crt`, `<name>.key`, the name as DNS SAN).
-fn ca_and_certificates(dir: &std::path::Path, names: &[&str]) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    openssl(
-        dir,
-        &[&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=test CA", "-keyout", "ca.key", "-out", "ca.crt"]]
-            .concat(),
-    );
-    for name in names {
-        let (key, csr, crt, ext) =
-            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
-        std::fs::write(dir.join(&ext), format!("subjectAltName=DNS:{name}\n")).unwrap();
-        openssl(dir, &[&["req"][..], &ec, &["-subj", &format!("/CN={name}"), "-keyout", &key, "-out", &csr]].concat());
-        let sign = ["x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"];
-        openssl(dir, &[&sign[..], &["-extfile", &ext, "-out", &crt]].concat());
-    }
-}
-
 /// EdgeMesh's TLS gateway example, unchanged: `tls.mode: MUTUAL` with
 /// `credentialName: gw-secret` on port 23333. The Secret (standalone: its
 /// files in `gateway.certificates`) holds the server certificate and the
@@ -438,14 +405,7 @@ fn ca_and_certificates(dir: &std::path::Path, names: &[&str]) {
 fn edgemesh_s_own_tls_gateway_example_works_unchanged_with_client_certificates() {
     let site = Site::new();
     let fixture = include_str!("fixtures/edgemesh-v1.17.0-hostname-lb-random-gateway-tls.yaml");
-    let _a = HttpBackend::start(&site.a.ns, "10.0.0.2:9376", "hostname-a", ANSWER);
-    let _b = HttpBackend::start(&site.b.ns, "10.0.0.3:9376", "hostname-b", ANSWER);
-    let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: hostname-lb-svc-1\n  \
-                 namespace: default\n  labels:\n    kubernetes.io/service-name: hostname-lb-svc\naddressType: IPv4\n\
-                 endpoints:\n- addresses: [\"10.0.0.2\"]\n  nodeName: node-a\n- addresses: [\"10.0.0.3\"]\n  nodeName: node-b\n\
-                 ports:\n- name: http-0\n  port: 9376\n  protocol: TCP\n"
-        .to_owned();
-    site.manifests(&[fixture.to_owned(), slice], "");
+    let _endpoints = edgemesh_example(&site, fixture);
     let tls = tempfile::tempdir().unwrap();
     ca_and_certificates(tls.path(), &["any.host", "client"]);
     let file = |name: &str| tls.path().join(name).to_str().unwrap().to_owned();

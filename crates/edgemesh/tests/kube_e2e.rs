@@ -299,20 +299,11 @@ fn tls_secret(ns: &str, name: &str, crt: &[u8], key: &[u8]) -> Value {
            "data": {"tls.crt": b64(crt), "tls.key": b64(key)}})
 }
 
-/// A self-signed certificate and key for `host` (openssl), PEM.
+/// A self-signed certificate and key for `host`, PEM.
 fn self_signed(host: &str) -> (Vec<u8>, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", &format!("/CN={host}"), "-addext", &format!("subjectAltName=DNS:{host}")])
-        .arg("-keyout")
-        .arg(dir.path().join("k"))
-        .arg("-out")
-        .arg(dir.path().join("c"))
-        .output()
-        .expect("openssl is installed");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    (std::fs::read(dir.path().join("c")).unwrap(), std::fs::read(dir.path().join("k")).unwrap())
+    support::tls::self_signed(dir.path(), "cert", host);
+    (std::fs::read(dir.path().join("cert.crt")).unwrap(), std::fs::read(dir.path().join("cert.key")).unwrap())
 }
 
 /// HTTPS with the certificate of a `kubernetes.io/tls` Secret from the API:

@@ -8,7 +8,8 @@
 //! server scraping agents, and `promtool`; [`metric_names`]: the metric
 //! names contract and the Grafana dashboard's names; [`http`]: HTTP, WebSocket
 //! and gRPC endpoints and clients for the HTTP path; [`daemonset`]: the
-//! shipped DaemonSets' containers as a runtime would run them.
+//! shipped DaemonSets' containers as a runtime would run them; [`tls`]: test
+//! certificates made with openssl.
 #![allow(dead_code)]
 
 pub mod chromium;
@@ -20,6 +21,7 @@ pub mod netns;
 pub mod node;
 pub mod probe;
 pub mod prometheus;
+pub mod tls;
 
 // (Test binaries that use only one of them would warn.)
 #[allow(unused_imports)]
