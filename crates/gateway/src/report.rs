@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use crate::compile::{Compiled, Condition, ObjectRef};
+use crate::compile::{Compiled, Condition};
 use crate::objects::GatewayInputs;
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -172,16 +172,12 @@ impl GatewayReport {
             unreadable: inputs
                 .unreadable
                 .iter()
-                .map(|(object, reason)| Unreadable { object: object_text(object), reason: reason.clone() })
+                .map(|(object, reason)| Unreadable { object: object.to_string(), reason: reason.clone() })
                 .collect(),
             refused: inputs.refused.clone(),
             notes: inputs.notes.clone(),
         }
     }
-}
-
-fn object_text(object: &ObjectRef) -> String {
-    object.to_string()
 }
 
 fn conditions(list: &[Condition]) -> Vec<ConditionReport> {

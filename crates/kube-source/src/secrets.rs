@@ -69,8 +69,7 @@ impl TlsSecrets {
     }
 
     fn set(&self, secret: &Secret) {
-        let key = (secret.namespace().unwrap_or_else(|| "default".into()), secret.name_any());
-        let value = pair_of(secret);
+        let (key, value) = (key_of(secret), pair_of(secret));
         let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if map.get(&key) != Some(&value) {
             map.insert(key, value);
@@ -80,8 +79,8 @@ impl TlsSecrets {
     }
 
     fn remove(&self, secret: &Secret) {
-        let key = (secret.namespace().unwrap_or_else(|| "default".into()), secret.name_any());
-        let removed = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key).is_some();
+        let removed =
+            self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key_of(secret)).is_some();
         if removed {
             self.changed();
         }
@@ -115,8 +114,7 @@ impl TlsSecrets {
                 Ok(Event::Init) => listing = Some(HashMap::new()),
                 Ok(Event::InitApply(secret)) => {
                     if let Some(listing) = listing.as_mut() {
-                        let key = (secret.namespace().unwrap_or_else(|| "default".into()), secret.name_any());
-                        listing.insert(key, pair_of(&secret));
+                        listing.insert(key_of(&secret), pair_of(&secret));
                     }
                 }
                 Ok(Event::InitDone) => {
@@ -133,6 +131,11 @@ impl TlsSecrets {
             }
         }
     }
+}
+
+/// A Secret's namespace and name.
+fn key_of(secret: &Secret) -> (String, String) {
+    (secret.namespace().unwrap_or_else(|| "default".into()), secret.name_any())
 }
 
 /// The Secret's `tls.crt` and `tls.key`, or what is wrong with it.

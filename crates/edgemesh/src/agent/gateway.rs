@@ -143,7 +143,9 @@ impl GatewayTask {
         let mut secrets = self.certificates.secrets.as_ref().map(TlsSecrets::changes);
         // A TLS Secret was added, changed or removed since the last compile.
         let mut secrets_moved = false;
-        let mut compiled_at: Option<u64> = None;
+        // The generation last looked at: each change is checked once, so
+        // Service churn the routes do not name costs nothing after.
+        let mut checked_at: Option<u64> = None;
         let mut referenced: HashSet<ServiceKey> = HashSet::new();
         let mut files = self.certificates.files.stamp();
         let mut poll = tokio::time::interval(CERTIFICATE_POLL);
@@ -155,9 +157,11 @@ impl GatewayTask {
             let rotated = std::mem::replace(&mut files, stamp) != stamp || std::mem::take(&mut secrets_moved);
             // Before the first full view, a route's Service may just not be
             // listed yet: wait rather than report it missing.
-            if snapshot.synced && (rotated || needs_compile(&snapshot, compiled_at, &referenced)) {
-                referenced = self.apply(&snapshot).await;
-                compiled_at = Some(snapshot.generation);
+            if snapshot.synced {
+                if rotated || needs_compile(&snapshot, checked_at, &referenced) {
+                    referenced = self.apply(&snapshot).await;
+                }
+                checked_at = Some(snapshot.generation);
             }
             tokio::select! {
                 changed = self.snapshots.changed() => if changed.is_err() { break },
@@ -208,10 +212,10 @@ async fn next_change(
 /// How often `gateway.certificates`' files are checked for a change.
 const CERTIFICATE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Whether `snapshot` changes what the gateway compiled at `compiled_at`:
-/// its routing objects, or a Service they name.
-fn needs_compile(snapshot: &Snapshot, compiled_at: Option<u64>, referenced: &HashSet<ServiceKey>) -> bool {
-    let Some(at) = compiled_at else { return true };
+/// Whether `snapshot` changed, since generation `checked_at`, what the
+/// gateway compiles: its routing objects, or a Service they name.
+fn needs_compile(snapshot: &Snapshot, checked_at: Option<u64>, referenced: &HashSet<ServiceKey>) -> bool {
+    let Some(at) = checked_at else { return true };
     if snapshot.routing_changed() > at {
         return true;
     }
