@@ -32,7 +32,9 @@
 # Reported (table.md): per mode the median req/s, p50 and p99, and the
 # median over repetitions of paired ratios (agent/nginx, agent/direct,
 # l4/direct) with their min-max; CPU ms of the agent's and nginx's cgroups
-# per run. h2load's p99 comes from its per-request log (--log-file).
+# per run; the busiest worker's share of the two busiest threads' CPU (0.50:
+# even, 1.00: all on one; the agent's 2 proxy workers, nginx's 2 worker
+# processes). h2load's p99 comes from its per-request log (--log-file).
 #
 # Before each run the shared harness's quiet check (../shared/bench/lib.sh:
 # no cargo/rustc, < 15 % CPU busy) waits up to QUIET_MAX_WAIT seconds
@@ -161,12 +163,28 @@ print(json.dumps({"requests": int(req.group(4)) if req else 0, "req_s": float(m.
 PY
 }
 
+# thread_ticks CG: "tid ticks" (user + system, clock ticks) of every thread in the cgroup.
+thread_ticks() {
+  local p t
+  for p in $(cat "$CG_CPU/$1/cgroup.procs"); do
+    for t in /proc/"$p"/task/*; do awk -v t="${t##*/}" '{print t, $14 + $15}' "$t/stat" 2>/dev/null; done
+  done
+}
+# busiest_share BEFORE AFTER: of the two threads that used the most CPU between
+# the snapshots (the two proxy workers; nginx's two worker processes), the
+# busier one's share: 0.5 is an even spread, 1.0 all on one.
+busiest_share() {
+  awk 'NR == FNR { b[$1] = $2; next } { d = $2 - b[$1]; if (d > m1) { m2 = m1; m1 = d } else if (d > m2) m2 = d }
+       END { printf "%.2f", (m1 + m2 > 0) ? m1 / (m1 + m2) : 0 }' <(echo "$1") <(echo "$2")
+}
+
 RES=$OUT/results.jsonl; : > "$RES"
 run() { # REP MODE
   local rep=$1 mode=$2 quiet=true a0 a1 n0 n1 raw="$OUT/rep$1-$2.txt" url json cg=$AGENT_CG
   url=$(url_of "$mode"); [[ $mode != *-before ]] || cg=$BEFORE_CG
   wait_quiet || quiet=false
   watch_start; a0=$(svc_cpu_ns "$cg"); n0=$(svc_cpu_ns "$PROXY_CG")
+  local at0 nt0; at0=$(thread_ticks "$cg"); nt0=$(thread_ticks "$PROXY_CG")
   if [[ $mode == h1-* ]]; then
     in_ns "$NS" wrk -t2 -c"$CONNS" -d"${DUR}s" --latency -s "$SHARED/wrk_report.lua" "$url" > "$raw"
     json=$(grep '^{' "$raw")
@@ -175,10 +193,14 @@ run() { # REP MODE
     json=$(h2load_json "$raw" "$W/h2.log"); rm -f "$W/h2.log"
   fi
   a1=$(svc_cpu_ns "$cg"); n1=$(svc_cpu_ns "$PROXY_CG"); watch_stop
+  local ashare nshare; ashare=$(busiest_share "$at0" "$(thread_ticks "$cg")")
+  nshare=$(busiest_share "$nt0" "$(thread_ticks "$PROXY_CG")")
   [[ $WATCH_SEEN == 0 ]] || quiet=false
   jq -c --argjson rep "$rep" --arg mode "$mode" --argjson quiet "$quiet" \
     --argjson agent "$(( (a1 - a0) / 1000000 ))" --argjson nginx "$(( (n1 - n0) / 1000000 ))" \
-    '{rep: $rep, mode: $mode, quiet: $quiet, agent_cpu_ms: $agent, nginx_cpu_ms: $nginx} + .' <<< "$json" | tee -a "$RES"
+    --argjson ashare "$ashare" --argjson nshare "$nshare" \
+    '{rep: $rep, mode: $mode, quiet: $quiet, agent_cpu_ms: $agent, nginx_cpu_ms: $nginx,
+      agent_busiest_worker: $ashare, nginx_busiest_worker: $nshare} + .' <<< "$json" | tee -a "$RES"
 }
 
 log "warm-up"; for m in h1-nginx h1-agent h1-l4 ${BEFORE_HTTP:+h1-agent-before}; do in_ns "$NS" wrk -t2 -c"$CONNS" -d3s "$(url_of $m)" > /dev/null; done
@@ -215,11 +237,15 @@ def ratio(a, b, key):
     v = [by[(p, a)][key] / by[(p, b)][key] for p in reps if (p, a) in by and (p, b) in by and by[(p, b)][key]]
     return f"{st.median(v):.2f}x ({min(v):.2f}-{max(v):.2f})" if v else "-"
 print("# HTTP path vs nginx (HTTP reverse proxy) vs direct, 100-byte GETs\n")
-print("| mode | req/s | p50 us | p99 us | agent CPU ms/run | nginx CPU ms/run |")
-print("|---|---:|---:|---:|---:|---:|")
+print("| mode | req/s | p50 us | p99 us | agent CPU ms/run | nginx CPU ms/run | busiest worker's share |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+def share(m):
+    key = "nginx_busiest_worker" if "nginx" in m else "agent_busiest_worker"
+    v = [r[key] for r in rows if r["mode"] == m and key in r]
+    return f"{st.median(v):.2f}" if v and "direct" not in m else "-"
 for m in modes:
     print(f"| {m} | {med(m,'req_s'):,.0f} | {med(m,'p50_us'):.0f} | {med(m,'p99_us'):.0f} | "
-          f"{med(m,'agent_cpu_ms'):.0f} | {med(m,'nginx_cpu_ms'):.0f} |")
+          f"{med(m,'agent_cpu_ms'):.0f} | {med(m,'nginx_cpu_ms'):.0f} | {share(m)} |")
 print("\nPaired ratios (median over repetitions, min-max):\n")
 print("| pair | req/s | p99 |")
 print("|---|---:|---:|")

@@ -50,6 +50,11 @@ pub struct HttpConfig {
     #[serde(with = "edgemesh_core::duration")]
     pub upstream_idle_timeout: Duration,
     /// Idle pooled connections kept per endpoint and proxy worker thread.
+    /// Above a worker's concurrent requests to an endpoint, or every
+    /// response closes a connection the next request reopens: with 32, 50
+    /// concurrent HTTP/2 streams per worker cost a third of the req/s and
+    /// doubled p99 (BENCHMARKS.md, session 13). Idle ones still close after
+    /// `upstream_idle_timeout`.
     pub max_idle_per_endpoint: usize,
 }
 
@@ -69,7 +74,7 @@ impl Default for HttpConfig {
             retry_budget_ratio: 0.2,
             retry_budget_min_per_second: 10,
             upstream_idle_timeout: Duration::from_secs(90),
-            max_idle_per_endpoint: 32,
+            max_idle_per_endpoint: 128,
         }
     }
 }
