@@ -9,6 +9,7 @@
 //! That the manifests are well-formed Kubernetes objects is checked with
 //! k8s-openapi in `crates/kube-source/tests/deploy.rs`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -125,6 +126,13 @@ fn the_config_map_config_is_accepted_by_the_agent_with_each_daemon_sets_args() {
         let c = effective_config(place, &args);
 
         assert_eq!(c["source"], "kube", "{place}");
+        // The gateway variant: the agent with its gateway on, serving the
+        // class its README names.
+        let gateway = args.first().map(String::as_str) == Some("gateway");
+        assert_eq!(c["gateway"]["enabled"], gateway, "{place}: gateway.enabled");
+        if gateway {
+            assert_eq!(c["gateway"]["className"], "edgemesh", "{place}");
+        }
         assert_eq!(c["nodeName"], "test-node", "{place}: NODE_NAME (the DaemonSet sets it from spec.nodeName)");
 
         // --config names the ConfigMap's key where the volume is mounted.
@@ -188,6 +196,64 @@ fn the_config_map_config_is_accepted_by_the_agent_with_each_daemon_sets_args() {
         } else {
             assert_eq!(kube_api, None, "{place}: in-cluster service account");
             assert_eq!(c["kube"]["kubeconfig"], Value::Null, "{place}");
+        }
+    }
+}
+
+/// Whether a DaemonSet's pods go on a node with these labels: its
+/// nodeSelector and its required node affinity's `In`, `Exists` and
+/// `DoesNotExist` expressions (the only operators the manifests use).
+fn schedules_on(ds: &Value, labels: &BTreeMap<&str, &str>) -> bool {
+    let pod = &ds["spec"]["template"]["spec"];
+    let selector = pod["nodeSelector"].as_object().into_iter().flatten();
+    let selected = selector.into_iter().all(|(k, v)| labels.get(k.as_str()) == v.as_str().as_ref());
+    let terms = &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"];
+    let Some(terms) = terms.as_array() else { return selected };
+    selected
+        && terms.iter().any(|term| {
+            term["matchExpressions"].as_array().into_iter().flatten().all(|e| {
+                let value = labels.get(e["key"].as_str().unwrap());
+                match e["operator"].as_str().unwrap() {
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    "In" => e["values"].as_array().unwrap().iter().any(|v| v.as_str() == value.copied()),
+                    other => panic!("operator {other} is not evaluated here"),
+                }
+            })
+        })
+}
+
+/// Two agents on one node would fight over port 53, the tunnel port and
+/// the nftables table: every edge node, whatever its relay and gateway
+/// labels, runs exactly one of the variants (the eBPF DaemonSet replaces
+/// the standard one: same name).
+#[test]
+fn every_edge_node_runs_exactly_one_agent_whatever_its_labels() {
+    let docs = kubernetes_documents();
+    let daemon_sets: Vec<_> = docs.iter().filter(|(_, v)| v["kind"] == "DaemonSet").collect();
+    for relay in [false, true] {
+        for gateway in [false, true] {
+            let mut labels = BTreeMap::from([("node-role.kubernetes.io/edge", "")]);
+            if relay {
+                labels.insert("edgemesh.io/relay", "true");
+            }
+            if gateway {
+                labels.insert("edgemesh.io/gateway", "true");
+            }
+            let running: BTreeSet<String> = daemon_sets
+                .iter()
+                .filter(|(_, ds)| schedules_on(ds, &labels))
+                .map(|(_, ds)| str_of(&ds["metadata"]["name"]))
+                .collect();
+            assert_eq!(running.len(), 1, "a node labelled {labels:?} runs {running:?}");
+            let expected = if relay {
+                "edgemesh-relay"
+            } else if gateway {
+                "edgemesh-gateway"
+            } else {
+                "edgemesh"
+            };
+            assert!(running.contains(expected), "{labels:?}: {running:?}");
         }
     }
 }

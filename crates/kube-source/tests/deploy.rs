@@ -2,8 +2,10 @@
 //! document parses as the k8s-openapi type of its `kind` with no field the
 //! type does not know (a typo would be silently dropped by the API server),
 //! the objects refer to each other correctly, the DaemonSets keep to the
-//! privileges they need, and the ClusterRole grants read-only access to
-//! exactly the resources that the real source requests from an API server.
+//! privileges they need, and each ClusterRole grants exactly what the real
+//! code requests from an API server: the node agent's read-only access to
+//! what its source watches, and the gateway's (gateway/) the same plus the
+//! routing objects, TLS Secrets and the status it writes.
 //!
 //! The agent config inside the ConfigMap is checked by the real binary in
 //! `crates/edgemesh/tests/deploy.rs`.
@@ -25,6 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 const NAMESPACE: &str = "edgemesh";
 const READ_ONLY_VERBS: [&str; 3] = ["get", "list", "watch"];
+/// What the gateway may do to a `status` subresource: read it, merge-patch it.
+const STATUS_VERBS: [&str; 2] = ["get", "patch"];
+const AGENT: &str = "edgemesh";
+const GATEWAY: &str = "edgemesh-gateway";
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes")
@@ -153,10 +159,12 @@ fn namespace<T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis:
 fn every_manifest_is_a_known_kubernetes_object_without_unknown_fields() {
     let o = load();
     assert_eq!(o.namespaces.iter().map(name).collect::<Vec<_>>(), [NAMESPACE]);
-    assert_eq!(o.service_accounts.len(), 1, "one service account");
-    assert_eq!(o.cluster_roles.len(), 1, "one cluster role");
-    assert_eq!(o.bindings.len(), 1, "one cluster role binding");
-    assert_eq!(o.config_maps.len(), 1, "one config map");
+    // The node agent's, and the gateway's (gateway/).
+    let both = BTreeSet::from([AGENT, GATEWAY]);
+    assert_eq!(o.service_accounts.iter().map(name).collect::<BTreeSet<_>>(), both, "service accounts");
+    assert_eq!(o.cluster_roles.iter().map(name).collect::<BTreeSet<_>>(), both, "cluster roles");
+    assert_eq!(o.bindings.iter().map(name).collect::<BTreeSet<_>>(), both, "cluster role bindings");
+    assert_eq!(o.config_maps.len(), 1, "one config map, shared by every DaemonSet");
     assert!(!o.daemon_sets.is_empty(), "a DaemonSet");
     for ns in o.service_accounts.iter().map(namespace).chain(o.config_maps.iter().map(namespace)) {
         assert_eq!(ns, NAMESPACE);
@@ -169,32 +177,43 @@ fn every_manifest_is_a_known_kubernetes_object_without_unknown_fields() {
 }
 
 #[test]
-fn the_binding_gives_the_role_to_the_service_account() {
+fn each_binding_gives_its_role_to_its_service_account_only() {
     let o = load();
-    let (role, sa, binding) = (&o.cluster_roles[0], &o.service_accounts[0], &o.bindings[0]);
-    assert_eq!(binding.role_ref.kind, "ClusterRole");
-    assert_eq!(binding.role_ref.api_group, "rbac.authorization.k8s.io");
-    assert_eq!(binding.role_ref.name, name(role));
-    let subjects = binding.subjects.as_deref().unwrap_or_default();
-    assert_eq!(subjects.len(), 1, "only the agent's service account");
-    assert_eq!(subjects[0].kind, "ServiceAccount");
-    assert_eq!(subjects[0].name, name(sa));
-    assert_eq!(subjects[0].namespace.as_deref(), Some(namespace(sa)));
+    for binding in &o.bindings {
+        let place = name(binding);
+        assert_eq!(binding.role_ref.kind, "ClusterRole", "{place}");
+        assert_eq!(binding.role_ref.api_group, "rbac.authorization.k8s.io", "{place}");
+        // The account and the role of one variant share its name.
+        assert_eq!(binding.role_ref.name, place, "{place}");
+        assert!(o.cluster_roles.iter().any(|r| name(r) == place), "{place}: no role {place}");
+        let subjects = binding.subjects.as_deref().unwrap_or_default();
+        assert_eq!(subjects.len(), 1, "{place}: one service account");
+        assert_eq!(subjects[0].kind, "ServiceAccount", "{place}");
+        assert_eq!(subjects[0].name, place, "{place}");
+        assert_eq!(subjects[0].namespace.as_deref(), Some(NAMESPACE), "{place}");
+    }
+}
+
+fn role<'a>(o: &'a Objects, role: &str) -> &'a ClusterRole {
+    o.cluster_roles.iter().find(|r| name(*r) == role).unwrap_or_else(|| panic!("no ClusterRole {role}"))
 }
 
 /// `(api group, resource)` -> verbs.
 type Grants = BTreeMap<(String, String), BTreeSet<String>>;
 
-/// What the ClusterRole grants; read-only verbs only, no wildcards, no
-/// non-resource URLs, no names.
-fn granted(role: &ClusterRole) -> Grants {
+/// What the ClusterRole grants; read-only verbs only (and with
+/// `status_writes`, get and patch of `status` subresources), no wildcards,
+/// no non-resource URLs, no names.
+fn granted(role: &ClusterRole, status_writes: bool) -> Grants {
     assert!(role.aggregation_rule.is_none(), "no aggregation");
     let mut grants = Grants::new();
     for rule in role.rules.as_deref().unwrap_or_default() {
         assert!(rule.non_resource_urls.is_none(), "no non-resource URLs: {rule:?}");
         assert!(rule.resource_names.is_none(), "the agent watches all objects, not named ones: {rule:?}");
+        let status = rule.resources.iter().flatten().all(|r| r.ends_with("/status"));
         for verb in &rule.verbs {
-            assert!(READ_ONLY_VERBS.contains(&verb.as_str()), "verb {verb:?} is not read-only");
+            let allowed = if status && status_writes { &STATUS_VERBS[..] } else { &READ_ONLY_VERBS[..] };
+            assert!(allowed.contains(&verb.as_str()), "verb {verb:?} is not allowed in {rule:?}");
         }
         for group in rule.api_groups.as_deref().unwrap_or_default() {
             assert_ne!(group, "*", "no wildcard API group");
@@ -208,8 +227,13 @@ fn granted(role: &ClusterRole) -> Grants {
 }
 
 /// `/api/v1/services?watch=true&...` -> `(("", "services"), "watch")`;
-/// a named object is a `get`.
+/// a named object is a `get`; `PATCH .../gateways/a/status` is
+/// `(("gateway.networking.k8s.io", "gateways/status"), "patch")`.
 fn access(request: &str) -> ((String, String), String) {
+    let (patch, request) = match request.strip_prefix("PATCH ") {
+        Some(rest) => (true, rest),
+        None => (false, request),
+    };
     let (path, query) = request.split_once('?').unwrap_or((request, ""));
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, rest) = match segments.as_slice() {
@@ -222,13 +246,19 @@ fn access(request: &str) -> ((String, String), String) {
         rest => rest,
     };
     let watch = query.split('&').any(|p| p == "watch=true" || p == "watch=1");
-    let verb = match (rest.len(), watch) {
-        (1, true) => "watch",
-        (1, false) => "list",
-        (2, _) => "get",
+    let verb = match (rest.len(), watch, patch) {
+        (1, true, false) => "watch",
+        (1, false, false) => "list",
+        (2, _, false) | (3, _, false) => "get",
+        (3, _, true) => "patch",
         _ => panic!("unexpected request {request}"),
     };
-    ((group.to_string(), rest[0].to_string()), verb.to_string())
+    let resource = match rest {
+        [plural, _name, sub] => format!("{plural}/{sub}"),
+        [plural, ..] => plural.to_string(),
+        [] => panic!("unexpected request {request}"),
+    };
+    ((group.to_string(), resource), verb.to_string())
 }
 
 /// Everything the real source asks of an API server until it watches every
@@ -238,6 +268,12 @@ async fn requests_of_the_source(api: &FakeApiServer, resources: &[&str]) -> Gran
     let source = KubeSource::new(KubeSourceConfig::new(ApiEndpoint::Url(api.url()))).await.expect("client");
     let shutdown = CancellationToken::new();
     tokio::spawn(source.run(sink, shutdown.clone()));
+    used_until_watched(api, resources, shutdown).await
+}
+
+/// Waits until `api` saw a watch of each of `resources`, stops the source,
+/// and sorts what was asked into grants.
+async fn used_until_watched(api: &FakeApiServer, resources: &[&str], shutdown: CancellationToken) -> Grants {
     for resource in resources {
         let path = format!("/{resource}?");
         let found = tokio::task::block_in_place(|| {
@@ -257,7 +293,7 @@ async fn requests_of_the_source(api: &FakeApiServer, resources: &[&str]) -> Gran
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_role_grants_read_access_to_exactly_what_the_source_uses() {
     let o = load();
-    let grants = granted(&o.cluster_roles[0]);
+    let grants = granted(role(&o, AGENT), false);
 
     let mut used =
         requests_of_the_source(&FakeApiServer::start(), &["services", "endpointslices", "nodes", "destinationrules"])
@@ -336,7 +372,6 @@ fn check_container(place: &str, c: &Container, mode: &str) {
 fn daemon_sets_run_on_the_host_network_with_the_least_privileges() {
     let o = load();
     let config_map = name(&o.config_maps[0]).to_string();
-    let service_account = name(&o.service_accounts[0]).to_string();
     for (place, ds) in &o.daemon_sets {
         let spec = ds.spec.as_ref().unwrap();
         let labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
@@ -347,13 +382,17 @@ fn daemon_sets_run_on_the_host_network_with_the_least_privileges() {
         assert_eq!(pod.host_network, Some(true), "{place}");
         // The agent must not be its own upstream resolver (see the manifest).
         assert_eq!(pod.dns_policy.as_deref(), Some("Default"), "{place}");
-        assert_eq!(pod.service_account_name.as_deref(), Some(service_account.as_str()), "{place}");
+        // The gateway variant has an account of its own (it reads Secrets
+        // and writes status); every other variant the agent's read-only one.
+        let agent = pod.containers.iter().find(|c| c.name == "edgemesh").expect("the edgemesh container");
+        let command = agent.args.as_ref().and_then(|a| a.first()).map(String::as_str).unwrap_or_default();
+        let account = if command == "gateway" { GATEWAY } else { AGENT };
+        assert_eq!(pod.service_account_name.as_deref(), Some(account), "{place}");
         assert!(pod.host_pid.is_none() && pod.host_ipc.is_none(), "{place}");
         assert!(pod.tolerations.as_ref().is_some_and(|t| !t.is_empty()), "{place}: tolerations for edge nodes");
 
         // The eBPF variant (`--intercept=ebpf`) also needs the host's bpffs
         // and cgroup hierarchy.
-        let agent = pod.containers.iter().find(|c| c.name == "edgemesh").expect("the edgemesh container");
         let mode = intercept_mode(agent, &o.config_maps[0]);
         let fast_path = mode == "ebpf";
         let host_paths: &[&str] =
@@ -379,7 +418,7 @@ fn daemon_sets_run_on_the_host_network_with_the_least_privileges() {
         // own device; only one without needs the init container for them.
         assert_eq!(pod.init_containers.is_some(), mode == "none", "{place}: init container in mode {mode}");
         assert_eq!(pod.containers.len(), 1, "{place}: one container");
-        assert_eq!(agent.args.as_ref().and_then(|a| a.first()).map(String::as_str), Some("agent"), "{place}");
+        assert!(["agent", "gateway"].contains(&command), "{place}: runs {command:?}");
         let node_name = agent.env.iter().flatten().find(|e| e.name == "NODE_NAME").expect("NODE_NAME");
         let field = node_name.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).expect("from the downward API");
         assert_eq!(field.field_path, "spec.nodeName", "{place}");
@@ -391,5 +430,76 @@ fn daemon_sets_run_on_the_host_network_with_the_least_privileges() {
         for v in volumes {
             assert!(mounts.iter().any(|m| m.name == v.name), "{place}: volume {} is mounted", v.name);
         }
+    }
+}
+
+/// The gateway's source: the agent's resources plus the routing objects,
+/// the TLS Secrets it watches, and the status it reads and patches (each
+/// kind whose status it writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_role_grants_exactly_what_the_gateway_uses() {
+    use edgemesh_core::RoutingKind;
+    use edgemesh_fake_apiserver::Resource;
+    let o = load();
+    let grants = granted(role(&o, GATEWAY), true);
+
+    let api = FakeApiServer::start();
+    let written = [
+        (Resource::Gateways, RoutingKind::Gateway, "gateway.networking.k8s.io/v1", "Gateway"),
+        (Resource::HttpRoutes, RoutingKind::HttpRoute, "gateway.networking.k8s.io/v1", "HTTPRoute"),
+        (Resource::GrpcRoutes, RoutingKind::GrpcRoute, "gateway.networking.k8s.io/v1", "GRPCRoute"),
+        (Resource::TlsRoutes, RoutingKind::TlsRoute, "gateway.networking.k8s.io/v1alpha2", "TLSRoute"),
+        (Resource::TcpRoutes, RoutingKind::TcpRoute, "gateway.networking.k8s.io/v1alpha2", "TCPRoute"),
+    ];
+    for (resource, _, api_version, kind) in written {
+        api.apply(
+            resource,
+            serde_json::json!({"apiVersion": api_version, "kind": kind,
+            "metadata": {"name": "a", "namespace": "web"}, "spec": {}}),
+        );
+    }
+    let RunningRegistry { sink, .. } = start_registry("127.241.0.0/16");
+    let mut config = KubeSourceConfig::new(ApiEndpoint::Url(api.url()));
+    config.routing = true;
+    let source = KubeSource::new(config).await.expect("client");
+    let shutdown = CancellationToken::new();
+    let (_secrets, secrets_task) = source.tls_secrets(shutdown.clone());
+    tokio::spawn(secrets_task);
+    let writer = source.status_writer();
+    for (_, kind, _, _) in written {
+        let desired = serde_json::json!({"conditions": [{"type": "Accepted", "status": "True"}]});
+        writer.write(kind, "web", "a", &desired, |_, d, _| d.clone()).await.expect("status written");
+    }
+    tokio::spawn(source.run(sink, shutdown.clone()));
+    let watched = [
+        "services",
+        "endpointslices",
+        "nodes",
+        "destinationrules",
+        "secrets",
+        "gateways",
+        "httproutes",
+        "grpcroutes",
+        "tlsroutes",
+        "tcproutes",
+        "referencegrants",
+        "virtualservices",
+    ];
+    let used = used_until_watched(&api, &watched, shutdown).await;
+    for plural in ["gateways", "httproutes", "grpcroutes", "tlsroutes", "tcproutes"] {
+        let status = ("gateway.networking.k8s.io".to_string(), format!("{plural}/status"));
+        assert_eq!(used.get(&status), Some(&STATUS_VERBS.iter().map(|v| v.to_string()).collect()), "{status:?}");
+    }
+    assert!(used.contains_key(&("networking.istio.io".to_string(), "gateways".to_string())), "{used:?}");
+
+    // The legacy Endpoints are the agent's fallback, the gateway's too.
+    let mut needed = used;
+    needed.entry(("".to_string(), "endpoints".to_string())).or_default().extend(["list".into(), "watch".into()]);
+    let granted_resources: BTreeSet<_> = grants.keys().collect();
+    let used_resources: BTreeSet<_> = needed.keys().collect();
+    assert_eq!(granted_resources, used_resources, "the gateway's ClusterRole covers exactly what it uses");
+    for (resource, verbs) in &needed {
+        let missing: Vec<_> = verbs.difference(&grants[resource]).collect();
+        assert!(missing.is_empty(), "{resource:?}: the gateway needs {missing:?}");
     }
 }
