@@ -21,107 +21,16 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use edgemesh_fake_apiserver::{FakeApiServer, Resource};
 use serde_json::{Value, json};
-use support::daemonset::{added_capabilities, agent_args, agent_container, contained, edgemesh, shipped_config};
-use support::netns::{Lan, Netns, NsAgent, NsNginx, TcpRelay, link};
-use support::{eventually, peer_id};
+use support::daemonset::{EdgeNode, agent_args, shipped_config};
+use support::eventually;
+use support::netns::{Lan, Netns, NsNginx, TcpRelay};
 
 const DAEMONSET: &str = "30-daemonset.yaml";
 const CLUSTER_IP: &str = "10.96.0.10";
-
-/// An edge node: its namespace, a pod behind a veth, its volumes.
-struct EdgeNode {
-    name: String,
-    ns: Netns,
-    pod: Netns,
-    peer_id: String,
-    /// One directory per volume of the container, by mountPath.
-    volumes: Vec<(String, PathBuf)>,
-    state: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl EdgeNode {
-    /// Node `index` (1 or 2): `10.0.0.<index + 1>` on `lan`, its pod CIDR
-    /// `10.244.<index>.0/24`, its pod at `.2`.
-    fn new(lan: &Lan, index: u8, config: &str) -> EdgeNode {
-        let name = format!("edge-{index}");
-        let (ns, pod) = (Netns::new(&format!("ship{index}")), Netns::new(&format!("shippod{index}")));
-        lan.attach(&ns, "eth0", &[&format!("10.0.0.{}/24", index + 1)]);
-        // A node has a default route (to an upstream nobody answers here).
-        ns.route("default", "10.0.0.254");
-        link(&ns, "veth-pod", &pod, "eth0");
-        ns.addr("veth-pod", &format!("10.244.{index}.1/24"));
-        pod.addr("eth0", &format!("10.244.{index}.2/24"));
-        pod.route("default", &format!("10.244.{index}.1"));
-
-        let dir = tempfile::tempdir().unwrap();
-        let container = agent_container(DAEMONSET);
-        let mut volumes = Vec::new();
-        for mount in container["volumeMounts"].as_array().expect("volumeMounts") {
-            let (volume, path) = (mount["name"].as_str().unwrap(), mount["mountPath"].as_str().unwrap());
-            let local = dir.path().join(volume);
-            std::fs::create_dir_all(&local).unwrap();
-            volumes.push((path.to_owned(), local));
-        }
-        // The config volume holds the ConfigMap's key as its file.
-        let settings: Value = serde_saphyr::from_str(config).unwrap();
-        let state_dir = settings["stateDir"].as_str().expect("the ConfigMap sets stateDir");
-        let state = volumes.iter().find(|(path, _)| path == state_dir).expect("stateDir is a volume").1.clone();
-        let peer_id = peer_id(&state);
-        EdgeNode { name, ns, pod, peer_id, volumes, state, _dir: dir }
-    }
-
-    /// Writes the ConfigMap's `config.yaml` into the volume mounted where
-    /// the container's `--config` points.
-    fn mount_config(&self, config: &str, args: &[String]) {
-        let path = args.iter().find_map(|a| a.strip_prefix("--config=")).expect("the DaemonSet passes --config=");
-        std::fs::write(self.local(path), config).unwrap();
-    }
-
-    /// `path` inside the container, as a path of the test's.
-    fn local(&self, path: &str) -> PathBuf {
-        self.volumes
-            .iter()
-            .find_map(|(mount, local)| Some(local.join(Path::new(path).strip_prefix(mount).ok()?)))
-            .unwrap_or_else(|| PathBuf::from(path))
-    }
-
-    /// The Node object: its pod CIDR and the peer ID its agent has.
-    fn object(&self, index: u8) -> Value {
-        json!({"metadata": {"name": self.name, "annotations": {"edgemesh.io/peer-id": self.peer_id}},
-               "spec": {"podCIDR": format!("10.244.{index}.0/24"), "podCIDRs": [format!("10.244.{index}.0/24")]},
-               "status": {"addresses": [{"type": "InternalIP", "address": format!("10.0.0.{}", index + 1)}]}})
-    }
-
-    /// The DaemonSet's container on this node.
-    fn start(&self, config: &str) -> NsAgent {
-        let container = agent_container(DAEMONSET);
-        let args = agent_args(DAEMONSET);
-        assert_eq!(args[0], "agent", "the container runs the agent");
-        self.mount_config(config, &args);
-        // Arguments that name files inside a volume name the test's copy.
-        let mut args: Vec<String> = args[1..]
-            .iter()
-            .map(|a| match a.split_once('=') {
-                Some((flag, value)) if value.starts_with('/') => format!("{flag}={}", self.local(value).display()),
-                _ => a.clone(),
-            })
-            .collect();
-        args.extend(["--state-dir".to_owned(), self.state.display().to_string()]);
-        let caps = added_capabilities(DAEMONSET);
-        let mut command = contained(&self.ns, &caps, &self.state, edgemesh());
-        let env = container["env"].as_array().expect("env");
-        assert!(env.iter().any(|e| e["name"] == "NODE_NAME"), "the DaemonSet passes NODE_NAME");
-        command.env("NODE_NAME", &self.name);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        NsAgent::start_with(&self.ns, command, &args, Duration::from_secs(30))
-    }
-}
 
 /// The address `--kube-api` names (edgecore's metaServer on the node).
 fn meta_server() -> SocketAddr {
@@ -148,7 +57,7 @@ fn the_shipped_daemon_set_and_config_intercept_cluster_ips_answer_dns_and_cross_
     assert_eq!(settings["intercept"]["mode"], "nftables", "node mode is on in the shipped config");
 
     let lan = Lan::new("shiplan");
-    let (one, two) = (EdgeNode::new(&lan, 1, &config), EdgeNode::new(&lan, 2, &config));
+    let (one, two) = (EdgeNode::new(&lan, 1, &config, DAEMONSET), EdgeNode::new(&lan, 2, &config, DAEMONSET));
     // The backend: nginx in node two's pod.
     let _nginx = NsNginx::start(&two.pod, &["10.244.2.2:8080"], "pod on edge-2");
 
@@ -170,7 +79,7 @@ fn the_shipped_daemon_set_and_config_intercept_cluster_ips_answer_dns_and_cross_
     // edgecore's metaServer, where the DaemonSet says it is, on each node.
     let _relays = [&one, &two].map(|node| TcpRelay::start_at(&node.ns, meta_server(), api.addr()));
 
-    let (agent_one, agent_two) = (one.start(&config), two.start(&config));
+    let (agent_one, agent_two) = (one.start(&config, &[]), two.start(&config, &[]));
     for (node, agent) in [(&one, &agent_one), (&two, &agent_two)] {
         assert_eq!(agent.json("/services")["state"]["origin"], "live", "{}: from the metaServer", node.name);
     }

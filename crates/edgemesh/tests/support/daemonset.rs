@@ -5,10 +5,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::netns::Netns;
+use super::netns::{Lan, Netns, NsAgent, link};
+use super::peer_id;
 
 /// deploy/kubernetes/`file`.
 pub fn deploy_file(file: &str) -> PathBuf {
@@ -83,4 +85,99 @@ pub fn shipped_config() -> String {
     let docs = documents("20-configmap.yaml");
     let config_map = docs.iter().find(|d| d["kind"] == "ConfigMap").expect("a ConfigMap");
     config_map["data"]["config.yaml"].as_str().expect("data.config.yaml").to_owned()
+}
+
+/// An edge node: its namespace, a pod behind a veth, its volumes.
+pub struct EdgeNode {
+    pub name: String,
+    pub ns: Netns,
+    pub pod: Netns,
+    pub peer_id: String,
+    /// The manifest whose DaemonSet runs here (under deploy/kubernetes).
+    file: &'static str,
+    /// One directory per volume of the container, by mountPath.
+    volumes: Vec<(String, PathBuf)>,
+    state: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl EdgeNode {
+    /// Node `index` (1 or 2): `10.0.0.<index + 1>` on `lan`, its pod CIDR
+    /// `10.244.<index>.0/24`, its pod at `.2`.
+    pub fn new(lan: &Lan, index: u8, config: &str, file: &'static str) -> EdgeNode {
+        let name = format!("edge-{index}");
+        let (ns, pod) = (Netns::new(&format!("ship{index}")), Netns::new(&format!("shippod{index}")));
+        lan.attach(&ns, "eth0", &[&format!("10.0.0.{}/24", index + 1)]);
+        // A node has a default route (to an upstream nobody answers here).
+        ns.route("default", "10.0.0.254");
+        link(&ns, "veth-pod", &pod, "eth0");
+        ns.addr("veth-pod", &format!("10.244.{index}.1/24"));
+        pod.addr("eth0", &format!("10.244.{index}.2/24"));
+        pod.route("default", &format!("10.244.{index}.1"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let container = agent_container(file);
+        let mut volumes = Vec::new();
+        for mount in container["volumeMounts"].as_array().expect("volumeMounts") {
+            let (volume, path) = (mount["name"].as_str().unwrap(), mount["mountPath"].as_str().unwrap());
+            let local = dir.path().join(volume);
+            std::fs::create_dir_all(&local).unwrap();
+            volumes.push((path.to_owned(), local));
+        }
+        // The config volume holds the ConfigMap's key as its file.
+        let settings: Value = serde_saphyr::from_str(config).unwrap();
+        let state_dir = settings["stateDir"].as_str().expect("the ConfigMap sets stateDir");
+        let state = volumes.iter().find(|(path, _)| path == state_dir).expect("stateDir is a volume").1.clone();
+        let peer_id = peer_id(&state);
+        EdgeNode { name, ns, pod, peer_id, file, volumes, state, _dir: dir }
+    }
+
+    /// Writes the ConfigMap's `config.yaml` into the volume mounted where
+    /// the container's `--config` points.
+    fn mount_config(&self, config: &str, args: &[String]) {
+        let path = args.iter().find_map(|a| a.strip_prefix("--config=")).expect("the DaemonSet passes --config=");
+        std::fs::write(self.local(path), config).unwrap();
+    }
+
+    /// `path` inside the container, as a path of the test's.
+    fn local(&self, path: &str) -> PathBuf {
+        self.volumes
+            .iter()
+            .find_map(|(mount, local)| Some(local.join(Path::new(path).strip_prefix(mount).ok()?)))
+            .unwrap_or_else(|| PathBuf::from(path))
+    }
+
+    /// The Node object: its pod CIDR and the peer ID its agent has.
+    pub fn object(&self, index: u8) -> Value {
+        json!({"metadata": {"name": self.name, "annotations": {"edgemesh.io/peer-id": self.peer_id}},
+               "spec": {"podCIDR": format!("10.244.{index}.0/24"), "podCIDRs": [format!("10.244.{index}.0/24")]},
+               "status": {"addresses": [{"type": "InternalIP", "address": format!("10.0.0.{}", index + 1)}]}})
+    }
+
+    /// The DaemonSet's container on this node, with `extra` arguments.
+    pub fn start(&self, config: &str, extra: &[&str]) -> NsAgent {
+        let container = agent_container(self.file);
+        let args = agent_args(self.file);
+        self.mount_config(config, &args);
+        // The subcommand (agent, gateway), then its flags; arguments that
+        // name files inside a volume name the test's copy.
+        let subcommand = args[0].clone();
+        assert!(["agent", "gateway"].contains(&subcommand.as_str()), "the container runs the agent: {args:?}");
+        let mut args: Vec<String> = args[1..]
+            .iter()
+            .map(|a| match a.split_once('=') {
+                Some((flag, value)) if value.starts_with('/') => format!("{flag}={}", self.local(value).display()),
+                _ => a.clone(),
+            })
+            .collect();
+        args.extend(["--state-dir".to_owned(), self.state.display().to_string()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let caps = added_capabilities(self.file);
+        let mut command = contained(&self.ns, &caps, &self.state, edgemesh());
+        let env = container["env"].as_array().expect("env");
+        assert!(env.iter().any(|e| e["name"] == "NODE_NAME"), "the DaemonSet passes NODE_NAME");
+        command.env("NODE_NAME", &self.name);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        NsAgent::start_subcommand(&self.ns, command, &subcommand, &args, Duration::from_secs(30))
+    }
 }

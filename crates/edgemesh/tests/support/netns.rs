@@ -31,11 +31,23 @@ impl NsAgent {
     /// [`NsAgent::start`] from `command`, the binary run in `ns` some other
     /// way (e.g. keeping the host's mounts: `ip netns exec` mounts a /sys of
     /// its own, without the cgroup v2 and bpffs mounts under it).
-    pub fn start_with(ns: &Netns, mut command: std::process::Command, args: &[&str], limit: Duration) -> NsAgent {
+    pub fn start_with(ns: &Netns, command: std::process::Command, args: &[&str], limit: Duration) -> NsAgent {
+        NsAgent::start_subcommand(ns, command, "agent", args, limit)
+    }
+
+    /// [`NsAgent::start_with`] for another subcommand that runs the agent
+    /// (`gateway`).
+    pub fn start_subcommand(
+        ns: &Netns,
+        mut command: std::process::Command,
+        subcommand: &str,
+        args: &[&str],
+        limit: Duration,
+    ) -> NsAgent {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("agent.log");
         let child = command
-            .arg("agent")
+            .arg(subcommand)
             .args(args)
             .env("RUST_LOG", "info,edgemesh=debug")
             .stdin(Stdio::null())
