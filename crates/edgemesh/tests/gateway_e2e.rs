@@ -446,3 +446,68 @@ fn edgemesh_s_own_tls_gateway_example_works_unchanged_with_client_certificates()
     let notes = status["notes"].to_string();
     assert!(notes.contains("cipherSuites") && notes.contains("ProtocolVersion"), "{status}");
 }
+
+/// A process holding a port in a namespace (until dropped).
+struct PortHolder(std::process::Child);
+
+impl PortHolder {
+    fn hold(ns: &Netns, port: u16) -> PortHolder {
+        let script = format!(
+            "import socket,sys,time\ns=socket.socket()\ns.bind(('0.0.0.0',{port}))\ns.listen()\nprint('held',flush=True)\ntime.sleep(600)"
+        );
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+        assert_eq!(line.trim(), "held", "the port {port} is held");
+        PortHolder(child)
+    }
+}
+
+impl Drop for PortHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The listener's `Programmed` condition in the agent's `/gateway`.
+fn listener_programmed(agent: &NsAgent) -> Option<serde_json::Value> {
+    let report = agent.json("/gateway");
+    let listener = report["gateways"].as_array()?.first()?["listeners"].as_array()?.first()?.clone();
+    listener["conditions"].as_array()?.iter().find(|c| c["type"] == "Programmed").cloned()
+}
+
+#[test]
+fn a_listener_whose_port_is_taken_is_pending_and_served_once_the_port_is_free() {
+    let site = Site::new();
+    let _backends = backends(&site);
+    site.manifests(&services(), &[GATEWAY.to_owned(), route("shop", "shop.example", &[("web", 1)])].concat());
+    let holder = PortHolder::hold(&site.a.ns, PORT);
+    let (agent, _agent_b) = site.start();
+
+    let pending = eventually(Duration::from_secs(10), "the listener reported not programmed", || {
+        listener_programmed(&agent).filter(|c| c["status"] == "False")
+    });
+    assert_eq!(pending["reason"], "Pending", "{pending}");
+    let message = pending["message"].as_str().unwrap();
+    assert!(message.contains("in use") || message.contains("Address already"), "{message}");
+    let gateway = &agent.json("/gateway")["gateways"][0]["conditions"];
+    let programmed = gateway.as_array().unwrap().iter().find(|c| c["type"] == "Programmed").unwrap();
+    assert_eq!(programmed["status"], "False", "no listener of the Gateway is served: {programmed}");
+
+    // The port freed: bound at the next retry, with no object changed.
+    drop(holder);
+    let freed = Instant::now();
+    let answer = eventually(Duration::from_secs(15), "the gateway serving once the port is free", || {
+        Some(site.get_one("shop.example", "/")).filter(|a| a.starts_with("200"))
+    });
+    assert_eq!(answer, "200 web-on-b");
+    assert!(freed.elapsed() < Duration::from_secs(10), "bound {:?} after the port was freed", freed.elapsed());
+    let programmed = listener_programmed(&agent).expect("Programmed");
+    assert_eq!(programmed["status"], "True", "{programmed}");
+    assert_eq!(agent.log().matches("gateway listener cannot bind").count(), 1, "warned once, not at every retry");
+}

@@ -75,6 +75,9 @@ pub trait ServiceLookup {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListenerStatus {
     pub name: String,
+    /// Its port, when valid: the report says `Programmed: False` while the
+    /// port cannot be bound.
+    pub port: Option<u16>,
     /// The route kinds it takes (its protocol's, narrowed by
     /// `allowedRoutes.kinds`): the status's `supportedKinds`.
     pub supported_kinds: Vec<&'static str>,

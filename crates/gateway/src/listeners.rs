@@ -6,7 +6,9 @@
 //!
 //! A port that cannot be bound (in use, or privileged without
 //! `CAP_NET_BIND_SERVICE`) is reported with the reason, for the listener's
-//! `Programmed` condition, and tried again at the next reconcile.
+//! `Programmed` condition, and tried again at the next reconcile (the agent
+//! reconciles every few seconds while a port is unbound); the warning is
+//! logged when a port's reason changes, not at every try.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -53,6 +55,8 @@ pub struct GatewayListeners {
     handshake_timeout: Duration,
     max_connections: usize,
     running: BTreeMap<u16, Running>,
+    /// Ports that could not be bound at the last try, with why.
+    failing: BTreeMap<u16, String>,
 }
 
 impl GatewayListeners {
@@ -66,6 +70,7 @@ impl GatewayListeners {
             handshake_timeout: crate::tls::HANDSHAKE_TIMEOUT,
             max_connections: 0,
             running: BTreeMap::new(),
+            failing: BTreeMap::new(),
         }
     }
 
@@ -125,11 +130,14 @@ impl GatewayListeners {
                     self.running.insert(*port, running);
                 }
                 Err(why) => {
-                    tracing::warn!(port, %gateway, error = %why, "gateway listener cannot bind; retried at the next change");
+                    if self.failing.get(port) != Some(&why) {
+                        tracing::warn!(port, %gateway, error = %why, "gateway listener cannot bind; retried");
+                    }
                     failed.insert(*port, why);
                 }
             }
         }
+        self.failing.clone_from(&failed);
         failed
     }
 

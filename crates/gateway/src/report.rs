@@ -39,7 +39,7 @@ pub struct PortReport {
     /// Where it listens, once bound.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listening: Option<SocketAddr>,
-    /// Why it could not be bound (retried at the next change).
+    /// Why it could not be bound (tried again every few seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -129,21 +129,37 @@ impl GatewayReport {
         let gateways = compiled
             .gateways
             .iter()
-            .map(|(gateway, status)| GatewayObjectReport {
-                kind: gateway.kind,
-                namespace: gateway.namespace.clone(),
-                name: gateway.name.clone(),
-                conditions: conditions(&status.conditions),
-                listeners: status
+            .map(|(gateway, status)| {
+                let listeners: Vec<ListenerReport> = status
                     .listeners
                     .iter()
-                    .map(|l| ListenerReport {
-                        name: l.name.clone(),
-                        supported_kinds: l.supported_kinds.clone(),
-                        attached_routes: l.attached_routes,
-                        conditions: conditions(&l.conditions),
+                    .map(|l| {
+                        let mut conditions = conditions(&l.conditions);
+                        if let Some(why) = l.port.and_then(|p| failed.get(&p)) {
+                            unbound(&mut conditions, why);
+                        }
+                        ListenerReport {
+                            name: l.name.clone(),
+                            supported_kinds: l.supported_kinds.clone(),
+                            attached_routes: l.attached_routes,
+                            conditions,
+                        }
                     })
-                    .collect(),
+                    .collect();
+                let mut conditions = conditions(&status.conditions);
+                // Served only where a listener's port is bound.
+                if !listeners.iter().any(programmed)
+                    && let Some(why) = status.listeners.iter().find_map(|l| failed.get(&l.port?))
+                {
+                    unbound(&mut conditions, why);
+                }
+                GatewayObjectReport {
+                    kind: gateway.kind,
+                    namespace: gateway.namespace.clone(),
+                    name: gateway.name.clone(),
+                    conditions,
+                    listeners,
+                }
             })
             .collect();
         let routes = compiled
@@ -177,6 +193,21 @@ impl GatewayReport {
             refused: inputs.refused.clone(),
             notes: inputs.notes.clone(),
         }
+    }
+}
+
+fn programmed(listener: &ListenerReport) -> bool {
+    listener.conditions.iter().any(|c| c.kind == "Programmed" && c.status == "True")
+}
+
+/// A `Programmed: True` condition in `list` turned `False` (reason
+/// `Pending`: the agent tries the bind again) naming `why` the port cannot
+/// be bound.
+fn unbound(list: &mut [ConditionReport], why: &str) {
+    for c in list.iter_mut().filter(|c| c.kind == "Programmed" && c.status == "True") {
+        c.status = "False";
+        c.reason = "Pending";
+        c.message = format!("{why}; tried again every few seconds");
     }
 }
 

@@ -148,6 +148,9 @@ impl GatewayTask {
         let mut checked_at: Option<u64> = None;
         let mut referenced: HashSet<ServiceKey> = HashSet::new();
         let mut files = self.certificates.files.stamp();
+        // When ports could not be bound at the last compile: compiled again
+        // every BIND_RETRY until they are (a port freed by another process).
+        let mut unbound_since: Option<std::time::Instant> = None;
         let mut poll = tokio::time::interval(CERTIFICATE_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -158,8 +161,11 @@ impl GatewayTask {
             // Before the first full view, a route's Service may just not be
             // listed yet: wait rather than report it missing.
             if snapshot.synced {
-                if rotated || needs_compile(&snapshot, checked_at, &referenced) {
-                    referenced = self.apply(&snapshot).await;
+                let retry_binds = unbound_since.is_some_and(|at| at.elapsed() >= BIND_RETRY);
+                if rotated || retry_binds || needs_compile(&snapshot, checked_at, &referenced) {
+                    let all_bound;
+                    (referenced, all_bound) = self.apply(&snapshot).await;
+                    unbound_since = (!all_bound).then(std::time::Instant::now);
                 }
                 checked_at = Some(snapshot.generation);
             }
@@ -174,8 +180,9 @@ impl GatewayTask {
     }
 
     /// Compiles `snapshot`'s objects, swaps the tables in, reconciles the
-    /// ports; returns the Services the routes name.
-    async fn apply(&mut self, snapshot: &Snapshot) -> HashSet<ServiceKey> {
+    /// ports; returns the Services the routes name, and whether every port
+    /// is bound.
+    async fn apply(&mut self, snapshot: &Snapshot) -> (HashSet<ServiceKey>, bool) {
         let inputs = objects::read(snapshot.routing_objects().map(|o| &**o), &self.cluster_domain);
         let lookup = SnapshotServices(snapshot);
         let compiled = compile_objects(&self.class, &inputs.objects(), &lookup, &self.certificates);
@@ -195,7 +202,7 @@ impl GatewayTask {
             desired.send_replace(status::desired(&report, snapshot));
         }
         self.report.store(Arc::new(report));
-        referenced_services(&inputs)
+        (referenced_services(&inputs), failed.is_empty())
     }
 }
 
@@ -208,6 +215,9 @@ async fn next_change(
         None => std::future::pending().await,
     }
 }
+
+/// How soon a compile that left ports unbound is tried again.
+const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How often `gateway.certificates`' files are checked for a change.
 const CERTIFICATE_POLL: std::time::Duration = std::time::Duration::from_secs(1);

@@ -208,6 +208,7 @@ impl<'a> Ports<'a> {
             }
             status.listeners.push(ListenerStatus {
                 name: l.name.clone(),
+                port,
                 supported_kinds: kinds,
                 attached_routes: 0,
                 conditions,
