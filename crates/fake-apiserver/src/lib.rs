@@ -184,6 +184,15 @@ struct Shared {
     rules: AtomicBool,
 }
 
+impl Shared {
+    /// Counts a request and logs it (`request_log`, `wait_request`).
+    fn record(&self, line: String) {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        self.log.lock().unwrap().push(line);
+        self.logged.notify_all();
+    }
+}
+
 /// A running (or stopped) fake API server on 127.0.0.1; see the crate docs.
 pub struct FakeApiServer {
     shared: Arc<Shared>,
@@ -483,9 +492,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Resp {
     let Some((resource, namespace, name)) = object_path(req.uri().path()) else { return route(shared, req) };
     let key = (resource, namespace, name);
     if req.method() == hyper::Method::GET {
-        shared.requests.fetch_add(1, Ordering::SeqCst);
-        shared.log.lock().unwrap().push(req.uri().to_string());
-        shared.logged.notify_all();
+        shared.record(req.uri().to_string());
         let store = shared.store.lock().unwrap();
         return match store.objects.get(&key) {
             Some(object) => json_response(StatusCode::OK, object),
@@ -495,9 +502,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Resp {
     if req.method() != hyper::Method::PATCH || !req.uri().path().ends_with("/status") {
         return status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "the fake serves GET and PATCH of status");
     }
-    shared.requests.fetch_add(1, Ordering::SeqCst);
-    shared.log.lock().unwrap().push(format!("PATCH {}", req.uri()));
-    shared.logged.notify_all();
+    shared.record(format!("PATCH {}", req.uri()));
     let Ok(body) = req.into_body().collect().await else {
         return status(StatusCode::BAD_REQUEST, "BadRequest", "cannot read the body");
     };
@@ -548,7 +553,6 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Resp {
-    shared.requests.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_owned();
     let query: BTreeMap<String, String> = req
         .uri()
@@ -558,8 +562,7 @@ fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Resp {
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-    shared.log.lock().unwrap().push(req.uri().to_string());
-    shared.logged.notify_all();
+    shared.record(req.uri().to_string());
     if shared.unavailable.load(Ordering::SeqCst) {
         return status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the server is unavailable");
     }
