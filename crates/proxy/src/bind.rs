@@ -13,7 +13,10 @@
 //! owner, so that first bind still fails with `EADDRINUSE` when anything
 //! (another agent, even with `SO_REUSEPORT`) holds the address: a second
 //! agent cannot silently take half of the connections. The other sockets
-//! join with the option set.
+//! join with the option set, at once ([`tcp_group`]) or later: a service
+//! listener starts as one joinable socket ([`tcp_joinable`]) and the
+//! acceptor adds the others ([`tcp_join`]) when its first connection
+//! arrives, so the many services nobody connects to cost one socket each.
 //!
 //! A single socket registered in every worker's event loop would wake
 //! every worker per connection (`EPOLLEXCLUSIVE` does not help through the
@@ -53,23 +56,37 @@ fn service_socket(addr: SocketAddr, ty: Type, protocol: socket2::Protocol) -> io
 /// for the connections they accept. Port 0 picks a port for the whole
 /// group. All or none: on an error the sockets bound so far close.
 pub(crate) fn tcp_group(addr: SocketAddr, size: usize) -> io::Result<Vec<OwnedFd>> {
+    let first = tcp_joinable(addr, size > 1)?;
+    let addr = socket2::SockRef::from(&first).local_addr()?.as_socket().unwrap_or(addr);
+    let mut group = Vec::with_capacity(size.max(1));
+    group.push(first);
+    for _ in 1..size {
+        group.push(tcp_join(addr)?);
+    }
+    Ok(group)
+}
+
+/// The first socket of a group on `addr`, listening; others may join it
+/// later ([`tcp_join`]) if `joinable`. Its bind fails when anything holds
+/// the address (see the module docs).
+pub(crate) fn tcp_joinable(addr: SocketAddr, joinable: bool) -> io::Result<OwnedFd> {
     let first = tcp_socket(addr)?;
     first.bind(&addr.into())?;
-    let addr = first.local_addr()?.as_socket().unwrap_or(addr);
-    let mut group = Vec::with_capacity(size.max(1));
-    if size > 1 {
+    if joinable {
         first.set_reuse_port(true)?;
     }
     first.listen(BACKLOG)?;
-    group.push(first.into());
-    for _ in 1..size {
-        let socket = tcp_socket(addr)?;
-        socket.set_reuse_port(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(BACKLOG)?;
-        group.push(socket.into());
-    }
-    Ok(group)
+    Ok(first.into())
+}
+
+/// Another socket of the group listening on `addr` (a bound address, not
+/// port 0).
+pub(crate) fn tcp_join(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let socket = tcp_socket(addr)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
 }
 
 fn tcp_socket(addr: SocketAddr) -> io::Result<Socket> {

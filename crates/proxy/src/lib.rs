@@ -14,7 +14,8 @@
 //!   targets in place; `listeners::desired` says, without I/O, which
 //!   listeners (one per family) a service wants.
 //! - `bind`: listening sockets; a TCP service address is a group of
-//!   sockets, one per worker (`SO_REUSEPORT`).
+//!   sockets, one per worker (`SO_REUSEPORT`), from its first connection
+//!   on (one socket before).
 //! - `acceptor`: a task per worker accepting on its socket of every TCP
 //!   listener, through an epoll set of its own (no task or I/O
 //!   registration per socket).
@@ -52,7 +53,7 @@
 //!
 //! ```text
 //! watch<Snapshot> -> Proxy::run -> listeners::Reconciler -> acceptor (every VIP:port,
-//!                                                              |  a socket per worker)
+//!                                                              |  a socket per worker once used)
 //!                    connection::serve (on that worker) <------+
 //!                      balance::Balancer::pick, connect (timeout, retry)
 //!                      splice::forward (client <-> backend)

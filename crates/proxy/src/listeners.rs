@@ -7,10 +7,11 @@
 //! reaches back far enough), so the work per update depends on what changed.
 //!
 //! - New VIP:port: bind (`SO_REUSEADDR`, `IP_FREEBIND` so the VIP need not
-//!   be on a device yet) a TCP port as a group of sockets, one per worker
-//!   (`SO_REUSEPORT`, see `bind`), and add the group to the [`Acceptor`],
-//!   whose task on each worker accepts for every TCP listener (a UDP port
-//!   gets a task of its own on the main runtime).
+//!   be on a device yet) a TCP port as one socket that a group can join
+//!   (`SO_REUSEPORT`, see `bind`), and add it to the [`Acceptor`], whose
+//!   task on each worker accepts for every TCP listener: at its first
+//!   connection the listener grows to a socket per worker (a UDP port gets
+//!   a task of its own on the main runtime).
 //! - Same VIP:port, new endpoints or strategy: swap the listener's targets in
 //!   place; no re-bind, established connections untouched.
 //! - Gone VIP:port: `shutdown(SHUT_RD)` on the listening sockets, which on
@@ -45,8 +46,8 @@ use std::time::Duration;
 use edgemesh_core::{Protocol, ServiceEntry, ServiceKey, Snapshot};
 use tokio::task::JoinHandle;
 
-use crate::acceptor::{Acceptor, Token};
-use crate::bind::{bind_udp, tcp_group};
+use crate::acceptor::{Acceptor, SocketBudget, Token};
+use crate::bind::{bind_udp, tcp_joinable};
 use crate::connection::Shared;
 use crate::error::ProxyError;
 use crate::pool::{Pool, Targets};
@@ -80,30 +81,26 @@ impl Listener {
 }
 
 enum Bound {
-    /// A TCP listener's group of sockets (how many) in the acceptor.
-    Tcp(Token, u32),
+    /// A TCP listener's sockets in the acceptor (which counts them in the
+    /// budget).
+    Tcp(Token),
     /// A UDP socket's task (which owns its sessions).
     Udp(JoinHandle<()>),
 }
 
 impl Bound {
-    fn sockets(&self) -> usize {
+    /// Stops listening now, its sockets back in `budget`; a UDP task, with
+    /// its sessions, ends shortly after (its handle is returned to wait for
+    /// it).
+    fn close(self, acceptor: Option<&Acceptor>, budget: &SocketBudget) -> Option<JoinHandle<()>> {
         match self {
-            Bound::Tcp(_, size) => *size as usize,
-            Bound::Udp(_) => 1,
-        }
-    }
-
-    /// Stops listening now; a UDP task, with its sessions, ends shortly
-    /// after (its handle is returned to wait for it).
-    fn close(self, acceptor: Option<&Acceptor>) -> Option<JoinHandle<()>> {
-        match self {
-            Bound::Tcp(token, _) => {
+            Bound::Tcp(token) => {
                 acceptor.expect("TCP listeners are in the acceptor").remove(token);
                 None
             }
             Bound::Udp(task) => {
                 task.abort();
+                budget.release(1);
                 Some(task)
             }
         }
@@ -121,12 +118,10 @@ pub(crate) struct Reconciler {
     /// Listeners waiting to be bound (kept as a count, so publishing it
     /// costs nothing per event however many are waiting).
     waiting: usize,
-    /// Listening sockets allowed at once.
-    max_listeners: usize,
-    /// Listening sockets open now: a socket per worker for a TCP listener
-    /// bound while they fit in half the budget, one beyond (see
-    /// [`Reconciler::group_size`]).
-    sockets: usize,
+    /// Listening sockets open now and allowed at once: one per listener,
+    /// and for a TCP listener that gets connections a socket per worker
+    /// while they fit in half the budget (see `acceptor`).
+    budget: Arc<SocketBudget>,
     /// The snapshot last reconciled (the one the proxy serves, so keeping
     /// it costs nothing): when the changelog does not reach back far
     /// enough, the services to visit are those whose entries differ from it.
@@ -164,8 +159,7 @@ impl Reconciler {
             services: HashMap::new(),
             unbound: HashSet::new(),
             waiting: 0,
-            max_listeners,
-            sockets: 0,
+            budget: Arc::new(SocketBudget::new(max_listeners)),
             applied: None,
             report: BindReport::default(),
             last_warned: None,
@@ -175,7 +169,7 @@ impl Reconciler {
     /// Binds one listener within the budget, noting a failure for the report.
     fn bind_one(&mut self, listener: &mut Listener) -> bool {
         let first_failure = listener.bind_failures == 0;
-        let over_budget = self.sockets >= self.max_listeners;
+        let over_budget = !self.budget.has_room();
         let error = if over_budget { None } else { self.try_bind(listener) };
         let Some(error) = error.or_else(|| over_budget.then(String::new)) else { return true };
         listener.bind_failures = listener.bind_failures.saturating_add(1);
@@ -196,7 +190,7 @@ impl Reconciler {
         if report.failed == 0 {
             return;
         }
-        let budget = self.max_listeners;
+        let budget = self.budget.max();
         if self.last_warned.is_some_and(|t| t.elapsed() < BIND_WARN_INTERVAL) {
             tracing::debug!(failed = report.failed, waiting = self.waiting, budget, first = ?report.first,
                 "more service listeners could not be bound; retrying");
@@ -264,7 +258,7 @@ impl Reconciler {
     /// Tries again to bind every listener whose bind failed (none while the
     /// listener budget is used up: that costs nothing per waiting listener).
     pub(crate) fn retry_failed_binds(&mut self) {
-        if self.unbound.is_empty() || self.sockets >= self.max_listeners {
+        if self.unbound.is_empty() || !self.budget.has_room() {
             return;
         }
         for key in std::mem::take(&mut self.unbound) {
@@ -293,7 +287,7 @@ impl Reconciler {
             .services
             .drain()
             .flat_map(|(_, listeners)| listeners)
-            .filter_map(|l| l.bound.and_then(|b| b.close(acceptor.as_ref())))
+            .filter_map(|l| l.bound.and_then(|b| b.close(acceptor.as_ref(), &self.budget)))
             .collect();
         if let Some(acceptor) = acceptor {
             acceptor.close().await;
@@ -303,7 +297,6 @@ impl Reconciler {
         }
         self.unbound.clear();
         self.waiting = 0;
-        self.sockets = 0;
         self.shared.status.listeners.store(0, Ordering::Relaxed);
         self.shared.status.pools.clear();
         self.publish_counts();
@@ -334,8 +327,7 @@ impl Reconciler {
             if let Some(bound) = listener.bound.take() {
                 tracing::debug!(service = %key, listener = %listener.pool.addr, protocol = ?listener.protocol,
                     "service port gone; closing listener");
-                self.sockets -= bound.sockets();
-                drop(bound.close(self.acceptor.as_ref()));
+                drop(bound.close(self.acceptor.as_ref(), &self.budget));
                 self.shared.status.listeners.fetch_sub(1, Ordering::Relaxed);
             }
         }
@@ -415,20 +407,23 @@ impl Reconciler {
         let shared = &self.shared;
         let bound = match listener.protocol {
             Protocol::Udp => bind_udp(listener.addr()).map(|socket| {
+                self.budget.charge(1);
                 Bound::Udp(tokio::spawn(crate::udp::serve(Arc::new(socket), listener.pool.clone(), shared.clone())))
             }),
             _ => {
                 if self.acceptor.is_none() {
-                    match Acceptor::start(shared.clone()) {
+                    match Acceptor::start(shared.clone(), self.budget.clone()) {
                         Ok(acceptor) => self.acceptor = Some(acceptor),
                         Err(e) => return Some(format!("cannot start accepting connections: {e}")),
                     }
                 }
-                let size = self.group_size();
                 let acceptor = self.acceptor.as_ref().expect("started above");
-                tcp_group(listener.addr(), size)
-                    .and_then(|group| acceptor.add(group, listener.pool.clone()))
-                    .map(|token| Bound::Tcp(token, u32::try_from(size).expect("a socket per worker thread")))
+                // One socket, joinable: the acceptor adds a socket per
+                // worker when the first connection comes.
+                let grow = acceptor.workers() > 1;
+                tcp_joinable(listener.addr(), grow)
+                    .and_then(|socket| acceptor.add(vec![socket], listener.pool.clone(), grow))
+                    .map(Bound::Tcp)
             }
         };
         match bound {
@@ -440,7 +435,6 @@ impl Reconciler {
                     tracing::debug!(service = %listener.pool.service, listener = %listener.addr(), protocol = ?listener.protocol, "listening");
                 }
                 listener.bind_failures = 0;
-                self.sockets += bound.sockets();
                 listener.bound = Some(bound);
                 shared.status.listeners.fetch_add(1, Ordering::Relaxed);
                 None
@@ -451,15 +445,6 @@ impl Reconciler {
                 Some(error.to_string())
             }
         }
-    }
-
-    /// Sockets for the next TCP listener: one per worker (each accepts and
-    /// serves its share, see `bind`) while they fit in half the socket
-    /// budget; one beyond, served by a single worker, so that a node with
-    /// many services keeps a listener for each rather than groups for some.
-    fn group_size(&self) -> usize {
-        let workers = self.acceptor.as_ref().map_or(1, Acceptor::workers);
-        if self.sockets + workers <= self.max_listeners / 2 { workers } else { 1 }
     }
 
     /// Publishes the number of listeners waiting for a bind (the number

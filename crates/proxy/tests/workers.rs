@@ -1,5 +1,6 @@
 //! Connection workers on loopback: each worker owns a listening socket of
-//! every TCP service address (one `SO_REUSEPORT` group), accepts on it and
+//! every TCP service address that gets connections (one `SO_REUSEPORT`
+//! group, grown from one socket at the first connection), accepts on it and
 //! serves what it accepts. Each test has its own VIP range
 //! `127.77.<n>.0/24`.
 
@@ -56,15 +57,39 @@ async fn join_all(tasks: Vec<tokio::task::JoinHandle<io::Result<bool>>>) -> Vec<
     out
 }
 
-/// With `workers` workers: a socket per worker listens on the service
-/// address, concurrent connections all complete, and deleting the service
-/// closes the whole group (connects are refused, no socket left).
+/// Waits until `count` sockets listen on `addr`.
+async fn until_listening(addr: SocketAddr, count: usize, what: &str) {
+    for _ in 0..200 {
+        if listening_sockets(addr) == count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(listening_sockets(addr), count, "{what}");
+}
+
+/// One connection, echoed.
+async fn one_connection(addr: SocketAddr) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"first").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"first");
+}
+
+/// With `workers` workers: one socket listens on a service address until
+/// its first connection, then a socket per worker; concurrent connections
+/// all complete, and deleting the service closes the whole group (connects
+/// are refused, no socket left).
 async fn served_by_each_worker_and_closed_as_a_group(net: u8, workers: usize) {
     let config = ProxyConfig { workers, max_connections: 1000, ..ProxyConfig::default() };
     let mut h = start_with(net, LbStrategy::RoundRobin, config).await;
     add_service(&mut h, "web", &[tcp_echo().await]).await;
     let addr = h.addr("web");
-    assert_eq!(listening_sockets(addr), workers, "a listening socket per worker");
+    assert_eq!(listening_sockets(addr), 1, "one socket until a connection comes");
+    one_connection(addr).await;
+    until_listening(addr, workers, "a listening socket per worker after the first connection").await;
     many_concurrent_connections_complete(addr).await;
 
     h.delete(ObjectKind::Service, "web", gone("web")).await;
@@ -75,8 +100,9 @@ async fn served_by_each_worker_and_closed_as_a_group(net: u8, workers: usize) {
     // Back again: the group binds the same address again.
     add_service(&mut h, "web", &[tcp_echo().await]).await;
     assert_eq!(h.addr("web"), addr);
-    assert_eq!(listening_sockets(addr), workers);
+    assert_eq!(listening_sockets(addr), 1);
     many_concurrent_connections_complete(addr).await;
+    until_listening(addr, workers, "grown again").await;
     h.stop().await;
     assert_eq!(listening_sockets(addr), 0, "shutdown closes every socket");
 }
