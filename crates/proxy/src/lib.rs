@@ -240,8 +240,8 @@ impl Default for ProxyConfig {
 pub struct ProxyStatus {
     /// Generation of the last snapshot whose listeners are reconciled.
     pub applied_generation: AtomicU64,
-    /// Service listeners currently bound (a TCP listener is a socket per
-    /// worker).
+    /// Service listeners currently bound (a TCP listener is one socket, a
+    /// socket per worker once it has had a connection).
     pub listeners: AtomicUsize,
     /// Connections being connected or forwarded.
     pub active_connections: AtomicUsize,
