@@ -6,6 +6,7 @@
 //! host a request lands in (a precise name over any wildcard, a longer
 //! wildcard over a shorter one).
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::fmt;
 
@@ -103,7 +104,9 @@ impl fmt::Display for Hostname {
 
 /// The host a request is for: its `Host` header or URI authority,
 /// lowercase, without a port or an IPv6 literal's brackets' port.
-pub fn request_host(authority: &str) -> String {
+/// Borrowed when the authority needs no lowercasing (what clients send):
+/// every request of a gateway listener asks this.
+pub fn request_host(authority: &str) -> Cow<'_, str> {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else {
@@ -112,7 +115,12 @@ pub fn request_host(authority: &str) -> String {
             .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
             .map_or(authority, |(h, _)| h)
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 #[cfg(test)]
@@ -158,5 +166,6 @@ mod tests {
         assert_eq!(request_host("shop.example.com."), "shop.example.com");
         assert_eq!(request_host("[fd00::1]:80"), "fd00::1");
         assert_eq!(request_host("shop"), "shop");
+        assert!(matches!(request_host("shop.example.com:80"), Cow::Borrowed("shop.example.com")));
     }
 }

@@ -37,7 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::Compiled;
-use crate::backend::{ServiceRef, Target};
+use crate::backend::{PoolSlot, ServiceRef, Target};
 use crate::compile::ObjectRef;
 use crate::compile::Protocol;
 use crate::filter::{HeaderEdits, Origin};
@@ -50,6 +50,26 @@ pub trait ServicePools: Send + Sync + 'static {
     /// how its endpoints are reached; None when this agent serves no such
     /// Service port.
     fn pool(&self, service: &ServiceRef) -> Option<(Arc<Pool>, Reach)>;
+
+    /// A number that changes whenever [`ServicePools::pool`] may answer
+    /// differently (a pool made or dropped): a route's backends keep what
+    /// they resolved while it stays the same. None (the default): every
+    /// request asks `pool`.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// The pool of `service`, from `slot` while the pools' generation holds,
+/// else from `pools` (kept in `slot`).
+fn resolve(pools: &dyn ServicePools, service: &ServiceRef, slot: &PoolSlot) -> Option<(Arc<Pool>, Reach)> {
+    let Some(generation) = pools.generation() else { return pools.pool(service) };
+    if let Some(resolved) = slot.get(generation) {
+        return Some(resolved);
+    }
+    let (pool, reach) = pools.pool(service)?;
+    slot.set(generation, pool.clone(), reach.clone());
+    Some((pool, reach))
 }
 
 /// A request ready to go on: itself, the context of its backend's pool,
@@ -85,6 +105,9 @@ impl GatewayUpstream {
     /// The request as it goes on, or the gateway's own answer.
     fn prepare(&self, mut req: Request<Incoming>, ctx: &RequestContext) -> Result<Forward, DispatchError> {
         let listener_port = ctx.pool.port;
+        // (The compile stays loaded while the request is prepared: the
+        // route, its prefix and its pool slot are borrowed from it.)
+        let compiled = self.routes.load();
         let authority = req
             .uri()
             .authority()
@@ -92,24 +115,21 @@ impl GatewayUpstream {
             .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
             .unwrap_or_default();
         let host = request_host(authority);
-        let no_route = || DispatchError::NoRoute { host: host.clone(), path: req.uri().path().to_owned() };
-        let (action, matched_prefix, scheme) = {
-            let compiled = self.routes.load();
-            let scheme = match compiled.protocols.get(&listener_port) {
-                Some(Protocol::Https) => "https",
-                Some(_) => "http",
-                None => self.scheme,
-            };
-            let table = compiled.tables.get(&listener_port).ok_or_else(no_route)?;
-            let view = RequestView {
-                method: req.method(),
-                path: req.uri().path(),
-                query: req.uri().query(),
-                headers: req.headers(),
-            };
-            let routed = table.route(&host, &view).ok_or_else(no_route)?;
-            (routed.action.clone(), routed.matched_prefix.map(str::to_owned), scheme)
+        let no_route = || DispatchError::NoRoute { host: host.clone().into_owned(), path: req.uri().path().to_owned() };
+        let scheme = match compiled.protocols.get(&listener_port) {
+            Some(Protocol::Https) => "https",
+            Some(_) => "http",
+            None => self.scheme,
         };
+        let table = compiled.tables.get(&listener_port).ok_or_else(no_route)?;
+        let view = RequestView {
+            method: req.method(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+        };
+        let routed = table.route(&host, &view).ok_or_else(no_route)?;
+        let (action, matched_prefix) = (routed.action, routed.matched_prefix);
         let filters = &action.filters;
         if let Some(redirect) = &filters.redirect {
             let origin = Origin {
@@ -118,7 +138,7 @@ impl GatewayUpstream {
                 listener_port,
                 path: req.uri().path(),
                 query: req.uri().query(),
-                matched_prefix: matched_prefix.as_deref(),
+                matched_prefix,
             };
             return Err(DispatchError::Redirect { status: redirect.status, location: redirect.location(origin) });
         }
@@ -126,19 +146,20 @@ impl GatewayUpstream {
             edits.apply(req.headers_mut());
         }
         if let Some(rewrite) = &filters.rewrite {
-            let path = rewrite.path.as_ref().map(|p| p.apply(req.uri().path(), matched_prefix.as_deref()));
-            rewrite_request(&mut req, path.as_deref(), rewrite.hostname.as_deref())?;
+            let path = rewrite.path.as_ref().map(|p| p.apply(req.uri().path(), matched_prefix));
+            let hostname = rewrite.hostname.as_deref();
+            rewrite_request(&mut req, path.as_deref(), hostname)?;
         }
         // (The route's name is formatted only for an answer that names it.)
         let route = || format!("{}/{} rule {}", action.route.namespace, action.route.name, action.rule);
-        let service = match action.backends.pick() {
+        let (service, slot) = match action.backends.pick_slot() {
             None => return Err(DispatchError::NoBackend { reason: format!("HTTPRoute {} has no backend", route()) }),
-            Some(Target::Invalid(why)) => {
+            Some((Target::Invalid(why), _)) => {
                 return Err(DispatchError::NoBackend { reason: format!("HTTPRoute {}: {why}", route()) });
             }
-            Some(Target::Service(service)) => service,
+            Some((Target::Service(service), slot)) => (service, slot),
         };
-        let (pool, reach) = self.pools.pool(service).ok_or_else(|| DispatchError::NoEndpoints {
+        let (pool, reach) = resolve(&*self.pools, service, slot).ok_or_else(|| DispatchError::NoEndpoints {
             service: format!("{}/{}", service.namespace, service.name),
             port: service.port,
         })?;
@@ -159,13 +180,13 @@ impl Upstream for GatewayUpstream {
     fn send(&self, req: Request<Incoming>, ctx: Arc<RequestContext>) -> SendFuture {
         match self.prepare(req, &ctx) {
             Err(answer) => Box::pin(std::future::ready(Err(answer))),
-            Ok(Forward { req, target, response_edits }) => {
+            // (No response edits: the dispatcher's future as it is.)
+            Ok(Forward { req, target, response_edits: None }) => self.dispatcher.send(req, target),
+            Ok(Forward { req, target, response_edits: Some(edits) }) => {
                 let sent = self.dispatcher.send(req, target);
                 Box::pin(async move {
                     let mut response = sent.await?;
-                    if let Some(edits) = response_edits {
-                        edits.apply(response.headers_mut());
-                    }
+                    edits.apply(response.headers_mut());
                     Ok(response)
                 })
             }

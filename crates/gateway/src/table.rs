@@ -13,9 +13,13 @@
 //! GRPCRoutes' entries come first, in gRPC precedence (see [`crate::grpc`]),
 //! and only gRPC requests look at them.
 //!
-//! Lookup is a scan in that order: an edge gateway holds tens of rules; a
-//! table grown to thousands would want an index by precise host first.
+//! Lookup is a scan in that order over the entries whose hostname can
+//! hold: [`RouteTable::sort`] indexes the precise hostnames (all of which
+//! come before any wildcard in each kind's part, so those of the request's
+//! host, then the wildcards and host-less entries, is the same order), so
+//! that a request does not compare its host with every other route's.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,6 +81,25 @@ pub struct Routed<'a> {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     entries: Vec<Entry>,
+    /// The GRPCRoutes' part of `entries` and the HTTPRoutes', indexed.
+    grpc: Part,
+    http: Part,
+}
+
+/// The entries of one kind, in precedence order, by hostname: those of
+/// each precise hostname, and those of wildcards and no hostname.
+#[derive(Debug, Default)]
+struct Part {
+    exact: HashMap<String, Vec<usize>>,
+    others: Vec<usize>,
+}
+
+impl Part {
+    /// The entries a request for `host` may match, in precedence order.
+    fn candidates<'a>(&'a self, host: &str) -> impl Iterator<Item = usize> + 'a {
+        let exact = self.exact.get(host).map_or(&[][..], Vec::as_slice);
+        exact.iter().chain(&self.others).copied()
+    }
 }
 
 impl RouteTable {
@@ -112,6 +135,15 @@ impl RouteTable {
                 b.host.specificity(&a.host).then(by_match).then_with(|| a.order.cmp(&b.order))
             })
         });
+        self.grpc = Part::default();
+        self.http = Part::default();
+        for (i, entry) in self.entries.iter().enumerate() {
+            let part = if entry.grpc.is_some() { &mut self.grpc } else { &mut self.http };
+            match &entry.host {
+                Hostname::Exact(name) => part.exact.entry(name.clone()).or_default().push(i),
+                Hostname::Wildcard(_) | Hostname::Any => part.others.push(i),
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -127,11 +159,15 @@ impl RouteTable {
     /// A gRPC request (`content-type: application/grpc...`) tries the
     /// GRPCRoutes first; other requests only the HTTPRoutes.
     pub fn route(&self, host: &str, request: &RequestView<'_>) -> Option<Routed<'_>> {
-        let grpc = is_grpc(request);
-        let entry = self
-            .entries
-            .iter()
-            .filter(|e| grpc || e.grpc.is_none())
+        // (Only a table with GRPCRoutes looks at the content type.)
+        let grpc = !self.grpc.others.is_empty() || !self.grpc.exact.is_empty();
+        let grpc = grpc && is_grpc(request);
+        let grpc_part = grpc.then_some(&self.grpc);
+        let entry = grpc_part
+            .into_iter()
+            .flat_map(|part| part.candidates(host))
+            .chain(self.http.candidates(host))
+            .map(|i| &self.entries[i])
             .find(|e| e.host.matches(host) && e.matcher.matches(request))?;
         let matched_prefix = match &entry.matcher.path {
             PathMatch::Prefix(p) => Some(p.as_str()),

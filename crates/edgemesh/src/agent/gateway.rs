@@ -302,4 +302,8 @@ impl ServicePools for AgentPools {
         let pool = self.proxy.pools.pool(&key, service.port, Protocol::Tcp)?;
         Some((pool, self.reach.clone()))
     }
+
+    fn generation(&self) -> Option<u64> {
+        Some(self.proxy.pools.generation())
+    }
 }
