@@ -107,7 +107,8 @@ fn main() {
         let upstream = GatewayUpstream::new(routes.clone(), pools.clone(), Arc::new(dispatcher), "http");
         let front = Arc::new(HttpProxy::new(Arc::new(upstream), HttpConfig::default()));
         let ip = listen.unwrap_or_else(|| fail("--listen is required".into()));
-        let settings = ListenerSettings { ip, connect_timeout: Duration::from_secs(2), upstream_mark: None };
+        let settings =
+            ListenerSettings { ip, connect_timeout: Duration::from_secs(2), upstream_mark: None, workers: 0 };
         let mut listeners = GatewayListeners::new(settings, front).with_routes(routes.clone(), pools);
         let failed = listeners.reconcile(routes.load().ports.clone()).await;
         if !failed.is_empty() {

@@ -110,10 +110,18 @@ pub fn request_host(authority: &str) -> Cow<'_, str> {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else {
-        authority
-            .rsplit_once(':')
-            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(authority, |(h, _)| h)
+        // One pass: the last ':' and whether the digits after it are a port.
+        let bytes = authority.as_bytes();
+        let mut colon = None;
+        for (i, b) in bytes.iter().enumerate() {
+            if *b == b':' {
+                colon = Some(i);
+            }
+        }
+        match colon {
+            Some(i) if bytes[i + 1..].iter().all(u8::is_ascii_digit) => &authority[..i],
+            _ => authority,
+        }
     };
     let host = host.trim_end_matches('.');
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -166,6 +174,9 @@ mod tests {
         assert_eq!(request_host("shop.example.com."), "shop.example.com");
         assert_eq!(request_host("[fd00::1]:80"), "fd00::1");
         assert_eq!(request_host("shop"), "shop");
+        assert_eq!(request_host("shop:"), "shop", "an empty port");
+        assert_eq!(request_host("a:b:80"), "a:b");
+        assert_eq!(request_host("shop:http"), "shop:http", "not a port");
         assert!(matches!(request_host("shop.example.com:80"), Cow::Borrowed("shop.example.com")));
     }
 }

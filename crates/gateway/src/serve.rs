@@ -19,7 +19,6 @@
 //! The listener's own pseudo pool (no endpoints) names the Gateway and the
 //! listener's port in the front's metrics and error texts.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -72,10 +71,9 @@ fn resolve(pools: &dyn ServicePools, service: &ServiceRef, slot: &PoolSlot) -> O
     Some((pool, reach))
 }
 
-/// A request ready to go on: itself, the context of its backend's pool,
-/// and the edits its response gets.
+/// A request ready to go on (edited in place): the context of its
+/// backend's pool, and the edits its response gets.
 struct Forward {
-    req: Request<Incoming>,
     target: Arc<RequestContext>,
     response_edits: Option<HeaderEdits>,
 }
@@ -102,8 +100,8 @@ impl GatewayUpstream {
         Self { routes, pools, dispatcher, scheme }
     }
 
-    /// The request as it goes on, or the gateway's own answer.
-    fn prepare(&self, mut req: Request<Incoming>, ctx: &RequestContext) -> Result<Forward, DispatchError> {
+    /// The request made ready to go on, or the gateway's own answer.
+    fn prepare(&self, req: &mut Request<Incoming>, ctx: &RequestContext) -> Result<Forward, DispatchError> {
         let listener_port = ctx.pool.port;
         // (The compile stays loaded while the request is prepared: the
         // route, its prefix and its pool slot are borrowed from it.)
@@ -148,7 +146,7 @@ impl GatewayUpstream {
         if let Some(rewrite) = &filters.rewrite {
             let path = rewrite.path.as_ref().map(|p| p.apply(req.uri().path(), matched_prefix));
             let hostname = rewrite.hostname.as_deref();
-            rewrite_request(&mut req, path.as_deref(), hostname)?;
+            rewrite_request(req, path.as_deref(), hostname)?;
         }
         // (The route's name is formatted only for an answer that names it.)
         let route = || format!("{}/{} rule {}", action.route.namespace, action.route.name, action.rule);
@@ -172,17 +170,17 @@ impl GatewayUpstream {
             client: ctx.client,
             timeouts,
         };
-        Ok(Forward { req, target: Arc::new(target), response_edits: filters.response_headers.clone() })
+        Ok(Forward { target: Arc::new(target), response_edits: filters.response_headers.clone() })
     }
 }
 
 impl Upstream for GatewayUpstream {
-    fn send(&self, req: Request<Incoming>, ctx: Arc<RequestContext>) -> SendFuture {
-        match self.prepare(req, &ctx) {
+    fn send(&self, mut req: Request<Incoming>, ctx: Arc<RequestContext>) -> SendFuture {
+        match self.prepare(&mut req, &ctx) {
             Err(answer) => Box::pin(std::future::ready(Err(answer))),
             // (No response edits: the dispatcher's future as it is.)
-            Ok(Forward { req, target, response_edits: None }) => self.dispatcher.send(req, target),
-            Ok(Forward { req, target, response_edits: Some(edits) }) => {
+            Ok(Forward { target, response_edits: None }) => self.dispatcher.send(req, target),
+            Ok(Forward { target, response_edits: Some(edits) }) => {
                 let sent = self.dispatcher.send(req, target);
                 Box::pin(async move {
                     let mut response = sent.await?;
@@ -233,6 +231,9 @@ pub struct ListenerContext {
     pub connect_timeout: std::time::Duration,
     pub upstream_mark: Option<u32>,
     pub drain: CancellationToken,
+    /// The runtimes its connections run on, in turn ([`crate::workers`]);
+    /// empty: the one that accepts them.
+    pub workers: &'static [tokio::runtime::Handle],
 }
 
 /// What a listener needs to serve more than HTTP: the compiled objects
@@ -272,7 +273,8 @@ pub async fn serve_listener(listener: TcpListener, front: Arc<dyn HttpServe>, ct
 }
 
 /// Accepts `listener`'s connections until `ctx.drain` is cancelled, each
-/// served by its port's protocol in the current compile: HTTP to `front`;
+/// handed to the next of `ctx.workers` (or run here when there are none)
+/// and served by its port's protocol in the current compile: HTTP to `front`;
 /// HTTPS after a TLS handshake (within `routing.handshake_timeout`)
 /// to `front`; TLS passthrough and TCP at L4 ([`crate::l4`]). Without
 /// `routing`, every connection is HTTP.
@@ -283,6 +285,7 @@ pub async fn serve_gateway_listener(
     routing: Option<GatewayRouting>,
 ) {
     let port = ctx.pool.port;
+    let mut next_worker = 0usize;
     loop {
         let accepted = tokio::select! {
             () = ctx.drain.cancelled() => return,
@@ -298,44 +301,74 @@ pub async fn serve_gateway_listener(
             }
         };
         let _ = client.set_nodelay(true);
-        let Some(routing) = &routing else {
-            tokio::spawn(front.serve(http_connection(ClientStream::Tcp(client), peer, &ctx)));
-            continue;
+        let mut slot = None;
+        let protocol = match &routing {
+            None => Some(Protocol::Http),
+            Some(routing) => {
+                let connections = &routing.connections;
+                if connections.fetch_add(1, Ordering::AcqRel) >= routing.max_connections && routing.max_connections > 0
+                {
+                    connections.fetch_sub(1, Ordering::AcqRel);
+                    tracing::debug!(%peer, port, max = routing.max_connections, "gateway listener at its connection limit: reset");
+                    let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+                    continue;
+                }
+                slot = Some(Slot(connections.clone()));
+                routing.routes.load().protocols.get(&port).copied()
+            }
         };
-        if routing.connections.fetch_add(1, Ordering::AcqRel) >= routing.max_connections && routing.max_connections > 0
-        {
-            routing.connections.fetch_sub(1, Ordering::AcqRel);
-            tracing::debug!(%peer, port, max = routing.max_connections, "gateway listener at its connection limit: reset");
-            let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+        // The port's listeners went away; the listener closes at the next reconcile.
+        let Some(protocol) = protocol else { continue };
+        let connection =
+            Connection { peer, protocol, front: front.clone(), ctx: ctx.clone(), routing: routing.clone() };
+        if ctx.workers.is_empty() {
+            tokio::spawn(connection.serve(client, slot));
             continue;
         }
-        let slot = Slot(routing.connections.clone());
-        let protocol = routing.routes.load().protocols.get(&port).copied();
-        match protocol {
-            Some(Protocol::Http) => {
-                let served = front.serve(http_connection(ClientStream::Tcp(client), peer, &ctx));
-                tokio::spawn(with_slot(served, slot));
+        // On the next worker: the socket leaves this runtime's event loop
+        // for that worker's.
+        let worker = &ctx.workers[next_worker % ctx.workers.len()];
+        next_worker = next_worker.wrapping_add(1);
+        let client = match client.into_std() {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::debug!(%peer, port, error = %e, "gateway connection: cannot hand it to a worker");
+                continue;
             }
-            Some(Protocol::Https) => {
-                tokio::spawn(with_slot(https(client, peer, front.clone(), ctx.clone(), routing.clone()), slot));
+        };
+        worker.spawn(async move {
+            match TcpStream::from_std(client) {
+                Ok(client) => connection.serve(client, slot).await,
+                Err(e) => tracing::debug!(%peer, port, error = %e, "gateway connection: a worker cannot take it"),
             }
-            Some(Protocol::TlsPassthrough) => {
-                let served = crate::l4::passthrough(client, peer, ctx.clone(), routing.clone());
-                tokio::spawn(with_slot(served, slot));
-            }
-            Some(Protocol::Tcp) => {
-                tokio::spawn(with_slot(crate::l4::tcp(client, peer, ctx.clone(), routing.clone()), slot));
-            }
-            // The port's listeners went away; the listener closes at the next reconcile.
-            None => drop(client),
-        }
+        });
     }
 }
 
-/// Runs `served`, holding the connection's place in its listener's limit.
-async fn with_slot(served: impl Future<Output = ()>, slot: Slot) {
-    served.await;
-    drop(slot);
+/// One accepted connection and what serves it.
+struct Connection {
+    peer: SocketAddr,
+    protocol: Protocol,
+    front: Arc<dyn HttpServe>,
+    ctx: ListenerContext,
+    routing: Option<GatewayRouting>,
+}
+
+impl Connection {
+    /// Serves `client` by its port's protocol (without routing, HTTP),
+    /// holding `slot`, its place in the listener's limit, until it ends.
+    async fn serve(self, client: TcpStream, slot: Option<Slot>) {
+        let Connection { peer, protocol, front, ctx, routing } = self;
+        match (protocol, routing) {
+            (Protocol::Http, _) | (_, None) => {
+                front.serve(http_connection(ClientStream::Tcp(client), peer, &ctx)).await;
+            }
+            (Protocol::Https, Some(routing)) => https(client, peer, front, ctx, routing).await,
+            (Protocol::TlsPassthrough, Some(routing)) => crate::l4::passthrough(client, peer, ctx, routing).await,
+            (Protocol::Tcp, Some(routing)) => crate::l4::tcp(client, peer, ctx, routing).await,
+        }
+        drop(slot);
+    }
 }
 
 fn http_connection(client: ClientStream, peer: SocketAddr, ctx: &ListenerContext) -> HttpConnection {

@@ -131,6 +131,7 @@ async fn gateway() -> SocketAddr {
         connect_timeout: Duration::from_secs(1),
         upstream_mark: None,
         drain: CancellationToken::new(),
+        workers: &[],
     };
     tokio::spawn(serve_listener(listener, Arc::new(front), ctx));
     addr
@@ -260,7 +261,7 @@ async fn listeners_follow_the_objects_without_rebinding_ports_that_stay() {
     let upstream = GatewayUpstream::new(routes.clone(), Arc::new(pools), Arc::new(dispatcher), "http");
     let front = Arc::new(HttpProxy::new(Arc::new(upstream), HttpConfig::default()));
     let ip = own_loopback();
-    let settings = ListenerSettings { ip, connect_timeout: Duration::from_secs(1), upstream_mark: None };
+    let settings = ListenerSettings { ip, connect_timeout: Duration::from_secs(1), upstream_mark: None, workers: 2 };
     let mut listeners = GatewayListeners::new(settings, front);
 
     assert!(listeners.reconcile(routes.load().ports.clone()).await.is_empty());
@@ -339,6 +340,7 @@ async fn a_routes_backend_keeps_its_pool_until_the_pools_change() {
         connect_timeout: Duration::from_secs(1),
         upstream_mark: None,
         drain: CancellationToken::new(),
+        workers: &[],
     };
     tokio::spawn(serve_listener(listener, Arc::new(front), ctx));
     let mut conn = TcpStream::connect(addr).await.unwrap();
