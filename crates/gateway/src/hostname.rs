@@ -107,28 +107,30 @@ impl fmt::Display for Hostname {
 /// Borrowed when the authority needs no lowercasing (what clients send):
 /// every request of a gateway listener asks this.
 pub fn request_host(authority: &str) -> Cow<'_, str> {
-    let host = if let Some(rest) = authority.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
+    let (host, upper) = if let Some(rest) = authority.strip_prefix('[') {
+        let host = rest.split(']').next().unwrap_or(rest);
+        (host, host.bytes().any(|b| b.is_ascii_uppercase()))
     } else {
-        // One pass: the last ':' and whether the digits after it are a port.
+        // One pass: the last ':' (the digits after it are a port) and
+        // whether anything needs lowercasing (a port's digits never do).
         let bytes = authority.as_bytes();
-        let mut colon = None;
+        let (mut colon, mut upper) = (None, false);
         for (i, b) in bytes.iter().enumerate() {
             if *b == b':' {
                 colon = Some(i);
             }
+            upper |= b.is_ascii_uppercase();
         }
         match colon {
-            Some(i) if bytes[i + 1..].iter().all(u8::is_ascii_digit) => &authority[..i],
-            _ => authority,
+            Some(i) if bytes[i + 1..].iter().all(u8::is_ascii_digit) => (&authority[..i], upper),
+            _ => (authority, upper),
         }
     };
-    let host = host.trim_end_matches('.');
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(host)
+    let mut host = host;
+    while let Some(rest) = host.strip_suffix('.') {
+        host = rest;
     }
+    if upper { Cow::Owned(host.to_ascii_lowercase()) } else { Cow::Borrowed(host) }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use arc_swap::ArcSwap;
 use edgemesh_core::{LbStrategy, ServiceKey};
 use edgemesh_http::{DispatchError, RequestContext, SendFuture, TimeoutOverride, Upstream};
 use edgemesh_proxy::pool::{Pool, Targets};
-use edgemesh_proxy::{ClientStream, HttpConnection, HttpServe, Reach};
+use edgemesh_proxy::{ClientStream, HttpConnection, HttpFuture, HttpServe, Reach};
 use hyper::body::Incoming;
 use hyper::header::HOST;
 use hyper::http::uri::{Authority, PathAndQuery};
@@ -322,26 +322,22 @@ pub async fn serve_gateway_listener(
         let connection =
             Connection { peer, protocol, front: front.clone(), ctx: ctx.clone(), routing: routing.clone() };
         if ctx.workers.is_empty() {
-            tokio::spawn(connection.serve(client, slot));
+            tokio::spawn(connection.start(client, slot));
             continue;
         }
         // On the next worker: the socket leaves this runtime's event loop
-        // for that worker's.
+        // for that worker's, and its future (timers included) is made in
+        // the worker's context.
         let worker = &ctx.workers[next_worker % ctx.workers.len()];
         next_worker = next_worker.wrapping_add(1);
-        let client = match client.into_std() {
-            Ok(client) => client,
-            Err(e) => {
-                tracing::debug!(%peer, port, error = %e, "gateway connection: cannot hand it to a worker");
-                continue;
-            }
-        };
-        worker.spawn(async move {
-            match TcpStream::from_std(client) {
-                Ok(client) => connection.serve(client, slot).await,
-                Err(e) => tracing::debug!(%peer, port, error = %e, "gateway connection: a worker cannot take it"),
-            }
+        let served = client.into_std().and_then(|client| {
+            let _worker = worker.enter();
+            Ok(connection.start(TcpStream::from_std(client)?, slot))
         });
+        match served {
+            Ok(served) => drop(worker.spawn(served)),
+            Err(e) => tracing::debug!(%peer, port, error = %e, "gateway connection: cannot hand it to a worker"),
+        }
     }
 }
 
@@ -355,19 +351,34 @@ struct Connection {
 }
 
 impl Connection {
-    /// Serves `client` by its port's protocol (without routing, HTTP),
-    /// holding `slot`, its place in the listener's limit, until it ends.
-    async fn serve(self, client: TcpStream, slot: Option<Slot>) {
+    /// What serves `client` by its port's protocol (without routing,
+    /// HTTP), holding `slot`, its place in the listener's limit: an HTTP
+    /// connection is the front's own future, with no layer around it
+    /// that each poll goes through.
+    fn start(self, client: TcpStream, slot: Option<Slot>) -> Served {
         let Connection { peer, protocol, front, ctx, routing } = self;
-        match (protocol, routing) {
-            (Protocol::Http, _) | (_, None) => {
-                front.serve(http_connection(ClientStream::Tcp(client), peer, &ctx)).await;
-            }
-            (Protocol::Https, Some(routing)) => https(client, peer, front, ctx, routing).await,
-            (Protocol::TlsPassthrough, Some(routing)) => crate::l4::passthrough(client, peer, ctx, routing).await,
-            (Protocol::Tcp, Some(routing)) => crate::l4::tcp(client, peer, ctx, routing).await,
-        }
-        drop(slot);
+        let future: HttpFuture = match (protocol, routing) {
+            (Protocol::Http, _) | (_, None) => front.serve(http_connection(ClientStream::Tcp(client), peer, &ctx)),
+            (Protocol::Https, Some(routing)) => Box::pin(https(client, peer, front, ctx, routing)),
+            (Protocol::TlsPassthrough, Some(routing)) => Box::pin(crate::l4::passthrough(client, peer, ctx, routing)),
+            (Protocol::Tcp, Some(routing)) => Box::pin(crate::l4::tcp(client, peer, ctx, routing)),
+        };
+        Served { future, _slot: slot }
+    }
+}
+
+/// A connection's future and its place in the listener's limit, given
+/// back when the future is dropped (done or not).
+struct Served {
+    future: HttpFuture,
+    _slot: Option<Slot>,
+}
+
+impl std::future::Future for Served {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.future.as_mut().poll(cx)
     }
 }
 

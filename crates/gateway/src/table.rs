@@ -123,14 +123,6 @@ impl std::hash::Hasher for Fnv {
     }
 }
 
-impl Part {
-    /// The entries a request for `host` may match, in precedence order.
-    fn candidates<'a>(&'a self, host: &str) -> impl Iterator<Item = usize> + 'a {
-        let exact = self.exact.get(host).map_or(&[][..], Vec::as_slice);
-        exact.iter().chain(&self.others).copied()
-    }
-}
-
 impl RouteTable {
     /// Adds one (hostname, match) of a rule; call [`RouteTable::sort`] once all are in.
     pub fn push(&mut self, host: Hostname, matcher: Match, order: Order, action: Arc<RouteAction>) {
@@ -189,20 +181,34 @@ impl RouteTable {
     /// GRPCRoutes first; other requests only the HTTPRoutes.
     pub fn route(&self, host: &str, request: &RequestView<'_>) -> Option<Routed<'_>> {
         // (Only a table with GRPCRoutes looks at the content type.)
-        let grpc = !self.grpc.others.is_empty() || !self.grpc.exact.is_empty();
-        let grpc = grpc && is_grpc(request);
-        let grpc_part = grpc.then_some(&self.grpc);
-        let entry = grpc_part
-            .into_iter()
-            .flat_map(|part| part.candidates(host))
-            .chain(self.http.candidates(host))
-            .map(|i| &self.entries[i])
-            .find(|e| e.host.matches(host) && e.matcher.matches(request))?;
+        let grpc = !(self.grpc.exact.is_empty() && self.grpc.others.is_empty()) && is_grpc(request);
+        let entry = if grpc { self.find(&self.grpc, host, request) } else { None };
+        let entry = entry.or_else(|| self.find(&self.http, host, request))?;
         let matched_prefix = match &entry.matcher.path {
             PathMatch::Prefix(p) => Some(p.as_str()),
             _ => None,
         };
         Some(Routed { action: &entry.action, matched_prefix })
+    }
+
+    /// The first entry of `part` for `host` whose match holds: those of
+    /// that precise hostname, then the wildcards and host-less ones.
+    fn find(&self, part: &Part, host: &str, request: &RequestView<'_>) -> Option<&Entry> {
+        if let Some(exact) = part.exact.get(host) {
+            for &i in exact {
+                let entry = &self.entries[i];
+                if entry.matcher.matches(request) {
+                    return Some(entry);
+                }
+            }
+        }
+        for &i in &part.others {
+            let entry = &self.entries[i];
+            if entry.host.matches(host) && entry.matcher.matches(request) {
+                return Some(entry);
+            }
+        }
+        None
     }
 
     /// The order entries are tried in, as `host route#rule` (for status and tests).
