@@ -1,7 +1,9 @@
-//! The gateway alone, for benchmarks (bench/gateway_tls.sh): Gateway API
-//! objects from a file, certificates from PEM files, each Service port one
-//! endpoint; served as the agent serves them (HTTP front, dispatcher,
-//! listeners with routing), on two runtime threads.
+//! The gateway alone, outside the agent (for trying a listener or a
+//! profile without sources or a proxy; bench/gateway.sh measures the
+//! agent's own gateway): Gateway API objects from a file, certificates
+//! from PEM files, each Service port one endpoint; served as the agent
+//! serves them (HTTP front, dispatcher, listeners with routing), on two
+//! runtime threads.
 //!
 //! ```text
 //! gateway_serve --objects FILE --listen IP
