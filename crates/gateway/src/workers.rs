@@ -40,3 +40,30 @@ fn start(count: usize) -> std::io::Result<Box<[Handle]>> {
     }
     Ok(handles.into_boxed_slice())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The workers are threads of their own, started once: a later call
+    /// gets the same ones, whatever it asks.
+    #[test]
+    fn workers_are_named_threads_started_once() {
+        let handles = workers(2);
+        assert!(std::ptr::eq(handles, workers(5)), "started once");
+        let (tx, rx) = std::sync::mpsc::channel();
+        for handle in handles {
+            let tx = tx.clone();
+            handle.spawn(async move {
+                // Its timers work: the runtime has them enabled.
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                let _ = tx.send(std::thread::current().name().map(str::to_owned));
+            });
+        }
+        let mut names: Vec<_> = (0..handles.len()).map(|_| rx.recv().unwrap().unwrap()).collect();
+        names.sort();
+        // (Two, unless another test of this binary started them first.)
+        let expected: Vec<_> = (0..handles.len()).map(|i| format!("edgemesh-gateway-{i}")).collect();
+        assert_eq!(names, expected);
+    }
+}
