@@ -3,7 +3,7 @@
 # a load-independent measure of the agent's own CPU cost (kernel time is not
 # counted), for comparing two builds on a busy machine.
 #
-# usage: bench/proxy_callgrind.sh [-t rr|conn|h2] [-d SECS] [-p agent|nginx] [-- AGENT ARGS...]
+# usage: bench/proxy_callgrind.sh [-t rr|conn|h2] [-d SECS] [-p agent|gateway|nginx] [-- AGENT ARGS...]
 #   -t rr    keep-alive requests (wrk -t2 -c50), the default
 #   -t conn  a new connection per request (Connection: close)
 #   -t h2    HTTP/2 prior knowledge, 10 connections x 10 streams (h2load)
@@ -12,6 +12,11 @@
 #            (upstream keep-alive, one worker, no master process, so that
 #            valgrind sees the worker), on the same address: its
 #            instructions per request beside the agent's
+#   -p gateway `edgemesh gateway` instead of the agent: a Gateway with an
+#            HTTP listener on the same address and ROUTES (default 20)
+#            HTTPRoutes by hostname (as bench/gateway.sh), the first,
+#            shop.example, to the service; every mode's requests carry
+#            `Host: shop.example`
 #   extra arguments go to `edgemesh agent` (e.g. --proxy-workers 1)
 #
 # Starts a local nginx (keep-alive, 100-byte file) and the agent under
@@ -24,7 +29,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TEST=rr DUR=8 PROXY=agent
 while getopts t:d:p: o; do case $o in
-  t) TEST=$OPTARG ;; d) DUR=$OPTARG ;; p) PROXY=$OPTARG ;; *) sed -n '2,22p' "$0" >&2; exit 2 ;;
+  t) TEST=$OPTARG ;; d) DUR=$OPTARG ;; p) PROXY=$OPTARG ;; *) sed -n '2,27p' "$0" >&2; exit 2 ;;
 esac; done
 shift $((OPTIND - 1))
 [[ ${1:-} == -- ]] && shift
@@ -79,6 +84,19 @@ addressType: IPv4
 ports: [{name: http, port: $BPORT}]
 endpoints: [{addresses: [127.0.0.1], nodeName: bench}]
 YAML
+if [[ $PROXY == gateway ]]; then
+  {
+    printf -- '---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: site, namespace: bench}\n'
+    printf 'spec:\n  gatewayClassName: edgemesh\n  listeners:\n  - {name: web, port: %s, protocol: HTTP}\n' "$PORT"
+    for i in $(seq 1 "${ROUTES:-20}"); do
+      host=shop$i.example; [[ $i != 1 ]] || host=shop.example
+      printf -- '---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r%s, namespace: bench}\n' "$i"
+      printf 'spec:\n  parentRefs: [{name: site}]\n  hostnames: [%s]\n  rules: [{backendRefs: [{name: cg, port: %s}]}]\n' "$host" "$PORT"
+    done
+  } >>"$W/manifests/cg.yaml"
+  # (The Service's cluster IP moves off the listener's address.)
+  sed -i "s/clusterIP: $VIP/clusterIP: ${VIP%.*}.21/" "$W/manifests/cg.yaml"
+fi
 if [[ $PROXY == nginx ]]; then
   h2=; [[ $TEST == h2 ]] && h2=" http2"
   cat >"$W/proxy.conf" <<EOF
@@ -103,15 +121,16 @@ EOF
   valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" --dump-instr=no \
     nginx -p "$W" -e "$W/proxy-error.log" -c "$W/proxy.conf" >"$W/agent.log" 2>&1 &
 else
+  cmd=agent; [[ $PROXY == gateway ]] && cmd=(gateway --gateway-listen "$VIP")
 valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" --dump-instr=no \
-  "$BIN" agent --node-name bench --manifest-dir "$W/manifests" --vip-cidr "$VIP/24" \
+  "$BIN" "${cmd[@]}" --node-name bench --manifest-dir "$W/manifests" --vip-cidr "$VIP/24" \
   --dns-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --dns-upstream 127.0.0.1:9 --log-level warn \
   --state-dir "$W/state" "$@" >"$W/agent.log" 2>&1 &
 fi
 AGENT=$!
 PIDS+=($AGENT)
 # (nginx's listener speaks HTTP/2 only when the test does.)
-probe=(curl -sf -o /dev/null)
+probe=(curl -sf -o /dev/null -H 'Host: shop.example')
 [[ $TEST == h2 ]] && probe+=(--http2-prior-knowledge)
 for _ in $(seq 600); do
   "${probe[@]}" "http://$VIP:$PORT/f" && break
@@ -119,8 +138,8 @@ for _ in $(seq 600); do
 done
 "${probe[@]}" "http://$VIP:$PORT/f" || { cat "$W/agent.log" >&2; exit 1; }
 callgrind_control -z "$AGENT" >/dev/null 2>&1
-hdr=()
-[[ $TEST == conn ]] && hdr=(-H 'Connection: close')
+hdr=(-H 'Host: shop.example')
+[[ $TEST == conn ]] && hdr+=(-H 'Connection: close')
 if [[ $TEST == h2 ]]; then
   out=$(h2load -c10 -m10 -t2 -D"$DUR" "http://$VIP:$PORT/f")
   requests=$(awk '/^requests:/ {print $8}' <<<"$out")

@@ -1,7 +1,9 @@
-//! The gateway alone, for benchmarks (bench/gateway_tls.sh): Gateway API
-//! objects from a file, certificates from PEM files, each Service port one
-//! endpoint; served as the agent serves them (HTTP front, dispatcher,
-//! listeners with routing), on two runtime threads.
+//! The gateway alone, outside the agent (for trying a listener or a
+//! profile without sources or a proxy; bench/gateway.sh measures the
+//! agent's own gateway): Gateway API objects from a file, certificates
+//! from PEM files, each Service port one endpoint; served as the agent
+//! serves them (HTTP front, dispatcher, listeners with routing), on two
+//! runtime threads.
 //!
 //! ```text
 //! gateway_serve --objects FILE --listen IP
@@ -107,7 +109,8 @@ fn main() {
         let upstream = GatewayUpstream::new(routes.clone(), pools.clone(), Arc::new(dispatcher), "http");
         let front = Arc::new(HttpProxy::new(Arc::new(upstream), HttpConfig::default()));
         let ip = listen.unwrap_or_else(|| fail("--listen is required".into()));
-        let settings = ListenerSettings { ip, connect_timeout: Duration::from_secs(2), upstream_mark: None };
+        let settings =
+            ListenerSettings { ip, connect_timeout: Duration::from_secs(2), upstream_mark: None, workers: 0 };
         let mut listeners = GatewayListeners::new(settings, front).with_routes(routes.clone(), pools);
         let failed = listeners.reconcile(routes.load().ports.clone()).await;
         if !failed.is_empty() {

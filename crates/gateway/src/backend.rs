@@ -6,8 +6,15 @@
 //! that could not be resolved keeps its share: the requests it would have
 //! had are answered 500, as the Gateway API requires, so that a mistake in
 //! one reference does not silently move all traffic to the others.
+//!
+//! Each target keeps the pool it was last resolved to ([`PoolSlot`]), so
+//! that a request does not look its Service up by name.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use edgemesh_proxy::Reach;
+use edgemesh_proxy::pool::Pool;
 
 /// A Service a route sends to: `namespace/name`, port.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,10 +38,46 @@ pub enum Target {
     Invalid(String),
 }
 
+/// A Service target's pool, as resolved at one generation of the agent's
+/// pools (see [`crate::ServicePools::generation`]); empty until the first
+/// request, and after a compile (a new table starts with new slots).
+#[derive(Default)]
+pub struct PoolSlot(ArcSwapOption<Resolved>);
+
+/// What a [`PoolSlot`] holds.
+pub struct Resolved {
+    pub generation: u64,
+    pub pool: Arc<Pool>,
+    pub reach: Reach,
+}
+
+impl PoolSlot {
+    /// The pool resolved at `generation`, if that is what the slot holds.
+    pub fn get(&self, generation: u64) -> Option<(Arc<Pool>, Reach)> {
+        let held = self.0.load();
+        let resolved = held.as_ref().filter(|r| r.generation == generation)?;
+        Some((resolved.pool.clone(), resolved.reach.clone()))
+    }
+
+    /// Keeps `pool` and `reach` as resolved at `generation`.
+    pub fn set(&self, generation: u64, pool: Arc<Pool>, reach: Reach) {
+        self.0.store(Some(Arc::new(Resolved { generation, pool, reach })));
+    }
+}
+
+impl std::fmt::Debug for PoolSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.0.load();
+        f.debug_struct("PoolSlot").field("generation", &held.as_ref().map(|r| r.generation)).finish()
+    }
+}
+
 /// A rule's backends with positive weights, and the pick state.
 #[derive(Debug)]
 pub struct Backends {
     targets: Vec<(Target, u32)>,
+    /// Each target's resolved pool, in the order of `targets`.
+    slots: Box<[PoolSlot]>,
     total: i64,
     /// Smooth weighted round robin's current weights, one per target.
     current: Mutex<Vec<i64>>,
@@ -46,7 +89,8 @@ impl Backends {
         let targets: Vec<(Target, u32)> = targets.into_iter().filter(|(_, w)| *w > 0).collect();
         let total = targets.iter().map(|(_, w)| i64::from(*w)).sum();
         let current = Mutex::new(vec![0; targets.len()]);
-        Backends { targets, total, current }
+        let slots = targets.iter().map(|_| PoolSlot::default()).collect();
+        Backends { targets, slots, total, current }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -60,9 +104,14 @@ impl Backends {
     /// The target of the next request, None when the rule has none (the
     /// request is then answered 500).
     pub fn pick(&self) -> Option<&Target> {
-        match self.targets.len() {
-            0 => None,
-            1 => Some(&self.targets[0].0),
+        self.pick_slot().map(|(target, _)| target)
+    }
+
+    /// [`Backends::pick`], with the target's pool slot.
+    pub fn pick_slot(&self) -> Option<(&Target, &PoolSlot)> {
+        let at = match self.targets.len() {
+            0 => return None,
+            1 => 0,
             _ => {
                 let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let mut best = 0;
@@ -73,9 +122,10 @@ impl Backends {
                     }
                 }
                 current[best] -= self.total;
-                Some(&self.targets[best].0)
+                best
             }
-        }
+        };
+        Some((&self.targets[at].0, &self.slots[at]))
     }
 }
 

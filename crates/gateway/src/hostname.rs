@@ -6,6 +6,7 @@
 //! host a request lands in (a precise name over any wildcard, a longer
 //! wildcard over a shorter one).
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::fmt;
 
@@ -103,16 +104,33 @@ impl fmt::Display for Hostname {
 
 /// The host a request is for: its `Host` header or URI authority,
 /// lowercase, without a port or an IPv6 literal's brackets' port.
-pub fn request_host(authority: &str) -> String {
-    let host = if let Some(rest) = authority.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
+/// Borrowed when the authority needs no lowercasing (what clients send):
+/// every request of a gateway listener asks this.
+pub fn request_host(authority: &str) -> Cow<'_, str> {
+    let (host, upper) = if let Some(rest) = authority.strip_prefix('[') {
+        let host = rest.split(']').next().unwrap_or(rest);
+        (host, host.bytes().any(|b| b.is_ascii_uppercase()))
     } else {
-        authority
-            .rsplit_once(':')
-            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(authority, |(h, _)| h)
+        // One pass: the last ':' (the digits after it are a port) and
+        // whether anything needs lowercasing (a port's digits never do).
+        let bytes = authority.as_bytes();
+        let (mut colon, mut upper) = (None, false);
+        for (i, b) in bytes.iter().enumerate() {
+            if *b == b':' {
+                colon = Some(i);
+            }
+            upper |= b.is_ascii_uppercase();
+        }
+        match colon {
+            Some(i) if bytes[i + 1..].iter().all(u8::is_ascii_digit) => (&authority[..i], upper),
+            _ => (authority, upper),
+        }
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let mut host = host;
+    while let Some(rest) = host.strip_suffix('.') {
+        host = rest;
+    }
+    if upper { Cow::Owned(host.to_ascii_lowercase()) } else { Cow::Borrowed(host) }
 }
 
 #[cfg(test)]
@@ -158,5 +176,9 @@ mod tests {
         assert_eq!(request_host("shop.example.com."), "shop.example.com");
         assert_eq!(request_host("[fd00::1]:80"), "fd00::1");
         assert_eq!(request_host("shop"), "shop");
+        assert_eq!(request_host("shop:"), "shop", "an empty port");
+        assert_eq!(request_host("a:b:80"), "a:b");
+        assert_eq!(request_host("shop:http"), "shop:http", "not a port");
+        assert!(matches!(request_host("shop.example.com:80"), Cow::Borrowed("shop.example.com")));
     }
 }

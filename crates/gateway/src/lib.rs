@@ -49,6 +49,7 @@
 //! - [`serve`]: a listener's requests, routed and sent through the
 //!   agent's HTTP front and dispatcher.
 //! - [`listeners`]: the bound ports, reconciled against the objects.
+//! - [`workers`]: the threads the listeners' connections run on.
 #![forbid(unsafe_code)]
 
 pub mod backend;
@@ -69,6 +70,7 @@ pub mod sni;
 pub mod status;
 pub mod table;
 pub mod tls;
+pub mod workers;
 
 pub use compile::{Compiled, Condition, ObjectRef, Objects, Protocol, ServiceLookup, compile, compile_objects};
 pub use config::GatewayConfig;

@@ -31,6 +31,9 @@ pub struct ListenerSettings {
     pub ip: IpAddr,
     pub connect_timeout: Duration,
     pub upstream_mark: Option<u32>,
+    /// Worker threads the connections run on ([`crate::workers`]; the
+    /// agent's `proxy.workers`); 0: the runtime that accepts them.
+    pub workers: usize,
 }
 
 struct Running {
@@ -157,6 +160,7 @@ impl GatewayListeners {
             connect_timeout: self.settings.connect_timeout,
             upstream_mark: self.settings.upstream_mark,
             drain: drain.clone(),
+            workers: if self.settings.workers == 0 { &[] } else { crate::workers::workers(self.settings.workers) },
         };
         let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let routing = match &self.routing {

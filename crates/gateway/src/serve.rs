@@ -19,7 +19,6 @@
 //! The listener's own pseudo pool (no endpoints) names the Gateway and the
 //! listener's port in the front's metrics and error texts.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,7 +27,7 @@ use arc_swap::ArcSwap;
 use edgemesh_core::{LbStrategy, ServiceKey};
 use edgemesh_http::{DispatchError, RequestContext, SendFuture, TimeoutOverride, Upstream};
 use edgemesh_proxy::pool::{Pool, Targets};
-use edgemesh_proxy::{ClientStream, HttpConnection, HttpServe, Reach};
+use edgemesh_proxy::{ClientStream, HttpConnection, HttpFuture, HttpServe, Reach};
 use hyper::body::Incoming;
 use hyper::header::HOST;
 use hyper::http::uri::{Authority, PathAndQuery};
@@ -37,7 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::Compiled;
-use crate::backend::{ServiceRef, Target};
+use crate::backend::{PoolSlot, ServiceRef, Target};
 use crate::compile::ObjectRef;
 use crate::compile::Protocol;
 use crate::filter::{HeaderEdits, Origin};
@@ -50,12 +49,31 @@ pub trait ServicePools: Send + Sync + 'static {
     /// how its endpoints are reached; None when this agent serves no such
     /// Service port.
     fn pool(&self, service: &ServiceRef) -> Option<(Arc<Pool>, Reach)>;
+
+    /// A number that changes whenever [`ServicePools::pool`] may answer
+    /// differently (a pool made or dropped): a route's backends keep what
+    /// they resolved while it stays the same. None (the default): every
+    /// request asks `pool`.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
 }
 
-/// A request ready to go on: itself, the context of its backend's pool,
-/// and the edits its response gets.
+/// The pool of `service`, from `slot` while the pools' generation holds,
+/// else from `pools` (kept in `slot`).
+fn resolve(pools: &dyn ServicePools, service: &ServiceRef, slot: &PoolSlot) -> Option<(Arc<Pool>, Reach)> {
+    let Some(generation) = pools.generation() else { return pools.pool(service) };
+    if let Some(resolved) = slot.get(generation) {
+        return Some(resolved);
+    }
+    let (pool, reach) = pools.pool(service)?;
+    slot.set(generation, pool.clone(), reach.clone());
+    Some((pool, reach))
+}
+
+/// A request ready to go on (edited in place): the context of its
+/// backend's pool, and the edits its response gets.
 struct Forward {
-    req: Request<Incoming>,
     target: Arc<RequestContext>,
     response_edits: Option<HeaderEdits>,
 }
@@ -82,9 +100,12 @@ impl GatewayUpstream {
         Self { routes, pools, dispatcher, scheme }
     }
 
-    /// The request as it goes on, or the gateway's own answer.
-    fn prepare(&self, mut req: Request<Incoming>, ctx: &RequestContext) -> Result<Forward, DispatchError> {
+    /// The request made ready to go on, or the gateway's own answer.
+    fn prepare(&self, req: &mut Request<Incoming>, ctx: &RequestContext) -> Result<Forward, DispatchError> {
         let listener_port = ctx.pool.port;
+        // (The compile stays loaded while the request is prepared: the
+        // route, its prefix and its pool slot are borrowed from it.)
+        let compiled = self.routes.load();
         let authority = req
             .uri()
             .authority()
@@ -92,24 +113,21 @@ impl GatewayUpstream {
             .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
             .unwrap_or_default();
         let host = request_host(authority);
-        let no_route = || DispatchError::NoRoute { host: host.clone(), path: req.uri().path().to_owned() };
-        let (action, matched_prefix, scheme) = {
-            let compiled = self.routes.load();
-            let scheme = match compiled.protocols.get(&listener_port) {
-                Some(Protocol::Https) => "https",
-                Some(_) => "http",
-                None => self.scheme,
-            };
-            let table = compiled.tables.get(&listener_port).ok_or_else(no_route)?;
-            let view = RequestView {
-                method: req.method(),
-                path: req.uri().path(),
-                query: req.uri().query(),
-                headers: req.headers(),
-            };
-            let routed = table.route(&host, &view).ok_or_else(no_route)?;
-            (routed.action.clone(), routed.matched_prefix.map(str::to_owned), scheme)
+        let no_route = || DispatchError::NoRoute { host: host.clone().into_owned(), path: req.uri().path().to_owned() };
+        let scheme = match compiled.protocols.get(&listener_port) {
+            Some(Protocol::Https) => "https",
+            Some(_) => "http",
+            None => self.scheme,
         };
+        let table = compiled.tables.get(&listener_port).ok_or_else(no_route)?;
+        let view = RequestView {
+            method: req.method(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+        };
+        let routed = table.route(&host, &view).ok_or_else(no_route)?;
+        let (action, matched_prefix) = (routed.action, routed.matched_prefix);
         let filters = &action.filters;
         if let Some(redirect) = &filters.redirect {
             let origin = Origin {
@@ -118,7 +136,7 @@ impl GatewayUpstream {
                 listener_port,
                 path: req.uri().path(),
                 query: req.uri().query(),
-                matched_prefix: matched_prefix.as_deref(),
+                matched_prefix,
             };
             return Err(DispatchError::Redirect { status: redirect.status, location: redirect.location(origin) });
         }
@@ -126,19 +144,20 @@ impl GatewayUpstream {
             edits.apply(req.headers_mut());
         }
         if let Some(rewrite) = &filters.rewrite {
-            let path = rewrite.path.as_ref().map(|p| p.apply(req.uri().path(), matched_prefix.as_deref()));
-            rewrite_request(&mut req, path.as_deref(), rewrite.hostname.as_deref())?;
+            let path = rewrite.path.as_ref().map(|p| p.apply(req.uri().path(), matched_prefix));
+            let hostname = rewrite.hostname.as_deref();
+            rewrite_request(req, path.as_deref(), hostname)?;
         }
         // (The route's name is formatted only for an answer that names it.)
         let route = || format!("{}/{} rule {}", action.route.namespace, action.route.name, action.rule);
-        let service = match action.backends.pick() {
+        let (service, slot) = match action.backends.pick_slot() {
             None => return Err(DispatchError::NoBackend { reason: format!("HTTPRoute {} has no backend", route()) }),
-            Some(Target::Invalid(why)) => {
+            Some((Target::Invalid(why), _)) => {
                 return Err(DispatchError::NoBackend { reason: format!("HTTPRoute {}: {why}", route()) });
             }
-            Some(Target::Service(service)) => service,
+            Some((Target::Service(service), slot)) => (service, slot),
         };
-        let (pool, reach) = self.pools.pool(service).ok_or_else(|| DispatchError::NoEndpoints {
+        let (pool, reach) = resolve(&*self.pools, service, slot).ok_or_else(|| DispatchError::NoEndpoints {
             service: format!("{}/{}", service.namespace, service.name),
             port: service.port,
         })?;
@@ -151,21 +170,21 @@ impl GatewayUpstream {
             client: ctx.client,
             timeouts,
         };
-        Ok(Forward { req, target: Arc::new(target), response_edits: filters.response_headers.clone() })
+        Ok(Forward { target: Arc::new(target), response_edits: filters.response_headers.clone() })
     }
 }
 
 impl Upstream for GatewayUpstream {
-    fn send(&self, req: Request<Incoming>, ctx: Arc<RequestContext>) -> SendFuture {
-        match self.prepare(req, &ctx) {
+    fn send(&self, mut req: Request<Incoming>, ctx: Arc<RequestContext>) -> SendFuture {
+        match self.prepare(&mut req, &ctx) {
             Err(answer) => Box::pin(std::future::ready(Err(answer))),
-            Ok(Forward { req, target, response_edits }) => {
+            // (No response edits: the dispatcher's future as it is.)
+            Ok(Forward { target, response_edits: None }) => self.dispatcher.send(req, target),
+            Ok(Forward { target, response_edits: Some(edits) }) => {
                 let sent = self.dispatcher.send(req, target);
                 Box::pin(async move {
                     let mut response = sent.await?;
-                    if let Some(edits) = response_edits {
-                        edits.apply(response.headers_mut());
-                    }
+                    edits.apply(response.headers_mut());
                     Ok(response)
                 })
             }
@@ -212,6 +231,9 @@ pub struct ListenerContext {
     pub connect_timeout: std::time::Duration,
     pub upstream_mark: Option<u32>,
     pub drain: CancellationToken,
+    /// The runtimes its connections run on, in turn ([`crate::workers`]);
+    /// empty: the one that accepts them.
+    pub workers: &'static [tokio::runtime::Handle],
 }
 
 /// What a listener needs to serve more than HTTP: the compiled objects
@@ -251,7 +273,8 @@ pub async fn serve_listener(listener: TcpListener, front: Arc<dyn HttpServe>, ct
 }
 
 /// Accepts `listener`'s connections until `ctx.drain` is cancelled, each
-/// served by its port's protocol in the current compile: HTTP to `front`;
+/// handed to the next of `ctx.workers` (or run here when there are none)
+/// and served by its port's protocol in the current compile: HTTP to `front`;
 /// HTTPS after a TLS handshake (within `routing.handshake_timeout`)
 /// to `front`; TLS passthrough and TCP at L4 ([`crate::l4`]). Without
 /// `routing`, every connection is HTTP.
@@ -262,6 +285,7 @@ pub async fn serve_gateway_listener(
     routing: Option<GatewayRouting>,
 ) {
     let port = ctx.pool.port;
+    let mut next_worker = 0usize;
     loop {
         let accepted = tokio::select! {
             () = ctx.drain.cancelled() => return,
@@ -277,44 +301,85 @@ pub async fn serve_gateway_listener(
             }
         };
         let _ = client.set_nodelay(true);
-        let Some(routing) = &routing else {
-            tokio::spawn(front.serve(http_connection(ClientStream::Tcp(client), peer, &ctx)));
-            continue;
+        let mut slot = None;
+        let protocol = match &routing {
+            None => Some(Protocol::Http),
+            Some(routing) => {
+                let connections = &routing.connections;
+                if connections.fetch_add(1, Ordering::AcqRel) >= routing.max_connections && routing.max_connections > 0
+                {
+                    connections.fetch_sub(1, Ordering::AcqRel);
+                    tracing::debug!(%peer, port, max = routing.max_connections, "gateway listener at its connection limit: reset");
+                    let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+                    continue;
+                }
+                slot = Some(Slot(connections.clone()));
+                routing.routes.load().protocols.get(&port).copied()
+            }
         };
-        if routing.connections.fetch_add(1, Ordering::AcqRel) >= routing.max_connections && routing.max_connections > 0
-        {
-            routing.connections.fetch_sub(1, Ordering::AcqRel);
-            tracing::debug!(%peer, port, max = routing.max_connections, "gateway listener at its connection limit: reset");
-            let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+        // The port's listeners went away; the listener closes at the next reconcile.
+        let Some(protocol) = protocol else { continue };
+        let connection =
+            Connection { peer, protocol, front: front.clone(), ctx: ctx.clone(), routing: routing.clone() };
+        if ctx.workers.is_empty() {
+            tokio::spawn(connection.start(client, slot));
             continue;
         }
-        let slot = Slot(routing.connections.clone());
-        let protocol = routing.routes.load().protocols.get(&port).copied();
-        match protocol {
-            Some(Protocol::Http) => {
-                let served = front.serve(http_connection(ClientStream::Tcp(client), peer, &ctx));
-                tokio::spawn(with_slot(served, slot));
-            }
-            Some(Protocol::Https) => {
-                tokio::spawn(with_slot(https(client, peer, front.clone(), ctx.clone(), routing.clone()), slot));
-            }
-            Some(Protocol::TlsPassthrough) => {
-                let served = crate::l4::passthrough(client, peer, ctx.clone(), routing.clone());
-                tokio::spawn(with_slot(served, slot));
-            }
-            Some(Protocol::Tcp) => {
-                tokio::spawn(with_slot(crate::l4::tcp(client, peer, ctx.clone(), routing.clone()), slot));
-            }
-            // The port's listeners went away; the listener closes at the next reconcile.
-            None => drop(client),
+        // On the next worker: the socket leaves this runtime's event loop
+        // for that worker's, and its future (timers included) is made in
+        // the worker's context.
+        let worker = &ctx.workers[next_worker % ctx.workers.len()];
+        next_worker = next_worker.wrapping_add(1);
+        let served = client.into_std().and_then(|client| {
+            let _worker = worker.enter();
+            Ok(connection.start(TcpStream::from_std(client)?, slot))
+        });
+        match served {
+            Ok(served) => drop(worker.spawn(served)),
+            Err(e) => tracing::debug!(%peer, port, error = %e, "gateway connection: cannot hand it to a worker"),
         }
     }
 }
 
-/// Runs `served`, holding the connection's place in its listener's limit.
-async fn with_slot(served: impl Future<Output = ()>, slot: Slot) {
-    served.await;
-    drop(slot);
+/// One accepted connection and what serves it.
+struct Connection {
+    peer: SocketAddr,
+    protocol: Protocol,
+    front: Arc<dyn HttpServe>,
+    ctx: ListenerContext,
+    routing: Option<GatewayRouting>,
+}
+
+impl Connection {
+    /// What serves `client` by its port's protocol (without routing,
+    /// HTTP), holding `slot`, its place in the listener's limit: an HTTP
+    /// connection is the front's own future, with no layer around it
+    /// that each poll goes through.
+    fn start(self, client: TcpStream, slot: Option<Slot>) -> Served {
+        let Connection { peer, protocol, front, ctx, routing } = self;
+        let future: HttpFuture = match (protocol, routing) {
+            (Protocol::Http, _) | (_, None) => front.serve(http_connection(ClientStream::Tcp(client), peer, &ctx)),
+            (Protocol::Https, Some(routing)) => Box::pin(https(client, peer, front, ctx, routing)),
+            (Protocol::TlsPassthrough, Some(routing)) => Box::pin(crate::l4::passthrough(client, peer, ctx, routing)),
+            (Protocol::Tcp, Some(routing)) => Box::pin(crate::l4::tcp(client, peer, ctx, routing)),
+        };
+        Served { future, _slot: slot }
+    }
+}
+
+/// A connection's future and its place in the listener's limit, given
+/// back when the future is dropped (done or not).
+struct Served {
+    future: HttpFuture,
+    _slot: Option<Slot>,
+}
+
+impl std::future::Future for Served {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.future.as_mut().poll(cx)
+    }
 }
 
 fn http_connection(client: ClientStream, peer: SocketAddr, ctx: &ListenerContext) -> HttpConnection {

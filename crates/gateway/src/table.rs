@@ -13,9 +13,13 @@
 //! GRPCRoutes' entries come first, in gRPC precedence (see [`crate::grpc`]),
 //! and only gRPC requests look at them.
 //!
-//! Lookup is a scan in that order: an edge gateway holds tens of rules; a
-//! table grown to thousands would want an index by precise host first.
+//! Lookup is a scan in that order over the entries whose hostname can
+//! hold: [`RouteTable::sort`] indexes the precise hostnames (all of which
+//! come before any wildcard in each kind's part, so those of the request's
+//! host, then the wildcards and host-less entries, is the same order), so
+//! that a request does not compare its host with every other route's.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,6 +81,46 @@ pub struct Routed<'a> {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     entries: Vec<Entry>,
+    /// The GRPCRoutes' part of `entries` and the HTTPRoutes', indexed.
+    grpc: Part,
+    http: Part,
+}
+
+/// The entries of one kind, in precedence order, by hostname: those of
+/// each precise hostname, and those of wildcards and no hostname.
+#[derive(Debug, Default)]
+struct Part {
+    exact: HashMap<String, Vec<usize>, BuildFnv>,
+    others: Vec<usize>,
+}
+
+/// FNV-1a: hostnames are short, and hashing one is on every request's
+/// path (SipHash costs several times as much). The keys are the
+/// configuration's; a client's host is only looked up, so it cannot make
+/// the map slow.
+#[derive(Clone, Copy, Debug, Default)]
+struct BuildFnv;
+
+struct Fnv(u64);
+
+impl std::hash::BuildHasher for BuildFnv {
+    type Hasher = Fnv;
+
+    fn build_hasher(&self) -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl RouteTable {
@@ -112,6 +156,15 @@ impl RouteTable {
                 b.host.specificity(&a.host).then(by_match).then_with(|| a.order.cmp(&b.order))
             })
         });
+        self.grpc = Part::default();
+        self.http = Part::default();
+        for (i, entry) in self.entries.iter().enumerate() {
+            let part = if entry.grpc.is_some() { &mut self.grpc } else { &mut self.http };
+            match &entry.host {
+                Hostname::Exact(name) => part.exact.entry(name.clone()).or_default().push(i),
+                Hostname::Wildcard(_) | Hostname::Any => part.others.push(i),
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -127,17 +180,35 @@ impl RouteTable {
     /// A gRPC request (`content-type: application/grpc...`) tries the
     /// GRPCRoutes first; other requests only the HTTPRoutes.
     pub fn route(&self, host: &str, request: &RequestView<'_>) -> Option<Routed<'_>> {
-        let grpc = is_grpc(request);
-        let entry = self
-            .entries
-            .iter()
-            .filter(|e| grpc || e.grpc.is_none())
-            .find(|e| e.host.matches(host) && e.matcher.matches(request))?;
+        // (Only a table with GRPCRoutes looks at the content type.)
+        let grpc = !(self.grpc.exact.is_empty() && self.grpc.others.is_empty()) && is_grpc(request);
+        let entry = if grpc { self.find(&self.grpc, host, request) } else { None };
+        let entry = entry.or_else(|| self.find(&self.http, host, request))?;
         let matched_prefix = match &entry.matcher.path {
             PathMatch::Prefix(p) => Some(p.as_str()),
             _ => None,
         };
         Some(Routed { action: &entry.action, matched_prefix })
+    }
+
+    /// The first entry of `part` for `host` whose match holds: those of
+    /// that precise hostname, then the wildcards and host-less ones.
+    fn find(&self, part: &Part, host: &str, request: &RequestView<'_>) -> Option<&Entry> {
+        if let Some(exact) = part.exact.get(host) {
+            for &i in exact {
+                let entry = &self.entries[i];
+                if entry.matcher.matches(request) {
+                    return Some(entry);
+                }
+            }
+        }
+        for &i in &part.others {
+            let entry = &self.entries[i];
+            if entry.host.matches(host) && entry.matcher.matches(request) {
+                return Some(entry);
+            }
+        }
+        None
     }
 
     /// The order entries are tried in, as `host route#rule` (for status and tests).

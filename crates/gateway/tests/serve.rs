@@ -131,6 +131,7 @@ async fn gateway() -> SocketAddr {
         connect_timeout: Duration::from_secs(1),
         upstream_mark: None,
         drain: CancellationToken::new(),
+        workers: &[],
     };
     tokio::spawn(serve_listener(listener, Arc::new(front), ctx));
     addr
@@ -260,7 +261,7 @@ async fn listeners_follow_the_objects_without_rebinding_ports_that_stay() {
     let upstream = GatewayUpstream::new(routes.clone(), Arc::new(pools), Arc::new(dispatcher), "http");
     let front = Arc::new(HttpProxy::new(Arc::new(upstream), HttpConfig::default()));
     let ip = own_loopback();
-    let settings = ListenerSettings { ip, connect_timeout: Duration::from_secs(1), upstream_mark: None };
+    let settings = ListenerSettings { ip, connect_timeout: Duration::from_secs(1), upstream_mark: None, workers: 2 };
     let mut listeners = GatewayListeners::new(settings, front);
 
     assert!(listeners.reconcile(routes.load().ports.clone()).await.is_empty());
@@ -290,4 +291,77 @@ async fn listeners_follow_the_objects_without_rebinding_ports_that_stay() {
     assert!(listeners.reconcile(routes.load().ports.clone()).await.is_empty());
     let mut conn = TcpStream::connect(SocketAddr::new(ip, 18082)).await.unwrap();
     assert!(get(&mut conn, "x", "/").await.body.starts_with("web "));
+}
+
+/// Pools that change under the gateway, with a generation (as the agent's
+/// pool index has) and a count of lookups by name.
+#[derive(Default)]
+struct ChangingPools {
+    pools: std::sync::RwLock<BTreeMap<ServiceRef, Arc<Pool>>>,
+    generation: std::sync::atomic::AtomicU64,
+    lookups: std::sync::atomic::AtomicUsize,
+}
+
+impl ChangingPools {
+    fn set(&self, (service, pool): (ServiceRef, Arc<Pool>)) {
+        self.pools.write().unwrap().insert(service, pool);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    fn lookups(&self) -> usize {
+        self.lookups.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl ServicePools for ChangingPools {
+    fn pool(&self, service: &ServiceRef) -> Option<(Arc<Pool>, Reach)> {
+        self.lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.pools.read().unwrap().get(service).map(|p| (p.clone(), Reach::direct()))
+    }
+
+    fn generation(&self) -> Option<u64> {
+        Some(self.generation.load(std::sync::atomic::Ordering::Acquire))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_backend_keeps_its_pool_until_the_pools_change() {
+    let pools = Arc::new(ChangingPools::default());
+    let mut registry = Registry::default();
+    let dispatcher = Dispatcher::new(&HttpConfig::default(), &mut registry);
+    let routes = Arc::new(ArcSwap::from_pointee(support::load(&objects(LISTENER_PORT, "web"), &[("shop/web", 80)])));
+    let upstream = GatewayUpstream::new(routes, pools.clone(), Arc::new(dispatcher), "http");
+    let front = HttpProxy::new(Arc::new(upstream), HttpConfig::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gateway = ObjectRef { kind: "Gateway", namespace: "shop".into(), name: "edge".into() };
+    let ctx = ListenerContext {
+        pool: listener_pool(&gateway, addr.ip(), LISTENER_PORT),
+        connect_timeout: Duration::from_secs(1),
+        upstream_mark: None,
+        drain: CancellationToken::new(),
+        workers: &[],
+    };
+    tokio::spawn(serve_listener(listener, Arc::new(front), ctx));
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+
+    // The Service is routed before this agent has its pool (the proxy has
+    // not reconciled it yet): 503, and nothing is kept.
+    assert_eq!(get(&mut conn, "x", "/").await.status, 503);
+    assert_eq!(get(&mut conn, "x", "/").await.status, 503);
+    assert_eq!(pools.lookups(), 2);
+
+    // Its pool appears: served, looked up once for many requests.
+    pools.set(pool("shop", "web", 80, backend("web", Duration::ZERO).await));
+    for _ in 0..5 {
+        assert!(get(&mut conn, "x", "/").await.body.starts_with("web "));
+    }
+    assert_eq!(pools.lookups(), 3, "one lookup by name while the pools stay the same");
+
+    // The pool is replaced (the Service's port moved to another
+    // endpoint's pool): the next request follows it.
+    pools.set(pool("shop", "web", 80, backend("web2", Duration::ZERO).await));
+    assert!(get(&mut conn, "x", "/").await.body.starts_with("web2 "));
+    assert!(get(&mut conn, "x", "/").await.body.starts_with("web2 "));
+    assert_eq!(pools.lookups(), 4);
 }

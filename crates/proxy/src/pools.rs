@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -23,6 +24,10 @@ pub(crate) type ServicePools = Box<[(Protocol, Arc<Pool>)]>;
 #[derive(Debug, Default)]
 pub struct PoolIndex {
     map: RwLock<HashMap<ServiceKey, ServicePools>>,
+    /// Moves on with every write: what [`PoolIndex::pool`] answered holds
+    /// while this stays the same (the gateway keeps the pools its routes
+    /// resolved by it).
+    generation: AtomicU64,
 }
 
 impl PoolIndex {
@@ -34,10 +39,19 @@ impl PoolIndex {
         } else {
             map.insert(key.clone(), pools);
         }
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     pub(crate) fn clear(&self) {
-        self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.clear();
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The number of writes so far: read it before [`PoolIndex::pool`],
+    /// and that answer holds while it stays the same.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The pool of `key`'s service port `port` for `protocol` (the IPv4
@@ -110,5 +124,31 @@ impl EndpointHealth {
             consecutive_failures: failures,
             ejected_for_seconds: ejected.map(|d| d.as_secs_f64()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::Targets;
+    use edgemesh_core::LbStrategy;
+
+    #[test]
+    fn every_write_moves_the_generation_on() {
+        let index = PoolIndex::default();
+        let key = ServiceKey::new("shop", "web");
+        let targets = Targets::new(LbStrategy::RoundRobin, Arc::from(Vec::new()));
+        let pool = Arc::new(Pool::new(key.clone(), "10.96.0.1:80".parse().unwrap(), targets));
+        let before = index.generation();
+        index.set(&key, Box::new([(Protocol::Tcp, pool.clone())]));
+        let set = index.generation();
+        assert!(set > before);
+        assert!(Arc::ptr_eq(&index.pool(&key, 80, Protocol::Tcp).unwrap(), &pool));
+        assert_eq!(index.generation(), set, "reading does not move it");
+        index.set(&key, Box::new([]));
+        assert!(index.generation() > set && index.pool(&key, 80, Protocol::Tcp).is_none());
+        let removed = index.generation();
+        index.clear();
+        assert!(index.generation() > removed);
     }
 }

@@ -56,7 +56,8 @@ pub trait Remote: Send + Sync + 'static {
 /// endpoints on other nodes.
 #[derive(Clone, Default)]
 pub struct Reach {
-    node_name: String,
+    /// (Shared: a gateway clones its Reach for every request.)
+    node_name: std::sync::Arc<str>,
     remote: Option<std::sync::Arc<dyn Remote>>,
     /// How long reaching an endpoint through the tunnel may take: longer
     /// than a direct connect, as the first connection to a node may dial
@@ -83,7 +84,7 @@ impl Reach {
     /// Endpoints of nodes other than `node_name` through `remote`, each
     /// open allowed `timeout`.
     pub fn through(node_name: &str, remote: std::sync::Arc<dyn Remote>, timeout: std::time::Duration) -> Self {
-        Self { node_name: node_name.to_owned(), remote: Some(remote), timeout }
+        Self { node_name: node_name.into(), remote: Some(remote), timeout }
     }
 
     /// How long one open through the tunnel may take.
@@ -97,7 +98,7 @@ impl Reach {
     pub fn remote_for<'a>(&'a self, backend: &'a Backend) -> Option<(&'a str, &'a dyn Remote)> {
         let remote = self.remote.as_deref()?;
         let node = backend.node_name.as_deref()?;
-        (node != self.node_name).then_some((node, remote))
+        (node != &*self.node_name).then_some((node, remote))
     }
 }
 

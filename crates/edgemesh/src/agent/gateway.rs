@@ -86,6 +86,11 @@ impl GatewayTask {
             ip: config.gateway.listen_address,
             connect_timeout: config.proxy.connect_timeout,
             upstream_mark,
+            // As many as the proxy's (0 there: one per CPU).
+            workers: match config.proxy.workers {
+                0 => edgemesh_proxy::default_workers(),
+                n => n,
+            },
         };
         let class = config.gateway.class_name.clone();
         let report = Arc::new(ArcSwap::from_pointee(GatewayReport { class: class.clone(), ..Default::default() }));
@@ -311,5 +316,9 @@ impl ServicePools for AgentPools {
         let key = ServiceKey::new(&service.namespace, &service.name);
         let pool = self.proxy.pools.pool(&key, service.port, Protocol::Tcp)?;
         Some((pool, self.reach.clone()))
+    }
+
+    fn generation(&self) -> Option<u64> {
+        Some(self.proxy.pools.generation())
     }
 }

@@ -335,7 +335,8 @@ impl RunningGateway {
         let routes = Arc::new(ArcSwap::from_pointee(compiled));
         let upstream = GatewayUpstream::new(routes.clone(), pools.clone(), Arc::new(dispatcher), "http");
         let front = Arc::new(HttpProxy::new(Arc::new(upstream), HttpConfig::default()));
-        let settings = ListenerSettings { ip, connect_timeout: Duration::from_secs(1), upstream_mark: None };
+        let settings =
+            ListenerSettings { ip, connect_timeout: Duration::from_secs(1), upstream_mark: None, workers: 2 };
         let mut listeners = GatewayListeners::new(settings, front)
             .with_routes(routes.clone(), pools)
             .with_handshake_timeout(HANDSHAKE_TIMEOUT)
