@@ -1,5 +1,5 @@
-//! The threads a gateway's connections run on: as the proxy's own
-//! connections do (see `edgemesh_proxy`'s workers), each on a
+//! The threads a gateway's connections run on, made as the proxy's own are
+//! (`edgemesh_proxy::workers::Workers`, threads `edgemesh-gateway-<i>`), each on a
 //! single-threaded tokio runtime of its own thread, so that a connection's
 //! requests, their upstream exchanges and their timers stay on one thread
 //! with no work stealing and no cross-thread wake-ups. The accept loop
@@ -12,33 +12,23 @@
 
 use std::sync::OnceLock;
 
+use edgemesh_proxy::workers::Workers;
 use tokio::runtime::Handle;
 
-static WORKERS: OnceLock<Box<[Handle]>> = OnceLock::new();
+static WORKERS: OnceLock<Option<Workers>> = OnceLock::new();
 
 /// The gateway's worker runtimes, `count` of them started at the first
 /// call (later calls get those, whatever they ask); empty when they cannot
 /// be started (the connections then run on the accepting runtime).
 pub fn workers(count: usize) -> &'static [Handle] {
-    WORKERS.get_or_init(|| match start(count.max(1)) {
-        Ok(handles) => handles,
+    let workers = WORKERS.get_or_init(|| match Workers::start_named("edgemesh-gateway", count.max(1)) {
+        Ok(workers) => Some(workers),
         Err(e) => {
             tracing::warn!(error = %e, count, "cannot start the gateway's worker threads; serving on the main runtime");
-            Box::default()
+            None
         }
-    })
-}
-
-fn start(count: usize) -> std::io::Result<Box<[Handle]>> {
-    let mut handles = Vec::with_capacity(count);
-    for i in 0..count {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        handles.push(runtime.handle().clone());
-        std::thread::Builder::new()
-            .name(format!("edgemesh-gateway-{i}"))
-            .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
-    }
-    Ok(handles.into_boxed_slice())
+    });
+    workers.as_ref().map_or(&[], Workers::handles)
 }
 
 #[cfg(test)]

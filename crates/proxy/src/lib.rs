@@ -82,7 +82,7 @@ mod routes;
 pub mod splice;
 pub mod transparent;
 pub mod udp;
-mod workers;
+pub mod workers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

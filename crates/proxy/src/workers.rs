@@ -17,17 +17,23 @@ use std::io;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-/// The proxy's connection workers; see the module docs.
+/// Connection workers (the proxy's, and the gateway's); see the module docs.
 #[derive(Debug)]
-pub(crate) struct Workers {
+pub struct Workers {
     handles: Box<[Handle]>,
     /// Dropped to stop the threads.
     _stop: Vec<oneshot::Sender<()>>,
 }
 
 impl Workers {
-    /// Starts `count` worker threads (at least one).
-    pub(crate) fn start(count: usize) -> io::Result<Self> {
+    /// Starts `count` worker threads (at least one), named
+    /// `edgemesh-proxy-<i>`.
+    pub fn start(count: usize) -> io::Result<Self> {
+        Self::start_named("edgemesh-proxy", count)
+    }
+
+    /// Starts `count` worker threads (at least one) named `<name>-<i>`.
+    pub fn start_named(name: &str, count: usize) -> io::Result<Self> {
         let count = count.max(1);
         let mut handles = Vec::with_capacity(count);
         let mut stop = Vec::with_capacity(count);
@@ -35,7 +41,7 @@ impl Workers {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             handles.push(runtime.handle().clone());
             let (tx, rx) = oneshot::channel::<()>();
-            std::thread::Builder::new().name(format!("edgemesh-proxy-{i}")).spawn(move || {
+            std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
                 // Runs the worker's tasks until `Workers` is dropped; the
                 // runtime, and what still runs on it, is dropped here.
                 runtime.block_on(async move {
@@ -48,7 +54,7 @@ impl Workers {
     }
 
     /// The workers' runtimes, one per thread; never empty.
-    pub(crate) fn handles(&self) -> &[Handle] {
+    pub fn handles(&self) -> &[Handle] {
         &self.handles
     }
 }
