@@ -29,12 +29,12 @@ use std::{
 use futures::StreamExt;
 use libp2p::{
     Multiaddr, PeerId, Swarm, allow_block_list, autonat,
-    core::transport::ListenerId,
+    core::transport::{ListenerId, TransportError},
     dcutr, identify, mdns,
     multiaddr::Protocol,
     relay,
     swarm::{
-        ConnectionDenied, ListenError, SwarmEvent,
+        ConnectionDenied, DialError, ListenError, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
     },
 };
@@ -54,6 +54,7 @@ use crate::{
     messages::{Command, Connected},
     metrics::{Refusal, TunnelMetrics},
     peer_table::PeerTable,
+    psk,
     settings::Settings,
     streams::{Control, is_relayed},
     swarm::{Behaviour, BehaviourEvent},
@@ -277,7 +278,21 @@ impl Task {
             SwarmEvent::IncomingConnectionError { peer_id, error: ListenError::Denied { cause }, .. } => {
                 self.denied(peer_id, &cause);
             }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error: ListenError::Transport(TransportError::Other(e)),
+                ..
+            } if psk::is_refusal(&e) => self.psk_refused(&send_back_addr, None),
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                if let DialError::Transport(errors) = &error {
+                    for (addr, e) in errors {
+                        if let TransportError::Other(e) = e
+                            && psk::is_refusal(e)
+                        {
+                            self.psk_refused(addr, peer_id);
+                        }
+                    }
+                }
                 // Our own dials of peers tunnel.allowedPeers does not list (found by mDNS,
                 // say) are denied too: not a refusal of anyone, so only logged here.
                 tracing::debug!(peer = ?peer_id, %error, "outgoing connection failed");
@@ -336,6 +351,16 @@ impl Task {
                 tracing::warn!(%peer, "refusing a peer that tunnel.allowedPeers does not list: connection closed");
             }
             _ => tracing::debug!(?peer, "refused a peer tunnel.allowedPeers does not list"),
+        }
+    }
+
+    /// A connection whose peer's PSK proof did not match: counted, and logged once per interval
+    /// (a prober may knock many times).
+    fn psk_refused(&self, addr: &Multiaddr, peer: Option<PeerId>) {
+        if self.peers.metrics().psk_refused() {
+            tracing::warn!(%addr, ?peer, "the peer does not have this network's PSK: connection closed");
+        } else {
+            tracing::debug!(%addr, ?peer, "the peer does not have this network's PSK: connection closed");
         }
     }
 
