@@ -315,6 +315,10 @@ fn a_wrong_psk_gets_nothing_and_a_stolen_node_name_is_refused() {
     });
     assert!(refused(&agent_b) >= 2.0, "node-b counts both wrong keys: {}", refused(&agent_b));
     assert_eq!(refused(&agent_h), 0.0, "no key, no proof: node-h fails in negotiation");
+    let negotiation = eventually_every(Duration::from_millis(200), LIMIT, "node-b to name node-h", || {
+        agent_b.log().lines().find(|l| l.contains("speaks none of this network's PSK protocols")).map(str::to_owned)
+    });
+    assert!(negotiation.contains("10.0.0.8"), "{negotiation}");
 }
 
 #[test]

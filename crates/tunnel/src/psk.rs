@@ -175,19 +175,18 @@ impl Psk {
     }
 }
 
-/// Whether `error` (a connection error as the swarm reports it) is a failed PSK proof. The
-/// transport's layers chain their causes with `source`, except `io::Error`, which hides its
-/// inner error there (it is reached with `get_ref`).
+/// Whether `error` (a connection error as the swarm reports it) is a failed PSK proof.
 pub(crate) fn is_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(e) = next {
-        if e.is::<Refused>() {
-            return true;
-        }
-        next = match e.downcast_ref::<std::io::Error>() {
-            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
-            None => e.source(),
-        };
-    }
-    false
+    causes(error).any(|e| e.is::<Refused>())
+}
+
+/// `error` and its causes. The transport's layers chain their causes with `source`, except
+/// `io::Error`, which hides its inner error there (it is reached with `get_ref`).
+pub(crate) fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |e| match e.downcast_ref::<std::io::Error>() {
+        Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+        None => e.source(),
+    })
 }

@@ -9,7 +9,7 @@
 use futures::{AsyncRead, AsyncWrite, FutureExt, future::BoxFuture};
 use libp2p::{
     PeerId,
-    core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo},
+    core::upgrade::{InboundConnectionUpgrade, NegotiationError, OutboundConnectionUpgrade, UpgradeInfo},
     noise,
 };
 
@@ -103,6 +103,15 @@ impl Security {
 }
 
 const NOISE: &str = "/noise";
+
+/// Whether `error` (a connection error as the swarm reports it) is a failed protocol
+/// negotiation: no protocol in common, or bytes that are not multistream-select at all. Before
+/// the muxer that is the security protocol's (libp2p-core does not export the type that would
+/// tell it from the muxer's, and edgemesh agents always agree on yamux); between agents, one
+/// with a PSK and one without, or an agent still on pnet.
+pub(crate) fn is_negotiation_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    psk::causes(error).any(|e| e.is::<NegotiationError>())
+}
 
 impl UpgradeInfo for Security {
     type Info = &'static str;

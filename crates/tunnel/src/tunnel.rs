@@ -170,6 +170,7 @@ impl Tunnel {
             liveness,
             max_streams,
             quic,
+            psk: config.psk_file.is_some(),
             relay_peers: relay_peers.clone(),
             relay_server: config.relay_server,
         });
