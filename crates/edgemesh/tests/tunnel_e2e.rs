@@ -5,7 +5,7 @@
 //! ```text
 //!  LAN:   node-a 10.0.0.2 ─┐
 //!         node-b 10.0.0.3 ─┼─ bridge          (mDNS finds the peers)
-//!         (node-d, node-e) ┘
+//!         (node-d..node-h) ┘
 //!
 //!  NAT:   relay  198.18.0.1 ─┐
 //!         node-a 198.18.0.2 ─┼─ "public" WAN bridge
