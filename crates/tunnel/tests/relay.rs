@@ -212,8 +212,9 @@ fn write_psk(keys: &Keys, name: &str, byte: u8) -> std::path::PathBuf {
 }
 
 /// With a PSK each connection proves the key, the relayed one too (inside the circuit, end to
-/// end): A reaches B through R, all three holding the key; C, with another key, gets no
-/// connection to R (so no reservation, no circuit) and no path to B.
+/// end): A reaches B through R, all three holding the key, then directly;
+/// C, with another key, gets no connection to R (so no reservation, no circuit) and no path
+/// to B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_network_relays_for_its_members_only() {
     init_tracing();
@@ -246,6 +247,16 @@ async fn a_private_network_relays_for_its_members_only() {
     let s = open_eventually(&a.tunnel, "b", answer).await;
     assert!(s.is_relayed(), "the first stream rides the relayed connection");
     check_answer(s, 300_000).await;
+    // The direct connection that replaces it (connection reversal or hole punch) proves the
+    // key too.
+    eventually("hole punching", Duration::from_secs(20), || async {
+        let p = a.tunnel.peers();
+        (p.iter().find(|p| p.node.as_deref() == Some("b"))?.connection == ConnectionType::Direct).then_some(())
+    })
+    .await;
+    let s = a.tunnel.open_tcp("b", answer, "direct").await.unwrap();
+    assert!(!s.is_relayed());
+    check_answer(s, 1000).await;
 
     let c = start(with("c", &other), dir.clone()).await;
     let e = c.tunnel.open_tcp("b", answer, "stranger").await.unwrap_err();
