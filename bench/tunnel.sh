@@ -20,8 +20,18 @@
 # reports them per request. TUNNEL_STUNNEL=1 adds the path `stunnel` (issue #20's peer): an
 # stunnel pair, TLS 1.3 with AES-128-GCM, client in A (127.98.0.1:5201 and :8080) and server
 # in B, the same shape as ours (two userspace hops, one cipher); its two processes' CPU per GB
-# is reported as the agents' is. Needs root, iperf3, wrk, nginx (stunnel4 and openssl for
-# TUNNEL_STUNNEL, perf for TUNNEL_PERF/COUNT).
+# is reported as the agents' is. TUNNEL_PSK=1 runs every agent with a private-network key
+# (--psk-file, a fresh random swarm.key; TCP only: with a PSK the agent refuses QUIC), as
+# EdgeMesh runs by default; the tunnel paths are then labelled tunnel-tcp+psk.
+# TUNNEL_EDGEMESH=1 then adds issue #20's EdgeMesh rows: shared/bench/edgemesh_go_compare.sh
+# (phase B, cross-node: direct, EdgeMesh v1.17 with its PSK, ours, ours with a PSK, alternating
+# within each of the same -r repetitions of -d seconds; its header documents every step) with
+# the first build as OURS. It needs EM_GIT (a bare git dir of kubeedge/edgemesh, e.g. a fetched
+# mirror), golang-go and jq; it builds EdgeMesh once into $EMGO_WORK (default
+# /var/tmp/emgo: WORK of that script) and writes its results.csv and table.md to
+# OUT-edgemesh/ (OUT without .jsonl; with no -o, under $EMGO_WORK). BENCH_SMOKE=1 passes -s
+# (no quiet waits). Needs root, iperf3, wrk, nginx (stunnel4 and openssl for TUNNEL_STUNNEL,
+# perf for TUNNEL_PERF/COUNT).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
@@ -29,10 +39,13 @@ source "$SHARED/lib.sh"
 REPS=3 DUR=5 OUT=/dev/null BUILDS=()
 while getopts r:d:o:b: o; do case $o in
   r) REPS=$OPTARG ;; d) DUR=$OPTARG ;; o) OUT=$OPTARG ;; b) BUILDS+=("$OPTARG") ;;
-  *) sed -n '2,17p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,37p' "$0" >&2; exit 2 ;;
 esac; done
 if [[ ${#BUILDS[@]} -eq 0 ]]; then
   BUILDS=("=${EDGEMESH_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/edgemesh}")
+fi
+if [[ -n ${TUNNEL_EDGEMESH:-} ]]; then
+  [[ -n ${EM_GIT:-} && -d $EM_GIT ]] || { echo "TUNNEL_EDGEMESH needs EM_GIT, a bare git dir of kubeedge/edgemesh" >&2; exit 2; }
 fi
 for b in "${BUILDS[@]}"; do
   [[ -x ${b#*=} ]] || { echo "no release binary at ${b#*=} (cargo build --release -p edgemesh)" >&2; exit 1; }
@@ -101,6 +114,13 @@ endpoints: [{addresses: [10.99.0.2], nodeName: node-b}]
 EOF
 }
 manifests "$W/a/m"; manifests "$W/b/m"
+PSK_ARGS=() PSK_LABEL=""
+if [[ -n ${TUNNEL_PSK:-} ]]; then
+  [[ ${TUNNEL_TRANSPORTS:-tcp} == tcp ]] || { echo "TUNNEL_PSK is TCP only (TUNNEL_TRANSPORTS=tcp)" >&2; exit 2; }
+  (umask 077; printf '/key/swarm/psk/1.0.0/\n/base16/\n%s\n' "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" \
+    > "$W/swarm.key")
+  PSK_ARGS=(--psk-file "$W/swarm.key") PSK_LABEL=+psk
+fi
 
 AGENTS=()
 start_agents() { # $1: tcp|quic, $2: binary
@@ -108,7 +128,7 @@ start_agents() { # $1: tcp|quic, $2: binary
   if [[ $1 == quic ]]; then la=/ip4/10.99.0.1/udp/20006/quic-v1 lb=/ip4/10.99.0.2/udp/20006/quic-v1
   else la=/ip4/10.99.0.1/tcp/20006 lb=/ip4/10.99.0.2/tcp/20006; fi
   local common=(--dns-listen 127.0.0.1:0 --admin-listen 127.0.0.1:15020 --dns-upstream 127.0.0.1:9
-    --vip-cidr 127.99.0.0/24 --no-mdns --log-level warn)
+    --vip-cidr 127.99.0.0/24 --no-mdns --log-level warn "${PSK_ARGS[@]}")
   ip netns exec "$B" "$bin" agent --node-name node-b --manifest-dir "$W/b/m" --state-dir "$W/b" \
     --tunnel-listen "$lb" "${common[@]}" 2>>"$W/b.log" & AGENTS+=($!)
   ip netns exec "$A" "$bin" agent --node-name node-a --manifest-dir "$W/a/m" --state-dir "$W/a" \
@@ -189,7 +209,7 @@ for rep in $(seq "$REPS"); do
     fi
     for build in "${BUILDS[@]}"; do
       label=${build%%=*}
-      path="tunnel-$transport${label:+@$label}"
+      path="tunnel-$transport$PSK_LABEL${label:+@$label}"
       start_agents "$transport" "${build#*=}"
       perf_pid=""
       if [[ -n $PERF_DIR ]]; then
@@ -243,3 +263,10 @@ for p in dict.fromkeys(r["path"] for r in rows):
     n = med(p, "conn", "req_s")
     print(f"| {p} | {g:.2f} | {g/dg:.2f} | {cpu} | {r:,.0f} | {r/dr:.2f} | {med(p,'rr','p50_us'):.0f} | {med(p,'rr','p99_us'):.0f} | {n:,.0f} | {n/dc:.2f} |")
 PY
+
+if [[ -n ${TUNNEL_EDGEMESH:-} ]]; then
+  em_args=(-r "$REPS" -d "$DUR" -p B)
+  [[ $OUT == /dev/null ]] || em_args+=(-o "${OUT%.jsonl}-edgemesh")
+  [[ -z ${BENCH_SMOKE:-} ]] || em_args+=(-s)
+  EM_GIT=$EM_GIT WORK=${EMGO_WORK:-/var/tmp/emgo} OURS=$BIN "$SHARED/edgemesh_go_compare.sh" "${em_args[@]}"
+fi

@@ -5,7 +5,7 @@
 //! ```text
 //!  LAN:   node-a 10.0.0.2 ─┐
 //!         node-b 10.0.0.3 ─┼─ bridge          (mDNS finds the peers)
-//!         (node-d, node-e) ┘
+//!         (node-d..node-h) ┘
 //!
 //!  NAT:   relay  198.18.0.1 ─┐
 //!         node-a 198.18.0.2 ─┼─ "public" WAN bridge
@@ -192,22 +192,34 @@ fn bulk_transfer_and_thousands_of_concurrent_connections() {
     assert!(echo.accepted.load(std::sync::atomic::Ordering::Relaxed) >= 2000);
 }
 
+/// The private network: the PSK is proved once per connection, after the
+/// TLS or Noise handshake. A known node with the wrong key (over TLS, or
+/// speaking Noise only) or with no key at all gets no connection and no
+/// proxied byte; a node with the key connects over either; a node with
+/// the key still cannot steal another node's name.
 #[test]
 fn a_wrong_psk_gets_nothing_and_a_stolen_node_name_is_refused() {
     require_root();
     let lan = Lan::new("lan");
     let (a, b) = (Node::new("node-a"), Node::new("node-b"));
     // node-d knows the PSK but claims node-b's name with its own key;
-    // node-e is a known node (its Node object is everywhere) with the
-    // wrong PSK.
+    // node-e, node-g and node-h are known nodes (their Node objects are
+    // everywhere): node-e with the wrong PSK over TLS, node-g with the
+    // wrong PSK speaking Noise only, node-h with no PSK; node-f has the
+    // right PSK and speaks Noise only.
     let (d, e) = (Node::new("node-b"), Node::new("node-e"));
-    for (n, addr) in [(&a, "10.0.0.2/24"), (&b, "10.0.0.3/24"), (&d, "10.0.0.4/24"), (&e, "10.0.0.5/24")] {
-        lan.attach(&n.ns, "eth0", &[addr]);
+    let (f, g, h) = (Node::new("node-f"), Node::new("node-g"), Node::new("node-h"));
+    let nodes = [(&a, "10.0.0.2"), (&b, "10.0.0.3"), (&d, "10.0.0.4"), (&e, "10.0.0.5")];
+    let more = [(&f, "10.0.0.6"), (&g, "10.0.0.7"), (&h, "10.0.0.8")];
+    for (n, addr) in nodes.iter().chain(&more) {
+        lan.attach(&n.ns, "eth0", &[&format!("{addr}/24")]);
     }
     let _nginx = NsNginx::start(&b.ns, &["10.0.0.3:80"], "node-b saw $remote_addr");
     let web = service("web", "TCP", 80, "node-b", "10.0.0.3");
-    let cluster = [a.object("10.0.0.2"), b.object("10.0.0.3"), e.object("10.0.0.5"), web.clone()];
-    for n in [&a, &b, &e] {
+    let mut cluster = vec![a.object("10.0.0.2"), b.object("10.0.0.3"), web.clone()];
+    cluster
+        .extend([(&e, "10.0.0.5"), (&f, "10.0.0.6"), (&g, "10.0.0.7"), (&h, "10.0.0.8")].map(|(n, ip)| n.object(ip)));
+    for n in [&a, &b, &e, &f, &g, &h] {
         n.manifests(&cluster);
     }
     // The impostor's own manifests bind node-b to its key.
@@ -220,25 +232,30 @@ fn a_wrong_psk_gets_nothing_and_a_stolen_node_name_is_refused() {
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         path.to_str().unwrap().to_owned()
     };
-    let (shared, other) = (psk("shared.key", 0x5a), psk("other.key", 0xa5));
+    // node-e and node-g hold two other keys (with one they would find each
+    // other by mDNS and form their own network).
+    let (shared, other, third) = (psk("shared.key", 0x5a), psk("other.key", 0xa5), psk("third.key", 0xc3));
 
-    let _agent_b = b.start(&["--psk-file", &shared]);
+    let agent_b = b.start(&["--psk-file", &shared]);
     let agent_a = a.start(&["--psk-file", &shared]);
     let _agent_d = d.start(&["--psk-file", &shared]);
-    // node-e is even told where node-b is. Its handshakes fail at once or,
-    // when the other side reads the garbled bytes as the start of a long
-    // message and waits for the rest, time out (after 20 s): it gives up
-    // on reaching a node after 2 s.
-    let config = e.path("config.yaml");
-    std::fs::write(&config, "tunnel:\n  connectTimeout: 2s\n").unwrap();
-    let agent_e = e.start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--psk-file",
-        &other,
-        "--bootstrap",
-        &b.tunnel_addr("10.0.0.3"),
-    ]);
+    // The strangers are even told where node-b is. They give up on reaching
+    // a node after 2 s; node-f and node-g speak Noise only.
+    let start = |n: &Node, noise_only: bool, key: Option<&str>| {
+        let config = n.path("config.yaml");
+        let tls = if noise_only { "  tls: false\n" } else { "" };
+        std::fs::write(&config, format!("tunnel:\n  connectTimeout: 2s\n{tls}")).unwrap();
+        let mut args = vec!["--config".to_owned(), config.to_str().unwrap().to_owned()];
+        args.extend(["--bootstrap".to_owned(), b.tunnel_addr("10.0.0.3")]);
+        if let Some(key) = key {
+            args.extend(["--psk-file".to_owned(), key.to_owned()]);
+        }
+        n.start_with(&args)
+    };
+    let agent_e = start(&e, false, Some(&other));
+    let agent_f = start(&f, true, Some(&shared));
+    let agent_g = start(&g, true, Some(&third));
+    let agent_h = start(&h, false, None);
 
     let to_b = wait_for_peer(&agent_a, "node-b", "node-a to find node-b", |_| true);
     assert_eq!(to_b["peerId"], b.peer_id);
@@ -248,10 +265,13 @@ fn a_wrong_psk_gets_nothing_and_a_stolen_node_name_is_refused() {
         agent_a.log().lines().find(|l| l.contains("refusing peer") && l.contains(&d.peer_id)).map(str::to_owned)
     });
     assert!(refusal.contains("node-b"), "the log names the claimed node: {refusal}");
-    // node-a's traffic for node-b still goes to node-b.
-    let vip = agent_a.vip("default", "web").unwrap();
-    for _ in 0..3 {
-        assert_eq!(a.ns.curl(&format!("http://{vip}/")).as_deref(), Some("node-b saw 10.0.0.3\n"));
+    // node-a's traffic for node-b still goes to node-b, and so does node-f's
+    // (the right key over Noise).
+    for (n, agent, from) in [(&a, &agent_a, "10.0.0.3"), (&f, &agent_f, "10.0.0.3")] {
+        let vip = agent.vip("default", "web").unwrap();
+        for _ in 0..3 {
+            assert_eq!(n.ns.curl(&format!("http://{vip}/")).as_deref(), Some(format!("node-b saw {from}\n").as_str()));
+        }
     }
     let listed = peers(&agent_a);
     assert!(
@@ -260,21 +280,45 @@ fn a_wrong_psk_gets_nothing_and_a_stolen_node_name_is_refused() {
     );
     assert!(!listed.iter().any(|p| p["peerId"] == d.peer_id && p["trusted"] == true), "{listed:?}");
 
-    // node-e's requests through the tunnel fail, and nobody lists it.
-    let vip_e = agent_e.vip("default", "web").unwrap();
-    assert_eq!(e.ns.curl(&format!("http://{vip_e}/")), None, "nothing through the tunnel without the PSK");
-    // It did try the tunnel, and says so (the handshake failed, or timed out).
-    eventually_every(Duration::from_millis(200), LIMIT, "node-e's proxy to give up", || {
-        let log = agent_e.log();
-        log.lines()
-            .any(|l| l.contains("endpoint 10.0.0.3:80 on node node-b") && l.contains("through the tunnel"))
-            .then_some(())
-    });
-    assert_eq!(peers(&agent_e), Vec::<Value>::new(), "node-e has no peers");
-    for agent in [&agent_a, &_agent_b] {
-        let listed = peers(agent);
-        assert!(!listed.iter().any(|p| p["peerId"] == e.peer_id), "{listed:?}");
+    // The strangers' requests through the tunnel fail, and nobody lists them.
+    for (n, agent) in [(&e, &agent_e), (&g, &agent_g), (&h, &agent_h)] {
+        let vip = agent.vip("default", "web").unwrap();
+        assert_eq!(n.ns.curl(&format!("http://{vip}/")), None, "nothing through the tunnel for {}", n.name);
+        // It did try the tunnel, and says so.
+        eventually_every(Duration::from_millis(200), LIMIT, &format!("{}'s proxy to give up", n.name), || {
+            agent
+                .log()
+                .lines()
+                .any(|l| l.contains("endpoint 10.0.0.3:80 on node node-b") && l.contains("through the tunnel"))
+                .then_some(())
+        });
+        assert_eq!(peers(agent), Vec::<Value>::new(), "{} has no peers", n.name);
+        for agent in [&agent_a, &agent_b] {
+            let listed = peers(agent);
+            assert!(!listed.iter().any(|p| p["peerId"] == n.peer_id), "{listed:?}");
+        }
     }
+    // node-b names the wrong keys' addresses (once per 10 s: node-e's or
+    // node-g's) and counts every refusal, TLS and Noise alike; the keyless
+    // node-h fails in negotiation, before any handshake.
+    let warned = eventually_every(Duration::from_millis(200), LIMIT, "node-b to warn of a wrong PSK", || {
+        agent_b.log().lines().find(|l| l.contains("does not have this network's PSK")).map(str::to_owned)
+    });
+    assert!(warned.contains("10.0.0.5") || warned.contains("10.0.0.7"), "{warned}");
+    let refused = |agent: &support::netns::NsAgent| {
+        let metrics = agent.get("/metrics").unwrap_or_default();
+        edgemesh_test_support::scrape::sample(&metrics, r#"edgemesh_tunnel_peers_refused_total{reason="psk"}"#)
+            .unwrap_or(0.0)
+    };
+    eventually_every(Duration::from_millis(200), LIMIT, "node-e and node-g to count node-b's refusal", || {
+        (refused(&agent_e) >= 1.0 && refused(&agent_g) >= 1.0).then_some(())
+    });
+    assert!(refused(&agent_b) >= 2.0, "node-b counts both wrong keys: {}", refused(&agent_b));
+    assert_eq!(refused(&agent_h), 0.0, "no key, no proof: node-h fails in negotiation");
+    let negotiation = eventually_every(Duration::from_millis(200), LIMIT, "node-b to name node-h", || {
+        agent_b.log().lines().find(|l| l.contains("speaks none of this network's PSK protocols")).map(str::to_owned)
+    });
+    assert!(negotiation.contains("10.0.0.8"), "{negotiation}");
 }
 
 #[test]

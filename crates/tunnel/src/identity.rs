@@ -7,9 +7,9 @@ use std::{
     path::Path,
 };
 
-use libp2p::{identity::Keypair, pnet::PreSharedKey};
+use libp2p::identity::Keypair;
 
-use crate::TunnelError;
+use crate::{TunnelError, psk::Psk};
 
 /// Loads the node's Ed25519 identity from `path`, or creates a random one there (mode 0600,
 /// parent directories created with mode 0700) when the file does not exist.
@@ -97,7 +97,7 @@ fn create(path: &Path) -> Result<Keypair, TunnelError> {
 /// write) is an error naming the file, its mode and the `chmod` that fixes it: whoever holds
 /// the key is inside the private network. Kubernetes mounts secrets 0644 unless the volume
 /// sets `defaultMode: 0400`.
-pub(crate) fn load_psk(path: &Path) -> Result<PreSharedKey, TunnelError> {
+pub(crate) fn load_psk(path: &Path) -> Result<Psk, TunnelError> {
     let err = |message: String| TunnelError::Psk { path: path.to_owned(), message };
     let meta = fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
     let mode = meta.permissions().mode() & 0o777;
@@ -109,7 +109,7 @@ pub(crate) fn load_psk(path: &Path) -> Result<PreSharedKey, TunnelError> {
         )));
     }
     let text = fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    text.trim_start().parse::<PreSharedKey>().map_err(|e| {
+    Psk::parse(&text).map_err(|e| {
         err(format!("not a swarm key ({e}); expected \"/key/swarm/psk/1.0.0/\\n/base16/\\n<64 hex digits>\""))
     })
 }

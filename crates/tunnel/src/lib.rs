@@ -25,12 +25,17 @@
 //!   [`Directory::serves`] is true, and to ports of its own host only when
 //!   [`Directory::allows_host_port`] is ([`Tunnel::open_host`]).
 //! - **Private network.** With a pre-shared key (`psk_file`, go-libp2p's `swarm.key` format),
-//!   every TCP connection starts with libp2p's pnet handshake: a peer without the key cannot
-//!   complete a connection at all. **pnet covers TCP only: QUIC has no place for the PSK.** So
-//!   with a PSK the default listeners are TCP only, and an explicit QUIC listen, bootstrap or
-//!   relay address is a start-up error ([`TunnelError::Config`]). Relayed connections run
-//!   inside a connection to the relay, which itself needs the PSK. Without a PSK, TCP and QUIC
-//!   are both on (QUIC hole punches more NATs).
+//!   every TCP and relayed connection proves the key once, right after the TLS or Noise
+//!   handshake and before the muxer (`psk`): a peer without the key completes no connection,
+//!   so it opens no stream. The data is then encrypted once, by TLS or Noise (libp2p's pnet
+//!   encrypted it a second time). With a key the upgrades go by other protocol names, so a
+//!   node without one, or an agent still on pnet, fails at once in multistream-select. A
+//!   relayed connection proves the key end to end inside the circuit, and the relay's own
+//!   connections prove it too: a relay serves members only. **The proof runs on TCP and
+//!   relayed connections only: QUIC's TLS handshake is libp2p's own.** So with a PSK the
+//!   default listeners are TCP only, and an explicit QUIC listen, bootstrap or relay address
+//!   is a start-up error ([`TunnelError::Config`]). Without a PSK, TCP and QUIC are both on
+//!   (QUIC hole punches more NATs).
 //!
 //! # Discovery, relay and hole punching
 //!
@@ -73,6 +78,8 @@
 //!
 //! - `config`, `error`, `identity` (keys and the PSK file); `settings`: the checked settings
 //!   every part reads;
+//! - `security`: TLS or Noise, then `psk` (the private network's proof) when there is a key;
+//!   `tls`: our TLS 1.3 configuration; `coalesce`: TLS write batching;
 //! - `swarm`: transports and behaviours; `punch`: primed hole punch dials (a behaviour that
 //!   marks them, a wrapper of the TCP transport); `swarm_task`: the task that drives the
 //!   swarm, with its parts `relays` (relay slots), `bootstrap` (bootstrap connections),
@@ -120,6 +127,7 @@ mod messages;
 mod metrics;
 mod muxer;
 mod peer_table;
+mod psk;
 mod punch;
 mod security;
 mod settings;

@@ -113,6 +113,8 @@ pub(crate) enum Refusal {
     PeerMismatch,
     /// Its hello could not be read.
     Malformed,
+    /// Its proof of the private network's key did not match (`psk`).
+    Psk,
 }
 
 impl Refusal {
@@ -122,6 +124,7 @@ impl Refusal {
             Refusal::UnknownNode => "unknown_node",
             Refusal::PeerMismatch => "peer_mismatch",
             Refusal::Malformed => "malformed",
+            Refusal::Psk => "psk",
         }
     }
 }
@@ -170,6 +173,8 @@ pub struct TunnelMetrics {
     limit_hits: Family<LimitLabels, Counter>,
     /// One log line per interval for each [`Limit`], in [`Limit::ALL`]'s order.
     limit_logs: [LogLimiter; Limit::ALL.len()],
+    /// One log line per interval for the connections refused for a wrong PSK.
+    psk_log: LogLimiter,
     /// The configured relays (the only `relay` label values besides `other`).
     relays: Mutex<HashSet<PeerId>>,
     pub(crate) relay_served_reservations: Gauge,
@@ -207,6 +212,7 @@ impl TunnelMetrics {
             peers_refused: Family::default(),
             limit_hits: Family::default(),
             limit_logs: Default::default(),
+            psk_log: LogLimiter::default(),
             relays: Mutex::default(),
             relay_served_reservations: Gauge::default(),
             relay_served_circuits: Gauge::default(),
@@ -253,8 +259,8 @@ impl TunnelMetrics {
         r.register("relay_circuits", "Relayed connections open through the relay", m.relay_circuits.clone());
         r.register(
             "peers_refused",
-            "Peer connections closed by this node: not in tunnel.allowedPeers, or claiming a node name not bound \
-             to their peer ID",
+            "Peer connections closed by this node: not in tunnel.allowedPeers, claiming a node name not bound \
+             to their peer ID, or without the private network's key",
             m.peers_refused.clone(),
         );
         r.register(
@@ -346,6 +352,13 @@ impl TunnelMetrics {
 
     /// Counts a refusal at `limit`; true when it should also be logged (the first one, then
     /// at most one per [`LogLimiter::INTERVAL`] for each limit).
+    /// Counts a connection refused for a wrong PSK; true if it should be logged (once per
+    /// interval: a prober may try many times).
+    pub(crate) fn psk_refused(&self) -> bool {
+        self.peer_refused(Refusal::Psk);
+        self.psk_log.allow()
+    }
+
     pub(crate) fn limit_hit(&self, limit: Limit) -> bool {
         self.limit_hits.get_or_create(&LimitLabels { limit: limit.label() }).inc();
         let index = Limit::ALL.iter().position(|l| *l == limit).expect("every limit is in ALL");

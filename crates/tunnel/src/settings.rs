@@ -17,6 +17,8 @@ pub(crate) struct Settings {
     pub max_streams: usize,
     /// QUIC is usable (no PSK).
     pub quic: bool,
+    /// A private network's key is configured (`psk_file`).
+    pub psk: bool,
     /// The configured relays' peer IDs.
     pub relay_peers: HashSet<PeerId>,
     /// This node serves as a relay.

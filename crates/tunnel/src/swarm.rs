@@ -1,5 +1,5 @@
-//! Building the swarm: transports (TCP with optional PSK, QUIC, DNS, relayed), TLS or Noise, the
-//! muxer, and the behaviours (relay client and server, DCUtR, identify, ping, AutoNAT, mDNS,
+//! Building the swarm: transports (TCP, QUIC, DNS, relayed), TLS or Noise (with the PSK proof when
+//! there is a key), the muxer, and the behaviours (relay client and server, DCUtR, identify, ping, AutoNAT, mDNS,
 //! UPnP port mapping, the edgemesh streams).
 
 use std::{
@@ -15,13 +15,13 @@ use libp2p::{
     identity::Keypair,
     mdns,
     multiaddr::Protocol,
-    noise, ping, pnet, relay,
+    noise, ping, relay,
     swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
     tcp, upnp,
 };
 use tokio::sync::mpsc;
 
-use crate::{RelayLimits, TunnelError, liveness::LivenessPolicy, punch, security::Security, streams, tls};
+use crate::{RelayLimits, TunnelError, liveness::LivenessPolicy, psk::Psk, punch, security::Security, streams, tls};
 
 pub(crate) const PROTOCOL_VERSION: &str = "/edgemesh/1.0.0";
 
@@ -71,7 +71,8 @@ fn relay_config(l: &RelayLimits) -> relay::Config {
 
 pub(crate) struct SwarmParams<'a> {
     pub key: &'a Keypair,
-    pub psk: Option<pnet::PreSharedKey>,
+    /// The private network's key: every connection (direct, to a relay, relayed) proves it.
+    pub psk: Option<Psk>,
     pub quic: bool,
     pub max_streams: usize,
     pub relay_server: Option<&'a RelayLimits>,
@@ -97,7 +98,10 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
         true => Some(tls::Config::new(key).map_err(|e| TunnelError::Config(format!("TLS: {e}")))?),
         false => None,
     };
-    let security = Security::new(tls, noise);
+    let security = match p.psk {
+        Some(psk) => Security::new(tls, noise).with_psk(psk, local),
+        None => Security::new(tls, noise),
+    };
     let yamux = crate::muxer::Config::new(p.max_streams);
 
     let user_timeout = p.tcp_user_timeout;
@@ -107,12 +111,7 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
         dead_path_timeouts(&stream.0, user_timeout);
         stream
     });
-    let tcp = match p.psk {
-        Some(psk) => {
-            secured(tcp_base.and_then(move |socket, _| pnet::PnetConfig::new(psk).handshake(socket)), &security, &yamux)
-        }
-        None => secured(tcp_base, &security, &yamux),
-    };
+    let tcp = secured(tcp_base, &security, &yamux);
     let direct = if p.quic { with_quic(tcp, key, p.max_streams, &p.liveness) } else { tcp };
     // /dns4, /dns6 and /dnsaddr addresses (bootstrap peers and relays by name).
     let direct: BoxedTransport = if std::path::Path::new("/etc/resolv.conf").exists() {
@@ -187,8 +186,8 @@ pub(crate) fn build(p: SwarmParams<'_>) -> Result<Built, TunnelError> {
     Ok(Built { swarm, inbound, control })
 }
 
-/// A raw transport (TCP, TCP behind the PSK handshake, or relayed circuits) upgraded the one way
-/// every edgemesh connection is: the security choice (TLS or Noise), then the muxer.
+/// A raw transport (TCP or relayed circuits) upgraded the one way every edgemesh connection is:
+/// the security choice (TLS or Noise, then the PSK proof if there is a key), then the muxer.
 fn secured<T>(raw: T, security: &Security, yamux: &crate::muxer::Config) -> BoxedTransport
 where
     T: Transport + Send + Unpin + 'static,

@@ -26,15 +26,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use edgemesh_core::LogLimiter;
 use futures::StreamExt;
 use libp2p::{
     Multiaddr, PeerId, Swarm, allow_block_list, autonat,
-    core::transport::ListenerId,
+    core::transport::{ListenerId, TransportError},
     dcutr, identify, mdns,
     multiaddr::Protocol,
     relay,
     swarm::{
-        ConnectionDenied, ListenError, SwarmEvent,
+        ConnectionDenied, DialError, ListenError, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
     },
 };
@@ -54,6 +55,7 @@ use crate::{
     messages::{Command, Connected},
     metrics::{Refusal, TunnelMetrics},
     peer_table::PeerTable,
+    psk, security,
     settings::Settings,
     streams::{Control, is_relayed},
     swarm::{Behaviour, BehaviourEvent},
@@ -99,6 +101,8 @@ pub(crate) struct Task {
     counting: Counting,
     /// Dials of peers mDNS found, retried when they fail.
     lan: LanDials,
+    /// One log line per interval for failed security negotiations with a PSK.
+    negotiation_log: LogLimiter,
 }
 
 impl Task {
@@ -137,6 +141,7 @@ impl Task {
             heal: Heal::default(),
             counting: Counting::new(metrics),
             lan: LanDials::default(),
+            negotiation_log: LogLimiter::default(),
         };
         for (peer, addr) in t.relays.known() {
             t.addresses.learn(peer, addr);
@@ -277,7 +282,19 @@ impl Task {
             SwarmEvent::IncomingConnectionError { peer_id, error: ListenError::Denied { cause }, .. } => {
                 self.denied(peer_id, &cause);
             }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error: ListenError::Transport(TransportError::Other(e)),
+                ..
+            } => self.handshake_failed(&send_back_addr, None, &e),
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                if let DialError::Transport(errors) = &error {
+                    for (addr, e) in errors {
+                        if let TransportError::Other(e) = e {
+                            self.handshake_failed(addr, peer_id, e);
+                        }
+                    }
+                }
                 // Our own dials of peers tunnel.allowedPeers does not list (found by mDNS,
                 // say) are denied too: not a refusal of anyone, so only logged here.
                 tracing::debug!(peer = ?peer_id, %error, "outgoing connection failed");
@@ -336,6 +353,28 @@ impl Task {
                 tracing::warn!(%peer, "refusing a peer that tunnel.allowedPeers does not list: connection closed");
             }
             _ => tracing::debug!(?peer, "refused a peer tunnel.allowedPeers does not list"),
+        }
+    }
+
+    /// A connection that failed before the muxer. A peer whose PSK proof did not match is
+    /// counted, and logged once per interval (a prober may knock many times); with a PSK, a
+    /// failed negotiation of the security protocol is logged too (a member of the fleet
+    /// without the key, or still on pnet).
+    fn handshake_failed(&self, addr: &Multiaddr, peer: Option<PeerId>, error: &std::io::Error) {
+        if psk::is_refusal(error) {
+            if self.peers.metrics().psk_refused() {
+                tracing::warn!(%addr, ?peer, "the peer does not have this network's PSK: connection closed");
+            } else {
+                tracing::debug!(%addr, ?peer, "the peer does not have this network's PSK: connection closed");
+            }
+        } else if self.settings.psk && security::is_negotiation_failure(error) {
+            if self.negotiation_log.allow() {
+                tracing::warn!(%addr, ?peer, %error, "the peer speaks none of this network's PSK protocols: it \
+                    has no PSK, or it is an agent before the PSK proof (libp2p pnet); upgrade every node of a PSK \
+                    network together");
+            } else {
+                tracing::debug!(%addr, ?peer, %error, "the peer speaks none of this network's PSK protocols");
+            }
         }
     }
 

@@ -50,6 +50,8 @@ pub(crate) enum TlsError {
     Certificate(#[from] certificate::ParseError),
     #[error("the peer presented no certificate")]
     NoCertificate,
+    #[error("cannot export keying material from the TLS session: {0}")]
+    Exporter(rustls::Error),
 }
 
 /// The TLS security upgrade (one certificate for this identity, reused for every connection).
@@ -180,6 +182,17 @@ where
         }
         .boxed()
     }
+}
+
+/// 32 bytes of keying material exported from this session under `label` (RFC 8446 §7.5): the
+/// same on both ends of this connection, and on no other connection.
+pub(crate) fn exporter<C>(stream: &TlsStream<C>, label: &[u8]) -> Result<[u8; 32], TlsError> {
+    let out = [0u8; 32];
+    match stream {
+        TlsStream::Client(s) => s.get_ref().1.export_keying_material(out, label, None),
+        TlsStream::Server(s) => s.get_ref().1.export_keying_material(out, label, None),
+    }
+    .map_err(TlsError::Exporter)
 }
 
 /// The peer ID in the certificate the handshake already verified.

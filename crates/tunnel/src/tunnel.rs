@@ -91,8 +91,8 @@ impl Tunnel {
             Some("this edgemesh was built without QUIC (the `quic` cargo feature): use TCP addresses")
         } else if psk.is_some() {
             Some(
-                "a pre-shared key is configured and libp2p's private network (pnet) protects TCP only: use TCP \
-                 addresses with --psk-file",
+                "a pre-shared key is configured and its proof runs on TCP and relayed connections only (QUIC's \
+                 TLS handshake is libp2p's own): use TCP addresses with --psk-file",
             )
         } else {
             None
@@ -170,6 +170,7 @@ impl Tunnel {
             liveness,
             max_streams,
             quic,
+            psk: config.psk_file.is_some(),
             relay_peers: relay_peers.clone(),
             relay_server: config.relay_server,
         });

@@ -203,3 +203,65 @@ async fn re_reserve_after_the_relay_restarts() {
     let s = open_eventually(&a.tunnel, "b", answer).await;
     check_answer(s, 10).await;
 }
+
+fn write_psk(keys: &Keys, name: &str, byte: u8) -> std::path::PathBuf {
+    let p = keys.dir.path().join(name);
+    std::fs::write(&p, format!("/key/swarm/psk/1.0.0/\n/base16/\n{}\n", format!("{byte:02x}").repeat(32))).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    p
+}
+
+/// With a PSK each connection proves the key, the relayed one too (inside the circuit, end to
+/// end): A reaches B through R, all three holding the key, then directly;
+/// C, with another key, gets no connection to R (so no reservation, no circuit) and no path
+/// to B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_network_relays_for_its_members_only() {
+    init_tracing();
+    let keys = Keys::new();
+    let dir = Arc::new(TestDirectory::default());
+    for n in ["a", "b", "c"] {
+        dir.bind(n, keys.peer(n));
+    }
+    let (psk, other) = (write_psk(&keys, "psk", 0x11), write_psk(&keys, "other", 0x22));
+    let mut cr = config(&keys, "relay");
+    cr.relay_server = true;
+    cr.psk_file = Some(psk.clone());
+    let r = start(cr, dir.clone()).await;
+    let relay = r.addr();
+    let with = |name: &str, key: &std::path::PathBuf| {
+        let mut c = relayed_node(&keys, name, &relay);
+        c.psk_file = Some(key.clone());
+        c
+    };
+    let b = start(with("b", &psk), dir.clone()).await;
+    let a = start(with("a", &psk), dir.clone()).await;
+    let answer = count_then_answer_server().await;
+    dir.serve(answer, TunnelProtocol::Tcp);
+
+    let rid = r.tunnel.peer_id().to_string();
+    eventually("b's reservation", Duration::from_secs(10), || async {
+        b.tunnel.peers().iter().find(|p| p.peer_id == rid && p.relay_reserved).map(|_| ())
+    })
+    .await;
+    let s = open_eventually(&a.tunnel, "b", answer).await;
+    assert!(s.is_relayed(), "the first stream rides the relayed connection");
+    check_answer(s, 300_000).await;
+    // The direct connection that replaces it (connection reversal or hole punch) proves the
+    // key too.
+    eventually("hole punching", Duration::from_secs(20), || async {
+        let p = a.tunnel.peers();
+        (p.iter().find(|p| p.node.as_deref() == Some("b"))?.connection == ConnectionType::Direct).then_some(())
+    })
+    .await;
+    let s = a.tunnel.open_tcp("b", answer, "direct").await.unwrap();
+    assert!(!s.is_relayed());
+    check_answer(s, 1000).await;
+
+    let c = start(with("c", &other), dir.clone()).await;
+    let e = c.tunnel.open_tcp("b", answer, "stranger").await.unwrap_err();
+    assert!(e.is_node_failure(), "{e}");
+    assert!(c.tunnel.peers().is_empty(), "c has no connection at all: {:?}", c.tunnel.peers());
+    let cid = c.tunnel.peer_id().to_string();
+    assert!(!r.tunnel.peers().iter().any(|p| p.peer_id == cid), "the relay keeps no connection from c");
+}

@@ -226,23 +226,42 @@ async fn psk_private_network() {
 
     let mut cb = config(&keys, "b");
     cb.psk_file = Some(psk1.clone());
-    let b = start(cb, dir.clone()).await;
+    let (b, registry) = start_metered(cb, dir.clone()).await;
 
-    // Same PSK: works.
+    // Same PSK: works, over TLS and from an agent that speaks Noise only.
     let mut ca = config(&keys, "a");
     ca.psk_file = Some(psk1.clone());
     ca.bootstrap = vec![b.addr()];
     let a = start(ca, dir.clone()).await;
-    a.tunnel.open_tcp("b", echo, "psk").await.expect("same PSK connects");
+    round_trip(&mut a.tunnel.open_tcp("b", echo, "psk").await.expect("same PSK connects")).await;
+    let mut cn = config(&keys, "c");
+    cn.key_file = Some(keys.path("c3"));
+    dir.bind("c", keys.peer("c3"));
+    cn.psk_file = Some(psk1.clone());
+    cn.tls = false;
+    cn.bootstrap = vec![b.addr()];
+    let n = start(cn, dir.clone()).await;
+    round_trip(&mut n.tunnel.open_tcp("b", echo, "psk").await.expect("same PSK connects over Noise")).await;
+    dir.bind("c", keys.peer("c"));
 
-    // Another PSK: cannot connect at all.
-    let mut cc = config(&keys, "c");
-    cc.psk_file = Some(psk2);
-    cc.bootstrap = vec![b.addr()];
-    let c = start(cc, dir.clone()).await;
-    let e = c.tunnel.open_tcp("b", echo, "psk").await.unwrap_err();
-    assert!(matches!(e, TunnelError::PeerUnreachable { .. } | TunnelError::Timeout { .. }), "{e}");
-    assert!(!b.tunnel.peers().iter().any(|p| p.peer_id == c.tunnel.peer_id().to_string()));
+    // Another PSK: cannot connect at all, over TLS or Noise; b counts each refusal.
+    let refused = r#"edgemesh_tunnel_peers_refused_total{reason="psk"}"#;
+    for tls in [true, false] {
+        let before = sample(&registry, refused);
+        let mut cc = config(&keys, "c");
+        cc.psk_file = Some(psk2.clone());
+        cc.tls = tls;
+        cc.bootstrap = vec![b.addr()];
+        let c = start(cc, dir.clone()).await;
+        let e = c.tunnel.open_tcp("b", echo, "psk").await.unwrap_err();
+        assert!(matches!(e, TunnelError::PeerUnreachable { .. } | TunnelError::Timeout { .. }), "TLS {tls}: {e}");
+        assert!(!b.tunnel.peers().iter().any(|p| p.peer_id == c.tunnel.peer_id().to_string()));
+        assert!(c.tunnel.peers().is_empty(), "TLS {tls}: {:?}", c.tunnel.peers());
+        eventually("b counts the wrong key", Duration::from_secs(5), || async {
+            (sample(&registry, refused) > before).then_some(())
+        })
+        .await;
+    }
 
     // No PSK against a PSK node: nothing either.
     let mut cd = config(&keys, "c");

@@ -151,3 +151,67 @@ async fn garbage_instead_of_a_handshake_is_an_error() {
     let r = tokio::time::timeout(std::time::Duration::from_secs(5), listener).await.expect("bounded");
     assert!(matches!(r, Err(SecurityError::Tls(tls::TlsError::Handshake(_)))), "{:?}", r.err());
 }
+
+fn with_psk(key: &Keypair, tls: bool, byte: u8) -> Security {
+    security(key, tls).with_psk(crate::psk::Psk::new([byte; 32]), key.public().to_peer_id())
+}
+
+/// With one key the upgrades run under their PSK names, over TLS and over Noise (an agent
+/// with `tunnel.tls: false` on either side), and carry data after the proof.
+#[tokio::test]
+async fn one_psk_connects_over_tls_and_noise_under_the_psk_names() {
+    let (a, b) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    for (dialer_tls, listener_tls, expected) in [
+        (true, true, crate::psk::TLS_PROTOCOL),
+        (true, false, crate::psk::NOISE_PROTOCOL),
+        (false, true, crate::psk::NOISE_PROTOCOL),
+    ] {
+        let mut n = negotiate(with_psk(&a, dialer_tls, 7), with_psk(&b, listener_tls, 7)).await.unwrap();
+        assert_eq!(n.protocol, expected);
+        assert_eq!((n.dialer_saw, n.listener_saw), (b.public().to_peer_id(), a.public().to_peer_id()));
+        exchange(&mut n.dialer, &mut n.listener).await;
+    }
+}
+
+/// Another key: both sides refuse the connection after the handshake, over TLS and Noise.
+#[tokio::test]
+async fn another_psk_is_refused_on_both_sides_over_tls_and_noise() {
+    let (a, b) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    for tls in [true, false] {
+        let (d, l) = tcp_pair().await;
+        let (dialer, listener) = (with_psk(&a, tls, 7), with_psk(&b, tls, 8));
+        let dialing = async {
+            let (protocol, io) = dialer_select_proto(d, dialer.protocol_info(), Version::V1Lazy).await.unwrap();
+            dialer.upgrade_outbound(io, protocol).await.map(|_| ())
+        };
+        let listening = async {
+            let (protocol, io) = listener_select_proto(l, listener.protocol_info()).await.unwrap();
+            listener.upgrade_inbound(io, protocol).await.map(|_| ())
+        };
+        let (d, l) = tokio::join!(dialing, listening);
+        for (side, r) in [("dialer", d), ("listener", l)] {
+            let e = r.err().unwrap_or_else(|| panic!("TLS {tls}: the {side} accepted another key"));
+            assert!(crate::psk::is_refusal(&e), "TLS {tls}, {side}: {e}");
+            assert!(e.to_string().contains("does not have this network's PSK"), "{e}");
+        }
+    }
+}
+
+/// A node without a PSK (or one still speaking pnet) and a node with one share no security
+/// protocol: multistream-select fails, before any handshake.
+#[tokio::test]
+async fn a_node_without_a_psk_and_one_with_it_fail_in_negotiation() {
+    let (a, b) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    for (dialer, listener) in [(security(&a, true), with_psk(&b, true, 7)), (with_psk(&a, true, 7), security(&b, true))]
+    {
+        let (d, l) = tcp_pair().await;
+        let (d, l) = tokio::join!(
+            dialer_select_proto(d, dialer.protocol_info(), Version::V1),
+            listener_select_proto(l, listener.protocol_info())
+        );
+        let (Err(d), Err(l)) = (d, l) else { panic!("a keyless and a keyed node negotiated a protocol") };
+        for e in [d, l] {
+            assert!(is_negotiation_failure(&std::io::Error::other(e)), "told apart as a negotiation failure");
+        }
+    }
+}
