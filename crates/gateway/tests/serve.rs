@@ -16,7 +16,7 @@ use bytes::Bytes;
 use edgemesh_core::{Backend, LbStrategy, ServiceKey};
 use edgemesh_gateway::backend::ServiceRef;
 use edgemesh_gateway::serve::{ListenerContext, listener_pool, serve_listener};
-use edgemesh_gateway::{GatewayUpstream, ObjectRef, ServicePools};
+use edgemesh_gateway::{Compiled, GatewayUpstream, ObjectRef, ServicePools};
 use edgemesh_http::{Dispatcher, HttpConfig, HttpProxy};
 use edgemesh_metrics::Registry;
 use edgemesh_proxy::Reach;
@@ -118,10 +118,15 @@ async fn gateway() -> SocketAddr {
         pool("shop", "api", 8080, backend("api", Duration::ZERO).await),
         pool("shop", "slow", 80, backend("slow", Duration::from_secs(5)).await),
     ]));
+    serve(compiled, Arc::new(pools)).await
+}
+
+/// A gateway listener serving `compiled` with `pools`; its address.
+async fn serve(compiled: Compiled, pools: Arc<dyn ServicePools>) -> SocketAddr {
     let mut registry = Registry::default();
     let dispatcher = Dispatcher::new(&HttpConfig::default(), &mut registry);
     let routes = Arc::new(ArcSwap::from_pointee(compiled));
-    let upstream = GatewayUpstream::new(routes, Arc::new(pools), Arc::new(dispatcher), "http");
+    let upstream = GatewayUpstream::new(routes, pools, Arc::new(dispatcher), "http");
     let front = HttpProxy::new(Arc::new(upstream), HttpConfig::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -327,22 +332,7 @@ impl ServicePools for ChangingPools {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routes_backend_keeps_its_pool_until_the_pools_change() {
     let pools = Arc::new(ChangingPools::default());
-    let mut registry = Registry::default();
-    let dispatcher = Dispatcher::new(&HttpConfig::default(), &mut registry);
-    let routes = Arc::new(ArcSwap::from_pointee(support::load(&objects(LISTENER_PORT, "web"), &[("shop/web", 80)])));
-    let upstream = GatewayUpstream::new(routes, pools.clone(), Arc::new(dispatcher), "http");
-    let front = HttpProxy::new(Arc::new(upstream), HttpConfig::default());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let gateway = ObjectRef { kind: "Gateway", namespace: "shop".into(), name: "edge".into() };
-    let ctx = ListenerContext {
-        pool: listener_pool(&gateway, addr.ip(), LISTENER_PORT),
-        connect_timeout: Duration::from_secs(1),
-        upstream_mark: None,
-        drain: CancellationToken::new(),
-        workers: &[],
-    };
-    tokio::spawn(serve_listener(listener, Arc::new(front), ctx));
+    let addr = serve(support::load(&objects(LISTENER_PORT, "web"), &[("shop/web", 80)]), pools.clone()).await;
     let mut conn = TcpStream::connect(addr).await.unwrap();
 
     // The Service is routed before this agent has its pool (the proxy has

@@ -23,6 +23,19 @@ async fn open_eventually(t: &Tunnel, node: &str, target: std::net::SocketAddr) -
     .await
 }
 
+/// Waits until `t`'s connection to `node` is direct (DCUtR: on loopback it always can be),
+/// then checks that a new stream takes it.
+async fn goes_direct(t: &Tunnel, node: &str, target: std::net::SocketAddr) {
+    eventually("hole punching", Duration::from_secs(20), || async {
+        let p = t.peers();
+        (p.iter().find(|p| p.node.as_deref() == Some(node))?.connection == ConnectionType::Direct).then_some(())
+    })
+    .await;
+    let s = t.open_tcp(node, target, "direct").await.unwrap();
+    assert!(!s.is_relayed());
+    check_answer(s, 1000).await;
+}
+
 async fn check_answer(mut s: TunnelStream, n: usize) {
     s.write_all(&vec![5u8; n]).await.unwrap();
     s.shutdown().await.unwrap();
@@ -149,14 +162,7 @@ async fn reach_a_node_through_the_relay_then_hole_punch() {
 
     // DCUtR upgrades it to a direct connection (on loopback it always can), and new streams
     // take the direct one.
-    eventually("hole punching", Duration::from_secs(20), || async {
-        let p = a.tunnel.peers();
-        (p.iter().find(|p| p.node.as_deref() == Some("b"))?.connection == ConnectionType::Direct).then_some(())
-    })
-    .await;
-    let s = a.tunnel.open_tcp("b", answer, "direct").await.unwrap();
-    assert!(!s.is_relayed());
-    check_answer(s, 1000).await;
+    goes_direct(&a.tunnel, "b", answer).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,14 +255,7 @@ async fn a_private_network_relays_for_its_members_only() {
     check_answer(s, 300_000).await;
     // The direct connection that replaces it (connection reversal or hole punch) proves the
     // key too.
-    eventually("hole punching", Duration::from_secs(20), || async {
-        let p = a.tunnel.peers();
-        (p.iter().find(|p| p.node.as_deref() == Some("b"))?.connection == ConnectionType::Direct).then_some(())
-    })
-    .await;
-    let s = a.tunnel.open_tcp("b", answer, "direct").await.unwrap();
-    assert!(!s.is_relayed());
-    check_answer(s, 1000).await;
+    goes_direct(&a.tunnel, "b", answer).await;
 
     let c = start(with("c", &other), dir.clone()).await;
     let e = c.tunnel.open_tcp("b", answer, "stranger").await.unwrap_err();
