@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use edgemesh_core::{LbStrategy, ServiceKey};
-use edgemesh_http::{DispatchError, HttpConfig, HttpProxy, RequestContext, SendFuture, Upstream, UpstreamBody};
+use edgemesh_http::{
+    DispatchError, HttpConfig, HttpProxy, RequestBody, RequestContext, SendFuture, Upstream, UpstreamBody,
+};
 use edgemesh_proxy::Reach;
 use edgemesh_proxy::pool::{Pool, Targets};
 use http_body_util::Full;
@@ -108,7 +110,7 @@ fn context() -> RequestContext {
 struct FixedUpstream;
 
 impl Upstream for FixedUpstream {
-    fn send(&self, mut req: Request<Incoming>, _ctx: Arc<RequestContext>) -> SendFuture {
+    fn send(&self, mut req: Request<RequestBody>, _ctx: Arc<RequestContext>) -> SendFuture {
         Box::pin(async move {
             if req.uri().path().contains("fail") {
                 return Err(DispatchError::NoEndpoints { service: "default/web".into(), port: 80 });

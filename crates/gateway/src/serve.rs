@@ -25,10 +25,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use edgemesh_core::{LbStrategy, ServiceKey};
-use edgemesh_http::{DispatchError, RequestContext, SendFuture, TimeoutOverride, Upstream};
+use edgemesh_http::{DispatchError, RequestBody, RequestContext, SendFuture, TimeoutOverride, Upstream};
 use edgemesh_proxy::pool::{Pool, Targets};
 use edgemesh_proxy::{ClientStream, HttpConnection, HttpFuture, HttpServe, Reach};
-use hyper::body::Incoming;
 use hyper::header::HOST;
 use hyper::http::uri::{Authority, PathAndQuery};
 use hyper::{Request, Uri};
@@ -101,7 +100,7 @@ impl GatewayUpstream {
     }
 
     /// The request made ready to go on, or the gateway's own answer.
-    fn prepare(&self, req: &mut Request<Incoming>, ctx: &RequestContext) -> Result<Forward, DispatchError> {
+    fn prepare(&self, req: &mut Request<RequestBody>, ctx: &RequestContext) -> Result<Forward, DispatchError> {
         let listener_port = ctx.pool.port;
         // (The compile stays loaded while the request is prepared: the
         // route, its prefix and its pool slot are borrowed from it.)
@@ -175,7 +174,7 @@ impl GatewayUpstream {
 }
 
 impl Upstream for GatewayUpstream {
-    fn send(&self, mut req: Request<Incoming>, ctx: Arc<RequestContext>) -> SendFuture {
+    fn send(&self, mut req: Request<RequestBody>, ctx: Arc<RequestContext>) -> SendFuture {
         match self.prepare(&mut req, &ctx) {
             Err(answer) => Box::pin(std::future::ready(Err(answer))),
             // (No response edits: the dispatcher's future as it is.)

@@ -74,6 +74,40 @@ pub struct TimeoutOverride {
     pub per_try: Option<Duration>,
 }
 
+/// A client's request body: hyper's, or none (a request the lean
+/// HTTP/1.1 front read itself, which only takes requests without a body).
+#[derive(Debug)]
+pub enum RequestBody {
+    Hyper(Incoming),
+    Empty,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            RequestBody::Hyper(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Hyper(body) => body.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Hyper(body) => body.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// The future [`Upstream::send`] returns.
 pub type SendFuture = Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, DispatchError>> + Send + 'static>>;
 
@@ -118,5 +152,5 @@ impl Body for UpstreamBody {
 /// hyper's HTTP/1.1 connection, not returned to the pool, so
 /// `hyper::upgrade::on(response)` yields the endpoint's side.
 pub trait Upstream: Send + Sync + 'static {
-    fn send(&self, req: Request<Incoming>, ctx: Arc<RequestContext>) -> SendFuture;
+    fn send(&self, req: Request<RequestBody>, ctx: Arc<RequestContext>) -> SendFuture;
 }

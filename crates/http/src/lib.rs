@@ -37,6 +37,6 @@ pub mod error;
 pub mod front;
 
 pub use config::HttpConfig;
-pub use dispatch::{Dispatcher, RequestContext, SendFuture, TimeoutOverride, Upstream, UpstreamBody};
+pub use dispatch::{Dispatcher, RequestBody, RequestContext, SendFuture, TimeoutOverride, Upstream, UpstreamBody};
 pub use error::DispatchError;
 pub use front::HttpProxy;

@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use edgemesh_http::front::Limit;
-use edgemesh_http::{DispatchError, HttpConfig, RequestContext, SendFuture, Upstream};
+use edgemesh_http::{DispatchError, HttpConfig, RequestBody, RequestContext, SendFuture, Upstream};
 use edgemesh_test_support::eventually;
 use front_support::{Front, curl, echo_backend, slow_echo_backend};
 use http_body_util::Empty;
 use hyper::Request;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -264,7 +263,7 @@ async fn a_silent_http2_client_is_closed_after_the_idle_timeout() {
 struct Slow;
 
 impl Upstream for Slow {
-    fn send(&self, _req: Request<Incoming>, _ctx: Arc<RequestContext>) -> SendFuture {
+    fn send(&self, _req: Request<RequestBody>, _ctx: Arc<RequestContext>) -> SendFuture {
         Box::pin(async {
             tokio::time::sleep(Duration::from_millis(300)).await;
             Err(DispatchError::Timeout { timeout: Duration::from_millis(300) })
@@ -303,7 +302,7 @@ struct Held {
 }
 
 impl Upstream for Held {
-    fn send(&self, _req: Request<Incoming>, _ctx: Arc<RequestContext>) -> SendFuture {
+    fn send(&self, _req: Request<RequestBody>, _ctx: Arc<RequestContext>) -> SendFuture {
         let (arrived, release) = (self.arrived.clone(), self.release.clone());
         Box::pin(async move {
             let _ = arrived.send(());

@@ -16,7 +16,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::Method;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
+
+use super::RequestBody;
 
 /// RFC 9110 §9.2.2: methods a client may send twice to the same effect.
 pub fn is_idempotent(method: &Method) -> bool {
@@ -93,16 +95,16 @@ impl Budget {
 /// 503 before the body was wanted) leaves it whole for the next one.
 pub struct ReplayBody {
     /// The body, once this try read from it.
-    taken: Option<Incoming>,
+    taken: Option<RequestBody>,
     /// The body not read yet; `None` for an empty body.
-    slot: Option<Arc<Mutex<Option<Incoming>>>>,
+    slot: Option<Arc<Mutex<Option<RequestBody>>>>,
 }
 
 /// The shared slot of a request's body.
 #[derive(Clone)]
 pub struct BodySlot {
     /// `None` when the request has no body: every try gets an empty one.
-    slot: Option<Arc<Mutex<Option<Incoming>>>>,
+    slot: Option<Arc<Mutex<Option<RequestBody>>>>,
 }
 
 impl ReplayBody {
@@ -113,7 +115,7 @@ impl ReplayBody {
 }
 
 impl BodySlot {
-    pub fn new(body: Incoming) -> Self {
+    pub fn new(body: RequestBody) -> Self {
         let slot = (!body.is_end_stream()).then(|| Arc::new(Mutex::new(Some(body))));
         Self { slot }
     }

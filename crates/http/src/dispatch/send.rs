@@ -10,7 +10,6 @@ use std::time::Duration;
 use edgemesh_core::Backend;
 use edgemesh_metrics::Registry;
 use edgemesh_proxy::pool::Targets;
-use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -21,7 +20,7 @@ use super::pick;
 use super::port::{InFlight, PortState};
 use super::retry::{BodySlot, ReplayBody, is_idempotent};
 use super::upstream::{self, OpenError, Protocol, Sender};
-use super::{RequestContext, SendFuture, Upstream, UpstreamBody};
+use super::{RequestBody, RequestContext, SendFuture, Upstream, UpstreamBody};
 use crate::{DispatchError, HttpConfig};
 
 /// The agent's [`Upstream`]: one per agent, shared by every HTTP port.
@@ -47,7 +46,7 @@ impl Dispatcher {
 }
 
 impl Upstream for Dispatcher {
-    fn send(&self, req: Request<Incoming>, ctx: Arc<RequestContext>) -> SendFuture {
+    fn send(&self, req: Request<RequestBody>, ctx: Arc<RequestContext>) -> SendFuture {
         let shared = self.shared.clone();
         Box::pin(async move { shared.dispatch(req, &ctx).await })
     }
@@ -74,7 +73,7 @@ fn nonzero(d: Duration) -> Option<Duration> {
 impl Shared {
     async fn dispatch(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         ctx: &RequestContext,
     ) -> Result<Response<UpstreamBody>, DispatchError> {
         let targets = ctx.pool.targets();
@@ -88,7 +87,7 @@ impl Shared {
 
     async fn tries(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         ctx: &RequestContext,
         targets: &Targets,
     ) -> Result<Response<UpstreamBody>, DispatchError> {

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use super::metrics::PortHandles;
 use super::respond::{self, FrontBody};
 use super::{Limit, MIN_HEADER_BYTES, Shared, Slot, headers};
-use crate::RequestContext;
+use crate::{RequestBody, RequestContext};
 
 /// Length of the HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE_LEN: u64 = 24;
@@ -247,7 +247,9 @@ pub(super) async fn serve_stream<S>(
     let io = TokioIo::new(Counting { inner: client, state: state.clone() });
     let service = {
         let (front, state) = (front.clone(), state.clone());
-        service_fn(move |req| handle(front.clone(), ctx.clone(), state.clone(), handles.clone(), req))
+        service_fn(move |req: Request<Incoming>| {
+            handle(front.clone(), ctx.clone(), state.clone(), handles.clone(), req.map(RequestBody::Hyper))
+        })
     };
     let conn = front.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
@@ -350,7 +352,7 @@ async fn handle(
     ctx: Arc<RequestContext>,
     state: Arc<ConnState>,
     handles: Arc<PortHandles>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Result<FrontResponse, Infallible> {
     let in_flight = state.start();
     let done = RequestDone { state: state.clone(), handles: handles.clone(), started: Instant::now() };

@@ -224,7 +224,7 @@ pub async fn front(dispatcher: Dispatcher, pool: Arc<Pool>, reach: Reach) -> Soc
             let service = service_fn(move |mut req: Request<Incoming>| {
                 let client_side =
                     req.headers().contains_key(hyper::header::UPGRADE).then(|| hyper::upgrade::on(&mut req));
-                let sent = dispatcher.send(req, ctx.clone());
+                let sent = dispatcher.send(req.map(edgemesh_http::RequestBody::Hyper), ctx.clone());
                 async move {
                     Ok::<_, Infallible>(match sent.await {
                         Ok(mut response) => {
