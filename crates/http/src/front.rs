@@ -9,6 +9,9 @@
 //!   limits hyper enforces itself: header size and count, HTTP/2 streams);
 //! - `connection`: one client connection: the idle, preface and head timers, each
 //!   request (headers, upgrades, errors), limits told from hyper's errors;
+//! - `lean`: what serves a connection first: HTTP/1.1 requests without a
+//!   body, read and answered without hyper's server; hyper takes the rest
+//!   of the connection from the first request it does not serve;
 //! - `headers`: hop-by-hop and forwarding headers (pure);
 //! - `respond`: error responses (text or gRPC status) and the response body
 //!   that ends a request's time;
@@ -21,6 +24,7 @@
 
 mod connection;
 pub mod headers;
+mod lean;
 pub mod limits;
 pub mod metrics;
 pub mod respond;

@@ -6,8 +6,9 @@
 //!
 //! - [`config`]: the `http` section of the agent's config (limits, timeouts,
 //!   retry budget).
-//! - [`front`]: the client side: one hyper server connection per client
-//!   connection handed over by the proxy ([`edgemesh_proxy::HttpServe`]):
+//! - [`front`]: the client side: per client connection handed over by the
+//!   proxy ([`edgemesh_proxy::HttpServe`]), a lean HTTP/1.1 reader for
+//!   requests without a body, then one hyper server connection for the rest:
 //!   HTTP/1.1 keep-alive and HTTP/2 cleartext (prior knowledge and
 //!   `Upgrade: h2c`), the limits (header size and count, request-head
 //!   timeout, idle timeout, concurrent streams, connections), forwarding

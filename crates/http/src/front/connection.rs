@@ -29,13 +29,14 @@ use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::PortHandles;
 use super::respond::{self, FrontBody};
-use super::{Limit, MIN_HEADER_BYTES, Shared, Slot, headers};
+use super::{Limit, MIN_HEADER_BYTES, Shared, Slot, headers, lean};
 use crate::{RequestBody, RequestContext};
 
 /// Length of the HTTP/2 connection preface (RFC 9113 §3.4).
@@ -46,7 +47,7 @@ const PREFACE_LEN: u64 = 24;
 const HTTP2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
 /// Whether a connection's first bytes may be the HTTP/2 preface.
-fn is_http2_preface_start(bytes: &[u8]) -> bool {
+pub(super) fn is_http2_preface_start(bytes: &[u8]) -> bool {
     let n = bytes.len().min(HTTP2_PREFACE_START.len());
     n > 0 && bytes[..n] == HTTP2_PREFACE_START[..n]
 }
@@ -62,7 +63,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 type Tunnel = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What the requests of one connection and its timers share.
-struct ConnState {
+pub(super) struct ConnState {
     peer: SocketAddr,
     /// The client's forwarding header values.
     forwarding: headers::Forwarding,
@@ -244,15 +245,17 @@ pub(super) async fn serve_stream<S>(
         flight: Mutex::new(Flight { requests: 0, in_flight: 0, idle_since: now, read_at_idle: 0 }),
         upgrade: Mutex::new(None),
     });
-    let io = TokioIo::new(Counting { inner: client, state: state.clone() });
+    let io = Counting { inner: client, state: state.clone() };
     let service = {
-        let (front, state) = (front.clone(), state.clone());
+        let (front, ctx, state, handles) = (front.clone(), ctx.clone(), state.clone(), handles.clone());
         service_fn(move |req: Request<Incoming>| {
             handle(front.clone(), ctx.clone(), state.clone(), handles.clone(), req.map(RequestBody::Hyper))
         })
     };
-    let conn = front.builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
+    // The lean front first; hyper from the first request it does not take.
+    let stop_lean = CancellationToken::new();
+    let lean = lean::serve(io, front.clone(), ctx, state.clone(), handles, stop_lean.clone());
+    let mut phase = Phase::Lean(Box::pin(lean));
     let (head_timeout, idle_timeout) = (front.config.request_head_timeout, front.config.idle_timeout);
     let timer = tokio::time::sleep(NOTHING_DUE);
     tokio::pin!(timer);
@@ -268,12 +271,21 @@ pub(super) async fn serve_stream<S>(
             // The connection first, and no random draw per wake-up: the
             // timer and the drain are rare.
             biased;
-            result = conn.as_mut() => break result,
+            step = std::future::poll_fn(|cx| phase.poll_step(cx)) => match step {
+                Step::Handoff(io) => {
+                    let mut conn = Box::pin(front.builder.serve_connection_with_upgrades(TokioIo::new(io), service.clone()));
+                    if closing {
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    phase = Phase::Hyper(conn);
+                }
+                Step::Ended(result) => break result,
+            },
             () = &mut draining, if !closing => {
                 // HTTP/1.1: close once the response in flight is sent;
                 // HTTP/2: GOAWAY, the open streams finish.
                 closing = true;
-                conn.as_mut().graceful_shutdown();
+                phase.graceful_shutdown(&stop_lean);
             }
             () = &mut timer, if !closing || idle_closing => {
                 if idle_closing {
@@ -294,7 +306,7 @@ pub(super) async fn serve_stream<S>(
                         limits.hit(Limit::IdleTimeout, Some(peer));
                         closing = true;
                         idle_closing = true;
-                        conn.as_mut().graceful_shutdown();
+                        phase.graceful_shutdown(&stop_lean);
                         timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
                     }
                 }
@@ -317,6 +329,48 @@ pub(super) async fn serve_stream<S>(
     }
 }
 
+/// What serves a connection now: the lean front ([`lean`]), then hyper.
+enum Phase<L, H> {
+    Lean(Pin<Box<L>>),
+    Hyper(Pin<Box<H>>),
+}
+
+/// What a phase came to.
+enum Step<S> {
+    /// The lean front handed the connection to hyper.
+    Handoff(lean::Rewind<S>),
+    /// The connection is over.
+    Ended(Result<(), BoxError>),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<L, H, S> Phase<L, H>
+where
+    L: Future<Output = io::Result<lean::LeanEnd<S>>>,
+    H: GracefulConnection<Error = BoxError>,
+{
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Step<S>> {
+        match self {
+            Phase::Lean(lean) => Poll::Ready(match std::task::ready!(lean.as_mut().poll(cx)) {
+                Ok(lean::LeanEnd::Closed) => Step::Ended(Ok(())),
+                Ok(lean::LeanEnd::Handoff(io)) => Step::Handoff(io),
+                Err(e) => Step::Ended(Err(e.into())),
+            }),
+            Phase::Hyper(conn) => conn.as_mut().poll(cx).map(Step::Ended),
+        }
+    }
+
+    /// HTTP/1.1: close once the response in flight is sent; HTTP/2:
+    /// GOAWAY, the open streams finish.
+    fn graceful_shutdown(&mut self, stop_lean: &CancellationToken) {
+        match self {
+            Phase::Lean(_) => stop_lean.cancel(),
+            Phase::Hyper(conn) => conn.as_mut().graceful_shutdown(),
+        }
+    }
+}
+
 /// Decrements the connection gauge when the connection ends.
 fn scopeguard(handles: Arc<PortHandles>) -> impl Drop {
     struct Guard(Arc<PortHandles>);
@@ -330,7 +384,7 @@ fn scopeguard(handles: Arc<PortHandles>) -> impl Drop {
 
 /// Ends a request when its response body ends: its duration, and its
 /// connection's time in flight.
-struct RequestDone {
+pub(super) struct RequestDone {
     state: Arc<ConnState>,
     handles: Arc<PortHandles>,
     started: Instant,
@@ -343,11 +397,11 @@ impl Drop for RequestDone {
     }
 }
 
-type FrontResponse = Response<FrontBody<RequestDone>>;
+pub(super) type FrontResponse = Response<FrontBody<RequestDone>>;
 
 /// One request: headers cleaned and extended, sent through the upstream,
 /// and its response (or the error's) cleaned in turn.
-async fn handle(
+pub(super) async fn handle(
     front: Arc<Shared>,
     ctx: Arc<RequestContext>,
     state: Arc<ConnState>,
