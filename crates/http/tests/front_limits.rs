@@ -12,7 +12,7 @@ use edgemesh_http::front::Limit;
 use edgemesh_http::{DispatchError, HttpConfig, RequestBody, RequestContext, SendFuture, Upstream};
 use edgemesh_test_support::eventually;
 use front_support::{Front, curl, echo_backend, slow_echo_backend};
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -180,13 +180,16 @@ async fn too_large_or_too_many_headers_get_431_and_others_are_served() {
     assert!(out.contains("x-h14: 14\n"), "{out}");
 }
 
-/// An HTTP/1.1 connection to `front` that has had one answer.
+/// An HTTP/1.1 connection to `front` that has had one answer, read whole
+/// (hyper's client closes a connection whose response body was dropped
+/// unread).
 async fn answered_connection(front: &Front) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
     let stream = TcpStream::connect(front.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     let response = sender.send_request(get(front)).await.unwrap();
     assert_eq!(response.status(), 200);
+    response.into_body().collect().await.unwrap();
     sender
 }
 
@@ -209,6 +212,9 @@ async fn past_max_connections_new_ones_are_refused_and_old_ones_keep_working() {
     }
     assert_eq!(front.proxy.limit_hits(Limit::Connections), 1);
 
+    // (`ready`: hyper's client takes a second request only once its
+    // connection task has finished the first.)
+    first.ready().await.expect("the first connection is still open");
     assert_eq!(first.send_request(get(&front)).await.unwrap().status(), 200, "old connections keep working");
     drop(second);
     eventually("the closed connection's place to be free", Duration::from_secs(5), || async {

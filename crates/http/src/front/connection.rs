@@ -81,6 +81,9 @@ pub(super) struct ConnState {
     /// The upgraded connection's copy, run once hyper lets go of the
     /// connection (an HTTP/1.1 connection upgrades at most once).
     upgrade: Mutex<Option<Tunnel>>,
+    /// The lean front is to close the connection once no request is in
+    /// flight (drain, idle timeout).
+    stop_lean: AtomicBool,
 }
 
 /// Requests in flight, and since when and from which byte there was none.
@@ -126,6 +129,11 @@ impl ConnState {
             let since = u64::try_from(self.accepted.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
             self.head_started.store(since + 1, Ordering::Relaxed);
         }
+    }
+
+    /// Whether the lean front is to close the connection.
+    pub(super) fn stopping(&self) -> bool {
+        self.stop_lean.load(Ordering::Relaxed)
     }
 
     /// When the head being read began, if one is.
@@ -244,6 +252,7 @@ pub(super) async fn serve_stream<S>(
         http2: AtomicBool::new(false),
         flight: Mutex::new(Flight { requests: 0, in_flight: 0, idle_since: now, read_at_idle: 0 }),
         upgrade: Mutex::new(None),
+        stop_lean: AtomicBool::new(false),
     });
     let io = Counting { inner: client, state: state.clone() };
     let service = {
@@ -253,8 +262,7 @@ pub(super) async fn serve_stream<S>(
         })
     };
     // The lean front first; hyper from the first request it does not take.
-    let stop_lean = CancellationToken::new();
-    let lean = lean::serve(io, front.clone(), ctx, state.clone(), handles, stop_lean.clone());
+    let lean = lean::serve(io, front.clone(), ctx, state.clone(), handles);
     let mut phase = Phase::Lean(Box::pin(lean));
     let (head_timeout, idle_timeout) = (front.config.request_head_timeout, front.config.idle_timeout);
     let timer = tokio::time::sleep(NOTHING_DUE);
@@ -285,7 +293,7 @@ pub(super) async fn serve_stream<S>(
                 // HTTP/1.1: close once the response in flight is sent;
                 // HTTP/2: GOAWAY, the open streams finish.
                 closing = true;
-                phase.graceful_shutdown(&stop_lean);
+                phase.graceful_shutdown(&state);
             }
             () = &mut timer, if !closing || idle_closing => {
                 if idle_closing {
@@ -306,7 +314,7 @@ pub(super) async fn serve_stream<S>(
                         limits.hit(Limit::IdleTimeout, Some(peer));
                         closing = true;
                         idle_closing = true;
-                        phase.graceful_shutdown(&stop_lean);
+                        phase.graceful_shutdown(&state);
                         timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
                     }
                 }
@@ -363,9 +371,9 @@ where
 
     /// HTTP/1.1: close once the response in flight is sent; HTTP/2:
     /// GOAWAY, the open streams finish.
-    fn graceful_shutdown(&mut self, stop_lean: &CancellationToken) {
+    fn graceful_shutdown(&mut self, state: &ConnState) {
         match self {
-            Phase::Lean(_) => stop_lean.cancel(),
+            Phase::Lean(_) => state.stop_lean.store(true, Ordering::Relaxed),
             Phase::Hyper(conn) => conn.as_mut().graceful_shutdown(),
         }
     }

@@ -28,8 +28,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri, Version};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio_util::sync::CancellationToken;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_util::io::poll_read_buf;
 
 use super::connection::{ConnState, FrontResponse, handle, is_http2_preface_start};
 use super::metrics::PortHandles;
@@ -55,15 +55,16 @@ pub(super) enum LeanEnd<S> {
     Handoff(Rewind<S>),
 }
 
-/// Serves `io`'s requests until one is not lean; `stop` closes it once no
-/// request is in flight.
+/// Serves `io`'s requests until one is not lean; [`ConnState::stop_lean`]
+/// closes it once no request is in flight. (A flag, not a token: the
+/// connection's own task sets it and polls this future again at once, so
+/// nothing needs waking.)
 pub(super) async fn serve<S>(
     mut io: S,
     front: Arc<Shared>,
     ctx: Arc<RequestContext>,
     state: Arc<ConnState>,
     handles: Arc<PortHandles>,
-    stop: CancellationToken,
 ) -> io::Result<LeanEnd<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -88,11 +89,14 @@ where
                 }
             }
             buf.reserve(READ_CHUNK);
-            let read = tokio::select! {
-                biased;
-                read = io.read_buf(&mut buf) => read?,
-                () = stop.cancelled(), if buf.is_empty() => return Ok(LeanEnd::Closed),
-            };
+            let read = std::future::poll_fn(|cx| {
+                if buf.is_empty() && state.stopping() {
+                    return Poll::Ready(None);
+                }
+                poll_read_buf(Pin::new(&mut io), cx, &mut buf).map(Some)
+            })
+            .await;
+            let Some(read) = read.transpose()? else { return Ok(LeanEnd::Closed) };
             if read == 0 {
                 // A partial head: hyper answers it as it always has.
                 return Ok(if buf.is_empty() {
@@ -117,9 +121,9 @@ where
             Ok(response) => response,
             Err(never) => match never {},
         };
-        let close = parsed.close || stop.is_cancelled();
+        let close = parsed.close || state.stopping();
         let kept = write_response(&mut io, &mut out, response, head_only, close, parsed.trailers).await?;
-        if close || !kept || stop.is_cancelled() {
+        if close || !kept || state.stopping() {
             io.shutdown().await.ok();
             return Ok(LeanEnd::Closed);
         }

@@ -1,4 +1,5 @@
 use super::*;
+use tokio::io::AsyncReadExt;
 
 fn parsed(head: &[u8]) -> Option<(Parsed, Vec<(Span, Span)>)> {
     let mut spans = Vec::new();
