@@ -224,7 +224,8 @@ fn parse(buf: &[u8], max_headers: usize, spans: &mut Vec<(Span, Span)>) -> Parse
 fn request(head: &Bytes, parsed: &Parsed, spans: &[(Span, Span)]) -> Option<Request<RequestBody>> {
     let method = Method::from_bytes(&head[parsed.method.range()]).ok()?;
     let uri = Uri::from_maybe_shared(head.slice(parsed.path.range())).ok()?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for the forwarding headers the front adds: no rehash then.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 3);
     for &(name, value) in spans {
         let name = HeaderName::from_bytes(&head[name.range()]).ok()?;
         let value = HeaderValue::from_maybe_shared(head.slice(value.range())).ok()?;
@@ -262,21 +263,12 @@ where
 {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
-    let framing = if head_only
+    let bodyless = head_only
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        Framing::None
-    } else if let Some(length) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| content_length(v.as_bytes())) {
-        Framing::Length(length)
-    } else if let Some(length) = body.size_hint().exact() {
-        Framing::Length(length)
-    } else {
-        Framing::Chunked
-    };
+        || status == StatusCode::NOT_MODIFIED;
     out.clear();
-    encode_head(out, status, &parts.headers, framing, close);
+    let framing = encode_head(out, status, &parts.headers, bodyless, body.size_hint().exact(), close);
     let mut left = match framing {
         Framing::Length(length) => length,
         _ => 0,
@@ -381,40 +373,72 @@ fn content_length(digits: &[u8]) -> Option<u64> {
 
 /// The status line and header section of a response, as hyper's server
 /// writes them: a `Date` if the response has none, the framing header, and
-/// `Connection: close` when the connection closes after it.
-fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap, framing: Framing, close: bool) {
+/// `Connection: close` when the connection closes after it. Returns how
+/// the body is framed: none when `bodyless`, else by the response's
+/// `Content-Length` (the first that is a number; the others are left out),
+/// else by the body's `exact` length, else chunked. One pass over the
+/// headers: no lookup by name.
+fn encode_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    bodyless: bool,
+    exact: Option<u64>,
+    close: bool,
+) -> Framing {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
     out.extend_from_slice(b"\r\n");
-    encode_fields(out, headers);
-    if !headers.contains_key(header::DATE) {
+    let (mut date, mut length) = (false, None);
+    for (name, value) in headers {
+        if *name == header::CONTENT_LENGTH && !bodyless {
+            match content_length(value.as_bytes()) {
+                Some(n) if length.is_none() => length = Some(n),
+                _ => continue,
+            }
+        } else if *name == header::DATE {
+            date = true;
+        }
+        encode_field(out, name, value);
+    }
+    if !date {
         out.extend_from_slice(b"date: ");
         date::write(out);
         out.extend_from_slice(b"\r\n");
     }
-    match framing {
-        Framing::Length(length) if !headers.contains_key(header::CONTENT_LENGTH) => {
+    let framing = match (bodyless, length, exact) {
+        (true, _, _) => Framing::None,
+        (false, Some(length), _) => Framing::Length(length),
+        (false, None, Some(exact)) => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+            out.extend_from_slice(itoa::Buffer::new().format(exact).as_bytes());
             out.extend_from_slice(b"\r\n");
+            Framing::Length(exact)
         }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Framing::Length(_) | Framing::None => {}
-    }
+        (false, None, None) => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Framing::Chunked
+        }
+    };
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+fn encode_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 
 fn encode_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
     for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        encode_field(out, name, value);
     }
 }
 

@@ -71,15 +71,36 @@ fn chunk_sizes_are_hex() {
 fn the_head_has_a_date_its_framing_and_close_when_closing() {
     let mut headers = HeaderMap::new();
     headers.insert("x-a", HeaderValue::from_static("1"));
-    let mut out = Vec::new();
-    encode_head(&mut out, StatusCode::OK, &headers, Framing::Length(5), true);
-    let text = String::from_utf8(out).unwrap();
+    let head = |headers: &HeaderMap, bodyless, exact, close| {
+        let mut out = Vec::new();
+        let framing = encode_head(&mut out, StatusCode::OK, headers, bodyless, exact, close);
+        (String::from_utf8(out).unwrap(), framing)
+    };
+    let (text, framing) = head(&headers, false, Some(5), true);
+    assert!(framing == Framing::Length(5));
     assert!(text.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\ndate: "), "{text}");
     assert!(text.ends_with("content-length: 5\r\nconnection: close\r\n\r\n"), "{text}");
+    let (text, framing) = head(&headers, false, None, false);
+    assert!(framing == Framing::Chunked && text.ends_with("transfer-encoding: chunked\r\n\r\n"), "{text}");
+    // The response's own length frames it; a second one, or one that is no
+    // number, is left out.
+    headers.append("content-length", HeaderValue::from_static("7"));
+    headers.append("content-length", HeaderValue::from_static("9"));
+    headers.insert("date", HeaderValue::from_static("Mon, 07 Dec 2026 23:00:00 GMT"));
+    let (text, framing) = head(&headers, false, Some(5), false);
+    assert!(framing == Framing::Length(7), "{text}");
+    assert_eq!(text.matches("content-length").count(), 1, "{text}");
+    assert_eq!(text.matches("date: ").count(), 1, "{text}");
+    headers.insert("content-length", HeaderValue::from_static("x"));
+    let (text, framing) = head(&headers, false, None, false);
+    assert!(framing == Framing::Chunked && !text.contains("content-length"), "{text}");
+    // HEAD: its length passes, nothing frames a body.
+    headers.insert("content-length", HeaderValue::from_static("1234"));
+    let (text, framing) = head(&headers, true, Some(0), false);
+    assert!(framing == Framing::None && text.contains("content-length: 1234\r\n"), "{text}");
     let mut out = Vec::new();
-    encode_head(&mut out, StatusCode::BAD_GATEWAY, &HeaderMap::new(), Framing::Chunked, false);
-    let text = String::from_utf8(out).unwrap();
-    assert!(text.starts_with("HTTP/1.1 502 Bad Gateway\r\n") && text.ends_with("transfer-encoding: chunked\r\n\r\n"));
+    encode_head(&mut out, StatusCode::BAD_GATEWAY, &HeaderMap::new(), false, None, false);
+    assert!(String::from_utf8(out).unwrap().starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
 }
 
 #[tokio::test]
