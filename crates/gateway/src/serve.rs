@@ -118,6 +118,12 @@ impl GatewayUpstream {
             Some(_) => "http",
             None => self.scheme,
         };
+        if scheme == "https"
+            && let Some(server_name) = session_server_name(&ctx.pool)
+            && compiled.tls.get(&listener_port).is_none_or(|certs| certs.misdirected(server_name, &host))
+        {
+            return Err(DispatchError::Misdirected { host: host.into_owned(), server_name: server_name.to_owned() });
+        }
         let table = compiled.tables.get(&listener_port).ok_or_else(no_route)?;
         let view = RequestView {
             method: req.method(),
@@ -221,6 +227,29 @@ fn rewrite_request<B>(req: &mut Request<B>, path: Option<&str>, host: Option<&st
 pub fn listener_pool(gateway: &ObjectRef, ip: std::net::IpAddr, port: u16) -> Arc<Pool> {
     let targets = Targets::new(LbStrategy::RoundRobin, Arc::from(Vec::new()));
     Arc::new(Pool::new(ServiceKey::new(&gateway.namespace, &gateway.name), SocketAddr::new(ip, port), targets))
+}
+
+/// The server name a TLS session's ClientHello gave, kept in the
+/// session's own pseudo pool (its extension slot, which no dispatcher uses:
+/// a gateway request is sent with its backend's pool), the only value the
+/// front hands from a connection to each of its requests.
+#[derive(Default)]
+struct SessionServerName(Option<Box<str>>);
+
+/// The pseudo pool of an HTTPS session whose ClientHello named
+/// `server_name`: `listener`'s names and port (the same metrics and error
+/// texts), and the name, for the 421 check of each request.
+fn session_pool(listener: &Pool, server_name: &str) -> Arc<Pool> {
+    let targets = Targets::new(LbStrategy::RoundRobin, Arc::from(Vec::new()));
+    let pool = Pool::new(listener.service.clone(), listener.addr, targets);
+    pool.extension(|| SessionServerName(Some(server_name.into())));
+    Arc::new(pool)
+}
+
+/// The server name the connection of `pool` (its pseudo pool) gave in
+/// its ClientHello; None without one, or on a connection without TLS.
+fn session_server_name(pool: &Pool) -> Option<&str> {
+    pool.extension(SessionServerName::default)?.0.as_deref()
 }
 
 /// What every connection of one listener shares.
@@ -408,7 +437,15 @@ async fn https(
         handshake = tokio::time::timeout(routing.handshake_timeout, acceptor.accept(client)) => handshake,
     };
     match session {
-        Ok(Ok(session)) => front.serve(http_connection(ClientStream::Tls(Box::new(session)), peer, &ctx)).await,
+        Ok(Ok(session)) => {
+            // (With a server name, the session's own pseudo pool carries it.)
+            let named = session.get_ref().1.server_name().map(|name| session_pool(&ctx.pool, name));
+            let mut conn = http_connection(ClientStream::Tls(Box::new(session)), peer, &ctx);
+            if let Some(pool) = named {
+                conn.pool = pool;
+            }
+            front.serve(conn).await
+        }
         Ok(Err(e)) => tracing::debug!(%peer, port = ctx.pool.port, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, port = ctx.pool.port, "TLS handshake not complete in time"),
     }
