@@ -384,9 +384,56 @@ spec:
         (https("second.crt") == "web-on-b\n").then_some(())
     });
     assert_eq!(https("first.crt"), "", "the first certificate is no longer served");
+
+    // The admin endpoint's /metrics counts handshakes by how they ended:
+    // a good one, a name no listener has a certificate for, plain HTTP to
+    // the HTTPS port; and times the completed ones.
+    let before = |result| handshakes(&agent_a, "default/site:18443", result);
+    let (ok, no_certificate, protocol) = (before("ok"), before("no_certificate"), before("protocol"));
+    let seconds = handshake_seconds_count(&agent_a, "default/site:18443");
+    assert_eq!(https("second.crt"), "web-on-b\n");
+    let wrong_name = site.client.exec(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "-k",
+        "--resolve",
+        "other.example:18443:10.0.0.2",
+        "https://other.example:18443/",
+    ]);
+    assert!(!wrong_name.status.success(), "no certificate for other.example");
+    assert!(
+        site.client.curl_with(&["--max-time", "5"], "http://10.0.0.2:18443/").is_none(),
+        "plain HTTP is not served"
+    );
+    eventually(Duration::from_secs(5), "the handshakes counted", || {
+        let now = |result| handshakes(&agent_a, "default/site:18443", result);
+        (now("ok") == ok + 1.0 && now("no_certificate") == no_certificate + 1.0 && now("protocol") == protocol + 1.0)
+            .then_some(())
+    });
+    assert_eq!(handshake_seconds_count(&agent_a, "default/site:18443"), seconds + 1.0);
     let status = agent_a.json("/gateway");
     assert!(status["ports"].as_array().unwrap().iter().all(|p| p["listening"].is_string()), "{status}");
     drop(agent_b);
+}
+
+/// `edgemesh_gateway_tls_handshakes_total{listener,result}` in the agent's
+/// `/metrics` (0 when not served yet).
+fn handshakes(agent: &NsAgent, listener: &str, result: &str) -> f64 {
+    scraped(agent, "edgemesh_gateway_tls_handshakes_total", &format!("listener=\"{listener}\",result=\"{result}\""))
+}
+
+/// How many completed handshakes `edgemesh_gateway_tls_handshake_seconds` observed.
+fn handshake_seconds_count(agent: &NsAgent, listener: &str) -> f64 {
+    scraped(agent, "edgemesh_gateway_tls_handshake_seconds_count", &format!("listener=\"{listener}\""))
+}
+
+/// The value of `name{labels}` in the agent's `/metrics`, 0 when absent.
+fn scraped(agent: &NsAgent, name: &str, labels: &str) -> f64 {
+    let text = agent.get("/metrics").expect("the admin endpoint serves /metrics");
+    let series = format!("{name}{{{labels}}} ");
+    text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0.0, |v| v.parse().unwrap())
 }
 
 fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) {
@@ -440,6 +487,11 @@ fn edgemesh_s_own_tls_gateway_example_works_unchanged_with_client_certificates()
     assert!(counts[0] > 0 && counts[1] > 0, "both nodes' endpoints answer: {counts:?}");
     let (ok, body) = https(false);
     assert!(!ok && body.is_empty(), "no client certificate, no answer: {body}");
+    // Counted in /metrics as a client certificate refused.
+    eventually(Duration::from_secs(5), "the refused handshake counted", || {
+        (handshakes(&agent, "default/edgemesh-gateway:23333", "client_certificate") == 1.0).then_some(())
+    });
+    assert!(handshakes(&agent, "default/edgemesh-gateway:23333", "ok") >= 20.0);
 
     let status = agent.json("/gateway");
     assert_eq!(status["refused"], serde_json::json!([]), "{status}");

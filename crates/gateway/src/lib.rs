@@ -49,6 +49,7 @@
 //! - [`serve`]: a listener's requests, routed and sent through the
 //!   agent's HTTP front and dispatcher.
 //! - [`listeners`]: the bound ports, reconciled against the objects.
+//! - [`metrics`]: the TLS handshake series.
 //! - [`workers`]: the threads the listeners' connections run on.
 #![forbid(unsafe_code)]
 
@@ -62,6 +63,7 @@ pub mod istio;
 pub mod l4;
 pub mod listeners;
 pub mod matching;
+pub mod metrics;
 pub mod objects;
 pub mod report;
 pub mod schema;

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::compile::ObjectRef;
+use crate::metrics::{GatewayTlsMetrics, PortTls};
 use crate::serve::{GatewayRouting, ListenerContext, listener_pool, serve_gateway_listener};
 use crate::{Compiled, ServicePools};
 
@@ -43,6 +44,8 @@ struct Running {
     drain: CancellationToken,
     /// The accept loop; it owns the socket.
     accept: tokio::task::JoinHandle<()>,
+    /// Its TLS handshakes' series (with routing), removed with it.
+    tls_metrics: Option<Arc<PortTls>>,
 }
 
 /// The compiled objects and the Services' pools.
@@ -57,6 +60,7 @@ pub struct GatewayListeners {
     routing: Option<Routing>,
     handshake_timeout: Duration,
     max_connections: usize,
+    tls_metrics: GatewayTlsMetrics,
     running: BTreeMap<u16, Running>,
     /// Ports that could not be bound at the last try, with why.
     failing: BTreeMap<u16, String>,
@@ -72,6 +76,7 @@ impl GatewayListeners {
             routing: None,
             handshake_timeout: crate::tls::HANDSHAKE_TIMEOUT,
             max_connections: 0,
+            tls_metrics: GatewayTlsMetrics::unregistered(),
             running: BTreeMap::new(),
             failing: BTreeMap::new(),
         }
@@ -106,6 +111,13 @@ impl GatewayListeners {
         self
     }
 
+    /// Counts HTTPS listeners' TLS handshakes into `metrics` (the
+    /// registered [`GatewayTlsMetrics`]); for listeners bound from now on.
+    pub fn with_metrics(mut self, metrics: GatewayTlsMetrics) -> Self {
+        self.tls_metrics = metrics;
+        self
+    }
+
     /// Binds every port of `ports` (port -> its Gateway) not bound yet and
     /// stops those no longer in it (their sockets are closed when this
     /// returns); returns the ports that could not be bound, with why. Runs
@@ -119,6 +131,9 @@ impl GatewayListeners {
                 running.drain.cancel();
                 // The accept loop returns at once when drained; its end closes the socket.
                 let _ = running.accept.await;
+                if let Some(metrics) = &running.tls_metrics {
+                    metrics.remove();
+                }
                 tracing::info!(port, "gateway listener stopped: no listener names its port any more");
             }
         }
@@ -163,6 +178,8 @@ impl GatewayListeners {
             workers: if self.settings.workers == 0 { &[] } else { crate::workers::workers(self.settings.workers) },
         };
         let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let tls_metrics =
+            Arc::new(PortTls::new(self.tls_metrics.clone(), format!("{}/{}:{port}", gateway.namespace, gateway.name)));
         let routing = match &self.routing {
             None => None,
             Some((routes, pools)) => Some(GatewayRouting {
@@ -172,11 +189,13 @@ impl GatewayListeners {
                 handshake_timeout: self.handshake_timeout,
                 max_connections: self.max_connections,
                 connections: connections.clone(),
+                tls_metrics: tls_metrics.clone(),
             }),
         };
         let connections = routing.is_some().then_some(connections);
+        let tls_metrics = routing.is_some().then_some(tls_metrics);
         let accept = tokio::spawn(serve_gateway_listener(listener, self.front.clone(), ctx, routing));
-        Ok(Running { addr, connections, drain, accept })
+        Ok(Running { addr, connections, drain, accept, tls_metrics })
     }
 
     /// The bound ports, and where.

@@ -41,6 +41,7 @@ use crate::compile::Protocol;
 use crate::filter::{HeaderEdits, Origin};
 use crate::hostname::request_host;
 use crate::matching::RequestView;
+use crate::metrics::Handshake;
 
 /// The agent's pools of Service ports, for the routes' backends.
 pub trait ServicePools: Send + Sync + 'static {
@@ -283,6 +284,8 @@ pub struct GatewayRouting {
     pub max_connections: usize,
     /// Connections it serves now.
     pub connections: Arc<AtomicUsize>,
+    /// Its TLS handshakes' series.
+    pub tls_metrics: Arc<crate::metrics::PortTls>,
 }
 
 /// One of a listener's connections, given back when its task ends.
@@ -423,7 +426,8 @@ fn http_connection(client: ClientStream, peer: SocketAddr, ctx: &ListenerContext
 }
 
 /// An HTTPS connection: the TLS handshake (the certificate chosen by SNI
-/// from the current compile), then the HTTP front over the session.
+/// from the current compile), counted by how it ended, then the HTTP
+/// front over the session.
 async fn https(
     client: TcpStream,
     peer: SocketAddr,
@@ -431,22 +435,46 @@ async fn https(
     ctx: ListenerContext,
     routing: GatewayRouting,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(routing.tls);
-    let session = tokio::select! {
-        () = ctx.drain.cancelled() => return,
-        handshake = tokio::time::timeout(routing.handshake_timeout, acceptor.accept(client)) => handshake,
+    let started = tokio::time::Instant::now();
+    let port = ctx.pool.port;
+    let handshake = async {
+        // The ClientHello first: whether a listener has a certificate for
+        // its name is known here (rustls' own error would not say).
+        let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client).await?;
+        let server_name = hello.client_hello().server_name().map(str::to_owned);
+        let known = routing.routes.load().tls.get(&port).is_some_and(|c| c.choose(server_name.as_deref()).is_some());
+        // (Without a certificate, rustls answers the handshake with an alert.)
+        let session = hello.into_stream(routing.tls.clone()).await;
+        Ok::<_, std::io::Error>((session, known, server_name))
     };
-    match session {
-        Ok(Ok(session)) => {
-            // (With a server name, the session's own pseudo pool carries it.)
-            let named = session.get_ref().1.server_name().map(|name| session_pool(&ctx.pool, name));
-            let mut conn = http_connection(ClientStream::Tls(Box::new(session)), peer, &ctx);
-            if let Some(pool) = named {
-                conn.pool = pool;
-            }
-            front.serve(conn).await
+    let ended = tokio::select! {
+        () = ctx.drain.cancelled() => return,
+        ended = tokio::time::timeout(routing.handshake_timeout, handshake) => ended,
+    };
+    let metrics = routing.tls_metrics.get();
+    let session = match ended {
+        Ok(Ok((Ok(session), _, _))) => session,
+        Ok(Ok((Err(e), known, server_name))) => {
+            let result = if known { Handshake::of_error(&e) } else { Handshake::NoCertificate };
+            tracing::debug!(%peer, port, ?server_name, result = result.as_str(), error = %e, "TLS handshake failed");
+            return metrics.record(result, started.elapsed());
         }
-        Ok(Err(e)) => tracing::debug!(%peer, port = ctx.pool.port, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(%peer, port = ctx.pool.port, "TLS handshake not complete in time"),
+        Ok(Err(e)) => {
+            let result = Handshake::of_error(&e);
+            tracing::debug!(%peer, port, result = result.as_str(), error = %e, "no TLS ClientHello");
+            return metrics.record(result, started.elapsed());
+        }
+        Err(_) => {
+            tracing::debug!(%peer, port, "TLS handshake not complete in time");
+            return metrics.record(Handshake::Timeout, started.elapsed());
+        }
+    };
+    metrics.record(Handshake::Ok, started.elapsed());
+    // (With a server name, the session's own pseudo pool carries it.)
+    let named = session.get_ref().1.server_name().map(|name| session_pool(&ctx.pool, name));
+    let mut conn = http_connection(ClientStream::Tls(Box::new(session)), peer, &ctx);
+    if let Some(pool) = named {
+        conn.pool = pool;
     }
+    front.serve(conn).await;
 }

@@ -352,6 +352,11 @@ spec:
     assert!(!ok && !out.contains(" 200"), "without a client certificate: {out}");
     let (ok, out) = curl(&[&base[..], &["--cert", &other_crt, "--key", &other_key, &url]].concat()).await;
     assert!(!ok && !out.contains(" 200"), "with another CA's certificate: {out}");
+    // Counted: one handshake done, two refused for their client certificate.
+    let handshakes = |result: &str| format!("listener=\"shop/edge:{port}\",result=\"{result}\"");
+    let total = "edgemesh_gateway_tls_handshakes_total";
+    assert_eq!(gateway.metric_reaches(total, &handshakes("client_certificate"), 2.0).await, 2.0);
+    assert_eq!(gateway.metric(total, &handshakes("ok")), 1.0);
 }
 
 /// A request whose Host belongs to another listener than the one the TLS
@@ -462,4 +467,88 @@ async fn h2_on_one_session(ca: &Ca, addr: std::net::SocketAddr, sni: &str, port:
         statuses.push(sender.send_request(req).await.unwrap().status().as_u16());
     }
     statuses
+}
+
+/// Every TLS handshake on an HTTPS port is counted by how it ended, and
+/// the completed ones' durations observed: completed (curl, rustls), a
+/// name no listener has a certificate for, a client that does not trust
+/// the certificate (its alert), plain HTTP to the port, a connection closed
+/// before its ClientHello, and one that sends nothing until the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_are_counted_by_how_they_ended() {
+    let ca = Ca::new();
+    let certs = MemoryCertificates::default();
+    certs.set("shop", "shop-tls", ca.issue(&["shop.example.com"]).pem);
+    certs.set("shop", "wild-tls", ca.issue(&["*.example.com"]).pem);
+    let port = 18449;
+    // No listener without hostname: a name outside *.example.com has no certificate.
+    let yaml = objects(port).replace(
+        &format!(
+            "  - {{name: default, port: {port}, protocol: HTTPS, tls: {{certificateRefs: [{{name: default-tls}}]}}}}\n"
+        ),
+        "",
+    );
+    assert!(!yaml.contains("default-tls"));
+    let compiled = Loaded::parse(&yaml).compile(&[("shop/web", 80)], &certs);
+    let pools = StaticPools::default().with("shop", "web", 80, http_backend("web").await, AppProtocol::Http1);
+    let gateway = RunningGateway::start(compiled, pools, own_loopback(9)).await;
+    let ip = gateway.ip;
+    let addr = gateway.addr(port);
+    let handshakes = |result: &str| format!("listener=\"shop/edge:{port}\",result=\"{result}\"");
+    let total = "edgemesh_gateway_tls_handshakes_total";
+    // Before any: no series for the port.
+    assert_eq!(gateway.metric(total, &handshakes("ok")), 0.0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let resolve = format!("shop.example.com:{port}:{ip}");
+    let (ok, out) = curl(&[
+        "--cacert",
+        ca_file.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+        &format!("https://shop.example.com:{port}/"),
+    ])
+    .await;
+    assert!(ok, "{out}");
+    let (mut session, _) = tls_connect(&ca.client_without_resumption(), addr, "cart.example.com").await.unwrap();
+    assert_eq!(get(&mut session, "cart.example.com", "/").await.unwrap().0, 200);
+    assert_eq!(gateway.metric_reaches(total, &handshakes("ok"), 2.0).await, 2.0);
+
+    // A name no listener covers.
+    assert!(tls_connect(&ca.client(), addr, "other.test").await.is_err());
+    assert_eq!(gateway.metric_reaches(total, &handshakes("no_certificate"), 1.0).await, 1.0);
+    // A client of another CA refuses the certificate with an alert.
+    assert!(tls_connect(&Ca::new().client(), addr, "shop.example.com").await.is_err());
+    assert_eq!(gateway.metric_reaches(total, &handshakes("rejected"), 1.0).await, 1.0);
+    // Plain HTTP to the HTTPS port.
+    let (ok, _) = curl(&[&format!("http://{ip}:{port}/")]).await;
+    assert!(!ok);
+    assert_eq!(gateway.metric_reaches(total, &handshakes("protocol"), 1.0).await, 1.0);
+    // A TCP connection closed without a byte (a port scan, a health check).
+    drop(tokio::net::TcpStream::connect(addr).await.unwrap());
+    assert_eq!(gateway.metric_reaches(total, &handshakes("closed"), 1.0).await, 1.0);
+    // One that sends nothing: the handshake timeout.
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(support::net::HANDSHAKE_TIMEOUT).await;
+    assert_eq!(gateway.metric_reaches(total, &handshakes("timeout"), 1.0).await, 1.0);
+    drop(silent);
+
+    // Nothing counted twice or elsewhere; the completed ones timed.
+    for (result, want) in [
+        ("ok", 2.0),
+        ("no_certificate", 1.0),
+        ("client_certificate", 0.0),
+        ("rejected", 1.0),
+        ("protocol", 1.0),
+        ("closed", 1.0),
+        ("timeout", 1.0),
+    ] {
+        assert_eq!(gateway.metric(total, &handshakes(result)), want, "{result}");
+    }
+    let listener = format!("listener=\"shop/edge:{port}\"");
+    assert_eq!(gateway.metric("edgemesh_gateway_tls_handshake_seconds_count", &listener), 2.0);
+    let sum = gateway.metric("edgemesh_gateway_tls_handshake_seconds_sum", &listener);
+    assert!(sum > 0.0 && sum < 2.0, "{sum}");
 }

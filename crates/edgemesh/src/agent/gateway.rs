@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use edgemesh_core::{Protocol, RegistryHandle, ServiceKey, Snapshot};
 use edgemesh_gateway::backend::ServiceRef;
 use edgemesh_gateway::listeners::{GatewayListeners, ListenerSettings};
+use edgemesh_gateway::metrics::GatewayTlsMetrics;
 use edgemesh_gateway::objects::{self, GatewayInputs};
 use edgemesh_gateway::report::GatewayReport;
 use edgemesh_gateway::{
@@ -63,7 +64,8 @@ pub struct GatewayTask {
 impl GatewayTask {
     /// Sends through `dispatcher` (the agent's: its upstream connection
     /// pools and balancing) to the pools `proxy` serves, reached as
-    /// `reach` says; counts into `metrics` (`edgemesh_gateway_http_*`).
+    /// `reach` says; counts into `metrics` (`edgemesh_gateway_http_*`,
+    /// `edgemesh_gateway_tls_*`).
     pub fn new(
         config: &Config,
         snapshots: RegistryHandle,
@@ -82,6 +84,7 @@ impl GatewayTask {
             config.http.clone(),
             metrics.sub_registry_with_prefix("gateway"),
         );
+        let tls_metrics = GatewayTlsMetrics::register(metrics);
         let settings = ListenerSettings {
             ip: config.gateway.listen_address,
             connect_timeout: config.proxy.connect_timeout,
@@ -101,7 +104,8 @@ impl GatewayTask {
             routes,
             listeners: GatewayListeners::new(settings, Arc::new(front))
                 .with_routes(routes_for_listeners, pools)
-                .with_max_connections(config.gateway.max_connections_per_listener),
+                .with_max_connections(config.gateway.max_connections_per_listener)
+                .with_metrics(tls_metrics),
             certificates: AgentCertificates {
                 files: FileCertificates::new(config.gateway.certificates.iter().cloned()),
                 secrets: None,
