@@ -276,6 +276,10 @@ impl Agent {
         let config = Arc::new(config);
         let logging = deps.logging.clone().unwrap_or_else(|| LogControl::detached(&config.log_level));
         let lifecycle = Lifecycle::new(config.clone(), configured_mode, logging);
+        let gateway = gateway.map(|g| {
+            let lifecycle = lifecycle.clone();
+            g.with_drain_timeout(move || lifecycle.config().drain_timeout)
+        });
         let admin = AdminServer::bind(
             config.admin.listen,
             AdminState {

@@ -286,6 +286,8 @@ pub struct GatewayRouting {
     pub connections: Arc<AtomicUsize>,
     /// Its TLS handshakes' series.
     pub tls_metrics: Arc<crate::metrics::PortTls>,
+    /// Its open L4 connections (TLS passthrough, TCP), for their drain.
+    pub l4: Arc<crate::l4::L4Connections>,
 }
 
 /// One of a listener's connections, given back when its task ends.

@@ -20,8 +20,8 @@ use tokio::net::TcpStream;
 mod support;
 
 use support::net::{
-    Ca, HANDSHAKE_TIMEOUT, Loaded, MemoryCertificates, RunningGateway, StaticPools, own_loopback, tcp_backend,
-    tls_backend, tls_connect,
+    Ca, HANDSHAKE_TIMEOUT, L4_DRAIN, Loaded, MemoryCertificates, RunningGateway, StaticPools, own_loopback,
+    tcp_backend, tls_backend, tls_connect,
 };
 
 /// Reads one line.
@@ -348,4 +348,108 @@ spec:
     assert_eq!((accepted.status, accepted.reason), (false, "UnsupportedValue"));
     assert_eq!(c.l4[&9000].describe(), ["* shop/plc#0"]);
     assert!(!c.l4.contains_key(&9443), "no route attached to the TLS listener");
+}
+
+const PLC_GATEWAY: &str = r#"
+kind: Gateway
+metadata: {name: edge, namespace: plant}
+spec:
+  gatewayClassName: edgemesh
+  listeners: [{name: plc, port: 18449, protocol: TCP}]
+"#;
+
+const PLC_ROUTE: &str = r#"
+---
+kind: TCPRoute
+metadata: {name: plc, namespace: plant}
+spec:
+  parentRefs: [{name: edge}]
+  rules: [{backendRefs: [{name: plc, port: 502}]}]
+"#;
+
+/// A connection through the TCP listener, greeted by the backend.
+async fn plc_stream(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(line(&mut stream).await.unwrap(), "plc");
+    stream
+}
+
+/// One round trip on `stream`: whether the echo came back.
+async fn echoes(stream: &mut TcpStream) -> bool {
+    stream.write_all(b"read coils\n").await.is_ok()
+        && tokio::time::timeout(Duration::from_secs(1), line(stream))
+            .await
+            .is_ok_and(|l| l.is_ok_and(|l| l == "read coils"))
+}
+
+/// Whether a new connection is refused: not connected, or reset or closed
+/// before the backend's greeting.
+async fn refused(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr).await else { return true };
+    tokio::time::timeout(Duration::from_secs(1), line(&mut stream)).await.is_ok_and(|l| l.is_err())
+}
+
+/// Asserts that `stream` keeps echoing until `L4_DRAIN` after `since` (the
+/// change that took its route, less a margin), then is closed by the
+/// gateway, not before `L4_DRAIN` and within a second and a half after.
+async fn drains(stream: &mut TcpStream, since: std::time::Instant, what: &str) {
+    let mut trips = 0;
+    while since.elapsed() + Duration::from_millis(400) < L4_DRAIN {
+        assert!(echoes(stream).await, "{what}: the stream still works within the grace ({:?})", since.elapsed());
+        trips += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(trips >= 5, "{what}: {trips} round trips");
+    let mut buf = [0u8; 16];
+    let end = tokio::time::timeout(L4_DRAIN + Duration::from_secs(2), stream.read(&mut buf)).await;
+    assert!(matches!(end, Ok(Ok(0)) | Ok(Err(_))), "{what}: closed at the end of the grace: {end:?}");
+    let after = since.elapsed();
+    assert!(after >= L4_DRAIN && after < L4_DRAIN + Duration::from_millis(1500), "{what}: closed {after:?} after");
+}
+
+/// L4 drain: a long-lived stream through a TCPRoute keeps working after
+/// the route is deleted, until the grace (the agent's `drainTimeout`) is
+/// over, then is closed; new connections are refused at once. A route
+/// restored within the grace keeps its connections. The listener's port
+/// removed: new connections are refused by the kernel at once, open ones
+/// drain alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l4_connections_drain_when_their_route_or_listener_goes() {
+    let pools = StaticPools::default().with("plant", "plc", 502, tcp_backend("plc").await, AppProtocol::Tcp);
+    let with_route =
+        || Loaded::parse(&format!("{PLC_GATEWAY}{PLC_ROUTE}")).compile(&[("plant/plc", 502)], &NoCertificates);
+    let without_route = || Loaded::parse(PLC_GATEWAY).compile(&[("plant/plc", 502)], &NoCertificates);
+    let mut gateway = RunningGateway::start(with_route(), pools, own_loopback(5)).await;
+    let addr = gateway.addr(18449);
+
+    // The route deleted, the listener kept.
+    let mut stream = plc_stream(addr).await;
+    assert!(echoes(&mut stream).await);
+    // (Taken before the change: its drain's timer starts after.)
+    let deleted = std::time::Instant::now();
+    gateway.update(without_route()).await;
+    assert!(refused(addr).await, "a new connection is refused at once");
+    drains(&mut stream, deleted, "route deleted").await;
+
+    // Deleted and restored within the grace: the connection stays.
+    gateway.update(with_route()).await;
+    let mut stream = plc_stream(addr).await;
+    gateway.update(without_route()).await;
+    tokio::time::sleep(L4_DRAIN / 3).await;
+    gateway.update(with_route()).await;
+    tokio::time::sleep(L4_DRAIN + Duration::from_millis(500)).await;
+    assert!(echoes(&mut stream).await, "a route restored within the grace keeps its connections");
+
+    // The whole listener goes (its Gateway is now another controller's):
+    // its port is closed.
+    let other_class = PLC_GATEWAY.replace("gatewayClassName: edgemesh", "gatewayClassName: other");
+    let removed = std::time::Instant::now();
+    gateway.update(Loaded::parse(&other_class).compile(&[], &NoCertificates)).await;
+    let refused_at_once = TcpStream::connect(addr).await;
+    assert!(
+        refused_at_once.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "{refused_at_once:?}"
+    );
+    drains(&mut stream, removed, "listener removed").await;
+    assert!(gateway.listeners.bound().is_empty());
 }

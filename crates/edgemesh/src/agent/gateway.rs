@@ -135,6 +135,14 @@ impl GatewayTask {
         self
     }
 
+    /// Gives TLS passthrough and TCP connections whose route or listener
+    /// went `grace()` to end before they are closed (the agent's live
+    /// `drainTimeout`, read at each drain).
+    pub fn with_drain_timeout(mut self, grace: impl Fn() -> std::time::Duration + Send + Sync + 'static) -> Self {
+        self.listeners = self.listeners.with_l4_drain(grace);
+        self
+    }
+
     /// The reports, for the admin endpoint.
     pub fn reports(&self) -> GatewayReports {
         self.report.clone()

@@ -322,6 +322,9 @@ pub fn own_loopback(salt: u8) -> IpAddr {
 /// The test gateways' TLS handshake timeout.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The test gateways' grace for L4 connections whose route went.
+pub const L4_DRAIN: Duration = Duration::from_millis(1500);
+
 /// A running gateway: its compiled objects (swap them to change it) and
 /// its listeners.
 pub struct RunningGateway {
@@ -358,7 +361,8 @@ impl RunningGateway {
             .with_routes(routes.clone(), pools)
             .with_handshake_timeout(HANDSHAKE_TIMEOUT)
             .with_max_connections(max_connections)
-            .with_metrics(GatewayTlsMetrics::register(&mut registry));
+            .with_metrics(GatewayTlsMetrics::register(&mut registry))
+            .with_l4_drain(|| L4_DRAIN);
         let failed = listeners.reconcile(routes.load().ports.clone()).await;
         assert!(failed.is_empty(), "{failed:?}");
         RunningGateway { routes, listeners, ip, registry }
