@@ -563,3 +563,92 @@ fn a_listener_whose_port_is_taken_is_pending_and_served_once_the_port_is_free() 
     assert_eq!(programmed["status"], "True", "{programmed}");
     assert_eq!(agent.log().matches("gateway listener cannot bind").count(), 1, "warned once, not at every retry");
 }
+
+/// L4 drain through the agent (`--drain-timeout 3s`): a long-lived TCP
+/// stream through a TCPRoute to node-b's endpoint (through the tunnel)
+/// keeps working after the route is deleted, until the grace, then is
+/// closed; new connections are refused as soon as the change applies.
+#[test]
+fn a_tcp_stream_goes_on_for_drain_timeout_after_its_route_is_deleted() {
+    use std::io::{Read, Write};
+    let site = Site::new();
+    let _echo = support::netns::TcpEcho::start(&site.b.ns, "10.0.0.3:9000");
+    let listener = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: site
+  namespace: default
+spec:
+  gatewayClassName: edgemesh
+  listeners:
+  - name: plc
+    port: 18502
+    protocol: TCP
+";
+    let route = "\
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata:
+  name: plc
+  namespace: default
+spec:
+  parentRefs:
+  - name: site
+  rules:
+  - backendRefs:
+    - name: plc
+      port: 502
+";
+    let plc = spec("plc", "modbus", 502, &["10.0.0.3"], 9000).node("node-b").yaml();
+    site.manifests(&[plc], &format!("{listener}{route}"));
+    let agent_b = site.b.start(&[]);
+    let agent_a = site.a.start(&["--gateway", "--drain-timeout", "3s"]);
+    wait_for_peer(&agent_a, "node-b", "node-a to find node-b", |_| true);
+    let client = site.client.name.clone();
+    let connect = move || {
+        let client = client.clone();
+        support::netns::in_netns(&client, || std::net::TcpStream::connect("10.0.0.2:18502"))
+    };
+    // One round trip: whether the echo came back within a second.
+    let echoes = |stream: &mut std::net::TcpStream| {
+        stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut back = [0u8; 11];
+        stream.write_all(b"read coils\n").is_ok() && stream.read_exact(&mut back).is_ok() && &back == b"read coils\n"
+    };
+    let mut stream = eventually(Duration::from_secs(10), "the TCPRoute to node-b", || {
+        let mut stream = connect().ok()?;
+        echoes(&mut stream).then_some(stream)
+    });
+
+    let deleted = Instant::now();
+    site.routing(listener);
+    // New connections are refused once the change applies; the stream
+    // still works meanwhile and until the grace is nearly over.
+    eventually(Duration::from_secs(2), "new connections refused", || {
+        let refused = connect().map_or(true, |mut s| !echoes(&mut s));
+        refused.then_some(())
+    });
+    let mut trips = 0;
+    while deleted.elapsed() < Duration::from_millis(2500) {
+        assert!(echoes(&mut stream), "the stream works within the grace ({:?})", deleted.elapsed());
+        trips += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(trips >= 10, "{trips}");
+    // Closed at the grace's end (the change applied within a second or so).
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let end = stream.read(&mut [0u8; 16]);
+    let after = deleted.elapsed();
+    assert!(
+        matches!(end, Ok(0)) || end.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{end:?}"
+    );
+    assert!(
+        after >= Duration::from_secs(3) && after < Duration::from_millis(5500),
+        "closed {after:?} after the change"
+    );
+    assert!(agent_a.log().contains("drain grace is over"), "the log says so");
+    drop(agent_b);
+}
