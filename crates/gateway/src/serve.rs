@@ -239,11 +239,12 @@ struct SessionServerName(Option<Box<str>>);
 
 /// The pseudo pool of an HTTPS session whose ClientHello named
 /// `server_name`: `listener`'s names and port (the same metrics and error
-/// texts), and the name, for the 421 check of each request.
+/// texts), and the name (as requests' hosts are compared: lowercase, no
+/// trailing dot), for the 421 check of each request.
 fn session_pool(listener: &Pool, server_name: &str) -> Arc<Pool> {
     let targets = Targets::new(LbStrategy::RoundRobin, Arc::from(Vec::new()));
     let pool = Pool::new(listener.service.clone(), listener.addr, targets);
-    pool.extension(|| SessionServerName(Some(server_name.into())));
+    pool.extension(|| SessionServerName(Some(request_host(server_name).into())));
     Arc::new(pool)
 }
 

@@ -224,6 +224,10 @@ impl SniCertificates {
     /// open a new connection for it, so that it is routed, and its client
     /// certificate checked, by the listener the name belongs to.
     pub fn misdirected(&self, sni: &str, host: &str) -> bool {
+        // (The common case, a request for the session's own name: one lookup.)
+        if sni == host {
+            return self.listener(host).is_none();
+        }
         match (self.listener(sni), self.listener(host)) {
             (Some(session), Some(request)) => session != request,
             _ => true,
