@@ -2,7 +2,9 @@
 //! objects: a port a served listener names is bound once and kept while
 //! any listener names it (route and filter changes only swap the tables
 //! its requests read, so no connection notices); a port no listener names
-//! any more stops accepting and its connections drain.
+//! any more stops accepting and its connections drain (HTTP: after their
+//! requests in flight; TLS passthrough and TCP: see [`crate::l4`], as for
+//! connections whose route went: a grace, then closed).
 //!
 //! A port that cannot be bound (in use, or privileged without
 //! `CAP_NET_BIND_SERVICE`) is reported with the reason, for the listener's

@@ -453,3 +453,65 @@ async fn l4_connections_drain_when_their_route_or_listener_goes() {
     drains(&mut stream, removed, "listener removed").await;
     assert!(gateway.listeners.bound().is_empty());
 }
+
+/// TLS passthrough sessions drain by their server name: one whose
+/// TLSRoute's hostnames no longer cover it, or that another route now
+/// takes, drains and is closed after the grace; one whose route only
+/// changed backends goes on (as with endpoint changes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_sessions_drain_when_their_route_no_longer_takes_their_name() {
+    let ca = Ca::new();
+    // (tls-a's certificate covers the names route a takes after the change.)
+    let (cert_a, cert_b) =
+        (ca.issue(&["a.example.com", "*.b.example.com"]), ca.issue(&["b.example.com", "*.b.example.com"]));
+    let pools = StaticPools::default()
+        .with("shop", "tls-a", 443, tls_backend("tls-a", &cert_a).await, AppProtocol::Tcp)
+        .with("shop", "tls-b", 443, tls_backend("tls-b", &cert_b).await, AppProtocol::Tcp)
+        .with("shop", "tls-b2", 443, tls_backend("tls-b2", &cert_b).await, AppProtocol::Tcp);
+    let services = [("shop/tls-a", 443), ("shop/tls-b", 443), ("shop/tls-b2", 443)];
+    let compile = |yaml: &str| Loaded::parse(yaml).compile(&services, &NoCertificates);
+    let mut gateway = RunningGateway::start(compile(PASSTHROUGH), pools, own_loopback(6)).await;
+    let addr = gateway.addr(18447);
+    let client = ca.client();
+    let session = async |name: &str, backend: &str| {
+        let (mut session, _) = tls_connect(&client, addr, name).await.unwrap();
+        assert_eq!(line(&mut session).await.unwrap(), backend, "{name}");
+        session
+    };
+    let alive = async |session: &mut tokio_rustls::client::TlsStream<TcpStream>| {
+        session.write_all(b"ping\n").await.is_ok()
+            && session.flush().await.is_ok()
+            && tokio::time::timeout(Duration::from_secs(1), line(session))
+                .await
+                .is_ok_and(|l| l.is_ok_and(|l| l == "ping"))
+    };
+    let (mut a, mut b, mut xb) = (
+        session("a.example.com", "tls-a").await,
+        session("b.example.com", "tls-b").await,
+        session("x.b.example.com", "tls-b").await,
+    );
+
+    // Route b: hostnames narrowed to b.example.com only, and its backend
+    // moved to tls-b2; route a takes *.b.example.com now.
+    let changed = PASSTHROUGH
+        .replace(r#"hostnames: ["*.b.example.com", b.example.com]"#, "hostnames: [b.example.com]")
+        .replace("{name: tls-b, port: 443}", "{name: tls-b2, port: 443}")
+        .replace("hostnames: [a.example.com]", r#"hostnames: [a.example.com, "*.b.example.com"]"#);
+    assert_ne!(changed, PASSTHROUGH);
+    let since = std::time::Instant::now();
+    gateway.update(compile(&changed)).await;
+    // New sessions follow the new routes at once.
+    let mut fresh = session("x.b.example.com", "tls-a").await;
+    assert!(alive(&mut fresh).await);
+    assert!(alive(&mut session("b.example.com", "tls-b2").await).await);
+    // Within the grace, all three old sessions work.
+    for s in [&mut a, &mut b, &mut xb] {
+        assert!(alive(s).await);
+    }
+    tokio::time::sleep((L4_DRAIN + Duration::from_millis(500)).saturating_sub(since.elapsed())).await;
+    // After it: the session another route now takes is closed; the ones
+    // whose route still takes them are not (b's backends changed: kept).
+    assert!(alive(&mut a).await, "a's route still takes a.example.com");
+    assert!(alive(&mut b).await, "b's route still takes b.example.com (its backend changed)");
+    assert!(!alive(&mut xb).await, "x.b.example.com is now route a's: drained and closed");
+}
