@@ -564,16 +564,8 @@ fn a_listener_whose_port_is_taken_is_pending_and_served_once_the_port_is_free() 
     assert_eq!(agent.log().matches("gateway listener cannot bind").count(), 1, "warned once, not at every retry");
 }
 
-/// L4 drain through the agent (`--drain-timeout 3s`): a long-lived TCP
-/// stream through a TCPRoute to node-b's endpoint (through the tunnel)
-/// keeps working after the route is deleted, until the grace, then is
-/// closed; new connections are refused as soon as the change applies.
-#[test]
-fn a_tcp_stream_goes_on_for_drain_timeout_after_its_route_is_deleted() {
-    use std::io::{Read, Write};
-    let site = Site::new();
-    let _echo = support::netns::TcpEcho::start(&site.b.ns, "10.0.0.3:9000");
-    let listener = "\
+/// A Gateway with one TCP listener, port 18502.
+const PLC_LISTENER: &str = "\
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata:
@@ -586,7 +578,9 @@ spec:
     port: 18502
     protocol: TCP
 ";
-    let route = "\
+
+/// Its TCPRoute to Service `plc` port 502.
+const PLC_ROUTE: &str = "\
 ---
 apiVersion: gateway.networking.k8s.io/v1alpha2
 kind: TCPRoute
@@ -601,34 +595,58 @@ spec:
     - name: plc
       port: 502
 ";
+
+/// The TCP listener and route to Service `plc`, whose endpoint is an echo
+/// server on node-b (reached through the tunnel); both agents started,
+/// node-a's with the gateway and `args`.
+fn plc_site(args: &[&str]) -> (Site, support::netns::TcpEcho, NsAgent, NsAgent) {
+    let site = Site::new();
+    let echo = support::netns::TcpEcho::start(&site.b.ns, "10.0.0.3:9000");
     let plc = spec("plc", "modbus", 502, &["10.0.0.3"], 9000).node("node-b").yaml();
-    site.manifests(&[plc], &format!("{listener}{route}"));
+    site.manifests(&[plc], &format!("{PLC_LISTENER}{PLC_ROUTE}"));
     let agent_b = site.b.start(&[]);
-    let agent_a = site.a.start(&["--gateway", "--drain-timeout", "3s"]);
+    let agent_a = site.a.start(&[&["--gateway"][..], args].concat());
     wait_for_peer(&agent_a, "node-b", "node-a to find node-b", |_| true);
-    let client = site.client.name.clone();
-    let connect = move || {
-        let client = client.clone();
-        support::netns::in_netns(&client, || std::net::TcpStream::connect("10.0.0.2:18502"))
-    };
-    // One round trip: whether the echo came back within a second.
-    let echoes = |stream: &mut std::net::TcpStream| {
-        stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let mut back = [0u8; 11];
-        stream.write_all(b"read coils\n").is_ok() && stream.read_exact(&mut back).is_ok() && &back == b"read coils\n"
-    };
-    let mut stream = eventually(Duration::from_secs(10), "the TCPRoute to node-b", || {
-        let mut stream = connect().ok()?;
+    (site, echo, agent_a, agent_b)
+}
+
+/// A connection from the client to the TCP listener.
+fn plc_connect(site: &Site) -> std::io::Result<std::net::TcpStream> {
+    support::netns::in_netns(&site.client.name, || std::net::TcpStream::connect("10.0.0.2:18502"))
+}
+
+/// One round trip on `stream`: whether the echo came back within a second.
+fn echoes(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::{Read, Write};
+    stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut back = [0u8; 11];
+    stream.write_all(b"read coils\n").is_ok() && stream.read_exact(&mut back).is_ok() && &back == b"read coils\n"
+}
+
+/// A stream through the listener, once it echoes (the route is live).
+fn plc_stream(site: &Site) -> std::net::TcpStream {
+    eventually(Duration::from_secs(10), "the TCPRoute to node-b", || {
+        let mut stream = plc_connect(site).ok()?;
         echoes(&mut stream).then_some(stream)
-    });
+    })
+}
+
+/// L4 drain through the agent (`--drain-timeout 3s`): a long-lived TCP
+/// stream through a TCPRoute to node-b's endpoint (through the tunnel)
+/// keeps working after the route is deleted, until the grace, then is
+/// closed; new connections are refused as soon as the change applies.
+#[test]
+fn a_tcp_stream_goes_on_for_drain_timeout_after_its_route_is_deleted() {
+    use std::io::Read;
+    let (site, _echo, agent_a, agent_b) = plc_site(&["--drain-timeout", "3s"]);
+    let mut stream = plc_stream(&site);
 
     let deleted = Instant::now();
-    site.routing(listener);
+    site.routing(PLC_LISTENER);
     // New connections are refused once the change applies; the stream
     // still works meanwhile and until the grace is nearly over.
     eventually(Duration::from_secs(2), "new connections refused", || {
-        let refused = connect().map_or(true, |mut s| !echoes(&mut s));
-        refused.then_some(())
+        plc_connect(&site).map_or(true, |mut s| !echoes(&mut s)).then_some(())
     });
     let mut trips = 0;
     while deleted.elapsed() < Duration::from_millis(2500) {
@@ -650,5 +668,33 @@ spec:
         "closed {after:?} after the change"
     );
     assert!(agent_a.log().contains("drain grace is over"), "the log says so");
+    drop(agent_b);
+}
+
+/// SIGTERM drains the gateway with the proxy: its listeners close at once
+/// (a new connection is refused), an open TCP stream through it goes on,
+/// and the agent waits for it: it exits once the client ends the stream,
+/// well before `drainTimeout` (10 s).
+#[test]
+fn sigterm_closes_the_gateway_listeners_and_waits_for_their_connections() {
+    let (site, _echo, agent_a, agent_b) = plc_site(&["--drain-timeout", "10s"]);
+    let mut stream = plc_stream(&site);
+    let log = agent_a.log_path();
+    let terminated = Instant::now();
+    let exit = std::thread::spawn(move || (agent_a.terminate(), terminated.elapsed()));
+    eventually(Duration::from_secs(2), "the drain to start", || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("gateway draining").then_some(())
+    });
+    let refused = plc_connect(&site);
+    assert!(refused.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused), "{refused:?}");
+    while terminated.elapsed() < Duration::from_millis(1500) {
+        assert!(echoes(&mut stream), "the stream goes on during the drain ({:?})", terminated.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!exit.is_finished(), "the agent waits for the gateway's connection");
+    drop(stream);
+    let (status, took) = exit.join().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(5), "exited {took:?} after SIGTERM");
     drop(agent_b);
 }

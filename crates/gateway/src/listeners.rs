@@ -72,6 +72,8 @@ pub struct GatewayListeners {
     tls_metrics: GatewayTlsMetrics,
     /// The grace of L4 connections whose route went, read at each drain.
     l4_drain: Arc<dyn Fn() -> Duration + Send + Sync>,
+    /// Connections of every port open now (with routing).
+    all_connections: Arc<std::sync::atomic::AtomicUsize>,
     running: BTreeMap<u16, Running>,
     /// Ports that could not be bound at the last try, with why.
     failing: BTreeMap<u16, String>,
@@ -89,6 +91,7 @@ impl GatewayListeners {
             max_connections: 0,
             tls_metrics: GatewayTlsMetrics::unregistered(),
             l4_drain: Arc::new(|| DEFAULT_L4_DRAIN),
+            all_connections: Arc::default(),
             running: BTreeMap::new(),
             failing: BTreeMap::new(),
         }
@@ -225,6 +228,7 @@ impl GatewayListeners {
                 handshake_timeout: self.handshake_timeout,
                 max_connections: self.max_connections,
                 connections: connections.clone(),
+                all_connections: self.all_connections.clone(),
                 tls_metrics: tls_metrics.clone(),
                 l4: l4.clone(),
             }),
@@ -248,6 +252,12 @@ impl GatewayListeners {
             .iter()
             .filter_map(|(port, r)| Some((*port, r.connections.as_ref()?.load(std::sync::atomic::Ordering::Relaxed))))
             .collect()
+    }
+
+    /// The connections every port serves now, stopped ports' included
+    /// (with routing): what a drain waits for.
+    pub fn open_connections(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.all_connections.clone()
     }
 
     /// Stops every listener; their connections drain.

@@ -285,6 +285,9 @@ pub struct GatewayRouting {
     pub max_connections: usize,
     /// Connections it serves now.
     pub connections: Arc<AtomicUsize>,
+    /// Connections every listener serves now (ports gone included, while
+    /// their connections drain).
+    pub all_connections: Arc<AtomicUsize>,
     /// Its TLS handshakes' series.
     pub tls_metrics: Arc<crate::metrics::PortTls>,
     /// Its open L4 connections (TLS passthrough, TCP), for their drain.
@@ -292,11 +295,16 @@ pub struct GatewayRouting {
 }
 
 /// One of a listener's connections, given back when its task ends.
-struct Slot(Arc<AtomicUsize>);
+/// (In its port's count and in every port's.)
+struct Slot {
+    port: Arc<AtomicUsize>,
+    all: Arc<AtomicUsize>,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.port.fetch_sub(1, Ordering::AcqRel);
+        self.all.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -347,7 +355,8 @@ pub async fn serve_gateway_listener(
                     let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
                     continue;
                 }
-                slot = Some(Slot(connections.clone()));
+                routing.all_connections.fetch_add(1, Ordering::AcqRel);
+                slot = Some(Slot { port: connections.clone(), all: routing.all_connections.clone() });
                 routing.routes.load().protocols.get(&port).copied()
             }
         };

@@ -54,6 +54,9 @@ pub struct GatewayTask {
     /// The TLS Secrets' watch, to run with the gateway.
     secrets_task: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
     report: GatewayReports,
+    /// Cancelled when the agent starts draining (SIGTERM): every listener
+    /// stops at once, and their connections drain.
+    drain: Option<CancellationToken>,
     /// With the Kubernetes source: each object's status to write back.
     status: Option<(
         edgemesh_kube::status::StatusWriter,
@@ -112,6 +115,7 @@ impl GatewayTask {
             },
             secrets_task: None,
             report,
+            drain: None,
             status: None,
         }
     }
@@ -143,6 +147,23 @@ impl GatewayTask {
         self
     }
 
+    /// Drains when `drain` is cancelled (the agent's drain at SIGTERM, as
+    /// the proxy's): every listener closes at once (new connections are
+    /// refused), HTTP connections end after their requests in flight, TLS
+    /// passthrough and TCP connections get the drain grace (see
+    /// [`GatewayTask::with_drain_timeout`]); nothing is bound again until
+    /// the process stops.
+    pub fn with_drain(mut self, drain: CancellationToken) -> Self {
+        self.drain = Some(drain);
+        self
+    }
+
+    /// The connections the gateway's listeners serve now (what the agent's
+    /// drain waits for, with the proxy's).
+    pub fn open_connections(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.listeners.open_connections()
+    }
+
     /// The reports, for the admin endpoint.
     pub fn reports(&self) -> GatewayReports {
         self.report.clone()
@@ -170,7 +191,18 @@ impl GatewayTask {
         let mut unbound_since: Option<std::time::Instant> = None;
         let mut poll = tokio::time::interval(CERTIFICATE_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let drain = self.drain.take().unwrap_or_default();
         loop {
+            if drain.is_cancelled() {
+                let open = self.listeners.open_connections().load(std::sync::atomic::Ordering::Acquire);
+                tracing::info!(
+                    connections = open,
+                    "gateway draining: listeners closed; established connections may finish"
+                );
+                self.listeners.reconcile(Default::default()).await;
+                shutdown.cancelled().await;
+                break;
+            }
             let snapshot = self.snapshots.borrow_and_update().clone();
             // A certificate file rewritten (rotated) compiles again.
             let stamp = self.certificates.files.stamp();
@@ -190,6 +222,7 @@ impl GatewayTask {
                 changed = self.snapshots.changed() => if changed.is_err() { break },
                 _ = poll.tick() => {}
                 Ok(()) = next_change(secrets.as_mut()) => secrets_moved = true,
+                () = drain.cancelled() => {}
                 () = shutdown.cancelled() => break,
             }
         }
