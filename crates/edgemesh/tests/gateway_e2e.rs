@@ -17,6 +17,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use edgemesh_test_support::scrape::{promtool_check, sample};
 use support::eventually;
 use support::http::{ANSWER, HttpBackend, block_on_in, spec, tally};
 use support::mesh::{Node, lan_pair, wait_for_peer};
@@ -413,6 +414,7 @@ spec:
             .then_some(())
     });
     assert_eq!(handshake_seconds_count(&agent_a, "default/site:18443"), seconds + 1.0);
+    promtool_check(&scrape(&agent_a));
     let status = agent_a.json("/gateway");
     assert!(status["ports"].as_array().unwrap().iter().all(|p| p["listening"].is_string()), "{status}");
     drop(agent_b);
@@ -421,19 +423,18 @@ spec:
 /// `edgemesh_gateway_tls_handshakes_total{listener,result}` in the agent's
 /// `/metrics` (0 when not served yet).
 fn handshakes(agent: &NsAgent, listener: &str, result: &str) -> f64 {
-    scraped(agent, "edgemesh_gateway_tls_handshakes_total", &format!("listener=\"{listener}\",result=\"{result}\""))
+    let series = format!("edgemesh_gateway_tls_handshakes_total{{listener=\"{listener}\",result=\"{result}\"}}");
+    sample(&scrape(agent), &series).unwrap_or(0.0)
 }
 
 /// How many completed handshakes `edgemesh_gateway_tls_handshake_seconds` observed.
 fn handshake_seconds_count(agent: &NsAgent, listener: &str) -> f64 {
-    scraped(agent, "edgemesh_gateway_tls_handshake_seconds_count", &format!("listener=\"{listener}\""))
+    let series = format!("edgemesh_gateway_tls_handshake_seconds_count{{listener=\"{listener}\"}}");
+    sample(&scrape(agent), &series).unwrap_or(0.0)
 }
 
-/// The value of `name{labels}` in the agent's `/metrics`, 0 when absent.
-fn scraped(agent: &NsAgent, name: &str, labels: &str) -> f64 {
-    let text = agent.get("/metrics").expect("the admin endpoint serves /metrics");
-    let series = format!("{name}{{{labels}}} ");
-    text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0.0, |v| v.parse().unwrap())
+fn scrape(agent: &NsAgent) -> String {
+    agent.get("/metrics").expect("the admin endpoint serves /metrics")
 }
 
 fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) {
