@@ -160,6 +160,16 @@ async fn forward(
         max_duration: std::time::Duration::ZERO,
     };
     let open = routing.l4.open(sni.map(String::into_boxed_str), action.clone());
+    // A compile that took the route between the lookup above and this
+    // registration was swept before the connection was there to see: the
+    // connection is refused as a new one without its route is. (Registered
+    // first, then checked: a later compile's sweep finds it.)
+    let port = ctx.pool.port;
+    let sni = open.sni();
+    if routing.routes.load().l4.get(&port).and_then(|t| t.route(sni)).is_none_or(|a| a.route != action.route) {
+        tracing::debug!(%peer, route = %route(), "connection refused: its route went as it was accepted");
+        return refuse(client);
+    }
     let forwarded = edgemesh_proxy::connection::forward(client, peer.ip(), &pool, &dial);
     if until_closed(forwarded, &open.close).await.is_none() {
         tracing::debug!(%peer, route = %route(), "connection closed: its route went and the drain grace is over");
@@ -216,8 +226,16 @@ struct Connection {
 pub(crate) struct Registered {
     connections: Arc<L4Connections>,
     id: u64,
+    sni: Option<Box<str>>,
     /// Cancelled when its drain's grace is over.
     pub(crate) close: CancellationToken,
+}
+
+impl Registered {
+    /// The server name it was routed by.
+    pub(crate) fn sni(&self) -> Option<&str> {
+        self.sni.as_deref()
+    }
 }
 
 impl Drop for Registered {
@@ -242,8 +260,8 @@ impl L4Connections {
         let mut open = self.lock();
         let id = open.next_id;
         open.next_id += 1;
-        open.connections.insert(id, Connection { sni, action, close: close.clone(), draining: None });
-        Registered { connections: self.clone(), id, close }
+        open.connections.insert(id, Connection { sni: sni.clone(), action, close: close.clone(), draining: None });
+        Registered { connections: self.clone(), id, sni, close }
     }
 
     /// Connections open now.
