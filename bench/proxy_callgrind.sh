@@ -17,6 +17,12 @@
 #            HTTPRoutes by hostname (as bench/gateway.sh), the first,
 #            shop.example, to the service; every mode's requests carry
 #            `Host: shop.example`
+#   -s       (with -p gateway) HTTPS: the listener terminates TLS (a
+#            self-signed certificate for shop.example from
+#            gateway.certificates); wrk connects to https://shop.example
+#            (SNI and Host), the name given the listener's address in an
+#            /etc/hosts of wrk's own mount namespace (unshare -m); with
+#            -t conn every request is a full handshake (wrk does not resume)
 #   extra arguments go to `edgemesh agent` (e.g. --proxy-workers 1)
 #
 # Starts a local nginx (keep-alive, 100-byte file) and the agent under
@@ -27,10 +33,11 @@
 # (127.129.0.20), CG_PORT (26180), CG_BACKEND_PORT (26181).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TEST=rr DUR=8 PROXY=agent
-while getopts t:d:p: o; do case $o in
-  t) TEST=$OPTARG ;; d) DUR=$OPTARG ;; p) PROXY=$OPTARG ;; *) sed -n '2,27p' "$0" >&2; exit 2 ;;
+TEST=rr DUR=8 PROXY=agent TLS=
+while getopts t:d:p:s o; do case $o in
+  t) TEST=$OPTARG ;; d) DUR=$OPTARG ;; p) PROXY=$OPTARG ;; s) TLS=1 ;; *) sed -n '2,33p' "$0" >&2; exit 2 ;;
 esac; done
+[[ -z $TLS || ( $PROXY == gateway && $TEST != h2 ) ]] || { echo "proxy_callgrind.sh: -s is for -p gateway, rr or conn" >&2; exit 2; }
 shift $((OPTIND - 1))
 [[ ${1:-} == -- ]] && shift
 VIP=${CG_VIP:-127.129.0.20} PORT=${CG_PORT:-26180} BPORT=${CG_BACKEND_PORT:-26181}
@@ -85,9 +92,19 @@ ports: [{name: http, port: $BPORT}]
 endpoints: [{addresses: [127.0.0.1], nodeName: bench}]
 YAML
 if [[ $PROXY == gateway ]]; then
+  listener="{name: web, port: $PORT, protocol: HTTP}"
+  if [[ -n $TLS ]]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=shop.example -addext subjectAltName=DNS:shop.example \
+      -keyout "$W/shop.key" -out "$W/shop.crt" 2>/dev/null
+    printf 'gateway:\n  certificates:\n  - {namespace: bench, name: shop-tls, certFile: %s, keyFile: %s}\n' \
+      "$W/shop.crt" "$W/shop.key" >"$W/config.yaml"
+    listener="{name: web, port: $PORT, protocol: HTTPS, hostname: shop.example, tls: {certificateRefs: [{name: shop-tls}]}}"
+    printf '127.0.0.1 localhost\n%s shop.example\n' "$VIP" >"$W/hosts"
+    set -- -c "$W/config.yaml" "$@"
+  fi
   {
     printf -- '---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: site, namespace: bench}\n'
-    printf 'spec:\n  gatewayClassName: edgemesh\n  listeners:\n  - {name: web, port: %s, protocol: HTTP}\n' "$PORT"
+    printf 'spec:\n  gatewayClassName: edgemesh\n  listeners:\n  - %s\n' "$listener"
     for i in $(seq 1 "${ROUTES:-20}"); do
       host=shop$i.example; [[ $i != 1 ]] || host=shop.example
       printf -- '---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r%s, namespace: bench}\n' "$i"
@@ -132,11 +149,16 @@ PIDS+=($AGENT)
 # (nginx's listener speaks HTTP/2 only when the test does.)
 probe=(curl -sf -o /dev/null -H 'Host: shop.example')
 [[ $TEST == h2 ]] && probe+=(--http2-prior-knowledge)
+url=http://$VIP:$PORT/f
+if [[ -n $TLS ]]; then
+  probe+=(--cacert "$W/shop.crt" --resolve "shop.example:$PORT:$VIP")
+  url=https://shop.example:$PORT/f
+fi
 for _ in $(seq 600); do
-  "${probe[@]}" "http://$VIP:$PORT/f" && break
+  "${probe[@]}" "$url" && break
   sleep 0.1
 done
-"${probe[@]}" "http://$VIP:$PORT/f" || { cat "$W/agent.log" >&2; exit 1; }
+"${probe[@]}" "$url" || { cat "$W/agent.log" >&2; exit 1; }
 callgrind_control -z "$AGENT" >/dev/null 2>&1
 hdr=(-H 'Host: shop.example')
 [[ $TEST == conn ]] && hdr+=(-H 'Connection: close')
@@ -144,7 +166,13 @@ if [[ $TEST == h2 ]]; then
   out=$(h2load -c10 -m10 -t2 -D"$DUR" "http://$VIP:$PORT/f")
   requests=$(awk '/^requests:/ {print $8}' <<<"$out")
 else
-  out=$(wrk -t2 -c50 -d"${DUR}s" "${hdr[@]}" "http://$VIP:$PORT/f")
+  if [[ -n $TLS ]]; then
+    # (shop.example resolves to the listener in wrk's own /etc/hosts only.)
+    out=$(unshare -m sh -c 'mount --bind "$1" /etc/hosts && shift && exec "$@"' sh "$W/hosts" \
+      wrk -t2 -c50 -d"${DUR}s" "${hdr[@]}" "$url")
+  else
+    out=$(wrk -t2 -c50 -d"${DUR}s" "${hdr[@]}" "$url")
+  fi
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
 fi
 callgrind_control -d "$AGENT" >/dev/null 2>&1
@@ -152,5 +180,5 @@ sleep 1
 # The dump after the zeroing covers exactly the wrk run: the file of part 1
 # (the rest, to exit, goes to the file without a suffix).
 ir=$(awk '/^summary:/ {print $2}' "$W/cg.out.1")
-python3 -c "import json,sys; r=int(sys.argv[3]); print(json.dumps({'proxy':sys.argv[1],'test':sys.argv[2],'requests':r,'ir':int(sys.argv[4]),'ir_per_request':round(int(sys.argv[4])/max(r,1)),'args':sys.argv[5:]}))" \
-  "$PROXY" "$TEST" "$requests" "$ir" "$@"
+python3 -c "import json,sys; r=int(sys.argv[3]); print(json.dumps({'proxy':sys.argv[1],'test':sys.argv[2],'tls':sys.argv[5]=='1','requests':r,'ir':int(sys.argv[4]),'ir_per_request':round(int(sys.argv[4])/max(r,1)),'args':sys.argv[6:]}))" \
+  "$PROXY" "$TEST" "$requests" "$ir" "${TLS:-0}" "$@"

@@ -276,6 +276,10 @@ impl Agent {
         let config = Arc::new(config);
         let logging = deps.logging.clone().unwrap_or_else(|| LogControl::detached(&config.log_level));
         let lifecycle = Lifecycle::new(config.clone(), configured_mode, logging);
+        let gateway = gateway.map(|g| {
+            let lifecycle = lifecycle.clone();
+            g.with_drain_timeout(move || lifecycle.config().drain_timeout)
+        });
         let admin = AdminServer::bind(
             config.admin.listen,
             AdminState {
@@ -395,8 +399,10 @@ impl Agent {
         if let Some(socks) = self.socks {
             components.spawn("the SOCKS5 entry", ok(socks.run(shutdown.clone())));
         }
+        // Drained with the proxy (SIGTERM); its connections are waited for too.
+        let gateway_open = self.gateway.as_ref().map(gateway::GatewayTask::open_connections);
         if let Some(gateway) = self.gateway {
-            components.spawn("the edge gateway", ok(gateway.run(shutdown.clone())));
+            components.spawn("the edge gateway", ok(gateway.with_drain(drain.clone()).run(shutdown.clone())));
         }
         if let Some(source) = self.reload {
             let reloader = Reloader::new(source, self.host, self.lifecycle.clone(), self.live);
@@ -440,7 +446,11 @@ impl Agent {
         let proxy_done = match &outcome {
             Ok(()) => {
                 let grace = self.lifecycle.config().drain_timeout;
-                drain::connections(&proxy_status, &mut proxy_task, &drain, grace, force).await == DrainEnd::Finished
+                let gateway = gateway_open.as_deref();
+                let end = drain::connections(&proxy_status, gateway, &mut proxy_task, &drain, grace, force).await;
+                // (The proxy may have ended while the gateway's connections
+                // had not: its handle is then joined already.)
+                end == DrainEnd::Finished || proxy_task.is_finished()
             }
             Err(_) => proxy_task.is_finished(),
         };

@@ -17,6 +17,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use edgemesh_test_support::scrape::{promtool_check, sample};
 use support::eventually;
 use support::http::{ANSWER, HttpBackend, block_on_in, spec, tally};
 use support::mesh::{Node, lan_pair, wait_for_peer};
@@ -384,9 +385,56 @@ spec:
         (https("second.crt") == "web-on-b\n").then_some(())
     });
     assert_eq!(https("first.crt"), "", "the first certificate is no longer served");
+
+    // The admin endpoint's /metrics counts handshakes by how they ended:
+    // a good one, a name no listener has a certificate for, plain HTTP to
+    // the HTTPS port; and times the completed ones.
+    let before = |result| handshakes(&agent_a, "default/site:18443", result);
+    let (ok, no_certificate, protocol) = (before("ok"), before("no_certificate"), before("protocol"));
+    let seconds = handshake_seconds_count(&agent_a, "default/site:18443");
+    assert_eq!(https("second.crt"), "web-on-b\n");
+    let wrong_name = site.client.exec(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "-k",
+        "--resolve",
+        "other.example:18443:10.0.0.2",
+        "https://other.example:18443/",
+    ]);
+    assert!(!wrong_name.status.success(), "no certificate for other.example");
+    assert!(
+        site.client.curl_with(&["--max-time", "5"], "http://10.0.0.2:18443/").is_none(),
+        "plain HTTP is not served"
+    );
+    eventually(Duration::from_secs(5), "the handshakes counted", || {
+        let now = |result| handshakes(&agent_a, "default/site:18443", result);
+        (now("ok") == ok + 1.0 && now("no_certificate") == no_certificate + 1.0 && now("protocol") == protocol + 1.0)
+            .then_some(())
+    });
+    assert_eq!(handshake_seconds_count(&agent_a, "default/site:18443"), seconds + 1.0);
+    promtool_check(&scrape(&agent_a));
     let status = agent_a.json("/gateway");
     assert!(status["ports"].as_array().unwrap().iter().all(|p| p["listening"].is_string()), "{status}");
     drop(agent_b);
+}
+
+/// `edgemesh_gateway_tls_handshakes_total{listener,result}` in the agent's
+/// `/metrics` (0 when not served yet).
+fn handshakes(agent: &NsAgent, listener: &str, result: &str) -> f64 {
+    let series = format!("edgemesh_gateway_tls_handshakes_total{{listener=\"{listener}\",result=\"{result}\"}}");
+    sample(&scrape(agent), &series).unwrap_or(0.0)
+}
+
+/// How many completed handshakes `edgemesh_gateway_tls_handshake_seconds` observed.
+fn handshake_seconds_count(agent: &NsAgent, listener: &str) -> f64 {
+    let series = format!("edgemesh_gateway_tls_handshake_seconds_count{{listener=\"{listener}\"}}");
+    sample(&scrape(agent), &series).unwrap_or(0.0)
+}
+
+fn scrape(agent: &NsAgent) -> String {
+    agent.get("/metrics").expect("the admin endpoint serves /metrics")
 }
 
 fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) {
@@ -440,6 +488,11 @@ fn edgemesh_s_own_tls_gateway_example_works_unchanged_with_client_certificates()
     assert!(counts[0] > 0 && counts[1] > 0, "both nodes' endpoints answer: {counts:?}");
     let (ok, body) = https(false);
     assert!(!ok && body.is_empty(), "no client certificate, no answer: {body}");
+    // Counted in /metrics as a client certificate refused.
+    eventually(Duration::from_secs(5), "the refused handshake counted", || {
+        (handshakes(&agent, "default/edgemesh-gateway:23333", "client_certificate") == 1.0).then_some(())
+    });
+    assert!(handshakes(&agent, "default/edgemesh-gateway:23333", "ok") >= 20.0);
 
     let status = agent.json("/gateway");
     assert_eq!(status["refused"], serde_json::json!([]), "{status}");
@@ -510,4 +563,139 @@ fn a_listener_whose_port_is_taken_is_pending_and_served_once_the_port_is_free() 
     let programmed = listener_programmed(&agent).expect("Programmed");
     assert_eq!(programmed["status"], "True", "{programmed}");
     assert_eq!(agent.log().matches("gateway listener cannot bind").count(), 1, "warned once, not at every retry");
+}
+
+/// A Gateway with one TCP listener, port 18502.
+const PLC_LISTENER: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: site
+  namespace: default
+spec:
+  gatewayClassName: edgemesh
+  listeners:
+  - name: plc
+    port: 18502
+    protocol: TCP
+";
+
+/// Its TCPRoute to Service `plc` port 502.
+const PLC_ROUTE: &str = "\
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata:
+  name: plc
+  namespace: default
+spec:
+  parentRefs:
+  - name: site
+  rules:
+  - backendRefs:
+    - name: plc
+      port: 502
+";
+
+/// The TCP listener and route to Service `plc`, whose endpoint is an echo
+/// server on node-b (reached through the tunnel); both agents started,
+/// node-a's with the gateway and `args`.
+fn plc_site(args: &[&str]) -> (Site, support::netns::TcpEcho, NsAgent, NsAgent) {
+    let site = Site::new();
+    let echo = support::netns::TcpEcho::start(&site.b.ns, "10.0.0.3:9000");
+    let plc = spec("plc", "modbus", 502, &["10.0.0.3"], 9000).node("node-b").yaml();
+    site.manifests(&[plc], &format!("{PLC_LISTENER}{PLC_ROUTE}"));
+    let agent_b = site.b.start(&[]);
+    let agent_a = site.a.start(&[&["--gateway"][..], args].concat());
+    wait_for_peer(&agent_a, "node-b", "node-a to find node-b", |_| true);
+    (site, echo, agent_a, agent_b)
+}
+
+/// A connection from the client to the TCP listener.
+fn plc_connect(site: &Site) -> std::io::Result<std::net::TcpStream> {
+    support::netns::in_netns(&site.client.name, || std::net::TcpStream::connect("10.0.0.2:18502"))
+}
+
+/// One round trip on `stream`: whether the echo came back within a second.
+fn echoes(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::{Read, Write};
+    stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut back = [0u8; 11];
+    stream.write_all(b"read coils\n").is_ok() && stream.read_exact(&mut back).is_ok() && &back == b"read coils\n"
+}
+
+/// A stream through the listener, once it echoes (the route is live).
+fn plc_stream(site: &Site) -> std::net::TcpStream {
+    eventually(Duration::from_secs(10), "the TCPRoute to node-b", || {
+        let mut stream = plc_connect(site).ok()?;
+        echoes(&mut stream).then_some(stream)
+    })
+}
+
+/// L4 drain through the agent (`--drain-timeout 3s`): a long-lived TCP
+/// stream through a TCPRoute to node-b's endpoint (through the tunnel)
+/// keeps working after the route is deleted, until the grace, then is
+/// closed; new connections are refused as soon as the change applies.
+#[test]
+fn a_tcp_stream_goes_on_for_drain_timeout_after_its_route_is_deleted() {
+    use std::io::Read;
+    let (site, _echo, agent_a, agent_b) = plc_site(&["--drain-timeout", "3s"]);
+    let mut stream = plc_stream(&site);
+
+    let deleted = Instant::now();
+    site.routing(PLC_LISTENER);
+    // New connections are refused once the change applies; the stream
+    // still works meanwhile and until the grace is nearly over.
+    eventually(Duration::from_secs(2), "new connections refused", || {
+        plc_connect(&site).map_or(true, |mut s| !echoes(&mut s)).then_some(())
+    });
+    let mut trips = 0;
+    while deleted.elapsed() < Duration::from_millis(2500) {
+        assert!(echoes(&mut stream), "the stream works within the grace ({:?})", deleted.elapsed());
+        trips += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(trips >= 10, "{trips}");
+    // Closed at the grace's end (the change applied within a second or so).
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let end = stream.read(&mut [0u8; 16]);
+    let after = deleted.elapsed();
+    assert!(
+        matches!(end, Ok(0)) || end.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{end:?}"
+    );
+    assert!(
+        after >= Duration::from_secs(3) && after < Duration::from_millis(5500),
+        "closed {after:?} after the change"
+    );
+    assert!(agent_a.log().contains("drain grace is over"), "the log says so");
+    drop(agent_b);
+}
+
+/// SIGTERM drains the gateway with the proxy: its listeners close at once
+/// (a new connection is refused), an open TCP stream through it goes on,
+/// and the agent waits for it: it exits once the client ends the stream,
+/// well before `drainTimeout` (10 s).
+#[test]
+fn sigterm_closes_the_gateway_listeners_and_waits_for_their_connections() {
+    let (site, _echo, agent_a, agent_b) = plc_site(&["--drain-timeout", "10s"]);
+    let mut stream = plc_stream(&site);
+    let log = agent_a.log_path();
+    let terminated = Instant::now();
+    let exit = std::thread::spawn(move || (agent_a.terminate(), terminated.elapsed()));
+    eventually(Duration::from_secs(2), "the drain to start", || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("gateway draining").then_some(())
+    });
+    let refused = plc_connect(&site);
+    assert!(refused.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused), "{refused:?}");
+    while terminated.elapsed() < Duration::from_millis(1500) {
+        assert!(echoes(&mut stream), "the stream goes on during the drain ({:?})", terminated.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!exit.is_finished(), "the agent waits for the gateway's connection");
+    drop(stream);
+    let (status, took) = exit.join().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(5), "exited {took:?} after SIGTERM");
+    drop(agent_b);
 }

@@ -282,6 +282,7 @@ fn translate_gateway(gateway: &IstioGateway, refused: &mut Vec<String>, notes: &
                     namespaces: Some(schema::RouteNamespaces { from: Some("All".to_owned()) }),
                     kinds: None,
                 }),
+                tls_group: Some(base.clone()),
             });
         }
     }

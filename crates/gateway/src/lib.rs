@@ -36,7 +36,8 @@
 //!   choice, reload by compile) and TLS settings.
 //! - [`sni`]: a ClientHello's server name, read without terminating TLS.
 //! - [`l4`]: TLS passthrough (TLSRoute) and TCP (TCPRoute) listeners,
-//!   forwarded through the agent's L4 path.
+//!   forwarded through the agent's L4 path; their connections drained
+//!   (a grace, then closed) when their route goes.
 //! - [`config`]: the agent config's `gateway` section.
 //! - [`istio`]: EdgeMesh's Istio `Gateway` and `VirtualService`, translated
 //!   into Gateway API objects (migration).
@@ -47,8 +48,10 @@
 //! - [`status`]: that status shaped as the Gateway API's CRDs define it,
 //!   merged over what an object has, for writing back to Kubernetes.
 //! - [`serve`]: a listener's requests, routed and sent through the
-//!   agent's HTTP front and dispatcher.
+//!   agent's HTTP front and dispatcher; on HTTPS, a request for another
+//!   listener's host than the TLS session's is answered 421.
 //! - [`listeners`]: the bound ports, reconciled against the objects.
+//! - [`metrics`]: the TLS handshake series.
 //! - [`workers`]: the threads the listeners' connections run on.
 #![forbid(unsafe_code)]
 
@@ -62,6 +65,7 @@ pub mod istio;
 pub mod l4;
 pub mod listeners;
 pub mod matching;
+pub mod metrics;
 pub mod objects;
 pub mod report;
 pub mod schema;

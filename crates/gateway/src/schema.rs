@@ -54,6 +54,12 @@ pub struct Listener {
     pub protocol: String,
     pub tls: Option<ListenerTls>,
     pub allowed_routes: Option<AllowedRoutes>,
+    /// Not an API field: the listeners translated from one Istio server
+    /// (one per host) share its name here, so that a request for one of its
+    /// hosts over a TLS session made for another is not misdirected (421):
+    /// Istio serves a server's hosts as one. None: the listener alone.
+    #[serde(skip)]
+    pub tls_group: Option<String>,
 }
 
 /// A listener's `tls`: what `HTTPS` and `TLS` listeners do with TLS.

@@ -41,6 +41,7 @@ use crate::compile::Protocol;
 use crate::filter::{HeaderEdits, Origin};
 use crate::hostname::request_host;
 use crate::matching::RequestView;
+use crate::metrics::Handshake;
 
 /// The agent's pools of Service ports, for the routes' backends.
 pub trait ServicePools: Send + Sync + 'static {
@@ -118,6 +119,12 @@ impl GatewayUpstream {
             Some(_) => "http",
             None => self.scheme,
         };
+        if scheme == "https"
+            && let Some(server_name) = session_server_name(&ctx.pool)
+            && compiled.tls.get(&listener_port).is_none_or(|certs| certs.misdirected(server_name, &host))
+        {
+            return Err(DispatchError::Misdirected { host: host.into_owned(), server_name: server_name.to_owned() });
+        }
         let table = compiled.tables.get(&listener_port).ok_or_else(no_route)?;
         let view = RequestView {
             method: req.method(),
@@ -223,6 +230,30 @@ pub fn listener_pool(gateway: &ObjectRef, ip: std::net::IpAddr, port: u16) -> Ar
     Arc::new(Pool::new(ServiceKey::new(&gateway.namespace, &gateway.name), SocketAddr::new(ip, port), targets))
 }
 
+/// The server name a TLS session's ClientHello gave, kept in the
+/// session's own pseudo pool (its extension slot, which no dispatcher uses:
+/// a gateway request is sent with its backend's pool), the only value the
+/// front hands from a connection to each of its requests.
+#[derive(Default)]
+struct SessionServerName(Option<Box<str>>);
+
+/// The pseudo pool of an HTTPS session whose ClientHello named
+/// `server_name`: `listener`'s names and port (the same metrics and error
+/// texts), and the name (as requests' hosts are compared: lowercase, no
+/// trailing dot), for the 421 check of each request.
+fn session_pool(listener: &Pool, server_name: &str) -> Arc<Pool> {
+    let targets = Targets::new(LbStrategy::RoundRobin, Arc::from(Vec::new()));
+    let pool = Pool::new(listener.service.clone(), listener.addr, targets);
+    pool.extension(|| SessionServerName(Some(request_host(server_name).into())));
+    Arc::new(pool)
+}
+
+/// The server name the connection of `pool` (its pseudo pool) gave in
+/// its ClientHello; None without one, or on a connection without TLS.
+fn session_server_name(pool: &Pool) -> Option<&str> {
+    pool.extension(SessionServerName::default)?.0.as_deref()
+}
+
 /// What every connection of one listener shares.
 #[derive(Clone)]
 pub struct ListenerContext {
@@ -254,14 +285,26 @@ pub struct GatewayRouting {
     pub max_connections: usize,
     /// Connections it serves now.
     pub connections: Arc<AtomicUsize>,
+    /// Connections every listener serves now (ports gone included, while
+    /// their connections drain).
+    pub all_connections: Arc<AtomicUsize>,
+    /// Its TLS handshakes' series.
+    pub tls_metrics: Arc<crate::metrics::PortTls>,
+    /// Its open L4 connections (TLS passthrough, TCP), for their drain.
+    pub l4: Arc<crate::l4::L4Connections>,
 }
 
 /// One of a listener's connections, given back when its task ends.
-struct Slot(Arc<AtomicUsize>);
+/// (In its port's count and in every port's.)
+struct Slot {
+    port: Arc<AtomicUsize>,
+    all: Arc<AtomicUsize>,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.port.fetch_sub(1, Ordering::AcqRel);
+        self.all.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -312,7 +355,8 @@ pub async fn serve_gateway_listener(
                     let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
                     continue;
                 }
-                slot = Some(Slot(connections.clone()));
+                routing.all_connections.fetch_add(1, Ordering::AcqRel);
+                slot = Some(Slot { port: connections.clone(), all: routing.all_connections.clone() });
                 routing.routes.load().protocols.get(&port).copied()
             }
         };
@@ -394,7 +438,8 @@ fn http_connection(client: ClientStream, peer: SocketAddr, ctx: &ListenerContext
 }
 
 /// An HTTPS connection: the TLS handshake (the certificate chosen by SNI
-/// from the current compile), then the HTTP front over the session.
+/// from the current compile), counted by how it ended, then the HTTP
+/// front over the session.
 async fn https(
     client: TcpStream,
     peer: SocketAddr,
@@ -402,14 +447,46 @@ async fn https(
     ctx: ListenerContext,
     routing: GatewayRouting,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(routing.tls);
-    let session = tokio::select! {
-        () = ctx.drain.cancelled() => return,
-        handshake = tokio::time::timeout(routing.handshake_timeout, acceptor.accept(client)) => handshake,
+    let started = tokio::time::Instant::now();
+    let port = ctx.pool.port;
+    let handshake = async {
+        // The ClientHello first: whether a listener has a certificate for
+        // its name is known here (rustls' own error would not say).
+        let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client).await?;
+        let server_name = hello.client_hello().server_name().map(str::to_owned);
+        let known = routing.routes.load().tls.get(&port).is_some_and(|c| c.choose(server_name.as_deref()).is_some());
+        // (Without a certificate, rustls answers the handshake with an alert.)
+        let session = hello.into_stream(routing.tls.clone()).await;
+        Ok::<_, std::io::Error>((session, known, server_name))
     };
-    match session {
-        Ok(Ok(session)) => front.serve(http_connection(ClientStream::Tls(Box::new(session)), peer, &ctx)).await,
-        Ok(Err(e)) => tracing::debug!(%peer, port = ctx.pool.port, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(%peer, port = ctx.pool.port, "TLS handshake not complete in time"),
+    let ended = tokio::select! {
+        () = ctx.drain.cancelled() => return,
+        ended = tokio::time::timeout(routing.handshake_timeout, handshake) => ended,
+    };
+    let metrics = routing.tls_metrics.get();
+    let session = match ended {
+        Ok(Ok((Ok(session), _, _))) => session,
+        Ok(Ok((Err(e), known, server_name))) => {
+            let result = if known { Handshake::of_error(&e) } else { Handshake::NoCertificate };
+            tracing::debug!(%peer, port, ?server_name, result = result.as_str(), error = %e, "TLS handshake failed");
+            return metrics.record(result, started.elapsed());
+        }
+        Ok(Err(e)) => {
+            let result = Handshake::of_error(&e);
+            tracing::debug!(%peer, port, result = result.as_str(), error = %e, "no TLS ClientHello");
+            return metrics.record(result, started.elapsed());
+        }
+        Err(_) => {
+            tracing::debug!(%peer, port, "TLS handshake not complete in time");
+            return metrics.record(Handshake::Timeout, started.elapsed());
+        }
+    };
+    metrics.record(Handshake::Ok, started.elapsed());
+    // (With a server name, the session's own pseudo pool carries it.)
+    let named = session.get_ref().1.server_name().map(|name| session_pool(&ctx.pool, name));
+    let mut conn = http_connection(ClientStream::Tls(Box::new(session)), peer, &ctx);
+    if let Some(pool) = named {
+        conn.pool = pool;
     }
+    front.serve(conn).await;
 }

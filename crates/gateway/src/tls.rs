@@ -165,30 +165,73 @@ pub fn parse(pem: &CertificatePem, provider: &CryptoProvider) -> Result<Arc<Cert
 #[derive(Clone, Debug, Default)]
 pub struct SniCertificates {
     /// Most specific hostname first.
-    entries: Vec<(Hostname, Arc<CertifiedKey>)>,
+    entries: Vec<SniEntry>,
+}
+
+#[derive(Clone, Debug)]
+struct SniEntry {
+    host: Hostname,
+    /// The TLS context a session chosen by `host` was made for: the
+    /// listener (`namespace/gateway/listener`), or the Istio server its
+    /// listeners were translated from.
+    listener: Arc<str>,
+    key: Arc<CertifiedKey>,
 }
 
 impl SniCertificates {
-    pub fn push(&mut self, host: Hostname, key: Arc<CertifiedKey>) {
-        self.entries.push((host, key));
-        self.entries.sort_by(|a, b| b.0.specificity(&a.0));
+    /// Adds listener `listener`'s certificate for `host`.
+    pub fn push(&mut self, host: Hostname, listener: Arc<str>, key: Arc<CertifiedKey>) {
+        self.entries.push(SniEntry { host, listener, key });
+        self.entries.sort_by(|a, b| b.host.specificity(&a.host));
     }
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    /// The certificate for a ClientHello naming `sni` (or none): the most
-    /// specific listener hostname covering it, else the listener without
-    /// hostname.
-    pub fn choose(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
-        let host = sni.map(request_host);
+    /// The most specific entry covering `name` (`None`: no SNI), else the
+    /// listener without hostname.
+    fn entry(&self, name: Option<&str>) -> Option<&SniEntry> {
+        let host = name.map(request_host);
         let covers = |h: &Hostname| match (&host, h) {
             (_, Hostname::Any) => true,
             (Some(name), h) => h.matches(name),
             (None, _) => false,
         };
-        self.entries.iter().find(|(h, _)| covers(h)).map(|(_, key)| key)
+        self.entries.iter().find(|e| covers(&e.host))
+    }
+
+    /// The certificate for a ClientHello naming `sni` (or none): the most
+    /// specific listener hostname covering it, else the listener without
+    /// hostname.
+    pub fn choose(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        self.entry(sni).map(|e| &e.key)
+    }
+
+    /// The listener that serves `name` on this port, chosen as a
+    /// certificate is (`namespace/gateway/listener`, or the Istio server).
+    pub fn listener(&self, name: &str) -> Option<&str> {
+        self.entry(Some(name)).map(|e| &*e.listener)
+    }
+
+    /// Whether a request for `host`, over a TLS session whose ClientHello
+    /// named `sni`, is misdirected (answered 421, RFC 9110 section
+    /// 15.5.20): the listener the SNI chose is not the one `host` belongs
+    /// to, or either has none here (a listener removed since the
+    /// handshake). A client that reuses a session for another name
+    /// (HTTP/2 connection coalescing under a certificate with several or
+    /// wildcard names, or a Host header that differs from the SNI) must
+    /// open a new connection for it, so that it is routed, and its client
+    /// certificate checked, by the listener the name belongs to.
+    pub fn misdirected(&self, sni: &str, host: &str) -> bool {
+        // (The common case, a request for the session's own name: one lookup.)
+        if sni == host {
+            return self.listener(host).is_none();
+        }
+        match (self.listener(sni), self.listener(host)) {
+            (Some(session), Some(request)) => session != request,
+            _ => true,
+        }
     }
 }
 

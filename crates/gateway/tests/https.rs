@@ -352,4 +352,203 @@ spec:
     assert!(!ok && !out.contains(" 200"), "without a client certificate: {out}");
     let (ok, out) = curl(&[&base[..], &["--cert", &other_crt, "--key", &other_key, &url]].concat()).await;
     assert!(!ok && !out.contains(" 200"), "with another CA's certificate: {out}");
+    // Counted: one handshake done, two refused for their client certificate.
+    let handshakes = |result: &str| format!("listener=\"shop/edge:{port}\",result=\"{result}\"");
+    let total = "edgemesh_gateway_tls_handshakes_total";
+    assert_eq!(gateway.metric_reaches(total, &handshakes("client_certificate"), 2.0).await, 2.0);
+    assert_eq!(gateway.metric(total, &handshakes("ok")), 1.0);
+}
+
+/// A request whose Host belongs to another listener than the one the TLS
+/// session's SNI chose is answered 421 on that connection (which stays
+/// usable), over HTTP/1.1 and HTTP/2 (`:authority`), from curl (`--resolve`
+/// and `--connect-to` with a Host that differs from the URL's name, the
+/// SNI) and from a client reusing one session for several names (HTTP/2
+/// connection coalescing under the wildcard certificate); a Host of the
+/// session's own listener is served, and without SNI there is no check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_for_another_listeners_host_on_a_tls_session_is_misdirected() {
+    let ca = Ca::new();
+    let certs = MemoryCertificates::default();
+    certs.set("shop", "shop-tls", ca.issue(&["shop.example.com"]).pem);
+    certs.set("shop", "wild-tls", ca.issue(&["*.example.com"]).pem);
+    certs.set("shop", "default-tls", ca.issue(&["default.test", "other.test"]).pem);
+    let port = 18444;
+    let compiled = Loaded::parse(&objects(port)).compile(&[("shop/web", 80)], &certs);
+    let pools = StaticPools::default().with("shop", "web", 80, http_backend("web").await, AppProtocol::Http1);
+    let gateway = RunningGateway::start(compiled, pools, own_loopback(3)).await;
+    let ip = gateway.ip;
+
+    // One session, SNI cart.example.com (the wildcard listener, whose
+    // certificate also covers shop.example.com): its own names are served,
+    // shop.example.com (its own listener) and the default listener's are 421.
+    let client = ca.client();
+    let (mut session, _) = tls_connect(&client, gateway.addr(port), "cart.example.com").await.unwrap();
+    for (host, want) in [
+        ("cart.example.com", 200),
+        ("other.example.com", 200),
+        (&format!("Cart.Example.com:{port}") as &str, 200),
+        ("shop.example.com", 421),
+        ("default.test", 421),
+        ("cart.example.com", 200),
+    ] {
+        let (status, body) = get(&mut session, host, "/").await.unwrap();
+        assert_eq!(status, want, "{host}: {body}");
+        if want == 421 {
+            assert!(body.contains("server name cart.example.com") && body.contains("new connection"), "{body}");
+        }
+    }
+    // A session made for the default listener (a name no other covers)
+    // serves names only it covers.
+    let (mut session, _) = tls_connect(&client, gateway.addr(port), "default.test").await.unwrap();
+    assert_eq!(get(&mut session, "other.test", "/").await.unwrap().0, 200);
+    assert_eq!(get(&mut session, "cart.example.com", "/").await.unwrap().0, 421);
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let ca_arg = ca_file.to_str().unwrap();
+    let resolve = format!("cart.example.com:{port}:{ip}");
+    let connect_to = format!("shop.example.com:{port}:{ip}:{port}");
+    let cart = format!("https://cart.example.com:{port}/");
+    let shop = format!("https://shop.example.com:{port}/");
+    let out = "%{http_code} %{http_version}";
+    for (version, want_version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let cases: [(&[&str], &str, &str); 4] = [
+            (&["--resolve", &resolve, &cart], "cart.example.com", "200"),
+            (&["--resolve", &resolve, &cart], "shop.example.com", "421"),
+            (&["--connect-to", &connect_to, &shop], "shop.example.com", "200"),
+            (&["--connect-to", &connect_to, &shop], "cart.example.com", "421"),
+        ];
+        for (args, host, want) in cases {
+            let host_header = format!("Host: {host}");
+            let common = ["--cacert", ca_arg, version, "-o", "/dev/null", "-w", out, "-H", &host_header];
+            let (ok, text) = curl(&[&common[..], args].concat()).await;
+            assert!(ok, "{version} {args:?} Host {host}: {text}");
+            assert_eq!(text, format!("{want} {want_version}"), "{version} {args:?} Host {host}");
+        }
+    }
+    // No SNI (curl sends none for an address): nothing to compare, routed
+    // by the Host as before.
+    let (ok, text) =
+        curl(&["-k", "-H", "Host: shop.example.com", "-w", " %{http_code}", &format!("https://{ip}:{port}/")]).await;
+    assert!(ok && text.ends_with(" 200"), "{text}");
+
+    // HTTP/2 connection coalescing: one h2 session for cart.example.com,
+    // then a stream for shop.example.com on it.
+    let statuses = h2_on_one_session(
+        &ca,
+        gateway.addr(port),
+        "cart.example.com",
+        port,
+        &["cart.example.com", "shop.example.com", "x.example.com"],
+    )
+    .await;
+    assert_eq!(statuses, [200, 421, 200]);
+}
+
+/// One HTTP/2 session (ALPN h2) for server name `sni`, and a GET for each
+/// of `hosts` on it (`:authority` host:port); their statuses.
+async fn h2_on_one_session(ca: &Ca, addr: std::net::SocketAddr, sni: &str, port: u16, hosts: &[&str]) -> Vec<u16> {
+    let tls = ca.client_config_with_alpn(&[b"h2"]);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    let session = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.unwrap();
+    assert_eq!(session.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let io = hyper_util::rt::TokioIo::new(session);
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(conn);
+    let mut statuses = Vec::new();
+    for host in hosts {
+        let req = hyper::Request::get(format!("https://{host}:{port}/"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        statuses.push(sender.send_request(req).await.unwrap().status().as_u16());
+    }
+    statuses
+}
+
+/// Every TLS handshake on an HTTPS port is counted by how it ended, and
+/// the completed ones' durations observed: completed (curl, rustls), a
+/// name no listener has a certificate for, a client that does not trust
+/// the certificate (its alert), plain HTTP to the port, a connection closed
+/// before its ClientHello, and one that sends nothing until the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_are_counted_by_how_they_ended() {
+    let ca = Ca::new();
+    let certs = MemoryCertificates::default();
+    certs.set("shop", "shop-tls", ca.issue(&["shop.example.com"]).pem);
+    certs.set("shop", "wild-tls", ca.issue(&["*.example.com"]).pem);
+    let port = 18449;
+    // No listener without hostname: a name outside *.example.com has no certificate.
+    let yaml = objects(port).replace(
+        &format!(
+            "  - {{name: default, port: {port}, protocol: HTTPS, tls: {{certificateRefs: [{{name: default-tls}}]}}}}\n"
+        ),
+        "",
+    );
+    assert!(!yaml.contains("default-tls"));
+    let compiled = Loaded::parse(&yaml).compile(&[("shop/web", 80)], &certs);
+    let pools = StaticPools::default().with("shop", "web", 80, http_backend("web").await, AppProtocol::Http1);
+    let gateway = RunningGateway::start(compiled, pools, own_loopback(9)).await;
+    let ip = gateway.ip;
+    let addr = gateway.addr(port);
+    let handshakes = |result: &str| format!("listener=\"shop/edge:{port}\",result=\"{result}\"");
+    let total = "edgemesh_gateway_tls_handshakes_total";
+    // Before any: no series for the port.
+    assert_eq!(gateway.metric(total, &handshakes("ok")), 0.0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let resolve = format!("shop.example.com:{port}:{ip}");
+    let (ok, out) = curl(&[
+        "--cacert",
+        ca_file.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+        &format!("https://shop.example.com:{port}/"),
+    ])
+    .await;
+    assert!(ok, "{out}");
+    let (mut session, _) = tls_connect(&ca.client_without_resumption(), addr, "cart.example.com").await.unwrap();
+    assert_eq!(get(&mut session, "cart.example.com", "/").await.unwrap().0, 200);
+    assert_eq!(gateway.metric_reaches(total, &handshakes("ok"), 2.0).await, 2.0);
+
+    // A name no listener covers.
+    assert!(tls_connect(&ca.client(), addr, "other.test").await.is_err());
+    assert_eq!(gateway.metric_reaches(total, &handshakes("no_certificate"), 1.0).await, 1.0);
+    // A client of another CA refuses the certificate with an alert.
+    assert!(tls_connect(&Ca::new().client(), addr, "shop.example.com").await.is_err());
+    assert_eq!(gateway.metric_reaches(total, &handshakes("rejected"), 1.0).await, 1.0);
+    // Plain HTTP to the HTTPS port.
+    let (ok, _) = curl(&[&format!("http://{ip}:{port}/")]).await;
+    assert!(!ok);
+    assert_eq!(gateway.metric_reaches(total, &handshakes("protocol"), 1.0).await, 1.0);
+    // A TCP connection closed without a byte (a port scan, a health check).
+    drop(tokio::net::TcpStream::connect(addr).await.unwrap());
+    assert_eq!(gateway.metric_reaches(total, &handshakes("closed"), 1.0).await, 1.0);
+    // One that sends nothing: the handshake timeout.
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(support::net::HANDSHAKE_TIMEOUT).await;
+    assert_eq!(gateway.metric_reaches(total, &handshakes("timeout"), 1.0).await, 1.0);
+    drop(silent);
+
+    // Nothing counted twice or elsewhere; the completed ones timed.
+    for (result, want) in [
+        ("ok", 2.0),
+        ("no_certificate", 1.0),
+        ("client_certificate", 0.0),
+        ("rejected", 1.0),
+        ("protocol", 1.0),
+        ("closed", 1.0),
+        ("timeout", 1.0),
+    ] {
+        assert_eq!(gateway.metric(total, &handshakes(result)), want, "{result}");
+    }
+    let listener = format!("listener=\"shop/edge:{port}\"");
+    assert_eq!(gateway.metric("edgemesh_gateway_tls_handshake_seconds_count", &listener), 2.0);
+    let sum = gateway.metric("edgemesh_gateway_tls_handshake_seconds_sum", &listener);
+    assert!(sum > 0.0 && sum < 2.0, "{sum}");
 }

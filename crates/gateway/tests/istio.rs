@@ -182,3 +182,27 @@ fn a_mutual_tls_server_validates_client_certificates_with_its_secrets_ca() {
     assert!(t.notes.iter().any(|n| n.contains("cipherSuites") && n.contains("servers[0]")), "{:?}", t.notes);
     assert!(t.notes.iter().any(|n| n.contains("ProtocolVersion") && n.contains("servers[0]")), "{:?}", t.notes);
 }
+
+/// The hosts of one Istio server are one TLS context, as Istio serves
+/// them: a session made for one of them may carry requests for the others
+/// (no 421); another server's host on it is misdirected.
+#[test]
+fn the_hosts_of_one_istio_server_share_its_tls_sessions() {
+    let t = translated(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: edge, namespace: shop}\nspec:\n  servers:\n  \
+         - {port: {number: 8443, name: shop, protocol: HTTPS}, hosts: [a.example.com, b.example.com], tls: {mode: SIMPLE, credentialName: ab}}\n  \
+         - {port: {number: 8443, name: other, protocol: HTTPS}, hosts: [c.example.com], tls: {mode: SIMPLE, credentialName: c}}\n",
+    );
+    let ca = support::net::Ca::new();
+    let certs = support::net::MemoryCertificates::default();
+    certs.set("shop", "ab", ca.issue(&["a.example.com", "b.example.com"]).pem);
+    certs.set("shop", "c", ca.issue(&["c.example.com"]).pem);
+    let objects = edgemesh_gateway::Objects { gateways: &t.gateways, ..Default::default() };
+    let c = edgemesh_gateway::compile_objects(edgemesh_gateway::istio::ISTIO_CLASS, &objects, &AnyService, &certs);
+    let tls = &c.tls[&8443];
+    assert_eq!(tls.listener("b.example.com"), Some("shop/edge/shop"));
+    assert!(!tls.misdirected("a.example.com", "b.example.com"), "one server");
+    assert!(tls.misdirected("a.example.com", "c.example.com"), "another server");
+    assert!(tls.misdirected("c.example.com", "a.example.com"));
+    assert!(tls.misdirected("a.example.com", "d.example.com"), "no listener serves it");
+}

@@ -20,8 +20,8 @@ use tokio::net::TcpStream;
 mod support;
 
 use support::net::{
-    Ca, HANDSHAKE_TIMEOUT, Loaded, MemoryCertificates, RunningGateway, StaticPools, own_loopback, tcp_backend,
-    tls_backend, tls_connect,
+    Ca, HANDSHAKE_TIMEOUT, L4_DRAIN, Loaded, MemoryCertificates, RunningGateway, StaticPools, own_loopback,
+    tcp_backend, tls_backend, tls_connect,
 };
 
 /// Reads one line.
@@ -348,4 +348,170 @@ spec:
     assert_eq!((accepted.status, accepted.reason), (false, "UnsupportedValue"));
     assert_eq!(c.l4[&9000].describe(), ["* shop/plc#0"]);
     assert!(!c.l4.contains_key(&9443), "no route attached to the TLS listener");
+}
+
+const PLC_GATEWAY: &str = r#"
+kind: Gateway
+metadata: {name: edge, namespace: plant}
+spec:
+  gatewayClassName: edgemesh
+  listeners: [{name: plc, port: 18449, protocol: TCP}]
+"#;
+
+const PLC_ROUTE: &str = r#"
+---
+kind: TCPRoute
+metadata: {name: plc, namespace: plant}
+spec:
+  parentRefs: [{name: edge}]
+  rules: [{backendRefs: [{name: plc, port: 502}]}]
+"#;
+
+/// A connection through the TCP listener, greeted by the backend.
+async fn plc_stream(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(line(&mut stream).await.unwrap(), "plc");
+    stream
+}
+
+/// One round trip on `stream`: whether the echo came back.
+async fn echoes(stream: &mut TcpStream) -> bool {
+    stream.write_all(b"read coils\n").await.is_ok()
+        && tokio::time::timeout(Duration::from_secs(1), line(stream))
+            .await
+            .is_ok_and(|l| l.is_ok_and(|l| l == "read coils"))
+}
+
+/// Whether a new connection is refused: not connected, or reset or closed
+/// before the backend's greeting.
+async fn refused(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr).await else { return true };
+    tokio::time::timeout(Duration::from_secs(1), line(&mut stream)).await.is_ok_and(|l| l.is_err())
+}
+
+/// Asserts that `stream` keeps echoing until `L4_DRAIN` after `since` (the
+/// change that took its route, less a margin), then is closed by the
+/// gateway, not before `L4_DRAIN` and within a second and a half after.
+async fn drains(stream: &mut TcpStream, since: std::time::Instant, what: &str) {
+    let mut trips = 0;
+    while since.elapsed() + Duration::from_millis(400) < L4_DRAIN {
+        assert!(echoes(stream).await, "{what}: the stream still works within the grace ({:?})", since.elapsed());
+        trips += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(trips >= 5, "{what}: {trips} round trips");
+    let mut buf = [0u8; 16];
+    let end = tokio::time::timeout(L4_DRAIN + Duration::from_secs(2), stream.read(&mut buf)).await;
+    assert!(matches!(end, Ok(Ok(0)) | Ok(Err(_))), "{what}: closed at the end of the grace: {end:?}");
+    let after = since.elapsed();
+    assert!(after >= L4_DRAIN && after < L4_DRAIN + Duration::from_millis(1500), "{what}: closed {after:?} after");
+}
+
+/// L4 drain: a long-lived stream through a TCPRoute keeps working after
+/// the route is deleted, until the grace (the agent's `drainTimeout`) is
+/// over, then is closed; new connections are refused at once. A route
+/// restored within the grace keeps its connections. The listener's port
+/// removed: new connections are refused by the kernel at once, open ones
+/// drain alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l4_connections_drain_when_their_route_or_listener_goes() {
+    let pools = StaticPools::default().with("plant", "plc", 502, tcp_backend("plc").await, AppProtocol::Tcp);
+    let with_route =
+        || Loaded::parse(&format!("{PLC_GATEWAY}{PLC_ROUTE}")).compile(&[("plant/plc", 502)], &NoCertificates);
+    let without_route = || Loaded::parse(PLC_GATEWAY).compile(&[("plant/plc", 502)], &NoCertificates);
+    let mut gateway = RunningGateway::start(with_route(), pools, own_loopback(5)).await;
+    let addr = gateway.addr(18449);
+
+    // The route deleted, the listener kept.
+    let mut stream = plc_stream(addr).await;
+    assert!(echoes(&mut stream).await);
+    // (Taken before the change: its drain's timer starts after.)
+    let deleted = std::time::Instant::now();
+    gateway.update(without_route()).await;
+    assert!(refused(addr).await, "a new connection is refused at once");
+    drains(&mut stream, deleted, "route deleted").await;
+
+    // Deleted and restored within the grace: the connection stays.
+    gateway.update(with_route()).await;
+    let mut stream = plc_stream(addr).await;
+    gateway.update(without_route()).await;
+    tokio::time::sleep(L4_DRAIN / 3).await;
+    gateway.update(with_route()).await;
+    tokio::time::sleep(L4_DRAIN + Duration::from_millis(500)).await;
+    assert!(echoes(&mut stream).await, "a route restored within the grace keeps its connections");
+
+    // The whole listener goes (its Gateway is now another controller's):
+    // its port is closed.
+    let other_class = PLC_GATEWAY.replace("gatewayClassName: edgemesh", "gatewayClassName: other");
+    let removed = std::time::Instant::now();
+    gateway.update(Loaded::parse(&other_class).compile(&[], &NoCertificates)).await;
+    let refused_at_once = TcpStream::connect(addr).await;
+    assert!(
+        refused_at_once.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "{refused_at_once:?}"
+    );
+    drains(&mut stream, removed, "listener removed").await;
+    assert!(gateway.listeners.bound().is_empty());
+}
+
+/// TLS passthrough sessions drain by their server name: one whose
+/// TLSRoute's hostnames no longer cover it, or that another route now
+/// takes, drains and is closed after the grace; one whose route only
+/// changed backends goes on (as with endpoint changes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_sessions_drain_when_their_route_no_longer_takes_their_name() {
+    let ca = Ca::new();
+    // (tls-a's certificate covers the names route a takes after the change.)
+    let (cert_a, cert_b) =
+        (ca.issue(&["a.example.com", "*.b.example.com"]), ca.issue(&["b.example.com", "*.b.example.com"]));
+    let pools = StaticPools::default()
+        .with("shop", "tls-a", 443, tls_backend("tls-a", &cert_a).await, AppProtocol::Tcp)
+        .with("shop", "tls-b", 443, tls_backend("tls-b", &cert_b).await, AppProtocol::Tcp)
+        .with("shop", "tls-b2", 443, tls_backend("tls-b2", &cert_b).await, AppProtocol::Tcp);
+    let services = [("shop/tls-a", 443), ("shop/tls-b", 443), ("shop/tls-b2", 443)];
+    let compile = |yaml: &str| Loaded::parse(yaml).compile(&services, &NoCertificates);
+    let mut gateway = RunningGateway::start(compile(PASSTHROUGH), pools, own_loopback(6)).await;
+    let addr = gateway.addr(18447);
+    let client = ca.client();
+    let session = async |name: &str, backend: &str| {
+        let (mut session, _) = tls_connect(&client, addr, name).await.unwrap();
+        assert_eq!(line(&mut session).await.unwrap(), backend, "{name}");
+        session
+    };
+    let alive = async |session: &mut tokio_rustls::client::TlsStream<TcpStream>| {
+        session.write_all(b"ping\n").await.is_ok()
+            && session.flush().await.is_ok()
+            && tokio::time::timeout(Duration::from_secs(1), line(session))
+                .await
+                .is_ok_and(|l| l.is_ok_and(|l| l == "ping"))
+    };
+    let (mut a, mut b, mut xb) = (
+        session("a.example.com", "tls-a").await,
+        session("b.example.com", "tls-b").await,
+        session("x.b.example.com", "tls-b").await,
+    );
+
+    // Route b: hostnames narrowed to b.example.com only, and its backend
+    // moved to tls-b2; route a takes *.b.example.com now.
+    let changed = PASSTHROUGH
+        .replace(r#"hostnames: ["*.b.example.com", b.example.com]"#, "hostnames: [b.example.com]")
+        .replace("{name: tls-b, port: 443}", "{name: tls-b2, port: 443}")
+        .replace("hostnames: [a.example.com]", r#"hostnames: [a.example.com, "*.b.example.com"]"#);
+    assert_ne!(changed, PASSTHROUGH);
+    let since = std::time::Instant::now();
+    gateway.update(compile(&changed)).await;
+    // New sessions follow the new routes at once.
+    let mut fresh = session("x.b.example.com", "tls-a").await;
+    assert!(alive(&mut fresh).await);
+    assert!(alive(&mut session("b.example.com", "tls-b2").await).await);
+    // Within the grace, all three old sessions work.
+    for s in [&mut a, &mut b, &mut xb] {
+        assert!(alive(s).await);
+    }
+    tokio::time::sleep((L4_DRAIN + Duration::from_millis(500)).saturating_sub(since.elapsed())).await;
+    // After it: the session another route now takes is closed; the ones
+    // whose route still takes them are not (b's backends changed: kept).
+    assert!(alive(&mut a).await, "a's route still takes a.example.com");
+    assert!(alive(&mut b).await, "b's route still takes b.example.com (its backend changed)");
+    assert!(!alive(&mut xb).await, "x.b.example.com is now route a's: drained and closed");
 }

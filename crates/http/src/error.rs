@@ -30,11 +30,16 @@ pub enum DispatchError {
     /// Gateway API requires).
     #[error("{reason}")]
     NoBackend { reason: String },
+    /// A gateway's HTTPS request for a host another listener serves than
+    /// the one its TLS session was made for (421: the client retries on a
+    /// new connection).
+    #[error("{host} is not served by the listener this TLS connection was made for (server name {server_name})")]
+    Misdirected { host: String, server_name: String },
 }
 
 impl DispatchError {
     /// The HTTP status for the client: 503, 502, 504; for a gateway's
-    /// own answers 404, the redirect's, 500.
+    /// own answers 404, the redirect's, 500, 421.
     pub fn status(&self) -> StatusCode {
         match self {
             DispatchError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -43,15 +48,19 @@ impl DispatchError {
             DispatchError::NoRoute { .. } => StatusCode::NOT_FOUND,
             DispatchError::Redirect { status, .. } => *status,
             DispatchError::NoBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            DispatchError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
     /// The gRPC status code for gRPC clients: UNAVAILABLE (14),
     /// DEADLINE_EXCEEDED (4), UNIMPLEMENTED (12: no route), INTERNAL (13),
+    /// UNAVAILABLE also for a misdirected request (a new connection helps),
     /// UNKNOWN (2: a redirect, which gRPC does not follow).
     pub fn grpc_status(&self) -> u32 {
         match self {
-            DispatchError::NoEndpoints { .. } | DispatchError::EndpointFailed { .. } => 14,
+            DispatchError::NoEndpoints { .. }
+            | DispatchError::EndpointFailed { .. }
+            | DispatchError::Misdirected { .. } => 14,
             DispatchError::Timeout { .. } => 4,
             DispatchError::NoRoute { .. } => 12,
             DispatchError::NoBackend { .. } => 13,

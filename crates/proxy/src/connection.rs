@@ -273,12 +273,20 @@ pub struct L4Dial {
 /// on the next endpoint, local endpoints spliced and remote ones through
 /// the tunnel, the pool's metrics, the lifetime bounds. Bytes the caller
 /// only peeked at (`MSG_PEEK`) are forwarded too. When no endpoint can be
-/// reached, the client is reset and the pool says why.
+/// reached, the client is reset and the pool says why. Dropping the future
+/// closes both sides (the gateway's drain does) and still counts the
+/// connection out of the active gauge.
 pub async fn forward(client: TcpStream, peer: IpAddr, pool: &Arc<Pool>, dial: &L4Dial) {
+    struct Open<'a>(&'a Pool);
+    impl Drop for Open<'_> {
+        fn drop(&mut self) {
+            self.0.metrics.tcp().active.dec();
+        }
+    }
     pool.metrics.tcp().opened.inc();
     pool.metrics.tcp().active.inc();
+    let _open = Open(pool);
     forward_to(client, peer, pool, dial).await;
-    pool.metrics.tcp().active.dec();
 }
 
 /// The forwarding of one admitted connection; one that cannot be

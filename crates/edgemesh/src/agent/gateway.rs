@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use edgemesh_core::{Protocol, RegistryHandle, ServiceKey, Snapshot};
 use edgemesh_gateway::backend::ServiceRef;
 use edgemesh_gateway::listeners::{GatewayListeners, ListenerSettings};
+use edgemesh_gateway::metrics::GatewayTlsMetrics;
 use edgemesh_gateway::objects::{self, GatewayInputs};
 use edgemesh_gateway::report::GatewayReport;
 use edgemesh_gateway::{
@@ -53,6 +54,9 @@ pub struct GatewayTask {
     /// The TLS Secrets' watch, to run with the gateway.
     secrets_task: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
     report: GatewayReports,
+    /// Cancelled when the agent starts draining (SIGTERM): every listener
+    /// stops at once, and their connections drain.
+    drain: Option<CancellationToken>,
     /// With the Kubernetes source: each object's status to write back.
     status: Option<(
         edgemesh_kube::status::StatusWriter,
@@ -63,7 +67,8 @@ pub struct GatewayTask {
 impl GatewayTask {
     /// Sends through `dispatcher` (the agent's: its upstream connection
     /// pools and balancing) to the pools `proxy` serves, reached as
-    /// `reach` says; counts into `metrics` (`edgemesh_gateway_http_*`).
+    /// `reach` says; counts into `metrics` (`edgemesh_gateway_http_*`,
+    /// `edgemesh_gateway_tls_*`).
     pub fn new(
         config: &Config,
         snapshots: RegistryHandle,
@@ -82,6 +87,7 @@ impl GatewayTask {
             config.http.clone(),
             metrics.sub_registry_with_prefix("gateway"),
         );
+        let tls_metrics = GatewayTlsMetrics::register(metrics);
         let settings = ListenerSettings {
             ip: config.gateway.listen_address,
             connect_timeout: config.proxy.connect_timeout,
@@ -101,13 +107,15 @@ impl GatewayTask {
             routes,
             listeners: GatewayListeners::new(settings, Arc::new(front))
                 .with_routes(routes_for_listeners, pools)
-                .with_max_connections(config.gateway.max_connections_per_listener),
+                .with_max_connections(config.gateway.max_connections_per_listener)
+                .with_metrics(tls_metrics),
             certificates: AgentCertificates {
                 files: FileCertificates::new(config.gateway.certificates.iter().cloned()),
                 secrets: None,
             },
             secrets_task: None,
             report,
+            drain: None,
             status: None,
         }
     }
@@ -129,6 +137,31 @@ impl GatewayTask {
     pub fn with_status_writer(mut self, writer: edgemesh_kube::status::StatusWriter) -> Self {
         self.status = Some((writer, tokio::sync::watch::Sender::new(Default::default())));
         self
+    }
+
+    /// Gives TLS passthrough and TCP connections whose route or listener
+    /// went `grace()` to end before they are closed (the agent's live
+    /// `drainTimeout`, read at each drain).
+    pub fn with_drain_timeout(mut self, grace: impl Fn() -> std::time::Duration + Send + Sync + 'static) -> Self {
+        self.listeners = self.listeners.with_l4_drain(grace);
+        self
+    }
+
+    /// Drains when `drain` is cancelled (the agent's drain at SIGTERM, as
+    /// the proxy's): every listener closes at once (new connections are
+    /// refused), HTTP connections end after their requests in flight, TLS
+    /// passthrough and TCP connections get the drain grace (see
+    /// [`GatewayTask::with_drain_timeout`]); nothing is bound again until
+    /// the process stops.
+    pub fn with_drain(mut self, drain: CancellationToken) -> Self {
+        self.drain = Some(drain);
+        self
+    }
+
+    /// The connections the gateway's listeners serve now (what the agent's
+    /// drain waits for, with the proxy's).
+    pub fn open_connections(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.listeners.open_connections()
     }
 
     /// The reports, for the admin endpoint.
@@ -158,7 +191,18 @@ impl GatewayTask {
         let mut unbound_since: Option<std::time::Instant> = None;
         let mut poll = tokio::time::interval(CERTIFICATE_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let drain = self.drain.take().unwrap_or_default();
         loop {
+            if drain.is_cancelled() {
+                let open = self.listeners.open_connections().load(std::sync::atomic::Ordering::Acquire);
+                tracing::info!(
+                    connections = open,
+                    "gateway draining: listeners closed; established connections may finish"
+                );
+                self.listeners.reconcile(Default::default()).await;
+                shutdown.cancelled().await;
+                break;
+            }
             let snapshot = self.snapshots.borrow_and_update().clone();
             // A certificate file rewritten (rotated) compiles again.
             let stamp = self.certificates.files.stamp();
@@ -178,6 +222,7 @@ impl GatewayTask {
                 changed = self.snapshots.changed() => if changed.is_err() { break },
                 _ = poll.tick() => {}
                 Ok(()) = next_change(secrets.as_mut()) => secrets_moved = true,
+                () = drain.cancelled() => {}
                 () = shutdown.cancelled() => break,
             }
         }

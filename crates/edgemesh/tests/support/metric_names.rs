@@ -24,6 +24,8 @@ pub enum Section {
     Source,
     Tunnel,
     Process,
+    /// The edge gateway's own (a gateway node's agent serves them).
+    Gateway,
 }
 
 use Kind::*;
@@ -95,6 +97,8 @@ pub const CONTRACT: &[(Section, &str, Kind)] = &[
     (Process, "process_threads", Gauge),
     (Process, "process_start_time_seconds", Gauge),
     (Process, "edgemesh_build_info", Gauge),
+    (Gateway, "edgemesh_gateway_tls_handshakes_total", Counter),
+    (Gateway, "edgemesh_gateway_tls_handshake_seconds", Histogram),
 ];
 
 /// What an agent serves under `edgemesh_` besides the contract: libp2p's

@@ -74,6 +74,11 @@ impl NsAgent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Where its log is written (readable while [`NsAgent::terminate`] runs elsewhere).
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
+    }
+
     /// GET `path` on the admin endpoint (from inside the namespace): the
     /// body of a 2xx answer, or None.
     pub fn get(&self, path: &str) -> Option<String> {

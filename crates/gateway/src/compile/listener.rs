@@ -176,7 +176,9 @@ impl<'a> Ports<'a> {
                         self.client_validation.entry(port).or_insert_with(|| validation.clone());
                     }
                     if let Some(key) = certificate {
-                        self.served_certificates.entry(port).or_default().push(hostname.clone(), key);
+                        let group = l.tls_group.as_deref().unwrap_or(&l.name);
+                        let listener = Arc::from(format!("{}/{}/{group}", id.namespace, id.name));
+                        self.served_certificates.entry(port).or_default().push(hostname.clone(), listener, key);
                     }
                     served.push(ServedListener {
                         gateway: id.clone(),

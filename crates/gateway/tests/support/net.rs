@@ -14,6 +14,7 @@ use bytes::Bytes;
 use edgemesh_core::{AppProtocol, Backend, LbStrategy, ServiceKey};
 use edgemesh_gateway::backend::ServiceRef;
 use edgemesh_gateway::listeners::{GatewayListeners, ListenerSettings};
+use edgemesh_gateway::metrics::GatewayTlsMetrics;
 use edgemesh_gateway::schema::{Gateway, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute};
 use edgemesh_gateway::tls::{CertificatePem, CertificateStore};
 use edgemesh_gateway::{Compiled, GatewayUpstream, Objects, ServicePools, compile_objects};
@@ -146,6 +147,19 @@ impl Ca {
     /// full handshake.
     pub fn client_without_resumption(&self) -> tokio_rustls::TlsConnector {
         self.connector(false)
+    }
+
+    /// A client config trusting this CA only, offering `alpn`.
+    pub fn client_config_with_alpn(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.der().clone()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(edgemesh_gateway::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
     }
 
     fn connector(&self, resume: bool) -> tokio_rustls::TlsConnector {
@@ -308,12 +322,17 @@ pub fn own_loopback(salt: u8) -> IpAddr {
 /// The test gateways' TLS handshake timeout.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The test gateways' grace for L4 connections whose route went.
+pub const L4_DRAIN: Duration = Duration::from_millis(1500);
+
 /// A running gateway: its compiled objects (swap them to change it) and
 /// its listeners.
 pub struct RunningGateway {
     pub routes: Arc<ArcSwap<Compiled>>,
     pub listeners: GatewayListeners,
     pub ip: IpAddr,
+    /// The dispatcher's and the TLS handshakes' series.
+    pub registry: Registry,
 }
 
 impl RunningGateway {
@@ -330,7 +349,8 @@ impl RunningGateway {
         max_connections: usize,
     ) -> RunningGateway {
         let pools: Arc<dyn ServicePools> = Arc::new(pools);
-        let mut registry = Registry::default();
+        // (Named as the agent's registry names its series.)
+        let mut registry = Registry::with_prefix("edgemesh");
         let dispatcher = Dispatcher::new(&HttpConfig::default(), &mut registry);
         let routes = Arc::new(ArcSwap::from_pointee(compiled));
         let upstream = GatewayUpstream::new(routes.clone(), pools.clone(), Arc::new(dispatcher), "http");
@@ -340,10 +360,12 @@ impl RunningGateway {
         let mut listeners = GatewayListeners::new(settings, front)
             .with_routes(routes.clone(), pools)
             .with_handshake_timeout(HANDSHAKE_TIMEOUT)
-            .with_max_connections(max_connections);
+            .with_max_connections(max_connections)
+            .with_metrics(GatewayTlsMetrics::register(&mut registry))
+            .with_l4_drain(|| L4_DRAIN);
         let failed = listeners.reconcile(routes.load().ports.clone()).await;
         assert!(failed.is_empty(), "{failed:?}");
-        RunningGateway { routes, listeners, ip }
+        RunningGateway { routes, listeners, ip, registry }
     }
 
     /// Swaps in a new compile (as the agent does when objects or
@@ -356,6 +378,29 @@ impl RunningGateway {
 
     pub fn addr(&self, port: u16) -> SocketAddr {
         SocketAddr::new(self.ip, port)
+    }
+
+    /// The value of the series `name{labels}` (labels as the text format
+    /// writes them) in a scrape of the registry; 0 when it is not there.
+    pub fn metric(&self, name: &str, labels: &str) -> f64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+        let series = format!("{name}{{{labels}}} ");
+        text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0.0, |v| v.parse().unwrap())
+    }
+
+    /// Waits (up to 5 s) until `name{labels}` is `want`: a handshake is
+    /// counted when the gateway's side of it ends, which may come after the
+    /// client's. The value last read.
+    pub async fn metric_reaches(&self, name: &str, labels: &str, want: f64) -> f64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let value = self.metric(name, labels);
+            if value == want || std::time::Instant::now() > deadline {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

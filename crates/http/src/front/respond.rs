@@ -109,6 +109,9 @@ fn explain(error: &DispatchError, service: &ServiceKey, port: u16) -> String {
         DispatchError::NoBackend { .. } => {
             return format!("edgemesh: gateway {service} port {port}: {error}; see the route's ResolvedRefs condition");
         }
+        DispatchError::Misdirected { host, .. } => {
+            return format!("edgemesh: gateway {service} port {port}: {error}; open a new connection for {host}");
+        }
     };
     format!("edgemesh: service {service} port {port}: {error}; {hint}")
 }
