@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use edgemesh_proxy::{ClientStream, HttpConnection, HttpFuture};
@@ -274,52 +274,70 @@ pub(super) async fn serve_stream<S>(
     let limits = &front.metrics.limits;
     let draining = drain.cancelled();
     tokio::pin!(draining);
+    // The timer and the drain are polled only when one of them woke the
+    // task (and after either was handled): a wake-up for the connection,
+    // the usual one, costs no poll of them.
+    let side = Arc::new(SideWake::default());
+    let side_waker = Waker::from(side.clone());
     let result = loop {
-        tokio::select! {
-            // The connection first, and no random draw per wake-up: the
-            // timer and the drain are rare.
-            biased;
-            step = std::future::poll_fn(|cx| phase.poll_step(cx)) => match step {
-                Step::Handoff(io) => {
-                    let mut conn = Box::pin(front.builder.serve_connection_with_upgrades(TokioIo::new(io), service.clone()));
-                    if closing {
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    phase = Phase::Hyper(conn);
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(step) = phase.poll_step(cx) {
+                return Poll::Ready(Event::Step(step));
+            }
+            if side.take(cx.waker()) {
+                let mut side_cx = Context::from_waker(&side_waker);
+                if !closing && draining.as_mut().poll(&mut side_cx).is_ready() {
+                    return Poll::Ready(Event::Drain);
                 }
-                Step::Ended(result) => break result,
-            },
-            () = &mut draining, if !closing => {
+                if (!closing || idle_closing) && timer.as_mut().poll(&mut side_cx).is_ready() {
+                    return Poll::Ready(Event::Timer);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Step(Step::Handoff(io)) => {
+                let mut conn =
+                    Box::pin(front.builder.serve_connection_with_upgrades(TokioIo::new(io), service.clone()));
+                if closing {
+                    conn.as_mut().graceful_shutdown();
+                }
+                phase = Phase::Hyper(conn);
+                continue;
+            }
+            Event::Step(Step::Ended(result)) => break result,
+            Event::Drain => {
                 // HTTP/1.1: close once the response in flight is sent;
                 // HTTP/2: GOAWAY, the open streams finish.
                 closing = true;
                 phase.graceful_shutdown(&state);
             }
-            () = &mut timer, if !closing || idle_closing => {
-                if idle_closing {
-                    // A request that came in meanwhile (HTTP/2) is let finish.
-                    if state.flight().in_flight == 0 {
-                        break Ok(());
-                    }
-                    timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
-                    continue;
+            Event::Timer if idle_closing => {
+                // A request that came in meanwhile (HTTP/2) is let finish.
+                if state.flight().in_flight == 0 {
+                    break Ok(());
                 }
-                match state.check(head_timeout, idle_timeout, Instant::now()) {
-                    Check::Wait(at) => timer.as_mut().reset(at),
-                    Check::Preface | Check::Head => {
-                        limits.hit(Limit::HeadTimeout, Some(peer));
-                        break Ok(());
-                    }
-                    Check::Idle => {
-                        limits.hit(Limit::IdleTimeout, Some(peer));
-                        closing = true;
-                        idle_closing = true;
-                        phase.graceful_shutdown(&state);
-                        timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
-                    }
-                }
+                timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
             }
+            Event::Timer => match state.check(head_timeout, idle_timeout, Instant::now()) {
+                Check::Wait(at) => timer.as_mut().reset(at),
+                Check::Preface | Check::Head => {
+                    limits.hit(Limit::HeadTimeout, Some(peer));
+                    break Ok(());
+                }
+                Check::Idle => {
+                    limits.hit(Limit::IdleTimeout, Some(peer));
+                    closing = true;
+                    idle_closing = true;
+                    phase.graceful_shutdown(&state);
+                    timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
+                }
+            },
         }
+        // What was handled may have re-armed the timer or ended the drain's
+        // branch: look at both again.
+        side.woken.store(true, Ordering::Relaxed);
     };
     if let Err(error) = result {
         match error.downcast_ref::<hyper::Error>() {
@@ -341,6 +359,58 @@ pub(super) async fn serve_stream<S>(
 enum Phase<L, H> {
     Lean(Pin<Box<L>>),
     Hyper(Pin<Box<H>>),
+}
+
+/// What woke the connection's loop.
+enum Event<S> {
+    Step(Step<S>),
+    Drain,
+    Timer,
+}
+
+/// The waker handed to the timer and the drain: notes that one of them
+/// woke the task, then wakes it.
+struct SideWake {
+    woken: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Default for SideWake {
+    fn default() -> Self {
+        // Woken at first: both are polled once, to register.
+        Self { woken: AtomicBool::new(true), task: Mutex::new(None) }
+    }
+}
+
+impl SideWake {
+    /// Whether the timer or the drain woke the task since the last call;
+    /// `task` is the waker to wake next time. (It is taken only then: the
+    /// connection's future is spawned once, and its task's waker wakes
+    /// that task whichever poll it came from.)
+    fn take(&self, task: &Waker) -> bool {
+        if !self.woken.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut held = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if !held.as_ref().is_some_and(|held| held.will_wake(task)) {
+            *held = Some(task.clone());
+        }
+        drop(held);
+        self.woken.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if let Some(task) = self.task.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            task.wake_by_ref();
+        }
+    }
 }
 
 /// What a phase came to.
