@@ -19,6 +19,13 @@
 # names are skipped by the linker; bench/scale.sh's RSS at 1,000 services
 # shows when the file has gone stale).
 #
+# ORDER_PROFILES adds callgrind profiles of other runs of the same binary
+# (`valgrind --tool=callgrind --demangle=no`; `callgrind_control -d` dumps a
+# running agent's): agents of a benchmark have run code this run does not
+# (shared/bench/edgemesh_go_compare.sh's, with EdgeMesh on the same LAN: 9.5
+# instead of 7 MiB of code resident without them), e.g. with OURS set to
+# bench/callgrind_agent.sh.
+#
 # Environment: EDGEMESH_BIN (an unstripped release binary of the same code,
 # toolchain and profile; default: build one with EDGEMESH_KEEP_SYMBOLS=1), ORDER_DNS_PORT (27353),
 # ORDER_ADMIN_PORT (27020), ORDER_HTTP_PORT (27080), ORDER_TUNNEL_PORT (27007; node b
@@ -36,6 +43,25 @@ if [[ -z $BIN ]]; then
   BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/edgemesh
 fi
 nm "$BIN" >/dev/null 2>&1 && [[ $(nm "$BIN" | wc -l) -gt 1000 ]] || { echo "link_order.sh: $BIN has no symbols (build with EDGEMESH_KEEP_SYMBOLS=1)" >&2; exit 1; }
+
+# As root, the run goes into a network namespace of its own with a veth pair, where the
+# tunnel listens on every address and mDNS is on, as on a node (their code is a node's too:
+# without it in the file, an agent had 11 instead of 7 MiB of code resident); in the host's
+# namespace mDNS would announce the agents on its LAN, so there they run without it.
+if [[ $(id -u) == 0 && -z ${ORDER_NETNS:-} ]] && command -v ip >/dev/null; then
+  NS=edgemesh-order-$$
+  ip netns add "$NS"
+  trap 'ip netns del "$NS" 2>/dev/null || true' EXIT
+  ip -n "$NS" link set lo up
+  ip -n "$NS" link add order0 type veth peer name order1
+  ip -n "$NS" addr add 10.251.0.1/24 dev order0
+  ip -n "$NS" link set order0 up
+  ip -n "$NS" link set order1 up
+  EDGEMESH_BIN=$BIN ORDER_NETNS=$NS ip netns exec "$NS" "$0" "$@"
+  exit
+fi
+DISCOVERY=(--no-mdns) TUNNEL_IP=127.0.0.1
+[[ -z ${ORDER_NETNS:-} ]] || DISCOVERY=() TUNNEL_IP=0.0.0.0
 
 WORK=$(mktemp -d -t edgemesh-order.XXXXXX)
 PIDS=()
@@ -99,16 +125,17 @@ PIDS+=($!)
 agent() { # $1: profile name; the rest: arguments
   local name=$1; shift
   valgrind --tool=callgrind --demangle=no --callgrind-out-file="$WORK/callgrind-$name.out" "$BIN" agent \
-    --dns-upstream 127.0.0.1:9 --log-level warn --no-mdns --psk-file "$WORK/swarm.key" "$@" 2>"$WORK/agent-$name.log" &
+    --dns-upstream 127.0.0.1:9 --log-level warn "${DISCOVERY[@]}" --psk-file "$WORK/swarm.key" "$@" \
+    2>"$WORK/agent-$name.log" &
 }
 agent b --node-name node-b --manifest-dir "$MB" --vip-cidr 127.64.0.0/16 --state-dir "$WORK/state-b" \
   --dns-listen "127.0.0.1:$((DNS_PORT + 1))" --admin-listen "127.0.0.1:$((ADMIN_PORT + 1))" \
-  --tunnel-listen "/ip4/127.0.0.1/tcp/$((TUNNEL_PORT + 1))"
+  --tunnel-listen "/ip4/$TUNNEL_IP/tcp/$((TUNNEL_PORT + 1))"
 AGENT_B=$!
 PIDS+=($AGENT_B)
 agent a --node-name node-a --manifest-dir "$M" --vip-cidr 127.192.0.0/10 --state-dir "$WORK/state" \
   --dns-listen "127.0.0.1:$DNS_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
-  --tunnel-listen "/ip4/127.0.0.1/tcp/$TUNNEL_PORT" --bootstrap "/ip4/127.0.0.1/tcp/$((TUNNEL_PORT + 1))/p2p/$PB"
+  --tunnel-listen "/ip4/$TUNNEL_IP/tcp/$TUNNEL_PORT" --bootstrap "/ip4/127.0.0.1/tcp/$((TUNNEL_PORT + 1))/p2p/$PB"
 AGENT=$!
 PIDS+=($AGENT)
 for _ in $(seq 600); do curl -sf --max-time 5 "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null && break; kill -0 $AGENT || { cat "$WORK/agent-a.log" >&2; exit 1; }; sleep 1; done
@@ -138,7 +165,8 @@ iperf3 -c "$FAR" -p 5201 -n 16M -R >/dev/null
 sleep 3
 kill -TERM $AGENT $AGENT_B; wait $AGENT || true; wait $AGENT_B || true
 
-python3 - "$BIN" "$OUT" "$WORK"/callgrind-*.out <<'PY'
+# shellcheck disable=SC2086 # ORDER_PROFILES is a list of files
+python3 - "$BIN" "$OUT" "$WORK"/callgrind-*.out ${ORDER_PROFILES:-} <<'PY'
 import collections, re, subprocess, sys
 binary, out, *profiles = sys.argv[1:]
 cost = collections.Counter()
