@@ -30,7 +30,9 @@
 # mirror), golang-go and jq; it builds EdgeMesh once into $EMGO_WORK (default
 # /var/tmp/emgo: WORK of that script) and writes its results.csv and table.md to
 # OUT-edgemesh/ (OUT without .jsonl; with no -o, under $EMGO_WORK). BENCH_SMOKE=1 passes -s
-# (no quiet waits). Needs root, iperf3, wrk, nginx (stunnel4 and openssl for TUNNEL_STUNNEL,
+# (no quiet waits). Every build's run also reports both agents' memory (test "rss": VmRSS,
+# RssAnon and RssFile in MiB of node a and node b), idle (2 s after the tunnel is up) and after
+# its three tests. Needs root, iperf3, wrk, nginx (stunnel4 and openssl for TUNNEL_STUNNEL,
 # perf for TUNNEL_PERF/COUNT).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -155,6 +157,14 @@ wrk_conn() { # $1: target ip -> wrk JSON line; a new connection per request
   ip netns exec "$A" wrk -t2 -c50 -d"${DUR}s" -H 'Connection: close' -s "$SHARED/wrk_report.lua" \
     "http://$1:8080/f" | grep '^{'
 }
+agents_mem() { # $1: idle|after -> {node_a: {rss, anon, file}, node_b: ...} in MiB (AGENTS: b, a)
+  local node p=(b a) i f=()
+  for i in 0 1; do
+    f+=(--argjson "${p[$i]}" "$(awk '/^(VmRSS|RssAnon|RssFile):/ {sub(":", "", $1); printf "%s\"%s\":%.1f",
+      (n++ ? "," : "{"), $1, $2/1024} END {print "}"}' "/proc/${AGENTS[$i]}/status")")
+  done
+  jq -nc --arg w "$1" "${f[@]}" '{when:$w, node_a:$a, node_b:$b}'
+}
 agents_cpu_s() { # user + system seconds of both agents so far
   local p t=0 f
   for p in "${AGENTS[@]}"; do read -ra f < "/proc/$p/stat"; t=$((t + f[13] + f[14])); done
@@ -211,6 +221,8 @@ for rep in $(seq "$REPS"); do
       label=${build%%=*}
       path="tunnel-$transport$PSK_LABEL${label:+@$label}"
       start_agents "$transport" "${build#*=}"
+      sleep 2
+      emit "$(agents_mem idle | jq -c --arg t "$path" --argjson r "$rep" '{rep:$r,path:$t,test:"rss"} + .')"
       perf_pid=""
       if [[ -n $PERF_DIR ]]; then
         mkdir -p "$PERF_DIR"
@@ -239,6 +251,8 @@ for rep in $(seq "$REPS"); do
       fi
       emit "$(jq -c --arg t "$path" --argjson r "$rep" '{rep:$r,path:$t,test:"rr"} + .' <<<"$rr")"
       emit "$(wrk_conn 127.99.0.10 | jq -c --arg t "$path" --argjson r "$rep" '{rep:$r,path:$t,test:"conn"} + .')"
+      emit "$(agents_mem after | jq -c --arg t "$path" --argjson r "$rep" '{rep:$r,path:$t,test:"rss"} + .')"
+      [[ -z ${TUNNEL_HOLD:-} ]] || { echo "agents ${AGENTS[*]} (b a) kept for ${TUNNEL_HOLD}s" >&2; sleep "$TUNNEL_HOLD"; }
       stop_agents
     done
     emit "$(wrk_rr 10.99.0.2 | jq -c --arg t direct --argjson r "$rep" '{rep:$r,path:$t,test:"rr"} + .')"
@@ -262,6 +276,15 @@ for p in dict.fromkeys(r["path"] for r in rows):
     cpu = "-" if c != c else f"{c:.2f}"
     n = med(p, "conn", "req_s")
     print(f"| {p} | {g:.2f} | {g/dg:.2f} | {cpu} | {r:,.0f} | {r/dr:.2f} | {med(p,'rr','p50_us'):.0f} | {med(p,'rr','p99_us'):.0f} | {n:,.0f} | {n/dc:.2f} |")
+mem = [r for r in rows if r["test"] == "rss"]
+if mem:
+    print("\n| path | when | node a VmRSS MiB | RssAnon | RssFile | node b VmRSS MiB | RssAnon | RssFile |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for p in dict.fromkeys(r["path"] for r in mem):
+        for w in ("idle", "after"):
+            m = [r for r in mem if r["path"] == p and r["when"] == w]
+            cell = lambda n, k: f"{statistics.median(r[n][k] for r in m):.1f}"
+            print(f"| {p} | {w} | " + " | ".join(cell(n, k) for n in ("node_a", "node_b") for k in ("VmRSS", "RssAnon", "RssFile")) + " |")
 PY
 
 if [[ -n ${TUNNEL_EDGEMESH:-} ]]; then

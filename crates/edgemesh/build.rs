@@ -7,6 +7,9 @@
 //! (`link/symbol-order.txt`, made by `bench/link_order.sh`), the ~2 MiB an
 //! agent runs stays ~2 MiB resident instead of ~7.5 MiB of the 16 MiB
 //! `.text`: idle RSS at 1,000 services 16.4 -> 11 MiB (`bench/scale.sh`).
+//! With the tunnel in the run (5.1 MiB of 21.4), an agent under tunnel load
+//! has 7-7.6 MiB of code resident instead of 16.4 (`bench/tunnel.sh`'s rss
+//! rows): a stale file costs that much, so regenerate it when they grow.
 //! The toolchain's own lld (`gcc-ld/ld.lld`, shipped with rustup's Rust)
 //! does the ordering, so no system package is needed; without it the system
 //! linker links in the default layout, with a warning.

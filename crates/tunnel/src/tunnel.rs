@@ -7,6 +7,7 @@
 //! peers' state is the `peer_table`'s; the swarm task is reached by `messages` only.
 
 mod context;
+mod copy;
 mod hello;
 mod inbound;
 mod inbound_limits;

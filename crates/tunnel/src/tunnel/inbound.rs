@@ -14,7 +14,7 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
 use super::{
     context::Context,
-    hello,
+    copy, hello,
     inbound_limits::InboundPermit,
     proxied::{MAX_DATAGRAM, Metered, TunnelStream, datagram_pair},
 };
@@ -29,8 +29,6 @@ use crate::{
 
 /// A UDP session (remote side) with no datagram either way for this long is closed.
 pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Copy buffer per direction of a proxied TCP connection.
-const COPY_BUFFER: usize = 64 * 1024;
 /// How long an inbound proxy stream waits for the peer's hello to be verified.
 const AUTHORIZE_WAIT: Duration = Duration::from_secs(10);
 
@@ -204,7 +202,7 @@ async fn serve_tcp(ctx: Arc<Context>, s: Inbound) {
     let mut stream = TunnelStream::new(stream, peer, false, metered);
     let mut tcp = tcp;
     let result = tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut tcp, COPY_BUFFER, COPY_BUFFER) => r,
+        r = copy::copy_bidirectional(&mut stream, &mut tcp) => r,
         _ = ctx.stop.cancelled() => return,
     };
     match result {
