@@ -41,7 +41,9 @@
 # (default 60 here); a run that did not get a quiet machine or saw a compile
 # is marked quiet=false and the table says how many. Raw wrk/h2load output,
 # results.jsonl, env.txt and table.md go to DIR. EDGEMESH_BIN overrides the
-# binary (default: the release build). Needs root, nginx, wrk, h2load
+# binary (default: the release build); AGENT_ARGS and BEFORE_ARGS are added
+# to the two agents' command lines (e.g. BEFORE_BIN set to the same binary
+# and AGENT_ARGS='--proxy-workers 1': one worker against two, paired). Needs root, nginx, wrk, h2load
 # (Debian nghttp2-client), curl, jq.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd)
@@ -116,14 +118,14 @@ PROXY_CG=$SVC_CG PROXY_PID=$SVC_PID
 wait_listen "$NS" tcp 127.0.0.1 8083
 svc_start agent "$NS" "$W/agent.log" \
   "$BIN agent --node-name bench --manifest-dir $W/agent/manifests --state-dir $W/agent/state \
-   --vip-cidr 127.99.0.0/24 --dns-listen 127.0.0.1:0 --admin-listen $ADMIN --dns-upstream 127.0.0.1:9 --log-level warn"
+   --vip-cidr 127.99.0.0/24 --dns-listen 127.0.0.1:0 --admin-listen $ADMIN --dns-upstream 127.0.0.1:9 --log-level warn ${AGENT_ARGS:-}"
 AGENT_CG=$SVC_CG AGENT_PID=$SVC_PID
 for _ in $(seq 200); do in_ns "$NS" curl -sf -o /dev/null "http://$ADMIN/readyz" && break; sleep 0.05; done
 MODES="h1-direct h1-nginx h1-agent h1-l4 h2-direct h2-nginx h2-agent"
 if [[ -n $BEFORE_BIN ]]; then
   svc_start before "$NS" "$W/before.log" \
     "$BEFORE_BIN agent --node-name bench --manifest-dir $W/before/manifests --state-dir $W/before/state \
-     --vip-cidr 127.99.1.0/24 --dns-listen 127.0.0.1:0 --admin-listen 127.0.0.1:15021 --dns-upstream 127.0.0.1:9 --log-level warn"
+     --vip-cidr 127.99.1.0/24 --dns-listen 127.0.0.1:0 --admin-listen 127.0.0.1:15021 --dns-upstream 127.0.0.1:9 --log-level warn ${BEFORE_ARGS:-}"
   BEFORE_CG=$SVC_CG BEFORE_PID=$SVC_PID
   for _ in $(seq 200); do in_ns "$NS" curl -sf -o /dev/null "http://127.0.0.1:15021/readyz" && break; sleep 0.05; done
   in_ns "$NS" curl -sf -o /dev/null "http://$VIP_BEFORE/f" || { echo "http.sh: the BEFORE_BIN agent does not answer" >&2; cat "$W/before.log" >&2; exit 1; }
