@@ -274,7 +274,7 @@ impl Framed {
         let list = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
         if name == CONTENT_LENGTH {
             for part in list() {
-                let n = length(part);
+                let n = content_length(part);
                 self.length = match self.length {
                     None => Some(n),
                     Some(earlier) => Some(earlier.filter(|_| earlier == n)),
@@ -301,7 +301,7 @@ impl Framed {
 }
 
 /// A `Content-Length` value: decimal digits only.
-fn length(digits: &[u8]) -> Option<u64> {
+pub(crate) fn content_length(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -322,10 +322,7 @@ pub fn encode_head(parts: &Parts, addr: SocketAddr, head: &mut Vec<u8>) {
     let mut host = false;
     for (name, value) in &parts.headers {
         host |= name == HOST;
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+        encode_field(head, name, value);
     }
     if !host {
         head.extend_from_slice(b"host: ");
@@ -336,6 +333,15 @@ pub fn encode_head(parts: &Parts, addr: SocketAddr, head: &mut Vec<u8>) {
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
+}
+
+/// One header line, `name: value` and CRLF (request heads here, response
+/// heads in the lean front).
+pub(crate) fn encode_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// How the response body is delimited, and how far it was read.

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use edgemesh_proxy::{ClientStream, HttpConnection, HttpFuture};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -95,6 +96,22 @@ struct Flight {
 }
 
 impl ConnState {
+    /// A connection from `peer` (over TLS if `tls`) accepted at `now`.
+    fn new(peer: SocketAddr, tls: bool, now: Instant) -> Self {
+        Self {
+            peer,
+            forwarding: headers::Forwarding::with_tls(peer.ip(), tls),
+            accepted: now,
+            read: AtomicU64::new(0),
+            idle: AtomicBool::new(true),
+            head_started: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
+            flight: Mutex::new(Flight { requests: 0, in_flight: 0, idle_since: now, read_at_idle: 0 }),
+            upgrade: Mutex::new(None),
+            stop_lean: AtomicBool::new(false),
+        }
+    }
+
     fn flight(&self) -> MutexGuard<'_, Flight> {
         self.flight.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -242,19 +259,8 @@ pub(super) async fn serve_stream<S>(
     let _active = scopeguard(handles.clone());
     let ctx = Arc::new(ctx);
     let now = Instant::now();
-    let state = Arc::new(ConnState {
-        peer,
-        forwarding: headers::Forwarding::with_tls(peer.ip(), scheme == Scheme::Https),
-        accepted: now,
-        read: AtomicU64::new(0),
-        idle: AtomicBool::new(true),
-        head_started: AtomicU64::new(0),
-        http2: AtomicBool::new(false),
-        flight: Mutex::new(Flight { requests: 0, in_flight: 0, idle_since: now, read_at_idle: 0 }),
-        upgrade: Mutex::new(None),
-        stop_lean: AtomicBool::new(false),
-    });
-    let io = Counting { inner: client, state: state.clone() };
+    let state = Arc::new(ConnState::new(peer, scheme == Scheme::Https, now));
+    let io = Counting { inner: client, state: state.clone(), unread: Bytes::new() };
     let service = {
         let (front, ctx, state, handles) = (front.clone(), ctx.clone(), state.clone(), handles.clone());
         service_fn(move |req: Request<Incoming>| {
@@ -297,7 +303,8 @@ pub(super) async fn serve_stream<S>(
         })
         .await;
         match event {
-            Event::Step(Step::Handoff(io)) => {
+            Event::Step(Step::Handoff(mut io, unread)) => {
+                io.unread = unread;
                 let mut conn =
                     Box::pin(front.builder.serve_connection_with_upgrades(TokioIo::new(io), service.clone()));
                 if closing {
@@ -415,8 +422,9 @@ impl Wake for SideWake {
 
 /// What a phase came to.
 enum Step<S> {
-    /// The lean front handed the connection to hyper.
-    Handoff(lean::Rewind<S>),
+    /// The lean front handed the connection to hyper, with the bytes it
+    /// read and did not serve.
+    Handoff(S, Bytes),
     /// The connection is over.
     Ended(Result<(), BoxError>),
 }
@@ -432,7 +440,7 @@ where
         match self {
             Phase::Lean(lean) => Poll::Ready(match std::task::ready!(lean.as_mut().poll(cx)) {
                 Ok(lean::LeanEnd::Closed) => Step::Ended(Ok(())),
-                Ok(lean::LeanEnd::Handoff(io)) => Step::Handoff(io),
+                Ok(lean::LeanEnd::Handoff(io, unread)) => Step::Handoff(io, unread),
                 Err(e) => Step::Ended(Err(e.into())),
             }),
             Phase::Hyper(conn) => conn.as_mut().poll(cx).map(Step::Ended),
@@ -539,14 +547,23 @@ async fn tunnel(client: OnUpgrade, endpoint: OnUpgrade, peer: SocketAddr) {
 }
 
 /// The client's socket, counting the bytes read (to tell a partial head
-/// from an idle connection).
+/// from an idle connection). When the lean front hands the connection to
+/// hyper, the bytes it read and did not serve are `unread`: they are read
+/// again first (counted once, when they came from the socket).
 struct Counting<S> {
     inner: S,
     state: Arc<ConnState>,
+    unread: Bytes,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            self.unread.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let bytes = &buf.filled()[before..];
@@ -581,5 +598,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn bytes_handed_back_unread_are_read_first_and_counted_once() {
+        let (mut near, far) = tokio::io::duplex(64);
+        let state = Arc::new(ConnState::new("127.0.0.1:40000".parse().unwrap(), false, Instant::now()));
+        let mut io = Counting { inner: far, state: state.clone(), unread: Bytes::from_static(b"GET ") };
+        near.write_all(b"/ HTTP/1.1").await.unwrap();
+        drop(near);
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"GET / HTTP/1.1");
+        assert_eq!(state.read.load(Ordering::Relaxed), 10, "only the socket's bytes are counted");
     }
 }

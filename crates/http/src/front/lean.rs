@@ -12,7 +12,7 @@
 //! in as few writes as the body allows.
 //!
 //! Anything else goes to hyper, for the rest of the connection, starting
-//! with the bytes already read ([`Rewind`]): the HTTP/2 preface, a request
+//! with the bytes already read (served first by the connection's IO): the HTTP/2 preface, a request
 //! with a body or `Expect`, an upgrade (`Upgrade: websocket`, `h2c`),
 //! HTTP/1.0, `CONNECT`, a target not in origin form, and every head that
 //! does not parse or is over a limit, which hyper answers (400, 431) and
@@ -24,16 +24,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri, Version};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 
 use super::connection::{ConnState, FrontResponse, handle, is_http2_preface_start};
 use super::metrics::PortHandles;
 use super::{MIN_HEADER_BYTES, Shared};
+use crate::dispatch::lean::{content_length, encode_field};
 use crate::{RequestBody, RequestContext};
 
 /// Most header lines a lean request may have; a request with more (when
@@ -51,8 +52,8 @@ pub(super) enum LeanEnd<S> {
     /// to stop (drain, idle timeout).
     Closed,
     /// A request the lean front does not serve: hyper serves the rest of
-    /// the connection, from the bytes already read.
-    Handoff(Rewind<S>),
+    /// the connection, from the bytes already read (the second field).
+    Handoff(S, Bytes),
 }
 
 /// Serves `io`'s requests until one is not lean; [`ConnState::stop_lean`]
@@ -80,12 +81,12 @@ where
         let parsed = loop {
             if !buf.is_empty() {
                 if first && is_http2_preface_start(&buf) {
-                    return Ok(LeanEnd::Handoff(Rewind::new(buf.freeze(), io)));
+                    return Ok(LeanEnd::Handoff(io, buf.freeze()));
                 }
                 match parse(&buf, max_headers, &mut spans) {
                     Parse::Lean(parsed) => break parsed,
                     Parse::Partial if buf.len() < max_head => {}
-                    Parse::Partial | Parse::Other => return Ok(LeanEnd::Handoff(Rewind::new(buf.freeze(), io))),
+                    Parse::Partial | Parse::Other => return Ok(LeanEnd::Handoff(io, buf.freeze())),
                 }
             }
             buf.reserve(READ_CHUNK);
@@ -99,11 +100,7 @@ where
             let Some(read) = read.transpose()? else { return Ok(LeanEnd::Closed) };
             if read == 0 {
                 // A partial head: hyper answers it as it always has.
-                return Ok(if buf.is_empty() {
-                    LeanEnd::Closed
-                } else {
-                    LeanEnd::Handoff(Rewind::new(buf.freeze(), io))
-                });
+                return Ok(if buf.is_empty() { LeanEnd::Closed } else { LeanEnd::Handoff(io, buf.freeze()) });
             }
         };
         first = false;
@@ -113,7 +110,7 @@ where
             let mut rest = BytesMut::with_capacity(head.len() + buf.len());
             rest.extend_from_slice(&head);
             rest.extend_from_slice(&buf);
-            return Ok(LeanEnd::Handoff(Rewind::new(rest.freeze(), io)));
+            return Ok(LeanEnd::Handoff(io, rest.freeze()));
         };
         drop(head);
         let head_only = req.method() == Method::HEAD;
@@ -363,14 +360,6 @@ async fn flush<S: AsyncWrite + Unpin>(io: &mut S, out: &mut Vec<u8>) -> io::Resu
     io.flush().await
 }
 
-/// A `Content-Length` value: decimal digits only.
-fn content_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(digits.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
-}
-
 /// The status line and header section of a response, as hyper's server
 /// writes them: a `Date` if the response has none, the framing header, and
 /// `Connection: close` when the connection closes after it. Returns how
@@ -429,13 +418,6 @@ fn encode_head(
     framing
 }
 
-fn encode_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    out.extend_from_slice(name.as_str().as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
 fn encode_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
     for (name, value) in fields {
         encode_field(out, name, value);
@@ -477,57 +459,6 @@ mod date {
             }
             out.extend_from_slice(text.as_bytes());
         });
-    }
-}
-
-/// The client's connection handed to hyper: the bytes the lean front read
-/// and did not serve come first.
-pub(super) struct Rewind<S> {
-    prefix: Bytes,
-    inner: S,
-}
-
-impl<S> Rewind<S> {
-    fn new(prefix: Bytes, inner: S) -> Self {
-        Self { prefix, inner }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -1,5 +1,4 @@
 use super::*;
-use tokio::io::AsyncReadExt;
 
 fn parsed(head: &[u8]) -> Option<(Parsed, Vec<(Span, Span)>)> {
     let mut spans = Vec::new();
@@ -101,15 +100,4 @@ fn the_head_has_a_date_its_framing_and_close_when_closing() {
     let mut out = Vec::new();
     encode_head(&mut out, StatusCode::BAD_GATEWAY, &HeaderMap::new(), false, None, false);
     assert!(String::from_utf8(out).unwrap().starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
-}
-
-#[tokio::test]
-async fn rewind_gives_the_bytes_read_first() {
-    let (mut near, far) = tokio::io::duplex(64);
-    let mut rewound = Rewind::new(Bytes::from_static(b"GET "), far);
-    near.write_all(b"/ HTTP/1.1").await.unwrap();
-    drop(near);
-    let mut all = Vec::new();
-    rewound.read_to_end(&mut all).await.unwrap();
-    assert_eq!(all, b"GET / HTTP/1.1");
 }
